@@ -1,0 +1,95 @@
+//! Errors of this adapter, and their translation into [`DomainError`].
+
+use confab_domain::DomainError;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+/// What can fail while opening or migrating the store.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// The URL is not one this adapter understands.
+    #[error("invalid DATABASE_URL: {0}")]
+    Url(String),
+    /// The database could not be reached or opened.
+    #[error("cannot connect to {target}: {reason}")]
+    Connect {
+        /// The redacted URL.
+        target: String,
+        /// The driver's explanation.
+        reason: String,
+    },
+    /// The pool could not be built.
+    #[error("cannot build the connection pool: {0}")]
+    Pool(#[from] r2d2::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// A query failed while setting up.
+    #[error("database error: {0}")]
+    Query(#[from] DieselError),
+    /// The filesystem refused (creating the SQLite directory).
+    #[error("cannot prepare the SQLite file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Translates a diesel error at the adapter boundary.
+pub(crate) fn domain(err: DieselError) -> DomainError {
+    match err {
+        DieselError::NotFound => DomainError::NotFound,
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+            let text = format!("{} {}", info.constraint_name().unwrap_or(""), info.message());
+            DomainError::Duplicate { field: duplicate_field(&text).into() }
+        }
+        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+            DomainError::NotFound
+        }
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+            DomainError::unavailable(info.message().to_owned())
+        }
+        DieselError::DatabaseError(kind, info) if is_busy(kind, info.message()) => {
+            DomainError::unavailable(info.message().to_owned())
+        }
+        other => DomainError::internal(other),
+    }
+}
+
+/// SQLite answers "database is locked" when its busy timeout runs out, and
+/// PostgreSQL a serialization failure under contention: both are transient.
+fn is_busy(kind: DatabaseErrorKind, message: &str) -> bool {
+    matches!(kind, DatabaseErrorKind::SerializationFailure)
+        || message.contains("database is locked")
+        || message.contains("database is busy")
+}
+
+/// Names the client field behind a unique constraint from its name (on
+/// PostgreSQL) or message (on SQLite: `UNIQUE constraint failed: users.email`).
+fn duplicate_field(text: &str) -> &'static str {
+    if text.contains("username") {
+        "username"
+    } else if text.contains("email") {
+        "email"
+    } else if text.contains("messages") {
+        "message_id"
+    } else if text.contains("conversations") {
+        "conversation_id"
+    } else {
+        "id"
+    }
+}
+
+/// Translates a pool checkout failure: the database is out of reach.
+pub(crate) fn pool(err: r2d2::Error) -> DomainError {
+    DomainError::unavailable(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duplicate_field;
+
+    #[test]
+    fn duplicate_fields_from_both_backends() {
+        assert_eq!(duplicate_field("users_username_key duplicate key"), "username");
+        assert_eq!(duplicate_field(" UNIQUE constraint failed: users.email"), "email");
+        assert_eq!(duplicate_field(" UNIQUE constraint failed: messages.conversation_id, messages.id"), "message_id");
+        assert_eq!(duplicate_field("conversations_pkey"), "conversation_id");
+    }
+}

@@ -1,0 +1,35 @@
+//! Embedded migrations, one folder per backend.
+
+use diesel::RunQueryDsl;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::SqlError;
+use crate::connection::AnyConnection;
+
+const POSTGRES: EmbeddedMigrations = embed_migrations!("../../../migrations/postgres");
+const SQLITE: EmbeddedMigrations = embed_migrations!("../../../migrations/sqlite");
+
+/// An arbitrary constant naming Confab's migration lock among PostgreSQL
+/// advisory locks.
+const MIGRATION_LOCK: i64 = 0x0C0F_AB00_0001;
+
+/// Applies every pending migration and returns how many ran. On PostgreSQL
+/// this holds an advisory lock, so instances starting together migrate one
+/// at a time; SQLite's own write lock does the same for a file.
+pub(crate) fn run_pending(conn: &mut AnyConnection) -> Result<usize, SqlError> {
+    match conn {
+        AnyConnection::Postgres(pg) => {
+            diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).execute(pg)?;
+            let result = pg.run_pending_migrations(POSTGRES).map(|v| v.len());
+            let unlock =
+                diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")).execute(pg);
+            let ran = result.map_err(|e| SqlError::Migration(e.to_string()))?;
+            unlock?;
+            Ok(ran)
+        }
+        AnyConnection::Sqlite(lite) => lite
+            .run_pending_migrations(SQLITE)
+            .map(|v| v.len())
+            .map_err(|e| SqlError::Migration(e.to_string())),
+    }
+}

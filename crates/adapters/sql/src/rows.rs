@@ -1,0 +1,175 @@
+//! Rows as diesel reads and writes them, and their translation to and from
+//! domain types. Rows hold owned data so they can move to the blocking pool.
+
+use confab_domain::{
+    Content, Conversation, ConversationId, ConversationSummary, DomainError, Email, Message,
+    MessageId, MessageRole, MessageStatus, ModelSlug, OffsetDateTime, PasswordHash, Role, Title,
+    User, UserId, Username,
+};
+use diesel::prelude::*;
+
+use crate::schema::{conversations, messages, users};
+
+/// Unix microseconds: both backends store timestamps as BIGINT.
+pub(crate) fn micros(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn from_micros(m: i64) -> Result<OffsetDateTime, DomainError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(m) * 1_000).map_err(DomainError::internal)
+}
+
+fn uuid(raw: &str) -> Result<uuid::Uuid, DomainError> {
+    uuid::Uuid::parse_str(raw).map_err(DomainError::internal)
+}
+
+/// Characters of a message kept as the conversation list's preview.
+const PREVIEW_CHARS: usize = 200;
+
+/// The list preview of a content: its first characters, or `None` while
+/// it is still empty (an answer that has not started).
+pub(crate) fn preview(content: &Content) -> Option<String> {
+    let text: String = content.joined().chars().take(PREVIEW_CHARS).collect();
+    (!text.trim().is_empty()).then_some(text)
+}
+
+#[derive(Queryable, Selectable, Insertable)]
+#[diesel(table_name = users)]
+pub(crate) struct UserRow {
+    pub(crate) id: String,
+    pub(crate) username: String,
+    pub(crate) email: String,
+    pub(crate) password_hash: String,
+    pub(crate) role: String,
+    pub(crate) disabled: bool,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+}
+
+impl UserRow {
+    pub(crate) fn into_user(self) -> Result<User, DomainError> {
+        Ok(User {
+            id: UserId::from_uuid(uuid(&self.id)?),
+            username: Username::from_trusted(self.username),
+            email: Email::from_trusted(self.email),
+            role: Role::parse(&self.role).map_err(DomainError::internal)?,
+            disabled: self.disabled,
+            created_at: from_micros(self.created_at)?,
+            updated_at: from_micros(self.updated_at)?,
+        })
+    }
+
+    pub(crate) fn into_credentials(mut self) -> Result<(User, PasswordHash), DomainError> {
+        let hash = PasswordHash::new(std::mem::take(&mut self.password_hash));
+        Ok((self.into_user()?, hash))
+    }
+}
+
+#[derive(Queryable, Selectable, Insertable)]
+#[diesel(table_name = conversations)]
+pub(crate) struct ConversationRow {
+    pub(crate) id: String,
+    pub(crate) user_id: String,
+    pub(crate) title: String,
+    pub(crate) last_message: Option<String>,
+    pub(crate) is_archived: bool,
+    pub(crate) deleted_at: Option<i64>,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+}
+
+impl ConversationRow {
+    pub(crate) fn into_conversation(self) -> Result<Conversation, DomainError> {
+        Ok(Conversation {
+            id: ConversationId::from_uuid(uuid(&self.id)?),
+            owner: UserId::from_uuid(uuid(&self.user_id)?),
+            title: Title::from_trusted(self.title),
+            is_archived: self.is_archived,
+            deleted_at: self.deleted_at.map(from_micros).transpose()?,
+            created_at: from_micros(self.created_at)?,
+            updated_at: from_micros(self.updated_at)?,
+        })
+    }
+
+    pub(crate) fn into_summary(self) -> Result<ConversationSummary, DomainError> {
+        Ok(ConversationSummary {
+            id: ConversationId::from_uuid(uuid(&self.id)?),
+            title: Title::from_trusted(self.title),
+            last_message: self.last_message,
+            is_archived: self.is_archived,
+            created_at: from_micros(self.created_at)?,
+            updated_at: from_micros(self.updated_at)?,
+        })
+    }
+}
+
+#[derive(Queryable, Selectable, Insertable)]
+#[diesel(table_name = messages)]
+pub(crate) struct MessageRow {
+    pub(crate) conversation_id: String,
+    pub(crate) id: String,
+    pub(crate) position: i64,
+    pub(crate) parent_id: Option<String>,
+    pub(crate) role: String,
+    pub(crate) content: String,
+    pub(crate) status: String,
+    pub(crate) model_slug: Option<String>,
+    pub(crate) metadata: String,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+}
+
+impl MessageRow {
+    /// A row for `message`; its position is filled in by the insert.
+    pub(crate) fn from_message(message: &Message) -> Result<Self, DomainError> {
+        Ok(Self {
+            conversation_id: message.conversation_id.to_string(),
+            id: message.id.as_str().to_owned(),
+            position: 0,
+            parent_id: message.parent_id.as_ref().map(|p| p.as_str().to_owned()),
+            role: message.role.as_str().to_owned(),
+            content: serde_json::to_string(&message.content).map_err(DomainError::internal)?,
+            status: message.status.as_str().to_owned(),
+            model_slug: message.model_slug.as_ref().map(|m| m.as_str().to_owned()),
+            metadata: serde_json::to_string(&message.metadata).map_err(DomainError::internal)?,
+            created_at: micros(message.created_at),
+            updated_at: micros(message.updated_at),
+        })
+    }
+
+    pub(crate) fn into_message(self) -> Result<Message, DomainError> {
+        let internal = |e: DomainError| DomainError::internal(e);
+        let json = |e: serde_json::Error| DomainError::internal(e);
+        Ok(Message {
+            id: MessageId::parse(self.id).map_err(internal)?,
+            conversation_id: ConversationId::from_uuid(uuid(&self.conversation_id)?),
+            parent_id: self.parent_id.map(MessageId::parse).transpose().map_err(internal)?,
+            role: MessageRole::parse(&self.role).map_err(internal)?,
+            content: serde_json::from_str(&self.content).map_err(json)?,
+            status: MessageStatus::parse(&self.status).map_err(internal)?,
+            model_slug: self.model_slug.as_deref().map(ModelSlug::parse).transpose().map_err(internal)?,
+            metadata: serde_json::from_str(&self.metadata).map_err(json)?,
+            created_at: from_micros(self.created_at)?,
+            updated_at: from_micros(self.updated_at)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micros_round_trip_drops_only_sub_microseconds() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_762_484_546_479_123_456).unwrap();
+        let back = from_micros(micros(t)).unwrap();
+        assert_eq!(back.unix_timestamp_nanos(), 1_762_484_546_479_123_000);
+    }
+
+    #[test]
+    fn preview_is_bounded_and_skips_empty() {
+        assert_eq!(preview(&Content::empty_text()), None);
+        let long = Content::text(vec!["é".repeat(300)]).unwrap();
+        assert_eq!(preview(&long).unwrap().chars().count(), 200);
+    }
+}

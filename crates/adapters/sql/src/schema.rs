@@ -1,0 +1,47 @@
+//! Table definitions, identical for both backends (see `migrations/`).
+
+diesel::table! {
+    users (id) {
+        id -> Text,
+        username -> Text,
+        email -> Text,
+        password_hash -> Text,
+        role -> Text,
+        disabled -> Bool,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    conversations (id) {
+        id -> Text,
+        user_id -> Text,
+        title -> Text,
+        last_message -> Nullable<Text>,
+        is_archived -> Bool,
+        deleted_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    messages (conversation_id, id) {
+        conversation_id -> Text,
+        id -> Text,
+        position -> BigInt,
+        parent_id -> Nullable<Text>,
+        role -> Text,
+        content -> Text,
+        status -> Text,
+        model_slug -> Nullable<Text>,
+        metadata -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::joinable!(conversations -> users (user_id));
+diesel::joinable!(messages -> conversations (conversation_id));
+diesel::allow_tables_to_appear_in_same_query!(users, conversations, messages);

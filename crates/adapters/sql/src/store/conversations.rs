@@ -1,0 +1,192 @@
+//! [`ConversationStore`] over SQL.
+
+use async_trait::async_trait;
+use confab_domain::{
+    Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError, ListOrder,
+    NewConversation, OffsetDateTime, Page, UserId,
+};
+use confab_ports::{ConversationQuery, ConversationStore};
+use diesel::prelude::*;
+
+use super::SqlStore;
+use crate::connection::{AnyConnection, run};
+use crate::rows::{ConversationRow, micros};
+use crate::schema::conversations;
+
+diesel::define_sql_function! {
+    /// SQL `LOWER`, for case-insensitive title search on both backends.
+    fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
+
+/// Escapes `LIKE` wildcards so a search is a literal substring match.
+fn like_pattern(needle: &str) -> String {
+    let mut out = String::with_capacity(needle.len() + 2);
+    out.push('%');
+    for c in needle.to_lowercase().chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+type Boxed<'a> = conversations::BoxedQuery<'a, <AnyConnection as diesel::Connection>::Backend>;
+
+/// The rows of `owner`'s list that `query` selects, before paging.
+fn listed<'a>(owner: &str, query: &ConversationQuery) -> Boxed<'a> {
+    let mut q = conversations::table
+        .filter(conversations::user_id.eq(owner.to_owned()))
+        .filter(conversations::deleted_at.is_null())
+        .filter(conversations::is_archived.eq(query.archived))
+        .into_boxed();
+    if let Some(search) = &query.search {
+        q = q.filter(lower(conversations::title).like(like_pattern(search.as_str())).escape('\\'));
+    }
+    q
+}
+
+#[derive(AsChangeset)]
+#[diesel(table_name = conversations)]
+struct Changes {
+    title: Option<String>,
+    is_archived: Option<bool>,
+    updated_at: i64,
+}
+
+fn owned_row(
+    conn: &mut AnyConnection,
+    owner: &str,
+    id: &str,
+) -> Result<ConversationRow, diesel::result::Error> {
+    conversations::table
+        .filter(conversations::id.eq(id))
+        .filter(conversations::user_id.eq(owner))
+        .filter(conversations::deleted_at.is_null())
+        .select(ConversationRow::as_select())
+        .first(conn)
+}
+
+#[async_trait]
+impl ConversationStore for SqlStore {
+    async fn create(&self, new: NewConversation) -> Result<Conversation, DomainError> {
+        let at = micros(new.created_at);
+        let row = ConversationRow {
+            id: new.id.to_string(),
+            user_id: new.owner.to_string(),
+            title: new.title.as_str().to_owned(),
+            last_message: None,
+            is_archived: false,
+            deleted_at: None,
+            created_at: at,
+            updated_at: at,
+        };
+        let (owner, id) = (row.user_id.clone(), row.id.clone());
+        run(&self.pool, move |conn| {
+            diesel::insert_into(conversations::table).values(&row).execute(conn)?;
+            owned_row(conn, &owner, &id)
+        })
+        .await?
+        .into_conversation()
+    }
+
+    async fn get(&self, owner: UserId, id: ConversationId) -> Result<Conversation, DomainError> {
+        let (owner, id) = (owner.to_string(), id.to_string());
+        run(&self.pool, move |conn| owned_row(conn, &owner, &id)).await?.into_conversation()
+    }
+
+    async fn list(
+        &self,
+        owner: UserId,
+        query: &ConversationQuery,
+    ) -> Result<Page<ConversationSummary>, DomainError> {
+        let (owner, query) = (owner.to_string(), query.clone());
+        let page = query.page;
+        let (total, rows) = run(&self.pool, move |conn| {
+            let total: i64 = listed(&owner, &query).count().get_result(conn)?;
+            let ordered = match query.order {
+                ListOrder::Updated => listed(&owner, &query)
+                    .order((conversations::updated_at.desc(), conversations::id.desc())),
+                ListOrder::Created => listed(&owner, &query)
+                    .order((conversations::created_at.desc(), conversations::id.desc())),
+            };
+            let rows: Vec<ConversationRow> = ordered
+                .limit(i64::from(page.limit()))
+                .offset(i64::from(page.offset()))
+                .select(ConversationRow::as_select())
+                .load(conn)?;
+            Ok((total, rows))
+        })
+        .await?;
+        Ok(Page {
+            items: rows.into_iter().map(ConversationRow::into_summary).collect::<Result<_, _>>()?,
+            total: u64::try_from(total).unwrap_or(0),
+            request: page,
+        })
+    }
+
+    async fn update(
+        &self,
+        owner: UserId,
+        id: ConversationId,
+        patch: ConversationPatch,
+        at: OffsetDateTime,
+    ) -> Result<Conversation, DomainError> {
+        let (owner, id) = (owner.to_string(), id.to_string());
+        let changes = Changes {
+            title: patch.title.map(|t| t.as_str().to_owned()),
+            is_archived: patch.is_archived,
+            updated_at: micros(at),
+        };
+        run(&self.pool, move |conn| {
+            conn.transaction(|conn| {
+                let changed = diesel::update(
+                    conversations::table
+                        .filter(conversations::id.eq(&id))
+                        .filter(conversations::user_id.eq(&owner))
+                        .filter(conversations::deleted_at.is_null()),
+                )
+                .set(&changes)
+                .execute(conn)?;
+                if changed == 0 {
+                    return Err(diesel::result::Error::NotFound);
+                }
+                owned_row(conn, &owner, &id)
+            })
+        })
+        .await?
+        .into_conversation()
+    }
+
+    async fn soft_delete(
+        &self,
+        owner: UserId,
+        id: ConversationId,
+        at: OffsetDateTime,
+    ) -> Result<(), DomainError> {
+        let (owner, id, at) = (owner.to_string(), id.to_string(), micros(at));
+        let changed = run(&self.pool, move |conn| {
+            diesel::update(
+                conversations::table
+                    .filter(conversations::id.eq(&id))
+                    .filter(conversations::user_id.eq(&owner))
+                    .filter(conversations::deleted_at.is_null()),
+            )
+            .set((conversations::deleted_at.eq(Some(at)), conversations::updated_at.eq(at)))
+            .execute(conn)
+        })
+        .await?;
+        if changed == 0 { Err(DomainError::NotFound) } else { Ok(()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_pattern;
+
+    #[test]
+    fn like_wildcards_are_escaped() {
+        assert_eq!(like_pattern("50%_Off\\"), "%50\\%\\_off\\\\%");
+    }
+}

@@ -1,0 +1,100 @@
+//! [`MessageStore`] over SQL.
+
+use async_trait::async_trait;
+use confab_domain::{Content, ConversationId, DomainError, Message, MessageId, MessageStatus, OffsetDateTime};
+use confab_ports::MessageStore;
+use diesel::prelude::*;
+
+use super::SqlStore;
+use crate::connection::{AnyConnection, run};
+use crate::rows::{MessageRow, micros, preview};
+use crate::schema::{conversations, messages};
+
+/// Marks the conversation as changed at `at` (and its preview, when the
+/// message has text). Taking this row lock first also serialises inserts
+/// into one conversation, so positions are assigned without a race.
+fn touch_conversation(
+    conn: &mut AnyConnection,
+    conversation: &str,
+    preview: Option<String>,
+    at: i64,
+) -> Result<(), diesel::result::Error> {
+    let target = conversations::table
+        .filter(conversations::id.eq(conversation))
+        .filter(conversations::deleted_at.is_null());
+    let changed = match preview {
+        Some(text) => diesel::update(target)
+            .set((conversations::updated_at.eq(at), conversations::last_message.eq(Some(text))))
+            .execute(conn)?,
+        None => diesel::update(target).set(conversations::updated_at.eq(at)).execute(conn)?,
+    };
+    if changed == 0 { Err(diesel::result::Error::NotFound) } else { Ok(()) }
+}
+
+#[async_trait]
+impl MessageStore for SqlStore {
+    async fn insert(&self, message: &Message) -> Result<(), DomainError> {
+        let mut row = MessageRow::from_message(message)?;
+        let text = preview(&message.content);
+        run(&self.pool, move |conn| {
+            conn.transaction(|conn| {
+                touch_conversation(conn, &row.conversation_id, text, row.updated_at)?;
+                let last: Option<i64> = messages::table
+                    .filter(messages::conversation_id.eq(&row.conversation_id))
+                    .select(diesel::dsl::max(messages::position))
+                    .first(conn)?;
+                row.position = last.unwrap_or(0) + 1;
+                diesel::insert_into(messages::table).values(&row).execute(conn)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn update_content(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+        content: &Content,
+        status: MessageStatus,
+        at: OffsetDateTime,
+    ) -> Result<(), DomainError> {
+        let (conversation, id) = (conversation.to_string(), id.as_str().to_owned());
+        let json = serde_json::to_string(content).map_err(DomainError::internal)?;
+        let text = preview(content);
+        let at = micros(at);
+        run(&self.pool, move |conn| {
+            conn.transaction(|conn| {
+                let changed = diesel::update(
+                    messages::table
+                        .filter(messages::conversation_id.eq(&conversation))
+                        .filter(messages::id.eq(&id)),
+                )
+                .set((
+                    messages::content.eq(json),
+                    messages::status.eq(status.as_str()),
+                    messages::updated_at.eq(at),
+                ))
+                .execute(conn)?;
+                if changed == 0 {
+                    return Err(diesel::result::Error::NotFound);
+                }
+                touch_conversation(conn, &conversation, text, at)
+            })
+        })
+        .await
+    }
+
+    async fn list(&self, conversation: ConversationId) -> Result<Vec<Message>, DomainError> {
+        let conversation = conversation.to_string();
+        let rows: Vec<MessageRow> = run(&self.pool, move |conn| {
+            messages::table
+                .filter(messages::conversation_id.eq(conversation))
+                .order(messages::position.asc())
+                .select(MessageRow::as_select())
+                .load(conn)
+        })
+        .await?;
+        rows.into_iter().map(MessageRow::into_message).collect()
+    }
+}

@@ -1,0 +1,103 @@
+//! [`UserStore`] over SQL.
+
+use async_trait::async_trait;
+use confab_domain::{DomainError, NewUser, OffsetDateTime, Page, PageRequest, PasswordHash, User, UserId};
+use confab_ports::UserStore;
+use diesel::prelude::*;
+
+use super::SqlStore;
+use crate::connection::run;
+use crate::rows::{UserRow, micros};
+use crate::schema::users;
+
+#[async_trait]
+impl UserStore for SqlStore {
+    async fn create(&self, user: NewUser) -> Result<User, DomainError> {
+        let at = micros(user.created_at);
+        let row = UserRow {
+            id: user.id.to_string(),
+            username: user.username.as_str().to_owned(),
+            email: user.email.as_str().to_owned(),
+            password_hash: user.password_hash.as_str().to_owned(),
+            role: user.role.as_str().to_owned(),
+            disabled: false,
+            created_at: at,
+            updated_at: at,
+        };
+        let id = row.id.clone();
+        run(&self.pool, move |conn| {
+            diesel::insert_into(users::table).values(&row).execute(conn)?;
+            users::table.filter(users::id.eq(id)).select(UserRow::as_select()).first(conn)
+        })
+        .await?
+        .into_user()
+    }
+
+    async fn get(&self, id: UserId) -> Result<User, DomainError> {
+        let id = id.to_string();
+        run(&self.pool, move |conn| {
+            users::table.filter(users::id.eq(id)).select(UserRow::as_select()).first(conn)
+        })
+        .await?
+        .into_user()
+    }
+
+    async fn find_credentials(
+        &self,
+        login: &str,
+    ) -> Result<Option<(User, PasswordHash)>, DomainError> {
+        let login = login.to_lowercase();
+        run(&self.pool, move |conn| {
+            users::table
+                .filter(users::username.eq(&login).or(users::email.eq(&login)))
+                .select(UserRow::as_select())
+                .first(conn)
+                .optional()
+        })
+        .await?
+        .map(UserRow::into_credentials)
+        .transpose()
+    }
+
+    async fn list(&self, page: PageRequest) -> Result<Page<User>, DomainError> {
+        let (total, rows) = run(&self.pool, move |conn| {
+            let total: i64 = users::table.count().get_result(conn)?;
+            let rows: Vec<UserRow> = users::table
+                .order((users::created_at.asc(), users::id.asc()))
+                .limit(i64::from(page.limit()))
+                .offset(i64::from(page.offset()))
+                .select(UserRow::as_select())
+                .load(conn)?;
+            Ok((total, rows))
+        })
+        .await?;
+        Ok(Page {
+            items: rows.into_iter().map(UserRow::into_user).collect::<Result<_, _>>()?,
+            total: u64::try_from(total).unwrap_or(0),
+            request: page,
+        })
+    }
+
+    async fn set_disabled(
+        &self,
+        id: UserId,
+        disabled: bool,
+        at: OffsetDateTime,
+    ) -> Result<User, DomainError> {
+        let id = id.to_string();
+        let at = micros(at);
+        run(&self.pool, move |conn| {
+            conn.transaction(|conn| {
+                let changed = diesel::update(users::table.filter(users::id.eq(&id)))
+                    .set((users::disabled.eq(disabled), users::updated_at.eq(at)))
+                    .execute(conn)?;
+                if changed == 0 {
+                    return Err(diesel::result::Error::NotFound);
+                }
+                users::table.filter(users::id.eq(&id)).select(UserRow::as_select()).first(conn)
+            })
+        })
+        .await?
+        .into_user()
+    }
+}

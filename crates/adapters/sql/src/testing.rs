@@ -1,0 +1,210 @@
+//! A database per test, created on demand and dropped with the guard.
+//!
+//! PostgreSQL: each process migrates one template database, then every
+//! test clones it with `CREATE DATABASE … TEMPLATE` (milliseconds) and drops
+//! its clone `WITH (FORCE)` on [`Drop`]. Databases left by a crashed run
+//! (their process id is gone) are swept the next time a process starts.
+//! SQLite: a file in a temporary directory that is removed on [`Drop`].
+//!
+//! PostgreSQL is required, never skipped: when it can't be reached the test
+//! fails with a message that says how to start it. Its admin URL comes from
+//! `CONFAB_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
+
+#![allow(clippy::panic, clippy::expect_used)] // test support: failing loudly is the point
+
+use std::sync::{Mutex, OnceLock};
+
+use diesel::pg::PgConnection;
+use diesel::{Connection, QueryableByName, RunQueryDsl, sql_types::Text};
+
+use crate::connection::AnyConnection;
+use crate::migrate::run_pending;
+use crate::{Backend, DatabaseTarget, PoolOptions, SqlStore};
+
+const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A throw-away database for one test.
+pub struct TestDatabase {
+    url: String,
+    kind: Kind,
+}
+
+enum Kind {
+    Postgres { admin_url: String, name: String },
+    Sqlite { _dir: tempfile::TempDir },
+}
+
+impl TestDatabase {
+    /// A fresh database on `backend`.
+    ///
+    /// # Panics
+    /// When the database can't be created (PostgreSQL down, disk full).
+    #[must_use]
+    pub fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => Self::sqlite(),
+            Backend::Postgres => Self::postgres(),
+        }
+    }
+
+    /// A fresh, empty SQLite file (migrated when a store opens it).
+    ///
+    /// # Panics
+    /// When no temporary directory can be made.
+    #[must_use]
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory for a SQLite test database");
+        let url = format!("sqlite://{}/confab.db", dir.path().display());
+        Self { url, kind: Kind::Sqlite { _dir: dir } }
+    }
+
+    /// A fresh PostgreSQL database, already migrated.
+    ///
+    /// # Panics
+    /// When PostgreSQL can't be reached or the database can't be created.
+    #[must_use]
+    pub fn postgres() -> Self {
+        let admin_url = admin_url();
+        let template = template(&admin_url);
+        let name = format!("confab_t_{}_{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        {
+            // Clones of one template are made one at a time: PostgreSQL
+            // refuses to copy a database that another session is copying.
+            static CLONING: Mutex<()> = Mutex::new(());
+            let _one = CLONING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut admin = connect_admin(&admin_url);
+            diesel::sql_query(format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""))
+                .execute(&mut admin)
+                .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+        }
+        let url = with_database(&admin_url, &name);
+        Self { url, kind: Kind::Postgres { admin_url, name } }
+    }
+
+    /// The database URL, for `DATABASE_URL` or [`DatabaseTarget::parse`].
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Opens a migrated [`SqlStore`] on this database.
+    ///
+    /// # Panics
+    /// When it can't be opened or migrated.
+    pub async fn store(&self) -> SqlStore {
+        let target = DatabaseTarget::parse(&self.url).expect("test database URL");
+        let store = SqlStore::open(target, PoolOptions::default()).await.expect("open test store");
+        store.migrate().await.expect("migrate test store");
+        store
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Kind::Postgres { admin_url, name } = &self.kind {
+            match PgConnection::establish(admin_url) {
+                Ok(mut admin) => {
+                    if let Err(e) = diesel::sql_query(format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    ))
+                    .execute(&mut admin)
+                    {
+                        eprintln!("warning: could not drop test database {name}: {e}");
+                    }
+                }
+                Err(e) => eprintln!("warning: could not drop test database {name}: {e}"),
+            }
+        }
+    }
+}
+
+fn admin_url() -> String {
+    std::env::var("CONFAB_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
+}
+
+fn connect_admin(url: &str) -> PgConnection {
+    PgConnection::establish(url).unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL is required by this test and is not reachable at {url}: {e}\n\
+             Start it (`make services`, or `.ci/run` starts it) or point \
+             CONFAB_TEST_POSTGRES_URL at one."
+        )
+    })
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+#[derive(QueryableByName)]
+struct DbName {
+    #[diesel(sql_type = Text)]
+    datname: String,
+}
+
+/// The name of this process's migrated template, made on first use.
+fn template(admin_url: &str) -> String {
+    static TEMPLATE: OnceLock<String> = OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            let mut admin = connect_admin(admin_url);
+            sweep_leftovers(&mut admin);
+            let name = format!("confab_tpl_{}", std::process::id());
+            diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .execute(&mut admin)
+                .expect("drop a stale template");
+            diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+                .execute(&mut admin)
+                .unwrap_or_else(|e| panic!("cannot create template database {name}: {e}"));
+            let pg = PgConnection::establish(&with_database(admin_url, &name))
+                .unwrap_or_else(|e| panic!("cannot open template database {name}: {e}"));
+            let mut conn = AnyConnection::Postgres(pg);
+            run_pending(&mut conn).unwrap_or_else(|e| panic!("cannot migrate template: {e}"));
+            name
+        })
+        .clone()
+}
+
+/// Drops test and template databases whose process is gone.
+fn sweep_leftovers(admin: &mut PgConnection) {
+    let names: Vec<DbName> = diesel::sql_query(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'confab\\_t\\_%' \
+         OR datname LIKE 'confab\\_tpl\\_%'",
+    )
+    .load(admin)
+    .unwrap_or_default();
+    for DbName { datname } in names {
+        let pid = datname
+            .trim_start_matches("confab_tpl_")
+            .trim_start_matches("confab_t_")
+            .split('_')
+            .next()
+            .and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{datname}\" WITH (FORCE)"))
+                .execute(admin);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn database_name_is_replaced() {
+        assert_eq!(with_database("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
+        assert_eq!(with_database("postgres://u@h/postgres?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(with_database("postgres://h:1", "x"), "postgres://h:1/x");
+    }
+}

@@ -1,0 +1,391 @@
+//! The store suite: every test runs once on SQLite and once on PostgreSQL,
+//! each on its own database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::Duration;
+
+use confab_domain::{
+    Content, ConversationId, ConversationPatch, DomainError, Email, ListOrder, Message, MessageId,
+    MessageRole, MessageStatus, ModelSlug, NewConversation, NewUser, OffsetDateTime, PageRequest,
+    PasswordHash, Role, SearchQuery, Title, User, UserId, Username,
+};
+use confab_ports::{ConversationQuery, ConversationStore, HealthCheck, MessageStore, UserStore};
+use confab_sql::testing::TestDatabase;
+use confab_sql::{Backend, DatabaseTarget, PoolOptions, SqlError, SqlStore};
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(confab_sql::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(confab_sql::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    users_round_trip,
+    duplicate_username_and_email_are_duplicates,
+    credentials_found_by_username_or_email,
+    users_list_pages_with_total,
+    disabling_a_user,
+    conversations_are_scoped_to_their_owner,
+    conversation_list_orders_and_pages,
+    conversation_search_is_literal_and_case_insensitive,
+    archived_conversations_are_listed_apart,
+    patch_renames_and_archives,
+    soft_deleted_conversation_is_gone_everywhere,
+    messages_keep_order_and_content,
+    duplicate_message_id_in_one_conversation,
+    message_into_missing_or_deleted_conversation_is_not_found,
+    updating_content_refreshes_the_preview,
+    concurrent_inserts_get_distinct_positions,
+    migrations_are_idempotent_and_health_is_ok,
+);
+
+struct Fixture {
+    _db: TestDatabase,
+    store: SqlStore,
+}
+
+async fn fixture(backend: Backend) -> Fixture {
+    let db = TestDatabase::new(backend);
+    let store = db.store().await;
+    assert_eq!(store.backend(), backend);
+    Fixture { _db: db, store }
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+async fn user(store: &SqlStore, name: &str) -> User {
+    UserStore::create(
+        store,
+        NewUser {
+            id: UserId::generate(),
+            username: Username::parse(name).unwrap(),
+            email: Email::parse(&format!("{name}@example.com")).unwrap(),
+            role: Role::User,
+            password_hash: PasswordHash::new(format!("$pbkdf2-sha256$i=1$salt${name}")),
+            created_at: now(),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn conversation(store: &SqlStore, owner: UserId, title: &str, at: OffsetDateTime) -> ConversationId {
+    let c = ConversationStore::create(
+        store,
+        NewConversation { id: ConversationId::generate(), owner, title: Title::parse(title).unwrap(), created_at: at },
+    )
+    .await
+    .unwrap();
+    c.id
+}
+
+fn message(conversation: ConversationId, id: &str, role: MessageRole, text: &str) -> Message {
+    Message {
+        id: MessageId::parse(id).unwrap(),
+        conversation_id: conversation,
+        parent_id: None,
+        role,
+        content: Content::text(vec![text.to_owned()]).unwrap(),
+        status: MessageStatus::FinishedSuccessfully,
+        model_slug: None,
+        metadata: serde_json::Map::new(),
+        created_at: now(),
+        updated_at: now(),
+    }
+}
+
+fn query() -> ConversationQuery {
+    ConversationQuery::default()
+}
+
+async fn users_round_trip(backend: Backend) {
+    let f = fixture(backend).await;
+    let alice = user(&f.store, "Alice").await;
+    assert_eq!(alice.username.as_str(), "alice");
+    assert_eq!(alice.role, Role::User);
+    assert!(!alice.disabled);
+    let read = UserStore::get(&f.store, alice.id).await.unwrap();
+    assert_eq!(read, alice);
+    let missing = UserStore::get(&f.store, UserId::generate()).await.unwrap_err();
+    assert!(matches!(missing, DomainError::NotFound));
+}
+
+async fn duplicate_username_and_email_are_duplicates(backend: Backend) {
+    let f = fixture(backend).await;
+    user(&f.store, "bob").await;
+    let clash = |name: &str, email: &str| NewUser {
+        id: UserId::generate(),
+        username: Username::parse(name).unwrap(),
+        email: Email::parse(email).unwrap(),
+        role: Role::User,
+        password_hash: PasswordHash::new("x".into()),
+        created_at: now(),
+    };
+    let err = UserStore::create(&f.store, clash("BOB", "other@example.com")).await.unwrap_err();
+    assert!(matches!(err, DomainError::Duplicate { ref field } if field == "username"), "{err:?}");
+    let err = UserStore::create(&f.store, clash("robert", "Bob@Example.com")).await.unwrap_err();
+    assert!(matches!(err, DomainError::Duplicate { ref field } if field == "email"), "{err:?}");
+}
+
+async fn credentials_found_by_username_or_email(backend: Backend) {
+    let f = fixture(backend).await;
+    let carol = user(&f.store, "carol").await;
+    for login in ["carol", "CAROL", "carol@example.com", "Carol@Example.COM"] {
+        let (found, hash) = f.store.find_credentials(login).await.unwrap().expect(login);
+        assert_eq!(found.id, carol.id);
+        assert_eq!(hash.as_str(), "$pbkdf2-sha256$i=1$salt$carol");
+    }
+    assert!(f.store.find_credentials("nobody").await.unwrap().is_none());
+}
+
+async fn users_list_pages_with_total(backend: Backend) {
+    let f = fixture(backend).await;
+    for name in ["u_one", "u_two", "u_three"] {
+        user(&f.store, name).await;
+    }
+    let page = UserStore::list(&f.store, PageRequest::new(1, 1).unwrap()).await.unwrap();
+    assert_eq!(page.total, 3);
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].username.as_str(), "u_two");
+}
+
+async fn disabling_a_user(backend: Backend) {
+    let f = fixture(backend).await;
+    let dan = user(&f.store, "dan").await;
+    let later = now() + Duration::from_secs(1);
+    let disabled = f.store.set_disabled(dan.id, true, later).await.unwrap();
+    assert!(disabled.disabled);
+    assert!(disabled.updated_at > dan.updated_at);
+    let err = f.store.set_disabled(UserId::generate(), true, later).await.unwrap_err();
+    assert!(matches!(err, DomainError::NotFound));
+}
+
+async fn conversations_are_scoped_to_their_owner(backend: Backend) {
+    let f = fixture(backend).await;
+    let (erin, frank) = (user(&f.store, "erin").await, user(&f.store, "frank").await);
+    let id = conversation(&f.store, erin.id, "Erin's", now()).await;
+    assert_eq!(ConversationStore::get(&f.store, erin.id, id).await.unwrap().title.as_str(), "Erin's");
+    let err = ConversationStore::get(&f.store, frank.id, id).await.unwrap_err();
+    assert!(matches!(err, DomainError::NotFound));
+    assert_eq!(ConversationStore::list(&f.store, frank.id, &query()).await.unwrap().total, 0);
+    let patch = ConversationPatch { title: Some(Title::parse("mine now").unwrap()), ..Default::default() };
+    assert!(matches!(f.store.update(frank.id, id, patch, now()).await, Err(DomainError::NotFound)));
+    assert!(matches!(f.store.soft_delete(frank.id, id, now()).await, Err(DomainError::NotFound)));
+    assert_eq!(ConversationStore::get(&f.store, erin.id, id).await.unwrap().title.as_str(), "Erin's");
+}
+
+async fn conversation_list_orders_and_pages(backend: Backend) {
+    let f = fixture(backend).await;
+    let gina = user(&f.store, "gina").await;
+    let t0 = now();
+    let first = conversation(&f.store, gina.id, "first", t0).await;
+    let second = conversation(&f.store, gina.id, "second", t0 + Duration::from_secs(1)).await;
+    let third = conversation(&f.store, gina.id, "third", t0 + Duration::from_secs(2)).await;
+    // A new message makes the oldest conversation the most recently updated.
+    let mut m = message(first, "m1", MessageRole::User, "hello there");
+    m.updated_at = t0 + Duration::from_secs(3);
+    f.store.insert(&m).await.unwrap();
+
+    let by_updated = ConversationStore::list(&f.store, gina.id, &query()).await.unwrap();
+    let ids: Vec<_> = by_updated.items.iter().map(|c| c.id).collect();
+    assert_eq!(ids, [first, third, second]);
+    assert_eq!(by_updated.items[0].last_message.as_deref(), Some("hello there"));
+    assert_eq!(by_updated.total, 3);
+
+    let q = ConversationQuery { order: ListOrder::Created, ..query() };
+    let ids: Vec<_> = ConversationStore::list(&f.store, gina.id, &q).await.unwrap().items.iter().map(|c| c.id).collect();
+    assert_eq!(ids, [third, second, first]);
+
+    let q = ConversationQuery { page: PageRequest::new(2, 2).unwrap(), order: ListOrder::Created, ..query() };
+    let page = ConversationStore::list(&f.store, gina.id, &q).await.unwrap();
+    assert_eq!(page.total, 3);
+    assert_eq!(page.items.iter().map(|c| c.id).collect::<Vec<_>>(), [first]);
+}
+
+async fn conversation_search_is_literal_and_case_insensitive(backend: Backend) {
+    let f = fixture(backend).await;
+    let hal = user(&f.store, "hal").await;
+    for title in ["Redis caching", "100% uptime", "snake_case names", "plain"] {
+        conversation(&f.store, hal.id, title, now()).await;
+    }
+    let search = |s: &str| ConversationQuery { search: Some(SearchQuery::parse(s).unwrap()), ..query() };
+    let titles = |page: confab_domain::Page<confab_domain::ConversationSummary>| {
+        page.items.into_iter().map(|c| c.title.as_str().to_owned()).collect::<Vec<_>>()
+    };
+    assert_eq!(titles(ConversationStore::list(&f.store, hal.id, &search("REDIS")).await.unwrap()), ["Redis caching"]);
+    assert_eq!(titles(ConversationStore::list(&f.store, hal.id, &search("%")).await.unwrap()), ["100% uptime"]);
+    assert_eq!(titles(ConversationStore::list(&f.store, hal.id, &search("_")).await.unwrap()), ["snake_case names"]);
+    assert_eq!(ConversationStore::list(&f.store, hal.id, &search("zzz")).await.unwrap().total, 0);
+}
+
+async fn archived_conversations_are_listed_apart(backend: Backend) {
+    let f = fixture(backend).await;
+    let ida = user(&f.store, "ida").await;
+    let kept = conversation(&f.store, ida.id, "kept", now()).await;
+    let archived = conversation(&f.store, ida.id, "archived", now()).await;
+    let patch = ConversationPatch { is_archived: Some(true), ..Default::default() };
+    f.store.update(ida.id, archived, patch, now()).await.unwrap();
+    let active = ConversationStore::list(&f.store, ida.id, &query()).await.unwrap();
+    assert_eq!(active.items.iter().map(|c| c.id).collect::<Vec<_>>(), [kept]);
+    let q = ConversationQuery { archived: true, ..query() };
+    let only = ConversationStore::list(&f.store, ida.id, &q).await.unwrap();
+    assert_eq!(only.items.iter().map(|c| c.id).collect::<Vec<_>>(), [archived]);
+    assert!(only.items[0].is_archived);
+}
+
+async fn patch_renames_and_archives(backend: Backend) {
+    let f = fixture(backend).await;
+    let jo = user(&f.store, "joe").await;
+    let t0 = now();
+    let id = conversation(&f.store, jo.id, "before", t0).await;
+    let later = t0 + Duration::from_secs(5);
+    let patch = ConversationPatch { title: Some(Title::parse("after").unwrap()), is_archived: None };
+    let c = f.store.update(jo.id, id, patch, later).await.unwrap();
+    assert_eq!(c.title.as_str(), "after");
+    assert!(!c.is_archived);
+    assert!(c.updated_at > c.created_at);
+    let c = f.store.update(jo.id, id, ConversationPatch { title: None, is_archived: Some(true) }, later).await.unwrap();
+    assert_eq!(c.title.as_str(), "after");
+    assert!(c.is_archived);
+}
+
+async fn soft_deleted_conversation_is_gone_everywhere(backend: Backend) {
+    let f = fixture(backend).await;
+    let kim = user(&f.store, "kim").await;
+    let id = conversation(&f.store, kim.id, "doomed", now()).await;
+    f.store.soft_delete(kim.id, id, now()).await.unwrap();
+    assert!(matches!(ConversationStore::get(&f.store, kim.id, id).await, Err(DomainError::NotFound)));
+    assert_eq!(ConversationStore::list(&f.store, kim.id, &query()).await.unwrap().total, 0);
+    let patch = ConversationPatch { is_archived: Some(true), ..Default::default() };
+    assert!(matches!(f.store.update(kim.id, id, patch, now()).await, Err(DomainError::NotFound)));
+    assert!(matches!(f.store.soft_delete(kim.id, id, now()).await, Err(DomainError::NotFound)));
+}
+
+async fn messages_keep_order_and_content(backend: Backend) {
+    let f = fixture(backend).await;
+    let lee = user(&f.store, "lee").await;
+    let id = conversation(&f.store, lee.id, "chat", now()).await;
+    let text = "Héllo — 日本語 🎉 \"quoted\" \\ and \n\ndata: [DONE]";
+    let mut question = message(id, "zzz_last_alphabetically", MessageRole::User, text);
+    question.metadata.insert("temperature".into(), serde_json::json!(0.7));
+    let mut answer = message(id, "aaa_first_alphabetically", MessageRole::Assistant, "");
+    answer.content = Content::empty_text();
+    answer.status = MessageStatus::InProgress;
+    answer.parent_id = Some(question.id.clone());
+    answer.model_slug = Some(ModelSlug::parse("llama3.1:8b").unwrap());
+    f.store.insert(&question).await.unwrap();
+    f.store.insert(&answer).await.unwrap();
+
+    let listed = MessageStore::list(&f.store, id).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].id, question.id, "insertion order, not id order");
+    assert_eq!(listed[0].content.parts(), [text]);
+    assert_eq!(listed[0].metadata["temperature"], serde_json::json!(0.7));
+    assert_eq!(listed[1].parent_id.as_ref(), Some(&question.id));
+    assert_eq!(listed[1].status, MessageStatus::InProgress);
+    assert_eq!(listed[1].model_slug.as_ref().map(ModelSlug::as_str), Some("llama3.1:8b"));
+    assert_eq!(listed[1].content.parts(), [""]);
+}
+
+async fn duplicate_message_id_in_one_conversation(backend: Backend) {
+    let f = fixture(backend).await;
+    let (max, ned) = (user(&f.store, "max").await, user(&f.store, "ned").await);
+    let a = conversation(&f.store, max.id, "a", now()).await;
+    let b = conversation(&f.store, ned.id, "b", now()).await;
+    f.store.insert(&message(a, "msg_001", MessageRole::User, "one")).await.unwrap();
+    let err = f.store.insert(&message(a, "msg_001", MessageRole::User, "again")).await.unwrap_err();
+    assert!(matches!(err, DomainError::Duplicate { ref field } if field == "message_id"), "{err:?}");
+    // The same client id in another conversation is fine.
+    f.store.insert(&message(b, "msg_001", MessageRole::User, "other")).await.unwrap();
+}
+
+async fn message_into_missing_or_deleted_conversation_is_not_found(backend: Backend) {
+    let f = fixture(backend).await;
+    let olga = user(&f.store, "olga").await;
+    let err = f.store.insert(&message(ConversationId::generate(), "m", MessageRole::User, "x")).await.unwrap_err();
+    assert!(matches!(err, DomainError::NotFound), "{err:?}");
+    let id = conversation(&f.store, olga.id, "gone", now()).await;
+    f.store.soft_delete(olga.id, id, now()).await.unwrap();
+    let err = f.store.insert(&message(id, "m", MessageRole::User, "x")).await.unwrap_err();
+    assert!(matches!(err, DomainError::NotFound), "{err:?}");
+}
+
+async fn updating_content_refreshes_the_preview(backend: Backend) {
+    let f = fixture(backend).await;
+    let pat = user(&f.store, "pat").await;
+    let id = conversation(&f.store, pat.id, "chat", now()).await;
+    let mut answer = message(id, "a1", MessageRole::Assistant, "");
+    answer.status = MessageStatus::InProgress;
+    f.store.insert(&answer).await.unwrap();
+    let done = Content::text(vec!["Redis caching stores data in memory.".into()]).unwrap();
+    f.store.update_content(id, &answer.id, &done, MessageStatus::FinishedSuccessfully, now()).await.unwrap();
+    let listed = MessageStore::list(&f.store, id).await.unwrap();
+    assert_eq!(listed[0].status, MessageStatus::FinishedSuccessfully);
+    assert_eq!(listed[0].content, done);
+    let page = ConversationStore::list(&f.store, pat.id, &query()).await.unwrap();
+    assert_eq!(page.items[0].last_message.as_deref(), Some("Redis caching stores data in memory."));
+    let missing = MessageId::parse("nope").unwrap();
+    let err = f.store.update_content(id, &missing, &done, MessageStatus::Failed, now()).await.unwrap_err();
+    assert!(matches!(err, DomainError::NotFound));
+}
+
+async fn concurrent_inserts_get_distinct_positions(backend: Backend) {
+    let f = fixture(backend).await;
+    let quinn = user(&f.store, "quinn").await;
+    let id = conversation(&f.store, quinn.id, "busy", now()).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = f.store.clone();
+            tokio::spawn(async move { store.insert(&message(id, &format!("m{i}"), MessageRole::User, "hi")).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(MessageStore::list(&f.store, id).await.unwrap().len(), 8);
+}
+
+async fn migrations_are_idempotent_and_health_is_ok(backend: Backend) {
+    let f = fixture(backend).await;
+    assert_eq!(f.store.migrate().await.unwrap(), 0, "a second run applies nothing");
+    assert_eq!(f.store.name(), "database");
+    f.store.check().await.unwrap();
+}
+
+#[tokio::test]
+async fn refused_postgres_is_a_clear_error() {
+    let target = DatabaseTarget::parse("postgres://postgres@127.0.0.1:1/confab").unwrap();
+    let err = SqlStore::open(target, PoolOptions::default()).await.err().expect("must fail");
+    assert!(matches!(err, SqlError::Connect { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("postgres://postgres@127.0.0.1:1/confab"), "{text}");
+    assert!(text.to_lowercase().contains("connect"), "{text}");
+}
+
+#[tokio::test]
+async fn sqlite_creates_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/deeper/confab.db");
+    let target = DatabaseTarget::parse(&format!("sqlite://{}", path.display())).unwrap();
+    let store = SqlStore::open(target, PoolOptions::default()).await.unwrap();
+    assert_eq!(store.migrate().await.unwrap(), 1);
+    assert!(path.exists());
+}

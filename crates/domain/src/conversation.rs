@@ -1,0 +1,140 @@
+//! Conversations.
+
+use time::OffsetDateTime;
+
+use crate::text::check_text;
+use crate::{ConversationId, DomainError, UserId};
+
+/// A conversation's title: 1..=200 characters after trimming, no NUL, no
+/// control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Title(String);
+
+impl Title {
+    /// Longest title, in characters.
+    pub const MAX_CHARS: usize = 200;
+
+    /// Validates a title (leading and trailing white space is dropped).
+    ///
+    /// # Errors
+    /// [`DomainError::Invalid`] on field `title`.
+    pub fn parse(value: &str) -> Result<Self, DomainError> {
+        let trimmed = value.trim();
+        check_text("title", trimmed, 1, Self::MAX_CHARS)?;
+        if trimmed.chars().any(char::is_control) {
+            return Err(DomainError::invalid("title", "must not contain control characters"));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    /// The title a conversation has before one is chosen.
+    #[must_use]
+    pub fn placeholder() -> Self {
+        Self("New chat".to_owned())
+    }
+
+    /// Rebuilds a title read back from storage.
+    #[must_use]
+    pub fn from_trusted(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The title as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A conversation and its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    /// Stable id (UUIDv7).
+    pub id: ConversationId,
+    /// The owner; nobody else can see it.
+    pub owner: UserId,
+    /// Display title.
+    pub title: Title,
+    /// Hidden from the default list, still readable.
+    pub is_archived: bool,
+    /// Set when soft-deleted; a deleted conversation is not found anywhere.
+    pub deleted_at: Option<OffsetDateTime>,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+    /// Last change (new message, rename, archive).
+    pub updated_at: OffsetDateTime,
+}
+
+/// Everything needed to store a new conversation.
+#[derive(Debug, Clone)]
+pub struct NewConversation {
+    /// The id to give it.
+    pub id: ConversationId,
+    /// Its owner.
+    pub owner: UserId,
+    /// Initial title.
+    pub title: Title,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+}
+
+/// A partial update: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationPatch {
+    /// New title.
+    pub title: Option<Title>,
+    /// New archived flag.
+    pub is_archived: Option<bool>,
+}
+
+impl ConversationPatch {
+    /// True when the patch changes nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.title.is_none() && self.is_archived.is_none()
+    }
+}
+
+/// One row of a conversation list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationSummary {
+    /// The conversation.
+    pub id: ConversationId,
+    /// Its title.
+    pub title: Title,
+    /// The start of its latest message, if any.
+    pub last_message: Option<String>,
+    /// Whether it is archived.
+    pub is_archived: bool,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+    /// Last change.
+    pub updated_at: OffsetDateTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn title_is_trimmed_and_bounded() {
+        assert_eq!(Title::parse("  Redis caching ").unwrap().as_str(), "Redis caching");
+        assert!(Title::parse("   ").is_err());
+        assert!(Title::parse(&"t".repeat(201)).is_err());
+        assert!(Title::parse(&"題".repeat(200)).is_ok());
+    }
+
+    #[test]
+    fn title_refuses_nul_and_control_characters() {
+        assert!(Title::parse("a\0b").is_err());
+        assert!(Title::parse("a\u{1b}[31mred").is_err());
+        assert!(Title::parse("line\nbreak").is_err());
+    }
+
+    #[test]
+    fn empty_patch() {
+        assert!(ConversationPatch::default().is_empty());
+        let p = ConversationPatch { is_archived: Some(true), ..Default::default() };
+        assert!(!p.is_empty());
+    }
+}

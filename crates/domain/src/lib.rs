@@ -1,0 +1,26 @@
+//! Confab's domain: the types every other crate speaks, and the rules that make
+//! a value of those types valid.
+//!
+//! Constructors validate, so once a value exists it is known to be good:
+//! a [`Username`] matches the charset and is not reserved, a [`Title`] has no
+//! NUL byte and fits its bound in characters, and so on. Nothing here does
+//! I/O, spawns tasks or knows about HTTP or SQL; other Rust services can
+//! import this crate to speak Confab's types.
+
+mod conversation;
+mod error;
+mod ids;
+mod message;
+mod page;
+mod text;
+mod user;
+
+pub use conversation::{Conversation, ConversationPatch, ConversationSummary, NewConversation, Title};
+pub use error::{BoxError, DomainError};
+pub use ids::{ConversationId, MessageId, UserId};
+pub use message::{Content, ContentType, Message, MessageRole, MessageStatus, ModelSlug};
+pub use page::{ListOrder, Page, PageRequest, SearchQuery};
+pub use user::{Email, NewUser, Password, PasswordHash, Role, User, Username};
+
+/// The time type every Confab timestamp uses (always UTC).
+pub use time::OffsetDateTime;

@@ -1,0 +1,143 @@
+//! Pagination, ordering and search of lists.
+
+use crate::text::check_text;
+use crate::DomainError;
+
+/// A window into a list: `limit` 1..=100 items from `offset` (at most
+/// 100,000, so a deep offset can't make the database scan forever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    offset: u32,
+    limit: u32,
+}
+
+impl PageRequest {
+    /// Largest page.
+    pub const MAX_LIMIT: u32 = 100;
+    /// Deepest offset.
+    pub const MAX_OFFSET: u32 = 100_000;
+    /// Page size when the client names none.
+    pub const DEFAULT_LIMIT: u32 = 20;
+
+    /// Validates a window.
+    ///
+    /// # Errors
+    /// [`DomainError::Invalid`] on `limit` or `offset` when out of bounds.
+    pub fn new(offset: u32, limit: u32) -> Result<Self, DomainError> {
+        if !(1..=Self::MAX_LIMIT).contains(&limit) {
+            return Err(DomainError::invalid("limit", "must be between 1 and 100"));
+        }
+        if offset > Self::MAX_OFFSET {
+            return Err(DomainError::invalid("offset", "must be between 0 and 100000"));
+        }
+        Ok(Self { offset, limit })
+    }
+
+    /// Items to skip.
+    #[must_use]
+    pub const fn offset(&self) -> u32 {
+        self.offset
+    }
+
+    /// Items to return at most.
+    #[must_use]
+    pub const fn limit(&self) -> u32 {
+        self.limit
+    }
+}
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        Self { offset: 0, limit: Self::DEFAULT_LIMIT }
+    }
+}
+
+/// One page of a list and the size of the whole list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items in this window.
+    pub items: Vec<T>,
+    /// How many items the whole list has.
+    pub total: u64,
+    /// The window that was asked for.
+    pub request: PageRequest,
+}
+
+/// The order of a conversation list, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ListOrder {
+    /// By last change.
+    #[default]
+    Updated,
+    /// By creation.
+    Created,
+}
+
+impl ListOrder {
+    /// Parses the `order` query value.
+    ///
+    /// # Errors
+    /// [`DomainError::Invalid`] on `order` for anything but `updated` or `created`.
+    pub fn parse(value: &str) -> Result<Self, DomainError> {
+        match value {
+            "updated" => Ok(Self::Updated),
+            "created" => Ok(Self::Created),
+            _ => Err(DomainError::invalid("order", "must be 'updated' or 'created'")),
+        }
+    }
+}
+
+/// A title search: 1..=100 characters, matched as a literal substring
+/// (the store escapes `%`, `_` and its escape character).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchQuery(String);
+
+impl SearchQuery {
+    /// Validates a search string.
+    ///
+    /// # Errors
+    /// [`DomainError::Invalid`] on `q`.
+    pub fn parse(value: &str) -> Result<Self, DomainError> {
+        check_text("q", value, 1, 100)?;
+        Ok(Self(value.to_owned()))
+    }
+
+    /// The text to look for.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_bounds() {
+        assert!(PageRequest::new(0, 0).is_err());
+        assert!(PageRequest::new(0, 1).is_ok());
+        assert!(PageRequest::new(0, 100).is_ok());
+        assert!(PageRequest::new(0, 101).is_err());
+    }
+
+    #[test]
+    fn offset_bound() {
+        assert!(PageRequest::new(100_000, 10).is_ok());
+        let err = PageRequest::new(100_001, 10).unwrap_err();
+        assert!(matches!(err, DomainError::Invalid { ref field, .. } if field == "offset"));
+    }
+
+    #[test]
+    fn order_parses() {
+        assert_eq!(ListOrder::parse("created").unwrap(), ListOrder::Created);
+        assert!(ListOrder::parse("random").is_err());
+    }
+
+    #[test]
+    fn search_is_bounded() {
+        assert!(SearchQuery::parse("").is_err());
+        assert!(SearchQuery::parse("50%_off").is_ok());
+        assert!(SearchQuery::parse(&"q".repeat(101)).is_err());
+    }
+}

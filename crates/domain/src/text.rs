@@ -1,0 +1,48 @@
+//! Shared rules for text that comes from clients.
+
+use crate::DomainError;
+
+/// Checks that `value` has between `min` and `max` characters (Unicode
+/// scalar values, not bytes) and holds no NUL byte, which PostgreSQL cannot
+/// store and which has no business in any text field.
+pub(crate) fn check_text(
+    field: &'static str,
+    value: &str,
+    min: usize,
+    max: usize,
+) -> Result<(), DomainError> {
+    if value.contains('\0') {
+        return Err(DomainError::invalid(field, "must not contain NUL bytes"));
+    }
+    let len = value.chars().count();
+    if len < min || len > max {
+        return Err(DomainError::invalid(
+            field,
+            format!("must be between {min} and {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_text;
+
+    #[test]
+    fn counts_characters_not_bytes() {
+        // Four characters, twelve bytes.
+        assert!(check_text("f", "日本語字", 1, 4).is_ok());
+        assert!(check_text("f", "日本語字x", 1, 4).is_err());
+    }
+
+    #[test]
+    fn refuses_nul_bytes() {
+        let err = check_text("f", "a\0b", 0, 10).unwrap_err();
+        assert!(err.to_string().contains("NUL"));
+    }
+
+    #[test]
+    fn refuses_too_short() {
+        assert!(check_text("f", "", 1, 10).is_err());
+    }
+}

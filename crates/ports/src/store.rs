@@ -1,0 +1,148 @@
+//! Persistence of users, conversations and messages.
+
+use async_trait::async_trait;
+use confab_domain::{
+    Content, Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError,
+    ListOrder, Message, MessageId, MessageStatus, NewConversation, NewUser, OffsetDateTime, Page,
+    PageRequest, PasswordHash, SearchQuery, User, UserId,
+};
+
+/// Users and their credentials.
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// Stores a new account.
+    ///
+    /// # Errors
+    /// [`DomainError::Duplicate`] on `username` or `email` when taken.
+    async fn create(&self, user: NewUser) -> Result<User, DomainError>;
+
+    /// Reads an account.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`] when there is none with that id.
+    async fn get(&self, id: UserId) -> Result<User, DomainError>;
+
+    /// Finds an account by username or e-mail address (both compared
+    /// lower-cased) and returns it with its password hash.
+    ///
+    /// # Errors
+    /// Only on storage failure; an unknown login is `Ok(None)`.
+    async fn find_credentials(
+        &self,
+        login: &str,
+    ) -> Result<Option<(User, PasswordHash)>, DomainError>;
+
+    /// Lists accounts, oldest first.
+    ///
+    /// # Errors
+    /// Only on storage failure.
+    async fn list(&self, page: PageRequest) -> Result<Page<User>, DomainError>;
+
+    /// Enables or disables an account.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`] when there is none with that id.
+    async fn set_disabled(
+        &self,
+        id: UserId,
+        disabled: bool,
+        at: OffsetDateTime,
+    ) -> Result<User, DomainError>;
+}
+
+/// What to list of a user's conversations.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationQuery {
+    /// The window.
+    pub page: PageRequest,
+    /// The order (newest first either way).
+    pub order: ListOrder,
+    /// A literal substring of the title to look for.
+    pub search: Option<SearchQuery>,
+    /// List archived conversations instead of active ones.
+    pub archived: bool,
+}
+
+/// Conversations. Every read and write is scoped to an owner: another
+/// user's conversation, or a deleted one, is [`DomainError::NotFound`].
+#[async_trait]
+pub trait ConversationStore: Send + Sync + 'static {
+    /// Stores a new conversation.
+    ///
+    /// # Errors
+    /// [`DomainError::Duplicate`] on `conversation_id` when the id exists.
+    async fn create(&self, conversation: NewConversation) -> Result<Conversation, DomainError>;
+
+    /// Reads one of `owner`'s conversations.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`] when missing, deleted or someone else's.
+    async fn get(&self, owner: UserId, id: ConversationId) -> Result<Conversation, DomainError>;
+
+    /// Lists `owner`'s conversations that are not deleted.
+    ///
+    /// # Errors
+    /// Only on storage failure.
+    async fn list(
+        &self,
+        owner: UserId,
+        query: &ConversationQuery,
+    ) -> Result<Page<ConversationSummary>, DomainError>;
+
+    /// Applies a partial update and bumps `updated_at` to `at`.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`] as for [`ConversationStore::get`].
+    async fn update(
+        &self,
+        owner: UserId,
+        id: ConversationId,
+        patch: ConversationPatch,
+        at: OffsetDateTime,
+    ) -> Result<Conversation, DomainError>;
+
+    /// Soft-deletes: the rows stay, but the conversation is not found again.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`] as for [`ConversationStore::get`].
+    async fn soft_delete(
+        &self,
+        owner: UserId,
+        id: ConversationId,
+        at: OffsetDateTime,
+    ) -> Result<(), DomainError>;
+}
+
+/// Messages. Callers check the conversation's ownership first (through
+/// [`ConversationStore::get`]); these methods trust the conversation id.
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Stores a message and, in the same transaction, makes it the
+    /// conversation's latest (its `updated_at` and list preview).
+    ///
+    /// # Errors
+    /// [`DomainError::Duplicate`] on `id` when the conversation already has
+    /// a message with that id; [`DomainError::NotFound`] when the
+    /// conversation does not exist.
+    async fn insert(&self, message: &Message) -> Result<(), DomainError>;
+
+    /// Replaces a message's content and status (a generation's progress or
+    /// end) and refreshes the conversation's preview.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`] when there is no such message.
+    async fn update_content(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+        content: &Content,
+        status: MessageStatus,
+        at: OffsetDateTime,
+    ) -> Result<(), DomainError>;
+
+    /// All messages of a conversation, oldest first.
+    ///
+    /// # Errors
+    /// Only on storage failure.
+    async fn list(&self, conversation: ConversationId) -> Result<Vec<Message>, DomainError>;
+}
