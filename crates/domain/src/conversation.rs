@@ -22,7 +22,10 @@ impl Title {
         let trimmed = value.trim();
         check_text("title", trimmed, 1, Self::MAX_CHARS)?;
         if trimmed.chars().any(char::is_control) {
-            return Err(DomainError::invalid("title", "must not contain control characters"));
+            return Err(DomainError::invalid(
+                "title",
+                "must not contain control characters",
+            ));
         }
         Ok(Self(trimmed.to_owned()))
     }
@@ -118,7 +121,10 @@ mod tests {
 
     #[test]
     fn title_is_trimmed_and_bounded() {
-        assert_eq!(Title::parse("  Redis caching ").unwrap().as_str(), "Redis caching");
+        assert_eq!(
+            Title::parse("  Redis caching ").unwrap().as_str(),
+            "Redis caching"
+        );
         assert!(Title::parse("   ").is_err());
         assert!(Title::parse(&"t".repeat(201)).is_err());
         assert!(Title::parse(&"題".repeat(200)).is_ok());
@@ -134,7 +140,10 @@ mod tests {
     #[test]
     fn empty_patch() {
         assert!(ConversationPatch::default().is_empty());
-        let p = ConversationPatch { is_archived: Some(true), ..Default::default() };
+        let p = ConversationPatch {
+            is_archived: Some(true),
+            ..Default::default()
+        };
         assert!(!p.is_empty());
     }
 }

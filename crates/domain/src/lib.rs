@@ -15,7 +15,9 @@ mod page;
 mod text;
 mod user;
 
-pub use conversation::{Conversation, ConversationPatch, ConversationSummary, NewConversation, Title};
+pub use conversation::{
+    Conversation, ConversationPatch, ConversationSummary, NewConversation, Title,
+};
 pub use error::{BoxError, DomainError};
 pub use ids::{ConversationId, MessageId, UserId};
 pub use message::{Content, ContentType, Message, MessageRole, MessageStatus, ModelSlug};

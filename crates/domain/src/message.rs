@@ -42,7 +42,10 @@ impl MessageRole {
             "user" => Ok(Self::User),
             "assistant" => Ok(Self::Assistant),
             "tool" => Ok(Self::Tool),
-            _ => Err(DomainError::invalid("role", "must be system, user, assistant or tool")),
+            _ => Err(DomainError::invalid(
+                "role",
+                "must be system, user, assistant or tool",
+            )),
         }
     }
 }
@@ -136,7 +139,10 @@ impl Content {
     /// many, too much text, or a NUL byte.
     pub fn text(parts: Vec<String>) -> Result<Self, DomainError> {
         if parts.is_empty() || parts.len() > Self::MAX_PARTS {
-            return Err(DomainError::invalid("content.parts", "must hold 1 to 32 parts"));
+            return Err(DomainError::invalid(
+                "content.parts",
+                "must hold 1 to 32 parts",
+            ));
         }
         let mut total = 0;
         for part in &parts {
@@ -149,7 +155,10 @@ impl Content {
                 "must hold at most 100000 characters in all",
             ));
         }
-        Ok(Self { content_type: ContentType::Text, parts })
+        Ok(Self {
+            content_type: ContentType::Text,
+            parts,
+        })
     }
 
     /// Text content typed by a person: as [`Content::text`], and not blank.
@@ -167,7 +176,10 @@ impl Content {
     /// The empty content an assistant message starts with (`parts: [""]`).
     #[must_use]
     pub fn empty_text() -> Self {
-        Self { content_type: ContentType::Text, parts: vec![String::new()] }
+        Self {
+            content_type: ContentType::Text,
+            parts: vec![String::new()],
+        }
     }
 
     /// The content type.
@@ -267,7 +279,10 @@ mod tests {
             r#"{"content_type":"image","parts":["a"]}"#,
             r#"{"content_type":"text","parts":[]}"#,
         ] {
-            assert!(serde_json::from_str::<Content>(bad).is_err(), "{bad} accepted");
+            assert!(
+                serde_json::from_str::<Content>(bad).is_err(),
+                "{bad} accepted"
+            );
         }
     }
 
@@ -296,7 +311,12 @@ mod tests {
             assert_eq!(MessageStatus::parse(s.as_str()).unwrap(), s);
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
-        for r in [MessageRole::System, MessageRole::User, MessageRole::Assistant, MessageRole::Tool] {
+        for r in [
+            MessageRole::System,
+            MessageRole::User,
+            MessageRole::Assistant,
+            MessageRole::Tool,
+        ] {
             assert_eq!(MessageRole::parse(r.as_str()).unwrap(), r);
         }
     }

@@ -1,7 +1,7 @@
 //! Pagination, ordering and search of lists.
 
-use crate::text::check_text;
 use crate::DomainError;
+use crate::text::check_text;
 
 /// A window into a list: `limit` 1..=100 items from `offset` (at most
 /// 100,000, so a deep offset can't make the database scan forever).
@@ -28,7 +28,10 @@ impl PageRequest {
             return Err(DomainError::invalid("limit", "must be between 1 and 100"));
         }
         if offset > Self::MAX_OFFSET {
-            return Err(DomainError::invalid("offset", "must be between 0 and 100000"));
+            return Err(DomainError::invalid(
+                "offset",
+                "must be between 0 and 100000",
+            ));
         }
         Ok(Self { offset, limit })
     }
@@ -48,7 +51,10 @@ impl PageRequest {
 
 impl Default for PageRequest {
     fn default() -> Self {
-        Self { offset: 0, limit: Self::DEFAULT_LIMIT }
+        Self {
+            offset: 0,
+            limit: Self::DEFAULT_LIMIT,
+        }
     }
 }
 
@@ -82,7 +88,10 @@ impl ListOrder {
         match value {
             "updated" => Ok(Self::Updated),
             "created" => Ok(Self::Created),
-            _ => Err(DomainError::invalid("order", "must be 'updated' or 'created'")),
+            _ => Err(DomainError::invalid(
+                "order",
+                "must be 'updated' or 'created'",
+            )),
         }
     }
 }

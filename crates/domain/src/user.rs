@@ -152,11 +152,40 @@ impl Role {
 
 /// The most common passwords, refused whatever else is true of them.
 const COMMON_PASSWORDS: &[&str] = &[
-    "12345678", "123456789", "1234567890", "password", "password1", "password123", "qwerty123",
-    "qwertyuiop", "11111111", "00000000", "iloveyou", "sunshine", "princess", "football",
-    "baseball", "welcome1", "abc12345", "abcd1234", "1q2w3e4r", "1qaz2wsx", "qwerty12",
-    "letmein1", "trustno1", "superman", "starwars", "passw0rd", "p@ssw0rd", "changeme",
-    "administrator", "88888888", "12341234", "87654321", "monkey123", "dragon123",
+    "12345678",
+    "123456789",
+    "1234567890",
+    "password",
+    "password1",
+    "password123",
+    "qwerty123",
+    "qwertyuiop",
+    "11111111",
+    "00000000",
+    "iloveyou",
+    "sunshine",
+    "princess",
+    "football",
+    "baseball",
+    "welcome1",
+    "abc12345",
+    "abcd1234",
+    "1q2w3e4r",
+    "1qaz2wsx",
+    "qwerty12",
+    "letmein1",
+    "trustno1",
+    "superman",
+    "starwars",
+    "passw0rd",
+    "p@ssw0rd",
+    "changeme",
+    "administrator",
+    "88888888",
+    "12341234",
+    "87654321",
+    "monkey123",
+    "dragon123",
 ];
 
 /// A plain-text password on its way to the hasher. Its `Debug` never shows
@@ -186,10 +215,16 @@ impl Password {
         check_text("password", value, Self::MIN_CHARS, Self::MAX_CHARS)?;
         let lower = value.to_lowercase();
         if lower.contains(username.as_str()) {
-            return Err(DomainError::invalid("password", "must not contain the username"));
+            return Err(DomainError::invalid(
+                "password",
+                "must not contain the username",
+            ));
         }
         if lower == email.as_str() {
-            return Err(DomainError::invalid("password", "must not be the e-mail address"));
+            return Err(DomainError::invalid(
+                "password",
+                "must not be the e-mail address",
+            ));
         }
         if COMMON_PASSWORDS.contains(&lower.as_str()) {
             return Err(DomainError::invalid("password", "is too common"));

@@ -63,12 +63,17 @@ pub(crate) enum ConnectError {
 
 impl Manager {
     pub(crate) fn new(target: DatabaseTarget, options: &PoolOptions) -> Self {
-        Self { target, busy_timeout: options.sqlite_busy_timeout }
+        Self {
+            target,
+            busy_timeout: options.sqlite_busy_timeout,
+        }
     }
 
     pub(crate) fn open(&self) -> Result<AnyConnection, ConnectError> {
         match &self.target {
-            DatabaseTarget::Postgres(url) => Ok(AnyConnection::Postgres(PgConnection::establish(url)?)),
+            DatabaseTarget::Postgres(url) => {
+                Ok(AnyConnection::Postgres(PgConnection::establish(url)?))
+            }
             DatabaseTarget::Sqlite(path) => {
                 let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
                 // WAL lets readers run beside the writer; the busy timeout

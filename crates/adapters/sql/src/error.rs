@@ -36,8 +36,14 @@ pub(crate) fn domain(err: DieselError) -> DomainError {
     match err {
         DieselError::NotFound => DomainError::NotFound,
         DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
-            let text = format!("{} {}", info.constraint_name().unwrap_or(""), info.message());
-            DomainError::Duplicate { field: duplicate_field(&text).into() }
+            let text = format!(
+                "{} {}",
+                info.constraint_name().unwrap_or(""),
+                info.message()
+            );
+            DomainError::Duplicate {
+                field: duplicate_field(&text).into(),
+            }
         }
         DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
             DomainError::NotFound
@@ -87,9 +93,18 @@ mod tests {
 
     #[test]
     fn duplicate_fields_from_both_backends() {
-        assert_eq!(duplicate_field("users_username_key duplicate key"), "username");
-        assert_eq!(duplicate_field(" UNIQUE constraint failed: users.email"), "email");
-        assert_eq!(duplicate_field(" UNIQUE constraint failed: messages.conversation_id, messages.id"), "message_id");
+        assert_eq!(
+            duplicate_field("users_username_key duplicate key"),
+            "username"
+        );
+        assert_eq!(
+            duplicate_field(" UNIQUE constraint failed: users.email"),
+            "email"
+        );
+        assert_eq!(
+            duplicate_field(" UNIQUE constraint failed: messages.conversation_id, messages.id"),
+            "message_id"
+        );
         assert_eq!(duplicate_field("conversations_pkey"), "conversation_id");
     }
 }

@@ -21,8 +21,8 @@ pub(crate) fn run_pending(conn: &mut AnyConnection) -> Result<usize, SqlError> {
         AnyConnection::Postgres(pg) => {
             diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).execute(pg)?;
             let result = pg.run_pending_migrations(POSTGRES).map(|v| v.len());
-            let unlock =
-                diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")).execute(pg);
+            let unlock = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+                .execute(pg);
             let ran = result.map_err(|e| SqlError::Migration(e.to_string()))?;
             unlock?;
             Ok(ran)

@@ -143,11 +143,20 @@ impl MessageRow {
         Ok(Message {
             id: MessageId::parse(self.id).map_err(internal)?,
             conversation_id: ConversationId::from_uuid(uuid(&self.conversation_id)?),
-            parent_id: self.parent_id.map(MessageId::parse).transpose().map_err(internal)?,
+            parent_id: self
+                .parent_id
+                .map(MessageId::parse)
+                .transpose()
+                .map_err(internal)?,
             role: MessageRole::parse(&self.role).map_err(internal)?,
             content: serde_json::from_str(&self.content).map_err(json)?,
             status: MessageStatus::parse(&self.status).map_err(internal)?,
-            model_slug: self.model_slug.as_deref().map(ModelSlug::parse).transpose().map_err(internal)?,
+            model_slug: self
+                .model_slug
+                .as_deref()
+                .map(ModelSlug::parse)
+                .transpose()
+                .map_err(internal)?,
             metadata: serde_json::from_str(&self.metadata).map_err(json)?,
             created_at: from_micros(self.created_at)?,
             updated_at: from_micros(self.updated_at)?,

@@ -97,8 +97,16 @@ mod tests {
 
     #[test]
     fn picks_backend_by_scheme() {
-        assert_eq!(DatabaseTarget::parse("postgres://h/db").unwrap().backend(), Backend::Postgres);
-        assert_eq!(DatabaseTarget::parse("postgresql://h/db").unwrap().backend(), Backend::Postgres);
+        assert_eq!(
+            DatabaseTarget::parse("postgres://h/db").unwrap().backend(),
+            Backend::Postgres
+        );
+        assert_eq!(
+            DatabaseTarget::parse("postgresql://h/db")
+                .unwrap()
+                .backend(),
+            Backend::Postgres
+        );
         assert_eq!(
             DatabaseTarget::parse("sqlite://data/x.db").unwrap(),
             DatabaseTarget::Sqlite(PathBuf::from("data/x.db"))
@@ -111,7 +119,13 @@ mod tests {
 
     #[test]
     fn refuses_unknown_schemes_instead_of_making_a_file() {
-        for bad in ["postgre://h/db", "mysql://h/db", "data/confab.db", "sqlite://", "sqlite://:memory:"] {
+        for bad in [
+            "postgre://h/db",
+            "mysql://h/db",
+            "data/confab.db",
+            "sqlite://",
+            "sqlite://:memory:",
+        ] {
             let err = DatabaseTarget::parse(bad).unwrap_err();
             assert!(matches!(err, SqlError::Url(_)), "{bad}: {err}");
         }
@@ -119,7 +133,8 @@ mod tests {
 
     #[test]
     fn redaction_hides_passwords() {
-        let t = DatabaseTarget::parse("postgres://bob:s3cret@db:5432/confab?password=s3cret").unwrap();
+        let t =
+            DatabaseTarget::parse("postgres://bob:s3cret@db:5432/confab?password=s3cret").unwrap();
         assert_eq!(t.redacted(), "postgres://bob@db:5432/confab");
         assert!(!format!("{t:?}").contains("s3cret"));
     }

@@ -55,7 +55,10 @@ impl TestDatabase {
     pub fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temporary directory for a SQLite test database");
         let url = format!("sqlite://{}/confab.db", dir.path().display());
-        Self { url, kind: Kind::Sqlite { _dir: dir } }
+        Self {
+            url,
+            kind: Kind::Sqlite { _dir: dir },
+        }
     }
 
     /// A fresh PostgreSQL database, already migrated.
@@ -66,19 +69,30 @@ impl TestDatabase {
     pub fn postgres() -> Self {
         let admin_url = admin_url();
         let template = template(&admin_url);
-        let name = format!("confab_t_{}_{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let name = format!(
+            "confab_t_{}_{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
         {
             // Clones of one template are made one at a time: PostgreSQL
             // refuses to copy a database that another session is copying.
             static CLONING: Mutex<()> = Mutex::new(());
-            let _one = CLONING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _one = CLONING
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut admin = connect_admin(&admin_url);
-            diesel::sql_query(format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""))
-                .execute(&mut admin)
-                .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+            diesel::sql_query(format!(
+                "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+            ))
+            .execute(&mut admin)
+            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
         }
         let url = with_database(&admin_url, &name);
-        Self { url, kind: Kind::Postgres { admin_url, name } }
+        Self {
+            url,
+            kind: Kind::Postgres { admin_url, name },
+        }
     }
 
     /// The database URL, for `DATABASE_URL` or [`DatabaseTarget::parse`].
@@ -93,7 +107,9 @@ impl TestDatabase {
     /// When it can't be opened or migrated.
     pub async fn store(&self) -> SqlStore {
         let target = DatabaseTarget::parse(&self.url).expect("test database URL");
-        let store = SqlStore::open(target, PoolOptions::default()).await.expect("open test store");
+        let store = SqlStore::open(target, PoolOptions::default())
+            .await
+            .expect("open test store");
         store.migrate().await.expect("migrate test store");
         store
     }
@@ -134,9 +150,13 @@ fn connect_admin(url: &str) -> PgConnection {
 
 /// `url` with its database name replaced by `name`.
 fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
     let mut out = format!("{}/{name}", &base[..host_end]);
     if let Some(q) = query {
         out.push('?');
@@ -191,8 +211,10 @@ fn sweep_leftovers(admin: &mut PgConnection) {
             .and_then(|p| p.parse::<u32>().ok());
         let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
         if !alive {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{datname}\" WITH (FORCE)"))
-                .execute(admin);
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS \"{datname}\" WITH (FORCE)"
+            ))
+            .execute(admin);
         }
     }
 }
@@ -203,8 +225,14 @@ mod tests {
 
     #[test]
     fn database_name_is_replaced() {
-        assert_eq!(with_database("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
-        assert_eq!(with_database("postgres://u@h/postgres?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/postgres?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
         assert_eq!(with_database("postgres://h:1", "x"), "postgres://h:1/x");
     }
 }

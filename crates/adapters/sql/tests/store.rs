@@ -87,10 +87,20 @@ async fn user(store: &SqlStore, name: &str) -> User {
     .unwrap()
 }
 
-async fn conversation(store: &SqlStore, owner: UserId, title: &str, at: OffsetDateTime) -> ConversationId {
+async fn conversation(
+    store: &SqlStore,
+    owner: UserId,
+    title: &str,
+    at: OffsetDateTime,
+) -> ConversationId {
     let c = ConversationStore::create(
         store,
-        NewConversation { id: ConversationId::generate(), owner, title: Title::parse(title).unwrap(), created_at: at },
+        NewConversation {
+            id: ConversationId::generate(),
+            owner,
+            title: Title::parse(title).unwrap(),
+            created_at: at,
+        },
     )
     .await
     .unwrap();
@@ -124,7 +134,9 @@ async fn users_round_trip(backend: Backend) {
     assert!(!alice.disabled);
     let read = UserStore::get(&f.store, alice.id).await.unwrap();
     assert_eq!(read, alice);
-    let missing = UserStore::get(&f.store, UserId::generate()).await.unwrap_err();
+    let missing = UserStore::get(&f.store, UserId::generate())
+        .await
+        .unwrap_err();
     assert!(matches!(missing, DomainError::NotFound));
 }
 
@@ -139,10 +151,20 @@ async fn duplicate_username_and_email_are_duplicates(backend: Backend) {
         password_hash: PasswordHash::new("x".into()),
         created_at: now(),
     };
-    let err = UserStore::create(&f.store, clash("BOB", "other@example.com")).await.unwrap_err();
-    assert!(matches!(err, DomainError::Duplicate { ref field } if field == "username"), "{err:?}");
-    let err = UserStore::create(&f.store, clash("robert", "Bob@Example.com")).await.unwrap_err();
-    assert!(matches!(err, DomainError::Duplicate { ref field } if field == "email"), "{err:?}");
+    let err = UserStore::create(&f.store, clash("BOB", "other@example.com"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DomainError::Duplicate { ref field } if field == "username"),
+        "{err:?}"
+    );
+    let err = UserStore::create(&f.store, clash("robert", "Bob@Example.com"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DomainError::Duplicate { ref field } if field == "email"),
+        "{err:?}"
+    );
 }
 
 async fn credentials_found_by_username_or_email(backend: Backend) {
@@ -161,7 +183,9 @@ async fn users_list_pages_with_total(backend: Backend) {
     for name in ["u_one", "u_two", "u_three"] {
         user(&f.store, name).await;
     }
-    let page = UserStore::list(&f.store, PageRequest::new(1, 1).unwrap()).await.unwrap();
+    let page = UserStore::list(&f.store, PageRequest::new(1, 1).unwrap())
+        .await
+        .unwrap();
     assert_eq!(page.total, 3);
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.items[0].username.as_str(), "u_two");
@@ -174,7 +198,11 @@ async fn disabling_a_user(backend: Backend) {
     let disabled = f.store.set_disabled(dan.id, true, later).await.unwrap();
     assert!(disabled.disabled);
     assert!(disabled.updated_at > dan.updated_at);
-    let err = f.store.set_disabled(UserId::generate(), true, later).await.unwrap_err();
+    let err = f
+        .store
+        .set_disabled(UserId::generate(), true, later)
+        .await
+        .unwrap_err();
     assert!(matches!(err, DomainError::NotFound));
 }
 
@@ -182,14 +210,45 @@ async fn conversations_are_scoped_to_their_owner(backend: Backend) {
     let f = fixture(backend).await;
     let (erin, frank) = (user(&f.store, "erin").await, user(&f.store, "frank").await);
     let id = conversation(&f.store, erin.id, "Erin's", now()).await;
-    assert_eq!(ConversationStore::get(&f.store, erin.id, id).await.unwrap().title.as_str(), "Erin's");
-    let err = ConversationStore::get(&f.store, frank.id, id).await.unwrap_err();
+    assert_eq!(
+        ConversationStore::get(&f.store, erin.id, id)
+            .await
+            .unwrap()
+            .title
+            .as_str(),
+        "Erin's"
+    );
+    let err = ConversationStore::get(&f.store, frank.id, id)
+        .await
+        .unwrap_err();
     assert!(matches!(err, DomainError::NotFound));
-    assert_eq!(ConversationStore::list(&f.store, frank.id, &query()).await.unwrap().total, 0);
-    let patch = ConversationPatch { title: Some(Title::parse("mine now").unwrap()), ..Default::default() };
-    assert!(matches!(f.store.update(frank.id, id, patch, now()).await, Err(DomainError::NotFound)));
-    assert!(matches!(f.store.soft_delete(frank.id, id, now()).await, Err(DomainError::NotFound)));
-    assert_eq!(ConversationStore::get(&f.store, erin.id, id).await.unwrap().title.as_str(), "Erin's");
+    assert_eq!(
+        ConversationStore::list(&f.store, frank.id, &query())
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+    let patch = ConversationPatch {
+        title: Some(Title::parse("mine now").unwrap()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        f.store.update(frank.id, id, patch, now()).await,
+        Err(DomainError::NotFound)
+    ));
+    assert!(matches!(
+        f.store.soft_delete(frank.id, id, now()).await,
+        Err(DomainError::NotFound)
+    ));
+    assert_eq!(
+        ConversationStore::get(&f.store, erin.id, id)
+            .await
+            .unwrap()
+            .title
+            .as_str(),
+        "Erin's"
+    );
 }
 
 async fn conversation_list_orders_and_pages(backend: Backend) {
@@ -204,18 +263,38 @@ async fn conversation_list_orders_and_pages(backend: Backend) {
     m.updated_at = t0 + Duration::from_secs(3);
     f.store.insert(&m).await.unwrap();
 
-    let by_updated = ConversationStore::list(&f.store, gina.id, &query()).await.unwrap();
+    let by_updated = ConversationStore::list(&f.store, gina.id, &query())
+        .await
+        .unwrap();
     let ids: Vec<_> = by_updated.items.iter().map(|c| c.id).collect();
     assert_eq!(ids, [first, third, second]);
-    assert_eq!(by_updated.items[0].last_message.as_deref(), Some("hello there"));
+    assert_eq!(
+        by_updated.items[0].last_message.as_deref(),
+        Some("hello there")
+    );
     assert_eq!(by_updated.total, 3);
 
-    let q = ConversationQuery { order: ListOrder::Created, ..query() };
-    let ids: Vec<_> = ConversationStore::list(&f.store, gina.id, &q).await.unwrap().items.iter().map(|c| c.id).collect();
+    let q = ConversationQuery {
+        order: ListOrder::Created,
+        ..query()
+    };
+    let ids: Vec<_> = ConversationStore::list(&f.store, gina.id, &q)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|c| c.id)
+        .collect();
     assert_eq!(ids, [third, second, first]);
 
-    let q = ConversationQuery { page: PageRequest::new(2, 2).unwrap(), order: ListOrder::Created, ..query() };
-    let page = ConversationStore::list(&f.store, gina.id, &q).await.unwrap();
+    let q = ConversationQuery {
+        page: PageRequest::new(2, 2).unwrap(),
+        order: ListOrder::Created,
+        ..query()
+    };
+    let page = ConversationStore::list(&f.store, gina.id, &q)
+        .await
+        .unwrap();
     assert_eq!(page.total, 3);
     assert_eq!(page.items.iter().map(|c| c.id).collect::<Vec<_>>(), [first]);
 }
@@ -226,14 +305,47 @@ async fn conversation_search_is_literal_and_case_insensitive(backend: Backend) {
     for title in ["Redis caching", "100% uptime", "snake_case names", "plain"] {
         conversation(&f.store, hal.id, title, now()).await;
     }
-    let search = |s: &str| ConversationQuery { search: Some(SearchQuery::parse(s).unwrap()), ..query() };
-    let titles = |page: confab_domain::Page<confab_domain::ConversationSummary>| {
-        page.items.into_iter().map(|c| c.title.as_str().to_owned()).collect::<Vec<_>>()
+    let search = |s: &str| ConversationQuery {
+        search: Some(SearchQuery::parse(s).unwrap()),
+        ..query()
     };
-    assert_eq!(titles(ConversationStore::list(&f.store, hal.id, &search("REDIS")).await.unwrap()), ["Redis caching"]);
-    assert_eq!(titles(ConversationStore::list(&f.store, hal.id, &search("%")).await.unwrap()), ["100% uptime"]);
-    assert_eq!(titles(ConversationStore::list(&f.store, hal.id, &search("_")).await.unwrap()), ["snake_case names"]);
-    assert_eq!(ConversationStore::list(&f.store, hal.id, &search("zzz")).await.unwrap().total, 0);
+    let titles = |page: confab_domain::Page<confab_domain::ConversationSummary>| {
+        page.items
+            .into_iter()
+            .map(|c| c.title.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        titles(
+            ConversationStore::list(&f.store, hal.id, &search("REDIS"))
+                .await
+                .unwrap()
+        ),
+        ["Redis caching"]
+    );
+    assert_eq!(
+        titles(
+            ConversationStore::list(&f.store, hal.id, &search("%"))
+                .await
+                .unwrap()
+        ),
+        ["100% uptime"]
+    );
+    assert_eq!(
+        titles(
+            ConversationStore::list(&f.store, hal.id, &search("_"))
+                .await
+                .unwrap()
+        ),
+        ["snake_case names"]
+    );
+    assert_eq!(
+        ConversationStore::list(&f.store, hal.id, &search("zzz"))
+            .await
+            .unwrap()
+            .total,
+        0
+    );
 }
 
 async fn archived_conversations_are_listed_apart(backend: Backend) {
@@ -241,13 +353,30 @@ async fn archived_conversations_are_listed_apart(backend: Backend) {
     let ida = user(&f.store, "ida").await;
     let kept = conversation(&f.store, ida.id, "kept", now()).await;
     let archived = conversation(&f.store, ida.id, "archived", now()).await;
-    let patch = ConversationPatch { is_archived: Some(true), ..Default::default() };
-    f.store.update(ida.id, archived, patch, now()).await.unwrap();
-    let active = ConversationStore::list(&f.store, ida.id, &query()).await.unwrap();
-    assert_eq!(active.items.iter().map(|c| c.id).collect::<Vec<_>>(), [kept]);
-    let q = ConversationQuery { archived: true, ..query() };
+    let patch = ConversationPatch {
+        is_archived: Some(true),
+        ..Default::default()
+    };
+    f.store
+        .update(ida.id, archived, patch, now())
+        .await
+        .unwrap();
+    let active = ConversationStore::list(&f.store, ida.id, &query())
+        .await
+        .unwrap();
+    assert_eq!(
+        active.items.iter().map(|c| c.id).collect::<Vec<_>>(),
+        [kept]
+    );
+    let q = ConversationQuery {
+        archived: true,
+        ..query()
+    };
     let only = ConversationStore::list(&f.store, ida.id, &q).await.unwrap();
-    assert_eq!(only.items.iter().map(|c| c.id).collect::<Vec<_>>(), [archived]);
+    assert_eq!(
+        only.items.iter().map(|c| c.id).collect::<Vec<_>>(),
+        [archived]
+    );
     assert!(only.items[0].is_archived);
 }
 
@@ -257,12 +386,27 @@ async fn patch_renames_and_archives(backend: Backend) {
     let t0 = now();
     let id = conversation(&f.store, jo.id, "before", t0).await;
     let later = t0 + Duration::from_secs(5);
-    let patch = ConversationPatch { title: Some(Title::parse("after").unwrap()), is_archived: None };
+    let patch = ConversationPatch {
+        title: Some(Title::parse("after").unwrap()),
+        is_archived: None,
+    };
     let c = f.store.update(jo.id, id, patch, later).await.unwrap();
     assert_eq!(c.title.as_str(), "after");
     assert!(!c.is_archived);
     assert!(c.updated_at > c.created_at);
-    let c = f.store.update(jo.id, id, ConversationPatch { title: None, is_archived: Some(true) }, later).await.unwrap();
+    let c = f
+        .store
+        .update(
+            jo.id,
+            id,
+            ConversationPatch {
+                title: None,
+                is_archived: Some(true),
+            },
+            later,
+        )
+        .await
+        .unwrap();
     assert_eq!(c.title.as_str(), "after");
     assert!(c.is_archived);
 }
@@ -272,11 +416,29 @@ async fn soft_deleted_conversation_is_gone_everywhere(backend: Backend) {
     let kim = user(&f.store, "kim").await;
     let id = conversation(&f.store, kim.id, "doomed", now()).await;
     f.store.soft_delete(kim.id, id, now()).await.unwrap();
-    assert!(matches!(ConversationStore::get(&f.store, kim.id, id).await, Err(DomainError::NotFound)));
-    assert_eq!(ConversationStore::list(&f.store, kim.id, &query()).await.unwrap().total, 0);
-    let patch = ConversationPatch { is_archived: Some(true), ..Default::default() };
-    assert!(matches!(f.store.update(kim.id, id, patch, now()).await, Err(DomainError::NotFound)));
-    assert!(matches!(f.store.soft_delete(kim.id, id, now()).await, Err(DomainError::NotFound)));
+    assert!(matches!(
+        ConversationStore::get(&f.store, kim.id, id).await,
+        Err(DomainError::NotFound)
+    ));
+    assert_eq!(
+        ConversationStore::list(&f.store, kim.id, &query())
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+    let patch = ConversationPatch {
+        is_archived: Some(true),
+        ..Default::default()
+    };
+    assert!(matches!(
+        f.store.update(kim.id, id, patch, now()).await,
+        Err(DomainError::NotFound)
+    ));
+    assert!(matches!(
+        f.store.soft_delete(kim.id, id, now()).await,
+        Err(DomainError::NotFound)
+    ));
 }
 
 async fn messages_keep_order_and_content(backend: Backend) {
@@ -285,7 +447,9 @@ async fn messages_keep_order_and_content(backend: Backend) {
     let id = conversation(&f.store, lee.id, "chat", now()).await;
     let text = "Héllo — 日本語 🎉 \"quoted\" \\ and \n\ndata: [DONE]";
     let mut question = message(id, "zzz_last_alphabetically", MessageRole::User, text);
-    question.metadata.insert("temperature".into(), serde_json::json!(0.7));
+    question
+        .metadata
+        .insert("temperature".into(), serde_json::json!(0.7));
     let mut answer = message(id, "aaa_first_alphabetically", MessageRole::Assistant, "");
     answer.content = Content::empty_text();
     answer.status = MessageStatus::InProgress;
@@ -301,7 +465,10 @@ async fn messages_keep_order_and_content(backend: Backend) {
     assert_eq!(listed[0].metadata["temperature"], serde_json::json!(0.7));
     assert_eq!(listed[1].parent_id.as_ref(), Some(&question.id));
     assert_eq!(listed[1].status, MessageStatus::InProgress);
-    assert_eq!(listed[1].model_slug.as_ref().map(ModelSlug::as_str), Some("llama3.1:8b"));
+    assert_eq!(
+        listed[1].model_slug.as_ref().map(ModelSlug::as_str),
+        Some("llama3.1:8b")
+    );
     assert_eq!(listed[1].content.parts(), [""]);
 }
 
@@ -310,21 +477,47 @@ async fn duplicate_message_id_in_one_conversation(backend: Backend) {
     let (max, ned) = (user(&f.store, "max").await, user(&f.store, "ned").await);
     let a = conversation(&f.store, max.id, "a", now()).await;
     let b = conversation(&f.store, ned.id, "b", now()).await;
-    f.store.insert(&message(a, "msg_001", MessageRole::User, "one")).await.unwrap();
-    let err = f.store.insert(&message(a, "msg_001", MessageRole::User, "again")).await.unwrap_err();
-    assert!(matches!(err, DomainError::Duplicate { ref field } if field == "message_id"), "{err:?}");
+    f.store
+        .insert(&message(a, "msg_001", MessageRole::User, "one"))
+        .await
+        .unwrap();
+    let err = f
+        .store
+        .insert(&message(a, "msg_001", MessageRole::User, "again"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DomainError::Duplicate { ref field } if field == "message_id"),
+        "{err:?}"
+    );
     // The same client id in another conversation is fine.
-    f.store.insert(&message(b, "msg_001", MessageRole::User, "other")).await.unwrap();
+    f.store
+        .insert(&message(b, "msg_001", MessageRole::User, "other"))
+        .await
+        .unwrap();
 }
 
 async fn message_into_missing_or_deleted_conversation_is_not_found(backend: Backend) {
     let f = fixture(backend).await;
     let olga = user(&f.store, "olga").await;
-    let err = f.store.insert(&message(ConversationId::generate(), "m", MessageRole::User, "x")).await.unwrap_err();
+    let err = f
+        .store
+        .insert(&message(
+            ConversationId::generate(),
+            "m",
+            MessageRole::User,
+            "x",
+        ))
+        .await
+        .unwrap_err();
     assert!(matches!(err, DomainError::NotFound), "{err:?}");
     let id = conversation(&f.store, olga.id, "gone", now()).await;
     f.store.soft_delete(olga.id, id, now()).await.unwrap();
-    let err = f.store.insert(&message(id, "m", MessageRole::User, "x")).await.unwrap_err();
+    let err = f
+        .store
+        .insert(&message(id, "m", MessageRole::User, "x"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, DomainError::NotFound), "{err:?}");
 }
 
@@ -336,14 +529,32 @@ async fn updating_content_refreshes_the_preview(backend: Backend) {
     answer.status = MessageStatus::InProgress;
     f.store.insert(&answer).await.unwrap();
     let done = Content::text(vec!["Redis caching stores data in memory.".into()]).unwrap();
-    f.store.update_content(id, &answer.id, &done, MessageStatus::FinishedSuccessfully, now()).await.unwrap();
+    f.store
+        .update_content(
+            id,
+            &answer.id,
+            &done,
+            MessageStatus::FinishedSuccessfully,
+            now(),
+        )
+        .await
+        .unwrap();
     let listed = MessageStore::list(&f.store, id).await.unwrap();
     assert_eq!(listed[0].status, MessageStatus::FinishedSuccessfully);
     assert_eq!(listed[0].content, done);
-    let page = ConversationStore::list(&f.store, pat.id, &query()).await.unwrap();
-    assert_eq!(page.items[0].last_message.as_deref(), Some("Redis caching stores data in memory."));
+    let page = ConversationStore::list(&f.store, pat.id, &query())
+        .await
+        .unwrap();
+    assert_eq!(
+        page.items[0].last_message.as_deref(),
+        Some("Redis caching stores data in memory.")
+    );
     let missing = MessageId::parse("nope").unwrap();
-    let err = f.store.update_content(id, &missing, &done, MessageStatus::Failed, now()).await.unwrap_err();
+    let err = f
+        .store
+        .update_content(id, &missing, &done, MessageStatus::Failed, now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, DomainError::NotFound));
 }
 
@@ -354,7 +565,11 @@ async fn concurrent_inserts_get_distinct_positions(backend: Backend) {
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let store = f.store.clone();
-            tokio::spawn(async move { store.insert(&message(id, &format!("m{i}"), MessageRole::User, "hi")).await })
+            tokio::spawn(async move {
+                store
+                    .insert(&message(id, &format!("m{i}"), MessageRole::User, "hi"))
+                    .await
+            })
         })
         .collect();
     for t in tasks {
@@ -365,7 +580,11 @@ async fn concurrent_inserts_get_distinct_positions(backend: Backend) {
 
 async fn migrations_are_idempotent_and_health_is_ok(backend: Backend) {
     let f = fixture(backend).await;
-    assert_eq!(f.store.migrate().await.unwrap(), 0, "a second run applies nothing");
+    assert_eq!(
+        f.store.migrate().await.unwrap(),
+        0,
+        "a second run applies nothing"
+    );
     assert_eq!(f.store.name(), "database");
     f.store.check().await.unwrap();
 }
@@ -373,10 +592,16 @@ async fn migrations_are_idempotent_and_health_is_ok(backend: Backend) {
 #[tokio::test]
 async fn refused_postgres_is_a_clear_error() {
     let target = DatabaseTarget::parse("postgres://postgres@127.0.0.1:1/confab").unwrap();
-    let err = SqlStore::open(target, PoolOptions::default()).await.err().expect("must fail");
+    let err = SqlStore::open(target, PoolOptions::default())
+        .await
+        .err()
+        .expect("must fail");
     assert!(matches!(err, SqlError::Connect { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("postgres://postgres@127.0.0.1:1/confab"), "{text}");
+    assert!(
+        text.contains("postgres://postgres@127.0.0.1:1/confab"),
+        "{text}"
+    );
     assert!(text.to_lowercase().contains("connect"), "{text}");
 }
 
@@ -385,7 +610,9 @@ async fn sqlite_creates_its_directory() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/deeper/confab.db");
     let target = DatabaseTarget::parse(&format!("sqlite://{}", path.display())).unwrap();
-    let store = SqlStore::open(target, PoolOptions::default()).await.unwrap();
+    let store = SqlStore::open(target, PoolOptions::default())
+        .await
+        .unwrap();
     assert_eq!(store.migrate().await.unwrap(), 1);
     assert!(path.exists());
 }

@@ -42,7 +42,11 @@ fn listed<'a>(owner: &str, query: &ConversationQuery) -> Boxed<'a> {
         .filter(conversations::is_archived.eq(query.archived))
         .into_boxed();
     if let Some(search) = &query.search {
-        q = q.filter(lower(conversations::title).like(like_pattern(search.as_str())).escape('\\'));
+        q = q.filter(
+            lower(conversations::title)
+                .like(like_pattern(search.as_str()))
+                .escape('\\'),
+        );
     }
     q
 }
@@ -84,7 +88,9 @@ impl ConversationStore for SqlStore {
         };
         let (owner, id) = (row.user_id.clone(), row.id.clone());
         run(&self.pool, move |conn| {
-            diesel::insert_into(conversations::table).values(&row).execute(conn)?;
+            diesel::insert_into(conversations::table)
+                .values(&row)
+                .execute(conn)?;
             owned_row(conn, &owner, &id)
         })
         .await?
@@ -93,7 +99,9 @@ impl ConversationStore for SqlStore {
 
     async fn get(&self, owner: UserId, id: ConversationId) -> Result<Conversation, DomainError> {
         let (owner, id) = (owner.to_string(), id.to_string());
-        run(&self.pool, move |conn| owned_row(conn, &owner, &id)).await?.into_conversation()
+        run(&self.pool, move |conn| owned_row(conn, &owner, &id))
+            .await?
+            .into_conversation()
     }
 
     async fn list(
@@ -120,7 +128,10 @@ impl ConversationStore for SqlStore {
         })
         .await?;
         Ok(Page {
-            items: rows.into_iter().map(ConversationRow::into_summary).collect::<Result<_, _>>()?,
+            items: rows
+                .into_iter()
+                .map(ConversationRow::into_summary)
+                .collect::<Result<_, _>>()?,
             total: u64::try_from(total).unwrap_or(0),
             request: page,
         })
@@ -173,11 +184,18 @@ impl ConversationStore for SqlStore {
                     .filter(conversations::user_id.eq(&owner))
                     .filter(conversations::deleted_at.is_null()),
             )
-            .set((conversations::deleted_at.eq(Some(at)), conversations::updated_at.eq(at)))
+            .set((
+                conversations::deleted_at.eq(Some(at)),
+                conversations::updated_at.eq(at),
+            ))
             .execute(conn)
         })
         .await?;
-        if changed == 0 { Err(DomainError::NotFound) } else { Ok(()) }
+        if changed == 0 {
+            Err(DomainError::NotFound)
+        } else {
+            Ok(())
+        }
     }
 }
 

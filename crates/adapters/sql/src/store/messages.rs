@@ -1,7 +1,9 @@
 //! [`MessageStore`] over SQL.
 
 use async_trait::async_trait;
-use confab_domain::{Content, ConversationId, DomainError, Message, MessageId, MessageStatus, OffsetDateTime};
+use confab_domain::{
+    Content, ConversationId, DomainError, Message, MessageId, MessageStatus, OffsetDateTime,
+};
 use confab_ports::MessageStore;
 use diesel::prelude::*;
 
@@ -24,11 +26,20 @@ fn touch_conversation(
         .filter(conversations::deleted_at.is_null());
     let changed = match preview {
         Some(text) => diesel::update(target)
-            .set((conversations::updated_at.eq(at), conversations::last_message.eq(Some(text))))
+            .set((
+                conversations::updated_at.eq(at),
+                conversations::last_message.eq(Some(text)),
+            ))
             .execute(conn)?,
-        None => diesel::update(target).set(conversations::updated_at.eq(at)).execute(conn)?,
+        None => diesel::update(target)
+            .set(conversations::updated_at.eq(at))
+            .execute(conn)?,
     };
-    if changed == 0 { Err(diesel::result::Error::NotFound) } else { Ok(()) }
+    if changed == 0 {
+        Err(diesel::result::Error::NotFound)
+    } else {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -44,7 +55,9 @@ impl MessageStore for SqlStore {
                     .select(diesel::dsl::max(messages::position))
                     .first(conn)?;
                 row.position = last.unwrap_or(0) + 1;
-                diesel::insert_into(messages::table).values(&row).execute(conn)?;
+                diesel::insert_into(messages::table)
+                    .values(&row)
+                    .execute(conn)?;
                 Ok(())
             })
         })

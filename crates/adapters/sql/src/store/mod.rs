@@ -84,7 +84,10 @@ impl HealthCheck for SqlStore {
     }
 
     async fn check(&self) -> Result<(), DomainError> {
-        run(&self.pool, |conn| diesel::sql_query("SELECT 1").execute(conn)).await?;
+        run(&self.pool, |conn| {
+            diesel::sql_query("SELECT 1").execute(conn)
+        })
+        .await?;
         Ok(())
     }
 }

@@ -1,7 +1,9 @@
 //! [`UserStore`] over SQL.
 
 use async_trait::async_trait;
-use confab_domain::{DomainError, NewUser, OffsetDateTime, Page, PageRequest, PasswordHash, User, UserId};
+use confab_domain::{
+    DomainError, NewUser, OffsetDateTime, Page, PageRequest, PasswordHash, User, UserId,
+};
 use confab_ports::UserStore;
 use diesel::prelude::*;
 
@@ -26,8 +28,13 @@ impl UserStore for SqlStore {
         };
         let id = row.id.clone();
         run(&self.pool, move |conn| {
-            diesel::insert_into(users::table).values(&row).execute(conn)?;
-            users::table.filter(users::id.eq(id)).select(UserRow::as_select()).first(conn)
+            diesel::insert_into(users::table)
+                .values(&row)
+                .execute(conn)?;
+            users::table
+                .filter(users::id.eq(id))
+                .select(UserRow::as_select())
+                .first(conn)
         })
         .await?
         .into_user()
@@ -36,7 +43,10 @@ impl UserStore for SqlStore {
     async fn get(&self, id: UserId) -> Result<User, DomainError> {
         let id = id.to_string();
         run(&self.pool, move |conn| {
-            users::table.filter(users::id.eq(id)).select(UserRow::as_select()).first(conn)
+            users::table
+                .filter(users::id.eq(id))
+                .select(UserRow::as_select())
+                .first(conn)
         })
         .await?
         .into_user()
@@ -72,7 +82,10 @@ impl UserStore for SqlStore {
         })
         .await?;
         Ok(Page {
-            items: rows.into_iter().map(UserRow::into_user).collect::<Result<_, _>>()?,
+            items: rows
+                .into_iter()
+                .map(UserRow::into_user)
+                .collect::<Result<_, _>>()?,
             total: u64::try_from(total).unwrap_or(0),
             request: page,
         })
@@ -94,7 +107,10 @@ impl UserStore for SqlStore {
                 if changed == 0 {
                     return Err(diesel::result::Error::NotFound);
                 }
-                users::table.filter(users::id.eq(&id)).select(UserRow::as_select()).first(conn)
+                users::table
+                    .filter(users::id.eq(&id))
+                    .select(UserRow::as_select())
+                    .first(conn)
             })
         })
         .await?

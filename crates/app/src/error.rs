@@ -1,0 +1,46 @@
+//! The one error type of the application layer.
+
+use std::borrow::Cow;
+
+use confab_domain::{BoxError, DomainError};
+
+/// What a use case can fail with. The HTTP layer maps each variant to one
+/// status and error code, once.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Input broke a rule; `field` names it.
+    #[error("{field}: {message}")]
+    Validation {
+        /// The input field.
+        field: Cow<'static, str>,
+        /// Safe to show to the client.
+        message: Cow<'static, str>,
+    },
+    /// Missing, or not the caller's.
+    #[error("not found")]
+    NotFound,
+    /// A unique value is taken.
+    #[error("{field} is already taken")]
+    Conflict {
+        /// The field whose value is taken.
+        field: Cow<'static, str>,
+    },
+    /// A dependency is down or saturated; retrying later may work.
+    #[error("temporarily unavailable")]
+    Unavailable(#[source] BoxError),
+    /// A bug or corrupted data.
+    #[error("internal error")]
+    Internal(#[source] BoxError),
+}
+
+impl From<DomainError> for AppError {
+    fn from(err: DomainError) -> Self {
+        match err {
+            DomainError::Invalid { field, message } => Self::Validation { field, message },
+            DomainError::NotFound => Self::NotFound,
+            DomainError::Duplicate { field } => Self::Conflict { field },
+            DomainError::Unavailable(source) => Self::Unavailable(source),
+            DomainError::Internal(source) => Self::Internal(source),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Confab's use cases, written against the ports only.
+//!
+//! Each use case takes raw input, turns it into validated domain values,
+//! calls the ports and returns domain values or an [`AppError`]. Nothing
+//! here knows HTTP or SQL; the binary wires concrete adapters in.
+
+mod accounts;
+mod error;
+mod readiness;
+
+pub use accounts::{Accounts, Registration};
+pub use error::AppError;
+pub use readiness::{DependencyStatus, Readiness, ReadinessReport};

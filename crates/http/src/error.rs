@@ -1,0 +1,331 @@
+//! The API's one error shape, and the one mapping from [`AppError`] to it.
+//!
+//! Every failure leaves the server as
+//! `{"error": {"code", "message", "field"?, "request_id"}}`. A handler's
+//! error renders that body and leaves a copy in the response's extensions;
+//! the request-id middleware fills in `request_id` and converts any other
+//! error response (actix's own, a library's) into the same shape.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use actix_web::{HttpResponse, ResponseError};
+use confab_app::AppError;
+use confab_domain::BoxError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable, machine-readable code (`VALIDATION_ERROR`, `NOT_FOUND`, …).
+    #[schema(example = "VALIDATION_ERROR")]
+    pub code: &'static str,
+    /// A human-readable explanation. Never holds internal detail.
+    #[schema(example = "must be between 3 and 32 characters")]
+    pub message: String,
+    /// The first invalid input field, for validation errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "username")]
+    pub field: Option<String>,
+    /// The request's id, also sent as the `X-Request-Id` header.
+    #[schema(example = "req_0193b8a1c2d34e5f8a9b0c1d2e3f4a5b")]
+    pub request_id: String,
+}
+
+impl ErrorBody {
+    /// The JSON bytes of this body for request `request_id`.
+    pub(crate) fn render(&self, request_id: &str) -> Vec<u8> {
+        let mut body = self.clone();
+        request_id.clone_into(&mut body.error.request_id);
+        serde_json::to_vec(&body)
+            .unwrap_or_else(|_| br#"{"error":{"code":"INTERNAL_ERROR"}}"#.to_vec())
+    }
+
+    /// The generic body for an error response that carries none of ours.
+    pub(crate) fn for_status(status: StatusCode) -> Self {
+        let (code, message) = match status.as_u16() {
+            400 => ("VALIDATION_ERROR", "the request is malformed"),
+            401 => ("AUTH_REQUIRED", "authentication is required"),
+            403 => ("FORBIDDEN", "not allowed"),
+            404 => ("NOT_FOUND", "not found"),
+            405 => ("METHOD_NOT_ALLOWED", "method not allowed"),
+            406 => ("NOT_ACCEPTABLE", "no acceptable representation"),
+            408 => ("REQUEST_TIMEOUT", "the request took too long to arrive"),
+            409 => ("CONFLICT", "conflict"),
+            413 => ("PAYLOAD_TOO_LARGE", "the request body is too large"),
+            415 => (
+                "UNSUPPORTED_MEDIA_TYPE",
+                "the content type is not supported",
+            ),
+            429 => ("RATE_LIMITED", "too many requests"),
+            502 => ("UPSTREAM_ERROR", "an upstream service failed"),
+            503 => ("UNAVAILABLE", "temporarily unavailable"),
+            504 => ("UPSTREAM_TIMEOUT", "an upstream service timed out"),
+            s if s >= 500 => ("INTERNAL_ERROR", "internal error"),
+            _ => ("VALIDATION_ERROR", "the request was refused"),
+        };
+        Self {
+            error: ErrorDetail {
+                code,
+                message: message.to_owned(),
+                field: None,
+                request_id: String::new(),
+            },
+        }
+    }
+}
+
+/// An error on its way to becoming a response.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: Cow<'static, str>,
+    field: Option<Cow<'static, str>>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    source: Option<BoxError>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            headers: Vec::new(),
+            source: None,
+        }
+    }
+
+    /// 400 `VALIDATION_ERROR`, naming the field when there is one.
+    pub fn validation(field: Option<String>, message: impl Into<Cow<'static, str>>) -> Self {
+        let mut e = Self::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message);
+        e.field = field.map(Cow::Owned);
+        e
+    }
+
+    /// 404 `NOT_FOUND`.
+    #[must_use]
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", "not found")
+    }
+
+    /// 405 `METHOD_NOT_ALLOWED` with the `Allow` header.
+    #[must_use]
+    pub fn method_not_allowed(allow: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "method not allowed",
+        );
+        if let Ok(value) = HeaderValue::from_str(allow) {
+            e.headers.push((actix_web::http::header::ALLOW, value));
+        }
+        e
+    }
+
+    /// 413 `PAYLOAD_TOO_LARGE`.
+    #[must_use]
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    }
+
+    /// 415 `UNSUPPORTED_MEDIA_TYPE`.
+    #[must_use]
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "the body must be JSON (Content-Type: application/json)",
+        )
+    }
+
+    /// 503 `UNAVAILABLE` with `Retry-After`.
+    pub fn unavailable(message: impl Into<Cow<'static, str>>, retry_after_secs: u32) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message);
+        e.headers
+            .push((RETRY_AFTER, HeaderValue::from(retry_after_secs)));
+        e
+    }
+
+    /// 500 `INTERNAL_ERROR`; `source` is logged, never sent.
+    pub fn internal(source: impl Into<BoxError>) -> Self {
+        let mut e = Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "internal error",
+        );
+        e.source = Some(source.into());
+        e
+    }
+
+    fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message.clone().into_owned(),
+                field: self.field.clone().map(Cow::into_owned),
+                request_id: String::new(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+impl ApiError {
+    pub(crate) fn body_for_tests(&self) -> Vec<u8> {
+        self.body().render("")
+    }
+}
+
+/// The whole `source()` chain of an error, for one log line.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
+impl fmt::Debug for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiError")
+            .field("status", &self.status)
+            .field("code", &self.code)
+            .field("message", &self.message)
+            .field("field", &self.field)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        // Logged once, here where it is handled, with the request's span.
+        match (&self.source, self.status.is_server_error()) {
+            (Some(source), true) => {
+                tracing::error!(code = self.code, error = %chain(source.as_ref()), "request failed");
+            }
+            (Some(source), false) => {
+                tracing::warn!(code = self.code, error = %chain(source.as_ref()), "request refused");
+            }
+            (None, _) => {}
+        }
+        let body = self.body();
+        let mut builder = HttpResponse::build(self.status);
+        for (name, value) in &self.headers {
+            builder.insert_header((name.clone(), value.clone()));
+        }
+        let mut response = builder
+            .content_type("application/json")
+            .body(body.render(""));
+        response.extensions_mut().insert(body);
+        response
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(err: AppError) -> Self {
+        match err {
+            AppError::Validation { field, message } => {
+                Self::validation(Some(field.into_owned()), message)
+            }
+            AppError::NotFound => Self::not_found(),
+            AppError::Conflict { field } => {
+                let mut e = Self::new(
+                    StatusCode::CONFLICT,
+                    "CONFLICT",
+                    format!("{field} is already taken"),
+                );
+                e.field = Some(field);
+                e
+            }
+            AppError::Unavailable(source) => {
+                let mut e = Self::unavailable("temporarily unavailable, retry shortly", 1);
+                e.source = Some(source);
+                e
+            }
+            AppError::Internal(source) => Self::internal(source),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn internal_errors_leak_nothing() {
+        let e = ApiError::internal("connection to 10.0.0.5 refused, password=hunter2");
+        let res = e.error_response();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let text = String::from_utf8(e.body().render("req_1")).unwrap();
+        assert!(
+            !text.contains("hunter2") && !text.contains("10.0.0.5"),
+            "{text}"
+        );
+        assert!(text.contains("INTERNAL_ERROR"));
+    }
+
+    #[test]
+    fn conflict_names_the_field() {
+        let e = ApiError::from(AppError::Conflict {
+            field: "email".into(),
+        });
+        let v: serde_json::Value = serde_json::from_slice(&e.body().render("r")).unwrap();
+        assert_eq!(v["error"]["code"], "CONFLICT");
+        assert_eq!(v["error"]["field"], "email");
+        assert_eq!(v["error"]["request_id"], "r");
+    }
+
+    #[test]
+    fn foreign_statuses_get_codes() {
+        assert_eq!(
+            ErrorBody::for_status(StatusCode::NOT_FOUND).error.code,
+            "NOT_FOUND"
+        );
+        assert_eq!(
+            ErrorBody::for_status(StatusCode::BAD_GATEWAY).error.code,
+            "UPSTREAM_ERROR"
+        );
+        assert_eq!(
+            ErrorBody::for_status(StatusCode::from_u16(599).unwrap())
+                .error
+                .code,
+            "INTERNAL_ERROR"
+        );
+    }
+}

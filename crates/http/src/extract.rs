@@ -1,0 +1,204 @@
+//! Extractors: a JSON body that fails in the API's error shape.
+
+use actix_web::dev::Payload;
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::web::BytesMut;
+use actix_web::{FromRequest, HttpRequest};
+use futures_util::StreamExt;
+use futures_util::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
+
+use crate::ApiError;
+
+/// The largest JSON body a route accepts, in bytes (app data; the default
+/// is [`JsonLimit::DEFAULT`]).
+#[derive(Debug, Clone, Copy)]
+pub struct JsonLimit(pub usize);
+
+impl JsonLimit {
+    /// 64 KiB.
+    pub const DEFAULT: usize = 64 * 1024;
+}
+
+/// A JSON request body.
+///
+/// `Content-Type` must be `application/json` (or `…+json`), else 415; the
+/// body must fit the [`JsonLimit`], else 413 (refused from
+/// `Content-Length` before reading, or as soon as the stream passes the
+/// limit); anything serde refuses (syntax, invalid UTF-8, nesting deeper
+/// than 128, a missing or unknown field, a domain rule in a `TryFrom`) is
+/// 400 `VALIDATION_ERROR` naming the field by its path.
+#[derive(Debug)]
+pub struct Json<T>(pub T);
+
+fn is_json(req: &HttpRequest) -> bool {
+    let Some(value) = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req
+            .app_data::<JsonLimit>()
+            .map_or(JsonLimit::DEFAULT, |l| l.0);
+        if !is_json(req) {
+            return Box::pin(async { Err(ApiError::unsupported_media_type()) });
+        }
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Box::pin(async move { Err(ApiError::payload_too_large(limit)) });
+        }
+        let mut payload = payload.take();
+        Box::pin(async move {
+            let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|_| {
+                    ApiError::validation(None, "the request body could not be read")
+                })?;
+                if body.len() + chunk.len() > limit {
+                    return Err(ApiError::payload_too_large(limit));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            parse(&body).map(Json)
+        })
+    }
+}
+
+/// Deserialises `bytes`, reporting the path of the first bad field.
+pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        // Malformed JSON names no field: the document itself is broken.
+        let field = match inner.classify() {
+            serde_json::error::Category::Data => field_name(&path, &inner.to_string()),
+            _ => None,
+        };
+        ApiError::validation(field, describe(&inner))
+    })?;
+    de.end()
+        .map_err(|e| ApiError::validation(None, describe(&e)))?;
+    Ok(value)
+}
+
+/// The field to name: the serde path, or for a missing or unknown field
+/// (whose path is its parent) the name serde quotes in its message.
+fn field_name(path: &str, message: &str) -> Option<String> {
+    let quoted = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.starts_with("missing field") || message.starts_with("unknown field"));
+    let path = if path == "." { "" } else { path };
+    let last = path.rsplit('.').next().unwrap_or("");
+    match quoted {
+        // An unknown field's path already ends with it; a missing one's doesn't.
+        Some(name) if last == name => Some(path.to_owned()),
+        Some(name) if path.is_empty() => Some(name.to_owned()),
+        Some(name) => Some(format!("{path}.{name}")),
+        None if path.is_empty() => None,
+        None => Some(path.to_owned()),
+    }
+}
+
+/// A client-safe description: serde's message without its position, or a
+/// generic one for syntax errors.
+fn describe(err: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match err.classify() {
+        Category::Syntax => format!(
+            "malformed JSON at line {} column {}",
+            err.line(),
+            err.column()
+        ),
+        Category::Eof => "the JSON body ended early".to_owned(),
+        Category::Io => "the request body could not be read".to_owned(),
+        Category::Data => {
+            let text = err.to_string();
+            match text.rfind(" at line ") {
+                Some(i) => text[..i].to_owned(),
+                None => text,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        parts: Vec<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        name: String,
+        items: Vec<Inner>,
+    }
+
+    fn field_of(json: &str) -> Option<String> {
+        let err = parse::<Outer>(json.as_bytes()).unwrap_err();
+        let v: serde_json::Value = serde_json::from_slice(&err.body_for_tests()).unwrap();
+        v["error"]["field"].as_str().map(str::to_owned)
+    }
+
+    #[test]
+    fn names_the_field() {
+        assert_eq!(field_of(r#"{"items":[]}"#).as_deref(), Some("name"));
+        assert_eq!(
+            field_of(r#"{"name":1,"items":[]}"#).as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            field_of(r#"{"name":"n","items":[{"parts":[1]}]}"#).as_deref(),
+            Some("items[0].parts[0]")
+        );
+        assert_eq!(
+            field_of(r#"{"name":"n","items":[],"role":"admin"}"#).as_deref(),
+            Some("role")
+        );
+        assert_eq!(
+            field_of(r#"{"name":"n","items":[{"parts":[],"x":1}]}"#).as_deref(),
+            Some("items[0].x")
+        );
+        assert_eq!(field_of(r#"{"name": "#), None);
+    }
+
+    #[test]
+    fn refuses_trailing_garbage_and_deep_nesting() {
+        assert!(parse::<serde_json::Value>(br#"{"a":1} x"#).is_err());
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert!(parse::<serde_json::Value>(deep.as_bytes()).is_err());
+        assert!(parse::<serde_json::Value>(b"\"\xff\xfe\"").is_err());
+    }
+}

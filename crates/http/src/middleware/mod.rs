@@ -1,0 +1,18 @@
+//! The middleware stack, outermost first: request id (and the error shape
+//! of every response), telemetry, security headers, CORS; and, around each
+//! resource, panic catching.
+
+mod cors;
+mod panic;
+mod request_id;
+mod security;
+mod telemetry;
+
+pub use cors::CorsPolicy;
+pub(crate) use cors::cors;
+pub(crate) use panic::catch_panic;
+pub use request_id::RequestId;
+pub(crate) use request_id::request_id;
+pub use security::SecurityHeaders;
+pub(crate) use security::security_headers;
+pub(crate) use telemetry::telemetry;

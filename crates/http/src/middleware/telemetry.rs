@@ -1,0 +1,47 @@
+//! One span per request (named by route template, never the raw path),
+//! one log line when it completes, and the request metrics.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpMessage, web};
+use tracing::Instrument;
+
+use crate::Metrics;
+use crate::middleware::RequestId;
+
+pub(crate) async fn telemetry(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let start = Instant::now();
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.as_str().to_owned())
+        .unwrap_or_default();
+    // The template (`/api/v1/conversations/{id}`), so ids never become
+    // label values or log fields; unknown paths share one label.
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
+    let span =
+        tracing::info_span!("http", request_id = %request_id, method = %method, route = %route);
+    let res = next.call(req).instrument(span.clone()).await?;
+    let status = res.status().as_u16();
+    let elapsed = start.elapsed();
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::warn!(parent: &span, status, latency_ms, "request completed");
+    } else {
+        tracing::info!(parent: &span, status, latency_ms, "request completed");
+    }
+    if let Some(metrics) = metrics {
+        metrics.observe(&route, &method, status, elapsed.as_secs_f64());
+    }
+    Ok(res)
+}

@@ -1,0 +1,78 @@
+//! Liveness and readiness.
+
+use std::collections::BTreeMap;
+
+use actix_web::{HttpResponse, web};
+use confab_app::Readiness;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::ApiError;
+use crate::error::ErrorBody;
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Health {
+    /// Always `ok`: the process answers.
+    #[schema(example = "ok")]
+    status: String,
+}
+
+/// `GET /readyz` when ready.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ReadinessBody {
+    /// `ready`.
+    #[schema(example = "ready")]
+    status: String,
+    /// Each dependency and its state (`ok`).
+    #[schema(example = json!({"database": "ok"}))]
+    checks: BTreeMap<String, String>,
+}
+
+/// Liveness: the process is up and serving HTTP. Checks no dependency.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The process is alive.", body = Health)),
+)]
+pub(crate) async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health {
+        status: "ok".to_owned(),
+    })
+}
+
+/// Readiness: every dependency (the database) answers now.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every dependency answers.", body = ReadinessBody),
+        (status = 503, description = "A dependency is down; the message names it.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn readyz(readiness: web::Data<Readiness>) -> Result<HttpResponse, ApiError> {
+    let report = readiness.check().await;
+    let down: Vec<&str> = report
+        .dependencies
+        .iter()
+        .filter(|d| !d.ok)
+        .map(|d| d.name)
+        .collect();
+    if !down.is_empty() {
+        return Err(ApiError::unavailable(
+            format!("not ready: {} unavailable", down.join(", ")),
+            5,
+        ));
+    }
+    let checks = report
+        .dependencies
+        .iter()
+        .map(|d| (d.name.to_owned(), "ok".to_owned()))
+        .collect();
+    Ok(HttpResponse::Ok().json(ReadinessBody {
+        status: "ready".to_owned(),
+        checks,
+    }))
+}

@@ -1,0 +1,274 @@
+//! Building and running the servers.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use confab_app::{Accounts, Readiness};
+use confab_http::{CorsPolicy, HttpState, Metrics, SecurityHeaders};
+use confab_password::{HasherOptions, Pbkdf2Hasher};
+use confab_sql::{PoolOptions, SqlError, SqlStore};
+use secrecy::ExposeSecret;
+
+use crate::settings::{ConfigError, Settings};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The configuration is unusable.
+    #[error("configuration error: {0}")]
+    Config(#[from] ConfigError),
+    /// The database could not be opened or migrated.
+    #[error("{0}")]
+    Database(#[from] SqlError),
+    /// An address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Something else at start-up (hasher, metrics, OpenAPI document).
+    #[error("{0}")]
+    Setup(String),
+    /// The server failed while running.
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A built service: the API server and, when enabled, the metrics server,
+/// bound and ready to run.
+pub struct Application {
+    port: u16,
+    metrics_port: Option<u16>,
+    server: Server,
+    metrics: Option<Server>,
+}
+
+/// Opens the configured store and applies migrations when configured.
+async fn open_store(settings: &Settings) -> Result<SqlStore, StartupError> {
+    let target = settings.database_target()?;
+    let redacted = target.redacted();
+    let db = &settings.database;
+    let options = PoolOptions {
+        max_size: db.max_connections,
+        acquire_timeout: Duration::from_millis(db.acquire_timeout_ms),
+        sqlite_busy_timeout: Duration::from_millis(db.sqlite_busy_timeout_ms),
+    };
+    let store = SqlStore::open(target, options).await?;
+    tracing::info!(database = %redacted, backend = ?store.backend(), "database opened");
+    if db.migrate_on_start {
+        let applied = store.migrate().await?;
+        tracing::info!(applied, "migrations up to date");
+    }
+    Ok(store)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+}
+
+impl Application {
+    /// Opens the database, wires the adapters and binds the servers to the
+    /// given listeners (bind port 0 in tests). Nothing is served until
+    /// [`Application::run_until`].
+    ///
+    /// # Errors
+    /// [`StartupError`] when the database, the hasher or a listener can't
+    /// be set up.
+    pub async fn build(
+        settings: &Settings,
+        listener: TcpListener,
+        metrics_listener: Option<TcpListener>,
+    ) -> Result<Self, StartupError> {
+        let store = Arc::new(open_store(settings).await?);
+        let auth = &settings.auth;
+        let hasher = Pbkdf2Hasher::new(HasherOptions {
+            iterations: auth.pbkdf2_iterations,
+            max_concurrent: if auth.max_concurrent_hashes == 0 {
+                cores()
+            } else {
+                auth.max_concurrent_hashes
+            },
+            max_waiting: auth.max_waiting_hashes,
+        })
+        .map_err(|e| StartupError::Setup(e.to_string()))?;
+        let metrics = Metrics::new().map_err(|e| StartupError::Setup(format!("metrics: {e}")))?;
+        let openapi = confab_http::openapi_json()
+            .map_err(|e| StartupError::Setup(format!("openapi: {e}")))?;
+        let state = HttpState {
+            accounts: Accounts::new(store.clone(), Arc::new(hasher)),
+            readiness: Readiness::new(vec![store]),
+            metrics: metrics.clone(),
+            json_limit: settings.server.json_limit_bytes,
+            cors: CorsPolicy {
+                allowed_origins: settings.cors.allowed_origins.clone(),
+                max_age_secs: settings.cors.max_age_secs,
+            },
+            security: SecurityHeaders {
+                hsts_max_age_secs: settings.security.hsts_max_age_secs,
+            },
+            openapi,
+        };
+        let s = &settings.server;
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(move || confab_http::app(state.clone()))
+            .workers(if s.workers == 0 { cores() } else { s.workers })
+            .disable_signals()
+            .shutdown_timeout(s.shutdown_timeout_secs)
+            .client_request_timeout(Duration::from_millis(s.request_head_timeout_ms))
+            .client_disconnect_timeout(Duration::from_millis(s.disconnect_timeout_ms))
+            .keep_alive(Duration::from_secs(s.keep_alive_secs))
+            .max_connections(s.max_connections)
+            .listen(listener)?
+            .run();
+        let (metrics, metrics_port) = match metrics_listener {
+            Some(listener) => {
+                let port = listener.local_addr()?.port();
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(web::Data::new(metrics.clone()))
+                        .configure(confab_http::metrics_routes)
+                })
+                .workers(1)
+                .disable_signals()
+                .shutdown_timeout(1)
+                .listen(listener)?
+                .run();
+                (Some(server), Some(port))
+            }
+            None => (None, None),
+        };
+        Ok(Self {
+            port,
+            metrics_port,
+            server,
+            metrics,
+        })
+    }
+
+    /// The API's port.
+    #[must_use]
+    pub const fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The metrics listener's port, when enabled.
+    #[must_use]
+    pub const fn metrics_port(&self) -> Option<u16> {
+        self.metrics_port
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting connections
+    /// and lets in-flight requests finish (up to the configured timeout).
+    ///
+    /// # Errors
+    /// When a server fails.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let api = self.server.handle();
+        let metrics = self.metrics.map(|server| {
+            let handle = server.handle();
+            // A server runs only while polled: the metrics one on its own task.
+            (handle, tokio::spawn(server))
+        });
+        let server = self.server;
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => return result,
+            () = shutdown => {}
+        }
+        tracing::info!("shutting down: draining in-flight requests");
+        if let Some((handle, task)) = metrics {
+            handle.stop(true).await;
+            if let Ok(Err(e)) = task.await {
+                tracing::warn!(error = %e, "metrics server stopped with an error");
+            }
+        }
+        // The server must keep being polled while it drains.
+        let (result, ()) = tokio::join!(server, api.stop(true));
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+fn bind(addr: &str) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr).map_err(|source| StartupError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })
+}
+
+/// `confab serve`: binds the configured addresses and serves until SIGTERM
+/// or SIGINT.
+///
+/// # Errors
+/// [`StartupError`] when start-up fails or a server fails while running.
+pub async fn serve(settings: Settings) -> Result<(), StartupError> {
+    let listener = bind(&settings.server.listen)?;
+    let metrics_listener = if settings.metrics.enabled {
+        Some(bind(&settings.metrics.listen)?)
+    } else {
+        None
+    };
+    if !settings.redis.url.expose_secret().is_empty() {
+        tracing::warn!(
+            "REDIS_URL is set, but this version keeps cache, limits and streams in-process"
+        );
+    }
+    let app = Application::build(&settings, listener, metrics_listener).await?;
+    tracing::info!(
+        api = %settings.server.listen,
+        metrics = %if settings.metrics.enabled { settings.metrics.listen.as_str() } else { "disabled" },
+        environment = %settings.environment,
+        llm_provider = %settings.llm.provider,
+        "confab is serving: docs at http://{}/docs",
+        settings.server.listen,
+    );
+    app.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `confab migrate`: applies pending migrations and exits.
+///
+/// # Errors
+/// [`StartupError`] when the database can't be opened or migrated.
+pub async fn migrate(settings: Settings) -> Result<usize, StartupError> {
+    let target = settings.database_target()?;
+    let redacted = target.redacted();
+    let store = SqlStore::open(target, PoolOptions::default()).await?;
+    let applied = store.migrate().await?;
+    tracing::info!(database = %redacted, applied, "migrations up to date");
+    Ok(applied)
+}

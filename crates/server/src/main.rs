@@ -1,0 +1,96 @@
+//! `confab`: the Confab server binary.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use confab_server::{Settings, migrate, serve, telemetry};
+
+/// Confab: a REST + Server-Sent-Events backend for a chat assistant.
+#[derive(Parser)]
+#[command(name = "confab", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (and /metrics on its own address) until SIGTERM/SIGINT.
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print the OpenAPI 3.1 document (the one served at /api/v1/openapi.json).
+    Openapi {
+        /// Write it to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Openapi { output } = &cli.command {
+        return print_openapi(output.as_ref());
+    }
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("confab: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = telemetry::init(&settings.log) {
+        eprintln!("confab: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("confab: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve(settings).await,
+            Command::Migrate => migrate(settings).await.map(|_| ()),
+            Command::Openapi { .. } => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "confab stopped with an error");
+            eprintln!("confab: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_openapi(output: Option<&PathBuf>) -> ExitCode {
+    let doc = match confab_http::openapi_json() {
+        Ok(doc) => doc,
+        Err(e) => {
+            eprintln!("confab: cannot render the OpenAPI document: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let written = match output {
+        Some(path) => std::fs::write(path, doc.as_bytes()),
+        None => std::io::stdout()
+            .write_all(doc.as_bytes())
+            .and_then(|()| std::io::stdout().write_all(b"\n")),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("confab: cannot write the OpenAPI document: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

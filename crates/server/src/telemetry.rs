@@ -1,0 +1,70 @@
+//! One tracing subscriber for the process: JSON lines for machines,
+//! readable lines on a terminal, always on stderr (stdout carries
+//! `confab openapi`'s output).
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, fmt};
+
+use crate::settings::LogSettings;
+
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The filter does not parse.
+    #[error("invalid log filter: {0}")]
+    Filter(#[from] tracing_subscriber::filter::ParseError),
+    /// A subscriber is already installed.
+    #[error("logging is already initialised: {0}")]
+    Init(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// Installs the subscriber (`RUST_LOG` wins over `log.filter`) and a panic
+/// hook that logs panics as events.
+///
+/// # Errors
+/// [`TelemetryError`] when the filter is invalid or a subscriber exists.
+pub fn init(settings: &LogSettings) -> Result<(), TelemetryError> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(value) if !value.is_empty() => EnvFilter::try_new(value)?,
+        _ => EnvFilter::try_new(&settings.filter)?,
+    };
+    let json = match settings.format.as_str() {
+        "json" => true,
+        "pretty" => false,
+        _ => !std::io::stderr().is_terminal(),
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()?;
+    } else {
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init()?;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(ToString::to_string).unwrap_or_default();
+        tracing::error!(location = %location, "panic: {}", panic_message(info));
+    }));
+    Ok(())
+}
+
+fn panic_message(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let payload = info.payload();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}

@@ -1,0 +1,135 @@
+//! Security headers and CORS, on successes and errors alike.
+
+use confab_e2e::{ALLOWED_ORIGIN, spawn_app};
+use confab_sql::Backend;
+
+on_both_backends!(
+    security_headers_on_success_and_error_responses,
+    auth_responses_are_not_cached,
+    allowed_origin_is_echoed_with_vary,
+    unlisted_origin_gets_no_cors_headers,
+    preflight_from_an_allowed_origin_is_answered,
+);
+
+fn assert_security_headers(res: &reqwest::Response) {
+    let h = res.headers();
+    assert_eq!(
+        h["strict-transport-security"],
+        "max-age=63072000; includeSubDomains"
+    );
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert_eq!(
+        h["content-security-policy"],
+        "default-src 'none'; frame-ancestors 'none'"
+    );
+    assert!(h.contains_key("x-request-id"));
+}
+
+async fn security_headers_on_success_and_error_responses(backend: Backend) {
+    let app = spawn_app(backend);
+    for res in [
+        app.get("/healthz").await,
+        app.get("/readyz").await,
+        app.get("/api/v1/openapi.json").await,
+        app.get("/missing").await,
+        app.client.put(app.url("/healthz")).send().await.unwrap(),
+        app.client
+            .post(app.url("/api/v1/auth/register"))
+            .body("x")
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        assert_security_headers(&res);
+    }
+}
+
+async fn auth_responses_are_not_cached(backend: Backend) {
+    let app = spawn_app(backend);
+    let res = app.register("cachey").await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let res = app
+        .post_json("/api/v1/auth/register", &serde_json::json!({}))
+        .await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+}
+
+async fn allowed_origin_is_echoed_with_vary(backend: Backend) {
+    let app = spawn_app(backend);
+    let res = app
+        .client
+        .get(app.url("/healthz"))
+        .header("origin", ALLOWED_ORIGIN)
+        .send()
+        .await
+        .unwrap();
+    let h = res.headers();
+    assert_eq!(h["access-control-allow-origin"], ALLOWED_ORIGIN);
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert!(h.get_all("vary").iter().any(|v| v == "Origin"));
+    assert!(
+        h["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("X-Request-Id")
+    );
+}
+
+async fn unlisted_origin_gets_no_cors_headers(backend: Backend) {
+    let app = spawn_app(backend);
+    let res = app
+        .client
+        .get(app.url("/healthz"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let h = res.headers();
+    assert!(h.get("access-control-allow-origin").is_none());
+    assert!(h.get("access-control-allow-credentials").is_none());
+    let res = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/api/v1/auth/register"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    assert!(res.headers().get("access-control-allow-methods").is_none());
+}
+
+async fn preflight_from_an_allowed_origin_is_answered(backend: Backend) {
+    let app = spawn_app(backend);
+    let res = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/api/v1/auth/register"))
+        .header("origin", ALLOWED_ORIGIN)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let h = res.headers();
+    assert_eq!(h["access-control-allow-origin"], ALLOWED_ORIGIN);
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    assert!(
+        h["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("Content-Type")
+    );
+    assert_eq!(h["access-control-max-age"], "600");
+    assert_eq!(h["x-frame-options"], "DENY");
+}

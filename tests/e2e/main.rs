@@ -1,0 +1,34 @@
+//! End-to-end tests over real HTTP against a spawned server. Every test
+//! runs once on SQLite and once on PostgreSQL, each on its own database.
+//! Tests are named for the behaviour (or attack) they prove.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+/// Declares `sqlite::name` and `postgres::name` for each async test fn
+/// `name(backend)` in the calling module.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(confab_sql::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(confab_sql::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+mod docs;
+mod errors;
+mod headers;
+mod operations;
+mod register;

@@ -1,0 +1,64 @@
+//! Health, readiness and metrics.
+
+use confab_e2e::spawn_app;
+use confab_sql::Backend;
+
+on_both_backends!(
+    healthz_answers_ok,
+    readyz_checks_the_database,
+    metrics_are_on_their_own_listener_by_route_template,
+);
+
+async fn healthz_answers_ok(backend: Backend) {
+    let app = spawn_app(backend);
+    let res = app.get("/healthz").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"status": "ok"})
+    );
+}
+
+async fn readyz_checks_the_database(backend: Backend) {
+    let app = spawn_app(backend);
+    let res = app.get("/readyz").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"status": "ready", "checks": {"database": "ok"}})
+    );
+}
+
+async fn metrics_are_on_their_own_listener_by_route_template(backend: Backend) {
+    let app = spawn_app(backend);
+    app.get("/healthz").await;
+    app.get("/no/such/1").await;
+    app.get("/no/such/2").await;
+    // Never on the public listener.
+    assert_eq!(app.get("/metrics").await.status(), 404);
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.metrics_address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            r#"confab_http_requests_total{method="GET",route="/healthz",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    // Unmatched paths (the two above and /metrics on the public listener)
+    // share one label: raw paths never become label values.
+    assert!(
+        text.contains(
+            r#"confab_http_requests_total{method="GET",route="unmatched",status="404"} 3"#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("/no/such"), "{text}");
+    assert!(text.contains("confab_http_request_duration_seconds_bucket"));
+}

@@ -1,0 +1,196 @@
+//! The end-to-end harness: a real `confab` server, spawned in-process on
+//! port 0 over its own database, driven over real HTTP.
+//!
+//! Each [`TestApp`] runs on its own thread and runtime, so dropping it
+//! stops the server gracefully (and joins it) before its database is
+//! dropped, whatever runtime the test itself uses.
+
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is the point
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::thread::JoinHandle;
+
+use confab_server::{Application, Settings};
+use confab_sql::Backend;
+use confab_sql::testing::TestDatabase;
+
+/// The origin the test servers allow for CORS.
+pub const ALLOWED_ORIGIN: &str = "https://chat.example.com";
+
+/// A running server and what a test needs to talk to it.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>` of the API.
+    pub address: String,
+    /// `http://127.0.0.1:<port>` of the metrics listener.
+    pub metrics_address: String,
+    /// A client that follows no redirects.
+    pub client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    _db: TestDatabase,
+}
+
+/// Starts a server on `backend` with the test configuration plus `extra`
+/// environment variables.
+///
+/// # Panics
+/// When the database or the server can't start.
+#[must_use]
+pub fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
+    let db = TestDatabase::new(backend);
+    let mut vars: HashMap<String, String> = HashMap::from([
+        ("CONFAB_CONFIG_DIR".to_owned(), "/nonexistent".to_owned()),
+        ("DATABASE_URL".to_owned(), db.url().to_owned()),
+        ("CONFAB__SERVER__WORKERS".to_owned(), "1".to_owned()),
+        (
+            "CONFAB__SERVER__SHUTDOWN_TIMEOUT_SECS".to_owned(),
+            "5".to_owned(),
+        ),
+        (
+            "CONFAB__CORS__ALLOWED_ORIGINS".to_owned(),
+            ALLOWED_ORIGIN.to_owned(),
+        ),
+    ]);
+    for (k, v) in extra {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    let settings = Settings::load(&vars).expect("test settings");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the API port");
+    let metrics = TcpListener::bind("127.0.0.1:0").expect("bind the metrics port");
+    let (ports_tx, ports_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        runtime.block_on(async move {
+            let app = match Application::build(&settings, listener, Some(metrics)).await {
+                Ok(app) => app,
+                Err(e) => {
+                    let _ = ports_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = ports_tx.send(Ok((app.port(), app.metrics_port().unwrap_or(0))));
+            let _ = app
+                .run_until(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+        });
+    });
+    let (port, metrics_port) = ports_rx
+        .recv()
+        .expect("server thread")
+        .unwrap_or_else(|e| panic!("the server did not start: {e}"));
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        metrics_address: format!("http://127.0.0.1:{metrics_port}"),
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("HTTP client"),
+        stop: Some(stop_tx),
+        thread: Some(thread),
+        _db: db,
+    }
+}
+
+/// Starts a server on `backend` with the test configuration.
+///
+/// # Panics
+/// When the database or the server can't start.
+#[must_use]
+pub fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, &[])
+}
+
+impl TestApp {
+    /// The URL of `path` on the API.
+    #[must_use]
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// `POST path` with a JSON body.
+    ///
+    /// # Panics
+    /// When the request can't be sent.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// `GET path`.
+    ///
+    /// # Panics
+    /// When the request can't be sent.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    /// Registers `username` with a valid e-mail and password.
+    ///
+    /// # Panics
+    /// When the request can't be sent.
+    pub async fn register(&self, username: &str) -> reqwest::Response {
+        let body = serde_json::json!({
+            "username": username,
+            "email": format!("{username}@example.com"),
+            "password": "correct horse battery staple",
+        });
+        self.post_json("/api/v1/auth/register", &body).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Reads an error response and checks the one error shape: `code` as
+/// expected and `request_id` equal to the `X-Request-Id` header. Returns
+/// the `error` object.
+///
+/// # Panics
+/// When the response is not in the error shape.
+pub async fn error_body(res: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(res.status().as_u16(), status, "status");
+    let header_id = res
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("X-Request-Id on an error response");
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    assert_eq!(content_type.as_deref(), Some("application/json"));
+    let body: serde_json::Value = res.json().await.expect("a JSON error body");
+    let error = body
+        .get("error")
+        .cloned()
+        .unwrap_or_else(|| panic!("no `error` in {body}"));
+    assert_eq!(error["code"], code, "{body}");
+    assert_eq!(error["request_id"], header_id.as_str(), "{body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    error
+}
