@@ -1,0 +1,268 @@
+//! `make bench`: measures the foundation's request paths against a release
+//! server started in-process on loopback, and writes the figures to the
+//! file named on the command line (docs/benchmarks.md).
+//!
+//! Every scenario is bounded in request count and time. The load generator
+//! shares the machine's cores with the server, so the figures are a floor.
+
+#![allow(clippy::print_stdout, clippy::expect_used, clippy::panic)]
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use confab_e2e::spawn_app_with;
+use confab_sql::Backend;
+
+struct Scenario {
+    name: &'static str,
+    method: reqwest::Method,
+    path: &'static str,
+    body: Option<fn(usize) -> String>,
+    requests: usize,
+    concurrency: usize,
+}
+
+struct Result {
+    name: &'static str,
+    concurrency: usize,
+    requests: usize,
+    seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    statuses: String,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn run(app_url: &str, client: &reqwest::Client, s: &Scenario) -> Result {
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..s.concurrency {
+        let (client, next, url) = (client.clone(), next.clone(), format!("{app_url}{}", s.path));
+        let (method, body, total) = (s.method.clone(), s.body, s.requests);
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total || Instant::now() > deadline {
+                    break;
+                }
+                let mut req = client.request(method.clone(), &url);
+                if let Some(make) = body {
+                    req = req.header("content-type", "application/json").body(make(i));
+                }
+                let t = Instant::now();
+                let res = req.send().await.expect("request");
+                let status = res.status().as_u16();
+                let _ = res.bytes().await;
+                samples.push(t.elapsed().as_secs_f64() * 1000.0);
+                *statuses.entry(status).or_default() += 1;
+            }
+            (samples, statuses)
+        }));
+    }
+    let mut samples = Vec::new();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for t in tasks {
+        let (s, st) = t.await.expect("task");
+        samples.extend(s);
+        for (k, v) in st {
+            *statuses.entry(k).or_default() += v;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    samples.sort_by(f64::total_cmp);
+    Result {
+        name: s.name,
+        concurrency: s.concurrency,
+        requests: samples.len(),
+        seconds,
+        p50_ms: percentile(&samples, 0.50),
+        p99_ms: percentile(&samples, 0.99),
+        statuses: statuses
+            .iter()
+            .map(|(k, v)| format!("{k}×{v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// A fresh account each call (warm-up included), so every measured
+/// registration does the full work instead of stopping at a conflict.
+fn register_body(_: usize) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!(
+        r#"{{"username":"bench{n}","email":"bench{n}@example.com","password":"correct horse battery staple"}}"#
+    )
+}
+
+fn main() {
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "docs/benchmarks.md".to_owned());
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    let workers = cores.to_string();
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("CONFAB__SERVER__WORKERS", workers.as_str()),
+            ("CONFAB__LOG__FILTER", "warn"),
+        ],
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let scenarios = [
+        Scenario {
+            name: "GET /healthz",
+            method: reqwest::Method::GET,
+            path: "/healthz",
+            body: None,
+            requests: 20_000,
+            concurrency: 1,
+        },
+        Scenario {
+            name: "GET /healthz",
+            method: reqwest::Method::GET,
+            path: "/healthz",
+            body: None,
+            requests: 40_000,
+            concurrency: 64,
+        },
+        Scenario {
+            name: "GET /readyz (SQLite round trip)",
+            method: reqwest::Method::GET,
+            path: "/readyz",
+            body: None,
+            requests: 20_000,
+            concurrency: 64,
+        },
+        Scenario {
+            name: "GET unknown route (404 error path)",
+            method: reqwest::Method::GET,
+            path: "/nope",
+            body: None,
+            requests: 20_000,
+            concurrency: 64,
+        },
+        Scenario {
+            name: "POST /api/v1/auth/register (PBKDF2 600k)",
+            method: reqwest::Method::POST,
+            path: "/api/v1/auth/register",
+            body: Some(register_body),
+            requests: 120,
+            concurrency: 8,
+        },
+    ];
+    let results: Vec<Result> = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("client");
+        let mut results = Vec::new();
+        for s in &scenarios {
+            // Warm up connections and caches.
+            let warm = Scenario {
+                method: s.method.clone(),
+                requests: s.concurrency * 4,
+                ..*s
+            };
+            let _ = run(&app.address, &client, &warm).await;
+            let r = run(&app.address, &client, s).await;
+            println!(
+                "{:<45} c={:<3} {:>8.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  [{}]",
+                r.name,
+                r.concurrency,
+                r.requests as f64 / r.seconds,
+                r.p50_ms,
+                r.p99_ms,
+                r.statuses
+            );
+            results.push(r);
+        }
+        results
+    });
+    drop(app);
+
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Written by `make bench` (`tests/src/bin/confab-bench.rs`); do not edit by hand.\n"
+    );
+    let _ = writeln!(
+        md,
+        "- commit `{commit}`, {cores} cores, release build, SQLite, {cores} workers"
+    );
+    let _ = writeln!(
+        md,
+        "- the load generator (reqwest, keep-alive) runs in the same process on the same cores,"
+    );
+    let _ = writeln!(
+        md,
+        "  over loopback: the figures are a floor, not the server's ceiling"
+    );
+    let _ = writeln!(
+        md,
+        "- every scenario is bounded (request count, 60 s cap), after a short warm-up"
+    );
+    let _ = writeln!(
+        md,
+        "- one run on a shared 2-core machine: expect tens of percent between runs; compare"
+    );
+    let _ = writeln!(
+        md,
+        "  figures from the same machine and commit range only\n"
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | concurrency | requests | req/s | p50 ms | p99 ms | statuses |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|");
+    for r in &results {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {} |",
+            r.name,
+            r.concurrency,
+            r.requests,
+            r.requests as f64 / r.seconds,
+            r.p50_ms,
+            r.p99_ms,
+            r.statuses
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nThe register row is bounded by password hashing by design: at most one hash per"
+    );
+    let _ = writeln!(
+        md,
+        "core runs at once (`auth.max_concurrent_hashes`), so its throughput is about"
+    );
+    let _ = writeln!(
+        md,
+        "cores ÷ the time of one 600,000-iteration PBKDF2-HMAC-SHA256 hash."
+    );
+    std::fs::write(&out, md).unwrap_or_else(|e| panic!("cannot write {out}: {e}"));
+    println!("wrote {out}");
+}
