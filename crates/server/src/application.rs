@@ -195,32 +195,23 @@ impl Application {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
+/// Registers the SIGTERM and SIGINT handlers now, and returns a future
+/// that resolves on the first of them. Registering before the server
+/// starts means a signal that arrives during start-up is not lost (the
+/// default action would kill the process without a drain).
+///
+/// # Errors
+/// When a handler can't be registered.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
-    }
+    })
 }
 
 fn bind(addr: &str) -> Result<TcpListener, StartupError> {
@@ -236,6 +227,7 @@ fn bind(addr: &str) -> Result<TcpListener, StartupError> {
 /// # Errors
 /// [`StartupError`] when start-up fails or a server fails while running.
 pub async fn serve(settings: Settings) -> Result<(), StartupError> {
+    let shutdown = shutdown_signal()?;
     let listener = bind(&settings.server.listen)?;
     let metrics_listener = if settings.metrics.enabled {
         Some(bind(&settings.metrics.listen)?)
@@ -256,7 +248,7 @@ pub async fn serve(settings: Settings) -> Result<(), StartupError> {
         "confab is serving: docs at http://{}/docs",
         settings.server.listen,
     );
-    app.run_until(shutdown_signal()).await?;
+    app.run_until(shutdown).await?;
     Ok(())
 }
 
