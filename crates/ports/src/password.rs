@@ -26,9 +26,11 @@ pub trait PasswordHasher: Send + Sync + 'static {
     /// [`DomainError::Internal`] if the hash cannot be computed.
     async fn hash(&self, password: &Password) -> Result<PasswordHash, DomainError>;
 
-    /// Checks `password` against `hash` in constant time. `None` verifies
-    /// against a dummy hash, so an unknown user costs the same time as a
-    /// wrong password.
+    /// Checks `password` against `hash`, comparing the derived bytes in
+    /// constant time. `None` verifies against a dummy hash made with the
+    /// current parameters, so an unknown user costs what a wrong password
+    /// for a current hash costs (a hash with older parameters costs what
+    /// those parameters cost, until it is rehashed).
     ///
     /// # Errors
     /// As [`PasswordHasher::hash`].

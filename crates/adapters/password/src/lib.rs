@@ -15,7 +15,6 @@
 mod phc;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use confab_domain::{DomainError, Password, PasswordHash};
@@ -56,9 +55,11 @@ pub struct Pbkdf2Hasher {
 
 struct Inner {
     iterations: u32,
-    permits: Semaphore,
-    waiting: AtomicUsize,
-    max_waiting: usize,
+    /// One permit per caller admitted (computing or queued); a caller that
+    /// gets none is refused at once.
+    admission: Arc<Semaphore>,
+    /// One permit per hash computing now.
+    running: Arc<Semaphore>,
     /// Verified against when the user is unknown, so that costs the same.
     dummy: phc::Phc,
 }
@@ -71,40 +72,42 @@ impl Pbkdf2Hasher {
     pub fn new(options: HasherOptions) -> Result<Self, HasherError> {
         let dummy = phc::Phc::new(b"confab-dummy-password", options.iterations)
             .map_err(|e| HasherError::Random(e.to_string()))?;
+        let running = options.max_concurrent.max(1);
         Ok(Self {
             inner: Arc::new(Inner {
                 iterations: options.iterations,
-                permits: Semaphore::new(options.max_concurrent.max(1)),
-                waiting: AtomicUsize::new(0),
-                max_waiting: options.max_waiting,
+                admission: Arc::new(Semaphore::new(running + options.max_waiting)),
+                running: Arc::new(Semaphore::new(running)),
                 dummy,
             }),
         })
     }
 
     /// Runs `work` on the blocking pool once a slot is free, or refuses at
-    /// once when too many callers already wait.
+    /// once when too many callers are already admitted.
+    ///
+    /// Both permits are owned: a caller cancelled while queued gives its
+    /// place back, and a hash whose caller went away keeps its slot until
+    /// the computation really ends, so the bound holds under cancellation.
     async fn bounded<T, F>(&self, work: F) -> Result<T, DomainError>
     where
         T: Send + 'static,
         F: FnOnce(&Inner) -> T + Send + 'static,
     {
-        let queued = self.inner.waiting.fetch_add(1, Ordering::SeqCst);
-        let permit = if queued >= self.inner.max_waiting + self.inner.permits.available_permits() {
-            None
-        } else {
-            self.inner.permits.acquire().await.ok()
-        };
-        self.inner.waiting.fetch_sub(1, Ordering::SeqCst);
-        let Some(_permit) = permit else {
+        let Ok(admitted) = Arc::clone(&self.inner.admission).try_acquire_owned() else {
             tracing::warn!("password hashing capacity exhausted; refusing");
             return Err(DomainError::unavailable(
                 "password hashing capacity exhausted",
             ));
         };
+        let running = Arc::clone(&self.inner.running)
+            .acquire_owned()
+            .await
+            .map_err(DomainError::internal)?;
         let inner = Arc::clone(&self.inner);
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
+            let _permits = (admitted, running);
             let _entered = span.enter();
             work(&inner)
         })
@@ -231,11 +234,64 @@ mod tests {
         let busy = h.clone();
         let first = tokio::spawn(async move { busy.hash(&pw("first password")).await });
         // Wait until the first hash holds the only slot.
-        while h.inner.permits.available_permits() > 0 {
+        while h.inner.running.available_permits() > 0 {
             tokio::task::yield_now().await;
         }
         let err = h.hash(&pw("second password")).await.unwrap_err();
         assert!(matches!(err, DomainError::Unavailable(_)));
         assert!(first.await.unwrap().is_ok());
+    }
+
+    async fn wait_for(cond: impl Fn() -> bool) {
+        while !cond() {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_gives_its_place_back() {
+        let h = Pbkdf2Hasher::new(HasherOptions {
+            iterations: MIN_ITERATIONS,
+            max_concurrent: 1,
+            max_waiting: 1,
+        })
+        .unwrap();
+        let first = tokio::spawn({
+            let h = h.clone();
+            async move { h.hash(&pw("first password")).await }
+        });
+        wait_for(|| h.inner.running.available_permits() == 0).await;
+        let waiter = tokio::spawn({
+            let h = h.clone();
+            async move { h.hash(&pw("second password")).await }
+        });
+        wait_for(|| h.inner.admission.available_permits() == 0).await;
+        waiter.abort();
+        let _ = waiter.await;
+        // The aborted waiter's place is free again: a new caller is queued, not refused.
+        assert!(h.hash(&pw("third password")).await.is_ok());
+        assert!(first.await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_hash_whose_caller_left_keeps_its_slot_until_done() {
+        let h = Pbkdf2Hasher::new(HasherOptions {
+            iterations: MIN_ITERATIONS,
+            max_concurrent: 1,
+            max_waiting: 0,
+        })
+        .unwrap();
+        let caller = tokio::spawn({
+            let h = h.clone();
+            async move { h.hash(&pw("abandoned password")).await }
+        });
+        wait_for(|| h.inner.running.available_permits() == 0).await;
+        caller.abort();
+        let _ = caller.await;
+        // The computation still runs, so the bound still counts it.
+        let err = h.hash(&pw("another password")).await.unwrap_err();
+        assert!(matches!(err, DomainError::Unavailable(_)));
+        wait_for(|| h.inner.running.available_permits() == 1).await;
+        assert!(h.hash(&pw("another password")).await.is_ok());
     }
 }
