@@ -17,6 +17,8 @@ on_both_backends!(
     wrong_field_type_names_the_field,
     unknown_fields_are_refused_so_role_cannot_be_set,
     sane_client_request_id_is_kept_and_insane_one_replaced,
+    a_body_that_trickles_is_408,
+    a_password_of_the_wrong_type_is_not_echoed,
 );
 
 async fn unknown_route_is_404_in_the_error_shape(backend: Backend) {
@@ -202,6 +204,45 @@ async fn unknown_fields_are_refused_so_role_cannot_be_set(backend: Backend) {
     )
     .await;
     assert_eq!(err["field"], "role");
+}
+
+async fn a_body_that_trickles_is_408(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app =
+        confab_e2e::spawn_app_with(backend, &[("CONFAB__SERVER__BODY_READ_TIMEOUT_MS", "300")]);
+    let addr = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The head promises 100 bytes; the body never comes.
+    stream
+        .write_all(b"POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buf = [0_u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            response.extend_from_slice(&buf[..n]);
+            if n == 0 || String::from_utf8_lossy(&response).contains("}}") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server held the connection open");
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains(r#""code":"REQUEST_TIMEOUT""#), "{text}");
+    assert!(text.to_lowercase().contains("x-request-id: "), "{text}");
+}
+
+async fn a_password_of_the_wrong_type_is_not_echoed(backend: Backend) {
+    let app = spawn_app(backend);
+    let body = serde_json::json!({"username": "tom", "email": "t@example.com", "password": 31415926535_u64});
+    let res = app.post_json("/api/v1/auth/register", &body).await;
+    let err = error_body(res, 400, "VALIDATION_ERROR").await;
+    assert_eq!(err["field"], "password");
+    assert!(!err.to_string().contains("31415926535"), "{err}");
 }
 
 async fn sane_client_request_id_is_kept_and_insane_one_replaced(backend: Backend) {

@@ -9,7 +9,28 @@ on_both_backends!(
     allowed_origin_is_echoed_with_vary,
     unlisted_origin_gets_no_cors_headers,
     preflight_from_an_allowed_origin_is_answered,
+    cors_applies_to_errors_and_ignores_origin_case,
 );
+
+async fn cors_applies_to_errors_and_ignores_origin_case(backend: Backend) {
+    let app = spawn_app(backend);
+    let res = app
+        .client
+        .get(app.url("/missing"))
+        .header("origin", "HTTPS://Chat.Example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "HTTPS://Chat.Example.com"
+    );
+    // Without an Origin, the answer still says it varies by Origin.
+    let res = app.get("/healthz").await;
+    assert!(res.headers().get_all("vary").iter().any(|v| v == "Origin"));
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+}
 
 fn assert_security_headers(res: &reqwest::Response) {
     let h = res.headers();

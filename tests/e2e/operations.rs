@@ -7,7 +7,60 @@ on_both_backends!(
     healthz_answers_ok,
     readyz_checks_the_database,
     metrics_are_on_their_own_listener_by_route_template,
+    made_up_methods_share_one_metric_label,
 );
+
+#[tokio::test]
+async fn readyz_is_503_when_the_database_is_gone() {
+    let app = confab_e2e::spawn_app_with(
+        Backend::Postgres,
+        &[("CONFAB__DATABASE__ACQUIRE_TIMEOUT_MS", "300")],
+    );
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    assert!(app.db.cut_off());
+    let res = app.get("/readyz").await;
+    assert_eq!(res.headers()["retry-after"], "5");
+    let err = confab_e2e::error_body(res, 503, "UNAVAILABLE").await;
+    assert!(
+        err["message"].as_str().unwrap().contains("database"),
+        "{err}"
+    );
+    // Liveness does not depend on the database.
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    // A request that needs the database is a 503 too, never a 500.
+    let res = app.register("orphan").await;
+    confab_e2e::error_body(res, 503, "UNAVAILABLE").await;
+}
+
+async fn made_up_methods_share_one_metric_label(backend: Backend) {
+    let app = spawn_app(backend);
+    for m in ["FOO1", "FOO2", "BREW"] {
+        let method = reqwest::Method::from_bytes(m.as_bytes()).unwrap();
+        let res = app
+            .client
+            .request(method, app.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 405);
+    }
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.metrics_address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            r#"confab_http_requests_total{method="OTHER",route="/healthz",status="405"} 3"#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("FOO1") && !text.contains("BREW"), "{text}");
+}
 
 async fn healthz_answers_ok(backend: Backend) {
     let app = spawn_app(backend);

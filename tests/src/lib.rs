@@ -28,7 +28,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
-    _db: TestDatabase,
+    /// The server's database.
+    pub db: TestDatabase,
 }
 
 /// Starts a server on `backend` with the test configuration plus `extra`
@@ -95,7 +96,7 @@ pub fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
             .expect("HTTP client"),
         stop: Some(stop_tx),
         thread: Some(thread),
-        _db: db,
+        db,
     }
 }
 

@@ -29,8 +29,8 @@ impl ReadinessReport {
     }
 }
 
-/// Checks every dependency concurrently. Each check bounds its own time
-/// (the SQL store's pool acquire timeout, for instance).
+/// Checks every dependency concurrently. This use case sets no deadline of
+/// its own (it has no timer); the HTTP probe bounds the whole check.
 #[derive(Clone)]
 pub struct Readiness {
     checks: Vec<Arc<dyn HealthCheck>>,

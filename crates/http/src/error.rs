@@ -144,6 +144,16 @@ impl ApiError {
         )
     }
 
+    /// 408 `REQUEST_TIMEOUT`: the body did not arrive in time.
+    #[must_use]
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            "the request body did not arrive in time",
+        )
+    }
+
     /// 415 `UNSUPPORTED_MEDIA_TYPE`.
     #[must_use]
     pub fn unsupported_media_type() -> Self {

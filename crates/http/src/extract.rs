@@ -1,5 +1,7 @@
 //! Extractors: a JSON body that fails in the API's error shape.
 
+use std::time::Duration;
+
 use actix_web::dev::Payload;
 use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::web::BytesMut;
@@ -10,22 +12,31 @@ use serde::de::DeserializeOwned;
 
 use crate::ApiError;
 
-/// The largest JSON body a route accepts, in bytes (app data; the default
-/// is [`JsonLimit::DEFAULT`]).
+/// Limits on reading a request body (app data).
 #[derive(Debug, Clone, Copy)]
-pub struct JsonLimit(pub usize);
+pub struct BodyLimits {
+    /// The largest body a route accepts, in bytes (larger is 413).
+    pub max_bytes: usize,
+    /// How long the whole body may take to arrive once the head is read
+    /// (slower is 408), so a client can't hold a worker by trickling bytes.
+    pub read_timeout: Duration,
+}
 
-impl JsonLimit {
-    /// 64 KiB.
-    pub const DEFAULT: usize = 64 * 1024;
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 * 1024,
+            read_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// A JSON request body.
 ///
 /// `Content-Type` must be `application/json` (or `…+json`), else 415; the
-/// body must fit the [`JsonLimit`], else 413 (refused from
+/// body must fit [`BodyLimits::max_bytes`], else 413 (refused from
 /// `Content-Length` before reading, or as soon as the stream passes the
-/// limit); anything serde refuses (syntax, invalid UTF-8, nesting deeper
+/// limit) and arrive within [`BodyLimits::read_timeout`], else 408; anything serde refuses (syntax, invalid UTF-8, nesting deeper
 /// than 128, a missing or unknown field, a domain rule in a `TryFrom`) is
 /// 400 `VALIDATION_ERROR` naming the field by its path.
 #[derive(Debug)]
@@ -54,9 +65,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req
-            .app_data::<JsonLimit>()
-            .map_or(JsonLimit::DEFAULT, |l| l.0);
+        let limits = req.app_data::<BodyLimits>().copied().unwrap_or_default();
+        let limit = limits.max_bytes;
         if !is_json(req) {
             return Box::pin(async { Err(ApiError::unsupported_media_type()) });
         }
@@ -70,16 +80,22 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
         }
         let mut payload = payload.take();
         Box::pin(async move {
-            let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|_| {
-                    ApiError::validation(None, "the request body could not be read")
-                })?;
-                if body.len() + chunk.len() > limit {
-                    return Err(ApiError::payload_too_large(limit));
+            let read = async {
+                let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+                while let Some(chunk) = payload.next().await {
+                    let chunk = chunk.map_err(|_| {
+                        ApiError::validation(None, "the request body could not be read")
+                    })?;
+                    if body.len() + chunk.len() > limit {
+                        return Err(ApiError::payload_too_large(limit));
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                body.extend_from_slice(&chunk);
-            }
+                Ok(body)
+            };
+            let body = actix_web::rt::time::timeout(limits.read_timeout, read)
+                .await
+                .map_err(|_| ApiError::request_timeout())??;
             parse(&body).map(Json)
         })
     }
@@ -122,8 +138,9 @@ fn field_name(path: &str, message: &str) -> Option<String> {
     }
 }
 
-/// A client-safe description: serde's message without its position, or a
-/// generic one for syntax errors.
+/// A client-safe description: serde's message without its position and
+/// without the offending value (which may be a password sent with the
+/// wrong type), or a generic one for syntax errors.
 fn describe(err: &serde_json::Error) -> String {
     use serde_json::error::Category;
     match err.classify() {
@@ -134,13 +151,26 @@ fn describe(err: &serde_json::Error) -> String {
         ),
         Category::Eof => "the JSON body ended early".to_owned(),
         Category::Io => "the request body could not be read".to_owned(),
-        Category::Data => {
-            let text = err.to_string();
-            match text.rfind(" at line ") {
-                Some(i) => text[..i].to_owned(),
-                None => text,
-            }
-        }
+        Category::Data => without_value(&err.to_string()),
+    }
+}
+
+/// serde quotes the value it refused: `invalid type: integer `123`,
+/// expected a string`. Keep what was expected, drop what was sent.
+fn without_value(text: &str) -> String {
+    let text = text.rfind(" at line ").map_or(text, |i| &text[..i]);
+    let refused_value = [
+        "invalid type",
+        "invalid value",
+        "invalid length",
+        "unknown variant",
+    ]
+    .iter()
+    .find(|kind| text.starts_with(*kind));
+    match (refused_value, text.find("expected ")) {
+        (Some(kind), Some(i)) => format!("{kind}: {}", &text[i..]),
+        (Some(kind), None) => (*kind).to_owned(),
+        (None, _) => text.to_owned(),
     }
 }
 
@@ -192,6 +222,22 @@ mod tests {
             Some("items[0].x")
         );
         assert_eq!(field_of(r#"{"name": "#), None);
+    }
+
+    #[test]
+    fn refused_values_are_not_echoed() {
+        let err = parse::<Outer>(br#"{"name":12345678,"items":[]}"#).unwrap_err();
+        let text = String::from_utf8(err.body_for_tests()).unwrap();
+        assert!(!text.contains("12345678"), "{text}");
+        assert!(text.contains("expected a string"), "{text}");
+        assert_eq!(
+            without_value("missing field `name` at line 1 column 2"),
+            "missing field `name`"
+        );
+        assert_eq!(
+            without_value("unknown variant `hunter2`, expected `a` or `b` at line 1 column 9"),
+            "unknown variant: expected `a` or `b`"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use confab_app::{Accounts, Readiness};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
-pub use extract::{Json, JsonLimit};
+pub use extract::{BodyLimits, Json};
 pub use metrics::{Metrics, metrics_routes};
 pub use middleware::{CorsPolicy, RequestId, SecurityHeaders};
 pub use openapi::{ApiDoc, openapi_json};
@@ -36,8 +36,8 @@ pub struct HttpState {
     pub readiness: Readiness,
     /// Request metrics (shared with the metrics listener).
     pub metrics: Metrics,
-    /// Largest accepted JSON body, in bytes.
-    pub json_limit: usize,
+    /// Request body size and read-time limits.
+    pub body: BodyLimits,
     /// Browser origins allowed to call the API.
     pub cors: CorsPolicy,
     /// Security header settings.
@@ -81,7 +81,7 @@ fn build(
         .app_data(web::Data::new(state.cors))
         .app_data(web::Data::new(state.security))
         .app_data(web::Data::new(routes::OpenApiJson(state.openapi)))
-        .app_data(JsonLimit(state.json_limit))
+        .app_data(state.body)
         .app_data(web::PathConfig::default().error_handler(|err, _| {
             ApiError::validation(None, format!("invalid path: {err}")).into()
         }))
@@ -179,7 +179,7 @@ mod tests {
             accounts: Accounts::new(Arc::new(Nobody), Arc::new(Nobody)),
             readiness: Readiness::new(vec![Arc::new(Nobody)]),
             metrics: Metrics::new().unwrap(),
-            json_limit: JsonLimit::DEFAULT,
+            body: BodyLimits::default(),
             cors: CorsPolicy::default(),
             security: SecurityHeaders {
                 hsts_max_age_secs: 60,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 use confab_app::{Accounts, Readiness};
-use confab_http::{CorsPolicy, HttpState, Metrics, SecurityHeaders};
+use confab_http::{BodyLimits, CorsPolicy, HttpState, Metrics, SecurityHeaders};
 use confab_password::{HasherOptions, Pbkdf2Hasher};
 use confab_sql::{PoolOptions, SqlError, SqlStore};
 use secrecy::ExposeSecret;
@@ -104,7 +104,10 @@ impl Application {
             accounts: Accounts::new(store.clone(), Arc::new(hasher)),
             readiness: Readiness::new(vec![store]),
             metrics: metrics.clone(),
-            json_limit: settings.server.json_limit_bytes,
+            body: BodyLimits {
+                max_bytes: settings.server.json_limit_bytes,
+                read_timeout: Duration::from_millis(settings.server.body_read_timeout_ms),
+            },
             cors: CorsPolicy {
                 allowed_origins: settings.cors.allowed_origins.clone(),
                 max_age_secs: settings.cors.max_age_secs,

@@ -5,15 +5,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use confab_password::MIN_ITERATIONS;
 use confab_sql::DatabaseTarget;
 use config::{Config, Environment, File, FileFormat};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 const DEFAULTS: &str = include_str!("../../../config/default.toml");
-
-/// Least PBKDF2 iterations any configuration may use (OWASP 2023).
-pub const MIN_PBKDF2_ITERATIONS: u32 = 600_000;
 
 /// Short environment names and the keys they set (applied last).
 const SHORT_NAMES: &[(&str, &str)] = &[
@@ -90,6 +88,8 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Largest JSON body.
     pub json_limit_bytes: usize,
+    /// Time for a request body to arrive.
+    pub body_read_timeout_ms: u64,
 }
 
 /// `[metrics]`.
@@ -285,12 +285,24 @@ impl Settings {
                 "server.json_limit_bytes must be between 1024 and 16777216",
             ));
         }
-        if s.request_head_timeout_ms == 0
-            || s.max_connections == 0
-            || self.database.max_connections == 0
-        {
+        let db = &self.database;
+        let positive = [
+            ("server.request_head_timeout_ms", s.request_head_timeout_ms),
+            ("server.body_read_timeout_ms", s.body_read_timeout_ms),
+            ("server.shutdown_timeout_secs", s.shutdown_timeout_secs),
+            ("server.max_connections", s.max_connections as u64),
+            ("database.max_connections", u64::from(db.max_connections)),
+            ("database.acquire_timeout_ms", db.acquire_timeout_ms),
+            ("database.sqlite_busy_timeout_ms", db.sqlite_busy_timeout_ms),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(invalid(format!("{key} must be greater than 0")));
+        }
+        // Port 0 asks the OS for a fresh port each, so equal ":0" addresses differ.
+        let public = parse_addr("server.listen (CONFAB_LISTEN)", &s.listen)?;
+        if self.metrics.enabled && self.metrics.listen == s.listen && public.port() != 0 {
             return Err(invalid(
-                "timeouts, connection limits and pool sizes must be positive",
+                "metrics.listen must differ from server.listen: /metrics is never served on the public address",
             ));
         }
         let redis = self.redis.url.expose_secret();
@@ -316,19 +328,20 @@ impl Settings {
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {
-        if self.auth.pbkdf2_iterations < MIN_PBKDF2_ITERATIONS {
+        if self.auth.pbkdf2_iterations < MIN_ITERATIONS {
             return Err(invalid(format!(
-                "auth.pbkdf2_iterations must be at least {MIN_PBKDF2_ITERATIONS}"
+                "auth.pbkdf2_iterations must be at least {MIN_ITERATIONS}"
             )));
         }
         let secret = self.auth.jwt_secret.expose_secret();
         if !secret.is_empty() && secret.len() < 32 {
             return Err(invalid("CONFAB_JWT_SECRET must be at least 32 bytes"));
         }
-        if secret.is_empty() && self.is_production() {
-            return Err(invalid(
-                "CONFAB_JWT_SECRET is required when CONFAB_ENV=production",
-            ));
+        if secret.is_empty() && self.environment != "development" {
+            return Err(invalid(format!(
+                "CONFAB_JWT_SECRET is required when CONFAB_ENV={} (only development may run without one)",
+                self.environment
+            )));
         }
         Ok(())
     }
@@ -441,6 +454,18 @@ mod tests {
             ),
             (&[("CONFAB__SERVER__NO_SUCH_KEY", "1")][..], "no_such_key"),
             (&[("CONFAB_ENV", "../etc")][..], "CONFAB_ENV"),
+            (
+                &[("CONFAB__DATABASE__ACQUIRE_TIMEOUT_MS", "0")][..],
+                "database.acquire_timeout_ms must be greater than 0",
+            ),
+            (
+                &[("CONFAB__SERVER__BODY_READ_TIMEOUT_MS", "0")][..],
+                "server.body_read_timeout_ms",
+            ),
+            (
+                &[("CONFAB_METRICS_LISTEN", "127.0.0.1:8080")][..],
+                "metrics.listen must differ",
+            ),
         ] {
             let err = load(pairs).unwrap_err().to_string();
             assert!(err.contains(needle), "{pairs:?}: {err}");
@@ -456,6 +481,12 @@ mod tests {
         let err = load(&[("CONFAB_ENV", "production"), ("CONFAB_CONFIG_DIR", d)]).unwrap_err();
         assert!(
             err.to_string().contains("CONFAB_JWT_SECRET is required"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("staging.toml"), "").unwrap();
+        let err = load(&[("CONFAB_ENV", "staging"), ("CONFAB_CONFIG_DIR", d)]).unwrap_err();
+        assert!(
+            err.to_string().contains("required when CONFAB_ENV=staging"),
             "{err}"
         );
         let ok = load(&[

@@ -49,5 +49,5 @@ CREATE TABLE messages (
     CONSTRAINT messages_position_key UNIQUE (conversation_id, position)
 );
 
--- The start-up sweep looks for generations left unfinished.
+-- Finds generations left unfinished (after a crash) without a full scan.
 CREATE INDEX messages_in_progress_idx ON messages (status) WHERE status = 'in_progress';

@@ -115,6 +115,35 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// Makes the database refuse every connection, new and existing, as a
+    /// crashed or unreachable server would (PostgreSQL only; a no-op
+    /// report of `false` on SQLite).
+    ///
+    /// # Panics
+    /// When PostgreSQL can't be told.
+    #[must_use]
+    pub fn cut_off(&self) -> bool {
+        let Kind::Postgres { admin_url, name } = &self.kind else {
+            return false;
+        };
+        let mut admin = connect_admin(admin_url);
+        diesel::sql_query(format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
+            ident(name)
+        ))
+        .execute(&mut admin)
+        .expect("refuse new connections");
+        diesel::sql_query(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            name.replace('\'', "''")
+        ))
+        .execute(&mut admin)
+        .expect("end existing connections");
+        true
+    }
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         if let Kind::Postgres { admin_url, name } = &self.kind {
@@ -194,7 +223,14 @@ fn template(admin_url: &str) -> String {
         .clone()
 }
 
-/// Drops test and template databases whose process is gone.
+/// `name` as a quoted SQL identifier.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Drops test and template databases whose process is gone (on this
+/// machine: runs sharing the server from another PID namespace would need
+/// another naming scheme).
 fn sweep_leftovers(admin: &mut PgConnection) {
     let names: Vec<DbName> = diesel::sql_query(
         "SELECT datname FROM pg_database WHERE datname LIKE 'confab\\_t\\_%' \
@@ -212,7 +248,8 @@ fn sweep_leftovers(admin: &mut PgConnection) {
         let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
         if !alive {
             let _ = diesel::sql_query(format!(
-                "DROP DATABASE IF EXISTS \"{datname}\" WITH (FORCE)"
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                ident(&datname)
             ))
             .execute(admin);
         }

@@ -1,8 +1,10 @@
 //! CORS from a configured allowlist of origins.
 //!
-//! An allowed origin is echoed (never `*`, since credentials are allowed)
-//! with `Vary: Origin`; a preflight from it is answered here. An origin not
-//! on the list gets no CORS header at all, so the browser blocks it.
+//! An allowed origin is echoed (never `*`, since credentials are allowed);
+//! a preflight from it is answered here. An origin not on the list gets no
+//! CORS header at all, so the browser blocks it. Every response carries
+//! `Vary: Origin`, so no cache serves one origin's answer to another.
+//! Origins compare case-insensitively (schemes and hosts are).
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -32,7 +34,9 @@ pub struct CorsPolicy {
 
 impl CorsPolicy {
     fn allows(&self, origin: &str) -> bool {
-        self.allowed_origins.iter().any(|o| o == origin)
+        self.allowed_origins
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(origin))
     }
 }
 
@@ -42,10 +46,10 @@ pub(crate) async fn cors(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let origin = req.headers().get(ORIGIN).cloned();
     let Some(origin) = origin else {
-        return next
-            .call(req)
-            .await
-            .map(ServiceResponse::map_into_boxed_body);
+        let mut res = next.call(req).await?.map_into_boxed_body();
+        res.headers_mut()
+            .append(VARY, HeaderValue::from_static("Origin"));
+        return Ok(res);
     };
     let policy = req.app_data::<web::Data<CorsPolicy>>().cloned();
     let allowed = origin

@@ -21,13 +21,9 @@ pub(crate) async fn catch_panic(
     let http_req = req.request().clone();
     match AssertUnwindSafe(next.call(req)).catch_unwind().await {
         Ok(res) => res.map(ServiceResponse::map_into_boxed_body),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".to_owned());
-            let error = ApiError::internal(format!("handler panicked: {what}"));
+        Err(_) => {
+            // The panic hook has logged the message and location already.
+            let error = ApiError::internal("handler panicked");
             Ok(ServiceResponse::new(http_req, error.error_response()))
         }
     }

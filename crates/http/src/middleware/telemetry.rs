@@ -12,6 +12,22 @@ use tracing::Instrument;
 use crate::Metrics;
 use crate::middleware::RequestId;
 
+/// The standard methods by name, any other as `OTHER`: a client must not
+/// be able to mint label values (and memory) with made-up methods.
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
 pub(crate) async fn telemetry(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -27,7 +43,7 @@ pub(crate) async fn telemetry(
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method()).to_owned();
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let span =
         tracing::info_span!("http", request_id = %request_id, method = %method, route = %route);

@@ -10,6 +10,9 @@ use utoipa::ToSchema;
 use crate::ApiError;
 use crate::error::ErrorBody;
 
+/// How long `/readyz` waits for its dependencies.
+const READINESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// `GET /healthz`.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Health {
@@ -53,7 +56,14 @@ pub(crate) async fn healthz() -> HttpResponse {
     ),
 )]
 pub(crate) async fn readyz(readiness: web::Data<Readiness>) -> Result<HttpResponse, ApiError> {
-    let report = readiness.check().await;
+    // A hung dependency must not hang the probe that reports it.
+    let Ok(report) = actix_web::rt::time::timeout(READINESS_TIMEOUT, readiness.check()).await
+    else {
+        return Err(ApiError::unavailable(
+            "not ready: readiness checks timed out",
+            5,
+        ));
+    };
     let down: Vec<&str> = report
         .dependencies
         .iter()
