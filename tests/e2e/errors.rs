@@ -47,13 +47,8 @@ async fn malformed_json_is_400_validation_error(backend: Backend) {
         r#"{"a":1} trailing"#,
     ] {
         let res = app
-            .client
-            .post(app.url("/api/v1/auth/register"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+            .post_raw("/api/v1/auth/register", Some("application/json"), body)
+            .await;
         error_body(res, 400, "VALIDATION_ERROR").await;
     }
 }
@@ -61,25 +56,18 @@ async fn malformed_json_is_400_validation_error(backend: Backend) {
 async fn text_plain_is_415(backend: Backend) {
     let app = spawn_app(backend);
     let res = app
-        .client
-        .post(app.url("/api/v1/auth/register"))
-        .header("content-type", "text/plain")
-        .body(r#"{"username":"a"}"#)
-        .send()
-        .await
-        .unwrap();
+        .post_raw(
+            "/api/v1/auth/register",
+            Some("text/plain"),
+            r#"{"username":"a"}"#,
+        )
+        .await;
     error_body(res, 415, "UNSUPPORTED_MEDIA_TYPE").await;
 }
 
 async fn missing_content_type_is_415(backend: Backend) {
     let app = spawn_app(backend);
-    let res = app
-        .client
-        .post(app.url("/api/v1/auth/register"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let res = app.post_raw("/api/v1/auth/register", None, "{}").await;
     error_body(res, 415, "UNSUPPORTED_MEDIA_TYPE").await;
 }
 
@@ -87,13 +75,8 @@ async fn body_over_the_limit_is_413_by_declared_length(backend: Backend) {
     let app = spawn_app(backend);
     let big = format!(r#"{{"username":"{}"}}"#, "a".repeat(70 * 1024));
     let res = app
-        .client
-        .post(app.url("/api/v1/auth/register"))
-        .header("content-type", "application/json")
-        .body(big)
-        .send()
-        .await
-        .unwrap();
+        .post_raw("/api/v1/auth/register", Some("application/json"), big)
+        .await;
     error_body(res, 413, "PAYLOAD_TOO_LARGE").await;
 }
 
@@ -104,13 +87,8 @@ async fn body_over_the_limit_is_413_when_streamed(backend: Backend) {
         (0..100).map(|_| Ok(vec![b' '; 1024])).collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
     let res = app
-        .client
-        .post(app.url("/api/v1/auth/register"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .post_raw("/api/v1/auth/register", Some("application/json"), body)
+        .await;
     error_body(res, 413, "PAYLOAD_TOO_LARGE").await;
 }
 
@@ -146,13 +124,8 @@ async fn deeply_nested_json_is_400(backend: Backend) {
         "]".repeat(5000)
     );
     let res = app
-        .client
-        .post(app.url("/api/v1/auth/register"))
-        .header("content-type", "application/json")
-        .body(deep)
-        .send()
-        .await
-        .unwrap();
+        .post_raw("/api/v1/auth/register", Some("application/json"), deep)
+        .await;
     error_body(res, 400, "VALIDATION_ERROR").await;
 }
 
@@ -162,13 +135,8 @@ async fn invalid_utf8_is_400(backend: Backend) {
     body.extend_from_slice(&[0xff, 0xfe]);
     body.extend_from_slice(br#"ice","email":"a@example.com","password":"correct horse battery"}"#);
     let res = app
-        .client
-        .post(app.url("/api/v1/auth/register"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .post_raw("/api/v1/auth/register", Some("application/json"), body)
+        .await;
     error_body(res, 400, "VALIDATION_ERROR").await;
 }
 

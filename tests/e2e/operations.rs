@@ -44,15 +44,7 @@ async fn made_up_methods_share_one_metric_label(backend: Backend) {
             .unwrap();
         assert_eq!(res.status(), 405);
     }
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.metrics_address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains(
             r#"confab_http_requests_total{method="OTHER",route="/healthz",status="405"} 3"#
@@ -89,15 +81,7 @@ async fn metrics_are_on_their_own_listener_by_route_template(backend: Backend) {
     app.get("/no/such/2").await;
     // Never on the public listener.
     assert_eq!(app.get("/metrics").await.status(), 404);
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.metrics_address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains(
             r#"confab_http_requests_total{method="GET",route="/healthz",status="200"} 1"#

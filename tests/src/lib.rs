@@ -129,6 +129,39 @@ impl TestApp {
             .expect("POST")
     }
 
+    /// `POST path` with raw bytes and, when given, that `Content-Type`.
+    ///
+    /// # Panics
+    /// When the request can't be sent.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut req = self.client.post(self.url(path)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        req.send().await.expect("POST")
+    }
+
+    /// The metrics listener's Prometheus text.
+    ///
+    /// # Panics
+    /// When the request can't be sent.
+    pub async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.metrics_address);
+        self.client
+            .get(url)
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// `GET path`.
     ///
     /// # Panics
