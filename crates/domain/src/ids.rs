@@ -64,6 +64,52 @@ uuid_id!(
     "conversation_id"
 );
 
+/// A random (UUIDv4) id: nothing about it can be guessed from another.
+macro_rules! random_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            /// A new random id.
+            #[must_use]
+            pub fn generate() -> Self {
+                Self(Uuid::new_v4())
+            }
+
+            /// Wraps an existing UUID (read back from a token or storage).
+            #[must_use]
+            pub const fn from_uuid(id: Uuid) -> Self {
+                Self(id)
+            }
+
+            /// The UUID inside.
+            #[must_use]
+            pub const fn as_uuid(&self) -> &Uuid {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+random_id!(
+    /// A token's id (the JWT `jti`).
+    TokenId
+);
+random_id!(
+    /// A login session: every refresh token rotated from one login shares
+    /// it, so reuse of any of them can revoke them all.
+    FamilyId
+);
+
 /// A message's id. Clients may choose it (the seed's `msg_001`), so it is a
 /// short token rather than a UUID: 1..=64 characters of `[A-Za-z0-9_-]`.
 /// Unique within its conversation.

@@ -19,7 +19,7 @@ pub use conversation::{
     Conversation, ConversationPatch, ConversationSummary, NewConversation, Title,
 };
 pub use error::{BoxError, DomainError};
-pub use ids::{ConversationId, MessageId, UserId};
+pub use ids::{ConversationId, FamilyId, MessageId, TokenId, UserId};
 pub use message::{Content, ContentType, Message, MessageRole, MessageStatus, ModelSlug};
 pub use page::{ListOrder, Page, PageRequest, SearchQuery};
 pub use user::{Email, NewUser, Password, PasswordHash, Role, User, Username};

@@ -140,6 +140,14 @@ mod tests {
                 request,
             })
         }
+        async fn set_password_hash(
+            &self,
+            _: UserId,
+            _: PasswordHash,
+            _: OffsetDateTime,
+        ) -> Result<(), DomainError> {
+            Err(DomainError::NotFound)
+        }
         async fn set_disabled(
             &self,
             _: UserId,

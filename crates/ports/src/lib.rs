@@ -7,10 +7,15 @@
 //! connection [`DomainError::Unavailable`]), so nothing above a port knows
 //! which library sits behind it.
 
+mod auth;
 mod health;
 mod password;
 mod store;
 
+pub use auth::{
+    AccessClaims, IssuedToken, NewRefreshToken, RateDecision, RateLimiter, RatePolicy, Redemption,
+    RefreshClaims, RefreshTokenStore, TokenBlocklist, TokenCodec, TokenRejection,
+};
 pub use health::HealthCheck;
 pub use password::{PasswordHasher, Verification};
 pub use store::{ConversationQuery, ConversationStore, MessageStore, UserStore};

@@ -38,6 +38,18 @@ pub trait UserStore: Send + Sync + 'static {
     /// Only on storage failure.
     async fn list(&self, page: PageRequest) -> Result<Page<User>, DomainError>;
 
+    /// Replaces an account's password hash (a rehash with current
+    /// parameters, or a new password).
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`] when there is none with that id.
+    async fn set_password_hash(
+        &self,
+        id: UserId,
+        hash: PasswordHash,
+        at: OffsetDateTime,
+    ) -> Result<(), DomainError>;
+
     /// Enables or disables an account.
     ///
     /// # Errors

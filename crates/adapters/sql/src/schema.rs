@@ -44,4 +44,18 @@ diesel::table! {
 
 diesel::joinable!(conversations -> users (user_id));
 diesel::joinable!(messages -> conversations (conversation_id));
-diesel::allow_tables_to_appear_in_same_query!(users, conversations, messages);
+
+diesel::table! {
+    refresh_tokens (jti) {
+        jti -> Text,
+        family_id -> Text,
+        user_id -> Text,
+        issued_at -> BigInt,
+        expires_at -> BigInt,
+        used_at -> Nullable<BigInt>,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::joinable!(refresh_tokens -> users (user_id));
+diesel::allow_tables_to_appear_in_same_query!(users, conversations, messages, refresh_tokens);

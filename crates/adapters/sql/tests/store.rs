@@ -10,7 +10,11 @@ use confab_domain::{
     MessageRole, MessageStatus, ModelSlug, NewConversation, NewUser, OffsetDateTime, PageRequest,
     PasswordHash, Role, SearchQuery, Title, User, UserId, Username,
 };
-use confab_ports::{ConversationQuery, ConversationStore, HealthCheck, MessageStore, UserStore};
+use confab_domain::{FamilyId, TokenId};
+use confab_ports::{
+    ConversationQuery, ConversationStore, HealthCheck, MessageStore, NewRefreshToken, Redemption,
+    RefreshTokenStore, UserStore,
+};
 use confab_sql::testing::TestDatabase;
 use confab_sql::{Backend, DatabaseTarget, PoolOptions, SqlError, SqlStore};
 
@@ -53,6 +57,10 @@ on_both_backends!(
     updating_content_refreshes_the_preview,
     concurrent_inserts_get_distinct_positions,
     migrations_are_idempotent_and_health_is_ok,
+    refresh_token_redeems_once_then_is_reuse,
+    racing_redemptions_have_exactly_one_winner,
+    revoked_and_expired_refresh_tokens_are_rejected,
+    password_hash_is_replaced,
 );
 
 struct Fixture {
@@ -261,7 +269,7 @@ async fn conversation_list_orders_and_pages(backend: Backend) {
     // A new message makes the oldest conversation the most recently updated.
     let mut m = message(first, "m1", MessageRole::User, "hello there");
     m.updated_at = t0 + Duration::from_secs(3);
-    f.store.insert(&m).await.unwrap();
+    MessageStore::insert(&f.store, &m).await.unwrap();
 
     let by_updated = ConversationStore::list(&f.store, gina.id, &query())
         .await
@@ -455,8 +463,8 @@ async fn messages_keep_order_and_content(backend: Backend) {
     answer.status = MessageStatus::InProgress;
     answer.parent_id = Some(question.id.clone());
     answer.model_slug = Some(ModelSlug::parse("llama3.1:8b").unwrap());
-    f.store.insert(&question).await.unwrap();
-    f.store.insert(&answer).await.unwrap();
+    MessageStore::insert(&f.store, &question).await.unwrap();
+    MessageStore::insert(&f.store, &answer).await.unwrap();
 
     let listed = MessageStore::list(&f.store, id).await.unwrap();
     assert_eq!(listed.len(), 2);
@@ -477,13 +485,10 @@ async fn duplicate_message_id_in_one_conversation(backend: Backend) {
     let (max, ned) = (user(&f.store, "max").await, user(&f.store, "ned").await);
     let a = conversation(&f.store, max.id, "a", now()).await;
     let b = conversation(&f.store, ned.id, "b", now()).await;
-    f.store
-        .insert(&message(a, "msg_001", MessageRole::User, "one"))
+    MessageStore::insert(&f.store, &message(a, "msg_001", MessageRole::User, "one"))
         .await
         .unwrap();
-    let err = f
-        .store
-        .insert(&message(a, "msg_001", MessageRole::User, "again"))
+    let err = MessageStore::insert(&f.store, &message(a, "msg_001", MessageRole::User, "again"))
         .await
         .unwrap_err();
     assert!(
@@ -491,8 +496,7 @@ async fn duplicate_message_id_in_one_conversation(backend: Backend) {
         "{err:?}"
     );
     // The same client id in another conversation is fine.
-    f.store
-        .insert(&message(b, "msg_001", MessageRole::User, "other"))
+    MessageStore::insert(&f.store, &message(b, "msg_001", MessageRole::User, "other"))
         .await
         .unwrap();
 }
@@ -500,22 +504,16 @@ async fn duplicate_message_id_in_one_conversation(backend: Backend) {
 async fn message_into_missing_or_deleted_conversation_is_not_found(backend: Backend) {
     let f = fixture(backend).await;
     let olga = user(&f.store, "olga").await;
-    let err = f
-        .store
-        .insert(&message(
-            ConversationId::generate(),
-            "m",
-            MessageRole::User,
-            "x",
-        ))
-        .await
-        .unwrap_err();
+    let err = MessageStore::insert(
+        &f.store,
+        &message(ConversationId::generate(), "m", MessageRole::User, "x"),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, DomainError::NotFound), "{err:?}");
     let id = conversation(&f.store, olga.id, "gone", now()).await;
     f.store.soft_delete(olga.id, id, now()).await.unwrap();
-    let err = f
-        .store
-        .insert(&message(id, "m", MessageRole::User, "x"))
+    let err = MessageStore::insert(&f.store, &message(id, "m", MessageRole::User, "x"))
         .await
         .unwrap_err();
     assert!(matches!(err, DomainError::NotFound), "{err:?}");
@@ -527,7 +525,7 @@ async fn updating_content_refreshes_the_preview(backend: Backend) {
     let id = conversation(&f.store, pat.id, "chat", now()).await;
     let mut answer = message(id, "a1", MessageRole::Assistant, "");
     answer.status = MessageStatus::InProgress;
-    f.store.insert(&answer).await.unwrap();
+    MessageStore::insert(&f.store, &answer).await.unwrap();
     let done = Content::text(vec!["Redis caching stores data in memory.".into()]).unwrap();
     f.store
         .update_content(
@@ -566,9 +564,11 @@ async fn concurrent_inserts_get_distinct_positions(backend: Backend) {
         .map(|i| {
             let store = f.store.clone();
             tokio::spawn(async move {
-                store
-                    .insert(&message(id, &format!("m{i}"), MessageRole::User, "hi"))
-                    .await
+                MessageStore::insert(
+                    &store,
+                    &message(id, &format!("m{i}"), MessageRole::User, "hi"),
+                )
+                .await
             })
         })
         .collect();
@@ -613,6 +613,127 @@ async fn sqlite_creates_its_directory() {
     let store = SqlStore::open(target, PoolOptions::default())
         .await
         .unwrap();
-    assert_eq!(store.migrate().await.unwrap(), 1);
+    assert!(store.migrate().await.unwrap() > 0);
     assert!(path.exists());
+}
+
+async fn refresh(store: &SqlStore, user: UserId, family: FamilyId, ttl: Duration) -> TokenId {
+    let jti = TokenId::generate();
+    RefreshTokenStore::insert(
+        store,
+        NewRefreshToken {
+            jti,
+            family,
+            user_id: user,
+            issued_at: now(),
+            expires_at: now() + ttl,
+        },
+    )
+    .await
+    .unwrap();
+    jti
+}
+
+async fn refresh_token_redeems_once_then_is_reuse(backend: Backend) {
+    let f = fixture(backend).await;
+    let rita = user(&f.store, "rita").await;
+    let family = FamilyId::generate();
+    let jti = refresh(&f.store, rita.id, family, Duration::from_secs(60)).await;
+    assert_eq!(
+        f.store.redeem(jti, now()).await.unwrap(),
+        Redemption::Redeemed
+    );
+    assert_eq!(
+        f.store.redeem(jti, now()).await.unwrap(),
+        Redemption::Reused {
+            family,
+            user_id: rita.id
+        }
+    );
+    assert_eq!(
+        f.store.redeem(TokenId::generate(), now()).await.unwrap(),
+        Redemption::Rejected
+    );
+}
+
+async fn racing_redemptions_have_exactly_one_winner(backend: Backend) {
+    let f = fixture(backend).await;
+    let sam = user(&f.store, "sam").await;
+    let jti = refresh(
+        &f.store,
+        sam.id,
+        FamilyId::generate(),
+        Duration::from_secs(60),
+    )
+    .await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = f.store.clone();
+            tokio::spawn(async move { store.redeem(jti, now()).await.unwrap() })
+        })
+        .collect();
+    let mut redeemed = 0;
+    for t in tasks {
+        if t.await.unwrap() == Redemption::Redeemed {
+            redeemed += 1;
+        }
+    }
+    assert_eq!(redeemed, 1);
+}
+
+async fn revoked_and_expired_refresh_tokens_are_rejected(backend: Backend) {
+    let f = fixture(backend).await;
+    let tia = user(&f.store, "tia").await;
+    let family = FamilyId::generate();
+    let a = refresh(&f.store, tia.id, family, Duration::from_secs(60)).await;
+    let b = refresh(&f.store, tia.id, family, Duration::from_secs(60)).await;
+    let other = refresh(
+        &f.store,
+        tia.id,
+        FamilyId::generate(),
+        Duration::from_secs(60),
+    )
+    .await;
+    f.store.revoke_family(family, now()).await.unwrap();
+    assert_eq!(
+        f.store.redeem(a, now()).await.unwrap(),
+        Redemption::Rejected
+    );
+    assert_eq!(
+        f.store.redeem(b, now()).await.unwrap(),
+        Redemption::Rejected
+    );
+    f.store.revoke_user(tia.id, now()).await.unwrap();
+    assert_eq!(
+        f.store.redeem(other, now()).await.unwrap(),
+        Redemption::Rejected
+    );
+    let expired = refresh(
+        &f.store,
+        tia.id,
+        FamilyId::generate(),
+        Duration::from_secs(1),
+    )
+    .await;
+    let later = now() + Duration::from_secs(5);
+    assert_eq!(
+        f.store.redeem(expired, later).await.unwrap(),
+        Redemption::Rejected
+    );
+}
+
+async fn password_hash_is_replaced(backend: Backend) {
+    let f = fixture(backend).await;
+    let uma = user(&f.store, "uma").await;
+    f.store
+        .set_password_hash(uma.id, PasswordHash::new("$new".into()), now())
+        .await
+        .unwrap();
+    let (_, hash) = f.store.find_credentials("uma").await.unwrap().unwrap();
+    assert_eq!(hash.as_str(), "$new");
+    let err = f
+        .store
+        .set_password_hash(UserId::generate(), PasswordHash::new("x".into()), now())
+        .await;
+    assert!(matches!(err, Err(DomainError::NotFound)));
 }

@@ -2,6 +2,7 @@
 
 mod conversations;
 mod messages;
+mod refresh_tokens;
 mod users;
 
 use async_trait::async_trait;

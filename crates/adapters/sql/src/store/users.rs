@@ -91,6 +91,26 @@ impl UserStore for SqlStore {
         })
     }
 
+    async fn set_password_hash(
+        &self,
+        id: UserId,
+        hash: PasswordHash,
+        at: OffsetDateTime,
+    ) -> Result<(), DomainError> {
+        let (id, hash, at) = (id.to_string(), hash.as_str().to_owned(), micros(at));
+        let changed = run(&self.pool, move |conn| {
+            diesel::update(users::table.filter(users::id.eq(id)))
+                .set((users::password_hash.eq(hash), users::updated_at.eq(at)))
+                .execute(conn)
+        })
+        .await?;
+        if changed == 0 {
+            Err(DomainError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+
     async fn set_disabled(
         &self,
         id: UserId,

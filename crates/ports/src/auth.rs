@@ -1,0 +1,234 @@
+//! Tokens, their revocation, and rate limits.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use confab_domain::{DomainError, FamilyId, OffsetDateTime, Role, TokenId, UserId};
+
+/// A freshly signed token.
+#[derive(Clone)]
+pub struct IssuedToken {
+    /// The compact token itself (a secret: never log it).
+    pub token: String,
+    /// Its id.
+    pub jti: TokenId,
+    /// When it stops being accepted.
+    pub expires_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("jti", &self.jti)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a valid access token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessClaims {
+    /// The user.
+    pub user_id: UserId,
+    /// The user's role when the token was issued.
+    pub role: Role,
+    /// The token's id.
+    pub jti: TokenId,
+    /// The login session it belongs to.
+    pub family: FamilyId,
+    /// When it was issued (whole seconds).
+    pub issued_at: OffsetDateTime,
+    /// When it expires.
+    pub expires_at: OffsetDateTime,
+}
+
+/// What a valid refresh token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshClaims {
+    /// The user.
+    pub user_id: UserId,
+    /// The token's id.
+    pub jti: TokenId,
+    /// The login session it belongs to.
+    pub family: FamilyId,
+    /// When it expires.
+    pub expires_at: OffsetDateTime,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRejection {
+    /// Well-formed and correctly signed, but past its `exp`.
+    #[error("the token has expired")]
+    Expired,
+    /// Anything else: garbage, truncated, tampered, wrong algorithm,
+    /// issuer, audience or type, not yet valid.
+    #[error("the token is invalid")]
+    Invalid,
+}
+
+/// Signs and verifies tokens. Pure computation: no I/O.
+pub trait TokenCodec: Send + Sync + 'static {
+    /// Signs an access token.
+    ///
+    /// # Errors
+    /// [`DomainError::Internal`] if signing fails.
+    fn issue_access(
+        &self,
+        user: UserId,
+        role: Role,
+        family: FamilyId,
+        now: OffsetDateTime,
+    ) -> Result<IssuedToken, DomainError>;
+
+    /// Signs a refresh token.
+    ///
+    /// # Errors
+    /// [`DomainError::Internal`] if signing fails.
+    fn issue_refresh(
+        &self,
+        user: UserId,
+        family: FamilyId,
+        now: OffsetDateTime,
+    ) -> Result<IssuedToken, DomainError>;
+
+    /// Verifies an access token (and that it *is* an access token).
+    ///
+    /// # Errors
+    /// [`TokenRejection`] when it must not be accepted.
+    fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenRejection>;
+
+    /// Verifies a refresh token (and that it *is* a refresh token).
+    ///
+    /// # Errors
+    /// [`TokenRejection`] when it must not be accepted.
+    fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, TokenRejection>;
+
+    /// How long access tokens live.
+    fn access_ttl(&self) -> Duration;
+}
+
+/// A refresh token to remember.
+#[derive(Debug, Clone)]
+pub struct NewRefreshToken {
+    /// Its id.
+    pub jti: TokenId,
+    /// Its login session.
+    pub family: FamilyId,
+    /// Its user.
+    pub user_id: UserId,
+    /// When it was issued.
+    pub issued_at: OffsetDateTime,
+    /// When it expires.
+    pub expires_at: OffsetDateTime,
+}
+
+/// What presenting a refresh token did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redemption {
+    /// It was unused and valid, and is now used: issue the next pair.
+    Redeemed,
+    /// It had been used before: someone replays it. Revoke its family.
+    Reused {
+        /// The family to revoke.
+        family: FamilyId,
+        /// Its user.
+        user_id: UserId,
+    },
+    /// Unknown, expired or revoked.
+    Rejected,
+}
+
+/// Remembers refresh tokens so that each is used once.
+#[async_trait]
+pub trait RefreshTokenStore: Send + Sync + 'static {
+    /// Records a newly issued refresh token.
+    ///
+    /// # Errors
+    /// On storage failure.
+    async fn insert(&self, token: NewRefreshToken) -> Result<(), DomainError>;
+
+    /// Marks the token used, atomically: of two concurrent redemptions of
+    /// the same token exactly one is [`Redemption::Redeemed`].
+    ///
+    /// # Errors
+    /// On storage failure.
+    async fn redeem(&self, jti: TokenId, now: OffsetDateTime) -> Result<Redemption, DomainError>;
+
+    /// Revokes every token of a login session.
+    ///
+    /// # Errors
+    /// On storage failure.
+    async fn revoke_family(&self, family: FamilyId, now: OffsetDateTime)
+    -> Result<(), DomainError>;
+
+    /// Revokes every token of a user.
+    ///
+    /// # Errors
+    /// On storage failure.
+    async fn revoke_user(&self, user: UserId, now: OffsetDateTime) -> Result<(), DomainError>;
+}
+
+/// Access tokens (and users) refused before their tokens expire: after a
+/// logout, or when a user is disabled.
+#[async_trait]
+pub trait TokenBlocklist: Send + Sync + 'static {
+    /// Refuses the token `jti` until `until` (its expiry).
+    ///
+    /// # Errors
+    /// When the blocklist is unreachable.
+    async fn block_token(&self, jti: TokenId, until: OffsetDateTime) -> Result<(), DomainError>;
+
+    /// Refuses every token of `user` issued at or before `since`, until
+    /// `until` (when the last of them expires).
+    ///
+    /// # Errors
+    /// When the blocklist is unreachable.
+    async fn block_user(
+        &self,
+        user: UserId,
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<(), DomainError>;
+
+    /// Whether the access token described by `claims` is refused.
+    ///
+    /// # Errors
+    /// When the blocklist is unreachable.
+    async fn is_blocked(&self, claims: &AccessClaims) -> Result<bool, DomainError>;
+}
+
+/// A token-bucket limit: `quota` requests per `window`, refilled evenly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RatePolicy {
+    /// Its name in the `RateLimit-Policy` header (`default`, `login`).
+    pub name: String,
+    /// Requests per window (the bucket's size).
+    pub quota: u32,
+    /// The window.
+    pub window: Duration,
+}
+
+/// The outcome of one rate-limit check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    /// Whether the request may go ahead (it consumed a token if so).
+    pub allowed: bool,
+    /// Requests left in the bucket now.
+    pub remaining: u32,
+    /// Time until the bucket is full again.
+    pub reset_after: Duration,
+    /// When refused: time until one request would be allowed.
+    pub retry_after: Duration,
+}
+
+/// Token-bucket rate limiting, keyed by whatever the caller chooses (a
+/// user id, a client IP, an account name).
+#[async_trait]
+pub trait RateLimiter: Send + Sync + 'static {
+    /// Takes one token from `key`'s bucket under `policy`, if there is one.
+    ///
+    /// # Errors
+    /// When the limiter's store is unreachable.
+    async fn check(&self, policy: &RatePolicy, key: &str) -> Result<RateDecision, DomainError>;
+}
