@@ -24,8 +24,10 @@ check confab-ports 'tokio|actix-web|diesel|r2d2|redis|deadpool-redis|reqwest|lib
 # The use cases know no web framework and no adapter library.
 check confab-app 'actix-web|actix-http'
 # Handlers never touch an adapter library.
-check confab-http 'diesel|r2d2|redis|deadpool-redis|reqwest|libsqlite3-sys|pq-sys|confab-sql|confab-password'
+check confab-http 'diesel|r2d2|redis|deadpool-redis|reqwest|libsqlite3-sys|pq-sys|jsonwebtoken|governor|confab-sql|confab-password|confab-memory|confab-jwt'
 # Adapters never touch the web framework.
 check confab-sql 'actix-web|actix-http|confab-http'
 check confab-password 'actix-web|actix-http|confab-http'
+check confab-memory 'actix-web|actix-http|confab-http'
+check confab-jwt 'actix-web|actix-http|confab-http'
 exit $fail

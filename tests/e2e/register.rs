@@ -23,11 +23,12 @@ async fn register_creates_a_user_without_secrets(backend: Backend) {
     assert_eq!(user["username"], "alice");
     assert_eq!(user["email"], "alice@example.com");
     assert_eq!(user["role"], "user");
+    assert_eq!(user["disabled"], false);
     assert!(user["id"].as_str().unwrap().parse::<uuid::Uuid>().is_ok());
     let keys: Vec<&String> = user.as_object().unwrap().keys().collect();
     assert_eq!(
         keys,
-        ["created_at", "email", "id", "role", "username"],
+        ["created_at", "disabled", "email", "id", "role", "username"],
         "no hash or internal field"
     );
     assert!(!user.to_string().contains("pbkdf2"));

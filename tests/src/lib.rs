@@ -15,6 +15,9 @@ use confab_server::{Application, Settings};
 use confab_sql::Backend;
 use confab_sql::testing::TestDatabase;
 
+/// The signing secret of the test servers (tests forge tokens with it).
+pub const JWT_SECRET: &str = "e2e-test-secret-0123456789abcdef-0123456789";
+
 /// The origin the test servers allow for CORS.
 pub const ALLOWED_ORIGIN: &str = "https://chat.example.com";
 

@@ -1,11 +1,18 @@
-//! Accounts: registration.
+//! Accounts: registration, login, token rotation, logout, administration.
 
 use std::sync::Arc;
 
-use confab_domain::{Email, NewUser, OffsetDateTime, Password, Role, User, UserId, Username};
-use confab_ports::{PasswordHasher, UserStore};
+use confab_domain::{
+    DomainError, Email, FamilyId, NewUser, OffsetDateTime, Page, PageRequest, Password, Role, User,
+    UserId, Username,
+};
+use confab_ports::{
+    AccessClaims, IssuedToken, NewRefreshToken, PasswordHasher, RateLimiter, RatePolicy,
+    Redemption, RefreshTokenStore, TokenBlocklist, TokenCodec, TokenRejection, UserStore,
+    Verification,
+};
 
-use crate::AppError;
+use crate::{AppError, AuthFailure};
 
 /// What a person submits to open an account, as received.
 #[derive(Debug)]
@@ -14,22 +21,79 @@ pub struct Registration {
     pub username: String,
     /// E-mail address.
     pub email: String,
-    /// Chosen password (its `Debug` is hidden by the domain type once parsed).
+    /// Chosen password (its `Debug` is hidden by the domain type).
     pub password: Password,
+}
+
+/// A login attempt, as received.
+#[derive(Debug)]
+pub struct LoginAttempt {
+    /// Username or e-mail address.
+    pub login: String,
+    /// The password presented.
+    pub password: Password,
+    /// The client's address, for the per-IP limit.
+    pub client: String,
+}
+
+/// A logged-in session: the user and a fresh token pair.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The user.
+    pub user: User,
+    /// The access token.
+    pub access: IssuedToken,
+    /// The refresh token.
+    pub refresh: IssuedToken,
+}
+
+/// The limits on login attempts.
+#[derive(Debug, Clone)]
+pub struct LoginLimits {
+    /// Attempts per client address.
+    pub per_ip: RatePolicy,
+    /// Attempts per account name (whatever was typed, lower-cased).
+    pub per_account: RatePolicy,
+}
+
+/// Everything the account use cases need from outside.
+#[derive(Clone)]
+pub struct AccountPorts {
+    /// Users.
+    pub users: Arc<dyn UserStore>,
+    /// Password hashing.
+    pub hasher: Arc<dyn PasswordHasher>,
+    /// Token signing.
+    pub tokens: Arc<dyn TokenCodec>,
+    /// Refresh-token memory.
+    pub refresh_tokens: Arc<dyn RefreshTokenStore>,
+    /// Access-token revocation.
+    pub blocklist: Arc<dyn TokenBlocklist>,
+    /// Rate limits.
+    pub limiter: Arc<dyn RateLimiter>,
 }
 
 /// The account use cases.
 #[derive(Clone)]
 pub struct Accounts {
-    users: Arc<dyn UserStore>,
-    hasher: Arc<dyn PasswordHasher>,
+    ports: AccountPorts,
+    limits: LoginLimits,
 }
 
+fn rejection(r: TokenRejection) -> AppError {
+    match r {
+        TokenRejection::Expired => AppError::Unauthorized(AuthFailure::ExpiredToken),
+        TokenRejection::Invalid => AppError::Unauthorized(AuthFailure::InvalidToken),
+    }
+}
+
+const INVALID_TOKEN: AppError = AppError::Unauthorized(AuthFailure::InvalidToken);
+
 impl Accounts {
-    /// Builds the use cases over a user store and a hasher.
+    /// Builds the use cases.
     #[must_use]
-    pub fn new(users: Arc<dyn UserStore>, hasher: Arc<dyn PasswordHasher>) -> Self {
-        Self { users, hasher }
+    pub fn new(ports: AccountPorts, limits: LoginLimits) -> Self {
+        Self { ports, limits }
     }
 
     /// Opens an account with role `user`.
@@ -42,22 +106,264 @@ impl Accounts {
     /// [`AppError::Unavailable`] when the database or the hashing capacity
     /// is exhausted.
     pub async fn register(&self, input: Registration) -> Result<User, AppError> {
+        self.create(input, Role::User).await
+    }
+
+    /// Opens an account with role `admin` (the `confab create-admin`
+    /// command; no route reaches it).
+    ///
+    /// # Errors
+    /// As [`Accounts::register`].
+    pub async fn create_admin(&self, input: Registration) -> Result<User, AppError> {
+        self.create(input, Role::Admin).await
+    }
+
+    async fn create(&self, input: Registration, role: Role) -> Result<User, AppError> {
         let username = Username::parse(&input.username)?;
         let email = Email::parse(&input.email)?;
         let password = Password::new_for(input.password.expose(), &username, &email)?;
-        let password_hash = self.hasher.hash(&password).await?;
+        let password_hash = self.ports.hasher.hash(&password).await?;
         let user = self
+            .ports
             .users
             .create(NewUser {
                 id: UserId::generate(),
                 username,
                 email,
-                role: Role::User,
+                role,
                 password_hash,
                 created_at: OffsetDateTime::now_utc(),
             })
             .await?;
-        tracing::info!(user_id = %user.id, "account registered");
+        tracing::info!(user_id = %user.id, role = role.as_str(), "account created");
+        Ok(user)
+    }
+
+    async fn limit(&self, policy: &RatePolicy, key: &str) -> Result<(), AppError> {
+        let decision = self.ports.limiter.check(policy, key).await?;
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(AppError::RateLimited {
+                policy: policy.clone(),
+                decision,
+            })
+        }
+    }
+
+    /// Logs in with a username or e-mail and a password.
+    ///
+    /// An unknown user, a wrong password and a disabled account get the
+    /// same answer after the same work (an unknown user is verified
+    /// against a dummy hash). A correct password stored with older
+    /// parameters is rehashed.
+    ///
+    /// # Errors
+    /// [`AppError::RateLimited`] past the per-IP or per-account limit;
+    /// [`AppError::Unauthorized`] with [`AuthFailure::BadCredentials`].
+    pub async fn login(&self, attempt: LoginAttempt) -> Result<Session, AppError> {
+        let account = attempt.login.trim().to_lowercase();
+        self.limit(&self.limits.per_ip, &format!("ip:{}", attempt.client))
+            .await?;
+        self.limit(&self.limits.per_account, &format!("account:{account}"))
+            .await?;
+        let found = self.ports.users.find_credentials(&account).await?;
+        let verdict = self
+            .ports
+            .hasher
+            .verify(&attempt.password, found.as_ref().map(|(_, h)| h))
+            .await?;
+        let user = match (found, verdict) {
+            (Some((user, _)), Verification::Match | Verification::MatchNeedsRehash)
+                if !user.disabled =>
+            {
+                if verdict == Verification::MatchNeedsRehash {
+                    self.rehash(&user, &attempt.password).await;
+                }
+                user
+            }
+            _ => {
+                tracing::info!("login refused");
+                return Err(AppError::Unauthorized(AuthFailure::BadCredentials));
+            }
+        };
+        let session = self.open_session(user, FamilyId::generate()).await?;
+        tracing::info!(user_id = %session.user.id, "logged in");
+        Ok(session)
+    }
+
+    /// Best effort: a failed rehash is logged and tried again next login.
+    async fn rehash(&self, user: &User, password: &Password) {
+        let result = async {
+            let hash = self.ports.hasher.hash(password).await?;
+            self.ports
+                .users
+                .set_password_hash(user.id, hash, OffsetDateTime::now_utc())
+                .await
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                tracing::info!(user_id = %user.id, "password rehashed with current parameters")
+            }
+            Err(e) => tracing::warn!(user_id = %user.id, error = %e, "password rehash failed"),
+        }
+    }
+
+    async fn open_session(&self, user: User, family: FamilyId) -> Result<Session, AppError> {
+        let now = OffsetDateTime::now_utc();
+        let access = self
+            .ports
+            .tokens
+            .issue_access(user.id, user.role, family, now)?;
+        let refresh = self.ports.tokens.issue_refresh(user.id, family, now)?;
+        self.ports
+            .refresh_tokens
+            .insert(NewRefreshToken {
+                jti: refresh.jti,
+                family,
+                user_id: user.id,
+                issued_at: now,
+                expires_at: refresh.expires_at,
+            })
+            .await?;
+        Ok(Session {
+            user,
+            access,
+            refresh,
+        })
+    }
+
+    /// Exchanges a refresh token for a new pair (rotation). Each refresh
+    /// token works once: presenting a used one again revokes its whole
+    /// family and is logged as a security event. Of two concurrent
+    /// refreshes with one token exactly one wins; the other counts as
+    /// reuse (so the family is revoked and the user logs in again).
+    ///
+    /// # Errors
+    /// [`AppError::Unauthorized`] for an invalid, expired, revoked or
+    /// reused token, or a disabled user.
+    pub async fn refresh(&self, token: &str) -> Result<Session, AppError> {
+        let claims = self.ports.tokens.verify_refresh(token).map_err(rejection)?;
+        let now = OffsetDateTime::now_utc();
+        match self.ports.refresh_tokens.redeem(claims.jti, now).await? {
+            Redemption::Redeemed => {}
+            Redemption::Reused { family, user_id } => {
+                self.ports.refresh_tokens.revoke_family(family, now).await?;
+                tracing::warn!(
+                    security_event = "refresh_token_reuse",
+                    user_id = %user_id,
+                    family = %family,
+                    "a used refresh token was presented again; its family is revoked"
+                );
+                return Err(INVALID_TOKEN);
+            }
+            Redemption::Rejected => return Err(INVALID_TOKEN),
+        }
+        let user = match self.ports.users.get(claims.user_id).await {
+            Ok(user) => user,
+            Err(DomainError::NotFound) => return Err(INVALID_TOKEN),
+            Err(e) => return Err(e.into()),
+        };
+        if user.disabled {
+            self.ports.refresh_tokens.revoke_user(user.id, now).await?;
+            return Err(INVALID_TOKEN);
+        }
+        self.open_session(user, claims.family).await
+    }
+
+    /// Checks an access token: signature, claims, and the blocklist.
+    ///
+    /// # Errors
+    /// [`AppError::Unauthorized`] when it must not be accepted.
+    pub async fn authenticate(&self, token: &str) -> Result<AccessClaims, AppError> {
+        let claims = self.ports.tokens.verify_access(token).map_err(rejection)?;
+        if self.ports.blocklist.is_blocked(&claims).await? {
+            return Err(INVALID_TOKEN);
+        }
+        Ok(claims)
+    }
+
+    /// Ends the session: revokes its refresh family and refuses this
+    /// access token until it expires.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub async fn logout(&self, caller: &AccessClaims) -> Result<(), AppError> {
+        let now = OffsetDateTime::now_utc();
+        self.ports
+            .refresh_tokens
+            .revoke_family(caller.family, now)
+            .await?;
+        self.ports
+            .blocklist
+            .block_token(caller.jti, caller.expires_at)
+            .await?;
+        tracing::info!(user_id = %caller.user_id, "logged out");
+        Ok(())
+    }
+
+    /// The caller's own account.
+    ///
+    /// # Errors
+    /// [`AppError::Unauthorized`] when the account no longer exists.
+    pub async fn me(&self, caller: &AccessClaims) -> Result<User, AppError> {
+        match self.ports.users.get(caller.user_id).await {
+            Err(DomainError::NotFound) => Err(INVALID_TOKEN),
+            other => Ok(other?),
+        }
+    }
+
+    fn require_admin(caller: &AccessClaims) -> Result<(), AppError> {
+        if caller.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden)
+        }
+    }
+
+    /// Lists every account (admins only).
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`] for a non-admin.
+    pub async fn list_users(
+        &self,
+        caller: &AccessClaims,
+        page: PageRequest,
+    ) -> Result<Page<User>, AppError> {
+        Self::require_admin(caller)?;
+        Ok(self.ports.users.list(page).await?)
+    }
+
+    /// Disables or enables an account (admins only). Disabling revokes
+    /// every refresh token of the user and refuses their access tokens.
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`] for a non-admin; [`AppError::NotFound`] for
+    /// an unknown user; [`AppError::Validation`] when an admin would
+    /// disable themselves.
+    pub async fn set_disabled(
+        &self,
+        caller: &AccessClaims,
+        id: UserId,
+        disabled: bool,
+    ) -> Result<User, AppError> {
+        Self::require_admin(caller)?;
+        if disabled && id == caller.user_id {
+            return Err(DomainError::invalid(
+                "disabled",
+                "an admin can't disable their own account",
+            )
+            .into());
+        }
+        let now = OffsetDateTime::now_utc();
+        let user = self.ports.users.set_disabled(id, disabled, now).await?;
+        if disabled {
+            self.ports.refresh_tokens.revoke_user(id, now).await?;
+            let until = now + self.ports.tokens.access_ttl();
+            self.ports.blocklist.block_user(id, now, until).await?;
+        }
+        tracing::info!(admin = %caller.user_id, user_id = %id, disabled, "account status changed");
         Ok(user)
     }
 }

@@ -3,6 +3,21 @@
 use std::borrow::Cow;
 
 use confab_domain::{BoxError, DomainError};
+use confab_ports::{RateDecision, RatePolicy};
+
+/// Why a caller is not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No credentials were presented.
+    Missing,
+    /// The token is not acceptable (garbage, tampered, revoked, reused…).
+    InvalidToken,
+    /// The token was valid but has expired.
+    ExpiredToken,
+    /// Login with an unknown user, a wrong password or a disabled account
+    /// (deliberately indistinguishable).
+    BadCredentials,
+}
 
 /// What a use case can fail with. The HTTP layer maps each variant to one
 /// status and error code, once.
@@ -24,6 +39,20 @@ pub enum AppError {
     Conflict {
         /// The field whose value is taken.
         field: Cow<'static, str>,
+    },
+    /// The caller is not authenticated.
+    #[error("not authenticated")]
+    Unauthorized(AuthFailure),
+    /// The caller is authenticated but not allowed.
+    #[error("not allowed")]
+    Forbidden,
+    /// A rate limit refused the request.
+    #[error("rate limited")]
+    RateLimited {
+        /// The policy that refused it.
+        policy: RatePolicy,
+        /// Its bucket's state.
+        decision: RateDecision,
     },
     /// A dependency is down or saturated; retrying later may work.
     #[error("temporarily unavailable")]

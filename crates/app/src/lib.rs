@@ -8,6 +8,6 @@ mod accounts;
 mod error;
 mod readiness;
 
-pub use accounts::{Accounts, Registration};
-pub use error::AppError;
+pub use accounts::{AccountPorts, Accounts, LoginAttempt, LoginLimits, Registration, Session};
+pub use error::{AppError, AuthFailure};
 pub use readiness::{DependencyStatus, Readiness, ReadinessReport};

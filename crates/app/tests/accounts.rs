@@ -1,12 +1,20 @@
-//! Registration rules, on in-process adapters (SQLite + the real hasher).
+//! Account rules, on in-process adapters (SQLite, the real hasher, JWT
+//! codec, blocklist and limiter).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use confab_app::{Accounts, AppError, Readiness, Registration};
+use confab_app::{
+    AccountPorts, Accounts, AppError, AuthFailure, LoginAttempt, LoginLimits, Readiness,
+    Registration,
+};
 use confab_domain::{Password, Role};
+use confab_jwt::{JwtCodec, JwtSettings};
+use confab_memory::{GovernorLimiter, InMemoryBlocklist};
 use confab_password::{HasherOptions, MIN_ITERATIONS, Pbkdf2Hasher};
+use confab_ports::RatePolicy;
 use confab_sql::testing::TestDatabase;
 
 async fn accounts() -> (TestDatabase, Accounts, Readiness) {
@@ -18,21 +26,59 @@ async fn accounts() -> (TestDatabase, Accounts, Readiness) {
         max_waiting: 16,
     })
     .unwrap();
+    let codec = JwtCodec::new(
+        b"0123456789abcdef0123456789abcdef",
+        JwtSettings {
+            issuer: "confab".into(),
+            audience: "confab-api".into(),
+            access_ttl: Duration::from_secs(900),
+            refresh_ttl: Duration::from_secs(3600),
+            leeway: Duration::from_secs(5),
+        },
+    )
+    .unwrap();
     let readiness = Readiness::new(vec![store.clone()]);
-    (db, Accounts::new(store, Arc::new(hasher)), readiness)
+    let login = RatePolicy {
+        name: "login".into(),
+        quota: 5,
+        window: Duration::from_secs(60),
+    };
+    let ports = AccountPorts {
+        users: store.clone(),
+        hasher: Arc::new(hasher),
+        tokens: Arc::new(codec),
+        refresh_tokens: store,
+        blocklist: Arc::new(InMemoryBlocklist::new()),
+        limiter: Arc::new(GovernorLimiter::new()),
+    };
+    let limits = LoginLimits {
+        per_ip: login.clone(),
+        per_account: RatePolicy {
+            name: "login-account".into(),
+            ..login
+        },
+    };
+    (db, Accounts::new(ports, limits), readiness)
 }
 
 fn reg(username: &str, email: &str, password: &str) -> Registration {
     Registration {
         username: username.into(),
         email: email.into(),
-        password: Password::presented(password)
-            .unwrap_or_else(|_| Password::presented("x").unwrap()),
+        password: Password::presented(password).unwrap(),
+    }
+}
+
+fn attempt(login: &str, password: &str, client: &str) -> LoginAttempt {
+    LoginAttempt {
+        login: login.into(),
+        password: Password::presented(password).unwrap(),
+        client: client.into(),
     }
 }
 
 #[tokio::test]
-async fn registers_a_normalised_user() {
+async fn registers_a_normalised_user_and_an_admin() {
     let (_db, accounts, _) = accounts().await;
     let user = accounts
         .register(reg("Alice", "Alice@Example.com", "correct horse battery"))
@@ -42,6 +88,11 @@ async fn registers_a_normalised_user() {
     assert_eq!(user.email.as_str(), "alice@example.com");
     assert_eq!(user.role, Role::User);
     assert!(!user.disabled);
+    let admin = accounts
+        .create_admin(reg("boss", "boss@example.com", "correct horse battery"))
+        .await
+        .unwrap();
+    assert_eq!(admin.role, Role::Admin);
 }
 
 #[tokio::test]
@@ -95,6 +146,79 @@ async fn each_rule_names_its_field() {
             "{err:?} for {field}"
         );
     }
+}
+
+#[tokio::test]
+async fn login_rotation_reuse_and_logout() {
+    let (_db, accounts, _) = accounts().await;
+    accounts
+        .register(reg("vera", "vera@example.com", "correct horse battery"))
+        .await
+        .unwrap();
+    let first = accounts
+        .login(attempt(
+            "VERA@example.com",
+            "correct horse battery",
+            "1.1.1.1",
+        ))
+        .await
+        .unwrap();
+    let claims = accounts.authenticate(&first.access.token).await.unwrap();
+    assert_eq!(claims.user_id, first.user.id);
+    let second = accounts.refresh(&first.refresh.token).await.unwrap();
+    // The used token again: reuse, and the whole family goes.
+    let err = accounts.refresh(&first.refresh.token).await.unwrap_err();
+    assert!(
+        matches!(err, AppError::Unauthorized(AuthFailure::InvalidToken)),
+        "{err:?}"
+    );
+    let err = accounts.refresh(&second.refresh.token).await.unwrap_err();
+    assert!(
+        matches!(err, AppError::Unauthorized(AuthFailure::InvalidToken)),
+        "the family is revoked: {err:?}"
+    );
+    // Logout refuses the access token at once.
+    let third = accounts
+        .login(attempt("vera", "correct horse battery", "1.1.1.1"))
+        .await
+        .unwrap();
+    let c = accounts.authenticate(&third.access.token).await.unwrap();
+    accounts.logout(&c).await.unwrap();
+    assert!(accounts.authenticate(&third.access.token).await.is_err());
+    assert!(accounts.refresh(&third.refresh.token).await.is_err());
+}
+
+#[tokio::test]
+async fn bad_credentials_are_indistinguishable_and_limited_per_account() {
+    let (_db, accounts, _) = accounts().await;
+    accounts
+        .register(reg("walt", "walt@example.com", "correct horse battery"))
+        .await
+        .unwrap();
+    for login in ["walt", "nobody-at-all"] {
+        let err = accounts
+            .login(attempt(login, "wrong password!", &format!("ip-{login}")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, AppError::Unauthorized(AuthFailure::BadCredentials)),
+            "{err:?}"
+        );
+    }
+    // Four more on walt's account from other addresses: the account's bucket (5) empties.
+    for i in 0..4 {
+        let _ = accounts
+            .login(attempt("walt", "wrong password!", &format!("10.0.0.{i}")))
+            .await;
+    }
+    let err = accounts
+        .login(attempt("walt", "correct horse battery", "10.9.9.9"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppError::RateLimited { ref policy, .. } if policy.name == "login-account"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]

@@ -12,8 +12,9 @@ use std::fmt;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use actix_web::{HttpResponse, ResponseError};
-use confab_app::AppError;
+use confab_app::{AppError, AuthFailure};
 use confab_domain::BoxError;
+use confab_ports::{RateDecision, RatePolicy};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -288,7 +289,95 @@ impl From<AppError> for ApiError {
                 e
             }
             AppError::Internal(source) => Self::internal(source),
+            AppError::Unauthorized(failure) => Self::unauthorized(failure),
+            AppError::Forbidden => Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", "not allowed"),
+            AppError::RateLimited { policy, decision } => Self::rate_limited(&policy, &decision),
         }
+    }
+}
+
+/// Whole seconds, rounded up (a client must not retry too early).
+fn ceil_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The `RateLimit-Policy` and `RateLimit` headers
+/// (draft-ietf-httpapi-ratelimit-headers, structured fields).
+pub(crate) fn rate_limit_headers(
+    policy: &RatePolicy,
+    decision: &RateDecision,
+) -> [(HeaderName, HeaderValue); 2] {
+    let name = &policy.name;
+    let policy_value = format!(
+        "\"{name}\";q={};w={}",
+        policy.quota,
+        policy.window.as_secs()
+    );
+    let state_value = format!(
+        "\"{name}\";r={};t={}",
+        decision.remaining,
+        ceil_secs(decision.reset_after)
+    );
+    [
+        (
+            HeaderName::from_static("ratelimit-policy"),
+            HeaderValue::from_str(&policy_value).unwrap_or(HeaderValue::from_static("\"default\"")),
+        ),
+        (
+            HeaderName::from_static("ratelimit"),
+            HeaderValue::from_str(&state_value).unwrap_or(HeaderValue::from_static("\"default\"")),
+        ),
+    ]
+}
+
+impl ApiError {
+    /// 401, with the `WWW-Authenticate` challenge of RFC 6750.
+    #[must_use]
+    pub fn unauthorized(failure: AuthFailure) -> Self {
+        let (code, message, challenge) = match failure {
+            AuthFailure::Missing => (
+                "AUTH_REQUIRED",
+                "authentication is required",
+                r#"Bearer realm="confab""#,
+            ),
+            AuthFailure::InvalidToken => (
+                "AUTH_REQUIRED",
+                "the token is invalid",
+                r#"Bearer realm="confab", error="invalid_token", error_description="the token is invalid""#,
+            ),
+            AuthFailure::ExpiredToken => (
+                "TOKEN_EXPIRED",
+                "the token has expired",
+                r#"Bearer realm="confab", error="invalid_token", error_description="the token has expired""#,
+            ),
+            AuthFailure::BadCredentials => (
+                "INVALID_CREDENTIALS",
+                "invalid username or password",
+                r#"Bearer realm="confab""#,
+            ),
+        };
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, code, message);
+        e.headers.push((
+            actix_web::http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        ));
+        e
+    }
+
+    /// 429 `RATE_LIMITED` with `Retry-After` and the rate-limit headers.
+    #[must_use]
+    pub fn rate_limited(policy: &RatePolicy, decision: &RateDecision) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            "too many requests; retry later",
+        );
+        e.headers.push((
+            RETRY_AFTER,
+            HeaderValue::from(ceil_secs(decision.retry_after).max(1)),
+        ));
+        e.headers.extend(rate_limit_headers(policy, decision));
+        e
     }
 }
 

@@ -101,6 +101,32 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     }
 }
 
+/// An optional JSON body: absent (no `Content-Type` and no length) is
+/// `None`; present, it is read exactly as [`Json`].
+#[derive(Debug)]
+pub struct MaybeJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned + 'static> FromRequest for MaybeJson<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let length = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let chunked = req
+            .headers()
+            .contains_key(actix_web::http::header::TRANSFER_ENCODING);
+        if !req.headers().contains_key(CONTENT_TYPE) && length.unwrap_or(0) == 0 && !chunked {
+            return Box::pin(async { Ok(Self(None)) });
+        }
+        let json = Json::<T>::from_request(req, payload);
+        Box::pin(async move { json.await.map(|Json(v)| Self(Some(v))) })
+    }
+}
+
 /// Deserialises `bytes`, reporting the path of the first bad field.
 pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);

@@ -5,6 +5,8 @@
 //! adapter. [`app`] builds the whole application from an [`HttpState`];
 //! the binary binds it to a listener.
 
+mod auth;
+mod client;
 mod error;
 mod extract;
 mod metrics;
@@ -19,10 +21,12 @@ use actix_web::{App, web};
 use confab_app::{Accounts, Readiness};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
+pub use auth::{AdminUser, AuthUser};
+pub use client::TrustedProxies;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
-pub use extract::{BodyLimits, Json};
+pub use extract::{BodyLimits, Json, MaybeJson};
 pub use metrics::{Metrics, metrics_routes};
-pub use middleware::{CorsPolicy, RequestId, SecurityHeaders};
+pub use middleware::{CorsPolicy, RateTiers, RequestId, SecurityHeaders};
 pub use openapi::{ApiDoc, openapi_json};
 pub use routes::served_routes;
 
@@ -44,6 +48,12 @@ pub struct HttpState {
     pub security: SecurityHeaders,
     /// The rendered OpenAPI document.
     pub openapi: String,
+    /// The rate limiter.
+    pub limiter: std::sync::Arc<dyn confab_ports::RateLimiter>,
+    /// The general limits.
+    pub rate_tiers: RateTiers,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// The application: every route, the docs, and the middleware stack.
@@ -81,6 +91,9 @@ fn build(
         .app_data(web::Data::new(state.cors))
         .app_data(web::Data::new(state.security))
         .app_data(web::Data::new(routes::OpenApiJson(state.openapi)))
+        .app_data(middleware::Limiter::from(state.limiter))
+        .app_data(web::Data::new(state.rate_tiers))
+        .app_data(web::Data::new(state.trusted_proxies))
         .app_data(state.body)
         .app_data(web::PathConfig::default().error_handler(|err, _| {
             ApiError::validation(None, format!("invalid path: {err}")).into()
@@ -91,6 +104,7 @@ fn build(
         .configure(|cfg| routes::configure(cfg, endpoints))
         .service(SwaggerUi::new("/docs/{_:.*}").config(Config::new(["/api/v1/openapi.json"])))
         .default_service(web::to(routes::not_found))
+        .wrap(from_fn(middleware::rate_limit))
         .wrap(from_fn(middleware::cors))
         .wrap(from_fn(middleware::security_headers))
         .wrap(from_fn(middleware::telemetry))
@@ -108,12 +122,16 @@ mod tests {
     use actix_web::test as http_test;
     use actix_web::{HttpResponse, web};
     use async_trait::async_trait;
-    use confab_app::{Accounts, Readiness};
+    use confab_app::{AccountPorts, Accounts, LoginLimits, Readiness};
     use confab_domain::{
-        DomainError, NewUser, OffsetDateTime, Page, PageRequest, Password, PasswordHash, User,
-        UserId,
+        DomainError, FamilyId, NewUser, OffsetDateTime, Page, PageRequest, Password, PasswordHash,
+        Role, TokenId, User, UserId,
     };
-    use confab_ports::{HealthCheck, PasswordHasher, UserStore, Verification};
+    use confab_ports::{
+        AccessClaims, HealthCheck, IssuedToken, NewRefreshToken, PasswordHasher, RateDecision,
+        RateLimiter, RatePolicy, Redemption, RefreshClaims, RefreshTokenStore, TokenBlocklist,
+        TokenCodec, TokenRejection, UserStore, Verification,
+    };
 
     use super::*;
 
@@ -182,9 +200,114 @@ mod tests {
         }
     }
 
+    impl TokenCodec for Nobody {
+        fn issue_access(
+            &self,
+            _: UserId,
+            _: Role,
+            _: FamilyId,
+            _: OffsetDateTime,
+        ) -> Result<IssuedToken, DomainError> {
+            Err(DomainError::internal("no tokens in this test"))
+        }
+        fn issue_refresh(
+            &self,
+            _: UserId,
+            _: FamilyId,
+            _: OffsetDateTime,
+        ) -> Result<IssuedToken, DomainError> {
+            Err(DomainError::internal("no tokens in this test"))
+        }
+        fn verify_access(&self, _: &str) -> Result<AccessClaims, TokenRejection> {
+            Err(TokenRejection::Invalid)
+        }
+        fn verify_refresh(&self, _: &str) -> Result<RefreshClaims, TokenRejection> {
+            Err(TokenRejection::Invalid)
+        }
+        fn access_ttl(&self) -> std::time::Duration {
+            std::time::Duration::from_secs(900)
+        }
+    }
+
+    #[async_trait]
+    impl RefreshTokenStore for Nobody {
+        async fn insert(&self, _: NewRefreshToken) -> Result<(), DomainError> {
+            Ok(())
+        }
+        async fn redeem(&self, _: TokenId, _: OffsetDateTime) -> Result<Redemption, DomainError> {
+            Ok(Redemption::Rejected)
+        }
+        async fn revoke_family(&self, _: FamilyId, _: OffsetDateTime) -> Result<(), DomainError> {
+            Ok(())
+        }
+        async fn revoke_user(&self, _: UserId, _: OffsetDateTime) -> Result<(), DomainError> {
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl TokenBlocklist for Nobody {
+        async fn block_token(&self, _: TokenId, _: OffsetDateTime) -> Result<(), DomainError> {
+            Ok(())
+        }
+        async fn block_user(
+            &self,
+            _: UserId,
+            _: OffsetDateTime,
+            _: OffsetDateTime,
+        ) -> Result<(), DomainError> {
+            Ok(())
+        }
+        async fn is_blocked(&self, _: &AccessClaims) -> Result<bool, DomainError> {
+            Ok(false)
+        }
+    }
+
+    #[async_trait]
+    impl RateLimiter for Nobody {
+        async fn check(&self, _: &RatePolicy, _: &str) -> Result<RateDecision, DomainError> {
+            Ok(RateDecision {
+                allowed: true,
+                remaining: 1,
+                reset_after: std::time::Duration::ZERO,
+                retry_after: std::time::Duration::ZERO,
+            })
+        }
+    }
+
+    fn policy(name: &str) -> RatePolicy {
+        RatePolicy {
+            name: name.into(),
+            quota: 10,
+            window: std::time::Duration::from_secs(60),
+        }
+    }
+
     fn state() -> HttpState {
+        let nobody = Arc::new(Nobody);
+        let ports = AccountPorts {
+            users: nobody.clone(),
+            hasher: nobody.clone(),
+            tokens: nobody.clone(),
+            refresh_tokens: nobody.clone(),
+            blocklist: nobody.clone(),
+            limiter: nobody.clone(),
+        };
         HttpState {
-            accounts: Accounts::new(Arc::new(Nobody), Arc::new(Nobody)),
+            accounts: Accounts::new(
+                ports,
+                LoginLimits {
+                    per_ip: policy("login"),
+                    per_account: policy("login-account"),
+                },
+            ),
+            limiter: nobody,
+            rate_tiers: RateTiers {
+                anonymous: policy("anonymous"),
+                user: policy("user"),
+                admin: policy("admin"),
+            },
+            trusted_proxies: TrustedProxies::default(),
             readiness: Readiness::new(vec![Arc::new(Nobody)]),
             metrics: Metrics::new().unwrap(),
             body: BodyLimits::default(),

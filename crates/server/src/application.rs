@@ -2,18 +2,18 @@
 
 use std::future::Future;
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
-use confab_app::{Accounts, Readiness};
-use confab_http::{BodyLimits, CorsPolicy, HttpState, Metrics, SecurityHeaders};
-use confab_password::{HasherOptions, Pbkdf2Hasher};
+use confab_app::{Readiness, Registration};
+use confab_domain::{Password, User};
+use confab_http::{BodyLimits, CorsPolicy, HttpState, Metrics, RateTiers, SecurityHeaders};
 use confab_sql::{PoolOptions, SqlError, SqlStore};
 use secrecy::ExposeSecret;
 
 use crate::settings::{ConfigError, Settings};
+use crate::wiring::{cores, per_minute, wire};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -49,29 +49,6 @@ pub struct Application {
     metrics: Option<Server>,
 }
 
-/// Opens the configured store and applies migrations when configured.
-async fn open_store(settings: &Settings) -> Result<SqlStore, StartupError> {
-    let target = settings.database_target()?;
-    let redacted = target.redacted();
-    let db = &settings.database;
-    let options = PoolOptions {
-        max_size: db.max_connections,
-        acquire_timeout: Duration::from_millis(db.acquire_timeout_ms),
-        sqlite_busy_timeout: Duration::from_millis(db.sqlite_busy_timeout_ms),
-    };
-    let store = SqlStore::open(target, options).await?;
-    tracing::info!(database = %redacted, backend = ?store.backend(), "database opened");
-    if db.migrate_on_start {
-        let applied = store.migrate().await?;
-        tracing::info!(applied, "migrations up to date");
-    }
-    Ok(store)
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
-}
-
 impl Application {
     /// Opens the database, wires the adapters and binds the servers to the
     /// given listeners (bind port 0 in tests). Nothing is served until
@@ -85,24 +62,14 @@ impl Application {
         listener: TcpListener,
         metrics_listener: Option<TcpListener>,
     ) -> Result<Self, StartupError> {
-        let store = Arc::new(open_store(settings).await?);
-        let auth = &settings.auth;
-        let hasher = Pbkdf2Hasher::new(HasherOptions {
-            iterations: auth.pbkdf2_iterations,
-            max_concurrent: if auth.max_concurrent_hashes == 0 {
-                cores()
-            } else {
-                auth.max_concurrent_hashes
-            },
-            max_waiting: auth.max_waiting_hashes,
-        })
-        .map_err(|e| StartupError::Setup(e.to_string()))?;
+        let wired = wire(settings).await?;
+        let rl = &settings.rate_limit;
         let metrics = Metrics::new().map_err(|e| StartupError::Setup(format!("metrics: {e}")))?;
         let openapi = confab_http::openapi_json()
             .map_err(|e| StartupError::Setup(format!("openapi: {e}")))?;
         let state = HttpState {
-            accounts: Accounts::new(store.clone(), Arc::new(hasher)),
-            readiness: Readiness::new(vec![store]),
+            accounts: wired.accounts,
+            readiness: Readiness::new(vec![wired.store]),
             metrics: metrics.clone(),
             body: BodyLimits {
                 max_bytes: settings.server.json_limit_bytes,
@@ -116,6 +83,13 @@ impl Application {
                 hsts_max_age_secs: settings.security.hsts_max_age_secs,
             },
             openapi,
+            limiter: wired.limiter,
+            rate_tiers: RateTiers {
+                anonymous: per_minute("anonymous", rl.anonymous_per_minute),
+                user: per_minute("user", rl.user_per_minute),
+                admin: per_minute("admin", rl.admin_per_minute),
+            },
+            trusted_proxies: settings.trusted_proxies()?,
         };
         let s = &settings.server;
         let port = listener.local_addr()?.port();
@@ -266,4 +240,27 @@ pub async fn migrate(settings: Settings) -> Result<usize, StartupError> {
     let applied = store.migrate().await?;
     tracing::info!(database = %redacted, applied, "migrations up to date");
     Ok(applied)
+}
+
+/// `confab create-admin`: opens an account with role `admin`.
+///
+/// # Errors
+/// [`StartupError::Setup`] with the reason (a taken name, a weak
+/// password) when the account can't be created.
+pub async fn create_admin(
+    settings: Settings,
+    username: String,
+    email: String,
+    password: Password,
+) -> Result<User, StartupError> {
+    let wired = wire(&settings).await?;
+    wired
+        .accounts
+        .create_admin(Registration {
+            username,
+            email,
+            password,
+        })
+        .await
+        .map_err(|e| StartupError::Setup(format!("cannot create the admin: {e}")))
 }

@@ -7,6 +7,7 @@
 mod application;
 pub mod settings;
 pub mod telemetry;
+mod wiring;
 
-pub use application::{Application, StartupError, migrate, serve, shutdown_signal};
+pub use application::{Application, StartupError, create_admin, migrate, serve, shutdown_signal};
 pub use settings::{ConfigError, Settings};

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use confab_server::{Settings, migrate, serve, telemetry};
+use confab_domain::Password;
+use confab_server::{Settings, create_admin, migrate, serve, telemetry};
 
 /// Confab: a REST + Server-Sent-Events backend for a chat assistant.
 #[derive(Parser)]
@@ -21,6 +22,17 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Create an account with role `admin`. The password is read from
+    /// CONFAB_ADMIN_PASSWORD or, when that is unset, from the first line of
+    /// standard input; never from an argument (it would show in `ps`).
+    CreateAdmin {
+        /// Login name of the new admin.
+        #[arg(long)]
+        username: String,
+        /// E-mail address of the new admin.
+        #[arg(long)]
+        email: String,
+    },
     /// Print the OpenAPI 3.1 document (the one served at /api/v1/openapi.json).
     Openapi {
         /// Write it to this file instead of standard output.
@@ -59,6 +71,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => serve(settings).await,
             Command::Migrate => migrate(settings).await.map(|_| ()),
+            Command::CreateAdmin { username, email } => {
+                let password = admin_password()?;
+                let user = create_admin(settings, username, email, password).await?;
+                tracing::info!(user_id = %user.id, username = %user.username, "admin created");
+                Ok(())
+            }
             Command::Openapi { .. } => Ok(()),
         }
     });
@@ -93,4 +111,22 @@ fn print_openapi(output: Option<&PathBuf>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The new admin's password: the environment, else one line of stdin.
+fn admin_password() -> Result<Password, confab_server::StartupError> {
+    let raw = match std::env::var("CONFAB_ADMIN_PASSWORD") {
+        Ok(value) => value,
+        Err(_) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map_err(|e| {
+                confab_server::StartupError::Setup(format!(
+                    "cannot read the password from stdin: {e}"
+                ))
+            })?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    Password::presented(&raw)
+        .map_err(|e| confab_server::StartupError::Setup(format!("password: {e}")))
 }

@@ -55,6 +55,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// Accounts and tokens.
     pub auth: AuthSettings,
+    /// Rate limits.
+    pub rate_limit: RateLimitSettings,
     /// The chat model.
     pub llm: LlmSettings,
     /// Cross-origin browser access.
@@ -90,6 +92,8 @@ pub struct ServerSettings {
     pub json_limit_bytes: usize,
     /// Time for a request body to arrive.
     pub body_read_timeout_ms: u64,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[metrics]`.
@@ -132,12 +136,38 @@ pub struct RedisSettings {
 pub struct AuthSettings {
     /// HS256 secret (environment only).
     pub jwt_secret: SecretString,
+    /// Where development keeps a generated secret.
+    pub secret_file: PathBuf,
+    /// Token issuer.
+    pub issuer: String,
+    /// Token audience.
+    pub audience: String,
+    /// Access token lifetime.
+    pub access_ttl_secs: u64,
+    /// Refresh token lifetime.
+    pub refresh_ttl_secs: u64,
+    /// Clock skew tolerated on `exp`/`nbf`.
+    pub leeway_secs: u64,
     /// PBKDF2 iterations.
     pub pbkdf2_iterations: u32,
     /// Concurrent hashes (0 = cores).
     pub max_concurrent_hashes: usize,
     /// Queued hashes before 503.
     pub max_waiting_hashes: usize,
+}
+
+/// `[rate_limit]`: requests per minute.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Per client address, without a valid token.
+    pub anonymous_per_minute: u32,
+    /// Per user.
+    pub user_per_minute: u32,
+    /// Per admin.
+    pub admin_per_minute: u32,
+    /// Login attempts per address and per account.
+    pub login_per_minute: u32,
 }
 
 /// `[llm]`.
@@ -242,6 +272,7 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("cors.allowed_origins")
+                .with_list_parse_key("server.trusted_proxies")
                 .source(Some(vars.clone().into_iter().collect())),
         );
         for (name, key) in SHORT_NAMES {
@@ -286,7 +317,23 @@ impl Settings {
             ));
         }
         let db = &self.database;
+        let rl = &self.rate_limit;
         let positive = [
+            ("auth.access_ttl_secs", self.auth.access_ttl_secs),
+            ("auth.refresh_ttl_secs", self.auth.refresh_ttl_secs),
+            (
+                "rate_limit.anonymous_per_minute",
+                u64::from(rl.anonymous_per_minute),
+            ),
+            ("rate_limit.user_per_minute", u64::from(rl.user_per_minute)),
+            (
+                "rate_limit.admin_per_minute",
+                u64::from(rl.admin_per_minute),
+            ),
+            (
+                "rate_limit.login_per_minute",
+                u64::from(rl.login_per_minute),
+            ),
             ("server.request_head_timeout_ms", s.request_head_timeout_ms),
             ("server.body_read_timeout_ms", s.body_read_timeout_ms),
             ("server.shutdown_timeout_secs", s.shutdown_timeout_secs),
@@ -309,6 +356,10 @@ impl Settings {
         if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
             return Err(invalid("REDIS_URL must start with redis:// or rediss://"));
         }
+        if self.auth.leeway_secs > 60 {
+            return Err(invalid("auth.leeway_secs must be at most 60"));
+        }
+        self.trusted_proxies()?;
         self.validate_auth()?;
         self.validate_llm()?;
         for origin in &self.cors.allowed_origins {
@@ -325,6 +376,18 @@ impl Settings {
             return Err(invalid("log.format must be auto, json or pretty"));
         }
         Ok(())
+    }
+
+    /// The parsed trusted proxies.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for an entry that is not an address or network.
+    pub fn trusted_proxies(&self) -> Result<confab_http::TrustedProxies, ConfigError> {
+        self.server
+            .trusted_proxies
+            .join(",")
+            .parse()
+            .map_err(|e| invalid(format!("server.trusted_proxies: {e}")))
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {

@@ -4,6 +4,7 @@
 
 mod cors;
 mod panic;
+mod rate_limit;
 mod request_id;
 mod security;
 mod telemetry;
@@ -11,6 +12,8 @@ mod telemetry;
 pub use cors::CorsPolicy;
 pub(crate) use cors::cors;
 pub(crate) use panic::catch_panic;
+pub use rate_limit::RateTiers;
+pub(crate) use rate_limit::{Limiter, rate_limit};
 pub use request_id::RequestId;
 pub(crate) use request_id::request_id;
 pub use security::SecurityHeaders;

@@ -1,16 +1,21 @@
-//! `POST /api/v1/auth/register`.
+//! Accounts and tokens: register, login, refresh, logout.
 
-use actix_web::HttpResponse;
-use actix_web::web;
-use confab_app::{Accounts, AppError, Registration};
-use confab_domain::{Password, User};
+use actix_web::http::header::{HeaderValue, SET_COOKIE};
+use actix_web::{HttpRequest, HttpResponse, web};
+use confab_app::{Accounts, AppError, AuthFailure, LoginAttempt, Registration, Session};
+use confab_domain::{DomainError, Password, User};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
 
 use crate::ApiError;
+use crate::auth::AuthUser;
+use crate::client::client_key;
 use crate::error::ErrorBody;
-use crate::extract::Json;
+use crate::extract::{Json, MaybeJson};
+
+/// The refresh cookie's name; scoped to `/api/v1/auth`.
+pub(crate) const REFRESH_COOKIE: &str = "confab_refresh";
 
 /// A new account. Unknown fields are refused (`role` can't be chosen).
 #[derive(Deserialize, ToSchema)]
@@ -37,6 +42,44 @@ pub(crate) struct RegisterRequest {
     password: String,
 }
 
+/// Credentials: a username *or* an e-mail address, and the password.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LoginRequest {
+    /// Username (or e-mail address).
+    #[schema(example = "alice")]
+    username: Option<String>,
+    /// E-mail address, instead of `username`.
+    #[schema(example = "alice@example.com")]
+    email: Option<String>,
+    /// The password.
+    #[schema(example = "correct horse battery staple", format = "password")]
+    password: String,
+}
+
+/// A refresh token sent in the body (clients without cookies).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RefreshRequest {
+    /// The refresh token of the last login or refresh.
+    refresh_token: String,
+}
+
+/// A fresh token pair.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct TokenBody {
+    /// The access token (JWT, 15 minutes).
+    access_token: String,
+    /// Always `Bearer`.
+    #[schema(example = "Bearer")]
+    token_type: &'static str,
+    /// Seconds until the access token expires.
+    #[schema(example = 900)]
+    expires_in: i64,
+    /// The refresh token (one use; also set as an `HttpOnly` cookie).
+    refresh_token: String,
+}
+
 /// A user as the API shows it: never a hash or an internal field.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct UserBody {
@@ -51,24 +94,47 @@ pub(crate) struct UserBody {
     /// `user` or `admin`.
     #[schema(example = "user")]
     role: String,
+    /// A disabled user can't log in or use tokens.
+    disabled: bool,
     /// RFC 3339 creation time.
     #[schema(example = "2026-11-21T09:30:00Z")]
     created_at: String,
 }
 
 impl UserBody {
-    fn from_user(user: &User) -> Result<Self, ApiError> {
+    pub(crate) fn from_user(user: &User) -> Result<Self, ApiError> {
         Ok(Self {
             id: *user.id.as_uuid(),
             username: user.username.as_str().to_owned(),
             email: user.email.as_str().to_owned(),
             role: user.role.as_str().to_owned(),
+            disabled: user.disabled,
             created_at: user
                 .created_at
                 .format(&Rfc3339)
                 .map_err(ApiError::internal)?,
         })
     }
+}
+
+fn cookie(value: &str, max_age: i64) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(&format!(
+        "{REFRESH_COOKIE}={value}; HttpOnly; Secure; SameSite=Strict; Path=/api/v1/auth; Max-Age={max_age}"
+    ))
+    .map_err(ApiError::internal)
+}
+
+fn session_response(session: &Session) -> Result<HttpResponse, ApiError> {
+    let now = confab_domain::OffsetDateTime::now_utc();
+    let refresh_max_age = (session.refresh.expires_at - now).whole_seconds().max(0);
+    Ok(HttpResponse::Ok()
+        .insert_header((SET_COOKIE, cookie(&session.refresh.token, refresh_max_age)?))
+        .json(TokenBody {
+            access_token: session.access.token.clone(),
+            token_type: "Bearer",
+            expires_in: (session.access.expires_at - now).whole_seconds().max(0),
+            refresh_token: session.refresh.token.clone(),
+        }))
 }
 
 /// Opens an account with role `user`.
@@ -83,6 +149,7 @@ impl UserBody {
         (status = 409, description = "The username or e-mail is taken.", body = ErrorBody),
         (status = 413, description = "The body is too large.", body = ErrorBody),
         (status = 415, description = "The body is not JSON.", body = ErrorBody),
+        (status = 429, description = "Rate limited; see `Retry-After`.", body = ErrorBody),
         (status = 503, description = "Hashing capacity or the database is exhausted; retry after `Retry-After`.", body = ErrorBody),
         (status = 500, description = "Unexpected failure; logged with the request id.", body = ErrorBody),
     ),
@@ -100,4 +167,113 @@ pub(crate) async fn register(
         })
         .await?;
     Ok(HttpResponse::Created().json(UserBody::from_user(&user)?))
+}
+
+/// Logs in; answers a token pair and sets the refresh cookie. Limited to 5
+/// attempts a minute per client address and per account.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in. The refresh token is also set as an `HttpOnly; Secure; SameSite=Strict` cookie scoped to `/api/v1/auth`.", body = TokenBody),
+        (status = 400, description = "A field is missing or invalid.", body = ErrorBody),
+        (status = 401, description = "`INVALID_CREDENTIALS`: unknown user, wrong password or disabled account, indistinguishably.", body = ErrorBody),
+        (status = 415, description = "The body is not JSON.", body = ErrorBody),
+        (status = 429, description = "Too many attempts; see `Retry-After` and `RateLimit`.", body = ErrorBody),
+        (status = 503, description = "Hashing capacity exhausted; retry after `Retry-After`.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn login(
+    req: HttpRequest,
+    accounts: web::Data<Accounts>,
+    Json(body): Json<LoginRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let login = match (body.username, body.email) {
+        (Some(login), None) | (None, Some(login)) => login,
+        _ => {
+            return Err(AppError::from(DomainError::invalid(
+                "username",
+                "give either username or email",
+            ))
+            .into());
+        }
+    };
+    let password = Password::presented(&body.password).map_err(AppError::from)?;
+    let session = accounts
+        .login(LoginAttempt {
+            login,
+            password,
+            client: client_key(&req),
+        })
+        .await?;
+    session_response(&session)
+}
+
+/// Exchanges a refresh token (the cookie, or `refresh_token` in the body)
+/// for a new pair. Each refresh token works once; presenting a used one
+/// revokes its whole session.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/refresh",
+    tag = "auth",
+    request_body(content = Option<RefreshRequest>, description = "Optional when the refresh cookie is sent."),
+    responses(
+        (status = 200, description = "A new pair; the old refresh token is used up.", body = TokenBody),
+        (status = 401, description = "Missing, invalid, expired, revoked or reused refresh token.", body = ErrorBody),
+        (status = 400, description = "A malformed body.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn refresh(
+    req: HttpRequest,
+    accounts: web::Data<Accounts>,
+    body: MaybeJson<RefreshRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let token = match body.0 {
+        Some(body) => Some(body.refresh_token),
+        None => req.cookie_value(REFRESH_COOKIE),
+    };
+    let token = token.ok_or(ApiError::unauthorized(AuthFailure::Missing))?;
+    let session = accounts.refresh(&token).await?;
+    session_response(&session)
+}
+
+/// Ends the session: the refresh family is revoked and this access token
+/// refused until it expires. Clears the refresh cookie.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out."),
+        (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn logout(
+    accounts: web::Data<Accounts>,
+    AuthUser(caller): AuthUser,
+) -> Result<HttpResponse, ApiError> {
+    accounts.logout(&caller).await?;
+    Ok(HttpResponse::NoContent()
+        .insert_header((SET_COOKIE, cookie("", 0)?))
+        .finish())
+}
+
+/// Reads one cookie without the cookie jar machinery.
+trait CookieValue {
+    fn cookie_value(&self, name: &str) -> Option<String>;
+}
+
+impl CookieValue for HttpRequest {
+    fn cookie_value(&self, name: &str) -> Option<String> {
+        self.headers()
+            .get_all(actix_web::http::header::COOKIE)
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, v)| *k == name && !v.is_empty())
+            .map(|(_, v)| v.to_owned())
+    }
 }

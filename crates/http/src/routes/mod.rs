@@ -7,6 +7,7 @@
 pub(crate) mod auth;
 pub(crate) mod docs;
 pub(crate) mod health;
+pub(crate) mod users;
 
 use actix_web::http::Method;
 use actix_web::middleware::from_fn;
@@ -15,9 +16,10 @@ use actix_web::{Route, web};
 use crate::ApiError;
 use crate::middleware::catch_panic;
 
-pub(crate) use auth::{RegisterRequest, UserBody};
+pub(crate) use auth::{LoginRequest, RefreshRequest, RegisterRequest, TokenBody, UserBody};
 pub(crate) use docs::OpenApiJson;
 pub(crate) use health::{Health, ReadinessBody};
+pub(crate) use users::{UserPage, UserPatch};
 
 /// One method on one path.
 pub(crate) struct Endpoint {
@@ -59,6 +61,42 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/auth/register",
         documented: true,
         route: || web::route().to(auth::register),
+    },
+    Endpoint {
+        method: Method::POST,
+        path: "/api/v1/auth/login",
+        documented: true,
+        route: || web::route().to(auth::login),
+    },
+    Endpoint {
+        method: Method::POST,
+        path: "/api/v1/auth/refresh",
+        documented: true,
+        route: || web::route().to(auth::refresh),
+    },
+    Endpoint {
+        method: Method::POST,
+        path: "/api/v1/auth/logout",
+        documented: true,
+        route: || web::route().to(auth::logout),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/api/v1/users/me",
+        documented: true,
+        route: || web::route().to(users::me),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/api/v1/admin/users",
+        documented: true,
+        route: || web::route().to(users::list),
+    },
+    Endpoint {
+        method: Method::PATCH,
+        path: "/api/v1/admin/users/{id}",
+        documented: true,
+        route: || web::route().to(users::update),
     },
 ];
 

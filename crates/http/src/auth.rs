@@ -1,0 +1,65 @@
+//! Extractors that say, in a handler's signature, who may call it.
+
+use actix_web::dev::Payload;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{FromRequest, HttpRequest, web};
+use confab_app::{Accounts, AppError, AuthFailure};
+use confab_domain::Role;
+use confab_ports::AccessClaims;
+use futures_util::future::LocalBoxFuture;
+
+use crate::ApiError;
+
+/// The bearer token of the request, if it has one.
+pub(crate) fn bearer(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+async fn authenticate(req: HttpRequest) -> Result<AccessClaims, ApiError> {
+    let token = bearer(&req).ok_or(ApiError::unauthorized(AuthFailure::Missing))?;
+    let accounts = req
+        .app_data::<web::Data<Accounts>>()
+        .ok_or_else(|| ApiError::internal("account use cases missing from app data"))?;
+    Ok(accounts.authenticate(&token).await?)
+}
+
+/// An authenticated caller (a valid, unrevoked access token). 401 otherwise.
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub AccessClaims);
+
+impl FromRequest for AuthUser {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move { authenticate(req).await.map(AuthUser) })
+    }
+}
+
+/// An authenticated caller with role `admin`. 401 without a valid token,
+/// 403 with one of another role.
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AccessClaims);
+
+impl FromRequest for AdminUser {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let claims = authenticate(req).await?;
+            if claims.role == Role::Admin {
+                Ok(AdminUser(claims))
+            } else {
+                Err(AppError::Forbidden.into())
+            }
+        })
+    }
+}

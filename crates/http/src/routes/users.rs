@@ -1,0 +1,128 @@
+//! The caller's account, and the admin's view of every account.
+
+use actix_web::{HttpResponse, web};
+use confab_app::Accounts;
+use confab_domain::{PageRequest, UserId};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::UserBody;
+use crate::ApiError;
+use crate::auth::{AdminUser, AuthUser};
+use crate::error::ErrorBody;
+use crate::extract::Json;
+
+/// The caller's own account.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/me",
+    tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller.", body = UserBody),
+        (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn me(
+    accounts: web::Data<Accounts>,
+    AuthUser(caller): AuthUser,
+) -> Result<HttpResponse, ApiError> {
+    let user = accounts.me(&caller).await?;
+    Ok(HttpResponse::Ok().json(UserBody::from_user(&user)?))
+}
+
+/// Paging of a list.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageQuery {
+    /// Items to skip (0..=100000).
+    offset: Option<u32>,
+    /// Items to return (1..=100, default 20).
+    limit: Option<u32>,
+}
+
+/// A page of users.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct UserPage {
+    /// The users, oldest first.
+    items: Vec<UserBody>,
+    /// The window's size.
+    limit: u32,
+    /// The window's start.
+    offset: u32,
+    /// How many users there are.
+    total: u64,
+}
+
+/// Every account, oldest first (admins only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/users",
+    tag = "admin",
+    params(PageQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of users.", body = UserPage),
+        (status = 400, description = "A bad `offset` or `limit`.", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn list(
+    accounts: web::Data<Accounts>,
+    AdminUser(caller): AdminUser,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = PageRequest::new(
+        query.offset.unwrap_or(0),
+        query.limit.unwrap_or(PageRequest::DEFAULT_LIMIT),
+    )
+    .map_err(confab_app::AppError::from)?;
+    let users = accounts.list_users(&caller, page).await?;
+    Ok(HttpResponse::Ok().json(UserPage {
+        items: users
+            .items
+            .iter()
+            .map(UserBody::from_user)
+            .collect::<Result<_, _>>()?,
+        limit: page.limit(),
+        offset: page.offset(),
+        total: users.total,
+    }))
+}
+
+/// A change of an account's status.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UserPatch {
+    /// Disable (true) or enable (false) the account.
+    disabled: bool,
+}
+
+/// Disables or enables an account (admins only). Disabling revokes all its
+/// sessions at once.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/admin/users/{id}",
+    tag = "admin",
+    params(("id" = uuid::Uuid, Path, description = "The user's id")),
+    request_body = UserPatch,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The updated user.", body = UserBody),
+        (status = 400, description = "A bad body, or an admin disabling themselves.", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        (status = 404, description = "No such user (or a malformed id).", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn update(
+    accounts: web::Data<Accounts>,
+    AdminUser(caller): AdminUser,
+    id: web::Path<String>,
+    Json(patch): Json<UserPatch>,
+) -> Result<HttpResponse, ApiError> {
+    let id: UserId = id.parse().map_err(|_| ApiError::not_found())?;
+    let user = accounts.set_disabled(&caller, id, patch.disabled).await?;
+    Ok(HttpResponse::Ok().json(UserBody::from_user(&user)?))
+}

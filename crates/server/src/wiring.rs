@@ -1,0 +1,141 @@
+//! The only place that names concrete adapters: builds the use cases from
+//! the configuration.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use confab_app::{AccountPorts, Accounts, LoginLimits};
+use confab_jwt::{JwtCodec, JwtSettings, MIN_SECRET_BYTES};
+use confab_memory::{GovernorLimiter, InMemoryBlocklist};
+use confab_password::{HasherOptions, Pbkdf2Hasher};
+use confab_ports::{RateLimiter, RatePolicy};
+use confab_sql::{PoolOptions, SqlStore};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::application::StartupError;
+use crate::settings::Settings;
+
+/// The wired use cases and the ports the HTTP layer also needs.
+pub(crate) struct Wired {
+    pub(crate) store: Arc<SqlStore>,
+    pub(crate) accounts: Accounts,
+    pub(crate) limiter: Arc<dyn RateLimiter>,
+}
+
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+}
+
+/// Opens the configured store and applies migrations when configured.
+pub(crate) async fn open_store(settings: &Settings) -> Result<SqlStore, StartupError> {
+    let target = settings.database_target()?;
+    let redacted = target.redacted();
+    let db = &settings.database;
+    let options = PoolOptions {
+        max_size: db.max_connections,
+        acquire_timeout: Duration::from_millis(db.acquire_timeout_ms),
+        sqlite_busy_timeout: Duration::from_millis(db.sqlite_busy_timeout_ms),
+    };
+    let store = SqlStore::open(target, options).await?;
+    tracing::info!(database = %redacted, backend = ?store.backend(), "database opened");
+    if db.migrate_on_start {
+        let applied = store.migrate().await?;
+        tracing::info!(applied, "migrations up to date");
+    }
+    Ok(store)
+}
+
+/// A per-minute policy.
+pub(crate) fn per_minute(name: &str, quota: u32) -> RatePolicy {
+    RatePolicy {
+        name: name.to_owned(),
+        quota,
+        window: Duration::from_secs(60),
+    }
+}
+
+/// The signing secret: `CONFAB_JWT_SECRET`, or in development a secret
+/// generated once and kept in `auth.secret_file` (validation has already
+/// refused a missing secret anywhere else).
+fn jwt_secret(settings: &Settings) -> Result<SecretString, StartupError> {
+    let configured = settings.auth.jwt_secret.expose_secret();
+    if !configured.is_empty() {
+        return Ok(SecretString::from(configured.to_owned()));
+    }
+    let path = &settings.auth.secret_file;
+    let setup = |what: &str, e: &dyn std::fmt::Display| {
+        StartupError::Setup(format!("{what} {}: {e}", path.display()))
+    };
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let existing = existing.trim();
+        if existing.len() >= MIN_SECRET_BYTES {
+            tracing::warn!(file = %path.display(), "CONFAB_JWT_SECRET is not set: using the development secret kept in the data directory");
+            return Ok(SecretString::from(existing.to_owned()));
+        }
+    }
+    let mut bytes = [0_u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| setup("cannot draw a secret for", &e))?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| setup("cannot create the directory of", &e))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| setup("cannot write", &e))?;
+    file.write_all(secret.as_bytes())
+        .map_err(|e| setup("cannot write", &e))?;
+    tracing::warn!(file = %path.display(), "CONFAB_JWT_SECRET is not set: generated a development secret and kept it in the data directory");
+    Ok(SecretString::from(secret))
+}
+
+/// Builds every adapter and the use cases over them.
+pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
+    let store = Arc::new(open_store(settings).await?);
+    let auth = &settings.auth;
+    let hasher = Pbkdf2Hasher::new(HasherOptions {
+        iterations: auth.pbkdf2_iterations,
+        max_concurrent: if auth.max_concurrent_hashes == 0 {
+            cores()
+        } else {
+            auth.max_concurrent_hashes
+        },
+        max_waiting: auth.max_waiting_hashes,
+    })
+    .map_err(|e| StartupError::Setup(e.to_string()))?;
+    let secret = jwt_secret(settings)?;
+    let codec = JwtCodec::new(
+        secret.expose_secret().as_bytes(),
+        JwtSettings {
+            issuer: auth.issuer.clone(),
+            audience: auth.audience.clone(),
+            access_ttl: Duration::from_secs(auth.access_ttl_secs),
+            refresh_ttl: Duration::from_secs(auth.refresh_ttl_secs),
+            leeway: Duration::from_secs(auth.leeway_secs),
+        },
+    )
+    .map_err(|e| StartupError::Setup(e.to_string()))?;
+    let limiter: Arc<dyn RateLimiter> = Arc::new(GovernorLimiter::new());
+    let login = settings.rate_limit.login_per_minute;
+    let accounts = Accounts::new(
+        AccountPorts {
+            users: store.clone(),
+            hasher: Arc::new(hasher),
+            tokens: Arc::new(codec),
+            refresh_tokens: store.clone(),
+            blocklist: Arc::new(InMemoryBlocklist::new()),
+            limiter: limiter.clone(),
+        },
+        LoginLimits {
+            per_ip: per_minute("login", login),
+            per_account: per_minute("login-account", login),
+        },
+    );
+    Ok(Wired {
+        store,
+        accounts,
+        limiter,
+    })
+}
