@@ -8,7 +8,9 @@
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is the point
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::TcpListener;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 
 use confab_server::{Application, Settings};
@@ -20,6 +22,52 @@ pub const JWT_SECRET: &str = "e2e-test-secret-0123456789abcdef-0123456789";
 
 /// The origin the test servers allow for CORS.
 pub const ALLOWED_ORIGIN: &str = "https://chat.example.com";
+
+/// Everything every test server logs, in this process (JSON lines).
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs (once) a subscriber that records every log line of the
+/// process at `info` and above, as the server would emit them.
+fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = Capture(buffer.clone());
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+            .with_writer(move || sink.clone())
+            .try_init();
+        buffer
+    })
+    .clone()
+}
+
+/// Every log line the test servers of this process have written so far.
+#[must_use]
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(
+        &capture_logs()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    )
+    .into_owned()
+}
 
 /// A running server and what a test needs to talk to it.
 pub struct TestApp {
@@ -33,6 +81,7 @@ pub struct TestApp {
     thread: Option<JoinHandle<()>>,
     /// The server's database.
     pub db: TestDatabase,
+    settings: Settings,
 }
 
 /// Starts a server on `backend` with the test configuration plus `extra`
@@ -45,6 +94,7 @@ pub fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
     let db = TestDatabase::new(backend);
     let mut vars: HashMap<String, String> = HashMap::from([
         ("CONFAB_CONFIG_DIR".to_owned(), "/nonexistent".to_owned()),
+        ("CONFAB_JWT_SECRET".to_owned(), JWT_SECRET.to_owned()),
         ("DATABASE_URL".to_owned(), db.url().to_owned()),
         ("CONFAB__SERVER__WORKERS".to_owned(), "1".to_owned()),
         (
@@ -59,7 +109,9 @@ pub fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
     for (k, v) in extra {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
+    capture_logs();
     let settings = Settings::load(&vars).expect("test settings");
+    let kept = settings.clone();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the API port");
     let metrics = TcpListener::bind("127.0.0.1:0").expect("bind the metrics port");
     let (ports_tx, ports_rx) = std::sync::mpsc::channel();
@@ -100,6 +152,7 @@ pub fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
         stop: Some(stop_tx),
         thread: Some(thread),
         db,
+        settings: kept,
     }
 }
 
@@ -184,6 +237,52 @@ impl TestApp {
             "password": "correct horse battery staple",
         });
         self.post_json("/api/v1/auth/register", &body).await
+    }
+}
+
+impl TestApp {
+    /// Creates an admin through `confab create-admin`'s code path.
+    ///
+    /// # Panics
+    /// When the admin can't be created.
+    pub async fn create_admin(&self, username: &str, password: &str) {
+        let password = confab_domain::Password::presented(password).expect("password");
+        confab_server::create_admin(
+            self.settings.clone(),
+            username.to_owned(),
+            format!("{username}@example.com"),
+            password,
+        )
+        .await
+        .expect("create admin");
+    }
+
+    /// Logs in and returns the parsed token body.
+    ///
+    /// # Panics
+    /// When the login is not a 200.
+    pub async fn login(&self, username: &str, password: &str) -> serde_json::Value {
+        let res = self
+            .post_json(
+                "/api/v1/auth/login",
+                &serde_json::json!({"username": username, "password": password}),
+            )
+            .await;
+        assert_eq!(res.status(), 200, "login of {username}");
+        res.json().await.expect("token body")
+    }
+
+    /// `GET path` with a bearer token.
+    ///
+    /// # Panics
+    /// When the request can't be sent.
+    pub async fn get_auth(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET")
     }
 }
 

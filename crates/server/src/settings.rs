@@ -457,6 +457,13 @@ mod tests {
     }
 
     #[test]
+    fn jwt_secret_short_name_is_kept_verbatim() {
+        let secret = "e2e-test-secret-0123456789abcdef-0123456789";
+        let s = load(&[("CONFAB_JWT_SECRET", secret)]).unwrap();
+        assert_eq!(s.auth.jwt_secret.expose_secret(), secret);
+    }
+
+    #[test]
     fn embedded_defaults_load() {
         let s = load(&[]).unwrap();
         assert_eq!(s.server.listen, "127.0.0.1:8080");

@@ -124,15 +124,26 @@ fn cookie(value: &str, max_age: i64) -> Result<HeaderValue, ApiError> {
     .map_err(ApiError::internal)
 }
 
+/// Seconds from now until `at`, to the nearest second (a token issued a
+/// few microseconds ago still says its full lifetime).
+fn seconds_until(at: confab_domain::OffsetDateTime) -> i64 {
+    let left = (at - confab_domain::OffsetDateTime::now_utc())
+        .as_seconds_f64()
+        .round();
+    // Lifetimes are configured in whole seconds, far below i64's range.
+    #[allow(clippy::cast_possible_truncation)]
+    let left = left as i64;
+    left.max(0)
+}
+
 fn session_response(session: &Session) -> Result<HttpResponse, ApiError> {
-    let now = confab_domain::OffsetDateTime::now_utc();
-    let refresh_max_age = (session.refresh.expires_at - now).whole_seconds().max(0);
+    let refresh_max_age = seconds_until(session.refresh.expires_at);
     Ok(HttpResponse::Ok()
         .insert_header((SET_COOKIE, cookie(&session.refresh.token, refresh_max_age)?))
         .json(TokenBody {
             access_token: session.access.token.clone(),
             token_type: "Bearer",
-            expires_in: (session.access.expires_at - now).whole_seconds().max(0),
+            expires_in: seconds_until(session.access.expires_at),
             refresh_token: session.refresh.token.clone(),
         }))
 }

@@ -1,0 +1,654 @@
+//! Accounts, tokens and limits, attacked over real HTTP.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use confab_e2e::{JWT_SECRET, TestApp, captured_logs, error_body, spawn_app, spawn_app_with};
+use confab_sql::Backend;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+on_both_backends!(
+    login_answers_a_token_pair_and_a_strict_cookie,
+    login_by_email_and_me,
+    unknown_user_and_wrong_password_look_the_same,
+    forged_and_broken_access_tokens_are_401_never_500,
+    expired_token_is_told_apart_with_a_challenge,
+    refresh_token_is_not_an_access_token_and_the_reverse,
+    refresh_rotates_from_body_and_from_cookie,
+    refresh_token_reuse_revokes_family,
+    racing_refreshes_have_exactly_one_winner,
+    logout_kills_both_tokens,
+    disabled_user_is_locked_out_at_once,
+    admin_route_is_403_for_a_user_and_200_for_an_admin,
+    sixth_login_in_a_minute_is_429,
+    spoofed_forwarded_for_does_not_change_the_limiter_key,
+    forwarded_for_is_believed_from_a_trusted_proxy,
+    general_limit_per_client_address_with_headers,
+    no_password_or_token_in_the_logs,
+);
+
+async fn user_with_tokens(app: &TestApp, name: &str) -> Value {
+    assert_eq!(app.register(name).await.status(), 201);
+    app.login(name, PASSWORD).await
+}
+
+fn token(body: &Value, key: &str) -> String {
+    body[key].as_str().unwrap().to_owned()
+}
+
+async fn refresh_with(app: &TestApp, refresh: &str) -> reqwest::Response {
+    app.post_json("/api/v1/auth/refresh", &json!({"refresh_token": refresh}))
+        .await
+}
+
+/// A token with these claims, HS256-signed with `key`.
+fn forge(claims: &Value, key: &[u8], alg: Algorithm) -> String {
+    jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(key)).unwrap()
+}
+
+fn claims_of(jwt: &str) -> Value {
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap()
+}
+
+async fn login_answers_a_token_pair_and_a_strict_cookie(backend: Backend) {
+    let app = spawn_app(backend);
+    app.register("amy").await;
+    let res = app
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"username": "amy", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attr in [
+        "confab_refresh=",
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Path=/api/v1/auth",
+        "Max-Age=604800",
+    ] {
+        assert!(cookie.contains(attr), "{attr} missing from {cookie}");
+    }
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 900);
+    let access = claims_of(body["access_token"].as_str().unwrap());
+    for claim in [
+        "sub", "iat", "nbf", "exp", "jti", "iss", "aud", "typ", "role",
+    ] {
+        assert!(
+            access.get(claim).is_some(),
+            "claim {claim} missing: {access}"
+        );
+    }
+    assert_eq!(access["typ"], "access");
+    assert_eq!(access["role"], "user");
+    assert_eq!(
+        access["exp"].as_i64().unwrap() - access["iat"].as_i64().unwrap(),
+        900
+    );
+    let refresh = claims_of(body["refresh_token"].as_str().unwrap());
+    assert_eq!(refresh["typ"], "refresh");
+    assert_eq!(
+        refresh["exp"].as_i64().unwrap() - refresh["iat"].as_i64().unwrap(),
+        7 * 86_400
+    );
+}
+
+async fn login_by_email_and_me(backend: Backend) {
+    let app = spawn_app(backend);
+    app.register("ben").await;
+    let res = app
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"email": "BEN@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    let res = app
+        .get_auth("/api/v1/users/me", &token(&body, "access_token"))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().contains_key("ratelimit-policy"));
+    let me: Value = res.json().await.unwrap();
+    assert_eq!(me["username"], "ben");
+    // Both fields at once, or neither, is a validation error.
+    let both = json!({"username": "ben", "email": "ben@example.com", "password": PASSWORD});
+    error_body(
+        app.post_json("/api/v1/auth/login", &both).await,
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    // No token at all.
+    let res = app.get("/api/v1/users/me").await;
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        r#"Bearer realm="confab""#
+    );
+    error_body(res, 401, "AUTH_REQUIRED").await;
+}
+
+async fn unknown_user_and_wrong_password_look_the_same(backend: Backend) {
+    let app = spawn_app(backend);
+    app.register("cid").await;
+    let mut answers = Vec::new();
+    for (user, password) in [
+        ("cid", "wrong password here"),
+        ("nobody-here", "wrong password here"),
+    ] {
+        let res = app
+            .post_json(
+                "/api/v1/auth/login",
+                &json!({"username": user, "password": password}),
+            )
+            .await;
+        assert_eq!(
+            res.headers()["www-authenticate"],
+            r#"Bearer realm="confab""#
+        );
+        let mut err = error_body(res, 401, "INVALID_CREDENTIALS").await;
+        err.as_object_mut().unwrap().remove("request_id");
+        answers.push(err);
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "the bodies must not tell the two apart"
+    );
+}
+
+async fn forged_and_broken_access_tokens_are_401_never_500(backend: Backend) {
+    let app = spawn_app(backend);
+    let tokens = user_with_tokens(&app, "dee").await;
+    let good = token(&tokens, "access_token");
+    assert_eq!(app.get_auth("/api/v1/users/me", &good).await.status(), 200);
+    let claims = claims_of(&good);
+    let now = claims["iat"].as_i64().unwrap();
+    let with = |k: &str, v: Value| {
+        let mut c = claims.clone();
+        c[k] = v;
+        c
+    };
+    let secret = JWT_SECRET.as_bytes();
+    let (h, p, s) = {
+        let parts: Vec<&str> = good.split('.').collect();
+        (
+            parts[0].to_owned(),
+            parts[1].to_owned(),
+            parts[2].to_owned(),
+        )
+    };
+    // Control: the same claims, properly signed, are accepted; so each
+    // refusal below is due to the one thing the attack changes.
+    let resigned = forge(&claims, secret, Algorithm::HS256);
+    let control = app.get_auth("/api/v1/users/me", &resigned).await;
+    let status = control.status();
+    assert_eq!(status, 200, "control: {}", control.text().await.unwrap());
+    let none_header = B64.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let promoted = B64.encode(serde_json::to_vec(&with("role", json!("admin"))).unwrap());
+    let attacks: Vec<(&str, String)> = vec![
+        ("alg none", format!("{none_header}.{p}.")),
+        ("alg none, no signature part", format!("{none_header}.{p}")),
+        (
+            "HS512 with the right key",
+            forge(&claims, secret, Algorithm::HS512),
+        ),
+        (
+            "HS384 with the right key",
+            forge(&claims, secret, Algorithm::HS384),
+        ),
+        (
+            "another key",
+            forge(
+                &claims,
+                b"not-the-server-secret-not-the-server",
+                Algorithm::HS256,
+            ),
+        ),
+        (
+            "tampered payload (role admin)",
+            format!("{h}.{promoted}.{s}"),
+        ),
+        (
+            "future nbf",
+            forge(&with("nbf", json!(now + 3600)), secret, Algorithm::HS256),
+        ),
+        (
+            "wrong iss",
+            forge(&with("iss", json!("evil")), secret, Algorithm::HS256),
+        ),
+        (
+            "wrong aud",
+            forge(
+                &with("aud", json!("someone-else")),
+                secret,
+                Algorithm::HS256,
+            ),
+        ),
+        (
+            "typ refresh",
+            forge(&with("typ", json!("refresh")), secret, Algorithm::HS256),
+        ),
+        (
+            "sub not a uuid",
+            forge(&with("sub", json!("1 OR 1=1")), secret, Algorithm::HS256),
+        ),
+        ("truncated", good[..good.len() - 5].to_owned()),
+        ("garbage", "garbage".to_owned()),
+        ("three dots", "...".to_owned()),
+        ("huge", "a".repeat(8000)),
+    ];
+    for (name, token) in attacks {
+        let res = app.get_auth("/api/v1/users/me", &token).await;
+        assert_eq!(res.status(), 401, "{name}");
+        let challenge = res.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            challenge.contains(r#"error="invalid_token""#),
+            "{name}: {challenge}"
+        );
+        error_body(res, 401, "AUTH_REQUIRED").await;
+    }
+    // Not the Bearer scheme at all.
+    let res = app
+        .client
+        .get(app.url("/api/v1/users/me"))
+        .header("authorization", format!("Basic {good}"))
+        .send()
+        .await
+        .unwrap();
+    error_body(res, 401, "AUTH_REQUIRED").await;
+}
+
+async fn expired_token_is_told_apart_with_a_challenge(backend: Backend) {
+    let app = spawn_app(backend);
+    let tokens = user_with_tokens(&app, "eli").await;
+    let mut claims = claims_of(&token(&tokens, "access_token"));
+    let now = claims["iat"].as_i64().unwrap();
+    claims["iat"] = json!(now - 7200);
+    claims["nbf"] = json!(now - 7200);
+    claims["exp"] = json!(now - 3600);
+    let expired = forge(&claims, JWT_SECRET.as_bytes(), Algorithm::HS256);
+    let res = app.get_auth("/api/v1/users/me", &expired).await;
+    let challenge = res.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        challenge.contains(r#"error="invalid_token""#) && challenge.contains("expired"),
+        "{challenge}"
+    );
+    error_body(res, 401, "TOKEN_EXPIRED").await;
+}
+
+async fn refresh_token_is_not_an_access_token_and_the_reverse(backend: Backend) {
+    let app = spawn_app(backend);
+    let tokens = user_with_tokens(&app, "fay").await;
+    let res = app
+        .get_auth("/api/v1/users/me", &token(&tokens, "refresh_token"))
+        .await;
+    error_body(res, 401, "AUTH_REQUIRED").await;
+    let res = refresh_with(&app, &token(&tokens, "access_token")).await;
+    error_body(res, 401, "AUTH_REQUIRED").await;
+    // The refresh token still works: the failed attempts did not use it.
+    assert_eq!(
+        refresh_with(&app, &token(&tokens, "refresh_token"))
+            .await
+            .status(),
+        200
+    );
+}
+
+async fn refresh_rotates_from_body_and_from_cookie(backend: Backend) {
+    let app = spawn_app(backend);
+    let first = user_with_tokens(&app, "gus").await;
+    let res = refresh_with(&app, &token(&first, "refresh_token")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let second: Value = res.json().await.unwrap();
+    assert_ne!(second["refresh_token"], first["refresh_token"]);
+    assert_ne!(second["access_token"], first["access_token"]);
+    assert_eq!(
+        app.get_auth("/api/v1/users/me", &token(&second, "access_token"))
+            .await
+            .status(),
+        200
+    );
+    // A browser: no body, the cookie only.
+    let res = app
+        .client
+        .post(app.url("/api/v1/auth/refresh"))
+        .header(
+            "cookie",
+            format!("confab_refresh={}", token(&second, "refresh_token")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Neither: 401.
+    let res = app
+        .client
+        .post(app.url("/api/v1/auth/refresh"))
+        .send()
+        .await
+        .unwrap();
+    error_body(res, 401, "AUTH_REQUIRED").await;
+}
+
+async fn refresh_token_reuse_revokes_family(backend: Backend) {
+    let app = spawn_app(backend);
+    let first = user_with_tokens(&app, "hal").await;
+    let second: Value = refresh_with(&app, &token(&first, "refresh_token"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    // The stolen, already used token comes back.
+    error_body(
+        refresh_with(&app, &token(&first, "refresh_token")).await,
+        401,
+        "AUTH_REQUIRED",
+    )
+    .await;
+    // The whole family is revoked: the legitimate latest token is dead too.
+    error_body(
+        refresh_with(&app, &token(&second, "refresh_token")).await,
+        401,
+        "AUTH_REQUIRED",
+    )
+    .await;
+    // Another session of the same user is untouched.
+    let other = app.login("hal", PASSWORD).await;
+    assert_eq!(
+        refresh_with(&app, &token(&other, "refresh_token"))
+            .await
+            .status(),
+        200
+    );
+    assert!(
+        captured_logs().contains("refresh_token_reuse"),
+        "the reuse is logged as a security event"
+    );
+}
+
+async fn racing_refreshes_have_exactly_one_winner(backend: Backend) {
+    let app = spawn_app(backend);
+    let tokens = user_with_tokens(&app, "ian").await;
+    let refresh = token(&tokens, "refresh_token");
+    let attempts = (0..5).map(|_| refresh_with(&app, &refresh));
+    let statuses: Vec<u16> = futures_util::future::join_all(attempts)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 401),
+        "{statuses:?}"
+    );
+}
+
+async fn logout_kills_both_tokens(backend: Backend) {
+    let app = spawn_app(backend);
+    let tokens = user_with_tokens(&app, "jan").await;
+    let access = token(&tokens, "access_token");
+    let res = app
+        .client
+        .post(app.url("/api/v1/auth/logout"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert!(
+        res.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    error_body(
+        app.get_auth("/api/v1/users/me", &access).await,
+        401,
+        "AUTH_REQUIRED",
+    )
+    .await;
+    error_body(
+        refresh_with(&app, &token(&tokens, "refresh_token")).await,
+        401,
+        "AUTH_REQUIRED",
+    )
+    .await;
+    // Logging out needs a token.
+    let res = app
+        .client
+        .post(app.url("/api/v1/auth/logout"))
+        .send()
+        .await
+        .unwrap();
+    error_body(res, 401, "AUTH_REQUIRED").await;
+}
+
+async fn disabled_user_is_locked_out_at_once(backend: Backend) {
+    let app = spawn_app(backend);
+    app.create_admin("boss", PASSWORD).await;
+    let admin = token(&app.login("boss", PASSWORD).await, "access_token");
+    let tokens = user_with_tokens(&app, "kim").await;
+    let me: Value = app
+        .get_auth("/api/v1/users/me", &token(&tokens, "access_token"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = me["id"].as_str().unwrap();
+    let res = app
+        .client
+        .patch(app.url(&format!("/api/v1/admin/users/{id}")))
+        .bearer_auth(&admin)
+        .json(&json!({"disabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["disabled"], true);
+    error_body(
+        app.get_auth("/api/v1/users/me", &token(&tokens, "access_token"))
+            .await,
+        401,
+        "AUTH_REQUIRED",
+    )
+    .await;
+    error_body(
+        refresh_with(&app, &token(&tokens, "refresh_token")).await,
+        401,
+        "AUTH_REQUIRED",
+    )
+    .await;
+    let res = app
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"username": "kim", "password": PASSWORD}),
+        )
+        .await;
+    error_body(res, 401, "INVALID_CREDENTIALS").await;
+    // A malformed or unknown id is a 404.
+    for bad in ["not-a-uuid", "00000000-0000-7000-8000-000000000000"] {
+        let res = app
+            .client
+            .patch(app.url(&format!("/api/v1/admin/users/{bad}")))
+            .bearer_auth(&admin)
+            .json(&json!({"disabled": true}))
+            .send()
+            .await
+            .unwrap();
+        error_body(res, 404, "NOT_FOUND").await;
+    }
+}
+
+async fn admin_route_is_403_for_a_user_and_200_for_an_admin(backend: Backend) {
+    let app = spawn_app(backend);
+    let user = token(&user_with_tokens(&app, "lou").await, "access_token");
+    error_body(
+        app.get_auth("/api/v1/admin/users", &user).await,
+        403,
+        "FORBIDDEN",
+    )
+    .await;
+    error_body(app.get("/api/v1/admin/users").await, 401, "AUTH_REQUIRED").await;
+    app.create_admin("chief", PASSWORD).await;
+    let admin = token(&app.login("chief", PASSWORD).await, "access_token");
+    let res = app
+        .get_auth("/api/v1/admin/users?limit=1&offset=1", &admin)
+        .await;
+    assert_eq!(res.status(), 200);
+    let page: Value = res.json().await.unwrap();
+    assert_eq!(page["total"], 2);
+    assert_eq!(page["limit"], 1);
+    assert_eq!(page["items"][0]["username"], "chief");
+    assert!(page["items"][0].get("password_hash").is_none());
+    error_body(
+        app.get_auth("/api/v1/admin/users?limit=101", &admin).await,
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+}
+
+async fn login_attempt(app: &TestApp, user: &str, forwarded: Option<&str>) -> reqwest::Response {
+    let mut req = app
+        .client
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({"username": user, "password": "wrong password!"}));
+    if let Some(f) = forwarded {
+        req = req.header("x-forwarded-for", f);
+    }
+    req.send().await.unwrap()
+}
+
+async fn sixth_login_in_a_minute_is_429(backend: Backend) {
+    let app = spawn_app(backend);
+    for _ in 0..5 {
+        assert_eq!(login_attempt(&app, "mia", None).await.status(), 401);
+    }
+    let res = login_attempt(&app, "mia", None).await;
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=12).contains(&retry), "{retry}");
+    let policy = res.headers()["ratelimit-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        policy.starts_with(r#""login"#) && policy.contains(";q=5;w=60"),
+        "{policy}"
+    );
+    assert!(
+        res.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .contains(";r=0;")
+    );
+    error_body(res, 429, "RATE_LIMITED").await;
+}
+
+async fn spoofed_forwarded_for_does_not_change_the_limiter_key(backend: Backend) {
+    let app = spawn_app(backend);
+    // Five accounts (so the per-account limit stays out of it), five
+    // made-up client addresses from an untrusted peer.
+    for i in 0..5 {
+        let res = login_attempt(&app, &format!("acct{i}"), Some(&format!("203.0.113.{i}"))).await;
+        assert_eq!(res.status(), 401);
+    }
+    let res = login_attempt(&app, "acct9", Some("198.51.100.77")).await;
+    error_body(res, 429, "RATE_LIMITED").await;
+}
+
+async fn forwarded_for_is_believed_from_a_trusted_proxy(backend: Backend) {
+    let app = spawn_app_with(backend, &[("CONFAB__SERVER__TRUSTED_PROXIES", "127.0.0.1")]);
+    for i in 0..8 {
+        let res = login_attempt(&app, &format!("acct{i}"), Some(&format!("203.0.113.{i}"))).await;
+        assert_eq!(
+            res.status(),
+            401,
+            "each forwarded client has its own bucket"
+        );
+    }
+}
+
+async fn general_limit_per_client_address_with_headers(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        &[("CONFAB__RATE_LIMIT__ANONYMOUS_PER_MINUTE", "3")],
+    );
+    for remaining in [2, 1, 0] {
+        let res = app.get("/api/v1/openapi.json").await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["ratelimit-policy"], r#""anonymous";q=3;w=60"#);
+        let state = res.headers()["ratelimit"].to_str().unwrap().to_owned();
+        assert!(
+            state.starts_with(&format!(r#""anonymous";r={remaining};t="#)),
+            "{state}"
+        );
+    }
+    let res = app.get("/api/v1/openapi.json").await;
+    assert!(res.headers().contains_key("retry-after"));
+    error_body(res, 429, "RATE_LIMITED").await;
+    // Operations endpoints are not limited.
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
+
+async fn no_password_or_token_in_the_logs(backend: Backend) {
+    let app = spawn_app(backend);
+    let secret_password = "Zebra-Quartz-Lantern-91";
+    let body = json!({"username": "nia", "email": "nia@example.com", "password": secret_password});
+    assert_eq!(
+        app.post_json("/api/v1/auth/register", &body).await.status(),
+        201
+    );
+    let tokens = app.login("nia", secret_password).await;
+    let wrong = json!({"username": "nia", "password": "Wrong-Quartz-Lantern-77"});
+    app.post_json("/api/v1/auth/login", &wrong).await;
+    let rotated: Value = refresh_with(&app, &token(&tokens, "refresh_token"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    refresh_with(&app, &token(&tokens, "refresh_token")).await; // reuse: logged as an event
+    app.get_auth("/api/v1/users/me", &token(&rotated, "access_token"))
+        .await;
+    app.get_auth("/api/v1/users/me", "garbage.token.value")
+        .await;
+    let logs = captured_logs();
+    assert!(logs.contains("logged in"), "the capture works");
+    for secret in [
+        secret_password,
+        "Wrong-Quartz-Lantern-77",
+        tokens["access_token"].as_str().unwrap(),
+        tokens["refresh_token"].as_str().unwrap(),
+        rotated["access_token"].as_str().unwrap(),
+        rotated["refresh_token"].as_str().unwrap(),
+        JWT_SECRET,
+    ] {
+        assert!(!logs.contains(secret), "a secret reached the logs");
+        // Nor a recognisable piece of a token (its signature).
+        if let Some(sig) = secret.rsplit('.').next().filter(|s| s.len() > 20) {
+            assert!(!logs.contains(sig), "a token signature reached the logs");
+        }
+    }
+}
