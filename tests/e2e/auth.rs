@@ -27,7 +27,37 @@ on_both_backends!(
     forwarded_for_is_believed_from_a_trusted_proxy,
     general_limit_per_client_address_with_headers,
     no_password_or_token_in_the_logs,
+    a_login_flood_past_the_hashing_bound_is_a_fast_503,
 );
+
+async fn a_login_flood_past_the_hashing_bound_is_a_fast_503(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        &[
+            ("CONFAB__AUTH__MAX_CONCURRENT_HASHES", "1"),
+            ("CONFAB__AUTH__MAX_WAITING_HASHES", "0"),
+            ("CONFAB__RATE_LIMIT__LOGIN_PER_MINUTE", "1000"),
+        ],
+    );
+    app.register("ola").await;
+    let names: Vec<String> = (0..6).map(|i| format!("flood{i}")).collect();
+    let attempts = names.iter().map(|name| login_attempt(&app, name, None));
+    let responses = futures_util::future::join_all(attempts).await;
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&401), "one hash ran: {statuses:?}");
+    let refused = responses
+        .into_iter()
+        .find(|r| r.status() == 503)
+        .expect("the flood is turned away");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    error_body(refused, 503, "UNAVAILABLE").await;
+    // Other routes are served meanwhile.
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
 
 async fn user_with_tokens(app: &TestApp, name: &str) -> Value {
     assert_eq!(app.register(name).await.status(), 201);

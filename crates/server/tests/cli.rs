@@ -180,3 +180,113 @@ fn committed_openapi_document_is_current() {
         "docs/openapi.json is stale: run `make openapi` and commit it"
     );
 }
+
+#[test]
+fn development_generates_a_private_secret_once_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_once = || {
+        let (out, stderr) = run(confab(dir.path()).arg("migrate"));
+        assert!(out.status.success(), "{stderr}");
+    };
+    // `migrate` needs no secret: nothing is generated.
+    run_once();
+    assert!(!dir.path().join("data/jwt-secret").exists());
+    let admin = |name: &str| {
+        let out = confab(dir.path())
+            .args([
+                "create-admin",
+                "--username",
+                name,
+                "--email",
+                &format!("{name}@example.com"),
+            ])
+            .env("CONFAB_ADMIN_PASSWORD", "correct horse battery staple")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let first = admin("first_admin");
+    let path = dir.path().join("data/jwt-secret");
+    let secret = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(secret.len(), 64, "32 random bytes, hex");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    assert!(first.contains("generated a development secret"), "{first}");
+    assert!(!first.contains(&secret), "the secret is never logged");
+    let second = admin("second_admin");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        secret,
+        "kept, not regenerated"
+    );
+    assert!(second.contains("using the development secret"), "{second}");
+}
+
+#[test]
+fn create_admin_reads_the_password_from_stdin_never_an_argument() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = confab(dir.path())
+        .args([
+            "create-admin",
+            "--username",
+            "root_admin",
+            "--email",
+            "root@example.com",
+        ])
+        .env("CONFAB_JWT_SECRET", "0123456789abcdef0123456789abcdef")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Stdin-Password-Xylophone\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("admin created"), "{stderr}");
+    assert!(!stderr.contains("Stdin-Password-Xylophone"), "{stderr}");
+    // There is no password flag to leak it through `ps`.
+    let (out, stderr) = run(confab(dir.path()).args([
+        "create-admin",
+        "--username",
+        "x_admin",
+        "--email",
+        "x@example.com",
+        "--password",
+        "p",
+    ]));
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("unexpected argument '--password'"),
+        "{stderr}"
+    );
+    // A weak password is refused with the reason, in one line.
+    let (out, stderr) = run(confab(dir.path())
+        .args([
+            "create-admin",
+            "--username",
+            "weak_admin",
+            "--email",
+            "w@example.com",
+        ])
+        .env("CONFAB_JWT_SECRET", "0123456789abcdef0123456789abcdef")
+        .env("CONFAB_ADMIN_PASSWORD", "password123"));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("too common"), "{stderr}");
+}
