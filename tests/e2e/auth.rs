@@ -28,7 +28,80 @@ on_both_backends!(
     general_limit_per_client_address_with_headers,
     no_password_or_token_in_the_logs,
     a_login_flood_past_the_hashing_bound_is_a_fast_503,
+    percent_encoded_paths_are_limited_and_not_cached,
+    nul_byte_in_the_login_name_is_400_not_500,
+    refresh_from_a_browser_with_an_empty_json_body_uses_the_cookie,
+    user_data_is_not_cacheable,
 );
+
+async fn percent_encoded_paths_are_limited_and_not_cached(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        &[("CONFAB__RATE_LIMIT__ANONYMOUS_PER_MINUTE", "3")],
+    );
+    app.register("pia").await;
+    let res = app
+        .post_json(
+            "/%61pi/v1/auth/login",
+            &json!({"username": "pia", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    assert!(res.headers().contains_key("ratelimit-policy"));
+    for _ in 0..3 {
+        app.get("/%61pi/v1/openapi.json").await;
+    }
+    error_body(app.get("/%61pi/v1/openapi.json").await, 429, "RATE_LIMITED").await;
+}
+
+async fn nul_byte_in_the_login_name_is_400_not_500(backend: Backend) {
+    let app = spawn_app(backend);
+    let res = app
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"username": "a\u{0}b", "password": PASSWORD}),
+        )
+        .await;
+    let err = error_body(res, 400, "VALIDATION_ERROR").await;
+    assert_eq!(err["field"], "username");
+    let long = "x".repeat(300);
+    let res = app
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"username": long, "password": PASSWORD}),
+        )
+        .await;
+    error_body(res, 400, "VALIDATION_ERROR").await;
+}
+
+async fn refresh_from_a_browser_with_an_empty_json_body_uses_the_cookie(backend: Backend) {
+    let app = spawn_app(backend);
+    let tokens = user_with_tokens(&app, "quin").await;
+    let res = app
+        .client
+        .post(app.url("/api/v1/auth/refresh"))
+        .header("content-type", "application/json")
+        .header(
+            "cookie",
+            format!("confab_refresh={}", token(&tokens, "refresh_token")),
+        )
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+async fn user_data_is_not_cacheable(backend: Backend) {
+    let app = spawn_app(backend);
+    let tokens = user_with_tokens(&app, "rae").await;
+    let res = app
+        .get_auth("/api/v1/users/me", &token(&tokens, "access_token"))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+}
 
 async fn a_login_flood_past_the_hashing_bound_is_a_fast_503(backend: Backend) {
     let app = spawn_app_with(
@@ -167,12 +240,38 @@ async fn login_by_email_and_me(backend: Backend) {
 }
 
 async fn unknown_user_and_wrong_password_look_the_same(backend: Backend) {
-    let app = spawn_app(backend);
+    let app = spawn_app_with(backend, &[("CONFAB__RATE_LIMIT__LOGIN_PER_MINUTE", "20")]);
     app.register("cid").await;
+    app.register("cal").await;
+    app.create_admin("cboss", PASSWORD).await;
+    let admin = token(&app.login("cboss", PASSWORD).await, "access_token");
+    let cal: Value = app
+        .get_auth(
+            "/api/v1/users/me",
+            &token(&app.login("cal", PASSWORD).await, "access_token"),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let res = app
+        .client
+        .patch(app.url(&format!(
+            "/api/v1/admin/users/{}",
+            cal["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&admin)
+        .json(&json!({"disabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
     let mut answers = Vec::new();
     for (user, password) in [
         ("cid", "wrong password here"),
         ("nobody-here", "wrong password here"),
+        ("cal", PASSWORD), // disabled, right password
+        ("cal", "wrong password here"),
     ] {
         let res = app
             .post_json(
@@ -188,12 +287,11 @@ async fn unknown_user_and_wrong_password_look_the_same(backend: Backend) {
         err.as_object_mut().unwrap().remove("request_id");
         answers.push(err);
     }
-    assert_eq!(
-        answers[0], answers[1],
-        "the bodies must not tell the two apart"
+    assert!(
+        answers.windows(2).all(|w| w[0] == w[1]),
+        "the bodies must not tell them apart: {answers:?}"
     );
 }
-
 async fn forged_and_broken_access_tokens_are_401_never_500(backend: Backend) {
     let app = spawn_app(backend);
     let tokens = user_with_tokens(&app, "dee").await;
@@ -376,7 +474,8 @@ async fn refresh_rotates_from_body_and_from_cookie(backend: Backend) {
 }
 
 async fn refresh_token_reuse_revokes_family(backend: Backend) {
-    let app = spawn_app(backend);
+    // No duplicate window: any repeat is a reuse.
+    let app = spawn_app_with(backend, &[("CONFAB__AUTH__REFRESH_REUSE_GRACE_MS", "0")]);
     let first = user_with_tokens(&app, "hal").await;
     let second: Value = refresh_with(&app, &token(&first, "refresh_token"))
         .await
@@ -415,27 +514,39 @@ async fn racing_refreshes_have_exactly_one_winner(backend: Backend) {
     let app = spawn_app(backend);
     let tokens = user_with_tokens(&app, "ian").await;
     let refresh = token(&tokens, "refresh_token");
-    let attempts = (0..5).map(|_| refresh_with(&app, &refresh));
-    let statuses: Vec<u16> = futures_util::future::join_all(attempts)
-        .await
-        .iter()
-        .map(|r| r.status().as_u16())
-        .collect();
+    let (a, b) = tokio::join!(refresh_with(&app, &refresh), refresh_with(&app, &refresh));
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 401], "exactly one wins");
+    let winner: Value = if a.status() == 200 {
+        a.json().await.unwrap()
+    } else {
+        b.json().await.unwrap()
+    };
+    // The loser was a duplicate within the grace window, not a theft: the
+    // winner's session lives on.
     assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        1,
-        "{statuses:?}"
+        app.get_auth("/api/v1/users/me", &token(&winner, "access_token"))
+            .await
+            .status(),
+        200
     );
-    assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 401),
-        "{statuses:?}"
+    assert_eq!(
+        refresh_with(&app, &token(&winner, "refresh_token"))
+            .await
+            .status(),
+        200
     );
 }
-
 async fn logout_kills_both_tokens(backend: Backend) {
     let app = spawn_app(backend);
-    let tokens = user_with_tokens(&app, "jan").await;
-    let access = token(&tokens, "access_token");
+    let first = user_with_tokens(&app, "jan").await;
+    let rotated: Value = refresh_with(&app, &token(&first, "refresh_token"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let access = token(&rotated, "access_token");
     let res = app
         .client
         .post(app.url("/api/v1/auth/logout"))
@@ -457,11 +568,27 @@ async fn logout_kills_both_tokens(backend: Backend) {
     )
     .await;
     error_body(
-        refresh_with(&app, &token(&tokens, "refresh_token")).await,
+        refresh_with(&app, &token(&rotated, "refresh_token")).await,
         401,
         "AUTH_REQUIRED",
     )
     .await;
+    // An earlier access token of the same session dies too.
+    error_body(
+        app.get_auth("/api/v1/users/me", &token(&first, "access_token"))
+            .await,
+        401,
+        "AUTH_REQUIRED",
+    )
+    .await;
+    // Another session of the same user lives on.
+    let other = app.login("jan", PASSWORD).await;
+    assert_eq!(
+        app.get_auth("/api/v1/users/me", &token(&other, "access_token"))
+            .await
+            .status(),
+        200
+    );
     // Logging out needs a token.
     let res = app
         .client
@@ -471,7 +598,6 @@ async fn logout_kills_both_tokens(backend: Backend) {
         .unwrap();
     error_body(res, 401, "AUTH_REQUIRED").await;
 }
-
 async fn disabled_user_is_locked_out_at_once(backend: Backend) {
     let app = spawn_app(backend);
     app.create_admin("boss", PASSWORD).await;
@@ -611,16 +737,29 @@ async fn spoofed_forwarded_for_does_not_change_the_limiter_key(backend: Backend)
 
 async fn forwarded_for_is_believed_from_a_trusted_proxy(backend: Backend) {
     let app = spawn_app_with(backend, &[("CONFAB__SERVER__TRUSTED_PROXIES", "127.0.0.1")]);
+    // The proxy appends the real client; the left-most entry is the
+    // client's own (spoofable) claim and must not be the key.
     for i in 0..8 {
-        let res = login_attempt(&app, &format!("acct{i}"), Some(&format!("203.0.113.{i}"))).await;
-        assert_eq!(
-            res.status(),
-            401,
-            "each forwarded client has its own bucket"
-        );
+        let res = login_attempt(
+            &app,
+            &format!("acct{i}"),
+            Some(&format!("6.6.6.6, 203.0.113.{i}")),
+        )
+        .await;
+        assert_eq!(res.status(), 401, "each real client has its own bucket");
     }
+    for i in 0..5 {
+        let res = login_attempt(
+            &app,
+            &format!("other{i}"),
+            Some(&format!("7.7.7.{i}, 198.51.100.50")),
+        )
+        .await;
+        assert_eq!(res.status(), 401);
+    }
+    let res = login_attempt(&app, "other9", Some("8.8.8.8, 198.51.100.50")).await;
+    error_body(res, 429, "RATE_LIMITED").await;
 }
-
 async fn general_limit_per_client_address_with_headers(backend: Backend) {
     let app = spawn_app_with(
         backend,
@@ -644,7 +783,7 @@ async fn general_limit_per_client_address_with_headers(backend: Backend) {
 }
 
 async fn no_password_or_token_in_the_logs(backend: Backend) {
-    let app = spawn_app(backend);
+    let app = spawn_app_with(backend, &[("CONFAB__AUTH__REFRESH_REUSE_GRACE_MS", "0")]);
     let secret_password = "Zebra-Quartz-Lantern-91";
     let body = json!({"username": "nia", "email": "nia@example.com", "password": secret_password});
     assert_eq!(

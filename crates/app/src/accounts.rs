@@ -47,13 +47,18 @@ pub struct Session {
     pub refresh: IssuedToken,
 }
 
-/// The limits on login attempts.
+/// Tunable rules of the account use cases.
 #[derive(Debug, Clone)]
-pub struct LoginLimits {
-    /// Attempts per client address.
+pub struct AccountRules {
+    /// Login attempts per client address.
     pub per_ip: RatePolicy,
-    /// Attempts per account name (whatever was typed, lower-cased).
+    /// Login attempts per account.
     pub per_account: RatePolicy,
+    /// A refresh token presented again this soon after its redemption is a
+    /// duplicate of that request (a double submit, a retry): refused, but
+    /// its family is not revoked, so exactly one of two racing refreshes
+    /// wins. Later, it is reuse and revokes the family. Zero: always reuse.
+    pub refresh_reuse_grace: std::time::Duration,
 }
 
 /// Everything the account use cases need from outside.
@@ -77,7 +82,7 @@ pub struct AccountPorts {
 #[derive(Clone)]
 pub struct Accounts {
     ports: AccountPorts,
-    limits: LoginLimits,
+    limits: AccountRules,
 }
 
 fn rejection(r: TokenRejection) -> AppError {
@@ -92,7 +97,7 @@ const INVALID_TOKEN: AppError = AppError::Unauthorized(AuthFailure::InvalidToken
 impl Accounts {
     /// Builds the use cases.
     #[must_use]
-    pub fn new(ports: AccountPorts, limits: LoginLimits) -> Self {
+    pub fn new(ports: AccountPorts, limits: AccountRules) -> Self {
         Self { ports, limits }
     }
 
@@ -139,6 +144,9 @@ impl Accounts {
         Ok(user)
     }
 
+    /// The longest login name accepted (an e-mail address's bound).
+    const MAX_LOGIN_CHARS: usize = 254;
+
     async fn limit(&self, policy: &RatePolicy, key: &str) -> Result<(), AppError> {
         let decision = self.ports.limiter.check(policy, key).await?;
         if decision.allowed {
@@ -160,14 +168,31 @@ impl Accounts {
     ///
     /// # Errors
     /// [`AppError::RateLimited`] past the per-IP or per-account limit;
-    /// [`AppError::Unauthorized`] with [`AuthFailure::BadCredentials`].
+    /// [`AppError::Validation`] for an impossible login name (empty, too
+    /// long, control characters); [`AppError::Unauthorized`] with
+    /// [`AuthFailure::BadCredentials`].
     pub async fn login(&self, attempt: LoginAttempt) -> Result<Session, AppError> {
-        let account = attempt.login.trim().to_lowercase();
         self.limit(&self.limits.per_ip, &format!("ip:{}", attempt.client))
             .await?;
-        self.limit(&self.limits.per_account, &format!("account:{account}"))
-            .await?;
+        let account = attempt.login.trim().to_lowercase();
+        if account.is_empty()
+            || account.chars().count() > Self::MAX_LOGIN_CHARS
+            || account.chars().any(char::is_control)
+        {
+            return Err(DomainError::invalid(
+                "username",
+                "must be a username or an e-mail address",
+            )
+            .into());
+        }
         let found = self.ports.users.find_credentials(&account).await?;
+        // One bucket per account whichever name was typed; one per typed
+        // name (bounded above) when there is no such account.
+        let account_key = match &found {
+            Some((user, _)) => format!("user:{}", user.id),
+            None => format!("name:{account}"),
+        };
+        self.limit(&self.limits.per_account, &account_key).await?;
         let verdict = self
             .ports
             .hasher
@@ -187,7 +212,12 @@ impl Accounts {
                 return Err(AppError::Unauthorized(AuthFailure::BadCredentials));
             }
         };
-        let session = self.open_session(user, FamilyId::generate()).await?;
+        let family = FamilyId::generate();
+        self.ports
+            .refresh_tokens
+            .open_family(family, user.id, OffsetDateTime::now_utc())
+            .await?;
+        let session = self.open_session(user, family).await?;
         tracing::info!(user_id = %session.user.id, "logged in");
         Ok(session)
     }
@@ -217,7 +247,8 @@ impl Accounts {
             .tokens
             .issue_access(user.id, user.role, family, now)?;
         let refresh = self.ports.tokens.issue_refresh(user.id, family, now)?;
-        self.ports
+        let recorded = self
+            .ports
             .refresh_tokens
             .insert(NewRefreshToken {
                 jti: refresh.jti,
@@ -227,6 +258,10 @@ impl Accounts {
                 expires_at: refresh.expires_at,
             })
             .await?;
+        if !recorded {
+            // The session was revoked meanwhile (a racing reuse, a logout).
+            return Err(INVALID_TOKEN);
+        }
         Ok(Session {
             user,
             access,
@@ -236,9 +271,10 @@ impl Accounts {
 
     /// Exchanges a refresh token for a new pair (rotation). Each refresh
     /// token works once: presenting a used one again revokes its whole
-    /// family and is logged as a security event. Of two concurrent
-    /// refreshes with one token exactly one wins; the other counts as
-    /// reuse (so the family is revoked and the user logs in again).
+    /// family (refresh and access tokens) and is logged as a security
+    /// event. Of two concurrent refreshes with one token exactly one wins:
+    /// the second, within [`AccountRules::refresh_reuse_grace`] of the
+    /// first, is refused without revoking anything.
     ///
     /// # Errors
     /// [`AppError::Unauthorized`] for an invalid, expired, revoked or
@@ -248,8 +284,22 @@ impl Accounts {
         let now = OffsetDateTime::now_utc();
         match self.ports.refresh_tokens.redeem(claims.jti, now).await? {
             Redemption::Redeemed => {}
-            Redemption::Reused { family, user_id } => {
+            Redemption::Reused { used_at, .. }
+                if now - used_at <= self.limits.refresh_reuse_grace =>
+            {
+                tracing::info!(
+                    "a refresh token was presented twice at once; the duplicate is refused"
+                );
+                return Err(INVALID_TOKEN);
+            }
+            Redemption::Reused {
+                family, user_id, ..
+            } => {
                 self.ports.refresh_tokens.revoke_family(family, now).await?;
+                self.ports
+                    .blocklist
+                    .block_family(family, now + self.ports.tokens.access_ttl())
+                    .await?;
                 tracing::warn!(
                     security_event = "refresh_token_reuse",
                     user_id = %user_id,
@@ -272,7 +322,9 @@ impl Accounts {
         self.open_session(user, claims.family).await
     }
 
-    /// Checks an access token: signature, claims, and the blocklist.
+    /// Checks an access token: signature and claims, the blocklist, and
+    /// that its user still exists and is not disabled (read from the
+    /// database, so it holds across restarts and instances).
     ///
     /// # Errors
     /// [`AppError::Unauthorized`] when it must not be accepted.
@@ -281,11 +333,15 @@ impl Accounts {
         if self.ports.blocklist.is_blocked(&claims).await? {
             return Err(INVALID_TOKEN);
         }
-        Ok(claims)
+        match self.ports.users.get(claims.user_id).await {
+            Ok(user) if !user.disabled => Ok(claims),
+            Ok(_) | Err(DomainError::NotFound) => Err(INVALID_TOKEN),
+            Err(e) => Err(e.into()),
+        }
     }
 
-    /// Ends the session: revokes its refresh family and refuses this
-    /// access token until it expires.
+    /// Ends the session: revokes its refresh family and refuses every
+    /// access token of it until they expire.
     ///
     /// # Errors
     /// On storage failure.
@@ -298,6 +354,10 @@ impl Accounts {
         self.ports
             .blocklist
             .block_token(caller.jti, caller.expires_at)
+            .await?;
+        self.ports
+            .blocklist
+            .block_family(caller.family, now + self.ports.tokens.access_ttl())
             .await?;
         tracing::info!(user_id = %caller.user_id, "logged out");
         Ok(())
@@ -359,9 +419,8 @@ impl Accounts {
         let now = OffsetDateTime::now_utc();
         let user = self.ports.users.set_disabled(id, disabled, now).await?;
         if disabled {
+            // Access tokens die too: authenticate reads the flag.
             self.ports.refresh_tokens.revoke_user(id, now).await?;
-            let until = now + self.ports.tokens.access_ttl();
-            self.ports.blocklist.block_user(id, now, until).await?;
         }
         tracing::info!(admin = %caller.user_id, user_id = %id, disabled, "account status changed");
         Ok(user)

@@ -8,6 +8,6 @@ mod accounts;
 mod error;
 mod readiness;
 
-pub use accounts::{AccountPorts, Accounts, LoginAttempt, LoginLimits, Registration, Session};
+pub use accounts::{AccountPorts, AccountRules, Accounts, LoginAttempt, Registration, Session};
 pub use error::{AppError, AuthFailure};
 pub use readiness::{DependencyStatus, Readiness, ReadinessReport};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confab_app::{
-    AccountPorts, Accounts, AppError, AuthFailure, LoginAttempt, LoginLimits, Readiness,
+    AccountPorts, AccountRules, Accounts, AppError, AuthFailure, LoginAttempt, Readiness,
     Registration,
 };
 use confab_domain::{Password, Role};
@@ -51,12 +51,13 @@ async fn accounts() -> (TestDatabase, Accounts, Readiness) {
         blocklist: Arc::new(InMemoryBlocklist::new()),
         limiter: Arc::new(GovernorLimiter::new()),
     };
-    let limits = LoginLimits {
+    let limits = AccountRules {
         per_ip: login.clone(),
         per_account: RatePolicy {
             name: "login-account".into(),
             ..login
         },
+        refresh_reuse_grace: std::time::Duration::ZERO,
     };
     (db, Accounts::new(ports, limits), readiness)
 }
@@ -205,10 +206,16 @@ async fn bad_credentials_are_indistinguishable_and_limited_per_account() {
             "{err:?}"
         );
     }
-    // Four more on walt's account from other addresses: the account's bucket (5) empties.
+    // Four more on walt's account from other addresses, by name and by
+    // e-mail alike: the account has one bucket (5), and it empties.
     for i in 0..4 {
+        let name = if i % 2 == 0 {
+            "walt"
+        } else {
+            "WALT@example.com"
+        };
         let _ = accounts
-            .login(attempt("walt", "wrong password!", &format!("10.0.0.{i}")))
+            .login(attempt(name, "wrong password!", &format!("10.0.0.{i}")))
             .await;
     }
     let err = accounts

@@ -2,7 +2,7 @@
 
 use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use confab_app::{Accounts, AppError, AuthFailure};
 use confab_domain::Role;
 use confab_ports::AccessClaims;
@@ -20,7 +20,15 @@ pub(crate) fn bearer(req: &HttpRequest) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+/// Claims already verified for this request (by the rate limiter), so a
+/// route does not verify the same token twice.
+#[derive(Debug, Clone)]
+pub(crate) struct Authenticated(pub(crate) AccessClaims);
+
 async fn authenticate(req: HttpRequest) -> Result<AccessClaims, ApiError> {
+    if let Some(Authenticated(claims)) = req.extensions().get::<Authenticated>().cloned() {
+        return Ok(claims);
+    }
     let token = bearer(&req).ok_or(ApiError::unauthorized(AuthFailure::Missing))?;
     let accounts = req
         .app_data::<web::Data<Accounts>>()

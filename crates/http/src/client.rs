@@ -65,30 +65,50 @@ impl TrustedProxies {
     }
 
     /// The client's address: the peer, unless the peer is a trusted proxy,
-    /// in which case the right-most `X-Forwarded-For` entry that is not
-    /// itself a trusted proxy (the left-most entries are whatever the
-    /// client chose to send).
+    /// in which case `X-Forwarded-For` is walked from the right (the hops
+    /// the trusted proxies added) to the first address that is not a
+    /// trusted proxy. The walk stops at an entry that does not parse: what
+    /// is left of it was written by the client, so the last trusted hop
+    /// stands in for the client then.
     #[must_use]
     pub fn client_ip(&self, req: &HttpRequest) -> Option<IpAddr> {
         let peer = req.peer_addr()?.ip();
         if !self.contains(peer) {
             return Some(peer);
         }
-        let forwarded: Vec<IpAddr> = req
+        let entries: Vec<&str> = req
             .headers()
             .get_all("x-forwarded-for")
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse().ok())
+            .map(str::trim)
             .collect();
-        Some(
-            forwarded
-                .iter()
-                .rev()
-                .copied()
-                .find(|ip| !self.contains(*ip))
-                .unwrap_or(peer),
-        )
+        let mut client = peer;
+        for entry in entries.iter().rev() {
+            let Ok(ip) = entry.parse::<IpAddr>() else {
+                break;
+            };
+            client = ip;
+            if !self.contains(ip) {
+                break;
+            }
+        }
+        Some(client)
+    }
+}
+
+/// The key of an address for limits: an IPv4 address as it is, an IPv6
+/// one by its /64 (one subscriber usually holds a whole /64).
+fn limiter_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
     }
 }
 
@@ -100,7 +120,7 @@ pub(crate) fn client_key(req: &HttpRequest) -> String {
         Some(t) => t.client_ip(req),
         None => req.peer_addr().map(|a| a.ip()),
     };
-    ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+    ip.map_or_else(|| "unknown".to_owned(), limiter_key)
 }
 
 #[cfg(test)]
@@ -138,5 +158,31 @@ mod tests {
             Some("198.51.100.7".parse().unwrap()),
             "right-most untrusted"
         );
+        let garbage = TestRequest::default()
+            .peer_addr("10.0.0.2:1234".parse().unwrap())
+            .insert_header(("x-forwarded-for", "6.6.6.6, 198.51.100.7:443, 10.0.0.9"))
+            .to_http_request();
+        assert_eq!(
+            t.client_ip(&garbage),
+            Some("10.0.0.9".parse().unwrap()),
+            "stops at what does not parse"
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64() {
+        assert_eq!(
+            limiter_key("2001:db8:1:2:aaaa::1".parse().unwrap()),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            limiter_key("2001:db8:1:2:bbbb::9".parse().unwrap()),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            limiter_key("::ffff:192.0.2.1".parse().unwrap()),
+            "192.0.2.1"
+        );
+        assert_eq!(limiter_key("192.0.2.1".parse().unwrap()), "192.0.2.1");
     }
 }

@@ -101,8 +101,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     }
 }
 
-/// An optional JSON body: absent (no `Content-Type` and no length) is
-/// `None`; present, it is read exactly as [`Json`].
+/// An optional JSON body: absent (an empty body, or no `Content-Type` and
+/// no length) is `None`; present, it is read exactly as [`Json`].
 #[derive(Debug)]
 pub struct MaybeJson<T>(pub Option<T>);
 
@@ -119,7 +119,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for MaybeJson<T> {
         let chunked = req
             .headers()
             .contains_key(actix_web::http::header::TRANSFER_ENCODING);
-        if !req.headers().contains_key(CONTENT_TYPE) && length.unwrap_or(0) == 0 && !chunked {
+        // No length and no chunking is no body in HTTP/1.1, whatever the
+        // content type (`fetch` sends `application/json` with none).
+        if length.unwrap_or(0) == 0 && !chunked {
             return Box::pin(async { Ok(Self(None)) });
         }
         let json = Json::<T>::from_request(req, payload);

@@ -122,7 +122,7 @@ mod tests {
     use actix_web::test as http_test;
     use actix_web::{HttpResponse, web};
     use async_trait::async_trait;
-    use confab_app::{AccountPorts, Accounts, LoginLimits, Readiness};
+    use confab_app::{AccountPorts, AccountRules, Accounts, Readiness};
     use confab_domain::{
         DomainError, FamilyId, NewUser, OffsetDateTime, Page, PageRequest, Password, PasswordHash,
         Role, TokenId, User, UserId,
@@ -231,8 +231,16 @@ mod tests {
 
     #[async_trait]
     impl RefreshTokenStore for Nobody {
-        async fn insert(&self, _: NewRefreshToken) -> Result<(), DomainError> {
+        async fn open_family(
+            &self,
+            _: FamilyId,
+            _: UserId,
+            _: OffsetDateTime,
+        ) -> Result<(), DomainError> {
             Ok(())
+        }
+        async fn insert(&self, _: NewRefreshToken) -> Result<bool, DomainError> {
+            Ok(true)
         }
         async fn redeem(&self, _: TokenId, _: OffsetDateTime) -> Result<Redemption, DomainError> {
             Ok(Redemption::Rejected)
@@ -250,12 +258,7 @@ mod tests {
         async fn block_token(&self, _: TokenId, _: OffsetDateTime) -> Result<(), DomainError> {
             Ok(())
         }
-        async fn block_user(
-            &self,
-            _: UserId,
-            _: OffsetDateTime,
-            _: OffsetDateTime,
-        ) -> Result<(), DomainError> {
+        async fn block_family(&self, _: FamilyId, _: OffsetDateTime) -> Result<(), DomainError> {
             Ok(())
         }
         async fn is_blocked(&self, _: &AccessClaims) -> Result<bool, DomainError> {
@@ -296,9 +299,10 @@ mod tests {
         HttpState {
             accounts: Accounts::new(
                 ports,
-                LoginLimits {
+                AccountRules {
                     per_ip: policy("login"),
                     per_account: policy("login-account"),
+                    refresh_reuse_grace: std::time::Duration::ZERO,
                 },
             ),
             limiter: nobody,

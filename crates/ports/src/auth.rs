@@ -134,6 +134,8 @@ pub enum Redemption {
         family: FamilyId,
         /// Its user.
         user_id: UserId,
+        /// When it was first redeemed.
+        used_at: OffsetDateTime,
     },
     /// Unknown, expired or revoked.
     Rejected,
@@ -142,11 +144,25 @@ pub enum Redemption {
 /// Remembers refresh tokens so that each is used once.
 #[async_trait]
 pub trait RefreshTokenStore: Send + Sync + 'static {
-    /// Records a newly issued refresh token.
+    /// Starts a login session (family) for `user`.
     ///
     /// # Errors
     /// On storage failure.
-    async fn insert(&self, token: NewRefreshToken) -> Result<(), DomainError>;
+    async fn open_family(
+        &self,
+        family: FamilyId,
+        user: UserId,
+        at: OffsetDateTime,
+    ) -> Result<(), DomainError>;
+
+    /// Records a newly issued refresh token in its family, unless the
+    /// family has been revoked (returns `false` then: the token must not be
+    /// handed out). Serialised with [`RefreshTokenStore::revoke_family`], so
+    /// a token is never left alive in a family revoked concurrently.
+    ///
+    /// # Errors
+    /// On storage failure.
+    async fn insert(&self, token: NewRefreshToken) -> Result<bool, DomainError>;
 
     /// Marks the token used, atomically: of two concurrent redemptions of
     /// the same token exactly one is [`Redemption::Redeemed`].
@@ -169,8 +185,8 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
     async fn revoke_user(&self, user: UserId, now: OffsetDateTime) -> Result<(), DomainError>;
 }
 
-/// Access tokens (and users) refused before their tokens expire: after a
-/// logout, or when a user is disabled.
+/// Access tokens refused before they expire: after a logout, or when their
+/// login session was revoked (refresh-token reuse).
 #[async_trait]
 pub trait TokenBlocklist: Send + Sync + 'static {
     /// Refuses the token `jti` until `until` (its expiry).
@@ -179,15 +195,14 @@ pub trait TokenBlocklist: Send + Sync + 'static {
     /// When the blocklist is unreachable.
     async fn block_token(&self, jti: TokenId, until: OffsetDateTime) -> Result<(), DomainError>;
 
-    /// Refuses every token of `user` issued at or before `since`, until
-    /// `until` (when the last of them expires).
+    /// Refuses every access token of the login session `family` until
+    /// `until` (when the last of them has expired anyway).
     ///
     /// # Errors
     /// When the blocklist is unreachable.
-    async fn block_user(
+    async fn block_family(
         &self,
-        user: UserId,
-        since: OffsetDateTime,
+        family: FamilyId,
         until: OffsetDateTime,
     ) -> Result<(), DomainError>;
 

@@ -148,6 +148,8 @@ pub struct AuthSettings {
     pub refresh_ttl_secs: u64,
     /// Clock skew tolerated on `exp`/`nbf`.
     pub leeway_secs: u64,
+    /// Duplicate-refresh window.
+    pub refresh_reuse_grace_ms: u64,
     /// PBKDF2 iterations.
     pub pbkdf2_iterations: u32,
     /// Concurrent hashes (0 = cores).

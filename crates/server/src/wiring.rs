@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_app::{AccountPorts, Accounts, LoginLimits};
+use confab_app::{AccountPorts, AccountRules, Accounts};
 use confab_jwt::{JwtCodec, JwtSettings, MIN_SECRET_BYTES};
 use confab_memory::{GovernorLimiter, InMemoryBlocklist};
 use confab_password::{HasherOptions, Pbkdf2Hasher};
@@ -128,9 +128,10 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
             blocklist: Arc::new(InMemoryBlocklist::new()),
             limiter: limiter.clone(),
         },
-        LoginLimits {
+        AccountRules {
             per_ip: per_minute("login", login),
             per_account: per_minute("login-account", login),
+            refresh_reuse_grace: Duration::from_millis(auth.refresh_reuse_grace_ms),
         },
     );
     Ok(Wired {

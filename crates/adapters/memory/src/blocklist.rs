@@ -4,15 +4,15 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use confab_domain::{DomainError, OffsetDateTime, TokenId, UserId};
+use confab_domain::{DomainError, FamilyId, OffsetDateTime, TokenId};
 use confab_ports::{AccessClaims, TokenBlocklist};
 
-/// Blocked token ids and users, each kept until the tokens it refuses have
-/// expired anyway.
+/// Blocked token ids and login sessions, each kept until the tokens it
+/// refuses have expired anyway.
 #[derive(Default)]
 pub struct InMemoryBlocklist {
     tokens: Mutex<HashMap<TokenId, OffsetDateTime>>,
-    users: Mutex<HashMap<UserId, (OffsetDateTime, OffsetDateTime)>>,
+    families: Mutex<HashMap<FamilyId, OffsetDateTime>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -29,7 +29,7 @@ impl InMemoryBlocklist {
     /// How many entries are held (for tests of the pruning).
     #[must_use]
     pub fn len(&self) -> usize {
-        lock(&self.tokens).len() + lock(&self.users).len()
+        lock(&self.tokens).len() + lock(&self.families).len()
     }
 
     /// Whether nothing is blocked.
@@ -49,16 +49,15 @@ impl TokenBlocklist for InMemoryBlocklist {
         Ok(())
     }
 
-    async fn block_user(
+    async fn block_family(
         &self,
-        user: UserId,
-        since: OffsetDateTime,
+        family: FamilyId,
         until: OffsetDateTime,
     ) -> Result<(), DomainError> {
         let now = OffsetDateTime::now_utc();
-        let mut users = lock(&self.users);
-        users.retain(|_, (_, expiry)| *expiry > now);
-        users.insert(user, (since, until));
+        let mut families = lock(&self.families);
+        families.retain(|_, expiry| *expiry > now);
+        families.insert(family, until);
         Ok(())
     }
 
@@ -66,9 +65,7 @@ impl TokenBlocklist for InMemoryBlocklist {
         if lock(&self.tokens).contains_key(&claims.jti) {
             return Ok(true);
         }
-        Ok(lock(&self.users)
-            .get(&claims.user_id)
-            .is_some_and(|(since, _)| claims.issued_at <= *since))
+        Ok(lock(&self.families).contains_key(&claims.family))
     }
 }
 
@@ -76,7 +73,7 @@ impl TokenBlocklist for InMemoryBlocklist {
 mod tests {
     use std::time::Duration;
 
-    use confab_domain::{FamilyId, Role};
+    use confab_domain::{Role, UserId};
 
     use super::*;
 
@@ -92,7 +89,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn blocked_tokens_and_users() {
+    async fn blocked_tokens_and_families() {
         let list = InMemoryBlocklist::new();
         let now = OffsetDateTime::now_utc();
         let user = UserId::generate();
@@ -102,13 +99,19 @@ mod tests {
         assert!(list.is_blocked(&a).await.unwrap());
         let b = claims(user, now);
         assert!(!list.is_blocked(&b).await.unwrap());
-        list.block_user(user, now, now + Duration::from_secs(900))
-            .await
-            .unwrap();
-        assert!(list.is_blocked(&b).await.unwrap());
-        // A token issued after the block (a new login once re-enabled) passes.
-        let later = claims(user, now + Duration::from_secs(5));
-        assert!(!list.is_blocked(&later).await.unwrap());
+        list.block_family(b.family, b.expires_at).await.unwrap();
+        let sibling = AccessClaims {
+            jti: TokenId::generate(),
+            ..b.clone()
+        };
+        assert!(
+            list.is_blocked(&sibling).await.unwrap(),
+            "every token of the family"
+        );
+        assert!(
+            !list.is_blocked(&claims(user, now)).await.unwrap(),
+            "another session of the user"
+        );
     }
 
     #[tokio::test]

@@ -46,6 +46,15 @@ diesel::joinable!(conversations -> users (user_id));
 diesel::joinable!(messages -> conversations (conversation_id));
 
 diesel::table! {
+    refresh_families (id) {
+        id -> Text,
+        user_id -> Text,
+        created_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
     refresh_tokens (jti) {
         jti -> Text,
         family_id -> Text,
@@ -58,4 +67,10 @@ diesel::table! {
 }
 
 diesel::joinable!(refresh_tokens -> users (user_id));
-diesel::allow_tables_to_appear_in_same_query!(users, conversations, messages, refresh_tokens);
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    conversations,
+    messages,
+    refresh_families,
+    refresh_tokens
+);

@@ -5,13 +5,13 @@
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{Error, ResponseError, web};
+use actix_web::{Error, HttpMessage, ResponseError, web};
 use confab_app::Accounts;
 use confab_domain::Role;
 use confab_ports::{RateLimiter, RatePolicy};
 
 use crate::ApiError;
-use crate::auth::bearer;
+use crate::auth::{Authenticated, bearer};
 use crate::client::client_key;
 use crate::error::rate_limit_headers;
 
@@ -36,8 +36,12 @@ pub(crate) async fn rate_limit(
     let tiers = req.app_data::<web::Data<RateTiers>>().cloned();
     let limiter = req.app_data::<Limiter>().cloned();
     let accounts = req.app_data::<web::Data<Accounts>>().cloned();
-    let (Some(tiers), Some(limiter), Some(accounts), true) =
-        (tiers, limiter, accounts, req.path().starts_with("/api/"))
+    // Every route but the operations ones is limited, including paths no
+    // route serves (scanning costs tokens too). The path as routed, so a
+    // percent-encoded spelling can't step around it.
+    let path = req.match_info().as_str();
+    let exempt = matches!(path, "/healthz" | "/readyz" | "/docs") || path.starts_with("/docs/");
+    let (Some(tiers), Some(limiter), Some(accounts), false) = (tiers, limiter, accounts, exempt)
     else {
         return next
             .call(req)
@@ -45,11 +49,14 @@ pub(crate) async fn rate_limit(
             .map(ServiceResponse::map_into_boxed_body);
     };
     // A token that does not verify is limited as anonymous; the route
-    // itself then answers 401.
+    // itself then answers 401. One that does is kept for the route.
     let caller = match bearer(req.request()) {
         Some(token) => accounts.authenticate(&token).await.ok(),
         None => None,
     };
+    if let Some(claims) = &caller {
+        req.extensions_mut().insert(Authenticated(claims.clone()));
+    }
     let (policy, key) = match caller {
         Some(c) if c.role == Role::Admin => (&tiers.admin, format!("user:{}", c.user_id)),
         Some(c) => (&tiers.user, format!("user:{}", c.user_id)),

@@ -29,9 +29,11 @@ pub(crate) async fn security_headers(
     let hsts = req
         .app_data::<web::Data<SecurityHeaders>>()
         .map_or(63_072_000, |s| s.hsts_max_age_secs);
-    let path = req.path();
+    // The path as routed (percent-decoded), so `/%61pi/…` is `/api/…`.
+    let path = req.match_info().as_str();
     let is_docs = path == "/docs" || path.starts_with("/docs/");
     let is_auth = path.starts_with("/api/v1/auth/");
+    let is_api = path.starts_with("/api/");
     let mut res = next.call(req).await?;
     let headers = res.headers_mut();
     let mut set = |name: HeaderName, value: HeaderValue| {
@@ -52,6 +54,9 @@ pub(crate) async fn security_headers(
     if is_auth {
         // Credentials and tokens must never be stored by a cache.
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    } else if is_api {
+        // Per-user data: nothing is cached unless a route says otherwise.
+        set(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     Ok(res)
 }

@@ -1,4 +1,11 @@
 //! [`RefreshTokenStore`] over SQL.
+//!
+//! A family's row is the lock of its session: an insert first touches it
+//! (and gives up if it is revoked), and a revocation first marks it. On
+//! PostgreSQL the second of two such transactions waits for the first to
+//! commit and then sees its rows; SQLite runs writers one at a time. So a
+//! refresh racing a revocation either lands before it (and is revoked with
+//! the family) or sees the revocation and is refused.
 
 use async_trait::async_trait;
 use confab_domain::{DomainError, FamilyId, OffsetDateTime, TokenId, UserId};
@@ -6,30 +13,89 @@ use confab_ports::{NewRefreshToken, Redemption, RefreshTokenStore};
 use diesel::prelude::*;
 
 use super::SqlStore;
-use crate::connection::run;
-use crate::rows::micros;
-use crate::schema::refresh_tokens as rt;
+use crate::connection::{AnyConnection, run};
+use crate::rows::{from_micros, micros};
+use crate::schema::{refresh_families as rf, refresh_tokens as rt};
 
 fn uuid(raw: &str) -> Result<uuid::Uuid, DomainError> {
     uuid::Uuid::parse_str(raw).map_err(DomainError::internal)
 }
 
+/// Marks the families selected by `filter` revoked, then their tokens.
+fn revoke(
+    conn: &mut AnyConnection,
+    families: Vec<String>,
+    now: i64,
+) -> Result<(), diesel::result::Error> {
+    conn.transaction(|conn| {
+        diesel::update(
+            rf::table
+                .filter(rf::id.eq_any(&families))
+                .filter(rf::revoked_at.is_null()),
+        )
+        .set(rf::revoked_at.eq(Some(now)))
+        .execute(conn)?;
+        diesel::update(
+            rt::table
+                .filter(rt::family_id.eq_any(&families))
+                .filter(rt::revoked_at.is_null()),
+        )
+        .set(rt::revoked_at.eq(Some(now)))
+        .execute(conn)?;
+        Ok(())
+    })
+}
+
 #[async_trait]
 impl RefreshTokenStore for SqlStore {
-    async fn insert(&self, token: NewRefreshToken) -> Result<(), DomainError> {
+    async fn open_family(
+        &self,
+        family: FamilyId,
+        user: UserId,
+        at: OffsetDateTime,
+    ) -> Result<(), DomainError> {
         run(&self.pool, move |conn| {
-            diesel::insert_into(rt::table)
+            diesel::insert_into(rf::table)
                 .values((
-                    rt::jti.eq(token.jti.to_string()),
-                    rt::family_id.eq(token.family.to_string()),
-                    rt::user_id.eq(token.user_id.to_string()),
-                    rt::issued_at.eq(micros(token.issued_at)),
-                    rt::expires_at.eq(micros(token.expires_at)),
+                    rf::id.eq(family.to_string()),
+                    rf::user_id.eq(user.to_string()),
+                    rf::created_at.eq(micros(at)),
                 ))
                 .execute(conn)
         })
         .await?;
         Ok(())
+    }
+
+    async fn insert(&self, token: NewRefreshToken) -> Result<bool, DomainError> {
+        run(&self.pool, move |conn| {
+            conn.transaction(|conn| {
+                let family = token.family.to_string();
+                // Touching the row takes its lock (PostgreSQL) or the write
+                // lock (SQLite) before the revocation check.
+                let live = diesel::update(
+                    rf::table
+                        .filter(rf::id.eq(&family))
+                        .filter(rf::revoked_at.is_null()),
+                )
+                .set(rf::created_at.eq(rf::created_at))
+                .execute(conn)?;
+                if live == 0 {
+                    return Ok(false);
+                }
+                diesel::insert_into(rt::table)
+                    .values((
+                        rt::jti.eq(token.jti.to_string()),
+                        rt::family_id.eq(family),
+                        rt::user_id.eq(token.user_id.to_string()),
+                        rt::issued_at.eq(micros(token.issued_at)),
+                        rt::expires_at.eq(micros(token.expires_at)),
+                    ))
+                    .execute(conn)?;
+                Ok(true)
+            })
+        })
+        .await
     }
 
     async fn redeem(&self, jti: TokenId, now: OffsetDateTime) -> Result<Redemption, DomainError> {
@@ -59,9 +125,10 @@ impl RefreshTokenStore for SqlStore {
         .await?;
         match found {
             None => Ok(Redemption::Redeemed),
-            Some(Some((family, user, Some(_used)))) => Ok(Redemption::Reused {
+            Some(Some((family, user, Some(used)))) => Ok(Redemption::Reused {
                 family: FamilyId::from_uuid(uuid(&family)?),
                 user_id: UserId::from_uuid(uuid(&user)?),
+                used_at: from_micros(used)?,
             }),
             Some(_) => Ok(Redemption::Rejected),
         }
@@ -73,31 +140,18 @@ impl RefreshTokenStore for SqlStore {
         now: OffsetDateTime,
     ) -> Result<(), DomainError> {
         let (family, now) = (family.to_string(), micros(now));
-        run(&self.pool, move |conn| {
-            diesel::update(
-                rt::table
-                    .filter(rt::family_id.eq(family))
-                    .filter(rt::revoked_at.is_null()),
-            )
-            .set(rt::revoked_at.eq(Some(now)))
-            .execute(conn)
-        })
-        .await?;
-        Ok(())
+        run(&self.pool, move |conn| revoke(conn, vec![family], now)).await
     }
 
     async fn revoke_user(&self, user: UserId, now: OffsetDateTime) -> Result<(), DomainError> {
         let (user, now) = (user.to_string(), micros(now));
         run(&self.pool, move |conn| {
-            diesel::update(
-                rt::table
-                    .filter(rt::user_id.eq(user))
-                    .filter(rt::revoked_at.is_null()),
-            )
-            .set(rt::revoked_at.eq(Some(now)))
-            .execute(conn)
+            let families: Vec<String> = rf::table
+                .filter(rf::user_id.eq(&user))
+                .select(rf::id)
+                .load(conn)?;
+            revoke(conn, families, now)
         })
-        .await?;
-        Ok(())
+        .await
     }
 }
