@@ -194,6 +194,7 @@ pub(crate) async fn register(
         (status = 415, description = "The body is not JSON.", body = ErrorBody),
         (status = 429, description = "Too many attempts; see `Retry-After` and `RateLimit`.", body = ErrorBody),
         (status = 503, description = "Hashing capacity exhausted; retry after `Retry-After`.", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
     ),
 )]
 pub(crate) async fn login(
@@ -234,6 +235,9 @@ pub(crate) async fn login(
         (status = 200, description = "A new pair; the old refresh token is used up.", body = TokenBody),
         (status = 401, description = "Missing, invalid, expired, revoked or reused refresh token.", body = ErrorBody),
         (status = 400, description = "A malformed body.", body = ErrorBody),
+        (status = 429, description = "Rate limited; see `Retry-After` and the `RateLimit` headers.", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not JSON.", body = ErrorBody),
     ),
 )]
 pub(crate) async fn refresh(
@@ -260,6 +264,7 @@ pub(crate) async fn refresh(
     responses(
         (status = 204, description = "Logged out."),
         (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
+        (status = 429, description = "Rate limited; see `Retry-After` and the `RateLimit` headers.", body = ErrorBody),
     ),
 )]
 pub(crate) async fn logout(

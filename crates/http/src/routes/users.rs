@@ -21,6 +21,7 @@ use crate::extract::Json;
     responses(
         (status = 200, description = "The caller.", body = UserBody),
         (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
+        (status = 429, description = "Rate limited; see `Retry-After` and the `RateLimit` headers.", body = ErrorBody),
     ),
 )]
 pub(crate) async fn me(
@@ -33,6 +34,7 @@ pub(crate) async fn me(
 
 /// Paging of a list.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PageQuery {
     /// Items to skip (0..=100000).
@@ -66,6 +68,7 @@ pub(crate) struct UserPage {
         (status = 400, description = "A bad `offset` or `limit`.", body = ErrorBody),
         (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
         (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        (status = 429, description = "Rate limited; see `Retry-After` and the `RateLimit` headers.", body = ErrorBody),
     ),
 )]
 pub(crate) async fn list(
@@ -114,6 +117,9 @@ pub(crate) struct UserPatch {
         (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
         (status = 403, description = "The caller is not an admin.", body = ErrorBody),
         (status = 404, description = "No such user (or a malformed id).", body = ErrorBody),
+        (status = 429, description = "Rate limited; see `Retry-After` and the `RateLimit` headers.", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not JSON.", body = ErrorBody),
     ),
 )]
 pub(crate) async fn update(
