@@ -19,9 +19,15 @@ use confab_sql::testing::TestDatabase;
 
 async fn accounts() -> (TestDatabase, Accounts, Readiness) {
     let db = TestDatabase::sqlite();
+    let (accounts, readiness) = accounts_on(&db, MIN_ITERATIONS).await;
+    (db, accounts, readiness)
+}
+
+/// The use cases over `db`, hashing new passwords with `iterations`.
+async fn accounts_on(db: &TestDatabase, iterations: u32) -> (Accounts, Readiness) {
     let store = Arc::new(db.store().await);
     let hasher = Pbkdf2Hasher::new(HasherOptions {
-        iterations: MIN_ITERATIONS,
+        iterations,
         max_concurrent: 2,
         max_waiting: 16,
     })
@@ -59,7 +65,7 @@ async fn accounts() -> (TestDatabase, Accounts, Readiness) {
         },
         refresh_reuse_grace: std::time::Duration::ZERO,
     };
-    (db, Accounts::new(ports, limits), readiness)
+    (Accounts::new(ports, limits), readiness)
 }
 
 fn reg(username: &str, email: &str, password: &str) -> Registration {
@@ -235,4 +241,42 @@ async fn readiness_reports_the_database() {
     assert!(report.ready());
     assert_eq!(report.dependencies.len(), 1);
     assert_eq!(report.dependencies[0].name, "database");
+}
+
+#[tokio::test]
+async fn a_login_rehashes_a_password_stored_with_older_parameters() {
+    let db = TestDatabase::sqlite();
+    let (old, _) = accounts_on(&db, 1_000).await;
+    old.register(reg("yan", "yan@example.com", "correct horse battery"))
+        .await
+        .unwrap();
+    let store = db.store().await;
+    let before = confab_ports::UserStore::find_credentials(&store, "yan")
+        .await
+        .unwrap()
+        .unwrap()
+        .1;
+    assert!(
+        before.as_str().starts_with("$pbkdf2-sha256$i=1000,"),
+        "{before:?}"
+    );
+    let (current, _) = accounts_on(&db, MIN_ITERATIONS).await;
+    current
+        .login(attempt("yan", "correct horse battery", "1.2.3.4"))
+        .await
+        .unwrap();
+    let after = confab_ports::UserStore::find_credentials(&store, "yan")
+        .await
+        .unwrap()
+        .unwrap()
+        .1;
+    assert!(
+        after.as_str().starts_with("$pbkdf2-sha256$i=600000,"),
+        "rehashed at login"
+    );
+    // And the new hash still verifies.
+    current
+        .login(attempt("yan", "correct horse battery", "1.2.3.5"))
+        .await
+        .unwrap();
 }
