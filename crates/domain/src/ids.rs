@@ -9,17 +9,17 @@ use uuid::Uuid;
 use crate::DomainError;
 
 macro_rules! uuid_id {
-    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $generate:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $name(Uuid);
 
         impl $name {
-            /// A new, time-ordered (UUIDv7) id.
+            /// A new id (`now_v7`: time-ordered; `new_v4`: random).
             #[must_use]
             pub fn generate() -> Self {
-                Self(Uuid::now_v7())
+                Self(Uuid::$generate())
             }
 
             /// Wraps an existing UUID (read back from storage).
@@ -56,58 +56,27 @@ macro_rules! uuid_id {
 uuid_id!(
     /// A user's id (UUIDv7).
     UserId,
-    "user_id"
+    "user_id",
+    now_v7
 );
 uuid_id!(
     /// A conversation's id (UUIDv7, so ids sort by creation time).
     ConversationId,
-    "conversation_id"
+    "conversation_id",
+    now_v7
 );
-
-/// A random (UUIDv4) id: nothing about it can be guessed from another.
-macro_rules! random_id {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(Uuid);
-
-        impl $name {
-            /// A new random id.
-            #[must_use]
-            pub fn generate() -> Self {
-                Self(Uuid::new_v4())
-            }
-
-            /// Wraps an existing UUID (read back from a token or storage).
-            #[must_use]
-            pub const fn from_uuid(id: Uuid) -> Self {
-                Self(id)
-            }
-
-            /// The UUID inside.
-            #[must_use]
-            pub const fn as_uuid(&self) -> &Uuid {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                self.0.fmt(f)
-            }
-        }
-    };
-}
-
-random_id!(
-    /// A token's id (the JWT `jti`).
-    TokenId
+uuid_id!(
+    /// A token's id (the JWT `jti`), random (UUIDv4): nothing about it can be guessed.
+    TokenId,
+    "jti",
+    new_v4
 );
-random_id!(
-    /// A login session: every refresh token rotated from one login shares
-    /// it, so reuse of any of them can revoke them all.
-    FamilyId
+uuid_id!(
+    /// A login session, random (UUIDv4): every refresh token rotated from
+    /// one login shares it, so reuse of any of them can revoke them all.
+    FamilyId,
+    "sid",
+    new_v4
 );
 
 /// A message's id. Clients may choose it (the seed's `msg_001`), so it is a
@@ -177,6 +146,13 @@ mod tests {
         let b = ConversationId::generate();
         assert_eq!(a.as_uuid().get_version_num(), 7);
         assert!(a <= b);
+    }
+
+    #[test]
+    fn token_and_session_ids_are_random() {
+        assert_eq!(TokenId::generate().as_uuid().get_version_num(), 4);
+        assert_eq!(FamilyId::generate().as_uuid().get_version_num(), 4);
+        assert_ne!(TokenId::generate(), TokenId::generate());
     }
 
     #[test]

@@ -68,6 +68,18 @@ struct Result {
     statuses: String,
 }
 
+fn print_row(r: &Result) {
+    println!(
+        "{:<45} c={:<3} {:>8.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  [{}]",
+        r.name,
+        r.concurrency,
+        r.requests as f64 / r.seconds,
+        r.p50_ms,
+        r.p99_ms,
+        r.statuses
+    );
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -234,15 +246,7 @@ fn main() {
             };
             let _ = run(&app.address, &client, &warm).await;
             let r = run(&app.address, &client, s).await;
-            println!(
-                "{:<45} c={:<3} {:>8.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  [{}]",
-                r.name,
-                r.concurrency,
-                r.requests as f64 / r.seconds,
-                r.p50_ms,
-                r.p99_ms,
-                r.statuses
-            );
+            print_row(&r);
             results.push(r);
         }
         // GET /users/me alone, then while 16 clients flood the login route.
@@ -270,15 +274,7 @@ fn main() {
         results.push(during);
         results.push(flooded);
         for r in &results[results.len() - 3..] {
-            println!(
-                "{:<45} c={:<3} {:>8.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  [{}]",
-                r.name,
-                r.concurrency,
-                r.requests as f64 / r.seconds,
-                r.p50_ms,
-                r.p99_ms,
-                r.statuses
-            );
+            print_row(r);
         }
         results
     });
