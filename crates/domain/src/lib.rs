@@ -8,6 +8,7 @@
 //! import this crate to speak Confab's types.
 
 mod conversation;
+mod delta;
 mod error;
 mod ids;
 mod message;
@@ -18,6 +19,7 @@ mod user;
 pub use conversation::{
     Conversation, ConversationPatch, ConversationSummary, NewConversation, Title,
 };
+pub use delta::{DeltaApplier, DeltaError, DeltaFrame, DeltaOp};
 pub use error::{BoxError, DomainError};
 pub use ids::{ConversationId, FamilyId, MessageId, TokenId, UserId};
 pub use message::{Content, ContentType, Message, MessageRole, MessageStatus, ModelSlug};
