@@ -141,6 +141,17 @@ fn token(body: &Value, key: &str) -> String {
     body[key].as_str().unwrap().to_owned()
 }
 
+/// `PATCH /api/v1/admin/users/{id}` `{"disabled": true}` as `admin`.
+async fn disable(app: &TestApp, admin: &str, id: &str) -> reqwest::Response {
+    app.client
+        .patch(app.url(&format!("/api/v1/admin/users/{id}")))
+        .bearer_auth(admin)
+        .json(&json!({"disabled": true}))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn refresh_with(app: &TestApp, refresh: &str) -> reqwest::Response {
     app.post_json("/api/v1/auth/refresh", &json!({"refresh_token": refresh}))
         .await
@@ -254,17 +265,7 @@ async fn unknown_user_and_wrong_password_look_the_same(backend: Backend) {
         .json()
         .await
         .unwrap();
-    let res = app
-        .client
-        .patch(app.url(&format!(
-            "/api/v1/admin/users/{}",
-            cal["id"].as_str().unwrap()
-        )))
-        .bearer_auth(&admin)
-        .json(&json!({"disabled": true}))
-        .send()
-        .await
-        .unwrap();
+    let res = disable(&app, &admin, cal["id"].as_str().unwrap()).await;
     assert_eq!(res.status(), 200);
     let mut answers = Vec::new();
     for (user, password) in [
@@ -610,14 +611,7 @@ async fn disabled_user_is_locked_out_at_once(backend: Backend) {
         .await
         .unwrap();
     let id = me["id"].as_str().unwrap();
-    let res = app
-        .client
-        .patch(app.url(&format!("/api/v1/admin/users/{id}")))
-        .bearer_auth(&admin)
-        .json(&json!({"disabled": true}))
-        .send()
-        .await
-        .unwrap();
+    let res = disable(&app, &admin, id).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["disabled"], true);
     error_body(
@@ -642,14 +636,7 @@ async fn disabled_user_is_locked_out_at_once(backend: Backend) {
     error_body(res, 401, "INVALID_CREDENTIALS").await;
     // A malformed or unknown id is a 404.
     for bad in ["not-a-uuid", "00000000-0000-7000-8000-000000000000"] {
-        let res = app
-            .client
-            .patch(app.url(&format!("/api/v1/admin/users/{bad}")))
-            .bearer_auth(&admin)
-            .json(&json!({"disabled": true}))
-            .send()
-            .await
-            .unwrap();
+        let res = disable(&app, &admin, bad).await;
         error_body(res, 404, "NOT_FOUND").await;
     }
 }

@@ -286,10 +286,11 @@ impl Settings {
         Ok(settings)
     }
 
-    /// True under `CONFAB_ENV=production`.
+    /// True under `CONFAB_ENV=development` (the default): the only
+    /// environment that may run without `CONFAB_JWT_SECRET`.
     #[must_use]
-    pub fn is_production(&self) -> bool {
-        self.environment == "production"
+    pub fn is_development(&self) -> bool {
+        self.environment == "development"
     }
 
     /// The parsed database URL.
@@ -402,7 +403,7 @@ impl Settings {
         if !secret.is_empty() && secret.len() < 32 {
             return Err(invalid("CONFAB_JWT_SECRET must be at least 32 bytes"));
         }
-        if secret.is_empty() && self.environment != "development" {
+        if secret.is_empty() && !self.is_development() {
             return Err(invalid(format!(
                 "CONFAB_JWT_SECRET is required when CONFAB_ENV={} (only development may run without one)",
                 self.environment
@@ -473,7 +474,7 @@ mod tests {
         assert_eq!(s.database.url.expose_secret(), "sqlite://data/confab.db");
         assert_eq!(s.auth.pbkdf2_iterations, 600_000);
         assert_eq!(s.llm.provider, "local");
-        assert!(!s.is_production());
+        assert!(s.is_development());
     }
 
     #[test]
@@ -567,7 +568,7 @@ mod tests {
             ("CONFAB_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
         ])
         .unwrap();
-        assert!(ok.is_production());
+        assert!(!ok.is_development());
     }
 
     #[test]

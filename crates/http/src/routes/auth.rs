@@ -247,7 +247,7 @@ pub(crate) async fn refresh(
 ) -> Result<HttpResponse, ApiError> {
     let token = match body.0 {
         Some(body) => Some(body.refresh_token),
-        None => req.cookie_value(REFRESH_COOKIE),
+        None => cookie_value(&req, REFRESH_COOKIE),
     };
     let token = token.ok_or(ApiError::unauthorized(AuthFailure::Missing))?;
     let session = accounts.refresh(&token).await?;
@@ -277,19 +277,13 @@ pub(crate) async fn logout(
         .finish())
 }
 
-/// Reads one cookie without the cookie jar machinery.
-trait CookieValue {
-    fn cookie_value(&self, name: &str) -> Option<String>;
-}
-
-impl CookieValue for HttpRequest {
-    fn cookie_value(&self, name: &str) -> Option<String> {
-        self.headers()
-            .get_all(actix_web::http::header::COOKIE)
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, v)| *k == name && !v.is_empty())
-            .map(|(_, v)| v.to_owned())
-    }
+/// One cookie's value, without the cookie jar machinery.
+fn cookie_value(req: &HttpRequest, name: &str) -> Option<String> {
+    req.headers()
+        .get_all(actix_web::http::header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, v)| *k == name && !v.is_empty())
+        .map(|(_, v)| v.to_owned())
 }
