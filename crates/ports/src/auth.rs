@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use confab_domain::{DomainError, FamilyId, OffsetDateTime, Role, TokenId, UserId};
+use confab_domain::{
+    ConversationId, DomainError, FamilyId, MessageId, OffsetDateTime, Role, TokenId, UserId,
+};
 
 /// A freshly signed token.
 #[derive(Clone)]
@@ -106,6 +108,43 @@ pub trait TokenCodec: Send + Sync + 'static {
 
     /// How long access tokens live.
     fn access_ttl(&self) -> Duration;
+}
+
+/// What a valid resume token says: who may resume which generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeClaims {
+    /// The user it was issued to.
+    pub user_id: UserId,
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// The assistant message being generated.
+    pub message_id: MessageId,
+    /// When it expires.
+    pub expires_at: OffsetDateTime,
+}
+
+/// Signs and verifies `resume_conversation_token`s: short-lived tokens,
+/// bound to a user, a conversation and a message, that a reader presents
+/// to resume a generation's stream. Pure computation: no I/O.
+pub trait ResumeTokenCodec: Send + Sync + 'static {
+    /// Signs a resume token valid for the codec's resume lifetime.
+    ///
+    /// # Errors
+    /// [`DomainError::Internal`] if signing fails.
+    fn issue_resume(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        message: &MessageId,
+        now: OffsetDateTime,
+    ) -> Result<String, DomainError>;
+
+    /// Verifies a resume token (and that it *is* a resume token: access and
+    /// refresh tokens are refused).
+    ///
+    /// # Errors
+    /// [`TokenRejection`] when it must not be accepted.
+    fn verify_resume(&self, token: &str) -> Result<ResumeClaims, TokenRejection>;
 }
 
 /// A refresh token to remember.

@@ -8,14 +8,24 @@
 //! which library sits behind it.
 
 mod auth;
+mod cache;
 mod health;
+mod llm;
 mod password;
 mod store;
+mod stream;
 
 pub use auth::{
     AccessClaims, IssuedToken, NewRefreshToken, RateDecision, RateLimiter, RatePolicy, Redemption,
-    RefreshClaims, RefreshTokenStore, TokenBlocklist, TokenCodec, TokenRejection,
+    RefreshClaims, RefreshTokenStore, ResumeClaims, ResumeTokenCodec, TokenBlocklist, TokenCodec,
+    TokenRejection,
 };
+pub use cache::Cache;
 pub use health::HealthCheck;
+pub use llm::{
+    ChatModel, CompletionRequest, CompletionStream, FinishReason, LlmError, LlmEvent, PromptRole,
+    PromptTurn, Usage,
+};
 pub use password::{PasswordHasher, Verification};
 pub use store::{ConversationQuery, ConversationStore, MessageStore, UserStore};
+pub use stream::{EventFeed, LoggedEvent, NewEvent, ReadFrom, StopSignal, StreamLog};

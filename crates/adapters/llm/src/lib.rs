@@ -1,0 +1,1 @@
+//! Chat models behind [`confab_ports::ChatModel`].

@@ -1,0 +1,41 @@
+//! A cache of rendered reads (conversation lists and histories).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use confab_domain::DomainError;
+
+/// A key-value cache with expiry, and version counters that make
+/// invalidation safe against racing readers: a reader takes the version,
+/// reads the database and stores its result under a key that includes the
+/// version; a writer changes the database and then bumps the version, so a
+/// result read before the write is never found again.
+#[async_trait]
+pub trait Cache: Send + Sync + 'static {
+    /// The value under `key`, if present and not expired.
+    ///
+    /// # Errors
+    /// [`DomainError::Unavailable`] when the backend fails (callers then
+    /// read the database).
+    async fn get(&self, key: &str) -> Result<Option<String>, DomainError>;
+
+    /// Stores `value` under `key` for `ttl`.
+    ///
+    /// # Errors
+    /// [`DomainError::Unavailable`] when the backend fails.
+    async fn put(&self, key: &str, value: String, ttl: Duration) -> Result<(), DomainError>;
+
+    /// The current version of `key`: a number no earlier version used,
+    /// created when absent.
+    ///
+    /// # Errors
+    /// [`DomainError::Unavailable`] when the backend fails.
+    async fn version(&self, key: &str) -> Result<u64, DomainError>;
+
+    /// Moves `key` to a new version, so every entry stored under an older
+    /// one is unreachable.
+    ///
+    /// # Errors
+    /// [`DomainError::Unavailable`] when the backend fails.
+    async fn bump(&self, key: &str) -> Result<(), DomainError>;
+}

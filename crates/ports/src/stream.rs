@@ -1,0 +1,117 @@
+//! The stream log: the events of a generation, kept so that any number of
+//! readers can follow it and a reader that lost its connection can resume.
+
+use async_trait::async_trait;
+use confab_domain::{ConversationId, DomainError, MessageId};
+
+/// One event of a generation as a reader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedEvent {
+    /// Its id in the log: the SSE `id:`, what a reader resumes after.
+    pub id: String,
+    /// The SSE event name (`delta`, `delta_encoding`), `None` for a plain
+    /// `data:` event.
+    pub event: Option<&'static str>,
+    /// The event's data: one line of JSON, or `[DONE]`.
+    pub data: String,
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The SSE event name, if any.
+    pub event: Option<&'static str>,
+    /// One line of JSON, or `[DONE]`.
+    pub data: String,
+}
+
+/// Where a reader starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The first event.
+    Start,
+    /// The event after this id (an SSE `Last-Event-ID`).
+    After(String),
+}
+
+/// A reader of one log: yields every event from where it started, waits for
+/// more while the generation runs, and ends after the last.
+#[async_trait]
+pub trait EventFeed: Send {
+    /// The next event; `Ok(None)` when the log is closed and read to its end.
+    ///
+    /// # Errors
+    /// [`DomainError::Unavailable`] when the log's backend fails, or
+    /// [`DomainError::NotFound`] when the log expired under the reader.
+    async fn next(&mut self) -> Result<Option<LoggedEvent>, DomainError>;
+}
+
+/// Resolves when someone asks the generation to stop.
+#[async_trait]
+pub trait StopSignal: Send {
+    /// Waits until a stop is requested (forever if none is).
+    async fn stopped(&mut self);
+}
+
+/// The logs of generations, one per conversation: the latest generation's.
+#[async_trait]
+pub trait StreamLog: Send + Sync + 'static {
+    /// Opens a new log for `message`'s generation in `conversation`,
+    /// replacing a closed one, and returns the signal a stop request sets.
+    ///
+    /// # Errors
+    /// [`DomainError::Duplicate`] on `conversation_id` while another
+    /// generation of that conversation is still open.
+    async fn open(
+        &self,
+        conversation: ConversationId,
+        message: &MessageId,
+    ) -> Result<Box<dyn StopSignal>, DomainError>;
+
+    /// Appends an event to the open log and returns its id.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`] when no log is open for the conversation;
+    /// [`DomainError::Unavailable`] when the log is full or its backend
+    /// fails.
+    async fn append(
+        &self,
+        conversation: ConversationId,
+        event: NewEvent,
+    ) -> Result<String, DomainError>;
+
+    /// Closes the log: readers get what is in it and then the end; it is
+    /// kept for the configured retention, then dropped.
+    ///
+    /// # Errors
+    /// [`DomainError::Unavailable`] when the backend fails.
+    async fn close(&self, conversation: ConversationId) -> Result<(), DomainError>;
+
+    /// The message whose generation the conversation's log holds, and
+    /// whether it is still open.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`] when there is no log (never opened, or
+    /// expired).
+    async fn current(&self, conversation: ConversationId)
+    -> Result<(MessageId, bool), DomainError>;
+
+    /// A reader of the conversation's log from `from`.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`] when there is no log;
+    /// [`DomainError::Invalid`] on `Last-Event-ID` for an id this log never
+    /// gave.
+    async fn read(
+        &self,
+        conversation: ConversationId,
+        from: ReadFrom,
+    ) -> Result<Box<dyn EventFeed>, DomainError>;
+
+    /// Asks the conversation's open generation to stop. `Ok(false)` when
+    /// none is open.
+    ///
+    /// # Errors
+    /// [`DomainError::Unavailable`] when the backend fails.
+    async fn request_stop(&self, conversation: ConversationId) -> Result<bool, DomainError>;
+}
