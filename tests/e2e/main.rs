@@ -30,6 +30,8 @@ macro_rules! on_both_backends {
 mod auth;
 mod docs;
 mod errors;
+mod fake_llm;
 mod headers;
 mod operations;
 mod register;
+mod stream;

@@ -25,7 +25,8 @@ async fn register_creates_a_user_without_secrets(backend: Backend) {
     assert_eq!(user["role"], "user");
     assert_eq!(user["disabled"], false);
     assert!(user["id"].as_str().unwrap().parse::<uuid::Uuid>().is_ok());
-    let keys: Vec<&String> = user.as_object().unwrap().keys().collect();
+    let mut keys: Vec<&String> = user.as_object().unwrap().keys().collect();
+    keys.sort();
     assert_eq!(
         keys,
         ["created_at", "disabled", "email", "id", "role", "username"],

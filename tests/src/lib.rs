@@ -7,6 +7,9 @@
 
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is the point
 
+pub mod chat;
+pub mod fake_llm;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpListener;
@@ -110,6 +113,9 @@ pub fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
     capture_logs();
+    // The model client's TLS backend is the process's: install it before
+    // any client (ours or the server's) is built.
+    confab_server::install_tls_provider();
     let settings = Settings::load(&vars).expect("test settings");
     let kept = settings.clone();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the API port");

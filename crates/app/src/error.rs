@@ -54,6 +54,15 @@ pub enum AppError {
         /// Its bucket's state.
         decision: RateDecision,
     },
+    /// The conversation is still generating an answer.
+    #[error("an answer is still being generated")]
+    Busy,
+    /// The caller already runs as many generations as allowed at once.
+    #[error("too many generations at once")]
+    TooManyGenerations {
+        /// The cap.
+        limit: usize,
+    },
     /// A dependency is down or saturated; retrying later may work.
     #[error("temporarily unavailable")]
     Unavailable(#[source] BoxError),

@@ -5,9 +5,13 @@
 //! here knows HTTP or SQL; the binary wires concrete adapters in.
 
 mod accounts;
+mod conversations;
 mod error;
 mod readiness;
 
 pub use accounts::{AccountPorts, AccountRules, Accounts, LoginAttempt, Registration, Session};
+pub use conversations::{
+    ConversationPage, ConversationPorts, ConversationRules, Conversations, SendMessage, Started,
+};
 pub use error::{AppError, AuthFailure};
 pub use readiness::{DependencyStatus, Readiness, ReadinessReport};

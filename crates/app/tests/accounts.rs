@@ -39,6 +39,7 @@ async fn accounts_on(db: &TestDatabase, iterations: u32) -> (Accounts, Readiness
             audience: "confab-api".into(),
             access_ttl: Duration::from_secs(900),
             refresh_ttl: Duration::from_secs(3600),
+            resume_ttl: Duration::from_secs(900),
             leeway: Duration::from_secs(5),
         },
     )

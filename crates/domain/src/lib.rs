@@ -15,6 +15,7 @@ mod message;
 mod page;
 mod text;
 mod user;
+mod wire;
 
 pub use conversation::{
     Conversation, ConversationPatch, ConversationSummary, NewConversation, Title,
@@ -22,9 +23,12 @@ pub use conversation::{
 pub use delta::{DeltaApplier, DeltaError, DeltaFrame, DeltaOp};
 pub use error::{BoxError, DomainError};
 pub use ids::{ConversationId, FamilyId, MessageId, TokenId, UserId};
-pub use message::{Content, ContentType, Message, MessageRole, MessageStatus, ModelSlug};
+pub use message::{
+    Content, ContentType, Message, MessageMetadata, MessageRole, MessageStatus, ModelSlug,
+};
 pub use page::{ListOrder, Page, PageRequest, SearchQuery};
 pub use user::{Email, NewUser, Password, PasswordHash, Role, User, Username};
+pub use wire::{MessageDocument, TEXT_PATH, WireEvent, epoch_seconds, events, rfc3339};
 
 /// The time type every Confab timestamp uses (always UTC).
 pub use time::OffsetDateTime;

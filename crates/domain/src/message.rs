@@ -234,6 +234,9 @@ impl ModelSlug {
     }
 }
 
+/// Free-form metadata of a message (a JSON object).
+pub type MessageMetadata = serde_json::Map<String, serde_json::Value>;
+
 /// A message in a conversation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
@@ -252,7 +255,7 @@ pub struct Message {
     /// The model that generated it (assistant messages).
     pub model_slug: Option<ModelSlug>,
     /// Free-form metadata (a JSON object).
-    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub metadata: MessageMetadata,
     /// Creation time.
     pub created_at: OffsetDateTime,
     /// Last change.

@@ -155,6 +155,33 @@ impl ApiError {
         )
     }
 
+    /// 406 `NOT_ACCEPTABLE`: the send routes answer SSE or JSON only.
+    pub(crate) fn not_acceptable() -> Self {
+        Self::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "NOT_ACCEPTABLE",
+            "accept text/event-stream or application/json",
+        )
+    }
+
+    /// A generation that failed, by the code of its stream's `error` event.
+    pub(crate) fn generation_failed(code: &str) -> Self {
+        match code {
+            "UPSTREAM_TIMEOUT" => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "UPSTREAM_TIMEOUT",
+                "the model took too long to answer",
+            ),
+            "UPSTREAM_ERROR" => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "UPSTREAM_ERROR",
+                "the model's server failed",
+            ),
+            "UNAVAILABLE" => Self::unavailable("the model is unavailable", 1),
+            _ => Self::internal("the generation failed"),
+        }
+    }
+
     /// 415 `UNSUPPORTED_MEDIA_TYPE`.
     #[must_use]
     pub fn unsupported_media_type() -> Self {
@@ -292,6 +319,22 @@ impl From<AppError> for ApiError {
             AppError::Unauthorized(failure) => Self::unauthorized(failure),
             AppError::Forbidden => Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", "not allowed"),
             AppError::RateLimited { policy, decision } => Self::rate_limited(&policy, &decision),
+            AppError::Busy => Self::new(
+                StatusCode::CONFLICT,
+                "CONFLICT",
+                "an answer is still being generated in this conversation: wait for it or stop it",
+            ),
+            AppError::TooManyGenerations { limit } => {
+                let mut e = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "RATE_LIMITED",
+                    format!(
+                        "at most {limit} answers can be generated at once; wait for one to end"
+                    ),
+                );
+                e.headers.push((RETRY_AFTER, HeaderValue::from(1_u32)));
+                e
+            }
         }
     }
 }

@@ -13,12 +13,13 @@ mod metrics;
 mod middleware;
 mod openapi;
 mod routes;
+mod sse;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::from_fn;
 use actix_web::{App, web};
-use confab_app::{Accounts, Readiness};
+use confab_app::{Accounts, Conversations, Readiness};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 pub use auth::{AdminUser, AuthUser};
@@ -29,6 +30,7 @@ pub use metrics::{Metrics, metrics_routes};
 pub use middleware::{CorsPolicy, RateTiers, RequestId, SecurityHeaders};
 pub use openapi::{ApiDoc, openapi_json};
 pub use routes::served_routes;
+pub use sse::SseSettings;
 
 /// Everything the HTTP layer needs, built by the binary. Cloned once per
 /// worker thread.
@@ -36,6 +38,10 @@ pub use routes::served_routes;
 pub struct HttpState {
     /// Account use cases.
     pub accounts: Accounts,
+    /// Conversation use cases.
+    pub conversations: Conversations,
+    /// Server-Sent Events settings.
+    pub sse: SseSettings,
     /// Readiness use case.
     pub readiness: Readiness,
     /// Request metrics (shared with the metrics listener).
@@ -86,6 +92,8 @@ fn build(
 > {
     App::new()
         .app_data(web::Data::new(state.accounts))
+        .app_data(web::Data::new(state.conversations))
+        .app_data(web::Data::new(state.sse))
         .app_data(web::Data::new(state.readiness))
         .app_data(web::Data::new(state.metrics))
         .app_data(web::Data::new(state.cors))
@@ -122,14 +130,19 @@ mod tests {
     use actix_web::test as http_test;
     use actix_web::{HttpResponse, web};
     use async_trait::async_trait;
-    use confab_app::{AccountPorts, AccountRules, Accounts, Readiness};
-    use confab_domain::{
-        DomainError, FamilyId, NewUser, OffsetDateTime, Page, PageRequest, Password, PasswordHash,
-        Role, TokenId, User, UserId,
+    use confab_app::{
+        AccountPorts, AccountRules, Accounts, ConversationPorts, ConversationRules, Readiness,
     };
+    use confab_domain::{
+        Content, Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError,
+        FamilyId, Message, MessageId, MessageStatus, ModelSlug, NewConversation, NewUser,
+        OffsetDateTime, Page, PageRequest, Password, PasswordHash, Role, TokenId, User, UserId,
+    };
+    use confab_memory::{MemoryCache, MemoryStreamLog, StreamLogOptions};
     use confab_ports::{
-        AccessClaims, HealthCheck, IssuedToken, NewRefreshToken, PasswordHasher, RateDecision,
-        RateLimiter, RatePolicy, Redemption, RefreshClaims, RefreshTokenStore, TokenBlocklist,
+        AccessClaims, ConversationQuery, ConversationStore, HealthCheck, IssuedToken, MessageStore,
+        NewRefreshToken, PasswordHasher, RateDecision, RateLimiter, RatePolicy, Redemption,
+        RefreshClaims, RefreshTokenStore, ResumeClaims, ResumeTokenCodec, TokenBlocklist,
         TokenCodec, TokenRejection, UserStore, Verification,
     };
 
@@ -278,6 +291,115 @@ mod tests {
         }
     }
 
+    #[async_trait]
+    impl ConversationStore for Nobody {
+        async fn create(&self, _: NewConversation) -> Result<Conversation, DomainError> {
+            Err(DomainError::NotFound)
+        }
+        async fn get(&self, _: UserId, _: ConversationId) -> Result<Conversation, DomainError> {
+            Err(DomainError::NotFound)
+        }
+        async fn list(
+            &self,
+            _: UserId,
+            query: &ConversationQuery,
+        ) -> Result<Page<ConversationSummary>, DomainError> {
+            Ok(Page {
+                items: vec![],
+                total: 0,
+                request: query.page,
+            })
+        }
+        async fn update(
+            &self,
+            _: UserId,
+            _: ConversationId,
+            _: ConversationPatch,
+            _: OffsetDateTime,
+        ) -> Result<Conversation, DomainError> {
+            Err(DomainError::NotFound)
+        }
+        async fn soft_delete(
+            &self,
+            _: UserId,
+            _: ConversationId,
+            _: OffsetDateTime,
+        ) -> Result<(), DomainError> {
+            Err(DomainError::NotFound)
+        }
+    }
+
+    #[async_trait]
+    impl MessageStore for Nobody {
+        async fn insert(&self, _: &Message) -> Result<(), DomainError> {
+            Err(DomainError::NotFound)
+        }
+        async fn update_content(
+            &self,
+            _: ConversationId,
+            _: &MessageId,
+            _: &Content,
+            _: MessageStatus,
+            _: OffsetDateTime,
+        ) -> Result<(), DomainError> {
+            Err(DomainError::NotFound)
+        }
+        async fn list(&self, _: ConversationId) -> Result<Vec<Message>, DomainError> {
+            Ok(vec![])
+        }
+        async fn fail_in_progress(&self, _: OffsetDateTime) -> Result<u64, DomainError> {
+            Ok(0)
+        }
+    }
+
+    impl ResumeTokenCodec for Nobody {
+        fn issue_resume(
+            &self,
+            _: UserId,
+            _: ConversationId,
+            _: &MessageId,
+            _: OffsetDateTime,
+        ) -> Result<String, DomainError> {
+            Err(DomainError::unavailable("no tokens in this test"))
+        }
+        fn verify_resume(&self, _: &str) -> Result<ResumeClaims, TokenRejection> {
+            Err(TokenRejection::Invalid)
+        }
+    }
+
+    fn conversations() -> Conversations {
+        let nobody = Arc::new(Nobody);
+        Conversations::new(
+            ConversationPorts {
+                conversations: nobody.clone(),
+                messages: nobody.clone(),
+                model: None,
+                log: Arc::new(MemoryStreamLog::new(StreamLogOptions {
+                    retention: std::time::Duration::from_secs(1),
+                    max_events_per_log: 16,
+                    max_logs: 4,
+                })),
+                cache: Arc::new(MemoryCache::new(16)),
+                resume_tokens: nobody.clone(),
+                limiter: nobody,
+            },
+            ConversationRules {
+                default_model: ModelSlug::parse("m").unwrap(),
+                allowed_models: vec![],
+                max_tokens: 16,
+                system_prompt: String::new(),
+                prompt_budget_chars: 100,
+                max_concurrent_per_user: 1,
+                generation_policy: policy("generation"),
+                flush_interval: std::time::Duration::from_secs(1),
+                title_generation: false,
+                title_timeout: std::time::Duration::from_secs(1),
+                cache_ttl: std::time::Duration::from_secs(1),
+                stop_wait: std::time::Duration::from_secs(1),
+            },
+        )
+    }
+
     fn policy(name: &str) -> RatePolicy {
         RatePolicy {
             name: name.into(),
@@ -297,6 +419,8 @@ mod tests {
             limiter: nobody.clone(),
         };
         HttpState {
+            conversations: conversations(),
+            sse: SseSettings::default(),
             accounts: Accounts::new(
                 ports,
                 AccountRules {

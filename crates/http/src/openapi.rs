@@ -5,8 +5,10 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
-    Health, LoginRequest, ReadinessBody, RefreshRequest, RegisterRequest, TokenBody, UserBody,
-    UserPage, UserPatch,
+    AuthorView, ContentInput, ContentView, ConversationBody, ConversationItem, ConversationMeta,
+    ConversationPageBody, ConversationPatchBody, Health, LoginRequest, MessageInput,
+    MessageMetadataView, MessageView, ReadinessBody, RefreshRequest, RegisterRequest, SendBody,
+    SendOptions, SentBody, TokenBody, UserBody, UserPage, UserPatch,
 };
 
 /// Declares the `bearer` security scheme the protected routes name.
@@ -24,6 +26,51 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// The ChatGPT-compatible paths served by the canonical handlers: each
+/// gets the canonical path's description, tagged `chatgpt-compatible`.
+const BACKEND_ALIASES: &[(&str, &str)] = &[
+    ("/api/v1/conversations", "/backend-api/conversations"),
+    (
+        "/api/v1/conversations/{id}",
+        "/backend-api/conversation/{id}",
+    ),
+    (
+        "/api/v1/conversations/{id}/stream",
+        "/backend-api/conversation/{id}/stream",
+    ),
+];
+
+/// Copies the canonical conversation routes to their `/backend-api` paths.
+struct BackendAliases;
+
+impl Modify for BackendAliases {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (canonical, alias) in BACKEND_ALIASES {
+            let Some(item) = openapi.paths.paths.get(*canonical) else {
+                continue;
+            };
+            let mut item = item.clone();
+            // The list path's POST (a new conversation) is canonical only.
+            if alias.ends_with("/conversations") {
+                item.post = None;
+            }
+            for op in [
+                &mut item.get,
+                &mut item.patch,
+                &mut item.delete,
+                &mut item.post,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.tags = Some(vec!["chatgpt-compatible".to_owned()]);
+                op.operation_id = op.operation_id.as_ref().map(|id| format!("backend_{id}"));
+            }
+            openapi.paths.paths.insert((*alias).to_owned(), item);
+        }
     }
 }
 
@@ -48,17 +95,31 @@ impl Modify for BearerAuth {
         crate::routes::users::me,
         crate::routes::users::list,
         crate::routes::users::update,
+        crate::routes::conversations::list,
+        crate::routes::send::create,
+        crate::routes::conversations::get,
+        crate::routes::conversations::update,
+        crate::routes::conversations::delete,
+        crate::routes::send::message,
+        crate::routes::stream::resume,
+        crate::routes::stream::stop,
+        crate::routes::send::seed,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, ReadinessBody, RegisterRequest, LoginRequest, RefreshRequest,
-        TokenBody, UserBody, UserPage, UserPatch,
+        TokenBody, UserBody, UserPage, UserPatch, ConversationItem, ConversationPageBody,
+        ConversationBody, ConversationMeta, ConversationPatchBody, SendBody, MessageInput,
+        ContentInput, SendOptions, SentBody, MessageView, AuthorView, ContentView,
+        MessageMetadataView,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &BackendAliases),
     tags(
         (name = "operations", description = "Liveness, readiness and this document."),
         (name = "auth", description = "Accounts and tokens."),
         (name = "users", description = "The caller's account."),
         (name = "admin", description = "Administration (role `admin`)."),
+        (name = "conversations", description = "Conversations, messages and their streams (delta encoding v1)."),
+        (name = "chatgpt-compatible", description = "Seed `000`'s paths and shapes, served by the same handlers."),
     ),
 )]
 pub struct ApiDoc;

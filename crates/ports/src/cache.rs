@@ -3,7 +3,17 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use confab_domain::DomainError;
+use confab_domain::{Conversation, ConversationSummary, DomainError, Message, Page};
+
+/// What the cache holds: domain values, so the in-process adapter keeps
+/// them as they are and a remote one chooses its own encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CachedValue {
+    /// A page of a user's conversation list.
+    ConversationList(Page<ConversationSummary>),
+    /// A conversation and all its messages, oldest first.
+    History(Box<Conversation>, Vec<Message>),
+}
 
 /// A key-value cache with expiry, and version counters that make
 /// invalidation safe against racing readers: a reader takes the version,
@@ -17,13 +27,13 @@ pub trait Cache: Send + Sync + 'static {
     /// # Errors
     /// [`DomainError::Unavailable`] when the backend fails (callers then
     /// read the database).
-    async fn get(&self, key: &str) -> Result<Option<String>, DomainError>;
+    async fn get(&self, key: &str) -> Result<Option<CachedValue>, DomainError>;
 
     /// Stores `value` under `key` for `ttl`.
     ///
     /// # Errors
     /// [`DomainError::Unavailable`] when the backend fails.
-    async fn put(&self, key: &str, value: String, ttl: Duration) -> Result<(), DomainError>;
+    async fn put(&self, key: &str, value: CachedValue, ttl: Duration) -> Result<(), DomainError>;
 
     /// The current version of `key`: a number no earlier version used,
     /// created when absent.

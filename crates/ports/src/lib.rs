@@ -20,7 +20,7 @@ pub use auth::{
     RefreshClaims, RefreshTokenStore, ResumeClaims, ResumeTokenCodec, TokenBlocklist, TokenCodec,
     TokenRejection,
 };
-pub use cache::Cache;
+pub use cache::{Cache, CachedValue};
 pub use health::HealthCheck;
 pub use llm::{
     ChatModel, CompletionRequest, CompletionStream, FinishReason, LlmError, LlmEvent, PromptRole,

@@ -157,4 +157,12 @@ pub trait MessageStore: Send + Sync + 'static {
     /// # Errors
     /// Only on storage failure.
     async fn list(&self, conversation: ConversationId) -> Result<Vec<Message>, DomainError>;
+
+    /// Closes every message still `in_progress` as `failed`, keeping the
+    /// text saved so far: at start-up, no generation of an earlier run is
+    /// still going. Returns how many were closed.
+    ///
+    /// # Errors
+    /// Only on storage failure.
+    async fn fail_in_progress(&self, at: OffsetDateTime) -> Result<u64, DomainError>;
 }

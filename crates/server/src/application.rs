@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
-use confab_app::{Readiness, Registration};
+use confab_app::{Conversations, Readiness, Registration};
 use confab_domain::{Password, User};
-use confab_http::{BodyLimits, CorsPolicy, HttpState, Metrics, RateTiers, SecurityHeaders};
+use confab_http::{
+    BodyLimits, CorsPolicy, HttpState, Metrics, RateTiers, SecurityHeaders, SseSettings,
+};
 use confab_sql::{PoolOptions, SqlError, SqlStore};
 use secrecy::ExposeSecret;
 
@@ -43,6 +45,8 @@ pub enum StartupError {
 /// A built service: the API server and, when enabled, the metrics server,
 /// bound and ready to run.
 pub struct Application {
+    conversations: Conversations,
+    shutdown_grace: Duration,
     port: u16,
     metrics_port: Option<u16>,
     server: Server,
@@ -67,8 +71,18 @@ impl Application {
         let metrics = Metrics::new().map_err(|e| StartupError::Setup(format!("metrics: {e}")))?;
         let openapi = confab_http::openapi_json()
             .map_err(|e| StartupError::Setup(format!("openapi: {e}")))?;
+        wired
+            .conversations
+            .close_orphans()
+            .await
+            .map_err(|e| StartupError::Setup(format!("closing orphaned generations: {e}")))?;
+        let conversations = wired.conversations.clone();
         let state = HttpState {
             accounts: wired.accounts,
+            conversations: wired.conversations,
+            sse: SseSettings {
+                keep_alive: Duration::from_secs(settings.generation.keep_alive_secs),
+            },
             readiness: Readiness::new(vec![wired.store]),
             metrics: metrics.clone(),
             body: BodyLimits {
@@ -121,6 +135,8 @@ impl Application {
             None => (None, None),
         };
         Ok(Self {
+            conversations,
+            shutdown_grace: Duration::from_secs(settings.generation.shutdown_grace_secs),
             port,
             metrics_port,
             server,
@@ -158,6 +174,10 @@ impl Application {
             result = &mut server => return result,
             () = shutdown => {}
         }
+        // Running answers save their text and end their streams first, so
+        // the streams that follow them finish and the drain is quick.
+        tracing::info!("shutting down: ending running generations");
+        self.conversations.shutdown(self.shutdown_grace).await;
         tracing::info!("shutting down: draining in-flight requests");
         if let Some((handle, task)) = metrics {
             handle.stop(true).await;

@@ -11,3 +11,8 @@ mod wiring;
 
 pub use application::{Application, StartupError, create_admin, migrate, serve, shutdown_signal};
 pub use settings::{ConfigError, Settings};
+
+/// Installs the TLS crypto provider every HTTPS client in this binary uses
+/// (the model client's, and any other `reqwest` client a test or tool
+/// builds): call it before building one.
+pub use confab_llm::install_tls_provider;

@@ -11,6 +11,10 @@ use config::{Config, Environment, File, FileFormat};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+mod chat;
+
+pub use chat::{CacheSettings, GenerationSettings, LlmSettings};
+
 const DEFAULTS: &str = include_str!("../../../config/default.toml");
 
 /// Short environment names and the keys they set (applied last).
@@ -59,6 +63,10 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     /// The chat model.
     pub llm: LlmSettings,
+    /// Generation and streaming.
+    pub generation: GenerationSettings,
+    /// The read cache.
+    pub cache: CacheSettings,
     /// Cross-origin browser access.
     pub cors: CorsSettings,
     /// Security headers.
@@ -172,20 +180,6 @@ pub struct RateLimitSettings {
     pub login_per_minute: u32,
 }
 
-/// `[llm]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LlmSettings {
-    /// `local` or `openai`.
-    pub provider: String,
-    /// OpenAI-compatible base URL.
-    pub base_url: String,
-    /// Its API key (environment only).
-    pub api_key: SecretString,
-    /// Model to request.
-    pub model: String,
-}
-
 /// `[cors]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -275,6 +269,7 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("cors.allowed_origins")
                 .with_list_parse_key("server.trusted_proxies")
+                .with_list_parse_key("llm.models")
                 .source(Some(vars.clone().into_iter().collect())),
         );
         for (name, key) in SHORT_NAMES {
@@ -364,7 +359,7 @@ impl Settings {
         }
         self.trusted_proxies()?;
         self.validate_auth()?;
-        self.validate_llm()?;
+        self.validate_chat()?;
         for origin in &self.cors.allowed_origins {
             let ok = (origin.starts_with("https://") || origin.starts_with("http://"))
                 && !origin.ends_with('/')
@@ -410,29 +405,6 @@ impl Settings {
             )));
         }
         Ok(())
-    }
-
-    fn validate_llm(&self) -> Result<(), ConfigError> {
-        match self.llm.provider.as_str() {
-            "local" => Ok(()),
-            "openai" => {
-                let url = &self.llm.base_url;
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(invalid(
-                        "CONFAB_LLM_BASE_URL must be an http(s) URL when CONFAB_LLM_PROVIDER=openai",
-                    ));
-                }
-                if self.llm.model.is_empty() {
-                    return Err(invalid(
-                        "CONFAB_LLM_MODEL is required when CONFAB_LLM_PROVIDER=openai",
-                    ));
-                }
-                Ok(())
-            }
-            other => Err(invalid(format!(
-                "CONFAB_LLM_PROVIDER must be local or openai, not '{other}'"
-            ))),
-        }
     }
 }
 

@@ -6,6 +6,10 @@
 //! asked for, so a refresh token is never accepted as an access token or
 //! the reverse. Claims: `sub`, `iat`, `nbf`, `exp`, `jti`, `iss`, `aud`,
 //! `typ`, `sid` (the login session) and, on access tokens, `role`.
+//!
+//! The same codec signs resume tokens ([`confab_ports::ResumeTokenCodec`]):
+//! `typ` `resume`, with `cid` (the conversation) and `mid` (the message)
+//! in place of `sid` and `role`.
 
 use std::time::Duration;
 
@@ -13,7 +17,10 @@ use confab_domain::{DomainError, FamilyId, OffsetDateTime, Role, TokenId, UserId
 use confab_ports::{AccessClaims, IssuedToken, RefreshClaims, TokenCodec, TokenRejection};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+mod resume;
 
 /// The least secret length accepted, in bytes (HS256's key size).
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -29,6 +36,9 @@ pub struct JwtSettings {
     pub access_ttl: Duration,
     /// Refresh token lifetime (7 days by default).
     pub refresh_ttl: Duration,
+    /// Resume token lifetime (15 minutes by default): long enough to
+    /// reconnect to a generation, short enough that a leaked one soon dies.
+    pub resume_ttl: Duration,
     /// Clock skew tolerated on `exp` and `nbf`.
     pub leeway: Duration,
 }
@@ -125,14 +135,22 @@ impl JwtCodec {
         })
     }
 
-    /// Decodes and validates `token`, and checks it is of kind `typ`.
-    fn verify(&self, token: &str, typ: &str) -> Result<Parsed, TokenRejection> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+    /// Decodes `token` into `T` and validates signature, algorithm,
+    /// issuer, audience and times. A token lacking one of `T`'s fields (a
+    /// resume token read as an access token, or the reverse) fails to
+    /// decode: [`TokenRejection::Invalid`].
+    fn decode<T: DeserializeOwned>(&self, token: &str) -> Result<T, TokenRejection> {
+        jsonwebtoken::decode::<T>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenRejection::Expired,
                 _ => TokenRejection::Invalid,
-            })?;
-        let c = data.claims;
+            })
+    }
+
+    /// Decodes and validates `token`, and checks it is of kind `typ`.
+    fn verify(&self, token: &str, typ: &str) -> Result<Parsed, TokenRejection> {
+        let c: Claims = self.decode(token)?;
         if c.typ != typ {
             return Err(TokenRejection::Invalid);
         }
@@ -219,196 +237,4 @@ impl TokenCodec for JwtCodec {
 }
 
 #[cfg(test)]
-mod tests {
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-
-    use super::*;
-
-    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-
-    fn settings() -> JwtSettings {
-        JwtSettings {
-            issuer: "confab".into(),
-            audience: "confab-api".into(),
-            access_ttl: Duration::from_secs(900),
-            refresh_ttl: Duration::from_secs(7 * 86_400),
-            leeway: Duration::from_secs(5),
-        }
-    }
-
-    fn codec() -> JwtCodec {
-        JwtCodec::new(SECRET, settings()).unwrap()
-    }
-
-    fn now() -> OffsetDateTime {
-        OffsetDateTime::now_utc()
-    }
-
-    /// Signs arbitrary claims with HMAC-SHA256 by hand, as an attacker
-    /// holding (or guessing) a header and payload would.
-    fn forge(claims: &serde_json::Value, key: &[u8], alg: Algorithm) -> String {
-        jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(key)).unwrap()
-    }
-
-    fn claims(typ: &str, iat: i64, nbf: i64, exp: i64, iss: &str, aud: &str) -> serde_json::Value {
-        serde_json::json!({
-            "sub": UserId::generate().to_string(), "iat": iat, "nbf": nbf, "exp": exp,
-            "jti": TokenId::generate().to_string(), "iss": iss, "aud": aud, "typ": typ,
-            "sid": FamilyId::generate().to_string(), "role": "user",
-        })
-    }
-
-    #[test]
-    fn issued_tokens_verify_as_their_own_kind_only() {
-        let c = codec();
-        let (user, family) = (UserId::generate(), FamilyId::generate());
-        let access = c.issue_access(user, Role::Admin, family, now()).unwrap();
-        let claims = c.verify_access(&access.token).unwrap();
-        assert_eq!(
-            (claims.user_id, claims.role, claims.family, claims.jti),
-            (user, Role::Admin, family, access.jti)
-        );
-        let refresh = c.issue_refresh(user, family, now()).unwrap();
-        assert_eq!(c.verify_refresh(&refresh.token).unwrap().jti, refresh.jti);
-        assert_eq!(
-            c.verify_access(&refresh.token),
-            Err(TokenRejection::Invalid),
-            "refresh used as access"
-        );
-        assert_eq!(
-            c.verify_refresh(&access.token).map(|r| r.jti),
-            Err(TokenRejection::Invalid),
-            "access used as refresh"
-        );
-    }
-
-    #[test]
-    fn expired_is_told_apart() {
-        let c = codec();
-        let long_ago = now() - Duration::from_secs(3600);
-        let t = c
-            .issue_access(
-                UserId::generate(),
-                Role::User,
-                FamilyId::generate(),
-                long_ago,
-            )
-            .unwrap();
-        assert_eq!(c.verify_access(&t.token), Err(TokenRejection::Expired));
-    }
-
-    #[test]
-    fn alg_none_and_other_algorithms_are_refused() {
-        let c = codec();
-        let n = now().unix_timestamp();
-        let good = claims(ACCESS, n, n, n + 600, "confab", "confab-api");
-        let header = B64.encode(br#"{"alg":"none","typ":"JWT"}"#);
-        let payload = B64.encode(serde_json::to_vec(&good).unwrap());
-        for token in [
-            format!("{header}.{payload}."),
-            format!("{header}.{payload}"),
-        ] {
-            assert_eq!(
-                c.verify_access(&token),
-                Err(TokenRejection::Invalid),
-                "{token}"
-            );
-        }
-        let hs512 = forge(&good, SECRET, Algorithm::HS512);
-        assert_eq!(c.verify_access(&hs512), Err(TokenRejection::Invalid));
-        let right = forge(&good, SECRET, Algorithm::HS256);
-        assert!(
-            c.verify_access(&right).is_ok(),
-            "the same claims properly signed pass"
-        );
-        let other_key = forge(&good, b"another-secret-another-secret-xx", Algorithm::HS256);
-        assert_eq!(c.verify_access(&other_key), Err(TokenRejection::Invalid));
-    }
-
-    #[test]
-    fn tampered_truncated_and_garbage_tokens_are_refused() {
-        let c = codec();
-        let t = c
-            .issue_access(UserId::generate(), Role::User, FamilyId::generate(), now())
-            .unwrap()
-            .token;
-        let parts: Vec<&str> = t.split('.').collect();
-        let mut payload: serde_json::Value =
-            serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
-        payload["role"] = "admin".into();
-        let tampered = format!(
-            "{}.{}.{}",
-            parts[0],
-            B64.encode(serde_json::to_vec(&payload).unwrap()),
-            parts[2]
-        );
-        for bad in [
-            tampered.as_str(),
-            &t[..t.len() - 3],
-            "",
-            "garbage",
-            "a.b.c",
-            "....",
-            &"x".repeat(10_000),
-        ] {
-            assert_eq!(
-                c.verify_access(bad),
-                Err(TokenRejection::Invalid),
-                "{bad:.40}"
-            );
-        }
-    }
-
-    #[test]
-    fn issuer_audience_and_not_before_are_enforced() {
-        let c = codec();
-        let n = now().unix_timestamp();
-        let sign = |v: &serde_json::Value| forge(v, SECRET, Algorithm::HS256);
-        assert_eq!(
-            c.verify_access(&sign(&claims(ACCESS, n, n, n + 600, "evil", "confab-api"))),
-            Err(TokenRejection::Invalid)
-        );
-        assert_eq!(
-            c.verify_access(&sign(&claims(ACCESS, n, n, n + 600, "confab", "other"))),
-            Err(TokenRejection::Invalid)
-        );
-        assert_eq!(
-            c.verify_access(&sign(&claims(
-                ACCESS,
-                n,
-                n + 3600,
-                n + 7200,
-                "confab",
-                "confab-api"
-            ))),
-            Err(TokenRejection::Invalid)
-        );
-        // Within the leeway, a clock a little ahead is tolerated.
-        assert!(
-            c.verify_access(&sign(&claims(
-                ACCESS,
-                n,
-                n + 2,
-                n + 600,
-                "confab",
-                "confab-api"
-            )))
-            .is_ok()
-        );
-        let mut no_exp = claims(ACCESS, n, n, n + 600, "confab", "confab-api");
-        no_exp.as_object_mut().unwrap().remove("exp");
-        assert_eq!(
-            c.verify_access(&sign(&no_exp)),
-            Err(TokenRejection::Invalid)
-        );
-    }
-
-    #[test]
-    fn short_secrets_are_refused() {
-        assert!(matches!(
-            JwtCodec::new(b"short", settings()),
-            Err(JwtError::ShortSecret)
-        ));
-    }
-}
+mod tests;

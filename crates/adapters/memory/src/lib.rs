@@ -3,7 +3,11 @@
 //! this process only, so several instances do not share it.
 
 mod blocklist;
+mod cache;
 mod limiter;
+mod stream_log;
 
 pub use blocklist::InMemoryBlocklist;
+pub use cache::MemoryCache;
 pub use limiter::GovernorLimiter;
+pub use stream_log::{MemoryStreamLog, StreamLogOptions};

@@ -62,6 +62,7 @@ on_both_backends!(
     revoked_and_expired_refresh_tokens_are_rejected,
     password_hash_is_replaced,
     no_token_joins_a_revoked_family,
+    orphaned_generations_are_closed_as_failed_with_their_text,
 );
 
 struct Fixture {
@@ -776,4 +777,21 @@ async fn password_hash_is_replaced(backend: Backend) {
         .set_password_hash(UserId::generate(), PasswordHash::new("x".into()), now())
         .await;
     assert!(matches!(err, Err(DomainError::NotFound)));
+}
+
+async fn orphaned_generations_are_closed_as_failed_with_their_text(backend: Backend) {
+    let f = fixture(backend).await;
+    let pat = user(&f.store, "pat").await;
+    let id = conversation(&f.store, pat.id, "chat", now()).await;
+    let mut orphan = message(id, "a1", MessageRole::Assistant, "half an ans");
+    orphan.status = MessageStatus::InProgress;
+    MessageStore::insert(&f.store, &orphan).await.unwrap();
+    let finished = message(id, "a2", MessageRole::Assistant, "done");
+    MessageStore::insert(&f.store, &finished).await.unwrap();
+    assert_eq!(f.store.fail_in_progress(now()).await.unwrap(), 1);
+    let listed = MessageStore::list(&f.store, id).await.unwrap();
+    assert_eq!(listed[0].status, MessageStatus::Failed);
+    assert_eq!(listed[0].content.parts(), ["half an ans"]);
+    assert_eq!(listed[1].status, MessageStatus::FinishedSuccessfully);
+    assert_eq!(f.store.fail_in_progress(now()).await.unwrap(), 0);
 }

@@ -33,7 +33,7 @@ pub(crate) async fn security_headers(
     let path = req.match_info().as_str();
     let is_docs = path == "/docs" || path.starts_with("/docs/");
     let is_auth = path.starts_with("/api/v1/auth/");
-    let is_api = path.starts_with("/api/");
+    let is_api = path.starts_with("/api/") || path.starts_with("/backend-api/");
     let mut res = next.call(req).await?;
     let headers = res.headers_mut();
     let mut set = |name: HeaderName, value: HeaderValue| {

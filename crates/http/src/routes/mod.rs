@@ -5,8 +5,12 @@
 //! route can't be served without being documented.
 
 pub(crate) mod auth;
+pub(crate) mod conversations;
 pub(crate) mod docs;
 pub(crate) mod health;
+pub(crate) mod schema;
+pub(crate) mod send;
+pub(crate) mod stream;
 pub(crate) mod users;
 
 use actix_web::http::Method;
@@ -17,8 +21,14 @@ use crate::ApiError;
 use crate::middleware::catch_panic;
 
 pub(crate) use auth::{LoginRequest, RefreshRequest, RegisterRequest, TokenBody, UserBody};
+pub(crate) use conversations::{
+    ConversationBody, ConversationItem, ConversationMeta, ConversationPageBody,
+    ConversationPatchBody,
+};
 pub(crate) use docs::OpenApiJson;
 pub(crate) use health::{Health, ReadinessBody};
+pub(crate) use schema::{AuthorView, ContentView, MessageMetadataView, MessageView};
+pub(crate) use send::{ContentInput, MessageInput, SendBody, SendOptions, SentBody};
 pub(crate) use users::{UserPage, UserPatch};
 
 /// One method on one path.
@@ -97,6 +107,96 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/admin/users/{id}",
         documented: true,
         route: || web::route().to(users::update),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/api/v1/conversations",
+        documented: true,
+        route: || web::route().to(conversations::list),
+    },
+    Endpoint {
+        method: Method::POST,
+        path: "/api/v1/conversations",
+        documented: true,
+        route: || web::route().to(send::create),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/api/v1/conversations/{id}",
+        documented: true,
+        route: || web::route().to(conversations::get),
+    },
+    Endpoint {
+        method: Method::PATCH,
+        path: "/api/v1/conversations/{id}",
+        documented: true,
+        route: || web::route().to(conversations::update),
+    },
+    Endpoint {
+        method: Method::DELETE,
+        path: "/api/v1/conversations/{id}",
+        documented: true,
+        route: || web::route().to(conversations::delete),
+    },
+    Endpoint {
+        method: Method::POST,
+        path: "/api/v1/conversations/{id}/messages",
+        documented: true,
+        route: || web::route().to(send::message),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/api/v1/conversations/{id}/stream",
+        documented: true,
+        route: || web::route().to(stream::resume),
+    },
+    Endpoint {
+        method: Method::DELETE,
+        path: "/api/v1/conversations/{id}/stream",
+        documented: true,
+        route: || web::route().to(stream::stop),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/backend-api/conversations",
+        documented: true,
+        route: || web::route().to(conversations::list),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/backend-api/conversation/{id}",
+        documented: true,
+        route: || web::route().to(conversations::get),
+    },
+    Endpoint {
+        method: Method::PATCH,
+        path: "/backend-api/conversation/{id}",
+        documented: true,
+        route: || web::route().to(conversations::update),
+    },
+    Endpoint {
+        method: Method::DELETE,
+        path: "/backend-api/conversation/{id}",
+        documented: true,
+        route: || web::route().to(conversations::delete),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/backend-api/conversation/{id}/stream",
+        documented: true,
+        route: || web::route().to(stream::resume),
+    },
+    Endpoint {
+        method: Method::DELETE,
+        path: "/backend-api/conversation/{id}/stream",
+        documented: true,
+        route: || web::route().to(stream::stop),
+    },
+    Endpoint {
+        method: Method::POST,
+        path: "/backend-api/f/conversation",
+        documented: true,
+        route: || web::route().to(send::seed),
     },
 ];
 

@@ -110,4 +110,20 @@ impl MessageStore for SqlStore {
         .await?;
         rows.into_iter().map(MessageRow::into_message).collect()
     }
+
+    async fn fail_in_progress(&self, at: OffsetDateTime) -> Result<u64, DomainError> {
+        let at = micros(at);
+        let closed = run(&self.pool, move |conn| {
+            diesel::update(
+                messages::table.filter(messages::status.eq(MessageStatus::InProgress.as_str())),
+            )
+            .set((
+                messages::status.eq(MessageStatus::Failed.as_str()),
+                messages::updated_at.eq(at),
+            ))
+            .execute(conn)
+        })
+        .await?;
+        Ok(u64::try_from(closed).unwrap_or(u64::MAX))
+    }
 }

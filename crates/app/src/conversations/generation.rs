@@ -1,0 +1,314 @@
+//! The generation task: reads the model's stream, appends v1 events to the
+//! stream log, saves the text in batches, and always ends the message and
+//! the stream — on success, stop, failure and shutdown alike.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use confab_domain::{
+    Content, ConversationId, ConversationPatch, DomainError, Message, MessageStatus, ModelSlug,
+    UserId, WireEvent, events,
+};
+use confab_ports::{
+    ChatModel, CompletionRequest, FinishReason, LlmError, LlmEvent, NewEvent, StopSignal,
+};
+use tokio::sync::watch;
+
+use super::prompt::{build_prompt, clean_title, heuristic_title, title_request};
+use super::{Inner, Slot, now};
+
+/// One generation, owned by its task.
+pub(super) struct Generation {
+    pub(super) inner: Arc<Inner>,
+    pub(super) owner: UserId,
+    pub(super) conversation: ConversationId,
+    pub(super) created: bool,
+    pub(super) message: Message,
+    pub(super) first_text: String,
+    pub(super) model: ModelSlug,
+    pub(super) temperature: Option<f32>,
+    pub(super) chat_model: Arc<dyn ChatModel>,
+    pub(super) shutdown: watch::Receiver<bool>,
+}
+
+/// How a generation ended.
+enum Outcome {
+    /// The model finished (its turn, or the length cap).
+    Finished(FinishReason),
+    /// Someone asked it to stop.
+    Stopped,
+    /// The model failed.
+    Failed(LlmError),
+    /// The server is shutting down.
+    Interrupted,
+    /// Confab itself failed (the log or the database).
+    Broken(DomainError),
+}
+
+impl Outcome {
+    const fn status(&self) -> MessageStatus {
+        match self {
+            Self::Finished(FinishReason::Stop) => MessageStatus::FinishedSuccessfully,
+            Self::Finished(FinishReason::Length) | Self::Stopped => {
+                MessageStatus::FinishedPartialCompletion
+            }
+            Self::Failed(_) | Self::Interrupted | Self::Broken(_) => MessageStatus::Failed,
+        }
+    }
+
+    /// The `error` event's code and message, for a failed generation.
+    const fn error(&self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Self::Failed(e) => Some((e.code(), e.public_message())),
+            Self::Interrupted => Some(("UNAVAILABLE", "The server shut down while answering.")),
+            Self::Broken(_) => Some(("INTERNAL_ERROR", "The answer could not be completed.")),
+            Self::Finished(_) | Self::Stopped => None,
+        }
+    }
+}
+
+/// Resolves once shutdown is signalled (never if the sender is gone).
+async fn shutting_down(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Generation {
+    /// Runs the generation to its end. The slot is held until then.
+    pub(super) async fn run(mut self, mut stop: Box<dyn StopSignal>, slot: Slot) {
+        let _slot = slot;
+        let began = Instant::now();
+        let mut text = String::new();
+        let outcome = self.generate(stop.as_mut(), &mut text).await;
+        match &outcome {
+            Outcome::Failed(e) => {
+                tracing::warn!(conversation = %self.conversation, error = %e, "generation failed")
+            }
+            Outcome::Broken(e) => {
+                tracing::error!(conversation = %self.conversation, error = %e, "generation broken")
+            }
+            _ => {}
+        }
+        self.finish(&outcome, text, began).await;
+    }
+
+    async fn emit(&self, event: WireEvent) -> Result<(), DomainError> {
+        self.inner
+            .ports
+            .log
+            .append(
+                self.conversation,
+                NewEvent {
+                    event: event.name,
+                    data: event.data,
+                },
+            )
+            .await
+            .map(drop)
+    }
+
+    async fn generate(&mut self, stop: &mut dyn StopSignal, text: &mut String) -> Outcome {
+        let rules = &self.inner.rules;
+        let history = match self.inner.ports.messages.list(self.conversation).await {
+            Ok(h) => h,
+            Err(e) => return Outcome::Broken(e),
+        };
+        let request = CompletionRequest {
+            model: self.model.clone(),
+            turns: build_prompt(
+                &history,
+                &self.message.id,
+                &rules.system_prompt,
+                rules.prompt_budget_chars,
+            ),
+            temperature: self.temperature,
+            max_tokens: rules.max_tokens,
+        };
+        let opened = tokio::select! {
+            biased;
+            () = stop.stopped() => return Outcome::Stopped,
+            () = shutting_down(&mut self.shutdown) => return Outcome::Interrupted,
+            opened = self.chat_model.complete(request) => opened,
+        };
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let flush_every = rules.flush_interval;
+        let mut last_flush = Instant::now();
+        let mut flushed = 0;
+        let mut chars = 0;
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = stop.stopped() => return Outcome::Stopped,
+                () = shutting_down(&mut self.shutdown) => return Outcome::Interrupted,
+                next = stream.next() => next,
+            };
+            let piece = match next {
+                Ok(Some(LlmEvent::Text(piece))) => piece,
+                Ok(Some(LlmEvent::Finished { reason, usage })) => {
+                    if let Some(u) = usage {
+                        tracing::debug!(
+                            prompt_tokens = u.prompt_tokens,
+                            completion_tokens = u.completion_tokens,
+                            "generation usage"
+                        );
+                    }
+                    return Outcome::Finished(reason);
+                }
+                Ok(None) => return Outcome::Finished(FinishReason::Stop),
+                Err(e) => return Outcome::Failed(e),
+            };
+            // PostgreSQL can't store NUL, and what is stored must equal
+            // what was streamed: drop it from both.
+            let room = Content::MAX_CHARS - chars;
+            let clean: String = piece.chars().filter(|c| *c != '\0').collect();
+            let capped = clean.chars().count() > room;
+            let kept: String = if capped {
+                clean.chars().take(room).collect()
+            } else {
+                clean
+            };
+            if !kept.is_empty() {
+                if text.is_empty() {
+                    let marker = events::first_token_marker(self.conversation, &self.message.id);
+                    if let Err(e) = async { self.emit(marker?).await }.await {
+                        return Outcome::Broken(e);
+                    }
+                }
+                let delta = events::append_text(&kept);
+                if let Err(e) = async { self.emit(delta?).await }.await {
+                    return Outcome::Broken(e);
+                }
+                chars += kept.chars().count();
+                text.push_str(&kept);
+            }
+            if capped {
+                return Outcome::Finished(FinishReason::Length);
+            }
+            if last_flush.elapsed() >= flush_every && text.len() != flushed {
+                self.save(text, MessageStatus::InProgress).await;
+                flushed = text.len();
+                last_flush = Instant::now();
+            }
+        }
+    }
+
+    /// Saves the text so far; a failure is logged (the next save, or the
+    /// final one, carries the text).
+    async fn save(&self, text: &str, status: MessageStatus) -> bool {
+        let content =
+            Content::text(vec![text.to_owned()]).unwrap_or_else(|_| Content::empty_text());
+        let messages = &self.inner.ports.messages;
+        for attempt in 0..3_u32 {
+            match messages
+                .update_content(self.conversation, &self.message.id, &content, status, now())
+                .await
+            {
+                Ok(()) => {
+                    self.inner.invalidate(self.owner, self.conversation).await;
+                    return true;
+                }
+                // The conversation was deleted meanwhile: nothing to save.
+                Err(DomainError::NotFound) => return false,
+                Err(e) => {
+                    tracing::warn!(conversation = %self.conversation, attempt, error = %e, "could not save a generation");
+                    if status == MessageStatus::InProgress {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
+                }
+            }
+        }
+        false
+    }
+
+    async fn finish(&self, outcome: &Outcome, text: String, began: Instant) {
+        let status = outcome.status();
+        let chars = text.chars().count();
+        let title_source =
+            if self.created && matches!(outcome, Outcome::Finished(_) | Outcome::Stopped) {
+                Some(text.clone())
+            } else {
+                None
+            };
+        self.save(&text, status).await;
+        let mut sequence = vec![events::finish(status)];
+        if self.created {
+            let title = self.title(title_source.as_deref()).await;
+            let patch = ConversationPatch {
+                title: Some(title.clone()),
+                is_archived: None,
+            };
+            match self
+                .inner
+                .ports
+                .conversations
+                .update(self.owner, self.conversation, patch, now())
+                .await
+            {
+                Ok(_) => {
+                    self.inner.invalidate(self.owner, self.conversation).await;
+                    sequence.push(events::title(title.as_str(), self.conversation));
+                }
+                Err(e) => {
+                    tracing::warn!(conversation = %self.conversation, error = %e, "could not store the title")
+                }
+            }
+        }
+        match outcome.error() {
+            Some((code, message)) => sequence.push(events::error(code, message, self.conversation)),
+            None => sequence.push(events::stream_complete(self.conversation)),
+        }
+        sequence.push(Ok(events::done()));
+        for event in sequence {
+            let appended = match event {
+                Ok(event) => self.emit(event).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = appended {
+                tracing::error!(conversation = %self.conversation, error = %e, "could not append to the stream log");
+            }
+        }
+        if let Err(e) = self.inner.ports.log.close(self.conversation).await {
+            tracing::error!(conversation = %self.conversation, error = %e, "could not close the stream log");
+        }
+        tracing::info!(
+            conversation = %self.conversation,
+            message = %self.message.id.as_str(),
+            status = status.as_str(),
+            chars,
+            elapsed_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "generation ended"
+        );
+    }
+
+    /// A title for a new conversation: the model's, when enabled and it
+    /// answers in time, else one made from the first message.
+    async fn title(&self, answer: Option<&str>) -> confab_domain::Title {
+        let rules = &self.inner.rules;
+        if rules.title_generation && answer.is_some() && !*self.shutdown.borrow() {
+            let request = title_request(&self.model, &self.first_text);
+            let asked = async {
+                let mut stream = self.chat_model.complete(request).await.ok()?;
+                let mut title = String::new();
+                while let Ok(Some(LlmEvent::Text(piece))) = stream.next().await {
+                    title.push_str(&piece);
+                    if title.len() > 400 {
+                        break;
+                    }
+                }
+                clean_title(&title)
+            };
+            if let Ok(Some(title)) = tokio::time::timeout(rules.title_timeout, asked).await {
+                return title;
+            }
+            tracing::debug!(conversation = %self.conversation, "title call failed; using the heuristic");
+        }
+        heuristic_title(&self.first_text)
+    }
+}

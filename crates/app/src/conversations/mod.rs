@@ -1,0 +1,369 @@
+//! Conversations: list, read, rename, archive, delete; send a message and
+//! run its generation; resume and stop a generation's stream.
+//!
+//! Reads go through the cache port: a reader takes the version of the
+//! list or history, reads the database, and stores the result under that
+//! version; every write bumps the versions it affects after the database
+//! has it, so a read that follows a write never sees the older state.
+
+mod generation;
+mod prompt;
+mod send;
+mod stream;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use confab_domain::{
+    Conversation, ConversationId, ConversationPatch, ConversationSummary, Message, ModelSlug,
+    OffsetDateTime, Page, UserId,
+};
+use confab_ports::{
+    AccessClaims, Cache, CachedValue, ChatModel, ConversationQuery, ConversationStore,
+    MessageStore, RateLimiter, RatePolicy, ResumeTokenCodec, StreamLog,
+};
+use tokio::sync::{Notify, watch};
+
+pub use send::{SendMessage, Started};
+
+use crate::AppError;
+
+/// Everything the conversation use cases need from outside.
+#[derive(Clone)]
+pub struct ConversationPorts {
+    /// Conversations.
+    pub conversations: Arc<dyn ConversationStore>,
+    /// Messages.
+    pub messages: Arc<dyn MessageStore>,
+    /// The chat model; `None` when none is configured (sending answers 503).
+    pub model: Option<Arc<dyn ChatModel>>,
+    /// Generation event logs.
+    pub log: Arc<dyn StreamLog>,
+    /// Read cache.
+    pub cache: Arc<dyn Cache>,
+    /// Resume token signing.
+    pub resume_tokens: Arc<dyn ResumeTokenCodec>,
+    /// Rate limits.
+    pub limiter: Arc<dyn RateLimiter>,
+}
+
+/// Tunable rules of the conversation use cases.
+#[derive(Debug, Clone)]
+pub struct ConversationRules {
+    /// The model used when a request names none (or `default`).
+    pub default_model: ModelSlug,
+    /// Other models a request may name.
+    pub allowed_models: Vec<ModelSlug>,
+    /// The most tokens one answer may have.
+    pub max_tokens: u32,
+    /// The system prompt put before every conversation (none when empty).
+    pub system_prompt: String,
+    /// The most characters of history sent to the model (the newest
+    /// message always goes, whole).
+    pub prompt_budget_chars: usize,
+    /// Generations one user may run at once.
+    pub max_concurrent_per_user: usize,
+    /// Generations started per user, a stricter bucket than requests.
+    pub generation_policy: RatePolicy,
+    /// How often a generation's partial text is saved.
+    pub flush_interval: Duration,
+    /// Ask the model for a title for new conversations (else a heuristic).
+    pub title_generation: bool,
+    /// How long the title call may take before the heuristic is used.
+    pub title_timeout: Duration,
+    /// How long a cached list or history lives.
+    pub cache_ttl: Duration,
+    /// How long a stop waits for the generation to end.
+    pub stop_wait: Duration,
+}
+
+/// The conversation use cases. Cheap to clone.
+#[derive(Clone)]
+pub struct Conversations {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ports: ConversationPorts,
+    rules: ConversationRules,
+    running: Running,
+}
+
+/// The generations this process runs: per-user counts for the cap, and the
+/// shutdown signal they watch.
+struct Running {
+    per_user: Mutex<HashMap<UserId, usize>>,
+    total: AtomicUsize,
+    idle: Notify,
+    shutdown: watch::Sender<bool>,
+}
+
+/// One user's slot among the running generations; freed on drop.
+struct Slot {
+    inner: Arc<Inner>,
+    user: UserId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let running = &self.inner.running;
+        if let Ok(mut map) = running.per_user.lock()
+            && let Some(n) = map.get_mut(&self.user)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.user);
+            }
+        }
+        if running.total.fetch_sub(1, Ordering::AcqRel) == 1 {
+            running.idle.notify_waiters();
+        }
+    }
+}
+
+/// A page of conversations, as listed.
+pub type ConversationPage = Page<ConversationSummary>;
+
+fn list_key(user: UserId) -> String {
+    format!("user:{user}:conversation_list")
+}
+
+fn history_key(conversation: ConversationId) -> String {
+    format!("conv:{conversation}:history")
+}
+
+fn now() -> OffsetDateTime {
+    // Millisecond precision: what `create_time` shows, so a stored time and
+    // the streamed one are the same number.
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .unwrap_or(t)
+}
+
+impl Conversations {
+    /// Builds the use cases.
+    #[must_use]
+    pub fn new(ports: ConversationPorts, rules: ConversationRules) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        Self {
+            inner: Arc::new(Inner {
+                ports,
+                rules,
+                running: Running {
+                    per_user: Mutex::new(HashMap::new()),
+                    total: AtomicUsize::new(0),
+                    idle: Notify::new(),
+                    shutdown,
+                },
+            }),
+        }
+    }
+
+    /// Closes generations an earlier run left `in_progress` as `failed`
+    /// (their saved text is kept). Run once at start-up, before serving.
+    ///
+    /// # Errors
+    /// [`AppError::Unavailable`] when the database is down.
+    pub async fn close_orphans(&self) -> Result<u64, AppError> {
+        let closed = self.inner.ports.messages.fail_in_progress(now()).await?;
+        if closed > 0 {
+            tracing::warn!(
+                closed,
+                "closed generations left in progress by an earlier run as failed"
+            );
+        }
+        Ok(closed)
+    }
+
+    /// Stops every running generation (each saves its text and ends its
+    /// stream) and waits for them, at most `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        let running = &self.inner.running;
+        running.shutdown.send_replace(true);
+        let wait = async {
+            loop {
+                let idle = running.idle.notified();
+                if running.total.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        if tokio::time::timeout(grace, wait).await.is_err() {
+            tracing::warn!(
+                left = running.total.load(Ordering::Acquire),
+                "generations still running at the end of the shutdown grace period"
+            );
+        }
+    }
+
+    /// The caller's conversations (not deleted), newest first.
+    ///
+    /// # Errors
+    /// [`AppError::Unavailable`] when the database is down.
+    pub async fn list(
+        &self,
+        caller: &AccessClaims,
+        query: &ConversationQuery,
+    ) -> Result<ConversationPage, AppError> {
+        let owner = caller.user_id;
+        let version_key = list_key(owner);
+        let key = self.versioned(&version_key).await.map(|v| {
+            format!(
+                "{version_key}:{v}:{}:{:?}:{}:{}:{}",
+                query.archived,
+                query.order,
+                query.page.offset(),
+                query.page.limit(),
+                query.search.as_ref().map_or("", |s| s.as_str())
+            )
+        });
+        if let Some(key) = &key
+            && let Some(CachedValue::ConversationList(page)) = self.cached(key).await
+        {
+            return Ok(page);
+        }
+        let page = self.inner.ports.conversations.list(owner, query).await?;
+        if let Some(key) = key {
+            self.store(&key, CachedValue::ConversationList(page.clone()))
+                .await;
+        }
+        Ok(page)
+    }
+
+    /// One of the caller's conversations and all its messages.
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`] when it is missing, deleted or someone else's.
+    pub async fn get(
+        &self,
+        caller: &AccessClaims,
+        id: ConversationId,
+    ) -> Result<(Conversation, Vec<Message>), AppError> {
+        let version_key = history_key(id);
+        let key = self
+            .versioned(&version_key)
+            .await
+            .map(|v| format!("{version_key}:{v}"));
+        if let Some(key) = &key
+            && let Some(CachedValue::History(conversation, messages)) = self.cached(key).await
+        {
+            // The history is keyed by conversation only: ownership is
+            // checked on every hit.
+            if conversation.owner == caller.user_id {
+                return Ok((*conversation, messages));
+            }
+            return Err(AppError::NotFound);
+        }
+        let conversation = self
+            .inner
+            .ports
+            .conversations
+            .get(caller.user_id, id)
+            .await?;
+        let messages = self.inner.ports.messages.list(id).await?;
+        if let Some(key) = key {
+            self.store(
+                &key,
+                CachedValue::History(Box::new(conversation.clone()), messages.clone()),
+            )
+            .await;
+        }
+        Ok((conversation, messages))
+    }
+
+    /// Renames and/or archives one of the caller's conversations.
+    ///
+    /// # Errors
+    /// [`AppError::Validation`] for an empty patch; [`AppError::NotFound`]
+    /// as for [`Conversations::get`].
+    pub async fn update(
+        &self,
+        caller: &AccessClaims,
+        id: ConversationId,
+        patch: ConversationPatch,
+    ) -> Result<Conversation, AppError> {
+        if patch.is_empty() {
+            return Err(AppError::Validation {
+                field: "title".into(),
+                message: "give a title or is_archived to change".into(),
+            });
+        }
+        let updated = self
+            .inner
+            .ports
+            .conversations
+            .update(caller.user_id, id, patch, now())
+            .await?;
+        self.invalidate(caller.user_id, id).await;
+        Ok(updated)
+    }
+
+    /// Deletes one of the caller's conversations (softly: it is not found
+    /// again anywhere). A generation running in it is stopped.
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`] as for [`Conversations::get`].
+    pub async fn delete(&self, caller: &AccessClaims, id: ConversationId) -> Result<(), AppError> {
+        self.inner
+            .ports
+            .conversations
+            .soft_delete(caller.user_id, id, now())
+            .await?;
+        self.invalidate(caller.user_id, id).await;
+        if let Err(e) = self.inner.ports.log.request_stop(id).await {
+            tracing::warn!(error = %e, "could not stop the generation of a deleted conversation");
+        }
+        Ok(())
+    }
+
+    /// The current version of `key`, or `None` (no caching) when the cache
+    /// is down.
+    async fn versioned(&self, key: &str) -> Option<u64> {
+        match self.inner.ports.cache.version(key).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, "cache unavailable; reading the database");
+                None
+            }
+        }
+    }
+
+    async fn cached(&self, key: &str) -> Option<CachedValue> {
+        match self.inner.ports.cache.get(key).await {
+            Ok(hit) => hit,
+            Err(e) => {
+                tracing::warn!(error = %e, "cache unavailable; reading the database");
+                None
+            }
+        }
+    }
+
+    async fn store(&self, key: &str, value: CachedValue) {
+        let ttl = self.inner.rules.cache_ttl;
+        if let Err(e) = self.inner.ports.cache.put(key, value, ttl).await {
+            tracing::warn!(error = %e, "could not fill the cache");
+        }
+    }
+}
+
+impl Inner {
+    /// Makes every cached list of `user` and the history of `conversation`
+    /// unreachable. Called after the database has the change.
+    async fn invalidate(&self, user: UserId, conversation: ConversationId) {
+        for key in [list_key(user), history_key(conversation)] {
+            if let Err(e) = self.ports.cache.bump(&key).await {
+                // Entries still expire with their TTL; say so loudly.
+                tracing::error!(error = %e, key, "could not invalidate a cache entry");
+            }
+        }
+    }
+}
+
+impl Conversations {
+    async fn invalidate(&self, user: UserId, conversation: ConversationId) {
+        self.inner.invalidate(user, conversation).await;
+    }
+}

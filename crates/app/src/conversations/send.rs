@@ -1,0 +1,323 @@
+//! Sending a message: validate, store the user message and the empty
+//! assistant message, open the stream log and start the generation.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use confab_domain::{
+    Content, Conversation, ConversationId, Message, MessageDocument, MessageId, MessageMetadata,
+    MessageRole, MessageStatus, ModelSlug, NewConversation, Title, UserId, events,
+};
+use confab_ports::{AccessClaims, NewEvent, StopSignal};
+
+use super::generation::Generation;
+use super::{Conversations, Inner, Slot, now};
+use crate::AppError;
+
+/// A message as a client sends it, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct SendMessage {
+    /// The conversation to continue; `None` starts a new one.
+    pub conversation_id: Option<ConversationId>,
+    /// Whether the conversation must be new (`POST /conversations`).
+    pub must_be_new: bool,
+    /// The message's id; generated when absent.
+    pub message_id: Option<String>,
+    /// The message's text parts.
+    pub parts: Vec<String>,
+    /// The model to use: absent or `default` for the configured default.
+    pub model: Option<String>,
+    /// Sampling temperature, 0..=2.
+    pub temperature: Option<f64>,
+    /// A `user_id` the client put in the body: must be the caller's.
+    pub user_id: Option<String>,
+}
+
+/// A generation that has started.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The conversation.
+    pub conversation: Conversation,
+    /// Whether this message created it.
+    pub created: bool,
+    /// The stored user message.
+    pub user_message: Message,
+    /// The assistant message being generated (`in_progress`).
+    pub assistant_message: Message,
+}
+
+fn invalid(field: &'static str, message: &'static str) -> AppError {
+    AppError::Validation {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+impl Inner {
+    fn model(&self, asked: Option<&str>) -> Result<ModelSlug, AppError> {
+        match asked {
+            None | Some("default") => Ok(self.rules.default_model.clone()),
+            Some(name) => {
+                let slug = ModelSlug::parse(name)?;
+                if slug == self.rules.default_model || self.rules.allowed_models.contains(&slug) {
+                    Ok(slug)
+                } else {
+                    Err(invalid("model", "is not one of the configured models"))
+                }
+            }
+        }
+    }
+
+    /// Takes one of `user`'s generation slots, or refuses with 429.
+    fn take_slot(self: &Arc<Self>, user: UserId) -> Result<Slot, AppError> {
+        let cap = self.rules.max_concurrent_per_user;
+        let mut map = self
+            .running
+            .per_user
+            .lock()
+            .map_err(|_| AppError::Internal("generation slots poisoned".into()))?;
+        let n = map.entry(user).or_insert(0);
+        if *n >= cap {
+            return Err(AppError::TooManyGenerations { limit: cap });
+        }
+        *n += 1;
+        self.running.total.fetch_add(1, Ordering::AcqRel);
+        Ok(Slot {
+            inner: self.clone(),
+            user,
+        })
+    }
+}
+
+impl Conversations {
+    /// Stores the caller's message, creates the assistant's answer
+    /// (`in_progress`) and starts generating it in a task of its own: the
+    /// answer is finished and stored whether or not anyone reads the
+    /// stream. Read the stream with [`Conversations::follow`].
+    ///
+    /// # Errors
+    /// [`AppError::Validation`] on bad input; [`AppError::Forbidden`] when
+    /// `user_id` is not the caller; [`AppError::NotFound`] for a missing or
+    /// foreign conversation; [`AppError::Conflict`] when the message id is
+    /// taken; [`AppError::Busy`] when the conversation is still generating;
+    /// [`AppError::TooManyGenerations`] or [`AppError::RateLimited`] over
+    /// the caps; [`AppError::Unavailable`] when no model is configured.
+    pub async fn send(
+        &self,
+        caller: &AccessClaims,
+        input: SendMessage,
+    ) -> Result<Started, AppError> {
+        let inner = &self.inner;
+        let owner = caller.user_id;
+        if let Some(claimed) = &input.user_id
+            && claimed != &owner.to_string()
+        {
+            return Err(AppError::Forbidden);
+        }
+        if input.must_be_new && input.conversation_id.is_some() {
+            return Err(invalid(
+                "conversation_id",
+                "a new conversation gets its id from the server; continue one with POST /api/v1/conversations/{id}/messages",
+            ));
+        }
+        let content = Content::user_text(input.parts)?;
+        let message_id = match input.message_id {
+            Some(id) => MessageId::parse(id)?,
+            None => MessageId::generate(),
+        };
+        let model = inner.model(input.model.as_deref())?;
+        let temperature = match input.temperature {
+            None => None,
+            Some(t) if (0.0..=2.0).contains(&t) =>
+            {
+                #[allow(clippy::cast_possible_truncation)]
+                Some(t as f32)
+            }
+            Some(_) => return Err(invalid("metadata.temperature", "must be between 0 and 2")),
+        };
+        let Some(chat_model) = inner.ports.model.clone() else {
+            return Err(AppError::Unavailable(
+                "no chat model is configured (llm.provider)".into(),
+            ));
+        };
+        let slot = inner.take_slot(owner)?;
+        let decision = inner
+            .ports
+            .limiter
+            .check(&inner.rules.generation_policy, &owner.to_string())
+            .await?;
+        if !decision.allowed {
+            return Err(AppError::RateLimited {
+                policy: inner.rules.generation_policy.clone(),
+                decision,
+            });
+        }
+        let (conversation, created) = match input.conversation_id {
+            Some(id) => (inner.ports.conversations.get(owner, id).await?, false),
+            None => (
+                inner
+                    .ports
+                    .conversations
+                    .create(NewConversation {
+                        id: ConversationId::generate(),
+                        owner,
+                        title: Title::placeholder(),
+                        created_at: now(),
+                    })
+                    .await?,
+                true,
+            ),
+        };
+        let assistant_id = MessageId::generate();
+        let stop = inner
+            .ports
+            .log
+            .open(conversation.id, &assistant_id)
+            .await
+            .map_err(|e| match e {
+                confab_domain::DomainError::Duplicate { .. } => AppError::Busy,
+                other => other.into(),
+            })?;
+        match self
+            .store_and_announce(
+                caller,
+                &conversation,
+                message_id,
+                content,
+                assistant_id,
+                &model,
+            )
+            .await
+        {
+            Ok((user_message, assistant_message)) => {
+                let started = Started {
+                    conversation: conversation.clone(),
+                    created,
+                    user_message,
+                    assistant_message,
+                };
+                self.spawn(&started, model, temperature, chat_model, stop, slot);
+                Ok(started)
+            }
+            Err(e) => {
+                // Nothing was generated: end the log so a reader isn't left
+                // waiting, and free the conversation for the next message.
+                let _ = inner.ports.log.close(conversation.id).await;
+                if created {
+                    let _ = inner
+                        .ports
+                        .conversations
+                        .soft_delete(owner, conversation.id, now())
+                        .await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn store_and_announce(
+        &self,
+        caller: &AccessClaims,
+        conversation: &Conversation,
+        message_id: MessageId,
+        content: Content,
+        assistant_id: MessageId,
+        model: &ModelSlug,
+    ) -> Result<(Message, Message), AppError> {
+        let inner = &self.inner;
+        let history = inner.ports.messages.list(conversation.id).await?;
+        let created_at = now();
+        let user_message = Message {
+            id: message_id,
+            conversation_id: conversation.id,
+            parent_id: history.last().map(|m| m.id.clone()),
+            role: MessageRole::User,
+            content,
+            status: MessageStatus::FinishedSuccessfully,
+            model_slug: None,
+            metadata: serde_map(),
+            created_at,
+            updated_at: created_at,
+        };
+        inner
+            .ports
+            .messages
+            .insert(&user_message)
+            .await
+            .map_err(|e| match e {
+                confab_domain::DomainError::Duplicate { .. } => AppError::Conflict {
+                    field: "messages[0].id".into(),
+                },
+                other => other.into(),
+            })?;
+        let started_at = now();
+        let assistant_message = Message {
+            id: assistant_id,
+            conversation_id: conversation.id,
+            parent_id: Some(user_message.id.clone()),
+            role: MessageRole::Assistant,
+            content: Content::empty_text(),
+            status: MessageStatus::InProgress,
+            model_slug: Some(model.clone()),
+            metadata: serde_map(),
+            created_at: started_at,
+            updated_at: started_at,
+        };
+        inner.ports.messages.insert(&assistant_message).await?;
+        inner.invalidate(caller.user_id, conversation.id).await;
+        let token = inner.ports.resume_tokens.issue_resume(
+            caller.user_id,
+            conversation.id,
+            &assistant_message.id,
+            started_at,
+        )?;
+        let opening = [
+            events::delta_encoding(),
+            events::resume_token(&token, conversation.id)?,
+            events::input_message(&MessageDocument::of(&user_message)?, conversation.id)?,
+            events::add_message(&MessageDocument::of(&assistant_message)?, conversation.id)?,
+        ];
+        for event in opening {
+            inner
+                .ports
+                .log
+                .append(
+                    conversation.id,
+                    NewEvent {
+                        event: event.name,
+                        data: event.data,
+                    },
+                )
+                .await?;
+        }
+        Ok((user_message, assistant_message))
+    }
+
+    fn spawn(
+        &self,
+        started: &Started,
+        model: ModelSlug,
+        temperature: Option<f32>,
+        chat_model: Arc<dyn confab_ports::ChatModel>,
+        stop: Box<dyn StopSignal>,
+        slot: Slot,
+    ) {
+        let generation = Generation {
+            inner: self.inner.clone(),
+            owner: started.conversation.owner,
+            conversation: started.conversation.id,
+            created: started.created,
+            message: started.assistant_message.clone(),
+            first_text: started.user_message.content.joined(),
+            model,
+            temperature,
+            chat_model,
+            shutdown: self.inner.running.shutdown.subscribe(),
+        };
+        tokio::spawn(generation.run(stop, slot));
+    }
+}
+
+fn serde_map() -> MessageMetadata {
+    MessageMetadata::new()
+}

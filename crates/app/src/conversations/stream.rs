@@ -1,0 +1,119 @@
+//! Reading a generation's stream: following it, resuming it, stopping it.
+
+use confab_domain::{ConversationId, DomainError, Message, MessageId};
+use confab_ports::{AccessClaims, EventFeed, ReadFrom};
+
+use super::Conversations;
+use crate::AppError;
+
+impl Conversations {
+    /// A reader of the stream of a generation the caller just started
+    /// (from [`Conversations::send`]), from its first event.
+    ///
+    /// # Errors
+    /// [`AppError::Unavailable`] when the log's backend fails.
+    pub async fn follow(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Box<dyn EventFeed>, AppError> {
+        Ok(self
+            .inner
+            .ports
+            .log
+            .read(conversation, ReadFrom::Start)
+            .await?)
+    }
+
+    /// Resumes the stream of the conversation's generation for its owner:
+    /// the events after `last_event_id` (all of them without one), then
+    /// live ones while it runs. The resume token must be the one this
+    /// generation's stream gave the caller.
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`] for another user's or a missing conversation,
+    /// or when no stream of that generation is kept any more;
+    /// [`AppError::Validation`] without a resume token;
+    /// [`AppError::Forbidden`] for an invalid or expired one, or one issued
+    /// for another user or conversation;
+    /// [`AppError::Validation`] for a `Last-Event-ID` the stream never gave.
+    pub async fn resume(
+        &self,
+        caller: &AccessClaims,
+        conversation: ConversationId,
+        resume_token: Option<&str>,
+        last_event_id: Option<String>,
+    ) -> Result<Box<dyn EventFeed>, AppError> {
+        let ports = &self.inner.ports;
+        ports
+            .conversations
+            .get(caller.user_id, conversation)
+            .await?;
+        let token = resume_token.ok_or_else(|| AppError::Validation {
+            field: "X-Resume-Token".into(),
+            message: "send the resume_conversation_token of the stream".into(),
+        })?;
+        let claims = ports
+            .resume_tokens
+            .verify_resume(token)
+            .map_err(|_| AppError::Forbidden)?;
+        if claims.user_id != caller.user_id || claims.conversation_id != conversation {
+            return Err(AppError::Forbidden);
+        }
+        let (message, _open) = ports.log.current(conversation).await?;
+        if message != claims.message_id {
+            // The stream of that generation was replaced by a later one.
+            return Err(AppError::NotFound);
+        }
+        let from = last_event_id.map_or(ReadFrom::Start, ReadFrom::After);
+        Ok(ports.log.read(conversation, from).await?)
+    }
+
+    /// Stops the generation running in one of the caller's conversations
+    /// and waits (a bounded time) until it has saved its text and ended its
+    /// stream, so a read that follows sees the final message.
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`] for another user's or a missing conversation,
+    /// or when nothing is generating in it.
+    pub async fn stop(
+        &self,
+        caller: &AccessClaims,
+        conversation: ConversationId,
+    ) -> Result<(), AppError> {
+        let ports = &self.inner.ports;
+        ports
+            .conversations
+            .get(caller.user_id, conversation)
+            .await?;
+        if !ports.log.request_stop(conversation).await? {
+            return Err(AppError::NotFound);
+        }
+        let mut feed = ports.log.read(conversation, ReadFrom::Start).await?;
+        let drained = async {
+            while let Some(_event) = feed.next().await? {}
+            Ok::<(), DomainError>(())
+        };
+        match tokio::time::timeout(self.inner.rules.stop_wait, drained).await {
+            Ok(Ok(())) | Err(_) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// One message of one of the caller's conversations (the answer, once a
+    /// generation has ended, for the JSON mode of sending).
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`] when it is missing or not the caller's.
+    pub async fn message(
+        &self,
+        caller: &AccessClaims,
+        conversation: ConversationId,
+        id: &MessageId,
+    ) -> Result<Message, AppError> {
+        let (_, messages) = self.get(caller, conversation).await?;
+        messages
+            .into_iter()
+            .find(|m| &m.id == id)
+            .ok_or(AppError::NotFound)
+    }
+}

@@ -1,0 +1,347 @@
+//! Sending a message: `POST /api/v1/conversations`,
+//! `POST /api/v1/conversations/{id}/messages` and the seed's
+//! `POST /backend-api/f/conversation` (same handler, three entries).
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::ACCEPT;
+use actix_web::{HttpRequest, HttpResponse, web};
+use confab_app::{Conversations, SendMessage, Started};
+use confab_domain::{ConversationId, MessageDocument};
+use confab_ports::{AccessClaims, EventFeed};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::conversations::conversation_id;
+use super::schema::MessageView;
+use crate::ApiError;
+use crate::auth::AuthUser;
+use crate::error::ErrorBody;
+use crate::extract::Json;
+use crate::sse::{self, SseSettings};
+
+/// A message's content as sent.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ContentInput {
+    /// Must be `text`.
+    content_type: String,
+    /// The text, in 1..=32 parts, at most 100000 characters in all.
+    parts: Vec<String>,
+}
+
+/// The message to send.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MessageInput {
+    /// Its id (1..=64 of `[A-Za-z0-9_-]`); generated when absent.
+    id: Option<String>,
+    /// Must be `user`.
+    role: String,
+    /// The text.
+    content: ContentInput,
+}
+
+/// Generation options.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SendOptions {
+    /// Sampling temperature, 0..=2.
+    temperature: Option<f64>,
+}
+
+/// A message to send (seed `000`'s shape).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SendBody {
+    /// Must be the caller's id when present (403 otherwise).
+    user_id: Option<String>,
+    /// The conversation to continue; absent starts a new one.
+    conversation_id: Option<String>,
+    /// Exactly one message, of role `user`.
+    messages: Vec<MessageInput>,
+    /// A configured model; absent or `default` for the default.
+    model: Option<String>,
+    /// Options.
+    metadata: Option<SendOptions>,
+}
+
+/// The answer in JSON mode (`Accept: application/json`).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SentBody<'a> {
+    /// The conversation.
+    conversation_id: String,
+    /// Its title (generated for a new conversation).
+    title: String,
+    /// The stored user message.
+    #[schema(value_type = MessageView)]
+    input_message: MessageDocument<'a>,
+    /// The finished assistant message.
+    #[schema(value_type = MessageView)]
+    message: MessageDocument<'a>,
+}
+
+/// Which surface a send came through.
+#[derive(Clone, Copy)]
+enum Entry {
+    New,
+    Existing,
+    Seed,
+}
+
+fn invalid(field: &str, message: &'static str) -> ApiError {
+    ApiError::validation(Some(field.to_owned()), message)
+}
+
+fn input(
+    body: SendBody,
+    path_id: Option<ConversationId>,
+    entry: Entry,
+) -> Result<SendMessage, ApiError> {
+    let body_id = body
+        .conversation_id
+        .as_deref()
+        .map(|raw| raw.parse::<ConversationId>())
+        .transpose()
+        .map_err(|_| invalid("conversation_id", "must be a conversation id (a UUID)"))?;
+    let conversation_id = match (path_id, body_id) {
+        (Some(p), Some(b)) if p != b => {
+            return Err(invalid(
+                "conversation_id",
+                "must match the conversation of the path",
+            ));
+        }
+        (Some(p), _) => Some(p),
+        (None, b) => b,
+    };
+    let mut messages = body.messages;
+    if messages.len() != 1 {
+        return Err(invalid("messages", "must hold exactly one message"));
+    }
+    let message = messages.remove(0);
+    if message.role != "user" {
+        return Err(invalid("messages[0].role", "must be user"));
+    }
+    if message.content.content_type != "text" {
+        return Err(invalid("messages[0].content.content_type", "must be text"));
+    }
+    Ok(SendMessage {
+        conversation_id,
+        must_be_new: matches!(entry, Entry::New),
+        message_id: message.id,
+        parts: message.content.parts,
+        model: body.model,
+        temperature: body.metadata.and_then(|m| m.temperature),
+        user_id: body.user_id,
+    })
+}
+
+/// Streams (the default) or, with `Accept: application/json`, waits.
+enum Mode {
+    Stream,
+    Json,
+}
+
+fn mode(req: &HttpRequest) -> Result<Mode, ApiError> {
+    let Some(accept) = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Ok(Mode::Stream);
+    };
+    let types: Vec<String> = accept
+        .split(',')
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .collect();
+    let has = |t: &str| types.iter().any(|x| x == t);
+    if has("text/event-stream") {
+        Ok(Mode::Stream)
+    } else if has("application/json") {
+        Ok(Mode::Json)
+    } else if has("*/*") || has("text/*") || accept.trim().is_empty() {
+        Ok(Mode::Stream)
+    } else {
+        Err(ApiError::not_acceptable())
+    }
+}
+
+/// Reads the stream to its end; the code of its `error` event, if any.
+async fn wait(mut feed: Box<dyn EventFeed>) -> Result<Option<String>, ApiError> {
+    let mut failure = None;
+    while let Some(event) = feed.next().await.map_err(confab_app::AppError::from)? {
+        if event.event.is_none() && event.data.contains(r#""type":"error""#) {
+            let v: serde_json::Value =
+                serde_json::from_str(&event.data).map_err(ApiError::internal)?;
+            if v["type"] == "error" {
+                failure = v["error"]["code"].as_str().map(str::to_owned);
+            }
+        }
+    }
+    Ok(failure)
+}
+
+async fn finished(
+    conversations: &Conversations,
+    caller: &AccessClaims,
+    started: &Started,
+    feed: Box<dyn EventFeed>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(code) = wait(feed).await? {
+        return Err(ApiError::generation_failed(&code));
+    }
+    let id = started.conversation.id;
+    let (conversation, messages) = conversations.get(caller, id).await?;
+    let find = |wanted: &confab_domain::MessageId| {
+        messages
+            .iter()
+            .find(|m| &m.id == wanted)
+            .ok_or_else(|| ApiError::internal("a sent message is missing"))
+    };
+    let user = find(&started.user_message.id)?;
+    let answer = find(&started.assistant_message.id)?;
+    let body = SentBody {
+        conversation_id: id.to_string(),
+        title: conversation.title.as_str().to_owned(),
+        input_message: MessageDocument::of(user).map_err(confab_app::AppError::from)?,
+        message: MessageDocument::of(answer).map_err(confab_app::AppError::from)?,
+    };
+    let status = if started.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(body))
+}
+
+async fn send(
+    req: &HttpRequest,
+    conversations: &Conversations,
+    sse_settings: SseSettings,
+    caller: &AccessClaims,
+    input: SendMessage,
+) -> Result<HttpResponse, ApiError> {
+    let mode = mode(req)?;
+    let started = conversations.send(caller, input).await?;
+    let feed = conversations.follow(started.conversation.id).await?;
+    match mode {
+        Mode::Stream => Ok(sse::response(feed, sse_settings)),
+        Mode::Json => finished(conversations, caller, &started, feed).await,
+    }
+}
+
+/// Starts a new conversation with its first message; the answer streams
+/// (delta encoding v1), or with `Accept: application/json` is returned
+/// when finished.
+#[utoipa::path(
+    post,
+    path = "/api/v1/conversations",
+    tag = "conversations",
+    request_body = SendBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The answer's event stream (delta encoding v1).", content_type = "text/event-stream", body = String),
+        (status = 201, description = "JSON mode: the finished answer.", body = SentBody),
+        (status = 400, description = "A bad body (unknown fields, NUL bytes, bounds).", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
+        (status = 403, description = "`user_id` is not the caller.", body = ErrorBody),
+        (status = 406, description = "Neither SSE nor JSON is acceptable.", body = ErrorBody),
+        (status = 409, description = "The message id is taken.", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not JSON.", body = ErrorBody),
+        (status = 429, description = "Rate limited, or too many answers at once.", body = ErrorBody),
+        (status = 502, description = "JSON mode: the model's server failed.", body = ErrorBody),
+        (status = 503, description = "No model configured, or a dependency is down.", body = ErrorBody),
+        (status = 504, description = "JSON mode: the model timed out.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn create(
+    req: HttpRequest,
+    conversations: web::Data<Conversations>,
+    sse_settings: web::Data<SseSettings>,
+    AuthUser(caller): AuthUser,
+    Json(body): Json<SendBody>,
+) -> Result<HttpResponse, ApiError> {
+    let input = input(body, None, Entry::New)?;
+    send(&req, &conversations, **sse_settings, &caller, input).await
+}
+
+/// Sends the next message of one of the caller's conversations.
+#[utoipa::path(
+    post,
+    path = "/api/v1/conversations/{id}/messages",
+    tag = "conversations",
+    params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
+    request_body = SendBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The answer's event stream (delta encoding v1), or in JSON mode the finished answer.", content(
+            (String = "text/event-stream"),
+            (SentBody = "application/json"),
+        )),
+        (status = 400, description = "A bad body (unknown fields, NUL bytes, bounds).", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
+        (status = 403, description = "`user_id` is not the caller.", body = ErrorBody),
+        (status = 404, description = "No such conversation, or not the caller's.", body = ErrorBody),
+        (status = 406, description = "Neither SSE nor JSON is acceptable.", body = ErrorBody),
+        (status = 409, description = "The message id is taken, or an answer is still being generated.", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not JSON.", body = ErrorBody),
+        (status = 429, description = "Rate limited, or too many answers at once.", body = ErrorBody),
+        (status = 502, description = "JSON mode: the model's server failed.", body = ErrorBody),
+        (status = 503, description = "No model configured, or a dependency is down.", body = ErrorBody),
+        (status = 504, description = "JSON mode: the model timed out.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn message(
+    req: HttpRequest,
+    conversations: web::Data<Conversations>,
+    sse_settings: web::Data<SseSettings>,
+    AuthUser(caller): AuthUser,
+    id: web::Path<String>,
+    Json(body): Json<SendBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = conversation_id(&id)?;
+    let input = input(body, Some(id), Entry::Existing)?;
+    send(&req, &conversations, **sse_settings, &caller, input).await
+}
+
+/// The seed's send: continues `conversation_id`, or starts a new
+/// conversation without one.
+#[utoipa::path(
+    post,
+    path = "/backend-api/f/conversation",
+    tag = "chatgpt-compatible",
+    request_body = SendBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The answer's event stream (delta encoding v1), or in JSON mode the finished answer in a conversation that existed.", content(
+            (String = "text/event-stream"),
+            (SentBody = "application/json"),
+        )),
+        (status = 201, description = "JSON mode: the finished answer in a new conversation.", body = SentBody),
+        (status = 400, description = "A bad body (unknown fields, NUL bytes, bounds).", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
+        (status = 403, description = "`user_id` is not the caller.", body = ErrorBody),
+        (status = 404, description = "No such conversation, or not the caller's.", body = ErrorBody),
+        (status = 406, description = "Neither SSE nor JSON is acceptable.", body = ErrorBody),
+        (status = 409, description = "The message id is taken, or an answer is still being generated.", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not JSON.", body = ErrorBody),
+        (status = 429, description = "Rate limited, or too many answers at once.", body = ErrorBody),
+        (status = 502, description = "JSON mode: the model's server failed.", body = ErrorBody),
+        (status = 503, description = "No model configured, or a dependency is down.", body = ErrorBody),
+        (status = 504, description = "JSON mode: the model timed out.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn seed(
+    req: HttpRequest,
+    conversations: web::Data<Conversations>,
+    sse_settings: web::Data<SseSettings>,
+    AuthUser(caller): AuthUser,
+    Json(body): Json<SendBody>,
+) -> Result<HttpResponse, ApiError> {
+    let input = input(body, None, Entry::Seed)?;
+    send(&req, &conversations, **sse_settings, &caller, input).await
+}

@@ -1,0 +1,124 @@
+//! Server-Sent Events: a stream-log reader as a response body.
+//!
+//! Every event carries its log id as `id:` so a client can resume with
+//! `Last-Event-ID`. Data is one line of JSON (a text containing
+//! `\n\ndata: [DONE]` is escaped inside its JSON string), so no content can
+//! forge an event; a data value with a line break would still be split
+//! into several `data:` lines, as the SSE format requires.
+
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
+use actix_web::web::Bytes;
+use confab_ports::{EventFeed, LoggedEvent};
+use futures_util::Stream;
+
+/// How often a silent stream sends a keep-alive comment (app data), so
+/// proxies and clients don't time out while the model thinks.
+#[derive(Debug, Clone, Copy)]
+pub struct SseSettings {
+    /// The keep-alive interval.
+    pub keep_alive: Duration,
+}
+
+impl Default for SseSettings {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
+const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
+/// One event in the SSE wire format.
+pub(crate) fn encode(event: &LoggedEvent) -> Bytes {
+    let mut out = String::with_capacity(event.data.len() + 32);
+    out.push_str("id: ");
+    out.push_str(&event.id);
+    out.push('\n');
+    if let Some(name) = event.event {
+        out.push_str("event: ");
+        out.push_str(name);
+        out.push('\n');
+    }
+    for line in event.data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line.strip_suffix('\r').unwrap_or(line));
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+/// The events of `feed` as SSE bytes, with a keep-alive comment after
+/// every `keep_alive` of silence; ends when the feed does. Dropping the
+/// body (the client went away) drops the reader and nothing else.
+fn body(
+    feed: Box<dyn EventFeed>,
+    keep_alive: Duration,
+) -> impl Stream<Item = Result<Bytes, actix_web::Error>> + 'static {
+    futures_util::stream::unfold(Some(feed), move |state| async move {
+        let mut feed = state?;
+        match tokio::time::timeout(keep_alive, feed.next()).await {
+            Err(_) => Some((Ok(Bytes::from_static(KEEP_ALIVE)), Some(feed))),
+            Ok(Ok(Some(event))) => Some((Ok(encode(&event)), Some(feed))),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "stream log read failed; ending the stream");
+                None
+            }
+        }
+    })
+}
+
+/// A `200 text/event-stream` response relaying `feed`.
+pub(crate) fn response(feed: Box<dyn EventFeed>, settings: SseSettings) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("text/event-stream")))
+        .insert_header((CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        // Tell buffering proxies (nginx) to pass events on at once.
+        .insert_header((
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        ))
+        .streaming(body(feed, settings.keep_alive))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_framed_with_their_id() {
+        let e = LoggedEvent {
+            id: "7".into(),
+            event: Some("delta"),
+            data: r#"{"v":"a\n\ndata: [DONE]"}"#.into(),
+        };
+        assert_eq!(
+            &encode(&e)[..],
+            b"id: 7\nevent: delta\ndata: {\"v\":\"a\\n\\ndata: [DONE]\"}\n\n"
+        );
+        let plain = LoggedEvent {
+            id: "8".into(),
+            event: None,
+            data: "[DONE]".into(),
+        };
+        assert_eq!(&encode(&plain)[..], b"id: 8\ndata: [DONE]\n\n");
+    }
+
+    #[test]
+    fn a_raw_line_break_cannot_forge_an_event() {
+        let e = LoggedEvent {
+            id: "1".into(),
+            event: None,
+            data: "x\n\nevent: evil\r\ndata: y".into(),
+        };
+        assert_eq!(
+            &encode(&e)[..],
+            b"id: 1\ndata: x\ndata: \ndata: event: evil\ndata: data: y\n\n"
+        );
+    }
+}

@@ -1,0 +1,761 @@
+//! Sending messages and reading the answer's stream: the event sequence of
+//! seed `000`, replay, both surfaces, JSON mode, resume, stop, failures.
+
+use std::time::Duration;
+
+use confab_e2e::chat::{MODEL, SseReader, message_body, replay, spawn_chat};
+use confab_e2e::fake_llm::{FakeLlm, Script, Step};
+use confab_e2e::{captured_logs, error_body};
+use confab_sql::Backend;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+on_both_backends!(
+    stream_has_the_seed_event_sequence_with_ids,
+    replaying_the_deltas_gives_the_stored_message_byte_for_byte,
+    a_client_that_disconnects_does_not_stop_the_generation,
+    resume_from_last_event_id_has_no_gap_and_no_duplicate,
+    resume_needs_the_owner_and_the_streams_resume_token,
+    stop_ends_the_answer_as_partial_and_drops_the_upstream,
+    upstream_500_fails_the_answer_without_leaking_its_body,
+    malformed_chunk_fails_the_answer,
+    stalled_upstream_times_out,
+    upstream_closing_without_done_fails_the_answer,
+    json_mode_maps_an_upstream_failure_to_502,
+    concurrent_generation_cap_is_429,
+    a_busy_conversation_refuses_another_message,
+    keep_alive_comments_flow_while_the_model_is_silent,
+    title_falls_back_to_the_first_words_when_the_title_call_fails,
+    token_cap_ends_the_answer_as_partial,
+    second_message_sends_the_history_with_the_system_prompt,
+    no_upstream_key_or_token_in_the_logs,
+);
+
+/// Waits (polling with a deadline) until the conversation's last message
+/// has `status`; returns the conversation.
+async fn wait_for_status(app: &confab_e2e::TestApp, token: &str, id: &str, status: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let c = app.conversation(token, id).await;
+        let last = c["messages"].as_array().and_then(|m| m.last()).cloned();
+        if last.is_some_and(|m| m["status"] == status) {
+            return c;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {status} in time: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts a new conversation and returns its stream reader (unread).
+async fn start(app: &confab_e2e::TestApp, token: &str, text: &str) -> SseReader {
+    let res = app
+        .send_message("/api/v1/conversations", token, &message_body(text))
+        .await;
+    assert_eq!(res.status(), 200, "send");
+    SseReader::new(res)
+}
+
+fn conversation_of(events: &[confab_e2e::chat::SseEvent]) -> String {
+    events
+        .iter()
+        .find_map(|e| e.json()["conversation_id"].as_str().map(str::to_owned))
+        .expect("a conversation id")
+}
+
+fn is_append(e: &confab_e2e::chat::SseEvent) -> bool {
+    e.event.as_deref() == Some("delta") && e.json()["v"][0]["o"] == "append"
+}
+
+async fn stream_has_the_seed_event_sequence_with_ids(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::reply(&["Redis", " caching", " stores"]));
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("ada").await;
+    let res = app
+        .send_message(
+            "/api/v1/conversations",
+            &token,
+            &message_body("Explain Redis caching"),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    assert!(res.headers().contains_key("x-request-id"));
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+    let events = SseReader::new(res).rest().await;
+    let ids: Vec<String> = events
+        .iter()
+        .map(|e| e.id.clone().expect("an id on every event"))
+        .collect();
+    let expected_ids: Vec<String> = (1..=events.len()).map(|i| i.to_string()).collect();
+    assert_eq!(ids, expected_ids);
+    let shape: Vec<String> = events
+        .iter()
+        .map(|e| match (e.event.as_deref(), e.kind()) {
+            (Some("delta_encoding"), _) => format!("delta_encoding {}", e.data),
+            (Some("delta"), _) => {
+                let v = e.json();
+                if v["o"] == "add" {
+                    "add".to_owned()
+                } else if v["v"][0]["o"] == "append" {
+                    format!("append {}", v["v"][0]["v"])
+                } else {
+                    "finish".to_owned()
+                }
+            }
+            (None, Some(kind)) => kind,
+            (None, None) => e.data.clone(),
+            (Some(other), _) => other.to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            "delta_encoding \"v1\"",
+            "resume_conversation_token",
+            "input_message",
+            "add",
+            "message_marker",
+            "append \"Redis\"",
+            "append \" caching\"",
+            "append \" stores\"",
+            "finish",
+            "title_generation",
+            "message_stream_complete",
+            "[DONE]",
+        ]
+    );
+    let conversation = events[1].json()["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for e in &events {
+        if let Some(id) = e.json()["conversation_id"].as_str() {
+            assert_eq!(id, conversation);
+        }
+    }
+    assert!(
+        events[1].json()["token"]
+            .as_str()
+            .is_some_and(|t| t.split('.').count() == 3)
+    );
+    let input = &events[2].json()["input_message"];
+    assert_eq!(input["status"], "finished_successfully");
+    assert_eq!(input["author"]["role"], "user");
+    assert_eq!(input["content"]["parts"][0], "Explain Redis caching");
+    let added = &events[3].json()["v"]["message"];
+    assert_eq!(added["status"], "in_progress");
+    assert_eq!(added["content"]["parts"], json!([""]));
+    assert_eq!(added["metadata"]["model_slug"], MODEL);
+    assert_eq!(added["metadata"]["parent_id"], input["id"]);
+    let marker = events[4].json();
+    assert_eq!(marker["marker"], "user_visible_token");
+    assert_eq!(marker["event"], "first");
+    assert_eq!(marker["message_id"], added["id"]);
+    assert_eq!(
+        events[8].json(),
+        json!({"v": [
+            {"p": "/message/status", "o": "replace", "v": "finished_successfully"},
+            {"p": "/message/end_turn", "o": "replace", "v": true},
+            {"p": "/message/metadata", "o": "append", "v": {"is_complete": true}},
+        ]})
+    );
+    assert_eq!(events[9].json()["title"], "Fake Title");
+    let stored = app.conversation(&token, &conversation).await;
+    assert_eq!(stored["title"], "Fake Title");
+}
+
+async fn replaying_the_deltas_gives_the_stored_message_byte_for_byte(backend: Backend) {
+    let llm = FakeLlm::start();
+    let text =
+        "Line one\n\ndata: [DONE]\n\nevent: delta\ndata: {\"o\":\"add\"} \"quoted\" é 日本 🎉";
+    let pieces: Vec<&str> = vec![&text[..10], &text[10..30], &text[30..]];
+    llm.push(Script::reply(&pieces));
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("ada").await;
+    let (id, events) = app.chat(&token, "hi").await;
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    let rebuilt = replay(&events);
+    assert_eq!(rebuilt["conversation_id"], id.as_str());
+    let res = app
+        .get_auth(&format!("/api/v1/conversations/{id}"), &token)
+        .await;
+    let raw = res.text().await.unwrap();
+    let stored: Value = serde_json::from_str(&raw).unwrap();
+    let answer = &stored["messages"][1];
+    assert_eq!(answer["content"]["parts"][0], text);
+    assert_eq!(&rebuilt["message"], answer);
+    // Byte for byte: the stored message's JSON text is the replayed one's.
+    let replayed_text = serde_json::to_string(&rebuilt["message"]).unwrap();
+    assert_eq!(replayed_text, serde_json::to_string(answer).unwrap());
+    let user = &stored["messages"][0];
+    assert_eq!(user, &events[2].json()["input_message"]);
+}
+
+async fn a_client_that_disconnects_does_not_stop_the_generation(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::Stream(vec![
+        Step::Text("first".into()),
+        Step::Hold,
+        Step::Text(" second".into()),
+        Step::Finish("stop"),
+        Step::Done,
+    ]));
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("ada").await;
+    let mut reader = start(&app, &token, "hi").await;
+    let seen = reader.until(is_append).await;
+    let id = conversation_of(&seen);
+    drop(reader);
+    llm.release();
+    let c = wait_for_status(&app, &token, &id, "finished_successfully").await;
+    assert_eq!(c["messages"][1]["content"]["parts"][0], "first second");
+    // The title is chosen after the answer is saved.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while app.conversation(&token, &id).await["title"] != "Fake Title" {
+        assert!(tokio::time::Instant::now() < deadline, "no title in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn resume_from_last_event_id_has_no_gap_and_no_duplicate(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::Stream(vec![
+        Step::Text("one".into()),
+        Step::Text(" two".into()),
+        Step::Hold,
+        Step::Text(" three".into()),
+        Step::Text(" four".into()),
+        Step::Finish("stop"),
+        Step::Done,
+    ]));
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("ada").await;
+    let mut reader = start(&app, &token, "count").await;
+    let mut first_part = reader.until(is_append).await;
+    first_part.extend(reader.until(is_append).await);
+    let id = conversation_of(&first_part);
+    let resume_token = first_part[1].json()["token"].as_str().unwrap().to_owned();
+    let last_id = first_part.last().unwrap().id.clone().unwrap();
+    // The connection drops here; the client reconnects after the last id.
+    drop(reader);
+    let res = app
+        .client
+        .get(app.url(&format!("/api/v1/conversations/{id}/stream")))
+        .bearer_auth(&token)
+        .header("x-resume-token", &resume_token)
+        .header("last-event-id", &last_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut resumed = SseReader::new(res);
+    llm.release();
+    let rest = resumed.rest().await;
+    let mut all = first_part.clone();
+    all.extend(rest.clone());
+    let ids: Vec<usize> = all
+        .iter()
+        .map(|e| e.id.as_ref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=all.len()).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+    assert_eq!(rest.last().unwrap().data, "[DONE]");
+    let rebuilt = replay(&all);
+    assert_eq!(
+        rebuilt["message"]["content"]["parts"][0],
+        "one two three four"
+    );
+    let c = app.conversation(&token, &id).await;
+    assert_eq!(rebuilt["message"], c["messages"][1]);
+    // After the end, within the retention time, the whole stream replays.
+    let again = app
+        .client
+        .get(app.url(&format!("/backend-api/conversation/{id}/stream")))
+        .bearer_auth(&token)
+        .header("x-resume-token", &resume_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let replayed = SseReader::new(again).rest().await;
+    assert_eq!(replayed, all);
+}
+
+async fn resume_needs_the_owner_and_the_streams_resume_token(backend: Backend) {
+    let llm = FakeLlm::start();
+    let app = spawn_chat(backend, &llm, &[]);
+    let ada = app.user("ada").await;
+    let bob = app.user("bob").await;
+    let (id, events) = app.chat(&ada, "hi").await;
+    let token = events[1].json()["token"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/conversations/{id}/stream");
+    let resume = |bearer: String, resume_token: Option<String>, last: Option<&'static str>| {
+        let mut req = app.client.get(app.url(&path)).bearer_auth(bearer);
+        if let Some(t) = resume_token {
+            req = req.header("x-resume-token", t);
+        }
+        if let Some(l) = last {
+            req = req.header("last-event-id", l);
+        }
+        req.send()
+    };
+    // Another user, even holding the token, finds nothing.
+    error_body(
+        resume(bob.clone(), Some(token.clone()), None)
+            .await
+            .unwrap(),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+    // Bob's own conversation does not take Ada's token.
+    let (bobs, _) = app.chat(&bob, "mine").await;
+    let res = app
+        .client
+        .get(app.url(&format!("/api/v1/conversations/{bobs}/stream")))
+        .bearer_auth(&bob)
+        .header("x-resume-token", &token)
+        .send()
+        .await
+        .unwrap();
+    error_body(res, 403, "FORBIDDEN").await;
+    // The owner needs the token, a real one, and an id the stream gave.
+    let missing = error_body(
+        resume(ada.clone(), None, None).await.unwrap(),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    assert_eq!(missing["field"], "X-Resume-Token");
+    error_body(
+        resume(ada.clone(), Some(ada.clone()), None).await.unwrap(),
+        403,
+        "FORBIDDEN",
+    )
+    .await;
+    // One character of the signature changed (never a no-op).
+    let at = token.len() - 10;
+    let swap = if &token[at..=at] == "x" { "y" } else { "x" };
+    let tampered = format!("{}{swap}{}", &token[..at], &token[at + 1..]);
+    error_body(
+        resume(ada.clone(), Some(tampered), None).await.unwrap(),
+        403,
+        "FORBIDDEN",
+    )
+    .await;
+    error_body(
+        resume(ada.clone(), Some(token.clone()), Some("9999"))
+            .await
+            .unwrap(),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    error_body(
+        resume(ada.clone(), Some(token.clone()), Some("abc"))
+            .await
+            .unwrap(),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    // No access token at all.
+    let res = app
+        .client
+        .get(app.url(&path))
+        .header("x-resume-token", &token)
+        .send()
+        .await
+        .unwrap();
+    error_body(res, 401, "AUTH_REQUIRED").await;
+    // The last event id of the stream gives an empty, finished stream.
+    let last = events.last().unwrap().id.clone().unwrap();
+    let res = app
+        .client
+        .get(app.url(&path))
+        .bearer_auth(&ada)
+        .header("x-resume-token", &token)
+        .header("last-event-id", last)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(SseReader::new(res).rest().await.is_empty());
+}
+
+async fn stop_ends_the_answer_as_partial_and_drops_the_upstream(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::Stream(vec![
+        Step::Text("partial answer".into()),
+        Step::Stall,
+    ]));
+    let app = spawn_chat(backend, &llm, &[("CONFAB__LLM__IDLE_TIMEOUT_MS", "60000")]);
+    let token = app.user("ada").await;
+    let mut reader = start(&app, &token, "go on").await;
+    let seen = reader.until(is_append).await;
+    let id = conversation_of(&seen);
+    let res = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/conversations/{id}/stream"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), 204);
+    assert!(
+        llm.wait_for_disconnect(Duration::from_secs(5)).await,
+        "the upstream request was dropped"
+    );
+    // The stop answered after the answer was saved.
+    let c = app.conversation(&token, &id).await;
+    let answer = &c["messages"][1];
+    assert_eq!(answer["status"], "finished_partial_completion");
+    assert_eq!(answer["content"]["parts"][0], "partial answer");
+    assert_eq!(answer["end_turn"], false);
+    let rest = reader.rest().await;
+    let kinds: Vec<Option<String>> = rest.iter().map(confab_e2e::chat::SseEvent::kind).collect();
+    assert_eq!(rest.last().unwrap().data, "[DONE]");
+    assert!(kinds.contains(&Some("message_stream_complete".into())));
+    let mut all = seen;
+    all.extend(rest);
+    assert_eq!(replay(&all)["message"], *answer);
+    // Nothing runs any more.
+    let res = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/conversations/{id}/stream"),
+            &token,
+            None,
+        )
+        .await;
+    error_body(res, 404, "NOT_FOUND").await;
+}
+
+/// Runs one answer against a failing upstream: it ends `failed` with the
+/// text saved so far, an `error` event with `code`, then `[DONE]`, and no
+/// upstream text anywhere.
+async fn fails_with(
+    backend: Backend,
+    script: Script,
+    code: &str,
+    saved: &str,
+    extra: &[(&str, &str)],
+) {
+    let llm = FakeLlm::start();
+    llm.push(script);
+    let app = spawn_chat(backend, &llm, extra);
+    let token = app.user("ada").await;
+    let (id, events) = app.chat(&token, "hello").await;
+    let n = events.len();
+    assert_eq!(events[n - 1].data, "[DONE]");
+    let error = events[n - 2].json();
+    assert_eq!(error["type"], "error", "{events:?}");
+    assert_eq!(error["error"]["code"], code);
+    assert_eq!(error["conversation_id"], id.as_str());
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.kind().as_deref() == Some("message_stream_complete"))
+    );
+    let c = app.conversation(&token, &id).await;
+    let answer = &c["messages"][1];
+    assert_eq!(answer["status"], "failed");
+    assert_eq!(answer["content"]["parts"][0], saved);
+    assert_eq!(replay(&events)["message"], *answer);
+    let everything = format!("{events:?}{c}");
+    assert!(
+        !everything.contains("UPSTREAM-SECRET"),
+        "upstream text leaked"
+    );
+    // A failed answer frees the conversation for the next message.
+    let res = app
+        .client
+        .post(app.url(&format!("/api/v1/conversations/{id}/messages")))
+        .bearer_auth(&token)
+        .header("accept", "application/json")
+        .json(&message_body("again"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+async fn upstream_500_fails_the_answer_without_leaking_its_body(backend: Backend) {
+    let script = Script::Status(
+        500,
+        r#"{"error":{"message":"UPSTREAM-SECRET internal trace"}}"#.into(),
+    );
+    fails_with(backend, script, "UPSTREAM_ERROR", "", &[]).await;
+    assert!(
+        captured_logs().contains("UPSTREAM-SECRET"),
+        "the upstream body is logged for operators"
+    );
+}
+
+async fn malformed_chunk_fails_the_answer(backend: Backend) {
+    let script = Script::Stream(vec![
+        Step::Text("saved".into()),
+        Step::Raw("data: {\"choices\": UPSTREAM-SECRET\n\n".into()),
+        Step::Done,
+    ]);
+    fails_with(backend, script, "UPSTREAM_ERROR", "saved", &[]).await;
+}
+
+async fn stalled_upstream_times_out(backend: Backend) {
+    let script = Script::Stream(vec![Step::Text("before the stall".into()), Step::Stall]);
+    fails_with(
+        backend,
+        script,
+        "UPSTREAM_TIMEOUT",
+        "before the stall",
+        &[("CONFAB__LLM__IDLE_TIMEOUT_MS", "300")],
+    )
+    .await;
+}
+
+async fn upstream_closing_without_done_fails_the_answer(backend: Backend) {
+    let script = Script::Stream(vec![Step::Text("cut".into()), Step::Close]);
+    fails_with(backend, script, "UPSTREAM_ERROR", "cut", &[]).await;
+}
+
+async fn json_mode_maps_an_upstream_failure_to_502(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::Status(503, "UPSTREAM-SECRET overloaded".into()));
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("ada").await;
+    let res = app
+        .client
+        .post(app.url("/api/v1/conversations"))
+        .bearer_auth(&token)
+        .header("accept", "application/json")
+        .json(&message_body("hello"))
+        .send()
+        .await
+        .unwrap();
+    let error = error_body(res, 502, "UPSTREAM_ERROR").await;
+    assert!(!error.to_string().contains("UPSTREAM-SECRET"));
+}
+
+async fn concurrent_generation_cap_is_429(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::Stream(vec![
+        Step::Text("slow".into()),
+        Step::Hold,
+        Step::Finish("stop"),
+        Step::Done,
+    ]));
+    let app = spawn_chat(
+        backend,
+        &llm,
+        &[("CONFAB__GENERATION__MAX_CONCURRENT_PER_USER", "1")],
+    );
+    let ada = app.user("ada").await;
+    let bob = app.user("bob").await;
+    let mut first = start(&app, &ada, "one").await;
+    first.until(is_append).await;
+    let res = app
+        .send_message("/api/v1/conversations", &ada, &message_body("two"))
+        .await;
+    let retry = res.headers().get("retry-after").cloned();
+    error_body(res, 429, "RATE_LIMITED").await;
+    assert!(retry.is_some(), "Retry-After on the 429");
+    // Another user is not affected.
+    let (_, events) = app.chat(&bob, "mine").await;
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    // The refused send stored nothing.
+    let list: Value = app
+        .get_auth("/api/v1/conversations", &ada)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 1);
+    llm.release();
+    first.rest().await;
+    let (_, events) = app.chat(&ada, "three").await;
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+}
+
+async fn a_busy_conversation_refuses_another_message(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::Stream(vec![
+        Step::Text("busy".into()),
+        Step::Hold,
+        Step::Finish("stop"),
+        Step::Done,
+    ]));
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("ada").await;
+    let mut reader = start(&app, &token, "one").await;
+    let id = conversation_of(&reader.until(is_append).await);
+    let path = format!("/api/v1/conversations/{id}/messages");
+    error_body(
+        app.send_message(&path, &token, &message_body("two")).await,
+        409,
+        "CONFLICT",
+    )
+    .await;
+    llm.release();
+    reader.rest().await;
+    let c = app.conversation(&token, &id).await;
+    assert_eq!(
+        c["messages"].as_array().unwrap().len(),
+        2,
+        "the refused message was not stored"
+    );
+}
+
+async fn keep_alive_comments_flow_while_the_model_is_silent(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::Stream(vec![
+        Step::Delay(Duration::from_millis(2500)),
+        Step::Text("finally".into()),
+        Step::Finish("stop"),
+        Step::Done,
+    ]));
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("ada").await;
+    let mut reader = start(&app, &token, "think").await;
+    let events = reader.rest().await;
+    assert!(
+        reader.comments >= 1,
+        "a keep-alive comment during the silence"
+    );
+    assert_eq!(replay(&events)["message"]["content"]["parts"][0], "finally");
+}
+
+async fn title_falls_back_to_the_first_words_when_the_title_call_fails(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.set_title(None);
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("ada").await;
+    let (id, events) = app
+        .chat(&token, "How do   I cache\nsessions in Redis?")
+        .await;
+    let title = events
+        .iter()
+        .find(|e| e.kind().as_deref() == Some("title_generation"))
+        .unwrap()
+        .json();
+    assert_eq!(title["title"], "How do I cache");
+    assert_eq!(
+        app.conversation(&token, &id).await["title"],
+        "How do I cache"
+    );
+    assert_eq!(llm.title_requests(), 1);
+    // A follow-up message in the same conversation is not retitled.
+    let res = app
+        .send_message(
+            &format!("/api/v1/conversations/{id}/messages"),
+            &token,
+            &message_body("more"),
+        )
+        .await;
+    let events = SseReader::new(res).rest().await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.kind().as_deref() == Some("title_generation"))
+    );
+    assert_eq!(llm.title_requests(), 1);
+}
+
+async fn token_cap_ends_the_answer_as_partial(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::reply(&["a", "b", "c", "d", "e"]));
+    let app = spawn_chat(backend, &llm, &[("CONFAB__LLM__MAX_TOKENS", "3")]);
+    let token = app.user("ada").await;
+    let (id, events) = app.chat(&token, "letters").await;
+    let c = app.conversation(&token, &id).await;
+    assert_eq!(c["messages"][1]["status"], "finished_partial_completion");
+    assert_eq!(c["messages"][1]["content"]["parts"][0], "abc");
+    assert_eq!(replay(&events)["message"], c["messages"][1]);
+    assert_eq!(llm.requests()[0]["max_tokens"], 3);
+}
+
+async fn second_message_sends_the_history_with_the_system_prompt(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::reply(&["Paris."]));
+    llm.push(Script::reply(&["About 2 million."]));
+    let app = spawn_chat(
+        backend,
+        &llm,
+        &[("CONFAB__LLM__SYSTEM_PROMPT", "Be brief.")],
+    );
+    let token = app.user("ada").await;
+    let (id, _) = app.chat(&token, "Capital of France?").await;
+    let body = json!({
+        "conversation_id": id,
+        "messages": [{"id": "msg_2", "role": "user", "content": {"content_type": "text", "parts": ["Population?"]}}],
+        "metadata": {"temperature": 0.3},
+    });
+    let res = app
+        .send_message("/backend-api/f/conversation", &token, &body)
+        .await;
+    assert_eq!(res.status(), 200);
+    let events = SseReader::new(res).rest().await;
+    assert_eq!(events[2].json()["input_message"]["id"], "msg_2");
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 2);
+    let sent = &requests[1];
+    assert_eq!(sent["model"], MODEL);
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["temperature"], 0.3);
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+            {"role": "user", "content": "Population?"},
+        ])
+    );
+    let auth = llm
+        .headers_of_last()
+        .into_iter()
+        .find(|(k, _)| k == "authorization")
+        .map(|(_, v)| v);
+    assert_eq!(
+        auth.as_deref(),
+        Some("Bearer sk-test-upstream-key-0123456789")
+    );
+    let c = app.conversation(&token, &id).await;
+    let m = c["messages"].as_array().unwrap();
+    assert_eq!(m.len(), 4);
+    assert_eq!(m[2]["metadata"]["parent_id"], m[1]["id"]);
+    assert_eq!(m[3]["metadata"]["parent_id"], "msg_2");
+    // The same message id again is a conflict, not a second message.
+    error_body(
+        app.send_message("/backend-api/f/conversation", &token, &body)
+            .await,
+        409,
+        "CONFLICT",
+    )
+    .await;
+}
+
+async fn no_upstream_key_or_token_in_the_logs(backend: Backend) {
+    let llm = FakeLlm::start();
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("ada").await;
+    let (_, events) = app.chat(&token, "secret-free logs please").await;
+    let resume = events[1].json()["token"].as_str().unwrap().to_owned();
+    let logs = captured_logs();
+    assert!(!logs.contains("sk-test-upstream-key-0123456789"));
+    assert!(!logs.contains(&resume));
+    assert!(!logs.contains(&token));
+    assert!(
+        !logs.contains("secret-free logs please"),
+        "message text is not logged"
+    );
+}
