@@ -214,6 +214,7 @@ fn query(q: &ListQuery) -> Result<ConversationQuery, ApiError> {
 #[utoipa::path(
     get,
     path = "/api/v1/conversations",
+    operation_id = "list_conversations",
     tag = "conversations",
     params(ListQuery),
     security(("bearer" = [])),
@@ -250,6 +251,7 @@ pub(crate) async fn list(
 #[utoipa::path(
     get,
     path = "/api/v1/conversations/{id}",
+    operation_id = "get_conversation",
     tag = "conversations",
     params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
     security(("bearer" = [])),
@@ -276,6 +278,7 @@ pub(crate) async fn get(
 #[utoipa::path(
     patch,
     path = "/api/v1/conversations/{id}",
+    operation_id = "update_conversation",
     tag = "conversations",
     params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
     request_body = ConversationPatchBody,
@@ -320,6 +323,7 @@ pub(crate) async fn update(
 #[utoipa::path(
     delete,
     path = "/api/v1/conversations/{id}",
+    operation_id = "delete_conversation",
     tag = "conversations",
     params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
     security(("bearer" = [])),

@@ -237,6 +237,7 @@ async fn send(
 #[utoipa::path(
     post,
     path = "/api/v1/conversations",
+    operation_id = "create_conversation",
     tag = "conversations",
     request_body = SendBody,
     security(("bearer" = [])),
@@ -271,6 +272,7 @@ pub(crate) async fn create(
 #[utoipa::path(
     post,
     path = "/api/v1/conversations/{id}/messages",
+    operation_id = "send_message",
     tag = "conversations",
     params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
     request_body = SendBody,
@@ -312,6 +314,7 @@ pub(crate) async fn message(
 #[utoipa::path(
     post,
     path = "/backend-api/f/conversation",
+    operation_id = "backend_send",
     tag = "chatgpt-compatible",
     request_body = SendBody,
     security(("bearer" = [])),

@@ -31,6 +31,7 @@ fn header(req: &HttpRequest, name: &HeaderName) -> Result<Option<String>, ApiErr
 #[utoipa::path(
     get,
     path = "/api/v1/conversations/{id}/stream",
+    operation_id = "resume_stream",
     tag = "conversations",
     params(
         ("id" = uuid::Uuid, Path, description = "The conversation's id"),
@@ -69,6 +70,7 @@ pub(crate) async fn resume(
 #[utoipa::path(
     delete,
     path = "/api/v1/conversations/{id}/stream",
+    operation_id = "stop_stream",
     tag = "conversations",
     params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
     security(("bearer" = [])),
