@@ -24,10 +24,11 @@ check confab-ports 'tokio|actix-web|diesel|r2d2|redis|deadpool-redis|reqwest|lib
 # The use cases know no web framework and no adapter library.
 check confab-app 'actix-web|actix-http'
 # Handlers never touch an adapter library.
-check confab-http 'diesel|r2d2|redis|deadpool-redis|reqwest|libsqlite3-sys|pq-sys|jsonwebtoken|governor|confab-sql|confab-password|confab-memory|confab-jwt'
+check confab-http 'diesel|r2d2|redis|deadpool-redis|reqwest|libsqlite3-sys|pq-sys|jsonwebtoken|governor|rustls|confab-sql|confab-password|confab-memory|confab-jwt|confab-llm'
 # Adapters never touch the web framework.
 check confab-sql 'actix-web|actix-http|confab-http'
 check confab-password 'actix-web|actix-http|confab-http'
 check confab-memory 'actix-web|actix-http|confab-http'
 check confab-jwt 'actix-web|actix-http|confab-http'
+check confab-llm 'actix-web|actix-http|confab-http'
 exit $fail

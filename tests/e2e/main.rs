@@ -28,6 +28,7 @@ macro_rules! on_both_backends {
 }
 
 mod auth;
+mod conversations;
 mod docs;
 mod errors;
 mod fake_llm;

@@ -29,6 +29,8 @@ on_both_backends!(
     token_cap_ends_the_answer_as_partial,
     second_message_sends_the_history_with_the_system_prompt,
     no_upstream_key_or_token_in_the_logs,
+    shutdown_saves_the_partial_answer_and_ends_the_stream,
+    a_rename_during_the_first_answer_is_kept,
 );
 
 /// Waits (polling with a deadline) until the conversation's last message
@@ -758,4 +760,61 @@ async fn no_upstream_key_or_token_in_the_logs(backend: Backend) {
         !logs.contains("secret-free logs please"),
         "message text is not logged"
     );
+}
+
+async fn shutdown_saves_the_partial_answer_and_ends_the_stream(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::Stream(vec![
+        Step::Text("half an answer".into()),
+        Step::Stall,
+    ]));
+    let mut app = spawn_chat(backend, &llm, &[("CONFAB__LLM__IDLE_TIMEOUT_MS", "60000")]);
+    let token = app.user("ada").await;
+    let mut reader = start(&app, &token, "long question").await;
+    let seen = reader.until(is_append).await;
+    let id = conversation_of(&seen);
+    // SIGTERM: the running answer is saved and its stream ended first.
+    app.stop();
+    let rest = reader.rest().await;
+    assert_eq!(rest.last().unwrap().data, "[DONE]");
+    let error = rest[rest.len() - 2].json();
+    assert_eq!(error["error"]["code"], "UNAVAILABLE");
+    let store = app.db.store().await;
+    let messages = confab_ports::MessageStore::list(&store, id.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(messages[1].status, confab_domain::MessageStatus::Failed);
+    assert_eq!(messages[1].content.parts(), ["half an answer"]);
+    assert!(llm.wait_for_disconnect(Duration::from_secs(5)).await);
+}
+
+async fn a_rename_during_the_first_answer_is_kept(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::Stream(vec![
+        Step::Text("wait".into()),
+        Step::Hold,
+        Step::Finish("stop"),
+        Step::Done,
+    ]));
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("ada").await;
+    let mut reader = start(&app, &token, "name me").await;
+    let id = conversation_of(&reader.until(is_append).await);
+    let res = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/conversations/{id}"),
+            &token,
+            Some(&json!({"title": "My own title"})),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    llm.release();
+    let rest = reader.rest().await;
+    assert!(
+        !rest
+            .iter()
+            .any(|e| e.kind().as_deref() == Some("title_generation"))
+    );
+    assert_eq!(app.conversation(&token, &id).await["title"], "My own title");
 }

@@ -136,13 +136,14 @@ mod tests {
     use confab_domain::{
         Content, Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError,
         FamilyId, Message, MessageId, MessageStatus, ModelSlug, NewConversation, NewUser,
-        OffsetDateTime, Page, PageRequest, Password, PasswordHash, Role, TokenId, User, UserId,
+        OffsetDateTime, Page, PageRequest, Password, PasswordHash, Role, Title, TokenId, User,
+        UserId,
     };
-    use confab_memory::{MemoryCache, MemoryStreamLog, StreamLogOptions};
     use confab_ports::{
-        AccessClaims, ConversationQuery, ConversationStore, HealthCheck, IssuedToken, MessageStore,
-        NewRefreshToken, PasswordHasher, RateDecision, RateLimiter, RatePolicy, Redemption,
-        RefreshClaims, RefreshTokenStore, ResumeClaims, ResumeTokenCodec, TokenBlocklist,
+        AccessClaims, Cache, CachedValue, ConversationQuery, ConversationStore, EventFeed,
+        HealthCheck, IssuedToken, MessageStore, NewEvent, NewRefreshToken, PasswordHasher,
+        RateDecision, RateLimiter, RatePolicy, ReadFrom, Redemption, RefreshClaims,
+        RefreshTokenStore, ResumeClaims, ResumeTokenCodec, StopSignal, StreamLog, TokenBlocklist,
         TokenCodec, TokenRejection, UserStore, Verification,
     };
 
@@ -319,6 +320,16 @@ mod tests {
         ) -> Result<Conversation, DomainError> {
             Err(DomainError::NotFound)
         }
+        async fn set_generated_title(
+            &self,
+            _: UserId,
+            _: ConversationId,
+            _: &Title,
+            _: &Title,
+            _: OffsetDateTime,
+        ) -> Result<bool, DomainError> {
+            Ok(false)
+        }
         async fn soft_delete(
             &self,
             _: UserId,
@@ -367,6 +378,57 @@ mod tests {
         }
     }
 
+    #[async_trait]
+    impl StreamLog for Nobody {
+        async fn open(
+            &self,
+            _: ConversationId,
+            _: &MessageId,
+        ) -> Result<Box<dyn StopSignal>, DomainError> {
+            Err(DomainError::unavailable("no stream log in this test"))
+        }
+        async fn append(&self, _: ConversationId, _: NewEvent) -> Result<String, DomainError> {
+            Err(DomainError::NotFound)
+        }
+        async fn close(&self, _: ConversationId) -> Result<(), DomainError> {
+            Ok(())
+        }
+        async fn current(&self, _: ConversationId) -> Result<(MessageId, bool), DomainError> {
+            Err(DomainError::NotFound)
+        }
+        async fn read(
+            &self,
+            _: ConversationId,
+            _: ReadFrom,
+        ) -> Result<Box<dyn EventFeed>, DomainError> {
+            Err(DomainError::NotFound)
+        }
+        async fn request_stop(&self, _: ConversationId) -> Result<bool, DomainError> {
+            Ok(false)
+        }
+    }
+
+    #[async_trait]
+    impl Cache for Nobody {
+        async fn get(&self, _: &str) -> Result<Option<CachedValue>, DomainError> {
+            Ok(None)
+        }
+        async fn put(
+            &self,
+            _: &str,
+            _: CachedValue,
+            _: std::time::Duration,
+        ) -> Result<(), DomainError> {
+            Ok(())
+        }
+        async fn version(&self, _: &str) -> Result<u64, DomainError> {
+            Ok(0)
+        }
+        async fn bump(&self, _: &str) -> Result<(), DomainError> {
+            Ok(())
+        }
+    }
+
     fn conversations() -> Conversations {
         let nobody = Arc::new(Nobody);
         Conversations::new(
@@ -374,12 +436,8 @@ mod tests {
                 conversations: nobody.clone(),
                 messages: nobody.clone(),
                 model: None,
-                log: Arc::new(MemoryStreamLog::new(StreamLogOptions {
-                    retention: std::time::Duration::from_secs(1),
-                    max_events_per_log: 16,
-                    max_logs: 4,
-                })),
-                cache: Arc::new(MemoryCache::new(16)),
+                log: nobody.clone(),
+                cache: nobody.clone(),
                 resume_tokens: nobody.clone(),
                 limiter: nobody,
             },

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use confab_domain::{
     Content, Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError,
     ListOrder, Message, MessageId, MessageStatus, NewConversation, NewUser, OffsetDateTime, Page,
-    PageRequest, PasswordHash, SearchQuery, User, UserId,
+    PageRequest, PasswordHash, SearchQuery, Title, User, UserId,
 };
 
 /// Users and their credentials.
@@ -112,6 +112,21 @@ pub trait ConversationStore: Send + Sync + 'static {
         patch: ConversationPatch,
         at: OffsetDateTime,
     ) -> Result<Conversation, DomainError>;
+
+    /// Gives a generated title to a conversation that still has `untitled`
+    /// (so a rename made meanwhile wins). `Ok(false)` when it was renamed,
+    /// deleted or is someone else's.
+    ///
+    /// # Errors
+    /// Only on storage failure.
+    async fn set_generated_title(
+        &self,
+        owner: UserId,
+        id: ConversationId,
+        untitled: &Title,
+        title: &Title,
+        at: OffsetDateTime,
+    ) -> Result<bool, DomainError>;
 
     /// Soft-deletes: the rows stay, but the conversation is not found again.
     ///

@@ -63,6 +63,7 @@ on_both_backends!(
     password_hash_is_replaced,
     no_token_joins_a_revoked_family,
     orphaned_generations_are_closed_as_failed_with_their_text,
+    generated_title_never_overwrites_a_rename,
 );
 
 struct Fixture {
@@ -794,4 +795,24 @@ async fn orphaned_generations_are_closed_as_failed_with_their_text(backend: Back
     assert_eq!(listed[0].content.parts(), ["half an ans"]);
     assert_eq!(listed[1].status, MessageStatus::FinishedSuccessfully);
     assert_eq!(f.store.fail_in_progress(now()).await.unwrap(), 0);
+}
+
+async fn generated_title_never_overwrites_a_rename(backend: Backend) {
+    let f = fixture(backend).await;
+    let pat = user(&f.store, "pat").await;
+    let eve = user(&f.store, "eve").await;
+    let placeholder = Title::placeholder();
+    let untitled = conversation(&f.store, pat.id, placeholder.as_str(), now()).await;
+    let renamed = conversation(&f.store, pat.id, "Mine", now()).await;
+    let generated = Title::parse("Generated").unwrap();
+    let set = |owner, id| {
+        f.store
+            .set_generated_title(owner, id, &placeholder, &generated, now())
+    };
+    assert!(!set(eve.id, untitled).await.unwrap(), "not someone else's");
+    assert!(set(pat.id, untitled).await.unwrap());
+    assert!(!set(pat.id, renamed).await.unwrap());
+    let titles = |id| ConversationStore::get(&f.store, pat.id, id);
+    assert_eq!(titles(untitled).await.unwrap().title.as_str(), "Generated");
+    assert_eq!(titles(renamed).await.unwrap().title.as_str(), "Mine");
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confab_domain::{
-    Content, ConversationId, ConversationPatch, DomainError, Message, MessageStatus, ModelSlug,
-    UserId, WireEvent, events,
+    Content, ConversationId, DomainError, Message, MessageStatus, ModelSlug, UserId, WireEvent,
+    events,
 };
 use confab_ports::{
     ChatModel, CompletionRequest, FinishReason, LlmError, LlmEvent, NewEvent, StopSignal,
@@ -240,23 +240,28 @@ impl Generation {
         let mut sequence = vec![events::finish(status)];
         if self.created {
             let title = self.title(title_source.as_deref()).await;
-            let patch = ConversationPatch {
-                title: Some(title.clone()),
-                is_archived: None,
-            };
+            // Only an untitled conversation is titled: a rename made while
+            // the answer was generating wins.
             match self
                 .inner
                 .ports
                 .conversations
-                .update(self.owner, self.conversation, patch, now())
+                .set_generated_title(
+                    self.owner,
+                    self.conversation,
+                    &confab_domain::Title::placeholder(),
+                    &title,
+                    now(),
+                )
                 .await
             {
-                Ok(_) => {
+                Ok(true) => {
                     self.inner.invalidate(self.owner, self.conversation).await;
                     sequence.push(events::title(title.as_str(), self.conversation));
                 }
+                Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(conversation = %self.conversation, error = %e, "could not store the title")
+                    tracing::warn!(conversation = %self.conversation, error = %e, "could not store the title");
                 }
             }
         }

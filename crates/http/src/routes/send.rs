@@ -158,7 +158,7 @@ fn mode(req: &HttpRequest) -> Result<Mode, ApiError> {
     let has = |t: &str| types.iter().any(|x| x == t);
     if has("text/event-stream") {
         Ok(Mode::Stream)
-    } else if has("application/json") {
+    } else if has("application/json") || has("application/*") {
         Ok(Mode::Json)
     } else if has("*/*") || has("text/*") || accept.trim().is_empty() {
         Ok(Mode::Stream)

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use confab_domain::{
     Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError, ListOrder,
-    NewConversation, OffsetDateTime, Page, UserId,
+    NewConversation, OffsetDateTime, Page, Title, UserId,
 };
 use confab_ports::{ConversationQuery, ConversationStore};
 use diesel::prelude::*;
@@ -168,6 +168,34 @@ impl ConversationStore for SqlStore {
         })
         .await?
         .into_conversation()
+    }
+
+    async fn set_generated_title(
+        &self,
+        owner: UserId,
+        id: ConversationId,
+        untitled: &Title,
+        title: &Title,
+        at: OffsetDateTime,
+    ) -> Result<bool, DomainError> {
+        let (owner, id, at) = (owner.to_string(), id.to_string(), micros(at));
+        let (untitled, title) = (untitled.as_str().to_owned(), title.as_str().to_owned());
+        let changed = run(&self.pool, move |conn| {
+            diesel::update(
+                conversations::table
+                    .filter(conversations::id.eq(&id))
+                    .filter(conversations::user_id.eq(&owner))
+                    .filter(conversations::deleted_at.is_null())
+                    .filter(conversations::title.eq(&untitled)),
+            )
+            .set((
+                conversations::title.eq(&title),
+                conversations::updated_at.eq(at),
+            ))
+            .execute(conn)
+        })
+        .await?;
+        Ok(changed > 0)
     }
 
     async fn soft_delete(
