@@ -154,7 +154,8 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn insert(&self, message: &Message) -> Result<(), DomainError>;
 
     /// Replaces a message's content and status (a generation's progress or
-    /// end) and refreshes the conversation's preview.
+    /// end) and refreshes the conversation's preview. Works in a deleted
+    /// conversation too, so an answer cut by a delete is still closed.
     ///
     /// # Errors
     /// [`DomainError::NotFound`] when there is no such message.

@@ -64,6 +64,7 @@ on_both_backends!(
     no_token_joins_a_revoked_family,
     orphaned_generations_are_closed_as_failed_with_their_text,
     generated_title_never_overwrites_a_rename,
+    an_answer_in_a_deleted_conversation_can_still_be_closed,
 );
 
 struct Fixture {
@@ -815,4 +816,30 @@ async fn generated_title_never_overwrites_a_rename(backend: Backend) {
     let titles = |id| ConversationStore::get(&f.store, pat.id, id);
     assert_eq!(titles(untitled).await.unwrap().title.as_str(), "Generated");
     assert_eq!(titles(renamed).await.unwrap().title.as_str(), "Mine");
+}
+
+async fn an_answer_in_a_deleted_conversation_can_still_be_closed(backend: Backend) {
+    let f = fixture(backend).await;
+    let pat = user(&f.store, "pat").await;
+    let id = conversation(&f.store, pat.id, "chat", now()).await;
+    let mut answer = message(id, "a1", MessageRole::Assistant, "");
+    answer.status = MessageStatus::InProgress;
+    MessageStore::insert(&f.store, &answer).await.unwrap();
+    ConversationStore::soft_delete(&f.store, pat.id, id, now())
+        .await
+        .unwrap();
+    let text = Content::text(vec!["cut short".into()]).unwrap();
+    f.store
+        .update_content(
+            id,
+            &answer.id,
+            &text,
+            MessageStatus::FinishedPartialCompletion,
+            now(),
+        )
+        .await
+        .unwrap();
+    let listed = MessageStore::list(&f.store, id).await.unwrap();
+    assert_eq!(listed[0].status, MessageStatus::FinishedPartialCompletion);
+    assert_eq!(f.store.fail_in_progress(now()).await.unwrap(), 0);
 }

@@ -2,6 +2,7 @@
 //! stream log, saves the text in batches, and always ends the message and
 //! the stream — on success, stop, failure and shutdown alike.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use confab_domain::{
 use confab_ports::{
     ChatModel, CompletionRequest, FinishReason, LlmError, LlmEvent, NewEvent, StopSignal,
 };
+use futures_util::FutureExt;
 use tokio::sync::watch;
 
 use super::prompt::{build_prompt, clean_title, heuristic_title, title_request};
@@ -82,7 +84,12 @@ impl Generation {
         let _slot = slot;
         let began = Instant::now();
         let mut text = String::new();
-        let outcome = self.generate(stop.as_mut(), &mut text).await;
+        // A panic must not leave the message in progress and its readers
+        // waiting: it ends the generation like any internal failure.
+        let outcome = AssertUnwindSafe(self.generate(stop.as_mut(), &mut text))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Outcome::Broken(DomainError::internal("the generation panicked")));
         match &outcome {
             Outcome::Failed(e) => {
                 tracing::warn!(conversation = %self.conversation, error = %e, "generation failed")
@@ -92,7 +99,7 @@ impl Generation {
             }
             _ => {}
         }
-        self.finish(&outcome, text, began).await;
+        self.finish(outcome, text, began).await;
     }
 
     async fn emit(&self, event: WireEvent) -> Result<(), DomainError> {
@@ -108,6 +115,18 @@ impl Generation {
             )
             .await
             .map(drop)
+    }
+
+    /// Appends an event at the end of a generation; a failure is logged
+    /// (the remaining events are still tried, and the log is closed).
+    async fn emit_logged(&self, event: Result<WireEvent, DomainError>) {
+        let appended = match event {
+            Ok(event) => self.emit(event).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = appended {
+            tracing::error!(conversation = %self.conversation, error = %e, "could not append to the stream log");
+        }
     }
 
     async fn generate(&mut self, stop: &mut dyn StopSignal, text: &mut String) -> Outcome {
@@ -227,19 +246,17 @@ impl Generation {
         false
     }
 
-    async fn finish(&self, outcome: &Outcome, text: String, began: Instant) {
-        let status = outcome.status();
+    async fn finish(&self, outcome: Outcome, text: String, began: Instant) {
+        let mut outcome = outcome;
         let chars = text.chars().count();
-        let title_source =
-            if self.created && matches!(outcome, Outcome::Finished(_) | Outcome::Stopped) {
-                Some(text.clone())
-            } else {
-                None
-            };
-        self.save(&text, status).await;
-        let mut sequence = vec![events::finish(status)];
+        if !self.save(&text, outcome.status()).await && outcome.status() != MessageStatus::Failed {
+            // The stream must not claim what the database doesn't hold.
+            outcome = Outcome::Broken(DomainError::unavailable("the answer could not be saved"));
+        }
+        let status = outcome.status();
+        self.emit_logged(events::finish(status)).await;
         if self.created {
-            let title = self.title(title_source.as_deref()).await;
+            let title = self.title(matches!(outcome, Outcome::Finished(_))).await;
             // Only an untitled conversation is titled: a rename made while
             // the answer was generating wins.
             match self
@@ -257,7 +274,8 @@ impl Generation {
             {
                 Ok(true) => {
                     self.inner.invalidate(self.owner, self.conversation).await;
-                    sequence.push(events::title(title.as_str(), self.conversation));
+                    self.emit_logged(events::title(title.as_str(), self.conversation))
+                        .await;
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -266,19 +284,16 @@ impl Generation {
             }
         }
         match outcome.error() {
-            Some((code, message)) => sequence.push(events::error(code, message, self.conversation)),
-            None => sequence.push(events::stream_complete(self.conversation)),
-        }
-        sequence.push(Ok(events::done()));
-        for event in sequence {
-            let appended = match event {
-                Ok(event) => self.emit(event).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = appended {
-                tracing::error!(conversation = %self.conversation, error = %e, "could not append to the stream log");
+            Some((code, message)) => {
+                self.emit_logged(events::error(code, message, self.conversation))
+                    .await;
+            }
+            None => {
+                self.emit_logged(events::stream_complete(self.conversation))
+                    .await
             }
         }
+        self.emit_logged(Ok(events::done())).await;
         if let Err(e) = self.inner.ports.log.close(self.conversation).await {
             tracing::error!(conversation = %self.conversation, error = %e, "could not close the stream log");
         }
@@ -292,11 +307,12 @@ impl Generation {
         );
     }
 
-    /// A title for a new conversation: the model's, when enabled and it
-    /// answers in time, else one made from the first message.
-    async fn title(&self, answer: Option<&str>) -> confab_domain::Title {
+    /// A title for a new conversation: the model's, when enabled, the
+    /// answer finished and the call answers in time; else one made from the
+    /// first message.
+    async fn title(&self, ask_model: bool) -> confab_domain::Title {
         let rules = &self.inner.rules;
-        if rules.title_generation && answer.is_some() && !*self.shutdown.borrow() {
+        if rules.title_generation && ask_model && !*self.shutdown.borrow() {
             let request = title_request(&self.model, &self.first_text);
             let asked = async {
                 let mut stream = self.chat_model.complete(request).await.ok()?;

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use confab_domain::{
-    Content, Conversation, ConversationId, Message, MessageDocument, MessageId, MessageMetadata,
-    MessageRole, MessageStatus, ModelSlug, NewConversation, Title, UserId, events,
+    Content, Conversation, ConversationId, DomainError, Message, MessageDocument, MessageId,
+    MessageMetadata, MessageRole, MessageStatus, ModelSlug, NewConversation, Title, UserId, events,
 };
-use confab_ports::{AccessClaims, NewEvent, StopSignal};
+use confab_ports::{AccessClaims, ChatModel, NewEvent, StopSignal};
 
 use super::generation::Generation;
 use super::{Conversations, Inner, Slot, now};
@@ -70,6 +70,9 @@ impl Inner {
 
     /// Takes one of `user`'s generation slots, or refuses with 429.
     fn take_slot(self: &Arc<Self>, user: UserId) -> Result<Slot, AppError> {
+        if *self.running.shutdown.borrow() {
+            return Err(AppError::Unavailable("the server is shutting down".into()));
+        }
         let cap = self.rules.max_concurrent_per_user;
         let mut map = self
             .running
@@ -89,11 +92,26 @@ impl Inner {
     }
 }
 
+/// A send that passed validation, ready to start.
+struct Request {
+    owner: UserId,
+    existing: Option<Conversation>,
+    message_id: MessageId,
+    content: Content,
+    model: ModelSlug,
+    temperature: Option<f32>,
+    chat_model: Arc<dyn ChatModel>,
+}
+
 impl Conversations {
     /// Stores the caller's message, creates the assistant's answer
     /// (`in_progress`) and starts generating it in a task of its own: the
     /// answer is finished and stored whether or not anyone reads the
     /// stream. Read the stream with [`Conversations::follow`].
+    ///
+    /// Once validation has passed, the work runs in a task of its own too:
+    /// a caller that goes away mid-way (a dropped connection) can't leave a
+    /// half-started answer behind.
     ///
     /// # Errors
     /// [`AppError::Validation`] on bad input; [`AppError::Forbidden`] when
@@ -101,7 +119,8 @@ impl Conversations {
     /// foreign conversation; [`AppError::Conflict`] when the message id is
     /// taken; [`AppError::Busy`] when the conversation is still generating;
     /// [`AppError::TooManyGenerations`] or [`AppError::RateLimited`] over
-    /// the caps; [`AppError::Unavailable`] when no model is configured.
+    /// the caps; [`AppError::Unavailable`] when no model is configured or
+    /// the server is shutting down.
     pub async fn send(
         &self,
         caller: &AccessClaims,
@@ -109,10 +128,13 @@ impl Conversations {
     ) -> Result<Started, AppError> {
         let inner = &self.inner;
         let owner = caller.user_id;
-        if let Some(claimed) = &input.user_id
-            && claimed != &owner.to_string()
-        {
-            return Err(AppError::Forbidden);
+        if let Some(claimed) = &input.user_id {
+            if claimed.contains('\0') {
+                return Err(invalid("user_id", "must not contain NUL"));
+            }
+            if claimed != &owner.to_string() {
+                return Err(AppError::Forbidden);
+            }
         }
         if input.must_be_new && input.conversation_id.is_some() {
             return Err(invalid(
@@ -140,6 +162,11 @@ impl Conversations {
                 "no chat model is configured (llm.provider)".into(),
             ));
         };
+        // Ownership first: a foreign or missing conversation costs no budget.
+        let existing = match input.conversation_id {
+            Some(id) => Some(inner.ports.conversations.get(owner, id).await?),
+            None => None,
+        };
         let slot = inner.take_slot(owner)?;
         let decision = inner
             .ports
@@ -152,85 +179,141 @@ impl Conversations {
                 decision,
             });
         }
-        let (conversation, created) = match input.conversation_id {
-            Some(id) => (inner.ports.conversations.get(owner, id).await?, false),
-            None => (
-                inner
-                    .ports
-                    .conversations
-                    .create(NewConversation {
-                        id: ConversationId::generate(),
-                        owner,
-                        title: Title::placeholder(),
-                        created_at: now(),
-                    })
-                    .await?,
-                true,
-            ),
+        let request = Request {
+            owner,
+            existing,
+            message_id,
+            content,
+            model,
+            temperature,
+            chat_model,
         };
+        let this = self.clone();
+        tokio::spawn(async move { this.begin(request, slot).await })
+            .await
+            .map_err(|e| AppError::Internal(format!("starting a generation failed: {e}").into()))?
+    }
+
+    /// Opens the stream log, stores both messages, announces them and
+    /// spawns the generation; on any failure, undoes what it did.
+    async fn begin(&self, request: Request, slot: Slot) -> Result<Started, AppError> {
+        let inner = &self.inner;
+        let owner = request.owner;
+        let created = request.existing.is_none();
+        let conversation_id = request
+            .existing
+            .as_ref()
+            .map_or_else(ConversationId::generate, |c| c.id);
+        let history = match &request.existing {
+            Some(c) => inner.ports.messages.list(c.id).await?,
+            None => Vec::new(),
+        };
+        // Checked before the log is opened, so a retried message does not
+        // replace the stream of the answer it already has.
+        if history.iter().any(|m| m.id == request.message_id) {
+            return Err(AppError::Conflict {
+                field: "messages[0].id".into(),
+            });
+        }
         let assistant_id = MessageId::generate();
         let stop = inner
             .ports
             .log
-            .open(conversation.id, &assistant_id)
+            .open(conversation_id, &assistant_id)
             .await
             .map_err(|e| match e {
-                confab_domain::DomainError::Duplicate { .. } => AppError::Busy,
+                DomainError::Duplicate { .. } => AppError::Busy,
                 other => other.into(),
             })?;
-        match self
-            .store_and_announce(
-                caller,
-                &conversation,
-                message_id,
-                content,
-                assistant_id,
-                &model,
-            )
-            .await
-        {
-            Ok((user_message, assistant_message)) => {
-                let started = Started {
-                    conversation: conversation.clone(),
-                    created,
-                    user_message,
-                    assistant_message,
-                };
-                self.spawn(&started, model, temperature, chat_model, stop, slot);
+        let stored = async {
+            let conversation = match &request.existing {
+                Some(c) => c.clone(),
+                None => {
+                    inner
+                        .ports
+                        .conversations
+                        .create(NewConversation {
+                            id: conversation_id,
+                            owner,
+                            title: Title::placeholder(),
+                            created_at: now(),
+                        })
+                        .await?
+                }
+            };
+            let (user_message, assistant_message) = self
+                .store_and_announce(
+                    owner,
+                    &conversation,
+                    history.last().map(|m| m.id.clone()),
+                    request.message_id,
+                    request.content,
+                    assistant_id,
+                    &request.model,
+                )
+                .await?;
+            Ok::<_, AppError>(Started {
+                conversation,
+                created,
+                user_message,
+                assistant_message,
+            })
+        }
+        .await;
+        match stored {
+            Ok(started) => {
+                self.spawn(
+                    &started,
+                    request.model,
+                    request.temperature,
+                    request.chat_model,
+                    stop,
+                    slot,
+                );
                 Ok(started)
             }
             Err(e) => {
-                // Nothing was generated: end the log so a reader isn't left
-                // waiting, and free the conversation for the next message.
-                let _ = inner.ports.log.close(conversation.id).await;
-                if created {
-                    let _ = inner
-                        .ports
-                        .conversations
-                        .soft_delete(owner, conversation.id, now())
-                        .await;
-                }
+                self.abandon(owner, conversation_id, created).await;
                 Err(e)
             }
         }
     }
 
+    /// Undoes a start that failed half-way: nothing is generated, so the
+    /// log ends (no reader waits), a new conversation goes, and caches
+    /// forget whatever was stored.
+    async fn abandon(&self, owner: UserId, conversation: ConversationId, created: bool) {
+        let ports = &self.inner.ports;
+        if let Err(e) = ports.log.close(conversation).await {
+            tracing::error!(error = %e, "could not close the log of an abandoned start");
+        }
+        if created {
+            // NotFound: it was never stored.
+            let _ = ports
+                .conversations
+                .soft_delete(owner, conversation, now())
+                .await;
+        }
+        self.inner.invalidate(owner, conversation).await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn store_and_announce(
         &self,
-        caller: &AccessClaims,
+        owner: UserId,
         conversation: &Conversation,
+        parent: Option<MessageId>,
         message_id: MessageId,
         content: Content,
         assistant_id: MessageId,
         model: &ModelSlug,
     ) -> Result<(Message, Message), AppError> {
         let inner = &self.inner;
-        let history = inner.ports.messages.list(conversation.id).await?;
         let created_at = now();
         let user_message = Message {
             id: message_id,
             conversation_id: conversation.id,
-            parent_id: history.last().map(|m| m.id.clone()),
+            parent_id: parent,
             role: MessageRole::User,
             content,
             status: MessageStatus::FinishedSuccessfully,
@@ -245,7 +328,7 @@ impl Conversations {
             .insert(&user_message)
             .await
             .map_err(|e| match e {
-                confab_domain::DomainError::Duplicate { .. } => AppError::Conflict {
+                DomainError::Duplicate { .. } => AppError::Conflict {
                     field: "messages[0].id".into(),
                 },
                 other => other.into(),
@@ -263,10 +346,14 @@ impl Conversations {
             created_at: started_at,
             updated_at: started_at,
         };
-        inner.ports.messages.insert(&assistant_message).await?;
-        inner.invalidate(caller.user_id, conversation.id).await;
+        if let Err(e) = inner.ports.messages.insert(&assistant_message).await {
+            // The user message is stored: make it visible, then fail.
+            inner.invalidate(owner, conversation.id).await;
+            return Err(e.into());
+        }
+        inner.invalidate(owner, conversation.id).await;
         let token = inner.ports.resume_tokens.issue_resume(
-            caller.user_id,
+            owner,
             conversation.id,
             &assistant_message.id,
             started_at,
@@ -278,7 +365,7 @@ impl Conversations {
             events::add_message(&MessageDocument::of(&assistant_message)?, conversation.id)?,
         ];
         for event in opening {
-            inner
+            if let Err(e) = inner
                 .ports
                 .log
                 .append(
@@ -288,7 +375,22 @@ impl Conversations {
                         data: event.data,
                     },
                 )
-                .await?;
+                .await
+            {
+                // The answer exists but will never be generated: close it.
+                let _ = inner
+                    .ports
+                    .messages
+                    .update_content(
+                        conversation.id,
+                        &assistant_message.id,
+                        &assistant_message.content,
+                        MessageStatus::Failed,
+                        now(),
+                    )
+                    .await;
+                return Err(e.into());
+            }
         }
         Ok((user_message, assistant_message))
     }
@@ -298,7 +400,7 @@ impl Conversations {
         started: &Started,
         model: ModelSlug,
         temperature: Option<f32>,
-        chat_model: Arc<dyn confab_ports::ChatModel>,
+        chat_model: Arc<dyn ChatModel>,
         stop: Box<dyn StopSignal>,
         slot: Slot,
     ) {

@@ -1,6 +1,6 @@
 //! Reading a generation's stream: following it, resuming it, stopping it.
 
-use confab_domain::{ConversationId, DomainError, Message, MessageId};
+use confab_domain::{ConversationId, DomainError};
 use confab_ports::{AccessClaims, EventFeed, ReadFrom};
 
 use super::Conversations;
@@ -97,23 +97,5 @@ impl Conversations {
             Ok(Ok(())) | Err(_) => Ok(()),
             Ok(Err(e)) => Err(e.into()),
         }
-    }
-
-    /// One message of one of the caller's conversations (the answer, once a
-    /// generation has ended, for the JSON mode of sending).
-    ///
-    /// # Errors
-    /// [`AppError::NotFound`] when it is missing or not the caller's.
-    pub async fn message(
-        &self,
-        caller: &AccessClaims,
-        conversation: ConversationId,
-        id: &MessageId,
-    ) -> Result<Message, AppError> {
-        let (_, messages) = self.get(caller, conversation).await?;
-        messages
-            .into_iter()
-            .find(|m| &m.id == id)
-            .ok_or(AppError::NotFound)
     }
 }

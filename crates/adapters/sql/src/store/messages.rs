@@ -92,7 +92,12 @@ impl MessageStore for SqlStore {
                 if changed == 0 {
                     return Err(diesel::result::Error::NotFound);
                 }
-                touch_conversation(conn, &conversation, text, at)
+                // A conversation deleted while its answer was generating
+                // still gets the answer closed; there is no list to touch.
+                match touch_conversation(conn, &conversation, text, at) {
+                    Err(diesel::result::Error::NotFound) => Ok(()),
+                    other => other,
+                }
             })
         })
         .await
