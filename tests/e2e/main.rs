@@ -34,5 +34,6 @@ mod errors;
 mod fake_llm;
 mod headers;
 mod operations;
+mod recovery;
 mod register;
 mod stream;

@@ -94,7 +94,16 @@ pub struct TestApp {
 /// When the database or the server can't start.
 #[must_use]
 pub fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
-    let db = TestDatabase::new(backend);
+    spawn_app_on(TestDatabase::new(backend), extra)
+}
+
+/// Starts a server on an existing test database (as after a restart),
+/// with the test configuration plus `extra` environment variables.
+///
+/// # Panics
+/// When the server can't start.
+#[must_use]
+pub fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
     let mut vars: HashMap<String, String> = HashMap::from([
         ("CONFAB_CONFIG_DIR".to_owned(), "/nonexistent".to_owned()),
         ("CONFAB_JWT_SECRET".to_owned(), JWT_SECRET.to_owned()),
