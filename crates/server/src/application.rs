@@ -108,6 +108,16 @@ impl Application {
         let s = &settings.server;
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || confab_http::app(state.clone()))
+            // Streams are many small writes: without TCP_NODELAY a delta
+            // written while the previous one is unacknowledged waits for the
+            // client's delayed ACK (40 ms on Linux).
+            .on_connect(|conn, _| {
+                if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
+                    && let Err(e) = tcp.set_nodelay(true)
+                {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+            })
             .workers(if s.workers == 0 { cores() } else { s.workers })
             .disable_signals()
             .shutdown_timeout(s.shutdown_timeout_secs)
