@@ -345,6 +345,9 @@ mod tests {
         async fn insert(&self, _: &Message) -> Result<(), DomainError> {
             Err(DomainError::NotFound)
         }
+        async fn insert_exchange(&self, _: &Message, _: &Message) -> Result<(), DomainError> {
+            Err(DomainError::NotFound)
+        }
         async fn update_content(
             &self,
             _: ConversationId,

@@ -153,6 +153,15 @@ pub trait MessageStore: Send + Sync + 'static {
     /// conversation does not exist.
     async fn insert(&self, message: &Message) -> Result<(), DomainError>;
 
+    /// Stores a user message and the assistant message that answers it in
+    /// one transaction (one write where two would serialise twice on
+    /// SQLite), the assistant's last; as [`MessageStore::insert`] otherwise.
+    ///
+    /// # Errors
+    /// As [`MessageStore::insert`]; nothing is stored on error.
+    async fn insert_exchange(&self, user: &Message, assistant: &Message)
+    -> Result<(), DomainError>;
+
     /// Replaces a message's content and status (a generation's progress or
     /// end) and refreshes the conversation's preview. Works in a deleted
     /// conversation too, so an answer cut by a delete is still closed.

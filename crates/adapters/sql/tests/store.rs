@@ -65,6 +65,7 @@ on_both_backends!(
     orphaned_generations_are_closed_as_failed_with_their_text,
     generated_title_never_overwrites_a_rename,
     an_answer_in_a_deleted_conversation_can_still_be_closed,
+    an_exchange_is_stored_whole_or_not_at_all,
 );
 
 struct Fixture {
@@ -842,4 +843,33 @@ async fn an_answer_in_a_deleted_conversation_can_still_be_closed(backend: Backen
     let listed = MessageStore::list(&f.store, id).await.unwrap();
     assert_eq!(listed[0].status, MessageStatus::FinishedPartialCompletion);
     assert_eq!(f.store.fail_in_progress(now()).await.unwrap(), 0);
+}
+
+async fn an_exchange_is_stored_whole_or_not_at_all(backend: Backend) {
+    let f = fixture(backend).await;
+    let pat = user(&f.store, "pat").await;
+    let id = conversation(&f.store, pat.id, "chat", now()).await;
+    let first = message(id, "u1", MessageRole::User, "question");
+    MessageStore::insert(&f.store, &first).await.unwrap();
+    let question = message(id, "u2", MessageRole::User, "next question");
+    let mut answer = message(id, "a2", MessageRole::Assistant, "");
+    answer.status = MessageStatus::InProgress;
+    f.store.insert_exchange(&question, &answer).await.unwrap();
+    let ids: Vec<String> = MessageStore::list(&f.store, id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id.as_str().to_owned())
+        .collect();
+    assert_eq!(ids, ["u1", "u2", "a2"]);
+    let page = ConversationStore::list(&f.store, pat.id, &query())
+        .await
+        .unwrap();
+    assert_eq!(page.items[0].last_message.as_deref(), Some("next question"));
+    // A duplicate user message id stores neither message.
+    let again = message(id, "u2", MessageRole::User, "dup");
+    let other = message(id, "a3", MessageRole::Assistant, "");
+    let err = f.store.insert_exchange(&again, &other).await.unwrap_err();
+    assert!(matches!(err, DomainError::Duplicate { .. }), "{err:?}");
+    assert_eq!(MessageStore::list(&f.store, id).await.unwrap().len(), 3);
 }

@@ -322,17 +322,6 @@ impl Conversations {
             created_at,
             updated_at: created_at,
         };
-        inner
-            .ports
-            .messages
-            .insert(&user_message)
-            .await
-            .map_err(|e| match e {
-                DomainError::Duplicate { .. } => AppError::Conflict {
-                    field: "messages[0].id".into(),
-                },
-                other => other.into(),
-            })?;
         let started_at = now();
         let assistant_message = Message {
             id: assistant_id,
@@ -346,11 +335,17 @@ impl Conversations {
             created_at: started_at,
             updated_at: started_at,
         };
-        if let Err(e) = inner.ports.messages.insert(&assistant_message).await {
-            // The user message is stored: make it visible, then fail.
-            inner.invalidate(owner, conversation.id).await;
-            return Err(e.into());
-        }
+        inner
+            .ports
+            .messages
+            .insert_exchange(&user_message, &assistant_message)
+            .await
+            .map_err(|e| match e {
+                DomainError::Duplicate { .. } => AppError::Conflict {
+                    field: "messages[0].id".into(),
+                },
+                other => other.into(),
+            })?;
         inner.invalidate(owner, conversation.id).await;
         let token = inner.ports.resume_tokens.issue_resume(
             owner,

@@ -64,6 +64,37 @@ impl MessageStore for SqlStore {
         .await
     }
 
+    async fn insert_exchange(
+        &self,
+        user: &Message,
+        assistant: &Message,
+    ) -> Result<(), DomainError> {
+        let rows = [
+            MessageRow::from_message(user)?,
+            MessageRow::from_message(assistant)?,
+        ];
+        let text = preview(&user.content);
+        run(&self.pool, move |conn| {
+            conn.transaction(|conn| {
+                let [mut first, mut second] = rows;
+                touch_conversation(conn, &first.conversation_id, text, second.updated_at)?;
+                let last: Option<i64> = messages::table
+                    .filter(messages::conversation_id.eq(&first.conversation_id))
+                    .select(diesel::dsl::max(messages::position))
+                    .first(conn)?;
+                first.position = last.unwrap_or(0) + 1;
+                second.position = first.position + 1;
+                for row in [&first, &second] {
+                    diesel::insert_into(messages::table)
+                        .values(row)
+                        .execute(conn)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
     async fn update_content(
         &self,
         conversation: ConversationId,
