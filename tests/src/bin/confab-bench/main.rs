@@ -1,5 +1,6 @@
 //! `make bench`: measures the foundation's request paths against a release
-//! server started in-process on loopback, and writes the figures to the
+//! server started in-process on loopback, then the overhead Confab's relay
+//! adds to a streamed answer ([`relay`]), and writes the figures to the
 //! file named on the command line (docs/benchmarks.md).
 //!
 //! Every scenario is bounded in request count and time. The load generator
@@ -15,6 +16,10 @@ use std::time::{Duration, Instant};
 use confab_e2e::spawn_app_with;
 use confab_sql::Backend;
 
+mod relay;
+
+/// One request-path scenario: a request sent `requests` times by
+/// `concurrency` clients.
 #[derive(Clone)]
 struct Scenario {
     name: &'static str,
@@ -27,6 +32,7 @@ struct Scenario {
 }
 
 impl Scenario {
+    /// A `GET path` scenario.
     fn get(name: &'static str, path: &'static str, requests: usize, concurrency: usize) -> Self {
         Self {
             name,
@@ -39,6 +45,7 @@ impl Scenario {
         }
     }
 
+    /// A `POST path` scenario whose body `body(i)` makes for request `i`.
     fn post(
         name: &'static str,
         path: &'static str,
@@ -58,6 +65,7 @@ impl Scenario {
     }
 }
 
+/// What one scenario measured.
 struct Result {
     name: &'static str,
     concurrency: usize,
@@ -68,6 +76,7 @@ struct Result {
     statuses: String,
 }
 
+/// Prints one scenario's figures.
 fn print_row(r: &Result) {
     println!(
         "{:<45} c={:<3} {:>8.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  [{}]",
@@ -80,6 +89,7 @@ fn print_row(r: &Result) {
     );
 }
 
+/// The `p` quantile (0..=1) of `sorted` (nearest rank), 0 when empty.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -88,6 +98,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// Runs `s` against the server at `app_url` (bounded by a 60 s cap).
 async fn run(app_url: &str, client: &reqwest::Client, s: &Scenario) -> Result {
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -148,6 +159,7 @@ async fn run(app_url: &str, client: &reqwest::Client, s: &Scenario) -> Result {
     }
 }
 
+/// The body of the login scenarios' account.
 fn login_body(_: usize) -> String {
     r#"{"username":"benchlogin","password":"correct horse battery staple"}"#.to_owned()
 }
@@ -162,6 +174,7 @@ fn register_body(_: usize) -> String {
     )
 }
 
+/// An access token of the login scenarios' account.
 async fn login_token(client: &reqwest::Client, base: &str) -> String {
     let res = client
         .post(format!("{base}/api/v1/auth/login"))
@@ -177,6 +190,7 @@ async fn login_token(client: &reqwest::Client, base: &str) -> String {
     }
 }
 
+/// Measures every scenario and writes the markdown to the file named first.
 fn main() {
     let out = std::env::args()
         .nth(1)
@@ -288,6 +302,7 @@ fn main() {
         start.elapsed().as_secs_f64() * 1000.0
     };
     drop(app);
+    let relay = relay::measure(&runtime, cores);
 
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -299,7 +314,7 @@ fn main() {
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
         md,
-        "Written by `make bench` (`tests/src/bin/confab-bench.rs`); do not edit by hand.\n"
+        "Written by `make bench` (`tests/src/bin/confab-bench/`); do not edit by hand.\n"
     );
     let _ = writeln!(
         md,
@@ -364,6 +379,7 @@ fn main() {
         md,
         "hashing threads: hashes run on the blocking pool, not on the request workers."
     );
+    relay::write_markdown(&mut md, &relay, cores);
     std::fs::write(&out, md).unwrap_or_else(|e| panic!("cannot write {out}: {e}"));
     println!("wrote {out}");
 }

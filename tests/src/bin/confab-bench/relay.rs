@@ -1,0 +1,356 @@
+//! The relay-overhead scenario: what Confab adds to a streamed answer over
+//! calling the model's server directly.
+//!
+//! One OpenAI-compatible upstream ([`upstream`]) streams every answer as
+//! [`DELTAS`] text deltas [`SPACING`] apart, each stamped with the instant
+//! it was written. At each of [`LEVELS`], rounds of that many streams
+//! started at once go first straight to the upstream, then through a
+//! release Confab server wired to it; the measured rounds follow an
+//! unmeasured warm-up round of the same size, and each is capped in time.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use confab_e2e::chat::MODEL;
+use confab_e2e::spawn_app_with;
+use confab_sql::Backend;
+
+use super::percentile;
+use probe::{Outcome, Target, stream};
+use upstream::Upstream;
+
+mod probe;
+mod upstream;
+
+/// Text deltas in every answer.
+const DELTAS: usize = 20;
+/// The upstream's pause between two deltas.
+const SPACING: Duration = Duration::from_millis(20);
+/// Concurrent streams per round, and measured rounds at that concurrency
+/// (one stream at a time is repeated, so its percentiles have samples).
+const LEVELS: [(usize, usize); 3] = [(1, 20), (100, 1), (1000, 1)];
+/// The longest a round runs; streams still open count as `timeout`.
+const ROUND_CAP: Duration = Duration::from_secs(60);
+/// What every stream asks.
+const PROMPT: &str = "Tell me about caching.";
+
+/// p50 and p99 of a sample, in ms.
+type Quantiles = (f64, f64);
+
+/// p50 and p99 of `samples`, in ms.
+fn quantiles(mut samples: Vec<f64>) -> Quantiles {
+    samples.sort_by(f64::total_cmp);
+    (percentile(&samples, 0.50), percentile(&samples, 0.99))
+}
+
+/// The figures of one path at one concurrency.
+pub(super) struct Figures {
+    /// `direct` or `through Confab`.
+    path: &'static str,
+    /// Streams started at once.
+    concurrency: usize,
+    /// Streams in all the rounds.
+    streams: usize,
+    /// Every stream's outcome, counted (`ok×1000`).
+    outcomes: String,
+    /// Mean wall time of a round.
+    seconds: f64,
+    /// Send to response head.
+    head: Quantiles,
+    /// Send to first text delta.
+    first: Quantiles,
+    /// Upstream write to arrival, every delta.
+    delta: Quantiles,
+    /// Upstream write to arrival, the first delta of each stream only.
+    first_delta: Quantiles,
+    /// Upstream write to arrival, the other deltas.
+    later_deltas: Quantiles,
+}
+
+impl Figures {
+    /// Counts `outcomes` and takes the percentiles of the complete ones.
+    fn of(path: &'static str, concurrency: usize, outcomes: Vec<Outcome>, seconds: f64) -> Self {
+        let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+        let streams = outcomes.len();
+        let mut counts = BTreeMap::<String, usize>::new();
+        let (mut head, mut first, mut delta) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut first_delta, mut later_deltas) = (Vec::new(), Vec::new());
+        for outcome in outcomes {
+            let key = match outcome {
+                Outcome::Complete(t) => {
+                    head.push(ms(&t.head));
+                    first.push(ms(&t.first));
+                    delta.extend(t.deltas.iter().map(ms));
+                    first_delta.extend(t.deltas.first().map(ms));
+                    later_deltas.extend(t.deltas.iter().skip(1).map(ms));
+                    "ok".to_owned()
+                }
+                Outcome::Status(status) => format!("HTTP {status}"),
+                Outcome::Short => "short".to_owned(),
+                Outcome::Timeout => "timeout".to_owned(),
+                Outcome::Error => "error".to_owned(),
+            };
+            *counts.entry(key).or_default() += 1;
+        }
+        let outcomes = counts
+            .iter()
+            .map(|(k, v)| format!("{k}×{v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        Self {
+            path,
+            concurrency,
+            streams,
+            outcomes,
+            seconds,
+            head: quantiles(head),
+            first: quantiles(first),
+            delta: quantiles(delta),
+            first_delta: quantiles(first_delta),
+            later_deltas: quantiles(later_deltas),
+        }
+    }
+
+    /// Did every stream complete?
+    fn all_ok(&self) -> bool {
+        self.outcomes == format!("ok×{}", self.streams)
+    }
+}
+
+/// Runs `rounds` rounds of `concurrency` streams to `target` started at
+/// once, each round until its streams end or for `cap`.
+async fn rounds(
+    client: &reqwest::Client,
+    target: &Target,
+    (concurrency, rounds): (usize, usize),
+    cap: Duration,
+) -> Figures {
+    let direct = matches!(target, Target::Direct(_));
+    let started = Instant::now();
+    let mut outcomes = Vec::with_capacity(concurrency * rounds);
+    for _ in 0..rounds {
+        let deadline = tokio::time::Instant::now() + cap;
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| tokio::spawn(stream(target.request(client), direct, deadline)))
+            .collect();
+        for task in tasks {
+            outcomes.push(task.await.expect("a stream task"));
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64() / rounds.max(1) as f64;
+    Figures::of(target.name(), concurrency, outcomes, seconds)
+}
+
+/// Prints one row as it is measured, with the per-delta latency of the
+/// first delta and of the others apart.
+fn print_row(f: &Figures) {
+    println!(
+        "relay {:<14} c={:<4} head {:>8.3}/{:>8.3}  first delta {:>8.3}/{:>8.3}  per-delta {:>7.3}/{:>7.3} \
+         (1st {:>7.3}/{:>7.3}, rest {:>7.3}/{:>7.3}) ms p50/p99  {:>5.2} s  [{}]",
+        f.path,
+        f.concurrency,
+        f.head.0,
+        f.head.1,
+        f.first.0,
+        f.first.1,
+        f.delta.0,
+        f.delta.1,
+        f.first_delta.0,
+        f.first_delta.1,
+        f.later_deltas.0,
+        f.later_deltas.1,
+        f.seconds,
+        f.outcomes
+    );
+}
+
+/// One concurrency level: the direct figures, then Confab's.
+pub(super) type Level = (Figures, Figures);
+
+/// Runs the relay scenario on `runtime`, against a server with `cores`
+/// workers.
+pub(super) fn measure(runtime: &tokio::runtime::Runtime, cores: usize) -> Vec<Level> {
+    let upstream = Upstream::start();
+    let workers = cores.to_string();
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("CONFAB_LLM_PROVIDER", "openai"),
+            ("CONFAB_LLM_BASE_URL", upstream.base_url.as_str()),
+            ("CONFAB_LLM_MODEL", MODEL),
+            ("CONFAB_LLM_API_KEY", "sk-bench-upstream-key-0123456789"),
+            ("CONFAB__SERVER__WORKERS", workers.as_str()),
+            ("CONFAB__LOG__FILTER", "warn"),
+            // One user sends everything: lift its limits.
+            ("CONFAB__GENERATION__MAX_CONCURRENT_PER_USER", "2000"),
+            ("CONFAB__GENERATION__PER_MINUTE", "100000000"),
+            ("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "100000000"),
+            ("CONFAB__GENERATION__MAX_STREAMS", "20000"),
+            // Measure the relay, not the title call.
+            ("CONFAB__LLM__TITLE_GENERATION", "false"),
+        ],
+    );
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(2000)
+            .build()
+            .expect("client");
+        let direct = Target::Direct(format!("{}/chat/completions", upstream.base_url));
+        let confab = Target::Confab {
+            url: app.url("/api/v1/conversations"),
+            token: app.user("relay").await,
+        };
+        let mut levels = Vec::new();
+        for (concurrency, measured) in LEVELS {
+            let mut pair = Vec::new();
+            for target in [&direct, &confab] {
+                let _ = rounds(&client, target, (concurrency, 1), ROUND_CAP).await;
+                let figures = rounds(&client, target, (concurrency, measured), ROUND_CAP).await;
+                print_row(&figures);
+                pair.push(figures);
+            }
+            let confab = pair.pop().expect("Confab's figures");
+            let direct = pair.pop().expect("the direct figures");
+            levels.push((direct, confab));
+        }
+        levels
+    })
+}
+
+/// The soft open-file limit of this process, from `/proc/self/limits`.
+fn open_file_limit() -> Option<String> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3).map(str::to_owned)
+}
+
+/// Appends the relay section (method and table) to `md`.
+pub(super) fn write_markdown(md: &mut String, levels: &[Level], cores: usize) {
+    let spacing = SPACING.as_millis();
+    let cap = ROUND_CAP.as_secs();
+    let single = LEVELS[0].1;
+    let backlog = upstream::BACKLOG;
+    let limit = open_file_limit().unwrap_or_else(|| "unknown".to_owned());
+    let text = format!(
+        "
+## Relay overhead
+
+What Confab adds to a streamed answer over calling the model's server directly.
+The bench's own OpenAI-compatible upstream (`relay/upstream.rs`: one thread in
+this process, the chunks of the harness's `FakeLlm`, a listen backlog of {backlog})
+streams every answer as {DELTAS} text deltas {spacing} ms apart, then
+`finish_reason: stop` and `[DONE]`; each delta's text is the instant it was
+written, which `FakeLlm` (texts fixed when queued) cannot give. At each
+concurrency c, c streams start at once (one round at 100 and at 1,000; at 1,
+{single} rounds one after the other), each way:
+
+- **direct**: streaming `POST /v1/chat/completions` straight to the upstream;
+- **through Confab**: sends (`POST /api/v1/conversations`, each a new
+  conversation of one user, over kept-alive connections) to a release Confab
+  server wired to the same upstream: SQLite, {cores} workers, title generation
+  off, the user's generation and rate limits lifted, the production defaults
+  otherwise (so these answers are saved once, at their end: the save interval
+  is 1 s).
+
+The measured rounds follow an unmeasured warm-up round of the same size, and
+each round is capped at {cap} s: a stream still open then counts as `timeout`.
+Only complete streams (every delta and `[DONE]`) give samples; the streams column
+counts every outcome (`HTTP n`: another status; `short`: the body ended early;
+`error`: the connection failed). A delta is timed when the chunk holding it
+arrives.
+
+- **head**, **first delta**: from just before the request is sent to the
+  response head, and to the first text delta (direct: a `data:` chunk with
+  `delta.content`; Confab: an `event: delta` appending to
+  `/message/content/parts/0`). Through Confab the head comes once the send is
+  authenticated and the conversation, both messages and the opening events are
+  written; the first delta also waits for the upstream request.
+- **per-delta**: from the upstream's write of a delta to its arrival at the
+  client, over all {DELTAS} deltas of every complete stream. Direct, that is
+  loopback and the client; through Confab, also Confab's read, parse, stream
+  log and SSE write, and its second hop.
+- **Confab − direct**: the difference of the two paths' percentiles (the streams
+  are not paired, so this is not a percentile of per-stream differences).
+
+The load generator, the upstream and the server share the {cores} cores: at
+1,000 streams they compete for them, and the direct path pays that too. Direct
+streams start in lockstep, so their deltas arrive in bursts of c; Confab's setup
+spreads its streams out. Open-file limit (`ulimit -n`) of the run: {limit}.
+
+| concurrency | path | streams | s per round | head p50 ms | head p99 ms | first delta p50 ms | first delta p99 ms | per-delta p50 ms | per-delta p99 ms |
+|---:|---|---|---:|---:|---:|---:|---:|---:|---:|
+"
+    );
+    md.push_str(&text);
+    for (direct, confab) in levels {
+        for f in [direct, confab] {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+                f.concurrency,
+                f.path,
+                f.outcomes,
+                f.seconds,
+                f.head.0,
+                f.head.1,
+                f.first.0,
+                f.first.1,
+                f.delta.0,
+                f.delta.1
+            );
+        }
+        let diff =
+            |c: Quantiles, d: Quantiles| format!("**{:+.3}** | **{:+.3}**", c.0 - d.0, c.1 - d.1);
+        let _ = writeln!(
+            md,
+            "| {} | **Confab − direct** | | | {} | {} | {} |",
+            direct.concurrency,
+            diff(confab.head, direct.head),
+            diff(confab.first, direct.first),
+            diff(confab.delta, direct.delta),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nPer-delta latency, p50 / p99 ms, of each stream's first delta and of the later ones:\n"
+    );
+    let pair = |q: Quantiles| format!("{:.3} / {:.3}", q.0, q.1);
+    for (direct, confab) in levels {
+        let _ = writeln!(
+            md,
+            "- {}: first delta {} direct, {} through Confab; later deltas {} direct, {} through Confab",
+            direct.concurrency,
+            pair(direct.first_delta),
+            pair(confab.first_delta),
+            pair(direct.later_deltas),
+            pair(confab.later_deltas),
+        );
+    }
+    // Only said when this run shows it.
+    if levels
+        .iter()
+        .any(|(_, c)| c.first_delta.0 >= 30.0 && c.later_deltas.0 < 5.0)
+    {
+        let _ = writeln!(
+            md,
+            "\nA first delta held about 40 ms (Linux's delayed-ACK timer) while the later ones pass at\n\
+             once is the signature of Nagle's algorithm: the small write of the first delta waits for\n\
+             the client to acknowledge the opening events. Check that the server's accepted sockets\n\
+             have `TCP_NODELAY` (actix-web leaves the OS default, off, unless told)."
+        );
+    }
+    let failed: Vec<String> = levels
+        .iter()
+        .flat_map(|(d, c)| [d, c])
+        .filter(|f| !f.all_ok())
+        .map(|f| format!("{} at {} ({})", f.path, f.concurrency, f.outcomes))
+        .collect();
+    if !failed.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nNot every stream completed: {}. The percentiles cover the complete streams only.",
+            failed.join("; ")
+        );
+    }
+}
