@@ -11,6 +11,7 @@ mod error;
 mod extract;
 mod metrics;
 mod middleware;
+mod negotiate;
 mod openapi;
 mod routes;
 mod sse;

@@ -43,9 +43,12 @@ pub(crate) fn encode(event: &LoggedEvent) -> Bytes {
         out.push_str(name);
         out.push('\n');
     }
-    for line in event.data.split('\n') {
+    // CR, LF and CRLF all end a line in SSE: each piece is its own
+    // `data:` line, so no byte of the data can end the event early.
+    let data = event.data.replace("\r\n", "\n").replace('\r', "\n");
+    for line in data.split('\n') {
         out.push_str("data: ");
-        out.push_str(line.strip_suffix('\r').unwrap_or(line));
+        out.push_str(line);
         out.push('\n');
     }
     out.push('\n');
@@ -114,11 +117,11 @@ mod tests {
         let e = LoggedEvent {
             id: "1".into(),
             event: None,
-            data: "x\n\nevent: evil\r\ndata: y".into(),
+            data: "x\n\nevent: evil\r\ndata: y\rid: 9".into(),
         };
         assert_eq!(
             &encode(&e)[..],
-            b"id: 1\ndata: x\ndata: \ndata: event: evil\ndata: data: y\n\n"
+            b"id: 1\ndata: x\ndata: \ndata: event: evil\ndata: data: y\ndata: id: 9\n\n"
         );
     }
 }

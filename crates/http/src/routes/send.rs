@@ -17,6 +17,7 @@ use crate::ApiError;
 use crate::auth::AuthUser;
 use crate::error::ErrorBody;
 use crate::extract::Json;
+use crate::negotiate::{Preferred, preferred};
 use crate::sse::{self, SseSettings};
 
 /// A message's content as sent.
@@ -135,36 +136,11 @@ fn input(
     })
 }
 
-/// Streams (the default) or, with `Accept: application/json`, waits.
-enum Mode {
-    Stream,
-    Json,
-}
-
-fn mode(req: &HttpRequest) -> Result<Mode, ApiError> {
-    let Some(accept) = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()) else {
-        return Ok(Mode::Stream);
-    };
-    let types: Vec<String> = accept
-        .split(',')
-        .map(|t| {
-            t.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .collect();
-    let has = |t: &str| types.iter().any(|x| x == t);
-    if has("text/event-stream") {
-        Ok(Mode::Stream)
-    } else if has("application/json") || has("application/*") {
-        Ok(Mode::Json)
-    } else if has("*/*") || has("text/*") || accept.trim().is_empty() {
-        Ok(Mode::Stream)
-    } else {
-        Err(ApiError::not_acceptable())
-    }
+/// The answer the client prefers: the stream (the default) or, with
+/// `Accept: application/json`, the finished message; 406 for neither.
+fn mode(req: &HttpRequest) -> Result<Preferred, ApiError> {
+    preferred(req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()))
+        .ok_or_else(ApiError::not_acceptable)
 }
 
 /// Reads the stream to its end; the code of its `error` event, if any.
@@ -226,8 +202,8 @@ async fn send(
     let started = conversations.send(caller, input).await?;
     let feed = conversations.follow(started.conversation.id).await?;
     match mode {
-        Mode::Stream => Ok(sse::response(feed, sse_settings)),
-        Mode::Json => finished(conversations, caller, &started, feed).await,
+        Preferred::EventStream => Ok(sse::response(feed, sse_settings)),
+        Preferred::Json => finished(conversations, caller, &started, feed).await,
     }
 }
 
