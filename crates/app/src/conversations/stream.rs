@@ -59,13 +59,22 @@ impl Conversations {
         if claims.user_id != caller.user_id || claims.conversation_id != conversation {
             return Err(AppError::Forbidden);
         }
-        let (message, _open) = ports.log.current(conversation).await?;
-        if message != claims.message_id {
-            // The stream of that generation was replaced by a later one.
+        let holds_claimed = || async {
+            let (message, _open) = ports.log.current(conversation).await?;
+            Ok::<bool, DomainError>(message == claims.message_id)
+        };
+        // The stream of that generation may have been replaced by a later
+        // one. Logs are only ever replaced by newer ones, so the claimed log
+        // current before and after the read is the log that was read.
+        if !holds_claimed().await? {
             return Err(AppError::NotFound);
         }
         let from = last_event_id.map_or(ReadFrom::Start, ReadFrom::After);
-        Ok(ports.log.read(conversation, from).await?)
+        let feed = ports.log.read(conversation, from).await?;
+        if !holds_claimed().await? {
+            return Err(AppError::NotFound);
+        }
+        Ok(feed)
     }
 
     /// Stops the generation running in one of the caller's conversations
