@@ -3,15 +3,16 @@
 
 CARGO ?= cargo
 
-.PHONY: run test lint fmt migrate openapi bench deps services release check-architecture clean
+.PHONY: run test lint fmt migrate openapi bench deps model services release check-architecture clean
 
-## Serve on the embedded defaults: SQLite in ./data, in-process adapters.
-run: deps
-	$(CARGO) run --bin confab -- serve
+## Serve on the embedded defaults: SQLite in ./data, in-process adapters,
+## the built-in model (fetched into ./models on first use).
+run: deps model
+	CONFAB_BANNER=1 $(CARGO) run --release --bin confab -- serve
 
 ## Everything: architecture rules, unit, store suites (SQLite + PostgreSQL),
 ## app, CLI and end-to-end tests, and OpenAPI validation.
-test: deps services check-architecture
+test: deps model services check-architecture
 	$(CARGO) test --workspace
 	./scripts/validate-openapi.sh
 
@@ -33,7 +34,7 @@ openapi:
 	./scripts/validate-openapi.sh
 
 ## Measure and write docs/benchmarks.md.
-bench: deps
+bench: deps model
 	$(CARGO) run --release -p confab-e2e --bin confab-bench -- docs/benchmarks.md
 
 ## An optimised binary in target/release/confab.
@@ -46,6 +47,11 @@ check-architecture:
 ## System packages a fresh machine lacks (libpq-dev, pkg-config).
 deps:
 	@./scripts/install-deps.sh
+
+## The built-in model, ./models/SmolLM2-135M-Instruct.Q4_1.gguf (98 MB,
+## checksum verified; nothing to do when it is there).
+model:
+	@./scripts/fetch-model.sh
 
 ## Start PostgreSQL and Redis when they are down; fail when they can't run.
 services:

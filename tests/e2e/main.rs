@@ -33,6 +33,7 @@ mod docs;
 mod errors;
 mod fake_llm;
 mod headers;
+mod local_model;
 mod operations;
 mod recovery;
 mod register;

@@ -109,6 +109,9 @@ pub fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
         ("CONFAB_JWT_SECRET".to_owned(), JWT_SECRET.to_owned()),
         ("DATABASE_URL".to_owned(), db.url().to_owned()),
         ("CONFAB__SERVER__WORKERS".to_owned(), "1".to_owned()),
+        // No model unless a test wires one (a fake upstream, or the built-in
+        // model by name): most tests don't chat.
+        ("CONFAB_LLM_PROVIDER".to_owned(), "none".to_owned()),
         (
             "CONFAB__SERVER__SHUTDOWN_TIMEOUT_SECS".to_owned(),
             "5".to_owned(),

@@ -150,4 +150,11 @@ pub trait ChatModel: Send + Sync + 'static {
         &self,
         request: CompletionRequest,
     ) -> Result<Box<dyn CompletionStream>, LlmError>;
+
+    /// True when the model has no room for another completion, not even
+    /// in its queue: a send is then refused at once (503) instead of being
+    /// stored and failing. Remote servers queue on their side: `false`.
+    fn saturated(&self) -> bool {
+        false
+    }
 }

@@ -15,7 +15,7 @@ use confab_sql::{PoolOptions, SqlError, SqlStore};
 use secrecy::ExposeSecret;
 
 use crate::settings::{ConfigError, Settings};
-use crate::wiring::{cores, per_minute, wire};
+use crate::wiring::{conversations, cores, per_minute, wire};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,19 +67,18 @@ impl Application {
         metrics_listener: Option<TcpListener>,
     ) -> Result<Self, StartupError> {
         let wired = wire(settings).await?;
+        let conversations = conversations(settings, &wired).await?;
         let rl = &settings.rate_limit;
         let metrics = Metrics::new().map_err(|e| StartupError::Setup(format!("metrics: {e}")))?;
         let openapi = confab_http::openapi_json()
             .map_err(|e| StartupError::Setup(format!("openapi: {e}")))?;
-        wired
-            .conversations
+        conversations
             .close_orphans()
             .await
             .map_err(|e| StartupError::Setup(format!("closing orphaned generations: {e}")))?;
-        let conversations = wired.conversations.clone();
         let state = HttpState {
             accounts: wired.accounts,
-            conversations: wired.conversations,
+            conversations: conversations.clone(),
             sse: SseSettings {
                 keep_alive: Duration::from_secs(settings.generation.keep_alive_secs),
             },
@@ -255,8 +254,28 @@ pub async fn serve(settings: Settings) -> Result<(), StartupError> {
         "confab is serving: docs at http://{}/docs",
         settings.server.listen,
     );
+    if std::io::IsTerminal::is_terminal(&std::io::stderr())
+        || std::env::var_os("CONFAB_BANNER").is_some()
+    {
+        eprintln!("{}", banner(&settings.server.listen));
+    }
     app.run_until(shutdown).await?;
     Ok(())
+}
+
+/// What a person who just ran `make run` needs: where the API and its docs
+/// are, and one line that registers, logs in and streams an answer.
+fn banner(listen: &str) -> String {
+    let base = format!("http://{listen}");
+    let json = "-H 'content-type: application/json'";
+    let password = "correct horse battery staple";
+    format!(
+        "\nConfab is serving.\n  API:  {base}/api/v1\n  docs: {base}/docs\n\n\
+         Register, log in and stream an answer:\n\n\
+         curl -s {base}/api/v1/auth/register {json} -d '{{\"username\":\"demo\",\"email\":\"demo@example.com\",\"password\":\"{password}\"}}' >/dev/null; \
+         TOKEN=$(curl -s {base}/api/v1/auth/login {json} -d '{{\"username\":\"demo\",\"password\":\"{password}\"}}' | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/'); \
+         curl -sN {base}/api/v1/conversations -H \"authorization: Bearer $TOKEN\" {json} -d '{{\"messages\":[{{\"role\":\"user\",\"content\":{{\"content_type\":\"text\",\"parts\":[\"Tell me a fun fact about the ocean.\"]}}}}]}}'\n"
+    )
 }
 
 /// `confab migrate`: applies pending migrations and exits.

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 mod chat;
 
-pub use chat::{CacheSettings, GenerationSettings, LlmSettings};
+pub use chat::{CacheSettings, GenerationSettings, LlmSettings, LocalModelSettings};
 
 const DEFAULTS: &str = include_str!("../../../config/default.toml");
 

@@ -5,28 +5,26 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_app::{
-    AccountPorts, AccountRules, Accounts, ConversationPorts, ConversationRules, Conversations,
-};
-use confab_domain::ModelSlug;
+use confab_app::{AccountPorts, AccountRules, Accounts};
 use confab_jwt::{JwtCodec, JwtSettings, MIN_SECRET_BYTES};
-use confab_llm::{OpenAiCompatible, OpenAiSettings};
-use confab_memory::{
-    GovernorLimiter, InMemoryBlocklist, MemoryCache, MemoryStreamLog, StreamLogOptions,
-};
+use confab_memory::{GovernorLimiter, InMemoryBlocklist};
 use confab_password::{HasherOptions, Pbkdf2Hasher};
-use confab_ports::{ChatModel, RateLimiter, RatePolicy};
+use confab_ports::{RateLimiter, RatePolicy};
 use confab_sql::{PoolOptions, SqlStore};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::application::StartupError;
 use crate::settings::Settings;
 
+mod chat;
+
+pub(crate) use chat::conversations;
+
 /// The wired use cases and the ports the HTTP layer also needs.
 pub(crate) struct Wired {
     pub(crate) store: Arc<SqlStore>,
     pub(crate) accounts: Accounts,
-    pub(crate) conversations: Conversations,
+    pub(crate) codec: Arc<JwtCodec>,
     pub(crate) limiter: Arc<dyn RateLimiter>,
 }
 
@@ -143,94 +141,10 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
             refresh_reuse_grace: Duration::from_millis(auth.refresh_reuse_grace_ms),
         },
     );
-    let conversations = conversations(settings, &store, codec, limiter.clone())?;
     Ok(Wired {
         store,
         accounts,
-        conversations,
+        codec,
         limiter,
     })
-}
-
-/// The chat model the configuration names: an OpenAI-compatible server, or
-/// none yet for `local` (the built-in model is not part of this build).
-fn chat_model(settings: &Settings) -> Result<Option<Arc<dyn ChatModel>>, StartupError> {
-    let llm = &settings.llm;
-    if llm.provider != "openai" {
-        tracing::warn!(
-            "CONFAB_LLM_PROVIDER=local: no built-in model in this build yet; sending a message answers 503 until CONFAB_LLM_PROVIDER=openai is configured"
-        );
-        return Ok(None);
-    }
-    let key = llm.api_key.expose_secret();
-    let model = OpenAiCompatible::new(OpenAiSettings {
-        base_url: llm.base_url.clone(),
-        api_key: (!key.is_empty()).then(|| SecretString::from(key.to_owned())),
-        connect_timeout: Duration::from_millis(llm.connect_timeout_ms),
-        first_token_timeout: Duration::from_millis(llm.first_token_timeout_ms),
-        idle_timeout: Duration::from_millis(llm.idle_timeout_ms),
-        total_timeout: Duration::from_secs(llm.total_timeout_secs),
-    })
-    .map_err(|e| StartupError::Setup(format!("llm: {e}")))?;
-    Ok(Some(Arc::new(model)))
-}
-
-fn slug(name: &str) -> Result<ModelSlug, StartupError> {
-    ModelSlug::parse(name).map_err(|e| StartupError::Setup(format!("llm model '{name}': {e}")))
-}
-
-/// The conversation use cases over the store, the in-process stream log
-/// and cache, and the configured model.
-fn conversations(
-    settings: &Settings,
-    store: &Arc<SqlStore>,
-    codec: Arc<JwtCodec>,
-    limiter: Arc<dyn RateLimiter>,
-) -> Result<Conversations, StartupError> {
-    let llm = &settings.llm;
-    let g = &settings.generation;
-    let max_tokens = llm.max_tokens;
-    let log = MemoryStreamLog::new(StreamLogOptions {
-        retention: Duration::from_secs(g.stream_retention_secs),
-        // Every event but the text deltas is one of a handful; the adapter
-        // sends at most one delta per token.
-        max_events_per_log: usize::try_from(max_tokens)
-            .unwrap_or(usize::MAX)
-            .saturating_add(64),
-        max_logs: g.max_streams,
-    });
-    let default_model = if llm.model.is_empty() {
-        slug("local")?
-    } else {
-        slug(&llm.model)?
-    };
-    Ok(Conversations::new(
-        ConversationPorts {
-            conversations: store.clone(),
-            messages: store.clone(),
-            model: chat_model(settings)?,
-            log: Arc::new(log),
-            cache: Arc::new(MemoryCache::new(settings.cache.max_entries)),
-            resume_tokens: codec,
-            limiter,
-        },
-        ConversationRules {
-            default_model,
-            allowed_models: llm
-                .models
-                .iter()
-                .map(|m| slug(m))
-                .collect::<Result<_, _>>()?,
-            max_tokens,
-            system_prompt: llm.system_prompt.clone(),
-            prompt_budget_chars: llm.prompt_budget_chars,
-            max_concurrent_per_user: g.max_concurrent_per_user,
-            generation_policy: per_minute("generation", g.per_minute),
-            flush_interval: Duration::from_millis(g.flush_interval_ms),
-            title_generation: llm.title_generation,
-            title_timeout: Duration::from_millis(llm.title_timeout_ms),
-            cache_ttl: Duration::from_secs(settings.cache.ttl_secs),
-            stop_wait: Duration::from_millis(g.stop_wait_ms),
-        },
-    ))
 }

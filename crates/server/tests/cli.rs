@@ -13,7 +13,8 @@ fn confab(dir: &std::path::Path) -> Command {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CONFAB_CONFIG_DIR", dir.join("no-config"))
-        .env("CONFAB__LOG__FORMAT", "json");
+        .env("CONFAB__LOG__FORMAT", "json")
+        .env("CONFAB_LLM_PROVIDER", "none");
     cmd
 }
 
@@ -289,4 +290,18 @@ fn create_admin_reads_the_password_from_stdin_never_an_argument() {
         .env("CONFAB_ADMIN_PASSWORD", "password123"));
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("too common"), "{stderr}");
+}
+
+#[test]
+fn missing_model_file_is_a_clear_error_that_says_how_to_fetch_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, stderr) = run(confab(dir.path())
+        .arg("serve")
+        .env("CONFAB_LLM_PROVIDER", "local")
+        .env("CONFAB__LLM__LOCAL__MODEL_PATH", "models/absent.gguf")
+        .env("CONFAB_LISTEN", "127.0.0.1:0")
+        .env("CONFAB_METRICS_LISTEN", "127.0.0.1:0"));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("models/absent.gguf"), "{stderr}");
+    assert!(stderr.contains("make model"), "{stderr}");
 }

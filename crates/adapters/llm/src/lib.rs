@@ -1,7 +1,9 @@
 //! Chat models behind [`confab_ports::ChatModel`]: a streaming client for
 //! any server that speaks OpenAI's `POST /chat/completions` with
 //! `stream: true` — OpenAI itself, vLLM, llama.cpp's server, Ollama
-//! (`http://127.0.0.1:11434/v1`) and the like.
+//! (`http://127.0.0.1:11434/v1`) and the like — and, with the default
+//! `local` feature, `LocalModel`: a small GGUF model (SmolLM2) run
+//! in-process on the CPU (see its module for how).
 //!
 //! [`OpenAiCompatible`] sends the prompt as chat `messages` with
 //! `max_tokens`, the temperature when one is set, and
@@ -37,11 +39,15 @@
 //! means for every other reqwest client in the same binary.
 
 mod client;
+#[cfg(feature = "local")]
+mod local;
 mod settings;
 mod sse;
 mod stream;
 
 pub use client::OpenAiCompatible;
+#[cfg(feature = "local")]
+pub use local::{LocalError, LocalModel, LocalSettings};
 pub use settings::{LlmSetupError, OpenAiSettings};
 
 /// Installs rustls' *ring* crypto provider as the process default, unless

@@ -162,6 +162,9 @@ impl Conversations {
                 "no chat model is configured (llm.provider)".into(),
             ));
         };
+        if chat_model.saturated() {
+            return Err(AppError::Unavailable("the model is busy".into()));
+        }
         // Ownership first: a foreign or missing conversation costs no budget.
         let existing = match input.conversation_id {
             Some(id) => Some(inner.ports.conversations.get(owner, id).await?),

@@ -38,6 +38,36 @@ pub struct LlmSettings {
     pub title_generation: bool,
     /// Milliseconds the title call may take.
     pub title_timeout_ms: u64,
+    /// The built-in model.
+    pub local: LocalModelSettings,
+}
+
+/// `[llm.local]`: the built-in model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalModelSettings {
+    /// The GGUF file.
+    pub model_path: std::path::PathBuf,
+    /// Inference threads; 0 = one per core.
+    pub threads: usize,
+    /// Generations at once.
+    pub max_concurrent: usize,
+    /// Generations that may wait for a slot.
+    pub max_waiting: usize,
+    /// Milliseconds a waiting generation waits.
+    pub queue_timeout_ms: u64,
+    /// Re-quantize to Q8_0 at load.
+    pub requantize_q8: bool,
+    /// Sampling seed.
+    pub seed: u64,
+    /// Nucleus sampling threshold.
+    pub top_p: f64,
+    /// Repeat penalty (1.0 = off).
+    pub repeat_penalty: f32,
+    /// Tokens the repeat penalty looks back over.
+    pub repeat_last_n: usize,
+    /// The system prompt when there is none.
+    pub default_system_prompt: String,
 }
 
 /// `[generation]`.
@@ -78,7 +108,21 @@ impl super::Settings {
     pub(super) fn validate_chat(&self) -> Result<(), ConfigError> {
         let llm = &self.llm;
         match llm.provider.as_str() {
-            "local" => {}
+            "none" => {}
+            "local" => {
+                let l = &llm.local;
+                if l.max_concurrent == 0 || l.queue_timeout_ms == 0 {
+                    return Err(invalid(
+                        "llm.local.max_concurrent and llm.local.queue_timeout_ms must be greater than 0",
+                    ));
+                }
+                let top_p_ok = l.top_p > 0.0 && l.top_p <= 1.0;
+                if !top_p_ok || !(1.0..=2.0).contains(&l.repeat_penalty) {
+                    return Err(invalid(
+                        "llm.local.top_p must be in (0, 1] and llm.local.repeat_penalty in [1, 2]",
+                    ));
+                }
+            }
             "openai" => {
                 let url = &llm.base_url;
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -94,7 +138,7 @@ impl super::Settings {
             }
             other => {
                 return Err(invalid(format!(
-                    "CONFAB_LLM_PROVIDER must be local or openai, not '{other}'"
+                    "CONFAB_LLM_PROVIDER must be local, openai or none, not '{other}'"
                 )));
             }
         }
