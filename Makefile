@@ -36,6 +36,8 @@ openapi:
 ## Measure and write docs/benchmarks.md.
 bench: deps model
 	$(CARGO) run --release -p confab-e2e --bin confab-bench -- docs/benchmarks.md
+	@printf '\n## The built-in model\n\nWritten by `make bench` (`crates/adapters/llm/examples/local_speed.rs`, release build):\nSmolLM2-135M-Instruct, 128 tokens per completion, a short prompt; each configuration runs\nin its own process, because candle sizes its thread pool once per process. "2 at once" is\nthe total rate of two concurrent generations.\n\n' >> docs/benchmarks.md
+	$(CARGO) run --release --quiet -p confab-llm --example local_speed >> docs/benchmarks.md
 
 ## An optimised binary in target/release/confab.
 release: deps

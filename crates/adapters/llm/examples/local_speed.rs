@@ -47,7 +47,11 @@ fn default_model() -> PathBuf {
 /// Runs every configuration in a child process and prints a table.
 fn parent(model: PathBuf) -> Result<()> {
     let exe = std::env::current_exe()?;
-    println!("model: {}", model.display());
+    let file = model.file_name().map_or_else(
+        || model.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    println!("model file: `{file}`\n");
     println!(
         "| weights | threads | load | first token (short prompt) | tok/s alone, greedy | \
          tok/s alone, default sampling | tok/s 2 at once, greedy (total) |"
