@@ -81,22 +81,16 @@ pub(crate) struct SentBody<'a> {
     message: MessageDocument<'a>,
 }
 
-/// Which surface a send came through.
-#[derive(Clone, Copy)]
-enum Entry {
-    New,
-    Existing,
-    Seed,
-}
-
 fn invalid(field: &str, message: &'static str) -> ApiError {
     ApiError::validation(Some(field.to_owned()), message)
 }
 
+/// The send as the use case takes it; `must_be_new` for the route that
+/// only starts conversations.
 fn input(
     body: SendBody,
     path_id: Option<ConversationId>,
-    entry: Entry,
+    must_be_new: bool,
 ) -> Result<SendMessage, ApiError> {
     let body_id = body
         .conversation_id
@@ -127,7 +121,7 @@ fn input(
     }
     Ok(SendMessage {
         conversation_id,
-        must_be_new: matches!(entry, Entry::New),
+        must_be_new,
         message_id: message.id,
         parts: message.content.parts,
         model: body.model,
@@ -240,7 +234,7 @@ pub(crate) async fn create(
     AuthUser(caller): AuthUser,
     Json(body): Json<SendBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let input = input(body, None, Entry::New)?;
+    let input = input(body, None, true)?;
     send(&req, &conversations, **sse_settings, &caller, input).await
 }
 
@@ -281,7 +275,7 @@ pub(crate) async fn message(
     Json(body): Json<SendBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = conversation_id(&id)?;
-    let input = input(body, Some(id), Entry::Existing)?;
+    let input = input(body, Some(id), false)?;
     send(&req, &conversations, **sse_settings, &caller, input).await
 }
 
@@ -321,6 +315,6 @@ pub(crate) async fn seed(
     AuthUser(caller): AuthUser,
     Json(body): Json<SendBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let input = input(body, None, Entry::Seed)?;
+    let input = input(body, None, false)?;
     send(&req, &conversations, **sse_settings, &caller, input).await
 }
