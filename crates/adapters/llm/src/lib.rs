@@ -47,7 +47,7 @@ mod stream;
 
 pub use client::OpenAiCompatible;
 #[cfg(feature = "local")]
-pub use local::{LocalError, LocalModel, LocalSettings};
+pub use local::{LoadingModel, LocalError, LocalModel, LocalSettings, default_threads};
 pub use settings::{LlmSetupError, OpenAiSettings};
 
 /// Installs rustls' *ring* crypto provider as the process default, unless

@@ -8,13 +8,12 @@ use candle_core::quantized::gguf_file::{self, Content};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::{self, ModelWeights};
-use candle_transformers::utils::apply_repeat_penalty;
 use confab_ports::{FinishReason, LlmError, LlmEvent, PromptTurn, Usage};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc::Sender;
 
 use super::primed;
-use super::sampling::Sampler;
+use super::sampling::{self, Mode, Sampler};
+use super::stream::Held;
 use super::template::{self, Prompt};
 use super::tokenizer::TextStream;
 use super::{LocalError, Shared};
@@ -124,8 +123,8 @@ pub(crate) struct Job {
     /// Where the events go; closed when the stream is dropped.
     pub(crate) events: Sender<Item>,
     /// The slot this generation holds: freed just before its last event,
-    /// or when its thread ends.
-    pub(crate) permit: OwnedSemaphorePermit,
+    /// or when its stream is dropped.
+    pub(crate) slot: Held,
 }
 
 /// Generates `job` on the current thread (a dedicated one), sending its
@@ -136,12 +135,9 @@ pub(crate) fn run(shared: &Shared, job: Job) {
         temperature,
         max_tokens,
         events,
-        permit,
+        slot,
     } = job;
-    let mut out = Out {
-        events,
-        permit: Some(permit),
-    };
+    let mut out = Out { events, slot };
     if let Err(e) = generate(shared, &turns, temperature, max_tokens, &mut out) {
         tracing::error!(error = %e, "the local model failed during a generation");
         out.end(Err(LlmError::Upstream { status: 0 }));
@@ -154,7 +150,7 @@ struct Out {
     events: Sender<Item>,
     /// Freed just before the last event: a caller that reads the end and
     /// asks again at once finds the slot free.
-    permit: Option<OwnedSemaphorePermit>,
+    slot: Held,
 }
 
 impl Out {
@@ -166,7 +162,7 @@ impl Out {
     /// Frees the slot, then sends the last event (if the stream is still
     /// there to get it).
     fn end(&mut self, item: Item) {
-        drop(self.permit.take());
+        self.slot.release();
         let _ = self.events.blocking_send(item);
     }
 
@@ -266,19 +262,19 @@ fn generate(
         return Ok(());
     };
 
-    let mut sampler = Sampler::new(settings.seed, temperature, settings.top_p);
+    let mut sampler = Sampler::new(settings.seed, Mode::new(temperature, settings.top_p));
     let mut generated: Vec<u32> = Vec::with_capacity(max_tokens);
     loop {
-        let mut scores = logits.squeeze(0)?;
+        let mut scores = logits.squeeze(0)?.to_vec1::<f32>()?;
         if settings.repeat_penalty != 1.0 && !generated.is_empty() {
             // Only what the model said itself: the prompt is full of the
             // template's tokens, `<|im_end|>` among them, and penalizing
             // those would keep the model from ending its turn.
             let start = generated.len().saturating_sub(settings.repeat_last_n);
             let recent = generated.get(start..).unwrap_or_default();
-            scores = apply_repeat_penalty(&scores, settings.repeat_penalty, recent)?;
+            sampling::penalize(&mut scores, settings.repeat_penalty, recent);
         }
-        let next = sampler.sample(&scores)?;
+        let next = sampler.sample(&scores);
         if tok.stops.contains(&next) {
             out.finish(&mut text, finished(FinishReason::Stop, generated.len()));
             return Ok(());

@@ -24,19 +24,28 @@
 //! wait (first come, first served) for at most `queue_timeout`; anything
 //! beyond is refused at once with
 //! [`LlmError::Unavailable`]`("the local model is busy")`. Dropping the
-//! stream closes the channel: the thread sees it at the next token (or
-//! between chunks of a long prompt), stops, and frees its slot.
+//! stream frees the slot at once and closes the channel: the thread sees
+//! it at the next token (or between chunks of a long prompt) and stops.
+//!
+//! Loading: [`LocalModel::load`] blocks for the whole file (about a second
+//! for SmolLM2-135M with re-quantization);
+//! [`LocalModel::load_in_background`] checks the header and tokenizer at
+//! once and reads the weights on a thread, returning a [`LoadingModel`]
+//! that refuses completions and reports not ready (`llm`) until they are
+//! in.
 //!
 //! Threads: candle 0.11 computes on a process-wide pool it sizes once,
 //! from `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the number of
 //! physical cores, and has no other way to set it. Changing the
 //! environment from inside the process would take `unsafe` (forbidden
-//! here), so the process has to be started with `RAYON_NUM_THREADS`;
-//! [`LocalModel::load`] warns when [`LocalSettings::threads`] asks for
-//! another count than candle runs with, and [`LocalModel::threads`] says
-//! which it is.
+//! here), so the process has to be started with `CANDLE_NUM_THREADS`
+//! (`confab serve` restarts itself with it when `llm.local.threads` is
+//! set); loading warns when [`LocalSettings::threads`] asks for another
+//! count than candle runs with, and [`LocalModel::threads`] says which it
+//! is.
 
 mod engine;
+mod loading;
 mod primed;
 mod sampling;
 mod stream;
@@ -55,11 +64,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use candle_core::quantized::gguf_file::Content;
 use confab_ports::{ChatModel, CompletionRequest, CompletionStream, LlmError, PromptTurn};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use self::engine::{Job, Weights};
+use self::loading::LoadState;
+pub use self::loading::LoadingModel;
 use self::primed::Primed;
-use self::stream::{LocalStream, Slots};
+use self::stream::{Held, LocalStream, Slots};
 use self::tokenizer::GgufTokenizer;
 
 /// The temperature when a request sets none: SmolLM2's model card's. A
@@ -78,7 +89,8 @@ pub struct LocalSettings {
     pub model_path: PathBuf,
     /// Inference threads; 0 = candle's own choice (the number of physical
     /// cores). candle sizes its pool once per process from the environment
-    /// (see the module docs): this is checked against it, not applied.
+    /// (see the module docs): the loader checks this against it and warns
+    /// on a mismatch; the process's starter applies it.
     pub threads: usize,
     /// Generations running at once, each on a dedicated thread (at least
     /// one).
@@ -194,65 +206,35 @@ impl LocalModel {
     /// with a byte-level BPE ChatML vocabulary, [`LocalError::Settings`]
     /// when a setting is out of range.
     pub fn load(settings: LocalSettings) -> Result<Self, LocalError> {
-        check(&settings)?;
-        let started = Instant::now();
-        let path = &settings.model_path;
-        let mut file = File::open(path).map_err(|e| match e.kind() {
-            ErrorKind::NotFound => LocalError::Missing { path: path.clone() },
-            _ => LocalError::Invalid(format!("{} can't be read: {e}", path.display())),
-        })?;
-        let content = Content::read(&mut file).map_err(|e| {
-            LocalError::Invalid(format!("{} is not a GGUF file: {e}", path.display()))
-        })?;
-        let architecture = content
-            .metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .map_or("none", String::as_str);
-        if architecture != "llama" {
-            return Err(LocalError::Invalid(format!(
-                "the architecture is {architecture}, not llama"
-            )));
-        }
-        let name = model_name(&content, path);
-        let tokenizer = GgufTokenizer::from_gguf(&content)?;
-        let weights = engine::load(content, &mut file, settings.requantize_q8)?;
-        // Sizes candle's pool now if nothing has yet: the count is the
-        // calling thread plus the pool's workers.
-        let threads = candle_core::utils::barrier_pool().n_workers() + 1;
-        if settings.threads != 0 && settings.threads != threads {
-            tracing::warn!(
-                wanted = settings.threads,
-                actual = threads,
-                "the local model runs on another number of threads than configured: \
-                 candle sizes its pool from the environment, start the process with \
-                 RAYON_NUM_THREADS={}",
-                settings.threads
-            );
-        }
-        tracing::info!(
-            model = %name,
-            context = weights.context,
-            threads,
-            requantize_q8 = settings.requantize_q8,
-            load_ms = started.elapsed().as_millis(),
-            "the local model is loaded"
-        );
-        let slots = Slots::new(
-            settings.max_concurrent,
-            settings.max_waiting,
-            settings.queue_timeout,
-        );
-        Ok(Self {
-            shared: Arc::new(Shared {
-                weights,
-                tokenizer,
-                settings,
-                primed: Primed::default(),
-            }),
-            slots,
+        Opened::open(settings)?.load()
+    }
+
+    /// Checks the settings and reads the file's header and tokenizer now
+    /// (a fraction of a second), then loads the weights on a thread of its
+    /// own: the returned model answers as soon as they are in, and says
+    /// whether they are through [`LoadingModel`]'s readiness check.
+    ///
+    /// # Errors
+    /// As [`LocalModel::load`] for everything but the weights; a failure
+    /// to load those is reported by [`LoadingModel::loaded`].
+    pub fn load_in_background(settings: LocalSettings) -> Result<LoadingModel, LocalError> {
+        let opened = Opened::open(settings)?;
+        let name = opened.name.clone();
+        let (state, watcher) = watch::channel(LoadState::Loading);
+        std::thread::Builder::new()
+            .name("confab-model-load".to_owned())
+            .spawn(move || {
+                let loaded = match opened.load() {
+                    Ok(model) => LoadState::Ready(Arc::new(model)),
+                    Err(e) => LoadState::Failed(e.to_string()),
+                };
+                // Nobody waiting is fine: the model is then unused.
+                let _ = state.send(loaded);
+            })
+            .map_err(|e| LocalError::Invalid(format!("no thread to load the model on: {e}")))?;
+        Ok(LoadingModel {
             name,
-            threads,
+            state: watcher,
         })
     }
 
@@ -301,6 +283,100 @@ impl LocalModel {
     }
 }
 
+/// A model file whose header and tokenizer are read and checked: what is
+/// left to load is the weights.
+struct Opened {
+    settings: LocalSettings,
+    file: File,
+    content: Content,
+    tokenizer: GgufTokenizer,
+    name: String,
+    started: Instant,
+}
+
+impl Opened {
+    fn open(settings: LocalSettings) -> Result<Self, LocalError> {
+        check(&settings)?;
+        let started = Instant::now();
+        let path = &settings.model_path;
+        let mut file = File::open(path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => LocalError::Missing { path: path.clone() },
+            _ => LocalError::Invalid(format!("{} can't be read: {e}", path.display())),
+        })?;
+        let content = Content::read(&mut file).map_err(|e| {
+            LocalError::Invalid(format!("{} is not a GGUF file: {e}", path.display()))
+        })?;
+        let architecture = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .map_or("none", String::as_str);
+        if architecture != "llama" {
+            return Err(LocalError::Invalid(format!(
+                "the architecture is {architecture}, not llama"
+            )));
+        }
+        let name = model_name(&content, path);
+        let tokenizer = GgufTokenizer::from_gguf(&content)?;
+        Ok(Self {
+            settings,
+            file,
+            content,
+            tokenizer,
+            name,
+            started,
+        })
+    }
+
+    /// Reads the weights (most of the loading time).
+    fn load(self) -> Result<LocalModel, LocalError> {
+        let Self {
+            settings,
+            mut file,
+            content,
+            tokenizer,
+            name,
+            started,
+        } = self;
+        let weights = engine::load(content, &mut file, settings.requantize_q8)?;
+        // Sizes candle's pool now if nothing has yet: the count is the
+        // calling thread plus the pool's workers.
+        let threads = candle_core::utils::barrier_pool().n_workers() + 1;
+        if settings.threads != 0 && settings.threads != threads {
+            tracing::warn!(
+                wanted = settings.threads,
+                actual = threads,
+                "the local model runs on another number of threads than configured: \
+                 candle sizes its pool once per process from CANDLE_NUM_THREADS"
+            );
+        }
+        tracing::info!(
+            model = %name,
+            context = weights.context,
+            threads,
+            requantize_q8 = settings.requantize_q8,
+            load_ms = started.elapsed().as_millis(),
+            "the local model is loaded"
+        );
+        let slots = Slots::new(
+            settings.max_concurrent,
+            settings.max_waiting,
+            settings.queue_timeout,
+        );
+        Ok(LocalModel {
+            shared: Arc::new(Shared {
+                weights,
+                tokenizer,
+                settings,
+                primed: Primed::default(),
+            }),
+            slots,
+            name,
+            threads,
+        })
+    }
+}
+
 #[async_trait]
 impl ChatModel for LocalModel {
     /// Starts a generation on a thread of its own once a slot is free. The
@@ -309,14 +385,14 @@ impl ChatModel for LocalModel {
         &self,
         request: CompletionRequest,
     ) -> Result<Box<dyn CompletionStream>, LlmError> {
-        let permit = self.slots.acquire().await?;
+        let slot = Held::new(self.slots.acquire().await?);
         let (events, reader) = mpsc::channel(EVENT_BUFFER);
         let job = Job {
             turns: request.turns,
             temperature: request.temperature,
             max_tokens: usize::try_from(request.max_tokens).unwrap_or(usize::MAX),
             events,
-            permit,
+            slot: slot.clone(),
         };
         let shared = Arc::clone(&self.shared);
         std::thread::Builder::new()
@@ -326,7 +402,7 @@ impl ChatModel for LocalModel {
                 tracing::error!(error = %e, "no thread for a local generation");
                 LlmError::Unavailable("the local model can't start a generation".to_owned())
             })?;
-        Ok(Box::new(LocalStream::new(reader)))
+        Ok(Box::new(LocalStream::new(reader, slot)))
     }
 
     /// Every slot is taken and the queue is full: a completion now would
@@ -334,6 +410,18 @@ impl ChatModel for LocalModel {
     fn saturated(&self) -> bool {
         self.slots.saturated()
     }
+}
+
+/// The threads candle computes with when the process starts: those its
+/// environment names (`RAYON_NUM_THREADS`), else the physical cores.
+///
+/// Start the process with both `CANDLE_NUM_THREADS` and
+/// `RAYON_NUM_THREADS` set: without the latter candle 0.11 counts the
+/// physical cores again, reading `/proc/cpuinfo`, at every f32 matrix
+/// product (several per token; measured: ~7% of a generation's time).
+#[must_use]
+pub fn default_threads() -> usize {
+    candle_core::utils::get_num_threads()
 }
 
 /// Refuses settings that can't work.

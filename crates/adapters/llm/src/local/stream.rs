@@ -1,8 +1,8 @@
 //! Admission (a fixed number of generations at once, a short queue) and
 //! the stream a generation's events are read from.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -78,6 +78,29 @@ impl Slots {
     }
 }
 
+/// A generation's slot, shared by its thread and its stream: freed by
+/// whichever lets go first — the thread just before its last event, or the
+/// stream when dropped (a stopped generation's thread may still be
+/// finishing a token: the slot is not kept for it).
+#[derive(Debug, Clone)]
+pub(crate) struct Held(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl Held {
+    /// Holds `permit` until [`Held::release`].
+    pub(crate) fn new(permit: OwnedSemaphorePermit) -> Self {
+        Self(Arc::new(Mutex::new(Some(permit))))
+    }
+
+    /// Frees the slot (once; later calls do nothing).
+    pub(crate) fn release(&self) {
+        // Poisoned only by a panic while taking it, which can't happen;
+        // the slot is then freed with the last holder.
+        if let Ok(mut permit) = self.0.lock() {
+            drop(permit.take());
+        }
+    }
+}
+
 /// A place in the queue, given back when dropped.
 struct Queued<'a>(&'a AtomicUsize);
 
@@ -98,21 +121,29 @@ enum State {
 }
 
 /// The events of a generation running on its own thread. Dropping it
-/// closes the channel, which the thread checks at every token: it stops
-/// and frees its slot.
+/// frees the generation's slot and closes the channel, which the thread
+/// checks at every token: it stops.
 #[derive(Debug)]
 pub(crate) struct LocalStream {
     events: Receiver<Item>,
     state: State,
+    slot: Held,
 }
 
 impl LocalStream {
-    /// Reads `events`.
-    pub(crate) const fn new(events: Receiver<Item>) -> Self {
+    /// Reads `events` of the generation holding `slot`.
+    pub(crate) const fn new(events: Receiver<Item>, slot: Held) -> Self {
         Self {
             events,
             state: State::Streaming,
+            slot,
         }
+    }
+}
+
+impl Drop for LocalStream {
+    fn drop(&mut self) {
+        self.slot.release();
     }
 }
 

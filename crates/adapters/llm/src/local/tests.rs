@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::{Content, Value, VersionedMagic};
-use candle_transformers::generation::Sampling;
 use confab_ports::PromptRole;
 
+use super::sampling::{Mode, Sampler};
 use super::*;
 
 fn model_path() -> PathBuf {
@@ -154,53 +154,93 @@ fn an_incomplete_character_at_the_end_is_flushed_whole() {
 
 #[test]
 fn sampling_follows_the_temperature() {
-    assert_eq!(sampling::sampling(Some(0.0)), Sampling::ArgMax);
-    assert_eq!(sampling::sampling(Some(-1.0)), Sampling::ArgMax);
+    assert_eq!(Mode::new(Some(0.0), Some(0.9)), Mode::Greedy);
+    assert_eq!(Mode::new(Some(-1.0), None), Mode::Greedy);
+    assert_eq!(Mode::new(Some(f32::NAN), None), Mode::Greedy);
     assert_eq!(
-        sampling::sampling(None),
-        Sampling::All {
-            temperature: f64::from(DEFAULT_TEMPERATURE)
+        Mode::new(None, Some(0.9)),
+        Mode::Sample {
+            temperature: DEFAULT_TEMPERATURE,
+            top_p: 0.9
         }
     );
     assert_eq!(
-        sampling::sampling(Some(0.7)),
-        Sampling::All {
-            temperature: f64::from(0.7_f32)
+        Mode::new(Some(0.7), None),
+        Mode::Sample {
+            temperature: 0.7,
+            top_p: 1.0
+        }
+    );
+    assert_eq!(
+        Mode::new(Some(0.7), Some(1.5)),
+        Mode::Sample {
+            temperature: 0.7,
+            top_p: 1.0
         }
     );
 }
 
-/// candle's top-p: the whole vocabulary sorted.
-fn reference_nucleus(probs: &mut [f32], top_p: f32) {
-    let mut order: Vec<usize> = (0..probs.len()).collect();
-    order.sort_by(|&i, &j| probs[j].total_cmp(&probs[i]));
+/// Top-p the plain way: the whole vocabulary sorted, heaviest first.
+fn reference_nucleus(weights: &[f32], top_p: f32) -> Vec<usize> {
+    let total: f32 = weights.iter().sum();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|&i, &j| weights[j].total_cmp(&weights[i]));
+    let mut kept = Vec::new();
     let mut sum = 0.0;
     for i in order {
-        if sum >= top_p {
-            probs[i] = 0.0;
-        } else {
-            sum += probs[i];
+        if !kept.is_empty() && sum >= top_p * total {
+            break;
         }
+        sum += weights[i];
+        kept.push(i);
     }
+    kept
 }
 
 #[test]
-fn the_nucleus_is_candle_s() {
-    // Peaked, flat, and tied distributions.
+fn the_nucleus_is_the_sorted_vocabulary_s() {
+    // Peaked, flat, tied and unnormalised distributions.
     let peaked: Vec<f32> = (0..5000)
         .map(|i| if i < 5 { 0.19 } else { 0.05 / 4995.0 })
         .collect();
     let flat = vec![1.0 / 5000.0; 5000];
     let tied = vec![0.25, 0.25, 0.25, 0.25];
-    for probs in [peaked, flat, tied] {
-        for top_p in [0.1, 0.5, 0.9, 0.99] {
-            let mut ours = probs.clone();
-            sampling::nucleus(&mut ours, top_p);
-            let mut theirs = probs.clone();
-            reference_nucleus(&mut theirs, top_p);
-            assert_eq!(ours, theirs, "top_p {top_p}");
+    let scaled: Vec<f32> = (0..300).map(|i| ((i * 37) % 101) as f32).collect();
+    for weights in [peaked, flat, tied, scaled] {
+        for top_p in [0.1, 0.5, 0.9, 0.99, 1.0] {
+            let mut ours = Vec::new();
+            sampling::nucleus(&weights, top_p, &mut ours);
+            assert_eq!(ours, reference_nucleus(&weights, top_p), "top_p {top_p}");
         }
     }
+}
+
+#[test]
+fn greedy_picks_the_first_best_and_sampling_is_seeded() {
+    let scores = [0.5, 3.0, -1.0, 3.0, 2.9];
+    assert_eq!(Sampler::new(7, Mode::Greedy).sample(&scores), 1);
+    let mode = Mode::new(Some(1.0), Some(0.95));
+    let draw = |seed| {
+        let mut sampler = Sampler::new(seed, mode);
+        (0..64).map(|_| sampler.sample(&scores)).collect::<Vec<_>>()
+    };
+    assert_eq!(draw(42), draw(42), "the same seed, the same tokens");
+    assert_ne!(draw(42), draw(43), "another seed, other tokens");
+    let drawn = draw(42);
+    // Only the nucleus: tokens 1, 3 and 4 hold over 95% between them.
+    assert!(drawn.iter().all(|t| [1, 3, 4].contains(t)), "{drawn:?}");
+    assert!([1, 3, 4].iter().all(|t| drawn.contains(t)), "{drawn:?}");
+    // A very low temperature is all but greedy.
+    let mut cold = Sampler::new(1, Mode::new(Some(0.01), Some(0.9)));
+    assert!((0..32).all(|_| [1, 3].contains(&cold.sample(&scores))));
+    assert_eq!(Sampler::new(1, mode).sample(&[]), 0);
+}
+
+#[test]
+fn the_repeat_penalty_makes_recent_tokens_less_likely_once_each() {
+    let mut scores = vec![2.0, -2.0, 1.0];
+    sampling::penalize(&mut scores, 2.0, &[0, 1, 0, 0, 99]);
+    assert_eq!(scores, vec![1.0, -4.0, 1.0]);
 }
 
 fn content(name: Option<&str>) -> Content {
