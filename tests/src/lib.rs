@@ -148,6 +148,12 @@ pub fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
                     return;
                 }
             };
+            // As an orchestrator waits for /readyz: a test starts once the
+            // built-in model (when it is the provider) is loaded.
+            if let Err(e) = app.model_ready().await {
+                let _ = ports_tx.send(Err(e));
+                return;
+            }
             let _ = ports_tx.send(Ok((app.port(), app.metrics_port().unwrap_or(0))));
             let _ = app
                 .run_until(async {

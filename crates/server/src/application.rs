@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
@@ -11,6 +12,8 @@ use confab_domain::{Password, User};
 use confab_http::{
     BodyLimits, CorsPolicy, HttpState, Metrics, RateTiers, SecurityHeaders, SseSettings,
 };
+use confab_llm::LoadingModel;
+use confab_ports::HealthCheck;
 use confab_sql::{PoolOptions, SqlError, SqlStore};
 use secrecy::ExposeSecret;
 
@@ -46,6 +49,7 @@ pub enum StartupError {
 /// bound and ready to run.
 pub struct Application {
     conversations: Conversations,
+    loading: Option<Arc<LoadingModel>>,
     shutdown_grace: Duration,
     port: u16,
     metrics_port: Option<u16>,
@@ -67,7 +71,12 @@ impl Application {
         metrics_listener: Option<TcpListener>,
     ) -> Result<Self, StartupError> {
         let wired = wire(settings).await?;
-        let conversations = conversations(settings, &wired).await?;
+        let chat = conversations(settings, &wired).await?;
+        let conversations = chat.conversations;
+        let mut checks: Vec<Arc<dyn HealthCheck>> = vec![wired.store];
+        if let Some(model) = &chat.loading {
+            checks.push(model.clone());
+        }
         let rl = &settings.rate_limit;
         let metrics = Metrics::new().map_err(|e| StartupError::Setup(format!("metrics: {e}")))?;
         let openapi = confab_http::openapi_json()
@@ -82,7 +91,7 @@ impl Application {
             sse: SseSettings {
                 keep_alive: Duration::from_secs(settings.generation.keep_alive_secs),
             },
-            readiness: Readiness::new(vec![wired.store]),
+            readiness: Readiness::new(checks),
             metrics: metrics.clone(),
             body: BodyLimits {
                 max_bytes: settings.server.json_limit_bytes,
@@ -145,6 +154,7 @@ impl Application {
         };
         Ok(Self {
             conversations,
+            loading: chat.loading,
             shutdown_grace: Duration::from_secs(settings.generation.shutdown_grace_secs),
             port,
             metrics_port,
@@ -165,23 +175,57 @@ impl Application {
         self.metrics_port
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting connections
-    /// and lets in-flight requests finish (up to the configured timeout).
+    /// Resolves once the service can answer: at once, or when the built-in
+    /// model's weights are in.
     ///
     /// # Errors
-    /// When a server fails.
+    /// Why the built-in model could not be loaded.
+    pub fn model_ready(&self) -> impl Future<Output = Result<(), String>> + 'static {
+        let loading = self.loading.clone();
+        async move {
+            match loading {
+                Some(model) => model.loaded().await.map(|_| ()),
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting connections
+    /// and lets in-flight requests finish (up to the configured timeout).
+    /// A built-in model that fails to load stops it the same way, with
+    /// that error.
+    ///
+    /// # Errors
+    /// When a server fails, or the built-in model can't be loaded.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let ready = self.model_ready();
         let api = self.server.handle();
         let metrics = self.metrics.map(|server| {
             let handle = server.handle();
             // A server runs only while polled: the metrics one on its own task.
             (handle, tokio::spawn(server))
         });
+        let model_failed = {
+            async move {
+                match ready.await {
+                    Err(why) => why,
+                    // Loaded: nothing more to watch.
+                    Ok(()) => std::future::pending().await,
+                }
+            }
+        };
         let server = self.server;
         tokio::pin!(server);
+        let mut failure = None;
         tokio::select! {
             result = &mut server => return result,
             () = shutdown => {}
+            why = model_failed => {
+                tracing::error!(error = %why, "the built-in model could not be loaded: stopping");
+                failure = Some(std::io::Error::other(format!(
+                    "the built-in model could not be loaded: {why}"
+                )));
+            }
         }
         // Running answers save their text and end their streams first, so
         // the streams that follow them finish and the drain is quick.
@@ -197,7 +241,10 @@ impl Application {
         // The server must keep being polled while it drains.
         let (result, ()) = tokio::join!(server, api.stop(true));
         tracing::info!("stopped");
-        result
+        match failure {
+            Some(e) => Err(e),
+            None => result,
+        }
     }
 }
 
@@ -254,11 +301,19 @@ pub async fn serve(settings: Settings) -> Result<(), StartupError> {
         "confab is serving: docs at http://{}/docs",
         settings.server.listen,
     );
-    if std::io::IsTerminal::is_terminal(&std::io::stderr())
-        || std::env::var_os("CONFAB_BANNER").is_some()
-    {
-        eprintln!("{}", banner(&settings.server.listen));
-    }
+    let ready = app.model_ready();
+    let listen = settings.server.listen.clone();
+    tokio::spawn(async move {
+        // The banner's curl line needs the model: print it once it's in.
+        if ready.await.is_ok() {
+            tracing::info!("ready");
+            if std::io::IsTerminal::is_terminal(&std::io::stderr())
+                || std::env::var_os("CONFAB_BANNER").is_some()
+            {
+                eprintln!("{}", banner(&listen));
+            }
+        }
+    });
     app.run_until(shutdown).await?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 mod application;
 pub mod settings;
 pub mod telemetry;
+mod threads;
 mod wiring;
 
 pub use application::{Application, StartupError, create_admin, migrate, serve, shutdown_signal};
@@ -16,3 +17,4 @@ pub use settings::{ConfigError, Settings};
 /// (the model client's, and any other `reqwest` client a test or tool
 /// builds): call it before building one.
 pub use confab_llm::install_tls_provider;
+pub use threads::with_model_threads;

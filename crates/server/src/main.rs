@@ -53,6 +53,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.command, Command::Serve)
+        && settings.llm.provider == "local"
+        && let Some(error) = confab_server::with_model_threads(settings.llm.local.threads)
+    {
+        eprintln!("confab: cannot restart with the configured model threads: {error}");
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = telemetry::init(&settings.log) {
         eprintln!("confab: {e}");
         return ExitCode::from(2);

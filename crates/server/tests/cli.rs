@@ -305,3 +305,87 @@ fn missing_model_file_is_a_clear_error_that_says_how_to_fetch_it() {
     assert!(stderr.contains("models/absent.gguf"), "{stderr}");
     assert!(stderr.contains("make model"), "{stderr}");
 }
+
+fn model_file() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "the built-in model is missing: run `make model`"
+    );
+    path
+}
+
+/// Starts `serve` on the built-in model and returns the child and its
+/// stderr lines.
+fn serve_local(
+    dir: &std::path::Path,
+    model: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
+    let mut cmd = confab(dir);
+    cmd.arg("serve")
+        .env("CONFAB_LLM_PROVIDER", "local")
+        .env("CONFAB__LLM__LOCAL__MODEL_PATH", model)
+        .env("CONFAB_LISTEN", "127.0.0.1:0")
+        .env("CONFAB_METRICS_LISTEN", "127.0.0.1:0")
+        .stderr(Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, lines)
+}
+
+#[test]
+fn configured_model_threads_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut lines) = serve_local(
+        dir.path(),
+        &model_file(),
+        &[("CONFAB__LLM__LOCAL__THREADS", "1")],
+    );
+    let loaded = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("the local model is loaded"))
+        .expect("the model loaded");
+    let entry: serde_json::Value = serde_json::from_str(&loaded).unwrap();
+    assert_eq!(entry["threads"], 1, "{loaded}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_model_whose_weights_fail_to_load_stops_the_server_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    // The header is whole, the tensors are cut short: start-up gets past
+    // the checks, the background load fails.
+    let bytes = std::fs::read(model_file()).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let (mut child, lines) = serve_local(dir.path(), &cut, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "confab kept running on a broken model"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(exit.code(), Some(1));
+    let stderr: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("the built-in model could not be loaded")),
+        "{stderr:?}"
+    );
+}

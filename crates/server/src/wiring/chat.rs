@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use confab_app::{ConversationPorts, ConversationRules, Conversations};
 use confab_domain::ModelSlug;
-use confab_llm::{LocalModel, LocalSettings, OpenAiCompatible, OpenAiSettings};
+use confab_llm::{LoadingModel, LocalModel, LocalSettings, OpenAiCompatible, OpenAiSettings};
 use confab_memory::{MemoryCache, MemoryStreamLog, StreamLogOptions};
 use confab_ports::ChatModel;
 use secrecy::{ExposeSecret, SecretString};
@@ -15,12 +15,28 @@ use super::{Wired, per_minute};
 use crate::application::StartupError;
 use crate::settings::Settings;
 
-/// A configured chat model and the name of its default model.
-type Model = Option<(Arc<dyn ChatModel>, Option<String>)>;
+/// A configured chat model.
+struct ChatModelWiring {
+    /// The model.
+    model: Arc<dyn ChatModel>,
+    /// The name of its default model, when it knows it.
+    default_name: Option<String>,
+    /// The built-in model while it loads.
+    loading: Option<Arc<LoadingModel>>,
+}
+
+/// The conversation use cases and, with the built-in model, the model as
+/// it loads (for readiness and for start-up to wait on).
+pub(crate) struct ChatWiring {
+    /// The use cases.
+    pub(crate) conversations: Conversations,
+    /// The built-in model, when it is the provider.
+    pub(crate) loading: Option<Arc<LoadingModel>>,
+}
 
 /// The chat model the configuration names: an OpenAI-compatible server,
-/// the built-in model (loaded now, off the async workers), or none.
-async fn chat_model(settings: &Settings) -> Result<Model, StartupError> {
+/// the built-in model (its weights loading in the background), or none.
+async fn chat_model(settings: &Settings) -> Result<Option<ChatModelWiring>, StartupError> {
     let llm = &settings.llm;
     match llm.provider.as_str() {
         "openai" => {
@@ -34,7 +50,11 @@ async fn chat_model(settings: &Settings) -> Result<Model, StartupError> {
                 total_timeout: Duration::from_secs(llm.total_timeout_secs),
             })
             .map_err(|e| StartupError::Setup(format!("llm: {e}")))?;
-            Ok(Some((Arc::new(model), None)))
+            Ok(Some(ChatModelWiring {
+                model: Arc::new(model),
+                default_name: None,
+                loading: None,
+            }))
         }
         "local" => {
             let l = &llm.local;
@@ -51,19 +71,25 @@ async fn chat_model(settings: &Settings) -> Result<Model, StartupError> {
                 repeat_last_n: l.repeat_last_n,
                 default_system_prompt: l.default_system_prompt.clone(),
             };
-            let started = std::time::Instant::now();
-            let model = tokio::task::spawn_blocking(move || LocalModel::load(options))
-                .await
-                .map_err(|e| StartupError::Setup(format!("llm: loading the model: {e}")))?
-                .map_err(|e| StartupError::Setup(format!("llm: {e}")))?;
+            // The header and tokenizer are checked now (a bad path or file
+            // stops start-up); the weights load while the server starts.
+            let model =
+                tokio::task::spawn_blocking(move || LocalModel::load_in_background(options))
+                    .await
+                    .map_err(|e| StartupError::Setup(format!("llm: opening the model: {e}")))?
+                    .map_err(|e| StartupError::Setup(format!("llm: {e}")))?;
             let name = model.model_name().to_owned();
             tracing::info!(
                 model = %name,
                 path = %l.model_path.display(),
-                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                "built-in model loaded"
+                "loading the built-in model"
             );
-            Ok(Some((Arc::new(model), Some(name))))
+            let model = Arc::new(model);
+            Ok(Some(ChatModelWiring {
+                model: model.clone(),
+                default_name: Some(name),
+                loading: Some(model),
+            }))
         }
         _ => {
             tracing::warn!("CONFAB_LLM_PROVIDER=none: sending a message answers 503");
@@ -81,7 +107,7 @@ fn slug(name: &str) -> Result<ModelSlug, StartupError> {
 pub(crate) async fn conversations(
     settings: &Settings,
     wired: &Wired,
-) -> Result<Conversations, StartupError> {
+) -> Result<ChatWiring, StartupError> {
     let llm = &settings.llm;
     let g = &settings.generation;
     let max_tokens = llm.max_tokens;
@@ -95,16 +121,20 @@ pub(crate) async fn conversations(
         max_logs: g.max_streams,
     });
     let model = chat_model(settings).await?;
-    let default_model = match (&model, llm.model.is_empty()) {
+    let default_model = match (
+        model.as_ref().and_then(|m| m.default_name.as_deref()),
+        llm.model.is_empty(),
+    ) {
         (_, false) => slug(&llm.model)?,
-        (Some((_, Some(name))), true) => slug(name)?,
-        _ => slug("default")?,
+        (Some(name), true) => slug(name)?,
+        (None, true) => slug("default")?,
     };
-    Ok(Conversations::new(
+    let loading = model.as_ref().and_then(|m| m.loading.clone());
+    let conversations = Conversations::new(
         ConversationPorts {
             conversations: wired.store.clone(),
             messages: wired.store.clone(),
-            model: model.map(|(m, _)| m),
+            model: model.map(|m| m.model),
             log: Arc::new(log),
             cache: Arc::new(MemoryCache::new(settings.cache.max_entries)),
             resume_tokens: wired.codec.clone(),
@@ -128,5 +158,9 @@ pub(crate) async fn conversations(
             cache_ttl: Duration::from_secs(settings.cache.ttl_secs),
             stop_wait: Duration::from_millis(g.stop_wait_ms),
         },
-    ))
+    );
+    Ok(ChatWiring {
+        conversations,
+        loading,
+    })
 }
