@@ -1,7 +1,9 @@
 //! `make bench`: measures the foundation's request paths against a release
 //! server started in-process on loopback, then the overhead Confab's relay
-//! adds to a streamed answer ([`relay`]), and writes the figures to the
-//! file named on the command line (docs/benchmarks.md).
+//! adds to a streamed answer ([`relay`]), then the built-in model's speed
+//! over the API, beside llama.cpp's server when one is named ([`model`]),
+//! and writes the figures to the file named on the command line
+//! (docs/benchmarks.md).
 //!
 //! Every scenario is bounded in request count and time. The load generator
 //! shares the machine's cores with the server, so the figures are a floor.
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use confab_e2e::spawn_app_with;
 use confab_sql::Backend;
 
+mod model;
 mod relay;
 
 /// One request-path scenario: a request sent `requests` times by
@@ -190,11 +193,26 @@ async fn login_token(client: &reqwest::Client, base: &str) -> String {
     }
 }
 
-/// Measures every scenario and writes the markdown to the file named first.
+/// Measures every scenario and writes the markdown to the file named first
+/// (`--model-only`: the built-in model's figures alone, printed).
 fn main() {
+    // The built-in model's threads, as `confab serve` sets them.
+    if let Some(e) = confab_server::with_model_threads(0) {
+        panic!("cannot restart with the model's threads in the environment: {e}");
+    }
     let out = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "docs/benchmarks.md".to_owned());
+    if out == "--model-only" {
+        // The model section alone, printed, nothing written: for comparing
+        // settings (threads, llama.cpp's) quickly.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _ = model::measure(&runtime);
+        return;
+    }
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
     let workers = cores.to_string();
     let app = spawn_app_with(
@@ -303,6 +321,7 @@ fn main() {
     };
     drop(app);
     let relay = relay::measure(&runtime, cores);
+    let model = model::measure(&runtime);
 
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -380,6 +399,7 @@ fn main() {
         "hashing threads: hashes run on the blocking pool, not on the request workers."
     );
     relay::write_markdown(&mut md, &relay, cores);
+    model::write_markdown(&mut md, &model);
     std::fs::write(&out, md).unwrap_or_else(|e| panic!("cannot write {out}: {e}"));
     println!("wrote {out}");
 }
