@@ -24,11 +24,12 @@ check confab-ports 'tokio|actix-web|diesel|r2d2|redis|deadpool-redis|reqwest|lib
 # The use cases know no web framework and no adapter library.
 check confab-app 'actix-web|actix-http'
 # Handlers never touch an adapter library.
-check confab-http 'diesel|r2d2|redis|deadpool-redis|reqwest|libsqlite3-sys|pq-sys|jsonwebtoken|governor|rustls|confab-sql|confab-password|confab-memory|confab-jwt|confab-llm'
+check confab-http 'diesel|r2d2|redis|deadpool-redis|reqwest|libsqlite3-sys|pq-sys|jsonwebtoken|governor|rustls|confab-sql|confab-password|confab-memory|confab-jwt|confab-llm|confab-redis'
 # Adapters never touch the web framework.
 check confab-sql 'actix-web|actix-http|confab-http'
 check confab-password 'actix-web|actix-http|confab-http'
 check confab-memory 'actix-web|actix-http|confab-http'
 check confab-jwt 'actix-web|actix-http|confab-http'
 check confab-llm 'actix-web|actix-http|confab-http'
+check confab-redis 'actix-web|actix-http|confab-http|diesel|confab-sql|confab-memory'
 exit $fail

@@ -1,0 +1,21 @@
+//! Redis adapters for the ports that hold shared state, so that any number
+//! of Confab instances on one Redis behave as one service: the cache
+//! ([`RedisCache`]), the rate limiter ([`RedisLimiter`], one atomic script
+//! on Redis's clock) and the token blocklist ([`RedisBlocklist`]).
+//!
+//! Every adapter shares one [`RedisPool`] (deadpool-redis) and writes under
+//! its own key prefix, so a test (or a second deployment) can use its own
+//! namespace on the same Redis. A Redis that can't be reached is
+//! [`DomainError::Unavailable`](confab_domain::DomainError) from every
+//! call: what that means for a request is the caller's policy (see
+//! docs/operations.md).
+
+mod blocklist;
+mod cache;
+mod limiter;
+mod pool;
+
+pub use blocklist::RedisBlocklist;
+pub use cache::RedisCache;
+pub use limiter::RedisLimiter;
+pub use pool::{RedisError, RedisPool, RedisSettings};

@@ -1,0 +1,157 @@
+//! [`RateLimiter`] on Redis: the same GCRA token buckets as the in-process
+//! limiter (governor with `Quota::with_period(window / quota)
+//! .allow_burst(quota)`), shared by every instance on one Redis.
+//!
+//! Each check is one Lua script, run atomically by Redis with `EVALSHA`
+//! (loaded again by the client when Redis answers `NOSCRIPT`, e.g. after a
+//! restart or a `SCRIPT FLUSH`). The script reads the time from Redis
+//! (`TIME`), never from the instance, so instances whose clocks disagree
+//! still share one consistent bucket. Allowed, `remaining` and the refusal's
+//! `retry_after` and `reset_after` are governor's; an allowed check's
+//! `reset_after` is the exact time until the bucket is full (the in-process
+//! limiter rounds it up to whole periods).
+//!
+//! A bucket is one key holding its *theoretical arrival time* (TAT, in
+//! microseconds of Redis's clock): `{prefix}rl:v1:{policy}:{key}`. It
+//! expires (a second after) when the bucket is full again, so idle keys
+//! cost nothing. Under an eviction policy (`allkeys-*`, or `volatile-*`
+//! since the keys carry a TTL) Redis may drop a key before that: that only
+//! resets that one bucket to full, it never blocks anyone.
+//!
+//! The script and its keys are versioned (`-- confab rate limit v1`, the
+//! `v1` in the key). A change to the stored format or the algorithm gets a
+//! new version, so during a rolling deploy old and new instances each run
+//! their own script on their own keys side by side, instead of misreading
+//! each other's state.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use confab_domain::DomainError;
+use confab_ports::{RateDecision, RateLimiter, RatePolicy};
+use deadpool_redis::redis;
+
+use crate::pool::{RedisPool, unavailable};
+
+/// The GCRA step, atomically on Redis's clock.
+///
+/// `KEYS[1]`: the bucket. `ARGV[1]`: the period (window / quota) in µs.
+/// `ARGV[2]`: the quota (bucket size). `ARGV[3]`: how long (ms) a key
+/// outlives the moment its bucket is full again.
+///
+/// Returns `{allowed (1/0), remaining, reset_after µs, retry_after µs}`.
+///
+/// Numbers are formatted with `%d` before they are stored or sent: Lua's
+/// `tostring` would print a 16-digit microsecond time in exponent form and
+/// lose precision.
+const SCRIPT: &str = r"-- confab rate limit v1
+if redis.replicate_commands then redis.replicate_commands() end
+local period = tonumber(ARGV[1])
+local quota = tonumber(ARGV[2])
+local margin_ms = tonumber(ARGV[3])
+local capacity = period * quota
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then
+  tat = now
+end
+local new_tat = tat + period
+local ahead = new_tat - now
+if ahead > capacity then
+  return {0, 0, tat - now, ahead - capacity}
+end
+local ttl_ms = math.ceil(ahead / 1000) + margin_ms
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', string.format('%d', ttl_ms))
+return {1, math.floor((capacity - ahead) / period), ahead, 0}
+";
+
+/// How long a bucket's key outlives the moment it is full again (ms): the
+/// key must never expire while its state still matters.
+const TTL_MARGIN_MS: u64 = 1_000;
+
+/// Token buckets in Redis, one key per policy and caller key, shared by
+/// every instance on the same Redis and key prefix.
+#[derive(Debug)]
+pub struct RedisLimiter {
+    pool: RedisPool,
+    script: redis::Script,
+}
+
+impl RedisLimiter {
+    /// A limiter on `pool`; the script is hashed here, once.
+    #[must_use]
+    pub fn new(pool: RedisPool) -> Self {
+        Self {
+            pool,
+            script: redis::Script::new(SCRIPT),
+        }
+    }
+
+    /// The SHA1 of the script Redis runs (`EVALSHA`), e.g. to see whether
+    /// Redis has it with `SCRIPT EXISTS`.
+    #[must_use]
+    pub fn script_hash(&self) -> &str {
+        self.script.get_hash()
+    }
+}
+
+/// The period (window / quota) in whole microseconds, as the in-process
+/// limiter refuses a zero quota or period.
+fn period_micros(policy: &RatePolicy) -> Result<u64, DomainError> {
+    if policy.quota == 0 {
+        return Err(DomainError::internal(format!(
+            "rate policy {} has a zero quota",
+            policy.name
+        )));
+    }
+    let period = policy.window.as_micros() / u128::from(policy.quota);
+    if period == 0 {
+        return Err(DomainError::internal(format!(
+            "rate policy {} has a zero period",
+            policy.name
+        )));
+    }
+    // Lua numbers are doubles: the bucket's capacity (period × quota, about
+    // the window) must stay exact, far below 2^53 µs (285 years).
+    if policy.window.as_micros() > 1 << 50 {
+        return Err(DomainError::internal(format!(
+            "rate policy {} has a window too long",
+            policy.name
+        )));
+    }
+    u64::try_from(period).map_err(|_| {
+        DomainError::internal(format!("rate policy {} has a period too long", policy.name))
+    })
+}
+
+/// A duration the script returned in µs (never negative).
+fn micros(value: i64) -> Duration {
+    Duration::from_micros(u64::try_from(value).unwrap_or(0))
+}
+
+#[async_trait]
+impl RateLimiter for RedisLimiter {
+    async fn check(&self, policy: &RatePolicy, key: &str) -> Result<RateDecision, DomainError> {
+        let period = period_micros(policy)?;
+        let bucket = self.pool.key(&format!("rl:v1:{}:{}", policy.name, key));
+        let mut conn = self.pool.connection().await?;
+        let (allowed, remaining, reset_after, retry_after): (i64, i64, i64, i64) = self
+            .script
+            .key(bucket)
+            .arg(period)
+            .arg(policy.quota)
+            .arg(TTL_MARGIN_MS)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(RateDecision {
+            allowed: allowed == 1,
+            remaining: u32::try_from(remaining.max(0))
+                .unwrap_or(policy.quota)
+                .min(policy.quota),
+            reset_after: micros(reset_after),
+            retry_after: micros(retry_after),
+        })
+    }
+}
