@@ -36,5 +36,6 @@ mod headers;
 mod local_model;
 mod operations;
 mod recovery;
+mod redis;
 mod register;
 mod stream;

@@ -82,9 +82,10 @@ pub struct TestApp {
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
-    /// The server's database.
-    pub db: TestDatabase,
+    /// The server's database (shared with [`TestApp::sibling`]s).
+    pub db: Arc<TestDatabase>,
     settings: Settings,
+    vars: HashMap<String, String>,
 }
 
 /// Starts a server on `backend` with the test configuration plus `extra`
@@ -104,6 +105,56 @@ pub fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
 /// When the server can't start.
 #[must_use]
 pub fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
+    spawn_on(Arc::new(db), extra)
+}
+
+/// The Redis the tests use: `REDIS_URL`, else the local one.
+#[must_use]
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Starts a server on `backend` sharing its state through the test Redis,
+/// under a key prefix of its own (its [`TestApp::sibling`]s share it).
+///
+/// # Panics
+/// When the database or the server can't start.
+#[must_use]
+pub fn spawn_app_with_redis(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
+    let url = redis_url();
+    let prefix = format!("confab-e2e:{}:", uuid::Uuid::new_v4());
+    let mut vars = vec![
+        ("REDIS_URL", url.as_str()),
+        ("CONFAB__REDIS__KEY_PREFIX", prefix.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    spawn_app_with(backend, &vars)
+}
+
+impl TestApp {
+    /// A second server on the same database with the same configuration
+    /// (the same Redis and key prefix, when it has one) plus `extra`: two
+    /// instances of one service.
+    ///
+    /// # Panics
+    /// When the server can't start.
+    #[must_use]
+    pub fn sibling(&self, extra: &[(&str, &str)]) -> TestApp {
+        let mut vars: Vec<(&str, &str)> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        vars.extend_from_slice(extra);
+        spawn_on(Arc::clone(&self.db), &vars)
+    }
+}
+
+fn spawn_on(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> TestApp {
+    let given: HashMap<String, String> = extra
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     let mut vars: HashMap<String, String> = HashMap::from([
         ("CONFAB_CONFIG_DIR".to_owned(), "/nonexistent".to_owned()),
         ("CONFAB_JWT_SECRET".to_owned(), JWT_SECRET.to_owned()),
@@ -177,6 +228,7 @@ pub fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
         thread: Some(thread),
         db,
         settings: kept,
+        vars: given,
     }
 }
 

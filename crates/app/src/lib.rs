@@ -7,6 +7,7 @@
 mod accounts;
 mod conversations;
 mod error;
+mod limits;
 mod readiness;
 
 pub use accounts::{AccountPorts, AccountRules, Accounts, LoginAttempt, Registration, Session};
@@ -14,4 +15,5 @@ pub use conversations::{
     ConversationPage, ConversationPorts, ConversationRules, Conversations, SendMessage, Started,
 };
 pub use error::{AppError, AuthFailure};
+pub use limits::FallbackLimiter;
 pub use readiness::{DependencyStatus, Readiness, ReadinessReport};

@@ -74,6 +74,9 @@ impl Application {
         let chat = conversations(settings, &wired).await?;
         let conversations = chat.conversations;
         let mut checks: Vec<Arc<dyn HealthCheck>> = vec![wired.store];
+        if let Some(redis) = &wired.redis {
+            checks.push(Arc::new(redis.clone()));
+        }
         if let Some(model) = &chat.loading {
             checks.push(model.clone());
         }
@@ -289,7 +292,8 @@ pub async fn serve(settings: Settings) -> Result<(), StartupError> {
     };
     if !settings.redis.url.expose_secret().is_empty() {
         tracing::warn!(
-            "REDIS_URL is set, but this version keeps cache, limits and streams in-process"
+            "REDIS_URL is set: cache, limits and the token blocklist are shared; answer streams, \
+             running-answer counts and idempotency are still per instance"
         );
     }
     let app = Application::build(&settings, listener, metrics_listener).await?;

@@ -136,6 +136,14 @@ pub struct DatabaseSettings {
 pub struct RedisSettings {
     /// The URL; empty for in-process adapters.
     pub url: SecretString,
+    /// Connections in the pool at most.
+    pub max_connections: usize,
+    /// How long a call waits for a connection (or to make one) before it
+    /// counts as Redis being down.
+    pub connect_timeout_ms: u64,
+    /// Prefix of every key Confab writes: deployments sharing one Redis
+    /// use different ones.
+    pub key_prefix: String,
 }
 
 /// `[auth]`.
@@ -339,6 +347,8 @@ impl Settings {
             ("database.max_connections", u64::from(db.max_connections)),
             ("database.acquire_timeout_ms", db.acquire_timeout_ms),
             ("database.sqlite_busy_timeout_ms", db.sqlite_busy_timeout_ms),
+            ("redis.max_connections", self.redis.max_connections as u64),
+            ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(format!("{key} must be greater than 0")));

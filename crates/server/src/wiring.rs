@@ -5,11 +5,12 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_app::{AccountPorts, AccountRules, Accounts};
+use confab_app::{AccountPorts, AccountRules, Accounts, FallbackLimiter};
 use confab_jwt::{JwtCodec, JwtSettings, MIN_SECRET_BYTES};
 use confab_memory::{GovernorLimiter, InMemoryBlocklist};
 use confab_password::{HasherOptions, Pbkdf2Hasher};
-use confab_ports::{RateLimiter, RatePolicy};
+use confab_ports::{RateLimiter, RatePolicy, TokenBlocklist};
+use confab_redis::{RedisBlocklist, RedisLimiter, RedisPool, RedisSettings};
 use confab_sql::{PoolOptions, SqlStore};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -26,6 +27,27 @@ pub(crate) struct Wired {
     pub(crate) accounts: Accounts,
     pub(crate) codec: Arc<JwtCodec>,
     pub(crate) limiter: Arc<dyn RateLimiter>,
+    /// Redis, when `REDIS_URL` is set.
+    pub(crate) redis: Option<RedisPool>,
+}
+
+/// The Redis pool `REDIS_URL` names, if any. No connection is made here:
+/// an instance starts while Redis is down (readiness says so) and uses it
+/// as soon as it answers.
+fn redis_pool(settings: &Settings) -> Result<Option<RedisPool>, StartupError> {
+    let r = &settings.redis;
+    if r.url.expose_secret().is_empty() {
+        return Ok(None);
+    }
+    let pool = RedisPool::new(&RedisSettings {
+        url: r.url.clone(),
+        max_connections: r.max_connections,
+        connect_timeout: Duration::from_millis(r.connect_timeout_ms),
+        key_prefix: r.key_prefix.clone(),
+    })
+    .map_err(|e| StartupError::Setup(e.to_string()))?;
+    tracing::info!(key_prefix = %r.key_prefix, "redis: cache, rate limits and token blocklist shared through Redis");
+    Ok(Some(pool))
 }
 
 pub(crate) fn cores() -> usize {
@@ -124,7 +146,18 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
     )
     .map_err(|e| StartupError::Setup(e.to_string()))?;
     let codec = Arc::new(codec);
-    let limiter: Arc<dyn RateLimiter> = Arc::new(GovernorLimiter::new());
+    let redis = redis_pool(settings)?;
+    let local: Arc<dyn RateLimiter> = Arc::new(GovernorLimiter::new());
+    let (limiter, blocklist): (Arc<dyn RateLimiter>, Arc<dyn TokenBlocklist>) = match &redis {
+        Some(pool) => (
+            Arc::new(FallbackLimiter::new(
+                Arc::new(RedisLimiter::new(pool.clone())),
+                local,
+            )),
+            Arc::new(RedisBlocklist::new(pool.clone())),
+        ),
+        None => (local, Arc::new(InMemoryBlocklist::new())),
+    };
     let login = settings.rate_limit.login_per_minute;
     let accounts = Accounts::new(
         AccountPorts {
@@ -132,7 +165,7 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
             hasher: Arc::new(hasher),
             tokens: codec.clone(),
             refresh_tokens: store.clone(),
-            blocklist: Arc::new(InMemoryBlocklist::new()),
+            blocklist,
             limiter: limiter.clone(),
         },
         AccountRules {
@@ -146,5 +179,6 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
         accounts,
         codec,
         limiter,
+        redis,
     })
 }

@@ -9,6 +9,7 @@ use confab_domain::ModelSlug;
 use confab_llm::{LoadingModel, LocalModel, LocalSettings, OpenAiCompatible, OpenAiSettings};
 use confab_memory::{MemoryCache, MemoryStreamLog, StreamLogOptions};
 use confab_ports::ChatModel;
+use confab_redis::RedisCache;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{Wired, per_minute};
@@ -136,7 +137,10 @@ pub(crate) async fn conversations(
             messages: wired.store.clone(),
             model: model.map(|m| m.model),
             log: Arc::new(log),
-            cache: Arc::new(MemoryCache::new(settings.cache.max_entries)),
+            cache: match &wired.redis {
+                Some(pool) => Arc::new(RedisCache::new(pool.clone())),
+                None => Arc::new(MemoryCache::new(settings.cache.max_entries)),
+            },
             resume_tokens: wired.codec.clone(),
             limiter: wired.limiter.clone(),
         },

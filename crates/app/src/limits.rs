@@ -1,0 +1,37 @@
+//! A rate limiter that falls back to another when its store fails.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use confab_domain::DomainError;
+use confab_ports::{RateDecision, RateLimiter, RatePolicy};
+
+/// Asks `primary` (the limiter every instance shares); when its store
+/// can't answer, asks `fallback` (this instance's own) instead, so limits
+/// keep holding — per instance — while the shared store is down, and are
+/// shared again as soon as it is back.
+pub struct FallbackLimiter {
+    primary: Arc<dyn RateLimiter>,
+    fallback: Arc<dyn RateLimiter>,
+}
+
+impl FallbackLimiter {
+    /// `primary`, backed by `fallback`.
+    #[must_use]
+    pub fn new(primary: Arc<dyn RateLimiter>, fallback: Arc<dyn RateLimiter>) -> Self {
+        Self { primary, fallback }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for FallbackLimiter {
+    async fn check(&self, policy: &RatePolicy, key: &str) -> Result<RateDecision, DomainError> {
+        match self.primary.check(policy, key).await {
+            Err(DomainError::Unavailable(e)) => {
+                tracing::warn!(error = %e, policy = %policy.name, "shared rate limiter unavailable: limiting in this instance");
+                self.fallback.check(policy, key).await
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! `REDIS_URL` set: two instances of the service (two servers on one
+//! database, one Redis and one key prefix) share rate limits, logouts and
+//! the read cache; a Redis that is down or restarts follows the policy of
+//! docs/operations.md.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use confab_e2e::chat::spawn_chat;
+use confab_e2e::fake_llm::FakeLlm;
+use confab_e2e::{TestApp, error_body, redis_url, spawn_app_with, spawn_app_with_redis};
+use confab_sql::Backend;
+use reqwest::Method;
+use serde_json::json;
+
+on_both_backends!(
+    a_logout_on_one_instance_is_refused_by_the_other,
+    the_rate_limit_bucket_is_shared_by_the_instances,
+    a_rename_on_one_instance_is_seen_at_once_on_the_other,
+);
+
+async fn me(app: &TestApp, token: &str) -> u16 {
+    app.get_auth("/api/v1/users/me", token)
+        .await
+        .status()
+        .as_u16()
+}
+
+async fn a_logout_on_one_instance_is_refused_by_the_other(backend: Backend) {
+    let a = spawn_app_with_redis(backend, &[]);
+    let b = a.sibling(&[]);
+    let token = a.user("ada").await;
+    assert_eq!(me(&b, &token).await, 200);
+    let res = a
+        .call(Method::POST, "/api/v1/auth/logout", &token, None)
+        .await;
+    assert_eq!(res.status(), 204);
+    error_body(
+        b.get_auth("/api/v1/users/me", &token).await,
+        401,
+        "AUTH_REQUIRED",
+    )
+    .await;
+    assert_eq!(me(&a, &token).await, 401);
+}
+
+async fn the_rate_limit_bucket_is_shared_by_the_instances(backend: Backend) {
+    let a = spawn_app_with_redis(backend, &[("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "6")]);
+    let b = a.sibling(&[]);
+    let token = a.user("ada").await;
+    // Six requests in all, alternating: the bucket holds six.
+    for i in 0..6 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let res = app.get_auth("/api/v1/users/me", &token).await;
+        assert_eq!(res.status(), 200, "request {i}");
+        let remaining = res.headers()["ratelimit"].to_str().unwrap().to_owned();
+        assert!(
+            remaining.contains(&format!("r={}", 5 - i)),
+            "request {i}: {remaining}"
+        );
+    }
+    for app in [&a, &b] {
+        let res = app.get_auth("/api/v1/users/me", &token).await;
+        assert!(res.headers().contains_key("retry-after"));
+        error_body(res, 429, "RATE_LIMITED").await;
+    }
+}
+
+async fn a_rename_on_one_instance_is_seen_at_once_on_the_other(backend: Backend) {
+    let llm = FakeLlm::start();
+    let prefix = format!("confab-e2e:{}:", uuid::Uuid::new_v4());
+    let url = redis_url();
+    let a = spawn_chat(
+        backend,
+        &llm,
+        &[
+            ("REDIS_URL", url.as_str()),
+            ("CONFAB__REDIS__KEY_PREFIX", prefix.as_str()),
+        ],
+    );
+    let b = a.sibling(&[]);
+    let token = a.user("ada").await;
+    let (id, _) = a.chat(&token, "Hello there").await;
+    // B reads both, so both are cached (under the current versions).
+    let path = format!("/api/v1/conversations/{id}");
+    let list = |app: &TestApp| {
+        let token = token.clone();
+        let app_url = app.url("/api/v1/conversations");
+        let client = app.client.clone();
+        async move {
+            let res = client.get(app_url).bearer_auth(token).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            res.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let before = list(&b).await;
+    let title_before = before["items"][0]["title"].clone();
+    assert_eq!(b.conversation(&token, &id).await["title"], title_before);
+
+    let renamed = a
+        .call(
+            Method::PATCH,
+            &path,
+            &token,
+            Some(&json!({"title": "Renamed on A"})),
+        )
+        .await;
+    assert_eq!(renamed.status(), 200);
+    assert_eq!(b.conversation(&token, &id).await["title"], "Renamed on A");
+    assert_eq!(list(&b).await["items"][0]["title"], "Renamed on A");
+}
+
+#[tokio::test]
+async fn with_redis_down_limits_hold_per_instance_tokens_are_refused_and_readiness_says_so() {
+    // Nothing listens on port 1: every Redis call fails at once.
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("CONFAB__REDIS__CONNECT_TIMEOUT_MS", "200"),
+            ("CONFAB__RATE_LIMIT__ANONYMOUS_PER_MINUTE", "3"),
+        ],
+    );
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let body = error_body(ready, 503, "UNAVAILABLE").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("redis"),
+        "{body}"
+    );
+    // A token can't be checked against the blocklist: refused as
+    // unavailable, never accepted unchecked. (It counts as anonymous for
+    // the limits: it could not be verified.)
+    let other = spawn_app_with(Backend::Sqlite, &[]);
+    let token = other.user("ada").await;
+    drop(other);
+    let res = app.get_auth("/api/v1/users/me", &token).await;
+    error_body(res, 503, "UNAVAILABLE").await;
+    // The limits fall back to this instance's own buckets: two more
+    // requests fill the anonymous bucket of three.
+    for _ in 0..2 {
+        let res = app
+            .client
+            .get(app.url("/api/v1/nope"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404);
+    }
+    let res = app
+        .client
+        .get(app.url("/api/v1/nope"))
+        .send()
+        .await
+        .unwrap();
+    error_body(res, 429, "RATE_LIMITED").await;
+}
+
+/// A Redis of the test's own, on a free port, that it can stop and start.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Self { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (the Redis the machine runs) is needed for this test");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `/readyz` until it answers `status`, or fails after a deadline.
+async fn readiness_becomes(app: &TestApp, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+        if res.status().as_u16() == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {} (wanted {status})",
+            res.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_redis_restart_is_recovered_without_restarting_the_service() {
+    let mut redis = PrivateRedis::start();
+    let url = redis.url();
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("REDIS_URL", url.as_str()),
+            ("CONFAB__REDIS__CONNECT_TIMEOUT_MS", "200"),
+        ],
+    );
+    let token = app.user("ada").await;
+    readiness_becomes(&app, 200).await;
+    assert_eq!(me(&app, &token).await, 200);
+
+    redis.stop();
+    readiness_becomes(&app, 503).await;
+    error_body(
+        app.get_auth("/api/v1/users/me", &token).await,
+        503,
+        "UNAVAILABLE",
+    )
+    .await;
+
+    redis.restart();
+    readiness_becomes(&app, 200).await;
+    assert_eq!(me(&app, &token).await, 200);
+    // The blocklist works again: a logout now holds.
+    let res = app
+        .call(Method::POST, "/api/v1/auth/logout", &token, None)
+        .await;
+    assert_eq!(res.status(), 204);
+    assert_eq!(me(&app, &token).await, 401);
+}
