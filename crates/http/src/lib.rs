@@ -362,8 +362,19 @@ mod tests {
         async fn list(&self, _: ConversationId) -> Result<Vec<Message>, DomainError> {
             Ok(vec![])
         }
-        async fn fail_in_progress(&self, _: OffsetDateTime) -> Result<u64, DomainError> {
-            Ok(0)
+        async fn in_progress(
+            &self,
+            _: usize,
+        ) -> Result<Vec<(ConversationId, MessageId)>, DomainError> {
+            Ok(vec![])
+        }
+        async fn fail_if_in_progress(
+            &self,
+            _: ConversationId,
+            _: &MessageId,
+            _: OffsetDateTime,
+        ) -> Result<bool, DomainError> {
+            Ok(false)
         }
     }
 

@@ -183,11 +183,26 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Only on storage failure.
     async fn list(&self, conversation: ConversationId) -> Result<Vec<Message>, DomainError>;
 
-    /// Closes every message still `in_progress` as `failed`, keeping the
-    /// text saved so far: at start-up, no generation of an earlier run is
-    /// still going. Returns how many were closed.
+    /// Messages still `in_progress` (their conversation and id), oldest
+    /// first, at most `limit`: the candidates of the orphan sweep.
     ///
     /// # Errors
     /// Only on storage failure.
-    async fn fail_in_progress(&self, at: OffsetDateTime) -> Result<u64, DomainError>;
+    async fn in_progress(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(ConversationId, MessageId)>, DomainError>;
+
+    /// Closes `message` as `failed`, keeping the text saved so far, if it is
+    /// still `in_progress` (a generation that ended meanwhile keeps its own
+    /// status). Returns whether it did.
+    ///
+    /// # Errors
+    /// Only on storage failure.
+    async fn fail_if_in_progress(
+        &self,
+        conversation: ConversationId,
+        message: &MessageId,
+        at: OffsetDateTime,
+    ) -> Result<bool, DomainError>;
 }

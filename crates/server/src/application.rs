@@ -49,6 +49,7 @@ pub enum StartupError {
 /// bound and ready to run.
 pub struct Application {
     conversations: Conversations,
+    orphan_sweep: Duration,
     loading: Option<Arc<LoadingModel>>,
     shutdown_grace: Duration,
     port: u16,
@@ -157,6 +158,7 @@ impl Application {
         };
         Ok(Self {
             conversations,
+            orphan_sweep: Duration::from_secs(settings.generation.orphan_sweep_secs),
             loading: chat.loading,
             shutdown_grace: Duration::from_secs(settings.generation.shutdown_grace_secs),
             port,
@@ -202,6 +204,11 @@ impl Application {
     /// When a server fails, or the built-in model can't be loaded.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let ready = self.model_ready();
+        // Stopped with this function, however it returns.
+        let sweeper = AbortOnDrop(tokio::spawn(sweep_orphans(
+            self.conversations.clone(),
+            self.orphan_sweep,
+        )));
         let api = self.server.handle();
         let metrics = self.metrics.map(|server| {
             let handle = server.handle();
@@ -230,6 +237,7 @@ impl Application {
                 )));
             }
         }
+        drop(sweeper);
         // Running answers save their text and end their streams first, so
         // the streams that follow them finish and the drain is quick.
         tracing::info!("shutting down: ending running generations");
@@ -247,6 +255,30 @@ impl Application {
         match failure {
             Some(e) => Err(e),
             None => result,
+        }
+    }
+}
+
+/// A task that is aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Closes answers no generation holds any more every `every`, for as
+/// long as the service runs (the first sweep ran at start-up).
+async fn sweep_orphans(conversations: Conversations, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate: start-up has just swept.
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        if let Err(e) = conversations.close_orphans().await {
+            tracing::warn!(error = %e, "orphan sweep failed; retrying at the next one");
         }
     }
 }

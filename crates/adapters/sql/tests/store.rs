@@ -791,12 +791,32 @@ async fn orphaned_generations_are_closed_as_failed_with_their_text(backend: Back
     MessageStore::insert(&f.store, &orphan).await.unwrap();
     let finished = message(id, "a2", MessageRole::Assistant, "done");
     MessageStore::insert(&f.store, &finished).await.unwrap();
-    assert_eq!(f.store.fail_in_progress(now()).await.unwrap(), 1);
+    let open = f.store.in_progress(10).await.unwrap();
+    assert_eq!(open, vec![(id, orphan.id.clone())]);
+    assert!(
+        f.store
+            .fail_if_in_progress(id, &orphan.id, now())
+            .await
+            .unwrap()
+    );
     let listed = MessageStore::list(&f.store, id).await.unwrap();
     assert_eq!(listed[0].status, MessageStatus::Failed);
     assert_eq!(listed[0].content.parts(), ["half an ans"]);
     assert_eq!(listed[1].status, MessageStatus::FinishedSuccessfully);
-    assert_eq!(f.store.fail_in_progress(now()).await.unwrap(), 0);
+    // Once closed (or when it finished meanwhile) it is left alone.
+    assert!(
+        !f.store
+            .fail_if_in_progress(id, &orphan.id, now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !f.store
+            .fail_if_in_progress(id, &finished.id, now())
+            .await
+            .unwrap()
+    );
+    assert!(f.store.in_progress(10).await.unwrap().is_empty());
 }
 
 async fn generated_title_never_overwrites_a_rename(backend: Backend) {
@@ -842,7 +862,7 @@ async fn an_answer_in_a_deleted_conversation_can_still_be_closed(backend: Backen
         .unwrap();
     let listed = MessageStore::list(&f.store, id).await.unwrap();
     assert_eq!(listed[0].status, MessageStatus::FinishedPartialCompletion);
-    assert_eq!(f.store.fail_in_progress(now()).await.unwrap(), 0);
+    assert!(f.store.in_progress(10).await.unwrap().is_empty());
 }
 
 async fn an_exchange_is_stored_whole_or_not_at_all(backend: Backend) {

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use confab_domain::{
-    Conversation, ConversationId, ConversationPatch, ConversationSummary, Message, ModelSlug,
-    OffsetDateTime, Page, UserId,
+    Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError, Message,
+    ModelSlug, OffsetDateTime, Page, UserId,
 };
 use confab_ports::{
     AccessClaims, Cache, CachedValue, ChatModel, ConversationQuery, ConversationStore,
@@ -161,17 +161,48 @@ impl Conversations {
         }
     }
 
-    /// Closes generations an earlier run left `in_progress` as `failed`
-    /// (their saved text is kept). Run once at start-up, before serving.
+    /// Closes, as `failed` with the text they saved, the answers left
+    /// `in_progress` that no generation holds any more: those whose
+    /// conversation's stream log is not open for them. A generation opens
+    /// its log before its answer is stored and holds it until the answer is
+    /// final; with a shared log (Redis) the hold is a lease the generating
+    /// instance renews, so an answer whose instance died is closed here once
+    /// the lease has run out, by whichever instance sweeps first. Run at
+    /// start-up and then periodically. Returns how many it closed.
     ///
     /// # Errors
-    /// [`AppError::Unavailable`] when the database is down.
+    /// [`AppError::Unavailable`] when the database is down. An answer whose
+    /// log can't be asked (its backend is down) is left for a later sweep.
     pub async fn close_orphans(&self) -> Result<u64, AppError> {
-        let closed = self.inner.ports.messages.fail_in_progress(now()).await?;
+        /// Answers looked at per sweep: the oldest first, the rest next time.
+        const PER_SWEEP: usize = 1000;
+        let ports = &self.inner.ports;
+        let mut closed = 0;
+        for (conversation, message) in ports.messages.in_progress(PER_SWEEP).await? {
+            match ports.log.current(conversation).await {
+                Ok((held, true)) if held == message => continue,
+                Ok(_) | Err(DomainError::NotFound) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "stream log unavailable; orphan sweep deferred");
+                    continue;
+                }
+            }
+            if ports
+                .messages
+                .fail_if_in_progress(conversation, &message, now())
+                .await?
+            {
+                closed += 1;
+                // Histories cached while it ran show it in progress.
+                if let Err(e) = ports.cache.bump(&history_key(conversation)).await {
+                    tracing::error!(error = %e, "could not invalidate a cache entry");
+                }
+            }
+        }
         if closed > 0 {
             tracing::warn!(
                 closed,
-                "closed generations left in progress by an earlier run as failed"
+                "closed answers no generation holds any more (a crash, a killed instance) as failed"
             );
         }
         Ok(closed)

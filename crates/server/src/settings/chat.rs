@@ -94,6 +94,9 @@ pub struct GenerationSettings {
     pub stop_wait_ms: u64,
     /// Seconds running answers get to save themselves at shutdown.
     pub shutdown_grace_secs: u64,
+    /// Seconds between two sweeps for answers no generation holds any more
+    /// (closed as `failed`; see `Conversations::close_orphans`).
+    pub orphan_sweep_secs: u64,
 }
 
 /// `[cache]`.
@@ -171,6 +174,7 @@ impl super::Settings {
             ("generation.resume_ttl_secs", g.resume_ttl_secs),
             ("generation.stop_wait_ms", g.stop_wait_ms),
             ("generation.shutdown_grace_secs", g.shutdown_grace_secs),
+            ("generation.orphan_sweep_secs", g.orphan_sweep_secs),
             ("cache.ttl_secs", self.cache.ttl_secs),
             ("cache.max_entries", self.cache.max_entries as u64),
         ];

@@ -147,11 +147,47 @@ impl MessageStore for SqlStore {
         rows.into_iter().map(MessageRow::into_message).collect()
     }
 
-    async fn fail_in_progress(&self, at: OffsetDateTime) -> Result<u64, DomainError> {
+    async fn in_progress(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(ConversationId, MessageId)>, DomainError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<(String, String)> = run(&self.pool, move |conn| {
+            messages::table
+                .filter(messages::status.eq(MessageStatus::InProgress.as_str()))
+                .order(messages::updated_at.asc())
+                .limit(limit)
+                .select((messages::conversation_id, messages::id))
+                .load(conn)
+        })
+        .await?;
+        rows.into_iter()
+            .map(|(conversation, id)| {
+                let conversation = conversation
+                    .parse()
+                    .map_err(|_| DomainError::internal("a stored conversation id is malformed"))?;
+                let id = MessageId::parse(&id)
+                    .map_err(|_| DomainError::internal("a stored message id is malformed"))?;
+                Ok((conversation, id))
+            })
+            .collect()
+    }
+
+    async fn fail_if_in_progress(
+        &self,
+        conversation: ConversationId,
+        message: &MessageId,
+        at: OffsetDateTime,
+    ) -> Result<bool, DomainError> {
         let at = micros(at);
+        let conversation = conversation.to_string();
+        let message = message.as_str().to_owned();
         let closed = run(&self.pool, move |conn| {
             diesel::update(
-                messages::table.filter(messages::status.eq(MessageStatus::InProgress.as_str())),
+                messages::table
+                    .filter(messages::conversation_id.eq(conversation))
+                    .filter(messages::id.eq(message))
+                    .filter(messages::status.eq(MessageStatus::InProgress.as_str())),
             )
             .set((
                 messages::status.eq(MessageStatus::Failed.as_str()),
@@ -160,6 +196,6 @@ impl MessageStore for SqlStore {
             .execute(conn)
         })
         .await?;
-        Ok(u64::try_from(closed).unwrap_or(u64::MAX))
+        Ok(closed > 0)
     }
 }
