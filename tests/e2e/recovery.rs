@@ -19,7 +19,7 @@ on_both_backends!(
 
 /// Stores, as a killed process would leave it, an answer `in_progress`
 /// with the text of its last save; returns its conversation.
-async fn orphan(store: &confab_sql::SqlStore) -> ConversationId {
+pub(crate) async fn orphan(store: &confab_sql::SqlStore) -> ConversationId {
     let now = OffsetDateTime::now_utc();
     let owner = UserId::generate();
     UserStore::create(

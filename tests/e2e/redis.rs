@@ -1,23 +1,29 @@
 //! `REDIS_URL` set: two instances of the service (two servers on one
-//! database, one Redis and one key prefix) share rate limits, logouts and
-//! the read cache; a Redis that is down or restarts follows the policy of
-//! docs/operations.md.
+//! database, one Redis and one key prefix) share rate limits, logouts, the
+//! read cache and answer streams (resume and stop from either); a Redis
+//! that is down or restarts follows the policy of docs/operations.md.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use confab_e2e::chat::spawn_chat;
-use confab_e2e::fake_llm::FakeLlm;
+use confab_domain::{MessageId, MessageStatus};
+use confab_e2e::chat::{SseEvent, SseReader, message_body, replay, spawn_chat};
+use confab_e2e::fake_llm::{FakeLlm, Script, Step};
 use confab_e2e::{TestApp, error_body, redis_url, spawn_app_with, spawn_app_with_redis};
+use confab_ports::{MessageStore, StreamLog};
+use confab_redis::{RedisPool, RedisSettings, RedisStreamLog, RedisStreamLogOptions};
 use confab_sql::Backend;
 use reqwest::Method;
+use secrecy::SecretString;
 use serde_json::json;
 
 on_both_backends!(
     a_logout_on_one_instance_is_refused_by_the_other,
     the_rate_limit_bucket_is_shared_by_the_instances,
     a_rename_on_one_instance_is_seen_at_once_on_the_other,
+    a_stream_started_on_one_instance_resumes_on_the_other,
+    a_stop_sent_to_one_instance_stops_the_generation_on_the_other,
 );
 
 async fn me(app: &TestApp, token: &str) -> u16 {
@@ -266,4 +272,183 @@ async fn a_redis_restart_is_recovered_without_restarting_the_service() {
         .await;
     assert_eq!(res.status(), 204);
     assert_eq!(me(&app, &token).await, 401);
+}
+
+/// Two instances with a fake model, sharing one database, Redis and key
+/// prefix; and the model.
+fn chat_pair(backend: Backend, llm: &FakeLlm) -> (TestApp, TestApp) {
+    let prefix = format!("confab-e2e:{}:", uuid::Uuid::new_v4());
+    let url = redis_url();
+    let a = spawn_chat(
+        backend,
+        llm,
+        &[
+            ("REDIS_URL", url.as_str()),
+            ("CONFAB__REDIS__KEY_PREFIX", prefix.as_str()),
+        ],
+    );
+    let b = a.sibling(&[]);
+    (a, b)
+}
+
+fn is_append(e: &SseEvent) -> bool {
+    e.event.as_deref() == Some("delta") && e.json()["v"][0]["o"] == "append"
+}
+
+fn conversation_of(events: &[SseEvent]) -> String {
+    events
+        .iter()
+        .find_map(|e| e.json()["conversation_id"].as_str().map(str::to_owned))
+        .expect("a conversation id")
+}
+
+async fn a_stream_started_on_one_instance_resumes_on_the_other(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::Stream(vec![
+        Step::Text("one".into()),
+        Step::Text(" two".into()),
+        Step::Hold,
+        Step::Text(" three".into()),
+        Step::Text(" four".into()),
+        Step::Finish("stop"),
+        Step::Done,
+    ]));
+    let (a, b) = chat_pair(backend, &llm);
+    let token = a.user("ada").await;
+    let res = a
+        .send_message("/api/v1/conversations", &token, &message_body("count"))
+        .await;
+    assert_eq!(res.status(), 200);
+    let mut reader = SseReader::new(res);
+    let mut first_part = reader.until(is_append).await;
+    first_part.extend(reader.until(is_append).await);
+    let id = conversation_of(&first_part);
+    let resume_token = first_part[1].json()["token"].as_str().unwrap().to_owned();
+    let last_id = first_part.last().unwrap().id.clone().unwrap();
+    // The connection to A drops; the client reconnects, through the load
+    // balancer, to B.
+    drop(reader);
+    let res = b
+        .client
+        .get(b.url(&format!("/api/v1/conversations/{id}/stream")))
+        .bearer_auth(&token)
+        .header("x-resume-token", &resume_token)
+        .header("last-event-id", &last_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut resumed = SseReader::new(res);
+    llm.release();
+    let rest = resumed.rest().await;
+    assert_eq!(rest.last().unwrap().data, "[DONE]");
+    let mut all = first_part.clone();
+    all.extend(rest);
+    let ids: Vec<String> = all.iter().map(|e| e.id.clone().unwrap()).collect();
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no duplicate: {ids:?}");
+    let rebuilt = replay(&all);
+    assert_eq!(
+        rebuilt["message"]["content"]["parts"][0], "one two three four",
+        "no gap"
+    );
+    let c = b.conversation(&token, &id).await;
+    assert_eq!(rebuilt["message"], c["messages"][1]);
+}
+
+async fn a_stop_sent_to_one_instance_stops_the_generation_on_the_other(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::Stream(vec![
+        Step::Text("partial".into()),
+        Step::Hold,
+        Step::Text(" never".into()),
+        Step::Finish("stop"),
+        Step::Done,
+    ]));
+    let (a, b) = chat_pair(backend, &llm);
+    let token = a.user("ada").await;
+    let res = a
+        .send_message("/api/v1/conversations", &token, &message_body("go"))
+        .await;
+    assert_eq!(res.status(), 200);
+    let mut reader = SseReader::new(res);
+    let seen = reader.until(is_append).await;
+    let id = conversation_of(&seen);
+    let path = format!("/api/v1/conversations/{id}/stream");
+    assert_eq!(
+        b.call(Method::DELETE, &path, &token, None).await.status(),
+        204
+    );
+    // A's stream ends, and the answer is saved as stopped.
+    let rest = reader.rest().await;
+    assert_eq!(rest.last().unwrap().data, "[DONE]");
+    let answer = &b.conversation(&token, &id).await["messages"][1];
+    assert_eq!(answer["status"], "finished_partial_completion", "{answer}");
+    assert_eq!(answer["content"]["parts"][0], "partial");
+}
+
+/// The shared stream log as another instance holds it, on `app`'s Redis
+/// and key prefix.
+fn log_of_another_instance(app: &TestApp, lease: Duration) -> RedisStreamLog {
+    let pool = |max_connections| {
+        RedisPool::new(&RedisSettings {
+            url: SecretString::from(redis_url()),
+            max_connections,
+            connect_timeout: Duration::from_millis(500),
+            key_prefix: app.redis_key_prefix().expect("a Redis key prefix"),
+        })
+        .unwrap()
+    };
+    RedisStreamLog::new(
+        pool(4),
+        pool(4),
+        RedisStreamLogOptions {
+            retention: Duration::from_secs(60),
+            max_events_per_log: 100,
+            lease,
+            poll_interval: Duration::from_millis(50),
+        },
+    )
+}
+
+#[tokio::test]
+async fn an_answer_whose_instance_died_is_closed_once_its_lease_runs_out() {
+    let app = spawn_app_with_redis(
+        Backend::Postgres,
+        &[("CONFAB__GENERATION__ORPHAN_SWEEP_SECS", "1")],
+    );
+    // Another instance runs an answer: it holds the conversation's log
+    // (renewing the lease while it awaits its stop signal)...
+    let store = app.db.store().await;
+    let conversation = crate::recovery::orphan(&store).await;
+    let other = log_of_another_instance(&app, Duration::from_millis(1500));
+    let message = MessageId::parse("a1").unwrap();
+    let mut signal = other.open(conversation, &message).await.unwrap();
+    let alive = tokio::spawn(async move { signal.stopped().await });
+    // ...so sweeps leave it alone, however many run.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let status = |store: confab_sql::SqlStore| async move {
+        MessageStore::list(&store, conversation).await.unwrap()[0].clone()
+    };
+    assert_eq!(
+        status(store.clone()).await.status,
+        MessageStatus::InProgress
+    );
+    // The instance dies (no close, no more renewals): once the lease has
+    // run out, a sweep closes the answer as failed with its saved text.
+    alive.abort();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let answer = loop {
+        let answer = status(store.clone()).await;
+        if answer.status != MessageStatus::InProgress {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead instance's answer stayed in progress"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answer.status, MessageStatus::Failed);
+    assert_eq!(answer.content.parts(), ["saved before the crash"]);
 }

@@ -150,6 +150,16 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// The Redis key prefix this server writes under, when it has Redis.
+    #[must_use]
+    pub fn redis_key_prefix(&self) -> Option<String> {
+        let redis = &self.settings.redis;
+        (!secrecy::ExposeSecret::expose_secret(&redis.url).is_empty())
+            .then(|| redis.key_prefix.clone())
+    }
+}
+
 fn spawn_on(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> TestApp {
     let given: HashMap<String, String> = extra
         .iter()

@@ -76,7 +76,7 @@ impl Application {
         let conversations = chat.conversations;
         let mut checks: Vec<Arc<dyn HealthCheck>> = vec![wired.store];
         if let Some(redis) = &wired.redis {
-            checks.push(Arc::new(redis.clone()));
+            checks.push(Arc::new(redis.shared.clone()));
         }
         if let Some(model) = &chat.loading {
             checks.push(model.clone());
@@ -324,7 +324,7 @@ pub async fn serve(settings: Settings) -> Result<(), StartupError> {
     };
     if !settings.redis.url.expose_secret().is_empty() {
         tracing::warn!(
-            "REDIS_URL is set: cache, limits and the token blocklist are shared; answer streams, \
+            "REDIS_URL is set: cache, limits, the token blocklist and answer streams are shared; \
              running-answer counts and idempotency are still per instance"
         );
     }

@@ -144,6 +144,16 @@ pub struct RedisSettings {
     /// Prefix of every key Confab writes: deployments sharing one Redis
     /// use different ones.
     pub key_prefix: String,
+    /// Connections for stream readers following a running answer (each
+    /// holds one while it waits); readers beyond wait, then get 503.
+    pub max_stream_followers: usize,
+    /// Milliseconds a running answer's stream stays claimed after its
+    /// instance last renewed it: how long after an instance dies its
+    /// conversations can answer again and its answers are swept.
+    pub stream_lease_ms: u64,
+    /// Milliseconds between two looks, by the generating instance, for a
+    /// stop requested on any instance (and lease renewals).
+    pub stop_poll_ms: u64,
 }
 
 /// `[auth]`.
@@ -349,6 +359,12 @@ impl Settings {
             ("database.sqlite_busy_timeout_ms", db.sqlite_busy_timeout_ms),
             ("redis.max_connections", self.redis.max_connections as u64),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
+            (
+                "redis.max_stream_followers",
+                self.redis.max_stream_followers as u64,
+            ),
+            ("redis.stream_lease_ms", self.redis.stream_lease_ms),
+            ("redis.stop_poll_ms", self.redis.stop_poll_ms),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(format!("{key} must be greater than 0")));

@@ -28,26 +28,41 @@ pub(crate) struct Wired {
     pub(crate) codec: Arc<JwtCodec>,
     pub(crate) limiter: Arc<dyn RateLimiter>,
     /// Redis, when `REDIS_URL` is set.
-    pub(crate) redis: Option<RedisPool>,
+    pub(crate) redis: Option<RedisPools>,
+}
+
+/// The two pools on the Redis `REDIS_URL` names: one for every short
+/// command, one whose connections stream readers hold while they block.
+pub(crate) struct RedisPools {
+    /// Commands that answer at once.
+    pub(crate) shared: RedisPool,
+    /// Blocking stream reads (`XREAD BLOCK`), one connection per follower.
+    pub(crate) blocking: RedisPool,
 }
 
 /// The Redis pool `REDIS_URL` names, if any. No connection is made here:
 /// an instance starts while Redis is down (readiness says so) and uses it
 /// as soon as it answers.
-fn redis_pool(settings: &Settings) -> Result<Option<RedisPool>, StartupError> {
+fn redis_pools(settings: &Settings) -> Result<Option<RedisPools>, StartupError> {
     let r = &settings.redis;
     if r.url.expose_secret().is_empty() {
         return Ok(None);
     }
-    let pool = RedisPool::new(&RedisSettings {
-        url: r.url.clone(),
-        max_connections: r.max_connections,
-        connect_timeout: Duration::from_millis(r.connect_timeout_ms),
-        key_prefix: r.key_prefix.clone(),
-    })
-    .map_err(|e| StartupError::Setup(e.to_string()))?;
-    tracing::info!(key_prefix = %r.key_prefix, "redis: cache, rate limits and token blocklist shared through Redis");
-    Ok(Some(pool))
+    let pool = |max_connections| {
+        RedisPool::new(&RedisSettings {
+            url: r.url.clone(),
+            max_connections,
+            connect_timeout: Duration::from_millis(r.connect_timeout_ms),
+            key_prefix: r.key_prefix.clone(),
+        })
+        .map_err(|e| StartupError::Setup(e.to_string()))
+    };
+    let pools = RedisPools {
+        shared: pool(r.max_connections)?,
+        blocking: pool(r.max_stream_followers)?,
+    };
+    tracing::info!(key_prefix = %r.key_prefix, "redis: cache, rate limits, token blocklist and answer streams shared through Redis");
+    Ok(Some(pools))
 }
 
 pub(crate) fn cores() -> usize {
@@ -146,10 +161,10 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
     )
     .map_err(|e| StartupError::Setup(e.to_string()))?;
     let codec = Arc::new(codec);
-    let redis = redis_pool(settings)?;
+    let redis = redis_pools(settings)?;
     let local: Arc<dyn RateLimiter> = Arc::new(GovernorLimiter::new());
     let (limiter, blocklist): (Arc<dyn RateLimiter>, Arc<dyn TokenBlocklist>) = match &redis {
-        Some(pool) => (
+        Some(RedisPools { shared: pool, .. }) => (
             Arc::new(FallbackLimiter::new(
                 Arc::new(RedisLimiter::new(pool.clone())),
                 local,

@@ -8,8 +8,8 @@ use confab_app::{ConversationPorts, ConversationRules, Conversations};
 use confab_domain::ModelSlug;
 use confab_llm::{LoadingModel, LocalModel, LocalSettings, OpenAiCompatible, OpenAiSettings};
 use confab_memory::{MemoryCache, MemoryStreamLog, StreamLogOptions};
-use confab_ports::ChatModel;
-use confab_redis::RedisCache;
+use confab_ports::{ChatModel, StreamLog};
+use confab_redis::{RedisCache, RedisStreamLog, RedisStreamLogOptions};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{Wired, per_minute};
@@ -112,15 +112,29 @@ pub(crate) async fn conversations(
     let llm = &settings.llm;
     let g = &settings.generation;
     let max_tokens = llm.max_tokens;
-    let log = MemoryStreamLog::new(StreamLogOptions {
-        retention: Duration::from_secs(g.stream_retention_secs),
-        // Every event but the text deltas is one of a handful; the adapter
-        // sends at most one delta per token.
-        max_events_per_log: usize::try_from(max_tokens)
-            .unwrap_or(usize::MAX)
-            .saturating_add(64),
-        max_logs: g.max_streams,
-    });
+    let retention = Duration::from_secs(g.stream_retention_secs);
+    // Every event but the text deltas is one of a handful; the adapter
+    // sends at most one delta per token.
+    let max_events_per_log = usize::try_from(max_tokens)
+        .unwrap_or(usize::MAX)
+        .saturating_add(64);
+    let log: Arc<dyn StreamLog> = match &wired.redis {
+        Some(pools) => Arc::new(RedisStreamLog::new(
+            pools.shared.clone(),
+            pools.blocking.clone(),
+            RedisStreamLogOptions {
+                retention,
+                max_events_per_log,
+                lease: Duration::from_millis(settings.redis.stream_lease_ms),
+                poll_interval: Duration::from_millis(settings.redis.stop_poll_ms),
+            },
+        )),
+        None => Arc::new(MemoryStreamLog::new(StreamLogOptions {
+            retention,
+            max_events_per_log,
+            max_logs: g.max_streams,
+        })),
+    };
     let model = chat_model(settings).await?;
     let default_model = match (
         model.as_ref().and_then(|m| m.default_name.as_deref()),
@@ -136,9 +150,9 @@ pub(crate) async fn conversations(
             conversations: wired.store.clone(),
             messages: wired.store.clone(),
             model: model.map(|m| m.model),
-            log: Arc::new(log),
+            log,
             cache: match &wired.redis {
-                Some(pool) => Arc::new(RedisCache::new(pool.clone())),
+                Some(pools) => Arc::new(RedisCache::new(pools.shared.clone())),
                 None => Arc::new(MemoryCache::new(settings.cache.max_entries)),
             },
             resume_tokens: wired.codec.clone(),

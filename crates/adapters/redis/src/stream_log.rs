@@ -1,0 +1,355 @@
+//! [`StreamLog`] on Redis Streams, shared by every instance on one Redis and
+//! key prefix: a generation running on one instance is followed and resumed
+//! from any other, and stopped from any.
+//!
+//! # Keys
+//!
+//! Under the pool's prefix, for each conversation (the braces make
+//! `{conversation}` the keys' hash tag, one cluster slot for both, unless
+//! the prefix holds braces itself):
+//!
+//! - `log:{conversation}:meta`, a hash: the latest generation's number
+//!   (`gen`), its message id (`msg`), whether it is open (`open`) and
+//!   whether a stop was asked of it (`stop`).
+//! - `log:{conversation}:{generation}`, a Redis Stream: that generation's
+//!   events, then, once closed, an end entry readers never deliver.
+//!
+//! Every `open` takes a new generation number (ms of Redis's clock, always
+//! above the previous one; see `scripts.rs`), so a stream never mixes two
+//! generations. Every step that reads the hash and writes depending on it is
+//! one Lua script (`EVALSHA`), atomic across instances.
+//!
+//! # Ids
+//!
+//! A reader sees `{generation}-{ms}-{seq}`: the generation, then the Redis
+//! entry id of the event (see `ids.rs`). `Last-Event-ID` must be an event of
+//! the conversation's current generation, checked in Redis: an id from an
+//! older generation, a made-up one, or the end entry's is
+//! [`DomainError::Invalid`], never a silent resume at the wrong place.
+//!
+//! # Lease
+//!
+//! While a generation is open its keys expire after
+//! [`lease`](RedisStreamLogOptions::lease), and the instance running it
+//! renews them: the [`StopSignal`] that `open` returns renews the lease each
+//! time it polls the stop flag, which it does for as long as it is awaited
+//! (the app awaits it for the whole generation). Other instances rely on
+//! that lease: if the running instance dies, its generation's keys expire
+//! a lease later, after which [`current`](StreamLog::current) is
+//! [`DomainError::NotFound`], a new `open` succeeds and readers of the dead
+//! log end with [`DomainError::NotFound`].
+//!
+//! # Whose generation `append` and `close` act on
+//!
+//! The API names only the conversation, but a generation is appended to
+//! and closed by the instance that opened it. So an instance remembers the
+//! generation it opened of each conversation until it closes it (or opens
+//! the next), and its `append` and `close` act on that generation only: if
+//! its lease ran out and another instance opened a newer one, `append` is
+//! [`DomainError::NotFound`] and `close` does nothing, instead of writing
+//! into (or ending) the newer generation. On a conversation it did not
+//! open, they act on whichever generation is open, as the in-process log
+//! does.
+//!
+//! # Closing and retention
+//!
+//! `close` marks the generation closed, adds the end entry (which wakes
+//! blocked readers) and leaves both keys to expire after the
+//! [`retention`](RedisStreamLogOptions::retention). A generation replaced by
+//! a newer `open` keeps its stream until then, so its readers finish with
+//! its events, as in the in-process log; only the newest generation can be
+//! resumed.
+//!
+//! # Readers
+//!
+//! A reader replays with `XRANGE` on the shared pool, then follows an open
+//! log with `XREAD BLOCK` on a connection of a second pool, the blocking
+//! pool, held while it follows (see `feed.rs`): a blocked read occupies its
+//! connection, and would stall every other command sent on it. The blocking
+//! pool's size is therefore the most readers that can follow open logs at
+//! once per instance; one more waits for a connection for the pool's
+//! connect timeout, then is [`DomainError::Unavailable`].
+
+mod feed;
+mod ids;
+mod scripts;
+mod signal;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use confab_domain::{ConversationId, DomainError, MessageId};
+use confab_ports::{EventFeed, NewEvent, ReadFrom, StopSignal, StreamLog};
+use deadpool_redis::redis;
+
+use self::feed::RedisFeed;
+use self::ids::{event_id, parse_event_id};
+use self::scripts::Scripts;
+use self::signal::RedisStopSignal;
+use crate::pool::{RedisPool, unavailable};
+
+/// The longest retention or lease honoured; longer ones are cut to it.
+const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
+
+/// Limits and timings of a [`RedisStreamLog`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisStreamLogOptions {
+    /// How long a closed log is kept for readers that resume late.
+    pub retention: Duration,
+    /// The most events one log holds; appending more fails as unavailable.
+    pub max_events_per_log: usize,
+    /// How long an open generation's keys outlive the last renewal by the
+    /// instance running it (see the module docs): how long after that
+    /// instance dies its conversation can generate again. Several poll
+    /// intervals at least, and longer than a Redis hiccup.
+    pub lease: Duration,
+    /// How often a [`StopSignal`] that is being awaited looks for a stop
+    /// (and renews the lease; at least three times per lease): the delay
+    /// between a stop request and the generation seeing it.
+    pub poll_interval: Duration,
+}
+
+/// What the log, its stop signals and its readers share.
+#[derive(Debug)]
+struct Inner {
+    pool: RedisPool,
+    blocking: RedisPool,
+    scripts: Scripts,
+    options: RedisStreamLogOptions,
+    /// The generation this instance opened of each conversation, until it
+    /// closes it.
+    opened: Mutex<HashMap<ConversationId, String>>,
+}
+
+impl Inner {
+    fn opened(&self) -> MutexGuard<'_, HashMap<ConversationId, String>> {
+        self.opened.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The generation this instance opened of `conversation`, or empty
+    /// (any) when it opened none (the scripts' argument).
+    fn opened_generation(&self, conversation: ConversationId) -> String {
+        self.opened()
+            .get(&conversation)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn meta_key(&self, conversation: ConversationId) -> String {
+        self.pool.key(&format!("log:{{{conversation}}}:meta"))
+    }
+
+    /// The prefix of the conversation's stream keys; a generation's key is
+    /// this and the generation's number.
+    fn stream_prefix(&self, conversation: ConversationId) -> String {
+        self.pool.key(&format!("log:{{{conversation}}}:"))
+    }
+}
+
+/// The stream logs of every instance on one Redis and key prefix.
+#[derive(Debug, Clone)]
+pub struct RedisStreamLog {
+    inner: Arc<Inner>,
+}
+
+impl RedisStreamLog {
+    /// A stream log on `pool`, whose readers follow open logs on
+    /// connections of `blocking`.
+    ///
+    /// `blocking` must be a pool of its own on the same Redis and key
+    /// prefix (built from the same settings, sized for the readers that
+    /// may follow at once), never `pool` itself: its connections are held
+    /// for as long as a reader follows, and get a reply timeout longer than
+    /// a blocked read. The scripts are hashed here, once.
+    #[must_use]
+    pub fn new(pool: RedisPool, blocking: RedisPool, options: RedisStreamLogOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                blocking,
+                scripts: Scripts::new(),
+                options,
+                opened: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+/// `duration` in whole milliseconds, rounded up, at most [`MAX_TTL`].
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.min(MAX_TTL).as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// A script replied with something it never returns.
+fn unexpected(script: &str) -> DomainError {
+    DomainError::internal(format!(
+        "redis: unexpected reply from the stream log's {script} script"
+    ))
+}
+
+#[async_trait]
+impl StreamLog for RedisStreamLog {
+    async fn open(
+        &self,
+        conversation: ConversationId,
+        message: &MessageId,
+    ) -> Result<Box<dyn StopSignal>, DomainError> {
+        let inner = &self.inner;
+        let meta = inner.meta_key(conversation);
+        let mut conn = inner.pool.connection().await?;
+        let reply: Vec<String> = inner
+            .scripts
+            .open
+            .key(&meta)
+            .arg(message.as_str())
+            .arg(millis(inner.options.lease).max(1))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        match <[String; 2]>::try_from(reply) {
+            Ok([status, generation]) if status == "ok" => {
+                inner.opened().insert(conversation, generation.clone());
+                let stream = format!("{}{generation}", inner.stream_prefix(conversation));
+                Ok(Box::new(RedisStopSignal::new(
+                    Arc::clone(inner),
+                    meta,
+                    stream,
+                    generation,
+                )))
+            }
+            Err(reply) if reply.first().is_some_and(|status| status == "open") => {
+                Err(DomainError::Duplicate {
+                    field: "conversation_id".into(),
+                })
+            }
+            _ => Err(unexpected("open")),
+        }
+    }
+
+    async fn append(
+        &self,
+        conversation: ConversationId,
+        event: NewEvent,
+    ) -> Result<String, DomainError> {
+        let inner = &self.inner;
+        let mut conn = inner.pool.connection().await?;
+        let reply: Vec<String> = inner
+            .scripts
+            .append
+            .key(inner.meta_key(conversation))
+            .arg(inner.stream_prefix(conversation))
+            .arg(inner.options.max_events_per_log)
+            .arg(event.event.unwrap_or(""))
+            .arg(event.data)
+            .arg(inner.opened_generation(conversation))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        match reply.as_slice() {
+            [status, generation, entry] if status == "ok" => Ok(event_id(generation, entry)),
+            [status] if status == "none" => Err(DomainError::NotFound),
+            [status] if status == "full" => Err(DomainError::unavailable("the stream log is full")),
+            _ => Err(unexpected("append")),
+        }
+    }
+
+    async fn close(&self, conversation: ConversationId) -> Result<(), DomainError> {
+        let inner = &self.inner;
+        let mut conn = inner.pool.connection().await?;
+        // Closing what is not open (never opened, closed, expired) does
+        // nothing: closing is idempotent.
+        let generation = inner.opened_generation(conversation);
+        let _closed: i64 = inner
+            .scripts
+            .close
+            .key(inner.meta_key(conversation))
+            .arg(inner.stream_prefix(conversation))
+            .arg(millis(inner.options.retention))
+            .arg(&generation)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut opened = inner.opened();
+        // Unless this instance opened a newer one meanwhile.
+        if opened.get(&conversation) == Some(&generation) {
+            opened.remove(&conversation);
+        }
+        Ok(())
+    }
+
+    async fn current(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<(MessageId, bool), DomainError> {
+        let inner = &self.inner;
+        let mut conn = inner.pool.connection().await?;
+        let (message, open): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(inner.meta_key(conversation))
+            .arg("msg")
+            .arg("open")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let message = message.ok_or(DomainError::NotFound)?;
+        let message = MessageId::parse(message)
+            .map_err(|_| DomainError::internal("redis: the stream log holds a bad message id"))?;
+        Ok((message, open.as_deref() == Some("1")))
+    }
+
+    async fn read(
+        &self,
+        conversation: ConversationId,
+        from: ReadFrom,
+    ) -> Result<Box<dyn EventFeed>, DomainError> {
+        let invalid = || DomainError::invalid("Last-Event-ID", "not an event id of this stream");
+        let after = match &from {
+            ReadFrom::Start => None,
+            ReadFrom::After(id) => Some(parse_event_id(id).ok_or_else(invalid)?),
+        };
+        let (after_generation, after_entry) = after.unwrap_or(("", ""));
+        let inner = &self.inner;
+        let meta = inner.meta_key(conversation);
+        let prefix = inner.stream_prefix(conversation);
+        let mut conn = inner.pool.connection().await?;
+        let reply: Vec<String> = inner
+            .scripts
+            .locate
+            .key(&meta)
+            .arg(&prefix)
+            .arg(after_generation)
+            .arg(after_entry)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        match <[String; 2]>::try_from(reply) {
+            Ok([status, generation]) if status == "ok" => Ok(Box::new(RedisFeed::new(
+                Arc::clone(inner),
+                meta,
+                format!("{prefix}{generation}"),
+                generation,
+                after.map(|(_, entry)| entry.to_owned()),
+            ))),
+            Err(reply) => match reply.first().map(String::as_str) {
+                Some("none") => Err(DomainError::NotFound),
+                Some("invalid") => Err(invalid()),
+                _ => Err(unexpected("locate")),
+            },
+            Ok(_) => Err(unexpected("locate")),
+        }
+    }
+
+    async fn request_stop(&self, conversation: ConversationId) -> Result<bool, DomainError> {
+        let inner = &self.inner;
+        let mut conn = inner.pool.connection().await?;
+        let asked: i64 = inner
+            .scripts
+            .request_stop
+            .key(inner.meta_key(conversation))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(asked == 1)
+    }
+}

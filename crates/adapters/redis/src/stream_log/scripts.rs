@@ -1,0 +1,200 @@
+//! The Lua scripts of the stream log: every step that reads the meta hash
+//! and then writes depending on it runs as one script, so two instances
+//! never interleave between the read and the write.
+//!
+//! Each script names the meta hash in `KEYS`; a generation's stream key is
+//! built in the script from `ARGV` (the stream keys' prefix, which ends in
+//! `:`) and the generation the hash holds. Both keys share the hash tag
+//! `{conversation}`, so they live on one node of a cluster.
+//!
+//! Meta fields: `gen` (the generation, decimal), `msg` (the message id),
+//! `open` (`1` or `0`), `stop` (`1` or `0`). Stream entries: `e <event name
+//! or empty> d <data>` for an event, `end 1` for the end of the log.
+//!
+//! Numbers are stored with `%d`: Lua's `tostring` would print a
+//! millisecond time in exponent form.
+
+use deadpool_redis::redis;
+
+/// Opens a new generation. `KEYS[1]`: the meta hash. `ARGV[1]`: the message
+/// id. `ARGV[2]`: the lease (ms).
+///
+/// The generation is `max(previous + 1, now)` in ms of Redis's clock
+/// (`now` when there is no previous one), so a conversation's generations
+/// keep growing even after its meta hash expired and was made again.
+///
+/// Returns `{'open'}` while a generation is open (an expired lease has
+/// already removed the hash), else `{'ok', generation}`.
+const OPEN: &str = r"-- confab stream log open v1
+if redis.replicate_commands then redis.replicate_commands() end
+if redis.call('HGET', KEYS[1], 'open') == '1' then
+  return {'open'}
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local generation = tonumber(redis.call('HGET', KEYS[1], 'gen'))
+if generation == nil or generation < now then
+  generation = now
+else
+  generation = generation + 1
+end
+generation = string.format('%d', generation)
+redis.call('HSET', KEYS[1], 'gen', generation, 'msg', ARGV[1], 'open', '1', 'stop', '0')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {'ok', generation}
+";
+
+/// Appends an event to the open generation's stream. `KEYS[1]`: the meta
+/// hash. `ARGV[1]`: the stream keys' prefix. `ARGV[2]`: the most events a
+/// log holds. `ARGV[3]`: the event name, or empty. `ARGV[4]`: the data.
+/// `ARGV[5]`: the generation the caller opened, or empty for any.
+///
+/// The stream takes the hash's TTL (the lease), which its first entry
+/// creates it without.
+///
+/// Returns `{'none'}` when no generation is open, `{'full'}` when the log
+/// holds the most events, else `{'ok', generation, entry id}`.
+const APPEND: &str = r"-- confab stream log append v1
+if redis.replicate_commands then redis.replicate_commands() end
+local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
+if log[2] ~= '1' or (ARGV[5] ~= '' and ARGV[5] ~= log[1]) then
+  return {'none'}
+end
+local stream = ARGV[1] .. log[1]
+if redis.call('XLEN', stream) >= tonumber(ARGV[2]) then
+  return {'full'}
+end
+local id = redis.call('XADD', stream, '*', 'e', ARGV[3], 'd', ARGV[4])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then
+  redis.call('PEXPIRE', stream, ttl)
+end
+return {'ok', log[1], id}
+";
+
+/// Closes the open generation: marks it closed, adds the end entry (which
+/// wakes blocked readers) and keeps both keys for the retention.
+/// `KEYS[1]`: the meta hash. `ARGV[1]`: the stream keys' prefix.
+/// `ARGV[2]`: the retention (ms). `ARGV[3]`: the generation the caller
+/// opened, or empty for any.
+///
+/// Returns 1 when a generation was closed, 0 when none was open (or not
+/// the caller's).
+const CLOSE: &str = r"-- confab stream log close v1
+if redis.replicate_commands then redis.replicate_commands() end
+local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
+if log[2] ~= '1' or (ARGV[3] ~= '' and ARGV[3] ~= log[1]) then
+  return 0
+end
+local stream = ARGV[1] .. log[1]
+redis.call('HSET', KEYS[1], 'open', '0')
+redis.call('XADD', stream, '*', 'end', '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', stream, ARGV[2])
+return 1
+";
+
+/// Asks the open generation to stop. `KEYS[1]`: the meta hash.
+///
+/// Returns 1 when a generation was open, else 0.
+const REQUEST_STOP: &str = r"-- confab stream log request stop v1
+if redis.call('HGET', KEYS[1], 'open') ~= '1' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'stop', '1')
+return 1
+";
+
+/// One poll of a stop signal: whether its generation was asked to stop,
+/// renewing the generation's lease while it is open. `KEYS[1]`: the meta
+/// hash. `KEYS[2]`: the generation's stream. `ARGV[1]`: the generation.
+/// `ARGV[2]`: the lease (ms).
+///
+/// Returns 1 when a stop was asked of this generation, 0 while it runs
+/// without one, -1 when it is over without one (closed, replaced, or its
+/// lease ran out): no stop can reach it any more.
+const POLL_STOP: &str = r"-- confab stream log poll stop v1
+local log = redis.call('HMGET', KEYS[1], 'gen', 'open', 'stop')
+if log[1] ~= ARGV[1] then
+  return -1
+end
+if log[2] == '1' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+if log[3] == '1' then
+  return 1
+end
+if log[2] == '1' then
+  return 0
+end
+return -1
+";
+
+/// Where a reader starts. `KEYS[1]`: the meta hash. `ARGV[1]`: the stream
+/// keys' prefix. `ARGV[2]`: the generation of the id to resume after, or
+/// empty to start at the first event. `ARGV[3]`: that id's entry id.
+///
+/// Returns `{'none'}` when there is no log, `{'invalid'}` when the id is
+/// not one of the current generation's events, else `{'ok', generation}`.
+const LOCATE: &str = r"-- confab stream log locate v1
+local generation = redis.call('HGET', KEYS[1], 'gen')
+if not generation then
+  return {'none'}
+end
+if ARGV[2] ~= '' then
+  if ARGV[2] ~= generation then
+    return {'invalid'}
+  end
+  local entry = redis.call('XRANGE', ARGV[1] .. generation, ARGV[3], ARGV[3])
+  if entry[1] == nil or entry[1][2][1] ~= 'e' then
+    return {'invalid'}
+  end
+end
+return {'ok', generation}
+";
+
+/// Whether a reader that found nothing new should keep waiting: its
+/// generation is still open, or its stream still ends with the end entry
+/// (closed or replaced, and not expired). `KEYS[1]`: the meta hash.
+/// `KEYS[2]`: the reader's stream. `ARGV[1]`: its generation.
+///
+/// Returns 1 to wait, 0 when the log is gone.
+const ALIVE: &str = r"-- confab stream log alive v1
+local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
+if log[1] == ARGV[1] and log[2] == '1' then
+  return 1
+end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if last[1] ~= nil and last[1][2][1] == 'end' then
+  return 1
+end
+return 0
+";
+
+/// The scripts, hashed once (run with `EVALSHA`, loaded again by the client
+/// when Redis answers `NOSCRIPT`).
+#[derive(Debug)]
+pub(super) struct Scripts {
+    pub(super) open: redis::Script,
+    pub(super) append: redis::Script,
+    pub(super) close: redis::Script,
+    pub(super) request_stop: redis::Script,
+    pub(super) poll_stop: redis::Script,
+    pub(super) locate: redis::Script,
+    pub(super) alive: redis::Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Self {
+        Self {
+            open: redis::Script::new(OPEN),
+            append: redis::Script::new(APPEND),
+            close: redis::Script::new(CLOSE),
+            request_stop: redis::Script::new(REQUEST_STOP),
+            poll_stop: redis::Script::new(POLL_STOP),
+            locate: redis::Script::new(LOCATE),
+            alive: redis::Script::new(ALIVE),
+        }
+    }
+}

@@ -1,0 +1,799 @@
+//! [`RedisStreamLog`] against the real Redis: the in-process log's
+//! semantics (its tests, ported), across instances sharing one Redis and
+//! key prefix, with the lease and the retention on Redis's clock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use confab_domain::{ConversationId, DomainError, MessageId};
+use confab_ports::{EventFeed, HealthCheck, NewEvent, ReadFrom, StreamLog};
+use confab_redis::{RedisPool, RedisSettings, RedisStreamLog, RedisStreamLogOptions};
+use deadpool_redis::redis;
+use secrecy::SecretString;
+use tokio::time::timeout;
+
+const BRIEF: Duration = Duration::from_millis(50);
+const PATIENCE: Duration = Duration::from_secs(5);
+
+fn options() -> RedisStreamLogOptions {
+    RedisStreamLogOptions {
+        retention: Duration::from_secs(60),
+        max_events_per_log: 1000,
+        lease: Duration::from_secs(5),
+        poll_interval: Duration::from_millis(20),
+    }
+}
+
+/// A short lease, for the tests of the lease.
+fn short_lease() -> RedisStreamLogOptions {
+    RedisStreamLogOptions {
+        lease: Duration::from_millis(300),
+        ..options()
+    }
+}
+
+fn fresh_prefix() -> String {
+    format!("confab-test:{}:", uuid::Uuid::new_v4())
+}
+
+fn pool(prefix: &str, max_connections: usize) -> RedisPool {
+    RedisPool::new(&RedisSettings {
+        url: SecretString::from(support::url()),
+        max_connections,
+        connect_timeout: Duration::from_millis(500),
+        key_prefix: prefix.to_owned(),
+    })
+    .expect("a pool")
+}
+
+/// One instance on `prefix`: its shared pool and a blocking pool of
+/// `blocking` connections.
+async fn instance_with(
+    prefix: &str,
+    blocking: usize,
+    options: RedisStreamLogOptions,
+) -> RedisStreamLog {
+    let shared = pool(prefix, 8);
+    shared
+        .check()
+        .await
+        .unwrap_or_else(|e| panic!("Redis at {} is required: {e}", support::url()));
+    RedisStreamLog::new(shared, pool(prefix, blocking), options)
+}
+
+async fn instance(prefix: &str, options: RedisStreamLogOptions) -> RedisStreamLog {
+    instance_with(prefix, 8, options).await
+}
+
+/// One instance on a fresh prefix.
+async fn log_with(options: RedisStreamLogOptions) -> RedisStreamLog {
+    instance(&fresh_prefix(), options).await
+}
+
+async fn log() -> RedisStreamLog {
+    log_with(options()).await
+}
+
+/// Two instances on one fresh prefix: one deployment of two.
+async fn two_instances(options: RedisStreamLogOptions) -> (RedisStreamLog, RedisStreamLog) {
+    let prefix = fresh_prefix();
+    (
+        instance(&prefix, options).await,
+        instance(&prefix, options).await,
+    )
+}
+
+async fn raw_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(support::url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+fn event(data: &str) -> NewEvent {
+    NewEvent {
+        event: Some("delta"),
+        data: data.to_owned(),
+    }
+}
+
+fn message(id: &str) -> MessageId {
+    MessageId::parse(id).unwrap()
+}
+
+/// Appends `e{i}` for each `i`, returning each event's (id, data).
+async fn append_all(
+    log: &RedisStreamLog,
+    conv: ConversationId,
+    range: std::ops::RangeInclusive<usize>,
+) -> Vec<(String, String)> {
+    let mut appended = Vec::new();
+    for i in range {
+        let data = format!("e{i}");
+        let id = log.append(conv, event(&data)).await.unwrap();
+        appended.push((id, data));
+    }
+    appended
+}
+
+/// Reads until the end, failing the test if the feed stalls or fails.
+async fn drain(feed: &mut Box<dyn EventFeed>) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    while let Some(e) = timeout(PATIENCE, feed.next())
+        .await
+        .expect("the feed stalled")
+        .unwrap()
+    {
+        seen.push((e.id, e.data));
+    }
+    seen
+}
+
+/// The next event's (id, data), failing the test if it doesn't come.
+async fn drain_one(feed: &mut Box<dyn EventFeed>) -> (String, String) {
+    let e = timeout(PATIENCE, feed.next())
+        .await
+        .expect("the feed stalled")
+        .unwrap()
+        .expect("an event");
+    (e.id, e.data)
+}
+
+/// The generation and the entry id of an event id.
+fn split_id(id: &str) -> (u64, &str) {
+    let (generation, entry) = id.split_once('-').unwrap();
+    (generation.parse().unwrap(), entry)
+}
+
+fn is_invalid_id<T>(result: &Result<T, DomainError>) -> bool {
+    matches!(result, Err(DomainError::Invalid { field, .. }) if field == "Last-Event-ID")
+}
+
+/// Waits until `done` holds, polling; panics after `PATIENCE`.
+async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut done: F) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// The in-process log's tests, ported.
+
+#[tokio::test]
+async fn events_come_in_order_with_the_ids_append_gave() {
+    let log = log().await;
+    let conv = ConversationId::generate();
+    let _stop = log.open(conv, &message("m1")).await.unwrap();
+    let appended = append_all(&log, conv, 1..=3).await;
+    let generations: Vec<_> = appended.iter().map(|(id, _)| split_id(id).0).collect();
+    assert!(
+        generations.iter().all(|g| *g == generations[0]),
+        "{appended:?}"
+    );
+    log.close(conv).await.unwrap();
+    let mut feed = log.read(conv, ReadFrom::Start).await.unwrap();
+    let first = feed.next().await.unwrap().unwrap();
+    assert_eq!(first.event, Some("delta"));
+    assert_eq!((first.id, first.data), appended[0].clone());
+    assert_eq!(drain(&mut feed).await, appended[1..]);
+    assert_eq!(feed.next().await.unwrap(), None, "the end stays the end");
+    assert_eq!(log.current(conv).await.unwrap(), (message("m1"), false));
+}
+
+#[tokio::test]
+async fn event_names_come_back_as_appended() {
+    let log = log().await;
+    let conv = ConversationId::generate();
+    let _stop = log.open(conv, &message("m1")).await.unwrap();
+    for name in [Some("delta_encoding"), None, Some("delta")] {
+        log.append(
+            conv,
+            NewEvent {
+                event: name,
+                data: "{\"a\":\"\\n\"}".to_owned(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    log.close(conv).await.unwrap();
+    let mut feed = log.read(conv, ReadFrom::Start).await.unwrap();
+    let mut names = Vec::new();
+    while let Some(e) = feed.next().await.unwrap() {
+        assert_eq!(e.data, "{\"a\":\"\\n\"}");
+        names.push(e.event);
+    }
+    assert_eq!(names, [Some("delta_encoding"), None, Some("delta")]);
+}
+
+#[tokio::test]
+async fn a_resumed_reader_gets_exactly_the_rest_then_live_events() {
+    let log = log().await;
+    let conv = ConversationId::generate();
+    let _stop = log.open(conv, &message("m1")).await.unwrap();
+    let mut appended = append_all(&log, conv, 1..=5).await;
+    let mut feed = log
+        .read(conv, ReadFrom::After(appended[2].0.clone()))
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move { drain(&mut feed).await });
+    for i in 6..=8 {
+        tokio::task::yield_now().await;
+        appended.extend(append_all(&log, conv, i..=i).await);
+    }
+    log.close(conv).await.unwrap();
+    assert_eq!(reader.await.unwrap(), appended[3..]);
+    let mut at_end = log
+        .read(conv, ReadFrom::After(appended[7].0.clone()))
+        .await
+        .unwrap();
+    assert_eq!(drain(&mut at_end).await, vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_readers_each_see_everything() {
+    let log = instance_with(&fresh_prefix(), 16, options()).await;
+    let conv = ConversationId::generate();
+    let _stop = log.open(conv, &message("m1")).await.unwrap();
+    let readers: Vec<_> = (0..16)
+        .map(|_| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut feed = log.read(conv, ReadFrom::Start).await.unwrap();
+                drain(&mut feed).await
+            })
+        })
+        .collect();
+    let mut appended = Vec::new();
+    for i in 1..=500 {
+        appended.extend(append_all(&log, conv, i..=i).await);
+        if i % 50 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    log.close(conv).await.unwrap();
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), appended);
+    }
+}
+
+#[tokio::test]
+async fn close_ends_waiting_readers() {
+    let log = log().await;
+    let conv = ConversationId::generate();
+    let _stop = log.open(conv, &message("m1")).await.unwrap();
+    let mut feed = log.read(conv, ReadFrom::Start).await.unwrap();
+    // Dropped mid-read, as the SSE body does at every keep-alive.
+    assert!(
+        timeout(BRIEF, feed.next()).await.is_err(),
+        "waits while the log is open and empty"
+    );
+    let closer = log.clone();
+    tokio::spawn(async move { closer.close(conv).await.unwrap() });
+    let started = Instant::now();
+    assert_eq!(timeout(PATIENCE, feed.next()).await.unwrap().unwrap(), None);
+    // The close wakes the blocked read: no wait for its timeout (1 s).
+    assert!(started.elapsed() < Duration::from_millis(700));
+    assert!(matches!(
+        log.append(conv, event("late")).await,
+        Err(DomainError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn closed_logs_expire_after_the_retention() {
+    let prefix = fresh_prefix();
+    let log = instance(
+        &prefix,
+        RedisStreamLogOptions {
+            retention: Duration::from_millis(200),
+            ..options()
+        },
+    )
+    .await;
+    let conv = ConversationId::generate();
+    let _stop = log.open(conv, &message("m1")).await.unwrap();
+    log.append(conv, event("e1")).await.unwrap();
+    log.close(conv).await.unwrap();
+    let closed = Instant::now();
+    assert!(log.read(conv, ReadFrom::Start).await.is_ok());
+    eventually("the closed log expires", async || {
+        matches!(
+            log.read(conv, ReadFrom::Start).await,
+            Err(DomainError::NotFound)
+        )
+    })
+    .await;
+    assert!(closed.elapsed() >= Duration::from_millis(150));
+    assert!(matches!(
+        log.current(conv).await,
+        Err(DomainError::NotFound)
+    ));
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut raw_connection().await)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn open_logs_never_expire() {
+    let log = log_with(RedisStreamLogOptions {
+        retention: Duration::ZERO,
+        ..options()
+    })
+    .await;
+    let conv = ConversationId::generate();
+    let _stop = log.open(conv, &message("m1")).await.unwrap();
+    assert_eq!(log.current(conv).await.unwrap(), (message("m1"), true));
+    log.close(conv).await.unwrap();
+    assert!(matches!(
+        log.current(conv).await,
+        Err(DomainError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn opening_an_open_conversation_is_a_duplicate() {
+    let log = log().await;
+    let conv = ConversationId::generate();
+    let _stop = log.open(conv, &message("m1")).await.unwrap();
+    assert!(matches!(
+        log.open(conv, &message("m2")).await,
+        Err(DomainError::Duplicate { field }) if field == "conversation_id"
+    ));
+    log.close(conv).await.unwrap();
+    let _stop = log.open(conv, &message("m2")).await.unwrap();
+    assert_eq!(log.current(conv).await.unwrap(), (message("m2"), true));
+}
+
+#[tokio::test]
+async fn a_full_log_refuses_more() {
+    let log = log_with(RedisStreamLogOptions {
+        max_events_per_log: 2,
+        ..options()
+    })
+    .await;
+    let conv = ConversationId::generate();
+    assert!(matches!(
+        log.append(conv, event("e1")).await,
+        Err(DomainError::NotFound)
+    ));
+    let _stop = log.open(conv, &message("m1")).await.unwrap();
+    log.append(conv, event("e1")).await.unwrap();
+    log.append(conv, event("e2")).await.unwrap();
+    assert!(matches!(
+        log.append(conv, event("e3")).await,
+        Err(DomainError::Unavailable(_))
+    ));
+    // Closing a full log still ends it for its readers.
+    log.close(conv).await.unwrap();
+    let mut feed = log.read(conv, ReadFrom::Start).await.unwrap();
+    assert_eq!(drain(&mut feed).await.len(), 2);
+}
+
+#[tokio::test]
+async fn ids_this_log_never_gave_are_refused() {
+    let prefix = fresh_prefix();
+    let log = instance(&prefix, options()).await;
+    let conv = ConversationId::generate();
+    assert!(matches!(
+        log.read(conv, ReadFrom::Start).await,
+        Err(DomainError::NotFound)
+    ));
+    let _stop = log.open(conv, &message("m1")).await.unwrap();
+    let appended = append_all(&log, conv, 1..=2).await;
+    let (generation, entry) = split_id(&appended[1].0);
+    let (ms, seq) = entry.split_once('-').unwrap();
+    let seq: u64 = seq.parse().unwrap();
+    let made_up = [
+        format!("{generation}-0-0"),
+        format!("{generation}-{ms}-{}", seq + 1),
+        format!("{}-{entry}", generation + 1),
+        format!("{}-{entry}", generation - 1),
+        format!("0{generation}-{entry}"),
+        format!("{generation}-0{entry}"),
+        format!("{generation}-{entry}-0"),
+        format!("{generation}-{ms}"),
+        entry.to_owned(),
+    ];
+    let malformed = ["3", "0", "-1", "abc", "", "+1", "01", "1.0"];
+    for bad in made_up.iter().map(String::as_str).chain(malformed) {
+        assert!(
+            is_invalid_id(&log.read(conv, ReadFrom::After(bad.into())).await),
+            "{bad:?}"
+        );
+    }
+    assert!(
+        log.read(conv, ReadFrom::After(appended[1].0.clone()))
+            .await
+            .is_ok()
+    );
+    // Nor the end entry's id, which readers never see.
+    log.close(conv).await.unwrap();
+    let last: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+        .arg(format!("{prefix}log:{{{conv}}}:{generation}"))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut raw_connection().await)
+        .await
+        .unwrap();
+    assert_eq!(last.len(), 1);
+    let end = format!("{generation}-{}", last[0].0);
+    assert!(is_invalid_id(&log.read(conv, ReadFrom::After(end)).await));
+}
+
+#[tokio::test]
+async fn a_stop_reaches_only_its_own_log() {
+    let log = log().await;
+    let conv = ConversationId::generate();
+    assert!(!log.request_stop(conv).await.unwrap(), "nothing open");
+    let mut first = log.open(conv, &message("m1")).await.unwrap();
+    log.close(conv).await.unwrap();
+    assert!(!log.request_stop(conv).await.unwrap(), "closed");
+    let mut second = log.open(conv, &message("m2")).await.unwrap();
+    assert!(
+        timeout(BRIEF, second.stopped()).await.is_err(),
+        "no stop asked yet"
+    );
+    // Asked before anyone awaits: the signal still fires.
+    assert!(log.request_stop(conv).await.unwrap());
+    timeout(PATIENCE, second.stopped())
+        .await
+        .expect("the stop reached the open log");
+    assert!(
+        timeout(BRIEF, first.stopped()).await.is_err(),
+        "an earlier generation's signal stays quiet"
+    );
+}
+
+#[tokio::test]
+async fn a_reader_of_a_replaced_log_finishes_with_its_events() {
+    let log = log().await;
+    let conv = ConversationId::generate();
+    let _stop = log.open(conv, &message("m1")).await.unwrap();
+    let appended = append_all(&log, conv, 1..=2).await;
+    let mut old = log.read(conv, ReadFrom::Start).await.unwrap();
+    assert_eq!(old.next().await.unwrap().unwrap().id, appended[0].0);
+    log.close(conv).await.unwrap();
+    let _stop = log.open(conv, &message("m2")).await.unwrap();
+    log.append(conv, event("new")).await.unwrap();
+    assert_eq!(drain(&mut old).await, appended[1..]);
+    let mut new = log.read(conv, ReadFrom::Start).await.unwrap();
+    assert_eq!(
+        new.next().await.unwrap().map(|e| e.data),
+        Some("new".to_owned())
+    );
+}
+
+// Across instances.
+
+#[tokio::test]
+async fn events_appended_on_one_instance_are_read_live_on_another() {
+    let (a, b) = two_instances(options()).await;
+    let conv = ConversationId::generate();
+    let _stop = a.open(conv, &message("m1")).await.unwrap();
+    assert_eq!(b.current(conv).await.unwrap(), (message("m1"), true));
+    assert!(matches!(
+        b.open(conv, &message("m2")).await,
+        Err(DomainError::Duplicate { .. })
+    ));
+    let mut feed = b.read(conv, ReadFrom::Start).await.unwrap();
+    assert!(timeout(BRIEF, feed.next()).await.is_err(), "nothing yet");
+    let mut appended = Vec::new();
+    for i in 1..=5 {
+        appended.extend(append_all(&a, conv, i..=i).await);
+        let live = timeout(PATIENCE, feed.next()).await.unwrap().unwrap();
+        assert_eq!(live.map(|e| (e.id, e.data)), Some(appended[i - 1].clone()));
+    }
+    // An instance that did not open the log appends to it too.
+    let from_b = b.append(conv, event("from b")).await.unwrap();
+    assert_eq!(drain_one(&mut feed).await, (from_b, "from b".to_owned()));
+    a.close(conv).await.unwrap();
+    assert_eq!(timeout(PATIENCE, feed.next()).await.unwrap().unwrap(), None);
+    assert_eq!(b.current(conv).await.unwrap(), (message("m1"), false));
+}
+
+#[tokio::test]
+async fn a_reader_resumes_on_another_instance_without_gap_or_duplicate() {
+    let (a, b) = two_instances(options()).await;
+    let conv = ConversationId::generate();
+    let _stop = a.open(conv, &message("m1")).await.unwrap();
+    let mut appended = append_all(&a, conv, 1..=5).await;
+    // A reader on A sees three events, then its client goes away.
+    let mut first = a.read(conv, ReadFrom::Start).await.unwrap();
+    let mut last_seen = String::new();
+    for expected in &appended[..3] {
+        let e = first.next().await.unwrap().unwrap();
+        assert_eq!(&(e.id.clone(), e.data), expected);
+        last_seen = e.id;
+    }
+    drop(first);
+    // It comes back on B.
+    let mut resumed = b.read(conv, ReadFrom::After(last_seen)).await.unwrap();
+    let reader = tokio::spawn(async move { drain(&mut resumed).await });
+    for i in 6..=8 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        appended.extend(append_all(&a, conv, i..=i).await);
+    }
+    a.close(conv).await.unwrap();
+    assert_eq!(reader.await.unwrap(), appended[3..]);
+}
+
+#[tokio::test]
+async fn a_stop_requested_on_another_instance_reaches_the_generation() {
+    let (a, b) = two_instances(options()).await;
+    let conv = ConversationId::generate();
+    let mut stop = a.open(conv, &message("m1")).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        stop.stopped().await;
+        started.elapsed()
+    });
+    tokio::time::sleep(BRIEF).await;
+    assert!(!waiting.is_finished(), "no stop asked yet");
+    assert!(b.request_stop(conv).await.unwrap());
+    timeout(PATIENCE, waiting)
+        .await
+        .expect("the stop reached instance A")
+        .unwrap();
+    a.close(conv).await.unwrap();
+    assert!(!b.request_stop(conv).await.unwrap(), "closed");
+}
+
+#[tokio::test]
+async fn a_stop_for_one_generation_never_reaches_the_next() {
+    let (a, b) = two_instances(options()).await;
+    let conv = ConversationId::generate();
+    let mut first = a.open(conv, &message("m1")).await.unwrap();
+    // Asked of the first generation, which ends before it looks.
+    assert!(b.request_stop(conv).await.unwrap());
+    a.close(conv).await.unwrap();
+    let mut second = b.open(conv, &message("m2")).await.unwrap();
+    assert!(
+        timeout(Duration::from_millis(200), second.stopped())
+            .await
+            .is_err(),
+        "the first generation's stop stays with it"
+    );
+    assert!(a.request_stop(conv).await.unwrap());
+    timeout(PATIENCE, second.stopped())
+        .await
+        .expect("the stop reached the second generation");
+    assert!(
+        timeout(BRIEF, first.stopped()).await.is_err(),
+        "the first generation is over"
+    );
+}
+
+// The lease.
+
+#[tokio::test]
+async fn the_lease_of_a_dead_instance_runs_out() {
+    let (a, b) = two_instances(short_lease()).await;
+    let conv = ConversationId::generate();
+    let opened = Instant::now();
+    // A opens and dies: nobody awaits its signal, nobody closes.
+    let _stop = a.open(conv, &message("m1")).await.unwrap();
+    a.append(conv, event("e1")).await.unwrap();
+    let mut follower = b.read(conv, ReadFrom::Start).await.unwrap();
+    assert_eq!(follower.next().await.unwrap().unwrap().data, "e1");
+    assert!(matches!(
+        b.open(conv, &message("m2")).await,
+        Err(DomainError::Duplicate { .. })
+    ));
+    eventually("the lease runs out", async || {
+        matches!(b.current(conv).await, Err(DomainError::NotFound))
+    })
+    .await;
+    assert!(opened.elapsed() >= Duration::from_millis(250));
+    // The reader that followed it is told, within a block (1 s).
+    assert!(matches!(
+        timeout(PATIENCE, follower.next()).await.unwrap(),
+        Err(DomainError::NotFound)
+    ));
+    let _stop = b.open(conv, &message("m2")).await.unwrap();
+    assert_eq!(a.current(conv).await.unwrap(), (message("m2"), true));
+    // Should A come back, what it still does for its generation never
+    // reaches B's.
+    assert!(matches!(
+        a.append(conv, event("late")).await,
+        Err(DomainError::NotFound)
+    ));
+    a.close(conv).await.unwrap();
+    assert_eq!(b.current(conv).await.unwrap(), (message("m2"), true));
+    let id = b.append(conv, event("e1")).await.unwrap();
+    let mut feed = a.read(conv, ReadFrom::Start).await.unwrap();
+    assert_eq!(feed.next().await.unwrap().unwrap().id, id);
+}
+
+#[tokio::test]
+async fn awaiting_the_signal_keeps_the_lease_alive() {
+    let (a, b) = two_instances(short_lease()).await;
+    let conv = ConversationId::generate();
+    let mut stop = a.open(conv, &message("m1")).await.unwrap();
+    // As the app does: the signal in a `select!` that another branch wins
+    // every few ms, for several leases.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        tokio::select! {
+            () = stop.stopped() => panic!("no stop was asked"),
+            () = tokio::time::sleep(Duration::from_millis(3)) => {}
+        }
+    }
+    assert_eq!(b.current(conv).await.unwrap(), (message("m1"), true));
+    let id = a.append(conv, event("e1")).await.unwrap();
+    // A signal awaited without interruption renews it too.
+    assert!(
+        timeout(Duration::from_millis(700), stop.stopped())
+            .await
+            .is_err()
+    );
+    assert_eq!(b.current(conv).await.unwrap(), (message("m1"), true));
+    let mut feed = b.read(conv, ReadFrom::Start).await.unwrap();
+    assert_eq!(feed.next().await.unwrap().unwrap().id, id);
+}
+
+#[tokio::test]
+async fn the_keys_carry_the_lease_then_the_retention() {
+    let prefix = fresh_prefix();
+    let log = instance(&prefix, options()).await;
+    let conv = ConversationId::generate();
+    let meta = format!("{prefix}log:{{{conv}}}:meta");
+    let mut raw = raw_connection().await;
+    let _stop = log.open(conv, &message("m1")).await.unwrap();
+    let id = log.append(conv, event("e1")).await.unwrap();
+    let stream = format!("{prefix}log:{{{conv}}}:{}", split_id(&id).0);
+    let mut pttl = async |key: &str| -> i64 {
+        redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut raw)
+            .await
+            .unwrap()
+    };
+    for key in [&meta, &stream] {
+        let ttl = pttl(key.as_str()).await;
+        assert!(ttl > 4_000 && ttl <= 5_000, "{key}: {ttl}");
+    }
+    log.close(conv).await.unwrap();
+    for key in [&meta, &stream] {
+        let ttl = pttl(key.as_str()).await;
+        assert!(ttl > 59_000 && ttl <= 60_000, "{key}: {ttl}");
+    }
+}
+
+#[tokio::test]
+async fn an_id_from_an_older_generation_is_invalid() {
+    let (a, b) = two_instances(RedisStreamLogOptions {
+        retention: Duration::from_millis(100),
+        ..options()
+    })
+    .await;
+    let conv = ConversationId::generate();
+    let _stop = a.open(conv, &message("m1")).await.unwrap();
+    let first = a.append(conv, event("e1")).await.unwrap();
+    a.close(conv).await.unwrap();
+    // Replaced within the retention.
+    let _stop = a.open(conv, &message("m2")).await.unwrap();
+    let second = a.append(conv, event("e1")).await.unwrap();
+    assert!(split_id(&second).0 > split_id(&first).0);
+    assert!(is_invalid_id(
+        &b.read(conv, ReadFrom::After(first.clone())).await
+    ));
+    assert!(b.read(conv, ReadFrom::After(second.clone())).await.is_ok());
+    // Replaced after the older logs expired: generations still never
+    // come back.
+    a.close(conv).await.unwrap();
+    eventually("the logs expire", async || {
+        matches!(b.current(conv).await, Err(DomainError::NotFound))
+    })
+    .await;
+    let _stop = b.open(conv, &message("m3")).await.unwrap();
+    let third = b.append(conv, event("e1")).await.unwrap();
+    assert!(split_id(&third).0 > split_id(&second).0);
+    for old in [first, second] {
+        assert!(is_invalid_id(&a.read(conv, ReadFrom::After(old)).await));
+    }
+}
+
+// The blocking pool.
+
+#[tokio::test]
+async fn followers_beyond_the_blocking_pool_are_unavailable() {
+    let log = instance_with(&fresh_prefix(), 1, options()).await;
+    let (open, closed) = (ConversationId::generate(), ConversationId::generate());
+    let _stop = log.open(closed, &message("m1")).await.unwrap();
+    let replayed = append_all(&log, closed, 1..=3).await;
+    log.close(closed).await.unwrap();
+    let _stop = log.open(open, &message("m1")).await.unwrap();
+    let mut follower = log.read(open, ReadFrom::Start).await.unwrap();
+    assert!(timeout(BRIEF, follower.next()).await.is_err(), "following");
+    // The only blocking connection is taken: one more follower waits for
+    // the pool's connect timeout, then gives up.
+    let mut second = log.read(open, ReadFrom::Start).await.unwrap();
+    assert!(matches!(
+        timeout(PATIENCE, second.next()).await.unwrap(),
+        Err(DomainError::Unavailable(_))
+    ));
+    // A closed log is replayed without one.
+    let mut replay = log.read(closed, ReadFrom::Start).await.unwrap();
+    assert_eq!(drain(&mut replay).await, replayed);
+    // A follower that reaches the end gives its connection back.
+    log.close(open).await.unwrap();
+    assert_eq!(drain(&mut follower).await, vec![]);
+    let _stop = log.open(closed, &message("m2")).await.unwrap();
+    let mut third = log.read(closed, ReadFrom::Start).await.unwrap();
+    assert!(timeout(BRIEF, third.next()).await.is_err(), "following");
+    let appended = append_all(&log, closed, 1..=1).await;
+    assert_eq!(drain_one(&mut third).await, appended[0]);
+}
+
+#[tokio::test]
+async fn a_follower_dropped_while_blocked_frees_its_connection_at_once() {
+    let log = instance_with(&fresh_prefix(), 1, options()).await;
+    let (a, b) = (ConversationId::generate(), ConversationId::generate());
+    let _stop_a = log.open(a, &message("m1")).await.unwrap();
+    let _stop_b = log.open(b, &message("m1")).await.unwrap();
+    let mut follower = log.read(a, ReadFrom::Start).await.unwrap();
+    assert!(timeout(BRIEF, follower.next()).await.is_err(), "following");
+    // Dropped in the middle of a blocked read (the client went away), its
+    // connection is closed, not handed back still blocked: the next
+    // follower gets one at once, not when that read times out.
+    drop(follower);
+    let started = Instant::now();
+    let mut next = log.read(b, ReadFrom::Start).await.unwrap();
+    assert!(timeout(BRIEF, next.next()).await.is_err(), "following");
+    let appended = append_all(&log, b, 1..=1).await;
+    assert_eq!(drain_one(&mut next).await, appended[0]);
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+// A Redis that is down.
+
+#[tokio::test]
+async fn a_redis_that_is_down_is_unavailable_fast() {
+    let down = "redis://127.0.0.1:1";
+    let log = RedisStreamLog::new(
+        support::unchecked_pool(down),
+        support::unchecked_pool(down),
+        options(),
+    );
+    let conv = ConversationId::generate();
+    let started = Instant::now();
+    let unavailable = |what: &str, r: Result<(), DomainError>| {
+        assert!(
+            matches!(r, Err(DomainError::Unavailable(_))),
+            "{what}: {r:?}"
+        );
+    };
+    let open = timeout(PATIENCE, log.open(conv, &message("m1")))
+        .await
+        .unwrap();
+    unavailable("open", open.map(drop));
+    let append = timeout(PATIENCE, log.append(conv, event("e1")))
+        .await
+        .unwrap();
+    unavailable("append", append.map(drop));
+    unavailable("close", timeout(PATIENCE, log.close(conv)).await.unwrap());
+    let current = timeout(PATIENCE, log.current(conv)).await.unwrap();
+    unavailable("current", current.map(drop));
+    for from in [ReadFrom::Start, ReadFrom::After("1-2-3".into())] {
+        let read = timeout(PATIENCE, log.read(conv, from)).await.unwrap();
+        unavailable("read", read.map(drop));
+    }
+    let stop = timeout(PATIENCE, log.request_stop(conv)).await.unwrap();
+    unavailable("request_stop", stop.map(drop));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
