@@ -28,6 +28,7 @@ macro_rules! on_both_backends {
 }
 
 mod auth;
+mod cluster;
 mod conversations;
 mod docs;
 mod errors;

@@ -82,6 +82,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// The `confab serve` process, for an instance started as one.
+    process: Option<std::process::Child>,
     /// The server's database (shared with [`TestApp::sibling`]s).
     pub db: Arc<TestDatabase>,
     settings: Settings,
@@ -160,11 +162,8 @@ impl TestApp {
     }
 }
 
-fn spawn_on(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> TestApp {
-    let given: HashMap<String, String> = extra
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+/// The test configuration on `db`, plus `extra`.
+fn test_vars(db: &TestDatabase, extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut vars: HashMap<String, String> = HashMap::from([
         ("CONFAB_CONFIG_DIR".to_owned(), "/nonexistent".to_owned()),
         ("CONFAB_JWT_SECRET".to_owned(), JWT_SECRET.to_owned()),
@@ -185,6 +184,15 @@ fn spawn_on(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> TestApp {
     for (k, v) in extra {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
+    vars
+}
+
+fn spawn_on(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> TestApp {
+    let given: HashMap<String, String> = extra
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let vars = test_vars(&db, extra);
     capture_logs();
     // The model client's TLS backend is the process's: install it before
     // any client (ours or the server's) is built.
@@ -236,6 +244,7 @@ fn spawn_on(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> TestApp {
             .expect("HTTP client"),
         stop: Some(stop_tx),
         thread: Some(thread),
+        process: None,
         db,
         settings: kept,
         vars: given,
@@ -372,10 +381,120 @@ impl TestApp {
     }
 }
 
+/// The `confab` binary the workspace build made (`cargo test --workspace`
+/// builds it; run `cargo build --bin confab` first when testing this crate
+/// alone).
+///
+/// # Panics
+/// When it isn't there.
+#[must_use]
+pub fn confab_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test> → target/<profile>/confab
+    let path = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|dir| dir.join("confab"))
+        .expect("the target directory");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build --bin confab`",
+        path.display()
+    );
+    path
+}
+
+/// Starts `confab serve` as a process of its own on `db` with the test
+/// configuration plus `extra` (one instance of a cluster), and waits until
+/// it answers `/healthz`. Dropping the app stops it with SIGTERM;
+/// [`TestApp::kill`] kills it.
+///
+/// # Panics
+/// When it can't start.
+pub async fn spawn_process(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> TestApp {
+    let free_port = || {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    };
+    let (port, metrics_port) = (free_port(), free_port());
+    let listen = format!("127.0.0.1:{port}");
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let mut given: Vec<(&str, &str)> = extra.to_vec();
+    given.push(("CONFAB_LISTEN", &listen));
+    given.push(("CONFAB_METRICS_LISTEN", &metrics_listen));
+    given.push(("CONFAB__LOG__FILTER", "warn"));
+    let vars = test_vars(&db, &given);
+    let settings = Settings::load(&vars).expect("test settings");
+    // This process's HTTP clients need the TLS backend installed first.
+    confab_server::install_tls_provider();
+    let process = std::process::Command::new(confab_binary())
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(&vars)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start confab serve");
+    let app = TestApp {
+        address: format!("http://{listen}"),
+        metrics_address: format!("http://{metrics_listen}"),
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("HTTP client"),
+        stop: None,
+        thread: None,
+        process: Some(process),
+        db,
+        settings,
+        vars: extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(res) = app.client.get(app.url("/healthz")).send().await
+            && res.status() == 200
+        {
+            return app;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "confab serve on {listen} did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 impl TestApp {
+    /// Kills the server's process with SIGKILL (no drain, no shutdown: a
+    /// crash) and waits for it to be gone. For an instance started with
+    /// [`spawn_process`].
+    ///
+    /// # Panics
+    /// When it was not started as a process, or can't be killed.
+    pub fn kill(&mut self) {
+        let mut process = self
+            .process
+            .take()
+            .expect("an instance started as a process");
+        process.kill().expect("SIGKILL");
+        process.wait().expect("the killed process");
+    }
+
     /// Stops the server as SIGTERM would (gracefully) and waits for it;
     /// the database stays until the app is dropped.
     pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &process.id().to_string()])
+                .status();
+            let _ = process.wait();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -133,6 +133,10 @@ impl LlmError {
 pub trait CompletionStream: Send {
     /// The next step; `Ok(None)` only after [`LlmEvent::Finished`].
     ///
+    /// Cancel-safe: a call dropped before it resolves loses nothing, and
+    /// the next call goes on where it would have (the generation drops it
+    /// to save its text while the model is quiet).
+    ///
     /// # Errors
     /// [`LlmError`] when the upstream fails, stalls or breaks the protocol.
     async fn next(&mut self) -> Result<Option<LlmEvent>, LlmError>;

@@ -161,10 +161,22 @@ impl Generation {
         let mut flushed = 0;
         let mut chars = 0;
         loop {
+            // Text not yet saved is saved when its time comes even if the
+            // model goes quiet: a crash then loses at most one interval.
+            let unsaved = text.len() != flushed;
+            let flush_at = tokio::time::Instant::from_std(last_flush + flush_every);
             let next = tokio::select! {
                 biased;
                 () = stop.stopped() => return Outcome::Stopped,
                 () = shutting_down(&mut self.shutdown) => return Outcome::Interrupted,
+                () = tokio::time::sleep_until(flush_at), if unsaved => {
+                    self.save(text, MessageStatus::InProgress).await;
+                    flushed = text.len();
+                    last_flush = Instant::now();
+                    continue;
+                }
+                // Cancel-safe (the port's promise): the flush branch above
+                // interrupts it and the loop asks again.
                 next = stream.next() => next,
             };
             let piece = match next {

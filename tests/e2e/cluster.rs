@@ -1,0 +1,230 @@
+//! Two `confab serve` processes on one PostgreSQL and one Redis (their own
+//! key prefix), driven over HTTP as a load balancer would spread one
+//! client's requests: the service behaves as one, and an instance killed
+//! with SIGKILL mid-answer loses nothing it had saved.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use confab_domain::ConversationId;
+use confab_e2e::chat::{SseEvent, SseReader, message_body, replay};
+use confab_e2e::fake_llm::{FakeLlm, Script, Step};
+use confab_e2e::{TestApp, error_body, redis_url, spawn_process};
+use confab_ports::MessageStore;
+use confab_sql::testing::TestDatabase;
+use reqwest::Method;
+use serde_json::json;
+
+/// Instances A and B of one service, and the model they both call.
+struct Cluster {
+    a: TestApp,
+    b: TestApp,
+}
+
+async fn cluster(llm: &FakeLlm, extra: &[(&str, &str)]) -> Cluster {
+    let db = Arc::new(TestDatabase::postgres());
+    let prefix = format!("confab-cluster:{}:", uuid::Uuid::new_v4());
+    let url = redis_url();
+    let base = llm.base_url();
+    let mut vars = vec![
+        ("REDIS_URL", url.as_str()),
+        ("CONFAB__REDIS__KEY_PREFIX", prefix.as_str()),
+        ("CONFAB_LLM_PROVIDER", "openai"),
+        ("CONFAB_LLM_BASE_URL", base.as_str()),
+        ("CONFAB_LLM_MODEL", "fake-model"),
+        ("CONFAB__LLM__TITLE_GENERATION", "false"),
+        ("CONFAB__LLM__IDLE_TIMEOUT_MS", "20000"),
+        ("CONFAB__GENERATION__FLUSH_INTERVAL_MS", "50"),
+        ("CONFAB__GENERATION__PER_MINUTE", "100000"),
+    ];
+    vars.extend_from_slice(extra);
+    // A migrates first; B then finds the schema in place.
+    let a = spawn_process(Arc::clone(&db), &vars).await;
+    let b = spawn_process(db, &vars).await;
+    Cluster { a, b }
+}
+
+fn is_append(e: &SseEvent) -> bool {
+    e.event.as_deref() == Some("delta") && e.json()["v"][0]["o"] == "append"
+}
+
+fn conversation_of(events: &[SseEvent]) -> String {
+    events
+        .iter()
+        .find_map(|e| e.json()["conversation_id"].as_str().map(str::to_owned))
+        .expect("a conversation id")
+}
+
+/// A held answer: "partial", then nothing until released.
+fn held_answer() -> Script {
+    Script::Stream(vec![
+        Step::Text("partial".into()),
+        Step::Hold,
+        Step::Text(" answer".into()),
+        Step::Finish("stop"),
+        Step::Done,
+    ])
+}
+
+#[tokio::test]
+async fn two_processes_share_streams_stops_limits_and_renames() {
+    let llm = FakeLlm::start();
+    let c = cluster(&llm, &[("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "40")]).await;
+    let token = c.a.user("ada").await;
+
+    // A stream started on A resumes on B from Last-Event-ID.
+    llm.push(held_answer());
+    let res =
+        c.a.send_message("/api/v1/conversations", &token, &message_body("hi"))
+            .await;
+    assert_eq!(res.status(), 200);
+    let mut reader = SseReader::new(res);
+    let first = reader.until(is_append).await;
+    let id = conversation_of(&first);
+    let resume_token = first[1].json()["token"].as_str().unwrap().to_owned();
+    let last_id = first.last().unwrap().id.clone().unwrap();
+    drop(reader);
+    let res =
+        c.b.client
+            .get(c.b.url(&format!("/api/v1/conversations/{id}/stream")))
+            .bearer_auth(&token)
+            .header("x-resume-token", &resume_token)
+            .header("last-event-id", &last_id)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut resumed = SseReader::new(res);
+    llm.release();
+    let mut all = first.clone();
+    all.extend(resumed.rest().await);
+    let ids: Vec<&String> = all.iter().map(|e| e.id.as_ref().unwrap()).collect();
+    let unique: std::collections::HashSet<&&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no duplicate: {ids:?}");
+    let rebuilt = replay(&all);
+    assert_eq!(rebuilt["message"]["content"]["parts"][0], "partial answer");
+    assert_eq!(
+        rebuilt["message"],
+        c.b.conversation(&token, &id).await["messages"][1]
+    );
+
+    // A stop sent to B stops the generation running on A.
+    llm.push(held_answer());
+    let res =
+        c.a.send_message("/api/v1/conversations", &token, &message_body("again"))
+            .await;
+    let mut reader = SseReader::new(res);
+    let seen = reader.until(is_append).await;
+    let stopped = conversation_of(&seen);
+    let path = format!("/api/v1/conversations/{stopped}/stream");
+    assert_eq!(
+        c.b.call(Method::DELETE, &path, &token, None).await.status(),
+        204
+    );
+    assert_eq!(reader.rest().await.last().unwrap().data, "[DONE]");
+    let answer = &c.a.conversation(&token, &stopped).await["messages"][1];
+    assert_eq!(answer["status"], "finished_partial_completion", "{answer}");
+    assert_eq!(answer["content"]["parts"][0], "partial");
+
+    // A rename on A is seen at once on B (B cached the history first).
+    let path = format!("/api/v1/conversations/{id}");
+    let title = c.b.conversation(&token, &id).await["title"].clone();
+    assert_ne!(title, "Renamed");
+    let res =
+        c.a.call(
+            Method::PATCH,
+            &path,
+            &token,
+            Some(&json!({"title": "Renamed"})),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(c.b.conversation(&token, &id).await["title"], "Renamed");
+
+    // One rate-limit bucket for the user across A and B: spend what is
+    // left, alternating, then both refuse.
+    let mut spent = 0;
+    loop {
+        let app = if spent % 2 == 0 { &c.a } else { &c.b };
+        let res = app.get_auth("/api/v1/users/me", &token).await;
+        if res.status() == 429 {
+            break;
+        }
+        assert_eq!(res.status(), 200);
+        spent += 1;
+        assert!(spent <= 40, "the bucket never emptied");
+    }
+    for app in [&c.a, &c.b] {
+        error_body(
+            app.get_auth("/api/v1/users/me", &token).await,
+            429,
+            "RATE_LIMITED",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn an_instance_killed_mid_answer_leaves_it_failed_with_its_text_after_the_lease() {
+    let llm = FakeLlm::start();
+    let mut c = cluster(
+        &llm,
+        &[
+            ("CONFAB__REDIS__STREAM_LEASE_MS", "1500"),
+            ("CONFAB__GENERATION__ORPHAN_SWEEP_SECS", "1"),
+        ],
+    )
+    .await;
+    let token = c.a.user("ada").await;
+    llm.push(held_answer());
+    let res =
+        c.a.send_message("/api/v1/conversations", &token, &message_body("hi"))
+            .await;
+    let mut reader = SseReader::new(res);
+    let id = conversation_of(&reader.until(is_append).await);
+    // Wait for A to save the text it has (every 50 ms).
+    let store = c.b.db.store().await;
+    let conversation: ConversationId = id.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while MessageStore::list(&store, conversation).await.unwrap()[1]
+        .content
+        .parts()
+        != ["partial"]
+    {
+        assert!(Instant::now() < deadline, "A never saved the partial text");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // B's sweeps leave it alone while A holds its lease.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        c.b.conversation(&token, &id).await["messages"][1]["status"],
+        "in_progress"
+    );
+    c.a.kill();
+    drop(reader);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let answer = c.b.conversation(&token, &id).await["messages"][1].clone();
+        if answer["status"] != "in_progress" {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "the answer stayed in progress");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answer["status"], "failed", "{answer}");
+    assert_eq!(answer["content"]["parts"][0], "partial");
+    // The conversation can answer again, on B.
+    llm.push(Script::reply(&["fine"]));
+    let res =
+        c.b.send_message(
+            &format!("/api/v1/conversations/{id}/messages"),
+            &token,
+            &message_body("still there?"),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        SseReader::new(res).rest().await.last().unwrap().data,
+        "[DONE]"
+    );
+}
