@@ -34,6 +34,7 @@ mod docs;
 mod errors;
 mod fake_llm;
 mod headers;
+mod idempotency;
 mod local_model;
 mod operations;
 mod recovery;

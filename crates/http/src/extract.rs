@@ -60,6 +60,32 @@ fn is_json(req: &HttpRequest) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// Reads a whole request body within `limits`: more than
+/// [`BodyLimits::max_bytes`] is 413, slower than
+/// [`BodyLimits::read_timeout`] is 408.
+pub(crate) async fn read_limited(
+    mut payload: Payload,
+    limits: BodyLimits,
+    declared: Option<usize>,
+) -> Result<BytesMut, ApiError> {
+    let limit = limits.max_bytes;
+    let read = async {
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk
+                .map_err(|_| ApiError::validation(None, "the request body could not be read"))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::payload_too_large(limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    actix_web::rt::time::timeout(limits.read_timeout, read)
+        .await
+        .map_err(|_| ApiError::request_timeout())?
+}
+
 impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
@@ -78,24 +104,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
         if declared.is_some_and(|len| len > limit) {
             return Box::pin(async move { Err(ApiError::payload_too_large(limit)) });
         }
-        let mut payload = payload.take();
+        let payload = payload.take();
         Box::pin(async move {
-            let read = async {
-                let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-                while let Some(chunk) = payload.next().await {
-                    let chunk = chunk.map_err(|_| {
-                        ApiError::validation(None, "the request body could not be read")
-                    })?;
-                    if body.len() + chunk.len() > limit {
-                        return Err(ApiError::payload_too_large(limit));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(body)
-            };
-            let body = actix_web::rt::time::timeout(limits.read_timeout, read)
-                .await
-                .map_err(|_| ApiError::request_timeout())??;
+            let body = read_limited(payload, limits, declared).await?;
             parse(&body).map(Json)
         })
     }

@@ -28,7 +28,7 @@ pub use client::TrustedProxies;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use extract::{BodyLimits, Json, MaybeJson};
 pub use metrics::{Metrics, metrics_routes};
-pub use middleware::{CorsPolicy, RateTiers, RequestId, SecurityHeaders};
+pub use middleware::{CorsPolicy, IdempotencyPolicy, RateTiers, RequestId, SecurityHeaders};
 pub use openapi::{ApiDoc, openapi_json};
 pub use routes::served_routes;
 pub use sse::SseSettings;
@@ -61,6 +61,8 @@ pub struct HttpState {
     pub rate_tiers: RateTiers,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: TrustedProxies,
+    /// `Idempotency-Key`: where keys are kept and for how long.
+    pub idempotency: IdempotencyPolicy,
 }
 
 /// The application: every route, the docs, and the middleware stack.
@@ -103,6 +105,7 @@ fn build(
         .app_data(middleware::Limiter::from(state.limiter))
         .app_data(web::Data::new(state.rate_tiers))
         .app_data(web::Data::new(state.trusted_proxies))
+        .app_data(web::Data::new(state.idempotency))
         .app_data(state.body)
         .app_data(web::PathConfig::default().error_handler(|err, _| {
             ApiError::validation(None, format!("invalid path: {err}")).into()
@@ -113,6 +116,9 @@ fn build(
         .configure(|cfg| routes::configure(cfg, endpoints))
         .service(SwaggerUi::new("/docs/{_:.*}").config(Config::new(["/api/v1/openapi.json"])))
         .default_service(web::to(routes::not_found))
+        // Inside the rate limit: a replay costs a token too, and the
+        // caller is known by then.
+        .wrap(from_fn(middleware::idempotency))
         .wrap(from_fn(middleware::rate_limit))
         .wrap(from_fn(middleware::cors))
         .wrap(from_fn(middleware::security_headers))
@@ -424,6 +430,30 @@ mod tests {
     }
 
     #[async_trait]
+    impl confab_ports::IdempotencyStore for Nobody {
+        async fn claim(
+            &self,
+            _: &str,
+            _: &str,
+            _: std::time::Duration,
+        ) -> Result<confab_ports::Claim, DomainError> {
+            Ok(confab_ports::Claim::Claimed)
+        }
+        async fn complete(
+            &self,
+            _: &str,
+            _: &str,
+            _: confab_ports::StoredOutcome,
+            _: std::time::Duration,
+        ) -> Result<(), DomainError> {
+            Ok(())
+        }
+        async fn release(&self, _: &str, _: &str) -> Result<(), DomainError> {
+            Ok(())
+        }
+    }
+
+    #[async_trait]
     impl Cache for Nobody {
         async fn get(&self, _: &str) -> Result<Option<CachedValue>, DomainError> {
             Ok(None)
@@ -509,6 +539,11 @@ mod tests {
                 admin: policy("admin"),
             },
             trusted_proxies: TrustedProxies::default(),
+            idempotency: IdempotencyPolicy {
+                store: Arc::new(Nobody),
+                ttl: std::time::Duration::from_secs(60),
+                in_flight_ttl: std::time::Duration::from_secs(60),
+            },
             readiness: Readiness::new(vec![Arc::new(Nobody)]),
             metrics: Metrics::new().unwrap(),
             body: BodyLimits::default(),

@@ -10,6 +10,7 @@
 mod auth;
 mod cache;
 mod health;
+mod idempotency;
 mod llm;
 mod password;
 mod store;
@@ -22,6 +23,7 @@ pub use auth::{
 };
 pub use cache::{Cache, CachedValue};
 pub use health::HealthCheck;
+pub use idempotency::{Claim, IdempotencyStore, StoredOutcome};
 pub use llm::{
     ChatModel, CompletionRequest, CompletionStream, FinishReason, LlmError, LlmEvent, PromptRole,
     PromptTurn, Usage,

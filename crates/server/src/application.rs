@@ -10,7 +10,8 @@ use actix_web::{App, HttpServer, web};
 use confab_app::{Conversations, Readiness, Registration};
 use confab_domain::{Password, User};
 use confab_http::{
-    BodyLimits, CorsPolicy, HttpState, Metrics, RateTiers, SecurityHeaders, SseSettings,
+    BodyLimits, CorsPolicy, HttpState, IdempotencyPolicy, Metrics, RateTiers, SecurityHeaders,
+    SseSettings,
 };
 use confab_llm::LoadingModel;
 use confab_ports::HealthCheck;
@@ -116,6 +117,11 @@ impl Application {
                 admin: per_minute("admin", rl.admin_per_minute),
             },
             trusted_proxies: settings.trusted_proxies()?,
+            idempotency: IdempotencyPolicy {
+                store: wired.idempotency,
+                ttl: Duration::from_secs(settings.idempotency.ttl_secs),
+                in_flight_ttl: Duration::from_secs(settings.idempotency.in_flight_secs),
+            },
         };
         let s = &settings.server;
         let port = listener.local_addr()?.port();
@@ -324,8 +330,8 @@ pub async fn serve(settings: Settings) -> Result<(), StartupError> {
     };
     if !settings.redis.url.expose_secret().is_empty() {
         tracing::warn!(
-            "REDIS_URL is set: cache, limits, the token blocklist and answer streams are shared; \
-             running-answer counts and idempotency are still per instance"
+            "REDIS_URL is set: cache, limits, the token blocklist, answer streams and idempotency \
+             keys are shared; running-answer counts are still per instance"
         );
     }
     let app = Application::build(&settings, listener, metrics_listener).await?;

@@ -13,7 +13,9 @@ use serde::Deserialize;
 
 mod chat;
 
-pub use chat::{CacheSettings, GenerationSettings, LlmSettings, LocalModelSettings};
+pub use chat::{
+    CacheSettings, GenerationSettings, IdempotencySettings, LlmSettings, LocalModelSettings,
+};
 
 const DEFAULTS: &str = include_str!("../../../config/default.toml");
 
@@ -67,6 +69,8 @@ pub struct Settings {
     pub generation: GenerationSettings,
     /// The read cache.
     pub cache: CacheSettings,
+    /// `Idempotency-Key`.
+    pub idempotency: IdempotencySettings,
     /// Cross-origin browser access.
     pub cors: CorsSettings,
     /// Security headers.

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use confab_app::{AccountPorts, AccountRules, Accounts, FallbackLimiter};
 use confab_jwt::{JwtCodec, JwtSettings, MIN_SECRET_BYTES};
-use confab_memory::{GovernorLimiter, InMemoryBlocklist};
+use confab_memory::{GovernorLimiter, InMemoryBlocklist, InMemoryIdempotency};
 use confab_password::{HasherOptions, Pbkdf2Hasher};
-use confab_ports::{RateLimiter, RatePolicy, TokenBlocklist};
-use confab_redis::{RedisBlocklist, RedisLimiter, RedisPool, RedisSettings};
+use confab_ports::{IdempotencyStore, RateLimiter, RatePolicy, TokenBlocklist};
+use confab_redis::{RedisBlocklist, RedisIdempotency, RedisLimiter, RedisPool, RedisSettings};
 use confab_sql::{PoolOptions, SqlStore};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -29,6 +29,8 @@ pub(crate) struct Wired {
     pub(crate) limiter: Arc<dyn RateLimiter>,
     /// Redis, when `REDIS_URL` is set.
     pub(crate) redis: Option<RedisPools>,
+    /// Where `Idempotency-Key`s are kept.
+    pub(crate) idempotency: Arc<dyn IdempotencyStore>,
 }
 
 /// The two pools on the Redis `REDIS_URL` names: one for every short
@@ -173,6 +175,10 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
         ),
         None => (local, Arc::new(InMemoryBlocklist::new())),
     };
+    let idempotency: Arc<dyn IdempotencyStore> = match &redis {
+        Some(pools) => Arc::new(RedisIdempotency::new(pools.shared.clone())),
+        None => Arc::new(InMemoryIdempotency::new(settings.idempotency.max_entries)),
+    };
     let login = settings.rate_limit.login_per_minute;
     let accounts = Accounts::new(
         AccountPorts {
@@ -195,5 +201,6 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
         codec,
         limiter,
         redis,
+        idempotency,
     })
 }

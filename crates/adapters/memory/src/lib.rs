@@ -4,10 +4,12 @@
 
 mod blocklist;
 mod cache;
+mod idempotency;
 mod limiter;
 mod stream_log;
 
 pub use blocklist::InMemoryBlocklist;
 pub use cache::MemoryCache;
+pub use idempotency::InMemoryIdempotency;
 pub use limiter::GovernorLimiter;
 pub use stream_log::{MemoryStreamLog, StreamLogOptions};

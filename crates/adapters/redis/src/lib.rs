@@ -15,12 +15,14 @@
 
 mod blocklist;
 mod cache;
+mod idempotency;
 mod limiter;
 mod pool;
 mod stream_log;
 
 pub use blocklist::RedisBlocklist;
 pub use cache::RedisCache;
+pub use idempotency::RedisIdempotency;
 pub use limiter::RedisLimiter;
 pub use pool::{RedisError, RedisPool, RedisSettings};
 pub use stream_log::{RedisStreamLog, RedisStreamLogOptions};

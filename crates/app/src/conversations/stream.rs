@@ -1,6 +1,6 @@
 //! Reading a generation's stream: following it, resuming it, stopping it.
 
-use confab_domain::{ConversationId, DomainError};
+use confab_domain::{ConversationId, DomainError, MessageId};
 use confab_ports::{AccessClaims, EventFeed, ReadFrom};
 
 use super::Conversations;
@@ -59,9 +59,45 @@ impl Conversations {
         if claims.user_id != caller.user_id || claims.conversation_id != conversation {
             return Err(AppError::Forbidden);
         }
+        self.read_answer(conversation, &claims.message_id, last_event_id)
+            .await
+    }
+
+    /// Re-attaches the owner to the stream of the answer `message` (an
+    /// idempotent retry of the send that started it): the events after
+    /// `last_event_id` (all without one), then live ones while it runs.
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`] for another user's or a missing conversation,
+    /// or when that answer's stream is no longer kept;
+    /// [`AppError::Validation`] for a `Last-Event-ID` the stream never gave.
+    pub async fn reattach(
+        &self,
+        caller: &AccessClaims,
+        conversation: ConversationId,
+        message: &MessageId,
+        last_event_id: Option<String>,
+    ) -> Result<Box<dyn EventFeed>, AppError> {
+        self.inner
+            .ports
+            .conversations
+            .get(caller.user_id, conversation)
+            .await?;
+        self.read_answer(conversation, message, last_event_id).await
+    }
+
+    /// The stream of the answer `wanted`, if the conversation's log still
+    /// holds it.
+    async fn read_answer(
+        &self,
+        conversation: ConversationId,
+        wanted: &MessageId,
+        last_event_id: Option<String>,
+    ) -> Result<Box<dyn EventFeed>, AppError> {
+        let ports = &self.inner.ports;
         let holds_claimed = || async {
             let (message, _open) = ports.log.current(conversation).await?;
-            Ok::<bool, DomainError>(message == claims.message_id)
+            Ok::<bool, DomainError>(&message == wanted)
         };
         // The stream of that generation may have been replaced by a later
         // one. Logs are only ever replaced by newer ones, so the claimed log

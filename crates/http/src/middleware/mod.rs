@@ -1,8 +1,9 @@
 //! The middleware stack, outermost first: request id (and the error shape
-//! of every response), telemetry, security headers, CORS; and, around each
-//! resource, panic catching.
+//! of every response), telemetry, security headers, CORS, rate limits,
+//! idempotency keys; and, around each resource, panic catching.
 
 mod cors;
+mod idempotency;
 mod panic;
 mod rate_limit;
 mod request_id;
@@ -11,6 +12,8 @@ mod telemetry;
 
 pub use cors::CorsPolicy;
 pub(crate) use cors::cors;
+pub use idempotency::IdempotencyPolicy;
+pub(crate) use idempotency::{StreamStarted, idempotency};
 pub(crate) use panic::catch_panic;
 pub use rate_limit::RateTiers;
 pub(crate) use rate_limit::{Limiter, rate_limit};

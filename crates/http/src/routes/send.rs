@@ -17,6 +17,7 @@ use crate::ApiError;
 use crate::auth::AuthUser;
 use crate::error::ErrorBody;
 use crate::extract::Json;
+use crate::middleware::StreamStarted;
 use crate::negotiate::{Preferred, preferred};
 use crate::sse::{self, SseSettings};
 
@@ -196,7 +197,15 @@ async fn send(
     let started = conversations.send(caller, input).await?;
     let feed = conversations.follow(started.conversation.id).await?;
     match mode {
-        Preferred::EventStream => Ok(sse::response(feed, sse_settings)),
+        Preferred::EventStream => {
+            let mut res = sse::response(feed, sse_settings);
+            // What an idempotent retry re-attaches to.
+            res.extensions_mut().insert(StreamStarted {
+                conversation: started.conversation.id,
+                message: started.assistant_message.id.clone(),
+            });
+            Ok(res)
+        }
         Preferred::Json => finished(conversations, caller, &started, feed).await,
     }
 }

@@ -109,6 +109,20 @@ pub struct CacheSettings {
     pub max_entries: usize,
 }
 
+/// `[idempotency]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencySettings {
+    /// Seconds a completed request's outcome is kept for retries.
+    pub ttl_secs: u64,
+    /// Seconds a claimed key holds without an outcome (its instance died
+    /// mid-request) before it is free again.
+    pub in_flight_secs: u64,
+    /// Most keys kept in process (without Redis); beyond, new keys are
+    /// refused with 503 rather than forgetting one a retry relies on.
+    pub max_entries: usize,
+}
+
 impl super::Settings {
     pub(super) fn validate_chat(&self) -> Result<(), ConfigError> {
         let llm = &self.llm;
@@ -177,6 +191,15 @@ impl super::Settings {
             ("generation.orphan_sweep_secs", g.orphan_sweep_secs),
             ("cache.ttl_secs", self.cache.ttl_secs),
             ("cache.max_entries", self.cache.max_entries as u64),
+            ("idempotency.ttl_secs", self.idempotency.ttl_secs),
+            (
+                "idempotency.in_flight_secs",
+                self.idempotency.in_flight_secs,
+            ),
+            (
+                "idempotency.max_entries",
+                self.idempotency.max_entries as u64,
+            ),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(format!("{key} must be greater than 0")));

@@ -1,0 +1,351 @@
+//! `Idempotency-Key` on `POST`, `PATCH` and `DELETE`: a retry gets the
+//! first request's response instead of running it again.
+//!
+//! Keys are scoped to the signed-in caller (another user's key of the same
+//! spelling is another key) and bound to the request: its method, path and
+//! body (a SHA-256). The first request claims its key atomically; a retry
+//! of the same request gets the stored status, headers and body with
+//! `Idempotent-Replayed: true`; the same key on a different request is 422
+//! `IDEMPOTENCY_KEY_REUSED`; a retry while the first still runs is 409. A
+//! message send whose answer streams is recorded as that answer as soon as
+//! its stream starts: a retry re-attaches to the stream (from the start,
+//! or after `Last-Event-ID`) and never sends the message, or asks the
+//! model, a second time. A 5xx, 408, 409 or 429 frees the key instead of
+//! being recorded (a retry may well succeed). The auth routes ignore the header: their responses hold
+//! tokens, which are never stored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpMessage, HttpResponse, ResponseError, web};
+use confab_app::Conversations;
+use confab_domain::{ConversationId, MessageId};
+use confab_ports::{Claim, IdempotencyStore, StoredOutcome};
+use sha2::{Digest, Sha256};
+
+use crate::ApiError;
+use crate::auth::Authenticated;
+use crate::extract::{BodyLimits, read_limited};
+use crate::sse::{self, SseSettings};
+
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+/// The longest key accepted.
+const MAX_KEY_LEN: usize = 255;
+
+/// The headers a replay carries (the rest are set again by the stack).
+const KEPT_HEADERS: [HeaderName; 4] = [
+    header::CONTENT_TYPE,
+    header::LOCATION,
+    header::ETAG,
+    header::CACHE_CONTROL,
+];
+
+/// The store and how long it keeps things (app data).
+#[derive(Clone)]
+pub struct IdempotencyPolicy {
+    /// Where keys are kept.
+    pub store: Arc<dyn IdempotencyStore>,
+    /// How long a completed request's outcome is kept (24 h).
+    pub ttl: Duration,
+    /// How long a claim holds without an outcome before the key is free
+    /// again (its instance died mid-request).
+    pub in_flight_ttl: Duration,
+}
+
+/// Put on a response by a send whose answer streams: what a retry
+/// re-attaches to.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamStarted {
+    /// The conversation.
+    pub(crate) conversation: ConversationId,
+    /// The answer.
+    pub(crate) message: MessageId,
+}
+
+/// Whether `key` is one we accept: 1 to 255 printable ASCII characters.
+fn valid_key(key: &str) -> bool {
+    (1..=MAX_KEY_LEN).contains(&key.len()) && key.bytes().all(|b| (0x20..=0x7e).contains(&b))
+}
+
+/// The request's fingerprint: method, path with query, body.
+fn fingerprint(method: &Method, path_and_query: &str, body: &[u8]) -> String {
+    let mut hash = Sha256::new();
+    hash.update(method.as_str().as_bytes());
+    hash.update(b"\n");
+    hash.update(path_and_query.as_bytes());
+    hash.update(b"\n");
+    hash.update(body);
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn error_response(req: ServiceRequest, error: &ApiError) -> ServiceResponse<BoxBody> {
+    req.into_response(error.error_response())
+}
+
+pub(crate) async fn idempotency(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let applies = matches!(*req.method(), Method::POST | Method::PATCH | Method::DELETE)
+        && !req.path().starts_with("/api/v1/auth/")
+        && !req.path().starts_with("/backend-api/auth/");
+    let policy = req.app_data::<web::Data<IdempotencyPolicy>>().cloned();
+    let caller = req
+        .extensions()
+        .get::<Authenticated>()
+        .map(|Authenticated(claims)| claims.clone());
+    let raw_key = req.headers().get(IDEMPOTENCY_KEY).cloned();
+    let (true, Some(policy), Some(caller), Some(raw_key)) = (applies, policy, caller, raw_key)
+    else {
+        // No key, a route it doesn't apply to, or no signed-in caller (the
+        // route answers 401 itself).
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    };
+    let Some(key) = raw_key.to_str().ok().filter(|k| valid_key(k)) else {
+        let e = ApiError::validation(
+            Some("Idempotency-Key".to_owned()),
+            "must be 1 to 255 printable ASCII characters",
+        );
+        return Ok(error_response(req, &e));
+    };
+    let limits = req.app_data::<BodyLimits>().copied().unwrap_or_default();
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let body = match read_limited(req.take_payload(), limits, declared).await {
+        Ok(body) => body.freeze(),
+        Err(e) => return Ok(error_response(req, &e)),
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.path().to_owned(), ToString::to_string);
+    let print = fingerprint(req.method(), &path, &body);
+    req.set_payload(body.into());
+    let scoped = format!("{}:{key}", caller.user_id);
+    let claim = match policy
+        .store
+        .claim(&scoped, &print, policy.in_flight_ttl)
+        .await
+    {
+        Ok(claim) => claim,
+        Err(e) => {
+            tracing::warn!(error = %e, "idempotency store unavailable: request refused");
+            // Running it without the key's protection could run it twice.
+            let e = ApiError::unavailable("temporarily unavailable, retry shortly", 1);
+            return Ok(error_response(req, &e));
+        }
+    };
+    match claim {
+        Claim::Claimed => run_and_record(req, next, &policy, &scoped, &print).await,
+        Claim::Mismatch => {
+            let e = ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                "this Idempotency-Key was used for a different request",
+            );
+            Ok(error_response(req, &e))
+        }
+        Claim::InFlight => {
+            let e = ApiError::new(
+                StatusCode::CONFLICT,
+                "CONFLICT",
+                "a request with this Idempotency-Key is still being processed: retry later",
+            );
+            Ok(error_response(req, &e))
+        }
+        Claim::Completed(StoredOutcome::Response {
+            status,
+            headers,
+            body,
+        }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let mut res = HttpResponse::build(status);
+            for (name, value) in headers {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::try_from(name.as_str()),
+                    HeaderValue::try_from(value.as_str()),
+                ) {
+                    res.insert_header((name, value));
+                }
+            }
+            res.insert_header((REPLAYED, HeaderValue::from_static("true")));
+            Ok(req.into_response(res.body(body)))
+        }
+        Claim::Completed(StoredOutcome::Stream {
+            conversation,
+            message,
+        }) => reattach(req, &caller, conversation, &message).await,
+    }
+}
+
+/// Runs the claimed request and records what a retry should get.
+async fn run_and_record(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    policy: &IdempotencyPolicy,
+    key: &str,
+    print: &str,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let res = match next.call(req).await {
+        Ok(res) => res.map_into_boxed_body(),
+        Err(e) => {
+            release(policy, key, print).await;
+            return Err(e);
+        }
+    };
+    let started = res.response().extensions().get::<StreamStarted>().cloned();
+    if let Some(StreamStarted {
+        conversation,
+        message,
+    }) = started
+    {
+        let outcome = StoredOutcome::Stream {
+            conversation,
+            message,
+        };
+        complete(policy, key, print, outcome).await;
+        return Ok(res);
+    }
+    if transient(res.status()) {
+        release(policy, key, print).await;
+        return Ok(res);
+    }
+    let (req, res) = res.into_parts();
+    let (head, body) = res.into_parts();
+    let bytes = match actix_web::body::to_bytes(body).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            release(policy, key, print).await;
+            return Err(e.into());
+        }
+    };
+    let headers = KEPT_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = head.headers().get(name)?.to_str().ok()?;
+            Some((name.as_str().to_owned(), value.to_owned()))
+        })
+        .collect();
+    let outcome = StoredOutcome::Response {
+        status: head.status().as_u16(),
+        headers,
+        body: bytes.to_vec(),
+    };
+    complete(policy, key, print, outcome).await;
+    Ok(ServiceResponse::new(
+        req,
+        head.set_body(BoxBody::new(bytes)),
+    ))
+}
+
+/// A status a retry may well not get again: not recorded, the key is
+/// freed (a 5xx; a timeout, a conflict with a running answer, a limit).
+fn transient(status: StatusCode) -> bool {
+    status.is_server_error()
+        || matches!(
+            status,
+            StatusCode::REQUEST_TIMEOUT | StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS
+        )
+}
+
+async fn complete(policy: &IdempotencyPolicy, key: &str, print: &str, outcome: StoredOutcome) {
+    if let Err(e) = policy.store.complete(key, print, outcome, policy.ttl).await {
+        // The key stays claimed until its in-flight time runs out: retries
+        // meanwhile get 409, never a second run.
+        tracing::error!(error = %e, "could not record an idempotent request's outcome");
+    }
+}
+
+async fn release(policy: &IdempotencyPolicy, key: &str, print: &str) {
+    if let Err(e) = policy.store.release(key, print).await {
+        tracing::warn!(error = %e, "could not free an idempotency key");
+    }
+}
+
+/// A retried message send: the answer's stream again, from the start or
+/// after `Last-Event-ID`.
+async fn reattach(
+    req: ServiceRequest,
+    caller: &confab_ports::AccessClaims,
+    conversation: ConversationId,
+    message: &MessageId,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let (Some(conversations), Some(settings)) = (
+        req.app_data::<web::Data<Conversations>>().cloned(),
+        req.app_data::<web::Data<SseSettings>>().cloned(),
+    ) else {
+        let e = ApiError::internal("the conversation use cases are not configured");
+        return Ok(error_response(req, &e));
+    };
+    let last = req
+        .headers()
+        .get(LAST_EVENT_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
+    match conversations
+        .reattach(caller, conversation, message, last)
+        .await
+    {
+        Ok(feed) => {
+            let mut res = sse::response(feed, **settings);
+            res.headers_mut()
+                .insert(REPLAYED, HeaderValue::from_static("true"));
+            Ok(req.into_response(res))
+        }
+        Err(e) => Ok(error_response(req, &ApiError::from(e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_1_to_255_printable_ascii_characters() {
+        assert!(valid_key("a"));
+        assert!(valid_key("8e03978e-40d5-43e8-bc93-6894a57f9324"));
+        assert!(valid_key(&"k".repeat(255)));
+        assert!(!valid_key(""));
+        assert!(!valid_key(&"k".repeat(256)));
+        assert!(!valid_key("tab\there"));
+        assert!(!valid_key("é"));
+    }
+
+    #[test]
+    fn transient_failures_are_not_recorded() {
+        for status in [500, 502, 503, 504, 408, 409, 429] {
+            assert!(transient(StatusCode::from_u16(status).unwrap()), "{status}");
+        }
+        for status in [200, 201, 204, 400, 401, 403, 404, 413, 422] {
+            assert!(
+                !transient(StatusCode::from_u16(status).unwrap()),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_covers_method_path_and_body() {
+        let base = fingerprint(&Method::POST, "/a", b"{}");
+        assert_eq!(base, fingerprint(&Method::POST, "/a", b"{}"));
+        assert_ne!(base, fingerprint(&Method::PATCH, "/a", b"{}"));
+        assert_ne!(base, fingerprint(&Method::POST, "/b", b"{}"));
+        assert_ne!(base, fingerprint(&Method::POST, "/a", b"{ }"));
+        assert_eq!(base.len(), 64);
+    }
+}

@@ -1,0 +1,295 @@
+//! `Idempotency-Key` on POST, PATCH and DELETE, in both modes: in process,
+//! and shared through Redis by two instances (a retry sent to the other
+//! instance).
+
+use confab_e2e::chat::{SseEvent, SseReader, message_body, replay, spawn_chat};
+use confab_e2e::fake_llm::{FakeLlm, Script, Step};
+use confab_e2e::{TestApp, error_body, redis_url};
+use confab_sql::Backend;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+on_both_backends!(
+    a_retried_rename_gets_the_first_response_replayed,
+    a_retried_message_send_reattaches_and_asks_the_model_once,
+    a_retry_on_another_instance_reattaches_to_the_same_answer,
+);
+
+/// Where the keys live.
+#[derive(Clone, Copy)]
+enum Mode {
+    InProcess,
+    Redis,
+}
+
+/// One instance (in process), or two sharing a database and Redis (the
+/// second is where retries go); answers come from `llm`, without title
+/// calls.
+fn instances(backend: Backend, llm: &FakeLlm, mode: Mode) -> (TestApp, Option<TestApp>) {
+    let prefix = format!("confab-e2e:{}:", uuid::Uuid::new_v4());
+    let url = redis_url();
+    let mut vars = vec![("CONFAB__LLM__TITLE_GENERATION", "false")];
+    if let Mode::Redis = mode {
+        vars.push(("REDIS_URL", url.as_str()));
+        vars.push(("CONFAB__REDIS__KEY_PREFIX", prefix.as_str()));
+    }
+    let a = spawn_chat(backend, llm, &vars);
+    let b = match mode {
+        Mode::Redis => Some(a.sibling(&[])),
+        Mode::InProcess => None,
+    };
+    (a, b)
+}
+
+async fn with_key(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    key: &str,
+    body: &Value,
+) -> reqwest::Response {
+    app.client
+        .request(method, app.url(path))
+        .bearer_auth(token)
+        .header("idempotency-key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn is_append(e: &SseEvent) -> bool {
+    e.event.as_deref() == Some("delta") && e.json()["v"][0]["o"] == "append"
+}
+
+async fn a_retried_rename_gets_the_first_response_replayed(backend: Backend) {
+    for mode in [Mode::InProcess, Mode::Redis] {
+        let llm = FakeLlm::start();
+        llm.push(Script::reply(&["hello"]));
+        let (a, b) = instances(backend, &llm, mode);
+        let b = b.as_ref().unwrap_or(&a);
+        let token = a.user("ada").await;
+        let (id, _) = a.chat(&token, "hi").await;
+        let path = format!("/api/v1/conversations/{id}");
+        let rename = json!({"title": "First"});
+        let first = with_key(&a, Method::PATCH, &path, &token, "rename-1", &rename).await;
+        assert_eq!(first.status(), 200);
+        assert!(!first.headers().contains_key("idempotent-replayed"));
+        let first_body = first.text().await.unwrap();
+        // A rename in between; the retry must not apply "First" again.
+        let other = json!({"title": "Second"});
+        assert_eq!(
+            a.call(Method::PATCH, &path, &token, Some(&other))
+                .await
+                .status(),
+            200
+        );
+        let retry = with_key(b, Method::PATCH, &path, &token, "rename-1", &rename).await;
+        assert_eq!(retry.status(), 200);
+        assert_eq!(retry.headers()["idempotent-replayed"], "true");
+        assert_eq!(retry.headers()["content-type"], "application/json");
+        assert_eq!(retry.text().await.unwrap(), first_body);
+        assert_eq!(a.conversation(&token, &id).await["title"], "Second");
+
+        // The same key on another request is refused.
+        let different = json!({"title": "Third"});
+        let reused = with_key(b, Method::PATCH, &path, &token, "rename-1", &different).await;
+        error_body(reused, 422, "IDEMPOTENCY_KEY_REUSED").await;
+        // Another caller's key of the same spelling is another key.
+        let eve = a.user("eve").await;
+        let (eve_id, _) = {
+            llm.push(Script::reply(&["hey"]));
+            a.chat(&eve, "yo").await
+        };
+        let eve_path = format!("/api/v1/conversations/{eve_id}");
+        let res = with_key(&a, Method::PATCH, &eve_path, &eve, "rename-1", &rename).await;
+        assert_eq!(res.status(), 200);
+        assert!(!res.headers().contains_key("idempotent-replayed"));
+        // Keys are 1 to 255 printable ASCII characters.
+        for bad in [String::new(), "k".repeat(256)] {
+            let res = with_key(&a, Method::PATCH, &path, &token, &bad, &rename).await;
+            error_body(res, 400, "VALIDATION_ERROR").await;
+        }
+    }
+}
+
+async fn a_retried_message_send_reattaches_and_asks_the_model_once(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::Stream(vec![
+        Step::Text("one".into()),
+        Step::Hold,
+        Step::Text(" two".into()),
+        Step::Finish("stop"),
+        Step::Done,
+    ]));
+    let (a, _) = instances(backend, &llm, Mode::InProcess);
+    let token = a.user("ada").await;
+    let body = message_body("count");
+    let path = "/api/v1/conversations";
+    let first = with_key(&a, Method::POST, path, &token, "send-1", &body).await;
+    assert_eq!(first.status(), 200);
+    let mut first = SseReader::new(first);
+    let seen = first.until(is_append).await;
+    let last_id = seen.last().unwrap().id.clone().unwrap();
+    // The client lost the connection and retries: the same answer again,
+    // from the start...
+    let retry = with_key(&a, Method::POST, path, &token, "send-1", &body).await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let mut retry = SseReader::new(retry);
+    // ...or after the last event it had.
+    let resumed = a
+        .client
+        .post(a.url(path))
+        .bearer_auth(&token)
+        .header("idempotency-key", "send-1")
+        .header("last-event-id", &last_id)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    let mut resumed = SseReader::new(resumed);
+    llm.release();
+    let mut whole = seen.clone();
+    whole.extend(first.rest().await);
+    let again = retry.rest().await;
+    let rest = resumed.rest().await;
+    assert_eq!(replay(&again)["message"], replay(&whole)["message"]);
+    let mut stitched = seen.clone();
+    stitched.extend(rest);
+    assert_eq!(replay(&stitched)["message"], replay(&whole)["message"]);
+    // One message sent, one answer, one call to the model.
+    let id = whole
+        .iter()
+        .find_map(|e| e.json()["conversation_id"].as_str().map(str::to_owned))
+        .unwrap();
+    let c = a.conversation(&token, &id).await;
+    assert_eq!(c["messages"].as_array().unwrap().len(), 2, "{c}");
+    assert_eq!(c["messages"][1]["content"]["parts"][0], "one two");
+    assert_eq!(llm.requests().len(), 1);
+    let list = a.get_auth("/api/v1/conversations", &token).await;
+    assert_eq!(list.json::<Value>().await.unwrap()["total"], 1);
+}
+
+async fn a_retry_on_another_instance_reattaches_to_the_same_answer(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::Stream(vec![
+        Step::Text("only".into()),
+        Step::Hold,
+        Step::Text(" once".into()),
+        Step::Finish("stop"),
+        Step::Done,
+    ]));
+    let (a, b) = instances(backend, &llm, Mode::Redis);
+    let b = b.expect("a second instance");
+    let token = a.user("ada").await;
+    let body = message_body("hello");
+    let path = "/api/v1/conversations";
+    let first = with_key(&a, Method::POST, path, &token, "send-2", &body).await;
+    let mut first = SseReader::new(first);
+    first.until(is_append).await;
+    let retry = with_key(&b, Method::POST, path, &token, "send-2", &body).await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let mut retry = SseReader::new(retry);
+    llm.release();
+    let whole = first.rest().await;
+    let again = retry.rest().await;
+    assert_eq!(again.last().unwrap().data, "[DONE]");
+    assert_eq!(
+        replay(&again)["message"]["content"]["parts"][0],
+        "only once"
+    );
+    assert_eq!(whole.last().unwrap().data, "[DONE]");
+    assert_eq!(llm.requests().len(), 1, "one upstream call");
+    let list = b.get_auth("/api/v1/conversations", &token).await;
+    assert_eq!(
+        list.json::<Value>().await.unwrap()["total"],
+        1,
+        "one conversation"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_while_the_first_still_runs_is_409() {
+    // In JSON mode the response is the finished answer: until it is, the
+    // key is in flight.
+    let llm = FakeLlm::start();
+    llm.push(Script::Stream(vec![
+        Step::Text("slow".into()),
+        Step::Hold,
+        Step::Finish("stop"),
+        Step::Done,
+    ]));
+    let (a, _) = instances(Backend::Sqlite, &llm, Mode::InProcess);
+    let token = a.user("ada").await;
+    let body = message_body("hi");
+    let send = |key: &'static str| {
+        a.client
+            .post(a.url("/api/v1/conversations"))
+            .bearer_auth(&token)
+            .header("accept", "application/json")
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let first = tokio::spawn(send("json-1"));
+    // Wait until the model has been asked: the first request holds the key.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while llm.requests().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the model was never asked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    error_body(send("json-1").await.unwrap(), 409, "CONFLICT").await;
+    llm.release();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), 201);
+    let first_body = first.text().await.unwrap();
+    let replayed = send("json-1").await.unwrap();
+    assert_eq!(replayed.status(), 201);
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(replayed.text().await.unwrap(), first_body);
+    assert_eq!(llm.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_send_is_not_recorded_so_its_retry_can_succeed() {
+    // A send refused because an answer is still running (409) frees its
+    // key: once that answer is done, the same retry is sent for real.
+    let llm = FakeLlm::start();
+    llm.push(Script::Stream(vec![
+        Step::Text("busy".into()),
+        Step::Hold,
+        Step::Finish("stop"),
+        Step::Done,
+    ]));
+    let (a, _) = instances(Backend::Sqlite, &llm, Mode::InProcess);
+    let token = a.user("ada").await;
+    let res = a
+        .send_message("/api/v1/conversations", &token, &message_body("first"))
+        .await;
+    let mut running = SseReader::new(res);
+    let seen = running.until(is_append).await;
+    let id = seen
+        .iter()
+        .find_map(|e| e.json()["conversation_id"].as_str().map(str::to_owned))
+        .unwrap();
+    let path = format!("/api/v1/conversations/{id}/messages");
+    let body = message_body("second");
+    let refused = with_key(&a, Method::POST, &path, &token, "next-1", &body).await;
+    error_body(refused, 409, "CONFLICT").await;
+    llm.release();
+    running.rest().await;
+    llm.push(Script::reply(&["now"]));
+    let retry = with_key(&a, Method::POST, &path, &token, "next-1", &body).await;
+    assert_eq!(retry.status(), 200);
+    assert!(!retry.headers().contains_key("idempotent-replayed"));
+    let events = SseReader::new(retry).rest().await;
+    assert_eq!(replay(&events)["message"]["content"]["parts"][0], "now");
+    assert_eq!(llm.requests().len(), 2);
+}
