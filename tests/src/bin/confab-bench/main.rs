@@ -20,6 +20,7 @@ use confab_sql::Backend;
 
 mod model;
 mod relay;
+mod shared_state;
 
 /// One request-path scenario: a request sent `requests` times by
 /// `concurrency` clients.
@@ -322,6 +323,7 @@ fn main() {
     drop(app);
     let relay = relay::measure(&runtime, cores);
     let model = model::measure(&runtime);
+    let shared_state = shared_state::measure(&runtime);
 
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -400,6 +402,7 @@ fn main() {
     );
     relay::write_markdown(&mut md, &relay, cores);
     model::write_markdown(&mut md, &model);
+    shared_state::write_markdown(&mut md, &shared_state, cores);
     std::fs::write(&out, md).unwrap_or_else(|e| panic!("cannot write {out}: {e}"));
     println!("wrote {out}");
 }
