@@ -22,12 +22,15 @@ struct Cluster {
 }
 
 async fn cluster(llm: &FakeLlm, extra: &[(&str, &str)]) -> Cluster {
+    cluster_on(&redis_url(), llm, extra).await
+}
+
+async fn cluster_on(url: &str, llm: &FakeLlm, extra: &[(&str, &str)]) -> Cluster {
     let db = Arc::new(TestDatabase::postgres());
     let prefix = format!("confab-cluster:{}:", uuid::Uuid::new_v4());
-    let url = redis_url();
     let base = llm.base_url();
     let mut vars = vec![
-        ("REDIS_URL", url.as_str()),
+        ("REDIS_URL", url),
         ("CONFAB__REDIS__KEY_PREFIX", prefix.as_str()),
         ("CONFAB_LLM_PROVIDER", "openai"),
         ("CONFAB_LLM_BASE_URL", base.as_str()),
@@ -67,7 +70,7 @@ fn held_answer() -> Script {
 }
 
 #[tokio::test]
-async fn two_processes_share_streams_stops_limits_and_renames() {
+async fn two_processes_behave_as_one_service() {
     let llm = FakeLlm::start();
     let c = cluster(&llm, &[("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "40")]).await;
     let token = c.a.user("ada").await;
@@ -140,6 +143,40 @@ async fn two_processes_share_streams_stops_limits_and_renames() {
         .await;
     assert_eq!(res.status(), 200);
     assert_eq!(c.b.conversation(&token, &id).await["title"], "Renamed");
+
+    // An idempotent message send to A, retried on B: one message, one call
+    // to the model; B re-attaches to A's answer.
+    let calls = llm.requests().len();
+    llm.push(held_answer());
+    let body = message_body("once");
+    let keyed = |app: &TestApp| {
+        app.client
+            .post(app.url("/api/v1/conversations"))
+            .bearer_auth(&token)
+            .header("idempotency-key", "cluster-send")
+            .json(&body)
+            .send()
+    };
+    let mut first = SseReader::new(keyed(&c.a).await.unwrap());
+    let once = conversation_of(&first.until(is_append).await);
+    let retry = keyed(&c.b).await.unwrap();
+    assert_eq!(retry.status(), 200);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let mut retry = SseReader::new(retry);
+    llm.release();
+    first.rest().await;
+    let again = retry.rest().await;
+    assert_eq!(
+        replay(&again)["message"]["content"]["parts"][0],
+        "partial answer"
+    );
+    assert_eq!(llm.requests().len(), calls + 1, "one call to the model");
+    let messages = &c.b.conversation(&token, &once).await["messages"];
+    assert_eq!(
+        messages.as_array().unwrap().len(),
+        2,
+        "one message, one answer"
+    );
 
     // One rate-limit bucket for the user across A and B: spend what is
     // left, alternating, then both refuse.
@@ -226,5 +263,46 @@ async fn an_instance_killed_mid_answer_leaves_it_failed_with_its_text_after_the_
     assert_eq!(
         SseReader::new(res).rest().await.last().unwrap().data,
         "[DONE]"
+    );
+}
+
+#[tokio::test]
+async fn redis_stopped_and_restarted_mid_test_follows_the_policy_on_both() {
+    let mut redis = crate::redis::PrivateRedis::start();
+    let llm = FakeLlm::start();
+    let c = cluster_on(
+        &redis.url(),
+        &llm,
+        &[("CONFAB__REDIS__CONNECT_TIMEOUT_MS", "200")],
+    )
+    .await;
+    let token = c.a.user("ada").await;
+    for app in [&c.a, &c.b] {
+        crate::redis::readiness_becomes(app, 200).await;
+    }
+    redis.stop();
+    for app in [&c.a, &c.b] {
+        crate::redis::readiness_becomes(app, 503).await;
+        // A token can't be checked against the shared blocklist: refused,
+        // never accepted unchecked; a send can't claim its stream.
+        error_body(
+            app.get_auth("/api/v1/users/me", &token).await,
+            503,
+            "UNAVAILABLE",
+        )
+        .await;
+    }
+    redis.restart();
+    for app in [&c.a, &c.b] {
+        crate::redis::readiness_becomes(app, 200).await;
+        assert_eq!(app.get_auth("/api/v1/users/me", &token).await.status(), 200);
+    }
+    // Chatting works again, started on B and read on A.
+    llm.push(Script::reply(&["back"]));
+    let (id, events) = c.b.chat(&token, "are you back?").await;
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    assert_eq!(
+        c.a.conversation(&token, &id).await["messages"][1]["content"]["parts"][0],
+        "back"
     );
 }

@@ -163,13 +163,13 @@ async fn with_redis_down_limits_hold_per_instance_tokens_are_refused_and_readine
 }
 
 /// A Redis of the test's own, on a free port, that it can stop and start.
-struct PrivateRedis {
+pub(crate) struct PrivateRedis {
     port: u16,
     child: Option<Child>,
 }
 
 impl PrivateRedis {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -180,11 +180,11 @@ impl PrivateRedis {
         redis
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -208,7 +208,7 @@ impl PrivateRedis {
         }
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
@@ -223,7 +223,7 @@ impl Drop for PrivateRedis {
 }
 
 /// Polls `/readyz` until it answers `status`, or fails after a deadline.
-async fn readiness_becomes(app: &TestApp, status: u16) {
+pub(crate) async fn readiness_becomes(app: &TestApp, status: u16) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let res = app.client.get(app.url("/readyz")).send().await.unwrap();
