@@ -11,7 +11,7 @@ on_both_backends!(
 );
 
 #[tokio::test]
-async fn readyz_is_503_when_the_database_is_gone() {
+async fn readyz_is_503_while_the_database_is_gone_and_recovers_when_it_is_back() {
     let app = confab_e2e::spawn_app_with(
         Backend::Postgres,
         &[("CONFAB__DATABASE__ACQUIRE_TIMEOUT_MS", "300")],
@@ -30,6 +30,17 @@ async fn readyz_is_503_when_the_database_is_gone() {
     // A request that needs the database is a 503 too, never a 500.
     let res = app.register("orphan").await;
     confab_e2e::error_body(res, 503, "UNAVAILABLE").await;
+    // The database comes back (a restart): the service recovers by itself.
+    assert!(app.db.reconnect());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while app.get("/readyz").await.status() != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readiness never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.register("back").await.status(), 201);
 }
 
 async fn made_up_methods_share_one_metric_label(backend: Backend) {

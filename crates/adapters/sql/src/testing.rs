@@ -142,6 +142,26 @@ impl TestDatabase {
         .expect("end existing connections");
         true
     }
+
+    /// Lets connections in again after [`TestDatabase::cut_off`], as a
+    /// restarted server would (PostgreSQL only; `false` on SQLite).
+    ///
+    /// # Panics
+    /// When PostgreSQL can't be told.
+    #[must_use]
+    pub fn reconnect(&self) -> bool {
+        let Kind::Postgres { admin_url, name } = &self.kind else {
+            return false;
+        };
+        let mut admin = connect_admin(admin_url);
+        diesel::sql_query(format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
+            ident(name)
+        ))
+        .execute(&mut admin)
+        .expect("allow connections again");
+        true
+    }
 }
 
 impl Drop for TestDatabase {
