@@ -213,9 +213,10 @@ async fn a_retry_on_another_instance_reattaches_to_the_same_answer(backend: Back
 }
 
 #[tokio::test]
-async fn a_retry_while_the_first_still_runs_is_409() {
-    // In JSON mode the response is the finished answer: until it is, the
-    // key is in flight.
+async fn a_json_mode_send_retried_while_it_runs_reattaches_and_asks_once() {
+    // In JSON mode the response waits for the finished answer; the send is
+    // recorded as soon as its message is stored, so a retry meanwhile (the
+    // client timed out) re-attaches to the answer's stream.
     let llm = FakeLlm::start();
     llm.push(Script::Stream(vec![
         Step::Text("slow".into()),
@@ -226,17 +227,17 @@ async fn a_retry_while_the_first_still_runs_is_409() {
     let (a, _) = instances(Backend::Sqlite, &llm, Mode::InProcess);
     let token = a.user("ada").await;
     let body = message_body("hi");
-    let send = |key: &'static str| {
+    let send = |accept: &'static str| {
         a.client
             .post(a.url("/api/v1/conversations"))
             .bearer_auth(&token)
-            .header("accept", "application/json")
-            .header("idempotency-key", key)
+            .header("accept", accept)
+            .header("idempotency-key", "json-1")
             .json(&body)
             .send()
     };
-    let first = tokio::spawn(send("json-1"));
-    // Wait until the model has been asked: the first request holds the key.
+    let first = tokio::spawn(send("application/json"));
+    // Wait until the model has been asked: the first request is running.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while llm.requests().is_empty() {
         assert!(
@@ -245,16 +246,42 @@ async fn a_retry_while_the_first_still_runs_is_409() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    error_body(send("json-1").await.unwrap(), 409, "CONFLICT").await;
+    let retry = send("text/event-stream").await.unwrap();
+    assert_eq!(retry.status(), 200);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let mut retry = SseReader::new(retry);
     llm.release();
     let first = first.await.unwrap().unwrap();
     assert_eq!(first.status(), 201);
-    let first_body = first.text().await.unwrap();
-    let replayed = send("json-1").await.unwrap();
-    assert_eq!(replayed.status(), 201);
-    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
-    assert_eq!(replayed.text().await.unwrap(), first_body);
+    let first: Value = first.json().await.unwrap();
+    let again = retry.rest().await;
+    assert_eq!(replay(&again)["message"], first["message"]);
     assert_eq!(llm.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn auth_routes_are_never_recorded_even_spelled_percent_encoded() {
+    // A logout's response must not be replayed to a retry: the retry runs
+    // (and the token, now revoked, is refused).
+    let llm = FakeLlm::start();
+    let (a, _) = instances(Backend::Sqlite, &llm, Mode::InProcess);
+    for path in ["/api/v1/auth/logout", "/api/v1/%61uth/logout"] {
+        let token = a.user(&format!("u{}", path.len())).await;
+        let logout = || {
+            a.client
+                .post(a.url(path))
+                .bearer_auth(&token)
+                .header("idempotency-key", "logout-1")
+                .send()
+        };
+        assert_eq!(logout().await.unwrap().status(), 204, "{path}");
+        let retry = logout().await.unwrap();
+        assert!(
+            !retry.headers().contains_key("idempotent-replayed"),
+            "{path}"
+        );
+        assert_eq!(retry.status(), 401, "{path}");
+    }
 }
 
 #[tokio::test]

@@ -7,11 +7,12 @@
 //! of the same request gets the stored status, headers and body with
 //! `Idempotent-Replayed: true`; the same key on a different request is 422
 //! `IDEMPOTENCY_KEY_REUSED`; a retry while the first still runs is 409. A
-//! message send whose answer streams is recorded as that answer as soon as
-//! its stream starts: a retry re-attaches to the stream (from the start,
-//! or after `Last-Event-ID`) and never sends the message, or asks the
-//! model, a second time. A 5xx, 408, 409 or 429 frees the key instead of
-//! being recorded (a retry may well succeed). The auth routes ignore the header: their responses hold
+//! message send is recorded as its answer as soon as the message is stored
+//! (whatever follows: the stream, a JSON answer, a model failure): a retry
+//! re-attaches to that answer's stream (from the start, or after
+//! `Last-Event-ID`) and never sends the message, or asks the model, a
+//! second time. A 5xx, 406, 408, 409, 415 or 429 otherwise frees the key
+//! instead of being recorded (a retry may well succeed). The auth routes ignore the header: their responses hold
 //! tokens, which are never stored.
 
 use std::sync::Arc;
@@ -60,14 +61,42 @@ pub struct IdempotencyPolicy {
     pub in_flight_ttl: Duration,
 }
 
-/// Put on a response by a send whose answer streams: what a retry
-/// re-attaches to.
+/// Put in the request's extensions by a send once its message is stored:
+/// the request is then recorded as that answer (see [`Recorder`]).
 #[derive(Debug, Clone)]
 pub(crate) struct StreamStarted {
     /// The conversation.
     pub(crate) conversation: ConversationId,
     /// The answer.
     pub(crate) message: MessageId,
+}
+
+/// Put in the request's extensions for a claimed key: lets a send record
+/// its answer the moment its message is stored, before its response is
+/// done (a JSON-mode send answers only when the answer is finished, and a
+/// retry meanwhile must re-attach, not wait for 409s).
+#[derive(Clone)]
+pub(crate) struct Recorder {
+    policy: IdempotencyPolicy,
+    key: String,
+    print: String,
+}
+
+impl Recorder {
+    /// Records the request as the answer `started`, and marks the request
+    /// so that its response isn't recorded again.
+    pub(crate) async fn stream_started(
+        &self,
+        req: &actix_web::HttpRequest,
+        started: StreamStarted,
+    ) {
+        let outcome = StoredOutcome::Stream {
+            conversation: started.conversation,
+            message: started.message.clone(),
+        };
+        req.extensions_mut().insert(started);
+        complete(&self.policy, &self.key, &self.print, outcome).await;
+    }
 }
 
 /// Whether `key` is one we accept: 1 to 255 printable ASCII characters.
@@ -94,9 +123,12 @@ pub(crate) async fn idempotency(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
+    // The path as routed (decoded), so a percent-encoded spelling of an
+    // auth route can't get its tokens stored.
+    let routed = req.match_info().as_str();
     let applies = matches!(*req.method(), Method::POST | Method::PATCH | Method::DELETE)
-        && !req.path().starts_with("/api/v1/auth/")
-        && !req.path().starts_with("/backend-api/auth/");
+        && !routed.starts_with("/api/v1/auth/")
+        && !routed.starts_with("/backend-api/auth/");
     let policy = req.app_data::<web::Data<IdempotencyPolicy>>().cloned();
     let caller = req
         .extensions()
@@ -200,6 +232,11 @@ async fn run_and_record(
     key: &str,
     print: &str,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
+    req.extensions_mut().insert(Recorder {
+        policy: policy.clone(),
+        key: key.to_owned(),
+        print: print.to_owned(),
+    });
     let res = match next.call(req).await {
         Ok(res) => res.map_into_boxed_body(),
         Err(e) => {
@@ -207,20 +244,12 @@ async fn run_and_record(
             return Err(e);
         }
     };
-    let started = res.response().extensions().get::<StreamStarted>().cloned();
-    if let Some(StreamStarted {
-        conversation,
-        message,
-    }) = started
-    {
-        let outcome = StoredOutcome::Stream {
-            conversation,
-            message,
-        };
-        complete(policy, key, print, outcome).await;
+    // A send recorded itself as its answer when its message was stored;
+    // whatever followed (the stream, a JSON answer, a failure) stands.
+    if res.request().extensions().contains::<StreamStarted>() {
         return Ok(res);
     }
-    if transient(res.status()) {
+    if not_recorded(res.status()) {
         release(policy, key, print).await;
         return Ok(res);
     }
@@ -253,12 +282,17 @@ async fn run_and_record(
 }
 
 /// A status a retry may well not get again: not recorded, the key is
-/// freed (a 5xx; a timeout, a conflict with a running answer, a limit).
-fn transient(status: StatusCode) -> bool {
+/// freed (a 5xx; a timeout, a conflict with a running answer, a limit; a
+/// refusal of the request's headers, which are not in its fingerprint).
+fn not_recorded(status: StatusCode) -> bool {
     status.is_server_error()
         || matches!(
             status,
-            StatusCode::REQUEST_TIMEOUT | StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS
+            StatusCode::REQUEST_TIMEOUT
+                | StatusCode::CONFLICT
+                | StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::NOT_ACCEPTABLE
+                | StatusCode::UNSUPPORTED_MEDIA_TYPE
         )
 }
 
@@ -328,12 +362,15 @@ mod tests {
 
     #[test]
     fn transient_failures_are_not_recorded() {
-        for status in [500, 502, 503, 504, 408, 409, 429] {
-            assert!(transient(StatusCode::from_u16(status).unwrap()), "{status}");
+        for status in [500, 502, 503, 504, 408, 409, 429, 406, 415] {
+            assert!(
+                not_recorded(StatusCode::from_u16(status).unwrap()),
+                "{status}"
+            );
         }
         for status in [200, 201, 204, 400, 401, 403, 404, 413, 422] {
             assert!(
-                !transient(StatusCode::from_u16(status).unwrap()),
+                !not_recorded(StatusCode::from_u16(status).unwrap()),
                 "{status}"
             );
         }

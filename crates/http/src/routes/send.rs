@@ -4,7 +4,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::ACCEPT;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use confab_app::{Conversations, SendMessage, Started};
 use confab_domain::{ConversationId, MessageDocument};
 use confab_ports::{AccessClaims, EventFeed};
@@ -17,7 +17,7 @@ use crate::ApiError;
 use crate::auth::AuthUser;
 use crate::error::ErrorBody;
 use crate::extract::Json;
-use crate::middleware::StreamStarted;
+use crate::middleware::{Recorder, StreamStarted};
 use crate::negotiate::{Preferred, preferred};
 use crate::sse::{self, SseSettings};
 
@@ -195,17 +195,19 @@ async fn send(
 ) -> Result<HttpResponse, ApiError> {
     let mode = mode(req)?;
     let started = conversations.send(caller, input).await?;
+    // The message is stored: an idempotent retry re-attaches to this
+    // answer from now on, whatever happens next.
+    let recorder = req.extensions().get::<Recorder>().cloned();
+    if let Some(recorder) = recorder {
+        let answer = StreamStarted {
+            conversation: started.conversation.id,
+            message: started.assistant_message.id.clone(),
+        };
+        recorder.stream_started(req, answer).await;
+    }
     let feed = conversations.follow(started.conversation.id).await?;
     match mode {
-        Preferred::EventStream => {
-            let mut res = sse::response(feed, sse_settings);
-            // What an idempotent retry re-attaches to.
-            res.extensions_mut().insert(StreamStarted {
-                conversation: started.conversation.id,
-                message: started.assistant_message.id.clone(),
-            });
-            Ok(res)
-        }
+        Preferred::EventStream => Ok(sse::response(feed, sse_settings)),
         Preferred::Json => finished(conversations, caller, &started, feed).await,
     }
 }
