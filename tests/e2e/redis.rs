@@ -437,6 +437,7 @@ async fn an_answer_whose_instance_died_is_closed_once_its_lease_runs_out() {
     // The instance dies (no close, no more renewals): once the lease has
     // run out, a sweep closes the answer as failed with its saved text.
     alive.abort();
+    drop(other);
     let deadline = Instant::now() + Duration::from_secs(15);
     let answer = loop {
         let answer = status(store.clone()).await;

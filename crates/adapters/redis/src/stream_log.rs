@@ -31,11 +31,21 @@
 //!
 //! While a generation is open its keys expire after
 //! [`lease`](RedisStreamLogOptions::lease), and the instance running it
-//! renews them: the [`StopSignal`] that `open` returns renews the lease each
-//! time it polls the stop flag, which it does for as long as it is awaited
-//! (the app awaits it for the whole generation). Other instances rely on
-//! that lease: if the running instance dies, its generation's keys expire
-//! a lease later, after which [`current`](StreamLog::current) is
+//! renews them for as long as the generation is open on it: from `open` to
+//! `close`, a task of its own renews the lease every
+//! [`poll_interval`](RedisStreamLogOptions::poll_interval) (three times per
+//! lease at least), whether or not the [`StopSignal`] is awaited, so the
+//! app's work between events (saves, the title) never lets it lapse (see
+//! `renewal.rs`). The renewal ends at `close`, when the generation is no
+//! longer the open one, or when the [`RedisStreamLog`] (every clone of it,
+//! and every signal and reader it gave) is dropped; a failed renewal (Redis
+//! unreachable) is logged and tried again an interval later, never given
+//! up while the generation is open here. The stop signal only polls the
+//! stop flag.
+//!
+//! Other instances rely on that lease: if the running instance dies, its
+//! renewals die with it and its generation's keys expire a lease later,
+//! after which [`current`](StreamLog::current) is
 //! [`DomainError::NotFound`], a new `open` succeeds and readers of the dead
 //! log end with [`DomainError::NotFound`].
 //!
@@ -72,6 +82,7 @@
 
 mod feed;
 mod ids;
+mod renewal;
 mod scripts;
 mod signal;
 
@@ -86,6 +97,7 @@ use deadpool_redis::redis;
 
 use self::feed::RedisFeed;
 use self::ids::{event_id, parse_event_id};
+use self::renewal::Renewal;
 use self::scripts::Scripts;
 use self::signal::RedisStopSignal;
 use crate::pool::{RedisPool, unavailable};
@@ -106,8 +118,9 @@ pub struct RedisStreamLogOptions {
     /// intervals at least, and longer than a Redis hiccup.
     pub lease: Duration,
     /// How often a [`StopSignal`] that is being awaited looks for a stop
-    /// (and renews the lease; at least three times per lease): the delay
-    /// between a stop request and the generation seeing it.
+    /// (the delay between a stop request and the generation seeing it),
+    /// and how often the instance running a generation renews its lease
+    /// (but at least three times per lease).
     pub poll_interval: Duration,
 }
 
@@ -119,12 +132,21 @@ struct Inner {
     scripts: Scripts,
     options: RedisStreamLogOptions,
     /// The generation this instance opened of each conversation, until it
-    /// closes it.
-    opened: Mutex<HashMap<ConversationId, String>>,
+    /// closes it (or opens the next).
+    opened: Mutex<HashMap<ConversationId, Opened>>,
+}
+
+/// A generation this instance opened.
+#[derive(Debug)]
+struct Opened {
+    generation: String,
+    /// Renews its lease until dropped: taken by `close`, dropped with the
+    /// entry when a newer `open` replaces it, or with the whole map.
+    renewal: Option<Renewal>,
 }
 
 impl Inner {
-    fn opened(&self) -> MutexGuard<'_, HashMap<ConversationId, String>> {
+    fn opened(&self) -> MutexGuard<'_, HashMap<ConversationId, Opened>> {
         self.opened.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -133,7 +155,7 @@ impl Inner {
     fn opened_generation(&self, conversation: ConversationId) -> String {
         self.opened()
             .get(&conversation)
-            .cloned()
+            .map(|opened| opened.generation.clone())
             .unwrap_or_default()
     }
 
@@ -210,12 +232,26 @@ impl StreamLog for RedisStreamLog {
             .map_err(|e| unavailable(&e))?;
         match <[String; 2]>::try_from(reply) {
             Ok([status, generation]) if status == "ok" => {
-                inner.opened().insert(conversation, generation.clone());
                 let stream = format!("{}{generation}", inner.stream_prefix(conversation));
+                let renewal = Renewal::start(
+                    inner,
+                    conversation,
+                    meta.clone(),
+                    stream,
+                    generation.clone(),
+                );
+                // Replaces (and so stops renewing) an older generation this
+                // instance opened and never closed, whose lease ran out.
+                inner.opened().insert(
+                    conversation,
+                    Opened {
+                        generation: generation.clone(),
+                        renewal: Some(renewal),
+                    },
+                );
                 Ok(Box::new(RedisStopSignal::new(
                     Arc::clone(inner),
                     meta,
-                    stream,
                     generation,
                 )))
             }
@@ -257,10 +293,19 @@ impl StreamLog for RedisStreamLog {
 
     async fn close(&self, conversation: ConversationId) -> Result<(), DomainError> {
         let inner = &self.inner;
+        // This instance is done with its generation: it stops renewing the
+        // lease at once, even should the close below fail (its lease then
+        // runs out, instead of the generation staying open for good).
+        let generation = match inner.opened().get_mut(&conversation) {
+            Some(opened) => {
+                opened.renewal = None;
+                opened.generation.clone()
+            }
+            None => String::new(),
+        };
         let mut conn = inner.pool.connection().await?;
         // Closing what is not open (never opened, closed, expired) does
         // nothing: closing is idempotent.
-        let generation = inner.opened_generation(conversation);
         let _closed: i64 = inner
             .scripts
             .close
@@ -273,7 +318,10 @@ impl StreamLog for RedisStreamLog {
             .map_err(|e| unavailable(&e))?;
         let mut opened = inner.opened();
         // Unless this instance opened a newer one meanwhile.
-        if opened.get(&conversation) == Some(&generation) {
+        if opened
+            .get(&conversation)
+            .is_some_and(|opened| opened.generation == generation)
+        {
             opened.remove(&conversation);
         }
         Ok(())

@@ -576,47 +576,189 @@ async fn a_stop_for_one_generation_never_reaches_the_next() {
 
 // The lease.
 
+/// Lease and retention TTLs (ms) of `conv`'s meta hash and of its stream
+/// `generation`, on `prefix`.
+async fn ttls(prefix: &str, conv: ConversationId, generation: u64) -> [i64; 2] {
+    let mut raw = raw_connection().await;
+    let mut ttls = [0; 2];
+    for (ttl, key) in ttls
+        .iter_mut()
+        .zip(["meta".to_owned(), generation.to_string()])
+    {
+        *ttl = redis::cmd("PTTL")
+            .arg(format!("{prefix}log:{{{conv}}}:{key}"))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    }
+    ttls
+}
+
 #[tokio::test]
-async fn the_lease_of_a_dead_instance_runs_out() {
-    let (a, b) = two_instances(short_lease()).await;
+async fn the_lease_is_renewed_from_open_to_close_without_awaiting_the_signal() {
+    let prefix = fresh_prefix();
+    let (a, b) = (
+        instance(&prefix, short_lease()).await,
+        instance(&prefix, short_lease()).await,
+    );
     let conv = ConversationId::generate();
-    let opened = Instant::now();
-    // A opens and dies: nobody awaits its signal, nobody closes.
+    // As the app does between events (saves, the title): nobody awaits the
+    // signal, for four leases.
     let _stop = a.open(conv, &message("m1")).await.unwrap();
-    a.append(conv, event("e1")).await.unwrap();
-    let mut follower = b.read(conv, ReadFrom::Start).await.unwrap();
-    assert_eq!(follower.next().await.unwrap().unwrap().data, "e1");
+    let first = a.append(conv, event("e1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(b.current(conv).await.unwrap(), (message("m1"), true));
+    let second = a.append(conv, event("e2")).await.unwrap();
     assert!(matches!(
         b.open(conv, &message("m2")).await,
         Err(DomainError::Duplicate { .. })
     ));
+    let mut feed = b.read(conv, ReadFrom::Start).await.unwrap();
+    assert_eq!(drain_one(&mut feed).await, (first, "e1".to_owned()));
+    assert_eq!(
+        drain_one(&mut feed).await,
+        (second.clone(), "e2".to_owned())
+    );
+    for ttl in ttls(&prefix, conv, split_id(&second).0).await {
+        assert!(ttl > 0 && ttl <= 300, "{ttl}");
+    }
+    // Closed, the log ends and is kept for the retention, as ever.
+    a.close(conv).await.unwrap();
+    assert_eq!(timeout(PATIENCE, feed.next()).await.unwrap().unwrap(), None);
+    assert_eq!(b.current(conv).await.unwrap(), (message("m1"), false));
+    for ttl in ttls(&prefix, conv, split_id(&second).0).await {
+        assert!(ttl > 59_000 && ttl <= 60_000, "{ttl}");
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(b.current(conv).await.unwrap(), (message("m1"), false));
+}
+
+#[tokio::test]
+async fn a_closed_generation_stops_renewing() {
+    let prefix = fresh_prefix();
+    let log = instance(
+        &prefix,
+        RedisStreamLogOptions {
+            retention: Duration::from_millis(200),
+            ..short_lease()
+        },
+    )
+    .await;
+    let conv = ConversationId::generate();
+    let _stop = log.open(conv, &message("m1")).await.unwrap();
+    log.append(conv, event("e1")).await.unwrap();
+    log.close(conv).await.unwrap();
+    // A renewal still running would renew a hash that says its generation
+    // is open (and its stream) for good: make it say so.
+    let _: i64 = redis::cmd("HSET")
+        .arg(format!("{prefix}log:{{{conv}}}:meta"))
+        .arg("open")
+        .arg("1")
+        .query_async(&mut raw_connection().await)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(matches!(
+        log.current(conv).await,
+        Err(DomainError::NotFound)
+    ));
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut raw_connection().await)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn the_lease_of_a_dead_instance_runs_out() {
+    let prefix = fresh_prefix();
+    let (a, b) = (
+        instance(&prefix, short_lease()).await,
+        instance(&prefix, short_lease()).await,
+    );
+    let conv = ConversationId::generate();
+    let stop = a.open(conv, &message("m1")).await.unwrap();
+    a.append(conv, event("e1")).await.unwrap();
+    let mut follower = b.read(conv, ReadFrom::Start).await.unwrap();
+    assert_eq!(follower.next().await.unwrap().unwrap().data, "e1");
+    // Alive, A holds its generation past its lease.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(matches!(
+        b.open(conv, &message("m2")).await,
+        Err(DomainError::Duplicate { .. })
+    ));
+    // A dies without closing: everything it held goes, its renewal with it.
+    drop((stop, a));
+    let died = Instant::now();
     eventually("the lease runs out", async || {
         matches!(b.current(conv).await, Err(DomainError::NotFound))
     })
     .await;
-    assert!(opened.elapsed() >= Duration::from_millis(250));
+    assert!(
+        died.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        died.elapsed()
+    );
     // The reader that followed it is told, within a block (1 s).
     assert!(matches!(
         timeout(PATIENCE, follower.next()).await.unwrap(),
         Err(DomainError::NotFound)
     ));
+    // B takes over, and holds it for as long as it runs it.
     let _stop = b.open(conv, &message("m2")).await.unwrap();
+    let id = b.append(conv, event("e1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // A, restarted, sees B's generation.
+    let a = instance(&prefix, short_lease()).await;
     assert_eq!(a.current(conv).await.unwrap(), (message("m2"), true));
-    // Should A come back, what it still does for its generation never
-    // reaches B's.
+    let mut feed = a.read(conv, ReadFrom::Start).await.unwrap();
+    assert_eq!(feed.next().await.unwrap().unwrap().id, id);
+}
+
+#[tokio::test]
+async fn a_live_instance_that_lost_its_lease_leaves_the_next_generation_alone() {
+    let prefix = fresh_prefix();
+    let (a, b) = (
+        instance(&prefix, short_lease()).await,
+        instance(&prefix, short_lease()).await,
+    );
+    let conv = ConversationId::generate();
+    let mut stop = a.open(conv, &message("m1")).await.unwrap();
+    let id = a.append(conv, event("e1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // As if A had been cut off from Redis for longer than a lease: its
+    // generation's keys expired.
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{prefix}log:{{{conv}}}:meta"))
+        .arg(format!("{prefix}log:{{{conv}}}:{}", split_id(&id).0))
+        .query_async(&mut raw_connection().await)
+        .await
+        .unwrap();
+    assert!(matches!(b.current(conv).await, Err(DomainError::NotFound)));
+    let _stop = b.open(conv, &message("m2")).await.unwrap();
+    // What A still does for its generation never reaches B's.
     assert!(matches!(
         a.append(conv, event("late")).await,
         Err(DomainError::NotFound)
     ));
+    assert!(b.request_stop(conv).await.unwrap());
+    assert!(
+        timeout(Duration::from_millis(200), stop.stopped())
+            .await
+            .is_err(),
+        "B's stop is not A's"
+    );
     a.close(conv).await.unwrap();
-    assert_eq!(b.current(conv).await.unwrap(), (message("m2"), true));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(a.current(conv).await.unwrap(), (message("m2"), true));
     let id = b.append(conv, event("e1")).await.unwrap();
     let mut feed = a.read(conv, ReadFrom::Start).await.unwrap();
     assert_eq!(feed.next().await.unwrap().unwrap().id, id);
 }
 
 #[tokio::test]
-async fn awaiting_the_signal_keeps_the_lease_alive() {
+async fn a_signal_awaited_in_a_select_sees_its_stop() {
     let (a, b) = two_instances(short_lease()).await;
     let conv = ConversationId::generate();
     let mut stop = a.open(conv, &message("m1")).await.unwrap();
@@ -631,15 +773,18 @@ async fn awaiting_the_signal_keeps_the_lease_alive() {
     }
     assert_eq!(b.current(conv).await.unwrap(), (message("m1"), true));
     let id = a.append(conv, event("e1")).await.unwrap();
-    // A signal awaited without interruption renews it too.
-    assert!(
-        timeout(Duration::from_millis(700), stop.stopped())
-            .await
-            .is_err()
-    );
-    assert_eq!(b.current(conv).await.unwrap(), (message("m1"), true));
     let mut feed = b.read(conv, ReadFrom::Start).await.unwrap();
     assert_eq!(feed.next().await.unwrap().unwrap().id, id);
+    // Polls dropped mid-flight carry on: a stop still gets through.
+    assert!(b.request_stop(conv).await.unwrap());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        assert!(Instant::now() < deadline, "the stop never came");
+        tokio::select! {
+            () = stop.stopped() => break,
+            () = tokio::time::sleep(Duration::from_millis(3)) => {}
+        }
+    }
 }
 
 #[tokio::test]

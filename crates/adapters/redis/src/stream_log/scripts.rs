@@ -105,22 +105,35 @@ redis.call('HSET', KEYS[1], 'stop', '1')
 return 1
 ";
 
-/// One poll of a stop signal: whether its generation was asked to stop,
-/// renewing the generation's lease while it is open. `KEYS[1]`: the meta
-/// hash. `KEYS[2]`: the generation's stream. `ARGV[1]`: the generation.
+/// Renews a generation's lease while it is the open one. `KEYS[1]`: the
+/// meta hash. `KEYS[2]`: the generation's stream (which may not exist yet:
+/// the first `append` gives it the hash's TTL). `ARGV[1]`: the generation.
 /// `ARGV[2]`: the lease (ms).
+///
+/// Returns 1 when the lease was renewed, 0 when the generation is not the
+/// open one (closed, replaced, or its lease ran out): there is nothing of
+/// it left to renew.
+const RENEW: &str = r"-- confab stream log renew v1
+local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
+if log[1] ~= ARGV[1] or log[2] ~= '1' then
+  return 0
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+";
+
+/// One poll of a stop signal: whether its generation was asked to stop.
+/// Read only: the lease is renewed by [`RENEW`], not here. `KEYS[1]`: the
+/// meta hash. `ARGV[1]`: the generation.
 ///
 /// Returns 1 when a stop was asked of this generation, 0 while it runs
 /// without one, -1 when it is over without one (closed, replaced, or its
 /// lease ran out): no stop can reach it any more.
-const POLL_STOP: &str = r"-- confab stream log poll stop v1
+const POLL_STOP: &str = r"-- confab stream log poll stop v2
 local log = redis.call('HMGET', KEYS[1], 'gen', 'open', 'stop')
 if log[1] ~= ARGV[1] then
   return -1
-end
-if log[2] == '1' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
 if log[3] == '1' then
   return 1
@@ -180,6 +193,7 @@ pub(super) struct Scripts {
     pub(super) append: redis::Script,
     pub(super) close: redis::Script,
     pub(super) request_stop: redis::Script,
+    pub(super) renew: redis::Script,
     pub(super) poll_stop: redis::Script,
     pub(super) locate: redis::Script,
     pub(super) alive: redis::Script,
@@ -192,6 +206,7 @@ impl Scripts {
             append: redis::Script::new(APPEND),
             close: redis::Script::new(CLOSE),
             request_stop: redis::Script::new(REQUEST_STOP),
+            renew: redis::Script::new(RENEW),
             poll_stop: redis::Script::new(POLL_STOP),
             locate: redis::Script::new(LOCATE),
             alive: redis::Script::new(ALIVE),

@@ -1,7 +1,7 @@
-//! The stop signal of one generation, which also keeps that generation's
-//! lease: the instance that runs the generation awaits it for as long as
-//! the generation runs, and each poll both looks for a stop and renews the
-//! lease.
+//! The stop signal of one generation: while awaited, it polls the
+//! generation's stop flag. It does not renew the lease: the generation's
+//! renewal task does, from `open` to `close`, whether the signal is awaited
+//! or not (see `renewal.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,14 +13,14 @@ use confab_domain::DomainError;
 use confab_ports::StopSignal;
 use tokio::time::Instant;
 
-use super::{Inner, millis};
+use super::Inner;
 use crate::pool::unavailable;
 
 /// What one poll found.
 enum Polled {
     /// A stop was asked of this generation.
     Stopped,
-    /// The generation runs; its lease was renewed.
+    /// The generation runs without a stop.
     Running,
     /// The generation is over without a stop (closed, replaced, or its lease
     /// ran out): none can come any more.
@@ -33,7 +33,6 @@ type Polling = Pin<Box<dyn Future<Output = Result<Polled, DomainError>> + Send>>
 struct Target {
     inner: Arc<Inner>,
     meta: String,
-    stream: String,
     generation: String,
 }
 
@@ -45,9 +44,7 @@ impl Target {
             .scripts
             .poll_stop
             .key(&self.meta)
-            .key(&self.stream)
             .arg(&self.generation)
-            .arg(millis(self.inner.options.lease).max(1))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable(&e))?;
@@ -59,8 +56,8 @@ impl Target {
     }
 }
 
-/// Resolves when a stop is requested of the generation it was opened with;
-/// renews that generation's lease while it is awaited.
+/// Resolves when a stop is requested of the generation it was opened with,
+/// looking for one every poll interval while it is awaited.
 ///
 /// The app awaits [`stopped`](StopSignal::stopped) in a `select!` that
 /// drops it whenever another branch wins (every token): the poll in flight
@@ -79,18 +76,12 @@ pub(super) struct RedisStopSignal {
 }
 
 impl RedisStopSignal {
-    pub(super) fn new(inner: Arc<Inner>, meta: String, stream: String, generation: String) -> Self {
-        let options = &inner.options;
-        // Three renewals per lease, so one late or failed poll costs nothing.
-        let every = options
-            .poll_interval
-            .min(options.lease / 3)
-            .max(Duration::from_millis(1));
+    pub(super) fn new(inner: Arc<Inner>, meta: String, generation: String) -> Self {
+        let every = inner.options.poll_interval.max(Duration::from_millis(1));
         Self {
             target: Arc::new(Target {
                 inner,
                 meta,
-                stream,
                 generation,
             }),
             every,
@@ -129,7 +120,7 @@ impl StopSignal for RedisStopSignal {
                     if !self.failing {
                         tracing::warn!(
                             %error,
-                            "cannot poll a generation's stop flag nor renew its lease"
+                            "cannot poll a generation's stop flag"
                         );
                     }
                     self.failing = true;
