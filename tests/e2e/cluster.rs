@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confab_domain::ConversationId;
-use confab_e2e::chat::{SseEvent, SseReader, message_body, replay};
+use confab_e2e::chat::{SseReader, conversation_of, is_append, message_body, replay};
 use confab_e2e::fake_llm::{FakeLlm, Script, Step};
 use confab_e2e::{TestApp, error_body, redis_url, spawn_process};
 use confab_ports::MessageStore;
@@ -45,17 +45,6 @@ async fn cluster_on(url: &str, llm: &FakeLlm, extra: &[(&str, &str)]) -> Cluster
     let a = spawn_process(Arc::clone(&db), &vars).await;
     let b = spawn_process(db, &vars).await;
     Cluster { a, b }
-}
-
-fn is_append(e: &SseEvent) -> bool {
-    e.event.as_deref() == Some("delta") && e.json()["v"][0]["o"] == "append"
-}
-
-fn conversation_of(events: &[SseEvent]) -> String {
-    events
-        .iter()
-        .find_map(|e| e.json()["conversation_id"].as_str().map(str::to_owned))
-        .expect("a conversation id")
 }
 
 /// A held answer: "partial", then nothing until released.

@@ -2,7 +2,7 @@
 //! and shared through Redis by two instances (a retry sent to the other
 //! instance).
 
-use confab_e2e::chat::{SseEvent, SseReader, message_body, replay, spawn_chat};
+use confab_e2e::chat::{SseReader, conversation_of, is_append, message_body, replay, spawn_chat};
 use confab_e2e::fake_llm::{FakeLlm, Script, Step};
 use confab_e2e::{TestApp, error_body, redis_url};
 use confab_sql::Backend;
@@ -57,10 +57,6 @@ async fn with_key(
         .send()
         .await
         .unwrap()
-}
-
-fn is_append(e: &SseEvent) -> bool {
-    e.event.as_deref() == Some("delta") && e.json()["v"][0]["o"] == "append"
 }
 
 async fn a_retried_rename_gets_the_first_response_replayed(backend: Backend) {
@@ -161,10 +157,7 @@ async fn a_retried_message_send_reattaches_and_asks_the_model_once(backend: Back
     stitched.extend(rest);
     assert_eq!(replay(&stitched)["message"], replay(&whole)["message"]);
     // One message sent, one answer, one call to the model.
-    let id = whole
-        .iter()
-        .find_map(|e| e.json()["conversation_id"].as_str().map(str::to_owned))
-        .unwrap();
+    let id = conversation_of(&whole);
     let c = a.conversation(&token, &id).await;
     assert_eq!(c["messages"].as_array().unwrap().len(), 2, "{c}");
     assert_eq!(c["messages"][1]["content"]["parts"][0], "one two");
@@ -302,10 +295,7 @@ async fn a_refused_send_is_not_recorded_so_its_retry_can_succeed() {
         .await;
     let mut running = SseReader::new(res);
     let seen = running.until(is_append).await;
-    let id = seen
-        .iter()
-        .find_map(|e| e.json()["conversation_id"].as_str().map(str::to_owned))
-        .unwrap();
+    let id = conversation_of(&seen);
     let path = format!("/api/v1/conversations/{id}/messages");
     let body = message_body("second");
     let refused = with_key(&a, Method::POST, &path, &token, "next-1", &body).await;

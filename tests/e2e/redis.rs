@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use confab_domain::{MessageId, MessageStatus};
-use confab_e2e::chat::{SseEvent, SseReader, message_body, replay, spawn_chat};
+use confab_e2e::chat::{SseReader, conversation_of, is_append, message_body, replay, spawn_chat};
 use confab_e2e::fake_llm::{FakeLlm, Script, Step};
 use confab_e2e::{TestApp, error_body, redis_url, spawn_app_with, spawn_app_with_redis};
 use confab_ports::{MessageStore, StreamLog};
@@ -289,17 +289,6 @@ fn chat_pair(backend: Backend, llm: &FakeLlm) -> (TestApp, TestApp) {
     );
     let b = a.sibling(&[]);
     (a, b)
-}
-
-fn is_append(e: &SseEvent) -> bool {
-    e.event.as_deref() == Some("delta") && e.json()["v"][0]["o"] == "append"
-}
-
-fn conversation_of(events: &[SseEvent]) -> String {
-    events
-        .iter()
-        .find_map(|e| e.json()["conversation_id"].as_str().map(str::to_owned))
-        .expect("a conversation id")
 }
 
 async fn a_stream_started_on_one_instance_resumes_on_the_other(backend: Backend) {

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use confab_e2e::chat::{MODEL, SseReader, message_body, replay, spawn_chat};
+use confab_e2e::chat::{
+    MODEL, SseReader, conversation_of, is_append, message_body, replay, spawn_chat,
+};
 use confab_e2e::fake_llm::{FakeLlm, Script, Step};
 use confab_e2e::{captured_logs, error_body};
 use confab_sql::Backend;
@@ -58,17 +60,6 @@ async fn start(app: &confab_e2e::TestApp, token: &str, text: &str) -> SseReader 
         .await;
     assert_eq!(res.status(), 200, "send");
     SseReader::new(res)
-}
-
-fn conversation_of(events: &[confab_e2e::chat::SseEvent]) -> String {
-    events
-        .iter()
-        .find_map(|e| e.json()["conversation_id"].as_str().map(str::to_owned))
-        .expect("a conversation id")
-}
-
-fn is_append(e: &confab_e2e::chat::SseEvent) -> bool {
-    e.event.as_deref() == Some("delta") && e.json()["v"][0]["o"] == "append"
 }
 
 async fn stream_has_the_seed_event_sequence_with_ids(backend: Backend) {

@@ -44,6 +44,24 @@ pub fn spawn_chat(backend: Backend, llm: &FakeLlm, extra: &[(&str, &str)]) -> Te
     spawn_app_with(backend, &vars)
 }
 
+/// Whether `e` is a text delta: an `append` to the answer's text.
+#[must_use]
+pub fn is_append(e: &SseEvent) -> bool {
+    e.event.as_deref() == Some("delta") && e.json()["v"][0]["o"] == "append"
+}
+
+/// The id of the conversation a stream's events name.
+///
+/// # Panics
+/// When none of them names one.
+#[must_use]
+pub fn conversation_of(events: &[SseEvent]) -> String {
+    events
+        .iter()
+        .find_map(|e| e.json()["conversation_id"].as_str().map(str::to_owned))
+        .expect("a conversation id")
+}
+
 /// One Server-Sent Event as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SseEvent {
