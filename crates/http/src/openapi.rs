@@ -74,6 +74,62 @@ impl Modify for BackendAliases {
     }
 }
 
+/// `Idempotency-Key` on every `POST`, `PATCH` and `DELETE` but the auth
+/// routes' (see the `idempotency` middleware): the header, and the 422 it
+/// can bring.
+struct IdempotencyKeys;
+
+impl Modify for IdempotencyKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
+
+        let header = ParameterBuilder::new()
+            .name("Idempotency-Key")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "1 to 255 printable ASCII characters, the caller's own: a retry of the same \
+                 request (method, path, body) gets the first one's response (a message send: its \
+                 answer's stream) with `Idempotent-Replayed: true`; kept 24 h.",
+            ))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(255)),
+            ))
+            .build();
+        let reused = ResponseBuilder::new()
+            .description("The `Idempotency-Key` was used for a different request.")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        for (path, item) in &mut openapi.paths.paths {
+            if path.starts_with("/api/v1/auth/") || path.starts_with("/backend-api/auth/") {
+                continue;
+            }
+            for op in [&mut item.post, &mut item.patch, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
+                op.parameters
+                    .get_or_insert_with(Vec::new)
+                    .push(header.clone().into());
+                op.responses
+                    .responses
+                    .entry("422".to_owned())
+                    .or_insert_with(|| reused.clone().into());
+            }
+        }
+    }
+}
+
 /// The API description. Every route in [`crate::served_routes`] appears
 /// here; a test keeps it that way.
 #[derive(OpenApi)]
@@ -112,7 +168,7 @@ impl Modify for BackendAliases {
         ContentInput, SendOptions, SentBody, MessageView, AuthorView, ContentView,
         MessageMetadataView,
     )),
-    modifiers(&BearerAuth, &BackendAliases),
+    modifiers(&BearerAuth, &BackendAliases, &IdempotencyKeys),
     tags(
         (name = "operations", description = "Liveness, readiness and this document."),
         (name = "auth", description = "Accounts and tokens."),
