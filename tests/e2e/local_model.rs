@@ -1,7 +1,7 @@
 //! The built-in model answering through the HTTP API (the real
 //! SmolLM2-135M-Instruct file that `make model` fetches).
 
-use confab_e2e::chat::{SseReader, message_body, replay};
+use confab_e2e::chat::{SseReader, conversation_of, is_append, message_body, replay};
 use confab_e2e::{TestApp, error_body, spawn_app_with};
 use confab_sql::Backend;
 use reqwest::Method;
@@ -107,13 +107,8 @@ async fn a_full_built_in_model_refuses_a_send_with_503_and_stores_nothing(backen
         .await;
     assert_eq!(res.status(), 200);
     let mut reader = SseReader::new(res);
-    let seen = reader
-        .until(|e| e.event.as_deref() == Some("delta") && e.json()["v"][0]["o"] == "append")
-        .await;
-    let id = seen
-        .iter()
-        .find_map(|e| e.json()["conversation_id"].as_str().map(str::to_owned))
-        .unwrap();
+    let seen = reader.until(is_append).await;
+    let id = conversation_of(&seen);
 
     let bob = app.user("bob").await;
     let refused = app
@@ -186,13 +181,8 @@ async fn stop_works_mid_generation_on_the_built_in_model(backend: Backend) {
         .await;
     assert_eq!(res.status(), 200);
     let mut reader = SseReader::new(res);
-    let seen = reader
-        .until(|e| e.event.as_deref() == Some("delta") && e.json()["v"][0]["o"] == "append")
-        .await;
-    let id = seen
-        .iter()
-        .find_map(|e| e.json()["conversation_id"].as_str().map(str::to_owned))
-        .unwrap();
+    let seen = reader.until(is_append).await;
+    let id = conversation_of(&seen);
     let path = format!("/api/v1/conversations/{id}/stream");
     let res = app.call(Method::DELETE, &path, &token, None).await;
     assert_eq!(res.status(), 204);

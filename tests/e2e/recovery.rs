@@ -5,7 +5,7 @@ use confab_domain::{
     MessageStatus, NewConversation, NewUser, OffsetDateTime, PasswordHash, Role, Title, UserId,
     Username,
 };
-use confab_e2e::chat::{PASSWORD, SseReader, message_body, spawn_chat};
+use confab_e2e::chat::{PASSWORD, SseReader, conversation_of, is_append, message_body, spawn_chat};
 use confab_e2e::fake_llm::{FakeLlm, Script, Step};
 use confab_e2e::{spawn_app_on, spawn_app_with};
 use confab_ports::{ConversationStore, MessageStore, UserStore};
@@ -124,13 +124,8 @@ async fn the_sweep_leaves_running_answers_alone() {
         .await;
     assert_eq!(res.status(), 200);
     let mut reader = SseReader::new(res);
-    let seen = reader
-        .until(|e| e.event.as_deref() == Some("delta") && e.json()["v"][0]["o"] == "append")
-        .await;
-    let id = seen
-        .iter()
-        .find_map(|e| e.json()["conversation_id"].as_str().map(str::to_owned))
-        .unwrap();
+    let seen = reader.until(is_append).await;
+    let id = conversation_of(&seen);
     // Long enough for two sweeps: nothing may close the running answer.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let answer = &app.conversation(&token, &id).await["messages"][1];

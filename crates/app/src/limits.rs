@@ -1,6 +1,7 @@
 //! A rate limiter that falls back to another when its store fails.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use confab_domain::DomainError;
@@ -13,13 +14,20 @@ use confab_ports::{RateDecision, RateLimiter, RatePolicy};
 pub struct FallbackLimiter {
     primary: Arc<dyn RateLimiter>,
     fallback: Arc<dyn RateLimiter>,
+    /// Whether the last check fell back: the switch is logged once each
+    /// way, not at every request of an outage.
+    degraded: AtomicBool,
 }
 
 impl FallbackLimiter {
     /// `primary`, backed by `fallback`.
     #[must_use]
     pub fn new(primary: Arc<dyn RateLimiter>, fallback: Arc<dyn RateLimiter>) -> Self {
-        Self { primary, fallback }
+        Self {
+            primary,
+            fallback,
+            degraded: AtomicBool::new(false),
+        }
     }
 }
 
@@ -28,10 +36,17 @@ impl RateLimiter for FallbackLimiter {
     async fn check(&self, policy: &RatePolicy, key: &str) -> Result<RateDecision, DomainError> {
         match self.primary.check(policy, key).await {
             Err(DomainError::Unavailable(e)) => {
-                tracing::warn!(error = %e, policy = %policy.name, "shared rate limiter unavailable: limiting in this instance");
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "shared rate limiter unavailable: limiting in this instance");
+                }
                 self.fallback.check(policy, key).await
             }
-            other => other,
+            other => {
+                if self.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!("shared rate limiter available again");
+                }
+                other
+            }
         }
     }
 }

@@ -127,16 +127,23 @@ pub(crate) async fn idempotency(
     // auth route can't get its tokens stored.
     let routed = req.match_info().as_str();
     let applies = matches!(*req.method(), Method::POST | Method::PATCH | Method::DELETE)
+        && req.headers().contains_key(IDEMPOTENCY_KEY)
         && !routed.starts_with("/api/v1/auth/")
         && !routed.starts_with("/backend-api/auth/");
-    let policy = req.app_data::<web::Data<IdempotencyPolicy>>().cloned();
-    let caller = req
-        .extensions()
-        .get::<Authenticated>()
-        .map(|Authenticated(claims)| claims.clone());
-    let raw_key = req.headers().get(IDEMPOTENCY_KEY).cloned();
-    let (true, Some(policy), Some(caller), Some(raw_key)) = (applies, policy, caller, raw_key)
-    else {
+    // Looked up only for a keyed request: the rest pass at the cost of
+    // the checks above.
+    let keyed = applies
+        .then(|| {
+            let policy = req.app_data::<web::Data<IdempotencyPolicy>>().cloned()?;
+            let caller = req
+                .extensions()
+                .get::<Authenticated>()
+                .map(|Authenticated(claims)| claims.clone())?;
+            let raw_key = req.headers().get(IDEMPOTENCY_KEY).cloned()?;
+            Some((policy, caller, raw_key))
+        })
+        .flatten();
+    let Some((policy, caller, raw_key)) = keyed else {
         // No key, a route it doesn't apply to, or no signed-in caller (the
         // route answers 401 itself).
         return next

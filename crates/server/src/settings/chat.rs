@@ -49,8 +49,9 @@ pub struct LocalModelSettings {
     /// The GGUF file.
     pub model_path: std::path::PathBuf,
     /// Inference threads; 0 = one per physical core. `confab serve`
-    /// applies it by restarting itself with `CANDLE_NUM_THREADS` set
-    /// (candle reads the count from the environment once per process).
+    /// applies it by restarting itself with `CANDLE_NUM_THREADS` and
+    /// `RAYON_NUM_THREADS` set (candle reads the count from the
+    /// environment).
     pub threads: usize,
     /// Generations at once.
     pub max_concurrent: usize,

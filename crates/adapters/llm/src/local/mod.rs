@@ -38,9 +38,9 @@
 //! from `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the number of
 //! physical cores, and has no other way to set it. Changing the
 //! environment from inside the process would take `unsafe` (forbidden
-//! here), so the process has to be started with `CANDLE_NUM_THREADS`
-//! (`confab serve` restarts itself with it when `llm.local.threads` is
-//! set); loading warns when [`LocalSettings::threads`] asks for another
+//! here), so the process has to be started with `CANDLE_NUM_THREADS` and
+//! `RAYON_NUM_THREADS` set (`confab serve` restarts itself with both, see
+//! [`default_threads`]); loading warns when [`LocalSettings::threads`] asks for another
 //! count than candle runs with, and [`LocalModel::threads`] says which it
 //! is.
 
