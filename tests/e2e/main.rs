@@ -39,5 +39,6 @@ mod local_model;
 mod operations;
 mod recovery;
 mod redis;
+mod redis_outage;
 mod register;
 mod stream;

@@ -379,18 +379,16 @@ async fn a_stop_sent_to_one_instance_stops_the_generation_on_the_other(backend: 
 /// The shared stream log as another instance holds it, on `app`'s Redis
 /// and key prefix.
 fn log_of_another_instance(app: &TestApp, lease: Duration) -> RedisStreamLog {
-    let pool = |max_connections| {
-        RedisPool::new(&RedisSettings {
-            url: SecretString::from(redis_url()),
-            max_connections,
-            connect_timeout: Duration::from_millis(500),
-            key_prefix: app.redis_key_prefix().expect("a Redis key prefix"),
-        })
-        .unwrap()
-    };
+    let pool = RedisPool::new(&RedisSettings {
+        url: SecretString::from(redis_url()),
+        connections: 2,
+        connect_timeout: Duration::from_millis(500),
+        command_timeout: Duration::from_secs(5),
+        key_prefix: app.redis_key_prefix().expect("a Redis key prefix"),
+    })
+    .unwrap();
     RedisStreamLog::new(
-        pool(4),
-        pool(4),
+        pool,
         RedisStreamLogOptions {
             retention: Duration::from_secs(60),
             max_events_per_log: 100,

@@ -48,4 +48,16 @@ pub trait Cache: Send + Sync + 'static {
     /// # Errors
     /// [`DomainError::Unavailable`] when the backend fails.
     async fn bump(&self, key: &str) -> Result<(), DomainError>;
+
+    /// Bumps every key of `keys` (see [`bump`](Cache::bump)), in one step
+    /// where the backend can (one round trip on Redis).
+    ///
+    /// # Errors
+    /// [`DomainError::Unavailable`] when the backend fails.
+    async fn bump_all(&self, keys: &[String]) -> Result<(), DomainError> {
+        for key in keys {
+            self.bump(key).await?;
+        }
+        Ok(())
+    }
 }

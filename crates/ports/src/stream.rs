@@ -80,6 +80,25 @@ pub trait StreamLog: Send + Sync + 'static {
         event: NewEvent,
     ) -> Result<String, DomainError>;
 
+    /// Appends `events` in order to the open log, in one step where the
+    /// backend can (one round trip on Redis): what a generation has to say
+    /// at one moment (its opening events, the text that arrived while the
+    /// previous append was under way, its closing events). Either every
+    /// event is appended or the call fails; on failure some may have been.
+    ///
+    /// # Errors
+    /// As [`append`](StreamLog::append).
+    async fn append_all(
+        &self,
+        conversation: ConversationId,
+        events: Vec<NewEvent>,
+    ) -> Result<(), DomainError> {
+        for event in events {
+            self.append(conversation, event).await?;
+        }
+        Ok(())
+    }
+
     /// Closes the log: readers get what is in it and then the end; it is
     /// kept for the configured retention, then dropped.
     ///

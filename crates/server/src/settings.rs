@@ -140,24 +140,21 @@ pub struct DatabaseSettings {
 pub struct RedisSettings {
     /// The URL; empty for in-process adapters.
     pub url: SecretString,
-    /// Connections in the pool at most.
-    pub max_connections: usize,
-    /// How long a call waits for a connection (or to make one) before it
-    /// counts as Redis being down.
+    /// Multiplexed connections every command shares (each carries any
+    /// number of commands at once).
+    pub connections: usize,
+    /// How long making a connection may take before Redis counts as down.
     pub connect_timeout_ms: u64,
+    /// How long a command waits for its reply (Redis busy) before it fails.
+    pub command_timeout_ms: u64,
     /// Prefix of every key Confab writes: deployments sharing one Redis
     /// use different ones.
     pub key_prefix: String,
-    /// Connections for stream readers following a running answer (each
-    /// holds one while it waits); readers beyond wait, then get 503.
-    pub max_stream_followers: usize,
     /// Milliseconds a running answer's stream stays claimed after its
     /// instance last renewed it: how long after an instance dies its
-    /// conversations can answer again and its answers are swept.
+    /// conversations can answer again and its answers are swept. Renewed
+    /// three times per lease; each renewal also reads the stop flag.
     pub stream_lease_ms: u64,
-    /// Milliseconds between two looks, by the generating instance, for a
-    /// stop requested on any instance (and lease renewals).
-    pub stop_poll_ms: u64,
 }
 
 /// `[auth]`.
@@ -361,14 +358,10 @@ impl Settings {
             ("database.max_connections", u64::from(db.max_connections)),
             ("database.acquire_timeout_ms", db.acquire_timeout_ms),
             ("database.sqlite_busy_timeout_ms", db.sqlite_busy_timeout_ms),
-            ("redis.max_connections", self.redis.max_connections as u64),
+            ("redis.connections", self.redis.connections as u64),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
-            (
-                "redis.max_stream_followers",
-                self.redis.max_stream_followers as u64,
-            ),
+            ("redis.command_timeout_ms", self.redis.command_timeout_ms),
             ("redis.stream_lease_ms", self.redis.stream_lease_ms),
-            ("redis.stop_poll_ms", self.redis.stop_poll_ms),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(format!("{key} must be greater than 0")));

@@ -33,38 +33,32 @@ pub(crate) struct Wired {
     pub(crate) idempotency: Arc<dyn IdempotencyStore>,
 }
 
-/// The two pools on the Redis `REDIS_URL` names: one for every short
-/// command, one whose connections stream readers hold while they block.
+/// The connections to the Redis `REDIS_URL` names: every command shares
+/// a few multiplexed ones; the stream log opens its own blocking and
+/// pub/sub connections (one each).
 pub(crate) struct RedisPools {
-    /// Commands that answer at once.
+    /// The command connections.
     pub(crate) shared: RedisPool,
-    /// Blocking stream reads (`XREAD BLOCK`), one connection per follower.
-    pub(crate) blocking: RedisPool,
 }
 
-/// The Redis pool `REDIS_URL` names, if any. No connection is made here:
-/// an instance starts while Redis is down (readiness says so) and uses it
-/// as soon as it answers.
+/// The Redis connections `REDIS_URL` names, if any. No connection is made
+/// here: an instance starts while Redis is down (readiness says so) and
+/// uses it as soon as it answers.
 fn redis_pools(settings: &Settings) -> Result<Option<RedisPools>, StartupError> {
     let r = &settings.redis;
     if r.url.expose_secret().is_empty() {
         return Ok(None);
     }
-    let pool = |max_connections| {
-        RedisPool::new(&RedisSettings {
-            url: r.url.clone(),
-            max_connections,
-            connect_timeout: Duration::from_millis(r.connect_timeout_ms),
-            key_prefix: r.key_prefix.clone(),
-        })
-        .map_err(|e| StartupError::Setup(e.to_string()))
-    };
-    let pools = RedisPools {
-        shared: pool(r.max_connections)?,
-        blocking: pool(r.max_stream_followers)?,
-    };
+    let shared = RedisPool::new(&RedisSettings {
+        url: r.url.clone(),
+        connections: r.connections,
+        connect_timeout: Duration::from_millis(r.connect_timeout_ms),
+        command_timeout: Duration::from_millis(r.command_timeout_ms),
+        key_prefix: r.key_prefix.clone(),
+    })
+    .map_err(|e| StartupError::Setup(e.to_string()))?;
     tracing::info!(key_prefix = %r.key_prefix, "redis: cache, rate limits, token blocklist and answer streams shared through Redis");
-    Ok(Some(pools))
+    Ok(Some(RedisPools { shared }))
 }
 
 pub(crate) fn cores() -> usize {

@@ -7,7 +7,6 @@
 use async_trait::async_trait;
 use confab_domain::{DomainError, FamilyId, OffsetDateTime, TokenId};
 use confab_ports::{AccessClaims, TokenBlocklist};
-use deadpool_redis::redis;
 
 use crate::pool::{RedisPool, unavailable};
 
@@ -43,7 +42,7 @@ impl RedisBlocklist {
         let until_ms =
             i64::try_from((until.unix_timestamp_nanos() + 999_999).div_euclid(1_000_000))
                 .map_err(|_| DomainError::internal("a blocklist expiry out of range"))?;
-        let mut conn = self.pool.connection().await?;
+        let mut conn = self.pool.connection()?;
         redis::cmd("SET")
             .arg(key)
             .arg(1)
@@ -70,7 +69,7 @@ impl TokenBlocklist for RedisBlocklist {
     }
 
     async fn is_blocked(&self, claims: &AccessClaims) -> Result<bool, DomainError> {
-        let mut conn = self.pool.connection().await?;
+        let mut conn = self.pool.connection()?;
         // One round trip for both: how many of the two keys exist.
         let found: u64 = redis::cmd("EXISTS")
             .arg(self.token_key(claims.jti))

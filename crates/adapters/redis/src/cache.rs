@@ -26,7 +26,8 @@
 //! - `version`: the counter if present; else it is created as Redis's time
 //!   (`TIME`) in µs.
 //! - `bump`: `max(counter + 1, now)` if present, else `now + 1`, as the
-//!   in-process cache does.
+//!   in-process cache does; any number of keys in one call (a write bumps
+//!   the owner's list and the conversation's history in one round trip).
 //!
 //! A counter therefore never runs ahead of Redis's clock by more than the
 //! bumps made within one microsecond (none in practice: each is a round
@@ -35,15 +36,27 @@
 //! were created or last bumped, which bounds the memory they take;
 //! correctness doesn't depend on that TTL, only on Redis's clock not
 //! stepping back.
+//!
+//! # A bump that fails
+//!
+//! A bump that fails (Redis down or too slow) would leave entries of the
+//! old version readable until their TTL once Redis answers again. So a
+//! failed bump is kept and made good: a background task tries it again
+//! every [`BUMP_RETRY`] until it succeeds, and this instance's next
+//! version read of that key makes it first and uses its result. Other
+//! instances can read the stale entry only while Redis is unreachable from
+//! this one and reachable from them, and at most [`BUMP_RETRY`] after.
 
 mod encoding;
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use confab_domain::DomainError;
 use confab_ports::{Cache, CachedValue};
-use deadpool_redis::redis;
 
 use crate::pool::{RedisPool, unavailable};
 
@@ -73,29 +86,103 @@ redis.call('SET', KEYS[1], now, 'PX', ARGV[1])
 return now
 ";
 
-/// Moves `KEYS[1]` to `max(counter + 1, now)`, or to `now + 1` when absent
-/// (µs of Redis's clock), and returns it. `ARGV[1]`: the counter's TTL in
-/// ms, restarted.
-const BUMP_SCRIPT: &str = r"-- confab cache bump v1
+/// Moves each of `KEYS` to `max(counter + 1, now)`, or to `now + 1` when
+/// absent (µs of Redis's clock), and returns the last. `ARGV[1]`: the
+/// counters' TTL in ms, restarted.
+const BUMP_SCRIPT: &str = r"-- confab cache bump v2
 if redis.replicate_commands then redis.replicate_commands() end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local current = tonumber(redis.call('GET', KEYS[1]))
-local bumped = now + 1
-if current then
-  bumped = math.max(current + 1, now)
+local bumped = '0'
+for _, key in ipairs(KEYS) do
+  local current = tonumber(redis.call('GET', key))
+  local next = now + 1
+  if current then
+    next = math.max(current + 1, now)
+  end
+  bumped = string.format('%d', next)
+  redis.call('SET', key, bumped, 'PX', ARGV[1])
 end
-bumped = string.format('%d', bumped)
-redis.call('SET', KEYS[1], bumped, 'PX', ARGV[1])
 return bumped
 ";
+
+/// How often failed bumps are tried again.
+const BUMP_RETRY: Duration = Duration::from_millis(500);
 
 /// The cache on Redis.
 #[derive(Debug)]
 pub struct RedisCache {
     pool: RedisPool,
     version: redis::Script,
-    bump: redis::Script,
+    bumps: Arc<Bumps>,
+}
+
+/// Bumps, and the version keys whose bump failed: tried again in the
+/// background until they succeed, and before the next version read of the
+/// key on this instance (see the module docs).
+#[derive(Debug)]
+struct Bumps {
+    pool: RedisPool,
+    script: redis::Script,
+    pending: Mutex<HashSet<String>>,
+    retrying: AtomicBool,
+}
+
+impl Bumps {
+    fn pending(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bumps `keys` (version keys) in one script; the last new version.
+    async fn run(&self, keys: &[String]) -> Result<u64, DomainError> {
+        let mut invocation = self.script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        invocation.arg(millis(VERSION_TTL));
+        let mut conn = self.pool.connection()?;
+        let bumped = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e));
+        if bumped.is_ok() {
+            let mut pending = self.pending();
+            for key in keys {
+                pending.remove(key);
+            }
+        }
+        bumped
+    }
+
+    /// Bumps `keys`; on failure keeps them for the retry task.
+    async fn bump(self: &Arc<Self>, keys: &[String]) -> Result<(), DomainError> {
+        let bumped = self.run(keys).await;
+        if bumped.is_err() {
+            self.pending().extend(keys.iter().cloned());
+            if !self.retrying.swap(true, Ordering::AcqRel) {
+                tokio::spawn(Arc::clone(self).retry());
+            }
+        }
+        bumped.map(drop)
+    }
+
+    /// Tries the pending bumps again until none is left.
+    async fn retry(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(BUMP_RETRY).await;
+            let keys: Vec<String> = self.pending().iter().cloned().collect();
+            if !keys.is_empty() && self.run(&keys).await.is_ok() {
+                tracing::info!(keys = keys.len(), "failed cache invalidations made good");
+            }
+            let pending = self.pending();
+            if pending.is_empty() {
+                // Under the lock: a failure that adds a key after this sees
+                // `retrying` false and starts a new task.
+                self.retrying.store(false, Ordering::Release);
+                return;
+            }
+        }
+    }
 }
 
 impl RedisCache {
@@ -103,9 +190,14 @@ impl RedisCache {
     #[must_use]
     pub fn new(pool: RedisPool) -> Self {
         Self {
+            bumps: Arc::new(Bumps {
+                pool: pool.clone(),
+                script: redis::Script::new(BUMP_SCRIPT),
+                pending: Mutex::new(HashSet::new()),
+                retrying: AtomicBool::new(false),
+            }),
             pool,
             version: redis::Script::new(VERSION_SCRIPT),
-            bump: redis::Script::new(BUMP_SCRIPT),
         }
     }
 
@@ -126,7 +218,7 @@ fn millis(duration: Duration) -> u64 {
 #[async_trait]
 impl Cache for RedisCache {
     async fn get(&self, key: &str) -> Result<Option<CachedValue>, DomainError> {
-        let mut conn = self.pool.connection().await?;
+        let mut conn = self.pool.connection()?;
         let bytes: Option<Vec<u8>> = redis::cmd("GET")
             .arg(self.value_key(key))
             .query_async(&mut conn)
@@ -151,7 +243,7 @@ impl Cache for RedisCache {
             return Ok(());
         }
         let bytes = encoding::encode(&value).map_err(DomainError::internal)?;
-        let mut conn = self.pool.connection().await?;
+        let mut conn = self.pool.connection()?;
         redis::cmd("SET")
             .arg(self.value_key(key))
             .arg(bytes)
@@ -163,9 +255,15 @@ impl Cache for RedisCache {
     }
 
     async fn version(&self, key: &str) -> Result<u64, DomainError> {
-        let mut conn = self.pool.connection().await?;
+        let key = self.version_key(key);
+        // A bump that failed here is made before the key is read again: its
+        // result is the version to use.
+        if self.bumps.pending().contains(&key) {
+            return self.bumps.run(std::slice::from_ref(&key)).await;
+        }
+        let mut conn = self.pool.connection()?;
         self.version
-            .key(self.version_key(key))
+            .key(key)
             .arg(millis(VERSION_TTL))
             .invoke_async(&mut conn)
             .await
@@ -173,12 +271,11 @@ impl Cache for RedisCache {
     }
 
     async fn bump(&self, key: &str) -> Result<(), DomainError> {
-        let mut conn = self.pool.connection().await?;
-        self.bump
-            .key(self.version_key(key))
-            .arg(millis(VERSION_TTL))
-            .invoke_async::<()>(&mut conn)
-            .await
-            .map_err(|e| unavailable(&e))
+        self.bumps.bump(&[self.version_key(key)]).await
+    }
+
+    async fn bump_all(&self, keys: &[String]) -> Result<(), DomainError> {
+        let keys: Vec<String> = keys.iter().map(|key| self.version_key(key)).collect();
+        self.bumps.bump(&keys).await
     }
 }

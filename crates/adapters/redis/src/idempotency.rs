@@ -41,7 +41,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use confab_domain::{ConversationId, DomainError, MessageId};
 use confab_ports::{Claim, IdempotencyStore, StoredOutcome};
-use deadpool_redis::redis;
 use serde::{Deserialize, Serialize};
 
 use crate::pool::{RedisPool, unavailable};
@@ -220,7 +219,7 @@ impl IdempotencyStore for RedisIdempotency {
         fingerprint: &str,
         in_flight_ttl: Duration,
     ) -> Result<Claim, DomainError> {
-        let mut conn = self.pool.connection().await?;
+        let mut conn = self.pool.connection()?;
         let (tag, outcome): (String, String) = self
             .claim
             .key(self.key(key))
@@ -248,7 +247,7 @@ impl IdempotencyStore for RedisIdempotency {
         ttl: Duration,
     ) -> Result<(), DomainError> {
         let stored = encode(&outcome)?;
-        let mut conn = self.pool.connection().await?;
+        let mut conn = self.pool.connection()?;
         let done: i64 = self
             .complete
             .key(self.key(key))
@@ -265,7 +264,7 @@ impl IdempotencyStore for RedisIdempotency {
     }
 
     async fn release(&self, key: &str, fingerprint: &str) -> Result<(), DomainError> {
-        let mut conn = self.pool.connection().await?;
+        let mut conn = self.pool.connection()?;
         let _released: i64 = self
             .release
             .key(self.key(key))

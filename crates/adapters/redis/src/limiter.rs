@@ -29,7 +29,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use confab_domain::DomainError;
 use confab_ports::{RateDecision, RateLimiter, RatePolicy};
-use deadpool_redis::redis;
 
 use crate::pool::{RedisPool, unavailable};
 
@@ -135,7 +134,7 @@ impl RateLimiter for RedisLimiter {
     async fn check(&self, policy: &RatePolicy, key: &str) -> Result<RateDecision, DomainError> {
         let period = period_micros(policy)?;
         let bucket = self.pool.key(&format!("rl:v1:{}:{}", policy.name, key));
-        let mut conn = self.pool.connection().await?;
+        let mut conn = self.pool.connection()?;
         let (allowed, remaining, reset_after, retry_after): (i64, i64, i64, i64) = self
             .script
             .key(bucket)

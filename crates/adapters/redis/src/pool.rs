@@ -1,96 +1,179 @@
-//! The connection pool every Redis adapter shares, and its health check.
+//! The connections every Redis adapter shares, and their health check.
+//!
+//! Commands go over a few **multiplexed** connections (redis-rs's
+//! [`ConnectionManager`]), handed out in turn: a command never waits for a
+//! connection of its own, it is written to a shared socket behind the
+//! others in flight and its reply is matched in order. A thousand commands
+//! at once are a thousand pipelined requests on a few sockets, not a
+//! thousand sockets or a queue for 32 of them.
+//!
+//! Two failures are told apart:
+//!
+//! - **Redis is down**: the connection can't be made (refused, or not made
+//!   within [`RedisSettings::connect_timeout`]). Every command fails at once
+//!   as [`DomainError::Unavailable`], and the manager reconnects in the
+//!   background: the next command after Redis is back succeeds.
+//! - **Redis is busy** (or the instance is): a reply is slow. A command
+//!   waits for its reply up to [`RedisSettings::command_timeout`]; only then
+//!   does it fail. Back-pressure is the socket's: commands queue behind it.
+//!
+//! Blocking reads (`XREAD BLOCK`) and pub/sub never share these sockets:
+//! they get dedicated connections from [`RedisPool::dedicated`] and
+//! [`RedisPool::pubsub`].
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use confab_domain::DomainError;
 use confab_ports::HealthCheck;
-use deadpool_redis::redis;
-use deadpool_redis::{Config, Connection, Pool, PoolConfig, Runtime, Timeouts};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSub};
+use redis::{AsyncConnectionConfig, Client};
 use secrecy::{ExposeSecret, SecretString};
 
-/// Where Redis is and how the pool behaves.
+/// Where Redis is and how the connections behave.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     /// `redis://[user:password@]host:port[/db]` or `rediss://…`. Secret:
     /// it may hold a password.
     pub url: SecretString,
-    /// Connections kept at most.
-    pub max_connections: usize,
-    /// How long a request waits for a free connection, and for a new one
-    /// to be made, before the call fails as unavailable.
+    /// Multiplexed connections the commands share (at least one). Each
+    /// carries any number of commands at once; more than one only spreads
+    /// the reading of replies over more tasks.
+    pub connections: usize,
+    /// How long making a connection may take before Redis counts as down.
     pub connect_timeout: Duration,
+    /// How long a command waits for its reply before it fails: how long
+    /// "Redis is busy" is waited out.
+    pub command_timeout: Duration,
     /// Prefix of every key this deployment writes (`confab:`): two
     /// deployments (or two test runs) on one Redis use different ones.
     pub key_prefix: String,
 }
 
-/// Why the pool could not be built.
+/// Why the connections could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
-    /// The URL or the pool settings are unusable.
+    /// The URL or the settings are unusable.
     #[error("redis: {0}")]
     Config(String),
 }
 
-/// The shared pool, and the prefix every adapter's keys start with.
+/// One command connection: cheap to clone, shared by every clone.
+pub(crate) type Conn = ConnectionManager;
+
+struct Shared {
+    client: Client,
+    settings: RedisSettings,
+    /// Made on first use (they need the runtime), never replaced: each
+    /// reconnects by itself.
+    managers: OnceLock<Vec<ConnectionManager>>,
+    next: AtomicUsize,
+}
+
+/// The shared connections, and the prefix every adapter's keys start with.
 #[derive(Clone)]
 pub struct RedisPool {
-    pool: Pool,
-    prefix: String,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for RedisPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the URL: it may hold a password.
         f.debug_struct("RedisPool")
-            .field("prefix", &self.prefix)
-            .field("status", &self.pool.status())
+            .field("prefix", &self.shared.settings.key_prefix)
+            .field("connections", &self.shared.settings.connections)
             .finish()
     }
 }
 
 impl RedisPool {
-    /// Builds the pool. No connection is made yet: the first call (or the
-    /// health check) makes one, so an instance starts while Redis is down
-    /// and recovers without a restart when it comes back.
+    /// Sets the connections up. No connection is made yet: the first
+    /// command (or the health check) makes them, so an instance starts
+    /// while Redis is down and recovers without a restart when it comes
+    /// back.
     ///
     /// # Errors
-    /// [`RedisError::Config`] for an unusable URL or pool size.
+    /// [`RedisError::Config`] for an unusable URL.
     pub fn new(settings: &RedisSettings) -> Result<Self, RedisError> {
-        // Parsed here so a bad URL is a start-up error, not a runtime one.
-        redis::parse_redis_url(settings.url.expose_secret())
-            .ok_or_else(|| RedisError::Config("the URL is not a redis:// URL".to_owned()))?;
-        let mut config = Config::from_url(settings.url.expose_secret());
-        config.pool = Some(PoolConfig {
-            max_size: settings.max_connections.max(1),
-            timeouts: Timeouts {
-                wait: Some(settings.connect_timeout),
-                create: Some(settings.connect_timeout),
-                recycle: Some(settings.connect_timeout),
-            },
-            ..PoolConfig::default()
-        });
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
-            // The error names the URL's parts; say only what went wrong.
-            .map_err(|_| RedisError::Config("cannot build the connection pool".to_owned()))?;
+        // The error would name the URL's parts: say only what went wrong.
+        let client = Client::open(settings.url.expose_secret())
+            .map_err(|_| RedisError::Config("the URL is not a usable redis:// URL".to_owned()))?;
+        let mut settings = settings.clone();
+        settings.connections = settings.connections.max(1);
         Ok(Self {
-            pool,
-            prefix: settings.key_prefix.clone(),
+            shared: Arc::new(Shared {
+                client,
+                settings,
+                managers: OnceLock::new(),
+                next: AtomicUsize::new(0),
+            }),
         })
     }
 
     /// `prefix` + `key`.
     pub(crate) fn key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+        format!("{}{key}", self.shared.settings.key_prefix)
     }
 
-    /// A connection from the pool.
-    pub(crate) async fn connection(&self) -> Result<Connection, DomainError> {
-        self.pool.get().await.map_err(|e| {
-            DomainError::unavailable(format!("redis: no connection: {}", redacted(&e)))
-        })
+    /// The settings the pool was made with.
+    pub(crate) fn settings(&self) -> &RedisSettings {
+        &self.shared.settings
+    }
+
+    /// A command connection, the next in turn.
+    ///
+    /// # Errors
+    /// [`DomainError::Internal`] if none could be set up (only settings
+    /// this crate never uses make that fail).
+    pub(crate) fn connection(&self) -> Result<Conn, DomainError> {
+        let managers = self.shared.managers.get_or_init(|| {
+            let s = &self.shared.settings;
+            (0..s.connections)
+                .filter_map(|_| {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(s.connect_timeout))
+                        .set_response_timeout(Some(s.command_timeout))
+                        // Down is down: a failed connect fails the command
+                        // at once; the next command tries again.
+                        .set_number_of_retries(0);
+                    ConnectionManager::new_lazy_with_config(self.shared.client.clone(), config).ok()
+                })
+                .collect()
+        });
+        let turn = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        managers
+            .get(turn % managers.len().max(1))
+            .cloned()
+            .ok_or_else(|| DomainError::internal("redis: no connection could be set up"))
+    }
+
+    /// A connection of its own, for commands that block it (`XREAD
+    /// BLOCK`): its replies may take `reply_timeout`.
+    pub(crate) async fn dedicated(
+        &self,
+        reply_timeout: Duration,
+    ) -> Result<MultiplexedConnection, DomainError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.shared.settings.connect_timeout))
+            .set_response_timeout(Some(reply_timeout));
+        self.shared
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| unavailable(&e))
+    }
+
+    /// A pub/sub connection.
+    pub(crate) async fn pubsub(&self) -> Result<PubSub, DomainError> {
+        tokio::time::timeout(
+            self.shared.settings.connect_timeout,
+            self.shared.client.get_async_pubsub(),
+        )
+        .await
+        .map_err(|_| DomainError::unavailable("redis: pub/sub connection timed out"))?
+        .map_err(|e| unavailable(&e))
     }
 }
 
@@ -100,17 +183,6 @@ pub(crate) fn unavailable(e: &redis::RedisError) -> DomainError {
     DomainError::unavailable(format!("redis: {:?}: {}", e.kind(), e.category()))
 }
 
-/// A pool error without anything the URL held.
-fn redacted(e: &deadpool_redis::PoolError) -> String {
-    match e {
-        deadpool_redis::PoolError::Timeout(kind) => format!("timed out ({kind:?})"),
-        deadpool_redis::PoolError::Backend(e) => format!("{:?}: {}", e.kind(), e.category()),
-        deadpool_redis::PoolError::Closed => "the pool is closed".to_owned(),
-        deadpool_redis::PoolError::NoRuntimeSpecified => "no runtime".to_owned(),
-        deadpool_redis::PoolError::PostCreateHook(_) => "a connection hook failed".to_owned(),
-    }
-}
-
 #[async_trait]
 impl HealthCheck for RedisPool {
     fn name(&self) -> &'static str {
@@ -118,7 +190,7 @@ impl HealthCheck for RedisPool {
     }
 
     async fn check(&self) -> Result<(), DomainError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection()?;
         let pong: String = redis::cmd("PING")
             .query_async(&mut conn)
             .await

@@ -27,21 +27,22 @@
 //! older generation, a made-up one, or the end entry's is
 //! [`DomainError::Invalid`], never a silent resume at the wrong place.
 //!
-//! # Lease
+//! # Lease and stop
 //!
 //! While a generation is open its keys expire after
 //! [`lease`](RedisStreamLogOptions::lease), and the instance running it
 //! renews them for as long as the generation is open on it: from `open` to
 //! `close`, a task of its own renews the lease every
 //! [`poll_interval`](RedisStreamLogOptions::poll_interval) (three times per
-//! lease at least), whether or not the [`StopSignal`] is awaited, so the
-//! app's work between events (saves, the title) never lets it lapse (see
-//! `renewal.rs`). The renewal ends at `close`, when the generation is no
-//! longer the open one, or when the [`RedisStreamLog`] (every clone of it,
-//! and every signal and reader it gave) is dropped; a failed renewal (Redis
-//! unreachable) is logged and tried again an interval later, never given
-//! up while the generation is open here. The stop signal only polls the
-//! stop flag.
+//! lease at least), whatever the app does meanwhile (see `renewal.rs`). A
+//! failed renewal (Redis unreachable) is logged and tried again an interval
+//! later, never given up while the generation is open here.
+//!
+//! A stop request sets the generation's stop flag and publishes it; the
+//! running instance hears it on its one pub/sub connection and resolves the
+//! [`StopSignal`] at once, without polling (see `signal.rs`). A publish it
+//! missed (disconnected at that moment) is caught by the next renewal,
+//! which reads the flag.
 //!
 //! Other instances rely on that lease: if the running instance dies, its
 //! renewals die with it and its generation's keys expire a lease later,
@@ -70,18 +71,31 @@
 //! its events, as in the in-process log; only the newest generation can be
 //! resumed.
 //!
+//! # Appends
+//!
+//! [`append_all`](StreamLog::append_all) appends a batch of events in one
+//! script (one round trip): the generation hands over everything it has
+//! at once. An append that fails for a reason that may pass (a reply timed
+//! out, the connection dropped) is tried again, up to [`APPEND_ATTEMPTS`]
+//! times; the instance counts what it appended to each generation and the
+//! script compares, so a retried batch whose first attempt did land is not
+//! appended twice.
+//!
 //! # Readers
 //!
-//! A reader replays with `XRANGE` on the shared pool, then follows an open
-//! log with `XREAD BLOCK` on a connection of a second pool, the blocking
-//! pool, held while it follows (see `feed.rs`): a blocked read occupies its
-//! connection, and would stall every other command sent on it. The blocking
-//! pool's size is therefore the most readers that can follow open logs at
-//! once per instance; one more waits for a connection for the pool's
-//! connect timeout, then is [`DomainError::Unavailable`].
+//! A reader of a generation this instance runs reads the instance's own
+//! copy of the events it appended (see `local.rs`): it never reads Redis.
+//! Any other reader reads the stream with `XRANGE` on the shared
+//! connections and, once caught up with an open log, is woken by the log's
+//! hub, one task that follows every such stream with one `XREAD BLOCK` on
+//! one dedicated connection (see `hub.rs`, `feed.rs`). No reader holds a
+//! connection, so the readers an instance serves are not bounded by any
+//! pool.
 
 mod feed;
+mod hub;
 mod ids;
+mod local;
 mod renewal;
 mod scripts;
 mod signal;
@@ -92,18 +106,26 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use confab_domain::{ConversationId, DomainError, MessageId};
-use confab_ports::{EventFeed, NewEvent, ReadFrom, StopSignal, StreamLog};
-use deadpool_redis::redis;
+use confab_ports::{EventFeed, LoggedEvent, NewEvent, ReadFrom, StopSignal, StreamLog};
+use tokio::sync::watch;
 
 use self::feed::RedisFeed;
+use self::hub::Hub;
 use self::ids::{event_id, parse_event_id};
+use self::local::LocalLog;
 use self::renewal::Renewal;
 use self::scripts::Scripts;
-use self::signal::RedisStopSignal;
+use self::signal::{Listener, RedisStopSignal};
 use crate::pool::{RedisPool, unavailable};
 
 /// The longest retention or lease honoured; longer ones are cut to it.
 const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
+
+/// Attempts of one append before it fails (see the module docs).
+const APPEND_ATTEMPTS: u32 = 4;
+
+/// The pause before the second attempt; doubled before each next one.
+const APPEND_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Limits and timings of a [`RedisStreamLog`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,10 +139,9 @@ pub struct RedisStreamLogOptions {
     /// instance dies its conversation can generate again. Several poll
     /// intervals at least, and longer than a Redis hiccup.
     pub lease: Duration,
-    /// How often a [`StopSignal`] that is being awaited looks for a stop
-    /// (the delay between a stop request and the generation seeing it),
-    /// and how often the instance running a generation renews its lease
-    /// (but at least three times per lease).
+    /// How often the instance running a generation renews its lease (but
+    /// at least three times per lease), and so the longest a stop whose
+    /// publish it missed waits to be seen.
     pub poll_interval: Duration,
 }
 
@@ -128,12 +149,17 @@ pub struct RedisStreamLogOptions {
 #[derive(Debug)]
 struct Inner {
     pool: RedisPool,
-    blocking: RedisPool,
     scripts: Scripts,
     options: RedisStreamLogOptions,
     /// The generation this instance opened of each conversation, until it
     /// closes it (or opens the next).
     opened: Mutex<HashMap<ConversationId, Opened>>,
+    /// Wakes the readers of generations run elsewhere.
+    hub: Hub,
+    /// Hears stop requests.
+    listener: Listener,
+    /// Dropped with the log: ends its tasks.
+    gone: watch::Sender<()>,
 }
 
 /// A generation this instance opened.
@@ -143,6 +169,13 @@ struct Opened {
     /// Renews its lease until dropped: taken by `close`, dropped with the
     /// entry when a newer `open` replaces it, or with the whole map.
     renewal: Option<Renewal>,
+    /// Set when a stop is asked of it.
+    stop: watch::Sender<bool>,
+    /// What it appended, for the readers on this instance.
+    local: Arc<LocalLog>,
+    /// How many entries this instance appended to it, `None` once unknown
+    /// (an append failed for good).
+    appended: Option<usize>,
 }
 
 impl Inner {
@@ -150,13 +183,14 @@ impl Inner {
         self.opened.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The generation this instance opened of `conversation`, or empty
-    /// (any) when it opened none (the scripts' argument).
-    fn opened_generation(&self, conversation: ConversationId) -> String {
-        self.opened()
-            .get(&conversation)
-            .map(|opened| opened.generation.clone())
-            .unwrap_or_default()
+    /// Resolves the stop signal of `generation` of `conversation`, if this
+    /// instance runs it.
+    fn deliver_stop(&self, conversation: ConversationId, generation: &str) {
+        if let Some(opened) = self.opened().get(&conversation)
+            && opened.generation == generation
+        {
+            opened.stop.send_replace(true);
+        }
     }
 
     fn meta_key(&self, conversation: ConversationId) -> String {
@@ -177,26 +211,130 @@ pub struct RedisStreamLog {
 }
 
 impl RedisStreamLog {
-    /// A stream log on `pool`, whose readers follow open logs on
-    /// connections of `blocking`.
-    ///
-    /// `blocking` must be a pool of its own on the same Redis and key
-    /// prefix (built from the same settings, sized for the readers that
-    /// may follow at once), never `pool` itself: its connections are held
-    /// for as long as a reader follows, and get a reply timeout longer than
-    /// a blocked read. The scripts are hashed here, once.
+    /// A stream log on `pool`. The scripts are hashed here, once; the
+    /// log's tasks (the stop listener, the followers' hub) start when first
+    /// needed and end when the last clone of the log is dropped.
     #[must_use]
-    pub fn new(pool: RedisPool, blocking: RedisPool, options: RedisStreamLogOptions) -> Self {
+    pub fn new(pool: RedisPool, options: RedisStreamLogOptions) -> Self {
         Self {
             inner: Arc::new(Inner {
+                hub: Hub::new(pool.clone()),
                 pool,
-                blocking,
                 scripts: Scripts::new(),
                 options,
                 opened: Mutex::new(HashMap::new()),
+                listener: Listener::default(),
+                gone: watch::Sender::new(()),
             }),
         }
     }
+
+    /// Appends `events` in one script call, retried as the module docs
+    /// say; their entry ids and generation.
+    async fn append_batch(
+        &self,
+        conversation: ConversationId,
+        events: &[NewEvent],
+    ) -> Result<(String, Vec<String>), DomainError> {
+        let inner = &self.inner;
+        let (generation, appended) = inner
+            .opened()
+            .get(&conversation)
+            .map(|o| (o.generation.clone(), o.appended))
+            .unwrap_or_default();
+        let mut invocation = inner.scripts.append.key(inner.meta_key(conversation));
+        invocation
+            .arg(inner.stream_prefix(conversation))
+            .arg(inner.options.max_events_per_log)
+            .arg(&generation)
+            .arg(appended.map(|n| n.to_string()).unwrap_or_default());
+        for event in events {
+            invocation.arg(event.event.unwrap_or("")).arg(&event.data);
+        }
+        let mut pause = APPEND_BACKOFF;
+        let mut attempt = 1;
+        let reply: Vec<String> = loop {
+            let mut conn = inner.pool.connection()?;
+            match invocation.invoke_async(&mut conn).await {
+                Ok(reply) => break reply,
+                Err(e) if attempt < APPEND_ATTEMPTS && transient(&e) => {
+                    tracing::debug!(%conversation, attempt, error = %unavailable(&e), "append to the stream log failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(unavailable(&e)),
+            }
+        };
+        let mut reply = reply.into_iter();
+        match (reply.next().as_deref(), reply.next()) {
+            (Some("ok"), Some(generation)) => {
+                let ids: Vec<String> = reply.collect();
+                if ids.len() == events.len() {
+                    Ok((generation, ids))
+                } else {
+                    Err(unexpected("append"))
+                }
+            }
+            (Some("none"), _) => Err(DomainError::NotFound),
+            (Some("full"), _) => Err(DomainError::unavailable("the stream log is full")),
+            (Some("gap"), _) => Err(DomainError::internal(
+                "redis: the stream log does not hold what this instance appended",
+            )),
+            _ => Err(unexpected("append")),
+        }
+    }
+
+    /// Appends `events` (see [`append_batch`](Self::append_batch)) and, for
+    /// a generation this instance runs, adds them to its local copy; their
+    /// event ids.
+    async fn append_events(
+        &self,
+        conversation: ConversationId,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<String>, DomainError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let appended = self.append_batch(conversation, &events).await;
+        let mut opened = self.inner.opened();
+        let mine = opened.get_mut(&conversation);
+        match appended {
+            Ok((generation, entries)) => {
+                let logged: Vec<LoggedEvent> = entries
+                    .iter()
+                    .zip(events)
+                    .map(|(entry, event)| LoggedEvent {
+                        id: event_id(&generation, entry),
+                        event: event.event,
+                        data: event.data,
+                    })
+                    .collect();
+                let ids = logged.iter().map(|e| e.id.clone()).collect();
+                if let Some(mine) = mine.filter(|o| o.generation == generation) {
+                    mine.appended = mine.appended.map(|n| n + logged.len());
+                    mine.local.extend(logged);
+                }
+                Ok(ids)
+            }
+            Err(e) => {
+                if let Some(mine) = mine {
+                    // What Redis holds of the batch is unknown now: the next
+                    // append doesn't compare, and local readers end (they
+                    // can resume from Redis).
+                    mine.appended = None;
+                    mine.local.fail();
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Whether a failed command may succeed if tried again: its reply was lost
+/// or late, or the connection failed.
+fn transient(e: &redis::RedisError) -> bool {
+    e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 /// `duration` in whole milliseconds, rounded up, at most [`MAX_TTL`].
@@ -219,8 +357,12 @@ impl StreamLog for RedisStreamLog {
         message: &MessageId,
     ) -> Result<Box<dyn StopSignal>, DomainError> {
         let inner = &self.inner;
+        inner
+            .listener
+            .ensure(inner, inner.pool.settings().connect_timeout)
+            .await;
         let meta = inner.meta_key(conversation);
-        let mut conn = inner.pool.connection().await?;
+        let mut conn = inner.pool.connection()?;
         let reply: Vec<String> = inner
             .scripts
             .open
@@ -233,27 +375,21 @@ impl StreamLog for RedisStreamLog {
         match <[String; 2]>::try_from(reply) {
             Ok([status, generation]) if status == "ok" => {
                 let stream = format!("{}{generation}", inner.stream_prefix(conversation));
-                let renewal = Renewal::start(
-                    inner,
-                    conversation,
-                    meta.clone(),
-                    stream,
-                    generation.clone(),
-                );
+                let renewal = Renewal::start(inner, conversation, meta, stream, generation.clone());
+                let (stop, stopped) = watch::channel(false);
                 // Replaces (and so stops renewing) an older generation this
                 // instance opened and never closed, whose lease ran out.
                 inner.opened().insert(
                     conversation,
                     Opened {
-                        generation: generation.clone(),
+                        generation,
                         renewal: Some(renewal),
+                        stop,
+                        local: Arc::new(LocalLog::new()),
+                        appended: Some(0),
                     },
                 );
-                Ok(Box::new(RedisStopSignal::new(
-                    Arc::clone(inner),
-                    meta,
-                    generation,
-                )))
+                Ok(Box::new(RedisStopSignal::new(stopped)))
             }
             Err(reply) if reply.first().is_some_and(|status| status == "open") => {
                 Err(DomainError::Duplicate {
@@ -269,53 +405,50 @@ impl StreamLog for RedisStreamLog {
         conversation: ConversationId,
         event: NewEvent,
     ) -> Result<String, DomainError> {
-        let inner = &self.inner;
-        let mut conn = inner.pool.connection().await?;
-        let reply: Vec<String> = inner
-            .scripts
-            .append
-            .key(inner.meta_key(conversation))
-            .arg(inner.stream_prefix(conversation))
-            .arg(inner.options.max_events_per_log)
-            .arg(event.event.unwrap_or(""))
-            .arg(event.data)
-            .arg(inner.opened_generation(conversation))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        match reply.as_slice() {
-            [status, generation, entry] if status == "ok" => Ok(event_id(generation, entry)),
-            [status] if status == "none" => Err(DomainError::NotFound),
-            [status] if status == "full" => Err(DomainError::unavailable("the stream log is full")),
-            _ => Err(unexpected("append")),
-        }
+        self.append_events(conversation, vec![event])
+            .await?
+            .pop()
+            .ok_or_else(|| unexpected("append"))
+    }
+
+    async fn append_all(
+        &self,
+        conversation: ConversationId,
+        events: Vec<NewEvent>,
+    ) -> Result<(), DomainError> {
+        self.append_events(conversation, events).await.map(drop)
     }
 
     async fn close(&self, conversation: ConversationId) -> Result<(), DomainError> {
         let inner = &self.inner;
         // This instance is done with its generation: it stops renewing the
         // lease at once, even should the close below fail (its lease then
-        // runs out, instead of the generation staying open for good).
+        // runs out, instead of the generation staying open for good), and
+        // its local readers end after what they have.
         let generation = match inner.opened().get_mut(&conversation) {
             Some(opened) => {
                 opened.renewal = None;
+                opened.local.close();
                 opened.generation.clone()
             }
             None => String::new(),
         };
-        let mut conn = inner.pool.connection().await?;
-        // Closing what is not open (never opened, closed, expired) does
-        // nothing: closing is idempotent.
-        let _closed: i64 = inner
-            .scripts
-            .close
-            .key(inner.meta_key(conversation))
-            .arg(inner.stream_prefix(conversation))
-            .arg(millis(inner.options.retention))
-            .arg(&generation)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let closed = async {
+            let mut conn = inner.pool.connection()?;
+            // Closing what is not open (never opened, closed, expired) does
+            // nothing: closing is idempotent.
+            inner
+                .scripts
+                .close
+                .key(inner.meta_key(conversation))
+                .arg(inner.stream_prefix(conversation))
+                .arg(millis(inner.options.retention))
+                .arg(&generation)
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map_err(|e| unavailable(&e))
+        }
+        .await;
         let mut opened = inner.opened();
         // Unless this instance opened a newer one meanwhile.
         if opened
@@ -324,7 +457,7 @@ impl StreamLog for RedisStreamLog {
         {
             opened.remove(&conversation);
         }
-        Ok(())
+        closed.map(drop)
     }
 
     async fn current(
@@ -332,7 +465,7 @@ impl StreamLog for RedisStreamLog {
         conversation: ConversationId,
     ) -> Result<(MessageId, bool), DomainError> {
         let inner = &self.inner;
-        let mut conn = inner.pool.connection().await?;
+        let mut conn = inner.pool.connection()?;
         let (message, open): (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(inner.meta_key(conversation))
             .arg("msg")
@@ -356,11 +489,29 @@ impl StreamLog for RedisStreamLog {
             ReadFrom::Start => None,
             ReadFrom::After(id) => Some(parse_event_id(id).ok_or_else(invalid)?),
         };
-        let (after_generation, after_entry) = after.unwrap_or(("", ""));
         let inner = &self.inner;
+        // A generation this instance runs: its local copy.
+        if let Some(opened) = inner.opened().get(&conversation) {
+            match (&from, after) {
+                (ReadFrom::Start, _) => {
+                    if let Some(feed) = opened.local.reader(None) {
+                        return Ok(Box::new(feed));
+                    }
+                }
+                (ReadFrom::After(id), Some((generation, _))) if generation == opened.generation => {
+                    return opened
+                        .local
+                        .reader(Some(id))
+                        .map(|feed| Box::new(feed) as Box<dyn EventFeed>)
+                        .ok_or_else(invalid);
+                }
+                _ => {}
+            }
+        }
+        let (after_generation, after_entry) = after.unwrap_or(("", ""));
         let meta = inner.meta_key(conversation);
         let prefix = inner.stream_prefix(conversation);
-        let mut conn = inner.pool.connection().await?;
+        let mut conn = inner.pool.connection()?;
         let reply: Vec<String> = inner
             .scripts
             .locate
@@ -390,11 +541,13 @@ impl StreamLog for RedisStreamLog {
 
     async fn request_stop(&self, conversation: ConversationId) -> Result<bool, DomainError> {
         let inner = &self.inner;
-        let mut conn = inner.pool.connection().await?;
+        let mut conn = inner.pool.connection()?;
         let asked: i64 = inner
             .scripts
             .request_stop
             .key(inner.meta_key(conversation))
+            .arg(signal::channel(inner))
+            .arg(conversation.to_string())
             .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable(&e))?;

@@ -10,7 +10,6 @@ use std::time::Duration;
 use confab_domain::{DomainError, FamilyId, OffsetDateTime, Role, TokenId, UserId};
 use confab_ports::{AccessClaims, TokenBlocklist};
 use confab_redis::{RedisBlocklist, RedisPool, RedisSettings};
-use deadpool_redis::redis;
 use secrecy::SecretString;
 
 fn claims(user: UserId, issued_at: OffsetDateTime) -> AccessClaims {
@@ -30,7 +29,8 @@ fn pool_with_prefix() -> (RedisPool, String) {
     let prefix = format!("confab-test:{}:", uuid::Uuid::new_v4());
     let pool = RedisPool::new(&RedisSettings {
         url: SecretString::from(support::url()),
-        max_connections: 8,
+        connections: 2,
+        command_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_millis(500),
         key_prefix: prefix.clone(),
     })

@@ -15,7 +15,6 @@ use confab_domain::{
 };
 use confab_ports::{Cache, CachedValue, HealthCheck};
 use confab_redis::{RedisCache, RedisPool, RedisSettings};
-use deadpool_redis::redis;
 use secrecy::SecretString;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -26,7 +25,8 @@ async fn pool_and_prefix() -> (RedisPool, String) {
     let prefix = format!("confab-test:{}:", uuid::Uuid::new_v4());
     let pool = RedisPool::new(&RedisSettings {
         url: SecretString::from(support::url()),
-        max_connections: 4,
+        connections: 2,
+        command_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_millis(500),
         key_prefix: prefix.clone(),
     })

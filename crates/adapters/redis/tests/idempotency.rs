@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use confab_domain::{ConversationId, DomainError, MessageId};
 use confab_ports::{Claim, IdempotencyStore, StoredOutcome};
 use confab_redis::{RedisIdempotency, RedisPool, RedisSettings};
-use deadpool_redis::redis;
 use secrecy::SecretString;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -22,7 +21,8 @@ const MINUTE: Duration = Duration::from_secs(60);
 fn pool_at_prefix(prefix: &str) -> RedisPool {
     RedisPool::new(&RedisSettings {
         url: SecretString::from(support::url()),
-        max_connections: 8,
+        connections: 2,
+        command_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_millis(500),
         key_prefix: prefix.to_owned(),
     })

@@ -11,7 +11,6 @@ use std::time::Duration;
 use confab_domain::DomainError;
 use confab_ports::{RateLimiter, RatePolicy};
 use confab_redis::{RedisLimiter, RedisPool, RedisSettings};
-use deadpool_redis::redis;
 use secrecy::SecretString;
 
 fn policy(quota: u32, window: Duration) -> RatePolicy {
@@ -28,7 +27,8 @@ fn pool_with_prefix() -> (RedisPool, String) {
     let prefix = format!("confab-test:{}:", uuid::Uuid::new_v4());
     let pool = RedisPool::new(&RedisSettings {
         url: SecretString::from(support::url()),
-        max_connections: 8,
+        connections: 2,
+        command_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_millis(500),
         key_prefix: prefix.clone(),
     })

@@ -69,6 +69,17 @@ impl Outcome {
     }
 }
 
+/// The most events one append carries.
+const MAX_BATCH: usize = 64;
+
+/// A wire event as the log takes it.
+pub(super) fn new_event(event: WireEvent) -> NewEvent {
+    NewEvent {
+        event: event.name,
+        data: event.data,
+    }
+}
+
 /// Resolves once shutdown is signalled (never if the sender is gone).
 async fn shutting_down(rx: &mut watch::Receiver<bool>) {
     while !*rx.borrow_and_update() {
@@ -102,29 +113,34 @@ impl Generation {
         self.finish(outcome, text, began).await;
     }
 
-    async fn emit(&self, event: WireEvent) -> Result<(), DomainError> {
+    /// Appends `events` to the log in one step.
+    async fn emit_all(&self, events: Vec<WireEvent>) -> Result<(), DomainError> {
+        if events.is_empty() {
+            return Ok(());
+        }
         self.inner
             .ports
             .log
-            .append(
+            .append_all(
                 self.conversation,
-                NewEvent {
-                    event: event.name,
-                    data: event.data,
-                },
+                events.into_iter().map(new_event).collect(),
             )
             .await
-            .map(drop)
     }
 
-    /// Appends an event at the end of a generation; a failure is logged
-    /// (the remaining events are still tried, and the log is closed).
-    async fn emit_logged(&self, event: Result<WireEvent, DomainError>) {
-        let appended = match event {
-            Ok(event) => self.emit(event).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = appended {
+    /// Appends events at the end of a generation in one step; a failure
+    /// is logged (and the log is still closed).
+    async fn emit_logged(&self, events: Vec<Result<WireEvent, DomainError>>) {
+        let mut ready = Vec::with_capacity(events.len());
+        for event in events {
+            match event {
+                Ok(event) => ready.push(event),
+                Err(e) => {
+                    tracing::error!(conversation = %self.conversation, error = %e, "could not build a stream event");
+                }
+            }
+        }
+        if let Err(e) = self.emit_all(ready).await {
             tracing::error!(conversation = %self.conversation, error = %e, "could not append to the stream log");
         }
     }
@@ -179,47 +195,45 @@ impl Generation {
                 // interrupts it and the loop asks again.
                 next = stream.next() => next,
             };
-            let piece = match next {
-                Ok(Some(LlmEvent::Text(piece))) => piece,
-                Ok(Some(LlmEvent::Finished { reason, usage })) => {
-                    if let Some(u) = usage {
-                        tracing::debug!(
-                            prompt_tokens = u.prompt_tokens,
-                            completion_tokens = u.completion_tokens,
-                            "generation usage"
-                        );
+            // Everything the model has already sent goes to the log in one
+            // append: under load, pieces pile up while an append is under
+            // way, and the next append takes them all.
+            let mut batch = Vec::new();
+            let mut ended = None;
+            let mut next = Some(next);
+            while let Some(item) = next.take() {
+                match item {
+                    Ok(Some(LlmEvent::Text(piece))) => {
+                        match self.take_piece(&piece, text, &mut chars, &mut batch) {
+                            Ok(false) => {}
+                            Ok(true) => ended = Some(Outcome::Finished(FinishReason::Length)),
+                            Err(e) => ended = Some(Outcome::Broken(e)),
+                        }
                     }
-                    return Outcome::Finished(reason);
-                }
-                Ok(None) => return Outcome::Finished(FinishReason::Stop),
-                Err(e) => return Outcome::Failed(e),
-            };
-            // PostgreSQL can't store NUL, and what is stored must equal
-            // what was streamed: drop it from both.
-            let room = Content::MAX_CHARS - chars;
-            let clean: String = piece.chars().filter(|c| *c != '\0').collect();
-            let capped = clean.chars().count() > room;
-            let kept: String = if capped {
-                clean.chars().take(room).collect()
-            } else {
-                clean
-            };
-            if !kept.is_empty() {
-                if text.is_empty() {
-                    let marker = events::first_token_marker(self.conversation, &self.message.id);
-                    if let Err(e) = async { self.emit(marker?).await }.await {
-                        return Outcome::Broken(e);
+                    Ok(Some(LlmEvent::Finished { reason, usage })) => {
+                        if let Some(u) = usage {
+                            tracing::debug!(
+                                prompt_tokens = u.prompt_tokens,
+                                completion_tokens = u.completion_tokens,
+                                "generation usage"
+                            );
+                        }
+                        ended = Some(Outcome::Finished(reason));
                     }
+                    Ok(None) => ended = Some(Outcome::Finished(FinishReason::Stop)),
+                    Err(e) => ended = Some(Outcome::Failed(e)),
                 }
-                let delta = events::append_text(&kept);
-                if let Err(e) = async { self.emit(delta?).await }.await {
-                    return Outcome::Broken(e);
+                if ended.is_none() && batch.len() < MAX_BATCH {
+                    // Cancel-safe (the port's promise): a piece not ready
+                    // now is asked for again by the loop.
+                    next = stream.next().now_or_never();
                 }
-                chars += kept.chars().count();
-                text.push_str(&kept);
             }
-            if capped {
-                return Outcome::Finished(FinishReason::Length);
+            if let Err(e) = self.emit_all(batch).await {
+                return Outcome::Broken(e);
+            }
+            if let Some(outcome) = ended {
+                return outcome;
             }
             if last_flush.elapsed() >= flush_every && text.len() != flushed {
                 self.save(text, MessageStatus::InProgress).await;
@@ -227,6 +241,40 @@ impl Generation {
                 last_flush = Instant::now();
             }
         }
+    }
+
+    /// Adds the events of a piece of text to `batch` (the first-token
+    /// marker before the first text); `true` when the piece reached the
+    /// length cap.
+    fn take_piece(
+        &self,
+        piece: &str,
+        text: &mut String,
+        chars: &mut usize,
+        batch: &mut Vec<WireEvent>,
+    ) -> Result<bool, DomainError> {
+        // PostgreSQL can't store NUL, and what is stored must equal what
+        // was streamed: drop it from both.
+        let room = Content::MAX_CHARS - *chars;
+        let clean: String = piece.chars().filter(|c| *c != '\0').collect();
+        let capped = clean.chars().count() > room;
+        let kept: String = if capped {
+            clean.chars().take(room).collect()
+        } else {
+            clean
+        };
+        if !kept.is_empty() {
+            if text.is_empty() {
+                batch.push(events::first_token_marker(
+                    self.conversation,
+                    &self.message.id,
+                )?);
+            }
+            batch.push(events::append_text(&kept)?);
+            *chars += kept.chars().count();
+            text.push_str(&kept);
+        }
+        Ok(capped)
     }
 
     /// Saves the text so far; a failure is logged (the next save, or the
@@ -266,7 +314,8 @@ impl Generation {
             outcome = Outcome::Broken(DomainError::unavailable("the answer could not be saved"));
         }
         let status = outcome.status();
-        self.emit_logged(events::finish(status)).await;
+        self.emit_logged(vec![events::finish(status)]).await;
+        let mut closing = Vec::with_capacity(3);
         if self.created {
             let title = self.title(matches!(outcome, Outcome::Finished(_))).await;
             // Only an untitled conversation is titled: a rename made while
@@ -286,8 +335,7 @@ impl Generation {
             {
                 Ok(true) => {
                     self.inner.invalidate(self.owner, self.conversation).await;
-                    self.emit_logged(events::title(title.as_str(), self.conversation))
-                        .await;
+                    closing.push(events::title(title.as_str(), self.conversation));
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -295,17 +343,12 @@ impl Generation {
                 }
             }
         }
-        match outcome.error() {
-            Some((code, message)) => {
-                self.emit_logged(events::error(code, message, self.conversation))
-                    .await;
-            }
-            None => {
-                self.emit_logged(events::stream_complete(self.conversation))
-                    .await
-            }
-        }
-        self.emit_logged(Ok(events::done())).await;
+        closing.push(match outcome.error() {
+            Some((code, message)) => events::error(code, message, self.conversation),
+            None => events::stream_complete(self.conversation),
+        });
+        closing.push(Ok(events::done()));
+        self.emit_logged(closing).await;
         if let Err(e) = self.inner.ports.log.close(self.conversation).await {
             tracing::error!(conversation = %self.conversation, error = %e, "could not close the stream log");
         }

@@ -384,11 +384,10 @@ impl Inner {
     /// Makes every cached list of `user` and the history of `conversation`
     /// unreachable. Called after the database has the change.
     async fn invalidate(&self, user: UserId, conversation: ConversationId) {
-        for key in [list_key(user), history_key(conversation)] {
-            if let Err(e) = self.ports.cache.bump(&key).await {
-                // Entries still expire with their TTL; say so loudly.
-                tracing::error!(error = %e, key, "could not invalidate a cache entry");
-            }
+        let keys = [list_key(user), history_key(conversation)];
+        if let Err(e) = self.ports.cache.bump_all(&keys).await {
+            // The adapter retries (see its docs); say so loudly.
+            tracing::error!(error = %e, ?keys, "could not invalidate cache entries");
         }
     }
 }

@@ -8,7 +8,7 @@ use confab_domain::{
     Content, Conversation, ConversationId, DomainError, Message, MessageDocument, MessageId,
     MessageMetadata, MessageRole, MessageStatus, ModelSlug, NewConversation, Title, UserId, events,
 };
-use confab_ports::{AccessClaims, ChatModel, NewEvent, StopSignal};
+use confab_ports::{AccessClaims, ChatModel, StopSignal};
 
 use super::generation::Generation;
 use super::{Conversations, Inner, Slot, now};
@@ -362,33 +362,24 @@ impl Conversations {
             events::input_message(&MessageDocument::of(&user_message)?, conversation.id)?,
             events::add_message(&MessageDocument::of(&assistant_message)?, conversation.id)?,
         ];
-        for event in opening {
-            if let Err(e) = inner
+        let opening = opening
+            .into_iter()
+            .map(super::generation::new_event)
+            .collect();
+        if let Err(e) = inner.ports.log.append_all(conversation.id, opening).await {
+            // The answer exists but will never be generated: close it.
+            let _ = inner
                 .ports
-                .log
-                .append(
+                .messages
+                .update_content(
                     conversation.id,
-                    NewEvent {
-                        event: event.name,
-                        data: event.data,
-                    },
+                    &assistant_message.id,
+                    &assistant_message.content,
+                    MessageStatus::Failed,
+                    now(),
                 )
-                .await
-            {
-                // The answer exists but will never be generated: close it.
-                let _ = inner
-                    .ports
-                    .messages
-                    .update_content(
-                        conversation.id,
-                        &assistant_message.id,
-                        &assistant_message.content,
-                        MessageStatus::Failed,
-                        now(),
-                    )
-                    .await;
-                return Err(e.into());
-            }
+                .await;
+            return Err(e.into());
         }
         Ok((user_message, assistant_message))
     }

@@ -1,7 +1,10 @@
 //! Reading a generation's stream: following it, resuming it, stopping it.
 
-use confab_domain::{ConversationId, DomainError, MessageId};
-use confab_ports::{AccessClaims, EventFeed, ReadFrom};
+use std::collections::VecDeque;
+
+use async_trait::async_trait;
+use confab_domain::{ConversationId, DomainError, MessageId, events};
+use confab_ports::{AccessClaims, EventFeed, LoggedEvent, ReadFrom};
 
 use super::Conversations;
 use crate::AppError;
@@ -16,12 +19,13 @@ impl Conversations {
         &self,
         conversation: ConversationId,
     ) -> Result<Box<dyn EventFeed>, AppError> {
-        Ok(self
+        let feed = self
             .inner
             .ports
             .log
             .read(conversation, ReadFrom::Start)
-            .await?)
+            .await?;
+        Ok(Box::new(Guarded::new(feed, conversation, None)))
     }
 
     /// Resumes the stream of the conversation's generation for its owner:
@@ -105,12 +109,14 @@ impl Conversations {
         if !holds_claimed().await? {
             return Err(AppError::NotFound);
         }
-        let from = last_event_id.map_or(ReadFrom::Start, ReadFrom::After);
+        let from = last_event_id
+            .clone()
+            .map_or(ReadFrom::Start, ReadFrom::After);
         let feed = ports.log.read(conversation, from).await?;
         if !holds_claimed().await? {
             return Err(AppError::NotFound);
         }
-        Ok(feed)
+        Ok(Box::new(Guarded::new(feed, conversation, last_event_id)))
     }
 
     /// Stops the generation running in one of the caller's conversations
@@ -142,5 +148,94 @@ impl Conversations {
             Ok(Ok(())) | Err(_) => Ok(()),
             Ok(Err(e)) => Err(e.into()),
         }
+    }
+}
+
+/// The code and message of the `error` event that ends a stream the log
+/// could not deliver to its end.
+const INTERRUPTED: (&str, &str) = (
+    "UNAVAILABLE",
+    "The stream was interrupted. Resume it from the last event id.",
+);
+
+/// A reader that never ends silently: when the log fails under it, or ends
+/// after giving events but before the stream's `[DONE]`, it ends with an `error` event (code
+/// `UNAVAILABLE`) and `[DONE]`, both under the id of the last event it
+/// delivered, so that a client resuming from the last id it saw loses
+/// nothing.
+struct Guarded {
+    feed: Box<dyn EventFeed>,
+    conversation: ConversationId,
+    /// The id of the last event delivered (or resumed after).
+    last_id: String,
+    /// An event was delivered.
+    delivered: bool,
+    /// `[DONE]` was delivered.
+    done: bool,
+    /// The closing events, once the log failed.
+    ending: VecDeque<LoggedEvent>,
+    /// Nothing more comes.
+    ended: bool,
+}
+
+impl Guarded {
+    fn new(feed: Box<dyn EventFeed>, conversation: ConversationId, after: Option<String>) -> Self {
+        Self {
+            feed,
+            conversation,
+            last_id: after.unwrap_or_default(),
+            delivered: false,
+            done: false,
+            ending: VecDeque::new(),
+            ended: false,
+        }
+    }
+
+    /// The events that end an interrupted stream.
+    fn interrupted(&self) -> Result<VecDeque<LoggedEvent>, DomainError> {
+        let (code, message) = INTERRUPTED;
+        let error = events::error(code, message, self.conversation)?;
+        let done = events::done();
+        Ok([error, done]
+            .into_iter()
+            .map(|event| LoggedEvent {
+                id: self.last_id.clone(),
+                event: event.name,
+                data: event.data,
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl EventFeed for Guarded {
+    async fn next(&mut self) -> Result<Option<LoggedEvent>, DomainError> {
+        if let Some(event) = self.ending.pop_front() {
+            return Ok(Some(event));
+        }
+        if self.ended {
+            return Ok(None);
+        }
+        let failure = match self.feed.next().await {
+            Ok(Some(event)) => {
+                self.done = event.data == events::done().data;
+                self.delivered = true;
+                self.last_id.clone_from(&event.id);
+                return Ok(Some(event));
+            }
+            // A resume after the last event gets nothing, and that is the
+            // end; a log that gave events and ends without `[DONE]` lost
+            // its last ones.
+            Ok(None) if self.done || !self.delivered => None,
+            Ok(None) => Some(DomainError::unavailable("the log ended before [DONE]")),
+            Err(e) => Some(e),
+        };
+        self.ended = true;
+        let Some(error) = failure else {
+            return Ok(None);
+        };
+        tracing::warn!(conversation = %self.conversation, %error, "a stream could not be read to its end; ending it with an error event");
+        self.ending = self.interrupted()?;
+        Ok(self.ending.pop_front())
     }
 }

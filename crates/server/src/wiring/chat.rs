@@ -119,16 +119,18 @@ pub(crate) async fn conversations(
         .unwrap_or(usize::MAX)
         .saturating_add(64);
     let log: Arc<dyn StreamLog> = match &wired.redis {
-        Some(pools) => Arc::new(RedisStreamLog::new(
-            pools.shared.clone(),
-            pools.blocking.clone(),
-            RedisStreamLogOptions {
-                retention,
-                max_events_per_log,
-                lease: Duration::from_millis(settings.redis.stream_lease_ms),
-                poll_interval: Duration::from_millis(settings.redis.stop_poll_ms),
-            },
-        )),
+        Some(pools) => {
+            let lease = Duration::from_millis(settings.redis.stream_lease_ms);
+            Arc::new(RedisStreamLog::new(
+                pools.shared.clone(),
+                RedisStreamLogOptions {
+                    retention,
+                    max_events_per_log,
+                    lease,
+                    poll_interval: lease / 3,
+                },
+            ))
+        }
         None => Arc::new(MemoryStreamLog::new(StreamLogOptions {
             retention,
             max_events_per_log,

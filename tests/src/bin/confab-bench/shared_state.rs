@@ -40,8 +40,12 @@ const CALLERS: usize = 1_000;
 /// Messages in the cached history.
 const MESSAGES: usize = 20;
 /// The Redis pool's size and connect timeout: the defaults of
-/// `config/default.toml` (`redis.max_connections`, `connect_timeout_ms`).
-const POOL_SIZE: usize = 32;
+/// `config/default.toml` (`redis.connections`, `connect_timeout_ms`,
+/// `command_timeout_ms`).
+const POOL_SIZE: usize = 2;
+
+/// How long a command waits for its reply, as the default.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// The in-process cache's bound (`cache.max_entries`'s default).
 const MEMORY_CACHE_ENTRIES: usize = 10_000;
@@ -291,8 +295,9 @@ pub(super) fn measure(runtime: &tokio::runtime::Runtime) -> SharedState {
     runtime.block_on(async {
         let pool = RedisPool::new(&RedisSettings {
             url: SecretString::from(url),
-            max_connections: POOL_SIZE,
+            connections: POOL_SIZE,
             connect_timeout: CONNECT_TIMEOUT,
+            command_timeout: COMMAND_TIMEOUT,
             key_prefix: format!("confab-bench:{}:", uuid::Uuid::new_v4()),
         })
         .unwrap_or_else(|e| panic!("the Redis URL (REDIS_URL) is unusable: {e}"));
@@ -399,8 +404,8 @@ What one rate-limit check, one cache hit and one cache-version lookup cost with
 the in-process adapters (`confab-memory`, the default) and with the Redis ones
 (`confab-redis`, when `REDIS_URL` is set, for several instances), called directly
 through the ports in the bench process: no HTTP, no server. Redis: the one at
-`{redis_at}`, through one pool of {POOL_SIZE} connections (the default
-`redis.max_connections`), under a fresh key prefix.
+`{redis_at}`, through {POOL_SIZE} multiplexed connections (the default
+`redis.connections`), under a fresh key prefix.
 
 - **`RateLimiter::check`**: a policy of {quota} per {window} s, which never
   refuses here; the checks go to {callers} callers in turn. Redis: one `EVALSHA`

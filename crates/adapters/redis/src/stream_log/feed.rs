@@ -1,13 +1,14 @@
-//! A reader of one generation's stream.
+//! A reader of one generation's stream in Redis (a generation this
+//! instance does not run: see `local.rs` for the others).
 //!
-//! It first replays what the stream holds with `XRANGE`, a batch at a time,
-//! on the shared pool: a reader of a closed log reaches the end entry this
-//! way and never blocks. Once caught up with an open log it follows with
-//! `XREAD BLOCK` on a connection of the blocking pool, held until the feed
-//! ends or is dropped. Each block lasts at most [`BLOCK_MS`]; after one that
-//! brought nothing, the reader checks that its log still exists, so a log
-//! whose lease or retention ran out under it ends the feed with
-//! [`DomainError::NotFound`] instead of a wait forever.
+//! It reads what the stream holds after its position with `XRANGE`, a batch
+//! at a time, on the shared connections: a reader of a closed log reaches
+//! the end entry this way and never waits. Once caught up with an open log
+//! it registers with the log's hub (see `hub.rs`), which wakes it when the
+//! stream grows, and reads again. After [`WAIT`] without a wake-up it
+//! checks that its log still exists, so a log whose lease or retention ran
+//! out under it ends the feed with [`DomainError::NotFound`] instead of a
+//! wait forever.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -18,22 +19,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use confab_domain::DomainError;
 use confab_ports::{EventFeed, LoggedEvent};
-use deadpool_redis::{Connection, redis};
 
 use super::Inner;
+use super::hub::Watch;
 use super::ids::event_id;
 use crate::pool::unavailable;
 
-/// Entries asked for per `XRANGE` or `XREAD`.
+/// Entries asked for per `XRANGE`.
 const BATCH: usize = 256;
 
-/// The longest one `XREAD` blocks before the reader checks its log (ms).
-const BLOCK_MS: u64 = 1_000;
-
-/// How long past [`BLOCK_MS`] a blocked read may take to answer before it
-/// fails: the blocking pool's connections wait this long for a reply (the
-/// client's default, 500 ms, is shorter than a block).
-const REPLY_MARGIN: Duration = Duration::from_secs(1);
+/// The longest a caught-up reader waits for a wake-up before it checks
+/// that its log still exists.
+const WAIT: Duration = Duration::from_secs(1);
 
 /// The most distinct event names one process turns into `&'static str`.
 const MAX_EVENT_NAMES: usize = 64;
@@ -90,9 +87,7 @@ impl RedisFeed {
                 stream,
                 generation,
                 last: after,
-                following: false,
-                held: None,
-                busy: false,
+                watch: None,
             })),
         }
     }
@@ -135,35 +130,11 @@ struct Reader {
     generation: String,
     /// The entry id of the last entry fetched.
     last: Option<String>,
-    /// Caught up once: from now on, reads block.
-    following: bool,
-    /// The blocking pool's connection, while following.
-    held: Option<Connection>,
-    /// A read is in flight on `held`.
-    busy: bool,
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        // A reader dropped during a blocking read (the client went away)
-        // must not hand the connection back: its next user would wait
-        // behind the read.
-        if self.busy {
-            self.discard();
-        }
-    }
+    /// The hub's wake-ups, once caught up.
+    watch: Option<Watch>,
 }
 
 impl Reader {
-    /// Takes the held connection out of the pool and drops it, which closes
-    /// it and ends a read still blocked on Redis's side.
-    fn discard(&mut self) {
-        if let Some(conn) = self.held.take() {
-            drop(Connection::take(conn));
-        }
-        self.busy = false;
-    }
-
     async fn fetch(mut self: Box<Self>) -> (Box<Self>, Result<Vec<Entry>, DomainError>) {
         let fetched = self.fetch_more().await;
         (self, fetched)
@@ -171,35 +142,45 @@ impl Reader {
 
     /// The next entries: at least one, unless it fails.
     async fn fetch_more(&mut self) -> Result<Vec<Entry>, DomainError> {
-        if !self.following {
-            let entries = self.replay().await?;
-            let more_to_replay = entries.len() == BATCH;
-            if more_to_replay || matches!(entries.last(), Some(Entry::End)) {
-                return Ok(entries);
-            }
-            self.following = true;
-            if !entries.is_empty() {
-                return Ok(entries);
-            }
-        }
         loop {
-            let entries = self.follow().await?;
+            // Wake-ups before this read are covered by it.
+            if let Some(watch) = &mut self.watch {
+                watch.grew.borrow_and_update();
+            }
+            let entries = self.read().await?;
             if !entries.is_empty() {
                 return Ok(entries);
             }
-            if !self.alive().await? {
-                return Err(DomainError::NotFound);
+            let Some(watch) = &mut self.watch else {
+                // Caught up: follow from here, and read once more, for what
+                // came between the read and the registration.
+                let after = self.last.as_deref().unwrap_or("0-0");
+                self.watch = Some(self.inner.hub.watch(&self.stream, after));
+                continue;
+            };
+            match tokio::time::timeout(WAIT, watch.grew.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(DomainError::unavailable(
+                        "redis: the stream log's hub is gone",
+                    ));
+                }
+                Err(_) => {
+                    if !self.alive().await? {
+                        return Err(DomainError::NotFound);
+                    }
+                }
             }
         }
     }
 
-    /// The next batch after `last`, without blocking, on the shared pool.
-    async fn replay(&mut self) -> Result<Vec<Entry>, DomainError> {
+    /// The next batch after `last`, without waiting.
+    async fn read(&mut self) -> Result<Vec<Entry>, DomainError> {
         let start = match &self.last {
             None => "-".to_owned(),
             Some(last) => format!("({last}"),
         };
-        let mut conn = self.inner.pool.connection().await?;
+        let mut conn = self.inner.pool.connection()?;
         let raw: Vec<RawEntry> = redis::cmd("XRANGE")
             .arg(&self.stream)
             .arg(start)
@@ -212,52 +193,9 @@ impl Reader {
         self.entries(raw)
     }
 
-    /// The next batch after `last`, waiting up to [`BLOCK_MS`] for one, on the
-    /// held connection (taken from the blocking pool first if needed).
-    async fn follow(&mut self) -> Result<Vec<Entry>, DomainError> {
-        let conn = match self.held.take() {
-            Some(conn) => conn,
-            None => {
-                let mut conn = self.inner.blocking.connection().await?;
-                conn.set_response_timeout(Duration::from_millis(BLOCK_MS) + REPLY_MARGIN);
-                conn
-            }
-        };
-        let conn = self.held.insert(conn);
-        self.busy = true;
-        // One stream asked, so at most one in the reply: its key and entries.
-        let reply: Result<Vec<(String, Vec<RawEntry>)>, _> = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(BATCH)
-            .arg("BLOCK")
-            .arg(BLOCK_MS)
-            .arg("STREAMS")
-            .arg(&self.stream)
-            .arg(self.last.as_deref().unwrap_or("0-0"))
-            .query_async(conn)
-            .await;
-        match reply {
-            Ok(streams) => {
-                self.busy = false;
-                let raw = streams
-                    .into_iter()
-                    .flat_map(|(_, entries)| entries)
-                    .collect();
-                self.entries(raw)
-            }
-            Err(e) => {
-                // The reply may still come (a reply timeout): this
-                // connection can't go back to the pool; the next fetch
-                // takes another.
-                self.discard();
-                Err(unavailable(&e))
-            }
-        }
-    }
-
     /// Whether to keep waiting after a block that brought nothing.
     async fn alive(&self) -> Result<bool, DomainError> {
-        let mut conn = self.inner.pool.connection().await?;
+        let mut conn = self.inner.pool.connection()?;
         let alive: i64 = self
             .inner
             .scripts

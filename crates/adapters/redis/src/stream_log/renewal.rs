@@ -1,6 +1,8 @@
 //! The renewal of one generation's lease by the instance running it: a task
 //! started by `open` that renews the lease at a fixed pace until `close`,
-//! whatever the app does meanwhile (awaiting the stop signal or not).
+//! whatever the app does meanwhile (awaiting the stop signal or not). Each
+//! renewal also reads the stop flag: a stop whose publish this instance
+//! missed is seen at the next renewal.
 //!
 //! The task ends when:
 //!
@@ -34,8 +36,8 @@ pub(super) struct Renewal {
     _ended: oneshot::Sender<()>,
 }
 
-/// Time between renewals: at least three per lease, so one late or failed
-/// renewal costs nothing, and never less often than the stop polls.
+/// Time between renewals: the configured interval, but at least three per
+/// lease, so one late or failed renewal costs nothing.
 pub(super) fn interval(options: &RedisStreamLogOptions) -> Duration {
     options
         .poll_interval
@@ -53,11 +55,11 @@ struct Target {
 }
 
 impl Target {
-    /// Renews the lease; `false` when the generation is no longer the open
-    /// one.
-    async fn renew(&self, inner: &Inner) -> Result<bool, DomainError> {
-        let mut conn = inner.pool.connection().await?;
-        let renewed: i64 = inner
+    /// Renews the lease: 1, or 2 when a stop was asked; 0 when the
+    /// generation is no longer the open one.
+    async fn renew(&self, inner: &Inner) -> Result<i64, DomainError> {
+        let mut conn = inner.pool.connection()?;
+        inner
             .scripts
             .renew
             .key(&self.meta)
@@ -66,8 +68,7 @@ impl Target {
             .arg(millis(inner.options.lease).max(1))
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| unavailable(&e))?;
-        Ok(renewed == 1)
+            .map_err(|e| unavailable(&e))
     }
 }
 
@@ -123,10 +124,13 @@ async fn renew(
             return;
         };
         let renewed = target.renew(&inner).await;
+        if matches!(renewed, Ok(2)) {
+            inner.deliver_stop(target.conversation, &target.generation);
+        }
         // Never held between renewals, so the state can go meanwhile.
         drop(inner);
         match renewed {
-            Ok(true) => {
+            Ok(1 | 2) => {
                 if failing {
                     tracing::info!(
                         conversation = %target.conversation,
@@ -136,7 +140,7 @@ async fn renew(
                 }
                 failing = false;
             }
-            Ok(false) => {
+            Ok(_) => {
                 // Unless `close` ended it meanwhile, the generation was lost
                 // while this instance still runs it.
                 if matches!(ended.try_recv(), Err(TryRecvError::Empty)) {

@@ -14,8 +14,6 @@
 //! Numbers are stored with `%d`: Lua's `tostring` would print a
 //! millisecond time in exponent form.
 
-use deadpool_redis::redis;
-
 /// Opens a new generation. `KEYS[1]`: the meta hash. `ARGV[1]`: the message
 /// id. `ARGV[2]`: the lease (ms).
 ///
@@ -44,32 +42,59 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {'ok', generation}
 ";
 
-/// Appends an event to the open generation's stream. `KEYS[1]`: the meta
-/// hash. `ARGV[1]`: the stream keys' prefix. `ARGV[2]`: the most events a
-/// log holds. `ARGV[3]`: the event name, or empty. `ARGV[4]`: the data.
-/// `ARGV[5]`: the generation the caller opened, or empty for any.
+/// Appends events to the open generation's stream, in order.
+/// `KEYS[1]`: the meta hash. `ARGV[1]`: the stream keys' prefix.
+/// `ARGV[2]`: the most events a log holds. `ARGV[3]`: the generation the
+/// caller opened, or empty for any. `ARGV[4]`: how many entries the caller
+/// appended to that generation before this batch, or empty when unknown.
+/// `ARGV[5]`, `ARGV[6]`, …: each event's name (or empty) and data.
+///
+/// The count in `ARGV[4]` makes a retry safe: when the stream already holds
+/// exactly that many entries and this batch, the batch was appended by an
+/// attempt whose reply was lost, and its ids are returned without appending
+/// it again.
 ///
 /// The stream takes the hash's TTL (the lease), which its first entry
 /// creates it without.
 ///
-/// Returns `{'none'}` when no generation is open, `{'full'}` when the log
-/// holds the most events, else `{'ok', generation, entry id}`.
-const APPEND: &str = r"-- confab stream log append v1
+/// Returns `{'none'}` when no generation is open (or not the caller's),
+/// `{'gap'}` when the stream doesn't hold what the caller appended,
+/// `{'full'}` when the batch would pass the most events, else `{'ok',
+/// generation, entry id…}`.
+const APPEND: &str = r"-- confab stream log append v2
 if redis.replicate_commands then redis.replicate_commands() end
 local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
-if log[2] ~= '1' or (ARGV[5] ~= '' and ARGV[5] ~= log[1]) then
+if log[2] ~= '1' or (ARGV[3] ~= '' and ARGV[3] ~= log[1]) then
   return {'none'}
 end
 local stream = ARGV[1] .. log[1]
-if redis.call('XLEN', stream) >= tonumber(ARGV[2]) then
+local count = (#ARGV - 4) / 2
+local len = redis.call('XLEN', stream)
+local reply = {'ok', log[1]}
+if ARGV[4] ~= '' then
+  local before = tonumber(ARGV[4])
+  if count > 0 and len == before + count then
+    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', count)
+    for i = count, 1, -1 do
+      reply[#reply + 1] = last[i][1]
+    end
+    return reply
+  end
+  if len ~= before then
+    return {'gap'}
+  end
+end
+if len + count > tonumber(ARGV[2]) then
   return {'full'}
 end
-local id = redis.call('XADD', stream, '*', 'e', ARGV[3], 'd', ARGV[4])
+for i = 5, #ARGV, 2 do
+  reply[#reply + 1] = redis.call('XADD', stream, '*', 'e', ARGV[i], 'd', ARGV[i + 1])
+end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then
   redis.call('PEXPIRE', stream, ttl)
 end
-return {'ok', log[1], id}
+return reply
 ";
 
 /// Closes the open generation: marks it closed, adds the end entry (which
@@ -94,54 +119,42 @@ redis.call('PEXPIRE', stream, ARGV[2])
 return 1
 ";
 
-/// Asks the open generation to stop. `KEYS[1]`: the meta hash.
+/// Asks the open generation to stop, and tells every instance at once:
+/// the instance running it hears the publish and stops without polling.
+/// `KEYS[1]`: the meta hash. `ARGV[1]`: the stop channel. `ARGV[2]`: the
+/// conversation id (the message is `{conversation} {generation}`).
 ///
 /// Returns 1 when a generation was open, else 0.
-const REQUEST_STOP: &str = r"-- confab stream log request stop v1
-if redis.call('HGET', KEYS[1], 'open') ~= '1' then
+const REQUEST_STOP: &str = r"-- confab stream log request stop v2
+local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
+if log[2] ~= '1' then
   return 0
 end
 redis.call('HSET', KEYS[1], 'stop', '1')
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. log[1])
 return 1
 ";
 
-/// Renews a generation's lease while it is the open one. `KEYS[1]`: the
-/// meta hash. `KEYS[2]`: the generation's stream (which may not exist yet:
-/// the first `append` gives it the hash's TTL). `ARGV[1]`: the generation.
-/// `ARGV[2]`: the lease (ms).
+/// Renews a generation's lease while it is the open one, and says whether
+/// a stop was asked of it (the fallback for a stop whose publish the
+/// instance missed). `KEYS[1]`: the meta hash. `KEYS[2]`: the generation's
+/// stream (which may not exist yet: the first `append` gives it the hash's
+/// TTL). `ARGV[1]`: the generation. `ARGV[2]`: the lease (ms).
 ///
-/// Returns 1 when the lease was renewed, 0 when the generation is not the
-/// open one (closed, replaced, or its lease ran out): there is nothing of
-/// it left to renew.
-const RENEW: &str = r"-- confab stream log renew v1
-local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
+/// Returns 1 when the lease was renewed, 2 when it was and a stop was
+/// asked, 0 when the generation is not the open one (closed, replaced, or
+/// its lease ran out): there is nothing of it left to renew.
+const RENEW: &str = r"-- confab stream log renew v2
+local log = redis.call('HMGET', KEYS[1], 'gen', 'open', 'stop')
 if log[1] ~= ARGV[1] or log[2] ~= '1' then
   return 0
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return 1
-";
-
-/// One poll of a stop signal: whether its generation was asked to stop.
-/// Read only: the lease is renewed by [`RENEW`], not here. `KEYS[1]`: the
-/// meta hash. `ARGV[1]`: the generation.
-///
-/// Returns 1 when a stop was asked of this generation, 0 while it runs
-/// without one, -1 when it is over without one (closed, replaced, or its
-/// lease ran out): no stop can reach it any more.
-const POLL_STOP: &str = r"-- confab stream log poll stop v2
-local log = redis.call('HMGET', KEYS[1], 'gen', 'open', 'stop')
-if log[1] ~= ARGV[1] then
-  return -1
-end
 if log[3] == '1' then
-  return 1
+  return 2
 end
-if log[2] == '1' then
-  return 0
-end
-return -1
+return 1
 ";
 
 /// Where a reader starts. `KEYS[1]`: the meta hash. `ARGV[1]`: the stream
@@ -194,7 +207,6 @@ pub(super) struct Scripts {
     pub(super) close: redis::Script,
     pub(super) request_stop: redis::Script,
     pub(super) renew: redis::Script,
-    pub(super) poll_stop: redis::Script,
     pub(super) locate: redis::Script,
     pub(super) alive: redis::Script,
 }
@@ -207,7 +219,6 @@ impl Scripts {
             close: redis::Script::new(CLOSE),
             request_stop: redis::Script::new(REQUEST_STOP),
             renew: redis::Script::new(RENEW),
-            poll_stop: redis::Script::new(POLL_STOP),
             locate: redis::Script::new(LOCATE),
             alive: redis::Script::new(ALIVE),
         }

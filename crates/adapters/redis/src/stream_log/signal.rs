@@ -1,131 +1,155 @@
-//! The stop signal of one generation: while awaited, it polls the
-//! generation's stop flag. It does not renew the lease: the generation's
-//! renewal task does, from `open` to `close`, whether the signal is awaited
-//! or not (see `renewal.rs`).
+//! Stops, delivered without polling: a stop request sets the generation's
+//! stop flag and publishes `{conversation} {generation}` on the log's stop
+//! channel in the same script; every instance listens on that channel with
+//! one pub/sub connection (one task per [`RedisStreamLog`](super::RedisStreamLog)),
+//! and the instance running that generation resolves its [`StopSignal`].
+//!
+//! A publish is lost when the listener is not connected at that moment
+//! (Redis restarted, the connection dropped): the lease renewal, which reads
+//! the stop flag on every renewal, catches such a stop one renewal interval
+//! later at most (see `renewal.rs`).
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use confab_domain::DomainError;
+use confab_domain::ConversationId;
 use confab_ports::StopSignal;
-use tokio::time::Instant;
+use futures_util::StreamExt;
+use tokio::sync::watch;
 
 use super::Inner;
-use crate::pool::unavailable;
 
-/// What one poll found.
-enum Polled {
-    /// A stop was asked of this generation.
-    Stopped,
-    /// The generation runs without a stop.
-    Running,
-    /// The generation is over without a stop (closed, replaced, or its lease
-    /// ran out): none can come any more.
-    Over,
-}
+/// How long the listener waits before it connects again after a failure.
+const RETRY: Duration = Duration::from_millis(250);
 
-type Polling = Pin<Box<dyn Future<Output = Result<Polled, DomainError>> + Send>>;
-
-/// What a poll looks at.
-struct Target {
-    inner: Arc<Inner>,
-    meta: String,
-    generation: String,
-}
-
-impl Target {
-    async fn poll(self: Arc<Self>) -> Result<Polled, DomainError> {
-        let mut conn = self.inner.pool.connection().await?;
-        let polled: i64 = self
-            .inner
-            .scripts
-            .poll_stop
-            .key(&self.meta)
-            .arg(&self.generation)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        Ok(match polled {
-            1 => Polled::Stopped,
-            0 => Polled::Running,
-            _ => Polled::Over,
-        })
-    }
-}
-
-/// Resolves when a stop is requested of the generation it was opened with,
-/// looking for one every poll interval while it is awaited.
-///
-/// The app awaits [`stopped`](StopSignal::stopped) in a `select!` that
-/// drops it whenever another branch wins (every token): the poll in flight
-/// is kept here, not in the dropped future, so the next call carries on
-/// with it and a poll completes however often the call is dropped.
+/// Resolves when a stop is asked of the generation it was opened with.
 pub(super) struct RedisStopSignal {
-    target: Arc<Target>,
-    /// Time between polls.
-    every: Duration,
-    next_poll: Instant,
-    polling: Option<Polling>,
-    /// The generation is over without a stop.
-    over: bool,
-    /// The last poll failed (logged once per outage, not once per poll).
-    failing: bool,
+    rx: watch::Receiver<bool>,
 }
 
 impl RedisStopSignal {
-    pub(super) fn new(inner: Arc<Inner>, meta: String, generation: String) -> Self {
-        let every = inner.options.poll_interval.max(Duration::from_millis(1));
-        Self {
-            target: Arc::new(Target {
-                inner,
-                meta,
-                generation,
-            }),
-            every,
-            // The first poll is at once: a stop asked before anyone awaits
-            // the signal still resolves it.
-            next_poll: Instant::now(),
-            polling: None,
-            over: false,
-            failing: false,
-        }
+    pub(super) fn new(rx: watch::Receiver<bool>) -> Self {
+        Self { rx }
     }
 }
 
 #[async_trait]
 impl StopSignal for RedisStopSignal {
     async fn stopped(&mut self) {
-        loop {
-            if self.over {
-                std::future::pending::<()>().await;
-            }
-            if self.polling.is_none() {
-                tokio::time::sleep_until(self.next_poll).await;
-            }
-            let target = &self.target;
-            let polling = self
-                .polling
-                .get_or_insert_with(|| Box::pin(Arc::clone(target).poll()));
-            let polled = polling.await;
-            self.polling = None;
-            self.next_poll = Instant::now() + self.every;
-            match polled {
-                Ok(Polled::Stopped) => return,
-                Ok(Polled::Running) => self.failing = false,
-                Ok(Polled::Over) => self.over = true,
-                Err(error) => {
-                    if !self.failing {
-                        tracing::warn!(
-                            %error,
-                            "cannot poll a generation's stop flag"
-                        );
+        // An error means the generation is over here without a stop: none
+        // can come any more.
+        if self.rx.wait_for(|stopped| *stopped).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The stop listener of one stream log: started by the first `open`.
+#[derive(Debug, Default)]
+pub(super) struct Listener {
+    /// Whether the listener is subscribed now.
+    subscribed: OnceLock<watch::Receiver<bool>>,
+}
+
+impl Listener {
+    /// Starts the listener if it isn't running, and waits (at most `wait`)
+    /// until it listens, so a stop asked right after `open` is heard.
+    pub(super) async fn ensure(&self, inner: &Arc<Inner>, wait: Duration) {
+        let mut subscribed = self
+            .subscribed
+            .get_or_init(|| {
+                let (tx, rx) = watch::channel(false);
+                tokio::spawn(listen(Arc::downgrade(inner), tx));
+                rx
+            })
+            .clone();
+        // Not listening (Redis unreachable) only delays a stop to the next
+        // renewal: never a reason to fail the open.
+        let _ = tokio::time::timeout(wait, subscribed.wait_for(|on| *on)).await;
+    }
+}
+
+/// The channel stops are published on.
+pub(super) fn channel(inner: &Inner) -> String {
+    inner.pool.key("log:stop")
+}
+
+/// A stop message's conversation and generation.
+pub(super) fn parse(message: &str) -> Option<(ConversationId, &str)> {
+    let (conversation, generation) = message.split_once(' ')?;
+    Some((conversation.parse().ok()?, generation))
+}
+
+/// The listener task: subscribes, hands each stop to the generation it
+/// names, and connects again after a failure, until the log is dropped.
+async fn listen(inner: Weak<Inner>, subscribed: watch::Sender<bool>) {
+    let mut failing = false;
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let channel = channel(&strong);
+        let mut gone = strong.gone.subscribe();
+        let connected = strong.pool.pubsub().await;
+        drop(strong);
+        match connected {
+            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("listening for stops again");
                     }
-                    self.failing = true;
+                    failing = false;
+                    subscribed.send_replace(true);
+                    let mut messages = pubsub.on_message();
+                    loop {
+                        tokio::select! {
+                            // The log is gone: so is its listener.
+                            _ = gone.changed() => return,
+                            message = messages.next() => {
+                                let Some(message) = message else { break };
+                                let Some(strong) = inner.upgrade() else { return };
+                                if let Ok(text) = message.get_payload::<String>()
+                                    && let Some((conversation, generation)) = parse(&text)
+                                {
+                                    strong.deliver_stop(conversation, generation);
+                                }
+                            }
+                        }
+                    }
+                    subscribed.send_replace(false);
                 }
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%error, "cannot listen for stops; retrying");
+                    }
+                    failing = true;
+                }
+            },
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(%error, "cannot listen for stops; retrying");
+                }
+                failing = true;
             }
         }
+        tokio::select! {
+            _ = gone.changed() => return,
+            () = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_message_names_a_conversation_and_a_generation() {
+        let id = ConversationId::generate();
+        let text = format!("{id} 1717171717171");
+        assert_eq!(parse(&text), Some((id, "1717171717171")));
+        assert_eq!(parse("not-a-uuid 1"), None);
+        assert_eq!(parse("nothing"), None);
     }
 }

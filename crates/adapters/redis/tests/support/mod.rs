@@ -36,7 +36,8 @@ pub async fn pool_at(url: &str) -> RedisPool {
 pub fn unchecked_pool(url: &str) -> RedisPool {
     RedisPool::new(&RedisSettings {
         url: SecretString::from(url.to_owned()),
-        max_connections: 8,
+        connections: 2,
+        command_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_millis(500),
         key_prefix: format!("confab-test:{}:", uuid::Uuid::new_v4()),
     })

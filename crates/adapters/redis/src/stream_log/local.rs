@@ -1,0 +1,196 @@
+//! The events of a generation this instance runs, as it appended them to
+//! Redis, kept in process for the readers on this instance: the reader of
+//! a send (and any resume that lands here) follows the generation without
+//! reading Redis at all. An event is added here only once Redis has stored
+//! it, with the id Redis gave it, so a local reader and a reader on any
+//! other instance see the same events under the same ids, and a client can
+//! resume on either.
+//!
+//! The copy lives from `open` to `close` on this instance (bounded by the
+//! log's most events); readers that hold it finish reading it after that.
+
+use async_trait::async_trait;
+use confab_domain::DomainError;
+use confab_ports::{EventFeed, LoggedEvent};
+use tokio::sync::watch;
+
+/// How a local copy ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Closed: readers end after the last event.
+    Closed,
+    /// An append failed for good: readers end with an error, and the client
+    /// may resume from Redis (which holds what was stored).
+    Failed,
+}
+
+/// What readers see.
+#[derive(Debug, Default)]
+pub(super) struct Copy {
+    events: Vec<LoggedEvent>,
+    end: Option<End>,
+}
+
+/// The writing side, held by the instance's record of the generation.
+#[derive(Debug)]
+pub(super) struct LocalLog {
+    tx: watch::Sender<Copy>,
+}
+
+impl LocalLog {
+    pub(super) fn new() -> Self {
+        Self {
+            tx: watch::Sender::new(Copy::default()),
+        }
+    }
+
+    /// Adds events Redis stored.
+    pub(super) fn extend(&self, events: impl IntoIterator<Item = LoggedEvent>) {
+        self.tx.send_modify(|copy| copy.events.extend(events));
+    }
+
+    /// Readers end after what they have.
+    pub(super) fn close(&self) {
+        self.end(End::Closed);
+    }
+
+    /// Readers end with an error after what they have.
+    pub(super) fn fail(&self) {
+        self.end(End::Failed);
+    }
+
+    fn end(&self, end: End) {
+        self.tx.send_if_modified(|copy| {
+            if copy.end.is_some() {
+                return false;
+            }
+            copy.end = Some(end);
+            true
+        });
+    }
+
+    /// A reader from the first event, or after the event `after`; `None`
+    /// when `after` is not an event of this copy.
+    pub(super) fn reader(&self, after: Option<&str>) -> Option<LocalFeed> {
+        let next = match after {
+            None => 0,
+            Some(id) => {
+                self.tx
+                    .borrow()
+                    .events
+                    .iter()
+                    .position(|event| event.id == id)?
+                    + 1
+            }
+        };
+        Some(LocalFeed {
+            rx: self.tx.subscribe(),
+            next,
+        })
+    }
+}
+
+/// A reader of a local copy, at its own position.
+pub(super) struct LocalFeed {
+    rx: watch::Receiver<Copy>,
+    next: usize,
+}
+
+#[async_trait]
+impl EventFeed for LocalFeed {
+    async fn next(&mut self) -> Result<Option<LoggedEvent>, DomainError> {
+        loop {
+            {
+                let copy = self.rx.borrow_and_update();
+                if let Some(event) = copy.events.get(self.next) {
+                    self.next += 1;
+                    return Ok(Some(event.clone()));
+                }
+                match copy.end {
+                    Some(End::Closed) => return Ok(None),
+                    Some(End::Failed) => {
+                        return Err(DomainError::unavailable(
+                            "redis: the stream log could not be written",
+                        ));
+                    }
+                    None => {}
+                }
+            }
+            // Cancel-safe: the position is ours, the wait holds nothing.
+            if self.rx.changed().await.is_err() {
+                // The instance let go of the generation without closing it
+                // (a newer generation replaced it here): nothing more comes.
+                let copy = self.rx.borrow();
+                if copy.events.len() > self.next || copy.end.is_some() {
+                    continue;
+                }
+                return Err(DomainError::NotFound);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str) -> LoggedEvent {
+        LoggedEvent {
+            id: id.to_owned(),
+            event: Some("delta"),
+            data: format!("{{\"v\":\"{id}\"}}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_gets_every_event_then_the_end() {
+        let log = LocalLog::new();
+        log.extend([event("1"), event("2")]);
+        let mut feed = log.reader(None).unwrap();
+        assert_eq!(feed.next().await.unwrap(), Some(event("1")));
+        let waiting = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(e) = feed.next().await.unwrap() {
+                got.push(e.id);
+            }
+            got
+        });
+        log.extend([event("3")]);
+        log.close();
+        assert_eq!(waiting.await.unwrap(), ["2", "3"]);
+    }
+
+    #[tokio::test]
+    async fn a_reader_resumes_after_an_id_and_refuses_an_unknown_one() {
+        let log = LocalLog::new();
+        log.extend([event("1"), event("2"), event("3")]);
+        log.close();
+        let mut feed = log.reader(Some("2")).unwrap();
+        assert_eq!(feed.next().await.unwrap(), Some(event("3")));
+        assert_eq!(feed.next().await.unwrap(), None);
+        assert!(log.reader(Some("9")).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failed_copy_ends_its_readers_with_an_error() {
+        let log = LocalLog::new();
+        log.extend([event("1")]);
+        let mut feed = log.reader(None).unwrap();
+        log.fail();
+        // Closing after a failure changes nothing.
+        log.close();
+        assert_eq!(feed.next().await.unwrap(), Some(event("1")));
+        assert!(matches!(
+            feed.next().await,
+            Err(DomainError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_copy_let_go_of_without_an_end_ends_its_readers() {
+        let log = LocalLog::new();
+        let mut feed = log.reader(None).unwrap();
+        drop(log);
+        assert!(matches!(feed.next().await, Err(DomainError::NotFound)));
+    }
+}
