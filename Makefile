@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test lint fmt migrate openapi bench deps model services release check-architecture clean
+.PHONY: run test load lint fmt migrate openapi bench deps model services release check-architecture clean
 
 ## Serve on the embedded defaults: SQLite in ./data, in-process adapters,
 ## the built-in model (fetched into ./models on first use).
@@ -15,6 +15,13 @@ run: deps model
 test: deps model services check-architecture
 	$(CARGO) test --workspace
 	./scripts/validate-openapi.sh
+
+## The concurrent-send load tests alone (tests/e2e/load.rs: in process, and
+## two `confab serve` processes on PostgreSQL or SQLite and Redis), with
+## each burst's counts printed.
+load: deps services
+	$(CARGO) build --bin confab
+	$(CARGO) test -p confab-e2e --test e2e load:: -- --nocapture
 
 ## Formatting and clippy with warnings as errors.
 lint:
@@ -33,8 +40,10 @@ openapi:
 	$(CARGO) run --quiet --bin confab -- openapi --output docs/openapi.json
 	./scripts/validate-openapi.sh
 
-## Measure and write docs/benchmarks.md.
-bench: deps model
+## Measure and write docs/benchmarks.md. The concurrent-sends section runs
+## release `confab serve` processes (built first) on PostgreSQL and Redis.
+bench: deps model services
+	$(CARGO) build --release --bin confab
 	$(CARGO) run --release -p confab-e2e --bin confab-bench -- docs/benchmarks.md
 	@printf '\n## The built-in model\n\nWritten by `make bench` (`crates/adapters/llm/examples/local_speed.rs`, release build):\nSmolLM2-135M-Instruct, 128 tokens per completion, a short prompt; each configuration runs\nin its own process, because candle sizes its thread pool once per process. "2 at once" is\nthe total rate of two concurrent generations.\n\n' >> docs/benchmarks.md
 	$(CARGO) run --release --quiet -p confab-llm --example local_speed >> docs/benchmarks.md

@@ -130,6 +130,38 @@ async fn scripts_are_used_in_order_then_the_default() {
 }
 
 #[tokio::test]
+async fn a_default_set_answers_every_request_the_queue_does_not() {
+    let paced = Script::paced(&["one", " two", " three"], Duration::from_millis(5));
+    assert_eq!(
+        paced,
+        Script::Stream(vec![
+            Step::Text("one".to_owned()),
+            Step::Delay(Duration::from_millis(5)),
+            Step::Text(" two".to_owned()),
+            Step::Delay(Duration::from_millis(5)),
+            Step::Text(" three".to_owned()),
+            Step::Finish("stop"),
+            Step::Done,
+        ])
+    );
+    let fake = FakeLlm::start();
+    fake.set_default(paced);
+    fake.push(Script::reply(&["queued"]));
+    let text = chat(&fake, &chat_body("a")).await.text().await.unwrap();
+    assert_eq!(content_of(&text), "queued");
+    // The queue is empty from here on: every request gets the default,
+    // and it is not used up.
+    let answers = (0..20).map(|_| async {
+        let text = chat(&fake, &chat_body("b")).await.text().await.unwrap();
+        (content_of(&text), text.ends_with("data: [DONE]\n\n"))
+    });
+    for answer in futures_util::future::join_all(answers).await {
+        assert_eq!(answer, ("one two three".to_owned(), true));
+    }
+    assert_eq!(fake.requests().len(), 21);
+}
+
+#[tokio::test]
 async fn raw_bytes_and_close_are_written_as_scripted() {
     let fake = FakeLlm::start();
     fake.push(Script::Stream(vec![

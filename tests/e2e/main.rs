@@ -35,6 +35,7 @@ mod errors;
 mod fake_llm;
 mod headers;
 mod idempotency;
+mod load;
 mod local_model;
 mod operations;
 mod recovery;

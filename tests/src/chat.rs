@@ -167,6 +167,27 @@ impl SseReader {
         }
     }
 
+    /// The next event, `Ok(None)` at the end of the stream, or the error
+    /// that broke the body; with no deadline of its own (the caller sets
+    /// one) and no panic.
+    ///
+    /// # Errors
+    /// When the body can't be read to its end.
+    pub async fn try_next(&mut self) -> Result<Option<SseEvent>, reqwest::Error> {
+        loop {
+            if let Some(Some(event)) = self.take_event() {
+                return Ok(Some(event));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            match self.res.chunk().await? {
+                Some(bytes) => self.buf.extend_from_slice(&bytes),
+                None => self.done = true,
+            }
+        }
+    }
+
     /// Every remaining event, to the end of the stream.
     pub async fn rest(&mut self) -> Vec<SseEvent> {
         let mut out = Vec::new();

@@ -8,8 +8,10 @@
 //!
 //! Every `POST /v1/chat/completions` is answered by the next queued
 //! [`Script`] ([`FakeLlm::push`], first in first out), or, when the queue
-//! is empty, by a short default stream (see [`Script::default_reply`]).
-//! Anything else is answered `404`.
+//! is empty, by the default script: a short stream (see
+//! [`Script::default_reply`]) unless [`FakeLlm::set_default`] set another,
+//! which then answers every request the queue doesn't (a load of identical
+//! answers). Anything else is answered `404`.
 //!
 //! A request any of whose messages contains "a title for this
 //! conversation" (in any case) is a *title* request: it leaves the queue
@@ -18,8 +20,12 @@
 //! Every answer carries `Connection: close`; a stream is `200` with
 //! `Content-Type: text/event-stream` and no `Content-Length`, each event
 //! flushed as it is written, and the connection closed when the script ends.
+//! The listen backlog is [`BACKLOG`], so that a thousand requests at once
+//! are queued rather than dropped (and retried by the client a second
+//! later).
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, oneshot, watch};
 
 /// What makes a request a title request (compared in lower case).
@@ -37,6 +43,8 @@ const TITLE_PHRASE: &str = "a title for this conversation";
 const MAX_HEAD: usize = 64 * 1024;
 /// The longest request body accepted.
 const MAX_BODY: usize = 16 * 1024 * 1024;
+/// The listen backlog (the kernel caps it at `net.core.somaxconn`).
+pub const BACKLOG: u32 = 4096;
 
 /// One step of a streamed answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +99,23 @@ impl Script {
         Script::Stream(steps)
     }
 
-    /// The answer when nothing is queued: `Hello`, ` there`, `!`,
+    /// A stream of one [`Step::Text`] per piece with a [`Step::Delay`] of
+    /// `spacing` between two of them, then `Finish("stop")` and `Done`.
+    #[must_use]
+    pub fn paced<S: AsRef<str>>(pieces: &[S], spacing: Duration) -> Script {
+        let mut steps = Vec::with_capacity(pieces.len() * 2 + 2);
+        for (i, piece) in pieces.iter().enumerate() {
+            if i > 0 {
+                steps.push(Step::Delay(spacing));
+            }
+            steps.push(Step::Text(piece.as_ref().to_owned()));
+        }
+        steps.push(Step::Finish("stop"));
+        steps.push(Step::Done);
+        Script::Stream(steps)
+    }
+
+    /// The default script of a new fake: `Hello`, ` there`, `!`,
     /// `Finish("stop")`, `Usage(5, 3)`, `Done`.
     #[must_use]
     pub fn default_reply() -> Script {
@@ -117,6 +141,8 @@ impl Script {
 /// What the fake has been told and has seen.
 struct State {
     queue: VecDeque<Script>,
+    /// The answer when the queue is empty.
+    default: Script,
     title: Option<String>,
     requests: Vec<Value>,
     title_requests: usize,
@@ -144,29 +170,30 @@ pub struct FakeLlm {
 }
 
 impl FakeLlm {
-    /// Starts a fake on `127.0.0.1:0`, with an empty queue and the title
-    /// `"Fake Title"`.
+    /// Starts a fake on `127.0.0.1:0`, with an empty queue, the default
+    /// script [`Script::default_reply`] and the title `"Fake Title"`.
     ///
     /// # Panics
     /// When the port can't be bound or the runtime can't start.
     #[must_use]
     pub fn start() -> FakeLlm {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fake LLM port");
-        listener
-            .set_nonblocking(true)
-            .expect("a non-blocking fake LLM listener");
-        let port = listener.local_addr().expect("the fake LLM address").port();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("the fake LLM runtime");
-        let listener = {
+        let listener: TcpListener = {
             let _entered = runtime.enter();
-            TcpListener::from_std(listener).expect("a tokio fake LLM listener")
+            let socket = TcpSocket::new_v4().expect("a fake LLM socket");
+            socket
+                .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+                .expect("bind the fake LLM port");
+            socket.listen(BACKLOG).expect("listen on the fake LLM port")
         };
+        let port = listener.local_addr().expect("the fake LLM address").port();
         let shared = Arc::new(Shared {
             state: watch::Sender::new(State {
                 queue: VecDeque::new(),
+                default: Script::default_reply(),
                 title: Some("Fake Title".to_owned()),
                 requests: Vec::new(),
                 title_requests: 0,
@@ -204,6 +231,12 @@ impl FakeLlm {
     /// scripts are used first in, first out.
     pub fn push(&self, script: Script) {
         self.shared.state.send_modify(|s| s.queue.push_back(script));
+    }
+
+    /// Sets the script that answers every (non-title) chat request while
+    /// the queue is empty, in place of [`Script::default_reply`].
+    pub fn set_default(&self, script: Script) {
+        self.shared.state.send_modify(|s| s.default = script);
     }
 
     /// Sets what title requests are answered with: a stream of this text,
@@ -296,7 +329,7 @@ impl Shared {
                 Script::title(s.title.as_deref())
             } else {
                 s.requests.push(body);
-                s.queue.pop_front().unwrap_or_else(Script::default_reply)
+                s.queue.pop_front().unwrap_or_else(|| s.default.clone())
             };
             picked = (script, s.requests.len() + s.title_requests);
         });

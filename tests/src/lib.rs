@@ -9,6 +9,7 @@
 
 pub mod chat;
 pub mod fake_llm;
+pub mod load;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -383,25 +384,29 @@ impl TestApp {
 
 /// The `confab` binary the workspace build made (`cargo test --workspace`
 /// builds it; run `cargo build --bin confab` first when testing this crate
-/// alone).
+/// alone): next to the running executable (a binary such as
+/// `confab-bench`), else one directory up (a test, in `deps/`).
 ///
 /// # Panics
 /// When it isn't there.
 #[must_use]
 pub fn confab_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
-    // target/<profile>/deps/<test> → target/<profile>/confab
-    let path = exe
-        .parent()
-        .and_then(std::path::Path::parent)
+    // target/<profile>/confab-bench → target/<profile>/confab;
+    // target/<profile>/deps/<test> → target/<profile>/confab.
+    let dir = exe.parent().expect("the target directory");
+    [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
         .map(|dir| dir.join("confab"))
-        .expect("the target directory");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it with `cargo build --bin confab`",
-        path.display()
-    );
-    path
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no confab binary next to {} or one directory up: build it with \
+                 `cargo build --bin confab` (with `--release` for confab-bench)",
+                exe.display()
+            )
+        })
 }
 
 /// Starts `confab serve` as a process of its own on `db` with the test

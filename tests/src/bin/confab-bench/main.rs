@@ -2,6 +2,9 @@
 //! server started in-process on loopback, then the overhead Confab's relay
 //! adds to a streamed answer ([`relay`]), then the built-in model's speed
 //! over the API, beside llama.cpp's server when one is named ([`model`]),
+//! then the shared-state ports in-process and on Redis ([`shared_state`]),
+//! then bursts of concurrent sends to one and two release `confab serve`
+//! processes ([`sends`]; the `confab` binary must sit next to this one),
 //! and writes the figures to the file named on the command line
 //! (docs/benchmarks.md).
 //!
@@ -20,6 +23,7 @@ use confab_sql::Backend;
 
 mod model;
 mod relay;
+mod sends;
 mod shared_state;
 
 /// One request-path scenario: a request sent `requests` times by
@@ -195,7 +199,8 @@ async fn login_token(client: &reqwest::Client, base: &str) -> String {
 }
 
 /// Measures every scenario and writes the markdown to the file named first
-/// (`--model-only`: the built-in model's figures alone, printed).
+/// (`--model-only`: the built-in model's figures alone, printed;
+/// `--sends-only`: the concurrent sends' alone, printed).
 fn main() {
     // The built-in model's threads, as `confab serve` sets them.
     if let Some(e) = confab_server::with_model_threads(0) {
@@ -215,6 +220,15 @@ fn main() {
         return;
     }
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    if out == "--sends-only" {
+        // The concurrent-sends section alone, printed, nothing written.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _ = sends::measure(&runtime, cores);
+        return;
+    }
     let workers = cores.to_string();
     let app = spawn_app_with(
         Backend::Sqlite,
@@ -324,6 +338,7 @@ fn main() {
     let relay = relay::measure(&runtime, cores);
     let model = model::measure(&runtime);
     let shared_state = shared_state::measure(&runtime);
+    let sends = sends::measure(&runtime, cores);
 
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -403,6 +418,7 @@ fn main() {
     relay::write_markdown(&mut md, &relay, cores);
     model::write_markdown(&mut md, &model);
     shared_state::write_markdown(&mut md, &shared_state, cores);
+    sends::write_markdown(&mut md, &sends, cores);
     std::fs::write(&out, md).unwrap_or_else(|e| panic!("cannot write {out}: {e}"));
     println!("wrote {out}");
 }

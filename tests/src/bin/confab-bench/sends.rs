@@ -1,0 +1,188 @@
+//! The concurrent-sends scenario (issue 11): bursts of sends arriving
+//! together, each a new conversation of one user, against one service in
+//! three set-ups: one instance with in-process shared state on SQLite, one
+//! instance on PostgreSQL and Redis, and two instances on PostgreSQL and
+//! Redis taking the sends alternately. Every instance is a release
+//! `confab serve` process (the binary next to this one); the model is the
+//! harness's `FakeLlm` answering [`DELTAS`] deltas [`SPACING`] apart.
+//!
+//! At each of [`LEVELS`], an unmeasured warm-up burst of the same size,
+//! then the measured one; each capped at [`ROUND_CAP`]. The driver is the
+//! e2e load tests' (`confab_e2e::load`): it counts complete streams (200,
+//! every delta, `message_stream_complete` then `[DONE]`, no `error`).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use confab_e2e::load::{Burst, DELTAS, SPACING, burst, burst_vars, paced_llm};
+use confab_e2e::{TestApp, redis_url, spawn_process};
+use confab_sql::testing::TestDatabase;
+
+use super::percentile;
+
+/// Sends started at once.
+const LEVELS: [usize; 2] = [100, 1000];
+/// The longest a burst runs; streams still open then are not complete.
+const ROUND_CAP: Duration = Duration::from_secs(60);
+
+/// One set-up of the service.
+#[derive(Clone, Copy)]
+enum Setup {
+    /// One instance, SQLite, no Redis.
+    InProcess,
+    /// One instance, PostgreSQL and Redis.
+    Redis,
+    /// Two instances, PostgreSQL and Redis, sent to alternately.
+    TwoInstances,
+}
+
+impl Setup {
+    const ALL: [Setup; 3] = [Setup::InProcess, Setup::Redis, Setup::TwoInstances];
+
+    const fn name(self) -> &'static str {
+        match self {
+            Self::InProcess => "in-process state, SQLite, 1 instance",
+            Self::Redis => "Redis, PostgreSQL, 1 instance",
+            Self::TwoInstances => "Redis, PostgreSQL, 2 instances",
+        }
+    }
+}
+
+/// What one burst measured.
+pub(super) struct Row {
+    setup: &'static str,
+    sends: usize,
+    complete: usize,
+    /// Statuses and problems, as the driver sums them up.
+    summary: String,
+    /// Time to first delta, p50 and p99, in ms (complete sends).
+    first: (f64, f64),
+    /// From the start to the end of the last stream.
+    wall: Duration,
+}
+
+impl Row {
+    fn of(setup: Setup, b: &Burst) -> Self {
+        let ms: Vec<f64> = b
+            .first_deltas()
+            .iter()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        Self {
+            setup: setup.name(),
+            sends: b.sends.len(),
+            complete: b.complete(),
+            summary: b.summary(),
+            first: (percentile(&ms, 0.50), percentile(&ms, 0.99)),
+            wall: b.wall,
+        }
+    }
+}
+
+/// Starts `setup`'s instances with `cores` workers each.
+async fn start(setup: Setup, base: &str, cores: &str) -> Vec<TestApp> {
+    let db = Arc::new(match setup {
+        Setup::InProcess => TestDatabase::sqlite(),
+        Setup::Redis | Setup::TwoInstances => TestDatabase::postgres(),
+    });
+    let (url, prefix) = (
+        redis_url(),
+        format!("confab-bench:{}:", uuid::Uuid::new_v4()),
+    );
+    let mut vars = burst_vars(base);
+    vars.push(("CONFAB__SERVER__WORKERS", cores));
+    if !matches!(setup, Setup::InProcess) {
+        vars.push(("REDIS_URL", url.as_str()));
+        vars.push(("CONFAB__REDIS__KEY_PREFIX", prefix.as_str()));
+    }
+    let count = if matches!(setup, Setup::TwoInstances) {
+        2
+    } else {
+        1
+    };
+    let mut apps = Vec::new();
+    for _ in 0..count {
+        apps.push(spawn_process(Arc::clone(&db), &vars).await);
+    }
+    apps
+}
+
+/// Runs every set-up at every level on `runtime`.
+pub(super) fn measure(runtime: &tokio::runtime::Runtime, cores: usize) -> Vec<Row> {
+    let cores = cores.to_string();
+    let mut rows = Vec::new();
+    for setup in Setup::ALL {
+        let llm = paced_llm();
+        let base = llm.base_url();
+        runtime.block_on(async {
+            let apps = start(setup, &base, &cores).await;
+            let targets: Vec<&TestApp> = apps.iter().collect();
+            let token = apps[0].user("bench").await;
+            for sends in LEVELS {
+                let _ = burst(&targets, &token, sends, ROUND_CAP).await;
+                let row = Row::of(setup, &burst(&targets, &token, sends, ROUND_CAP).await);
+                println!(
+                    "sends {:<38} c={:<4} first delta {:>8.3}/{:>8.3} ms p50/p99  {}",
+                    row.setup, row.sends, row.first.0, row.first.1, row.summary
+                );
+                rows.push(row);
+            }
+        });
+    }
+    rows
+}
+
+/// Appends the concurrent-sends section to `md`.
+pub(super) fn write_markdown(md: &mut String, rows: &[Row], cores: usize) {
+    let spacing = SPACING.as_millis();
+    let cap = ROUND_CAP.as_secs();
+    let text = format!(
+        "
+## Concurrent sends
+
+Bursts of sends arriving together (issue 11): c streaming sends
+(`POST /api/v1/conversations`, `Accept: text/event-stream`) started at once, each
+a new conversation of one user, the model (the harness's `FakeLlm`) answering
+each with {DELTAS} text deltas {spacing} ms apart, then `finish_reason: stop` and
+`[DONE]`. Every instance is a release `confab serve` process with {cores} workers,
+the user's generation and rate limits lifted, title generation off, the
+production defaults otherwise (`redis.*` included); two instances share one
+database, one Redis and one key prefix, and take the sends alternately. Each
+measured burst follows an unmeasured warm-up burst of the same size, and is
+capped at {cap} s.
+
+- **complete**: streams that were a 200 carrying every delta, then
+  `message_stream_complete` and `[DONE]`, and no `error` event (the e2e load
+  tests, `tests/e2e/load.rs`, also check the database);
+- **first delta**: from just before a send to its first text delta, over the
+  complete streams;
+- **wall**: from the start of the burst to the end of its last stream.
+
+| sends at once | set-up | complete | first delta p50 ms | first delta p99 ms | wall s |
+|---:|---|---:|---:|---:|---:|
+"
+    );
+    md.push_str(&text);
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {}/{} | {:.3} | {:.3} | {:.2} |",
+            r.sends,
+            r.setup,
+            r.complete,
+            r.sends,
+            r.first.0,
+            r.first.1,
+            r.wall.as_secs_f64()
+        );
+    }
+    let failed: Vec<String> = rows
+        .iter()
+        .filter(|r| r.complete < r.sends)
+        .map(|r| format!("- {}, {} at once: {}", r.setup, r.sends, r.summary))
+        .collect();
+    if !failed.is_empty() {
+        let _ = writeln!(md, "\nNot every send completed:\n\n{}", failed.join("\n"));
+    }
+}

@@ -1,0 +1,364 @@
+//! Bursts of sends: many streaming `POST /api/v1/conversations` started
+//! together, each read to its end within one deadline and checked for
+//! completeness, then checked in the database. Completeness only, never
+//! timings: a slow machine is not a failure, a lost or broken answer is.
+//! The e2e load tests and `confab-bench`'s "Concurrent sends" share it.
+//!
+//! The model is a [`FakeLlm`] whose default script is [`answer`]:
+//! [`DELTAS`] text deltas [`SPACING`] apart, then `finish_reason: stop`
+//! and `[DONE]`; every send starts a conversation of its own.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use confab_domain::ConversationId;
+use confab_sql::SqlStore;
+use serde_json::Value;
+
+use crate::TestApp;
+use crate::chat::{MODEL, SseEvent, SseReader, message_body};
+use crate::fake_llm::{FakeLlm, Script};
+
+mod stored;
+
+/// Text deltas in every answer.
+pub const DELTAS: usize = 20;
+/// The upstream's pause between two deltas.
+pub const SPACING: Duration = Duration::from_millis(20);
+
+/// The limits one user's burst would run into, lifted (generation slots
+/// and buckets, request bucket), and title generation off: one upstream
+/// call per send. A million per minute, not more: the Redis limiter counts
+/// in whole microseconds and refuses a policy whose period (window /
+/// quota) is under one, as an internal error on every request.
+pub const BURST_LIMITS: [(&str, &str); 4] = [
+    ("CONFAB__GENERATION__MAX_CONCURRENT_PER_USER", "100000"),
+    ("CONFAB__GENERATION__PER_MINUTE", "1000000"),
+    ("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "1000000"),
+    ("CONFAB__LLM__TITLE_GENERATION", "false"),
+];
+
+/// The `k`-th (from 0) text delta of the answer.
+fn piece(k: usize) -> String {
+    format!("word{k} ")
+}
+
+/// The whole text of the answer.
+#[must_use]
+pub fn full_answer() -> String {
+    (0..DELTAS).map(piece).collect()
+}
+
+/// The answer's script: [`DELTAS`] pieces [`SPACING`] apart, `stop`,
+/// `[DONE]`.
+#[must_use]
+pub fn answer() -> Script {
+    let pieces: Vec<String> = (0..DELTAS).map(piece).collect();
+    Script::paced(&pieces, SPACING)
+}
+
+/// A fake model that answers every request with [`answer`].
+#[must_use]
+pub fn paced_llm() -> FakeLlm {
+    let llm = FakeLlm::start();
+    llm.set_default(answer());
+    llm
+}
+
+/// [`BURST_LIMITS`] and the variables wiring a server to the model at
+/// `base_url` (a [`FakeLlm::base_url`]).
+#[must_use]
+pub fn burst_vars(base_url: &str) -> Vec<(&str, &str)> {
+    let mut vars = vec![
+        ("CONFAB_LLM_PROVIDER", "openai"),
+        ("CONFAB_LLM_BASE_URL", base_url),
+        ("CONFAB_LLM_MODEL", MODEL),
+        ("CONFAB_LLM_API_KEY", "sk-test-upstream-key-0123456789"),
+    ];
+    vars.extend(BURST_LIMITS);
+    vars
+}
+
+/// How the read of one send ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The body ended.
+    Ended,
+    /// The request or the body failed (the error).
+    Broken(String),
+    /// The burst's deadline passed first.
+    TimedOut,
+}
+
+/// One send of a burst, as the client saw it.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// The response's status; `None` when no response head arrived.
+    pub status: Option<u16>,
+    /// `"CODE (message)"` of a non-200 error body.
+    pub code: Option<String>,
+    /// Every event read.
+    pub events: Vec<SseEvent>,
+    /// How the read ended.
+    pub end: End,
+    /// From just before the request was sent to its first text delta.
+    pub first_delta: Option<Duration>,
+}
+
+impl Sent {
+    /// The conversation the stream names, if any.
+    #[must_use]
+    pub fn conversation(&self) -> Option<ConversationId> {
+        self.events
+            .iter()
+            .find_map(|e| e.json()["conversation_id"].as_str()?.parse().ok())
+    }
+
+    /// The text the stream's `append` deltas make, in order.
+    #[must_use]
+    pub fn text(&self) -> String {
+        let mut text = String::new();
+        for e in self
+            .events
+            .iter()
+            .filter(|e| e.event.as_deref() == Some("delta"))
+        {
+            for op in e.json()["v"].as_array().into_iter().flatten() {
+                if op["o"] == "append"
+                    && op["p"] == "/message/content/parts/0"
+                    && let Some(v) = op["v"].as_str()
+                {
+                    text.push_str(v);
+                }
+            }
+        }
+        text
+    }
+
+    /// Why this send is not a complete answer, `None` when it is: a 200
+    /// with no `error` event whose body ended with `message_stream_complete`
+    /// and `[DONE]`, and whose deltas make the whole text.
+    #[must_use]
+    pub fn problem(&self) -> Option<String> {
+        match (self.status, &self.end) {
+            (None, End::Broken(e)) => return Some(format!("no response: {e}")),
+            (None, _) => return Some("no response head by the deadline".to_owned()),
+            (Some(200), _) => {}
+            (Some(status), _) => {
+                let code = self.code.as_deref().unwrap_or("?");
+                return Some(format!("HTTP {status} {code}"));
+            }
+        }
+        if let Some(error) = self
+            .events
+            .iter()
+            .find(|e| e.kind().as_deref() == Some("error"))
+        {
+            let error = &error.json()["error"];
+            let code = error["code"].as_str().unwrap_or("?");
+            let message = error["message"].as_str().unwrap_or_default();
+            return Some(format!("error event {code} ({message})"));
+        }
+        match &self.end {
+            End::Ended => {}
+            End::Broken(_) => return Some("the body broke".to_owned()),
+            End::TimedOut => return Some("still open at the deadline".to_owned()),
+        }
+        let n = self.events.len();
+        let last = self.events.last().map(|e| e.data.as_str());
+        let before = n.checked_sub(2).and_then(|i| self.events[i].kind());
+        if last != Some("[DONE]") {
+            let completed = self
+                .events
+                .iter()
+                .any(|e| e.kind().as_deref() == Some("message_stream_complete"));
+            let deltas = self
+                .events
+                .iter()
+                .filter(|e| crate::chat::is_append(e))
+                .count();
+            let when = match (n, deltas) {
+                _ if completed => "after message_stream_complete",
+                (0, _) => "with no event",
+                (_, 0) => "before the first delta",
+                (_, DELTAS) => "after the last delta",
+                _ => "mid-answer",
+            };
+            return Some(format!("ended {when}, without [DONE]"));
+        }
+        if before.as_deref() != Some("message_stream_complete") {
+            return Some("[DONE] not right after message_stream_complete".to_owned());
+        }
+        if self.text() != full_answer() {
+            return Some("complete, but the deltas make another text".to_owned());
+        }
+        if self.conversation().is_none() {
+            return Some("no conversation id".to_owned());
+        }
+        None
+    }
+}
+
+/// A burst of sends and what each gave.
+#[derive(Debug)]
+pub struct Burst {
+    /// Every send, in the order they were made.
+    pub sends: Vec<Sent>,
+    /// From the start signal to the end of the last stream (or the
+    /// deadline).
+    pub wall: Duration,
+}
+
+/// Counts `keys` into `"{k: n, …}"`.
+fn tally(keys: impl Iterator<Item = String>) -> String {
+    let mut counts = BTreeMap::<String, usize>::new();
+    for key in keys {
+        *counts.entry(key).or_default() += 1;
+    }
+    let listed: Vec<String> = counts.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!("{{{}}}", listed.join(", "))
+}
+
+impl Burst {
+    /// How many sends were complete answers.
+    #[must_use]
+    pub fn complete(&self) -> usize {
+        self.sends.iter().filter(|s| s.problem().is_none()).count()
+    }
+
+    /// `"93/100 complete; statuses {200: 100}; problems {…}; 12.3 s"`.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let statuses = tally(self.sends.iter().map(|s| match s.status {
+            Some(status) => status.to_string(),
+            None => "none".to_owned(),
+        }));
+        let mut out = format!(
+            "{}/{} complete; statuses {statuses}",
+            self.complete(),
+            self.sends.len()
+        );
+        let problems: Vec<String> = self.sends.iter().filter_map(Sent::problem).collect();
+        if !problems.is_empty() {
+            let _ = write!(out, "; problems {}", tally(problems.into_iter()));
+        }
+        let _ = write!(out, "; {:.1} s", self.wall.as_secs_f64());
+        out
+    }
+
+    /// Each send's time to its first text delta, sorted (complete sends
+    /// only).
+    #[must_use]
+    pub fn first_deltas(&self) -> Vec<Duration> {
+        let mut times: Vec<Duration> = self
+            .sends
+            .iter()
+            .filter(|s| s.problem().is_none())
+            .filter_map(|s| s.first_delta)
+            .collect();
+        times.sort();
+        times
+    }
+
+    /// Fails, with both summaries, unless every send was a complete
+    /// answer and every answer is saved whole in `store`.
+    ///
+    /// # Panics
+    /// When one was not.
+    pub async fn assert_all_complete(&self, what: &str, store: &SqlStore) {
+        let (saved, stored) = self.stored(store).await;
+        let n = self.sends.len();
+        let summary = format!("{what}: {}; {stored}", self.summary());
+        eprintln!("{summary}");
+        assert!(self.complete() == n && saved == n, "{summary}");
+    }
+}
+
+/// Sends `n` streaming sends at once as `token`, the `i`-th to
+/// `apps[i % apps.len()]`, each starting a conversation, and reads every
+/// stream to its end or until `cap` has passed since the start.
+///
+/// # Panics
+/// When `apps` is empty or a task panics.
+pub async fn burst(apps: &[&TestApp], token: &str, n: usize, cap: Duration) -> Burst {
+    assert!(!apps.is_empty(), "a burst needs a server");
+    let (go, start) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + cap;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let app = apps[i % apps.len()];
+            let request = app
+                .client
+                .post(app.url("/api/v1/conversations"))
+                .bearer_auth(token)
+                .header("accept", "text/event-stream")
+                .json(&message_body(&format!("question {i}")));
+            let mut start = start.clone();
+            tokio::spawn(async move {
+                let _ = start.wait_for(|go| *go).await;
+                send(request, deadline).await
+            })
+        })
+        .collect();
+    let _ = go.send(true);
+    let mut sends = Vec::with_capacity(n);
+    for task in tasks {
+        sends.push(task.await.expect("a send task"));
+    }
+    Burst {
+        sends,
+        wall: started.elapsed(),
+    }
+}
+
+/// Sends `request` and reads its answer until it ends or `deadline`.
+async fn send(request: reqwest::RequestBuilder, deadline: tokio::time::Instant) -> Sent {
+    let sent_at = Instant::now();
+    let mut sent = Sent {
+        status: None,
+        code: None,
+        events: Vec::new(),
+        end: End::TimedOut,
+        first_delta: None,
+    };
+    let read = async {
+        let res = match request.send().await {
+            Ok(res) => res,
+            Err(e) => return End::Broken(e.to_string()),
+        };
+        let status = res.status().as_u16();
+        sent.status = Some(status);
+        if status != 200 {
+            return match res.json::<Value>().await {
+                Ok(body) => {
+                    let error = &body["error"];
+                    sent.code = error["code"].as_str().map(|code| {
+                        let message = error["message"].as_str().unwrap_or_default();
+                        format!("{code} ({message})")
+                    });
+                    End::Ended
+                }
+                Err(e) => End::Broken(e.to_string()),
+            };
+        }
+        let mut reader = SseReader::new(res);
+        loop {
+            match reader.try_next().await {
+                Ok(Some(event)) => {
+                    if sent.first_delta.is_none() && crate::chat::is_append(&event) {
+                        sent.first_delta = Some(sent_at.elapsed());
+                    }
+                    sent.events.push(event);
+                }
+                Ok(None) => return End::Ended,
+                Err(e) => return End::Broken(e.to_string()),
+            }
+        }
+    };
+    if let Ok(end) = tokio::time::timeout_at(deadline, read).await {
+        sent.end = end;
+    }
+    sent
+}
