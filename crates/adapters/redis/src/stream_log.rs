@@ -230,18 +230,30 @@ impl RedisStreamLog {
     }
 
     /// Appends `events` in one script call, retried as the module docs
-    /// say; their entry ids and generation.
+    /// say; their generation, entry ids, and how many entries the stream
+    /// held before them (when known).
     async fn append_batch(
         &self,
         conversation: ConversationId,
         events: &[NewEvent],
-    ) -> Result<(String, Vec<String>), DomainError> {
+    ) -> Result<(String, Vec<String>, Option<usize>), DomainError> {
         let inner = &self.inner;
-        let (generation, appended) = inner
+        let (generation, mut appended) = inner
             .opened()
             .get(&conversation)
             .map(|o| (o.generation.clone(), o.appended))
             .unwrap_or_default();
+        if appended.is_none() && !generation.is_empty() {
+            // An earlier append failed: what the stream holds is counted
+            // again, so this batch's retries stay safe.
+            let stream = format!("{}{generation}", inner.stream_prefix(conversation));
+            let mut conn = inner.pool.connection()?;
+            appended = redis::cmd("XLEN")
+                .arg(stream)
+                .query_async::<usize>(&mut conn)
+                .await
+                .ok();
+        }
         let mut invocation = inner.scripts.append.key(inner.meta_key(conversation));
         invocation
             .arg(inner.stream_prefix(conversation))
@@ -271,7 +283,7 @@ impl RedisStreamLog {
             (Some("ok"), Some(generation)) => {
                 let ids: Vec<String> = reply.collect();
                 if ids.len() == events.len() {
-                    Ok((generation, ids))
+                    Ok((generation, ids, appended))
                 } else {
                     Err(unexpected("append"))
                 }
@@ -300,7 +312,7 @@ impl RedisStreamLog {
         let mut opened = self.inner.opened();
         let mine = opened.get_mut(&conversation);
         match appended {
-            Ok((generation, entries)) => {
+            Ok((generation, entries, counted)) => {
                 let logged: Vec<LoggedEvent> = entries
                     .iter()
                     .zip(events)
@@ -312,7 +324,7 @@ impl RedisStreamLog {
                     .collect();
                 let ids = logged.iter().map(|e| e.id.clone()).collect();
                 if let Some(mine) = mine.filter(|o| o.generation == generation) {
-                    mine.appended = mine.appended.map(|n| n + logged.len());
+                    mine.appended = counted.map(|n| n + logged.len());
                     mine.local.extend(logged);
                 }
                 Ok(ids)
@@ -491,7 +503,11 @@ impl StreamLog for RedisStreamLog {
         };
         let inner = &self.inner;
         // A generation this instance runs: its local copy.
-        if let Some(opened) = inner.opened().get(&conversation) {
+        if let Some(opened) = inner
+            .opened()
+            .get(&conversation)
+            .filter(|opened| !opened.local.failed())
+        {
             match (&from, after) {
                 (ReadFrom::Start, _) => {
                     if let Some(feed) = opened.local.reader(None) {
@@ -499,11 +515,10 @@ impl StreamLog for RedisStreamLog {
                     }
                 }
                 (ReadFrom::After(id), Some((generation, _))) if generation == opened.generation => {
-                    return opened
-                        .local
-                        .reader(Some(id))
-                        .map(|feed| Box::new(feed) as Box<dyn EventFeed>)
-                        .ok_or_else(invalid);
+                    // An id the copy doesn't hold is for Redis to judge.
+                    if let Some(feed) = opened.local.reader(Some(id)) {
+                        return Ok(Box::new(feed));
+                    }
                 }
                 _ => {}
             }

@@ -228,6 +228,8 @@ impl EventFeed for Guarded {
             // its last ones.
             Ok(None) if self.done || !self.delivered => None,
             Ok(None) => Some(DomainError::unavailable("the log ended before [DONE]")),
+            // After `[DONE]` the stream is whole whatever the log says.
+            Err(_) if self.done => None,
             Err(e) => Some(e),
         };
         self.ended = true;

@@ -200,7 +200,8 @@ async fn login_token(client: &reqwest::Client, base: &str) -> String {
 
 /// Measures every scenario and writes the markdown to the file named first
 /// (`--model-only`: the built-in model's figures alone, printed;
-/// `--sends-only`: the concurrent sends' alone, printed).
+/// `--sends-only`: the concurrent sends' alone, their markdown section
+/// printed).
 fn main() {
     // The built-in model's threads, as `confab serve` sets them.
     if let Some(e) = confab_server::with_model_threads(0) {
@@ -226,7 +227,10 @@ fn main() {
             .enable_all()
             .build()
             .expect("runtime");
-        let _ = sends::measure(&runtime, cores);
+        let rows = sends::measure(&runtime, cores);
+        let mut md = String::new();
+        sends::write_markdown(&mut md, &rows, cores);
+        println!("{md}");
         return;
     }
     let workers = cores.to_string();

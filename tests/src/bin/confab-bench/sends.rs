@@ -49,6 +49,70 @@ impl Setup {
     }
 }
 
+/// Redis's own counters (`INFO`), to measure what a burst cost it.
+#[derive(Clone, Copy, Default)]
+struct RedisCounters {
+    /// Commands run (the sum of `cmdstat_*` calls; a script's inner calls
+    /// are not counted, its `EVALSHA` is).
+    calls: u64,
+    /// Bytes received from and sent to clients.
+    bytes: u64,
+    /// Clients connected.
+    clients: u64,
+}
+
+/// Reads the counters with a plain RESP `INFO` on `url`'s Redis.
+async fn redis_counters(url: &str) -> RedisCounters {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let host = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:6379")
+        .to_owned();
+    let stream = tokio::net::TcpStream::connect(host)
+        .await
+        .expect("Redis for the counters");
+    let mut stream = BufReader::new(stream);
+    stream
+        .get_mut()
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$10\r\neverything\r\n")
+        .await
+        .expect("INFO sent");
+    let mut head = String::new();
+    stream.read_line(&mut head).await.expect("INFO's length");
+    let len: usize = head
+        .trim()
+        .trim_start_matches('$')
+        .parse()
+        .expect("a bulk reply");
+    let mut body = vec![0; len + 2];
+    stream.read_exact(&mut body).await.expect("INFO's body");
+    let info = String::from_utf8_lossy(&body);
+    let field = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let calls = info
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    RedisCounters {
+        calls,
+        bytes: field("total_net_input_bytes") + field("total_net_output_bytes"),
+        clients: field("connected_clients"),
+    }
+}
+
 /// What one burst measured.
 pub(super) struct Row {
     setup: &'static str,
@@ -60,6 +124,9 @@ pub(super) struct Row {
     first: (f64, f64),
     /// From the start to the end of the last stream.
     wall: Duration,
+    /// Redis commands and bytes per send, and the clients connected after
+    /// the burst (`None` without Redis).
+    redis: Option<(f64, f64, u64)>,
 }
 
 impl Row {
@@ -76,6 +143,7 @@ impl Row {
             summary: b.summary(),
             first: (percentile(&ms, 0.50), percentile(&ms, 0.99)),
             wall: b.wall,
+            redis: None,
         }
     }
 }
@@ -121,7 +189,23 @@ pub(super) fn measure(runtime: &tokio::runtime::Runtime, cores: usize) -> Vec<Ro
             let token = apps[0].user("bench").await;
             for sends in LEVELS {
                 let _ = burst(&targets, &token, sends, ROUND_CAP).await;
-                let row = Row::of(setup, &burst(&targets, &token, sends, ROUND_CAP).await);
+                let with_redis = !matches!(setup, Setup::InProcess);
+                let before = if with_redis {
+                    redis_counters(&redis_url()).await
+                } else {
+                    RedisCounters::default()
+                };
+                let mut row = Row::of(setup, &burst(&targets, &token, sends, ROUND_CAP).await);
+                if with_redis {
+                    let after = redis_counters(&redis_url()).await;
+                    #[allow(clippy::cast_precision_loss)]
+                    let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / sends as f64;
+                    row.redis = Some((
+                        per(after.calls, before.calls),
+                        per(after.bytes, before.bytes),
+                        after.clients,
+                    ));
+                }
                 println!(
                     "sends {:<38} c={:<4} first delta {:>8.3}/{:>8.3} ms p50/p99  {}",
                     row.setup, row.sends, row.first.0, row.first.1, row.summary
@@ -157,24 +241,34 @@ capped at {cap} s.
   tests, `tests/e2e/load.rs`, also check the database);
 - **first delta**: from just before a send to its first text delta, over the
   complete streams;
-- **wall**: from the start of the burst to the end of its last stream.
+- **wall**: from the start of the burst to the end of its last stream;
+- **Redis cmds/send, bytes/send**: Redis's own counters (`INFO`) over the
+  measured burst divided by the sends (a script counts as one command; the
+  counters are the whole Redis's, so anything else on it counts too);
+  **clients** is Redis's connected clients after the burst (the bench's
+  `INFO` connection included). Before the rework of issue 11 (a pooled
+  connection per command), the Redis set-ups failed from 50 sends at once.
 
-| sends at once | set-up | complete | first delta p50 ms | first delta p99 ms | wall s |
-|---:|---|---:|---:|---:|---:|
+| sends at once | set-up | complete | first delta p50 ms | first delta p99 ms | wall s | Redis cmds/send | Redis bytes/send | Redis clients |
+|---:|---|---:|---:|---:|---:|---:|---:|---:|
 "
     );
     md.push_str(&text);
     for r in rows {
         let _ = writeln!(
             md,
-            "| {} | {} | {}/{} | {:.3} | {:.3} | {:.2} |",
+            "| {} | {} | {}/{} | {:.3} | {:.3} | {:.2} | {} |",
             r.sends,
             r.setup,
             r.complete,
             r.sends,
             r.first.0,
             r.first.1,
-            r.wall.as_secs_f64()
+            r.wall.as_secs_f64(),
+            r.redis.map_or_else(
+                || "— | — | —".to_owned(),
+                |(calls, bytes, clients)| format!("{calls:.1} | {bytes:.0} | {clients}")
+            )
         );
     }
     let failed: Vec<String> = rows

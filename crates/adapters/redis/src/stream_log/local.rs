@@ -44,9 +44,21 @@ impl LocalLog {
         }
     }
 
-    /// Adds events Redis stored.
+    /// Adds events Redis stored; none once the copy ended (after a failed
+    /// append it lacks events, so it must not look whole).
     pub(super) fn extend(&self, events: impl IntoIterator<Item = LoggedEvent>) {
-        self.tx.send_modify(|copy| copy.events.extend(events));
+        self.tx.send_if_modified(|copy| {
+            if copy.end.is_some() {
+                return false;
+            }
+            copy.events.extend(events);
+            true
+        });
+    }
+
+    /// An append failed: readers go to Redis instead.
+    pub(super) fn failed(&self) -> bool {
+        self.tx.borrow().end == Some(End::Failed)
     }
 
     /// Readers end after what they have.

@@ -53,20 +53,26 @@ pub(super) struct Listener {
 }
 
 impl Listener {
-    /// Starts the listener if it isn't running, and waits (at most `wait`)
-    /// until it listens, so a stop asked right after `open` is heard.
+    /// Starts the listener if it isn't running and, when it starts it,
+    /// waits (at most `wait`) until it listens, so a stop asked right after
+    /// the first `open` is heard.
     pub(super) async fn ensure(&self, inner: &Arc<Inner>, wait: Duration) {
+        let mut started = false;
         let mut subscribed = self
             .subscribed
             .get_or_init(|| {
+                started = true;
                 let (tx, rx) = watch::channel(false);
                 tokio::spawn(listen(Arc::downgrade(inner), tx));
                 rx
             })
             .clone();
-        // Not listening (Redis unreachable) only delays a stop to the next
-        // renewal: never a reason to fail the open.
-        let _ = tokio::time::timeout(wait, subscribed.wait_for(|on| *on)).await;
+        // Only the first open waits: later ones never pay for a listener
+        // that can't connect (Redis down, or pub/sub refused), which only
+        // delays a stop to the next renewal.
+        if started {
+            let _ = tokio::time::timeout(wait, subscribed.wait_for(|on| *on)).await;
+        }
     }
 }
 
