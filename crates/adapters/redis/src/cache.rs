@@ -49,9 +49,9 @@
 
 mod encoding;
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -124,17 +124,23 @@ pub struct RedisCache {
 struct Bumps {
     pool: RedisPool,
     script: redis::Script,
-    pending: Mutex<HashSet<String>>,
+    /// Each key whose bump failed, with the failure's number: a bump that
+    /// succeeds clears only the failures numbered before it started (a
+    /// failure after that may be of a write made after it).
+    pending: Mutex<HashMap<String, u64>>,
+    /// Numbers the failures.
+    failures: AtomicU64,
     retrying: AtomicBool,
 }
 
 impl Bumps {
-    fn pending(&self) -> MutexGuard<'_, HashSet<String>> {
+    fn pending(&self) -> MutexGuard<'_, HashMap<String, u64>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Bumps `keys` (version keys) in one script; the last new version.
     async fn run(&self, keys: &[String]) -> Result<u64, DomainError> {
+        let started = self.failures.load(Ordering::Acquire);
         let mut invocation = self.script.prepare_invoke();
         for key in keys {
             invocation.key(key);
@@ -148,7 +154,9 @@ impl Bumps {
         if bumped.is_ok() {
             let mut pending = self.pending();
             for key in keys {
-                pending.remove(key);
+                if pending.get(key).is_some_and(|failure| *failure < started) {
+                    pending.remove(key);
+                }
             }
         }
         bumped
@@ -158,27 +166,33 @@ impl Bumps {
     async fn bump(self: &Arc<Self>, keys: &[String]) -> Result<(), DomainError> {
         let bumped = self.run(keys).await;
         if bumped.is_err() {
-            self.pending().extend(keys.iter().cloned());
+            let failure = self.failures.fetch_add(1, Ordering::AcqRel);
+            self.pending()
+                .extend(keys.iter().map(|key| (key.clone(), failure)));
             if !self.retrying.swap(true, Ordering::AcqRel) {
-                tokio::spawn(Arc::clone(self).retry());
+                self.pool.spawn(Self::retry(Arc::downgrade(self)));
             }
         }
         bumped.map(drop)
     }
 
-    /// Tries the pending bumps again until none is left.
-    async fn retry(self: Arc<Self>) {
+    /// Tries the pending bumps again until none is left (or the cache is
+    /// gone).
+    async fn retry(bumps: Weak<Self>) {
         loop {
             tokio::time::sleep(BUMP_RETRY).await;
-            let keys: Vec<String> = self.pending().iter().cloned().collect();
-            if !keys.is_empty() && self.run(&keys).await.is_ok() {
+            let Some(bumps) = bumps.upgrade() else {
+                return;
+            };
+            let keys: Vec<String> = bumps.pending().keys().cloned().collect();
+            if !keys.is_empty() && bumps.run(&keys).await.is_ok() {
                 tracing::info!(keys = keys.len(), "failed cache invalidations made good");
             }
-            let pending = self.pending();
+            let pending = bumps.pending();
             if pending.is_empty() {
                 // Under the lock: a failure that adds a key after this sees
                 // `retrying` false and starts a new task.
-                self.retrying.store(false, Ordering::Release);
+                bumps.retrying.store(false, Ordering::Release);
                 return;
             }
         }
@@ -193,7 +207,8 @@ impl RedisCache {
             bumps: Arc::new(Bumps {
                 pool: pool.clone(),
                 script: redis::Script::new(BUMP_SCRIPT),
-                pending: Mutex::new(HashSet::new()),
+                pending: Mutex::new(HashMap::new()),
+                failures: AtomicU64::new(1),
                 retrying: AtomicBool::new(false),
             }),
             pool,
@@ -258,7 +273,7 @@ impl Cache for RedisCache {
         let key = self.version_key(key);
         // A bump that failed here is made before the key is read again: its
         // result is the version to use.
-        if self.bumps.pending().contains(&key) {
+        if self.bumps.pending().contains_key(&key) {
             return self.bumps.run(std::slice::from_ref(&key)).await;
         }
         let mut conn = self.pool.connection()?;

@@ -29,7 +29,8 @@ use async_trait::async_trait;
 use confab_domain::DomainError;
 use confab_ports::HealthCheck;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSub};
-use redis::{AsyncConnectionConfig, Client};
+use redis::io::tcp::TcpSettings;
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
 use secrecy::{ExposeSecret, SecretString};
 
 /// Where Redis is and how the connections behave.
@@ -65,6 +66,10 @@ pub(crate) type Conn = ConnectionManager;
 
 struct Shared {
     client: Client,
+    /// The runtime the pool was made on (the server's main one), where the
+    /// adapters' background tasks run rather than on whichever request's
+    /// worker first needed them.
+    runtime: Option<tokio::runtime::Handle>,
     settings: RedisSettings,
     /// Made on first use (they need the runtime), never replaced: each
     /// reconnects by itself.
@@ -98,13 +103,20 @@ impl RedisPool {
     /// [`RedisError::Config`] for an unusable URL.
     pub fn new(settings: &RedisSettings) -> Result<Self, RedisError> {
         // The error would name the URL's parts: say only what went wrong.
-        let client = Client::open(settings.url.expose_secret())
-            .map_err(|_| RedisError::Config("the URL is not a usable redis:// URL".to_owned()))?;
+        let unusable = |_| RedisError::Config("the URL is not a usable redis:// URL".to_owned());
+        let info = settings
+            .url
+            .expose_secret()
+            .into_connection_info()
+            .map_err(unusable)?
+            .set_tcp_settings(tcp_settings(settings.command_timeout));
+        let client = Client::open(info).map_err(unusable)?;
         let mut settings = settings.clone();
         settings.connections = settings.connections.max(1);
         Ok(Self {
             shared: Arc::new(Shared {
                 client,
+                runtime: tokio::runtime::Handle::try_current().ok(),
                 settings,
                 managers: OnceLock::new(),
                 next: AtomicUsize::new(0),
@@ -115,6 +127,18 @@ impl RedisPool {
     /// `prefix` + `key`.
     pub(crate) fn key(&self, key: &str) -> String {
         format!("{}{key}", self.shared.settings.key_prefix)
+    }
+
+    /// Runs a background task on the runtime the pool was made on (the
+    /// current one when it was made outside any).
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match &self.shared.runtime {
+            Some(runtime) => drop(runtime.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
     }
 
     /// The settings the pool was made with.
@@ -175,6 +199,21 @@ impl RedisPool {
         .map_err(|_| DomainError::unavailable("redis: pub/sub connection timed out"))?
         .map_err(|e| unavailable(&e))
     }
+}
+
+/// The sockets' settings: no Nagle delay (commands are small and pipelined:
+/// a write must not wait for the previous one's ACK), and, on Linux, a
+/// connection whose sent commands go unacknowledged for longer than a
+/// command may take is closed (a Redis host that vanished without a reset):
+/// its commands fail as a dropped connection and the manager reconnects,
+/// instead of every command on it timing out until the kernel gives up.
+fn tcp_settings(command_timeout: Duration) -> TcpSettings {
+    let settings = TcpSettings::default().set_nodelay(true);
+    #[cfg(target_os = "linux")]
+    let settings = settings.set_user_timeout(command_timeout.max(Duration::from_secs(1)));
+    #[cfg(not(target_os = "linux"))]
+    let _ = command_timeout;
+    settings
 }
 
 /// A Redis failure as the ports report it: unavailable, with the reason

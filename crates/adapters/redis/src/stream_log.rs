@@ -183,6 +183,18 @@ impl Inner {
         self.opened.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// This instance's generation of `conversation` is no longer the open
+    /// one in Redis (its lease ran out, another instance replaced it): its
+    /// local copy is no longer what readers should see, so readers go to
+    /// Redis.
+    fn lost(&self, conversation: ConversationId, generation: &str) {
+        if let Some(opened) = self.opened().get(&conversation)
+            && opened.generation == generation
+        {
+            opened.local.fail();
+        }
+    }
+
     /// Resolves the stop signal of `generation` of `conversation`, if this
     /// instance runs it.
     fn deliver_stop(&self, conversation: ConversationId, generation: &str) {

@@ -13,6 +13,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use confab_e2e::load::{Burst, DELTAS, SPACING, burst, burst_vars, paced_llm};
@@ -21,8 +22,17 @@ use confab_sql::testing::TestDatabase;
 
 use super::percentile;
 
-/// Sends started at once.
+/// Sends started at once (`CONFAB_BENCH_SEND_LEVELS`, comma-separated,
+/// overrides them: e.g. `20` to measure a build that can't hold 100).
 const LEVELS: [usize; 2] = [100, 1000];
+
+fn levels() -> Vec<usize> {
+    std::env::var("CONFAB_BENCH_SEND_LEVELS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| LEVELS.to_vec())
+}
 /// The longest a burst runs; streams still open then are not complete.
 const ROUND_CAP: Duration = Duration::from_secs(60);
 
@@ -52,8 +62,8 @@ impl Setup {
 /// Redis's own counters (`INFO`), to measure what a burst cost it.
 #[derive(Clone, Copy, Default)]
 struct RedisCounters {
-    /// Commands run (the sum of `cmdstat_*` calls; a script's inner calls
-    /// are not counted, its `EVALSHA` is).
+    /// Commands clients sent (`total_commands_processed`: a script is one,
+    /// whatever it calls inside).
     calls: u64,
     /// Bytes received from and sent to clients.
     bytes: u64,
@@ -94,18 +104,7 @@ async fn redis_counters(url: &str) -> RedisCounters {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
             .unwrap_or(0)
     };
-    let calls = info
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    let calls = field("total_commands_processed");
     RedisCounters {
         calls,
         bytes: field("total_net_input_bytes") + field("total_net_output_bytes"),
@@ -124,8 +123,8 @@ pub(super) struct Row {
     first: (f64, f64),
     /// From the start to the end of the last stream.
     wall: Duration,
-    /// Redis commands and bytes per send, and the clients connected after
-    /// the burst (`None` without Redis).
+    /// Redis commands and bytes per send, and the most clients connected
+    /// during the burst (`None` without Redis).
     redis: Option<(f64, f64, u64)>,
 }
 
@@ -187,7 +186,7 @@ pub(super) fn measure(runtime: &tokio::runtime::Runtime, cores: usize) -> Vec<Ro
             let apps = start(setup, &base, &cores).await;
             let targets: Vec<&TestApp> = apps.iter().collect();
             let token = apps[0].user("bench").await;
-            for sends in LEVELS {
+            for sends in levels() {
                 let _ = burst(&targets, &token, sends, ROUND_CAP).await;
                 let with_redis = !matches!(setup, Setup::InProcess);
                 let before = if with_redis {
@@ -195,7 +194,21 @@ pub(super) fn measure(runtime: &tokio::runtime::Runtime, cores: usize) -> Vec<Ro
                 } else {
                     RedisCounters::default()
                 };
+                let peak = Arc::new(AtomicU64::new(0));
+                let sampler = with_redis.then(|| {
+                    let peak = Arc::clone(&peak);
+                    tokio::spawn(async move {
+                        loop {
+                            let now = redis_counters(&redis_url()).await.clients;
+                            peak.fetch_max(now, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(25)).await;
+                        }
+                    })
+                });
                 let mut row = Row::of(setup, &burst(&targets, &token, sends, ROUND_CAP).await);
+                if let Some(sampler) = sampler {
+                    sampler.abort();
+                }
                 if with_redis {
                     let after = redis_counters(&redis_url()).await;
                     #[allow(clippy::cast_precision_loss)]
@@ -203,7 +216,7 @@ pub(super) fn measure(runtime: &tokio::runtime::Runtime, cores: usize) -> Vec<Ro
                     row.redis = Some((
                         per(after.calls, before.calls),
                         per(after.bytes, before.bytes),
-                        after.clients,
+                        peak.load(Ordering::Relaxed).max(after.clients),
                     ));
                 }
                 println!(
@@ -242,12 +255,15 @@ capped at {cap} s.
 - **first delta**: from just before a send to its first text delta, over the
   complete streams;
 - **wall**: from the start of the burst to the end of its last stream;
-- **Redis cmds/send, bytes/send**: Redis's own counters (`INFO`) over the
-  measured burst divided by the sends (a script counts as one command; the
-  counters are the whole Redis's, so anything else on it counts too);
-  **clients** is Redis's connected clients after the burst (the bench's
-  `INFO` connection included). Before the rework of issue 11 (a pooled
-  connection per command), the Redis set-ups failed from 50 sends at once.
+- **Redis cmds/send, bytes/send**: Redis's own counters (`INFO`:
+  `total_commands_processed`, network bytes in and out) over the measured
+  burst divided by the sends: round trips, a script counting as one whatever
+  it calls inside (the counters are the whole Redis's, so anything else on
+  it counts too); **clients** is the most connected clients Redis reported
+  during the burst (sampled every 25 ms; the bench's own connection
+  included). Before the rework of issue 11 (a pooled connection per
+  command), the Redis set-ups failed from 50 sends at once; see
+  the section on Redis before and after below.
 
 | sends at once | set-up | complete | first delta p50 ms | first delta p99 ms | wall s | Redis cmds/send | Redis bytes/send | Redis clients |
 |---:|---|---:|---:|---:|---:|---:|---:|---:|

@@ -135,7 +135,7 @@ impl Hub {
         let grew = followed.grew.subscribe();
         if !state.running {
             state.running = true;
-            tokio::spawn(run(
+            self.shared.pool.spawn(run(
                 Arc::downgrade(&self.shared),
                 Arc::clone(&self.shared.added),
             ));

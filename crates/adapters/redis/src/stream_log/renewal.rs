@@ -89,7 +89,7 @@ impl Renewal {
             stream,
             generation,
         };
-        tokio::spawn(renew(
+        inner.pool.spawn(renew(
             Arc::downgrade(inner),
             target,
             interval(&inner.options),
@@ -120,15 +120,15 @@ async fn renew(
             _ = ticks.tick() => {}
         }
         // The log's shared state is gone: so is everything it opened.
-        let Some(inner) = inner.upgrade() else {
+        let Some(strong) = inner.upgrade() else {
             return;
         };
-        let renewed = target.renew(&inner).await;
+        let renewed = target.renew(&strong).await;
         if matches!(renewed, Ok(2)) {
-            inner.deliver_stop(target.conversation, &target.generation);
+            strong.deliver_stop(target.conversation, &target.generation);
         }
         // Never held between renewals, so the state can go meanwhile.
-        drop(inner);
+        drop(strong);
         match renewed {
             Ok(1 | 2) => {
                 if failing {
@@ -144,6 +144,9 @@ async fn renew(
                 // Unless `close` ended it meanwhile, the generation was lost
                 // while this instance still runs it.
                 if matches!(ended.try_recv(), Err(TryRecvError::Empty)) {
+                    if let Some(inner) = inner.upgrade() {
+                        inner.lost(target.conversation, &target.generation);
+                    }
                     tracing::warn!(
                         conversation = %target.conversation,
                         generation = %target.generation,

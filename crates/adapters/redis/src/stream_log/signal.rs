@@ -63,7 +63,7 @@ impl Listener {
             .get_or_init(|| {
                 started = true;
                 let (tx, rx) = watch::channel(false);
-                tokio::spawn(listen(Arc::downgrade(inner), tx));
+                inner.pool.spawn(listen(Arc::downgrade(inner), tx));
                 rx
             })
             .clone();

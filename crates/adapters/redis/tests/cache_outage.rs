@@ -1,0 +1,144 @@
+//! A cache invalidation that fails while Redis is down is made good once it
+//! is back: a stale entry never lives on until its TTL. The Redis here is a
+//! private `redis-server` that keeps every write (append-only file, fsync
+//! on every write), so it comes back from a kill with its counters.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use confab_ports::Cache;
+use confab_redis::{RedisCache, RedisPool, RedisSettings};
+use secrecy::SecretString;
+
+/// A `redis-server` on a free port, its data in `dir`.
+struct Private {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Private {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Self {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (the Redis the machine runs) is needed for this test");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn cache_on(url: &str, prefix: &str) -> RedisCache {
+    RedisCache::new(
+        RedisPool::new(&RedisSettings {
+            url: SecretString::from(url.to_owned()),
+            connections: 1,
+            connect_timeout: Duration::from_millis(300),
+            command_timeout: Duration::from_secs(2),
+            key_prefix: prefix.to_owned(),
+        })
+        .unwrap(),
+    )
+}
+
+/// The version counter of `key` as Redis holds it, read from outside.
+async fn counter(url: &str, prefix: &str, key: &str) -> Option<u64> {
+    let mut raw = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("GET")
+        .arg(format!("{prefix}ver:{key}"))
+        .query_async(&mut raw)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_bump_that_fails_while_redis_is_down_is_made_in_the_background_once_it_is_back() {
+    let mut redis = Private::start();
+    let url = redis.url();
+    let cache = cache_on(&url, "t:");
+    let before = cache.version("conv:1:history").await.unwrap();
+
+    redis.kill();
+    assert!(cache.bump_all(&["conv:1:history".to_owned()]).await.is_err());
+    redis.restart();
+    assert_eq!(
+        counter(&url, "t:", "conv:1:history").await,
+        Some(before),
+        "the counter came back as it was"
+    );
+    // Nobody reads or writes through the cache: the retry makes the bump.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = counter(&url, "t:", "conv:1:history").await;
+        if now.is_some_and(|now| now > before) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the failed bump was never made");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_bump_that_failed_is_made_before_the_next_version_read() {
+    let mut redis = Private::start();
+    let url = redis.url();
+    let cache = cache_on(&url, "t:");
+    let before = cache.version("user:1:conversation_list").await.unwrap();
+
+    redis.kill();
+    assert!(cache.bump("user:1:conversation_list").await.is_err());
+    redis.restart();
+    // Read at once, before the retry's first tick: the version read makes
+    // the bump first, so no entry stored under `before` can be found.
+    assert!(cache.version("user:1:conversation_list").await.unwrap() > before);
+}
