@@ -45,7 +45,14 @@ impl Private {
     fn restart(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -109,7 +116,12 @@ async fn a_bump_that_fails_while_redis_is_down_is_made_in_the_background_once_it
     let before = cache.version("conv:1:history").await.unwrap();
 
     redis.kill();
-    assert!(cache.bump_all(&["conv:1:history".to_owned()]).await.is_err());
+    assert!(
+        cache
+            .bump_all(&["conv:1:history".to_owned()])
+            .await
+            .is_err()
+    );
     redis.restart();
     assert_eq!(
         counter(&url, "t:", "conv:1:history").await,

@@ -54,14 +54,15 @@ return {'ok', generation}
 /// attempt whose reply was lost, and its ids are returned without appending
 /// it again.
 ///
-/// The stream takes the hash's TTL (the lease), which its first entry
-/// creates it without.
+/// The stream takes the hash's TTL (the lease) when this batch creates it
+/// (its first entry creates it without one); after that, the renewals keep
+/// both keys' TTLs.
 ///
 /// Returns `{'none'}` when no generation is open (or not the caller's),
 /// `{'gap'}` when the stream doesn't hold what the caller appended,
 /// `{'full'}` when the batch would pass the most events, else `{'ok',
 /// generation, entry id…}`.
-const APPEND: &str = r"-- confab stream log append v2
+const APPEND: &str = r"-- confab stream log append v3
 if redis.replicate_commands then redis.replicate_commands() end
 local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
 if log[2] ~= '1' or (ARGV[3] ~= '' and ARGV[3] ~= log[1]) then
@@ -90,9 +91,11 @@ end
 for i = 5, #ARGV, 2 do
   reply[#reply + 1] = redis.call('XADD', stream, '*', 'e', ARGV[i], 'd', ARGV[i + 1])
 end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then
-  redis.call('PEXPIRE', stream, ttl)
+if len == 0 and count > 0 then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then
+    redis.call('PEXPIRE', stream, ttl)
+  end
 end
 return reply
 ";
