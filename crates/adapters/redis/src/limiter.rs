@@ -95,8 +95,8 @@ impl RedisLimiter {
     }
 }
 
-/// The period (window / quota) in whole microseconds, as the in-process
-/// limiter refuses a zero quota or period.
+/// The period (window / quota) in whole microseconds, at least one; a zero
+/// quota or window is refused, as the in-process limiter refuses them.
 fn period_micros(policy: &RatePolicy) -> Result<u64, DomainError> {
     if policy.quota == 0 {
         return Err(DomainError::internal(format!(
@@ -104,13 +104,16 @@ fn period_micros(policy: &RatePolicy) -> Result<u64, DomainError> {
             policy.name
         )));
     }
-    let period = policy.window.as_micros() / u128::from(policy.quota);
-    if period == 0 {
+    if policy.window.is_zero() {
         return Err(DomainError::internal(format!(
-            "rate policy {} has a zero period",
+            "rate policy {} has a zero window",
             policy.name
         )));
     }
+    // The script counts in whole microseconds: a quota above one a
+    // microsecond (60,000,000 a minute) acts as one a microsecond, never as
+    // an error on every request.
+    let period = (policy.window.as_micros() / u128::from(policy.quota)).max(1);
     // Lua numbers are doubles: the bucket's capacity (period × quota, about
     // the window) must stay exact, far below 2^53 µs (285 years).
     if policy.window.as_micros() > 1 << 50 {

@@ -242,3 +242,15 @@ async fn a_redis_that_is_down_is_unavailable_quickly() {
         "{result:?}"
     );
 }
+
+#[tokio::test]
+async fn a_quota_above_one_a_microsecond_limits_instead_of_failing() {
+    let limiter = RedisLimiter::new(support::pool().await);
+    // 100,000,000 a minute: a period of 0.6 µs, counted as 1 µs.
+    let p = policy(100_000_000, Duration::from_secs(60));
+    for _ in 0..100 {
+        let d = limiter.check(&p, "user:1").await.unwrap();
+        assert!(d.allowed, "{d:?}");
+        assert!(d.remaining > 99_000_000, "{d:?}");
+    }
+}

@@ -71,6 +71,8 @@ struct RedisCounters {
     bytes: u64,
     /// Clients connected.
     clients: u64,
+    /// CPU Redis used so far, user and system (µs).
+    cpu_micros: u64,
 }
 
 /// Reads the counters with a plain RESP `INFO` on `url`'s Redis.
@@ -122,7 +124,15 @@ async fn redis_counters(url: &str) -> RedisCounters {
                 .unwrap_or(0)
         })
         .sum();
+    let seconds = |name: &str| -> f64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let cpu_micros = ((seconds("used_cpu_user") + seconds("used_cpu_sys")) * 1e6) as u64;
     RedisCounters {
+        cpu_micros,
         calls,
         scripts,
         bytes: field("total_net_input_bytes") + field("total_net_output_bytes"),
@@ -141,9 +151,10 @@ pub(super) struct Row {
     first: (f64, f64),
     /// From the start to the end of the last stream.
     wall: Duration,
-    /// Redis scripts, commands and bytes per send, and the most clients
-    /// connected during the burst (`None` without Redis).
-    redis: Option<(f64, f64, f64, u64)>,
+    /// Redis scripts, commands and bytes per send, the most clients
+    /// connected during the burst, and Redis's CPU per send in µs (`None`
+    /// without Redis).
+    redis: Option<(f64, f64, f64, u64, f64)>,
 }
 
 impl Row {
@@ -236,6 +247,7 @@ pub(super) fn measure(runtime: &tokio::runtime::Runtime, cores: usize) -> Vec<Ro
                         per(after.calls, before.calls),
                         per(after.bytes, before.bytes),
                         peak.load(Ordering::Relaxed).max(after.clients),
+                        per(after.cpu_micros, before.cpu_micros),
                     ));
                 }
                 println!(
@@ -303,14 +315,17 @@ capped at {cap} s.
   `total_commands_processed`, which counts the commands inside scripts too;
   network bytes in and out) over the measured burst divided by the sends
   (the counters are the whole Redis's, so anything else on it counts too);
-  **clients** is the most connected clients Redis reported
+  **Redis CPU µs/send**: the CPU time Redis used over the burst (`INFO`
+  `used_cpu_user` + `used_cpu_sys`) divided by the sends: one Redis core
+  serves about 1,000,000 / that many sends a second; **clients** is the most connected clients Redis reported
   during the burst (sampled every 25 ms; the bench's own connection
   included). Before the rework of issue 11 (a pooled connection per
-  command), the Redis set-ups failed from 50 sends at once; see
+  command), the Redis set-ups failed at 100 sends at once (release build;
+  from 50 in debug builds); see
   the section on Redis before and after below.
 
-| sends at once | set-up | complete | first delta p50 ms | first delta p99 ms | wall s | Redis scripts/send | Redis cmds/send | Redis bytes/send | Redis clients |
-|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|
+| sends at once | set-up | complete | first delta p50 ms | first delta p99 ms | wall s | Redis scripts/send | Redis cmds/send | Redis bytes/send | Redis clients | Redis CPU µs/send |
+|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 "
     );
     md.push_str(&text);
@@ -326,9 +341,9 @@ capped at {cap} s.
             r.first.1,
             r.wall.as_secs_f64(),
             r.redis.map_or_else(
-                || "— | — | — | —".to_owned(),
-                |(scripts, calls, bytes, clients)| {
-                    format!("{scripts:.1} | {calls:.1} | {bytes:.0} | {clients}")
+                || "— | — | — | — | —".to_owned(),
+                |(scripts, calls, bytes, clients, cpu)| {
+                    format!("{scripts:.1} | {calls:.1} | {bytes:.0} | {clients} | {cpu:.0}")
                 }
             )
         );
