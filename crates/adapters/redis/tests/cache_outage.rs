@@ -7,79 +7,11 @@
 
 mod support;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use confab_ports::Cache;
 use confab_redis::{RedisCache, RedisPool, RedisSettings};
 use secrecy::SecretString;
-
-/// A `redis-server` on a free port, its data in `dir`.
-struct Private {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Private {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Self {
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        redis.restart();
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (the Redis the machine runs) is needed for this test");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Private {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn cache_on(url: &str, prefix: &str) -> RedisCache {
     RedisCache::new(
@@ -110,7 +42,7 @@ async fn counter(url: &str, prefix: &str, key: &str) -> Option<u64> {
 
 #[tokio::test]
 async fn a_bump_that_fails_while_redis_is_down_is_made_in_the_background_once_it_is_back() {
-    let mut redis = Private::start();
+    let mut redis = support::PrivateRedis::start();
     let url = redis.url();
     let cache = cache_on(&url, "t:");
     let before = cache.version("conv:1:history").await.unwrap();
@@ -142,7 +74,7 @@ async fn a_bump_that_fails_while_redis_is_down_is_made_in_the_background_once_it
 
 #[tokio::test]
 async fn a_bump_that_failed_is_made_before_the_next_version_read() {
-    let mut redis = Private::start();
+    let mut redis = support::PrivateRedis::start();
     let url = redis.url();
     let cache = cache_on(&url, "t:");
     let before = cache.version("user:1:conversation_list").await.unwrap();

@@ -540,6 +540,44 @@ async fn a_stop_requested_on_another_instance_reaches_the_generation() {
 }
 
 #[tokio::test]
+async fn a_stop_is_delivered_by_pub_sub_without_waiting_for_a_renewal() {
+    // Renewals (which also read the stop flag) every 20 s: only the
+    // published stop can arrive within the patience.
+    let slow = RedisStreamLogOptions {
+        lease: Duration::from_secs(60),
+        poll_interval: Duration::from_secs(60),
+        ..options()
+    };
+    let (a, b) = two_instances(slow).await;
+    let conv = ConversationId::generate();
+    let mut stop = a.open(conv, &message("m1")).await.unwrap();
+    assert!(b.request_stop(conv).await.unwrap());
+    timeout(PATIENCE, stop.stopped())
+        .await
+        .expect("the published stop reached instance A");
+}
+
+#[tokio::test]
+async fn a_stop_whose_message_was_missed_is_seen_at_the_next_renewal() {
+    let prefix = fresh_prefix();
+    let a = instance(&prefix, options()).await;
+    let conv = ConversationId::generate();
+    let mut stop = a.open(conv, &message("m1")).await.unwrap();
+    // The flag set as a stop request sets it, but no message published
+    // (as when the listener was reconnecting).
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}log:{{{conv}}}:meta"))
+        .arg("stop")
+        .arg("1")
+        .query_async(&mut raw_connection().await)
+        .await
+        .unwrap();
+    timeout(PATIENCE, stop.stopped())
+        .await
+        .expect("the renewal saw the stop flag");
+}
+
+#[tokio::test]
 async fn a_stop_for_one_generation_never_reaches_the_next() {
     let (a, b) = two_instances(options()).await;
     let conv = ConversationId::generate();
