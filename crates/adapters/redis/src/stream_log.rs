@@ -76,7 +76,7 @@
 //! [`append_all`](StreamLog::append_all) appends a batch of events in one
 //! script (one round trip): the generation hands over everything it has
 //! at once. An append that fails for a reason that may pass (a reply timed
-//! out, the connection dropped) is tried again, up to [`APPEND_ATTEMPTS`]
+//! out, the connection dropped) is tried again, up to four
 //! times; the instance counts what it appended to each generation and the
 //! script compares, so a retried batch whose first attempt did land is not
 //! appended twice.
@@ -92,6 +92,7 @@
 //! connection, so the readers an instance serves are not bounded by any
 //! pool.
 
+mod append;
 mod feed;
 mod hub;
 mod ids;
@@ -106,12 +107,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use confab_domain::{ConversationId, DomainError, MessageId};
-use confab_ports::{EventFeed, LoggedEvent, NewEvent, ReadFrom, StopSignal, StreamLog};
+use confab_ports::{EventFeed, NewEvent, ReadFrom, StopSignal, StreamLog};
 use tokio::sync::watch;
 
 use self::feed::RedisFeed;
 use self::hub::Hub;
-use self::ids::{event_id, parse_event_id};
+use self::ids::parse_event_id;
 use self::local::LocalLog;
 use self::renewal::Renewal;
 use self::scripts::Scripts;
@@ -120,12 +121,6 @@ use crate::pool::{RedisPool, unavailable};
 
 /// The longest retention or lease honoured; longer ones are cut to it.
 const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
-
-/// Attempts of one append before it fails (see the module docs).
-const APPEND_ATTEMPTS: u32 = 4;
-
-/// The pause before the second attempt; doubled before each next one.
-const APPEND_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Limits and timings of a [`RedisStreamLog`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,125 +235,6 @@ impl RedisStreamLog {
             }),
         }
     }
-
-    /// Appends `events` in one script call, retried as the module docs
-    /// say; their generation, entry ids, and how many entries the stream
-    /// held before them (when known).
-    async fn append_batch(
-        &self,
-        conversation: ConversationId,
-        events: &[NewEvent],
-    ) -> Result<(String, Vec<String>, Option<usize>), DomainError> {
-        let inner = &self.inner;
-        let (generation, mut appended) = inner
-            .opened()
-            .get(&conversation)
-            .map(|o| (o.generation.clone(), o.appended))
-            .unwrap_or_default();
-        if appended.is_none() && !generation.is_empty() {
-            // An earlier append failed: what the stream holds is counted
-            // again, so this batch's retries stay safe.
-            let stream = format!("{}{generation}", inner.stream_prefix(conversation));
-            let mut conn = inner.pool.connection()?;
-            appended = redis::cmd("XLEN")
-                .arg(stream)
-                .query_async::<usize>(&mut conn)
-                .await
-                .ok();
-        }
-        let mut invocation = inner.scripts.append.key(inner.meta_key(conversation));
-        invocation
-            .arg(inner.stream_prefix(conversation))
-            .arg(inner.options.max_events_per_log)
-            .arg(&generation)
-            .arg(appended.map(|n| n.to_string()).unwrap_or_default());
-        for event in events {
-            invocation.arg(event.event.unwrap_or("")).arg(&event.data);
-        }
-        let mut pause = APPEND_BACKOFF;
-        let mut attempt = 1;
-        let reply: Vec<String> = loop {
-            let mut conn = inner.pool.connection()?;
-            match invocation.invoke_async(&mut conn).await {
-                Ok(reply) => break reply,
-                Err(e) if attempt < APPEND_ATTEMPTS && transient(&e) => {
-                    tracing::debug!(%conversation, attempt, error = %unavailable(&e), "append to the stream log failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                    attempt += 1;
-                }
-                Err(e) => return Err(unavailable(&e)),
-            }
-        };
-        let mut reply = reply.into_iter();
-        match (reply.next().as_deref(), reply.next()) {
-            (Some("ok"), Some(generation)) => {
-                let ids: Vec<String> = reply.collect();
-                if ids.len() == events.len() {
-                    Ok((generation, ids, appended))
-                } else {
-                    Err(unexpected("append"))
-                }
-            }
-            (Some("none"), _) => Err(DomainError::NotFound),
-            (Some("full"), _) => Err(DomainError::unavailable("the stream log is full")),
-            (Some("gap"), _) => Err(DomainError::internal(
-                "redis: the stream log does not hold what this instance appended",
-            )),
-            _ => Err(unexpected("append")),
-        }
-    }
-
-    /// Appends `events` (see [`append_batch`](Self::append_batch)) and, for
-    /// a generation this instance runs, adds them to its local copy; their
-    /// event ids.
-    async fn append_events(
-        &self,
-        conversation: ConversationId,
-        events: Vec<NewEvent>,
-    ) -> Result<Vec<String>, DomainError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let appended = self.append_batch(conversation, &events).await;
-        let mut opened = self.inner.opened();
-        let mine = opened.get_mut(&conversation);
-        match appended {
-            Ok((generation, entries, counted)) => {
-                let logged: Vec<LoggedEvent> = entries
-                    .iter()
-                    .zip(events)
-                    .map(|(entry, event)| LoggedEvent {
-                        id: event_id(&generation, entry),
-                        event: event.event,
-                        data: event.data,
-                    })
-                    .collect();
-                let ids = logged.iter().map(|e| e.id.clone()).collect();
-                if let Some(mine) = mine.filter(|o| o.generation == generation) {
-                    mine.appended = counted.map(|n| n + logged.len());
-                    mine.local.extend(logged);
-                }
-                Ok(ids)
-            }
-            Err(e) => {
-                if let Some(mine) = mine {
-                    // What Redis holds of the batch is unknown now: the next
-                    // append doesn't compare, and local readers end (they
-                    // can resume from Redis).
-                    mine.appended = None;
-                    mine.local.fail();
-                }
-                Err(e)
-            }
-        }
-    }
-}
-
-/// Whether a failed command may succeed if tried again: its reply was lost
-/// or late, or the connection failed.
-fn transient(e: &redis::RedisError) -> bool {
-    e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 /// `duration` in whole milliseconds, rounded up, at most [`MAX_TTL`].

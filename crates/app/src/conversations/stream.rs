@@ -159,10 +159,10 @@ const INTERRUPTED: (&str, &str) = (
 );
 
 /// A reader that never ends silently: when the log fails under it, or ends
-/// after giving events but before the stream's `[DONE]`, it ends with an `error` event (code
-/// `UNAVAILABLE`) and `[DONE]`, both under the id of the last event it
-/// delivered, so that a client resuming from the last id it saw loses
-/// nothing.
+/// after giving events but before the stream's `[DONE]`, it ends with an
+/// `error` event (code `UNAVAILABLE`) and `[DONE]`, both under the id of
+/// the last event it delivered, so that a client resuming from the last id
+/// it saw loses nothing.
 struct Guarded {
     feed: Box<dyn EventFeed>,
     conversation: ConversationId,
