@@ -600,6 +600,30 @@ async fn a_stop_for_one_generation_never_reaches_the_next() {
 
 // The lease.
 
+#[tokio::test]
+async fn a_generation_this_instance_lost_is_no_longer_read_from_its_copy() {
+    let prefix = fresh_prefix();
+    let a = instance(&prefix, options()).await;
+    let conv = ConversationId::generate();
+    let _stop = a.open(conv, &message("m1")).await.unwrap();
+    let _ = append_all(&a, conv, 1..=2).await;
+    // The generation's keys vanish (as when its lease ran out while this
+    // instance could not reach Redis): at its next renewal, the instance
+    // stops serving its copy, and readers see what Redis holds: nothing.
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}log:{{{conv}}}:meta"))
+        .query_async(&mut raw_connection().await)
+        .await
+        .unwrap();
+    eventually("readers go to Redis", async || {
+        matches!(
+            a.read(conv, ReadFrom::Start).await.map(drop),
+            Err(DomainError::NotFound)
+        )
+    })
+    .await;
+}
+
 /// Lease and retention TTLs (ms) of `conv`'s meta hash and of its stream
 /// `generation`, on `prefix`.
 async fn ttls(prefix: &str, conv: ConversationId, generation: u64) -> [i64; 2] {
