@@ -324,16 +324,21 @@ impl Accounts {
 
     /// Checks an access token: signature and claims, the blocklist, and
     /// that its user still exists and is not disabled (read from the
-    /// database, so it holds across restarts and instances).
+    /// database, so it holds across restarts and instances). The blocklist
+    /// and the user are looked up at once: one wait, not two in a row.
     ///
     /// # Errors
     /// [`AppError::Unauthorized`] when it must not be accepted.
     pub async fn authenticate(&self, token: &str) -> Result<AccessClaims, AppError> {
         let claims = self.ports.tokens.verify_access(token).map_err(rejection)?;
-        if self.ports.blocklist.is_blocked(&claims).await? {
+        let (blocked, user) = tokio::join!(
+            self.ports.blocklist.is_blocked(&claims),
+            self.ports.users.get(claims.user_id)
+        );
+        if blocked? {
             return Err(INVALID_TOKEN);
         }
-        match self.ports.users.get(claims.user_id).await {
+        match user {
             Ok(user) if !user.disabled => Ok(claims),
             Ok(_) | Err(DomainError::NotFound) => Err(INVALID_TOKEN),
             Err(e) => Err(e.into()),
