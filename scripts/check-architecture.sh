@@ -32,4 +32,45 @@ check confab-memory 'actix-web|actix-http|confab-http'
 check confab-jwt 'actix-web|actix-http|confab-http'
 check confab-llm 'actix-web|actix-http|confab-http'
 check confab-redis 'actix-web|actix-http|confab-http|diesel|confab-sql|confab-memory'
+
+# The words of the API belong to confab-http, which spells each typed value
+# in one place: no layer below it holds an error code, a header name or the
+# JSON path of a request field as a string literal (sources and their
+# inline tests; an adapter's integration tests may store any data). The
+# headers are the API's own: an adapter may speak another protocol's.
+below_http="crates/domain/src crates/ports/src crates/app/src crates/adapters"
+codes=$(awk '/^pub enum ErrorCode/,/^}/' crates/domain/src/vocabulary.rs \
+    | grep -oE '^    [A-Z][A-Za-z]+,' | tr -d ' ,' \
+    | sed -E 's/([a-z])([A-Z])/\1_\2/g' | tr '[:lower:]' '[:upper:]' | paste -sd'|' -)
+words() {
+    local what=$1 pattern=$2 found
+    # shellcheck disable=SC2086
+    found=$(grep -rnE $3 "$pattern" $below_http --include='*.rs' --exclude-dir=tests || true)
+    if [ -n "$found" ]; then
+        echo "architecture: $what below confab-http:" >&2
+        echo "$found" >&2
+        fail=1
+    else
+        echo "architecture: no $what below confab-http"
+    fi
+}
+if [ -z "$codes" ]; then
+    echo "architecture: no ErrorCode enum found in crates/domain/src/vocabulary.rs" >&2
+    fail=1
+else
+    words "API error code" "\"($codes)\"" ""
+fi
+words "header name" '"(x-resume-token|last-event-id|idempotency-key|idempotent-replayed|x-request-id)"' -i
+words "request JSON path" '"(messages|metadata|content)(\[[0-9]+\])?\.' ""
+
+# docs/ and the README stand alone: a clone has nothing outside the
+# repository to point to.
+outside=$(grep -rnE '\.\./shared|shared/(design|seeds)' docs README.md || true)
+if [ -n "$outside" ]; then
+    echo "architecture: docs point outside the repository:" >&2
+    echo "$outside" >&2
+    fail=1
+else
+    echo "architecture: docs are self-contained"
+fi
 exit $fail

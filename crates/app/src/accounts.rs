@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use confab_domain::{
-    DomainError, Email, FamilyId, NewUser, OffsetDateTime, Page, PageRequest, Password, Role, User,
-    UserId, Username,
+    DomainError, Email, FamilyId, Field, NewUser, OffsetDateTime, Page, PageRequest, Password,
+    Role, User, UserId, Username,
 };
 use confab_ports::{
     AccessClaims, IssuedToken, NewRefreshToken, PasswordHasher, RateLimiter, RatePolicy,
@@ -180,7 +180,7 @@ impl Accounts {
             || account.chars().any(char::is_control)
         {
             return Err(DomainError::invalid(
-                "username",
+                Field::Username,
                 "must be a username or an e-mail address",
             )
             .into());
@@ -416,7 +416,7 @@ impl Accounts {
         Self::require_admin(caller)?;
         if disabled && id == caller.user_id {
             return Err(DomainError::invalid(
-                "disabled",
+                Field::Disabled,
                 "an admin can't disable their own account",
             )
             .into());

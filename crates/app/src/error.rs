@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use confab_domain::{BoxError, DomainError};
+use confab_domain::{BoxError, DomainError, Field};
 use confab_ports::{RateDecision, RatePolicy};
 
 /// Why a caller is not authenticated.
@@ -24,10 +24,10 @@ pub enum AuthFailure {
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// Input broke a rule; `field` names it.
-    #[error("{field}: {message}")]
+    #[error("{field:?}: {message}")]
     Validation {
-        /// The input field.
-        field: Cow<'static, str>,
+        /// The input.
+        field: Field,
         /// Safe to show to the client.
         message: Cow<'static, str>,
     },
@@ -35,10 +35,10 @@ pub enum AppError {
     #[error("not found")]
     NotFound,
     /// A unique value is taken.
-    #[error("{field} is already taken")]
+    #[error("{field:?} is already taken")]
     Conflict {
         /// The field whose value is taken.
-        field: Cow<'static, str>,
+        field: Field,
     },
     /// The caller is not authenticated.
     #[error("not authenticated")]

@@ -12,7 +12,8 @@ mod readiness;
 
 pub use accounts::{AccountPorts, AccountRules, Accounts, LoginAttempt, Registration, Session};
 pub use conversations::{
-    ConversationPage, ConversationPorts, ConversationRules, Conversations, SendMessage, Started,
+    AnswerEnd, ConversationPage, ConversationPorts, ConversationRules, Conversations, SendMessage,
+    Started,
 };
 pub use error::{AppError, AuthFailure};
 pub use limits::FallbackLimiter;

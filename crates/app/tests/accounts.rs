@@ -10,7 +10,7 @@ use confab_app::{
     AccountPorts, AccountRules, Accounts, AppError, AuthFailure, LoginAttempt, Readiness,
     Registration,
 };
-use confab_domain::{Password, Role};
+use confab_domain::{Field, Password, Role};
 use confab_jwt::{JwtCodec, JwtSettings};
 use confab_memory::{GovernorLimiter, InMemoryBlocklist};
 use confab_password::{HasherOptions, MIN_ITERATIONS, Pbkdf2Hasher};
@@ -115,7 +115,7 @@ async fn taken_username_or_email_is_a_conflict() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, AppError::Conflict { ref field } if field == "username"),
+        matches!(err, AppError::Conflict { ref field } if *field == Field::Username),
         "{err:?}"
     );
     let err = accounts
@@ -123,7 +123,7 @@ async fn taken_username_or_email_is_a_conflict() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, AppError::Conflict { ref field } if field == "email"),
+        matches!(err, AppError::Conflict { ref field } if *field == Field::Email),
         "{err:?}"
     );
 }
@@ -134,24 +134,30 @@ async fn each_rule_names_its_field() {
     for (input, field) in [
         (
             reg("ab", "a@example.com", "correct horse battery"),
-            "username",
+            Field::Username,
         ),
         (
             reg("admin", "a@example.com", "correct horse battery"),
-            "username",
+            Field::Username,
         ),
         (
             reg("carol", "not-an-email", "correct horse battery"),
-            "email",
+            Field::Email,
         ),
-        (reg("carol", "c@example.com", "short"), "password"),
-        (reg("carol", "c@example.com", "carol-is-great"), "password"),
-        (reg("carol", "c@example.com", "password123"), "password"),
+        (reg("carol", "c@example.com", "short"), Field::Password),
+        (
+            reg("carol", "c@example.com", "carol-is-great"),
+            Field::Password,
+        ),
+        (
+            reg("carol", "c@example.com", "password123"),
+            Field::Password,
+        ),
     ] {
         let err = accounts.register(input).await.unwrap_err();
         assert!(
-            matches!(err, AppError::Validation { field: ref f, .. } if f == field),
-            "{err:?} for {field}"
+            matches!(err, AppError::Validation { field: ref f, .. } if *f == field),
+            "{err:?} for {field:?}"
         );
     }
 }

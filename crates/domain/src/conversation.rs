@@ -3,7 +3,7 @@
 use time::OffsetDateTime;
 
 use crate::text::check_text;
-use crate::{ConversationId, DomainError, UserId};
+use crate::{ConversationId, DomainError, Field, UserId};
 
 /// A conversation's title: 1..=200 characters after trimming, no NUL, no
 /// control characters.
@@ -20,10 +20,10 @@ impl Title {
     /// [`DomainError::Invalid`] on field `title`.
     pub fn parse(value: &str) -> Result<Self, DomainError> {
         let trimmed = value.trim();
-        check_text("title", trimmed, 1, Self::MAX_CHARS)?;
+        check_text(Field::Title, trimmed, 1, Self::MAX_CHARS)?;
         if trimmed.chars().any(char::is_control) {
             return Err(DomainError::invalid(
-                "title",
+                Field::Title,
                 "must not contain control characters",
             ));
         }

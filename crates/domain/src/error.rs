@@ -2,6 +2,8 @@
 
 use std::borrow::Cow;
 
+use crate::Field;
+
 /// A boxed error from below the domain (a driver, a pool), kept as a source
 /// for logs and never shown to a client.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -14,10 +16,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 pub enum DomainError {
     /// A value broke a rule; `field` names the input it came from.
-    #[error("{field}: {message}")]
+    #[error("{field:?}: {message}")]
     Invalid {
-        /// The input field, as a client would name it.
-        field: Cow<'static, str>,
+        /// The input it came from.
+        field: Field,
         /// What is wrong with it, safe to show to the client.
         message: Cow<'static, str>,
     },
@@ -25,10 +27,10 @@ pub enum DomainError {
     #[error("not found")]
     NotFound,
     /// A unique value is already taken; `field` names which.
-    #[error("{field} is already taken")]
+    #[error("{field:?} is already taken")]
     Duplicate {
         /// The field whose value is taken.
-        field: Cow<'static, str>,
+        field: Field,
     },
     /// A dependency (the database) cannot be reached right now.
     #[error("a dependency is unavailable")]
@@ -40,12 +42,9 @@ pub enum DomainError {
 
 impl DomainError {
     /// A validation failure on `field`.
-    pub fn invalid(
-        field: impl Into<Cow<'static, str>>,
-        message: impl Into<Cow<'static, str>>,
-    ) -> Self {
+    pub fn invalid(field: Field, message: impl Into<Cow<'static, str>>) -> Self {
         Self::Invalid {
-            field: field.into(),
+            field,
             message: message.into(),
         }
     }

@@ -6,10 +6,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::DomainError;
+use crate::{DomainError, Field};
 
 macro_rules! uuid_id {
-    ($(#[$doc:meta])* $name:ident, $field:literal, $generate:ident) => {
+    ($(#[$doc:meta])* $name:ident, $field:expr, $generate:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
@@ -56,26 +56,26 @@ macro_rules! uuid_id {
 uuid_id!(
     /// A user's id (UUIDv7).
     UserId,
-    "user_id",
+    Field::UserId,
     now_v7
 );
 uuid_id!(
     /// A conversation's id (UUIDv7, so ids sort by creation time).
     ConversationId,
-    "conversation_id",
+    Field::ConversationId,
     now_v7
 );
 uuid_id!(
     /// A token's id (the JWT `jti`), random (UUIDv4): nothing about it can be guessed.
     TokenId,
-    "jti",
+    Field::TokenId,
     new_v4
 );
 uuid_id!(
     /// A login session, random (UUIDv4): every refresh token rotated from
     /// one login shares it, so reuse of any of them can revoke them all.
     FamilyId,
-    "sid",
+    Field::SessionId,
     new_v4
 );
 
@@ -104,7 +104,7 @@ impl MessageId {
             Ok(Self(value))
         } else {
             Err(DomainError::invalid(
-                "id",
+                Field::Id,
                 "must be 1 to 64 characters of letters, digits, '_' or '-'",
             ))
         }

@@ -10,11 +10,13 @@
 mod conversation;
 mod delta;
 mod error;
+mod field;
 mod ids;
 mod message;
 mod page;
 mod text;
 mod user;
+mod vocabulary;
 mod wire;
 
 pub use conversation::{
@@ -22,12 +24,14 @@ pub use conversation::{
 };
 pub use delta::{DeltaApplier, DeltaError, DeltaFrame, DeltaOp};
 pub use error::{BoxError, DomainError};
+pub use field::Field;
 pub use ids::{ConversationId, FamilyId, MessageId, TokenId, UserId};
 pub use message::{
     Content, ContentType, Message, MessageMetadata, MessageRole, MessageStatus, ModelSlug,
 };
 pub use page::{ListOrder, Page, PageRequest, SearchQuery};
 pub use user::{Email, NewUser, Password, PasswordHash, Role, User, Username};
+pub use vocabulary::{ErrorCode, EventName};
 pub use wire::{MessageDocument, TEXT_PATH, WireEvent, epoch_seconds, events, rfc3339};
 
 /// The time type every Confab timestamp uses (always UTC).

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::text::check_text;
-use crate::{ConversationId, DomainError, MessageId};
+use crate::{ConversationId, DomainError, Field, MessageId};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -43,7 +43,7 @@ impl MessageRole {
             "assistant" => Ok(Self::Assistant),
             "tool" => Ok(Self::Tool),
             _ => Err(DomainError::invalid(
-                "role",
+                Field::MessageRole,
                 "must be system, user, assistant or tool",
             )),
         }
@@ -86,7 +86,10 @@ impl MessageStatus {
             "finished_successfully" => Ok(Self::FinishedSuccessfully),
             "finished_partial_completion" => Ok(Self::FinishedPartialCompletion),
             "failed" => Ok(Self::Failed),
-            _ => Err(DomainError::invalid("status", "unknown message status")),
+            _ => Err(DomainError::invalid(
+                Field::MessageStatus,
+                "unknown message status",
+            )),
         }
     }
 }
@@ -140,18 +143,18 @@ impl Content {
     pub fn text(parts: Vec<String>) -> Result<Self, DomainError> {
         if parts.is_empty() || parts.len() > Self::MAX_PARTS {
             return Err(DomainError::invalid(
-                "content.parts",
+                Field::ContentParts,
                 "must hold 1 to 32 parts",
             ));
         }
         let mut total = 0;
         for part in &parts {
-            check_text("content.parts", part, 0, Self::MAX_CHARS)?;
+            check_text(Field::ContentParts, part, 0, Self::MAX_CHARS)?;
             total += part.chars().count();
         }
         if total > Self::MAX_CHARS {
             return Err(DomainError::invalid(
-                "content.parts",
+                Field::ContentParts,
                 "must hold at most 100000 characters in all",
             ));
         }
@@ -168,7 +171,10 @@ impl Content {
     pub fn user_text(parts: Vec<String>) -> Result<Self, DomainError> {
         let content = Self::text(parts)?;
         if content.parts.iter().all(|p| p.trim().is_empty()) {
-            return Err(DomainError::invalid("content.parts", "must not be empty"));
+            return Err(DomainError::invalid(
+                Field::ContentParts,
+                "must not be empty",
+            ));
         }
         Ok(content)
     }
@@ -221,7 +227,7 @@ impl ModelSlug {
             Ok(Self(value.to_owned()))
         } else {
             Err(DomainError::invalid(
-                "model",
+                Field::Model,
                 "must be 1 to 100 characters of letters, digits and . _ : / -",
             ))
         }

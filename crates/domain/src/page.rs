@@ -1,7 +1,7 @@
 //! Pagination, ordering and search of lists.
 
-use crate::DomainError;
 use crate::text::check_text;
+use crate::{DomainError, Field};
 
 /// A window into a list: `limit` 1..=100 items from `offset` (at most
 /// 100,000, so a deep offset can't make the database scan forever).
@@ -25,11 +25,14 @@ impl PageRequest {
     /// [`DomainError::Invalid`] on `limit` or `offset` when out of bounds.
     pub fn new(offset: u32, limit: u32) -> Result<Self, DomainError> {
         if !(1..=Self::MAX_LIMIT).contains(&limit) {
-            return Err(DomainError::invalid("limit", "must be between 1 and 100"));
+            return Err(DomainError::invalid(
+                Field::Limit,
+                "must be between 1 and 100",
+            ));
         }
         if offset > Self::MAX_OFFSET {
             return Err(DomainError::invalid(
-                "offset",
+                Field::Offset,
                 "must be between 0 and 100000",
             ));
         }
@@ -89,7 +92,7 @@ impl ListOrder {
             "updated" => Ok(Self::Updated),
             "created" => Ok(Self::Created),
             _ => Err(DomainError::invalid(
-                "order",
+                Field::Order,
                 "must be 'updated' or 'created'",
             )),
         }
@@ -107,7 +110,7 @@ impl SearchQuery {
     /// # Errors
     /// [`DomainError::Invalid`] on `q`.
     pub fn parse(value: &str) -> Result<Self, DomainError> {
-        check_text("q", value, 1, 100)?;
+        check_text(Field::Query, value, 1, 100)?;
         Ok(Self(value.to_owned()))
     }
 
@@ -134,7 +137,7 @@ mod tests {
     fn offset_bound() {
         assert!(PageRequest::new(100_000, 10).is_ok());
         let err = PageRequest::new(100_001, 10).unwrap_err();
-        assert!(matches!(err, DomainError::Invalid { ref field, .. } if field == "offset"));
+        assert!(matches!(err, DomainError::Invalid { ref field, .. } if *field == Field::Offset));
     }
 
     #[test]

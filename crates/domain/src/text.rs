@@ -1,12 +1,12 @@
 //! Shared rules for text that comes from clients.
 
-use crate::DomainError;
+use crate::{DomainError, Field};
 
 /// Checks that `value` has between `min` and `max` characters (Unicode
 /// scalar values, not bytes) and holds no NUL byte, which PostgreSQL cannot
 /// store and which has no business in any text field.
 pub(crate) fn check_text(
-    field: &'static str,
+    field: Field,
     value: &str,
     min: usize,
     max: usize,
@@ -27,22 +27,23 @@ pub(crate) fn check_text(
 #[cfg(test)]
 mod tests {
     use super::check_text;
+    use crate::Field;
 
     #[test]
     fn counts_characters_not_bytes() {
         // Four characters, twelve bytes.
-        assert!(check_text("f", "日本語字", 1, 4).is_ok());
-        assert!(check_text("f", "日本語字x", 1, 4).is_err());
+        assert!(check_text(Field::Title, "日本語字", 1, 4).is_ok());
+        assert!(check_text(Field::Title, "日本語字x", 1, 4).is_err());
     }
 
     #[test]
     fn refuses_nul_bytes() {
-        let err = check_text("f", "a\0b", 0, 10).unwrap_err();
+        let err = check_text(Field::Title, "a\0b", 0, 10).unwrap_err();
         assert!(err.to_string().contains("NUL"));
     }
 
     #[test]
     fn refuses_too_short() {
-        assert!(check_text("f", "", 1, 10).is_err());
+        assert!(check_text(Field::Title, "", 1, 10).is_err());
     }
 }

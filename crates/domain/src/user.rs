@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::text::check_text;
-use crate::{DomainError, UserId};
+use crate::{DomainError, Field, UserId};
 
 /// Names nobody may register (seed `001`'s blocklist), compared
 /// case-insensitively.
@@ -25,19 +25,19 @@ impl Username {
     /// [`DomainError::Invalid`] on field `username` when the length, charset
     /// or blocklist rule is broken.
     pub fn parse(value: &str) -> Result<Self, DomainError> {
-        check_text("username", value, 3, 32)?;
+        check_text(Field::Username, value, 3, 32)?;
         if !value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
             return Err(DomainError::invalid(
-                "username",
+                Field::Username,
                 "may contain only letters, digits, '_' and '-'",
             ));
         }
         let lower = value.to_ascii_lowercase();
         if RESERVED_USERNAMES.contains(&lower.as_str()) {
-            return Err(DomainError::invalid("username", "is not allowed"));
+            return Err(DomainError::invalid(Field::Username, "is not allowed"));
         }
         Ok(Self(lower))
     }
@@ -74,8 +74,8 @@ impl Email {
     /// # Errors
     /// [`DomainError::Invalid`] on field `email` when the shape is wrong.
     pub fn parse(value: &str) -> Result<Self, DomainError> {
-        check_text("email", value, 3, 254)?;
-        let bad = || DomainError::invalid("email", "is not a valid e-mail address");
+        check_text(Field::Email, value, 3, 254)?;
+        let bad = || DomainError::invalid(Field::Email, "is not a valid e-mail address");
         let (local, domain) = value.split_once('@').ok_or_else(bad)?;
         let local_ok = !local.is_empty()
             && local.len() <= 64
@@ -145,7 +145,10 @@ impl Role {
         match value {
             "user" => Ok(Self::User),
             "admin" => Ok(Self::Admin),
-            _ => Err(DomainError::invalid("role", "must be 'user' or 'admin'")),
+            _ => Err(DomainError::invalid(
+                Field::Role,
+                "must be 'user' or 'admin'",
+            )),
         }
     }
 }
@@ -212,22 +215,22 @@ impl Password {
         if value.len() > Self::MAX_CHARS * 4 {
             return Err(too_long());
         }
-        check_text("password", value, Self::MIN_CHARS, Self::MAX_CHARS)?;
+        check_text(Field::Password, value, Self::MIN_CHARS, Self::MAX_CHARS)?;
         let lower = value.to_lowercase();
         if lower.contains(username.as_str()) {
             return Err(DomainError::invalid(
-                "password",
+                Field::Password,
                 "must not contain the username",
             ));
         }
         if lower == email.as_str() {
             return Err(DomainError::invalid(
-                "password",
+                Field::Password,
                 "must not be the e-mail address",
             ));
         }
         if COMMON_PASSWORDS.contains(&lower.as_str()) {
-            return Err(DomainError::invalid("password", "is too common"));
+            return Err(DomainError::invalid(Field::Password, "is too common"));
         }
         Ok(Self(value.to_owned()))
     }
@@ -252,7 +255,7 @@ impl Password {
 }
 
 fn too_long() -> DomainError {
-    DomainError::invalid("password", "must be between 8 and 128 characters")
+    DomainError::invalid(Field::Password, "must be between 8 and 128 characters")
 }
 
 impl fmt::Debug for Password {
@@ -342,7 +345,9 @@ mod tests {
     fn username_refuses_bad_charset_and_lengths() {
         for bad in ["ab", "a b c", "alice!", "élodie", "x\0yz", &"a".repeat(33)] {
             let err = Username::parse(bad).unwrap_err();
-            assert!(matches!(err, DomainError::Invalid { ref field, .. } if field == "username"));
+            assert!(
+                matches!(err, DomainError::Invalid { ref field, .. } if *field == Field::Username)
+            );
         }
         assert!(Username::parse(&"a".repeat(32)).is_ok());
     }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::{DomainError, Message, MessageId, MessageRole, MessageStatus};
+use crate::{DomainError, EventName, Message, MessageId, MessageRole, MessageStatus};
 
 /// The path of the text a generation appends to.
 pub const TEXT_PATH: &str = "/message/content/parts/0";
@@ -94,16 +94,28 @@ impl<'a> MessageDocument<'a> {
 }
 
 /// One event of a generation's stream: the SSE event name, if any, and one
-/// line of data.
+/// line of data. This is what the generation appends to the stream log and
+/// what every reader gets back from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireEvent {
-    /// `delta_encoding`, `delta`, or `None` for a plain `data:` event.
-    pub name: Option<&'static str>,
+    /// The SSE event name; `None` for a plain `data:` event.
+    pub name: Option<EventName>,
     /// One line of JSON, or `[DONE]`.
     pub data: String,
 }
 
-fn json<T: Serialize>(name: Option<&'static str>, value: &T) -> Result<WireEvent, DomainError> {
+/// The data of the stream's last event.
+const DONE: &str = "[DONE]";
+
+impl WireEvent {
+    /// Whether this is the stream's last event, `[DONE]`.
+    #[must_use]
+    pub fn is_done(&self) -> bool {
+        self.name.is_none() && self.data == DONE
+    }
+}
+
+fn json<T: Serialize>(name: Option<EventName>, value: &T) -> Result<WireEvent, DomainError> {
     Ok(WireEvent {
         name,
         data: serde_json::to_string(value).map_err(DomainError::internal)?,
@@ -115,16 +127,16 @@ pub mod events {
     use serde::Serialize;
     use serde_json::json as value;
 
-    use super::{MessageDocument, TEXT_PATH, WireEvent, json};
-    use crate::{ConversationId, DomainError, MessageId, MessageStatus};
+    use super::{DONE, MessageDocument, TEXT_PATH, WireEvent, json};
+    use crate::{ConversationId, DomainError, ErrorCode, EventName, MessageId, MessageStatus};
 
-    const DELTA: Option<&str> = Some("delta");
+    const DELTA: Option<EventName> = Some(EventName::Delta);
 
     /// `event: delta_encoding` / `data: "v1"`.
     #[must_use]
     pub fn delta_encoding() -> WireEvent {
         WireEvent {
-            name: Some("delta_encoding"),
+            name: Some(EventName::DeltaEncoding),
             data: "\"v1\"".to_owned(),
         }
     }
@@ -255,7 +267,7 @@ pub mod events {
     /// # Errors
     /// [`DomainError::Internal`] if it can't be encoded.
     pub fn error(
-        code: &str,
+        code: ErrorCode,
         message: &str,
         conversation: ConversationId,
     ) -> Result<WireEvent, DomainError> {
@@ -282,7 +294,7 @@ pub mod events {
     pub fn done() -> WireEvent {
         WireEvent {
             name: None,
-            data: "[DONE]".to_owned(),
+            data: DONE.to_owned(),
         }
     }
 }
@@ -290,7 +302,7 @@ pub mod events {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Content, ConversationId, DeltaApplier, ModelSlug};
+    use crate::{Content, ConversationId, DeltaApplier, ErrorCode, ModelSlug};
 
     fn at(millis: i64) -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).unwrap()
@@ -332,7 +344,7 @@ mod tests {
         frames.push(events::finish(MessageStatus::FinishedSuccessfully).unwrap());
         let mut applier = DeltaApplier::new();
         for frame in &frames {
-            assert_eq!(frame.name, Some("delta"));
+            assert_eq!(frame.name, Some(EventName::Delta));
             assert!(!frame.data.contains('\n'), "an event's data is one line");
             applier
                 .apply_json(&serde_json::from_str(&frame.data).unwrap())
@@ -391,10 +403,15 @@ mod tests {
         let c = ConversationId::generate();
         assert_eq!(events::delta_encoding().data, "\"v1\"");
         assert_eq!(events::done().data, "[DONE]");
-        let e = events::error("UPSTREAM_ERROR", "The model's server failed.", c).unwrap();
+        assert!(events::done().is_done());
+        assert!(!events::stream_complete(c).unwrap().is_done());
+        let e = events::error(ErrorCode::UpstreamError, "The model's server failed.", c).unwrap();
         let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
         assert_eq!(v["type"], "error");
-        assert_eq!(v["error"]["code"], "UPSTREAM_ERROR");
+        assert_eq!(
+            v["error"]["code"],
+            serde_json::to_value(ErrorCode::UpstreamError).unwrap()
+        );
         let t = events::title("Line\nbreak", c).unwrap();
         assert!(!t.data.contains('\n'));
     }

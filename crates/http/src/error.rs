@@ -13,7 +13,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use actix_web::{HttpResponse, ResponseError};
 use confab_app::{AppError, AuthFailure};
-use confab_domain::BoxError;
+use confab_domain::{BoxError, ErrorCode, Field};
 use confab_ports::{RateDecision, RatePolicy};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -29,8 +29,8 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable, machine-readable code (`VALIDATION_ERROR`, `NOT_FOUND`, …).
-    #[schema(example = "VALIDATION_ERROR")]
-    pub code: &'static str,
+    #[schema(value_type = String, example = "VALIDATION_ERROR")]
+    pub code: ErrorCode,
     /// A human-readable explanation. Never holds internal detail.
     #[schema(example = "must be between 3 and 32 characters")]
     pub message: String,
@@ -55,25 +55,28 @@ impl ErrorBody {
     /// The generic body for an error response that carries none of ours.
     pub(crate) fn for_status(status: StatusCode) -> Self {
         let (code, message) = match status.as_u16() {
-            400 => ("VALIDATION_ERROR", "the request is malformed"),
-            401 => ("AUTH_REQUIRED", "authentication is required"),
-            403 => ("FORBIDDEN", "not allowed"),
-            404 => ("NOT_FOUND", "not found"),
-            405 => ("METHOD_NOT_ALLOWED", "method not allowed"),
-            406 => ("NOT_ACCEPTABLE", "no acceptable representation"),
-            408 => ("REQUEST_TIMEOUT", "the request took too long to arrive"),
-            409 => ("CONFLICT", "conflict"),
-            413 => ("PAYLOAD_TOO_LARGE", "the request body is too large"),
+            400 => (ErrorCode::ValidationError, "the request is malformed"),
+            401 => (ErrorCode::AuthRequired, "authentication is required"),
+            403 => (ErrorCode::Forbidden, "not allowed"),
+            404 => (ErrorCode::NotFound, "not found"),
+            405 => (ErrorCode::MethodNotAllowed, "method not allowed"),
+            406 => (ErrorCode::NotAcceptable, "no acceptable representation"),
+            408 => (
+                ErrorCode::RequestTimeout,
+                "the request took too long to arrive",
+            ),
+            409 => (ErrorCode::Conflict, "conflict"),
+            413 => (ErrorCode::PayloadTooLarge, "the request body is too large"),
             415 => (
-                "UNSUPPORTED_MEDIA_TYPE",
+                ErrorCode::UnsupportedMediaType,
                 "the content type is not supported",
             ),
-            429 => ("RATE_LIMITED", "too many requests"),
-            502 => ("UPSTREAM_ERROR", "an upstream service failed"),
-            503 => ("UNAVAILABLE", "temporarily unavailable"),
-            504 => ("UPSTREAM_TIMEOUT", "an upstream service timed out"),
-            s if s >= 500 => ("INTERNAL_ERROR", "internal error"),
-            _ => ("VALIDATION_ERROR", "the request was refused"),
+            429 => (ErrorCode::RateLimited, "too many requests"),
+            502 => (ErrorCode::UpstreamError, "an upstream service failed"),
+            503 => (ErrorCode::Unavailable, "temporarily unavailable"),
+            504 => (ErrorCode::UpstreamTimeout, "an upstream service timed out"),
+            s if s >= 500 => (ErrorCode::InternalError, "internal error"),
+            _ => (ErrorCode::ValidationError, "the request was refused"),
         };
         Self {
             error: ErrorDetail {
@@ -89,7 +92,7 @@ impl ErrorBody {
 /// An error on its way to becoming a response.
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: Cow<'static, str>,
     field: Option<Cow<'static, str>>,
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -99,7 +102,7 @@ pub struct ApiError {
 impl ApiError {
     pub(crate) fn new(
         status: StatusCode,
-        code: &'static str,
+        code: ErrorCode,
         message: impl Into<Cow<'static, str>>,
     ) -> Self {
         Self {
@@ -114,7 +117,7 @@ impl ApiError {
 
     /// 400 `VALIDATION_ERROR`, naming the field when there is one.
     pub fn validation(field: Option<String>, message: impl Into<Cow<'static, str>>) -> Self {
-        let mut e = Self::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message);
+        let mut e = Self::new(StatusCode::BAD_REQUEST, ErrorCode::ValidationError, message);
         e.field = field.map(Cow::Owned);
         e
     }
@@ -122,7 +125,7 @@ impl ApiError {
     /// 404 `NOT_FOUND`.
     #[must_use]
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", "not found")
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "not found")
     }
 
     /// 405 `METHOD_NOT_ALLOWED` with the `Allow` header.
@@ -130,7 +133,7 @@ impl ApiError {
     pub fn method_not_allowed(allow: &str) -> Self {
         let mut e = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "METHOD_NOT_ALLOWED",
+            ErrorCode::MethodNotAllowed,
             "method not allowed",
         );
         if let Ok(value) = HeaderValue::from_str(allow) {
@@ -144,7 +147,7 @@ impl ApiError {
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "PAYLOAD_TOO_LARGE",
+            ErrorCode::PayloadTooLarge,
             format!("the request body is larger than {limit} bytes"),
         )
     }
@@ -154,7 +157,7 @@ impl ApiError {
     pub fn request_timeout() -> Self {
         Self::new(
             StatusCode::REQUEST_TIMEOUT,
-            "REQUEST_TIMEOUT",
+            ErrorCode::RequestTimeout,
             "the request body did not arrive in time",
         )
     }
@@ -163,25 +166,25 @@ impl ApiError {
     pub(crate) fn not_acceptable() -> Self {
         Self::new(
             StatusCode::NOT_ACCEPTABLE,
-            "NOT_ACCEPTABLE",
+            ErrorCode::NotAcceptable,
             "accept text/event-stream or application/json",
         )
     }
 
     /// A generation that failed, by the code of its stream's `error` event.
-    pub(crate) fn generation_failed(code: &str) -> Self {
+    pub(crate) fn generation_failed(code: ErrorCode) -> Self {
         match code {
-            "UPSTREAM_TIMEOUT" => Self::new(
+            ErrorCode::UpstreamTimeout => Self::new(
                 StatusCode::GATEWAY_TIMEOUT,
-                "UPSTREAM_TIMEOUT",
+                ErrorCode::UpstreamTimeout,
                 "the model took too long to answer",
             ),
-            "UPSTREAM_ERROR" => Self::new(
+            ErrorCode::UpstreamError => Self::new(
                 StatusCode::BAD_GATEWAY,
-                "UPSTREAM_ERROR",
+                ErrorCode::UpstreamError,
                 "the model's server failed",
             ),
-            "UNAVAILABLE" => Self::unavailable("the model is unavailable", 1),
+            ErrorCode::Unavailable => Self::unavailable("the model is unavailable", 1),
             _ => Self::internal("the generation failed"),
         }
     }
@@ -191,14 +194,18 @@ impl ApiError {
     pub fn unsupported_media_type() -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UNSUPPORTED_MEDIA_TYPE",
+            ErrorCode::UnsupportedMediaType,
             "the body must be JSON (Content-Type: application/json)",
         )
     }
 
     /// 503 `UNAVAILABLE` with `Retry-After`.
     pub fn unavailable(message: impl Into<Cow<'static, str>>, retry_after_secs: u32) -> Self {
-        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message);
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            message,
+        );
         e.headers
             .push((RETRY_AFTER, HeaderValue::from(retry_after_secs)));
         e
@@ -208,7 +215,7 @@ impl ApiError {
     pub fn internal(source: impl Into<BoxError>) -> Self {
         let mut e = Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL_ERROR",
+            ErrorCode::InternalError,
             "internal error",
         );
         e.source = Some(source.into());
@@ -231,6 +238,37 @@ impl ApiError {
 impl ApiError {
     pub(crate) fn body_for_tests(&self) -> Vec<u8> {
         self.body().render("")
+    }
+}
+
+/// How a client names the input `field`: its JSON path in the request
+/// body, its header or its query parameter. The one place these are spelled.
+#[must_use]
+pub(crate) const fn field_name(field: Field) -> &'static str {
+    match field {
+        Field::Username => "username",
+        Field::Email => "email",
+        Field::Password => "password",
+        Field::Role | Field::MessageRole => "role",
+        Field::Disabled => "disabled",
+        Field::Title => "title",
+        Field::Limit => "limit",
+        Field::Offset => "offset",
+        Field::Order => "order",
+        Field::Query => "q",
+        Field::UserId => "user_id",
+        Field::ConversationId => "conversation_id",
+        Field::TokenId => "jti",
+        Field::SessionId => "sid",
+        Field::Id => "id",
+        Field::MessageId => "messages[0].id",
+        Field::ContentType => "content.content_type",
+        Field::ContentParts => "content.parts",
+        Field::MessageStatus => "status",
+        Field::Model => "model",
+        Field::Temperature => "metadata.temperature",
+        Field::ResumeToken => "X-Resume-Token",
+        Field::LastEventId => "Last-Event-ID",
     }
 }
 
@@ -278,10 +316,10 @@ impl ResponseError for ApiError {
         // Logged once, here where it is handled, with the request's span.
         match (&self.source, self.status.is_server_error()) {
             (Some(source), true) => {
-                tracing::error!(code = self.code, error = %chain(source.as_ref()), "request failed");
+                tracing::error!(code = %self.code, error = %chain(source.as_ref()), "request failed");
             }
             (Some(source), false) => {
-                tracing::warn!(code = self.code, error = %chain(source.as_ref()), "request refused");
+                tracing::warn!(code = %self.code, error = %chain(source.as_ref()), "request refused");
             }
             (None, _) => {}
         }
@@ -302,16 +340,17 @@ impl From<AppError> for ApiError {
     fn from(err: AppError) -> Self {
         match err {
             AppError::Validation { field, message } => {
-                Self::validation(Some(field.into_owned()), message)
+                Self::validation(Some(field_name(field).to_owned()), message)
             }
             AppError::NotFound => Self::not_found(),
             AppError::Conflict { field } => {
+                let name = field_name(field);
                 let mut e = Self::new(
                     StatusCode::CONFLICT,
-                    "CONFLICT",
-                    format!("{field} is already taken"),
+                    ErrorCode::Conflict,
+                    format!("{name} is already taken"),
                 );
-                e.field = Some(field);
+                e.field = Some(Cow::Borrowed(name));
                 e
             }
             AppError::Unavailable(source) => {
@@ -321,17 +360,19 @@ impl From<AppError> for ApiError {
             }
             AppError::Internal(source) => Self::internal(source),
             AppError::Unauthorized(failure) => Self::unauthorized(failure),
-            AppError::Forbidden => Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", "not allowed"),
+            AppError::Forbidden => {
+                Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "not allowed")
+            }
             AppError::RateLimited { policy, decision } => Self::rate_limited(&policy, &decision),
             AppError::Busy => Self::new(
                 StatusCode::CONFLICT,
-                "CONFLICT",
+                ErrorCode::Conflict,
                 "an answer is still being generated in this conversation: wait for it or stop it",
             ),
             AppError::TooManyGenerations { limit } => {
                 let mut e = Self::new(
                     StatusCode::TOO_MANY_REQUESTS,
-                    "RATE_LIMITED",
+                    ErrorCode::RateLimited,
                     format!(
                         "at most {limit} answers can be generated at once; wait for one to end"
                     ),
@@ -383,22 +424,22 @@ impl ApiError {
     pub fn unauthorized(failure: AuthFailure) -> Self {
         let (code, message, challenge) = match failure {
             AuthFailure::Missing => (
-                "AUTH_REQUIRED",
+                ErrorCode::AuthRequired,
                 "authentication is required",
                 r#"Bearer realm="confab""#,
             ),
             AuthFailure::InvalidToken => (
-                "AUTH_REQUIRED",
+                ErrorCode::AuthRequired,
                 "the token is invalid",
                 r#"Bearer realm="confab", error="invalid_token", error_description="the token is invalid""#,
             ),
             AuthFailure::ExpiredToken => (
-                "TOKEN_EXPIRED",
+                ErrorCode::TokenExpired,
                 "the token has expired",
                 r#"Bearer realm="confab", error="invalid_token", error_description="the token has expired""#,
             ),
             AuthFailure::BadCredentials => (
-                "INVALID_CREDENTIALS",
+                ErrorCode::InvalidCredentials,
                 "invalid username or password",
                 r#"Bearer realm="confab""#,
             ),
@@ -416,7 +457,7 @@ impl ApiError {
     pub fn rate_limited(policy: &RatePolicy, decision: &RateDecision) -> Self {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "RATE_LIMITED",
+            ErrorCode::RateLimited,
             "too many requests; retry later",
         );
         e.headers.push((
@@ -449,7 +490,7 @@ mod tests {
     #[test]
     fn conflict_names_the_field() {
         let e = ApiError::from(AppError::Conflict {
-            field: "email".into(),
+            field: Field::Email,
         });
         let v: serde_json::Value = serde_json::from_slice(&e.body().render("r")).unwrap();
         assert_eq!(v["error"]["code"], "CONFLICT");
@@ -458,20 +499,48 @@ mod tests {
     }
 
     #[test]
+    fn every_code_is_spelled_as_the_api_documents_it() {
+        let spelled: Vec<String> = ErrorCode::ALL.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            spelled,
+            [
+                "VALIDATION_ERROR",
+                "AUTH_REQUIRED",
+                "TOKEN_EXPIRED",
+                "INVALID_CREDENTIALS",
+                "FORBIDDEN",
+                "NOT_FOUND",
+                "METHOD_NOT_ALLOWED",
+                "NOT_ACCEPTABLE",
+                "REQUEST_TIMEOUT",
+                "CONFLICT",
+                "PAYLOAD_TOO_LARGE",
+                "UNSUPPORTED_MEDIA_TYPE",
+                "IDEMPOTENCY_KEY_REUSED",
+                "RATE_LIMITED",
+                "INTERNAL_ERROR",
+                "UPSTREAM_ERROR",
+                "UNAVAILABLE",
+                "UPSTREAM_TIMEOUT",
+            ]
+        );
+    }
+
+    #[test]
     fn foreign_statuses_get_codes() {
         assert_eq!(
             ErrorBody::for_status(StatusCode::NOT_FOUND).error.code,
-            "NOT_FOUND"
+            ErrorCode::NotFound
         );
         assert_eq!(
             ErrorBody::for_status(StatusCode::BAD_GATEWAY).error.code,
-            "UPSTREAM_ERROR"
+            ErrorCode::UpstreamError
         );
         assert_eq!(
             ErrorBody::for_status(StatusCode::from_u16(599).unwrap())
                 .error
                 .code,
-            "INTERNAL_ERROR"
+            ErrorCode::InternalError
         );
     }
 }

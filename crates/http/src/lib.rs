@@ -144,11 +144,11 @@ mod tests {
         Content, Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError,
         FamilyId, Message, MessageId, MessageStatus, ModelSlug, NewConversation, NewUser,
         OffsetDateTime, Page, PageRequest, Password, PasswordHash, Role, Title, TokenId, User,
-        UserId,
+        UserId, WireEvent,
     };
     use confab_ports::{
         AccessClaims, Cache, CachedValue, ConversationQuery, ConversationStore, EventFeed,
-        HealthCheck, IssuedToken, MessageStore, NewEvent, NewRefreshToken, PasswordHasher,
+        HealthCheck, IssuedToken, LogHead, MessageStore, NewRefreshToken, PasswordHasher,
         RateDecision, RateLimiter, RatePolicy, ReadFrom, Redemption, RefreshClaims,
         RefreshTokenStore, ResumeClaims, ResumeTokenCodec, StopSignal, StreamLog, TokenBlocklist,
         TokenCodec, TokenRejection, UserStore, Verification,
@@ -408,13 +408,13 @@ mod tests {
         ) -> Result<Box<dyn StopSignal>, DomainError> {
             Err(DomainError::unavailable("no stream log in this test"))
         }
-        async fn append(&self, _: ConversationId, _: NewEvent) -> Result<String, DomainError> {
+        async fn append(&self, _: ConversationId, _: WireEvent) -> Result<String, DomainError> {
             Err(DomainError::NotFound)
         }
         async fn close(&self, _: ConversationId) -> Result<(), DomainError> {
             Ok(())
         }
-        async fn current(&self, _: ConversationId) -> Result<(MessageId, bool), DomainError> {
+        async fn current(&self, _: ConversationId) -> Result<LogHead, DomainError> {
             Err(DomainError::NotFound)
         }
         async fn read(

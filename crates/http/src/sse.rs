@@ -34,18 +34,18 @@ const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 /// One event in the SSE wire format.
 pub(crate) fn encode(event: &LoggedEvent) -> Bytes {
-    let mut out = String::with_capacity(event.data.len() + 32);
+    let mut out = String::with_capacity(event.event.data.len() + 32);
     out.push_str("id: ");
     out.push_str(&event.id);
     out.push('\n');
-    if let Some(name) = event.event {
+    if let Some(name) = event.event.name {
         out.push_str("event: ");
-        out.push_str(name);
+        out.push_str(name.as_str());
         out.push('\n');
     }
     // CR, LF and CRLF all end a line in SSE: each piece is its own
     // `data:` line, so no byte of the data can end the event early.
-    let data = event.data.replace("\r\n", "\n").replace('\r', "\n");
+    let data = event.event.data.replace("\r\n", "\n").replace('\r', "\n");
     for line in data.split('\n') {
         out.push_str("data: ");
         out.push_str(line);
@@ -91,14 +91,18 @@ pub(crate) fn response(feed: Box<dyn EventFeed>, settings: SseSettings) -> HttpR
 
 #[cfg(test)]
 mod tests {
+    use confab_domain::{EventName, WireEvent};
+
     use super::*;
 
     #[test]
     fn events_are_framed_with_their_id() {
         let e = LoggedEvent {
             id: "7".into(),
-            event: Some("delta"),
-            data: r#"{"v":"a\n\ndata: [DONE]"}"#.into(),
+            event: WireEvent {
+                name: Some(EventName::Delta),
+                data: r#"{"v":"a\n\ndata: [DONE]"}"#.into(),
+            },
         };
         assert_eq!(
             &encode(&e)[..],
@@ -106,8 +110,10 @@ mod tests {
         );
         let plain = LoggedEvent {
             id: "8".into(),
-            event: None,
-            data: "[DONE]".into(),
+            event: WireEvent {
+                name: None,
+                data: "[DONE]".into(),
+            },
         };
         assert_eq!(&encode(&plain)[..], b"id: 8\ndata: [DONE]\n\n");
     }
@@ -116,8 +122,10 @@ mod tests {
     fn a_raw_line_break_cannot_forge_an_event() {
         let e = LoggedEvent {
             id: "1".into(),
-            event: None,
-            data: "x\n\nevent: evil\r\ndata: y\rid: 9".into(),
+            event: WireEvent {
+                name: None,
+                data: "x\n\nevent: evil\r\ndata: y\rid: 9".into(),
+            },
         };
         assert_eq!(
             &encode(&e)[..],

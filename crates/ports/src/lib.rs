@@ -30,4 +30,4 @@ pub use llm::{
 };
 pub use password::{PasswordHasher, Verification};
 pub use store::{ConversationQuery, ConversationStore, MessageStore, UserStore};
-pub use stream::{EventFeed, LoggedEvent, NewEvent, ReadFrom, StopSignal, StreamLog};
+pub use stream::{EventFeed, LogHead, LoggedEvent, ReadFrom, StopSignal, StreamLog};

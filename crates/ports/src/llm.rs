@@ -1,7 +1,7 @@
 //! The chat model: a prompt in, a stream of text deltas out.
 
 use async_trait::async_trait;
-use confab_domain::ModelSlug;
+use confab_domain::{ErrorCode, ModelSlug};
 
 /// Who said a turn of the prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,11 +108,11 @@ pub enum LlmError {
 impl LlmError {
     /// The API error code a client sees for this failure.
     #[must_use]
-    pub const fn code(&self) -> &'static str {
+    pub const fn code(&self) -> ErrorCode {
         match self {
-            Self::Timeout(_) => "UPSTREAM_TIMEOUT",
-            Self::Upstream { .. } | Self::Protocol(_) => "UPSTREAM_ERROR",
-            Self::Unavailable(_) => "UNAVAILABLE",
+            Self::Timeout(_) => ErrorCode::UpstreamTimeout,
+            Self::Upstream { .. } | Self::Protocol(_) => ErrorCode::UpstreamError,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
         }
     }
 

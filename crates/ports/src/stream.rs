@@ -2,27 +2,25 @@
 //! readers can follow it and a reader that lost its connection can resume.
 
 use async_trait::async_trait;
-use confab_domain::{ConversationId, DomainError, MessageId};
+use confab_domain::{ConversationId, DomainError, MessageId, WireEvent};
 
-/// One event of a generation as a reader sees it.
+/// One event of a generation as a reader gets it: the event the generation
+/// appended, under its id in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoggedEvent {
     /// Its id in the log: the SSE `id:`, what a reader resumes after.
     pub id: String,
-    /// The SSE event name (`delta`, `delta_encoding`), `None` for a plain
-    /// `data:` event.
-    pub event: Option<&'static str>,
-    /// The event's data: one line of JSON, or `[DONE]`.
-    pub data: String,
+    /// The event, as appended.
+    pub event: WireEvent,
 }
 
-/// An event to append.
+/// Whose generation a conversation's log holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewEvent {
-    /// The SSE event name, if any.
-    pub event: Option<&'static str>,
-    /// One line of JSON, or `[DONE]`.
-    pub data: String,
+pub struct LogHead {
+    /// The answer being (or last) generated.
+    pub message: MessageId,
+    /// Whether the generation still runs (the log is not closed).
+    pub open: bool,
 }
 
 /// Where a reader starts.
@@ -77,7 +75,7 @@ pub trait StreamLog: Send + Sync + 'static {
     async fn append(
         &self,
         conversation: ConversationId,
-        event: NewEvent,
+        event: WireEvent,
     ) -> Result<String, DomainError>;
 
     /// Appends `events` in order to the open log, in one step where the
@@ -91,7 +89,7 @@ pub trait StreamLog: Send + Sync + 'static {
     async fn append_all(
         &self,
         conversation: ConversationId,
-        events: Vec<NewEvent>,
+        events: Vec<WireEvent>,
     ) -> Result<(), DomainError> {
         for event in events {
             self.append(conversation, event).await?;
@@ -112,8 +110,7 @@ pub trait StreamLog: Send + Sync + 'static {
     /// # Errors
     /// [`DomainError::NotFound`] when there is no log (never opened, or
     /// expired).
-    async fn current(&self, conversation: ConversationId)
-    -> Result<(MessageId, bool), DomainError>;
+    async fn current(&self, conversation: ConversationId) -> Result<LogHead, DomainError>;
 
     /// A reader of the conversation's log from `from`.
     ///

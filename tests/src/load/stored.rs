@@ -59,10 +59,7 @@ impl Burst {
 async fn all_conversations(store: &SqlStore) -> Result<Vec<ConversationId>, DomainError> {
     let users = UserStore::list(store, PageRequest::new(0, 2)?).await?;
     let [user] = users.items.as_slice() else {
-        return Err(DomainError::invalid(
-            "users",
-            "a burst's database holds one user",
-        ));
+        return Err(DomainError::internal("a burst's database holds one user"));
     };
     let mut ids = Vec::new();
     loop {

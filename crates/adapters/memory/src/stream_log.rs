@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use confab_domain::{ConversationId, DomainError, MessageId};
-use confab_ports::{EventFeed, LoggedEvent, NewEvent, ReadFrom, StopSignal, StreamLog};
+use confab_domain::{ConversationId, DomainError, Field, MessageId, WireEvent};
+use confab_ports::{EventFeed, LogHead, LoggedEvent, ReadFrom, StopSignal, StreamLog};
 use tokio::sync::watch;
 
 /// Limits of a [`MemoryStreamLog`].
@@ -162,7 +162,7 @@ impl MemoryStreamLog {
 /// Parses a `Last-Event-ID` into how many events the reader has seen:
 /// only the ids this log gave (`1` to `len`, written canonically) pass.
 fn position_after(id: &str, len: usize) -> Result<usize, DomainError> {
-    let invalid = || DomainError::invalid("Last-Event-ID", "not an event id of this stream");
+    let invalid = || DomainError::invalid(Field::LastEventId, "not an event id of this stream");
     let n: usize = id.parse().map_err(|_| invalid())?;
     // `parse` also takes `+1` and `01`, which this log never gave.
     if n == 0 || n > len || n.to_string() != id {
@@ -182,7 +182,7 @@ impl StreamLog for MemoryStreamLog {
         match logs.by_conversation.get(&conversation) {
             Some(log) if log.closed_at.is_none() => {
                 return Err(DomainError::Duplicate {
-                    field: "conversation_id".into(),
+                    field: Field::ConversationId,
                 });
             }
             // A closed log is replaced in place: the count does not grow.
@@ -218,7 +218,7 @@ impl StreamLog for MemoryStreamLog {
     async fn append(
         &self,
         conversation: ConversationId,
-        event: NewEvent,
+        event: WireEvent,
     ) -> Result<String, DomainError> {
         let logs = self.lock();
         let log = logs
@@ -236,8 +236,7 @@ impl StreamLog for MemoryStreamLog {
             let next = (events.list.len() + 1).to_string();
             events.list.push(Arc::new(LoggedEvent {
                 id: next.clone(),
-                event: event.event,
-                data: event.data,
+                event,
             }));
             id = Ok(next);
             true
@@ -262,16 +261,16 @@ impl StreamLog for MemoryStreamLog {
         Ok(())
     }
 
-    async fn current(
-        &self,
-        conversation: ConversationId,
-    ) -> Result<(MessageId, bool), DomainError> {
+    async fn current(&self, conversation: ConversationId) -> Result<LogHead, DomainError> {
         let logs = self.pruned();
         let log = logs
             .by_conversation
             .get(&conversation)
             .ok_or(DomainError::NotFound)?;
-        Ok((log.message.clone(), log.closed_at.is_none()))
+        Ok(LogHead {
+            message: log.message.clone(),
+            open: log.closed_at.is_none(),
+        })
     }
 
     async fn read(

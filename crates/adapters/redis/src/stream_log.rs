@@ -106,8 +106,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use confab_domain::{ConversationId, DomainError, MessageId};
-use confab_ports::{EventFeed, NewEvent, ReadFrom, StopSignal, StreamLog};
+use confab_domain::{ConversationId, DomainError, Field, MessageId, WireEvent};
+use confab_ports::{EventFeed, LogHead, ReadFrom, StopSignal, StreamLog};
 use tokio::sync::watch;
 
 use self::feed::RedisFeed;
@@ -293,7 +293,7 @@ impl StreamLog for RedisStreamLog {
             }
             Err(reply) if reply.first().is_some_and(|status| status == "open") => {
                 Err(DomainError::Duplicate {
-                    field: "conversation_id".into(),
+                    field: Field::ConversationId,
                 })
             }
             _ => Err(unexpected("open")),
@@ -303,7 +303,7 @@ impl StreamLog for RedisStreamLog {
     async fn append(
         &self,
         conversation: ConversationId,
-        event: NewEvent,
+        event: WireEvent,
     ) -> Result<String, DomainError> {
         self.append_events(conversation, vec![event])
             .await?
@@ -314,7 +314,7 @@ impl StreamLog for RedisStreamLog {
     async fn append_all(
         &self,
         conversation: ConversationId,
-        events: Vec<NewEvent>,
+        events: Vec<WireEvent>,
     ) -> Result<(), DomainError> {
         self.append_events(conversation, events).await.map(drop)
     }
@@ -360,10 +360,7 @@ impl StreamLog for RedisStreamLog {
         closed.map(drop)
     }
 
-    async fn current(
-        &self,
-        conversation: ConversationId,
-    ) -> Result<(MessageId, bool), DomainError> {
+    async fn current(&self, conversation: ConversationId) -> Result<LogHead, DomainError> {
         let inner = &self.inner;
         let mut conn = inner.pool.connection()?;
         let (message, open): (Option<String>, Option<String>) = redis::cmd("HMGET")
@@ -376,7 +373,10 @@ impl StreamLog for RedisStreamLog {
         let message = message.ok_or(DomainError::NotFound)?;
         let message = MessageId::parse(message)
             .map_err(|_| DomainError::internal("redis: the stream log holds a bad message id"))?;
-        Ok((message, open.as_deref() == Some("1")))
+        Ok(LogHead {
+            message,
+            open: open.as_deref() == Some("1"),
+        })
     }
 
     async fn read(
@@ -384,7 +384,7 @@ impl StreamLog for RedisStreamLog {
         conversation: ConversationId,
         from: ReadFrom,
     ) -> Result<Box<dyn EventFeed>, DomainError> {
-        let invalid = || DomainError::invalid("Last-Event-ID", "not an event id of this stream");
+        let invalid = || DomainError::invalid(Field::LastEventId, "not an event id of this stream");
         let after = match &from {
             ReadFrom::Start => None,
             ReadFrom::After(id) => Some(parse_event_id(id).ok_or_else(invalid)?),

@@ -8,8 +8,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use confab_domain::{ConversationId, DomainError, MessageId};
-use confab_ports::{EventFeed, HealthCheck, NewEvent, ReadFrom, StreamLog};
+use confab_domain::{ConversationId, DomainError, EventName, Field, MessageId, WireEvent};
+use confab_ports::{EventFeed, HealthCheck, LogHead, ReadFrom, StreamLog};
 use confab_redis::{RedisPool, RedisSettings, RedisStreamLog, RedisStreamLogOptions};
 use secrecy::SecretString;
 use tokio::time::timeout;
@@ -84,10 +84,17 @@ async fn raw_connection() -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-fn event(data: &str) -> NewEvent {
-    NewEvent {
-        event: Some("delta"),
+fn event(data: &str) -> WireEvent {
+    WireEvent {
+        name: Some(EventName::Delta),
         data: data.to_owned(),
+    }
+}
+
+fn head(id: &str, open: bool) -> LogHead {
+    LogHead {
+        message: message(id),
+        open,
     }
 }
 
@@ -118,7 +125,7 @@ async fn drain(feed: &mut Box<dyn EventFeed>) -> Vec<(String, String)> {
         .expect("the feed stalled")
         .unwrap()
     {
-        seen.push((e.id, e.data));
+        seen.push((e.id, e.event.data));
     }
     seen
 }
@@ -130,7 +137,7 @@ async fn drain_one(feed: &mut Box<dyn EventFeed>) -> (String, String) {
         .expect("the feed stalled")
         .unwrap()
         .expect("an event");
-    (e.id, e.data)
+    (e.id, e.event.data)
 }
 
 /// The generation and the entry id of an event id.
@@ -140,7 +147,7 @@ fn split_id(id: &str) -> (u64, &str) {
 }
 
 fn is_invalid_id<T>(result: &Result<T, DomainError>) -> bool {
-    matches!(result, Err(DomainError::Invalid { field, .. }) if field == "Last-Event-ID")
+    matches!(result, Err(DomainError::Invalid { field, .. }) if *field == Field::LastEventId)
 }
 
 /// Waits until `done` holds, polling; panics after `PATIENCE`.
@@ -168,11 +175,11 @@ async fn events_come_in_order_with_the_ids_append_gave() {
     log.close(conv).await.unwrap();
     let mut feed = log.read(conv, ReadFrom::Start).await.unwrap();
     let first = feed.next().await.unwrap().unwrap();
-    assert_eq!(first.event, Some("delta"));
-    assert_eq!((first.id, first.data), appended[0].clone());
+    assert_eq!(first.event.name, Some(EventName::Delta));
+    assert_eq!((first.id, first.event.data), appended[0].clone());
     assert_eq!(drain(&mut feed).await, appended[1..]);
     assert_eq!(feed.next().await.unwrap(), None, "the end stays the end");
-    assert_eq!(log.current(conv).await.unwrap(), (message("m1"), false));
+    assert_eq!(log.current(conv).await.unwrap(), head("m1", false));
 }
 
 #[tokio::test]
@@ -180,11 +187,11 @@ async fn event_names_come_back_as_appended() {
     let log = log().await;
     let conv = ConversationId::generate();
     let _stop = log.open(conv, &message("m1")).await.unwrap();
-    for name in [Some("delta_encoding"), None, Some("delta")] {
+    for name in [Some(EventName::DeltaEncoding), None, Some(EventName::Delta)] {
         log.append(
             conv,
-            NewEvent {
-                event: name,
+            WireEvent {
+                name,
                 data: "{\"a\":\"\\n\"}".to_owned(),
             },
         )
@@ -195,10 +202,13 @@ async fn event_names_come_back_as_appended() {
     let mut feed = log.read(conv, ReadFrom::Start).await.unwrap();
     let mut names = Vec::new();
     while let Some(e) = feed.next().await.unwrap() {
-        assert_eq!(e.data, "{\"a\":\"\\n\"}");
-        names.push(e.event);
+        assert_eq!(e.event.data, "{\"a\":\"\\n\"}");
+        names.push(e.event.name);
     }
-    assert_eq!(names, [Some("delta_encoding"), None, Some("delta")]);
+    assert_eq!(
+        names,
+        [Some(EventName::DeltaEncoding), None, Some(EventName::Delta)]
+    );
 }
 
 #[tokio::test]
@@ -321,7 +331,7 @@ async fn open_logs_never_expire() {
     .await;
     let conv = ConversationId::generate();
     let _stop = log.open(conv, &message("m1")).await.unwrap();
-    assert_eq!(log.current(conv).await.unwrap(), (message("m1"), true));
+    assert_eq!(log.current(conv).await.unwrap(), head("m1", true));
     log.close(conv).await.unwrap();
     assert!(matches!(
         log.current(conv).await,
@@ -336,11 +346,11 @@ async fn opening_an_open_conversation_is_a_duplicate() {
     let _stop = log.open(conv, &message("m1")).await.unwrap();
     assert!(matches!(
         log.open(conv, &message("m2")).await,
-        Err(DomainError::Duplicate { field }) if field == "conversation_id"
+        Err(DomainError::Duplicate { field }) if field == Field::ConversationId
     ));
     log.close(conv).await.unwrap();
     let _stop = log.open(conv, &message("m2")).await.unwrap();
-    assert_eq!(log.current(conv).await.unwrap(), (message("m2"), true));
+    assert_eq!(log.current(conv).await.unwrap(), head("m2", true));
 }
 
 #[tokio::test]
@@ -459,7 +469,7 @@ async fn a_reader_of_a_replaced_log_finishes_with_its_events() {
     assert_eq!(drain(&mut old).await, appended[1..]);
     let mut new = log.read(conv, ReadFrom::Start).await.unwrap();
     assert_eq!(
-        new.next().await.unwrap().map(|e| e.data),
+        new.next().await.unwrap().map(|e| e.event.data),
         Some("new".to_owned())
     );
 }
@@ -471,7 +481,7 @@ async fn events_appended_on_one_instance_are_read_live_on_another() {
     let (a, b) = two_instances(options()).await;
     let conv = ConversationId::generate();
     let _stop = a.open(conv, &message("m1")).await.unwrap();
-    assert_eq!(b.current(conv).await.unwrap(), (message("m1"), true));
+    assert_eq!(b.current(conv).await.unwrap(), head("m1", true));
     assert!(matches!(
         b.open(conv, &message("m2")).await,
         Err(DomainError::Duplicate { .. })
@@ -482,14 +492,17 @@ async fn events_appended_on_one_instance_are_read_live_on_another() {
     for i in 1..=5 {
         appended.extend(append_all(&a, conv, i..=i).await);
         let live = timeout(PATIENCE, feed.next()).await.unwrap().unwrap();
-        assert_eq!(live.map(|e| (e.id, e.data)), Some(appended[i - 1].clone()));
+        assert_eq!(
+            live.map(|e| (e.id, e.event.data)),
+            Some(appended[i - 1].clone())
+        );
     }
     // An instance that did not open the log appends to it too.
     let from_b = b.append(conv, event("from b")).await.unwrap();
     assert_eq!(drain_one(&mut feed).await, (from_b, "from b".to_owned()));
     a.close(conv).await.unwrap();
     assert_eq!(timeout(PATIENCE, feed.next()).await.unwrap().unwrap(), None);
-    assert_eq!(b.current(conv).await.unwrap(), (message("m1"), false));
+    assert_eq!(b.current(conv).await.unwrap(), head("m1", false));
 }
 
 #[tokio::test]
@@ -503,7 +516,7 @@ async fn a_reader_resumes_on_another_instance_without_gap_or_duplicate() {
     let mut last_seen = String::new();
     for expected in &appended[..3] {
         let e = first.next().await.unwrap().unwrap();
-        assert_eq!(&(e.id.clone(), e.data), expected);
+        assert_eq!(&(e.id.clone(), e.event.data), expected);
         last_seen = e.id;
     }
     drop(first);
@@ -655,7 +668,7 @@ async fn the_lease_is_renewed_from_open_to_close_without_awaiting_the_signal() {
     let _stop = a.open(conv, &message("m1")).await.unwrap();
     let first = a.append(conv, event("e1")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(b.current(conv).await.unwrap(), (message("m1"), true));
+    assert_eq!(b.current(conv).await.unwrap(), head("m1", true));
     let second = a.append(conv, event("e2")).await.unwrap();
     assert!(matches!(
         b.open(conv, &message("m2")).await,
@@ -673,12 +686,12 @@ async fn the_lease_is_renewed_from_open_to_close_without_awaiting_the_signal() {
     // Closed, the log ends and is kept for the retention, as ever.
     a.close(conv).await.unwrap();
     assert_eq!(timeout(PATIENCE, feed.next()).await.unwrap().unwrap(), None);
-    assert_eq!(b.current(conv).await.unwrap(), (message("m1"), false));
+    assert_eq!(b.current(conv).await.unwrap(), head("m1", false));
     for ttl in ttls(&prefix, conv, split_id(&second).0).await {
         assert!(ttl > 59_000 && ttl <= 60_000, "{ttl}");
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(b.current(conv).await.unwrap(), (message("m1"), false));
+    assert_eq!(b.current(conv).await.unwrap(), head("m1", false));
 }
 
 #[tokio::test]
@@ -729,7 +742,7 @@ async fn the_lease_of_a_dead_instance_runs_out() {
     let stop = a.open(conv, &message("m1")).await.unwrap();
     a.append(conv, event("e1")).await.unwrap();
     let mut follower = b.read(conv, ReadFrom::Start).await.unwrap();
-    assert_eq!(follower.next().await.unwrap().unwrap().data, "e1");
+    assert_eq!(follower.next().await.unwrap().unwrap().event.data, "e1");
     // Alive, A holds its generation past its lease.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(matches!(
@@ -759,7 +772,7 @@ async fn the_lease_of_a_dead_instance_runs_out() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     // A, restarted, sees B's generation.
     let a = instance(&prefix, short_lease()).await;
-    assert_eq!(a.current(conv).await.unwrap(), (message("m2"), true));
+    assert_eq!(a.current(conv).await.unwrap(), head("m2", true));
     let mut feed = a.read(conv, ReadFrom::Start).await.unwrap();
     assert_eq!(feed.next().await.unwrap().unwrap().id, id);
 }
@@ -799,7 +812,7 @@ async fn a_live_instance_that_lost_its_lease_leaves_the_next_generation_alone() 
     );
     a.close(conv).await.unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(a.current(conv).await.unwrap(), (message("m2"), true));
+    assert_eq!(a.current(conv).await.unwrap(), head("m2", true));
     let id = b.append(conv, event("e1")).await.unwrap();
     let mut feed = a.read(conv, ReadFrom::Start).await.unwrap();
     assert_eq!(feed.next().await.unwrap().unwrap().id, id);
@@ -819,7 +832,7 @@ async fn a_signal_awaited_in_a_select_sees_its_stop() {
             () = tokio::time::sleep(Duration::from_millis(3)) => {}
         }
     }
-    assert_eq!(b.current(conv).await.unwrap(), (message("m1"), true));
+    assert_eq!(b.current(conv).await.unwrap(), head("m1", true));
     let id = a.append(conv, event("e1")).await.unwrap();
     let mut feed = b.read(conv, ReadFrom::Start).await.unwrap();
     assert_eq!(feed.next().await.unwrap().unwrap().id, id);

@@ -10,8 +10,8 @@ mod support;
 
 use std::time::Duration;
 
-use confab_domain::{ConversationId, DomainError, MessageId};
-use confab_ports::{EventFeed, NewEvent, ReadFrom, StreamLog};
+use confab_domain::{ConversationId, DomainError, EventName, MessageId, WireEvent};
+use confab_ports::{EventFeed, ReadFrom, StreamLog};
 use confab_redis::{RedisPool, RedisSettings, RedisStreamLog, RedisStreamLogOptions};
 use secrecy::SecretString;
 
@@ -34,11 +34,11 @@ fn log_on(url: &str, command_timeout: Duration) -> RedisStreamLog {
     )
 }
 
-fn events(names: &[&str]) -> Vec<NewEvent> {
+fn events(names: &[&str]) -> Vec<WireEvent> {
     names
         .iter()
-        .map(|data| NewEvent {
-            event: Some("delta"),
+        .map(|data| WireEvent {
+            name: Some(EventName::Delta),
             data: (*data).to_owned(),
         })
         .collect()
@@ -54,7 +54,7 @@ async fn stored(url: &str, conv: ConversationId) -> Vec<String> {
         .expect("the closed log reads to its end")
         .unwrap()
     {
-        data.push(event.data);
+        data.push(event.event.data);
     }
     data
 }
@@ -115,7 +115,7 @@ async fn after_an_append_that_failed_for_good_the_next_ones_land_in_order() {
     assert_eq!(stored(&url, conv).await, ["a", "b"]);
     // The local reader got what was stored before the failure, then an
     // error: its client resumes from Redis.
-    assert_eq!(local.next().await.unwrap().unwrap().data, "a");
+    assert_eq!(local.next().await.unwrap().unwrap().event.data, "a");
     assert!(matches!(
         local.next().await,
         Err(DomainError::Unavailable(_))

@@ -1,6 +1,6 @@
 //! Errors of this adapter, and their translation into [`DomainError`].
 
-use confab_domain::DomainError;
+use confab_domain::{DomainError, Field};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 /// What can fail while opening or migrating the store.
@@ -42,7 +42,7 @@ pub(crate) fn domain(err: DieselError) -> DomainError {
                 info.message()
             );
             DomainError::Duplicate {
-                field: duplicate_field(&text).into(),
+                field: duplicate_field(&text),
             }
         }
         DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
@@ -68,17 +68,17 @@ fn is_busy(kind: DatabaseErrorKind, message: &str) -> bool {
 
 /// Names the client field behind a unique constraint from its name (on
 /// PostgreSQL) or message (on SQLite: `UNIQUE constraint failed: users.email`).
-fn duplicate_field(text: &str) -> &'static str {
+fn duplicate_field(text: &str) -> Field {
     if text.contains("username") {
-        "username"
+        Field::Username
     } else if text.contains("email") {
-        "email"
+        Field::Email
     } else if text.contains("messages") {
-        "message_id"
+        Field::MessageId
     } else if text.contains("conversations") {
-        "conversation_id"
+        Field::ConversationId
     } else {
-        "id"
+        Field::Id
     }
 }
 
@@ -90,21 +90,22 @@ pub(crate) fn pool(err: r2d2::Error) -> DomainError {
 #[cfg(test)]
 mod tests {
     use super::duplicate_field;
+    use confab_domain::Field;
 
     #[test]
     fn duplicate_fields_from_both_backends() {
         assert_eq!(
             duplicate_field("users_username_key duplicate key"),
-            "username"
+            Field::Username
         );
         assert_eq!(
             duplicate_field(" UNIQUE constraint failed: users.email"),
-            "email"
+            Field::Email
         );
         assert_eq!(
             duplicate_field(" UNIQUE constraint failed: messages.conversation_id, messages.id"),
-            "message_id"
+            Field::MessageId
         );
-        assert_eq!(duplicate_field("conversations_pkey"), "conversation_id");
+        assert_eq!(duplicate_field("conversations_pkey"), Field::ConversationId);
     }
 }

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use confab_domain::{
-    Content, ConversationId, ConversationPatch, DomainError, Email, ListOrder, Message, MessageId,
-    MessageRole, MessageStatus, ModelSlug, NewConversation, NewUser, OffsetDateTime, PageRequest,
-    PasswordHash, Role, SearchQuery, Title, User, UserId, Username,
+    Content, ConversationId, ConversationPatch, DomainError, Email, Field, ListOrder, Message,
+    MessageId, MessageRole, MessageStatus, ModelSlug, NewConversation, NewUser, OffsetDateTime,
+    PageRequest, PasswordHash, Role, SearchQuery, Title, User, UserId, Username,
 };
 use confab_domain::{FamilyId, TokenId};
 use confab_ports::{
@@ -168,14 +168,14 @@ async fn duplicate_username_and_email_are_duplicates(backend: Backend) {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, DomainError::Duplicate { ref field } if field == "username"),
+        matches!(err, DomainError::Duplicate { ref field } if *field == Field::Username),
         "{err:?}"
     );
     let err = UserStore::create(&f.store, clash("robert", "Bob@Example.com"))
         .await
         .unwrap_err();
     assert!(
-        matches!(err, DomainError::Duplicate { ref field } if field == "email"),
+        matches!(err, DomainError::Duplicate { ref field } if *field == Field::Email),
         "{err:?}"
     );
 }
@@ -497,7 +497,7 @@ async fn duplicate_message_id_in_one_conversation(backend: Backend) {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, DomainError::Duplicate { ref field } if field == "message_id"),
+        matches!(err, DomainError::Duplicate { ref field } if *field == Field::MessageId),
         "{err:?}"
     );
     // The same client id in another conversation is fine.

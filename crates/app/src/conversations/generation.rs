@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confab_domain::{
-    Content, ConversationId, DomainError, Message, MessageStatus, ModelSlug, UserId, WireEvent,
-    events,
+    Content, ConversationId, DomainError, ErrorCode, Message, MessageStatus, ModelSlug, UserId,
+    WireEvent, events,
 };
-use confab_ports::{
-    ChatModel, CompletionRequest, FinishReason, LlmError, LlmEvent, NewEvent, StopSignal,
-};
+use confab_ports::{ChatModel, CompletionRequest, FinishReason, LlmError, LlmEvent, StopSignal};
 use futures_util::FutureExt;
 use tokio::sync::watch;
 
@@ -31,6 +29,23 @@ pub(super) struct Generation {
     pub(super) temperature: Option<f32>,
     pub(super) chat_model: Arc<dyn ChatModel>,
     pub(super) shutdown: watch::Receiver<bool>,
+    /// Where the generation says how it ended.
+    pub(super) ended: watch::Sender<Option<AnswerEnd>>,
+}
+
+/// How an answer ended, as its sender learns it (a JSON-mode send waits
+/// for this instead of reading the stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerEnd {
+    /// The model finished its turn: `finished_successfully`.
+    Finished,
+    /// The model reached the length cap: `finished_partial_completion`.
+    Length,
+    /// Someone stopped it: `finished_partial_completion`.
+    Stopped,
+    /// It failed with this code (the code of its stream's `error` event):
+    /// `failed`, with the text it had.
+    Failed(ErrorCode),
 }
 
 /// How a generation ended.
@@ -59,26 +74,34 @@ impl Outcome {
     }
 
     /// The `error` event's code and message, for a failed generation.
-    const fn error(&self) -> Option<(&'static str, &'static str)> {
+    const fn error(&self) -> Option<(ErrorCode, &'static str)> {
         match self {
             Self::Failed(e) => Some((e.code(), e.public_message())),
-            Self::Interrupted => Some(("UNAVAILABLE", "The server shut down while answering.")),
-            Self::Broken(_) => Some(("INTERNAL_ERROR", "The answer could not be completed.")),
+            Self::Interrupted => Some((
+                ErrorCode::Unavailable,
+                "The server shut down while answering.",
+            )),
+            Self::Broken(_) => Some((
+                ErrorCode::InternalError,
+                "The answer could not be completed.",
+            )),
             Self::Finished(_) | Self::Stopped => None,
+        }
+    }
+
+    /// What the sender is told.
+    const fn end(&self) -> AnswerEnd {
+        match (self, self.error()) {
+            (_, Some((code, _))) => AnswerEnd::Failed(code),
+            (Self::Finished(FinishReason::Length), None) => AnswerEnd::Length,
+            (Self::Stopped, None) => AnswerEnd::Stopped,
+            (_, None) => AnswerEnd::Finished,
         }
     }
 }
 
 /// The most events one append carries.
 const MAX_BATCH: usize = 64;
-
-/// A wire event as the log takes it.
-pub(super) fn new_event(event: WireEvent) -> NewEvent {
-    NewEvent {
-        event: event.name,
-        data: event.data,
-    }
-}
 
 /// Resolves once shutdown is signalled (never if the sender is gone).
 async fn shutting_down(rx: &mut watch::Receiver<bool>) {
@@ -121,10 +144,7 @@ impl Generation {
         self.inner
             .ports
             .log
-            .append_all(
-                self.conversation,
-                events.into_iter().map(new_event).collect(),
-            )
+            .append_all(self.conversation, events)
             .await
     }
 
@@ -352,6 +372,8 @@ impl Generation {
         if let Err(e) = self.inner.ports.log.close(self.conversation).await {
             tracing::error!(conversation = %self.conversation, error = %e, "could not close the stream log");
         }
+        // Nobody may be waiting: then there is no one to tell.
+        let _ = self.ended.send(Some(outcome.end()));
         tracing::info!(
             conversation = %self.conversation,
             message = %self.message.id.as_str(),

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use confab_domain::{
-    Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError, Message,
-    ModelSlug, OffsetDateTime, Page, UserId,
+    Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError, Field,
+    Message, ModelSlug, OffsetDateTime, Page, UserId,
 };
 use confab_ports::{
     AccessClaims, Cache, CachedValue, ChatModel, ConversationQuery, ConversationStore,
@@ -26,6 +26,7 @@ use confab_ports::{
 };
 use tokio::sync::{Notify, watch};
 
+pub use generation::AnswerEnd;
 pub use send::{SendMessage, Started};
 
 use crate::AppError;
@@ -180,7 +181,7 @@ impl Conversations {
         let mut closed = 0;
         for (conversation, message) in ports.messages.in_progress(PER_SWEEP).await? {
             match ports.log.current(conversation).await {
-                Ok((held, true)) if held == message => continue,
+                Ok(head) if head.open && head.message == message => continue,
                 Ok(_) | Err(DomainError::NotFound) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "stream log unavailable; orphan sweep deferred");
@@ -318,7 +319,7 @@ impl Conversations {
     ) -> Result<Conversation, AppError> {
         if patch.is_empty() {
             return Err(AppError::Validation {
-                field: "title".into(),
+                field: Field::Title,
                 message: "give a title or is_archived to change".into(),
             });
         }

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use confab_domain::{
-    Content, Conversation, ConversationId, DomainError, Message, MessageDocument, MessageId,
-    MessageMetadata, MessageRole, MessageStatus, ModelSlug, NewConversation, Title, UserId, events,
+    Content, Conversation, ConversationId, DomainError, ErrorCode, Field, Message, MessageDocument,
+    MessageId, MessageMetadata, MessageRole, MessageStatus, ModelSlug, NewConversation, Title,
+    UserId, events,
 };
 use confab_ports::{AccessClaims, ChatModel, StopSignal};
+use tokio::sync::watch;
 
-use super::generation::Generation;
+use super::generation::{AnswerEnd, Generation};
 use super::{Conversations, Inner, Slot, now};
 use crate::AppError;
 
@@ -44,11 +46,28 @@ pub struct Started {
     pub user_message: Message,
     /// The assistant message being generated (`in_progress`).
     pub assistant_message: Message,
+    /// Set by the generation when it has ended (its text saved, its stream
+    /// closed).
+    ended: watch::Receiver<Option<AnswerEnd>>,
 }
 
-fn invalid(field: &'static str, message: &'static str) -> AppError {
+impl Started {
+    /// Waits until the answer has ended (its final text and status are
+    /// saved and its stream is closed) and says how. A generation that
+    /// vanished without saying (the runtime shut down under it) counts as
+    /// failed with `UNAVAILABLE`.
+    pub async fn ended(&self) -> AnswerEnd {
+        let mut ended = self.ended.clone();
+        match ended.wait_for(Option::is_some).await {
+            Ok(end) => end.unwrap_or(AnswerEnd::Failed(ErrorCode::Unavailable)),
+            Err(_) => AnswerEnd::Failed(ErrorCode::Unavailable),
+        }
+    }
+}
+
+fn invalid(field: Field, message: &'static str) -> AppError {
     AppError::Validation {
-        field: field.into(),
+        field,
         message: message.into(),
     }
 }
@@ -62,7 +81,7 @@ impl Inner {
                 if slug == self.rules.default_model || self.rules.allowed_models.contains(&slug) {
                     Ok(slug)
                 } else {
-                    Err(invalid("model", "is not one of the configured models"))
+                    Err(invalid(Field::Model, "is not one of the configured models"))
                 }
             }
         }
@@ -98,6 +117,11 @@ struct Request {
     existing: Option<Conversation>,
     message_id: MessageId,
     content: Content,
+    engine: Engine,
+}
+
+/// What generates the answer, and how.
+struct Engine {
     model: ModelSlug,
     temperature: Option<f32>,
     chat_model: Arc<dyn ChatModel>,
@@ -130,7 +154,7 @@ impl Conversations {
         let owner = caller.user_id;
         if let Some(claimed) = &input.user_id {
             if claimed.contains('\0') {
-                return Err(invalid("user_id", "must not contain NUL"));
+                return Err(invalid(Field::UserId, "must not contain NUL"));
             }
             if claimed != &owner.to_string() {
                 return Err(AppError::Forbidden);
@@ -138,7 +162,7 @@ impl Conversations {
         }
         if input.must_be_new && input.conversation_id.is_some() {
             return Err(invalid(
-                "conversation_id",
+                Field::ConversationId,
                 "a new conversation gets its id from the server; continue one with POST /api/v1/conversations/{id}/messages",
             ));
         }
@@ -155,7 +179,7 @@ impl Conversations {
                 #[allow(clippy::cast_possible_truncation)]
                 Some(t as f32)
             }
-            Some(_) => return Err(invalid("metadata.temperature", "must be between 0 and 2")),
+            Some(_) => return Err(invalid(Field::Temperature, "must be between 0 and 2")),
         };
         let Some(chat_model) = inner.ports.model.clone() else {
             return Err(AppError::Unavailable(
@@ -187,9 +211,11 @@ impl Conversations {
             existing,
             message_id,
             content,
-            model,
-            temperature,
-            chat_model,
+            engine: Engine {
+                model,
+                temperature,
+                chat_model,
+            },
         };
         let this = self.clone();
         tokio::spawn(async move { this.begin(request, slot).await })
@@ -215,7 +241,7 @@ impl Conversations {
         // replace the stream of the answer it already has.
         if history.iter().any(|m| m.id == request.message_id) {
             return Err(AppError::Conflict {
-                field: "messages[0].id".into(),
+                field: Field::MessageId,
             });
         }
         let assistant_id = MessageId::generate();
@@ -228,6 +254,7 @@ impl Conversations {
                 DomainError::Duplicate { .. } => AppError::Busy,
                 other => other.into(),
             })?;
+        let (ended_tx, ended_rx) = watch::channel(None);
         let stored = async {
             let conversation = match &request.existing {
                 Some(c) => c.clone(),
@@ -252,7 +279,7 @@ impl Conversations {
                     request.message_id,
                     request.content,
                     assistant_id,
-                    &request.model,
+                    &request.engine.model,
                 )
                 .await?;
             Ok::<_, AppError>(Started {
@@ -260,19 +287,13 @@ impl Conversations {
                 created,
                 user_message,
                 assistant_message,
+                ended: ended_rx,
             })
         }
         .await;
         match stored {
             Ok(started) => {
-                self.spawn(
-                    &started,
-                    request.model,
-                    request.temperature,
-                    request.chat_model,
-                    stop,
-                    slot,
-                );
+                self.spawn(&started, request.engine, stop, slot, ended_tx);
                 Ok(started)
             }
             Err(e) => {
@@ -345,7 +366,7 @@ impl Conversations {
             .await
             .map_err(|e| match e {
                 DomainError::Duplicate { .. } => AppError::Conflict {
-                    field: "messages[0].id".into(),
+                    field: Field::MessageId,
                 },
                 other => other.into(),
             })?;
@@ -356,16 +377,12 @@ impl Conversations {
             &assistant_message.id,
             started_at,
         )?;
-        let opening = [
+        let opening = vec![
             events::delta_encoding(),
             events::resume_token(&token, conversation.id)?,
             events::input_message(&MessageDocument::of(&user_message)?, conversation.id)?,
             events::add_message(&MessageDocument::of(&assistant_message)?, conversation.id)?,
         ];
-        let opening = opening
-            .into_iter()
-            .map(super::generation::new_event)
-            .collect();
         if let Err(e) = inner.ports.log.append_all(conversation.id, opening).await {
             // The answer exists but will never be generated: close it.
             let _ = inner
@@ -387,11 +404,10 @@ impl Conversations {
     fn spawn(
         &self,
         started: &Started,
-        model: ModelSlug,
-        temperature: Option<f32>,
-        chat_model: Arc<dyn ChatModel>,
+        engine: Engine,
         stop: Box<dyn StopSignal>,
         slot: Slot,
+        ended: watch::Sender<Option<AnswerEnd>>,
     ) {
         let generation = Generation {
             inner: self.inner.clone(),
@@ -400,10 +416,11 @@ impl Conversations {
             created: started.created,
             message: started.assistant_message.clone(),
             first_text: started.user_message.content.joined(),
-            model,
-            temperature,
-            chat_model,
+            model: engine.model,
+            temperature: engine.temperature,
+            chat_model: engine.chat_model,
             shutdown: self.inner.running.shutdown.subscribe(),
+            ended,
         };
         tokio::spawn(generation.run(stop, slot));
     }

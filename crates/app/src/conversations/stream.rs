@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use async_trait::async_trait;
-use confab_domain::{ConversationId, DomainError, MessageId, events};
+use confab_domain::{ConversationId, DomainError, ErrorCode, Field, MessageId, events};
 use confab_ports::{AccessClaims, EventFeed, LoggedEvent, ReadFrom};
 
 use super::Conversations;
@@ -53,7 +53,7 @@ impl Conversations {
             .get(caller.user_id, conversation)
             .await?;
         let token = resume_token.ok_or_else(|| AppError::Validation {
-            field: "X-Resume-Token".into(),
+            field: Field::ResumeToken,
             message: "send the resume_conversation_token of the stream".into(),
         })?;
         let claims = ports
@@ -100,8 +100,8 @@ impl Conversations {
     ) -> Result<Box<dyn EventFeed>, AppError> {
         let ports = &self.inner.ports;
         let holds_claimed = || async {
-            let (message, _open) = ports.log.current(conversation).await?;
-            Ok::<bool, DomainError>(&message == wanted)
+            let head = ports.log.current(conversation).await?;
+            Ok::<bool, DomainError>(&head.message == wanted)
         };
         // The stream of that generation may have been replaced by a later
         // one. Logs are only ever replaced by newer ones, so the claimed log
@@ -153,8 +153,8 @@ impl Conversations {
 
 /// The code and message of the `error` event that ends a stream the log
 /// could not deliver to its end.
-const INTERRUPTED: (&str, &str) = (
-    "UNAVAILABLE",
+const INTERRUPTED: (ErrorCode, &str) = (
+    ErrorCode::Unavailable,
     "The stream was interrupted. Resume it from the last event id.",
 );
 
@@ -200,8 +200,7 @@ impl Guarded {
             .into_iter()
             .map(|event| LoggedEvent {
                 id: self.last_id.clone(),
-                event: event.name,
-                data: event.data,
+                event,
             })
             .collect())
     }
@@ -218,7 +217,7 @@ impl EventFeed for Guarded {
         }
         let failure = match self.feed.next().await {
             Ok(Some(event)) => {
-                self.done = event.data == events::done().data;
+                self.done = event.event.is_done();
                 self.delivered = true;
                 self.last_id.clone_from(&event.id);
                 return Ok(Some(event));

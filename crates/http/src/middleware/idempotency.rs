@@ -25,7 +25,7 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpResponse, ResponseError, web};
 use confab_app::Conversations;
-use confab_domain::{ConversationId, MessageId};
+use confab_domain::{ConversationId, ErrorCode, MessageId};
 use confab_ports::{Claim, IdempotencyStore, StoredOutcome};
 use sha2::{Digest, Sha256};
 
@@ -193,7 +193,7 @@ pub(crate) async fn idempotency(
         Claim::Mismatch => {
             let e = ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "IDEMPOTENCY_KEY_REUSED",
+                ErrorCode::IdempotencyKeyReused,
                 "this Idempotency-Key was used for a different request",
             );
             Ok(error_response(req, &e))
@@ -201,7 +201,7 @@ pub(crate) async fn idempotency(
         Claim::InFlight => {
             let e = ApiError::new(
                 StatusCode::CONFLICT,
-                "CONFLICT",
+                ErrorCode::Conflict,
                 "a request with this Idempotency-Key is still being processed: retry later",
             );
             Ok(error_response(req, &e))

@@ -3,7 +3,7 @@
 use actix_web::http::header::{HeaderValue, SET_COOKIE};
 use actix_web::{HttpRequest, HttpResponse, web};
 use confab_app::{Accounts, AppError, AuthFailure, LoginAttempt, Registration, Session};
-use confab_domain::{DomainError, Password, User};
+use confab_domain::{Password, User};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
@@ -205,11 +205,10 @@ pub(crate) async fn login(
     let login = match (body.username, body.email) {
         (Some(login), None) | (None, Some(login)) => login,
         _ => {
-            return Err(AppError::from(DomainError::invalid(
-                "username",
+            return Err(ApiError::validation(
+                Some("username".to_owned()),
                 "give either username or email",
-            ))
-            .into());
+            ));
         }
     };
     let password = Password::presented(&body.password).map_err(AppError::from)?;

@@ -5,9 +5,9 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::ACCEPT;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
-use confab_app::{Conversations, SendMessage, Started};
+use confab_app::{AnswerEnd, Conversations, SendMessage, Started};
 use confab_domain::{ConversationId, MessageDocument};
-use confab_ports::{AccessClaims, EventFeed};
+use confab_ports::AccessClaims;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -138,29 +138,15 @@ fn mode(req: &HttpRequest) -> Result<Preferred, ApiError> {
         .ok_or_else(ApiError::not_acceptable)
 }
 
-/// Reads the stream to its end; the code of its `error` event, if any.
-async fn wait(mut feed: Box<dyn EventFeed>) -> Result<Option<String>, ApiError> {
-    let mut failure = None;
-    while let Some(event) = feed.next().await.map_err(confab_app::AppError::from)? {
-        if event.event.is_none() && event.data.contains(r#""type":"error""#) {
-            let v: serde_json::Value =
-                serde_json::from_str(&event.data).map_err(ApiError::internal)?;
-            if v["type"] == "error" {
-                failure = v["error"]["code"].as_str().map(str::to_owned);
-            }
-        }
-    }
-    Ok(failure)
-}
-
+/// JSON mode: the finished answer, once the generation has ended; the
+/// error its stream ended with when it failed.
 async fn finished(
     conversations: &Conversations,
     caller: &AccessClaims,
     started: &Started,
-    feed: Box<dyn EventFeed>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(code) = wait(feed).await? {
-        return Err(ApiError::generation_failed(&code));
+    if let AnswerEnd::Failed(code) = started.ended().await {
+        return Err(ApiError::generation_failed(code));
     }
     let id = started.conversation.id;
     let (conversation, messages) = conversations.get(caller, id).await?;
@@ -205,10 +191,12 @@ async fn send(
         };
         recorder.stream_started(req, answer).await;
     }
-    let feed = conversations.follow(started.conversation.id).await?;
     match mode {
-        Preferred::EventStream => Ok(sse::response(feed, sse_settings)),
-        Preferred::Json => finished(conversations, caller, &started, feed).await,
+        Preferred::EventStream => {
+            let feed = conversations.follow(started.conversation.id).await?;
+            Ok(sse::response(feed, sse_settings))
+        }
+        Preferred::Json => finished(conversations, caller, &started).await,
     }
 }
 

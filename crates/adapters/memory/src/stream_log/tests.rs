@@ -3,6 +3,7 @@ use std::time::Duration;
 use tokio::time::timeout;
 
 use super::*;
+use confab_domain::EventName;
 
 const BRIEF: Duration = Duration::from_millis(50);
 
@@ -14,10 +15,17 @@ fn options() -> StreamLogOptions {
     }
 }
 
-fn event(data: &str) -> NewEvent {
-    NewEvent {
-        event: Some("delta"),
+fn event(data: &str) -> WireEvent {
+    WireEvent {
+        name: Some(EventName::Delta),
         data: data.to_owned(),
+    }
+}
+
+fn head(id: &str, open: bool) -> LogHead {
+    LogHead {
+        message: message(id),
+        open,
     }
 }
 
@@ -33,7 +41,7 @@ async fn drain(feed: &mut Box<dyn EventFeed>) -> Vec<(String, String)> {
         .expect("the feed stalled")
         .unwrap()
     {
-        seen.push((e.id, e.data));
+        seen.push((e.id, e.event.data));
     }
     seen
 }
@@ -54,10 +62,10 @@ async fn events_come_in_order_with_sequence_ids() {
     log.close(conv).await.unwrap();
     let mut feed = log.read(conv, ReadFrom::Start).await.unwrap();
     let first = feed.next().await.unwrap().unwrap();
-    assert_eq!(first.event, Some("delta"));
+    assert_eq!(first.event.name, Some(EventName::Delta));
     assert_eq!(drain(&mut feed).await, expected(2..=3));
     assert_eq!(feed.next().await.unwrap(), None, "the end stays the end");
-    assert_eq!(log.current(conv).await.unwrap(), (message("m1"), false));
+    assert_eq!(log.current(conv).await.unwrap(), head("m1", false));
 }
 
 #[tokio::test]
@@ -162,7 +170,7 @@ async fn open_logs_never_expire() {
     });
     let conv = ConversationId::generate();
     let _stop = log.open(conv, &message("m1")).await.unwrap();
-    assert_eq!(log.current(conv).await.unwrap(), (message("m1"), true));
+    assert_eq!(log.current(conv).await.unwrap(), head("m1", true));
 }
 
 #[tokio::test]
@@ -172,11 +180,11 @@ async fn opening_an_open_conversation_is_a_duplicate() {
     let _stop = log.open(conv, &message("m1")).await.unwrap();
     assert!(matches!(
         log.open(conv, &message("m2")).await,
-        Err(DomainError::Duplicate { field }) if field == "conversation_id"
+        Err(DomainError::Duplicate { field }) if field == confab_domain::Field::ConversationId
     ));
     log.close(conv).await.unwrap();
     let _stop = log.open(conv, &message("m2")).await.unwrap();
-    assert_eq!(log.current(conv).await.unwrap(), (message("m2"), true));
+    assert_eq!(log.current(conv).await.unwrap(), head("m2", true));
 }
 
 #[tokio::test]
@@ -220,7 +228,7 @@ async fn the_log_count_is_bounded_and_open_logs_are_kept() {
     let _c = log.open(c, &message("m1")).await.unwrap();
     assert_eq!(log.len(), 2);
     assert!(matches!(log.current(a).await, Err(DomainError::NotFound)));
-    assert!(log.current(b).await.unwrap().1);
+    assert!(log.current(b).await.unwrap().open);
 }
 
 #[tokio::test]
@@ -238,7 +246,7 @@ async fn ids_this_log_never_gave_are_refused() {
         assert!(
             matches!(
                 log.read(conv, ReadFrom::After(bad.into())).await,
-                Err(DomainError::Invalid { field, .. }) if field == "Last-Event-ID"
+                Err(DomainError::Invalid { field, .. }) if field == confab_domain::Field::LastEventId
             ),
             "{bad:?}"
         );
@@ -285,7 +293,7 @@ async fn a_reader_of_a_replaced_log_finishes_with_its_events() {
     assert_eq!(drain(&mut old).await, expected(2..=2));
     let mut new = log.read(conv, ReadFrom::Start).await.unwrap();
     assert_eq!(
-        new.next().await.unwrap().map(|e| e.data),
+        new.next().await.unwrap().map(|e| e.event.data),
         Some("new".to_owned())
     );
 }

@@ -21,9 +21,9 @@
 use std::borrow::Cow;
 
 use confab_domain::{
-    Content, ContentType, Conversation, ConversationId, ConversationSummary, DomainError, Message,
-    MessageId, MessageMetadata, MessageRole, MessageStatus, ModelSlug, OffsetDateTime, Page,
-    PageRequest, Title, UserId,
+    Content, ContentType, Conversation, ConversationId, ConversationSummary, DomainError, Field,
+    Message, MessageId, MessageMetadata, MessageRole, MessageStatus, ModelSlug, OffsetDateTime,
+    Page, PageRequest, Title, UserId,
 };
 use confab_ports::CachedValue;
 use serde::{Deserialize, Serialize};
@@ -330,7 +330,7 @@ impl TryFrom<MessageDto<'_>> for Message {
             "text" => Content::text(dto.parts.into_owned())?,
             _ => {
                 return Err(DomainError::invalid(
-                    "content.content_type",
+                    Field::ContentType,
                     "unknown content type",
                 ));
             }
@@ -364,7 +364,10 @@ fn title(raw: &str) -> Result<Title, DomainError> {
     if title.as_str() == raw {
         Ok(title)
     } else {
-        Err(DomainError::invalid("title", "is not in canonical form"))
+        Err(DomainError::invalid(
+            Field::Title,
+            "is not in canonical form",
+        ))
     }
 }
 

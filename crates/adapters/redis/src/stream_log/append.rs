@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use confab_domain::{ConversationId, DomainError};
-use confab_ports::{LoggedEvent, NewEvent};
+use confab_domain::{ConversationId, DomainError, EventName, WireEvent};
+use confab_ports::LoggedEvent;
 
 use super::ids::event_id;
 use super::{RedisStreamLog, unexpected};
@@ -24,7 +24,7 @@ impl RedisStreamLog {
     async fn append_batch(
         &self,
         conversation: ConversationId,
-        events: &[NewEvent],
+        events: &[WireEvent],
     ) -> Result<(String, Vec<String>, Option<usize>), DomainError> {
         let inner = &self.inner;
         let (generation, mut appended) = inner
@@ -50,7 +50,9 @@ impl RedisStreamLog {
             .arg(&generation)
             .arg(appended.map(|n| n.to_string()).unwrap_or_default());
         for event in events {
-            invocation.arg(event.event.unwrap_or("")).arg(&event.data);
+            invocation
+                .arg(event.name.map_or("", EventName::as_str))
+                .arg(&event.data);
         }
         let mut pause = APPEND_BACKOFF;
         let mut attempt = 1;
@@ -92,7 +94,7 @@ impl RedisStreamLog {
     pub(super) async fn append_events(
         &self,
         conversation: ConversationId,
-        events: Vec<NewEvent>,
+        events: Vec<WireEvent>,
     ) -> Result<Vec<String>, DomainError> {
         if events.is_empty() {
             return Ok(Vec::new());
@@ -107,8 +109,7 @@ impl RedisStreamLog {
                     .zip(events)
                     .map(|(entry, event)| LoggedEvent {
                         id: event_id(&generation, entry),
-                        event: event.event,
-                        data: event.data,
+                        event,
                     })
                     .collect();
                 let ids = logged.iter().map(|e| e.id.clone()).collect();

@@ -13,11 +13,11 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use confab_domain::DomainError;
+use confab_domain::{DomainError, EventName, WireEvent};
 use confab_ports::{EventFeed, LoggedEvent};
 
 use super::Inner;
@@ -31,12 +31,6 @@ const BATCH: usize = 256;
 /// The longest a caught-up reader waits for a wake-up before it checks
 /// that its log still exists.
 const WAIT: Duration = Duration::from_secs(1);
-
-/// The most distinct event names one process turns into `&'static str`.
-const MAX_EVENT_NAMES: usize = 64;
-
-/// The longest event name read back.
-const MAX_EVENT_NAME_LEN: usize = 64;
 
 /// One entry of a stream.
 enum Entry {
@@ -216,8 +210,10 @@ impl Reader {
             let entry = match <[String; 4]>::try_from(fields) {
                 Ok([e, name, d, data]) if e == "e" && d == "d" => Entry::Event(LoggedEvent {
                     id: event_id(&self.generation, &id),
-                    event: event_name(&name)?,
-                    data,
+                    event: WireEvent {
+                        name: event_name(&name)?,
+                        data,
+                    },
                 }),
                 Err(fields) if fields.first().is_some_and(|field| field == "end") => Entry::End,
                 _ => {
@@ -233,28 +229,13 @@ impl Reader {
     }
 }
 
-/// An event name read back, as the `&'static str` the port's events carry.
-///
-/// A name read for the first time is leaked once and kept for the life of
-/// the process; only [`MAX_EVENT_NAMES`] names of up to
-/// [`MAX_EVENT_NAME_LEN`] bytes are, which bounds the leak to a few KiB even
-/// if the log held garbage. The names the service writes are a handful of
-/// constants (`delta`, `delta_encoding`); an empty name is no name.
-fn event_name(name: &str) -> Result<Option<&'static str>, DomainError> {
-    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+/// An event name read back; the empty name (a plain `data:` event) is
+/// none, and a name the service never writes is a corrupted log.
+fn event_name(name: &str) -> Result<Option<EventName>, DomainError> {
     if name.is_empty() {
         return Ok(None);
     }
-    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(known) = names.iter().copied().find(|known| *known == name) {
-        return Ok(Some(known));
-    }
-    if names.len() >= MAX_EVENT_NAMES || name.len() > MAX_EVENT_NAME_LEN {
-        return Err(DomainError::internal(
-            "redis: the stream log holds an unexpected event name",
-        ));
-    }
-    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
-    names.push(leaked);
-    Ok(Some(leaked))
+    EventName::parse(name).map(Some).ok_or_else(|| {
+        DomainError::internal("redis: the stream log holds an unexpected event name")
+    })
 }

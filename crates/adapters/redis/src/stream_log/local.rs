@@ -149,8 +149,10 @@ mod tests {
     fn event(id: &str) -> LoggedEvent {
         LoggedEvent {
             id: id.to_owned(),
-            event: Some("delta"),
-            data: format!("{{\"v\":\"{id}\"}}"),
+            event: confab_domain::WireEvent {
+                name: Some(confab_domain::EventName::Delta),
+                data: format!("{{\"v\":\"{id}\"}}"),
+            },
         }
     }
 

@@ -1,0 +1,57 @@
+//! The inputs a client can get wrong, as a type: the domain, the use cases
+//! and the adapters say which input a failure is about with a [`Field`];
+//! `confab-http` alone spells it as the client wrote it (a JSON path such
+//! as `messages[0].id`, a header name, a query parameter).
+
+/// An input named in a validation error or a conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Field {
+    /// A user's name.
+    Username,
+    /// A user's e-mail address.
+    Email,
+    /// A password.
+    Password,
+    /// A user's role.
+    Role,
+    /// Whether an account is disabled.
+    Disabled,
+    /// A conversation's title.
+    Title,
+    /// The page size of a list.
+    Limit,
+    /// Where a page of a list starts.
+    Offset,
+    /// The order of a list.
+    Order,
+    /// A search query.
+    Query,
+    /// A user's id.
+    UserId,
+    /// A conversation's id.
+    ConversationId,
+    /// A token's id (`jti`).
+    TokenId,
+    /// A login session's id (`sid`).
+    SessionId,
+    /// An id in the form of a message id, where it is not a sent message's.
+    Id,
+    /// The id of the message being sent.
+    MessageId,
+    /// The role of the message being sent.
+    MessageRole,
+    /// A message's content type.
+    ContentType,
+    /// A message's text parts.
+    ContentParts,
+    /// A message's status.
+    MessageStatus,
+    /// The model asked for.
+    Model,
+    /// The sampling temperature asked for.
+    Temperature,
+    /// The resume token a stream gave.
+    ResumeToken,
+    /// The id of the last stream event a reader saw.
+    LastEventId,
+}
