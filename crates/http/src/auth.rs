@@ -2,13 +2,14 @@
 
 use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
-use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
-use confab_app::{Accounts, AppError, AuthFailure};
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
+use confab_app::{AppError, AuthFailure};
 use confab_domain::Role;
 use confab_ports::AccessClaims;
 use futures_util::future::LocalBoxFuture;
 
 use crate::ApiError;
+use crate::State;
 
 /// The bearer token of the request, if it has one.
 pub(crate) fn bearer(req: &HttpRequest) -> Option<String> {
@@ -30,10 +31,10 @@ async fn authenticate(req: HttpRequest) -> Result<AccessClaims, ApiError> {
         return Ok(claims);
     }
     let token = bearer(&req).ok_or(ApiError::unauthorized(AuthFailure::Missing))?;
-    let accounts = req
-        .app_data::<web::Data<Accounts>>()
-        .ok_or_else(|| ApiError::internal("account use cases missing from app data"))?;
-    Ok(accounts.authenticate(&token).await?)
+    let state = req
+        .app_data::<State>()
+        .ok_or_else(|| ApiError::internal("the application state is not registered"))?;
+    Ok(state.accounts.authenticate(&token).await?)
 }
 
 /// An authenticated caller (a valid, unrevoked access token). 401 otherwise.

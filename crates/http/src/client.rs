@@ -114,13 +114,10 @@ fn limiter_key(ip: IpAddr) -> String {
 
 /// The client address as a limiter key part (`unknown` when the peer
 /// address is not known, as in some tests).
-pub(crate) fn client_key(req: &HttpRequest) -> String {
-    let trusted = req.app_data::<actix_web::web::Data<TrustedProxies>>();
-    let ip = match trusted {
-        Some(t) => t.client_ip(req),
-        None => req.peer_addr().map(|a| a.ip()),
-    };
-    ip.map_or_else(|| "unknown".to_owned(), limiter_key)
+pub(crate) fn client_key(req: &HttpRequest, trusted: &TrustedProxies) -> String {
+    trusted
+        .client_ip(req)
+        .map_or_else(|| "unknown".to_owned(), limiter_key)
 }
 
 #[cfg(test)]

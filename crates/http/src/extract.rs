@@ -11,6 +11,7 @@ use futures_util::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
 
 use crate::ApiError;
+use crate::State;
 
 /// Limits on reading a request body (app data).
 #[derive(Debug, Clone, Copy)]
@@ -91,7 +92,13 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limits = req.app_data::<BodyLimits>().copied().unwrap_or_default();
+        let Some(limits) = req.app_data::<State>().map(|state| state.body) else {
+            return Box::pin(async {
+                Err(ApiError::internal(
+                    "the application state is not registered",
+                ))
+            });
+        };
         let limit = limits.max_bytes;
         if !is_json(req) {
             return Box::pin(async { Err(ApiError::unsupported_media_type()) });

@@ -65,6 +65,27 @@ pub struct HttpState {
     pub idempotency: IdempotencyPolicy,
 }
 
+/// The one state of the application: what the binary built, and the class
+/// of every path. Registered once; handlers and extractors take it as
+/// [`State`], middlewares hold it.
+pub(crate) struct AppState {
+    /// What the binary built.
+    pub(crate) http: HttpState,
+    /// The class of every path, from the endpoint table.
+    pub(crate) routes: routes::RouteClasses,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = HttpState;
+
+    fn deref(&self) -> &HttpState {
+        &self.http
+    }
+}
+
+/// The application state as handlers extract it.
+pub(crate) type State = web::Data<AppState>;
+
 /// The application: every route, the docs, and the middleware stack.
 pub fn app(
     state: HttpState,
@@ -93,20 +114,20 @@ fn build(
         InitError = (),
     >,
 > {
+    let state = web::Data::new(AppState {
+        http: state,
+        routes: routes::RouteClasses::new(endpoints),
+    });
+    // Each middleware holds the state itself: none can find it missing.
+    let (idempotency, rate_limit, cors, security, telemetry) = (
+        state.clone(),
+        state.clone(),
+        state.clone(),
+        state.clone(),
+        state.clone(),
+    );
     App::new()
-        .app_data(web::Data::new(state.accounts))
-        .app_data(web::Data::new(state.conversations))
-        .app_data(web::Data::new(state.sse))
-        .app_data(web::Data::new(state.readiness))
-        .app_data(web::Data::new(state.metrics))
-        .app_data(web::Data::new(state.cors))
-        .app_data(web::Data::new(state.security))
-        .app_data(web::Data::new(routes::OpenApiJson(state.openapi)))
-        .app_data(middleware::Limiter::from(state.limiter))
-        .app_data(web::Data::new(state.rate_tiers))
-        .app_data(web::Data::new(state.trusted_proxies))
-        .app_data(web::Data::new(state.idempotency))
-        .app_data(state.body)
+        .app_data(state)
         .app_data(web::PathConfig::default().error_handler(|err, _| {
             ApiError::validation(None, format!("invalid path: {err}")).into()
         }))
@@ -118,11 +139,21 @@ fn build(
         .default_service(web::to(routes::not_found))
         // Inside the rate limit: a replay costs a token too, and the
         // caller is known by then.
-        .wrap(from_fn(middleware::idempotency))
-        .wrap(from_fn(middleware::rate_limit))
-        .wrap(from_fn(middleware::cors))
-        .wrap(from_fn(middleware::security_headers))
-        .wrap(from_fn(middleware::telemetry))
+        .wrap(from_fn(move |req, next| {
+            middleware::idempotency(idempotency.clone(), req, next)
+        }))
+        .wrap(from_fn(move |req, next| {
+            middleware::rate_limit(rate_limit.clone(), req, next)
+        }))
+        .wrap(from_fn(move |req, next| {
+            middleware::cors(cors.clone(), req, next)
+        }))
+        .wrap(from_fn(move |req, next| {
+            middleware::security_headers(security.clone(), req, next)
+        }))
+        .wrap(from_fn(move |req, next| {
+            middleware::telemetry(telemetry.clone(), req, next)
+        }))
         .wrap(from_fn(middleware::request_id))
 }
 
@@ -567,18 +598,21 @@ mod tests {
         routes::Endpoint {
             method: Method::GET,
             path: "/boom",
+            class: routes::RouteClass::Api,
             documented: true,
             route: || web::route().to(boom),
         },
         routes::Endpoint {
             method: Method::GET,
             path: "/two",
+            class: routes::RouteClass::Api,
             documented: true,
             route: || web::route().to(ok),
         },
         routes::Endpoint {
             method: Method::PATCH,
             path: "/two",
+            class: routes::RouteClass::Api,
             documented: true,
             route: || web::route().to(ok),
         },

@@ -15,7 +15,9 @@ use actix_web::http::header::{
     ACCESS_CONTROL_REQUEST_METHOD, HeaderValue, ORIGIN, VARY,
 };
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpResponse, web};
+use actix_web::{Error, HttpResponse};
+
+use crate::State;
 
 const ALLOW_METHODS: &str = "GET, POST, PATCH, DELETE, OPTIONS";
 const ALLOW_HEADERS: &str =
@@ -41,6 +43,7 @@ impl CorsPolicy {
 }
 
 pub(crate) async fn cors(
+    state: State,
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
@@ -51,16 +54,12 @@ pub(crate) async fn cors(
             .append(VARY, HeaderValue::from_static("Origin"));
         return Ok(res);
     };
-    let policy = req.app_data::<web::Data<CorsPolicy>>().cloned();
-    let allowed = origin
-        .to_str()
-        .ok()
-        .zip(policy.as_ref())
-        .is_some_and(|(o, p)| p.allows(o));
+    let policy = &state.cors;
+    let allowed = origin.to_str().is_ok_and(|o| policy.allows(o));
     let preflight = req.method() == Method::OPTIONS
         && req.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD);
     let mut res = if allowed && preflight {
-        let max_age = policy.as_ref().map_or(600, |p| p.max_age_secs);
+        let max_age = policy.max_age_secs;
         let response = HttpResponse::NoContent()
             .insert_header((ACCESS_CONTROL_ALLOW_METHODS, ALLOW_METHODS))
             .insert_header((ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS))

@@ -23,16 +23,16 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage, HttpResponse, ResponseError, web};
-use confab_app::Conversations;
+use actix_web::{Error, HttpMessage, HttpResponse, ResponseError};
 use confab_domain::{ConversationId, ErrorCode, MessageId};
 use confab_ports::{Claim, IdempotencyStore, StoredOutcome};
 use sha2::{Digest, Sha256};
 
-use crate::ApiError;
 use crate::auth::Authenticated;
-use crate::extract::{BodyLimits, read_limited};
-use crate::sse::{self, SseSettings};
+use crate::extract::read_limited;
+use crate::routes::RouteClass;
+use crate::sse;
+use crate::{ApiError, State};
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -120,30 +120,26 @@ fn error_response(req: ServiceRequest, error: &ApiError) -> ServiceResponse<BoxB
 }
 
 pub(crate) async fn idempotency(
+    state: State,
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    // The path as routed (decoded), so a percent-encoded spelling of an
-    // auth route can't get its tokens stored.
-    let routed = req.match_info().as_str();
+    // API routes only: not the auth routes (their responses hold tokens),
+    // and by the path as routed (decoded), so a percent-encoded spelling
+    // of an auth route can't get its tokens stored.
     let applies = matches!(*req.method(), Method::POST | Method::PATCH | Method::DELETE)
-        && req.headers().contains_key(IDEMPOTENCY_KEY)
-        && !routed.starts_with("/api/v1/auth/")
-        && !routed.starts_with("/backend-api/auth/");
-    // Looked up only for a keyed request: the rest pass at the cost of
-    // the checks above.
+        && state.routes.of(req.match_info().as_str()) == RouteClass::Api;
     let keyed = applies
         .then(|| {
-            let policy = req.app_data::<web::Data<IdempotencyPolicy>>().cloned()?;
+            let raw_key = req.headers().get(IDEMPOTENCY_KEY).cloned()?;
             let caller = req
                 .extensions()
                 .get::<Authenticated>()
                 .map(|Authenticated(claims)| claims.clone())?;
-            let raw_key = req.headers().get(IDEMPOTENCY_KEY).cloned()?;
-            Some((policy, caller, raw_key))
+            Some((caller, raw_key))
         })
         .flatten();
-    let Some((policy, caller, raw_key)) = keyed else {
+    let Some((caller, raw_key)) = keyed else {
         // No key, a route it doesn't apply to, or no signed-in caller (the
         // route answers 401 itself).
         return next
@@ -151,6 +147,7 @@ pub(crate) async fn idempotency(
             .await
             .map(ServiceResponse::map_into_boxed_body);
     };
+    let policy = &state.idempotency;
     let Some(key) = raw_key.to_str().ok().filter(|k| valid_key(k)) else {
         let e = ApiError::validation(
             Some("Idempotency-Key".to_owned()),
@@ -158,7 +155,7 @@ pub(crate) async fn idempotency(
         );
         return Ok(error_response(req, &e));
     };
-    let limits = req.app_data::<BodyLimits>().copied().unwrap_or_default();
+    let limits = state.body;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -189,7 +186,7 @@ pub(crate) async fn idempotency(
         }
     };
     match claim {
-        Claim::Claimed => run_and_record(req, next, &policy, &scoped, &print).await,
+        Claim::Claimed => run_and_record(req, next, policy, &scoped, &print).await,
         Claim::Mismatch => {
             let e = ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -227,7 +224,7 @@ pub(crate) async fn idempotency(
         Claim::Completed(StoredOutcome::Stream {
             conversation,
             message,
-        }) => reattach(req, &caller, conversation, &message).await,
+        }) => reattach(&state, req, &caller, conversation, &message).await,
     }
 }
 
@@ -320,30 +317,25 @@ async fn release(policy: &IdempotencyPolicy, key: &str, print: &str) {
 /// A retried message send: the answer's stream again, from the start or
 /// after `Last-Event-ID`.
 async fn reattach(
+    state: &State,
     req: ServiceRequest,
     caller: &confab_ports::AccessClaims,
     conversation: ConversationId,
     message: &MessageId,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    let (Some(conversations), Some(settings)) = (
-        req.app_data::<web::Data<Conversations>>().cloned(),
-        req.app_data::<web::Data<SseSettings>>().cloned(),
-    ) else {
-        let e = ApiError::internal("the conversation use cases are not configured");
-        return Ok(error_response(req, &e));
-    };
     let last = req
         .headers()
         .get(LAST_EVENT_ID)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty());
-    match conversations
+    match state
+        .conversations
         .reattach(caller, conversation, message, last)
         .await
     {
         Ok(feed) => {
-            let mut res = sse::response(feed, **settings);
+            let mut res = sse::response(feed, state.sse);
             res.headers_mut()
                 .insert(REPLAYED, HeaderValue::from_static("true"));
             Ok(req.into_response(res))

@@ -16,7 +16,7 @@ pub use idempotency::IdempotencyPolicy;
 pub(crate) use idempotency::{Recorder, StreamStarted, idempotency};
 pub(crate) use panic::catch_panic;
 pub use rate_limit::RateTiers;
-pub(crate) use rate_limit::{Limiter, rate_limit};
+pub(crate) use rate_limit::rate_limit;
 pub use request_id::RequestId;
 pub(crate) use request_id::request_id;
 pub use security::SecurityHeaders;

@@ -5,15 +5,15 @@
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage, ResponseError, web};
-use confab_app::Accounts;
+use actix_web::{Error, HttpMessage, ResponseError};
 use confab_domain::Role;
-use confab_ports::{RateLimiter, RatePolicy};
+use confab_ports::RatePolicy;
 
-use crate::ApiError;
 use crate::auth::{Authenticated, bearer};
 use crate::client::client_key;
 use crate::error::rate_limit_headers;
+use crate::routes::RouteClass;
+use crate::{ApiError, State};
 
 /// The general limits by kind of caller (app data).
 #[derive(Debug, Clone)]
@@ -26,28 +26,22 @@ pub struct RateTiers {
     pub admin: RatePolicy,
 }
 
-/// The rate limiter port (app data).
-pub(crate) type Limiter = web::Data<dyn RateLimiter>;
-
 pub(crate) async fn rate_limit(
+    state: State,
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    let tiers = req.app_data::<web::Data<RateTiers>>().cloned();
-    let limiter = req.app_data::<Limiter>().cloned();
-    let accounts = req.app_data::<web::Data<Accounts>>().cloned();
-    // Every route but the operations ones is limited, including paths no
-    // route serves (scanning costs tokens too). The path as routed, so a
-    // percent-encoded spelling can't step around it.
-    let path = req.match_info().as_str();
-    let exempt = matches!(path, "/healthz" | "/readyz" | "/docs") || path.starts_with("/docs/");
-    let (Some(tiers), Some(limiter), Some(accounts), false) = (tiers, limiter, accounts, exempt)
-    else {
+    // Every route but the health checks and the docs page is limited,
+    // including paths no route serves (scanning costs tokens too). The
+    // path as routed, so a percent-encoded spelling can't step around it.
+    let class = state.routes.of(req.match_info().as_str());
+    if matches!(class, RouteClass::Health | RouteClass::Docs) {
         return next
             .call(req)
             .await
             .map(ServiceResponse::map_into_boxed_body);
-    };
+    }
+    let (tiers, limiter, accounts) = (&state.rate_tiers, &state.limiter, &state.accounts);
     // A token that does not verify is limited as anonymous; the route
     // itself then answers 401. One that does is kept for the route.
     let caller = match bearer(req.request()) {
@@ -62,7 +56,7 @@ pub(crate) async fn rate_limit(
         Some(c) => (&tiers.user, format!("user:{}", c.user_id)),
         None => (
             &tiers.anonymous,
-            format!("ip:{}", client_key(req.request())),
+            format!("ip:{}", client_key(req.request(), &state.trusted_proxies)),
         ),
     };
     let decision = match limiter.check(policy, &key).await {

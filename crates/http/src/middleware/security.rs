@@ -1,5 +1,6 @@
 //! Security headers on every response, errors and streams included.
 
+use actix_web::Error;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{
@@ -7,7 +8,9 @@ use actix_web::http::header::{
     STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use actix_web::middleware::Next;
-use actix_web::{Error, web};
+
+use crate::State;
+use crate::routes::RouteClass;
 
 /// An API response is data, never a document: it may load nothing.
 const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
@@ -23,17 +26,16 @@ pub struct SecurityHeaders {
 }
 
 pub(crate) async fn security_headers(
+    state: State,
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let hsts = req
-        .app_data::<web::Data<SecurityHeaders>>()
-        .map_or(63_072_000, |s| s.hsts_max_age_secs);
+    let hsts = state.security.hsts_max_age_secs;
     // The path as routed (percent-decoded), so `/%61pi/…` is `/api/…`.
-    let path = req.match_info().as_str();
-    let is_docs = path == "/docs" || path.starts_with("/docs/");
-    let is_auth = path.starts_with("/api/v1/auth/");
-    let is_api = path.starts_with("/api/") || path.starts_with("/backend-api/");
+    let class = state.routes.of(req.match_info().as_str());
+    let is_docs = class == RouteClass::Docs;
+    let is_auth = class == RouteClass::Auth;
+    let is_api = matches!(class, RouteClass::Api | RouteClass::Unrouted);
     let mut res = next.call(req).await?;
     let headers = res.headers_mut();
     let mut set = |name: HeaderName, value: HeaderValue| {

@@ -6,10 +6,10 @@ use std::time::Instant;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage, web};
+use actix_web::{Error, HttpMessage};
 use tracing::Instrument;
 
-use crate::Metrics;
+use crate::State;
 use crate::middleware::RequestId;
 
 /// The standard methods by name, any other as `OTHER`: a client must not
@@ -29,6 +29,7 @@ fn method_label(method: &actix_web::http::Method) -> &'static str {
 }
 
 pub(crate) async fn telemetry(
+    state: State,
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
@@ -44,7 +45,6 @@ pub(crate) async fn telemetry(
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = method_label(req.method()).to_owned();
-    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let span =
         tracing::info_span!("http", request_id = %request_id, method = %method, route = %route);
     let res = next.call(req).instrument(span.clone()).await?;
@@ -56,8 +56,8 @@ pub(crate) async fn telemetry(
     } else {
         tracing::info!(parent: &span, status, latency_ms, "request completed");
     }
-    if let Some(metrics) = metrics {
-        metrics.observe(&route, &method, status, elapsed.as_secs_f64());
-    }
+    state
+        .metrics
+        .observe(&route, &method, status, elapsed.as_secs_f64());
     Ok(res)
 }

@@ -1,14 +1,15 @@
 //! Accounts and tokens: register, login, refresh, logout.
 
 use actix_web::http::header::{HeaderValue, SET_COOKIE};
-use actix_web::{HttpRequest, HttpResponse, web};
-use confab_app::{Accounts, AppError, AuthFailure, LoginAttempt, Registration, Session};
+use actix_web::{HttpRequest, HttpResponse};
+use confab_app::{AppError, AuthFailure, LoginAttempt, Registration, Session};
 use confab_domain::{Password, User};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
 
 use crate::ApiError;
+use crate::State;
 use crate::auth::AuthUser;
 use crate::client::client_key;
 use crate::error::ErrorBody;
@@ -166,9 +167,10 @@ fn session_response(session: &Session) -> Result<HttpResponse, ApiError> {
     ),
 )]
 pub(crate) async fn register(
-    accounts: web::Data<Accounts>,
+    state: State,
     Json(body): Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let accounts = &state.accounts;
     let password = Password::presented(&body.password).map_err(AppError::from)?;
     let user = accounts
         .register(Registration {
@@ -199,9 +201,10 @@ pub(crate) async fn register(
 )]
 pub(crate) async fn login(
     req: HttpRequest,
-    accounts: web::Data<Accounts>,
+    state: State,
     Json(body): Json<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let accounts = &state.accounts;
     let login = match (body.username, body.email) {
         (Some(login), None) | (None, Some(login)) => login,
         _ => {
@@ -216,7 +219,7 @@ pub(crate) async fn login(
         .login(LoginAttempt {
             login,
             password,
-            client: client_key(&req),
+            client: client_key(&req, &state.trusted_proxies),
         })
         .await?;
     session_response(&session)
@@ -241,9 +244,10 @@ pub(crate) async fn login(
 )]
 pub(crate) async fn refresh(
     req: HttpRequest,
-    accounts: web::Data<Accounts>,
+    state: State,
     body: MaybeJson<RefreshRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let accounts = &state.accounts;
     let token = match body.0 {
         Some(body) => Some(body.refresh_token),
         None => cookie_value(&req, REFRESH_COOKIE),
@@ -267,9 +271,10 @@ pub(crate) async fn refresh(
     ),
 )]
 pub(crate) async fn logout(
-    accounts: web::Data<Accounts>,
+    state: State,
     AuthUser(caller): AuthUser,
 ) -> Result<HttpResponse, ApiError> {
+    let accounts = &state.accounts;
     accounts.logout(&caller).await?;
     Ok(HttpResponse::NoContent()
         .insert_header((SET_COOKIE, cookie("", 0)?))

@@ -3,7 +3,7 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CACHE_CONTROL, ETAG, HeaderValue, IF_NONE_MATCH};
 use actix_web::{HttpRequest, HttpResponse, web};
-use confab_app::{AppError, Conversations};
+use confab_app::AppError;
 use confab_domain::{
     Conversation, ConversationId, ConversationPatch, ConversationSummary, ListOrder, Message,
     MessageDocument, PageRequest, SearchQuery, Title, rfc3339,
@@ -15,6 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::schema::MessageView;
 use crate::ApiError;
+use crate::State;
 use crate::auth::AuthUser;
 use crate::error::ErrorBody;
 use crate::extract::Json;
@@ -228,10 +229,11 @@ fn query(q: &ListQuery) -> Result<ConversationQuery, ApiError> {
 )]
 pub(crate) async fn list(
     req: HttpRequest,
-    conversations: web::Data<Conversations>,
+    state: State,
     AuthUser(caller): AuthUser,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    let conversations = &state.conversations;
     let query = query(&q)?;
     let page = conversations.list(&caller, &query).await?;
     let body = ConversationPageBody {
@@ -265,10 +267,11 @@ pub(crate) async fn list(
 )]
 pub(crate) async fn get(
     req: HttpRequest,
-    conversations: web::Data<Conversations>,
+    state: State,
     AuthUser(caller): AuthUser,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let conversations = &state.conversations;
     let id = conversation_id(&id)?;
     let (conversation, messages) = conversations.get(&caller, id).await?;
     cacheable_json(&req, &ConversationBody::of(&conversation, &messages)?)
@@ -294,11 +297,12 @@ pub(crate) async fn get(
     ),
 )]
 pub(crate) async fn update(
-    conversations: web::Data<Conversations>,
+    state: State,
     AuthUser(caller): AuthUser,
     id: web::Path<String>,
     Json(body): Json<ConversationPatchBody>,
 ) -> Result<HttpResponse, ApiError> {
+    let conversations = &state.conversations;
     let id = conversation_id(&id)?;
     let patch = ConversationPatch {
         title: body
@@ -335,10 +339,11 @@ pub(crate) async fn update(
     ),
 )]
 pub(crate) async fn delete(
-    conversations: web::Data<Conversations>,
+    state: State,
     AuthUser(caller): AuthUser,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let conversations = &state.conversations;
     let id = conversation_id(&id)?;
     conversations.delete(&caller, id).await?;
     Ok(HttpResponse::NoContent().finish())

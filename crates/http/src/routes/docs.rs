@@ -1,11 +1,9 @@
 //! The OpenAPI document and the way to the interactive docs.
 
+use actix_web::HttpResponse;
 use actix_web::http::header::LOCATION;
-use actix_web::{HttpResponse, web};
 
-/// The rendered OpenAPI document (app data), built once at start-up.
-#[derive(Debug, Clone)]
-pub(crate) struct OpenApiJson(pub(crate) String);
+use crate::State;
 
 /// The OpenAPI 3.1 document of this API.
 #[utoipa::path(
@@ -14,10 +12,10 @@ pub(crate) struct OpenApiJson(pub(crate) String);
     tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document.", content_type = "application/json")),
 )]
-pub(crate) async fn openapi_json(doc: web::Data<OpenApiJson>) -> HttpResponse {
+pub(crate) async fn openapi_json(state: State) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(doc.0.clone())
+        .body(state.openapi.clone())
 }
 
 /// `/docs` → `/docs/`, where the bundled Swagger UI lives.

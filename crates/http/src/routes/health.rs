@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use actix_web::{HttpResponse, web};
-use confab_app::Readiness;
+use actix_web::HttpResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::ApiError;
+use crate::State;
 use crate::error::ErrorBody;
 
 /// How long `/readyz` waits for its dependencies.
@@ -55,7 +55,8 @@ pub(crate) async fn healthz() -> HttpResponse {
         (status = 503, description = "A dependency is down; the message names it.", body = ErrorBody),
     ),
 )]
-pub(crate) async fn readyz(readiness: web::Data<Readiness>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
+    let readiness = &state.readiness;
     // A hung dependency must not hang the probe that reports it.
     let Ok(report) = actix_web::rt::time::timeout(READINESS_TIMEOUT, readiness.check()).await
     else {

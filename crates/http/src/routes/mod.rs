@@ -25,16 +25,65 @@ pub(crate) use conversations::{
     ConversationBody, ConversationItem, ConversationMeta, ConversationPageBody,
     ConversationPatchBody,
 };
-pub(crate) use docs::OpenApiJson;
 pub(crate) use health::{Health, ReadinessBody};
 pub(crate) use schema::{AuthorView, ContentView, MessageMetadataView, MessageView};
 pub(crate) use send::{ContentInput, MessageInput, SendBody, SendOptions, SentBody};
 pub(crate) use users::{UserPage, UserPatch};
 
+/// What kind of route a path is: the middlewares decide by this (the rate
+/// limit, idempotency keys, caching and CSP headers), and it is declared
+/// once, on each [`Endpoint`] of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RouteClass {
+    /// `/healthz`, `/readyz`: not limited, not cached by rule.
+    Health,
+    /// The interactive docs page: not limited, its own CSP.
+    Docs,
+    /// Sign-up, login, refresh, logout: limited, never stored by a cache
+    /// or by idempotency keys (the responses hold tokens).
+    Auth,
+    /// Every other API route, on both surfaces: limited, `no-store`,
+    /// idempotency keys honoured.
+    Api,
+    /// A path no route serves: limited (scanning costs tokens), `no-store`.
+    Unrouted,
+}
+
+/// The class of every path, from an endpoint table: each endpoint's path up
+/// to its first parameter, longest first, matched at a segment boundary.
+pub(crate) struct RouteClasses(Vec<(&'static str, RouteClass)>);
+
+impl RouteClasses {
+    /// The classes of `endpoints`' paths.
+    pub(crate) fn new(endpoints: &[Endpoint]) -> Self {
+        let mut prefixes: Vec<(&'static str, RouteClass)> = endpoints
+            .iter()
+            .map(|e| (e.path.split('{').next().unwrap_or(e.path), e.class))
+            .collect();
+        prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        prefixes.dedup();
+        Self(prefixes)
+    }
+
+    /// The class of the request path `path` (as routed: percent-decoded).
+    pub(crate) fn of(&self, path: &str) -> RouteClass {
+        self.0
+            .iter()
+            .find(|(prefix, _)| {
+                path.strip_prefix(prefix).is_some_and(|rest| {
+                    rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/')
+                })
+            })
+            .map_or(RouteClass::Unrouted, |(_, class)| *class)
+    }
+}
+
 /// One method on one path.
 pub(crate) struct Endpoint {
     pub(crate) method: Method,
     pub(crate) path: &'static str,
+    /// What kind of route it is.
+    pub(crate) class: RouteClass,
     /// False only for the interactive docs page, which is not part of the API.
     pub(crate) documented: bool,
     pub(crate) route: fn() -> Route,
@@ -45,156 +94,182 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
     Endpoint {
         method: Method::GET,
         path: "/healthz",
+        class: RouteClass::Health,
         documented: true,
         route: || web::route().to(health::healthz),
     },
     Endpoint {
         method: Method::GET,
         path: "/readyz",
+        class: RouteClass::Health,
         documented: true,
         route: || web::route().to(health::readyz),
     },
     Endpoint {
         method: Method::GET,
         path: "/api/v1/openapi.json",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(docs::openapi_json),
     },
     Endpoint {
         method: Method::GET,
         path: "/docs",
+        class: RouteClass::Docs,
         documented: false,
         route: || web::route().to(docs::docs_redirect),
     },
     Endpoint {
         method: Method::POST,
         path: "/api/v1/auth/register",
+        class: RouteClass::Auth,
         documented: true,
         route: || web::route().to(auth::register),
     },
     Endpoint {
         method: Method::POST,
         path: "/api/v1/auth/login",
+        class: RouteClass::Auth,
         documented: true,
         route: || web::route().to(auth::login),
     },
     Endpoint {
         method: Method::POST,
         path: "/api/v1/auth/refresh",
+        class: RouteClass::Auth,
         documented: true,
         route: || web::route().to(auth::refresh),
     },
     Endpoint {
         method: Method::POST,
         path: "/api/v1/auth/logout",
+        class: RouteClass::Auth,
         documented: true,
         route: || web::route().to(auth::logout),
     },
     Endpoint {
         method: Method::GET,
         path: "/api/v1/users/me",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(users::me),
     },
     Endpoint {
         method: Method::GET,
         path: "/api/v1/admin/users",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(users::list),
     },
     Endpoint {
         method: Method::PATCH,
         path: "/api/v1/admin/users/{id}",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(users::update),
     },
     Endpoint {
         method: Method::GET,
         path: "/api/v1/conversations",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(conversations::list),
     },
     Endpoint {
         method: Method::POST,
         path: "/api/v1/conversations",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(send::create),
     },
     Endpoint {
         method: Method::GET,
         path: "/api/v1/conversations/{id}",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(conversations::get),
     },
     Endpoint {
         method: Method::PATCH,
         path: "/api/v1/conversations/{id}",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(conversations::update),
     },
     Endpoint {
         method: Method::DELETE,
         path: "/api/v1/conversations/{id}",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(conversations::delete),
     },
     Endpoint {
         method: Method::POST,
         path: "/api/v1/conversations/{id}/messages",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(send::message),
     },
     Endpoint {
         method: Method::GET,
         path: "/api/v1/conversations/{id}/stream",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(stream::resume),
     },
     Endpoint {
         method: Method::DELETE,
         path: "/api/v1/conversations/{id}/stream",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(stream::stop),
     },
     Endpoint {
         method: Method::GET,
         path: "/backend-api/conversations",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(conversations::list),
     },
     Endpoint {
         method: Method::GET,
         path: "/backend-api/conversation/{id}",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(conversations::get),
     },
     Endpoint {
         method: Method::PATCH,
         path: "/backend-api/conversation/{id}",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(conversations::update),
     },
     Endpoint {
         method: Method::DELETE,
         path: "/backend-api/conversation/{id}",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(conversations::delete),
     },
     Endpoint {
         method: Method::GET,
         path: "/backend-api/conversation/{id}/stream",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(stream::resume),
     },
     Endpoint {
         method: Method::DELETE,
         path: "/backend-api/conversation/{id}/stream",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(stream::stop),
     },
     Endpoint {
         method: Method::POST,
         path: "/backend-api/f/conversation",
+        class: RouteClass::Api,
         documented: true,
         route: || web::route().to(send::seed),
     },
@@ -242,4 +317,34 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, endpoints: &'static [Endpo
 /// The answer for a path no route serves.
 pub(crate) async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::not_found())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_endpoint_has_the_class_it_declares() {
+        let classes = RouteClasses::new(ENDPOINTS);
+        for e in ENDPOINTS {
+            let concrete = e
+                .path
+                .replace("{id}", "0193b8a1-c2d3-7e5f-8a9b-0c1d2e3f4a5b");
+            assert_eq!(classes.of(&concrete), e.class, "{}", e.path);
+        }
+    }
+
+    #[test]
+    fn paths_between_routes_get_the_class_of_their_prefix_or_none() {
+        let classes = RouteClasses::new(ENDPOINTS);
+        assert_eq!(classes.of("/docs/index.html"), RouteClass::Docs);
+        assert_eq!(classes.of("/docsx"), RouteClass::Unrouted);
+        assert_eq!(classes.of("/api/v1/auth/loginx"), RouteClass::Unrouted);
+        assert_eq!(classes.of("/api/v1/auth/login/x"), RouteClass::Auth);
+        assert_eq!(classes.of("/api/v1/auth"), RouteClass::Unrouted);
+        assert_eq!(classes.of("/api/v1/conversations/x/y"), RouteClass::Api);
+        assert_eq!(classes.of("/healthz"), RouteClass::Health);
+        assert_eq!(classes.of("/"), RouteClass::Unrouted);
+        assert_eq!(classes.of("/nope"), RouteClass::Unrouted);
+    }
 }

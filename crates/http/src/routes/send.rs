@@ -19,7 +19,8 @@ use crate::error::ErrorBody;
 use crate::extract::Json;
 use crate::middleware::{Recorder, StreamStarted};
 use crate::negotiate::{Preferred, preferred};
-use crate::sse::{self, SseSettings};
+use crate::sse;
+use crate::{AppState, State};
 
 /// A message's content as sent.
 #[derive(Deserialize, ToSchema)]
@@ -174,11 +175,11 @@ async fn finished(
 
 async fn send(
     req: &HttpRequest,
-    conversations: &Conversations,
-    sse_settings: SseSettings,
+    state: &AppState,
     caller: &AccessClaims,
     input: SendMessage,
 ) -> Result<HttpResponse, ApiError> {
+    let conversations = &state.conversations;
     let mode = mode(req)?;
     let started = conversations.send(caller, input).await?;
     // The message is stored: an idempotent retry re-attaches to this
@@ -194,7 +195,7 @@ async fn send(
     match mode {
         Preferred::EventStream => {
             let feed = conversations.follow(started.conversation.id).await?;
-            Ok(sse::response(feed, sse_settings))
+            Ok(sse::response(feed, state.sse))
         }
         Preferred::Json => finished(conversations, caller, &started).await,
     }
@@ -228,13 +229,12 @@ async fn send(
 )]
 pub(crate) async fn create(
     req: HttpRequest,
-    conversations: web::Data<Conversations>,
-    sse_settings: web::Data<SseSettings>,
+    state: State,
     AuthUser(caller): AuthUser,
     Json(body): Json<SendBody>,
 ) -> Result<HttpResponse, ApiError> {
     let input = input(body, None, true)?;
-    send(&req, &conversations, **sse_settings, &caller, input).await
+    send(&req, &state, &caller, input).await
 }
 
 /// Sends the next message of one of the caller's conversations.
@@ -267,15 +267,14 @@ pub(crate) async fn create(
 )]
 pub(crate) async fn message(
     req: HttpRequest,
-    conversations: web::Data<Conversations>,
-    sse_settings: web::Data<SseSettings>,
+    state: State,
     AuthUser(caller): AuthUser,
     id: web::Path<String>,
     Json(body): Json<SendBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = conversation_id(&id)?;
     let input = input(body, Some(id), false)?;
-    send(&req, &conversations, **sse_settings, &caller, input).await
+    send(&req, &state, &caller, input).await
 }
 
 /// The seed's send: continues `conversation_id`, or starts a new
@@ -309,11 +308,10 @@ pub(crate) async fn message(
 )]
 pub(crate) async fn seed(
     req: HttpRequest,
-    conversations: web::Data<Conversations>,
-    sse_settings: web::Data<SseSettings>,
+    state: State,
     AuthUser(caller): AuthUser,
     Json(body): Json<SendBody>,
 ) -> Result<HttpResponse, ApiError> {
     let input = input(body, None, false)?;
-    send(&req, &conversations, **sse_settings, &caller, input).await
+    send(&req, &state, &caller, input).await
 }

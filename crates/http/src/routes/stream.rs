@@ -2,13 +2,13 @@
 
 use actix_web::http::header::HeaderName;
 use actix_web::{HttpRequest, HttpResponse, web};
-use confab_app::Conversations;
 
 use super::conversations::conversation_id;
 use crate::ApiError;
+use crate::State;
 use crate::auth::AuthUser;
 use crate::error::ErrorBody;
-use crate::sse::{self, SseSettings};
+use crate::sse;
 
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 const RESUME_TOKEN: HeaderName = HeaderName::from_static("x-resume-token");
@@ -50,18 +50,19 @@ fn header(req: &HttpRequest, name: &HeaderName) -> Result<Option<String>, ApiErr
 )]
 pub(crate) async fn resume(
     req: HttpRequest,
-    conversations: web::Data<Conversations>,
-    sse_settings: web::Data<SseSettings>,
+    state: State,
     AuthUser(caller): AuthUser,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let conversations = &state.conversations;
+    let sse_settings = state.sse;
     let id = conversation_id(&id)?;
     let token = header(&req, &RESUME_TOKEN)?;
     let last = header(&req, &LAST_EVENT_ID)?.filter(|s| !s.is_empty());
     let feed = conversations
         .resume(&caller, id, token.as_deref(), last)
         .await?;
-    Ok(sse::response(feed, **sse_settings))
+    Ok(sse::response(feed, sse_settings))
 }
 
 /// Stops the generation running in the conversation: the model's request
@@ -82,10 +83,11 @@ pub(crate) async fn resume(
     ),
 )]
 pub(crate) async fn stop(
-    conversations: web::Data<Conversations>,
+    state: State,
     AuthUser(caller): AuthUser,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let conversations = &state.conversations;
     let id = conversation_id(&id)?;
     conversations.stop(&caller, id).await?;
     Ok(HttpResponse::NoContent().finish())

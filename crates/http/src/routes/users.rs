@@ -1,13 +1,13 @@
 //! The caller's account, and the admin's view of every account.
 
 use actix_web::{HttpResponse, web};
-use confab_app::Accounts;
 use confab_domain::{PageRequest, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::UserBody;
 use crate::ApiError;
+use crate::State;
 use crate::auth::{AdminUser, AuthUser};
 use crate::error::ErrorBody;
 use crate::extract::Json;
@@ -24,10 +24,8 @@ use crate::extract::Json;
         (status = 429, description = "Rate limited; see `Retry-After` and the `RateLimit` headers.", body = ErrorBody),
     ),
 )]
-pub(crate) async fn me(
-    accounts: web::Data<Accounts>,
-    AuthUser(caller): AuthUser,
-) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn me(state: State, AuthUser(caller): AuthUser) -> Result<HttpResponse, ApiError> {
+    let accounts = &state.accounts;
     let user = accounts.me(&caller).await?;
     Ok(HttpResponse::Ok().json(UserBody::from_user(&user)?))
 }
@@ -72,10 +70,11 @@ pub(crate) struct UserPage {
     ),
 )]
 pub(crate) async fn list(
-    accounts: web::Data<Accounts>,
+    state: State,
     AdminUser(caller): AdminUser,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    let accounts = &state.accounts;
     let page = PageRequest::new(
         query.offset.unwrap_or(0),
         query.limit.unwrap_or(PageRequest::DEFAULT_LIMIT),
@@ -123,11 +122,12 @@ pub(crate) struct UserPatch {
     ),
 )]
 pub(crate) async fn update(
-    accounts: web::Data<Accounts>,
+    state: State,
     AdminUser(caller): AdminUser,
     id: web::Path<String>,
     Json(patch): Json<UserPatch>,
 ) -> Result<HttpResponse, ApiError> {
+    let accounts = &state.accounts;
     let id: UserId = id.parse().map_err(|_| ApiError::not_found())?;
     let user = accounts.set_disabled(&caller, id, patch.disabled).await?;
     Ok(HttpResponse::Ok().json(UserBody::from_user(&user)?))
