@@ -94,20 +94,20 @@ impl Application {
             accounts: wired.accounts,
             conversations: conversations.clone(),
             sse: SseSettings {
-                keep_alive: Duration::from_secs(settings.generation.keep_alive_secs),
+                keep_alive: settings.generation.keep_alive,
             },
             readiness: Readiness::new(checks),
             metrics: metrics.clone(),
             body: BodyLimits {
                 max_bytes: settings.server.json_limit_bytes,
-                read_timeout: Duration::from_millis(settings.server.body_read_timeout_ms),
+                read_timeout: settings.server.body_read_timeout,
             },
             cors: CorsPolicy {
                 allowed_origins: settings.cors.allowed_origins.clone(),
                 max_age_secs: settings.cors.max_age_secs,
             },
             security: SecurityHeaders {
-                hsts_max_age_secs: settings.security.hsts_max_age_secs,
+                hsts_max_age_secs: settings.security.hsts_max_age.as_secs(),
             },
             openapi,
             limiter: wired.limiter,
@@ -119,8 +119,8 @@ impl Application {
             trusted_proxies: settings.trusted_proxies()?,
             idempotency: IdempotencyPolicy {
                 store: wired.idempotency,
-                ttl: Duration::from_secs(settings.idempotency.ttl_secs),
-                in_flight_ttl: Duration::from_secs(settings.idempotency.in_flight_secs),
+                ttl: settings.idempotency.ttl,
+                in_flight_ttl: settings.idempotency.in_flight,
             },
         };
         let s = &settings.server;
@@ -138,11 +138,11 @@ impl Application {
             })
             .workers(if s.workers == 0 { cores() } else { s.workers })
             .disable_signals()
-            .shutdown_timeout(s.shutdown_timeout_secs)
-            .client_request_timeout(Duration::from_millis(s.request_head_timeout_ms))
-            .client_disconnect_timeout(Duration::from_millis(s.disconnect_timeout_ms))
-            .keep_alive(Duration::from_secs(s.keep_alive_secs))
-            .max_connections(s.max_connections)
+            .shutdown_timeout(s.shutdown_timeout.as_secs())
+            .client_request_timeout(s.request_head_timeout)
+            .client_disconnect_timeout(s.disconnect_timeout)
+            .keep_alive(s.keep_alive)
+            .max_connections(s.max_connections.get())
             .listen(listener)?
             .run();
         let (metrics, metrics_port) = match metrics_listener {
@@ -164,9 +164,9 @@ impl Application {
         };
         Ok(Self {
             conversations,
-            orphan_sweep: Duration::from_secs(settings.generation.orphan_sweep_secs),
+            orphan_sweep: settings.generation.orphan_sweep,
             loading: chat.loading,
-            shutdown_grace: Duration::from_secs(settings.generation.shutdown_grace_secs),
+            shutdown_grace: settings.generation.shutdown_grace,
             port,
             metrics_port,
             server,

@@ -11,7 +11,7 @@ mod threads;
 mod wiring;
 
 pub use application::{Application, StartupError, create_admin, migrate, serve, shutdown_signal};
-pub use settings::{ConfigError, Settings};
+pub use settings::{ConfigError, LlmProvider, LogFormat, RunEnvironment, Settings};
 
 /// Installs the TLS crypto provider every HTTPS client in this binary uses
 /// (the model client's, and any other `reqwest` client a test or tool

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         }
     };
     if matches!(cli.command, Command::Serve)
-        && settings.llm.provider == "local"
+        && settings.llm.provider == confab_server::LlmProvider::Local
         && let Some(error) = confab_server::with_model_threads(settings.llm.local.threads)
     {
         eprintln!("confab: cannot restart with the configured model threads: {error}");

@@ -2,8 +2,11 @@
 //! environment (see `config/default.toml` for every key).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use confab_password::MIN_ITERATIONS;
 use confab_sql::DatabaseTarget;
@@ -12,10 +15,87 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 mod chat;
+mod units;
 
 pub use chat::{
-    CacheSettings, GenerationSettings, IdempotencySettings, LlmSettings, LocalModelSettings,
+    CacheSettings, GenerationSettings, IdempotencySettings, LlmProvider, LlmSettings,
+    LocalModelSettings,
 };
+
+/// The shortest HS256 secret accepted (`CONFAB_JWT_SECRET`), in bytes.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// `CONFAB_ENV`: which `config/{name}.toml` is layered on the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnvironment {
+    /// `development` (the default): the only one that may run without
+    /// `CONFAB_JWT_SECRET` (a secret is generated and kept in a file).
+    Development,
+    /// Any other plain name (`production`, `staging`, …): its file must
+    /// exist, and secrets must be given.
+    Named(String),
+}
+
+impl RunEnvironment {
+    /// The environment called `name`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for an empty name or one with characters
+    /// other than letters, digits, `-` and `_` (it names a file).
+    fn parse(name: &str) -> Result<Self, ConfigError> {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                "CONFAB_ENV must be a plain name such as development or production",
+            ));
+        }
+        Ok(if name == "development" {
+            Self::Development
+        } else {
+            Self::Named(name.to_owned())
+        })
+    }
+
+    /// Its name.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Development => "development",
+            Self::Named(name) => name,
+        }
+    }
+}
+
+impl fmt::Display for RunEnvironment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, else pretty.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+impl units::Named for LogFormat {
+    const WHAT: &'static str = "log.format";
+    const NAMES: &'static [(Self, &'static str)] = &[
+        (Self::Auto, "auto"),
+        (Self::Json, "json"),
+        (Self::Pretty, "pretty"),
+    ];
+}
+
+units::named!(LogFormat);
 
 const DEFAULTS: &str = include_str!("../../../config/default.toml");
 
@@ -45,6 +125,10 @@ pub enum ConfigError {
 
 fn invalid(message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(message.into())
+}
+
+const fn development() -> RunEnvironment {
+    RunEnvironment::Development
 }
 
 /// Everything Confab can be configured with.
@@ -78,8 +162,8 @@ pub struct Settings {
     /// Logging.
     pub log: LogSettings,
     /// `CONFAB_ENV`: `development` unless set.
-    #[serde(skip)]
-    pub environment: String,
+    #[serde(skip, default = "development")]
+    pub environment: RunEnvironment,
 }
 
 /// `[server]`.
@@ -91,19 +175,24 @@ pub struct ServerSettings {
     /// Worker threads (0 = cores).
     pub workers: usize,
     /// Graceful-shutdown budget.
-    pub shutdown_timeout_secs: u64,
+    #[serde(rename = "shutdown_timeout_secs", deserialize_with = "units::secs")]
+    pub shutdown_timeout: Duration,
     /// Time to receive a request head.
-    pub request_head_timeout_ms: u64,
+    #[serde(rename = "request_head_timeout_ms", deserialize_with = "units::millis")]
+    pub request_head_timeout: Duration,
     /// Time to wait for a client to close.
-    pub disconnect_timeout_ms: u64,
+    #[serde(rename = "disconnect_timeout_ms", deserialize_with = "units::millis")]
+    pub disconnect_timeout: Duration,
     /// Idle keep-alive.
-    pub keep_alive_secs: u64,
+    #[serde(rename = "keep_alive_secs", deserialize_with = "units::secs")]
+    pub keep_alive: Duration,
     /// Connections per worker.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// Largest JSON body.
     pub json_limit_bytes: usize,
     /// Time for a request body to arrive.
-    pub body_read_timeout_ms: u64,
+    #[serde(rename = "body_read_timeout_ms", deserialize_with = "units::millis")]
+    pub body_read_timeout: Duration,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<String>,
 }
@@ -125,11 +214,13 @@ pub struct DatabaseSettings {
     /// The URL (may hold a password, so it is a secret).
     pub url: SecretString,
     /// Pool size.
-    pub max_connections: u32,
+    pub max_connections: NonZeroU32,
     /// Pool checkout timeout.
-    pub acquire_timeout_ms: u64,
+    #[serde(rename = "acquire_timeout_ms", deserialize_with = "units::millis")]
+    pub acquire_timeout: Duration,
     /// SQLite busy timeout.
-    pub sqlite_busy_timeout_ms: u64,
+    #[serde(rename = "sqlite_busy_timeout_ms", deserialize_with = "units::millis")]
+    pub sqlite_busy_timeout: Duration,
     /// Migrate when `serve` starts.
     pub migrate_on_start: bool,
 }
@@ -142,11 +233,13 @@ pub struct RedisSettings {
     pub url: SecretString,
     /// Multiplexed connections every command shares (each carries any
     /// number of commands at once).
-    pub connections: usize,
+    pub connections: NonZeroUsize,
     /// How long making a connection may take before Redis counts as down.
-    pub connect_timeout_ms: u64,
+    #[serde(rename = "connect_timeout_ms", deserialize_with = "units::millis")]
+    pub connect_timeout: Duration,
     /// How long a command waits for its reply (Redis busy) before it fails.
-    pub command_timeout_ms: u64,
+    #[serde(rename = "command_timeout_ms", deserialize_with = "units::millis")]
+    pub command_timeout: Duration,
     /// Prefix of every key Confab writes: deployments sharing one Redis
     /// use different ones.
     pub key_prefix: String,
@@ -154,7 +247,8 @@ pub struct RedisSettings {
     /// instance last renewed it: how long after an instance dies its
     /// conversations can answer again and its answers are swept. Renewed
     /// three times per lease; each renewal also reads the stop flag.
-    pub stream_lease_ms: u64,
+    #[serde(rename = "stream_lease_ms", deserialize_with = "units::millis")]
+    pub stream_lease: Duration,
 }
 
 /// `[auth]`.
@@ -170,13 +264,17 @@ pub struct AuthSettings {
     /// Token audience.
     pub audience: String,
     /// Access token lifetime.
-    pub access_ttl_secs: u64,
+    #[serde(rename = "access_ttl_secs", deserialize_with = "units::secs")]
+    pub access_ttl: Duration,
     /// Refresh token lifetime.
-    pub refresh_ttl_secs: u64,
+    #[serde(rename = "refresh_ttl_secs", deserialize_with = "units::secs")]
+    pub refresh_ttl: Duration,
     /// Clock skew tolerated on `exp`/`nbf`.
-    pub leeway_secs: u64,
+    #[serde(rename = "leeway_secs", deserialize_with = "units::secs")]
+    pub leeway: Duration,
     /// Duplicate-refresh window.
-    pub refresh_reuse_grace_ms: u64,
+    #[serde(rename = "refresh_reuse_grace_ms", deserialize_with = "units::millis")]
+    pub refresh_reuse_grace: Duration,
     /// PBKDF2 iterations.
     pub pbkdf2_iterations: u32,
     /// Concurrent hashes (0 = cores).
@@ -190,13 +288,13 @@ pub struct AuthSettings {
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
     /// Per client address, without a valid token.
-    pub anonymous_per_minute: u32,
+    pub anonymous_per_minute: NonZeroU32,
     /// Per user.
-    pub user_per_minute: u32,
+    pub user_per_minute: NonZeroU32,
     /// Per admin.
-    pub admin_per_minute: u32,
+    pub admin_per_minute: NonZeroU32,
     /// Login attempts per address and per account.
-    pub login_per_minute: u32,
+    pub login_per_minute: NonZeroU32,
 }
 
 /// `[cors]`.
@@ -214,7 +312,8 @@ pub struct CorsSettings {
 #[serde(deny_unknown_fields)]
 pub struct SecuritySettings {
     /// HSTS max-age.
-    pub hsts_max_age_secs: u64,
+    #[serde(rename = "hsts_max_age_secs", deserialize_with = "units::secs")]
+    pub hsts_max_age: Duration,
 }
 
 /// `[log]`.
@@ -222,7 +321,7 @@ pub struct SecuritySettings {
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// `auto`, `json` or `pretty`.
-    pub format: String,
+    pub format: LogFormat,
     /// Default filter.
     pub filter: String,
 }
@@ -243,25 +342,14 @@ impl Settings {
     /// # Errors
     /// [`ConfigError`] with a one-line reason.
     pub fn load(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let environment = vars
-            .get("CONFAB_ENV")
-            .cloned()
-            .unwrap_or_else(|| "development".to_owned());
-        if environment.is_empty()
-            || !environment
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(invalid(
-                "CONFAB_ENV must be a plain name such as development or production",
-            ));
-        }
+        let environment =
+            RunEnvironment::parse(vars.get("CONFAB_ENV").map_or("development", String::as_str))?;
         let dir = PathBuf::from(
             vars.get("CONFAB_CONFIG_DIR")
                 .map_or("config", String::as_str),
         );
         let env_file = dir.join(format!("{environment}.toml"));
-        if vars.contains_key("CONFAB_ENV") && environment != "development" && !env_file.exists() {
+        if environment != RunEnvironment::Development && !env_file.exists() {
             return Err(invalid(format!(
                 "CONFAB_ENV={environment} but {} does not exist",
                 env_file.display()
@@ -304,7 +392,7 @@ impl Settings {
     /// environment that may run without `CONFAB_JWT_SECRET`.
     #[must_use]
     pub fn is_development(&self) -> bool {
-        self.environment == "development"
+        self.environment == RunEnvironment::Development
     }
 
     /// The parsed database URL.
@@ -334,38 +422,19 @@ impl Settings {
             ));
         }
         let db = &self.database;
-        let rl = &self.rate_limit;
         let positive = [
-            ("auth.access_ttl_secs", self.auth.access_ttl_secs),
-            ("auth.refresh_ttl_secs", self.auth.refresh_ttl_secs),
-            (
-                "rate_limit.anonymous_per_minute",
-                u64::from(rl.anonymous_per_minute),
-            ),
-            ("rate_limit.user_per_minute", u64::from(rl.user_per_minute)),
-            (
-                "rate_limit.admin_per_minute",
-                u64::from(rl.admin_per_minute),
-            ),
-            (
-                "rate_limit.login_per_minute",
-                u64::from(rl.login_per_minute),
-            ),
-            ("server.request_head_timeout_ms", s.request_head_timeout_ms),
-            ("server.body_read_timeout_ms", s.body_read_timeout_ms),
-            ("server.shutdown_timeout_secs", s.shutdown_timeout_secs),
-            ("server.max_connections", s.max_connections as u64),
-            ("database.max_connections", u64::from(db.max_connections)),
-            ("database.acquire_timeout_ms", db.acquire_timeout_ms),
-            ("database.sqlite_busy_timeout_ms", db.sqlite_busy_timeout_ms),
-            ("redis.connections", self.redis.connections as u64),
-            ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
-            ("redis.command_timeout_ms", self.redis.command_timeout_ms),
-            ("redis.stream_lease_ms", self.redis.stream_lease_ms),
+            ("auth.access_ttl_secs", self.auth.access_ttl),
+            ("auth.refresh_ttl_secs", self.auth.refresh_ttl),
+            ("server.request_head_timeout_ms", s.request_head_timeout),
+            ("server.body_read_timeout_ms", s.body_read_timeout),
+            ("server.shutdown_timeout_secs", s.shutdown_timeout),
+            ("database.acquire_timeout_ms", db.acquire_timeout),
+            ("database.sqlite_busy_timeout_ms", db.sqlite_busy_timeout),
+            ("redis.connect_timeout_ms", self.redis.connect_timeout),
+            ("redis.command_timeout_ms", self.redis.command_timeout),
+            ("redis.stream_lease_ms", self.redis.stream_lease),
         ];
-        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(invalid(format!("{key} must be greater than 0")));
-        }
+        must_be_positive(&positive)?;
         // Port 0 asks the OS for a fresh port each, so equal ":0" addresses differ.
         let public = parse_addr("server.listen (CONFAB_LISTEN)", &s.listen)?;
         if self.metrics.enabled && self.metrics.listen == s.listen && public.port() != 0 {
@@ -377,7 +446,7 @@ impl Settings {
         if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
             return Err(invalid("REDIS_URL must start with redis:// or rediss://"));
         }
-        if self.auth.leeway_secs > 60 {
+        if self.auth.leeway > Duration::from_secs(60) {
             return Err(invalid("auth.leeway_secs must be at most 60"));
         }
         self.trusted_proxies()?;
@@ -392,9 +461,6 @@ impl Settings {
                     "cors.allowed_origins: '{origin}' must be an origin like https://chat.example.com"
                 )));
             }
-        }
-        if !matches!(self.log.format.as_str(), "auto" | "json" | "pretty") {
-            return Err(invalid("log.format must be auto, json or pretty"));
         }
         Ok(())
     }
@@ -418,8 +484,10 @@ impl Settings {
             )));
         }
         let secret = self.auth.jwt_secret.expose_secret();
-        if !secret.is_empty() && secret.len() < 32 {
-            return Err(invalid("CONFAB_JWT_SECRET must be at least 32 bytes"));
+        if !secret.is_empty() && secret.len() < MIN_JWT_SECRET_BYTES {
+            return Err(invalid(format!(
+                "CONFAB_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes"
+            )));
         }
         if secret.is_empty() && !self.is_development() {
             return Err(invalid(format!(
@@ -428,6 +496,14 @@ impl Settings {
             )));
         }
         Ok(())
+    }
+}
+
+/// The first of `durations` (named by their keys) that is zero, as an error.
+fn must_be_positive(durations: &[(&str, Duration)]) -> Result<(), ConfigError> {
+    match durations.iter().find(|(_, d)| d.is_zero()) {
+        Some((key, _)) => Err(invalid(format!("{key} must be greater than 0"))),
+        None => Ok(()),
     }
 }
 
@@ -468,7 +544,7 @@ mod tests {
         assert_eq!(s.metrics.listen, "127.0.0.1:9090");
         assert_eq!(s.database.url.expose_secret(), "sqlite://data/confab.db");
         assert_eq!(s.auth.pbkdf2_iterations, 600_000);
-        assert_eq!(s.llm.provider, "local");
+        assert_eq!(s.llm.provider, LlmProvider::Local);
         assert!(s.is_development());
     }
 
@@ -533,6 +609,23 @@ mod tests {
             (
                 &[("CONFAB_METRICS_LISTEN", "127.0.0.1:8080")][..],
                 "metrics.listen must differ",
+            ),
+            (
+                &[("CONFAB_LLM_PROVIDER", "magic")][..],
+                "must be one of local, openai, none, not 'magic'",
+            ),
+            (&[("CONFAB__LOG__FORMAT", "xml")][..], "log.format"),
+            (
+                &[("CONFAB__GENERATION__PER_MINUTE", "0")][..],
+                "generation.per_minute",
+            ),
+            (
+                &[("CONFAB__REDIS__CONNECTIONS", "0")][..],
+                "redis.connections",
+            ),
+            (
+                &[("CONFAB__GENERATION__FLUSH_INTERVAL_MS", "0")][..],
+                "generation.flush_interval_ms must be greater than 0",
             ),
         ] {
             let err = load(pairs).unwrap_err().to_string();
@@ -604,5 +697,20 @@ mod tests {
         .unwrap();
         let text = format!("{s:?}");
         assert!(!text.contains("SECRET"), "{text}");
+    }
+
+    #[test]
+    fn durations_and_choices_are_read_once_into_types() {
+        let s = load(&[
+            ("CONFAB__GENERATION__FLUSH_INTERVAL_MS", "250"),
+            ("CONFAB__AUTH__ACCESS_TTL_SECS", "90"),
+            ("CONFAB__LOG__FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!(s.generation.flush_interval, Duration::from_millis(250));
+        assert_eq!(s.auth.access_ttl, Duration::from_secs(90));
+        assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.environment, RunEnvironment::Development);
+        assert_eq!(s.llm.provider.to_string(), "local");
     }
 }

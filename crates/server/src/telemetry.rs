@@ -8,7 +8,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, fmt};
 
-use crate::settings::LogSettings;
+use crate::settings::{LogFormat, LogSettings};
 
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -31,10 +31,10 @@ pub fn init(settings: &LogSettings) -> Result<(), TelemetryError> {
         Ok(value) if !value.is_empty() => EnvFilter::try_new(value)?,
         _ => EnvFilter::try_new(&settings.filter)?,
     };
-    let json = match settings.format.as_str() {
-        "json" => true,
-        "pretty" => false,
-        _ => !std::io::stderr().is_terminal(),
+    let json = match settings.format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     let registry = tracing_subscriber::registry().with(filter);
     if json {

@@ -2,6 +2,7 @@
 //! the configuration.
 
 use std::io::Write;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,9 +52,9 @@ fn redis_pools(settings: &Settings) -> Result<Option<RedisPools>, StartupError> 
     }
     let shared = RedisPool::new(&RedisSettings {
         url: r.url.clone(),
-        connections: r.connections,
-        connect_timeout: Duration::from_millis(r.connect_timeout_ms),
-        command_timeout: Duration::from_millis(r.command_timeout_ms),
+        connections: r.connections.get(),
+        connect_timeout: r.connect_timeout,
+        command_timeout: r.command_timeout,
         key_prefix: r.key_prefix.clone(),
     })
     .map_err(|e| StartupError::Setup(e.to_string()))?;
@@ -71,9 +72,9 @@ pub(crate) async fn open_store(settings: &Settings) -> Result<SqlStore, StartupE
     let redacted = target.redacted();
     let db = &settings.database;
     let options = PoolOptions {
-        max_size: db.max_connections,
-        acquire_timeout: Duration::from_millis(db.acquire_timeout_ms),
-        sqlite_busy_timeout: Duration::from_millis(db.sqlite_busy_timeout_ms),
+        max_size: db.max_connections.get(),
+        acquire_timeout: db.acquire_timeout,
+        sqlite_busy_timeout: db.sqlite_busy_timeout,
     };
     let store = SqlStore::open(target, options).await?;
     tracing::info!(database = %redacted, backend = ?store.backend(), "database opened");
@@ -85,10 +86,10 @@ pub(crate) async fn open_store(settings: &Settings) -> Result<SqlStore, StartupE
 }
 
 /// A per-minute policy.
-pub(crate) fn per_minute(name: &str, quota: u32) -> RatePolicy {
+pub(crate) fn per_minute(name: &str, quota: NonZeroU32) -> RatePolicy {
     RatePolicy {
         name: name.to_owned(),
-        quota,
+        quota: quota.get(),
         window: Duration::from_secs(60),
     }
 }
@@ -149,10 +150,10 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
         JwtSettings {
             issuer: auth.issuer.clone(),
             audience: auth.audience.clone(),
-            access_ttl: Duration::from_secs(auth.access_ttl_secs),
-            refresh_ttl: Duration::from_secs(auth.refresh_ttl_secs),
-            resume_ttl: Duration::from_secs(settings.generation.resume_ttl_secs),
-            leeway: Duration::from_secs(auth.leeway_secs),
+            access_ttl: auth.access_ttl,
+            refresh_ttl: auth.refresh_ttl,
+            resume_ttl: settings.generation.resume_ttl,
+            leeway: auth.leeway,
         },
     )
     .map_err(|e| StartupError::Setup(e.to_string()))?;
@@ -171,7 +172,9 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
     };
     let idempotency: Arc<dyn IdempotencyStore> = match &redis {
         Some(pools) => Arc::new(RedisIdempotency::new(pools.shared.clone())),
-        None => Arc::new(InMemoryIdempotency::new(settings.idempotency.max_entries)),
+        None => Arc::new(InMemoryIdempotency::new(
+            settings.idempotency.max_entries.get(),
+        )),
     };
     let login = settings.rate_limit.login_per_minute;
     let accounts = Accounts::new(
@@ -186,7 +189,7 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
         AccountRules {
             per_ip: per_minute("login", login),
             per_account: per_minute("login-account", login),
-            refresh_reuse_grace: Duration::from_millis(auth.refresh_reuse_grace_ms),
+            refresh_reuse_grace: auth.refresh_reuse_grace,
         },
     );
     Ok(Wired {

@@ -1,17 +1,42 @@
 //! `[llm]`, `[generation]` and `[cache]`: the chat model, how answers are
 //! generated and streamed, and the read cache.
 
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{ConfigError, invalid};
+use super::{ConfigError, invalid, must_be_positive, units};
+
+/// `llm.provider` (`CONFAB_LLM_PROVIDER`): where answers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmProvider {
+    /// The built-in model, in process.
+    Local,
+    /// An OpenAI-compatible server (`CONFAB_LLM_BASE_URL`).
+    Openai,
+    /// No model: sends answer 503.
+    None,
+}
+
+impl units::Named for LlmProvider {
+    const WHAT: &'static str = "CONFAB_LLM_PROVIDER";
+    const NAMES: &'static [(Self, &'static str)] = &[
+        (Self::Local, "local"),
+        (Self::Openai, "openai"),
+        (Self::None, "none"),
+    ];
+}
+
+units::named!(LlmProvider);
 
 /// `[llm]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LlmSettings {
-    /// `local` or `openai`.
-    pub provider: String,
+    /// `local`, `openai` or `none`.
+    pub provider: LlmProvider,
     /// OpenAI-compatible base URL.
     pub base_url: String,
     /// Its API key (environment only).
@@ -21,23 +46,28 @@ pub struct LlmSettings {
     /// Other models a request may name.
     pub models: Vec<String>,
     /// Milliseconds to connect to the upstream.
-    pub connect_timeout_ms: u64,
+    #[serde(rename = "connect_timeout_ms", deserialize_with = "units::millis")]
+    pub connect_timeout: Duration,
     /// Milliseconds from the request to the first token.
-    pub first_token_timeout_ms: u64,
+    #[serde(rename = "first_token_timeout_ms", deserialize_with = "units::millis")]
+    pub first_token_timeout: Duration,
     /// Milliseconds allowed between two tokens.
-    pub idle_timeout_ms: u64,
+    #[serde(rename = "idle_timeout_ms", deserialize_with = "units::millis")]
+    pub idle_timeout: Duration,
     /// Seconds one answer may take in all.
-    pub total_timeout_secs: u64,
+    #[serde(rename = "total_timeout_secs", deserialize_with = "units::secs")]
+    pub total_timeout: Duration,
     /// Most tokens in one answer.
-    pub max_tokens: u32,
+    pub max_tokens: NonZeroU32,
     /// The system prompt before every conversation (empty: none).
     pub system_prompt: String,
     /// Most characters of history sent with a message.
-    pub prompt_budget_chars: usize,
+    pub prompt_budget_chars: NonZeroUsize,
     /// Ask the model to title new conversations (else a heuristic).
     pub title_generation: bool,
     /// Milliseconds the title call may take.
-    pub title_timeout_ms: u64,
+    #[serde(rename = "title_timeout_ms", deserialize_with = "units::millis")]
+    pub title_timeout: Duration,
     /// The built-in model.
     pub local: LocalModelSettings,
 }
@@ -54,11 +84,12 @@ pub struct LocalModelSettings {
     /// environment).
     pub threads: usize,
     /// Generations at once.
-    pub max_concurrent: usize,
+    pub max_concurrent: NonZeroUsize,
     /// Generations that may wait for a slot.
     pub max_waiting: usize,
     /// Milliseconds a waiting generation waits.
-    pub queue_timeout_ms: u64,
+    #[serde(rename = "queue_timeout_ms", deserialize_with = "units::millis")]
+    pub queue_timeout: Duration,
     /// Re-quantize to Q8_0 at load.
     pub requantize_q8: bool,
     /// Sampling seed.
@@ -78,26 +109,33 @@ pub struct LocalModelSettings {
 #[serde(deny_unknown_fields)]
 pub struct GenerationSettings {
     /// Answers one user may have generating at once.
-    pub max_concurrent_per_user: usize,
+    pub max_concurrent_per_user: NonZeroUsize,
     /// Answers one user may start per minute.
-    pub per_minute: u32,
+    pub per_minute: NonZeroU32,
     /// Milliseconds between saves of a partial answer.
-    pub flush_interval_ms: u64,
+    #[serde(rename = "flush_interval_ms", deserialize_with = "units::millis")]
+    pub flush_interval: Duration,
     /// Seconds a finished stream stays resumable.
-    pub stream_retention_secs: u64,
+    #[serde(rename = "stream_retention_secs", deserialize_with = "units::secs")]
+    pub stream_retention: Duration,
     /// Most streams kept in memory (running and retained).
-    pub max_streams: usize,
+    pub max_streams: NonZeroUsize,
     /// Seconds of silence before a keep-alive comment.
-    pub keep_alive_secs: u64,
+    #[serde(rename = "keep_alive_secs", deserialize_with = "units::secs")]
+    pub keep_alive: Duration,
     /// Seconds a resume token is valid.
-    pub resume_ttl_secs: u64,
+    #[serde(rename = "resume_ttl_secs", deserialize_with = "units::secs")]
+    pub resume_ttl: Duration,
     /// Milliseconds a stop waits for the answer to be saved.
-    pub stop_wait_ms: u64,
+    #[serde(rename = "stop_wait_ms", deserialize_with = "units::millis")]
+    pub stop_wait: Duration,
     /// Seconds running answers get to save themselves at shutdown.
-    pub shutdown_grace_secs: u64,
+    #[serde(rename = "shutdown_grace_secs", deserialize_with = "units::secs")]
+    pub shutdown_grace: Duration,
     /// Seconds between two sweeps for answers no generation holds any more
     /// (closed as `failed`; see `Conversations::close_orphans`).
-    pub orphan_sweep_secs: u64,
+    #[serde(rename = "orphan_sweep_secs", deserialize_with = "units::secs")]
+    pub orphan_sweep: Duration,
 }
 
 /// `[cache]`.
@@ -105,9 +143,10 @@ pub struct GenerationSettings {
 #[serde(deny_unknown_fields)]
 pub struct CacheSettings {
     /// Seconds a cached list or history lives.
-    pub ttl_secs: u64,
+    #[serde(rename = "ttl_secs", deserialize_with = "units::secs")]
+    pub ttl: Duration,
     /// Most entries kept.
-    pub max_entries: usize,
+    pub max_entries: NonZeroUsize,
 }
 
 /// `[idempotency]`.
@@ -115,26 +154,26 @@ pub struct CacheSettings {
 #[serde(deny_unknown_fields)]
 pub struct IdempotencySettings {
     /// Seconds a completed request's outcome is kept for retries.
-    pub ttl_secs: u64,
+    #[serde(rename = "ttl_secs", deserialize_with = "units::secs")]
+    pub ttl: Duration,
     /// Seconds a claimed key holds without an outcome (its instance died
     /// mid-request) before it is free again.
-    pub in_flight_secs: u64,
+    #[serde(rename = "in_flight_secs", deserialize_with = "units::secs")]
+    pub in_flight: Duration,
     /// Most keys kept in process (without Redis); beyond, new keys are
     /// refused with 503 rather than forgetting one a retry relies on.
-    pub max_entries: usize,
+    pub max_entries: NonZeroUsize,
 }
 
 impl super::Settings {
     pub(super) fn validate_chat(&self) -> Result<(), ConfigError> {
         let llm = &self.llm;
-        match llm.provider.as_str() {
-            "none" => {}
-            "local" => {
+        match llm.provider {
+            LlmProvider::None => {}
+            LlmProvider::Local => {
                 let l = &llm.local;
-                if l.max_concurrent == 0 || l.queue_timeout_ms == 0 {
-                    return Err(invalid(
-                        "llm.local.max_concurrent and llm.local.queue_timeout_ms must be greater than 0",
-                    ));
+                if l.queue_timeout.is_zero() {
+                    return Err(invalid("llm.local.queue_timeout_ms must be greater than 0"));
                 }
                 let top_p_ok = l.top_p > 0.0 && l.top_p <= 1.0;
                 if !top_p_ok || !(1.0..=2.0).contains(&l.repeat_penalty) {
@@ -143,7 +182,7 @@ impl super::Settings {
                     ));
                 }
             }
-            "openai" => {
+            LlmProvider::Openai => {
                 let url = &llm.base_url;
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(invalid(
@@ -156,11 +195,6 @@ impl super::Settings {
                     ));
                 }
             }
-            other => {
-                return Err(invalid(format!(
-                    "CONFAB_LLM_PROVIDER must be local, openai or none, not '{other}'"
-                )));
-            }
         }
         for model in std::iter::once(&llm.model)
             .filter(|m| !m.is_empty())
@@ -170,44 +204,30 @@ impl super::Settings {
                 .map_err(|_| invalid(format!("llm model '{model}' is not a valid model name")))?;
         }
         let g = &self.generation;
-        let positive = [
-            ("llm.connect_timeout_ms", llm.connect_timeout_ms),
-            ("llm.first_token_timeout_ms", llm.first_token_timeout_ms),
-            ("llm.idle_timeout_ms", llm.idle_timeout_ms),
-            ("llm.total_timeout_secs", llm.total_timeout_secs),
-            ("llm.max_tokens", u64::from(llm.max_tokens)),
-            ("llm.prompt_budget_chars", llm.prompt_budget_chars as u64),
-            ("llm.title_timeout_ms", llm.title_timeout_ms),
-            (
-                "generation.max_concurrent_per_user",
-                g.max_concurrent_per_user as u64,
-            ),
-            ("generation.per_minute", u64::from(g.per_minute)),
-            ("generation.flush_interval_ms", g.flush_interval_ms),
-            ("generation.max_streams", g.max_streams as u64),
-            ("generation.keep_alive_secs", g.keep_alive_secs),
-            ("generation.resume_ttl_secs", g.resume_ttl_secs),
-            ("generation.stop_wait_ms", g.stop_wait_ms),
-            ("generation.shutdown_grace_secs", g.shutdown_grace_secs),
-            ("generation.orphan_sweep_secs", g.orphan_sweep_secs),
-            ("cache.ttl_secs", self.cache.ttl_secs),
-            ("cache.max_entries", self.cache.max_entries as u64),
-            ("idempotency.ttl_secs", self.idempotency.ttl_secs),
-            (
-                "idempotency.in_flight_secs",
-                self.idempotency.in_flight_secs,
-            ),
-            (
-                "idempotency.max_entries",
-                self.idempotency.max_entries as u64,
-            ),
-        ];
-        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(invalid(format!("{key} must be greater than 0")));
-        }
-        if llm.max_tokens > 1_000_000 {
-            return Err(invalid("llm.max_tokens must be at most 1000000"));
+        must_be_positive(&[
+            ("llm.connect_timeout_ms", llm.connect_timeout),
+            ("llm.first_token_timeout_ms", llm.first_token_timeout),
+            ("llm.idle_timeout_ms", llm.idle_timeout),
+            ("llm.total_timeout_secs", llm.total_timeout),
+            ("llm.title_timeout_ms", llm.title_timeout),
+            ("generation.flush_interval_ms", g.flush_interval),
+            ("generation.keep_alive_secs", g.keep_alive),
+            ("generation.resume_ttl_secs", g.resume_ttl),
+            ("generation.stop_wait_ms", g.stop_wait),
+            ("generation.shutdown_grace_secs", g.shutdown_grace),
+            ("generation.orphan_sweep_secs", g.orphan_sweep),
+            ("cache.ttl_secs", self.cache.ttl),
+            ("idempotency.ttl_secs", self.idempotency.ttl),
+            ("idempotency.in_flight_secs", self.idempotency.in_flight),
+        ])?;
+        if llm.max_tokens.get() > MAX_TOKENS {
+            return Err(invalid(format!(
+                "llm.max_tokens must be at most {MAX_TOKENS}"
+            )));
         }
         Ok(())
     }
 }
+
+/// The most tokens one answer may be asked for.
+const MAX_TOKENS: u32 = 1_000_000;

@@ -2,7 +2,6 @@
 //! the in-process stream log and cache.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use confab_app::{ConversationPorts, ConversationRules, Conversations};
 use confab_domain::ModelSlug;
@@ -14,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::{Wired, per_minute};
 use crate::application::StartupError;
-use crate::settings::Settings;
+use crate::settings::{LlmProvider, Settings};
 
 /// A configured chat model.
 struct ChatModelWiring {
@@ -39,16 +38,16 @@ pub(crate) struct ChatWiring {
 /// the built-in model (its weights loading in the background), or none.
 async fn chat_model(settings: &Settings) -> Result<Option<ChatModelWiring>, StartupError> {
     let llm = &settings.llm;
-    match llm.provider.as_str() {
-        "openai" => {
+    match llm.provider {
+        LlmProvider::Openai => {
             let key = llm.api_key.expose_secret();
             let model = OpenAiCompatible::new(OpenAiSettings {
                 base_url: llm.base_url.clone(),
                 api_key: (!key.is_empty()).then(|| SecretString::from(key.to_owned())),
-                connect_timeout: Duration::from_millis(llm.connect_timeout_ms),
-                first_token_timeout: Duration::from_millis(llm.first_token_timeout_ms),
-                idle_timeout: Duration::from_millis(llm.idle_timeout_ms),
-                total_timeout: Duration::from_secs(llm.total_timeout_secs),
+                connect_timeout: llm.connect_timeout,
+                first_token_timeout: llm.first_token_timeout,
+                idle_timeout: llm.idle_timeout,
+                total_timeout: llm.total_timeout,
             })
             .map_err(|e| StartupError::Setup(format!("llm: {e}")))?;
             Ok(Some(ChatModelWiring {
@@ -57,14 +56,14 @@ async fn chat_model(settings: &Settings) -> Result<Option<ChatModelWiring>, Star
                 loading: None,
             }))
         }
-        "local" => {
+        LlmProvider::Local => {
             let l = &llm.local;
             let options = LocalSettings {
                 model_path: l.model_path.clone(),
                 threads: l.threads,
-                max_concurrent: l.max_concurrent,
+                max_concurrent: l.max_concurrent.get(),
                 max_waiting: l.max_waiting,
-                queue_timeout: Duration::from_millis(l.queue_timeout_ms),
+                queue_timeout: l.queue_timeout,
                 requantize_q8: l.requantize_q8,
                 seed: l.seed,
                 top_p: Some(l.top_p),
@@ -111,8 +110,8 @@ pub(crate) async fn conversations(
 ) -> Result<ChatWiring, StartupError> {
     let llm = &settings.llm;
     let g = &settings.generation;
-    let max_tokens = llm.max_tokens;
-    let retention = Duration::from_secs(g.stream_retention_secs);
+    let max_tokens = llm.max_tokens.get();
+    let retention = g.stream_retention;
     // Every event but the text deltas is one of a handful; the adapter
     // sends at most one delta per token.
     let max_events_per_log = usize::try_from(max_tokens)
@@ -120,7 +119,7 @@ pub(crate) async fn conversations(
         .saturating_add(64);
     let log: Arc<dyn StreamLog> = match &wired.redis {
         Some(pools) => {
-            let lease = Duration::from_millis(settings.redis.stream_lease_ms);
+            let lease = settings.redis.stream_lease;
             Arc::new(RedisStreamLog::new(
                 pools.shared.clone(),
                 RedisStreamLogOptions {
@@ -134,7 +133,7 @@ pub(crate) async fn conversations(
         None => Arc::new(MemoryStreamLog::new(StreamLogOptions {
             retention,
             max_events_per_log,
-            max_logs: g.max_streams,
+            max_logs: g.max_streams.get(),
         })),
     };
     let model = chat_model(settings).await?;
@@ -155,7 +154,7 @@ pub(crate) async fn conversations(
             log,
             cache: match &wired.redis {
                 Some(pools) => Arc::new(RedisCache::new(pools.shared.clone())),
-                None => Arc::new(MemoryCache::new(settings.cache.max_entries)),
+                None => Arc::new(MemoryCache::new(settings.cache.max_entries.get())),
             },
             resume_tokens: wired.codec.clone(),
             limiter: wired.limiter.clone(),
@@ -169,14 +168,14 @@ pub(crate) async fn conversations(
                 .collect::<Result<_, _>>()?,
             max_tokens,
             system_prompt: llm.system_prompt.clone(),
-            prompt_budget_chars: llm.prompt_budget_chars,
-            max_concurrent_per_user: g.max_concurrent_per_user,
+            prompt_budget_chars: llm.prompt_budget_chars.get(),
+            max_concurrent_per_user: g.max_concurrent_per_user.get(),
             generation_policy: per_minute("generation", g.per_minute),
-            flush_interval: Duration::from_millis(g.flush_interval_ms),
+            flush_interval: g.flush_interval,
             title_generation: llm.title_generation,
-            title_timeout: Duration::from_millis(llm.title_timeout_ms),
-            cache_ttl: Duration::from_secs(settings.cache.ttl_secs),
-            stop_wait: Duration::from_millis(g.stop_wait_ms),
+            title_timeout: llm.title_timeout,
+            cache_ttl: settings.cache.ttl,
+            stop_wait: g.stop_wait,
         },
     );
     Ok(ChatWiring {
