@@ -32,6 +32,26 @@ check confab-memory 'actix-web|actix-http|confab-http'
 check confab-jwt 'actix-web|actix-http|confab-http'
 check confab-llm 'actix-web|actix-http|confab-http'
 check confab-redis 'actix-web|actix-http|confab-http|diesel|confab-sql|confab-memory'
+# The contract suites run against every adapter, so they know none, and no
+# web, SQL or Redis library.
+check confab-testkit 'confab-sql|confab-password|confab-memory|confab-jwt|confab-llm|confab-redis|confab-app|confab-http|confab-server|actix-web|actix-http|actix-rt|diesel|r2d2|redis|deadpool-redis|libsqlite3-sys|pq-sys'
+
+# confab-testkit is test code: a dev-dependency only. Inverted over normal
+# and build edges, with every feature and for every target (so an optional
+# or platform-specific dependency counts), it must have no dependent.
+# The tree always lists confab-testkit itself: without it, cargo failed.
+inverted=$(cargo tree --workspace -e normal,build --all-features --target all \
+    -i confab-testkit --prefix none --format '{p}' 2>&1 | awk '{print $1}' || true)
+dependents=$(echo "$inverted" | grep -vx 'confab-testkit' | sort -u || true)
+if ! echo "$inverted" | grep -qx 'confab-testkit'; then
+    echo "architecture: cannot resolve confab-testkit's dependents: $inverted" >&2
+    fail=1
+elif [ -n "$dependents" ]; then
+    echo "architecture: confab-testkit is a dev-dependency only, but these depend on it: $(echo "$dependents" | tr '\n' ' ')" >&2
+    fail=1
+else
+    echo "architecture: confab-testkit is a dev-dependency only"
+fi
 
 # The words of the API belong to confab-http, which spells each typed value
 # in one place: no layer below it holds an error code, a header name or the

@@ -228,14 +228,16 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
 /// login session was revoked (refresh-token reuse).
 #[async_trait]
 pub trait TokenBlocklist: Send + Sync + 'static {
-    /// Refuses the token `jti` until `until` (its expiry).
+    /// Refuses the token `jti` until `until` (its expiry), and not after
+    /// it; an `until` already past refuses nothing.
     ///
     /// # Errors
     /// When the blocklist is unreachable.
     async fn block_token(&self, jti: TokenId, until: OffsetDateTime) -> Result<(), DomainError>;
 
     /// Refuses every access token of the login session `family` until
-    /// `until` (when the last of them has expired anyway).
+    /// `until` (when the last of them has expired anyway), and not after
+    /// it; an `until` already past refuses nothing.
     ///
     /// # Errors
     /// When the blocklist is unreachable.
@@ -270,7 +272,10 @@ pub struct RateDecision {
     pub allowed: bool,
     /// Requests left in the bucket now.
     pub remaining: u32,
-    /// Time until the bucket is full again.
+    /// Time until the bucket is full again. When allowed, an adapter may
+    /// round it up to whole refill periods (`window / quota`) per token
+    /// taken; when refused, it is `retry_after` plus a period per token
+    /// but one of the quota.
     pub reset_after: Duration,
     /// When refused: time until one request would be allowed.
     pub retry_after: Duration,
@@ -281,8 +286,11 @@ pub struct RateDecision {
 #[async_trait]
 pub trait RateLimiter: Send + Sync + 'static {
     /// Takes one token from `key`'s bucket under `policy`, if there is one.
+    /// Each policy name and key has a bucket of its own.
     ///
     /// # Errors
-    /// When the limiter's store is unreachable.
+    /// [`DomainError::Unavailable`] when the limiter's store is
+    /// unreachable; [`DomainError::Internal`] for a policy with a zero
+    /// quota or a zero window (a configuration bug).
     async fn check(&self, policy: &RatePolicy, key: &str) -> Result<RateDecision, DomainError>;
 }

@@ -98,7 +98,8 @@ pub trait StreamLog: Send + Sync + 'static {
     }
 
     /// Closes the log: readers get what is in it and then the end; it is
-    /// kept for the configured retention, then dropped.
+    /// kept for the configured retention, then dropped. Closing a log that
+    /// is not open (never opened, already closed, expired) does nothing.
     ///
     /// # Errors
     /// [`DomainError::Unavailable`] when the backend fails.
@@ -113,6 +114,12 @@ pub trait StreamLog: Send + Sync + 'static {
     async fn current(&self, conversation: ConversationId) -> Result<LogHead, DomainError>;
 
     /// A reader of the conversation's log from `from`.
+    ///
+    /// Event ids are unique within one generation's log only: an id that a
+    /// replaced generation gave may be refused or taken as a position in
+    /// the current one (the in-process log numbers every log's events from
+    /// 1). A caller resuming a given answer checks first, with
+    /// [`current`](StreamLog::current), that the log still holds it.
     ///
     /// # Errors
     /// [`DomainError::NotFound`] when there is no log;

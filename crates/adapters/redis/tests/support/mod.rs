@@ -3,7 +3,13 @@
 //! Each test writes under a prefix of its own, so tests run in parallel
 //! and runs never see each other's keys.
 
-#![allow(dead_code, clippy::expect_used, clippy::unwrap_used, unreachable_pub)]
+#![allow(
+    dead_code,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    unreachable_pub
+)]
 
 use std::time::Duration;
 

@@ -1,0 +1,44 @@
+//! The ports' contract suites (`confab-testkit`) on the in-process
+//! adapters: each behaviour a test of its own, on a fresh adapter.
+
+use confab_memory::{
+    GovernorLimiter, InMemoryBlocklist, InMemoryIdempotency, MemoryCache, MemoryStreamLog,
+    StreamLogOptions,
+};
+use confab_testkit::contract::stream_log::Limits;
+
+mod cache {
+    use super::*;
+
+    confab_testkit::cache_contract!(|| async { MemoryCache::new(1_000) });
+}
+
+mod limiter {
+    use super::*;
+
+    confab_testkit::limiter_contract!(|| async { GovernorLimiter::new() });
+}
+
+mod blocklist {
+    use super::*;
+
+    confab_testkit::blocklist_contract!(|| async { InMemoryBlocklist::new() });
+}
+
+mod idempotency {
+    use super::*;
+
+    confab_testkit::idempotency_contract!(|| async { InMemoryIdempotency::new(1_000) });
+}
+
+mod stream_log {
+    use super::*;
+
+    confab_testkit::stream_log_contract!(|limits: Limits| async move {
+        MemoryStreamLog::new(StreamLogOptions {
+            retention: limits.retention,
+            max_events_per_log: limits.max_events_per_log,
+            max_logs: 1_000,
+        })
+    });
+}

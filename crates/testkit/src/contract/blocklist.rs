@@ -1,0 +1,112 @@
+//! What every [`TokenBlocklist`] promises: a blocked token, or every token
+//! of a blocked login session, is refused until the expiry it was blocked
+//! with, and nothing else is.
+
+use std::time::Duration;
+
+use confab_domain::{FamilyId, OffsetDateTime, Role, TokenId, UserId};
+use confab_ports::{AccessClaims, TokenBlocklist};
+
+use super::eventually;
+
+/// A fresh access token of `user` (its own id and login session), issued
+/// at `issued_at` for 15 minutes.
+#[must_use]
+pub fn claims(user: UserId, issued_at: OffsetDateTime) -> AccessClaims {
+    AccessClaims {
+        user_id: user,
+        role: Role::User,
+        jti: TokenId::generate(),
+        family: FamilyId::generate(),
+        issued_at,
+        expires_at: issued_at + Duration::from_secs(900),
+    }
+}
+
+async fn blocked(list: &dyn TokenBlocklist, claims: &AccessClaims) -> bool {
+    list.is_blocked(claims).await.expect("is_blocked")
+}
+
+/// A token blocked until it expires is refused; another token of the same
+/// user, or of the same login session, is not.
+pub async fn a_blocked_token_is_refused_and_no_other(list: &dyn TokenBlocklist) {
+    let now = OffsetDateTime::now_utc();
+    let user = UserId::generate();
+    let token = claims(user, now);
+    assert!(!blocked(list, &token).await, "nothing blocked yet");
+    list.block_token(token.jti, token.expires_at)
+        .await
+        .expect("block_token");
+    assert!(blocked(list, &token).await);
+    let sibling = AccessClaims {
+        jti: TokenId::generate(),
+        ..token.clone()
+    };
+    assert!(
+        !blocked(list, &sibling).await,
+        "a token of the same session"
+    );
+    assert!(!blocked(list, &claims(user, now)).await, "another token");
+}
+
+/// A login session blocked until its last token expires refuses every
+/// token of it, but no token of the user's other sessions.
+pub async fn a_blocked_family_refuses_every_token_of_it(list: &dyn TokenBlocklist) {
+    let now = OffsetDateTime::now_utc();
+    let user = UserId::generate();
+    let token = claims(user, now);
+    list.block_family(token.family, token.expires_at)
+        .await
+        .expect("block_family");
+    let sibling = AccessClaims {
+        jti: TokenId::generate(),
+        ..token.clone()
+    };
+    assert!(blocked(list, &token).await);
+    assert!(blocked(list, &sibling).await, "every token of the family");
+    assert!(
+        !blocked(list, &claims(user, now)).await,
+        "another session of the user"
+    );
+}
+
+/// Blocking until a moment already past blocks nothing: what it would
+/// refuse has expired anyway.
+pub async fn an_expiry_in_the_past_blocks_nothing(list: &dyn TokenBlocklist) {
+    let past = OffsetDateTime::now_utc() - Duration::from_secs(1);
+    let token = claims(UserId::generate(), past - Duration::from_secs(900));
+    list.block_token(token.jti, past)
+        .await
+        .expect("block_token");
+    list.block_family(token.family, past)
+        .await
+        .expect("block_family");
+    assert!(!blocked(list, &token).await);
+}
+
+/// A blocked token or login session is refused until the expiry it was
+/// blocked with and not after it; entries with a later expiry stay.
+pub async fn entries_lapse_when_their_tokens_expire(list: &dyn TokenBlocklist) {
+    let now = OffsetDateTime::now_utc();
+    let until = now + Duration::from_secs(1);
+    let token = claims(UserId::generate(), now);
+    let family = claims(UserId::generate(), now);
+    let lasting = claims(UserId::generate(), now);
+    list.block_token(token.jti, until)
+        .await
+        .expect("block_token");
+    list.block_family(family.family, until)
+        .await
+        .expect("block_family");
+    list.block_family(lasting.family, lasting.expires_at)
+        .await
+        .expect("block_family");
+    assert!(blocked(list, &token).await);
+    assert!(blocked(list, &family).await);
+
+    eventually("the entries lapse", async || {
+        !blocked(list, &token).await && !blocked(list, &family).await
+    })
+    .await;
+    assert!(blocked(list, &lasting).await, "a later expiry still blocks");
+}
