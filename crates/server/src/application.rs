@@ -18,8 +18,8 @@ use confab_ports::HealthCheck;
 use confab_sql::{PoolOptions, SqlError, SqlStore};
 use secrecy::ExposeSecret;
 
-use crate::settings::{ConfigError, Settings};
-use crate::wiring::{conversations, cores, per_minute, wire};
+use crate::settings::{ConfigError, ServerSettings, Settings};
+use crate::wiring::{ChatWiring, Wired, conversations, cores, per_minute, wire};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,91 +74,19 @@ impl Application {
     ) -> Result<Self, StartupError> {
         let wired = wire(settings).await?;
         let chat = conversations(settings, &wired).await?;
-        let conversations = chat.conversations;
-        let mut checks: Vec<Arc<dyn HealthCheck>> = vec![wired.store];
-        if let Some(redis) = &wired.redis {
-            checks.push(Arc::new(redis.shared.clone()));
-        }
-        if let Some(model) = &chat.loading {
-            checks.push(model.clone());
-        }
-        let rl = &settings.rate_limit;
-        let metrics = Metrics::new().map_err(|e| StartupError::Setup(format!("metrics: {e}")))?;
-        let openapi = confab_http::openapi_json()
-            .map_err(|e| StartupError::Setup(format!("openapi: {e}")))?;
+        let conversations = chat.conversations.clone();
         conversations
             .close_orphans()
             .await
             .map_err(|e| StartupError::Setup(format!("closing orphaned generations: {e}")))?;
-        let state = HttpState {
-            accounts: wired.accounts,
-            conversations: conversations.clone(),
-            sse: SseSettings {
-                keep_alive: settings.generation.keep_alive,
-            },
-            readiness: Readiness::new(checks),
-            metrics: metrics.clone(),
-            body: BodyLimits {
-                max_bytes: settings.server.json_limit_bytes,
-                read_timeout: settings.server.body_read_timeout,
-            },
-            cors: CorsPolicy {
-                allowed_origins: settings.cors.allowed_origins.clone(),
-                max_age_secs: settings.cors.max_age_secs,
-            },
-            security: SecurityHeaders {
-                hsts_max_age_secs: settings.security.hsts_max_age.as_secs(),
-            },
-            openapi,
-            limiter: wired.limiter,
-            rate_tiers: RateTiers {
-                anonymous: per_minute("anonymous", rl.anonymous_per_minute),
-                user: per_minute("user", rl.user_per_minute),
-                admin: per_minute("admin", rl.admin_per_minute),
-            },
-            trusted_proxies: settings.trusted_proxies()?,
-            idempotency: IdempotencyPolicy {
-                store: wired.idempotency,
-                ttl: settings.idempotency.ttl,
-                in_flight_ttl: settings.idempotency.in_flight,
-            },
-        };
-        let s = &settings.server;
+        let metrics = Metrics::new().map_err(|e| StartupError::Setup(format!("metrics: {e}")))?;
+        let state = http_state(settings, wired, &chat, metrics.clone())?;
         let port = listener.local_addr()?.port();
-        let server = HttpServer::new(move || confab_http::app(state.clone()))
-            // Streams are many small writes: without TCP_NODELAY a delta
-            // written while the previous one is unacknowledged waits for the
-            // client's delayed ACK (40 ms on Linux).
-            .on_connect(|conn, _| {
-                if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
-                    && let Err(e) = tcp.set_nodelay(true)
-                {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                }
-            })
-            .workers(if s.workers == 0 { cores() } else { s.workers })
-            .disable_signals()
-            .shutdown_timeout(s.shutdown_timeout.as_secs())
-            .client_request_timeout(s.request_head_timeout)
-            .client_disconnect_timeout(s.disconnect_timeout)
-            .keep_alive(s.keep_alive)
-            .max_connections(s.max_connections.get())
-            .listen(listener)?
-            .run();
+        let server = api_server(&settings.server, state, listener)?;
         let (metrics, metrics_port) = match metrics_listener {
             Some(listener) => {
                 let port = listener.local_addr()?.port();
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(web::Data::new(metrics.clone()))
-                        .configure(confab_http::metrics_routes)
-                })
-                .workers(1)
-                .disable_signals()
-                .shutdown_timeout(1)
-                .listen(listener)?
-                .run();
-                (Some(server), Some(port))
+                (Some(metrics_server(metrics, listener)?), Some(port))
             }
             None => (None, None),
         };
@@ -409,4 +337,99 @@ pub async fn create_admin(
         })
         .await
         .map_err(|e| StartupError::Setup(format!("cannot create the admin: {e}")))
+}
+
+/// What the HTTP layer is given: the use cases, the readiness checks, and
+/// the settings it applies, in their types.
+fn http_state(
+    settings: &Settings,
+    wired: Wired,
+    chat: &ChatWiring,
+    metrics: Metrics,
+) -> Result<HttpState, StartupError> {
+    let mut checks: Vec<Arc<dyn HealthCheck>> = vec![wired.store];
+    if let Some(redis) = &wired.redis {
+        checks.push(Arc::new(redis.shared.clone()));
+    }
+    if let Some(model) = &chat.loading {
+        checks.push(model.clone());
+    }
+    let rl = &settings.rate_limit;
+    let openapi =
+        confab_http::openapi_json().map_err(|e| StartupError::Setup(format!("openapi: {e}")))?;
+    Ok(HttpState {
+        accounts: wired.accounts,
+        conversations: chat.conversations.clone(),
+        sse: SseSettings {
+            keep_alive: settings.generation.keep_alive,
+        },
+        readiness: Readiness::new(checks),
+        metrics,
+        body: BodyLimits {
+            max_bytes: settings.server.json_limit_bytes,
+            read_timeout: settings.server.body_read_timeout,
+        },
+        cors: CorsPolicy {
+            allowed_origins: settings.cors.allowed_origins.clone(),
+            max_age_secs: settings.cors.max_age_secs,
+        },
+        security: SecurityHeaders {
+            hsts_max_age_secs: settings.security.hsts_max_age.as_secs(),
+        },
+        openapi,
+        limiter: wired.limiter,
+        rate_tiers: RateTiers {
+            anonymous: per_minute("anonymous", rl.anonymous_per_minute),
+            user: per_minute("user", rl.user_per_minute),
+            admin: per_minute("admin", rl.admin_per_minute),
+        },
+        trusted_proxies: settings.trusted_proxies()?,
+        idempotency: IdempotencyPolicy {
+            store: wired.idempotency,
+            ttl: settings.idempotency.ttl,
+            in_flight_ttl: settings.idempotency.in_flight,
+        },
+    })
+}
+
+/// The public API's server on `listener`, not yet polled.
+fn api_server(
+    s: &ServerSettings,
+    state: HttpState,
+    listener: TcpListener,
+) -> Result<Server, StartupError> {
+    Ok(HttpServer::new(move || confab_http::app(state.clone()))
+        // Streams are many small writes: without TCP_NODELAY a delta
+        // written while the previous one is unacknowledged waits for the
+        // client's delayed ACK (40 ms on Linux).
+        .on_connect(|conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
+                && let Err(e) = tcp.set_nodelay(true)
+            {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        })
+        .workers(if s.workers == 0 { cores() } else { s.workers })
+        .disable_signals()
+        .shutdown_timeout(s.shutdown_timeout.as_secs())
+        .client_request_timeout(s.request_head_timeout)
+        .client_disconnect_timeout(s.disconnect_timeout)
+        .keep_alive(s.keep_alive)
+        .max_connections(s.max_connections.get())
+        .listen(listener)?
+        .run())
+}
+
+/// The metrics server on `listener` (never the public address).
+fn metrics_server(metrics: Metrics, listener: TcpListener) -> Result<Server, StartupError> {
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(metrics.clone()))
+            .configure(confab_http::metrics_routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run())
 }

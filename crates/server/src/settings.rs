@@ -8,6 +8,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use confab_jwt::MIN_SECRET_BYTES;
 use confab_password::MIN_ITERATIONS;
 use confab_sql::DatabaseTarget;
 use config::{Config, Environment, File, FileFormat};
@@ -21,9 +22,6 @@ pub use chat::{
     CacheSettings, GenerationSettings, IdempotencySettings, LlmProvider, LlmSettings,
     LocalModelSettings,
 };
-
-/// The shortest HS256 secret accepted (`CONFAB_JWT_SECRET`), in bytes.
-pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// `CONFAB_ENV`: which `config/{name}.toml` is layered on the defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -484,9 +482,9 @@ impl Settings {
             )));
         }
         let secret = self.auth.jwt_secret.expose_secret();
-        if !secret.is_empty() && secret.len() < MIN_JWT_SECRET_BYTES {
+        if !secret.is_empty() && secret.len() < MIN_SECRET_BYTES {
             return Err(invalid(format!(
-                "CONFAB_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes"
+                "CONFAB_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes"
             )));
         }
         if secret.is_empty() && !self.is_development() {

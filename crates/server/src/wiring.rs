@@ -20,7 +20,7 @@ use crate::settings::Settings;
 
 mod chat;
 
-pub(crate) use chat::conversations;
+pub(crate) use chat::{ChatWiring, conversations};
 
 /// The wired use cases and the ports the HTTP layer also needs.
 pub(crate) struct Wired {

@@ -258,11 +258,7 @@ async fn a_stop_requested_on_another_instance_reaches_the_generation() {
     let (a, b) = two_instances(options()).await;
     let conv = ConversationId::generate();
     let mut stop = a.open(conv, &message("m1")).await.unwrap();
-    let waiting = tokio::spawn(async move {
-        let started = Instant::now();
-        stop.stopped().await;
-        started.elapsed()
-    });
+    let waiting = tokio::spawn(async move { stop.stopped().await });
     tokio::time::sleep(BRIEF).await;
     assert!(!waiting.is_finished(), "no stop asked yet");
     assert!(b.request_stop(conv).await.unwrap());
@@ -698,11 +694,11 @@ async fn a_follower_on_another_instance_wakes_for_each_event() {
 // A Redis that is down.
 
 #[tokio::test]
-async fn a_redis_that_is_down_is_unavailable_fast() {
+async fn a_redis_that_is_down_is_unavailable() {
     let down = "redis://127.0.0.1:1";
     let log = RedisStreamLog::new(support::unchecked_pool(down), options());
     let conv = ConversationId::generate();
-    let started = Instant::now();
+    // Each call is bounded by PATIENCE only so that a hang fails the test.
     let unavailable = |what: &str, r: Result<(), DomainError>| {
         assert!(
             matches!(r, Err(DomainError::Unavailable(_))),
@@ -726,5 +722,4 @@ async fn a_redis_that_is_down_is_unavailable_fast() {
     }
     let stop = timeout(PATIENCE, log.request_stop(conv)).await.unwrap();
     unavailable("request_stop", stop.map(drop));
-    assert!(started.elapsed() < Duration::from_secs(3));
 }

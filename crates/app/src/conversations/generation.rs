@@ -10,11 +10,15 @@ use confab_domain::{
     Content, ConversationId, DomainError, ErrorCode, Message, MessageStatus, ModelSlug, UserId,
     WireEvent, events,
 };
-use confab_ports::{ChatModel, CompletionRequest, FinishReason, LlmError, LlmEvent, StopSignal};
+use confab_ports::{
+    ChatModel, CompletionRequest, CompletionStream, FinishReason, LlmError, LlmEvent, StopSignal,
+};
 use futures_util::FutureExt;
 use tokio::sync::watch;
 
-use super::prompt::{build_prompt, clean_title, heuristic_title, title_request};
+use super::prompt::{
+    TITLE_ANSWER_BYTES, build_prompt, clean_title, heuristic_title, title_request,
+};
 use super::{Inner, Slot, now};
 
 /// One generation, owned by its task.
@@ -102,6 +106,13 @@ impl Outcome {
 
 /// The most events one append carries.
 const MAX_BATCH: usize = 64;
+
+/// Attempts at the final save of an answer (a partial save is tried once:
+/// the next one carries its text).
+const SAVE_ATTEMPTS: u32 = 3;
+
+/// The pause after a failed final save, times the attempt's number.
+const SAVE_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Resolves once shutdown is signalled (never if the sender is gone).
 async fn shutting_down(rx: &mut watch::Receiver<bool>) {
@@ -215,40 +226,7 @@ impl Generation {
                 // interrupts it and the loop asks again.
                 next = stream.next() => next,
             };
-            // Everything the model has already sent goes to the log in one
-            // append: under load, pieces pile up while an append is under
-            // way, and the next append takes them all.
-            let mut batch = Vec::new();
-            let mut ended = None;
-            let mut next = Some(next);
-            while let Some(item) = next.take() {
-                match item {
-                    Ok(Some(LlmEvent::Text(piece))) => {
-                        match self.take_piece(&piece, text, &mut chars, &mut batch) {
-                            Ok(false) => {}
-                            Ok(true) => ended = Some(Outcome::Finished(FinishReason::Length)),
-                            Err(e) => ended = Some(Outcome::Broken(e)),
-                        }
-                    }
-                    Ok(Some(LlmEvent::Finished { reason, usage })) => {
-                        if let Some(u) = usage {
-                            tracing::debug!(
-                                prompt_tokens = u.prompt_tokens,
-                                completion_tokens = u.completion_tokens,
-                                "generation usage"
-                            );
-                        }
-                        ended = Some(Outcome::Finished(reason));
-                    }
-                    Ok(None) => ended = Some(Outcome::Finished(FinishReason::Stop)),
-                    Err(e) => ended = Some(Outcome::Failed(e)),
-                }
-                if ended.is_none() && batch.len() < MAX_BATCH {
-                    // Cancel-safe (the port's promise): a piece not ready
-                    // now is asked for again by the loop.
-                    next = stream.next().now_or_never();
-                }
-            }
+            let (batch, ended) = self.drain(next, stream.as_mut(), text, &mut chars);
             if let Err(e) = self.emit_all(batch).await {
                 return Outcome::Broken(e);
             }
@@ -261,6 +239,51 @@ impl Generation {
                 last_flush = Instant::now();
             }
         }
+    }
+
+    /// The events of `first` and of everything else the model has already
+    /// sent (up to [`MAX_BATCH`] events), and the outcome if one of them
+    /// ended the generation. Under load, pieces pile up while an append is
+    /// under way, and the next append takes them all.
+    fn drain(
+        &self,
+        first: Result<Option<LlmEvent>, LlmError>,
+        stream: &mut dyn CompletionStream,
+        text: &mut String,
+        chars: &mut usize,
+    ) -> (Vec<WireEvent>, Option<Outcome>) {
+        let mut batch = Vec::new();
+        let mut ended = None;
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Ok(Some(LlmEvent::Text(piece))) => {
+                    match self.take_piece(&piece, text, chars, &mut batch) {
+                        Ok(false) => {}
+                        Ok(true) => ended = Some(Outcome::Finished(FinishReason::Length)),
+                        Err(e) => ended = Some(Outcome::Broken(e)),
+                    }
+                }
+                Ok(Some(LlmEvent::Finished { reason, usage })) => {
+                    if let Some(u) = usage {
+                        tracing::debug!(
+                            prompt_tokens = u.prompt_tokens,
+                            completion_tokens = u.completion_tokens,
+                            "generation usage"
+                        );
+                    }
+                    ended = Some(Outcome::Finished(reason));
+                }
+                Ok(None) => ended = Some(Outcome::Finished(FinishReason::Stop)),
+                Err(e) => ended = Some(Outcome::Failed(e)),
+            }
+            if ended.is_none() && batch.len() < MAX_BATCH {
+                // Cancel-safe (the port's promise): a piece not ready now
+                // is asked for again by the loop.
+                next = stream.next().now_or_never();
+            }
+        }
+        (batch, ended)
     }
 
     /// Adds the events of a piece of text to `batch` (the first-token
@@ -303,7 +326,7 @@ impl Generation {
         let content =
             Content::text(vec![text.to_owned()]).unwrap_or_else(|_| Content::empty_text());
         let messages = &self.inner.ports.messages;
-        for attempt in 0..3_u32 {
+        for attempt in 0..SAVE_ATTEMPTS {
             match messages
                 .update_content(self.conversation, &self.message.id, &content, status, now())
                 .await
@@ -319,7 +342,7 @@ impl Generation {
                     if status == MessageStatus::InProgress {
                         return false;
                     }
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
+                    tokio::time::sleep(SAVE_BACKOFF * (attempt + 1)).await;
                 }
             }
         }
@@ -396,7 +419,7 @@ impl Generation {
                 let mut title = String::new();
                 while let Ok(Some(LlmEvent::Text(piece))) = stream.next().await {
                     title.push_str(&piece);
-                    if title.len() > 400 {
+                    if title.len() > TITLE_ANSWER_BYTES {
                         break;
                     }
                 }

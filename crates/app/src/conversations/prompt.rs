@@ -56,6 +56,19 @@ pub(super) fn build_prompt(
     turns
 }
 
+/// The most characters of the first message the title call sees.
+const TITLE_INPUT_CHARS: usize = 2000;
+
+/// The most tokens the title call may answer with.
+const TITLE_MAX_TOKENS: u32 = 24;
+
+/// The title call's sampling temperature: low, for a plain title.
+const TITLE_TEMPERATURE: f32 = 0.2;
+
+/// The most bytes of a title answer read before it is cut (a model that
+/// ignores the token cap can't make the title call read forever).
+pub(super) const TITLE_ANSWER_BYTES: usize = 400;
+
 /// The short call that names a new conversation after its first message.
 pub(super) fn title_request(model: &ModelSlug, first_message: &str) -> CompletionRequest {
     CompletionRequest {
@@ -67,11 +80,11 @@ pub(super) fn title_request(model: &ModelSlug, first_message: &str) -> Completio
             },
             PromptTurn {
                 role: PromptRole::User,
-                text: first_message.chars().take(2000).collect(),
+                text: first_message.chars().take(TITLE_INPUT_CHARS).collect(),
             },
         ],
-        temperature: Some(0.2),
-        max_tokens: 24,
+        temperature: Some(TITLE_TEMPERATURE),
+        max_tokens: TITLE_MAX_TOKENS,
     }
 }
 

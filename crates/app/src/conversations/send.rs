@@ -120,6 +120,18 @@ struct Request {
     engine: Engine,
 }
 
+/// The two messages of one send, before they are stored.
+struct Exchange {
+    /// The message the user's follows (the conversation's last).
+    parent: Option<MessageId>,
+    /// The user's message's id.
+    message_id: MessageId,
+    /// The user's message's text.
+    content: Content,
+    /// The answer's id.
+    assistant_id: MessageId,
+}
+
 /// What generates the answer, and how.
 struct Engine {
     model: ModelSlug,
@@ -271,16 +283,14 @@ impl Conversations {
                         .await?
                 }
             };
+            let exchange = Exchange {
+                parent: history.last().map(|m| m.id.clone()),
+                message_id: request.message_id,
+                content: request.content,
+                assistant_id,
+            };
             let (user_message, assistant_message) = self
-                .store_and_announce(
-                    owner,
-                    &conversation,
-                    history.last().map(|m| m.id.clone()),
-                    request.message_id,
-                    request.content,
-                    assistant_id,
-                    &request.engine.model,
-                )
+                .store_and_announce(owner, &conversation, exchange, &request.engine.model)
                 .await?;
             Ok::<_, AppError>(Started {
                 conversation,
@@ -321,25 +331,23 @@ impl Conversations {
         self.inner.invalidate(owner, conversation).await;
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Stores the exchange's two messages and appends the stream's opening
+    /// events; the stored messages.
     async fn store_and_announce(
         &self,
         owner: UserId,
         conversation: &Conversation,
-        parent: Option<MessageId>,
-        message_id: MessageId,
-        content: Content,
-        assistant_id: MessageId,
+        exchange: Exchange,
         model: &ModelSlug,
     ) -> Result<(Message, Message), AppError> {
         let inner = &self.inner;
         let created_at = now();
         let user_message = Message {
-            id: message_id,
+            id: exchange.message_id,
             conversation_id: conversation.id,
-            parent_id: parent,
+            parent_id: exchange.parent,
             role: MessageRole::User,
-            content,
+            content: exchange.content,
             status: MessageStatus::FinishedSuccessfully,
             model_slug: None,
             metadata: serde_map(),
@@ -348,7 +356,7 @@ impl Conversations {
         };
         let started_at = now();
         let assistant_message = Message {
-            id: assistant_id,
+            id: exchange.assistant_id,
             conversation_id: conversation.id,
             parent_id: Some(user_message.id.clone()),
             role: MessageRole::Assistant,

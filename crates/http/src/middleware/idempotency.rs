@@ -155,22 +155,10 @@ pub(crate) async fn idempotency(
         );
         return Ok(error_response(req, &e));
     };
-    let limits = state.body;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let body = match read_limited(req.take_payload(), limits, declared).await {
-        Ok(body) => body.freeze(),
+    let print = match read_fingerprint(&state, &mut req).await {
+        Ok(print) => print,
         Err(e) => return Ok(error_response(req, &e)),
     };
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| req.path().to_owned(), ToString::to_string);
-    let print = fingerprint(req.method(), &path, &body);
-    req.set_payload(body.into());
     let scoped = format!("{}:{key}", caller.user_id);
     let claim = match policy
         .store
@@ -187,45 +175,72 @@ pub(crate) async fn idempotency(
     };
     match claim {
         Claim::Claimed => run_and_record(req, next, policy, &scoped, &print).await,
-        Claim::Mismatch => {
-            let e = ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ErrorCode::IdempotencyKeyReused,
-                "this Idempotency-Key was used for a different request",
-            );
-            Ok(error_response(req, &e))
-        }
-        Claim::InFlight => {
-            let e = ApiError::new(
-                StatusCode::CONFLICT,
-                ErrorCode::Conflict,
-                "a request with this Idempotency-Key is still being processed: retry later",
-            );
-            Ok(error_response(req, &e))
-        }
+        Claim::Mismatch => Ok(error_response(req, &reused())),
+        Claim::InFlight => Ok(error_response(req, &in_flight())),
         Claim::Completed(StoredOutcome::Response {
             status,
             headers,
             body,
-        }) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            let mut res = HttpResponse::build(status);
-            for (name, value) in headers {
-                if let (Ok(name), Ok(value)) = (
-                    HeaderName::try_from(name.as_str()),
-                    HeaderValue::try_from(value.as_str()),
-                ) {
-                    res.insert_header((name, value));
-                }
-            }
-            res.insert_header((REPLAYED, HeaderValue::from_static("true")));
-            Ok(req.into_response(res.body(body)))
-        }
+        }) => Ok(req.into_response(replay(status, headers, body))),
         Claim::Completed(StoredOutcome::Stream {
             conversation,
             message,
         }) => reattach(&state, req, &caller, conversation, &message).await,
     }
+}
+
+/// 422: the key was used for a different request.
+fn reused() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::IdempotencyKeyReused,
+        "this Idempotency-Key was used for a different request",
+    )
+}
+
+/// 409: the key's first request is still running.
+fn in_flight() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        ErrorCode::Conflict,
+        "a request with this Idempotency-Key is still being processed: retry later",
+    )
+}
+
+/// Reads the request's body (within the body limits, put back for the
+/// route) and returns the request's fingerprint.
+async fn read_fingerprint(state: &State, req: &mut ServiceRequest) -> Result<String, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let body = read_limited(req.take_payload(), state.body, declared)
+        .await?
+        .freeze();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.path().to_owned(), ToString::to_string);
+    let print = fingerprint(req.method(), &path, &body);
+    req.set_payload(body.into());
+    Ok(print)
+}
+
+/// A completed request's recorded response, marked as a replay.
+fn replay(status: u16, headers: Vec<(String, String)>, body: Vec<u8>) -> HttpResponse {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let mut res = HttpResponse::build(status);
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            res.insert_header((name, value));
+        }
+    }
+    res.insert_header((REPLAYED, HeaderValue::from_static("true")));
+    res.body(body)
 }
 
 /// Runs the claimed request and records what a retry should get.
