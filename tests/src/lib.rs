@@ -8,7 +8,7 @@
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is the point
 
 pub mod chat;
-pub mod fake_llm;
+pub use confab_testkit::fake_llm;
 pub mod load;
 
 use std::collections::HashMap;

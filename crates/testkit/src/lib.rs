@@ -20,15 +20,21 @@
 //! Redis adapter on a key prefix of its own). The crate using a macro needs
 //! `tokio` with its `macros` and `rt-multi-thread` features.
 //!
-//! A dev-dependency only: no crate may depend on it for its normal build
+//! A dev-dependency only (the end-to-end harness, itself test code, is the
+//! one exception): no crate may depend on it for its normal build
 //! (`scripts/check-architecture.sh` checks that), and it depends on no
 //! adapter.
+//!
+//! [`fake_llm`] is the project's one fake OpenAI-compatible chat-completions
+//! server (real HTTP on 127.0.0.1, scripted per test), used by the
+//! end-to-end harness, the LLM adapter's tests and the bench.
 
 // A test kit: a broken promise fails the test that runs it, with a message
 // saying which call failed.
 #![allow(clippy::expect_used, clippy::panic)]
 
 pub mod contract;
+pub mod fake_llm;
 
 /// Expands to one test per behaviour of a port. Those of `$adapter` are
 /// handed a fresh adapter (`&dyn Port`) made by calling `$make` with the

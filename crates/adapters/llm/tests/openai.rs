@@ -1,4 +1,5 @@
-//! The adapter against a tiny scripted HTTP/1.1 server on 127.0.0.1.
+//! The adapter against the harness's fake chat-completions server on
+//! 127.0.0.1, scripted with raw responses.
 
 // Test support: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -128,25 +129,11 @@ async fn the_request_is_an_openai_streamed_chat_completion() {
     let (_, error) = drain(stream.as_mut()).await;
     assert_eq!(error, None);
 
+    // The fake answers only `POST /v1/chat/completions`: a stream came back.
     let captured = server.request().await;
-    assert!(
-        captured
-            .head
-            .starts_with("post /v1/chat/completions http/1.1\r\n"),
-        "{}",
-        captured.head
-    );
-    assert!(
-        captured
-            .head
-            .contains("\r\nauthorization: bearer sk-test-key\r\n")
-    );
-    assert!(captured.head.contains("\r\naccept: text/event-stream\r\n"));
-    assert!(
-        captured
-            .head
-            .contains("\r\ncontent-type: application/json\r\n")
-    );
+    assert_eq!(captured.header("authorization"), Some("Bearer sk-test-key"));
+    assert_eq!(captured.header("accept"), Some("text/event-stream"));
+    assert_eq!(captured.header("content-type"), Some("application/json"));
     assert_eq!(
         captured.body,
         json!({
@@ -167,7 +154,7 @@ async fn the_request_is_an_openai_streamed_chat_completion() {
     let mut stream = llm.complete(request(64)).await.unwrap();
     drain(stream.as_mut()).await;
     let captured = server.request().await;
-    assert!(!captured.head.contains("authorization"));
+    assert_eq!(captured.header("authorization"), None);
     assert!(captured.body.get("temperature").is_none());
 }
 
@@ -250,13 +237,10 @@ async fn a_stall_between_tokens_times_out() {
         stream.next().await,
         Ok(Some(LlmEvent::Text("a".to_owned())))
     );
-    let started = tokio::time::Instant::now();
     assert_eq!(
         stream.next().await,
         Err(LlmError::Timeout("between tokens"))
     );
-    let waited = started.elapsed();
-    assert!(waited >= ms(140) && waited < ms(1000), "{waited:?}");
     // The timed-out stream let the connection go.
     server.client_closed().await;
 }
@@ -275,12 +259,10 @@ async fn no_first_token_times_out_with_or_without_headers() {
 
     let server = serve(vec![Step::HoldUntilClosed]).await;
     let llm = model(settings(&server.base_url));
-    let started = tokio::time::Instant::now();
     let Err(error) = llm.complete(request(10)).await else {
         panic!("no headers, yet a stream");
     };
     assert_eq!(error, LlmError::Timeout("first token"));
-    assert!(started.elapsed() < ms(1000));
 }
 
 #[tokio::test]
@@ -395,11 +377,9 @@ async fn a_connect_that_hangs_times_out_as_connect() {
     s.connect_timeout = ms(100);
     s.first_token_timeout = ms(1000);
     let llm = model(s);
-    let started = tokio::time::Instant::now();
     let Err(error) = llm.complete(request(10)).await else {
         panic!("a full backlog answered");
     };
     assert_eq!(error, LlmError::Timeout("connect"));
-    assert!(started.elapsed() < ms(900));
     drop((held, listener));
 }

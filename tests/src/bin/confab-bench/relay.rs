@@ -1,9 +1,9 @@
 //! The relay-overhead scenario: what Confab adds to a streamed answer over
 //! calling the model's server directly.
 //!
-//! One OpenAI-compatible upstream ([`upstream`]) streams every answer as
-//! [`DELTAS`] text deltas [`SPACING`] apart, each stamped with the instant
-//! it was written. At each of [`LEVELS`], rounds of that many streams
+//! One OpenAI-compatible upstream (the harness's `FakeLlm`) streams every
+//! answer as [`DELTAS`] text deltas [`SPACING`] apart, each stamped with the
+//! instant it was written (`Step::Stamp`). At each of [`LEVELS`], rounds of that many streams
 //! started at once go first straight to the upstream, then through a
 //! release Confab server wired to it; the measured rounds follow an
 //! unmeasured warm-up round of the same size, and each is capped in time.
@@ -13,15 +13,14 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use confab_e2e::chat::MODEL;
+use confab_e2e::fake_llm::{self, FakeLlm, Script, Step};
 use confab_e2e::spawn_app_with;
 use confab_sql::Backend;
 
 use super::percentile;
 use probe::{Outcome, Target, stream};
-use upstream::Upstream;
 
 mod probe;
-mod upstream;
 
 /// Text deltas in every answer.
 const DELTAS: usize = 20;
@@ -171,13 +170,15 @@ pub(super) type Level = (Figures, Figures);
 /// Runs the relay scenario on `runtime`, against a server with `cores`
 /// workers.
 pub(super) fn measure(runtime: &tokio::runtime::Runtime, cores: usize) -> Vec<Level> {
-    let upstream = Upstream::start();
+    let upstream = FakeLlm::start();
+    upstream.set_default(stamped());
+    let base_url = upstream.base_url();
     let workers = cores.to_string();
     let app = spawn_app_with(
         Backend::Sqlite,
         &[
             ("CONFAB_LLM_PROVIDER", "openai"),
-            ("CONFAB_LLM_BASE_URL", upstream.base_url.as_str()),
+            ("CONFAB_LLM_BASE_URL", base_url.as_str()),
             ("CONFAB_LLM_MODEL", MODEL),
             ("CONFAB_LLM_API_KEY", "sk-bench-upstream-key-0123456789"),
             ("CONFAB__SERVER__WORKERS", workers.as_str()),
@@ -196,7 +197,7 @@ pub(super) fn measure(runtime: &tokio::runtime::Runtime, cores: usize) -> Vec<Le
             .pool_max_idle_per_host(2000)
             .build()
             .expect("client");
-        let direct = Target::Direct(format!("{}/chat/completions", upstream.base_url));
+        let direct = Target::Direct(format!("{base_url}/chat/completions"));
         let confab = Target::Confab {
             url: app.url("/api/v1/conversations"),
             token: app.user("relay").await,
@@ -230,18 +231,19 @@ pub(super) fn write_markdown(md: &mut String, levels: &[Level], cores: usize) {
     let spacing = SPACING.as_millis();
     let cap = ROUND_CAP.as_secs();
     let single = LEVELS[0].1;
-    let backlog = upstream::BACKLOG;
+    let backlog = fake_llm::BACKLOG;
     let limit = open_file_limit().unwrap_or_else(|| "unknown".to_owned());
     let text = format!(
         "
 ## Relay overhead
 
 What Confab adds to a streamed answer over calling the model's server directly.
-The bench's own OpenAI-compatible upstream (`relay/upstream.rs`: one thread in
-this process, the chunks of the harness's `FakeLlm`, a listen backlog of {backlog})
-streams every answer as {DELTAS} text deltas {spacing} ms apart, then
-`finish_reason: stop` and `[DONE]`; each delta's text is the instant it was
-written, which `FakeLlm` (texts fixed when queued) cannot give. At each
+The upstream is the harness's fake model (`FakeLlm` in
+`crates/testkit/src/fake_llm.rs`: one thread in this process, a listen backlog
+of {backlog}); it streams every answer as {DELTAS} text deltas {spacing} ms apart
+(paced from the request's arrival, so a late write doesn't delay the next),
+then `finish_reason: stop` and `[DONE]`; each delta's text is the instant it
+was written. At each
 concurrency c, c streams start at once (one round at 100 and at 1,000; at 1,
 {single} rounds one after the other), each way:
 
@@ -353,4 +355,17 @@ spreads its streams out. Open-file limit (`ulimit -n`) of the run: {limit}.
             failed.join("; ")
         );
     }
+}
+
+/// Every answer of the relay's upstream: [`DELTAS`] stamped deltas, the
+/// k-th (from 0) written k × [`SPACING`] after the request arrived.
+fn stamped() -> Script {
+    let mut steps = Vec::with_capacity(DELTAS * 2 + 2);
+    for k in 0..DELTAS {
+        steps.push(Step::At(SPACING * u32::try_from(k).unwrap_or(u32::MAX)));
+        steps.push(Step::Stamp);
+    }
+    steps.push(Step::Finish("stop"));
+    steps.push(Step::Done);
+    Script::Stream(steps)
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use confab_e2e::chat::{MODEL, message_body};
 use serde_json::{Value, json};
 
-use super::upstream::stamp;
 use super::{DELTAS, PROMPT};
+use confab_e2e::fake_llm::stamp;
 
 /// Where a stream's request goes.
 pub(super) enum Target {

@@ -28,14 +28,30 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, oneshot, watch};
+
+/// The origin of [`stamp`]s, shared by the fake and its clients.
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// The instant every [`stamp`] counts from (fixed at its first use).
+#[must_use]
+pub fn epoch() -> Instant {
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// `at` as nanoseconds since [`epoch`] (what [`Step::Stamp`] writes).
+#[must_use]
+pub fn stamp(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// What makes a request a title request (compared in lower case).
 const TITLE_PHRASE: &str = "a title for this conversation";
@@ -57,6 +73,13 @@ pub enum Step {
     Text(String),
     /// Wait this long before the next step.
     Delay(Duration),
+    /// Wait until this long after the request arrived (pacing that does
+    /// not drift: a late step doesn't push the next ones back).
+    At(Duration),
+    /// One content chunk whose text is the instant it was written, in
+    /// nanoseconds since [`epoch`], and a space (see [`stamp`]): a client
+    /// can time each delta from the upstream to itself.
+    Stamp,
     /// Wait until the test calls [`FakeLlm::release`] (a release made
     /// before the stream gets here counts too).
     Hold,
@@ -86,6 +109,10 @@ pub enum Script {
     /// This status with this body (`Content-Type: application/json` when
     /// the body parses as JSON, `text/plain` otherwise).
     Status(u16, String),
+    /// These steps with no head written first: the script writes the whole
+    /// response itself with [`Step::Raw`] (a protocol test's broken head
+    /// or body).
+    Raw(Vec<Step>),
 }
 
 impl Script {
@@ -419,14 +446,10 @@ async fn handle(mut socket: TcpStream, shared: Arc<Shared>) {
             let _ = write_status(&mut socket, status, &body).await;
         }
         (Script::Stream(steps), number) => {
-            let chunks = Chunks {
-                id: format!("chatcmpl-{number}"),
-                created: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-                model,
-            };
-            stream(socket, &shared, steps, &chunks).await;
+            stream(socket, &shared, steps, &Chunks::new(number, model), true).await;
+        }
+        (Script::Raw(steps), number) => {
+            stream(socket, &shared, steps, &Chunks::new(number, model), false).await;
         }
     }
 }
@@ -440,12 +463,20 @@ enum Outcome {
     Close,
 }
 
-/// Writes `steps` as an event stream, watching for the client to go away.
-async fn stream(mut socket: TcpStream, shared: &Shared, steps: Vec<Step>, chunks: &Chunks) {
+/// Writes `steps` as an event stream (after a `200` head when `head`),
+/// watching for the client to go away.
+async fn stream(
+    mut socket: TcpStream,
+    shared: &Shared,
+    steps: Vec<Step>,
+    chunks: &Chunks,
+    head: bool,
+) {
+    let started = tokio::time::Instant::now();
     let (mut reader, mut writer) = socket.split();
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
-                Cache-Control: no-cache\r\nConnection: close\r\n\r\n";
-    if let Outcome::Gone = send(&mut writer, head.as_bytes()).await {
+    let ok = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+              Cache-Control: no-cache\r\nConnection: close\r\n\r\n";
+    if head && let Outcome::Gone = send(&mut writer, ok.as_bytes()).await {
         shared.disconnected();
         return;
     }
@@ -454,7 +485,7 @@ async fn stream(mut socket: TcpStream, shared: &Shared, steps: Vec<Step>, chunks
         let outcome = tokio::select! {
             biased;
             () = &mut gone => Outcome::Gone,
-            outcome = run_step(&mut writer, shared, chunks, step) => outcome,
+            outcome = run_step(&mut writer, shared, chunks, step, started) => outcome,
         };
         match outcome {
             Outcome::Continue => {}
@@ -473,11 +504,20 @@ async fn run_step<W: AsyncWrite + Unpin>(
     shared: &Shared,
     chunks: &Chunks,
     step: Step,
+    started: tokio::time::Instant,
 ) -> Outcome {
     match step {
         Step::Text(text) => send(writer, chunks.content(&text).as_bytes()).await,
+        Step::Stamp => {
+            let text = format!("{} ", stamp(Instant::now()));
+            send(writer, chunks.content(&text).as_bytes()).await
+        }
         Step::Delay(delay) => {
             tokio::time::sleep(delay).await;
+            Outcome::Continue
+        }
+        Step::At(offset) => {
+            tokio::time::sleep_until(started + offset).await;
             Outcome::Continue
         }
         Step::Hold => {
@@ -525,6 +565,17 @@ struct Chunks {
 }
 
 impl Chunks {
+    /// The chunks of the `number`th chat request, echoing `model`.
+    fn new(number: usize, model: String) -> Self {
+        Self {
+            id: format!("chatcmpl-{number}"),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            model,
+        }
+    }
+
     fn event(&self, choices: Value, usage: Option<Value>) -> String {
         let mut chunk = json!({
             "id": self.id,
