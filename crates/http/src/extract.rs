@@ -87,33 +87,44 @@ pub(crate) async fn read_limited(
         .map_err(|_| ApiError::request_timeout())?
 }
 
+/// Reads a JSON body as [`Json`] does, without parsing it: `415` when the
+/// content type is not JSON, `413` when it is (or is declared) too large,
+/// `408` when it arrives too slowly.
+///
+/// # Errors
+/// Those.
+pub(crate) async fn read_json_body(
+    req: &HttpRequest,
+    payload: Payload,
+    limits: BodyLimits,
+) -> Result<BytesMut, ApiError> {
+    if !is_json(req) {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limits.max_bytes) {
+        return Err(ApiError::payload_too_large(limits.max_bytes));
+    }
+    read_limited(payload, limits, declared).await
+}
+
 impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let Some(limits) = req.app_data::<State>().map(|state| state.body) else {
-            return Box::pin(async {
-                Err(ApiError::internal(
-                    "the application state is not registered",
-                ))
-            });
-        };
-        let limit = limits.max_bytes;
-        if !is_json(req) {
-            return Box::pin(async { Err(ApiError::unsupported_media_type()) });
-        }
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|len| len > limit) {
-            return Box::pin(async move { Err(ApiError::payload_too_large(limit)) });
-        }
+        let req = req.clone();
         let payload = payload.take();
         Box::pin(async move {
-            let body = read_limited(payload, limits, declared).await?;
+            let limits = req
+                .app_data::<State>()
+                .map(|state| state.body)
+                .ok_or_else(|| ApiError::internal("the application state is not registered"))?;
+            let body = read_json_body(&req, payload, limits).await?;
             parse(&body).map(Json)
         })
     }

@@ -600,6 +600,7 @@ mod tests {
             path: "/boom",
             class: routes::RouteClass::Api,
             documented: true,
+            keys_itself: false,
             route: || web::route().to(boom),
         },
         routes::Endpoint {
@@ -607,6 +608,7 @@ mod tests {
             path: "/two",
             class: routes::RouteClass::Api,
             documented: true,
+            keys_itself: false,
             route: || web::route().to(ok),
         },
         routes::Endpoint {
@@ -614,6 +616,7 @@ mod tests {
             path: "/two",
             class: routes::RouteClass::Api,
             documented: true,
+            keys_itself: false,
             route: || web::route().to(ok),
         },
     ];

@@ -12,8 +12,14 @@
 //! re-attaches to that answer's stream (from the start, or after
 //! `Last-Event-ID`) and never sends the message, or asks the model, a
 //! second time. A 5xx, 406, 408, 409, 415 or 429 otherwise frees the key
-//! instead of being recorded (a retry may well succeed). The auth routes ignore the header: their responses hold
-//! tokens, which are never stored.
+//! instead of being recorded (a retry may well succeed). The auth routes
+//! ignore the header: their responses hold tokens, which are never stored.
+//!
+//! The middleware keys every API route but the sends. A send claims its key
+//! itself with [`claim`] and records the [`Started`](confab_app::Started)
+//! the app returns with [`ClaimedKey::record_stream`] (or its refusal with
+//! [`ClaimedKey::record`]): nothing passes between the two through the
+//! request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,9 +29,10 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage, HttpResponse, ResponseError};
+use actix_web::web::Bytes;
+use actix_web::{Error, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use confab_domain::{ConversationId, ErrorCode, MessageId};
-use confab_ports::{Claim, IdempotencyStore, StoredOutcome};
+use confab_ports::{AccessClaims, Claim, IdempotencyStore, StoredOutcome};
 use sha2::{Digest, Sha256};
 
 use crate::auth::Authenticated;
@@ -61,41 +68,155 @@ pub struct IdempotencyPolicy {
     pub in_flight_ttl: Duration,
 }
 
-/// Put in the request's extensions by a send once its message is stored:
-/// the request is then recorded as that answer (see [`Recorder`]).
-#[derive(Debug, Clone)]
-pub(crate) struct StreamStarted {
-    /// The conversation.
-    pub(crate) conversation: ConversationId,
-    /// The answer.
-    pub(crate) message: MessageId,
-}
-
-/// Put in the request's extensions for a claimed key: lets a send record
-/// its answer the moment its message is stored, before its response is
-/// done (a JSON-mode send answers only when the answer is finished, and a
-/// retry meanwhile must re-attach, not wait for 409s).
-#[derive(Clone)]
-pub(crate) struct Recorder {
+/// A key the request holds: once the request has run,
+/// [`ClaimedKey::record`] or [`ClaimedKey::record_stream`] says what a
+/// retry gets.
+pub(crate) struct ClaimedKey {
     policy: IdempotencyPolicy,
     key: String,
     print: String,
 }
 
-impl Recorder {
-    /// Records the request as the answer `started`, and marks the request
-    /// so that its response isn't recorded again.
-    pub(crate) async fn stream_started(
-        &self,
-        req: &actix_web::HttpRequest,
-        started: StreamStarted,
-    ) {
+/// What claiming a request's key found.
+pub(crate) enum Keyed {
+    /// The key is this request's: run it, then record what it answered.
+    Run(ClaimedKey),
+    /// Answer this instead of running the request: a replay, the stream of
+    /// the answer a send started, or a refusal.
+    Answer(HttpResponse),
+}
+
+impl ClaimedKey {
+    /// Records the request as the answer `message` of `conversation`: a
+    /// retry re-attaches to that answer's stream, whatever the request
+    /// goes on to answer (a send records this the moment its message is
+    /// stored: a JSON-mode send answers only when the answer is finished,
+    /// and a retry meanwhile must re-attach, not get 409s).
+    pub(crate) async fn record_stream(self, conversation: ConversationId, message: MessageId) {
         let outcome = StoredOutcome::Stream {
-            conversation: started.conversation,
-            message: started.message.clone(),
+            conversation,
+            message,
         };
-        req.extensions_mut().insert(started);
-        complete(&self.policy, &self.key, &self.print, outcome).await;
+        self.complete(outcome).await;
+    }
+
+    /// Records `res` as what a retry gets, or frees the key for a status a
+    /// retry may not get again; returns `res` (its body read once).
+    ///
+    /// # Errors
+    /// When the body can't be read (the key is freed).
+    pub(crate) async fn record(self, res: HttpResponse) -> Result<HttpResponse, Error> {
+        if not_recorded(res.status()) {
+            self.release().await;
+            return Ok(res);
+        }
+        let (head, body) = res.into_parts();
+        let bytes = match actix_web::body::to_bytes(body).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.release().await;
+                return Err(e.into());
+            }
+        };
+        let headers = KEPT_HEADERS
+            .iter()
+            .filter_map(|name| {
+                let value = head.headers().get(name)?.to_str().ok()?;
+                Some((name.as_str().to_owned(), value.to_owned()))
+            })
+            .collect();
+        let outcome = StoredOutcome::Response {
+            status: head.status().as_u16(),
+            headers,
+            body: bytes.to_vec(),
+        };
+        self.complete(outcome).await;
+        Ok(head.set_body(BoxBody::new(bytes)))
+    }
+
+    async fn complete(&self, outcome: StoredOutcome) {
+        let policy = &self.policy;
+        if let Err(e) = policy
+            .store
+            .complete(&self.key, &self.print, outcome, policy.ttl)
+            .await
+        {
+            // The key stays claimed until its in-flight time runs out:
+            // retries meanwhile get 409, never a second run.
+            tracing::error!(error = %e, "could not record an idempotent request's outcome");
+        }
+    }
+
+    /// Frees the key (the request failed in a way a retry may redo).
+    pub(crate) async fn release(&self) {
+        if let Err(e) = self.policy.store.release(&self.key, &self.print).await {
+            tracing::warn!(error = %e, "could not free an idempotency key");
+        }
+    }
+}
+
+/// The request's `Idempotency-Key`: `None` without one.
+///
+/// # Errors
+/// 400 for a key that is not 1 to 255 printable ASCII characters.
+pub(crate) fn requested_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(raw) = req.headers().get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match raw.to_str().ok().filter(|k| valid_key(k)) {
+        Some(key) => Ok(Some(key.to_owned())),
+        None => Err(ApiError::validation(
+            Some("Idempotency-Key".to_owned()),
+            "must be 1 to 255 printable ASCII characters",
+        )),
+    }
+}
+
+/// Claims `key` (scoped to `caller`) for the request `req` with `body`.
+pub(crate) async fn claim(
+    state: &State,
+    req: &HttpRequest,
+    caller: &AccessClaims,
+    key: &str,
+    body: &[u8],
+) -> Keyed {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.path().to_owned(), ToString::to_string);
+    let print = fingerprint(req.method(), &path, body);
+    let scoped = format!("{}:{key}", caller.user_id);
+    let policy = &state.idempotency;
+    let claim = match policy
+        .store
+        .claim(&scoped, &print, policy.in_flight_ttl)
+        .await
+    {
+        Ok(claim) => claim,
+        Err(e) => {
+            tracing::warn!(error = %e, "idempotency store unavailable: request refused");
+            // Running it without the key's protection could run it twice.
+            let e = ApiError::unavailable("temporarily unavailable, retry shortly", 1);
+            return Keyed::Answer(e.error_response());
+        }
+    };
+    match claim {
+        Claim::Claimed => Keyed::Run(ClaimedKey {
+            policy: policy.clone(),
+            key: scoped,
+            print,
+        }),
+        Claim::Mismatch => Keyed::Answer(reused().error_response()),
+        Claim::InFlight => Keyed::Answer(in_flight().error_response()),
+        Claim::Completed(StoredOutcome::Response {
+            status,
+            headers,
+            body,
+        }) => Keyed::Answer(replay(status, headers, body)),
+        Claim::Completed(StoredOutcome::Stream {
+            conversation,
+            message,
+        }) => Keyed::Answer(reattach(state, req, caller, conversation, &message).await),
     }
 }
 
@@ -126,66 +247,50 @@ pub(crate) async fn idempotency(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     // API routes only: not the auth routes (their responses hold tokens),
     // and by the path as routed (decoded), so a percent-encoded spelling
-    // of an auth route can't get its tokens stored.
+    // of an auth route can't get its tokens stored. A send claims its key
+    // itself (it records its answer the moment its message is stored).
+    let path = req.match_info().as_str();
     let applies = matches!(*req.method(), Method::POST | Method::PATCH | Method::DELETE)
-        && state.routes.of(req.match_info().as_str()) == RouteClass::Api;
-    let keyed = applies
-        .then(|| {
-            let raw_key = req.headers().get(IDEMPOTENCY_KEY).cloned()?;
-            let caller = req
-                .extensions()
-                .get::<Authenticated>()
-                .map(|Authenticated(claims)| claims.clone())?;
-            Some((caller, raw_key))
-        })
-        .flatten();
-    let Some((caller, raw_key)) = keyed else {
+        && state.routes.of(path) == RouteClass::Api
+        && !state.routes.keys_itself(req.method(), path);
+    let caller = req
+        .extensions()
+        .get::<Authenticated>()
+        .map(|Authenticated(claims)| claims.clone());
+    let keyed = match (applies, caller) {
+        (true, Some(caller)) => requested_key(req.request()).map(|key| key.map(|k| (caller, k))),
+        _ => Ok(None),
+    };
+    let (caller, key) = match keyed {
+        Ok(Some(keyed)) => keyed,
         // No key, a route it doesn't apply to, or no signed-in caller (the
         // route answers 401 itself).
-        return next
-            .call(req)
-            .await
-            .map(ServiceResponse::map_into_boxed_body);
-    };
-    let policy = &state.idempotency;
-    let Some(key) = raw_key.to_str().ok().filter(|k| valid_key(k)) else {
-        let e = ApiError::validation(
-            Some("Idempotency-Key".to_owned()),
-            "must be 1 to 255 printable ASCII characters",
-        );
-        return Ok(error_response(req, &e));
-    };
-    let print = match read_fingerprint(&state, &mut req).await {
-        Ok(print) => print,
+        Ok(None) => {
+            return next
+                .call(req)
+                .await
+                .map(ServiceResponse::map_into_boxed_body);
+        }
         Err(e) => return Ok(error_response(req, &e)),
     };
-    let scoped = format!("{}:{key}", caller.user_id);
-    let claim = match policy
-        .store
-        .claim(&scoped, &print, policy.in_flight_ttl)
-        .await
-    {
-        Ok(claim) => claim,
-        Err(e) => {
-            tracing::warn!(error = %e, "idempotency store unavailable: request refused");
-            // Running it without the key's protection could run it twice.
-            let e = ApiError::unavailable("temporarily unavailable, retry shortly", 1);
-            return Ok(error_response(req, &e));
-        }
+    let body = match read_body(&state, &mut req).await {
+        Ok(body) => body,
+        Err(e) => return Ok(error_response(req, &e)),
     };
-    match claim {
-        Claim::Claimed => run_and_record(req, next, policy, &scoped, &print).await,
-        Claim::Mismatch => Ok(error_response(req, &reused())),
-        Claim::InFlight => Ok(error_response(req, &in_flight())),
-        Claim::Completed(StoredOutcome::Response {
-            status,
-            headers,
-            body,
-        }) => Ok(req.into_response(replay(status, headers, body))),
-        Claim::Completed(StoredOutcome::Stream {
-            conversation,
-            message,
-        }) => reattach(&state, req, &caller, conversation, &message).await,
+    match claim(&state, req.request(), &caller, &key, &body).await {
+        Keyed::Answer(res) => Ok(req.into_response(res)),
+        Keyed::Run(claimed) => {
+            let res = match next.call(req).await {
+                Ok(res) => res.map_into_boxed_body(),
+                Err(e) => {
+                    claimed.release().await;
+                    return Err(e);
+                }
+            };
+            let (req, res) = res.into_parts();
+            let res = claimed.record(res).await?;
+            Ok(ServiceResponse::new(req, res))
+        }
     }
 }
 
@@ -207,9 +312,9 @@ fn in_flight() -> ApiError {
     )
 }
 
-/// Reads the request's body (within the body limits, put back for the
-/// route) and returns the request's fingerprint.
-async fn read_fingerprint(state: &State, req: &mut ServiceRequest) -> Result<String, ApiError> {
+/// Reads the request's body within the body limits, and puts it back for
+/// the route.
+async fn read_body(state: &State, req: &mut ServiceRequest) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -218,13 +323,8 @@ async fn read_fingerprint(state: &State, req: &mut ServiceRequest) -> Result<Str
     let body = read_limited(req.take_payload(), state.body, declared)
         .await?
         .freeze();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| req.path().to_owned(), ToString::to_string);
-    let print = fingerprint(req.method(), &path, &body);
-    req.set_payload(body.into());
-    Ok(print)
+    req.set_payload(body.clone().into());
+    Ok(body)
 }
 
 /// A completed request's recorded response, marked as a replay.
@@ -243,63 +343,6 @@ fn replay(status: u16, headers: Vec<(String, String)>, body: Vec<u8>) -> HttpRes
     res.body(body)
 }
 
-/// Runs the claimed request and records what a retry should get.
-async fn run_and_record(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-    policy: &IdempotencyPolicy,
-    key: &str,
-    print: &str,
-) -> Result<ServiceResponse<BoxBody>, Error> {
-    req.extensions_mut().insert(Recorder {
-        policy: policy.clone(),
-        key: key.to_owned(),
-        print: print.to_owned(),
-    });
-    let res = match next.call(req).await {
-        Ok(res) => res.map_into_boxed_body(),
-        Err(e) => {
-            release(policy, key, print).await;
-            return Err(e);
-        }
-    };
-    // A send recorded itself as its answer when its message was stored;
-    // whatever followed (the stream, a JSON answer, a failure) stands.
-    if res.request().extensions().contains::<StreamStarted>() {
-        return Ok(res);
-    }
-    if not_recorded(res.status()) {
-        release(policy, key, print).await;
-        return Ok(res);
-    }
-    let (req, res) = res.into_parts();
-    let (head, body) = res.into_parts();
-    let bytes = match actix_web::body::to_bytes(body).await {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            release(policy, key, print).await;
-            return Err(e.into());
-        }
-    };
-    let headers = KEPT_HEADERS
-        .iter()
-        .filter_map(|name| {
-            let value = head.headers().get(name)?.to_str().ok()?;
-            Some((name.as_str().to_owned(), value.to_owned()))
-        })
-        .collect();
-    let outcome = StoredOutcome::Response {
-        status: head.status().as_u16(),
-        headers,
-        body: bytes.to_vec(),
-    };
-    complete(policy, key, print, outcome).await;
-    Ok(ServiceResponse::new(
-        req,
-        head.set_body(BoxBody::new(bytes)),
-    ))
-}
-
 /// A status a retry may well not get again: not recorded, the key is
 /// freed (a 5xx; a timeout, a conflict with a running answer, a limit; a
 /// refusal of the request's headers, which are not in its fingerprint).
@@ -315,29 +358,15 @@ fn not_recorded(status: StatusCode) -> bool {
         )
 }
 
-async fn complete(policy: &IdempotencyPolicy, key: &str, print: &str, outcome: StoredOutcome) {
-    if let Err(e) = policy.store.complete(key, print, outcome, policy.ttl).await {
-        // The key stays claimed until its in-flight time runs out: retries
-        // meanwhile get 409, never a second run.
-        tracing::error!(error = %e, "could not record an idempotent request's outcome");
-    }
-}
-
-async fn release(policy: &IdempotencyPolicy, key: &str, print: &str) {
-    if let Err(e) = policy.store.release(key, print).await {
-        tracing::warn!(error = %e, "could not free an idempotency key");
-    }
-}
-
 /// A retried message send: the answer's stream again, from the start or
 /// after `Last-Event-ID`.
 async fn reattach(
     state: &State,
-    req: ServiceRequest,
-    caller: &confab_ports::AccessClaims,
+    req: &HttpRequest,
+    caller: &AccessClaims,
     conversation: ConversationId,
     message: &MessageId,
-) -> Result<ServiceResponse<BoxBody>, Error> {
+) -> HttpResponse {
     let last = req
         .headers()
         .get(LAST_EVENT_ID)
@@ -353,9 +382,9 @@ async fn reattach(
             let mut res = sse::response(feed, state.sse);
             res.headers_mut()
                 .insert(REPLAYED, HeaderValue::from_static("true"));
-            Ok(req.into_response(res))
+            res
         }
-        Err(e) => Ok(error_response(req, &ApiError::from(e))),
+        Err(e) => ApiError::from(e).error_response(),
     }
 }
 

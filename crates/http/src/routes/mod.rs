@@ -13,6 +13,7 @@ pub(crate) mod send;
 pub(crate) mod stream;
 pub(crate) mod users;
 
+use actix_web::dev::ResourceDef;
 use actix_web::http::Method;
 use actix_web::middleware::from_fn;
 use actix_web::{Route, web};
@@ -50,8 +51,12 @@ pub(crate) enum RouteClass {
 }
 
 /// The class of every path, from an endpoint table: each endpoint's path up
-/// to its first parameter, longest first, matched at a segment boundary.
-pub(crate) struct RouteClasses(Vec<(&'static str, RouteClass)>);
+/// to its first parameter, longest first, matched at a segment boundary;
+/// and the endpoints that claim their idempotency keys themselves.
+pub(crate) struct RouteClasses {
+    prefixes: Vec<(&'static str, RouteClass)>,
+    keyed_by_handler: Vec<(Method, ResourceDef)>,
+}
 
 impl RouteClasses {
     /// The classes of `endpoints`' paths.
@@ -62,12 +67,28 @@ impl RouteClasses {
             .collect();
         prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         prefixes.dedup();
-        Self(prefixes)
+        let keyed_by_handler = endpoints
+            .iter()
+            .filter(|e| e.keys_itself)
+            .map(|e| (e.method.clone(), ResourceDef::new(e.path)))
+            .collect();
+        Self {
+            prefixes,
+            keyed_by_handler,
+        }
+    }
+
+    /// Whether the endpoint `method` `path` (as routed) claims its
+    /// idempotency key itself.
+    pub(crate) fn keys_itself(&self, method: &Method, path: &str) -> bool {
+        self.keyed_by_handler
+            .iter()
+            .any(|(m, def)| m == method && def.is_match(path))
     }
 
     /// The class of the request path `path` (as routed: percent-decoded).
     pub(crate) fn of(&self, path: &str) -> RouteClass {
-        self.0
+        self.prefixes
             .iter()
             .find(|(prefix, _)| {
                 path.strip_prefix(prefix).is_some_and(|rest| {
@@ -86,6 +107,10 @@ pub(crate) struct Endpoint {
     pub(crate) class: RouteClass,
     /// False only for the interactive docs page, which is not part of the API.
     pub(crate) documented: bool,
+    /// The handler claims its request's `Idempotency-Key` itself (a send,
+    /// which records its answer the moment its message is stored); the
+    /// idempotency middleware leaves it alone.
+    pub(crate) keys_itself: bool,
     pub(crate) route: fn() -> Route,
 }
 
@@ -96,6 +121,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/healthz",
         class: RouteClass::Health,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(health::healthz),
     },
     Endpoint {
@@ -103,6 +129,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/readyz",
         class: RouteClass::Health,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(health::readyz),
     },
     Endpoint {
@@ -110,6 +137,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/openapi.json",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(docs::openapi_json),
     },
     Endpoint {
@@ -117,6 +145,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/docs",
         class: RouteClass::Docs,
         documented: false,
+        keys_itself: false,
         route: || web::route().to(docs::docs_redirect),
     },
     Endpoint {
@@ -124,6 +153,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/auth/register",
         class: RouteClass::Auth,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(auth::register),
     },
     Endpoint {
@@ -131,6 +161,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/auth/login",
         class: RouteClass::Auth,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(auth::login),
     },
     Endpoint {
@@ -138,6 +169,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/auth/refresh",
         class: RouteClass::Auth,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(auth::refresh),
     },
     Endpoint {
@@ -145,6 +177,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/auth/logout",
         class: RouteClass::Auth,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(auth::logout),
     },
     Endpoint {
@@ -152,6 +185,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/users/me",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(users::me),
     },
     Endpoint {
@@ -159,6 +193,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/admin/users",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(users::list),
     },
     Endpoint {
@@ -166,6 +201,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/admin/users/{id}",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(users::update),
     },
     Endpoint {
@@ -173,6 +209,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/conversations",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(conversations::list),
     },
     Endpoint {
@@ -180,6 +217,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/conversations",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: true,
         route: || web::route().to(send::create),
     },
     Endpoint {
@@ -187,6 +225,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/conversations/{id}",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(conversations::get),
     },
     Endpoint {
@@ -194,6 +233,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/conversations/{id}",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(conversations::update),
     },
     Endpoint {
@@ -201,6 +241,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/conversations/{id}",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(conversations::delete),
     },
     Endpoint {
@@ -208,6 +249,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/conversations/{id}/messages",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: true,
         route: || web::route().to(send::message),
     },
     Endpoint {
@@ -215,6 +257,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/conversations/{id}/stream",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(stream::resume),
     },
     Endpoint {
@@ -222,6 +265,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/conversations/{id}/stream",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(stream::stop),
     },
     Endpoint {
@@ -229,6 +273,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/backend-api/conversations",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(conversations::list),
     },
     Endpoint {
@@ -236,6 +281,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/backend-api/conversation/{id}",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(conversations::get),
     },
     Endpoint {
@@ -243,6 +289,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/backend-api/conversation/{id}",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(conversations::update),
     },
     Endpoint {
@@ -250,6 +297,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/backend-api/conversation/{id}",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(conversations::delete),
     },
     Endpoint {
@@ -257,6 +305,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/backend-api/conversation/{id}/stream",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(stream::resume),
     },
     Endpoint {
@@ -264,6 +313,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/backend-api/conversation/{id}/stream",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: false,
         route: || web::route().to(stream::stop),
     },
     Endpoint {
@@ -271,6 +321,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         path: "/backend-api/f/conversation",
         class: RouteClass::Api,
         documented: true,
+        keys_itself: true,
         route: || web::route().to(send::seed),
     },
 ];

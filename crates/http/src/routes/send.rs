@@ -4,7 +4,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::ACCEPT;
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use confab_app::{AnswerEnd, Conversations, SendMessage, Started};
 use confab_domain::{ConversationId, MessageDocument};
 use confab_ports::AccessClaims;
@@ -16,8 +16,8 @@ use super::schema::MessageView;
 use crate::ApiError;
 use crate::auth::AuthUser;
 use crate::error::ErrorBody;
-use crate::extract::Json;
-use crate::middleware::{Recorder, StreamStarted};
+use crate::extract::{parse, read_json_body};
+use crate::middleware::{Keyed, claim, requested_key};
 use crate::negotiate::{Preferred, preferred};
 use crate::sse;
 use crate::{AppState, State};
@@ -173,31 +173,83 @@ async fn finished(
     Ok(HttpResponse::build(status).json(body))
 }
 
+/// The conversation a send continues (from the path), and whether it
+/// must start one.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    path_id: Option<&'a str>,
+    must_be_new: bool,
+}
+
+/// A send: reads its body; with an `Idempotency-Key`, claims it, answers a
+/// retry from what the first request left, and records the send as its
+/// answer the moment the message is stored (the typed [`Started`] the app
+/// returns) or, when it is refused, records the refusal.
 async fn send(
+    req: &HttpRequest,
+    state: &State,
+    caller: &AccessClaims,
+    payload: web::Payload,
+    target: Target<'_>,
+) -> Result<HttpResponse, ApiError> {
+    let key = requested_key(req)?;
+    let body = read_json_body(req, payload.into_inner(), state.body).await?;
+    let Some(key) = key else {
+        let (mode, started) = start(req, state, caller, &body, target).await?;
+        return answer(state, caller, mode, &started).await;
+    };
+    match claim(state, req, caller, &key, &body).await {
+        Keyed::Answer(res) => Ok(res),
+        Keyed::Run(claimed) => match start(req, state, caller, &body, target).await {
+            Err(e) => claimed
+                .record(e.error_response())
+                .await
+                .map_err(|e| ApiError::internal(e.to_string())),
+            Ok((mode, started)) => {
+                // The message is stored: a retry re-attaches to this
+                // answer from now on, whatever happens next.
+                claimed
+                    .record_stream(
+                        started.conversation.id,
+                        started.assistant_message.id.clone(),
+                    )
+                    .await;
+                answer(state, caller, mode, &started).await
+            }
+        },
+    }
+}
+
+/// Parses and checks the send, and starts the answer.
+async fn start(
     req: &HttpRequest,
     state: &AppState,
     caller: &AccessClaims,
-    input: SendMessage,
+    body: &[u8],
+    target: Target<'_>,
+) -> Result<(Preferred, Started), ApiError> {
+    let body: SendBody = parse(body)?;
+    let path_id = target.path_id.map(conversation_id).transpose()?;
+    let input = input(body, path_id, target.must_be_new)?;
+    let mode = mode(req)?;
+    let started = state.conversations.send(caller, input).await?;
+    Ok((mode, started))
+}
+
+/// The answer's stream, or in JSON mode the finished answer.
+async fn answer(
+    state: &AppState,
+    caller: &AccessClaims,
+    mode: Preferred,
+    started: &Started,
 ) -> Result<HttpResponse, ApiError> {
     let conversations = &state.conversations;
-    let mode = mode(req)?;
-    let started = conversations.send(caller, input).await?;
-    // The message is stored: an idempotent retry re-attaches to this
-    // answer from now on, whatever happens next.
-    let recorder = req.extensions().get::<Recorder>().cloned();
-    if let Some(recorder) = recorder {
-        let answer = StreamStarted {
-            conversation: started.conversation.id,
-            message: started.assistant_message.id.clone(),
-        };
-        recorder.stream_started(req, answer).await;
-    }
     match mode {
         Preferred::EventStream => {
             let feed = conversations.follow(started.conversation.id).await?;
             Ok(sse::response(feed, state.sse))
         }
-        Preferred::Json => finished(conversations, caller, &started).await,
+        Preferred::Json => finished(conversations, caller, started).await,
     }
 }
 
@@ -231,10 +283,13 @@ pub(crate) async fn create(
     req: HttpRequest,
     state: State,
     AuthUser(caller): AuthUser,
-    Json(body): Json<SendBody>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let input = input(body, None, true)?;
-    send(&req, &state, &caller, input).await
+    let target = Target {
+        path_id: None,
+        must_be_new: true,
+    };
+    send(&req, &state, &caller, payload, target).await
 }
 
 /// Sends the next message of one of the caller's conversations.
@@ -270,11 +325,13 @@ pub(crate) async fn message(
     state: State,
     AuthUser(caller): AuthUser,
     id: web::Path<String>,
-    Json(body): Json<SendBody>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let id = conversation_id(&id)?;
-    let input = input(body, Some(id), false)?;
-    send(&req, &state, &caller, input).await
+    let target = Target {
+        path_id: Some(id.as_str()),
+        must_be_new: false,
+    };
+    send(&req, &state, &caller, payload, target).await
 }
 
 /// The seed's send: continues `conversation_id`, or starts a new
@@ -310,8 +367,11 @@ pub(crate) async fn seed(
     req: HttpRequest,
     state: State,
     AuthUser(caller): AuthUser,
-    Json(body): Json<SendBody>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let input = input(body, None, false)?;
-    send(&req, &state, &caller, input).await
+    let target = Target {
+        path_id: None,
+        must_be_new: false,
+    };
+    send(&req, &state, &caller, payload, target).await
 }
