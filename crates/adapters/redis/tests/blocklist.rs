@@ -10,36 +10,12 @@ use std::time::Duration;
 
 use confab_domain::{DomainError, OffsetDateTime, UserId};
 use confab_ports::TokenBlocklist;
-use confab_redis::{RedisBlocklist, RedisPool, RedisSettings};
+use confab_redis::RedisBlocklist;
 use confab_testkit::contract::blocklist::claims;
-use secrecy::SecretString;
-
-/// A pool on the test Redis with a fresh prefix this test knows, to read
-/// its keys through a raw connection.
-fn pool_with_prefix() -> (RedisPool, String) {
-    let prefix = format!("confab-test:{}:", uuid::Uuid::new_v4());
-    let pool = RedisPool::new(&RedisSettings {
-        url: SecretString::from(support::url()),
-        connections: 2,
-        command_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_millis(500),
-        key_prefix: prefix.clone(),
-    })
-    .expect("a pool");
-    (pool, prefix)
-}
-
-async fn raw_connection() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(support::url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn keys_expire_with_the_tokens() {
-    let (pool, prefix) = pool_with_prefix();
+    let (pool, prefix) = support::pool_with_prefix().await;
     let list = RedisBlocklist::new(pool);
     let family = claims(UserId::generate(), OffsetDateTime::now_utc());
     list.block_family(family.family, family.expires_at)
@@ -47,7 +23,7 @@ async fn keys_expire_with_the_tokens() {
         .unwrap();
     // The family's key lives as long as its tokens, no longer (give or
     // take the millisecond it is rounded up to, and Redis's cached clock).
-    let mut conn = raw_connection().await;
+    let mut conn = support::raw_connection().await;
     let pttl: i64 = redis::cmd("PTTL")
         .arg(format!("{prefix}bl:fam:{}", family.family))
         .query_async(&mut conn)
@@ -58,13 +34,13 @@ async fn keys_expire_with_the_tokens() {
 
 #[tokio::test]
 async fn an_expiry_in_the_past_stores_no_key() {
-    let (pool, prefix) = pool_with_prefix();
+    let (pool, prefix) = support::pool_with_prefix().await;
     let list = RedisBlocklist::new(pool);
     let past = OffsetDateTime::now_utc() - Duration::from_secs(1);
     let c = claims(UserId::generate(), past - Duration::from_secs(900));
     list.block_token(c.jti, past).await.unwrap();
     list.block_family(c.family, past).await.unwrap();
-    let mut conn = raw_connection().await;
+    let mut conn = support::raw_connection().await;
     let stored: u64 = redis::cmd("EXISTS")
         .arg(format!("{prefix}bl:jti:{}", c.jti))
         .arg(format!("{prefix}bl:fam:{}", c.family))

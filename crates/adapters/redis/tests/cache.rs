@@ -10,45 +10,17 @@ mod support;
 use std::time::Duration;
 
 use confab_domain::DomainError;
-use confab_ports::{Cache, HealthCheck};
-use confab_redis::{RedisCache, RedisPool, RedisSettings};
+use confab_ports::Cache;
+use confab_redis::RedisCache;
 use confab_testkit::contract::cache::{sample_history, sample_list};
-use secrecy::SecretString;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// A pool on the test Redis under a fresh prefix, and that prefix (to
-/// reach the cache's keys with a raw connection).
-async fn pool_and_prefix() -> (RedisPool, String) {
-    let prefix = format!("confab-test:{}:", uuid::Uuid::new_v4());
-    let pool = RedisPool::new(&RedisSettings {
-        url: SecretString::from(support::url()),
-        connections: 2,
-        command_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_millis(500),
-        key_prefix: prefix.clone(),
-    })
-    .unwrap();
-    pool.check()
-        .await
-        .expect("Redis is required for these tests");
-    (pool, prefix)
-}
-
-/// A connection outside the adapter, to tamper with its keys.
-async fn raw() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(support::url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_huge_ttl_is_cut_to_a_year() {
-    let (pool, prefix) = pool_and_prefix().await;
+    let (pool, prefix) = support::pool_with_prefix().await;
     let cache = RedisCache::new(pool);
-    let mut raw = raw().await;
+    let mut raw = support::raw_connection().await;
     cache
         .put("huge", sample_list(), Duration::MAX)
         .await
@@ -94,9 +66,9 @@ async fn two_instances_see_each_others_bumps_at_once() {
 
 #[tokio::test]
 async fn versions_never_go_back_after_the_counter_is_lost() {
-    let (pool, prefix) = pool_and_prefix().await;
+    let (pool, prefix) = support::pool_with_prefix().await;
     let cache = RedisCache::new(pool);
-    let mut raw = raw().await;
+    let mut raw = support::raw_connection().await;
     let counter = format!("{prefix}ver:k");
 
     cache.version("k").await.unwrap();
@@ -134,9 +106,9 @@ async fn versions_never_go_back_after_the_counter_is_lost() {
 
 #[tokio::test]
 async fn a_corrupt_entry_is_a_miss() {
-    let (pool, prefix) = pool_and_prefix().await;
+    let (pool, prefix) = support::pool_with_prefix().await;
     let cache = RedisCache::new(pool);
-    let mut raw = raw().await;
+    let mut raw = support::raw_connection().await;
     let key = format!("{prefix}cache:k");
 
     // Not JSON, not even UTF-8.

@@ -43,15 +43,6 @@ async fn store() -> RedisIdempotency {
     RedisIdempotency::new(support::pool().await)
 }
 
-/// A connection outside the adapter.
-async fn raw() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(support::url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_release_deletes_the_key() {
     let (store, prefix) = store_and_prefix().await;
@@ -59,7 +50,7 @@ async fn a_release_deletes_the_key() {
     store.release("k", "a").await.unwrap();
     let exists: i64 = redis::cmd("EXISTS")
         .arg(format!("{prefix}idem:v1:k"))
-        .query_async(&mut raw().await)
+        .query_async(&mut support::raw_connection().await)
         .await
         .unwrap();
     assert_eq!(exists, 0, "the key is deleted");
@@ -68,7 +59,7 @@ async fn a_release_deletes_the_key() {
 #[tokio::test]
 async fn keys_live_for_the_claim_then_the_outcome_ttl() {
     let (store, prefix) = store_and_prefix().await;
-    let mut conn = raw().await;
+    let mut conn = support::raw_connection().await;
     let pttl = |key: &str| {
         redis::cmd("PTTL")
             .arg(format!("{prefix}idem:v1:{key}"))
@@ -123,7 +114,7 @@ async fn two_instances_share_the_keys() {
 #[tokio::test]
 async fn an_outcome_that_does_not_decode_is_an_error() {
     let (store, prefix) = store_and_prefix().await;
-    let mut conn = raw().await;
+    let mut conn = support::raw_connection().await;
     for (key, outcome) in [
         ("garbage", Some("not json")),
         ("no-body", Some(r#"{"kind":"response","status":200}"#)),

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use confab_domain::DomainError;
 use confab_ports::{RateLimiter, RatePolicy};
-use confab_redis::{RedisLimiter, RedisPool, RedisSettings};
-use secrecy::SecretString;
+use confab_redis::RedisLimiter;
 
 fn policy(quota: u32, window: Duration) -> RatePolicy {
     RatePolicy {
@@ -19,29 +18,6 @@ fn policy(quota: u32, window: Duration) -> RatePolicy {
         quota,
         window,
     }
-}
-
-/// A pool on the test Redis with a fresh prefix this test knows, to read
-/// its keys through a raw connection.
-fn pool_with_prefix() -> (RedisPool, String) {
-    let prefix = format!("confab-test:{}:", uuid::Uuid::new_v4());
-    let pool = RedisPool::new(&RedisSettings {
-        url: SecretString::from(support::url()),
-        connections: 2,
-        command_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_millis(500),
-        key_prefix: prefix.clone(),
-    })
-    .expect("a pool");
-    (pool, prefix)
-}
-
-async fn raw_connection() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(support::url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
@@ -62,14 +38,14 @@ async fn two_instances_on_one_redis_share_a_bucket() {
 
 #[tokio::test]
 async fn a_bucket_key_expires_once_the_bucket_is_full_again() {
-    let (pool, prefix) = pool_with_prefix();
+    let (pool, prefix) = support::pool_with_prefix().await;
     let limiter = RedisLimiter::new(pool);
     let p = policy(5, Duration::from_secs(60));
     let d = limiter.check(&p, "ip:9").await.unwrap();
     assert_eq!(d.reset_after, Duration::from_secs(12));
 
     let key = format!("{prefix}rl:v1:test:ip:9");
-    let mut conn = raw_connection().await;
+    let mut conn = support::raw_connection().await;
     let pttl: i64 = redis::cmd("PTTL")
         .arg(&key)
         .query_async(&mut conn)
@@ -92,7 +68,7 @@ async fn the_script_is_loaded_once_and_reloaded_after_a_flush() {
     let p = policy(5, Duration::from_secs(60));
     assert_eq!(limiter.check(&p, "k").await.unwrap().remaining, 4);
 
-    let mut conn = raw_connection().await;
+    let mut conn = support::raw_connection().await;
     let hash = limiter.script_hash().to_owned();
     assert!(
         script_exists(&mut conn, &hash).await,

@@ -40,14 +40,39 @@ pub async fn pool_at(url: &str) -> RedisPool {
 /// A pool on `url` with a fresh prefix, not checked (for a Redis that is
 /// down on purpose).
 pub fn unchecked_pool(url: &str) -> RedisPool {
+    unchecked_pool_with_prefix(url, &format!("confab-test:{}:", uuid::Uuid::new_v4()))
+}
+
+fn unchecked_pool_with_prefix(url: &str, prefix: &str) -> RedisPool {
     RedisPool::new(&RedisSettings {
         url: SecretString::from(url.to_owned()),
         connections: 2,
         command_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_millis(500),
-        key_prefix: format!("confab-test:{}:", uuid::Uuid::new_v4()),
+        key_prefix: prefix.to_owned(),
     })
     .expect("a pool")
+}
+
+/// A checked pool on the test Redis under a fresh prefix, and the prefix
+/// (to read its keys through [`raw_connection`]).
+pub async fn pool_with_prefix() -> (RedisPool, String) {
+    let prefix = format!("confab-test:{}:", uuid::Uuid::new_v4());
+    let pool = unchecked_pool_with_prefix(&url(), &prefix);
+    pool.check()
+        .await
+        .unwrap_or_else(|e| panic!("Redis is required for these tests: {e}"));
+    (pool, prefix)
+}
+
+/// A connection to the test Redis outside the adapter, to read or tamper
+/// with its keys.
+pub async fn raw_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url())
+        .expect("the Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a raw connection")
 }
 
 /// A `redis-server` of the test's own on a free port, that keeps every
