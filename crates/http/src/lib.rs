@@ -516,6 +516,7 @@ mod tests {
                 cache: nobody.clone(),
                 resume_tokens: nobody.clone(),
                 limiter: nobody,
+                clock: Arc::new(confab_ports::SystemClock),
             },
             ConversationRules {
                 default_model: ModelSlug::parse("m").unwrap(),
