@@ -28,7 +28,14 @@
 // saying which call failed.
 #![allow(clippy::expect_used, clippy::panic)]
 
+pub mod clock;
 pub mod contract;
+pub mod model;
+pub mod stores;
+
+pub use clock::ManualClock;
+pub use model::{Reply, ScriptedModel, Step};
+pub use stores::MemoryStore;
 
 /// Expands to one test per behaviour of a port. Those of `$adapter` are
 /// handed a fresh adapter (`&dyn Port`) made by calling `$make` with the
