@@ -180,7 +180,15 @@ impl Conversations {
         }
         let content = Content::user_text(input.parts)?;
         let message_id = match input.message_id {
-            Some(id) => MessageId::parse(id)?,
+            // The id parser names the generic `id`; here it is the sent
+            // message's.
+            Some(id) => MessageId::parse(id).map_err(|e| match e {
+                DomainError::Invalid { message, .. } => AppError::Validation {
+                    field: Field::MessageId,
+                    message,
+                },
+                other => other.into(),
+            })?,
             None => MessageId::generate(),
         };
         let model = inner.model(input.model.as_deref())?;
