@@ -491,6 +491,10 @@ async fn nul_bytes_are_400_not_500(backend: Backend) {
             let err = error_body(res, 400, "VALIDATION_ERROR").await;
             assert!(err["field"].is_string(), "{path} {body}: {err}");
         }
+        // A bad message id is named by its path in the body.
+        let res = send_json(&app, path, &token, &bad_bodies[3]).await;
+        let err = error_body(res, 400, "VALIDATION_ERROR").await;
+        assert_eq!(err["field"], "messages[0].id", "{path}");
     }
     // A NUL in a conversation id of the body.
     let mut body = message_body("hi");

@@ -167,355 +167,26 @@ mod tests {
     use actix_web::http::Method;
     use actix_web::test as http_test;
     use actix_web::{HttpResponse, web};
-    use async_trait::async_trait;
     use confab_app::{
         AccountPorts, AccountRules, Accounts, ConversationPorts, ConversationRules, Readiness,
     };
-    use confab_domain::{
-        Content, Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError,
-        FamilyId, Message, MessageId, MessageStatus, ModelSlug, NewConversation, NewUser,
-        OffsetDateTime, Page, PageRequest, Password, PasswordHash, Role, Title, TokenId, User,
-        UserId, WireEvent,
-    };
-    use confab_ports::{
-        AccessClaims, Cache, CachedValue, ConversationQuery, ConversationStore, EventFeed,
-        HealthCheck, IssuedToken, LogHead, MessageStore, NewRefreshToken, PasswordHasher,
-        RateDecision, RateLimiter, RatePolicy, ReadFrom, Redemption, RefreshClaims,
-        RefreshTokenStore, ResumeClaims, ResumeTokenCodec, StopSignal, StreamLog, TokenBlocklist,
-        TokenCodec, TokenRejection, UserStore, Verification,
-    };
+    use confab_domain::ModelSlug;
+    use confab_ports::RatePolicy;
+    use confab_testkit::{Inert, ManualClock, MemoryStore};
 
     use super::*;
 
-    struct Nobody;
-
-    #[async_trait]
-    impl UserStore for Nobody {
-        async fn create(&self, _: NewUser) -> Result<User, DomainError> {
-            Err(DomainError::NotFound)
-        }
-        async fn get(&self, _: UserId) -> Result<User, DomainError> {
-            Err(DomainError::NotFound)
-        }
-        async fn find_credentials(
-            &self,
-            _: &str,
-        ) -> Result<Option<(User, PasswordHash)>, DomainError> {
-            Ok(None)
-        }
-        async fn list(&self, request: PageRequest) -> Result<Page<User>, DomainError> {
-            Ok(Page {
-                items: vec![],
-                total: 0,
-                request,
-            })
-        }
-        async fn set_password_hash(
-            &self,
-            _: UserId,
-            _: PasswordHash,
-            _: OffsetDateTime,
-        ) -> Result<(), DomainError> {
-            Err(DomainError::NotFound)
-        }
-        async fn set_disabled(
-            &self,
-            _: UserId,
-            _: bool,
-            _: OffsetDateTime,
-        ) -> Result<User, DomainError> {
-            Err(DomainError::NotFound)
-        }
-    }
-
-    #[async_trait]
-    impl PasswordHasher for Nobody {
-        async fn hash(&self, _: &Password) -> Result<PasswordHash, DomainError> {
-            Err(DomainError::unavailable("no hasher in this test"))
-        }
-        async fn verify(
-            &self,
-            _: &Password,
-            _: Option<&PasswordHash>,
-        ) -> Result<Verification, DomainError> {
-            Ok(Verification::Mismatch)
-        }
-    }
-
-    #[async_trait]
-    impl HealthCheck for Nobody {
-        fn name(&self) -> &'static str {
-            "database"
-        }
-        async fn check(&self) -> Result<(), DomainError> {
-            Ok(())
-        }
-    }
-
-    impl TokenCodec for Nobody {
-        fn issue_access(
-            &self,
-            _: UserId,
-            _: Role,
-            _: FamilyId,
-            _: OffsetDateTime,
-        ) -> Result<IssuedToken, DomainError> {
-            Err(DomainError::internal("no tokens in this test"))
-        }
-        fn issue_refresh(
-            &self,
-            _: UserId,
-            _: FamilyId,
-            _: OffsetDateTime,
-        ) -> Result<IssuedToken, DomainError> {
-            Err(DomainError::internal("no tokens in this test"))
-        }
-        fn verify_access(&self, _: &str) -> Result<AccessClaims, TokenRejection> {
-            Err(TokenRejection::Invalid)
-        }
-        fn verify_refresh(&self, _: &str) -> Result<RefreshClaims, TokenRejection> {
-            Err(TokenRejection::Invalid)
-        }
-        fn access_ttl(&self) -> std::time::Duration {
-            std::time::Duration::from_secs(900)
-        }
-    }
-
-    #[async_trait]
-    impl RefreshTokenStore for Nobody {
-        async fn open_family(
-            &self,
-            _: FamilyId,
-            _: UserId,
-            _: OffsetDateTime,
-        ) -> Result<(), DomainError> {
-            Ok(())
-        }
-        async fn insert(&self, _: NewRefreshToken) -> Result<bool, DomainError> {
-            Ok(true)
-        }
-        async fn redeem(&self, _: TokenId, _: OffsetDateTime) -> Result<Redemption, DomainError> {
-            Ok(Redemption::Rejected)
-        }
-        async fn revoke_family(&self, _: FamilyId, _: OffsetDateTime) -> Result<(), DomainError> {
-            Ok(())
-        }
-        async fn revoke_user(&self, _: UserId, _: OffsetDateTime) -> Result<(), DomainError> {
-            Ok(())
-        }
-    }
-
-    #[async_trait]
-    impl TokenBlocklist for Nobody {
-        async fn block_token(&self, _: TokenId, _: OffsetDateTime) -> Result<(), DomainError> {
-            Ok(())
-        }
-        async fn block_family(&self, _: FamilyId, _: OffsetDateTime) -> Result<(), DomainError> {
-            Ok(())
-        }
-        async fn is_blocked(&self, _: &AccessClaims) -> Result<bool, DomainError> {
-            Ok(false)
-        }
-    }
-
-    #[async_trait]
-    impl RateLimiter for Nobody {
-        async fn check(&self, _: &RatePolicy, _: &str) -> Result<RateDecision, DomainError> {
-            Ok(RateDecision {
-                allowed: true,
-                remaining: 1,
-                reset_after: std::time::Duration::ZERO,
-                retry_after: std::time::Duration::ZERO,
-            })
-        }
-    }
-
-    #[async_trait]
-    impl ConversationStore for Nobody {
-        async fn create(&self, _: NewConversation) -> Result<Conversation, DomainError> {
-            Err(DomainError::NotFound)
-        }
-        async fn get(&self, _: UserId, _: ConversationId) -> Result<Conversation, DomainError> {
-            Err(DomainError::NotFound)
-        }
-        async fn list(
-            &self,
-            _: UserId,
-            query: &ConversationQuery,
-        ) -> Result<Page<ConversationSummary>, DomainError> {
-            Ok(Page {
-                items: vec![],
-                total: 0,
-                request: query.page,
-            })
-        }
-        async fn update(
-            &self,
-            _: UserId,
-            _: ConversationId,
-            _: ConversationPatch,
-            _: OffsetDateTime,
-        ) -> Result<Conversation, DomainError> {
-            Err(DomainError::NotFound)
-        }
-        async fn set_generated_title(
-            &self,
-            _: UserId,
-            _: ConversationId,
-            _: &Title,
-            _: &Title,
-            _: OffsetDateTime,
-        ) -> Result<bool, DomainError> {
-            Ok(false)
-        }
-        async fn soft_delete(
-            &self,
-            _: UserId,
-            _: ConversationId,
-            _: OffsetDateTime,
-        ) -> Result<(), DomainError> {
-            Err(DomainError::NotFound)
-        }
-    }
-
-    #[async_trait]
-    impl MessageStore for Nobody {
-        async fn insert(&self, _: &Message) -> Result<(), DomainError> {
-            Err(DomainError::NotFound)
-        }
-        async fn insert_exchange(&self, _: &Message, _: &Message) -> Result<(), DomainError> {
-            Err(DomainError::NotFound)
-        }
-        async fn update_content(
-            &self,
-            _: ConversationId,
-            _: &MessageId,
-            _: &Content,
-            _: MessageStatus,
-            _: OffsetDateTime,
-        ) -> Result<(), DomainError> {
-            Err(DomainError::NotFound)
-        }
-        async fn list(&self, _: ConversationId) -> Result<Vec<Message>, DomainError> {
-            Ok(vec![])
-        }
-        async fn in_progress(
-            &self,
-            _: usize,
-        ) -> Result<Vec<(ConversationId, MessageId)>, DomainError> {
-            Ok(vec![])
-        }
-        async fn fail_if_in_progress(
-            &self,
-            _: ConversationId,
-            _: &MessageId,
-            _: OffsetDateTime,
-        ) -> Result<bool, DomainError> {
-            Ok(false)
-        }
-    }
-
-    impl ResumeTokenCodec for Nobody {
-        fn issue_resume(
-            &self,
-            _: UserId,
-            _: ConversationId,
-            _: &MessageId,
-            _: OffsetDateTime,
-        ) -> Result<String, DomainError> {
-            Err(DomainError::unavailable("no tokens in this test"))
-        }
-        fn verify_resume(&self, _: &str) -> Result<ResumeClaims, TokenRejection> {
-            Err(TokenRejection::Invalid)
-        }
-    }
-
-    #[async_trait]
-    impl StreamLog for Nobody {
-        async fn open(
-            &self,
-            _: ConversationId,
-            _: &MessageId,
-        ) -> Result<Box<dyn StopSignal>, DomainError> {
-            Err(DomainError::unavailable("no stream log in this test"))
-        }
-        async fn append(&self, _: ConversationId, _: WireEvent) -> Result<String, DomainError> {
-            Err(DomainError::NotFound)
-        }
-        async fn close(&self, _: ConversationId) -> Result<(), DomainError> {
-            Ok(())
-        }
-        async fn current(&self, _: ConversationId) -> Result<LogHead, DomainError> {
-            Err(DomainError::NotFound)
-        }
-        async fn read(
-            &self,
-            _: ConversationId,
-            _: ReadFrom,
-        ) -> Result<Box<dyn EventFeed>, DomainError> {
-            Err(DomainError::NotFound)
-        }
-        async fn request_stop(&self, _: ConversationId) -> Result<bool, DomainError> {
-            Ok(false)
-        }
-    }
-
-    #[async_trait]
-    impl confab_ports::IdempotencyStore for Nobody {
-        async fn claim(
-            &self,
-            _: &str,
-            _: &str,
-            _: std::time::Duration,
-        ) -> Result<confab_ports::Claim, DomainError> {
-            Ok(confab_ports::Claim::Claimed)
-        }
-        async fn complete(
-            &self,
-            _: &str,
-            _: &str,
-            _: confab_ports::StoredOutcome,
-            _: std::time::Duration,
-        ) -> Result<(), DomainError> {
-            Ok(())
-        }
-        async fn release(&self, _: &str, _: &str) -> Result<(), DomainError> {
-            Ok(())
-        }
-    }
-
-    #[async_trait]
-    impl Cache for Nobody {
-        async fn get(&self, _: &str) -> Result<Option<CachedValue>, DomainError> {
-            Ok(None)
-        }
-        async fn put(
-            &self,
-            _: &str,
-            _: CachedValue,
-            _: std::time::Duration,
-        ) -> Result<(), DomainError> {
-            Ok(())
-        }
-        async fn version(&self, _: &str) -> Result<u64, DomainError> {
-            Ok(0)
-        }
-        async fn bump(&self, _: &str) -> Result<(), DomainError> {
-            Ok(())
-        }
-    }
-
-    fn conversations() -> Conversations {
-        let nobody = Arc::new(Nobody);
+    fn conversations(store: &Arc<MemoryStore>) -> Conversations {
         Conversations::new(
             ConversationPorts {
-                conversations: nobody.clone(),
-                messages: nobody.clone(),
+                conversations: store.clone(),
+                messages: store.clone(),
                 model: None,
-                log: nobody.clone(),
-                cache: nobody.clone(),
-                resume_tokens: nobody.clone(),
-                limiter: nobody,
+                log: Arc::new(Inert),
+                cache: Arc::new(Inert),
+                resume_tokens: Arc::new(Inert),
+                limiter: Arc::new(Inert),
+                clock: Arc::new(ManualClock::default()),
             },
             ConversationRules {
                 default_model: ModelSlug::parse("m").unwrap(),
@@ -543,17 +214,17 @@ mod tests {
     }
 
     fn state() -> HttpState {
-        let nobody = Arc::new(Nobody);
+        let store = Arc::new(MemoryStore::new());
         let ports = AccountPorts {
-            users: nobody.clone(),
-            hasher: nobody.clone(),
-            tokens: nobody.clone(),
-            refresh_tokens: nobody.clone(),
-            blocklist: nobody.clone(),
-            limiter: nobody.clone(),
+            users: store.clone(),
+            hasher: Arc::new(Inert),
+            tokens: Arc::new(Inert),
+            refresh_tokens: store.clone(),
+            blocklist: Arc::new(Inert),
+            limiter: Arc::new(Inert),
         };
         HttpState {
-            conversations: conversations(),
+            conversations: conversations(&store),
             sse: SseSettings::default(),
             accounts: Accounts::new(
                 ports,
@@ -563,7 +234,7 @@ mod tests {
                     refresh_reuse_grace: std::time::Duration::ZERO,
                 },
             ),
-            limiter: nobody,
+            limiter: Arc::new(Inert),
             rate_tiers: RateTiers {
                 anonymous: policy("anonymous"),
                 user: policy("user"),
@@ -571,11 +242,11 @@ mod tests {
             },
             trusted_proxies: TrustedProxies::default(),
             idempotency: IdempotencyPolicy {
-                store: Arc::new(Nobody),
+                store: Arc::new(Inert),
                 ttl: std::time::Duration::from_secs(60),
                 in_flight_ttl: std::time::Duration::from_secs(60),
             },
-            readiness: Readiness::new(vec![Arc::new(Nobody)]),
+            readiness: Readiness::new(vec![store]),
             metrics: Metrics::new().unwrap(),
             body: BodyLimits::default(),
             cors: CorsPolicy::default(),

@@ -9,6 +9,7 @@
 
 mod auth;
 mod cache;
+mod clock;
 mod health;
 mod idempotency;
 mod llm;
@@ -22,6 +23,7 @@ pub use auth::{
     TokenRejection,
 };
 pub use cache::{Cache, CachedValue};
+pub use clock::{Clock, SystemClock};
 pub use health::HealthCheck;
 pub use idempotency::{Claim, IdempotencyStore, StoredOutcome};
 pub use llm::{

@@ -20,6 +20,18 @@
 //! Redis adapter on a key prefix of its own). The crate using a macro needs
 //! `tokio` with its `macros` and `rt-multi-thread` features.
 //!
+//! For use-case tests that need no database and no model:
+//!
+//! - [`stores::MemoryStore`]: the store ports (users, conversations,
+//!   messages, refresh tokens) in memory, with the semantics the SQL store
+//!   is tested for;
+//! - [`model::ScriptedModel`]: a `ChatModel` playing scripted replies
+//!   (text pieces, an end, a failure, a pause, a hang) and recording its
+//!   requests;
+//! - [`clock::ManualClock`]: a `Clock` that moves when told;
+//! - [`inert::Inert`]: the other ports of a state a test builds but never
+//!   exercises.
+//!
 //! A dev-dependency only (the end-to-end harness, itself test code, is the
 //! one exception): no crate may depend on it for its normal build
 //! (`scripts/check-architecture.sh` checks that), and it depends on no
@@ -33,8 +45,17 @@
 // saying which call failed.
 #![allow(clippy::expect_used, clippy::panic)]
 
+pub mod clock;
 pub mod contract;
 pub mod fake_llm;
+pub mod inert;
+pub mod model;
+pub mod stores;
+
+pub use clock::ManualClock;
+pub use inert::Inert;
+pub use model::{Reply, ScriptedModel, Step};
+pub use stores::MemoryStore;
 
 /// Expands to one test per behaviour of a port. Those of `$adapter` are
 /// handed a fresh adapter (`&dyn Port`) made by calling `$make` with the

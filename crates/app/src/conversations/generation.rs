@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use super::prompt::{
     TITLE_ANSWER_BYTES, build_prompt, clean_title, heuristic_title, title_request,
 };
-use super::{Inner, Slot, now};
+use super::{Inner, Slot};
 
 /// One generation, owned by its task.
 pub(super) struct Generation {
@@ -328,7 +328,13 @@ impl Generation {
         let messages = &self.inner.ports.messages;
         for attempt in 0..SAVE_ATTEMPTS {
             match messages
-                .update_content(self.conversation, &self.message.id, &content, status, now())
+                .update_content(
+                    self.conversation,
+                    &self.message.id,
+                    &content,
+                    status,
+                    self.inner.now(),
+                )
                 .await
             {
                 Ok(()) => {
@@ -372,7 +378,7 @@ impl Generation {
                     self.conversation,
                     &confab_domain::Title::placeholder(),
                     &title,
-                    now(),
+                    self.inner.now(),
                 )
                 .await
             {

@@ -21,7 +21,7 @@ use confab_domain::{
     Message, ModelSlug, OffsetDateTime, Page, UserId,
 };
 use confab_ports::{
-    AccessClaims, Cache, CachedValue, ChatModel, ConversationQuery, ConversationStore,
+    AccessClaims, Cache, CachedValue, ChatModel, Clock, ConversationQuery, ConversationStore,
     MessageStore, RateLimiter, RatePolicy, ResumeTokenCodec, StreamLog,
 };
 use tokio::sync::{Notify, watch};
@@ -48,6 +48,8 @@ pub struct ConversationPorts {
     pub resume_tokens: Arc<dyn ResumeTokenCodec>,
     /// Rate limits.
     pub limiter: Arc<dyn RateLimiter>,
+    /// The time stored on conversations and messages.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Tunable rules of the conversation use cases.
@@ -135,11 +137,11 @@ fn history_key(conversation: ConversationId) -> String {
     format!("conv:{conversation}:history")
 }
 
-fn now() -> OffsetDateTime {
-    // Millisecond precision: what `create_time` shows, so a stored time and
-    // the streamed one are the same number.
-    let t = OffsetDateTime::now_utc();
-    t.replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+/// The clock's time at millisecond precision: what `create_time` shows,
+/// so a stored time and the streamed one are the same number.
+fn now(clock: &dyn Clock) -> OffsetDateTime {
+    let t = clock.now();
+    t.replace_nanosecond(u32::from(t.millisecond()) * 1_000_000)
         .unwrap_or(t)
 }
 
@@ -190,7 +192,7 @@ impl Conversations {
             }
             if ports
                 .messages
-                .fail_if_in_progress(conversation, &message, now())
+                .fail_if_in_progress(conversation, &message, self.inner.now())
                 .await?
             {
                 closed += 1;
@@ -327,7 +329,7 @@ impl Conversations {
             .inner
             .ports
             .conversations
-            .update(caller.user_id, id, patch, now())
+            .update(caller.user_id, id, patch, self.inner.now())
             .await?;
         self.invalidate(caller.user_id, id).await;
         Ok(updated)
@@ -342,7 +344,7 @@ impl Conversations {
         self.inner
             .ports
             .conversations
-            .soft_delete(caller.user_id, id, now())
+            .soft_delete(caller.user_id, id, self.inner.now())
             .await?;
         self.invalidate(caller.user_id, id).await;
         if let Err(e) = self.inner.ports.log.request_stop(id).await {
@@ -382,6 +384,11 @@ impl Conversations {
 }
 
 impl Inner {
+    /// The time to store, from the clock port.
+    fn now(&self) -> OffsetDateTime {
+        now(self.ports.clock.as_ref())
+    }
+
     /// Makes every cached list of `user` and the history of `conversation`
     /// unreachable. Called after the database has the change.
     async fn invalidate(&self, user: UserId, conversation: ConversationId) {

@@ -13,7 +13,7 @@ use confab_ports::{AccessClaims, ChatModel, StopSignal};
 use tokio::sync::watch;
 
 use super::generation::{AnswerEnd, Generation};
-use super::{Conversations, Inner, Slot, now};
+use super::{Conversations, Inner, Slot};
 use crate::AppError;
 
 /// A message as a client sends it, before validation.
@@ -180,7 +180,15 @@ impl Conversations {
         }
         let content = Content::user_text(input.parts)?;
         let message_id = match input.message_id {
-            Some(id) => MessageId::parse(id)?,
+            // The id parser names the generic `id`; here it is the sent
+            // message's.
+            Some(id) => MessageId::parse(id).map_err(|e| match e {
+                DomainError::Invalid { message, .. } => AppError::Validation {
+                    field: Field::MessageId,
+                    message,
+                },
+                other => other.into(),
+            })?,
             None => MessageId::generate(),
         };
         let model = inner.model(input.model.as_deref())?;
@@ -278,7 +286,7 @@ impl Conversations {
                             id: conversation_id,
                             owner,
                             title: Title::placeholder(),
-                            created_at: now(),
+                            created_at: inner.now(),
                         })
                         .await?
                 }
@@ -325,7 +333,7 @@ impl Conversations {
             // NotFound: it was never stored.
             let _ = ports
                 .conversations
-                .soft_delete(owner, conversation, now())
+                .soft_delete(owner, conversation, self.inner.now())
                 .await;
         }
         self.inner.invalidate(owner, conversation).await;
@@ -341,7 +349,7 @@ impl Conversations {
         model: &ModelSlug,
     ) -> Result<(Message, Message), AppError> {
         let inner = &self.inner;
-        let created_at = now();
+        let created_at = inner.now();
         let user_message = Message {
             id: exchange.message_id,
             conversation_id: conversation.id,
@@ -354,7 +362,7 @@ impl Conversations {
             created_at,
             updated_at: created_at,
         };
-        let started_at = now();
+        let started_at = inner.now();
         let assistant_message = Message {
             id: exchange.assistant_id,
             conversation_id: conversation.id,
@@ -401,7 +409,7 @@ impl Conversations {
                     &assistant_message.id,
                     &assistant_message.content,
                     MessageStatus::Failed,
-                    now(),
+                    inner.now(),
                 )
                 .await;
             return Err(e.into());

@@ -7,7 +7,7 @@ use confab_app::{ConversationPorts, ConversationRules, Conversations};
 use confab_domain::ModelSlug;
 use confab_llm::{LoadingModel, LocalModel, LocalSettings, OpenAiCompatible, OpenAiSettings};
 use confab_memory::{MemoryCache, MemoryStreamLog, StreamLogOptions};
-use confab_ports::{ChatModel, StreamLog};
+use confab_ports::{ChatModel, StreamLog, SystemClock};
 use confab_redis::{RedisCache, RedisStreamLog, RedisStreamLogOptions};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -158,6 +158,7 @@ pub(crate) async fn conversations(
             },
             resume_tokens: wired.codec.clone(),
             limiter: wired.limiter.clone(),
+            clock: Arc::new(SystemClock),
         },
         ConversationRules {
             default_model,

@@ -1,0 +1,193 @@
+//! A double for the ports a test must fill to build a state but never
+//! means to exercise (the HTTP layer's middleware tests build a whole
+//! `HttpState` to serve handlers of their own).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use confab_domain::{
+    ConversationId, DomainError, FamilyId, MessageId, OffsetDateTime, Password, PasswordHash, Role,
+    TokenId, UserId, WireEvent,
+};
+use confab_ports::{
+    AccessClaims, Cache, CachedValue, Claim, EventFeed, IdempotencyStore, IssuedToken, LogHead,
+    PasswordHasher, RateDecision, RateLimiter, RatePolicy, ReadFrom, RefreshClaims, ResumeClaims,
+    ResumeTokenCodec, StopSignal, StoredOutcome, StreamLog, TokenBlocklist, TokenCodec,
+    TokenRejection, Verification,
+};
+
+/// The access token lifetime [`Inert`] reports.
+const ACCESS_TTL: Duration = Duration::from_secs(900);
+
+/// Does nothing and lets everything through: it hashes no password and
+/// matches none, issues no token and accepts none, blocks no token, limits
+/// no request, remembers no idempotency key, caches nothing (every read
+/// misses) and opens no stream log (a send fails as unavailable).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inert;
+
+#[async_trait]
+impl PasswordHasher for Inert {
+    async fn hash(&self, _: &Password) -> Result<PasswordHash, DomainError> {
+        Err(DomainError::unavailable("the inert double hashes nothing"))
+    }
+
+    async fn verify(
+        &self,
+        _: &Password,
+        _: Option<&PasswordHash>,
+    ) -> Result<Verification, DomainError> {
+        Ok(Verification::Mismatch)
+    }
+}
+
+impl TokenCodec for Inert {
+    fn issue_access(
+        &self,
+        _: UserId,
+        _: Role,
+        _: FamilyId,
+        _: OffsetDateTime,
+    ) -> Result<IssuedToken, DomainError> {
+        Err(DomainError::internal("the inert double issues no token"))
+    }
+
+    fn issue_refresh(
+        &self,
+        _: UserId,
+        _: FamilyId,
+        _: OffsetDateTime,
+    ) -> Result<IssuedToken, DomainError> {
+        Err(DomainError::internal("the inert double issues no token"))
+    }
+
+    fn verify_access(&self, _: &str) -> Result<AccessClaims, TokenRejection> {
+        Err(TokenRejection::Invalid)
+    }
+
+    fn verify_refresh(&self, _: &str) -> Result<RefreshClaims, TokenRejection> {
+        Err(TokenRejection::Invalid)
+    }
+
+    fn access_ttl(&self) -> Duration {
+        ACCESS_TTL
+    }
+}
+
+impl ResumeTokenCodec for Inert {
+    fn issue_resume(
+        &self,
+        _: UserId,
+        _: ConversationId,
+        _: &MessageId,
+        _: OffsetDateTime,
+    ) -> Result<String, DomainError> {
+        Err(DomainError::internal("the inert double issues no token"))
+    }
+
+    fn verify_resume(&self, _: &str) -> Result<ResumeClaims, TokenRejection> {
+        Err(TokenRejection::Invalid)
+    }
+}
+
+#[async_trait]
+impl TokenBlocklist for Inert {
+    async fn block_token(&self, _: TokenId, _: OffsetDateTime) -> Result<(), DomainError> {
+        Ok(())
+    }
+
+    async fn block_family(&self, _: FamilyId, _: OffsetDateTime) -> Result<(), DomainError> {
+        Ok(())
+    }
+
+    async fn is_blocked(&self, _: &AccessClaims) -> Result<bool, DomainError> {
+        Ok(false)
+    }
+}
+
+#[async_trait]
+impl RateLimiter for Inert {
+    async fn check(&self, policy: &RatePolicy, _: &str) -> Result<RateDecision, DomainError> {
+        Ok(RateDecision {
+            allowed: true,
+            remaining: policy.quota,
+            reset_after: Duration::ZERO,
+            retry_after: Duration::ZERO,
+        })
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for Inert {
+    async fn claim(&self, _: &str, _: &str, _: Duration) -> Result<Claim, DomainError> {
+        Ok(Claim::Claimed)
+    }
+
+    async fn complete(
+        &self,
+        _: &str,
+        _: &str,
+        _: StoredOutcome,
+        _: Duration,
+    ) -> Result<(), DomainError> {
+        Ok(())
+    }
+
+    async fn release(&self, _: &str, _: &str) -> Result<(), DomainError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Cache for Inert {
+    async fn get(&self, _: &str) -> Result<Option<CachedValue>, DomainError> {
+        Ok(None)
+    }
+
+    async fn put(&self, _: &str, _: CachedValue, _: Duration) -> Result<(), DomainError> {
+        Ok(())
+    }
+
+    async fn version(&self, _: &str) -> Result<u64, DomainError> {
+        Ok(0)
+    }
+
+    async fn bump(&self, _: &str) -> Result<(), DomainError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StreamLog for Inert {
+    async fn open(
+        &self,
+        _: ConversationId,
+        _: &MessageId,
+    ) -> Result<Box<dyn StopSignal>, DomainError> {
+        Err(DomainError::unavailable("the inert double keeps no log"))
+    }
+
+    async fn append(&self, _: ConversationId, _: WireEvent) -> Result<String, DomainError> {
+        Err(DomainError::NotFound)
+    }
+
+    async fn close(&self, _: ConversationId) -> Result<(), DomainError> {
+        Ok(())
+    }
+
+    async fn current(&self, _: ConversationId) -> Result<LogHead, DomainError> {
+        Err(DomainError::NotFound)
+    }
+
+    async fn read(
+        &self,
+        _: ConversationId,
+        _: ReadFrom,
+    ) -> Result<Box<dyn EventFeed>, DomainError> {
+        Err(DomainError::NotFound)
+    }
+
+    async fn request_stop(&self, _: ConversationId) -> Result<bool, DomainError> {
+        Ok(false)
+    }
+}

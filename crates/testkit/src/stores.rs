@@ -1,0 +1,590 @@
+//! An in-memory store: users, conversations, messages and refresh tokens
+//! behind one mutex, with the semantics the store ports document (and the
+//! SQL store's tests check): owner-scoped conversations, soft delete,
+//! newest-first lists with paging and a literal, case-insensitive title
+//! search, messages in insertion order, unique ids refused as
+//! [`DomainError::Duplicate`], refresh tokens redeemed once.
+//!
+//! For use-case tests that need no database: every call answers at once,
+//! and nothing is persisted.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use confab_domain::{
+    Content, Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError,
+    FamilyId, Field, ListOrder, Message, MessageId, MessageStatus, NewConversation, NewUser,
+    OffsetDateTime, Page, PageRequest, PasswordHash, Title, TokenId, User, UserId,
+};
+use confab_ports::{
+    ConversationQuery, ConversationStore, HealthCheck, MessageStore, NewRefreshToken, Redemption,
+    RefreshTokenStore, UserStore,
+};
+
+/// Characters of a message kept as a conversation's list preview (as the
+/// SQL store keeps).
+const PREVIEW_CHARS: usize = 200;
+
+/// A conversation and its list preview.
+struct StoredConversation {
+    conversation: Conversation,
+    last_message: Option<String>,
+}
+
+/// A refresh token's row.
+struct StoredToken {
+    family: FamilyId,
+    user: UserId,
+    expires_at: OffsetDateTime,
+    used_at: Option<OffsetDateTime>,
+    revoked: bool,
+}
+
+/// A login session's row.
+struct StoredFamily {
+    user: UserId,
+    revoked: bool,
+}
+
+#[derive(Default)]
+struct State {
+    /// In creation order.
+    users: Vec<(User, PasswordHash)>,
+    /// In creation order.
+    conversations: Vec<StoredConversation>,
+    /// Every conversation's messages, in insertion order.
+    messages: Vec<Message>,
+    families: HashMap<FamilyId, StoredFamily>,
+    tokens: HashMap<TokenId, StoredToken>,
+}
+
+impl State {
+    fn user_mut(&mut self, id: UserId) -> Result<&mut User, DomainError> {
+        self.users
+            .iter_mut()
+            .map(|(u, _)| u)
+            .find(|u| u.id == id)
+            .ok_or(DomainError::NotFound)
+    }
+
+    /// The conversation if it exists and is not deleted, whoever owns it.
+    fn live_mut(&mut self, id: ConversationId) -> Option<&mut StoredConversation> {
+        self.conversations
+            .iter_mut()
+            .find(|c| c.conversation.id == id && c.conversation.deleted_at.is_none())
+    }
+
+    /// One of `owner`'s conversations that is not deleted.
+    fn owned_mut(
+        &mut self,
+        owner: UserId,
+        id: ConversationId,
+    ) -> Result<&mut StoredConversation, DomainError> {
+        self.live_mut(id)
+            .filter(|c| c.conversation.owner == owner)
+            .ok_or(DomainError::NotFound)
+    }
+
+    /// Marks a live conversation as changed at `at`, with `content` as its
+    /// preview when it has text.
+    fn touch(&mut self, id: ConversationId, content: &Content, at: OffsetDateTime) -> bool {
+        let Some(stored) = self.live_mut(id) else {
+            return false;
+        };
+        stored.conversation.updated_at = at;
+        if let Some(text) = preview(content) {
+            stored.last_message = Some(text);
+        }
+        true
+    }
+
+    fn has_message(&self, conversation: ConversationId, id: &MessageId) -> bool {
+        self.messages
+            .iter()
+            .any(|m| m.conversation_id == conversation && &m.id == id)
+    }
+}
+
+/// The list preview of a content: its first characters, or `None` while
+/// it has no text.
+fn preview(content: &Content) -> Option<String> {
+    let text: String = content.joined().chars().take(PREVIEW_CHARS).collect();
+    (!text.trim().is_empty()).then_some(text)
+}
+
+fn window<T>(items: Vec<T>, request: PageRequest) -> Page<T> {
+    let total = items.len() as u64;
+    let items = items
+        .into_iter()
+        .skip(request.offset() as usize)
+        .take(request.limit() as usize)
+        .collect();
+    Page {
+        items,
+        total,
+        request,
+    }
+}
+
+/// Users, conversations, messages and refresh tokens in memory; also a
+/// [`HealthCheck`] named `database` that is always healthy. Share it as an
+/// `Arc` for every store port.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock has failed already.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl UserStore for MemoryStore {
+    async fn create(&self, user: NewUser) -> Result<User, DomainError> {
+        let mut state = self.state();
+        let email = user.email.as_str().to_lowercase();
+        for (existing, _) in &state.users {
+            if existing.username.as_str() == user.username.as_str() {
+                return Err(DomainError::Duplicate {
+                    field: Field::Username,
+                });
+            }
+            if existing.email.as_str().to_lowercase() == email {
+                return Err(DomainError::Duplicate {
+                    field: Field::Email,
+                });
+            }
+            if existing.id == user.id {
+                return Err(DomainError::Duplicate {
+                    field: Field::UserId,
+                });
+            }
+        }
+        let created = User {
+            id: user.id,
+            username: user.username,
+            email: user.email,
+            role: user.role,
+            disabled: false,
+            created_at: user.created_at,
+            updated_at: user.created_at,
+        };
+        state.users.push((created.clone(), user.password_hash));
+        Ok(created)
+    }
+
+    async fn get(&self, id: UserId) -> Result<User, DomainError> {
+        self.state().user_mut(id).map(|u| u.clone())
+    }
+
+    async fn find_credentials(
+        &self,
+        login: &str,
+    ) -> Result<Option<(User, PasswordHash)>, DomainError> {
+        let login = login.to_lowercase();
+        Ok(self
+            .state()
+            .users
+            .iter()
+            .find(|(u, _)| {
+                u.username.as_str().to_lowercase() == login
+                    || u.email.as_str().to_lowercase() == login
+            })
+            .cloned())
+    }
+
+    async fn list(&self, page: PageRequest) -> Result<Page<User>, DomainError> {
+        let users = self.state().users.iter().map(|(u, _)| u.clone()).collect();
+        Ok(window(users, page))
+    }
+
+    async fn set_password_hash(
+        &self,
+        id: UserId,
+        hash: PasswordHash,
+        at: OffsetDateTime,
+    ) -> Result<(), DomainError> {
+        let mut state = self.state();
+        let (user, stored) = state
+            .users
+            .iter_mut()
+            .find(|(u, _)| u.id == id)
+            .ok_or(DomainError::NotFound)?;
+        user.updated_at = at;
+        *stored = hash;
+        Ok(())
+    }
+
+    async fn set_disabled(
+        &self,
+        id: UserId,
+        disabled: bool,
+        at: OffsetDateTime,
+    ) -> Result<User, DomainError> {
+        let mut state = self.state();
+        let user = state.user_mut(id)?;
+        user.disabled = disabled;
+        user.updated_at = at;
+        Ok(user.clone())
+    }
+}
+
+#[async_trait]
+impl ConversationStore for MemoryStore {
+    async fn create(&self, conversation: NewConversation) -> Result<Conversation, DomainError> {
+        let mut state = self.state();
+        if state
+            .conversations
+            .iter()
+            .any(|c| c.conversation.id == conversation.id)
+        {
+            return Err(DomainError::Duplicate {
+                field: Field::ConversationId,
+            });
+        }
+        let created = Conversation {
+            id: conversation.id,
+            owner: conversation.owner,
+            title: conversation.title,
+            is_archived: false,
+            deleted_at: None,
+            created_at: conversation.created_at,
+            updated_at: conversation.created_at,
+        };
+        state.conversations.push(StoredConversation {
+            conversation: created.clone(),
+            last_message: None,
+        });
+        Ok(created)
+    }
+
+    async fn get(&self, owner: UserId, id: ConversationId) -> Result<Conversation, DomainError> {
+        Ok(self.state().owned_mut(owner, id)?.conversation.clone())
+    }
+
+    async fn list(
+        &self,
+        owner: UserId,
+        query: &ConversationQuery,
+    ) -> Result<Page<ConversationSummary>, DomainError> {
+        let search = query.search.as_ref().map(|s| s.as_str().to_lowercase());
+        let state = self.state();
+        let mut listed: Vec<ConversationSummary> = state
+            .conversations
+            .iter()
+            .filter(|s| {
+                let c = &s.conversation;
+                c.owner == owner
+                    && c.deleted_at.is_none()
+                    && c.is_archived == query.archived
+                    && search
+                        .as_ref()
+                        .is_none_or(|q| c.title.as_str().to_lowercase().contains(q))
+            })
+            .map(|s| ConversationSummary {
+                id: s.conversation.id,
+                title: s.conversation.title.clone(),
+                last_message: s.last_message.clone(),
+                is_archived: s.conversation.is_archived,
+                created_at: s.conversation.created_at,
+                updated_at: s.conversation.updated_at,
+            })
+            .collect();
+        match query.order {
+            ListOrder::Updated => listed.sort_by_key(|c| std::cmp::Reverse((c.updated_at, c.id))),
+            ListOrder::Created => listed.sort_by_key(|c| std::cmp::Reverse((c.created_at, c.id))),
+        }
+        Ok(window(listed, query.page))
+    }
+
+    async fn update(
+        &self,
+        owner: UserId,
+        id: ConversationId,
+        patch: ConversationPatch,
+        at: OffsetDateTime,
+    ) -> Result<Conversation, DomainError> {
+        let mut state = self.state();
+        let c = &mut state.owned_mut(owner, id)?.conversation;
+        if let Some(title) = patch.title {
+            c.title = title;
+        }
+        if let Some(archived) = patch.is_archived {
+            c.is_archived = archived;
+        }
+        c.updated_at = at;
+        Ok(c.clone())
+    }
+
+    async fn set_generated_title(
+        &self,
+        owner: UserId,
+        id: ConversationId,
+        untitled: &Title,
+        title: &Title,
+        at: OffsetDateTime,
+    ) -> Result<bool, DomainError> {
+        let mut state = self.state();
+        let Ok(stored) = state.owned_mut(owner, id) else {
+            return Ok(false);
+        };
+        let c = &mut stored.conversation;
+        if &c.title != untitled {
+            return Ok(false);
+        }
+        c.title = title.clone();
+        c.updated_at = at;
+        Ok(true)
+    }
+
+    async fn soft_delete(
+        &self,
+        owner: UserId,
+        id: ConversationId,
+        at: OffsetDateTime,
+    ) -> Result<(), DomainError> {
+        let mut state = self.state();
+        state.owned_mut(owner, id)?.conversation.deleted_at = Some(at);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl MessageStore for MemoryStore {
+    async fn insert(&self, message: &Message) -> Result<(), DomainError> {
+        let mut state = self.state();
+        if state.live_mut(message.conversation_id).is_none() {
+            return Err(DomainError::NotFound);
+        }
+        if state.has_message(message.conversation_id, &message.id) {
+            return Err(DomainError::Duplicate {
+                field: Field::MessageId,
+            });
+        }
+        state.touch(
+            message.conversation_id,
+            &message.content,
+            message.updated_at,
+        );
+        state.messages.push(message.clone());
+        Ok(())
+    }
+
+    async fn insert_exchange(
+        &self,
+        user: &Message,
+        assistant: &Message,
+    ) -> Result<(), DomainError> {
+        let mut state = self.state();
+        for message in [user, assistant] {
+            if state.live_mut(message.conversation_id).is_none() {
+                return Err(DomainError::NotFound);
+            }
+            if state.has_message(message.conversation_id, &message.id) {
+                return Err(DomainError::Duplicate {
+                    field: Field::MessageId,
+                });
+            }
+        }
+        if user.conversation_id == assistant.conversation_id && user.id == assistant.id {
+            return Err(DomainError::Duplicate {
+                field: Field::MessageId,
+            });
+        }
+        state.touch(user.conversation_id, &user.content, assistant.updated_at);
+        state.messages.push(user.clone());
+        state.messages.push(assistant.clone());
+        Ok(())
+    }
+
+    async fn update_content(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+        content: &Content,
+        status: MessageStatus,
+        at: OffsetDateTime,
+    ) -> Result<(), DomainError> {
+        let mut state = self.state();
+        let message = state
+            .messages
+            .iter_mut()
+            .find(|m| m.conversation_id == conversation && &m.id == id)
+            .ok_or(DomainError::NotFound)?;
+        message.content = content.clone();
+        message.status = status;
+        message.updated_at = at;
+        // A deleted conversation has no list to refresh.
+        state.touch(conversation, content, at);
+        Ok(())
+    }
+
+    async fn list(&self, conversation: ConversationId) -> Result<Vec<Message>, DomainError> {
+        Ok(self
+            .state()
+            .messages
+            .iter()
+            .filter(|m| m.conversation_id == conversation)
+            .cloned()
+            .collect())
+    }
+
+    async fn in_progress(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(ConversationId, MessageId)>, DomainError> {
+        let state = self.state();
+        let mut open: Vec<&Message> = state
+            .messages
+            .iter()
+            .filter(|m| m.status == MessageStatus::InProgress)
+            .collect();
+        open.sort_by_key(|m| m.updated_at);
+        Ok(open
+            .into_iter()
+            .take(limit)
+            .map(|m| (m.conversation_id, m.id.clone()))
+            .collect())
+    }
+
+    async fn fail_if_in_progress(
+        &self,
+        conversation: ConversationId,
+        message: &MessageId,
+        at: OffsetDateTime,
+    ) -> Result<bool, DomainError> {
+        let mut state = self.state();
+        let Some(m) = state.messages.iter_mut().find(|m| {
+            m.conversation_id == conversation
+                && &m.id == message
+                && m.status == MessageStatus::InProgress
+        }) else {
+            return Ok(false);
+        };
+        m.status = MessageStatus::Failed;
+        m.updated_at = at;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl RefreshTokenStore for MemoryStore {
+    async fn open_family(
+        &self,
+        family: FamilyId,
+        user: UserId,
+        _at: OffsetDateTime,
+    ) -> Result<(), DomainError> {
+        let mut state = self.state();
+        if state.families.contains_key(&family) {
+            return Err(DomainError::Duplicate {
+                field: Field::SessionId,
+            });
+        }
+        state.families.insert(
+            family,
+            StoredFamily {
+                user,
+                revoked: false,
+            },
+        );
+        Ok(())
+    }
+
+    async fn insert(&self, token: NewRefreshToken) -> Result<bool, DomainError> {
+        let mut state = self.state();
+        if state.families.get(&token.family).is_none_or(|f| f.revoked) {
+            return Ok(false);
+        }
+        if state.tokens.contains_key(&token.jti) {
+            return Err(DomainError::Duplicate {
+                field: Field::TokenId,
+            });
+        }
+        state.tokens.insert(
+            token.jti,
+            StoredToken {
+                family: token.family,
+                user: token.user_id,
+                expires_at: token.expires_at,
+                used_at: None,
+                revoked: false,
+            },
+        );
+        Ok(true)
+    }
+
+    async fn redeem(&self, jti: TokenId, now: OffsetDateTime) -> Result<Redemption, DomainError> {
+        let mut state = self.state();
+        let Some(token) = state.tokens.get_mut(&jti) else {
+            return Ok(Redemption::Rejected);
+        };
+        if let Some(used_at) = token.used_at {
+            return Ok(Redemption::Reused {
+                family: token.family,
+                user_id: token.user,
+                used_at,
+            });
+        }
+        if token.revoked || token.expires_at <= now {
+            return Ok(Redemption::Rejected);
+        }
+        token.used_at = Some(now);
+        Ok(Redemption::Redeemed)
+    }
+
+    async fn revoke_family(
+        &self,
+        family: FamilyId,
+        _now: OffsetDateTime,
+    ) -> Result<(), DomainError> {
+        let mut state = self.state();
+        if let Some(f) = state.families.get_mut(&family) {
+            f.revoked = true;
+        }
+        for token in state.tokens.values_mut() {
+            if token.family == family {
+                token.revoked = true;
+            }
+        }
+        Ok(())
+    }
+
+    async fn revoke_user(&self, user: UserId, _now: OffsetDateTime) -> Result<(), DomainError> {
+        let mut state = self.state();
+        for f in state.families.values_mut() {
+            if f.user == user {
+                f.revoked = true;
+            }
+        }
+        for token in state.tokens.values_mut() {
+            if token.user == user {
+                token.revoked = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl HealthCheck for MemoryStore {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    async fn check(&self) -> Result<(), DomainError> {
+        Ok(())
+    }
+}
