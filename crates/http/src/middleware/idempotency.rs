@@ -245,26 +245,33 @@ pub(crate) async fn idempotency(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    // API routes only: not the auth routes (their responses hold tokens),
-    // and by the path as routed (decoded), so a percent-encoded spelling
-    // of an auth route can't get its tokens stored. A send claims its key
-    // itself (it records its answer the moment its message is stored).
-    let path = req.match_info().as_str();
-    let applies = matches!(*req.method(), Method::POST | Method::PATCH | Method::DELETE)
-        && state.routes.of(path) == RouteClass::Api
-        && !state.routes.keys_itself(req.method(), path);
-    let caller = req
-        .extensions()
-        .get::<Authenticated>()
-        .map(|Authenticated(claims)| claims.clone());
-    let keyed = match (applies, caller) {
-        (true, Some(caller)) => requested_key(req.request()).map(|key| key.map(|k| (caller, k))),
-        _ => Ok(None),
+    // Keyed API routes only: not the auth routes (their responses hold
+    // tokens), and by the path as routed (decoded), so a percent-encoded
+    // spelling of an auth route can't get its tokens stored. A send claims
+    // its key itself (it records its answer the moment its message is
+    // stored). Checked cheapest first: a request without a key pays one
+    // header lookup.
+    let applies = req.headers().contains_key(IDEMPOTENCY_KEY)
+        && matches!(*req.method(), Method::POST | Method::PATCH | Method::DELETE)
+        && {
+            let path = req.match_info().as_str();
+            state.routes.of(path) == RouteClass::Api
+                && !state.routes.keys_itself(req.method(), path)
+        };
+    // Without a signed-in caller the route answers 401 itself.
+    let caller = applies
+        .then(|| {
+            req.extensions()
+                .get::<Authenticated>()
+                .map(|Authenticated(claims)| claims.clone())
+        })
+        .flatten();
+    let keyed = match caller {
+        Some(caller) => requested_key(req.request()).map(|key| key.map(|k| (caller, k))),
+        None => Ok(None),
     };
     let (caller, key) = match keyed {
         Ok(Some(keyed)) => keyed,
-        // No key, a route it doesn't apply to, or no signed-in caller (the
-        // route answers 401 itself).
         Ok(None) => {
             return next
                 .call(req)

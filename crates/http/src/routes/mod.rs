@@ -65,7 +65,8 @@ impl RouteClasses {
             .iter()
             .map(|e| (e.path.split('{').next().unwrap_or(e.path), e.class))
             .collect();
-        prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        // Longest first; equal prefixes side by side, so one of each stays.
+        prefixes.sort_by_key(|(prefix, _)| (std::cmp::Reverse(prefix.len()), *prefix));
         prefixes.dedup();
         let keyed_by_handler = endpoints
             .iter()
