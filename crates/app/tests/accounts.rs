@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +13,6 @@ use confab_app::{
     Registration,
 };
 use confab_domain::{Field, Password, Role};
-use confab_jwt::{JwtCodec, JwtSettings};
 use confab_memory::{GovernorLimiter, InMemoryBlocklist};
 use confab_password::{HasherOptions, MIN_ITERATIONS, Pbkdf2Hasher};
 use confab_ports::RatePolicy;
@@ -32,18 +33,7 @@ async fn accounts_on(db: &TestDatabase, iterations: u32) -> (Accounts, Readiness
         max_waiting: 16,
     })
     .unwrap();
-    let codec = JwtCodec::new(
-        b"0123456789abcdef0123456789abcdef",
-        JwtSettings {
-            issuer: "confab".into(),
-            audience: "confab-api".into(),
-            access_ttl: Duration::from_secs(900),
-            refresh_ttl: Duration::from_secs(3600),
-            resume_ttl: Duration::from_secs(900),
-            leeway: Duration::from_secs(5),
-        },
-    )
-    .unwrap();
+    let codec = support::jwt_codec();
     let readiness = Readiness::new(vec![store.clone()]);
     let login = RatePolicy {
         name: "login".into(),

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +18,6 @@ use confab_domain::{
     MessageMetadata, MessageRole, MessageStatus, ModelSlug, NewConversation, OffsetDateTime, Role,
     Title, TokenId, UserId,
 };
-use confab_jwt::{JwtCodec, JwtSettings};
 use confab_memory::{GovernorLimiter, MemoryCache, MemoryStreamLog, StreamLogOptions};
 use confab_ports::{
     AccessClaims, Clock, ConversationQuery, ConversationStore, EventFeed, FinishReason, LlmError,
@@ -68,18 +69,7 @@ fn harness_with(rules: ConversationRules) -> Harness {
     // The JWT codec checks a resume token's expiry against the system
     // clock: the manual clock starts at the system's time.
     let clock = Arc::new(ManualClock::at(OffsetDateTime::now_utc()));
-    let codec = JwtCodec::new(
-        b"0123456789abcdef0123456789abcdef",
-        JwtSettings {
-            issuer: "confab".into(),
-            audience: "confab-api".into(),
-            access_ttl: Duration::from_secs(900),
-            refresh_ttl: Duration::from_secs(3600),
-            resume_ttl: Duration::from_secs(900),
-            leeway: Duration::from_secs(5),
-        },
-    )
-    .unwrap();
+    let codec = support::jwt_codec();
     let ports = ConversationPorts {
         conversations: store.clone(),
         messages: store.clone(),
