@@ -200,6 +200,7 @@ async fn login_token(client: &reqwest::Client, base: &str) -> String {
 
 /// Measures every scenario and writes the markdown to the file named first
 /// (`--model-only`: the built-in model's figures alone, printed;
+/// `--relay-only`: the relay section alone, printed;
 /// `--sends-only`: the concurrent sends' alone, their markdown section
 /// printed).
 fn main() {
@@ -230,6 +231,18 @@ fn main() {
         let rows = sends::measure(&runtime, cores);
         let mut md = String::new();
         sends::write_markdown(&mut md, &rows, cores);
+        println!("{md}");
+        return;
+    }
+    if out == "--relay-only" {
+        // The relay section alone, printed, nothing written.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let levels = relay::measure(&runtime, cores, &relay::SetUp::chosen());
+        let mut md = String::new();
+        relay::write_markdown(&mut md, &levels, cores);
         println!("{md}");
         return;
     }
@@ -339,7 +352,7 @@ fn main() {
         start.elapsed().as_secs_f64() * 1000.0
     };
     drop(app);
-    let relay = relay::measure(&runtime, cores);
+    let relay = relay::measure(&runtime, cores, &relay::SetUp::chosen());
     let model = model::measure(&runtime);
     let shared_state = shared_state::measure(&runtime);
     let sends = sends::measure(&runtime, cores);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use confab_e2e::chat::MODEL;
 use confab_e2e::fake_llm::{self, FakeLlm, Script, Step};
-use confab_e2e::spawn_app_with;
+use confab_e2e::{spawn_app_with, spawn_app_with_redis};
 use confab_sql::Backend;
 
 use super::percentile;
@@ -143,9 +143,9 @@ async fn rounds(
 
 /// Prints one row as it is measured, with the per-delta latency of the
 /// first delta and of the others apart.
-fn print_row(f: &Figures) {
+fn print_row(setup: &str, f: &Figures) {
     println!(
-        "relay {:<14} c={:<4} head {:>8.3}/{:>8.3}  first delta {:>8.3}/{:>8.3}  per-delta {:>7.3}/{:>7.3} \
+        "relay {:<14} {setup:<18} c={:<4} head {:>8.3}/{:>8.3}  first delta {:>8.3}/{:>8.3}  per-delta {:>7.3}/{:>7.3} \
          (1st {:>7.3}/{:>7.3}, rest {:>7.3}/{:>7.3}) ms p50/p99  {:>5.2} s  [{}]",
         f.path,
         f.concurrency,
@@ -164,59 +164,119 @@ fn print_row(f: &Figures) {
     );
 }
 
-/// One concurrency level: the direct figures, then Confab's.
-pub(super) type Level = (Figures, Figures);
+/// Where the Confab side of the relay runs: a database, with or without
+/// Redis for the shared state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SetUp {
+    /// SQLite, in-process adapters (the single-machine default).
+    Sqlite,
+    /// PostgreSQL, in-process adapters.
+    Postgres,
+    /// PostgreSQL, with Redis for the stream logs, limits, caches and
+    /// blocklist (the set-up for several instances).
+    PostgresRedis,
+}
 
-/// Runs the relay scenario on `runtime`, against a server with `cores`
-/// workers.
-pub(super) fn measure(runtime: &tokio::runtime::Runtime, cores: usize) -> Vec<Level> {
+impl SetUp {
+    /// Every set-up, in the tables' order.
+    pub(super) const ALL: [Self; 3] = [Self::Sqlite, Self::Postgres, Self::PostgresRedis];
+
+    /// The tables' name of the set-up.
+    pub(super) const fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "SQLite",
+            Self::Postgres => "PostgreSQL",
+            Self::PostgresRedis => "PostgreSQL + Redis",
+        }
+    }
+
+    /// Picks set-ups by name from `CONFAB_BENCH_SETUPS` (a comma-separated
+    /// list of `sqlite`, `postgres`, `redis`), every one when unset.
+    pub(super) fn chosen() -> Vec<Self> {
+        let Ok(list) = std::env::var("CONFAB_BENCH_SETUPS") else {
+            return Self::ALL.to_vec();
+        };
+        list.split(',')
+            .map(|name| match name.trim() {
+                "sqlite" => Self::Sqlite,
+                "postgres" => Self::Postgres,
+                "redis" => Self::PostgresRedis,
+                other => panic!("CONFAB_BENCH_SETUPS: unknown set-up {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Starts a release server of this set-up with `vars`.
+    pub(super) fn spawn(self, vars: &[(&str, &str)]) -> confab_e2e::TestApp {
+        match self {
+            Self::Sqlite => spawn_app_with(Backend::Sqlite, vars),
+            Self::Postgres => spawn_app_with(Backend::Postgres, vars),
+            Self::PostgresRedis => spawn_app_with_redis(Backend::Postgres, vars),
+        }
+    }
+}
+
+/// One concurrency level: the direct figures, then each set-up's through
+/// Confab.
+pub(super) type Level = (Figures, Vec<(SetUp, Figures)>);
+
+/// Runs the relay scenario on `runtime`, against servers with `cores`
+/// workers: straight to the upstream, then through each of `setups`.
+pub(super) fn measure(
+    runtime: &tokio::runtime::Runtime,
+    cores: usize,
+    setups: &[SetUp],
+) -> Vec<Level> {
     let upstream = FakeLlm::start();
     upstream.set_default(stamped());
     let base_url = upstream.base_url();
     let workers = cores.to_string();
-    let app = spawn_app_with(
-        Backend::Sqlite,
-        &[
-            ("CONFAB_LLM_PROVIDER", "openai"),
-            ("CONFAB_LLM_BASE_URL", base_url.as_str()),
-            ("CONFAB_LLM_MODEL", MODEL),
-            ("CONFAB_LLM_API_KEY", "sk-bench-upstream-key-0123456789"),
-            ("CONFAB__SERVER__WORKERS", workers.as_str()),
-            ("CONFAB__LOG__FILTER", "warn"),
-            // One user sends everything: lift its limits.
-            ("CONFAB__GENERATION__MAX_CONCURRENT_PER_USER", "2000"),
-            ("CONFAB__GENERATION__PER_MINUTE", "100000000"),
-            ("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "100000000"),
-            ("CONFAB__GENERATION__MAX_STREAMS", "20000"),
-            // Measure the relay, not the title call.
-            ("CONFAB__LLM__TITLE_GENERATION", "false"),
-        ],
-    );
-    runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(2000)
-            .build()
-            .expect("client");
-        let direct = Target::Direct(format!("{base_url}/chat/completions"));
-        let confab = Target::Confab {
-            url: app.url("/api/v1/conversations"),
-            token: app.user("relay").await,
-        };
+    let vars = [
+        ("CONFAB_LLM_PROVIDER", "openai"),
+        ("CONFAB_LLM_BASE_URL", base_url.as_str()),
+        ("CONFAB_LLM_MODEL", MODEL),
+        ("CONFAB_LLM_API_KEY", "sk-bench-upstream-key-0123456789"),
+        ("CONFAB__SERVER__WORKERS", workers.as_str()),
+        ("CONFAB__LOG__FILTER", "warn"),
+        // One user sends everything: lift its limits.
+        ("CONFAB__GENERATION__MAX_CONCURRENT_PER_USER", "2000"),
+        ("CONFAB__GENERATION__PER_MINUTE", "100000000"),
+        ("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "100000000"),
+        ("CONFAB__GENERATION__MAX_STREAMS", "20000"),
+        // Measure the relay, not the title call.
+        ("CONFAB__LLM__TITLE_GENERATION", "false"),
+    ];
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(2000)
+        .build()
+        .expect("client");
+    let direct = Target::Direct(format!("{base_url}/chat/completions"));
+    let mut levels: Vec<Level> = runtime.block_on(async {
         let mut levels = Vec::new();
         for (concurrency, measured) in LEVELS {
-            let mut pair = Vec::new();
-            for target in [&direct, &confab] {
-                let _ = rounds(&client, target, (concurrency, 1), ROUND_CAP).await;
-                let figures = rounds(&client, target, (concurrency, measured), ROUND_CAP).await;
-                print_row(&figures);
-                pair.push(figures);
-            }
-            let confab = pair.pop().expect("Confab's figures");
-            let direct = pair.pop().expect("the direct figures");
-            levels.push((direct, confab));
+            let _ = rounds(&client, &direct, (concurrency, 1), ROUND_CAP).await;
+            let figures = rounds(&client, &direct, (concurrency, measured), ROUND_CAP).await;
+            print_row("", &figures);
+            levels.push((figures, Vec::new()));
         }
         levels
-    })
+    });
+    for &setup in setups {
+        let app = setup.spawn(&vars);
+        runtime.block_on(async {
+            let confab = Target::Confab {
+                url: app.url("/api/v1/conversations"),
+                token: app.user("relay").await,
+            };
+            for (level, (concurrency, measured)) in levels.iter_mut().zip(LEVELS) {
+                let _ = rounds(&client, &confab, (concurrency, 1), ROUND_CAP).await;
+                let figures = rounds(&client, &confab, (concurrency, measured), ROUND_CAP).await;
+                print_row(setup.name(), &figures);
+                level.1.push((setup, figures));
+            }
+        });
+    }
+    levels
 }
 
 /// The soft open-file limit of this process, from `/proc/self/limits`.
@@ -224,6 +284,23 @@ fn open_file_limit() -> Option<String> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3).map(str::to_owned)
+}
+
+/// One row of the relay table.
+fn write_row(md: &mut String, path: &str, f: &Figures) {
+    let _ = writeln!(
+        md,
+        "| {} | {path} | {} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+        f.concurrency,
+        f.outcomes,
+        f.seconds,
+        f.head.0,
+        f.head.1,
+        f.first.0,
+        f.first.1,
+        f.delta.0,
+        f.delta.1
+    );
 }
 
 /// Appends the relay section (method and table) to `md`.
@@ -248,9 +325,12 @@ concurrency c, c streams start at once (one round at 100 and at 1,000; at 1,
 {single} rounds one after the other), each way:
 
 - **direct**: streaming `POST /v1/chat/completions` straight to the upstream;
-- **through Confab**: sends (`POST /api/v1/conversations`, each a new
+- **Confab**: sends (`POST /api/v1/conversations`, each a new
   conversation of one user, over kept-alive connections) to a release Confab
-  server wired to the same upstream: SQLite, {cores} workers, title generation
+  server in this process wired to the same upstream, on each set-up in turn:
+  SQLite with the in-process adapters; PostgreSQL (the local server) with the
+  in-process adapters; PostgreSQL with Redis (the local one) for the stream
+  logs, limits, caches and blocklist. {cores} workers, title generation
   off, the user's generation and rate limits lifted, the production defaults
   otherwise (so these answers are saved once, at their end: the save interval
   is 1 s).
@@ -285,53 +365,51 @@ spreads its streams out. Open-file limit (`ulimit -n`) of the run: {limit}.
 "
     );
     md.push_str(&text);
-    for (direct, confab) in levels {
-        for f in [direct, confab] {
+    let diff =
+        |c: Quantiles, d: Quantiles| format!("**{:+.3}** | **{:+.3}**", c.0 - d.0, c.1 - d.1);
+    for (direct, confabs) in levels {
+        write_row(md, "direct", direct);
+        for (setup, confab) in confabs {
+            write_row(md, &format!("Confab, {}", setup.name()), confab);
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
-                f.concurrency,
-                f.path,
-                f.outcomes,
-                f.seconds,
-                f.head.0,
-                f.head.1,
-                f.first.0,
-                f.first.1,
-                f.delta.0,
-                f.delta.1
+                "| {} | **Confab, {} − direct** | | | {} | {} | {} |",
+                direct.concurrency,
+                setup.name(),
+                diff(confab.head, direct.head),
+                diff(confab.first, direct.first),
+                diff(confab.delta, direct.delta),
             );
         }
-        let diff =
-            |c: Quantiles, d: Quantiles| format!("**{:+.3}** | **{:+.3}**", c.0 - d.0, c.1 - d.1);
-        let _ = writeln!(
-            md,
-            "| {} | **Confab − direct** | | | {} | {} | {} |",
-            direct.concurrency,
-            diff(confab.head, direct.head),
-            diff(confab.first, direct.first),
-            diff(confab.delta, direct.delta),
-        );
     }
     let _ = writeln!(
         md,
         "\nPer-delta latency, p50 / p99 ms, of each stream's first delta and of the later ones:\n"
     );
     let pair = |q: Quantiles| format!("{:.3} / {:.3}", q.0, q.1);
-    for (direct, confab) in levels {
+    for (direct, confabs) in levels {
         let _ = writeln!(
             md,
-            "- {}: first delta {} direct, {} through Confab; later deltas {} direct, {} through Confab",
+            "- {}, direct: first delta {}, later deltas {}",
             direct.concurrency,
             pair(direct.first_delta),
-            pair(confab.first_delta),
             pair(direct.later_deltas),
-            pair(confab.later_deltas),
         );
+        for (setup, confab) in confabs {
+            let _ = writeln!(
+                md,
+                "- {}, Confab on {}: first delta {}, later deltas {}",
+                direct.concurrency,
+                setup.name(),
+                pair(confab.first_delta),
+                pair(confab.later_deltas),
+            );
+        }
     }
     // Only said when this run shows it.
     if levels
         .iter()
+        .flat_map(|(_, c)| c)
         .any(|(_, c)| c.first_delta.0 >= 30.0 && c.later_deltas.0 < 5.0)
     {
         let _ = writeln!(
@@ -344,9 +422,9 @@ spreads its streams out. Open-file limit (`ulimit -n`) of the run: {limit}.
     }
     let failed: Vec<String> = levels
         .iter()
-        .flat_map(|(d, c)| [d, c])
-        .filter(|f| !f.all_ok())
-        .map(|f| format!("{} at {} ({})", f.path, f.concurrency, f.outcomes))
+        .flat_map(|(d, c)| std::iter::once(("", d)).chain(c.iter().map(|(s, f)| (s.name(), f))))
+        .filter(|(_, f)| !f.all_ok())
+        .map(|(setup, f)| format!("{} {setup} at {} ({})", f.path, f.concurrency, f.outcomes))
         .collect();
     if !failed.is_empty() {
         let _ = writeln!(
