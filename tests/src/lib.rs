@@ -476,6 +476,14 @@ pub async fn spawn_process(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> Tes
 }
 
 impl TestApp {
+    /// The process id of the `confab serve` process, for an instance started
+    /// with [`spawn_process`] (`None` for one running in this process, or
+    /// once stopped).
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(std::process::Child::id)
+    }
+
     /// Kills the server's process with SIGKILL (no drain, no shutdown: a
     /// crash) and waits for it to be gone. For an instance started with
     /// [`spawn_process`].
