@@ -5,8 +5,11 @@
 //! then the shared-state ports in-process and on Redis ([`shared_state`]),
 //! then bursts of concurrent sends to one and two release `confab serve`
 //! processes ([`sends`]; the `confab` binary must sit next to this one),
-//! and writes the figures to the file named on the command line
-//! (docs/benchmarks.md).
+//! then the cached conversation list against `/healthz` ([`list`]), sends
+//! per second with an instant model ([`throughput`]) and open streams per
+//! GB of a `confab serve` process's memory ([`density`]), and writes the
+//! figures, under a table of issue 13's goals ([`goals`]), to the file
+//! named on the command line (docs/benchmarks.md).
 //!
 //! Every scenario is bounded in request count and time. The load generator
 //! shares the machine's cores with the server, so the figures are a floor.
@@ -21,10 +24,14 @@ use std::time::{Duration, Instant};
 use confab_e2e::spawn_app_with;
 use confab_sql::Backend;
 
+mod density;
+mod goals;
+mod list;
 mod model;
 mod relay;
 mod sends;
 mod shared_state;
+mod throughput;
 
 /// One request-path scenario: a request sent `requests` times by
 /// `concurrency` clients.
@@ -108,8 +115,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Runs `s` against the server at `app_url` (bounded by a 60 s cap).
 async fn run(app_url: &str, client: &reqwest::Client, s: &Scenario) -> Result {
+    run_for(app_url, client, s, Duration::from_secs(60)).await
+}
+
+/// Runs `s` against the server at `app_url`: no request starts once `cap`
+/// has passed.
+async fn run_for(app_url: &str, client: &reqwest::Client, s: &Scenario, cap: Duration) -> Result {
     let next = Arc::new(AtomicUsize::new(0));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + cap;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..s.concurrency {
@@ -167,6 +180,37 @@ async fn run(app_url: &str, client: &reqwest::Client, s: &Scenario) -> Result {
     }
 }
 
+/// Sizes from the environment variable `var` (comma-separated numbers, for
+/// a short run), else `default`.
+fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+/// `n` with a comma between thousands (`1,000`).
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A multi-threaded runtime for the measurements.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// The body of the login scenarios' account.
 fn login_body(_: usize) -> String {
     r#"{"username":"benchlogin","password":"correct horse battery staple"}"#.to_owned()
@@ -198,52 +242,97 @@ async fn login_token(client: &reqwest::Client, base: &str) -> String {
     }
 }
 
-/// Measures every scenario and writes the markdown to the file named first
-/// (`--model-only`: the built-in model's figures alone, printed;
-/// `--relay-only`: the relay section alone, printed;
-/// `--sends-only`: the concurrent sends' alone, their markdown section
-/// printed).
+/// Runs the section a `--<name>-only` flag names, prints its markdown and,
+/// where the section feeds the goals table, that table (the other rows
+/// "not measured"); nothing is written. `false` for any other argument.
+fn only(flag: &str, cores: usize) -> bool {
+    let mut md = String::new();
+    match flag {
+        // The model section alone, printed: for comparing settings
+        // (threads, llama.cpp's) quickly.
+        "--model-only" => {
+            let _ = model::measure(&runtime());
+            return true;
+        }
+        "--sends-only" => {
+            let rows = sends::measure(&runtime(), cores);
+            sends::write_markdown(&mut md, &rows, cores);
+        }
+        "--relay-only" => {
+            let levels = relay::measure(&runtime(), cores, &relay::SetUp::chosen());
+            relay::write_markdown(&mut md, &levels, cores);
+            goals::write_markdown(
+                &mut md,
+                &goals::Measured {
+                    relay: Some(&levels),
+                    ..goals::Measured::default()
+                },
+            );
+        }
+        "--list-only" => {
+            let rows = list::measure(&runtime(), cores, &relay::SetUp::chosen());
+            list::write_markdown(&mut md, &rows, cores);
+            goals::write_markdown(
+                &mut md,
+                &goals::Measured {
+                    list: Some(&rows),
+                    ..goals::Measured::default()
+                },
+            );
+        }
+        "--throughput-only" => {
+            let rows = throughput::measure(&runtime(), cores, &relay::SetUp::chosen());
+            throughput::write_markdown(&mut md, &rows, cores);
+            goals::write_markdown(
+                &mut md,
+                &goals::Measured {
+                    throughput: Some(&rows),
+                    ..goals::Measured::default()
+                },
+            );
+        }
+        "--density-only" => {
+            let report = density::measure(&runtime(), cores);
+            density::write_markdown(&mut md, &report, cores);
+            goals::write_markdown(
+                &mut md,
+                &goals::Measured {
+                    density: Some(&report),
+                    ..goals::Measured::default()
+                },
+            );
+        }
+        _ => return false,
+    }
+    println!("{md}");
+    true
+}
+
+/// Measures every section and writes the markdown to the file named first
+/// (default docs/benchmarks.md). A `--<name>-only` flag instead measures one
+/// section and prints its markdown: `--model-only` (the built-in model's
+/// figures alone, printed), `--relay-only`, `--sends-only`, `--list-only`
+/// (the cached conversation list against `/healthz`), `--throughput-only`
+/// (sends per second) and `--density-only` (open streams per GB of RSS).
+///
+/// Smaller sizes for a quick run, from the environment: `CONFAB_BENCH_SETUPS`
+/// (the in-process set-ups: `sqlite,postgres,redis`),
+/// `CONFAB_BENCH_SEND_LEVELS`, `CONFAB_BENCH_LIST_REQUESTS`,
+/// `CONFAB_BENCH_THROUGHPUT_SENDS`, `CONFAB_BENCH_THROUGHPUT_LEVELS` and
+/// `CONFAB_BENCH_DENSITY` (see each section).
 fn main() {
     // The built-in model's threads, as `confab serve` sets them.
     if let Some(e) = confab_server::with_model_threads(0) {
         panic!("cannot restart with the model's threads in the environment: {e}");
     }
+    // The TLS backend of every HTTP client here (reqwest is built without
+    // one): install it before the first client, whichever section runs.
+    confab_server::install_tls_provider();
     let out = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "docs/benchmarks.md".to_owned());
-    if out == "--model-only" {
-        // The model section alone, printed, nothing written: for comparing
-        // settings (threads, llama.cpp's) quickly.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let _ = model::measure(&runtime);
-        return;
-    }
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-    if out == "--sends-only" {
-        // The concurrent-sends section alone, printed, nothing written.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let rows = sends::measure(&runtime, cores);
-        let mut md = String::new();
-        sends::write_markdown(&mut md, &rows, cores);
-        println!("{md}");
-        return;
-    }
-    if out == "--relay-only" {
-        // The relay section alone, printed, nothing written.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let levels = relay::measure(&runtime, cores, &relay::SetUp::chosen());
-        let mut md = String::new();
-        relay::write_markdown(&mut md, &levels, cores);
-        println!("{md}");
+    if only(&out, cores) {
         return;
     }
     let workers = cores.to_string();
@@ -261,10 +350,7 @@ fn main() {
             ("CONFAB__AUTH__MAX_WAITING_HASHES", "100000"),
         ],
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     runtime.block_on(async {
         let body = r#"{"username":"benchlogin","email":"benchlogin@example.com","password":"correct horse battery staple"}"#;
         let res = reqwest::Client::new()
@@ -356,6 +442,9 @@ fn main() {
     let model = model::measure(&runtime);
     let shared_state = shared_state::measure(&runtime);
     let sends = sends::measure(&runtime, cores);
+    let list = list::measure(&runtime, cores, &relay::SetUp::chosen());
+    let throughput = throughput::measure(&runtime, cores, &relay::SetUp::chosen());
+    let density = density::measure(&runtime, cores);
 
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -393,6 +482,16 @@ fn main() {
         md,
         "  figures from the same machine and commit range only\n"
     );
+    goals::write_markdown(
+        &mut md,
+        &goals::Measured {
+            relay: Some(&relay),
+            list: Some(&list),
+            throughput: Some(&throughput),
+            density: Some(&density),
+        },
+    );
+    let _ = writeln!(md, "\n## Request paths\n");
     let _ = writeln!(
         md,
         "| scenario | concurrency | requests | req/s | p50 ms | p99 ms | statuses |"
@@ -432,10 +531,13 @@ fn main() {
         md,
         "hashing threads: hashes run on the blocking pool, not on the request workers."
     );
+    list::write_markdown(&mut md, &list, cores);
     relay::write_markdown(&mut md, &relay, cores);
+    throughput::write_markdown(&mut md, &throughput, cores);
     model::write_markdown(&mut md, &model);
     shared_state::write_markdown(&mut md, &shared_state, cores);
     sends::write_markdown(&mut md, &sends, cores);
+    density::write_markdown(&mut md, &density, cores);
     std::fs::write(&out, md).unwrap_or_else(|e| panic!("cannot write {out}: {e}"));
     println!("wrote {out}");
 }

@@ -112,8 +112,28 @@ impl Figures {
     }
 
     /// Did every stream complete?
-    fn all_ok(&self) -> bool {
+    pub(super) fn all_ok(&self) -> bool {
         self.outcomes == format!("ok×{}", self.streams)
+    }
+
+    /// Streams started at once.
+    pub(super) const fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    /// Every stream's outcome, counted (`ok×1000`).
+    pub(super) fn outcomes(&self) -> &str {
+        &self.outcomes
+    }
+
+    /// p99 of send to first text delta, in ms.
+    pub(super) const fn first_p99(&self) -> f64 {
+        self.first.1
+    }
+
+    /// p99 of upstream write to arrival over every delta, in ms.
+    pub(super) const fn delta_p99(&self) -> f64 {
+        self.delta.1
     }
 }
 
@@ -280,7 +300,7 @@ pub(super) fn measure(
 }
 
 /// The soft open-file limit of this process, from `/proc/self/limits`.
-fn open_file_limit() -> Option<String> {
+pub(super) fn open_file_limit() -> Option<String> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3).map(str::to_owned)
