@@ -40,8 +40,13 @@ openapi:
 	$(CARGO) run --quiet --bin confab -- openapi --output docs/openapi.json
 	./scripts/validate-openapi.sh
 
-## Measure and write docs/benchmarks.md. The concurrent-sends section runs
-## release `confab serve` processes (built first) on PostgreSQL and Redis.
+## Measure and write docs/benchmarks.md: issue 13's goals table, the request
+## paths, the cached list vs /healthz, the relay overhead, sends per second,
+## the built-in model, the shared-state ports, concurrent sends and stream
+## density. The concurrent-sends and stream-density sections run release
+## `confab serve` processes (built first); several sections use PostgreSQL
+## and Redis. One section alone, printed: `target/release/confab-bench
+## --<name>-only` (relay, list, throughput, sends, density, model).
 bench: deps model services
 	$(CARGO) build --release --bin confab
 	$(CARGO) run --release -p confab-e2e --bin confab-bench -- docs/benchmarks.md
