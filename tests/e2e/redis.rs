@@ -20,6 +20,7 @@ use serde_json::json;
 
 on_both_backends!(
     a_logout_on_one_instance_is_refused_by_the_other,
+    a_disable_on_one_instance_locks_out_on_the_other_at_once,
     the_rate_limit_bucket_is_shared_by_the_instances,
     a_rename_on_one_instance_is_seen_at_once_on_the_other,
     a_stream_started_on_one_instance_resumes_on_the_other,
@@ -49,6 +50,42 @@ async fn a_logout_on_one_instance_is_refused_by_the_other(backend: Backend) {
     )
     .await;
     assert_eq!(me(&a, &token).await, 401);
+}
+
+/// An instance that has authenticated a user remembers the account; a
+/// disable (or enable) on another instance bumps the account's version in
+/// Redis, so the first instance's next request reads the account again.
+async fn a_disable_on_one_instance_locks_out_on_the_other_at_once(backend: Backend) {
+    let a = spawn_app_with_redis(backend, &[]);
+    let b = a.sibling(&[]);
+    a.create_admin("boss", confab_e2e::chat::PASSWORD).await;
+    let admin = a.login("boss", confab_e2e::chat::PASSWORD).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = a.user("kim").await;
+    // b reads and remembers the account.
+    let me_on_b: serde_json::Value = b
+        .get_auth("/api/v1/users/me", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me(&b, &token).await, 200);
+    let id = me_on_b["id"].as_str().unwrap();
+    for (disabled, status) in [(true, 401), (false, 200)] {
+        let res = a
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/admin/users/{id}"),
+                &admin,
+                Some(&json!({ "disabled": disabled })),
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(me(&b, &token).await, status, "disabled: {disabled}");
+        assert_eq!(me(&a, &token).await, status, "disabled: {disabled}");
+    }
 }
 
 async fn the_rate_limit_bucket_is_shared_by_the_instances(backend: Backend) {

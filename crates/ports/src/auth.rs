@@ -224,8 +224,23 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
     async fn revoke_user(&self, user: UserId, now: OffsetDateTime) -> Result<(), DomainError>;
 }
 
+/// What the shared state says of one access token on one request: read in
+/// one step, so a request pays one look-up (one round trip on Redis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// Whether the token is refused (it, or its login session, is blocked).
+    pub blocked: bool,
+    /// The version of the token's user's account state (disabled, role):
+    /// it changes whenever [`TokenBlocklist::user_changed`] is called for
+    /// the user, and is 0 for a user never changed. What an instance
+    /// remembers of a user is good for as long as this is unchanged.
+    pub user_version: u64,
+}
+
 /// Access tokens refused before they expire: after a logout, or when their
-/// login session was revoked (refresh-token reuse).
+/// login session was revoked (refresh-token reuse); and the version of each
+/// user's account state, so every instance can keep what it read of an
+/// account until it changes.
 #[async_trait]
 pub trait TokenBlocklist: Send + Sync + 'static {
     /// Refuses the token `jti` until `until` (its expiry), and not after
@@ -247,11 +262,28 @@ pub trait TokenBlocklist: Send + Sync + 'static {
         until: OffsetDateTime,
     ) -> Result<(), DomainError>;
 
+    /// Whether the access token described by `claims` is refused, and the
+    /// version of its user's account state, in one look-up.
+    ///
+    /// # Errors
+    /// When the blocklist is unreachable.
+    async fn standing(&self, claims: &AccessClaims) -> Result<Standing, DomainError>;
+
     /// Whether the access token described by `claims` is refused.
     ///
     /// # Errors
     /// When the blocklist is unreachable.
-    async fn is_blocked(&self, claims: &AccessClaims) -> Result<bool, DomainError>;
+    async fn is_blocked(&self, claims: &AccessClaims) -> Result<bool, DomainError> {
+        Ok(self.standing(claims).await?.blocked)
+    }
+
+    /// Says that `user`'s account state changed (after the change is
+    /// stored): every instance's next [`TokenBlocklist::standing`] of the
+    /// user's tokens carries a version it has not seen.
+    ///
+    /// # Errors
+    /// When the blocklist is unreachable.
+    async fn user_changed(&self, user: UserId) -> Result<(), DomainError>;
 }
 
 /// A token-bucket limit: `quota` requests per `window`, refilled evenly.

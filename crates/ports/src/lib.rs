@@ -19,8 +19,8 @@ mod stream;
 
 pub use auth::{
     AccessClaims, IssuedToken, NewRefreshToken, RateDecision, RateLimiter, RatePolicy, Redemption,
-    RefreshClaims, RefreshTokenStore, ResumeClaims, ResumeTokenCodec, TokenBlocklist, TokenCodec,
-    TokenRejection,
+    RefreshClaims, RefreshTokenStore, ResumeClaims, ResumeTokenCodec, Standing, TokenBlocklist,
+    TokenCodec, TokenRejection,
 };
 pub use cache::{Cache, CachedValue};
 pub use clock::{Clock, SystemClock};

@@ -12,7 +12,7 @@ use confab_domain::{
 use confab_ports::{
     AccessClaims, Cache, CachedValue, Claim, EventFeed, IdempotencyStore, IssuedToken, LogHead,
     PasswordHasher, RateDecision, RateLimiter, RatePolicy, ReadFrom, RefreshClaims, ResumeClaims,
-    ResumeTokenCodec, StopSignal, StoredOutcome, StreamLog, TokenBlocklist, TokenCodec,
+    ResumeTokenCodec, Standing, StopSignal, StoredOutcome, StreamLog, TokenBlocklist, TokenCodec,
     TokenRejection, Verification,
 };
 
@@ -100,8 +100,15 @@ impl TokenBlocklist for Inert {
         Ok(())
     }
 
-    async fn is_blocked(&self, _: &AccessClaims) -> Result<bool, DomainError> {
-        Ok(false)
+    async fn standing(&self, _: &AccessClaims) -> Result<Standing, DomainError> {
+        Ok(Standing {
+            blocked: false,
+            user_version: 0,
+        })
+    }
+
+    async fn user_changed(&self, _: UserId) -> Result<(), DomainError> {
+        Ok(())
     }
 }
 

@@ -151,6 +151,7 @@ macro_rules! blocklist_contract {
                 a_blocked_family_refuses_every_token_of_it,
                 an_expiry_in_the_past_blocks_nothing,
                 entries_lapse_when_their_tokens_expire,
+                a_changed_user_has_a_new_version_and_no_other,
             ],
             shared: [],
             factory: [],

@@ -1,20 +1,24 @@
-//! [`TokenBlocklist`] in a map, pruned as entries expire.
+//! [`TokenBlocklist`] in a map, pruned as entries expire, beside each
+//! changed user's account-state version.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use confab_domain::{DomainError, FamilyId, OffsetDateTime, TokenId};
-use confab_ports::{AccessClaims, TokenBlocklist};
+use confab_domain::{DomainError, FamilyId, OffsetDateTime, TokenId, UserId};
+use confab_ports::{AccessClaims, Standing, TokenBlocklist};
 
 /// Blocked token ids and login sessions, each refusing until its expiry
 /// and kept no longer than that: expired entries are dropped at the next
-/// block.
+/// block. Users whose account state changed have a version here (one
+/// counter per such user, for the life of the process, as long as what the
+/// process remembers of them).
 #[derive(Default)]
 pub struct InMemoryBlocklist {
     tokens: Mutex<HashMap<TokenId, OffsetDateTime>>,
     families: Mutex<HashMap<FamilyId, OffsetDateTime>>,
+    users: Mutex<HashMap<UserId, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -77,9 +81,20 @@ impl TokenBlocklist for InMemoryBlocklist {
         Ok(())
     }
 
-    async fn is_blocked(&self, claims: &AccessClaims) -> Result<bool, DomainError> {
+    async fn standing(&self, claims: &AccessClaims) -> Result<Standing, DomainError> {
         let now = OffsetDateTime::now_utc();
-        Ok(holds(&self.tokens, &claims.jti, now) || holds(&self.families, &claims.family, now))
+        let blocked =
+            holds(&self.tokens, &claims.jti, now) || holds(&self.families, &claims.family, now);
+        let user_version = lock(&self.users).get(&claims.user_id).copied().unwrap_or(0);
+        Ok(Standing {
+            blocked,
+            user_version,
+        })
+    }
+
+    async fn user_changed(&self, user: UserId) -> Result<(), DomainError> {
+        *lock(&self.users).entry(user).or_insert(0) += 1;
+        Ok(())
     }
 }
 

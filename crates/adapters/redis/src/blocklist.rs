@@ -2,11 +2,13 @@
 //! blocked token (`{prefix}bl:jti:{jti}`) and per blocked login session
 //! (`{prefix}bl:fam:{family}`), each expiring on its own (`PXAT`) when the
 //! tokens it refuses have expired anyway, so the blocklist never needs
-//! pruning.
+//! pruning. A changed user's account-state version is a counter,
+//! `{prefix}uv:{user}`, bumped by `INCR`; a request reads both in one
+//! round trip (a pipeline).
 
 use async_trait::async_trait;
-use confab_domain::{DomainError, FamilyId, OffsetDateTime, TokenId};
-use confab_ports::{AccessClaims, TokenBlocklist};
+use confab_domain::{DomainError, FamilyId, OffsetDateTime, TokenId, UserId};
+use confab_ports::{AccessClaims, Standing, TokenBlocklist};
 
 use crate::pool::{RedisPool, unavailable};
 
@@ -29,6 +31,10 @@ impl RedisBlocklist {
 
     fn family_key(&self, family: FamilyId) -> String {
         self.pool.key(&format!("bl:fam:{family}"))
+    }
+
+    fn user_key(&self, user: UserId) -> String {
+        self.pool.key(&format!("uv:{user}"))
     }
 
     /// Stores `key` until `until` (as Unix ms: Redis expires it by its own
@@ -68,15 +74,31 @@ impl TokenBlocklist for RedisBlocklist {
         self.block(self.family_key(family), until).await
     }
 
-    async fn is_blocked(&self, claims: &AccessClaims) -> Result<bool, DomainError> {
+    async fn standing(&self, claims: &AccessClaims) -> Result<Standing, DomainError> {
         let mut conn = self.pool.connection()?;
-        // One round trip for both: how many of the two keys exist.
-        let found: u64 = redis::cmd("EXISTS")
+        // One round trip for all three: how many of the two blocking keys
+        // exist, and the user's version.
+        let (found, version): (u64, Option<u64>) = redis::pipe()
+            .cmd("EXISTS")
             .arg(self.token_key(claims.jti))
             .arg(self.family_key(claims.family))
+            .cmd("GET")
+            .arg(self.user_key(claims.user_id))
             .query_async(&mut conn)
             .await
             .map_err(|e| unavailable(&e))?;
-        Ok(found > 0)
+        Ok(Standing {
+            blocked: found > 0,
+            user_version: version.unwrap_or(0),
+        })
+    }
+
+    async fn user_changed(&self, user: UserId) -> Result<(), DomainError> {
+        let mut conn = self.pool.connection()?;
+        redis::cmd("INCR")
+            .arg(self.user_key(user))
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))
     }
 }

@@ -1,11 +1,12 @@
 //! What every [`TokenBlocklist`] promises: a blocked token, or every token
 //! of a blocked login session, is refused until the expiry it was blocked
-//! with, and nothing else is.
+//! with, and nothing else is; a user's account-state version changes with
+//! every change said of the user, and with nothing else.
 
 use std::time::Duration;
 
 use confab_domain::{FamilyId, OffsetDateTime, Role, TokenId, UserId};
-use confab_ports::{AccessClaims, TokenBlocklist};
+use confab_ports::{AccessClaims, Standing, TokenBlocklist};
 
 use super::eventually;
 
@@ -109,4 +110,49 @@ pub async fn entries_lapse_when_their_tokens_expire(list: &dyn TokenBlocklist) {
     })
     .await;
     assert!(blocked(list, &lasting).await, "a later expiry still blocks");
+}
+
+async fn standing(list: &dyn TokenBlocklist, claims: &AccessClaims) -> Standing {
+    list.standing(claims).await.expect("standing")
+}
+
+/// A user never changed is at version 0; each change gives every token of
+/// the user a version not seen before, while another user's stays, and the
+/// version travels beside the token's blocked flag.
+pub async fn a_changed_user_has_a_new_version_and_no_other(list: &dyn TokenBlocklist) {
+    let now = OffsetDateTime::now_utc();
+    let (user, other) = (UserId::generate(), UserId::generate());
+    let token = claims(user, now);
+    let bystander = claims(other, now);
+    let fresh = standing(list, &token).await;
+    assert_eq!(
+        fresh,
+        Standing {
+            blocked: false,
+            user_version: 0
+        }
+    );
+    let mut seen = vec![fresh.user_version];
+    for _ in 0..3 {
+        list.user_changed(user).await.expect("user_changed");
+        let now = standing(list, &token).await.user_version;
+        assert!(
+            !seen.contains(&now),
+            "version {now} was seen before: {seen:?}"
+        );
+        seen.push(now);
+    }
+    let sibling = claims(user, now);
+    assert_eq!(
+        standing(list, &sibling).await.user_version,
+        *seen.last().expect("a version"),
+        "the version is the user's, not the token's"
+    );
+    assert_eq!(standing(list, &bystander).await.user_version, 0);
+    list.block_token(token.jti, token.expires_at)
+        .await
+        .expect("block_token");
+    let blocked = standing(list, &token).await;
+    assert!(blocked.blocked);
+    assert_eq!(blocked.user_version, *seen.last().expect("a version"));
 }

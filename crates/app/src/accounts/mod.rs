@@ -1,5 +1,7 @@
 //! Accounts: registration, login, token rotation, logout, administration.
 
+mod known;
+
 use std::sync::Arc;
 
 use confab_domain::{
@@ -83,6 +85,7 @@ pub struct AccountPorts {
 pub struct Accounts {
     ports: AccountPorts,
     limits: AccountRules,
+    known: Arc<known::KnownUsers>,
 }
 
 fn rejection(r: TokenRejection) -> AppError {
@@ -98,7 +101,11 @@ impl Accounts {
     /// Builds the use cases.
     #[must_use]
     pub fn new(ports: AccountPorts, limits: AccountRules) -> Self {
-        Self { ports, limits }
+        Self {
+            ports,
+            limits,
+            known: Arc::default(),
+        }
     }
 
     /// Opens an account with role `user`.
@@ -323,25 +330,39 @@ impl Accounts {
     }
 
     /// Checks an access token: signature and claims, the blocklist, and
-    /// that its user still exists and is not disabled (read from the
-    /// database, so it holds across restarts and instances). The blocklist
-    /// and the user are looked up at once: one wait, not two in a row.
+    /// that its user still exists and is not disabled. The blocklist gives
+    /// the token's standing and its user's account-state version in one
+    /// look-up; the user is read from the database only when this instance
+    /// has not read it at that version (every change of the account bumps
+    /// the version on every instance, see [`Accounts::set_disabled`]), so
+    /// the check holds across restarts and instances without a database
+    /// read per request.
     ///
     /// # Errors
     /// [`AppError::Unauthorized`] when it must not be accepted.
     pub async fn authenticate(&self, token: &str) -> Result<AccessClaims, AppError> {
         let claims = self.ports.tokens.verify_access(token).map_err(rejection)?;
-        let (blocked, user) = tokio::join!(
-            self.ports.blocklist.is_blocked(&claims),
-            self.ports.users.get(claims.user_id)
-        );
-        if blocked? {
+        let standing = self.ports.blocklist.standing(&claims).await?;
+        if standing.blocked {
             return Err(INVALID_TOKEN);
         }
-        match user {
-            Ok(user) if !user.disabled => Ok(claims),
-            Ok(_) | Err(DomainError::NotFound) => Err(INVALID_TOKEN),
-            Err(e) => Err(e.into()),
+        let user = claims.user_id;
+        let disabled = match self.known.disabled(user, standing.user_version) {
+            Some(disabled) => disabled,
+            None => match self.ports.users.get(user).await {
+                Ok(account) => {
+                    self.known
+                        .remember(user, standing.user_version, account.disabled);
+                    account.disabled
+                }
+                Err(DomainError::NotFound) => return Err(INVALID_TOKEN),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        if disabled {
+            Err(INVALID_TOKEN)
+        } else {
+            Ok(claims)
         }
     }
 
@@ -424,9 +445,12 @@ impl Accounts {
         let now = OffsetDateTime::now_utc();
         let user = self.ports.users.set_disabled(id, disabled, now).await?;
         if disabled {
-            // Access tokens die too: authenticate reads the flag.
             self.ports.refresh_tokens.revoke_user(id, now).await?;
         }
+        // Access tokens die too: every instance's next authenticate of
+        // the user sees a new version and reads the flag again.
+        self.known.forget(id);
+        self.ports.blocklist.user_changed(id).await?;
         tracing::info!(admin = %caller.user_id, user_id = %id, disabled, "account status changed");
         Ok(user)
     }
