@@ -162,6 +162,23 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn insert_exchange(&self, user: &Message, assistant: &Message)
     -> Result<(), DomainError>;
 
+    /// Creates `conversation` and stores its first exchange, `user` then
+    /// `assistant`, in one transaction: all of it or nothing. The
+    /// conversation comes back as stored: its preview is the user's text,
+    /// its `updated_at` the answer's.
+    ///
+    /// # Errors
+    /// [`DomainError::Duplicate`] on `conversation_id` when the id is
+    /// taken, on `id` when the two messages share theirs;
+    /// [`DomainError::NotFound`] when the owner does not exist; nothing is
+    /// stored on error.
+    async fn create_with_exchange(
+        &self,
+        conversation: NewConversation,
+        user: &Message,
+        assistant: &Message,
+    ) -> Result<Conversation, DomainError>;
+
     /// Replaces a message's content and status (a generation's progress or
     /// end) and refreshes the conversation's preview. Works in a deleted
     /// conversation too, so an answer cut by a delete is still closed.

@@ -409,6 +409,26 @@ impl MessageStore for MemoryStore {
         Ok(())
     }
 
+    async fn create_with_exchange(
+        &self,
+        conversation: NewConversation,
+        user: &Message,
+        assistant: &Message,
+    ) -> Result<Conversation, DomainError> {
+        let id = conversation.id;
+        let created = ConversationStore::create(self, conversation).await?;
+        if let Err(e) = self.insert_exchange(user, assistant).await {
+            self.state()
+                .conversations
+                .retain(|c| c.conversation.id != id);
+            return Err(e);
+        }
+        Ok(Conversation {
+            updated_at: assistant.updated_at,
+            ..created
+        })
+    }
+
     async fn update_content(
         &self,
         conversation: ConversationId,

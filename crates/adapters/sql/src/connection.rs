@@ -1,15 +1,13 @@
-//! Connections: one enum over both backends, a pool manager that picks the
-//! backend by URL scheme, and the helper that runs work on the blocking pool.
+//! Connections: one enum over both backends, and the manager that opens
+//! them, picking the backend by URL scheme.
 
 use std::time::Duration;
 
-use confab_domain::DomainError;
+use diesel::Connection;
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::sqlite::SqliteConnection;
-use diesel::{Connection, RunQueryDsl};
 
-use crate::error::{domain, pool};
 use crate::{DatabaseTarget, SqlError};
 
 /// A connection to either backend; queries written once run on both.
@@ -19,15 +17,13 @@ pub(crate) enum AnyConnection {
     Sqlite(SqliteConnection),
 }
 
-pub(crate) type Pool = r2d2::Pool<Manager>;
-
-/// Pool tuning, from configuration.
+/// Connection tuning, from configuration.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
-    /// Most connections open at once.
+    /// Most connections open at once: one writer's, the rest readers'.
     pub max_size: u32,
-    /// How long a request waits for a free connection before the database
-    /// is reported unavailable.
+    /// How long a request waits for its connection's thread to take it up
+    /// before the database is reported unavailable.
     pub acquire_timeout: Duration,
     /// How long SQLite waits on a locked database before giving up.
     pub sqlite_busy_timeout: Duration,
@@ -43,7 +39,7 @@ impl Default for PoolOptions {
     }
 }
 
-/// Opens connections for r2d2, choosing the backend from the target rather
+/// Opens connections, choosing the backend from the target rather
 /// than trying each in turn (the derive's `establish` would turn a refused
 /// PostgreSQL into a new SQLite file named after the URL).
 #[derive(Debug)]
@@ -96,45 +92,4 @@ impl Manager {
             reason: e.to_string().trim().to_owned(),
         })
     }
-}
-
-impl r2d2::ManageConnection for Manager {
-    type Connection = AnyConnection;
-    type Error = ConnectError;
-
-    fn connect(&self) -> Result<AnyConnection, ConnectError> {
-        self.open()
-    }
-
-    fn is_valid(&self, conn: &mut AnyConnection) -> Result<(), ConnectError> {
-        diesel::sql_query("SELECT 1").execute(conn)?;
-        Ok(())
-    }
-
-    fn has_broken(&self, _conn: &mut AnyConnection) -> bool {
-        false
-    }
-}
-
-/// Runs `work` with a pooled connection on tokio's blocking pool, inside the
-/// caller's tracing span, translating diesel errors at this boundary.
-pub(crate) async fn run<T, F>(pool: &Pool, work: F) -> Result<T, DomainError>
-where
-    T: Send + 'static,
-    F: FnOnce(&mut AnyConnection) -> Result<T, diesel::result::Error> + Send + 'static,
-{
-    let pool = pool.clone();
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
-        let _entered = span.enter();
-        let mut conn = pool.get().map_err(pool_error)?;
-        work(&mut conn).map_err(domain)
-    })
-    .await
-    .map_err(DomainError::internal)?
-}
-
-fn pool_error(err: r2d2::Error) -> DomainError {
-    tracing::warn!(error = %err, "no database connection available");
-    pool(err)
 }

@@ -17,9 +17,9 @@ pub enum SqlError {
         /// The driver's explanation.
         reason: String,
     },
-    /// The pool could not be built.
-    #[error("cannot build the connection pool: {0}")]
-    Pool(#[from] r2d2::Error),
+    /// The store's threads could not be started.
+    #[error("cannot start the database threads: {0}")]
+    Threads(#[source] std::io::Error),
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migration(String),
@@ -80,11 +80,6 @@ fn duplicate_field(text: &str) -> Field {
     } else {
         Field::Id
     }
-}
-
-/// Translates a pool checkout failure: the database is out of reach.
-pub(crate) fn pool(err: r2d2::Error) -> DomainError {
-    DomainError::unavailable(err)
 }
 
 #[cfg(test)]

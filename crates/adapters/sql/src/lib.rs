@@ -4,10 +4,12 @@
 //! The backend is chosen by the URL's scheme (`postgres://`, `postgresql://`
 //! or `sqlite://`), never by trial: a refused PostgreSQL is a clear error,
 //! not a silent new SQLite file. Diesel is synchronous, so every call runs on
-//! tokio's blocking pool, inside the caller's tracing span.
+//! the store's own threads (`executor`: readers, and one writer that
+//! commits concurrent writes together), inside the caller's tracing span.
 
 mod connection;
 mod error;
+mod executor;
 mod migrate;
 mod rows;
 mod schema;

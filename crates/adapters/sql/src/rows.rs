@@ -1,5 +1,5 @@
 //! Rows as diesel reads and writes them, and their translation to and from
-//! domain types. Rows hold owned data so they can move to the blocking pool.
+//! domain types. Rows hold owned data so they can move to the store's threads.
 
 use confab_domain::{
     Content, Conversation, ConversationId, ConversationSummary, DomainError, Email, Message,

@@ -66,6 +66,8 @@ on_both_backends!(
     generated_title_never_overwrites_a_rename,
     an_answer_in_a_deleted_conversation_can_still_be_closed,
     an_exchange_is_stored_whole_or_not_at_all,
+    a_new_conversation_and_its_exchange_are_stored_together,
+    concurrent_writes_commit_together_and_fail_alone,
 );
 
 struct Fixture {
@@ -892,4 +894,158 @@ async fn an_exchange_is_stored_whole_or_not_at_all(backend: Backend) {
     let err = f.store.insert_exchange(&again, &other).await.unwrap_err();
     assert!(matches!(err, DomainError::Duplicate { .. }), "{err:?}");
     assert_eq!(MessageStore::list(&f.store, id).await.unwrap().len(), 3);
+}
+
+fn new_conversation(owner: UserId) -> NewConversation {
+    NewConversation {
+        id: ConversationId::generate(),
+        owner,
+        title: Title::placeholder(),
+        created_at: now(),
+    }
+}
+
+/// A question and its in-progress answer in `conversation`.
+fn exchange(conversation: ConversationId, n: usize) -> (Message, Message) {
+    let question = message(
+        conversation,
+        &format!("u{n}"),
+        MessageRole::User,
+        "question",
+    );
+    let mut answer = message(conversation, &format!("a{n}"), MessageRole::Assistant, "");
+    answer.status = MessageStatus::InProgress;
+    answer.parent_id = Some(question.id.clone());
+    (question, answer)
+}
+
+async fn a_new_conversation_and_its_exchange_are_stored_together(backend: Backend) {
+    let f = fixture(backend).await;
+    let pat = user(&f.store, "pat").await;
+    let new = new_conversation(pat.id);
+    let id = new.id;
+    let (question, answer) = exchange(id, 1);
+    let created = f
+        .store
+        .create_with_exchange(new.clone(), &question, &answer)
+        .await
+        .unwrap();
+    assert_eq!((created.id, created.owner), (id, pat.id));
+    assert_eq!(
+        created.updated_at,
+        ConversationStore::get(&f.store, pat.id, id)
+            .await
+            .unwrap()
+            .updated_at
+    );
+    let stored: Vec<_> = MessageStore::list(&f.store, id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.id, m.parent_id, m.role, m.content, m.status))
+        .collect();
+    let sent: Vec<_> = [question, answer]
+        .into_iter()
+        .map(|m| (m.id, m.parent_id, m.role, m.content, m.status))
+        .collect();
+    assert_eq!(stored, sent);
+    let page = ConversationStore::list(&f.store, pat.id, &query())
+        .await
+        .unwrap();
+    assert_eq!(page.items[0].last_message.as_deref(), Some("question"));
+
+    // The same conversation id again: a duplicate, and its messages are
+    // not stored anywhere.
+    let (q2, a2) = exchange(id, 2);
+    let err = f
+        .store
+        .create_with_exchange(new, &q2, &a2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DomainError::Duplicate {
+                field: Field::ConversationId
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(MessageStore::list(&f.store, id).await.unwrap().len(), 2);
+
+    // An owner that does not exist: nothing is stored.
+    let ghost = new_conversation(UserId::generate());
+    let ghost_id = ghost.id;
+    let (q3, a3) = exchange(ghost_id, 3);
+    let err = f
+        .store
+        .create_with_exchange(ghost, &q3, &a3)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DomainError::NotFound), "{err:?}");
+    assert!(
+        MessageStore::list(&f.store, ghost_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Writes sent at once are committed together (the writer's group), and
+/// one that fails inside a group fails alone: every other write of the
+/// group is stored, and each caller hears its own outcome.
+async fn concurrent_writes_commit_together_and_fail_alone(backend: Backend) {
+    let f = fixture(backend).await;
+    let pat = user(&f.store, "pat").await;
+    let taken = new_conversation(pat.id);
+    let (q, a) = exchange(taken.id, 0);
+    f.store
+        .create_with_exchange(taken.clone(), &q, &a)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for n in 1..=64_usize {
+        let store = f.store.clone();
+        // Every eighth reuses the taken id and must fail alone.
+        let new = if n % 8 == 0 {
+            taken.clone()
+        } else {
+            new_conversation(pat.id)
+        };
+        tasks.push(tokio::spawn(async move {
+            let (q, a) = exchange(new.id, n);
+            (n, store.create_with_exchange(new, &q, &a).await)
+        }));
+    }
+    let mut stored = 0;
+    for task in tasks {
+        let (n, result) = task.await.unwrap();
+        if n % 8 == 0 {
+            assert!(
+                matches!(result, Err(DomainError::Duplicate { .. })),
+                "write {n}: {result:?}"
+            );
+        } else {
+            let conversation = result.unwrap();
+            let messages = MessageStore::list(&f.store, conversation.id).await.unwrap();
+            assert_eq!(messages.len(), 2, "write {n}");
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 56);
+    let page = ConversationStore::list(
+        &f.store,
+        pat.id,
+        &ConversationQuery {
+            page: PageRequest::new(0, 100).unwrap(),
+            ..query()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.total, 57, "the 56 new ones and the taken one");
+    assert_eq!(
+        MessageStore::list(&f.store, taken.id).await.unwrap().len(),
+        2
+    );
 }

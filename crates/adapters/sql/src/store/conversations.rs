@@ -9,7 +9,7 @@ use confab_ports::{ConversationQuery, ConversationStore};
 use diesel::prelude::*;
 
 use super::SqlStore;
-use crate::connection::{AnyConnection, run};
+use crate::connection::AnyConnection;
 use crate::rows::{ConversationRow, micros};
 use crate::schema::conversations;
 
@@ -87,19 +87,21 @@ impl ConversationStore for SqlStore {
             updated_at: at,
         };
         let (owner, id) = (row.user_id.clone(), row.id.clone());
-        run(&self.pool, move |conn| {
-            diesel::insert_into(conversations::table)
-                .values(&row)
-                .execute(conn)?;
-            owned_row(conn, &owner, &id)
-        })
-        .await?
-        .into_conversation()
+        self.db
+            .write(move |conn| {
+                diesel::insert_into(conversations::table)
+                    .values(&row)
+                    .execute(conn)?;
+                owned_row(conn, &owner, &id)
+            })
+            .await?
+            .into_conversation()
     }
 
     async fn get(&self, owner: UserId, id: ConversationId) -> Result<Conversation, DomainError> {
         let (owner, id) = (owner.to_string(), id.to_string());
-        run(&self.pool, move |conn| owned_row(conn, &owner, &id))
+        self.db
+            .read(move |conn| owned_row(conn, &owner, &id))
             .await?
             .into_conversation()
     }
@@ -111,22 +113,24 @@ impl ConversationStore for SqlStore {
     ) -> Result<Page<ConversationSummary>, DomainError> {
         let (owner, query) = (owner.to_string(), query.clone());
         let page = query.page;
-        let (total, rows) = run(&self.pool, move |conn| {
-            let total: i64 = listed(&owner, &query).count().get_result(conn)?;
-            let ordered = match query.order {
-                ListOrder::Updated => listed(&owner, &query)
-                    .order((conversations::updated_at.desc(), conversations::id.desc())),
-                ListOrder::Created => listed(&owner, &query)
-                    .order((conversations::created_at.desc(), conversations::id.desc())),
-            };
-            let rows: Vec<ConversationRow> = ordered
-                .limit(i64::from(page.limit()))
-                .offset(i64::from(page.offset()))
-                .select(ConversationRow::as_select())
-                .load(conn)?;
-            Ok((total, rows))
-        })
-        .await?;
+        let (total, rows) = self
+            .db
+            .read(move |conn| {
+                let total: i64 = listed(&owner, &query).count().get_result(conn)?;
+                let ordered = match query.order {
+                    ListOrder::Updated => listed(&owner, &query)
+                        .order((conversations::updated_at.desc(), conversations::id.desc())),
+                    ListOrder::Created => listed(&owner, &query)
+                        .order((conversations::created_at.desc(), conversations::id.desc())),
+                };
+                let rows: Vec<ConversationRow> = ordered
+                    .limit(i64::from(page.limit()))
+                    .offset(i64::from(page.offset()))
+                    .select(ConversationRow::as_select())
+                    .load(conn)?;
+                Ok((total, rows))
+            })
+            .await?;
         Ok(Page {
             items: rows
                 .into_iter()
@@ -150,8 +154,8 @@ impl ConversationStore for SqlStore {
             is_archived: patch.is_archived,
             updated_at: micros(at),
         };
-        run(&self.pool, move |conn| {
-            conn.transaction(|conn| {
+        self.db
+            .write(move |conn| {
                 let changed = diesel::update(
                     conversations::table
                         .filter(conversations::id.eq(&id))
@@ -165,9 +169,8 @@ impl ConversationStore for SqlStore {
                 }
                 owned_row(conn, &owner, &id)
             })
-        })
-        .await?
-        .into_conversation()
+            .await?
+            .into_conversation()
     }
 
     async fn set_generated_title(
@@ -180,21 +183,23 @@ impl ConversationStore for SqlStore {
     ) -> Result<bool, DomainError> {
         let (owner, id, at) = (owner.to_string(), id.to_string(), micros(at));
         let (untitled, title) = (untitled.as_str().to_owned(), title.as_str().to_owned());
-        let changed = run(&self.pool, move |conn| {
-            diesel::update(
-                conversations::table
-                    .filter(conversations::id.eq(&id))
-                    .filter(conversations::user_id.eq(&owner))
-                    .filter(conversations::deleted_at.is_null())
-                    .filter(conversations::title.eq(&untitled)),
-            )
-            .set((
-                conversations::title.eq(&title),
-                conversations::updated_at.eq(at),
-            ))
-            .execute(conn)
-        })
-        .await?;
+        let changed = self
+            .db
+            .write(move |conn| {
+                diesel::update(
+                    conversations::table
+                        .filter(conversations::id.eq(&id))
+                        .filter(conversations::user_id.eq(&owner))
+                        .filter(conversations::deleted_at.is_null())
+                        .filter(conversations::title.eq(&untitled)),
+                )
+                .set((
+                    conversations::title.eq(&title),
+                    conversations::updated_at.eq(at),
+                ))
+                .execute(conn)
+            })
+            .await?;
         Ok(changed > 0)
     }
 
@@ -205,20 +210,22 @@ impl ConversationStore for SqlStore {
         at: OffsetDateTime,
     ) -> Result<(), DomainError> {
         let (owner, id, at) = (owner.to_string(), id.to_string(), micros(at));
-        let changed = run(&self.pool, move |conn| {
-            diesel::update(
-                conversations::table
-                    .filter(conversations::id.eq(&id))
-                    .filter(conversations::user_id.eq(&owner))
-                    .filter(conversations::deleted_at.is_null()),
-            )
-            .set((
-                conversations::deleted_at.eq(Some(at)),
-                conversations::updated_at.eq(at),
-            ))
-            .execute(conn)
-        })
-        .await?;
+        let changed = self
+            .db
+            .write(move |conn| {
+                diesel::update(
+                    conversations::table
+                        .filter(conversations::id.eq(&id))
+                        .filter(conversations::user_id.eq(&owner))
+                        .filter(conversations::deleted_at.is_null()),
+                )
+                .set((
+                    conversations::deleted_at.eq(Some(at)),
+                    conversations::updated_at.eq(at),
+                ))
+                .execute(conn)
+            })
+            .await?;
         if changed == 0 {
             Err(DomainError::NotFound)
         } else {

@@ -2,14 +2,15 @@
 
 use async_trait::async_trait;
 use confab_domain::{
-    Content, ConversationId, DomainError, Message, MessageId, MessageStatus, OffsetDateTime,
+    Content, Conversation, ConversationId, DomainError, Message, MessageId, MessageStatus,
+    NewConversation, OffsetDateTime,
 };
 use confab_ports::MessageStore;
 use diesel::prelude::*;
 
 use super::SqlStore;
-use crate::connection::{AnyConnection, run};
-use crate::rows::{MessageRow, micros, preview};
+use crate::connection::AnyConnection;
+use crate::rows::{ConversationRow, MessageRow, micros, preview};
 use crate::schema::{conversations, messages};
 
 /// Marks the conversation as changed at `at` (and its preview, when the
@@ -47,8 +48,8 @@ impl MessageStore for SqlStore {
     async fn insert(&self, message: &Message) -> Result<(), DomainError> {
         let mut row = MessageRow::from_message(message)?;
         let text = preview(&message.content);
-        run(&self.pool, move |conn| {
-            conn.transaction(|conn| {
+        self.db
+            .write(move |conn| {
                 touch_conversation(conn, &row.conversation_id, text, row.updated_at)?;
                 let last: Option<i64> = messages::table
                     .filter(messages::conversation_id.eq(&row.conversation_id))
@@ -60,8 +61,7 @@ impl MessageStore for SqlStore {
                     .execute(conn)?;
                 Ok(())
             })
-        })
-        .await
+            .await
     }
 
     async fn insert_exchange(
@@ -74,8 +74,8 @@ impl MessageStore for SqlStore {
             MessageRow::from_message(assistant)?,
         ];
         let text = preview(&user.content);
-        run(&self.pool, move |conn| {
-            conn.transaction(|conn| {
+        self.db
+            .write(move |conn| {
                 let [mut first, mut second] = rows;
                 touch_conversation(conn, &first.conversation_id, text, second.updated_at)?;
                 let last: Option<i64> = messages::table
@@ -91,8 +91,47 @@ impl MessageStore for SqlStore {
                 }
                 Ok(())
             })
-        })
-        .await
+            .await
+    }
+
+    async fn create_with_exchange(
+        &self,
+        conversation: NewConversation,
+        user: &Message,
+        assistant: &Message,
+    ) -> Result<Conversation, DomainError> {
+        let (mut first, mut second) = (
+            MessageRow::from_message(user)?,
+            MessageRow::from_message(assistant)?,
+        );
+        (first.position, second.position) = (1, 2);
+        let row = ConversationRow {
+            id: conversation.id.to_string(),
+            user_id: conversation.owner.to_string(),
+            title: conversation.title.as_str().to_owned(),
+            last_message: preview(&user.content),
+            is_archived: false,
+            deleted_at: None,
+            created_at: micros(conversation.created_at),
+            updated_at: second.updated_at,
+        };
+        // The rows are known whole: three inserts, no reads.
+        self.db
+            .write(move |conn| {
+                diesel::insert_into(conversations::table)
+                    .values(&row)
+                    .execute(conn)?;
+                // One row at a time: the backends' multi-row inserts have
+                // no common form.
+                for message in [&first, &second] {
+                    diesel::insert_into(messages::table)
+                        .values(message)
+                        .execute(conn)?;
+                }
+                Ok(row)
+            })
+            .await?
+            .into_conversation()
     }
 
     async fn update_content(
@@ -107,8 +146,8 @@ impl MessageStore for SqlStore {
         let json = serde_json::to_string(content).map_err(DomainError::internal)?;
         let text = preview(content);
         let at = micros(at);
-        run(&self.pool, move |conn| {
-            conn.transaction(|conn| {
+        self.db
+            .write(move |conn| {
                 let changed = diesel::update(
                     messages::table
                         .filter(messages::conversation_id.eq(&conversation))
@@ -130,20 +169,21 @@ impl MessageStore for SqlStore {
                     other => other,
                 }
             })
-        })
-        .await
+            .await
     }
 
     async fn list(&self, conversation: ConversationId) -> Result<Vec<Message>, DomainError> {
         let conversation = conversation.to_string();
-        let rows: Vec<MessageRow> = run(&self.pool, move |conn| {
-            messages::table
-                .filter(messages::conversation_id.eq(conversation))
-                .order(messages::position.asc())
-                .select(MessageRow::as_select())
-                .load(conn)
-        })
-        .await?;
+        let rows: Vec<MessageRow> = self
+            .db
+            .read(move |conn| {
+                messages::table
+                    .filter(messages::conversation_id.eq(conversation))
+                    .order(messages::position.asc())
+                    .select(MessageRow::as_select())
+                    .load(conn)
+            })
+            .await?;
         rows.into_iter().map(MessageRow::into_message).collect()
     }
 
@@ -152,15 +192,17 @@ impl MessageStore for SqlStore {
         limit: usize,
     ) -> Result<Vec<(ConversationId, MessageId)>, DomainError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows: Vec<(String, String)> = run(&self.pool, move |conn| {
-            messages::table
-                .filter(messages::status.eq(MessageStatus::InProgress.as_str()))
-                .order(messages::updated_at.asc())
-                .limit(limit)
-                .select((messages::conversation_id, messages::id))
-                .load(conn)
-        })
-        .await?;
+        let rows: Vec<(String, String)> = self
+            .db
+            .read(move |conn| {
+                messages::table
+                    .filter(messages::status.eq(MessageStatus::InProgress.as_str()))
+                    .order(messages::updated_at.asc())
+                    .limit(limit)
+                    .select((messages::conversation_id, messages::id))
+                    .load(conn)
+            })
+            .await?;
         rows.into_iter()
             .map(|(conversation, id)| {
                 let conversation = conversation
@@ -182,20 +224,22 @@ impl MessageStore for SqlStore {
         let at = micros(at);
         let conversation = conversation.to_string();
         let message = message.as_str().to_owned();
-        let closed = run(&self.pool, move |conn| {
-            diesel::update(
-                messages::table
-                    .filter(messages::conversation_id.eq(conversation))
-                    .filter(messages::id.eq(message))
-                    .filter(messages::status.eq(MessageStatus::InProgress.as_str())),
-            )
-            .set((
-                messages::status.eq(MessageStatus::Failed.as_str()),
-                messages::updated_at.eq(at),
-            ))
-            .execute(conn)
-        })
-        .await?;
+        let closed = self
+            .db
+            .write(move |conn| {
+                diesel::update(
+                    messages::table
+                        .filter(messages::conversation_id.eq(conversation))
+                        .filter(messages::id.eq(message))
+                        .filter(messages::status.eq(MessageStatus::InProgress.as_str())),
+                )
+                .set((
+                    messages::status.eq(MessageStatus::Failed.as_str()),
+                    messages::updated_at.eq(at),
+                ))
+                .execute(conn)
+            })
+            .await?;
         Ok(closed > 0)
     }
 }

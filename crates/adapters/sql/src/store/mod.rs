@@ -5,26 +5,33 @@ mod messages;
 mod refresh_tokens;
 mod users;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use confab_domain::DomainError;
 use confab_ports::HealthCheck;
 use diesel::RunQueryDsl;
 
-use crate::connection::{Manager, Pool, run};
+use crate::connection::Manager;
+use crate::executor::{Executor, Sizes};
 use crate::migrate::run_pending;
 use crate::{Backend, DatabaseTarget, PoolOptions, SqlError};
 
-/// The SQL store. Cheap to clone (it holds a pool); implements
+/// The SQL store. Cheap to clone (it holds a handle on its threads, which
+/// end when the last clone is dropped); implements
 /// [`confab_ports::UserStore`], [`confab_ports::ConversationStore`],
 /// [`confab_ports::MessageStore`] and [`HealthCheck`].
 #[derive(Clone)]
 pub struct SqlStore {
-    pool: Pool,
+    db: Executor,
+    manager: Arc<Manager>,
     backend: Backend,
 }
 
 impl SqlStore {
-    /// Opens the database named by `target` and builds the pool. A SQLite
+    /// Opens the database named by `target` and starts the store's
+    /// threads: `options.max_size` connections in all, one of them the
+    /// writer's. A SQLite
     /// file (and its directory) is created when missing; PostgreSQL must be
     /// reachable now.
     ///
@@ -45,30 +52,36 @@ impl SqlStore {
             std::fs::create_dir_all(dir)?;
         }
         let backend = target.backend();
-        let manager = Manager::new(target, options);
-        // Fail now with the driver's reason, not later with a pool time-out.
+        let manager = Arc::new(Manager::new(target, options));
+        // Fail now with the driver's reason, not later with a time-out.
         drop(manager.probe()?);
-        let pool = r2d2::Pool::builder()
-            .max_size(options.max_size)
-            .min_idle(Some(0))
-            .connection_timeout(options.acquire_timeout)
-            .build_unchecked(manager);
-        Ok(Self { pool, backend })
+        let max = usize::try_from(options.max_size).unwrap_or(usize::MAX);
+        let db = Executor::start(
+            Arc::clone(&manager),
+            Sizes {
+                readers: max.saturating_sub(1).max(1),
+                acquire_timeout: options.acquire_timeout,
+            },
+        )
+        .map_err(SqlError::Threads)?;
+        Ok(Self {
+            db,
+            manager,
+            backend,
+        })
     }
 
     /// Applies pending migrations (under an advisory lock on PostgreSQL)
-    /// and returns how many ran.
+    /// on a connection of their own, and returns how many ran.
     ///
     /// # Errors
-    /// [`SqlError::Migration`] or [`SqlError::Pool`] when they can't run.
+    /// [`SqlError::Migration`] or [`SqlError::Connect`] when they can't
+    /// run.
     pub async fn migrate(&self) -> Result<usize, SqlError> {
-        let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get()?;
-            run_pending(&mut conn)
-        })
-        .await
-        .map_err(|e| SqlError::Migration(format!("migration task failed: {e}")))?
+        let manager = Arc::clone(&self.manager);
+        tokio::task::spawn_blocking(move || run_pending(&mut manager.probe()?))
+            .await
+            .map_err(|e| SqlError::Migration(format!("migration task failed: {e}")))?
     }
 
     /// Which backend this store runs on.
@@ -85,10 +98,9 @@ impl HealthCheck for SqlStore {
     }
 
     async fn check(&self) -> Result<(), DomainError> {
-        run(&self.pool, |conn| {
-            diesel::sql_query("SELECT 1").execute(conn)
-        })
-        .await?;
+        self.db
+            .read(|conn| diesel::sql_query("SELECT 1").execute(conn))
+            .await?;
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use confab_ports::{NewRefreshToken, Redemption, RefreshTokenStore};
 use diesel::prelude::*;
 
 use super::SqlStore;
-use crate::connection::{AnyConnection, run};
+use crate::connection::AnyConnection;
 use crate::rows::{from_micros, micros};
 use crate::schema::{refresh_families as rf, refresh_tokens as rt};
 
@@ -27,23 +27,21 @@ fn revoke(
     families: Vec<String>,
     now: i64,
 ) -> Result<(), diesel::result::Error> {
-    conn.transaction(|conn| {
-        diesel::update(
-            rf::table
-                .filter(rf::id.eq_any(&families))
-                .filter(rf::revoked_at.is_null()),
-        )
-        .set(rf::revoked_at.eq(Some(now)))
-        .execute(conn)?;
-        diesel::update(
-            rt::table
-                .filter(rt::family_id.eq_any(&families))
-                .filter(rt::revoked_at.is_null()),
-        )
-        .set(rt::revoked_at.eq(Some(now)))
-        .execute(conn)?;
-        Ok(())
-    })
+    diesel::update(
+        rf::table
+            .filter(rf::id.eq_any(&families))
+            .filter(rf::revoked_at.is_null()),
+    )
+    .set(rf::revoked_at.eq(Some(now)))
+    .execute(conn)?;
+    diesel::update(
+        rt::table
+            .filter(rt::family_id.eq_any(&families))
+            .filter(rt::revoked_at.is_null()),
+    )
+    .set(rt::revoked_at.eq(Some(now)))
+    .execute(conn)?;
+    Ok(())
 }
 
 #[async_trait]
@@ -54,22 +52,23 @@ impl RefreshTokenStore for SqlStore {
         user: UserId,
         at: OffsetDateTime,
     ) -> Result<(), DomainError> {
-        run(&self.pool, move |conn| {
-            diesel::insert_into(rf::table)
-                .values((
-                    rf::id.eq(family.to_string()),
-                    rf::user_id.eq(user.to_string()),
-                    rf::created_at.eq(micros(at)),
-                ))
-                .execute(conn)
-        })
-        .await?;
+        self.db
+            .write(move |conn| {
+                diesel::insert_into(rf::table)
+                    .values((
+                        rf::id.eq(family.to_string()),
+                        rf::user_id.eq(user.to_string()),
+                        rf::created_at.eq(micros(at)),
+                    ))
+                    .execute(conn)
+            })
+            .await?;
         Ok(())
     }
 
     async fn insert(&self, token: NewRefreshToken) -> Result<bool, DomainError> {
-        run(&self.pool, move |conn| {
-            conn.transaction(|conn| {
+        self.db
+            .write(move |conn| {
                 let family = token.family.to_string();
                 // Touching the row takes its lock (PostgreSQL) or the write
                 // lock (SQLite) before the revocation check.
@@ -94,35 +93,36 @@ impl RefreshTokenStore for SqlStore {
                     .execute(conn)?;
                 Ok(true)
             })
-        })
-        .await
+            .await
     }
 
     async fn redeem(&self, jti: TokenId, now: OffsetDateTime) -> Result<Redemption, DomainError> {
         let (jti, now) = (jti.to_string(), micros(now));
-        let found = run(&self.pool, move |conn| {
-            // One conditional UPDATE: of two concurrent redemptions, the
-            // database lets exactly one change the row.
-            let redeemed = diesel::update(
+        let found = self
+            .db
+            .write(move |conn| {
+                // One conditional UPDATE: of two concurrent redemptions, the
+                // database lets exactly one change the row.
+                let redeemed = diesel::update(
+                    rt::table
+                        .filter(rt::jti.eq(&jti))
+                        .filter(rt::used_at.is_null())
+                        .filter(rt::revoked_at.is_null())
+                        .filter(rt::expires_at.gt(now)),
+                )
+                .set(rt::used_at.eq(Some(now)))
+                .execute(conn)?;
+                if redeemed == 1 {
+                    return Ok(None);
+                }
                 rt::table
                     .filter(rt::jti.eq(&jti))
-                    .filter(rt::used_at.is_null())
-                    .filter(rt::revoked_at.is_null())
-                    .filter(rt::expires_at.gt(now)),
-            )
-            .set(rt::used_at.eq(Some(now)))
-            .execute(conn)?;
-            if redeemed == 1 {
-                return Ok(None);
-            }
-            rt::table
-                .filter(rt::jti.eq(&jti))
-                .select((rt::family_id, rt::user_id, rt::used_at))
-                .first::<(String, String, Option<i64>)>(conn)
-                .optional()
-                .map(Some)
-        })
-        .await?;
+                    .select((rt::family_id, rt::user_id, rt::used_at))
+                    .first::<(String, String, Option<i64>)>(conn)
+                    .optional()
+                    .map(Some)
+            })
+            .await?;
         match found {
             None => Ok(Redemption::Redeemed),
             Some(Some((family, user, Some(used)))) => Ok(Redemption::Reused {
@@ -140,18 +140,21 @@ impl RefreshTokenStore for SqlStore {
         now: OffsetDateTime,
     ) -> Result<(), DomainError> {
         let (family, now) = (family.to_string(), micros(now));
-        run(&self.pool, move |conn| revoke(conn, vec![family], now)).await
+        self.db
+            .write(move |conn| revoke(conn, vec![family], now))
+            .await
     }
 
     async fn revoke_user(&self, user: UserId, now: OffsetDateTime) -> Result<(), DomainError> {
         let (user, now) = (user.to_string(), micros(now));
-        run(&self.pool, move |conn| {
-            let families: Vec<String> = rf::table
-                .filter(rf::user_id.eq(&user))
-                .select(rf::id)
-                .load(conn)?;
-            revoke(conn, families, now)
-        })
-        .await
+        self.db
+            .write(move |conn| {
+                let families: Vec<String> = rf::table
+                    .filter(rf::user_id.eq(&user))
+                    .select(rf::id)
+                    .load(conn)?;
+                revoke(conn, families, now)
+            })
+            .await
     }
 }

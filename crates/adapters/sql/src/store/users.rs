@@ -8,7 +8,6 @@ use confab_ports::UserStore;
 use diesel::prelude::*;
 
 use super::SqlStore;
-use crate::connection::run;
 use crate::rows::{UserRow, micros};
 use crate::schema::users;
 
@@ -27,29 +26,31 @@ impl UserStore for SqlStore {
             updated_at: at,
         };
         let id = row.id.clone();
-        run(&self.pool, move |conn| {
-            diesel::insert_into(users::table)
-                .values(&row)
-                .execute(conn)?;
-            users::table
-                .filter(users::id.eq(id))
-                .select(UserRow::as_select())
-                .first(conn)
-        })
-        .await?
-        .into_user()
+        self.db
+            .write(move |conn| {
+                diesel::insert_into(users::table)
+                    .values(&row)
+                    .execute(conn)?;
+                users::table
+                    .filter(users::id.eq(id))
+                    .select(UserRow::as_select())
+                    .first(conn)
+            })
+            .await?
+            .into_user()
     }
 
     async fn get(&self, id: UserId) -> Result<User, DomainError> {
         let id = id.to_string();
-        run(&self.pool, move |conn| {
-            users::table
-                .filter(users::id.eq(id))
-                .select(UserRow::as_select())
-                .first(conn)
-        })
-        .await?
-        .into_user()
+        self.db
+            .read(move |conn| {
+                users::table
+                    .filter(users::id.eq(id))
+                    .select(UserRow::as_select())
+                    .first(conn)
+            })
+            .await?
+            .into_user()
     }
 
     async fn find_credentials(
@@ -57,30 +58,33 @@ impl UserStore for SqlStore {
         login: &str,
     ) -> Result<Option<(User, PasswordHash)>, DomainError> {
         let login = login.to_lowercase();
-        run(&self.pool, move |conn| {
-            users::table
-                .filter(users::username.eq(&login).or(users::email.eq(&login)))
-                .select(UserRow::as_select())
-                .first(conn)
-                .optional()
-        })
-        .await?
-        .map(UserRow::into_credentials)
-        .transpose()
+        self.db
+            .read(move |conn| {
+                users::table
+                    .filter(users::username.eq(&login).or(users::email.eq(&login)))
+                    .select(UserRow::as_select())
+                    .first(conn)
+                    .optional()
+            })
+            .await?
+            .map(UserRow::into_credentials)
+            .transpose()
     }
 
     async fn list(&self, page: PageRequest) -> Result<Page<User>, DomainError> {
-        let (total, rows) = run(&self.pool, move |conn| {
-            let total: i64 = users::table.count().get_result(conn)?;
-            let rows: Vec<UserRow> = users::table
-                .order((users::created_at.asc(), users::id.asc()))
-                .limit(i64::from(page.limit()))
-                .offset(i64::from(page.offset()))
-                .select(UserRow::as_select())
-                .load(conn)?;
-            Ok((total, rows))
-        })
-        .await?;
+        let (total, rows) = self
+            .db
+            .read(move |conn| {
+                let total: i64 = users::table.count().get_result(conn)?;
+                let rows: Vec<UserRow> = users::table
+                    .order((users::created_at.asc(), users::id.asc()))
+                    .limit(i64::from(page.limit()))
+                    .offset(i64::from(page.offset()))
+                    .select(UserRow::as_select())
+                    .load(conn)?;
+                Ok((total, rows))
+            })
+            .await?;
         Ok(Page {
             items: rows
                 .into_iter()
@@ -98,12 +102,14 @@ impl UserStore for SqlStore {
         at: OffsetDateTime,
     ) -> Result<(), DomainError> {
         let (id, hash, at) = (id.to_string(), hash.as_str().to_owned(), micros(at));
-        let changed = run(&self.pool, move |conn| {
-            diesel::update(users::table.filter(users::id.eq(id)))
-                .set((users::password_hash.eq(hash), users::updated_at.eq(at)))
-                .execute(conn)
-        })
-        .await?;
+        let changed = self
+            .db
+            .write(move |conn| {
+                diesel::update(users::table.filter(users::id.eq(id)))
+                    .set((users::password_hash.eq(hash), users::updated_at.eq(at)))
+                    .execute(conn)
+            })
+            .await?;
         if changed == 0 {
             Err(DomainError::NotFound)
         } else {
@@ -119,8 +125,8 @@ impl UserStore for SqlStore {
     ) -> Result<User, DomainError> {
         let id = id.to_string();
         let at = micros(at);
-        run(&self.pool, move |conn| {
-            conn.transaction(|conn| {
+        self.db
+            .write(move |conn| {
                 let changed = diesel::update(users::table.filter(users::id.eq(&id)))
                     .set((users::disabled.eq(disabled), users::updated_at.eq(at)))
                     .execute(conn)?;
@@ -132,8 +138,7 @@ impl UserStore for SqlStore {
                     .select(UserRow::as_select())
                     .first(conn)
             })
-        })
-        .await?
-        .into_user()
+            .await?
+            .into_user()
     }
 }
