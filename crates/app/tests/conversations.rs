@@ -14,9 +14,9 @@ use confab_app::{
     AnswerEnd, AppError, ConversationPorts, ConversationRules, Conversations, SendMessage, Started,
 };
 use confab_domain::{
-    Content, ConversationId, ErrorCode, EventName, FamilyId, Field, Message, MessageId,
-    MessageMetadata, MessageRole, MessageStatus, ModelSlug, NewConversation, OffsetDateTime, Role,
-    Title, TokenId, UserId,
+    Content, Conversation, ConversationId, DomainError, ErrorCode, EventName, FamilyId, Field,
+    Message, MessageId, MessageMetadata, MessageRole, MessageStatus, ModelSlug, NewConversation,
+    OffsetDateTime, Role, Title, TokenId, UserId,
 };
 use confab_memory::{GovernorLimiter, MemoryCache, MemoryStreamLog, StreamLogOptions};
 use confab_ports::{
@@ -64,6 +64,14 @@ fn harness() -> Harness {
 }
 
 fn harness_with(rules: ConversationRules) -> Harness {
+    harness_on(rules, |store| store)
+}
+
+/// A harness whose message store is `messages(the memory store)`.
+fn harness_on(
+    rules: ConversationRules,
+    messages: impl FnOnce(Arc<MemoryStore>) -> Arc<dyn MessageStore>,
+) -> Harness {
     let store = Arc::new(MemoryStore::new());
     let model = Arc::new(ScriptedModel::new());
     // The JWT codec checks a resume token's expiry against the system
@@ -72,7 +80,7 @@ fn harness_with(rules: ConversationRules) -> Harness {
     let codec = support::jwt_codec();
     let ports = ConversationPorts {
         conversations: store.clone(),
-        messages: store.clone(),
+        messages: messages(store.clone()),
         model: Some(model.clone()),
         log: Arc::new(MemoryStreamLog::new(StreamLogOptions {
             retention: Duration::from_secs(600),
@@ -999,4 +1007,180 @@ async fn shutdown_interrupts_a_running_answer() {
         h.conversations.send(&uma, say("more")).await,
         Err(AppError::Unavailable(_))
     ));
+}
+
+/// The memory store, but a new conversation's exchange is stored only
+/// when the test says so, and then stored or refused as it says.
+struct HeldStore {
+    store: Arc<MemoryStore>,
+    release: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<bool>>,
+}
+
+#[async_trait::async_trait]
+impl MessageStore for HeldStore {
+    async fn insert(&self, message: &Message) -> Result<(), DomainError> {
+        self.store.insert(message).await
+    }
+
+    async fn insert_exchange(
+        &self,
+        user: &Message,
+        assistant: &Message,
+    ) -> Result<(), DomainError> {
+        self.store.insert_exchange(user, assistant).await
+    }
+
+    async fn create_with_exchange(
+        &self,
+        conversation: NewConversation,
+        user: &Message,
+        assistant: &Message,
+    ) -> Result<Conversation, DomainError> {
+        let store = self.release.lock().await.recv().await.unwrap_or(false);
+        if !store {
+            return Err(DomainError::unavailable("the test refused the write"));
+        }
+        self.store
+            .create_with_exchange(conversation, user, assistant)
+            .await
+    }
+
+    async fn update_content(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+        content: &Content,
+        status: MessageStatus,
+        at: OffsetDateTime,
+    ) -> Result<(), DomainError> {
+        self.store
+            .update_content(conversation, id, content, status, at)
+            .await
+    }
+
+    async fn list(&self, conversation: ConversationId) -> Result<Vec<Message>, DomainError> {
+        MessageStore::list(self.store.as_ref(), conversation).await
+    }
+
+    async fn in_progress(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(ConversationId, MessageId)>, DomainError> {
+        self.store.in_progress(limit).await
+    }
+
+    async fn fail_if_in_progress(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+        at: OffsetDateTime,
+    ) -> Result<bool, DomainError> {
+        self.store.fail_if_in_progress(conversation, id, at).await
+    }
+}
+
+/// A harness on a [`HeldStore`], and the sender that releases its writes.
+fn held_harness() -> (Harness, tokio::sync::mpsc::Sender<bool>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let release = tokio::sync::Mutex::new(rx);
+    let h = harness_on(rules(), move |store| Arc::new(HeldStore { store, release }));
+    (h, tx)
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    guarded(what, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_model_is_asked_while_the_exchange_is_stored_and_speaks_after() {
+    let (h, release) = held_harness();
+    let alice = caller();
+    h.model.answer(Reply::text(&["Hello", " there"]));
+    let conversations = h.conversations.clone();
+    let who = alice.clone();
+    let sending = tokio::spawn(async move { conversations.send(&who, say("Hi?")).await });
+    // The model is asked before the exchange is stored...
+    eventually("the model is asked", || {
+        h.model.answer_requests().len() == 1
+    })
+    .await;
+    let page = ConversationStore::list(
+        h.store.as_ref(),
+        alice.user_id,
+        &ConversationQuery::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.total, 0, "nothing is stored yet");
+    assert!(!sending.is_finished(), "the send waits for its store");
+    // ...and what it says reaches the stream only after the store, behind
+    // the opening events.
+    release.send(true).await.unwrap();
+    let started = guarded("the send", sending).await.unwrap().unwrap();
+    let feed = h
+        .conversations
+        .follow(started.conversation.id)
+        .await
+        .unwrap();
+    let events = drain(feed).await;
+    assert_eq!(
+        kinds(&events)[..7],
+        [
+            "delta_encoding",
+            "resume_conversation_token",
+            "input_message",
+            "add",
+            "message_marker",
+            "text:Hello",
+            "text: there",
+        ]
+    );
+    assert_eq!(ended(&started).await, AnswerEnd::Finished);
+    assert_eq!(messages(&h, started.conversation.id).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_failed_store_cancels_the_model_request_and_frees_the_slot() {
+    let (h, release) = held_harness();
+    let alice = caller();
+    // More failed sends than the user's cap of running answers.
+    for _ in 0..3 {
+        h.model.answer(Reply::hanging(&["never shown"]));
+        let conversations = h.conversations.clone();
+        let who = alice.clone();
+        let sending = tokio::spawn(async move { conversations.send(&who, say("Hi?")).await });
+        eventually("the model is asked", || h.model.open_streams() == 1).await;
+        release.send(false).await.unwrap();
+        let refused = guarded("the send", sending).await.unwrap();
+        assert!(
+            matches!(refused, Err(AppError::Unavailable(_))),
+            "{refused:?}"
+        );
+        // The model's request is dropped with the start it belonged to.
+        eventually("the model request is cancelled", || {
+            h.model.open_streams() == 0
+        })
+        .await;
+    }
+    let page = ConversationStore::list(
+        h.store.as_ref(),
+        alice.user_id,
+        &ConversationQuery::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.total, 0, "no conversation is left behind");
+    // The slots were given back: a send goes through.
+    h.model.answer(Reply::text(&["ok"]));
+    let conversations = h.conversations.clone();
+    let who = alice.clone();
+    let sending = tokio::spawn(async move { conversations.send(&who, say("Again?")).await });
+    release.send(true).await.unwrap();
+    let started = guarded("the send", sending).await.unwrap().unwrap();
+    assert_eq!(ended(&started).await, AnswerEnd::Finished);
 }

@@ -2,7 +2,9 @@
 //! stream log, saves the text in batches, and always ends the message and
 //! the stream — on success, stop, failure and shutdown alike.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,11 +16,9 @@ use confab_ports::{
     ChatModel, CompletionRequest, CompletionStream, FinishReason, LlmError, LlmEvent, StopSignal,
 };
 use futures_util::FutureExt;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
-use super::prompt::{
-    TITLE_ANSWER_BYTES, build_prompt, clean_title, heuristic_title, title_request,
-};
+use super::prompt::{TITLE_ANSWER_BYTES, clean_title, heuristic_title, title_request};
 use super::{Inner, Slot};
 
 /// One generation, owned by its task.
@@ -30,12 +30,16 @@ pub(super) struct Generation {
     pub(super) message: Message,
     pub(super) first_text: String,
     pub(super) model: ModelSlug,
-    pub(super) temperature: Option<f32>,
     pub(super) chat_model: Arc<dyn ChatModel>,
     pub(super) shutdown: watch::Receiver<bool>,
     /// Where the generation says how it ended.
     pub(super) ended: watch::Sender<Option<AnswerEnd>>,
 }
+
+/// The model's answer being opened: the request is made while the send
+/// stores its exchange.
+type Opening<'a> =
+    Pin<Box<dyn Future<Output = Result<Box<dyn CompletionStream>, LlmError>> + Send + 'a>>;
 
 /// How an answer ended, as its sender learns it (a JSON-mode send waits
 /// for this instead of reading the stream).
@@ -125,13 +129,39 @@ async fn shutting_down(rx: &mut watch::Receiver<bool>) {
 
 impl Generation {
     /// Runs the generation to its end. The slot is held until then.
-    pub(super) async fn run(mut self, mut stop: Box<dyn StopSignal>, slot: Slot) {
+    ///
+    /// The model is asked at once, while the sender stores the exchange;
+    /// nothing reaches the log before `stored` says the exchange is
+    /// committed (and its opening events are in the log). When the sender
+    /// gives up instead (`stored` dropped), the generation ends without a
+    /// trace: the sender undoes the start.
+    pub(super) async fn run(
+        mut self,
+        mut stop: Box<dyn StopSignal>,
+        slot: Slot,
+        stored: oneshot::Receiver<()>,
+        request: CompletionRequest,
+    ) {
         let _slot = slot;
         let began = Instant::now();
+        let chat_model = Arc::clone(&self.chat_model);
+        let mut opening: Opening<'_> = chat_model.complete(request);
+        let mut stored = stored;
+        let mut opened = None;
+        let committed = loop {
+            tokio::select! {
+                biased;
+                done = &mut stored => break done.is_ok(),
+                result = &mut opening, if opened.is_none() => opened = Some(result),
+            }
+        };
+        if !committed {
+            return;
+        }
         let mut text = String::new();
         // A panic must not leave the message in progress and its readers
         // waiting: it ends the generation like any internal failure.
-        let outcome = AssertUnwindSafe(self.generate(stop.as_mut(), &mut text))
+        let outcome = AssertUnwindSafe(self.generate(stop.as_mut(), &mut text, opened, opening))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| Outcome::Broken(DomainError::internal("the generation panicked")));
@@ -176,28 +206,24 @@ impl Generation {
         }
     }
 
-    async fn generate(&mut self, stop: &mut dyn StopSignal, text: &mut String) -> Outcome {
+    /// Streams the answer from `opened` (the model's answer, when it came
+    /// while the exchange was stored) or else from `opening`.
+    async fn generate(
+        &mut self,
+        stop: &mut dyn StopSignal,
+        text: &mut String,
+        opened: Option<Result<Box<dyn CompletionStream>, LlmError>>,
+        opening: Opening<'_>,
+    ) -> Outcome {
         let rules = &self.inner.rules;
-        let history = match self.inner.ports.messages.list(self.conversation).await {
-            Ok(h) => h,
-            Err(e) => return Outcome::Broken(e),
-        };
-        let request = CompletionRequest {
-            model: self.model.clone(),
-            turns: build_prompt(
-                &history,
-                &self.message.id,
-                &rules.system_prompt,
-                rules.prompt_budget_chars,
-            ),
-            temperature: self.temperature,
-            max_tokens: rules.max_tokens,
-        };
-        let opened = tokio::select! {
-            biased;
-            () = stop.stopped() => return Outcome::Stopped,
-            () = shutting_down(&mut self.shutdown) => return Outcome::Interrupted,
-            opened = self.chat_model.complete(request) => opened,
+        let opened = match opened {
+            Some(opened) => opened,
+            None => tokio::select! {
+                biased;
+                () = stop.stopped() => return Outcome::Stopped,
+                () = shutting_down(&mut self.shutdown) => return Outcome::Interrupted,
+                opened = opening => opened,
+            },
         };
         let mut stream = match opened {
             Ok(s) => s,

@@ -9,10 +9,11 @@ use confab_domain::{
     MessageId, MessageMetadata, MessageRole, MessageStatus, ModelSlug, NewConversation, Title,
     UserId, events,
 };
-use confab_ports::{AccessClaims, ChatModel, StopSignal};
-use tokio::sync::watch;
+use confab_ports::{AccessClaims, ChatModel, CompletionRequest};
+use tokio::sync::{oneshot, watch};
 
 use super::generation::{AnswerEnd, Generation};
+use super::prompt::build_prompt;
 use super::{Conversations, Inner, Slot};
 use crate::AppError;
 
@@ -243,8 +244,9 @@ impl Conversations {
             .map_err(|e| AppError::Internal(format!("starting a generation failed: {e}").into()))?
     }
 
-    /// Opens the stream log, stores both messages, announces them and
-    /// spawns the generation; on any failure, undoes what it did.
+    /// Opens the stream log, starts the generation (the model is asked at
+    /// once), stores both messages, announces them and lets the generation
+    /// go on; on any failure, stops the generation and undoes what it did.
     async fn begin(&self, request: Request, slot: Slot) -> Result<Started, AppError> {
         let inner = &self.inner;
         let owner = request.owner;
@@ -253,7 +255,7 @@ impl Conversations {
             .existing
             .as_ref()
             .map_or_else(ConversationId::generate, |c| c.id);
-        let history = match &request.existing {
+        let mut history = match &request.existing {
             Some(c) => inner.ports.messages.list(c.id).await?,
             None => Vec::new(),
         };
@@ -274,47 +276,58 @@ impl Conversations {
                 DomainError::Duplicate { .. } => AppError::Busy,
                 other => other.into(),
             })?;
+        let exchange = Exchange {
+            parent: history.last().map(|m| m.id.clone()),
+            message_id: request.message_id,
+            content: request.content,
+            assistant_id,
+        };
+        let (user_message, assistant_message) =
+            inner.exchange(conversation_id, exchange, &request.engine.model);
+        history.push(user_message.clone());
+        let prompt = CompletionRequest {
+            model: request.engine.model.clone(),
+            turns: build_prompt(
+                &history,
+                &assistant_message.id,
+                &inner.rules.system_prompt,
+                inner.rules.prompt_budget_chars,
+            ),
+            temperature: request.engine.temperature,
+            max_tokens: inner.rules.max_tokens,
+        };
         let (ended_tx, ended_rx) = watch::channel(None);
-        let stored = async {
-            let conversation = match &request.existing {
-                Some(c) => c.clone(),
-                None => {
-                    inner
-                        .ports
-                        .conversations
-                        .create(NewConversation {
-                            id: conversation_id,
-                            owner,
-                            title: Title::placeholder(),
-                            created_at: inner.now(),
-                        })
-                        .await?
-                }
-            };
-            let exchange = Exchange {
-                parent: history.last().map(|m| m.id.clone()),
-                message_id: request.message_id,
-                content: request.content,
-                assistant_id,
-            };
-            let (user_message, assistant_message) = self
-                .store_and_announce(owner, &conversation, exchange, &request.engine.model)
-                .await?;
-            Ok::<_, AppError>(Started {
-                conversation,
-                created,
-                user_message,
-                assistant_message,
-                ended: ended_rx,
-            })
-        }
-        .await;
+        let (stored_tx, stored_rx) = oneshot::channel();
+        let generation = Generation {
+            inner: inner.clone(),
+            owner,
+            conversation: conversation_id,
+            created,
+            message: assistant_message.clone(),
+            first_text: user_message.content.joined(),
+            model: request.engine.model,
+            chat_model: request.engine.chat_model,
+            shutdown: inner.running.shutdown.subscribe(),
+            ended: ended_tx,
+        };
+        tokio::spawn(generation.run(stop, slot, stored_rx, prompt));
+        let stored = self
+            .store_and_announce(owner, request.existing, &user_message, &assistant_message)
+            .await;
         match stored {
-            Ok(started) => {
-                self.spawn(&started, request.engine, stop, slot, ended_tx);
-                Ok(started)
+            Ok(conversation) => {
+                // The generation may now release what the model says.
+                let _ = stored_tx.send(());
+                Ok(Started {
+                    conversation,
+                    created,
+                    user_message,
+                    assistant_message,
+                    ended: ended_rx,
+                })
             }
             Err(e) => {
+                drop(stored_tx);
                 self.abandon(owner, conversation_id, created).await;
                 Err(e)
             }
@@ -339,65 +352,61 @@ impl Conversations {
         self.inner.invalidate(owner, conversation).await;
     }
 
-    /// Stores the exchange's two messages and appends the stream's opening
-    /// events; the stored messages.
+    /// Stores the exchange's two messages (with the conversation, in the
+    /// same transaction, when it is new) and appends the stream's opening
+    /// events; the conversation as stored.
     async fn store_and_announce(
         &self,
         owner: UserId,
-        conversation: &Conversation,
-        exchange: Exchange,
-        model: &ModelSlug,
-    ) -> Result<(Message, Message), AppError> {
+        existing: Option<Conversation>,
+        user_message: &Message,
+        assistant_message: &Message,
+    ) -> Result<Conversation, AppError> {
         let inner = &self.inner;
-        let created_at = inner.now();
-        let user_message = Message {
-            id: exchange.message_id,
-            conversation_id: conversation.id,
-            parent_id: exchange.parent,
-            role: MessageRole::User,
-            content: exchange.content,
-            status: MessageStatus::FinishedSuccessfully,
-            model_slug: None,
-            metadata: serde_map(),
-            created_at,
-            updated_at: created_at,
+        let duplicate = |e| match e {
+            DomainError::Duplicate { .. } => AppError::Conflict {
+                field: Field::MessageId,
+            },
+            other => other.into(),
         };
-        let started_at = inner.now();
-        let assistant_message = Message {
-            id: exchange.assistant_id,
-            conversation_id: conversation.id,
-            parent_id: Some(user_message.id.clone()),
-            role: MessageRole::Assistant,
-            content: Content::empty_text(),
-            status: MessageStatus::InProgress,
-            model_slug: Some(model.clone()),
-            metadata: serde_map(),
-            created_at: started_at,
-            updated_at: started_at,
+        let conversation = match existing {
+            Some(conversation) => {
+                inner
+                    .ports
+                    .messages
+                    .insert_exchange(user_message, assistant_message)
+                    .await
+                    .map_err(duplicate)?;
+                conversation
+            }
+            None => inner
+                .ports
+                .messages
+                .create_with_exchange(
+                    NewConversation {
+                        id: user_message.conversation_id,
+                        owner,
+                        title: Title::placeholder(),
+                        created_at: user_message.created_at,
+                    },
+                    user_message,
+                    assistant_message,
+                )
+                .await
+                .map_err(duplicate)?,
         };
-        inner
-            .ports
-            .messages
-            .insert_exchange(&user_message, &assistant_message)
-            .await
-            .map_err(|e| match e {
-                DomainError::Duplicate { .. } => AppError::Conflict {
-                    field: Field::MessageId,
-                },
-                other => other.into(),
-            })?;
         inner.invalidate(owner, conversation.id).await;
         let token = inner.ports.resume_tokens.issue_resume(
             owner,
             conversation.id,
             &assistant_message.id,
-            started_at,
+            assistant_message.created_at,
         )?;
         let opening = vec![
             events::delta_encoding(),
             events::resume_token(&token, conversation.id)?,
-            events::input_message(&MessageDocument::of(&user_message)?, conversation.id)?,
-            events::add_message(&MessageDocument::of(&assistant_message)?, conversation.id)?,
+            events::input_message(&MessageDocument::of(user_message)?, conversation.id)?,
+            events::add_message(&MessageDocument::of(assistant_message)?, conversation.id)?,
         ];
         if let Err(e) = inner.ports.log.append_all(conversation.id, opening).await {
             // The answer exists but will never be generated: close it.
@@ -414,31 +423,46 @@ impl Conversations {
                 .await;
             return Err(e.into());
         }
-        Ok((user_message, assistant_message))
+        Ok(conversation)
     }
+}
 
-    fn spawn(
+impl Inner {
+    /// The exchange's two messages as they will be stored: the user's, and
+    /// the assistant's answer to it, empty and `in_progress`.
+    fn exchange(
         &self,
-        started: &Started,
-        engine: Engine,
-        stop: Box<dyn StopSignal>,
-        slot: Slot,
-        ended: watch::Sender<Option<AnswerEnd>>,
-    ) {
-        let generation = Generation {
-            inner: self.inner.clone(),
-            owner: started.conversation.owner,
-            conversation: started.conversation.id,
-            created: started.created,
-            message: started.assistant_message.clone(),
-            first_text: started.user_message.content.joined(),
-            model: engine.model,
-            temperature: engine.temperature,
-            chat_model: engine.chat_model,
-            shutdown: self.inner.running.shutdown.subscribe(),
-            ended,
+        conversation: ConversationId,
+        exchange: Exchange,
+        model: &ModelSlug,
+    ) -> (Message, Message) {
+        let created_at = self.now();
+        let user_message = Message {
+            id: exchange.message_id,
+            conversation_id: conversation,
+            parent_id: exchange.parent,
+            role: MessageRole::User,
+            content: exchange.content,
+            status: MessageStatus::FinishedSuccessfully,
+            model_slug: None,
+            metadata: serde_map(),
+            created_at,
+            updated_at: created_at,
         };
-        tokio::spawn(generation.run(stop, slot));
+        let started_at = self.now();
+        let assistant_message = Message {
+            id: exchange.assistant_id,
+            conversation_id: conversation,
+            parent_id: Some(user_message.id.clone()),
+            role: MessageRole::Assistant,
+            content: Content::empty_text(),
+            status: MessageStatus::InProgress,
+            model_slug: Some(model.clone()),
+            metadata: serde_map(),
+            created_at: started_at,
+            updated_at: started_at,
+        };
+        (user_message, assistant_message)
     }
 }
 
