@@ -22,7 +22,7 @@ pub use auth::{
     RefreshClaims, RefreshTokenStore, ResumeClaims, ResumeTokenCodec, Standing, TokenBlocklist,
     TokenCodec, TokenRejection,
 };
-pub use cache::{Cache, CachedValue};
+pub use cache::{Cache, CachedValue, entry_key};
 pub use clock::{Clock, SystemClock};
 pub use health::HealthCheck;
 pub use idempotency::{Claim, IdempotencyStore, StoredOutcome};

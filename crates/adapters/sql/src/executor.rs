@@ -1,8 +1,9 @@
 //! Where the store's database work runs: a fixed set of threads, each
 //! owning one connection, fed by two queues. Reads go to whichever reader
-//! is free. Writes go to the one writer, which commits every write waiting
-//! when it gets to them in one transaction (group commit), each write in a
-//! savepoint of its own, so that one write's failure stays its own.
+//! is free. Writes go to whichever writer is free (SQLite has one: it has
+//! one write lock), which commits every write waiting when it gets to them
+//! in one transaction (group commit), each write in a savepoint of its own,
+//! so that one write's failure stays its own.
 //!
 //! Against tokio's blocking pool and a connection pool, this means no
 //! thread started per query, no check-out (r2d2 ran `SELECT 1` on every
@@ -157,6 +158,8 @@ pub(crate) struct Executor {
 pub(crate) struct Sizes {
     /// Reader threads (and connections).
     pub(crate) readers: usize,
+    /// Writer threads (and connections).
+    pub(crate) writers: usize,
     /// How long a job may wait in its queue before it is answered
     /// `Unavailable` without running.
     pub(crate) acquire_timeout: Duration,
@@ -171,7 +174,8 @@ fn dropped() -> DomainError {
 }
 
 impl Executor {
-    /// Starts `sizes.readers` reader threads and one writer, each opening
+    /// Starts `sizes.readers` reader threads and `sizes.writers` writers,
+    /// each opening
     /// its connection with `manager` when its first job comes.
     pub(crate) fn start(manager: Arc<Manager>, sizes: Sizes) -> std::io::Result<Self> {
         let queues = Arc::new(Queues {
@@ -184,10 +188,10 @@ impl Executor {
                 .name(format!("confab-db-read-{n}"))
                 .spawn(move || read_loop(&queues, &manager, sizes.acquire_timeout))?;
         }
-        {
+        for n in 0..sizes.writers.max(1) {
             let (queues, manager) = (Arc::clone(&queues), Arc::clone(&manager));
             std::thread::Builder::new()
-                .name("confab-db-write".to_owned())
+                .name(format!("confab-db-write-{n}"))
                 .spawn(move || write_loop(&queues, &manager, sizes.acquire_timeout))?;
         }
         Ok(Self {
@@ -219,7 +223,7 @@ impl Executor {
         rx.await.map_err(|_| dropped())?
     }
 
-    /// Runs `work` on the writer's connection in a savepoint of the group's
+    /// Runs `work` on a writer's connection in a savepoint of the group's
     /// transaction (its own transaction when it runs alone), and answers
     /// once that has committed.
     pub(crate) async fn write<T, F>(&self, work: F) -> Result<T, DomainError>

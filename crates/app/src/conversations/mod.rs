@@ -22,7 +22,7 @@ use confab_domain::{
 };
 use confab_ports::{
     AccessClaims, Cache, CachedValue, ChatModel, Clock, ConversationQuery, ConversationStore,
-    MessageStore, RateLimiter, RatePolicy, ResumeTokenCodec, StreamLog,
+    MessageStore, RateLimiter, RatePolicy, ResumeTokenCodec, StreamLog, entry_key,
 };
 use tokio::sync::{Notify, watch};
 
@@ -244,19 +244,16 @@ impl Conversations {
     ) -> Result<ConversationPage, AppError> {
         let owner = caller.user_id;
         let version_key = list_key(owner);
-        let key = self.versioned(&version_key).await.map(|v| {
-            format!(
-                "{version_key}:{v}:{}:{:?}:{}:{}:{}",
-                query.archived,
-                query.order,
-                query.page.offset(),
-                query.page.limit(),
-                query.search.as_ref().map_or("", |s| s.as_str())
-            )
-        });
-        if let Some(key) = &key
-            && let Some(CachedValue::ConversationList(page)) = self.cached(key).await
-        {
+        let suffix = format!(
+            ":{}:{:?}:{}:{}:{}",
+            query.archived,
+            query.order,
+            query.page.offset(),
+            query.page.limit(),
+            query.search.as_ref().map_or("", |s| s.as_str())
+        );
+        let (key, hit) = self.current(&version_key, &suffix).await;
+        if let Some(CachedValue::ConversationList(page)) = hit {
             return Ok(page);
         }
         let page = self.inner.ports.conversations.list(owner, query).await?;
@@ -276,14 +273,8 @@ impl Conversations {
         caller: &AccessClaims,
         id: ConversationId,
     ) -> Result<(Conversation, Vec<Message>), AppError> {
-        let version_key = history_key(id);
-        let key = self
-            .versioned(&version_key)
-            .await
-            .map(|v| format!("{version_key}:{v}"));
-        if let Some(key) = &key
-            && let Some(CachedValue::History(conversation, messages)) = self.cached(key).await
-        {
+        let (key, hit) = self.current(&history_key(id), "").await;
+        if let Some(CachedValue::History(conversation, messages)) = hit {
             // The history is keyed by conversation only: ownership is
             // checked on every hit.
             if conversation.owner == caller.user_id {
@@ -353,24 +344,15 @@ impl Conversations {
         Ok(())
     }
 
-    /// The current version of `key`, or `None` (no caching) when the cache
-    /// is down.
-    async fn versioned(&self, key: &str) -> Option<u64> {
-        match self.inner.ports.cache.version(key).await {
-            Ok(v) => Some(v),
+    /// The entry key of the current version of `key` with `suffix`, and
+    /// what the cache holds there; `(None, None)` (no caching) when the
+    /// cache is down.
+    async fn current(&self, key: &str, suffix: &str) -> (Option<String>, Option<CachedValue>) {
+        match self.inner.ports.cache.current(key, suffix).await {
+            Ok((version, hit)) => (Some(entry_key(key, version, suffix)), hit),
             Err(e) => {
                 tracing::warn!(error = %e, "cache unavailable; reading the database");
-                None
-            }
-        }
-    }
-
-    async fn cached(&self, key: &str) -> Option<CachedValue> {
-        match self.inner.ports.cache.get(key).await {
-            Ok(hit) => hit,
-            Err(e) => {
-                tracing::warn!(error = %e, "cache unavailable; reading the database");
-                None
+                (None, None)
             }
         }
     }

@@ -17,6 +17,9 @@ use crate::executor::{Executor, Sizes};
 use crate::migrate::run_pending;
 use crate::{Backend, DatabaseTarget, PoolOptions, SqlError};
 
+/// The most writer connections on PostgreSQL.
+const MAX_POSTGRES_WRITERS: usize = 4;
+
 /// The SQL store. Cheap to clone (it holds a handle on its threads, which
 /// end when the last clone is dropped); implements
 /// [`confab_ports::UserStore`], [`confab_ports::ConversationStore`],
@@ -30,8 +33,8 @@ pub struct SqlStore {
 
 impl SqlStore {
     /// Opens the database named by `target` and starts the store's
-    /// threads: `options.max_size` connections in all, one of them the
-    /// writer's. A SQLite
+    /// threads: `options.max_size` connections in all, the writers' (one on
+    /// SQLite; half, at most 4, on PostgreSQL) and the readers'. A SQLite
     /// file (and its directory) is created when missing; PostgreSQL must be
     /// reachable now.
     ///
@@ -56,10 +59,18 @@ impl SqlStore {
         // Fail now with the driver's reason, not later with a time-out.
         drop(manager.probe()?);
         let max = usize::try_from(options.max_size).unwrap_or(usize::MAX);
+        // SQLite has one write lock: one writer, so that our connections
+        // never wait on each other's. PostgreSQL takes writes on several
+        // connections at once: a few writers, each committing its groups.
+        let writers = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => (max / 2).clamp(1, MAX_POSTGRES_WRITERS),
+        };
         let db = Executor::start(
             Arc::clone(&manager),
             Sizes {
-                readers: max.saturating_sub(1).max(1),
+                writers,
+                readers: max.saturating_sub(writers).max(1),
                 acquire_timeout: options.acquire_timeout,
             },
         )
