@@ -375,7 +375,7 @@ async fn each_model_behaviour_ends_the_answer_its_own_way() {
                     _ => None,
                 })
                 .collect::<String>(),
-            Reply::Refuse(_) => String::new(),
+            Reply::Refuse(_) | Reply::Panic => String::new(),
         };
         h.model.answer(reply);
         let (started, events) = send(&h, &who, say("go")).await;
@@ -1183,4 +1183,34 @@ async fn a_failed_store_cancels_the_model_request_and_frees_the_slot() {
     release.send(true).await.unwrap();
     let started = guarded("the send", sending).await.unwrap().unwrap();
     assert_eq!(ended(&started).await, AnswerEnd::Finished);
+}
+
+#[tokio::test]
+async fn a_model_that_panics_while_the_exchange_is_stored_still_ends_the_answer() {
+    let (h, release) = held_harness();
+    let alice = caller();
+    h.model.answer(Reply::Panic);
+    let conversations = h.conversations.clone();
+    let who = alice.clone();
+    let sending = tokio::spawn(async move { conversations.send(&who, say("Hi?")).await });
+    eventually("the model is asked", || {
+        h.model.answer_requests().len() == 1
+    })
+    .await;
+    release.send(true).await.unwrap();
+    let started = guarded("the send", sending).await.unwrap().unwrap();
+    let events = drain(
+        h.conversations
+            .follow(started.conversation.id)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(error_code(&events), Some(code(ErrorCode::InternalError)));
+    assert_eq!(
+        ended(&started).await,
+        AnswerEnd::Failed(ErrorCode::InternalError)
+    );
+    let stored = messages(&h, started.conversation.id).await;
+    assert_eq!(stored[1].status, MessageStatus::Failed);
 }

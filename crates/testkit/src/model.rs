@@ -56,6 +56,8 @@ pub enum Reply {
     /// The call streams these steps. A script that runs out without a
     /// [`Step::Finish`] ends the stream (`Ok(None)`).
     Steps(Vec<Step>),
+    /// The call panics, as an adapter with a bug would.
+    Panic,
 }
 
 impl Reply {
@@ -183,6 +185,8 @@ impl ChatModel for ScriptedModel {
         };
         match reply {
             Reply::Refuse(e) => Err(e),
+            #[allow(clippy::panic)] // the reply scripts a panic
+            Reply::Panic => panic!("the scripted model panics, as scripted"),
             Reply::Steps(steps) => {
                 self.open_streams.fetch_add(1, Ordering::AcqRel);
                 Ok(Box::new(ScriptedStream {

@@ -2,15 +2,30 @@
 //! blocked token (`{prefix}bl:jti:{jti}`) and per blocked login session
 //! (`{prefix}bl:fam:{family}`), each expiring on its own (`PXAT`) when the
 //! tokens it refuses have expired anyway, so the blocklist never needs
-//! pruning. A changed user's account-state version is a counter,
-//! `{prefix}uv:{user}`, bumped by `INCR`; a request reads both in one
-//! round trip (a pipeline).
+//! pruning. A changed user's account-state version is `{prefix}uv:{user}`,
+//! moved by a script to `max(version + 1, now)` in µs of Redis's clock, so
+//! a flushed or evicted counter never gives a version out again; a request
+//! reads it and the blocking keys in one round trip (a pipeline).
 
 use async_trait::async_trait;
 use confab_domain::{DomainError, FamilyId, OffsetDateTime, TokenId, UserId};
 use confab_ports::{AccessClaims, Standing, TokenBlocklist};
 
 use crate::pool::{RedisPool, unavailable};
+
+/// Moves `KEYS[1]` to `max(version + 1, now)` (µs of Redis's clock).
+const USER_CHANGED_SCRIPT: &str = r"-- confab user version v1
+if redis.replicate_commands then redis.replicate_commands() end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local current = tonumber(redis.call('GET', KEYS[1]))
+local next = now
+if current and current + 1 > now then
+  next = current + 1
+end
+redis.call('SET', KEYS[1], string.format('%d', next))
+return next
+";
 
 /// Blocked token ids and login sessions in Redis.
 #[derive(Debug, Clone)]
@@ -95,9 +110,9 @@ impl TokenBlocklist for RedisBlocklist {
 
     async fn user_changed(&self, user: UserId) -> Result<(), DomainError> {
         let mut conn = self.pool.connection()?;
-        redis::cmd("INCR")
-            .arg(self.user_key(user))
-            .query_async::<()>(&mut conn)
+        redis::Script::new(USER_CHANGED_SCRIPT)
+            .key(self.user_key(user))
+            .invoke_async::<()>(&mut conn)
             .await
             .map_err(|e| unavailable(&e))
     }

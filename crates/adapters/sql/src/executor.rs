@@ -182,6 +182,11 @@ impl Executor {
             reads: Queue::new(),
             writes: Queue::new(),
         });
+        // Made first: when a thread can't be started, dropping it stops
+        // the ones that were.
+        let executor = Self {
+            closer: Arc::new(Closer(Arc::clone(&queues))),
+        };
         for n in 0..sizes.readers.max(1) {
             let (queues, manager) = (Arc::clone(&queues), Arc::clone(&manager));
             std::thread::Builder::new()
@@ -194,9 +199,7 @@ impl Executor {
                 .name(format!("confab-db-write-{n}"))
                 .spawn(move || write_loop(&queues, &manager, sizes.acquire_timeout))?;
         }
-        Ok(Self {
-            closer: Arc::new(Closer(queues)),
-        })
+        Ok(executor)
     }
 
     fn queues(&self) -> &Queues {

@@ -444,13 +444,14 @@ impl Accounts {
         }
         let now = OffsetDateTime::now_utc();
         let user = self.ports.users.set_disabled(id, disabled, now).await?;
+        // Access tokens die at once, whatever fails next: every instance's
+        // next authenticate of the user sees a new version and reads the
+        // flag again.
+        self.known.forget(id);
+        self.ports.blocklist.user_changed(id).await?;
         if disabled {
             self.ports.refresh_tokens.revoke_user(id, now).await?;
         }
-        // Access tokens die too: every instance's next authenticate of
-        // the user sees a new version and reads the flag again.
-        self.known.forget(id);
-        self.ports.blocklist.user_changed(id).await?;
         tracing::info!(admin = %caller.user_id, user_id = %id, disabled, "account status changed");
         Ok(user)
     }

@@ -38,8 +38,19 @@ pub(super) struct Generation {
 
 /// The model's answer being opened: the request is made while the send
 /// stores its exchange.
-type Opening<'a> =
-    Pin<Box<dyn Future<Output = Result<Box<dyn CompletionStream>, LlmError>> + Send + 'a>>;
+type Opening<'a> = futures_util::future::CatchUnwind<
+    AssertUnwindSafe<
+        Pin<Box<dyn Future<Output = Result<Box<dyn CompletionStream>, LlmError>> + Send + 'a>>,
+    >,
+>;
+
+/// What asking the model gave: its answer, its refusal, or a panic.
+type Opened = std::thread::Result<Result<Box<dyn CompletionStream>, LlmError>>;
+
+/// The outcome of a model adapter that panicked while asked.
+fn panicked() -> Outcome {
+    Outcome::Broken(DomainError::internal("the generation panicked"))
+}
 
 /// How an answer ended, as its sender learns it (a JSON-mode send waits
 /// for this instead of reading the stream).
@@ -145,7 +156,10 @@ impl Generation {
         let _slot = slot;
         let began = Instant::now();
         let chat_model = Arc::clone(&self.chat_model);
-        let mut opening: Opening<'_> = chat_model.complete(request);
+        // Caught here: the model is asked before the generation's own
+        // guard below, and its panic must end the answer like any other.
+        let mut opening: Opening<'_> =
+            AssertUnwindSafe(chat_model.complete(request)).catch_unwind();
         let mut stored = stored;
         let mut opened = None;
         let committed = loop {
@@ -164,7 +178,7 @@ impl Generation {
         let outcome = AssertUnwindSafe(self.generate(stop.as_mut(), &mut text, opened, opening))
             .catch_unwind()
             .await
-            .unwrap_or_else(|_| Outcome::Broken(DomainError::internal("the generation panicked")));
+            .unwrap_or_else(|_| panicked());
         match &outcome {
             Outcome::Failed(e) => {
                 tracing::warn!(conversation = %self.conversation, error = %e, "generation failed")
@@ -212,7 +226,7 @@ impl Generation {
         &mut self,
         stop: &mut dyn StopSignal,
         text: &mut String,
-        opened: Option<Result<Box<dyn CompletionStream>, LlmError>>,
+        opened: Option<Opened>,
         opening: Opening<'_>,
     ) -> Outcome {
         let rules = &self.inner.rules;
@@ -224,6 +238,9 @@ impl Generation {
                 () = shutting_down(&mut self.shutdown) => return Outcome::Interrupted,
                 opened = opening => opened,
             },
+        };
+        let Ok(opened) = opened else {
+            return panicked();
         };
         let mut stream = match opened {
             Ok(s) => s,
