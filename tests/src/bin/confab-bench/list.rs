@@ -13,10 +13,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use confab_e2e::chat::MODEL;
 use confab_e2e::fake_llm::{FakeLlm, Script};
 
-use super::relay::SetUp;
+use super::relay::{SetUp, served_by};
 use super::{Result as Measured, Scenario, print_row, run, run_for, sizes};
 
 /// The set-ups measured, when chosen (`CONFAB_BENCH_SETUPS`).
@@ -79,23 +78,7 @@ pub(super) fn measure(
     upstream.set_default(Script::reply(&["Sure", ", noted."]));
     let base_url = upstream.base_url();
     let workers = cores.to_string();
-    let vars = [
-        ("CONFAB_LLM_PROVIDER", "openai"),
-        ("CONFAB_LLM_BASE_URL", base_url.as_str()),
-        ("CONFAB_LLM_MODEL", MODEL),
-        ("CONFAB_LLM_API_KEY", "sk-bench-upstream-key-0123456789"),
-        ("CONFAB__SERVER__WORKERS", workers.as_str()),
-        ("CONFAB__LOG__FILTER", "warn"),
-        // One client address and one user send everything: lift the limits
-        // so the figures measure the request paths, not the 429 path.
-        ("CONFAB__RATE_LIMIT__ANONYMOUS_PER_MINUTE", "100000000"),
-        ("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "100000000"),
-        ("CONFAB__RATE_LIMIT__LOGIN_PER_MINUTE", "100000000"),
-        ("CONFAB__GENERATION__PER_MINUTE", "100000000"),
-        ("CONFAB__GENERATION__MAX_CONCURRENT_PER_USER", "100"),
-        // No title call: nothing changes the list after its sends.
-        ("CONFAB__LLM__TITLE_GENERATION", "false"),
-    ];
+    let vars = served_by(&base_url, &workers);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()

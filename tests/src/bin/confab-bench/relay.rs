@@ -236,6 +236,28 @@ impl SetUp {
     }
 }
 
+/// The settings of a bench server wired to the upstream at `base_url`, with
+/// `workers` workers: one user sends everything from one address, so its
+/// limits are lifted (the figures measure the paths, not the 429 path), and
+/// title generation is off (one upstream call per send).
+pub(super) fn served_by<'a>(base_url: &'a str, workers: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CONFAB_LLM_PROVIDER", "openai"),
+        ("CONFAB_LLM_BASE_URL", base_url),
+        ("CONFAB_LLM_MODEL", MODEL),
+        ("CONFAB_LLM_API_KEY", "sk-bench-upstream-key-0123456789"),
+        ("CONFAB__SERVER__WORKERS", workers),
+        ("CONFAB__LOG__FILTER", "warn"),
+        ("CONFAB__GENERATION__MAX_CONCURRENT_PER_USER", "2000"),
+        ("CONFAB__GENERATION__PER_MINUTE", "100000000"),
+        ("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "100000000"),
+        ("CONFAB__RATE_LIMIT__ANONYMOUS_PER_MINUTE", "100000000"),
+        ("CONFAB__RATE_LIMIT__LOGIN_PER_MINUTE", "100000000"),
+        ("CONFAB__GENERATION__MAX_STREAMS", "20000"),
+        ("CONFAB__LLM__TITLE_GENERATION", "false"),
+    ]
+}
+
 /// One concurrency level: the direct figures, then each set-up's through
 /// Confab.
 pub(super) type Level = (Figures, Vec<(SetUp, Figures)>);
@@ -251,21 +273,7 @@ pub(super) fn measure(
     upstream.set_default(stamped());
     let base_url = upstream.base_url();
     let workers = cores.to_string();
-    let vars = [
-        ("CONFAB_LLM_PROVIDER", "openai"),
-        ("CONFAB_LLM_BASE_URL", base_url.as_str()),
-        ("CONFAB_LLM_MODEL", MODEL),
-        ("CONFAB_LLM_API_KEY", "sk-bench-upstream-key-0123456789"),
-        ("CONFAB__SERVER__WORKERS", workers.as_str()),
-        ("CONFAB__LOG__FILTER", "warn"),
-        // One user sends everything: lift its limits.
-        ("CONFAB__GENERATION__MAX_CONCURRENT_PER_USER", "2000"),
-        ("CONFAB__GENERATION__PER_MINUTE", "100000000"),
-        ("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "100000000"),
-        ("CONFAB__GENERATION__MAX_STREAMS", "20000"),
-        // Measure the relay, not the title call.
-        ("CONFAB__LLM__TITLE_GENERATION", "false"),
-    ];
+    let vars = served_by(&base_url, &workers);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(2000)
         .build()

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use confab_e2e::chat::{MODEL, message_body};
+use confab_e2e::chat::message_body;
 use confab_e2e::fake_llm::{FakeLlm, Script};
 
-use super::relay::SetUp;
+use super::relay::{SetUp, served_by};
 use super::{percentile, sizes};
 
 /// Concurrent clients, each sending one send after another.
@@ -196,21 +196,7 @@ pub(super) fn measure(
     upstream.set_default(Script::reply(&ANSWER));
     let base_url = upstream.base_url();
     let workers = cores.to_string();
-    let vars = [
-        ("CONFAB_LLM_PROVIDER", "openai"),
-        ("CONFAB_LLM_BASE_URL", base_url.as_str()),
-        ("CONFAB_LLM_MODEL", MODEL),
-        ("CONFAB_LLM_API_KEY", "sk-bench-upstream-key-0123456789"),
-        ("CONFAB__SERVER__WORKERS", workers.as_str()),
-        ("CONFAB__LOG__FILTER", "warn"),
-        // One user sends everything: lift its limits.
-        ("CONFAB__GENERATION__MAX_CONCURRENT_PER_USER", "2000"),
-        ("CONFAB__GENERATION__PER_MINUTE", "100000000"),
-        ("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "100000000"),
-        ("CONFAB__GENERATION__MAX_STREAMS", "20000"),
-        // One upstream call per send.
-        ("CONFAB__LLM__TITLE_GENERATION", "false"),
-    ];
+    let vars = served_by(&base_url, &workers);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()
