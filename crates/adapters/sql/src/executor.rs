@@ -443,3 +443,112 @@ fn commit_group(held: &mut Held<'_>, mut group: Vec<Box<dyn Write>>) -> Ran {
     }
     ran
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::mpsc;
+
+    use diesel::connection::SimpleConnection;
+
+    use super::*;
+    use crate::{DatabaseTarget, PoolOptions};
+
+    fn executor(dir: &tempfile::TempDir) -> Executor {
+        let target = DatabaseTarget::Sqlite(dir.path().join("group.db"));
+        let manager = Arc::new(Manager::new(target, &PoolOptions::default()));
+        Executor::start(
+            manager,
+            Sizes {
+                readers: 1,
+                writers: 1,
+                acquire_timeout: Duration::from_secs(5),
+            },
+        )
+        .unwrap()
+    }
+
+    fn insert(conn: &mut AnyConnection, id: i32) -> Result<usize, diesel::result::Error> {
+        diesel::sql_query(format!("INSERT INTO t (id) VALUES ({id})")).execute(conn)
+    }
+
+    /// Writes queued while the writer is busy run as one group when it is
+    /// free: a failing one fails alone, the others are stored, and each is
+    /// answered only once the group has committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_queued_together_commit_as_one_group_and_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = executor(&dir);
+        db.write(|conn| conn.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+            .await
+            .unwrap();
+        // Holds the writer until the group is queued behind it.
+        let (hold, held) = mpsc::channel::<()>();
+        let (busy, writer_busy) = tokio::sync::oneshot::channel();
+        let first = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.write(move |conn| {
+                    let _ = busy.send(());
+                    let _ = held.recv();
+                    insert(conn, 1)
+                })
+                .await
+            }
+        });
+        writer_busy.await.unwrap();
+        let mut group = Vec::new();
+        for id in [2, 1, 3] {
+            let db = db.clone();
+            group.push(tokio::spawn(async move {
+                db.write(move |conn| insert(conn, id)).await
+            }));
+            // Queued in this order before the writer is freed.
+            tokio::task::yield_now().await;
+        }
+        while db.queues().writes.state().jobs.len() < 3 {
+            tokio::task::yield_now().await;
+        }
+        // Nothing of the group is answered before it has run.
+        assert!(group.iter().all(|t| !t.is_finished()));
+        hold.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        let mut results = Vec::new();
+        for task in group {
+            results.push(task.await.unwrap());
+        }
+        assert!(results[0].is_ok(), "{:?}", results[0]);
+        assert!(
+            matches!(results[1], Err(DomainError::Duplicate { .. })),
+            "{:?}",
+            results[1]
+        );
+        assert!(results[2].is_ok(), "{:?}", results[2]);
+        let stored: Vec<i32> = db
+            .read(|conn| {
+                #[derive(diesel::QueryableByName)]
+                struct Row {
+                    #[diesel(sql_type = diesel::sql_types::Integer)]
+                    id: i32,
+                }
+                let rows: Vec<Row> =
+                    diesel::sql_query("SELECT id FROM t ORDER BY id").load(conn)?;
+                Ok(rows.into_iter().map(|r| r.id).collect())
+            })
+            .await
+            .unwrap();
+        assert_eq!(stored, [1, 2, 3]);
+    }
+
+    /// Dropping the last handle closes both queues: the threads waiting on
+    /// them wake up and end, closing their connections.
+    #[tokio::test]
+    async fn dropping_the_last_handle_closes_the_queues() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = executor(&dir);
+        let queues = Arc::clone(&db.closer.0);
+        drop(db);
+        assert!(queues.writes.state().closed && queues.reads.state().closed);
+    }
+}
