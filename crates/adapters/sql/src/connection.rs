@@ -93,3 +93,21 @@ impl Manager {
         })
     }
 }
+
+/// Runs `$body` with `$c` bound to the backend's own connection.
+///
+/// A query run through [`AnyConnection`] has its SQL built again on every
+/// call (the multi-backend wrapper renders it for the backend each time),
+/// and some kinds are prepared again too; on the backend's connection a
+/// query with a static shape is rendered and prepared once, then found in
+/// the connection's statement cache. The hot statements of a send go
+/// through this.
+macro_rules! on_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::connection::AnyConnection::Postgres($c) => $body,
+            $crate::connection::AnyConnection::Sqlite($c) => $body,
+        }
+    };
+}
+pub(crate) use on_backend;

@@ -67,6 +67,10 @@ impl UserRow {
 
 #[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = conversations)]
+// `None` is written as NULL rather than left to the column's default (they
+// are the same here): an insert whose SQL does not depend on which fields
+// are `None` is prepared once and cached.
+#[diesel(treat_none_as_default_value = false)]
 pub(crate) struct ConversationRow {
     pub(crate) id: String,
     pub(crate) user_id: String,
@@ -105,6 +109,10 @@ impl ConversationRow {
 
 #[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = messages)]
+// `None` is written as NULL rather than left to the column's default (they
+// are the same here): an insert whose SQL does not depend on which fields
+// are `None` is prepared once and cached.
+#[diesel(treat_none_as_default_value = false)]
 pub(crate) struct MessageRow {
     pub(crate) conversation_id: String,
     pub(crate) id: String,

@@ -9,7 +9,7 @@ use confab_ports::MessageStore;
 use diesel::prelude::*;
 
 use super::SqlStore;
-use crate::connection::AnyConnection;
+use crate::connection::{AnyConnection, on_backend};
 use crate::rows::{ConversationRow, MessageRow, micros, preview};
 use crate::schema::{conversations, messages};
 
@@ -26,15 +26,15 @@ fn touch_conversation(
         .filter(conversations::id.eq(conversation))
         .filter(conversations::deleted_at.is_null());
     let changed = match preview {
-        Some(text) => diesel::update(target)
+        Some(text) => on_backend!(conn, |c| diesel::update(target)
             .set((
                 conversations::updated_at.eq(at),
                 conversations::last_message.eq(Some(text)),
             ))
-            .execute(conn)?,
-        None => diesel::update(target)
+            .execute(c))?,
+        None => on_backend!(conn, |c| diesel::update(target)
             .set(conversations::updated_at.eq(at))
-            .execute(conn)?,
+            .execute(c))?,
     };
     if changed == 0 {
         Err(diesel::result::Error::NotFound)
@@ -78,16 +78,16 @@ impl MessageStore for SqlStore {
             .write(move |conn| {
                 let [mut first, mut second] = rows;
                 touch_conversation(conn, &first.conversation_id, text, second.updated_at)?;
-                let last: Option<i64> = messages::table
+                let last: Option<i64> = on_backend!(conn, |c| messages::table
                     .filter(messages::conversation_id.eq(&first.conversation_id))
                     .select(diesel::dsl::max(messages::position))
-                    .first(conn)?;
+                    .first(c))?;
                 first.position = last.unwrap_or(0) + 1;
                 second.position = first.position + 1;
                 for row in [&first, &second] {
-                    diesel::insert_into(messages::table)
+                    on_backend!(conn, |c| diesel::insert_into(messages::table)
                         .values(row)
-                        .execute(conn)?;
+                        .execute(c))?;
                 }
                 Ok(())
             })
@@ -118,15 +118,15 @@ impl MessageStore for SqlStore {
         // The rows are known whole: three inserts, no reads.
         self.db
             .write(move |conn| {
-                diesel::insert_into(conversations::table)
+                on_backend!(conn, |c| diesel::insert_into(conversations::table)
                     .values(&row)
-                    .execute(conn)?;
-                // One row at a time: the backends' multi-row inserts have
-                // no common form.
+                    .execute(c))?;
+                // One row at a time: a prepared single-row insert is
+                // cached, a multi-row one is not.
                 for message in [&first, &second] {
-                    diesel::insert_into(messages::table)
+                    on_backend!(conn, |c| diesel::insert_into(messages::table)
                         .values(message)
-                        .execute(conn)?;
+                        .execute(c))?;
                 }
                 Ok(row)
             })
@@ -148,7 +148,7 @@ impl MessageStore for SqlStore {
         let at = micros(at);
         self.db
             .write(move |conn| {
-                let changed = diesel::update(
+                let changed = on_backend!(conn, |c| diesel::update(
                     messages::table
                         .filter(messages::conversation_id.eq(&conversation))
                         .filter(messages::id.eq(&id)),
@@ -158,7 +158,7 @@ impl MessageStore for SqlStore {
                     messages::status.eq(status.as_str()),
                     messages::updated_at.eq(at),
                 ))
-                .execute(conn)?;
+                .execute(c))?;
                 if changed == 0 {
                     return Err(diesel::result::Error::NotFound);
                 }
@@ -177,11 +177,11 @@ impl MessageStore for SqlStore {
         let rows: Vec<MessageRow> = self
             .db
             .read(move |conn| {
-                messages::table
+                on_backend!(conn, |c| messages::table
                     .filter(messages::conversation_id.eq(conversation))
                     .order(messages::position.asc())
                     .select(MessageRow::as_select())
-                    .load(conn)
+                    .load(c))
             })
             .await?;
         rows.into_iter().map(MessageRow::into_message).collect()
