@@ -395,20 +395,30 @@ impl Conversations {
                 .await
                 .map_err(duplicate)?,
         };
-        inner.invalidate(owner, conversation.id).await;
-        let token = inner.ports.resume_tokens.issue_resume(
-            owner,
-            conversation.id,
-            &assistant_message.id,
-            assistant_message.created_at,
-        )?;
-        let opening = vec![
-            events::delta_encoding(),
-            events::resume_token(&token, conversation.id)?,
-            events::input_message(&MessageDocument::of(user_message)?, conversation.id)?,
-            events::add_message(&MessageDocument::of(assistant_message)?, conversation.id)?,
-        ];
-        if let Err(e) = inner.ports.log.append_all(conversation.id, opening).await {
+        let announce = async {
+            let token = inner.ports.resume_tokens.issue_resume(
+                owner,
+                conversation.id,
+                &assistant_message.id,
+                assistant_message.created_at,
+            )?;
+            let opening = vec![
+                events::delta_encoding(),
+                events::resume_token(&token, conversation.id)?,
+                events::input_message(&MessageDocument::of(user_message)?, conversation.id)?,
+                events::add_message(&MessageDocument::of(assistant_message)?, conversation.id)?,
+            ];
+            inner
+                .ports
+                .log
+                .append_all(conversation.id, opening)
+                .await
+                .map_err(AppError::from)
+        };
+        // Independent of each other, and both done before the caller sees
+        // anything: over Redis they go out together.
+        let ((), announced) = tokio::join!(inner.invalidate(owner, conversation.id), announce);
+        if let Err(e) = announced {
             // The answer exists but will never be generated: close it.
             let _ = inner
                 .ports
@@ -421,7 +431,7 @@ impl Conversations {
                     inner.now(),
                 )
                 .await;
-            return Err(e.into());
+            return Err(e);
         }
         Ok(conversation)
     }
