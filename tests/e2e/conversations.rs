@@ -232,7 +232,18 @@ async fn other_users_conversation_is_not_found_on_every_route(backend: Backend) 
             .any(|e| e.kind().as_deref() == Some("message_stream_complete"))
     );
 
-    // And after it ended.
+    // And after it ended, with A's history and list read, so cached and
+    // rendered on every worker: a body kept for A's read never answers B.
+    for path in [
+        format!("/api/v1/conversations/{id}"),
+        format!("/backend-api/conversation/{id}"),
+        "/api/v1/conversations".to_owned(),
+    ] {
+        for _ in 0..4 {
+            let body = get_json(&app, &path, &alice).await;
+            assert!(body.to_string().contains(&id), "{path}: {body}");
+        }
+    }
     every_route_is_not_found(&app, &bob, &id, &resume).await;
 
     // Exactly as a conversation that does not exist.

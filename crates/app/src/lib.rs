@@ -12,8 +12,8 @@ mod readiness;
 
 pub use accounts::{AccountPorts, AccountRules, Accounts, LoginAttempt, Registration, Session};
 pub use conversations::{
-    AnswerEnd, ConversationPage, ConversationPorts, ConversationRules, Conversations, SendMessage,
-    Started,
+    AnswerEnd, Cached, ConversationPage, ConversationPorts, ConversationRules, Conversations, Kept,
+    NothingKept, Read, SendMessage, Started,
 };
 pub use error::{AppError, AuthFailure};
 pub use limits::FallbackLimiter;

@@ -7,11 +7,13 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use confab_app::{
-    AnswerEnd, AppError, ConversationPorts, ConversationRules, Conversations, SendMessage, Started,
+    AnswerEnd, AppError, Cached, ConversationPorts, ConversationRules, Conversations, Kept,
+    NothingKept, Read, SendMessage, Started,
 };
 use confab_domain::{
     Content, Conversation, ConversationId, DomainError, ErrorCode, EventName, FamilyId, Field,
@@ -758,10 +760,10 @@ async fn bad_input_names_its_field() {
     // Nothing was stored by any of them, and the model was asked once.
     let page = h
         .conversations
-        .list(&lou, &ConversationQuery::default())
+        .list(&lou, &ConversationQuery::default(), &NothingKept)
         .await
         .unwrap();
-    assert_eq!(page.total, 1);
+    assert_eq!(fetched(page).value.total, 1);
     assert_eq!(messages(&h, existing.conversation.id).await.len(), 2);
     assert_eq!(h.model.answer_requests().len(), 1);
 }
@@ -924,11 +926,11 @@ async fn reads_after_a_send_are_never_stale() {
     assert_eq!(history.len(), 2);
     let listed = h
         .conversations
-        .list(&sue, &ConversationQuery::default())
+        .list(&sue, &ConversationQuery::default(), &NothingKept)
         .await
         .unwrap();
     assert_eq!(
-        listed.items[0].last_message.as_deref(),
+        fetched(listed).value.items[0].last_message.as_deref(),
         Some(&*DEFAULT_ANSWER.concat())
     );
 
@@ -944,10 +946,13 @@ async fn reads_after_a_send_are_never_stale() {
     assert_eq!(during[3].status, MessageStatus::InProgress);
     let listed = h
         .conversations
-        .list(&sue, &ConversationQuery::default())
+        .list(&sue, &ConversationQuery::default(), &NothingKept)
         .await
         .unwrap();
-    assert_eq!(listed.items[0].last_message.as_deref(), Some("second"));
+    assert_eq!(
+        fetched(listed).value.items[0].last_message.as_deref(),
+        Some("second")
+    );
 
     h.conversations.stop(&sue, id).await.unwrap();
     assert_eq!(ended(&started).await, AnswerEnd::Stopped);
@@ -959,6 +964,95 @@ async fn reads_after_a_send_are_never_stale() {
         h.conversations.get(&caller(), id).await,
         Err(AppError::NotFound)
     ));
+}
+
+/// A read's fetched value; a test that keeps nothing never gets `Kept`.
+fn fetched<T, K>(read: Read<T, K>) -> Cached<T> {
+    match read {
+        Read::Fetched(cached) => cached,
+        Read::Kept(_) => panic!("nothing was kept, yet a read found it"),
+    }
+}
+
+/// What a test keeps by entry name: an owner and a label.
+#[derive(Default)]
+struct Labels(std::sync::Mutex<HashMap<String, (UserId, &'static str)>>);
+
+impl Labels {
+    fn keep(&self, entry: &str, owner: UserId, label: &'static str) {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(entry.to_owned(), (owner, label));
+    }
+}
+
+impl Kept for Labels {
+    type Item = &'static str;
+
+    fn find(&self, entry: &str) -> Option<(UserId, &'static str)> {
+        self.0.lock().unwrap().get(entry).copied()
+    }
+}
+
+#[tokio::test]
+async fn a_read_hands_back_what_is_kept_for_its_entry_and_only_to_the_owner() {
+    let h = harness();
+    let (ann, bob) = (caller(), caller());
+    let (first, _) = send(&h, &ann, say("first")).await;
+    ended(&first).await;
+    let id = first.conversation.id;
+    let query = ConversationQuery::default();
+    let kept = Labels::default();
+    let list = |who| {
+        let (conversations, query, kept) = (&h.conversations, &query, &kept);
+        async move { conversations.list(who, query, kept).await.unwrap() }
+    };
+    let read = |who| {
+        let (conversations, kept) = (&h.conversations, &kept);
+        async move { conversations.read(who, id, kept).await }
+    };
+
+    // Nothing kept: fetched, with the entry's name; again, the same name.
+    let listed = fetched(list(&ann).await);
+    assert_eq!(listed.value.total, 1);
+    let list_entry = listed.entry.expect("the cache is up: named");
+    assert_eq!(
+        fetched(list(&ann).await).entry.as_deref(),
+        Some(&*list_entry)
+    );
+    let history = fetched(read(&ann).await.unwrap());
+    assert_eq!(history.value.1.len(), 2);
+    let history_entry = history.entry.expect("named");
+    // Another user's list has a name of its own; their read of the
+    // history is refused, cached or not.
+    let bobs = fetched(list(&bob).await);
+    assert_eq!(bobs.value.total, 0);
+    assert_ne!(bobs.entry.as_deref(), Some(&*list_entry));
+    assert!(matches!(read(&bob).await, Err(AppError::NotFound)));
+
+    // Kept: handed back without the value, to the owner only.
+    kept.keep(&list_entry, ann.user_id, "ann's list");
+    kept.keep(&history_entry, ann.user_id, "ann's history");
+    assert!(matches!(list(&ann).await, Read::Kept("ann's list")));
+    assert!(matches!(read(&ann).await, Ok(Read::Kept("ann's history"))));
+    assert!(matches!(read(&bob).await, Err(AppError::NotFound)));
+    // Something kept under a name by the wrong owner is never handed back.
+    kept.keep(&list_entry, bob.user_id, "a mix-up");
+    assert_eq!(fetched(list(&ann).await).value.total, 1);
+
+    // A rename renames both entries: what was kept is not found again.
+    let patch = confab_domain::ConversationPatch {
+        title: Some(Title::parse("Renamed").unwrap()),
+        is_archived: None,
+    };
+    h.conversations.update(&ann, id, patch).await.unwrap();
+    let relisted = fetched(list(&ann).await);
+    assert_eq!(relisted.value.items[0].title.as_str(), "Renamed");
+    assert_ne!(relisted.entry.as_deref(), Some(&*list_entry));
+    let reread = fetched(read(&ann).await.unwrap());
+    assert_eq!(reread.value.0.title.as_str(), "Renamed");
+    assert_ne!(reread.entry.as_deref(), Some(&*history_entry));
 }
 
 #[tokio::test]

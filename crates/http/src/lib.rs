@@ -13,6 +13,7 @@ mod metrics;
 mod middleware;
 mod negotiate;
 mod openapi;
+mod rendered;
 mod routes;
 mod sse;
 
@@ -73,6 +74,8 @@ pub(crate) struct AppState {
     pub(crate) http: HttpState,
     /// The class of every path, from the endpoint table.
     pub(crate) routes: routes::RouteClasses,
+    /// This worker's rendered bodies of cached reads.
+    pub(crate) rendered: rendered::RenderedBodies,
 }
 
 impl std::ops::Deref for AppState {
@@ -117,6 +120,7 @@ fn build(
     let state = web::Data::new(AppState {
         http: state,
         routes: routes::RouteClasses::new(endpoints),
+        rendered: rendered::RenderedBodies::default(),
     });
     // Each middleware holds the state itself: none can find it missing.
     let (idempotency, rate_limit, cors, security, telemetry) = (

@@ -49,23 +49,6 @@ pub trait Cache: Send + Sync + 'static {
     /// [`DomainError::Unavailable`] when the backend fails.
     async fn version(&self, key: &str) -> Result<u64, DomainError>;
 
-    /// The current version of `key` (as [`version`](Cache::version)) and
-    /// the value under the entry key `{key}:{version}{suffix}` (as
-    /// [`get`](Cache::get)): a cached read's two look-ups, in one step
-    /// where the backend can (one round trip on Redis).
-    ///
-    /// # Errors
-    /// [`DomainError::Unavailable`] when the backend fails.
-    async fn current(
-        &self,
-        key: &str,
-        suffix: &str,
-    ) -> Result<(u64, Option<CachedValue>), DomainError> {
-        let version = self.version(key).await?;
-        let value = self.get(&entry_key(key, version, suffix)).await?;
-        Ok((version, value))
-    }
-
     /// Moves `key` to a new version, so every entry stored under an older
     /// one is unreachable.
     ///

@@ -111,7 +111,6 @@ macro_rules! cache_contract {
                 a_zero_ttl_stores_nothing_and_a_huge_one_is_honoured,
                 versions_are_stable_until_bumped_then_grow,
                 bump_all_moves_every_key_given,
-                current_gives_the_version_and_its_entry_in_one_step,
             ],
             shared: [],
             factory: [],

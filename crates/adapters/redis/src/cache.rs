@@ -56,7 +56,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use confab_domain::DomainError;
-use confab_ports::{Cache, CachedValue, entry_key};
+use confab_ports::{Cache, CachedValue};
 
 use crate::pool::{RedisPool, unavailable};
 
@@ -84,21 +84,6 @@ local time = redis.call('TIME')
 local now = string.format('%d', tonumber(time[1]) * 1000000 + tonumber(time[2]))
 redis.call('SET', KEYS[1], now, 'PX', ARGV[1])
 return now
-";
-
-/// A cached read's two look-ups in one: the version of `KEYS[1]`, created as
-/// the version script does when absent (`ARGV[1]`: its TTL in ms), and the
-/// value under `ARGV[2] .. version .. ARGV[3]` (the entry key's prefix and
-/// suffix), or nil.
-const CURRENT_SCRIPT: &str = r"-- confab cache current v1
-if redis.replicate_commands then redis.replicate_commands() end
-local version = redis.call('GET', KEYS[1])
-if not version then
-  local time = redis.call('TIME')
-  version = string.format('%d', tonumber(time[1]) * 1000000 + tonumber(time[2]))
-  redis.call('SET', KEYS[1], version, 'PX', ARGV[1])
-end
-return {version, redis.call('GET', ARGV[2] .. version .. ARGV[3])}
 ";
 
 /// Moves each of `KEYS` to `max(counter + 1, now)`, or to `now + 1` when
@@ -129,7 +114,6 @@ const BUMP_RETRY: Duration = Duration::from_millis(500);
 pub struct RedisCache {
     pool: RedisPool,
     version: redis::Script,
-    current: redis::Script,
     bumps: Arc<Bumps>,
 }
 
@@ -229,7 +213,6 @@ impl RedisCache {
             }),
             pool,
             version: redis::Script::new(VERSION_SCRIPT),
-            current: redis::Script::new(CURRENT_SCRIPT),
         }
     }
 
@@ -300,38 +283,6 @@ impl Cache for RedisCache {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable(&e))
-    }
-
-    async fn current(
-        &self,
-        key: &str,
-        suffix: &str,
-    ) -> Result<(u64, Option<CachedValue>), DomainError> {
-        let version_key = self.version_key(key);
-        if self.bumps.pending().contains_key(&version_key) {
-            // The failed bump first, as `version` does.
-            let version = self.version(key).await?;
-            let value = self.get(&entry_key(key, version, suffix)).await?;
-            return Ok((version, value));
-        }
-        let mut conn = self.pool.connection()?;
-        let (version, bytes): (u64, Option<Vec<u8>>) = self
-            .current
-            .key(version_key)
-            .arg(millis(VERSION_TTL))
-            .arg(self.value_key(&format!("{key}:")))
-            .arg(suffix)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let value = bytes.and_then(|bytes| match encoding::decode(&bytes) {
-            Ok(value) => Some(value),
-            Err(error) => {
-                tracing::debug!(key, %error, "unreadable cache entry, treated as a miss");
-                None
-            }
-        });
-        Ok((version, value))
     }
 
     async fn bump(&self, key: &str) -> Result<(), DomainError> {

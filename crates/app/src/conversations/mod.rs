@@ -27,6 +27,55 @@ use confab_ports::{
 use tokio::sync::{Notify, watch};
 
 pub use generation::AnswerEnd;
+
+/// A read the cache can serve: the value, and the name of the cache entry
+/// it was read from or filled (the key, its current version and the
+/// query), when the cache was reachable. The name changes whenever the
+/// value may have: a caller may keep what it derives from the value (a
+/// rendered body) under it, and hand it back through [`Kept`].
+#[derive(Debug, Clone)]
+pub struct Cached<T> {
+    /// What was read.
+    pub value: T,
+    /// The cache entry's name; `None` when the cache was down.
+    pub entry: Option<String>,
+}
+
+/// What a caller keeps, derived from cached values, under the names of
+/// their entries (an HTTP worker's rendered bodies). A read whose current
+/// entry the caller keeps something for does not fetch the value: it
+/// reads the entry's version only.
+pub trait Kept {
+    /// What is kept for one entry.
+    type Item;
+    /// What is kept under `entry`, with the owner of the value it was
+    /// derived from (a conversation's owner), so that it is handed back
+    /// only to that owner.
+    fn find(&self, entry: &str) -> Option<(UserId, Self::Item)>;
+}
+
+/// Nothing kept: every read fetches its value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NothingKept;
+
+impl Kept for NothingKept {
+    type Item = std::convert::Infallible;
+
+    fn find(&self, _: &str) -> Option<(UserId, Self::Item)> {
+        None
+    }
+}
+
+/// A read through a [`Kept`].
+#[derive(Debug)]
+pub enum Read<T, K> {
+    /// The caller keeps what it derived from the current value, and the
+    /// value is the caller's: it was not fetched.
+    Kept(K),
+    /// The value, from the cache or the database.
+    Fetched(Cached<T>),
+}
+
 pub use send::{SendMessage, Started};
 
 use crate::AppError;
@@ -233,17 +282,18 @@ impl Conversations {
         }
     }
 
-    /// The caller's conversations (not deleted), newest first.
+    /// The caller's conversations (not deleted), newest first; what
+    /// `kept` keeps for the current entry instead, when it has something.
     ///
     /// # Errors
     /// [`AppError::Unavailable`] when the database is down.
-    pub async fn list(
+    pub async fn list<K: Kept>(
         &self,
         caller: &AccessClaims,
         query: &ConversationQuery,
-    ) -> Result<ConversationPage, AppError> {
+        kept: &K,
+    ) -> Result<Read<ConversationPage, K::Item>, AppError> {
         let owner = caller.user_id;
-        let version_key = list_key(owner);
         let suffix = format!(
             ":{}:{:?}:{}:{}:{}",
             query.archived,
@@ -252,16 +302,26 @@ impl Conversations {
             query.page.limit(),
             query.search.as_ref().map_or("", |s| s.as_str())
         );
-        let (key, hit) = self.current(&version_key, &suffix).await;
-        if let Some(CachedValue::ConversationList(page)) = hit {
-            return Ok(page);
+        let entry = self.entry(&list_key(owner), &suffix).await;
+        if let Some(entry) = &entry {
+            if let Some((of, item)) = kept.find(entry)
+                && of == owner
+            {
+                return Ok(Read::Kept(item));
+            }
+            if let Some(CachedValue::ConversationList(page)) = self.cached(entry).await {
+                return Ok(Read::Fetched(Cached {
+                    value: page,
+                    entry: Some(entry.clone()),
+                }));
+            }
         }
         let page = self.inner.ports.conversations.list(owner, query).await?;
-        if let Some(key) = key {
-            self.store(&key, CachedValue::ConversationList(page.clone()))
+        if let Some(entry) = &entry {
+            self.store(entry, CachedValue::ConversationList(page.clone()))
                 .await;
         }
-        Ok(page)
+        Ok(Read::Fetched(Cached { value: page, entry }))
     }
 
     /// One of the caller's conversations and all its messages.
@@ -273,14 +333,43 @@ impl Conversations {
         caller: &AccessClaims,
         id: ConversationId,
     ) -> Result<(Conversation, Vec<Message>), AppError> {
-        let (key, hit) = self.current(&history_key(id), "").await;
-        if let Some(CachedValue::History(conversation, messages)) = hit {
+        match self.read(caller, id, &NothingKept).await? {
+            Read::Fetched(read) => Ok(read.value),
+            Read::Kept(never) => match never {},
+        }
+    }
+
+    /// As [`Conversations::get`], or what `kept` keeps for the current
+    /// entry instead. The owner is checked on every read: against the
+    /// value, or against the owner of what is kept.
+    ///
+    /// # Errors
+    /// As [`Conversations::get`].
+    pub async fn read<K: Kept>(
+        &self,
+        caller: &AccessClaims,
+        id: ConversationId,
+        kept: &K,
+    ) -> Result<Read<(Conversation, Vec<Message>), K::Item>, AppError> {
+        let entry = self.entry(&history_key(id), "").await;
+        if let Some(entry) = &entry {
             // The history is keyed by conversation only: ownership is
             // checked on every hit.
-            if conversation.owner == caller.user_id {
-                return Ok((*conversation, messages));
+            if let Some((owner, item)) = kept.find(entry) {
+                if owner == caller.user_id {
+                    return Ok(Read::Kept(item));
+                }
+                return Err(AppError::NotFound);
             }
-            return Err(AppError::NotFound);
+            if let Some(CachedValue::History(conversation, messages)) = self.cached(entry).await {
+                if conversation.owner == caller.user_id {
+                    return Ok(Read::Fetched(Cached {
+                        value: (*conversation, messages),
+                        entry: Some(entry.clone()),
+                    }));
+                }
+                return Err(AppError::NotFound);
+            }
         }
         let conversation = self
             .inner
@@ -289,14 +378,17 @@ impl Conversations {
             .get(caller.user_id, id)
             .await?;
         let messages = self.inner.ports.messages.list(id).await?;
-        if let Some(key) = key {
+        if let Some(entry) = &entry {
             self.store(
-                &key,
+                entry,
                 CachedValue::History(Box::new(conversation.clone()), messages.clone()),
             )
             .await;
         }
-        Ok((conversation, messages))
+        Ok(Read::Fetched(Cached {
+            value: (conversation, messages),
+            entry,
+        }))
     }
 
     /// Renames and/or archives one of the caller's conversations.
@@ -347,12 +439,25 @@ impl Conversations {
     /// The entry key of the current version of `key` with `suffix`, and
     /// what the cache holds there; `(None, None)` (no caching) when the
     /// cache is down.
-    async fn current(&self, key: &str, suffix: &str) -> (Option<String>, Option<CachedValue>) {
-        match self.inner.ports.cache.current(key, suffix).await {
-            Ok((version, hit)) => (Some(entry_key(key, version, suffix)), hit),
+    /// The name of the current entry of `key` with `suffix`; `None` when
+    /// the cache is down (the caller then reads the database).
+    async fn entry(&self, key: &str, suffix: &str) -> Option<String> {
+        match self.inner.ports.cache.version(key).await {
+            Ok(version) => Some(entry_key(key, version, suffix)),
             Err(e) => {
                 tracing::warn!(error = %e, "cache unavailable; reading the database");
-                (None, None)
+                None
+            }
+        }
+    }
+
+    /// The value stored under the entry `entry`, if any.
+    async fn cached(&self, entry: &str) -> Option<CachedValue> {
+        match self.inner.ports.cache.get(entry).await {
+            Ok(hit) => hit,
+            Err(e) => {
+                tracing::warn!(error = %e, "cache unavailable; reading the database");
+                None
             }
         }
     }

@@ -3,10 +3,10 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CACHE_CONTROL, ETAG, HeaderValue, IF_NONE_MATCH};
 use actix_web::{HttpRequest, HttpResponse, web};
-use confab_app::AppError;
+use confab_app::{AppError, Read};
 use confab_domain::{
     Conversation, ConversationId, ConversationPatch, ConversationSummary, ListOrder, Message,
-    MessageDocument, PageRequest, SearchQuery, Title, rfc3339,
+    MessageDocument, PageRequest, SearchQuery, Title, UserId, rfc3339,
 };
 use confab_ports::ConversationQuery;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,12 @@ use crate::State;
 use crate::auth::AuthUser;
 use crate::error::ErrorBody;
 use crate::extract::Json;
+use crate::rendered::{Rendered, Shape};
+
+/// The list's rendered shape.
+const LIST: &str = "list";
+/// The history's rendered shape.
+const HISTORY: &str = "history";
 
 /// A path id: malformed is as missing (404), never a 500.
 pub(crate) fn conversation_id(raw: &str) -> Result<ConversationId, ApiError> {
@@ -147,9 +153,16 @@ pub(crate) struct ConversationPatchBody {
 
 /// A strong validator of `body`: 128 bits of its SHA-256.
 fn etag(body: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(body);
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("\"{hex}\"")
+    let mut tag = String::with_capacity(34);
+    tag.push('"');
+    for byte in &digest[..16] {
+        tag.push(char::from(HEX[usize::from(byte >> 4)]));
+        tag.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    tag.push('"');
+    tag
 }
 
 /// Whether `If-None-Match` names `tag` (weak comparison, RFC 9110 §13.1.2).
@@ -168,25 +181,61 @@ fn matches(req: &HttpRequest, tag: &str) -> bool {
 
 /// A JSON answer that private caches may keep and must revalidate: 304
 /// when the client's copy is current.
-pub(crate) fn cacheable_json<T: Serialize>(
+///
+/// `shape` names the body `render` builds from a read's value; `owner`
+/// says whose the value is. A fetched value's body is kept under the
+/// value's entry name (`Cached::entry`), so this worker renders each
+/// value once: the next read of that entry hands the kept body back
+/// (`Read::Kept`) without fetching the value.
+pub(crate) fn cacheable_json<T>(
     req: &HttpRequest,
-    value: &T,
+    state: &State,
+    shape: &'static str,
+    read: Read<T, Rendered>,
+    owner: impl FnOnce(&T) -> UserId,
+    render: impl FnOnce(&T) -> Result<Vec<u8>, ApiError>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = serde_json::to_vec(value).map_err(ApiError::internal)?;
-    let tag = etag(&body);
-    let status = if matches(req, &tag) {
+    let rendered = match read {
+        Read::Kept(rendered) => rendered,
+        Read::Fetched(cached) => {
+            let body = render(&cached.value)?;
+            let rendered = Rendered {
+                owner: owner(&cached.value),
+                etag: etag(&body),
+                body: body.into(),
+            };
+            if let Some(entry) = &cached.entry {
+                state.rendered.keep(shape, entry, rendered.clone());
+            }
+            rendered
+        }
+    };
+    let status = if matches(req, &rendered.etag) {
         StatusCode::NOT_MODIFIED
     } else {
         StatusCode::OK
     };
     let mut res = HttpResponse::build(status);
     res.insert_header((CACHE_CONTROL, HeaderValue::from_static("private, no-cache")))
-        .insert_header((ETAG, tag));
+        .insert_header((ETAG, rendered.etag));
     Ok(if status == StatusCode::NOT_MODIFIED {
         res.finish()
     } else {
-        res.content_type("application/json").body(body)
+        res.content_type("application/json").body(rendered.body)
     })
+}
+
+/// `body` as JSON.
+fn json<B: Serialize>(body: &B) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(body).map_err(ApiError::internal)
+}
+
+/// The bodies of `shape` this worker keeps.
+fn shape<'a>(state: &'a State, shape: &'static str) -> Shape<'a> {
+    Shape {
+        bodies: &state.rendered,
+        shape,
+    }
 }
 
 fn query(q: &ListQuery) -> Result<ConversationQuery, ApiError> {
@@ -235,18 +284,28 @@ pub(crate) async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let conversations = &state.conversations;
     let query = query(&q)?;
-    let page = conversations.list(&caller, &query).await?;
-    let body = ConversationPageBody {
-        items: page
-            .items
-            .iter()
-            .map(ConversationItem::of)
-            .collect::<Result<_, _>>()?,
-        limit: query.page.limit(),
-        offset: query.page.offset(),
-        total: page.total,
-    };
-    cacheable_json(&req, &body)
+    let read = conversations
+        .list(&caller, &query, &shape(&state, LIST))
+        .await?;
+    cacheable_json(
+        &req,
+        &state,
+        LIST,
+        read,
+        |_| caller.user_id,
+        |page| {
+            json(&ConversationPageBody {
+                items: page
+                    .items
+                    .iter()
+                    .map(ConversationItem::of)
+                    .collect::<Result<_, _>>()?,
+                limit: query.page.limit(),
+                offset: query.page.offset(),
+                total: page.total,
+            })
+        },
+    )
 }
 
 /// One of the caller's conversations with all its messages.
@@ -273,8 +332,19 @@ pub(crate) async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let conversations = &state.conversations;
     let id = conversation_id(&id)?;
-    let (conversation, messages) = conversations.get(&caller, id).await?;
-    cacheable_json(&req, &ConversationBody::of(&conversation, &messages)?)
+    // The owner is checked by the read: against the value, or against
+    // the owner of the kept body.
+    let read = conversations
+        .read(&caller, id, &shape(&state, HISTORY))
+        .await?;
+    cacheable_json(
+        &req,
+        &state,
+        HISTORY,
+        read,
+        |(conversation, _)| conversation.owner,
+        |(conversation, messages)| json(&ConversationBody::of(conversation, messages)?),
+    )
 }
 
 /// Renames and/or archives one of the caller's conversations.

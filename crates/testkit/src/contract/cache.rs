@@ -9,7 +9,7 @@ use confab_domain::{
     MessageMetadata, MessageRole, MessageStatus, ModelSlug, OffsetDateTime, Page, PageRequest,
     Title, UserId,
 };
-use confab_ports::{Cache, CachedValue, entry_key};
+use confab_ports::{Cache, CachedValue};
 
 use super::eventually;
 
@@ -342,28 +342,4 @@ pub async fn bump_all_moves_every_key_given(cache: &dyn Cache) {
     let a = cache.version("a").await.expect("version");
     cache.bump_all(&[]).await.expect("an empty bump_all");
     assert_eq!(cache.version("a").await.expect("version"), a);
-}
-
-/// `current` gives the version `version` would (creating it when absent)
-/// and the entry stored under `{key}:{version}{suffix}`; after a bump, the
-/// new version and no entry.
-pub async fn current_gives_the_version_and_its_entry_in_one_step(cache: &dyn Cache) {
-    let key = format!("user:{}:conversation_list", UserId::generate());
-    let (first, none) = cache.current(&key, ":page1").await.expect("current");
-    assert_eq!(none, None, "nothing stored yet");
-    assert_eq!(cache.version(&key).await.expect("version"), first);
-    let value = sample_list();
-    cache
-        .put(&entry_key(&key, first, ":page1"), value.clone(), MINUTE)
-        .await
-        .expect("put");
-    let (again, hit) = cache.current(&key, ":page1").await.expect("current");
-    assert_eq!(again, first, "stable until bumped");
-    assert_eq!(hit, Some(value), "the entry of this version and suffix");
-    let (_, other) = cache.current(&key, ":page2").await.expect("current");
-    assert_eq!(other, None, "another suffix is another entry");
-    cache.bump(&key).await.expect("bump");
-    let (bumped, gone) = cache.current(&key, ":page1").await.expect("current");
-    assert!(bumped > first, "{bumped} > {first}");
-    assert_eq!(gone, None, "the old version's entry is out of reach");
 }
