@@ -16,5 +16,5 @@ pub use conversations::{
     NothingKept, Read, SendMessage, Started,
 };
 pub use error::{AppError, AuthFailure};
-pub use limits::FallbackLimiter;
+pub use limits::{FallbackLimiter, SeparateAdmission};
 pub use readiness::{DependencyStatus, Readiness, ReadinessReport};

@@ -1,11 +1,14 @@
-//! A rate limiter that falls back to another when its store fails.
+//! A rate limiter that falls back to another when its store fails, and
+//! an admission made of a blocklist and a limiter.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use confab_domain::DomainError;
-use confab_ports::{RateDecision, RateLimiter, RatePolicy};
+use confab_ports::{
+    AccessClaims, Admission, Admitted, RateDecision, RateLimiter, RatePolicy, TokenBlocklist,
+};
 
 /// Asks `primary` (the limiter every instance shares); when its store
 /// can't answer, asks `fallback` (this instance's own) instead, so limits
@@ -48,5 +51,41 @@ impl RateLimiter for FallbackLimiter {
                 other
             }
         }
+    }
+}
+
+/// Admission in two look-ups: the blocklist's standing, then — for a token
+/// that is not refused — the limiter's check (what a backend without a
+/// combined step does).
+pub struct SeparateAdmission {
+    blocklist: Arc<dyn TokenBlocklist>,
+    limiter: Arc<dyn RateLimiter>,
+}
+
+impl SeparateAdmission {
+    /// `blocklist`'s standing, then `limiter`'s check.
+    #[must_use]
+    pub fn new(blocklist: Arc<dyn TokenBlocklist>, limiter: Arc<dyn RateLimiter>) -> Self {
+        Self { blocklist, limiter }
+    }
+}
+
+#[async_trait]
+impl Admission for SeparateAdmission {
+    async fn admit(
+        &self,
+        claims: &AccessClaims,
+        policy: &RatePolicy,
+        key: &str,
+    ) -> Result<Option<Admitted>, DomainError> {
+        let standing = self.blocklist.standing(claims).await?;
+        if standing.blocked {
+            return Ok(None);
+        }
+        let decision = self.limiter.check(policy, key).await?;
+        Ok(Some(Admitted {
+            user_version: standing.user_version,
+            decision,
+        }))
     }
 }

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use confab_app::{
     AccountPorts, AccountRules, Accounts, AppError, AuthFailure, LoginAttempt, Readiness,
-    Registration,
+    Registration, SeparateAdmission,
 };
 use confab_domain::{Field, Password, Role};
 use confab_memory::{GovernorLimiter, InMemoryBlocklist};
 use confab_password::{HasherOptions, MIN_ITERATIONS, Pbkdf2Hasher};
-use confab_ports::RatePolicy;
+use confab_ports::{RateLimiter, RatePolicy, TokenBlocklist};
 use confab_sql::testing::TestDatabase;
 
 async fn accounts() -> (TestDatabase, Accounts, Readiness) {
@@ -40,13 +40,16 @@ async fn accounts_on(db: &TestDatabase, iterations: u32) -> (Accounts, Readiness
         quota: 5,
         window: Duration::from_secs(60),
     };
+    let blocklist: Arc<dyn TokenBlocklist> = Arc::new(InMemoryBlocklist::new());
+    let limiter: Arc<dyn RateLimiter> = Arc::new(GovernorLimiter::new());
     let ports = AccountPorts {
         users: store.clone(),
         hasher: Arc::new(hasher),
         tokens: Arc::new(codec),
         refresh_tokens: store,
-        blocklist: Arc::new(InMemoryBlocklist::new()),
-        limiter: Arc::new(GovernorLimiter::new()),
+        admission: Arc::new(SeparateAdmission::new(blocklist.clone(), limiter.clone())),
+        blocklist,
+        limiter,
     };
     let limits = AccountRules {
         per_ip: login.clone(),
@@ -193,6 +196,52 @@ async fn login_rotation_reuse_and_logout() {
 }
 
 #[tokio::test]
+async fn admission_charges_a_good_token_and_never_a_refused_one() {
+    let (_db, accounts, _) = accounts().await;
+    accounts
+        .register(reg("wren", "wren@example.com", "correct horse battery"))
+        .await
+        .unwrap();
+    let login = || accounts.login(attempt("wren", "correct horse battery", "1.1.1.1"));
+    let first = login().await.unwrap();
+    let policy = RatePolicy {
+        name: "user".into(),
+        quota: 2,
+        window: Duration::from_secs(3600),
+    };
+    let bucket = |c: &confab_ports::AccessClaims| (&policy, format!("user:{}", c.user_id));
+    let (claims, chosen, decision) = accounts.admit(&first.access.token, bucket).await.unwrap();
+    assert_eq!(claims.user_id, first.user.id);
+    assert_eq!(chosen.name, "user");
+    assert!(decision.allowed);
+    assert_eq!(decision.remaining, 1);
+    // Logged out: refused, however often, and charged nothing.
+    accounts.logout(&claims).await.unwrap();
+    for _ in 0..5 {
+        let err = accounts
+            .admit(&first.access.token, bucket)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, AppError::Unauthorized(AuthFailure::InvalidToken)),
+            "{err:?}"
+        );
+    }
+    // A new session of the same user still has the one token left.
+    let second = login().await.unwrap();
+    let (_, _, decision) = accounts.admit(&second.access.token, bucket).await.unwrap();
+    assert!(decision.allowed);
+    assert_eq!(decision.remaining, 0);
+    let (_, _, decision) = accounts.admit(&second.access.token, bucket).await.unwrap();
+    assert!(!decision.allowed);
+    // A token that does not verify is refused before anything is read.
+    assert!(matches!(
+        accounts.admit("not.a.token", bucket).await,
+        Err(AppError::Unauthorized(_))
+    ));
+}
+
+#[tokio::test]
 async fn bad_credentials_are_indistinguishable_and_limited_per_account() {
     let (_db, accounts, _) = accounts().await;
     accounts
@@ -276,4 +325,16 @@ async fn a_login_rehashes_a_password_stored_with_older_parameters() {
         .login(attempt("yan", "correct horse battery", "1.2.3.5"))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn separate_admission_keeps_the_admission_contract() {
+    let shared_blocklist: Arc<dyn TokenBlocklist> = Arc::new(InMemoryBlocklist::new());
+    let shared_limiter: Arc<dyn RateLimiter> = Arc::new(GovernorLimiter::new());
+    confab_testkit::contract::admission::a_refused_token_is_charged_nothing(
+        &SeparateAdmission::new(shared_blocklist.clone(), shared_limiter.clone()),
+        shared_blocklist.as_ref(),
+        shared_limiter.as_ref(),
+    )
+    .await;
 }

@@ -173,6 +173,7 @@ mod tests {
     use actix_web::{HttpResponse, web};
     use confab_app::{
         AccountPorts, AccountRules, Accounts, ConversationPorts, ConversationRules, Readiness,
+        SeparateAdmission,
     };
     use confab_domain::ModelSlug;
     use confab_ports::RatePolicy;
@@ -225,6 +226,7 @@ mod tests {
             tokens: Arc::new(Inert),
             refresh_tokens: store.clone(),
             blocklist: Arc::new(Inert),
+            admission: Arc::new(SeparateAdmission::new(Arc::new(Inert), Arc::new(Inert))),
             limiter: Arc::new(Inert),
         };
         HttpState {

@@ -326,3 +326,32 @@ pub trait RateLimiter: Send + Sync + 'static {
     /// quota or a zero window (a configuration bug).
     async fn check(&self, policy: &RatePolicy, key: &str) -> Result<RateDecision, DomainError>;
 }
+
+/// What one request's admission found, for a token that is not refused:
+/// its user's account-state version and the caller's rate decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// As [`Standing::user_version`].
+    pub user_version: u64,
+    /// The check of the caller's rate bucket.
+    pub decision: RateDecision,
+}
+
+/// A request's token standing and its charge to the caller's rate bucket,
+/// in one step where the backend can (one round trip on Redis).
+#[async_trait]
+pub trait Admission: Send + Sync + 'static {
+    /// `None` when the token described by `claims` is refused, and then
+    /// nothing is charged: whoever holds a revoked token cannot spend its
+    /// user's budget. Otherwise the user's version and the check of
+    /// `policy` for `key`.
+    ///
+    /// # Errors
+    /// When the blocklist or the limiter is unreachable.
+    async fn admit(
+        &self,
+        claims: &AccessClaims,
+        policy: &RatePolicy,
+        key: &str,
+    ) -> Result<Option<Admitted>, DomainError>;
+}

@@ -18,9 +18,9 @@ mod store;
 mod stream;
 
 pub use auth::{
-    AccessClaims, IssuedToken, NewRefreshToken, RateDecision, RateLimiter, RatePolicy, Redemption,
-    RefreshClaims, RefreshTokenStore, ResumeClaims, ResumeTokenCodec, Standing, TokenBlocklist,
-    TokenCodec, TokenRejection,
+    AccessClaims, Admission, Admitted, IssuedToken, NewRefreshToken, RateDecision, RateLimiter,
+    RatePolicy, Redemption, RefreshClaims, RefreshTokenStore, ResumeClaims, ResumeTokenCodec,
+    Standing, TokenBlocklist, TokenCodec, TokenRejection,
 };
 pub use cache::{Cache, CachedValue, entry_key};
 pub use clock::{Clock, SystemClock};

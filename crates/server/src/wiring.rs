@@ -6,12 +6,14 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_app::{AccountPorts, AccountRules, Accounts, FallbackLimiter};
+use confab_app::{AccountPorts, AccountRules, Accounts, FallbackLimiter, SeparateAdmission};
 use confab_jwt::{JwtCodec, JwtSettings, MIN_SECRET_BYTES};
 use confab_memory::{GovernorLimiter, InMemoryBlocklist, InMemoryIdempotency};
 use confab_password::{HasherOptions, Pbkdf2Hasher};
-use confab_ports::{IdempotencyStore, RateLimiter, RatePolicy, TokenBlocklist};
-use confab_redis::{RedisBlocklist, RedisIdempotency, RedisLimiter, RedisPool, RedisSettings};
+use confab_ports::{Admission, IdempotencyStore, RateLimiter, RatePolicy, TokenBlocklist};
+use confab_redis::{
+    RedisAdmission, RedisBlocklist, RedisIdempotency, RedisLimiter, RedisPool, RedisSettings,
+};
 use confab_sql::{PoolOptions, SqlStore};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -160,15 +162,27 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
     let codec = Arc::new(codec);
     let redis = redis_pools(settings)?;
     let local: Arc<dyn RateLimiter> = Arc::new(GovernorLimiter::new());
-    let (limiter, blocklist): (Arc<dyn RateLimiter>, Arc<dyn TokenBlocklist>) = match &redis {
+    let (limiter, blocklist, admission): (
+        Arc<dyn RateLimiter>,
+        Arc<dyn TokenBlocklist>,
+        Arc<dyn Admission>,
+    ) = match &redis {
         Some(RedisPools { shared: pool, .. }) => (
             Arc::new(FallbackLimiter::new(
                 Arc::new(RedisLimiter::new(pool.clone())),
                 local,
             )),
             Arc::new(RedisBlocklist::new(pool.clone())),
+            // One script for both (one round trip). With Redis down the
+            // standing can't be read either: the request is then treated
+            // as unauthenticated, as before.
+            Arc::new(RedisAdmission::new(pool.clone())),
         ),
-        None => (local, Arc::new(InMemoryBlocklist::new())),
+        None => {
+            let blocklist: Arc<dyn TokenBlocklist> = Arc::new(InMemoryBlocklist::new());
+            let admission = Arc::new(SeparateAdmission::new(blocklist.clone(), local.clone()));
+            (local, blocklist, admission)
+        }
     };
     let idempotency: Arc<dyn IdempotencyStore> = match &redis {
         Some(pools) => Arc::new(RedisIdempotency::new(pools.shared.clone())),
@@ -184,6 +198,7 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
             tokens: codec.clone(),
             refresh_tokens: store.clone(),
             blocklist,
+            admission,
             limiter: limiter.clone(),
         },
         AccountRules {

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+pub mod admission;
 pub mod blocklist;
 pub mod cache;
 pub mod idempotency;

@@ -27,6 +27,21 @@ redis.call('SET', KEYS[1], string.format('%d', next))
 return next
 ";
 
+/// The key that blocks the token `jti`.
+pub(crate) fn token_key(pool: &RedisPool, jti: TokenId) -> String {
+    pool.key(&format!("bl:jti:{jti}"))
+}
+
+/// The key that blocks every token of the login session `family`.
+pub(crate) fn family_key(pool: &RedisPool, family: FamilyId) -> String {
+    pool.key(&format!("bl:fam:{family}"))
+}
+
+/// The key of `user`'s account-state version.
+pub(crate) fn user_key(pool: &RedisPool, user: UserId) -> String {
+    pool.key(&format!("uv:{user}"))
+}
+
 /// Blocked token ids and login sessions in Redis.
 #[derive(Debug, Clone)]
 pub struct RedisBlocklist {
@@ -41,15 +56,15 @@ impl RedisBlocklist {
     }
 
     fn token_key(&self, jti: TokenId) -> String {
-        self.pool.key(&format!("bl:jti:{jti}"))
+        token_key(&self.pool, jti)
     }
 
     fn family_key(&self, family: FamilyId) -> String {
-        self.pool.key(&format!("bl:fam:{family}"))
+        family_key(&self.pool, family)
     }
 
     fn user_key(&self, user: UserId) -> String {
-        self.pool.key(&format!("uv:{user}"))
+        user_key(&self.pool, user)
     }
 
     /// Stores `key` until `until` (as Unix ms: Redis expires it by its own

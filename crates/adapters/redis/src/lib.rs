@@ -13,6 +13,7 @@
 //! call: what that means for a request is the caller's policy (see
 //! docs/operations.md).
 
+mod admission;
 mod blocklist;
 mod cache;
 mod idempotency;
@@ -20,6 +21,7 @@ mod limiter;
 mod pool;
 mod stream_log;
 
+pub use admission::RedisAdmission;
 pub use blocklist::RedisBlocklist;
 pub use cache::RedisCache;
 pub use idempotency::RedisIdempotency;

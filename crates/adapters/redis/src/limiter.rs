@@ -32,6 +32,32 @@ use confab_ports::{RateDecision, RateLimiter, RatePolicy};
 
 use crate::pool::{RedisPool, unavailable};
 
+/// The GCRA step as a Lua function `gcra(key, period, quota, margin_ms)`,
+/// for every script that charges a bucket (this one, and the admission's).
+macro_rules! gcra {
+    () => {
+        r"local function gcra(key, period, quota, margin_ms)
+  local capacity = period * quota
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+  local tat = tonumber(redis.call('GET', key))
+  if tat == nil or tat < now then
+    tat = now
+  end
+  local new_tat = tat + period
+  local ahead = new_tat - now
+  if ahead > capacity then
+    return {0, 0, tat - now, ahead - capacity}
+  end
+  local ttl_ms = math.ceil(ahead / 1000) + margin_ms
+  redis.call('SET', key, string.format('%d', new_tat), 'PX', string.format('%d', ttl_ms))
+  return {1, math.floor((capacity - ahead) / period), ahead, 0}
+end
+"
+    };
+}
+pub(crate) use gcra;
+
 /// The GCRA step, atomically on Redis's clock.
 ///
 /// `KEYS[1]`: the bucket. `ARGV[1]`: the period (window / quota) in µs.
@@ -43,31 +69,16 @@ use crate::pool::{RedisPool, unavailable};
 /// Numbers are formatted with `%d` before they are stored or sent: Lua's
 /// `tostring` would print a 16-digit microsecond time in exponent form and
 /// lose precision.
-const SCRIPT: &str = r"-- confab rate limit v1
-if redis.replicate_commands then redis.replicate_commands() end
-local period = tonumber(ARGV[1])
-local quota = tonumber(ARGV[2])
-local margin_ms = tonumber(ARGV[3])
-local capacity = period * quota
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local tat = tonumber(redis.call('GET', KEYS[1]))
-if tat == nil or tat < now then
-  tat = now
-end
-local new_tat = tat + period
-local ahead = new_tat - now
-if ahead > capacity then
-  return {0, 0, tat - now, ahead - capacity}
-end
-local ttl_ms = math.ceil(ahead / 1000) + margin_ms
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', string.format('%d', ttl_ms))
-return {1, math.floor((capacity - ahead) / period), ahead, 0}
-";
+const SCRIPT: &str = concat!(
+    "-- confab rate limit v1\n",
+    "if redis.replicate_commands then redis.replicate_commands() end\n",
+    gcra!(),
+    "return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))\n",
+);
 
 /// How long a bucket's key outlives the moment it is full again (ms): the
 /// key must never expire while its state still matters.
-const TTL_MARGIN_MS: u64 = 1_000;
+pub(crate) const TTL_MARGIN_MS: u64 = 1_000;
 
 /// Token buckets in Redis, one key per policy and caller key, shared by
 /// every instance on the same Redis and key prefix.
@@ -97,7 +108,7 @@ impl RedisLimiter {
 
 /// The period (window / quota) in whole microseconds, at least one; a zero
 /// quota or window is refused, as the in-process limiter refuses them.
-fn period_micros(policy: &RatePolicy) -> Result<u64, DomainError> {
+pub(crate) fn period_micros(policy: &RatePolicy) -> Result<u64, DomainError> {
     if policy.quota == 0 {
         return Err(DomainError::internal(format!(
             "rate policy {} has a zero quota",
@@ -127,6 +138,26 @@ fn period_micros(policy: &RatePolicy) -> Result<u64, DomainError> {
     })
 }
 
+/// The key of `key`'s bucket under `policy`.
+pub(crate) fn bucket_key(pool: &RedisPool, policy: &RatePolicy, key: &str) -> String {
+    pool.key(&format!("rl:v1:{}:{}", policy.name, key))
+}
+
+/// The decision of a `gcra` result, for `policy`.
+pub(crate) fn decision(
+    policy: &RatePolicy,
+    (allowed, remaining, reset_after, retry_after): (i64, i64, i64, i64),
+) -> RateDecision {
+    RateDecision {
+        allowed: allowed == 1,
+        remaining: u32::try_from(remaining.max(0))
+            .unwrap_or(policy.quota)
+            .min(policy.quota),
+        reset_after: micros(reset_after),
+        retry_after: micros(retry_after),
+    }
+}
+
 /// A duration the script returned in µs (never negative).
 fn micros(value: i64) -> Duration {
     Duration::from_micros(u64::try_from(value).unwrap_or(0))
@@ -136,9 +167,9 @@ fn micros(value: i64) -> Duration {
 impl RateLimiter for RedisLimiter {
     async fn check(&self, policy: &RatePolicy, key: &str) -> Result<RateDecision, DomainError> {
         let period = period_micros(policy)?;
-        let bucket = self.pool.key(&format!("rl:v1:{}:{}", policy.name, key));
+        let bucket = bucket_key(&self.pool, policy, key);
         let mut conn = self.pool.connection()?;
-        let (allowed, remaining, reset_after, retry_after): (i64, i64, i64, i64) = self
+        let result: (i64, i64, i64, i64) = self
             .script
             .key(bucket)
             .arg(period)
@@ -147,13 +178,6 @@ impl RateLimiter for RedisLimiter {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable(&e))?;
-        Ok(RateDecision {
-            allowed: allowed == 1,
-            remaining: u32::try_from(remaining.max(0))
-                .unwrap_or(policy.quota)
-                .min(policy.quota),
-            reset_after: micros(reset_after),
-            retry_after: micros(retry_after),
-        })
+        Ok(decision(policy, result))
     }
 }

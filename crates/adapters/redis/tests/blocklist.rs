@@ -92,3 +92,16 @@ async fn a_redis_that_is_down_is_unavailable() {
         "{block:?}"
     );
 }
+
+/// Admission in one script sees, and leaves, the state the blocklist and
+/// the limiter on the same Redis see.
+#[tokio::test]
+async fn admission_shares_the_blocklist_and_the_limiter() {
+    let pool = support::pool().await;
+    confab_testkit::contract::admission::a_refused_token_is_charged_nothing(
+        &confab_redis::RedisAdmission::new(pool.clone()),
+        &RedisBlocklist::new(pool.clone()),
+        &confab_redis::RedisLimiter::new(pool),
+    )
+    .await;
+}

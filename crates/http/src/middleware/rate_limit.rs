@@ -42,32 +42,43 @@ pub(crate) async fn rate_limit(
             .map(ServiceResponse::map_into_boxed_body);
     }
     let (tiers, limiter, accounts) = (&state.rate_tiers, &state.limiter, &state.accounts);
-    // A token that does not verify is limited as anonymous; the route
-    // itself then answers 401. One that does is kept for the route.
-    let caller = match bearer(req.request()) {
-        Some(token) => accounts.authenticate(&token).await.ok(),
+    // A token that verifies and is not refused is charged to its user's
+    // bucket in the same look-up as its standing (one round trip on
+    // Redis), and kept for the route. Any other request is limited as
+    // anonymous; the route itself then answers 401.
+    let admitted = match bearer(req.request()) {
+        Some(token) => accounts
+            .admit(&token, |c| {
+                let policy = if c.role == Role::Admin {
+                    &tiers.admin
+                } else {
+                    &tiers.user
+                };
+                (policy, format!("user:{}", c.user_id))
+            })
+            .await
+            .ok(),
         None => None,
     };
-    if let Some(claims) = &caller {
-        req.extensions_mut().insert(Authenticated(claims.clone()));
-    }
-    let (policy, key) = match caller {
-        Some(c) if c.role == Role::Admin => (&tiers.admin, format!("user:{}", c.user_id)),
-        Some(c) => (&tiers.user, format!("user:{}", c.user_id)),
-        None => (
-            &tiers.anonymous,
-            format!("ip:{}", client_key(req.request(), &state.trusted_proxies)),
-        ),
-    };
-    let decision = match limiter.check(policy, &key).await {
-        Ok(d) => d,
-        Err(e) => {
-            // The limiter's store is down: serve rather than refuse everyone.
-            tracing::warn!(error = %e, "rate limiter unavailable; request not limited");
-            return next
-                .call(req)
-                .await
-                .map(ServiceResponse::map_into_boxed_body);
+    let (policy, decision) = match admitted {
+        Some((claims, policy, decision)) => {
+            req.extensions_mut().insert(Authenticated(claims));
+            (policy, decision)
+        }
+        None => {
+            let key = format!("ip:{}", client_key(req.request(), &state.trusted_proxies));
+            match limiter.check(&tiers.anonymous, &key).await {
+                Ok(d) => (&tiers.anonymous, d),
+                Err(e) => {
+                    // The limiter's store is down: serve rather than
+                    // refuse everyone.
+                    tracing::warn!(error = %e, "rate limiter unavailable; request not limited");
+                    return next
+                        .call(req)
+                        .await
+                        .map(ServiceResponse::map_into_boxed_body);
+                }
+            }
         }
     };
     if !decision.allowed {
