@@ -170,9 +170,10 @@ release Confab server starts in this process ({cores} workers, every rate limit
 lifted, title generation off, the production defaults otherwise: a cached list
 lives 10 min). One user makes {CONVERSATIONS} conversations (a streamed send each, to the
 harness's `FakeLlm`, read to its end), so the list's default page (20 items) is
-full, and one list read fills the cache: every measured read is a cache hit
-(the access token checked, the user's rate limit taken, the cache version and
-entry read, the page serialized with its `ETag`).
+full, and the warm-up's reads fill the cache and each worker's rendered
+bodies: every measured read is a hit (the access token checked and the
+user's rate limit taken in one look-up, the cache version read, and the
+body the worker rendered for that version sent with its `ETag`).
 
 Each row is {requests} requests from {CLIENTS} kept-alive clients (no request starts after
 {cap} s), after an unmeasured warm-up of 20 requests per client; `/healthz`
