@@ -42,7 +42,9 @@ check confab-testkit 'confab-sql|confab-password|confab-memory|confab-jwt|confab
 # optional or platform-specific dependency counts), it must have no other
 # dependent.
 # The tree always lists confab-testkit itself: without it, cargo failed.
-inverted=$(cargo tree --workspace -e normal,build --all-features --target all \
+# Quiet: on a fresh machine cargo downloads other targets' crates first,
+# and its progress lines are not dependents.
+inverted=$(cargo tree --quiet --workspace -e normal,build --all-features --target all \
     -i confab-testkit --prefix none --format '{p}' 2>&1 | awk '{print $1}' || true)
 dependents=$(echo "$inverted" | grep -vx 'confab-testkit' | grep -vx 'confab-e2e' | sort -u || true)
 if ! echo "$inverted" | grep -qx 'confab-testkit'; then
