@@ -436,9 +436,6 @@ impl Conversations {
         Ok(())
     }
 
-    /// The entry key of the current version of `key` with `suffix`, and
-    /// what the cache holds there; `(None, None)` (no caching) when the
-    /// cache is down.
     /// The name of the current entry of `key` with `suffix`; `None` when
     /// the cache is down (the caller then reads the database).
     async fn entry(&self, key: &str, suffix: &str) -> Option<String> {
