@@ -19,6 +19,7 @@ on_both_backends!(
     pagination_bounds_and_totals,
     list_and_history_caches_are_invalidated_by_writes,
     etag_revalidation_gives_304_until_the_conversation_changes,
+    a_cached_read_is_rendered_once_until_it_changes,
     json_mode_and_both_surfaces,
     unknown_model_is_refused_and_allowed_ones_reach_upstream,
     accept_header_that_is_neither_sse_nor_json_is_406,
@@ -837,6 +838,79 @@ async fn list_and_history_caches_are_invalidated_by_writes(backend: Backend) {
         assert_eq!(page["total"], 0, "{list}");
         assert_eq!(page["items"], json!([]), "{list}");
     }
+}
+
+/// `confab_cached_read_bodies_total` of `shape` with `outcome`, 0 when absent.
+async fn bodies(app: &TestApp, shape: &str, outcome: &str) -> u64 {
+    let text = app.metrics().await;
+    let (shape, outcome) = (
+        format!("shape=\"{shape}\""),
+        format!("outcome=\"{outcome}\""),
+    );
+    text.lines()
+        .find(|l| {
+            l.starts_with("confab_cached_read_bodies_total{")
+                && l.contains(&shape)
+                && l.contains(&outcome)
+        })
+        .map_or(0, |l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("a counter value")
+        })
+}
+
+async fn a_cached_read_is_rendered_once_until_it_changes(backend: Backend) {
+    let llm = FakeLlm::start();
+    // One worker (the test servers have one): every read after the first
+    // is answered by the body it kept.
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("rita").await;
+    let id = id_of(&new_conversation(&app, &token, "render me").await);
+    let history = format!("/api/v1/conversations/{id}");
+    let read_all = || async {
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            for path in ["/api/v1/conversations", history.as_str()] {
+                let res = app.get_auth(path, &token).await;
+                assert_eq!(res.status(), 200, "{path}");
+                let tag = header(&res, "etag");
+                let body: Value = res.json().await.expect("a JSON body");
+                seen.push((tag, body));
+            }
+        }
+        seen
+    };
+    let first = read_all().await;
+    for shape in ["list", "history"] {
+        assert_eq!(bodies(&app, shape, "rendered").await, 1, "{shape}");
+        assert_eq!(bodies(&app, shape, "kept").await, 4, "{shape}");
+    }
+    // Kept bodies are the bodies: the same as the one rendered.
+    assert!(first.chunks(2).all(|pair| pair == &first[..2]));
+    assert_eq!(first[0].1["items"][0]["id"], id.as_str());
+
+    // A change renders both again, once, with the change in them.
+    let res = app
+        .call(
+            Method::PATCH,
+            &history,
+            &token,
+            Some(&json!({"title": "Re-rendered"})),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let second = read_all().await;
+    for shape in ["list", "history"] {
+        assert_eq!(bodies(&app, shape, "rendered").await, 2, "{shape}");
+        assert_eq!(bodies(&app, shape, "kept").await, 8, "{shape}");
+    }
+    assert!(second.chunks(2).all(|pair| pair == &second[..2]));
+    assert_eq!(second[0].1["items"][0]["title"], "Re-rendered");
+    assert_eq!(second[1].1["title"], "Re-rendered");
+    assert_ne!(second[0].0, first[0].0, "a new ETag for the list");
+    assert_ne!(second[1].0, first[1].0, "a new ETag for the history");
 }
 
 async fn etag_revalidation_gives_304_until_the_conversation_changes(backend: Backend) {

@@ -1,5 +1,6 @@
 //! Prometheus metrics: request count and latency by route template,
-//! method and status. Served on their own listener, never the public one.
+//! method and status, and how cached reads were answered. Served on their
+//! own listener, never the public one.
 
 use actix_web::{HttpResponse, web};
 use prometheus::{
@@ -15,6 +16,7 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    bodies: IntCounterVec,
 }
 
 impl Metrics {
@@ -41,12 +43,22 @@ impl Metrics {
             ]),
             LABELS,
         )?;
+        let bodies = IntCounterVec::new(
+            Opts::new(
+                "cached_read_bodies_total",
+                "Bodies of cached reads (lists, histories) by shape: `kept` when a worker's \
+                 rendered body answered, `rendered` when the value was fetched and rendered.",
+            ),
+            &["shape", "outcome"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(bodies.clone()))?;
         Ok(Self {
             registry,
             requests,
             duration,
+            bodies,
         })
     }
 
@@ -55,6 +67,12 @@ impl Metrics {
         let labels = [route, method, status.as_str()];
         self.requests.with_label_values(&labels).inc();
         self.duration.with_label_values(&labels).observe(seconds);
+    }
+
+    /// Counts one cached read of `shape`, answered by a kept body or not.
+    pub(crate) fn cached_read(&self, shape: &str, kept: bool) {
+        let outcome = if kept { "kept" } else { "rendered" };
+        self.bodies.with_label_values(&[shape, outcome]).inc();
     }
 
     /// The registry in Prometheus text format.

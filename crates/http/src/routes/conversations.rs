@@ -195,6 +195,9 @@ pub(crate) fn cacheable_json<T>(
     owner: impl FnOnce(&T) -> UserId,
     render: impl FnOnce(&T) -> Result<Vec<u8>, ApiError>,
 ) -> Result<HttpResponse, ApiError> {
+    state
+        .metrics
+        .cached_read(shape, matches!(read, Read::Kept(_)));
     let rendered = match read {
         Read::Kept(rendered) => rendered,
         Read::Fetched(cached) => {
