@@ -596,6 +596,55 @@ async fn migrations_are_idempotent_and_health_is_ok(backend: Backend) {
     f.store.check().await.unwrap();
 }
 
+/// Every update and read of one conversation by its owner looks it up by
+/// primary key, even on a fresh database that was never analyzed: until
+/// its first ANALYZE, PostgreSQL guessed a partial list index on
+/// `user_id` as cheap, and the look-up read every conversation of the
+/// owner (each new conversation's title cost as much as its owner's
+/// conversation count).
+#[tokio::test]
+async fn owner_checked_lookups_by_id_use_the_primary_key_before_any_analyze() {
+    use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
+
+    #[derive(QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+
+    let db = TestDatabase::postgres();
+    let _store = db.store().await;
+    let mut conn = PgConnection::establish(db.url()).unwrap();
+    diesel::sql_query(
+        "INSERT INTO users VALUES ('u1', 'planner', 'planner@example.com', 'x', 'user', FALSE, 0, 0)",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    diesel::sql_query(
+        "INSERT INTO conversations (id, user_id, title, created_at, updated_at) \
+         SELECT 'c' || g, 'u1', 'New chat', g, g FROM generate_series(1, 2000) g",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    let owned = "id = 'c5' AND user_id = 'u1' AND deleted_at IS NULL";
+    for statement in [
+        format!("SELECT * FROM conversations WHERE {owned}"),
+        format!(
+            "UPDATE conversations SET title = 'T', updated_at = 1 WHERE {owned} AND title = 'New chat'"
+        ),
+        format!("UPDATE conversations SET deleted_at = 1, updated_at = 1 WHERE {owned}"),
+    ] {
+        let plan: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN {statement}"))
+            .load(&mut conn)
+            .unwrap();
+        let plan: Vec<String> = plan.into_iter().map(|l| l.line).collect();
+        assert!(
+            plan.iter().any(|l| l.contains("conversations_pkey")),
+            "{statement}: {plan:#?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn refused_postgres_is_a_clear_error() {
     let target = DatabaseTarget::parse("postgres://postgres@127.0.0.1:1/confab").unwrap();
