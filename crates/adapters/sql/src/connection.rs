@@ -3,10 +3,14 @@
 
 use std::time::Duration;
 
-use diesel::Connection;
+use diesel::backend::Backend;
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::serialize::ToSql;
+use diesel::sql_types::{self, HasSqlType};
 use diesel::sqlite::SqliteConnection;
+use diesel::{Connection, QueryResult, RunQueryDsl};
 
 use crate::{DatabaseTarget, SqlError};
 
@@ -111,3 +115,156 @@ macro_rules! on_backend {
     };
 }
 pub(crate) use on_backend;
+
+/// A statement written as SQL text with bind parameters, which the
+/// connection prepares once and keeps: diesel's statement cache keys it by
+/// its SQL text.
+///
+/// diesel never caches an `UPDATE` it builds (a changeset may skip `None`
+/// fields, so one Rust type can render several texts), so each one is
+/// prepared again on every call: on PostgreSQL one more round trip and a
+/// parse and plan, on SQLite a compile. The send's hot updates are written
+/// this way instead. Only texts from a fixed set may be used (values go in
+/// binds), or the cache grows with them.
+#[derive(Debug)]
+pub(crate) struct Kept<'a> {
+    /// The text around the binds: one more piece than binds.
+    pieces: &'static [&'static str],
+    binds: Vec<Bind<'a>>,
+}
+
+/// One bind parameter of a [`Kept`] statement.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Bind<'a> {
+    /// `TEXT`.
+    Text(&'a str),
+    /// `BIGINT`.
+    BigInt(i64),
+}
+
+impl<'a> Kept<'a> {
+    /// The statement `pieces[0] bind[0] pieces[1] … bind[n-1] pieces[n]`.
+    pub(crate) fn new(pieces: &'static [&'static str], binds: Vec<Bind<'a>>) -> Self {
+        debug_assert_eq!(pieces.len(), binds.len() + 1);
+        Self { pieces, binds }
+    }
+}
+
+impl<DB> QueryFragment<DB> for Kept<'_>
+where
+    DB: Backend + HasSqlType<sql_types::Text> + HasSqlType<sql_types::BigInt>,
+    str: ToSql<sql_types::Text, DB>,
+    i64: ToSql<sql_types::BigInt, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut pass: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let mut binds = self.binds.iter();
+        for (n, piece) in self.pieces.iter().enumerate() {
+            if n > 0 {
+                match binds.next() {
+                    Some(Bind::Text(text)) => {
+                        pass.push_bind_param::<sql_types::Text, str>(text)?;
+                    }
+                    Some(Bind::BigInt(n)) => {
+                        pass.push_bind_param::<sql_types::BigInt, i64>(n)?;
+                    }
+                    None => {
+                        return Err(diesel::result::Error::QueryBuilderError(
+                            "a kept statement has fewer binds than places".into(),
+                        ));
+                    }
+                }
+            }
+            pass.push_sql(piece);
+        }
+        Ok(())
+    }
+}
+
+impl QueryId for Kept<'_> {
+    type QueryId = ();
+    // No static id: the statement cache keys it by its SQL text.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Conn> RunQueryDsl<Conn> for Kept<'_> {}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use diesel::prelude::*;
+
+    use super::*;
+    use crate::schema::conversations;
+    use crate::testing::TestDatabase;
+
+    /// PostgreSQL lists the statements a connection keeps prepared (diesel
+    /// names the ones it caches; an unnamed one is gone after its call).
+    fn kept_updates(conn: &mut PgConnection) -> i64 {
+        diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE 'UPDATE%'",
+        )
+        .get_result::<Count>(conn)
+        .unwrap()
+        .n
+    }
+
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
+    #[tokio::test]
+    async fn a_kept_statement_is_prepared_once_per_text_and_a_built_update_every_time() {
+        let db = TestDatabase::postgres();
+        let _migrated = db.store().await;
+        let mut conn = PgConnection::establish(db.url()).unwrap();
+        for at in 0..3 {
+            diesel::update(conversations::table.filter(conversations::id.eq("none")))
+                .set(conversations::updated_at.eq(at))
+                .execute(&mut conn)
+                .unwrap();
+        }
+        assert_eq!(
+            kept_updates(&mut conn),
+            0,
+            "diesel keeps no UPDATE it builds"
+        );
+        let touch = |at: i64| {
+            Kept::new(
+                &["UPDATE conversations SET updated_at = ", " WHERE id = ", ""],
+                vec![Bind::BigInt(at), Bind::Text("none")],
+            )
+        };
+        for at in 0..3 {
+            assert_eq!(touch(at).execute(&mut conn).unwrap(), 0);
+        }
+        assert_eq!(kept_updates(&mut conn), 1, "one text, kept once");
+        Kept::new(
+            &["UPDATE conversations SET created_at = ", " WHERE id = ", ""],
+            vec![Bind::BigInt(1), Bind::Text("none")],
+        )
+        .execute(&mut conn)
+        .unwrap();
+        assert_eq!(kept_updates(&mut conn), 2, "another text, its own entry");
+    }
+
+    #[test]
+    fn a_kept_statement_renders_its_binds_in_place_on_both_backends() {
+        let statement = Kept::new(
+            &["UPDATE t SET a = ", ", b = ", " WHERE c = ", ""],
+            vec![Bind::Text("x"), Bind::BigInt(2), Bind::Text("y")],
+        );
+        let pg = diesel::debug_query::<diesel::pg::Pg, _>(&statement).to_string();
+        assert!(
+            pg.starts_with("UPDATE t SET a = $1, b = $2 WHERE c = $3 -- binds: [\"x\", 2, \"y\"]"),
+            "{pg}"
+        );
+        let sqlite = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&statement).to_string();
+        assert!(
+            sqlite.starts_with("UPDATE t SET a = ?, b = ? WHERE c = ?"),
+            "{sqlite}"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use confab_ports::{ConversationQuery, ConversationStore};
 use diesel::prelude::*;
 
 use super::SqlStore;
-use crate::connection::AnyConnection;
+use crate::connection::{AnyConnection, Bind, Kept, on_backend};
 use crate::rows::{ConversationRow, micros};
 use crate::schema::conversations;
 
@@ -186,18 +186,24 @@ impl ConversationStore for SqlStore {
         let changed = self
             .db
             .write(move |conn| {
-                diesel::update(
-                    conversations::table
-                        .filter(conversations::id.eq(&id))
-                        .filter(conversations::user_id.eq(&owner))
-                        .filter(conversations::deleted_at.is_null())
-                        .filter(conversations::title.eq(&untitled)),
+                on_backend!(conn, |c| Kept::new(
+                    &[
+                        "UPDATE conversations SET title = ",
+                        ", updated_at = ",
+                        " WHERE id = ",
+                        " AND user_id = ",
+                        " AND deleted_at IS NULL AND title = ",
+                        "",
+                    ],
+                    vec![
+                        Bind::Text(&title),
+                        Bind::BigInt(at),
+                        Bind::Text(&id),
+                        Bind::Text(&owner),
+                        Bind::Text(&untitled),
+                    ],
                 )
-                .set((
-                    conversations::title.eq(&title),
-                    conversations::updated_at.eq(at),
-                ))
-                .execute(conn)
+                .execute(c))
             })
             .await?;
         Ok(changed > 0)

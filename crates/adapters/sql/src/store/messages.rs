@@ -9,7 +9,7 @@ use confab_ports::MessageStore;
 use diesel::prelude::*;
 
 use super::SqlStore;
-use crate::connection::{AnyConnection, on_backend};
+use crate::connection::{AnyConnection, Bind, Kept, on_backend};
 use crate::rows::{ConversationRow, MessageRow, micros, preview};
 use crate::schema::{conversations, messages};
 
@@ -22,19 +22,26 @@ fn touch_conversation(
     preview: Option<String>,
     at: i64,
 ) -> Result<(), diesel::result::Error> {
-    let target = conversations::table
-        .filter(conversations::id.eq(conversation))
-        .filter(conversations::deleted_at.is_null());
-    let changed = match preview {
-        Some(text) => on_backend!(conn, |c| diesel::update(target)
-            .set((
-                conversations::updated_at.eq(at),
-                conversations::last_message.eq(Some(text)),
-            ))
-            .execute(c))?,
-        None => on_backend!(conn, |c| diesel::update(target)
-            .set(conversations::updated_at.eq(at))
-            .execute(c))?,
+    let changed = match preview.as_deref() {
+        Some(text) => on_backend!(conn, |c| Kept::new(
+            &[
+                "UPDATE conversations SET updated_at = ",
+                ", last_message = ",
+                " WHERE id = ",
+                " AND deleted_at IS NULL",
+            ],
+            vec![Bind::BigInt(at), Bind::Text(text), Bind::Text(conversation)],
+        )
+        .execute(c))?,
+        None => on_backend!(conn, |c| Kept::new(
+            &[
+                "UPDATE conversations SET updated_at = ",
+                " WHERE id = ",
+                " AND deleted_at IS NULL",
+            ],
+            vec![Bind::BigInt(at), Bind::Text(conversation)],
+        )
+        .execute(c))?,
     };
     if changed == 0 {
         Err(diesel::result::Error::NotFound)
@@ -148,16 +155,23 @@ impl MessageStore for SqlStore {
         let at = micros(at);
         self.db
             .write(move |conn| {
-                let changed = on_backend!(conn, |c| diesel::update(
-                    messages::table
-                        .filter(messages::conversation_id.eq(&conversation))
-                        .filter(messages::id.eq(&id)),
+                let changed = on_backend!(conn, |c| Kept::new(
+                    &[
+                        "UPDATE messages SET content = ",
+                        ", status = ",
+                        ", updated_at = ",
+                        " WHERE conversation_id = ",
+                        " AND id = ",
+                        "",
+                    ],
+                    vec![
+                        Bind::Text(&json),
+                        Bind::Text(status.as_str()),
+                        Bind::BigInt(at),
+                        Bind::Text(&conversation),
+                        Bind::Text(&id),
+                    ],
                 )
-                .set((
-                    messages::content.eq(json),
-                    messages::status.eq(status.as_str()),
-                    messages::updated_at.eq(at),
-                ))
                 .execute(c))?;
                 if changed == 0 {
                     return Err(diesel::result::Error::NotFound);
