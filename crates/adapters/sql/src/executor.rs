@@ -2,8 +2,12 @@
 //! owning one connection, fed by two queues. Reads go to whichever reader
 //! is free. Writes go to whichever writer is free (SQLite has one: it has
 //! one write lock), which commits every write waiting when it gets to them
-//! in one transaction (group commit), each write in a savepoint of its own,
-//! so that one write's failure stays its own.
+//! in one transaction (group commit). One write's failure stays its own:
+//! the group runs first with its writes straight in the transaction, and
+//! if one of them fails, it is rolled back and run again with each write in
+//! a savepoint of its own (so a write's work may run more than once; it
+//! must do only database work). Failures are rare, and the savepoints'
+//! two statements per write are a round trip each on PostgreSQL.
 //!
 //! Against tokio's blocking pool and a connection pool, this means no
 //! thread started per query, no check-out (r2d2 ran `SELECT 1` on every
@@ -42,11 +46,13 @@ enum Ran {
     Failed,
 }
 
-/// A write, run in its own savepoint (its own transaction when it is
-/// alone), answered once its transaction has ended.
+/// A write, run in the group's transaction (its own when it is alone),
+/// answered once that transaction has ended.
 trait Write: Send {
-    /// Runs the work on `conn`.
-    fn run(&mut self, conn: &mut AnyConnection) -> Ran;
+    /// Runs the work on `conn`: in a savepoint of its own (a transaction
+    /// when none is open) when `savepoint`, else straight in the open
+    /// transaction. It may run again after a run in a group that failed.
+    fn run(&mut self, conn: &mut AnyConnection, savepoint: bool) -> Ran;
     /// Sends the result: the work's, or `failure` when the transaction
     /// it ran in did not commit (or it never ran).
     fn answer(self: Box<Self>, failure: Option<DomainError>);
@@ -226,17 +232,18 @@ impl Executor {
         rx.await.map_err(|_| dropped())?
     }
 
-    /// Runs `work` on a writer's connection in a savepoint of the group's
-    /// transaction (its own transaction when it runs alone), and answers
-    /// once that has committed.
+    /// Runs `work` on a writer's connection in the group's transaction
+    /// (its own transaction when it runs alone), and answers once that has
+    /// committed. `work` may run more than once (see the module docs): it
+    /// must do database work only, which a rollback undoes.
     pub(crate) async fn write<T, F>(&self, work: F) -> Result<T, DomainError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut AnyConnection) -> Result<T, diesel::result::Error> + Send + 'static,
+        F: FnMut(&mut AnyConnection) -> Result<T, diesel::result::Error> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let job = Box::new(WriteJob {
-            work: Some(work),
+            work,
             result: None,
             reply: tx,
             span: tracing::Span::current(),
@@ -248,7 +255,7 @@ impl Executor {
 
 /// A write's work, result and reply.
 struct WriteJob<T, F> {
-    work: Option<F>,
+    work: F,
     result: Option<Result<T, DomainError>>,
     reply: oneshot::Sender<Result<T, DomainError>>,
     span: tracing::Span,
@@ -257,15 +264,19 @@ struct WriteJob<T, F> {
 impl<T, F> Write for WriteJob<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(&mut AnyConnection) -> Result<T, diesel::result::Error> + Send + 'static,
+    F: FnMut(&mut AnyConnection) -> Result<T, diesel::result::Error> + Send + 'static,
 {
-    fn run(&mut self, conn: &mut AnyConnection) -> Ran {
-        let Some(work) = self.work.take() else {
-            return Ran::Ok;
-        };
+    fn run(&mut self, conn: &mut AnyConnection, savepoint: bool) -> Ran {
         let _entered = self.span.enter();
-        // A savepoint inside the group's transaction; alone, a transaction.
-        let result = conn.transaction(work).map_err(domain);
+        let work = &mut self.work;
+        let result = if savepoint {
+            // A savepoint inside the group's transaction; alone, a
+            // transaction.
+            conn.transaction(|conn| work(conn))
+        } else {
+            work(conn)
+        }
+        .map_err(domain);
         let ran = if result.is_ok() { Ran::Ok } else { Ran::Failed };
         self.result = Some(result);
         ran
@@ -419,16 +430,42 @@ fn commit_group(held: &mut Held<'_>, mut group: Vec<Box<dyn Write>>) -> Ran {
         }
     };
     if group.len() == 1 {
-        let ran = group[0].run(conn);
+        let ran = group[0].run(conn, true);
         for job in group {
             job.answer(None);
         }
         return ran;
     }
     let mut any_failed = false;
+    let straight = conn.transaction(|conn| {
+        for job in &mut group {
+            if job.run(conn, false) == Ran::Failed {
+                any_failed = true;
+                return Err(diesel::result::Error::RollbackTransaction);
+            }
+        }
+        Ok(())
+    });
+    if straight.is_ok() {
+        for job in group {
+            job.answer(None);
+        }
+        return Ran::Ok;
+    }
+    if !any_failed {
+        // The commit itself failed: so does every write of the group.
+        let failure = straight.err().map(domain);
+        for job in group {
+            job.answer(failure.as_ref().map(again));
+        }
+        return Ran::Failed;
+    }
+    // A write failed and the group was rolled back: again, each write in a
+    // savepoint, so that only the failing ones fail.
+    any_failed = false;
     let committed = conn.transaction(|conn| {
         for job in &mut group {
-            any_failed |= job.run(conn) == Ran::Failed;
+            any_failed |= job.run(conn, true) == Ran::Failed;
         }
         Ok::<_, diesel::result::Error>(())
     });
@@ -488,10 +525,13 @@ mod tests {
         let (busy, writer_busy) = tokio::sync::oneshot::channel();
         let first = tokio::spawn({
             let db = db.clone();
+            let mut busy = Some(busy);
             async move {
                 db.write(move |conn| {
-                    let _ = busy.send(());
-                    let _ = held.recv();
+                    if let Some(busy) = busy.take() {
+                        let _ = busy.send(());
+                        let _ = held.recv();
+                    }
                     insert(conn, 1)
                 })
                 .await
@@ -539,6 +579,106 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(stored, [1, 2, 3]);
+    }
+
+    /// The depth of transactions `conn` is in (1: the group's, 2: a
+    /// savepoint in it).
+    fn depth(conn: &mut AnyConnection) -> u32 {
+        use diesel::connection::TransactionManager;
+        <AnyConnection as Connection>::TransactionManager::transaction_manager_status_mut(conn)
+            .transaction_depth()
+            .unwrap()
+            .map_or(0, std::num::NonZeroU32::get)
+    }
+
+    /// Queues `ids` as one group behind a write that holds the writer, and
+    /// frees it; each write's result, and the depths its work ran at, in
+    /// order.
+    async fn group_of(db: &Executor, ids: &[i32]) -> Vec<(Result<usize, DomainError>, Vec<u32>)> {
+        let (hold, held) = mpsc::channel::<()>();
+        let (busy, writer_busy) = tokio::sync::oneshot::channel();
+        let first = tokio::spawn({
+            let db = db.clone();
+            let mut busy = Some(busy);
+            async move {
+                db.write(move |_conn| {
+                    if let Some(busy) = busy.take() {
+                        let _ = busy.send(());
+                        let _ = held.recv();
+                    }
+                    Ok(0)
+                })
+                .await
+            }
+        });
+        writer_busy.await.unwrap();
+        let mut group = Vec::new();
+        for &id in ids {
+            let db = db.clone();
+            let depths = Arc::new(Mutex::new(Vec::new()));
+            let seen = Arc::clone(&depths);
+            group.push((
+                tokio::spawn(async move {
+                    db.write(move |conn| {
+                        seen.lock().unwrap().push(depth(conn));
+                        insert(conn, id)
+                    })
+                    .await
+                }),
+                depths,
+            ));
+            tokio::task::yield_now().await;
+        }
+        while db.queues().writes.state().jobs.len() < ids.len() {
+            tokio::task::yield_now().await;
+        }
+        hold.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        let mut results = Vec::new();
+        for (task, depths) in group {
+            let result = task.await.unwrap();
+            let depths = depths.lock().unwrap().clone();
+            results.push((result, depths));
+        }
+        results
+    }
+
+    /// A group whose writes all succeed runs them straight in its
+    /// transaction, without savepoints; one failure rolls the group back
+    /// and runs every write again, each in a savepoint, and only the failing
+    /// one fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_takes_savepoints_only_after_a_write_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = executor(&dir);
+        db.write(|conn| conn.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+            .await
+            .unwrap();
+        for (result, depths) in group_of(&db, &[1, 2, 3]).await {
+            assert_eq!(result.unwrap(), 1);
+            assert_eq!(depths, [1], "straight in the group's transaction, once");
+        }
+        let results = group_of(&db, &[4, 2, 5]).await;
+        let depths: Vec<&[u32]> = results.iter().map(|(_, d)| d.as_slice()).collect();
+        // The duplicate stops the straight run at it; the rerun takes a
+        // savepoint for each write.
+        assert_eq!(depths, [&[1, 2][..], &[1, 2][..], &[2][..]]);
+        assert!(results[0].0.is_ok() && results[2].0.is_ok());
+        assert!(matches!(results[1].0, Err(DomainError::Duplicate { .. })));
+        let stored: i64 = db
+            .read(|conn| {
+                #[derive(diesel::QueryableByName)]
+                struct Count {
+                    #[diesel(sql_type = diesel::sql_types::BigInt)]
+                    n: i64,
+                }
+                diesel::sql_query("SELECT count(*) AS n FROM t")
+                    .get_result::<Count>(conn)
+                    .map(|c| c.n)
+            })
+            .await
+            .unwrap();
+        assert_eq!(stored, 5, "1 to 5, each once");
     }
 
     /// Dropping the last handle closes both queues: the threads waiting on

@@ -65,7 +65,7 @@ impl UserRow {
     }
 }
 
-#[derive(Queryable, Selectable, Insertable)]
+#[derive(Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = conversations)]
 // `None` is written as NULL rather than left to the column's default (they
 // are the same here): an insert whose SQL does not depend on which fields

@@ -19,10 +19,10 @@ use crate::schema::{conversations, messages};
 fn touch_conversation(
     conn: &mut AnyConnection,
     conversation: &str,
-    preview: Option<String>,
+    preview: Option<&str>,
     at: i64,
 ) -> Result<(), diesel::result::Error> {
-    let changed = match preview.as_deref() {
+    let changed = match preview {
         Some(text) => on_backend!(conn, |c| Kept::new(
             &[
                 "UPDATE conversations SET updated_at = ",
@@ -57,7 +57,7 @@ impl MessageStore for SqlStore {
         let text = preview(&message.content);
         self.db
             .write(move |conn| {
-                touch_conversation(conn, &row.conversation_id, text, row.updated_at)?;
+                touch_conversation(conn, &row.conversation_id, text.as_deref(), row.updated_at)?;
                 let last: Option<i64> = messages::table
                     .filter(messages::conversation_id.eq(&row.conversation_id))
                     .select(diesel::dsl::max(messages::position))
@@ -76,22 +76,27 @@ impl MessageStore for SqlStore {
         user: &Message,
         assistant: &Message,
     ) -> Result<(), DomainError> {
-        let rows = [
+        let mut rows = [
             MessageRow::from_message(user)?,
             MessageRow::from_message(assistant)?,
         ];
         let text = preview(&user.content);
         self.db
             .write(move |conn| {
-                let [mut first, mut second] = rows;
-                touch_conversation(conn, &first.conversation_id, text, second.updated_at)?;
+                let [first, second] = &mut rows;
+                touch_conversation(
+                    conn,
+                    &first.conversation_id,
+                    text.as_deref(),
+                    second.updated_at,
+                )?;
                 let last: Option<i64> = on_backend!(conn, |c| messages::table
                     .filter(messages::conversation_id.eq(&first.conversation_id))
                     .select(diesel::dsl::max(messages::position))
                     .first(c))?;
                 first.position = last.unwrap_or(0) + 1;
                 second.position = first.position + 1;
-                for row in [&first, &second] {
+                for row in [&*first, &*second] {
                     on_backend!(conn, |c| diesel::insert_into(messages::table)
                         .values(row)
                         .execute(c))?;
@@ -135,7 +140,7 @@ impl MessageStore for SqlStore {
                         .values(message)
                         .execute(c))?;
                 }
-                Ok(row)
+                Ok(row.clone())
             })
             .await?
             .into_conversation()
@@ -178,7 +183,7 @@ impl MessageStore for SqlStore {
                 }
                 // A conversation deleted while its answer was generating
                 // still gets the answer closed; there is no list to touch.
-                match touch_conversation(conn, &conversation, text, at) {
+                match touch_conversation(conn, &conversation, text.as_deref(), at) {
                     Err(diesel::result::Error::NotFound) => Ok(()),
                     other => other,
                 }
@@ -243,8 +248,8 @@ impl MessageStore for SqlStore {
             .write(move |conn| {
                 diesel::update(
                     messages::table
-                        .filter(messages::conversation_id.eq(conversation))
-                        .filter(messages::id.eq(message))
+                        .filter(messages::conversation_id.eq(&conversation))
+                        .filter(messages::id.eq(&message))
                         .filter(messages::status.eq(MessageStatus::InProgress.as_str())),
                 )
                 .set((

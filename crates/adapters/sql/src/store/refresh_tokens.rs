@@ -141,7 +141,7 @@ impl RefreshTokenStore for SqlStore {
     ) -> Result<(), DomainError> {
         let (family, now) = (family.to_string(), micros(now));
         self.db
-            .write(move |conn| revoke(conn, vec![family], now))
+            .write(move |conn| revoke(conn, vec![family.clone()], now))
             .await
     }
 

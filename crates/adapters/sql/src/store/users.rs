@@ -32,7 +32,7 @@ impl UserStore for SqlStore {
                     .values(&row)
                     .execute(conn)?;
                 users::table
-                    .filter(users::id.eq(id))
+                    .filter(users::id.eq(&id))
                     .select(UserRow::as_select())
                     .first(conn)
             })
@@ -45,7 +45,7 @@ impl UserStore for SqlStore {
         self.db
             .read(move |conn| {
                 users::table
-                    .filter(users::id.eq(id))
+                    .filter(users::id.eq(&id))
                     .select(UserRow::as_select())
                     .first(conn)
             })
@@ -105,8 +105,8 @@ impl UserStore for SqlStore {
         let changed = self
             .db
             .write(move |conn| {
-                diesel::update(users::table.filter(users::id.eq(id)))
-                    .set((users::password_hash.eq(hash), users::updated_at.eq(at)))
+                diesel::update(users::table.filter(users::id.eq(&id)))
+                    .set((users::password_hash.eq(&hash), users::updated_at.eq(at)))
                     .execute(conn)
             })
             .await?;
