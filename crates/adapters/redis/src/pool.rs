@@ -21,16 +21,21 @@
 //! they get dedicated connections from [`RedisPool::dedicated`] and
 //! [`RedisPool::pubsub`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use confab_domain::DomainError;
 use confab_ports::HealthCheck;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSub};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSub,
+};
 use redis::io::tcp::TcpSettings;
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
+use redis::{AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use secrecy::{ExposeSecret, SecretString};
 
 /// Where Redis is and how the connections behave.
@@ -62,7 +67,63 @@ pub enum RedisError {
 }
 
 /// One command connection: cheap to clone, shared by every clone.
-pub(crate) type Conn = ConnectionManager;
+///
+/// Its commands are polled in the context of the runtime the pool was made
+/// on (the server's main one), so that what redis-rs starts while polling
+/// them runs there: the connection's socket and the task that writes the
+/// commands and reads every reply, made when it connects or reconnects.
+/// Made in a request worker's context instead, that task shared the worker
+/// with its HTTP connections, and under load every reply of the instance
+/// waited for that worker's turn (appends took 100–250 ms while Redis
+/// answered in 3).
+#[derive(Clone)]
+pub(crate) struct Conn {
+    manager: ConnectionManager,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let reply = self.manager.req_packed_command(cmd);
+        Box::pin(InContext {
+            runtime: self.runtime.clone(),
+            inner: reply,
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let replies = self.manager.req_packed_commands(pipeline, offset, count);
+        Box::pin(InContext {
+            runtime: self.runtime.clone(),
+            inner: replies,
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.manager.get_db()
+    }
+}
+
+/// `inner`, polled in `runtime`'s context (the current one when `None`).
+struct InContext<F> {
+    runtime: Option<tokio::runtime::Handle>,
+    inner: F,
+}
+
+impl<F: Future + Unpin> Future for InContext<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let _entered = this.runtime.as_ref().map(tokio::runtime::Handle::enter);
+        Pin::new(&mut this.inner).poll(cx)
+    }
+}
 
 struct Shared {
     client: Client,
@@ -153,6 +214,12 @@ impl RedisPool {
     /// this crate never uses make that fail).
     pub(crate) fn connection(&self) -> Result<Conn, DomainError> {
         let managers = self.shared.managers.get_or_init(|| {
+            // The managers start a task each: on the pool's runtime too.
+            let _entered = self
+                .shared
+                .runtime
+                .as_ref()
+                .map(tokio::runtime::Handle::enter);
             let s = &self.shared.settings;
             (0..s.connections)
                 .filter_map(|_| {
@@ -169,7 +236,10 @@ impl RedisPool {
         let turn = self.shared.next.fetch_add(1, Ordering::Relaxed);
         managers
             .get(turn % managers.len().max(1))
-            .cloned()
+            .map(|manager| Conn {
+                manager: manager.clone(),
+                runtime: self.shared.runtime.clone(),
+            })
             .ok_or_else(|| DomainError::internal("redis: no connection could be set up"))
     }
 
