@@ -669,10 +669,13 @@ async fn generations_per_minute_are_limited() {
         ..rules()
     });
     let kim = caller();
+    let mut last = None;
     for text in ["one", "two"] {
         let (started, _) = send(&h, &kim, say(text)).await;
         ended(&started).await;
+        last = Some(started);
     }
+    let last = last.unwrap();
     match h.conversations.send(&kim, say("three")).await {
         Err(AppError::RateLimited { policy, decision }) => {
             assert_eq!(policy.name, "generation");
@@ -681,6 +684,23 @@ async fn generations_per_minute_are_limited() {
         }
         other => panic!("expected a rate limit, got {other:?}"),
     }
+    // Refused in an existing conversation, a send leaves its last answer's
+    // stream in place: a client can still re-attach to it.
+    let id = last.conversation.id;
+    assert!(matches!(
+        h.conversations.send(&kim, say_in(id, "three")).await,
+        Err(AppError::RateLimited { .. })
+    ));
+    let mut feed = h
+        .conversations
+        .reattach(&kim, id, &last.assistant_message.id, None)
+        .await
+        .unwrap();
+    let mut names = Vec::new();
+    while let Some(event) = feed.next().await.unwrap() {
+        names.push(event.event.name);
+    }
+    assert!(names.len() > 4, "the whole answer: {names:?}");
     // Another user has a bucket of his own.
     let (started, _) = send(&h, &caller(), say("mine")).await;
     assert_eq!(ended(&started).await, AnswerEnd::Finished);
