@@ -216,6 +216,17 @@ impl Conversations {
             None => None,
         };
         let slot = inner.take_slot(owner)?;
+        let decision = inner
+            .ports
+            .limiter
+            .check(&inner.rules.generation_policy, &owner.to_string())
+            .await?;
+        if !decision.allowed {
+            return Err(AppError::RateLimited {
+                policy: inner.rules.generation_policy.clone(),
+                decision,
+            });
+        }
         let request = Request {
             owner,
             existing,
@@ -233,11 +244,9 @@ impl Conversations {
             .map_err(|e| AppError::Internal(format!("starting a generation failed: {e}").into()))?
     }
 
-    /// Takes a generation from the owner's budget and opens the stream log
-    /// (both at once for a new conversation), starts the generation (the
-    /// model is asked at once), stores both messages, announces them and
-    /// lets the generation go on; on any failure, stops the generation and
-    /// undoes what it did.
+    /// Opens the stream log, starts the generation (the model is asked at
+    /// once), stores both messages, announces them and lets the generation
+    /// go on; on any failure, stops the generation and undoes what it did.
     async fn begin(&self, request: Request, slot: Slot) -> Result<Started, AppError> {
         let inner = &self.inner;
         let owner = request.owner;
@@ -258,37 +267,15 @@ impl Conversations {
             });
         }
         let assistant_id = MessageId::generate();
-        let open = async {
-            inner
-                .ports
-                .log
-                .open(conversation_id, &assistant_id)
-                .await
-                .map_err(|e| match e {
-                    DomainError::Duplicate { .. } => AppError::Busy,
-                    other => other.into(),
-                })
-        };
-        let stop = if created {
-            // A new conversation's log has no reader and no earlier answer:
-            // it is opened while the generation limit is taken, and closed
-            // again if the limit refuses.
-            match tokio::join!(self.take_generation(owner), open) {
-                (Ok(()), opened) => opened?,
-                (Err(refused), Ok(_unused)) => {
-                    if let Err(e) = inner.ports.log.close(conversation_id).await {
-                        tracing::warn!(error = %e, "could not close the log of a refused send");
-                    }
-                    return Err(refused);
-                }
-                (Err(refused), Err(_)) => return Err(refused),
-            }
-        } else {
-            // An existing conversation's log is opened only once the limit
-            // allows: a refused send must not replace its last answer's.
-            self.take_generation(owner).await?;
-            open.await?
-        };
+        let stop = inner
+            .ports
+            .log
+            .open(conversation_id, &assistant_id)
+            .await
+            .map_err(|e| match e {
+                DomainError::Duplicate { .. } => AppError::Busy,
+                other => other.into(),
+            })?;
         let exchange = Exchange {
             parent: history.last().map(|m| m.id.clone()),
             message_id: request.message_id,
@@ -344,24 +331,6 @@ impl Conversations {
                 self.abandon(owner, conversation_id, created).await;
                 Err(e)
             }
-        }
-    }
-
-    /// Takes one generation from `owner`'s budget, or refuses with 429.
-    async fn take_generation(&self, owner: UserId) -> Result<(), AppError> {
-        let inner = &self.inner;
-        let decision = inner
-            .ports
-            .limiter
-            .check(&inner.rules.generation_policy, &owner.to_string())
-            .await?;
-        if decision.allowed {
-            Ok(())
-        } else {
-            Err(AppError::RateLimited {
-                policy: inner.rules.generation_policy.clone(),
-                decision,
-            })
         }
     }
 
