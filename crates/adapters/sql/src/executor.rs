@@ -520,51 +520,15 @@ mod tests {
         db.write(|conn| conn.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
             .await
             .unwrap();
-        // Holds the writer until the group is queued behind it.
-        let (hold, held) = mpsc::channel::<()>();
-        let (busy, writer_busy) = tokio::sync::oneshot::channel();
-        let first = tokio::spawn({
-            let db = db.clone();
-            let mut busy = Some(busy);
-            async move {
-                db.write(move |conn| {
-                    if let Some(busy) = busy.take() {
-                        let _ = busy.send(());
-                        let _ = held.recv();
-                    }
-                    insert(conn, 1)
-                })
-                .await
-            }
-        });
-        writer_busy.await.unwrap();
-        let mut group = Vec::new();
-        for id in [2, 1, 3] {
-            let db = db.clone();
-            group.push(tokio::spawn(async move {
-                db.write(move |conn| insert(conn, id)).await
-            }));
-            // Queued in this order before the writer is freed.
-            tokio::task::yield_now().await;
-        }
-        while db.queues().writes.state().jobs.len() < 3 {
-            tokio::task::yield_now().await;
-        }
-        // Nothing of the group is answered before it has run.
-        assert!(group.iter().all(|t| !t.is_finished()));
-        hold.send(()).unwrap();
-        assert_eq!(first.await.unwrap().unwrap(), 1);
-        let mut results = Vec::new();
-        for task in group {
-            results.push(task.await.unwrap());
-        }
-        assert!(results[0].is_ok(), "{:?}", results[0]);
+        db.write(|conn| insert(conn, 1)).await.unwrap();
+        let results = group_of(&db, &[2, 1, 3]).await;
+        assert!(results[0].0.is_ok(), "{:?}", results[0].0);
         assert!(
-            matches!(results[1], Err(DomainError::Duplicate { .. })),
+            matches!(results[1].0, Err(DomainError::Duplicate { .. })),
             "{:?}",
-            results[1]
+            results[1].0
         );
-        assert!(results[2].is_ok(), "{:?}", results[2]);
+        assert!(results[2].0.is_ok(), "{:?}", results[2].0);
         let stored: Vec<i32> = db
             .read(|conn| {
                 #[derive(diesel::QueryableByName)]
@@ -591,9 +555,10 @@ mod tests {
             .map_or(0, std::num::NonZeroU32::get)
     }
 
-    /// Queues `ids` as one group behind a write that holds the writer, and
-    /// frees it; each write's result, and the depths its work ran at, in
-    /// order.
+    /// Queues inserts of `ids` as one group behind a write that holds the
+    /// writer, checks that none is answered before the writer is freed,
+    /// and frees it; each write's result, and the depths its work ran at,
+    /// in order.
     async fn group_of(db: &Executor, ids: &[i32]) -> Vec<(Result<usize, DomainError>, Vec<u32>)> {
         let (hold, held) = mpsc::channel::<()>();
         let (busy, writer_busy) = tokio::sync::oneshot::channel();
@@ -632,6 +597,8 @@ mod tests {
         while db.queues().writes.state().jobs.len() < ids.len() {
             tokio::task::yield_now().await;
         }
+        // Nothing of the group is answered before it has run.
+        assert!(group.iter().all(|(task, _)| !task.is_finished()));
         hold.send(()).unwrap();
         first.await.unwrap().unwrap();
         let mut results = Vec::new();
