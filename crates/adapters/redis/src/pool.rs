@@ -73,9 +73,7 @@ pub enum RedisError {
 /// them runs there: the connection's socket and the task that writes the
 /// commands and reads every reply, made when it connects or reconnects.
 /// Made in a request worker's context instead, that task shared the worker
-/// with its HTTP connections, and under load every reply of the instance
-/// waited for that worker's turn (appends took 100–250 ms while Redis
-/// answered in 3).
+/// with its HTTP connections and ended with the worker's runtime.
 #[derive(Clone)]
 pub(crate) struct Conn {
     manager: ConnectionManager,
