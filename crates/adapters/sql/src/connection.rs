@@ -127,13 +127,13 @@ pub(crate) use on_backend;
 /// this way instead. Only texts from a fixed set may be used (values go in
 /// binds), or the cache grows with them.
 #[derive(Debug)]
-pub(crate) struct Kept<'a> {
+pub(crate) struct SqlText<'a> {
     /// The text around the binds: one more piece than binds.
     pieces: &'static [&'static str],
     binds: Vec<Bind<'a>>,
 }
 
-/// One bind parameter of a [`Kept`] statement.
+/// One bind parameter of a [`SqlText`] statement.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Bind<'a> {
     /// `TEXT`.
@@ -142,7 +142,7 @@ pub(crate) enum Bind<'a> {
     BigInt(i64),
 }
 
-impl<'a> Kept<'a> {
+impl<'a> SqlText<'a> {
     /// The statement `pieces[0] bind[0] pieces[1] … bind[n-1] pieces[n]`.
     pub(crate) fn new(pieces: &'static [&'static str], binds: Vec<Bind<'a>>) -> Self {
         debug_assert_eq!(pieces.len(), binds.len() + 1);
@@ -150,7 +150,7 @@ impl<'a> Kept<'a> {
     }
 }
 
-impl<DB> QueryFragment<DB> for Kept<'_>
+impl<DB> QueryFragment<DB> for SqlText<'_>
 where
     DB: Backend + HasSqlType<sql_types::Text> + HasSqlType<sql_types::BigInt>,
     str: ToSql<sql_types::Text, DB>,
@@ -180,13 +180,13 @@ where
     }
 }
 
-impl QueryId for Kept<'_> {
+impl QueryId for SqlText<'_> {
     type QueryId = ();
     // No static id: the statement cache keys it by its SQL text.
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-impl<Conn> RunQueryDsl<Conn> for Kept<'_> {}
+impl<Conn> RunQueryDsl<Conn> for SqlText<'_> {}
 
 #[cfg(test)]
 mod tests {
@@ -232,7 +232,7 @@ mod tests {
             "diesel keeps no UPDATE it builds"
         );
         let touch = |at: i64| {
-            Kept::new(
+            SqlText::new(
                 &["UPDATE conversations SET updated_at = ", " WHERE id = ", ""],
                 vec![Bind::BigInt(at), Bind::Text("none")],
             )
@@ -241,7 +241,7 @@ mod tests {
             assert_eq!(touch(at).execute(&mut conn).unwrap(), 0);
         }
         assert_eq!(kept_updates(&mut conn), 1, "one text, kept once");
-        Kept::new(
+        SqlText::new(
             &["UPDATE conversations SET created_at = ", " WHERE id = ", ""],
             vec![Bind::BigInt(1), Bind::Text("none")],
         )
@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn a_kept_statement_renders_its_binds_in_place_on_both_backends() {
-        let statement = Kept::new(
+        let statement = SqlText::new(
             &["UPDATE t SET a = ", ", b = ", " WHERE c = ", ""],
             vec![Bind::Text("x"), Bind::BigInt(2), Bind::Text("y")],
         );

@@ -9,7 +9,7 @@ use confab_ports::{ConversationQuery, ConversationStore};
 use diesel::prelude::*;
 
 use super::SqlStore;
-use crate::connection::{AnyConnection, Bind, Kept, on_backend};
+use crate::connection::{AnyConnection, Bind, SqlText, on_backend};
 use crate::rows::{ConversationRow, micros};
 use crate::schema::conversations;
 
@@ -186,7 +186,7 @@ impl ConversationStore for SqlStore {
         let changed = self
             .db
             .write(move |conn| {
-                on_backend!(conn, |c| Kept::new(
+                on_backend!(conn, |c| SqlText::new(
                     &[
                         "UPDATE conversations SET title = ",
                         ", updated_at = ",

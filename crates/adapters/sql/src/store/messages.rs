@@ -9,7 +9,7 @@ use confab_ports::MessageStore;
 use diesel::prelude::*;
 
 use super::SqlStore;
-use crate::connection::{AnyConnection, Bind, Kept, on_backend};
+use crate::connection::{AnyConnection, Bind, SqlText, on_backend};
 use crate::rows::{ConversationRow, MessageRow, micros, preview};
 use crate::schema::{conversations, messages};
 
@@ -23,7 +23,7 @@ fn touch_conversation(
     at: i64,
 ) -> Result<(), diesel::result::Error> {
     let changed = match preview {
-        Some(text) => on_backend!(conn, |c| Kept::new(
+        Some(text) => on_backend!(conn, |c| SqlText::new(
             &[
                 "UPDATE conversations SET updated_at = ",
                 ", last_message = ",
@@ -33,7 +33,7 @@ fn touch_conversation(
             vec![Bind::BigInt(at), Bind::Text(text), Bind::Text(conversation)],
         )
         .execute(c))?,
-        None => on_backend!(conn, |c| Kept::new(
+        None => on_backend!(conn, |c| SqlText::new(
             &[
                 "UPDATE conversations SET updated_at = ",
                 " WHERE id = ",
@@ -160,7 +160,7 @@ impl MessageStore for SqlStore {
         let at = micros(at);
         self.db
             .write(move |conn| {
-                let changed = on_backend!(conn, |c| Kept::new(
+                let changed = on_backend!(conn, |c| SqlText::new(
                     &[
                         "UPDATE messages SET content = ",
                         ", status = ",
