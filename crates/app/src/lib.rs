@@ -10,10 +10,12 @@ mod error;
 mod limits;
 mod readiness;
 
-pub use accounts::{AccountPorts, AccountRules, Accounts, LoginAttempt, Registration, Session};
+pub use accounts::{
+    AccountPorts, AccountRules, Accounts, AdmittedRequest, LoginAttempt, Registration, Session,
+};
 pub use conversations::{
     AnswerEnd, Cached, ConversationPage, ConversationPorts, ConversationRules, Conversations, Kept,
-    NothingKept, Read, SendMessage, Started,
+    ListVersion, NothingKept, Read, SendMessage, Started,
 };
 pub use error::{AppError, AuthFailure};
 pub use limits::{FallbackLimiter, SeparateAdmission};

@@ -77,6 +77,7 @@ impl Admission for SeparateAdmission {
         claims: &AccessClaims,
         policy: &RatePolicy,
         key: &str,
+        _cache_key: Option<&str>,
     ) -> Result<Option<Admitted>, DomainError> {
         let standing = self.blocklist.standing(claims).await?;
         if standing.blocked {
@@ -86,6 +87,9 @@ impl Admission for SeparateAdmission {
         Ok(Some(Admitted {
             user_version: standing.user_version,
             decision,
+            // Separate stores share no step with the cache: the caller
+            // asks the cache.
+            cache_version: None,
         }))
     }
 }

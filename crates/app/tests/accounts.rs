@@ -13,7 +13,7 @@ use confab_app::{
     Registration, SeparateAdmission,
 };
 use confab_domain::{Field, Password, Role};
-use confab_memory::{GovernorLimiter, InMemoryBlocklist};
+use confab_memory::{GovernorLimiter, InMemoryBlocklist, MemoryCache};
 use confab_password::{HasherOptions, MIN_ITERATIONS, Pbkdf2Hasher};
 use confab_ports::{RateLimiter, RatePolicy, TokenBlocklist};
 use confab_sql::testing::TestDatabase;
@@ -210,11 +210,12 @@ async fn admission_charges_a_good_token_and_never_a_refused_one() {
         window: Duration::from_secs(3600),
     };
     let bucket = |c: &confab_ports::AccessClaims| (&policy, format!("user:{}", c.user_id));
-    let (claims, chosen, decision) = accounts.admit(&first.access.token, bucket).await.unwrap();
+    let admitted = accounts.admit(&first.access.token, bucket).await.unwrap();
+    let claims = admitted.claims;
     assert_eq!(claims.user_id, first.user.id);
-    assert_eq!(chosen.name, "user");
-    assert!(decision.allowed);
-    assert_eq!(decision.remaining, 1);
+    assert_eq!(admitted.policy.name, "user");
+    assert!(admitted.decision.allowed);
+    assert_eq!(admitted.decision.remaining, 1);
     // Logged out: refused, however often, and charged nothing.
     accounts.logout(&claims).await.unwrap();
     for _ in 0..5 {
@@ -229,11 +230,11 @@ async fn admission_charges_a_good_token_and_never_a_refused_one() {
     }
     // A new session of the same user still has the one token left.
     let second = login().await.unwrap();
-    let (_, _, decision) = accounts.admit(&second.access.token, bucket).await.unwrap();
-    assert!(decision.allowed);
-    assert_eq!(decision.remaining, 0);
-    let (_, _, decision) = accounts.admit(&second.access.token, bucket).await.unwrap();
-    assert!(!decision.allowed);
+    let admitted = accounts.admit(&second.access.token, bucket).await.unwrap();
+    assert!(admitted.decision.allowed);
+    assert_eq!(admitted.decision.remaining, 0);
+    let admitted = accounts.admit(&second.access.token, bucket).await.unwrap();
+    assert!(!admitted.decision.allowed);
     // A token that does not verify is refused before anything is read.
     assert!(matches!(
         accounts.admit("not.a.token", bucket).await,
@@ -335,6 +336,12 @@ async fn separate_admission_keeps_the_admission_contract() {
         &SeparateAdmission::new(shared_blocklist.clone(), shared_limiter.clone()),
         shared_blocklist.as_ref(),
         shared_limiter.as_ref(),
+    )
+    .await;
+    confab_testkit::contract::admission::the_cache_version_read_with_a_charge_is_the_caches(
+        &SeparateAdmission::new(shared_blocklist, shared_limiter),
+        &MemoryCache::new(100),
+        false,
     )
     .await;
 }

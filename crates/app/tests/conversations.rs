@@ -780,7 +780,7 @@ async fn bad_input_names_its_field() {
     // Nothing was stored by any of them, and the model was asked once.
     let page = h
         .conversations
-        .list(&lou, &ConversationQuery::default(), &NothingKept)
+        .list(&lou, &ConversationQuery::default(), &NothingKept, None)
         .await
         .unwrap();
     assert_eq!(fetched(page).value.total, 1);
@@ -946,7 +946,7 @@ async fn reads_after_a_send_are_never_stale() {
     assert_eq!(history.len(), 2);
     let listed = h
         .conversations
-        .list(&sue, &ConversationQuery::default(), &NothingKept)
+        .list(&sue, &ConversationQuery::default(), &NothingKept, None)
         .await
         .unwrap();
     assert_eq!(
@@ -966,7 +966,7 @@ async fn reads_after_a_send_are_never_stale() {
     assert_eq!(during[3].status, MessageStatus::InProgress);
     let listed = h
         .conversations
-        .list(&sue, &ConversationQuery::default(), &NothingKept)
+        .list(&sue, &ConversationQuery::default(), &NothingKept, None)
         .await
         .unwrap();
     assert_eq!(
@@ -1026,7 +1026,7 @@ async fn a_read_hands_back_what_is_kept_for_its_entry_and_only_to_the_owner() {
     let kept = Labels::default();
     let list = |who| {
         let (conversations, query, kept) = (&h.conversations, &query, &kept);
-        async move { conversations.list(who, query, kept).await.unwrap() }
+        async move { conversations.list(who, query, kept, None).await.unwrap() }
     };
     let read = |who| {
         let (conversations, kept) = (&h.conversations, &kept);

@@ -3,7 +3,7 @@
 use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
-use confab_app::{AppError, AuthFailure};
+use confab_app::{AppError, AuthFailure, ListVersion};
 use confab_domain::Role;
 use confab_ports::AccessClaims;
 use futures_util::future::LocalBoxFuture;
@@ -22,12 +22,29 @@ pub(crate) fn bearer(req: &HttpRequest) -> Option<String> {
 }
 
 /// Claims already verified for this request (by the rate limiter), so a
-/// route does not verify the same token twice.
+/// route does not verify the same token twice, and what else admission
+/// read for the route.
 #[derive(Debug, Clone)]
-pub(crate) struct Authenticated(pub(crate) AccessClaims);
+pub(crate) struct Authenticated {
+    pub(crate) claims: AccessClaims,
+    /// The version of the caller's cached lists, when admission read it.
+    pub(crate) list_version: Option<ListVersion>,
+}
+
+/// The version of the caller's cached lists that this request's admission
+/// read, if it did.
+pub(crate) fn list_version(req: &HttpRequest) -> Option<ListVersion> {
+    req.extensions()
+        .get::<Authenticated>()
+        .and_then(|admitted| admitted.list_version)
+}
 
 async fn authenticate(req: HttpRequest) -> Result<AccessClaims, ApiError> {
-    if let Some(Authenticated(claims)) = req.extensions().get::<Authenticated>().cloned() {
+    let admitted = req
+        .extensions()
+        .get::<Authenticated>()
+        .map(|admitted| admitted.claims.clone());
+    if let Some(claims) = admitted {
         return Ok(claims);
     }
     let token = bearer(&req).ok_or(ApiError::unauthorized(AuthFailure::Missing))?;

@@ -335,6 +335,11 @@ pub struct Admitted {
     pub user_version: u64,
     /// The check of the caller's rate bucket.
     pub decision: RateDecision,
+    /// The [`Cache`](crate::Cache) version of the key the admission was
+    /// asked to read, read in the same step: `None` when none was asked,
+    /// when the counter does not exist yet, or when the backend does not
+    /// hold the cache's versions (the caller then asks the cache).
+    pub cache_version: Option<u64>,
 }
 
 /// A request's token standing and its charge to the caller's rate bucket,
@@ -343,8 +348,11 @@ pub struct Admitted {
 pub trait Admission: Send + Sync + 'static {
     /// `None` when the token described by `claims` is refused, and then
     /// nothing is charged: whoever holds a revoked token cannot spend its
-    /// user's budget. Otherwise the user's version and the check of
-    /// `policy` for `key`.
+    /// user's budget. Otherwise the user's version, the check of `policy`
+    /// for `key`, and, where the backend can read it in the same step, the
+    /// cache version of `cache_key` (a key as given to
+    /// [`Cache::version`](crate::Cache::version)), so a read that needs it
+    /// makes no round trip of its own.
     ///
     /// # Errors
     /// When the blocklist or the limiter is unreachable.
@@ -353,5 +361,6 @@ pub trait Admission: Send + Sync + 'static {
         claims: &AccessClaims,
         policy: &RatePolicy,
         key: &str,
+        cache_key: Option<&str>,
     ) -> Result<Option<Admitted>, DomainError>;
 }

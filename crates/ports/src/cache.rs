@@ -49,6 +49,21 @@ pub trait Cache: Send + Sync + 'static {
     /// [`DomainError::Unavailable`] when the backend fails.
     async fn version(&self, key: &str) -> Result<u64, DomainError>;
 
+    /// As [`version`](Cache::version), given `seen`: the version of `key`
+    /// read an instant ago, in the same step as the request's admission
+    /// ([`Admitted::cache_version`](crate::Admitted::cache_version)), on
+    /// this cache's backend. It is the answer, unless the adapter has
+    /// something to make good for `key` first (a bump that failed): then
+    /// it reads the version as [`version`](Cache::version) does. By default
+    /// `seen` is not used.
+    ///
+    /// # Errors
+    /// [`DomainError::Unavailable`] when the backend fails.
+    async fn version_seen(&self, key: &str, seen: u64) -> Result<u64, DomainError> {
+        let _ = seen;
+        self.version(key).await
+    }
+
     /// Moves `key` to a new version, so every entry stored under an older
     /// one is unreachable.
     ///

@@ -221,8 +221,13 @@ impl RedisCache {
     }
 
     fn version_key(&self, key: &str) -> String {
-        self.pool.key(&format!("ver:{key}"))
+        version_key(&self.pool, key)
     }
+}
+
+/// The version counter of the cache key `key` on `pool`.
+pub(crate) fn version_key(pool: &RedisPool, key: &str) -> String {
+    pool.key(&format!("ver:{key}"))
 }
 
 /// `duration` in whole milliseconds, rounded up.
@@ -283,6 +288,13 @@ impl Cache for RedisCache {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable(&e))
+    }
+
+    async fn version_seen(&self, key: &str, seen: u64) -> Result<u64, DomainError> {
+        if self.bumps.pending().contains_key(&self.version_key(key)) {
+            return self.version(key).await;
+        }
+        Ok(seen)
     }
 
     async fn bump(&self, key: &str) -> Result<(), DomainError> {

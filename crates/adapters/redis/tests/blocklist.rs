@@ -105,3 +105,16 @@ async fn admission_shares_the_blocklist_and_the_limiter() {
     )
     .await;
 }
+
+/// Admission reads the cache's version counter in its script: the list
+/// route then makes no round trip of its own for it.
+#[tokio::test]
+async fn admission_reads_the_cache_version_of_the_same_redis() {
+    let pool = support::pool().await;
+    confab_testkit::contract::admission::the_cache_version_read_with_a_charge_is_the_caches(
+        &confab_redis::RedisAdmission::new(pool.clone()),
+        &confab_redis::RedisCache::new(pool),
+        true,
+    )
+    .await;
+}

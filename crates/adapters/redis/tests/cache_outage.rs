@@ -96,3 +96,29 @@ async fn a_bump_that_failed_is_made_before_the_next_version_read() {
     };
     assert!(version > before);
 }
+
+#[tokio::test]
+async fn a_version_seen_before_a_failed_bump_is_not_used() {
+    let mut redis = support::PrivateRedis::start();
+    let url = redis.url();
+    let cache = cache_on(&url, "t:");
+    let key = "user:2:conversation_list";
+    let before = cache.version(key).await.unwrap();
+    // What admission read just before: as it is, while nothing is pending.
+    assert_eq!(cache.version_seen(key, before).await.unwrap(), before);
+
+    redis.kill();
+    assert!(cache.bump(key).await.is_err());
+    redis.restart();
+    // A version admission read before the bump (or from a Redis that lost
+    // it) is not taken: the pending bump is made and its result used.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let version = loop {
+        match cache.version_seen(key, before).await {
+            Ok(version) => break version,
+            Err(e) => assert!(Instant::now() < deadline, "no version read: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(version > before);
+}

@@ -14,7 +14,22 @@ use confab_ports::{
     TokenRejection, UserStore, Verification,
 };
 
-use crate::{AppError, AuthFailure};
+use crate::conversations::list_key;
+use crate::{AppError, AuthFailure, ListVersion};
+
+/// A request's token, admitted by [`Accounts::admit`].
+#[derive(Debug, Clone)]
+pub struct AdmittedRequest<'p> {
+    /// The token's verified claims.
+    pub claims: AccessClaims,
+    /// The policy the request was charged to.
+    pub policy: &'p RatePolicy,
+    /// The charge's outcome (the request is refused when not allowed).
+    pub decision: RateDecision,
+    /// The version of the caller's cached lists, when admission read it:
+    /// for [`Conversations::list`](crate::Conversations::list).
+    pub list_version: Option<ListVersion>,
+}
 
 /// What a person submits to open an account, as received.
 #[derive(Debug)]
@@ -355,8 +370,9 @@ impl Accounts {
 
     /// As [`Accounts::authenticate`], charging the request to the rate
     /// bucket `bucket` picks for the token's claims (a policy and a key)
-    /// in the same look-up ([`Admission`]: one round trip on Redis). A
-    /// token that is refused is charged nothing.
+    /// in the same look-up ([`Admission`]: one round trip on Redis), which
+    /// also reads the version of the user's cached conversation lists
+    /// where it can. A token that is refused is charged nothing.
     ///
     /// # Errors
     /// As [`Accounts::authenticate`].
@@ -364,15 +380,28 @@ impl Accounts {
         &self,
         token: &str,
         bucket: impl FnOnce(&AccessClaims) -> (&'p RatePolicy, String),
-    ) -> Result<(AccessClaims, &'p RatePolicy, RateDecision), AppError> {
+    ) -> Result<AdmittedRequest<'p>, AppError> {
         let claims = self.ports.tokens.verify_access(token).map_err(rejection)?;
         let (policy, key) = bucket(&claims);
-        let Some(admitted) = self.ports.admission.admit(&claims, policy, &key).await? else {
+        let lists = list_key(claims.user_id);
+        let Some(admitted) = self
+            .ports
+            .admission
+            .admit(&claims, policy, &key, Some(&lists))
+            .await?
+        else {
             return Err(INVALID_TOKEN);
         };
         self.in_good_standing(&claims, admitted.user_version)
             .await?;
-        Ok((claims, policy, admitted.decision))
+        Ok(AdmittedRequest {
+            list_version: admitted
+                .cache_version
+                .map(|version| ListVersion::new(claims.user_id, version)),
+            claims,
+            policy,
+            decision: admitted.decision,
+        })
     }
 
     /// Whether the account of `claims` exists and is not disabled, as

@@ -178,8 +178,26 @@ impl Drop for Slot {
 /// A page of conversations, as listed.
 pub type ConversationPage = Page<ConversationSummary>;
 
-fn list_key(user: UserId) -> String {
+pub(crate) fn list_key(user: UserId) -> String {
     format!("user:{user}:conversation_list")
+}
+
+/// The version of a user's cached conversation lists, as read in the same
+/// step as one of their requests' admission ([`Accounts::admit`]), so the
+/// list route makes no round trip of its own for it. Made only by this
+/// crate, for the user it was read for.
+///
+/// [`Accounts::admit`]: crate::Accounts::admit
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListVersion {
+    user: UserId,
+    version: u64,
+}
+
+impl ListVersion {
+    pub(crate) fn new(user: UserId, version: u64) -> Self {
+        Self { user, version }
+    }
 }
 
 fn history_key(conversation: ConversationId) -> String {
@@ -284,6 +302,8 @@ impl Conversations {
 
     /// The caller's conversations (not deleted), newest first; what
     /// `kept` keeps for the current entry instead, when it has something.
+    /// `seen`: the version of the caller's lists their request's admission
+    /// read, if it did (one of another user is not used).
     ///
     /// # Errors
     /// [`AppError::Unavailable`] when the database is down.
@@ -292,6 +312,7 @@ impl Conversations {
         caller: &AccessClaims,
         query: &ConversationQuery,
         kept: &K,
+        seen: Option<ListVersion>,
     ) -> Result<Read<ConversationPage, K::Item>, AppError> {
         let owner = caller.user_id;
         let suffix = format!(
@@ -302,7 +323,10 @@ impl Conversations {
             query.page.limit(),
             query.search.as_ref().map_or("", |s| s.as_str())
         );
-        let entry = self.entry(&list_key(owner), &suffix).await;
+        let seen = seen
+            .filter(|seen| seen.user == owner)
+            .map(|seen| seen.version);
+        let entry = self.entry(&list_key(owner), &suffix, seen).await;
         if let Some(entry) = &entry {
             if let Some((of, item)) = kept.find(entry)
                 && of == owner
@@ -351,7 +375,7 @@ impl Conversations {
         id: ConversationId,
         kept: &K,
     ) -> Result<Read<(Conversation, Vec<Message>), K::Item>, AppError> {
-        let entry = self.entry(&history_key(id), "").await;
+        let entry = self.entry(&history_key(id), "", None).await;
         if let Some(entry) = &entry {
             // The history is keyed by conversation only: ownership is
             // checked on every hit.
@@ -436,10 +460,16 @@ impl Conversations {
         Ok(())
     }
 
-    /// The name of the current entry of `key` with `suffix`; `None` when
-    /// the cache is down (the caller then reads the database).
-    async fn entry(&self, key: &str, suffix: &str) -> Option<String> {
-        match self.inner.ports.cache.version(key).await {
+    /// The name of the current entry of `key` with `suffix`, given the
+    /// version admission `seen`, if any; `None` when the cache is down (the
+    /// caller then reads the database).
+    async fn entry(&self, key: &str, suffix: &str, seen: Option<u64>) -> Option<String> {
+        let cache = &self.inner.ports.cache;
+        let version = match seen {
+            Some(seen) => cache.version_seen(key, seen).await,
+            None => cache.version(key).await,
+        };
+        match version {
             Ok(version) => Some(entry_key(key, version, suffix)),
             Err(e) => {
                 tracing::warn!(error = %e, "cache unavailable; reading the database");

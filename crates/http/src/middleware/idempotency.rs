@@ -263,7 +263,7 @@ pub(crate) async fn idempotency(
         .then(|| {
             req.extensions()
                 .get::<Authenticated>()
-                .map(|Authenticated(claims)| claims.clone())
+                .map(|admitted| admitted.claims.clone())
         })
         .flatten();
     let keyed = match caller {

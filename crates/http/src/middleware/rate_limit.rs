@@ -61,9 +61,12 @@ pub(crate) async fn rate_limit(
         None => None,
     };
     let (policy, decision) = match admitted {
-        Some((claims, policy, decision)) => {
-            req.extensions_mut().insert(Authenticated(claims));
-            (policy, decision)
+        Some(admitted) => {
+            req.extensions_mut().insert(Authenticated {
+                claims: admitted.claims,
+                list_version: admitted.list_version,
+            });
+            (admitted.policy, admitted.decision)
         }
         None => {
             let key = format!("ip:{}", client_key(req.request(), &state.trusted_proxies));

@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::schema::MessageView;
 use crate::ApiError;
 use crate::State;
-use crate::auth::AuthUser;
+use crate::auth::{AuthUser, list_version};
 use crate::error::ErrorBody;
 use crate::extract::Json;
 use crate::rendered::{Rendered, Shape};
@@ -288,7 +288,7 @@ pub(crate) async fn list(
     let conversations = &state.conversations;
     let query = query(&q)?;
     let read = conversations
-        .list(&caller, &query, &shape(&state, LIST))
+        .list(&caller, &query, &shape(&state, LIST), list_version(&req))
         .await?;
     cacheable_json(
         &req,

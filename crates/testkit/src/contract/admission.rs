@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use confab_domain::{OffsetDateTime, UserId};
-use confab_ports::{AccessClaims, Admission, RateLimiter, RatePolicy, TokenBlocklist};
+use confab_ports::{AccessClaims, Admission, Cache, RateLimiter, RatePolicy, TokenBlocklist};
 
 use super::blocklist::claims;
 
 async fn admit(admission: &dyn Admission, c: &AccessClaims, policy: &RatePolicy) -> Option<u32> {
     admission
-        .admit(c, policy, &format!("user:{}", c.user_id))
+        .admit(c, policy, &format!("user:{}", c.user_id), None)
         .await
         .expect("admit")
         .map(|admitted| admitted.decision.remaining)
@@ -33,7 +33,7 @@ pub async fn a_refused_token_is_charged_nothing(
     let user = UserId::generate();
     let good = claims(user, now);
     let first = admission
-        .admit(&good, &policy, &format!("user:{user}"))
+        .admit(&good, &policy, &format!("user:{user}"), None)
         .await
         .expect("admit")
         .expect("a good token is admitted");
@@ -75,7 +75,7 @@ pub async fn a_refused_token_is_charged_nothing(
     // A changed user: admitted with a new version.
     blocklist.user_changed(user).await.expect("user changed");
     let after = admission
-        .admit(&good, &policy, &format!("user:{user}"))
+        .admit(&good, &policy, &format!("user:{user}"), None)
         .await
         .expect("admit")
         .expect("still admitted");
@@ -91,9 +91,56 @@ pub async fn a_refused_token_is_charged_nothing(
     // An emptied bucket refuses, and says so.
     assert_eq!(admit(admission, &good, &policy).await, Some(0));
     let last = admission
-        .admit(&good, &policy, &format!("user:{user}"))
+        .admit(&good, &policy, &format!("user:{user}"), None)
         .await
         .expect("admit")
         .expect("admitted");
     assert!(!last.decision.allowed);
+}
+
+/// The cache version admission reads with a charge is the cache's own:
+/// never a number the cache would not answer, nothing before the counter
+/// exists, the new one after a bump. `reads`: whether `admission` shares
+/// a step with `cache` (then it must read the version, not leave it to
+/// the caller).
+pub async fn the_cache_version_read_with_a_charge_is_the_caches(
+    admission: &dyn Admission,
+    cache: &dyn Cache,
+    reads: bool,
+) {
+    let policy = RatePolicy {
+        name: format!("admission-cache-{}", UserId::generate()),
+        quota: 100,
+        window: Duration::from_secs(3600),
+    };
+    let user = UserId::generate();
+    let good = claims(user, OffsetDateTime::now_utc());
+    let lists = format!("user:{user}:lists");
+    let read = || async {
+        admission
+            .admit(&good, &policy, &format!("user:{user}"), Some(&lists))
+            .await
+            .expect("admit")
+            .expect("a good token is admitted")
+            .cache_version
+    };
+    // No counter yet: nothing to read (the cache creates it, on its clock).
+    assert_eq!(read().await, None);
+    let first = cache.version(&lists).await.expect("version");
+    let seen = read().await;
+    assert_eq!(seen, reads.then_some(first));
+    if let Some(seen) = seen {
+        assert_eq!(cache.version_seen(&lists, seen).await.expect("seen"), first);
+    }
+    cache.bump(&lists).await.expect("bump");
+    let bumped = cache.version(&lists).await.expect("version");
+    assert!(bumped > first);
+    assert_eq!(read().await, reads.then_some(bumped));
+    // Not asked: not read.
+    let unasked = admission
+        .admit(&good, &policy, &format!("user:{user}"), None)
+        .await
+        .expect("admit")
+        .expect("admitted");
+    assert_eq!(unasked.cache_version, None);
 }
