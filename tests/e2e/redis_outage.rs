@@ -16,6 +16,8 @@ async fn a_stream_whose_redis_goes_away_mid_answer_ends_with_an_error_then_done(
         Step::Text("partial".into()),
         Step::Hold,
         Step::Text(" more".into()),
+        Step::Hold,
+        Step::Text(" after".into()),
         Step::Finish("stop"),
         Step::Done,
     ]));
@@ -37,12 +39,15 @@ async fn a_stream_whose_redis_goes_away_mid_answer_ends_with_an_error_then_done(
     let id = conversation_of(&first);
     let last_id = first.last().unwrap().id.clone();
 
-    // The next text can't be stored in the log: the stream ends with an
-    // error event and [DONE], under the id of the last event delivered
-    // (what a client resumes after), not with a closed connection.
+    // The next text can't be stored in the log: its readers here have it
+    // at once, then, once the log's failure is known, the stream ends with
+    // an error event and [DONE], under the id of the last event delivered
+    // (what a client resumes after), not with a closed connection. The
+    // model is held meanwhile: the answer is still running when it ends.
     redis.stop();
     llm.release();
     let rest = reader.rest().await;
+    llm.release();
     let [.., error, done] = rest.as_slice() else {
         panic!("the stream ended without an error event and [DONE]: {rest:?}");
     };

@@ -21,11 +21,20 @@
 //!
 //! # Ids
 //!
-//! A reader sees `{generation}-{ms}-{seq}`: the generation, then the Redis
-//! entry id of the event (see `ids.rs`). `Last-Event-ID` must be an event of
-//! the conversation's current generation, checked in Redis: an id from an
-//! older generation, a made-up one, or the end entry's is
-//! [`DomainError::Invalid`], never a silent resume at the wrong place.
+//! A reader sees `{generation}-0-{n}`: the generation, then the Redis entry
+//! id of the event, `0-{n}` for the generation's `n`th event, numbered by
+//! the instance running it (see `ids.rs`). `Last-Event-ID` must be an event
+//! of the conversation's current generation: an id from an older
+//! generation, a made-up one, or the end entry's is
+//! [`DomainError::Invalid`], never a silent resume at the wrong place. The
+//! instance running the generation judges by its local copy (which has
+//! every event before Redis does); any other asks Redis, which also takes
+//! an event number of the open generation above its last one (within the
+//! most events a log holds): a client may resume there after an event it
+//! was shown before Redis had it. Its reader waits for what follows; if
+//! the generation closes without reaching that number (the end entry holds
+//! the number of events), the reader ends with
+//! [`DomainError::Invalid`].
 //!
 //! # Lease and stop
 //!
@@ -73,13 +82,18 @@
 //!
 //! # Appends
 //!
-//! [`append_all`](StreamLog::append_all) appends a batch of events in one
-//! script (one round trip): the generation hands over everything it has
-//! at once. An append that fails for a reason that may pass (a reply timed
-//! out, the connection dropped) is tried again, up to four
-//! times; the instance counts what it appended to each generation and the
-//! script compares, so a retried batch whose first attempt did land is not
-//! appended twice.
+//! On a generation this instance runs, [`append_all`](StreamLog::append_all)
+//! numbers the batch, adds it to the local copy (its readers have it at
+//! once: they never wait for Redis) and queues it; one task per generation
+//! hands everything queued to Redis in one script call (one round trip),
+//! in order (see `append.rs`). An append that fails for a reason that may
+//! pass (a reply timed out, the connection dropped) is tried again, up to
+//! four times; the script takes a batch whose numbers it already holds as
+//! landed, so a retried batch is not appended twice. An append that
+//! failed for good ends the local readers with an error and is returned
+//! by the generation's next `append_all` (or logged by `close`, which
+//! waits for the queue before it adds the end entry). Appends to a
+//! generation another instance runs wait for Redis, which numbers them.
 //!
 //! # Readers
 //!
@@ -168,9 +182,34 @@ struct Opened {
     stop: watch::Sender<bool>,
     /// What it appended, for the readers on this instance.
     local: Arc<LocalLog>,
-    /// How many entries this instance appended to it, `None` once unknown
-    /// (an append failed for good).
-    appended: Option<usize>,
+    /// The number the next event gets (from 1). Numbers are never given
+    /// twice, even those of events whose append failed for good.
+    next: u64,
+    /// Whether numbers were given that Redis will never hold (an append
+    /// failed for good): the stream may skip them.
+    skipped: bool,
+    /// Events numbered and shown locally, not yet handed to Redis.
+    pending: Vec<(u64, WireEvent)>,
+    /// Whether a task is handing events to Redis; `close` waits for it.
+    sending: watch::Sender<bool>,
+    /// An append that failed for good, not yet reported to the app.
+    failure: Option<DomainError>,
+}
+
+impl Opened {
+    fn new(generation: String, renewal: Renewal, stop: watch::Sender<bool>) -> Self {
+        Self {
+            generation,
+            renewal: Some(renewal),
+            stop,
+            local: Arc::new(LocalLog::new()),
+            next: 1,
+            skipped: false,
+            pending: Vec::new(),
+            sending: watch::Sender::new(false),
+            failure: None,
+        }
+    }
 }
 
 impl Inner {
@@ -279,16 +318,9 @@ impl StreamLog for RedisStreamLog {
                 let (stop, stopped) = watch::channel(false);
                 // Replaces (and so stops renewing) an older generation this
                 // instance opened and never closed, whose lease ran out.
-                inner.opened().insert(
-                    conversation,
-                    Opened {
-                        generation,
-                        renewal: Some(renewal),
-                        stop,
-                        local: Arc::new(LocalLog::new()),
-                        appended: Some(0),
-                    },
-                );
+                inner
+                    .opened()
+                    .insert(conversation, Opened::new(generation, renewal, stop));
                 Ok(Box::new(RedisStopSignal::new(stopped)))
             }
             Err(reply) if reply.first().is_some_and(|status| status == "open") => {
@@ -321,14 +353,26 @@ impl StreamLog for RedisStreamLog {
 
     async fn close(&self, conversation: ConversationId) -> Result<(), DomainError> {
         let inner = &self.inner;
+        // Local readers end after what they have: everything this instance
+        // numbered. Its events still queued for Redis go first: the end
+        // entry must follow them.
+        let sending = inner.opened().get(&conversation).map(|opened| {
+            opened.local.close();
+            opened.sending.subscribe()
+        });
+        if let Some(mut sending) = sending {
+            // An error: the entry was replaced, its sender is done.
+            let _ = sending.wait_for(|busy| !*busy).await;
+        }
         // This instance is done with its generation: it stops renewing the
-        // lease at once, even should the close below fail (its lease then
-        // runs out, instead of the generation staying open for good), and
-        // its local readers end after what they have.
+        // lease, even should the close below fail (its lease then runs
+        // out, instead of the generation staying open for good).
         let generation = match inner.opened().get_mut(&conversation) {
             Some(opened) => {
                 opened.renewal = None;
-                opened.local.close();
+                if let Some(failure) = opened.failure.take() {
+                    tracing::warn!(%conversation, error = %failure, "events of the answer could not be added to the shared stream log");
+                }
                 opened.generation.clone()
             }
             None => String::new(),
@@ -403,10 +447,13 @@ impl StreamLog for RedisStreamLog {
                     }
                 }
                 (ReadFrom::After(id), Some((generation, _))) if generation == opened.generation => {
-                    // An id the copy doesn't hold is for Redis to judge.
-                    if let Some(feed) = opened.local.reader(Some(id)) {
-                        return Ok(Box::new(feed));
-                    }
+                    // The copy holds every event this instance numbered,
+                    // before Redis does: an id it doesn't hold was never
+                    // given.
+                    return match opened.local.reader(Some(id)) {
+                        Some(feed) => Ok(Box::new(feed)),
+                        None => Err(invalid()),
+                    };
                 }
                 _ => {}
             }
@@ -422,6 +469,7 @@ impl StreamLog for RedisStreamLog {
             .arg(&prefix)
             .arg(after_generation)
             .arg(after_entry)
+            .arg(inner.options.max_events_per_log)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable(&e))?;

@@ -253,6 +253,67 @@ async fn a_reader_resumes_on_another_instance_without_gap_or_duplicate() {
     assert_eq!(reader.await.unwrap(), appended[3..]);
 }
 
+/// The instance running a generation shows its events before Redis has
+/// them, so a client may resume on another instance after an id Redis
+/// does not hold yet: the reader waits for what follows it. An id the
+/// generation never reaches ends that reader with an error at the close;
+/// one beyond the most events a log holds, or below what Redis holds, is
+/// refused at once.
+#[tokio::test]
+async fn a_resume_ahead_of_redis_waits_for_what_follows() {
+    let (a, b) = two_instances(options()).await;
+    let conv = ConversationId::generate();
+    let _stop = a.open(conv, &message("m1")).await.unwrap();
+    let appended = append_each(&a, conv, 1..=2).await;
+    let (generation, _) = split_id(&appended[1].0);
+    // Redis holds both once B can read them.
+    let mut all = b.read(conv, ReadFrom::Start).await.unwrap();
+    for expected in &appended {
+        let e = timeout(PATIENCE, all.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(&(e.id, e.event.data), expected);
+    }
+    let ahead = format!("{generation}-0-3");
+    let mut waiting = b.read(conv, ReadFrom::After(ahead)).await.unwrap();
+    let mut never = b
+        .read(conv, ReadFrom::After(format!("{generation}-0-9")))
+        .await
+        .unwrap();
+    for bad in [
+        format!("{generation}-0-1001"),
+        format!("{generation}-0-0"),
+        format!("{generation}-1-3"),
+    ] {
+        assert!(
+            is_invalid_id(&b.read(conv, ReadFrom::After(bad.clone())).await),
+            "{bad:?}"
+        );
+    }
+    let later = append_each(&a, conv, 3..=4).await;
+    let next = timeout(PATIENCE, waiting.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((next.id, next.event.data), later[1]);
+    a.close(conv).await.unwrap();
+    assert_eq!(
+        timeout(PATIENCE, waiting.next()).await.unwrap().unwrap(),
+        None
+    );
+    assert!(is_invalid_id(
+        &timeout(PATIENCE, never.next()).await.unwrap().map(|_| ())
+    ));
+    // Closed: nothing is ahead any more.
+    assert!(is_invalid_id(
+        &b.read(conv, ReadFrom::After(format!("{generation}-0-5")))
+            .await
+    ));
+}
+
 #[tokio::test]
 async fn a_stop_requested_on_another_instance_reaches_the_generation() {
     let (a, b) = two_instances(options()).await;
@@ -516,11 +577,17 @@ async fn a_live_instance_that_lost_its_lease_leaves_the_next_generation_alone() 
         .unwrap();
     assert!(matches!(b.current(conv).await, Err(DomainError::NotFound)));
     let _stop = b.open(conv, &message("m2")).await.unwrap();
-    // What A still does for its generation never reaches B's.
-    assert!(matches!(
-        a.append(conv, event("late")).await,
-        Err(DomainError::NotFound)
-    ));
+    // What A still does for its generation never reaches B's. A shows
+    // its events before Redis has them, so the refusal comes back with a
+    // later append (the one after the refused batch, at the latest).
+    a.append(conv, event("late")).await.ok();
+    eventually("A hears that its generation is gone", async || {
+        matches!(
+            a.append(conv, event("later")).await,
+            Err(DomainError::NotFound)
+        )
+    })
+    .await;
     assert!(b.request_stop(conv).await.unwrap());
     assert!(
         timeout(Duration::from_millis(200), stop.stopped())

@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use confab_domain::{ConversationId, DomainError, EventName, MessageId, WireEvent};
-use confab_ports::{EventFeed, ReadFrom, StreamLog};
+use confab_ports::{EventFeed, ReadFrom, StopSignal, StreamLog};
 use confab_redis::{RedisPool, RedisSettings, RedisStreamLog, RedisStreamLogOptions};
 use secrecy::SecretString;
 
@@ -59,6 +59,65 @@ async fn stored(url: &str, conv: ConversationId) -> Vec<String> {
     data
 }
 
+/// The data of every event Redis holds of the conversation's current
+/// generation, read directly.
+async fn held(url: &str, conv: ConversationId) -> Vec<String> {
+    let mut raw = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let generation: String = redis::cmd("HGET")
+        .arg(format!("t:log:{{{conv}}}:meta"))
+        .arg("gen")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(format!("t:log:{{{conv}}}:{generation}"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    entries
+        .into_iter()
+        .filter_map(|(_, fields)| (fields[0] == "e").then(|| fields[3].clone()))
+        .collect()
+}
+
+/// A log on `url` with a generation open on a new conversation, its
+/// signal, and a local reader that has read the event `a`, which Redis
+/// holds.
+async fn opened_with_a(
+    url: &str,
+) -> (
+    RedisStreamLog,
+    ConversationId,
+    Box<dyn StopSignal>,
+    Box<dyn EventFeed>,
+) {
+    let log = log_on(url, Duration::from_secs(2));
+    let conv = ConversationId::generate();
+    let stop = log
+        .open(conv, &MessageId::parse("m1").unwrap())
+        .await
+        .unwrap();
+    let mut local = log.read(conv, ReadFrom::Start).await.unwrap();
+    log.append_all(conv, events(&["a"])).await.unwrap();
+    assert_eq!(local.next().await.unwrap().unwrap().event.data, "a");
+    // Appends reach Redis behind the local readers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while held(url, conv).await != ["a"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (log, conv, stop, local)
+}
+
 #[tokio::test]
 async fn a_batch_whose_reply_was_lost_is_retried_without_a_duplicate() {
     let redis = support::PrivateRedis::start();
@@ -96,28 +155,74 @@ async fn a_batch_whose_reply_was_lost_is_retried_without_a_duplicate() {
 async fn after_an_append_that_failed_for_good_the_next_ones_land_in_order() {
     let mut redis = support::PrivateRedis::start();
     let url = redis.url();
-    let log = log_on(&url, Duration::from_secs(2));
-    let conv = ConversationId::generate();
-    let _stop = log
-        .open(conv, &MessageId::parse("m1").unwrap())
-        .await
-        .unwrap();
-    let mut local = log.read(conv, ReadFrom::Start).await.unwrap();
-    log.append_all(conv, events(&["a"])).await.unwrap();
+    let (log, conv, _stop, mut local) = opened_with_a(&url).await;
     redis.kill();
-    assert!(matches!(
-        log.append_all(conv, events(&["lost"])).await,
-        Err(DomainError::Unavailable(_))
-    ));
-    redis.restart();
-    log.append_all(conv, events(&["b"])).await.unwrap();
-    log.close(conv).await.unwrap();
-    assert_eq!(stored(&url, conv).await, ["a", "b"]);
-    // The local reader got what was stored before the failure, then an
-    // error: its client resumes from Redis.
-    assert_eq!(local.next().await.unwrap().unwrap().event.data, "a");
+    // The local reader has the batch at once; Redis never gets it, and
+    // the local reader then ends with an error: its client resumes from
+    // Redis.
+    log.append_all(conv, events(&["lost"])).await.unwrap();
+    let lost = local.next().await.unwrap().unwrap();
+    assert_eq!(lost.event.data, "lost");
     assert!(matches!(
         local.next().await,
         Err(DomainError::Unavailable(_))
     ));
+    redis.restart();
+    // The app hears of the failure at its next append, which is not made;
+    // the ones after it are, numbered by Redis after what it holds.
+    assert!(matches!(
+        log.append_all(conv, events(&["b"])).await,
+        Err(DomainError::Unavailable(_))
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while let Err(e) = log.append_all(conv, events(&["c"])).await {
+        // The first command after a restart may meet the connection the
+        // kill broke.
+        assert!(std::time::Instant::now() < deadline, "never appended: {e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    log.close(conv).await.unwrap();
+    assert_eq!(stored(&url, conv).await, ["a", "c"]);
+    // A client that saw the lost event resumes after it, on any instance,
+    // at what came after the failure: its number was never given again.
+    let other = log_on(&url, Duration::from_secs(5));
+    let mut resumed = other.read(conv, ReadFrom::After(lost.id)).await.unwrap();
+    assert_eq!(resumed.next().await.unwrap().unwrap().event.data, "c");
+    assert_eq!(resumed.next().await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn local_readers_have_an_event_before_redis_does() {
+    let redis = support::PrivateRedis::start();
+    let url = redis.url();
+    let (log, conv, _stop, mut local) = opened_with_a(&url).await;
+    // Redis takes no writes until told: the append is queued, and the
+    // local reader has it meanwhile.
+    let mut raw = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(60_000)
+        .arg("WRITE")
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    log.append_all(conv, events(&["b"])).await.unwrap();
+    let shown = tokio::time::timeout(Duration::from_secs(5), local.next())
+        .await
+        .expect("the local reader is not kept waiting for Redis")
+        .unwrap()
+        .unwrap();
+    assert_eq!(shown.event.data, "b");
+    assert_eq!(held(&url, conv).await, ["a"], "Redis has not stored it yet");
+    redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    log.close(conv).await.unwrap();
+    assert_eq!(stored(&url, conv).await, ["a", "b"]);
 }

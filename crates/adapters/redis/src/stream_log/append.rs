@@ -1,14 +1,23 @@
-//! Appends: a batch of events in one script call, retried when its reply
-//! may have been lost, and added to the local copy of a generation this
-//! instance runs (see the module docs of `stream_log`).
+//! Appends. A generation this instance runs numbers its events itself:
+//! a batch is given its ids, added to the local copy (its readers have it
+//! at once) and queued; one task at a time hands what is queued to Redis
+//! in one script call, in order, retried when its reply may have been
+//! lost (see the module docs of `stream_log`). An append that failed for
+//! good is reported by the next `append_all` (and logged by `close`),
+//! and the local copy ends with an error; the numbers that batch had are
+//! never given again, so a client that saw one of its events resumes
+//! after it at what came next. Later appends of that generation wait for
+//! Redis. Appends to a generation another instance runs wait for Redis
+//! too, which numbers them after the stream's last entry.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use confab_domain::{ConversationId, DomainError, EventName, WireEvent};
 use confab_ports::LoggedEvent;
 
-use super::ids::event_id;
-use super::{RedisStreamLog, unexpected};
+use super::ids::{entry_id, event_id};
+use super::{Inner, Opened, RedisStreamLog, unexpected};
 use crate::pool::unavailable;
 
 /// Attempts of one append before it fails.
@@ -17,38 +26,30 @@ const APPEND_ATTEMPTS: u32 = 4;
 /// The pause before the second attempt; doubled before each next one.
 const APPEND_BACKOFF: Duration = Duration::from_millis(50);
 
-impl RedisStreamLog {
-    /// Appends `events` in one script call, retried as the module docs
-    /// say; their generation, entry ids, and how many entries the stream
-    /// held before them (when known).
+impl Inner {
+    /// Appends `events` to `generation` of `conversation` (any open one
+    /// when empty) in one script call, numbered from `first` (after the
+    /// stream's last entry when `None`; `skipped`: numbers before it may
+    /// be missing), retried as the module docs say; their generation and
+    /// entry ids.
     async fn append_batch(
         &self,
         conversation: ConversationId,
+        generation: &str,
+        first: Option<(u64, bool)>,
         events: &[WireEvent],
-    ) -> Result<(String, Vec<String>, Option<usize>), DomainError> {
-        let inner = &self.inner;
-        let (generation, mut appended) = inner
-            .opened()
-            .get(&conversation)
-            .map(|o| (o.generation.clone(), o.appended))
-            .unwrap_or_default();
-        if appended.is_none() && !generation.is_empty() {
-            // An earlier append failed: what the stream holds is counted
-            // again, so this batch's retries stay safe.
-            let stream = format!("{}{generation}", inner.stream_prefix(conversation));
-            let mut conn = inner.pool.connection()?;
-            appended = redis::cmd("XLEN")
-                .arg(stream)
-                .query_async::<usize>(&mut conn)
-                .await
-                .ok();
-        }
-        let mut invocation = inner.scripts.append.key(inner.meta_key(conversation));
+    ) -> Result<(String, Vec<String>), DomainError> {
+        let mut invocation = self.scripts.append.key(self.meta_key(conversation));
         invocation
-            .arg(inner.stream_prefix(conversation))
-            .arg(inner.options.max_events_per_log)
-            .arg(&generation)
-            .arg(appended.map(|n| n.to_string()).unwrap_or_default());
+            .arg(self.stream_prefix(conversation))
+            .arg(self.options.max_events_per_log)
+            .arg(generation)
+            .arg(first.map(|(n, _)| n.to_string()).unwrap_or_default())
+            .arg(if first.is_some_and(|(_, skipped)| skipped) {
+                "1"
+            } else {
+                ""
+            });
         for event in events {
             invocation
                 .arg(event.name.map_or("", EventName::as_str))
@@ -57,7 +58,7 @@ impl RedisStreamLog {
         let mut pause = APPEND_BACKOFF;
         let mut attempt = 1;
         let reply: Vec<String> = loop {
-            let mut conn = inner.pool.connection()?;
+            let mut conn = self.pool.connection()?;
             match invocation.invoke_async(&mut conn).await {
                 Ok(reply) => break reply,
                 Err(e) if attempt < APPEND_ATTEMPTS && transient(&e) => {
@@ -74,7 +75,7 @@ impl RedisStreamLog {
             (Some("ok"), Some(generation)) => {
                 let ids: Vec<String> = reply.collect();
                 if ids.len() == events.len() {
-                    Ok((generation, ids, appended))
+                    Ok((generation, ids))
                 } else {
                     Err(unexpected("append"))
                 }
@@ -88,9 +89,56 @@ impl RedisStreamLog {
         }
     }
 
-    /// Appends `events` (see [`append_batch`](Self::append_batch)) and, for
-    /// a generation this instance runs, adds them to its local copy; their
-    /// event ids.
+    /// Hands what `generation` of `conversation` has queued to Redis, a
+    /// batch at a time, until nothing is left (or the generation is no
+    /// longer this instance's). The one sender of that generation.
+    async fn send_pending(self: Arc<Self>, conversation: ConversationId, generation: String) {
+        loop {
+            let (first, batch) = {
+                let mut opened = self.opened();
+                let Some(mine) = opened
+                    .get_mut(&conversation)
+                    .filter(|mine| mine.generation == generation)
+                else {
+                    return;
+                };
+                let Some(&(first, _)) = mine.pending.first() else {
+                    mine.sending.send_replace(false);
+                    return;
+                };
+                let batch: Vec<WireEvent> = std::mem::take(&mut mine.pending)
+                    .into_iter()
+                    .map(|(_, event)| event)
+                    .collect();
+                ((first, mine.skipped), batch)
+            };
+            let sent = self
+                .append_batch(conversation, &generation, Some(first), &batch)
+                .await;
+            if let Err(e) = sent {
+                let mut opened = self.opened();
+                if let Some(mine) = opened
+                    .get_mut(&conversation)
+                    .filter(|mine| mine.generation == generation)
+                {
+                    // Redis will never hold these: local readers end (their
+                    // client resumes from Redis, after an event it saw
+                    // here), the app hears of it at its next append, and
+                    // their numbers stay given.
+                    mine.local.fail();
+                    mine.pending.clear();
+                    mine.skipped = true;
+                    mine.failure = Some(e);
+                    mine.sending.send_replace(false);
+                }
+                return;
+            }
+        }
+    }
+}
+
+impl RedisStreamLog {
+    /// Appends `events` (see the module docs); their event ids.
     pub(super) async fn append_events(
         &self,
         conversation: ConversationId,
@@ -99,37 +147,76 @@ impl RedisStreamLog {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let appended = self.append_batch(conversation, &events).await;
-        let mut opened = self.inner.opened();
-        let mine = opened.get_mut(&conversation);
-        match appended {
-            Ok((generation, entries, counted)) => {
-                let logged: Vec<LoggedEvent> = entries
-                    .iter()
-                    .zip(events)
-                    .map(|(entry, event)| LoggedEvent {
-                        id: event_id(&generation, entry),
-                        event,
-                    })
-                    .collect();
-                let ids = logged.iter().map(|e| e.id.clone()).collect();
-                if let Some(mine) = mine.filter(|o| o.generation == generation) {
-                    mine.appended = counted.map(|n| n + logged.len());
-                    mine.local.extend(logged);
+        let (generation, first) = {
+            let mut opened = self.inner.opened();
+            match opened.get_mut(&conversation) {
+                Some(mine) => {
+                    if let Some(failure) = mine.failure.take() {
+                        return Err(failure);
+                    }
+                    if !mine.local.failed() {
+                        return self.queue(conversation, mine, events);
+                    }
+                    (mine.generation.clone(), Some((mine.next, mine.skipped)))
                 }
-                Ok(ids)
+                None => (String::new(), None),
             }
-            Err(e) => {
-                if let Some(mine) = mine {
-                    // What Redis holds of the batch is unknown now: the next
-                    // append doesn't compare, and local readers end (they
-                    // can resume from Redis).
-                    mine.appended = None;
-                    mine.local.fail();
-                }
-                Err(e)
+        };
+        let (generation, entries) = self
+            .inner
+            .append_batch(conversation, &generation, first, &events)
+            .await?;
+        if first.is_some() {
+            let count = u64::try_from(entries.len()).unwrap_or(u64::MAX);
+            if let Some(mine) = self
+                .inner
+                .opened()
+                .get_mut(&conversation)
+                .filter(|mine| mine.generation == generation)
+            {
+                mine.next = mine.next.saturating_add(count);
             }
         }
+        Ok(entries
+            .iter()
+            .map(|entry| event_id(&generation, entry))
+            .collect())
+    }
+
+    /// Numbers `events` after the last number given, shows them to the
+    /// local readers and queues them for Redis (starting the sender when
+    /// none runs).
+    fn queue(
+        &self,
+        conversation: ConversationId,
+        mine: &mut Opened,
+        events: Vec<WireEvent>,
+    ) -> Result<Vec<String>, DomainError> {
+        let next = mine.next;
+        let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
+        let most = u64::try_from(self.inner.options.max_events_per_log).unwrap_or(u64::MAX);
+        if (next - 1).saturating_add(count) > most {
+            return Err(DomainError::unavailable("the stream log is full"));
+        }
+        let mut ids = Vec::with_capacity(events.len());
+        let mut logged = Vec::with_capacity(events.len());
+        for (n, event) in (next..).zip(events) {
+            let id = event_id(&mine.generation, &entry_id(n));
+            ids.push(id.clone());
+            logged.push(LoggedEvent {
+                id,
+                event: event.clone(),
+            });
+            mine.pending.push((n, event));
+        }
+        mine.next = next + count;
+        mine.local.extend(logged);
+        if !mine.sending.send_replace(true) {
+            self.inner
+                .pool
+                .spawn(Arc::clone(&self.inner).send_pending(conversation, mine.generation.clone()));
+        }
+        Ok(ids)
     }
 }
 

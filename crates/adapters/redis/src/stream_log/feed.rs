@@ -17,12 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use confab_domain::{DomainError, EventName, WireEvent};
+use confab_domain::{DomainError, EventName, Field, WireEvent};
 use confab_ports::{EventFeed, LoggedEvent};
 
 use super::Inner;
 use super::hub::Watch;
-use super::ids::event_id;
+use super::ids::{event_id, event_number};
 use crate::pool::unavailable;
 
 /// Entries asked for per `XRANGE`.
@@ -80,6 +80,7 @@ impl RedisFeed {
                 meta,
                 stream,
                 generation,
+                resumed_after: after.as_deref().and_then(event_number),
                 last: after,
                 watch: None,
             })),
@@ -122,6 +123,10 @@ struct Reader {
     meta: String,
     stream: String,
     generation: String,
+    /// The number of the event it resumed after, if it did: one Redis may
+    /// not hold yet (see `locate`), which the end entry must show the
+    /// generation reached.
+    resumed_after: Option<u64>,
     /// The entry id of the last entry fetched.
     last: Option<String>,
     /// The hub's wake-ups, once caught up.
@@ -215,7 +220,21 @@ impl Reader {
                         data,
                     },
                 }),
-                Err(fields) if fields.first().is_some_and(|field| field == "end") => Entry::End,
+                Err(fields) if fields.first().is_some_and(|field| field == "end") => {
+                    // The end entry holds the number of events before it:
+                    // a reader that waited after one the generation never
+                    // reached resumed at no place of it.
+                    let events = fields.get(1).and_then(|n| n.parse::<u64>().ok());
+                    if let (Some(after), Some(events)) = (self.resumed_after, events)
+                        && after > events
+                    {
+                        return Err(DomainError::invalid(
+                            Field::LastEventId,
+                            "not an event id of this stream",
+                        ));
+                    }
+                    Entry::End
+                }
                 _ => {
                     return Err(DomainError::internal(
                         "redis: an entry of the stream log has an unknown shape",

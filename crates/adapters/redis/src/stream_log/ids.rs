@@ -1,11 +1,24 @@
 //! The ids readers see: `{generation}-{ms}-{seq}`, the generation of the
 //! log followed by the Redis Streams entry id (`{ms}-{seq}`) of the event in
 //! that generation's stream, every part a decimal number written without a
-//! sign or leading zeros (`1717171717171-1717171717180-0`).
+//! sign or leading zeros (`1717171717171-0-3`). An event's entry id is
+//! `0-{n}`, its number in the generation (from 1), given by the instance
+//! that runs it; the end entry's is Redis's own (`{ms}-0`, after them all).
 //!
 //! The generation makes an id from another generation of the same
 //! conversation recognisably not the current log's; the entry id is what a
 //! reader resumes after (`XRANGE … (id`, `XREAD … id`).
+
+/// The entry id of a generation's event number `n`.
+pub(super) fn entry_id(n: u64) -> String {
+    format!("0-{n}")
+}
+
+/// The event number of the entry id `entry`; `None` for an id of another
+/// form (the end entry's, or one written before events were numbered).
+pub(super) fn event_number(entry: &str) -> Option<u64> {
+    entry.strip_prefix("0-")?.parse().ok()
+}
 
 /// The id of the entry `entry` of `generation`'s stream.
 pub(super) fn event_id(generation: &str, entry: &str) -> String {
@@ -42,6 +55,14 @@ mod tests {
             Some(("1717171717171", "1717171717180-3"))
         );
         assert_eq!(parse_event_id("0-0-0"), Some(("0", "0-0")));
+    }
+
+    #[test]
+    fn events_are_numbered_entries() {
+        assert_eq!(entry_id(7), "0-7");
+        assert_eq!(event_number(&entry_id(7)), Some(7));
+        assert_eq!(event_number("1717171717180-0"), None);
+        assert_eq!(event_number("0-x"), None);
     }
 
     #[test]

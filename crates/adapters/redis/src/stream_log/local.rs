@@ -1,10 +1,10 @@
-//! The events of a generation this instance runs, as it appended them to
-//! Redis, kept in process for the readers on this instance: the reader of
-//! a send (and any resume that lands here) follows the generation without
-//! reading Redis at all. An event is added here only once Redis has stored
-//! it, with the id Redis gave it, so a local reader and a reader on any
-//! other instance see the same events under the same ids, and a client can
-//! resume on either.
+//! The events of a generation this instance runs, as it numbered them,
+//! kept in process for the readers on this instance: the reader of a send
+//! (and any resume that lands here) follows the generation without reading
+//! Redis at all. An event is added here when it is appended, before Redis
+//! has it, under the id it will have in Redis, so a local reader and a
+//! reader on any other instance see the same events under the same ids,
+//! and a client can resume on either.
 //!
 //! The copy lives from `open` to `close` on this instance (bounded by the
 //! log's most events); readers that hold it finish reading it after that.
@@ -44,8 +44,8 @@ impl LocalLog {
         }
     }
 
-    /// Adds events Redis stored; none once the copy ended (after a failed
-    /// append it lacks events, so it must not look whole).
+    /// Adds appended events; none once the copy ended (after a failed
+    /// append Redis lacks events, so the copy must not look whole).
     pub(super) fn extend(&self, events: impl IntoIterator<Item = LoggedEvent>) {
         self.tx.send_if_modified(|copy| {
             if copy.end.is_some() {
@@ -56,7 +56,7 @@ impl LocalLog {
         });
     }
 
-    /// An append failed: readers go to Redis instead.
+    /// Whether an append failed: readers go to Redis instead.
     pub(super) fn failed(&self) -> bool {
         self.tx.borrow().end == Some(End::Failed)
     }

@@ -42,56 +42,71 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {'ok', generation}
 ";
 
-/// Appends events to the open generation's stream, in order.
+/// Appends events to the open generation's stream, in order, as entries
+/// `0-{n}`: the events of a generation are numbered from 1.
 /// `KEYS[1]`: the meta hash. `ARGV[1]`: the stream keys' prefix.
 /// `ARGV[2]`: the most events a log holds. `ARGV[3]`: the generation the
-/// caller opened, or empty for any. `ARGV[4]`: how many entries the caller
-/// appended to that generation before this batch, or empty when unknown.
-/// `ARGV[5]`, `ARGV[6]`, …: each event's name (or empty) and data.
+/// caller opened, or empty for any. `ARGV[4]`: the number of the batch's
+/// first event, as the instance running the generation gave it, or empty
+/// for the script to number after the stream's last entry. `ARGV[5]`: `1`
+/// when numbers before the batch may be missing (the instance gave them
+/// to events whose append failed for good: they are never given again),
+/// else empty. `ARGV[6]`, `ARGV[7]`, …: each event's name (or empty) and
+/// data.
 ///
-/// The count in `ARGV[4]` makes a retry safe: when the stream already holds
-/// exactly that many entries and this batch, the batch was appended by an
-/// attempt whose reply was lost, and its ids are returned without appending
-/// it again.
+/// Given numbers make a retry safe: when the stream already ends with the
+/// batch's last number, the batch was appended by an attempt whose reply
+/// was lost, and its ids are returned without appending it again.
 ///
 /// The stream takes the hash's TTL (the lease) when this batch creates it
 /// (its first entry creates it without one); after that, the renewals keep
 /// both keys' TTLs.
 ///
 /// Returns `{'none'}` when no generation is open (or not the caller's),
-/// `{'gap'}` when the stream doesn't hold what the caller appended,
+/// `{'gap'}` when the batch does not follow the stream's last entry,
 /// `{'full'}` when the batch would pass the most events, else `{'ok',
 /// generation, entry id…}`.
-const APPEND: &str = r"-- confab stream log append v3
+const APPEND: &str = r"-- confab stream log append v4
 if redis.replicate_commands then redis.replicate_commands() end
 local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
 if log[2] ~= '1' or (ARGV[3] ~= '' and ARGV[3] ~= log[1]) then
   return {'none'}
 end
 local stream = ARGV[1] .. log[1]
-local count = (#ARGV - 4) / 2
-local len = redis.call('XLEN', stream)
-local reply = {'ok', log[1]}
-if ARGV[4] ~= '' then
-  local before = tonumber(ARGV[4])
-  if count > 0 and len == before + count then
-    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', count)
-    for i = count, 1, -1 do
-      reply[#reply + 1] = last[i][1]
-    end
-    return reply
-  end
-  if len ~= before then
+local count = (#ARGV - 5) / 2
+local last = 0
+local tail = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+if tail[1] ~= nil then
+  local ms, seq = string.match(tail[1][1], '^(%d+)-(%d+)$')
+  if ms ~= '0' then
     return {'gap'}
   end
+  last = tonumber(seq)
 end
-if len + count > tonumber(ARGV[2]) then
+local first = last + 1
+if ARGV[4] ~= '' then
+  first = tonumber(ARGV[4])
+end
+local reply = {'ok', log[1]}
+for i = 0, count - 1 do
+  reply[#reply + 1] = string.format('0-%d', first + i)
+end
+if count > 0 and first <= last then
+  if first + count - 1 == last then
+    return reply
+  end
+  return {'gap'}
+end
+if first ~= last + 1 and not (first > last and ARGV[5] == '1') then
+  return {'gap'}
+end
+if first + count - 1 > tonumber(ARGV[2]) then
   return {'full'}
 end
-for i = 5, #ARGV, 2 do
-  reply[#reply + 1] = redis.call('XADD', stream, '*', 'e', ARGV[i], 'd', ARGV[i + 1])
+for i = 0, count - 1 do
+  redis.call('XADD', stream, reply[i + 3], 'e', ARGV[6 + 2 * i], 'd', ARGV[7 + 2 * i])
 end
-if len == 0 and count > 0 then
+if last == 0 and count > 0 then
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 0 then
     redis.call('PEXPIRE', stream, ttl)
@@ -101,14 +116,16 @@ return reply
 ";
 
 /// Closes the open generation: marks it closed, adds the end entry (which
-/// wakes blocked readers) and keeps both keys for the retention.
+/// wakes blocked readers; its id is Redis's, `{ms}-0`, after every event's
+/// `0-{n}`, and its value the number of the last event) and keeps both
+/// keys for the retention.
 /// `KEYS[1]`: the meta hash. `ARGV[1]`: the stream keys' prefix.
 /// `ARGV[2]`: the retention (ms). `ARGV[3]`: the generation the caller
 /// opened, or empty for any.
 ///
 /// Returns 1 when a generation was closed, 0 when none was open (or not
 /// the caller's).
-const CLOSE: &str = r"-- confab stream log close v1
+const CLOSE: &str = r"-- confab stream log close v2
 if redis.replicate_commands then redis.replicate_commands() end
 local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
 if log[2] ~= '1' or (ARGV[3] ~= '' and ARGV[3] ~= log[1]) then
@@ -116,7 +133,12 @@ if log[2] ~= '1' or (ARGV[3] ~= '' and ARGV[3] ~= log[1]) then
 end
 local stream = ARGV[1] .. log[1]
 redis.call('HSET', KEYS[1], 'open', '0')
-redis.call('XADD', stream, '*', 'end', '1')
+local last = 0
+local tail = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+if tail[1] ~= nil then
+  last = tonumber(string.match(tail[1][1], '^0%-(%d+)$')) or 0
+end
+redis.call('XADD', stream, '*', 'end', string.format('%d', last))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', stream, ARGV[2])
 return 1
@@ -163,11 +185,22 @@ return 1
 /// Where a reader starts. `KEYS[1]`: the meta hash. `ARGV[1]`: the stream
 /// keys' prefix. `ARGV[2]`: the generation of the id to resume after, or
 /// empty to start at the first event. `ARGV[3]`: that id's entry id.
+/// `ARGV[4]`: the most events a log holds.
+///
+/// An event the stream holds is a place to resume after. So is an event
+/// number of the open generation above the stream's last one (but within
+/// the most events): the instance running it shows its events before
+/// Redis has them, and a client may resume here before they arrive; the
+/// reader then waits for what follows it. So is a number below the last
+/// one that the stream lacks: numbers are given once and in order, so it
+/// is an event shown before its append failed for good, and what follows
+/// it is what came after that failure.
 ///
 /// Returns `{'none'}` when there is no log, `{'invalid'}` when the id is
 /// not one of the current generation's events, else `{'ok', generation}`.
-const LOCATE: &str = r"-- confab stream log locate v1
-local generation = redis.call('HGET', KEYS[1], 'gen')
+const LOCATE: &str = r"-- confab stream log locate v2
+local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
+local generation = log[1]
 if not generation then
   return {'none'}
 end
@@ -175,9 +208,36 @@ if ARGV[2] ~= '' then
   if ARGV[2] ~= generation then
     return {'invalid'}
   end
-  local entry = redis.call('XRANGE', ARGV[1] .. generation, ARGV[3], ARGV[3])
-  if entry[1] == nil or entry[1][2][1] ~= 'e' then
-    return {'invalid'}
+  local stream = ARGV[1] .. generation
+  local entry = redis.call('XRANGE', stream, ARGV[3], ARGV[3])
+  if entry[1] ~= nil then
+    if entry[1][2][1] ~= 'e' then
+      return {'invalid'}
+    end
+  else
+    local ms, seq = string.match(ARGV[3], '^(%d+)-(%d+)$')
+    seq = tonumber(seq)
+    if ms ~= '0' or seq == nil or seq < 1 or seq > tonumber(ARGV[4]) then
+      return {'invalid'}
+    end
+    -- The last event's number: the last entry's, or what the end entry
+    -- says once closed.
+    local tail = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    local last = 0
+    if tail[1] ~= nil then
+      if tail[1][2][1] == 'end' then
+        last = tonumber(tail[1][2][2]) or 0
+      else
+        local last_ms, last_seq = string.match(tail[1][1], '^(%d+)-(%d+)$')
+        if last_ms ~= '0' then
+          return {'invalid'}
+        end
+        last = tonumber(last_seq)
+      end
+    end
+    if seq > last and (log[2] ~= '1' or tail[1] ~= nil and tail[1][2][1] == 'end') then
+      return {'invalid'}
+    end
   end
 end
 return {'ok', generation}
