@@ -29,12 +29,16 @@
 //! [`DomainError::Invalid`], never a silent resume at the wrong place. The
 //! instance running the generation judges by its local copy (which has
 //! every event before Redis does); any other asks Redis, which also takes
-//! an event number of the open generation above its last one (within the
-//! most events a log holds): a client may resume there after an event it
-//! was shown before Redis had it. Its reader waits for what follows; if
-//! the generation closes without reaching that number (the end entry holds
-//! the number of events), the reader ends with
-//! [`DomainError::Invalid`].
+//! two kinds of number it does not hold:
+//!
+//! - one of the open generation above its last (within the most events a
+//!   log holds): an event shown before Redis had it. The reader waits for
+//!   what follows; if the generation closes without reaching that number
+//!   (the end entry holds its last event's number), the reader ends with
+//!   [`DomainError::Invalid`];
+//! - one below its last that the stream lacks: an event shown before its
+//!   append failed for good (numbers are never given twice). The reader
+//!   goes on with the events that followed the failure.
 //!
 //! # Lease and stop
 //!
