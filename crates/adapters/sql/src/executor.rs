@@ -578,24 +578,25 @@ mod tests {
         });
         writer_busy.await.unwrap();
         let mut group = Vec::new();
-        for &id in ids {
-            let db = db.clone();
+        for (queued, &id) in (1..).zip(ids) {
+            let writer = db.clone();
             let depths = Arc::new(Mutex::new(Vec::new()));
             let seen = Arc::clone(&depths);
             group.push((
                 tokio::spawn(async move {
-                    db.write(move |conn| {
-                        seen.lock().unwrap().push(depth(conn));
-                        insert(conn, id)
-                    })
-                    .await
+                    writer
+                        .write(move |conn| {
+                            seen.lock().unwrap().push(depth(conn));
+                            insert(conn, id)
+                        })
+                        .await
                 }),
                 depths,
             ));
-            tokio::task::yield_now().await;
-        }
-        while db.queues().writes.state().jobs.len() < ids.len() {
-            tokio::task::yield_now().await;
+            // Queued in the order given: the next is spawned only then.
+            while db.queues().writes.state().jobs.len() < queued {
+                tokio::task::yield_now().await;
+            }
         }
         // Nothing of the group is answered before it has run.
         assert!(group.iter().all(|(task, _)| !task.is_finished()));
