@@ -192,8 +192,9 @@ struct Opened {
     /// Whether numbers were given that Redis will never hold (an append
     /// failed for good): the stream may skip them.
     skipped: bool,
-    /// Events numbered and shown locally, not yet handed to Redis.
-    pending: Vec<(u64, WireEvent)>,
+    /// The number of the first event not yet handed to Redis: those from
+    /// it to `next` are queued (shown locally, in the local copy).
+    sent: u64,
     /// Whether a task is handing events to Redis; `close` waits for it.
     sending: watch::Sender<bool>,
     /// An append that failed for good, not yet reported to the app.
@@ -209,7 +210,7 @@ impl Opened {
             local: Arc::new(LocalLog::new()),
             next: 1,
             skipped: false,
-            pending: Vec::new(),
+            sent: 1,
             sending: watch::Sender::new(false),
             failure: None,
         }

@@ -39,6 +39,21 @@ impl Inner {
         first: Option<(u64, bool)>,
         events: &[WireEvent],
     ) -> Result<(String, Vec<String>), DomainError> {
+        let invocation = self.append_script(conversation, generation, first, events.iter());
+        self.run_append(conversation, &invocation, events.len())
+            .await
+    }
+
+    /// The append script's call for `events` (see
+    /// [`append_batch`](Self::append_batch)); its arguments are copies, so
+    /// the events need not outlive it.
+    fn append_script<'e>(
+        &self,
+        conversation: ConversationId,
+        generation: &str,
+        first: Option<(u64, bool)>,
+        events: impl Iterator<Item = &'e WireEvent>,
+    ) -> redis::ScriptInvocation<'_> {
         let mut invocation = self.scripts.append.key(self.meta_key(conversation));
         invocation
             .arg(self.stream_prefix(conversation))
@@ -55,6 +70,17 @@ impl Inner {
                 .arg(event.name.map_or("", EventName::as_str))
                 .arg(&event.data);
         }
+        invocation
+    }
+
+    /// Runs `invocation`, an append of `count` events, retried as the
+    /// module docs say; the generation and entry ids.
+    async fn run_append(
+        &self,
+        conversation: ConversationId,
+        invocation: &redis::ScriptInvocation<'_>,
+        count: usize,
+    ) -> Result<(String, Vec<String>), DomainError> {
         let mut pause = APPEND_BACKOFF;
         let mut attempt = 1;
         let reply: Vec<String> = loop {
@@ -74,7 +100,7 @@ impl Inner {
         match (reply.next().as_deref(), reply.next()) {
             (Some("ok"), Some(generation)) => {
                 let ids: Vec<String> = reply.collect();
-                if ids.len() == events.len() {
+                if ids.len() == count {
                     Ok((generation, ids))
                 } else {
                     Err(unexpected("append"))
@@ -89,12 +115,13 @@ impl Inner {
         }
     }
 
-    /// Hands what `generation` of `conversation` has queued to Redis, a
-    /// batch at a time, until nothing is left (or the generation is no
-    /// longer this instance's). The one sender of that generation.
+    /// Hands what `generation` of `conversation` has queued to Redis (the
+    /// events of its local copy numbered from `sent` on), a batch at a
+    /// time, until nothing is left (or the generation is no longer this
+    /// instance's). The one sender of that generation.
     async fn send_pending(self: Arc<Self>, conversation: ConversationId, generation: String) {
         loop {
-            let (first, batch) = {
+            let (invocation, count) = {
                 let mut opened = self.opened();
                 let Some(mine) = opened
                     .get_mut(&conversation)
@@ -102,19 +129,24 @@ impl Inner {
                 else {
                     return;
                 };
-                let Some(&(first, _)) = mine.pending.first() else {
+                let (first, next) = (mine.sent, mine.next);
+                if first == next {
                     mine.sending.send_replace(false);
                     return;
-                };
-                let batch: Vec<WireEvent> = std::mem::take(&mut mine.pending)
-                    .into_iter()
-                    .map(|(_, event)| event)
-                    .collect();
-                ((first, mine.skipped), batch)
+                }
+                mine.sent = next;
+                let count = usize::try_from(next - first).unwrap_or(usize::MAX);
+                // The copy holds event `n` at `n - 1`: it has every event
+                // this instance numbered while it sends (a copy that ended
+                // takes no more, and nothing is queued after that).
+                let invocation = mine.local.with_events(|events| {
+                    let from = usize::try_from(first - 1).unwrap_or(usize::MAX);
+                    let batch = events.iter().skip(from).take(count).map(|e| &e.event);
+                    self.append_script(conversation, &generation, Some((first, false)), batch)
+                });
+                (invocation, count)
             };
-            let sent = self
-                .append_batch(conversation, &generation, Some(first), &batch)
-                .await;
+            let sent = self.run_append(conversation, &invocation, count).await;
             if let Err(e) = sent {
                 let mut opened = self.opened();
                 if let Some(mine) = opened
@@ -126,7 +158,7 @@ impl Inner {
                     // here), the app hears of it at its next append, and
                     // their numbers stay given.
                     mine.local.fail();
-                    mine.pending.clear();
+                    mine.sent = mine.next;
                     mine.skipped = true;
                     mine.failure = Some(e);
                     mine.sending.send_replace(false);
@@ -203,11 +235,7 @@ impl RedisStreamLog {
         for (n, event) in (next..).zip(events) {
             let id = event_id(&mine.generation, &entry_id(n));
             ids.push(id.clone());
-            logged.push(LoggedEvent {
-                id,
-                event: event.clone(),
-            });
-            mine.pending.push((n, event));
+            logged.push(LoggedEvent { id, event });
         }
         mine.next = next + count;
         mine.local.extend(logged);

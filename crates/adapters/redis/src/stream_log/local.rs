@@ -56,6 +56,11 @@ impl LocalLog {
         });
     }
 
+    /// Runs `f` on the events the copy holds, in order.
+    pub(super) fn with_events<R>(&self, f: impl FnOnce(&[LoggedEvent]) -> R) -> R {
+        f(&self.tx.borrow().events)
+    }
+
     /// Whether an append failed: readers go to Redis instead.
     pub(super) fn failed(&self) -> bool {
         self.tx.borrow().end == Some(End::Failed)

@@ -42,6 +42,27 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {'ok', generation}
 ";
 
+/// A Lua function `last_event(stream)` for the scripts that judge numbers:
+/// the number of the stream's last event (0 when it has none), read from
+/// its last entry or, once closed, from the end entry, which holds it; and
+/// whether it is closed. The number is `nil` when the last entry is no
+/// numbered event (a stream written before events were numbered).
+macro_rules! last_event {
+    () => {
+        r"local function last_event(stream)
+  local tail = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if tail[1] == nil then
+    return 0, false
+  end
+  if tail[1][2][1] == 'end' then
+    return tonumber(tail[1][2][2]), true
+  end
+  return tonumber(string.match(tail[1][1], '^0%-(%d+)$')), false
+end
+"
+    };
+}
+
 /// Appends events to the open generation's stream, in order, as entries
 /// `0-{n}`: the events of a generation are numbered from 1.
 /// `KEYS[1]`: the meta hash. `ARGV[1]`: the stream keys' prefix.
@@ -66,22 +87,19 @@ return {'ok', generation}
 /// `{'gap'}` when the batch does not follow the stream's last entry,
 /// `{'full'}` when the batch would pass the most events, else `{'ok',
 /// generation, entry id…}`.
-const APPEND: &str = r"-- confab stream log append v4
-if redis.replicate_commands then redis.replicate_commands() end
-local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
+const APPEND: &str = concat!(
+    "-- confab stream log append v4\n",
+    "if redis.replicate_commands then redis.replicate_commands() end\n",
+    last_event!(),
+    r"local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
 if log[2] ~= '1' or (ARGV[3] ~= '' and ARGV[3] ~= log[1]) then
   return {'none'}
 end
 local stream = ARGV[1] .. log[1]
 local count = (#ARGV - 5) / 2
-local last = 0
-local tail = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-if tail[1] ~= nil then
-  local ms, seq = string.match(tail[1][1], '^(%d+)-(%d+)$')
-  if ms ~= '0' then
-    return {'gap'}
-  end
-  last = tonumber(seq)
+local last = last_event(stream)
+if last == nil then
+  return {'gap'}
 end
 local first = last + 1
 if ARGV[4] ~= '' then
@@ -113,7 +131,8 @@ if last == 0 and count > 0 then
   end
 end
 return reply
-";
+",
+);
 
 /// Closes the open generation: marks it closed, adds the end entry (which
 /// wakes blocked readers; its id is Redis's, `{ms}-0`, after every event's
@@ -125,24 +144,23 @@ return reply
 ///
 /// Returns 1 when a generation was closed, 0 when none was open (or not
 /// the caller's).
-const CLOSE: &str = r"-- confab stream log close v2
-if redis.replicate_commands then redis.replicate_commands() end
-local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
+const CLOSE: &str = concat!(
+    "-- confab stream log close v2\n",
+    "if redis.replicate_commands then redis.replicate_commands() end\n",
+    last_event!(),
+    r"local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
 if log[2] ~= '1' or (ARGV[3] ~= '' and ARGV[3] ~= log[1]) then
   return 0
 end
 local stream = ARGV[1] .. log[1]
 redis.call('HSET', KEYS[1], 'open', '0')
-local last = 0
-local tail = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-if tail[1] ~= nil then
-  last = tonumber(string.match(tail[1][1], '^0%-(%d+)$')) or 0
-end
+local last = last_event(stream) or 0
 redis.call('XADD', stream, '*', 'end', string.format('%d', last))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', stream, ARGV[2])
 return 1
-";
+",
+);
 
 /// Asks the open generation to stop, and tells every instance at once:
 /// the instance running it hears the publish and stops without polling.
@@ -198,8 +216,10 @@ return 1
 ///
 /// Returns `{'none'}` when there is no log, `{'invalid'}` when the id is
 /// not one of the current generation's events, else `{'ok', generation}`.
-const LOCATE: &str = r"-- confab stream log locate v2
-local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
+const LOCATE: &str = concat!(
+    "-- confab stream log locate v2\n",
+    last_event!(),
+    r"local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
 local generation = log[1]
 if not generation then
   return {'none'}
@@ -220,28 +240,15 @@ if ARGV[2] ~= '' then
     if ms ~= '0' or seq == nil or seq < 1 or seq > tonumber(ARGV[4]) then
       return {'invalid'}
     end
-    -- The last event's number: the last entry's, or what the end entry
-    -- says once closed.
-    local tail = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-    local last = 0
-    if tail[1] ~= nil then
-      if tail[1][2][1] == 'end' then
-        last = tonumber(tail[1][2][2]) or 0
-      else
-        local last_ms, last_seq = string.match(tail[1][1], '^(%d+)-(%d+)$')
-        if last_ms ~= '0' then
-          return {'invalid'}
-        end
-        last = tonumber(last_seq)
-      end
-    end
-    if seq > last and (log[2] ~= '1' or tail[1] ~= nil and tail[1][2][1] == 'end') then
+    local last, closed = last_event(stream)
+    if last == nil or (seq > last and (log[2] ~= '1' or closed)) then
       return {'invalid'}
     end
   end
 end
 return {'ok', generation}
-";
+",
+);
 
 /// Whether a reader that found nothing new should keep waiting: its
 /// generation is still open, or its stream still ends with the end entry
