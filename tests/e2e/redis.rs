@@ -276,6 +276,54 @@ pub(crate) async fn readiness_becomes(app: &TestApp, status: u16) {
     }
 }
 
+impl PrivateRedis {
+    /// `redis-cli` on this Redis: its output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (beside redis-server) is needed for this test");
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// How many script calls it has run since its statistics were reset.
+    fn script_calls(&self) -> u64 {
+        self.cli(&["INFO", "commandstats"])
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().unwrap())
+    }
+}
+
+/// A cached list costs one Redis round trip: the admission script, which
+/// also reads the list's cache version (no script of the cache's own).
+#[tokio::test]
+async fn a_cached_list_makes_one_redis_round_trip() {
+    let redis = PrivateRedis::start();
+    let url = redis.url();
+    let llm = FakeLlm::start();
+    let app = spawn_chat(Backend::Sqlite, &llm, &[("REDIS_URL", url.as_str())]);
+    let token = app.user("ada").await;
+    app.chat(&token, "Hello there").await;
+    let list = || async {
+        let res = app.get_auth("/api/v1/conversations", &token).await;
+        assert_eq!(res.status(), 200);
+        res.json::<serde_json::Value>().await.unwrap()
+    };
+    // Filled: the cache and this worker's rendered body.
+    for _ in 0..3 {
+        assert_eq!(list().await["items"].as_array().unwrap().len(), 1);
+    }
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..5 {
+        assert_eq!(list().await["items"].as_array().unwrap().len(), 1);
+    }
+    assert_eq!(redis.script_calls(), 5, "one script per list");
+}
+
 #[tokio::test]
 async fn a_redis_restart_is_recovered_without_restarting_the_service() {
     let mut redis = PrivateRedis::start();
