@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test load lint fmt migrate openapi bench deps model services release check-architecture clean
+.PHONY: run test load lint fmt migrate openapi bench deps model services python-tools release check-architecture clean
 
 ## Serve on the embedded defaults: SQLite in ./data, in-process adapters,
 ## the built-in model (fetched into ./models on first use).
@@ -11,8 +11,9 @@ run: deps model
 	CONFAB_BANNER=1 $(CARGO) run --release --bin confab -- serve
 
 ## Everything: architecture rules, unit, store suites (SQLite + PostgreSQL),
-## app, CLI and end-to-end tests, and OpenAPI validation.
-test: deps model services check-architecture
+## app, CLI and end-to-end tests (schemathesis against the served OpenAPI
+## document among them), and OpenAPI validation.
+test: deps model services python-tools check-architecture
 	$(CARGO) test --workspace
 	./scripts/validate-openapi.sh
 
@@ -68,6 +69,11 @@ deps:
 ## checksum verified; nothing to do when it is there).
 model:
 	@./scripts/fetch-model.sh
+
+## schemathesis and openapi-spec-validator, pinned in
+## tests/contract/requirements.txt, in target/venv.
+python-tools:
+	@./scripts/python-tools.sh
 
 ## Start PostgreSQL and Redis when they are down; fail when they can't run.
 services:

@@ -29,8 +29,10 @@ macro_rules! on_both_backends {
 
 mod auth;
 mod cluster;
+mod contract;
 mod conversations;
 mod docs;
+mod edges;
 mod errors;
 mod fake_llm;
 mod headers;

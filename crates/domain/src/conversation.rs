@@ -14,18 +14,23 @@ impl Title {
     /// Longest title, in characters.
     pub const MAX_CHARS: usize = 200;
 
-    /// Validates a title (leading and trailing white space is dropped).
+    /// Validates a title: 1..=200 characters, no control character, not
+    /// only white space; stored without its leading and trailing white
+    /// space.
     ///
     /// # Errors
     /// [`DomainError::Invalid`] on field `title`.
     pub fn parse(value: &str) -> Result<Self, DomainError> {
-        let trimmed = value.trim();
-        check_text(Field::Title, trimmed, 1, Self::MAX_CHARS)?;
-        if trimmed.chars().any(char::is_control) {
+        check_text(Field::Title, value, 1, Self::MAX_CHARS)?;
+        if value.chars().any(char::is_control) {
             return Err(DomainError::invalid(
                 Field::Title,
                 "must not contain control characters",
             ));
+        }
+        let trimmed = value.trim();
+        if trimmed.is_empty() {
+            return Err(DomainError::invalid(Field::Title, "must not be blank"));
         }
         Ok(Self(trimmed.to_owned()))
     }

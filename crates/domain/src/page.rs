@@ -83,6 +83,9 @@ pub enum ListOrder {
 }
 
 impl ListOrder {
+    /// Every order's query value.
+    pub const NAMES: [&'static str; 2] = ["updated", "created"];
+
     /// Parses the `order` query value.
     ///
     /// # Errors
@@ -105,12 +108,15 @@ impl ListOrder {
 pub struct SearchQuery(String);
 
 impl SearchQuery {
+    /// Longest search, in characters.
+    pub const MAX_CHARS: usize = 100;
+
     /// Validates a search string.
     ///
     /// # Errors
     /// [`DomainError::Invalid`] on `q`.
     pub fn parse(value: &str) -> Result<Self, DomainError> {
-        check_text(Field::Query, value, 1, 100)?;
+        check_text(Field::Query, value, 1, Self::MAX_CHARS)?;
         Ok(Self(value.to_owned()))
     }
 

@@ -8,10 +8,6 @@ use time::OffsetDateTime;
 use crate::text::check_text;
 use crate::{DomainError, Field, UserId};
 
-/// Names nobody may register (seed `001`'s blocklist), compared
-/// case-insensitively.
-const RESERVED_USERNAMES: &[&str] = &["admin", "root", "null", "undefined"];
-
 /// A login name: 3..=32 characters of `[a-zA-Z0-9_-]`, not reserved, stored
 /// lower-cased so that `Alice` and `alice` are the same account.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -19,13 +15,21 @@ const RESERVED_USERNAMES: &[&str] = &["admin", "root", "null", "undefined"];
 pub struct Username(String);
 
 impl Username {
+    /// Shortest username, in characters.
+    pub const MIN_CHARS: usize = 3;
+    /// Longest username, in characters.
+    pub const MAX_CHARS: usize = 32;
+    /// Names nobody may register (seed `001`'s blocklist), compared
+    /// case-insensitively.
+    pub const RESERVED: &'static [&'static str] = &["admin", "root", "null", "undefined"];
+
     /// Validates and normalises a username.
     ///
     /// # Errors
     /// [`DomainError::Invalid`] on field `username` when the length, charset
     /// or blocklist rule is broken.
     pub fn parse(value: &str) -> Result<Self, DomainError> {
-        check_text(Field::Username, value, 3, 32)?;
+        check_text(Field::Username, value, Self::MIN_CHARS, Self::MAX_CHARS)?;
         if !value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -36,7 +40,7 @@ impl Username {
             ));
         }
         let lower = value.to_ascii_lowercase();
-        if RESERVED_USERNAMES.contains(&lower.as_str()) {
+        if Self::RESERVED.contains(&lower.as_str()) {
             return Err(DomainError::invalid(Field::Username, "is not allowed"));
         }
         Ok(Self(lower))
@@ -69,27 +73,35 @@ impl fmt::Display for Username {
 pub struct Email(String);
 
 impl Email {
-    /// Validates and normalises an address.
+    /// Shortest address, in characters.
+    pub const MIN_CHARS: usize = 3;
+    /// Longest address, in characters.
+    pub const MAX_CHARS: usize = 254;
+    /// The shape [`Email::parse`] accepts, as a regular expression (ECMA
+    /// 262 and Rust `regex` alike): dot-separated runs of `[A-Za-z0-9_+-]`,
+    /// `@`, labels of letters, digits and inner `-`, and a top-level domain
+    /// of two or more letters.
+    pub const PATTERN: &'static str = "^[A-Za-z0-9_+-]+(\\.[A-Za-z0-9_+-]+)*@([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\\.)+[A-Za-z]{2,}$";
+
+    /// Validates and normalises an address: [`Email::PATTERN`], 3..=254
+    /// characters.
     ///
     /// # Errors
     /// [`DomainError::Invalid`] on field `email` when the shape is wrong.
     pub fn parse(value: &str) -> Result<Self, DomainError> {
-        check_text(Field::Email, value, 3, 254)?;
+        check_text(Field::Email, value, Self::MIN_CHARS, Self::MAX_CHARS)?;
         let bad = || DomainError::invalid(Field::Email, "is not a valid e-mail address");
         let (local, domain) = value.split_once('@').ok_or_else(bad)?;
-        let local_ok = !local.is_empty()
-            && local.len() <= 64
-            && !local.starts_with('.')
-            && !local.ends_with('.')
-            && !local.contains("..")
-            && local
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+        let local_ok = local.split('.').all(|run| {
+            !run.is_empty()
+                && run
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b))
+        });
         let labels: Vec<&str> = domain.split('.').collect();
         let domain_ok = labels.len() >= 2
             && labels.iter().all(|l| {
                 !l.is_empty()
-                    && l.len() <= 63
                     && !l.starts_with('-')
                     && !l.ends_with('-')
                     && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -153,7 +165,8 @@ impl Role {
     }
 }
 
-/// The most common passwords, refused whatever else is true of them.
+/// The most common passwords, refused whatever else is true of them
+/// (compared lower-cased).
 const COMMON_PASSWORDS: &[&str] = &[
     "12345678",
     "123456789",
@@ -202,6 +215,8 @@ impl Password {
     /// Longest accepted password, in characters; checked before any hashing,
     /// so a megabyte-long password costs nothing.
     pub const MAX_CHARS: usize = 128;
+    /// The most common passwords (lower case), refused in any case.
+    pub const COMMON: &'static [&'static str] = COMMON_PASSWORDS;
 
     /// Validates a new password for the account named `username` / `email`.
     ///
@@ -229,7 +244,7 @@ impl Password {
                 "must not be the e-mail address",
             ));
         }
-        if COMMON_PASSWORDS.contains(&lower.as_str()) {
+        if Self::COMMON.contains(&lower.as_str()) {
             return Err(DomainError::invalid(Field::Password, "is too common"));
         }
         Ok(Self(value.to_owned()))

@@ -18,6 +18,8 @@ use crate::State;
 pub struct BodyLimits {
     /// The largest body a route accepts, in bytes (larger is 413).
     pub max_bytes: usize,
+    /// The largest body of a message send, in bytes (larger is 413).
+    pub max_send_bytes: usize,
     /// How long the whole body may take to arrive once the head is read
     /// (slower is 408), so a client can't hold a worker by trickling bytes.
     pub read_timeout: Duration,
@@ -27,6 +29,7 @@ impl Default for BodyLimits {
     fn default() -> Self {
         Self {
             max_bytes: 64 * 1024,
+            max_send_bytes: 2 * 1024 * 1024,
             read_timeout: Duration::from_secs(10),
         }
     }
@@ -131,7 +134,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
 }
 
 /// An optional JSON body: absent (an empty body, or no `Content-Type` and
-/// no length) is `None`; present, it is read exactly as [`Json`].
+/// no length) or the JSON `null` is `None`; otherwise it is read exactly as
+/// [`Json`].
 #[derive(Debug)]
 pub struct MaybeJson<T>(pub Option<T>);
 
@@ -153,9 +157,23 @@ impl<T: DeserializeOwned + 'static> FromRequest for MaybeJson<T> {
         if length.unwrap_or(0) == 0 && !chunked {
             return Box::pin(async { Ok(Self(None)) });
         }
-        let json = Json::<T>::from_request(req, payload);
-        Box::pin(async move { json.await.map(|Json(v)| Self(Some(v))) })
+        let json = Json::<Option<T>>::from_request(req, payload);
+        Box::pin(async move { json.await.map(|Json(v)| Self(v)) })
     }
+}
+
+/// For an optional field that may be left out but not sent as `null`
+/// (`#[serde(default, deserialize_with = "present")]`): the document
+/// declares such a field non-nullable, and `null` is refused as it says.
+///
+/// # Errors
+/// When the value is not a `T` (`null` included).
+pub(crate) fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 /// Deserialises `bytes`, reporting the path of the first bad field.

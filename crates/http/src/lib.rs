@@ -9,6 +9,7 @@ mod auth;
 mod client;
 mod error;
 mod extract;
+mod fields;
 mod metrics;
 mod middleware;
 mod negotiate;
@@ -30,7 +31,7 @@ pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use extract::{BodyLimits, Json, MaybeJson};
 pub use metrics::{Metrics, metrics_routes};
 pub use middleware::{CorsPolicy, IdempotencyPolicy, RateTiers, RequestId, SecurityHeaders};
-pub use openapi::{ApiDoc, openapi_json};
+pub use openapi::{ApiDoc, openapi_json, served_openapi_json};
 pub use routes::served_routes;
 pub use sse::SseSettings;
 

@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
     AuthorView, ContentInput, ContentView, ConversationBody, ConversationItem, ConversationMeta,
-    ConversationPageBody, ConversationPatchBody, Health, LoginRequest, MessageInput,
+    ConversationPageBody, ConversationPatchBody, Health, LoginRequest, MessageBody, MessageInput,
     MessageMetadataView, MessageView, ReadinessBody, RefreshRequest, RegisterRequest, SendBody,
     SendOptions, SentBody, TokenBody, UserBody, UserPage, UserPatch,
 };
@@ -82,7 +82,6 @@ struct IdempotencyKeys;
 impl Modify for IdempotencyKeys {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
-        use utoipa::openapi::schema::{ObjectBuilder, Type};
         use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
 
         let header = ParameterBuilder::new()
@@ -90,19 +89,24 @@ impl Modify for IdempotencyKeys {
             .parameter_in(ParameterIn::Header)
             .required(Required::False)
             .description(Some(
-                "1 to 255 printable ASCII characters, the caller's own: a retry of the same \
+                "1 to 255 printable ASCII characters, no space at either end, the caller's own \
+                 (one per request): a retry of the same \
                  request (method, path, body) gets the first one's response (a message send: its \
                  answer's stream) with `Idempotent-Replayed: true`; kept 24 h.",
             ))
-            .schema(Some(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .min_length(Some(1))
-                    .max_length(Some(255)),
-            ))
+            .schema(Some(crate::fields::idempotency_key()))
             .build();
         let reused = ResponseBuilder::new()
             .description("The `Idempotency-Key` was used for a different request.")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        let invalid = ResponseBuilder::new()
+            .description("A malformed request: an invalid `Idempotency-Key`, or as the route says.")
             .content(
                 "application/json",
                 ContentBuilder::new()
@@ -121,6 +125,10 @@ impl Modify for IdempotencyKeys {
                 op.parameters
                     .get_or_insert_with(Vec::new)
                     .push(header.clone().into());
+                op.responses
+                    .responses
+                    .entry("400".to_owned())
+                    .or_insert_with(|| invalid.clone().into());
                 op.responses
                     .responses
                     .entry("422".to_owned())
@@ -164,7 +172,7 @@ impl Modify for IdempotencyKeys {
     components(schemas(
         ErrorBody, ErrorDetail, Health, ReadinessBody, RegisterRequest, LoginRequest, RefreshRequest,
         TokenBody, UserBody, UserPage, UserPatch, ConversationItem, ConversationPageBody,
-        ConversationBody, ConversationMeta, ConversationPatchBody, SendBody, MessageInput,
+        ConversationBody, ConversationMeta, ConversationPatchBody, SendBody, MessageBody, MessageInput,
         ContentInput, SendOptions, SentBody, MessageView, AuthorView, ContentView,
         MessageMetadataView,
     )),
@@ -186,5 +194,31 @@ pub struct ApiDoc;
 /// # Errors
 /// When serialisation fails (a programming error).
 pub fn openapi_json() -> Result<String, serde_json::Error> {
-    ApiDoc::openapi().to_pretty_json()
+    serde_json::to_string_pretty(&document()?)
+}
+
+/// The document a server serves: as [`openapi_json`], with the models a
+/// send may name (`default`, then `models`) listed where a send names one.
+///
+/// # Errors
+/// When serialisation fails (a programming error).
+pub fn served_openapi_json(models: &[String]) -> Result<String, serde_json::Error> {
+    let mut doc = document()?;
+    let mut names = vec!["default".to_owned()];
+    for name in models {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    for body in ["SendBody", "MessageBody"] {
+        doc["components"]["schemas"][body]["properties"]["model"]["enum"] =
+            serde_json::json!(names.iter().map(Some).chain([None]).collect::<Vec<_>>());
+    }
+    serde_json::to_string_pretty(&doc)
+}
+
+fn document() -> Result<serde_json::Value, serde_json::Error> {
+    let mut doc = serde_json::to_value(ApiDoc::openapi())?;
+    crate::fields::refine(&mut doc);
+    Ok(doc)
 }

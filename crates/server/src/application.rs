@@ -355,8 +355,8 @@ fn http_state(
         checks.push(model.clone());
     }
     let rl = &settings.rate_limit;
-    let openapi =
-        confab_http::openapi_json().map_err(|e| StartupError::Setup(format!("openapi: {e}")))?;
+    let openapi = confab_http::served_openapi_json(&chat.models)
+        .map_err(|e| StartupError::Setup(format!("openapi: {e}")))?;
     Ok(HttpState {
         accounts: wired.accounts,
         conversations: chat.conversations.clone(),
@@ -367,6 +367,7 @@ fn http_state(
         metrics,
         body: BodyLimits {
             max_bytes: settings.server.json_limit_bytes,
+            max_send_bytes: settings.server.send_limit_bytes,
             read_timeout: settings.server.body_read_timeout,
         },
         cors: CorsPolicy {

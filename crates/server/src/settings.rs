@@ -188,6 +188,8 @@ pub struct ServerSettings {
     pub max_connections: NonZeroUsize,
     /// Largest JSON body.
     pub json_limit_bytes: usize,
+    /// Largest body of a message send.
+    pub send_limit_bytes: usize,
     /// Time for a request body to arrive.
     #[serde(rename = "body_read_timeout_ms", deserialize_with = "units::millis")]
     pub body_read_timeout: Duration,
@@ -417,6 +419,11 @@ impl Settings {
         if !(1024..=16 * 1024 * 1024).contains(&s.json_limit_bytes) {
             return Err(invalid(
                 "server.json_limit_bytes must be between 1024 and 16777216",
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&s.send_limit_bytes) {
+            return Err(invalid(
+                "server.send_limit_bytes must be between 1024 and 16777216",
             ));
         }
         let db = &self.database;

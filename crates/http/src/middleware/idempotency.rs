@@ -46,7 +46,7 @@ const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
 /// The longest key accepted.
-const MAX_KEY_LEN: usize = 255;
+pub(crate) const MAX_KEY_LEN: usize = 255;
 
 /// The headers a replay carries (the rest are set again by the stack).
 const KEPT_HEADERS: [HeaderName; 4] = [
@@ -158,7 +158,8 @@ impl ClaimedKey {
 /// The request's `Idempotency-Key`: `None` without one.
 ///
 /// # Errors
-/// 400 for a key that is not 1 to 255 printable ASCII characters.
+/// 400 for a key that is not 1 to 255 printable ASCII characters with no
+/// space at either end.
 pub(crate) fn requested_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     let Some(raw) = req.headers().get(IDEMPOTENCY_KEY) else {
         return Ok(None);
@@ -167,7 +168,7 @@ pub(crate) fn requested_key(req: &HttpRequest) -> Result<Option<String>, ApiErro
         Some(key) => Ok(Some(key.to_owned())),
         None => Err(ApiError::validation(
             Some("Idempotency-Key".to_owned()),
-            "must be 1 to 255 printable ASCII characters",
+            "must be 1 to 255 printable ASCII characters, with no space at either end",
         )),
     }
 }
@@ -220,9 +221,13 @@ pub(crate) async fn claim(
     }
 }
 
-/// Whether `key` is one we accept: 1 to 255 printable ASCII characters.
+/// Whether `key` is one we accept: 1 to 255 printable ASCII characters,
+/// the first and last not a space (`fields::IDEMPOTENCY_KEY_PATTERN`).
 fn valid_key(key: &str) -> bool {
-    (1..=MAX_KEY_LEN).contains(&key.len()) && key.bytes().all(|b| (0x20..=0x7e).contains(&b))
+    (1..=MAX_KEY_LEN).contains(&key.len())
+        && key.bytes().all(|b| (0x20..=0x7e).contains(&b))
+        && !key.starts_with(' ')
+        && !key.ends_with(' ')
 }
 
 /// The request's fingerprint: method, path with query, body.
@@ -256,6 +261,7 @@ pub(crate) async fn idempotency(
         && {
             let path = req.match_info().as_str();
             state.routes.of(path) == RouteClass::Api
+                && state.routes.serves(req.method(), path)
                 && !state.routes.keys_itself(req.method(), path)
         };
     // Without a signed-in caller the route answers 401 itself.
@@ -408,6 +414,30 @@ mod tests {
         assert!(!valid_key(&"k".repeat(256)));
         assert!(!valid_key("tab\there"));
         assert!(!valid_key("é"));
+        assert!(!valid_key(" key"));
+        assert!(!valid_key("key "));
+        assert!(valid_key("a key"));
+    }
+
+    #[test]
+    fn the_documented_pattern_is_the_rule() {
+        let pattern = regex::Regex::new(crate::fields::IDEMPOTENCY_KEY_PATTERN).unwrap();
+        let alphabet = ["a", " ", "~", "!", "\t", "é", "\u{7f}", "-"];
+        let mut keys: Vec<String> = vec![String::new()];
+        for _ in 0..3 {
+            keys = keys
+                .iter()
+                .flat_map(|k| alphabet.iter().map(move |c| format!("{k}{c}")))
+                .chain(keys.iter().cloned())
+                .collect();
+        }
+        for len in [254, 255, 256] {
+            keys.push("k".repeat(len));
+            keys.push(format!("{} ", "k".repeat(len - 1)));
+        }
+        for key in &keys {
+            assert_eq!(valid_key(key), pattern.is_match(key), "{key:?}");
+        }
     }
 
     #[test]

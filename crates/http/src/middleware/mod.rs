@@ -13,7 +13,7 @@ mod telemetry;
 pub use cors::CorsPolicy;
 pub(crate) use cors::cors;
 pub use idempotency::IdempotencyPolicy;
-pub(crate) use idempotency::{Keyed, claim, idempotency, requested_key};
+pub(crate) use idempotency::{Keyed, MAX_KEY_LEN, claim, idempotency, requested_key};
 pub(crate) use panic::catch_panic;
 pub use rate_limit::RateTiers;
 pub(crate) use rate_limit::rate_limit;

@@ -22,24 +22,14 @@ pub(crate) const REFRESH_COOKIE: &str = "confab_refresh";
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RegisterRequest {
-    /// 3..=32 characters of letters, digits, `_` and `-`; stored lower-case.
-    #[schema(
-        example = "alice",
-        min_length = 3,
-        max_length = 32,
-        pattern = "^[A-Za-z0-9_-]+$"
-    )]
+    /// The login name.
+    #[schema(schema_with = crate::fields::username)]
     username: String,
-    /// A valid address; stored lower-case.
-    #[schema(example = "alice@example.com", max_length = 254, format = "email")]
+    /// The e-mail address.
+    #[schema(schema_with = crate::fields::email)]
     email: String,
-    /// 8..=128 characters, not containing the username, not a common password.
-    #[schema(
-        example = "correct horse battery staple",
-        min_length = 8,
-        max_length = 128,
-        format = "password"
-    )]
+    /// The password.
+    #[schema(schema_with = crate::fields::new_password)]
     password: String,
 }
 

@@ -36,13 +36,17 @@ pub(crate) fn conversation_id(raw: &str) -> Result<ConversationId, ApiError> {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
-    /// Items to skip (0..=100000).
+    /// Items to skip.
+    #[param(schema_with = crate::fields::offset)]
     offset: Option<u32>,
-    /// Items to return (1..=100, default 20).
+    /// Items to return.
+    #[param(schema_with = crate::fields::limit)]
     limit: Option<u32>,
     /// `updated` (default) or `created`, newest first.
+    #[param(schema_with = crate::fields::order)]
     order: Option<String>,
     /// Only titles containing this text (case-insensitive, literal).
+    #[param(schema_with = crate::fields::search)]
     q: Option<String>,
     /// List archived conversations instead of active ones.
     archived: Option<bool>,
@@ -141,13 +145,18 @@ pub(crate) struct ConversationMeta {
     updated_at: String,
 }
 
-/// A change to a conversation: either field, or both.
+/// A change to a conversation: either field, or both (neither may be
+/// `null`).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConversationPatchBody {
-    /// A new title (1..=200 characters).
+    /// A new title.
+    #[serde(default, deserialize_with = "crate::extract::present")]
+    #[schema(schema_with = crate::fields::title)]
     title: Option<String>,
     /// Archive (true) or restore (false).
+    #[serde(default, deserialize_with = "crate::extract::present")]
+    #[schema(value_type = bool)]
     is_archived: Option<bool>,
 }
 

@@ -28,7 +28,7 @@ pub(crate) use conversations::{
 };
 pub(crate) use health::{Health, ReadinessBody};
 pub(crate) use schema::{AuthorView, ContentView, MessageMetadataView, MessageView};
-pub(crate) use send::{ContentInput, MessageInput, SendBody, SendOptions, SentBody};
+pub(crate) use send::{ContentInput, MessageBody, MessageInput, SendBody, SendOptions, SentBody};
 pub(crate) use users::{UserPage, UserPatch};
 
 /// What kind of route a path is: the middlewares decide by this (the rate
@@ -56,6 +56,7 @@ pub(crate) enum RouteClass {
 pub(crate) struct RouteClasses {
     prefixes: Vec<(&'static str, RouteClass)>,
     keyed_by_handler: Vec<(Method, ResourceDef)>,
+    served: Vec<(Method, ResourceDef)>,
 }
 
 impl RouteClasses {
@@ -73,10 +74,24 @@ impl RouteClasses {
             .filter(|e| e.keys_itself)
             .map(|e| (e.method.clone(), ResourceDef::new(e.path)))
             .collect();
+        let served = endpoints
+            .iter()
+            .map(|e| (e.method.clone(), ResourceDef::new(e.path)))
+            .collect();
         Self {
             prefixes,
             keyed_by_handler,
+            served,
         }
+    }
+
+    /// Whether an endpoint serves `method` on `path` (as routed): a method
+    /// the path doesn't take is answered 405 by the route, before any
+    /// middleware acts on the request.
+    pub(crate) fn serves(&self, method: &Method, path: &str) -> bool {
+        self.served
+            .iter()
+            .any(|(m, def)| m == method && def.is_match(path))
     }
 
     /// Whether the endpoint `method` `path` (as routed) claims its

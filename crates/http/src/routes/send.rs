@@ -16,7 +16,7 @@ use super::schema::MessageView;
 use crate::ApiError;
 use crate::auth::AuthUser;
 use crate::error::ErrorBody;
-use crate::extract::{parse, read_json_body};
+use crate::extract::{BodyLimits, parse, read_json_body};
 use crate::middleware::{Keyed, claim, requested_key};
 use crate::negotiate::{Preferred, preferred};
 use crate::sse;
@@ -27,8 +27,10 @@ use crate::{AppState, State};
 #[serde(deny_unknown_fields)]
 pub(crate) struct ContentInput {
     /// Must be `text`.
+    #[schema(schema_with = crate::fields::text_type)]
     content_type: String,
-    /// The text, in 1..=32 parts, at most 100000 characters in all.
+    /// The text.
+    #[schema(schema_with = crate::fields::parts)]
     parts: Vec<String>,
 }
 
@@ -36,9 +38,11 @@ pub(crate) struct ContentInput {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MessageInput {
-    /// Its id (1..=64 of `[A-Za-z0-9_-]`); generated when absent.
+    /// Its id; generated when absent.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     id: Option<String>,
     /// Must be `user`.
+    #[schema(schema_with = crate::fields::user_role)]
     role: String,
     /// The text.
     content: ContentInput,
@@ -48,24 +52,59 @@ pub(crate) struct MessageInput {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SendOptions {
-    /// Sampling temperature, 0..=2.
+    /// Sampling temperature.
+    #[schema(minimum = 0.0, maximum = 2.0)]
     temperature: Option<f64>,
 }
 
-/// A message to send (seed `000`'s shape).
+/// A message to send on the seed's route (seed `000`'s shape).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SendBody {
     /// Must be the caller's id when present (403 otherwise).
+    #[schema(value_type = Option<uuid::Uuid>)]
     user_id: Option<String>,
     /// The conversation to continue; absent starts a new one.
+    #[schema(value_type = Option<uuid::Uuid>)]
     conversation_id: Option<String>,
     /// Exactly one message, of role `user`.
+    #[schema(min_items = 1, max_items = 1)]
     messages: Vec<MessageInput>,
     /// A configured model; absent or `default` for the default.
+    #[schema(pattern = "^[A-Za-z0-9._:/-]{1,100}$")]
     model: Option<String>,
     /// Options.
     metadata: Option<SendOptions>,
+}
+
+/// A message to send on the canonical routes: the conversation is the
+/// path's, or a new one.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MessageBody {
+    /// Must be the caller's id when present (403 otherwise).
+    #[schema(value_type = Option<uuid::Uuid>)]
+    user_id: Option<String>,
+    /// Exactly one message, of role `user`.
+    #[schema(min_items = 1, max_items = 1)]
+    messages: Vec<MessageInput>,
+    /// A configured model; absent or `default` for the default.
+    #[schema(pattern = "^[A-Za-z0-9._:/-]{1,100}$")]
+    model: Option<String>,
+    /// Options.
+    metadata: Option<SendOptions>,
+}
+
+impl From<MessageBody> for SendBody {
+    fn from(body: MessageBody) -> Self {
+        Self {
+            user_id: body.user_id,
+            conversation_id: None,
+            messages: body.messages,
+            model: body.model,
+            metadata: body.metadata,
+        }
+    }
 }
 
 /// The answer in JSON mode (`Accept: application/json`).
@@ -100,16 +139,8 @@ fn input(
         .map(|raw| raw.parse::<ConversationId>())
         .transpose()
         .map_err(|_| invalid("conversation_id", "must be a conversation id (a UUID)"))?;
-    let conversation_id = match (path_id, body_id) {
-        (Some(p), Some(b)) if p != b => {
-            return Err(invalid(
-                "conversation_id",
-                "must match the conversation of the path",
-            ));
-        }
-        (Some(p), _) => Some(p),
-        (None, b) => b,
-    };
+    // Only the seed's route takes a body id, and it has no path id.
+    let conversation_id = path_id.or(body_id);
     let mut messages = body.messages;
     if messages.len() != 1 {
         return Err(invalid("messages", "must hold exactly one message"));
@@ -179,6 +210,9 @@ async fn finished(
 struct Target<'a> {
     path_id: Option<&'a str>,
     must_be_new: bool,
+    /// The body is seed `000`'s [`SendBody`] (with `conversation_id`),
+    /// else a [`MessageBody`].
+    seed_shape: bool,
 }
 
 /// A send: reads its body; with an `Idempotency-Key`, claims it, answers a
@@ -193,7 +227,11 @@ async fn send(
     target: Target<'_>,
 ) -> Result<HttpResponse, ApiError> {
     let key = requested_key(req)?;
-    let body = read_json_body(req, payload.into_inner(), state.body).await?;
+    let limits = BodyLimits {
+        max_bytes: state.body.max_send_bytes,
+        ..state.body
+    };
+    let body = read_json_body(req, payload.into_inner(), limits).await?;
     let Some(key) = key else {
         let (mode, started) = start(req, state, caller, &body, target).await?;
         return answer(state, caller, mode, &started).await;
@@ -228,7 +266,11 @@ async fn start(
     body: &[u8],
     target: Target<'_>,
 ) -> Result<(Preferred, Started), ApiError> {
-    let body: SendBody = parse(body)?;
+    let body: SendBody = if target.seed_shape {
+        parse(body)?
+    } else {
+        parse::<MessageBody>(body)?.into()
+    };
     let path_id = target.path_id.map(conversation_id).transpose()?;
     let input = input(body, path_id, target.must_be_new)?;
     let mode = mode(req)?;
@@ -261,7 +303,7 @@ async fn answer(
     path = "/api/v1/conversations",
     operation_id = "create_conversation",
     tag = "conversations",
-    request_body = SendBody,
+    request_body = MessageBody,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The answer's event stream (delta encoding v1).", content_type = "text/event-stream", body = String),
@@ -288,6 +330,7 @@ pub(crate) async fn create(
     let target = Target {
         path_id: None,
         must_be_new: true,
+        seed_shape: false,
     };
     send(&req, &state, &caller, payload, target).await
 }
@@ -299,7 +342,7 @@ pub(crate) async fn create(
     operation_id = "send_message",
     tag = "conversations",
     params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
-    request_body = SendBody,
+    request_body = MessageBody,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The answer's event stream (delta encoding v1), or in JSON mode the finished answer.", content(
@@ -330,6 +373,7 @@ pub(crate) async fn message(
     let target = Target {
         path_id: Some(id.as_str()),
         must_be_new: false,
+        seed_shape: false,
     };
     send(&req, &state, &caller, payload, target).await
 }
@@ -372,6 +416,7 @@ pub(crate) async fn seed(
     let target = Target {
         path_id: None,
         must_be_new: false,
+        seed_shape: true,
     };
     send(&req, &state, &caller, payload, target).await
 }

@@ -35,9 +35,11 @@ pub(crate) async fn me(state: State, AuthUser(caller): AuthUser) -> Result<HttpR
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PageQuery {
-    /// Items to skip (0..=100000).
+    /// Items to skip.
+    #[param(schema_with = crate::fields::offset)]
     offset: Option<u32>,
-    /// Items to return (1..=100, default 20).
+    /// Items to return.
+    #[param(schema_with = crate::fields::limit)]
     limit: Option<u32>,
 }
 

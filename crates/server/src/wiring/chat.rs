@@ -32,6 +32,8 @@ pub(crate) struct ChatWiring {
     pub(crate) conversations: Conversations,
     /// The built-in model, when it is the provider.
     pub(crate) loading: Option<Arc<LoadingModel>>,
+    /// The models a send may name: the default one first.
+    pub(crate) models: Vec<String>,
 }
 
 /// The chat model the configuration names: an OpenAI-compatible server,
@@ -146,6 +148,15 @@ pub(crate) async fn conversations(
         (None, true) => slug("default")?,
     };
     let loading = model.as_ref().and_then(|m| m.loading.clone());
+    let allowed_models: Vec<ModelSlug> = llm
+        .models
+        .iter()
+        .map(|m| slug(m))
+        .collect::<Result<_, _>>()?;
+    let models = std::iter::once(&default_model)
+        .chain(&allowed_models)
+        .map(|m| m.as_str().to_owned())
+        .collect();
     let conversations = Conversations::new(
         ConversationPorts {
             conversations: wired.store.clone(),
@@ -162,11 +173,7 @@ pub(crate) async fn conversations(
         },
         ConversationRules {
             default_model,
-            allowed_models: llm
-                .models
-                .iter()
-                .map(|m| slug(m))
-                .collect::<Result<_, _>>()?,
+            allowed_models,
             max_tokens,
             system_prompt: llm.system_prompt.clone(),
             prompt_budget_chars: llm.prompt_budget_chars.get(),
@@ -182,5 +189,6 @@ pub(crate) async fn conversations(
     Ok(ChatWiring {
         conversations,
         loading,
+        models,
     })
 }

@@ -1,0 +1,373 @@
+//! The OpenAPI schema of each validated field, built from the rule the
+//! domain (or the HTTP edge) checks it by: a length, range or word list is
+//! written once, in the type that enforces it, and read here, so the
+//! document can't promise what the validation refuses.
+//!
+//! What utoipa can't express (`not`, `minProperties`, `contains`) is added
+//! to the serialised document by [`refine`].
+
+use confab_domain::{
+    Content, Email, EventName, ListOrder, PageRequest, Password, SearchQuery, Title, Username,
+};
+use serde_json::{Value, json};
+use utoipa::openapi::schema::{Array, ArrayBuilder, Object, ObjectBuilder, SchemaFormat, Type};
+
+use crate::middleware::MAX_KEY_LEN;
+
+/// The white space `str::trim` drops beyond the control characters
+/// (Unicode `White_Space`, as a character-class body).
+const SPACES: &str = r" \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+/// Every white space character `str::trim` drops (Unicode `White_Space`,
+/// as a character-class body).
+const WHITE_SPACE: &str =
+    r"\t\n\u000b\u000c\r\u0085 \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+/// The control characters (`char::is_control`, as a character-class body).
+const CONTROLS: &str = r"\u0000-\u001f\u007f-\u009f";
+
+fn string(min: Option<usize>, max: Option<usize>) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(min)
+        .max_length(max)
+}
+
+fn integer(min: u32, max: u32) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(
+            utoipa::openapi::KnownFormat::Int32,
+        )))
+        .minimum(Some(min))
+        .maximum(Some(max))
+}
+
+/// A new account's username ([`Username::parse`]; the reserved names are
+/// excluded by [`refine`]).
+pub(crate) fn username() -> Object {
+    string(Some(Username::MIN_CHARS), Some(Username::MAX_CHARS))
+        .pattern(Some("^[A-Za-z0-9_-]+$"))
+        .description(Some(format!(
+            "{} to {} letters, digits, `_` and `-`; not {} in any case; stored lower-case.",
+            Username::MIN_CHARS,
+            Username::MAX_CHARS,
+            Username::RESERVED.join(", ")
+        )))
+        .examples(["alice"])
+        .build()
+}
+
+/// A new account's e-mail address ([`Email::parse`]).
+pub(crate) fn email() -> Object {
+    string(Some(Email::MIN_CHARS), Some(Email::MAX_CHARS))
+        .pattern(Some(Email::PATTERN))
+        .description(Some("`local@domain.tld`, ASCII; stored lower-case."))
+        .examples(["alice@example.com"])
+        .build()
+}
+
+/// A new password ([`Password::new_for`]; the common ones are excluded by
+/// [`refine`]).
+pub(crate) fn new_password() -> Object {
+    string(Some(Password::MIN_CHARS), Some(Password::MAX_CHARS))
+        .format(Some(SchemaFormat::Custom("password".to_owned())))
+        .pattern(Some(r"^[^\u0000]*$"))
+        .description(Some(format!(
+            "{} to {} characters, no NUL; must not contain the username, equal the e-mail \
+             address or be one of the most common passwords (in any case).",
+            Password::MIN_CHARS,
+            Password::MAX_CHARS
+        )))
+        .examples(["correct horse battery staple"])
+        .build()
+}
+
+/// A conversation title ([`Title::parse`]).
+pub(crate) fn title() -> Object {
+    string(Some(1), Some(Title::MAX_CHARS))
+        .pattern(Some(format!(
+            "^[^{CONTROLS}]*[^{CONTROLS}{SPACES}][^{CONTROLS}]*$"
+        )))
+        .description(Some(format!(
+            "1 to {} characters, no control character, not only white space; stored \
+             without leading and trailing white space.",
+            Title::MAX_CHARS
+        )))
+        .build()
+}
+
+/// A message's text parts ([`Content::text`]; that one is not blank is
+/// added by [`refine`]).
+pub(crate) fn parts() -> Array {
+    ArrayBuilder::new()
+        .items(string(None, Some(Content::MAX_CHARS)).pattern(Some(r"^[^\u0000]*$")))
+        .min_items(Some(1))
+        .max_items(Some(Content::MAX_PARTS))
+        .description(Some(format!(
+            "The text, in 1 to {} parts, at most {} characters in all, not only white space.",
+            Content::MAX_PARTS,
+            Content::MAX_CHARS
+        )))
+        .build()
+}
+
+/// One allowed string.
+fn only(value: &'static str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([value]))
+        .build()
+}
+
+/// A sent message's `role`: `user`.
+pub(crate) fn user_role() -> Object {
+    only("user")
+}
+
+/// A sent message's `content_type`: `text`.
+pub(crate) fn text_type() -> Object {
+    only("text")
+}
+
+/// A list's `offset` ([`PageRequest::new`]).
+pub(crate) fn offset() -> Object {
+    integer(0, PageRequest::MAX_OFFSET)
+        .description(Some("Items to skip."))
+        .default(Some(json!(0)))
+        .build()
+}
+
+/// A list's `limit` ([`PageRequest::new`]).
+pub(crate) fn limit() -> Object {
+    integer(1, PageRequest::MAX_LIMIT)
+        .description(Some("Items to return."))
+        .default(Some(json!(PageRequest::DEFAULT_LIMIT)))
+        .build()
+}
+
+/// A conversation list's `order` ([`ListOrder::parse`]).
+pub(crate) fn order() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(ListOrder::NAMES))
+        .description(Some("Newest first, by last change or by creation."))
+        .default(Some(json!(ListOrder::NAMES[0])))
+        .build()
+}
+
+/// A conversation list's `q` ([`SearchQuery::parse`]; empty is no search).
+pub(crate) fn search() -> Object {
+    string(None, Some(SearchQuery::MAX_CHARS))
+        .pattern(Some(r"^[^\u0000]*$"))
+        .description(Some(
+            "Only titles containing this text (case-insensitive, literal); empty is no search.",
+        ))
+        .build()
+}
+
+/// An `Idempotency-Key` (`valid_key` in the idempotency middleware).
+pub(crate) fn idempotency_key() -> Object {
+    string(Some(1), Some(MAX_KEY_LEN))
+        .pattern(Some(IDEMPOTENCY_KEY_PATTERN))
+        .build()
+}
+
+/// The keys the idempotency middleware accepts: printable ASCII, no white
+/// space at either end (a header value's ends are trimmed in transit).
+pub(crate) const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]([ -~]{0,253}[!-~])?$";
+
+/// `^(?:w1|w2|…)$` matching each word in any case, for a `not`.
+fn any_case(words: &[&str]) -> String {
+    let alternatives: Vec<String> = words
+        .iter()
+        .map(|word| {
+            word.chars()
+                .map(|c| {
+                    if c.is_ascii_alphabetic() {
+                        format!("[{}{}]", c.to_ascii_lowercase(), c.to_ascii_uppercase())
+                    } else if r"\^$.|?*+()[]{}/".contains(c) {
+                        format!("\\{c}")
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    format!("^(?:{})$", alternatives.join("|"))
+}
+
+/// One event of an event stream, as an SSE parser reads it: `data` is the
+/// text of its `data:` lines (JSON, or `[DONE]` at the end); an event
+/// sent without a name is a `message` (the SSE default).
+fn stream_event() -> Value {
+    let names: Vec<&str> = std::iter::once("message")
+        .chain(EventName::ALL.iter().map(|n| n.as_str()))
+        .collect();
+    json!({
+        "type": "object",
+        "description": "One server-sent event of a delta-encoding v1 stream (see docs/api.md): \
+                        `id` to resume after (`Last-Event-ID`), `event` its name \
+                        (`message` when the server sent none), `data` its text.",
+        "required": ["data"],
+        "properties": {
+            "id": { "type": "string" },
+            "event": { "type": "string", "enum": names },
+            "data": { "type": "string" },
+            "retry": { "type": "integer", "minimum": 0 }
+        }
+    })
+}
+
+/// Adds to the serialised document what utoipa's builders can't say.
+pub(crate) fn refine(doc: &mut Value) {
+    // Each event of a `text/event-stream` answer (OpenAPI 3.1 reads a
+    // stream's `schema` as one event's).
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for op in paths.values_mut().filter_map(Value::as_object_mut) {
+            for operation in op.values_mut() {
+                let Some(responses) = operation["responses"].as_object_mut() else {
+                    continue;
+                };
+                for response in responses.values_mut() {
+                    if let Some(media) = response
+                        .get_mut("content")
+                        .and_then(|c| c.get_mut("text/event-stream"))
+                    {
+                        media["schema"] = json!({ "$ref": "#/components/schemas/StreamEvent" });
+                    }
+                }
+            }
+        }
+    }
+    doc["components"]["schemas"]["StreamEvent"] = stream_event();
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["RegisterRequest"]["properties"]["username"]["not"] =
+        json!({ "pattern": any_case(Username::RESERVED) });
+    schemas["RegisterRequest"]["properties"]["password"]["not"] =
+        json!({ "pattern": any_case(Password::COMMON) });
+    schemas["ConversationPatchBody"]["minProperties"] = json!(1);
+    // A person's message: at least one part that is not only white space.
+    schemas["ContentInput"]["properties"]["parts"]["contains"] =
+        json!({ "type": "string", "pattern": format!("[^{WHITE_SPACE}]") });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use confab_domain::{Email, Password, Title, Username};
+    use regex::Regex;
+
+    use super::*;
+
+    /// Strings near each rule's edges, from a small alphabet.
+    fn samples(alphabet: &[&str], lengths: &[usize]) -> Vec<String> {
+        let mut out = vec![String::new()];
+        for _ in 0..3 {
+            out = out
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .chain(out.iter().cloned())
+                .collect();
+        }
+        for &len in lengths {
+            for c in alphabet {
+                out.push(c.repeat(len));
+                out.push(format!("{}x", c.repeat(len.saturating_sub(1))));
+            }
+        }
+        out
+    }
+
+    fn matches(schema: &Object, value: &str) -> bool {
+        let pattern = schema.pattern.as_deref().unwrap();
+        let chars = value.chars().count();
+        Regex::new(pattern).unwrap().is_match(value)
+            && schema.min_length.is_none_or(|min| chars >= min)
+            && schema.max_length.is_none_or(|max| chars <= max)
+    }
+
+    fn not_pattern(words: &[&str], value: &str) -> bool {
+        !Regex::new(&any_case(words)).unwrap().is_match(value)
+    }
+
+    #[test]
+    fn the_documented_title_is_the_domains() {
+        let schema = title();
+        let alphabet = [
+            "a", " ", "\t", "\u{a0}", "\u{85}", "é", "\u{1}", "\0", "\u{3000}",
+        ];
+        for value in samples(&alphabet, &[199, 200, 201]) {
+            assert_eq!(
+                Title::parse(&value).is_ok(),
+                matches(&schema, &value),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_documented_username_is_the_domains() {
+        let schema = username();
+        let mut values = samples(&["a", "Z", "_", "-", "0", " ", "é"], &[31, 32, 33]);
+        values.extend(["admin", "ROOT", "Null", "undefined", "admins"].map(str::to_owned));
+        for value in values {
+            let documented = matches(&schema, &value) && not_pattern(Username::RESERVED, &value);
+            assert_eq!(Username::parse(&value).is_ok(), documented, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn the_documented_email_is_the_domains() {
+        let schema = email();
+        let mut values = samples(&["a", "@", ".", "-", "+", "é"], &[]);
+        values.extend(
+            [
+                "alice@example.com",
+                "a.b+c_d-e@x-y.example.org",
+                "a..b@x.io",
+                ".a@x.io",
+                "a.@x.io",
+                "a@-x.io",
+                "a@x-.io",
+                "a@x.i",
+                "a@x.i0",
+                "a@x",
+                "a@@x.io",
+                "a@x..io",
+                "|a@x.io",
+            ]
+            .map(str::to_owned),
+        );
+        values.push(format!("{}@x.io", "a".repeat(250)));
+        values.push(format!("{}@x.io", "a".repeat(249)));
+        for value in values {
+            assert_eq!(
+                Email::parse(&value).is_ok(),
+                matches(&schema, &value),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_documented_password_is_the_domains() {
+        let schema = new_password();
+        let username = Username::parse("zed").unwrap();
+        let email = Email::parse("zed@example.com").unwrap();
+        let mut values = samples(&["a", "1", " ", "\0", "é"], &[7, 8, 128, 129]);
+        values.extend(Password::COMMON.iter().map(|p| p.to_uppercase()));
+        values.extend(Password::COMMON.iter().map(|p| (*p).to_owned()));
+        for value in values {
+            // The rules that name the account are the document's prose.
+            if value.to_lowercase().contains("zed") {
+                continue;
+            }
+            let documented = matches(&schema, &value) && not_pattern(Password::COMMON, &value);
+            assert_eq!(
+                Password::new_for(&value, &username, &email).is_ok(),
+                documented,
+                "{value:?}"
+            );
+        }
+    }
+}
