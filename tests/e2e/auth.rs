@@ -29,7 +29,7 @@ on_both_backends!(
     no_password_or_token_in_the_logs,
     a_login_flood_past_the_hashing_bound_is_a_fast_503,
     percent_encoded_paths_are_limited_and_not_cached,
-    nul_byte_in_the_login_name_is_400_not_500,
+    nul_byte_in_the_login_name_is_422_not_500,
     refresh_from_a_browser_with_an_empty_json_body_uses_the_cookie,
     user_data_is_not_cacheable,
 );
@@ -55,7 +55,7 @@ async fn percent_encoded_paths_are_limited_and_not_cached(backend: Backend) {
     error_body(app.get("/%61pi/v1/openapi.json").await, 429, "RATE_LIMITED").await;
 }
 
-async fn nul_byte_in_the_login_name_is_400_not_500(backend: Backend) {
+async fn nul_byte_in_the_login_name_is_422_not_500(backend: Backend) {
     let app = spawn_app(backend);
     let res = app
         .post_json(
@@ -63,7 +63,7 @@ async fn nul_byte_in_the_login_name_is_400_not_500(backend: Backend) {
             &json!({"username": "a\u{0}b", "password": PASSWORD}),
         )
         .await;
-    let err = error_body(res, 400, "VALIDATION_ERROR").await;
+    let err = error_body(res, 422, "VALIDATION_ERROR").await;
     assert_eq!(err["field"], "username");
     let long = "x".repeat(300);
     let res = app
@@ -72,7 +72,7 @@ async fn nul_byte_in_the_login_name_is_400_not_500(backend: Backend) {
             &json!({"username": long, "password": PASSWORD}),
         )
         .await;
-    error_body(res, 400, "VALIDATION_ERROR").await;
+    error_body(res, 422, "VALIDATION_ERROR").await;
 }
 
 async fn refresh_from_a_browser_with_an_empty_json_body_uses_the_cookie(backend: Backend) {
@@ -237,7 +237,7 @@ async fn login_by_email_and_me(backend: Backend) {
     let both = json!({"username": "ben", "email": "ben@example.com", "password": PASSWORD});
     error_body(
         app.post_json("/api/v1/auth/login", &both).await,
-        400,
+        422,
         "VALIDATION_ERROR",
     )
     .await;
@@ -664,7 +664,7 @@ async fn admin_route_is_403_for_a_user_and_200_for_an_admin(backend: Backend) {
     assert!(page["items"][0].get("password_hash").is_none());
     error_body(
         app.get_auth("/api/v1/admin/users?limit=101", &admin).await,
-        400,
+        422,
         "VALIDATION_ERROR",
     )
     .await;

@@ -15,7 +15,7 @@ on_both_backends!(
     other_users_conversation_is_not_found_on_every_route,
     deleted_conversation_is_gone_everywhere,
     mass_assignment_fields_are_refused,
-    nul_bytes_are_400_not_500,
+    nul_bytes_are_422_not_500,
     pagination_bounds_and_totals,
     list_and_history_caches_are_invalidated_by_writes,
     etag_revalidation_gives_304_until_the_conversation_changes,
@@ -367,11 +367,13 @@ async fn mass_assignment_fields_are_refused(backend: Backend) {
         "/backend-api/f/conversation".to_owned(),
     ];
     let text = json!({"content_type": "text", "parts": ["hi"]});
-    let mut refused: Vec<(Value, &str)> = Vec::new();
+    // Unknown fields are the body's form (400); a role other than `user`
+    // is a well-formed body breaking a rule (422).
+    let mut refused: Vec<(Value, &str, u16)> = Vec::new();
     for field in ["role", "status", "created_at", "owner"] {
         let mut body = message_body("hi");
         body[field] = json!("admin");
-        refused.push((body, field));
+        refused.push((body, field, 400));
     }
     for (field, value) in [
         ("status", json!("finished_successfully")),
@@ -380,26 +382,29 @@ async fn mass_assignment_fields_are_refused(backend: Backend) {
     ] {
         let mut message = json!({"role": "user", "content": text});
         message[field] = value;
-        refused.push((json!({"messages": [message]}), field));
+        refused.push((json!({"messages": [message]}), field, 400));
     }
     for role in ["assistant", "system"] {
         refused.push((
             json!({"messages": [{"role": role, "content": text}]}),
             "role",
+            422,
         ));
     }
     refused.push((
         json!({"messages": [{"role": "user", "content": {"content_type": "text", "parts": ["hi"], "status": "x"}}]}),
         "status",
+        400,
     ));
     refused.push((
         json!({"messages": [{"role": "user", "content": text}], "metadata": {"user_id": me}}),
         "user_id",
+        400,
     ));
     for path in &paths {
-        for (body, field) in &refused {
+        for (body, field, status) in &refused {
             let res = app.send_message(path, &token, body).await;
-            let err = error_body(res, 400, "VALIDATION_ERROR").await;
+            let err = error_body(res, *status, "VALIDATION_ERROR").await;
             let named = err["field"].as_str().unwrap_or_default();
             assert!(
                 named.ends_with(field),
@@ -416,13 +421,14 @@ async fn mass_assignment_fields_are_refused(backend: Backend) {
         let res = app.send_message(path, &token, &body).await;
         error_body(res, 403, "FORBIDDEN").await;
     }
-    for patch in [
-        json!({"user_id": eve}),
-        json!({"created_at": "2000-01-01T00:00:00Z"}),
-        json!({"title": "x", "owner": eve}),
-        json!({"updated_at": "2000-01-01T00:00:00Z"}),
-        json!({"is_deleted": true}),
-        json!({}),
+    // Unknown fields: 400; nothing to change: 422.
+    for (patch, status) in [
+        (json!({"user_id": eve}), 400),
+        (json!({"created_at": "2000-01-01T00:00:00Z"}), 400),
+        (json!({"title": "x", "owner": eve}), 400),
+        (json!({"updated_at": "2000-01-01T00:00:00Z"}), 400),
+        (json!({"is_deleted": true}), 400),
+        (json!({}), 422),
     ] {
         for surface in ["/api/v1/conversations", "/backend-api/conversation"] {
             let res = app
@@ -433,7 +439,7 @@ async fn mass_assignment_fields_are_refused(backend: Backend) {
                     Some(&patch),
                 )
                 .await;
-            error_body(res, 400, "VALIDATION_ERROR").await;
+            error_body(res, status, "VALIDATION_ERROR").await;
         }
     }
 
@@ -473,7 +479,7 @@ async fn mass_assignment_fields_are_refused(backend: Backend) {
     assert_eq!(page["total"], 2, "{page}");
 }
 
-async fn nul_bytes_are_400_not_500(backend: Backend) {
+async fn nul_bytes_are_422_not_500(backend: Backend) {
     let llm = FakeLlm::start();
     let app = spawn_chat(backend, &llm, &[]);
     let token = app.user("ada").await;
@@ -497,22 +503,23 @@ async fn nul_bytes_are_400_not_500(backend: Backend) {
         json!({"messages": [{"role": "user", "content": {"content_type": "text\u{0000}", "parts": ["hi"]}}]}),
         json!({"model": "fake\u{0000}model", "messages": [{"role": "user", "content": {"content_type": "text", "parts": ["hi"]}}]}),
     ];
+    // Well-formed JSON whose values break the rules: 422.
     for path in &paths {
         for body in &bad_bodies {
             let res = send_json(&app, path, &token, body).await;
-            let err = error_body(res, 400, "VALIDATION_ERROR").await;
+            let err = error_body(res, 422, "VALIDATION_ERROR").await;
             assert!(err["field"].is_string(), "{path} {body}: {err}");
         }
         // A bad message id is named by its path in the body.
         let res = send_json(&app, path, &token, &bad_bodies[3]).await;
-        let err = error_body(res, 400, "VALIDATION_ERROR").await;
+        let err = error_body(res, 422, "VALIDATION_ERROR").await;
         assert_eq!(err["field"], "messages[0].id", "{path}");
     }
     // A NUL in a conversation id of the body.
     let mut body = message_body("hi");
     body["conversation_id"] = json!(format!("{existing}\u{0000}"));
     let res = send_json(&app, "/backend-api/f/conversation", &token, &body).await;
-    let err = error_body(res, 400, "VALIDATION_ERROR").await;
+    let err = error_body(res, 422, "VALIDATION_ERROR").await;
     assert_eq!(err["field"], "conversation_id");
     // A NUL escaped in raw JSON text.
     let raw =
@@ -526,7 +533,7 @@ async fn nul_bytes_are_400_not_500(backend: Backend) {
         .send()
         .await
         .expect("POST");
-    error_body(res, 400, "VALIDATION_ERROR").await;
+    error_body(res, 422, "VALIDATION_ERROR").await;
 
     for surface in ["/api/v1/conversations", "/backend-api/conversation"] {
         for title in ["bad\u{0000}title", "\u{0000}", "tab\u{0009}title"] {
@@ -538,13 +545,13 @@ async fn nul_bytes_are_400_not_500(backend: Backend) {
                     Some(&json!({"title": title})),
                 )
                 .await;
-            let err = error_body(res, 400, "VALIDATION_ERROR").await;
+            let err = error_body(res, 422, "VALIDATION_ERROR").await;
             assert_eq!(err["field"], "title", "{err}");
         }
     }
     // NUL in a search, and in a path id.
     let res = app.get_auth("/api/v1/conversations?q=a%00b", &token).await;
-    error_body(res, 400, "VALIDATION_ERROR").await;
+    error_body(res, 422, "VALIDATION_ERROR").await;
     let res = app
         .get_auth(&format!("/api/v1/conversations/{existing}%00"), &token)
         .await;
@@ -567,28 +574,30 @@ async fn pagination_bounds_and_totals(backend: Backend) {
     let second = id_of(&new_conversation(&app, &token, "two").await);
     let third = id_of(&new_conversation(&app, &token, "three").await);
 
-    for query in [
-        "limit=0",
-        "limit=101",
-        "limit=-1",
-        "limit=abc",
-        "offset=100001",
-        "offset=-1",
-        "order=sideways",
-        "order=",
-        "archived=maybe",
-        "page=2",
-        "sort=title",
-        "user_id=someone",
+    // Out of range or not an allowed value: 422. Not a number, not a
+    // boolean or not a parameter at all: the query's form, 400.
+    for (query, status) in [
+        ("limit=0", 422),
+        ("limit=101", 422),
+        ("limit=-1", 400),
+        ("limit=abc", 400),
+        ("offset=100001", 422),
+        ("offset=-1", 400),
+        ("order=sideways", 422),
+        ("order=", 422),
+        ("archived=maybe", 400),
+        ("page=2", 400),
+        ("sort=title", 400),
+        ("user_id=someone", 400),
     ] {
         let res = app
             .get_auth(&format!("/api/v1/conversations?{query}"), &token)
             .await;
-        error_body(res, 400, "VALIDATION_ERROR").await;
+        error_body(res, status, "VALIDATION_ERROR").await;
         let res = app
             .get_auth(&format!("/backend-api/conversations?{query}"), &token)
             .await;
-        error_body(res, 400, "VALIDATION_ERROR").await;
+        error_body(res, status, "VALIDATION_ERROR").await;
     }
     for (query, field) in [
         ("limit=0", "limit"),
@@ -599,7 +608,7 @@ async fn pagination_bounds_and_totals(backend: Backend) {
         let res = app
             .get_auth(&format!("/api/v1/conversations?{query}"), &token)
             .await;
-        let err = error_body(res, 400, "VALIDATION_ERROR").await;
+        let err = error_body(res, 422, "VALIDATION_ERROR").await;
         assert_eq!(err["field"], field, "{query}: {err}");
     }
 
@@ -705,7 +714,7 @@ async fn pagination_bounds_and_totals(backend: Backend) {
             &token,
         )
         .await;
-    let err = error_body(res, 400, "VALIDATION_ERROR").await;
+    let err = error_body(res, 422, "VALIDATION_ERROR").await;
     assert_eq!(err["field"], "q");
 }
 
@@ -1177,7 +1186,7 @@ async fn json_mode_and_both_surfaces(backend: Backend) {
     let mut bad = message_body("hi");
     bad["conversation_id"] = json!("not-a-uuid");
     let res = send_json(&app, "/backend-api/f/conversation", &token, &bad).await;
-    let err = error_body(res, 400, "VALIDATION_ERROR").await;
+    let err = error_body(res, 422, "VALIDATION_ERROR").await;
     assert_eq!(err["field"], "conversation_id");
 
     let page = get_json(&app, "/api/v1/conversations", &token).await;
@@ -1205,7 +1214,7 @@ async fn unknown_model_is_refused_and_allowed_ones_reach_upstream(backend: Backe
 
     for model in ["gpt-nope", "gpt-4o", "FAKE-MODEL", "other-model ", ""] {
         let res = send_json(&app, &path, &token, &with(Some(model), None)).await;
-        let err = error_body(res, 400, "VALIDATION_ERROR").await;
+        let err = error_body(res, 422, "VALIDATION_ERROR").await;
         assert_eq!(err["field"], "model", "{model:?}: {err}");
         // The refusal does not echo what was asked for.
         assert!(
@@ -1220,7 +1229,7 @@ async fn unknown_model_is_refused_and_allowed_ones_reach_upstream(backend: Backe
         &with(Some("gpt-nope"), None),
     )
     .await;
-    error_body(res, 400, "VALIDATION_ERROR").await;
+    error_body(res, 422, "VALIDATION_ERROR").await;
     for t in [
         json!(2.5),
         json!(-0.1),
@@ -1234,7 +1243,9 @@ async fn unknown_model_is_refused_and_allowed_ones_reach_upstream(backend: Backe
             assert_eq!(res.status(), 200, "temperature null");
             continue;
         }
-        let err = error_body(res, 400, "VALIDATION_ERROR").await;
+        // A number out of range breaks a rule; a string is the wrong type.
+        let status = if t.is_string() { 400 } else { 422 };
+        let err = error_body(res, status, "VALIDATION_ERROR").await;
         let field = err["field"].as_str().unwrap_or_default();
         assert!(field.ends_with("temperature"), "{t}: {err}");
     }

@@ -50,15 +50,18 @@ async fn a_conversation_change_takes_no_null_and_a_title_as_documented(backend: 
             .json(&body)
             .send()
     };
-    for (body, field) in [
-        (json!({"title": null}), "title"),
-        (json!({"is_archived": null}), "is_archived"),
-        (json!({"title": null, "is_archived": true}), "title"),
-        (json!({"title": "\ttabbed"}), "title"),
-        (json!({"title": "  \u{3000} "}), "title"),
-        (json!({"title": "x".repeat(201)}), "title"),
+    // `null` is a value of the wrong type (400); a title breaking its rule
+    // is 422.
+    for (body, field, status) in [
+        (json!({"title": null}), "title", 400),
+        (json!({"is_archived": null}), "is_archived", 400),
+        (json!({"title": null, "is_archived": true}), "title", 400),
+        (json!({"title": "\ttabbed"}), "title", 422),
+        (json!({"title": "  \u{3000} "}), "title", 422),
+        (json!({"title": "x".repeat(201)}), "title", 422),
     ] {
-        let err = error_body(patch(body.clone()).await.unwrap(), 400, "VALIDATION_ERROR").await;
+        let res = patch(body.clone()).await.unwrap();
+        let err = error_body(res, status, "VALIDATION_ERROR").await;
         assert_eq!(err["field"], field, "{body}");
     }
     // At the edges: 200 characters with white space around, trimmed.
@@ -114,10 +117,10 @@ async fn the_longest_message_fits_a_send_however_its_json_escapes_it(backend: Ba
     assert_eq!(res.status(), 201);
     let sent: Value = res.json().await.unwrap();
     assert_eq!(sent["input_message"]["content"]["parts"][0], text);
-    // One character more is the domain's 400, not the body limit's 413.
+    // One character more is the domain's 422, not the body limit's 413.
     let mut longer = message_body(&"a".repeat(100_001));
     let res = send(longer.to_string()).await.unwrap();
-    let err = error_body(res, 400, "VALIDATION_ERROR").await;
+    let err = error_body(res, 422, "VALIDATION_ERROR").await;
     assert_eq!(err["field"], "messages[0].content.parts");
     // Past the send limit (2 MiB) is 413.
     longer["messages"][0]["content"]["parts"][0] = json!("a".repeat(2 * 1024 * 1024));

@@ -103,13 +103,13 @@ async fn megabyte_password_is_refused_before_hashing(backend: Backend) {
         "PAYLOAD_TOO_LARGE",
     )
     .await;
-    // Just over the policy cap but inside the body limit: 400 on the field.
+    // Just over the policy cap but inside the body limit: 422 on the field.
     let body = serde_json::json!({
         "username": "mallory", "email": "m@example.com", "password": "p".repeat(129),
     });
     let err = error_body(
         app.post_json("/api/v1/auth/register", &body).await,
-        400,
+        422,
         "VALIDATION_ERROR",
     )
     .await;

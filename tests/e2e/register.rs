@@ -6,8 +6,8 @@ use confab_sql::Backend;
 on_both_backends!(
     register_creates_a_user_without_secrets,
     taken_username_or_email_is_409,
-    each_rule_is_400_naming_its_field,
-    nul_byte_in_a_field_is_400_not_500,
+    each_rule_is_422_naming_its_field,
+    nul_byte_in_a_field_is_422_not_500,
 );
 
 async fn register_creates_a_user_without_secrets(backend: Backend) {
@@ -56,7 +56,7 @@ async fn taken_username_or_email_is_409(backend: Backend) {
     assert_eq!(err["field"], "email");
 }
 
-async fn each_rule_is_400_naming_its_field(backend: Backend) {
+async fn each_rule_is_422_naming_its_field(backend: Backend) {
     let app = spawn_app(backend);
     for (username, email, password, field) in [
         ("ab", "a@example.com", "correct horse battery", "username"),
@@ -75,7 +75,7 @@ async fn each_rule_is_400_naming_its_field(backend: Backend) {
         let body = serde_json::json!({"username": username, "email": email, "password": password});
         let err = error_body(
             app.post_json("/api/v1/auth/register", &body).await,
-            400,
+            422,
             "VALIDATION_ERROR",
         )
         .await;
@@ -83,7 +83,7 @@ async fn each_rule_is_400_naming_its_field(backend: Backend) {
     }
 }
 
-async fn nul_byte_in_a_field_is_400_not_500(backend: Backend) {
+async fn nul_byte_in_a_field_is_422_not_500(backend: Backend) {
     let app = spawn_app(backend);
     for (body, field) in [
         (
@@ -100,7 +100,7 @@ async fn nul_byte_in_a_field_is_400_not_500(backend: Backend) {
         ),
     ] {
         let res = app.post_json("/api/v1/auth/register", &body).await;
-        let err = error_body(res, 400, "VALIDATION_ERROR").await;
+        let err = error_body(res, 422, "VALIDATION_ERROR").await;
         assert_eq!(err["field"], field, "{err}");
     }
 }

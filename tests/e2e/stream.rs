@@ -324,7 +324,7 @@ async fn resume_needs_the_owner_and_the_streams_resume_token(backend: Backend) {
     // The owner needs the token, a real one, and an id the stream gave.
     let missing = error_body(
         resume(ada.clone(), None, None).await.unwrap(),
-        400,
+        422,
         "VALIDATION_ERROR",
     )
     .await;
@@ -349,7 +349,7 @@ async fn resume_needs_the_owner_and_the_streams_resume_token(backend: Backend) {
         resume(ada.clone(), Some(token.clone()), Some("9999"))
             .await
             .unwrap(),
-        400,
+        422,
         "VALIDATION_ERROR",
     )
     .await;
@@ -357,7 +357,7 @@ async fn resume_needs_the_owner_and_the_streams_resume_token(backend: Backend) {
         resume(ada.clone(), Some(token.clone()), Some("abc"))
             .await
             .unwrap(),
-        400,
+        422,
         "VALIDATION_ERROR",
     )
     .await;

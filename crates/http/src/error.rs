@@ -115,10 +115,25 @@ impl ApiError {
         }
     }
 
-    /// 400 `VALIDATION_ERROR`, naming the field when there is one.
+    /// 422 `VALIDATION_ERROR`: a well-formed request that breaks a rule
+    /// (too short, out of range, not one of the allowed values), naming the
+    /// field when there is one.
     pub fn validation(field: Option<String>, message: impl Into<Cow<'static, str>>) -> Self {
-        let mut e = Self::new(StatusCode::BAD_REQUEST, ErrorCode::ValidationError, message);
+        let mut e = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::ValidationError,
+            message,
+        );
         e.field = field.map(Cow::Owned);
+        e
+    }
+
+    /// 400 `VALIDATION_ERROR`: a request that isn't well-formed (not JSON,
+    /// a value of the wrong type, an unknown or missing field, a malformed
+    /// header or query), naming the field when there is one.
+    pub fn malformed(field: Option<String>, message: impl Into<Cow<'static, str>>) -> Self {
+        let mut e = Self::validation(field, message);
+        e.status = StatusCode::BAD_REQUEST;
         e
     }
 

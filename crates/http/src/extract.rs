@@ -77,7 +77,7 @@ pub(crate) async fn read_limited(
         let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
         while let Some(chunk) = payload.next().await {
             let chunk = chunk
-                .map_err(|_| ApiError::validation(None, "the request body could not be read"))?;
+                .map_err(|_| ApiError::malformed(None, "the request body could not be read"))?;
             if body.len() + chunk.len() > limit {
                 return Err(ApiError::payload_too_large(limit));
             }
@@ -187,11 +187,30 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             serde_json::error::Category::Data => field_name(&path, &inner.to_string()),
             _ => None,
         };
-        ApiError::validation(field, describe(&inner))
+        let message = describe(&inner);
+        if breaks_a_rule(&inner) {
+            ApiError::validation(field, message)
+        } else {
+            ApiError::malformed(field, message)
+        }
     })?;
     de.end()
-        .map_err(|e| ApiError::validation(None, describe(&e)))?;
+        .map_err(|e| ApiError::malformed(None, describe(&e)))?;
     Ok(value)
+}
+
+/// Whether serde refused a well-formed document for a value that breaks a
+/// rule (422): a value of the right type but not an allowed one, or a
+/// domain rule of a `TryFrom`. Malformed JSON, a value of the wrong type and
+/// an unknown or missing field are the document's form (400).
+fn breaks_a_rule(err: &serde_json::Error) -> bool {
+    if err.classify() != serde_json::error::Category::Data {
+        return false;
+    }
+    let text = err.to_string();
+    !["invalid type", "unknown field", "missing field"]
+        .iter()
+        .any(|form| text.starts_with(form))
 }
 
 /// The field to name: the serde path, or for a missing or unknown field
@@ -252,6 +271,7 @@ fn without_value(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use actix_web::ResponseError;
     use serde::Deserialize;
 
     use super::*;
@@ -313,6 +333,53 @@ mod tests {
             without_value("unknown variant `hunter2`, expected `a` or `b` at line 1 column 9"),
             "unknown variant: expected `a` or `b`"
         );
+    }
+
+    fn status_of(json: &str) -> u16 {
+        parse::<Outer>(json.as_bytes())
+            .unwrap_err()
+            .status_code()
+            .as_u16()
+    }
+
+    #[test]
+    fn the_form_is_400_and_a_broken_rule_422() {
+        // Not JSON, the wrong type, an unknown or a missing field: 400.
+        assert_eq!(status_of(r#"{"name": "#), 400);
+        assert_eq!(status_of(r#"{"name":1,"items":[]}"#), 400);
+        assert_eq!(status_of(r#"{"name":"n","items":[],"role":"admin"}"#), 400);
+        assert_eq!(status_of(r#"{"items":[]}"#), 400);
+        assert_eq!(status_of(r#"{"name":"n","items":[]} x"#), 400);
+        // A value of the right type that breaks a rule (a `TryFrom`'s or an
+        // enum's): 422.
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        enum Kind {
+            A,
+        }
+        let err = parse::<Kind>(br#""B""#).unwrap_err();
+        assert_eq!(err.status_code().as_u16(), 422);
+        #[derive(Debug, Deserialize)]
+        #[serde(try_from = "String")]
+        struct Short;
+        impl TryFrom<String> for Short {
+            type Error = &'static str;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                if value.len() < 3 {
+                    Ok(Self)
+                } else {
+                    Err("is too long")
+                }
+            }
+        }
+        assert_eq!(
+            parse::<Short>(br#""long""#)
+                .unwrap_err()
+                .status_code()
+                .as_u16(),
+            422
+        );
+        assert!(parse::<Short>(br#""ok""#).is_ok());
     }
 
     #[test]

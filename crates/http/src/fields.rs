@@ -81,12 +81,38 @@ pub(crate) fn new_password() -> Object {
         .build()
 }
 
+/// A password presented at login ([`Password::presented`]: only its
+/// length is bounded, so an old password can still be checked).
+pub(crate) fn presented_password() -> Object {
+    string(None, Some(Password::MAX_CHARS))
+        .format(Some(SchemaFormat::Custom("password".to_owned())))
+        .description(Some(format!("At most {} characters.", Password::MAX_CHARS)))
+        .examples(["correct horse battery staple"])
+        .build()
+}
+
+/// Text with no control character and not only white space.
+fn visible_text() -> String {
+    format!("^[^{CONTROLS}]*[^{CONTROLS}{SPACES}][^{CONTROLS}]*$")
+}
+
+/// The name a login gives: a username or an e-mail address
+/// ([`Accounts::login`](confab_app::Accounts::login)).
+pub(crate) fn login_name() -> Object {
+    string(Some(1), Some(confab_app::Accounts::MAX_LOGIN_CHARS))
+        .pattern(Some(visible_text()))
+        .description(Some(format!(
+            "A username or an e-mail address, in any case: 1 to {} characters, no control \
+             character, not only white space.",
+            confab_app::Accounts::MAX_LOGIN_CHARS
+        )))
+        .build()
+}
+
 /// A conversation title ([`Title::parse`]).
 pub(crate) fn title() -> Object {
     string(Some(1), Some(Title::MAX_CHARS))
-        .pattern(Some(format!(
-            "^[^{CONTROLS}]*[^{CONTROLS}{SPACES}][^{CONTROLS}]*$"
-        )))
+        .pattern(Some(visible_text()))
         .description(Some(format!(
             "1 to {} characters, no control character, not only white space; stored \
              without leading and trailing white space.",
@@ -246,6 +272,9 @@ pub(crate) fn refine(doc: &mut Value) {
     schemas["RegisterRequest"]["properties"]["password"]["not"] =
         json!({ "pattern": any_case(Password::COMMON) });
     schemas["ConversationPatchBody"]["minProperties"] = json!(1);
+    // Login names the account once: by username or by e-mail address.
+    schemas["LoginRequest"]["oneOf"] =
+        json!([{ "required": ["username"] }, { "required": ["email"] }]);
     // A person's message: at least one part that is not only white space.
     schemas["ContentInput"]["properties"]["parts"]["contains"] =
         json!({ "type": "string", "pattern": format!("[^{WHITE_SPACE}]") });

@@ -134,10 +134,10 @@ fn build(
     App::new()
         .app_data(state)
         .app_data(web::PathConfig::default().error_handler(|err, _| {
-            ApiError::validation(None, format!("invalid path: {err}")).into()
+            ApiError::malformed(None, format!("invalid path: {err}")).into()
         }))
         .app_data(web::QueryConfig::default().error_handler(|err, _| {
-            ApiError::validation(None, format!("invalid query: {err}")).into()
+            ApiError::malformed(None, format!("invalid query: {err}")).into()
         }))
         .configure(|cfg| routes::configure(cfg, endpoints))
         .service(SwaggerUi::new("/docs/{_:.*}").config(Config::new(["/api/v1/openapi.json"])))

@@ -106,7 +106,9 @@ impl Modify for IdempotencyKeys {
             )
             .build();
         let invalid = ResponseBuilder::new()
-            .description("A malformed request: an invalid `Idempotency-Key`, or as the route says.")
+            .description(
+                "`VALIDATION_ERROR`: a malformed request, such as an invalid `Idempotency-Key`.",
+            )
             .content(
                 "application/json",
                 ContentBuilder::new()
@@ -129,10 +131,62 @@ impl Modify for IdempotencyKeys {
                     .responses
                     .entry("400".to_owned())
                     .or_insert_with(|| invalid.clone().into());
-                op.responses
-                    .responses
-                    .entry("422".to_owned())
-                    .or_insert_with(|| reused.clone().into());
+                match op.responses.responses.get_mut("422") {
+                    Some(utoipa::openapi::RefOr::T(rule)) => {
+                        rule.description = format!(
+                            "{} Or `IDEMPOTENCY_KEY_REUSED`: {}",
+                            rule.description, reused.description
+                        );
+                    }
+                    Some(utoipa::openapi::RefOr::Ref(_)) => {}
+                    None => {
+                        op.responses
+                            .responses
+                            .insert("422".to_owned(), reused.clone().into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// 422 beside every 400 a route declares: 400 for a request that isn't
+/// well-formed, 422 for one that breaks a rule. One mapping decides which
+/// (`ApiError::malformed`, `ApiError::validation`). Runs before
+/// [`IdempotencyKeys`], which adds the reused key to the 422.
+struct Validation;
+
+impl Modify for Validation {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        let rule = "`VALIDATION_ERROR`: the request is well-formed but breaks a rule (a length, \
+                    range, pattern or allowed value; `field` names it).";
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let responses = &mut op.responses.responses;
+                if responses.contains_key("400") && !responses.contains_key("422") {
+                    responses.insert("422".to_owned(), error(rule).into());
+                }
             }
         }
     }
@@ -176,7 +230,7 @@ impl Modify for IdempotencyKeys {
         ContentInput, SendOptions, SentBody, MessageView, AuthorView, ContentView,
         MessageMetadataView,
     )),
-    modifiers(&BearerAuth, &BackendAliases, &IdempotencyKeys),
+    modifiers(&BearerAuth, &BackendAliases, &Validation, &IdempotencyKeys),
     tags(
         (name = "operations", description = "Liveness, readiness and this document."),
         (name = "auth", description = "Accounts and tokens."),

@@ -169,7 +169,7 @@ impl Accounts {
     }
 
     /// The longest login name accepted (an e-mail address's bound).
-    const MAX_LOGIN_CHARS: usize = 254;
+    pub const MAX_LOGIN_CHARS: usize = 254;
 
     async fn limit(&self, policy: &RatePolicy, key: &str) -> Result<(), AppError> {
         let decision = self.ports.limiter.check(policy, key).await?;
@@ -198,10 +198,10 @@ impl Accounts {
     pub async fn login(&self, attempt: LoginAttempt) -> Result<Session, AppError> {
         self.limit(&self.limits.per_ip, &format!("ip:{}", attempt.client))
             .await?;
-        let account = attempt.login.trim().to_lowercase();
-        if account.is_empty()
-            || account.chars().count() > Self::MAX_LOGIN_CHARS
-            || account.chars().any(char::is_control)
+        let typed = &attempt.login;
+        if typed.chars().count() > Self::MAX_LOGIN_CHARS
+            || typed.chars().any(char::is_control)
+            || typed.trim().is_empty()
         {
             return Err(DomainError::invalid(
                 Field::Username,
@@ -209,6 +209,7 @@ impl Accounts {
             )
             .into());
         }
+        let account = typed.trim().to_lowercase();
         let found = self.ports.users.find_credentials(&account).await?;
         // One bucket per account whichever name was typed; one per typed
         // name (bounded above) when there is no such account.

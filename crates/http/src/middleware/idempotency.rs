@@ -166,7 +166,7 @@ pub(crate) fn requested_key(req: &HttpRequest) -> Result<Option<String>, ApiErro
     };
     match raw.to_str().ok().filter(|k| valid_key(k)) {
         Some(key) => Ok(Some(key.to_owned())),
-        None => Err(ApiError::validation(
+        None => Err(ApiError::malformed(
             Some("Idempotency-Key".to_owned()),
             "must be 1 to 255 printable ASCII characters, with no space at either end",
         )),

@@ -33,18 +33,21 @@ pub(crate) struct RegisterRequest {
     password: String,
 }
 
-/// Credentials: a username *or* an e-mail address, and the password.
+/// Credentials: a username *or* an e-mail address (exactly one of the
+/// two, neither `null`), and the password.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LoginRequest {
     /// Username (or e-mail address).
-    #[schema(example = "alice")]
+    #[serde(default, deserialize_with = "crate::extract::present")]
+    #[schema(schema_with = crate::fields::login_name)]
     username: Option<String>,
     /// E-mail address, instead of `username`.
-    #[schema(example = "alice@example.com")]
+    #[serde(default, deserialize_with = "crate::extract::present")]
+    #[schema(schema_with = crate::fields::login_name)]
     email: Option<String>,
     /// The password.
-    #[schema(example = "correct horse battery staple", format = "password")]
+    #[schema(schema_with = crate::fields::presented_password)]
     password: String,
 }
 

@@ -18,7 +18,7 @@ fn header(req: &HttpRequest, name: &HeaderName) -> Result<Option<String>, ApiErr
         .get(name)
         .map(|v| {
             v.to_str().map(|s| s.trim().to_owned()).map_err(|_| {
-                ApiError::validation(Some(name.as_str().to_owned()), "must be visible ASCII")
+                ApiError::malformed(Some(name.as_str().to_owned()), "must be visible ASCII")
             })
         })
         .transpose()
@@ -41,7 +41,8 @@ fn header(req: &HttpRequest, name: &HeaderName) -> Result<Option<String>, ApiErr
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The rest of the event stream (delta encoding v1).", content_type = "text/event-stream", body = String),
-        (status = 400, description = "No resume token, or a `Last-Event-ID` the stream never gave.", body = ErrorBody),
+        (status = 400, description = "A header that is not visible ASCII.", body = ErrorBody),
+        (status = 422, description = "No resume token, or a `Last-Event-ID` the stream never gave.", body = ErrorBody),
         (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
         (status = 403, description = "The resume token is invalid, expired, or not for this conversation.", body = ErrorBody),
         (status = 404, description = "No such conversation or not the caller's, or its stream is no longer kept.", body = ErrorBody),
