@@ -14,6 +14,8 @@ on_both_backends!(
     a_refresh_body_of_null_is_no_body,
     the_longest_message_fits_a_send_however_its_json_escapes_it,
     the_canonical_sends_take_no_conversation_id,
+    accept_decides_406_and_head_answers_every_get,
+    a_created_resource_is_located,
 );
 
 async fn a_method_a_path_does_not_serve_is_405_whatever_key_it_carries(backend: Backend) {
@@ -148,4 +150,108 @@ async fn the_canonical_sends_take_no_conversation_id(backend: Backend) {
         .send_message("/backend-api/f/conversation", &token, &body)
         .await;
     assert_eq!(res.status(), 200);
+}
+
+async fn accept_decides_406_and_head_answers_every_get(backend: Backend) {
+    let llm = FakeLlm::start();
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("ada").await;
+    let (id, _) = app.chat(&token, "hello").await;
+    let get = |path: String, accept: &'static str| {
+        app.client
+            .get(app.url(&path))
+            .bearer_auth(&token)
+            .header("accept", accept)
+            .send()
+    };
+    // A JSON route asked for XML only: 406, in the error shape.
+    for path in [
+        "/api/v1/users/me".to_owned(),
+        "/api/v1/conversations".to_owned(),
+        format!("/api/v1/conversations/{id}"),
+        "/api/v1/openapi.json".to_owned(),
+    ] {
+        let res = get(path.clone(), "application/xml").await.unwrap();
+        error_body(res, 406, "NOT_ACCEPTABLE").await;
+        let res = get(path.clone(), "text/html, application/json;q=0.5")
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    // The probes answer whatever a load balancer accepts.
+    let res = app
+        .client
+        .get(app.url("/healthz"))
+        .header("accept", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // HEAD: GET's status and headers, no body.
+    for path in [
+        "/api/v1/users/me".to_owned(),
+        "/api/v1/conversations".to_owned(),
+        format!("/api/v1/conversations/{id}"),
+        format!("/backend-api/conversation/{id}"),
+    ] {
+        let full = get(path.clone(), "application/json").await.unwrap();
+        let head = app
+            .client
+            .head(app.url(&path))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 200, "{path}");
+        assert_eq!(
+            head.headers().get("etag"),
+            full.headers().get("etag"),
+            "{path}"
+        );
+        assert_eq!(head.headers()["content-type"], "application/json");
+        assert!(head.bytes().await.unwrap().is_empty(), "{path}");
+    }
+    // HEAD is in `Allow` beside GET.
+    let res = app
+        .client
+        .put(app.url("/api/v1/conversations"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["allow"], "GET, HEAD, POST");
+    error_body(res, 405, "METHOD_NOT_ALLOWED").await;
+}
+
+async fn a_created_resource_is_located(backend: Backend) {
+    let llm = FakeLlm::start();
+    let app = spawn_chat(backend, &llm, &[]);
+    let res = app.register("ada").await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.headers()["location"], "/api/v1/users/me");
+    let token = app.user("bob").await;
+    for path in ["/api/v1/conversations", "/backend-api/f/conversation"] {
+        let res = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(&token)
+            .header("accept", "application/json")
+            .json(&message_body("hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        let location = res.headers()["location"].to_str().unwrap().to_owned();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(
+            location,
+            format!(
+                "/api/v1/conversations/{}",
+                body["conversation_id"].as_str().unwrap()
+            )
+        );
+        let res = app.get_auth(&location, &token).await;
+        assert_eq!(res.status(), 200);
+    }
 }

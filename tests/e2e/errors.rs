@@ -31,7 +31,7 @@ async fn unknown_route_is_404_in_the_error_shape(backend: Backend) {
 async fn wrong_method_is_405_with_allow(backend: Backend) {
     let app = spawn_app(backend);
     let res = app.client.delete(app.url("/healthz")).send().await.unwrap();
-    assert_eq!(res.headers()["allow"], "GET");
+    assert_eq!(res.headers()["allow"], "GET, HEAD");
     error_body(res, 405, "METHOD_NOT_ALLOWED").await;
     let res = app.get("/api/v1/auth/register").await;
     assert_eq!(res.headers()["allow"], "POST");

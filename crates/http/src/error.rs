@@ -177,7 +177,7 @@ impl ApiError {
         )
     }
 
-    /// 406 `NOT_ACCEPTABLE`: the send routes answer SSE or JSON only.
+    /// 406 `NOT_ACCEPTABLE`: the request's `Accept` allows nothing the route answers.
     pub(crate) fn not_acceptable() -> Self {
         Self::new(
             StatusCode::NOT_ACCEPTABLE,

@@ -279,6 +279,7 @@ mod tests {
             class: routes::RouteClass::Api,
             documented: true,
             keys_itself: false,
+            produces: routes::Produces::Json,
             route: || web::route().to(boom),
         },
         routes::Endpoint {
@@ -287,6 +288,7 @@ mod tests {
             class: routes::RouteClass::Api,
             documented: true,
             keys_itself: false,
+            produces: routes::Produces::Json,
             route: || web::route().to(ok),
         },
         routes::Endpoint {
@@ -295,6 +297,7 @@ mod tests {
             class: routes::RouteClass::Api,
             documented: true,
             keys_itself: false,
+            produces: routes::Produces::Json,
             route: || web::route().to(ok),
         },
     ];
@@ -336,7 +339,7 @@ mod tests {
         )
         .await;
         assert_eq!(res.status(), 405);
-        assert_eq!(res.headers().get("allow").unwrap(), "GET, PATCH");
+        assert_eq!(res.headers().get("allow").unwrap(), "GET, HEAD, PATCH");
     }
 
     #[test]

@@ -56,6 +56,15 @@ fn quality(ranges: &[(String, f32)], full: &str) -> f32 {
 
 /// What to answer a send with, or `None` (406) when the client accepts
 /// neither. No `Accept` (or an empty one) means the stream.
+/// Whether `accept` (the request's `Accept`, if any) allows `media`: no
+/// header, or a range that covers it with a quality above zero.
+pub(crate) fn accepts(accept: Option<&str>, media: &str) -> bool {
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
+        return true;
+    };
+    quality(&ranges(accept), media) > 0.0
+}
+
 pub(crate) fn preferred(accept: Option<&str>) -> Option<Preferred> {
     let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
         return Some(Preferred::EventStream);
@@ -117,6 +126,29 @@ mod tests {
             preferred(Some("application/json, text/event-stream")),
             Some(EventStream)
         );
+    }
+
+    #[test]
+    fn a_media_type_is_accepted_by_a_range_that_covers_it() {
+        use super::accepts;
+        for accept in [
+            None,
+            Some(""),
+            Some("*/*"),
+            Some("application/*"),
+            Some("application/json"),
+            Some("text/html, application/json;q=0.1"),
+        ] {
+            assert!(accepts(accept, "application/json"), "{accept:?}");
+        }
+        for accept in [
+            "application/xml",
+            "text/*",
+            "application/json;q=0",
+            "*/*, application/json;q=0",
+        ] {
+            assert!(!accepts(Some(accept), "application/json"), "{accept}");
+        }
     }
 
     #[test]

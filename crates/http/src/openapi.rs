@@ -192,6 +192,51 @@ impl Modify for Validation {
     }
 }
 
+/// `HEAD` beside every `GET` (the same answer without its body), and 406
+/// on every operation whose answer is one media type (`routes::Produces`).
+struct HeadAndAccept;
+
+impl Modify for HeadAndAccept {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+
+        let refused = ResponseBuilder::new()
+            .description("`NOT_ACCEPTABLE`: `Accept` allows nothing this operation answers.")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        for (path, item) in &mut openapi.paths.paths {
+            let probe = path == "/healthz" || path == "/readyz";
+            for op in [&mut item.get, &mut item.post, &mut item.patch]
+                .into_iter()
+                .flatten()
+            {
+                if !probe {
+                    op.responses
+                        .responses
+                        .entry("406".to_owned())
+                        .or_insert_with(|| refused.clone().into());
+                }
+            }
+            if let Some(get) = &item.get {
+                let mut head = get.clone();
+                head.operation_id = head.operation_id.map(|id| format!("head_{id}"));
+                head.summary = Some("The same answer as `GET`, without its body.".to_owned());
+                for response in head.responses.responses.values_mut() {
+                    if let utoipa::openapi::RefOr::T(response) = response {
+                        response.content.clear();
+                    }
+                }
+                item.head = Some(head);
+            }
+        }
+    }
+}
+
 /// The API description. Every route in [`crate::served_routes`] appears
 /// here; a test keeps it that way.
 #[derive(OpenApi)]
@@ -230,7 +275,7 @@ impl Modify for Validation {
         ContentInput, SendOptions, SentBody, MessageView, AuthorView, ContentView,
         MessageMetadataView,
     )),
-    modifiers(&BearerAuth, &BackendAliases, &Validation, &IdempotencyKeys),
+    modifiers(&BearerAuth, &BackendAliases, &Validation, &IdempotencyKeys, &HeadAndAccept),
     tags(
         (name = "operations", description = "Liveness, readiness and this document."),
         (name = "auth", description = "Accounts and tokens."),

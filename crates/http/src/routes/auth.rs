@@ -149,7 +149,8 @@ fn session_response(session: &Session) -> Result<HttpResponse, ApiError> {
     tag = "auth",
     request_body = RegisterRequest,
     responses(
-        (status = 201, description = "The account was created.", body = UserBody),
+        (status = 201, description = "The account was created.", body = UserBody,
+            headers(("Location" = String, description = "`/api/v1/users/me`: the account, once signed in."))),
         (status = 400, description = "A field is invalid; `field` names it.", body = ErrorBody),
         (status = 409, description = "The username or e-mail is taken.", body = ErrorBody),
         (status = 413, description = "The body is too large.", body = ErrorBody),
@@ -172,7 +173,10 @@ pub(crate) async fn register(
             password,
         })
         .await?;
-    Ok(HttpResponse::Created().json(UserBody::from_user(&user)?))
+    // The new account's own view, once it signs in.
+    Ok(HttpResponse::Created()
+        .insert_header((actix_web::http::header::LOCATION, "/api/v1/users/me"))
+        .json(UserBody::from_user(&user)?))
 }
 
 /// Logs in; answers a token pair and sets the refresh cookie. Limited to 5

@@ -13,10 +13,11 @@ pub(crate) mod send;
 pub(crate) mod stream;
 pub(crate) mod users;
 
-use actix_web::dev::ResourceDef;
+use actix_web::body::{BoxBody, MessageBody as Body};
+use actix_web::dev::{ResourceDef, ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
-use actix_web::middleware::from_fn;
-use actix_web::{Route, web};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{ResponseError, Route, web};
 
 use crate::ApiError;
 use crate::middleware::catch_panic;
@@ -127,7 +128,25 @@ pub(crate) struct Endpoint {
     /// which records its answer the moment its message is stored); the
     /// idempotency middleware leaves it alone.
     pub(crate) keys_itself: bool,
+    /// What a success answers with: `Accept` must allow it (else 406).
+    pub(crate) produces: Produces,
     pub(crate) route: fn() -> Route,
+}
+
+/// The media type an endpoint's success is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Produces {
+    /// `application/json`.
+    Json,
+    /// `text/event-stream`.
+    Stream,
+    /// Either, as the handler negotiates (a send: 406 for neither).
+    Negotiated,
+    /// No body (204).
+    Empty,
+    /// Not checked: the docs redirect, and the probes (`/healthz`,
+    /// `/readyz`), which answer whatever a load balancer's `Accept` says.
+    Any,
 }
 
 /// Every endpoint of the API.
@@ -138,6 +157,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Health,
         documented: true,
         keys_itself: false,
+        produces: Produces::Any,
         route: || web::route().to(health::healthz),
     },
     Endpoint {
@@ -146,6 +166,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Health,
         documented: true,
         keys_itself: false,
+        produces: Produces::Any,
         route: || web::route().to(health::readyz),
     },
     Endpoint {
@@ -154,6 +175,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: false,
+        produces: Produces::Json,
         route: || web::route().to(docs::openapi_json),
     },
     Endpoint {
@@ -162,6 +184,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Docs,
         documented: false,
         keys_itself: false,
+        produces: Produces::Any,
         route: || web::route().to(docs::docs_redirect),
     },
     Endpoint {
@@ -170,6 +193,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Auth,
         documented: true,
         keys_itself: false,
+        produces: Produces::Json,
         route: || web::route().to(auth::register),
     },
     Endpoint {
@@ -178,6 +202,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Auth,
         documented: true,
         keys_itself: false,
+        produces: Produces::Json,
         route: || web::route().to(auth::login),
     },
     Endpoint {
@@ -186,6 +211,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Auth,
         documented: true,
         keys_itself: false,
+        produces: Produces::Json,
         route: || web::route().to(auth::refresh),
     },
     Endpoint {
@@ -194,6 +220,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Auth,
         documented: true,
         keys_itself: false,
+        produces: Produces::Empty,
         route: || web::route().to(auth::logout),
     },
     Endpoint {
@@ -202,6 +229,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: false,
+        produces: Produces::Json,
         route: || web::route().to(users::me),
     },
     Endpoint {
@@ -210,6 +238,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: false,
+        produces: Produces::Json,
         route: || web::route().to(users::list),
     },
     Endpoint {
@@ -218,6 +247,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: false,
+        produces: Produces::Json,
         route: || web::route().to(users::update),
     },
     Endpoint {
@@ -226,6 +256,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: false,
+        produces: Produces::Json,
         route: || web::route().to(conversations::list),
     },
     Endpoint {
@@ -234,6 +265,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: true,
+        produces: Produces::Negotiated,
         route: || web::route().to(send::create),
     },
     Endpoint {
@@ -242,6 +274,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: false,
+        produces: Produces::Json,
         route: || web::route().to(conversations::get),
     },
     Endpoint {
@@ -250,6 +283,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: false,
+        produces: Produces::Json,
         route: || web::route().to(conversations::update),
     },
     Endpoint {
@@ -258,6 +292,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: false,
+        produces: Produces::Empty,
         route: || web::route().to(conversations::delete),
     },
     Endpoint {
@@ -266,6 +301,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: true,
+        produces: Produces::Negotiated,
         route: || web::route().to(send::message),
     },
     Endpoint {
@@ -274,6 +310,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: false,
+        produces: Produces::Stream,
         route: || web::route().to(stream::resume),
     },
     Endpoint {
@@ -282,6 +319,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: false,
+        produces: Produces::Empty,
         route: || web::route().to(stream::stop),
     },
     Endpoint {
@@ -290,6 +328,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: false,
+        produces: Produces::Json,
         route: || web::route().to(conversations::list),
     },
     Endpoint {
@@ -298,6 +337,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: false,
+        produces: Produces::Json,
         route: || web::route().to(conversations::get),
     },
     Endpoint {
@@ -306,6 +346,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: false,
+        produces: Produces::Json,
         route: || web::route().to(conversations::update),
     },
     Endpoint {
@@ -314,6 +355,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: false,
+        produces: Produces::Empty,
         route: || web::route().to(conversations::delete),
     },
     Endpoint {
@@ -322,6 +364,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: false,
+        produces: Produces::Stream,
         route: || web::route().to(stream::resume),
     },
     Endpoint {
@@ -330,6 +373,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: false,
+        produces: Produces::Empty,
         route: || web::route().to(stream::stop),
     },
     Endpoint {
@@ -338,6 +382,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         class: RouteClass::Api,
         documented: true,
         keys_itself: true,
+        produces: Produces::Negotiated,
         route: || web::route().to(send::seed),
     },
 ];
@@ -349,12 +394,51 @@ pub fn served_routes() -> Vec<(Method, &'static str)> {
     ENDPOINTS
         .iter()
         .filter(|e| e.documented)
-        .map(|e| (e.method.clone(), e.path))
+        .flat_map(|e| {
+            let head = (e.method == Method::GET).then_some((Method::HEAD, e.path));
+            std::iter::once((e.method.clone(), e.path)).chain(head)
+        })
         .collect()
 }
 
+/// 406 for a request whose `Accept` allows nothing the endpoint answers
+/// (`Produces` of the request's method on this resource; `HEAD` as `GET`).
+async fn acceptable(
+    produces: Vec<(Method, Produces)>,
+    req: ServiceRequest,
+    next: Next<impl Body + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let method = if req.method() == Method::HEAD {
+        Method::GET
+    } else {
+        req.method().clone()
+    };
+    let media = produces
+        .iter()
+        .find(|(m, _)| *m == method)
+        .and_then(|(_, p)| match p {
+            Produces::Json => Some("application/json"),
+            Produces::Stream => Some("text/event-stream"),
+            Produces::Negotiated | Produces::Empty | Produces::Any => None,
+        });
+    if let Some(media) = media {
+        let accept = req
+            .headers()
+            .get(actix_web::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        if !crate::negotiate::accepts(accept, media) {
+            let res = ApiError::not_acceptable().error_response();
+            return Ok(req.into_response(res));
+        }
+    }
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_boxed_body)
+}
+
 /// Registers `endpoints`: one resource per path, each wrapped in the panic
-/// catcher, each answering other methods with 405 and the `Allow` header.
+/// catcher and the `Accept` check, each `GET` answering `HEAD` too, each
+/// answering other methods with 405 and the `Allow` header.
 pub(crate) fn configure(cfg: &mut web::ServiceConfig, endpoints: &'static [Endpoint]) {
     let mut paths: Vec<&'static str> = Vec::new();
     for e in endpoints {
@@ -364,20 +448,33 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, endpoints: &'static [Endpo
     }
     for path in paths {
         let here: Vec<&Endpoint> = endpoints.iter().filter(|e| e.path == path).collect();
-        let allow = here
+        let mut allow: Vec<&str> = here.iter().map(|e| e.method.as_str()).collect();
+        if here.iter().any(|e| e.method == Method::GET) {
+            allow.insert(1, "HEAD");
+        }
+        let allow = allow.join(", ");
+        let produces: Vec<(Method, Produces)> = here
             .iter()
-            .map(|e| e.method.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
+            .map(|e| (e.method.clone(), e.produces))
+            .collect();
         let mut resource = web::resource(path);
         for e in here {
             resource = resource.route((e.route)().method(e.method.clone()));
+            if e.method == Method::GET {
+                resource = resource.route((e.route)().method(Method::HEAD));
+            }
         }
         resource = resource.default_service(web::to(move || {
             let allow = allow.clone();
             async move { Err::<actix_web::HttpResponse, _>(ApiError::method_not_allowed(&allow)) }
         }));
-        cfg.service(resource.wrap(from_fn(catch_panic)));
+        cfg.service(
+            resource
+                .wrap(from_fn(move |req, next| {
+                    acceptable(produces.clone(), req, next)
+                }))
+                .wrap(from_fn(catch_panic)),
+        );
     }
 }
 

@@ -196,12 +196,17 @@ async fn finished(
         input_message: MessageDocument::of(user).map_err(confab_app::AppError::from)?,
         message: MessageDocument::of(answer).map_err(confab_app::AppError::from)?,
     };
-    let status = if started.created {
-        StatusCode::CREATED
+    let mut res = if started.created {
+        let mut res = HttpResponse::build(StatusCode::CREATED);
+        res.insert_header((
+            actix_web::http::header::LOCATION,
+            format!("/api/v1/conversations/{id}"),
+        ));
+        res
     } else {
-        StatusCode::OK
+        HttpResponse::build(StatusCode::OK)
     };
-    Ok(HttpResponse::build(status).json(body))
+    Ok(res.json(body))
 }
 
 /// The conversation a send continues (from the path), and whether it
@@ -307,7 +312,8 @@ async fn answer(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The answer's event stream (delta encoding v1).", content_type = "text/event-stream", body = String),
-        (status = 201, description = "JSON mode: the finished answer.", body = SentBody),
+        (status = 201, description = "JSON mode: the finished answer.", body = SentBody,
+            headers(("Location" = String, description = "The new conversation: `/api/v1/conversations/{id}`."))),
         (status = 400, description = "A bad body (unknown fields, NUL bytes, bounds).", body = ErrorBody),
         (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
         (status = 403, description = "`user_id` is not the caller.", body = ErrorBody),
@@ -392,7 +398,8 @@ pub(crate) async fn message(
             (String = "text/event-stream"),
             (SentBody = "application/json"),
         )),
-        (status = 201, description = "JSON mode: the finished answer in a new conversation.", body = SentBody),
+        (status = 201, description = "JSON mode: the finished answer in a new conversation.", body = SentBody,
+            headers(("Location" = String, description = "The new conversation: `/api/v1/conversations/{id}`."))),
         (status = 400, description = "A bad body (unknown fields, NUL bytes, bounds).", body = ErrorBody),
         (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
         (status = 403, description = "`user_id` is not the caller.", body = ErrorBody),
