@@ -1,6 +1,6 @@
 //! `POST /api/v1/auth/register`: the first JSON route.
 
-use confab_e2e::{error_body, spawn_app};
+use confab_e2e::{error_body, spawn_app, spawn_app_with};
 use confab_sql::Backend;
 
 on_both_backends!(
@@ -8,7 +8,59 @@ on_both_backends!(
     taken_username_or_email_is_409,
     each_rule_is_422_naming_its_field,
     nul_byte_in_a_field_is_422_not_500,
+    a_registration_flood_is_limited_and_logins_go_on,
 );
+
+/// A flood of registrations, from one address and from many: each limit
+/// refuses with 429 before any hash, and a login meanwhile still works.
+async fn a_registration_flood_is_limited_and_logins_go_on(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        &[
+            ("CONFAB__RATE_LIMIT__REGISTER_PER_MINUTE", "3"),
+            ("CONFAB__RATE_LIMIT__REGISTER_OVERALL_PER_MINUTE", "5"),
+            ("CONFAB__SERVER__TRUSTED_PROXIES", "127.0.0.1"),
+        ],
+    );
+    let register = |name: String, from: &'static str| {
+        let body = serde_json::json!({
+            "username": name, "email": format!("{name}@example.com"),
+            "password": "correct horse battery staple",
+        });
+        app.client
+            .post(app.url("/api/v1/auth/register"))
+            .header("x-forwarded-for", from)
+            .json(&body)
+            .send()
+    };
+    for n in 0..3 {
+        let res = register(format!("first{n}"), "203.0.113.1").await.unwrap();
+        assert_eq!(res.status(), 201);
+    }
+    // A fourth from the same address: its bucket is empty.
+    let res = register("first3".into(), "203.0.113.1").await.unwrap();
+    assert!(res.headers().contains_key("retry-after"));
+    error_body(res, 429, "RATE_LIMITED").await;
+    // From other addresses, until the overall bucket is empty too.
+    for n in 0..2 {
+        let res = register(format!("second{n}"), "203.0.113.2").await.unwrap();
+        assert_eq!(res.status(), 201);
+    }
+    let res = register("third0".into(), "203.0.113.3").await.unwrap();
+    error_body(res, 429, "RATE_LIMITED").await;
+    // Logins are not registrations: they go on.
+    let res = app
+        .client
+        .post(app.url("/api/v1/auth/login"))
+        .header("x-forwarded-for", "203.0.113.3")
+        .json(
+            &serde_json::json!({"username": "first0", "password": "correct horse battery staple"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
 
 async fn register_creates_a_user_without_secrets(backend: Backend) {
     let app = spawn_app(backend);

@@ -181,6 +181,16 @@ fn test_vars(db: &TestDatabase, extra: &[(&str, &str)]) -> HashMap<String, Strin
             "CONFAB__CORS__ALLOWED_ORIGINS".to_owned(),
             ALLOWED_ORIGIN.to_owned(),
         ),
+        // Tests register their users from one address; the registration
+        // limits have tests of their own (e2e `register::`).
+        (
+            "CONFAB__RATE_LIMIT__REGISTER_PER_MINUTE".to_owned(),
+            "100000".to_owned(),
+        ),
+        (
+            "CONFAB__RATE_LIMIT__REGISTER_OVERALL_PER_MINUTE".to_owned(),
+            "100000".to_owned(),
+        ),
     ]);
     for (k, v) in extra {
         vars.insert((*k).to_owned(), (*v).to_owned());

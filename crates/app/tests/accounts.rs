@@ -6,16 +6,17 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use confab_app::{
     AccountPorts, AccountRules, Accounts, AppError, AuthFailure, LoginAttempt, Readiness,
     Registration, SeparateAdmission,
 };
-use confab_domain::{Field, Password, Role};
+use confab_domain::{DomainError, Field, Password, PasswordHash, Role};
 use confab_memory::{GovernorLimiter, InMemoryBlocklist, MemoryCache};
 use confab_password::{HasherOptions, MIN_ITERATIONS, Pbkdf2Hasher};
-use confab_ports::{RateLimiter, RatePolicy, TokenBlocklist};
+use confab_ports::{PasswordHasher, RateLimiter, RatePolicy, TokenBlocklist, Verification};
 use confab_sql::testing::TestDatabase;
 
 async fn accounts() -> (TestDatabase, Accounts, Readiness) {
@@ -24,15 +25,50 @@ async fn accounts() -> (TestDatabase, Accounts, Readiness) {
     (db, accounts, readiness)
 }
 
+/// The real hasher, counting the hashes it computes.
+struct CountingHasher {
+    inner: Pbkdf2Hasher,
+    hashes: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl PasswordHasher for CountingHasher {
+    async fn hash(&self, password: &Password) -> Result<PasswordHash, DomainError> {
+        self.hashes.fetch_add(1, Ordering::SeqCst);
+        self.inner.hash(password).await
+    }
+
+    async fn verify(
+        &self,
+        password: &Password,
+        hash: Option<&PasswordHash>,
+    ) -> Result<Verification, DomainError> {
+        self.inner.verify(password, hash).await
+    }
+}
+
 /// The use cases over `db`, hashing new passwords with `iterations`.
 async fn accounts_on(db: &TestDatabase, iterations: u32) -> (Accounts, Readiness) {
+    let (accounts, readiness, _) = counted_accounts_on(db, iterations).await;
+    (accounts, readiness)
+}
+
+/// As [`accounts_on`], with the count of hashes computed.
+async fn counted_accounts_on(
+    db: &TestDatabase,
+    iterations: u32,
+) -> (Accounts, Readiness, Arc<AtomicUsize>) {
     let store = Arc::new(db.store().await);
-    let hasher = Pbkdf2Hasher::new(HasherOptions {
-        iterations,
-        max_concurrent: 2,
-        max_waiting: 16,
-    })
-    .unwrap();
+    let hashes = Arc::new(AtomicUsize::new(0));
+    let hasher = CountingHasher {
+        inner: Pbkdf2Hasher::new(HasherOptions {
+            iterations,
+            max_concurrent: 2,
+            max_waiting: 16,
+        })
+        .unwrap(),
+        hashes: hashes.clone(),
+    };
     let codec = support::jwt_codec();
     let readiness = Readiness::new(vec![store.clone()]);
     let login = RatePolicy {
@@ -55,11 +91,20 @@ async fn accounts_on(db: &TestDatabase, iterations: u32) -> (Accounts, Readiness
         per_ip: login.clone(),
         per_account: RatePolicy {
             name: "login-account".into(),
+            ..login.clone()
+        },
+        register_per_ip: RatePolicy {
+            name: "register".into(),
+            ..login.clone()
+        },
+        register_overall: RatePolicy {
+            name: "register-all".into(),
+            quota: 1000,
             ..login
         },
         refresh_reuse_grace: std::time::Duration::ZERO,
     };
-    (Accounts::new(ports, limits), readiness)
+    (Accounts::new(ports, limits), readiness, hashes)
 }
 
 fn reg(username: &str, email: &str, password: &str) -> Registration {
@@ -67,6 +112,7 @@ fn reg(username: &str, email: &str, password: &str) -> Registration {
         username: username.into(),
         email: email.into(),
         password: Password::presented(password).unwrap(),
+        client: format!("client-of-{username}"),
     }
 }
 
@@ -119,6 +165,51 @@ async fn taken_username_or_email_is_a_conflict() {
         matches!(err, AppError::Conflict { ref field } if *field == Field::Email),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn a_taken_name_or_address_is_refused_before_any_hash() {
+    let db = TestDatabase::sqlite();
+    let (accounts, _, hashes) = counted_accounts_on(&db, MIN_ITERATIONS).await;
+    accounts
+        .register(reg("bob", "bob@example.com", "correct horse battery"))
+        .await
+        .unwrap();
+    assert_eq!(hashes.load(Ordering::SeqCst), 1);
+    for (username, email) in [("BOB", "new@example.com"), ("robert", "BOB@example.com")] {
+        let err = accounts
+            .register(reg(username, email, "correct horse battery"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AppError::Conflict { .. }), "{err:?}");
+    }
+    assert_eq!(hashes.load(Ordering::SeqCst), 1, "no hash for a taken name");
+}
+
+#[tokio::test]
+async fn registrations_are_limited_per_address_and_overall() {
+    let (_db, accounts, _) = accounts().await;
+    // Per address: the login policy's quota of 5.
+    for n in 0..5 {
+        let mut input = reg(
+            &format!("user{n}"),
+            &format!("u{n}@example.com"),
+            "correct horse battery",
+        );
+        input.client = "10.0.0.1".into();
+        accounts.register(input).await.unwrap();
+    }
+    let mut sixth = reg("user5", "u5@example.com", "correct horse battery");
+    sixth.client = "10.0.0.1".into();
+    let err = accounts.register(sixth).await.unwrap_err();
+    assert!(
+        matches!(err, AppError::RateLimited { ref policy, .. } if policy.name == "register"),
+        "{err:?}"
+    );
+    // Another address is not refused.
+    let mut other = reg("user6", "u6@example.com", "correct horse battery");
+    other.client = "10.0.0.2".into();
+    accounts.register(other).await.unwrap();
 }
 
 #[tokio::test]

@@ -238,6 +238,8 @@ mod tests {
                 AccountRules {
                     per_ip: policy("login"),
                     per_account: policy("login-account"),
+                    register_per_ip: policy("register"),
+                    register_overall: policy("register-all"),
                     refresh_reuse_grace: std::time::Duration::ZERO,
                 },
             ),

@@ -331,6 +331,7 @@ pub async fn create_admin(
     wired
         .accounts
         .create_admin(Registration {
+            client: String::new(),
             username,
             email,
             password,

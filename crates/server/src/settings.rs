@@ -295,6 +295,10 @@ pub struct RateLimitSettings {
     pub admin_per_minute: NonZeroU32,
     /// Login attempts per address and per account.
     pub login_per_minute: NonZeroU32,
+    /// Registrations per address.
+    pub register_per_minute: NonZeroU32,
+    /// Registrations from all addresses together.
+    pub register_overall_per_minute: NonZeroU32,
 }
 
 /// `[cors]`.

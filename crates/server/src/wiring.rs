@@ -204,6 +204,11 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
         AccountRules {
             per_ip: per_minute("login", login),
             per_account: per_minute("login-account", login),
+            register_per_ip: per_minute("register", settings.rate_limit.register_per_minute),
+            register_overall: per_minute(
+                "register-all",
+                settings.rate_limit.register_overall_per_minute,
+            ),
             refresh_reuse_grace: auth.refresh_reuse_grace,
         },
     );

@@ -40,6 +40,9 @@ pub struct Registration {
     pub email: String,
     /// Chosen password (its `Debug` is hidden by the domain type).
     pub password: Password,
+    /// The client's address, for the registration limit (`create_admin`
+    /// ignores it).
+    pub client: String,
 }
 
 /// A login attempt, as received.
@@ -71,6 +74,11 @@ pub struct AccountRules {
     pub per_ip: RatePolicy,
     /// Login attempts per account.
     pub per_account: RatePolicy,
+    /// Registrations per client address.
+    pub register_per_ip: RatePolicy,
+    /// Registrations from all clients together: a flood from many
+    /// addresses can't take the hashing capacity logins need.
+    pub register_overall: RatePolicy,
     /// A refresh token presented again this soon after its redemption is a
     /// duplicate of that request (a double submit, a retry): refused, but
     /// its family is not revoked, so exactly one of two racing refreshes
@@ -127,14 +135,25 @@ impl Accounts {
 
     /// Opens an account with role `user`.
     ///
-    /// Every rule is checked before the (expensive) hash is computed.
+    /// The registration limits (per address, then for everyone) come first,
+    /// then every rule, then whether the name or address is taken: the
+    /// (expensive) hash is computed only for an account that can be
+    /// created. A taken name is refused before hashing: the 409 names it
+    /// anyway, so answering sooner reveals nothing more.
     ///
     /// # Errors
+    /// [`AppError::RateLimited`] past a registration limit;
     /// [`AppError::Validation`] on a bad username, e-mail or password;
     /// [`AppError::Conflict`] when the username or e-mail is taken;
     /// [`AppError::Unavailable`] when the database or the hashing capacity
     /// is exhausted.
     pub async fn register(&self, input: Registration) -> Result<User, AppError> {
+        self.limit(
+            &self.limits.register_per_ip,
+            &format!("ip:{}", input.client),
+        )
+        .await?;
+        self.limit(&self.limits.register_overall, "all").await?;
         self.create(input, Role::User).await
     }
 
@@ -151,6 +170,14 @@ impl Accounts {
         let username = Username::parse(&input.username)?;
         let email = Email::parse(&input.email)?;
         let password = Password::new_for(input.password.expose(), &username, &email)?;
+        for (taken, field) in [
+            (username.as_str(), Field::Username),
+            (email.as_str(), Field::Email),
+        ] {
+            if self.ports.users.find_credentials(taken).await?.is_some() {
+                return Err(AppError::Conflict { field });
+            }
+        }
         let password_hash = self.ports.hasher.hash(&password).await?;
         let user = self
             .ports

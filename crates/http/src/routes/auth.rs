@@ -161,6 +161,7 @@ fn session_response(session: &Session) -> Result<HttpResponse, ApiError> {
     ),
 )]
 pub(crate) async fn register(
+    req: HttpRequest,
     state: State,
     Json(body): Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -171,6 +172,7 @@ pub(crate) async fn register(
             username: body.username,
             email: body.email,
             password,
+            client: client_key(&req, &state.trusted_proxies),
         })
         .await?;
     // The new account's own view, once it signs in.

@@ -346,6 +346,11 @@ fn main() {
             ("CONFAB__RATE_LIMIT__ANONYMOUS_PER_MINUTE", "100000000"),
             ("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "100000000"),
             ("CONFAB__RATE_LIMIT__LOGIN_PER_MINUTE", "100000000"),
+            ("CONFAB__RATE_LIMIT__REGISTER_PER_MINUTE", "100000000"),
+            (
+                "CONFAB__RATE_LIMIT__REGISTER_OVERALL_PER_MINUTE",
+                "100000000",
+            ),
             // Queue every login so throughput, not refusals, is measured.
             ("CONFAB__AUTH__MAX_WAITING_HASHES", "100000"),
         ],

@@ -253,6 +253,11 @@ pub(super) fn served_by<'a>(base_url: &'a str, workers: &'a str) -> Vec<(&'a str
         ("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "100000000"),
         ("CONFAB__RATE_LIMIT__ANONYMOUS_PER_MINUTE", "100000000"),
         ("CONFAB__RATE_LIMIT__LOGIN_PER_MINUTE", "100000000"),
+        ("CONFAB__RATE_LIMIT__REGISTER_PER_MINUTE", "100000000"),
+        (
+            "CONFAB__RATE_LIMIT__REGISTER_OVERALL_PER_MINUTE",
+            "100000000",
+        ),
         ("CONFAB__GENERATION__MAX_STREAMS", "20000"),
         ("CONFAB__LLM__TITLE_GENERATION", "false"),
     ]
