@@ -29,6 +29,20 @@ impl Modify for BearerAuth {
     }
 }
 
+/// A response in the error shape (`ErrorBody`), described.
+fn error_response(description: &str) -> utoipa::openapi::Response {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+}
+
 /// The ChatGPT-compatible paths served by the canonical handlers: each
 /// gets the canonical path's description, tagged `chatgpt-compatible`.
 const BACKEND_ALIASES: &[(&str, &str)] = &[
@@ -81,8 +95,8 @@ struct IdempotencyKeys;
 
 impl Modify for IdempotencyKeys {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::Required;
         use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
-        use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
 
         let header = ParameterBuilder::new()
             .name("Idempotency-Key")
@@ -96,26 +110,10 @@ impl Modify for IdempotencyKeys {
             ))
             .schema(Some(crate::fields::idempotency_key()))
             .build();
-        let reused = ResponseBuilder::new()
-            .description("The `Idempotency-Key` was used for a different request.")
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ErrorBody")))
-                    .build(),
-            )
-            .build();
-        let invalid = ResponseBuilder::new()
-            .description(
-                "`VALIDATION_ERROR`: a malformed request, such as an invalid `Idempotency-Key`.",
-            )
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ErrorBody")))
-                    .build(),
-            )
-            .build();
+        let reused = error_response("The `Idempotency-Key` was used for a different request.");
+        let invalid = error_response(
+            "`VALIDATION_ERROR`: a malformed request, such as an invalid `Idempotency-Key`.",
+        );
         for (path, item) in &mut openapi.paths.paths {
             if path.starts_with("/api/v1/auth/") || path.starts_with("/backend-api/auth/") {
                 continue;
@@ -158,19 +156,6 @@ struct Validation;
 
 impl Modify for Validation {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-
-        let error = |description: &str| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("ErrorBody")))
-                        .build(),
-                )
-                .build()
-        };
         let rule = "`VALIDATION_ERROR`: the request is well-formed but breaks a rule (a length, \
                     range, pattern or allowed value; `field` names it).";
         for item in openapi.paths.paths.values_mut() {
@@ -185,7 +170,7 @@ impl Modify for Validation {
             {
                 let responses = &mut op.responses.responses;
                 if responses.contains_key("400") && !responses.contains_key("422") {
-                    responses.insert("422".to_owned(), error(rule).into());
+                    responses.insert("422".to_owned(), error_response(rule).into());
                 }
             }
         }
@@ -198,17 +183,8 @@ struct HeadAndAccept;
 
 impl Modify for HeadAndAccept {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-
-        let refused = ResponseBuilder::new()
-            .description("`NOT_ACCEPTABLE`: `Accept` allows nothing this operation answers.")
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ErrorBody")))
-                    .build(),
-            )
-            .build();
+        let refused =
+            error_response("`NOT_ACCEPTABLE`: `Accept` allows nothing this operation answers.");
         for (path, item) in &mut openapi.paths.paths {
             let probe = path == "/healthz" || path == "/readyz";
             for op in [&mut item.get, &mut item.post, &mut item.patch]
