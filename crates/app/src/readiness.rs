@@ -1,9 +1,10 @@
 //! Readiness: can this instance serve requests now?
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use confab_ports::HealthCheck;
-use futures_util::future::join_all;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared, join_all};
 
 /// One dependency's state in a readiness report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,24 +30,56 @@ impl ReadinessReport {
     }
 }
 
+/// A check in flight, shared by every caller that asks meanwhile.
+type Running = Shared<BoxFuture<'static, ReadinessReport>>;
+
 /// Checks every dependency concurrently. This use case sets no deadline of
 /// its own (it has no timer); the HTTP probe bounds the whole check.
+///
+/// Callers that ask while a check runs share it: however many probes
+/// arrive at once, one check (one database connection, one Redis round
+/// trip) is in flight.
 #[derive(Clone)]
 pub struct Readiness {
-    checks: Vec<Arc<dyn HealthCheck>>,
+    checks: Arc<[Arc<dyn HealthCheck>]>,
+    running: Arc<Mutex<Option<Running>>>,
 }
 
 impl Readiness {
     /// Builds the use case over the dependencies to check.
     #[must_use]
     pub fn new(checks: Vec<Arc<dyn HealthCheck>>) -> Self {
-        Self { checks }
+        Self {
+            checks: checks.into(),
+            running: Arc::new(Mutex::new(None)),
+        }
     }
 
-    /// Asks each dependency once; one that errs is reported not ok (and
-    /// logged), never an error.
+    /// Asks each dependency once (or joins the check in flight); one that
+    /// errs is reported not ok (and logged), never an error.
     pub async fn check(&self) -> ReadinessReport {
-        let probes = self.checks.iter().map(|check| async move {
+        let running = {
+            let mut slot = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            match slot.as_ref() {
+                // A finished check nobody collected is stale: start anew.
+                Some(running) if running.peek().is_none() => running.clone(),
+                _ => {
+                    let running = Self::run(Arc::clone(&self.checks)).boxed().shared();
+                    *slot = Some(running.clone());
+                    running
+                }
+            }
+        };
+        let report = running.clone().await;
+        let mut slot = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.as_ref().is_some_and(|r| r.ptr_eq(&running)) {
+            *slot = None;
+        }
+        report
+    }
+
+    async fn run(checks: Arc<[Arc<dyn HealthCheck>]>) -> ReadinessReport {
+        let probes = checks.iter().map(|check| async move {
             let ok = match check.check().await {
                 Ok(()) => true,
                 Err(err) => {
@@ -62,5 +95,71 @@ impl Readiness {
         ReadinessReport {
             dependencies: join_all(probes).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use confab_domain::DomainError;
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// A dependency whose checks wait until released, counted.
+    #[derive(Default)]
+    struct Held {
+        started: AtomicUsize,
+        release: Notify,
+    }
+
+    #[async_trait]
+    impl HealthCheck for Held {
+        fn name(&self) -> &'static str {
+            "held"
+        }
+
+        async fn check(&self) -> Result<(), DomainError> {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            self.release.notified().await;
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn callers_at_once_share_one_check_and_later_ones_check_again() {
+        let held = Arc::new(Held::default());
+        let readiness = Readiness::new(vec![held.clone()]);
+        let callers: Vec<_> = (0..50)
+            .map(|_| {
+                let readiness = readiness.clone();
+                tokio::spawn(async move { readiness.check().await })
+            })
+            .collect();
+        while held.started.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(held.started.load(Ordering::SeqCst), 1);
+        held.release.notify_waiters();
+        for caller in callers {
+            assert!(caller.await.unwrap().ready());
+        }
+        // The next caller does not get the old answer: it checks again.
+        let again = tokio::spawn({
+            let readiness = readiness.clone();
+            async move { readiness.check().await }
+        });
+        while held.started.load(Ordering::SeqCst) == 1 {
+            tokio::task::yield_now().await;
+        }
+        held.release.notify_waiters();
+        assert!(again.await.unwrap().ready());
+        assert_eq!(held.started.load(Ordering::SeqCst), 2);
     }
 }
