@@ -404,7 +404,7 @@ pub fn served_routes() -> Vec<(Method, &'static str)> {
 /// 406 for a request whose `Accept` allows nothing the endpoint answers
 /// (`Produces` of the request's method on this resource; `HEAD` as `GET`).
 async fn acceptable(
-    produces: Vec<(Method, Produces)>,
+    produces: std::sync::Arc<[(Method, Produces)]>,
     req: ServiceRequest,
     next: Next<impl Body + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
@@ -448,12 +448,16 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, endpoints: &'static [Endpo
     }
     for path in paths {
         let here: Vec<&Endpoint> = endpoints.iter().filter(|e| e.path == path).collect();
-        let mut allow: Vec<&str> = here.iter().map(|e| e.method.as_str()).collect();
-        if here.iter().any(|e| e.method == Method::GET) {
-            allow.insert(1, "HEAD");
-        }
-        let allow = allow.join(", ");
-        let produces: Vec<(Method, Produces)> = here
+        let allow = here
+            .iter()
+            .flat_map(|e| {
+                let head = (e.method == Method::GET).then_some("HEAD");
+                std::iter::once(e.method.as_str()).chain(head)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Shared, not copied, by every request the check sees.
+        let produces: std::sync::Arc<[(Method, Produces)]> = here
             .iter()
             .map(|e| (e.method.clone(), e.produces))
             .collect();
