@@ -2,7 +2,9 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use confab_e2e::{JWT_SECRET, TestApp, captured_logs, error_body, spawn_app, spawn_app_with};
+use confab_e2e::{
+    JWT_SECRET, TestApp, captured_logs, error_body, spawn_app, spawn_app_with, spawn_app_with_redis,
+};
 use confab_sql::Backend;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -32,6 +34,7 @@ on_both_backends!(
     nul_byte_in_the_login_name_is_422_not_500,
     refresh_from_a_browser_with_an_empty_json_body_uses_the_cookie,
     user_data_is_not_cacheable,
+    someone_elses_guesses_never_lock_the_owner_out,
 );
 
 async fn percent_encoded_paths_are_limited_and_not_cached(backend: Backend) {
@@ -806,5 +809,80 @@ async fn no_password_or_token_in_the_logs(backend: Backend) {
         if let Some(sig) = secret.rsplit('.').next().filter(|s| s.len() > 20) {
             assert!(!logs.contains(sig), "a token signature reached the logs");
         }
+    }
+}
+
+/// A login from the client address `from` (through the trusted proxy).
+async fn login_from(app: &TestApp, user: &str, password: &str, from: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/v1/auth/login"))
+        .header("x-forwarded-for", from)
+        .json(&json!({"username": user, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The policy a 429 names, after checking it has a wait.
+async fn refused_by(res: reqwest::Response) -> String {
+    let policy = res.headers()["ratelimit-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=900).contains(&retry), "Retry-After {retry}");
+    error_body(res, 429, "RATE_LIMITED").await;
+    policy
+}
+
+/// Login lockout as an attack: whoever guesses at an account is stopped,
+/// per address and, once the account has many failures, every address
+/// that failed on it; but the owner, from an address with no failures,
+/// still logs in. In process and with the counts in Redis.
+async fn someone_elses_guesses_never_lock_the_owner_out(backend: Backend) {
+    let wrong = "wrong password!";
+    for redis in [false, true] {
+        let vars = [
+            ("CONFAB__SERVER__TRUSTED_PROXIES", "127.0.0.1"),
+            ("CONFAB__RATE_LIMIT__LOGIN_FAILURES_PER_ADDRESS", "3"),
+            ("CONFAB__RATE_LIMIT__LOGIN_FAILURES_PER_ACCOUNT", "5"),
+        ];
+        let app = if redis {
+            spawn_app_with_redis(backend, &vars)
+        } else {
+            spawn_app_with(backend, &vars)
+        };
+        app.register("mia").await;
+        for _ in 0..3 {
+            let res = login_from(&app, "mia", wrong, "203.0.113.1").await;
+            assert_eq!(res.status(), 401);
+        }
+        // That address is done with this account, right password or not.
+        let policy = refused_by(login_from(&app, "mia", PASSWORD, "203.0.113.1").await).await;
+        assert!(
+            policy.starts_with(r#""login-failures";q=3;w=900"#),
+            "{policy}"
+        );
+        // More addresses guess: the account's failures pass 5.
+        for i in 10..13 {
+            let res = login_from(&app, "mia", wrong, &format!("203.0.113.{i}")).await;
+            assert_eq!(res.status(), 401);
+        }
+        let policy = refused_by(login_from(&app, "mia", PASSWORD, "203.0.113.10").await).await;
+        assert!(
+            policy.starts_with(r#""login-account";q=5;w=900"#),
+            "{policy}"
+        );
+        // The owner, from their own address, is not locked out.
+        let res = login_from(&app, "mia", PASSWORD, "198.51.100.7").await;
+        assert_eq!(res.status(), 200, "redis: {redis}");
+        // Another account is untouched by all this.
+        app.register("ned").await;
+        let res = login_from(&app, "ned", PASSWORD, "203.0.113.1").await;
+        assert_eq!(res.status(), 200);
     }
 }

@@ -31,9 +31,17 @@ fn workspace() -> PathBuf {
 
 /// Every limit a schemathesis run could reach lifted: it signs in and
 /// registers hundreds of times, and sends as fast as it can.
-const LIFTED: [(&str, &str); 4] = [
+const LIFTED: [(&str, &str); 6] = [
     ("CONFAB__RATE_LIMIT__ANONYMOUS_PER_MINUTE", "100000000"),
     ("CONFAB__RATE_LIMIT__LOGIN_PER_MINUTE", "100000000"),
+    (
+        "CONFAB__RATE_LIMIT__LOGIN_FAILURES_PER_ADDRESS",
+        "100000000",
+    ),
+    (
+        "CONFAB__RATE_LIMIT__LOGIN_FAILURES_PER_ACCOUNT",
+        "100000000",
+    ),
     ("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "100000000"),
     ("CONFAB__LLM__TITLE_GENERATION", "false"),
 ];

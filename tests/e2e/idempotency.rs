@@ -13,6 +13,7 @@ on_both_backends!(
     a_retried_rename_gets_the_first_response_replayed,
     a_retried_message_send_reattaches_and_asks_the_model_once,
     a_retry_on_another_instance_reattaches_to_the_same_answer,
+    one_user_cannot_fill_the_key_store,
 );
 
 /// Where the keys live.
@@ -26,9 +27,20 @@ enum Mode {
 /// second is where retries go); answers come from `llm`, without title
 /// calls.
 fn instances(backend: Backend, llm: &FakeLlm, mode: Mode) -> (TestApp, Option<TestApp>) {
+    instances_with(backend, llm, mode, &[])
+}
+
+/// As [`instances`], with `extra` variables on both.
+fn instances_with(
+    backend: Backend,
+    llm: &FakeLlm,
+    mode: Mode,
+    extra: &[(&str, &str)],
+) -> (TestApp, Option<TestApp>) {
     let prefix = format!("confab-e2e:{}:", uuid::Uuid::new_v4());
     let url = redis_url();
     let mut vars = vec![("CONFAB__LLM__TITLE_GENERATION", "false")];
+    vars.extend_from_slice(extra);
     if let Mode::Redis = mode {
         vars.push(("REDIS_URL", url.as_str()));
         vars.push(("CONFAB__REDIS__KEY_PREFIX", prefix.as_str()));
@@ -309,4 +321,66 @@ async fn a_refused_send_is_not_recorded_so_its_retry_can_succeed() {
     let events = SseReader::new(retry).rest().await;
     assert_eq!(replay(&events)["message"]["content"]["parts"][0], "now");
     assert_eq!(llm.requests().len(), 2);
+}
+
+/// Denial of service by one user: keys are bounded per user (in process
+/// and in Redis, across instances), so one user filling their share is
+/// refused 429 with the time their first key expires, while their held
+/// keys still replay, their unkeyed requests run, and other users' keys
+/// are taken.
+async fn one_user_cannot_fill_the_key_store(backend: Backend) {
+    for mode in [Mode::InProcess, Mode::Redis] {
+        let llm = FakeLlm::start();
+        let (a, b) = instances_with(
+            backend,
+            &llm,
+            mode,
+            &[("CONFAB__IDEMPOTENCY__MAX_PER_USER", "3")],
+        );
+        let b = b.as_ref().unwrap_or(&a);
+        let ada = a.user("ada").await;
+        let bob = a.user("bob").await;
+        let (id, _) = a.chat(&ada, "hi").await;
+        let path = format!("/api/v1/conversations/{id}");
+        let title = |n: usize| json!({ "title": format!("t{n}") });
+        for n in 0..3 {
+            let app = if n % 2 == 0 { &a } else { b };
+            let res = with_key(app, Method::PATCH, &path, &ada, &format!("k{n}"), &title(n)).await;
+            assert_eq!(res.status(), 200, "key {n} of 3");
+        }
+        let refused = with_key(b, Method::PATCH, &path, &ada, "k3", &title(3)).await;
+        let retry: u64 = refused.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=86_400).contains(&retry), "Retry-After {retry}");
+        let body = error_body(refused, 429, "RATE_LIMITED").await;
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("Idempotency-Key"),
+            "{body}"
+        );
+        assert_eq!(
+            a.conversation(&ada, &id).await["title"],
+            "t2",
+            "the refused request did not run"
+        );
+        // A held key still replays, and a request without a key runs.
+        let replayed = with_key(&a, Method::PATCH, &path, &ada, "k0", &title(0)).await;
+        assert_eq!(replayed.status(), 200);
+        assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+        let unkeyed = a.call(Method::PATCH, &path, &ada, Some(&title(4))).await;
+        assert_eq!(unkeyed.status(), 200);
+        // Bob's keys are his own budget, even spelled as Ada's.
+        let (bobs, _) = a.chat(&bob, "mine").await;
+        let bobs_path = format!("/api/v1/conversations/{bobs}");
+        for key in ["k3", "k0"] {
+            let res = with_key(b, Method::PATCH, &bobs_path, &bob, key, &title(5)).await;
+            assert_eq!(res.status(), 200, "Bob's {key}");
+            assert!(!res.headers().contains_key("idempotent-replayed"));
+        }
+    }
 }

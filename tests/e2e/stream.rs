@@ -33,6 +33,7 @@ on_both_backends!(
     no_upstream_key_or_token_in_the_logs,
     shutdown_saves_the_partial_answer_and_ends_the_stream,
     a_rename_during_the_first_answer_is_kept,
+    stream_readers_are_capped_per_answer_and_per_user,
 );
 
 /// Waits (polling with a deadline) until the conversation's last message
@@ -808,4 +809,134 @@ async fn a_rename_during_the_first_answer_is_kept(backend: Backend) {
             .any(|e| e.kind().as_deref() == Some("title_generation"))
     );
     assert_eq!(app.conversation(&token, &id).await["title"], "My own title");
+}
+
+/// Opens a resumed stream of conversation `id` for `bearer`.
+async fn open_reader(
+    app: &confab_e2e::TestApp,
+    bearer: &str,
+    id: &str,
+    resume_token: &str,
+) -> reqwest::Response {
+    app.client
+        .get(app.url(&format!("/api/v1/conversations/{id}/stream")))
+        .bearer_auth(bearer)
+        .header("x-resume-token", resume_token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Starts an answer that holds after its first text, and returns the
+/// conversation's id, the stream's resume token and the sender's reader.
+async fn held_answer(
+    app: &confab_e2e::TestApp,
+    llm: &FakeLlm,
+    bearer: &str,
+) -> (String, String, SseReader) {
+    llm.push(Script::Stream(vec![
+        Step::Text("held".into()),
+        Step::Hold,
+        Step::Text(" then done".into()),
+        Step::Finish("stop"),
+        Step::Done,
+    ]));
+    let mut reader = start(app, bearer, "hold on").await;
+    let first = reader.until(is_append).await;
+    let id = conversation_of(&first);
+    let token = first[1].json()["token"].as_str().unwrap().to_owned();
+    (id, token, reader)
+}
+
+/// Denial of service by one user: hundreds of readers of their own answer
+/// would take what every instance shares. Readers are capped per answer
+/// and per user (per instance); the refusal is a clear 429 before any
+/// stream starts, another user is unaffected, a closed reader frees its
+/// place, and every admitted reader gets the whole answer.
+async fn stream_readers_are_capped_per_answer_and_per_user(backend: Backend) {
+    readers_capped(backend, false).await;
+    readers_capped(backend, true).await;
+}
+
+/// The reader caps, with the stream log in process or in Redis.
+async fn readers_capped(backend: Backend, redis: bool) {
+    let llm = FakeLlm::start();
+    let url = confab_e2e::redis_url();
+    let prefix = format!("confab-e2e:{}:", uuid::Uuid::new_v4());
+    let mut vars = vec![
+        ("CONFAB__GENERATION__MAX_READERS_PER_ANSWER", "3"),
+        ("CONFAB__GENERATION__MAX_READERS_PER_USER", "4"),
+        ("CONFAB__LLM__TITLE_GENERATION", "false"),
+        // The answers hold while the test opens readers.
+        ("CONFAB__LLM__IDLE_TIMEOUT_MS", "30000"),
+    ];
+    if redis {
+        vars.push(("REDIS_URL", &url));
+        vars.push(("CONFAB__REDIS__KEY_PREFIX", &prefix));
+    }
+    let app = spawn_chat(backend, &llm, &vars);
+    let ada = app.user("ada").await;
+    let bob = app.user("bob").await;
+    // The send's own stream counts: 1 of 3 for this answer, 1 of 4 for Ada.
+    let (first, first_token, sender) = held_answer(&app, &llm, &ada).await;
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let res = open_reader(&app, &ada, &first, &first_token).await;
+        assert_eq!(res.status(), 200, "within the cap");
+        readers.push(SseReader::new(res));
+    }
+    let refused = open_reader(&app, &ada, &first, &first_token).await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body = error_body(refused, 429, "RATE_LIMITED").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("one answer"),
+        "{body}"
+    );
+    // A second answer's send always opens its stream (4 of 4 for Ada)...
+    let (second, second_token, second_sender) = held_answer(&app, &llm, &ada).await;
+    // ...but a reader of it is one more than Ada may hold.
+    let refused = open_reader(&app, &ada, &second, &second_token).await;
+    let body = error_body(refused, 429, "RATE_LIMITED").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("one user"),
+        "{body}"
+    );
+    // Bob's streams are his own: he reads his answer from three readers.
+    let (bobs, bobs_token, bobs_sender) = held_answer(&app, &llm, &bob).await;
+    let mut bobs_readers = Vec::new();
+    for _ in 0..2 {
+        let res = open_reader(&app, &bob, &bobs, &bobs_token).await;
+        assert_eq!(res.status(), 200, "another user is not refused");
+        bobs_readers.push(SseReader::new(res));
+    }
+    // A reader that goes away gives its place back.
+    drop(readers.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        let res = open_reader(&app, &ada, &second, &second_token).await;
+        if res.status() == 200 {
+            break res;
+        }
+        error_body(res, 429, "RATE_LIMITED").await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a closed reader's place was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    readers.push(SseReader::new(again));
+    readers.extend(bobs_readers);
+    // Every admitted reader gets the whole answer, and the senders the
+    // rest of theirs.
+    llm.release();
+    assert_eq!(readers.len(), 4);
+    for mut reader in readers {
+        let events = reader.rest().await;
+        assert_eq!(events.last().unwrap().data, "[DONE]");
+        let text = replay(&events)["message"]["content"]["parts"][0].clone();
+        assert_eq!(text, "held then done");
+    }
+    for mut sender in [sender, second_sender, bobs_sender] {
+        assert_eq!(sender.rest().await.last().unwrap().data, "[DONE]");
+    }
 }

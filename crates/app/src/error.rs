@@ -19,6 +19,15 @@ pub enum AuthFailure {
     BadCredentials,
 }
 
+/// What a stream reader cap counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderScope {
+    /// The streams one user reads at once.
+    User,
+    /// The readers of one answer at once.
+    Answer,
+}
+
 /// What a use case can fail with. The HTTP layer maps each variant to one
 /// status and error code, once.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +71,14 @@ pub enum AppError {
     TooManyGenerations {
         /// The cap.
         limit: usize,
+    },
+    /// The caller already reads as many streams as allowed at once.
+    #[error("too many streams read at once")]
+    TooManyReaders {
+        /// The cap.
+        limit: usize,
+        /// What it caps.
+        scope: ReaderScope,
     },
     /// A dependency is down or saturated; retrying later may work.
     #[error("temporarily unavailable")]

@@ -11,12 +11,13 @@ mod limits;
 mod readiness;
 
 pub use accounts::{
-    AccountPorts, AccountRules, Accounts, AdmittedRequest, LoginAttempt, Registration, Session,
+    AccountPorts, AccountRules, Accounts, AdmittedRequest, LoginAttempt, LoginFailures,
+    Registration, Session,
 };
 pub use conversations::{
     AnswerEnd, Cached, ConversationPage, ConversationPorts, ConversationRules, Conversations, Kept,
     ListVersion, NothingKept, Read, SendMessage, Started,
 };
-pub use error::{AppError, AuthFailure};
+pub use error::{AppError, AuthFailure, ReaderScope};
 pub use limits::{FallbackLimiter, SeparateAdmission};
 pub use readiness::{DependencyStatus, Readiness, ReadinessReport};

@@ -1,7 +1,7 @@
 //! Account rules, on in-process adapters (SQLite, the real hasher, JWT
 //! codec, blocklist and limiter).
 
-#![allow(clippy::unwrap_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
 mod support;
 
@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use confab_app::{
-    AccountPorts, AccountRules, Accounts, AppError, AuthFailure, LoginAttempt, Readiness,
-    Registration, SeparateAdmission,
+    AccountPorts, AccountRules, Accounts, AppError, AuthFailure, LoginAttempt, LoginFailures,
+    Readiness, Registration, SeparateAdmission,
 };
 use confab_domain::{DomainError, Field, Password, PasswordHash, Role};
-use confab_memory::{GovernorLimiter, InMemoryBlocklist, MemoryCache};
+use confab_memory::{GovernorLimiter, InMemoryBlocklist, InMemoryFailures, MemoryCache};
 use confab_password::{HasherOptions, MIN_ITERATIONS, Pbkdf2Hasher};
 use confab_ports::{PasswordHasher, RateLimiter, RatePolicy, TokenBlocklist, Verification};
 use confab_sql::testing::TestDatabase;
@@ -86,12 +86,14 @@ async fn counted_accounts_on(
         admission: Arc::new(SeparateAdmission::new(blocklist.clone(), limiter.clone())),
         blocklist,
         limiter,
+        failures: Arc::new(InMemoryFailures::new(10_000)),
     };
     let limits = AccountRules {
         per_ip: login.clone(),
-        per_account: RatePolicy {
-            name: "login-account".into(),
-            ..login.clone()
+        login_failures: LoginFailures {
+            per_address: 3,
+            per_account: 5,
+            window: Duration::from_secs(60),
         },
         register_per_ip: RatePolicy {
             name: "register".into(),
@@ -333,43 +335,166 @@ async fn admission_charges_a_good_token_and_never_a_refused_one() {
     ));
 }
 
+/// Work before limits: a request its bucket refuses is answered from the
+/// admission alone. Disabling the account forgets what this instance knew
+/// of it, so any read would find it disabled (401); the refused request
+/// gets the refusal instead, so nothing was read.
 #[tokio::test]
-async fn bad_credentials_are_indistinguishable_and_limited_per_account() {
+async fn a_refused_request_is_answered_before_the_account_is_read() {
+    let (_db, accounts, _) = accounts().await;
+    let yale = accounts
+        .register(reg("yale", "yale@example.com", "correct horse battery"))
+        .await
+        .unwrap();
+    accounts
+        .create_admin(reg("boss", "boss@example.com", "correct horse battery"))
+        .await
+        .unwrap();
+    let session = accounts
+        .login(attempt("yale", "correct horse battery", "1.1.1.1"))
+        .await
+        .unwrap();
+    let boss = accounts
+        .login(attempt("boss", "correct horse battery", "1.1.1.2"))
+        .await
+        .unwrap();
+    let boss = accounts.authenticate(&boss.access.token).await.unwrap();
+    let policy = RatePolicy {
+        name: "user".into(),
+        quota: 1,
+        window: Duration::from_secs(3600),
+    };
+    let bucket = |c: &confab_ports::AccessClaims| (&policy, format!("user:{}", c.user_id));
+    let token = &session.access.token;
+    assert!(
+        accounts
+            .admit(token, bucket)
+            .await
+            .unwrap()
+            .decision
+            .allowed
+    );
+    assert!(
+        !accounts
+            .admit(token, bucket)
+            .await
+            .unwrap()
+            .decision
+            .allowed
+    );
+    accounts.set_disabled(&boss, yale.id, true).await.unwrap();
+    let refused = accounts.admit(token, bucket).await.unwrap();
+    assert!(!refused.decision.allowed, "refused without a read");
+    // An allowed request of the same user is read, and refused as disabled.
+    let other = RatePolicy {
+        name: "other".into(),
+        ..policy.clone()
+    };
+    let err = accounts
+        .admit(token, |c| (&other, format!("user:{}", c.user_id)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppError::Unauthorized(AuthFailure::InvalidToken)),
+        "{err:?}"
+    );
+}
+
+/// The policy name of a rate-limit refusal, or a failure naming the error.
+fn refused_by(result: Result<confab_app::Session, AppError>) -> String {
+    match result {
+        Err(AppError::RateLimited { policy, decision }) => {
+            assert!(decision.retry_after > Duration::ZERO, "{decision:?}");
+            policy.name
+        }
+        other => panic!("not a rate-limit refusal: {other:?}"),
+    }
+}
+
+fn bad_credentials(result: Result<confab_app::Session, AppError>) {
+    assert!(
+        matches!(
+            result,
+            Err(AppError::Unauthorized(AuthFailure::BadCredentials))
+        ),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_credentials_are_indistinguishable_and_guessing_is_limited_without_lockout() {
     let (_db, accounts, _) = accounts().await;
     accounts
         .register(reg("walt", "walt@example.com", "correct horse battery"))
         .await
         .unwrap();
+    let right = "correct horse battery";
+    let wrong = "wrong password!";
     for login in ["walt", "nobody-at-all"] {
-        let err = accounts
-            .login(attempt(login, "wrong password!", &format!("ip-{login}")))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, AppError::Unauthorized(AuthFailure::BadCredentials)),
-            "{err:?}"
+        bad_credentials(
+            accounts
+                .login(attempt(login, wrong, &format!("ip-{login}")))
+                .await,
         );
     }
-    // Four more on walt's account from other addresses, by name and by
-    // e-mail alike: the account has one bucket (5), and it empties.
-    for i in 0..4 {
-        let name = if i % 2 == 0 {
-            "walt"
-        } else {
-            "WALT@example.com"
-        };
-        let _ = accounts
-            .login(attempt(name, "wrong password!", &format!("10.0.0.{i}")))
-            .await;
+    // One address guessing: 3 failures on the account (by name and by
+    // e-mail alike), then that address is refused on it, right or wrong.
+    for name in ["walt", "WALT@example.com", "walt"] {
+        bad_credentials(accounts.login(attempt(name, wrong, "10.0.0.1")).await);
     }
-    let err = accounts
-        .login(attempt("walt", "correct horse battery", "10.9.9.9"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, AppError::RateLimited { ref policy, .. } if policy.name == "login-account"),
-        "{err:?}"
+    assert_eq!(
+        refused_by(accounts.login(attempt("walt", right, "10.0.0.1")).await),
+        "login-failures"
     );
+    // Another account is another count, even from that address.
+    bad_credentials(
+        accounts
+            .login(attempt("nobody-at-all", wrong, "10.0.0.1"))
+            .await,
+    );
+    // Guesses from more addresses make the account's count 5+: addresses
+    // that failed on it are refused, right or wrong...
+    for i in 0..2 {
+        bad_credentials(
+            accounts
+                .login(attempt("walt", wrong, &format!("10.0.1.{i}")))
+                .await,
+        );
+    }
+    assert_eq!(
+        refused_by(accounts.login(attempt("walt", right, "10.0.1.0")).await),
+        "login-account"
+    );
+    // ...but the owner, from an address with no failures, logs in.
+    let session = accounts
+        .login(attempt("walt", right, "10.9.9.9"))
+        .await
+        .unwrap();
+    assert_eq!(session.user.username.as_str(), "walt");
+    // A new address gets one try; after its failure it is refused too.
+    bad_credentials(accounts.login(attempt("walt", wrong, "10.0.2.1")).await);
+    assert_eq!(
+        refused_by(accounts.login(attempt("walt", right, "10.0.2.1")).await),
+        "login-account"
+    );
+    // A success forgets its address's failures on the account: without
+    // that, 1 + 2 failures would refuse vera's last, right, login.
+    accounts
+        .register(reg("vera", "vera@example.com", right))
+        .await
+        .unwrap();
+    bad_credentials(accounts.login(attempt("vera", wrong, "10.7.7.7")).await);
+    accounts
+        .login(attempt("vera", right, "10.7.7.7"))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        bad_credentials(accounts.login(attempt("vera", wrong, "10.7.7.7")).await);
+    }
+    accounts
+        .login(attempt("vera", right, "10.7.7.7"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

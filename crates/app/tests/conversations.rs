@@ -48,6 +48,8 @@ fn rules() -> ConversationRules {
         system_prompt: "Be brief.".into(),
         prompt_budget_chars: 10_000,
         max_concurrent_per_user: 2,
+        max_readers_per_user: 8,
+        max_readers_per_answer: 4,
         generation_policy: RatePolicy {
             name: "generation".into(),
             quota: 100,
@@ -219,7 +221,7 @@ async fn send(h: &Harness, who: &AccessClaims, input: SendMessage) -> (Started, 
     let started = h.conversations.send(who, input).await.unwrap();
     let events = drain(
         h.conversations
-            .follow(started.conversation.id)
+            .follow(who, started.conversation.id)
             .await
             .unwrap(),
     )
@@ -415,7 +417,7 @@ async fn a_stop_saves_the_text_so_far() {
     h.model.answer(Reply::hanging(&["partial ", "text"]));
     let started = h.conversations.send(&carol, say("tell me")).await.unwrap();
     let id = started.conversation.id;
-    let mut feed = h.conversations.follow(id).await.unwrap();
+    let mut feed = h.conversations.follow(&carol, id).await.unwrap();
     let mut events = read_until(&mut feed, "text:text").await;
 
     // While it runs, the question and an in-progress answer are stored.
@@ -1102,7 +1104,7 @@ async fn shutdown_interrupts_a_running_answer() {
     h.model.answer(Reply::hanging(&["interrupted "]));
     let started = h.conversations.send(&uma, say("long one")).await.unwrap();
     let id = started.conversation.id;
-    let mut feed = h.conversations.follow(id).await.unwrap();
+    let mut feed = h.conversations.follow(&uma, id).await.unwrap();
     let mut events = read_until(&mut feed, "text:interrupted ").await;
 
     guarded("shutdown", h.conversations.shutdown(GUARD)).await;
@@ -1238,7 +1240,7 @@ async fn the_model_is_asked_while_the_exchange_is_stored_and_speaks_after() {
     let started = guarded("the send", sending).await.unwrap().unwrap();
     let feed = h
         .conversations
-        .follow(started.conversation.id)
+        .follow(&alice, started.conversation.id)
         .await
         .unwrap();
     let events = drain(feed).await;
@@ -1315,7 +1317,7 @@ async fn a_model_that_panics_while_the_exchange_is_stored_still_ends_the_answer(
     let started = guarded("the send", sending).await.unwrap().unwrap();
     let events = drain(
         h.conversations
-            .follow(started.conversation.id)
+            .follow(&alice, started.conversation.id)
             .await
             .unwrap(),
     )

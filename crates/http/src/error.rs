@@ -12,7 +12,7 @@ use std::fmt;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use actix_web::{HttpResponse, ResponseError};
-use confab_app::{AppError, AuthFailure};
+use confab_app::{AppError, AuthFailure, ReaderScope};
 use confab_domain::{BoxError, ErrorCode, Field};
 use confab_ports::{RateDecision, RatePolicy};
 use serde::Serialize;
@@ -134,6 +134,19 @@ impl ApiError {
     pub fn malformed(field: Option<String>, message: impl Into<Cow<'static, str>>) -> Self {
         let mut e = Self::validation(field, message);
         e.status = StatusCode::BAD_REQUEST;
+        e
+    }
+
+    /// 429 `RATE_LIMITED` for a cap that is not a rate (answers running,
+    /// streams read, keys held), with `Retry-After` (at least a second).
+    pub(crate) fn too_many(message: impl Into<Cow<'static, str>>, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            message,
+        );
+        e.headers
+            .push((RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1))));
         e
     }
 
@@ -384,16 +397,16 @@ impl From<AppError> for ApiError {
                 ErrorCode::Conflict,
                 "an answer is still being generated in this conversation: wait for it or stop it",
             ),
-            AppError::TooManyGenerations { limit } => {
-                let mut e = Self::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    ErrorCode::RateLimited,
-                    format!(
-                        "at most {limit} answers can be generated at once; wait for one to end"
-                    ),
-                );
-                e.headers.push((RETRY_AFTER, HeaderValue::from(1_u32)));
-                e
+            AppError::TooManyGenerations { limit } => Self::too_many(
+                format!("at most {limit} answers can be generated at once; wait for one to end"),
+                1,
+            ),
+            AppError::TooManyReaders { limit, scope } => {
+                let what = match scope {
+                    ReaderScope::User => "streams can be read at once by one user",
+                    ReaderScope::Answer => "streams of one answer can be read at once",
+                };
+                Self::too_many(format!("at most {limit} {what}; close one and retry"), 1)
             }
         }
     }

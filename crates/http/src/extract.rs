@@ -249,6 +249,20 @@ fn describe(err: &serde_json::Error) -> String {
     }
 }
 
+/// A client-safe description of a query string or path that does not
+/// parse: what was expected, never the name or value sent (a client's
+/// input is not echoed back).
+pub(crate) fn describe_parameters(what: &str, err: &dyn std::fmt::Display) -> String {
+    let text = err.to_string();
+    let text = text.split_once("error: ").map_or(text.as_str(), |(_, t)| t);
+    let expected = without_value(text);
+    if expected.contains('`') && !expected.contains("expected") {
+        // A message that quotes what was sent and says nothing expected.
+        return format!("invalid {what}");
+    }
+    format!("invalid {what}: {expected}")
+}
+
 /// serde quotes the value it refused: `invalid type: integer `123`,
 /// expected a string`. Keep what was expected, drop what was sent.
 fn without_value(text: &str) -> String {
@@ -258,6 +272,7 @@ fn without_value(text: &str) -> String {
         "invalid value",
         "invalid length",
         "unknown variant",
+        "unknown field",
     ]
     .iter()
     .find(|kind| text.starts_with(*kind));
@@ -272,6 +287,28 @@ fn without_value(text: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use actix_web::ResponseError;
+
+    #[test]
+    fn parameter_errors_never_echo_what_was_sent() {
+        let cases = [
+            (
+                "Query deserialize error: unknown field `<script>`, expected one of `q`, `limit`",
+                "invalid query: unknown field: expected one of `q`, `limit`",
+            ),
+            (
+                "Query deserialize error: unknown variant `hunter2`, expected `asc` or `desc`",
+                "invalid query: unknown variant: expected `asc` or `desc`",
+            ),
+            (
+                "Query deserialize error: invalid digit found in string",
+                "invalid query: invalid digit found in string",
+            ),
+            ("Path deserialize error: weird `sent`", "invalid query"),
+        ];
+        for (raw, said) in cases {
+            assert_eq!(super::describe_parameters("query", &raw), said);
+        }
+    }
     use serde::Deserialize;
 
     use super::*;

@@ -134,10 +134,10 @@ fn build(
     App::new()
         .app_data(state)
         .app_data(web::PathConfig::default().error_handler(|err, _| {
-            ApiError::malformed(None, format!("invalid path: {err}")).into()
+            ApiError::malformed(None, extract::describe_parameters("path", &err)).into()
         }))
         .app_data(web::QueryConfig::default().error_handler(|err, _| {
-            ApiError::malformed(None, format!("invalid query: {err}")).into()
+            ApiError::malformed(None, extract::describe_parameters("query", &err)).into()
         }))
         .configure(|cfg| routes::configure(cfg, endpoints))
         .service(SwaggerUi::new("/docs/{_:.*}").config(Config::new(["/api/v1/openapi.json"])))
@@ -173,8 +173,8 @@ mod tests {
     use actix_web::test as http_test;
     use actix_web::{HttpResponse, web};
     use confab_app::{
-        AccountPorts, AccountRules, Accounts, ConversationPorts, ConversationRules, Readiness,
-        SeparateAdmission,
+        AccountPorts, AccountRules, Accounts, ConversationPorts, ConversationRules, LoginFailures,
+        Readiness, SeparateAdmission,
     };
     use confab_domain::ModelSlug;
     use confab_ports::RatePolicy;
@@ -201,6 +201,8 @@ mod tests {
                 system_prompt: String::new(),
                 prompt_budget_chars: 100,
                 max_concurrent_per_user: 1,
+                max_readers_per_user: 1,
+                max_readers_per_answer: 1,
                 generation_policy: policy("generation"),
                 flush_interval: std::time::Duration::from_secs(1),
                 title_generation: false,
@@ -229,6 +231,7 @@ mod tests {
             blocklist: Arc::new(Inert),
             admission: Arc::new(SeparateAdmission::new(Arc::new(Inert), Arc::new(Inert))),
             limiter: Arc::new(Inert),
+            failures: Arc::new(Inert),
         };
         HttpState {
             conversations: conversations(&store),
@@ -237,7 +240,11 @@ mod tests {
                 ports,
                 AccountRules {
                     per_ip: policy("login"),
-                    per_account: policy("login-account"),
+                    login_failures: LoginFailures {
+                        per_address: 5,
+                        per_account: 20,
+                        window: std::time::Duration::from_secs(60),
+                    },
                     register_per_ip: policy("register"),
                     register_overall: policy("register-all"),
                     refresh_reuse_grace: std::time::Duration::ZERO,
@@ -254,6 +261,7 @@ mod tests {
                 store: Arc::new(Inert),
                 ttl: std::time::Duration::from_secs(60),
                 in_flight_ttl: std::time::Duration::from_secs(60),
+                max_per_owner: 1,
             },
             readiness: Readiness::new(vec![store]),
             metrics: Metrics::new().unwrap(),

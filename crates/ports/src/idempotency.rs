@@ -41,28 +41,43 @@ pub enum Claim {
     InFlight,
     /// The key was used for a different request.
     Mismatch,
+    /// The key is new, and its owner already holds as many live keys as
+    /// one owner may: refused, and nothing was stored. Other owners are
+    /// not affected.
+    OwnerFull {
+        /// How long until the owner's first key lapses (and a new key can
+        /// be claimed), as far as the store knows.
+        retry_after: Duration,
+    },
 }
 
 /// Keys of requests already made, each bound to one request (its
-/// fingerprint: method, path, body) and kept for a while. Keys are opaque
-/// here: the caller scopes them (per user) before they get here.
+/// fingerprint: method, path, body) and kept for a while. Every key has an
+/// owner (the signed-in user): keys of one owner are apart from another's
+/// of the same spelling, and each owner may hold a bounded number of live
+/// keys (set when the store is built), so one owner can't fill the store
+/// for everyone.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + 'static {
-    /// Atomically claims `key` for the request `fingerprint`, unless it is
-    /// already known. A claim that is neither completed nor released lapses
-    /// after `in_flight_ttl` (its instance died): the key is free again.
+    /// Atomically claims `owner`'s `key` for the request `fingerprint`,
+    /// unless it is already known. A claim that is neither completed nor
+    /// released lapses after `in_flight_ttl` (its instance died): the key
+    /// is free again. A new key of an owner who holds as many live keys as
+    /// allowed is [`Claim::OwnerFull`].
     ///
     /// # Errors
-    /// [`DomainError::Unavailable`] when the store can't answer (callers
-    /// then refuse the request rather than risk running it twice).
+    /// [`DomainError::Unavailable`] when the store can't answer, or (a
+    /// store in one process) is full for everyone; callers then refuse the
+    /// request rather than risk running it twice.
     async fn claim(
         &self,
+        owner: &str,
         key: &str,
         fingerprint: &str,
         in_flight_ttl: Duration,
     ) -> Result<Claim, DomainError>;
 
-    /// Records the outcome of the request that claimed `key` with
+    /// Records the outcome of the request that claimed `owner`'s `key` with
     /// `fingerprint`, kept for `ttl`. Does nothing if the claim is no
     /// longer this request's (it lapsed and another took the key).
     ///
@@ -70,16 +85,17 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// [`DomainError::Unavailable`] when the store can't answer.
     async fn complete(
         &self,
+        owner: &str,
         key: &str,
         fingerprint: &str,
         outcome: StoredOutcome,
         ttl: Duration,
     ) -> Result<(), DomainError>;
 
-    /// Frees `key` if `fingerprint`'s claim still holds it and it is not
-    /// completed (the request failed in a way a retry may redo).
+    /// Frees `owner`'s `key` if `fingerprint`'s claim still holds it and it
+    /// is not completed (the request failed in a way a retry may redo).
     ///
     /// # Errors
     /// [`DomainError::Unavailable`] when the store can't answer.
-    async fn release(&self, key: &str, fingerprint: &str) -> Result<(), DomainError>;
+    async fn release(&self, owner: &str, key: &str, fingerprint: &str) -> Result<(), DomainError>;
 }

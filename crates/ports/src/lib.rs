@@ -10,6 +10,7 @@
 mod auth;
 mod cache;
 mod clock;
+mod failures;
 mod health;
 mod idempotency;
 mod llm;
@@ -24,6 +25,7 @@ pub use auth::{
 };
 pub use cache::{Cache, CachedValue, entry_key};
 pub use clock::{Clock, SystemClock};
+pub use failures::{FailureCount, FailureCounter};
 pub use health::HealthCheck;
 pub use idempotency::{Claim, IdempotencyStore, StoredOutcome};
 pub use llm::{

@@ -390,6 +390,7 @@ fn http_state(
             store: wired.idempotency,
             ttl: settings.idempotency.ttl,
             in_flight_ttl: settings.idempotency.in_flight,
+            max_per_owner: settings.idempotency.max_per_user.get(),
         },
     })
 }

@@ -293,8 +293,16 @@ pub struct RateLimitSettings {
     pub user_per_minute: NonZeroU32,
     /// Per admin.
     pub admin_per_minute: NonZeroU32,
-    /// Login attempts per address and per account.
+    /// Login attempts per address.
     pub login_per_minute: NonZeroU32,
+    /// Failed logins one address may have on one account in a window.
+    pub login_failures_per_address: NonZeroU32,
+    /// Failed logins on one account past which only addresses without
+    /// failures on it may try.
+    pub login_failures_per_account: NonZeroU32,
+    /// Seconds a count of failed logins lasts from its first failure.
+    #[serde(rename = "login_failure_window_secs", deserialize_with = "units::secs")]
+    pub login_failure_window: std::time::Duration,
     /// Registrations per address.
     pub register_per_minute: NonZeroU32,
     /// Registrations from all addresses together.

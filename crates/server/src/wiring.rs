@@ -6,19 +6,28 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_app::{AccountPorts, AccountRules, Accounts, FallbackLimiter, SeparateAdmission};
+use confab_app::{
+    AccountPorts, AccountRules, Accounts, FallbackLimiter, LoginFailures, SeparateAdmission,
+};
 use confab_jwt::{JwtCodec, JwtSettings, MIN_SECRET_BYTES};
-use confab_memory::{GovernorLimiter, InMemoryBlocklist, InMemoryIdempotency};
+use confab_memory::{
+    GovernorLimiter, IdempotencyLimits, InMemoryBlocklist, InMemoryFailures, InMemoryIdempotency,
+};
 use confab_password::{HasherOptions, Pbkdf2Hasher};
 use confab_ports::{Admission, IdempotencyStore, RateLimiter, RatePolicy, TokenBlocklist};
 use confab_redis::{
-    RedisAdmission, RedisBlocklist, RedisIdempotency, RedisLimiter, RedisPool, RedisSettings,
+    RedisAdmission, RedisBlocklist, RedisFailures, RedisIdempotency, RedisLimiter, RedisPool,
+    RedisSettings,
 };
 use confab_sql::{PoolOptions, SqlStore};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::application::StartupError;
 use crate::settings::Settings;
+
+/// Most accounts and account-address pairs whose failed logins one
+/// instance counts at once without Redis (about 100 bytes each).
+const FAILURE_KEYS: usize = 1_000_000;
 
 mod chat;
 
@@ -184,13 +193,20 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
             (local, blocklist, admission)
         }
     };
+    let idem = &settings.idempotency;
     let idempotency: Arc<dyn IdempotencyStore> = match &redis {
-        Some(pools) => Arc::new(RedisIdempotency::new(pools.shared.clone())),
-        None => Arc::new(InMemoryIdempotency::new(
-            settings.idempotency.max_entries.get(),
+        Some(pools) => Arc::new(RedisIdempotency::new(
+            pools.shared.clone(),
+            idem.max_per_user.get(),
         )),
+        None => Arc::new(InMemoryIdempotency::new(IdempotencyLimits {
+            max_entries: idem.max_entries.get(),
+            max_bytes: idem.max_bytes.get(),
+            max_per_owner: idem.max_per_user.get(),
+        })),
     };
-    let login = settings.rate_limit.login_per_minute;
+    let rl = &settings.rate_limit;
+    let login = rl.login_per_minute;
     let accounts = Accounts::new(
         AccountPorts {
             users: store.clone(),
@@ -200,10 +216,18 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
             blocklist,
             admission,
             limiter: limiter.clone(),
+            failures: match &redis {
+                Some(pools) => Arc::new(RedisFailures::new(pools.shared.clone())),
+                None => Arc::new(InMemoryFailures::new(FAILURE_KEYS)),
+            },
         },
         AccountRules {
             per_ip: per_minute("login", login),
-            per_account: per_minute("login-account", login),
+            login_failures: LoginFailures {
+                per_address: rl.login_failures_per_address.get(),
+                per_account: rl.login_failures_per_account.get(),
+                window: rl.login_failure_window,
+            },
             register_per_ip: per_minute("register", settings.rate_limit.register_per_minute),
             register_overall: per_minute(
                 "register-all",

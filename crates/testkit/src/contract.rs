@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 pub mod admission;
 pub mod blocklist;
 pub mod cache;
+pub mod failures;
 pub mod idempotency;
 pub mod limiter;
 pub mod stream_log;

@@ -10,10 +10,10 @@ use confab_domain::{
     TokenId, UserId, WireEvent,
 };
 use confab_ports::{
-    AccessClaims, Cache, CachedValue, Claim, EventFeed, IdempotencyStore, IssuedToken, LogHead,
-    PasswordHasher, RateDecision, RateLimiter, RatePolicy, ReadFrom, RefreshClaims, ResumeClaims,
-    ResumeTokenCodec, Standing, StopSignal, StoredOutcome, StreamLog, TokenBlocklist, TokenCodec,
-    TokenRejection, Verification,
+    AccessClaims, Cache, CachedValue, Claim, EventFeed, FailureCount, FailureCounter,
+    IdempotencyStore, IssuedToken, LogHead, PasswordHasher, RateDecision, RateLimiter, RatePolicy,
+    ReadFrom, RefreshClaims, ResumeClaims, ResumeTokenCodec, Standing, StopSignal, StoredOutcome,
+    StreamLog, TokenBlocklist, TokenCodec, TokenRejection, Verification,
 };
 
 /// The access token lifetime [`Inert`] reports.
@@ -21,10 +21,25 @@ const ACCESS_TTL: Duration = Duration::from_secs(900);
 
 /// Does nothing and lets everything through: it hashes no password and
 /// matches none, issues no token and accepts none, blocks no token, limits
-/// no request, remembers no idempotency key, caches nothing (every read
+/// no request, counts no failure, remembers no idempotency key, caches nothing (every read
 /// misses) and opens no stream log (a send fails as unavailable).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Inert;
+
+#[async_trait]
+impl FailureCounter for Inert {
+    async fn counts(&self, keys: &[String]) -> Result<Vec<FailureCount>, DomainError> {
+        Ok(vec![FailureCount::default(); keys.len()])
+    }
+
+    async fn record(&self, _: &[String], _: Duration) -> Result<(), DomainError> {
+        Ok(())
+    }
+
+    async fn clear(&self, _: &str) -> Result<(), DomainError> {
+        Ok(())
+    }
+}
 
 #[async_trait]
 impl PasswordHasher for Inert {
@@ -126,12 +141,13 @@ impl RateLimiter for Inert {
 
 #[async_trait]
 impl IdempotencyStore for Inert {
-    async fn claim(&self, _: &str, _: &str, _: Duration) -> Result<Claim, DomainError> {
+    async fn claim(&self, _: &str, _: &str, _: &str, _: Duration) -> Result<Claim, DomainError> {
         Ok(Claim::Claimed)
     }
 
     async fn complete(
         &self,
+        _: &str,
         _: &str,
         _: &str,
         _: StoredOutcome,
@@ -140,7 +156,7 @@ impl IdempotencyStore for Inert {
         Ok(())
     }
 
-    async fn release(&self, _: &str, _: &str) -> Result<(), DomainError> {
+    async fn release(&self, _: &str, _: &str, _: &str) -> Result<(), DomainError> {
         Ok(())
     }
 }

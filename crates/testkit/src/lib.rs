@@ -96,6 +96,25 @@ macro_rules! __contract_tests {
     };
 }
 
+/// One test per behaviour of [`contract::failures`], each on a fresh
+/// adapter made by `$make`, a closure `|| async { impl FailureCounter }`.
+#[macro_export]
+macro_rules! failure_counter_contract {
+    ($make:expr $(,)?) => {
+        $crate::__contract_tests!(
+            failures, $make, (),
+            adapter: [
+                an_unknown_key_has_no_failures,
+                failures_are_counted_per_key_within_the_window,
+                a_window_ends_and_the_count_is_forgotten,
+                clear_forgets_one_key,
+            ],
+            shared: [concurrent_failures_are_all_counted],
+            factory: [],
+        );
+    };
+}
+
 /// One test per behaviour of [`contract::cache`], each on a fresh adapter
 /// made by `$make`, a closure `|| async { impl Cache }`.
 #[macro_export]
@@ -165,7 +184,7 @@ macro_rules! blocklist_contract {
 macro_rules! idempotency_contract {
     ($make:expr $(,)?) => {
         $crate::__contract_tests!(
-            idempotency, $make, (),
+            idempotency, $make, ($crate::contract::idempotency::STANDARD_CAP),
             adapter: [
                 claim_complete_and_replay,
                 both_outcomes_round_trip,
@@ -177,7 +196,7 @@ macro_rules! idempotency_contract {
                 completed_outcomes_expire,
             ],
             shared: [concurrent_claims_have_one_winner],
-            factory: [],
+            factory: [an_owner_at_the_cap_is_refused_and_nobody_else],
         );
     };
 }

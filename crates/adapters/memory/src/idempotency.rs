@@ -10,15 +10,22 @@
 //! the whole map: run on every call it would cost each request O(n) under
 //! the lock).
 //!
-//! # The bound
+//! # The bounds
 //!
-//! At most `max_entries` keys are held. When the map is full of live
-//! entries a new key's claim is refused with
-//! [`DomainError::Unavailable`] (the caller refuses the request) instead
-//! of evicting an entry to make room: evicting a completed key would let
-//! its retry find the key free and run the request a second time, and
-//! evicting a running claim would let a concurrent retry run alongside it.
-//! Keys already held are still answered when the map is full.
+//! Each owner holds at most `max_per_owner` live keys: a new key of an
+//! owner at the cap is [`Claim::OwnerFull`], with the time until their
+//! first key lapses, and nobody else is affected. The whole store holds at
+//! most `max_entries` keys and takes no new key once the outcomes it holds
+//! reach `max_bytes` (an entry counts its key, fingerprint, stored
+//! headers and body, plus [`ENTRY_OVERHEAD`]); the outcome of a request
+//! already claimed is always stored, so the bytes can pass the bound by
+//! what the running requests record. When the store is full a new key's
+//! claim is refused with [`DomainError::Unavailable`] (the caller refuses
+//! the request) instead of evicting an entry to make room: evicting a
+//! completed key would let its retry find the key free and run the request
+//! a second time, and evicting a running claim would let a concurrent
+//! retry run alongside it. Keys already held are still answered when the
+//! store is full.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -35,6 +42,10 @@ const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
 /// How often, at most, expired entries are swept while the map isn't full.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// What an entry costs besides its strings and outcome: the map slots,
+/// the entry's fields, the allocations' headers (an estimate).
+pub(crate) const ENTRY_OVERHEAD: usize = 160;
+
 /// Where a claimed key stands.
 enum State {
     /// Its request is running.
@@ -48,6 +59,8 @@ struct Entry {
     fingerprint: String,
     state: State,
     expires: Instant,
+    /// What it counts towards `max_bytes`.
+    bytes: usize,
 }
 
 impl Entry {
@@ -63,28 +76,72 @@ impl Entry {
     }
 }
 
-/// The map and when it was last swept.
+/// What `outcome` counts towards `max_bytes`.
+fn outcome_bytes(outcome: &StoredOutcome) -> usize {
+    match outcome {
+        StoredOutcome::Response { headers, body, .. } => {
+            body.len()
+                + headers
+                    .iter()
+                    .map(|(name, value)| name.len() + value.len() + 48)
+                    .sum::<usize>()
+        }
+        StoredOutcome::Stream { message, .. } => 16 + message.as_str().len(),
+    }
+}
+
+/// The entries, per owner, with their totals, and when they were last
+/// swept.
 struct Entries {
-    map: HashMap<String, Entry>,
+    owners: HashMap<String, HashMap<String, Entry>>,
+    len: usize,
+    bytes: usize,
     last_sweep: Instant,
 }
 
 impl Entries {
-    /// Drops every expired entry if the map is full or the last sweep is
+    /// Drops every expired entry if the store is full or the last sweep is
     /// older than [`SWEEP_EVERY`].
-    fn sweep(&mut self, max: usize, now: Instant) {
-        if self.map.len() >= max || now.duration_since(self.last_sweep) >= SWEEP_EVERY {
-            self.map.retain(|_, entry| entry.is_live(now));
+    fn sweep(&mut self, limits: &Limits, now: Instant) {
+        let full = self.len >= limits.max_entries || self.bytes >= limits.max_bytes;
+        if full || now.duration_since(self.last_sweep) >= SWEEP_EVERY {
+            let (mut len, mut bytes) = (0, 0);
+            self.owners.retain(|_, keys| {
+                keys.retain(|_, entry| entry.is_live(now));
+                len += keys.len();
+                bytes += keys.values().map(|e| e.bytes).sum::<usize>();
+                !keys.is_empty()
+            });
+            (self.len, self.bytes) = (len, bytes);
             self.last_sweep = now;
         }
     }
 
-    /// The live entry of `key`; an expired one is dropped.
-    fn live(&mut self, key: &str, now: Instant) -> Option<&mut Entry> {
-        if self.map.get(key).is_some_and(|entry| !entry.is_live(now)) {
-            self.map.remove(key);
+    /// Removes `owner`'s `key`, keeping the totals.
+    fn remove(&mut self, owner: &str, key: &str) {
+        let Some(keys) = self.owners.get_mut(owner) else {
+            return;
+        };
+        if let Some(entry) = keys.remove(key) {
+            self.len -= 1;
+            self.bytes -= entry.bytes;
         }
-        self.map.get_mut(key)
+        if keys.is_empty() {
+            self.owners.remove(owner);
+        }
+    }
+
+    /// The live entry of `owner`'s `key`; an expired one is dropped.
+    fn live(&mut self, owner: &str, key: &str, now: Instant) -> Option<&mut Entry> {
+        let expired = self
+            .owners
+            .get(owner)
+            .and_then(|keys| keys.get(key))
+            .is_some_and(|entry| !entry.is_live(now));
+        if expired {
+            self.remove(owner, key);
+        }
+        self.owners.get_mut(owner)?.get_mut(key)
     }
 }
 
@@ -93,21 +150,38 @@ fn expiry(now: Instant, ttl: Duration) -> Instant {
     now.checked_add(ttl.min(MAX_TTL)).unwrap_or(now)
 }
 
-/// Idempotency keys in this process, at most `max_entries` of them (see
-/// the module docs for why a full store refuses new keys).
+/// The bounds of an [`InMemoryIdempotency`] (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Keys held in all (at least one).
+    pub max_entries: usize,
+    /// Bytes of entries past which no new key is taken.
+    pub max_bytes: usize,
+    /// Live keys one owner may hold (at least one).
+    pub max_per_owner: usize,
+}
+
+/// Idempotency keys in this process, within its [`Limits`] (see the module
+/// docs for why a full store refuses new keys).
 pub struct InMemoryIdempotency {
-    max_entries: usize,
+    limits: Limits,
     entries: Mutex<Entries>,
 }
 
 impl InMemoryIdempotency {
-    /// An empty store holding at most `max_entries` keys (at least one).
+    /// An empty store within `limits`.
     #[must_use]
-    pub fn new(max_entries: usize) -> Self {
+    pub fn new(limits: Limits) -> Self {
         Self {
-            max_entries: max_entries.max(1),
+            limits: Limits {
+                max_entries: limits.max_entries.max(1),
+                max_per_owner: limits.max_per_owner.max(1),
+                ..limits
+            },
             entries: Mutex::new(Entries {
-                map: HashMap::new(),
+                owners: HashMap::new(),
+                len: 0,
+                bytes: 0,
                 last_sweep: Instant::now(),
             }),
         }
@@ -117,7 +191,13 @@ impl InMemoryIdempotency {
     /// tests of the bound).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        self.lock().len
+    }
+
+    /// The bytes the held entries count (as [`len`](Self::len)).
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     /// Whether no key is held.
@@ -133,9 +213,9 @@ impl InMemoryIdempotency {
 
 impl std::fmt::Debug for InMemoryIdempotency {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the keys: they are scoped per user.
+        // Never the keys: they are the users'.
         f.debug_struct("InMemoryIdempotency")
-            .field("max_entries", &self.max_entries)
+            .field("limits", &self.limits)
             .field("len", &self.len())
             .finish()
     }
@@ -145,14 +225,16 @@ impl std::fmt::Debug for InMemoryIdempotency {
 impl IdempotencyStore for InMemoryIdempotency {
     async fn claim(
         &self,
+        owner: &str,
         key: &str,
         fingerprint: &str,
         in_flight_ttl: Duration,
     ) -> Result<Claim, DomainError> {
         let now = Instant::now();
+        let limits = &self.limits;
         let mut entries = self.lock();
-        entries.sweep(self.max_entries, now);
-        if let Some(entry) = entries.live(key, now) {
+        entries.sweep(limits, now);
+        if let Some(entry) = entries.live(owner, key, now) {
             return Ok(if entry.fingerprint != fingerprint {
                 Claim::Mismatch
             } else {
@@ -162,25 +244,39 @@ impl IdempotencyStore for InMemoryIdempotency {
                 }
             });
         }
-        if entries.map.len() >= self.max_entries {
+        if let Some(keys) = entries.owners.get(owner) {
+            let live = || keys.values().filter(|entry| entry.is_live(now));
+            if live().count() >= limits.max_per_owner {
+                let first = live().map(|entry| entry.expires).min().unwrap_or(now);
+                return Ok(Claim::OwnerFull {
+                    retry_after: first.saturating_duration_since(now),
+                });
+            }
+        }
+        if entries.len >= limits.max_entries || entries.bytes >= limits.max_bytes {
             return Err(DomainError::unavailable(format!(
-                "idempotency store full ({} keys held)",
-                self.max_entries
+                "idempotency store full ({} keys, {} bytes held)",
+                entries.len, entries.bytes
             )));
         }
-        entries.map.insert(
+        let bytes = ENTRY_OVERHEAD + owner.len() + key.len() + fingerprint.len();
+        entries.owners.entry(owner.to_owned()).or_default().insert(
             key.to_owned(),
             Entry {
                 fingerprint: fingerprint.to_owned(),
                 state: State::InFlight,
                 expires: expiry(now, in_flight_ttl),
+                bytes,
             },
         );
+        entries.len += 1;
+        entries.bytes += bytes;
         Ok(Claim::Claimed)
     }
 
     async fn complete(
         &self,
+        owner: &str,
         key: &str,
         fingerprint: &str,
         outcome: StoredOutcome,
@@ -188,25 +284,28 @@ impl IdempotencyStore for InMemoryIdempotency {
     ) -> Result<(), DomainError> {
         let now = Instant::now();
         let mut entries = self.lock();
-        entries.sweep(self.max_entries, now);
-        if let Some(entry) = entries.live(key, now)
+        entries.sweep(&self.limits, now);
+        let added = outcome_bytes(&outcome);
+        if let Some(entry) = entries.live(owner, key, now)
             && entry.is_in_flight_for(fingerprint, now)
         {
             entry.state = State::Completed(outcome);
             entry.expires = expiry(now, ttl);
+            entry.bytes += added;
+            entries.bytes += added;
         }
         Ok(())
     }
 
-    async fn release(&self, key: &str, fingerprint: &str) -> Result<(), DomainError> {
+    async fn release(&self, owner: &str, key: &str, fingerprint: &str) -> Result<(), DomainError> {
         let now = Instant::now();
         let mut entries = self.lock();
-        entries.sweep(self.max_entries, now);
+        entries.sweep(&self.limits, now);
         if entries
-            .live(key, now)
+            .live(owner, key, now)
             .is_some_and(|entry| entry.is_in_flight_for(fingerprint, now))
         {
-            entries.map.remove(key);
+            entries.remove(owner, key);
         }
         Ok(())
     }
@@ -220,56 +319,120 @@ mod tests {
 
     const MINUTE: Duration = Duration::from_secs(60);
 
+    fn limits() -> Limits {
+        Limits {
+            max_entries: 1000,
+            max_bytes: usize::MAX,
+            max_per_owner: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_bytes_bound_refuses_new_keys_and_counts_outcomes() {
+        let store = InMemoryIdempotency::new(Limits {
+            max_bytes: 10_000,
+            max_per_owner: 100,
+            ..limits()
+        });
+        assert_eq!(
+            store.claim("u", "a", "fp", MINUTE).await.unwrap(),
+            Claim::Claimed
+        );
+        let claimed = store.bytes();
+        assert!(claimed >= ENTRY_OVERHEAD + 4, "{claimed}");
+        store
+            .complete("u", "a", "fp", response(&[7; 9_000]), MINUTE)
+            .await
+            .unwrap();
+        assert!(store.bytes() >= claimed + 9_000, "the body counts");
+        assert_eq!(
+            store.claim("v", "b", "fp", MINUTE).await.unwrap(),
+            Claim::Claimed
+        );
+        let short = Duration::from_millis(30);
+        store
+            .complete("v", "b", "fp", response(&[7; 1_000]), short)
+            .await
+            .unwrap();
+        assert!(store.bytes() >= 10_000, "{}", store.bytes());
+        assert!(matches!(
+            store.claim("w", "c", "fp", MINUTE).await,
+            Err(DomainError::Unavailable(_))
+        ));
+        // Held keys are answered; a lapsed outcome gives its bytes back.
+        assert_eq!(
+            store.claim("u", "a", "fp", MINUTE).await.unwrap(),
+            Claim::Completed(response(&[7; 9_000]))
+        );
+        tokio::time::sleep(short + Duration::from_millis(20)).await;
+        assert_eq!(
+            store.claim("w", "c", "fp", MINUTE).await.unwrap(),
+            Claim::Claimed
+        );
+        assert_eq!(
+            store.bytes(),
+            2 * claimed + outcome_bytes(&response(&[7; 9_000])),
+            "u's entry and w's claim"
+        );
+    }
+
     #[tokio::test]
     async fn the_bound_refuses_new_claims() {
-        let store = InMemoryIdempotency::new(2);
+        let store = InMemoryIdempotency::new(Limits {
+            max_entries: 2,
+            max_bytes: usize::MAX,
+            max_per_owner: 10,
+        });
         assert_eq!(
-            store.claim("a", "fp", MINUTE).await.unwrap(),
+            store.claim("u", "a", "fp", MINUTE).await.unwrap(),
             Claim::Claimed
         );
         store
-            .complete("a", "fp", response(b"a"), MINUTE)
+            .complete("u", "a", "fp", response(b"a"), MINUTE)
             .await
             .unwrap();
         assert_eq!(
-            store.claim("b", "fp", MINUTE).await.unwrap(),
+            store.claim("u", "b", "fp", MINUTE).await.unwrap(),
             Claim::Claimed
         );
         assert!(matches!(
-            store.claim("c", "fp", MINUTE).await,
+            store.claim("u", "c", "fp", MINUTE).await,
             Err(DomainError::Unavailable(_))
         ));
         assert_eq!(store.len(), 2, "nothing was evicted");
         // Keys already held are still answered.
         assert_eq!(
-            store.claim("a", "fp", MINUTE).await.unwrap(),
+            store.claim("u", "a", "fp", MINUTE).await.unwrap(),
             Claim::Completed(response(b"a"))
         );
         assert_eq!(
-            store.claim("b", "fp", MINUTE).await.unwrap(),
+            store.claim("u", "b", "fp", MINUTE).await.unwrap(),
             Claim::InFlight
         );
         assert_eq!(
-            store.claim("b", "x", MINUTE).await.unwrap(),
+            store.claim("u", "b", "x", MINUTE).await.unwrap(),
             Claim::Mismatch
         );
 
         // A release makes room, and so does an expiry.
-        store.release("b", "fp").await.unwrap();
+        store.release("u", "b", "fp").await.unwrap();
         assert_eq!(
-            store.claim("c", "fp", MINUTE).await.unwrap(),
+            store.claim("u", "c", "fp", MINUTE).await.unwrap(),
             Claim::Claimed
         );
         assert!(matches!(
-            store.claim("d", "fp", MINUTE).await,
+            store.claim("u", "d", "fp", MINUTE).await,
             Err(DomainError::Unavailable(_))
         ));
-        store.release("c", "fp").await.unwrap();
+        store.release("u", "c", "fp").await.unwrap();
         let short = Duration::from_millis(30);
-        assert_eq!(store.claim("c", "fp", short).await.unwrap(), Claim::Claimed);
+        assert_eq!(
+            store.claim("u", "c", "fp", short).await.unwrap(),
+            Claim::Claimed
+        );
         tokio::time::sleep(short + Duration::from_millis(20)).await;
         assert_eq!(
-            store.claim("d", "fp", MINUTE).await.unwrap(),
+            store.claim("u", "d", "fp", MINUTE).await.unwrap(),
             Claim::Claimed
         );
         assert_eq!(store.len(), 2, "the expired claim was swept");

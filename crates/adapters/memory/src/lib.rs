@@ -4,12 +4,14 @@
 
 mod blocklist;
 mod cache;
+mod failures;
 mod idempotency;
 mod limiter;
 mod stream_log;
 
 pub use blocklist::InMemoryBlocklist;
 pub use cache::MemoryCache;
-pub use idempotency::InMemoryIdempotency;
+pub use failures::InMemoryFailures;
+pub use idempotency::{InMemoryIdempotency, Limits as IdempotencyLimits};
 pub use limiter::GovernorLimiter;
 pub use stream_log::{MemoryStreamLog, StreamLogOptions};

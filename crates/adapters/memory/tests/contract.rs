@@ -2,8 +2,8 @@
 //! adapters: each behaviour a test of its own, on a fresh adapter.
 
 use confab_memory::{
-    GovernorLimiter, InMemoryBlocklist, InMemoryIdempotency, MemoryCache, MemoryStreamLog,
-    StreamLogOptions,
+    GovernorLimiter, IdempotencyLimits, InMemoryBlocklist, InMemoryFailures, InMemoryIdempotency,
+    MemoryCache, MemoryStreamLog, StreamLogOptions,
 };
 use confab_testkit::contract::stream_log::Limits;
 
@@ -25,10 +25,22 @@ mod blocklist {
     confab_testkit::blocklist_contract!(|| async { InMemoryBlocklist::new() });
 }
 
+mod failures {
+    use super::*;
+
+    confab_testkit::failure_counter_contract!(|| async { InMemoryFailures::new(10_000) });
+}
+
 mod idempotency {
     use super::*;
 
-    confab_testkit::idempotency_contract!(|| async { InMemoryIdempotency::new(1_000) });
+    confab_testkit::idempotency_contract!(|max_per_owner: usize| async move {
+        InMemoryIdempotency::new(IdempotencyLimits {
+            max_entries: 100_000,
+            max_bytes: usize::MAX,
+            max_per_owner,
+        })
+    });
 }
 
 mod stream_log {

@@ -16,6 +16,7 @@
 mod admission;
 mod blocklist;
 mod cache;
+mod failures;
 mod idempotency;
 mod limiter;
 mod pool;
@@ -24,6 +25,7 @@ mod stream_log;
 pub use admission::RedisAdmission;
 pub use blocklist::RedisBlocklist;
 pub use cache::RedisCache;
+pub use failures::RedisFailures;
 pub use idempotency::RedisIdempotency;
 pub use limiter::RedisLimiter;
 pub use pool::{RedisError, RedisPool, RedisSettings};

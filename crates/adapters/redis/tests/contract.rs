@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use confab_redis::{
-    RedisBlocklist, RedisCache, RedisIdempotency, RedisLimiter, RedisStreamLog,
+    RedisBlocklist, RedisCache, RedisFailures, RedisIdempotency, RedisLimiter, RedisStreamLog,
     RedisStreamLogOptions,
 };
 use confab_testkit::contract::stream_log::Limits;
@@ -30,11 +30,19 @@ mod blocklist {
     confab_testkit::blocklist_contract!(|| async { RedisBlocklist::new(support::pool().await) });
 }
 
+mod failures {
+    use super::*;
+
+    confab_testkit::failure_counter_contract!(|| async {
+        RedisFailures::new(support::pool().await)
+    });
+}
+
 mod idempotency {
     use super::*;
 
-    confab_testkit::idempotency_contract!(|| async {
-        RedisIdempotency::new(support::pool().await)
+    confab_testkit::idempotency_contract!(|max_per_owner: usize| async move {
+        RedisIdempotency::new(support::pool().await, max_per_owner)
     });
 }
 

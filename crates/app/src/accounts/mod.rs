@@ -9,9 +9,9 @@ use confab_domain::{
     Role, User, UserId, Username,
 };
 use confab_ports::{
-    AccessClaims, Admission, IssuedToken, NewRefreshToken, PasswordHasher, RateDecision,
-    RateLimiter, RatePolicy, Redemption, RefreshTokenStore, TokenBlocklist, TokenCodec,
-    TokenRejection, UserStore, Verification,
+    AccessClaims, Admission, FailureCounter, IssuedToken, NewRefreshToken, PasswordHasher,
+    RateDecision, RateLimiter, RatePolicy, Redemption, RefreshTokenStore, TokenBlocklist,
+    TokenCodec, TokenRejection, UserStore, Verification,
 };
 
 use crate::conversations::list_key;
@@ -72,8 +72,8 @@ pub struct Session {
 pub struct AccountRules {
     /// Login attempts per client address.
     pub per_ip: RatePolicy,
-    /// Login attempts per account.
-    pub per_account: RatePolicy,
+    /// Failed logins counted per account, and per account and address.
+    pub login_failures: LoginFailures,
     /// Registrations per client address.
     pub register_per_ip: RatePolicy,
     /// Registrations from all clients together: a flood from many
@@ -84,6 +84,42 @@ pub struct AccountRules {
     /// its family is not revoked, so exactly one of two racing refreshes
     /// wins. Later, it is reuse and revokes the family. Zero: always reuse.
     pub refresh_reuse_grace: std::time::Duration,
+}
+
+/// How failed logins are counted and when they refuse further attempts
+/// (docs/security.md, "Login"). Failures are counted per account (the
+/// typed name when there is no such account) and per account and client
+/// address, each in a window that opens at the first failure:
+///
+/// - an address with `per_address` failures on an account in the window
+///   is refused on it until the window ends;
+/// - an account with `per_account` failures from all addresses refuses
+///   every address that has failed on it in the window, but still lets an
+///   address with no failures on it try: its owner, logging in from where
+///   they always do, is never locked out by someone else's guesses, while
+///   each guessing address gets one try per window (and the per-address
+///   attempt limit) at most.
+///
+/// A successful login forgets its address's failures on the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginFailures {
+    /// Failures one address may have on one account in a window.
+    pub per_address: u32,
+    /// Failures on one account, from all addresses, past which only
+    /// addresses without failures on it may try.
+    pub per_account: u32,
+    /// How long a count lasts from its first failure.
+    pub window: std::time::Duration,
+}
+
+impl LoginFailures {
+    fn policy(&self, name: &str, quota: u32) -> RatePolicy {
+        RatePolicy {
+            name: name.to_owned(),
+            quota,
+            window: self.window,
+        }
+    }
 }
 
 /// Everything the account use cases need from outside.
@@ -103,6 +139,8 @@ pub struct AccountPorts {
     pub admission: Arc<dyn Admission>,
     /// Rate limits.
     pub limiter: Arc<dyn RateLimiter>,
+    /// Failed logins.
+    pub failures: Arc<dyn FailureCounter>,
 }
 
 /// The account use cases.
@@ -218,7 +256,8 @@ impl Accounts {
     /// parameters is rehashed.
     ///
     /// # Errors
-    /// [`AppError::RateLimited`] past the per-IP or per-account limit;
+    /// [`AppError::RateLimited`] past the per-address attempt limit, or
+    /// when the failed logins counted refuse the attempt ([`LoginFailures`]);
     /// [`AppError::Validation`] for an impossible login name (empty, too
     /// long, control characters); [`AppError::Unauthorized`] with
     /// [`AuthFailure::BadCredentials`].
@@ -238,13 +277,17 @@ impl Accounts {
         }
         let account = typed.trim().to_lowercase();
         let found = self.ports.users.find_credentials(&account).await?;
-        // One bucket per account whichever name was typed; one per typed
+        // One count per account whichever name was typed; one per typed
         // name (bounded above) when there is no such account.
         let account_key = match &found {
             Some((user, _)) => format!("user:{}", user.id),
             None => format!("name:{account}"),
         };
-        self.limit(&self.limits.per_account, &account_key).await?;
+        let keys = [
+            format!("login:{account_key}"),
+            format!("login:{account_key}:from:{}", attempt.client),
+        ];
+        self.refuse_after_failures(&keys).await?;
         let verdict = self
             .ports
             .hasher
@@ -261,9 +304,16 @@ impl Accounts {
             }
             _ => {
                 tracing::info!("login refused");
+                let window = self.limits.login_failures.window;
+                if let Err(e) = self.ports.failures.record(&keys, window).await {
+                    tracing::warn!(error = %e, "could not count a failed login");
+                }
                 return Err(AppError::Unauthorized(AuthFailure::BadCredentials));
             }
         };
+        if let Err(e) = self.ports.failures.clear(&keys[1]).await {
+            tracing::warn!(error = %e, "could not forget an address's failed logins");
+        }
         let family = FamilyId::generate();
         self.ports
             .refresh_tokens
@@ -272,6 +322,47 @@ impl Accounts {
         let session = self.open_session(user, family).await?;
         tracing::info!(user_id = %session.user.id, "logged in");
         Ok(session)
+    }
+
+    /// Refuses a login that the failures counted under `keys` (the
+    /// account's, then the account and address's) stop ([`LoginFailures`]).
+    /// When the counts can't be read, the attempt goes on under the
+    /// per-address attempt limit alone.
+    async fn refuse_after_failures(&self, keys: &[String; 2]) -> Result<(), AppError> {
+        let rules = &self.limits.login_failures;
+        let counts = match self.ports.failures.counts(keys).await {
+            Ok(counts) => counts,
+            Err(e) => {
+                tracing::warn!(error = %e, "failed logins can't be read; limiting per address only");
+                return Ok(());
+            }
+        };
+        let (account, pair) = match counts.as_slice() {
+            [account, pair] => (*account, *pair),
+            _ => return Err(AppError::Internal("a failure count per key".into())),
+        };
+        let refusal = if pair.failures >= rules.per_address {
+            Some((rules.policy("login-failures", rules.per_address), pair))
+        } else if account.failures >= rules.per_account && pair.failures > 0 {
+            Some((rules.policy("login-account", rules.per_account), account))
+        } else {
+            None
+        };
+        match refusal {
+            Some((policy, count)) => {
+                tracing::info!(policy = %policy.name, "login refused after failed attempts");
+                Err(AppError::RateLimited {
+                    policy,
+                    decision: RateDecision {
+                        allowed: false,
+                        remaining: 0,
+                        reset_after: count.resets_in,
+                        retry_after: count.resets_in,
+                    },
+                })
+            }
+            None => Ok(()),
+        }
     }
 
     /// Best effort: a failed rehash is logged and tried again next login.
@@ -400,7 +491,10 @@ impl Accounts {
     /// bucket `bucket` picks for the token's claims (a policy and a key)
     /// in the same look-up ([`Admission`]: one round trip on Redis), which
     /// also reads the version of the user's cached conversation lists
-    /// where it can. A token that is refused is charged nothing.
+    /// where it can. A token that is refused is charged nothing. A request
+    /// its bucket refuses is answered from the admission alone: the
+    /// account is not read (the refusal costs no database read), so its
+    /// caller gets the refusal even if the account was disabled meanwhile.
     ///
     /// # Errors
     /// As [`Accounts::authenticate`].
@@ -420,8 +514,10 @@ impl Accounts {
         else {
             return Err(INVALID_TOKEN);
         };
-        self.in_good_standing(&claims, admitted.user_version)
-            .await?;
+        if admitted.decision.allowed {
+            self.in_good_standing(&claims, admitted.user_version)
+                .await?;
+        }
         Ok(AdmittedRequest {
             list_version: admitted
                 .cache_version

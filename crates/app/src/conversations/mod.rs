@@ -78,7 +78,7 @@ pub enum Read<T, K> {
 
 pub use send::{SendMessage, Started};
 
-use crate::AppError;
+use crate::{AppError, ReaderScope};
 
 /// Everything the conversation use cases need from outside.
 #[derive(Clone)]
@@ -117,6 +117,11 @@ pub struct ConversationRules {
     pub prompt_budget_chars: usize,
     /// Generations one user may run at once.
     pub max_concurrent_per_user: usize,
+    /// Streams one user may read at once on this instance (resumes and
+    /// re-attached retries; a send's own stream always opens, and counts).
+    pub max_readers_per_user: usize,
+    /// Streams of one answer read at once on this instance.
+    pub max_readers_per_answer: usize,
     /// Generations started per user, a stricter bucket than requests.
     pub generation_policy: RatePolicy,
     /// How often a generation's partial text is saved.
@@ -141,6 +146,44 @@ struct Inner {
     ports: ConversationPorts,
     rules: ConversationRules,
     running: Running,
+    readers: Mutex<Readers>,
+}
+
+/// The streams this process serves, counted per user and per answer (a
+/// conversation's log holds one answer at a time), for the reader caps.
+#[derive(Debug, Default)]
+struct Readers {
+    per_user: HashMap<UserId, usize>,
+    per_answer: HashMap<ConversationId, usize>,
+}
+
+/// One reader's place among the counted streams; freed on drop.
+struct ReaderSlot {
+    inner: Arc<Inner>,
+    user: UserId,
+    conversation: ConversationId,
+}
+
+impl Drop for ReaderSlot {
+    fn drop(&mut self) {
+        let mut readers = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        decrement(&mut readers.per_user, &self.user);
+        decrement(&mut readers.per_answer, &self.conversation);
+    }
+}
+
+/// Counts one fewer under `key`, forgetting it at zero.
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 /// The generations this process runs: per-user counts for the cap, and the
@@ -227,6 +270,7 @@ impl Conversations {
                     idle: Notify::new(),
                     shutdown,
                 },
+                readers: Mutex::new(Readers::default()),
             }),
         }
     }
@@ -498,6 +542,45 @@ impl Conversations {
 }
 
 impl Inner {
+    /// A place for a reader of `user` of the answer in `conversation`, or
+    /// the cap it would exceed. `always`: the reader is counted even past
+    /// the caps (the stream of a send the caller just started).
+    fn reader_slot(
+        self: &Arc<Self>,
+        user: UserId,
+        conversation: ConversationId,
+        always: bool,
+    ) -> Result<ReaderSlot, AppError> {
+        let mut readers = self
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !always {
+            let rules = &self.rules;
+            let of_user = readers.per_user.get(&user).copied().unwrap_or(0);
+            if of_user >= rules.max_readers_per_user {
+                return Err(AppError::TooManyReaders {
+                    limit: rules.max_readers_per_user,
+                    scope: ReaderScope::User,
+                });
+            }
+            let of_answer = readers.per_answer.get(&conversation).copied().unwrap_or(0);
+            if of_answer >= rules.max_readers_per_answer {
+                return Err(AppError::TooManyReaders {
+                    limit: rules.max_readers_per_answer,
+                    scope: ReaderScope::Answer,
+                });
+            }
+        }
+        *readers.per_user.entry(user).or_default() += 1;
+        *readers.per_answer.entry(conversation).or_default() += 1;
+        Ok(ReaderSlot {
+            inner: Arc::clone(self),
+            user,
+            conversation,
+        })
+    }
+
     /// The time to store, from the clock port.
     fn now(&self) -> OffsetDateTime {
         now(self.ports.clock.as_ref())

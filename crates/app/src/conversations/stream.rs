@@ -6,26 +6,30 @@ use async_trait::async_trait;
 use confab_domain::{ConversationId, DomainError, ErrorCode, Field, MessageId, events};
 use confab_ports::{AccessClaims, EventFeed, LoggedEvent, ReadFrom};
 
-use super::Conversations;
+use super::{Conversations, ReaderSlot};
 use crate::AppError;
 
 impl Conversations {
     /// A reader of the stream of a generation the caller just started
-    /// (from [`Conversations::send`]), from its first event.
+    /// (from [`Conversations::send`]), from its first event. It counts
+    /// among the caller's readers but is never refused by their caps: the
+    /// send's own generation cap bounds these.
     ///
     /// # Errors
     /// [`AppError::Unavailable`] when the log's backend fails.
     pub async fn follow(
         &self,
+        caller: &AccessClaims,
         conversation: ConversationId,
     ) -> Result<Box<dyn EventFeed>, AppError> {
+        let slot = self.inner.reader_slot(caller.user_id, conversation, true)?;
         let feed = self
             .inner
             .ports
             .log
             .read(conversation, ReadFrom::Start)
             .await?;
-        Ok(Box::new(Guarded::new(feed, conversation, None)))
+        Ok(Box::new(Guarded::new(feed, conversation, None, slot)))
     }
 
     /// Resumes the stream of the conversation's generation for its owner:
@@ -39,7 +43,9 @@ impl Conversations {
     /// [`AppError::Validation`] without a resume token;
     /// [`AppError::Forbidden`] for an invalid or expired one, or one issued
     /// for another user or conversation;
-    /// [`AppError::Validation`] for a `Last-Event-ID` the stream never gave.
+    /// [`AppError::Validation`] for a `Last-Event-ID` the stream never gave;
+    /// [`AppError::TooManyReaders`] when the caller, or the answer, already
+    /// has as many readers on this instance as allowed.
     pub async fn resume(
         &self,
         caller: &AccessClaims,
@@ -63,7 +69,7 @@ impl Conversations {
         if claims.user_id != caller.user_id || claims.conversation_id != conversation {
             return Err(AppError::Forbidden);
         }
-        self.read_answer(conversation, &claims.message_id, last_event_id)
+        self.read_answer(caller, conversation, &claims.message_id, last_event_id)
             .await
     }
 
@@ -74,7 +80,8 @@ impl Conversations {
     /// # Errors
     /// [`AppError::NotFound`] for another user's or a missing conversation,
     /// or when that answer's stream is no longer kept;
-    /// [`AppError::Validation`] for a `Last-Event-ID` the stream never gave.
+    /// [`AppError::Validation`] for a `Last-Event-ID` the stream never gave;
+    /// [`AppError::TooManyReaders`] as for [`Conversations::resume`].
     pub async fn reattach(
         &self,
         caller: &AccessClaims,
@@ -87,18 +94,23 @@ impl Conversations {
             .conversations
             .get(caller.user_id, conversation)
             .await?;
-        self.read_answer(conversation, message, last_event_id).await
+        self.read_answer(caller, conversation, message, last_event_id)
+            .await
     }
 
     /// The stream of the answer `wanted`, if the conversation's log still
     /// holds it.
     async fn read_answer(
         &self,
+        caller: &AccessClaims,
         conversation: ConversationId,
         wanted: &MessageId,
         last_event_id: Option<String>,
     ) -> Result<Box<dyn EventFeed>, AppError> {
         let ports = &self.inner.ports;
+        let slot = self
+            .inner
+            .reader_slot(caller.user_id, conversation, false)?;
         let holds_claimed = || async {
             let head = ports.log.current(conversation).await?;
             Ok::<bool, DomainError>(&head.message == wanted)
@@ -116,7 +128,12 @@ impl Conversations {
         if !holds_claimed().await? {
             return Err(AppError::NotFound);
         }
-        Ok(Box::new(Guarded::new(feed, conversation, last_event_id)))
+        Ok(Box::new(Guarded::new(
+            feed,
+            conversation,
+            last_event_id,
+            slot,
+        )))
     }
 
     /// Stops the generation running in one of the caller's conversations
@@ -176,10 +193,17 @@ struct Guarded {
     ending: VecDeque<LoggedEvent>,
     /// Nothing more comes.
     ended: bool,
+    /// Its place among the counted readers, held while it lives.
+    _slot: ReaderSlot,
 }
 
 impl Guarded {
-    fn new(feed: Box<dyn EventFeed>, conversation: ConversationId, after: Option<String>) -> Self {
+    fn new(
+        feed: Box<dyn EventFeed>,
+        conversation: ConversationId,
+        after: Option<String>,
+        slot: ReaderSlot,
+    ) -> Self {
         Self {
             feed,
             conversation,
@@ -188,6 +212,7 @@ impl Guarded {
             done: false,
             ending: VecDeque::new(),
             ended: false,
+            _slot: slot,
         }
     }
 

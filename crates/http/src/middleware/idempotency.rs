@@ -66,6 +66,9 @@ pub struct IdempotencyPolicy {
     /// How long a claim holds without an outcome before the key is free
     /// again (its instance died mid-request).
     pub in_flight_ttl: Duration,
+    /// The live keys one user may hold (the store enforces it; named in
+    /// the refusal).
+    pub max_per_owner: usize,
 }
 
 /// A key the request holds: once the request has run,
@@ -73,6 +76,7 @@ pub struct IdempotencyPolicy {
 /// retry gets.
 pub(crate) struct ClaimedKey {
     policy: IdempotencyPolicy,
+    owner: String,
     key: String,
     print: String,
 }
@@ -138,7 +142,7 @@ impl ClaimedKey {
         let policy = &self.policy;
         if let Err(e) = policy
             .store
-            .complete(&self.key, &self.print, outcome, policy.ttl)
+            .complete(&self.owner, &self.key, &self.print, outcome, policy.ttl)
             .await
         {
             // The key stays claimed until its in-flight time runs out:
@@ -149,7 +153,12 @@ impl ClaimedKey {
 
     /// Frees the key (the request failed in a way a retry may redo).
     pub(crate) async fn release(&self) {
-        if let Err(e) = self.policy.store.release(&self.key, &self.print).await {
+        if let Err(e) = self
+            .policy
+            .store
+            .release(&self.owner, &self.key, &self.print)
+            .await
+        {
             tracing::warn!(error = %e, "could not free an idempotency key");
         }
     }
@@ -186,11 +195,11 @@ pub(crate) async fn claim(
         .path_and_query()
         .map_or_else(|| req.path().to_owned(), ToString::to_string);
     let print = fingerprint(req.method(), &path, body);
-    let scoped = format!("{}:{key}", caller.user_id);
+    let owner = caller.user_id.to_string();
     let policy = &state.idempotency;
     let claim = match policy
         .store
-        .claim(&scoped, &print, policy.in_flight_ttl)
+        .claim(&owner, key, &print, policy.in_flight_ttl)
         .await
     {
         Ok(claim) => claim,
@@ -204,9 +213,13 @@ pub(crate) async fn claim(
     match claim {
         Claim::Claimed => Keyed::Run(ClaimedKey {
             policy: policy.clone(),
-            key: scoped,
+            owner,
+            key: key.to_owned(),
             print,
         }),
+        Claim::OwnerFull { retry_after } => {
+            Keyed::Answer(owner_full(policy.max_per_owner, retry_after).error_response())
+        }
         Claim::Mismatch => Keyed::Answer(reused().error_response()),
         Claim::InFlight => Keyed::Answer(in_flight().error_response()),
         Claim::Completed(StoredOutcome::Response {
@@ -313,6 +326,18 @@ fn reused() -> ApiError {
         StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::IdempotencyKeyReused,
         "this Idempotency-Key was used for a different request",
+    )
+}
+
+/// 429: the caller holds as many keys as one user may; the first lapses
+/// in `retry_after`.
+fn owner_full(max: usize, retry_after: Duration) -> ApiError {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    ApiError::too_many(
+        format!(
+            "you hold {max} Idempotency-Keys, as many as one user may: retry once the first expires, or without a key"
+        ),
+        secs,
     )
 }
 

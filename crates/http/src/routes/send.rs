@@ -293,7 +293,9 @@ async fn answer(
     let conversations = &state.conversations;
     match mode {
         Preferred::EventStream => {
-            let feed = conversations.follow(started.conversation.id).await?;
+            let feed = conversations
+                .follow(caller, started.conversation.id)
+                .await?;
             Ok(sse::response(feed, state.sse))
         }
         Preferred::Json => finished(conversations, caller, started).await,

@@ -110,6 +110,11 @@ pub struct LocalModelSettings {
 pub struct GenerationSettings {
     /// Answers one user may have generating at once.
     pub max_concurrent_per_user: NonZeroUsize,
+    /// Streams one user may read at once on one instance (resumes and
+    /// re-attached retries; a send's own stream always opens).
+    pub max_readers_per_user: NonZeroUsize,
+    /// Streams of one answer read at once on one instance.
+    pub max_readers_per_answer: NonZeroUsize,
     /// Answers one user may start per minute.
     pub per_minute: NonZeroU32,
     /// Milliseconds between saves of a partial answer.
@@ -163,6 +168,12 @@ pub struct IdempotencySettings {
     /// Most keys kept in process (without Redis); beyond, new keys are
     /// refused with 503 rather than forgetting one a retry relies on.
     pub max_entries: NonZeroUsize,
+    /// Most bytes of keys and outcomes kept in process (without Redis);
+    /// beyond, new keys are refused with 503 as for `max_entries`.
+    pub max_bytes: NonZeroUsize,
+    /// Live keys one user may hold (in process and in Redis); beyond, that
+    /// user's new keys are refused with 429.
+    pub max_per_user: NonZeroUsize,
 }
 
 impl super::Settings {

@@ -178,6 +178,8 @@ pub(crate) async fn conversations(
             system_prompt: llm.system_prompt.clone(),
             prompt_budget_chars: llm.prompt_budget_chars.get(),
             max_concurrent_per_user: g.max_concurrent_per_user.get(),
+            max_readers_per_user: g.max_readers_per_user.get(),
+            max_readers_per_answer: g.max_readers_per_answer.get(),
             generation_policy: per_minute("generation", g.per_minute),
             flush_interval: g.flush_interval,
             title_generation: llm.title_generation,

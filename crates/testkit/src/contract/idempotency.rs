@@ -1,7 +1,9 @@
 //! What every [`IdempotencyStore`] promises: a key is claimed by one
 //! request at a time, its outcome is replayed to that request's retries and
-//! to no other request, and claims and outcomes lapse after their TTLs.
+//! to no other request, claims and outcomes lapse after their TTLs, and an
+//! owner holds no more keys than the cap the store was made with.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +16,13 @@ use super::eventually;
 pub type Adapter = Arc<dyn IdempotencyStore>;
 
 const MINUTE: Duration = Duration::from_secs(60);
+
+/// The per-owner cap of the stores most tests get: more keys than any
+/// test claims.
+pub const STANDARD_CAP: usize = 1_000;
+
+/// The owner of the keys of the tests with one owner.
+const OWNER: &str = "0190c7c4-6a5e-7000-8000-00000000000a";
 
 /// A short in-flight or outcome TTL, for the tests of lapsing.
 const SHORT: Duration = Duration::from_millis(100);
@@ -32,12 +41,15 @@ pub fn response(body: &[u8]) -> StoredOutcome {
 }
 
 async fn claim(store: &dyn IdempotencyStore, key: &str, fingerprint: &str) -> Claim {
-    store.claim(key, fingerprint, MINUTE).await.expect("claim")
+    store
+        .claim(OWNER, key, fingerprint, MINUTE)
+        .await
+        .expect("claim")
 }
 
 async fn complete(store: &dyn IdempotencyStore, key: &str, fingerprint: &str, body: &[u8]) {
     store
-        .complete(key, fingerprint, response(body), MINUTE)
+        .complete(OWNER, key, fingerprint, response(body), MINUTE)
         .await
         .expect("complete");
 }
@@ -48,7 +60,9 @@ async fn claim_once_lapsed(store: &dyn IdempotencyStore, key: &str, fingerprint:
     eventually("the key is free again", async || {
         match claim(store, key, fingerprint).await {
             Claim::Claimed => true,
-            Claim::InFlight | Claim::Mismatch | Claim::Completed(_) => false,
+            Claim::InFlight | Claim::Mismatch | Claim::Completed(_) | Claim::OwnerFull { .. } => {
+                false
+            }
         }
     })
     .await;
@@ -108,7 +122,7 @@ pub async fn both_outcomes_round_trip(store: &dyn IdempotencyStore) {
         let key = format!("k{i}");
         assert_eq!(claim(store, &key, "fp").await, Claim::Claimed);
         store
-            .complete(&key, "fp", outcome.clone(), MINUTE)
+            .complete(OWNER, &key, "fp", outcome.clone(), MINUTE)
             .await
             .expect("complete");
         assert_eq!(claim(store, &key, "fp").await, Claim::Completed(outcome));
@@ -126,7 +140,7 @@ pub async fn another_fingerprint_is_a_mismatch(store: &dyn IdempotencyStore) {
         "while in flight"
     );
     complete(store, "k", "b", b"b").await;
-    store.release("k", "b").await.expect("release");
+    store.release(OWNER, "k", "b").await.expect("release");
     assert_eq!(claim(store, "k", "a").await, Claim::InFlight);
 
     complete(store, "k", "a", b"a").await;
@@ -157,7 +171,7 @@ pub async fn a_running_claim_is_in_flight(store: &dyn IdempotencyStore) {
 /// released.
 pub async fn release_frees_the_key(store: &dyn IdempotencyStore) {
     assert_eq!(claim(store, "k", "a").await, Claim::Claimed);
-    store.release("k", "a").await.expect("release");
+    store.release(OWNER, "k", "a").await.expect("release");
     assert_eq!(
         claim(store, "k", "b").await,
         Claim::Claimed,
@@ -165,7 +179,7 @@ pub async fn release_frees_the_key(store: &dyn IdempotencyStore) {
     );
 
     complete(store, "k", "b", b"b").await;
-    store.release("k", "b").await.expect("release");
+    store.release(OWNER, "k", "b").await.expect("release");
     assert_eq!(
         claim(store, "k", "b").await,
         Claim::Completed(response(b"b"))
@@ -177,12 +191,12 @@ pub async fn release_frees_the_key(store: &dyn IdempotencyStore) {
 /// and `release` leave the new claim alone.
 pub async fn a_lapsed_claim_can_be_claimed_again(store: &dyn IdempotencyStore) {
     assert_eq!(
-        store.claim("k", "old", SHORT).await.expect("claim"),
+        store.claim(OWNER, "k", "old", SHORT).await.expect("claim"),
         Claim::Claimed
     );
     claim_once_lapsed(store, "k", "new").await;
     complete(store, "k", "old", b"old").await;
-    store.release("k", "old").await.expect("release");
+    store.release(OWNER, "k", "old").await.expect("release");
     assert_eq!(claim(store, "k", "new").await, Claim::InFlight);
 }
 
@@ -190,7 +204,7 @@ pub async fn a_lapsed_claim_can_be_claimed_again(store: &dyn IdempotencyStore) {
 /// took the key meanwhile: the key is free.
 pub async fn a_lapsed_claim_cannot_be_completed(store: &dyn IdempotencyStore) {
     assert_eq!(
-        store.claim("k", "fp", SHORT).await.expect("claim"),
+        store.claim(OWNER, "k", "fp", SHORT).await.expect("claim"),
         Claim::Claimed
     );
     tokio::time::sleep(SHORT * 2).await;
@@ -203,7 +217,7 @@ pub async fn a_lapsed_claim_cannot_be_completed(store: &dyn IdempotencyStore) {
 pub async fn completed_outcomes_expire(store: &dyn IdempotencyStore) {
     assert_eq!(claim(store, "k", "a").await, Claim::Claimed);
     store
-        .complete("k", "a", response(b"a"), Duration::from_secs(1))
+        .complete(OWNER, "k", "a", response(b"a"), Duration::from_secs(1))
         .await
         .expect("complete");
     assert_eq!(
@@ -235,4 +249,38 @@ pub async fn concurrent_claims_have_one_winner(store: &Adapter) {
         }
     }
     assert_eq!(claimed, 1);
+}
+
+/// A new key of an owner who holds as many live keys as the cap is
+/// refused with the time until their first lapses; keys they hold are
+/// still answered, other owners are not affected, and a release frees a
+/// place.
+pub async fn an_owner_at_the_cap_is_refused_and_nobody_else<S, F>(make: impl FnOnce(usize) -> F)
+where
+    S: IdempotencyStore,
+    F: Future<Output = S>,
+{
+    let store = make(2).await;
+    assert_eq!(claim(&store, "a", "fp").await, Claim::Claimed);
+    complete(&store, "a", "fp", b"a").await;
+    assert_eq!(claim(&store, "b", "fp").await, Claim::Claimed);
+    match store.claim(OWNER, "c", "fp", MINUTE).await.expect("claim") {
+        Claim::OwnerFull { retry_after } => assert!(
+            retry_after > Duration::from_secs(50) && retry_after <= MINUTE,
+            "until the first of the owner's keys lapses: {retry_after:?}"
+        ),
+        other => panic!("the owner's third key: {other:?}"),
+    }
+    assert_eq!(
+        claim(&store, "a", "fp").await,
+        Claim::Completed(response(b"a"))
+    );
+    assert_eq!(claim(&store, "b", "fp").await, Claim::InFlight);
+    let other = "0190c7c4-6a5e-7000-8000-00000000000b";
+    for key in ["c", "a"] {
+        let claimed = store.claim(other, key, "fp", MINUTE).await.expect("claim");
+        assert_eq!(claimed, Claim::Claimed, "another owner's {key}");
+    }
+    store.release(OWNER, "b", "fp").await.expect("release");
+    assert_eq!(claim(&store, "c", "fp").await, Claim::Claimed);
 }
