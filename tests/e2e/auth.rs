@@ -637,6 +637,32 @@ async fn disabled_user_is_locked_out_at_once(backend: Backend) {
         )
         .await;
     error_body(res, 401, "INVALID_CREDENTIALS").await;
+    // Enabled again: the sessions the disable ended stay ended (their
+    // access tokens are not revived); a new login works.
+    let res = app
+        .client
+        .patch(app.url(&format!("/api/v1/admin/users/{id}")))
+        .bearer_auth(&admin)
+        .json(&json!({"disabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    error_body(
+        app.get_auth("/api/v1/users/me", &token(&tokens, "access_token"))
+            .await,
+        401,
+        "AUTH_REQUIRED",
+    )
+    .await;
+    error_body(
+        refresh_with(&app, &token(&tokens, "refresh_token")).await,
+        401,
+        "AUTH_REQUIRED",
+    )
+    .await;
+    let fresh = token(&app.login("kim", PASSWORD).await, "access_token");
+    assert_eq!(app.get_auth("/api/v1/users/me", &fresh).await.status(), 200);
     // A malformed or unknown id is a 404.
     for bad in ["not-a-uuid", "00000000-0000-7000-8000-000000000000"] {
         let res = disable(&app, &admin, bad).await;

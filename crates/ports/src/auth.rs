@@ -217,11 +217,18 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
     async fn revoke_family(&self, family: FamilyId, now: OffsetDateTime)
     -> Result<(), DomainError>;
 
-    /// Revokes every token of a user.
+    /// Revokes every token of a user, and returns the login sessions this
+    /// revoked (those that were live), so that their access tokens can be
+    /// refused too. However many sessions the user has, this is a bounded
+    /// number of statements.
     ///
     /// # Errors
     /// On storage failure.
-    async fn revoke_user(&self, user: UserId, now: OffsetDateTime) -> Result<(), DomainError>;
+    async fn revoke_user(
+        &self,
+        user: UserId,
+        now: OffsetDateTime,
+    ) -> Result<Vec<FamilyId>, DomainError>;
 }
 
 /// What the shared state says of one access token on one request: read in

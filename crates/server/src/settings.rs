@@ -478,6 +478,11 @@ impl Settings {
                     "cors.allowed_origins: '{origin}' must be an origin like https://chat.example.com"
                 )));
             }
+            if origin.starts_with("http://") && !self.is_development() && !is_loopback(origin) {
+                return Err(invalid(format!(
+                    "cors.allowed_origins: '{origin}' is plain http: only https origins (or http://localhost) outside development, where a page on it could be changed in transit"
+                )));
+            }
         }
         Ok(())
     }
@@ -506,6 +511,11 @@ impl Settings {
                 "CONFAB_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes"
             )));
         }
+        if secret.is_empty() && !self.redis.url.expose_secret().is_empty() {
+            return Err(invalid(
+                "CONFAB_JWT_SECRET is required with REDIS_URL: instances sharing Redis must sign with one secret, and a generated one is each instance's own",
+            ));
+        }
         if secret.is_empty() && !self.is_development() {
             return Err(invalid(format!(
                 "CONFAB_JWT_SECRET is required when CONFAB_ENV={} (only development may run without one)",
@@ -514,6 +524,18 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Whether an `http://` origin is this machine's (`localhost`, `127.0.0.1`
+/// or `[::1]`, any port).
+fn is_loopback(origin: &str) -> bool {
+    let host = origin.trim_start_matches("http://");
+    let host = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or(host)
+    } else {
+        host.split(':').next().unwrap_or(host)
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
 }
 
 /// The first of `durations` (named by their keys) that is zero, as an error.
@@ -649,6 +671,62 @@ mod tests {
             assert!(err.contains(needle), "{pairs:?}: {err}");
             assert!(!err.contains('\n'), "{err}");
         }
+    }
+
+    #[test]
+    fn a_shared_redis_requires_a_secret_in_any_environment() {
+        let err = load(&[("REDIS_URL", "redis://127.0.0.1:6379")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CONFAB_JWT_SECRET is required with REDIS_URL"),
+            "{err}"
+        );
+        let with = load(&[
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            (
+                "CONFAB_JWT_SECRET",
+                "e2e-test-secret-0123456789abcdef-0123456789",
+            ),
+        ]);
+        assert!(with.is_ok());
+    }
+
+    #[test]
+    fn plain_http_origins_only_for_this_machine_outside_development() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("production.toml"), "").unwrap();
+        let d = dir.path().to_str().unwrap();
+        let secret = "e2e-test-secret-0123456789abcdef-0123456789";
+        let production = |origins: &str| {
+            load(&[
+                ("CONFAB_CONFIG_DIR", d),
+                ("CONFAB_ENV", "production"),
+                ("CONFAB_JWT_SECRET", secret),
+                ("CONFAB__CORS__ALLOWED_ORIGINS", origins),
+            ])
+        };
+        let err = production("https://chat.example.com,http://chat.example.com")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'http://chat.example.com' is plain http"),
+            "{err}"
+        );
+        for ok in [
+            "https://chat.example.com",
+            "http://localhost:5173",
+            "http://127.0.0.1",
+            "http://[::1]:3000",
+        ] {
+            assert!(production(ok).is_ok(), "{ok}");
+        }
+        let err = production("http://localhost.evil.example")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("plain http"), "{err}");
+        // Development takes any http origin.
+        assert!(load(&[("CONFAB__CORS__ALLOWED_ORIGINS", "http://chat.example.com")]).is_ok());
     }
 
     #[test]

@@ -582,11 +582,17 @@ impl RefreshTokenStore for MemoryStore {
         Ok(())
     }
 
-    async fn revoke_user(&self, user: UserId, _now: OffsetDateTime) -> Result<(), DomainError> {
+    async fn revoke_user(
+        &self,
+        user: UserId,
+        _now: OffsetDateTime,
+    ) -> Result<Vec<FamilyId>, DomainError> {
         let mut state = self.state();
-        for f in state.families.values_mut() {
-            if f.user == user {
+        let mut revoked = Vec::new();
+        for (id, f) in &mut state.families {
+            if f.user == user && !f.revoked {
                 f.revoked = true;
+                revoked.push(*id);
             }
         }
         for token in state.tokens.values_mut() {
@@ -594,7 +600,7 @@ impl RefreshTokenStore for MemoryStore {
                 token.revoked = true;
             }
         }
-        Ok(())
+        Ok(revoked)
     }
 }
 

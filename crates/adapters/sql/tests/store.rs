@@ -60,6 +60,7 @@ on_both_backends!(
     refresh_token_redeems_once_then_is_reuse,
     racing_redemptions_have_exactly_one_winner,
     revoked_and_expired_refresh_tokens_are_rejected,
+    a_user_with_tens_of_thousands_of_sessions_can_be_revoked,
     password_hash_is_replaced,
     no_token_joins_a_revoked_family,
     orphaned_generations_are_closed_as_failed_with_their_text,
@@ -776,6 +777,41 @@ async fn racing_redemptions_have_exactly_one_winner(backend: Backend) {
     assert_eq!(redeemed, 1);
 }
 
+/// More sessions than SQLite (32,766) or PostgreSQL (65,535) accepts
+/// bound parameters in one statement: revoking them all still works.
+async fn a_user_with_tens_of_thousands_of_sessions_can_be_revoked(backend: Backend) {
+    let f = fixture(backend).await;
+    let uma = user(&f.store, "uma").await;
+    let sessions = 40_000;
+    for _ in 0..sessions / 1_000 {
+        let opens: Vec<_> = (0..1_000)
+            .map(|_| {
+                let store = f.store.clone();
+                let user = uma.id;
+                tokio::spawn(
+                    async move { store.open_family(FamilyId::generate(), user, now()).await },
+                )
+            })
+            .collect();
+        for opened in opens {
+            opened.await.unwrap().unwrap();
+        }
+    }
+    let last = refresh(
+        &f.store,
+        uma.id,
+        FamilyId::generate(),
+        Duration::from_secs(60),
+    )
+    .await;
+    let ended = f.store.revoke_user(uma.id, now()).await.unwrap();
+    assert_eq!(ended.len(), sessions + 1);
+    assert_eq!(
+        f.store.redeem(last, now()).await.unwrap(),
+        Redemption::Rejected
+    );
+}
+
 async fn revoked_and_expired_refresh_tokens_are_rejected(backend: Backend) {
     let f = fixture(backend).await;
     let tia = user(&f.store, "tia").await;
@@ -798,10 +834,15 @@ async fn revoked_and_expired_refresh_tokens_are_rejected(backend: Backend) {
         f.store.redeem(b, now()).await.unwrap(),
         Redemption::Rejected
     );
-    f.store.revoke_user(tia.id, now()).await.unwrap();
+    let ended = f.store.revoke_user(tia.id, now()).await.unwrap();
     assert_eq!(
         f.store.redeem(other, now()).await.unwrap(),
         Redemption::Rejected
+    );
+    assert_eq!(ended.len(), 1, "only the family that was still live");
+    assert!(
+        f.store.revoke_user(tia.id, now()).await.unwrap().is_empty(),
+        "nothing left to end"
     );
     let expired = refresh(
         &f.store,

@@ -459,7 +459,7 @@ impl Accounts {
             Err(e) => return Err(e.into()),
         };
         if user.disabled {
-            self.ports.refresh_tokens.revoke_user(user.id, now).await?;
+            self.end_sessions(user.id, now).await?;
             return Err(INVALID_TOKEN);
         }
         self.open_session(user, claims.family).await
@@ -574,6 +574,18 @@ impl Accounts {
         Ok(())
     }
 
+    /// Ends every session of `user`: their refresh tokens are revoked, and
+    /// the access tokens of those sessions refused until they expire, so
+    /// that re-enabling the account later does not revive them.
+    async fn end_sessions(&self, user: UserId, now: OffsetDateTime) -> Result<(), AppError> {
+        let families = self.ports.refresh_tokens.revoke_user(user, now).await?;
+        let until = now + self.ports.tokens.access_ttl();
+        for family in families {
+            self.ports.blocklist.block_family(family, until).await?;
+        }
+        Ok(())
+    }
+
     /// The caller's own account.
     ///
     /// # Errors
@@ -635,7 +647,7 @@ impl Accounts {
         self.known.forget(id);
         self.ports.blocklist.user_changed(id).await?;
         if disabled {
-            self.ports.refresh_tokens.revoke_user(id, now).await?;
+            self.end_sessions(id, now).await?;
         }
         tracing::info!(admin = %caller.user_id, user_id = %id, disabled, "account status changed");
         Ok(user)

@@ -228,7 +228,10 @@ pub(crate) fn cacheable_json<T>(
         StatusCode::OK
     };
     let mut res = HttpResponse::build(status);
-    res.insert_header((CACHE_CONTROL, HeaderValue::from_static("private, no-cache")))
+    // Conversations are private text: never kept in a browser's (disk)
+    // cache. A client that keeps them itself still revalidates with the
+    // ETag.
+    res.insert_header((CACHE_CONTROL, HeaderValue::from_static("private, no-store")))
         .insert_header((ETAG, rendered.etag));
     Ok(if status == StatusCode::NOT_MODIFIED {
         res.finish()

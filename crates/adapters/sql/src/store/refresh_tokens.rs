@@ -145,16 +145,48 @@ impl RefreshTokenStore for SqlStore {
             .await
     }
 
-    async fn revoke_user(&self, user: UserId, now: OffsetDateTime) -> Result<(), DomainError> {
+    async fn revoke_user(
+        &self,
+        user: UserId,
+        now: OffsetDateTime,
+    ) -> Result<Vec<FamilyId>, DomainError> {
         let (user, now) = (user.to_string(), micros(now));
-        self.db
+        let live: Vec<String> = self
+            .db
             .write(move |conn| {
-                let families: Vec<String> = rf::table
+                // By the user's id, never a list of ids bound one by one:
+                // a user with tens of thousands of sessions would pass the
+                // database's limit of bound parameters.
+                let live: Vec<String> = rf::table
                     .filter(rf::user_id.eq(&user))
+                    .filter(rf::revoked_at.is_null())
                     .select(rf::id)
                     .load(conn)?;
-                revoke(conn, families, now)
+                // The families first, then their tokens: the lock order
+                // (module docs).
+                diesel::update(
+                    rf::table
+                        .filter(rf::user_id.eq(&user))
+                        .filter(rf::revoked_at.is_null()),
+                )
+                .set(rf::revoked_at.eq(Some(now)))
+                .execute(conn)?;
+                let of_user = rf::table.filter(rf::user_id.eq(&user)).select(rf::id);
+                diesel::update(
+                    rt::table
+                        .filter(rt::family_id.eq_any(of_user))
+                        .filter(rt::revoked_at.is_null()),
+                )
+                .set(rt::revoked_at.eq(Some(now)))
+                .execute(conn)?;
+                Ok(live)
             })
-            .await
+            .await?;
+        live.iter()
+            .map(|id| {
+                id.parse::<FamilyId>()
+                    .map_err(|_| DomainError::internal("a stored session id does not parse"))
+            })
+            .collect()
     }
 }
