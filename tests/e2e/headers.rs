@@ -1,6 +1,6 @@
 //! Security headers and CORS, on successes and errors alike.
 
-use confab_e2e::{ALLOWED_ORIGIN, spawn_app};
+use confab_e2e::{ALLOWED_ORIGIN, error_body, spawn_app, spawn_app_with};
 use confab_sql::Backend;
 
 on_both_backends!(
@@ -10,6 +10,7 @@ on_both_backends!(
     unlisted_origin_gets_no_cors_headers,
     preflight_from_an_allowed_origin_is_answered,
     cors_applies_to_errors_and_ignores_origin_case,
+    only_the_allowed_hosts_are_answered,
 );
 
 async fn cors_applies_to_errors_and_ignores_origin_case(backend: Backend) {
@@ -148,4 +149,43 @@ async fn preflight_from_an_allowed_origin_is_answered(backend: Backend) {
     );
     assert_eq!(h["access-control-max-age"], "600");
     assert_eq!(h["x-frame-options"], "DENY");
+}
+
+/// Seed 003's trusted hosts: a request naming another host (a DNS
+/// rebinding page, a poisoned link) is 400 with the security headers;
+/// the probes answer any host, for load balancers calling by address.
+async fn only_the_allowed_hosts_are_answered(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        &[(
+            "CONFAB__SECURITY__ALLOWED_HOSTS",
+            "chat.example.com,*.example.org",
+        )],
+    );
+    let get = |path: &'static str, host: &'static str| {
+        app.client.get(app.url(path)).header("host", host).send()
+    };
+    for host in [
+        "chat.example.com",
+        "Chat.Example.com:8443",
+        "eu.example.org",
+    ] {
+        let res = get("/api/v1/openapi.json", host).await.unwrap();
+        assert_eq!(res.status(), 200, "{host}");
+    }
+    for host in [
+        "evil.example",
+        "example.org",
+        "chat.example.com.evil.example",
+        "127.0.0.1",
+    ] {
+        let res = get("/api/v1/openapi.json", host).await.unwrap();
+        assert_eq!(res.headers()["x-frame-options"], "DENY");
+        let body = error_body(res, 400, "VALIDATION_ERROR").await;
+        assert_eq!(body["field"], "Host", "{host}");
+    }
+    for probe in ["/healthz", "/readyz"] {
+        let res = get(probe, "10.0.0.7:8080").await.unwrap();
+        assert_eq!(res.status(), 200, "{probe}");
+    }
 }

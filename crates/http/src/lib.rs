@@ -30,7 +30,9 @@ pub use client::TrustedProxies;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use extract::{BodyLimits, Json, MaybeJson};
 pub use metrics::{Metrics, metrics_routes};
-pub use middleware::{CorsPolicy, IdempotencyPolicy, RateTiers, RequestId, SecurityHeaders};
+pub use middleware::{
+    AllowedHosts, CorsPolicy, IdempotencyPolicy, RateTiers, RequestId, SecurityHeaders,
+};
 pub use openapi::{ApiDoc, openapi_json, served_openapi_json};
 pub use routes::served_routes;
 pub use sse::SseSettings;
@@ -269,6 +271,7 @@ mod tests {
             cors: CorsPolicy::default(),
             security: SecurityHeaders {
                 hsts_max_age_secs: 60,
+                allowed_hosts: AllowedHosts::default(),
             },
             openapi: "{}".to_owned(),
         }

@@ -10,8 +10,8 @@ use actix_web::{App, HttpServer, web};
 use confab_app::{Conversations, Readiness, Registration};
 use confab_domain::{Password, User};
 use confab_http::{
-    BodyLimits, CorsPolicy, HttpState, IdempotencyPolicy, Metrics, RateTiers, SecurityHeaders,
-    SseSettings,
+    AllowedHosts, BodyLimits, CorsPolicy, HttpState, IdempotencyPolicy, Metrics, RateTiers,
+    SecurityHeaders, SseSettings,
 };
 use confab_llm::LoadingModel;
 use confab_ports::HealthCheck;
@@ -377,6 +377,7 @@ fn http_state(
         },
         security: SecurityHeaders {
             hsts_max_age_secs: settings.security.hsts_max_age.as_secs(),
+            allowed_hosts: AllowedHosts::new(&settings.security.allowed_hosts),
         },
         openapi,
         limiter: wired.limiter,

@@ -326,6 +326,9 @@ pub struct SecuritySettings {
     /// HSTS max-age.
     #[serde(rename = "hsts_max_age_secs", deserialize_with = "units::secs")]
     pub hsts_max_age: Duration,
+    /// Host names the service answers for (`chat.example.com`, or
+    /// `*.example.com` for its subdomains); empty: any.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[log]`.
@@ -387,6 +390,7 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("cors.allowed_origins")
+                .with_list_parse_key("security.allowed_hosts")
                 .with_list_parse_key("server.trusted_proxies")
                 .with_list_parse_key("llm.models")
                 .source(Some(vars.clone().into_iter().collect())),
@@ -469,6 +473,18 @@ impl Settings {
         self.trusted_proxies()?;
         self.validate_auth()?;
         self.validate_chat()?;
+        for host in &self.security.allowed_hosts {
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            let ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+            if !ok {
+                return Err(invalid(format!(
+                    "security.allowed_hosts: '{host}' must be a host name like chat.example.com or *.example.com (no scheme, no port)"
+                )));
+            }
+        }
         for origin in &self.cors.allowed_origins {
             let ok = (origin.starts_with("https://") || origin.starts_with("http://"))
                 && !origin.ends_with('/')

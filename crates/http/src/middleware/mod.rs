@@ -19,6 +19,6 @@ pub use rate_limit::RateTiers;
 pub(crate) use rate_limit::rate_limit;
 pub use request_id::RequestId;
 pub(crate) use request_id::request_id;
-pub use security::SecurityHeaders;
 pub(crate) use security::security_headers;
+pub use security::{AllowedHosts, SecurityHeaders};
 pub(crate) use telemetry::telemetry;
