@@ -11,6 +11,7 @@ on_both_backends!(
     preflight_from_an_allowed_origin_is_answered,
     cors_applies_to_errors_and_ignores_origin_case,
     only_the_allowed_hosts_are_answered,
+    a_deprecated_surface_says_so_and_names_its_successor,
 );
 
 async fn cors_applies_to_errors_and_ignores_origin_case(backend: Backend) {
@@ -187,5 +188,69 @@ async fn only_the_allowed_hosts_are_answered(backend: Backend) {
     for probe in ["/healthz", "/readyz"] {
         let res = get(probe, "10.0.0.7:8080").await.unwrap();
         assert_eq!(res.status(), 200, "{probe}");
+    }
+}
+
+/// Seed 004: a route prefix configured as deprecated answers as before,
+/// with `Deprecation`, `Sunset` and `Link` (successor and policy) on every
+/// response, errors included; other routes carry none; the served document
+/// marks exactly those operations deprecated.
+async fn a_deprecated_surface_says_so_and_names_its_successor(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("development.toml"),
+        r#"
+[[api.deprecations]]
+prefix = "/backend-api"
+since = "2026-12-01T00:00:00Z"
+sunset = "2027-06-30T00:00:00Z"
+successor = "/api/v1"
+policy = "https://chat.example.com/docs/deprecations"
+"#,
+    )
+    .unwrap();
+    let app = spawn_app_with(
+        backend,
+        &[("CONFAB_CONFIG_DIR", dir.path().to_str().unwrap())],
+    );
+    let token = app.user("dee").await;
+    let old = app.get_auth("/backend-api/conversations", &token).await;
+    assert_eq!(old.status(), 200, "still served");
+    assert_eq!(old.headers()["deprecation"], "@1796083200");
+    assert_eq!(old.headers()["sunset"], "Wed, 30 Jun 2027 00:00:00 GMT");
+    let links: Vec<&str> = old
+        .headers()
+        .get_all("link")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        links,
+        [
+            r#"</api/v1>; rel="successor-version""#,
+            r#"<https://chat.example.com/docs/deprecations>; rel="deprecation""#
+        ]
+    );
+    let missing = app.get_auth("/backend-api/conversation/nope", &token).await;
+    assert_eq!(
+        missing.headers()["deprecation"],
+        "@1796083200",
+        "errors too"
+    );
+    error_body(missing, 404, "NOT_FOUND").await;
+    let new = app.get_auth("/api/v1/conversations", &token).await;
+    assert_eq!(new.status(), 200);
+    assert!(!new.headers().contains_key("deprecation"));
+    assert!(!new.headers().contains_key("sunset"));
+    let doc: serde_json::Value = app.get("/api/v1/openapi.json").await.json().await.unwrap();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let deprecated = op["deprecated"] == true;
+            assert_eq!(
+                deprecated,
+                path.starts_with("/backend-api/"),
+                "{method} {path}"
+            );
+        }
     }
 }

@@ -31,7 +31,8 @@ pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use extract::{BodyLimits, Json, MaybeJson};
 pub use metrics::{Metrics, metrics_routes};
 pub use middleware::{
-    AllowedHosts, CorsPolicy, IdempotencyPolicy, RateTiers, RequestId, SecurityHeaders,
+    AllowedHosts, CorsPolicy, DeprecatedRoutes, DeprecationNotice, IdempotencyPolicy, RateTiers,
+    RequestId, SecurityHeaders,
 };
 pub use openapi::{ApiDoc, openapi_json, served_openapi_json};
 pub use routes::served_routes;
@@ -67,6 +68,8 @@ pub struct HttpState {
     pub trusted_proxies: TrustedProxies,
     /// `Idempotency-Key`: where keys are kept and for how long.
     pub idempotency: IdempotencyPolicy,
+    /// Route prefixes marked deprecated, and their notices.
+    pub deprecated: DeprecatedRoutes,
 }
 
 /// The one state of the application: what the binary built, and the class
@@ -126,7 +129,8 @@ fn build(
         rendered: rendered::RenderedBodies::default(),
     });
     // Each middleware holds the state itself: none can find it missing.
-    let (idempotency, rate_limit, cors, security, telemetry) = (
+    let (idempotency, rate_limit, cors, deprecated, security, telemetry) = (
+        state.clone(),
         state.clone(),
         state.clone(),
         state.clone(),
@@ -154,6 +158,9 @@ fn build(
         }))
         .wrap(from_fn(move |req, next| {
             middleware::cors(cors.clone(), req, next)
+        }))
+        .wrap(from_fn(move |req, next| {
+            middleware::deprecation(deprecated.clone(), req, next)
         }))
         .wrap(from_fn(move |req, next| {
             middleware::security_headers(security.clone(), req, next)
@@ -273,6 +280,7 @@ mod tests {
                 hsts_max_age_secs: 60,
                 allowed_hosts: AllowedHosts::default(),
             },
+            deprecated: DeprecatedRoutes::default(),
             openapi: "{}".to_owned(),
         }
     }

@@ -273,12 +273,26 @@ pub fn openapi_json() -> Result<String, serde_json::Error> {
 }
 
 /// The document a server serves: as [`openapi_json`], with the models a
-/// send may name (`default`, then `models`) listed where a send names one.
+/// send may name (`default`, then `models`) listed where a send names one,
+/// and the operations under a `deprecated` prefix marked deprecated.
 ///
 /// # Errors
 /// When serialisation fails (a programming error).
-pub fn served_openapi_json(models: &[String]) -> Result<String, serde_json::Error> {
+pub fn served_openapi_json(
+    models: &[String],
+    deprecated: &crate::DeprecatedRoutes,
+) -> Result<String, serde_json::Error> {
     let mut doc = document()?;
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        let covered = paths.iter_mut().filter(|(path, _)| deprecated.covers(path));
+        for operations in covered.filter_map(|(_, item)| item.as_object_mut()) {
+            for (method, op) in operations.iter_mut() {
+                if ["get", "head", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                    op["deprecated"] = serde_json::Value::Bool(true);
+                }
+            }
+        }
+    }
     let mut names = vec!["default".to_owned()];
     for name in models {
         if !names.contains(name) {

@@ -356,7 +356,8 @@ fn http_state(
         checks.push(model.clone());
     }
     let rl = &settings.rate_limit;
-    let openapi = confab_http::served_openapi_json(&chat.models)
+    let deprecated = settings.api.deprecated_routes()?;
+    let openapi = confab_http::served_openapi_json(&chat.models, &deprecated)
         .map_err(|e| StartupError::Setup(format!("openapi: {e}")))?;
     Ok(HttpState {
         accounts: wired.accounts,
@@ -393,6 +394,7 @@ fn http_state(
             in_flight_ttl: settings.idempotency.in_flight,
             max_per_owner: settings.idempotency.max_per_user.get(),
         },
+        deprecated,
     })
 }
 

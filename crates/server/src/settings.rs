@@ -157,6 +157,8 @@ pub struct Settings {
     pub cors: CorsSettings,
     /// Security headers.
     pub security: SecuritySettings,
+    /// `[api]`.
+    pub api: ApiSettings,
     /// Logging.
     pub log: LogSettings,
     /// `CONFAB_ENV`: `development` unless set.
@@ -319,6 +321,55 @@ pub struct CorsSettings {
     pub max_age_secs: u32,
 }
 
+/// `[api]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Route prefixes marked deprecated (seed `004`).
+    pub deprecations: Vec<DeprecationSettings>,
+}
+
+/// One `[[api.deprecations]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeprecationSettings {
+    /// The path prefix (`/backend-api`).
+    pub prefix: String,
+    /// When it was deprecated (RFC 3339).
+    pub since: String,
+    /// When it stops being served (RFC 3339).
+    #[serde(default)]
+    pub sunset: Option<String>,
+    /// What replaces it.
+    #[serde(default)]
+    pub successor: Option<String>,
+    /// Where the deprecation is explained.
+    #[serde(default)]
+    pub policy: Option<String>,
+}
+
+impl ApiSettings {
+    /// The deprecation notices, checked.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the entry that does not parse.
+    pub fn deprecated_routes(&self) -> Result<confab_http::DeprecatedRoutes, ConfigError> {
+        let notices: Vec<_> = self
+            .deprecations
+            .iter()
+            .map(|d| confab_http::DeprecationNotice {
+                prefix: d.prefix.clone(),
+                since: d.since.clone(),
+                sunset: d.sunset.clone(),
+                successor: d.successor.clone(),
+                policy: d.policy.clone(),
+            })
+            .collect();
+        confab_http::DeprecatedRoutes::new(&notices)
+            .map_err(|e| invalid(format!("api.deprecations: {e}")))
+    }
+}
+
 /// `[security]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -471,6 +522,7 @@ impl Settings {
             return Err(invalid("auth.leeway_secs must be at most 60"));
         }
         self.trusted_proxies()?;
+        self.api.deprecated_routes()?;
         self.validate_auth()?;
         self.validate_chat()?;
         for host in &self.security.allowed_hosts {

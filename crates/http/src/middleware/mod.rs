@@ -1,8 +1,9 @@
 //! The middleware stack, outermost first: request id (and the error shape
-//! of every response), telemetry, security headers, CORS, rate limits,
-//! idempotency keys; and, around each resource, panic catching.
+//! of every response), telemetry, security headers, deprecation notices,
+//! CORS, rate limits, idempotency keys; and, around each resource, panic catching.
 
 mod cors;
+mod deprecation;
 mod idempotency;
 mod panic;
 mod rate_limit;
@@ -12,6 +13,8 @@ mod telemetry;
 
 pub use cors::CorsPolicy;
 pub(crate) use cors::cors;
+pub(crate) use deprecation::deprecation;
+pub use deprecation::{DeprecatedRoutes, DeprecationNotice};
 pub use idempotency::IdempotencyPolicy;
 pub(crate) use idempotency::{Keyed, MAX_KEY_LEN, claim, idempotency, requested_key};
 pub(crate) use panic::catch_panic;
