@@ -14,6 +14,7 @@ on_both_backends!(
     a_retried_message_send_reattaches_and_asks_the_model_once,
     a_retry_on_another_instance_reattaches_to_the_same_answer,
     one_user_cannot_fill_the_key_store,
+    a_json_mode_send_retried_gets_the_json_it_asked_for,
 );
 
 /// Where the keys live.
@@ -382,5 +383,102 @@ async fn one_user_cannot_fill_the_key_store(backend: Backend) {
             assert_eq!(res.status(), 200, "Bob's {key}");
             assert!(!res.headers().contains_key("idempotent-replayed"));
         }
+    }
+}
+
+/// A JSON-mode send retried with its key gets what the first request
+/// answered, in JSON (never the event stream): 201 with `Location` for the
+/// send that created the conversation, 200 for a later one, the same body;
+/// a retry while the answer runs waits for it; a failed answer's retry is
+/// the same 502. The model is asked once per send. In process, and through
+/// Redis with the retry on the other instance.
+async fn a_json_mode_send_retried_gets_the_json_it_asked_for(backend: Backend) {
+    for mode in [Mode::InProcess, Mode::Redis] {
+        let llm = FakeLlm::start();
+        let (a, b) = instances(backend, &llm, mode);
+        let b = b.as_ref().unwrap_or(&a);
+        let token = a.user("ada").await;
+        let json_send = |app: &TestApp, path: String, key: &'static str, text: &'static str| {
+            app.client
+                .post(app.url(&path))
+                .bearer_auth(&token)
+                .header("accept", "application/json")
+                .header("idempotency-key", key)
+                .json(&message_body(text))
+                .send()
+        };
+        // The first send holds until released: its retry arrives meanwhile.
+        llm.push(Script::Stream(vec![
+            Step::Text("first ".into()),
+            Step::Hold,
+            Step::Text("answer".into()),
+            Step::Finish("stop"),
+            Step::Done,
+        ]));
+        let first = tokio::spawn(json_send(&a, "/api/v1/conversations".into(), "j-1", "hi"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while llm.requests().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the model was never asked"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // A retry while it runs: 409 until the first has stored its
+        // message (from then the key names its answer), as a client retries.
+        let retry_until_recorded = async {
+            loop {
+                let res = json_send(b, "/api/v1/conversations".into(), "j-1", "hi")
+                    .await
+                    .unwrap();
+                if res.status() != 409 {
+                    return res;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        let release_later = async {
+            // Long enough for the retry to be waiting on the held answer.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            llm.release();
+        };
+        let (early, ()) = tokio::join!(retry_until_recorded, release_later);
+        let first = first.await.unwrap().unwrap();
+        assert_eq!(first.status(), 201);
+        let location = first.headers()["location"].to_str().unwrap().to_owned();
+        let first: Value = first.json().await.unwrap();
+        assert_eq!(first["message"]["content"]["parts"][0], "first answer");
+        for retry in [
+            early,
+            json_send(b, "/api/v1/conversations".into(), "j-1", "hi")
+                .await
+                .unwrap(),
+        ] {
+            assert_eq!(retry.status(), 201);
+            assert_eq!(retry.headers()["content-type"], "application/json");
+            assert_eq!(retry.headers()["location"], location.as_str());
+            assert_eq!(retry.headers()["idempotent-replayed"], "true");
+            assert_eq!(retry.json::<Value>().await.unwrap(), first);
+        }
+        assert_eq!(llm.requests().len(), 1, "asked once");
+        // A later message of the conversation: 200, and its retry too.
+        let id = first["conversation_id"].as_str().unwrap().to_owned();
+        let path = format!("/api/v1/conversations/{id}/messages");
+        llm.push(Script::reply(&["second"]));
+        let second = json_send(&a, path.clone(), "j-2", "more").await.unwrap();
+        assert_eq!(second.status(), 200);
+        let second: Value = second.json().await.unwrap();
+        let retry = json_send(b, path.clone(), "j-2", "more").await.unwrap();
+        assert_eq!(retry.status(), 200);
+        assert!(!retry.headers().contains_key("location"));
+        assert_eq!(retry.json::<Value>().await.unwrap(), second);
+        // A failed answer: the retry is the same 502, and asks nothing.
+        llm.push(Script::Status(500, "down".into()));
+        let failed = json_send(&a, path.clone(), "j-3", "again").await.unwrap();
+        error_body(failed, 502, "UPSTREAM_ERROR").await;
+        let asked = llm.requests().len();
+        let retry = json_send(b, path, "j-3", "again").await.unwrap();
+        error_body(retry, 502, "UPSTREAM_ERROR").await;
+        assert_eq!(llm.requests().len(), asked);
     }
 }

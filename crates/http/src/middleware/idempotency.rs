@@ -37,7 +37,9 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Authenticated;
 use crate::extract::read_limited;
+use crate::negotiate::{Preferred, preferred};
 use crate::routes::RouteClass;
+use crate::routes::replayed_json;
 use crate::sse;
 use crate::{ApiError, State};
 
@@ -396,9 +398,39 @@ fn not_recorded(status: StatusCode) -> bool {
         )
 }
 
-/// A retried message send: the answer's stream again, from the start or
-/// after `Last-Event-ID`.
+/// A retried message send: in the mode the retry asks for, the answer's
+/// stream again (from the start or after `Last-Event-ID`), or in JSON mode
+/// the finished answer as the first request answered.
 async fn reattach(
+    state: &State,
+    req: &HttpRequest,
+    caller: &AccessClaims,
+    conversation: ConversationId,
+    message: &MessageId,
+) -> HttpResponse {
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let replayed = match preferred(accept) {
+        None => Err(ApiError::not_acceptable()),
+        Some(Preferred::Json) => {
+            replayed_json(&state.conversations, caller, conversation, message).await
+        }
+        Some(Preferred::EventStream) => {
+            Ok(reattach_stream(state, req, caller, conversation, message).await)
+        }
+    };
+    let mut res = replayed.unwrap_or_else(|e| e.error_response());
+    if res.status().is_success() {
+        res.headers_mut()
+            .insert(REPLAYED, HeaderValue::from_static("true"));
+    }
+    res
+}
+
+/// A retried streaming send: the answer's stream again.
+async fn reattach_stream(
     state: &State,
     req: &HttpRequest,
     caller: &AccessClaims,
@@ -416,12 +448,7 @@ async fn reattach(
         .reattach(caller, conversation, message, last)
         .await
     {
-        Ok(feed) => {
-            let mut res = sse::response(feed, state.sse);
-            res.headers_mut()
-                .insert(REPLAYED, HeaderValue::from_static("true"));
-            res
-        }
+        Ok(feed) => sse::response(feed, state.sse),
         Err(e) => ApiError::from(e).error_response(),
     }
 }

@@ -29,7 +29,9 @@ pub(crate) use conversations::{
 };
 pub(crate) use health::{Health, ReadinessBody};
 pub(crate) use schema::{AuthorView, ContentView, MessageMetadataView, MessageView};
-pub(crate) use send::{ContentInput, MessageBody, MessageInput, SendBody, SendOptions, SentBody};
+pub(crate) use send::{
+    ContentInput, MessageBody, MessageInput, SendBody, SendOptions, SentBody, replayed_json,
+};
 pub(crate) use users::{UserPage, UserPatch};
 
 /// What kind of route a path is: the middlewares decide by this (the rate

@@ -6,7 +6,9 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::ACCEPT;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use confab_app::{AnswerEnd, Conversations, SendMessage, Started};
-use confab_domain::{ConversationId, MessageDocument};
+use confab_domain::{
+    Conversation, ConversationId, ErrorCode, Message, MessageDocument, MessageId, MessageStatus,
+};
 use confab_ports::AccessClaims;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -182,21 +184,39 @@ async fn finished(
     }
     let id = started.conversation.id;
     let (conversation, messages) = conversations.get(caller, id).await?;
-    let find = |wanted: &confab_domain::MessageId| {
+    sent(
+        &conversation,
+        &messages,
+        &started.user_message.id,
+        &started.assistant_message.id,
+        started.created,
+    )
+}
+
+/// The JSON answer of a send: the conversation's title, the user message
+/// and its answer (as `messages` hold them); 201 with `Location` when the
+/// send created the conversation, else 200.
+fn sent(
+    conversation: &Conversation,
+    messages: &[Message],
+    user: &MessageId,
+    answer: &MessageId,
+    created: bool,
+) -> Result<HttpResponse, ApiError> {
+    let find = |wanted: &MessageId| {
         messages
             .iter()
             .find(|m| &m.id == wanted)
             .ok_or_else(|| ApiError::internal("a sent message is missing"))
     };
-    let user = find(&started.user_message.id)?;
-    let answer = find(&started.assistant_message.id)?;
+    let id = conversation.id;
     let body = SentBody {
         conversation_id: id.to_string(),
         title: conversation.title.as_str().to_owned(),
-        input_message: MessageDocument::of(user).map_err(confab_app::AppError::from)?,
-        message: MessageDocument::of(answer).map_err(confab_app::AppError::from)?,
+        input_message: MessageDocument::of(find(user)?).map_err(confab_app::AppError::from)?,
+        message: MessageDocument::of(find(answer)?).map_err(confab_app::AppError::from)?,
     };
-    let mut res = if started.created {
+    let mut res = if created {
         let mut res = HttpResponse::build(StatusCode::CREATED);
         res.insert_header((
             actix_web::http::header::LOCATION,
@@ -207,6 +227,73 @@ async fn finished(
         HttpResponse::build(StatusCode::OK)
     };
     Ok(res.json(body))
+}
+
+/// A JSON-mode send retried with its `Idempotency-Key`: what the first
+/// request answered, once the answer it started has ended (followed on its
+/// stream while that is kept): the same 201 or 200 body, or the same
+/// model error.
+pub(crate) async fn replayed_json(
+    conversations: &Conversations,
+    caller: &AccessClaims,
+    conversation: ConversationId,
+    answer: &MessageId,
+) -> Result<HttpResponse, ApiError> {
+    let mut failure = None;
+    match conversations
+        .reattach(caller, conversation, answer, None)
+        .await
+    {
+        Ok(mut feed) => {
+            while let Some(logged) = feed.next().await.map_err(confab_app::AppError::from)? {
+                failure = failure.or_else(|| error_code(&logged.event));
+            }
+        }
+        // No stream kept any more: the stored answer is final.
+        Err(confab_app::AppError::NotFound) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let (stored, messages) = conversations.get(caller, conversation).await?;
+    let message = messages
+        .iter()
+        .find(|m| &m.id == answer)
+        .ok_or_else(ApiError::not_found)?;
+    match message.status {
+        MessageStatus::Failed => {
+            return Err(ApiError::generation_failed(
+                failure.unwrap_or(ErrorCode::UpstreamError),
+            ));
+        }
+        // Its stream ended (the log failed) while it still runs elsewhere.
+        MessageStatus::InProgress => {
+            return Err(ApiError::unavailable(
+                "the answer is still being generated",
+                1,
+            ));
+        }
+        MessageStatus::FinishedSuccessfully | MessageStatus::FinishedPartialCompletion => {}
+    }
+    let user = message
+        .parent_id
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("an answer without its user message"))?;
+    // The send created the conversation when its message is the first.
+    let created = messages.first().is_some_and(|first| &first.id == user);
+    sent(&stored, &messages, user, answer, created)
+}
+
+/// The code of a stream's `error` event.
+fn error_code(event: &confab_domain::WireEvent) -> Option<ErrorCode> {
+    #[derive(Deserialize)]
+    struct ErrorEvent {
+        error: ErrorDetail,
+    }
+    #[derive(Deserialize)]
+    struct ErrorDetail {
+        code: ErrorCode,
+    }
+    let parsed: ErrorEvent = serde_json::from_str(&event.data).ok()?;
+    Some(parsed.error.code)
 }
 
 /// The conversation a send continues (from the path), and whether it
