@@ -12,6 +12,10 @@ one value to another, which a JSON Schema can't state:
 - A new password must not contain the username or equal the e-mail address
   (400 by design). A schema-valid registration that breaks it gets a fresh
   username (or address) that its password can't contain.
+- `If-Match` names one version of one conversation: a generated entity tag
+  is stale by design (412 PRECONDITION_FAILED). A schema-valid one is
+  replaced by `*` (any current version); malformed ones of negative cases
+  go out as generated (400).
 
 Nothing else is changed: every other request goes out as generated.
 """
@@ -51,6 +55,8 @@ def before_call(context, case, kwargs):
     if case.method.upper() == "POST" and case.formatted_path.endswith("/auth/register"):
         _keep_registration_rules(case)
     headers = case.headers or {}
+    if isinstance(headers.get("If-Match"), str) and _positive(case):
+        headers["If-Match"] = "*"
     key = headers.get(_HEADER)
     if not isinstance(key, str):
         return

@@ -12,6 +12,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 on_both_backends!(
+    two_tabs_cannot_overwrite_each_other_with_if_match,
     other_users_conversation_is_not_found_on_every_route,
     deleted_conversation_is_gone_everywhere,
     mass_assignment_fields_are_refused,
@@ -1349,4 +1350,60 @@ async fn accept_header_that_is_neither_sse_nor_json_is_406(backend: Backend) {
     assert!(header(&res, "content-type").starts_with("application/json"));
     let sent: Value = res.json().await.expect("a JSON answer");
     assert_eq!(sent["conversation_id"], id.as_str());
+}
+
+/// `If-Match` on a change: the version a tab read (its `ETag`) must still
+/// be current, else 412 and nothing changes; `*` is any version; a weak
+/// tag never matches (strong comparison); without the header, changes go
+/// ahead as before.
+async fn two_tabs_cannot_overwrite_each_other_with_if_match(backend: Backend) {
+    let llm = FakeLlm::start();
+    let app = spawn_chat(backend, &llm, &[("CONFAB__LLM__TITLE_GENERATION", "false")]);
+    let token = app.user("ada").await;
+    let (id, _) = app.chat(&token, "hi").await;
+    let path = format!("/api/v1/conversations/{id}");
+    let tag = |res: &reqwest::Response| res.headers()["etag"].to_str().unwrap().to_owned();
+    let change = |method: Method, if_match: String, body: Option<Value>| {
+        let mut req = app
+            .client
+            .request(method, app.url(&path))
+            .bearer_auth(&token)
+            .header("if-match", if_match);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send()
+    };
+    let read = tag(&app.get_auth(&path, &token).await);
+    // Tab one renames with the version it read.
+    let res = change(Method::PATCH, read.clone(), Some(json!({"title": "One"})))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Tab two still holds the old version: refused, nothing changed.
+    let res = change(Method::PATCH, read.clone(), Some(json!({"title": "Two"})))
+        .await
+        .unwrap();
+    let body = error_body(res, 412, "PRECONDITION_FAILED").await;
+    assert!(body["message"].as_str().unwrap().contains("read it again"));
+    assert_eq!(app.conversation(&token, &id).await["title"], "One");
+    let current = tag(&app.get_auth(&path, &token).await);
+    assert_ne!(current, read);
+    for stale in [read.clone(), format!("W/{current}"), "\"nope\"".to_owned()] {
+        let res = change(Method::DELETE, stale.clone(), None).await.unwrap();
+        error_body(res, 412, "PRECONDITION_FAILED").await;
+    }
+    let res = change(
+        Method::PATCH,
+        format!("\"x\", {current}"),
+        Some(json!({"title": "Three"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200, "one of the listed tags is current");
+    let res = change(Method::DELETE, "*".to_owned(), None).await.unwrap();
+    assert_eq!(res.status(), 204);
+    // `*` names no version of a conversation that is gone.
+    let res = change(Method::DELETE, "*".to_owned(), None).await.unwrap();
+    error_body(res, 404, "NOT_FOUND").await;
 }

@@ -32,6 +32,8 @@ pub enum ErrorCode {
     RequestTimeout,
     /// 409: a unique value is taken, or an answer is still running.
     Conflict,
+    /// 412: `If-Match` names a version that is no longer current.
+    PreconditionFailed,
     /// 413: the body is too large.
     PayloadTooLarge,
     /// 415: the body is not JSON.
@@ -52,7 +54,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::ValidationError,
         Self::AuthRequired,
         Self::TokenExpired,
@@ -63,6 +65,7 @@ impl ErrorCode {
         Self::NotAcceptable,
         Self::RequestTimeout,
         Self::Conflict,
+        Self::PreconditionFailed,
         Self::PayloadTooLarge,
         Self::UnsupportedMediaType,
         Self::IdempotencyKeyReused,

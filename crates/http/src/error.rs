@@ -66,6 +66,7 @@ impl ErrorBody {
                 "the request took too long to arrive",
             ),
             409 => (ErrorCode::Conflict, "conflict"),
+            412 => (ErrorCode::PreconditionFailed, "the precondition failed"),
             413 => (ErrorCode::PayloadTooLarge, "the request body is too large"),
             415 => (
                 ErrorCode::UnsupportedMediaType,
@@ -148,6 +149,16 @@ impl ApiError {
         e.headers
             .push((RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1))));
         e
+    }
+
+    /// 412 `PRECONDITION_FAILED`: `If-Match` names a version that is no
+    /// longer current.
+    pub(crate) fn precondition_failed() -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            ErrorCode::PreconditionFailed,
+            "the resource changed since the version If-Match names: read it again",
+        )
     }
 
     /// 404 `NOT_FOUND`.
@@ -542,6 +553,7 @@ mod tests {
                 "NOT_ACCEPTABLE",
                 "REQUEST_TIMEOUT",
                 "CONFLICT",
+                "PRECONDITION_FAILED",
                 "PAYLOAD_TOO_LARGE",
                 "UNSUPPORTED_MEDIA_TYPE",
                 "IDEMPOTENCY_KEY_REUSED",

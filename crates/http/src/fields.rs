@@ -201,6 +201,10 @@ pub(crate) fn idempotency_key() -> Object {
 /// space at either end (a header value's ends are trimmed in transit).
 pub(crate) const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]([ -~]{0,253}[!-~])?$";
 
+/// An `If-Match` value (RFC 9110 §13.1.1): `*`, or a list of entity tags
+/// (`"…"` or `W/"…"`), as `routes::conversations::entity_tags` reads it.
+pub(crate) const IF_MATCH_PATTERN: &str = r#"^(\*|(W/)?"[!#-~]*"([ \t]*,[ \t]*(W/)?"[!#-~]*")*)$"#;
+
 /// `^(?:w1|w2|…)$` matching each word in any case, for a `not`.
 fn any_case(words: &[&str]) -> String {
     let alternatives: Vec<String> = words
@@ -262,6 +266,22 @@ pub(crate) fn refine(doc: &mut Value) {
                         media["schema"] = json!({ "$ref": "#/components/schemas/StreamEvent" });
                     }
                 }
+            }
+        }
+    }
+    // `If-Match` holds entity tags (utoipa's tuple parameters take no
+    // pattern).
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        let operations = paths.values_mut().filter_map(Value::as_object_mut);
+        for operation in operations.flat_map(|item| item.values_mut()) {
+            let Some(parameters) = operation
+                .get_mut("parameters")
+                .and_then(Value::as_array_mut)
+            else {
+                continue;
+            };
+            for parameter in parameters.iter_mut().filter(|p| p["name"] == "If-Match") {
+                parameter["schema"] = json!({ "type": "string", "pattern": IF_MATCH_PATTERN });
             }
         }
     }

@@ -470,12 +470,7 @@ impl Conversations {
         id: ConversationId,
         patch: ConversationPatch,
     ) -> Result<Conversation, AppError> {
-        if patch.is_empty() {
-            return Err(AppError::Validation {
-                field: Field::Title,
-                message: "give a title or is_archived to change".into(),
-            });
-        }
+        Self::check_patch(&patch)?;
         let updated = self
             .inner
             .ports
@@ -484,6 +479,22 @@ impl Conversations {
             .await?;
         self.invalidate(caller.user_id, id).await;
         Ok(updated)
+    }
+
+    /// Whether `patch` changes anything: what [`Conversations::update`]
+    /// checks first, for a caller that checks more (a precondition) before
+    /// updating.
+    ///
+    /// # Errors
+    /// [`AppError::Validation`] for an empty patch.
+    pub fn check_patch(patch: &ConversationPatch) -> Result<(), AppError> {
+        if patch.is_empty() {
+            return Err(AppError::Validation {
+                field: Field::Title,
+                message: "give a title or is_archived to change".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Deletes one of the caller's conversations (softly: it is not found

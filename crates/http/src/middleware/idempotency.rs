@@ -385,13 +385,15 @@ fn replay(status: u16, headers: Vec<(String, String)>, body: Vec<u8>) -> HttpRes
 
 /// A status a retry may well not get again: not recorded, the key is
 /// freed (a 5xx; a timeout, a conflict with a running answer, a limit; a
-/// refusal of the request's headers, which are not in its fingerprint).
+/// refusal of the request's headers, which are not in its fingerprint:
+/// `Accept`, `Content-Type`, `If-Match`).
 fn not_recorded(status: StatusCode) -> bool {
     status.is_server_error()
         || matches!(
             status,
             StatusCode::REQUEST_TIMEOUT
                 | StatusCode::CONFLICT
+                | StatusCode::PRECONDITION_FAILED
                 | StatusCode::TOO_MANY_REQUESTS
                 | StatusCode::NOT_ACCEPTABLE
                 | StatusCode::UNSUPPORTED_MEDIA_TYPE
@@ -494,7 +496,7 @@ mod tests {
 
     #[test]
     fn transient_failures_are_not_recorded() {
-        for status in [500, 502, 503, 504, 408, 409, 429, 406, 415] {
+        for status in [500, 502, 503, 504, 408, 409, 412, 429, 406, 415] {
             assert!(
                 not_recorded(StatusCode::from_u16(status).unwrap()),
                 "{status}"

@@ -1,13 +1,14 @@
 //! Conversations: list, read (with `ETag`), rename/archive, delete.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{CACHE_CONTROL, ETAG, HeaderValue, IF_NONE_MATCH};
+use actix_web::http::header::{CACHE_CONTROL, ETAG, HeaderValue, IF_MATCH, IF_NONE_MATCH};
 use actix_web::{HttpRequest, HttpResponse, web};
-use confab_app::{AppError, Read};
+use confab_app::{AppError, Conversations, Read};
 use confab_domain::{
     Conversation, ConversationId, ConversationPatch, ConversationSummary, ListOrder, Message,
     MessageDocument, PageRequest, SearchQuery, Title, UserId, rfc3339,
 };
+use confab_ports::AccessClaims;
 use confab_ports::ConversationQuery;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -188,6 +189,120 @@ fn matches(req: &HttpRequest, tag: &str) -> bool {
     })
 }
 
+/// The body of a read, rendered by `render` (and kept under its entry's
+/// name for this worker), or as kept.
+fn rendered<T>(
+    state: &State,
+    shape: &'static str,
+    read: Read<T, Rendered>,
+    owner: impl FnOnce(&T) -> UserId,
+    render: impl FnOnce(&T) -> Result<Vec<u8>, ApiError>,
+) -> Result<Rendered, ApiError> {
+    state
+        .metrics
+        .cached_read(shape, matches!(read, Read::Kept(_)));
+    Ok(match read {
+        Read::Kept(rendered) => rendered,
+        Read::Fetched(cached) => {
+            let body = render(&cached.value)?;
+            let rendered = Rendered {
+                owner: owner(&cached.value),
+                etag: etag(&body),
+                body: body.into(),
+            };
+            if let Some(entry) = &cached.entry {
+                state.rendered.keep(shape, entry, rendered.clone());
+            }
+            rendered
+        }
+    })
+}
+
+/// The conversation `id` as `GET` renders it, for its current `ETag`.
+async fn current(
+    state: &State,
+    caller: &AccessClaims,
+    id: ConversationId,
+) -> Result<Rendered, ApiError> {
+    let read = state
+        .conversations
+        .read(caller, id, &shape(state, HISTORY))
+        .await?;
+    rendered(
+        state,
+        HISTORY,
+        read,
+        |(conversation, _)| conversation.owner,
+        |(conversation, messages)| json(&ConversationBody::of(conversation, messages)?),
+    )
+}
+
+/// `If-Match` (RFC 9110 §13.1.1) on a change of conversation `id`: with
+/// the header, the change goes ahead only while the conversation is the
+/// version it names (its `ETag` from `GET`, strong comparison; `*`: any
+/// version), else 412. The check reads the conversation just before the
+/// change: a change landing between the two is not caught.
+async fn if_match(
+    req: &HttpRequest,
+    state: &State,
+    caller: &AccessClaims,
+    id: ConversationId,
+) -> Result<(), ApiError> {
+    let Some(header) = req.headers().get(IF_MATCH) else {
+        return Ok(());
+    };
+    let wanted = header.to_str().ok().and_then(entity_tags).ok_or_else(|| {
+        ApiError::malformed(
+            Some("If-Match".to_owned()),
+            "must be * or entity tags (\"…\" or W/\"…\"), comma-separated",
+        )
+    })?;
+    let current = current(state, caller, id).await?;
+    // Strong comparison: a weak tag never matches.
+    let fresh = wanted
+        .iter()
+        .any(|candidate| *candidate == "*" || *candidate == current.etag);
+    if fresh {
+        Ok(())
+    } else {
+        Err(ApiError::precondition_failed())
+    }
+}
+
+/// The entity tags of an `If-Match` value (`*` alone, or a comma-separated
+/// list of `"…"` and `W/"…"`); `None` when it is not one
+/// (`fields::IF_MATCH_PATTERN`).
+fn entity_tags(value: &str) -> Option<Vec<&str>> {
+    let ows = |c: char| c == ' ' || c == '\t';
+    let value = value.trim_matches(ows);
+    if value == "*" {
+        return Some(vec![value]);
+    }
+    let mut tags = Vec::new();
+    let mut rest = value;
+    loop {
+        // One tag: optional `W/`, then `"`, tag characters, `"` (a comma
+        // may be inside the quotes).
+        let start = rest;
+        let opaque = rest.strip_prefix("W/").unwrap_or(rest);
+        let inner = opaque.strip_prefix('"')?;
+        let close = inner.find('"')?;
+        if !inner[..close]
+            .bytes()
+            .all(|b| b == b'!' || (b'#'..=b'~').contains(&b))
+        {
+            return None;
+        }
+        let len = start.len() - inner.len() + close + 1;
+        tags.push(&start[..len]);
+        rest = start[len..].trim_start_matches(ows);
+        if rest.is_empty() {
+            return Some(tags);
+        }
+        rest = rest.strip_prefix(',')?.trim_start_matches(ows);
+    }
+}
+
 /// A JSON answer that private caches may keep and must revalidate: 304
 /// when the client's copy is current.
 ///
@@ -204,24 +319,7 @@ pub(crate) fn cacheable_json<T>(
     owner: impl FnOnce(&T) -> UserId,
     render: impl FnOnce(&T) -> Result<Vec<u8>, ApiError>,
 ) -> Result<HttpResponse, ApiError> {
-    state
-        .metrics
-        .cached_read(shape, matches!(read, Read::Kept(_)));
-    let rendered = match read {
-        Read::Kept(rendered) => rendered,
-        Read::Fetched(cached) => {
-            let body = render(&cached.value)?;
-            let rendered = Rendered {
-                owner: owner(&cached.value),
-                etag: etag(&body),
-                body: body.into(),
-            };
-            if let Some(entry) = &cached.entry {
-                state.rendered.keep(shape, entry, rendered.clone());
-            }
-            rendered
-        }
-    };
+    let rendered = rendered(state, shape, read, owner, render)?;
     let status = if matches(req, &rendered.etag) {
         StatusCode::NOT_MODIFIED
     } else {
@@ -368,11 +466,15 @@ pub(crate) async fn get(
     path = "/api/v1/conversations/{id}",
     operation_id = "update_conversation",
     tag = "conversations",
-    params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
+    params(
+        ("id" = uuid::Uuid, Path, description = "The conversation's id"),
+        ("If-Match" = Option<String>, Header, description = "Change only the version with this `ETag` (from `GET`), or `*`: 412 otherwise."),
+    ),
     request_body = ConversationPatchBody,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The changed conversation.", body = ConversationMeta),
+        (status = 412, description = "`PRECONDITION_FAILED`: `If-Match` names a version that is no longer current.", body = ErrorBody),
         (status = 400, description = "A bad or empty body.", body = ErrorBody),
         (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
         (status = 404, description = "No such conversation, or not the caller's.", body = ErrorBody),
@@ -382,6 +484,7 @@ pub(crate) async fn get(
     ),
 )]
 pub(crate) async fn update(
+    req: HttpRequest,
     state: State,
     AuthUser(caller): AuthUser,
     id: web::Path<String>,
@@ -398,6 +501,9 @@ pub(crate) async fn update(
             .map_err(AppError::from)?,
         is_archived: body.is_archived,
     };
+    // The request is judged first, its precondition after.
+    Conversations::check_patch(&patch)?;
+    if_match(&req, &state, &caller, id).await?;
     let c = conversations.update(&caller, id, patch).await?;
     Ok(HttpResponse::Ok().json(ConversationMeta {
         conversation_id: c.id.to_string(),
@@ -414,22 +520,71 @@ pub(crate) async fn update(
     path = "/api/v1/conversations/{id}",
     operation_id = "delete_conversation",
     tag = "conversations",
-    params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
+    params(
+        ("id" = uuid::Uuid, Path, description = "The conversation's id"),
+        ("If-Match" = Option<String>, Header, description = "Delete only the version with this `ETag` (from `GET`), or `*`: 412 otherwise."),
+    ),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Deleted."),
+        (status = 412, description = "`PRECONDITION_FAILED`: `If-Match` names a version that is no longer current.", body = ErrorBody),
         (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
         (status = 404, description = "No such conversation, or not the caller's.", body = ErrorBody),
         (status = 429, description = "Rate limited; see `Retry-After` and the `RateLimit` headers.", body = ErrorBody),
     ),
 )]
 pub(crate) async fn delete(
+    req: HttpRequest,
     state: State,
     AuthUser(caller): AuthUser,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let conversations = &state.conversations;
     let id = conversation_id(&id)?;
+    if_match(&req, &state, &caller, id).await?;
     conversations.delete(&caller, id).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use proptest::prelude::*;
+
+    use super::entity_tags;
+
+    #[test]
+    fn entity_tags_are_read_as_rfc_9110_writes_them() {
+        assert_eq!(entity_tags("*"), Some(vec!["*"]));
+        assert_eq!(
+            entity_tags(r#""a", W/"b" ,"""#),
+            Some(vec![r#""a""#, r#"W/"b""#, r#""""#])
+        );
+        for bad in [
+            "",
+            "a",
+            r#""a"#,
+            r#""a" "b""#,
+            r#"*, "a""#,
+            r#""a","#,
+            r#""a b""#,
+            r#"w/"a""#,
+        ] {
+            assert_eq!(entity_tags(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest! {
+        /// The documented pattern is the rule.
+        #[test]
+        fn the_documented_pattern_is_the_rule(
+            value in prop_oneof![
+                any::<String>(),
+                r#"(\*|(W/)?"[!-~ ]{0,4}"([ ,]{0,2}(W/)?"[!-~]{0,3}"){0,2}),?"#,
+            ],
+        ) {
+            let pattern = regex::Regex::new(crate::fields::IF_MATCH_PATTERN).unwrap();
+            prop_assert_eq!(entity_tags(&value).is_some(), pattern.is_match(&value), "{:?}", value);
+        }
+    }
 }
