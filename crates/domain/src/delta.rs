@@ -425,3 +425,127 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Any sequence of valid operations, applied as frames, builds the
+    //! document the same edits build directly.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::DeltaApplier;
+
+    /// One edit of a message, as a model of what a stream may send.
+    #[derive(Debug, Clone)]
+    enum Edit {
+        AppendText(String),
+        TruncateText(usize),
+        PushPart(String),
+        ReplaceStatus(String),
+        MergeMetadata(BTreeMap<String, i64>),
+        SetMetadataKey(String, i64),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            4 => any::<String>().prop_map(Edit::AppendText),
+            1 => (0_usize..40).prop_map(Edit::TruncateText),
+            1 => any::<String>().prop_map(Edit::PushPart),
+            1 => "[a-z_]{1,12}".prop_map(Edit::ReplaceStatus),
+            1 => proptest::collection::btree_map(any::<String>(), any::<i64>(), 0..4)
+                .prop_map(Edit::MergeMetadata),
+            // Keys with `/` and `~` exercise RFC 6901 escaping.
+            1 => ("[a-z/~]{1,6}", any::<i64>()).prop_map(|(k, v)| Edit::SetMetadataKey(k, v)),
+        ]
+    }
+
+    /// The document the edits build, directly.
+    fn built(edits: &[Edit]) -> Value {
+        let mut text = String::new();
+        let mut parts: Vec<String> = Vec::new();
+        let mut status = "in_progress".to_owned();
+        let mut metadata = serde_json::Map::new();
+        for edit in edits {
+            match edit {
+                Edit::AppendText(more) => text.push_str(more),
+                Edit::TruncateText(n) => text = text.chars().take(*n).collect(),
+                Edit::PushPart(part) => parts.push(part.clone()),
+                Edit::ReplaceStatus(s) => status.clone_from(s),
+                Edit::MergeMetadata(more) => {
+                    metadata.extend(more.iter().map(|(k, v)| (k.clone(), json!(v))));
+                }
+                Edit::SetMetadataKey(k, v) => {
+                    metadata.insert(k.clone(), json!(v));
+                }
+            }
+        }
+        let mut all = vec![Value::String(text)];
+        all.extend(parts.into_iter().map(Value::String));
+        json!({"message": {"content": {"parts": all}, "status": status, "metadata": metadata}})
+    }
+
+    /// The frames a stream would send for the edits: consecutive text
+    /// appends after the first inherit `p` and `o`; edits are grouped into
+    /// patches where `group` says so.
+    fn frames(edits: &[Edit], group: &[bool]) -> Vec<Value> {
+        let mut frames = vec![json!({"o": "add", "v": {"message": {
+            "content": {"parts": [""]}, "status": "in_progress", "metadata": {}}}})];
+        let mut batch: Vec<Value> = Vec::new();
+        let mut last_was_append = false;
+        for (i, edit) in edits.iter().enumerate() {
+            let text = "/message/content/parts/0";
+            let op = match edit {
+                Edit::AppendText(more) if last_was_append && batch.is_empty() => {
+                    json!({"v": more})
+                }
+                Edit::AppendText(more) => json!({"p": text, "o": "append", "v": more}),
+                Edit::TruncateText(n) => json!({"p": text, "o": "truncate", "v": n}),
+                Edit::PushPart(part) => {
+                    json!({"p": "/message/content/parts", "o": "append", "v": part})
+                }
+                Edit::ReplaceStatus(s) => json!({"p": "/message/status", "o": "replace", "v": s}),
+                Edit::MergeMetadata(more) => {
+                    json!({"p": "/message/metadata", "o": "append", "v": more})
+                }
+                Edit::SetMetadataKey(k, v) => {
+                    let token = k.replace('~', "~0").replace('/', "~1");
+                    json!({"p": format!("/message/metadata/{token}"), "o": "add", "v": v})
+                }
+            };
+            let grouped = group.get(i).copied().unwrap_or(false) && op.get("o").is_some();
+            if grouped {
+                batch.push(op);
+                last_was_append = false;
+                continue;
+            }
+            if !batch.is_empty() {
+                frames.push(json!({"v": std::mem::take(&mut batch)}));
+            }
+            last_was_append = matches!(edit, Edit::AppendText(_));
+            // A frame that inherits needs the previous frame to be the text
+            // append it continues.
+            frames.push(op);
+        }
+        if !batch.is_empty() {
+            frames.push(json!({"v": batch}));
+        }
+        frames
+    }
+
+    proptest! {
+        #[test]
+        fn applying_the_frames_builds_the_document_the_edits_build(
+            edits in proptest::collection::vec(edit(), 0..24),
+            group in proptest::collection::vec(any::<bool>(), 24),
+        ) {
+            let mut applier = DeltaApplier::new();
+            for frame in frames(&edits, &group) {
+                applier.apply_json(&frame).map_err(|e| TestCaseError::fail(format!("{e}: {frame}")))?;
+            }
+            prop_assert_eq!(applier.into_document(), built(&edits));
+        }
+    }
+}

@@ -284,6 +284,35 @@ fn without_value(text: &str) -> String {
 }
 
 #[cfg(test)]
+mod properties {
+    //! The JSON extractor's limits hold for any input: nesting up to 127
+    //! levels parses (serde_json's limit), deeper is refused, and no byte
+    //! string makes it panic.
+
+    use proptest::prelude::*;
+
+    use super::parse;
+
+    proptest! {
+        #[test]
+        fn nesting_up_to_the_limit_parses_and_deeper_is_refused(
+            depth in 1_usize..200,
+            objects in any::<bool>(),
+        ) {
+            let (open, close) = if objects { ("{\"a\":", "}") } else { ("[", "]") };
+            let body = format!("{}1{}", open.repeat(depth), close.repeat(depth));
+            let parsed = parse::<serde_json::Value>(body.as_bytes());
+            prop_assert_eq!(parsed.is_ok(), depth <= 127, "depth {}", depth);
+        }
+
+        #[test]
+        fn any_bytes_are_an_answer_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse::<serde_json::Value>(&bytes);
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use actix_web::ResponseError;

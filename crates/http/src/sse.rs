@@ -133,3 +133,108 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Any text a model sends reaches a client unchanged: through the
+    //! events a generation builds, this encoder, an SSE parser as the
+    //! WHATWG specification reads the format, and the delta applier.
+
+    use confab_domain::{DeltaApplier, MessageStatus, WireEvent, events};
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// The events of `bytes` as a spec-following client reads them: lines
+    /// end at CRLF, LF or CR; `data:` values (one leading space dropped)
+    /// join with LF; a blank line dispatches.
+    fn parse(bytes: &[u8]) -> Vec<(Option<String>, String)> {
+        let text = std::str::from_utf8(bytes).unwrap_or_default();
+        let text = text.replace("\r\n", "\n").replace('\r', "\n");
+        let mut events = Vec::new();
+        let (mut name, mut data): (Option<String>, Option<String>) = (None, None);
+        for line in text.split('\n') {
+            if line.is_empty() {
+                if let Some(data) = data.take() {
+                    events.push((name.take(), data));
+                }
+                name = None;
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "data" => match &mut data {
+                    Some(data) => {
+                        data.push('\n');
+                        data.push_str(value);
+                    }
+                    None => data = Some(value.to_owned()),
+                },
+                "event" => name = Some(value.to_owned()),
+                _ => {}
+            }
+        }
+        events
+    }
+
+    /// `event` on the wire and back, as a client sees it.
+    fn through_the_wire(id: usize, event: WireEvent) -> (Option<String>, String) {
+        let bytes = encode(&LoggedEvent {
+            id: id.to_string(),
+            event,
+        });
+        let mut parsed = parse(&bytes);
+        assert_eq!(parsed.len(), 1, "one event per encode");
+        parsed.remove(0)
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_comes_back_identical(
+            pieces in proptest::collection::vec(any::<String>(), 0..12),
+            nasty in proptest::collection::vec(
+                prop_oneof![Just("\r"), Just("\n"), Just("\r\n"), Just("\0"), Just("\n\ndata: [DONE]\n\n"), Just("é✓𝄞")],
+                0..6,
+            ),
+        ) {
+            let mut pieces = pieces;
+            pieces.extend(nasty.into_iter().map(str::to_owned));
+            let mut applier = DeltaApplier::new();
+            let opening = json!({"o": "add", "v": {"message": {
+                "content": {"parts": [""]}, "status": "in_progress", "end_turn": null, "metadata": {}}}});
+            applier.apply_json(&opening).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut sent = vec![];
+            for piece in &pieces {
+                sent.push(events::append_text(piece).map_err(|e| TestCaseError::fail(e.to_string()))?);
+            }
+            sent.push(events::finish(MessageStatus::FinishedSuccessfully).map_err(|e| TestCaseError::fail(e.to_string()))?);
+            sent.push(events::done());
+            let count = sent.len();
+            let mut received = Vec::new();
+            for (i, event) in sent.into_iter().enumerate() {
+                let name = event.name.map(|n| n.as_str().to_owned());
+                let (got_name, data) = through_the_wire(i + 1, event);
+                prop_assert_eq!(&got_name, &name);
+                received.push(data);
+            }
+            prop_assert_eq!(received.len(), count, "no event split or merged");
+            prop_assert_eq!(received.last().map(String::as_str), Some("[DONE]"));
+            for data in &received[..count - 1] {
+                let frame: Value = serde_json::from_str(data).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                applier.apply_json(&frame).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            }
+            let document = applier.into_document();
+            prop_assert_eq!(&document["message"]["content"]["parts"][0], &json!(pieces.concat()));
+            prop_assert_eq!(&document["message"]["status"], "finished_successfully");
+        }
+
+        #[test]
+        fn raw_data_never_ends_an_event_early(data in any::<String>()) {
+            let event = WireEvent { name: None, data };
+            let bytes = encode(&LoggedEvent { id: "1".into(), event });
+            prop_assert_eq!(parse(&bytes).len(), 1);
+        }
+    }
+}

@@ -370,3 +370,29 @@ impl StopSignal for MemoryStopSignal {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::position_after;
+
+    proptest! {
+        /// A `Last-Event-ID` is taken only as an id this log gave: `1` to
+        /// its length, written canonically.
+        #[test]
+        fn only_given_ids_are_positions(
+            id in prop_oneof![any::<String>(), "[0-9+ -]{1,6}"],
+            len in 0_usize..1_000,
+        ) {
+            let given = (1..=len).map(|n| n.to_string()).any(|n| n == id);
+            match position_after(&id, len) {
+                Ok(n) => {
+                    prop_assert!(given);
+                    prop_assert_eq!(n.to_string(), id);
+                }
+                Err(_) => prop_assert!(!given),
+            }
+        }
+    }
+}

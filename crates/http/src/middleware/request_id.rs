@@ -96,3 +96,30 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::RequestId;
+
+    fn sane(id: &str) -> bool {
+        (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+    }
+
+    proptest! {
+        /// Whatever a client sends, the id is sane; a sane one is kept
+        /// verbatim, anything else replaced.
+        #[test]
+        fn a_client_id_is_kept_exactly_when_it_is_sane(
+            sent in prop_oneof![any::<String>(), "[A-Za-z0-9._:-]{0,70}"],
+        ) {
+            let id = RequestId::from_client(Some(&sent));
+            prop_assert!(sane(id.as_str()), "{:?}", id.as_str());
+            prop_assert_eq!(id.as_str() == sent, sane(&sent));
+        }
+    }
+}

@@ -105,7 +105,7 @@ impl Report {
 
 /// The resident set of process `pid`, in bytes (`VmRSS`, which `/proc`
 /// gives in KiB).
-fn rss(pid: u32) -> Option<u64> {
+pub(super) fn rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

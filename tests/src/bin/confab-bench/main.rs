@@ -31,6 +31,7 @@ mod model;
 mod relay;
 mod sends;
 mod shared_state;
+mod soak;
 mod throughput;
 
 /// One request-path scenario: a request sent `requests` times by
@@ -302,6 +303,10 @@ fn only(flag: &str, cores: usize) -> bool {
                 },
             );
         }
+        "--soak-only" => {
+            let report = soak::measure(&runtime(), cores);
+            soak::write_markdown(&mut md, &report, cores);
+        }
         _ => return false,
     }
     println!("{md}");
@@ -313,13 +318,15 @@ fn only(flag: &str, cores: usize) -> bool {
 /// section and prints its markdown: `--model-only` (the built-in model's
 /// figures alone, printed), `--relay-only`, `--sends-only`, `--list-only`
 /// (the cached conversation list against `/healthz`), `--throughput-only`
-/// (sends per second) and `--density-only` (open streams per GB of RSS).
+/// (sends per second), `--density-only` (open streams per GB of RSS) and
+/// `--soak-only` (1,000 streams for 10 minutes, failures and RSS).
 ///
 /// Smaller sizes for a quick run, from the environment: `CONFAB_BENCH_SETUPS`
 /// (the in-process set-ups: `sqlite,postgres,redis`),
 /// `CONFAB_BENCH_SEND_LEVELS`, `CONFAB_BENCH_LIST_REQUESTS`,
-/// `CONFAB_BENCH_THROUGHPUT_SENDS`, `CONFAB_BENCH_THROUGHPUT_LEVELS` and
-/// `CONFAB_BENCH_DENSITY` (see each section).
+/// `CONFAB_BENCH_THROUGHPUT_SENDS`, `CONFAB_BENCH_THROUGHPUT_LEVELS`,
+/// `CONFAB_BENCH_DENSITY`, `CONFAB_BENCH_SOAK_STREAMS` and
+/// `CONFAB_BENCH_SOAK_SECS` (see each section).
 fn main() {
     // The built-in model's threads, as `confab serve` sets them.
     if let Some(e) = confab_server::with_model_threads(0) {
@@ -450,6 +457,7 @@ fn main() {
     let list = list::measure(&runtime, cores, &relay::SetUp::chosen());
     let throughput = throughput::measure(&runtime, cores, &relay::SetUp::chosen());
     let density = density::measure(&runtime, cores);
+    let soak = soak::measure(&runtime, cores);
 
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -543,6 +551,7 @@ fn main() {
     shared_state::write_markdown(&mut md, &shared_state, cores);
     sends::write_markdown(&mut md, &sends, cores);
     density::write_markdown(&mut md, &density, cores);
+    soak::write_markdown(&mut md, &soak, cores);
     std::fs::write(&out, md).unwrap_or_else(|e| panic!("cannot write {out}: {e}"));
     println!("wrote {out}");
 }

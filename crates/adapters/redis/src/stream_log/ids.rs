@@ -90,3 +90,36 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Every id this log gives reads back as itself.
+        #[test]
+        fn given_ids_round_trip(generation in any::<u64>(), n in any::<u64>()) {
+            let generation = generation.to_string();
+            let entry = entry_id(n);
+            let id = event_id(&generation, &entry);
+            prop_assert_eq!(parse_event_id(&id), Some((generation.as_str(), entry.as_str())));
+            prop_assert_eq!(event_number(&entry), Some(n));
+        }
+
+        /// Any `Last-Event-ID` a client sends is taken only when it is
+        /// written exactly as the log writes one.
+        #[test]
+        fn anything_else_is_refused(
+            id in prop_oneof![any::<String>(), "[0-9+-]{1,30}", "0?[0-9]{1,3}-0?[0-9]{1,3}-0?[0-9]{1,3}"],
+        ) {
+            if let Some((generation, entry)) = parse_event_id(&id) {
+                prop_assert_eq!(event_id(generation, entry), id.clone());
+                for part in id.split('-') {
+                    prop_assert!(is_canonical(part), "{}", id);
+                }
+            }
+        }
+    }
+}
