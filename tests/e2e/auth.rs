@@ -602,6 +602,23 @@ async fn logout_kills_both_tokens(backend: Backend) {
         .unwrap();
     error_body(res, 401, "AUTH_REQUIRED").await;
 }
+/// Both tokens of the session `tokens` are refused.
+async fn session_is_refused(app: &TestApp, tokens: &Value) {
+    error_body(
+        app.get_auth("/api/v1/users/me", &token(tokens, "access_token"))
+            .await,
+        401,
+        "AUTH_REQUIRED",
+    )
+    .await;
+    error_body(
+        refresh_with(app, &token(tokens, "refresh_token")).await,
+        401,
+        "AUTH_REQUIRED",
+    )
+    .await;
+}
+
 async fn disabled_user_is_locked_out_at_once(backend: Backend) {
     let app = spawn_app(backend);
     app.create_admin("boss", PASSWORD).await;
@@ -617,19 +634,7 @@ async fn disabled_user_is_locked_out_at_once(backend: Backend) {
     let res = disable(&app, &admin, id).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["disabled"], true);
-    error_body(
-        app.get_auth("/api/v1/users/me", &token(&tokens, "access_token"))
-            .await,
-        401,
-        "AUTH_REQUIRED",
-    )
-    .await;
-    error_body(
-        refresh_with(&app, &token(&tokens, "refresh_token")).await,
-        401,
-        "AUTH_REQUIRED",
-    )
-    .await;
+    session_is_refused(&app, &tokens).await;
     let res = app
         .post_json(
             "/api/v1/auth/login",
@@ -648,19 +653,7 @@ async fn disabled_user_is_locked_out_at_once(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    error_body(
-        app.get_auth("/api/v1/users/me", &token(&tokens, "access_token"))
-            .await,
-        401,
-        "AUTH_REQUIRED",
-    )
-    .await;
-    error_body(
-        refresh_with(&app, &token(&tokens, "refresh_token")).await,
-        401,
-        "AUTH_REQUIRED",
-    )
-    .await;
+    session_is_refused(&app, &tokens).await;
     let fresh = token(&app.login("kim", PASSWORD).await, "access_token");
     assert_eq!(app.get_auth("/api/v1/users/me", &fresh).await.status(), 200);
     // A malformed or unknown id is a 404.

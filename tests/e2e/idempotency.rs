@@ -54,6 +54,18 @@ fn instances_with(
     (a, b)
 }
 
+/// Waits (with a deadline) until `llm` has been asked for an answer.
+async fn until_the_model_is_asked(llm: &FakeLlm) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while llm.requests().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the model was never asked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 async fn with_key(
     app: &TestApp,
     method: Method,
@@ -244,14 +256,7 @@ async fn a_json_mode_send_retried_while_it_runs_reattaches_and_asks_once() {
     };
     let first = tokio::spawn(send("application/json"));
     // Wait until the model has been asked: the first request is running.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while llm.requests().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the model was never asked"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_the_model_is_asked(&llm).await;
     let retry = send("text/event-stream").await.unwrap();
     assert_eq!(retry.status(), 200);
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
@@ -416,14 +421,7 @@ async fn a_json_mode_send_retried_gets_the_json_it_asked_for(backend: Backend) {
             Step::Done,
         ]));
         let first = tokio::spawn(json_send(&a, "/api/v1/conversations".into(), "j-1", "hi"));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while llm.requests().is_empty() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the model was never asked"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        until_the_model_is_asked(&llm).await;
         // A retry while it runs: 409 until the first has stored its
         // message (from then the key names its answer), as a client retries.
         let retry_until_recorded = async {
