@@ -182,7 +182,8 @@ pub(crate) async fn register(
 }
 
 /// Logs in; answers a token pair and sets the refresh cookie. Limited to 5
-/// attempts a minute per client address and per account.
+/// attempts a minute per client address; failed logins are counted per
+/// account and address (docs/security.md, "Login").
 #[utoipa::path(
     post,
     path = "/api/v1/auth/login",
