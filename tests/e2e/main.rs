@@ -29,6 +29,7 @@ macro_rules! on_both_backends {
 
 mod auth;
 mod cluster;
+mod compression;
 mod contract;
 mod conversations;
 mod docs;

@@ -34,6 +34,7 @@ on_both_backends!(
     shutdown_saves_the_partial_answer_and_ends_the_stream,
     a_rename_during_the_first_answer_is_kept,
     stream_readers_are_capped_per_answer_and_per_user,
+    every_event_of_real_streams_matches_the_documents_schemas,
 );
 
 /// Waits (polling with a deadline) until the conversation's last message
@@ -150,8 +151,17 @@ async fn stream_has_the_seed_event_sequence_with_ids(backend: Backend) {
     assert_eq!(marker["marker"], "user_visible_token");
     assert_eq!(marker["event"], "first");
     assert_eq!(marker["message_id"], added["id"]);
+    // The final delta says when the answer was last updated: a time the
+    // add delta's creation does not follow.
+    let mut finish = events[8].json();
+    let updated = finish["v"][1].clone();
+    assert_eq!(updated["p"], "/message/update_time");
+    assert_eq!(updated["o"], "replace");
+    assert!(updated["v"].as_f64().unwrap() >= added["create_time"].as_f64().unwrap());
+    assert_eq!(added["update_time"], added["create_time"]);
+    finish["v"].as_array_mut().unwrap().remove(1);
     assert_eq!(
-        events[8].json(),
+        finish,
         json!({"v": [
             {"p": "/message/status", "o": "replace", "v": "finished_successfully"},
             {"p": "/message/end_turn", "o": "replace", "v": true},
@@ -939,4 +949,136 @@ async fn readers_capped(backend: Backend, redis: bool) {
     for mut sender in [sender, second_sender, bobs_sender] {
         assert_eq!(sender.rest().await.last().unwrap().data, "[DONE]");
     }
+}
+
+/// The served document's stream schemas, compiled: each event component
+/// (`StreamEvent`'s `anyOf`) with the schema of the JSON its data holds.
+struct StreamSchemas {
+    any: jsonschema::Validator,
+    events: Vec<(String, jsonschema::Validator, Option<jsonschema::Validator>)>,
+}
+
+impl StreamSchemas {
+    fn new(doc: &Value) -> Self {
+        let components = doc["components"].clone();
+        let compile = |pointer: String| {
+            jsonschema::options()
+                .with_draft(jsonschema::Draft::Draft202012)
+                .should_validate_formats(true)
+                .build(&json!({"$ref": pointer, "components": components}))
+                .unwrap_or_else(|e| panic!("{pointer}: {e}"))
+        };
+        let schemas = &doc["components"]["schemas"];
+        let events = schemas["StreamEvent"]["anyOf"]
+            .as_array()
+            .expect("StreamEvent is anyOf its events")
+            .iter()
+            .map(|r| {
+                let pointer = r["$ref"].as_str().unwrap().to_owned();
+                let name = pointer.rsplit('/').next().unwrap().to_owned();
+                let content = schemas[&name]["properties"]["data"]
+                    .get("contentSchema")
+                    .map(|_| compile(format!("{pointer}/properties/data/contentSchema")));
+                (name, compile(pointer), content)
+            })
+            .collect();
+        Self {
+            any: compile("#/components/schemas/StreamEvent".to_owned()),
+            events,
+        }
+    }
+
+    /// The one event component `e` is (its envelope and its data both
+    /// valid); panics when none or several are.
+    fn check(&self, e: &confab_e2e::chat::SseEvent) -> String {
+        let mut envelope = json!({
+            "event": e.event.as_deref().unwrap_or("message"),
+            "data": e.data,
+        });
+        if let Some(id) = &e.id {
+            envelope["id"] = json!(id);
+        }
+        if let Err(error) = self.any.validate(&envelope) {
+            panic!("{envelope} is no StreamEvent: {error}");
+        }
+        let data: Option<Value> = serde_json::from_str(&e.data).ok();
+        let matching: Vec<&str> = self
+            .events
+            .iter()
+            .filter(|(_, shape, content)| {
+                shape.is_valid(&envelope)
+                    && content
+                        .as_ref()
+                        .is_none_or(|c| data.as_ref().is_some_and(|d| c.is_valid(d)))
+            })
+            .map(|(name, _, _)| name.as_str())
+            .collect();
+        assert_eq!(matching.len(), 1, "{envelope} matches {matching:?}");
+        matching[0].to_owned()
+    }
+}
+
+async fn every_event_of_real_streams_matches_the_documents_schemas(backend: Backend) {
+    let llm = FakeLlm::start();
+    llm.push(Script::reply(&["Schemas", " \"all\"\n the way é 🎉"]));
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("ada").await;
+    let doc: Value = app
+        .client
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = StreamSchemas::new(&doc);
+    // A new conversation's stream: its title, and a complete answer.
+    let (id, first) = app.chat(&token, "hi").await;
+    // The first stream read again on the seed surface.
+    let resume_token = first[1].json()["token"].as_str().unwrap().to_owned();
+    let res = app
+        .client
+        .get(app.url(&format!("/backend-api/conversation/{id}/stream")))
+        .bearer_auth(&token)
+        .header("x-resume-token", &resume_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "a finished stream replays within its retention"
+    );
+    let replayed = SseReader::new(res).rest().await;
+    assert_eq!(replayed.len(), first.len());
+    // A follow-up the model fails: the error event.
+    llm.push(Script::Status(500, "{}".into()));
+    let res = app
+        .send_message(
+            &format!("/api/v1/conversations/{id}/messages"),
+            &token,
+            &message_body("again"),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let failed = SseReader::new(res).rest().await;
+    let mut seen = std::collections::BTreeSet::new();
+    for e in first.iter().chain(&failed).chain(&replayed) {
+        seen.insert(schemas.check(e));
+    }
+    let every: std::collections::BTreeSet<String> =
+        schemas.events.iter().map(|(n, _, _)| n.clone()).collect();
+    assert_eq!(seen, every, "every kind of event was seen and checked");
+    // A document that says less is caught: an event with an undocumented
+    // member matches no schema.
+    let mut extra = first[2].clone();
+    let mut data = extra.json();
+    data["surprise"] = json!(1);
+    extra.data = data.to_string();
+    let envelope_ok = schemas.events.iter().any(|(_, shape, content)| {
+        shape.is_valid(&json!({"event": "message", "data": extra.data}))
+            && content.as_ref().is_some_and(|c| c.is_valid(&data))
+    });
+    assert!(!envelope_ok, "an undocumented member is refused");
 }

@@ -25,6 +25,7 @@ pub struct MessageDocument<'a> {
     author: Author,
     role: MessageRole,
     create_time: f64,
+    update_time: f64,
     created_at: String,
     content: &'a crate::Content,
     status: MessageStatus,
@@ -80,6 +81,7 @@ impl<'a> MessageDocument<'a> {
             author: Author { role: message.role },
             role: message.role,
             create_time: epoch_seconds(message.created_at),
+            update_time: epoch_seconds(message.updated_at),
             created_at: rfc3339(message.created_at)?,
             content: &message.content,
             status: message.status,
@@ -126,6 +128,7 @@ fn json<T: Serialize>(name: Option<EventName>, value: &T) -> Result<WireEvent, D
 pub mod events {
     use serde::Serialize;
     use serde_json::json as value;
+    use time::OffsetDateTime;
 
     use super::{DONE, MessageDocument, TEXT_PATH, WireEvent, json};
     use crate::{ConversationId, DomainError, ErrorCode, EventName, MessageId, MessageStatus};
@@ -235,16 +238,18 @@ pub mod events {
         )
     }
 
-    /// The end of the message: its final status, whether it ended its turn,
-    /// and `is_complete`.
+    /// The end of the message: its final status, when it was last updated
+    /// (`at`, the time stored with the final text), whether it ended its
+    /// turn, and `is_complete`.
     ///
     /// # Errors
     /// [`DomainError::Internal`] if it can't be encoded.
-    pub fn finish(status: MessageStatus) -> Result<WireEvent, DomainError> {
+    pub fn finish(status: MessageStatus, at: OffsetDateTime) -> Result<WireEvent, DomainError> {
         json(
             DELTA,
             &value!({"v": [
                 {"p": "/message/status", "o": "replace", "v": status.as_str()},
+                {"p": "/message/update_time", "o": "replace", "v": super::epoch_seconds(at)},
                 {"p": "/message/end_turn", "o": "replace", "v": status == MessageStatus::FinishedSuccessfully},
                 {"p": "/message/metadata", "o": "append", "v": {"is_complete": true}},
             ]}),
@@ -341,7 +346,8 @@ mod tests {
         for piece in ["Redis", " caching", " \"quoted\"\n\ndata: [DONE]"] {
             frames.push(events::append_text(piece).unwrap());
         }
-        frames.push(events::finish(MessageStatus::FinishedSuccessfully).unwrap());
+        let ended = at(1_762_484_549_017);
+        frames.push(events::finish(MessageStatus::FinishedSuccessfully, ended).unwrap());
         let mut applier = DeltaApplier::new();
         for frame in &frames {
             assert_eq!(frame.name, Some(EventName::Delta));
@@ -350,10 +356,11 @@ mod tests {
                 .apply_json(&serde_json::from_str(&frame.data).unwrap())
                 .unwrap();
         }
-        let done = assistant(
+        let mut done = assistant(
             MessageStatus::FinishedSuccessfully,
             "Redis caching \"quoted\"\n\ndata: [DONE]",
         );
+        done.updated_at = ended;
         let expected = serde_json::to_value(MessageDocument::of(&done).unwrap()).unwrap();
         assert_eq!(applier.document()["message"], expected);
         assert_eq!(
@@ -370,6 +377,8 @@ mod tests {
             "\"id\"",
             "\"author\"",
             "\"create_time\"",
+            "\"update_time\"",
+            "\"created_at\"",
             "\"content\"",
             "\"status\"",
             "\"metadata\"",

@@ -7,7 +7,7 @@
 //! to the serialised document by [`refine`].
 
 use confab_domain::{
-    Content, Email, EventName, ListOrder, PageRequest, Password, SearchQuery, Title, Username,
+    Content, Email, ListOrder, PageRequest, Password, SearchQuery, Title, Username,
 };
 use serde_json::{Value, json};
 use utoipa::openapi::schema::{Array, ArrayBuilder, Object, ObjectBuilder, SchemaFormat, Type};
@@ -226,28 +226,6 @@ fn any_case(words: &[&str]) -> String {
     format!("^(?:{})$", alternatives.join("|"))
 }
 
-/// One event of an event stream, as an SSE parser reads it: `data` is the
-/// text of its `data:` lines (JSON, or `[DONE]` at the end); an event
-/// sent without a name is a `message` (the SSE default).
-fn stream_event() -> Value {
-    let names: Vec<&str> = std::iter::once("message")
-        .chain(EventName::ALL.iter().map(|n| n.as_str()))
-        .collect();
-    json!({
-        "type": "object",
-        "description": "One server-sent event of a delta-encoding v1 stream (see docs/api.md): \
-                        `id` to resume after (`Last-Event-ID`), `event` its name \
-                        (`message` when the server sent none), `data` its text.",
-        "required": ["data"],
-        "properties": {
-            "id": { "type": "string" },
-            "event": { "type": "string", "enum": names },
-            "data": { "type": "string" },
-            "retry": { "type": "integer", "minimum": 0 }
-        }
-    })
-}
-
 /// Adds to the serialised document what utoipa's builders can't say.
 pub(crate) fn refine(doc: &mut Value) {
     // Each event of a `text/event-stream` answer (OpenAPI 3.1 reads a
@@ -285,7 +263,21 @@ pub(crate) fn refine(doc: &mut Value) {
             }
         }
     }
-    doc["components"]["schemas"]["StreamEvent"] = stream_event();
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        crate::stream_schema::add_to(schemas);
+        // A message says exactly what its schema says, in every response
+        // and event (the stream's schema test relies on it).
+        for view in [
+            "MessageView",
+            "AuthorView",
+            "ContentView",
+            "MessageMetadataView",
+        ] {
+            if let Some(schema) = schemas.get_mut(view) {
+                schema["additionalProperties"] = json!(false);
+            }
+        }
+    }
     let schemas = &mut doc["components"]["schemas"];
     schemas["RegisterRequest"]["properties"]["username"]["not"] =
         json!({ "pattern": any_case(Username::RESERVED) });

@@ -17,6 +17,7 @@ mod openapi;
 mod rendered;
 mod routes;
 mod sse;
+mod stream_schema;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
@@ -129,7 +130,8 @@ fn build(
         rendered: rendered::RenderedBodies::default(),
     });
     // Each middleware holds the state itself: none can find it missing.
-    let (idempotency, rate_limit, cors, deprecated, security, telemetry) = (
+    let (idempotency, rate_limit, cors, deprecated, security, telemetry, compress) = (
+        state.clone(),
         state.clone(),
         state.clone(),
         state.clone(),
@@ -169,6 +171,10 @@ fn build(
             middleware::telemetry(telemetry.clone(), req, next)
         }))
         .wrap(from_fn(middleware::request_id))
+        // Outermost: it sees every body as finally sent, error shapes too.
+        .wrap(from_fn(move |req, next| {
+            middleware::compress(compress.clone(), req, next)
+        }))
 }
 
 #[cfg(test)]

@@ -203,13 +203,13 @@ mod properties {
             pieces.extend(nasty.into_iter().map(str::to_owned));
             let mut applier = DeltaApplier::new();
             let opening = json!({"o": "add", "v": {"message": {
-                "content": {"parts": [""]}, "status": "in_progress", "end_turn": null, "metadata": {}}}});
+                "update_time": 0.0, "content": {"parts": [""]}, "status": "in_progress", "end_turn": null, "metadata": {}}}});
             applier.apply_json(&opening).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let mut sent = vec![];
             for piece in &pieces {
                 sent.push(events::append_text(piece).map_err(|e| TestCaseError::fail(e.to_string()))?);
             }
-            sent.push(events::finish(MessageStatus::FinishedSuccessfully).map_err(|e| TestCaseError::fail(e.to_string()))?);
+            sent.push(events::finish(MessageStatus::FinishedSuccessfully, time::OffsetDateTime::UNIX_EPOCH).map_err(|e| TestCaseError::fail(e.to_string()))?);
             sent.push(events::done());
             let count = sent.len();
             let mut received = Vec::new();

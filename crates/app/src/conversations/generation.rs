@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confab_domain::{
-    Content, ConversationId, DomainError, ErrorCode, Message, MessageStatus, ModelSlug, UserId,
-    WireEvent, events,
+    Content, ConversationId, DomainError, ErrorCode, Message, MessageStatus, ModelSlug,
+    OffsetDateTime, UserId, WireEvent, events,
 };
 use confab_ports::{
     ChatModel, CompletionRequest, CompletionStream, FinishReason, LlmError, LlmEvent, StopSignal,
@@ -260,7 +260,7 @@ impl Generation {
                 () = stop.stopped() => return Outcome::Stopped,
                 () = shutting_down(&mut self.shutdown) => return Outcome::Interrupted,
                 () = tokio::time::sleep_until(flush_at), if unsaved => {
-                    self.save(text, MessageStatus::InProgress).await;
+                    self.save(text, MessageStatus::InProgress, self.inner.now()).await;
                     flushed = text.len();
                     last_flush = Instant::now();
                     continue;
@@ -277,7 +277,8 @@ impl Generation {
                 return outcome;
             }
             if last_flush.elapsed() >= flush_every && text.len() != flushed {
-                self.save(text, MessageStatus::InProgress).await;
+                self.save(text, MessageStatus::InProgress, self.inner.now())
+                    .await;
                 flushed = text.len();
                 last_flush = Instant::now();
             }
@@ -363,21 +364,15 @@ impl Generation {
         Ok(capped)
     }
 
-    /// Saves the text so far; a failure is logged (the next save, or the
-    /// final one, carries the text).
-    async fn save(&self, text: &str, status: MessageStatus) -> bool {
+    /// Saves the text so far, as updated `at`; a failure is logged (the
+    /// next save, or the final one, carries the text).
+    async fn save(&self, text: &str, status: MessageStatus, at: OffsetDateTime) -> bool {
         let content =
             Content::text(vec![text.to_owned()]).unwrap_or_else(|_| Content::empty_text());
         let messages = &self.inner.ports.messages;
         for attempt in 0..SAVE_ATTEMPTS {
             match messages
-                .update_content(
-                    self.conversation,
-                    &self.message.id,
-                    &content,
-                    status,
-                    self.inner.now(),
-                )
+                .update_content(self.conversation, &self.message.id, &content, status, at)
                 .await
             {
                 Ok(()) => {
@@ -401,12 +396,17 @@ impl Generation {
     async fn finish(&self, outcome: Outcome, text: String, began: Instant) {
         let mut outcome = outcome;
         let chars = text.chars().count();
-        if !self.save(&text, outcome.status()).await && outcome.status() != MessageStatus::Failed {
+        // The final delta carries the time stored with the final text, so a
+        // replayed stream equals the stored message.
+        let at = self.inner.now();
+        if !self.save(&text, outcome.status(), at).await
+            && outcome.status() != MessageStatus::Failed
+        {
             // The stream must not claim what the database doesn't hold.
             outcome = Outcome::Broken(DomainError::unavailable("the answer could not be saved"));
         }
         let status = outcome.status();
-        self.emit_logged(vec![events::finish(status)]).await;
+        self.emit_logged(vec![events::finish(status, at)]).await;
         let mut closing = Vec::with_capacity(3);
         if self.created {
             let title = self.title(matches!(outcome, Outcome::Finished(_))).await;

@@ -1,7 +1,8 @@
-//! The middleware stack, outermost first: request id (and the error shape
+//! The middleware stack, outermost first: response compression, request id (and the error shape
 //! of every response), telemetry, security headers, deprecation notices,
 //! CORS, rate limits, idempotency keys; and, around each resource, panic catching.
 
+mod compress;
 mod cors;
 mod deprecation;
 mod idempotency;
@@ -11,6 +12,7 @@ mod request_id;
 mod security;
 mod telemetry;
 
+pub(crate) use compress::compress;
 pub use cors::CorsPolicy;
 pub(crate) use cors::cors;
 pub(crate) use deprecation::deprecation;

@@ -43,6 +43,10 @@ pub(crate) struct MessageView {
     role: String,
     /// Creation, seconds since the Unix epoch with milliseconds.
     create_time: f64,
+    /// Last change, seconds since the Unix epoch with milliseconds: the
+    /// creation time until the message changes (an answer's final delta
+    /// sets it to the time stored with its final text).
+    update_time: f64,
     /// Creation (RFC 3339).
     created_at: String,
     /// The text.
