@@ -10,7 +10,7 @@
 //! per event, and the end-to-end suite checks every event of real streams
 //! against these schemas (`tests/e2e/stream.rs`).
 
-use confab_domain::{EventName, TEXT_PATH};
+use confab_domain::{ErrorCode, EventName, TEXT_PATH};
 use serde_json::{Map, Value, json};
 
 /// A component reference.
@@ -65,6 +65,8 @@ fn kind(value: &str) -> Value {
 /// The stream's components: every event and the JSON its data holds.
 fn components() -> Vec<(&'static str, Value)> {
     let delta = Some(EventName::Delta);
+    // The API's codes as clients see them (their serde spelling).
+    let codes: Vec<String> = ErrorCode::ALL.iter().map(ToString::to_string).collect();
     vec![
         (
             "DeltaEncodingEvent",
@@ -235,7 +237,7 @@ fn components() -> Vec<(&'static str, Value)> {
                         "The error.",
                         &["code", "message"],
                         &json!({
-                            "code": { "type": "string", "pattern": "^[A-Z][A-Z_]*$", "description": "An error code of the API (`UPSTREAM_ERROR`, `UPSTREAM_TIMEOUT`, `UNAVAILABLE`, `INTERNAL_ERROR`, …)." },
+                            "code": { "type": "string", "enum": codes, "description": "An error code of the API: in a stream, `UPSTREAM_ERROR`, `UPSTREAM_TIMEOUT`, `UNAVAILABLE` or `INTERNAL_ERROR`." },
                             "message": { "type": "string" },
                         }),
                     ),
