@@ -248,14 +248,13 @@ async fn resume_from_last_event_id_has_no_gap_and_no_duplicate(backend: Backend)
     // The connection drops here; the client reconnects after the last id.
     drop(reader);
     let res = app
-        .client
-        .get(app.url(&format!("/api/v1/conversations/{id}/stream")))
-        .bearer_auth(&token)
-        .header("x-resume-token", &resume_token)
-        .header("last-event-id", &last_id)
-        .send()
-        .await
-        .unwrap();
+        .resume_stream(
+            &format!("/api/v1/conversations/{id}/stream"),
+            &token,
+            &resume_token,
+            Some(&last_id),
+        )
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "text/event-stream");
     let mut resumed = SseReader::new(res);
@@ -282,13 +281,13 @@ async fn resume_from_last_event_id_has_no_gap_and_no_duplicate(backend: Backend)
     assert_eq!(rebuilt["message"], c["messages"][1]);
     // After the end, within the retention time, the whole stream replays.
     let again = app
-        .client
-        .get(app.url(&format!("/backend-api/conversation/{id}/stream")))
-        .bearer_auth(&token)
-        .header("x-resume-token", &resume_token)
-        .send()
-        .await
-        .unwrap();
+        .resume_stream(
+            &format!("/backend-api/conversation/{id}/stream"),
+            &token,
+            &resume_token,
+            None,
+        )
+        .await;
     assert_eq!(again.status(), 200);
     let replayed = SseReader::new(again).rest().await;
     assert_eq!(replayed, all);
@@ -1038,13 +1037,13 @@ async fn every_event_of_real_streams_matches_the_documents_schemas(backend: Back
     // The first stream read again on the seed surface.
     let resume_token = first[1].json()["token"].as_str().unwrap().to_owned();
     let res = app
-        .client
-        .get(app.url(&format!("/backend-api/conversation/{id}/stream")))
-        .bearer_auth(&token)
-        .header("x-resume-token", &resume_token)
-        .send()
-        .await
-        .unwrap();
+        .resume_stream(
+            &format!("/backend-api/conversation/{id}/stream"),
+            &token,
+            &resume_token,
+            None,
+        )
+        .await;
     assert_eq!(
         res.status(),
         200,

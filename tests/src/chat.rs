@@ -286,6 +286,29 @@ impl TestApp {
             .await
     }
 
+    /// `GET path` (a stream route) with `token`, the stream's
+    /// `resume_token` and, if given, `Last-Event-ID`.
+    ///
+    /// # Panics
+    /// When the request can't be sent.
+    pub async fn resume_stream(
+        &self,
+        path: &str,
+        token: &str,
+        resume_token: &str,
+        last_id: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .header("x-resume-token", resume_token);
+        if let Some(last) = last_id {
+            req = req.header("last-event-id", last);
+        }
+        req.send().await.expect("resume request")
+    }
+
     /// Starts a conversation with `text` and reads its whole stream.
     /// Returns the conversation id and the events.
     ///
