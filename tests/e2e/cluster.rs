@@ -10,7 +10,6 @@ use confab_domain::ConversationId;
 use confab_e2e::chat::{SseReader, conversation_of, is_append, message_body, replay};
 use confab_e2e::fake_llm::{FakeLlm, Script, Step};
 use confab_e2e::{TestApp, error_body, redis_url, spawn_process};
-use confab_ports::MessageStore;
 use confab_sql::testing::TestDatabase;
 use reqwest::Method;
 use serde_json::json;
@@ -212,7 +211,7 @@ async fn an_instance_killed_mid_answer_leaves_it_failed_with_its_text_after_the_
     let store = c.b.db.store().await;
     let conversation: ConversationId = id.parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while MessageStore::list(&store, conversation).await.unwrap()[1]
+    while confab_e2e::all_messages(&store, conversation).await[1]
         .content
         .parts()
         != ["partial"]

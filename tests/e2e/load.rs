@@ -8,7 +8,8 @@
 //! then counts as timed out), and the failure message counts what broke.
 //!
 //! In process: 100 sends to one server, on SQLite and PostgreSQL, with
-//! and without Redis. As processes (`confab serve`, like `cluster.rs`),
+//! and without Redis, each starting a conversation or each continuing one
+//! of 150 messages (its prompt read a page at a time). As processes (`confab serve`, like `cluster.rs`),
 //! two instances on one database, Redis and key prefix: 100 and 1,000
 //! sends to one instance and 1,000 alternating between the two, on
 //! PostgreSQL, and the 1,000 bursts also on one SQLite file. The bursts run
@@ -17,9 +18,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use confab_domain::{ConversationId, MessageRole, NewConversation, OffsetDateTime, Title, UserId};
 use confab_e2e::fake_llm::FakeLlm;
-use confab_e2e::load::{burst, burst_vars, paced_llm};
-use confab_e2e::{TestApp, redis_url, spawn_app_with, spawn_app_with_redis, spawn_process};
+use confab_e2e::load::{burst, burst_into, burst_vars, paced_llm};
+use confab_e2e::{
+    TestApp, finished_message, redis_url, spawn_app_with, spawn_app_with_redis, spawn_process,
+};
+use confab_ports::{ConversationStore, MessageStore};
 use confab_sql::Backend;
 use confab_sql::testing::TestDatabase;
 use tokio::sync::Mutex;
@@ -35,11 +40,13 @@ const CAP_1000: Duration = Duration::from_secs(90);
 on_both_backends!(
     a_hundred_sends_at_once_all_complete,
     a_hundred_sends_at_once_with_redis_all_complete,
+    a_hundred_sends_into_long_conversations_all_complete,
+    a_hundred_sends_into_long_conversations_with_redis_all_complete,
 );
 
-/// 100 sends at once to one server, in process, with or without Redis.
-async fn in_process(backend: Backend, redis: bool) {
-    let _one = ONE_AT_A_TIME.lock().await;
+/// One server in process, with or without Redis, wired to a paced model
+/// with a burst's limits lifted; and its user's token.
+async fn burst_app(backend: Backend, redis: bool) -> (FakeLlm, TestApp, String) {
     let llm = paced_llm();
     let base = llm.base_url();
     let vars = burst_vars(&base);
@@ -49,6 +56,13 @@ async fn in_process(backend: Backend, redis: bool) {
         spawn_app_with(backend, &vars)
     };
     let token = app.user("ada").await;
+    (llm, app, token)
+}
+
+/// 100 sends at once to one server, in process, with or without Redis.
+async fn in_process(backend: Backend, redis: bool) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (_llm, app, token) = burst_app(backend, redis).await;
     let sends = burst(&[&app], &token, 100, CAP_100).await;
     let what = format!("100 sends, in process, {backend:?}, Redis: {redis}");
     sends
@@ -62,6 +76,86 @@ async fn a_hundred_sends_at_once_all_complete(backend: Backend) {
 
 async fn a_hundred_sends_at_once_with_redis_all_complete(backend: Backend) {
     in_process(backend, true).await;
+}
+
+/// Messages stored in each conversation of the long-conversation bursts:
+/// more than a page of history and more than the prompt budget.
+const LONG: usize = 150;
+
+/// `n` conversations of the caller of `token`, each with [`LONG`] user
+/// messages stored directly (as a long life of sends would have left).
+async fn long_conversations(app: &TestApp, token: &str, n: usize) -> Vec<ConversationId> {
+    let me: serde_json::Value = app
+        .get_auth("/api/v1/users/me", token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let owner: UserId = me["id"].as_str().unwrap().parse().unwrap();
+    let store = app.db.store().await;
+    let seeds: Vec<_> = (0..n)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let now = OffsetDateTime::now_utc();
+                let id = ConversationId::generate();
+                let new = NewConversation {
+                    id,
+                    owner,
+                    title: Title::parse("Long").unwrap(),
+                    created_at: now,
+                };
+                ConversationStore::create(&store, new).await.unwrap();
+                for k in 0..LONG {
+                    let text = format!(
+                        "an older message, number {k}, {}",
+                        "of some length ".repeat(20)
+                    );
+                    let message = finished_message(id, &format!("old{k}"), MessageRole::User, text);
+                    MessageStore::insert(&store, &message).await.unwrap();
+                }
+                id
+            })
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(n);
+    for seed in seeds {
+        ids.push(seed.await.unwrap());
+    }
+    ids
+}
+
+/// 100 sends at once, each continuing a conversation of [`LONG`] messages,
+/// to one server in process, with or without Redis: each send reads only
+/// the pages of history its prompt needs, and every answer completes.
+async fn into_long_conversations(backend: Backend, redis: bool) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (llm, app, token) = burst_app(backend, redis).await;
+    let conversations = long_conversations(&app, &token, 100).await;
+    let sends = burst_into(&[&app], &token, &conversations, CAP_100).await;
+    let what = format!("100 sends into long conversations, {backend:?}, Redis: {redis}");
+    sends
+        .assert_all_complete(&what, &app.db.store().await)
+        .await;
+    // Each prompt is the budget's newest history, never the whole of it.
+    let asked = llm.requests();
+    assert_eq!(asked.len(), 100);
+    for request in &asked {
+        let turns = request["messages"].as_array().unwrap();
+        assert!(
+            (2..LONG).contains(&turns.len()),
+            "{} turns sent",
+            turns.len()
+        );
+    }
+}
+
+async fn a_hundred_sends_into_long_conversations_all_complete(backend: Backend) {
+    into_long_conversations(backend, false).await;
+}
+
+async fn a_hundred_sends_into_long_conversations_with_redis_all_complete(backend: Backend) {
+    into_long_conversations(backend, true).await;
 }
 
 /// Instances A and B (`confab serve` processes) of one service on `db`,

@@ -37,6 +37,7 @@ mod edges;
 mod errors;
 mod fake_llm;
 mod headers;
+mod history;
 mod idempotency;
 mod load;
 mod local_model;

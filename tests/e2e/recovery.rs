@@ -71,7 +71,7 @@ async fn answers_a_crash_left_in_progress_are_closed_at_start_up(backend: Backen
 
     let app = spawn_app_on(db, &[]);
     let store = app.db.store().await;
-    let messages = MessageStore::list(&store, conversation).await.unwrap();
+    let messages = confab_e2e::all_messages(&store, conversation).await;
     assert_eq!(messages[0].status, MessageStatus::Failed);
     assert_eq!(messages[0].content.parts(), ["saved before the crash"]);
 }
@@ -84,7 +84,7 @@ async fn answers_no_generation_holds_are_closed_while_serving(backend: Backend) 
     let conversation = orphan(&store).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let messages = loop {
-        let messages = MessageStore::list(&store, conversation).await.unwrap();
+        let messages = confab_e2e::all_messages(&store, conversation).await;
         if messages[0].status != MessageStatus::InProgress {
             break messages;
         }

@@ -11,7 +11,7 @@ use confab_domain::{MessageId, MessageStatus};
 use confab_e2e::chat::{SseReader, conversation_of, is_append, message_body, replay, spawn_chat};
 use confab_e2e::fake_llm::{FakeLlm, Script, Step};
 use confab_e2e::{TestApp, error_body, redis_url, spawn_app_with, spawn_app_with_redis};
-use confab_ports::{MessageStore, StreamLog};
+use confab_ports::StreamLog;
 use confab_redis::{RedisPool, RedisSettings, RedisStreamLog, RedisStreamLogOptions};
 use confab_sql::Backend;
 use reqwest::Method;
@@ -509,7 +509,7 @@ async fn an_answer_whose_instance_died_is_closed_once_its_lease_runs_out() {
     // ...so sweeps leave it alone, however many run.
     tokio::time::sleep(Duration::from_millis(3000)).await;
     let status = |store: confab_sql::SqlStore| async move {
-        MessageStore::list(&store, conversation).await.unwrap()[0].clone()
+        confab_e2e::all_messages(&store, conversation).await[0].clone()
     };
     assert_eq!(
         status(store.clone()).await.status,

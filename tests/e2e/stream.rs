@@ -781,9 +781,7 @@ async fn shutdown_saves_the_partial_answer_and_ends_the_stream(backend: Backend)
     let error = rest[rest.len() - 2].json();
     assert_eq!(error["error"]["code"], "UNAVAILABLE");
     let store = app.db.store().await;
-    let messages = confab_ports::MessageStore::list(&store, id.parse().unwrap())
-        .await
-        .unwrap();
+    let messages = confab_e2e::all_messages(&store, id.parse().unwrap()).await;
     assert_eq!(messages[1].status, confab_domain::MessageStatus::Failed);
     assert_eq!(messages[1].content.parts(), ["half an answer"]);
     assert!(llm.wait_for_disconnect(Duration::from_secs(5)).await);

@@ -566,3 +566,44 @@ pub async fn error_body(res: reqwest::Response, status: u16, code: &str) -> serd
     );
     error
 }
+
+/// Every message of `conversation` in `store`, oldest first.
+///
+/// # Panics
+/// When the store fails.
+pub async fn all_messages(
+    store: &confab_sql::SqlStore,
+    conversation: confab_domain::ConversationId,
+) -> Vec<confab_domain::Message> {
+    confab_ports::MessageStore::page(store, conversation, None, usize::MAX)
+        .await
+        .expect("the store answers")
+        .messages
+}
+
+/// A finished message of `role` with `text`, id `id`, in `conversation`,
+/// as a send would have stored it (for storing directly).
+///
+/// # Panics
+/// When `id` or `text` is not valid.
+#[must_use]
+pub fn finished_message(
+    conversation: confab_domain::ConversationId,
+    id: &str,
+    role: confab_domain::MessageRole,
+    text: String,
+) -> confab_domain::Message {
+    let now = confab_domain::OffsetDateTime::now_utc();
+    confab_domain::Message {
+        id: confab_domain::MessageId::parse(id).expect("a message id"),
+        conversation_id: conversation,
+        parent_id: None,
+        role,
+        content: confab_domain::Content::text(vec![text]).expect("message text"),
+        status: confab_domain::MessageStatus::FinishedSuccessfully,
+        model_slug: None,
+        metadata: confab_domain::MessageMetadata::new(),
+        created_at: now,
+        updated_at: now,
+    }
+}

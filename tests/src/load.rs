@@ -282,6 +282,34 @@ impl Burst {
 /// # Panics
 /// When `apps` is empty or a task panics.
 pub async fn burst(apps: &[&TestApp], token: &str, n: usize, cap: Duration) -> Burst {
+    burst_to(apps, token, n, cap, |_| "/api/v1/conversations".to_owned()).await
+}
+
+/// As [`burst`], the `i`-th send continuing `conversations[i]` (one send
+/// per conversation: a conversation runs one answer at a time).
+///
+/// # Panics
+/// As [`burst`].
+pub async fn burst_into(
+    apps: &[&TestApp],
+    token: &str,
+    conversations: &[ConversationId],
+    cap: Duration,
+) -> Burst {
+    burst_to(apps, token, conversations.len(), cap, |i| {
+        format!("/api/v1/conversations/{}/messages", conversations[i])
+    })
+    .await
+}
+
+/// `n` sends at once, the `i`-th to `path(i)` on `apps[i % apps.len()]`.
+async fn burst_to(
+    apps: &[&TestApp],
+    token: &str,
+    n: usize,
+    cap: Duration,
+    path: impl Fn(usize) -> String,
+) -> Burst {
     assert!(!apps.is_empty(), "a burst needs a server");
     let (go, start) = tokio::sync::watch::channel(false);
     let started = Instant::now();
@@ -291,7 +319,7 @@ pub async fn burst(apps: &[&TestApp], token: &str, n: usize, cap: Duration) -> B
             let app = apps[i % apps.len()];
             let request = app
                 .client
-                .post(app.url("/api/v1/conversations"))
+                .post(app.url(&path(i)))
                 .bearer_auth(token)
                 .header("accept", "text/event-stream")
                 .json(&message_body(&format!("question {i}")));

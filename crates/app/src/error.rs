@@ -43,6 +43,14 @@ pub enum AppError {
     /// Missing, or not the caller's.
     #[error("not found")]
     NotFound,
+    /// The id in `field` (a parameter, not the path's resource) names
+    /// nothing there: a page's `before` that is not one of the
+    /// conversation's messages.
+    #[error("{field:?} names nothing")]
+    Missing {
+        /// The parameter.
+        field: Field,
+    },
     /// A unique value is taken.
     #[error("{field:?} is already taken")]
     Conflict {

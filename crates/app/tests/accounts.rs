@@ -626,7 +626,7 @@ async fn separate_admission_keeps_the_admission_contract() {
     .await;
     confab_testkit::contract::admission::the_cache_version_read_with_a_charge_is_the_caches(
         &SeparateAdmission::new(shared_blocklist, shared_limiter),
-        &MemoryCache::new(100),
+        &MemoryCache::new(100, 1 << 30),
         false,
     )
     .await;

@@ -17,8 +17,8 @@ use confab_app::{
 };
 use confab_domain::{
     Content, Conversation, ConversationId, DomainError, ErrorCode, EventName, FamilyId, Field,
-    Message, MessageId, MessageMetadata, MessageRole, MessageStatus, ModelSlug, NewConversation,
-    OffsetDateTime, Role, Title, TokenId, UserId,
+    HistoryRequest, Message, MessageId, MessageMetadata, MessagePage, MessageRole, MessageStatus,
+    ModelSlug, NewConversation, OffsetDateTime, Role, Title, TokenId, UserId,
 };
 use confab_memory::{GovernorLimiter, MemoryCache, MemoryStreamLog, StreamLogOptions};
 use confab_ports::{
@@ -91,7 +91,7 @@ fn harness_on(
             max_events_per_log: 10_000,
             max_logs: 1_000,
         })),
-        cache: Arc::new(MemoryCache::new(1_000)),
+        cache: Arc::new(MemoryCache::new(1_000, 1 << 30)),
         resume_tokens: Arc::new(codec),
         limiter: Arc::new(GovernorLimiter::new()),
         clock: clock.clone(),
@@ -230,9 +230,10 @@ async fn send(h: &Harness, who: &AccessClaims, input: SendMessage) -> (Started, 
 }
 
 async fn messages(h: &Harness, conversation: ConversationId) -> Vec<Message> {
-    MessageStore::list(h.store.as_ref(), conversation)
+    MessageStore::page(h.store.as_ref(), conversation, None, usize::MAX)
         .await
         .unwrap()
+        .messages
 }
 
 async fn ended(started: &Started) -> AnswerEnd {
@@ -828,7 +829,7 @@ async fn a_new_conversation_is_titled_by_the_model() {
     assert_eq!(data(title)["title"], "Redis Caching Explained");
     let (conversation, _) = h
         .conversations
-        .get(&olga, started.conversation.id)
+        .get(&olga, started.conversation.id, &HistoryRequest::default())
         .await
         .unwrap();
     assert_eq!(conversation.title.as_str(), "Redis Caching Explained");
@@ -855,7 +856,7 @@ async fn a_failed_title_call_falls_back_to_the_first_words() {
     ended(&started).await;
     let (conversation, _) = h
         .conversations
-        .get(&pam, started.conversation.id)
+        .get(&pam, started.conversation.id, &HistoryRequest::default())
         .await
         .unwrap();
     assert_eq!(conversation.title.as_str(), "How do I bake bread?");
@@ -877,7 +878,11 @@ async fn a_rename_during_the_answer_wins_over_the_generated_title() {
     };
     h.conversations.update(&quinn, id, patch).await.unwrap();
     h.conversations.stop(&quinn, id).await.unwrap();
-    let (conversation, _) = h.conversations.get(&quinn, id).await.unwrap();
+    let (conversation, _) = h
+        .conversations
+        .get(&quinn, id, &HistoryRequest::default())
+        .await
+        .unwrap();
     assert_eq!(conversation.title.as_str(), "My name");
 }
 
@@ -917,12 +922,24 @@ async fn the_orphan_sweep_closes_answers_no_generation_holds() {
     h.model.answer(Reply::hanging(&["alive"]));
     let running = h.conversations.send(&rob, say("running")).await.unwrap();
     // The history is read (and cached) before the sweep.
-    let (_, before) = h.conversations.get(&rob, id).await.unwrap();
+    let before = h
+        .conversations
+        .get(&rob, id, &HistoryRequest::default())
+        .await
+        .unwrap()
+        .1
+        .messages;
     assert_eq!(before[0].status, MessageStatus::InProgress);
 
     h.clock.advance(Duration::from_secs(30));
     assert_eq!(h.conversations.close_orphans().await.unwrap(), 1);
-    let (_, after) = h.conversations.get(&rob, id).await.unwrap();
+    let after = h
+        .conversations
+        .get(&rob, id, &HistoryRequest::default())
+        .await
+        .unwrap()
+        .1
+        .messages;
     assert_eq!(after[0].status, MessageStatus::Failed);
     assert_eq!(after[0].content.parts(), ["half an ans"]);
     assert_eq!(after[0].updated_at, millis(h.clock.now()));
@@ -944,7 +961,13 @@ async fn reads_after_a_send_are_never_stale() {
     ended(&first).await;
     let id = first.conversation.id;
     // Cached now.
-    let (_, history) = h.conversations.get(&sue, id).await.unwrap();
+    let history = h
+        .conversations
+        .get(&sue, id, &HistoryRequest::default())
+        .await
+        .unwrap()
+        .1
+        .messages;
     assert_eq!(history.len(), 2);
     let listed = h
         .conversations
@@ -962,7 +985,13 @@ async fn reads_after_a_send_are_never_stale() {
         .send(&sue, say_in(id, "second"))
         .await
         .unwrap();
-    let (_, during) = h.conversations.get(&sue, id).await.unwrap();
+    let during = h
+        .conversations
+        .get(&sue, id, &HistoryRequest::default())
+        .await
+        .unwrap()
+        .1
+        .messages;
     assert_eq!(during.len(), 4);
     assert_eq!(during[2].content.parts(), ["second"]);
     assert_eq!(during[3].status, MessageStatus::InProgress);
@@ -978,12 +1007,20 @@ async fn reads_after_a_send_are_never_stale() {
 
     h.conversations.stop(&sue, id).await.unwrap();
     assert_eq!(ended(&started).await, AnswerEnd::Stopped);
-    let (_, after) = h.conversations.get(&sue, id).await.unwrap();
+    let after = h
+        .conversations
+        .get(&sue, id, &HistoryRequest::default())
+        .await
+        .unwrap()
+        .1
+        .messages;
     assert_eq!(after[3].status, MessageStatus::FinishedPartialCompletion);
     assert_eq!(after[3].content.parts(), ["on its way"]);
     // Another user never reads it, cached or not.
     assert!(matches!(
-        h.conversations.get(&caller(), id).await,
+        h.conversations
+            .get(&caller(), id, &HistoryRequest::default())
+            .await,
         Err(AppError::NotFound)
     ));
 }
@@ -1032,7 +1069,11 @@ async fn a_read_hands_back_what_is_kept_for_its_entry_and_only_to_the_owner() {
     };
     let read = |who| {
         let (conversations, kept) = (&h.conversations, &kept);
-        async move { conversations.read(who, id, kept).await }
+        async move {
+            conversations
+                .read(who, id, &HistoryRequest::default(), kept)
+                .await
+        }
     };
 
     // Nothing kept: fetched, with the entry's name; again, the same name.
@@ -1044,7 +1085,7 @@ async fn a_read_hands_back_what_is_kept_for_its_entry_and_only_to_the_owner() {
         Some(&*list_entry)
     );
     let history = fetched(read(&ann).await.unwrap());
-    assert_eq!(history.value.1.len(), 2);
+    assert_eq!(history.value.1.messages.len(), 2);
     let history_entry = history.entry.expect("named");
     // Another user's list has a name of its own; their read of the
     // history is refused, cached or not.
@@ -1084,10 +1125,15 @@ async fn a_deleted_conversation_is_gone_and_its_answer_stopped() {
     h.model.answer(Reply::hanging(&["never finished"]));
     let started = h.conversations.send(&ted, say("doomed")).await.unwrap();
     let id = started.conversation.id;
-    h.conversations.get(&ted, id).await.unwrap();
+    h.conversations
+        .get(&ted, id, &HistoryRequest::default())
+        .await
+        .unwrap();
     h.conversations.delete(&ted, id).await.unwrap();
     assert!(matches!(
-        h.conversations.get(&ted, id).await,
+        h.conversations
+            .get(&ted, id, &HistoryRequest::default())
+            .await,
         Err(AppError::NotFound)
     ));
     assert_eq!(ended(&started).await, AnswerEnd::Stopped);
@@ -1125,11 +1171,16 @@ async fn shutdown_interrupts_a_running_answer() {
     ));
 }
 
-/// The memory store, but a new conversation's exchange is stored only
-/// when the test says so, and then stored or refused as it says.
+/// The memory store, but (with `release`) a new conversation's exchange is stored only
+/// when the test says so, and then stored or refused as it says; and
+/// that counts what its pages hand out.
 struct HeldStore {
     store: Arc<MemoryStore>,
-    release: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<bool>>,
+    /// Says whether each `create_with_exchange` stores; `None`: all do,
+    /// at once.
+    release: Option<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<bool>>>,
+    /// The messages `page` has handed out.
+    paged: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[async_trait::async_trait]
@@ -1152,7 +1203,10 @@ impl MessageStore for HeldStore {
         user: &Message,
         assistant: &Message,
     ) -> Result<Conversation, DomainError> {
-        let store = self.release.lock().await.recv().await.unwrap_or(false);
+        let store = match &self.release {
+            Some(release) => release.lock().await.recv().await.unwrap_or(false),
+            None => true,
+        };
         if !store {
             return Err(DomainError::unavailable("the test refused the write"));
         }
@@ -1174,8 +1228,24 @@ impl MessageStore for HeldStore {
             .await
     }
 
-    async fn list(&self, conversation: ConversationId) -> Result<Vec<Message>, DomainError> {
-        MessageStore::list(self.store.as_ref(), conversation).await
+    async fn page(
+        &self,
+        conversation: ConversationId,
+        before: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<MessagePage, DomainError> {
+        let page = self.store.page(conversation, before, limit).await?;
+        self.paged
+            .fetch_add(page.messages.len(), std::sync::atomic::Ordering::Relaxed);
+        Ok(page)
+    }
+
+    async fn find(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+    ) -> Result<Option<Message>, DomainError> {
+        self.store.find(conversation, id).await
     }
 
     async fn in_progress(
@@ -1199,7 +1269,13 @@ impl MessageStore for HeldStore {
 fn held_harness() -> (Harness, tokio::sync::mpsc::Sender<bool>) {
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let release = tokio::sync::Mutex::new(rx);
-    let h = harness_on(rules(), move |store| Arc::new(HeldStore { store, release }));
+    let h = harness_on(rules(), move |store| {
+        Arc::new(HeldStore {
+            store,
+            release: Some(release),
+            paged: Arc::default(),
+        })
+    });
     (h, tx)
 }
 
@@ -1329,4 +1405,82 @@ async fn a_model_that_panics_while_the_exchange_is_stored_still_ends_the_answer(
     );
     let stored = messages(&h, started.conversation.id).await;
     assert_eq!(stored[1].status, MessageStatus::Failed);
+}
+
+#[tokio::test]
+async fn a_send_reads_the_history_backwards_only_as_far_as_its_budget() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    for (budget, pages) in [(100, 1), (2_000, 3)] {
+        let paged = Arc::new(AtomicUsize::new(0));
+        let counter = paged.clone();
+        let h = harness_on(
+            ConversationRules {
+                prompt_budget_chars: budget,
+                ..rules()
+            },
+            move |store| {
+                Arc::new(HeldStore {
+                    store,
+                    release: None,
+                    paged: counter,
+                })
+            },
+        );
+        let ann = caller();
+        let (first, _) = send(&h, &ann, say("the first question")).await;
+        ended(&first).await;
+        let id = first.conversation.id;
+        // 1,000 more messages of about 20 characters each.
+        for n in 0..1_000 {
+            let mut stored = first.user_message.clone();
+            stored.id = MessageId::parse(format!("old{n}")).unwrap();
+            stored.content = Content::text(vec![format!("stored message {n:04}")]).unwrap();
+            MessageStore::insert(h.store.as_ref(), &stored)
+                .await
+                .unwrap();
+        }
+        paged.store(0, Ordering::Relaxed);
+
+        let (next, _) = send(&h, &ann, say_in(id, "and now?")).await;
+        ended(&next).await;
+        assert_eq!(
+            paged.load(Ordering::Relaxed),
+            pages * 50,
+            "budget {budget}: pages of 50 until the budget is passed"
+        );
+        let asked = h.model.answer_requests();
+        let texts: Vec<&str> = asked[1].turns.iter().map(|t| t.text.as_str()).collect();
+        assert_eq!(texts.last(), Some(&"and now?"));
+        assert_eq!(
+            texts[texts.len() - 2],
+            "stored message 0999",
+            "budget {budget}"
+        );
+        // The budget counts the new message too.
+        let sent: usize = texts[1..].iter().map(|t| t.len()).sum();
+        assert!(sent <= budget, "budget {budget}: {sent} characters sent");
+        assert!(sent + 20 > budget, "budget {budget}: the budget is filled");
+
+        // A reused id from before every page read is still taken.
+        let err = h
+            .conversations
+            .send(
+                &ann,
+                SendMessage {
+                    message_id: Some("old3".to_owned()),
+                    ..say_in(id, "again")
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AppError::Conflict {
+                    field: Field::MessageId
+                }
+            ),
+            "{err:?}"
+        );
+    }
 }

@@ -22,6 +22,8 @@ pub enum Field {
     Limit,
     /// Where a page of a list starts.
     Offset,
+    /// The message a page of a history ends before.
+    Before,
     /// The order of a list.
     Order,
     /// A search query.

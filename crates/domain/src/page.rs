@@ -1,7 +1,7 @@
-//! Pagination, ordering and search of lists.
+//! Pagination, ordering and search of lists, and pages of a history.
 
 use crate::text::check_text;
-use crate::{DomainError, Field};
+use crate::{DomainError, Field, Message, MessageId};
 
 /// A window into a list: `limit` 1..=100 items from `offset` (at most
 /// 100,000, so a deep offset can't make the database scan forever).
@@ -70,6 +70,81 @@ pub struct Page<T> {
     pub total: u64,
     /// The window that was asked for.
     pub request: PageRequest,
+}
+
+/// Which of a conversation's messages to read: the newest `limit`
+/// (1..=500) of those before the message `before`, or of all of them.
+/// A history is read backwards from its end, a page at a time, so no read
+/// loads a whole long conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRequest {
+    before: Option<MessageId>,
+    limit: u32,
+}
+
+impl HistoryRequest {
+    /// Largest page.
+    pub const MAX_LIMIT: u32 = 500;
+    /// Page size when the client names none.
+    pub const DEFAULT_LIMIT: u32 = 100;
+
+    /// Validates a request.
+    ///
+    /// # Errors
+    /// [`DomainError::Invalid`] on `limit` when out of bounds.
+    pub fn new(before: Option<MessageId>, limit: u32) -> Result<Self, DomainError> {
+        if !(1..=Self::MAX_LIMIT).contains(&limit) {
+            return Err(DomainError::invalid(
+                Field::Limit,
+                "must be between 1 and 500",
+            ));
+        }
+        Ok(Self { before, limit })
+    }
+
+    /// The message whose predecessors are read; `None`: the newest.
+    #[must_use]
+    pub const fn before(&self) -> Option<&MessageId> {
+        self.before.as_ref()
+    }
+
+    /// Messages to return at most.
+    #[must_use]
+    pub const fn limit(&self) -> u32 {
+        self.limit
+    }
+}
+
+impl Default for HistoryRequest {
+    /// The newest [`HistoryRequest::DEFAULT_LIMIT`] messages.
+    fn default() -> Self {
+        Self {
+            before: None,
+            limit: Self::DEFAULT_LIMIT,
+        }
+    }
+}
+
+/// Some of a conversation's consecutive messages, oldest first, and
+/// whether older ones precede them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MessagePage {
+    /// The messages, oldest first.
+    pub messages: Vec<Message>,
+    /// Whether the conversation has messages before the first of these.
+    pub has_more: bool,
+}
+
+impl MessagePage {
+    /// The id to read on from (as [`HistoryRequest`]'s `before`): the
+    /// oldest message's, when older ones precede it.
+    #[must_use]
+    pub fn cursor(&self) -> Option<&MessageId> {
+        self.messages
+            .first()
+            .filter(|_| self.has_more)
+            .map(|m| &m.id)
+    }
 }
 
 /// The order of a conversation list, newest first.
@@ -144,6 +219,43 @@ mod tests {
         assert!(PageRequest::new(100_000, 10).is_ok());
         let err = PageRequest::new(100_001, 10).unwrap_err();
         assert!(matches!(err, DomainError::Invalid { ref field, .. } if *field == Field::Offset));
+    }
+
+    #[test]
+    fn history_page_bounds() {
+        assert!(HistoryRequest::new(None, 0).is_err());
+        assert!(HistoryRequest::new(None, 1).is_ok());
+        let id = MessageId::parse("m1").unwrap();
+        let page = HistoryRequest::new(Some(id.clone()), 500).unwrap();
+        assert_eq!((page.before(), page.limit()), (Some(&id), 500));
+        let err = HistoryRequest::new(None, 501).unwrap_err();
+        assert!(matches!(err, DomainError::Invalid { ref field, .. } if *field == Field::Limit));
+        let default = HistoryRequest::default();
+        assert_eq!((default.before(), default.limit()), (None, 100));
+    }
+
+    #[test]
+    fn a_page_has_a_cursor_only_when_older_messages_precede_it() {
+        let message = |id: &str| crate::Message {
+            id: MessageId::parse(id).unwrap(),
+            conversation_id: crate::ConversationId::generate(),
+            parent_id: None,
+            role: crate::MessageRole::User,
+            content: crate::Content::text(vec!["hi".to_owned()]).unwrap(),
+            status: crate::MessageStatus::FinishedSuccessfully,
+            model_slug: None,
+            metadata: crate::MessageMetadata::new(),
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+            updated_at: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        let mut page = MessagePage {
+            messages: vec![message("a"), message("b")],
+            has_more: true,
+        };
+        assert_eq!(page.cursor().map(MessageId::as_str), Some("a"));
+        page.has_more = false;
+        assert_eq!(page.cursor(), None);
+        assert_eq!(MessagePage::default().cursor(), None);
     }
 
     #[test]

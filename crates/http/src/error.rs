@@ -293,6 +293,7 @@ pub(crate) const fn field_name(field: Field) -> &'static str {
         Field::Title => "title",
         Field::Limit => "limit",
         Field::Offset => "offset",
+        Field::Before => "before",
         Field::Order => "order",
         Field::Query => "q",
         Field::UserId => "user_id",
@@ -382,6 +383,16 @@ impl From<AppError> for ApiError {
                 Self::validation(Some(field_name(field).to_owned()), message)
             }
             AppError::NotFound => Self::not_found(),
+            AppError::Missing { field } => {
+                let name = field_name(field);
+                let mut e = Self::new(
+                    StatusCode::NOT_FOUND,
+                    ErrorCode::NotFound,
+                    format!("{name} names nothing here"),
+                );
+                e.field = Some(Cow::Borrowed(name));
+                e
+            }
             AppError::Conflict { field } => {
                 let name = field_name(field);
                 let mut e = Self::new(

@@ -7,7 +7,8 @@
 //! to the serialised document by [`refine`].
 
 use confab_domain::{
-    Content, Email, ListOrder, PageRequest, Password, SearchQuery, Title, Username,
+    Content, Email, HistoryRequest, ListOrder, MessageId, PageRequest, Password, SearchQuery,
+    Title, Username,
 };
 use serde_json::{Value, json};
 use utoipa::openapi::schema::{Array, ArrayBuilder, Object, ObjectBuilder, SchemaFormat, Type};
@@ -167,6 +168,37 @@ pub(crate) fn limit() -> Object {
     integer(1, PageRequest::MAX_LIMIT)
         .description(Some("Items to return."))
         .default(Some(json!(PageRequest::DEFAULT_LIMIT)))
+        .build()
+}
+
+/// A message id ([`MessageId::parse`]).
+fn message_id_builder() -> ObjectBuilder {
+    string(Some(1), Some(MessageId::MAX_LEN))
+        .pattern(Some(format!("^[A-Za-z0-9_-]{{1,{}}}$", MessageId::MAX_LEN)))
+}
+
+/// A sent message's `id` ([`MessageId::parse`]).
+pub(crate) fn message_id() -> Object {
+    message_id_builder()
+        .description(Some("Its id; generated when absent."))
+        .build()
+}
+
+/// A history page's `limit` ([`HistoryRequest::new`]).
+pub(crate) fn history_limit() -> Object {
+    integer(1, HistoryRequest::MAX_LIMIT)
+        .description(Some("Messages to return at most (the newest ones)."))
+        .default(Some(json!(HistoryRequest::DEFAULT_LIMIT)))
+        .build()
+}
+
+/// A history page's `before` ([`MessageId::parse`]; must be one of the
+/// conversation's messages).
+pub(crate) fn before() -> Object {
+    message_id_builder()
+        .description(Some(
+            "Return the messages before this one (a page's `cursor`); absent: the newest.",
+        ))
         .build()
 }
 

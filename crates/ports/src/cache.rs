@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use confab_domain::{Conversation, ConversationSummary, DomainError, Message, Page};
+use confab_domain::{Conversation, ConversationSummary, DomainError, MessagePage, Page};
 
 /// What the cache holds: domain values, so the in-process adapter keeps
 /// them as they are and a remote one chooses its own encoding.
@@ -11,8 +11,36 @@ use confab_domain::{Conversation, ConversationSummary, DomainError, Message, Pag
 pub enum CachedValue {
     /// A page of a user's conversation list.
     ConversationList(Page<ConversationSummary>),
-    /// A conversation and all its messages, oldest first.
-    History(Box<Conversation>, Vec<Message>),
+    /// A conversation and a page of its messages.
+    History(Box<Conversation>, MessagePage),
+}
+
+impl CachedValue {
+    /// About how many bytes of memory the value holds: its text (titles,
+    /// previews, message parts) and a fixed cost per item. What a cache
+    /// bounded by bytes weighs it by.
+    #[must_use]
+    pub fn weight(&self) -> usize {
+        /// The fixed cost of one item: ids, times, roles and the rest.
+        const ITEM: usize = 256;
+        match self {
+            Self::ConversationList(page) => page.items.iter().fold(ITEM, |sum, c| {
+                sum + ITEM + c.title.as_str().len() + c.last_message.as_ref().map_or(0, String::len)
+            }),
+            Self::History(conversation, page) => {
+                page.messages
+                    .iter()
+                    .fold(ITEM + conversation.title.as_str().len(), |sum, m| {
+                        sum + ITEM
+                            + m.content.text_bytes()
+                            + m.metadata
+                                .iter()
+                                .map(|(k, v)| k.len() + v.to_string().len())
+                                .sum::<usize>()
+                    })
+            }
+        }
+    }
 }
 
 /// The key of the entry stored under `version` of `key`, with `suffix`

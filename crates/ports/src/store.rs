@@ -3,8 +3,8 @@
 use async_trait::async_trait;
 use confab_domain::{
     Content, Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError,
-    ListOrder, Message, MessageId, MessageStatus, NewConversation, NewUser, OffsetDateTime, Page,
-    PageRequest, PasswordHash, SearchQuery, Title, User, UserId,
+    ListOrder, Message, MessageId, MessagePage, MessageStatus, NewConversation, NewUser,
+    OffsetDateTime, Page, PageRequest, PasswordHash, SearchQuery, Title, User, UserId,
 };
 
 /// Users and their credentials.
@@ -194,11 +194,29 @@ pub trait MessageStore: Send + Sync + 'static {
         at: OffsetDateTime,
     ) -> Result<(), DomainError>;
 
-    /// All messages of a conversation, oldest first.
+    /// The newest `limit` messages of a conversation, or of those before
+    /// the message `before`, oldest first; and whether older ones precede
+    /// them. An unknown conversation has no messages.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`] when `before` is not a message of the
+    /// conversation.
+    async fn page(
+        &self,
+        conversation: ConversationId,
+        before: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<MessagePage, DomainError>;
+
+    /// The conversation's message with id `id`, if it has one.
     ///
     /// # Errors
     /// Only on storage failure.
-    async fn list(&self, conversation: ConversationId) -> Result<Vec<Message>, DomainError>;
+    async fn find(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+    ) -> Result<Option<Message>, DomainError>;
 
     /// Messages still `in_progress` (their conversation and id), oldest
     /// first, at most `limit`: the candidates of the orphan sweep.

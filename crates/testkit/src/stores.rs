@@ -14,8 +14,8 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use confab_domain::{
     Content, Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError,
-    FamilyId, Field, ListOrder, Message, MessageId, MessageStatus, NewConversation, NewUser,
-    OffsetDateTime, Page, PageRequest, PasswordHash, Title, TokenId, User, UserId,
+    FamilyId, Field, ListOrder, Message, MessageId, MessagePage, MessageStatus, NewConversation,
+    NewUser, OffsetDateTime, Page, PageRequest, PasswordHash, Title, TokenId, User, UserId,
 };
 use confab_ports::{
     ConversationQuery, ConversationStore, HealthCheck, MessageStore, NewRefreshToken, Redemption,
@@ -451,14 +451,43 @@ impl MessageStore for MemoryStore {
         Ok(())
     }
 
-    async fn list(&self, conversation: ConversationId) -> Result<Vec<Message>, DomainError> {
+    async fn page(
+        &self,
+        conversation: ConversationId,
+        before: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<MessagePage, DomainError> {
+        let state = self.state();
+        let mut messages: Vec<&Message> = state
+            .messages
+            .iter()
+            .filter(|m| m.conversation_id == conversation)
+            .collect();
+        if let Some(before) = before {
+            let end = messages
+                .iter()
+                .position(|m| &m.id == before)
+                .ok_or(DomainError::NotFound)?;
+            messages.truncate(end);
+        }
+        let start = messages.len().saturating_sub(limit);
+        Ok(MessagePage {
+            messages: messages[start..].iter().map(|m| (*m).clone()).collect(),
+            has_more: start > 0,
+        })
+    }
+
+    async fn find(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+    ) -> Result<Option<Message>, DomainError> {
         Ok(self
             .state()
             .messages
             .iter()
-            .filter(|m| m.conversation_id == conversation)
-            .cloned()
-            .collect())
+            .find(|m| m.conversation_id == conversation && &m.id == id)
+            .cloned())
     }
 
     async fn in_progress(

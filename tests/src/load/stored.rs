@@ -24,7 +24,10 @@ impl Burst {
         };
         let mut problems = Vec::new();
         for &conversation in &conversations {
-            let messages = match MessageStore::list(store, conversation).await {
+            let messages = match MessageStore::page(store, conversation, None, usize::MAX)
+                .await
+                .map(|p| p.messages)
+            {
                 Ok(messages) => messages,
                 Err(e) => {
                     problems.push(format!("store error: {e}"));

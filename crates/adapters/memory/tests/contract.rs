@@ -10,7 +10,7 @@ use confab_testkit::contract::stream_log::Limits;
 mod cache {
     use super::*;
 
-    confab_testkit::cache_contract!(|| async { MemoryCache::new(1_000) });
+    confab_testkit::cache_contract!(|| async { MemoryCache::new(1_000, 1 << 30) });
 }
 
 mod limiter {

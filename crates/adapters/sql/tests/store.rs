@@ -52,6 +52,7 @@ on_both_backends!(
     patch_renames_and_archives,
     soft_deleted_conversation_is_gone_everywhere,
     messages_keep_order_and_content,
+    a_history_is_paged_backwards_from_its_end,
     duplicate_message_id_in_one_conversation,
     message_into_missing_or_deleted_conversation_is_not_found,
     updating_content_refreshes_the_preview,
@@ -136,6 +137,13 @@ fn message(conversation: ConversationId, id: &str, role: MessageRole, text: &str
         created_at: now(),
         updated_at: now(),
     }
+}
+
+async fn all_messages(store: &SqlStore, id: ConversationId) -> Vec<Message> {
+    MessageStore::page(store, id, None, usize::MAX)
+        .await
+        .unwrap()
+        .messages
 }
 
 fn query() -> ConversationQuery {
@@ -474,7 +482,7 @@ async fn messages_keep_order_and_content(backend: Backend) {
     MessageStore::insert(&f.store, &question).await.unwrap();
     MessageStore::insert(&f.store, &answer).await.unwrap();
 
-    let listed = MessageStore::list(&f.store, id).await.unwrap();
+    let listed = all_messages(&f.store, id).await;
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].id, question.id, "insertion order, not id order");
     assert_eq!(listed[0].content.parts(), [text]);
@@ -486,6 +494,150 @@ async fn messages_keep_order_and_content(backend: Backend) {
         Some("llama3.1:8b")
     );
     assert_eq!(listed[1].content.parts(), [""]);
+}
+
+async fn a_history_is_paged_backwards_from_its_end(backend: Backend) {
+    let f = fixture(backend).await;
+    let pia = user(&f.store, "pia").await;
+    let id = conversation(&f.store, pia.id, "long", now()).await;
+    let other = conversation(&f.store, pia.id, "other", now()).await;
+    // Ids in reverse alphabetical order: pages follow insertion.
+    let ids: Vec<String> = (1..=7).map(|n| format!("m{}", 9 - n)).collect();
+    for (n, mid) in ids.iter().enumerate() {
+        let role = if n % 2 == 0 {
+            MessageRole::User
+        } else {
+            MessageRole::Assistant
+        };
+        MessageStore::insert(&f.store, &message(id, mid, role, &format!("text {n}")))
+            .await
+            .unwrap();
+    }
+    MessageStore::insert(
+        &f.store,
+        &message(other, "elsewhere", MessageRole::User, "x"),
+    )
+    .await
+    .unwrap();
+    let page = |before: Option<&str>, limit| {
+        let before = before.map(|b| MessageId::parse(b).unwrap());
+        let store = &f.store;
+        async move {
+            MessageStore::page(store, id, before.as_ref(), limit)
+                .await
+                .map(|p| {
+                    let ids: Vec<String> = p.messages.iter().map(|m| m.id.to_string()).collect();
+                    (ids, p.has_more)
+                })
+        }
+    };
+    let want = |range: std::ops::Range<usize>, more| (ids[range].to_vec(), more);
+
+    assert_eq!(
+        page(None, 3).await.unwrap(),
+        want(4..7, true),
+        "the newest, oldest first"
+    );
+    assert_eq!(page(Some(&ids[4]), 3).await.unwrap(), want(1..4, true));
+    assert_eq!(page(Some(&ids[1]), 3).await.unwrap(), want(0..1, false));
+    assert_eq!(page(Some(&ids[0]), 3).await.unwrap(), want(0..0, false));
+    assert_eq!(
+        page(None, 7).await.unwrap(),
+        want(0..7, false),
+        "exactly all"
+    );
+    assert_eq!(page(None, 100).await.unwrap(), want(0..7, false));
+    let first = MessageStore::page(&f.store, id, None, 1).await.unwrap();
+    assert_eq!(first.cursor().map(MessageId::as_str), Some(ids[6].as_str()));
+    assert_eq!(
+        MessageStore::page(&f.store, id, None, 7)
+            .await
+            .unwrap()
+            .cursor(),
+        None,
+        "no cursor on the last page"
+    );
+
+    // A `before` that is not a message of this conversation.
+    for foreign in ["nowhere", "elsewhere"] {
+        assert!(
+            matches!(page(Some(foreign), 3).await, Err(DomainError::NotFound)),
+            "{foreign}"
+        );
+    }
+    // A conversation without messages (or none at all) has an empty page.
+    let empty = MessageStore::page(&f.store, ConversationId::generate(), None, 3)
+        .await
+        .unwrap();
+    assert!(empty.messages.is_empty() && !empty.has_more);
+
+    // One message by id, in its own conversation only.
+    let third = MessageStore::find(&f.store, id, &MessageId::parse(&ids[2]).unwrap())
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(third.content.parts(), ["text 2"]);
+    assert_eq!(third.role, MessageRole::User);
+    let elsewhere = MessageId::parse("elsewhere").unwrap();
+    assert_eq!(
+        MessageStore::find(&f.store, id, &elsewhere).await.unwrap(),
+        None
+    );
+    assert!(
+        MessageStore::find(&f.store, other, &elsewhere)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// PostgreSQL's plan of `statement`, a line each.
+fn plan(conn: &mut diesel::PgConnection, statement: &str) -> Vec<String> {
+    use diesel::{QueryableByName, RunQueryDsl};
+
+    #[derive(QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+
+    let lines: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN {statement}"))
+        .load(conn)
+        .unwrap();
+    lines.into_iter().map(|l| l.line).collect()
+}
+
+/// The page of a history is read over `messages_position_key` (newest
+/// first, stopping at the limit), not by sorting the conversation.
+#[tokio::test]
+async fn a_history_page_reads_the_position_index() {
+    use diesel::{Connection, PgConnection, RunQueryDsl};
+
+    let db = TestDatabase::postgres();
+    let _store = db.store().await;
+    let mut conn = PgConnection::establish(db.url()).unwrap();
+    for statement in [
+        "INSERT INTO users VALUES ('u1', 'pager', 'pager@example.com', 'x', 'user', FALSE, 0, 0)",
+        "INSERT INTO conversations (id, user_id, title, created_at, updated_at) \
+         VALUES ('c1', 'u1', 'Long', 0, 0), ('c2', 'u1', 'Other', 0, 0)",
+        "INSERT INTO messages (conversation_id, id, position, role, content, status, \
+         created_at, updated_at) SELECT 'c' || (1 + g % 2), 'm' || g, g, 'user', \
+         '{\"content_type\":\"text\",\"parts\":[\"x\"]}', 'finished_successfully', g, g \
+         FROM generate_series(1, 20000) g",
+        "ANALYZE messages",
+    ] {
+        diesel::sql_query(statement).execute(&mut conn).unwrap();
+    }
+    let plan = plan(
+        &mut conn,
+        "SELECT * FROM messages WHERE conversation_id = 'c1' AND position < 15000 \
+         ORDER BY position DESC LIMIT 101",
+    );
+    assert!(
+        plan.iter().any(|l| l.contains("messages_position_key")),
+        "{plan:#?}"
+    );
+    assert!(!plan.iter().any(|l| l.contains("Sort")), "{plan:#?}");
 }
 
 async fn duplicate_message_id_in_one_conversation(backend: Backend) {
@@ -545,7 +697,7 @@ async fn updating_content_refreshes_the_preview(backend: Backend) {
         )
         .await
         .unwrap();
-    let listed = MessageStore::list(&f.store, id).await.unwrap();
+    let listed = all_messages(&f.store, id).await;
     assert_eq!(listed[0].status, MessageStatus::FinishedSuccessfully);
     assert_eq!(listed[0].content, done);
     let page = ConversationStore::list(&f.store, pat.id, &query())
@@ -583,7 +735,7 @@ async fn concurrent_inserts_get_distinct_positions(backend: Backend) {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    assert_eq!(MessageStore::list(&f.store, id).await.unwrap().len(), 8);
+    assert_eq!(all_messages(&f.store, id).await.len(), 8);
 }
 
 async fn migrations_are_idempotent_and_health_is_ok(backend: Backend) {
@@ -605,13 +757,7 @@ async fn migrations_are_idempotent_and_health_is_ok(backend: Backend) {
 /// conversation count).
 #[tokio::test]
 async fn owner_checked_lookups_by_id_use_the_primary_key_before_any_analyze() {
-    use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
-
-    #[derive(QueryableByName)]
-    struct PlanLine {
-        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
-        line: String,
-    }
+    use diesel::{Connection, PgConnection, RunQueryDsl};
 
     let db = TestDatabase::postgres();
     let _store = db.store().await;
@@ -635,10 +781,7 @@ async fn owner_checked_lookups_by_id_use_the_primary_key_before_any_analyze() {
         ),
         format!("UPDATE conversations SET deleted_at = 1, updated_at = 1 WHERE {owned}"),
     ] {
-        let plan: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN {statement}"))
-            .load(&mut conn)
-            .unwrap();
-        let plan: Vec<String> = plan.into_iter().map(|l| l.line).collect();
+        let plan = plan(&mut conn, &statement);
         assert!(
             plan.iter().any(|l| l.contains("conversations_pkey")),
             "{statement}: {plan:#?}"
@@ -891,7 +1034,7 @@ async fn orphaned_generations_are_closed_as_failed_with_their_text(backend: Back
             .await
             .unwrap()
     );
-    let listed = MessageStore::list(&f.store, id).await.unwrap();
+    let listed = all_messages(&f.store, id).await;
     assert_eq!(listed[0].status, MessageStatus::Failed);
     assert_eq!(listed[0].content.parts(), ["half an ans"]);
     assert_eq!(listed[1].status, MessageStatus::FinishedSuccessfully);
@@ -952,7 +1095,7 @@ async fn an_answer_in_a_deleted_conversation_can_still_be_closed(backend: Backen
         )
         .await
         .unwrap();
-    let listed = MessageStore::list(&f.store, id).await.unwrap();
+    let listed = all_messages(&f.store, id).await;
     assert_eq!(listed[0].status, MessageStatus::FinishedPartialCompletion);
     assert!(f.store.in_progress(10).await.unwrap().is_empty());
 }
@@ -967,9 +1110,8 @@ async fn an_exchange_is_stored_whole_or_not_at_all(backend: Backend) {
     let mut answer = message(id, "a2", MessageRole::Assistant, "");
     answer.status = MessageStatus::InProgress;
     f.store.insert_exchange(&question, &answer).await.unwrap();
-    let ids: Vec<String> = MessageStore::list(&f.store, id)
+    let ids: Vec<String> = all_messages(&f.store, id)
         .await
-        .unwrap()
         .iter()
         .map(|m| m.id.as_str().to_owned())
         .collect();
@@ -983,7 +1125,7 @@ async fn an_exchange_is_stored_whole_or_not_at_all(backend: Backend) {
     let other = message(id, "a3", MessageRole::Assistant, "");
     let err = f.store.insert_exchange(&again, &other).await.unwrap_err();
     assert!(matches!(err, DomainError::Duplicate { .. }), "{err:?}");
-    assert_eq!(MessageStore::list(&f.store, id).await.unwrap().len(), 3);
+    assert_eq!(all_messages(&f.store, id).await.len(), 3);
 }
 
 fn new_conversation(owner: UserId) -> NewConversation {
@@ -1028,9 +1170,8 @@ async fn a_new_conversation_and_its_exchange_are_stored_together(backend: Backen
             .unwrap()
             .updated_at
     );
-    let stored: Vec<_> = MessageStore::list(&f.store, id)
+    let stored: Vec<_> = all_messages(&f.store, id)
         .await
-        .unwrap()
         .into_iter()
         .map(|m| (m.id, m.parent_id, m.role, m.content, m.status))
         .collect();
@@ -1061,7 +1202,7 @@ async fn a_new_conversation_and_its_exchange_are_stored_together(backend: Backen
         ),
         "{err:?}"
     );
-    assert_eq!(MessageStore::list(&f.store, id).await.unwrap().len(), 2);
+    assert_eq!(all_messages(&f.store, id).await.len(), 2);
 
     // An owner that does not exist: nothing is stored.
     let ghost = new_conversation(UserId::generate());
@@ -1073,12 +1214,7 @@ async fn a_new_conversation_and_its_exchange_are_stored_together(backend: Backen
         .await
         .unwrap_err();
     assert!(matches!(err, DomainError::NotFound), "{err:?}");
-    assert!(
-        MessageStore::list(&f.store, ghost_id)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(all_messages(&f.store, ghost_id).await.is_empty());
 }
 
 /// Writes sent at once are committed together (the writer's group), and
@@ -1117,7 +1253,7 @@ async fn concurrent_writes_commit_together_and_fail_alone(backend: Backend) {
             );
         } else {
             let conversation = result.unwrap();
-            let messages = MessageStore::list(&f.store, conversation.id).await.unwrap();
+            let messages = all_messages(&f.store, conversation.id).await;
             assert_eq!(messages.len(), 2, "write {n}");
             stored += 1;
         }
@@ -1134,8 +1270,5 @@ async fn concurrent_writes_commit_together_and_fail_alone(backend: Backend) {
     .await
     .unwrap();
     assert_eq!(page.total, 57, "the 56 new ones and the taken one");
-    assert_eq!(
-        MessageStore::list(&f.store, taken.id).await.unwrap().len(),
-        2
-    );
+    assert_eq!(all_messages(&f.store, taken.id).await.len(), 2);
 }

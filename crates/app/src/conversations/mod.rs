@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use confab_domain::{
     Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError, Field,
-    Message, ModelSlug, OffsetDateTime, Page, UserId,
+    HistoryRequest, Message, MessageId, MessagePage, ModelSlug, OffsetDateTime, Page, UserId,
 };
 use confab_ports::{
     AccessClaims, Cache, CachedValue, ChatModel, Clock, ConversationQuery, ConversationStore,
@@ -247,6 +247,27 @@ fn history_key(conversation: ConversationId) -> String {
     format!("conv:{conversation}:history")
 }
 
+/// Drops the oldest messages of `page` until their text is at most `bytes`
+/// (the newest one always stays); `has_more` then says they precede it.
+fn within_bytes(page: &mut MessagePage, bytes: usize) {
+    let mut used = 0_usize;
+    let kept = page
+        .messages
+        .iter()
+        .rev()
+        .take_while(|m| {
+            used = used.saturating_add(m.content.text_bytes());
+            used <= bytes
+        })
+        .count()
+        .max(1);
+    let dropped = page.messages.len().saturating_sub(kept);
+    if dropped > 0 {
+        page.messages.drain(..dropped);
+        page.has_more = true;
+    }
+}
+
 /// The clock's time at millisecond precision: what `create_time` shows,
 /// so a stored time and the streamed one are the same number.
 fn now(clock: &dyn Clock) -> OffsetDateTime {
@@ -256,6 +277,11 @@ fn now(clock: &dyn Clock) -> OffsetDateTime {
 }
 
 impl Conversations {
+    /// The most bytes of message text one page of a history holds (its
+    /// newest message always comes, whole, whatever its size): a page, and
+    /// so a cached history entry, stays a few megabytes at most.
+    pub const PAGE_TEXT_BYTES: usize = 1 << 20;
+
     /// Builds the use cases.
     #[must_use]
     pub fn new(ports: ConversationPorts, rules: ConversationRules) -> Self {
@@ -392,16 +418,22 @@ impl Conversations {
         Ok(Read::Fetched(Cached { value: page, entry }))
     }
 
-    /// One of the caller's conversations and all its messages.
+    /// One of the caller's conversations and the page of its messages
+    /// `page` asks for: at most its `limit`, and at most
+    /// [`Conversations::PAGE_TEXT_BYTES`] of text (the newest message of
+    /// the page always comes, whole).
     ///
     /// # Errors
-    /// [`AppError::NotFound`] when it is missing, deleted or someone else's.
+    /// [`AppError::NotFound`] when it is missing, deleted or someone
+    /// else's; [`AppError::Missing`] on `before` when the page's `before`
+    /// is not one of its messages.
     pub async fn get(
         &self,
         caller: &AccessClaims,
         id: ConversationId,
-    ) -> Result<(Conversation, Vec<Message>), AppError> {
-        match self.read(caller, id, &NothingKept).await? {
+        page: &HistoryRequest,
+    ) -> Result<(Conversation, MessagePage), AppError> {
+        match self.read(caller, id, page, &NothingKept).await? {
             Read::Fetched(read) => Ok(read.value),
             Read::Kept(never) => match never {},
         }
@@ -417,9 +449,15 @@ impl Conversations {
         &self,
         caller: &AccessClaims,
         id: ConversationId,
+        page: &HistoryRequest,
         kept: &K,
-    ) -> Result<Read<(Conversation, Vec<Message>), K::Item>, AppError> {
-        let entry = self.entry(&history_key(id), "", None).await;
+    ) -> Result<Read<(Conversation, MessagePage), K::Item>, AppError> {
+        let suffix = format!(
+            ":p{}:b{}",
+            page.limit(),
+            page.before().map_or("", MessageId::as_str)
+        );
+        let entry = self.entry(&history_key(id), &suffix, None).await;
         if let Some(entry) = &entry {
             // The history is keyed by conversation only: ownership is
             // checked on every hit.
@@ -445,7 +483,22 @@ impl Conversations {
             .conversations
             .get(caller.user_id, id)
             .await?;
-        let messages = self.inner.ports.messages.list(id).await?;
+        let limit = usize::try_from(page.limit()).unwrap_or(usize::MAX);
+        let mut messages = match self
+            .inner
+            .ports
+            .messages
+            .page(id, page.before(), limit)
+            .await
+        {
+            Err(DomainError::NotFound) => {
+                return Err(AppError::Missing {
+                    field: Field::Before,
+                });
+            }
+            other => other?,
+        };
+        within_bytes(&mut messages, Self::PAGE_TEXT_BYTES);
         if let Some(entry) = &entry {
             self.store(
                 entry,
@@ -457,6 +510,34 @@ impl Conversations {
             value: (conversation, messages),
             entry,
         }))
+    }
+
+    /// One exchange of the caller's conversation: the conversation, the
+    /// answer `answer` and the user message it answers (whose `parent_id`
+    /// is `None` when it started the conversation).
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`] as for [`Conversations::get`], and when the
+    /// conversation has no answer `answer`.
+    pub async fn exchange(
+        &self,
+        caller: &AccessClaims,
+        id: ConversationId,
+        answer: &MessageId,
+    ) -> Result<(Conversation, Message, Message), AppError> {
+        let ports = &self.inner.ports;
+        let conversation = ports.conversations.get(caller.user_id, id).await?;
+        let answer = ports
+            .messages
+            .find(id, answer)
+            .await?
+            .ok_or(AppError::NotFound)?;
+        let question = match &answer.parent_id {
+            Some(parent) => ports.messages.find(id, parent).await?,
+            None => None,
+        }
+        .ok_or(AppError::NotFound)?;
+        Ok((conversation, question, answer))
     }
 
     /// Renames and/or archives one of the caller's conversations.

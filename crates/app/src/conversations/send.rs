@@ -74,6 +74,46 @@ fn invalid(field: Field, message: &'static str) -> AppError {
 }
 
 impl Inner {
+    /// The newest messages of `conversation`, oldest first: pages read
+    /// backwards from its end until their text exceeds the prompt budget
+    /// or the conversation starts, so a send never loads a long history
+    /// whole.
+    ///
+    /// # Errors
+    /// [`AppError::Conflict`] on `message_id` when the conversation
+    /// already has a message with that id.
+    async fn prompt_history(
+        &self,
+        conversation: ConversationId,
+        message_id: &MessageId,
+    ) -> Result<Vec<Message>, AppError> {
+        /// Messages read per page: most conversations' budget fits in one.
+        const PAGE: usize = 50;
+        let store = &self.ports.messages;
+        let mut history: Vec<Message> = Vec::new();
+        let mut chars = 0_usize;
+        let has_more = loop {
+            let page = store
+                .page(conversation, history.first().map(|m| &m.id), PAGE)
+                .await?;
+            chars = page.messages.iter().fold(chars, |sum, m| {
+                sum.saturating_add(m.content.parts().iter().map(|p| p.chars().count()).sum())
+            });
+            history.splice(0..0, page.messages);
+            if !page.has_more || chars > self.rules.prompt_budget_chars {
+                break page.has_more;
+            }
+        };
+        let taken = history.iter().any(|m| &m.id == message_id)
+            || (has_more && store.find(conversation, message_id).await?.is_some());
+        if taken {
+            return Err(AppError::Conflict {
+                field: Field::MessageId,
+            });
+        }
+        Ok(history)
+    }
+
     fn model(&self, asked: Option<&str>) -> Result<ModelSlug, AppError> {
         match asked {
             None | Some("default") => Ok(self.rules.default_model.clone()),
@@ -255,17 +295,12 @@ impl Conversations {
             .existing
             .as_ref()
             .map_or_else(ConversationId::generate, |c| c.id);
-        let mut history = match &request.existing {
-            Some(c) => inner.ports.messages.list(c.id).await?,
-            None => Vec::new(),
-        };
         // Checked before the log is opened, so a retried message does not
         // replace the stream of the answer it already has.
-        if history.iter().any(|m| m.id == request.message_id) {
-            return Err(AppError::Conflict {
-                field: Field::MessageId,
-            });
-        }
+        let mut history = match &request.existing {
+            Some(c) => inner.prompt_history(c.id, &request.message_id).await?,
+            None => Vec::new(),
+        };
         let assistant_id = MessageId::generate();
         let stop = inner
             .ports

@@ -5,8 +5,9 @@ use actix_web::http::header::{CACHE_CONTROL, ETAG, HeaderValue, IF_MATCH, IF_NON
 use actix_web::{HttpRequest, HttpResponse, web};
 use confab_app::{AppError, Conversations, Read};
 use confab_domain::{
-    Conversation, ConversationId, ConversationPatch, ConversationSummary, ListOrder, Message,
-    MessageDocument, PageRequest, SearchQuery, Title, UserId, rfc3339,
+    Conversation, ConversationId, ConversationPatch, ConversationSummary, Field, HistoryRequest,
+    ListOrder, MessageDocument, MessageId, MessagePage, PageRequest, SearchQuery, Title, UserId,
+    rfc3339,
 };
 use confab_ports::AccessClaims;
 use confab_ports::ConversationQuery;
@@ -53,6 +54,36 @@ pub(crate) struct ListQuery {
     archived: Option<bool>,
 }
 
+/// The query of a conversation's history: which page of its messages.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HistoryQuery {
+    /// Messages to return at most.
+    #[param(schema_with = crate::fields::history_limit)]
+    limit: Option<u32>,
+    /// The messages before this one.
+    #[param(schema_with = crate::fields::before)]
+    before: Option<String>,
+}
+
+impl HistoryQuery {
+    fn request(&self) -> Result<HistoryRequest, ApiError> {
+        let before = self
+            .before
+            .as_deref()
+            .map(|id| {
+                MessageId::parse(id).map_err(|_| AppError::Validation {
+                    field: Field::Before,
+                    message: "must be a message id: 1 to 64 letters, digits, '_' or '-'".into(),
+                })
+            })
+            .transpose()?;
+        let limit = self.limit.unwrap_or(HistoryRequest::DEFAULT_LIMIT);
+        Ok(HistoryRequest::new(before, limit).map_err(AppError::from)?)
+    }
+}
+
 /// One row of a conversation list.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct ConversationItem {
@@ -96,7 +127,8 @@ pub(crate) struct ConversationPageBody {
     total: u64,
 }
 
-/// A conversation and its messages.
+/// A conversation and a page of its messages: the newest, or those
+/// before `before`.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct ConversationBody<'a> {
     /// The conversation's id.
@@ -109,24 +141,33 @@ pub(crate) struct ConversationBody<'a> {
     created_at: String,
     /// Last change (RFC 3339).
     updated_at: String,
-    /// Every message, oldest first.
+    /// The page's messages, oldest first (the newest last).
     #[schema(value_type = Vec<MessageView>)]
     messages: Vec<MessageDocument<'a>>,
+    /// Whether older messages precede these.
+    has_more: bool,
+    /// With `has_more`, the id to pass as `before` for the page of older
+    /// messages (the first message's); else `null`.
+    #[schema(value_type = Option<String>, required = true)]
+    cursor: Option<&'a str>,
 }
 
 impl<'a> ConversationBody<'a> {
-    pub(crate) fn of(c: &Conversation, messages: &'a [Message]) -> Result<Self, ApiError> {
+    pub(crate) fn of(c: &Conversation, page: &'a MessagePage) -> Result<Self, ApiError> {
         Ok(Self {
             conversation_id: c.id.to_string(),
             title: c.title.as_str().to_owned(),
             is_archived: c.is_archived,
             created_at: rfc3339(c.created_at).map_err(AppError::from)?,
             updated_at: rfc3339(c.updated_at).map_err(AppError::from)?,
-            messages: messages
+            messages: page
+                .messages
                 .iter()
                 .map(MessageDocument::of)
                 .collect::<Result<_, _>>()
                 .map_err(AppError::from)?,
+            has_more: page.has_more,
+            cursor: page.cursor().map(MessageId::as_str),
         })
     }
 }
@@ -218,7 +259,8 @@ fn rendered<T>(
     })
 }
 
-/// The conversation `id` as `GET` renders it, for its current `ETag`.
+/// The conversation `id` as `GET` without a query renders it (its newest
+/// page), for its current `ETag`.
 async fn current(
     state: &State,
     caller: &AccessClaims,
@@ -226,7 +268,12 @@ async fn current(
 ) -> Result<Rendered, ApiError> {
     let read = state
         .conversations
-        .read(caller, id, &shape(state, HISTORY))
+        .read(
+            caller,
+            id,
+            &HistoryRequest::default(),
+            &shape(state, HISTORY),
+        )
         .await?;
     rendered(
         state,
@@ -421,19 +468,25 @@ pub(crate) async fn list(
     )
 }
 
-/// One of the caller's conversations with all its messages.
+/// One of the caller's conversations with a page of its messages.
+///
+/// The page holds the newest `limit` messages, or those before `before`,
+/// oldest first, and at most 1 MiB of message text (the newest message of
+/// a page always comes, whole). `has_more` and `cursor` lead to the older
+/// ones: pass `cursor` as `before`.
 #[utoipa::path(
     get,
     path = "/api/v1/conversations/{id}",
     operation_id = "get_conversation",
     tag = "conversations",
-    params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
+    params(("id" = uuid::Uuid, Path, description = "The conversation's id"), HistoryQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The conversation; `ETag` for revalidation.", body = ConversationBody),
+        (status = 200, description = "The conversation and a page of its messages; `ETag` for revalidation.", body = ConversationBody),
         (status = 304, description = "The copy named by `If-None-Match` is current."),
+        (status = 400, description = "An unknown query parameter, or a `limit` that is not a number.", body = ErrorBody),
+        (status = 404, description = "No such conversation, or not the caller's; or (`field`: `before`) `before` is not one of its messages.", body = ErrorBody),
         (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
-        (status = 404, description = "No such conversation, or not the caller's.", body = ErrorBody),
         (status = 429, description = "Rate limited; see `Retry-After` and the `RateLimit` headers.", body = ErrorBody),
     ),
 )]
@@ -442,13 +495,15 @@ pub(crate) async fn get(
     state: State,
     AuthUser(caller): AuthUser,
     id: web::Path<String>,
+    q: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let conversations = &state.conversations;
     let id = conversation_id(&id)?;
+    let page = q.request()?;
     // The owner is checked by the read: against the value, or against
     // the owner of the kept body.
     let read = conversations
-        .read(&caller, id, &shape(&state, HISTORY))
+        .read(&caller, id, &page, &shape(&state, HISTORY))
         .await?;
     cacheable_json(
         &req,
@@ -552,6 +607,13 @@ mod tests {
     use proptest::prelude::*;
 
     use super::entity_tags;
+
+    /// `get_conversation`'s description (and docs/api.md) says a page
+    /// holds at most 1 MiB of message text.
+    #[test]
+    fn the_documented_page_bound_is_the_one_applied() {
+        assert_eq!(confab_app::Conversations::PAGE_TEXT_BYTES, 1024 * 1024);
+    }
 
     #[test]
     fn entity_tags_are_read_as_rfc_9110_writes_them() {

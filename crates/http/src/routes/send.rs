@@ -41,7 +41,7 @@ pub(crate) struct ContentInput {
 #[serde(deny_unknown_fields)]
 pub(crate) struct MessageInput {
     /// Its id; generated when absent.
-    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    #[schema(schema_with = crate::fields::message_id)]
     id: Option<String>,
     /// Must be `user`.
     #[schema(schema_with = crate::fields::user_role)]
@@ -182,39 +182,31 @@ async fn finished(
     if let AnswerEnd::Failed(code) = started.ended().await {
         return Err(ApiError::generation_failed(code));
     }
-    let id = started.conversation.id;
-    let (conversation, messages) = conversations.get(caller, id).await?;
-    sent(
-        &conversation,
-        &messages,
-        &started.user_message.id,
-        &started.assistant_message.id,
-        started.created,
-    )
+    let (conversation, user, answer) = conversations
+        .exchange(
+            caller,
+            started.conversation.id,
+            &started.assistant_message.id,
+        )
+        .await?;
+    sent(&conversation, &user, &answer, started.created)
 }
 
 /// The JSON answer of a send: the conversation's title, the user message
-/// and its answer (as `messages` hold them); 201 with `Location` when the
-/// send created the conversation, else 200.
+/// and its answer; 201 with `Location` when the send created the
+/// conversation, else 200.
 fn sent(
     conversation: &Conversation,
-    messages: &[Message],
-    user: &MessageId,
-    answer: &MessageId,
+    user: &Message,
+    answer: &Message,
     created: bool,
 ) -> Result<HttpResponse, ApiError> {
-    let find = |wanted: &MessageId| {
-        messages
-            .iter()
-            .find(|m| &m.id == wanted)
-            .ok_or_else(|| ApiError::internal("a sent message is missing"))
-    };
     let id = conversation.id;
     let body = SentBody {
         conversation_id: id.to_string(),
         title: conversation.title.as_str().to_owned(),
-        input_message: MessageDocument::of(find(user)?).map_err(confab_app::AppError::from)?,
-        message: MessageDocument::of(find(answer)?).map_err(confab_app::AppError::from)?,
+        input_message: MessageDocument::of(user).map_err(confab_app::AppError::from)?,
+        message: MessageDocument::of(answer).map_err(confab_app::AppError::from)?,
     };
     let mut res = if created {
         let mut res = HttpResponse::build(StatusCode::CREATED);
@@ -253,11 +245,7 @@ pub(crate) async fn replayed_json(
         Err(confab_app::AppError::NotFound) => {}
         Err(e) => return Err(e.into()),
     }
-    let (stored, messages) = conversations.get(caller, conversation).await?;
-    let message = messages
-        .iter()
-        .find(|m| &m.id == answer)
-        .ok_or_else(ApiError::not_found)?;
+    let (stored, user, message) = conversations.exchange(caller, conversation, answer).await?;
     match message.status {
         MessageStatus::Failed => {
             return Err(ApiError::generation_failed(
@@ -273,13 +261,9 @@ pub(crate) async fn replayed_json(
         }
         MessageStatus::FinishedSuccessfully | MessageStatus::FinishedPartialCompletion => {}
     }
-    let user = message
-        .parent_id
-        .as_ref()
-        .ok_or_else(|| ApiError::internal("an answer without its user message"))?;
     // The send created the conversation when its message is the first.
-    let created = messages.first().is_some_and(|first| &first.id == user);
-    sent(&stored, &messages, user, answer, created)
+    let created = user.parent_id.is_none();
+    sent(&stored, &user, &message, created)
 }
 
 /// The code of a stream's `error` event.

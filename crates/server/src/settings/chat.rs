@@ -152,6 +152,8 @@ pub struct CacheSettings {
     pub ttl: Duration,
     /// Most entries kept.
     pub max_entries: NonZeroUsize,
+    /// Most bytes of values kept (by `CachedValue::weight`).
+    pub max_bytes: NonZeroUsize,
 }
 
 /// `[idempotency]`.

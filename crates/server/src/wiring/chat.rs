@@ -165,7 +165,10 @@ pub(crate) async fn conversations(
             log,
             cache: match &wired.redis {
                 Some(pools) => Arc::new(RedisCache::new(pools.shared.clone())),
-                None => Arc::new(MemoryCache::new(settings.cache.max_entries.get())),
+                None => Arc::new(MemoryCache::new(
+                    settings.cache.max_entries.get(),
+                    settings.cache.max_bytes.get(),
+                )),
             },
             resume_tokens: wired.codec.clone(),
             limiter: wired.limiter.clone(),

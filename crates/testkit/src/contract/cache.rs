@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use confab_domain::{
     Content, Conversation, ConversationId, ConversationSummary, Message, MessageId,
-    MessageMetadata, MessageRole, MessageStatus, ModelSlug, OffsetDateTime, Page, PageRequest,
-    Title, UserId,
+    MessageMetadata, MessagePage, MessageRole, MessageStatus, ModelSlug, OffsetDateTime, Page,
+    PageRequest, Title, UserId,
 };
 use confab_ports::{Cache, CachedValue};
 
@@ -100,7 +100,13 @@ impl Draft<'_> {
 #[must_use]
 pub fn sample_history() -> CachedValue {
     let (conversation, messages) = history();
-    CachedValue::History(Box::new(conversation), messages)
+    CachedValue::History(
+        Box::new(conversation),
+        MessagePage {
+            messages,
+            has_more: true,
+        },
+    )
 }
 
 /// [`sample_history`]'s conversation and messages.
@@ -230,7 +236,13 @@ pub async fn a_conversation_list_round_trips(cache: &dyn Cache) {
 /// and so does a soft-deleted one without messages.
 pub async fn a_history_round_trips(cache: &dyn Cache) {
     let (conversation, messages) = history();
-    let value = CachedValue::History(Box::new(conversation.clone()), messages);
+    let value = CachedValue::History(
+        Box::new(conversation.clone()),
+        MessagePage {
+            messages,
+            has_more: true,
+        },
+    );
     cache
         .put("history:c1", value.clone(), MINUTE)
         .await
@@ -242,7 +254,7 @@ pub async fn a_history_round_trips(cache: &dyn Cache) {
             deleted_at: Some(at(1_732_100_000_000_000_001)),
             ..conversation
         }),
-        Vec::new(),
+        MessagePage::default(),
     );
     cache
         .put("history:c2", deleted.clone(), MINUTE)

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use confab_domain::{
-    Content, Conversation, ConversationId, Message, MessageId, MessageMetadata, MessageRole,
-    MessageStatus, ModelSlug, OffsetDateTime, Title, UserId,
+    Content, Conversation, ConversationId, Message, MessageId, MessageMetadata, MessagePage,
+    MessageRole, MessageStatus, ModelSlug, OffsetDateTime, Title, UserId,
 };
 use confab_memory::{GovernorLimiter, MemoryCache};
 use confab_ports::{Cache, CachedValue, HealthCheck, RateLimiter, RatePolicy};
@@ -282,7 +282,13 @@ fn history() -> (CachedValue, usize, ConversationId) {
     }
     let id = conversation.id;
     (
-        CachedValue::History(Box::new(conversation), messages),
+        CachedValue::History(
+            Box::new(conversation),
+            MessagePage {
+                messages,
+                has_more: false,
+            },
+        ),
         chars,
         id,
     )
@@ -321,7 +327,7 @@ pub(super) fn measure(runtime: &tokio::runtime::Runtime) -> SharedState {
         let caches: [(&'static str, Arc<dyn Cache>); 2] = [
             (
                 "in-process",
-                Arc::new(MemoryCache::new(MEMORY_CACHE_ENTRIES)),
+                Arc::new(MemoryCache::new(MEMORY_CACHE_ENTRIES, 1 << 30)),
             ),
             ("Redis", Arc::new(RedisCache::new(pool))),
         ];

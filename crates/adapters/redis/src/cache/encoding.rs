@@ -2,8 +2,8 @@
 //! the domain types field by field, under a format version:
 //!
 //! ```json
-//! {"v":1,"value":{"conversation_list":{"items":[…],"total":42,"offset":0,"limit":20}}}
-//! {"v":1,"value":{"history":{"conversation":{…},"messages":[…]}}}
+//! {"v":2,"value":{"conversation_list":{"items":[…],"total":42,"offset":0,"limit":20}}}
+//! {"v":2,"value":{"history":{"conversation":{…},"messages":[…],"has_more":true}}}
 //! ```
 //!
 //! The format belongs to this adapter, not to the domain's serde
@@ -22,14 +22,15 @@ use std::borrow::Cow;
 
 use confab_domain::{
     Content, ContentType, Conversation, ConversationId, ConversationSummary, DomainError, Field,
-    Message, MessageId, MessageMetadata, MessageRole, MessageStatus, ModelSlug, OffsetDateTime,
-    Page, PageRequest, Title, UserId,
+    Message, MessageId, MessageMetadata, MessagePage, MessageRole, MessageStatus, ModelSlug,
+    OffsetDateTime, Page, PageRequest, Title, UserId,
 };
 use confab_ports::CachedValue;
 use serde::{Deserialize, Serialize};
 
-/// The format this build writes and reads.
-const FORMAT: u64 = 1;
+/// The format this build writes and reads (2: a history is a page of
+/// messages, with `has_more`).
+const FORMAT: u64 = 2;
 
 /// Why a stored entry could not be read back. Never holds any of the
 /// entry's text (it is logged): only where and why decoding stopped.
@@ -113,9 +114,10 @@ impl<'a> From<&'a CachedValue> for ValueDto<'a> {
     fn from(value: &'a CachedValue) -> Self {
         match value {
             CachedValue::ConversationList(page) => Self::ConversationList(PageDto::from(page)),
-            CachedValue::History(conversation, messages) => Self::History(HistoryDto {
+            CachedValue::History(conversation, page) => Self::History(HistoryDto {
                 conversation: ConversationDto::from(&**conversation),
-                messages: messages.iter().map(MessageDto::from).collect(),
+                messages: page.messages.iter().map(MessageDto::from).collect(),
+                has_more: page.has_more,
             }),
         }
     }
@@ -129,11 +131,14 @@ impl TryFrom<ValueDto<'_>> for CachedValue {
             ValueDto::ConversationList(page) => Self::ConversationList(page.try_into()?),
             ValueDto::History(history) => Self::History(
                 Box::new(history.conversation.try_into()?),
-                history
-                    .messages
-                    .into_iter()
-                    .map(Message::try_from)
-                    .collect::<Result<_, _>>()?,
+                MessagePage {
+                    messages: history
+                        .messages
+                        .into_iter()
+                        .map(Message::try_from)
+                        .collect::<Result<_, _>>()?,
+                    has_more: history.has_more,
+                },
             ),
         })
     }
@@ -218,12 +223,13 @@ impl TryFrom<SummaryDto<'_>> for ConversationSummary {
     }
 }
 
-/// A conversation and its messages.
+/// A conversation and a page of its messages.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HistoryDto<'a> {
     conversation: ConversationDto<'a>,
     messages: Vec<MessageDto<'a>>,
+    has_more: bool,
 }
 
 /// [`Conversation`].
@@ -398,17 +404,17 @@ mod tests {
     fn entries_start_with_their_version_and_round_trip() {
         let value = page();
         let bytes = encode(&value).unwrap();
-        assert!(bytes.starts_with(b"{\"v\":1,\"value\":{\"conversation_list\":"));
+        assert!(bytes.starts_with(b"{\"v\":2,\"value\":{\"conversation_list\":"));
         assert_eq!(decode(&bytes).unwrap(), value);
     }
 
     #[test]
     fn failures_say_why_without_the_text() {
         let text = String::from_utf8(encode(&page()).unwrap()).unwrap();
-        let other = text.replacen("\"v\":1", "\"v\":2", 1);
+        let other = text.replacen("\"v\":2", "\"v\":1", 1);
         assert!(matches!(
             decode(other.as_bytes()),
-            Err(DecodeError::Version(2))
+            Err(DecodeError::Version(1))
         ));
         let reshaped = r#"{"v":3,"entry":[]}"#;
         assert!(matches!(

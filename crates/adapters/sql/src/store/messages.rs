@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 use confab_domain::{
-    Content, Conversation, ConversationId, DomainError, Message, MessageId, MessageStatus,
-    NewConversation, OffsetDateTime,
+    Content, Conversation, ConversationId, DomainError, Message, MessageId, MessagePage,
+    MessageStatus, NewConversation, OffsetDateTime,
 };
 use confab_ports::MessageStore;
 use diesel::prelude::*;
@@ -191,19 +191,67 @@ impl MessageStore for SqlStore {
             .await
     }
 
-    async fn list(&self, conversation: ConversationId) -> Result<Vec<Message>, DomainError> {
+    async fn page(
+        &self,
+        conversation: ConversationId,
+        before: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<MessagePage, DomainError> {
         let conversation = conversation.to_string();
-        let rows: Vec<MessageRow> = self
+        let before = before.map(|id| id.as_str().to_owned());
+        // One more than asked: whether it comes says if older ones exist.
+        let take = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+        let mut rows: Vec<MessageRow> = self
             .db
             .read(move |conn| {
+                let end = match before {
+                    Some(id) => Some(on_backend!(conn, |c| messages::table
+                        .filter(messages::conversation_id.eq(&conversation))
+                        .filter(messages::id.eq(&id))
+                        .select(messages::position)
+                        .first::<i64>(c))?),
+                    None => None,
+                };
+                // Newest first over `messages_position_key`, then turned.
                 on_backend!(conn, |c| messages::table
-                    .filter(messages::conversation_id.eq(conversation))
-                    .order(messages::position.asc())
+                    .filter(messages::conversation_id.eq(&conversation))
+                    .filter(messages::position.lt(end.unwrap_or(i64::MAX)))
+                    .order(messages::position.desc())
+                    .limit(take)
                     .select(MessageRow::as_select())
                     .load(c))
             })
             .await?;
-        rows.into_iter().map(MessageRow::into_message).collect()
+        let has_more = rows.len() > limit;
+        rows.truncate(limit);
+        rows.reverse();
+        Ok(MessagePage {
+            messages: rows
+                .into_iter()
+                .map(MessageRow::into_message)
+                .collect::<Result<_, _>>()?,
+            has_more,
+        })
+    }
+
+    async fn find(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+    ) -> Result<Option<Message>, DomainError> {
+        let (conversation, id) = (conversation.to_string(), id.as_str().to_owned());
+        let row: Option<MessageRow> = self
+            .db
+            .read(move |conn| {
+                on_backend!(conn, |c| messages::table
+                    .filter(messages::conversation_id.eq(&conversation))
+                    .filter(messages::id.eq(&id))
+                    .select(MessageRow::as_select())
+                    .first(c)
+                    .optional())
+            })
+            .await?;
+        row.map(MessageRow::into_message).transpose()
     }
 
     async fn in_progress(
