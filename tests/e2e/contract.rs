@@ -106,6 +106,15 @@ async fn schemathesis_finds_nothing(app: TestApp) {
     let (_, total) = selected.split_once('/').expect("Selected: n/total");
     assert_eq!(count("Tested:").as_deref(), Some(total), "{report}");
     assert!(total.parse::<usize>().expect("a count") > 20, "{report}");
+    // The stateful phase followed links (the document's and inferred
+    // ones) from calls that made ids to calls that use them.
+    let links = count("API Links:").expect("the stateful phase's link count");
+    let covered: usize = links
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("API Links: n covered / …");
+    assert!(covered > 0, "no link was followed: {report}");
 }
 
 #[tokio::test]

@@ -309,5 +309,87 @@ pub fn served_openapi_json(
 fn document() -> Result<serde_json::Value, serde_json::Error> {
     let mut doc = serde_json::to_value(ApiDoc::openapi())?;
     crate::fields::refine(&mut doc);
+    add_links(&mut doc);
     Ok(doc)
+}
+
+/// Where a response names the conversation it made (`source`, an
+/// operation and its status), the operations that take it
+/// (`$response.body#` pointer to its id): links (OpenAPI 3.1 §4.8.20), so a client or a stateful test can
+/// follow an id from the call that made it to the calls that use it.
+const LINKS: &[(&str, &str, &str, &[&str])] = &[
+    (
+        "create_conversation",
+        "201",
+        "/conversation_id",
+        CONVERSATION_USES,
+    ),
+    ("backend_send", "201", "/conversation_id", CONVERSATION_USES),
+];
+
+/// The operations that take a conversation's `id` in their path.
+const CONVERSATION_USES: &[&str] = &[
+    "get_conversation",
+    "update_conversation",
+    "delete_conversation",
+    "send_message",
+    "stop_stream",
+    "backend_get_conversation",
+];
+
+/// Adds [`LINKS`], and from a page of a history to the page of older
+/// messages (its `cursor` as `before`).
+fn add_links(doc: &mut serde_json::Value) {
+    use serde_json::{Map, Value, json};
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    let operations = paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut());
+    for operation in operations {
+        let Some(id) = operation["operationId"].as_str().map(str::to_owned) else {
+            continue;
+        };
+        let mut add = |status: &str, name: String, link: Value| {
+            if let Some(response) = operation["responses"].get_mut(status)
+                && let Some(response) = response.as_object_mut()
+            {
+                let links = response
+                    .entry("links")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                links[name] = link;
+            }
+        };
+        for (source, status, pointer, targets) in LINKS {
+            if *source != id {
+                continue;
+            }
+            for target in *targets {
+                add(
+                    status,
+                    format!("{target}_of_it"),
+                    json!({
+                        "operationId": target,
+                        "parameters": { "id": format!("$response.body#{pointer}") },
+                    }),
+                );
+            }
+        }
+        if id == "get_conversation" || id == "backend_get_conversation" {
+            add(
+                "200",
+                "older_messages".to_owned(),
+                json!({
+                    "operationId": id,
+                    "parameters": {
+                        "id": "$request.path.id",
+                        "before": "$response.body#/cursor",
+                    },
+                    "description": "The page of older messages (while `has_more`).",
+                }),
+            );
+        }
+    }
 }
