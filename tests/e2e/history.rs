@@ -3,7 +3,7 @@
 //! too), refuses bad page requests clearly, bounds a page by bytes, and a
 //! send loads only the newest pages its prompt needs.
 
-use confab_domain::{Content, ConversationId, MessageRole};
+use confab_domain::{Content, ConversationId, MessageId, MessageRole, MessageStatus};
 use confab_e2e::chat::{message_body, spawn_chat};
 use confab_e2e::fake_llm::FakeLlm;
 use confab_e2e::{TestApp, error_body, finished_message, spawn_app_with_redis};
@@ -307,15 +307,50 @@ async fn pages_are_cached_and_invalidated_together_with_redis(backend: Backend) 
     let path = format!("/api/v1/conversations/{id}");
     let older = format!("{path}?limit=5&before={}", stored_id(100));
 
-    // Each page is its own entry: read twice, the same body and ETag.
+    // Each page is its own entry, in Redis: read on one instance, then
+    // changed in the database behind the service's back, it is what
+    // another instance answers, until the service itself writes.
     let first = app.get_auth(&older, &token).await;
     let tag = first.headers()["etag"].to_str().unwrap().to_owned();
     let first: Value = first.json().await.unwrap();
     assert_eq!(ids(&first), (95..100).map(stored_id).collect::<Vec<_>>());
-    let again = app.get_auth(&older, &token).await;
-    assert_eq!(again.headers()["etag"].to_str().unwrap(), tag);
-    let newest = page(&app, &token, &format!("{path}?limit=5")).await;
-    assert_ne!(ids(&newest), ids(&first));
+    let newest_path = format!("{path}?limit=5");
+    let newest = page(&app, &token, &newest_path).await;
+    assert_eq!(
+        ids(&newest),
+        (243..STORED).map(stored_id).collect::<Vec<_>>()
+    );
+    let store = app.db.store().await;
+    let conversation: ConversationId = id.parse().unwrap();
+    let unseen = finished_message(
+        conversation,
+        "behind0",
+        MessageRole::User,
+        "unseen".to_owned(),
+    );
+    MessageStore::insert(&store, &unseen).await.unwrap();
+    MessageStore::update_content(
+        &store,
+        conversation,
+        &MessageId::parse(stored_id(97)).unwrap(),
+        &unseen.content,
+        MessageStatus::FinishedSuccessfully,
+        unseen.created_at,
+    )
+    .await
+    .unwrap();
+    let other = app.sibling(&[]);
+    let again = other.get_auth(&older, &token).await;
+    assert_eq!(
+        again.headers()["etag"].to_str().unwrap(),
+        tag,
+        "the cached older page"
+    );
+    assert_eq!(
+        ids(&page(&other, &token, &newest_path).await),
+        ids(&newest),
+        "the cached newest page"
+    );
 
     // A rename moves every page of the conversation to a new entry.
     let res = app
@@ -327,9 +362,17 @@ async fn pages_are_cached_and_invalidated_together_with_redis(backend: Backend) 
         )
         .await;
     assert_eq!(res.status(), 200);
-    for read in [&older, &format!("{path}?limit=5")] {
-        assert_eq!(page(&app, &token, read).await["title"], "Renamed", "{read}");
+    for read in [&older, &newest_path] {
+        assert_eq!(
+            page(&other, &token, read).await["title"],
+            "Renamed",
+            "{read}"
+        );
     }
-    let renamed = app.get_auth(&older, &token).await;
+    let renamed = other.get_auth(&older, &token).await;
     assert_ne!(renamed.headers()["etag"].to_str().unwrap(), tag);
+    let newest = page(&other, &token, &newest_path).await;
+    assert_eq!(ids(&newest).last().map(String::as_str), Some("behind0"));
+    let changed = page(&other, &token, &older).await;
+    assert_eq!(changed["messages"][2]["content"]["parts"][0], "unseen");
 }

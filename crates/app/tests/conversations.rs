@@ -1484,3 +1484,45 @@ async fn a_send_reads_the_history_backwards_only_as_far_as_its_budget() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_history_page_of_huge_messages_stops_reading_at_its_byte_bound() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let paged = Arc::new(AtomicUsize::new(0));
+    let counter = paged.clone();
+    let h = harness_on(rules(), move |store| {
+        Arc::new(HeldStore {
+            store,
+            release: None,
+            paged: counter,
+        })
+    });
+    let ann = caller();
+    let (first, _) = send(&h, &ann, say("start")).await;
+    ended(&first).await;
+    let id = first.conversation.id;
+    // 200 messages of 100,000 bytes: 20 MB, of which a page holds 1 MiB.
+    for n in 0..200 {
+        let mut stored = first.user_message.clone();
+        stored.id = MessageId::parse(format!("big{n}")).unwrap();
+        stored.content = Content::text(vec!["x".repeat(100_000)]).unwrap();
+        MessageStore::insert(h.store.as_ref(), &stored)
+            .await
+            .unwrap();
+    }
+    paged.store(0, Ordering::Relaxed);
+
+    let (_, page) = h
+        .conversations
+        .get(&ann, id, &HistoryRequest::new(None, 500).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(page.messages.len(), 10, "ten of 100,000 bytes fit in 1 MiB");
+    assert_eq!(page.messages[9].id.as_str(), "big199");
+    assert!(page.has_more);
+    assert_eq!(
+        paged.load(Ordering::Relaxed),
+        50,
+        "one store page read, not the 500 asked for"
+    );
+}

@@ -486,9 +486,13 @@ impl Conversations {
         let limit = usize::try_from(page.limit()).unwrap_or(usize::MAX);
         let mut messages = match self
             .inner
-            .ports
-            .messages
-            .page(id, page.before(), limit)
+            .read_back(
+                id,
+                page.before(),
+                limit,
+                |m| m.content.text_bytes(),
+                Self::PAGE_TEXT_BYTES,
+            )
             .await
         {
             Err(DomainError::NotFound) => {
@@ -633,7 +637,47 @@ impl Conversations {
     }
 }
 
+/// Messages asked of the store at a time when a history is read backwards.
+const READ_BACK_PAGE: usize = 50;
+
 impl Inner {
+    /// The newest messages of `conversation` before the message `before`
+    /// (of all, when `None`), oldest first, read backwards
+    /// [`READ_BACK_PAGE`] at a time until `limit` are read, the
+    /// conversation starts, or `size` summed over what was read passes
+    /// `max`: a long history is never read whole, nor a page of huge
+    /// messages past its bound.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`] when `before` is not one of its messages.
+    async fn read_back(
+        &self,
+        conversation: ConversationId,
+        before: Option<&MessageId>,
+        limit: usize,
+        size: impl Fn(&Message) -> usize,
+        max: usize,
+    ) -> Result<MessagePage, DomainError> {
+        let mut page = MessagePage::default();
+        let mut used = 0_usize;
+        loop {
+            let from = page.messages.first().map(|m| &m.id).or(before);
+            let want = limit
+                .saturating_sub(page.messages.len())
+                .min(READ_BACK_PAGE);
+            let older = self.ports.messages.page(conversation, from, want).await?;
+            used = older
+                .messages
+                .iter()
+                .fold(used, |sum, m| sum.saturating_add(size(m)));
+            page.messages.splice(0..0, older.messages);
+            page.has_more = older.has_more;
+            if !page.has_more || page.messages.len() >= limit || used > max {
+                return Ok(page);
+            }
+        }
+    }
+
     /// A place for a reader of `user` of the answer in `conversation`, or
     /// the cap it would exceed. `always`: the reader is counted even past
     /// the caps (the stream of a send the caller just started).

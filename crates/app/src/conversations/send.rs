@@ -74,10 +74,9 @@ fn invalid(field: Field, message: &'static str) -> AppError {
 }
 
 impl Inner {
-    /// The newest messages of `conversation`, oldest first: pages read
-    /// backwards from its end until their text exceeds the prompt budget
-    /// or the conversation starts, so a send never loads a long history
-    /// whole.
+    /// The newest messages of `conversation`, oldest first, read
+    /// backwards until their text exceeds the prompt budget or the
+    /// conversation starts, so a send never loads a long history whole.
     ///
     /// # Errors
     /// [`AppError::Conflict`] on `message_id` when the conversation
@@ -87,31 +86,30 @@ impl Inner {
         conversation: ConversationId,
         message_id: &MessageId,
     ) -> Result<Vec<Message>, AppError> {
-        /// Messages read per page: most conversations' budget fits in one.
-        const PAGE: usize = 50;
-        let store = &self.ports.messages;
-        let mut history: Vec<Message> = Vec::new();
-        let mut chars = 0_usize;
-        let has_more = loop {
-            let page = store
-                .page(conversation, history.first().map(|m| &m.id), PAGE)
-                .await?;
-            chars = page.messages.iter().fold(chars, |sum, m| {
-                sum.saturating_add(m.content.parts().iter().map(|p| p.chars().count()).sum())
-            });
-            history.splice(0..0, page.messages);
-            if !page.has_more || chars > self.rules.prompt_budget_chars {
-                break page.has_more;
-            }
-        };
-        let taken = history.iter().any(|m| &m.id == message_id)
-            || (has_more && store.find(conversation, message_id).await?.is_some());
+        let chars = |m: &Message| m.content.parts().iter().map(|p| p.chars().count()).sum();
+        let history = self
+            .read_back(
+                conversation,
+                None,
+                usize::MAX,
+                chars,
+                self.rules.prompt_budget_chars,
+            )
+            .await?;
+        let taken = history.messages.iter().any(|m| &m.id == message_id)
+            || (history.has_more
+                && self
+                    .ports
+                    .messages
+                    .find(conversation, message_id)
+                    .await?
+                    .is_some());
         if taken {
             return Err(AppError::Conflict {
                 field: Field::MessageId,
             });
         }
-        Ok(history)
+        Ok(history.messages)
     }
 
     fn model(&self, asked: Option<&str>) -> Result<ModelSlug, AppError> {

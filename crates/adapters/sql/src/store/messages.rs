@@ -200,7 +200,7 @@ impl MessageStore for SqlStore {
         let conversation = conversation.to_string();
         let before = before.map(|id| id.as_str().to_owned());
         // One more than asked: whether it comes says if older ones exist.
-        let take = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+        let take = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
         let mut rows: Vec<MessageRow> = self
             .db
             .read(move |conn| {
