@@ -6,7 +6,7 @@
 use confab_domain::{Content, ConversationId, MessageId, MessageRole, MessageStatus};
 use confab_e2e::chat::{message_body, spawn_chat};
 use confab_e2e::fake_llm::FakeLlm;
-use confab_e2e::{TestApp, error_body, finished_message, spawn_app_with_redis};
+use confab_e2e::{TestApp, append, error_body, finished_message, spawn_app_with_redis};
 use confab_ports::MessageStore;
 use confab_sql::Backend;
 use serde_json::{Value, json};
@@ -44,7 +44,7 @@ async fn store_messages(
             MessageRole::Assistant
         };
         let message = finished_message(conversation, &stored_id(n), role, text(n));
-        MessageStore::insert(&store, &message).await.unwrap();
+        append(&store, message).await;
     }
 }
 
@@ -328,7 +328,7 @@ async fn pages_are_cached_and_invalidated_together_with_redis(backend: Backend) 
         MessageRole::User,
         "unseen".to_owned(),
     );
-    MessageStore::insert(&store, &unseen).await.unwrap();
+    append(&store, unseen.clone()).await;
     MessageStore::update_content(
         &store,
         conversation,

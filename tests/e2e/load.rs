@@ -24,7 +24,7 @@ use confab_e2e::load::{burst, burst_into, burst_vars, paced_llm};
 use confab_e2e::{
     TestApp, finished_message, redis_url, spawn_app_with, spawn_app_with_redis, spawn_process,
 };
-use confab_ports::{ConversationStore, MessageStore};
+use confab_ports::ConversationStore;
 use confab_sql::Backend;
 use confab_sql::testing::TestDatabase;
 use tokio::sync::Mutex;
@@ -112,7 +112,7 @@ async fn long_conversations(app: &TestApp, token: &str, n: usize) -> Vec<Convers
                         "of some length ".repeat(20)
                     );
                     let message = finished_message(id, &format!("old{k}"), MessageRole::User, text);
-                    MessageStore::insert(&store, &message).await.unwrap();
+                    confab_e2e::append(&store, message).await;
                 }
                 id
             })

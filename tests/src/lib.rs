@@ -607,3 +607,18 @@ pub fn finished_message(
         updated_at: now,
     }
 }
+
+/// Stores `message` at the end of its conversation's current branch (its
+/// parent the current node), as a send would have.
+///
+/// # Panics
+/// When the store fails.
+pub async fn append(store: &confab_sql::SqlStore, mut message: confab_domain::Message) {
+    let end = confab_ports::MessageStore::page(store, message.conversation_id, None, 1)
+        .await
+        .expect("the current branch");
+    message.parent_id = end.messages.last().map(|m| m.id.clone());
+    confab_ports::MessageStore::insert(store, &message)
+        .await
+        .expect("a stored message");
+}

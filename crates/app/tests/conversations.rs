@@ -1431,9 +1431,11 @@ async fn a_send_reads_the_history_backwards_only_as_far_as_its_budget() {
         ended(&first).await;
         let id = first.conversation.id;
         // 1,000 more messages of about 20 characters each.
+        let mut parent = first.assistant_message.id.clone();
         for n in 0..1_000 {
             let mut stored = first.user_message.clone();
             stored.id = MessageId::parse(format!("old{n}")).unwrap();
+            stored.parent_id = Some(std::mem::replace(&mut parent, stored.id.clone()));
             stored.content = Content::text(vec![format!("stored message {n:04}")]).unwrap();
             MessageStore::insert(h.store.as_ref(), &stored)
                 .await
@@ -1502,9 +1504,11 @@ async fn a_history_page_of_huge_messages_stops_reading_at_its_byte_bound() {
     ended(&first).await;
     let id = first.conversation.id;
     // 200 messages of 100,000 bytes: 20 MB, of which a page holds 1 MiB.
+    let mut parent = first.assistant_message.id.clone();
     for n in 0..200 {
         let mut stored = first.user_message.clone();
         stored.id = MessageId::parse(format!("big{n}")).unwrap();
+        stored.parent_id = Some(std::mem::replace(&mut parent, stored.id.clone()));
         stored.content = Content::text(vec!["x".repeat(100_000)]).unwrap();
         MessageStore::insert(h.store.as_ref(), &stored)
             .await

@@ -3,7 +3,7 @@
 use time::OffsetDateTime;
 
 use crate::text::check_text;
-use crate::{ConversationId, DomainError, Field, UserId};
+use crate::{ConversationId, DomainError, Field, MessageId, UserId};
 
 /// A conversation's title: 1..=200 characters after trimming, no NUL, no
 /// control characters.
@@ -65,6 +65,10 @@ pub struct Conversation {
     pub title: Title,
     /// Hidden from the default list, still readable.
     pub is_archived: bool,
+    /// The message its current branch ends at (a send moves it to its
+    /// answer); `None` while it has no message. Its history is the path
+    /// from the root message to this one.
+    pub current_node: Option<MessageId>,
     /// Set when soft-deleted; a deleted conversation is not found anywhere.
     pub deleted_at: Option<OffsetDateTime>,
     /// Creation time.

@@ -145,7 +145,8 @@ pub trait ConversationStore: Send + Sync + 'static {
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     /// Stores a message and, in the same transaction, makes it the
-    /// conversation's latest (its `updated_at` and list preview).
+    /// conversation's latest (its `updated_at`, list preview and current
+    /// node).
     ///
     /// # Errors
     /// [`DomainError::Duplicate`] on `id` when the conversation already has
@@ -155,7 +156,8 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Stores a user message and the assistant message that answers it in
     /// one transaction (one write where two would serialise twice on
-    /// SQLite), the assistant's last; as [`MessageStore::insert`] otherwise.
+    /// SQLite), the assistant's last (the conversation's current node); as
+    /// [`MessageStore::insert`] otherwise.
     ///
     /// # Errors
     /// As [`MessageStore::insert`]; nothing is stored on error.
@@ -194,9 +196,11 @@ pub trait MessageStore: Send + Sync + 'static {
         at: OffsetDateTime,
     ) -> Result<(), DomainError>;
 
-    /// The newest `limit` messages of a conversation, or of those before
-    /// the message `before`, oldest first; and whether older ones precede
-    /// them. An unknown conversation has no messages.
+    /// The newest `limit` messages of a conversation's current branch (the
+    /// path from its root message down to its current node, through each
+    /// message's `parent_id`), or of the ancestors of the message `before`,
+    /// oldest first; and whether older ones precede them. An unknown
+    /// conversation has no messages.
     ///
     /// # Errors
     /// [`DomainError::NotFound`] when `before` is not a message of the

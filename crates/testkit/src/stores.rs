@@ -2,7 +2,7 @@
 //! behind one mutex, with the semantics the store ports document (and the
 //! SQL store's tests check): owner-scoped conversations, soft delete,
 //! newest-first lists with paging and a literal, case-insensitive title
-//! search, messages in insertion order, unique ids refused as
+//! search, a history that is the branch ending at the current node, unique ids refused as
 //! [`DomainError::Duplicate`], refresh tokens redeemed once.
 //!
 //! For use-case tests that need no database: every call answers at once,
@@ -97,6 +97,13 @@ impl State {
             stored.last_message = Some(text);
         }
         true
+    }
+
+    /// Moves a live conversation's current node to `node`.
+    fn move_to(&mut self, id: ConversationId, node: &MessageId) {
+        if let Some(stored) = self.live_mut(id) {
+            stored.conversation.current_node = Some(node.clone());
+        }
     }
 
     fn has_message(&self, conversation: ConversationId, id: &MessageId) -> bool {
@@ -259,6 +266,7 @@ impl ConversationStore for MemoryStore {
             owner: conversation.owner,
             title: conversation.title,
             is_archived: false,
+            current_node: None,
             deleted_at: None,
             created_at: conversation.created_at,
             updated_at: conversation.created_at,
@@ -378,6 +386,7 @@ impl MessageStore for MemoryStore {
             &message.content,
             message.updated_at,
         );
+        state.move_to(message.conversation_id, &message.id);
         state.messages.push(message.clone());
         Ok(())
     }
@@ -404,6 +413,7 @@ impl MessageStore for MemoryStore {
             });
         }
         state.touch(user.conversation_id, &user.content, assistant.updated_at);
+        state.move_to(assistant.conversation_id, &assistant.id);
         state.messages.push(user.clone());
         state.messages.push(assistant.clone());
         Ok(())
@@ -425,6 +435,7 @@ impl MessageStore for MemoryStore {
         }
         Ok(Conversation {
             updated_at: assistant.updated_at,
+            current_node: Some(assistant.id.clone()),
             ..created
         })
     }
@@ -458,23 +469,33 @@ impl MessageStore for MemoryStore {
         limit: usize,
     ) -> Result<MessagePage, DomainError> {
         let state = self.state();
-        let mut messages: Vec<&Message> = state
-            .messages
-            .iter()
-            .filter(|m| m.conversation_id == conversation)
-            .collect();
-        if let Some(before) = before {
-            let end = messages
+        let find = |id: &MessageId| {
+            state
+                .messages
                 .iter()
-                .position(|m| &m.id == before)
-                .ok_or(DomainError::NotFound)?;
-            messages.truncate(end);
+                .find(|m| m.conversation_id == conversation && &m.id == id)
+        };
+        // The branch's end: the current node, or the message `before`.
+        let end = match before {
+            Some(before) => find(before).ok_or(DomainError::NotFound)?.parent_id.clone(),
+            None => state
+                .conversations
+                .iter()
+                .find(|c| c.conversation.id == conversation)
+                .and_then(|c| c.conversation.current_node.clone()),
+        };
+        let mut messages = Vec::new();
+        let mut next = end.as_ref().and_then(&find);
+        while let Some(message) = next {
+            if messages.len() == limit {
+                break;
+            }
+            messages.push(message.clone());
+            next = message.parent_id.as_ref().and_then(&find);
         }
-        let start = messages.len().saturating_sub(limit);
-        Ok(MessagePage {
-            messages: messages[start..].iter().map(|m| (*m).clone()).collect(),
-            has_more: start > 0,
-        })
+        let has_more = next.is_some();
+        messages.reverse();
+        Ok(MessagePage { messages, has_more })
     }
 
     async fn find(

@@ -295,6 +295,7 @@ mod tests {
                 owner: UserId::generate(),
                 title: Title::parse("t").unwrap(),
                 is_archived: false,
+                current_node: None,
                 deleted_at: None,
                 created_at: at,
                 updated_at: at,

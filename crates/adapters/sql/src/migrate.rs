@@ -33,3 +33,17 @@ pub(crate) fn run_pending(conn: &mut AnyConnection) -> Result<usize, SqlError> {
             .map_err(|e| SqlError::Migration(e.to_string())),
     }
 }
+
+/// Migrates, then reverts the newest migration, and says which it was: the
+/// schema of the release before it, for tests of the upgrade.
+#[cfg(feature = "testing")]
+pub(crate) fn to_previous_release(conn: &mut AnyConnection) -> Result<String, SqlError> {
+    let migration =
+        |e: Box<dyn std::error::Error + Send + Sync>| SqlError::Migration(e.to_string());
+    run_pending(conn)?;
+    match conn {
+        AnyConnection::Postgres(pg) => pg.revert_last_migration(POSTGRES).map_err(migration),
+        AnyConnection::Sqlite(lite) => lite.revert_last_migration(SQLITE).map_err(migration),
+    }
+    .map(|version| version.to_string())
+}

@@ -80,6 +80,7 @@ pub(crate) struct ConversationRow {
     pub(crate) deleted_at: Option<i64>,
     pub(crate) created_at: i64,
     pub(crate) updated_at: i64,
+    pub(crate) current_node: Option<String>,
 }
 
 impl ConversationRow {
@@ -89,6 +90,13 @@ impl ConversationRow {
             owner: UserId::from_uuid(uuid(&self.user_id)?),
             title: Title::from_trusted(self.title),
             is_archived: self.is_archived,
+            current_node: self
+                .current_node
+                .map(|id| {
+                    MessageId::parse(id)
+                        .map_err(|_| DomainError::internal("a stored message id is malformed"))
+                })
+                .transpose()?,
             deleted_at: self.deleted_at.map(from_micros).transpose()?,
             created_at: from_micros(self.created_at)?,
             updated_at: from_micros(self.updated_at)?,
@@ -107,7 +115,7 @@ impl ConversationRow {
     }
 }
 
-#[derive(Queryable, Selectable, Insertable)]
+#[derive(Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = messages)]
 // `None` is written as NULL rather than left to the column's default (they
 // are the same here): an insert whose SQL does not depend on which fields

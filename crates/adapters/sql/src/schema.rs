@@ -23,6 +23,7 @@ diesel::table! {
         deleted_at -> Nullable<BigInt>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        current_node -> Nullable<Text>,
     }
 }
 

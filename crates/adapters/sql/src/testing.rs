@@ -21,6 +21,11 @@ use crate::connection::AnyConnection;
 use crate::migrate::run_pending;
 use crate::{Backend, DatabaseTarget, PoolOptions, SqlStore};
 
+/// The statement that reads a branch of a conversation on PostgreSQL
+/// (parameters: conversation, the branch's end, messages skipped, deepest
+/// depth), for tests of its plan.
+pub const BRANCH_STATEMENT_POSTGRES: &str = crate::store::messages::BRANCH_POSTGRES;
+
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A throw-away database for one test.
@@ -116,6 +121,37 @@ impl TestDatabase {
 }
 
 impl TestDatabase {
+    /// Brings the database to the schema of the release before the newest
+    /// migration (migrating, then reverting that one) and returns the
+    /// reverted migration's version; a store opened afterwards upgrades it.
+    ///
+    /// # Panics
+    /// When the database can't be reached or a migration fails.
+    #[must_use]
+    pub fn at_previous_release(&self) -> String {
+        let mut conn = self.connect();
+        crate::migrate::to_previous_release(&mut conn)
+            .unwrap_or_else(|e| panic!("cannot revert the newest migration: {e}"))
+    }
+
+    /// Runs `sql` (one or more statements) on the database as it is.
+    ///
+    /// # Panics
+    /// When the database can't be reached or a statement fails.
+    pub fn execute(&self, sql: &str) {
+        use diesel::connection::SimpleConnection;
+        let mut conn = self.connect();
+        crate::connection::on_backend!(&mut conn, |c| c.batch_execute(sql))
+            .unwrap_or_else(|e| panic!("cannot run {sql}: {e}"));
+    }
+
+    fn connect(&self) -> AnyConnection {
+        let target = DatabaseTarget::parse(&self.url).expect("test database URL");
+        crate::connection::Manager::new(target, &PoolOptions::default())
+            .probe()
+            .expect("a connection to the test database")
+    }
+
     /// Makes the database refuse every connection, new and existing, as a
     /// crashed or unreachable server would (PostgreSQL only; a no-op
     /// report of `false` on SQLite).

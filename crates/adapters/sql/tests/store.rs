@@ -70,6 +70,8 @@ on_both_backends!(
     an_exchange_is_stored_whole_or_not_at_all,
     a_new_conversation_and_its_exchange_are_stored_together,
     concurrent_writes_commit_together_and_fail_alone,
+    a_database_of_the_previous_release_comes_over_as_one_branch,
+    a_history_is_the_branch_that_ends_at_the_current_node,
 );
 
 struct Fixture {
@@ -137,6 +139,12 @@ fn message(conversation: ConversationId, id: &str, role: MessageRole, text: &str
         created_at: now(),
         updated_at: now(),
     }
+}
+
+/// `message` as a child of `parent`.
+fn under(mut message: Message, parent: &Message) -> Message {
+    message.parent_id = Some(parent.id.clone());
+    message
 }
 
 async fn all_messages(store: &SqlStore, id: ConversationId) -> Vec<Message> {
@@ -503,15 +511,19 @@ async fn a_history_is_paged_backwards_from_its_end(backend: Backend) {
     let other = conversation(&f.store, pia.id, "other", now()).await;
     // Ids in reverse alphabetical order: pages follow insertion.
     let ids: Vec<String> = (1..=7).map(|n| format!("m{}", 9 - n)).collect();
+    let mut parent: Option<Message> = None;
     for (n, mid) in ids.iter().enumerate() {
         let role = if n % 2 == 0 {
             MessageRole::User
         } else {
             MessageRole::Assistant
         };
-        MessageStore::insert(&f.store, &message(id, mid, role, &format!("text {n}")))
-            .await
-            .unwrap();
+        let mut m = message(id, mid, role, &format!("text {n}"));
+        if let Some(parent) = &parent {
+            m = under(m, parent);
+        }
+        MessageStore::insert(&f.store, &m).await.unwrap();
+        parent = Some(m);
     }
     MessageStore::insert(
         &f.store,
@@ -607,10 +619,10 @@ fn plan(conn: &mut diesel::PgConnection, statement: &str) -> Vec<String> {
     lines.into_iter().map(|l| l.line).collect()
 }
 
-/// The page of a history is read over `messages_position_key` (newest
-/// first, stopping at the limit), not by sorting the conversation.
+/// The page of a history is read up its branch one primary-key lookup per
+/// message, never by scanning or sorting the conversation.
 #[tokio::test]
-async fn a_history_page_reads_the_position_index() {
+async fn a_history_page_reads_the_branch_over_the_primary_key() {
     use diesel::{Connection, PgConnection, RunQueryDsl};
 
     let db = TestDatabase::postgres();
@@ -620,24 +632,29 @@ async fn a_history_page_reads_the_position_index() {
         "INSERT INTO users VALUES ('u1', 'pager', 'pager@example.com', 'x', 'user', FALSE, 0, 0)",
         "INSERT INTO conversations (id, user_id, title, created_at, updated_at) \
          VALUES ('c1', 'u1', 'Long', 0, 0), ('c2', 'u1', 'Other', 0, 0)",
-        "INSERT INTO messages (conversation_id, id, position, role, content, status, \
-         created_at, updated_at) SELECT 'c' || (1 + g % 2), 'm' || g, g, 'user', \
+        "INSERT INTO messages (conversation_id, id, position, parent_id, role, content, \
+         status, created_at, updated_at) SELECT 'c' || (1 + g % 2), 'm' || g, g, \
+         CASE WHEN g > 2 THEN 'm' || (g - 2) END, 'user', \
          '{\"content_type\":\"text\",\"parts\":[\"x\"]}', 'finished_successfully', g, g \
          FROM generate_series(1, 20000) g",
         "ANALYZE messages",
     ] {
         diesel::sql_query(statement).execute(&mut conn).unwrap();
     }
-    let plan = plan(
-        &mut conn,
-        "SELECT * FROM messages WHERE conversation_id = 'c1' AND position < 15000 \
-         ORDER BY position DESC LIMIT 101",
-    );
+    let statement = confab_sql::testing::BRANCH_STATEMENT_POSTGRES
+        .replace("$1", "'c1'")
+        .replace("$2", "'m15001'")
+        .replace("$3", "0")
+        .replace("$4", "100");
+    let plan = plan(&mut conn, &statement);
     assert!(
-        plan.iter().any(|l| l.contains("messages_position_key")),
+        plan.iter().any(|l| l.contains("messages_pkey")),
         "{plan:#?}"
     );
-    assert!(!plan.iter().any(|l| l.contains("Sort")), "{plan:#?}");
+    assert!(
+        !plan.iter().any(|l| l.contains("Seq Scan on messages")),
+        "{plan:#?}"
+    );
 }
 
 async fn duplicate_message_id_in_one_conversation(backend: Backend) {
@@ -735,7 +752,18 @@ async fn concurrent_inserts_get_distinct_positions(backend: Backend) {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    assert_eq!(all_messages(&f.store, id).await.len(), 8);
+    for i in 0..8 {
+        let mid = MessageId::parse(format!("m{i}")).unwrap();
+        assert!(
+            MessageStore::find(&f.store, id, &mid)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    // None names a parent: each is a root, and the last stored is current.
+    let current = all_messages(&f.store, id).await;
+    assert_eq!(current.len(), 1, "{current:?}");
 }
 
 async fn migrations_are_idempotent_and_health_is_ok(backend: Backend) {
@@ -1024,7 +1052,7 @@ async fn orphaned_generations_are_closed_as_failed_with_their_text(backend: Back
     let mut orphan = message(id, "a1", MessageRole::Assistant, "half an ans");
     orphan.status = MessageStatus::InProgress;
     MessageStore::insert(&f.store, &orphan).await.unwrap();
-    let finished = message(id, "a2", MessageRole::Assistant, "done");
+    let finished = under(message(id, "a2", MessageRole::Assistant, "done"), &orphan);
     MessageStore::insert(&f.store, &finished).await.unwrap();
     let open = f.store.in_progress(10).await.unwrap();
     assert_eq!(open, vec![(id, orphan.id.clone())]);
@@ -1106,8 +1134,11 @@ async fn an_exchange_is_stored_whole_or_not_at_all(backend: Backend) {
     let id = conversation(&f.store, pat.id, "chat", now()).await;
     let first = message(id, "u1", MessageRole::User, "question");
     MessageStore::insert(&f.store, &first).await.unwrap();
-    let question = message(id, "u2", MessageRole::User, "next question");
-    let mut answer = message(id, "a2", MessageRole::Assistant, "");
+    let question = under(
+        message(id, "u2", MessageRole::User, "next question"),
+        &first,
+    );
+    let mut answer = under(message(id, "a2", MessageRole::Assistant, ""), &question);
     answer.status = MessageStatus::InProgress;
     f.store.insert_exchange(&question, &answer).await.unwrap();
     let ids: Vec<String> = all_messages(&f.store, id)
@@ -1271,4 +1302,137 @@ async fn concurrent_writes_commit_together_and_fail_alone(backend: Backend) {
     .unwrap();
     assert_eq!(page.total, 57, "the 56 new ones and the taken one");
     assert_eq!(all_messages(&f.store, taken.id).await.len(), 2);
+}
+
+/// The tree migration on a database the release before it wrote: every
+/// conversation comes over as one branch (whatever its rows' `parent_id`
+/// said), ending at its newest message, and reads as it did.
+async fn a_database_of_the_previous_release_comes_over_as_one_branch(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    assert_eq!(db.at_previous_release(), "20261204000004");
+    let owner = UserId::generate();
+    let (long, empty) = (ConversationId::generate(), ConversationId::generate());
+    let text = r#"{"content_type":"text","parts":["x"]}"#;
+    let mut sql = format!(
+        "INSERT INTO users VALUES ('{owner}', 'old', 'old@example.com', 'x', 'user', FALSE, 0, 0); \
+         INSERT INTO conversations VALUES ('{long}', '{owner}', 'Old', 'x', FALSE, NULL, 1, 9), \
+         ('{empty}', '{owner}', 'Empty', NULL, FALSE, NULL, 1, 1);"
+    );
+    // Positions 1..=5, stored out of order; the third lost its parent.
+    for position in [3_i64, 1, 5, 2, 4] {
+        let parent = match position {
+            1 | 3 => "NULL".to_owned(),
+            p => format!("'m{}'", p - 1),
+        };
+        let role = if position % 2 == 1 {
+            "user"
+        } else {
+            "assistant"
+        };
+        sql.push_str(&format!(
+            "INSERT INTO messages VALUES ('{long}', 'm{position}', {position}, {parent}, \
+             '{role}', '{text}', 'finished_successfully', NULL, '{{}}', {position}, {position});"
+        ));
+    }
+    db.execute(&sql);
+    let store = db.store().await;
+    let conversation = ConversationStore::get(&store, owner, long).await.unwrap();
+    assert_eq!(
+        conversation.current_node.as_ref().map(MessageId::as_str),
+        Some("m5")
+    );
+    assert_eq!(
+        ConversationStore::get(&store, owner, empty)
+            .await
+            .unwrap()
+            .current_node,
+        None
+    );
+    let ids = |page: confab_domain::MessagePage| -> Vec<String> {
+        page.messages.iter().map(|m| m.id.to_string()).collect()
+    };
+    let all = MessageStore::page(&store, long, None, 100).await.unwrap();
+    assert!(!all.has_more);
+    assert_eq!(
+        all.messages[2].parent_id.as_ref().map(MessageId::as_str),
+        Some("m2")
+    );
+    assert_eq!(ids(all), ["m1", "m2", "m3", "m4", "m5"]);
+    let m3 = MessageId::parse("m3").unwrap();
+    let older = MessageStore::page(&store, long, Some(&m3), 100)
+        .await
+        .unwrap();
+    assert_eq!(ids(older), ["m1", "m2"]);
+    assert!(
+        MessageStore::page(&store, empty, None, 100)
+            .await
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+}
+
+/// Edits and regenerations are siblings: the history is the one branch from
+/// the root to the current node, which every insert moves, and `before`
+/// pages up the ancestors of a message on any branch.
+async fn a_history_is_the_branch_that_ends_at_the_current_node(backend: Backend) {
+    let f = fixture(backend).await;
+    let ida = user(&f.store, "ida").await;
+    let id = conversation(&f.store, ida.id, "tree", now()).await;
+    let m = |mid: &str, role| message(id, mid, role, mid);
+    let (user_role, bot) = (MessageRole::User, MessageRole::Assistant);
+    let u1 = m("u1", user_role);
+    let a1 = under(m("a1", bot), &u1);
+    let u2 = under(m("u2", user_role), &a1);
+    let a2 = under(m("a2", bot), &u2);
+    for message in [&u1, &a1] {
+        MessageStore::insert(&f.store, message).await.unwrap();
+    }
+    f.store.insert_exchange(&u2, &a2).await.unwrap();
+    // An edit of the second question: a sibling of u2, and its answer.
+    let u2b = under(m("u2b", user_role), &a1);
+    let a2b = under(m("a2b", bot), &u2b);
+    f.store.insert_exchange(&u2b, &a2b).await.unwrap();
+    let ids = |page: confab_domain::MessagePage| -> (Vec<String>, bool) {
+        (
+            page.messages.iter().map(|m| m.id.to_string()).collect(),
+            page.has_more,
+        )
+    };
+    let page = |before: Option<&Message>, limit| {
+        let before = before.map(|m| m.id.clone());
+        let store = &f.store;
+        async move {
+            ids(MessageStore::page(store, id, before.as_ref(), limit)
+                .await
+                .unwrap())
+        }
+    };
+    let current = ConversationStore::get(&f.store, ida.id, id).await.unwrap();
+    assert_eq!(current.current_node, Some(a2b.id.clone()));
+    assert_eq!(
+        page(None, 10).await,
+        (
+            vec!["u1".into(), "a1".into(), "u2b".into(), "a2b".into()],
+            false
+        )
+    );
+    assert_eq!(
+        page(Some(&a2b), 10).await,
+        (vec!["u1".into(), "a1".into(), "u2b".into()], false)
+    );
+    // The older branch is still there, above its own messages.
+    assert_eq!(
+        page(Some(&a2), 10).await,
+        (vec!["u1".into(), "a1".into(), "u2".into()], false)
+    );
+    // A regeneration on the older branch moves the current node to it.
+    let a2c = under(m("a2c", bot), &u2);
+    MessageStore::insert(&f.store, &a2c).await.unwrap();
+    assert_eq!(page(None, 2).await, (vec!["u2".into(), "a2c".into()], true));
+    assert_eq!(
+        page(Some(&u2), 2).await,
+        (vec!["u1".into(), "a1".into()], false)
+    );
+    assert_eq!(page(None, 10).await.0, ["u1", "a1", "u2", "a2c"]);
 }

@@ -116,6 +116,7 @@ fn history() -> (Conversation, Vec<Message>) {
         owner: UserId::generate(),
         title: title("Redis caching 🚀 strategies"),
         is_archived: true,
+        current_node: Some(MessageId::parse("msg_a2").expect("message id")),
         deleted_at: None,
         created_at: at(1_732_000_000_000_000_007),
         updated_at: at(1_732_000_999_123_456_789),

@@ -247,6 +247,7 @@ fn history() -> (CachedValue, usize, ConversationId) {
         owner: UserId::generate(),
         title: Title::parse("Caching conversation histories").expect("title"),
         is_archived: false,
+        current_node: None,
         deleted_at: None,
         created_at: now,
         updated_at: now,

@@ -29,8 +29,8 @@ use confab_ports::CachedValue;
 use serde::{Deserialize, Serialize};
 
 /// The format this build writes and reads (2: a history is a page of
-/// messages, with `has_more`).
-const FORMAT: u64 = 2;
+/// messages, with `has_more`; 3: a conversation has a `current_node`).
+const FORMAT: u64 = 3;
 
 /// Why a stored entry could not be read back. Never holds any of the
 /// entry's text (it is logged): only where and why decoding stopped.
@@ -240,6 +240,7 @@ struct ConversationDto<'a> {
     owner: String,
     title: Cow<'a, str>,
     is_archived: bool,
+    current_node: Option<Cow<'a, str>>,
     #[serde(with = "time::serde::timestamp::nanoseconds::option")]
     deleted_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::timestamp::nanoseconds")]
@@ -255,6 +256,10 @@ impl<'a> From<&'a Conversation> for ConversationDto<'a> {
             owner: conversation.owner.to_string(),
             title: Cow::Borrowed(conversation.title.as_str()),
             is_archived: conversation.is_archived,
+            current_node: conversation
+                .current_node
+                .as_ref()
+                .map(|id| Cow::Borrowed(id.as_str())),
             deleted_at: conversation.deleted_at,
             created_at: conversation.created_at,
             updated_at: conversation.updated_at,
@@ -271,6 +276,10 @@ impl TryFrom<ConversationDto<'_>> for Conversation {
             owner: dto.owner.parse::<UserId>()?,
             title: title(&dto.title)?,
             is_archived: dto.is_archived,
+            current_node: dto
+                .current_node
+                .map(|id| MessageId::parse(id.into_owned()))
+                .transpose()?,
             deleted_at: dto.deleted_at,
             created_at: dto.created_at,
             updated_at: dto.updated_at,
@@ -404,22 +413,22 @@ mod tests {
     fn entries_start_with_their_version_and_round_trip() {
         let value = page();
         let bytes = encode(&value).unwrap();
-        assert!(bytes.starts_with(b"{\"v\":2,\"value\":{\"conversation_list\":"));
+        assert!(bytes.starts_with(b"{\"v\":3,\"value\":{\"conversation_list\":"));
         assert_eq!(decode(&bytes).unwrap(), value);
     }
 
     #[test]
     fn failures_say_why_without_the_text() {
         let text = String::from_utf8(encode(&page()).unwrap()).unwrap();
-        let other = text.replacen("\"v\":2", "\"v\":1", 1);
+        let other = text.replacen("\"v\":3", "\"v\":2", 1);
         assert!(matches!(
             decode(other.as_bytes()),
-            Err(DecodeError::Version(1))
+            Err(DecodeError::Version(2))
         ));
-        let reshaped = r#"{"v":3,"entry":[]}"#;
+        let reshaped = r#"{"v":4,"entry":[]}"#;
         assert!(matches!(
             decode(reshaped.as_bytes()),
-            Err(DecodeError::Version(3))
+            Err(DecodeError::Version(4))
         ));
         let secret = text.replacen("\"ok\"", "[\"secret\"]", 1);
         let err = decode(secret.as_bytes()).unwrap_err();

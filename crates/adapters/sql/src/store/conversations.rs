@@ -85,6 +85,7 @@ impl ConversationStore for SqlStore {
             deleted_at: None,
             created_at: at,
             updated_at: at,
+            current_node: None,
         };
         let (owner, id) = (row.user_id.clone(), row.id.clone());
         self.db

@@ -13,6 +13,49 @@ use crate::connection::{AnyConnection, Bind, SqlText, on_backend};
 use crate::rows::{ConversationRow, MessageRow, micros, preview};
 use crate::schema::{conversations, messages};
 
+/// [`touch_conversation`], and its current branch now ends at `node`.
+fn touch_and_move(
+    conn: &mut AnyConnection,
+    conversation: &str,
+    preview: Option<&str>,
+    node: &str,
+    at: i64,
+) -> Result<(), diesel::result::Error> {
+    let changed = match preview {
+        Some(text) => on_backend!(conn, |c| SqlText::new(
+            &[
+                "UPDATE conversations SET updated_at = ",
+                ", last_message = ",
+                ", current_node = ",
+                " WHERE id = ",
+                " AND deleted_at IS NULL",
+            ],
+            vec![
+                Bind::BigInt(at),
+                Bind::Text(text),
+                Bind::Text(node),
+                Bind::Text(conversation),
+            ],
+        )
+        .execute(c))?,
+        None => on_backend!(conn, |c| SqlText::new(
+            &[
+                "UPDATE conversations SET updated_at = ",
+                ", current_node = ",
+                " WHERE id = ",
+                " AND deleted_at IS NULL",
+            ],
+            vec![Bind::BigInt(at), Bind::Text(node), Bind::Text(conversation)],
+        )
+        .execute(c))?,
+    };
+    if changed == 0 {
+        Err(diesel::result::Error::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
 /// Marks the conversation as changed at `at` (and its preview, when the
 /// message has text). Taking this row lock first also serialises inserts
 /// into one conversation, so positions are assigned without a race.
@@ -50,6 +93,56 @@ fn touch_conversation(
     }
 }
 
+/// The branch that ends at `end`, read upwards through `parent_id` over the
+/// primary key: the ancestors of `end` (and `end` itself unless `skip` is
+/// 1), newest first, at most `take` of them.
+fn branch(
+    conn: &mut AnyConnection,
+    conversation: &str,
+    end: &str,
+    skip: i64,
+    take: i64,
+) -> Result<Vec<MessageRow>, diesel::result::Error> {
+    use diesel::sql_types::{BigInt, Text};
+    let deepest = skip.saturating_add(take).saturating_sub(1);
+    match conn {
+        AnyConnection::Postgres(c) => diesel::sql_query(BRANCH_POSTGRES)
+            .bind::<Text, _>(conversation)
+            .bind::<Text, _>(end)
+            .bind::<BigInt, _>(skip)
+            .bind::<BigInt, _>(deepest)
+            .load(c),
+        AnyConnection::Sqlite(c) => diesel::sql_query(BRANCH_SQLITE)
+            .bind::<Text, _>(conversation)
+            .bind::<Text, _>(end)
+            .bind::<BigInt, _>(skip)
+            .bind::<BigInt, _>(deepest)
+            .load(c),
+    }
+}
+
+/// [`branch`] on PostgreSQL: conversation, end, skip, deepest depth.
+pub(crate) const BRANCH_POSTGRES: &str = "WITH RECURSIVE branch (id, parent_id, depth) AS ( \
+    SELECT id, parent_id, 0 FROM messages WHERE conversation_id = $1 AND id = $2 \
+    UNION ALL \
+    SELECT m.id, m.parent_id, b.depth + 1 FROM branch b \
+    JOIN messages m ON m.conversation_id = $1 AND m.id = b.parent_id \
+    WHERE b.depth < $4) \
+    SELECT messages.* FROM branch \
+    JOIN messages ON messages.conversation_id = $1 AND messages.id = branch.id \
+    WHERE branch.depth >= $3 ORDER BY branch.depth";
+
+/// [`BRANCH_POSTGRES`] on SQLite.
+const BRANCH_SQLITE: &str = "WITH RECURSIVE branch (id, parent_id, depth) AS ( \
+    SELECT id, parent_id, 0 FROM messages WHERE conversation_id = ?1 AND id = ?2 \
+    UNION ALL \
+    SELECT m.id, m.parent_id, b.depth + 1 FROM branch b \
+    JOIN messages m ON m.conversation_id = ?1 AND m.id = b.parent_id \
+    WHERE b.depth < ?4) \
+    SELECT messages.* FROM branch \
+    JOIN messages ON messages.conversation_id = ?1 AND messages.id = branch.id \
+    WHERE branch.depth >= ?3 ORDER BY branch.depth";
+
 #[async_trait]
 impl MessageStore for SqlStore {
     async fn insert(&self, message: &Message) -> Result<(), DomainError> {
@@ -57,7 +150,13 @@ impl MessageStore for SqlStore {
         let text = preview(&message.content);
         self.db
             .write(move |conn| {
-                touch_conversation(conn, &row.conversation_id, text.as_deref(), row.updated_at)?;
+                touch_and_move(
+                    conn,
+                    &row.conversation_id,
+                    text.as_deref(),
+                    &row.id,
+                    row.updated_at,
+                )?;
                 let last: Option<i64> = messages::table
                     .filter(messages::conversation_id.eq(&row.conversation_id))
                     .select(diesel::dsl::max(messages::position))
@@ -84,10 +183,11 @@ impl MessageStore for SqlStore {
         self.db
             .write(move |conn| {
                 let [first, second] = &mut rows;
-                touch_conversation(
+                touch_and_move(
                     conn,
                     &first.conversation_id,
                     text.as_deref(),
+                    &second.id,
                     second.updated_at,
                 )?;
                 let last: Option<i64> = on_backend!(conn, |c| messages::table
@@ -126,6 +226,7 @@ impl MessageStore for SqlStore {
             deleted_at: None,
             created_at: micros(conversation.created_at),
             updated_at: second.updated_at,
+            current_node: Some(second.id.clone()),
         };
         // The rows are known whole: three inserts, no reads.
         self.db
@@ -204,22 +305,30 @@ impl MessageStore for SqlStore {
         let mut rows: Vec<MessageRow> = self
             .db
             .read(move |conn| {
-                let end = match before {
-                    Some(id) => Some(on_backend!(conn, |c| messages::table
-                        .filter(messages::conversation_id.eq(&conversation))
-                        .filter(messages::id.eq(&id))
-                        .select(messages::position)
-                        .first::<i64>(c))?),
-                    None => None,
+                // The branch's end: the conversation's current node, or the
+                // message `before` (then itself skipped).
+                let (end, skip) = match before {
+                    Some(id) => {
+                        let found = on_backend!(conn, |c| messages::table
+                            .filter(messages::conversation_id.eq(&conversation))
+                            .filter(messages::id.eq(&id))
+                            .select(messages::id)
+                            .first::<String>(c))?;
+                        (Some(found), 1)
+                    }
+                    None => {
+                        let current = on_backend!(conn, |c| conversations::table
+                            .filter(conversations::id.eq(&conversation))
+                            .select(conversations::current_node)
+                            .first::<Option<String>>(c)
+                            .optional())?;
+                        (current.flatten(), 0)
+                    }
                 };
-                // Newest first over `messages_position_key`, then turned.
-                on_backend!(conn, |c| messages::table
-                    .filter(messages::conversation_id.eq(&conversation))
-                    .filter(messages::position.lt(end.unwrap_or(i64::MAX)))
-                    .order(messages::position.desc())
-                    .limit(take)
-                    .select(MessageRow::as_select())
-                    .load(c))
+                let Some(end) = end else {
+                    return Ok(Vec::new());
+                };
+                branch(conn, &conversation, &end, skip, take)
             })
             .await?;
         let has_more = rows.len() > limit;

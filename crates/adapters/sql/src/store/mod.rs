@@ -1,7 +1,7 @@
 //! [`SqlStore`]: the pool, and the port implementations over it.
 
 mod conversations;
-mod messages;
+pub(crate) mod messages;
 mod refresh_tokens;
 mod users;
 
