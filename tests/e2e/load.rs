@@ -22,11 +22,12 @@ use confab_domain::{ConversationId, MessageRole, NewConversation, OffsetDateTime
 use confab_e2e::fake_llm::FakeLlm;
 use confab_e2e::load::{burst, burst_into, burst_vars, paced_llm};
 use confab_e2e::{
-    TestApp, finished_message, redis_url, spawn_app_with, spawn_app_with_redis, spawn_process,
+    TestApp, all_messages, append, finished_message, redis_url, spawn_app_with,
+    spawn_app_with_redis, spawn_process,
 };
 use confab_ports::ConversationStore;
-use confab_sql::Backend;
 use confab_sql::testing::TestDatabase;
+use confab_sql::{Backend, SqlStore};
 use tokio::sync::Mutex;
 
 /// Taken by every burst: one runs at a time.
@@ -42,6 +43,8 @@ on_both_backends!(
     a_hundred_sends_at_once_with_redis_all_complete,
     a_hundred_sends_into_long_conversations_all_complete,
     a_hundred_sends_into_long_conversations_with_redis_all_complete,
+    a_hundred_sends_onto_switched_branches_all_complete,
+    a_hundred_sends_onto_switched_branches_with_redis_all_complete,
 );
 
 /// One server in process, with or without Redis, wired to a paced model
@@ -156,6 +159,119 @@ async fn a_hundred_sends_into_long_conversations_all_complete(backend: Backend) 
 
 async fn a_hundred_sends_into_long_conversations_with_redis_all_complete(backend: Backend) {
     into_long_conversations(backend, true).await;
+}
+
+/// `n` conversations of the caller of `token`, each a line of two
+/// exchanges stored directly, switched back to its first answer through
+/// `PATCH` on `switcher` (all at once); their ids.
+async fn switched_conversations(switcher: &TestApp, token: &str, n: usize) -> Vec<ConversationId> {
+    let me: serde_json::Value = switcher
+        .get_auth("/api/v1/users/me", token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let owner: UserId = me["id"].as_str().unwrap().parse().unwrap();
+    let store = switcher.db.store().await;
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let now = OffsetDateTime::now_utc();
+        let id = ConversationId::generate();
+        let new = NewConversation {
+            id,
+            owner,
+            title: Title::parse("Branches").unwrap(),
+            created_at: now,
+        };
+        ConversationStore::create(&store, new).await.unwrap();
+        for (mid, role, text) in [
+            ("u1", MessageRole::User, "the first question"),
+            ("a1", MessageRole::Assistant, "the first answer"),
+            ("u2", MessageRole::User, "the abandoned question"),
+            ("a2", MessageRole::Assistant, "the abandoned answer"),
+        ] {
+            append(&store, finished_message(id, mid, role, text.to_owned())).await;
+        }
+        ids.push(id);
+    }
+    let body = serde_json::json!({"current_node": "a1"});
+    let switches = ids.iter().map(|id| {
+        let (path, body) = (format!("/api/v1/conversations/{id}"), &body);
+        async move {
+            switcher
+                .call(reqwest::Method::PATCH, &path, token, Some(body))
+                .await
+        }
+    });
+    for res in futures_util::future::join_all(switches).await {
+        assert_eq!(res.status(), 200, "a branch switch");
+    }
+    ids
+}
+
+/// After a burst onto switched branches: every prompt was the switched-to
+/// branch alone, and every conversation's history is that branch and the
+/// new exchange.
+async fn assert_on_the_switched_branch(llm: &FakeLlm, store: &SqlStore, ids: &[ConversationId]) {
+    let asked = llm.requests();
+    assert_eq!(asked.len(), ids.len());
+    for request in &asked {
+        let text = request["messages"].to_string();
+        assert!(text.contains("the first answer"), "{text}");
+        assert!(
+            !text.contains("abandoned"),
+            "another branch was sent: {text}"
+        );
+    }
+    for id in ids {
+        let branch: Vec<String> = all_messages(store, *id)
+            .await
+            .iter()
+            .map(|m| m.id.to_string())
+            .collect();
+        assert_eq!(branch.len(), 4, "{branch:?}");
+        assert_eq!(branch[..2], ["u1", "a1"]);
+        assert!(!branch.contains(&"u2".to_owned()), "{branch:?}");
+    }
+}
+
+/// 100 sends at once, each into a conversation just switched back to an
+/// earlier answer, to one server in process, with or without Redis: every
+/// answer completes on the branch it was switched to.
+async fn onto_switched_branches(backend: Backend, redis: bool) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (llm, app, token) = burst_app(backend, redis).await;
+    let ids = switched_conversations(&app, &token, 100).await;
+    let sends = burst_into(&[&app], &token, &ids, CAP_100).await;
+    let what = format!("100 sends onto switched branches, {backend:?}, Redis: {redis}");
+    let store = app.db.store().await;
+    sends.assert_all_complete(&what, &store).await;
+    assert_on_the_switched_branch(&llm, &store, &ids).await;
+}
+
+async fn a_hundred_sends_onto_switched_branches_all_complete(backend: Backend) {
+    onto_switched_branches(backend, false).await;
+}
+
+async fn a_hundred_sends_onto_switched_branches_with_redis_all_complete(backend: Backend) {
+    onto_switched_branches(backend, true).await;
+}
+
+/// 100 sends at once to instance A of two on PostgreSQL + Redis, into
+/// conversations switched back to an earlier answer through instance B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_hundred_sends_onto_branches_switched_on_the_other_instance_all_complete() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let llm = paced_llm();
+    let (a, b) = two_instances(TestDatabase::postgres(), &llm).await;
+    let token = a.user("ada").await;
+    let ids = switched_conversations(&b, &token, 100).await;
+    let sends = burst_into(&[&a], &token, &ids, CAP_100).await;
+    let store = a.db.store().await;
+    sends
+        .assert_all_complete("100 sends onto branches switched on B, to A", &store)
+        .await;
+    assert_on_the_switched_branch(&llm, &store, &ids).await;
 }
 
 /// Instances A and B (`confab serve` processes) of one service on `db`,

@@ -47,3 +47,4 @@ mod redis;
 mod redis_outage;
 mod register;
 mod stream;
+mod tree;

@@ -567,7 +567,8 @@ pub async fn error_body(res: reqwest::Response, status: u16, code: &str) -> serd
     error
 }
 
-/// Every message of `conversation` in `store`, oldest first.
+/// The messages of `conversation`'s current branch in `store`, oldest
+/// first (every message, for a conversation that never branched).
 ///
 /// # Panics
 /// When the store fails.

@@ -874,7 +874,7 @@ async fn a_rename_during_the_answer_wins_over_the_generated_title() {
     let id = started.conversation.id;
     let patch = confab_domain::ConversationPatch {
         title: Some(Title::parse("My name").unwrap()),
-        is_archived: None,
+        ..Default::default()
     };
     h.conversations.update(&quinn, id, patch).await.unwrap();
     h.conversations.stop(&quinn, id).await.unwrap();
@@ -1107,7 +1107,7 @@ async fn a_read_hands_back_what_is_kept_for_its_entry_and_only_to_the_owner() {
     // A rename renames both entries: what was kept is not found again.
     let patch = confab_domain::ConversationPatch {
         title: Some(Title::parse("Renamed").unwrap()),
-        is_archived: None,
+        ..Default::default()
     };
     h.conversations.update(&ann, id, patch).await.unwrap();
     let relisted = fetched(list(&ann).await);

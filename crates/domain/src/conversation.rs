@@ -97,13 +97,16 @@ pub struct ConversationPatch {
     pub title: Option<Title>,
     /// New archived flag.
     pub is_archived: Option<bool>,
+    /// The message the current branch now ends at (switching branch): one
+    /// of the conversation's messages.
+    pub current_node: Option<MessageId>,
 }
 
 impl ConversationPatch {
     /// True when the patch changes nothing.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.title.is_none() && self.is_archived.is_none()
+        self.title.is_none() && self.is_archived.is_none() && self.current_node.is_none()
     }
 }
 

@@ -24,6 +24,8 @@ pub enum Field {
     Offset,
     /// The message a page of a history ends before.
     Before,
+    /// The message a conversation's current branch ends at.
+    CurrentNode,
     /// The order of a list.
     Order,
     /// A search query.

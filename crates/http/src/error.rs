@@ -294,6 +294,7 @@ pub(crate) const fn field_name(field: Field) -> &'static str {
         Field::Limit => "limit",
         Field::Offset => "offset",
         Field::Before => "before",
+        Field::CurrentNode => "current_node",
         Field::Order => "order",
         Field::Query => "q",
         Field::UserId => "user_id",

@@ -202,6 +202,15 @@ pub(crate) fn before() -> Object {
         .build()
 }
 
+/// The message a conversation's current branch is to end at.
+pub(crate) fn current_node() -> Object {
+    message_id_builder()
+        .description(Some(
+            "Switch branch: the message of this conversation the current branch is to end at.",
+        ))
+        .build()
+}
+
 /// A conversation list's `order` ([`ListOrder::parse`]).
 pub(crate) fn order() -> Object {
     ObjectBuilder::new()

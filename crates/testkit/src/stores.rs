@@ -332,6 +332,9 @@ impl ConversationStore for MemoryStore {
         if let Some(archived) = patch.is_archived {
             c.is_archived = archived;
         }
+        if let Some(node) = patch.current_node {
+            c.current_node = Some(node);
+        }
         c.updated_at = at;
         Ok(c.clone())
     }

@@ -11,8 +11,9 @@ use confab_sql::SqlStore;
 use super::{Burst, full_answer, tally};
 
 impl Burst {
-    /// Checks the database: one conversation per send, and in each an
-    /// assistant message `finished_successfully` with the whole text.
+    /// Checks the database: one conversation per send, and in each the
+    /// newest assistant message of its current branch
+    /// `finished_successfully` with the whole text.
     /// Every conversation is looked at, those of streams that never named
     /// theirs too (the database holds this burst's user alone). Returns
     /// how many are saved whole and `"100/100 saved whole; …"`.
@@ -34,7 +35,10 @@ impl Burst {
                     continue;
                 }
             };
-            let answer = messages.iter().find(|m| m.role == MessageRole::Assistant);
+            let answer = messages
+                .iter()
+                .rev()
+                .find(|m| m.role == MessageRole::Assistant);
             match answer {
                 None => problems.push("no assistant message".to_owned()),
                 Some(m) if m.status != MessageStatus::FinishedSuccessfully => {

@@ -420,7 +420,7 @@ async fn patch_renames_and_archives(backend: Backend) {
     let later = t0 + Duration::from_secs(5);
     let patch = ConversationPatch {
         title: Some(Title::parse("after").unwrap()),
-        is_archived: None,
+        ..ConversationPatch::default()
     };
     let c = f.store.update(jo.id, id, patch, later).await.unwrap();
     assert_eq!(c.title.as_str(), "after");
@@ -432,8 +432,8 @@ async fn patch_renames_and_archives(backend: Backend) {
             jo.id,
             id,
             ConversationPatch {
-                title: None,
                 is_archived: Some(true),
+                ..ConversationPatch::default()
             },
             later,
         )
@@ -441,6 +441,32 @@ async fn patch_renames_and_archives(backend: Backend) {
         .unwrap();
     assert_eq!(c.title.as_str(), "after");
     assert!(c.is_archived);
+
+    // Switching branch: the history then ends at the node named.
+    let question = message(id, "u1", MessageRole::User, "q");
+    let answer = under(message(id, "a1", MessageRole::Assistant, "a"), &question);
+    f.store.insert_exchange(&question, &answer).await.unwrap();
+    let c = f
+        .store
+        .update(
+            jo.id,
+            id,
+            ConversationPatch {
+                current_node: Some(question.id.clone()),
+                ..ConversationPatch::default()
+            },
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.current_node, Some(question.id.clone()));
+    assert!(c.is_archived, "the other fields are left as they were");
+    let ids: Vec<MessageId> = all_messages(&f.store, id)
+        .await
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(ids, [question.id]);
 }
 
 async fn soft_deleted_conversation_is_gone_everywhere(backend: Backend) {

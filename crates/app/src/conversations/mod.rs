@@ -544,11 +544,14 @@ impl Conversations {
         Ok((conversation, question, answer))
     }
 
-    /// Renames and/or archives one of the caller's conversations.
+    /// Renames, archives and/or switches the branch of one of the caller's
+    /// conversations (its current node: any of its messages; the history
+    /// and the next send's prompt follow the branch that ends there).
     ///
     /// # Errors
     /// [`AppError::Validation`] for an empty patch; [`AppError::NotFound`]
-    /// as for [`Conversations::get`].
+    /// as for [`Conversations::get`]; [`AppError::Missing`] on
+    /// `current_node` when it is no message of the conversation.
     pub async fn update(
         &self,
         caller: &AccessClaims,
@@ -556,6 +559,21 @@ impl Conversations {
         patch: ConversationPatch,
     ) -> Result<Conversation, AppError> {
         Self::check_patch(&patch)?;
+        if let Some(node) = &patch.current_node {
+            // Ownership first: a foreign conversation is a plain 404. A
+            // message, once stored, is never removed on its own, so it is
+            // still there when the update lands.
+            self.inner
+                .ports
+                .conversations
+                .get(caller.user_id, id)
+                .await?;
+            if self.inner.ports.messages.find(id, node).await?.is_none() {
+                return Err(AppError::Missing {
+                    field: Field::CurrentNode,
+                });
+            }
+        }
         let updated = self
             .inner
             .ports
@@ -576,7 +594,7 @@ impl Conversations {
         if patch.is_empty() {
             return Err(AppError::Validation {
                 field: Field::Title,
-                message: "give a title or is_archived to change".into(),
+                message: "give a title, is_archived or current_node to change".into(),
             });
         }
         Ok(())

@@ -137,6 +137,10 @@ pub(crate) struct ConversationBody<'a> {
     title: String,
     /// Whether it is archived.
     is_archived: bool,
+    /// The message its current branch ends at (`null` while it has none):
+    /// the page is the end of that branch, read upwards.
+    #[schema(value_type = Option<String>, required = true)]
+    current_node: Option<&'a str>,
     /// Creation (RFC 3339).
     created_at: String,
     /// Last change (RFC 3339).
@@ -153,11 +157,12 @@ pub(crate) struct ConversationBody<'a> {
 }
 
 impl<'a> ConversationBody<'a> {
-    pub(crate) fn of(c: &Conversation, page: &'a MessagePage) -> Result<Self, ApiError> {
+    pub(crate) fn of(c: &'a Conversation, page: &'a MessagePage) -> Result<Self, ApiError> {
         Ok(Self {
             conversation_id: c.id.to_string(),
             title: c.title.as_str().to_owned(),
             is_archived: c.is_archived,
+            current_node: c.current_node.as_ref().map(MessageId::as_str),
             created_at: rfc3339(c.created_at).map_err(AppError::from)?,
             updated_at: rfc3339(c.updated_at).map_err(AppError::from)?,
             messages: page
@@ -181,6 +186,9 @@ pub(crate) struct ConversationMeta {
     title: String,
     /// Whether it is archived.
     is_archived: bool,
+    /// The message its current branch ends at (`null` while it has none).
+    #[schema(value_type = Option<String>, required = true)]
+    current_node: Option<String>,
     /// Creation (RFC 3339).
     created_at: String,
     /// Last change (RFC 3339).
@@ -200,6 +208,11 @@ pub(crate) struct ConversationPatchBody {
     #[serde(default, deserialize_with = "crate::extract::present")]
     #[schema(value_type = bool)]
     is_archived: Option<bool>,
+    /// Switch branch: the message the current branch is to end at (any
+    /// message of the conversation).
+    #[serde(default, deserialize_with = "crate::extract::present")]
+    #[schema(schema_with = crate::fields::current_node)]
+    current_node: Option<String>,
 }
 
 /// A strong validator of `body`: 128 bits of its SHA-256.
@@ -555,6 +568,15 @@ pub(crate) async fn update(
             .transpose()
             .map_err(AppError::from)?,
         is_archived: body.is_archived,
+        current_node: body
+            .current_node
+            .map(|id| {
+                MessageId::parse(id).map_err(|_| AppError::Validation {
+                    field: Field::CurrentNode,
+                    message: "must be a message id: 1 to 64 letters, digits, '_' or '-'".into(),
+                })
+            })
+            .transpose()?,
     };
     // The request is judged first, its precondition after.
     Conversations::check_patch(&patch)?;
@@ -564,6 +586,7 @@ pub(crate) async fn update(
         conversation_id: c.id.to_string(),
         title: c.title.as_str().to_owned(),
         is_archived: c.is_archived,
+        current_node: c.current_node.as_ref().map(|id| id.as_str().to_owned()),
         created_at: rfc3339(c.created_at).map_err(AppError::from)?,
         updated_at: rfc3339(c.updated_at).map_err(AppError::from)?,
     }))

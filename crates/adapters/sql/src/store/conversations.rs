@@ -56,6 +56,7 @@ fn listed<'a>(owner: &str, query: &ConversationQuery) -> Boxed<'a> {
 struct Changes {
     title: Option<String>,
     is_archived: Option<bool>,
+    current_node: Option<String>,
     updated_at: i64,
 }
 
@@ -153,6 +154,7 @@ impl ConversationStore for SqlStore {
         let changes = Changes {
             title: patch.title.map(|t| t.as_str().to_owned()),
             is_archived: patch.is_archived,
+            current_node: patch.current_node.map(|node| node.as_str().to_owned()),
             updated_at: micros(at),
         };
         self.db

@@ -1,0 +1,153 @@
+//! Conversations as trees (issue 15): the current node, switching branch,
+//! and a send continuing the branch it is switched to.
+
+use confab_e2e::chat::{SseReader, message_body, spawn_chat};
+use confab_e2e::error_body;
+use confab_e2e::fake_llm::FakeLlm;
+use confab_sql::Backend;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+on_both_backends!(
+    a_branch_switch_moves_the_history_and_the_next_prompt,
+    a_branch_switch_names_a_message_of_the_conversation,
+);
+
+/// The ids of a history page's messages, in order.
+fn ids(page: &Value) -> Vec<String> {
+    page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+/// Sends `text` into conversation `id` and reads its stream to the end.
+async fn send(app: &confab_e2e::TestApp, token: &str, id: &str, text: &str) {
+    let res = app
+        .send_message(
+            &format!("/api/v1/conversations/{id}/messages"),
+            token,
+            &message_body(text),
+        )
+        .await;
+    assert_eq!(res.status(), 200, "send {text}");
+    let events = SseReader::new(res).rest().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.data.contains("message_stream_complete")),
+        "{text}: the answer completed"
+    );
+}
+
+/// `PATCH` the conversation with `body`.
+async fn patch(
+    app: &confab_e2e::TestApp,
+    token: &str,
+    id: &str,
+    body: &Value,
+) -> reqwest::Response {
+    app.call(
+        Method::PATCH,
+        &format!("/api/v1/conversations/{id}"),
+        token,
+        Some(body),
+    )
+    .await
+}
+
+/// The user texts of the last prompt the model was sent.
+fn last_prompt(llm: &FakeLlm) -> Vec<String> {
+    let requests = llm.requests();
+    let last = requests.last().expect("a chat request");
+    last["messages"]
+        .as_array()
+        .expect("prompt messages")
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+async fn a_branch_switch_moves_the_history_and_the_next_prompt(backend: Backend) {
+    let llm = FakeLlm::start();
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("brancher").await;
+    let (id, _) = app.chat(&token, "first question").await;
+    send(&app, &token, &id, "second question").await;
+    let line = app.conversation(&token, &id).await;
+    let first = ids(&line);
+    assert_eq!(first.len(), 4);
+    assert_eq!(line["current_node"], json!(first[3]), "the newest answer");
+
+    // Back to the first answer: the history ends there.
+    let res = patch(&app, &token, &id, &json!({"current_node": first[1]})).await;
+    assert_eq!(res.status(), 200);
+    let meta: Value = res.json().await.unwrap();
+    assert_eq!(meta["current_node"], json!(first[1]));
+    let switched = app.conversation(&token, &id).await;
+    assert_eq!(ids(&switched), first[..2]);
+    assert_eq!(switched["current_node"], json!(first[1]));
+
+    // A send goes on from there: its prompt is that branch alone.
+    send(&app, &token, &id, "another second question").await;
+    assert_eq!(
+        last_prompt(&llm),
+        ["first question", "another second question"],
+        "never the other branch"
+    );
+    let fork = app.conversation(&token, &id).await;
+    let forked = ids(&fork);
+    assert_eq!(forked.len(), 4);
+    assert_eq!(forked[..2], first[..2]);
+    assert!(!forked.contains(&first[2]) && !forked.contains(&first[3]));
+    assert_eq!(fork["current_node"], json!(forked[3]));
+
+    // And back to the older branch, which is whole.
+    let res = patch(&app, &token, &id, &json!({"current_node": first[3]})).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(ids(&app.conversation(&token, &id).await), first);
+    // The backend-api detail is the same read.
+    let res = app
+        .get_auth(&format!("/backend-api/conversation/{id}"), &token)
+        .await;
+    let seed: Value = res.json().await.unwrap();
+    assert_eq!(ids(&seed), first);
+    assert_eq!(seed["current_node"], json!(first[3]));
+}
+
+async fn a_branch_switch_names_a_message_of_the_conversation(backend: Backend) {
+    let llm = FakeLlm::start();
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("switcher").await;
+    let (id, _) = app.chat(&token, "mine").await;
+    let (other, _) = app.chat(&token, "my other one").await;
+    let other_ids = ids(&app.conversation(&token, &other).await);
+    let before = app.conversation(&token, &id).await;
+
+    // A message of another conversation, or of none: 404 naming the field.
+    for node in [other_ids[1].as_str(), "no_such_message"] {
+        let res = patch(&app, &token, &id, &json!({"current_node": node})).await;
+        let body = error_body(res, 404, "NOT_FOUND").await;
+        assert_eq!(body["field"], "current_node", "{node}");
+    }
+    // Not a message id: 422; null: 400.
+    let res = patch(&app, &token, &id, &json!({"current_node": "not an id!"})).await;
+    let body = error_body(res, 422, "VALIDATION_ERROR").await;
+    assert_eq!(body["field"], "current_node");
+    let res = patch(&app, &token, &id, &json!({"current_node": null})).await;
+    assert_eq!(res.status(), 400);
+
+    // Another user's conversation, with its own message: a plain 404.
+    let mallory = app.user("mallory").await;
+    let mine = ids(&before);
+    let res = patch(&app, &mallory, &id, &json!({"current_node": mine[0]})).await;
+    let body = error_body(res, 404, "NOT_FOUND").await;
+    assert_eq!(body.get("field"), None, "nothing said about the message");
+
+    let after = app.conversation(&token, &id).await;
+    assert_eq!(ids(&after), mine, "nothing moved");
+    assert_eq!(after["current_node"], before["current_node"]);
+}
