@@ -85,16 +85,21 @@ async fn a_hundred_sends_at_once_with_redis_all_complete(backend: Backend) {
 /// more than a page of history and more than the prompt budget.
 const LONG: usize = 150;
 
-/// `n` conversations of the caller of `token`, each with [`LONG`] user
-/// messages stored directly (as a long life of sends would have left).
-async fn long_conversations(app: &TestApp, token: &str, n: usize) -> Vec<ConversationId> {
+/// The id of the user of `token`.
+async fn owner_of(app: &TestApp, token: &str) -> UserId {
     let me: serde_json::Value = app
         .get_auth("/api/v1/users/me", token)
         .await
         .json()
         .await
         .unwrap();
-    let owner: UserId = me["id"].as_str().unwrap().parse().unwrap();
+    me["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// `n` conversations of the caller of `token`, each with [`LONG`] user
+/// messages stored directly (as a long life of sends would have left).
+async fn long_conversations(app: &TestApp, token: &str, n: usize) -> Vec<ConversationId> {
+    let owner = owner_of(app, token).await;
     let store = app.db.store().await;
     let seeds: Vec<_> = (0..n)
         .map(|_| {
@@ -165,13 +170,7 @@ async fn a_hundred_sends_into_long_conversations_with_redis_all_complete(backend
 /// exchanges stored directly, switched back to its first answer through
 /// `PATCH` on `switcher` (all at once); their ids.
 async fn switched_conversations(switcher: &TestApp, token: &str, n: usize) -> Vec<ConversationId> {
-    let me: serde_json::Value = switcher
-        .get_auth("/api/v1/users/me", token)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let owner: UserId = me["id"].as_str().unwrap().parse().unwrap();
+    let owner = owner_of(switcher, token).await;
     let store = switcher.db.store().await;
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
