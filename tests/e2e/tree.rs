@@ -24,7 +24,12 @@ fn ids(page: &Value) -> Vec<String> {
 }
 
 /// Sends `text` into conversation `id` and reads its stream to the end.
-async fn send(app: &confab_e2e::TestApp, token: &str, id: &str, text: &str) {
+async fn send(
+    app: &confab_e2e::TestApp,
+    token: &str,
+    id: &str,
+    text: &str,
+) -> Vec<confab_e2e::chat::SseEvent> {
     let res = app
         .send_message(
             &format!("/api/v1/conversations/{id}/messages"),
@@ -40,6 +45,7 @@ async fn send(app: &confab_e2e::TestApp, token: &str, id: &str, text: &str) {
             .any(|e| e.data.contains("message_stream_complete")),
         "{text}: the answer completed"
     );
+    events
 }
 
 /// `PATCH` the conversation with `body`.
@@ -92,7 +98,7 @@ async fn a_branch_switch_moves_the_history_and_the_next_prompt(backend: Backend)
     assert_eq!(switched["current_node"], json!(first[1]));
 
     // A send goes on from there: its prompt is that branch alone.
-    send(&app, &token, &id, "another second question").await;
+    let forked_events = send(&app, &token, &id, "another second question").await;
     assert_eq!(
         last_prompt(&llm),
         ["first question", "another second question"],
@@ -104,6 +110,40 @@ async fn a_branch_switch_moves_the_history_and_the_next_prompt(backend: Backend)
     assert_eq!(forked[..2], first[..2]);
     assert!(!forked.contains(&first[2]) && !forked.contains(&first[3]));
     assert_eq!(fork["current_node"], json!(forked[3]));
+
+    // An id from the branch left behind is still taken (409), before the
+    // newest answer's stream is touched: it still replays whole.
+    let reused = json!({"messages": [{"id": first[2], "role": "user",
+        "content": {"content_type": "text", "parts": ["again?"]}}]});
+    let res = app
+        .send_message(
+            &format!("/api/v1/conversations/{id}/messages"),
+            &token,
+            &reused,
+        )
+        .await;
+    let body = error_body(res, 409, "CONFLICT").await;
+    assert_eq!(body["field"], "messages[0].id");
+    assert_eq!(ids(&app.conversation(&token, &id).await), forked);
+    let resume_token = forked_events[1].json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .resume_stream(
+            &format!("/api/v1/conversations/{id}/stream"),
+            &token,
+            &resume_token,
+            None,
+        )
+        .await;
+    assert_eq!(
+        res.status(),
+        200,
+        "the newest answer's stream is still there"
+    );
+    let replayed = SseReader::new(res).rest().await;
+    assert_eq!(replayed.last().map(|e| e.data.as_str()), Some("[DONE]"));
 
     // And back to the older branch, which is whole.
     let res = patch(&app, &token, &id, &json!({"current_node": first[3]})).await;

@@ -74,37 +74,32 @@ fn invalid(field: Field, message: &'static str) -> AppError {
 }
 
 impl Inner {
-    /// The newest messages of `conversation`, oldest first, read
-    /// backwards until their text exceeds the prompt budget or the
-    /// conversation starts, so a send never loads a long history whole.
+    /// The newest messages of `conversation`'s current branch, oldest
+    /// first, read backwards until their text exceeds the prompt budget or
+    /// the branch starts, so a send never loads a long history whole.
     ///
     /// # Errors
     /// [`AppError::Conflict`] on `message_id` when the conversation
-    /// already has a message with that id.
+    /// already has a message with that id, on any branch (looked up by id
+    /// beside the history read: the other branches are not read).
     async fn prompt_history(
         &self,
         conversation: ConversationId,
         message_id: &MessageId,
     ) -> Result<Vec<Message>, AppError> {
         let chars = |m: &Message| m.content.parts().iter().map(|p| p.chars().count()).sum();
-        let history = self
-            .read_back(
+        let (history, taken) = tokio::join!(
+            self.read_back(
                 conversation,
                 None,
                 usize::MAX,
                 chars,
                 self.rules.prompt_budget_chars,
-            )
-            .await?;
-        let taken = history.messages.iter().any(|m| &m.id == message_id)
-            || (history.has_more
-                && self
-                    .ports
-                    .messages
-                    .find(conversation, message_id)
-                    .await?
-                    .is_some());
-        if taken {
+            ),
+            self.ports.messages.find(conversation, message_id),
+        );
+        let history = history?;
+        if taken?.is_some() {
             return Err(AppError::Conflict {
                 field: Field::MessageId,
             });
