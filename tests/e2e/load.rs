@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use confab_domain::{ConversationId, MessageRole, NewConversation, OffsetDateTime, Title, UserId};
 use confab_e2e::fake_llm::FakeLlm;
-use confab_e2e::load::{burst, burst_into, burst_vars, paced_llm};
+use confab_e2e::load::{burst, burst_into, burst_under, burst_vars, paced_llm};
 use confab_e2e::{
     TestApp, all_messages, append, finished_message, redis_url, spawn_app_with,
     spawn_app_with_redis, spawn_process,
@@ -45,6 +45,8 @@ on_both_backends!(
     a_hundred_sends_into_long_conversations_with_redis_all_complete,
     a_hundred_sends_onto_switched_branches_all_complete,
     a_hundred_sends_onto_switched_branches_with_redis_all_complete,
+    a_hundred_edits_at_once_all_complete,
+    a_hundred_edits_at_once_with_redis_all_complete,
 );
 
 /// One server in process, with or without Redis, wired to a paced model
@@ -167,11 +169,10 @@ async fn a_hundred_sends_into_long_conversations_with_redis_all_complete(backend
 }
 
 /// `n` conversations of the caller of `token`, each a line of two
-/// exchanges stored directly, switched back to its first answer through
-/// `PATCH` on `switcher` (all at once); their ids.
-async fn switched_conversations(switcher: &TestApp, token: &str, n: usize) -> Vec<ConversationId> {
-    let owner = owner_of(switcher, token).await;
-    let store = switcher.db.store().await;
+/// exchanges (`u1`, `a1`, `u2`, `a2`) stored directly; their ids.
+async fn two_exchange_lines(app: &TestApp, token: &str, n: usize) -> Vec<ConversationId> {
+    let owner = owner_of(app, token).await;
+    let store = app.db.store().await;
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
         let now = OffsetDateTime::now_utc();
@@ -193,6 +194,13 @@ async fn switched_conversations(switcher: &TestApp, token: &str, n: usize) -> Ve
         }
         ids.push(id);
     }
+    ids
+}
+
+/// [`two_exchange_lines`] on `switcher`'s database, each switched back to
+/// its first answer through `PATCH` on `switcher` (all at once).
+async fn switched_conversations(switcher: &TestApp, token: &str, n: usize) -> Vec<ConversationId> {
+    let ids = two_exchange_lines(switcher, token, n).await;
     let body = serde_json::json!({"current_node": "a1"});
     let switches = ids.iter().map(|id| {
         let (path, body) = (format!("/api/v1/conversations/{id}"), &body);
@@ -246,6 +254,30 @@ async fn onto_switched_branches(backend: Backend, redis: bool) {
     let store = app.db.store().await;
     sends.assert_all_complete(&what, &store).await;
     assert_on_the_switched_branch(&llm, &store, &ids).await;
+}
+
+/// 100 edits at once (each a send naming `parent_message_id`: the first
+/// answer of a line of two exchanges), to one server in process, with or
+/// without Redis: every answer completes on the new branch.
+async fn edits_at_once(backend: Backend, redis: bool) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (llm, app, token) = burst_app(backend, redis).await;
+    let ids = two_exchange_lines(&app, &token, 100).await;
+    let under: Vec<(ConversationId, String)> =
+        ids.iter().map(|id| (*id, "a1".to_owned())).collect();
+    let sends = burst_under(&[&app], &token, &under, CAP_100).await;
+    let what = format!("100 edits at once, {backend:?}, Redis: {redis}");
+    let store = app.db.store().await;
+    sends.assert_all_complete(&what, &store).await;
+    assert_on_the_switched_branch(&llm, &store, &ids).await;
+}
+
+async fn a_hundred_edits_at_once_all_complete(backend: Backend) {
+    edits_at_once(backend, false).await;
+}
+
+async fn a_hundred_edits_at_once_with_redis_all_complete(backend: Backend) {
+    edits_at_once(backend, true).await;
 }
 
 async fn a_hundred_sends_onto_switched_branches_all_complete(backend: Backend) {

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 on_both_backends!(
     a_branch_switch_moves_the_history_and_the_next_prompt,
     a_branch_switch_names_a_message_of_the_conversation,
+    an_edit_is_a_new_question_under_the_edited_ones_parent,
 );
 
 /// The ids of a history page's messages, in order.
@@ -190,4 +191,83 @@ async fn a_branch_switch_names_a_message_of_the_conversation(backend: Backend) {
     let after = app.conversation(&token, &id).await;
     assert_eq!(ids(&after), mine, "nothing moved");
     assert_eq!(after["current_node"], before["current_node"]);
+}
+
+/// A message with `text` following `parent`.
+fn under(parent: &str, text: &str) -> Value {
+    json!({"parent_message_id": parent, "messages": [{"role": "user",
+        "content": {"content_type": "text", "parts": [text]}}]})
+}
+
+async fn an_edit_is_a_new_question_under_the_edited_ones_parent(backend: Backend) {
+    let llm = FakeLlm::start();
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("editor").await;
+    let (id, _) = app.chat(&token, "first question").await;
+    send(&app, &token, &id, "second question").await;
+    let line = ids(&app.conversation(&token, &id).await);
+    let path = format!("/api/v1/conversations/{id}/messages");
+
+    // Editing the second question: a new one under the first answer.
+    let res = app
+        .send_message(&path, &token, &under(&line[1], "second question, edited"))
+        .await;
+    assert_eq!(res.status(), 200);
+    let events = SseReader::new(res).rest().await;
+    let input = events
+        .iter()
+        .map(confab_e2e::chat::SseEvent::json)
+        .find(|e| e["type"] == "input_message")
+        .expect("an input_message event");
+    assert_eq!(
+        input["input_message"]["metadata"]["parent_id"],
+        json!(line[1]),
+        "the stream names the new parent"
+    );
+    assert_eq!(
+        last_prompt(&llm),
+        ["first question", "second question, edited"]
+    );
+    let edited = app.conversation(&token, &id).await;
+    let branch = ids(&edited);
+    assert_eq!(branch.len(), 4);
+    assert_eq!(branch[..2], line[..2]);
+    assert_ne!(branch[2], line[2]);
+    assert_eq!(edited["current_node"], json!(branch[3]));
+    // The edited question is still there, on its own branch.
+    let res = patch(&app, &token, &id, &json!({"current_node": line[3]})).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(ids(&app.conversation(&token, &id).await), line);
+
+    // A parent from another conversation, or none at all: 404 naming it;
+    // on a new conversation too. Not an id: 422.
+    let (other, _) = app.chat(&token, "elsewhere").await;
+    let foreign = ids(&app.conversation(&token, &other).await);
+    for parent in [foreign[1].as_str(), "no_such_message"] {
+        let res = app.send_message(&path, &token, &under(parent, "q")).await;
+        let body = error_body(res, 404, "NOT_FOUND").await;
+        assert_eq!(body["field"], "parent_message_id", "{parent}");
+    }
+    let res = app
+        .send_message("/api/v1/conversations", &token, &under(&line[1], "q"))
+        .await;
+    let body = error_body(res, 404, "NOT_FOUND").await;
+    assert_eq!(body["field"], "parent_message_id");
+    let res = app
+        .send_message(&path, &token, &under("not an id!", "q"))
+        .await;
+    let body = error_body(res, 422, "VALIDATION_ERROR").await;
+    assert_eq!(body["field"], "parent_message_id");
+    // Another user's conversation: a plain 404, whatever the parent.
+    let mallory = app.user("mallory").await;
+    let res = app
+        .send_message(&path, &mallory, &under(&line[1], "q"))
+        .await;
+    let body = error_body(res, 404, "NOT_FOUND").await;
+    assert_eq!(body.get("field"), None);
+    assert_eq!(
+        ids(&app.conversation(&token, &id).await),
+        line,
+        "nothing stored"
+    );
 }

@@ -282,7 +282,13 @@ impl Burst {
 /// # Panics
 /// When `apps` is empty or a task panics.
 pub async fn burst(apps: &[&TestApp], token: &str, n: usize, cap: Duration) -> Burst {
-    burst_to(apps, token, n, cap, |_| "/api/v1/conversations".to_owned()).await
+    burst_to(apps, token, n, cap, |i| {
+        (
+            "/api/v1/conversations".to_owned(),
+            message_body(&format!("question {i}")),
+        )
+    })
+    .await
 }
 
 /// As [`burst`], the `i`-th send continuing `conversations[i]` (one send
@@ -297,18 +303,45 @@ pub async fn burst_into(
     cap: Duration,
 ) -> Burst {
     burst_to(apps, token, conversations.len(), cap, |i| {
-        format!("/api/v1/conversations/{}/messages", conversations[i])
+        (
+            format!("/api/v1/conversations/{}/messages", conversations[i]),
+            message_body(&format!("question {i}")),
+        )
     })
     .await
 }
 
-/// `n` sends at once, the `i`-th to `path(i)` on `apps[i % apps.len()]`.
+/// As [`burst_into`], the `i`-th send following the message
+/// `under[i].1` of conversation `under[i].0` (`parent_message_id`).
+///
+/// # Panics
+/// When `apps` is empty or a task panics.
+pub async fn burst_under(
+    apps: &[&TestApp],
+    token: &str,
+    under: &[(ConversationId, String)],
+    cap: Duration,
+) -> Burst {
+    burst_to(apps, token, under.len(), cap, |i| {
+        let (conversation, parent) = &under[i];
+        let mut body = message_body(&format!("question {i}"));
+        body["parent_message_id"] = serde_json::Value::String(parent.clone());
+        (
+            format!("/api/v1/conversations/{conversation}/messages"),
+            body,
+        )
+    })
+    .await
+}
+
+/// `n` sends at once, the `i`-th the body and to the path `request(i)`
+/// gives, on `apps[i % apps.len()]`.
 async fn burst_to(
     apps: &[&TestApp],
     token: &str,
     n: usize,
     cap: Duration,
-    path: impl Fn(usize) -> String,
+    request: impl Fn(usize) -> (String, serde_json::Value),
 ) -> Burst {
     assert!(!apps.is_empty(), "a burst needs a server");
     let (go, start) = tokio::sync::watch::channel(false);
@@ -317,12 +350,13 @@ async fn burst_to(
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let app = apps[i % apps.len()];
+            let (path, body) = request(i);
             let request = app
                 .client
-                .post(app.url(&path(i)))
+                .post(app.url(&path))
                 .bearer_auth(token)
                 .header("accept", "text/event-stream")
-                .json(&message_body(&format!("question {i}")));
+                .json(&body);
             let mut start = start.clone();
             tokio::spawn(async move {
                 let _ = start.wait_for(|go| *go).await;

@@ -42,6 +42,8 @@ pub enum Field {
     Id,
     /// The id of the message being sent.
     MessageId,
+    /// The message a sent message follows (its parent).
+    ParentMessageId,
     /// The role of the message being sent.
     MessageRole,
     /// A message's content type.

@@ -303,6 +303,7 @@ pub(crate) const fn field_name(field: Field) -> &'static str {
         Field::SessionId => "sid",
         Field::Id => "id",
         Field::MessageId => "messages[0].id",
+        Field::ParentMessageId => "parent_message_id",
         Field::ContentType => "messages[0].content.content_type",
         Field::ContentParts => "messages[0].content.parts",
         Field::MessageStatus => "status",

@@ -202,6 +202,15 @@ pub(crate) fn before() -> Object {
         .build()
 }
 
+/// The message a sent message follows.
+pub(crate) fn parent_message_id() -> Object {
+    message_id_builder()
+        .description(Some(
+            "The message of this conversation the sent one follows; absent: its current node.",
+        ))
+        .build()
+}
+
 /// The message a conversation's current branch is to end at.
 pub(crate) fn current_node() -> Object {
     message_id_builder()

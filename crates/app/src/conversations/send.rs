@@ -26,6 +26,10 @@ pub struct SendMessage {
     pub must_be_new: bool,
     /// The message's id; generated when absent.
     pub message_id: Option<String>,
+    /// The message it follows (any of the conversation's: an edit is a
+    /// new question under the edited one's parent); absent, the
+    /// conversation's current node.
+    pub parent_message_id: Option<String>,
     /// The message's text parts.
     pub parts: Vec<String>,
     /// The model to use: absent or `default` for the configured default.
@@ -74,37 +78,58 @@ fn invalid(field: Field, message: &'static str) -> AppError {
 }
 
 impl Inner {
-    /// The newest messages of `conversation`'s current branch, oldest
-    /// first, read backwards until their text exceeds the prompt budget or
-    /// the branch starts, so a send never loads a long history whole.
+    /// The newest messages of the branch of `conversation` that ends at
+    /// `parent` (of its current branch, when `None`), oldest first, read
+    /// backwards until their text exceeds the prompt budget or the branch
+    /// starts, so a send never loads a long history whole.
     ///
     /// # Errors
     /// [`AppError::Conflict`] on `message_id` when the conversation
     /// already has a message with that id, on any branch (looked up by id
-    /// beside the history read: the other branches are not read).
+    /// beside the history read: the other branches are not read);
+    /// [`AppError::Missing`] on `parent_message_id` when `parent` is no
+    /// message of the conversation.
     async fn prompt_history(
         &self,
         conversation: ConversationId,
+        parent: Option<&MessageId>,
         message_id: &MessageId,
     ) -> Result<Vec<Message>, AppError> {
         let chars = |m: &Message| m.content.parts().iter().map(|p| p.chars().count()).sum();
-        let (history, taken) = tokio::join!(
+        let messages = &self.ports.messages;
+        let (history, taken, parent) = tokio::join!(
             self.read_back(
                 conversation,
-                None,
+                parent,
                 usize::MAX,
                 chars,
                 self.rules.prompt_budget_chars,
             ),
-            self.ports.messages.find(conversation, message_id),
+            messages.find(conversation, message_id),
+            async {
+                match parent {
+                    Some(id) => messages.find(conversation, id).await,
+                    None => Ok(None),
+                }
+            },
         );
-        let history = history?;
+        let missing = AppError::Missing {
+            field: Field::ParentMessageId,
+        };
+        let mut history = match history {
+            Err(DomainError::NotFound) => return Err(missing),
+            other => other?.messages,
+        };
         if taken?.is_some() {
             return Err(AppError::Conflict {
                 field: Field::MessageId,
             });
         }
-        Ok(history.messages)
+        // Found: `read_back` found it too, or said `NotFound` above.
+        if let Some(parent) = parent? {
+            history.push(parent);
+        }
+        Ok(history)
     }
 
     fn model(&self, asked: Option<&str>) -> Result<ModelSlug, AppError> {
@@ -149,6 +174,8 @@ impl Inner {
 struct Request {
     owner: UserId,
     existing: Option<Conversation>,
+    /// The message the sent one follows; `None`: the current node.
+    parent: Option<MessageId>,
     message_id: MessageId,
     content: Content,
     engine: Engine,
@@ -186,7 +213,9 @@ impl Conversations {
     /// # Errors
     /// [`AppError::Validation`] on bad input; [`AppError::Forbidden`] when
     /// `user_id` is not the caller; [`AppError::NotFound`] for a missing or
-    /// foreign conversation; [`AppError::Conflict`] when the message id is
+    /// foreign conversation; [`AppError::Missing`] on `parent_message_id`
+    /// when the parent is no message of the conversation (or the
+    /// conversation is new); [`AppError::Conflict`] when the message id is
     /// taken; [`AppError::Busy`] when the conversation is still generating;
     /// [`AppError::TooManyGenerations`] or [`AppError::RateLimited`] over
     /// the caps; [`AppError::Unavailable`] when no model is configured or
@@ -225,6 +254,24 @@ impl Conversations {
             })?,
             None => MessageId::generate(),
         };
+        let parent = input
+            .parent_message_id
+            .map(|id| {
+                MessageId::parse(id).map_err(|e| match e {
+                    DomainError::Invalid { message, .. } => AppError::Validation {
+                        field: Field::ParentMessageId,
+                        message,
+                    },
+                    other => other.into(),
+                })
+            })
+            .transpose()?;
+        if parent.is_some() && input.conversation_id.is_none() {
+            // A new conversation has no message to follow.
+            return Err(AppError::Missing {
+                field: Field::ParentMessageId,
+            });
+        }
         let model = inner.model(input.model.as_deref())?;
         let temperature = match input.temperature {
             None => None,
@@ -263,6 +310,7 @@ impl Conversations {
         let request = Request {
             owner,
             existing,
+            parent,
             message_id,
             content,
             engine: Engine {
@@ -291,7 +339,11 @@ impl Conversations {
         // Checked before the log is opened, so a retried message does not
         // replace the stream of the answer it already has.
         let mut history = match &request.existing {
-            Some(c) => inner.prompt_history(c.id, &request.message_id).await?,
+            Some(c) => {
+                inner
+                    .prompt_history(c.id, request.parent.as_ref(), &request.message_id)
+                    .await?
+            }
             None => Vec::new(),
         };
         let assistant_id = MessageId::generate();

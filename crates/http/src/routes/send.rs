@@ -72,6 +72,11 @@ pub(crate) struct SendBody {
     /// Exactly one message, of role `user`.
     #[schema(min_items = 1, max_items = 1)]
     messages: Vec<MessageInput>,
+    /// The message it follows: any message of the conversation (an edit
+    /// is a new question under the edited one's parent); absent, the
+    /// conversation's current node.
+    #[schema(schema_with = crate::fields::parent_message_id)]
+    parent_message_id: Option<String>,
     /// A configured model; absent or `default` for the default.
     #[schema(pattern = "^[A-Za-z0-9._:/-]{1,100}$")]
     model: Option<String>,
@@ -90,6 +95,11 @@ pub(crate) struct MessageBody {
     /// Exactly one message, of role `user`.
     #[schema(min_items = 1, max_items = 1)]
     messages: Vec<MessageInput>,
+    /// The message it follows: any message of the conversation (an edit
+    /// is a new question under the edited one's parent); absent, the
+    /// conversation's current node.
+    #[schema(schema_with = crate::fields::parent_message_id)]
+    parent_message_id: Option<String>,
     /// A configured model; absent or `default` for the default.
     #[schema(pattern = "^[A-Za-z0-9._:/-]{1,100}$")]
     model: Option<String>,
@@ -103,6 +113,7 @@ impl From<MessageBody> for SendBody {
             user_id: body.user_id,
             conversation_id: None,
             messages: body.messages,
+            parent_message_id: body.parent_message_id,
             model: body.model,
             metadata: body.metadata,
         }
@@ -158,6 +169,7 @@ fn input(
         conversation_id,
         must_be_new,
         message_id: message.id,
+        parent_message_id: body.parent_message_id,
         parts: message.content.parts,
         model: body.model,
         temperature: body.metadata.and_then(|m| m.temperature),
@@ -390,6 +402,7 @@ async fn answer(
         (status = 400, description = "A bad body (unknown fields, NUL bytes, bounds).", body = ErrorBody),
         (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
         (status = 403, description = "`user_id` is not the caller.", body = ErrorBody),
+        (status = 404, description = "`parent_message_id` names no message: a new conversation has none.", body = ErrorBody),
         (status = 406, description = "Neither SSE nor JSON is acceptable.", body = ErrorBody),
         (status = 409, description = "The message id is taken.", body = ErrorBody),
         (status = 413, description = "The body is too large.", body = ErrorBody),
@@ -431,7 +444,7 @@ pub(crate) async fn create(
         (status = 400, description = "A bad body (unknown fields, NUL bytes, bounds).", body = ErrorBody),
         (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
         (status = 403, description = "`user_id` is not the caller.", body = ErrorBody),
-        (status = 404, description = "No such conversation, or not the caller's.", body = ErrorBody),
+        (status = 404, description = "No such conversation, or not the caller's; or `parent_message_id` names no message of it (`field`).", body = ErrorBody),
         (status = 406, description = "Neither SSE nor JSON is acceptable.", body = ErrorBody),
         (status = 409, description = "The message id is taken, or an answer is still being generated.", body = ErrorBody),
         (status = 413, description = "The body is too large.", body = ErrorBody),
@@ -476,7 +489,7 @@ pub(crate) async fn message(
         (status = 400, description = "A bad body (unknown fields, NUL bytes, bounds).", body = ErrorBody),
         (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
         (status = 403, description = "`user_id` is not the caller.", body = ErrorBody),
-        (status = 404, description = "No such conversation, or not the caller's.", body = ErrorBody),
+        (status = 404, description = "No such conversation, or not the caller's; or `parent_message_id` names no message of it (`field`).", body = ErrorBody),
         (status = 406, description = "Neither SSE nor JSON is acceptable.", body = ErrorBody),
         (status = 409, description = "The message id is taken, or an answer is still being generated.", body = ErrorBody),
         (status = 413, description = "The body is too large.", body = ErrorBody),
