@@ -77,6 +77,15 @@ fn invalid(field: Field, message: &'static str) -> AppError {
     }
 }
 
+/// `raw` as a message id; the id parser names the generic `id`, here it is
+/// `field`.
+fn parse_message_id(raw: String, field: Field) -> Result<MessageId, AppError> {
+    MessageId::parse(raw).map_err(|e| match e {
+        DomainError::Invalid { message, .. } => AppError::Validation { field, message },
+        other => other.into(),
+    })
+}
+
 impl Inner {
     /// The newest messages of the branch of `conversation` that ends at
     /// `parent` (of its current branch, when `None`), oldest first, read
@@ -243,28 +252,12 @@ impl Conversations {
         }
         let content = Content::user_text(input.parts)?;
         let message_id = match input.message_id {
-            // The id parser names the generic `id`; here it is the sent
-            // message's.
-            Some(id) => MessageId::parse(id).map_err(|e| match e {
-                DomainError::Invalid { message, .. } => AppError::Validation {
-                    field: Field::MessageId,
-                    message,
-                },
-                other => other.into(),
-            })?,
+            Some(id) => parse_message_id(id, Field::MessageId)?,
             None => MessageId::generate(),
         };
         let parent = input
             .parent_message_id
-            .map(|id| {
-                MessageId::parse(id).map_err(|e| match e {
-                    DomainError::Invalid { message, .. } => AppError::Validation {
-                        field: Field::ParentMessageId,
-                        message,
-                    },
-                    other => other.into(),
-                })
-            })
+            .map(|id| parse_message_id(id, Field::ParentMessageId))
             .transpose()?;
         if parent.is_some() && input.conversation_id.is_none() {
             // A new conversation has no message to follow.

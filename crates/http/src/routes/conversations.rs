@@ -67,17 +67,20 @@ pub(crate) struct HistoryQuery {
     before: Option<String>,
 }
 
+/// `raw` as a message id, or a validation error naming `field`.
+fn message_id(raw: &str, field: Field) -> Result<MessageId, AppError> {
+    MessageId::parse(raw).map_err(|_| AppError::Validation {
+        field,
+        message: "must be a message id: 1 to 64 letters, digits, '_' or '-'".into(),
+    })
+}
+
 impl HistoryQuery {
     fn request(&self) -> Result<HistoryRequest, ApiError> {
         let before = self
             .before
             .as_deref()
-            .map(|id| {
-                MessageId::parse(id).map_err(|_| AppError::Validation {
-                    field: Field::Before,
-                    message: "must be a message id: 1 to 64 letters, digits, '_' or '-'".into(),
-                })
-            })
+            .map(|id| message_id(id, Field::Before))
             .transpose()?;
         let limit = self.limit.unwrap_or(HistoryRequest::DEFAULT_LIMIT);
         Ok(HistoryRequest::new(before, limit).map_err(AppError::from)?)
@@ -570,12 +573,7 @@ pub(crate) async fn update(
         is_archived: body.is_archived,
         current_node: body
             .current_node
-            .map(|id| {
-                MessageId::parse(id).map_err(|_| AppError::Validation {
-                    field: Field::CurrentNode,
-                    message: "must be a message id: 1 to 64 letters, digits, '_' or '-'".into(),
-                })
-            })
+            .map(|id| message_id(&id, Field::CurrentNode))
             .transpose()?,
     };
     // The request is judged first, its precondition after.
