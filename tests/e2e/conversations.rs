@@ -118,8 +118,19 @@ async fn every_route_is_not_found(app: &TestApp, token: &str, id: &str, resume: 
     let patch = json!({"title": "pwned", "is_archived": true});
     let mut with_id = message_body("let me in");
     with_id["conversation_id"] = json!(id);
+    let regenerate = json!({"action": "variant"});
     let calls: Vec<(Method, String, Option<&Value>)> = vec![
         (Method::GET, format!("/api/v1/conversations/{id}"), None),
+        (
+            Method::GET,
+            format!("/api/v1/conversations/{id}/tree"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/conversations/{id}/messages"),
+            Some(&regenerate),
+        ),
         (
             Method::PATCH,
             format!("/api/v1/conversations/{id}"),
@@ -1127,11 +1138,21 @@ async fn json_mode_and_both_surfaces(backend: Backend) {
         assert_eq!(pair[1]["metadata"]["parent_id"], pair[0]["id"]);
     }
 
+    // The canonical body is the compatible one without ChatGPT's
+    // `mapping`, in the same order.
     let res = app
         .get_auth(&format!("/api/v1/conversations/{id}"), &token)
         .await;
     assert_eq!(res.status(), 200);
-    assert_eq!(res.text().await.expect("a body"), compatible_text);
+    let canonical_text = res.text().await.expect("a body");
+    let (head, _) = compatible_text
+        .split_once(",\"mapping\":")
+        .expect("a mapping last");
+    assert_eq!(canonical_text, format!("{head}}}"));
+    assert_eq!(
+        compatible["mapping"].as_object().map(serde_json::Map::len),
+        Some(4)
+    );
 
     // Both lists show the one conversation, identically.
     let canonical = app.get_auth("/api/v1/conversations", &token).await;

@@ -23,7 +23,7 @@ async fn openapi_document_lists_every_served_route(backend: Backend) {
     // The served document is the committed one with the configured model
     // names (no model here: `default` alone) as a send's `model` enum.
     let mut bare = doc.clone();
-    for body in ["SendBody", "MessageBody"] {
+    for body in ["SendBody", "MessageBody", "NewConversationBody"] {
         let model = &mut bare["components"]["schemas"][body]["properties"]["model"];
         assert_eq!(
             model["enum"],

@@ -15,6 +15,7 @@ on_both_backends!(
     a_retry_on_another_instance_reattaches_to_the_same_answer,
     one_user_cannot_fill_the_key_store,
     a_json_mode_send_retried_gets_the_json_it_asked_for,
+    a_retried_regeneration_of_the_first_answer_is_replayed_as_it_was,
 );
 
 /// Where the keys live.
@@ -478,5 +479,38 @@ async fn a_json_mode_send_retried_gets_the_json_it_asked_for(backend: Backend) {
         let retry = json_send(b, path, "j-3", "again").await.unwrap();
         error_body(retry, 502, "UPSTREAM_ERROR").await;
         assert_eq!(llm.requests().len(), asked);
+    }
+}
+
+async fn a_retried_regeneration_of_the_first_answer_is_replayed_as_it_was(backend: Backend) {
+    for mode in [Mode::InProcess, Mode::Redis] {
+        let llm = FakeLlm::start();
+        let (a, b) = instances(backend, &llm, mode);
+        let b = b.as_ref().unwrap_or(&a);
+        let token = a.user("ada").await;
+        let (id, _) = a.chat(&token, "the first question").await;
+        let path = format!("/api/v1/conversations/{id}/messages");
+        let regenerate = |app: &TestApp| {
+            app.client
+                .post(app.url(&path))
+                .bearer_auth(&token)
+                .header("accept", "application/json")
+                .header("idempotency-key", "regen-1")
+                .json(&serde_json::json!({"action": "variant"}))
+                .send()
+        };
+        llm.push(Script::reply(&["a second answer"]));
+        let first = regenerate(&a).await.unwrap();
+        assert_eq!(first.status(), 200);
+        let first: Value = first.json().await.unwrap();
+        let asked = llm.requests().len();
+        // Its question is the conversation's first, but the retry did not
+        // start the conversation: the same 200, no Location.
+        let retry = regenerate(b).await.unwrap();
+        assert_eq!(retry.status(), 200);
+        assert!(!retry.headers().contains_key("location"));
+        assert_eq!(retry.headers()["idempotent-replayed"], "true");
+        assert_eq!(retry.json::<Value>().await.unwrap(), first);
+        assert_eq!(llm.requests().len(), asked, "asked once");
     }
 }

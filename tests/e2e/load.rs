@@ -18,14 +18,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_domain::{ConversationId, MessageRole, NewConversation, OffsetDateTime, Title, UserId};
+use confab_domain::{
+    ConversationId, MessageRole, MessageStatus, NewConversation, OffsetDateTime, Title, UserId,
+};
 use confab_e2e::fake_llm::FakeLlm;
-use confab_e2e::load::{burst, burst_into, burst_under, burst_vars, paced_llm};
+use confab_e2e::load::{
+    Burst, burst, burst_into, burst_of, burst_under, burst_vars, full_answer, paced_llm,
+};
 use confab_e2e::{
     TestApp, all_messages, append, finished_message, redis_url, spawn_app_with,
     spawn_app_with_redis, spawn_process,
 };
-use confab_ports::ConversationStore;
+use confab_ports::{ConversationStore, MessageStore};
 use confab_sql::testing::TestDatabase;
 use confab_sql::{Backend, SqlStore};
 use tokio::sync::Mutex;
@@ -47,6 +51,8 @@ on_both_backends!(
     a_hundred_sends_onto_switched_branches_with_redis_all_complete,
     a_hundred_edits_at_once_all_complete,
     a_hundred_edits_at_once_with_redis_all_complete,
+    a_hundred_regenerations_and_continues_at_once_all_complete,
+    a_hundred_regenerations_and_continues_at_once_with_redis_all_complete,
 );
 
 /// One server in process, with or without Redis, wired to a paced model
@@ -171,6 +177,25 @@ async fn a_hundred_sends_into_long_conversations_with_redis_all_complete(backend
 /// `n` conversations of the caller of `token`, each a line of two
 /// exchanges (`u1`, `a1`, `u2`, `a2`) stored directly; their ids.
 async fn two_exchange_lines(app: &TestApp, token: &str, n: usize) -> Vec<ConversationId> {
+    lines(
+        app,
+        token,
+        n,
+        "the abandoned answer",
+        MessageStatus::FinishedSuccessfully,
+    )
+    .await
+}
+
+/// As [`two_exchange_lines`], the second question `"the abandoned
+/// question"` and its answer `a2` stored with `a2_text` and `a2_status`.
+async fn lines(
+    app: &TestApp,
+    token: &str,
+    n: usize,
+    a2_text: &str,
+    a2_status: MessageStatus,
+) -> Vec<ConversationId> {
     let owner = owner_of(app, token).await;
     let store = app.db.store().await;
     let mut ids = Vec::with_capacity(n);
@@ -188,9 +213,13 @@ async fn two_exchange_lines(app: &TestApp, token: &str, n: usize) -> Vec<Convers
             ("u1", MessageRole::User, "the first question"),
             ("a1", MessageRole::Assistant, "the first answer"),
             ("u2", MessageRole::User, "the abandoned question"),
-            ("a2", MessageRole::Assistant, "the abandoned answer"),
+            ("a2", MessageRole::Assistant, a2_text),
         ] {
-            append(&store, finished_message(id, mid, role, text.to_owned())).await;
+            let mut message = finished_message(id, mid, role, text.to_owned());
+            if mid == "a2" {
+                message.status = a2_status;
+            }
+            append(&store, message).await;
         }
         ids.push(id);
     }
@@ -270,6 +299,143 @@ async fn edits_at_once(backend: Backend, redis: bool) {
     let store = app.db.store().await;
     sends.assert_all_complete(&what, &store).await;
     assert_on_the_switched_branch(&llm, &store, &ids).await;
+}
+
+/// The text of the answers [`stopped_lines`] leave stopped.
+const STOPPED: &str = "the stopped answer";
+
+/// [`two_exchange_lines`] whose second answer stopped early
+/// (`finished_partial_completion`, with [`STOPPED`] as its text).
+async fn stopped_lines(app: &TestApp, token: &str, n: usize) -> Vec<ConversationId> {
+    lines(
+        app,
+        token,
+        n,
+        STOPPED,
+        MessageStatus::FinishedPartialCompletion,
+    )
+    .await
+}
+
+/// Half regenerations (`variant` of the second question, named or not),
+/// half continues of the stopped answer, into `ids` at once on `apps`.
+async fn regenerate_or_continue(apps: &[&TestApp], token: &str, ids: &[ConversationId]) -> Burst {
+    let requests: Vec<(String, serde_json::Value)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let body = match i % 4 {
+                0 => serde_json::json!({"action": "variant"}),
+                1 => serde_json::json!({"action": "variant", "parent_message_id": "u2"}),
+                _ => serde_json::json!({"action": "continue", "parent_message_id": "a2"}),
+            };
+            (format!("/api/v1/conversations/{id}/messages"), body)
+        })
+        .collect();
+    burst_of(apps, token, &requests, CAP_100).await
+}
+
+/// After [`regenerate_or_continue`]: every stream completed, every
+/// prompt was the conversation's first branch (a continue's ending with
+/// the stopped answer), and each conversation holds what its send asked
+/// for: a new answer to the second question, or the stopped answer with
+/// the whole of the model's answer after it, finished.
+async fn assert_regenerated_or_continued(
+    what: &str,
+    burst: &Burst,
+    llm: &FakeLlm,
+    store: &SqlStore,
+    ids: &[ConversationId],
+) {
+    let summary = format!("{what}: {}", burst.summary());
+    eprintln!("{summary}");
+    assert_eq!(burst.complete(), ids.len(), "{summary}");
+    let asked = llm.requests();
+    assert_eq!(asked.len(), ids.len());
+    let continued = asked
+        .iter()
+        .filter(|r| {
+            r["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .map(|m| &m["content"])
+                == Some(&serde_json::json!(STOPPED))
+        })
+        .count();
+    assert_eq!(
+        continued,
+        ids.len() / 2,
+        "continues go on from the stopped text"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let branch = all_messages(store, *id).await;
+        let names: Vec<String> = branch.iter().map(|m| m.id.to_string()).collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert_eq!(names[..3], ["u1", "a1", "u2"]);
+        let answer = &branch[3];
+        assert_eq!(
+            answer.status,
+            MessageStatus::FinishedSuccessfully,
+            "{names:?}"
+        );
+        if i % 4 < 2 {
+            assert_ne!(names[3], "a2", "a new answer");
+            assert_eq!(answer.content.parts(), [full_answer()]);
+            let a2 = confab_domain::MessageId::parse("a2").unwrap();
+            let stopped = MessageStore::find(store, *id, &a2)
+                .await
+                .unwrap()
+                .expect("the stopped answer is kept");
+            assert_eq!(stopped.status, MessageStatus::FinishedPartialCompletion);
+        } else {
+            assert_eq!(names[3], "a2", "the same answer");
+            assert_eq!(
+                answer.content.parts(),
+                [format!("{STOPPED}{}", full_answer())]
+            );
+        }
+    }
+}
+
+/// 100 regenerations and continues at once to one server in process, with
+/// or without Redis.
+async fn regenerations_and_continues(backend: Backend, redis: bool) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (llm, app, token) = burst_app(backend, redis).await;
+    let ids = stopped_lines(&app, &token, 100).await;
+    let burst = regenerate_or_continue(&[&app], &token, &ids).await;
+    let what = format!("100 regenerations and continues, {backend:?}, Redis: {redis}");
+    let store = app.db.store().await;
+    assert_regenerated_or_continued(&what, &burst, &llm, &store, &ids).await;
+}
+
+async fn a_hundred_regenerations_and_continues_at_once_all_complete(backend: Backend) {
+    regenerations_and_continues(backend, false).await;
+}
+
+async fn a_hundred_regenerations_and_continues_at_once_with_redis_all_complete(backend: Backend) {
+    regenerations_and_continues(backend, true).await;
+}
+
+/// 100 regenerations and continues at once, spread over instances A and
+/// B of one service on PostgreSQL + Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_hundred_regenerations_and_continues_over_two_instances_all_complete() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let llm = paced_llm();
+    let (a, b) = two_instances(TestDatabase::postgres(), &llm).await;
+    let token = a.user("ada").await;
+    let ids = stopped_lines(&a, &token, 100).await;
+    let burst = regenerate_or_continue(&[&a, &b], &token, &ids).await;
+    let store = a.db.store().await;
+    assert_regenerated_or_continued(
+        "100 regenerations and continues over A and B",
+        &burst,
+        &llm,
+        &store,
+        &ids,
+    )
+    .await;
 }
 
 async fn a_hundred_edits_at_once_all_complete(backend: Backend) {

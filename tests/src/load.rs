@@ -334,6 +334,20 @@ pub async fn burst_under(
     .await
 }
 
+/// `requests.len()` sends at once, the `i`-th `requests[i]` (a path and a
+/// body) on `apps[i % apps.len()]`: regenerations, continues, any send.
+///
+/// # Panics
+/// As [`burst`].
+pub async fn burst_of(
+    apps: &[&TestApp],
+    token: &str,
+    requests: &[(String, serde_json::Value)],
+    cap: Duration,
+) -> Burst {
+    burst_to(apps, token, requests.len(), cap, |i| requests[i].clone()).await
+}
+
 /// `n` sends at once, the `i`-th the body and to the path `request(i)`
 /// gives, on `apps[i % apps.len()]`.
 async fn burst_to(

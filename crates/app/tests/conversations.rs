@@ -1228,6 +1228,32 @@ impl MessageStore for HeldStore {
             .await
     }
 
+    async fn in_order(
+        &self,
+        conversation: ConversationId,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool), DomainError> {
+        self.store.in_order(conversation, after, limit).await
+    }
+
+    async fn children(
+        &self,
+        conversation: ConversationId,
+        parents: &[Option<MessageId>],
+    ) -> Result<Vec<(Option<MessageId>, MessageId)>, DomainError> {
+        self.store.children(conversation, parents).await
+    }
+
+    async fn reopen(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+        at: OffsetDateTime,
+    ) -> Result<bool, DomainError> {
+        self.store.reopen(conversation, id, at).await
+    }
+
     async fn page(
         &self,
         conversation: ConversationId,

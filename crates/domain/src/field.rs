@@ -44,6 +44,12 @@ pub enum Field {
     MessageId,
     /// The message a sent message follows (its parent).
     ParentMessageId,
+    /// What a send asks for: `next`, `variant` or `continue`.
+    Action,
+    /// A tree page's cursor: the message after which it starts.
+    After,
+    /// The messages a send carries.
+    Messages,
     /// The role of the message being sent.
     MessageRole,
     /// A message's content type.

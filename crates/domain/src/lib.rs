@@ -29,7 +29,7 @@ pub use ids::{ConversationId, FamilyId, MessageId, TokenId, UserId};
 pub use message::{
     Content, ContentType, Message, MessageMetadata, MessageRole, MessageStatus, ModelSlug,
 };
-pub use page::{HistoryRequest, ListOrder, MessagePage, Page, PageRequest, SearchQuery};
+pub use page::{Children, HistoryRequest, ListOrder, MessagePage, Page, PageRequest, SearchQuery};
 pub use user::{Email, NewUser, Password, PasswordHash, Role, User, Username};
 pub use vocabulary::{ErrorCode, EventName};
 pub use wire::{MessageDocument, TEXT_PATH, WireEvent, epoch_seconds, events, rfc3339};

@@ -133,6 +133,47 @@ pub struct MessagePage {
     pub messages: Vec<Message>,
     /// Whether the conversation has messages before the first of these.
     pub has_more: bool,
+    /// The children of the page's messages and of the first one's parent
+    /// (so every message's siblings are among them), one group per parent
+    /// that has any, in the page's order. Filled by a read that shows the
+    /// page; a store's page leaves it empty.
+    pub children: Vec<Children>,
+}
+
+/// The children of one message (or the first messages of a conversation,
+/// when `parent` is `None`): the answers to a question, or the questions
+/// asked after an answer (edits). Two or more are siblings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Children {
+    /// Their parent (`None`: the conversation's first messages).
+    pub parent: Option<MessageId>,
+    /// Their ids, oldest first: one or more.
+    pub ids: Vec<MessageId>,
+}
+
+impl Children {
+    /// The groups of the messages `pairs` name (each a parent and a
+    /// child, oldest child first), in the order of their first child.
+    #[must_use]
+    pub fn group(pairs: Vec<(Option<MessageId>, MessageId)>) -> Vec<Self> {
+        let mut groups: Vec<Self> = Vec::new();
+        for (parent, child) in pairs {
+            match groups.iter_mut().find(|g| g.parent == parent) {
+                Some(group) => group.ids.push(child),
+                None => groups.push(Self {
+                    parent,
+                    ids: vec![child],
+                }),
+            }
+        }
+        groups
+    }
+
+    /// Where `id` is among them.
+    #[must_use]
+    pub fn index_of(&self, id: &MessageId) -> Option<usize> {
+        self.ids.iter().position(|s| s == id)
+    }
 }
 
 impl MessagePage {
@@ -251,11 +292,33 @@ mod tests {
         let mut page = MessagePage {
             messages: vec![message("a"), message("b")],
             has_more: true,
+            children: Vec::new(),
         };
         assert_eq!(page.cursor().map(MessageId::as_str), Some("a"));
         page.has_more = false;
         assert_eq!(page.cursor(), None);
         assert_eq!(MessagePage::default().cursor(), None);
+    }
+
+    #[test]
+    fn children_are_grouped_by_parent() {
+        let id = |s: &str| MessageId::parse(s).unwrap();
+        let groups = Children::group(vec![
+            (None, id("u1")),
+            (Some(id("u1")), id("a1")),
+            (Some(id("a1")), id("u2")),
+            (Some(id("u1")), id("a1b")),
+            (Some(id("u1")), id("a1c")),
+        ]);
+        assert_eq!(groups.len(), 3);
+        assert_eq!(groups[0].parent, None);
+        assert_eq!(groups[0].ids, [id("u1")]);
+        assert_eq!(groups[1].parent, Some(id("u1")));
+        assert_eq!(groups[1].ids, [id("a1"), id("a1b"), id("a1c")]);
+        assert_eq!(groups[1].index_of(&id("a1b")), Some(1));
+        assert_eq!(groups[1].index_of(&id("u2")), None);
+        assert_eq!(groups[2].ids, [id("u2")]);
+        assert!(Children::group(Vec::new()).is_empty());
     }
 
     #[test]

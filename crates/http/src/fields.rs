@@ -202,11 +202,36 @@ pub(crate) fn before() -> Object {
         .build()
 }
 
+/// A tree page's `after` ([`MessageId::parse`]; must be one of the
+/// conversation's messages).
+pub(crate) fn after() -> Object {
+    message_id_builder()
+        .description(Some(
+            "Return the messages stored after this one (a page's `cursor`); absent: from the first.",
+        ))
+        .build()
+}
+
 /// The message a sent message follows.
 pub(crate) fn parent_message_id() -> Object {
     message_id_builder()
         .description(Some(
-            "The message of this conversation the sent one follows; absent: its current node.",
+            "`next`: the message of this conversation the sent one follows (absent: its current \
+             node); `variant`: the question to answer again (absent: the current node's); \
+             `continue`: the answer to go on with.",
+        ))
+        .build()
+}
+
+/// What a send asks for ([`confab_app::SendAction`]).
+pub(crate) fn action() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["next", "variant", "continue"]))
+        .description(Some(
+            "`next`: a new question under the parent, then its answer (the default); \
+             `variant`: a new answer to the question named (regenerate); `continue`: more of \
+             the answer named, which stopped early (`finished_partial_completion`).",
         ))
         .build()
 }
@@ -337,6 +362,31 @@ pub(crate) fn refine(doc: &mut Value) {
     // Login names the account once: by username or by e-mail address.
     schemas["LoginRequest"]["oneOf"] =
         json!([{ "required": ["username"] }, { "required": ["email"] }]);
+    // A send's messages and parent follow its action: `next` sends one
+    // message; `variant` and `continue` send none, and `continue` names
+    // its answer; on the seed's route, both need the conversation.
+    for (body, needs_conversation) in [("MessageBody", false), ("SendBody", true)] {
+        let answer_again = |action: &str, mut required: Vec<&str>| {
+            let mut properties = json!({
+                "action": { "const": action },
+                "messages": { "maxItems": 0 },
+            });
+            if needs_conversation {
+                // Present and not `null`.
+                required.push("conversation_id");
+                properties["conversation_id"] = json!({ "type": "string" });
+            }
+            json!({ "properties": properties, "required": required })
+        };
+        schemas[body]["oneOf"] = json!([
+            {
+                "properties": { "action": { "const": "next" }, "messages": { "minItems": 1 } },
+                "required": ["messages"],
+            },
+            answer_again("variant", vec!["action"]),
+            answer_again("continue", vec!["action", "parent_message_id"]),
+        ]);
+    }
     // A person's message: at least one part that is not only white space.
     schemas["ContentInput"]["properties"]["parts"]["contains"] =
         json!({ "type": "string", "pattern": format!("[^{WHITE_SPACE}]") });

@@ -5,10 +5,11 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
-    AuthorView, ContentInput, ContentView, ConversationBody, ConversationItem, ConversationMeta,
-    ConversationPageBody, ConversationPatchBody, Health, LoginRequest, MessageBody, MessageInput,
-    MessageMetadataView, MessageView, ReadinessBody, RefreshRequest, RegisterRequest, SendBody,
-    SendOptions, SentBody, TokenBody, UserBody, UserPage, UserPatch,
+    AuthorView, BackendConversationBody, ContentInput, ContentView, ConversationBody,
+    ConversationItem, ConversationMeta, ConversationPageBody, ConversationPatchBody, Health,
+    LoginRequest, MappingNode, MessageBody, MessageInput, MessageMetadataView, MessageView,
+    NewConversationBody, ReadinessBody, RefreshRequest, RegisterRequest, SendBody, SendOptions,
+    SentBody, SiblingsView, TokenBody, TreeBody, UserBody, UserPage, UserPatch,
 };
 
 /// Declares the `bearer` security scheme the protected routes name.
@@ -82,6 +83,21 @@ impl Modify for BackendAliases {
             {
                 op.tags = Some(vec!["chatgpt-compatible".to_owned()]);
                 op.operation_id = op.operation_id.as_ref().map(|id| format!("backend_{id}"));
+            }
+            // An operation the alias documents itself (its own handler)
+            // stays.
+            if let Some(own) = openapi.paths.paths.get(*alias) {
+                for (mine, copied) in [
+                    (&own.get, &mut item.get),
+                    (&own.head, &mut item.head),
+                    (&own.patch, &mut item.patch),
+                    (&own.delete, &mut item.delete),
+                    (&own.post, &mut item.post),
+                ] {
+                    if mine.is_some() {
+                        copied.clone_from(mine);
+                    }
+                }
             }
             openapi.paths.paths.insert((*alias).to_owned(), item);
         }
@@ -237,6 +253,8 @@ impl Modify for HeadAndAccept {
         crate::routes::conversations::list,
         crate::routes::send::create,
         crate::routes::conversations::get,
+        crate::routes::conversations::backend_get,
+        crate::routes::tree::tree,
         crate::routes::conversations::update,
         crate::routes::conversations::delete,
         crate::routes::send::message,
@@ -247,7 +265,7 @@ impl Modify for HeadAndAccept {
     components(schemas(
         ErrorBody, ErrorDetail, Health, ReadinessBody, RegisterRequest, LoginRequest, RefreshRequest,
         TokenBody, UserBody, UserPage, UserPatch, ConversationItem, ConversationPageBody,
-        ConversationBody, ConversationMeta, ConversationPatchBody, SendBody, MessageBody, MessageInput,
+        ConversationBody, ConversationMeta, ConversationPatchBody, SendBody, MessageBody, NewConversationBody, MessageInput, SiblingsView, BackendConversationBody, MappingNode, TreeBody,
         ContentInput, SendOptions, SentBody, MessageView, AuthorView, ContentView,
         MessageMetadataView,
     )),
@@ -299,7 +317,7 @@ pub fn served_openapi_json(
             names.push(name.clone());
         }
     }
-    for body in ["SendBody", "MessageBody"] {
+    for body in ["SendBody", "MessageBody", "NewConversationBody"] {
         doc["components"]["schemas"][body]["properties"]["model"]["enum"] =
             serde_json::json!(names.iter().map(Some).chain([None]).collect::<Vec<_>>());
     }

@@ -28,16 +28,20 @@ impl CachedValue {
                 sum + ITEM + c.title.as_str().len() + c.last_message.as_ref().map_or(0, String::len)
             }),
             Self::History(conversation, page) => {
-                page.messages
-                    .iter()
-                    .fold(ITEM + conversation.title.as_str().len(), |sum, m| {
+                let children = page.children.iter().fold(0, |sum, group| {
+                    sum + ITEM + group.ids.iter().map(|id| id.as_str().len()).sum::<usize>()
+                });
+                page.messages.iter().fold(
+                    ITEM + conversation.title.as_str().len() + children,
+                    |sum, m| {
                         sum + ITEM
                             + m.content.text_bytes()
                             + m.metadata
                                 .iter()
                                 .map(|(k, v)| k.len() + v.to_string().len())
                                 .sum::<usize>()
-                    })
+                    },
+                )
             }
         }
     }

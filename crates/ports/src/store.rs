@@ -196,6 +196,22 @@ pub trait MessageStore: Send + Sync + 'static {
         at: OffsetDateTime,
     ) -> Result<(), DomainError>;
 
+    /// Reopens an answer that stopped early so the model can go on with it
+    /// (a `continue`): if `id` is an assistant message of the conversation
+    /// whose status is `finished_partial_completion`, it becomes
+    /// `in_progress` as updated `at` and, in the same transaction, the
+    /// conversation's current node. Returns whether it did (`false`: no
+    /// such message, or not one that stopped early).
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`] when the conversation is deleted.
+    async fn reopen(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+        at: OffsetDateTime,
+    ) -> Result<bool, DomainError>;
+
     /// The newest `limit` messages of a conversation's current branch (the
     /// path from its root message down to its current node, through each
     /// message's `parent_id`), or of the ancestors of the message `before`,
@@ -211,6 +227,33 @@ pub trait MessageStore: Send + Sync + 'static {
         before: Option<&MessageId>,
         limit: usize,
     ) -> Result<MessagePage, DomainError>;
+
+    /// The children of each of `parents` (`None`: the conversation's
+    /// first messages) as `(parent, child)` pairs, oldest child first: a
+    /// page's siblings are read with it.
+    ///
+    /// # Errors
+    /// Only on storage failure.
+    async fn children(
+        &self,
+        conversation: ConversationId,
+        parents: &[Option<MessageId>],
+    ) -> Result<Vec<(Option<MessageId>, MessageId)>, DomainError>;
+
+    /// The conversation's messages on every branch, in the order they were
+    /// stored, at most `limit` from after the message `after` (from the
+    /// first, when `None`); and whether more follow: the whole tree, a page
+    /// at a time.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`] when `after` is not a message of the
+    /// conversation.
+    async fn in_order(
+        &self,
+        conversation: ConversationId,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool), DomainError>;
 
     /// The conversation's message with id `id`, if it has one.
     ///

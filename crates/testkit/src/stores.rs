@@ -465,6 +465,70 @@ impl MessageStore for MemoryStore {
         Ok(())
     }
 
+    async fn in_order(
+        &self,
+        conversation: ConversationId,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool), DomainError> {
+        let state = self.state();
+        // Stored in insertion order.
+        let mut all = state
+            .messages
+            .iter()
+            .filter(|m| m.conversation_id == conversation);
+        if let Some(after) = after {
+            all.by_ref()
+                .find(|m| &m.id == after)
+                .ok_or(DomainError::NotFound)?;
+        }
+        let mut messages: Vec<Message> = all.take(limit.saturating_add(1)).cloned().collect();
+        let more = messages.len() > limit;
+        messages.truncate(limit);
+        Ok((messages, more))
+    }
+
+    async fn children(
+        &self,
+        conversation: ConversationId,
+        parents: &[Option<MessageId>],
+    ) -> Result<Vec<(Option<MessageId>, MessageId)>, DomainError> {
+        let state = self.state();
+        // Stored in insertion order: oldest first.
+        Ok(state
+            .messages
+            .iter()
+            .filter(|m| m.conversation_id == conversation && parents.contains(&m.parent_id))
+            .map(|m| (m.parent_id.clone(), m.id.clone()))
+            .collect())
+    }
+
+    async fn reopen(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+        at: OffsetDateTime,
+    ) -> Result<bool, DomainError> {
+        let mut state = self.state();
+        if state.live_mut(conversation).is_none() {
+            return Err(DomainError::NotFound);
+        }
+        let Some(m) = state.messages.iter_mut().find(|m| {
+            m.conversation_id == conversation
+                && &m.id == id
+                && m.role == confab_domain::MessageRole::Assistant
+                && m.status == MessageStatus::FinishedPartialCompletion
+        }) else {
+            return Ok(false);
+        };
+        m.status = MessageStatus::InProgress;
+        m.updated_at = at;
+        let content = m.content.clone();
+        state.touch(conversation, &content, at);
+        state.move_to(conversation, id);
+        Ok(true)
+    }
+
     async fn page(
         &self,
         conversation: ConversationId,
@@ -498,7 +562,11 @@ impl MessageStore for MemoryStore {
         }
         let has_more = next.is_some();
         messages.reverse();
-        Ok(MessagePage { messages, has_more })
+        Ok(MessagePage {
+            messages,
+            has_more,
+            children: Vec::new(),
+        })
     }
 
     async fn find(

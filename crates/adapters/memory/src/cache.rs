@@ -316,6 +316,7 @@ mod tests {
                     })
                     .collect(),
                 has_more: false,
+                children: Vec::new(),
             },
         )
     }

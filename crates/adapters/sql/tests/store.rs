@@ -72,6 +72,7 @@ on_both_backends!(
     concurrent_writes_commit_together_and_fail_alone,
     a_database_of_the_previous_release_comes_over_as_one_branch,
     a_history_is_the_branch_that_ends_at_the_current_node,
+    only_an_answer_that_stopped_early_is_reopened,
 );
 
 struct Fixture {
@@ -1461,4 +1462,51 @@ async fn a_history_is_the_branch_that_ends_at_the_current_node(backend: Backend)
         (vec!["u1".into(), "a1".into()], false)
     );
     assert_eq!(page(None, 10).await.0, ["u1", "a1", "u2", "a2c"]);
+}
+
+async fn only_an_answer_that_stopped_early_is_reopened(backend: Backend) {
+    let f = fixture(backend).await;
+    let rei = user(&f.store, "rei").await;
+    let id = conversation(&f.store, rei.id, "continued", now()).await;
+    let m = |mid: &str, role| message(id, mid, role, mid);
+    let (user_role, bot) = (MessageRole::User, MessageRole::Assistant);
+    let u1 = m("u1", user_role);
+    let mut a1 = under(m("a1", bot), &u1);
+    a1.status = MessageStatus::FinishedPartialCompletion;
+    let u2 = under(m("u2", user_role), &a1);
+    let a2 = under(m("a2", bot), &u2);
+    f.store.insert_exchange(&u1, &a1).await.unwrap();
+    f.store.insert_exchange(&u2, &a2).await.unwrap();
+    let at = now();
+    // Not an answer, finished, or no message: nothing changes.
+    for other in [&u1, &a2] {
+        assert!(!f.store.reopen(id, &other.id, at).await.unwrap());
+    }
+    let unknown = MessageId::parse("nope").unwrap();
+    assert!(!f.store.reopen(id, &unknown, at).await.unwrap());
+    let node = |c: confab_domain::Conversation| c.current_node.map(|n| n.to_string());
+    let read = ConversationStore::get(&f.store, rei.id, id).await.unwrap();
+    assert_eq!(node(read), Some("a2".into()));
+    // The one that stopped: in progress again, with its text, and the
+    // current node; once only.
+    assert!(f.store.reopen(id, &a1.id, at).await.unwrap());
+    let found = f.store.find(id, &a1.id).await.unwrap().unwrap();
+    assert_eq!(found.status, MessageStatus::InProgress);
+    assert_eq!(found.content, a1.content);
+    let read = ConversationStore::get(&f.store, rei.id, id).await.unwrap();
+    assert_eq!(node(read), Some("a1".into()));
+    assert!(!f.store.reopen(id, &a1.id, at).await.unwrap());
+    // In a deleted conversation: NotFound, and nothing is reopened.
+    let mut a3 = under(m("a3", bot), &u2);
+    a3.status = MessageStatus::FinishedPartialCompletion;
+    MessageStore::insert(&f.store, &a3).await.unwrap();
+    ConversationStore::soft_delete(&f.store, rei.id, id, now())
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.store.reopen(id, &a3.id, at).await,
+        Err(DomainError::NotFound)
+    ));
+    let found = f.store.find(id, &a3.id).await.unwrap().unwrap();
+    assert_eq!(found.status, MessageStatus::FinishedPartialCompletion);
 }

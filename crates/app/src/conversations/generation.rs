@@ -172,7 +172,8 @@ impl Generation {
         if !committed {
             return;
         }
-        let mut text = String::new();
+        // A continue goes on from the text the answer has.
+        let mut text = self.message.content.joined();
         // A panic must not leave the message in progress and its readers
         // waiting: it ends the generation like any internal failure.
         let outcome = AssertUnwindSafe(self.generate(stop.as_mut(), &mut text, opened, opening))
@@ -248,8 +249,9 @@ impl Generation {
         };
         let flush_every = rules.flush_interval;
         let mut last_flush = Instant::now();
-        let mut flushed = 0;
-        let mut chars = 0;
+        let start = text.len();
+        let mut flushed = start;
+        let mut chars = text.chars().count();
         loop {
             // Text not yet saved is saved when its time comes even if the
             // model goes quiet: a crash then loses at most one interval.
@@ -269,7 +271,7 @@ impl Generation {
                 // interrupts it and the loop asks again.
                 next = stream.next() => next,
             };
-            let (batch, ended) = self.drain(next, stream.as_mut(), text, &mut chars);
+            let (batch, ended) = self.drain(next, stream.as_mut(), text, start, &mut chars);
             if let Err(e) = self.emit_all(batch).await {
                 return Outcome::Broken(e);
             }
@@ -288,12 +290,14 @@ impl Generation {
     /// The events of `first` and of everything else the model has already
     /// sent (up to [`MAX_BATCH`] events), and the outcome if one of them
     /// ended the generation. Under load, pieces pile up while an append is
-    /// under way, and the next append takes them all.
+    /// under way, and the next append takes them all. `text` had `start`
+    /// bytes before this generation.
     fn drain(
         &self,
         first: Result<Option<LlmEvent>, LlmError>,
         stream: &mut dyn CompletionStream,
         text: &mut String,
+        start: usize,
         chars: &mut usize,
     ) -> (Vec<WireEvent>, Option<Outcome>) {
         let mut batch = Vec::new();
@@ -302,7 +306,7 @@ impl Generation {
         while let Some(item) = next.take() {
             match item {
                 Ok(Some(LlmEvent::Text(piece))) => {
-                    match self.take_piece(&piece, text, chars, &mut batch) {
+                    match self.take_piece(&piece, text, start, chars, &mut batch) {
                         Ok(false) => {}
                         Ok(true) => ended = Some(Outcome::Finished(FinishReason::Length)),
                         Err(e) => ended = Some(Outcome::Broken(e)),
@@ -331,12 +335,13 @@ impl Generation {
     }
 
     /// Adds the events of a piece of text to `batch` (the first-token
-    /// marker before the first text); `true` when the piece reached the
-    /// length cap.
+    /// marker before the generation's first text: `text` had `start` bytes
+    /// before it); `true` when the piece reached the length cap.
     fn take_piece(
         &self,
         piece: &str,
         text: &mut String,
+        start: usize,
         chars: &mut usize,
         batch: &mut Vec<WireEvent>,
     ) -> Result<bool, DomainError> {
@@ -351,7 +356,7 @@ impl Generation {
             clean
         };
         if !kept.is_empty() {
-            if text.is_empty() {
+            if text.len() == start {
                 batch.push(events::first_token_marker(
                     self.conversation,
                     &self.message.id,

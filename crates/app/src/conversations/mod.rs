@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use confab_domain::{
-    Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError, Field,
-    HistoryRequest, Message, MessageId, MessagePage, ModelSlug, OffsetDateTime, Page, UserId,
+    Children, Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError,
+    Field, HistoryRequest, Message, MessageId, MessagePage, ModelSlug, OffsetDateTime, Page,
+    UserId,
 };
 use confab_ports::{
     AccessClaims, Cache, CachedValue, ChatModel, Clock, ConversationQuery, ConversationStore,
@@ -76,7 +77,7 @@ pub enum Read<T, K> {
     Fetched(Cached<T>),
 }
 
-pub use send::{SendMessage, Started};
+pub use send::{SendAction, SendMessage, Started};
 
 use crate::{AppError, ReaderScope};
 
@@ -503,6 +504,7 @@ impl Conversations {
             other => other?,
         };
         within_bytes(&mut messages, Self::PAGE_TEXT_BYTES);
+        messages.children = self.inner.children(id, &messages.messages).await?;
         if let Some(entry) = &entry {
             self.store(
                 entry,
@@ -542,6 +544,87 @@ impl Conversations {
         }
         .ok_or(AppError::NotFound)?;
         Ok((conversation, question, answer))
+    }
+
+    /// A page of the whole tree of one of the caller's conversations: its
+    /// messages on every branch in the order they were stored, at most
+    /// `limit` (1..=500) from after the message `after`, and at most
+    /// [`Conversations::PAGE_TEXT_BYTES`] of text (the first message of a
+    /// page always comes, whole); with each one's children.
+    ///
+    /// # Errors
+    /// [`AppError::Validation`] on `limit`; [`AppError::NotFound`] as for
+    /// [`Conversations::get`]; [`AppError::Missing`] on `after` when it is
+    /// not one of its messages.
+    pub async fn tree(
+        &self,
+        caller: &AccessClaims,
+        id: ConversationId,
+        after: Option<&MessageId>,
+        limit: u32,
+    ) -> Result<TreePage, AppError> {
+        let limit = HistoryRequest::new(None, limit)?.limit();
+        let ports = &self.inner.ports;
+        let conversation = ports.conversations.get(caller.user_id, id).await?;
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let (mut messages, mut has_more) = match ports.messages.in_order(id, after, limit).await {
+            Err(DomainError::NotFound) => {
+                return Err(AppError::Missing {
+                    field: Field::After,
+                });
+            }
+            other => other?,
+        };
+        let mut used = 0_usize;
+        let kept = messages
+            .iter()
+            .take_while(|m| {
+                used = used.saturating_add(m.content.text_bytes());
+                used <= Self::PAGE_TEXT_BYTES
+            })
+            .count()
+            .max(1);
+        if kept < messages.len() {
+            messages.truncate(kept);
+            has_more = true;
+        }
+        let parents: Vec<Option<MessageId>> = messages.iter().map(|m| Some(m.id.clone())).collect();
+        let children = if parents.is_empty() {
+            Vec::new()
+        } else {
+            Children::group(ports.messages.children(id, &parents).await?)
+        };
+        Ok(TreePage {
+            conversation,
+            messages,
+            children,
+            has_more,
+        })
+    }
+
+    /// Whether `answer` is the first answer to `question`, a first
+    /// message of the conversation `id`: the answer of the send that
+    /// created the conversation (and not a regeneration of it). The caller
+    /// has read both through [`Conversations::exchange`].
+    ///
+    /// # Errors
+    /// Only on storage failure.
+    pub async fn opened_conversation(
+        &self,
+        id: ConversationId,
+        question: &Message,
+        answer: &MessageId,
+    ) -> Result<bool, AppError> {
+        if question.parent_id.is_some() {
+            return Ok(false);
+        }
+        let children = self
+            .inner
+            .ports
+            .messages
+            .children(id, &[Some(question.id.clone())])
+            .await?;
+        Ok(children.first().map(|(_, child)| child) == Some(answer))
     }
 
     /// Renames, archives and/or switches the branch of one of the caller's
@@ -655,10 +738,40 @@ impl Conversations {
     }
 }
 
+/// A page of a conversation's whole tree ([`Conversations::tree`]).
+#[derive(Debug, Clone)]
+pub struct TreePage {
+    /// The conversation.
+    pub conversation: Conversation,
+    /// Its messages on every branch, in the order they were stored.
+    pub messages: Vec<Message>,
+    /// The children of each of them that has any, grouped by parent.
+    pub children: Vec<Children>,
+    /// Whether more messages follow the last of these.
+    pub has_more: bool,
+}
+
 /// Messages asked of the store at a time when a history is read backwards.
 const READ_BACK_PAGE: usize = 50;
 
 impl Inner {
+    /// The children of `page`'s messages and of the first one's parent,
+    /// grouped by parent, read over the index on parents.
+    async fn children(
+        &self,
+        conversation: ConversationId,
+        page: &[Message],
+    ) -> Result<Vec<Children>, DomainError> {
+        let Some(first) = page.first() else {
+            return Ok(Vec::new());
+        };
+        let mut parents = Vec::with_capacity(page.len() + 1);
+        parents.push(first.parent_id.clone());
+        parents.extend(page.iter().map(|m| Some(m.id.clone())));
+        let pairs = self.ports.messages.children(conversation, &parents).await?;
+        Ok(Children::group(pairs))
+    }
+
     /// The newest messages of `conversation` before the message `before`
     /// (of all, when `None`), oldest first, read backwards
     /// [`READ_BACK_PAGE`] at a time until `limit` are read, the

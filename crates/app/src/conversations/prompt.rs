@@ -1,6 +1,6 @@
 //! What the model is asked: the conversation within a budget, and a title.
 
-use confab_domain::{Message, MessageId, MessageRole, MessageStatus, ModelSlug, Title};
+use confab_domain::{Message, MessageRole, ModelSlug, Title};
 use confab_ports::{CompletionRequest, PromptRole, PromptTurn};
 
 /// The instruction of the title call. Test doubles recognise a title call
@@ -12,22 +12,18 @@ punctuation at the end.";
 /// Longest title kept, in characters.
 const TITLE_CHARS: usize = 60;
 
-/// The prompt for answering `history`'s last user message: the system
-/// prompt, then as many of the latest turns as fit in `budget` characters
-/// (the newest always goes whole). `answering` (the message being
-/// generated) and messages without text are left out.
+/// The prompt for answering `history`'s last message (a question, or an
+/// answer to go on with): the system prompt, then as many of the latest
+/// turns as fit in `budget` characters (the newest always goes whole).
+/// Messages without text are left out.
 pub(super) fn build_prompt(
     history: &[Message],
-    answering: &MessageId,
     system_prompt: &str,
     budget: usize,
 ) -> Vec<PromptTurn> {
     let mut picked = Vec::new();
     let mut used = 0_usize;
     for message in history.iter().rev() {
-        if &message.id == answering || message.status == MessageStatus::InProgress {
-            continue;
-        }
         let role = match message.role {
             MessageRole::User => PromptRole::User,
             MessageRole::Assistant => PromptRole::Assistant,
@@ -137,7 +133,9 @@ pub(super) fn heuristic_title(first_message: &str) -> Title {
 
 #[cfg(test)]
 mod tests {
-    use confab_domain::{Content, ConversationId, MessageMetadata, OffsetDateTime};
+    use confab_domain::{
+        Content, ConversationId, MessageId, MessageMetadata, MessageStatus, OffsetDateTime,
+    };
 
     use super::*;
 
@@ -166,7 +164,7 @@ mod tests {
             message("u2", MessageRole::User, "second question"),
             answering,
         ];
-        let turns = build_prompt(&history, &MessageId::parse("a3").unwrap(), "Be brief.", 30);
+        let turns = build_prompt(&history, "Be brief.", 30);
         let texts: Vec<&str> = turns.iter().map(|t| t.text.as_str()).collect();
         assert_eq!(texts, ["Be brief.", "reply one", "second question"]);
         assert_eq!(turns[0].role, PromptRole::System);
@@ -176,7 +174,7 @@ mod tests {
     #[test]
     fn the_newest_message_goes_even_over_budget() {
         let history = vec![message("u1", MessageRole::User, &"x".repeat(100))];
-        let turns = build_prompt(&history, &MessageId::parse("a1").unwrap(), "", 10);
+        let turns = build_prompt(&history, "", 10);
         assert_eq!(turns.len(), 1);
         assert_eq!(turns[0].text.len(), 100);
     }

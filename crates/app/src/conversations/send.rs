@@ -17,20 +17,40 @@ use super::prompt::build_prompt;
 use super::{Conversations, Inner, Slot};
 use crate::AppError;
 
+/// What a send asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SendAction {
+    /// A new user message under the parent, then its answer (an edit is a
+    /// new question under the edited one's parent).
+    #[default]
+    Next,
+    /// A new answer to a question already asked (regenerate): the parent
+    /// is that user message; no message is sent.
+    Variant,
+    /// The model goes on with an answer that stopped early
+    /// (`finished_partial_completion`), appending to it: the parent is
+    /// that answer; no message is sent.
+    Continue,
+}
+
 /// A message as a client sends it, before validation.
 #[derive(Debug, Clone, Default)]
 pub struct SendMessage {
+    /// What the send asks for.
+    pub action: SendAction,
     /// The conversation to continue; `None` starts a new one.
     pub conversation_id: Option<ConversationId>,
     /// Whether the conversation must be new (`POST /conversations`).
     pub must_be_new: bool,
     /// The message's id; generated when absent.
     pub message_id: Option<String>,
-    /// The message it follows (any of the conversation's: an edit is a
-    /// new question under the edited one's parent); absent, the
-    /// conversation's current node.
+    /// For `next`, the message it follows (any of the conversation's: an
+    /// edit is a new question under the edited one's parent); absent, the
+    /// conversation's current node. For `variant`, the question to answer
+    /// again (absent: the current node's). For `continue`, the answer to
+    /// go on with (required).
     pub parent_message_id: Option<String>,
-    /// The message's text parts.
+    /// The message's text parts (none for `variant` and `continue`).
     pub parts: Vec<String>,
     /// The model to use: absent or `default` for the configured default.
     pub model: Option<String>,
@@ -47,9 +67,11 @@ pub struct Started {
     pub conversation: Conversation,
     /// Whether this message created it.
     pub created: bool,
-    /// The stored user message.
+    /// The user message answered: the one sent, or for a variant or a
+    /// continue the one already stored.
     pub user_message: Message,
-    /// The assistant message being generated (`in_progress`).
+    /// The assistant message being generated (`in_progress`): a new one,
+    /// or for a continue the reopened one, with the text it had.
     pub assistant_message: Message,
     /// Set by the generation when it has ended (its text saved, its stream
     /// closed).
@@ -104,14 +126,13 @@ impl Inner {
         parent: Option<&MessageId>,
         message_id: &MessageId,
     ) -> Result<Vec<Message>, AppError> {
-        let chars = |m: &Message| m.content.parts().iter().map(|p| p.chars().count()).sum();
         let messages = &self.ports.messages;
         let (history, taken, parent) = tokio::join!(
             self.read_back(
                 conversation,
                 parent,
                 usize::MAX,
-                chars,
+                text_chars,
                 self.rules.prompt_budget_chars,
             ),
             messages.find(conversation, message_id),
@@ -183,23 +204,49 @@ impl Inner {
 struct Request {
     owner: UserId,
     existing: Option<Conversation>,
-    /// The message the sent one follows; `None`: the current node.
-    parent: Option<MessageId>,
-    message_id: MessageId,
-    content: Content,
+    plan: Plan,
     engine: Engine,
 }
 
-/// The two messages of one send, before they are stored.
-struct Exchange {
-    /// The message the user's follows (the conversation's last).
-    parent: Option<MessageId>,
-    /// The user's message's id.
-    message_id: MessageId,
-    /// The user's message's text.
-    content: Content,
-    /// The answer's id.
-    assistant_id: MessageId,
+/// What a validated send writes.
+enum Plan {
+    /// A new question (under `parent`; `None`: the current node) and its
+    /// answer.
+    Next {
+        parent: Option<MessageId>,
+        message_id: MessageId,
+        content: Content,
+    },
+    /// A new answer to the question `question` (`None`: the current
+    /// node's).
+    Variant { question: Option<MessageId> },
+    /// More of the answer `answer`, which stopped early.
+    Continue { answer: MessageId },
+}
+
+/// A send's messages and the branch its prompt is made of, before anything
+/// is written.
+struct Turn {
+    /// The branch above the question, oldest first (within the prompt
+    /// budget).
+    history: Vec<Message>,
+    /// The question: new for `next`, stored for the others.
+    question: Message,
+    /// The answer: new and empty, or the reopened one with its text.
+    answer: Message,
+    /// How the two are stored.
+    write: Write,
+}
+
+/// How a turn is stored.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Both messages are new.
+    Exchange,
+    /// The answer is new; the question is stored already.
+    Answer,
+    /// The answer is stored and stopped early: it is reopened.
+    Reopen,
 }
 
 /// What generates the answer, and how.
@@ -232,7 +279,7 @@ impl Conversations {
     pub async fn send(
         &self,
         caller: &AccessClaims,
-        input: SendMessage,
+        mut input: SendMessage,
     ) -> Result<Started, AppError> {
         let inner = &self.inner;
         let owner = caller.user_id;
@@ -250,21 +297,7 @@ impl Conversations {
                 "a new conversation gets its id from the server; continue one with POST /api/v1/conversations/{id}/messages",
             ));
         }
-        let content = Content::user_text(input.parts)?;
-        let message_id = match input.message_id {
-            Some(id) => parse_message_id(id, Field::MessageId)?,
-            None => MessageId::generate(),
-        };
-        let parent = input
-            .parent_message_id
-            .map(|id| parse_message_id(id, Field::ParentMessageId))
-            .transpose()?;
-        if parent.is_some() && input.conversation_id.is_none() {
-            // A new conversation has no message to follow.
-            return Err(AppError::Missing {
-                field: Field::ParentMessageId,
-            });
-        }
+        let plan = Self::plan(&mut input)?;
         let model = inner.model(input.model.as_deref())?;
         let temperature = match input.temperature {
             None => None,
@@ -303,9 +336,7 @@ impl Conversations {
         let request = Request {
             owner,
             existing,
-            parent,
-            message_id,
-            content,
+            plan,
             engine: Engine {
                 model,
                 temperature,
@@ -318,9 +349,62 @@ impl Conversations {
             .map_err(|e| AppError::Internal(format!("starting a generation failed: {e}").into()))?
     }
 
+    /// What a send asks for, from its input alone (the input's message,
+    /// ids and parts are taken).
+    fn plan(input: &mut SendMessage) -> Result<Plan, AppError> {
+        let parent = input
+            .parent_message_id
+            .take()
+            .map(|id| parse_message_id(id, Field::ParentMessageId))
+            .transpose()?;
+        let new = input.conversation_id.is_none();
+        if input.action != SendAction::Next {
+            if !input.parts.is_empty() || input.message_id.is_some() {
+                return Err(invalid(
+                    Field::Messages,
+                    "a variant or a continue sends no message: it answers one already asked",
+                ));
+            }
+            if new {
+                return Err(invalid(
+                    Field::Action,
+                    "a variant or a continue answers again in an existing conversation",
+                ));
+            }
+        }
+        match input.action {
+            SendAction::Next => {
+                let content = Content::user_text(std::mem::take(&mut input.parts))?;
+                let message_id = match input.message_id.take() {
+                    Some(id) => parse_message_id(id, Field::MessageId)?,
+                    None => MessageId::generate(),
+                };
+                if parent.is_some() && new {
+                    // A new conversation has no message to follow.
+                    return Err(AppError::Missing {
+                        field: Field::ParentMessageId,
+                    });
+                }
+                Ok(Plan::Next {
+                    parent,
+                    message_id,
+                    content,
+                })
+            }
+            SendAction::Variant => Ok(Plan::Variant { question: parent }),
+            SendAction::Continue => match parent {
+                Some(answer) => Ok(Plan::Continue { answer }),
+                None => Err(invalid(
+                    Field::ParentMessageId,
+                    "a continue names the answer to go on with",
+                )),
+            },
+        }
+    }
+
     /// Opens the stream log, starts the generation (the model is asked at
-    /// once), stores both messages, announces them and lets the generation
-    /// go on; on any failure, stops the generation and undoes what it did.
+    /// once), stores the turn, announces it and lets the generation go on;
+    /// on any failure, stops the generation and undoes what it did.
     async fn begin(&self, request: Request, slot: Slot) -> Result<Started, AppError> {
         let inner = &self.inner;
         let owner = request.owner;
@@ -331,44 +415,41 @@ impl Conversations {
             .map_or_else(ConversationId::generate, |c| c.id);
         // Checked before the log is opened, so a retried message does not
         // replace the stream of the answer it already has.
-        let mut history = match &request.existing {
-            Some(c) => {
-                inner
-                    .prompt_history(c.id, request.parent.as_ref(), &request.message_id)
-                    .await?
-            }
-            None => Vec::new(),
-        };
-        let assistant_id = MessageId::generate();
+        let turn = inner
+            .turn(
+                conversation_id,
+                request.existing.as_ref(),
+                request.plan,
+                &request.engine.model,
+            )
+            .await?;
         let stop = inner
             .ports
             .log
-            .open(conversation_id, &assistant_id)
+            .open(conversation_id, &turn.answer.id)
             .await
             .map_err(|e| match e {
                 DomainError::Duplicate { .. } => AppError::Busy,
                 other => other.into(),
             })?;
-        let exchange = Exchange {
-            parent: history.last().map(|m| m.id.clone()),
-            message_id: request.message_id,
-            content: request.content,
-            assistant_id,
-        };
-        let (user_message, assistant_message) =
-            inner.exchange(conversation_id, exchange, &request.engine.model);
-        history.push(user_message.clone());
+        // The prompt: the branch down to the question, and for a continue
+        // the answer so far (the model goes on from its end).
+        let mut branch = turn.history.clone();
+        branch.push(turn.question.clone());
+        if turn.write == Write::Reopen {
+            branch.push(turn.answer.clone());
+        }
         let prompt = CompletionRequest {
             model: request.engine.model.clone(),
             turns: build_prompt(
-                &history,
-                &assistant_message.id,
+                &branch,
                 &inner.rules.system_prompt,
                 inner.rules.prompt_budget_chars,
             ),
             temperature: request.engine.temperature,
             max_tokens: inner.rules.max_tokens,
         };
+        drop(branch);
         let (ended_tx, ended_rx) = watch::channel(None);
         let (stored_tx, stored_rx) = oneshot::channel();
         let generation = Generation {
@@ -376,8 +457,8 @@ impl Conversations {
             owner,
             conversation: conversation_id,
             created,
-            message: assistant_message.clone(),
-            first_text: user_message.content.joined(),
+            message: turn.answer.clone(),
+            first_text: turn.question.content.joined(),
             model: request.engine.model,
             chat_model: request.engine.chat_model,
             shutdown: inner.running.shutdown.subscribe(),
@@ -385,7 +466,7 @@ impl Conversations {
         };
         tokio::spawn(generation.run(stop, slot, stored_rx, prompt));
         let stored = self
-            .store_and_announce(owner, request.existing, &user_message, &assistant_message)
+            .store_and_announce(owner, request.existing, &turn)
             .await;
         match stored {
             Ok(conversation) => {
@@ -394,8 +475,8 @@ impl Conversations {
                 Ok(Started {
                     conversation,
                     created,
-                    user_message,
-                    assistant_message,
+                    user_message: turn.question,
+                    assistant_message: turn.answer,
                     ended: ended_rx,
                 })
             }
@@ -425,36 +506,55 @@ impl Conversations {
         self.inner.invalidate(owner, conversation).await;
     }
 
-    /// Stores the exchange's two messages (with the conversation, in the
-    /// same transaction, when it is new) and appends the stream's opening
-    /// events; the conversation as stored.
+    /// Stores the turn (a new exchange, with the conversation in the same
+    /// transaction when it is new; a new answer; or the answer reopened)
+    /// and appends the stream's opening events; the conversation as
+    /// stored.
     async fn store_and_announce(
         &self,
         owner: UserId,
         existing: Option<Conversation>,
-        user_message: &Message,
-        assistant_message: &Message,
+        turn: &Turn,
     ) -> Result<Conversation, AppError> {
         let inner = &self.inner;
+        let messages = &inner.ports.messages;
+        let (user_message, assistant_message) = (&turn.question, &turn.answer);
         let duplicate = |e| match e {
             DomainError::Duplicate { .. } => AppError::Conflict {
                 field: Field::MessageId,
             },
             other => other.into(),
         };
-        let conversation = match existing {
-            Some(conversation) => {
-                inner
-                    .ports
-                    .messages
+        let conversation = match (existing, turn.write) {
+            (Some(conversation), Write::Exchange) => {
+                messages
                     .insert_exchange(user_message, assistant_message)
                     .await
                     .map_err(duplicate)?;
                 conversation
             }
-            None => inner
-                .ports
-                .messages
+            (Some(conversation), Write::Answer) => {
+                messages
+                    .insert(assistant_message)
+                    .await
+                    .map_err(duplicate)?;
+                conversation
+            }
+            (Some(conversation), Write::Reopen) => {
+                let reopened = messages
+                    .reopen(
+                        conversation.id,
+                        &assistant_message.id,
+                        assistant_message.updated_at,
+                    )
+                    .await?;
+                if !reopened {
+                    // Continued (and finished) by another send meanwhile.
+                    return Err(not_stopped());
+                }
+                conversation
+            }
+            (None, _) => messages
                 .create_with_exchange(
                     NewConversation {
                         id: user_message.conversation_id,
@@ -492,15 +592,18 @@ impl Conversations {
         // anything: over Redis they go out together.
         let ((), announced) = tokio::join!(inner.invalidate(owner, conversation.id), announce);
         if let Err(e) = announced {
-            // The answer exists but will never be generated: close it.
-            let _ = inner
-                .ports
-                .messages
+            // The answer will never be generated: close it (a reopened one
+            // as it was, so it can be continued again).
+            let status = match turn.write {
+                Write::Reopen => MessageStatus::FinishedPartialCompletion,
+                Write::Exchange | Write::Answer => MessageStatus::Failed,
+            };
+            let _ = messages
                 .update_content(
                     conversation.id,
                     &assistant_message.id,
                     &assistant_message.content,
-                    MessageStatus::Failed,
+                    status,
                     inner.now(),
                 )
                 .await;
@@ -510,45 +613,195 @@ impl Conversations {
     }
 }
 
+/// The refusal of a continue of an answer that did not stop early.
+fn not_stopped() -> AppError {
+    invalid(
+        Field::ParentMessageId,
+        "a continue goes on with an answer that stopped early (finished_partial_completion)",
+    )
+}
+
+/// A message's text length in characters: what the prompt budget counts.
+fn text_chars(message: &Message) -> usize {
+    message
+        .content
+        .parts()
+        .iter()
+        .map(|p| p.chars().count())
+        .sum()
+}
+
 impl Inner {
-    /// The exchange's two messages as they will be stored: the user's, and
-    /// the assistant's answer to it, empty and `in_progress`.
-    fn exchange(
+    /// The turn a plan makes: the messages it writes and the branch above
+    /// its question, read (and checked) before anything is written.
+    async fn turn(
         &self,
         conversation: ConversationId,
-        exchange: Exchange,
+        existing: Option<&Conversation>,
+        plan: Plan,
         model: &ModelSlug,
-    ) -> (Message, Message) {
-        let created_at = self.now();
-        let user_message = Message {
-            id: exchange.message_id,
-            conversation_id: conversation,
-            parent_id: exchange.parent,
-            role: MessageRole::User,
-            content: exchange.content,
-            status: MessageStatus::FinishedSuccessfully,
-            model_slug: None,
-            metadata: serde_map(),
-            created_at,
-            updated_at: created_at,
+    ) -> Result<Turn, AppError> {
+        match plan {
+            Plan::Next {
+                parent,
+                message_id,
+                content,
+            } => {
+                let history = match existing {
+                    Some(c) => {
+                        self.prompt_history(c.id, parent.as_ref(), &message_id)
+                            .await?
+                    }
+                    None => Vec::new(),
+                };
+                let created_at = self.now();
+                let question = Message {
+                    id: message_id,
+                    conversation_id: conversation,
+                    parent_id: history.last().map(|m| m.id.clone()),
+                    role: MessageRole::User,
+                    content,
+                    status: MessageStatus::FinishedSuccessfully,
+                    model_slug: None,
+                    metadata: MessageMetadata::new(),
+                    created_at,
+                    updated_at: created_at,
+                };
+                let answer = self.new_answer(conversation, &question.id, model);
+                Ok(Turn {
+                    history,
+                    question,
+                    answer,
+                    write: Write::Exchange,
+                })
+            }
+            Plan::Variant { question } => {
+                let Some(existing) = existing else {
+                    return Err(AppError::NotFound);
+                };
+                let question = self.question_to_vary(existing, question.as_ref()).await?;
+                let history = self.branch_above(conversation, &question.id).await?;
+                let answer = self.new_answer(conversation, &question.id, model);
+                Ok(Turn {
+                    history,
+                    question,
+                    answer,
+                    write: Write::Answer,
+                })
+            }
+            Plan::Continue { answer } => {
+                let missing = || AppError::Missing {
+                    field: Field::ParentMessageId,
+                };
+                let messages = &self.ports.messages;
+                let (found, history) = tokio::join!(
+                    messages.find(conversation, &answer),
+                    self.branch_above(conversation, &answer),
+                );
+                let mut answer = found?.ok_or_else(missing)?;
+                if answer.role != MessageRole::Assistant
+                    || answer.status != MessageStatus::FinishedPartialCompletion
+                {
+                    return Err(not_stopped());
+                }
+                let mut history = history?;
+                // The newest of the branch above an answer is its question.
+                let question = match history.pop() {
+                    Some(q) if Some(&q.id) == answer.parent_id.as_ref() => q,
+                    _ => return Err(not_stopped()),
+                };
+                answer.status = MessageStatus::InProgress;
+                answer.updated_at = self.now();
+                Ok(Turn {
+                    history,
+                    question,
+                    answer,
+                    write: Write::Reopen,
+                })
+            }
+        }
+    }
+
+    /// The question a variant answers again: the one named, which must be
+    /// a user message; unnamed, the current node when it is a question,
+    /// else the question the current node answers.
+    async fn question_to_vary(
+        &self,
+        conversation: &Conversation,
+        named: Option<&MessageId>,
+    ) -> Result<Message, AppError> {
+        let missing = || AppError::Missing {
+            field: Field::ParentMessageId,
         };
+        let messages = &self.ports.messages;
+        let id = named
+            .or(conversation.current_node.as_ref())
+            .ok_or_else(missing)?;
+        let found = messages
+            .find(conversation.id, id)
+            .await?
+            .ok_or_else(missing)?;
+        match (found.role, named) {
+            (MessageRole::User, _) => Ok(found),
+            (MessageRole::Assistant, None) => {
+                let parent = found.parent_id.as_ref().ok_or_else(missing)?;
+                messages
+                    .find(conversation.id, parent)
+                    .await?
+                    .filter(|m| m.role == MessageRole::User)
+                    .ok_or_else(missing)
+            }
+            _ => Err(invalid(
+                Field::ParentMessageId,
+                "a variant answers a question again: name the user message, not an answer",
+            )),
+        }
+    }
+
+    /// The newest messages of the branch above the message `end` (its
+    /// ancestors, without it), oldest first, within the prompt budget.
+    async fn branch_above(
+        &self,
+        conversation: ConversationId,
+        end: &MessageId,
+    ) -> Result<Vec<Message>, AppError> {
+        match self
+            .read_back(
+                conversation,
+                Some(end),
+                usize::MAX,
+                text_chars,
+                self.rules.prompt_budget_chars,
+            )
+            .await
+        {
+            Ok(page) => Ok(page.messages),
+            Err(DomainError::NotFound) => Err(AppError::Missing {
+                field: Field::ParentMessageId,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A new answer to `question`, empty and `in_progress`.
+    fn new_answer(
+        &self,
+        conversation: ConversationId,
+        question: &MessageId,
+        model: &ModelSlug,
+    ) -> Message {
         let started_at = self.now();
-        let assistant_message = Message {
-            id: exchange.assistant_id,
+        Message {
+            id: MessageId::generate(),
             conversation_id: conversation,
-            parent_id: Some(user_message.id.clone()),
+            parent_id: Some(question.clone()),
             role: MessageRole::Assistant,
             content: Content::empty_text(),
             status: MessageStatus::InProgress,
             model_slug: Some(model.clone()),
-            metadata: serde_map(),
+            metadata: MessageMetadata::new(),
             created_at: started_at,
             updated_at: started_at,
-        };
-        (user_message, assistant_message)
+        }
     }
-}
-
-fn serde_map() -> MessageMetadata {
-    MessageMetadata::new()
 }

@@ -1,13 +1,15 @@
 //! Conversations: list, read (with `ETag`), rename/archive, delete.
 
+use std::collections::BTreeMap;
+
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CACHE_CONTROL, ETAG, HeaderValue, IF_MATCH, IF_NONE_MATCH};
 use actix_web::{HttpRequest, HttpResponse, web};
 use confab_app::{AppError, Conversations, Read};
 use confab_domain::{
-    Conversation, ConversationId, ConversationPatch, ConversationSummary, Field, HistoryRequest,
-    ListOrder, MessageDocument, MessageId, MessagePage, PageRequest, SearchQuery, Title, UserId,
-    rfc3339,
+    Children, Conversation, ConversationId, ConversationPatch, ConversationSummary, Field,
+    HistoryRequest, ListOrder, Message, MessageDocument, MessageId, MessagePage, PageRequest,
+    SearchQuery, Title, UserId, rfc3339,
 };
 use confab_ports::AccessClaims;
 use confab_ports::ConversationQuery;
@@ -27,6 +29,8 @@ use crate::rendered::{Rendered, Shape};
 const LIST: &str = "list";
 /// The history's rendered shape.
 const HISTORY: &str = "history";
+/// The rendered bodies of `/backend-api/conversation/{id}` (with `mapping`).
+const BACKEND_HISTORY: &str = "backend-history";
 
 /// A path id: malformed is as missing (404), never a 500.
 pub(crate) fn conversation_id(raw: &str) -> Result<ConversationId, ApiError> {
@@ -68,7 +72,7 @@ pub(crate) struct HistoryQuery {
 }
 
 /// `raw` as a message id, or a validation error naming `field`.
-fn message_id(raw: &str, field: Field) -> Result<MessageId, AppError> {
+pub(crate) fn message_id(raw: &str, field: Field) -> Result<MessageId, AppError> {
     MessageId::parse(raw).map_err(|_| AppError::Validation {
         field,
         message: "must be a message id: 1 to 64 letters, digits, '_' or '-'".into(),
@@ -157,6 +161,107 @@ pub(crate) struct ConversationBody<'a> {
     /// messages (the first message's); else `null`.
     #[schema(value_type = Option<String>, required = true)]
     cursor: Option<&'a str>,
+    /// For each message of the page that has siblings (other answers to
+    /// its question, other questions after its answer), keyed by its id:
+    /// their ids and its place among them (what a "< 2/3 >" needs).
+    #[schema(value_type = BTreeMap<String, SiblingsView>)]
+    siblings: BTreeMap<&'a str, SiblingsView<'a>>,
+}
+
+/// A message's siblings.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SiblingsView<'a> {
+    /// The ids of the messages that share its parent, itself included,
+    /// oldest first.
+    #[schema(value_type = Vec<String>)]
+    ids: Vec<&'a str>,
+    /// Its place among them, from 0.
+    index: usize,
+}
+
+/// The siblings of each message of `page` that has any.
+fn siblings_of(page: &MessagePage) -> BTreeMap<&str, SiblingsView<'_>> {
+    let mut out = BTreeMap::new();
+    for message in &page.messages {
+        let found = page.children.iter().find_map(|group| {
+            group
+                .index_of(&message.id)
+                .filter(|_| group.parent == message.parent_id && group.ids.len() > 1)
+                .map(|index| (group, index))
+        });
+        if let Some((group, index)) = found {
+            out.insert(
+                message.id.as_str(),
+                SiblingsView {
+                    ids: group.ids.iter().map(MessageId::as_str).collect(),
+                    index,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// One node of ChatGPT's `mapping`: a message, its parent and its
+/// children.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct MappingNode<'a> {
+    /// The message's id.
+    #[schema(value_type = String)]
+    id: &'a str,
+    /// The message.
+    #[schema(value_type = MessageView)]
+    message: MessageDocument<'a>,
+    /// Its parent's id (`null` for a first message).
+    #[schema(value_type = Option<String>, required = true)]
+    parent: Option<&'a str>,
+    /// Its children's ids, oldest first, on every branch.
+    #[schema(value_type = Vec<String>)]
+    children: Vec<&'a str>,
+}
+
+impl<'a> MappingNode<'a> {
+    /// `message` as a node, its children found in `children`.
+    pub(crate) fn of(message: &'a Message, children: &'a [Children]) -> Result<Self, ApiError> {
+        Ok(Self {
+            id: message.id.as_str(),
+            message: MessageDocument::of(message).map_err(AppError::from)?,
+            parent: message.parent_id.as_ref().map(MessageId::as_str),
+            children: children
+                .iter()
+                .find(|group| group.parent.as_ref() == Some(&message.id))
+                .map(|group| group.ids.iter().map(MessageId::as_str).collect())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// `GET /backend-api/conversation/{id}`: the canonical body, and ChatGPT's
+/// `mapping` of the page's messages.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct BackendConversationBody<'a> {
+    #[serde(flatten)]
+    body: ConversationBody<'a>,
+    /// ChatGPT's `mapping`: each message of the page by its id, with its
+    /// parent and all its children (on other branches too: their ids lead
+    /// there). From `current_node` up through `parent` is the page's
+    /// branch.
+    #[schema(value_type = BTreeMap<String, MappingNode>)]
+    mapping: BTreeMap<&'a str, MappingNode<'a>>,
+}
+
+impl<'a> BackendConversationBody<'a> {
+    pub(crate) fn of(c: &'a Conversation, page: &'a MessagePage) -> Result<Self, ApiError> {
+        let mapping = page
+            .messages
+            .iter()
+            .map(|m| Ok((m.id.as_str(), MappingNode::of(m, &page.children)?)))
+            .collect::<Result<_, ApiError>>()?;
+        Ok(Self {
+            body: ConversationBody::of(c, page)?,
+            mapping,
+        })
+    }
 }
 
 impl<'a> ConversationBody<'a> {
@@ -176,6 +281,7 @@ impl<'a> ConversationBody<'a> {
                 .map_err(AppError::from)?,
             has_more: page.has_more,
             cursor: page.cursor().map(MessageId::as_str),
+            siblings: siblings_of(page),
         })
     }
 }
@@ -275,12 +381,13 @@ fn rendered<T>(
     })
 }
 
-/// The conversation `id` as `GET` without a query renders it (its newest
-/// page), for its current `ETag`.
+/// The conversation `id` as `GET` without a query renders it on
+/// `surface` (its newest page), for its current `ETag`.
 async fn current(
     state: &State,
     caller: &AccessClaims,
     id: ConversationId,
+    surface: Surface,
 ) -> Result<Rendered, ApiError> {
     let read = state
         .conversations
@@ -288,15 +395,15 @@ async fn current(
             caller,
             id,
             &HistoryRequest::default(),
-            &shape(state, HISTORY),
+            &shape(state, surface.shape()),
         )
         .await?;
     rendered(
         state,
-        HISTORY,
+        surface.shape(),
         read,
         |(conversation, _)| conversation.owner,
-        |(conversation, messages)| json(&ConversationBody::of(conversation, messages)?),
+        |value| surface.render(value),
     )
 }
 
@@ -320,7 +427,13 @@ async fn if_match(
             "must be * or entity tags (\"…\" or W/\"…\"), comma-separated",
         )
     })?;
-    let current = current(state, caller, id).await?;
+    // The tag of the body `GET` answers on the surface the change came by.
+    let surface = if req.path().starts_with("/backend-api/") {
+        Surface::Backend
+    } else {
+        Surface::Canonical
+    };
+    let current = current(state, caller, id, surface).await?;
     // Strong comparison: a weak tag never matches.
     let fresh = wanted
         .iter()
@@ -513,22 +626,93 @@ pub(crate) async fn get(
     id: web::Path<String>,
     q: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let conversations = &state.conversations;
-    let id = conversation_id(&id)?;
+    history(&req, &state, &caller, &id, &q, Surface::Canonical).await
+}
+
+/// A history page as `surface` renders it, cached.
+async fn history(
+    req: &HttpRequest,
+    state: &State,
+    caller: &AccessClaims,
+    id: &str,
+    q: &HistoryQuery,
+    surface: Surface,
+) -> Result<HttpResponse, ApiError> {
+    let id = conversation_id(id)?;
     let page = q.request()?;
     // The owner is checked by the read: against the value, or against
     // the owner of the kept body.
-    let read = conversations
-        .read(&caller, id, &page, &shape(&state, HISTORY))
+    let read = state
+        .conversations
+        .read(caller, id, &page, &shape(state, surface.shape()))
         .await?;
     cacheable_json(
-        &req,
-        &state,
-        HISTORY,
+        req,
+        state,
+        surface.shape(),
         read,
         |(conversation, _)| conversation.owner,
-        |(conversation, messages)| json(&ConversationBody::of(conversation, messages)?),
+        |value| surface.render(value),
     )
+}
+
+/// The two renderings of a history page.
+#[derive(Clone, Copy)]
+enum Surface {
+    /// `/api/v1/conversations/{id}`: [`ConversationBody`].
+    Canonical,
+    /// `/backend-api/conversation/{id}`: [`BackendConversationBody`].
+    Backend,
+}
+
+impl Surface {
+    /// The name its rendered bodies are kept under.
+    const fn shape(self) -> &'static str {
+        match self {
+            Self::Canonical => HISTORY,
+            Self::Backend => BACKEND_HISTORY,
+        }
+    }
+
+    /// The body of `(conversation, page)`.
+    fn render(
+        self,
+        (conversation, page): &(Conversation, MessagePage),
+    ) -> Result<Vec<u8>, ApiError> {
+        match self {
+            Self::Canonical => json(&ConversationBody::of(conversation, page)?),
+            Self::Backend => json(&BackendConversationBody::of(conversation, page)?),
+        }
+    }
+}
+
+/// One of the caller's conversations with a page of its messages, as
+/// `GET /api/v1/conversations/{id}` answers it, and ChatGPT's `mapping`
+/// of the page's messages (each with its parent and children).
+#[utoipa::path(
+    get,
+    path = "/backend-api/conversation/{id}",
+    operation_id = "backend_get_conversation",
+    tag = "chatgpt-compatible",
+    params(("id" = uuid::Uuid, Path, description = "The conversation's id"), HistoryQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The conversation, a page of its messages and their `mapping`; `ETag` for revalidation.", body = BackendConversationBody),
+        (status = 304, description = "The copy named by `If-None-Match` is current."),
+        (status = 400, description = "An unknown query parameter, or a `limit` that is not a number.", body = ErrorBody),
+        (status = 404, description = "No such conversation, or not the caller's; or (`field`: `before`) `before` is not one of its messages.", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
+        (status = 429, description = "Rate limited; see `Retry-After` and the `RateLimit` headers.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn backend_get(
+    req: HttpRequest,
+    state: State,
+    AuthUser(caller): AuthUser,
+    id: web::Path<String>,
+    q: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    history(&req, &state, &caller, &id, &q, Surface::Backend).await
 }
 
 /// Renames and/or archives one of the caller's conversations.

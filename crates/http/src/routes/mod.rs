@@ -11,6 +11,7 @@ pub(crate) mod health;
 pub(crate) mod schema;
 pub(crate) mod send;
 pub(crate) mod stream;
+pub(crate) mod tree;
 pub(crate) mod users;
 
 use actix_web::body::{BoxBody, MessageBody as Body};
@@ -24,14 +25,16 @@ use crate::middleware::catch_panic;
 
 pub(crate) use auth::{LoginRequest, RefreshRequest, RegisterRequest, TokenBody, UserBody};
 pub(crate) use conversations::{
-    ConversationBody, ConversationItem, ConversationMeta, ConversationPageBody,
-    ConversationPatchBody,
+    BackendConversationBody, ConversationBody, ConversationItem, ConversationMeta,
+    ConversationPageBody, ConversationPatchBody, MappingNode, SiblingsView,
 };
 pub(crate) use health::{Health, ReadinessBody};
 pub(crate) use schema::{AuthorView, ContentView, MessageMetadataView, MessageView};
 pub(crate) use send::{
-    ContentInput, MessageBody, MessageInput, SendBody, SendOptions, SentBody, replayed_json,
+    ContentInput, MessageBody, MessageInput, NewConversationBody, SendBody, SendOptions, SentBody,
+    replayed_json,
 };
+pub(crate) use tree::TreeBody;
 pub(crate) use users::{UserPage, UserPatch};
 
 /// What kind of route a path is: the middlewares decide by this (the rate
@@ -280,6 +283,15 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         route: || web::route().to(conversations::get),
     },
     Endpoint {
+        method: Method::GET,
+        path: "/api/v1/conversations/{id}/tree",
+        class: RouteClass::Api,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Json,
+        route: || web::route().to(tree::tree),
+    },
+    Endpoint {
         method: Method::PATCH,
         path: "/api/v1/conversations/{id}",
         class: RouteClass::Api,
@@ -340,7 +352,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
-        route: || web::route().to(conversations::get),
+        route: || web::route().to(conversations::backend_get),
     },
     Endpoint {
         method: Method::PATCH,

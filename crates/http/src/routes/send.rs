@@ -5,7 +5,7 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::ACCEPT;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
-use confab_app::{AnswerEnd, Conversations, SendMessage, Started};
+use confab_app::{AnswerEnd, Conversations, SendAction, SendMessage, Started};
 use confab_domain::{
     Conversation, ConversationId, ErrorCode, Message, MessageDocument, MessageId, MessageStatus,
 };
@@ -66,15 +66,24 @@ pub(crate) struct SendBody {
     /// Must be the caller's id when present (403 otherwise).
     #[schema(value_type = Option<uuid::Uuid>)]
     user_id: Option<String>,
-    /// The conversation to continue; absent starts a new one.
+    /// The conversation to continue; absent starts a new one (`next`
+    /// only).
     #[schema(value_type = Option<uuid::Uuid>)]
     conversation_id: Option<String>,
-    /// Exactly one message, of role `user`.
-    #[schema(min_items = 1, max_items = 1)]
+    /// What the send asks for: `next` (the default), `variant` or
+    /// `continue`.
+    #[schema(schema_with = crate::fields::action)]
+    action: Option<String>,
+    /// For `next`, exactly one message, of role `user`; for `variant` and
+    /// `continue`, none.
+    #[serde(default)]
+    #[schema(max_items = 1)]
     messages: Vec<MessageInput>,
-    /// The message it follows: any message of the conversation (an edit
-    /// is a new question under the edited one's parent); absent, the
-    /// conversation's current node.
+    /// For `next`, the message it follows: any message of the
+    /// conversation (an edit is a new question under the edited one's
+    /// parent); absent, the conversation's current node. For `variant`,
+    /// the question to answer again (absent: the current node's); for
+    /// `continue`, the answer to go on with.
     #[schema(schema_with = crate::fields::parent_message_id)]
     parent_message_id: Option<String>,
     /// A configured model; absent or `default` for the default.
@@ -84,20 +93,48 @@ pub(crate) struct SendBody {
     metadata: Option<SendOptions>,
 }
 
-/// A message to send on the canonical routes: the conversation is the
-/// path's, or a new one.
+/// A message to send on `POST /api/v1/conversations/{id}/messages`: the
+/// conversation is the path's.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MessageBody {
     /// Must be the caller's id when present (403 otherwise).
     #[schema(value_type = Option<uuid::Uuid>)]
     user_id: Option<String>,
+    /// What the send asks for: `next` (the default), `variant` or
+    /// `continue`.
+    #[schema(schema_with = crate::fields::action)]
+    action: Option<String>,
+    /// For `next`, exactly one message, of role `user`; for `variant` and
+    /// `continue`, none.
+    #[serde(default)]
+    #[schema(max_items = 1)]
+    messages: Vec<MessageInput>,
+    /// For `next`, the message it follows: any message of the
+    /// conversation (an edit is a new question under the edited one's
+    /// parent); absent, the conversation's current node. For `variant`,
+    /// the question to answer again (absent: the current node's); for
+    /// `continue`, the answer to go on with.
+    #[schema(schema_with = crate::fields::parent_message_id)]
+    parent_message_id: Option<String>,
+    /// A configured model; absent or `default` for the default.
+    #[schema(pattern = "^[A-Za-z0-9._:/-]{1,100}$")]
+    model: Option<String>,
+    /// Options.
+    metadata: Option<SendOptions>,
+}
+
+/// A conversation's first message (`POST /api/v1/conversations`).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewConversationBody {
+    /// Must be the caller's id when present (403 otherwise).
+    #[schema(value_type = Option<uuid::Uuid>)]
+    user_id: Option<String>,
     /// Exactly one message, of role `user`.
     #[schema(min_items = 1, max_items = 1)]
     messages: Vec<MessageInput>,
-    /// The message it follows: any message of the conversation (an edit
-    /// is a new question under the edited one's parent); absent, the
-    /// conversation's current node.
+    /// A new conversation has no message to follow: present, it is 404.
     #[schema(schema_with = crate::fields::parent_message_id)]
     parent_message_id: Option<String>,
     /// A configured model; absent or `default` for the default.
@@ -112,6 +149,21 @@ impl From<MessageBody> for SendBody {
         Self {
             user_id: body.user_id,
             conversation_id: None,
+            action: body.action,
+            messages: body.messages,
+            parent_message_id: body.parent_message_id,
+            model: body.model,
+            metadata: body.metadata,
+        }
+    }
+}
+
+impl From<NewConversationBody> for SendBody {
+    fn from(body: NewConversationBody) -> Self {
+        Self {
+            user_id: body.user_id,
+            conversation_id: None,
+            action: None,
             messages: body.messages,
             parent_message_id: body.parent_message_id,
             model: body.model,
@@ -154,23 +206,41 @@ fn input(
         .map_err(|_| invalid("conversation_id", "must be a conversation id (a UUID)"))?;
     // Only the seed's route takes a body id, and it has no path id.
     let conversation_id = path_id.or(body_id);
+    let action = match body.action.as_deref() {
+        None | Some("next") => SendAction::Next,
+        Some("variant") => SendAction::Variant,
+        Some("continue") => SendAction::Continue,
+        Some(_) => return Err(invalid("action", "must be next, variant or continue")),
+    };
     let mut messages = body.messages;
-    if messages.len() != 1 {
-        return Err(invalid("messages", "must hold exactly one message"));
-    }
-    let message = messages.remove(0);
-    if message.role != "user" {
-        return Err(invalid("messages[0].role", "must be user"));
-    }
-    if message.content.content_type != "text" {
-        return Err(invalid("messages[0].content.content_type", "must be text"));
-    }
+    let (message_id, parts) = if action == SendAction::Next {
+        if messages.len() != 1 {
+            return Err(invalid("messages", "must hold exactly one message"));
+        }
+        let message = messages.remove(0);
+        if message.role != "user" {
+            return Err(invalid("messages[0].role", "must be user"));
+        }
+        if message.content.content_type != "text" {
+            return Err(invalid("messages[0].content.content_type", "must be text"));
+        }
+        (message.id, message.content.parts)
+    } else {
+        if !messages.is_empty() {
+            return Err(invalid(
+                "messages",
+                "must be empty for a variant or a continue: it answers a message already sent",
+            ));
+        }
+        (None, Vec::new())
+    };
     Ok(SendMessage {
+        action,
         conversation_id,
         must_be_new,
-        message_id: message.id,
+        message_id,
         parent_message_id: body.parent_message_id,
-        parts: message.content.parts,
+        parts,
         model: body.model,
         temperature: body.metadata.and_then(|m| m.temperature),
         user_id: body.user_id,
@@ -273,8 +343,11 @@ pub(crate) async fn replayed_json(
         }
         MessageStatus::FinishedSuccessfully | MessageStatus::FinishedPartialCompletion => {}
     }
-    // The send created the conversation when its message is the first.
-    let created = user.parent_id.is_none();
+    // The send created the conversation when its answer is the first
+    // answer to the first question (a regeneration of it is not).
+    let created = conversations
+        .opened_conversation(conversation, &user, answer)
+        .await?;
     sent(&stored, &user, &message, created)
 }
 
@@ -298,9 +371,19 @@ fn error_code(event: &confab_domain::WireEvent) -> Option<ErrorCode> {
 struct Target<'a> {
     path_id: Option<&'a str>,
     must_be_new: bool,
-    /// The body is seed `000`'s [`SendBody`] (with `conversation_id`),
-    /// else a [`MessageBody`].
-    seed_shape: bool,
+    /// The body's shape.
+    shape: Shape,
+}
+
+/// The shape of a send's body.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// Seed `000`'s [`SendBody`] (with `conversation_id`).
+    Seed,
+    /// A [`MessageBody`].
+    Message,
+    /// A [`NewConversationBody`].
+    New,
 }
 
 /// A send: reads its body; with an `Idempotency-Key`, claims it, answers a
@@ -354,10 +437,10 @@ async fn start(
     body: &[u8],
     target: Target<'_>,
 ) -> Result<(Preferred, Started), ApiError> {
-    let body: SendBody = if target.seed_shape {
-        parse(body)?
-    } else {
-        parse::<MessageBody>(body)?.into()
+    let body: SendBody = match target.shape {
+        Shape::Seed => parse(body)?,
+        Shape::Message => parse::<MessageBody>(body)?.into(),
+        Shape::New => parse::<NewConversationBody>(body)?.into(),
     };
     let path_id = target.path_id.map(conversation_id).transpose()?;
     let input = input(body, path_id, target.must_be_new)?;
@@ -393,7 +476,7 @@ async fn answer(
     path = "/api/v1/conversations",
     operation_id = "create_conversation",
     tag = "conversations",
-    request_body = MessageBody,
+    request_body = NewConversationBody,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The answer's event stream (delta encoding v1).", content_type = "text/event-stream", body = String),
@@ -422,7 +505,7 @@ pub(crate) async fn create(
     let target = Target {
         path_id: None,
         must_be_new: true,
-        seed_shape: false,
+        shape: Shape::New,
     };
     send(&req, &state, &caller, payload, target).await
 }
@@ -465,7 +548,7 @@ pub(crate) async fn message(
     let target = Target {
         path_id: Some(id.as_str()),
         must_be_new: false,
-        seed_shape: false,
+        shape: Shape::Message,
     };
     send(&req, &state, &caller, payload, target).await
 }
@@ -509,7 +592,7 @@ pub(crate) async fn seed(
     let target = Target {
         path_id: None,
         must_be_new: false,
-        seed_shape: true,
+        shape: Shape::Seed,
     };
     send(&req, &state, &caller, payload, target).await
 }

@@ -103,10 +103,27 @@ pub fn sample_history() -> CachedValue {
     CachedValue::History(
         Box::new(conversation),
         MessagePage {
+            children: children(&messages),
             messages,
             has_more: true,
         },
     )
+}
+
+/// Children groups over `messages`' ids (the round trip doesn't check them
+/// against the messages): one under a parent, one of first messages.
+fn children(messages: &[Message]) -> Vec<confab_domain::Children> {
+    let ids: Vec<MessageId> = messages.iter().map(|m| m.id.clone()).collect();
+    vec![
+        confab_domain::Children {
+            parent: ids.first().cloned(),
+            ids: ids.iter().skip(1).cloned().collect(),
+        },
+        confab_domain::Children {
+            parent: None,
+            ids: ids.iter().take(2).cloned().collect(),
+        },
+    ]
 }
 
 /// [`sample_history`]'s conversation and messages.
@@ -240,6 +257,7 @@ pub async fn a_history_round_trips(cache: &dyn Cache) {
     let value = CachedValue::History(
         Box::new(conversation.clone()),
         MessagePage {
+            children: children(&messages),
             messages,
             has_more: true,
         },

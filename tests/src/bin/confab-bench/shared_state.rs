@@ -288,6 +288,7 @@ fn history() -> (CachedValue, usize, ConversationId) {
             MessagePage {
                 messages,
                 has_more: false,
+                children: Vec::new(),
             },
         ),
         chars,

@@ -21,8 +21,8 @@
 use std::borrow::Cow;
 
 use confab_domain::{
-    Content, ContentType, Conversation, ConversationId, ConversationSummary, DomainError, Field,
-    Message, MessageId, MessageMetadata, MessagePage, MessageRole, MessageStatus, ModelSlug,
+    Children, Content, ContentType, Conversation, ConversationId, ConversationSummary, DomainError,
+    Field, Message, MessageId, MessageMetadata, MessagePage, MessageRole, MessageStatus, ModelSlug,
     OffsetDateTime, Page, PageRequest, Title, UserId,
 };
 use confab_ports::CachedValue;
@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 /// The format this build writes and reads (2: a history is a page of
 /// messages, with `has_more`; 3: a conversation has a `current_node`).
-const FORMAT: u64 = 3;
+const FORMAT: u64 = 4;
 
 /// Why a stored entry could not be read back. Never holds any of the
 /// entry's text (it is logged): only where and why decoding stopped.
@@ -118,6 +118,7 @@ impl<'a> From<&'a CachedValue> for ValueDto<'a> {
                 conversation: ConversationDto::from(&**conversation),
                 messages: page.messages.iter().map(MessageDto::from).collect(),
                 has_more: page.has_more,
+                children: page.children.iter().map(ChildrenDto::from).collect(),
             }),
         }
     }
@@ -138,6 +139,11 @@ impl TryFrom<ValueDto<'_>> for CachedValue {
                         .map(Message::try_from)
                         .collect::<Result<_, _>>()?,
                     has_more: history.has_more,
+                    children: history
+                        .children
+                        .into_iter()
+                        .map(Children::try_from)
+                        .collect::<Result<_, _>>()?,
                 },
             ),
         })
@@ -230,6 +236,36 @@ struct HistoryDto<'a> {
     conversation: ConversationDto<'a>,
     messages: Vec<MessageDto<'a>>,
     has_more: bool,
+    children: Vec<ChildrenDto<'a>>,
+}
+
+/// [`Children`].
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChildrenDto<'a> {
+    parent: Option<Cow<'a, str>>,
+    ids: Vec<Cow<'a, str>>,
+}
+
+impl<'a> From<&'a Children> for ChildrenDto<'a> {
+    fn from(s: &'a Children) -> Self {
+        Self {
+            parent: s.parent.as_ref().map(|p| Cow::Borrowed(p.as_str())),
+            ids: s.ids.iter().map(|id| Cow::Borrowed(id.as_str())).collect(),
+        }
+    }
+}
+
+impl TryFrom<ChildrenDto<'_>> for Children {
+    type Error = DomainError;
+
+    fn try_from(dto: ChildrenDto<'_>) -> Result<Self, Self::Error> {
+        let parse = |id: Cow<'_, str>| MessageId::parse(id.into_owned());
+        Ok(Self {
+            parent: dto.parent.map(parse).transpose()?,
+            ids: dto.ids.into_iter().map(parse).collect::<Result<_, _>>()?,
+        })
+    }
 }
 
 /// [`Conversation`].
@@ -413,22 +449,22 @@ mod tests {
     fn entries_start_with_their_version_and_round_trip() {
         let value = page();
         let bytes = encode(&value).unwrap();
-        assert!(bytes.starts_with(b"{\"v\":3,\"value\":{\"conversation_list\":"));
+        assert!(bytes.starts_with(b"{\"v\":4,\"value\":{\"conversation_list\":"));
         assert_eq!(decode(&bytes).unwrap(), value);
     }
 
     #[test]
     fn failures_say_why_without_the_text() {
         let text = String::from_utf8(encode(&page()).unwrap()).unwrap();
-        let other = text.replacen("\"v\":3", "\"v\":2", 1);
+        let other = text.replacen("\"v\":4", "\"v\":3", 1);
         assert!(matches!(
             decode(other.as_bytes()),
-            Err(DecodeError::Version(2))
+            Err(DecodeError::Version(3))
         ));
-        let reshaped = r#"{"v":4,"entry":[]}"#;
+        let reshaped = r#"{"v":5,"entry":[]}"#;
         assert!(matches!(
             decode(reshaped.as_bytes()),
-            Err(DecodeError::Version(4))
+            Err(DecodeError::Version(5))
         ));
         let secret = text.replacen("\"ok\"", "[\"secret\"]", 1);
         let err = decode(secret.as_bytes()).unwrap_err();

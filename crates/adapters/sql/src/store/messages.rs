@@ -292,6 +292,38 @@ impl MessageStore for SqlStore {
             .await
     }
 
+    async fn reopen(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+        at: OffsetDateTime,
+    ) -> Result<bool, DomainError> {
+        let (conversation, id) = (conversation.to_string(), id.as_str().to_owned());
+        let at = micros(at);
+        self.db
+            .write(move |conn| {
+                let changed = on_backend!(conn, |c| SqlText::new(
+                    &[
+                        "UPDATE messages SET status = 'in_progress', updated_at = ",
+                        " WHERE conversation_id = ",
+                        " AND id = ",
+                        " AND role = 'assistant' AND status = 'finished_partial_completion'",
+                    ],
+                    vec![Bind::BigInt(at), Bind::Text(&conversation), Bind::Text(&id)],
+                )
+                .execute(c))?;
+                if changed == 0 {
+                    // Nothing to reopen: nothing written.
+                    return Ok(false);
+                }
+                // A deleted conversation is NotFound, and the update above
+                // is rolled back with it.
+                touch_and_move(conn, &conversation, None, &id, at)?;
+                Ok(true)
+            })
+            .await
+    }
+
     async fn page(
         &self,
         conversation: ConversationId,
@@ -340,7 +372,87 @@ impl MessageStore for SqlStore {
                 .map(MessageRow::into_message)
                 .collect::<Result<_, _>>()?,
             has_more,
+            children: Vec::new(),
         })
+    }
+
+    async fn in_order(
+        &self,
+        conversation: ConversationId,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool), DomainError> {
+        let conversation = conversation.to_string();
+        let after = after.map(|id| id.as_str().to_owned());
+        // One more than asked: whether it comes says if more follow.
+        let take = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+        let mut rows: Vec<MessageRow> = self
+            .db
+            .read(move |conn| {
+                let from = match &after {
+                    Some(id) => on_backend!(conn, |c| messages::table
+                        .filter(messages::conversation_id.eq(&conversation))
+                        .filter(messages::id.eq(id))
+                        .select(messages::position)
+                        .first::<i64>(c))?,
+                    None => 0,
+                };
+                // Over the unique index on (conversation_id, position).
+                on_backend!(conn, |c| messages::table
+                    .filter(messages::conversation_id.eq(&conversation))
+                    .filter(messages::position.gt(from))
+                    .order(messages::position)
+                    .limit(take)
+                    .select(MessageRow::as_select())
+                    .load(c))
+            })
+            .await?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let messages = rows
+            .into_iter()
+            .map(MessageRow::into_message)
+            .collect::<Result<_, _>>()?;
+        Ok((messages, more))
+    }
+
+    async fn children(
+        &self,
+        conversation: ConversationId,
+        parents: &[Option<MessageId>],
+    ) -> Result<Vec<(Option<MessageId>, MessageId)>, DomainError> {
+        let conversation = conversation.to_string();
+        let roots = parents.iter().any(Option::is_none);
+        let ids: Vec<String> = parents
+            .iter()
+            .flatten()
+            .map(|p| p.as_str().to_owned())
+            .collect();
+        // Over the index on (conversation_id, parent_id).
+        let rows: Vec<(Option<String>, String)> = self
+            .db
+            .read(move |conn| {
+                on_backend!(conn, |c| {
+                    let of_parents = messages::parent_id.eq_any(&ids);
+                    let query = messages::table
+                        .filter(messages::conversation_id.eq(&conversation))
+                        .into_boxed();
+                    let query = if roots {
+                        query.filter(of_parents.or(messages::parent_id.is_null()))
+                    } else {
+                        query.filter(of_parents)
+                    };
+                    query
+                        .select((messages::parent_id, messages::id))
+                        .order(messages::position)
+                        .load(c)
+                })
+            })
+            .await?;
+        let parse = |id: String| MessageId::parse(id).map_err(DomainError::internal);
+        rows.into_iter()
+            .map(|(parent, id)| Ok((parent.map(parse).transpose()?, parse(id)?)))
+            .collect()
     }
 
     async fn find(
