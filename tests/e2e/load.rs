@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confab_domain::{
-    ConversationId, MessageRole, MessageStatus, NewConversation, OffsetDateTime, Title, UserId,
+    ConversationId, ConversationSettings, MessageRole, MessageStatus, NewConversation,
+    OffsetDateTime, SystemPrompt, Title, UserId,
 };
 use confab_e2e::fake_llm::FakeLlm;
 use confab_e2e::load::{
@@ -119,6 +120,7 @@ async fn long_conversations(app: &TestApp, token: &str, n: usize) -> Vec<Convers
                     id,
                     owner,
                     title: Title::parse("Long").unwrap(),
+                    settings: Default::default(),
                     created_at: now,
                 };
                 ConversationStore::create(&store, new).await.unwrap();
@@ -183,18 +185,21 @@ async fn two_exchange_lines(app: &TestApp, token: &str, n: usize) -> Vec<Convers
         n,
         "the abandoned answer",
         MessageStatus::FinishedSuccessfully,
+        &ConversationSettings::default(),
     )
     .await
 }
 
 /// As [`two_exchange_lines`], the second question `"the abandoned
-/// question"` and its answer `a2` stored with `a2_text` and `a2_status`.
+/// question"` and its answer `a2` stored with `a2_text` and `a2_status`;
+/// with `settings`, the conversations' own.
 async fn lines(
     app: &TestApp,
     token: &str,
     n: usize,
     a2_text: &str,
     a2_status: MessageStatus,
+    settings: &ConversationSettings,
 ) -> Vec<ConversationId> {
     let owner = owner_of(app, token).await;
     let store = app.db.store().await;
@@ -206,6 +211,7 @@ async fn lines(
             id,
             owner,
             title: Title::parse("Branches").unwrap(),
+            settings: settings.clone(),
             created_at: now,
         };
         ConversationStore::create(&store, new).await.unwrap();
@@ -304,15 +310,24 @@ async fn edits_at_once(backend: Backend, redis: bool) {
 /// The text of the answers [`stopped_lines`] leave stopped.
 const STOPPED: &str = "the stopped answer";
 
+/// The system prompt of the conversations [`stopped_lines`] make.
+const OWN_PROMPT: &str = "the conversation's own system prompt";
+
 /// [`two_exchange_lines`] whose second answer stopped early
-/// (`finished_partial_completion`, with [`STOPPED`] as its text).
+/// (`finished_partial_completion`, with [`STOPPED`] as its text), with
+/// [`OWN_PROMPT`] as their system prompt.
 async fn stopped_lines(app: &TestApp, token: &str, n: usize) -> Vec<ConversationId> {
+    let settings = ConversationSettings {
+        system_prompt: Some(SystemPrompt::parse(OWN_PROMPT).unwrap()),
+        model: None,
+    };
     lines(
         app,
         token,
         n,
         STOPPED,
         MessageStatus::FinishedPartialCompletion,
+        &settings,
     )
     .await
 }
@@ -367,6 +382,13 @@ async fn assert_regenerated_or_continued(
         ids.len() / 2,
         "continues go on from the stopped text"
     );
+    for request in &asked {
+        assert_eq!(
+            request["messages"][0],
+            serde_json::json!({"role": "system", "content": OWN_PROMPT}),
+            "the conversation's own system prompt"
+        );
+    }
     for (i, id) in ids.iter().enumerate() {
         let branch = all_messages(store, *id).await;
         let names: Vec<String> = branch.iter().map(|m| m.id.to_string()).collect();

@@ -46,5 +46,6 @@ mod recovery;
 mod redis;
 mod redis_outage;
 mod register;
+mod settings;
 mod stream;
 mod tree;

@@ -42,6 +42,7 @@ pub(crate) async fn orphan(store: &confab_sql::SqlStore) -> ConversationId {
             id: conversation,
             owner,
             title: Title::parse("interrupted").unwrap(),
+            settings: Default::default(),
             created_at: now,
         },
     )

@@ -35,23 +35,7 @@ async fn send(
     id: &str,
     text: &str,
 ) -> Vec<confab_e2e::chat::SseEvent> {
-    send_body(app, token, id, &message_body(text)).await
-}
-
-/// `PATCH` the conversation with `body`.
-async fn patch(
-    app: &confab_e2e::TestApp,
-    token: &str,
-    id: &str,
-    body: &Value,
-) -> reqwest::Response {
-    app.call(
-        Method::PATCH,
-        &format!("/api/v1/conversations/{id}"),
-        token,
-        Some(body),
-    )
-    .await
+    app.send_to(token, id, &message_body(text)).await
 }
 
 /// The user texts of the last prompt the model was sent.
@@ -79,7 +63,9 @@ async fn a_branch_switch_moves_the_history_and_the_next_prompt(backend: Backend)
     assert_eq!(line["current_node"], json!(first[3]), "the newest answer");
 
     // Back to the first answer: the history ends there.
-    let res = patch(&app, &token, &id, &json!({"current_node": first[1]})).await;
+    let res = app
+        .patch_conversation(&token, &id, &json!({"current_node": first[1]}))
+        .await;
     assert_eq!(res.status(), 200);
     let meta: Value = res.json().await.unwrap();
     assert_eq!(meta["current_node"], json!(first[1]));
@@ -136,7 +122,9 @@ async fn a_branch_switch_moves_the_history_and_the_next_prompt(backend: Backend)
     assert_eq!(replayed.last().map(|e| e.data.as_str()), Some("[DONE]"));
 
     // And back to the older branch, which is whole.
-    let res = patch(&app, &token, &id, &json!({"current_node": first[3]})).await;
+    let res = app
+        .patch_conversation(&token, &id, &json!({"current_node": first[3]}))
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(ids(&app.conversation(&token, &id).await), first);
     // The backend-api detail is the same read.
@@ -159,21 +147,29 @@ async fn a_branch_switch_names_a_message_of_the_conversation(backend: Backend) {
 
     // A message of another conversation, or of none: 404 naming the field.
     for node in [other_ids[1].as_str(), "no_such_message"] {
-        let res = patch(&app, &token, &id, &json!({"current_node": node})).await;
+        let res = app
+            .patch_conversation(&token, &id, &json!({"current_node": node}))
+            .await;
         let body = error_body(res, 404, "NOT_FOUND").await;
         assert_eq!(body["field"], "current_node", "{node}");
     }
     // Not a message id: 422; null: 400.
-    let res = patch(&app, &token, &id, &json!({"current_node": "not an id!"})).await;
+    let res = app
+        .patch_conversation(&token, &id, &json!({"current_node": "not an id!"}))
+        .await;
     let body = error_body(res, 422, "VALIDATION_ERROR").await;
     assert_eq!(body["field"], "current_node");
-    let res = patch(&app, &token, &id, &json!({"current_node": null})).await;
+    let res = app
+        .patch_conversation(&token, &id, &json!({"current_node": null}))
+        .await;
     assert_eq!(res.status(), 400);
 
     // Another user's conversation, with its own message: a plain 404.
     let mallory = app.user("mallory").await;
     let mine = ids(&before);
-    let res = patch(&app, &mallory, &id, &json!({"current_node": mine[0]})).await;
+    let res = app
+        .patch_conversation(&mallory, &id, &json!({"current_node": mine[0]}))
+        .await;
     let body = error_body(res, 404, "NOT_FOUND").await;
     assert_eq!(body.get("field"), None, "nothing said about the message");
 
@@ -229,7 +225,9 @@ async fn an_edit_is_a_new_question_under_the_edited_ones_parent(backend: Backend
         "the edit and the question it edits"
     );
     // The edited question is still there, on its own branch.
-    let res = patch(&app, &token, &id, &json!({"current_node": line[3]})).await;
+    let res = app
+        .patch_conversation(&token, &id, &json!({"current_node": line[3]}))
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(ids(&app.conversation(&token, &id).await), line);
 
@@ -276,27 +274,6 @@ fn input_message(events: &[SseEvent]) -> Value {
         .expect("an input_message event")
 }
 
-/// `body` sent into conversation `id`, its stream read to the end.
-async fn send_body(
-    app: &confab_e2e::TestApp,
-    token: &str,
-    id: &str,
-    body: &Value,
-) -> Vec<SseEvent> {
-    let res = app
-        .send_message(&format!("/api/v1/conversations/{id}/messages"), token, body)
-        .await;
-    assert_eq!(res.status(), 200, "send {body}");
-    let events = SseReader::new(res).rest().await;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.data.contains("message_stream_complete")),
-        "{body}: the answer completed"
-    );
-    events
-}
-
 /// The prompt of the last chat request that was no title call, as
 /// `(role, text)` pairs.
 fn last_answer_prompt(llm: &FakeLlm) -> Vec<(String, String)> {
@@ -328,7 +305,9 @@ async fn a_variant_is_a_new_answer_to_the_same_question(backend: Backend) {
 
     // Unnamed: the question the current node answers, answered again.
     llm.push(Script::reply(&["another ", "answer"]));
-    let events = send_body(&app, &token, &id, &json!({"action": "variant"})).await;
+    let events = app
+        .send_to(&token, &id, &json!({"action": "variant"}))
+        .await;
     assert_eq!(input_message(&events)["id"], json!(line[0]), "the question");
     let answer = replay(&events)["message"].clone();
     let variant = answer["id"].as_str().expect("the answer's id").to_owned();
@@ -383,7 +362,9 @@ async fn a_variant_is_a_new_answer_to_the_same_question(backend: Backend) {
     );
 
     // Every answer is kept: the first is a branch switch away.
-    let res = patch(&app, &token, &id, &json!({"current_node": line[1]})).await;
+    let res = app
+        .patch_conversation(&token, &id, &json!({"current_node": line[1]}))
+        .await;
     assert_eq!(res.status(), 200);
     let read = app.conversation(&token, &id).await;
     assert_eq!(ids(&read), line);
@@ -393,13 +374,13 @@ async fn a_variant_is_a_new_answer_to_the_same_question(backend: Backend) {
     // prompt, and the answers below it are left on their branch.
     send(&app, &token, &id, "second question").await;
     let deeper = ids(&app.conversation(&token, &id).await);
-    let events = send_body(
-        &app,
-        &token,
-        &id,
-        &json!({"action": "variant", "parent_message_id": deeper[2]}),
-    )
-    .await;
+    let events = app
+        .send_to(
+            &token,
+            &id,
+            &json!({"action": "variant", "parent_message_id": deeper[2]}),
+        )
+        .await;
     assert_eq!(input_message(&events)["id"], json!(deeper[2]));
     let users: Vec<String> = last_answer_prompt(&llm)
         .into_iter()
@@ -520,7 +501,7 @@ async fn a_continue_appends_to_an_answer_that_stopped(backend: Backend) {
 
     llm.push(Script::reply(&[" a time", " it ended."]));
     let body = json!({"action": "continue", "parent_message_id": line[1]});
-    let events = send_body(&app, &token, &id, &body).await;
+    let events = app.send_to(&token, &id, &body).await;
     assert_eq!(input_message(&events)["id"], json!(line[0]));
     let answer = replay(&events)["message"].clone();
     assert_eq!(answer["id"], json!(line[1]), "the same answer, appended to");
@@ -601,13 +582,15 @@ async fn a_continue_appends_to_an_answer_that_stopped(backend: Backend) {
     assert_eq!(read["messages"][3], replayed, "the resumed stream built it");
     llm.release();
     llm.push(Script::reply(&[" and again."]));
-    send_body(&app, &token, &id, &body).await;
+    app.send_to(&token, &id, &body).await;
     let read = app.conversation(&token, &id).await;
     assert_eq!(
         read["messages"][3]["content"]["parts"],
         json!(["Once more and again."])
     );
-    let res = patch(&app, &token, &id, &json!({"current_node": line[1]})).await;
+    let res = app
+        .patch_conversation(&token, &id, &json!({"current_node": line[1]}))
+        .await;
     assert_eq!(res.status(), 200);
 
     // A continue from another branch moves the current node to it.
@@ -619,15 +602,17 @@ async fn a_continue_appends_to_an_answer_that_stopped(backend: Backend) {
     ]));
     send(&app, &token, &id, "one more").await;
     let longer = ids(&app.conversation(&token, &id).await);
-    let res = patch(&app, &token, &id, &json!({"current_node": line[1]})).await;
+    let res = app
+        .patch_conversation(&token, &id, &json!({"current_node": line[1]}))
+        .await;
     assert_eq!(res.status(), 200);
-    let events = send_body(
-        &app,
-        &token,
-        &id,
-        &json!({"action": "continue", "parent_message_id": longer[5]}),
-    )
-    .await;
+    let events = app
+        .send_to(
+            &token,
+            &id,
+            &json!({"action": "continue", "parent_message_id": longer[5]}),
+        )
+        .await;
     assert_eq!(replay(&events)["message"]["id"], json!(longer[5]));
     let read = app.conversation(&token, &id).await;
     assert_eq!(ids(&read), longer);
@@ -651,12 +636,16 @@ async fn the_tree_holds_every_branch_and_the_backend_detail_maps_its_page(backen
     let (id, _) = app.chat(&token, "first question").await;
     let line = ids(&app.conversation(&token, &id).await);
     let (q1, a1) = (line[0].clone(), line[1].clone());
-    let events = send_body(&app, &token, &id, &json!({"action": "variant"})).await;
+    let events = app
+        .send_to(&token, &id, &json!({"action": "variant"}))
+        .await;
     let a1b = replay(&events)["message"]["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let res = patch(&app, &token, &id, &json!({"current_node": a1})).await;
+    let res = app
+        .patch_conversation(&token, &id, &json!({"current_node": a1}))
+        .await;
     assert_eq!(res.status(), 200);
     send(&app, &token, &id, "second question").await;
     let branch = ids(&app.conversation(&token, &id).await);

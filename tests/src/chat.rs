@@ -327,6 +327,39 @@ impl TestApp {
         (id, events)
     }
 
+    /// `PATCH /api/v1/conversations/{id}` with `body`.
+    ///
+    /// # Panics
+    /// When the request can't be sent.
+    pub async fn patch_conversation(
+        &self,
+        token: &str,
+        id: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        let path = format!("/api/v1/conversations/{id}");
+        self.call(reqwest::Method::PATCH, &path, token, Some(body))
+            .await
+    }
+
+    /// Sends `body` into conversation `id` and reads its stream to the end.
+    ///
+    /// # Panics
+    /// When the send is not a 200 stream that completes.
+    pub async fn send_to(&self, token: &str, id: &str, body: &Value) -> Vec<SseEvent> {
+        let path = format!("/api/v1/conversations/{id}/messages");
+        let res = self.send_message(&path, token, body).await;
+        assert_eq!(res.status(), 200, "send {body}");
+        let events = SseReader::new(res).rest().await;
+        assert!(
+            events
+                .iter()
+                .any(|e| e.data.contains("message_stream_complete")),
+            "{body}: the answer completed"
+        );
+        events
+    }
+
     /// `GET /api/v1/conversations/{id}` as JSON.
     ///
     /// # Panics

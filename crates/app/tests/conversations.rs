@@ -898,6 +898,7 @@ async fn the_orphan_sweep_closes_answers_no_generation_holds() {
             id,
             owner: rob.user_id,
             title: Title::placeholder(),
+            settings: Default::default(),
             created_at: h.clock.now(),
         },
     )

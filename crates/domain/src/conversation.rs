@@ -3,7 +3,7 @@
 use time::OffsetDateTime;
 
 use crate::text::check_text;
-use crate::{ConversationId, DomainError, Field, MessageId, UserId};
+use crate::{ConversationId, DomainError, Field, MessageId, ModelSlug, UserId};
 
 /// A conversation's title: 1..=200 characters after trimming, no NUL, no
 /// control characters.
@@ -54,6 +54,54 @@ impl Title {
     }
 }
 
+/// A conversation's own instructions to the model (its system prompt):
+/// 1..=20,000 characters, not only white space, no NUL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemPrompt(String);
+
+impl SystemPrompt {
+    /// Longest system prompt, in characters.
+    pub const MAX_CHARS: usize = 20_000;
+
+    /// Validates a system prompt (kept as written: white space may matter
+    /// to the model).
+    ///
+    /// # Errors
+    /// [`DomainError::Invalid`] on field `system_prompt`.
+    pub fn parse(value: &str) -> Result<Self, DomainError> {
+        check_text(Field::SystemPrompt, value, 1, Self::MAX_CHARS)?;
+        if value.trim().is_empty() {
+            return Err(DomainError::invalid(
+                Field::SystemPrompt,
+                "must not be blank",
+            ));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    /// Rebuilds a system prompt read back from storage.
+    #[must_use]
+    pub fn from_trusted(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The prompt as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a conversation asks of the model on every send in it, where it
+/// differs from the service's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConversationSettings {
+    /// Its system prompt; `None`: the service's (`llm.system_prompt`).
+    pub system_prompt: Option<SystemPrompt>,
+    /// Its default model (one the service allows); `None`: the service's.
+    pub model: Option<ModelSlug>,
+}
+
 /// A conversation and its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conversation {
@@ -69,6 +117,8 @@ pub struct Conversation {
     /// answer); `None` while it has no message. Its history is the path
     /// from the root message to this one.
     pub current_node: Option<MessageId>,
+    /// Its own system prompt and default model.
+    pub settings: ConversationSettings,
     /// Set when soft-deleted; a deleted conversation is not found anywhere.
     pub deleted_at: Option<OffsetDateTime>,
     /// Creation time.
@@ -86,6 +136,8 @@ pub struct NewConversation {
     pub owner: UserId,
     /// Initial title.
     pub title: Title,
+    /// Its own system prompt and default model.
+    pub settings: ConversationSettings,
     /// Creation time.
     pub created_at: OffsetDateTime,
 }
@@ -100,13 +152,21 @@ pub struct ConversationPatch {
     /// The message the current branch now ends at (switching branch): one
     /// of the conversation's messages.
     pub current_node: Option<MessageId>,
+    /// A new system prompt; `Some(None)` goes back to the service's.
+    pub system_prompt: Option<Option<SystemPrompt>>,
+    /// A new default model; `Some(None)` goes back to the service's.
+    pub model: Option<Option<ModelSlug>>,
 }
 
 impl ConversationPatch {
     /// True when the patch changes nothing.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.title.is_none() && self.is_archived.is_none() && self.current_node.is_none()
+        self.title.is_none()
+            && self.is_archived.is_none()
+            && self.current_node.is_none()
+            && self.system_prompt.is_none()
+            && self.model.is_none()
     }
 }
 

@@ -60,6 +60,8 @@ pub enum Field {
     MessageStatus,
     /// The model asked for.
     Model,
+    /// A conversation's system prompt.
+    SystemPrompt,
     /// The sampling temperature asked for.
     Temperature,
     /// The resume token a stream gave.

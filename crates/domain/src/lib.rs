@@ -20,7 +20,8 @@ mod vocabulary;
 mod wire;
 
 pub use conversation::{
-    Conversation, ConversationPatch, ConversationSummary, NewConversation, Title,
+    Conversation, ConversationPatch, ConversationSettings, ConversationSummary, NewConversation,
+    SystemPrompt, Title,
 };
 pub use delta::{DeltaApplier, DeltaError, DeltaFrame, DeltaOp};
 pub use error::{BoxError, DomainError};

@@ -311,6 +311,7 @@ pub(crate) const fn field_name(field: Field) -> &'static str {
         Field::ContentParts => "messages[0].content.parts",
         Field::MessageStatus => "status",
         Field::Model => "model",
+        Field::SystemPrompt => "system_prompt",
         Field::Temperature => "metadata.temperature",
         Field::ResumeToken => "X-Resume-Token",
         Field::LastEventId => "Last-Event-ID",

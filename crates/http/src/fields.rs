@@ -8,7 +8,7 @@
 
 use confab_domain::{
     Content, Email, HistoryRequest, ListOrder, MessageId, PageRequest, Password, SearchQuery,
-    Title, Username,
+    SystemPrompt, Title, Username,
 };
 use serde_json::{Value, json};
 use utoipa::openapi::schema::{Array, ArrayBuilder, Object, ObjectBuilder, SchemaFormat, Type};
@@ -120,6 +120,42 @@ pub(crate) fn title() -> Object {
             Title::MAX_CHARS
         )))
         .build()
+}
+
+/// A conversation's system prompt ([`SystemPrompt::parse`]); with
+/// `clear`, `""` too (back to the service's).
+pub(crate) fn system_prompt_with(clear: bool) -> Object {
+    let (min, pattern, description) = if clear {
+        (
+            0,
+            format!(r"^([^\u0000]*[^{WHITE_SPACE}\u0000][^\u0000]*)?$"),
+            "The conversation's own system prompt: 1 to {} characters, not only white space, no \
+             NUL; `\"\"` goes back to the service's.",
+        )
+    } else {
+        (
+            1,
+            format!(r"^[^\u0000]*[^{WHITE_SPACE}\u0000][^\u0000]*$"),
+            "The conversation's own system prompt: 1 to {} characters, not only white space, no \
+             NUL.",
+        )
+    };
+    string(Some(min), Some(SystemPrompt::MAX_CHARS))
+        .pattern(Some(pattern))
+        .description(Some(
+            description.replace("{}", &SystemPrompt::MAX_CHARS.to_string()),
+        ))
+        .build()
+}
+
+/// [`system_prompt_with`] as a new conversation takes it.
+pub(crate) fn system_prompt() -> Object {
+    system_prompt_with(false)
+}
+
+/// [`system_prompt_with`] as `PATCH` takes it.
+pub(crate) fn system_prompt_or_clear() -> Object {
+    system_prompt_with(true)
 }
 
 /// A message's text parts ([`Content::text`]; that one is not blank is

@@ -321,6 +321,9 @@ pub fn served_openapi_json(
         doc["components"]["schemas"][body]["properties"]["model"]["enum"] =
             serde_json::json!(names.iter().map(Some).chain([None]).collect::<Vec<_>>());
     }
+    // A conversation's default model: set, never `null`.
+    doc["components"]["schemas"]["ConversationPatchBody"]["properties"]["model"]["enum"] =
+        serde_json::json!(names);
     serde_json::to_string_pretty(&doc)
 }
 

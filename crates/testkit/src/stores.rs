@@ -267,6 +267,7 @@ impl ConversationStore for MemoryStore {
             title: conversation.title,
             is_archived: false,
             current_node: None,
+            settings: conversation.settings,
             deleted_at: None,
             created_at: conversation.created_at,
             updated_at: conversation.created_at,
@@ -334,6 +335,12 @@ impl ConversationStore for MemoryStore {
         }
         if let Some(node) = patch.current_node {
             c.current_node = Some(node);
+        }
+        if let Some(prompt) = patch.system_prompt {
+            c.settings.system_prompt = prompt;
+        }
+        if let Some(model) = patch.model {
+            c.settings.model = model;
         }
         c.updated_at = at;
         Ok(c.clone())

@@ -296,6 +296,7 @@ mod tests {
                 title: Title::parse("t").unwrap(),
                 is_archived: false,
                 current_node: None,
+                settings: Default::default(),
                 deleted_at: None,
                 created_at: at,
                 updated_at: at,

@@ -34,16 +34,24 @@ pub(crate) fn run_pending(conn: &mut AnyConnection) -> Result<usize, SqlError> {
     }
 }
 
-/// Migrates, then reverts the newest migration, and says which it was: the
-/// schema of the release before it, for tests of the upgrade.
+/// Migrates, then reverts the newest migrations down to `version` (that
+/// one included), and says which it reverted, newest first: the schema of
+/// the release before `version`, for tests of the upgrade.
 #[cfg(feature = "testing")]
-pub(crate) fn to_previous_release(conn: &mut AnyConnection) -> Result<String, SqlError> {
+pub(crate) fn to_before(conn: &mut AnyConnection, version: &str) -> Result<Vec<String>, SqlError> {
     let migration =
         |e: Box<dyn std::error::Error + Send + Sync>| SqlError::Migration(e.to_string());
     run_pending(conn)?;
-    match conn {
-        AnyConnection::Postgres(pg) => pg.revert_last_migration(POSTGRES).map_err(migration),
-        AnyConnection::Sqlite(lite) => lite.revert_last_migration(SQLITE).map_err(migration),
+    let mut reverted = Vec::new();
+    while reverted.last().map(String::as_str) != Some(version) {
+        let last = match conn {
+            AnyConnection::Postgres(pg) => pg.revert_last_migration(POSTGRES).map_err(migration),
+            AnyConnection::Sqlite(lite) => lite.revert_last_migration(SQLITE).map_err(migration),
+        }?;
+        reverted.push(last.to_string());
+        if reverted.len() > 100 {
+            return Err(SqlError::Migration(format!("no migration {version}")));
+        }
     }
-    .map(|version| version.to_string())
+    Ok(reverted)
 }

@@ -2,9 +2,9 @@
 //! domain types. Rows hold owned data so they can move to the store's threads.
 
 use confab_domain::{
-    Content, Conversation, ConversationId, ConversationSummary, DomainError, Email, Message,
-    MessageId, MessageRole, MessageStatus, ModelSlug, OffsetDateTime, PasswordHash, Role, Title,
-    User, UserId, Username,
+    Content, Conversation, ConversationId, ConversationSettings, ConversationSummary, DomainError,
+    Email, Message, MessageId, MessageRole, MessageStatus, ModelSlug, NewConversation,
+    OffsetDateTime, PasswordHash, Role, SystemPrompt, Title, User, UserId, Username,
 };
 use diesel::prelude::*;
 
@@ -81,9 +81,37 @@ pub(crate) struct ConversationRow {
     pub(crate) created_at: i64,
     pub(crate) updated_at: i64,
     pub(crate) current_node: Option<String>,
+    pub(crate) system_prompt: Option<String>,
+    pub(crate) model: Option<String>,
 }
 
 impl ConversationRow {
+    /// The row of a new conversation, without messages yet (`last_message`
+    /// and `current_node` are the caller's to set).
+    pub(crate) fn new(conversation: &NewConversation, updated_at: i64) -> Self {
+        Self {
+            id: conversation.id.to_string(),
+            user_id: conversation.owner.to_string(),
+            title: conversation.title.as_str().to_owned(),
+            last_message: None,
+            is_archived: false,
+            deleted_at: None,
+            created_at: micros(conversation.created_at),
+            updated_at,
+            current_node: None,
+            system_prompt: conversation
+                .settings
+                .system_prompt
+                .as_ref()
+                .map(|p| p.as_str().to_owned()),
+            model: conversation
+                .settings
+                .model
+                .as_ref()
+                .map(|m| m.as_str().to_owned()),
+        }
+    }
+
     pub(crate) fn into_conversation(self) -> Result<Conversation, DomainError> {
         Ok(Conversation {
             id: ConversationId::from_uuid(uuid(&self.id)?),
@@ -97,12 +125,37 @@ impl ConversationRow {
                         .map_err(|_| DomainError::internal("a stored message id is malformed"))
                 })
                 .transpose()?,
+            settings: ConversationSettings {
+                system_prompt: self.system_prompt.map(SystemPrompt::from_trusted),
+                model: self
+                    .model
+                    .map(|m| {
+                        ModelSlug::parse(&m)
+                            .map_err(|_| DomainError::internal("a stored model name is malformed"))
+                    })
+                    .transpose()?,
+            },
             deleted_at: self.deleted_at.map(from_micros).transpose()?,
             created_at: from_micros(self.created_at)?,
             updated_at: from_micros(self.updated_at)?,
         })
     }
+}
 
+/// The columns of a conversation list's row: not its settings (a system
+/// prompt may be long, and a list never shows it).
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = conversations)]
+pub(crate) struct SummaryRow {
+    pub(crate) id: String,
+    pub(crate) title: String,
+    pub(crate) last_message: Option<String>,
+    pub(crate) is_archived: bool,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+}
+
+impl SummaryRow {
     pub(crate) fn into_summary(self) -> Result<ConversationSummary, DomainError> {
         Ok(ConversationSummary {
             id: ConversationId::from_uuid(uuid(&self.id)?),

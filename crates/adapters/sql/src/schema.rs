@@ -24,6 +24,8 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         current_node -> Nullable<Text>,
+        system_prompt -> Nullable<Text>,
+        model -> Nullable<Text>,
     }
 }
 

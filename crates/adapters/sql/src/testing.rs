@@ -121,17 +121,18 @@ impl TestDatabase {
 }
 
 impl TestDatabase {
-    /// Brings the database to the schema of the release before the newest
-    /// migration (migrating, then reverting that one) and returns the
-    /// reverted migration's version; a store opened afterwards upgrades it.
+    /// Brings the database to the schema it had before migration `version`
+    /// (migrating, then reverting the newest ones down to that one) and
+    /// returns the reverted versions, newest first; a store opened
+    /// afterwards upgrades it.
     ///
     /// # Panics
     /// When the database can't be reached or a migration fails.
     #[must_use]
-    pub fn at_previous_release(&self) -> String {
+    pub fn before_migration(&self, version: &str) -> Vec<String> {
         let mut conn = self.connect();
-        crate::migrate::to_previous_release(&mut conn)
-            .unwrap_or_else(|e| panic!("cannot revert the newest migration: {e}"))
+        crate::migrate::to_before(&mut conn, version)
+            .unwrap_or_else(|e| panic!("cannot revert down to {version}: {e}"))
     }
 
     /// Runs `sql` (one or more statements) on the database as it is.

@@ -73,6 +73,7 @@ on_both_backends!(
     a_database_of_the_previous_release_comes_over_as_one_branch,
     a_history_is_the_branch_that_ends_at_the_current_node,
     only_an_answer_that_stopped_early_is_reopened,
+    a_conversations_settings_are_stored_changed_and_cleared,
 );
 
 struct Fixture {
@@ -119,6 +120,7 @@ async fn conversation(
             id: ConversationId::generate(),
             owner,
             title: Title::parse(title).unwrap(),
+            settings: Default::default(),
             created_at: at,
         },
     )
@@ -1191,6 +1193,7 @@ fn new_conversation(owner: UserId) -> NewConversation {
         id: ConversationId::generate(),
         owner,
         title: Title::placeholder(),
+        settings: Default::default(),
         created_at: now(),
     }
 }
@@ -1336,7 +1339,10 @@ async fn concurrent_writes_commit_together_and_fail_alone(backend: Backend) {
 /// said), ending at its newest message, and reads as it did.
 async fn a_database_of_the_previous_release_comes_over_as_one_branch(backend: Backend) {
     let db = TestDatabase::new(backend);
-    assert_eq!(db.at_previous_release(), "20261204000004");
+    assert_eq!(
+        db.before_migration("20261204000004"),
+        ["20261204000005", "20261204000004"]
+    );
     let owner = UserId::generate();
     let (long, empty) = (ConversationId::generate(), ConversationId::generate());
     let text = r#"{"content_type":"text","parts":["x"]}"#;
@@ -1367,6 +1373,11 @@ async fn a_database_of_the_previous_release_comes_over_as_one_branch(backend: Ba
     assert_eq!(
         conversation.current_node.as_ref().map(MessageId::as_str),
         Some("m5")
+    );
+    // No settings of its own: the service's.
+    assert_eq!(
+        conversation.settings,
+        confab_domain::ConversationSettings::default()
     );
     assert_eq!(
         ConversationStore::get(&store, owner, empty)
@@ -1509,4 +1520,56 @@ async fn only_an_answer_that_stopped_early_is_reopened(backend: Backend) {
     ));
     let found = f.store.find(id, &a3.id).await.unwrap().unwrap();
     assert_eq!(found.status, MessageStatus::FinishedPartialCompletion);
+}
+
+async fn a_conversations_settings_are_stored_changed_and_cleared(backend: Backend) {
+    use confab_domain::{ConversationSettings, SystemPrompt};
+    let f = fixture(backend).await;
+    let sam = user(&f.store, "sam").await;
+    let settings = ConversationSettings {
+        system_prompt: Some(SystemPrompt::parse(" Be brief.\n🚀 ").unwrap()),
+        model: Some(ModelSlug::parse("other-model").unwrap()),
+    };
+    let new = NewConversation {
+        settings: settings.clone(),
+        ..new_conversation(sam.id)
+    };
+    let id = new.id;
+    let created = ConversationStore::create(&f.store, new).await.unwrap();
+    assert_eq!(created.settings, settings);
+    let read = ConversationStore::get(&f.store, sam.id, id).await.unwrap();
+    assert_eq!(read.settings, settings, "kept as written");
+    // A list still reads (without them).
+    let listed = ConversationStore::list(&f.store, sam.id, &ConversationQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    // Changed; then one cleared, the other left alone.
+    let patch = ConversationPatch {
+        system_prompt: Some(Some(SystemPrompt::parse("Be thorough.").unwrap())),
+        ..ConversationPatch::default()
+    };
+    let changed = ConversationStore::update(&f.store, sam.id, id, patch, now())
+        .await
+        .unwrap();
+    assert_eq!(
+        changed
+            .settings
+            .system_prompt
+            .as_ref()
+            .map(SystemPrompt::as_str),
+        Some("Be thorough.")
+    );
+    assert_eq!(changed.settings.model, settings.model);
+    let patch = ConversationPatch {
+        model: Some(None),
+        ..ConversationPatch::default()
+    };
+    let cleared = ConversationStore::update(&f.store, sam.id, id, patch, now())
+        .await
+        .unwrap();
+    assert_eq!(cleared.settings.model, None);
+    assert!(cleared.settings.system_prompt.is_some());
+    let read = ConversationStore::get(&f.store, sam.id, id).await.unwrap();
+    assert_eq!(read.settings, cleared.settings);
 }

@@ -641,7 +641,7 @@ impl Conversations {
         id: ConversationId,
         patch: ConversationPatch,
     ) -> Result<Conversation, AppError> {
-        Self::check_patch(&patch)?;
+        self.check_patch(&patch)?;
         if let Some(node) = &patch.current_node {
             // Ownership first: a foreign conversation is a plain 404. A
             // message, once stored, is never removed on its own, so it is
@@ -667,17 +667,28 @@ impl Conversations {
         Ok(updated)
     }
 
-    /// Whether `patch` changes anything: what [`Conversations::update`]
-    /// checks first, for a caller that checks more (a precondition) before
-    /// updating.
+    /// Whether `patch` changes anything and names a configured model, if
+    /// any: what [`Conversations::update`] checks first, for a caller that
+    /// checks more (a precondition) before updating.
     ///
     /// # Errors
-    /// [`AppError::Validation`] for an empty patch.
-    pub fn check_patch(patch: &ConversationPatch) -> Result<(), AppError> {
+    /// [`AppError::Validation`] for an empty patch or a model that is not
+    /// configured.
+    pub fn check_patch(&self, patch: &ConversationPatch) -> Result<(), AppError> {
         if patch.is_empty() {
             return Err(AppError::Validation {
                 field: Field::Title,
-                message: "give a title, is_archived or current_node to change".into(),
+                message:
+                    "give a title, is_archived, current_node, system_prompt or model to change"
+                        .into(),
+            });
+        }
+        if let Some(Some(model)) = &patch.model
+            && !self.inner.allows(model)
+        {
+            return Err(AppError::Validation {
+                field: Field::Model,
+                message: "is not one of the configured models".into(),
             });
         }
         Ok(())

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use confab_domain::{
-    Content, Conversation, ConversationId, DomainError, ErrorCode, Field, Message, MessageDocument,
-    MessageId, MessageMetadata, MessageRole, MessageStatus, ModelSlug, NewConversation, Title,
-    UserId, events,
+    Content, Conversation, ConversationId, ConversationSettings, DomainError, ErrorCode, Field,
+    Message, MessageDocument, MessageId, MessageMetadata, MessageRole, MessageStatus, ModelSlug,
+    NewConversation, SystemPrompt, Title, UserId, events,
 };
 use confab_ports::{AccessClaims, ChatModel, CompletionRequest};
 use tokio::sync::{oneshot, watch};
@@ -50,6 +50,8 @@ pub struct SendMessage {
     /// again (absent: the current node's). For `continue`, the answer to
     /// go on with (required).
     pub parent_message_id: Option<String>,
+    /// A new conversation's own system prompt.
+    pub system_prompt: Option<String>,
     /// The message's text parts (none for `variant` and `continue`).
     pub parts: Vec<String>,
     /// The model to use: absent or `default` for the configured default.
@@ -162,18 +164,33 @@ impl Inner {
         Ok(history)
     }
 
-    fn model(&self, asked: Option<&str>) -> Result<ModelSlug, AppError> {
+    /// The model a send names, checked against the configured ones;
+    /// `None` when it names none (absent or `default`).
+    fn model(&self, asked: Option<&str>) -> Result<Option<ModelSlug>, AppError> {
         match asked {
-            None | Some("default") => Ok(self.rules.default_model.clone()),
+            None | Some("default") => Ok(None),
             Some(name) => {
                 let slug = ModelSlug::parse(name)?;
-                if slug == self.rules.default_model || self.rules.allowed_models.contains(&slug) {
-                    Ok(slug)
+                if self.allows(&slug) {
+                    Ok(Some(slug))
                 } else {
                     Err(invalid(Field::Model, "is not one of the configured models"))
                 }
             }
         }
+    }
+
+    /// Whether `model` is one of the configured models.
+    pub(super) fn allows(&self, model: &ModelSlug) -> bool {
+        model == &self.rules.default_model || self.rules.allowed_models.contains(model)
+    }
+
+    /// The model a send uses: the one it names, else its conversation's
+    /// (while still configured), else the service's default.
+    fn model_for(&self, asked: Option<ModelSlug>, settings: &ConversationSettings) -> ModelSlug {
+        asked
+            .or_else(|| settings.model.clone().filter(|m| self.allows(m)))
+            .unwrap_or_else(|| self.rules.default_model.clone())
     }
 
     /// Takes one of `user`'s generation slots, or refuses with 429.
@@ -204,6 +221,8 @@ impl Inner {
 struct Request {
     owner: UserId,
     existing: Option<Conversation>,
+    /// The conversation's settings (for a new one, those it starts with).
+    settings: ConversationSettings,
     plan: Plan,
     engine: Engine,
 }
@@ -252,6 +271,8 @@ enum Write {
 /// What generates the answer, and how.
 struct Engine {
     model: ModelSlug,
+    /// The system prompt: the conversation's, else the service's.
+    system_prompt: String,
     temperature: Option<f32>,
     chat_model: Arc<dyn ChatModel>,
 }
@@ -298,7 +319,17 @@ impl Conversations {
             ));
         }
         let plan = Self::plan(&mut input)?;
-        let model = inner.model(input.model.as_deref())?;
+        let asked = inner.model(input.model.as_deref())?;
+        let system_prompt = match input.system_prompt.as_deref() {
+            None => None,
+            Some(_) if input.conversation_id.is_some() => {
+                return Err(invalid(
+                    Field::SystemPrompt,
+                    "is set when a conversation starts, or by PATCH",
+                ));
+            }
+            Some(text) => Some(SystemPrompt::parse(text)?),
+        };
         let temperature = match input.temperature {
             None => None,
             Some(t) if (0.0..=2.0).contains(&t) =>
@@ -333,15 +364,28 @@ impl Conversations {
                 decision,
             });
         }
+        // A new conversation keeps the model it was started with.
+        let settings = match &existing {
+            Some(c) => c.settings.clone(),
+            None => ConversationSettings {
+                system_prompt,
+                model: asked.clone(),
+            },
+        };
         let request = Request {
             owner,
             existing,
             plan,
             engine: Engine {
-                model,
+                model: inner.model_for(asked, &settings),
+                system_prompt: settings.system_prompt.as_ref().map_or_else(
+                    || inner.rules.system_prompt.clone(),
+                    |p| p.as_str().to_owned(),
+                ),
                 temperature,
                 chat_model,
             },
+            settings,
         };
         let this = self.clone();
         tokio::spawn(async move { this.begin(request, slot).await })
@@ -443,7 +487,7 @@ impl Conversations {
             model: request.engine.model.clone(),
             turns: build_prompt(
                 &branch,
-                &inner.rules.system_prompt,
+                &request.engine.system_prompt,
                 inner.rules.prompt_budget_chars,
             ),
             temperature: request.engine.temperature,
@@ -466,7 +510,7 @@ impl Conversations {
         };
         tokio::spawn(generation.run(stop, slot, stored_rx, prompt));
         let stored = self
-            .store_and_announce(owner, request.existing, &turn)
+            .store_and_announce(owner, request.existing, request.settings, &turn)
             .await;
         match stored {
             Ok(conversation) => {
@@ -514,6 +558,7 @@ impl Conversations {
         &self,
         owner: UserId,
         existing: Option<Conversation>,
+        settings: ConversationSettings,
         turn: &Turn,
     ) -> Result<Conversation, AppError> {
         let inner = &self.inner;
@@ -560,6 +605,7 @@ impl Conversations {
                         id: user_message.conversation_id,
                         owner,
                         title: Title::placeholder(),
+                        settings,
                         created_at: user_message.created_at,
                     },
                     user_message,

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CACHE_CONTROL, ETAG, HeaderValue, IF_MATCH, IF_NONE_MATCH};
 use actix_web::{HttpRequest, HttpResponse, web};
-use confab_app::{AppError, Conversations, Read};
+use confab_app::{AppError, Read};
 use confab_domain::{
     Children, Conversation, ConversationId, ConversationPatch, ConversationSummary, Field,
-    HistoryRequest, ListOrder, Message, MessageDocument, MessageId, MessagePage, PageRequest,
-    SearchQuery, Title, UserId, rfc3339,
+    HistoryRequest, ListOrder, Message, MessageDocument, MessageId, MessagePage, ModelSlug,
+    PageRequest, SearchQuery, SystemPrompt, Title, UserId, rfc3339,
 };
 use confab_ports::AccessClaims;
 use confab_ports::ConversationQuery;
@@ -148,6 +148,14 @@ pub(crate) struct ConversationBody<'a> {
     /// the page is the end of that branch, read upwards.
     #[schema(value_type = Option<String>, required = true)]
     current_node: Option<&'a str>,
+    /// Its own system prompt (`null`: the service's), used by every send
+    /// in it.
+    #[schema(value_type = Option<String>, required = true)]
+    system_prompt: Option<&'a str>,
+    /// Its default model (`null`: the service's), used by every send in it
+    /// that names none.
+    #[schema(value_type = Option<String>, required = true)]
+    model: Option<&'a str>,
     /// Creation (RFC 3339).
     created_at: String,
     /// Last change (RFC 3339).
@@ -271,6 +279,8 @@ impl<'a> ConversationBody<'a> {
             title: c.title.as_str().to_owned(),
             is_archived: c.is_archived,
             current_node: c.current_node.as_ref().map(MessageId::as_str),
+            system_prompt: c.settings.system_prompt.as_ref().map(SystemPrompt::as_str),
+            model: c.settings.model.as_ref().map(ModelSlug::as_str),
             created_at: rfc3339(c.created_at).map_err(AppError::from)?,
             updated_at: rfc3339(c.updated_at).map_err(AppError::from)?,
             messages: page
@@ -298,6 +308,12 @@ pub(crate) struct ConversationMeta {
     /// The message its current branch ends at (`null` while it has none).
     #[schema(value_type = Option<String>, required = true)]
     current_node: Option<String>,
+    /// Its own system prompt (`null`: the service's).
+    #[schema(value_type = Option<String>, required = true)]
+    system_prompt: Option<String>,
+    /// Its default model (`null`: the service's).
+    #[schema(value_type = Option<String>, required = true)]
+    model: Option<String>,
     /// Creation (RFC 3339).
     created_at: String,
     /// Last change (RFC 3339).
@@ -322,6 +338,16 @@ pub(crate) struct ConversationPatchBody {
     #[serde(default, deserialize_with = "crate::extract::present")]
     #[schema(schema_with = crate::fields::current_node)]
     current_node: Option<String>,
+    /// The conversation's own system prompt; `""` goes back to the
+    /// service's.
+    #[serde(default, deserialize_with = "crate::extract::present")]
+    #[schema(schema_with = crate::fields::system_prompt_or_clear)]
+    system_prompt: Option<String>,
+    /// The conversation's default model (one of the configured models);
+    /// `default` goes back to the service's.
+    #[serde(default, deserialize_with = "crate::extract::present")]
+    #[schema(pattern = "^[A-Za-z0-9._:/-]{1,100}$")]
+    model: Option<String>,
 }
 
 /// A strong validator of `body`: 128 bits of its SHA-256.
@@ -759,9 +785,27 @@ pub(crate) async fn update(
             .current_node
             .map(|id| message_id(&id, Field::CurrentNode))
             .transpose()?,
+        system_prompt: body
+            .system_prompt
+            .as_deref()
+            .map(|text| match text {
+                "" => Ok(None),
+                text => SystemPrompt::parse(text).map(Some),
+            })
+            .transpose()
+            .map_err(AppError::from)?,
+        model: body
+            .model
+            .as_deref()
+            .map(|name| match name {
+                "default" => Ok(None),
+                name => ModelSlug::parse(name).map(Some),
+            })
+            .transpose()
+            .map_err(AppError::from)?,
     };
     // The request is judged first, its precondition after.
-    Conversations::check_patch(&patch)?;
+    conversations.check_patch(&patch)?;
     if_match(&req, &state, &caller, id).await?;
     let c = conversations.update(&caller, id, patch).await?;
     Ok(HttpResponse::Ok().json(ConversationMeta {
@@ -769,6 +813,12 @@ pub(crate) async fn update(
         title: c.title.as_str().to_owned(),
         is_archived: c.is_archived,
         current_node: c.current_node.as_ref().map(|id| id.as_str().to_owned()),
+        system_prompt: c
+            .settings
+            .system_prompt
+            .as_ref()
+            .map(|p| p.as_str().to_owned()),
+        model: c.settings.model.as_ref().map(|m| m.as_str().to_owned()),
         created_at: rfc3339(c.created_at).map_err(AppError::from)?,
         updated_at: rfc3339(c.updated_at).map_err(AppError::from)?,
     }))

@@ -137,9 +137,13 @@ pub(crate) struct NewConversationBody {
     /// A new conversation has no message to follow: present, it is 404.
     #[schema(schema_with = crate::fields::parent_message_id)]
     parent_message_id: Option<String>,
-    /// A configured model; absent or `default` for the default.
+    /// A configured model; absent or `default` for the default. Named, it
+    /// is also the conversation's default model.
     #[schema(pattern = "^[A-Za-z0-9._:/-]{1,100}$")]
     model: Option<String>,
+    /// The conversation's own system prompt, used by every send in it.
+    #[schema(schema_with = crate::fields::system_prompt)]
+    system_prompt: Option<String>,
     /// Options.
     metadata: Option<SendOptions>,
 }
@@ -158,17 +162,19 @@ impl From<MessageBody> for SendBody {
     }
 }
 
-impl From<NewConversationBody> for SendBody {
-    fn from(body: NewConversationBody) -> Self {
-        Self {
-            user_id: body.user_id,
+impl NewConversationBody {
+    /// The send, and the conversation's system prompt.
+    fn split(self) -> (SendBody, Option<String>) {
+        let send = SendBody {
+            user_id: self.user_id,
             conversation_id: None,
             action: None,
-            messages: body.messages,
-            parent_message_id: body.parent_message_id,
-            model: body.model,
-            metadata: body.metadata,
-        }
+            messages: self.messages,
+            parent_message_id: self.parent_message_id,
+            model: self.model,
+            metadata: self.metadata,
+        };
+        (send, self.system_prompt)
     }
 }
 
@@ -236,6 +242,7 @@ fn input(
     };
     Ok(SendMessage {
         action,
+        system_prompt: None,
         conversation_id,
         must_be_new,
         message_id,
@@ -437,13 +444,14 @@ async fn start(
     body: &[u8],
     target: Target<'_>,
 ) -> Result<(Preferred, Started), ApiError> {
-    let body: SendBody = match target.shape {
-        Shape::Seed => parse(body)?,
-        Shape::Message => parse::<MessageBody>(body)?.into(),
-        Shape::New => parse::<NewConversationBody>(body)?.into(),
+    let (body, system_prompt) = match target.shape {
+        Shape::Seed => (parse(body)?, None),
+        Shape::Message => (parse::<MessageBody>(body)?.into(), None),
+        Shape::New => parse::<NewConversationBody>(body)?.split(),
     };
     let path_id = target.path_id.map(conversation_id).transpose()?;
-    let input = input(body, path_id, target.must_be_new)?;
+    let mut input = input(body, path_id, target.must_be_new)?;
+    input.system_prompt = system_prompt;
     let mode = mode(req)?;
     let started = state.conversations.send(caller, input).await?;
     Ok((mode, started))

@@ -134,6 +134,13 @@ fn history() -> (Conversation, Vec<Message>) {
         title: title("Redis caching 🚀 strategies"),
         is_archived: true,
         current_node: Some(MessageId::parse("msg_a2").expect("message id")),
+        settings: confab_domain::ConversationSettings {
+            system_prompt: Some(
+                confab_domain::SystemPrompt::parse("  Answer as a pirate.\n\"Arr\" 🚀 ")
+                    .expect("a system prompt"),
+            ),
+            model: Some(ModelSlug::parse("gpt-4o-mini").expect("a model")),
+        },
         deleted_at: None,
         created_at: at(1_732_000_000_000_000_007),
         updated_at: at(1_732_000_999_123_456_789),

@@ -248,6 +248,7 @@ fn history() -> (CachedValue, usize, ConversationId) {
         title: Title::parse("Caching conversation histories").expect("title"),
         is_archived: false,
         current_node: None,
+        settings: Default::default(),
         deleted_at: None,
         created_at: now,
         updated_at: now,

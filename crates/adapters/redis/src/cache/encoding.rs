@@ -21,9 +21,10 @@
 use std::borrow::Cow;
 
 use confab_domain::{
-    Children, Content, ContentType, Conversation, ConversationId, ConversationSummary, DomainError,
-    Field, Message, MessageId, MessageMetadata, MessagePage, MessageRole, MessageStatus, ModelSlug,
-    OffsetDateTime, Page, PageRequest, Title, UserId,
+    Children, Content, ContentType, Conversation, ConversationId, ConversationSettings,
+    ConversationSummary, DomainError, Field, Message, MessageId, MessageMetadata, MessagePage,
+    MessageRole, MessageStatus, ModelSlug, OffsetDateTime, Page, PageRequest, SystemPrompt, Title,
+    UserId,
 };
 use confab_ports::CachedValue;
 use serde::{Deserialize, Serialize};
@@ -107,19 +108,19 @@ struct Entry<'a> {
 #[serde(rename_all = "snake_case")]
 enum ValueDto<'a> {
     ConversationList(PageDto<'a>),
-    History(HistoryDto<'a>),
+    History(Box<HistoryDto<'a>>),
 }
 
 impl<'a> From<&'a CachedValue> for ValueDto<'a> {
     fn from(value: &'a CachedValue) -> Self {
         match value {
             CachedValue::ConversationList(page) => Self::ConversationList(PageDto::from(page)),
-            CachedValue::History(conversation, page) => Self::History(HistoryDto {
+            CachedValue::History(conversation, page) => Self::History(Box::new(HistoryDto {
                 conversation: ConversationDto::from(&**conversation),
                 messages: page.messages.iter().map(MessageDto::from).collect(),
                 has_more: page.has_more,
                 children: page.children.iter().map(ChildrenDto::from).collect(),
-            }),
+            })),
         }
     }
 }
@@ -277,6 +278,8 @@ struct ConversationDto<'a> {
     title: Cow<'a, str>,
     is_archived: bool,
     current_node: Option<Cow<'a, str>>,
+    system_prompt: Option<Cow<'a, str>>,
+    model: Option<Cow<'a, str>>,
     #[serde(with = "time::serde::timestamp::nanoseconds::option")]
     deleted_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::timestamp::nanoseconds")]
@@ -296,6 +299,16 @@ impl<'a> From<&'a Conversation> for ConversationDto<'a> {
                 .current_node
                 .as_ref()
                 .map(|id| Cow::Borrowed(id.as_str())),
+            system_prompt: conversation
+                .settings
+                .system_prompt
+                .as_ref()
+                .map(|p| Cow::Borrowed(p.as_str())),
+            model: conversation
+                .settings
+                .model
+                .as_ref()
+                .map(|m| Cow::Borrowed(m.as_str())),
             deleted_at: conversation.deleted_at,
             created_at: conversation.created_at,
             updated_at: conversation.updated_at,
@@ -316,6 +329,13 @@ impl TryFrom<ConversationDto<'_>> for Conversation {
                 .current_node
                 .map(|id| MessageId::parse(id.into_owned()))
                 .transpose()?,
+            settings: ConversationSettings {
+                system_prompt: dto
+                    .system_prompt
+                    .map(|p| SystemPrompt::parse(&p))
+                    .transpose()?,
+                model: dto.model.map(|m| ModelSlug::parse(&m)).transpose()?,
+            },
             deleted_at: dto.deleted_at,
             created_at: dto.created_at,
             updated_at: dto.updated_at,

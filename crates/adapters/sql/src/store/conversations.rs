@@ -10,7 +10,7 @@ use diesel::prelude::*;
 
 use super::SqlStore;
 use crate::connection::{AnyConnection, Bind, SqlText, on_backend};
-use crate::rows::{ConversationRow, micros};
+use crate::rows::{ConversationRow, SummaryRow, micros};
 use crate::schema::conversations;
 
 diesel::define_sql_function! {
@@ -57,6 +57,10 @@ struct Changes {
     title: Option<String>,
     is_archived: Option<bool>,
     current_node: Option<String>,
+    /// `Some(None)` writes NULL.
+    system_prompt: Option<Option<String>>,
+    /// `Some(None)` writes NULL.
+    model: Option<Option<String>>,
     updated_at: i64,
 }
 
@@ -77,17 +81,7 @@ fn owned_row(
 impl ConversationStore for SqlStore {
     async fn create(&self, new: NewConversation) -> Result<Conversation, DomainError> {
         let at = micros(new.created_at);
-        let row = ConversationRow {
-            id: new.id.to_string(),
-            user_id: new.owner.to_string(),
-            title: new.title.as_str().to_owned(),
-            last_message: None,
-            is_archived: false,
-            deleted_at: None,
-            created_at: at,
-            updated_at: at,
-            current_node: None,
-        };
+        let row = ConversationRow::new(&new, at);
         let (owner, id) = (row.user_id.clone(), row.id.clone());
         self.db
             .write(move |conn| {
@@ -125,10 +119,10 @@ impl ConversationStore for SqlStore {
                     ListOrder::Created => listed(&owner, &query)
                         .order((conversations::created_at.desc(), conversations::id.desc())),
                 };
-                let rows: Vec<ConversationRow> = ordered
+                let rows: Vec<SummaryRow> = ordered
                     .limit(i64::from(page.limit()))
                     .offset(i64::from(page.offset()))
-                    .select(ConversationRow::as_select())
+                    .select(SummaryRow::as_select())
                     .load(conn)?;
                 Ok((total, rows))
             })
@@ -136,7 +130,7 @@ impl ConversationStore for SqlStore {
         Ok(Page {
             items: rows
                 .into_iter()
-                .map(ConversationRow::into_summary)
+                .map(SummaryRow::into_summary)
                 .collect::<Result<_, _>>()?,
             total: u64::try_from(total).unwrap_or(0),
             request: page,
@@ -155,6 +149,10 @@ impl ConversationStore for SqlStore {
             title: patch.title.map(|t| t.as_str().to_owned()),
             is_archived: patch.is_archived,
             current_node: patch.current_node.map(|node| node.as_str().to_owned()),
+            system_prompt: patch
+                .system_prompt
+                .map(|p| p.map(|p| p.as_str().to_owned())),
+            model: patch.model.map(|m| m.map(|m| m.as_str().to_owned())),
             updated_at: micros(at),
         };
         self.db

@@ -218,15 +218,9 @@ impl MessageStore for SqlStore {
         );
         (first.position, second.position) = (1, 2);
         let row = ConversationRow {
-            id: conversation.id.to_string(),
-            user_id: conversation.owner.to_string(),
-            title: conversation.title.as_str().to_owned(),
             last_message: preview(&user.content),
-            is_archived: false,
-            deleted_at: None,
-            created_at: micros(conversation.created_at),
-            updated_at: second.updated_at,
             current_node: Some(second.id.clone()),
+            ..ConversationRow::new(&conversation, second.updated_at)
         };
         // The rows are known whole: three inserts, no reads.
         self.db

@@ -1,0 +1,2 @@
+ALTER TABLE conversations DROP COLUMN model;
+ALTER TABLE conversations DROP COLUMN system_prompt;
