@@ -35,6 +35,7 @@ mod conversations;
 mod docs;
 mod edges;
 mod errors;
+mod export;
 mod fake_llm;
 mod headers;
 mod history;

@@ -62,6 +62,8 @@ pub enum Field {
     Model,
     /// A conversation's system prompt.
     SystemPrompt,
+    /// The confirmation of a change that can't be undone.
+    Confirm,
     /// The sampling temperature asked for.
     Temperature,
     /// The resume token a stream gave.

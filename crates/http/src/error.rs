@@ -312,6 +312,7 @@ pub(crate) const fn field_name(field: Field) -> &'static str {
         Field::MessageStatus => "status",
         Field::Model => "model",
         Field::SystemPrompt => "system_prompt",
+        Field::Confirm => "confirm",
         Field::Temperature => "metadata.temperature",
         Field::ResumeToken => "X-Resume-Token",
         Field::LastEventId => "Last-Event-ID",

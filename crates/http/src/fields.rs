@@ -272,6 +272,28 @@ pub(crate) fn action() -> Object {
         .build()
 }
 
+/// An export's `format`.
+pub(crate) fn export_format() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["json", "markdown"]))
+        .description(Some(
+            "`json` (the default): the whole tree; `markdown`: the current branch, to read.",
+        ))
+        .build()
+}
+
+/// A delete-all's confirmation.
+pub(crate) fn confirm_all() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["all"]))
+        .description(Some(
+            "Must be `all`: every conversation of the caller goes.",
+        ))
+        .build()
+}
+
 /// The message a conversation's current branch is to end at.
 pub(crate) fn current_node() -> Object {
     message_id_builder()
@@ -372,6 +394,15 @@ pub(crate) fn refine(doc: &mut Value) {
             for parameter in parameters.iter_mut().filter(|p| p["name"] == "If-Match") {
                 parameter["schema"] = json!({ "type": "string", "pattern": IF_MATCH_PATTERN });
             }
+        }
+    }
+    // A delete-all's confirmation is required (utoipa drops that with
+    // `schema_with`).
+    if let Some(parameters) =
+        doc["paths"]["/api/v1/conversations"]["delete"]["parameters"].as_array_mut()
+    {
+        for parameter in parameters.iter_mut().filter(|p| p["name"] == "confirm") {
+            parameter["required"] = json!(true);
         }
     }
     if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {

@@ -6,10 +6,11 @@ use utoipa::{Modify, OpenApi};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
     AuthorView, BackendConversationBody, ContentInput, ContentView, ConversationBody,
-    ConversationItem, ConversationMeta, ConversationPageBody, ConversationPatchBody, Health,
-    LoginRequest, MappingNode, MessageBody, MessageInput, MessageMetadataView, MessageView,
-    NewConversationBody, ReadinessBody, RefreshRequest, RegisterRequest, SendBody, SendOptions,
-    SentBody, SiblingsView, TokenBody, TreeBody, UserBody, UserPage, UserPatch,
+    ConversationExport, ConversationItem, ConversationMeta, ConversationPageBody,
+    ConversationPatchBody, DeletedBody, Health, LoginRequest, MappingNode, MessageBody,
+    MessageInput, MessageMetadataView, MessageView, NewConversationBody, ReadinessBody,
+    RefreshRequest, RegisterRequest, SendBody, SendOptions, SentBody, SiblingsView, TokenBody,
+    TreeBody, UserBody, UserPage, UserPatch,
 };
 
 /// Declares the `bearer` security scheme the protected routes name.
@@ -68,9 +69,11 @@ impl Modify for BackendAliases {
                 continue;
             };
             let mut item = item.clone();
-            // The list path's POST (a new conversation) is canonical only.
+            // The list path's POST (a new conversation) and DELETE (all of
+            // them) are canonical only.
             if alias.ends_with("/conversations") {
                 item.post = None;
+                item.delete = None;
             }
             for op in [
                 &mut item.get,
@@ -255,6 +258,9 @@ impl Modify for HeadAndAccept {
         crate::routes::conversations::get,
         crate::routes::conversations::backend_get,
         crate::routes::tree::tree,
+        crate::routes::export::export,
+        crate::routes::export::export_all,
+        crate::routes::export::delete_all,
         crate::routes::conversations::update,
         crate::routes::conversations::delete,
         crate::routes::send::message,
@@ -265,7 +271,7 @@ impl Modify for HeadAndAccept {
     components(schemas(
         ErrorBody, ErrorDetail, Health, ReadinessBody, RegisterRequest, LoginRequest, RefreshRequest,
         TokenBody, UserBody, UserPage, UserPatch, ConversationItem, ConversationPageBody,
-        ConversationBody, ConversationMeta, ConversationPatchBody, SendBody, MessageBody, NewConversationBody, MessageInput, SiblingsView, BackendConversationBody, MappingNode, TreeBody,
+        ConversationBody, ConversationMeta, ConversationPatchBody, SendBody, MessageBody, NewConversationBody, MessageInput, SiblingsView, BackendConversationBody, MappingNode, TreeBody, ConversationExport, DeletedBody,
         ContentInput, SendOptions, SentBody, MessageView, AuthorView, ContentView,
         MessageMetadataView,
     )),

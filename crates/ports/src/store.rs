@@ -128,6 +128,24 @@ pub trait ConversationStore: Send + Sync + 'static {
         at: OffsetDateTime,
     ) -> Result<bool, DomainError>;
 
+    /// The ids of all of `owner`'s conversations that are not deleted,
+    /// archived ones too, newest first: what an export walks.
+    ///
+    /// # Errors
+    /// Only on storage failure.
+    async fn ids(&self, owner: UserId) -> Result<Vec<ConversationId>, DomainError>;
+
+    /// Soft-deletes all of `owner`'s conversations at once (as
+    /// [`ConversationStore::soft_delete`] does one); the ids it deleted.
+    ///
+    /// # Errors
+    /// Only on storage failure.
+    async fn soft_delete_all(
+        &self,
+        owner: UserId,
+        at: OffsetDateTime,
+    ) -> Result<Vec<ConversationId>, DomainError>;
+
     /// Soft-deletes: the rows stay, but the conversation is not found again.
     ///
     /// # Errors

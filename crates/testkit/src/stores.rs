@@ -346,6 +346,36 @@ impl ConversationStore for MemoryStore {
         Ok(c.clone())
     }
 
+    async fn ids(&self, owner: UserId) -> Result<Vec<ConversationId>, DomainError> {
+        let state = self.state();
+        let mut live: Vec<&Conversation> = state
+            .conversations
+            .iter()
+            .map(|c| &c.conversation)
+            .filter(|c| c.owner == owner && c.deleted_at.is_none())
+            .collect();
+        live.sort_by_key(|c| std::cmp::Reverse((c.created_at, c.id)));
+        Ok(live.iter().map(|c| c.id).collect())
+    }
+
+    async fn soft_delete_all(
+        &self,
+        owner: UserId,
+        at: OffsetDateTime,
+    ) -> Result<Vec<ConversationId>, DomainError> {
+        let mut state = self.state();
+        let mut deleted = Vec::new();
+        for stored in &mut state.conversations {
+            let c = &mut stored.conversation;
+            if c.owner == owner && c.deleted_at.is_none() {
+                c.deleted_at = Some(at);
+                c.updated_at = at;
+                deleted.push(c.id);
+            }
+        }
+        Ok(deleted)
+    }
+
     async fn set_generated_title(
         &self,
         owner: UserId,

@@ -74,6 +74,7 @@ on_both_backends!(
     a_history_is_the_branch_that_ends_at_the_current_node,
     only_an_answer_that_stopped_early_is_reopened,
     a_conversations_settings_are_stored_changed_and_cleared,
+    all_of_an_owners_conversations_are_listed_by_id_and_deleted_at_once,
 );
 
 struct Fixture {
@@ -1572,4 +1573,58 @@ async fn a_conversations_settings_are_stored_changed_and_cleared(backend: Backen
     assert!(cleared.settings.system_prompt.is_some());
     let read = ConversationStore::get(&f.store, sam.id, id).await.unwrap();
     assert_eq!(read.settings, cleared.settings);
+}
+
+async fn all_of_an_owners_conversations_are_listed_by_id_and_deleted_at_once(backend: Backend) {
+    let f = fixture(backend).await;
+    let (ann, bob) = (user(&f.store, "ann").await, user(&f.store, "bob").await);
+    let base = now();
+    let mut anns = Vec::new();
+    for n in 0..3 {
+        let at = base + Duration::from_secs(n);
+        anns.push(conversation(&f.store, ann.id, "mine", at).await);
+    }
+    let bobs = conversation(&f.store, bob.id, "his", base).await;
+    let gone = conversation(&f.store, ann.id, "deleted", base).await;
+    ConversationStore::soft_delete(&f.store, ann.id, gone, now())
+        .await
+        .unwrap();
+    let archive = ConversationPatch {
+        is_archived: Some(true),
+        ..ConversationPatch::default()
+    };
+    ConversationStore::update(&f.store, ann.id, anns[0], archive, now())
+        .await
+        .unwrap();
+    // Newest first, archived included, deleted and foreign left out.
+    let ids = ConversationStore::ids(&f.store, ann.id).await.unwrap();
+    assert_eq!(ids, [anns[2], anns[1], anns[0]]);
+    let mut deleted = ConversationStore::soft_delete_all(&f.store, ann.id, now())
+        .await
+        .unwrap();
+    deleted.sort();
+    let mut expected = anns.clone();
+    expected.sort();
+    assert_eq!(deleted, expected);
+    assert!(
+        ConversationStore::ids(&f.store, ann.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for id in &anns {
+        assert!(matches!(
+            ConversationStore::get(&f.store, ann.id, *id).await,
+            Err(DomainError::NotFound)
+        ));
+    }
+    assert!(
+        ConversationStore::soft_delete_all(&f.store, ann.id, now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    ConversationStore::get(&f.store, bob.id, bobs)
+        .await
+        .unwrap();
 }

@@ -694,6 +694,75 @@ impl Conversations {
         Ok(())
     }
 
+    /// Deletes all of the caller's conversations at once (softly, as
+    /// [`Conversations::delete`] does one): answers running in them are
+    /// stopped, and every cached read of them forgotten. How many it
+    /// deleted.
+    ///
+    /// # Errors
+    /// Only on storage failure.
+    pub async fn delete_all(&self, caller: &AccessClaims) -> Result<usize, AppError> {
+        let owner = caller.user_id;
+        let ports = &self.inner.ports;
+        let deleted = ports
+            .conversations
+            .soft_delete_all(owner, self.inner.now())
+            .await?;
+        let mut keys = Vec::with_capacity(deleted.len() + 1);
+        keys.push(list_key(owner));
+        keys.extend(deleted.iter().map(|id| history_key(*id)));
+        for chunk in keys.chunks(INVALIDATION_CHUNK) {
+            if let Err(e) = ports.cache.bump_all(chunk).await {
+                tracing::error!(error = %e, keys = chunk.len(), "could not invalidate cache entries");
+            }
+        }
+        for id in &deleted {
+            if let Err(e) = ports.log.request_stop(*id).await {
+                tracing::warn!(error = %e, "could not stop the generation of a deleted conversation");
+            }
+        }
+        Ok(deleted.len())
+    }
+
+    /// The ids of all of the caller's conversations, archived ones too,
+    /// newest first: what an export of them all walks.
+    ///
+    /// # Errors
+    /// Only on storage failure.
+    pub async fn all_ids(&self, caller: &AccessClaims) -> Result<Vec<ConversationId>, AppError> {
+        Ok(self.inner.ports.conversations.ids(caller.user_id).await?)
+    }
+
+    /// The ids of the current branch of one of the caller's conversations,
+    /// oldest first, read backwards [`READ_BACK_PAGE`] at a time (the text
+    /// is not kept): what an export of the branch filters the tree by.
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`] as for [`Conversations::get`].
+    pub async fn branch_ids(
+        &self,
+        caller: &AccessClaims,
+        id: ConversationId,
+    ) -> Result<Vec<MessageId>, AppError> {
+        let ports = &self.inner.ports;
+        ports.conversations.get(caller.user_id, id).await?;
+        let mut ids = Vec::new();
+        let mut before: Option<MessageId> = None;
+        loop {
+            let page = ports
+                .messages
+                .page(id, before.as_ref(), EXPORT_PAGE)
+                .await?;
+            before = page.messages.first().map(|m| m.id.clone());
+            ids.extend(page.messages.into_iter().rev().map(|m| m.id));
+            if !page.has_more {
+                break;
+            }
+        }
+        ids.reverse();
+        Ok(ids)
+    }
+
     /// Deletes one of the caller's conversations (softly: it is not found
     /// again anywhere). A generation running in it is stopped.
     ///
@@ -761,6 +830,12 @@ pub struct TreePage {
     /// Whether more messages follow the last of these.
     pub has_more: bool,
 }
+
+/// Cache keys bumped in one call when many conversations go at once.
+const INVALIDATION_CHUNK: usize = 256;
+
+/// Messages read at a time by an export.
+const EXPORT_PAGE: usize = 500;
 
 /// Messages asked of the store at a time when a history is read backwards.
 const READ_BACK_PAGE: usize = 50;

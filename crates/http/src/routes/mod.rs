@@ -7,6 +7,7 @@
 pub(crate) mod auth;
 pub(crate) mod conversations;
 pub(crate) mod docs;
+pub(crate) mod export;
 pub(crate) mod health;
 pub(crate) mod schema;
 pub(crate) mod send;
@@ -28,6 +29,7 @@ pub(crate) use conversations::{
     BackendConversationBody, ConversationBody, ConversationItem, ConversationMeta,
     ConversationPageBody, ConversationPatchBody, MappingNode, SiblingsView,
 };
+pub(crate) use export::{ConversationExport, DeletedBody};
 pub(crate) use health::{Health, ReadinessBody};
 pub(crate) use schema::{AuthorView, ContentView, MessageMetadataView, MessageView};
 pub(crate) use send::{
@@ -149,6 +151,9 @@ pub(crate) enum Produces {
     Negotiated,
     /// No body (204).
     Empty,
+    /// A download whose type its `format` says (not checked against
+    /// `Accept`).
+    File,
     /// Not checked: the docs redirect, and the probes (`/healthz`,
     /// `/readyz`), which answer whatever a load balancer's `Accept` says.
     Any,
@@ -263,6 +268,33 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         keys_itself: false,
         produces: Produces::Json,
         route: || web::route().to(conversations::list),
+    },
+    Endpoint {
+        method: Method::DELETE,
+        path: "/api/v1/conversations",
+        class: RouteClass::Api,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Json,
+        route: || web::route().to(export::delete_all),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/api/v1/conversations/export",
+        class: RouteClass::Api,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::File,
+        route: || web::route().to(export::export_all),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/api/v1/conversations/{id}/export",
+        class: RouteClass::Api,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::File,
+        route: || web::route().to(export::export),
     },
     Endpoint {
         method: Method::POST,
@@ -433,7 +465,7 @@ async fn acceptable(
         .and_then(|(_, p)| match p {
             Produces::Json => Some("application/json"),
             Produces::Stream => Some("text/event-stream"),
-            Produces::Negotiated | Produces::Empty | Produces::Any => None,
+            Produces::Negotiated | Produces::Empty | Produces::File | Produces::Any => None,
         });
     if let Some(media) = media {
         let accept = req

@@ -210,6 +210,51 @@ impl ConversationStore for SqlStore {
         Ok(changed > 0)
     }
 
+    async fn ids(&self, owner: UserId) -> Result<Vec<ConversationId>, DomainError> {
+        let owner = owner.to_string();
+        let ids: Vec<String> = self
+            .db
+            .read(move |conn| {
+                on_backend!(conn, |c| conversations::table
+                    .filter(conversations::user_id.eq(&owner))
+                    .filter(conversations::deleted_at.is_null())
+                    .order((conversations::created_at.desc(), conversations::id.desc()))
+                    .select(conversations::id)
+                    .load(c))
+            })
+            .await?;
+        ids.iter()
+            .map(|id| id.parse().map_err(DomainError::internal))
+            .collect()
+    }
+
+    async fn soft_delete_all(
+        &self,
+        owner: UserId,
+        at: OffsetDateTime,
+    ) -> Result<Vec<ConversationId>, DomainError> {
+        let (owner, at) = (owner.to_string(), micros(at));
+        let ids: Vec<String> = self
+            .db
+            .write(move |conn| {
+                let live = conversations::table
+                    .filter(conversations::user_id.eq(&owner))
+                    .filter(conversations::deleted_at.is_null());
+                let ids = on_backend!(conn, |c| live.select(conversations::id).load(c))?;
+                on_backend!(conn, |c| diesel::update(live)
+                    .set((
+                        conversations::deleted_at.eq(Some(at)),
+                        conversations::updated_at.eq(at),
+                    ))
+                    .execute(c))?;
+                Ok(ids)
+            })
+            .await?;
+        ids.iter()
+            .map(|id| id.parse().map_err(DomainError::internal))
+            .collect()
+    }
+
     async fn soft_delete(
         &self,
         owner: UserId,
