@@ -15,7 +15,7 @@ on_both_backends!(
     a_retry_on_another_instance_reattaches_to_the_same_answer,
     one_user_cannot_fill_the_key_store,
     a_json_mode_send_retried_gets_the_json_it_asked_for,
-    a_retried_regeneration_of_the_first_answer_is_replayed_as_it_was,
+    a_retried_continue_or_regeneration_of_the_first_answer_is_replayed_as_it_was,
 );
 
 /// Where the keys live.
@@ -482,23 +482,45 @@ async fn a_json_mode_send_retried_gets_the_json_it_asked_for(backend: Backend) {
     }
 }
 
-async fn a_retried_regeneration_of_the_first_answer_is_replayed_as_it_was(backend: Backend) {
+async fn a_retried_continue_or_regeneration_of_the_first_answer_is_replayed_as_it_was(
+    backend: Backend,
+) {
     for mode in [Mode::InProcess, Mode::Redis] {
         let llm = FakeLlm::start();
         let (a, b) = instances(backend, &llm, mode);
         let b = b.as_ref().unwrap_or(&a);
         let token = a.user("ada").await;
-        let (id, _) = a.chat(&token, "the first question").await;
+        // The first answer stops at the length cap: it can be continued.
+        llm.push(Script::Stream(vec![
+            Step::Text("cut".into()),
+            Step::Finish("length"),
+            Step::Done,
+        ]));
+        let (id, events) = a.chat(&token, "the first question").await;
+        let first_answer = confab_e2e::chat::replay(&events)["message"]["id"].clone();
         let path = format!("/api/v1/conversations/{id}/messages");
-        let regenerate = |app: &TestApp| {
+        let json_send = |app: &TestApp, key: &'static str, body: Value| {
             app.client
                 .post(app.url(&path))
                 .bearer_auth(&token)
                 .header("accept", "application/json")
-                .header("idempotency-key", "regen-1")
-                .json(&serde_json::json!({"action": "variant"}))
+                .header("idempotency-key", key)
+                .json(&body)
                 .send()
         };
+        // A continue of the first answer, retried: 200 both times.
+        llm.push(Script::reply(&[" and more"]));
+        let body = serde_json::json!({"action": "continue", "parent_message_id": first_answer});
+        let first = json_send(&a, "cont-1", body.clone()).await.unwrap();
+        assert_eq!(first.status(), 200);
+        let first: Value = first.json().await.unwrap();
+        assert_eq!(first["message"]["content"]["parts"][0], "cut and more");
+        let retry = json_send(b, "cont-1", body).await.unwrap();
+        assert_eq!(retry.status(), 200);
+        assert!(!retry.headers().contains_key("location"));
+        assert_eq!(retry.json::<Value>().await.unwrap(), first);
+        let regenerate =
+            |app: &TestApp| json_send(app, "regen-1", serde_json::json!({"action": "variant"}));
         llm.push(Script::reply(&["a second answer"]));
         let first = regenerate(&a).await.unwrap();
         assert_eq!(first.status(), 200);

@@ -602,31 +602,6 @@ impl Conversations {
         })
     }
 
-    /// Whether `answer` is the first answer to `question`, a first
-    /// message of the conversation `id`: the answer of the send that
-    /// created the conversation (and not a regeneration of it). The caller
-    /// has read both through [`Conversations::exchange`].
-    ///
-    /// # Errors
-    /// Only on storage failure.
-    pub async fn opened_conversation(
-        &self,
-        id: ConversationId,
-        question: &Message,
-        answer: &MessageId,
-    ) -> Result<bool, AppError> {
-        if question.parent_id.is_some() {
-            return Ok(false);
-        }
-        let children = self
-            .inner
-            .ports
-            .messages
-            .children(id, &[Some(question.id.clone())])
-            .await?;
-        Ok(children.first().map(|(_, child)| child) == Some(answer))
-    }
-
     /// Renames, archives and/or switches the branch of one of the caller's
     /// conversations (its current node: any of its messages; the history
     /// and the next send's prompt follow the branch that ends there).

@@ -232,7 +232,15 @@ pub(crate) async fn claim(
         Claim::Completed(StoredOutcome::Stream {
             conversation,
             message,
-        }) => Keyed::Answer(reattach(state, req, caller, conversation, &message).await),
+        }) => {
+            let created = crate::routes::starts_conversation(req.path(), body);
+            let answer = Answered {
+                conversation,
+                message,
+                created,
+            };
+            Keyed::Answer(reattach(state, req, caller, &answer).await)
+        }
     }
 }
 
@@ -403,13 +411,21 @@ fn not_recorded(status: StatusCode) -> bool {
 /// A retried message send: in the mode the retry asks for, the answer's
 /// stream again (from the start or after `Last-Event-ID`), or in JSON mode
 /// the finished answer as the first request answered.
+/// The answer a completed send started, and whether the send started its
+/// conversation.
+struct Answered {
+    conversation: ConversationId,
+    message: MessageId,
+    created: bool,
+}
+
 async fn reattach(
     state: &State,
     req: &HttpRequest,
     caller: &AccessClaims,
-    conversation: ConversationId,
-    message: &MessageId,
+    answer: &Answered,
 ) -> HttpResponse {
+    let (conversation, message) = (answer.conversation, &answer.message);
     let accept = req
         .headers()
         .get(header::ACCEPT)
@@ -417,7 +433,13 @@ async fn reattach(
     let replayed = match preferred(accept) {
         None => Err(ApiError::not_acceptable()),
         Some(Preferred::Json) => {
-            replayed_json(&state.conversations, caller, conversation, message).await
+            replayed_json(
+                &state.conversations,
+                caller,
+                (conversation, message),
+                answer.created,
+            )
+            .await
         }
         Some(Preferred::EventStream) => {
             Ok(reattach_stream(state, req, caller, conversation, message).await)

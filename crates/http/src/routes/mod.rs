@@ -34,7 +34,7 @@ pub(crate) use health::{Health, ReadinessBody};
 pub(crate) use schema::{AuthorView, ContentView, MessageMetadataView, MessageView};
 pub(crate) use send::{
     ContentInput, MessageBody, MessageInput, NewConversationBody, SendBody, SendOptions, SentBody,
-    replayed_json,
+    replayed_json, starts_conversation,
 };
 pub(crate) use tree::TreeBody;
 pub(crate) use users::{UserPage, UserPatch};

@@ -317,8 +317,8 @@ fn sent(
 pub(crate) async fn replayed_json(
     conversations: &Conversations,
     caller: &AccessClaims,
-    conversation: ConversationId,
-    answer: &MessageId,
+    (conversation, answer): (ConversationId, &MessageId),
+    created: bool,
 ) -> Result<HttpResponse, ApiError> {
     let mut failure = None;
     match conversations
@@ -350,12 +350,24 @@ pub(crate) async fn replayed_json(
         }
         MessageStatus::FinishedSuccessfully | MessageStatus::FinishedPartialCompletion => {}
     }
-    // The send created the conversation when its answer is the first
-    // answer to the first question (a regeneration of it is not).
-    let created = conversations
-        .opened_conversation(conversation, &user, answer)
-        .await?;
     sent(&stored, &user, &message, created)
+}
+
+/// Whether the send of `body` to `path` started its conversation (and so
+/// answered 201): the route that only starts them, or the seed's route
+/// without a `conversation_id`. A retry is the same request as the first
+/// (its fingerprint matched), so it tells what the first did; the answer
+/// can't (a regeneration or a continue of the first answer looks alike).
+pub(crate) fn starts_conversation(path: &str, body: &[u8]) -> bool {
+    match path {
+        "/api/v1/conversations" => true,
+        "/backend-api/f/conversation" => serde_json::from_slice::<serde_json::Value>(body)
+            .is_ok_and(|b| {
+                b.get("conversation_id")
+                    .is_none_or(serde_json::Value::is_null)
+            }),
+        _ => false,
+    }
 }
 
 /// The code of a stream's `error` event.
@@ -603,4 +615,28 @@ pub(crate) async fn seed(
         shape: Shape::Seed,
     };
     send(&req, &state, &caller, payload, target).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::starts_conversation;
+
+    #[test]
+    fn only_a_send_that_names_no_conversation_starts_one() {
+        let body = br#"{"messages":[]}"#;
+        assert!(starts_conversation("/api/v1/conversations", body));
+        assert!(starts_conversation("/backend-api/f/conversation", body));
+        assert!(starts_conversation(
+            "/backend-api/f/conversation",
+            br#"{"conversation_id":null}"#
+        ));
+        assert!(!starts_conversation(
+            "/backend-api/f/conversation",
+            br#"{"conversation_id":"0190c3a1-7b4e-7000-8000-000000000000","action":"variant"}"#
+        ));
+        assert!(!starts_conversation(
+            "/api/v1/conversations/0190c3a1-7b4e-7000-8000-000000000000/messages",
+            br#"{"action":"continue","parent_message_id":"a1"}"#
+        ));
+    }
 }
