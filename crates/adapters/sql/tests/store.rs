@@ -685,6 +685,19 @@ async fn a_history_page_reads_the_branch_over_the_primary_key() {
         !plan.iter().any(|l| l.contains("Seq Scan on messages")),
         "{plan:#?}"
     );
+    // A page's children (`MessageStore::children`): over the parents'
+    // index, not the whole conversation.
+    let children = "SELECT parent_id, id FROM messages WHERE conversation_id = 'c1' \
+         AND (parent_id = ANY(ARRAY['m14001', 'm14003']) OR parent_id IS NULL) ORDER BY position";
+    let read = self::plan(&mut conn, children);
+    assert!(
+        read.iter().any(|l| l.contains("messages_parent_idx")),
+        "{read:#?}"
+    );
+    assert!(
+        !read.iter().any(|l| l.contains("Seq Scan on messages")),
+        "{read:#?}"
+    );
 }
 
 async fn duplicate_message_id_in_one_conversation(backend: Backend) {
