@@ -16,6 +16,7 @@ on_both_backends!(
     a_variant_or_a_continue_that_makes_no_sense_is_refused,
     a_continue_appends_to_an_answer_that_stopped,
     the_tree_holds_every_branch_and_the_backend_detail_maps_its_page,
+    a_delete_mid_continue_stops_it_and_leaves_no_answer_in_progress,
 );
 
 /// The ids of a history page's messages, in order.
@@ -745,4 +746,71 @@ async fn the_tree_holds_every_branch_and_the_backend_detail_maps_its_page(backen
         .await;
     let body = error_body(res, 404, "NOT_FOUND").await;
     assert_eq!(body.get("field"), None);
+}
+
+async fn a_delete_mid_continue_stops_it_and_leaves_no_answer_in_progress(backend: Backend) {
+    let llm = FakeLlm::start();
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("deleter").await;
+    llm.push(Script::Stream(vec![
+        Step::Text("Once".into()),
+        Step::Finish("length"),
+        Step::Done,
+    ]));
+    let (id, _) = app.chat(&token, "a story").await;
+    let line = ids(&app.conversation(&token, &id).await);
+    llm.push(Script::Stream(vec![
+        Step::Text(" more".into()),
+        Step::Hold,
+        Step::Text(" never sent".into()),
+        Step::Finish("stop"),
+        Step::Done,
+    ]));
+    let body = json!({"action": "continue", "parent_message_id": line[1]});
+    let res = app
+        .send_message(
+            &format!("/api/v1/conversations/{id}/messages"),
+            &token,
+            &body,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let mut reader = SseReader::new(res);
+    reader.until(confab_e2e::chat::is_append).await;
+    let res = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/conversations/{id}"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), 204);
+    let rest = reader.rest().await;
+    assert_eq!(rest.last().map(|e| e.data.as_str()), Some("[DONE]"));
+    llm.release();
+    // Gone for its owner; in the database, the answer is closed with the
+    // text it had, not left in progress for the sweep.
+    let res = app
+        .get_auth(&format!("/api/v1/conversations/{id}"), &token)
+        .await;
+    assert_eq!(res.status(), 404);
+    let store = app.db.store().await;
+    let conversation: confab_domain::ConversationId = id.parse().unwrap();
+    let answer = confab_domain::MessageId::parse(line[1].as_str()).unwrap();
+    let stored = confab_ports::MessageStore::find(&store, conversation, &answer)
+        .await
+        .unwrap()
+        .expect("the answer is kept");
+    assert_eq!(
+        stored.status,
+        confab_domain::MessageStatus::FinishedPartialCompletion
+    );
+    assert_eq!(stored.content.parts(), ["Once more"]);
+    assert!(
+        confab_ports::MessageStore::in_progress(&store, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
