@@ -291,20 +291,64 @@ async fn onto_switched_branches(backend: Backend, redis: bool) {
     assert_on_the_switched_branch(&llm, &store, &ids).await;
 }
 
-/// 100 edits at once (each a send naming `parent_message_id`: the first
-/// answer of a line of two exchanges), to one server in process, with or
-/// without Redis: every answer completes on the new branch.
+/// 100 edits at once (each a send naming `parent_message_id`: half the
+/// first answer of a line of two exchanges, an edit of the second
+/// question; half the root, an edit of the first), to one server in
+/// process, with or without Redis: every answer completes on its new
+/// branch, and no prompt holds the branch it left.
 async fn edits_at_once(backend: Backend, redis: bool) {
     let _one = ONE_AT_A_TIME.lock().await;
     let (llm, app, token) = burst_app(backend, redis).await;
     let ids = two_exchange_lines(&app, &token, 100).await;
-    let under: Vec<(ConversationId, String)> =
-        ids.iter().map(|id| (*id, "a1".to_owned())).collect();
+    let parent = |i: usize| {
+        if i.is_multiple_of(2) {
+            "a1"
+        } else {
+            "client-created-root"
+        }
+    };
+    let under: Vec<(ConversationId, String)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, parent(i).to_owned()))
+        .collect();
     let sends = burst_under(&[&app], &token, &under, CAP_100).await;
     let what = format!("100 edits at once, {backend:?}, Redis: {redis}");
     let store = app.db.store().await;
     sends.assert_all_complete(&what, &store).await;
-    assert_on_the_switched_branch(&llm, &store, &ids).await;
+    let asked = llm.requests();
+    assert_eq!(asked.len(), ids.len());
+    let at_root = asked
+        .iter()
+        .filter(|r| !r["messages"].to_string().contains("the first"))
+        .count();
+    assert_eq!(
+        at_root,
+        ids.len() / 2,
+        "edits of the first question ask it alone"
+    );
+    for request in &asked {
+        let text = request["messages"].to_string();
+        assert!(
+            !text.contains("abandoned"),
+            "another branch was sent: {text}"
+        );
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let branch: Vec<String> = all_messages(&store, *id)
+            .await
+            .iter()
+            .map(|m| m.id.to_string())
+            .collect();
+        if parent(i) == "a1" {
+            assert_eq!(branch.len(), 4, "{branch:?}");
+            assert_eq!(branch[..2], ["u1", "a1"]);
+        } else {
+            assert_eq!(branch.len(), 2, "a new first exchange: {branch:?}");
+            assert!(!branch.contains(&"u1".to_owned()), "{branch:?}");
+        }
+        assert!(!branch.contains(&"u2".to_owned()), "{branch:?}");
+    }
 }
 
 /// The text of the answers [`stopped_lines`] leave stopped.

@@ -17,6 +17,7 @@ on_both_backends!(
     a_continue_appends_to_an_answer_that_stopped,
     the_tree_holds_every_branch_and_the_backend_detail_maps_its_page,
     a_delete_mid_continue_stops_it_and_leaves_no_answer_in_progress,
+    the_first_question_is_edited_at_the_root,
 );
 
 /// The ids of a history page's messages, in order.
@@ -813,4 +814,72 @@ async fn a_delete_mid_continue_stops_it_and_leaves_no_answer_in_progress(backend
             .unwrap()
             .is_empty()
     );
+}
+
+async fn the_first_question_is_edited_at_the_root(backend: Backend) {
+    let llm = FakeLlm::start();
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("rooter").await;
+    // ChatGPT's clients name the root when they start a conversation.
+    let mut body = message_body("first question");
+    body["parent_message_id"] = json!("client-created-root");
+    let res = app
+        .send_message("/api/v1/conversations", &token, &body)
+        .await;
+    assert_eq!(res.status(), 200);
+    let events = SseReader::new(res).rest().await;
+    let id = confab_e2e::chat::conversation_of(&events);
+    app.send_to(&token, &id, &message_body("second question"))
+        .await;
+    let line = ids(&app.conversation(&token, &id).await);
+
+    // Editing the first question: a new first question, its own branch.
+    let mut edit = message_body("first question, edited");
+    edit["parent_message_id"] = json!("client-created-root");
+    let events = app.send_to(&token, &id, &edit).await;
+    assert_eq!(
+        input_message(&events)["metadata"].get("parent_id"),
+        None,
+        "a first message has no parent"
+    );
+    assert_eq!(
+        last_answer_prompt(&llm)
+            .into_iter()
+            .filter(|(role, _)| role == "user")
+            .map(|(_, text)| text)
+            .collect::<Vec<_>>(),
+        ["first question, edited"],
+        "nothing of the old branch"
+    );
+    let read = app.conversation(&token, &id).await;
+    let branch = ids(&read);
+    assert_eq!(branch.len(), 2);
+    assert_ne!(branch[0], line[0]);
+    assert_eq!(
+        read["siblings"][&branch[0]],
+        json!({"ids": [line[0], branch[0]], "index": 1})
+    );
+    // The old branch is whole, a switch away.
+    let res = app
+        .patch_conversation(&token, &id, &json!({"current_node": line[3]}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(ids(&app.conversation(&token, &id).await), line);
+    // The root is no message: not an id to take, nor a node to switch to.
+    let mut taken = message_body("q");
+    taken["messages"][0]["id"] = json!("client-created-root");
+    let res = app
+        .send_message(
+            &format!("/api/v1/conversations/{id}/messages"),
+            &token,
+            &taken,
+        )
+        .await;
+    let error = error_body(res, 422, "VALIDATION_ERROR").await;
+    assert_eq!(error["field"], "messages[0].id");
+    let res = app
+        .patch_conversation(&token, &id, &json!({"current_node": "client-created-root"}))
+        .await;
+    let error = error_body(res, 404, "NOT_FOUND").await;
+    assert_eq!(error["field"], "current_node");
 }

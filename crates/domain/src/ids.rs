@@ -90,6 +90,17 @@ impl MessageId {
     /// Longest accepted id, in characters.
     pub const MAX_LEN: usize = 64;
 
+    /// The id ChatGPT's clients give the root above a conversation's first
+    /// messages: as a send's parent, "no parent" (a new first question);
+    /// never the id of a message.
+    pub const ROOT: &'static str = "client-created-root";
+
+    /// Whether this is [`MessageId::ROOT`].
+    #[must_use]
+    pub fn is_root(&self) -> bool {
+        self.0 == Self::ROOT
+    }
+
     /// Validates a client-supplied id.
     ///
     /// # Errors

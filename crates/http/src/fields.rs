@@ -253,8 +253,8 @@ pub(crate) fn parent_message_id() -> Object {
     message_id_builder()
         .description(Some(
             "`next`: the message of this conversation the sent one follows (absent: its current \
-             node); `variant`: the question to answer again (absent: the current node's); \
-             `continue`: the answer to go on with.",
+             node; `client-created-root`: none, a new first question); `variant`: the question \
+             to answer again (absent: the current node's); `continue`: the answer to go on with.",
         ))
         .build()
 }

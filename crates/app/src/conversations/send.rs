@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 
 use confab_domain::{
     Content, Conversation, ConversationId, ConversationSettings, DomainError, ErrorCode, Field,
-    Message, MessageDocument, MessageId, MessageMetadata, MessageRole, MessageStatus, ModelSlug,
-    NewConversation, SystemPrompt, Title, UserId, events,
+    Message, MessageDocument, MessageId, MessageMetadata, MessagePage, MessageRole, MessageStatus,
+    ModelSlug, NewConversation, SystemPrompt, Title, UserId, events,
 };
 use confab_ports::{AccessClaims, ChatModel, CompletionRequest};
 use tokio::sync::{oneshot, watch};
@@ -111,32 +111,44 @@ fn parse_message_id(raw: String, field: Field) -> Result<MessageId, AppError> {
 }
 
 impl Inner {
-    /// The newest messages of the branch of `conversation` that ends at
-    /// `parent` (of its current branch, when `None`), oldest first, read
-    /// backwards until their text exceeds the prompt budget or the branch
-    /// starts, so a send never loads a long history whole.
+    /// The newest messages of the branch of `conversation` a new question
+    /// goes `under` (down to the message named, or the current node; none
+    /// at the root), oldest first, read backwards until their text exceeds
+    /// the prompt budget or the branch starts, so a send never loads a long
+    /// history whole.
     ///
     /// # Errors
     /// [`AppError::Conflict`] on `message_id` when the conversation
     /// already has a message with that id, on any branch (looked up by id
     /// beside the history read: the other branches are not read);
-    /// [`AppError::Missing`] on `parent_message_id` when `parent` is no
-    /// message of the conversation.
+    /// [`AppError::Missing`] on `parent_message_id` when the message named
+    /// is no message of the conversation.
     async fn prompt_history(
         &self,
         conversation: ConversationId,
-        parent: Option<&MessageId>,
+        under: &Under,
         message_id: &MessageId,
     ) -> Result<Vec<Message>, AppError> {
         let messages = &self.ports.messages;
+        let parent = match under {
+            Under::Message(id) => Some(id),
+            Under::Current | Under::Root => None,
+        };
         let (history, taken, parent) = tokio::join!(
-            self.read_back(
-                conversation,
-                parent,
-                usize::MAX,
-                text_chars,
-                self.rules.prompt_budget_chars,
-            ),
+            async {
+                if matches!(under, Under::Root) {
+                    // A new first question: nothing above it.
+                    return Ok(MessagePage::default());
+                }
+                self.read_back(
+                    conversation,
+                    parent,
+                    usize::MAX,
+                    text_chars,
+                    self.rules.prompt_budget_chars,
+                )
+                .await
+            },
             messages.find(conversation, message_id),
             async {
                 match parent {
@@ -227,12 +239,21 @@ struct Request {
     engine: Engine,
 }
 
+/// Where a new question goes.
+enum Under {
+    /// Under the conversation's current node.
+    Current,
+    /// Under this message.
+    Message(MessageId),
+    /// At the root: a new first question (an edit of the first one).
+    Root,
+}
+
 /// What a validated send writes.
 enum Plan {
-    /// A new question (under `parent`; `None`: the current node) and its
-    /// answer.
+    /// A new question and its answer.
     Next {
-        parent: Option<MessageId>,
+        under: Under,
         message_id: MessageId,
         content: Content,
     },
@@ -423,14 +444,25 @@ impl Conversations {
                     Some(id) => parse_message_id(id, Field::MessageId)?,
                     None => MessageId::generate(),
                 };
-                if parent.is_some() && new {
-                    // A new conversation has no message to follow.
-                    return Err(AppError::Missing {
-                        field: Field::ParentMessageId,
-                    });
+                if message_id.is_root() {
+                    return Err(invalid(
+                        Field::MessageId,
+                        "is reserved: it names the root above the first messages",
+                    ));
                 }
+                let under = match parent {
+                    None => Under::Current,
+                    Some(root) if root.is_root() => Under::Root,
+                    // A new conversation has no message to follow.
+                    Some(_) if new => {
+                        return Err(AppError::Missing {
+                            field: Field::ParentMessageId,
+                        });
+                    }
+                    Some(id) => Under::Message(id),
+                };
                 Ok(Plan::Next {
-                    parent,
+                    under,
                     message_id,
                     content,
                 })
@@ -689,15 +721,12 @@ impl Inner {
     ) -> Result<Turn, AppError> {
         match plan {
             Plan::Next {
-                parent,
+                under,
                 message_id,
                 content,
             } => {
                 let history = match existing {
-                    Some(c) => {
-                        self.prompt_history(c.id, parent.as_ref(), &message_id)
-                            .await?
-                    }
+                    Some(c) => self.prompt_history(c.id, &under, &message_id).await?,
                     None => Vec::new(),
                 };
                 let created_at = self.now();
