@@ -220,7 +220,7 @@ async fn accept_decides_406_and_head_answers_every_get(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.headers()["allow"], "GET, HEAD, POST");
+    assert_eq!(res.headers()["allow"], "GET, HEAD, DELETE, POST");
     error_body(res, 405, "METHOD_NOT_ALLOWED").await;
 }
 
