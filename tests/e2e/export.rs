@@ -2,7 +2,7 @@
 //! its current branch as Markdown, all of a user's conversations as JSON
 //! Lines, and a clean slate.
 
-use confab_e2e::chat::{message_body, replay, spawn_chat};
+use confab_e2e::chat::{message_body, message_ids, replay, spawn_chat};
 use confab_e2e::error_body;
 use confab_e2e::fake_llm::{FakeLlm, Script};
 use confab_sql::Backend;
@@ -14,23 +14,13 @@ on_both_backends!(
     all_conversations_export_as_json_lines_and_go_at_once,
 );
 
-/// The ids of a history page's messages, in order.
-fn ids(page: &Value) -> Vec<String> {
-    page["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| m["id"].as_str().expect("an id").to_owned())
-        .collect()
-}
-
 async fn an_export_holds_every_branch_and_the_markdown_the_current_one(backend: Backend) {
     let llm = FakeLlm::start();
     let app = spawn_chat(backend, &llm, &[]);
     let token = app.user("archivist").await;
     llm.push(Script::reply(&["The first answer."]));
     let (id, _) = app.chat(&token, "The first question?").await;
-    let line = ids(&app.conversation(&token, &id).await);
+    let line = message_ids(&app.conversation(&token, &id).await);
     llm.push(Script::reply(&["Another answer."]));
     let events = app
         .send_to(&token, &id, &json!({"action": "variant"}))
@@ -42,7 +32,7 @@ async fn an_export_holds_every_branch_and_the_markdown_the_current_one(backend: 
     llm.push(Script::reply(&["The second answer."]));
     app.send_to(&token, &id, &message_body("The second question?"))
         .await;
-    let branch = ids(&app.conversation(&token, &id).await);
+    let branch = message_ids(&app.conversation(&token, &id).await);
     assert_eq!(branch[1], variant);
 
     // JSON: the whole tree, as the tree route gives it.

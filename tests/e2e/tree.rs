@@ -1,9 +1,11 @@
 //! Conversations as trees (issue 15): the current node, switching branch,
 //! and a send continuing the branch it is switched to.
 
-use confab_e2e::chat::{SseEvent, SseReader, message_body, replay, spawn_chat};
+use confab_e2e::chat::{
+    SseEvent, SseReader, cut_at_length, held_after, message_body, message_ids, replay, spawn_chat,
+};
 use confab_e2e::error_body;
-use confab_e2e::fake_llm::{FakeLlm, Script, Step};
+use confab_e2e::fake_llm::{FakeLlm, Script};
 use confab_sql::Backend;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -19,16 +21,6 @@ on_both_backends!(
     a_delete_mid_continue_stops_it_and_leaves_no_answer_in_progress,
     the_first_question_is_edited_at_the_root,
 );
-
-/// The ids of a history page's messages, in order.
-fn ids(page: &Value) -> Vec<String> {
-    page["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| m["id"].as_str().expect("an id").to_owned())
-        .collect()
-}
 
 /// Sends `text` into conversation `id` and reads its stream to the end.
 async fn send(
@@ -60,7 +52,7 @@ async fn a_branch_switch_moves_the_history_and_the_next_prompt(backend: Backend)
     let (id, _) = app.chat(&token, "first question").await;
     send(&app, &token, &id, "second question").await;
     let line = app.conversation(&token, &id).await;
-    let first = ids(&line);
+    let first = message_ids(&line);
     assert_eq!(first.len(), 4);
     assert_eq!(line["current_node"], json!(first[3]), "the newest answer");
 
@@ -72,7 +64,7 @@ async fn a_branch_switch_moves_the_history_and_the_next_prompt(backend: Backend)
     let meta: Value = res.json().await.unwrap();
     assert_eq!(meta["current_node"], json!(first[1]));
     let switched = app.conversation(&token, &id).await;
-    assert_eq!(ids(&switched), first[..2]);
+    assert_eq!(message_ids(&switched), first[..2]);
     assert_eq!(switched["current_node"], json!(first[1]));
 
     // A send goes on from there: its prompt is that branch alone.
@@ -83,7 +75,7 @@ async fn a_branch_switch_moves_the_history_and_the_next_prompt(backend: Backend)
         "never the other branch"
     );
     let fork = app.conversation(&token, &id).await;
-    let forked = ids(&fork);
+    let forked = message_ids(&fork);
     assert_eq!(forked.len(), 4);
     assert_eq!(forked[..2], first[..2]);
     assert!(!forked.contains(&first[2]) && !forked.contains(&first[3]));
@@ -102,7 +94,7 @@ async fn a_branch_switch_moves_the_history_and_the_next_prompt(backend: Backend)
         .await;
     let body = error_body(res, 409, "CONFLICT").await;
     assert_eq!(body["field"], "messages[0].id");
-    assert_eq!(ids(&app.conversation(&token, &id).await), forked);
+    assert_eq!(message_ids(&app.conversation(&token, &id).await), forked);
     let resume_token = forked_events[1].json()["token"]
         .as_str()
         .unwrap()
@@ -128,13 +120,13 @@ async fn a_branch_switch_moves_the_history_and_the_next_prompt(backend: Backend)
         .patch_conversation(&token, &id, &json!({"current_node": first[3]}))
         .await;
     assert_eq!(res.status(), 200);
-    assert_eq!(ids(&app.conversation(&token, &id).await), first);
+    assert_eq!(message_ids(&app.conversation(&token, &id).await), first);
     // The backend-api detail is the same read.
     let res = app
         .get_auth(&format!("/backend-api/conversation/{id}"), &token)
         .await;
     let seed: Value = res.json().await.unwrap();
-    assert_eq!(ids(&seed), first);
+    assert_eq!(message_ids(&seed), first);
     assert_eq!(seed["current_node"], json!(first[3]));
 }
 
@@ -144,7 +136,7 @@ async fn a_branch_switch_names_a_message_of_the_conversation(backend: Backend) {
     let token = app.user("switcher").await;
     let (id, _) = app.chat(&token, "mine").await;
     let (other, _) = app.chat(&token, "my other one").await;
-    let other_ids = ids(&app.conversation(&token, &other).await);
+    let other_ids = message_ids(&app.conversation(&token, &other).await);
     let before = app.conversation(&token, &id).await;
 
     // A message of another conversation, or of none: 404 naming the field.
@@ -168,7 +160,7 @@ async fn a_branch_switch_names_a_message_of_the_conversation(backend: Backend) {
 
     // Another user's conversation, with its own message: a plain 404.
     let mallory = app.user("mallory").await;
-    let mine = ids(&before);
+    let mine = message_ids(&before);
     let res = app
         .patch_conversation(&mallory, &id, &json!({"current_node": mine[0]}))
         .await;
@@ -176,7 +168,7 @@ async fn a_branch_switch_names_a_message_of_the_conversation(backend: Backend) {
     assert_eq!(body.get("field"), None, "nothing said about the message");
 
     let after = app.conversation(&token, &id).await;
-    assert_eq!(ids(&after), mine, "nothing moved");
+    assert_eq!(message_ids(&after), mine, "nothing moved");
     assert_eq!(after["current_node"], before["current_node"]);
 }
 
@@ -192,7 +184,7 @@ async fn an_edit_is_a_new_question_under_the_edited_ones_parent(backend: Backend
     let token = app.user("editor").await;
     let (id, _) = app.chat(&token, "first question").await;
     send(&app, &token, &id, "second question").await;
-    let line = ids(&app.conversation(&token, &id).await);
+    let line = message_ids(&app.conversation(&token, &id).await);
     let path = format!("/api/v1/conversations/{id}/messages");
 
     // Editing the second question: a new one under the first answer.
@@ -216,7 +208,7 @@ async fn an_edit_is_a_new_question_under_the_edited_ones_parent(backend: Backend
         ["first question", "second question, edited"]
     );
     let edited = app.conversation(&token, &id).await;
-    let branch = ids(&edited);
+    let branch = message_ids(&edited);
     assert_eq!(branch.len(), 4);
     assert_eq!(branch[..2], line[..2]);
     assert_ne!(branch[2], line[2]);
@@ -231,12 +223,12 @@ async fn an_edit_is_a_new_question_under_the_edited_ones_parent(backend: Backend
         .patch_conversation(&token, &id, &json!({"current_node": line[3]}))
         .await;
     assert_eq!(res.status(), 200);
-    assert_eq!(ids(&app.conversation(&token, &id).await), line);
+    assert_eq!(message_ids(&app.conversation(&token, &id).await), line);
 
     // A parent from another conversation, or none at all: 404 naming it;
     // on a new conversation too. Not an id: 422.
     let (other, _) = app.chat(&token, "elsewhere").await;
-    let foreign = ids(&app.conversation(&token, &other).await);
+    let foreign = message_ids(&app.conversation(&token, &other).await);
     for parent in [foreign[1].as_str(), "no_such_message"] {
         let res = app.send_message(&path, &token, &under(parent, "q")).await;
         let body = error_body(res, 404, "NOT_FOUND").await;
@@ -260,7 +252,7 @@ async fn an_edit_is_a_new_question_under_the_edited_ones_parent(backend: Backend
     let body = error_body(res, 404, "NOT_FOUND").await;
     assert_eq!(body.get("field"), None);
     assert_eq!(
-        ids(&app.conversation(&token, &id).await),
+        message_ids(&app.conversation(&token, &id).await),
         line,
         "nothing stored"
     );
@@ -303,7 +295,7 @@ async fn a_variant_is_a_new_answer_to_the_same_question(backend: Backend) {
     let app = spawn_chat(backend, &llm, &[]);
     let token = app.user("regenerator").await;
     let (id, _) = app.chat(&token, "first question").await;
-    let line = ids(&app.conversation(&token, &id).await);
+    let line = message_ids(&app.conversation(&token, &id).await);
 
     // Unnamed: the question the current node answers, answered again.
     llm.push(Script::reply(&["another ", "answer"]));
@@ -329,7 +321,7 @@ async fn a_variant_is_a_new_answer_to_the_same_question(backend: Backend) {
         Some("assistant")
     );
     let read = app.conversation(&token, &id).await;
-    assert_eq!(ids(&read), [line[0].clone(), variant.clone()]);
+    assert_eq!(message_ids(&read), [line[0].clone(), variant.clone()]);
     assert_eq!(read["current_node"], json!(variant));
     assert_eq!(
         read["messages"][1], answer,
@@ -357,7 +349,7 @@ async fn a_variant_is_a_new_answer_to_the_same_question(backend: Backend) {
     assert_eq!(sent["message"]["metadata"]["parent_id"], json!(line[0]));
     let third = sent["message"]["id"].as_str().unwrap().to_owned();
     let read = app.conversation(&token, &id).await;
-    assert_eq!(ids(&read), [line[0].clone(), third.clone()]);
+    assert_eq!(message_ids(&read), [line[0].clone(), third.clone()]);
     assert_eq!(
         read["siblings"][&third],
         json!({"ids": [line[1], variant, third], "index": 2})
@@ -369,13 +361,13 @@ async fn a_variant_is_a_new_answer_to_the_same_question(backend: Backend) {
         .await;
     assert_eq!(res.status(), 200);
     let read = app.conversation(&token, &id).await;
-    assert_eq!(ids(&read), line);
+    assert_eq!(message_ids(&read), line);
     assert_eq!(read["siblings"][&line[1]]["index"], 0);
 
     // A variant of a question deeper down: the branch above it is the
     // prompt, and the answers below it are left on their branch.
     send(&app, &token, &id, "second question").await;
-    let deeper = ids(&app.conversation(&token, &id).await);
+    let deeper = message_ids(&app.conversation(&token, &id).await);
     let events = app
         .send_to(
             &token,
@@ -390,7 +382,7 @@ async fn a_variant_is_a_new_answer_to_the_same_question(backend: Backend) {
         .map(|(_, text)| text)
         .collect();
     assert_eq!(users, ["first question", "second question"]);
-    let now = ids(&app.conversation(&token, &id).await);
+    let now = message_ids(&app.conversation(&token, &id).await);
     assert_eq!(now[..3], deeper[..3]);
     assert_ne!(now[3], deeper[3]);
 }
@@ -400,9 +392,9 @@ async fn a_variant_or_a_continue_that_makes_no_sense_is_refused(backend: Backend
     let app = spawn_chat(backend, &llm, &[]);
     let token = app.user("confused").await;
     let (id, _) = app.chat(&token, "a question").await;
-    let line = ids(&app.conversation(&token, &id).await);
+    let line = message_ids(&app.conversation(&token, &id).await);
     let (other, _) = app.chat(&token, "elsewhere").await;
-    let foreign = ids(&app.conversation(&token, &other).await);
+    let foreign = message_ids(&app.conversation(&token, &other).await);
     let path = format!("/api/v1/conversations/{id}/messages");
     let refused = [
         // A variant answers a question, not an answer.
@@ -483,7 +475,7 @@ async fn a_variant_or_a_continue_that_makes_no_sense_is_refused(backend: Backend
     let body = error_body(res, 404, "NOT_FOUND").await;
     assert_eq!(body.get("field"), None);
     let read = app.conversation(&token, &id).await;
-    assert_eq!(ids(&read), line, "nothing stored");
+    assert_eq!(message_ids(&read), line, "nothing stored");
     assert_eq!(read["messages"][1]["status"], "finished_successfully");
 }
 
@@ -491,14 +483,10 @@ async fn a_continue_appends_to_an_answer_that_stopped(backend: Backend) {
     let llm = FakeLlm::start();
     let app = spawn_chat(backend, &llm, &[]);
     let token = app.user("continuer").await;
-    llm.push(Script::Stream(vec![
-        Step::Text("Once upon".into()),
-        Step::Finish("length"),
-        Step::Done,
-    ]));
+    llm.push(cut_at_length("Once upon"));
     let (id, _) = app.chat(&token, "tell me a story").await;
     let read = app.conversation(&token, &id).await;
-    let line = ids(&read);
+    let line = message_ids(&read);
     assert_eq!(read["messages"][1]["status"], "finished_partial_completion");
 
     llm.push(Script::reply(&[" a time", " it ended."]));
@@ -520,7 +508,7 @@ async fn a_continue_appends_to_an_answer_that_stopped(backend: Backend) {
         Some(&("assistant".to_owned(), "Once upon".to_owned()))
     );
     let read = app.conversation(&token, &id).await;
-    assert_eq!(ids(&read), line);
+    assert_eq!(message_ids(&read), line);
     assert_eq!(read["current_node"], json!(line[1]));
     assert_eq!(
         read["messages"][1], answer,
@@ -540,20 +528,10 @@ async fn a_continue_appends_to_an_answer_that_stopped(backend: Backend) {
 
     // A continue can be stopped, resumed and continued again like any
     // answer: stopped, it keeps all its text so far.
-    llm.push(Script::Stream(vec![
-        Step::Text("Once".into()),
-        Step::Finish("length"),
-        Step::Done,
-    ]));
+    llm.push(cut_at_length("Once"));
     send(&app, &token, &id, "another story").await;
-    let stopped = ids(&app.conversation(&token, &id).await);
-    llm.push(Script::Stream(vec![
-        Step::Text(" more".into()),
-        Step::Hold,
-        Step::Text(" never sent".into()),
-        Step::Finish("stop"),
-        Step::Done,
-    ]));
+    let stopped = message_ids(&app.conversation(&token, &id).await);
+    llm.push(held_after(" more"));
     let body = json!({"action": "continue", "parent_message_id": stopped[3]});
     let res = app
         .send_message(
@@ -597,13 +575,9 @@ async fn a_continue_appends_to_an_answer_that_stopped(backend: Backend) {
 
     // A continue from another branch moves the current node to it.
     send(&app, &token, &id, "next question").await;
-    llm.push(Script::Stream(vec![
-        Step::Text("Half".into()),
-        Step::Finish("length"),
-        Step::Done,
-    ]));
+    llm.push(cut_at_length("Half"));
     send(&app, &token, &id, "one more").await;
-    let longer = ids(&app.conversation(&token, &id).await);
+    let longer = message_ids(&app.conversation(&token, &id).await);
     let res = app
         .patch_conversation(&token, &id, &json!({"current_node": line[1]}))
         .await;
@@ -617,7 +591,7 @@ async fn a_continue_appends_to_an_answer_that_stopped(backend: Backend) {
         .await;
     assert_eq!(replay(&events)["message"]["id"], json!(longer[5]));
     let read = app.conversation(&token, &id).await;
-    assert_eq!(ids(&read), longer);
+    assert_eq!(message_ids(&read), longer);
     assert_eq!(read["current_node"], json!(longer[5]));
 }
 
@@ -636,7 +610,7 @@ async fn the_tree_holds_every_branch_and_the_backend_detail_maps_its_page(backen
     let app = spawn_chat(backend, &llm, &[]);
     let token = app.user("gardener").await;
     let (id, _) = app.chat(&token, "first question").await;
-    let line = ids(&app.conversation(&token, &id).await);
+    let line = message_ids(&app.conversation(&token, &id).await);
     let (q1, a1) = (line[0].clone(), line[1].clone());
     let events = app
         .send_to(&token, &id, &json!({"action": "variant"}))
@@ -650,7 +624,7 @@ async fn the_tree_holds_every_branch_and_the_backend_detail_maps_its_page(backen
         .await;
     assert_eq!(res.status(), 200);
     send(&app, &token, &id, "second question").await;
-    let branch = ids(&app.conversation(&token, &id).await);
+    let branch = message_ids(&app.conversation(&token, &id).await);
     let (q2, a2) = (branch[2].clone(), branch[3].clone());
 
     // The whole tree, two at a time, in the order it was stored.
@@ -693,7 +667,7 @@ async fn the_tree_holds_every_branch_and_the_backend_detail_maps_its_page(backen
     assert_eq!(res.status(), 200);
     let etag = res.headers()["etag"].to_str().unwrap().to_owned();
     let detail: Value = res.json().await.unwrap();
-    assert_eq!(ids(&detail), branch);
+    assert_eq!(message_ids(&detail), branch);
     assert_eq!(detail["current_node"], json!(a2));
     let mapping = detail["mapping"].as_object().unwrap();
     let mut keys: Vec<&String> = mapping.keys().collect();
@@ -753,20 +727,10 @@ async fn a_delete_mid_continue_stops_it_and_leaves_no_answer_in_progress(backend
     let llm = FakeLlm::start();
     let app = spawn_chat(backend, &llm, &[]);
     let token = app.user("deleter").await;
-    llm.push(Script::Stream(vec![
-        Step::Text("Once".into()),
-        Step::Finish("length"),
-        Step::Done,
-    ]));
+    llm.push(cut_at_length("Once"));
     let (id, _) = app.chat(&token, "a story").await;
-    let line = ids(&app.conversation(&token, &id).await);
-    llm.push(Script::Stream(vec![
-        Step::Text(" more".into()),
-        Step::Hold,
-        Step::Text(" never sent".into()),
-        Step::Finish("stop"),
-        Step::Done,
-    ]));
+    let line = message_ids(&app.conversation(&token, &id).await);
+    llm.push(held_after(" more"));
     let body = json!({"action": "continue", "parent_message_id": line[1]});
     let res = app
         .send_message(
@@ -831,7 +795,7 @@ async fn the_first_question_is_edited_at_the_root(backend: Backend) {
     let id = confab_e2e::chat::conversation_of(&events);
     app.send_to(&token, &id, &message_body("second question"))
         .await;
-    let line = ids(&app.conversation(&token, &id).await);
+    let line = message_ids(&app.conversation(&token, &id).await);
 
     // Editing the first question: a new first question, its own branch.
     let mut edit = message_body("first question, edited");
@@ -852,7 +816,7 @@ async fn the_first_question_is_edited_at_the_root(backend: Backend) {
         "nothing of the old branch"
     );
     let read = app.conversation(&token, &id).await;
-    let branch = ids(&read);
+    let branch = message_ids(&read);
     assert_eq!(branch.len(), 2);
     assert_ne!(branch[0], line[0]);
     assert_eq!(
@@ -864,7 +828,7 @@ async fn the_first_question_is_edited_at_the_root(backend: Backend) {
         .patch_conversation(&token, &id, &json!({"current_node": line[3]}))
         .await;
     assert_eq!(res.status(), 200);
-    assert_eq!(ids(&app.conversation(&token, &id).await), line);
+    assert_eq!(message_ids(&app.conversation(&token, &id).await), line);
     // The root is no message: not an id to take, nor a node to switch to.
     let mut taken = message_body("q");
     taken["messages"][0]["id"] = json!("client-created-root");

@@ -234,6 +234,46 @@ pub fn replay(events: &[SseEvent]) -> Value {
     applier.into_document()
 }
 
+/// The ids of a history page's messages, in order.
+///
+/// # Panics
+/// When `page` has no messages array or a message no id.
+#[must_use]
+pub fn message_ids(page: &Value) -> Vec<String> {
+    page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+/// An answer of `text` that stops at the length cap
+/// (`finished_partial_completion`): one a continue can go on with.
+#[must_use]
+pub fn cut_at_length(text: &str) -> crate::fake_llm::Script {
+    use crate::fake_llm::{Script, Step};
+    Script::Stream(vec![
+        Step::Text(text.to_owned()),
+        Step::Finish("length"),
+        Step::Done,
+    ])
+}
+
+/// An answer that sends `first`, then waits for [`crate::fake_llm::FakeLlm::release`]
+/// before anything more.
+#[must_use]
+pub fn held_after(first: &str) -> crate::fake_llm::Script {
+    use crate::fake_llm::{Script, Step};
+    Script::Stream(vec![
+        Step::Text(first.to_owned()),
+        Step::Hold,
+        Step::Text(" never sent".to_owned()),
+        Step::Finish("stop"),
+        Step::Done,
+    ])
+}
+
 /// A send body with one user message.
 #[must_use]
 pub fn message_body(text: &str) -> Value {
