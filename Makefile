@@ -43,11 +43,11 @@ openapi:
 
 ## Measure and write docs/benchmarks.md: issue 13's goals table, the request
 ## paths, the cached list vs /healthz, the relay overhead, sends per second,
-## the built-in model, the shared-state ports, concurrent sends and stream
-## density. The concurrent-sends and stream-density sections run release
+## the built-in model, the shared-state ports, concurrent sends, stream
+## density and search over 100,000 messages. The concurrent-sends and stream-density sections run release
 ## `confab serve` processes (built first); several sections use PostgreSQL
 ## and Redis. One section alone, printed: `target/release/confab-bench
-## --<name>-only` (relay, list, throughput, sends, density, model).
+## --<name>-only` (relay, list, throughput, sends, density, search, model).
 bench: deps model services
 	$(CARGO) build --release --bin confab
 	$(CARGO) run --release -p confab-e2e --bin confab-bench -- docs/benchmarks.md

@@ -16,6 +16,7 @@
 //! one at a time (they would only slow each other down on a small machine).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use confab_domain::{
@@ -54,6 +55,8 @@ on_both_backends!(
     a_hundred_edits_at_once_with_redis_all_complete,
     a_hundred_regenerations_and_continues_at_once_all_complete,
     a_hundred_regenerations_and_continues_at_once_with_redis_all_complete,
+    a_hundred_sends_with_searches_alongside_all_complete,
+    a_hundred_sends_with_searches_alongside_with_redis_all_complete,
 );
 
 /// One server in process, with or without Redis, wired to a paced model
@@ -88,6 +91,88 @@ async fn a_hundred_sends_at_once_all_complete(backend: Backend) {
 
 async fn a_hundred_sends_at_once_with_redis_all_complete(backend: Backend) {
     in_process(backend, true).await;
+}
+
+/// Searches of `token`'s conversations on `apps`, ten at a time, until
+/// `done`: how many ran, and what was wrong with any that failed (not a
+/// 200 page whose every item says why it matched).
+async fn search_until(apps: &[&TestApp], token: &str, done: &AtomicBool) -> (usize, Vec<String>) {
+    let reader = |n: usize| async move {
+        let app = apps[n % apps.len()];
+        let (mut ran, mut wrong) = (0, Vec::new());
+        while !done.load(Ordering::Acquire) {
+            let q = ["word1", "question%20word", "word7%20word19", "nothing"][ran % 4];
+            let res = app
+                .get_auth(&format!("/api/v1/conversations?q={q}&limit=100"), token)
+                .await;
+            ran += 1;
+            let status = res.status();
+            let page: serde_json::Value = res.json().await.unwrap_or_default();
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            if status != 200 || items.iter().any(|i| !i["match"].is_object()) {
+                wrong.push(format!("q={q}: {status} {page}"));
+            }
+        }
+        (ran, wrong)
+    };
+    let all = futures_util::future::join_all((0..10).map(reader)).await;
+    all.into_iter()
+        .fold((0, Vec::new()), |(n, mut w), (ran, wrong)| {
+            w.extend(wrong);
+            (n + ran, w)
+        })
+}
+
+/// 100 sends at once to `send_to` while ten readers search the sender's
+/// conversations on `search_on` without a pause: every search answers,
+/// every send completes, and then one search finds every answer, each by
+/// its message.
+async fn with_searches(send_to: &[&TestApp], search_on: &[&TestApp], token: &str, what: &str) {
+    let done = AtomicBool::new(false);
+    let (sends, (searched, wrong)) = tokio::join!(
+        async {
+            let sends = burst(send_to, token, 100, CAP_100).await;
+            done.store(true, Ordering::Release);
+            sends
+        },
+        search_until(search_on, token, &done)
+    );
+    sends
+        .assert_all_complete(what, &send_to[0].db.store().await)
+        .await;
+    assert!(
+        searched > 0 && wrong.is_empty(),
+        "{what}: {searched} searches, failed: {wrong:?}"
+    );
+    for app in search_on {
+        let page: serde_json::Value = app
+            .get_auth("/api/v1/conversations?q=word19&limit=100", token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["total"], 100, "{what}");
+        let items = page["items"].as_array().unwrap();
+        assert!(
+            items.iter().all(|i| i["match"]["message_id"].is_string()),
+            "{what}: every answer found by its message"
+        );
+    }
+}
+
+async fn sends_with_searches(backend: Backend, redis: bool) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (_llm, app, token) = burst_app(backend, redis).await;
+    let what = format!("100 sends with searches, in process, {backend:?}, Redis: {redis}");
+    with_searches(&[&app], &[&app], &token, &what).await;
+}
+
+async fn a_hundred_sends_with_searches_alongside_all_complete(backend: Backend) {
+    sends_with_searches(backend, false).await;
+}
+
+async fn a_hundred_sends_with_searches_alongside_with_redis_all_complete(backend: Backend) {
+    sends_with_searches(backend, true).await;
 }
 
 /// Messages stored in each conversation of the long-conversation bursts:
@@ -569,6 +654,16 @@ async fn on_two_instances(db: TestDatabase, n: usize, spread: bool, cap: Duratio
     let over = if spread { "A and B alternately" } else { "A" };
     let what = format!("{n} sends to {over} of two processes, {backend:?} + Redis");
     sends.assert_all_complete(&what, &a.db.store().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_hundred_sends_to_one_instance_with_searches_on_the_other_all_complete() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let llm = paced_llm();
+    let (a, b) = two_instances(TestDatabase::postgres(), &llm).await;
+    let token = a.user("ada").await;
+    let what = "100 sends to A with searches on B, two processes, Postgres + Redis";
+    with_searches(&[&a], &[&b, &a], &token, what).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,7 @@ mod recovery;
 mod redis;
 mod redis_outage;
 mod register;
+mod search;
 mod settings;
 mod stream;
 mod tree;

@@ -3,7 +3,7 @@
 use time::OffsetDateTime;
 
 use crate::text::check_text;
-use crate::{ConversationId, DomainError, Field, MessageId, ModelSlug, UserId};
+use crate::{ConversationId, DomainError, Field, MessageId, ModelSlug, SearchHit, UserId};
 
 /// A conversation's title: 1..=200 characters after trimming, no NUL, no
 /// control characters.
@@ -185,6 +185,8 @@ pub struct ConversationSummary {
     pub created_at: OffsetDateTime,
     /// Last change.
     pub updated_at: OffsetDateTime,
+    /// Why a search found it; `None` in a list that is not a search.
+    pub hit: Option<SearchHit>,
 }
 
 #[cfg(test)]

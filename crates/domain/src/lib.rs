@@ -14,6 +14,7 @@ mod field;
 mod ids;
 mod message;
 mod page;
+mod search;
 mod text;
 mod user;
 mod vocabulary;
@@ -30,7 +31,8 @@ pub use ids::{ConversationId, FamilyId, MessageId, TokenId, UserId};
 pub use message::{
     Content, ContentType, Message, MessageMetadata, MessageRole, MessageStatus, ModelSlug,
 };
-pub use page::{Children, HistoryRequest, ListOrder, MessagePage, Page, PageRequest, SearchQuery};
+pub use page::{Children, HistoryRequest, ListOrder, MessagePage, Page, PageRequest};
+pub use search::{SearchHit, SearchQuery, Snippet};
 pub use user::{Email, NewUser, Password, PasswordHash, Role, User, Username};
 pub use vocabulary::{ErrorCode, EventName};
 pub use wire::{MessageDocument, TEXT_PATH, WireEvent, epoch_seconds, events, rfc3339};

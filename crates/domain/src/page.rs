@@ -1,6 +1,5 @@
-//! Pagination, ordering and search of lists, and pages of a history.
+//! Pagination and ordering of lists, and pages of a history.
 
-use crate::text::check_text;
 use crate::{DomainError, Field, Message, MessageId};
 
 /// A window into a list: `limit` 1..=100 items from `offset` (at most
@@ -218,31 +217,6 @@ impl ListOrder {
     }
 }
 
-/// A title search: 1..=100 characters, matched as a literal substring
-/// (the store escapes `%`, `_` and its escape character).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SearchQuery(String);
-
-impl SearchQuery {
-    /// Longest search, in characters.
-    pub const MAX_CHARS: usize = 100;
-
-    /// Validates a search string.
-    ///
-    /// # Errors
-    /// [`DomainError::Invalid`] on `q`.
-    pub fn parse(value: &str) -> Result<Self, DomainError> {
-        check_text(Field::Query, value, 1, Self::MAX_CHARS)?;
-        Ok(Self(value.to_owned()))
-    }
-
-    /// The text to look for.
-    #[must_use]
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,12 +299,5 @@ mod tests {
     fn order_parses() {
         assert_eq!(ListOrder::parse("created").unwrap(), ListOrder::Created);
         assert!(ListOrder::parse("random").is_err());
-    }
-
-    #[test]
-    fn search_is_bounded() {
-        assert!(SearchQuery::parse("").is_err());
-        assert!(SearchQuery::parse("50%_off").is_ok());
-        assert!(SearchQuery::parse(&"q".repeat(101)).is_err());
     }
 }

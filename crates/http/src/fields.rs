@@ -313,12 +313,12 @@ pub(crate) fn order() -> Object {
         .build()
 }
 
-/// A conversation list's `q` ([`SearchQuery::parse`]; empty is no search).
+/// A conversation list's `q` ([`SearchQuery::parse`]; blank is no search).
 pub(crate) fn search() -> Object {
     string(None, Some(SearchQuery::MAX_CHARS))
         .pattern(Some(r"^[^\u0000]*$"))
         .description(Some(
-            "Only titles containing this text (case-insensitive, literal); empty is no search.",
+            "A search of titles and message text (case-insensitive; any syntax is text); blank is no search.",
         ))
         .build()
 }

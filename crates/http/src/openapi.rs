@@ -7,7 +7,7 @@ use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
     AuthorView, BackendConversationBody, ContentInput, ContentView, ConversationBody,
     ConversationExport, ConversationItem, ConversationMeta, ConversationPageBody,
-    ConversationPatchBody, DeletedBody, Health, LoginRequest, MappingNode, MessageBody,
+    ConversationPatchBody, DeletedBody, Health, LoginRequest, MappingNode, MatchBody, MessageBody,
     MessageInput, MessageMetadataView, MessageView, NewConversationBody, ReadinessBody,
     RefreshRequest, RegisterRequest, SendBody, SendOptions, SentBody, SiblingsView, TokenBody,
     TreeBody, UserBody, UserPage, UserPatch,
@@ -270,7 +270,7 @@ impl Modify for HeadAndAccept {
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, ReadinessBody, RegisterRequest, LoginRequest, RefreshRequest,
-        TokenBody, UserBody, UserPage, UserPatch, ConversationItem, ConversationPageBody,
+        TokenBody, UserBody, UserPage, UserPatch, ConversationItem, MatchBody, ConversationPageBody,
         ConversationBody, ConversationMeta, ConversationPatchBody, SendBody, MessageBody, NewConversationBody, MessageInput, SiblingsView, BackendConversationBody, MappingNode, TreeBody, ConversationExport, DeletedBody,
         ContentInput, SendOptions, SentBody, MessageView, AuthorView, ContentView,
         MessageMetadataView,

@@ -69,7 +69,9 @@ pub struct ConversationQuery {
     pub page: PageRequest,
     /// The order (newest first either way).
     pub order: ListOrder,
-    /// A literal substring of the title to look for.
+    /// A search of titles and finished messages' text: results ranked,
+    /// each with its [`confab_domain::SearchHit`] (see
+    /// [`confab_domain::SearchQuery`]).
     pub search: Option<SearchQuery>,
     /// List archived conversations instead of active ones.
     pub archived: bool,

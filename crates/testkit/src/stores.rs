@@ -15,7 +15,8 @@ use async_trait::async_trait;
 use confab_domain::{
     Content, Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError,
     FamilyId, Field, ListOrder, Message, MessageId, MessagePage, MessageStatus, NewConversation,
-    NewUser, OffsetDateTime, Page, PageRequest, PasswordHash, Title, TokenId, User, UserId,
+    NewUser, OffsetDateTime, Page, PageRequest, PasswordHash, SearchHit, Title, TokenId, User,
+    UserId,
 };
 use confab_ports::{
     ConversationQuery, ConversationStore, HealthCheck, MessageStore, NewRefreshToken, Redemption,
@@ -288,34 +289,65 @@ impl ConversationStore for MemoryStore {
         owner: UserId,
         query: &ConversationQuery,
     ) -> Result<Page<ConversationSummary>, DomainError> {
-        let search = query.search.as_ref().map(|s| s.as_str().to_lowercase());
         let state = self.state();
-        let mut listed: Vec<ConversationSummary> = state
+        let mut listed: Vec<(bool, ConversationSummary)> = state
             .conversations
             .iter()
             .filter(|s| {
                 let c = &s.conversation;
-                c.owner == owner
-                    && c.deleted_at.is_none()
-                    && c.is_archived == query.archived
-                    && search
-                        .as_ref()
-                        .is_none_or(|q| c.title.as_str().to_lowercase().contains(q))
+                c.owner == owner && c.deleted_at.is_none() && c.is_archived == query.archived
             })
-            .map(|s| ConversationSummary {
-                id: s.conversation.id,
-                title: s.conversation.title.clone(),
-                last_message: s.last_message.clone(),
-                is_archived: s.conversation.is_archived,
-                created_at: s.conversation.created_at,
-                updated_at: s.conversation.updated_at,
+            .filter_map(|s| {
+                let c = &s.conversation;
+                let mut summary = ConversationSummary {
+                    id: c.id,
+                    title: c.title.clone(),
+                    last_message: s.last_message.clone(),
+                    is_archived: c.is_archived,
+                    created_at: c.created_at,
+                    updated_at: c.updated_at,
+                    hit: None,
+                };
+                let Some(search) = &query.search else {
+                    return Some((false, summary));
+                };
+                // The rule of the SQL store, without its ranking: a title
+                // that holds the query or every term, or the newest
+                // finished message whose words start with every term.
+                let title = c.title.as_str().to_lowercase();
+                let in_title = title.contains(&search.as_str().to_lowercase())
+                    || search.terms().iter().all(|t| title.contains(t.as_str()));
+                let message = state.messages.iter().rev().find(|m| {
+                    m.conversation_id == c.id
+                        && m.status != MessageStatus::InProgress
+                        && search.matches(&m.content.parts().join(" "))
+                });
+                summary.hit = match message {
+                    Some(m) => Some(SearchHit {
+                        message_id: Some(m.id.clone()),
+                        snippet: search.snippet(&m.content.parts().join(" ")),
+                    }),
+                    None if in_title => Some(SearchHit {
+                        message_id: None,
+                        snippet: search.snippet(c.title.as_str()),
+                    }),
+                    None => return None,
+                };
+                Some((in_title, summary))
             })
             .collect();
         match query.order {
-            ListOrder::Updated => listed.sort_by_key(|c| std::cmp::Reverse((c.updated_at, c.id))),
-            ListOrder::Created => listed.sort_by_key(|c| std::cmp::Reverse((c.created_at, c.id))),
+            ListOrder::Updated => {
+                listed.sort_by_key(|(t, c)| std::cmp::Reverse((*t, c.updated_at, c.id)));
+            }
+            ListOrder::Created => {
+                listed.sort_by_key(|(t, c)| std::cmp::Reverse((*t, c.created_at, c.id)));
+            }
         }
-        Ok(window(listed, query.page))
+        Ok(window(
+            listed.into_iter().map(|(_, c)| c).collect(),
+            query.page,
+        ))
     }
 
     async fn update(

@@ -127,11 +127,11 @@ async fn a_corrupt_entry_is_a_miss() {
         .unwrap();
     let stored = String::from_utf8(stored).unwrap();
     let json: serde_json::Value = serde_json::from_str(&stored).unwrap();
-    assert_eq!(json["v"], 4, "entries carry their format version");
+    assert_eq!(json["v"], 5, "entries carry their format version");
 
     // Another format version (a newer instance during a deploy).
     let mut newer = json.clone();
-    newer["v"] = 5.into();
+    newer["v"] = 6.into();
     set_raw(&mut raw, &key, serde_json::to_vec(&newer).unwrap()).await;
     assert_eq!(cache.get("k").await.unwrap(), None);
     newer["value"] = serde_json::json!({"something": "else"});

@@ -164,6 +164,7 @@ impl SummaryRow {
             is_archived: self.is_archived,
             created_at: from_micros(self.created_at)?,
             updated_at: from_micros(self.updated_at)?,
+            hit: None,
         })
     }
 }

@@ -48,6 +48,10 @@ on_both_backends!(
     conversations_are_scoped_to_their_owner,
     conversation_list_orders_and_pages,
     conversation_search_is_literal_and_case_insensitive,
+    search_finds_words_of_titles_and_finished_messages_best_first,
+    search_treats_query_syntax_as_text,
+    search_pages_and_counts_what_it_found,
+    a_database_of_the_previous_release_is_searchable,
     archived_conversations_are_listed_apart,
     patch_renames_and_archives,
     soft_deleted_conversation_is_gone_everywhere,
@@ -384,19 +388,333 @@ async fn conversation_search_is_literal_and_case_insensitive(backend: Backend) {
     );
 }
 
+async fn archive(store: &SqlStore, owner: UserId, id: ConversationId) {
+    let patch = ConversationPatch {
+        is_archived: Some(true),
+        ..Default::default()
+    };
+    store.update(owner, id, patch, now()).await.unwrap();
+}
+
+fn search(text: &str) -> ConversationQuery {
+    ConversationQuery {
+        search: Some(SearchQuery::parse(text).unwrap()),
+        ..query()
+    }
+}
+
+/// Each result as `(title, matched message id, highlighted words)`.
+async fn found(
+    store: &SqlStore,
+    owner: UserId,
+    q: ConversationQuery,
+) -> Vec<(String, Option<String>, Vec<String>)> {
+    let page = ConversationStore::list(store, owner, &q).await.unwrap();
+    page.items
+        .into_iter()
+        .map(|c| {
+            let hit = c.hit.expect("every result of a search says why");
+            let chars: Vec<char> = hit.snippet.text().chars().collect();
+            (
+                c.title.as_str().to_owned(),
+                hit.message_id.map(|id| id.to_string()),
+                hit.snippet
+                    .highlights()
+                    .iter()
+                    .map(|&(s, e)| chars[s..e].iter().collect())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// A search finds the start of a word in a title or in a finished message
+/// (of any branch) of the caller's live conversations: title matches first,
+/// then the best message match; each with its message and snippet.
+async fn search_finds_words_of_titles_and_finished_messages_best_first(backend: Backend) {
+    let f = fixture(backend).await;
+    let (sam, eve) = (user(&f.store, "sam").await, user(&f.store, "eve").await);
+    let (user_role, bot) = (MessageRole::User, MessageRole::Assistant);
+    let trip = conversation(&f.store, sam.id, "Trip planning", now()).await;
+    let q1 = message(trip, "q1", user_role, "Where should we go?");
+    let a1 = under(
+        message(
+            trip,
+            "a1",
+            bot,
+            "Lisbon has trams, and Lisbon has pastries.",
+        ),
+        &q1,
+    );
+    f.store.insert_exchange(&q1, &a1).await.unwrap();
+    // A regenerated answer on another branch is searched too.
+    let a1b = under(message(trip, "a1b", bot, "Porto, or maybe lisbon."), &q1);
+    MessageStore::insert(&f.store, &a1b).await.unwrap();
+    let notes = conversation(&f.store, sam.id, "Lisbon notes", now()).await;
+    let n1 = message(notes, "n1", user_role, "Nothing about the city here.");
+    MessageStore::insert(&f.store, &n1).await.unwrap();
+    let db = conversation(&f.store, sam.id, "Dinner", now()).await;
+    let d1 = message(db, "d1", user_role, "Try the PostgreSQL-backed\nrecipe app");
+    MessageStore::insert(&f.store, &d1).await.unwrap();
+    // Not the caller's, deleted, archived: never in the caller's results.
+    let theirs = conversation(&f.store, eve.id, "Lisbon too", now()).await;
+    MessageStore::insert(&f.store, &message(theirs, "e1", user_role, "lisbon"))
+        .await
+        .unwrap();
+    let gone = conversation(&f.store, sam.id, "Gone", now()).await;
+    MessageStore::insert(&f.store, &message(gone, "g1", user_role, "lisbon"))
+        .await
+        .unwrap();
+    f.store.soft_delete(sam.id, gone, now()).await.unwrap();
+    let shelved = conversation(&f.store, sam.id, "Shelved", now()).await;
+    MessageStore::insert(&f.store, &message(shelved, "s1", user_role, "lisbon"))
+        .await
+        .unwrap();
+    archive(&f.store, sam.id, shelved).await;
+
+    let lisbon = found(&f.store, sam.id, search("LISB")).await;
+    assert_eq!(lisbon.len(), 2, "{lisbon:?}");
+    assert_eq!(lisbon[0].0, "Lisbon notes", "a title match comes first");
+    assert_eq!(lisbon[0].1, None);
+    assert_eq!(lisbon[0].2, ["Lisbon"]);
+    assert_eq!(lisbon[1].0, "Trip planning");
+    assert_eq!(
+        lisbon[1].1.as_deref(),
+        Some("a1"),
+        "the message with the word twice ranks first"
+    );
+    assert_eq!(lisbon[1].2, ["Lisbon", "Lisbon"]);
+    let archived = ConversationQuery {
+        archived: true,
+        ..search("lisbon")
+    };
+    assert_eq!(
+        found(&f.store, sam.id, archived).await[0].1.as_deref(),
+        Some("s1")
+    );
+    assert_eq!(found(&f.store, eve.id, search("lisbon")).await.len(), 1);
+
+    let postgres = found(&f.store, sam.id, search("postg recipe")).await;
+    assert_eq!(postgres.len(), 1);
+    assert_eq!(postgres[0].1.as_deref(), Some("d1"));
+    assert_eq!(postgres[0].2, ["PostgreSQL", "recipe"]);
+    assert!(
+        found(&f.store, sam.id, search("sql")).await.is_empty(),
+        "a word's middle"
+    );
+    assert!(
+        found(&f.store, sam.id, search("postg lisbon"))
+            .await
+            .is_empty(),
+        "every term"
+    );
+
+    // An answer being written is found once it is finished.
+    let q2 = under(message(db, "q2", user_role, "and dessert?"), &d1);
+    let mut a2 = under(message(db, "a2", bot, "zabaglione"), &q2);
+    a2.status = MessageStatus::InProgress;
+    f.store.insert_exchange(&q2, &a2).await.unwrap();
+    assert!(
+        found(&f.store, sam.id, search("zabaglione"))
+            .await
+            .is_empty()
+    );
+    let more = Content::text(vec!["zabaglione, or tiramisu".into()]).unwrap();
+    f.store
+        .update_content(db, &a2.id, &more, MessageStatus::InProgress, now())
+        .await
+        .unwrap();
+    assert!(found(&f.store, sam.id, search("tiramisu")).await.is_empty());
+    f.store
+        .update_content(
+            db,
+            &a2.id,
+            &more,
+            MessageStatus::FinishedPartialCompletion,
+            now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        found(&f.store, sam.id, search("tiramisu")).await[0]
+            .1
+            .as_deref(),
+        Some("a2")
+    );
+    // Reopened to be continued, it is in progress again: its old text is
+    // not found until it ends; then its new text is.
+    assert!(f.store.reopen(db, &a2.id, now()).await.unwrap());
+    assert!(found(&f.store, sam.id, search("tiramisu")).await.is_empty());
+    let done = Content::text(vec!["zabaglione, or tiramisu, or gelato".into()]).unwrap();
+    f.store
+        .update_content(
+            db,
+            &a2.id,
+            &done,
+            MessageStatus::FinishedSuccessfully,
+            now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        found(&f.store, sam.id, search("gelato tiramisu"))
+            .await
+            .len(),
+        1
+    );
+}
+
+/// Quotes, wildcards, operators and markup a user types are characters: no
+/// query errs, none changes what is found, and `OR` or `-` are words.
+async fn search_treats_query_syntax_as_text(backend: Backend) {
+    let f = fixture(backend).await;
+    let uma = user(&f.store, "uma").await;
+    let c = conversation(&f.store, uma.id, "Untitled", now()).await;
+    let m = message(
+        c,
+        "m1",
+        MessageRole::User,
+        "Lisbon's trams: <b>fast</b> & \"cheap\"",
+    );
+    MessageStore::insert(&f.store, &m).await.unwrap();
+    for text in [
+        "lisbon*",
+        "-lisbon",
+        "(lisbon)",
+        "lisbon:*",
+        "'lisbon'",
+        "\"lisbon\"",
+        "lisbon's",
+        "!lisbon",
+        "lisbon\\",
+        "<b>fast",
+        "{lisbon}",
+        "lisbon%",
+    ] {
+        let hits = found(&f.store, uma.id, search(text)).await;
+        assert_eq!(hits.len(), 1, "{text}: {hits:?}");
+        assert_eq!(hits[0].1.as_deref(), Some("m1"), "{text}");
+    }
+    for text in [
+        "lisbon OR paris",
+        "NEAR(lisbon)",
+        "lisbon^2",
+        "paris | lisbon",
+        "lisbon -trams x",
+        "\" OR \"",
+        "*",
+        "'",
+        "&",
+        "|",
+        "lisbon AND NOT trams",
+        "!!",
+        "\\",
+        "NEAR",
+        ":*",
+    ] {
+        let hits = found(&f.store, uma.id, search(text)).await;
+        assert!(hits.is_empty(), "{text}: {hits:?}");
+    }
+}
+
+/// A search's count is of everything it found; a page past the end is
+/// empty and still counts.
+async fn search_pages_and_counts_what_it_found(backend: Backend) {
+    let f = fixture(backend).await;
+    let vic = user(&f.store, "vic").await;
+    for n in 0..5 {
+        let c = conversation(&f.store, vic.id, &format!("chat {n}"), now()).await;
+        let text = format!("kiwi number {n}");
+        MessageStore::insert(&f.store, &message(c, "m", MessageRole::User, &text))
+            .await
+            .unwrap();
+    }
+    conversation(&f.store, vic.id, "no fruit", now()).await;
+    let window = |offset, limit| ConversationQuery {
+        page: PageRequest::new(offset, limit).unwrap(),
+        ..search("kiwi")
+    };
+    let first = ConversationStore::list(&f.store, vic.id, &window(0, 2))
+        .await
+        .unwrap();
+    assert_eq!((first.items.len(), first.total), (2, 5));
+    let last = ConversationStore::list(&f.store, vic.id, &window(4, 2))
+        .await
+        .unwrap();
+    assert_eq!((last.items.len(), last.total), (1, 5));
+    let past = ConversationStore::list(&f.store, vic.id, &window(10, 2))
+        .await
+        .unwrap();
+    assert_eq!((past.items.len(), past.total), (0, 5));
+    let mut seen: Vec<ConversationId> = Vec::new();
+    for offset in 0..5 {
+        let page = ConversationStore::list(&f.store, vic.id, &window(offset, 1))
+            .await
+            .unwrap();
+        seen.extend(page.items.iter().map(|c| c.id));
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 5, "pages are disjoint and cover every result");
+}
+
+/// The search migration indexes what the release before it stored (not an
+/// answer still in progress), and the index outlives a `VACUUM`.
+async fn a_database_of_the_previous_release_is_searchable(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    assert_eq!(db.before_migration("20261204000006"), ["20261204000006"]);
+    let owner = UserId::generate();
+    let id = ConversationId::generate();
+    let part = |t: &str| format!(r#"{{"content_type":"text","parts":["{t}"]}}"#);
+    db.execute(&format!(
+        "INSERT INTO users VALUES ('{owner}', 'old', 'old@example.com', 'x', 'user', FALSE, 0, 0); \
+         INSERT INTO conversations (id, user_id, title, last_message, is_archived, deleted_at, \
+         created_at, updated_at) VALUES ('{id}', '{owner}', 'Old', NULL, FALSE, NULL, 1, 9); \
+         INSERT INTO messages VALUES ('{id}', 'm1', 1, NULL, 'user', '{}', \
+         'finished_successfully', NULL, '{{}}', 1, 1), \
+         ('{id}', 'm2', 2, 'm1', 'assistant', '{}', 'in_progress', NULL, '{{}}', 2, 2);",
+        part("an old quokka"),
+        part("a wombat being written"),
+    ));
+    let store = db.store().await;
+    let hits = found(&store, owner, search("quokka")).await;
+    assert_eq!(
+        hits,
+        [(
+            "Old".to_owned(),
+            Some("m1".to_owned()),
+            vec!["quokka".to_owned()]
+        )]
+    );
+    assert!(found(&store, owner, search("wombat")).await.is_empty());
+    db.execute("VACUUM");
+    let done = Content::text(vec!["a wombat".into()]).unwrap();
+    store
+        .update_content(
+            id,
+            &MessageId::parse("m2").unwrap(),
+            &done,
+            MessageStatus::FinishedSuccessfully,
+            now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        found(&store, owner, search("wombat")).await[0].1.as_deref(),
+        Some("m2")
+    );
+    assert_eq!(
+        found(&store, owner, search("quokka")).await[0].1.as_deref(),
+        Some("m1")
+    );
+}
+
 async fn archived_conversations_are_listed_apart(backend: Backend) {
     let f = fixture(backend).await;
     let ida = user(&f.store, "ida").await;
     let kept = conversation(&f.store, ida.id, "kept", now()).await;
     let archived = conversation(&f.store, ida.id, "archived", now()).await;
-    let patch = ConversationPatch {
-        is_archived: Some(true),
-        ..Default::default()
-    };
-    f.store
-        .update(ida.id, archived, patch, now())
-        .await
-        .unwrap();
+    archive(&f.store, ida.id, archived).await;
     let active = ConversationStore::list(&f.store, ida.id, &query())
         .await
         .unwrap();
@@ -1355,7 +1673,7 @@ async fn a_database_of_the_previous_release_comes_over_as_one_branch(backend: Ba
     let db = TestDatabase::new(backend);
     assert_eq!(
         db.before_migration("20261204000004"),
-        ["20261204000005", "20261204000004"]
+        ["20261204000006", "20261204000005", "20261204000004"]
     );
     let owner = UserId::generate();
     let (long, empty) = (ConversationId::generate(), ConversationId::generate());

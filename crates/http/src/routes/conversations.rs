@@ -51,7 +51,10 @@ pub(crate) struct ListQuery {
     /// `updated` (default) or `created`, newest first.
     #[param(schema_with = crate::fields::order)]
     order: Option<String>,
-    /// Only titles containing this text (case-insensitive, literal).
+    /// A search: conversations whose title holds this text, or with a
+    /// message whose words start with every term of it (case-insensitive;
+    /// any syntax in it is text), best match first, each with its
+    /// `match`. Blank is no search.
     #[param(schema_with = crate::fields::search)]
     q: Option<String>,
     /// List archived conversations instead of active ones.
@@ -106,6 +109,26 @@ pub(crate) struct ConversationItem {
     created_at: String,
     /// Whether it is archived.
     is_archived: bool,
+    /// Why a search (`q`) found it; only in a search's results.
+    #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
+    #[schema(rename = "match")]
+    found: Option<MatchBody>,
+}
+
+/// Where a search matched a conversation: the best-matching message (or
+/// `null` when only the title matched, and the snippet is the title).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct MatchBody {
+    /// The message, of any branch; `null` for a title match.
+    message_id: Option<String>,
+    /// Plain text around the first match (never markup: render it as
+    /// text), at most 160 characters and an ellipsis at a cut end.
+    #[schema(example = "…how to tune PostgreSQL for a write-heavy…")]
+    snippet: String,
+    /// The matches in `snippet`: `[start, end)` ranges counted in Unicode
+    /// code points, in order, never overlapping.
+    #[schema(example = json!([[11, 21]]))]
+    highlights: Vec<[usize; 2]>,
 }
 
 impl ConversationItem {
@@ -117,6 +140,16 @@ impl ConversationItem {
             updated_at: rfc3339(c.updated_at).map_err(AppError::from)?,
             created_at: rfc3339(c.created_at).map_err(AppError::from)?,
             is_archived: c.is_archived,
+            found: c.hit.as_ref().map(|hit| MatchBody {
+                message_id: hit.message_id.as_ref().map(|id| id.as_str().to_owned()),
+                snippet: hit.snippet.text().to_owned(),
+                highlights: hit
+                    .snippet
+                    .highlights()
+                    .iter()
+                    .map(|&(start, end)| [start, end])
+                    .collect(),
+            }),
         })
     }
 }
@@ -564,7 +597,8 @@ fn query(q: &ListQuery) -> Result<ConversationQuery, ApiError> {
         Some(o) => ListOrder::parse(o).map_err(AppError::from)?,
     };
     let search = match q.q.as_deref() {
-        None | Some("") => None,
+        None => None,
+        Some(blank) if blank.trim().is_empty() => None,
         Some(text) => Some(SearchQuery::parse(text).map_err(AppError::from)?),
     };
     Ok(ConversationQuery {

@@ -27,7 +27,7 @@ use crate::middleware::catch_panic;
 pub(crate) use auth::{LoginRequest, RefreshRequest, RegisterRequest, TokenBody, UserBody};
 pub(crate) use conversations::{
     BackendConversationBody, ConversationBody, ConversationItem, ConversationMeta,
-    ConversationPageBody, ConversationPatchBody, MappingNode, SiblingsView,
+    ConversationPageBody, ConversationPatchBody, MappingNode, MatchBody, SiblingsView,
 };
 pub(crate) use export::{ConversationExport, DeletedBody};
 pub(crate) use health::{Health, ReadinessBody};

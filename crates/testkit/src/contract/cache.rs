@@ -7,7 +7,7 @@ use std::time::Duration;
 use confab_domain::{
     Content, Conversation, ConversationId, ConversationSummary, Message, MessageId,
     MessageMetadata, MessagePage, MessageRole, MessageStatus, ModelSlug, OffsetDateTime, Page,
-    PageRequest, Title, UserId,
+    PageRequest, SearchHit, SearchQuery, Title, UserId,
 };
 use confab_ports::{Cache, CachedValue};
 
@@ -40,9 +40,28 @@ pub fn sample_list() -> CachedValue {
             is_archived: archived,
             created_at: at(t),
             updated_at: at(t + 86_400_123_456_789),
+            hit: None,
         };
+    let found = |mut summary: ConversationSummary, message: Option<&str>, text: &str| {
+        let search = SearchQuery::parse("plan ☕").expect("a valid search");
+        summary.hit = Some(SearchHit {
+            message_id: message.map(message_id),
+            snippet: search.snippet(text),
+        });
+        summary
+    };
     CachedValue::ConversationList(Page {
         items: vec![
+            found(
+                summary("Plan ☕", None, false, 1_733_000_000_000_000_007),
+                Some("msg_7"),
+                "A plan — café ☕ planning, with 日本語 around it",
+            ),
+            found(
+                summary("Planned", Some("x"), false, 1_733_000_000_000_000_008),
+                None,
+                "Planned",
+            ),
             summary(
                 "Quarterly plan",
                 Some("Let's go over the numbers"),

@@ -29,6 +29,7 @@ mod goals;
 mod list;
 mod model;
 mod relay;
+mod search;
 mod sends;
 mod shared_state;
 mod soak;
@@ -303,6 +304,10 @@ fn only(flag: &str, cores: usize) -> bool {
                 },
             );
         }
+        "--search-only" => {
+            let rows = search::measure(&runtime(), cores);
+            search::write_markdown(&mut md, &rows, cores);
+        }
         "--soak-only" => {
             let report = soak::measure(&runtime(), cores);
             soak::write_markdown(&mut md, &report, cores);
@@ -318,14 +323,17 @@ fn only(flag: &str, cores: usize) -> bool {
 /// section and prints its markdown: `--model-only` (the built-in model's
 /// figures alone, printed), `--relay-only`, `--sends-only`, `--list-only`
 /// (the cached conversation list against `/healthz`), `--throughput-only`
-/// (sends per second), `--density-only` (open streams per GB of RSS) and
-/// `--soak-only` (1,000 streams for 10 minutes, failures and RSS).
+/// (sends per second), `--density-only` (open streams per GB of RSS),
+/// `--search-only` (searches over 100,000 messages on SQLite and
+/// PostgreSQL) and `--soak-only` (1,000 streams for 10 minutes, failures
+/// and RSS).
 ///
 /// Smaller sizes for a quick run, from the environment: `CONFAB_BENCH_SETUPS`
 /// (the in-process set-ups: `sqlite,postgres,redis`),
 /// `CONFAB_BENCH_SEND_LEVELS`, `CONFAB_BENCH_LIST_REQUESTS`,
 /// `CONFAB_BENCH_THROUGHPUT_SENDS`, `CONFAB_BENCH_THROUGHPUT_LEVELS`,
-/// `CONFAB_BENCH_DENSITY`, `CONFAB_BENCH_SOAK_STREAMS` and
+/// `CONFAB_BENCH_DENSITY`, `CONFAB_BENCH_SEARCH_REQUESTS`,
+/// `CONFAB_BENCH_SOAK_STREAMS` and
 /// `CONFAB_BENCH_SOAK_SECS` (see each section).
 fn main() {
     // The built-in model's threads, as `confab serve` sets them.
@@ -457,6 +465,7 @@ fn main() {
     let list = list::measure(&runtime, cores, &relay::SetUp::chosen());
     let throughput = throughput::measure(&runtime, cores, &relay::SetUp::chosen());
     let density = density::measure(&runtime, cores);
+    let search = search::measure(&runtime, cores);
     let soak = soak::measure(&runtime, cores);
 
     let commit = std::process::Command::new("git")
@@ -551,6 +560,7 @@ fn main() {
     shared_state::write_markdown(&mut md, &shared_state, cores);
     sends::write_markdown(&mut md, &sends, cores);
     density::write_markdown(&mut md, &density, cores);
+    search::write_markdown(&mut md, &search, cores);
     soak::write_markdown(&mut md, &soak, cores);
     std::fs::write(&out, md).unwrap_or_else(|e| panic!("cannot write {out}: {e}"));
     println!("wrote {out}");

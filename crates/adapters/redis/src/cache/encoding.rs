@@ -23,15 +23,16 @@ use std::borrow::Cow;
 use confab_domain::{
     Children, Content, ContentType, Conversation, ConversationId, ConversationSettings,
     ConversationSummary, DomainError, Field, Message, MessageId, MessageMetadata, MessagePage,
-    MessageRole, MessageStatus, ModelSlug, OffsetDateTime, Page, PageRequest, SystemPrompt, Title,
-    UserId,
+    MessageRole, MessageStatus, ModelSlug, OffsetDateTime, Page, PageRequest, SearchHit, Snippet,
+    SystemPrompt, Title, UserId,
 };
 use confab_ports::CachedValue;
 use serde::{Deserialize, Serialize};
 
 /// The format this build writes and reads (2: a history is a page of
-/// messages, with `has_more`; 3: a conversation has a `current_node`).
-const FORMAT: u64 = 4;
+/// messages, with `has_more`; 3: a conversation has a `current_node`; 4: a
+/// history has its messages' children; 5: a search's item has its hit).
+const FORMAT: u64 = 5;
 
 /// Why a stored entry could not be read back. Never holds any of the
 /// entry's text (it is logged): only where and why decoding stopped.
@@ -200,6 +201,37 @@ struct SummaryDto<'a> {
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::timestamp::nanoseconds")]
     updated_at: OffsetDateTime,
+    hit: Option<HitDto<'a>>,
+}
+
+/// [`SearchHit`].
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HitDto<'a> {
+    message_id: Option<Cow<'a, str>>,
+    snippet: Cow<'a, str>,
+    highlights: Cow<'a, [(usize, usize)]>,
+}
+
+impl<'a> From<&'a SearchHit> for HitDto<'a> {
+    fn from(hit: &'a SearchHit) -> Self {
+        Self {
+            message_id: hit.message_id.as_ref().map(|id| Cow::Borrowed(id.as_str())),
+            snippet: Cow::Borrowed(hit.snippet.text()),
+            highlights: Cow::Borrowed(hit.snippet.highlights()),
+        }
+    }
+}
+
+impl TryFrom<HitDto<'_>> for SearchHit {
+    type Error = DomainError;
+
+    fn try_from(dto: HitDto<'_>) -> Result<Self, Self::Error> {
+        Ok(Self {
+            message_id: dto.message_id.map(MessageId::parse).transpose()?,
+            snippet: Snippet::new(dto.snippet.into_owned(), dto.highlights.into_owned())?,
+        })
+    }
 }
 
 impl<'a> From<&'a ConversationSummary> for SummaryDto<'a> {
@@ -211,6 +243,7 @@ impl<'a> From<&'a ConversationSummary> for SummaryDto<'a> {
             is_archived: summary.is_archived,
             created_at: summary.created_at,
             updated_at: summary.updated_at,
+            hit: summary.hit.as_ref().map(HitDto::from),
         }
     }
 }
@@ -226,6 +259,7 @@ impl TryFrom<SummaryDto<'_>> for ConversationSummary {
             is_archived: dto.is_archived,
             created_at: dto.created_at,
             updated_at: dto.updated_at,
+            hit: dto.hit.map(SearchHit::try_from).transpose()?,
         })
     }
 }
@@ -459,6 +493,7 @@ mod tests {
                     .unwrap(),
                 updated_at: OffsetDateTime::from_unix_timestamp_nanos(1_732_000_001_000_000_001)
                     .unwrap(),
+                hit: None,
             }],
             total: 7,
             request: PageRequest::new(5, 1).unwrap(),
@@ -469,22 +504,22 @@ mod tests {
     fn entries_start_with_their_version_and_round_trip() {
         let value = page();
         let bytes = encode(&value).unwrap();
-        assert!(bytes.starts_with(b"{\"v\":4,\"value\":{\"conversation_list\":"));
+        assert!(bytes.starts_with(b"{\"v\":5,\"value\":{\"conversation_list\":"));
         assert_eq!(decode(&bytes).unwrap(), value);
     }
 
     #[test]
     fn failures_say_why_without_the_text() {
         let text = String::from_utf8(encode(&page()).unwrap()).unwrap();
-        let other = text.replacen("\"v\":4", "\"v\":3", 1);
+        let other = text.replacen("\"v\":5", "\"v\":4", 1);
         assert!(matches!(
             decode(other.as_bytes()),
-            Err(DecodeError::Version(3))
+            Err(DecodeError::Version(4))
         ));
-        let reshaped = r#"{"v":5,"entry":[]}"#;
+        let reshaped = r#"{"v":6,"entry":[]}"#;
         assert!(matches!(
             decode(reshaped.as_bytes()),
-            Err(DecodeError::Version(5))
+            Err(DecodeError::Version(6))
         ));
         let secret = text.replacen("\"ok\"", "[\"secret\"]", 1);
         let err = decode(secret.as_bytes()).unwrap_err();

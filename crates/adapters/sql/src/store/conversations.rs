@@ -3,20 +3,15 @@
 use async_trait::async_trait;
 use confab_domain::{
     Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError, ListOrder,
-    NewConversation, OffsetDateTime, Page, Title, UserId,
+    NewConversation, OffsetDateTime, Page, PageRequest, Title, UserId,
 };
 use confab_ports::{ConversationQuery, ConversationStore};
 use diesel::prelude::*;
 
-use super::SqlStore;
+use super::{SqlStore, search};
 use crate::connection::{AnyConnection, Bind, SqlText, on_backend};
 use crate::rows::{ConversationRow, SummaryRow, micros};
 use crate::schema::conversations;
-
-diesel::define_sql_function! {
-    /// SQL `LOWER`, for case-insensitive title search on both backends.
-    fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
-}
 
 /// Escapes `LIKE` wildcards so a search is a literal substring match.
 fn like_pattern(needle: &str) -> String {
@@ -34,21 +29,14 @@ fn like_pattern(needle: &str) -> String {
 
 type Boxed<'a> = conversations::BoxedQuery<'a, <AnyConnection as diesel::Connection>::Backend>;
 
-/// The rows of `owner`'s list that `query` selects, before paging.
+/// The rows of `owner`'s list that `query` selects, before paging (a
+/// search is [`search::run`]'s).
 fn listed<'a>(owner: &str, query: &ConversationQuery) -> Boxed<'a> {
-    let mut q = conversations::table
+    conversations::table
         .filter(conversations::user_id.eq(owner.to_owned()))
         .filter(conversations::deleted_at.is_null())
         .filter(conversations::is_archived.eq(query.archived))
-        .into_boxed();
-    if let Some(search) = &query.search {
-        q = q.filter(
-            lower(conversations::title)
-                .like(like_pattern(search.as_str()))
-                .escape('\\'),
-        );
-    }
-    q
+        .into_boxed()
 }
 
 #[derive(AsChangeset)]
@@ -109,6 +97,41 @@ impl ConversationStore for SqlStore {
     ) -> Result<Page<ConversationSummary>, DomainError> {
         let (owner, query) = (owner.to_string(), query.clone());
         let page = query.page;
+        if let Some(search) = query.search.clone() {
+            let like = like_pattern(search.as_str());
+            let (items, total) = self
+                .db
+                .read(move |conn| {
+                    let rows = search::run(conn, &owner, &query, &search, &like)?;
+                    // Past the end, the page is empty and has no count: ask
+                    // for the first one's.
+                    let total = match rows.first() {
+                        Some(row) => row.total(),
+                        None if page.offset() > 0 => {
+                            let first = ConversationQuery {
+                                page: PageRequest::default(),
+                                ..query.clone()
+                            };
+                            search::run(conn, &owner, &first, &search, &like)?
+                                .first()
+                                .map_or(0, search::FoundRow::total)
+                        }
+                        None => 0,
+                    };
+                    Ok((
+                        rows.into_iter()
+                            .map(|row| row.into_summary(&search))
+                            .collect::<Vec<_>>(),
+                        total,
+                    ))
+                })
+                .await?;
+            return Ok(Page {
+                items: items.into_iter().collect::<Result<_, _>>()?,
+                total: u64::try_from(total).unwrap_or(0),
+                request: page,
+            });
+        }
         let (total, rows) = self
             .db
             .read(move |conn| {

@@ -3,6 +3,7 @@
 mod conversations;
 pub(crate) mod messages;
 mod refresh_tokens;
+mod search;
 mod users;
 
 use std::sync::Arc;
