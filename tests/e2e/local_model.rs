@@ -138,6 +138,19 @@ async fn readiness_reports_the_built_in_model(backend: Backend) {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["checks"]["llm"], "ok", "{body}");
     assert_eq!(body["checks"]["database"], "ok", "{body}");
+    // The models list says the same, with what the loaded file tells.
+    let token = app.user("ada").await;
+    let res = app.get_auth("/api/v1/models", &token).await;
+    assert_eq!(res.status(), 200);
+    let models: serde_json::Value = res.json().await.unwrap();
+    let first = &models["items"][0];
+    assert_eq!(first["provider"], "local", "{models}");
+    assert_eq!(first["state"], "ready", "{models}");
+    assert_eq!(first["default"], true, "{models}");
+    assert!(
+        first["context_length"].as_u64().is_some_and(|n| n >= 2048),
+        "the GGUF header's context length: {models}"
+    );
 }
 
 async fn the_built_in_model_answers_through_the_api(backend: Backend) {

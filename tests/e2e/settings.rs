@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 on_both_backends!(
     a_conversation_keeps_its_own_system_prompt_and_model,
     settings_that_break_the_rules_are_refused,
+    the_models_list_names_what_a_send_may_name,
 );
 
 /// The last answer request the model got (no title call).
@@ -183,4 +184,49 @@ async fn settings_that_break_the_rules_are_refused(backend: Backend) {
         .await;
     let error = error_body(res, 404, "NOT_FOUND").await;
     assert_eq!(error.get("field"), None);
+}
+
+/// `GET /api/v1/models` (issue 16): the configured models, the default
+/// first; each one it lists a send may name, and one it does not list is
+/// refused. Without a model the list is empty.
+async fn the_models_list_names_what_a_send_may_name(backend: Backend) {
+    let llm = FakeLlm::start();
+    let app = spawn_chat(backend, &llm, &[]);
+    let res = app.get("/api/v1/models").await;
+    error_body(res, 401, "AUTH_REQUIRED").await;
+    let token = app.user("modelle").await;
+    let res = app.get_auth("/api/v1/models", &token).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let list: Value = res.json().await.unwrap();
+    assert_eq!(
+        list,
+        json!({"items": [
+            {"id": MODEL, "provider": "openai", "state": "ready", "context_length": null, "default": true},
+            {"id": "other-model", "provider": "openai", "state": "ready", "context_length": null, "default": false},
+        ]})
+    );
+    for model in list["items"].as_array().unwrap() {
+        let mut body = message_body("Which model?");
+        body["model"] = model["id"].clone();
+        start(&app, &token, &body).await;
+        assert_eq!(last_request(&llm)["model"], model["id"]);
+    }
+    let mut body = message_body("And this one?");
+    body["model"] = json!("unlisted-model");
+    let res = app
+        .send_message("/api/v1/conversations", &token, &body)
+        .await;
+    let err = error_body(res, 422, "VALIDATION_ERROR").await;
+    assert_eq!(err["field"], "model");
+
+    let none = confab_e2e::spawn_app_with(backend, &[("CONFAB_LLM_PROVIDER", "none")]);
+    let token = none.user("modelle").await;
+    let list: Value = none
+        .get_auth("/api/v1/models", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list, json!({"items": []}));
 }

@@ -16,7 +16,7 @@ pub use accounts::{
 };
 pub use conversations::{
     AnswerEnd, Cached, ConversationPage, ConversationPorts, ConversationRules, Conversations, Kept,
-    ListVersion, NothingKept, Read, SendAction, SendMessage, Started, TreePage,
+    ListVersion, ModelInfo, NothingKept, Read, SendAction, SendMessage, Started, TreePage,
 };
 pub use error::{AppError, AuthFailure, ReaderScope};
 pub use limits::{FallbackLimiter, SeparateAdmission};

@@ -8,9 +8,9 @@ use crate::routes::{
     AuthorView, BackendConversationBody, ContentInput, ContentView, ConversationBody,
     ConversationExport, ConversationItem, ConversationMeta, ConversationPageBody,
     ConversationPatchBody, DeletedBody, Health, LoginRequest, MappingNode, MatchBody, MessageBody,
-    MessageInput, MessageMetadataView, MessageView, NewConversationBody, ReadinessBody,
-    RefreshRequest, RegisterRequest, SendBody, SendOptions, SentBody, SiblingsView, TokenBody,
-    TreeBody, UserBody, UserPage, UserPatch,
+    MessageInput, MessageMetadataView, MessageView, ModelBody, ModelList, NewConversationBody,
+    ReadinessBody, RefreshRequest, RegisterRequest, SendBody, SendOptions, SentBody, SiblingsView,
+    TokenBody, TreeBody, UserBody, UserPage, UserPatch,
 };
 
 /// Declares the `bearer` security scheme the protected routes name.
@@ -251,6 +251,7 @@ impl Modify for HeadAndAccept {
         crate::routes::auth::refresh,
         crate::routes::auth::logout,
         crate::routes::users::me,
+        crate::routes::models::list,
         crate::routes::users::list,
         crate::routes::users::update,
         crate::routes::conversations::list,
@@ -273,7 +274,7 @@ impl Modify for HeadAndAccept {
         TokenBody, UserBody, UserPage, UserPatch, ConversationItem, MatchBody, ConversationPageBody,
         ConversationBody, ConversationMeta, ConversationPatchBody, SendBody, MessageBody, NewConversationBody, MessageInput, SiblingsView, BackendConversationBody, MappingNode, TreeBody, ConversationExport, DeletedBody,
         ContentInput, SendOptions, SentBody, MessageView, AuthorView, ContentView,
-        MessageMetadataView,
+        MessageMetadataView, ModelBody, ModelList,
     )),
     modifiers(&BearerAuth, &BackendAliases, &Validation, &IdempotencyKeys, &HeadAndAccept),
     tags(

@@ -29,8 +29,8 @@ pub use failures::{FailureCount, FailureCounter};
 pub use health::HealthCheck;
 pub use idempotency::{Claim, IdempotencyStore, StoredOutcome};
 pub use llm::{
-    ChatModel, CompletionRequest, CompletionStream, FinishReason, LlmError, LlmEvent, PromptRole,
-    PromptTurn, Usage,
+    ChatModel, CompletionRequest, CompletionStream, FinishReason, LlmError, LlmEvent,
+    ModelProvider, ModelState, ModelStatus, PromptRole, PromptTurn, Usage,
 };
 pub use password::{PasswordHasher, Verification};
 pub use store::{ConversationQuery, ConversationStore, MessageStore, UserStore};

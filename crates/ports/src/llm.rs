@@ -161,4 +161,70 @@ pub trait ChatModel: Send + Sync + 'static {
     fn saturated(&self) -> bool {
         false
     }
+
+    /// Who serves the model, whether it can answer now and how long a
+    /// context it takes: what `GET /api/v1/models` shows. An
+    /// OpenAI-compatible server is taken to be ready (it is not probed)
+    /// and its context length is not known.
+    fn status(&self) -> ModelStatus {
+        ModelStatus {
+            provider: ModelProvider::OpenAiCompatible,
+            state: ModelState::Ready,
+            context_length: None,
+        }
+    }
+}
+
+/// Who serves a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelProvider {
+    /// The built-in model, in this process.
+    Local,
+    /// The configured OpenAI-compatible server.
+    OpenAiCompatible,
+}
+
+impl ModelProvider {
+    /// Its name in the API: `local` or `openai`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::OpenAiCompatible => "openai",
+        }
+    }
+}
+
+/// Whether a model can answer now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelState {
+    /// Its weights are still loading: a send is refused (503) until then.
+    Loading,
+    /// It answers.
+    Ready,
+    /// Its weights could not be loaded: it never will.
+    Failed,
+}
+
+impl ModelState {
+    /// Its name in the API.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Loading => "loading",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// What a chat model says of itself ([`ChatModel::status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelStatus {
+    /// Who serves it.
+    pub provider: ModelProvider,
+    /// Whether it answers now.
+    pub state: ModelState,
+    /// The most tokens a prompt and its answer can span, when known.
+    pub context_length: Option<u64>,
 }

@@ -23,7 +23,7 @@ use confab_domain::{
 };
 use confab_ports::{
     AccessClaims, Cache, CachedValue, ChatModel, Clock, ConversationQuery, ConversationStore,
-    MessageStore, RateLimiter, RatePolicy, ResumeTokenCodec, StreamLog, entry_key,
+    MessageStore, ModelStatus, RateLimiter, RatePolicy, ResumeTokenCodec, StreamLog, entry_key,
 };
 use tokio::sync::{Notify, watch};
 
@@ -100,6 +100,17 @@ pub struct ConversationPorts {
     pub limiter: Arc<dyn RateLimiter>,
     /// The time stored on conversations and messages.
     pub clock: Arc<dyn Clock>,
+}
+
+/// A model a send may name ([`Conversations::models`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// Its name, as a send's `model` gives it.
+    pub id: ModelSlug,
+    /// Whether a send that names none gets it.
+    pub is_default: bool,
+    /// Who serves it, whether it answers now, its context length.
+    pub status: ModelStatus,
 }
 
 /// Tunable rules of the conversation use cases.
@@ -282,6 +293,32 @@ impl Conversations {
     /// newest message always comes, whole, whatever its size): a page, and
     /// so a cached history entry, stays a few megabytes at most.
     pub const PAGE_TEXT_BYTES: usize = 1 << 20;
+
+    /// The models a send may name, the default first, each with what its
+    /// provider says of it now; none when no model is configured.
+    #[must_use]
+    pub fn models(&self) -> Vec<ModelInfo> {
+        let Some(model) = &self.inner.ports.model else {
+            return Vec::new();
+        };
+        let status = model.status();
+        let rules = &self.inner.rules;
+        let mut models = vec![ModelInfo {
+            id: rules.default_model.clone(),
+            is_default: true,
+            status,
+        }];
+        for id in &rules.allowed_models {
+            if !models.iter().any(|m| &m.id == id) {
+                models.push(ModelInfo {
+                    id: id.clone(),
+                    is_default: false,
+                    status,
+                });
+            }
+        }
+        models
+    }
 
     /// Builds the use cases.
     #[must_use]

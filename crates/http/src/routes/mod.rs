@@ -9,6 +9,7 @@ pub(crate) mod conversations;
 pub(crate) mod docs;
 pub(crate) mod export;
 pub(crate) mod health;
+pub(crate) mod models;
 pub(crate) mod schema;
 pub(crate) mod send;
 pub(crate) mod stream;
@@ -31,6 +32,7 @@ pub(crate) use conversations::{
 };
 pub(crate) use export::{ConversationExport, DeletedBody};
 pub(crate) use health::{Health, ReadinessBody};
+pub(crate) use models::{ModelBody, ModelList};
 pub(crate) use schema::{AuthorView, ContentView, MessageMetadataView, MessageView};
 pub(crate) use send::{
     ContentInput, MessageBody, MessageInput, NewConversationBody, SendBody, SendOptions, SentBody,
@@ -241,6 +243,15 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         keys_itself: false,
         produces: Produces::Json,
         route: || web::route().to(users::me),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/api/v1/models",
+        class: RouteClass::Api,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Json,
+        route: || web::route().to(models::list),
     },
     Endpoint {
         method: Method::GET,

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use confab_domain::DomainError;
-use confab_ports::{ChatModel, CompletionRequest, CompletionStream, HealthCheck, LlmError};
+use confab_ports::{
+    ChatModel, CompletionRequest, CompletionStream, HealthCheck, LlmError, ModelProvider,
+    ModelState, ModelStatus,
+};
 use tokio::sync::watch;
 
 use super::LocalModel;
@@ -100,6 +103,19 @@ impl ChatModel for LoadingModel {
     fn saturated(&self) -> bool {
         self.ready().is_none_or(|model| model.saturated())
     }
+
+    fn status(&self) -> ModelStatus {
+        let (state, context_length) = match &*self.state.borrow() {
+            LoadState::Loading => (ModelState::Loading, None),
+            LoadState::Ready(model) => (ModelState::Ready, model.status().context_length),
+            LoadState::Failed(_) => (ModelState::Failed, None),
+        };
+        ModelStatus {
+            provider: ModelProvider::Local,
+            state,
+            context_length,
+        }
+    }
 }
 
 #[async_trait]
@@ -157,6 +173,10 @@ mod tests {
         );
         let unready = model.check().await.unwrap_err();
         assert!(format!("{unready:?}").contains("loading"), "{unready:?}");
+        let status = model.status();
+        assert_eq!(status.provider, ModelProvider::Local);
+        assert_eq!(status.state, ModelState::Loading);
+        assert_eq!(status.context_length, None, "unknown before the weights");
 
         state
             .send(LoadState::Failed("tensor cut short".to_owned()))
@@ -165,6 +185,7 @@ mod tests {
         let failed = format!("{:?}", model.check().await.unwrap_err());
         assert!(failed.contains("tensor cut short"), "{failed}");
         assert!(model.saturated());
+        assert_eq!(model.status().state, ModelState::Failed);
     }
 
     #[tokio::test]

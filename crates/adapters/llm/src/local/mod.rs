@@ -63,7 +63,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use candle_core::quantized::gguf_file::Content;
-use confab_ports::{ChatModel, CompletionRequest, CompletionStream, LlmError, PromptTurn};
+use confab_ports::{
+    ChatModel, CompletionRequest, CompletionStream, LlmError, ModelProvider, ModelState,
+    ModelStatus, PromptTurn,
+};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use self::engine::{Job, Weights};
@@ -409,6 +412,14 @@ impl ChatModel for LocalModel {
     /// be refused.
     fn saturated(&self) -> bool {
         self.slots.saturated()
+    }
+
+    fn status(&self) -> ModelStatus {
+        ModelStatus {
+            provider: ModelProvider::Local,
+            state: ModelState::Ready,
+            context_length: u64::try_from(self.context_length()).ok(),
+        }
     }
 }
 
