@@ -48,6 +48,7 @@ mod redis;
 mod redis_outage;
 mod register;
 mod search;
+mod sessions;
 mod settings;
 mod stream;
 mod tree;

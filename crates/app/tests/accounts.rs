@@ -202,6 +202,8 @@ fn attempt(login: &str, password: &str, client: &str) -> LoginAttempt {
         login: login.into(),
         password: Password::presented(password).unwrap(),
         client: client.into(),
+        address: Some(client.into()),
+        user_agent: Some("accounts-test/1.0".into()),
     }
 }
 

@@ -9,8 +9,8 @@ use crate::routes::{
     ConversationExport, ConversationItem, ConversationMeta, ConversationPageBody,
     ConversationPatchBody, DeletedBody, Health, LoginRequest, MappingNode, MatchBody, MessageBody,
     MessageInput, MessageMetadataView, MessageView, ModelBody, ModelList, NewConversationBody,
-    ReadinessBody, RefreshRequest, RegisterRequest, SendBody, SendOptions, SentBody, SiblingsView,
-    TokenBody, TreeBody, UserBody, UserPage, UserPatch,
+    ReadinessBody, RefreshRequest, RegisterRequest, SendBody, SendOptions, SentBody, SessionBody,
+    SessionList, SiblingsView, TokenBody, TreeBody, UserBody, UserPage, UserPatch,
 };
 
 /// Declares the `bearer` security scheme the protected routes name.
@@ -250,6 +250,9 @@ impl Modify for HeadAndAccept {
         crate::routes::auth::login,
         crate::routes::auth::refresh,
         crate::routes::auth::logout,
+        crate::routes::sessions::list,
+        crate::routes::sessions::end,
+        crate::routes::sessions::logout_all,
         crate::routes::users::me,
         crate::routes::models::list,
         crate::routes::users::list,
@@ -274,7 +277,7 @@ impl Modify for HeadAndAccept {
         TokenBody, UserBody, UserPage, UserPatch, ConversationItem, MatchBody, ConversationPageBody,
         ConversationBody, ConversationMeta, ConversationPatchBody, SendBody, MessageBody, NewConversationBody, MessageInput, SiblingsView, BackendConversationBody, MappingNode, TreeBody, ConversationExport, DeletedBody,
         ContentInput, SendOptions, SentBody, MessageView, AuthorView, ContentView,
-        MessageMetadataView, ModelBody, ModelList,
+        MessageMetadataView, ModelBody, ModelList, SessionBody, SessionList,
     )),
     modifiers(&BearerAuth, &BackendAliases, &Validation, &IdempotencyKeys, &HeadAndAccept),
     tags(

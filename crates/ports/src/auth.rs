@@ -162,6 +162,55 @@ pub struct NewRefreshToken {
     pub expires_at: OffsetDateTime,
 }
 
+/// Where a login session was opened from, as the server saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionOrigin {
+    /// The client's `User-Agent`, cut to [`SessionOrigin::MAX_CHARS`]
+    /// characters; `None` when it sent none.
+    pub user_agent: Option<String>,
+    /// The client's address, as the trusted-proxy rules give it.
+    pub client: Option<String>,
+}
+
+impl SessionOrigin {
+    /// Longest user agent kept, in characters.
+    pub const MAX_CHARS: usize = 256;
+
+    /// An origin from what a request said: the user agent without
+    /// control characters and cut to its bound, blank as none.
+    #[must_use]
+    pub fn new(user_agent: Option<&str>, client: &str) -> Self {
+        let user_agent = user_agent
+            .map(|ua| {
+                ua.chars()
+                    .filter(|c| !c.is_control())
+                    .take(Self::MAX_CHARS)
+                    .collect::<String>()
+            })
+            .filter(|ua| !ua.trim().is_empty());
+        Self {
+            user_agent,
+            client: Some(client.to_owned()).filter(|c| !c.is_empty()),
+        }
+    }
+}
+
+/// A live login session, as its owner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The session (its refresh family).
+    pub id: FamilyId,
+    /// When it was opened (the login).
+    pub created_at: OffsetDateTime,
+    /// When it was last used to get a token pair (the login or the latest
+    /// refresh).
+    pub last_used_at: OffsetDateTime,
+    /// When its current refresh token expires, ending it unless used.
+    pub expires_at: OffsetDateTime,
+    /// Where it was opened from.
+    pub origin: SessionOrigin,
+}
+
 /// What presenting a refresh token did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Redemption {
@@ -192,7 +241,40 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
         family: FamilyId,
         user: UserId,
         at: OffsetDateTime,
+        origin: SessionOrigin,
     ) -> Result<(), DomainError>;
+
+    /// `user`'s live login sessions (not revoked, a refresh token not yet
+    /// expired), the most recently used first.
+    ///
+    /// # Errors
+    /// On storage failure.
+    async fn sessions(
+        &self,
+        user: UserId,
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionRecord>, DomainError>;
+
+    /// Revokes one of `user`'s live sessions, every token of it; `false`
+    /// when it is not a live session of theirs (someone else's, unknown,
+    /// ended).
+    ///
+    /// # Errors
+    /// On storage failure.
+    async fn revoke_session(
+        &self,
+        user: UserId,
+        family: FamilyId,
+        now: OffsetDateTime,
+    ) -> Result<bool, DomainError>;
+
+    /// Deletes what is left of sessions that ended before `ended_before`
+    /// (revoked, or their last refresh token expired), and refresh tokens
+    /// that expired before it: how many rows went.
+    ///
+    /// # Errors
+    /// On storage failure.
+    async fn sweep(&self, ended_before: OffsetDateTime) -> Result<u64, DomainError>;
 
     /// Records a newly issued refresh token in its family, unless the
     /// family has been revoked (returns `false` then: the token must not be
@@ -217,8 +299,8 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
     async fn revoke_family(&self, family: FamilyId, now: OffsetDateTime)
     -> Result<(), DomainError>;
 
-    /// Revokes every token of a user, and returns the login sessions this
-    /// revoked (those that were live), so that their access tokens can be
+    /// Revokes every token of a user (but those of the session `except`),
+    /// and returns the login sessions this revoked (those that were live), so that their access tokens can be
     /// refused too. However many sessions the user has, this is a bounded
     /// number of statements.
     ///
@@ -227,6 +309,7 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
     async fn revoke_user(
         &self,
         user: UserId,
+        except: Option<FamilyId>,
         now: OffsetDateTime,
     ) -> Result<Vec<FamilyId>, DomainError>;
 }
@@ -370,4 +453,25 @@ pub trait Admission: Send + Sync + 'static {
         key: &str,
         cache_key: Option<&str>,
     ) -> Result<Option<Admitted>, DomainError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SessionOrigin;
+
+    #[test]
+    fn an_origin_keeps_text_bounded_and_drops_blanks() {
+        let origin = SessionOrigin::new(Some("Agent\r\n/1\u{7}"), "203.0.113.7");
+        assert_eq!(origin.user_agent.as_deref(), Some("Agent/1"));
+        assert_eq!(origin.client.as_deref(), Some("203.0.113.7"));
+        let long = "é".repeat(1_000);
+        let origin = SessionOrigin::new(Some(&long), "");
+        assert_eq!(
+            origin.user_agent.map(|ua| ua.chars().count()),
+            Some(SessionOrigin::MAX_CHARS)
+        );
+        assert_eq!(origin.client, None);
+        assert_eq!(SessionOrigin::new(Some("  \t"), "x").user_agent, None);
+        assert_eq!(SessionOrigin::new(None, "x").user_agent, None);
+    }
 }

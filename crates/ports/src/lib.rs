@@ -21,7 +21,7 @@ mod stream;
 pub use auth::{
     AccessClaims, Admission, Admitted, IssuedToken, NewRefreshToken, RateDecision, RateLimiter,
     RatePolicy, Redemption, RefreshClaims, RefreshTokenStore, ResumeClaims, ResumeTokenCodec,
-    Standing, TokenBlocklist, TokenCodec, TokenRejection,
+    SessionOrigin, SessionRecord, Standing, TokenBlocklist, TokenCodec, TokenRejection,
 };
 pub use cache::{Cache, CachedValue, entry_key};
 pub use clock::{Clock, SystemClock};

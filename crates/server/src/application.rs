@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
-use confab_app::{Conversations, Readiness, Registration};
+use confab_app::{Accounts, Conversations, Readiness, Registration};
 use confab_domain::{Password, User};
 use confab_http::{
     AllowedHosts, BodyLimits, CorsPolicy, HttpState, IdempotencyPolicy, Metrics, RateTiers,
@@ -50,6 +50,7 @@ pub enum StartupError {
 /// bound and ready to run.
 pub struct Application {
     conversations: Conversations,
+    accounts: Accounts,
     orphan_sweep: Duration,
     loading: Option<Arc<LoadingModel>>,
     shutdown_grace: Duration,
@@ -80,6 +81,7 @@ impl Application {
             .await
             .map_err(|e| StartupError::Setup(format!("closing orphaned generations: {e}")))?;
         let metrics = Metrics::new().map_err(|e| StartupError::Setup(format!("metrics: {e}")))?;
+        let accounts = wired.accounts.clone();
         let state = http_state(settings, wired, &chat, metrics.clone())?;
         let port = listener.local_addr()?.port();
         let server = api_server(&settings.server, state, listener)?;
@@ -92,6 +94,7 @@ impl Application {
         };
         Ok(Self {
             conversations,
+            accounts,
             orphan_sweep: settings.generation.orphan_sweep,
             loading: chat.loading,
             shutdown_grace: settings.generation.shutdown_grace,
@@ -143,6 +146,7 @@ impl Application {
             self.conversations.clone(),
             self.orphan_sweep,
         )));
+        let session_sweeper = AbortOnDrop(tokio::spawn(sweep_sessions(self.accounts.clone())));
         let api = self.server.handle();
         let metrics = self.metrics.map(|server| {
             let handle = server.handle();
@@ -172,6 +176,7 @@ impl Application {
             }
         }
         drop(sweeper);
+        drop(session_sweeper);
         // Running answers save their text and end their streams first, so
         // the streams that follow them finish and the drain is quick.
         tracing::info!("shutting down: ending running generations");
@@ -213,6 +218,25 @@ async fn sweep_orphans(conversations: Conversations, every: Duration) {
         ticks.tick().await;
         if let Err(e) = conversations.close_orphans().await {
             tracing::warn!(error = %e, "orphan sweep failed; retrying at the next one");
+        }
+    }
+}
+
+/// How often what is left of ended sessions is deleted.
+const SESSION_SWEEP: Duration = Duration::from_secs(60 * 60);
+
+/// Deletes what is left of ended sessions now and every
+/// [`SESSION_SWEEP`], for as long as the service runs (every instance
+/// does; a sweep finding nothing costs one statement or two).
+async fn sweep_sessions(accounts: Accounts) {
+    let mut ticks = tokio::time::interval(SESSION_SWEEP);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match accounts.sweep_sessions().await {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "swept ended sessions"),
+            Err(e) => tracing::warn!(error = %e, "session sweep failed; retrying at the next one"),
         }
     }
 }

@@ -20,7 +20,7 @@ use confab_domain::{
 };
 use confab_ports::{
     ConversationQuery, ConversationStore, HealthCheck, MessageStore, NewRefreshToken, Redemption,
-    RefreshTokenStore, UserStore,
+    RefreshTokenStore, SessionOrigin, SessionRecord, UserStore,
 };
 
 /// Characters of a message kept as a conversation's list preview (as the
@@ -45,7 +45,17 @@ struct StoredToken {
 /// A login session's row.
 struct StoredFamily {
     user: UserId,
-    revoked: bool,
+    revoked_at: Option<OffsetDateTime>,
+    created_at: OffsetDateTime,
+    last_used_at: OffsetDateTime,
+    expires_at: OffsetDateTime,
+    origin: SessionOrigin,
+}
+
+impl StoredFamily {
+    fn live(&self, now: OffsetDateTime) -> bool {
+        self.revoked_at.is_none() && self.expires_at > now
+    }
 }
 
 #[derive(Default)]
@@ -695,7 +705,8 @@ impl RefreshTokenStore for MemoryStore {
         &self,
         family: FamilyId,
         user: UserId,
-        _at: OffsetDateTime,
+        at: OffsetDateTime,
+        origin: SessionOrigin,
     ) -> Result<(), DomainError> {
         let mut state = self.state();
         if state.families.contains_key(&family) {
@@ -707,16 +718,84 @@ impl RefreshTokenStore for MemoryStore {
             family,
             StoredFamily {
                 user,
-                revoked: false,
+                revoked_at: None,
+                created_at: at,
+                last_used_at: at,
+                expires_at: at,
+                origin,
             },
         );
         Ok(())
     }
 
+    async fn sessions(
+        &self,
+        user: UserId,
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionRecord>, DomainError> {
+        let state = self.state();
+        let mut live: Vec<SessionRecord> = state
+            .families
+            .iter()
+            .filter(|(_, f)| f.user == user && f.live(now))
+            .map(|(id, f)| SessionRecord {
+                id: *id,
+                created_at: f.created_at,
+                last_used_at: f.last_used_at,
+                expires_at: f.expires_at,
+                origin: f.origin.clone(),
+            })
+            .collect();
+        live.sort_by_key(|s| std::cmp::Reverse((s.last_used_at, s.id)));
+        Ok(live)
+    }
+
+    async fn revoke_session(
+        &self,
+        user: UserId,
+        family: FamilyId,
+        now: OffsetDateTime,
+    ) -> Result<bool, DomainError> {
+        let mut state = self.state();
+        match state.families.get_mut(&family) {
+            Some(f) if f.user == user && f.live(now) => f.revoked_at = Some(now),
+            _ => return Ok(false),
+        }
+        for token in state.tokens.values_mut() {
+            if token.family == family {
+                token.revoked = true;
+            }
+        }
+        Ok(true)
+    }
+
+    async fn sweep(&self, ended_before: OffsetDateTime) -> Result<u64, DomainError> {
+        let mut state = self.state();
+        let ended: Vec<FamilyId> = state
+            .families
+            .iter()
+            .filter(|(_, f)| {
+                f.revoked_at.is_some_and(|at| at < ended_before) || f.expires_at < ended_before
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let before = state.tokens.len() + state.families.len();
+        state
+            .tokens
+            .retain(|_, t| t.expires_at >= ended_before && !ended.contains(&t.family));
+        state.families.retain(|id, _| !ended.contains(id));
+        let after = state.tokens.len() + state.families.len();
+        Ok(u64::try_from(before - after).unwrap_or(u64::MAX))
+    }
+
     async fn insert(&self, token: NewRefreshToken) -> Result<bool, DomainError> {
         let mut state = self.state();
-        if state.families.get(&token.family).is_none_or(|f| f.revoked) {
-            return Ok(false);
+        match state.families.get_mut(&token.family) {
+            Some(f) if f.revoked_at.is_none() => {
+                f.last_used_at = token.issued_at;
+                f.expires_at = token.expires_at;
+            }
+            _ => return Ok(false),
         }
         if state.tokens.contains_key(&token.jti) {
             return Err(DomainError::Duplicate {
@@ -758,11 +837,11 @@ impl RefreshTokenStore for MemoryStore {
     async fn revoke_family(
         &self,
         family: FamilyId,
-        _now: OffsetDateTime,
+        now: OffsetDateTime,
     ) -> Result<(), DomainError> {
         let mut state = self.state();
         if let Some(f) = state.families.get_mut(&family) {
-            f.revoked = true;
+            f.revoked_at.get_or_insert(now);
         }
         for token in state.tokens.values_mut() {
             if token.family == family {
@@ -775,18 +854,19 @@ impl RefreshTokenStore for MemoryStore {
     async fn revoke_user(
         &self,
         user: UserId,
-        _now: OffsetDateTime,
+        except: Option<FamilyId>,
+        now: OffsetDateTime,
     ) -> Result<Vec<FamilyId>, DomainError> {
         let mut state = self.state();
         let mut revoked = Vec::new();
         for (id, f) in &mut state.families {
-            if f.user == user && !f.revoked {
-                f.revoked = true;
+            if f.user == user && f.revoked_at.is_none() && Some(*id) != except {
+                f.revoked_at = Some(now);
                 revoked.push(*id);
             }
         }
         for token in state.tokens.values_mut() {
-            if token.user == user {
+            if token.user == user && Some(token.family) != except {
                 token.revoked = true;
             }
         }

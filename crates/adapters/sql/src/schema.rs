@@ -54,6 +54,10 @@ diesel::table! {
         user_id -> Text,
         created_at -> BigInt,
         revoked_at -> Nullable<BigInt>,
+        user_agent -> Nullable<Text>,
+        client_addr -> Nullable<Text>,
+        last_used_at -> Nullable<BigInt>,
+        expires_at -> Nullable<BigInt>,
     }
 }
 

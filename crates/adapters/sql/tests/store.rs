@@ -13,7 +13,7 @@ use confab_domain::{
 use confab_domain::{FamilyId, TokenId};
 use confab_ports::{
     ConversationQuery, ConversationStore, HealthCheck, MessageStore, NewRefreshToken, Redemption,
-    RefreshTokenStore, UserStore,
+    RefreshTokenStore, SessionOrigin, UserStore,
 };
 use confab_sql::testing::TestDatabase;
 use confab_sql::{Backend, DatabaseTarget, PoolOptions, SqlError, SqlStore};
@@ -65,6 +65,7 @@ on_both_backends!(
     refresh_token_redeems_once_then_is_reuse,
     racing_redemptions_have_exactly_one_winner,
     revoked_and_expired_refresh_tokens_are_rejected,
+    sessions_are_listed_ended_one_by_one_or_all_but_one_and_swept,
     a_user_with_tens_of_thousands_of_sessions_can_be_revoked,
     password_hash_is_replaced,
     no_token_joins_a_revoked_family,
@@ -662,7 +663,10 @@ async fn search_pages_and_counts_what_it_found(backend: Backend) {
 /// answer still in progress), and the index outlives a `VACUUM`.
 async fn a_database_of_the_previous_release_is_searchable(backend: Backend) {
     let db = TestDatabase::new(backend);
-    assert_eq!(db.before_migration("20261204000006"), ["20261204000006"]);
+    assert_eq!(
+        db.before_migration("20261204000006"),
+        ["20261204000007", "20261204000006"]
+    );
     let owner = UserId::generate();
     let id = ConversationId::generate();
     let part = |t: &str| format!(r#"{{"content_type":"text","parts":["{t}"]}}"#);
@@ -1208,7 +1212,9 @@ async fn sqlite_creates_its_directory() {
 
 async fn refresh(store: &SqlStore, user: UserId, family: FamilyId, ttl: Duration) -> TokenId {
     // Opening an existing family again is a duplicate: open it once.
-    let _ = store.open_family(family, user, now()).await;
+    let _ = store
+        .open_family(family, user, now(), SessionOrigin::default())
+        .await;
     let jti = TokenId::generate();
     let recorded = RefreshTokenStore::insert(
         store,
@@ -1320,9 +1326,11 @@ async fn a_user_with_tens_of_thousands_of_sessions_can_be_revoked(backend: Backe
             .map(|_| {
                 let store = f.store.clone();
                 let user = uma.id;
-                tokio::spawn(
-                    async move { store.open_family(FamilyId::generate(), user, now()).await },
-                )
+                tokio::spawn(async move {
+                    store
+                        .open_family(FamilyId::generate(), user, now(), SessionOrigin::default())
+                        .await
+                })
             })
             .collect();
         for opened in opens {
@@ -1336,7 +1344,7 @@ async fn a_user_with_tens_of_thousands_of_sessions_can_be_revoked(backend: Backe
         Duration::from_secs(60),
     )
     .await;
-    let ended = f.store.revoke_user(uma.id, now()).await.unwrap();
+    let ended = f.store.revoke_user(uma.id, None, now()).await.unwrap();
     assert_eq!(ended.len(), sessions + 1);
     assert_eq!(
         f.store.redeem(last, now()).await.unwrap(),
@@ -1366,14 +1374,18 @@ async fn revoked_and_expired_refresh_tokens_are_rejected(backend: Backend) {
         f.store.redeem(b, now()).await.unwrap(),
         Redemption::Rejected
     );
-    let ended = f.store.revoke_user(tia.id, now()).await.unwrap();
+    let ended = f.store.revoke_user(tia.id, None, now()).await.unwrap();
     assert_eq!(
         f.store.redeem(other, now()).await.unwrap(),
         Redemption::Rejected
     );
     assert_eq!(ended.len(), 1, "only the family that was still live");
     assert!(
-        f.store.revoke_user(tia.id, now()).await.unwrap().is_empty(),
+        f.store
+            .revoke_user(tia.id, None, now())
+            .await
+            .unwrap()
+            .is_empty(),
         "nothing left to end"
     );
     let expired = refresh(
@@ -1388,6 +1400,108 @@ async fn revoked_and_expired_refresh_tokens_are_rejected(backend: Backend) {
         f.store.redeem(expired, later).await.unwrap(),
         Redemption::Rejected
     );
+}
+
+/// A user's live sessions carry where they came from and when they were
+/// last used, newest use first; one is ended only by its owner; all but
+/// one end at once; what is left of ended sessions is swept after the
+/// cut-off, and live ones stay.
+async fn sessions_are_listed_ended_one_by_one_or_all_but_one_and_swept(backend: Backend) {
+    let f = fixture(backend).await;
+    let (vera, walt) = (user(&f.store, "vera").await, user(&f.store, "walt").await);
+    let hour = Duration::from_secs(3600);
+    let origin = |ua: &str, ip: &str| SessionOrigin::new(Some(ua), ip);
+    let (phone, laptop, tablet) = (
+        FamilyId::generate(),
+        FamilyId::generate(),
+        FamilyId::generate(),
+    );
+    let opened = now() - Duration::from_secs(60);
+    for (family, ua) in [
+        (phone, "Phone/1"),
+        (laptop, "Laptop/2"),
+        (tablet, "Tablet/3"),
+    ] {
+        f.store
+            .open_family(family, vera.id, opened, origin(ua, "198.51.100.7"))
+            .await
+            .unwrap();
+    }
+    // The laptop refreshes last: it comes first.
+    for family in [tablet, phone, laptop] {
+        refresh(&f.store, vera.id, family, hour).await;
+    }
+    let theirs = FamilyId::generate();
+    f.store
+        .open_family(theirs, walt.id, opened, SessionOrigin::default())
+        .await
+        .unwrap();
+    refresh(&f.store, walt.id, theirs, hour).await;
+
+    let listed = f.store.sessions(vera.id, now()).await.unwrap();
+    let ids: Vec<FamilyId> = listed.iter().map(|s| s.id).collect();
+    assert_eq!(ids, [laptop, phone, tablet]);
+    let first = &listed[0];
+    assert_eq!(first.origin.user_agent.as_deref(), Some("Laptop/2"));
+    assert_eq!(first.origin.client.as_deref(), Some("198.51.100.7"));
+    assert!(first.created_at < first.last_used_at, "{first:?}");
+    assert!(first.expires_at > now() + Duration::from_secs(3000));
+
+    // Another user's session is not theirs to end.
+    assert!(
+        !f.store
+            .revoke_session(vera.id, theirs, now())
+            .await
+            .unwrap()
+    );
+    assert_eq!(f.store.sessions(walt.id, now()).await.unwrap().len(), 1);
+    assert!(
+        f.store
+            .revoke_session(vera.id, tablet, now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !f.store
+            .revoke_session(vera.id, tablet, now())
+            .await
+            .unwrap(),
+        "ended once"
+    );
+    // All but the phone.
+    let ended = f
+        .store
+        .revoke_user(vera.id, Some(phone), now())
+        .await
+        .unwrap();
+    assert_eq!(ended, [laptop]);
+    let left: Vec<FamilyId> = f
+        .store
+        .sessions(vera.id, now())
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(left, [phone]);
+
+    // A sweep now keeps everything (nothing ended before now - 1 day);
+    // one after the sessions ended takes what ended and leaves the live.
+    assert_eq!(
+        f.store
+            .sweep(now() - Duration::from_secs(86_400))
+            .await
+            .unwrap(),
+        0
+    );
+    let swept = f.store.sweep(now() + Duration::from_secs(1)).await.unwrap();
+    assert_eq!(swept, 4, "two ended sessions, each with its token");
+    assert_eq!(f.store.sessions(vera.id, now()).await.unwrap().len(), 1);
+    assert_eq!(f.store.sessions(walt.id, now()).await.unwrap().len(), 1);
+    // Past their tokens' expiry, the live ones go too.
+    let swept = f.store.sweep(now() + hour + hour).await.unwrap();
+    assert_eq!(swept, 4);
+    assert!(f.store.sessions(vera.id, now()).await.unwrap().is_empty());
 }
 
 async fn password_hash_is_replaced(backend: Backend) {
@@ -1673,7 +1787,12 @@ async fn a_database_of_the_previous_release_comes_over_as_one_branch(backend: Ba
     let db = TestDatabase::new(backend);
     assert_eq!(
         db.before_migration("20261204000004"),
-        ["20261204000006", "20261204000005", "20261204000004"]
+        [
+            "20261204000007",
+            "20261204000006",
+            "20261204000005",
+            "20261204000004"
+        ]
     );
     let owner = UserId::generate();
     let (long, empty) = (ConversationId::generate(), ConversationId::generate());

@@ -10,8 +10,8 @@ use confab_domain::{
 };
 use confab_ports::{
     AccessClaims, Admission, FailureCounter, IssuedToken, NewRefreshToken, PasswordHasher,
-    RateDecision, RateLimiter, RatePolicy, Redemption, RefreshTokenStore, TokenBlocklist,
-    TokenCodec, TokenRejection, UserStore, Verification,
+    RateDecision, RateLimiter, RatePolicy, Redemption, RefreshTokenStore, SessionOrigin,
+    SessionRecord, TokenBlocklist, TokenCodec, TokenRejection, UserStore, Verification,
 };
 
 use crate::conversations::list_key;
@@ -54,6 +54,20 @@ pub struct LoginAttempt {
     pub password: Password,
     /// The client's address, for the per-IP limit.
     pub client: String,
+    /// The client's address as the trusted-proxy rules give it, kept with
+    /// the session it opens.
+    pub address: Option<String>,
+    /// The client's `User-Agent`, kept with the session (cut to its bound).
+    pub user_agent: Option<String>,
+}
+
+/// One of the caller's live sessions ([`Accounts::sessions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    /// The session.
+    pub record: SessionRecord,
+    /// Whether it is the session of the caller's own access token.
+    pub current: bool,
 }
 
 /// A logged-in session: the user and a fresh token pair.
@@ -315,9 +329,13 @@ impl Accounts {
             tracing::warn!(error = %e, "could not forget an address's failed logins");
         }
         let family = FamilyId::generate();
+        let origin = SessionOrigin::new(
+            attempt.user_agent.as_deref(),
+            attempt.address.as_deref().unwrap_or(""),
+        );
         self.ports
             .refresh_tokens
-            .open_family(family, user.id, OffsetDateTime::now_utc())
+            .open_family(family, user.id, OffsetDateTime::now_utc(), origin)
             .await?;
         let session = self.open_session(user, family).await?;
         tracing::info!(user_id = %session.user.id, "logged in");
@@ -459,7 +477,7 @@ impl Accounts {
             Err(e) => return Err(e.into()),
         };
         if user.disabled {
-            self.end_sessions(user.id, now).await?;
+            self.end_sessions(user.id, None, now).await?;
             return Err(INVALID_TOKEN);
         }
         self.open_session(user, claims.family).await
@@ -574,16 +592,110 @@ impl Accounts {
         Ok(())
     }
 
-    /// Ends every session of `user`: their refresh tokens are revoked, and
-    /// the access tokens of those sessions refused until they expire, so
-    /// that re-enabling the account later does not revive them.
-    async fn end_sessions(&self, user: UserId, now: OffsetDateTime) -> Result<(), AppError> {
-        let families = self.ports.refresh_tokens.revoke_user(user, now).await?;
+    /// Ends every session of `user` but `except`: their refresh tokens are
+    /// revoked, and the access tokens of those sessions refused until they
+    /// expire, so that re-enabling the account later does not revive them.
+    /// How many it ended.
+    async fn end_sessions(
+        &self,
+        user: UserId,
+        except: Option<FamilyId>,
+        now: OffsetDateTime,
+    ) -> Result<usize, AppError> {
+        let families = self
+            .ports
+            .refresh_tokens
+            .revoke_user(user, except, now)
+            .await?;
         let until = now + self.ports.tokens.access_ttl();
-        for family in families {
-            self.ports.blocklist.block_family(family, until).await?;
+        for family in &families {
+            self.ports.blocklist.block_family(*family, until).await?;
         }
+        Ok(families.len())
+    }
+
+    /// How long what is left of an ended session (its record, its refresh
+    /// tokens) is kept before [`Accounts::sweep_sessions`] deletes it.
+    pub const ENDED_SESSION_RETENTION: std::time::Duration =
+        std::time::Duration::from_secs(7 * 24 * 60 * 60);
+
+    /// The caller's live sessions, the most recently used first, theirs
+    /// marked.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub async fn sessions(&self, caller: &AccessClaims) -> Result<Vec<SessionView>, AppError> {
+        let now = OffsetDateTime::now_utc();
+        let records = self
+            .ports
+            .refresh_tokens
+            .sessions(caller.user_id, now)
+            .await?;
+        Ok(records
+            .into_iter()
+            .map(|record| SessionView {
+                current: record.id == caller.family,
+                record,
+            })
+            .collect())
+    }
+
+    /// Ends one of the caller's sessions: its refresh tokens are revoked
+    /// and its access tokens refused at once (on every instance, through
+    /// the blocklist).
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`] when it is not a live session of the
+    /// caller's.
+    pub async fn end_session(&self, caller: &AccessClaims, id: FamilyId) -> Result<(), AppError> {
+        let now = OffsetDateTime::now_utc();
+        if !self
+            .ports
+            .refresh_tokens
+            .revoke_session(caller.user_id, id, now)
+            .await?
+        {
+            return Err(AppError::NotFound);
+        }
+        self.ports
+            .blocklist
+            .block_family(id, now + self.ports.tokens.access_ttl())
+            .await?;
+        tracing::info!(user_id = %caller.user_id, session = %id, "session ended by its owner");
         Ok(())
+    }
+
+    /// Ends every session of the caller's, or every other one when
+    /// `keep_current`; how many it ended.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub async fn logout_all(
+        &self,
+        caller: &AccessClaims,
+        keep_current: bool,
+    ) -> Result<usize, AppError> {
+        let now = OffsetDateTime::now_utc();
+        let except = keep_current.then_some(caller.family);
+        let ended = self.end_sessions(caller.user_id, except, now).await?;
+        if !keep_current {
+            self.ports
+                .blocklist
+                .block_token(caller.jti, caller.expires_at)
+                .await?;
+        }
+        tracing::info!(user_id = %caller.user_id, ended, keep_current, "logged out everywhere");
+        Ok(ended)
+    }
+
+    /// Deletes what is left of sessions that ended more than
+    /// [`Accounts::ENDED_SESSION_RETENTION`] ago; how many rows went.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub async fn sweep_sessions(&self) -> Result<u64, AppError> {
+        let before = OffsetDateTime::now_utc() - Self::ENDED_SESSION_RETENTION;
+        Ok(self.ports.refresh_tokens.sweep(before).await?)
     }
 
     /// The caller's own account.
@@ -647,7 +759,7 @@ impl Accounts {
         self.known.forget(id);
         self.ports.blocklist.user_changed(id).await?;
         if disabled {
-            self.end_sessions(id, now).await?;
+            self.end_sessions(id, None, now).await?;
         }
         tracing::info!(admin = %caller.user_id, user_id = %id, disabled, "account status changed");
         Ok(user)

@@ -111,7 +111,7 @@ impl UserBody {
     }
 }
 
-fn cookie(value: &str, max_age: i64) -> Result<HeaderValue, ApiError> {
+pub(crate) fn cookie(value: &str, max_age: i64) -> Result<HeaderValue, ApiError> {
     HeaderValue::from_str(&format!(
         "{REFRESH_COOKIE}={value}; HttpOnly; Secure; SameSite=Strict; Path=/api/v1/auth; Max-Age={max_age}"
     ))
@@ -220,6 +220,15 @@ pub(crate) async fn login(
             login,
             password,
             client: client_key(&req, &state.trusted_proxies),
+            address: state
+                .trusted_proxies
+                .client_ip(&req)
+                .map(|ip| ip.to_string()),
+            user_agent: req
+                .headers()
+                .get(actix_web::http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
         })
         .await?;
     session_response(&session)

@@ -12,6 +12,7 @@ pub(crate) mod health;
 pub(crate) mod models;
 pub(crate) mod schema;
 pub(crate) mod send;
+pub(crate) mod sessions;
 pub(crate) mod stream;
 pub(crate) mod tree;
 pub(crate) mod users;
@@ -38,6 +39,7 @@ pub(crate) use send::{
     ContentInput, MessageBody, MessageInput, NewConversationBody, SendBody, SendOptions, SentBody,
     replayed_json, starts_conversation,
 };
+pub(crate) use sessions::{SessionBody, SessionList};
 pub(crate) use tree::TreeBody;
 pub(crate) use users::{UserPage, UserPatch};
 
@@ -234,6 +236,33 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         keys_itself: false,
         produces: Produces::Empty,
         route: || web::route().to(auth::logout),
+    },
+    Endpoint {
+        method: Method::POST,
+        path: "/api/v1/auth/logout-all",
+        class: RouteClass::Auth,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Empty,
+        route: || web::route().to(sessions::logout_all),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/api/v1/auth/sessions",
+        class: RouteClass::Auth,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Json,
+        route: || web::route().to(sessions::list),
+    },
+    Endpoint {
+        method: Method::DELETE,
+        path: "/api/v1/auth/sessions/{id}",
+        class: RouteClass::Auth,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Empty,
+        route: || web::route().to(sessions::end),
     },
     Endpoint {
         method: Method::GET,

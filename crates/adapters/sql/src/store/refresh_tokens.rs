@@ -9,7 +9,7 @@
 
 use async_trait::async_trait;
 use confab_domain::{DomainError, FamilyId, OffsetDateTime, TokenId, UserId};
-use confab_ports::{NewRefreshToken, Redemption, RefreshTokenStore};
+use confab_ports::{NewRefreshToken, Redemption, RefreshTokenStore, SessionOrigin, SessionRecord};
 use diesel::prelude::*;
 
 use super::SqlStore;
@@ -51,19 +51,119 @@ impl RefreshTokenStore for SqlStore {
         family: FamilyId,
         user: UserId,
         at: OffsetDateTime,
+        origin: SessionOrigin,
     ) -> Result<(), DomainError> {
+        let at = micros(at);
         self.db
             .write(move |conn| {
                 diesel::insert_into(rf::table)
                     .values((
                         rf::id.eq(family.to_string()),
                         rf::user_id.eq(user.to_string()),
-                        rf::created_at.eq(micros(at)),
+                        rf::created_at.eq(at),
+                        rf::user_agent.eq(origin.user_agent.as_deref()),
+                        rf::client_addr.eq(origin.client.as_deref()),
+                        rf::last_used_at.eq(Some(at)),
+                        // Until its first token is recorded.
+                        rf::expires_at.eq(Some(at)),
                     ))
                     .execute(conn)
             })
             .await?;
         Ok(())
+    }
+
+    async fn sessions(
+        &self,
+        user: UserId,
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionRecord>, DomainError> {
+        let (user, now) = (user.to_string(), micros(now));
+        type Row = (
+            String,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = self
+            .db
+            .read(move |conn| {
+                rf::table
+                    .filter(rf::user_id.eq(&user))
+                    .filter(rf::revoked_at.is_null())
+                    .filter(rf::expires_at.gt(now))
+                    .order((rf::last_used_at.desc(), rf::id.desc()))
+                    .select((
+                        rf::id,
+                        rf::created_at,
+                        rf::last_used_at,
+                        rf::expires_at,
+                        rf::user_agent,
+                        rf::client_addr,
+                    ))
+                    .load(conn)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(id, created, used, expires, user_agent, client)| {
+                Ok(SessionRecord {
+                    id: FamilyId::from_uuid(uuid(&id)?),
+                    created_at: from_micros(created)?,
+                    last_used_at: from_micros(used.unwrap_or(created))?,
+                    expires_at: from_micros(expires.unwrap_or(created))?,
+                    origin: SessionOrigin { user_agent, client },
+                })
+            })
+            .collect()
+    }
+
+    async fn revoke_session(
+        &self,
+        user: UserId,
+        family: FamilyId,
+        now: OffsetDateTime,
+    ) -> Result<bool, DomainError> {
+        let (user, family, now) = (user.to_string(), family.to_string(), micros(now));
+        self.db
+            .write(move |conn| {
+                let live = rf::table
+                    .filter(rf::id.eq(&family))
+                    .filter(rf::user_id.eq(&user))
+                    .filter(rf::revoked_at.is_null())
+                    .filter(rf::expires_at.gt(now))
+                    .select(rf::id)
+                    .first::<String>(conn)
+                    .optional()?;
+                if live.is_none() {
+                    return Ok(false);
+                }
+                revoke(conn, vec![family.clone()], now)?;
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn sweep(&self, ended_before: OffsetDateTime) -> Result<u64, DomainError> {
+        let cutoff = micros(ended_before);
+        self.db
+            .write(move |conn| {
+                let ended = rf::table
+                    .filter(rf::revoked_at.lt(cutoff).or(rf::expires_at.lt(cutoff)))
+                    .select(rf::id);
+                // The tokens first: they name their family.
+                let tokens = diesel::delete(
+                    rt::table.filter(rt::expires_at.lt(cutoff).or(rt::family_id.eq_any(ended))),
+                )
+                .execute(conn)?;
+                let families = diesel::delete(
+                    rf::table.filter(rf::revoked_at.lt(cutoff).or(rf::expires_at.lt(cutoff))),
+                )
+                .execute(conn)?;
+                Ok(u64::try_from(tokens + families).unwrap_or(u64::MAX))
+            })
+            .await
     }
 
     async fn insert(&self, token: NewRefreshToken) -> Result<bool, DomainError> {
@@ -72,12 +172,16 @@ impl RefreshTokenStore for SqlStore {
                 let family = token.family.to_string();
                 // Touching the row takes its lock (PostgreSQL) or the write
                 // lock (SQLite) before the revocation check.
+                // The session was used now, and lasts as long as this token.
                 let live = diesel::update(
                     rf::table
                         .filter(rf::id.eq(&family))
                         .filter(rf::revoked_at.is_null()),
                 )
-                .set(rf::created_at.eq(rf::created_at))
+                .set((
+                    rf::last_used_at.eq(Some(micros(token.issued_at))),
+                    rf::expires_at.eq(Some(micros(token.expires_at))),
+                ))
                 .execute(conn)?;
                 if live == 0 {
                     return Ok(false);
@@ -148,9 +252,12 @@ impl RefreshTokenStore for SqlStore {
     async fn revoke_user(
         &self,
         user: UserId,
+        except: Option<FamilyId>,
         now: OffsetDateTime,
     ) -> Result<Vec<FamilyId>, DomainError> {
         let (user, now) = (user.to_string(), micros(now));
+        // No session has the nil id: with no exception, every one goes.
+        let kept = except.map_or_else(|| uuid::Uuid::nil().to_string(), |f| f.to_string());
         let live: Vec<String> = self
             .db
             .write(move |conn| {
@@ -160,6 +267,7 @@ impl RefreshTokenStore for SqlStore {
                 let live: Vec<String> = rf::table
                     .filter(rf::user_id.eq(&user))
                     .filter(rf::revoked_at.is_null())
+                    .filter(rf::id.ne(&kept))
                     .select(rf::id)
                     .load(conn)?;
                 // The families first, then their tokens: the lock order
@@ -167,11 +275,15 @@ impl RefreshTokenStore for SqlStore {
                 diesel::update(
                     rf::table
                         .filter(rf::user_id.eq(&user))
-                        .filter(rf::revoked_at.is_null()),
+                        .filter(rf::revoked_at.is_null())
+                        .filter(rf::id.ne(&kept)),
                 )
                 .set(rf::revoked_at.eq(Some(now)))
                 .execute(conn)?;
-                let of_user = rf::table.filter(rf::user_id.eq(&user)).select(rf::id);
+                let of_user = rf::table
+                    .filter(rf::user_id.eq(&user))
+                    .filter(rf::id.ne(&kept))
+                    .select(rf::id);
                 diesel::update(
                     rt::table
                         .filter(rt::family_id.eq_any(of_user))
