@@ -7,6 +7,7 @@ use confab_e2e::{
 };
 use confab_sql::Backend;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -812,15 +813,36 @@ async fn no_password_or_token_in_the_logs(backend: Backend) {
         .await;
     app.get_auth("/api/v1/users/me", "garbage.token.value")
         .await;
+    // A password change, wrong then right, and the sessions list (in a
+    // new session: the reuse above ended the first one).
+    let fresh = app.login("nia", secret_password).await;
+    let access = token(&fresh, "access_token");
+    for current in ["Wrong-Quartz-Lantern-78", secret_password] {
+        let change =
+            json!({"current_password": current, "new_password": "Newer-Quartz-Lantern-55"});
+        app.call(
+            Method::POST,
+            "/api/v1/users/me/password",
+            &access,
+            Some(&change),
+        )
+        .await;
+    }
+    app.get_auth("/api/v1/auth/sessions", &access).await;
     let logs = captured_logs();
     assert!(logs.contains("logged in"), "the capture works");
+    assert!(logs.contains("password_changed"), "the change is an event");
     for secret in [
         secret_password,
         "Wrong-Quartz-Lantern-77",
+        "Wrong-Quartz-Lantern-78",
+        "Newer-Quartz-Lantern-55",
         tokens["access_token"].as_str().unwrap(),
         tokens["refresh_token"].as_str().unwrap(),
         rotated["access_token"].as_str().unwrap(),
         rotated["refresh_token"].as_str().unwrap(),
+        fresh["access_token"].as_str().unwrap(),
+        fresh["refresh_token"].as_str().unwrap(),
         JWT_SECRET,
     ] {
         assert!(!logs.contains(secret), "a secret reached the logs");

@@ -1,14 +1,19 @@
 //! A user's login sessions (issue 16): listed with where they came from,
 //! ended one by one or all at once (keeping the caller's, optionally), and
 //! an ended session's tokens refused at once on every instance (two
-//! servers sharing Redis).
+//! servers sharing Redis); a password change, which ends every session
+//! but the caller's and is limited as a login is.
 
 use confab_e2e::{TestApp, error_body, spawn_app_with_redis};
 use confab_sql::Backend;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-on_both_backends!(sessions_are_listed_and_ended_at_once_on_every_instance);
+on_both_backends!(
+    sessions_are_listed_and_ended_at_once_on_every_instance,
+    a_password_change_keeps_the_callers_session_and_ends_the_others,
+    a_password_change_is_no_way_around_the_login_limits,
+);
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -197,4 +202,120 @@ async fn sessions_are_listed_and_ended_at_once_on_every_instance(backend: Backen
         )
         .await;
     assert_eq!(res.status(), 400, "an unknown parameter");
+}
+
+/// `POST /api/v1/users/me/password` as `token` with `current` and `new`.
+async fn change(app: &TestApp, token: &str, current: &str, new: &str) -> reqwest::Response {
+    let body = json!({"current_password": current, "new_password": new});
+    app.call(
+        Method::POST,
+        "/api/v1/users/me/password",
+        token,
+        Some(&body),
+    )
+    .await
+}
+
+async fn a_password_change_keeps_the_callers_session_and_ends_the_others(backend: Backend) {
+    let a = spawn_app_with_redis(backend, &[("CONFAB__RATE_LIMIT__LOGIN_PER_MINUTE", "1000")]);
+    let b = a.sibling(&[]);
+    assert_eq!(a.register("petra").await.status(), 201);
+    let here = login_as(&a, "petra", "Here").await;
+    let there = login_as(&b, "petra", "There").await;
+    let new = "a brand new horse battery";
+
+    // Refused, and nothing changes: a wrong current password, a new one
+    // the policy refuses or the same as now, a current one too long.
+    let res = change(&a, access(&here), "not my password", new).await;
+    error_body(res, 401, "INVALID_CREDENTIALS").await;
+    for bad in ["short", "petra-is-my-password", "password123", PASSWORD] {
+        let res = change(&a, access(&here), PASSWORD, bad).await;
+        let err = error_body(res, 422, "VALIDATION_ERROR").await;
+        assert_eq!(err["field"], "new_password", "{bad}: {err}");
+    }
+    let res = change(&a, access(&here), &"x".repeat(129), new).await;
+    let err = error_body(res, 422, "VALIDATION_ERROR").await;
+    assert_eq!(err["field"], "current_password");
+    let res = a
+        .call(
+            Method::POST,
+            "/api/v1/users/me/password",
+            access(&here),
+            Some(&json!({"password": new})),
+        )
+        .await;
+    assert_eq!(res.status(), 400, "unknown fields");
+    assert_eq!(
+        status(&a, Method::GET, "/api/v1/users/me", access(&there)).await,
+        200
+    );
+
+    let res = change(&b, access(&here), PASSWORD, new).await;
+    assert_eq!(res.status(), 204);
+    // The caller's session goes on; the other is over on every instance.
+    assert_eq!(
+        status(&a, Method::GET, "/api/v1/users/me", access(&here)).await,
+        200
+    );
+    assert_eq!(
+        status(&a, Method::GET, "/api/v1/users/me", access(&there)).await,
+        401
+    );
+    assert!(!refreshes(&a, &there).await);
+    assert!(refreshes(&b, &here).await);
+    let left = sessions(&a, access(&here)).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["user_agent"], "Here");
+    // The old password no longer logs in; the new one does.
+    let res = a
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"username": "petra", "password": PASSWORD}),
+        )
+        .await;
+    error_body(res, 401, "INVALID_CREDENTIALS").await;
+    let res = a
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"username": "petra", "password": new}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+}
+
+async fn a_password_change_is_no_way_around_the_login_limits(backend: Backend) {
+    // The default limits: 5 attempts a minute per address, 5 failures per
+    // address and account.
+    let app = confab_e2e::spawn_app_with(backend, &[]);
+    assert_eq!(app.register("quinn").await.status(), 201);
+    let tokens = login_as(&app, "quinn", "Q").await;
+    let mut refused = 0;
+    for guess in 0..6 {
+        let res = change(
+            &app,
+            access(&tokens),
+            &format!("guess number {guess}"),
+            "a brand new horse battery",
+        )
+        .await;
+        match res.status().as_u16() {
+            401 => {}
+            429 => {
+                assert!(res.headers().contains_key("retry-after"));
+                refused += 1;
+            }
+            other => panic!("guess {guess}: {other}"),
+        }
+    }
+    assert!(refused >= 1, "the guesses are limited");
+    // Even the right password is refused now, and so is a login from here.
+    let res = change(&app, access(&tokens), PASSWORD, "a brand new horse battery").await;
+    assert_eq!(res.status(), 429);
+    let res = app
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"username": "quinn", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(res.status(), 429);
 }

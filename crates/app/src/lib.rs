@@ -12,7 +12,7 @@ mod readiness;
 
 pub use accounts::{
     AccountPorts, AccountRules, Accounts, AdmittedRequest, LoginAttempt, LoginFailures,
-    Registration, Session, SessionView,
+    PasswordChange, Registration, Session, SessionView,
 };
 pub use conversations::{
     AnswerEnd, Cached, ConversationPage, ConversationPorts, ConversationRules, Conversations, Kept,

@@ -12,6 +12,10 @@ pub enum Field {
     Email,
     /// A password.
     Password,
+    /// The password a change of password presents as the current one.
+    CurrentPassword,
+    /// The password a change of password sets.
+    NewPassword,
     /// A user's role.
     Role,
     /// Whether an account is disabled.

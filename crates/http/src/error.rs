@@ -288,6 +288,8 @@ pub(crate) const fn field_name(field: Field) -> &'static str {
         Field::Username => "username",
         Field::Email => "email",
         Field::Password => "password",
+        Field::CurrentPassword => "current_password",
+        Field::NewPassword => "new_password",
         Field::Role | Field::MessageRole => "role",
         Field::Disabled => "disabled",
         Field::Title => "title",

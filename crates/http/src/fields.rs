@@ -425,6 +425,8 @@ pub(crate) fn refine(doc: &mut Value) {
         json!({ "pattern": any_case(Username::RESERVED) });
     schemas["RegisterRequest"]["properties"]["password"]["not"] =
         json!({ "pattern": any_case(Password::COMMON) });
+    schemas["PasswordChangeRequest"]["properties"]["new_password"]["not"] =
+        json!({ "pattern": any_case(Password::COMMON) });
     schemas["ConversationPatchBody"]["minProperties"] = json!(1);
     // Login names the account once: by username or by e-mail address.
     schemas["LoginRequest"]["oneOf"] =

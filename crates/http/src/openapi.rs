@@ -9,8 +9,9 @@ use crate::routes::{
     ConversationExport, ConversationItem, ConversationMeta, ConversationPageBody,
     ConversationPatchBody, DeletedBody, Health, LoginRequest, MappingNode, MatchBody, MessageBody,
     MessageInput, MessageMetadataView, MessageView, ModelBody, ModelList, NewConversationBody,
-    ReadinessBody, RefreshRequest, RegisterRequest, SendBody, SendOptions, SentBody, SessionBody,
-    SessionList, SiblingsView, TokenBody, TreeBody, UserBody, UserPage, UserPatch,
+    PasswordChangeRequest, ReadinessBody, RefreshRequest, RegisterRequest, SendBody, SendOptions,
+    SentBody, SessionBody, SessionList, SiblingsView, TokenBody, TreeBody, UserBody, UserPage,
+    UserPatch,
 };
 
 /// Declares the `bearer` security scheme the protected routes name.
@@ -254,6 +255,7 @@ impl Modify for HeadAndAccept {
         crate::routes::sessions::end,
         crate::routes::sessions::logout_all,
         crate::routes::users::me,
+        crate::routes::users::change_password,
         crate::routes::models::list,
         crate::routes::users::list,
         crate::routes::users::update,
@@ -277,7 +279,7 @@ impl Modify for HeadAndAccept {
         TokenBody, UserBody, UserPage, UserPatch, ConversationItem, MatchBody, ConversationPageBody,
         ConversationBody, ConversationMeta, ConversationPatchBody, SendBody, MessageBody, NewConversationBody, MessageInput, SiblingsView, BackendConversationBody, MappingNode, TreeBody, ConversationExport, DeletedBody,
         ContentInput, SendOptions, SentBody, MessageView, AuthorView, ContentView,
-        MessageMetadataView, ModelBody, ModelList, SessionBody, SessionList,
+        MessageMetadataView, ModelBody, ModelList, SessionBody, SessionList, PasswordChangeRequest,
     )),
     modifiers(&BearerAuth, &BackendAliases, &Validation, &IdempotencyKeys, &HeadAndAccept),
     tags(

@@ -61,6 +61,17 @@ pub struct LoginAttempt {
     pub user_agent: Option<String>,
 }
 
+/// A change of the caller's password ([`Accounts::change_password`]).
+/// Not `Debug`: it holds a password in the clear.
+pub struct PasswordChange {
+    /// The password the account has now.
+    pub current: Password,
+    /// The one to set (checked against the password policy).
+    pub new: String,
+    /// The client's address, for the per-IP limit and failure counts.
+    pub client: String,
+}
+
 /// One of the caller's live sessions ([`Accounts::sessions`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionView {
@@ -612,6 +623,90 @@ impl Accounts {
             self.ports.blocklist.block_family(*family, until).await?;
         }
         Ok(families.len())
+    }
+
+    /// Changes the caller's password: the current one must be given, and
+    /// the attempt counts as a login (the per-address attempt limit, and
+    /// failures counted per account and address as a login's are), so the
+    /// route is no way around the login limits. On success the new
+    /// password is hashed and stored, every other session of the caller's
+    /// ends (its tokens refused at once) and the caller's own stays.
+    ///
+    /// # Errors
+    /// [`AppError::RateLimited`] as for [`Accounts::login`];
+    /// [`AppError::Validation`] on `new_password` when it breaks the
+    /// password policy or is the current one; [`AppError::Unauthorized`]
+    /// with [`AuthFailure::BadCredentials`] when the current one is wrong.
+    pub async fn change_password(
+        &self,
+        caller: &AccessClaims,
+        change: PasswordChange,
+    ) -> Result<(), AppError> {
+        self.limit(&self.limits.per_ip, &format!("ip:{}", change.client))
+            .await?;
+        let user = match self.ports.users.get(caller.user_id).await {
+            Ok(user) => user,
+            Err(DomainError::NotFound) => return Err(INVALID_TOKEN),
+            Err(e) => return Err(e.into()),
+        };
+        let keys = [
+            format!("login:user:{}", user.id),
+            format!("login:user:{}:from:{}", user.id, change.client),
+        ];
+        self.refuse_after_failures(&keys).await?;
+        let new =
+            Password::new_for(&change.new, &user.username, &user.email).map_err(|e| match e {
+                DomainError::Invalid { message, .. } => {
+                    DomainError::invalid(Field::NewPassword, message)
+                }
+                other => other,
+            })?;
+        let stored = self
+            .ports
+            .users
+            .find_credentials(user.username.as_str())
+            .await?
+            .map(|(_, hash)| hash);
+        let verdict = self
+            .ports
+            .hasher
+            .verify(&change.current, stored.as_ref())
+            .await?;
+        if !matches!(
+            verdict,
+            Verification::Match | Verification::MatchNeedsRehash
+        ) {
+            tracing::info!(user_id = %user.id, "password change refused: wrong current password");
+            let window = self.limits.login_failures.window;
+            if let Err(e) = self.ports.failures.record(&keys, window).await {
+                tracing::warn!(error = %e, "could not count a failed password check");
+            }
+            return Err(AppError::Unauthorized(AuthFailure::BadCredentials));
+        }
+        if new.expose() == change.current.expose() {
+            return Err(DomainError::invalid(
+                Field::NewPassword,
+                "must differ from the current password",
+            )
+            .into());
+        }
+        let now = OffsetDateTime::now_utc();
+        let hash = self.ports.hasher.hash(&new).await?;
+        self.ports
+            .users
+            .set_password_hash(user.id, hash, now)
+            .await?;
+        if let Err(e) = self.ports.failures.clear(&keys[1]).await {
+            tracing::warn!(error = %e, "could not forget an address's failed logins");
+        }
+        let ended = self.end_sessions(user.id, Some(caller.family), now).await?;
+        tracing::info!(
+            security_event = "password_changed",
+            user_id = %user.id,
+            ended,
+            "password changed; the other sessions are ended"
+        );
+        Ok(())
     }
 
     /// How long what is left of an ended session (its record, its refresh

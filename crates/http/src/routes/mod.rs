@@ -41,7 +41,7 @@ pub(crate) use send::{
 };
 pub(crate) use sessions::{SessionBody, SessionList};
 pub(crate) use tree::TreeBody;
-pub(crate) use users::{UserPage, UserPatch};
+pub(crate) use users::{PasswordChangeRequest, UserPage, UserPatch};
 
 /// What kind of route a path is: the middlewares decide by this (the rate
 /// limit, idempotency keys, caching and CSP headers), and it is declared
@@ -272,6 +272,15 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         keys_itself: false,
         produces: Produces::Json,
         route: || web::route().to(users::me),
+    },
+    Endpoint {
+        method: Method::POST,
+        path: "/api/v1/users/me/password",
+        class: RouteClass::Auth,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Empty,
+        route: || web::route().to(users::change_password),
     },
     Endpoint {
         method: Method::GET,

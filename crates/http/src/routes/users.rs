@@ -1,7 +1,8 @@
 //! The caller's account, and the admin's view of every account.
 
-use actix_web::{HttpResponse, web};
-use confab_domain::{PageRequest, UserId};
+use actix_web::{HttpRequest, HttpResponse, web};
+use confab_app::{AppError, PasswordChange};
+use confab_domain::{DomainError, Field, PageRequest, Password, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -9,6 +10,7 @@ use super::auth::UserBody;
 use crate::ApiError;
 use crate::State;
 use crate::auth::{AdminUser, AuthUser};
+use crate::client::client_key;
 use crate::error::ErrorBody;
 use crate::extract::Json;
 
@@ -28,6 +30,66 @@ pub(crate) async fn me(state: State, AuthUser(caller): AuthUser) -> Result<HttpR
     let accounts = &state.accounts;
     let user = accounts.me(&caller).await?;
     Ok(HttpResponse::Ok().json(UserBody::from_user(&user)?))
+}
+
+/// A change of the caller's password.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PasswordChangeRequest {
+    /// The password the account has now.
+    #[schema(schema_with = crate::fields::presented_password)]
+    current_password: String,
+    /// The new one, as a new account's (and not the current one).
+    #[schema(schema_with = crate::fields::new_password)]
+    new_password: String,
+}
+
+/// Changes the caller's password. The current one must be given; the
+/// attempt is limited and counted as a login is. Every other session of the
+/// caller's ends at once; the caller's own stays logged in.
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/me/password",
+    operation_id = "change_password",
+    tag = "users",
+    request_body = PasswordChangeRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Changed; every other session is ended."),
+        (status = 400, description = "A malformed body.", body = ErrorBody),
+        (status = 401, description = "Missing or refused access token (`AUTH_REQUIRED`, `TOKEN_EXPIRED`), or the current password is wrong (`INVALID_CREDENTIALS`).", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not JSON.", body = ErrorBody),
+        (status = 422, description = "The new password breaks the policy (`field`: `new_password`), or a password is too long.", body = ErrorBody),
+        (status = 429, description = "Too many attempts (the login limits); see `Retry-After`.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn change_password(
+    req: HttpRequest,
+    state: State,
+    AuthUser(caller): AuthUser,
+    Json(body): Json<PasswordChangeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let current = Password::presented(&body.current_password).map_err(|e| {
+        AppError::from(match e {
+            DomainError::Invalid { message, .. } => {
+                DomainError::invalid(Field::CurrentPassword, message)
+            }
+            other => other,
+        })
+    })?;
+    state
+        .accounts
+        .change_password(
+            &caller,
+            PasswordChange {
+                current,
+                new: body.new_password,
+                client: client_key(&req, &state.trusted_proxies),
+            },
+        )
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// Paging of a list.
