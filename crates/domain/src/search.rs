@@ -107,10 +107,11 @@ impl SearchQuery {
         }
         Snippet {
             text: out,
+            // Those in the window, a cut one clipped to it.
             highlights: highlights
                 .into_iter()
-                .filter(|&(s, e)| s >= start && e <= end)
-                .map(|(s, e)| (s - start + lead, e - start + lead))
+                .filter(|&(s, e)| s < end && e > start)
+                .map(|(s, e)| (s.max(start) - start + lead, e.min(end) - start + lead))
                 .collect(),
         }
     }
@@ -172,14 +173,15 @@ fn window(chars: &[char], first: Option<(usize, usize)>) -> (usize, usize) {
         start += space + 1;
     }
     let mut end = (start + Snippet::MAX_CHARS).min(chars.len());
+    // Back to the end of a word after the first match, when one ends in
+    // the window; a match longer than the window is cut with it.
+    let after = anchor_end.clamp(start, end);
     if end < chars.len()
-        && let Some(space) = chars[anchor_end.max(start)..end]
-            .iter()
-            .rposition(|c| *c == ' ')
+        && let Some(space) = chars[after..end].iter().rposition(|c| *c == ' ')
     {
-        end = anchor_end.max(start) + space;
+        end = after + space;
     }
-    (start, end.max(anchor_end))
+    (start, end)
 }
 
 /// Text lowercased character by character, knowing where each original
@@ -284,7 +286,30 @@ pub struct SearchHit {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Whatever the text and the query, a snippet is made without a
+        /// panic, is short, and its highlights are in order, non-empty and
+        /// inside it.
+        #[test]
+        fn any_text_gets_a_short_snippet_with_valid_highlights(
+            text in "([a-zé İ🚀\\n.-]{0,12}|needle|x{150,400}){0,40}",
+            query in "[a-zé İ-]{0,8}(needle)?",
+        ) {
+            let Ok(query) = SearchQuery::parse(&format!("{query} needle")) else {
+                return Ok(());
+            };
+            let snippet = query.snippet(&text);
+            let len = snippet.text().chars().count();
+            prop_assert!(len <= Snippet::MAX_CHARS + 2, "{len}");
+            prop_assert!(
+                Snippet::new(snippet.text().to_owned(), snippet.highlights().to_vec()).is_ok()
+            );
+        }
+    }
 
     fn q(text: &str) -> SearchQuery {
         SearchQuery::parse(text).unwrap()
@@ -360,6 +385,26 @@ mod tests {
             inner.starts_with("lorem") || inner.starts_with("ipsum"),
             "{inner}"
         );
+    }
+
+    #[test]
+    fn a_match_longer_than_the_window_is_cut_with_it() {
+        let long = format!("needle{}", "x".repeat(5_000));
+        for text in [
+            long.clone(),
+            format!("{long} and more after it"),
+            format!("some words before {long} and after"),
+            format!("needle{} tail", "x".repeat(170)),
+        ] {
+            let snippet = q("needle").snippet(&text);
+            let chars: Vec<char> = snippet.text().chars().collect();
+            assert!(chars.len() <= Snippet::MAX_CHARS + 2, "{}", chars.len());
+            assert_eq!(snippet.highlights().len(), 1, "{text:.30}");
+            let (s, e) = snippet.highlights()[0];
+            assert!(s < e && e <= chars.len());
+            assert!(chars[s..e].iter().collect::<String>().starts_with("needle"));
+            assert!(Snippet::new(snippet.text().to_owned(), snippet.highlights().to_vec()).is_ok());
+        }
     }
 
     #[test]

@@ -269,8 +269,8 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
     ) -> Result<bool, DomainError>;
 
     /// Deletes what is left of sessions that ended before `ended_before`
-    /// (revoked, or their last refresh token expired), and refresh tokens
-    /// that expired before it: how many rows went.
+    /// (revoked, or their last refresh token expired) with their tokens,
+    /// and refresh tokens that expired before it: how many sessions went.
     ///
     /// # Errors
     /// On storage failure.

@@ -235,7 +235,7 @@ async fn sweep_sessions(accounts: Accounts) {
         ticks.tick().await;
         match accounts.sweep_sessions().await {
             Ok(0) => {}
-            Ok(rows) => tracing::info!(rows, "swept ended sessions"),
+            Ok(sessions) => tracing::info!(sessions, "swept ended sessions"),
             Err(e) => tracing::warn!(error = %e, "session sweep failed; retrying at the next one"),
         }
     }

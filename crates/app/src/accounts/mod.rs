@@ -784,7 +784,7 @@ impl Accounts {
     }
 
     /// Deletes what is left of sessions that ended more than
-    /// [`Accounts::ENDED_SESSION_RETENTION`] ago; how many rows went.
+    /// [`Accounts::ENDED_SESSION_RETENTION`] ago; how many sessions went.
     ///
     /// # Errors
     /// On storage failure.

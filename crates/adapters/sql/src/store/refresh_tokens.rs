@@ -90,11 +90,12 @@ impl RefreshTokenStore for SqlStore {
         let rows: Vec<Row> = self
             .db
             .read(move |conn| {
+                // A family an older release opened (during a rolling
+                // deploy) has no expiry yet: live until it is refreshed.
                 rf::table
                     .filter(rf::user_id.eq(&user))
                     .filter(rf::revoked_at.is_null())
-                    .filter(rf::expires_at.gt(now))
-                    .order((rf::last_used_at.desc(), rf::id.desc()))
+                    .filter(rf::expires_at.is_null().or(rf::expires_at.gt(now)))
                     .select((
                         rf::id,
                         rf::created_at,
@@ -106,7 +107,8 @@ impl RefreshTokenStore for SqlStore {
                     .load(conn)
             })
             .await?;
-        rows.into_iter()
+        let mut sessions = rows
+            .into_iter()
             .map(|(id, created, used, expires, user_agent, client)| {
                 Ok(SessionRecord {
                     id: FamilyId::from_uuid(uuid(&id)?),
@@ -116,7 +118,10 @@ impl RefreshTokenStore for SqlStore {
                     origin: SessionOrigin { user_agent, client },
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, DomainError>>()?;
+        // Ordered here: the backends sort a missing last use differently.
+        sessions.sort_by_key(|s| std::cmp::Reverse((s.last_used_at, s.id)));
+        Ok(sessions)
     }
 
     async fn revoke_session(
@@ -132,7 +137,7 @@ impl RefreshTokenStore for SqlStore {
                     .filter(rf::id.eq(&family))
                     .filter(rf::user_id.eq(&user))
                     .filter(rf::revoked_at.is_null())
-                    .filter(rf::expires_at.gt(now))
+                    .filter(rf::expires_at.is_null().or(rf::expires_at.gt(now)))
                     .select(rf::id)
                     .first::<String>(conn)
                     .optional()?;
@@ -149,19 +154,15 @@ impl RefreshTokenStore for SqlStore {
         let cutoff = micros(ended_before);
         self.db
             .write(move |conn| {
-                let ended = rf::table
-                    .filter(rf::revoked_at.lt(cutoff).or(rf::expires_at.lt(cutoff)))
-                    .select(rf::id);
-                // The tokens first: they name their family.
-                let tokens = diesel::delete(
-                    rt::table.filter(rt::expires_at.lt(cutoff).or(rt::family_id.eq_any(ended))),
-                )
-                .execute(conn)?;
+                // The families first (their tokens go with them, by the
+                // foreign key's cascade): the lock order of a revocation,
+                // so a sweep and a revocation never wait on each other.
                 let families = diesel::delete(
                     rf::table.filter(rf::revoked_at.lt(cutoff).or(rf::expires_at.lt(cutoff))),
                 )
                 .execute(conn)?;
-                Ok(u64::try_from(tokens + families).unwrap_or(u64::MAX))
+                diesel::delete(rt::table.filter(rt::expires_at.lt(cutoff))).execute(conn)?;
+                Ok(u64::try_from(families).unwrap_or(u64::MAX))
             })
             .await
     }
@@ -264,14 +265,10 @@ impl RefreshTokenStore for SqlStore {
                 // By the user's id, never a list of ids bound one by one:
                 // a user with tens of thousands of sessions would pass the
                 // database's limit of bound parameters.
-                let live: Vec<String> = rf::table
-                    .filter(rf::user_id.eq(&user))
-                    .filter(rf::revoked_at.is_null())
-                    .filter(rf::id.ne(&kept))
-                    .select(rf::id)
-                    .load(conn)?;
                 // The families first, then their tokens: the lock order
-                // (module docs).
+                // (module docs). What this revoked is read back by its
+                // revocation time, after the update: a family committed
+                // meanwhile is either revoked and listed, or not revoked.
                 diesel::update(
                     rf::table
                         .filter(rf::user_id.eq(&user))
@@ -280,6 +277,12 @@ impl RefreshTokenStore for SqlStore {
                 )
                 .set(rf::revoked_at.eq(Some(now)))
                 .execute(conn)?;
+                let live: Vec<String> = rf::table
+                    .filter(rf::user_id.eq(&user))
+                    .filter(rf::revoked_at.eq(now))
+                    .filter(rf::id.ne(&kept))
+                    .select(rf::id)
+                    .load(conn)?;
                 let of_user = rf::table
                     .filter(rf::user_id.eq(&user))
                     .filter(rf::id.ne(&kept))
