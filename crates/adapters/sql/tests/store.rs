@@ -52,6 +52,7 @@ on_both_backends!(
     search_treats_query_syntax_as_text,
     search_pages_and_counts_what_it_found,
     a_database_of_the_previous_release_is_searchable,
+    sessions_of_the_previous_release_come_over_with_their_times,
     archived_conversations_are_listed_apart,
     patch_renames_and_archives,
     soft_deleted_conversation_is_gone_everywhere,
@@ -661,6 +662,62 @@ async fn search_pages_and_counts_what_it_found(backend: Backend) {
 
 /// The search migration indexes what the release before it stored (not an
 /// answer still in progress), and the index outlives a `VACUUM`.
+/// The session migration on sessions the release before it stored: each
+/// is last used when its newest token was issued and ends when that token
+/// expires; one without tokens, at its creation; a revoked one stays ended.
+async fn sessions_of_the_previous_release_come_over_with_their_times(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    assert_eq!(db.before_migration("20261204000007"), ["20261204000007"]);
+    let owner = UserId::generate();
+    let (used, bare, revoked) = (
+        FamilyId::generate(),
+        FamilyId::generate(),
+        FamilyId::generate(),
+    );
+    let hour: i64 = 3_600_000_000;
+    let base = micros_now();
+    db.execute(&format!(
+        "INSERT INTO users VALUES ('{owner}', 'old', 'old@example.com', 'x', 'user', FALSE, 0, 0); \
+         INSERT INTO refresh_families VALUES ('{used}', '{owner}', {base}, NULL), \
+         ('{bare}', '{owner}', {base}, NULL), ('{revoked}', '{owner}', {base}, {base}); \
+         INSERT INTO refresh_tokens VALUES \
+         ('{}', '{used}', '{owner}', {}, {}, {}, NULL), \
+         ('{}', '{used}', '{owner}', {}, {}, NULL, NULL), \
+         ('{}', '{revoked}', '{owner}', {base}, {}, NULL, {base});",
+        TokenId::generate(),
+        base + 1,
+        base + 1 + 24 * hour,
+        base + 2,
+        TokenId::generate(),
+        base + 2,
+        base + 2 + 24 * hour,
+        TokenId::generate(),
+        base + 24 * hour,
+    ));
+    let store = db.store().await;
+    let listed = store.sessions(owner, now()).await.unwrap();
+    assert_eq!(listed.len(), 1, "the one with a live token: {listed:?}");
+    let session = &listed[0];
+    assert_eq!(session.id, used);
+    let at = |m: i64| OffsetDateTime::from_unix_timestamp_nanos(i128::from(m) * 1_000).unwrap();
+    assert_eq!(session.last_used_at, at(base + 2));
+    assert_eq!(session.expires_at, at(base + 2 + 24 * hour));
+    assert_eq!(session.origin, SessionOrigin::default());
+    // The one without tokens ended at its creation: swept with the rest.
+    assert!(!store.revoke_session(owner, bare, now()).await.unwrap());
+    assert_eq!(
+        store
+            .sweep(now() + Duration::from_secs(25 * 3600))
+            .await
+            .unwrap(),
+        3
+    );
+}
+
+fn micros_now() -> i64 {
+    i64::try_from(now().unix_timestamp_nanos() / 1_000).unwrap()
+}
+
 async fn a_database_of_the_previous_release_is_searchable(backend: Backend) {
     let db = TestDatabase::new(backend);
     assert_eq!(
