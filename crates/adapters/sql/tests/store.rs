@@ -1459,6 +1459,17 @@ async fn revoked_and_expired_refresh_tokens_are_rejected(backend: Backend) {
     );
 }
 
+/// The ids of `user`'s live sessions, in the store's order.
+async fn session_ids(store: &SqlStore, user: UserId) -> Vec<FamilyId> {
+    store
+        .sessions(user, now())
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect()
+}
+
 /// A user's live sessions carry where they came from and when they were
 /// last used, newest use first; one is ended only by its owner; all but
 /// one end at once; what is left of ended sessions is swept after the
@@ -1532,14 +1543,7 @@ async fn sessions_are_listed_ended_one_by_one_or_all_but_one_and_swept(backend: 
         .await
         .unwrap();
     assert_eq!(ended, [laptop]);
-    let left: Vec<FamilyId> = f
-        .store
-        .sessions(vera.id, now())
-        .await
-        .unwrap()
-        .iter()
-        .map(|s| s.id)
-        .collect();
+    let left: Vec<FamilyId> = session_ids(&f.store, vera.id).await;
     assert_eq!(left, [phone]);
 
     // A session an older release opened during a rolling deploy has no
@@ -1549,14 +1553,7 @@ async fn sessions_are_listed_ended_one_by_one_or_all_but_one_and_swept(backend: 
         "INSERT INTO refresh_families (id, user_id, created_at) VALUES ('{older}', '{}', 1)",
         vera.id
     ));
-    let listed: Vec<FamilyId> = f
-        .store
-        .sessions(vera.id, now())
-        .await
-        .unwrap()
-        .iter()
-        .map(|s| s.id)
-        .collect();
+    let listed: Vec<FamilyId> = session_ids(&f.store, vera.id).await;
     assert_eq!(listed, [phone, older]);
     assert!(f.store.revoke_session(vera.id, older, now()).await.unwrap());
 
