@@ -35,7 +35,7 @@ async fn a_method_a_path_does_not_serve_is_405_whatever_key_it_carries(backend: 
             .unwrap();
         let allow = res.headers().get("allow").cloned();
         error_body(res, 405, "METHOD_NOT_ALLOWED").await;
-        assert_eq!(allow.unwrap(), "PATCH");
+        assert_eq!(allow.unwrap(), "PATCH, DELETE");
     }
 }
 

@@ -9,7 +9,8 @@
 //!
 //! In process: 100 sends to one server, on SQLite and PostgreSQL, with
 //! and without Redis, each starting a conversation or each continuing one
-//! of 150 messages (its prompt read a page at a time). As processes (`confab serve`, like `cluster.rs`),
+//! of 150 messages (its prompt read a page at a time), and beside another
+//! account deleted while twenty answers of its own stream. As processes (`confab serve`, like `cluster.rs`),
 //! two instances on one database, Redis and key prefix: 100 and 1,000
 //! sends to one instance and 1,000 alternating between the two, on
 //! PostgreSQL, and the 1,000 bursts also on one SQLite file. The bursts run
@@ -23,9 +24,10 @@ use confab_domain::{
     ConversationId, ConversationSettings, MessageRole, MessageStatus, NewConversation,
     OffsetDateTime, SystemPrompt, Title, UserId,
 };
+use confab_e2e::chat::PASSWORD;
 use confab_e2e::fake_llm::FakeLlm;
 use confab_e2e::load::{
-    Burst, burst, burst_into, burst_of, burst_under, burst_vars, full_answer, paced_llm,
+    Burst, End, burst, burst_into, burst_of, burst_under, burst_vars, full_answer, paced_llm,
 };
 use confab_e2e::{
     TestApp, all_messages, append, finished_message, redis_url, spawn_app_with,
@@ -57,6 +59,8 @@ on_both_backends!(
     a_hundred_regenerations_and_continues_at_once_with_redis_all_complete,
     a_hundred_sends_with_searches_alongside_all_complete,
     a_hundred_sends_with_searches_alongside_with_redis_all_complete,
+    a_hundred_sends_while_another_account_is_deleted_all_complete,
+    a_hundred_sends_while_another_account_is_deleted_with_redis_all_complete,
 );
 
 /// One server in process, with or without Redis, wired to a paced model
@@ -689,4 +693,65 @@ async fn cluster_a_thousand_sends_over_two_instances_on_one_sqlite_file_all_comp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_a_thousand_sends_to_one_instance_on_one_sqlite_file_all_complete() {
     on_two_instances(TestDatabase::sqlite(), 1000, false, CAP_1000).await;
+}
+
+/// 100 sends of one user at once while another user, twenty answers of
+/// theirs streaming, deletes their account: every send of the first
+/// completes and is saved whole; every stream of the second ends, stopped
+/// with `[DONE]` (or refused 401 once the account is gone), and no row of
+/// theirs is left.
+async fn sends_while_an_account_is_deleted(backend: Backend, redis: bool) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (_llm, app, token) = burst_app(backend, redis).await;
+    let leaving = app.user("beatrix").await;
+    let leaving_id = owner_of(&app, &leaving).await;
+    let delete = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let body = serde_json::json!({"password": PASSWORD});
+        let res = app
+            .call(
+                reqwest::Method::DELETE,
+                "/api/v1/users/me",
+                &leaving,
+                Some(&body),
+            )
+            .await;
+        res.status().as_u16()
+    };
+    let apps = [&app];
+    let (kept, gone, deleted) = tokio::join!(
+        burst(&apps, &token, 100, CAP_100),
+        burst(&apps, &leaving, 20, CAP_100),
+        delete,
+    );
+    assert_eq!(deleted, 204);
+    let what = format!("100 sends beside a deletion, {backend:?}, Redis: {redis}");
+    kept.assert_all_complete(&what, &app.db.store().await).await;
+    let mut needles = vec![leaving_id.to_string(), "beatrix".to_owned()];
+    for sent in &gone.sends {
+        assert_eq!(sent.end, End::Ended, "{}", gone.summary());
+        match sent.status {
+            Some(200) => {
+                let last = sent.events.last().map(|e| e.data.as_str());
+                assert_eq!(last, Some("[DONE]"), "{}", gone.summary());
+            }
+            Some(401) => {}
+            other => panic!("{other:?}: {}", gone.summary()),
+        }
+        needles.extend(sent.conversation().map(|c| c.to_string()));
+    }
+    assert_eq!(
+        app.db.rows_containing(&needles),
+        Vec::<(String, i64)>::new()
+    );
+}
+
+async fn a_hundred_sends_while_another_account_is_deleted_all_complete(backend: Backend) {
+    sends_while_an_account_is_deleted(backend, false).await;
+}
+
+async fn a_hundred_sends_while_another_account_is_deleted_with_redis_all_complete(
+    backend: Backend,
+) {
+    sends_while_an_account_is_deleted(backend, true).await;
 }

@@ -32,6 +32,7 @@ mod cluster;
 mod compression;
 mod contract;
 mod conversations;
+mod deletion;
 mod docs;
 mod edges;
 mod errors;

@@ -163,6 +163,45 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// The keys under this server's Redis prefix that contain one of
+    /// `needles`, read with `SCAN` (none without Redis).
+    ///
+    /// # Panics
+    /// When Redis can't be read.
+    pub async fn redis_keys_containing(&self, needles: &[String]) -> Vec<String> {
+        let Some(prefix) = self.redis_key_prefix() else {
+            return Vec::new();
+        };
+        let client = redis::Client::open(redis_url()).expect("the Redis URL");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a Redis connection");
+        let mut cursor: u64 = 0;
+        let mut found = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .expect("SCAN");
+            found.extend(
+                keys.into_iter()
+                    .filter(|key| needles.iter().any(|n| key.contains(n.as_str()))),
+            );
+            if next == 0 {
+                return found;
+            }
+            cursor = next;
+        }
+    }
+}
+
 /// The test configuration on `db`, plus `extra`.
 fn test_vars(db: &TestDatabase, extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut vars: HashMap<String, String> = HashMap::from([

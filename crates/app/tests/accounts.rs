@@ -14,13 +14,14 @@ use confab_app::{
     Readiness, Registration, SeparateAdmission,
 };
 use confab_domain::{
-    DomainError, Field, NewUser, OffsetDateTime, Page, PageRequest, Password, PasswordHash, Role,
-    User, UserId,
+    ConversationId, DomainError, Field, NewUser, OffsetDateTime, Page, PageRequest, Password,
+    PasswordHash, Role, User, UserId,
 };
 use confab_memory::{GovernorLimiter, InMemoryBlocklist, InMemoryFailures, MemoryCache};
 use confab_password::{HasherOptions, MIN_ITERATIONS, Pbkdf2Hasher};
 use confab_ports::{
-    PasswordHasher, RateLimiter, RatePolicy, TokenBlocklist, UserStore, Verification,
+    PasswordHasher, RateLimiter, RatePolicy, RefreshTokenStore, TokenBlocklist, UserStore,
+    Verification,
 };
 use confab_sql::testing::TestDatabase;
 
@@ -76,12 +77,19 @@ struct Built {
     /// Accounts read by id.
     reads: Arc<AtomicUsize>,
     blocklist: Arc<dyn TokenBlocklist>,
+    /// The store under the use cases.
+    store: Arc<confab_sql::SqlStore>,
+    /// A password change to land just before a read of credentials:
+    /// before the `n`th read from now (1 = the next).
+    change_before_read: Arc<std::sync::Mutex<Option<(usize, PasswordHash)>>>,
 }
 
-/// The SQL store, counting the accounts read by id.
+/// The SQL store, counting the accounts read by id, and landing a password
+/// change between two reads of credentials when told to.
 struct CountingUsers {
     inner: Arc<confab_sql::SqlStore>,
     reads: Arc<AtomicUsize>,
+    change_before_read: Arc<std::sync::Mutex<Option<(usize, PasswordHash)>>>,
 }
 
 #[async_trait::async_trait]
@@ -99,6 +107,26 @@ impl UserStore for CountingUsers {
         &self,
         login: &str,
     ) -> Result<Option<(User, PasswordHash)>, DomainError> {
+        let due = {
+            let mut change = self.change_before_read.lock().unwrap();
+            match change.take() {
+                Some((1, hash)) => Some(hash),
+                Some((n, hash)) => {
+                    *change = Some((n - 1, hash));
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(new) = due {
+            let (user, current) = self.inner.find_credentials(login).await?.unwrap();
+            let now = OffsetDateTime::now_utc();
+            assert!(
+                self.inner
+                    .replace_password_hash(user.id, &current, new, now)
+                    .await?
+            );
+        }
         self.inner.find_credentials(login).await
     }
 
@@ -106,13 +134,18 @@ impl UserStore for CountingUsers {
         self.inner.list(page).await
     }
 
-    async fn set_password_hash(
+    async fn replace_password_hash(
         &self,
         id: UserId,
-        hash: PasswordHash,
+        current: &PasswordHash,
+        new: PasswordHash,
         at: OffsetDateTime,
-    ) -> Result<(), DomainError> {
-        self.inner.set_password_hash(id, hash, at).await
+    ) -> Result<bool, DomainError> {
+        self.inner.replace_password_hash(id, current, new, at).await
+    }
+
+    async fn delete(&self, id: UserId) -> Result<Option<Vec<ConversationId>>, DomainError> {
+        self.inner.delete(id).await
     }
 
     async fn set_disabled(
@@ -128,9 +161,11 @@ impl UserStore for CountingUsers {
 async fn build(db: &TestDatabase, iterations: u32) -> Built {
     let store = Arc::new(db.store().await);
     let reads = Arc::new(AtomicUsize::new(0));
+    let change_before_read = Arc::default();
     let users = Arc::new(CountingUsers {
         inner: store.clone(),
         reads: reads.clone(),
+        change_before_read: Arc::clone(&change_before_read),
     });
     let hashes = Arc::new(AtomicUsize::new(0));
     let hasher = CountingHasher {
@@ -155,11 +190,12 @@ async fn build(db: &TestDatabase, iterations: u32) -> Built {
         users,
         hasher: Arc::new(hasher),
         tokens: Arc::new(codec),
-        refresh_tokens: store,
+        refresh_tokens: store.clone(),
         admission: Arc::new(SeparateAdmission::new(blocklist.clone(), limiter.clone())),
         blocklist: blocklist.clone(),
         limiter,
         failures: Arc::new(InMemoryFailures::new(10_000)),
+        erasures: Vec::new(),
     };
     let limits = AccountRules {
         per_ip: login.clone(),
@@ -185,6 +221,8 @@ async fn build(db: &TestDatabase, iterations: u32) -> Built {
         hashes,
         reads,
         blocklist,
+        store,
+        change_before_read,
     }
 }
 
@@ -632,4 +670,43 @@ async fn separate_admission_keeps_the_admission_contract() {
         false,
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_login_overtaken_by_a_password_change_keeps_no_session() {
+    let db = TestDatabase::sqlite();
+    let built = build(&db, MIN_ITERATIONS).await;
+    let user = built
+        .accounts
+        .register(reg("rita", "rita@example.com", "correct horse battery"))
+        .await
+        .unwrap();
+    // The change lands after the login verified the old password and
+    // before it checks again (its second read of credentials), too late
+    // for the change's own revocation to see the login's session.
+    *built.change_before_read.lock().unwrap() =
+        Some((2, PasswordHash::new("$changed-meanwhile".into())));
+    let err = built
+        .accounts
+        .login(attempt("rita", "correct horse battery", "10.0.0.9"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppError::Unauthorized(AuthFailure::BadCredentials)),
+        "{err:?}"
+    );
+    let now = OffsetDateTime::now_utc();
+    assert!(built.store.sessions(user.id, now).await.unwrap().is_empty());
+    // Control: the same login with nothing changing meanwhile opens one.
+    let sam = built
+        .accounts
+        .register(reg("sam", "sam@example.com", "correct horse battery"))
+        .await
+        .unwrap();
+    built
+        .accounts
+        .login(attempt("sam", "correct horse battery", "10.0.0.9"))
+        .await
+        .unwrap();
+    assert_eq!(built.store.sessions(sam.id, now).await.unwrap().len(), 1);
 }

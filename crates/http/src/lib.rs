@@ -247,6 +247,7 @@ mod tests {
             admission: Arc::new(SeparateAdmission::new(Arc::new(Inert), Arc::new(Inert))),
             limiter: Arc::new(Inert),
             failures: Arc::new(Inert),
+            erasures: Vec::new(),
         };
         HttpState {
             conversations: conversations(&store),

@@ -5,8 +5,8 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
-    AuthorView, BackendConversationBody, ContentInput, ContentView, ConversationBody,
-    ConversationExport, ConversationItem, ConversationMeta, ConversationPageBody,
+    AccountDeletionRequest, AuthorView, BackendConversationBody, ContentInput, ContentView,
+    ConversationBody, ConversationExport, ConversationItem, ConversationMeta, ConversationPageBody,
     ConversationPatchBody, DeletedBody, Health, LoginRequest, MappingNode, MatchBody, MessageBody,
     MessageInput, MessageMetadataView, MessageView, ModelBody, ModelList, NewConversationBody,
     PasswordChangeRequest, ReadinessBody, RefreshRequest, RegisterRequest, SendBody, SendOptions,
@@ -256,9 +256,11 @@ impl Modify for HeadAndAccept {
         crate::routes::sessions::logout_all,
         crate::routes::users::me,
         crate::routes::users::change_password,
+        crate::routes::users::delete_me,
         crate::routes::models::list,
         crate::routes::users::list,
         crate::routes::users::update,
+        crate::routes::users::delete,
         crate::routes::conversations::list,
         crate::routes::send::create,
         crate::routes::conversations::get,
@@ -280,6 +282,7 @@ impl Modify for HeadAndAccept {
         ConversationBody, ConversationMeta, ConversationPatchBody, SendBody, MessageBody, NewConversationBody, MessageInput, SiblingsView, BackendConversationBody, MappingNode, TreeBody, ConversationExport, DeletedBody,
         ContentInput, SendOptions, SentBody, MessageView, AuthorView, ContentView,
         MessageMetadataView, ModelBody, ModelList, SessionBody, SessionList, PasswordChangeRequest,
+        AccountDeletionRequest,
     )),
     modifiers(&BearerAuth, &BackendAliases, &Validation, &IdempotencyKeys, &HeadAndAccept),
     tags(

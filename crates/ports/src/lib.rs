@@ -10,6 +10,7 @@
 mod auth;
 mod cache;
 mod clock;
+mod erasure;
 mod failures;
 mod health;
 mod idempotency;
@@ -25,6 +26,7 @@ pub use auth::{
 };
 pub use cache::{Cache, CachedValue, entry_key};
 pub use clock::{Clock, SystemClock};
+pub use erasure::{Erasure, ErasureTargets};
 pub use failures::{FailureCount, FailureCounter};
 pub use health::HealthCheck;
 pub use idempotency::{Claim, IdempotencyStore, StoredOutcome};

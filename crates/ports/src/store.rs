@@ -39,16 +39,30 @@ pub trait UserStore: Send + Sync + 'static {
     async fn list(&self, page: PageRequest) -> Result<Page<User>, DomainError>;
 
     /// Replaces an account's password hash (a rehash with current
-    /// parameters, or a new password).
+    /// parameters, or a new password) if it is still `current`: of two
+    /// racing changes made against the same hash exactly one lands.
+    /// `Ok(false)` when the account has another hash by now, or is gone.
     ///
     /// # Errors
-    /// [`DomainError::NotFound`] when there is none with that id.
-    async fn set_password_hash(
+    /// Only on storage failure.
+    async fn replace_password_hash(
         &self,
         id: UserId,
-        hash: PasswordHash,
+        current: &PasswordHash,
+        new: PasswordHash,
         at: OffsetDateTime,
-    ) -> Result<(), DomainError>;
+    ) -> Result<bool, DomainError>;
+
+    /// Deletes an account and everything the database holds of it: its
+    /// conversations (deleted ones too) with their messages and search
+    /// entries, its login sessions and refresh tokens, in one transaction.
+    /// The ids of the conversations it deleted, for the stores outside the
+    /// database to forget ([`Erasure`](crate::Erasure)); `Ok(None)` when
+    /// there was no such account.
+    ///
+    /// # Errors
+    /// Only on storage failure.
+    async fn delete(&self, id: UserId) -> Result<Option<Vec<ConversationId>>, DomainError>;
 
     /// Enables or disables an account.
     ///

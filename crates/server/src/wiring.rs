@@ -12,12 +12,16 @@ use confab_app::{
 use confab_jwt::{JwtCodec, JwtSettings, MIN_SECRET_BYTES};
 use confab_memory::{
     GovernorLimiter, IdempotencyLimits, InMemoryBlocklist, InMemoryFailures, InMemoryIdempotency,
+    MemoryCache, MemoryStreamLog, StreamLogOptions,
 };
 use confab_password::{HasherOptions, Pbkdf2Hasher};
-use confab_ports::{Admission, IdempotencyStore, RateLimiter, RatePolicy, TokenBlocklist};
+use confab_ports::{
+    Admission, Cache, Erasure, FailureCounter, IdempotencyStore, RateLimiter, RatePolicy,
+    StreamLog, TokenBlocklist,
+};
 use confab_redis::{
-    RedisAdmission, RedisBlocklist, RedisFailures, RedisIdempotency, RedisLimiter, RedisPool,
-    RedisSettings,
+    RedisAdmission, RedisBlocklist, RedisCache, RedisErasure, RedisFailures, RedisIdempotency,
+    RedisLimiter, RedisPool, RedisSettings, RedisStreamLog, RedisStreamLogOptions,
 };
 use confab_sql::{PoolOptions, SqlStore};
 use secrecy::{ExposeSecret, SecretString};
@@ -43,6 +47,10 @@ pub(crate) struct Wired {
     pub(crate) redis: Option<RedisPools>,
     /// Where `Idempotency-Key`s are kept.
     pub(crate) idempotency: Arc<dyn IdempotencyStore>,
+    /// The logs of running answers.
+    pub(crate) log: Arc<dyn StreamLog>,
+    /// The read cache.
+    pub(crate) cache: Arc<dyn Cache>,
 }
 
 /// The connections to the Redis `REDIS_URL` names: every command shares
@@ -141,6 +149,101 @@ fn jwt_secret(settings: &Settings) -> Result<SecretString, StartupError> {
     Ok(SecretString::from(secret))
 }
 
+/// The state an instance shares with the others through Redis, or keeps
+/// in process without it.
+struct SharedState {
+    limiter: Arc<dyn RateLimiter>,
+    blocklist: Arc<dyn TokenBlocklist>,
+    admission: Arc<dyn Admission>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    failures: Arc<dyn FailureCounter>,
+    log: Arc<dyn StreamLog>,
+    cache: Arc<dyn Cache>,
+    /// What forgets a deleted account's entries in all of the above.
+    erasures: Vec<Arc<dyn Erasure>>,
+}
+
+/// The stream log's bound on one answer's events: every event but the
+/// text deltas is one of a handful, and the model adapters send at most
+/// one delta per token.
+fn max_events_per_log(settings: &Settings) -> usize {
+    usize::try_from(settings.llm.max_tokens.get())
+        .unwrap_or(usize::MAX)
+        .saturating_add(64)
+}
+
+/// Shared state on Redis; the rate limits fall back to this process's
+/// limiter while Redis is down.
+fn on_redis(settings: &Settings, pool: &RedisPool) -> SharedState {
+    let local: Arc<dyn RateLimiter> = Arc::new(GovernorLimiter::new());
+    let lease = settings.redis.stream_lease;
+    SharedState {
+        limiter: Arc::new(FallbackLimiter::new(
+            Arc::new(RedisLimiter::new(pool.clone())),
+            local,
+        )),
+        blocklist: Arc::new(RedisBlocklist::new(pool.clone())),
+        // One script for both (one round trip). With Redis down the
+        // standing can't be read either: the request is then treated as
+        // unauthenticated, as before.
+        admission: Arc::new(RedisAdmission::new(pool.clone())),
+        idempotency: Arc::new(RedisIdempotency::new(
+            pool.clone(),
+            settings.idempotency.max_per_user.get(),
+        )),
+        failures: Arc::new(RedisFailures::new(pool.clone())),
+        log: Arc::new(RedisStreamLog::new(
+            pool.clone(),
+            RedisStreamLogOptions {
+                retention: settings.generation.stream_retention,
+                max_events_per_log: max_events_per_log(settings),
+                lease,
+                poll_interval: lease / 3,
+            },
+        )),
+        cache: Arc::new(RedisCache::new(pool.clone())),
+        erasures: vec![Arc::new(RedisErasure::new(pool.clone()))],
+    }
+}
+
+/// Shared state kept in this process (one instance).
+fn in_process(settings: &Settings) -> SharedState {
+    let limiter: Arc<dyn RateLimiter> = Arc::new(GovernorLimiter::new());
+    let blocklist = Arc::new(InMemoryBlocklist::new());
+    let idem = &settings.idempotency;
+    let idempotency = Arc::new(InMemoryIdempotency::new(IdempotencyLimits {
+        max_entries: idem.max_entries.get(),
+        max_bytes: idem.max_bytes.get(),
+        max_per_owner: idem.max_per_user.get(),
+    }));
+    let failures = Arc::new(InMemoryFailures::new(FAILURE_KEYS));
+    let log = Arc::new(MemoryStreamLog::new(StreamLogOptions {
+        retention: settings.generation.stream_retention,
+        max_events_per_log: max_events_per_log(settings),
+        max_logs: settings.generation.max_streams.get(),
+    }));
+    let cache = Arc::new(MemoryCache::new(
+        settings.cache.max_entries.get(),
+        settings.cache.max_bytes.get(),
+    ));
+    SharedState {
+        admission: Arc::new(SeparateAdmission::new(blocklist.clone(), limiter.clone())),
+        limiter,
+        erasures: vec![
+            blocklist.clone(),
+            idempotency.clone(),
+            failures.clone(),
+            log.clone(),
+            cache.clone(),
+        ],
+        blocklist,
+        idempotency,
+        failures,
+        log,
+        cache,
+    }
+}
+
 /// Builds every adapter and the use cases over them.
 pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
     let store = Arc::new(open_store(settings).await?);
@@ -170,40 +273,18 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
     .map_err(|e| StartupError::Setup(e.to_string()))?;
     let codec = Arc::new(codec);
     let redis = redis_pools(settings)?;
-    let local: Arc<dyn RateLimiter> = Arc::new(GovernorLimiter::new());
-    let (limiter, blocklist, admission): (
-        Arc<dyn RateLimiter>,
-        Arc<dyn TokenBlocklist>,
-        Arc<dyn Admission>,
-    ) = match &redis {
-        Some(RedisPools { shared: pool, .. }) => (
-            Arc::new(FallbackLimiter::new(
-                Arc::new(RedisLimiter::new(pool.clone())),
-                local,
-            )),
-            Arc::new(RedisBlocklist::new(pool.clone())),
-            // One script for both (one round trip). With Redis down the
-            // standing can't be read either: the request is then treated
-            // as unauthenticated, as before.
-            Arc::new(RedisAdmission::new(pool.clone())),
-        ),
-        None => {
-            let blocklist: Arc<dyn TokenBlocklist> = Arc::new(InMemoryBlocklist::new());
-            let admission = Arc::new(SeparateAdmission::new(blocklist.clone(), local.clone()));
-            (local, blocklist, admission)
-        }
-    };
-    let idem = &settings.idempotency;
-    let idempotency: Arc<dyn IdempotencyStore> = match &redis {
-        Some(pools) => Arc::new(RedisIdempotency::new(
-            pools.shared.clone(),
-            idem.max_per_user.get(),
-        )),
-        None => Arc::new(InMemoryIdempotency::new(IdempotencyLimits {
-            max_entries: idem.max_entries.get(),
-            max_bytes: idem.max_bytes.get(),
-            max_per_owner: idem.max_per_user.get(),
-        })),
+    let SharedState {
+        limiter,
+        blocklist,
+        admission,
+        idempotency,
+        failures,
+        log,
+        cache,
+        erasures,
+    } = match &redis {
+        Some(pools) => on_redis(settings, &pools.shared),
+        None => in_process(settings),
     };
     let rl = &settings.rate_limit;
     let login = rl.login_per_minute;
@@ -216,10 +297,8 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
             blocklist,
             admission,
             limiter: limiter.clone(),
-            failures: match &redis {
-                Some(pools) => Arc::new(RedisFailures::new(pools.shared.clone())),
-                None => Arc::new(InMemoryFailures::new(FAILURE_KEYS)),
-            },
+            failures,
+            erasures,
         },
         AccountRules {
             per_ip: per_minute("login", login),
@@ -243,5 +322,7 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
         limiter,
         redis,
         idempotency,
+        log,
+        cache,
     })
 }

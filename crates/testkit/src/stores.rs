@@ -228,21 +228,46 @@ impl UserStore for MemoryStore {
         Ok(window(users, page))
     }
 
-    async fn set_password_hash(
+    async fn replace_password_hash(
         &self,
         id: UserId,
-        hash: PasswordHash,
+        current: &PasswordHash,
+        new: PasswordHash,
         at: OffsetDateTime,
-    ) -> Result<(), DomainError> {
+    ) -> Result<bool, DomainError> {
         let mut state = self.state();
-        let (user, stored) = state
+        let Some((user, stored)) = state
             .users
             .iter_mut()
-            .find(|(u, _)| u.id == id)
-            .ok_or(DomainError::NotFound)?;
+            .find(|(u, h)| u.id == id && h.as_str() == current.as_str())
+        else {
+            return Ok(false);
+        };
         user.updated_at = at;
-        *stored = hash;
-        Ok(())
+        *stored = new;
+        Ok(true)
+    }
+
+    async fn delete(&self, id: UserId) -> Result<Option<Vec<ConversationId>>, DomainError> {
+        let mut state = self.state();
+        let before = state.users.len();
+        state.users.retain(|(u, _)| u.id != id);
+        if state.users.len() == before {
+            return Ok(None);
+        }
+        let owned: Vec<ConversationId> = state
+            .conversations
+            .iter()
+            .filter(|c| c.conversation.owner == id)
+            .map(|c| c.conversation.id)
+            .collect();
+        state.conversations.retain(|c| c.conversation.owner != id);
+        state
+            .messages
+            .retain(|m| !owned.contains(&m.conversation_id));
+        state.families.retain(|_, f| f.user != id);
+        state.tokens.retain(|_, t| t.user != id);
+        Ok(Some(owned))
     }
 
     async fn set_disabled(

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use confab_domain::{DomainError, FamilyId, OffsetDateTime, TokenId, UserId};
-use confab_ports::{AccessClaims, Standing, TokenBlocklist};
+use confab_ports::{AccessClaims, Erasure, ErasureTargets, Standing, TokenBlocklist};
 
 /// Blocked token ids and login sessions, each refusing until its expiry
 /// and kept no longer than that: expired entries are dropped at the next
@@ -95,6 +95,17 @@ impl TokenBlocklist for InMemoryBlocklist {
     async fn user_changed(&self, user: UserId) -> Result<(), DomainError> {
         *lock(&self.users).entry(user).or_insert(0) += 1;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Erasure for InMemoryBlocklist {
+    /// Forgets the user's account version; the blocked sessions and tokens
+    /// stay until they expire (they name no user, and must keep refusing).
+    async fn erase(&self, targets: &ErasureTargets) -> Result<u64, DomainError> {
+        Ok(u64::from(
+            lock(&self.users).remove(&targets.user()).is_some(),
+        ))
     }
 }
 

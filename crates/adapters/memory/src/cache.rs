@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use confab_domain::DomainError;
-use confab_ports::{Cache, CachedValue};
+use confab_ports::{Cache, CachedValue, Erasure, ErasureTargets};
 
 /// The longest TTL honoured; longer ones are cut to it, so `now + ttl`
 /// cannot overflow an `Instant`.
@@ -203,6 +203,37 @@ impl Cache for MemoryCache {
         let version = entries.new_version();
         entries.versions.insert(key.to_owned(), version);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Erasure for MemoryCache {
+    async fn erase(&self, targets: &ErasureTargets) -> Result<u64, DomainError> {
+        let mut entries = self.lock();
+        let values: Vec<String> = entries
+            .values
+            .keys()
+            .filter(|key| targets.names(key))
+            .cloned()
+            .collect();
+        for key in &values {
+            if let Some((_, _, weight)) = entries.values.remove(key) {
+                entries.bytes -= weight;
+            }
+        }
+        let versions: Vec<String> = entries
+            .versions
+            .keys()
+            .filter(|key| targets.names(key))
+            .cloned()
+            .collect();
+        for key in &versions {
+            // As an eviction: a recreated counter starts above it.
+            if let Some(version) = entries.versions.remove(key) {
+                entries.evicted_floor = entries.evicted_floor.max(version);
+            }
+        }
+        Ok(u64::try_from(values.len() + versions.len()).unwrap_or(u64::MAX))
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use confab_domain::DomainError;
-use confab_ports::{FailureCount, FailureCounter};
+use confab_ports::{Erasure, ErasureTargets, FailureCount, FailureCounter};
 
 /// How often, at most, ended windows are swept while the map isn't full.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -121,6 +121,16 @@ impl FailureCounter for InMemoryFailures {
     async fn clear(&self, key: &str) -> Result<(), DomainError> {
         self.lock().map.remove(key);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Erasure for InMemoryFailures {
+    async fn erase(&self, targets: &ErasureTargets) -> Result<u64, DomainError> {
+        let mut windows = self.lock();
+        let before = windows.map.len();
+        windows.map.retain(|key, _| !targets.names(key));
+        Ok(u64::try_from(before - windows.map.len()).unwrap_or(u64::MAX))
     }
 }
 

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use confab_domain::DomainError;
-use confab_ports::{Claim, IdempotencyStore, StoredOutcome};
+use confab_ports::{Claim, Erasure, ErasureTargets, IdempotencyStore, StoredOutcome};
 
 /// The longest TTL honoured; longer ones are cut to it, so `now + ttl`
 /// cannot overflow an `Instant`.
@@ -308,6 +308,23 @@ impl IdempotencyStore for InMemoryIdempotency {
             entries.remove(owner, key);
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Erasure for InMemoryIdempotency {
+    async fn erase(&self, targets: &ErasureTargets) -> Result<u64, DomainError> {
+        let mut entries = self.lock();
+        let owner = targets.user().to_string();
+        let keys: Vec<String> = entries
+            .owners
+            .get(&owner)
+            .map(|keys| keys.keys().cloned().collect())
+            .unwrap_or_default();
+        for key in &keys {
+            entries.remove(&owner, key);
+        }
+        Ok(u64::try_from(keys.len()).unwrap_or(u64::MAX))
     }
 }
 

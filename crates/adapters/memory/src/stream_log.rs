@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use confab_domain::{ConversationId, DomainError, Field, MessageId, WireEvent};
-use confab_ports::{EventFeed, LogHead, LoggedEvent, ReadFrom, StopSignal, StreamLog};
+use confab_ports::{
+    Erasure, ErasureTargets, EventFeed, LogHead, LoggedEvent, ReadFrom, StopSignal, StreamLog,
+};
 use tokio::sync::watch;
 
 /// Limits of a [`MemoryStreamLog`].
@@ -365,6 +367,19 @@ impl StopSignal for MemoryStopSignal {
             // The log is gone without a stop: none will ever come.
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[async_trait]
+impl Erasure for MemoryStreamLog {
+    async fn erase(&self, targets: &ErasureTargets) -> Result<u64, DomainError> {
+        let mut logs = self.lock();
+        let before = logs.by_conversation.len();
+        // A log dropped here leaves a stale entry in `closed`, skipped as
+        // any replaced log's is.
+        logs.by_conversation
+            .retain(|conversation, _| !targets.names(&conversation.to_string()));
+        Ok(u64::try_from(before - logs.by_conversation.len()).unwrap_or(u64::MAX))
     }
 }
 

@@ -16,6 +16,7 @@
 mod admission;
 mod blocklist;
 mod cache;
+mod erasure;
 mod failures;
 mod idempotency;
 mod limiter;
@@ -25,6 +26,7 @@ mod stream_log;
 pub use admission::RedisAdmission;
 pub use blocklist::RedisBlocklist;
 pub use cache::RedisCache;
+pub use erasure::RedisErasure;
 pub use failures::RedisFailures;
 pub use idempotency::RedisIdempotency;
 pub use limiter::RedisLimiter;

@@ -146,6 +146,69 @@ impl TestDatabase {
             .unwrap_or_else(|e| panic!("cannot run {sql}: {e}"));
     }
 
+    /// Every table that has a row in which some column, read as text,
+    /// contains one of `needles`, with how many such rows: what a deleted
+    /// account would have left behind. Every table is read, the search
+    /// index's and the migrations' own included.
+    ///
+    /// # Panics
+    /// When the database can't be reached or read.
+    #[must_use]
+    pub fn rows_containing(&self, needles: &[String]) -> Vec<(String, i64)> {
+        let mut conn = self.connect();
+        let tables_sql = match self.kind {
+            Kind::Postgres { .. } => {
+                "SELECT table_name::text AS name FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+            }
+            Kind::Sqlite { .. } => "SELECT name FROM sqlite_master WHERE type = 'table'",
+        };
+        let tables: Vec<Name> =
+            crate::connection::on_backend!(&mut conn, |c| diesel::sql_query(tables_sql).load(c))
+                .expect("the tables");
+        let mut found = Vec::new();
+        for table in tables.iter().map(|t| t.name.as_str()) {
+            let columns_sql = match self.kind {
+                Kind::Postgres { .. } => format!(
+                    "SELECT column_name::text AS name FROM information_schema.columns \
+                     WHERE table_schema = current_schema() AND table_name = '{table}'"
+                ),
+                Kind::Sqlite { .. } => format!("SELECT name FROM pragma_table_info('{table}')"),
+            };
+            let columns: Vec<Name> = crate::connection::on_backend!(&mut conn, |c| {
+                diesel::sql_query(&columns_sql).load(c)
+            })
+            .expect("the columns");
+            let tests: Vec<String> = columns
+                .iter()
+                .flat_map(|column| {
+                    needles.iter().map(move |needle| {
+                        format!(
+                            "CAST(\"{}\" AS TEXT) LIKE '%{}%'",
+                            column.name,
+                            needle.replace('\'', "''")
+                        )
+                    })
+                })
+                .collect();
+            if tests.is_empty() {
+                continue;
+            }
+            let count_sql = format!(
+                "SELECT COUNT(*) AS n FROM \"{table}\" WHERE {}",
+                tests.join(" OR ")
+            );
+            let count: Count = crate::connection::on_backend!(&mut conn, |c| {
+                diesel::sql_query(&count_sql).get_result(c)
+            })
+            .unwrap_or_else(|e| panic!("cannot read {table}: {e}"));
+            if count.n > 0 {
+                found.push((table.to_owned(), count.n));
+            }
+        }
+        found
+    }
+
     fn connect(&self) -> AnyConnection {
         let target = DatabaseTarget::parse(&self.url).expect("test database URL");
         crate::connection::Manager::new(target, &PoolOptions::default())
@@ -249,6 +312,18 @@ fn with_database(url: &str, name: &str) -> String {
         out.push_str(q);
     }
     out
+}
+
+#[derive(QueryableByName)]
+struct Name {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
 }
 
 #[derive(QueryableByName)]

@@ -69,6 +69,7 @@ on_both_backends!(
     sessions_are_listed_ended_one_by_one_or_all_but_one_and_swept,
     a_user_with_tens_of_thousands_of_sessions_can_be_revoked,
     password_hash_is_replaced,
+    a_deleted_user_leaves_no_row_and_names_every_conversation,
     no_token_joins_a_revoked_family,
     orphaned_generations_are_closed_as_failed_with_their_text,
     generated_title_never_overwrites_a_rename,
@@ -84,7 +85,7 @@ on_both_backends!(
 );
 
 struct Fixture {
-    _db: TestDatabase,
+    db: TestDatabase,
     store: SqlStore,
 }
 
@@ -92,7 +93,7 @@ async fn fixture(backend: Backend) -> Fixture {
     let db = TestDatabase::new(backend);
     let store = db.store().await;
     assert_eq!(store.backend(), backend);
-    Fixture { _db: db, store }
+    Fixture { db, store }
 }
 
 fn now() -> OffsetDateTime {
@@ -1549,7 +1550,7 @@ async fn sessions_are_listed_ended_one_by_one_or_all_but_one_and_swept(backend: 
     // A session an older release opened during a rolling deploy has no
     // expiry yet: it is live, and can be ended.
     let older = FamilyId::generate();
-    f._db.execute(&format!(
+    f.db.execute(&format!(
         "INSERT INTO refresh_families (id, user_id, created_at) VALUES ('{older}', '{}', 1)",
         vera.id
     ));
@@ -1579,17 +1580,95 @@ async fn sessions_are_listed_ended_one_by_one_or_all_but_one_and_swept(backend: 
 async fn password_hash_is_replaced(backend: Backend) {
     let f = fixture(backend).await;
     let uma = user(&f.store, "uma").await;
-    f.store
-        .set_password_hash(uma.id, PasswordHash::new("$new".into()), now())
+    let (_, first) = f.store.find_credentials("uma").await.unwrap().unwrap();
+    let replaced = f
+        .store
+        .replace_password_hash(uma.id, &first, PasswordHash::new("$new".into()), now())
         .await
         .unwrap();
+    assert!(replaced);
     let (_, hash) = f.store.find_credentials("uma").await.unwrap().unwrap();
     assert_eq!(hash.as_str(), "$new");
-    let err = f
+    // A change made against the hash it had before lands nowhere: of two
+    // racing changes, only the first counts.
+    let stale = f
         .store
-        .set_password_hash(UserId::generate(), PasswordHash::new("x".into()), now())
-        .await;
-    assert!(matches!(err, Err(DomainError::NotFound)));
+        .replace_password_hash(uma.id, &first, PasswordHash::new("$late".into()), now())
+        .await
+        .unwrap();
+    assert!(!stale);
+    let (_, hash) = f.store.find_credentials("uma").await.unwrap().unwrap();
+    assert_eq!(hash.as_str(), "$new");
+    let unknown = f
+        .store
+        .replace_password_hash(
+            UserId::generate(),
+            &hash,
+            PasswordHash::new("x".into()),
+            now(),
+        )
+        .await
+        .unwrap();
+    assert!(!unknown);
+}
+
+async fn a_deleted_user_leaves_no_row_and_names_every_conversation(backend: Backend) {
+    let f = fixture(backend).await;
+    let gone = user(&f.store, "gone").await;
+    let kept = user(&f.store, "kept").await;
+    let live = conversation(&f.store, gone.id, "live", now()).await;
+    let binned = conversation(&f.store, gone.id, "binned", now()).await;
+    let theirs = conversation(&f.store, kept.id, "theirs", now()).await;
+    for (id, text) in [(live, "zanzibarquux one"), (binned, "zanzibarquux two")] {
+        let m = message(id, "m1", MessageRole::User, text);
+        MessageStore::insert(&f.store, &m).await.unwrap();
+    }
+    let m = message(theirs, "m1", MessageRole::User, "zanzibarquux kept");
+    MessageStore::insert(&f.store, &m).await.unwrap();
+    ConversationStore::soft_delete(&f.store, gone.id, binned, now())
+        .await
+        .unwrap();
+    let query = ConversationQuery {
+        search: Some(SearchQuery::parse("zanzibarquux").unwrap()),
+        ..query()
+    };
+    let found = ConversationStore::list(&f.store, kept.id, &query)
+        .await
+        .unwrap();
+    assert_eq!(found.total, 1, "before");
+    for owner in [gone.id, kept.id] {
+        let family = FamilyId::generate();
+        f.store
+            .open_family(family, owner, now(), SessionOrigin::default())
+            .await
+            .unwrap();
+        refresh(&f.store, owner, family, Duration::from_secs(3600)).await;
+    }
+
+    let mut deleted = UserStore::delete(&f.store, gone.id)
+        .await
+        .unwrap()
+        .expect("the user existed");
+    deleted.sort();
+    let mut expected = vec![live, binned];
+    expected.sort();
+    assert_eq!(deleted, expected, "the deleted conversation is named too");
+    let needles = [
+        gone.id.to_string(),
+        live.to_string(),
+        binned.to_string(),
+        "gone".to_owned(),
+    ];
+    assert_eq!(f.db.rows_containing(&needles), Vec::<(String, i64)>::new());
+    // The other user keeps everything, searchable as before.
+    assert_eq!(all_messages(&f.store, theirs).await.len(), 1);
+    assert_eq!(f.store.sessions(kept.id, now()).await.unwrap().len(), 1);
+    let found = ConversationStore::list(&f.store, kept.id, &query)
+        .await
+        .unwrap();
+    assert_eq!(found.total, 1);
+    // Again: no such user, nothing done.
+    assert_eq!(UserStore::delete(&f.store, gone.id).await.unwrap(), None);
 }
 
 async fn orphaned_generations_are_closed_as_failed_with_their_text(backend: Backend) {

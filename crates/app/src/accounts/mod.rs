@@ -6,16 +6,17 @@ use std::sync::Arc;
 
 use confab_domain::{
     DomainError, Email, FamilyId, Field, NewUser, OffsetDateTime, Page, PageRequest, Password,
-    Role, User, UserId, Username,
+    PasswordHash, Role, User, UserId, Username,
 };
 use confab_ports::{
-    AccessClaims, Admission, FailureCounter, IssuedToken, NewRefreshToken, PasswordHasher,
-    RateDecision, RateLimiter, RatePolicy, Redemption, RefreshTokenStore, SessionOrigin,
-    SessionRecord, TokenBlocklist, TokenCodec, TokenRejection, UserStore, Verification,
+    AccessClaims, Admission, Erasure, ErasureTargets, FailureCounter, IssuedToken, NewRefreshToken,
+    PasswordHasher, RateDecision, RateLimiter, RatePolicy, Redemption, RefreshTokenStore,
+    SessionOrigin, SessionRecord, TokenBlocklist, TokenCodec, TokenRejection, UserStore,
+    Verification,
 };
 
 use crate::conversations::list_key;
-use crate::{AppError, AuthFailure, ListVersion};
+use crate::{AppError, AuthFailure, Conversations, ListVersion};
 
 /// A request's token, admitted by [`Accounts::admit`].
 #[derive(Debug, Clone)]
@@ -166,6 +167,9 @@ pub struct AccountPorts {
     pub limiter: Arc<dyn RateLimiter>,
     /// Failed logins.
     pub failures: Arc<dyn FailureCounter>,
+    /// The stores outside the database that keep something of a user,
+    /// each forgetting it when the account is deleted.
+    pub erasures: Vec<Arc<dyn Erasure>>,
 }
 
 /// The account use cases.
@@ -318,14 +322,16 @@ impl Accounts {
             .hasher
             .verify(&attempt.password, found.as_ref().map(|(_, h)| h))
             .await?;
-        let user = match (found, verdict) {
-            (Some((user, _)), Verification::Match | Verification::MatchNeedsRehash)
+        let (user, verified) = match (found, verdict) {
+            (Some((user, hash)), Verification::Match | Verification::MatchNeedsRehash)
                 if !user.disabled =>
             {
-                if verdict == Verification::MatchNeedsRehash {
-                    self.rehash(&user, &attempt.password).await;
-                }
-                user
+                let hash = if verdict == Verification::MatchNeedsRehash {
+                    self.rehash(&user, &attempt.password, hash).await
+                } else {
+                    hash
+                };
+                (user, hash)
             }
             _ => {
                 tracing::info!("login refused");
@@ -344,10 +350,20 @@ impl Accounts {
             attempt.user_agent.as_deref(),
             attempt.address.as_deref().unwrap_or(""),
         );
+        let now = OffsetDateTime::now_utc();
         self.ports
             .refresh_tokens
-            .open_family(family, user.id, OffsetDateTime::now_utc(), origin)
+            .open_family(family, user.id, now, origin)
             .await?;
+        // A password change that landed since the check ends every session
+        // but its caller's; this one, opened after the check, must not
+        // escape it. Opened before this read, it is ended by the change's
+        // revocation; a change seen here ends it now.
+        if !self.password_is(&user, &verified).await? {
+            self.ports.refresh_tokens.revoke_family(family, now).await?;
+            tracing::info!(user_id = %user.id, "login refused: the password changed meanwhile");
+            return Err(AppError::Unauthorized(AuthFailure::BadCredentials));
+        }
         let session = self.open_session(user, family).await?;
         tracing::info!(user_id = %session.user.id, "logged in");
         Ok(session)
@@ -395,20 +411,98 @@ impl Accounts {
     }
 
     /// Best effort: a failed rehash is logged and tried again next login.
-    async fn rehash(&self, user: &User, password: &Password) {
+    /// The hash stored afterwards as far as this login knows: the new one,
+    /// or `verified` when the rehash failed or a concurrent change won
+    /// (the check after the session opens then sees the change).
+    async fn rehash(
+        &self,
+        user: &User,
+        password: &Password,
+        verified: PasswordHash,
+    ) -> PasswordHash {
         let result = async {
             let hash = self.ports.hasher.hash(password).await?;
-            self.ports
+            let replaced = self
+                .ports
                 .users
-                .set_password_hash(user.id, hash, OffsetDateTime::now_utc())
-                .await
+                .replace_password_hash(user.id, &verified, hash.clone(), OffsetDateTime::now_utc())
+                .await?;
+            Ok::<_, AppError>(replaced.then_some(hash))
         }
         .await;
         match result {
-            Ok(()) => {
-                tracing::info!(user_id = %user.id, "password rehashed with current parameters")
+            Ok(Some(hash)) => {
+                tracing::info!(user_id = %user.id, "password rehashed with current parameters");
+                hash
             }
-            Err(e) => tracing::warn!(user_id = %user.id, error = %e, "password rehash failed"),
+            Ok(None) => {
+                tracing::info!(user_id = %user.id, "password rehash skipped: it changed meanwhile");
+                verified
+            }
+            Err(e) => {
+                tracing::warn!(user_id = %user.id, error = %e, "password rehash failed");
+                verified
+            }
+        }
+    }
+
+    /// Whether `user`'s stored password hash is still `hash`.
+    async fn password_is(&self, user: &User, hash: &PasswordHash) -> Result<bool, AppError> {
+        let stored = self
+            .ports
+            .users
+            .find_credentials(user.username.as_str())
+            .await?;
+        Ok(stored.is_some_and(|(found, stored)| found.id == user.id && stored == *hash))
+    }
+
+    /// Checks that `password` is `user`'s current one as a login does, so
+    /// that a route asking for it is no way around the login limits: the
+    /// per-address attempt limit is charged, failures are counted per
+    /// account and address and refuse further checks as a login's do, and
+    /// a success forgets the address's failures. The stored hash it
+    /// matched.
+    ///
+    /// # Errors
+    /// [`AppError::RateLimited`] as for [`Accounts::login`];
+    /// [`AppError::Unauthorized`] with [`AuthFailure::BadCredentials`]
+    /// when it is wrong.
+    async fn confirm_password(
+        &self,
+        user: &User,
+        password: &Password,
+        client: &str,
+    ) -> Result<PasswordHash, AppError> {
+        self.limit(&self.limits.per_ip, &format!("ip:{client}"))
+            .await?;
+        let keys = [
+            format!("login:user:{}", user.id),
+            format!("login:user:{}:from:{client}", user.id),
+        ];
+        self.refuse_after_failures(&keys).await?;
+        let stored = self
+            .ports
+            .users
+            .find_credentials(user.username.as_str())
+            .await?
+            .filter(|(found, _)| found.id == user.id)
+            .map(|(_, hash)| hash);
+        let verdict = self.ports.hasher.verify(password, stored.as_ref()).await?;
+        match (stored, verdict) {
+            (Some(hash), Verification::Match | Verification::MatchNeedsRehash) => {
+                if let Err(e) = self.ports.failures.clear(&keys[1]).await {
+                    tracing::warn!(error = %e, "could not forget an address's failed logins");
+                }
+                Ok(hash)
+            }
+            _ => {
+                tracing::info!(user_id = %user.id, "password check refused: wrong password");
+                let window = self.limits.login_failures.window;
+                if let Err(e) = self.ports.failures.record(&keys, window).await {
+                    tracing::warn!(error = %e, "could not count a failed password check");
+                }
+                Err(AppError::Unauthorized(AuthFailure::BadCredentials))
+            }
         }
     }
 
@@ -642,18 +736,11 @@ impl Accounts {
         caller: &AccessClaims,
         change: PasswordChange,
     ) -> Result<(), AppError> {
-        self.limit(&self.limits.per_ip, &format!("ip:{}", change.client))
-            .await?;
         let user = match self.ports.users.get(caller.user_id).await {
             Ok(user) => user,
             Err(DomainError::NotFound) => return Err(INVALID_TOKEN),
             Err(e) => return Err(e.into()),
         };
-        let keys = [
-            format!("login:user:{}", user.id),
-            format!("login:user:{}:from:{}", user.id, change.client),
-        ];
-        self.refuse_after_failures(&keys).await?;
         let new =
             Password::new_for(&change.new, &user.username, &user.email).map_err(|e| match e {
                 DomainError::Invalid { message, .. } => {
@@ -661,28 +748,9 @@ impl Accounts {
                 }
                 other => other,
             })?;
-        let stored = self
-            .ports
-            .users
-            .find_credentials(user.username.as_str())
-            .await?
-            .map(|(_, hash)| hash);
-        let verdict = self
-            .ports
-            .hasher
-            .verify(&change.current, stored.as_ref())
+        let current = self
+            .confirm_password(&user, &change.current, &change.client)
             .await?;
-        if !matches!(
-            verdict,
-            Verification::Match | Verification::MatchNeedsRehash
-        ) {
-            tracing::info!(user_id = %user.id, "password change refused: wrong current password");
-            let window = self.limits.login_failures.window;
-            if let Err(e) = self.ports.failures.record(&keys, window).await {
-                tracing::warn!(error = %e, "could not count a failed password check");
-            }
-            return Err(AppError::Unauthorized(AuthFailure::BadCredentials));
-        }
         if new.expose() == change.current.expose() {
             return Err(DomainError::invalid(
                 Field::NewPassword,
@@ -692,12 +760,16 @@ impl Accounts {
         }
         let now = OffsetDateTime::now_utc();
         let hash = self.ports.hasher.hash(&new).await?;
-        self.ports
+        if !self
+            .ports
             .users
-            .set_password_hash(user.id, hash, now)
-            .await?;
-        if let Err(e) = self.ports.failures.clear(&keys[1]).await {
-            tracing::warn!(error = %e, "could not forget an address's failed logins");
+            .replace_password_hash(user.id, &current, hash, now)
+            .await?
+        {
+            // Another change (or a login's rehash) landed since the check:
+            // the password given may no longer be the current one.
+            tracing::info!(user_id = %user.id, "password change refused: it changed meanwhile");
+            return Err(AppError::Unauthorized(AuthFailure::BadCredentials));
         }
         let ended = self.end_sessions(user.id, Some(caller.family), now).await?;
         tracing::info!(
@@ -707,6 +779,125 @@ impl Accounts {
             "password changed; the other sessions are ended"
         );
         Ok(())
+    }
+
+    /// How long after an account's deletion its stores outside the
+    /// database are swept once more, for what a request already under way
+    /// when it went wrote after the first sweep.
+    pub const ERASURE_SECOND_PASS: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Deletes the caller's own account, with everything of it
+    /// ([`Accounts::delete_user`] says what). The password must be given,
+    /// and is checked as a login's is (the same limits and failure
+    /// counts).
+    ///
+    /// # Errors
+    /// [`AppError::RateLimited`] as for [`Accounts::login`];
+    /// [`AppError::Unauthorized`] with [`AuthFailure::BadCredentials`]
+    /// when the password is wrong; [`AppError::Unavailable`] when a store
+    /// fails (a retry, or an admin's deletion, finishes the work).
+    pub async fn delete_own_account(
+        &self,
+        caller: &AccessClaims,
+        password: &Password,
+        client: &str,
+        conversations: &Conversations,
+    ) -> Result<(), AppError> {
+        let user = match self.ports.users.get(caller.user_id).await {
+            Ok(user) => user,
+            Err(DomainError::NotFound) => return Err(INVALID_TOKEN),
+            Err(e) => return Err(e.into()),
+        };
+        self.confirm_password(&user, password, client).await?;
+        self.erase_account(user.id, conversations).await?;
+        tracing::info!(
+            security_event = "account_deleted",
+            user_id = %user.id,
+            by = "owner",
+            "account deleted by its owner"
+        );
+        Ok(())
+    }
+
+    /// Deletes an account (admins only; an admin deletes their own with
+    /// [`Accounts::delete_own_account`]): every session ends and its access
+    /// tokens are refused at once on every instance, every running answer
+    /// of theirs is stopped, the database's rows go (the account, its
+    /// conversations and messages, its sessions and refresh tokens), and
+    /// then every entry the stores outside it keep of the account and its
+    /// conversations ([`Erasure`]), swept again
+    /// [`ERASURE_SECOND_PASS`](Self::ERASURE_SECOND_PASS) later. Deleting
+    /// an account that is gone already does the sweeps again and succeeds.
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`] for a non-admin; [`AppError::Validation`]
+    /// on the id when it is the caller's own; [`AppError::Unavailable`] as
+    /// for [`Accounts::delete_own_account`].
+    pub async fn delete_user(
+        &self,
+        caller: &AccessClaims,
+        id: UserId,
+        conversations: &Conversations,
+    ) -> Result<(), AppError> {
+        Self::require_admin(caller)?;
+        if id == caller.user_id {
+            return Err(DomainError::invalid(
+                Field::UserId,
+                "an admin deletes their own account with DELETE /api/v1/users/me",
+            )
+            .into());
+        }
+        let existed = self.erase_account(id, conversations).await?;
+        tracing::info!(
+            security_event = "account_deleted",
+            admin = %caller.user_id,
+            user_id = %id,
+            existed,
+            "account deleted by an admin"
+        );
+        Ok(())
+    }
+
+    /// What [`Accounts::delete_user`] does; whether the account existed.
+    async fn erase_account(
+        &self,
+        user: UserId,
+        conversations: &Conversations,
+    ) -> Result<bool, AppError> {
+        let now = OffsetDateTime::now_utc();
+        // Its tokens die first (no new request starts), then its answers,
+        // then its rows.
+        self.end_sessions(user, None, now).await?;
+        conversations.stop_answers_of(user).await?;
+        let deleted = self.ports.users.delete(user).await?;
+        self.known.forget(user);
+        let existed = deleted.is_some();
+        let targets = ErasureTargets::new(user, &deleted.unwrap_or_default());
+        let erased = self.erase(&targets).await?;
+        tracing::info!(user_id = %user, erased, "a deleted account's entries are forgotten");
+        let again = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Self::ERASURE_SECOND_PASS).await;
+            match again.erase(&targets).await {
+                Ok(0) => {}
+                Ok(erased) => {
+                    tracing::info!(user_id = %targets.user(), erased, "late entries of a deleted account forgotten");
+                }
+                Err(e) => {
+                    tracing::warn!(user_id = %targets.user(), error = %e, "a deleted account's entries could not be swept again");
+                }
+            }
+        });
+        Ok(existed)
+    }
+
+    /// Runs every erasure; how many entries went.
+    async fn erase(&self, targets: &ErasureTargets) -> Result<u64, AppError> {
+        let mut erased = 0;
+        for erasure in &self.ports.erasures {
+            erased += erasure.erase(targets).await?;
+        }
+        Ok(erased)
     }
 
     /// How long what is left of an ended session (its record, its refresh

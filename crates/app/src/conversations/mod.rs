@@ -23,7 +23,8 @@ use confab_domain::{
 };
 use confab_ports::{
     AccessClaims, Cache, CachedValue, ChatModel, Clock, ConversationQuery, ConversationStore,
-    MessageStore, ModelStatus, RateLimiter, RatePolicy, ResumeTokenCodec, StreamLog, entry_key,
+    MessageStore, ModelStatus, RateLimiter, RatePolicy, ReadFrom, ResumeTokenCodec, StreamLog,
+    entry_key,
 };
 use tokio::sync::{Notify, watch};
 
@@ -734,6 +735,41 @@ impl Conversations {
             }
         }
         Ok(deleted.len())
+    }
+
+    /// Stops every answer running in `owner`'s conversations (an account
+    /// being deleted) and waits, at most the stop wait, for their logs to
+    /// close, so that what they write last lands before the account's data
+    /// is deleted rather than after.
+    ///
+    /// # Errors
+    /// On storage failure, or when a stop can't be asked.
+    pub async fn stop_answers_of(&self, owner: UserId) -> Result<(), AppError> {
+        let ports = &self.inner.ports;
+        let mut running = Vec::new();
+        for id in ports.conversations.ids(owner).await? {
+            if ports.log.request_stop(id).await? {
+                running.push(id);
+            }
+        }
+        if running.is_empty() {
+            return Ok(());
+        }
+        let closed = async {
+            for id in running {
+                // A log that expired or fails is not waited for.
+                if let Ok(mut feed) = ports.log.read(id, ReadFrom::Start).await {
+                    while let Ok(Some(_event)) = feed.next().await {}
+                }
+            }
+        };
+        if tokio::time::timeout(self.inner.rules.stop_wait, closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!(user_id = %owner, "an answer of a deleted account did not stop in time");
+        }
+        Ok(())
     }
 
     /// The ids of all of the caller's conversations, archived ones too,

@@ -41,7 +41,7 @@ pub(crate) use send::{
 };
 pub(crate) use sessions::{SessionBody, SessionList};
 pub(crate) use tree::TreeBody;
-pub(crate) use users::{PasswordChangeRequest, UserPage, UserPatch};
+pub(crate) use users::{AccountDeletionRequest, PasswordChangeRequest, UserPage, UserPatch};
 
 /// What kind of route a path is: the middlewares decide by this (the rate
 /// limit, idempotency keys, caching and CSP headers), and it is declared
@@ -274,6 +274,15 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         route: || web::route().to(users::me),
     },
     Endpoint {
+        method: Method::DELETE,
+        path: "/api/v1/users/me",
+        class: RouteClass::Api,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Empty,
+        route: || web::route().to(users::delete_me),
+    },
+    Endpoint {
         method: Method::POST,
         path: "/api/v1/users/me/password",
         class: RouteClass::Auth,
@@ -308,6 +317,15 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         keys_itself: false,
         produces: Produces::Json,
         route: || web::route().to(users::update),
+    },
+    Endpoint {
+        method: Method::DELETE,
+        path: "/api/v1/admin/users/{id}",
+        class: RouteClass::Api,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Empty,
+        route: || web::route().to(users::delete),
     },
     Endpoint {
         method: Method::GET,

@@ -92,6 +92,57 @@ pub(crate) async fn change_password(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// The confirmation of an account's deletion.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AccountDeletionRequest {
+    /// The account's password.
+    #[schema(schema_with = crate::fields::presented_password)]
+    password: String,
+}
+
+/// Deletes the caller's account and everything of it: its conversations
+/// and messages, its sessions (every token of it refused at once, on every
+/// instance), its idempotency records and cached entries; any answer it is
+/// generating is stopped first. The password is checked as a login's is
+/// (the same limits). What is deleted, and when, is in docs/security.md.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/me",
+    operation_id = "delete_own_account",
+    tag = "users",
+    request_body = AccountDeletionRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted; the caller's tokens no longer work."),
+        (status = 400, description = "A malformed body.", body = ErrorBody),
+        (status = 401, description = "Missing or refused access token (`AUTH_REQUIRED`, `TOKEN_EXPIRED`; a deleted account's tokens are refused), or the password is wrong (`INVALID_CREDENTIALS`).", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not JSON.", body = ErrorBody),
+        (status = 422, description = "The password is too long.", body = ErrorBody),
+        (status = 429, description = "Too many attempts (the login limits); see `Retry-After`.", body = ErrorBody),
+        (status = 503, description = "A store failed part-way; what was deleted stays deleted and a retry (or an admin's deletion) finishes the rest.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn delete_me(
+    req: HttpRequest,
+    state: State,
+    AuthUser(caller): AuthUser,
+    Json(body): Json<AccountDeletionRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let password = Password::presented(&body.password).map_err(AppError::from)?;
+    state
+        .accounts
+        .delete_own_account(
+            &caller,
+            &password,
+            &client_key(&req, &state.trusted_proxies),
+            &state.conversations,
+        )
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
 /// Paging of a list.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -195,4 +246,38 @@ pub(crate) async fn update(
     let id: UserId = id.parse().map_err(|_| ApiError::not_found())?;
     let user = accounts.set_disabled(&caller, id, patch.disabled).await?;
     Ok(HttpResponse::Ok().json(UserBody::from_user(&user)?))
+}
+
+/// Deletes an account and everything of it, as the owner's own deletion
+/// does (admins only; an admin deletes their own account with `DELETE
+/// /api/v1/users/me`). Idempotent: an account that is gone already is
+/// 204 too, and its stores are swept again.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/admin/users/{id}",
+    operation_id = "delete_user",
+    tag = "admin",
+    params(("id" = uuid::Uuid, Path, description = "The user's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted (or already gone)."),
+        (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        (status = 404, description = "A malformed id.", body = ErrorBody),
+        (status = 422, description = "The id is the caller's own (`field`: `user_id`).", body = ErrorBody),
+        (status = 429, description = "Rate limited; see `Retry-After` and the `RateLimit` headers.", body = ErrorBody),
+        (status = 503, description = "A store failed part-way; a retry finishes the rest.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn delete(
+    state: State,
+    AdminUser(caller): AdminUser,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id: UserId = id.parse().map_err(|_| ApiError::not_found())?;
+    state
+        .accounts
+        .delete_user(&caller, id, &state.conversations)
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
 }

@@ -1,14 +1,12 @@
 //! The conversation use cases: the chat model the configuration names,
-//! the in-process stream log and cache.
+//! over the stream log and cache [`wire`](super::wire) built.
 
 use std::sync::Arc;
 
 use confab_app::{ConversationPorts, ConversationRules, Conversations};
 use confab_domain::ModelSlug;
 use confab_llm::{LoadingModel, LocalModel, LocalSettings, OpenAiCompatible, OpenAiSettings};
-use confab_memory::{MemoryCache, MemoryStreamLog, StreamLogOptions};
-use confab_ports::{ChatModel, StreamLog, SystemClock};
-use confab_redis::{RedisCache, RedisStreamLog, RedisStreamLogOptions};
+use confab_ports::{ChatModel, SystemClock};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{Wired, per_minute};
@@ -113,31 +111,6 @@ pub(crate) async fn conversations(
     let llm = &settings.llm;
     let g = &settings.generation;
     let max_tokens = llm.max_tokens.get();
-    let retention = g.stream_retention;
-    // Every event but the text deltas is one of a handful; the adapter
-    // sends at most one delta per token.
-    let max_events_per_log = usize::try_from(max_tokens)
-        .unwrap_or(usize::MAX)
-        .saturating_add(64);
-    let log: Arc<dyn StreamLog> = match &wired.redis {
-        Some(pools) => {
-            let lease = settings.redis.stream_lease;
-            Arc::new(RedisStreamLog::new(
-                pools.shared.clone(),
-                RedisStreamLogOptions {
-                    retention,
-                    max_events_per_log,
-                    lease,
-                    poll_interval: lease / 3,
-                },
-            ))
-        }
-        None => Arc::new(MemoryStreamLog::new(StreamLogOptions {
-            retention,
-            max_events_per_log,
-            max_logs: g.max_streams.get(),
-        })),
-    };
     let model = chat_model(settings).await?;
     let default_model = match (
         model.as_ref().and_then(|m| m.default_name.as_deref()),
@@ -162,14 +135,8 @@ pub(crate) async fn conversations(
             conversations: wired.store.clone(),
             messages: wired.store.clone(),
             model: model.map(|m| m.model),
-            log,
-            cache: match &wired.redis {
-                Some(pools) => Arc::new(RedisCache::new(pools.shared.clone())),
-                None => Arc::new(MemoryCache::new(
-                    settings.cache.max_entries.get(),
-                    settings.cache.max_bytes.get(),
-                )),
-            },
+            log: wired.log.clone(),
+            cache: wired.cache.clone(),
             resume_tokens: wired.codec.clone(),
             limiter: wired.limiter.clone(),
             clock: Arc::new(SystemClock),

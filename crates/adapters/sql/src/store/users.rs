@@ -2,14 +2,16 @@
 
 use async_trait::async_trait;
 use confab_domain::{
-    DomainError, NewUser, OffsetDateTime, Page, PageRequest, PasswordHash, User, UserId,
+    ConversationId, DomainError, NewUser, OffsetDateTime, Page, PageRequest, PasswordHash, User,
+    UserId,
 };
 use confab_ports::UserStore;
 use diesel::prelude::*;
 
 use super::SqlStore;
+use crate::connection::on_backend;
 use crate::rows::{UserRow, micros};
-use crate::schema::users;
+use crate::schema::{conversations, users};
 
 #[async_trait]
 impl UserStore for SqlStore {
@@ -95,26 +97,55 @@ impl UserStore for SqlStore {
         })
     }
 
-    async fn set_password_hash(
+    async fn replace_password_hash(
         &self,
         id: UserId,
-        hash: PasswordHash,
+        current: &PasswordHash,
+        new: PasswordHash,
         at: OffsetDateTime,
-    ) -> Result<(), DomainError> {
-        let (id, hash, at) = (id.to_string(), hash.as_str().to_owned(), micros(at));
+    ) -> Result<bool, DomainError> {
+        let (id, current, new, at) = (
+            id.to_string(),
+            current.as_str().to_owned(),
+            new.as_str().to_owned(),
+            micros(at),
+        );
         let changed = self
             .db
             .write(move |conn| {
-                diesel::update(users::table.filter(users::id.eq(&id)))
-                    .set((users::password_hash.eq(&hash), users::updated_at.eq(at)))
-                    .execute(conn)
+                diesel::update(
+                    users::table
+                        .filter(users::id.eq(&id))
+                        .filter(users::password_hash.eq(&current)),
+                )
+                .set((users::password_hash.eq(&new), users::updated_at.eq(at)))
+                .execute(conn)
             })
             .await?;
-        if changed == 0 {
-            Err(DomainError::NotFound)
-        } else {
-            Ok(())
-        }
+        Ok(changed == 1)
+    }
+
+    async fn delete(&self, id: UserId) -> Result<Option<Vec<ConversationId>>, DomainError> {
+        let id = id.to_string();
+        let deleted: Option<Vec<String>> = self
+            .db
+            .write(move |conn| {
+                let owned = conversations::table.filter(conversations::user_id.eq(&id));
+                let ids = on_backend!(conn, |c| owned.select(conversations::id).load(c))?;
+                // The rest goes by `ON DELETE CASCADE`: conversations, then
+                // their messages (and, on SQLite, the search rows their
+                // triggers keep), login sessions and refresh tokens.
+                let gone = diesel::delete(users::table.filter(users::id.eq(&id))).execute(conn)?;
+                Ok((gone == 1).then_some(ids))
+            })
+            .await?;
+        deleted
+            .map(|ids| {
+                ids.iter()
+                    .map(|id| id.parse().map_err(DomainError::internal))
+                    .collect()
+            })
+            .transpose()
     }
 
     async fn set_disabled(

@@ -1,0 +1,91 @@
+//! [`Erasure`] on Redis: one pass of `SCAN` over the key prefix, unlinking
+//! every key that names the deleted user or one of their conversations
+//! (rate-limit buckets, failed-login counts, the account version, cache
+//! entries and version counters, idempotency records, answer streams).
+//! A deletion is rare and the pass reads the keyspace in batches, so it
+//! never blocks Redis; the keys are matched by their parts
+//! ([`ErasureTargets::names`]), not by a glob per conversation.
+
+use async_trait::async_trait;
+use confab_domain::DomainError;
+use confab_ports::{Erasure, ErasureTargets};
+
+use crate::pool::{RedisPool, unavailable};
+
+/// Keys asked for per `SCAN` call.
+const SCAN_BATCH: usize = 1_000;
+
+/// Forgets a deleted user's keys in Redis.
+#[derive(Debug, Clone)]
+pub struct RedisErasure {
+    pool: RedisPool,
+}
+
+impl RedisErasure {
+    /// An erasure over `pool`'s key prefix.
+    #[must_use]
+    pub fn new(pool: RedisPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait]
+impl Erasure for RedisErasure {
+    async fn erase(&self, targets: &ErasureTargets) -> Result<u64, DomainError> {
+        let prefix = self.pool.key("");
+        let pattern = format!("{}*", glob_escape(&prefix));
+        let mut conn = self.pool.connection()?;
+        let mut cursor: u64 = 0;
+        let mut erased = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_BATCH)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let doomed: Vec<&String> = keys
+                .iter()
+                .filter(|key| key.strip_prefix(&prefix).is_some_and(|k| targets.names(k)))
+                .collect();
+            if !doomed.is_empty() {
+                let unlinked: u64 = redis::cmd("UNLINK")
+                    .arg(&doomed)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                erased += unlinked;
+            }
+            if next == 0 {
+                return Ok(erased);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// `text` with the characters `SCAN MATCH` treats specially escaped.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_escape;
+
+    #[test]
+    fn a_prefix_is_matched_literally() {
+        assert_eq!(glob_escape("confab:"), "confab:");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+}
