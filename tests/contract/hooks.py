@@ -16,10 +16,14 @@ one value to another, which a JSON Schema can't state:
   is stale by design (412 PRECONDITION_FAILED). A schema-valid one is
   replaced by `*` (any current version); malformed ones of negative cases
   go out as generated (400).
+- A usage report covers `from` to `to` (default today, UTC), at most 366
+  days, `from` not after `to` (422 by design). A schema-valid period that
+  breaks it starts on its `to` instead.
 
 Nothing else is changed: every other request goes out as generated.
 """
 
+import datetime
 import uuid
 
 import schemathesis
@@ -50,8 +54,25 @@ def _keep_registration_rules(case) -> None:
         body["email"] = f"zq{uuid.uuid4().hex[:12]}@example.com"
 
 
+def _keep_period_rules(case) -> None:
+    query = case.query
+    if not isinstance(query, dict) or not _positive(case):
+        return
+    try:
+        to = query.get("to")
+        last = datetime.date.fromisoformat(to) if isinstance(to, str) else datetime.datetime.now(datetime.timezone.utc).date()
+        start = query.get("from")
+        first = datetime.date.fromisoformat(start) if isinstance(start, str) else None
+    except ValueError:
+        return
+    if first is not None and (first > last or (last - first).days >= 366):
+        query["from"] = last.isoformat()
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
+    if case.method.upper() in ("GET", "HEAD") and case.formatted_path.endswith("/usage"):
+        _keep_period_rules(case)
     if case.method.upper() == "POST" and case.formatted_path.endswith("/auth/register"):
         _keep_registration_rules(case)
     headers = case.headers or {}

@@ -87,6 +87,24 @@ async fn in_process(backend: Backend, redis: bool) {
     sends
         .assert_all_complete(&what, &app.db.store().await)
         .await;
+    assert_usage_counts(&app, &token, 100).await;
+}
+
+/// That the usage of `token`'s user counts `answers` answers, each
+/// estimated (the paced model reports no usage) and none lost to the
+/// concurrent upserts of one day's line.
+async fn assert_usage_counts(app: &TestApp, token: &str, answers: u64) {
+    let res = app.get_auth("/api/v1/users/me/usage", token).await;
+    assert_eq!(res.status(), 200);
+    let report: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(report["totals"]["answers"], answers, "{report}");
+    assert_eq!(report["totals"]["estimated_answers"], answers, "{report}");
+    let per_answer = u64::try_from(full_answer().chars().count().div_ceil(4)).unwrap();
+    assert_eq!(
+        report["totals"]["completion_tokens"],
+        answers * per_answer,
+        "{report}"
+    );
 }
 
 async fn a_hundred_sends_at_once_all_complete(backend: Backend) {
@@ -658,6 +676,8 @@ async fn on_two_instances(db: TestDatabase, n: usize, spread: bool, cap: Duratio
     let over = if spread { "A and B alternately" } else { "A" };
     let what = format!("{n} sends to {over} of two processes, {backend:?} + Redis");
     sends.assert_all_complete(&what, &a.db.store().await).await;
+    // Each instance recorded its own answers' usage in the one database.
+    assert_usage_counts(&b, &token, u64::try_from(n).unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

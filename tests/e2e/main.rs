@@ -53,3 +53,4 @@ mod sessions;
 mod settings;
 mod stream;
 mod tree;
+mod usage;

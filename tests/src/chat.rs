@@ -44,6 +44,23 @@ pub fn spawn_chat(backend: Backend, llm: &FakeLlm, extra: &[(&str, &str)]) -> Te
     spawn_app_with(backend, &vars)
 }
 
+/// As [`spawn_chat`], sharing state through the test Redis under a key
+/// prefix of its own (its [`TestApp::sibling`]s share it).
+///
+/// # Panics
+/// When the server can't start.
+#[must_use]
+pub fn spawn_chat_with_redis(backend: Backend, llm: &FakeLlm, extra: &[(&str, &str)]) -> TestApp {
+    let url = crate::redis_url();
+    let prefix = format!("confab-e2e:{}:", uuid::Uuid::new_v4());
+    let mut vars = vec![
+        ("REDIS_URL", url.as_str()),
+        ("CONFAB__REDIS__KEY_PREFIX", prefix.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    spawn_chat(backend, llm, &vars)
+}
+
 /// Whether `e` is a text delta: an `append` to the answer's text.
 #[must_use]
 pub fn is_append(e: &SseEvent) -> bool {

@@ -28,15 +28,19 @@ pub const DELTAS: usize = 20;
 pub const SPACING: Duration = Duration::from_millis(20);
 
 /// The limits one user's burst would run into, lifted (generation slots
-/// and buckets, request bucket), and title generation off: one upstream
+/// and buckets, request bucket, token allowances: set, so that each send
+/// checks them, but out of reach), and title generation off: one upstream
 /// call per send. A million per minute, not more: the Redis limiter counts
 /// in whole microseconds and refuses a policy whose period (window /
 /// quota) is under one, as an internal error on every request.
-pub const BURST_LIMITS: [(&str, &str); 4] = [
+pub const BURST_LIMITS: [(&str, &str); 6] = [
     ("CONFAB__GENERATION__MAX_CONCURRENT_PER_USER", "100000"),
     ("CONFAB__GENERATION__PER_MINUTE", "1000000"),
     ("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "1000000"),
     ("CONFAB__LLM__TITLE_GENERATION", "false"),
+    // An allowance in force, never reached: every send's check runs.
+    ("CONFAB__QUOTA__DAILY_TOKENS", "1000000000"),
+    ("CONFAB__QUOTA__MONTHLY_TOKENS", "1000000000"),
 ];
 
 /// The `k`-th (from 0) text delta of the answer.

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use confab_domain::{BoxError, DomainError, Field};
+use confab_domain::{BoxError, DomainError, Exhausted, Field};
 use confab_ports::{RateDecision, RatePolicy};
 
 /// Why a caller is not authenticated.
@@ -71,6 +71,9 @@ pub enum AppError {
         /// Its bucket's state.
         decision: RateDecision,
     },
+    /// The caller's token allowance is used up: no answer until it resets.
+    #[error("token allowance used up")]
+    QuotaExceeded(Exhausted),
     /// The conversation is still generating an answer.
     #[error("an answer is still being generated")]
     Busy,

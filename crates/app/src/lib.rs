@@ -15,8 +15,9 @@ pub use accounts::{
     PasswordChange, Registration, Session, SessionView,
 };
 pub use conversations::{
-    AnswerEnd, Cached, ConversationPage, ConversationPorts, ConversationRules, Conversations, Kept,
-    ListVersion, ModelInfo, NothingKept, Read, SendAction, SendMessage, Started, TreePage,
+    AllowanceView, AnswerEnd, Cached, ConversationPage, ConversationPorts, ConversationRules,
+    Conversations, Kept, ListVersion, ModelInfo, NothingKept, Read, SendAction, SendMessage,
+    Started, TreePage,
 };
 pub use error::{AppError, AuthFailure, ReaderScope};
 pub use limits::{FallbackLimiter, SeparateAdmission};

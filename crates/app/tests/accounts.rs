@@ -196,6 +196,7 @@ async fn build(db: &TestDatabase, iterations: u32) -> Built {
         limiter,
         failures: Arc::new(InMemoryFailures::new(10_000)),
         erasures: Vec::new(),
+        usage: store.clone(),
     };
     let limits = AccountRules {
         per_ip: login.clone(),
@@ -697,6 +698,29 @@ async fn a_login_overtaken_by_a_password_change_keeps_no_session() {
     );
     let now = OffsetDateTime::now_utc();
     assert!(built.store.sessions(user.id, now).await.unwrap().is_empty());
+    // A rehash of the same password landing meanwhile (another login's)
+    // is no change: the login goes on.
+    let rehashed = Pbkdf2Hasher::new(HasherOptions {
+        iterations: MIN_ITERATIONS,
+        max_concurrent: 1,
+        max_waiting: 1,
+    })
+    .unwrap()
+    .hash(&Password::presented("correct horse battery").unwrap())
+    .await
+    .unwrap();
+    let tess = built
+        .accounts
+        .register(reg("tess", "tess@example.com", "correct horse battery"))
+        .await
+        .unwrap();
+    *built.change_before_read.lock().unwrap() = Some((2, rehashed));
+    built
+        .accounts
+        .login(attempt("tess", "correct horse battery", "10.0.0.9"))
+        .await
+        .unwrap();
+    assert_eq!(built.store.sessions(tess.id, now).await.unwrap().len(), 1);
     // Control: the same login with nothing changing meanwhile opens one.
     let sam = built
         .accounts

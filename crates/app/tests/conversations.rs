@@ -60,6 +60,7 @@ fn rules() -> ConversationRules {
         title_timeout: Duration::from_secs(2),
         cache_ttl: Duration::from_secs(60),
         stop_wait: Duration::from_secs(5),
+        allowance: confab_domain::Allowance::default(),
     }
 }
 
@@ -95,6 +96,7 @@ fn harness_on(
         resume_tokens: Arc::new(codec),
         limiter: Arc::new(GovernorLimiter::new()),
         clock: clock.clone(),
+        usage: store.clone(),
     };
     Harness {
         conversations: Conversations::new(ports, rules),

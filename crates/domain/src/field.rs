@@ -74,4 +74,8 @@ pub enum Field {
     ResumeToken,
     /// The id of the last stream event a reader saw.
     LastEventId,
+    /// The first day of a report.
+    From,
+    /// The last day of a report.
+    To,
 }

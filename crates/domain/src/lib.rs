@@ -16,6 +16,7 @@ mod message;
 mod page;
 mod search;
 mod text;
+mod usage;
 mod user;
 mod vocabulary;
 mod wire;
@@ -33,9 +34,15 @@ pub use message::{
 };
 pub use page::{Children, HistoryRequest, ListOrder, MessagePage, Page, PageRequest};
 pub use search::{SearchHit, SearchQuery, Snippet};
+pub use usage::{
+    Allowance, AllowancePeriod, AnswerUsage, DailyUsage, Exhausted, TokenUsage, TokensUsed,
+    UsagePeriod, month_start,
+};
 pub use user::{Email, NewUser, Password, PasswordHash, Role, User, Username};
 pub use vocabulary::{ErrorCode, EventName};
 pub use wire::{MessageDocument, TEXT_PATH, WireEvent, epoch_seconds, events, rfc3339};
 
+/// A calendar day (of usage reports, UTC).
+pub use time::Date;
 /// The time type every Confab timestamp uses (always UTC).
 pub use time::OffsetDateTime;

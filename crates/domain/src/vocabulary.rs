@@ -42,6 +42,8 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     /// 429: a rate limit refused the request.
     RateLimited,
+    /// 429: the user's token allowance for the day or month is used up.
+    QuotaExceeded,
     /// 500: anything unexpected.
     InternalError,
     /// 502: the model's server failed.
@@ -54,7 +56,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::ValidationError,
         Self::AuthRequired,
         Self::TokenExpired,
@@ -70,6 +72,7 @@ impl ErrorCode {
         Self::UnsupportedMediaType,
         Self::IdempotencyKeyReused,
         Self::RateLimited,
+        Self::QuotaExceeded,
         Self::InternalError,
         Self::UpstreamError,
         Self::Unavailable,

@@ -13,7 +13,9 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use actix_web::{HttpResponse, ResponseError};
 use confab_app::{AppError, AuthFailure, ReaderScope};
-use confab_domain::{BoxError, ErrorCode, Field};
+use confab_domain::{
+    AllowancePeriod, BoxError, ErrorCode, Exhausted, Field, OffsetDateTime, rfc3339,
+};
 use confab_ports::{RateDecision, RatePolicy};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -318,6 +320,8 @@ pub(crate) const fn field_name(field: Field) -> &'static str {
         Field::Temperature => "metadata.temperature",
         Field::ResumeToken => "X-Resume-Token",
         Field::LastEventId => "Last-Event-ID",
+        Field::From => "from",
+        Field::To => "to",
     }
 }
 
@@ -423,6 +427,7 @@ impl From<AppError> for ApiError {
                 Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "not allowed")
             }
             AppError::RateLimited { policy, decision } => Self::rate_limited(&policy, &decision),
+            AppError::QuotaExceeded(exhausted) => Self::quota_exceeded(&exhausted),
             AppError::Busy => Self::new(
                 StatusCode::CONFLICT,
                 ErrorCode::Conflict,
@@ -511,6 +516,49 @@ impl ApiError {
         e
     }
 
+    /// 429 `QUOTA_EXCEEDED`: the caller's token allowance is used up until
+    /// `resets_at`, with `Retry-After` and the rate-limit headers of the
+    /// allowance (`tokens-day` or `tokens-month`; `w` its length, `r` 0,
+    /// `t` the seconds until it resets).
+    #[must_use]
+    pub fn quota_exceeded(exhausted: &Exhausted) -> Self {
+        let now = OffsetDateTime::now_utc();
+        let wait = (exhausted.resets_at - now).max(time::Duration::ZERO);
+        let wait = std::time::Duration::try_from(wait).unwrap_or_default();
+        let (name, window) = match exhausted.period {
+            AllowancePeriod::Day => ("tokens-day", 86_400),
+            AllowancePeriod::Month => ("tokens-month", 30 * 86_400),
+        };
+        let resets = rfc3339(exhausted.resets_at).unwrap_or_default();
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::QuotaExceeded,
+            format!(
+                "the {} token allowance ({} tokens) is used up; it resets at {resets}",
+                match exhausted.period {
+                    AllowancePeriod::Day => "daily",
+                    AllowancePeriod::Month => "monthly",
+                },
+                exhausted.limit
+            ),
+        );
+        e.headers
+            .push((RETRY_AFTER, HeaderValue::from(ceil_secs(wait).max(1))));
+        let policy = RatePolicy {
+            name: name.to_owned(),
+            quota: u32::try_from(exhausted.limit).unwrap_or(u32::MAX),
+            window: std::time::Duration::from_secs(window),
+        };
+        let decision = RateDecision {
+            allowed: false,
+            remaining: 0,
+            reset_after: wait,
+            retry_after: wait,
+        };
+        e.headers.extend(rate_limit_headers(&policy, &decision));
+        e
+    }
+
     /// 429 `RATE_LIMITED` with `Retry-After` and the rate-limit headers.
     #[must_use]
     pub fn rate_limited(policy: &RatePolicy, decision: &RateDecision) -> Self {
@@ -578,6 +626,7 @@ mod tests {
                 "UNSUPPORTED_MEDIA_TYPE",
                 "IDEMPOTENCY_KEY_REUSED",
                 "RATE_LIMITED",
+                "QUOTA_EXCEEDED",
                 "INTERNAL_ERROR",
                 "UPSTREAM_ERROR",
                 "UNAVAILABLE",

@@ -191,6 +191,17 @@ pub(crate) fn text_type() -> Object {
     only("text")
 }
 
+/// A day of a usage report, `YYYY-MM-DD` (UTC).
+pub(crate) fn day() -> Object {
+    string(Some(10), Some(10))
+        .format(Some(SchemaFormat::KnownFormat(
+            utoipa::openapi::KnownFormat::Date,
+        )))
+        .pattern(Some("^[0-9]{4}-[0-9]{2}-[0-9]{2}$"))
+        .description(Some("A day, `YYYY-MM-DD` (UTC)."))
+        .build()
+}
+
 /// A list's `offset` ([`PageRequest::new`]).
 pub(crate) fn offset() -> Object {
     integer(0, PageRequest::MAX_OFFSET)

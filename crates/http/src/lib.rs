@@ -208,6 +208,7 @@ mod tests {
                 resume_tokens: Arc::new(Inert),
                 limiter: Arc::new(Inert),
                 clock: Arc::new(ManualClock::default()),
+                usage: store.clone(),
             },
             ConversationRules {
                 default_model: ModelSlug::parse("m").unwrap(),
@@ -224,6 +225,7 @@ mod tests {
                 title_timeout: std::time::Duration::from_secs(1),
                 cache_ttl: std::time::Duration::from_secs(1),
                 stop_wait: std::time::Duration::from_secs(1),
+                allowance: confab_domain::Allowance::default(),
             },
         )
     }
@@ -248,6 +250,7 @@ mod tests {
             limiter: Arc::new(Inert),
             failures: Arc::new(Inert),
             erasures: Vec::new(),
+            usage: store.clone(),
         };
         HttpState {
             conversations: conversations(&store),

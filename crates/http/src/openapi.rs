@@ -5,13 +5,14 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
-    AccountDeletionRequest, AuthorView, BackendConversationBody, ContentInput, ContentView,
-    ConversationBody, ConversationExport, ConversationItem, ConversationMeta, ConversationPageBody,
-    ConversationPatchBody, DeletedBody, Health, LoginRequest, MappingNode, MatchBody, MessageBody,
-    MessageInput, MessageMetadataView, MessageView, ModelBody, ModelList, NewConversationBody,
-    PasswordChangeRequest, ReadinessBody, RefreshRequest, RegisterRequest, SendBody, SendOptions,
-    SentBody, SessionBody, SessionList, SiblingsView, TokenBody, TreeBody, UserBody, UserPage,
-    UserPatch,
+    AccountDeletionRequest, AllowanceBody, AllowancePart, AuthorView, BackendConversationBody,
+    ContentInput, ContentView, ConversationBody, ConversationExport, ConversationItem,
+    ConversationMeta, ConversationPageBody, ConversationPatchBody, DeletedBody, Health,
+    LoginRequest, MappingNode, MatchBody, MessageBody, MessageInput, MessageMetadataView,
+    MessageView, ModelBody, ModelList, NewConversationBody, OwnAllowance, PasswordChangeRequest,
+    ReadinessBody, RefreshRequest, RegisterRequest, SendBody, SendOptions, SentBody, SessionBody,
+    SessionList, SiblingsView, TokenBody, TreeBody, UsageCounts, UsageDay, UsageReport, UserBody,
+    UserPage, UserPatch,
 };
 
 /// Declares the `bearer` security scheme the protected routes name.
@@ -261,6 +262,11 @@ impl Modify for HeadAndAccept {
         crate::routes::users::list,
         crate::routes::users::update,
         crate::routes::users::delete,
+        crate::routes::usage::mine,
+        crate::routes::usage::of_user,
+        crate::routes::usage::everyone,
+        crate::routes::usage::my_allowance,
+        crate::routes::usage::set_allowance,
         crate::routes::conversations::list,
         crate::routes::send::create,
         crate::routes::conversations::get,
@@ -282,7 +288,8 @@ impl Modify for HeadAndAccept {
         ConversationBody, ConversationMeta, ConversationPatchBody, SendBody, MessageBody, NewConversationBody, MessageInput, SiblingsView, BackendConversationBody, MappingNode, TreeBody, ConversationExport, DeletedBody,
         ContentInput, SendOptions, SentBody, MessageView, AuthorView, ContentView,
         MessageMetadataView, ModelBody, ModelList, SessionBody, SessionList, PasswordChangeRequest,
-        AccountDeletionRequest,
+        AccountDeletionRequest, UsageCounts, UsageDay, UsageReport, AllowanceBody, AllowancePart,
+        OwnAllowance,
     )),
     modifiers(&BearerAuth, &BackendAliases, &Validation, &IdempotencyKeys, &HeadAndAccept),
     tags(

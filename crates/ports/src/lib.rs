@@ -18,6 +18,7 @@ mod llm;
 mod password;
 mod store;
 mod stream;
+mod usage;
 
 pub use auth::{
     AccessClaims, Admission, Admitted, IssuedToken, NewRefreshToken, RateDecision, RateLimiter,
@@ -37,3 +38,4 @@ pub use llm::{
 pub use password::{PasswordHasher, Verification};
 pub use store::{ConversationQuery, ConversationStore, MessageStore, UserStore};
 pub use stream::{EventFeed, LogHead, LoggedEvent, ReadFrom, StopSignal, StreamLog};
+pub use usage::{UsageStanding, UsageStore};

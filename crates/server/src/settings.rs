@@ -20,7 +20,7 @@ mod units;
 
 pub use chat::{
     CacheSettings, GenerationSettings, IdempotencySettings, LlmProvider, LlmSettings,
-    LocalModelSettings,
+    LocalModelSettings, QuotaSettings,
 };
 
 /// `CONFAB_ENV`: which `config/{name}.toml` is layered on the defaults.
@@ -151,6 +151,8 @@ pub struct Settings {
     pub generation: GenerationSettings,
     /// The read cache.
     pub cache: CacheSettings,
+    /// Token allowances.
+    pub quota: QuotaSettings,
     /// `Idempotency-Key`.
     pub idempotency: IdempotencySettings,
     /// Cross-origin browser access.

@@ -299,6 +299,7 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
             limiter: limiter.clone(),
             failures,
             erasures,
+            usage: store.clone(),
         },
         AccountRules {
             per_ip: per_minute("login", login),

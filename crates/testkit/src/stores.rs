@@ -13,14 +13,15 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use confab_domain::{
-    Content, Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError,
-    FamilyId, Field, ListOrder, Message, MessageId, MessagePage, MessageStatus, NewConversation,
-    NewUser, OffsetDateTime, Page, PageRequest, PasswordHash, SearchHit, Title, TokenId, User,
-    UserId,
+    Allowance, AnswerUsage, Content, Conversation, ConversationId, ConversationPatch,
+    ConversationSummary, DailyUsage, Date, DomainError, FamilyId, Field, ListOrder, Message,
+    MessageId, MessagePage, MessageStatus, NewConversation, NewUser, OffsetDateTime, Page,
+    PageRequest, PasswordHash, SearchHit, Title, TokenId, TokensUsed, UsagePeriod, User, UserId,
+    month_start,
 };
 use confab_ports::{
     ConversationQuery, ConversationStore, HealthCheck, MessageStore, NewRefreshToken, Redemption,
-    RefreshTokenStore, SessionOrigin, SessionRecord, UserStore,
+    RefreshTokenStore, SessionOrigin, SessionRecord, UsageStanding, UsageStore, UserStore,
 };
 
 /// Characters of a message kept as a conversation's list preview (as the
@@ -68,6 +69,10 @@ struct State {
     messages: Vec<Message>,
     families: HashMap<FamilyId, StoredFamily>,
     tokens: HashMap<TokenId, StoredToken>,
+    /// Every answer's usage, as recorded.
+    usage: Vec<AnswerUsage>,
+    /// Users' own allowances.
+    allowances: HashMap<UserId, Allowance>,
 }
 
 impl State {
@@ -165,6 +170,74 @@ impl MemoryStore {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl UsageStore for MemoryStore {
+    async fn record(&self, usage: &AnswerUsage) -> Result<(), DomainError> {
+        let mut state = self.state();
+        if state.users.iter().any(|(u, _)| u.id == usage.user) {
+            state.usage.push(usage.clone());
+        }
+        Ok(())
+    }
+
+    async fn daily(
+        &self,
+        user: Option<UserId>,
+        period: UsagePeriod,
+    ) -> Result<Vec<DailyUsage>, DomainError> {
+        let state = self.state();
+        let mut days: std::collections::BTreeMap<(Date, String), DailyUsage> = Default::default();
+        for usage in &state.usage {
+            let day = usage.at.date();
+            if user.is_some_and(|u| u != usage.user) || day < period.from() || day > period.to() {
+                continue;
+            }
+            let model = usage.model.as_str().to_owned();
+            let line = days.entry((day, model.clone())).or_insert(DailyUsage {
+                day,
+                model,
+                answers: 0,
+                estimated_answers: 0,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+            });
+            line.answers += 1;
+            line.estimated_answers += u64::from(usage.tokens.estimated);
+            line.prompt_tokens += u64::from(usage.tokens.prompt_tokens);
+            line.completion_tokens += u64::from(usage.tokens.completion_tokens);
+        }
+        Ok(days.into_values().collect())
+    }
+
+    async fn standing(&self, user: UserId, today: Date) -> Result<UsageStanding, DomainError> {
+        let state = self.state();
+        let first = month_start(today);
+        let mut used = TokensUsed::default();
+        for usage in state.usage.iter().filter(|u| u.user == user) {
+            let day = usage.at.date();
+            if day >= first && day <= today {
+                used.month += usage.tokens.total();
+                if day == today {
+                    used.today += usage.tokens.total();
+                }
+            }
+        }
+        Ok(UsageStanding {
+            own: state.allowances.get(&user).copied().unwrap_or_default(),
+            used,
+        })
+    }
+
+    async fn set_allowance(&self, user: UserId, own: Allowance) -> Result<(), DomainError> {
+        let mut state = self.state();
+        if !state.users.iter().any(|(u, _)| u.id == user) {
+            return Err(DomainError::NotFound);
+        }
+        state.allowances.insert(user, own);
+        Ok(())
     }
 }
 
@@ -267,6 +340,8 @@ impl UserStore for MemoryStore {
             .retain(|m| !owned.contains(&m.conversation_id));
         state.families.retain(|_, f| f.user != id);
         state.tokens.retain(|_, t| t.user != id);
+        state.usage.retain(|u| u.user != id);
+        state.allowances.remove(&id);
         Ok(Some(owned))
     }
 

@@ -31,7 +31,7 @@ fn list() -> CachedValue {
 async fn every_store_forgets_the_deleted_users_entries_only() {
     let (gone, kept) = (UserId::generate(), UserId::generate());
     let (theirs, others) = (ConversationId::generate(), ConversationId::generate());
-    let targets = ErasureTargets::new(gone, &[theirs]);
+    let targets = ErasureTargets::new(gone, &["gone"], &[theirs]);
     let minute = Duration::from_secs(60);
 
     let cache = MemoryCache::new(1_000, 1 << 20);
@@ -84,7 +84,10 @@ async fn every_store_forgets_the_deleted_users_entries_only() {
     };
     failures.record(&keys(gone), minute).await.unwrap();
     failures.record(&keys(kept), minute).await.unwrap();
-    assert_eq!(failures.erase(&targets).await.unwrap(), 2);
+    // Failed logins typed with the name before the account existed.
+    let typed = ["login:name:gone".to_owned()];
+    failures.record(&typed, minute).await.unwrap();
+    assert_eq!(failures.erase(&targets).await.unwrap(), 3);
     let counts = failures.counts(&keys(gone)).await.unwrap();
     assert!(counts.iter().all(|c| c.failures == 0));
     let counts = failures.counts(&keys(kept)).await.unwrap();

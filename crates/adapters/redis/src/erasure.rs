@@ -4,7 +4,9 @@
 //! entries and version counters, idempotency records, answer streams).
 //! A deletion is rare and the pass reads the keyspace in batches, so it
 //! never blocks Redis; the keys are matched by their parts
-//! ([`ErasureTargets::names`]), not by a glob per conversation.
+//! ([`ErasureTargets::names`]), not by a glob per conversation. The
+//! account version is given an expiry instead when the targets keep it a
+//! while ([`ErasureTargets::keeping_version_for`]).
 
 use async_trait::async_trait;
 use confab_domain::DomainError;
@@ -33,6 +35,7 @@ impl RedisErasure {
 impl Erasure for RedisErasure {
     async fn erase(&self, targets: &ErasureTargets) -> Result<u64, DomainError> {
         let prefix = self.pool.key("");
+        let version = crate::blocklist::user_key(&self.pool, targets.user());
         let pattern = format!("{}*", glob_escape(&prefix));
         let mut conn = self.pool.connection()?;
         let mut cursor: u64 = 0;
@@ -47,10 +50,24 @@ impl Erasure for RedisErasure {
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| unavailable(&e))?;
-            let doomed: Vec<&String> = keys
+            let mut doomed: Vec<&String> = keys
                 .iter()
                 .filter(|key| key.strip_prefix(&prefix).is_some_and(|k| targets.names(k)))
                 .collect();
+            if let Some(grace) = targets.version_grace()
+                && doomed.iter().any(|key| **key == version)
+            {
+                // Kept a while longer (it refuses the account everywhere),
+                // then gone on its own.
+                doomed.retain(|key| **key != version);
+                let ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX).max(1);
+                let _: bool = redis::cmd("PEXPIRE")
+                    .arg(&version)
+                    .arg(ms)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+            }
             if !doomed.is_empty() {
                 let unlinked: u64 = redis::cmd("UNLINK")
                     .arg(&doomed)

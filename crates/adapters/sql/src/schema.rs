@@ -45,6 +45,26 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    usage_daily (user_id, day, model) {
+        user_id -> Text,
+        day -> Text,
+        model -> Text,
+        answers -> BigInt,
+        estimated_answers -> BigInt,
+        prompt_tokens -> BigInt,
+        completion_tokens -> BigInt,
+    }
+}
+
+diesel::table! {
+    user_allowances (user_id) {
+        user_id -> Text,
+        daily_tokens -> Nullable<BigInt>,
+        monthly_tokens -> Nullable<BigInt>,
+    }
+}
+
 diesel::joinable!(conversations -> users (user_id));
 diesel::joinable!(messages -> conversations (conversation_id));
 

@@ -70,6 +70,7 @@ on_both_backends!(
     a_user_with_tens_of_thousands_of_sessions_can_be_revoked,
     password_hash_is_replaced,
     a_deleted_user_leaves_no_row_and_names_every_conversation,
+    usage_is_summed_per_user_day_and_model,
     no_token_joins_a_revoked_family,
     orphaned_generations_are_closed_as_failed_with_their_text,
     generated_title_never_overwrites_a_rename,
@@ -668,7 +669,10 @@ async fn search_pages_and_counts_what_it_found(backend: Backend) {
 /// expires; one without tokens, at its creation; a revoked one stays ended.
 async fn sessions_of_the_previous_release_come_over_with_their_times(backend: Backend) {
     let db = TestDatabase::new(backend);
-    assert_eq!(db.before_migration("20261204000007"), ["20261204000007"]);
+    assert_eq!(
+        db.before_migration("20261204000007"),
+        ["20261205000008", "20261204000007"]
+    );
     let owner = UserId::generate();
     let (used, bare, revoked) = (
         FamilyId::generate(),
@@ -723,7 +727,7 @@ async fn a_database_of_the_previous_release_is_searchable(backend: Backend) {
     let db = TestDatabase::new(backend);
     assert_eq!(
         db.before_migration("20261204000006"),
-        ["20261204000007", "20261204000006"]
+        ["20261205000008", "20261204000007", "20261204000006"]
     );
     let owner = UserId::generate();
     let id = ConversationId::generate();
@@ -1671,6 +1675,100 @@ async fn a_deleted_user_leaves_no_row_and_names_every_conversation(backend: Back
     assert_eq!(UserStore::delete(&f.store, gone.id).await.unwrap(), None);
 }
 
+async fn usage_is_summed_per_user_day_and_model(backend: Backend) {
+    use confab_domain::{AnswerUsage, TokenUsage, UsagePeriod};
+    use confab_ports::UsageStore;
+    let f = fixture(backend).await;
+    let (una, vic) = (user(&f.store, "una").await, user(&f.store, "vic").await);
+    let day = |d: u8| {
+        time::Date::from_calendar_date(2026, time::Month::December, d)
+            .unwrap()
+            .with_hms(12, 0, 0)
+            .unwrap()
+            .assume_utc()
+    };
+    let model = |m: &str| confab_domain::ModelSlug::parse(m).unwrap();
+    let answer = |user: UserId, m: &str, at, tokens| AnswerUsage {
+        user,
+        model: model(m),
+        at,
+        tokens,
+    };
+    for usage in [
+        answer(una.id, "big", day(1), TokenUsage::reported(10, 5)),
+        answer(una.id, "big", day(1), TokenUsage::estimate(8, 4)),
+        answer(una.id, "small", day(1), TokenUsage::reported(1, 1)),
+        answer(una.id, "big", day(3), TokenUsage::reported(7, 7)),
+        answer(vic.id, "big", day(1), TokenUsage::reported(100, 50)),
+    ] {
+        f.store.record(&usage).await.unwrap();
+    }
+    let period = |from: u8, to: u8| {
+        UsagePeriod::new(Some(day(from).date()), Some(day(to).date()), day(31).date()).unwrap()
+    };
+    let lines = f.store.daily(Some(una.id), period(1, 31)).await.unwrap();
+    let seen: Vec<_> = lines
+        .iter()
+        .map(|l| {
+            (
+                l.day.day(),
+                l.model.as_str(),
+                l.answers,
+                l.estimated_answers,
+                l.prompt_tokens,
+                l.completion_tokens,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "big", 2, 1, 12, 6),
+            (1, "small", 1, 0, 1, 1),
+            (3, "big", 1, 0, 7, 7)
+        ]
+    );
+    // The period's bounds are inclusive; everyone's is summed.
+    assert_eq!(
+        f.store
+            .daily(Some(una.id), period(2, 3))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        f.store
+            .daily(Some(una.id), period(4, 31))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let all = f.store.daily(None, period(1, 1)).await.unwrap();
+    let big = all.iter().find(|l| l.model == "big").unwrap();
+    assert_eq!(
+        (big.answers, big.prompt_tokens, big.completion_tokens),
+        (3, 112, 56)
+    );
+    // A deleted account's usage goes with it, and a late answer of its
+    // records nothing.
+    UserStore::delete(&f.store, vic.id).await.unwrap();
+    f.store
+        .record(&answer(vic.id, "big", day(1), TokenUsage::reported(1, 1)))
+        .await
+        .unwrap();
+    let all = f.store.daily(None, period(1, 1)).await.unwrap();
+    let big = all.iter().find(|l| l.model == "big").unwrap();
+    assert_eq!(big.answers, 2);
+    assert!(
+        f.store
+            .daily(Some(vic.id), period(1, 31))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 async fn orphaned_generations_are_closed_as_failed_with_their_text(backend: Backend) {
     let f = fixture(backend).await;
     let pat = user(&f.store, "pat").await;
@@ -1939,6 +2037,7 @@ async fn a_database_of_the_previous_release_comes_over_as_one_branch(backend: Ba
     assert_eq!(
         db.before_migration("20261204000004"),
         [
+            "20261205000008",
             "20261204000007",
             "20261204000006",
             "20261204000005",

@@ -16,7 +16,7 @@ const MAX_KNOWN: usize = 100_000;
 /// How long a remembered account is trusted even with an unchanged
 /// version: a bound on how long a lost version bump (a Redis flushed under
 /// a running service) can hide a change.
-const MAX_AGE: Duration = Duration::from_secs(10);
+pub(super) const MAX_AGE: Duration = Duration::from_secs(10);
 
 /// One remembered account.
 #[derive(Debug, Clone, Copy)]

@@ -5,14 +5,14 @@ mod known;
 use std::sync::Arc;
 
 use confab_domain::{
-    DomainError, Email, FamilyId, Field, NewUser, OffsetDateTime, Page, PageRequest, Password,
-    PasswordHash, Role, User, UserId, Username,
+    DailyUsage, DomainError, Email, FamilyId, Field, NewUser, OffsetDateTime, Page, PageRequest,
+    Password, PasswordHash, Role, UsagePeriod, User, UserId, Username,
 };
 use confab_ports::{
     AccessClaims, Admission, Erasure, ErasureTargets, FailureCounter, IssuedToken, NewRefreshToken,
     PasswordHasher, RateDecision, RateLimiter, RatePolicy, Redemption, RefreshTokenStore,
-    SessionOrigin, SessionRecord, TokenBlocklist, TokenCodec, TokenRejection, UserStore,
-    Verification,
+    SessionOrigin, SessionRecord, TokenBlocklist, TokenCodec, TokenRejection, UsageStore,
+    UserStore, Verification,
 };
 
 use crate::conversations::list_key;
@@ -170,6 +170,8 @@ pub struct AccountPorts {
     /// The stores outside the database that keep something of a user,
     /// each forgetting it when the account is deleted.
     pub erasures: Vec<Arc<dyn Erasure>>,
+    /// Token usage, read back per day and model.
+    pub usage: Arc<dyn UsageStore>,
 }
 
 /// The account use cases.
@@ -359,7 +361,10 @@ impl Accounts {
         // but its caller's; this one, opened after the check, must not
         // escape it. Opened before this read, it is ended by the change's
         // revocation; a change seen here ends it now.
-        if !self.password_is(&user, &verified).await? {
+        if !self
+            .still_current(&user, &verified, &attempt.password)
+            .await?
+        {
             self.ports.refresh_tokens.revoke_family(family, now).await?;
             tracing::info!(user_id = %user.id, "login refused: the password changed meanwhile");
             return Err(AppError::Unauthorized(AuthFailure::BadCredentials));
@@ -446,14 +451,35 @@ impl Accounts {
         }
     }
 
-    /// Whether `user`'s stored password hash is still `hash`.
-    async fn password_is(&self, user: &User, hash: &PasswordHash) -> Result<bool, AppError> {
-        let stored = self
+    /// `user`'s password hash as stored now (`None`: the account is gone).
+    async fn stored_hash(&self, user: &User) -> Result<Option<PasswordHash>, AppError> {
+        Ok(self
             .ports
             .users
             .find_credentials(user.username.as_str())
-            .await?;
-        Ok(stored.is_some_and(|(found, stored)| found.id == user.id && stored == *hash))
+            .await?
+            .filter(|(found, _)| found.id == user.id)
+            .map(|(_, stored)| stored))
+    }
+
+    /// Whether `password`, verified against `hash`, is still `user`'s: the
+    /// stored hash is still `hash`, or (another login's rehash, a change
+    /// to the same password) the one stored now verifies it too.
+    async fn still_current(
+        &self,
+        user: &User,
+        hash: &PasswordHash,
+        password: &Password,
+    ) -> Result<bool, AppError> {
+        let stored = self.stored_hash(user).await?;
+        match stored {
+            None => Ok(false),
+            Some(stored) if stored == *hash => Ok(true),
+            Some(stored) => Ok(matches!(
+                self.ports.hasher.verify(password, Some(&stored)).await?,
+                Verification::Match | Verification::MatchNeedsRehash
+            )),
+        }
     }
 
     /// Checks that `password` is `user`'s current one as a login does, so
@@ -480,13 +506,7 @@ impl Accounts {
             format!("login:user:{}:from:{client}", user.id),
         ];
         self.refuse_after_failures(&keys).await?;
-        let stored = self
-            .ports
-            .users
-            .find_credentials(user.username.as_str())
-            .await?
-            .filter(|(found, _)| found.id == user.id)
-            .map(|(_, hash)| hash);
+        let stored = self.stored_hash(user).await?;
         let verdict = self.ports.hasher.verify(password, stored.as_ref()).await?;
         match (stored, verdict) {
             (Some(hash), Verification::Match | Verification::MatchNeedsRehash) => {
@@ -712,7 +732,10 @@ impl Accounts {
             .refresh_tokens
             .revoke_user(user, except, now)
             .await?;
-        let until = now + self.ports.tokens.access_ttl();
+        // Every access token of these sessions was issued before their
+        // revocation committed (one issued after it is never handed out):
+        // they all expire before this.
+        let until = OffsetDateTime::now_utc() + self.ports.tokens.access_ttl();
         for family in &families {
             self.ports.blocklist.block_family(*family, until).await?;
         }
@@ -758,20 +781,47 @@ impl Accounts {
             )
             .into());
         }
-        let now = OffsetDateTime::now_utc();
         let hash = self.ports.hasher.hash(&new).await?;
-        if !self
-            .ports
-            .users
-            .replace_password_hash(user.id, &current, hash, now)
-            .await?
-        {
-            // Another change (or a login's rehash) landed since the check:
-            // the password given may no longer be the current one.
-            tracing::info!(user_id = %user.id, "password change refused: it changed meanwhile");
-            return Err(AppError::Unauthorized(AuthFailure::BadCredentials));
+        let mut current = current;
+        // Another change, or a login's rehash, may land between the check
+        // and the write: the write is made against the hash checked, and
+        // made again once if the password given still verifies against
+        // the one stored now (a rehash).
+        for attempt in 0..2 {
+            let now = OffsetDateTime::now_utc();
+            if self
+                .ports
+                .users
+                .replace_password_hash(user.id, &current, hash.clone(), now)
+                .await?
+            {
+                break;
+            }
+            let stored = self.stored_hash(&user).await?;
+            let verdict = self
+                .ports
+                .hasher
+                .verify(&change.current, stored.as_ref())
+                .await?;
+            match stored {
+                Some(stored)
+                    if attempt == 0
+                        && matches!(
+                            verdict,
+                            Verification::Match | Verification::MatchNeedsRehash
+                        ) =>
+                {
+                    current = stored;
+                }
+                _ => {
+                    tracing::info!(user_id = %user.id, "password change refused: it changed meanwhile");
+                    return Err(AppError::Unauthorized(AuthFailure::BadCredentials));
+                }
+            }
         }
-        let ended = self.end_sessions(user.id, Some(caller.family), now).await?;
+        let ended = self
+            .end_sessions(user.id, Some(caller.family), OffsetDateTime::now_utc())
+            .await?;
         tracing::info!(
             security_event = "password_changed",
             user_id = %user.id,
@@ -784,7 +834,7 @@ impl Accounts {
     /// How long after an account's deletion its stores outside the
     /// database are swept once more, for what a request already under way
     /// when it went wrote after the first sweep.
-    pub const ERASURE_SECOND_PASS: std::time::Duration = std::time::Duration::from_secs(10);
+    pub const ERASURE_SECOND_PASS: std::time::Duration = std::time::Duration::from_secs(15);
 
     /// Deletes the caller's own account, with everything of it
     /// ([`Accounts::delete_user`] says what). The password must be given,
@@ -858,36 +908,60 @@ impl Accounts {
         Ok(())
     }
 
+    /// How long a deleted account's version is kept after its deletion
+    /// moved it: longer than any instance trusts what it read of an
+    /// account at an unchanged version.
+    const DELETED_VERSION_GRACE: std::time::Duration =
+        known::MAX_AGE.saturating_add(std::time::Duration::from_secs(2));
+
     /// What [`Accounts::delete_user`] does; whether the account existed.
     async fn erase_account(
         &self,
         user: UserId,
         conversations: &Conversations,
     ) -> Result<bool, AppError> {
-        let now = OffsetDateTime::now_utc();
-        // Its tokens die first (no new request starts), then its answers,
-        // then its rows.
-        self.end_sessions(user, None, now).await?;
-        conversations.stop_answers_of(user).await?;
+        let names = match self.ports.users.get(user).await {
+            Ok(found) => vec![
+                found.username.as_str().to_owned(),
+                found.email.as_str().to_owned(),
+            ],
+            Err(DomainError::NotFound) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        // Its tokens die first: no new request of its starts.
+        self.end_sessions(user, None, OffsetDateTime::now_utc())
+            .await?;
         let deleted = self.ports.users.delete(user).await?;
+        // A login that passed its checks while the sessions ended holds a
+        // token of a session that was never blocked: moving the account's
+        // version makes every instance read the account again, find it
+        // gone and refuse the token.
         self.known.forget(user);
+        self.ports.blocklist.user_changed(user).await?;
         let existed = deleted.is_some();
-        let targets = ErasureTargets::new(user, &deleted.unwrap_or_default());
-        let erased = self.erase(&targets).await?;
-        tracing::info!(user_id = %user, erased, "a deleted account's entries are forgotten");
+        let ids = deleted.unwrap_or_default();
+        // Its answers stop; what they save after the rows went is dropped.
+        conversations.stop_answers(&ids).await?;
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let last = ErasureTargets::new(user, &names, &ids);
+        let first = last
+            .clone()
+            .keeping_version_for(Self::DELETED_VERSION_GRACE);
         let again = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Self::ERASURE_SECOND_PASS).await;
-            match again.erase(&targets).await {
+            match again.erase(&last).await {
                 Ok(0) => {}
                 Ok(erased) => {
-                    tracing::info!(user_id = %targets.user(), erased, "late entries of a deleted account forgotten");
+                    tracing::info!(user_id = %last.user(), erased, "late entries of a deleted account forgotten");
                 }
                 Err(e) => {
-                    tracing::warn!(user_id = %targets.user(), error = %e, "a deleted account's entries could not be swept again");
+                    tracing::warn!(user_id = %last.user(), error = %e, "a deleted account's entries could not be swept again");
                 }
             }
         });
+        let erased = self.erase(&first).await?;
+        tracing::info!(user_id = %user, erased, "a deleted account's entries are forgotten");
         Ok(existed)
     }
 
@@ -1014,6 +1088,48 @@ impl Accounts {
     ) -> Result<Page<User>, AppError> {
         Self::require_admin(caller)?;
         Ok(self.ports.users.list(page).await?)
+    }
+
+    /// The caller's token usage in `period`, per day and model.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub async fn usage(
+        &self,
+        caller: &AccessClaims,
+        period: UsagePeriod,
+    ) -> Result<Vec<DailyUsage>, AppError> {
+        Ok(self.ports.usage.daily(Some(caller.user_id), period).await?)
+    }
+
+    /// A user's token usage in `period`, per day and model (admins only).
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`] for a non-admin; [`AppError::NotFound`] for
+    /// an unknown user.
+    pub async fn user_usage(
+        &self,
+        caller: &AccessClaims,
+        id: UserId,
+        period: UsagePeriod,
+    ) -> Result<Vec<DailyUsage>, AppError> {
+        Self::require_admin(caller)?;
+        self.ports.users.get(id).await?;
+        Ok(self.ports.usage.daily(Some(id), period).await?)
+    }
+
+    /// Everyone's token usage in `period`, summed per day and model
+    /// (admins only).
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`] for a non-admin.
+    pub async fn all_usage(
+        &self,
+        caller: &AccessClaims,
+        period: UsagePeriod,
+    ) -> Result<Vec<DailyUsage>, AppError> {
+        Self::require_admin(caller)?;
+        Ok(self.ports.usage.daily(None, period).await?)
     }
 
     /// Disables or enables an account (admins only). Disabling revokes

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confab_domain::{
-    Content, ConversationId, DomainError, ErrorCode, Message, MessageStatus, ModelSlug,
-    OffsetDateTime, UserId, WireEvent, events,
+    AnswerUsage, Content, ConversationId, DomainError, ErrorCode, Message, MessageStatus,
+    ModelSlug, OffsetDateTime, TokenUsage, UserId, WireEvent, events,
 };
 use confab_ports::{
     ChatModel, CompletionRequest, CompletionStream, FinishReason, LlmError, LlmEvent, StopSignal,
+    Usage,
 };
 use futures_util::FutureExt;
 use tokio::sync::{oneshot, watch};
@@ -34,6 +35,11 @@ pub(super) struct Generation {
     pub(super) shutdown: watch::Receiver<bool>,
     /// Where the generation says how it ended.
     pub(super) ended: watch::Sender<Option<AnswerEnd>>,
+    /// The characters of the prompt sent, for an estimate of its tokens
+    /// when the model reports none.
+    pub(super) prompt_chars: usize,
+    /// The usage the model reported at its end.
+    pub(super) reported: Option<Usage>,
 }
 
 /// The model's answer being opened: the request is made while the send
@@ -174,6 +180,7 @@ impl Generation {
         }
         // A continue goes on from the text the answer has.
         let mut text = self.message.content.joined();
+        let continued_from = text.chars().count();
         // A panic must not leave the message in progress and its readers
         // waiting: it ends the generation like any internal failure.
         let outcome = AssertUnwindSafe(self.generate(stop.as_mut(), &mut text, opened, opening))
@@ -189,7 +196,30 @@ impl Generation {
             }
             _ => {}
         }
-        self.finish(outcome, text, began).await;
+        let generated = text.chars().count().saturating_sub(continued_from);
+        self.finish(outcome, text, generated, began).await;
+    }
+
+    /// Records the answer's tokens: as the model reported them, or (a
+    /// server that reports none, an answer stopped or failed before the
+    /// model's end) estimated from the prompt's characters and the
+    /// `generated` ones. An answer the model never began records nothing.
+    /// A failure is logged: the answer stands.
+    async fn record_usage(&self, generated: usize) {
+        let tokens = match self.reported {
+            Some(u) => TokenUsage::reported(u.prompt_tokens, u.completion_tokens),
+            None if generated > 0 => TokenUsage::estimate(self.prompt_chars, generated),
+            None => return,
+        };
+        let usage = AnswerUsage {
+            user: self.owner,
+            model: self.model.clone(),
+            at: self.inner.now(),
+            tokens,
+        };
+        if let Err(e) = self.inner.ports.usage.record(&usage).await {
+            tracing::warn!(conversation = %self.conversation, error = %e, "could not record an answer's usage");
+        }
     }
 
     /// Appends `events` to the log in one step.
@@ -271,7 +301,12 @@ impl Generation {
                 // interrupts it and the loop asks again.
                 next = stream.next() => next,
             };
-            let (batch, ended) = self.drain(next, stream.as_mut(), text, start, &mut chars);
+            let mut usage = None;
+            let (batch, ended) =
+                self.drain(next, stream.as_mut(), text, start, &mut chars, &mut usage);
+            if usage.is_some() {
+                self.reported = usage;
+            }
             if let Err(e) = self.emit_all(batch).await {
                 return Outcome::Broken(e);
             }
@@ -299,6 +334,7 @@ impl Generation {
         text: &mut String,
         start: usize,
         chars: &mut usize,
+        usage: &mut Option<Usage>,
     ) -> (Vec<WireEvent>, Option<Outcome>) {
         let mut batch = Vec::new();
         let mut ended = None;
@@ -312,14 +348,11 @@ impl Generation {
                         Err(e) => ended = Some(Outcome::Broken(e)),
                     }
                 }
-                Ok(Some(LlmEvent::Finished { reason, usage })) => {
-                    if let Some(u) = usage {
-                        tracing::debug!(
-                            prompt_tokens = u.prompt_tokens,
-                            completion_tokens = u.completion_tokens,
-                            "generation usage"
-                        );
-                    }
+                Ok(Some(LlmEvent::Finished {
+                    reason,
+                    usage: reported,
+                })) => {
+                    *usage = reported;
                     ended = Some(Outcome::Finished(reason));
                 }
                 Ok(None) => ended = Some(Outcome::Finished(FinishReason::Stop)),
@@ -398,7 +431,7 @@ impl Generation {
         false
     }
 
-    async fn finish(&self, outcome: Outcome, text: String, began: Instant) {
+    async fn finish(&self, outcome: Outcome, text: String, generated: usize, began: Instant) {
         let mut outcome = outcome;
         let chars = text.chars().count();
         // The final delta carries the time stored with the final text, so a
@@ -410,6 +443,10 @@ impl Generation {
             // The stream must not claim what the database doesn't hold.
             outcome = Outcome::Broken(DomainError::unavailable("the answer could not be saved"));
         }
+        // Before the stream ends: a client that reads its usage after the
+        // answer's end finds it counted, and so does its next send's
+        // allowance check.
+        self.record_usage(generated).await;
         let status = outcome.status();
         self.emit_logged(vec![events::finish(status, at)]).await;
         let mut closing = Vec::with_capacity(3);

@@ -17,14 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use confab_domain::{
-    Children, Conversation, ConversationId, ConversationPatch, ConversationSummary, DomainError,
-    Field, HistoryRequest, Message, MessageId, MessagePage, ModelSlug, OffsetDateTime, Page,
-    UserId,
+    Allowance, Children, Conversation, ConversationId, ConversationPatch, ConversationSummary,
+    DomainError, Field, HistoryRequest, Message, MessageId, MessagePage, ModelSlug, OffsetDateTime,
+    Page, Role, TokensUsed, UserId,
 };
 use confab_ports::{
     AccessClaims, Cache, CachedValue, ChatModel, Clock, ConversationQuery, ConversationStore,
     MessageStore, ModelStatus, RateLimiter, RatePolicy, ReadFrom, ResumeTokenCodec, StreamLog,
-    entry_key,
+    UsageStore, entry_key,
 };
 use tokio::sync::{Notify, watch};
 
@@ -101,6 +101,23 @@ pub struct ConversationPorts {
     pub limiter: Arc<dyn RateLimiter>,
     /// The time stored on conversations and messages.
     pub clock: Arc<dyn Clock>,
+    /// Where every answer's token usage is recorded.
+    pub usage: Arc<dyn UsageStore>,
+}
+
+/// A user's token allowance and what they used of it
+/// ([`Conversations::allowance`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllowanceView {
+    /// What an admin set for the user (`None` fields: the default).
+    pub own: Allowance,
+    /// What applies: their own where set, the configured default
+    /// elsewhere (`None`: no limit).
+    pub effective: Allowance,
+    /// What their answers used today and this month.
+    pub used: TokensUsed,
+    /// When it was read.
+    pub at: OffsetDateTime,
 }
 
 /// A model a send may name ([`Conversations::models`]).
@@ -147,6 +164,8 @@ pub struct ConversationRules {
     pub cache_ttl: Duration,
     /// How long a stop waits for the generation to end.
     pub stop_wait: Duration,
+    /// The token allowance of a user who has none of their own.
+    pub allowance: Allowance,
 }
 
 /// The conversation use cases. Cheap to clone.
@@ -737,19 +756,48 @@ impl Conversations {
         Ok(deleted.len())
     }
 
-    /// Stops every answer running in `owner`'s conversations (an account
-    /// being deleted) and waits, at most the stop wait, for their logs to
-    /// close, so that what they write last lands before the account's data
-    /// is deleted rather than after.
+    /// `user`'s token allowance and what they used of it.
     ///
     /// # Errors
-    /// On storage failure, or when a stop can't be asked.
-    pub async fn stop_answers_of(&self, owner: UserId) -> Result<(), AppError> {
+    /// On storage failure.
+    pub async fn allowance(&self, user: UserId) -> Result<AllowanceView, AppError> {
+        self.inner.allowance(user).await
+    }
+
+    /// Sets a user's own token allowance (admins only); `None` fields
+    /// leave the configured default to apply.
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`] for a non-admin; [`AppError::NotFound`] for
+    /// an unknown user.
+    pub async fn set_allowance(
+        &self,
+        caller: &AccessClaims,
+        user: UserId,
+        own: Allowance,
+    ) -> Result<AllowanceView, AppError> {
+        if caller.role != Role::Admin {
+            return Err(AppError::Forbidden);
+        }
+        self.inner.ports.usage.set_allowance(user, own).await?;
+        tracing::info!(admin = %caller.user_id, user_id = %user, daily = ?own.daily, monthly = ?own.monthly, "token allowance set");
+        self.inner.allowance(user).await
+    }
+
+    /// Stops every answer running in `conversations` (those of an account
+    /// being deleted) and waits, at most the stop wait, for their logs to
+    /// close, so that nothing of theirs is written after the account's
+    /// entries are forgotten (what they save once their rows are gone
+    /// fails and is dropped).
+    ///
+    /// # Errors
+    /// When a stop can't be asked.
+    pub async fn stop_answers(&self, conversations: &[ConversationId]) -> Result<(), AppError> {
         let ports = &self.inner.ports;
         let mut running = Vec::new();
-        for id in ports.conversations.ids(owner).await? {
-            if ports.log.request_stop(id).await? {
-                running.push(id);
+        for id in conversations {
+            if ports.log.request_stop(*id).await? {
+                running.push(*id);
             }
         }
         if running.is_empty() {
@@ -767,7 +815,7 @@ impl Conversations {
             .await
             .is_err()
         {
-            tracing::warn!(user_id = %owner, "an answer of a deleted account did not stop in time");
+            tracing::warn!("an answer of a deleted account did not stop in time");
         }
         Ok(())
     }
@@ -980,6 +1028,31 @@ impl Inner {
             user,
             conversation,
         })
+    }
+
+    /// `user`'s allowance and use, read now.
+    async fn allowance(&self, user: UserId) -> Result<AllowanceView, AppError> {
+        let at = self.now();
+        let standing = self.ports.usage.standing(user, at.date()).await?;
+        Ok(AllowanceView {
+            own: standing.own,
+            effective: Allowance::or(standing.own, self.rules.allowance),
+            used: standing.used,
+            at,
+        })
+    }
+
+    /// Refuses a send of `user`'s once their allowance is used up (an
+    /// answer that crossed it finished; this one is not begun).
+    pub(super) async fn check_allowance(&self, user: UserId) -> Result<(), AppError> {
+        let view = self.allowance(user).await?;
+        match view.effective.exhausted(view.used, view.at) {
+            Some(exhausted) => {
+                tracing::info!(user_id = %user, period = exhausted.period.as_str(), "send refused: token allowance used up");
+                Err(AppError::QuotaExceeded(exhausted))
+            }
+            None => Ok(()),
+        }
     }
 
     /// The time to store, from the clock port.

@@ -373,6 +373,8 @@ impl Conversations {
             Some(id) => Some(inner.ports.conversations.get(owner, id).await?),
             None => None,
         };
+        // A user whose allowance is used up costs no slot and no budget.
+        inner.check_allowance(owner).await?;
         let slot = inner.take_slot(owner)?;
         let decision = inner
             .ports
@@ -526,6 +528,7 @@ impl Conversations {
             max_tokens: inner.rules.max_tokens,
         };
         drop(branch);
+        let prompt_chars = prompt.turns.iter().map(|t| t.text.chars().count()).sum();
         let (ended_tx, ended_rx) = watch::channel(None);
         let (stored_tx, stored_rx) = oneshot::channel();
         let generation = Generation {
@@ -539,6 +542,8 @@ impl Conversations {
             chat_model: request.engine.chat_model,
             shutdown: inner.running.shutdown.subscribe(),
             ended: ended_tx,
+            prompt_chars,
+            reported: None,
         };
         tokio::spawn(generation.run(stop, slot, stored_rx, prompt));
         let stored = self

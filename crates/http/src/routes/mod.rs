@@ -15,6 +15,7 @@ pub(crate) mod send;
 pub(crate) mod sessions;
 pub(crate) mod stream;
 pub(crate) mod tree;
+pub(crate) mod usage;
 pub(crate) mod users;
 
 use actix_web::body::{BoxBody, MessageBody as Body};
@@ -41,6 +42,9 @@ pub(crate) use send::{
 };
 pub(crate) use sessions::{SessionBody, SessionList};
 pub(crate) use tree::TreeBody;
+pub(crate) use usage::{
+    AllowanceBody, AllowancePart, OwnAllowance, UsageCounts, UsageDay, UsageReport,
+};
 pub(crate) use users::{AccountDeletionRequest, PasswordChangeRequest, UserPage, UserPatch};
 
 /// What kind of route a path is: the middlewares decide by this (the rate
@@ -290,6 +294,51 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         keys_itself: false,
         produces: Produces::Empty,
         route: || web::route().to(users::change_password),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/api/v1/users/me/usage",
+        class: RouteClass::Api,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Json,
+        route: || web::route().to(usage::mine),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/api/v1/users/me/allowance",
+        class: RouteClass::Api,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Json,
+        route: || web::route().to(usage::my_allowance),
+    },
+    Endpoint {
+        method: Method::PUT,
+        path: "/api/v1/admin/users/{id}/allowance",
+        class: RouteClass::Api,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Json,
+        route: || web::route().to(usage::set_allowance),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/api/v1/admin/usage",
+        class: RouteClass::Api,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Json,
+        route: || web::route().to(usage::everyone),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/api/v1/admin/users/{id}/usage",
+        class: RouteClass::Api,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Json,
+        route: || web::route().to(usage::of_user),
     },
     Endpoint {
         method: Method::GET,

@@ -156,6 +156,29 @@ pub struct CacheSettings {
     pub max_bytes: NonZeroUsize,
 }
 
+/// `[quota]`: the token allowance of every user an admin set none for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSettings {
+    /// Tokens (prompt and completion) one user's answers may use per day
+    /// (UTC); 0: no limit.
+    pub daily_tokens: u64,
+    /// The same per calendar month; 0: no limit.
+    pub monthly_tokens: u64,
+}
+
+impl QuotaSettings {
+    /// The allowance these set.
+    #[must_use]
+    pub fn allowance(&self) -> confab_domain::Allowance {
+        let limit = |n: u64| (n > 0).then_some(n);
+        confab_domain::Allowance {
+            daily: limit(self.daily_tokens),
+            monthly: limit(self.monthly_tokens),
+        }
+    }
+}
+
 /// `[idempotency]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

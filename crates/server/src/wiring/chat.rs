@@ -140,6 +140,7 @@ pub(crate) async fn conversations(
             resume_tokens: wired.codec.clone(),
             limiter: wired.limiter.clone(),
             clock: Arc::new(SystemClock),
+            usage: wired.store.clone(),
         },
         ConversationRules {
             default_model,
@@ -156,6 +157,7 @@ pub(crate) async fn conversations(
             title_timeout: llm.title_timeout,
             cache_ttl: settings.cache.ttl,
             stop_wait: g.stop_wait,
+            allowance: settings.quota.allowance(),
         },
     );
     Ok(ChatWiring {

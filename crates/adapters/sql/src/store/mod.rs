@@ -4,6 +4,7 @@ mod conversations;
 pub(crate) mod messages;
 mod refresh_tokens;
 mod search;
+mod usage;
 mod users;
 
 use std::sync::Arc;

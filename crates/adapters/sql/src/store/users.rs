@@ -9,7 +9,7 @@ use confab_ports::UserStore;
 use diesel::prelude::*;
 
 use super::SqlStore;
-use crate::connection::on_backend;
+use crate::connection::{AnyConnection, on_backend};
 use crate::rows::{UserRow, micros};
 use crate::schema::{conversations, users};
 
@@ -130,6 +130,18 @@ impl UserStore for SqlStore {
         let deleted: Option<Vec<String>> = self
             .db
             .write(move |conn| {
+                // A conversation created meanwhile must be among the ids
+                // (its cache entries and stream are forgotten by them):
+                // its insert checks the account's row, which this lock
+                // holds until the deletion commits. SQLite has one writer.
+                if let AnyConnection::Postgres(c) = conn {
+                    users::table
+                        .filter(users::id.eq(&id))
+                        .select(users::id)
+                        .for_update()
+                        .first::<String>(c)
+                        .optional()?;
+                }
                 let owned = conversations::table.filter(conversations::user_id.eq(&id));
                 let ids = on_backend!(conn, |c| owned.select(conversations::id).load(c))?;
                 // The rest goes by `ON DELETE CASCADE`: conversations, then

@@ -1,0 +1,2 @@
+DROP TABLE user_allowances;
+DROP TABLE usage_daily;
