@@ -92,6 +92,7 @@ async fn each_answer_counts_and_a_user_reads_their_own_per_day_and_model(backend
         ("?from=2026-13-01", "from"),
         ("?to=yesterday", "to"),
         ("?from=2026-1-1", "from"),
+        ("?from=2026-W49-6", "from"),
         ("?from=2026-12-02&to=2026-12-01", "from"),
         ("?from=2020-01-01&to=2026-01-01", "from"),
     ] {
@@ -281,6 +282,20 @@ async fn a_send_past_the_allowance_is_refused_on_every_instance_before_the_model
             .any(|e| e.data.contains("message_stream_complete"))
     );
 
+    // 0 is no limit for them, whatever the default; a number the
+    // database can't hold, or a negative one, is refused.
+    let exempt = json!({"daily_tokens": 0, "monthly_tokens": null});
+    let res = a.call(Method::PUT, &path, &admin, Some(&exempt)).await;
+    let view: Value = res.json().await.unwrap();
+    assert_eq!(view["daily"]["limit"], Value::Null, "{view}");
+    assert_eq!(view["own"]["daily_tokens"], 0);
+    for bad in [
+        json!({"daily_tokens": 9_223_372_036_854_775_808_u64}),
+        json!({"monthly_tokens": -1}),
+    ] {
+        let res = a.call(Method::PUT, &path, &admin, Some(&bad)).await;
+        error_body(res, 422, "VALIDATION_ERROR").await;
+    }
     // Back to the default: refused again, also by an instance started
     // after (the database is the record).
     let default = json!({"daily_tokens": null, "monthly_tokens": null});

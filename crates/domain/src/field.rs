@@ -78,4 +78,8 @@ pub enum Field {
     From,
     /// The last day of a report.
     To,
+    /// A user's own daily token allowance.
+    DailyTokens,
+    /// A user's own monthly token allowance.
+    MonthlyTokens,
 }

@@ -141,43 +141,47 @@ pub struct Allowance {
 }
 
 impl Allowance {
-    /// This allowance where `own` sets one, the `default` elsewhere.
+    /// What applies to a user: their `own` allowance where it sets one
+    /// (0 there: no limit for them), the `default` elsewhere.
     #[must_use]
     pub fn or(own: Self, default: Self) -> Self {
+        let pick = |own: Option<u64>, default: Option<u64>| match own {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => default,
+        };
         Self {
-            daily: own.daily.or(default.daily),
-            monthly: own.monthly.or(default.monthly),
+            daily: pick(own.daily, default.daily),
+            monthly: pick(own.monthly, default.monthly),
         }
     }
 
-    /// The first allowance `used` has used up, if any: a send is refused
-    /// once what was used reaches it (an answer that crosses it finishes;
-    /// the next is refused).
+    /// The allowance `used` has used up, if any: a send is refused once
+    /// what was used reaches it (an answer that crosses it finishes; the
+    /// next is refused). When both are, the one that resets later: no
+    /// send passes before it.
     #[must_use]
     pub fn exhausted(&self, used: TokensUsed, now: OffsetDateTime) -> Option<Exhausted> {
         let day = now.date();
-        if let Some(limit) = self.daily
-            && used.today >= limit
-        {
-            let resets_at = day.next_day().map(|d| d.midnight().assume_utc());
-            return Some(Exhausted {
-                period: AllowancePeriod::Day,
-                limit,
-                used: used.today,
-                resets_at: resets_at.unwrap_or(now),
-            });
-        }
-        if let Some(limit) = self.monthly
-            && used.month >= limit
-        {
-            return Some(Exhausted {
+        let monthly = self
+            .monthly
+            .filter(|limit| used.month >= *limit)
+            .map(|limit| Exhausted {
                 period: AllowancePeriod::Month,
                 limit,
                 used: used.month,
                 resets_at: next_month(day).midnight().assume_utc(),
             });
-        }
-        None
+        let daily = self
+            .daily
+            .filter(|limit| used.today >= *limit)
+            .map(|limit| Exhausted {
+                period: AllowancePeriod::Day,
+                limit,
+                used: used.today,
+                resets_at: day.next_day().map_or(now, |d| d.midnight().assume_utc()),
+            });
+        monthly.or(daily)
     }
 }
 
@@ -268,6 +272,20 @@ mod tests {
         assert_eq!(day.resets_at, date!(2027 - 01 - 01).midnight().assume_utc());
         let month = allowance.exhausted(used(10, 1_000), now).unwrap();
         assert_eq!(month.period.as_str(), "month");
+        // Both used up: the month's, which resets later (or as late).
+        let june_3 = date!(2026 - 06 - 03).midnight().assume_utc();
+        let both = allowance.exhausted(used(60, 1_000), june_3).unwrap();
+        assert_eq!(both.period, AllowancePeriod::Month);
+        // An own allowance of 0 is no limit for that user.
+        let exempt = Allowance::or(
+            Allowance {
+                daily: Some(0),
+                monthly: None,
+            },
+            default,
+        );
+        assert_eq!(exempt.daily, None);
+        assert_eq!(exempt.monthly, Some(1_000));
         assert_eq!(
             month.resets_at,
             date!(2027 - 01 - 01).midnight().assume_utc()

@@ -322,6 +322,8 @@ pub(crate) const fn field_name(field: Field) -> &'static str {
         Field::LastEventId => "Last-Event-ID",
         Field::From => "from",
         Field::To => "to",
+        Field::DailyTokens => "daily_tokens",
+        Field::MonthlyTokens => "monthly_tokens",
     }
 }
 

@@ -71,6 +71,7 @@ on_both_backends!(
     password_hash_is_replaced,
     a_deleted_user_leaves_no_row_and_names_every_conversation,
     usage_is_summed_per_user_day_and_model,
+    usage_recorded_at_once_by_many_answers_is_all_counted,
     no_token_joins_a_revoked_family,
     orphaned_generations_are_closed_as_failed_with_their_text,
     generated_title_never_overwrites_a_rename,
@@ -1767,6 +1768,49 @@ async fn usage_is_summed_per_user_day_and_model(backend: Backend) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// 300 answers of three users ending at once, one of the users deleted
+/// first: every answer of the others is counted once, the deleted user's
+/// dropped without failing anyone else's.
+async fn usage_recorded_at_once_by_many_answers_is_all_counted(backend: Backend) {
+    use confab_domain::{AnswerUsage, TokenUsage, UsagePeriod};
+    use confab_ports::UsageStore;
+    let f = fixture(backend).await;
+    let users = [
+        user(&f.store, "wes").await.id,
+        user(&f.store, "xia").await.id,
+        user(&f.store, "yan").await.id,
+    ];
+    UserStore::delete(&f.store, users[2]).await.unwrap();
+    let at = now();
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let store = f.store.clone();
+            let usage = AnswerUsage {
+                user: users[i % 3],
+                model: confab_domain::ModelSlug::parse(if i % 2 == 0 { "a" } else { "b" }).unwrap(),
+                at,
+                tokens: TokenUsage::reported(2, 1),
+            };
+            tokio::spawn(async move { store.record(&usage).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let period = UsagePeriod::new(Some(at.date()), Some(at.date()), at.date()).unwrap();
+    for user in &users[..2] {
+        let lines = f.store.daily(Some(*user), period).await.unwrap();
+        let answers: u64 = lines.iter().map(|l| l.answers).sum();
+        let tokens: u64 = lines
+            .iter()
+            .map(|l| l.prompt_tokens + l.completion_tokens)
+            .sum();
+        assert_eq!((answers, tokens), (100, 300), "{lines:?}");
+    }
+    let all = f.store.daily(None, period).await.unwrap();
+    assert_eq!(all.iter().map(|l| l.answers).sum::<u64>(), 200);
 }
 
 async fn orphaned_generations_are_closed_as_failed_with_their_text(backend: Backend) {

@@ -437,16 +437,18 @@ impl Generation {
         // The final delta carries the time stored with the final text, so a
         // replayed stream equals the stored message.
         let at = self.inner.now();
-        if !self.save(&text, outcome.status(), at).await
-            && outcome.status() != MessageStatus::Failed
-        {
+        // The usage is written with the final text (one wait for both, in
+        // one group commit when they meet) and before the stream ends: a
+        // client that reads its usage after the answer's end finds it
+        // counted, and so does its next send's allowance check.
+        let (saved, ()) = tokio::join!(
+            self.save(&text, outcome.status(), at),
+            self.record_usage(generated)
+        );
+        if !saved && outcome.status() != MessageStatus::Failed {
             // The stream must not claim what the database doesn't hold.
             outcome = Outcome::Broken(DomainError::unavailable("the answer could not be saved"));
         }
-        // Before the stream ends: a client that reads its usage after the
-        // answer's end finds it counted, and so does its next send's
-        // allowance check.
-        self.record_usage(generated).await;
         let status = outcome.status();
         self.emit_logged(vec![events::finish(status, at)]).await;
         let mut closing = Vec::with_capacity(3);

@@ -368,13 +368,18 @@ impl Conversations {
         if chat_model.saturated() {
             return Err(AppError::Unavailable("the model is busy".into()));
         }
-        // Ownership first: a foreign or missing conversation costs no budget.
-        let existing = match input.conversation_id {
-            Some(id) => Some(inner.ports.conversations.get(owner, id).await?),
-            None => None,
-        };
-        // A user whose allowance is used up costs no slot and no budget.
-        inner.check_allowance(owner).await?;
+        // Ownership and the allowance first, read together: a foreign or
+        // missing conversation, or a user whose allowance is used up, costs
+        // no slot and no budget.
+        let (existing, ()) = tokio::try_join!(
+            async {
+                match input.conversation_id {
+                    Some(id) => Ok(Some(inner.ports.conversations.get(owner, id).await?)),
+                    None => Ok::<_, AppError>(None),
+                }
+            },
+            inner.check_allowance(owner),
+        )?;
         let slot = inner.take_slot(owner)?;
         let decision = inner
             .ports

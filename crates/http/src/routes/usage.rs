@@ -7,7 +7,6 @@ use confab_domain::{
     Allowance, DailyUsage, Date, DomainError, Field, OffsetDateTime, UsagePeriod, UserId, rfc3339,
 };
 use serde::{Deserialize, Serialize};
-use time::format_description::well_known::Iso8601;
 use time::macros::format_description;
 use utoipa::{IntoParams, ToSchema};
 
@@ -33,10 +32,7 @@ pub(crate) struct PeriodQuery {
 
 fn day(text: Option<&str>, field: Field) -> Result<Option<Date>, AppError> {
     text.map(|t| {
-        if t.len() != 10 {
-            return Err(DomainError::invalid(field, "must be a day, YYYY-MM-DD").into());
-        }
-        Date::parse(t, &Iso8601::DATE)
+        Date::parse(t, format_description!("[year]-[month]-[day]"))
             .map_err(|_| DomainError::invalid(field, "must be a day, YYYY-MM-DD").into())
     })
     .transpose()
@@ -231,17 +227,34 @@ pub(crate) struct AllowancePart {
     resets_at: String,
 }
 
-/// An allowance an admin sets for one user; `null`: the configured
-/// default applies.
+/// An allowance an admin sets for one user: a number of tokens, 0 for no
+/// limit, or `null` (or left out) for the configured default.
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OwnAllowance {
     /// Tokens per day (UTC).
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 9_223_372_036_854_775_807_u64)]
     daily_tokens: Option<u64>,
     /// Tokens per calendar month (UTC).
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 9_223_372_036_854_775_807_u64)]
     monthly_tokens: Option<u64>,
+}
+
+impl OwnAllowance {
+    /// The allowance, each number at most what the database holds.
+    fn allowance(&self) -> Result<Allowance, AppError> {
+        let bounded = |n: Option<u64>, field: Field| match n {
+            Some(n) if i64::try_from(n).is_err() => Err(AppError::from(DomainError::invalid(
+                field,
+                "must be at most 9223372036854775807",
+            ))),
+            other => Ok(other),
+        };
+        Ok(Allowance {
+            daily: bounded(self.daily_tokens, Field::DailyTokens)?,
+            monthly: bounded(self.monthly_tokens, Field::MonthlyTokens)?,
+        })
+    }
 }
 
 /// A user's token allowances: per day and per month.
@@ -326,6 +339,7 @@ pub(crate) async fn my_allowance(
         (status = 404, description = "No such user (or a malformed id).", body = ErrorBody),
         (status = 413, description = "The body is too large.", body = ErrorBody),
         (status = 415, description = "The body is not JSON.", body = ErrorBody),
+        (status = 422, description = "A negative number, or one above 2^63 - 1 (`field`: `daily_tokens` or `monthly_tokens`).", body = ErrorBody),
         (status = 429, description = "Rate limited; see `Retry-After` and the `RateLimit` headers.", body = ErrorBody),
     ),
 )]
@@ -336,10 +350,7 @@ pub(crate) async fn set_allowance(
     Json(body): Json<OwnAllowance>,
 ) -> Result<HttpResponse, ApiError> {
     let id: UserId = id.parse().map_err(|_| ApiError::not_found())?;
-    let own = Allowance {
-        daily: body.daily_tokens,
-        monthly: body.monthly_tokens,
-    };
+    let own = body.allowance()?;
     let view = state.conversations.set_allowance(&caller, id, own).await?;
     Ok(HttpResponse::Ok().json(allowance_body(&view)?))
 }

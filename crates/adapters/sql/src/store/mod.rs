@@ -31,6 +31,7 @@ pub struct SqlStore {
     db: Executor,
     manager: Arc<Manager>,
     backend: Backend,
+    usage: Arc<usage::Pending>,
 }
 
 impl SqlStore {
@@ -81,6 +82,7 @@ impl SqlStore {
             db,
             manager,
             backend,
+            usage: Arc::default(),
         })
     }
 

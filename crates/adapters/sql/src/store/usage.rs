@@ -1,5 +1,9 @@
 //! [`UsageStore`] over SQL: one row per user, day and model, to which each
-//! answer adds its counts in one upsert.
+//! answer adds its counts. The answers that end while a write of usage is
+//! under way wait for the next, which adds them all, one upsert per row.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use confab_domain::{
@@ -12,6 +16,7 @@ use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::upsert::excluded;
 use time::format_description::well_known::Iso8601;
 use time::macros::format_description;
+use tokio::sync::oneshot;
 
 use super::SqlStore;
 use crate::connection::on_backend;
@@ -99,6 +104,123 @@ fn allowance_count(n: Option<u64>) -> Option<i64> {
     n.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
 }
 
+/// Answers' usage waiting to be written, and whether a flush runs.
+#[derive(Default)]
+pub(crate) struct Pending {
+    state: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    answers: Vec<(AnswerUsage, oneshot::Sender<Result<(), String>>)>,
+    flushing: bool,
+}
+
+impl Pending {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One row's increments: `(user, day, model)` and its counts.
+type Increment = ((String, String, String), [i64; 4]);
+
+/// The answers' counts summed per row, the rows in key order: every
+/// transaction that writes several rows locks them in the same order.
+fn increments(answers: &[AnswerUsage]) -> Result<Vec<Increment>, DomainError> {
+    let mut rows: BTreeMap<(String, String, String), [i64; 4]> = BTreeMap::new();
+    for usage in answers {
+        let key = (
+            usage.user.to_string(),
+            day_text(usage.at.date())?,
+            usage.model.as_str().to_owned(),
+        );
+        let t = usage.tokens;
+        let row = rows.entry(key).or_default();
+        row[0] += 1;
+        row[1] += i64::from(t.estimated);
+        row[2] += i64::from(t.prompt_tokens);
+        row[3] += i64::from(t.completion_tokens);
+    }
+    Ok(rows.into_iter().collect())
+}
+
+impl SqlStore {
+    /// Writes what is pending, in one transaction per round, until nothing
+    /// is: the answers of a user that end together add to their row once,
+    /// and one flush at a time per store means the store's own writes never
+    /// wait on each other for a row (one user's many answers would
+    /// otherwise queue every writer on that row's lock).
+    async fn flush_usage(&self) {
+        loop {
+            let batch = {
+                let mut pending = self.usage.lock();
+                if pending.answers.is_empty() {
+                    pending.flushing = false;
+                    return;
+                }
+                std::mem::take(&mut pending.answers)
+            };
+            let answers: Vec<AnswerUsage> = batch.iter().map(|(u, _)| u.clone()).collect();
+            let mut result = match increments(&answers) {
+                Ok(rows) => self.add_usage(rows).await,
+                Err(e) => Err(e),
+            };
+            // A row of an account deleted meanwhile fails the round: each
+            // row again on its own, that one dropped.
+            if matches!(result, Err(DomainError::NotFound)) {
+                result = Ok(());
+                for usage in &answers {
+                    match increments(std::slice::from_ref(usage)) {
+                        Ok(rows) => match self.add_usage(rows).await {
+                            Ok(()) | Err(DomainError::NotFound) => {}
+                            Err(e) => result = Err(e),
+                        },
+                        Err(e) => result = Err(e),
+                    }
+                }
+            }
+            let answer = result.map_err(|e| e.to_string());
+            for (_, done) in batch {
+                let _ = done.send(answer.clone());
+            }
+        }
+    }
+
+    /// Adds `rows` to their rows of `usage_daily`, in one transaction.
+    async fn add_usage(&self, rows: Vec<Increment>) -> Result<(), DomainError> {
+        self.db
+            .write(move |conn| {
+                use usage_daily::dsl as u;
+                for ((user, day, model), [answers, estimated, prompt, completion]) in &rows {
+                    on_backend!(conn, |c| diesel::insert_into(u::usage_daily)
+                        .values((
+                            u::user_id.eq(user),
+                            u::day.eq(day),
+                            u::model.eq(model),
+                            u::answers.eq(answers),
+                            u::estimated_answers.eq(estimated),
+                            u::prompt_tokens.eq(prompt),
+                            u::completion_tokens.eq(completion),
+                        ))
+                        .on_conflict((u::user_id, u::day, u::model))
+                        .do_update()
+                        .set((
+                            u::answers.eq(u::answers + excluded(u::answers)),
+                            u::estimated_answers
+                                .eq(u::estimated_answers + excluded(u::estimated_answers)),
+                            u::prompt_tokens.eq(u::prompt_tokens + excluded(u::prompt_tokens)),
+                            u::completion_tokens
+                                .eq(u::completion_tokens + excluded(u::completion_tokens)),
+                        ))
+                        .execute(c))?;
+                }
+                Ok(())
+            })
+            .await
+    }
+}
+
 #[async_trait]
 impl UsageStore for SqlStore {
     async fn standing(&self, user: UserId, today: Date) -> Result<UsageStanding, DomainError> {
@@ -148,42 +270,22 @@ impl UsageStore for SqlStore {
     }
 
     async fn record(&self, usage: &AnswerUsage) -> Result<(), DomainError> {
-        let user = usage.user.to_string();
-        let day = day_text(usage.at.date())?;
-        let model = usage.model.as_str().to_owned();
-        let tokens = usage.tokens;
-        let estimated = i64::from(tokens.estimated);
-        let written = self
-            .db
-            .write(move |conn| {
-                use usage_daily::dsl as u;
-                on_backend!(conn, |c| diesel::insert_into(u::usage_daily)
-                    .values((
-                        u::user_id.eq(&user),
-                        u::day.eq(&day),
-                        u::model.eq(&model),
-                        u::answers.eq(1_i64),
-                        u::estimated_answers.eq(estimated),
-                        u::prompt_tokens.eq(i64::from(tokens.prompt_tokens)),
-                        u::completion_tokens.eq(i64::from(tokens.completion_tokens)),
-                    ))
-                    .on_conflict((u::user_id, u::day, u::model))
-                    .do_update()
-                    .set((
-                        u::answers.eq(u::answers + excluded(u::answers)),
-                        u::estimated_answers
-                            .eq(u::estimated_answers + excluded(u::estimated_answers)),
-                        u::prompt_tokens.eq(u::prompt_tokens + excluded(u::prompt_tokens)),
-                        u::completion_tokens
-                            .eq(u::completion_tokens + excluded(u::completion_tokens)),
-                    ))
-                    .execute(c))
-            })
-            .await;
-        match written {
-            // The account was deleted meanwhile: its usage went with it.
-            Ok(_) | Err(DomainError::NotFound) => Ok(()),
-            Err(e) => Err(e),
+        let (done, written) = oneshot::channel();
+        let lead = {
+            let mut pending = self.usage.lock();
+            pending.answers.push((usage.clone(), done));
+            !std::mem::replace(&mut pending.flushing, true)
+        };
+        if lead {
+            // Its own task: the flush outlives a caller that goes away.
+            let store = self.clone();
+            tokio::spawn(async move { store.flush_usage().await });
+        }
+        match written.await {
+            Ok(result) => result.map_err(DomainError::unavailable),
+            Err(_) => Err(DomainError::unavailable(
+                "the usage flush ended without an answer",
+            )),
         }
     }
 
