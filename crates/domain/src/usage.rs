@@ -162,7 +162,6 @@ impl Allowance {
     /// send passes before it.
     #[must_use]
     pub fn exhausted(&self, used: TokensUsed, now: OffsetDateTime) -> Option<Exhausted> {
-        let day = now.date();
         let monthly = self
             .monthly
             .filter(|limit| used.month >= *limit)
@@ -170,7 +169,7 @@ impl Allowance {
                 period: AllowancePeriod::Month,
                 limit,
                 used: used.month,
-                resets_at: next_month(day).midnight().assume_utc(),
+                resets_at: AllowancePeriod::Month.resets_at(now),
             });
         let daily = self
             .daily
@@ -179,7 +178,7 @@ impl Allowance {
                 period: AllowancePeriod::Day,
                 limit,
                 used: used.today,
-                resets_at: day.next_day().map_or(now, |d| d.midnight().assume_utc()),
+                resets_at: AllowancePeriod::Day.resets_at(now),
             });
         monthly.or(daily)
     }
@@ -219,6 +218,18 @@ pub enum AllowancePeriod {
 }
 
 impl AllowancePeriod {
+    /// When the period that holds `now` ends and the next starts: the next
+    /// midnight, or the first of the next month (UTC).
+    #[must_use]
+    pub fn resets_at(self, now: OffsetDateTime) -> OffsetDateTime {
+        let day = now.date();
+        let next = match self {
+            Self::Day => day.next_day(),
+            Self::Month => Some(next_month(day)),
+        };
+        next.map_or(now, |d| d.midnight().assume_utc())
+    }
+
     /// `day` or `month`.
     #[must_use]
     pub fn as_str(self) -> &'static str {

@@ -4,7 +4,8 @@
 use actix_web::{HttpResponse, web};
 use confab_app::{AllowanceView, AppError};
 use confab_domain::{
-    Allowance, DailyUsage, Date, DomainError, Field, OffsetDateTime, UsagePeriod, UserId, rfc3339,
+    Allowance, AllowancePeriod, DailyUsage, Date, DomainError, Field, OffsetDateTime, UsagePeriod,
+    UserId, rfc3339,
 };
 use serde::{Deserialize, Serialize};
 use time::macros::format_description;
@@ -269,29 +270,21 @@ pub(crate) struct AllowanceBody {
 }
 
 fn allowance_body(view: &AllowanceView) -> Result<AllowanceBody, ApiError> {
-    let day = view.at.date();
-    let next_day = day.next_day().unwrap_or(day).midnight().assume_utc();
-    let next_month = {
-        let (year, month) = match day.month() {
-            time::Month::December => (day.year() + 1, time::Month::January),
-            other => (day.year(), other.next()),
-        };
-        Date::from_calendar_date(year, month, 1)
-            .unwrap_or(day)
-            .midnight()
-            .assume_utc()
-    };
-    let part = |limit: Option<u64>, used: u64, resets: OffsetDateTime| {
+    let part = |limit: Option<u64>, used: u64, period: AllowancePeriod| {
         Ok::<_, ApiError>(AllowancePart {
             limit,
             used,
             remaining: limit.map(|l| l.saturating_sub(used)),
-            resets_at: rfc3339(resets).map_err(AppError::from)?,
+            resets_at: rfc3339(period.resets_at(view.at)).map_err(AppError::from)?,
         })
     };
     Ok(AllowanceBody {
-        daily: part(view.effective.daily, view.used.today, next_day)?,
-        monthly: part(view.effective.monthly, view.used.month, next_month)?,
+        daily: part(view.effective.daily, view.used.today, AllowancePeriod::Day)?,
+        monthly: part(
+            view.effective.monthly,
+            view.used.month,
+            AllowancePeriod::Month,
+        )?,
         own: OwnAllowance {
             daily_tokens: view.own.daily,
             monthly_tokens: view.own.monthly,
