@@ -102,6 +102,20 @@ async fn a_deleted_account_leaves_no_row_key_or_entry_on_any_instance(backend: B
     assert_eq!(res.status(), 200);
     let second = conversation_in(&SseReader::new(res).rest().await);
     fail_login(&a, "delia").await;
+    // An API key, used once (its own rate bucket).
+    let res = a
+        .call(
+            Method::POST,
+            "/api/v1/users/me/api-keys",
+            &token,
+            Some(&json!({"name": "delia's bot", "scopes": ["conversations:read"]})),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let key: Value = res.json().await.unwrap();
+    let key = key["key"].as_str().unwrap().to_owned();
+    let res = b.get_auth("/api/v1/conversations", &key).await;
+    assert_eq!(res.status(), 200);
     let (oscars, _) = a.chat(&oscar, "oscar's own words").await;
     llm.push(held_after("Half an answer"));
     let res = b
@@ -129,7 +143,13 @@ async fn a_deleted_account_leaves_no_row_key_or_entry_on_any_instance(backend: B
             .into_iter()
             .map(|(table, _)| table)
             .collect();
-    for table in ["users", "conversations", "messages", "refresh_families"] {
+    for table in [
+        "users",
+        "conversations",
+        "messages",
+        "refresh_families",
+        "api_keys",
+    ] {
         assert!(before.iter().any(|t| t == table), "{table} in {before:?}");
     }
 
@@ -150,6 +170,10 @@ async fn a_deleted_account_leaves_no_row_key_or_entry_on_any_instance(backend: B
     );
     llm.release();
     // Every token of every session is refused, on both instances.
+    for app in [&a, &b] {
+        let res = app.get_auth("/api/v1/conversations", &key).await;
+        assert_eq!(res.status(), 401, "the account's API key is refused too");
+    }
     for (app, t) in [(&a, &token), (&b, &token), (&a, &on_b), (&b, &on_b)] {
         let res = app.get_auth("/api/v1/users/me", t).await;
         assert_eq!(res.status(), 401);

@@ -15,6 +15,7 @@
 //! sends to one instance and 1,000 alternating between the two, on
 //! PostgreSQL, and the 1,000 bursts also on one SQLite file. The bursts run
 //! one at a time (they would only slow each other down on a small machine).
+//! The 100-send bursts also run authenticated by an API key, in every mode.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +62,8 @@ on_both_backends!(
     a_hundred_sends_with_searches_alongside_with_redis_all_complete,
     a_hundred_sends_while_another_account_is_deleted_all_complete,
     a_hundred_sends_while_another_account_is_deleted_with_redis_all_complete,
+    a_hundred_sends_with_an_api_key_all_complete,
+    a_hundred_sends_with_an_api_key_with_redis_all_complete,
 );
 
 /// One server in process, with or without Redis, wired to a paced model
@@ -105,6 +108,43 @@ async fn assert_usage_counts(app: &TestApp, token: &str, answers: u64) {
         answers * per_answer,
         "{report}"
     );
+}
+
+/// A key of `token`'s user that may write conversations: its text.
+async fn writing_key(app: &TestApp, token: &str) -> String {
+    let res = app
+        .client
+        .post(app.url("/api/v1/users/me/api-keys"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"name": "load", "scopes": ["conversations:write"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let created: serde_json::Value = res.json().await.unwrap();
+    created["key"].as_str().unwrap().to_owned()
+}
+
+/// 100 sends at once authenticated by one API key (a cold key: every send
+/// may find it unknown to the instance), in process, with or without Redis.
+async fn with_an_api_key(backend: Backend, redis: bool) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (_llm, app, token) = burst_app(backend, redis).await;
+    let key = writing_key(&app, &token).await;
+    let sends = burst(&[&app], &key, 100, CAP_100).await;
+    let what = format!("100 sends with an API key, in process, {backend:?}, Redis: {redis}");
+    sends
+        .assert_all_complete(&what, &app.db.store().await)
+        .await;
+    assert_usage_counts(&app, &token, 100).await;
+}
+
+async fn a_hundred_sends_with_an_api_key_all_complete(backend: Backend) {
+    with_an_api_key(backend, false).await;
+}
+
+async fn a_hundred_sends_with_an_api_key_with_redis_all_complete(backend: Backend) {
+    with_an_api_key(backend, true).await;
 }
 
 async fn a_hundred_sends_at_once_all_complete(backend: Backend) {
@@ -688,6 +728,21 @@ async fn cluster_a_hundred_sends_to_one_instance_with_searches_on_the_other_all_
     let token = a.user("ada").await;
     let what = "100 sends to A with searches on B, two processes, Postgres + Redis";
     with_searches(&[&a], &[&b, &a], &token, what).await;
+}
+
+/// 100 sends with one API key, alternating between two processes: the
+/// key is read by each instance, and its bucket is shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_hundred_sends_with_an_api_key_over_two_instances_all_complete() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let llm = paced_llm();
+    let (a, b) = two_instances(TestDatabase::postgres(), &llm).await;
+    let token = a.user("ada").await;
+    let key = writing_key(&b, &token).await;
+    let sends = burst(&[&a, &b], &key, 100, CAP_100).await;
+    let what = "100 sends with an API key to A and B alternately, two processes, Postgres + Redis";
+    sends.assert_all_complete(what, &a.db.store().await).await;
+    assert_usage_counts(&b, &token, 100).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

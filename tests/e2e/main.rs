@@ -27,6 +27,7 @@ macro_rules! on_both_backends {
     };
 }
 
+mod api_keys;
 mod auth;
 mod cluster;
 mod compression;

@@ -33,10 +33,11 @@ pub const SPACING: Duration = Duration::from_millis(20);
 /// call per send. A million per minute, not more: the Redis limiter counts
 /// in whole microseconds and refuses a policy whose period (window /
 /// quota) is under one, as an internal error on every request.
-pub const BURST_LIMITS: [(&str, &str); 6] = [
+pub const BURST_LIMITS: [(&str, &str); 7] = [
     ("CONFAB__GENERATION__MAX_CONCURRENT_PER_USER", "100000"),
     ("CONFAB__GENERATION__PER_MINUTE", "1000000"),
     ("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "1000000"),
+    ("CONFAB__RATE_LIMIT__API_KEY_PER_MINUTE", "1000000"),
     ("CONFAB__LLM__TITLE_GENERATION", "false"),
     // An allowance in force, never reached: every send's check runs.
     ("CONFAB__QUOTA__DAILY_TOKENS", "1000000000"),

@@ -197,6 +197,8 @@ async fn build(db: &TestDatabase, iterations: u32) -> Built {
         failures: Arc::new(InMemoryFailures::new(10_000)),
         erasures: Vec::new(),
         usage: store.clone(),
+        api_keys: store.clone(),
+        key_secrets: Arc::new(confab_password::KeySecrets),
     };
     let limits = AccountRules {
         per_ip: login.clone(),
@@ -423,7 +425,10 @@ async fn admission_charges_a_good_token_and_never_a_refused_one() {
         window: Duration::from_secs(3600),
     };
     let bucket = |c: &confab_ports::AccessClaims| (&policy, format!("user:{}", c.user_id));
-    let admitted = accounts.admit(&first.access.token, bucket).await.unwrap();
+    let admitted = accounts
+        .admit(&first.access.token, "203.0.113.9", bucket)
+        .await
+        .unwrap();
     let claims = admitted.claims;
     assert_eq!(claims.user_id, first.user.id);
     assert_eq!(admitted.policy.name, "user");
@@ -433,7 +438,7 @@ async fn admission_charges_a_good_token_and_never_a_refused_one() {
     accounts.logout(&claims).await.unwrap();
     for _ in 0..5 {
         let err = accounts
-            .admit(&first.access.token, bucket)
+            .admit(&first.access.token, "203.0.113.9", bucket)
             .await
             .unwrap_err();
         assert!(
@@ -443,14 +448,20 @@ async fn admission_charges_a_good_token_and_never_a_refused_one() {
     }
     // A new session of the same user still has the one token left.
     let second = login().await.unwrap();
-    let admitted = accounts.admit(&second.access.token, bucket).await.unwrap();
+    let admitted = accounts
+        .admit(&second.access.token, "203.0.113.9", bucket)
+        .await
+        .unwrap();
     assert!(admitted.decision.allowed);
     assert_eq!(admitted.decision.remaining, 0);
-    let admitted = accounts.admit(&second.access.token, bucket).await.unwrap();
+    let admitted = accounts
+        .admit(&second.access.token, "203.0.113.9", bucket)
+        .await
+        .unwrap();
     assert!(!admitted.decision.allowed);
     // A token that does not verify is refused before anything is read.
     assert!(matches!(
-        accounts.admit("not.a.token", bucket).await,
+        accounts.admit("not.a.token", "203.0.113.9", bucket).await,
         Err(AppError::Unauthorized(_))
     ));
 }
@@ -481,7 +492,7 @@ async fn a_refused_request_is_answered_before_the_account_is_read() {
     let reads = || built.reads.load(Ordering::SeqCst);
     assert!(
         accounts
-            .admit(token, bucket)
+            .admit(token, "203.0.113.9", bucket)
             .await
             .unwrap()
             .decision
@@ -491,7 +502,7 @@ async fn a_refused_request_is_answered_before_the_account_is_read() {
     // The account changes: what this instance knew is stale.
     built.blocklist.user_changed(yale.id).await.unwrap();
     for _ in 0..3 {
-        let refused = accounts.admit(token, bucket).await.unwrap();
+        let refused = accounts.admit(token, "203.0.113.9", bucket).await.unwrap();
         assert!(!refused.decision.allowed);
     }
     assert_eq!(reads(), 1, "refused requests read nothing");
@@ -500,7 +511,9 @@ async fn a_refused_request_is_answered_before_the_account_is_read() {
         ..policy.clone()
     };
     let allowed = accounts
-        .admit(token, |c| (&other, format!("user:{}", c.user_id)))
+        .admit(token, "203.0.113.9", |c| {
+            (&other, format!("user:{}", c.user_id))
+        })
         .await
         .unwrap();
     assert!(allowed.decision.allowed);
@@ -733,4 +746,259 @@ async fn a_login_overtaken_by_a_password_change_keeps_no_session() {
         .await
         .unwrap();
     assert_eq!(built.store.sessions(sam.id, now).await.unwrap().len(), 1);
+}
+
+fn key_request(name: &str, scopes: &[&str], days: Option<i64>) -> confab_app::NewApiKey {
+    confab_app::NewApiKey {
+        name: name.into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        expires_in_days: days,
+    }
+}
+
+/// An API key authenticates as its owner, with its scopes and role `user`
+/// only, in its own bucket; a bad key is refused and counted against its
+/// address; a revoked key, an expired one and one of a disabled account
+/// are refused at once.
+#[tokio::test]
+async fn an_api_key_admits_its_owner_within_its_grant_until_revoked() {
+    use confab_domain::{ApiKey, ApiKeyId, ApiKeyName, ApiKeyText, Scope, Scopes};
+    use confab_ports::{ApiKeySecrets, ApiKeyStore};
+
+    let db = TestDatabase::sqlite();
+    let built = build(&db, MIN_ITERATIONS).await;
+    let accounts = &built.accounts;
+    let owner = accounts
+        .create_admin(reg(
+            "keyowner",
+            "keyowner@example.com",
+            "correct horse battery",
+        ))
+        .await
+        .unwrap();
+    let session = accounts
+        .login(attempt("keyowner", "correct horse battery", "1.1.1.1"))
+        .await
+        .unwrap();
+    let caller = accounts.authenticate(&session.access.token).await.unwrap();
+    let policy = RatePolicy {
+        name: "api-key".into(),
+        quota: 100,
+        window: Duration::from_secs(60),
+    };
+    let bucket = |c: &confab_ports::AccessClaims| {
+        let key = c.api_key.map(|k| k.id.to_string()).unwrap_or_default();
+        (&policy, format!("user:{}:key:{key}", c.user_id))
+    };
+
+    let created = accounts
+        .create_api_key(
+            &caller,
+            key_request(" deploy ", &["conversations:read", "models:read"], Some(30)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.key.name.as_str(), "deploy");
+    assert!(created.text.starts_with("cfk_"));
+    let expires = created.key.expires_at.unwrap() - created.key.created_at;
+    assert_eq!(expires, Duration::from_secs(30 * 24 * 3600));
+    let admitted = accounts
+        .admit(&created.text, "203.0.113.9", bucket)
+        .await
+        .unwrap();
+    assert_eq!(admitted.claims.user_id, owner.id);
+    assert_eq!(
+        admitted.claims.role,
+        Role::User,
+        "a key never carries admin powers"
+    );
+    let grant = admitted.claims.api_key.unwrap();
+    assert_eq!(grant.id, created.key.id);
+    assert!(grant.scopes.contains(Scope::ModelsRead));
+    assert!(!grant.scopes.contains(Scope::ConversationsWrite));
+    assert_eq!(admitted.decision.remaining, 99, "the key's own bucket");
+    // The access-token path does not take a key.
+    assert!(accounts.authenticate(&created.text).await.is_err());
+
+    // Listed, never with its text.
+    let listed = accounts.api_keys(&caller).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, created.key.id);
+    assert!(
+        listed[0].last_used_at.is_some(),
+        "the first use is recorded"
+    );
+    assert!(!format!("{listed:?}").contains(created.text.split('_').next_back().unwrap()));
+
+    // Bad input, a taken name.
+    for (request, field) in [
+        (key_request("", &["models:read"], None), Field::Name),
+        (key_request("x", &[], None), Field::Scopes),
+        (key_request("x", &["admin"], None), Field::Scopes),
+        (
+            key_request("x", &["models:read"], Some(0)),
+            Field::ExpiresInDays,
+        ),
+        (
+            key_request("x", &["models:read"], Some(3651)),
+            Field::ExpiresInDays,
+        ),
+    ] {
+        let err = accounts
+            .create_api_key(&caller, request)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, AppError::Validation { field: f, .. } if *f == field),
+            "{err:?}"
+        );
+    }
+    let taken = accounts
+        .create_api_key(&caller, key_request("deploy", &["models:read"], None))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(taken, AppError::Conflict { field: Field::Name }),
+        "{taken:?}"
+    );
+
+    // A wrong secret for a real id, a made-up key, garbage with the prefix:
+    // refused, and counted against the address until it is refused
+    // without a look-up.
+    let id = created.key.id.as_uuid().simple().to_string();
+    let forged = format!("cfk_{id}_{}", "A".repeat(43));
+    let unknown = format!(
+        "cfk_{}_{}",
+        ApiKeyId::generate().as_uuid().simple(),
+        "B".repeat(43)
+    );
+    for bad in [forged.as_str(), unknown.as_str(), "cfk_nonsense"] {
+        let err = accounts
+            .admit(bad, "198.51.100.7", bucket)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, AppError::Unauthorized(AuthFailure::InvalidToken)),
+            "{err:?}"
+        );
+    }
+    for _ in 3..confab_app::KEY_FAILURES_PER_ADDRESS {
+        assert!(
+            accounts
+                .admit(&unknown, "198.51.100.7", bucket)
+                .await
+                .is_err()
+        );
+    }
+    let refused = accounts
+        .admit(&unknown, "198.51.100.7", bucket)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, AppError::RateLimited { .. }),
+        "{refused:?}"
+    );
+    // Another address is not held back, and the good key still works.
+    let err = accounts
+        .admit(&unknown, "198.51.100.8", bucket)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AppError::Unauthorized(_)), "{err:?}");
+    assert!(
+        accounts
+            .admit(&created.text, "203.0.113.9", bucket)
+            .await
+            .is_ok()
+    );
+
+    // An expired key.
+    let secrets = confab_password::KeySecrets;
+    let secret = secrets.mint().unwrap();
+    let text = ApiKeyText::new(ApiKeyId::generate(), secret.clone()).unwrap();
+    let now = OffsetDateTime::now_utc();
+    let expired = ApiKey {
+        id: text.id(),
+        user_id: owner.id,
+        name: ApiKeyName::parse("old").unwrap(),
+        scopes: Scopes::parse(&["models:read"]).unwrap(),
+        created_at: now - Duration::from_secs(7200),
+        expires_at: Some(now - Duration::from_secs(60)),
+        last_used_at: None,
+    };
+    built
+        .store
+        .create_key(&expired, secrets.digest(&secret))
+        .await
+        .unwrap();
+    let err = accounts
+        .admit(&text.expose(), "203.0.113.9", bucket)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppError::Unauthorized(AuthFailure::ExpiredToken)),
+        "{err:?}"
+    );
+
+    // Someone else can't revoke it; its owner can, and it is refused at
+    // once although this instance had read it.
+    let other = accounts
+        .register(reg(
+            "bystander",
+            "bystander@example.com",
+            "correct horse battery",
+        ))
+        .await
+        .unwrap();
+    let other_claims = confab_ports::AccessClaims {
+        user_id: other.id,
+        ..caller.clone()
+    };
+    assert!(matches!(
+        accounts.revoke_api_key(&other_claims, created.key.id).await,
+        Err(AppError::NotFound)
+    ));
+    accounts
+        .revoke_api_key(&caller, created.key.id)
+        .await
+        .unwrap();
+    let err = accounts
+        .admit(&created.text, "203.0.113.9", bucket)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppError::Unauthorized(AuthFailure::InvalidToken)),
+        "{err:?}"
+    );
+    assert!(matches!(
+        accounts.revoke_api_key(&caller, created.key.id).await,
+        Err(AppError::NotFound)
+    ));
+
+    // A disabled account's keys stop with it.
+    let live = accounts
+        .create_api_key(&caller, key_request("live", &["usage:read"], None))
+        .await
+        .unwrap();
+    assert!(
+        accounts
+            .admit(&live.text, "203.0.113.9", bucket)
+            .await
+            .is_ok()
+    );
+    built
+        .store
+        .set_disabled(owner.id, true, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    built.blocklist.user_changed(owner.id).await.unwrap();
+    let err = accounts
+        .admit(&live.text, "203.0.113.9", bucket)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppError::Unauthorized(AuthFailure::InvalidToken)),
+        "{err:?}"
+    );
 }

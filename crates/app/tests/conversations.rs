@@ -115,6 +115,7 @@ fn caller() -> AccessClaims {
         family: FamilyId::generate(),
         issued_at: now,
         expires_at: now + Duration::from_secs(900),
+        api_key: None,
     }
 }
 

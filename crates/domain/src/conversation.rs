@@ -2,7 +2,7 @@
 
 use time::OffsetDateTime;
 
-use crate::text::check_text;
+use crate::text::{check_text, visible_line};
 use crate::{ConversationId, DomainError, Field, MessageId, ModelSlug, SearchHit, UserId};
 
 /// A conversation's title: 1..=200 characters after trimming, no NUL, no
@@ -21,18 +21,7 @@ impl Title {
     /// # Errors
     /// [`DomainError::Invalid`] on field `title`.
     pub fn parse(value: &str) -> Result<Self, DomainError> {
-        check_text(Field::Title, value, 1, Self::MAX_CHARS)?;
-        if value.chars().any(char::is_control) {
-            return Err(DomainError::invalid(
-                Field::Title,
-                "must not contain control characters",
-            ));
-        }
-        let trimmed = value.trim();
-        if trimmed.is_empty() {
-            return Err(DomainError::invalid(Field::Title, "must not be blank"));
-        }
-        Ok(Self(trimmed.to_owned()))
+        visible_line(Field::Title, value, Self::MAX_CHARS).map(Self)
     }
 
     /// The title a conversation has before one is chosen.

@@ -82,4 +82,12 @@ pub enum Field {
     DailyTokens,
     /// A user's own monthly token allowance.
     MonthlyTokens,
+    /// An API key's name.
+    Name,
+    /// An API key's scopes.
+    Scopes,
+    /// How many days a new API key lasts.
+    ExpiresInDays,
+    /// An API key's id.
+    ApiKeyId,
 }

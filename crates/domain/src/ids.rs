@@ -72,6 +72,13 @@ uuid_id!(
     new_v4
 );
 uuid_id!(
+    /// An API key's id, random (UUIDv4). It is part of the key's text, so
+    /// it is shown only to the key's owner.
+    ApiKeyId,
+    Field::ApiKeyId,
+    new_v4
+);
+uuid_id!(
     /// A login session, random (UUIDv4): every refresh token rotated from
     /// one login shares it, so reuse of any of them can revoke them all.
     FamilyId,

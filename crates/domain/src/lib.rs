@@ -7,6 +7,7 @@
 //! I/O, spawns tasks or knows about HTTP or SQL; other Rust services can
 //! import this crate to speak Confab's types.
 
+mod api_key;
 mod conversation;
 mod delta;
 mod error;
@@ -21,6 +22,7 @@ mod user;
 mod vocabulary;
 mod wire;
 
+pub use api_key::{ApiKey, ApiKeyDigest, ApiKeyName, ApiKeyText, KeyLifetime, Scope, Scopes};
 pub use conversation::{
     Conversation, ConversationPatch, ConversationSettings, ConversationSummary, NewConversation,
     SystemPrompt, Title,
@@ -28,7 +30,7 @@ pub use conversation::{
 pub use delta::{DeltaApplier, DeltaError, DeltaFrame, DeltaOp};
 pub use error::{BoxError, DomainError};
 pub use field::Field;
-pub use ids::{ConversationId, FamilyId, MessageId, TokenId, UserId};
+pub use ids::{ApiKeyId, ConversationId, FamilyId, MessageId, TokenId, UserId};
 pub use message::{
     Content, ContentType, Message, MessageMetadata, MessageRole, MessageStatus, ModelSlug,
 };

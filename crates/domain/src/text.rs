@@ -24,6 +24,24 @@ pub(crate) fn check_text(
     Ok(())
 }
 
+/// A one-line name (a title, a key's name): `check_text`'s bounds, no
+/// control character, not only white space; returned without its leading
+/// and trailing white space.
+pub(crate) fn visible_line(field: Field, value: &str, max: usize) -> Result<String, DomainError> {
+    check_text(field, value, 1, max)?;
+    if value.chars().any(char::is_control) {
+        return Err(DomainError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(DomainError::invalid(field, "must not be blank"));
+    }
+    Ok(trimmed.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::check_text;

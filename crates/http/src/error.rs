@@ -323,6 +323,10 @@ pub(crate) const fn field_name(field: Field) -> &'static str {
         Field::From => "from",
         Field::To => "to",
         Field::DailyTokens => "daily_tokens",
+        Field::Name => "name",
+        Field::Scopes => "scopes",
+        Field::ExpiresInDays => "expires_in_days",
+        Field::ApiKeyId => "api_key_id",
         Field::MonthlyTokens => "monthly_tokens",
     }
 }
@@ -485,6 +489,17 @@ pub(crate) fn rate_limit_headers(
 }
 
 impl ApiError {
+    /// 403 `FORBIDDEN` for an API key used beyond its grant, with RFC
+    /// 6750's `insufficient_scope` challenge.
+    pub(crate) fn key_forbidden(message: impl Into<Cow<'static, str>>) -> Self {
+        let mut e = Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message);
+        e.headers.push((
+            actix_web::http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer realm="confab", error="insufficient_scope""#),
+        ));
+        e
+    }
+
     /// 401, with the `WWW-Authenticate` challenge of RFC 6750.
     #[must_use]
     pub fn unauthorized(failure: AuthFailure) -> Self {

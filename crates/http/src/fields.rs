@@ -7,8 +7,8 @@
 //! to the serialised document by [`refine`].
 
 use confab_domain::{
-    Content, Email, HistoryRequest, ListOrder, MessageId, PageRequest, Password, SearchQuery,
-    SystemPrompt, Title, Username,
+    ApiKeyName, Content, Email, HistoryRequest, KeyLifetime, ListOrder, MessageId, PageRequest,
+    Password, Scope, SearchQuery, SystemPrompt, Title, Username,
 };
 use serde_json::{Value, json};
 use utoipa::openapi::schema::{Array, ArrayBuilder, Object, ObjectBuilder, SchemaFormat, Type};
@@ -95,6 +95,46 @@ pub(crate) fn presented_password() -> Object {
 /// Text with no control character and not only white space.
 fn visible_text() -> String {
     format!("^[^{CONTROLS}]*[^{CONTROLS}{SPACES}][^{CONTROLS}]*$")
+}
+
+/// An API key's name ([`ApiKeyName::parse`]).
+pub(crate) fn api_key_name() -> Object {
+    string(Some(1), Some(ApiKeyName::MAX_CHARS))
+        .pattern(Some(visible_text()))
+        .description(Some(format!(
+            "1 to {} characters, no control character, not only white space; unique among the \
+             caller's keys; stored without leading and trailing white space.",
+            ApiKeyName::MAX_CHARS
+        )))
+        .examples(["ci-bot"])
+        .build()
+}
+
+/// An API key's scopes ([`Scopes::parse`]).
+pub(crate) fn api_key_scopes() -> Array {
+    let names: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(names.clone())),
+        )
+        .min_items(Some(1))
+        .description(Some(format!(
+            "What the key may do, at least one of: {}.",
+            names.join(", ")
+        )))
+        .examples([json!(["conversations:read"])])
+        .build()
+}
+
+/// A new API key's lifetime ([`KeyLifetime::days`]).
+pub(crate) fn api_key_days() -> Object {
+    integer(1, KeyLifetime::MAX_DAYS)
+        .description(Some(
+            "Days until the key stops working; absent: until it is revoked.",
+        ))
+        .build()
 }
 
 /// The name a login gives: a username or an e-mail address

@@ -251,6 +251,8 @@ mod tests {
             failures: Arc::new(Inert),
             erasures: Vec::new(),
             usage: store.clone(),
+            api_keys: Arc::new(Inert),
+            key_secrets: Arc::new(Inert),
         };
         HttpState {
             conversations: conversations(&store),
@@ -274,6 +276,7 @@ mod tests {
                 anonymous: policy("anonymous"),
                 user: policy("user"),
                 admin: policy("admin"),
+                api_key: policy("api-key"),
             },
             trusted_proxies: TrustedProxies::default(),
             idempotency: IdempotencyPolicy {
@@ -308,6 +311,7 @@ mod tests {
             method: Method::GET,
             path: "/boom",
             class: routes::RouteClass::Api,
+            keys: routes::KeyUse::Refused,
             documented: true,
             keys_itself: false,
             produces: routes::Produces::Json,
@@ -317,6 +321,7 @@ mod tests {
             method: Method::GET,
             path: "/two",
             class: routes::RouteClass::Api,
+            keys: routes::KeyUse::Refused,
             documented: true,
             keys_itself: false,
             produces: routes::Produces::Json,
@@ -326,6 +331,7 @@ mod tests {
             method: Method::PATCH,
             path: "/two",
             class: routes::RouteClass::Api,
+            keys: routes::KeyUse::Refused,
             documented: true,
             keys_itself: false,
             produces: routes::Produces::Json,
@@ -371,6 +377,41 @@ mod tests {
         .await;
         assert_eq!(res.status(), 405);
         assert_eq!(res.headers().get("allow").unwrap(), "GET, HEAD, PATCH");
+    }
+
+    /// The `api_key` scheme is declared, and named with its scope on
+    /// exactly the operations a key may call.
+    #[test]
+    fn the_document_names_the_api_key_scheme_where_a_key_may_call() {
+        let doc: serde_json::Value = serde_json::from_str(&openapi_json().unwrap()).unwrap();
+        let scheme = &doc["components"]["securitySchemes"]["api_key"];
+        assert_eq!(scheme["scheme"], "bearer", "{scheme}");
+        assert_eq!(
+            doc["paths"]["/api/v1/models"]["get"]["security"],
+            serde_json::json!([{"bearer": []}, {"api_key": ["models:read"]}])
+        );
+        assert_eq!(
+            doc["paths"]["/backend-api/f/conversation"]["post"]["security"][1],
+            serde_json::json!({"api_key": ["conversations:write"]})
+        );
+        assert!(doc["paths"]["/api/v1/models"]["get"]["responses"]["403"].is_object());
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let names_key = op["security"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|r| r.get("api_key").is_some()));
+                let refused = path.starts_with("/api/v1/admin/")
+                    || path.starts_with("/api/v1/auth/")
+                    || path.starts_with("/api/v1/users/me/api-keys")
+                    || path == "/api/v1/users/me"
+                    || path == "/api/v1/users/me/password";
+                if refused {
+                    assert!(!names_key, "{method} {path} names the key scheme");
+                } else if op["security"].is_array() {
+                    assert!(names_key, "{method} {path} does not name the key scheme");
+                }
+            }
+        }
     }
 
     #[test]

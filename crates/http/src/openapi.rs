@@ -5,14 +5,14 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
-    AccountDeletionRequest, AllowanceBody, AllowancePart, AuthorView, BackendConversationBody,
-    ContentInput, ContentView, ConversationBody, ConversationExport, ConversationItem,
-    ConversationMeta, ConversationPageBody, ConversationPatchBody, DeletedBody, Health,
-    LoginRequest, MappingNode, MatchBody, MessageBody, MessageInput, MessageMetadataView,
-    MessageView, ModelBody, ModelList, NewConversationBody, OwnAllowance, PasswordChangeRequest,
-    ReadinessBody, RefreshRequest, RegisterRequest, SendBody, SendOptions, SentBody, SessionBody,
-    SessionList, SiblingsView, TokenBody, TreeBody, UsageCounts, UsageDay, UsageReport, UserBody,
-    UserPage, UserPatch,
+    AccountDeletionRequest, AllowanceBody, AllowancePart, ApiKeyBody, ApiKeyList, ApiKeyRequest,
+    AuthorView, BackendConversationBody, ContentInput, ContentView, ConversationBody,
+    ConversationExport, ConversationItem, ConversationMeta, ConversationPageBody,
+    ConversationPatchBody, CreatedKeyBody, DeletedBody, Health, LoginRequest, MappingNode,
+    MatchBody, MessageBody, MessageInput, MessageMetadataView, MessageView, ModelBody, ModelList,
+    NewConversationBody, OwnAllowance, PasswordChangeRequest, ReadinessBody, RefreshRequest,
+    RegisterRequest, SendBody, SendOptions, SentBody, SessionBody, SessionList, SiblingsView,
+    TokenBody, TreeBody, UsageCounts, UsageDay, UsageReport, UserBody, UserPage, UserPatch,
 };
 
 /// Declares the `bearer` security scheme the protected routes name.
@@ -30,6 +30,62 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Declares the `api_key` scheme, and names it, with the scope it needs,
+/// on every operation an API key may call (`routes::KeyUse::Needs`), with
+/// the 403 of a key without that scope. Runs after [`BackendAliases`].
+struct ApiKeys;
+
+impl Modify for ApiKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::SecurityRequirement;
+
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("cfk_<id>_<secret>")
+                    .description(Some(
+                        "An API key (`POST /api/v1/users/me/api-keys`), sent as \
+                         `Authorization: Bearer cfk_…`. It may call only the operations that \
+                         name this scheme, within the scopes they list; elsewhere it is refused \
+                         403.",
+                    ))
+                    .build(),
+            ),
+        );
+        let lacking = error_response(
+            "`FORBIDDEN`: the API key presented lacks the scope this operation needs.",
+        );
+        for endpoint in crate::routes::ENDPOINTS.iter().filter(|e| e.documented) {
+            let crate::routes::KeyUse::Needs(scope) = endpoint.keys else {
+                continue;
+            };
+            let Some(item) = openapi.paths.paths.get_mut(endpoint.path) else {
+                continue;
+            };
+            let op = match endpoint.method.as_str() {
+                "GET" => item.get.as_mut(),
+                "POST" => item.post.as_mut(),
+                "PATCH" => item.patch.as_mut(),
+                "DELETE" => item.delete.as_mut(),
+                _ => None,
+            };
+            let Some(op) = op else { continue };
+            let requirement = SecurityRequirement::new("api_key", [scope.as_str()]);
+            let security = op.security.get_or_insert_with(Vec::new);
+            if !security.contains(&requirement) {
+                security.push(requirement);
+            }
+            op.responses
+                .responses
+                .entry("403".to_owned())
+                .or_insert_with(|| lacking.clone().into());
+        }
     }
 }
 
@@ -258,6 +314,9 @@ impl Modify for HeadAndAccept {
         crate::routes::users::me,
         crate::routes::users::change_password,
         crate::routes::users::delete_me,
+        crate::routes::api_keys::create,
+        crate::routes::api_keys::list,
+        crate::routes::api_keys::revoke,
         crate::routes::models::list,
         crate::routes::users::list,
         crate::routes::users::update,
@@ -289,9 +348,9 @@ impl Modify for HeadAndAccept {
         ContentInput, SendOptions, SentBody, MessageView, AuthorView, ContentView,
         MessageMetadataView, ModelBody, ModelList, SessionBody, SessionList, PasswordChangeRequest,
         AccountDeletionRequest, UsageCounts, UsageDay, UsageReport, AllowanceBody, AllowancePart,
-        OwnAllowance,
+        OwnAllowance, ApiKeyRequest, ApiKeyBody, CreatedKeyBody, ApiKeyList,
     )),
-    modifiers(&BearerAuth, &BackendAliases, &Validation, &IdempotencyKeys, &HeadAndAccept),
+    modifiers(&BearerAuth, &BackendAliases, &ApiKeys, &Validation, &IdempotencyKeys, &HeadAndAccept),
     tags(
         (name = "operations", description = "Liveness, readiness and this document."),
         (name = "auth", description = "Accounts and tokens."),

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use confab_domain::{
-    ConversationId, DomainError, FamilyId, MessageId, OffsetDateTime, Role, TokenId, UserId,
+    ApiKeyId, ConversationId, DomainError, FamilyId, MessageId, OffsetDateTime, Role, Scopes,
+    TokenId, UserId,
 };
 
 /// A freshly signed token.
@@ -42,6 +43,19 @@ pub struct AccessClaims {
     pub issued_at: OffsetDateTime,
     /// When it expires.
     pub expires_at: OffsetDateTime,
+    /// `Some` when the caller presented an API key rather than an access
+    /// token: the key and what it may do. `jti` and `family` are then the
+    /// key's id, so the blocklist can refuse a revoked key at once.
+    pub api_key: Option<KeyGrant>,
+}
+
+/// What an API key presented for a request grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyGrant {
+    /// The key.
+    pub id: ApiKeyId,
+    /// What it may do.
+    pub scopes: Scopes,
 }
 
 /// What a valid refresh token says.

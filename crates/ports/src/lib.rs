@@ -7,6 +7,7 @@
 //! connection [`DomainError::Unavailable`]), so nothing above a port knows
 //! which library sits behind it.
 
+mod api_key;
 mod auth;
 mod cache;
 mod clock;
@@ -20,10 +21,12 @@ mod store;
 mod stream;
 mod usage;
 
+pub use api_key::{ApiKeySecrets, ApiKeyStore, KeyCreation, StoredKey};
 pub use auth::{
-    AccessClaims, Admission, Admitted, IssuedToken, NewRefreshToken, RateDecision, RateLimiter,
-    RatePolicy, Redemption, RefreshClaims, RefreshTokenStore, ResumeClaims, ResumeTokenCodec,
-    SessionOrigin, SessionRecord, Standing, TokenBlocklist, TokenCodec, TokenRejection,
+    AccessClaims, Admission, Admitted, IssuedToken, KeyGrant, NewRefreshToken, RateDecision,
+    RateLimiter, RatePolicy, Redemption, RefreshClaims, RefreshTokenStore, ResumeClaims,
+    ResumeTokenCodec, SessionOrigin, SessionRecord, Standing, TokenBlocklist, TokenCodec,
+    TokenRejection,
 };
 pub use cache::{Cache, CachedValue, entry_key};
 pub use clock::{Clock, SystemClock};

@@ -238,6 +238,11 @@ async fn sweep_sessions(accounts: Accounts) {
             Ok(sessions) => tracing::info!(sessions, "swept ended sessions"),
             Err(e) => tracing::warn!(error = %e, "session sweep failed; retrying at the next one"),
         }
+        match accounts.sweep_api_keys().await {
+            Ok(0) => {}
+            Ok(keys) => tracing::info!(keys, "swept expired API keys"),
+            Err(e) => tracing::warn!(error = %e, "API key sweep failed; retrying at the next one"),
+        }
     }
 }
 
@@ -410,6 +415,7 @@ fn http_state(
             anonymous: per_minute("anonymous", rl.anonymous_per_minute),
             user: per_minute("user", rl.user_per_minute),
             admin: per_minute("admin", rl.admin_per_minute),
+            api_key: per_minute("api-key", rl.api_key_per_minute),
         },
         trusted_proxies: settings.trusted_proxies()?,
         idempotency: IdempotencyPolicy {

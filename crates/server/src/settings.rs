@@ -297,6 +297,8 @@ pub struct RateLimitSettings {
     pub user_per_minute: NonZeroU32,
     /// Per admin.
     pub admin_per_minute: NonZeroU32,
+    /// Per API key.
+    pub api_key_per_minute: NonZeroU32,
     /// Login attempts per address.
     pub login_per_minute: NonZeroU32,
     /// Failed logins one address may have on one account in a window.

@@ -300,6 +300,8 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
             failures,
             erasures,
             usage: store.clone(),
+            api_keys: store.clone(),
+            key_secrets: Arc::new(confab_password::KeySecrets),
         },
         AccountRules {
             per_ip: per_minute("login", login),

@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use confab_domain::{
-    ConversationId, DomainError, FamilyId, MessageId, OffsetDateTime, Password, PasswordHash, Role,
-    TokenId, UserId, WireEvent,
+    ApiKey, ApiKeyDigest, ApiKeyId, ConversationId, DomainError, FamilyId, MessageId,
+    OffsetDateTime, Password, PasswordHash, Role, TokenId, UserId, WireEvent,
 };
 use confab_ports::{
-    AccessClaims, Cache, CachedValue, Claim, EventFeed, FailureCount, FailureCounter,
-    IdempotencyStore, IssuedToken, LogHead, PasswordHasher, RateDecision, RateLimiter, RatePolicy,
-    ReadFrom, RefreshClaims, ResumeClaims, ResumeTokenCodec, Standing, StopSignal, StoredOutcome,
-    StreamLog, TokenBlocklist, TokenCodec, TokenRejection, Verification,
+    AccessClaims, ApiKeySecrets, ApiKeyStore, Cache, CachedValue, Claim, EventFeed, FailureCount,
+    FailureCounter, IdempotencyStore, IssuedToken, KeyCreation, LogHead, PasswordHasher,
+    RateDecision, RateLimiter, RatePolicy, ReadFrom, RefreshClaims, ResumeClaims, ResumeTokenCodec,
+    Standing, StopSignal, StoredKey, StoredOutcome, StreamLog, TokenBlocklist, TokenCodec,
+    TokenRejection, Verification,
 };
 
 /// The access token lifetime [`Inert`] reports.
@@ -21,10 +22,53 @@ const ACCESS_TTL: Duration = Duration::from_secs(900);
 
 /// Does nothing and lets everything through: it hashes no password and
 /// matches none, issues no token and accepts none, blocks no token, limits
-/// no request, counts no failure, remembers no idempotency key, caches nothing (every read
+/// no request, counts no failure, remembers no idempotency key or API key, caches nothing (every read
 /// misses) and opens no stream log (a send fails as unavailable).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Inert;
+
+impl ApiKeySecrets for Inert {
+    fn mint(&self) -> Result<String, DomainError> {
+        Err(DomainError::internal("the inert double mints no key"))
+    }
+
+    fn digest(&self, _: &str) -> ApiKeyDigest {
+        ApiKeyDigest::from_trusted(String::new())
+    }
+
+    fn matches(&self, _: &str, _: &ApiKeyDigest) -> bool {
+        false
+    }
+}
+
+#[async_trait]
+impl ApiKeyStore for Inert {
+    async fn create_key(&self, _: &ApiKey, _: ApiKeyDigest) -> Result<KeyCreation, DomainError> {
+        Err(DomainError::Unavailable(
+            "the inert double keeps no key".into(),
+        ))
+    }
+
+    async fn keys(&self, _: UserId) -> Result<Vec<ApiKey>, DomainError> {
+        Ok(Vec::new())
+    }
+
+    async fn find_key(&self, _: ApiKeyId) -> Result<Option<StoredKey>, DomainError> {
+        Ok(None)
+    }
+
+    async fn delete_key(&self, _: UserId, _: ApiKeyId) -> Result<bool, DomainError> {
+        Ok(false)
+    }
+
+    async fn touch_key(&self, _: ApiKeyId, _: OffsetDateTime) -> Result<(), DomainError> {
+        Ok(())
+    }
+
+    async fn sweep_keys(&self, _: OffsetDateTime) -> Result<u64, DomainError> {
+        Ok(0)
+    }
+}
 
 #[async_trait]
 impl FailureCounter for Inert {

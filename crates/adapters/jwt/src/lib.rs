@@ -218,6 +218,7 @@ impl TokenCodec for JwtCodec {
             family: p.family,
             issued_at: p.issued_at,
             expires_at: p.expires_at,
+            api_key: None,
         })
     }
 

@@ -118,6 +118,7 @@ async fn every_store_forgets_the_deleted_users_entries_only() {
         family: FamilyId::generate(),
         issued_at: OffsetDateTime::now_utc(),
         expires_at: OffsetDateTime::now_utc() + minute,
+        api_key: None,
     };
     blocklist.user_changed(gone).await.unwrap();
     blocklist.user_changed(kept).await.unwrap();

@@ -1,4 +1,5 @@
-//! PBKDF2-HMAC-SHA256 password hashing behind [`confab_ports::PasswordHasher`].
+//! PBKDF2-HMAC-SHA256 password hashing behind [`confab_ports::PasswordHasher`],
+//! and API key secrets behind [`confab_ports::ApiKeySecrets`] ([`KeySecrets`]).
 //!
 //! Hashes are PHC strings: `$pbkdf2-sha256$i=600000,l=32$<salt>$<hash>`
 //! (base64 without padding), with a 16-byte random salt per password. The
@@ -12,6 +13,7 @@
 //! builds, so tests hash at close to release speed without lowering the
 //! iteration count production uses.
 
+mod api_key;
 mod phc;
 
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use confab_ports::{PasswordHasher, Verification};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
+pub use api_key::KeySecrets;
 pub use phc::derive;
 
 /// The iteration count OWASP recommends for PBKDF2-HMAC-SHA256, and the

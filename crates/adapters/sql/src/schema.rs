@@ -65,6 +65,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    api_keys (id) {
+        id -> Text,
+        user_id -> Text,
+        name -> Text,
+        scopes -> Text,
+        secret_digest -> Text,
+        created_at -> BigInt,
+        expires_at -> Nullable<BigInt>,
+        last_used_at -> Nullable<BigInt>,
+    }
+}
+
 diesel::joinable!(conversations -> users (user_id));
 diesel::joinable!(messages -> conversations (conversation_id));
 
@@ -99,5 +112,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     conversations,
     messages,
     refresh_families,
-    refresh_tokens
+    refresh_tokens,
+    api_keys
 );

@@ -5,12 +5,14 @@
 
 use std::time::Duration;
 
+use confab_domain::{ApiKey, ApiKeyDigest, ApiKeyId, ApiKeyName, Scopes};
 use confab_domain::{
     Content, ConversationId, ConversationPatch, DomainError, Email, Field, ListOrder, Message,
     MessageId, MessageRole, MessageStatus, ModelSlug, NewConversation, NewUser, OffsetDateTime,
     PageRequest, PasswordHash, Role, SearchQuery, Title, User, UserId, Username,
 };
 use confab_domain::{FamilyId, TokenId};
+use confab_ports::{ApiKeyStore, KeyCreation, StoredKey};
 use confab_ports::{
     ConversationQuery, ConversationStore, HealthCheck, MessageStore, NewRefreshToken, Redemption,
     RefreshTokenStore, SessionOrigin, UserStore,
@@ -84,6 +86,8 @@ on_both_backends!(
     only_an_answer_that_stopped_early_is_reopened,
     a_conversations_settings_are_stored_changed_and_cleared,
     all_of_an_owners_conversations_are_listed_by_id_and_deleted_at_once,
+    api_keys_are_kept_per_owner_bounded_and_swept,
+    racing_key_creations_never_pass_the_bound,
 );
 
 struct Fixture {
@@ -672,7 +676,7 @@ async fn sessions_of_the_previous_release_come_over_with_their_times(backend: Ba
     let db = TestDatabase::new(backend);
     assert_eq!(
         db.before_migration("20261204000007"),
-        ["20261205000008", "20261204000007"]
+        ["20261205000009", "20261205000008", "20261204000007"]
     );
     let owner = UserId::generate();
     let (used, bare, revoked) = (
@@ -728,7 +732,12 @@ async fn a_database_of_the_previous_release_is_searchable(backend: Backend) {
     let db = TestDatabase::new(backend);
     assert_eq!(
         db.before_migration("20261204000006"),
-        ["20261205000008", "20261204000007", "20261204000006"]
+        [
+            "20261205000009",
+            "20261205000008",
+            "20261204000007",
+            "20261204000006"
+        ]
     );
     let owner = UserId::generate();
     let id = ConversationId::generate();
@@ -1642,6 +1651,13 @@ async fn a_deleted_user_leaves_no_row_and_names_every_conversation(backend: Back
         .unwrap();
     assert_eq!(found.total, 1, "before");
     for owner in [gone.id, kept.id] {
+        f.store
+            .create_key(
+                &api_key(owner, "deploy"),
+                ApiKeyDigest::from_trusted("d".repeat(64)),
+            )
+            .await
+            .unwrap();
         let family = FamilyId::generate();
         f.store
             .open_family(family, owner, now(), SessionOrigin::default())
@@ -1668,6 +1684,7 @@ async fn a_deleted_user_leaves_no_row_and_names_every_conversation(backend: Back
     // The other user keeps everything, searchable as before.
     assert_eq!(all_messages(&f.store, theirs).await.len(), 1);
     assert_eq!(f.store.sessions(kept.id, now()).await.unwrap().len(), 1);
+    assert_eq!(f.store.keys(kept.id).await.unwrap().len(), 1);
     let found = ConversationStore::list(&f.store, kept.id, &query)
         .await
         .unwrap();
@@ -2081,6 +2098,7 @@ async fn a_database_of_the_previous_release_comes_over_as_one_branch(backend: Ba
     assert_eq!(
         db.before_migration("20261204000004"),
         [
+            "20261205000009",
             "20261205000008",
             "20261204000007",
             "20261204000006",
@@ -2371,4 +2389,142 @@ async fn all_of_an_owners_conversations_are_listed_by_id_and_deleted_at_once(bac
     ConversationStore::get(&f.store, bob.id, bobs)
         .await
         .unwrap();
+}
+
+fn api_key(owner: UserId, name: &str) -> ApiKey {
+    ApiKey {
+        id: ApiKeyId::generate(),
+        user_id: owner,
+        name: ApiKeyName::parse(name).unwrap(),
+        scopes: Scopes::parse(&["conversations:read", "models:read"]).unwrap(),
+        // Whole microseconds: what the database keeps.
+        created_at: OffsetDateTime::from_unix_timestamp(now().unix_timestamp()).unwrap(),
+        expires_at: None,
+        last_used_at: None,
+    }
+}
+
+async fn api_keys_are_kept_per_owner_bounded_and_swept(backend: Backend) {
+    let f = fixture(backend).await;
+    let owner = user(&f.store, "keyholder").await;
+    let other = user(&f.store, "bystander").await;
+    let digest = ApiKeyDigest::from_trusted("ab".repeat(32));
+    let mut first = api_key(owner.id, "ci");
+    first.expires_at = Some(first.created_at + Duration::from_secs(3600));
+    assert_eq!(
+        f.store.create_key(&first, digest.clone()).await.unwrap(),
+        KeyCreation::Created
+    );
+    assert_eq!(
+        f.store.find_key(first.id).await.unwrap(),
+        Some(StoredKey {
+            key: first.clone(),
+            digest: digest.clone()
+        })
+    );
+    // The name is the owner's: taken for them, free for anyone else.
+    assert_eq!(
+        f.store
+            .create_key(&api_key(owner.id, "ci"), digest.clone())
+            .await
+            .unwrap(),
+        KeyCreation::NameTaken
+    );
+    assert_eq!(
+        f.store
+            .create_key(&api_key(other.id, "ci"), digest.clone())
+            .await
+            .unwrap(),
+        KeyCreation::Created
+    );
+    assert!(
+        matches!(
+            f.store
+                .create_key(&api_key(UserId::generate(), "ci"), digest.clone())
+                .await,
+            Err(DomainError::NotFound)
+        ),
+        "no such owner"
+    );
+    let mut later = api_key(owner.id, "later");
+    later.created_at += Duration::from_secs(1);
+    f.store.create_key(&later, digest.clone()).await.unwrap();
+    let listed: Vec<ApiKeyId> = f
+        .store
+        .keys(owner.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(
+        listed,
+        [later.id, first.id],
+        "newest first, the owner's only"
+    );
+
+    // Last use moves forward only.
+    let used = first.created_at + Duration::from_secs(60);
+    f.store.touch_key(first.id, used).await.unwrap();
+    f.store.touch_key(first.id, first.created_at).await.unwrap();
+    let found = f.store.find_key(first.id).await.unwrap().unwrap();
+    assert_eq!(found.key.last_used_at, Some(used));
+
+    // Only the owner deletes it.
+    assert!(!f.store.delete_key(other.id, first.id).await.unwrap());
+    assert!(f.store.delete_key(owner.id, first.id).await.unwrap());
+    assert!(!f.store.delete_key(owner.id, first.id).await.unwrap());
+    assert_eq!(f.store.find_key(first.id).await.unwrap(), None);
+
+    // The bound counts every key the owner has.
+    for n in 1..ApiKey::MAX_PER_USER {
+        let created = f
+            .store
+            .create_key(&api_key(owner.id, &format!("k{n}")), digest.clone())
+            .await;
+        assert_eq!(created.unwrap(), KeyCreation::Created, "key {n}");
+    }
+    assert_eq!(
+        f.store
+            .create_key(&api_key(owner.id, "one more"), digest.clone())
+            .await
+            .unwrap(),
+        KeyCreation::TooMany
+    );
+
+    // Sweeping goes by expiry: a key without one stays.
+    let mut expired = api_key(other.id, "expired");
+    expired.expires_at = Some(expired.created_at - Duration::from_secs(10));
+    f.store.create_key(&expired, digest.clone()).await.unwrap();
+    assert_eq!(f.store.sweep_keys(now()).await.unwrap(), 1);
+    assert_eq!(f.store.find_key(expired.id).await.unwrap(), None);
+    assert_eq!(f.store.keys(other.id).await.unwrap().len(), 1);
+}
+
+async fn racing_key_creations_never_pass_the_bound(backend: Backend) {
+    let f = fixture(backend).await;
+    let owner = user(&f.store, "racer").await;
+    let digest = ApiKeyDigest::from_trusted("cd".repeat(32));
+    let tasks: Vec<_> = (0..ApiKey::MAX_PER_USER + 15)
+        .map(|n| {
+            let store = f.store.clone();
+            let digest = digest.clone();
+            // Every fifth name twice.
+            let name = format!("k{}", if n % 5 == 0 { n + 1 } else { n });
+            tokio::spawn(async move { store.create_key(&api_key(owner.id, &name), digest).await })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        if task.await.unwrap().unwrap() == KeyCreation::Created {
+            created += 1;
+        }
+    }
+    let keys = f.store.keys(owner.id).await.unwrap();
+    assert_eq!(keys.len(), created);
+    assert_eq!(created, ApiKey::MAX_PER_USER);
+    let mut names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), keys.len(), "no name twice");
 }

@@ -1,19 +1,22 @@
 //! Accounts: registration, login, token rotation, logout, administration.
 
+mod keys;
 mod known;
 
 use std::sync::Arc;
 
 use confab_domain::{
-    DailyUsage, DomainError, Email, FamilyId, Field, NewUser, OffsetDateTime, Page, PageRequest,
-    Password, PasswordHash, Role, UsagePeriod, User, UserId, Username,
+    ApiKeyText, DailyUsage, DomainError, Email, FamilyId, Field, NewUser, OffsetDateTime, Page,
+    PageRequest, Password, PasswordHash, Role, UsagePeriod, User, UserId, Username,
 };
 use confab_ports::{
-    AccessClaims, Admission, Erasure, ErasureTargets, FailureCounter, IssuedToken, NewRefreshToken,
-    PasswordHasher, RateDecision, RateLimiter, RatePolicy, Redemption, RefreshTokenStore,
-    SessionOrigin, SessionRecord, TokenBlocklist, TokenCodec, TokenRejection, UsageStore,
-    UserStore, Verification,
+    AccessClaims, Admission, ApiKeySecrets, ApiKeyStore, Erasure, ErasureTargets, FailureCounter,
+    IssuedToken, NewRefreshToken, PasswordHasher, RateDecision, RateLimiter, RatePolicy,
+    Redemption, RefreshTokenStore, SessionOrigin, SessionRecord, TokenBlocklist, TokenCodec,
+    TokenRejection, UsageStore, UserStore, Verification,
 };
+
+pub use keys::{CreatedKey, KEY_FAILURES_PER_ADDRESS, NewApiKey};
 
 use crate::conversations::list_key;
 use crate::{AppError, AuthFailure, Conversations, ListVersion};
@@ -172,6 +175,10 @@ pub struct AccountPorts {
     pub erasures: Vec<Arc<dyn Erasure>>,
     /// Token usage, read back per day and model.
     pub usage: Arc<dyn UsageStore>,
+    /// API keys.
+    pub api_keys: Arc<dyn ApiKeyStore>,
+    /// API key secrets: minted, digested, checked.
+    pub key_secrets: Arc<dyn ApiKeySecrets>,
 }
 
 /// The account use cases.
@@ -180,6 +187,7 @@ pub struct Accounts {
     ports: AccountPorts,
     limits: AccountRules,
     known: Arc<known::KnownUsers>,
+    keys: Arc<keys::KnownKeys>,
 }
 
 fn rejection(r: TokenRejection) -> AppError {
@@ -199,6 +207,7 @@ impl Accounts {
             ports,
             limits,
             known: Arc::default(),
+            keys: Arc::default(),
         }
     }
 
@@ -617,6 +626,9 @@ impl Accounts {
     /// the check holds across restarts and instances without a database
     /// read per request.
     ///
+    /// An API key is not accepted here: keys are admitted by
+    /// [`Accounts::admit`] only, which knows the caller's address.
+    ///
     /// # Errors
     /// [`AppError::Unauthorized`] when it must not be accepted.
     pub async fn authenticate(&self, token: &str) -> Result<AccessClaims, AppError> {
@@ -639,14 +651,25 @@ impl Accounts {
     /// account is not read (the refusal costs no database read), so its
     /// caller gets the refusal even if the account was disabled meanwhile.
     ///
+    /// `token` may also be an API key's text: the key's claims then carry
+    /// its grant ([`AccessClaims::api_key`]) and role `user`, and a bad key
+    /// is counted against `client` (the caller's address; see
+    /// [`KEY_FAILURES_PER_ADDRESS`]).
+    ///
     /// # Errors
-    /// As [`Accounts::authenticate`].
+    /// As [`Accounts::authenticate`]; [`AppError::RateLimited`] for an
+    /// address that presented too many bad keys.
     pub async fn admit<'p>(
         &self,
         token: &str,
+        client: &str,
         bucket: impl FnOnce(&AccessClaims) -> (&'p RatePolicy, String),
     ) -> Result<AdmittedRequest<'p>, AppError> {
-        let claims = self.ports.tokens.verify_access(token).map_err(rejection)?;
+        let claims = if ApiKeyText::is_key(token) {
+            self.verify_key(token, client).await?
+        } else {
+            self.ports.tokens.verify_access(token).map_err(rejection)?
+        };
         let (policy, key) = bucket(&claims);
         let lists = list_key(claims.user_id);
         let Some(admitted) = self
@@ -928,9 +951,11 @@ impl Accounts {
             Err(DomainError::NotFound) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        // Its tokens die first: no new request of its starts.
+        // Its tokens and keys die first: no new request of its starts, and
+        // none charges a rate bucket of its that the erasure would miss.
         self.end_sessions(user, None, OffsetDateTime::now_utc())
             .await?;
+        self.block_keys(user).await?;
         let deleted = self.ports.users.delete(user).await?;
         // A login that passed its checks while the sessions ended holds a
         // token of a session that was never blocked: moving the account's

@@ -6,13 +6,13 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, ResponseError};
-use confab_domain::Role;
-use confab_ports::RatePolicy;
+use confab_domain::{ApiKeyText, Role, Scopes};
+use confab_ports::{AccessClaims, RatePolicy};
 
 use crate::auth::{Authenticated, bearer};
 use crate::client::client_key;
 use crate::error::rate_limit_headers;
-use crate::routes::RouteClass;
+use crate::routes::{KeyUse, RouteClass};
 use crate::{ApiError, State};
 
 /// The general limits by kind of caller (app data).
@@ -24,6 +24,23 @@ pub struct RateTiers {
     pub user: RatePolicy,
     /// Admins, per user.
     pub admin: RatePolicy,
+    /// API keys, per key.
+    pub api_key: RatePolicy,
+}
+
+/// Why an API key with `scopes` may not call an endpoint that `used`
+/// says it may be called so; `None` when it may.
+fn key_refusal(used: KeyUse, scopes: Scopes) -> Option<ApiError> {
+    match used {
+        KeyUse::Open => None,
+        KeyUse::Needs(scope) if scopes.contains(scope) => None,
+        KeyUse::Needs(scope) => Some(ApiError::key_forbidden(format!(
+            "this API key lacks the scope `{scope}` this route needs"
+        ))),
+        KeyUse::Refused => Some(ApiError::key_forbidden(
+            "an API key can't be used on this route; log in instead",
+        )),
+    }
 }
 
 pub(crate) async fn rate_limit(
@@ -42,24 +59,42 @@ pub(crate) async fn rate_limit(
             .map(ServiceResponse::map_into_boxed_body);
     }
     let (tiers, limiter, accounts) = (&state.rate_tiers, &state.limiter, &state.accounts);
+    let client = client_key(req.request(), &state.trusted_proxies);
     // A token that verifies and is not refused is charged to its user's
-    // bucket in the same look-up as its standing (one round trip on
-    // Redis), and kept for the route. Any other request is limited as
-    // anonymous; the route itself then answers 401.
+    // bucket (an API key to its own) in the same look-up as its standing
+    // (one round trip on Redis), and kept for the route. Any other request
+    // is limited as anonymous; the route itself then answers 401. A bad
+    // API key is answered here: it was meant as a key, and counting it
+    // against the address is what keeps made-up keys from costing
+    // look-ups at request rate.
     let admitted = match bearer(req.request()) {
-        Some(token) => accounts
-            .admit(&token, |c| {
-                let policy = if c.role == Role::Admin {
-                    &tiers.admin
-                } else {
-                    &tiers.user
-                };
-                (policy, format!("user:{}", c.user_id))
-            })
-            .await
-            .ok(),
+        Some(token) => {
+            let admitted = accounts
+                .admit(&token, &client, |c: &AccessClaims| match c.api_key {
+                    Some(key) => (&tiers.api_key, format!("user:{}:key:{}", c.user_id, key.id)),
+                    None if c.role == Role::Admin => (&tiers.admin, format!("user:{}", c.user_id)),
+                    None => (&tiers.user, format!("user:{}", c.user_id)),
+                })
+                .await;
+            match admitted {
+                Ok(admitted) => Some(admitted),
+                Err(e) if ApiKeyText::is_key(&token) => {
+                    return Ok(req.into_response(ApiError::from(e).error_response()));
+                }
+                Err(_) => None,
+            }
+        }
         None => None,
     };
+    if let Some(refusal) = admitted.as_ref().and_then(|a| {
+        let grant = a.claims.api_key?;
+        let used = state
+            .routes
+            .key_use(req.method(), req.match_info().as_str())?;
+        key_refusal(used, grant.scopes)
+    }) {
+        return Ok(req.into_response(refusal.error_response()));
+    }
     let (policy, decision) = match admitted {
         Some(admitted) => {
             req.extensions_mut().insert(Authenticated {
@@ -69,7 +104,7 @@ pub(crate) async fn rate_limit(
             (admitted.policy, admitted.decision)
         }
         None => {
-            let key = format!("ip:{}", client_key(req.request(), &state.trusted_proxies));
+            let key = format!("ip:{client}");
             match limiter.check(&tiers.anonymous, &key).await {
                 Ok(d) => (&tiers.anonymous, d),
                 Err(e) => {

@@ -4,6 +4,7 @@
 //! [`served_routes`], which a test compares with the OpenAPI document so a
 //! route can't be served without being documented.
 
+pub(crate) mod api_keys;
 pub(crate) mod auth;
 pub(crate) mod conversations;
 pub(crate) mod docs;
@@ -24,9 +25,12 @@ use actix_web::http::Method;
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{ResponseError, Route, web};
 
+use confab_domain::Scope;
+
 use crate::ApiError;
 use crate::middleware::catch_panic;
 
+pub(crate) use api_keys::{ApiKeyBody, ApiKeyList, ApiKeyRequest, CreatedKeyBody};
 pub(crate) use auth::{LoginRequest, RefreshRequest, RegisterRequest, TokenBody, UserBody};
 pub(crate) use conversations::{
     BackendConversationBody, ConversationBody, ConversationItem, ConversationMeta,
@@ -72,7 +76,7 @@ pub(crate) enum RouteClass {
 pub(crate) struct RouteClasses {
     prefixes: Vec<(&'static str, RouteClass)>,
     keyed_by_handler: Vec<(Method, ResourceDef)>,
-    served: Vec<(Method, ResourceDef)>,
+    served: Vec<(Method, ResourceDef, KeyUse)>,
 }
 
 impl RouteClasses {
@@ -92,7 +96,7 @@ impl RouteClasses {
             .collect();
         let served = endpoints
             .iter()
-            .map(|e| (e.method.clone(), ResourceDef::new(e.path)))
+            .map(|e| (e.method.clone(), ResourceDef::new(e.path), e.keys))
             .collect();
         Self {
             prefixes,
@@ -105,9 +109,16 @@ impl RouteClasses {
     /// the path doesn't take is answered 405 by the route, before any
     /// middleware acts on the request.
     pub(crate) fn serves(&self, method: &Method, path: &str) -> bool {
+        self.key_use(method, path).is_some()
+    }
+
+    /// Whether an API key may call the endpoint `method` `path` (as
+    /// routed); `None` when no endpoint serves it.
+    pub(crate) fn key_use(&self, method: &Method, path: &str) -> Option<KeyUse> {
         self.served
             .iter()
-            .any(|(m, def)| m == method && def.is_match(path))
+            .find(|(m, def, _)| m == method && def.is_match(path))
+            .map(|(_, _, keys)| *keys)
     }
 
     /// Whether the endpoint `method` `path` (as routed) claims its
@@ -131,12 +142,29 @@ impl RouteClasses {
     }
 }
 
+/// Whether an API key may call an endpoint ([`AccessClaims::api_key`]).
+/// A key presented where it may not be used is refused 403.
+///
+/// [`AccessClaims::api_key`]: confab_ports::AccessClaims::api_key
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyUse {
+    /// The endpoint needs no caller (health, docs, sign-up, login).
+    Open,
+    /// A key with this scope may call it.
+    Needs(Scope),
+    /// Only a login session may: the account, its sessions and keys, and
+    /// the admin routes.
+    Refused,
+}
+
 /// One method on one path.
 pub(crate) struct Endpoint {
     pub(crate) method: Method,
     pub(crate) path: &'static str,
     /// What kind of route it is.
     pub(crate) class: RouteClass,
+    /// Whether an API key may call it.
+    pub(crate) keys: KeyUse,
     /// False only for the interactive docs page, which is not part of the API.
     pub(crate) documented: bool,
     /// The handler claims its request's `Idempotency-Key` itself (a send,
@@ -173,6 +201,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/healthz",
         class: RouteClass::Health,
+        keys: KeyUse::Open,
         documented: true,
         keys_itself: false,
         produces: Produces::Any,
@@ -182,6 +211,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/readyz",
         class: RouteClass::Health,
+        keys: KeyUse::Open,
         documented: true,
         keys_itself: false,
         produces: Produces::Any,
@@ -191,6 +221,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/api/v1/openapi.json",
         class: RouteClass::Api,
+        keys: KeyUse::Open,
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -200,6 +231,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/docs",
         class: RouteClass::Docs,
+        keys: KeyUse::Open,
         documented: false,
         keys_itself: false,
         produces: Produces::Any,
@@ -209,6 +241,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::POST,
         path: "/api/v1/auth/register",
         class: RouteClass::Auth,
+        keys: KeyUse::Open,
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -218,6 +251,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::POST,
         path: "/api/v1/auth/login",
         class: RouteClass::Auth,
+        keys: KeyUse::Open,
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -227,6 +261,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::POST,
         path: "/api/v1/auth/refresh",
         class: RouteClass::Auth,
+        keys: KeyUse::Open,
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -236,6 +271,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::POST,
         path: "/api/v1/auth/logout",
         class: RouteClass::Auth,
+        keys: KeyUse::Refused,
         documented: true,
         keys_itself: false,
         produces: Produces::Empty,
@@ -245,6 +281,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::POST,
         path: "/api/v1/auth/logout-all",
         class: RouteClass::Auth,
+        keys: KeyUse::Refused,
         documented: true,
         keys_itself: false,
         produces: Produces::Empty,
@@ -254,6 +291,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/api/v1/auth/sessions",
         class: RouteClass::Auth,
+        keys: KeyUse::Refused,
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -263,6 +301,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::DELETE,
         path: "/api/v1/auth/sessions/{id}",
         class: RouteClass::Auth,
+        keys: KeyUse::Refused,
         documented: true,
         keys_itself: false,
         produces: Produces::Empty,
@@ -272,6 +311,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/api/v1/users/me",
         class: RouteClass::Api,
+        keys: KeyUse::Refused,
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -281,6 +321,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::DELETE,
         path: "/api/v1/users/me",
         class: RouteClass::Api,
+        keys: KeyUse::Refused,
         documented: true,
         keys_itself: false,
         produces: Produces::Empty,
@@ -290,15 +331,47 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::POST,
         path: "/api/v1/users/me/password",
         class: RouteClass::Auth,
+        keys: KeyUse::Refused,
         documented: true,
         keys_itself: false,
         produces: Produces::Empty,
         route: || web::route().to(users::change_password),
     },
     Endpoint {
+        method: Method::POST,
+        path: "/api/v1/users/me/api-keys",
+        class: RouteClass::Auth,
+        keys: KeyUse::Refused,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Json,
+        route: || web::route().to(api_keys::create),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/api/v1/users/me/api-keys",
+        class: RouteClass::Auth,
+        keys: KeyUse::Refused,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Json,
+        route: || web::route().to(api_keys::list),
+    },
+    Endpoint {
+        method: Method::DELETE,
+        path: "/api/v1/users/me/api-keys/{id}",
+        class: RouteClass::Auth,
+        keys: KeyUse::Refused,
+        documented: true,
+        keys_itself: false,
+        produces: Produces::Empty,
+        route: || web::route().to(api_keys::revoke),
+    },
+    Endpoint {
         method: Method::GET,
         path: "/api/v1/users/me/usage",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::UsageRead),
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -308,6 +381,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/api/v1/users/me/allowance",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::UsageRead),
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -317,6 +391,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::PUT,
         path: "/api/v1/admin/users/{id}/allowance",
         class: RouteClass::Api,
+        keys: KeyUse::Refused,
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -326,6 +401,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/api/v1/admin/usage",
         class: RouteClass::Api,
+        keys: KeyUse::Refused,
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -335,6 +411,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/api/v1/admin/users/{id}/usage",
         class: RouteClass::Api,
+        keys: KeyUse::Refused,
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -344,6 +421,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/api/v1/models",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ModelsRead),
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -353,6 +431,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/api/v1/admin/users",
         class: RouteClass::Api,
+        keys: KeyUse::Refused,
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -362,6 +441,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::PATCH,
         path: "/api/v1/admin/users/{id}",
         class: RouteClass::Api,
+        keys: KeyUse::Refused,
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -371,6 +451,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::DELETE,
         path: "/api/v1/admin/users/{id}",
         class: RouteClass::Api,
+        keys: KeyUse::Refused,
         documented: true,
         keys_itself: false,
         produces: Produces::Empty,
@@ -380,6 +461,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/api/v1/conversations",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsRead),
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -389,6 +471,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::DELETE,
         path: "/api/v1/conversations",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsWrite),
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -398,6 +481,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/api/v1/conversations/export",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsRead),
         documented: true,
         keys_itself: false,
         produces: Produces::File,
@@ -407,6 +491,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/api/v1/conversations/{id}/export",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsRead),
         documented: true,
         keys_itself: false,
         produces: Produces::File,
@@ -416,6 +501,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::POST,
         path: "/api/v1/conversations",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsWrite),
         documented: true,
         keys_itself: true,
         produces: Produces::Negotiated,
@@ -425,6 +511,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/api/v1/conversations/{id}",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsRead),
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -434,6 +521,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/api/v1/conversations/{id}/tree",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsRead),
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -443,6 +531,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::PATCH,
         path: "/api/v1/conversations/{id}",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsWrite),
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -452,6 +541,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::DELETE,
         path: "/api/v1/conversations/{id}",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsWrite),
         documented: true,
         keys_itself: false,
         produces: Produces::Empty,
@@ -461,6 +551,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::POST,
         path: "/api/v1/conversations/{id}/messages",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsWrite),
         documented: true,
         keys_itself: true,
         produces: Produces::Negotiated,
@@ -470,6 +561,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/api/v1/conversations/{id}/stream",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsRead),
         documented: true,
         keys_itself: false,
         produces: Produces::Stream,
@@ -479,6 +571,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::DELETE,
         path: "/api/v1/conversations/{id}/stream",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsWrite),
         documented: true,
         keys_itself: false,
         produces: Produces::Empty,
@@ -488,6 +581,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/backend-api/conversations",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsRead),
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -497,6 +591,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/backend-api/conversation/{id}",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsRead),
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -506,6 +601,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::PATCH,
         path: "/backend-api/conversation/{id}",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsWrite),
         documented: true,
         keys_itself: false,
         produces: Produces::Json,
@@ -515,6 +611,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::DELETE,
         path: "/backend-api/conversation/{id}",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsWrite),
         documented: true,
         keys_itself: false,
         produces: Produces::Empty,
@@ -524,6 +621,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/backend-api/conversation/{id}/stream",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsRead),
         documented: true,
         keys_itself: false,
         produces: Produces::Stream,
@@ -533,6 +631,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::DELETE,
         path: "/backend-api/conversation/{id}/stream",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsWrite),
         documented: true,
         keys_itself: false,
         produces: Produces::Empty,
@@ -542,6 +641,7 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         method: Method::POST,
         path: "/backend-api/f/conversation",
         class: RouteClass::Api,
+        keys: KeyUse::Needs(Scope::ConversationsWrite),
         documented: true,
         keys_itself: true,
         produces: Produces::Negotiated,
@@ -653,15 +753,69 @@ pub(crate) async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
 mod tests {
     use super::*;
 
+    /// `path` with an id where it takes one.
+    fn concrete(path: &str) -> String {
+        path.replace("{id}", "0193b8a1-c2d3-7e5f-8a9b-0c1d2e3f4a5b")
+    }
+
     #[test]
     fn every_endpoint_has_the_class_it_declares() {
         let classes = RouteClasses::new(ENDPOINTS);
         for e in ENDPOINTS {
-            let concrete = e
-                .path
-                .replace("{id}", "0193b8a1-c2d3-7e5f-8a9b-0c1d2e3f4a5b");
-            assert_eq!(classes.of(&concrete), e.class, "{}", e.path);
+            assert_eq!(classes.of(&concrete(e.path)), e.class, "{}", e.path);
         }
+    }
+
+    /// The routes that manage the account, its sessions and keys, and the
+    /// admin routes, are a login session's only; a key's scopes reach
+    /// nothing else that needs no caller.
+    #[test]
+    fn no_key_reaches_an_account_session_key_or_admin_route() {
+        let classes = RouteClasses::new(ENDPOINTS);
+        for e in ENDPOINTS {
+            assert_eq!(
+                classes.key_use(&e.method, &concrete(e.path)),
+                Some(e.keys),
+                "{}",
+                e.path
+            );
+            let session_only = e.path.starts_with("/api/v1/admin/")
+                || e.path.starts_with("/api/v1/auth/logout")
+                || e.path.starts_with("/api/v1/auth/sessions")
+                || e.path.starts_with("/api/v1/users/me/api-keys")
+                || e.path == "/api/v1/users/me/password"
+                || e.path == "/api/v1/users/me";
+            if session_only {
+                assert_eq!(e.keys, KeyUse::Refused, "{} {}", e.method, e.path);
+            }
+            let open = matches!(e.class, RouteClass::Health | RouteClass::Docs)
+                || [
+                    "/api/v1/openapi.json",
+                    "/api/v1/auth/register",
+                    "/api/v1/auth/login",
+                    "/api/v1/auth/refresh",
+                ]
+                .contains(&e.path);
+            assert_eq!(e.keys == KeyUse::Open, open, "{} {}", e.method, e.path);
+            // Writing takes the write scope; reading never does more.
+            if let KeyUse::Needs(scope) = e.keys
+                && e.path.contains("conversation")
+            {
+                let write = e.method != Method::GET;
+                assert_eq!(
+                    scope,
+                    if write {
+                        Scope::ConversationsWrite
+                    } else {
+                        Scope::ConversationsRead
+                    },
+                    "{} {}",
+                    e.method,
+                    e.path
+                );
+            }
+        }
+        assert_eq!(classes.key_use(&Method::GET, "/nope"), None);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub fn claims(user: UserId, issued_at: OffsetDateTime) -> AccessClaims {
         family: FamilyId::generate(),
         issued_at,
         expires_at: issued_at + Duration::from_secs(900),
+        api_key: None,
     }
 }
 

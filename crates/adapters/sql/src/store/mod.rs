@@ -1,5 +1,6 @@
 //! [`SqlStore`]: the pool, and the port implementations over it.
 
+mod api_keys;
 mod conversations;
 pub(crate) mod messages;
 mod refresh_tokens;
@@ -24,7 +25,7 @@ const MAX_POSTGRES_WRITERS: usize = 4;
 
 /// The SQL store. Cheap to clone (it holds a handle on its threads, which
 /// end when the last clone is dropped); implements
-/// [`confab_ports::UserStore`], [`confab_ports::ConversationStore`],
+/// [`confab_ports::UserStore`], [`confab_ports::ConversationStore`], [`confab_ports::ApiKeyStore`],
 /// [`confab_ports::MessageStore`] and [`HealthCheck`].
 #[derive(Clone)]
 pub struct SqlStore {
