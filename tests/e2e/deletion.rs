@@ -108,7 +108,7 @@ async fn a_deleted_account_leaves_no_row_key_or_entry_on_any_instance(backend: B
             Method::POST,
             "/api/v1/users/me/api-keys",
             &token,
-            Some(&json!({"name": "delia's bot", "scopes": ["conversations:read"]})),
+            Some(&json!({"name": "delia's bot", "scopes": ["conversations:read"], "password": PASSWORD})),
         )
         .await;
     assert_eq!(res.status(), 201);

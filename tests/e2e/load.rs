@@ -116,7 +116,11 @@ async fn writing_key(app: &TestApp, token: &str) -> String {
         .client
         .post(app.url("/api/v1/users/me/api-keys"))
         .bearer_auth(token)
-        .json(&serde_json::json!({"name": "load", "scopes": ["conversations:write"]}))
+        .json(&serde_json::json!({
+            "name": "load",
+            "scopes": ["conversations:write"],
+            "password": PASSWORD,
+        }))
         .send()
         .await
         .unwrap();

@@ -11,8 +11,8 @@ mod limits;
 mod readiness;
 
 pub use accounts::{
-    AccountPorts, AccountRules, Accounts, AdmittedRequest, CreatedKey, KEY_FAILURES_PER_ADDRESS,
-    LoginAttempt, LoginFailures, NewApiKey, PasswordChange, Registration, Session, SessionView,
+    AccountPorts, AccountRules, Accounts, AdmittedRequest, CreatedKey, LoginAttempt, LoginFailures,
+    NewApiKey, PasswordChange, Registration, Session, SessionView,
 };
 pub use conversations::{
     AllowanceView, AnswerEnd, Cached, ConversationPage, ConversationPorts, ConversationRules,

@@ -88,6 +88,4 @@ pub enum Field {
     Scopes,
     /// How many days a new API key lasts.
     ExpiresInDays,
-    /// An API key's id.
-    ApiKeyId,
 }

@@ -72,10 +72,11 @@ uuid_id!(
     new_v4
 );
 uuid_id!(
-    /// An API key's id, random (UUIDv4). It is part of the key's text, so
-    /// it is shown only to the key's owner.
+    /// An API key's id, random (UUIDv4). It is the public part of the
+    /// key's text (logged, and in rate-bucket names): knowing it grants
+    /// nothing without the secret.
     ApiKeyId,
-    Field::ApiKeyId,
+    Field::Id,
     new_v4
 );
 uuid_id!(

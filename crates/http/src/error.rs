@@ -326,7 +326,6 @@ pub(crate) const fn field_name(field: Field) -> &'static str {
         Field::Name => "name",
         Field::Scopes => "scopes",
         Field::ExpiresInDays => "expires_in_days",
-        Field::ApiKeyId => "api_key_id",
         Field::MonthlyTokens => "monthly_tokens",
     }
 }

@@ -267,6 +267,7 @@ mod tests {
                         window: std::time::Duration::from_secs(60),
                     },
                     register_per_ip: policy("register"),
+                    key_lookups: policy("api-key-lookups"),
                     register_overall: policy("register-all"),
                     refresh_reuse_grace: std::time::Duration::ZERO,
                 },

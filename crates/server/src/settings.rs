@@ -299,6 +299,8 @@ pub struct RateLimitSettings {
     pub admin_per_minute: NonZeroU32,
     /// Per API key.
     pub api_key_per_minute: NonZeroU32,
+    /// Look-ups of API keys an instance does not know, per client address.
+    pub api_key_lookups_per_minute: NonZeroU32,
     /// Login attempts per address.
     pub login_per_minute: NonZeroU32,
     /// Failed logins one address may have on one account in a window.

@@ -311,6 +311,7 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
                 window: rl.login_failure_window,
             },
             register_per_ip: per_minute("register", settings.rate_limit.register_per_minute),
+            key_lookups: per_minute("api-key-lookups", rl.api_key_lookups_per_minute),
             register_overall: per_minute(
                 "register-all",
                 settings.rate_limit.register_overall_per_minute,

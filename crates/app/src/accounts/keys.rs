@@ -1,14 +1,20 @@
 //! API keys: created, listed and revoked by their owner; verified for
 //! every request that presents one.
 //!
-//! An instance remembers the keys it has read for [`KEY_MEMORY`], so a
-//! request with a known key reads nothing from the database. A revocation
-//! deletes the key and blocks its id in the blocklist for longer than any
-//! instance remembers it: the next request with it is refused on every
-//! instance. A failed presentation (unknown key, wrong secret, expired)
-//! is counted per client address; past [`KEY_FAILURES_PER_ADDRESS`] in a
-//! window, the address is refused before any database read, so made-up
-//! keys can't make the database do work at request rate.
+//! An instance remembers each key it has read, tagged with its owner's
+//! account version as the blocklist gave it (the version read *before* the
+//! key was read), so a request with a known key at that version reads
+//! nothing from the database. A revocation deletes the key and then moves
+//! the owner's account version: every instance's next request with the key
+//! carries a version its memory was not read at, reads the key again and
+//! finds it gone. No timing is assumed; what an instance remembers is also
+//! forgotten after [`KEY_MEMORY`], a bound on a lost version move (Redis
+//! flushed under a running service).
+//!
+//! A key this instance does not know costs its caller's address one token
+//! of the `api-key-lookups` bucket before the database is read, so made-up
+//! keys can't make the database work at request rate; a key found missing
+//! is remembered as such.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -16,48 +22,62 @@ use std::time::{Duration, Instant};
 
 use confab_domain::{
     ApiKey, ApiKeyId, ApiKeyName, ApiKeyText, DomainError, FamilyId, Field, KeyLifetime,
-    OffsetDateTime, Role, Scopes, TokenId, UserId,
+    OffsetDateTime, Password, Role, Scopes, TokenId, UserId,
 };
-use confab_ports::{AccessClaims, KeyCreation, KeyGrant, RateDecision, StoredKey};
+use confab_ports::{AccessClaims, KeyCreation, KeyGrant, StoredKey};
 
 use super::{Accounts, INVALID_TOKEN};
 use crate::{AppError, AuthFailure};
 
-/// How long an instance trusts a key it has read: revocation is made
-/// certain for this long (plus a margin) through the blocklist.
+/// How long an instance trusts what it read of a key at an unchanged
+/// account version.
 pub(super) const KEY_MEMORY: Duration = Duration::from_secs(60);
-
-/// Failed key presentations one client address may make in a window (the
-/// login failure window) before it is refused without a look-up.
-pub const KEY_FAILURES_PER_ADDRESS: u32 = 20;
 
 /// The most keys remembered; past it, the memory starts afresh.
 const MAX_KNOWN_KEYS: usize = 100_000;
 
+/// What this instance read of one key id.
+#[derive(Debug, Clone)]
+struct KnownKey {
+    /// The key; `None`: there is no such key.
+    stored: Option<StoredKey>,
+    /// The owner's account version read before the key was: `None` until
+    /// a request has confirmed the key at a version.
+    version: Option<u64>,
+    read_at: Instant,
+}
+
 /// The keys this instance has read.
 #[derive(Debug, Default)]
 pub(super) struct KnownKeys {
-    entries: Mutex<HashMap<ApiKeyId, (StoredKey, Instant)>>,
+    entries: Mutex<HashMap<ApiKeyId, KnownKey>>,
 }
 
 impl KnownKeys {
-    fn entries(&self) -> MutexGuard<'_, HashMap<ApiKeyId, (StoredKey, Instant)>> {
+    fn entries(&self) -> MutexGuard<'_, HashMap<ApiKeyId, KnownKey>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn get(&self, id: ApiKeyId) -> Option<StoredKey> {
+    fn get(&self, id: ApiKeyId) -> Option<KnownKey> {
         self.entries()
             .get(&id)
-            .filter(|(_, read_at)| read_at.elapsed() < KEY_MEMORY)
-            .map(|(key, _)| key.clone())
+            .filter(|known| known.read_at.elapsed() < KEY_MEMORY)
+            .cloned()
     }
 
-    fn remember(&self, key: StoredKey) {
+    fn remember(&self, id: ApiKeyId, stored: Option<StoredKey>, version: Option<u64>) {
         let mut entries = self.entries();
-        if entries.len() >= MAX_KNOWN_KEYS && !entries.contains_key(&key.key.id) {
+        if entries.len() >= MAX_KNOWN_KEYS && !entries.contains_key(&id) {
             entries.clear();
         }
-        entries.insert(key.key.id, (key, Instant::now()));
+        entries.insert(
+            id,
+            KnownKey {
+                stored,
+                version,
+                read_at: Instant::now(),
+            },
+        );
     }
 
     fn forget(&self, id: ApiKeyId) {
@@ -66,7 +86,7 @@ impl KnownKeys {
 }
 
 /// A key to create ([`Accounts::create_api_key`]), as received.
-#[derive(Debug, Clone)]
+/// Not `Debug`: it holds a password.
 pub struct NewApiKey {
     /// What the owner calls it.
     pub name: String,
@@ -74,6 +94,11 @@ pub struct NewApiKey {
     pub scopes: Vec<String>,
     /// How many days it lasts; `None`: until revoked.
     pub expires_in_days: Option<i64>,
+    /// The caller's password: a key outlives sessions, so making one asks
+    /// for it, as a login does (the same limits).
+    pub password: Password,
+    /// The client's address, for the login limits.
+    pub client: String,
 }
 
 /// A key just created: what its owner sees, and its text, shown once.
@@ -112,7 +137,9 @@ impl Accounts {
     /// [`AppError::Validation`] on `name`, `scopes` or `expires_in_days`,
     /// and on `name` when the caller has [`ApiKey::MAX_PER_USER`] keys
     /// already; [`AppError::Conflict`] on `name` when they have a key of
-    /// that name; [`AppError::Unauthorized`] when the account is gone.
+    /// that name; [`AppError::Unauthorized`] when the account is gone, or
+    /// with [`AuthFailure::BadCredentials`] when the password is wrong;
+    /// [`AppError::RateLimited`] as for a login.
     pub async fn create_api_key(
         &self,
         caller: &AccessClaims,
@@ -121,6 +148,13 @@ impl Accounts {
         let name = ApiKeyName::parse(&new.name)?;
         let scopes = Scopes::parse(&new.scopes)?;
         let lifetime = new.expires_in_days.map(KeyLifetime::days).transpose()?;
+        let user = match self.ports.users.get(caller.user_id).await {
+            Ok(user) => user,
+            Err(DomainError::NotFound) => return Err(INVALID_TOKEN),
+            Err(e) => return Err(e.into()),
+        };
+        self.confirm_password(&user, &new.password, &new.client)
+            .await?;
         let secret = self.ports.key_secrets.mint()?;
         let text = ApiKeyText::new(ApiKeyId::generate(), secret)?;
         // Whole seconds: what every backend gives back the same.
@@ -175,31 +209,32 @@ impl Accounts {
     }
 
     /// Revokes one of the caller's API keys: the next request with it is
-    /// refused, on every instance.
+    /// refused, on every instance. The key is deleted, then its owner's
+    /// account version moves, so every instance reads it again; it is also
+    /// put on the blocklist, so a request with it is refused before its
+    /// rate bucket is charged.
     ///
     /// # Errors
-    /// [`AppError::NotFound`] when the caller has no such key.
+    /// [`AppError::NotFound`] when the caller has no such key;
+    /// [`AppError::Unavailable`] when the version can't be moved (the key
+    /// is deleted then, but an instance that had read it may take it for up
+    /// to [`KEY_MEMORY`] more).
     pub async fn revoke_api_key(
         &self,
         caller: &AccessClaims,
         id: ApiKeyId,
     ) -> Result<(), AppError> {
-        let found = self.ports.api_keys.find_key(id).await?;
-        if found.is_none_or(|stored| stored.key.user_id != caller.user_id) {
+        if !self.ports.api_keys.delete_key(caller.user_id, id).await? {
             return Err(AppError::NotFound);
         }
-        // Refused everywhere first (for longer than any instance trusts
-        // what it read of the key), then deleted: a failure between the
-        // two leaves the key refused, and a retry finishes.
-        let until = OffsetDateTime::now_utc() + KEY_MEMORY + Duration::from_secs(2);
+        self.keys.forget(id);
+        self.known.forget(caller.user_id);
+        self.ports.blocklist.user_changed(caller.user_id).await?;
+        let until = OffsetDateTime::now_utc() + KEY_MEMORY;
         self.ports
             .blocklist
             .block_token(TokenId::from_uuid(*id.as_uuid()), until)
             .await?;
-        self.keys.forget(id);
-        if !self.ports.api_keys.delete_key(caller.user_id, id).await? {
-            return Err(AppError::NotFound);
-        }
         tracing::info!(
             security_event = "api_key_revoked",
             user_id = %caller.user_id,
@@ -233,86 +268,72 @@ impl Accounts {
         Ok(self.ports.api_keys.sweep_keys(before).await?)
     }
 
-    /// The claims an API key presented by `client` grants, if it is a
-    /// live key and the secret is its own.
+    /// The claims an API key presented by `client` grants, if it is a key
+    /// and the secret is its own, and the account version this instance
+    /// read it at (`None`: not confirmed at any; see
+    /// [`Accounts::confirm_key`]). A key this instance does not know costs
+    /// the address a token of the lookup bucket first.
     pub(super) async fn verify_key(
         &self,
         credential: &str,
         client: &str,
-    ) -> Result<AccessClaims, AppError> {
-        let failures = [format!("apikey:ip:{client}")];
+    ) -> Result<(AccessClaims, Option<u64>), AppError> {
+        let presented = ApiKeyText::parse(credential).ok_or(INVALID_TOKEN)?;
+        let id = presented.id();
+        let (stored, version) = match self.keys.get(id) {
+            Some(known) => (known.stored, known.version),
+            None => {
+                self.limit(&self.limits.key_lookups, &format!("ip:{client}"))
+                    .await?;
+                let found = self.ports.api_keys.find_key(id).await?;
+                self.keys.remember(id, found.clone(), None);
+                (found, None)
+            }
+        };
+        let Some(stored) = stored else {
+            return Err(INVALID_TOKEN);
+        };
         let now = OffsetDateTime::now_utc();
-        let ttl = self.ports.tokens.access_ttl();
-        let presented = ApiKeyText::parse(credential);
-        let known = presented.as_ref().and_then(|p| self.keys.get(p.id()));
-        let stored = match (&presented, known) {
-            (_, Some(stored)) => Some(stored),
-            (None, None) => None,
-            (Some(presented), None) => {
-                self.refuse_after_key_failures(&failures).await?;
-                let found = self.ports.api_keys.find_key(presented.id()).await?;
-                if let Some(found) = &found {
-                    self.keys.remember(found.clone());
-                    if let Err(e) = self.ports.api_keys.touch_key(found.key.id, now).await {
-                        tracing::warn!(error = %e, "could not record an API key's use");
-                    }
-                }
-                found
-            }
-        };
-        let verdict = match (presented, stored) {
-            (Some(presented), Some(stored))
-                if self
-                    .ports
-                    .key_secrets
-                    .matches(presented.secret(), &stored.digest) =>
-            {
-                if stored.key.expired(now) {
-                    Err(AppError::Unauthorized(AuthFailure::ExpiredToken))
-                } else {
-                    Ok(key_claims(&stored.key, now, ttl))
-                }
-            }
-            _ => Err(INVALID_TOKEN),
-        };
-        if verdict.is_err() {
-            tracing::info!("API key refused");
-            let window = self.limits.login_failures.window;
-            if let Err(e) = self.ports.failures.record(&failures, window).await {
-                tracing::warn!(error = %e, "could not count a refused API key");
-            }
+        if !self
+            .ports
+            .key_secrets
+            .matches(presented.secret(), &stored.digest)
+        {
+            tracing::info!(api_key = %id, "API key refused: wrong secret");
+            return Err(INVALID_TOKEN);
         }
-        verdict
+        if stored.key.expired(now) {
+            return Err(AppError::Unauthorized(AuthFailure::ExpiredToken));
+        }
+        let ttl = self.ports.tokens.access_ttl();
+        Ok((key_claims(&stored.key, now, ttl), version))
     }
 
-    /// Refuses a client address that has presented
-    /// [`KEY_FAILURES_PER_ADDRESS`] bad keys in the window. When the counts
-    /// can't be read, the look-up goes ahead.
-    async fn refuse_after_key_failures(&self, keys: &[String; 1]) -> Result<(), AppError> {
-        let counts = match self.ports.failures.counts(keys).await {
-            Ok(counts) => counts,
-            Err(e) => {
-                tracing::warn!(error = %e, "refused API keys can't be counted; looking up anyway");
-                return Ok(());
-            }
-        };
-        match counts.first() {
-            Some(count) if count.failures >= KEY_FAILURES_PER_ADDRESS => {
-                tracing::info!("API key refused after failed attempts from its address");
-                Err(AppError::RateLimited {
-                    policy: self
-                        .limits
-                        .login_failures
-                        .policy("api-key-failures", KEY_FAILURES_PER_ADDRESS),
-                    decision: RateDecision {
-                        allowed: false,
-                        remaining: 0,
-                        reset_after: count.resets_in,
-                        retry_after: count.resets_in,
-                    },
-                })
-            }
-            _ => Ok(()),
+    /// Reads the key of `claims` again, after its owner's account version
+    /// `version` was read, and remembers it at that version: a revocation
+    /// that landed before this read is seen now, one after it moves the
+    /// version. Records the key's use (off the request's path).
+    pub(super) async fn confirm_key(
+        &self,
+        claims: &AccessClaims,
+        id: ApiKeyId,
+        version: u64,
+    ) -> Result<(), AppError> {
+        let found = self.ports.api_keys.find_key(id).await?;
+        let now = OffsetDateTime::now_utc();
+        let live = found
+            .as_ref()
+            .is_some_and(|s| s.key.user_id == claims.user_id && !s.key.expired(now));
+        self.keys.remember(id, found, Some(version));
+        if !live {
+            return Err(INVALID_TOKEN);
         }
+        let keys = std::sync::Arc::clone(&self.ports.api_keys);
+        tokio::spawn(async move {
+            if let Err(e) = keys.touch_key(id, now).await {
+                tracing::warn!(error = %e, "could not record an API key's use");
+            }
+        });
+        Ok(())
     }
 }

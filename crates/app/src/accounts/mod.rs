@@ -16,7 +16,7 @@ use confab_ports::{
     TokenRejection, UsageStore, UserStore, Verification,
 };
 
-pub use keys::{CreatedKey, KEY_FAILURES_PER_ADDRESS, NewApiKey};
+pub use keys::{CreatedKey, NewApiKey};
 
 use crate::conversations::list_key;
 use crate::{AppError, AuthFailure, Conversations, ListVersion};
@@ -105,6 +105,9 @@ pub struct AccountRules {
     pub login_failures: LoginFailures,
     /// Registrations per client address.
     pub register_per_ip: RatePolicy,
+    /// Look-ups of API keys this instance does not know, per client
+    /// address.
+    pub key_lookups: RatePolicy,
     /// Registrations from all clients together: a flood from many
     /// addresses can't take the hashing capacity logins need.
     pub register_overall: RatePolicy,
@@ -652,23 +655,24 @@ impl Accounts {
     /// caller gets the refusal even if the account was disabled meanwhile.
     ///
     /// `token` may also be an API key's text: the key's claims then carry
-    /// its grant ([`AccessClaims::api_key`]) and role `user`, and a bad key
-    /// is counted against `client` (the caller's address; see
-    /// [`KEY_FAILURES_PER_ADDRESS`]).
+    /// its grant ([`AccessClaims::api_key`]) and role `user`; a key this
+    /// instance does not know costs `client` (the caller's address) a token
+    /// of [`AccountRules::key_lookups`] before it is read.
     ///
     /// # Errors
-    /// As [`Accounts::authenticate`]; [`AppError::RateLimited`] for an
-    /// address that presented too many bad keys.
+    /// As [`Accounts::authenticate`]; [`AppError::RateLimited`] past the
+    /// key lookups of the address.
     pub async fn admit<'p>(
         &self,
         token: &str,
         client: &str,
         bucket: impl FnOnce(&AccessClaims) -> (&'p RatePolicy, String),
     ) -> Result<AdmittedRequest<'p>, AppError> {
-        let claims = if ApiKeyText::is_key(token) {
+        let (claims, key_known_at) = if ApiKeyText::is_key(token) {
             self.verify_key(token, client).await?
         } else {
-            self.ports.tokens.verify_access(token).map_err(rejection)?
+            let claims = self.ports.tokens.verify_access(token).map_err(rejection)?;
+            (claims, None)
         };
         let (policy, key) = bucket(&claims);
         let lists = list_key(claims.user_id);
@@ -681,6 +685,12 @@ impl Accounts {
             return Err(INVALID_TOKEN);
         };
         if admitted.decision.allowed {
+            if let Some(grant) = claims.api_key
+                && key_known_at != Some(admitted.user_version)
+            {
+                self.confirm_key(&claims, grant.id, admitted.user_version)
+                    .await?;
+            }
             self.in_good_standing(&claims, admitted.user_version)
                 .await?;
         }

@@ -63,10 +63,9 @@ pub(crate) async fn rate_limit(
     // A token that verifies and is not refused is charged to its user's
     // bucket (an API key to its own) in the same look-up as its standing
     // (one round trip on Redis), and kept for the route. Any other request
-    // is limited as anonymous; the route itself then answers 401. A bad
-    // API key is answered here: it was meant as a key, and counting it
-    // against the address is what keeps made-up keys from costing
-    // look-ups at request rate.
+    // is limited as anonymous; the route itself then answers 401. A
+    // refused API key is charged to the address's anonymous bucket and
+    // answered here (it was meant as a key: no route serves it).
     let admitted = match bearer(req.request()) {
         Some(token) => {
             let admitted = accounts
@@ -79,18 +78,28 @@ pub(crate) async fn rate_limit(
             match admitted {
                 Ok(admitted) => Some(admitted),
                 Err(e) if ApiKeyText::is_key(&token) => {
-                    return Ok(req.into_response(ApiError::from(e).error_response()));
+                    let refusal = match limiter
+                        .check(&tiers.anonymous, &format!("ip:{client}"))
+                        .await
+                    {
+                        Ok(d) if !d.allowed => ApiError::rate_limited(&tiers.anonymous, &d),
+                        _ => ApiError::from(e),
+                    };
+                    return Ok(req.into_response(refusal.error_response()));
                 }
                 Err(_) => None,
             }
         }
         None => None,
     };
+    // A key where no endpoint says it may go (a path or method no route
+    // serves) is refused too: fail closed.
     if let Some(refusal) = admitted.as_ref().and_then(|a| {
         let grant = a.claims.api_key?;
         let used = state
             .routes
-            .key_use(req.method(), req.match_info().as_str())?;
+            .key_use(req.method(), req.match_info().as_str())
+            .unwrap_or(KeyUse::Refused);
         key_refusal(used, grant.scopes)
     }) {
         return Ok(req.into_response(refusal.error_response()));

@@ -1,15 +1,17 @@
 //! The caller's API keys: create one (its text shown once), list them,
 //! revoke one.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use confab_app::{AppError, NewApiKey};
-use confab_domain::{ApiKey, ApiKeyId, rfc3339};
-use serde::{Deserialize, Serialize};
+use confab_domain::{ApiKey, ApiKeyId, Password, rfc3339};
+use serde::de::{Error as _, Unexpected};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use crate::ApiError;
 use crate::State;
 use crate::auth::AuthUser;
+use crate::client::client_key;
 use crate::error::ErrorBody;
 use crate::extract::Json;
 
@@ -25,8 +27,39 @@ pub(crate) struct ApiKeyRequest {
     scopes: Vec<String>,
     /// How many days it lasts (absent: until revoked).
     #[schema(schema_with = crate::fields::api_key_days)]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     expires_in_days: Option<i64>,
+    /// The caller's password, checked and limited as a login's.
+    #[schema(schema_with = crate::fields::presented_password)]
+    password: String,
+}
+
+/// A number as JSON Schema reads an integer: `852` and `852.0` alike (the
+/// rule on its range is the domain's: one out of `i64` is clamped to it).
+fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    const LIMIT: f64 = 9.0e18;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    if n.as_u64().is_some() {
+        return Ok(Some(i64::MAX));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f >= LIMIT => Ok(Some(i64::MAX)),
+        Some(f) if f.fract() == 0.0 && f <= -LIMIT => Ok(Some(i64::MIN)),
+        // Whole and within ±9e18: exact in an i64.
+        #[allow(clippy::cast_possible_truncation)]
+        Some(f) if f.fract() == 0.0 => Ok(Some(f as i64)),
+        // Not an integer: the wrong type, as a string would be (400).
+        Some(f) => Err(D::Error::invalid_type(
+            Unexpected::Float(f),
+            &"a whole number",
+        )),
+        None => Err(D::Error::custom("expected a whole number")),
+    }
 }
 
 /// An API key, as its owner sees it (never its secret).
@@ -60,7 +93,16 @@ impl ApiKeyBody {
             created_at: time(key.created_at)?,
             expires_at: key.expires_at.map(time).transpose()?,
             last_used_at: key.last_used_at.map(time).transpose()?,
-            prefix: format!("cfk_{}", &key.id.as_uuid().simple().to_string()[..8]),
+            prefix: format!(
+                "cfk_{}",
+                key.id
+                    .as_uuid()
+                    .simple()
+                    .to_string()
+                    .chars()
+                    .take(8)
+                    .collect::<String>()
+            ),
         })
     }
 }
@@ -84,8 +126,9 @@ pub(crate) struct ApiKeyList {
 }
 
 /// Creates an API key for a service to call the API as the caller, within
-/// the key's scopes, without the caller's password. Its text is in this
-/// response only.
+/// the key's scopes, without the caller's password. The password is asked
+/// for here (checked and limited as a login's: a key outlives sessions).
+/// Its text is in this response only.
 #[utoipa::path(
     post,
     path = "/api/v1/users/me/api-keys",
@@ -96,19 +139,21 @@ pub(crate) struct ApiKeyList {
     responses(
         (status = 201, description = "Created; `key` is shown this once.", body = CreatedKeyBody),
         (status = 400, description = "A malformed body.", body = ErrorBody),
-        (status = 401, description = "Missing, invalid or expired access token.", body = ErrorBody),
+        (status = 401, description = "Missing or refused access token (`AUTH_REQUIRED`, `TOKEN_EXPIRED`), or the password is wrong (`INVALID_CREDENTIALS`).", body = ErrorBody),
         (status = 409, description = "The caller has a key of that name (`field`: `name`).", body = ErrorBody),
         (status = 413, description = "The body is too large.", body = ErrorBody),
         (status = 415, description = "The body is not JSON.", body = ErrorBody),
         (status = 422, description = "A bad `name`, `scopes` or `expires_in_days`, or the caller has the most keys an account may have (`field`: `name`).", body = ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After` and the `RateLimit` headers.", body = ErrorBody),
+        (status = 429, description = "Too many attempts (the login limits) or requests; see `Retry-After`.", body = ErrorBody),
     ),
 )]
 pub(crate) async fn create(
+    req: HttpRequest,
     state: State,
     AuthUser(caller): AuthUser,
     Json(body): Json<ApiKeyRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let password = Password::presented(&body.password).map_err(AppError::from)?;
     let created = state
         .accounts
         .create_api_key(
@@ -117,6 +162,8 @@ pub(crate) async fn create(
                 name: body.name,
                 scopes: body.scopes,
                 expires_in_days: body.expires_in_days,
+                password,
+                client: client_key(&req, &state.trusted_proxies),
             },
         )
         .await?;

@@ -105,16 +105,21 @@ impl RouteClasses {
         }
     }
 
-    /// Whether an endpoint serves `method` on `path` (as routed): a method
-    /// the path doesn't take is answered 405 by the route, before any
-    /// middleware acts on the request.
+    /// Whether an endpoint serves `method` on `path` (as routed; `HEAD`
+    /// where it serves `GET`).
     pub(crate) fn serves(&self, method: &Method, path: &str) -> bool {
         self.key_use(method, path).is_some()
     }
 
     /// Whether an API key may call the endpoint `method` `path` (as
-    /// routed); `None` when no endpoint serves it.
+    /// routed); `None` when no endpoint serves it. `HEAD` is its `GET`'s
+    /// (the route answers it with the `GET` handler).
     pub(crate) fn key_use(&self, method: &Method, path: &str) -> Option<KeyUse> {
+        let method = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
         self.served
             .iter()
             .find(|(m, def, _)| m == method && def.is_match(path))
@@ -816,6 +821,15 @@ mod tests {
             }
         }
         assert_eq!(classes.key_use(&Method::GET, "/nope"), None);
+        // HEAD is answered by the GET handler: it is the GET's to allow.
+        assert_eq!(
+            classes.key_use(&Method::HEAD, "/api/v1/users/me"),
+            Some(KeyUse::Refused)
+        );
+        assert_eq!(
+            classes.key_use(&Method::HEAD, "/api/v1/models"),
+            Some(KeyUse::Needs(Scope::ModelsRead))
+        );
     }
 
     #[test]
