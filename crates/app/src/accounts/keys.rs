@@ -36,52 +36,91 @@ pub(super) const KEY_MEMORY: Duration = Duration::from_secs(60);
 /// The most keys remembered; past it, the memory starts afresh.
 const MAX_KNOWN_KEYS: usize = 100_000;
 
-/// What this instance read of one key id.
+/// The most missing key ids remembered (apart from the keys, so that
+/// made-up ids never push a real key out); past it, they start afresh.
+const MAX_MISSING_KEYS: usize = 10_000;
+
+/// What this instance read of one key.
 #[derive(Debug, Clone)]
 struct KnownKey {
-    /// The key; `None`: there is no such key.
-    stored: Option<StoredKey>,
+    stored: StoredKey,
     /// The owner's account version read before the key was: `None` until
     /// a request has confirmed the key at a version.
     version: Option<u64>,
     read_at: Instant,
 }
 
-/// The keys this instance has read.
-#[derive(Debug, Default)]
-pub(super) struct KnownKeys {
-    entries: Mutex<HashMap<ApiKeyId, KnownKey>>,
+/// What an instance knows of a key id.
+#[derive(Debug, Clone)]
+enum Known {
+    /// The key, as read.
+    Key(KnownKey),
+    /// There is no such key.
+    Missing,
 }
 
+/// The keys this instance has read, and the ids it found no key for.
+#[derive(Debug, Default)]
+pub(super) struct KnownKeys {
+    entries: Mutex<(HashMap<ApiKeyId, KnownKey>, HashMap<ApiKeyId, Instant>)>,
+}
+
+type Entries = (HashMap<ApiKeyId, KnownKey>, HashMap<ApiKeyId, Instant>);
+
 impl KnownKeys {
-    fn entries(&self) -> MutexGuard<'_, HashMap<ApiKeyId, KnownKey>> {
+    fn entries(&self) -> MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn get(&self, id: ApiKeyId) -> Option<KnownKey> {
-        self.entries()
+    fn get(&self, id: ApiKeyId) -> Option<Known> {
+        let entries = self.entries();
+        if let Some(known) = entries
+            .0
             .get(&id)
-            .filter(|known| known.read_at.elapsed() < KEY_MEMORY)
-            .cloned()
+            .filter(|k| k.read_at.elapsed() < KEY_MEMORY)
+        {
+            return Some(Known::Key(known.clone()));
+        }
+        entries
+            .1
+            .get(&id)
+            .filter(|read_at| read_at.elapsed() < KEY_MEMORY)
+            .map(|_| Known::Missing)
     }
 
+    /// Remembers what was read of `id` (`None`: no such key).
     fn remember(&self, id: ApiKeyId, stored: Option<StoredKey>, version: Option<u64>) {
         let mut entries = self.entries();
-        if entries.len() >= MAX_KNOWN_KEYS && !entries.contains_key(&id) {
-            entries.clear();
+        let (keys, missing) = &mut *entries;
+        match stored {
+            Some(stored) => {
+                missing.remove(&id);
+                if keys.len() >= MAX_KNOWN_KEYS && !keys.contains_key(&id) {
+                    keys.clear();
+                }
+                keys.insert(
+                    id,
+                    KnownKey {
+                        stored,
+                        version,
+                        read_at: Instant::now(),
+                    },
+                );
+            }
+            None => {
+                keys.remove(&id);
+                if missing.len() >= MAX_MISSING_KEYS && !missing.contains_key(&id) {
+                    missing.clear();
+                }
+                missing.insert(id, Instant::now());
+            }
         }
-        entries.insert(
-            id,
-            KnownKey {
-                stored,
-                version,
-                read_at: Instant::now(),
-            },
-        );
     }
 
     fn forget(&self, id: ApiKeyId) {
-        self.entries().remove(&id);
+        let mut entries = self.entries();
+        entries.0.remove(&id);
+        entries.1.remove(&id);
     }
 }
 
@@ -209,32 +248,37 @@ impl Accounts {
     }
 
     /// Revokes one of the caller's API keys: the next request with it is
-    /// refused, on every instance. The key is deleted, then its owner's
-    /// account version moves, so every instance reads it again; it is also
-    /// put on the blocklist, so a request with it is refused before its
-    /// rate bucket is charged.
+    /// refused, on every instance. The key's id is put on the blocklist
+    /// first (for longer than any instance trusts what it read of a key:
+    /// refused before its rate bucket is charged), then it is deleted, then
+    /// its owner's account version moves, so every instance reads it again
+    /// and finds it gone. A failure at any step leaves the key refused for
+    /// that minute at least, and a retry finishes the work (or answers 404
+    /// once the key is gone).
     ///
     /// # Errors
     /// [`AppError::NotFound`] when the caller has no such key;
-    /// [`AppError::Unavailable`] when the version can't be moved (the key
-    /// is deleted then, but an instance that had read it may take it for up
-    /// to [`KEY_MEMORY`] more).
+    /// [`AppError::Unavailable`] when a store fails.
     pub async fn revoke_api_key(
         &self,
         caller: &AccessClaims,
         id: ApiKeyId,
     ) -> Result<(), AppError> {
-        if !self.ports.api_keys.delete_key(caller.user_id, id).await? {
+        let found = self.ports.api_keys.find_key(id).await?;
+        if found.is_none_or(|stored| stored.key.user_id != caller.user_id) {
             return Err(AppError::NotFound);
         }
-        self.keys.forget(id);
-        self.known.forget(caller.user_id);
-        self.ports.blocklist.user_changed(caller.user_id).await?;
-        let until = OffsetDateTime::now_utc() + KEY_MEMORY;
+        let until = OffsetDateTime::now_utc() + KEY_MEMORY + Duration::from_secs(2);
         self.ports
             .blocklist
             .block_token(TokenId::from_uuid(*id.as_uuid()), until)
             .await?;
+        self.keys.forget(id);
+        if !self.ports.api_keys.delete_key(caller.user_id, id).await? {
+            return Err(AppError::NotFound);
+        }
+        self.known.forget(caller.user_id);
+        self.ports.blocklist.user_changed(caller.user_id).await?;
         tracing::info!(
             security_event = "api_key_revoked",
             user_id = %caller.user_id,
@@ -272,41 +316,50 @@ impl Accounts {
     /// and the secret is its own, and the account version this instance
     /// read it at (`None`: not confirmed at any; see
     /// [`Accounts::confirm_key`]). A key this instance does not know costs
-    /// the address a token of the lookup bucket first.
+    /// the address a token of the lookup bucket before it is read, and so
+    /// does every key refused: a bad key looping behind a shared address
+    /// spends that bucket, never the address's anonymous one.
     pub(super) async fn verify_key(
         &self,
         credential: &str,
         client: &str,
     ) -> Result<(AccessClaims, Option<u64>), AppError> {
-        let presented = ApiKeyText::parse(credential).ok_or(INVALID_TOKEN)?;
-        let id = presented.id();
-        let (stored, version) = match self.keys.get(id) {
-            Some(known) => (known.stored, known.version),
-            None => {
-                self.limit(&self.limits.key_lookups, &format!("ip:{client}"))
-                    .await?;
-                let found = self.ports.api_keys.find_key(id).await?;
-                self.keys.remember(id, found.clone(), None);
-                (found, None)
+        let bucket = format!("ip:{client}");
+        let mut charged = false;
+        let verdict = async {
+            let presented = ApiKeyText::parse(credential).ok_or(INVALID_TOKEN)?;
+            let id = presented.id();
+            let (stored, version) = match self.keys.get(id) {
+                Some(Known::Key(known)) => (known.stored, known.version),
+                Some(Known::Missing) => return Err(INVALID_TOKEN),
+                None => {
+                    charged = true;
+                    self.limit(&self.limits.key_lookups, &bucket).await?;
+                    let found = self.ports.api_keys.find_key(id).await?;
+                    self.keys.remember(id, found.clone(), None);
+                    (found.ok_or(INVALID_TOKEN)?, None)
+                }
+            };
+            let now = OffsetDateTime::now_utc();
+            if !self
+                .ports
+                .key_secrets
+                .matches(presented.secret(), &stored.digest)
+            {
+                tracing::info!(api_key = %id, "API key refused: wrong secret");
+                return Err(INVALID_TOKEN);
             }
-        };
-        let Some(stored) = stored else {
-            return Err(INVALID_TOKEN);
-        };
-        let now = OffsetDateTime::now_utc();
-        if !self
-            .ports
-            .key_secrets
-            .matches(presented.secret(), &stored.digest)
-        {
-            tracing::info!(api_key = %id, "API key refused: wrong secret");
-            return Err(INVALID_TOKEN);
+            if stored.key.expired(now) {
+                return Err(AppError::Unauthorized(AuthFailure::ExpiredToken));
+            }
+            let ttl = self.ports.tokens.access_ttl();
+            Ok((key_claims(&stored.key, now, ttl), version))
         }
-        if stored.key.expired(now) {
-            return Err(AppError::Unauthorized(AuthFailure::ExpiredToken));
+        .await;
+        if matches!(verdict, Err(AppError::Unauthorized(_))) && !charged {
+            self.limit(&self.limits.key_lookups, &bucket).await?;
         }
-        let ttl = self.ports.tokens.access_ttl();
-        Ok((key_claims(&stored.key, now, ttl), version))
+        verdict
     }
 
     /// Reads the key of `claims` again, after its owner's account version

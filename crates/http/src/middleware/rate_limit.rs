@@ -64,8 +64,8 @@ pub(crate) async fn rate_limit(
     // bucket (an API key to its own) in the same look-up as its standing
     // (one round trip on Redis), and kept for the route. Any other request
     // is limited as anonymous; the route itself then answers 401. A
-    // refused API key is charged to the address's anonymous bucket and
-    // answered here (it was meant as a key: no route serves it).
+    // refused API key is answered here (it was meant as a key: no route
+    // serves it), charged to its address's key look-ups by the admission.
     let admitted = match bearer(req.request()) {
         Some(token) => {
             let admitted = accounts
@@ -78,14 +78,7 @@ pub(crate) async fn rate_limit(
             match admitted {
                 Ok(admitted) => Some(admitted),
                 Err(e) if ApiKeyText::is_key(&token) => {
-                    let refusal = match limiter
-                        .check(&tiers.anonymous, &format!("ip:{client}"))
-                        .await
-                    {
-                        Ok(d) if !d.allowed => ApiError::rate_limited(&tiers.anonymous, &d),
-                        _ => ApiError::from(e),
-                    };
-                    return Ok(req.into_response(refusal.error_response()));
+                    return Ok(req.into_response(ApiError::from(e).error_response()));
                 }
                 Err(_) => None,
             }
