@@ -8,6 +8,13 @@ use clap::{Parser, Subcommand};
 use confab_domain::Password;
 use confab_server::{Settings, create_admin, migrate, serve, telemetry};
 
+/// jemalloc, configured (`.cargo/config.toml`) to hand freed pages back to
+/// the system within a second and from a background thread, so that the
+/// resident set follows the live heap under a steady load instead of
+/// keeping what a peak freed (docs/benchmarks.md, "Soak").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Confab: a REST + Server-Sent-Events backend for a chat assistant.
 #[derive(Parser)]
 #[command(name = "confab", version, about)]
