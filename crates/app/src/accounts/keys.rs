@@ -149,6 +149,12 @@ pub struct CreatedKey {
     pub text: String,
 }
 
+/// Until when a key put on the blocklist is refused: past the longest any
+/// instance trusts what it read of a key.
+fn block_until() -> OffsetDateTime {
+    OffsetDateTime::now_utc() + KEY_MEMORY + Duration::from_secs(2)
+}
+
 fn key_claims(key: &ApiKey, now: OffsetDateTime, ttl: Duration) -> AccessClaims {
     let id = *key.id.as_uuid();
     AccessClaims {
@@ -268,7 +274,7 @@ impl Accounts {
         if found.is_none_or(|stored| stored.key.user_id != caller.user_id) {
             return Err(AppError::NotFound);
         }
-        let until = OffsetDateTime::now_utc() + KEY_MEMORY + Duration::from_secs(2);
+        let until = block_until();
         self.ports
             .blocklist
             .block_token(TokenId::from_uuid(*id.as_uuid()), until)
@@ -291,7 +297,7 @@ impl Accounts {
     /// Refuses every key of `user` on every instance, for longer than any
     /// instance trusts a key it read (an account being deleted).
     pub(super) async fn block_keys(&self, user: UserId) -> Result<(), AppError> {
-        let until = OffsetDateTime::now_utc() + KEY_MEMORY + Duration::from_secs(2);
+        let until = block_until();
         for key in self.ports.api_keys.keys(user).await? {
             self.keys.forget(key.id);
             self.ports
@@ -324,7 +330,8 @@ impl Accounts {
         credential: &str,
         client: &str,
     ) -> Result<(AccessClaims, Option<u64>), AppError> {
-        let bucket = format!("ip:{client}");
+        // Formatted only when charged: a known, good key pays nothing.
+        let bucket = || format!("ip:{client}");
         let mut charged = false;
         let verdict = async {
             let presented = ApiKeyText::parse(credential).ok_or(INVALID_TOKEN)?;
@@ -334,7 +341,7 @@ impl Accounts {
                 Some(Known::Missing) => return Err(INVALID_TOKEN),
                 None => {
                     charged = true;
-                    self.limit(&self.limits.key_lookups, &bucket).await?;
+                    self.limit(&self.limits.key_lookups, &bucket()).await?;
                     let found = self.ports.api_keys.find_key(id).await?;
                     self.keys.remember(id, found.clone(), None);
                     (found.ok_or(INVALID_TOKEN)?, None)
@@ -357,7 +364,7 @@ impl Accounts {
         }
         .await;
         if matches!(verdict, Err(AppError::Unauthorized(_))) && !charged {
-            self.limit(&self.limits.key_lookups, &bucket).await?;
+            self.limit(&self.limits.key_lookups, &bucket()).await?;
         }
         verdict
     }

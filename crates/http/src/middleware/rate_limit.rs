@@ -1,6 +1,7 @@
 //! The general rate limit of the API: a token bucket per user when the
-//! request carries a valid access token (sized by role), per client
-//! address otherwise.
+//! request carries a valid access token (sized by role), per key when it
+//! carries a valid API key (which it may use only within its scopes), per
+//! client address otherwise.
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
