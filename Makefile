@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test load lint fmt migrate openapi bench deps model services python-tools release check-architecture clean
+.PHONY: run test load lint fmt migrate openapi bench deps model services python-tools release check-architecture clean browser
 
 ## Serve on the embedded defaults: SQLite in ./data, in-process adapters,
 ## the built-in model (fetched into ./models on first use).
@@ -13,7 +13,7 @@ run: deps model
 ## Everything: architecture rules, unit, store suites (SQLite + PostgreSQL),
 ## app, CLI and end-to-end tests (schemathesis against the served OpenAPI
 ## document among them), and OpenAPI validation.
-test: deps model services python-tools check-architecture
+test: deps model services python-tools browser check-architecture
 	$(CARGO) test --workspace
 	./scripts/validate-openapi.sh
 
@@ -69,6 +69,11 @@ deps:
 ## checksum verified; nothing to do when it is there).
 model:
 	@./scripts/fetch-model.sh
+
+## Chromium and ChromeDriver (Debian's chromium, chromium-driver), which the
+## chat page's end-to-end tests drive headless.
+browser:
+	@./scripts/install-browser.sh
 
 ## schemathesis and openapi-spec-validator, pinned in
 ## tests/contract/requirements.txt, in target/venv.

@@ -55,3 +55,4 @@ mod settings;
 mod stream;
 mod tree;
 mod usage;
+mod web;

@@ -7,9 +7,11 @@
 
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is the point
 
+pub mod browser;
 pub mod chat;
 pub use confab_testkit::fake_llm;
 pub mod load;
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::io::Write;

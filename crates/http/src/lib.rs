@@ -36,6 +36,7 @@ pub use middleware::{
     RequestId, SecurityHeaders,
 };
 pub use openapi::{ApiDoc, openapi_json, served_openapi_json};
+pub use routes::page::WebPage;
 pub use routes::served_routes;
 pub use sse::SseSettings;
 
@@ -71,6 +72,8 @@ pub struct HttpState {
     pub idempotency: IdempotencyPolicy,
     /// Route prefixes marked deprecated, and their notices.
     pub deprecated: DeprecatedRoutes,
+    /// Whether the chat page is served at `/`.
+    pub web: WebPage,
 }
 
 /// The one state of the application: what the binary built, and the class
@@ -295,6 +298,7 @@ mod tests {
                 allowed_hosts: AllowedHosts::default(),
             },
             deprecated: DeprecatedRoutes::default(),
+            web: WebPage { enabled: true },
             openapi: "{}".to_owned(),
         }
     }

@@ -11,7 +11,7 @@ use confab_app::{Accounts, Conversations, Readiness, Registration};
 use confab_domain::{Password, User};
 use confab_http::{
     AllowedHosts, BodyLimits, CorsPolicy, HttpState, IdempotencyPolicy, Metrics, RateTiers,
-    SecurityHeaders, SseSettings,
+    SecurityHeaders, SseSettings, WebPage,
 };
 use confab_llm::LoadingModel;
 use confab_ports::HealthCheck;
@@ -302,6 +302,7 @@ pub async fn serve(settings: Settings) -> Result<(), StartupError> {
     );
     let ready = app.model_ready();
     let listen = settings.server.listen.clone();
+    let page = settings.web.enabled;
     tokio::spawn(async move {
         // The banner's curl line needs the model: print it once it's in.
         if ready.await.is_ok() {
@@ -309,7 +310,7 @@ pub async fn serve(settings: Settings) -> Result<(), StartupError> {
             if std::io::IsTerminal::is_terminal(&std::io::stderr())
                 || std::env::var_os("CONFAB_BANNER").is_some()
             {
-                eprintln!("{}", banner(&listen));
+                eprintln!("{}", banner(&listen, page));
             }
         }
     });
@@ -317,14 +318,20 @@ pub async fn serve(settings: Settings) -> Result<(), StartupError> {
     Ok(())
 }
 
-/// What a person who just ran `make run` needs: where the API and its docs
-/// are, and one line that registers, logs in and streams an answer.
-fn banner(listen: &str) -> String {
+/// What a person who just ran `make run` needs: where the chat page, the
+/// API and its docs are, and one line that registers, logs in and streams
+/// an answer.
+fn banner(listen: &str, page: bool) -> String {
     let base = format!("http://{listen}");
+    let chat = if page {
+        format!("  chat: {base}/ (open it in a browser)\n")
+    } else {
+        String::new()
+    };
     let json = "-H 'content-type: application/json'";
     let password = "correct horse battery staple";
     format!(
-        "\nConfab is serving.\n  API:  {base}/api/v1\n  docs: {base}/docs\n\n\
+        "\nConfab is serving.\n{chat}  API:  {base}/api/v1\n  docs: {base}/docs\n\n\
          Register, log in and stream an answer:\n\n\
          curl -s {base}/api/v1/auth/register {json} -d '{{\"username\":\"demo\",\"email\":\"demo@example.com\",\"password\":\"{password}\"}}' >/dev/null; \
          TOKEN=$(curl -s {base}/api/v1/auth/login {json} -d '{{\"username\":\"demo\",\"password\":\"{password}\"}}' | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/'); \
@@ -425,6 +432,9 @@ fn http_state(
             max_per_owner: settings.idempotency.max_per_user.get(),
         },
         deprecated,
+        web: WebPage {
+            enabled: settings.web.enabled,
+        },
     })
 }
 

@@ -161,6 +161,8 @@ pub struct Settings {
     pub security: SecuritySettings,
     /// `[api]`.
     pub api: ApiSettings,
+    /// `[web]`: the chat page.
+    pub web: WebSettings,
     /// Logging.
     pub log: LogSettings,
     /// `CONFAB_ENV`: `development` unless set.
@@ -325,6 +327,15 @@ pub struct CorsSettings {
     pub allowed_origins: Vec<String>,
     /// Preflight cache time.
     pub max_age_secs: u32,
+}
+
+/// `[web]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSettings {
+    /// Serve the chat page at `/` (off: an API-only deployment, where `/`
+    /// and `/assets/…` answer 404).
+    pub enabled: bool,
 }
 
 /// `[api]`.

@@ -35,7 +35,7 @@ pub struct CorsPolicy {
 }
 
 impl CorsPolicy {
-    fn allows(&self, origin: &str) -> bool {
+    pub(crate) fn allows(&self, origin: &str) -> bool {
         self.allowed_origins
             .iter()
             .any(|o| o.eq_ignore_ascii_case(origin))

@@ -49,11 +49,15 @@ pub(crate) async fn rate_limit(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    // Every route but the health checks and the docs page is limited,
+    // Every route but the health checks, the docs and the chat page (static
+    // files, the same for everyone) is limited,
     // including paths no route serves (scanning costs tokens too). The
     // path as routed, so a percent-encoded spelling can't step around it.
     let class = state.routes.of(req.match_info().as_str());
-    if matches!(class, RouteClass::Health | RouteClass::Docs) {
+    if matches!(
+        class,
+        RouteClass::Health | RouteClass::Docs | RouteClass::Web
+    ) {
         return next
             .call(req)
             .await

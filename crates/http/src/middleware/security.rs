@@ -19,6 +19,13 @@ const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
 const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
                         img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'";
 
+/// The chat page: its own scripts, styles and icon; fetches to this
+/// origin only; no inline code of any kind, so nothing a model writes can
+/// run even if it got past the sanitiser.
+const WEB_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                       img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+                       form-action 'none'; frame-ancestors 'none'";
+
 /// Security header settings (app data).
 #[derive(Debug, Clone)]
 pub struct SecurityHeaders {
@@ -93,7 +100,6 @@ pub(crate) async fn security_headers(
     let hsts = state.security.hsts_max_age_secs;
     // The path as routed (percent-decoded), so `/%61pi/…` is `/api/…`.
     let class = state.routes.of(req.match_info().as_str());
-    let is_docs = class == RouteClass::Docs;
     let is_auth = class == RouteClass::Auth;
     let is_api = matches!(class, RouteClass::Api | RouteClass::Unrouted);
     // Probes answer any host: load balancers call them by address.
@@ -122,7 +128,11 @@ pub(crate) async fn security_headers(
     set(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     set(
         CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(if is_docs { DOCS_CSP } else { API_CSP }),
+        HeaderValue::from_static(match class {
+            RouteClass::Docs => DOCS_CSP,
+            RouteClass::Web => WEB_CSP,
+            _ => API_CSP,
+        }),
     );
     if is_auth {
         // Credentials and tokens must never be stored by a cache.

@@ -245,6 +245,7 @@ pub(crate) async fn login(
     responses(
         (status = 200, description = "A new pair; the old refresh token is used up.", body = TokenBody),
         (status = 401, description = "Missing, invalid, expired, revoked or reused refresh token.", body = ErrorBody),
+        (status = 403, description = "A refresh by cookie that a browser sent from another site's page (`Origin` neither this origin nor an allowed one, or `Sec-Fetch-Site: cross-site` / `same-site`).", body = ErrorBody),
         (status = 400, description = "A malformed body.", body = ErrorBody),
         (status = 429, description = "Rate limited; see `Retry-After` and the `RateLimit` headers.", body = ErrorBody),
         (status = 413, description = "The body is too large.", body = ErrorBody),
@@ -259,7 +260,16 @@ pub(crate) async fn refresh(
     let accounts = &state.accounts;
     let token = match body.0 {
         Some(body) => Some(body.refresh_token),
-        None => cookie_value(&req, REFRESH_COOKIE),
+        None => {
+            if sent_from_another_site(&req, &state.cors) {
+                return Err(ApiError::new(
+                    actix_web::http::StatusCode::FORBIDDEN,
+                    confab_domain::ErrorCode::Forbidden,
+                    "a refresh by cookie must come from this site's own pages",
+                ));
+            }
+            cookie_value(&req, REFRESH_COOKIE)
+        }
     };
     let token = token.ok_or(ApiError::unauthorized(AuthFailure::Missing))?;
     let session = accounts.refresh(&token).await?;
@@ -288,6 +298,28 @@ pub(crate) async fn logout(
     Ok(HttpResponse::NoContent()
         .insert_header((SET_COOKIE, cookie("", 0)?))
         .finish())
+}
+
+/// Whether a browser sent this request from a page of another site (not
+/// this origin and not one of `cors.allowed_origins`), by its `Origin`
+/// or, failing that, its `Sec-Fetch-Site`. The refresh cookie is
+/// `SameSite=Strict` already: this refuses a cookie refresh from a
+/// sibling subdomain (same site, other origin) and from browsers that
+/// ignore `SameSite`. Clients without a browser send neither header.
+fn sent_from_another_site(req: &HttpRequest, cors: &crate::CorsPolicy) -> bool {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if let Some(origin) = header("origin") {
+        if cors.allows(origin) {
+            return false;
+        }
+        // This origin: the page's own host and port, whatever scheme a
+        // proxy in front of it terminates.
+        let own = header("host").or_else(|| req.uri().authority().map(|a| a.as_str()));
+        let authority = origin.split_once("://").map(|(_, rest)| rest);
+        let same = matches!((authority, own), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b));
+        return !same;
+    }
+    matches!(header("sec-fetch-site"), Some("cross-site" | "same-site"))
 }
 
 /// One cookie's value, without the cookie jar machinery.

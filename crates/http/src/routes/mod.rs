@@ -11,6 +11,7 @@ pub(crate) mod docs;
 pub(crate) mod export;
 pub(crate) mod health;
 pub(crate) mod models;
+pub(crate) mod page;
 pub(crate) mod schema;
 pub(crate) mod send;
 pub(crate) mod sessions;
@@ -60,6 +61,8 @@ pub(crate) enum RouteClass {
     Health,
     /// The interactive docs page: not limited, its own CSP.
     Docs,
+    /// The chat page and its files: not limited, its own CSP.
+    Web,
     /// Sign-up, login, refresh, logout: limited, never stored by a cache
     /// or by idempotency keys (the responses hold tokens).
     Auth,
@@ -139,6 +142,10 @@ impl RouteClasses {
         self.prefixes
             .iter()
             .find(|(prefix, _)| {
+                // The page at `/` is that path alone, not a prefix of all.
+                if *prefix == "/" {
+                    return path == "/";
+                }
                 path.strip_prefix(prefix).is_some_and(|rest| {
                     rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/')
                 })
@@ -241,6 +248,26 @@ pub(crate) static ENDPOINTS: &[Endpoint] = &[
         keys_itself: false,
         produces: Produces::Any,
         route: || web::route().to(docs::docs_redirect),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/",
+        class: RouteClass::Web,
+        keys: KeyUse::Open,
+        documented: false,
+        keys_itself: false,
+        produces: Produces::Any,
+        route: || web::route().to(page::index),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/assets/{name}",
+        class: RouteClass::Web,
+        keys: KeyUse::Open,
+        documented: false,
+        keys_itself: false,
+        produces: Produces::Any,
+        route: || web::route().to(page::asset),
     },
     Endpoint {
         method: Method::POST,
@@ -793,14 +820,16 @@ mod tests {
             if session_only {
                 assert_eq!(e.keys, KeyUse::Refused, "{} {}", e.method, e.path);
             }
-            let open = matches!(e.class, RouteClass::Health | RouteClass::Docs)
-                || [
-                    "/api/v1/openapi.json",
-                    "/api/v1/auth/register",
-                    "/api/v1/auth/login",
-                    "/api/v1/auth/refresh",
-                ]
-                .contains(&e.path);
+            let open = matches!(
+                e.class,
+                RouteClass::Health | RouteClass::Docs | RouteClass::Web
+            ) || [
+                "/api/v1/openapi.json",
+                "/api/v1/auth/register",
+                "/api/v1/auth/login",
+                "/api/v1/auth/refresh",
+            ]
+            .contains(&e.path);
             assert_eq!(e.keys == KeyUse::Open, open, "{} {}", e.method, e.path);
             // Writing takes the write scope; reading never does more.
             if let KeyUse::Needs(scope) = e.keys
@@ -842,7 +871,10 @@ mod tests {
         assert_eq!(classes.of("/api/v1/auth"), RouteClass::Unrouted);
         assert_eq!(classes.of("/api/v1/conversations/x/y"), RouteClass::Api);
         assert_eq!(classes.of("/healthz"), RouteClass::Health);
-        assert_eq!(classes.of("/"), RouteClass::Unrouted);
+        assert_eq!(classes.of("/"), RouteClass::Web);
+        assert_eq!(classes.of("/assets/app.js"), RouteClass::Web);
+        assert_eq!(classes.of("/assetsx"), RouteClass::Unrouted);
         assert_eq!(classes.of("/nope"), RouteClass::Unrouted);
+        assert_eq!(classes.of("//nope"), RouteClass::Unrouted);
     }
 }
