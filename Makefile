@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test load lint fmt migrate openapi bench deps model services python-tools release check-architecture clean browser
+.PHONY: run test load lint fmt migrate openapi bench deps model services python-tools release check-architecture package clean browser
 
 ## Serve on the embedded defaults: SQLite in ./data, in-process adapters,
 ## the built-in model (fetched into ./models on first use).
@@ -12,8 +12,8 @@ run: deps model
 
 ## Everything: architecture rules, unit, store suites (SQLite + PostgreSQL),
 ## app, CLI and end-to-end tests (schemathesis against the served OpenAPI
-## document among them), and OpenAPI validation.
-test: deps model services python-tools browser check-architecture
+## document among them), OpenAPI validation, and the client's packaging.
+test: deps model services python-tools browser check-architecture package
 	$(CARGO) test --workspace
 	./scripts/validate-openapi.sh
 
@@ -60,6 +60,12 @@ release: deps
 
 check-architecture:
 	./scripts/check-architecture.sh
+
+## Package confab-domain and confab-client as a registry would take them
+## (other Rust services import both) and build the packaged client against
+## the packaged domain: they stay publishable. In target/package/.
+package:
+	$(CARGO) package -p confab-domain -p confab-client --allow-dirty
 
 ## System packages a fresh machine lacks (libpq-dev, pkg-config).
 deps:

@@ -32,6 +32,9 @@ check confab-memory 'actix-web|actix-http|confab-http'
 check confab-jwt 'actix-web|actix-http|confab-http'
 check confab-llm 'actix-web|actix-http|confab-http'
 check confab-redis 'actix-web|actix-http|confab-http|diesel|confab-sql|confab-memory'
+# The client is what other Rust services import: the domain and an HTTP
+# client, nothing of the server side, and rustls with ring only (no aws-lc).
+check confab-client 'confab-ports|confab-app|confab-http|confab-server|confab-sql|confab-password|confab-memory|confab-jwt|confab-llm|confab-redis|confab-testkit|actix-web|actix-http|actix-rt|diesel|r2d2|redis|deadpool-redis|libsqlite3-sys|pq-sys|aws-lc-rs|aws-lc-sys'
 # The contract suites run against every adapter, so they know none, and no
 # web, SQL or Redis library.
 check confab-testkit 'confab-sql|confab-password|confab-memory|confab-jwt|confab-llm|confab-redis|confab-app|confab-http|confab-server|actix-web|actix-http|actix-rt|diesel|r2d2|redis|deadpool-redis|libsqlite3-sys|pq-sys'
