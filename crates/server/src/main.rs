@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use confab_domain::Password;
 use confab_server::{Settings, create_admin, migrate, serve, telemetry};
 
+mod chat;
+
 /// jemalloc, configured (`.cargo/config.toml`) to hand freed pages back to
 /// the system within a second and from a background thread, so that the
 /// resident set follows the live heap under a steady load instead of
@@ -46,12 +48,18 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Chat with a Confab server from the terminal (a client: it needs no
+    /// configuration of its own).
+    Chat(chat::ChatArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Openapi { output } = &cli.command {
         return print_openapi(output.as_ref());
+    }
+    if let Command::Chat(args) = &cli.command {
+        return chat::run(args.clone());
     }
     let settings = match Settings::from_env() {
         Ok(s) => s,
@@ -91,7 +99,7 @@ fn main() -> ExitCode {
                 tracing::info!(user_id = %user.id, username = %user.username, "admin created");
                 Ok(())
             }
-            Command::Openapi { .. } => Ok(()),
+            Command::Openapi { .. } | Command::Chat(_) => Ok(()),
         }
     });
     match result {
