@@ -817,3 +817,196 @@ async fn a_dropped_connection_resumes_where_it_broke_off() {
     );
     browser.close().await;
 }
+
+#[tokio::test]
+async fn a_503_says_to_wait_and_an_ended_session_returns_to_sign_in() {
+    let _one = ONE_BROWSER.lock().await;
+    // No model at all: every send is 503 with Retry-After.
+    let app = spawn_app_with(Backend::Sqlite, &[("CONFAB_LLM_PROVIDER", "none")]);
+    registered(&app, "waiter").await;
+    let browser = Browser::start(1280, 860).await;
+    sign_in(&browser, &app.url("/"), "waiter").await;
+    browser.type_into("#prompt", "Anyone there?\n").await;
+    let notice = browser
+        .wait_for(
+            "the 503 notice",
+            "const n = document.getElementById('notice'); \
+             return !n.hidden && n.textContent.includes('Try again in') ? n.textContent : null",
+            &[],
+        )
+        .await;
+    assert!(
+        notice.as_str().unwrap().contains("busy or starting up"),
+        "{notice}"
+    );
+    browser.screenshot("unavailable").await;
+
+    // Every session of the account ends elsewhere: the page's next call
+    // can't refresh, and it asks to sign in again.
+    let token = app.login("waiter", PASSWORD).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ended = app
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/auth/logout-all",
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(ended.status(), 204);
+    browser.type_into("#search", "anything").await;
+    browser
+        .wait_for(
+            "the sign-in form again",
+            "return !document.getElementById('auth').hidden \
+             && document.getElementById('app').hidden \
+             && document.getElementById('auth-error').textContent.includes('session has ended')",
+            &[],
+        )
+        .await;
+    browser.screenshot("session-ended").await;
+    browser.close().await;
+}
+
+/// A small deterministic generator (xorshift64*), for frame sequences.
+struct Frames(u64);
+
+impl Frames {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        usize::try_from(x >> 33).unwrap() % n
+    }
+
+    fn pick<T: Clone>(&mut self, from: &[T]) -> T {
+        from[self.next(from.len())].clone()
+    }
+
+    fn value(&mut self) -> Value {
+        self.pick(&[
+            json!("\u{1F600}h\u{e9}\u{1F600}llo"),
+            json!(""),
+            json!(2),
+            json!([1, "x"]),
+            json!({"k": "v"}),
+            json!({"message": {"content": {"parts": [""]}, "status": "in_progress"}}),
+            Value::Null,
+            json!(true),
+        ])
+    }
+
+    fn frame(&mut self, depth: usize) -> Value {
+        let paths = [
+            "",
+            "/message",
+            "/message/content/parts/0",
+            "/message/status",
+            "/k",
+            "/a",
+            "/a/0",
+            "/a/-",
+            "/x/y",
+            "/01",
+        ];
+        let ops = ["add", "append", "replace", "truncate", "patch"];
+        let mut frame = serde_json::Map::new();
+        if self.next(4) > 0 {
+            frame.insert("p".into(), json!(self.pick(&paths)));
+        }
+        let op = (self.next(5) > 0).then(|| self.pick(&ops));
+        if let Some(op) = op {
+            frame.insert("o".into(), json!(op));
+        }
+        let value = match op {
+            Some("truncate") => json!(self.next(7)),
+            Some("patch") if depth < 2 => {
+                Value::Array((0..self.next(3) + 1).map(|_| self.frame(depth + 1)).collect())
+            }
+            None if depth < 2 && self.next(4) == 0 => Value::Array(
+                (0..self.next(3) + 1)
+                    .map(|_| {
+                        json!({"p": self.pick(&paths), "o": self.pick(&ops[..4]), "v": self.value()})
+                    })
+                    .collect(),
+            ),
+            _ => self.value(),
+        };
+        frame.insert("v".into(), value);
+        Value::Object(frame)
+    }
+}
+
+/// The page's delta applier (`/assets/stream.js`) builds what
+/// `confab_domain::DeltaApplier` builds, frame by frame, and refuses what
+/// it refuses, leaving the document as it was: on seed `000`'s stream and
+/// on a thousand generated sequences of every operation, inherited paths
+/// and operations, nested patches, Unicode truncation and bad paths.
+#[tokio::test]
+async fn the_pages_delta_applier_agrees_with_the_domains() {
+    let _one = ONE_BROWSER.lock().await;
+    let app = spawn_app_with(Backend::Sqlite, &[]);
+    let mut sequences: Vec<Vec<Value>> = vec![vec![
+        json!({"o": "add", "v": {"message": {"id": "m", "content": {"content_type": "text", "parts": [""]}, "status": "in_progress", "metadata": {}}, "conversation_id": "c"}}),
+        json!({"p": "/message/content/parts/0", "o": "append", "v": "Hel"}),
+        json!({"v": "lo"}),
+        json!({"v": [
+            {"p": "/message/content/parts/0", "o": "append", "v": " world"},
+            {"p": "/message/status", "o": "replace", "v": "finished_successfully"},
+            {"p": "/message/metadata", "o": "append", "v": {"is_complete": true}}
+        ]}),
+        json!({"p": "/message/content/parts/0", "o": "truncate", "v": 5}),
+    ]];
+    let mut frames = Frames(0x9E37_79B9_7F4A_7C15);
+    for _ in 0..1000 {
+        let len = frames.next(8) + 1;
+        sequences.push((0..len).map(|_| frames.frame(0)).collect());
+    }
+    let expected: Vec<Vec<Value>> = sequences
+        .iter()
+        .map(|frames| {
+            let mut applier = confab_domain::DeltaApplier::new();
+            frames
+                .iter()
+                .map(|frame| {
+                    let ok = applier.apply_json(frame).is_ok();
+                    json!([ok, applier.document()])
+                })
+                .collect()
+        })
+        .collect();
+    let browser = Browser::start(800, 600).await;
+    browser.goto(&app.url("/")).await;
+    let seen = browser
+        .run_async(
+            "const [sequences, done] = arguments; \
+             import('/assets/stream.js').then((m) => done(sequences.map((frames) => { \
+               const a = new m.DeltaApplier(); \
+               return frames.map((f) => { \
+                 let ok = true; \
+                 try { a.apply(f); } catch (e) { if (!(e instanceof m.DeltaError)) throw e; ok = false; } \
+                 return [ok, JSON.parse(JSON.stringify(a.document))]; \
+               }); \
+             }))).catch((e) => done({error: String(e)}));",
+            &[json!(sequences)],
+        )
+        .await;
+    let seen = seen.as_array().unwrap_or_else(|| panic!("{seen}"));
+    assert_eq!(seen.len(), expected.len());
+    let mut refused = 0;
+    for ((frames, want), got) in sequences.iter().zip(&expected).zip(seen) {
+        assert_eq!(
+            got,
+            &Value::Array(want.clone()),
+            "frames: {}",
+            json!(frames)
+        );
+        refused += want.iter().filter(|step| step[0] == false).count();
+    }
+    // The generated frames exercise both outcomes.
+    assert!(refused > 100, "{refused} refused frames");
+    browser.close().await;
+}

@@ -156,6 +156,17 @@ impl Browser {
         .await
     }
 
+    /// Runs `script` as [`Browser::run`], but asynchronously: it answers
+    /// by calling its last argument, a callback the driver adds.
+    pub async fn run_async(&self, script: &str, args: &[Value]) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/async",
+            Some(json!({"script": script, "args": args})),
+        )
+        .await
+    }
+
     /// The element `css` selects (the first), as a WebDriver reference.
     async fn element(&self, css: &str) -> String {
         let found = self

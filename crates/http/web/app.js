@@ -953,8 +953,10 @@ function wire() {
     }
   });
   auth.whenSignedOut(() => {
-    notice('Your session has ended. Log in again.');
     showAuth();
+    const error = $('auth-error');
+    error.textContent = 'Your session has ended. Log in again.';
+    error.hidden = false;
   });
 }
 

@@ -85,6 +85,9 @@ export class DeltaApplier {
   }
 
   step(frame) {
+    if (!isObject(frame) || !('v' in frame)) throw new DeltaError('malformed delta frame');
+    if (frame.p !== undefined && typeof frame.p !== 'string') throw new DeltaError('malformed delta frame');
+    if (frame.o !== undefined && !OPS.includes(frame.o)) throw new DeltaError('malformed delta frame');
     const impliedPatch = frame.o === undefined && frame.p === undefined && isOpList(frame.v);
     let op = frame.o;
     if (op === undefined) op = impliedPatch ? 'patch' : this.op;
@@ -155,7 +158,8 @@ export class DeltaApplier {
         node.push(value);
         return;
       }
-      const index = /^\d+$/.test(last) ? Number(last) : -1;
+      // As Rust's usize parse: digits, an optional leading '+'.
+      const index = /^\+?\d+$/.test(last) ? Number(last) : -1;
       if (index < 0 || index > node.length) throw new DeltaError(`no ${path}`);
       node[index] = value;
     } else if (isObject(node)) {
@@ -165,6 +169,8 @@ export class DeltaApplier {
     }
   }
 }
+
+const OPS = ['add', 'append', 'replace', 'truncate', 'patch'];
 
 function isObject(v) {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
@@ -177,7 +183,8 @@ function isOpList(v) {
 /** The member `key` of `node`, which must exist. */
 function child(node, key, path) {
   if (Array.isArray(node)) {
-    const index = /^\d+$/.test(key) ? Number(key) : -1;
+    // As a JSON Pointer array index: no leading zero, no sign.
+    const index = /^(0|[1-9]\d*)$/.test(key) ? Number(key) : -1;
     if (index < 0 || index >= node.length) throw new DeltaError(`no ${path}`);
     return node[index];
   }
