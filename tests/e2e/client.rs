@@ -3,6 +3,7 @@
 //! TCP proxy between the two (`confab_e2e::proxy`).
 
 mod load;
+mod scripted;
 
 use std::time::Duration;
 

@@ -12,6 +12,7 @@ pub mod chat;
 pub use confab_testkit::fake_llm;
 pub mod load;
 pub mod proxy;
+pub mod scripted;
 
 use std::collections::HashMap;
 use std::io::Write;

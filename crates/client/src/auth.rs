@@ -85,7 +85,27 @@ impl Client {
 
     /// Refreshes the session whose access token is `stale`, unless another
     /// call has already replaced it; returns the access token to use.
+    ///
+    /// The refresh runs in a task of its own, which stores the new pair
+    /// whether or not its caller still waits: the server redeems a refresh
+    /// token once, so a refresh whose response were dropped with a
+    /// cancelled caller would leave a used token behind, and the next
+    /// refresh would be a reuse (the session revoked).
     pub(crate) async fn refresh_replacing(&self, stale: &str) -> Result<String, Error> {
+        let client = self.clone();
+        let stale = stale.to_owned();
+        let task = tokio::spawn(async move { client.refresh_now(&stale).await });
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(Error::Connection(format!(
+                "the refresh did not finish: {e}"
+            ))),
+        }
+    }
+
+    /// The refresh itself (see [`Client::refresh_replacing`]), one at a
+    /// time.
+    async fn refresh_now(&self, stale: &str) -> Result<String, Error> {
         let _one_at_a_time = self.inner.refreshing.lock().await;
         let Credential::Session { access, refresh } = self.credential() else {
             return Err(Error::NotSignedIn);

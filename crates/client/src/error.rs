@@ -26,11 +26,14 @@ pub struct ApiError {
     /// The HTTP status (`404`, `422`, …).
     pub status: u16,
     /// The code, when it is one this client knows (`None` for a code a
-    /// newer server added; [`ApiError::code_text`] has it).
+    /// newer server added, [`ApiError::code_text`] has it; and for a
+    /// response without the API's error body, such as a proxy's 502).
     pub code: Option<ErrorCode>,
-    /// The code as the server spelled it (`NOT_FOUND`).
+    /// The code as the server spelled it (`NOT_FOUND`); empty when the
+    /// response had no API error body.
     pub code_text: String,
-    /// The server's message, for people.
+    /// The server's message, for people (for a response without the API's
+    /// error body, the status's reason: `Bad Gateway`).
     pub message: String,
     /// The input the error is about (`username`, `messages[0].id`,
     /// `Idempotency-Key`), for validation errors and conflicts.
@@ -43,7 +46,11 @@ pub struct ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status, self.code_text, self.message)?;
+        if self.code_text.is_empty() {
+            write!(f, "{}: {}", self.status, self.message)?;
+        } else {
+            write!(f, "{} {}: {}", self.status, self.code_text, self.message)?;
+        }
         if let Some(field) = &self.field {
             write!(f, " (field {field})")?;
         }
@@ -130,13 +137,14 @@ impl Error {
         matches!(self, Self::Connection(_) | Self::StreamLost(_))
     }
 
-    /// A transport error, without the URL (which carries nothing secret,
-    /// but says nothing useful twice).
-    pub(crate) fn transport(e: &reqwest::Error) -> Self {
+    /// A transport error, without the URL (`without_url`: it carries
+    /// nothing secret, but says nothing useful twice).
+    pub(crate) fn transport(e: reqwest::Error) -> Self {
+        let e = e.without_url();
         if e.is_decode() {
-            Self::Protocol(e.to_string())
+            Self::Protocol(error_chain(&e))
         } else {
-            Self::Connection(error_chain(e))
+            Self::Connection(error_chain(&e))
         }
     }
 }
@@ -170,7 +178,10 @@ struct Body {
     request_id: Option<String>,
 }
 
-/// The [`Error`] of a response whose status is not a success.
+/// The [`Error`] of a response whose status is not a success: the API's
+/// error, or, for a body that is not the API's error shape (a proxy's 502
+/// page, a refusal of actix's codec), an [`ApiError`] without a code that
+/// still keeps the status, `Retry-After` and `X-Request-Id`.
 pub(crate) async fn from_response(response: reqwest::Response) -> Error {
     let status = response.status().as_u16();
     let header = |name: &str| {
@@ -186,7 +197,7 @@ pub(crate) async fn from_response(response: reqwest::Response) -> Error {
     let header_id = header("x-request-id");
     let bytes = match response.bytes().await {
         Ok(bytes) => bytes,
-        Err(e) => return Error::transport(&e),
+        Err(e) => return Error::transport(e),
     };
     match serde_json::from_slice::<Envelope>(&bytes) {
         Ok(Envelope { error }) => Error::Api(ApiError {
@@ -198,6 +209,18 @@ pub(crate) async fn from_response(response: reqwest::Response) -> Error {
             request_id: error.request_id.or(header_id),
             retry_after,
         }),
-        Err(_) => Error::Protocol(format!("HTTP {status} without an error body")),
+        Err(_) => Error::Api(ApiError {
+            status,
+            code: None,
+            code_text: String::new(),
+            message: reqwest::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("an error without the API's error body")
+                .to_owned(),
+            field: None,
+            request_id: header_id,
+            retry_after,
+        }),
     }
 }

@@ -44,6 +44,7 @@ mod stream;
 mod types;
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use reqwest::{Method, Url};
@@ -77,11 +78,147 @@ pub struct Client {
 struct Inner {
     http: reqwest::Client,
     base: Url,
+    /// The longest silence a stream may keep (and the longest wait for a
+    /// stream's response head) before it is taken for a dead connection
+    /// and resumed.
+    read_timeout: Duration,
     credential: Mutex<Credential>,
     /// Held while a refresh runs: one refresh at a time, and a request
     /// that failed with an access token already replaced retries with the
     /// new one instead of refreshing again (a refresh token works once).
     refreshing: futures_util::lock::Mutex<()>,
+}
+
+/// Builds a [`Client`] with timeouts other than the defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// let client = confab_client::Client::builder("http://127.0.0.1:8080")
+///     .read_timeout(Duration::from_secs(10))
+///     .build()?;
+/// # Ok::<(), confab_client::Error>(())
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct ClientBuilder {
+    base_url: String,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    api_key: Option<String>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("base_url", &self.base_url)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// The default connect timeout: 10 s.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// The default read timeout: 45 s, three times the server's default
+    /// `generation.keep_alive_secs` (15), so that two keep-alive comments
+    /// may go missing before a stream is taken for dead.
+    pub const READ_TIMEOUT: Duration = Duration::from_secs(45);
+
+    /// The longest wait for a TCP connection (and TLS handshake) to the
+    /// server: a call that can't connect by then fails with
+    /// [`Error::Connection`] (a send, or a stream's resumption, is tried
+    /// again).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = confab_client::Client::builder("http://127.0.0.1:8080")
+    ///     .connect_timeout(Duration::from_secs(2));
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The longest a streamed answer may stay silent (no event, no
+    /// keep-alive comment), and the longest wait for a stream's response
+    /// head, before the connection is taken for dead (half-open) and the
+    /// stream resumed from its last event id. Keep it well above the
+    /// server's `generation.keep_alive_secs`. Calls answered in JSON (a
+    /// [`Client::send_json`] waits for the whole answer) are not cut by it.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = confab_client::Client::builder("http://127.0.0.1:8080")
+    ///     .read_timeout(Duration::from_secs(60));
+    /// ```
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// Presents the API key `key` (`cfk_…`), as [`Client::with_api_key`].
+    ///
+    /// ```
+    /// let client = confab_client::Client::builder("http://127.0.0.1:8080")
+    ///     .api_key("cfk_…")
+    ///     .build()?;
+    /// assert!(client.is_signed_in());
+    /// # Ok::<(), confab_client::Error>(())
+    /// ```
+    pub fn api_key(mut self, key: &str) -> Self {
+        self.api_key = Some(key.to_owned());
+        self
+    }
+
+    /// The client.
+    ///
+    /// ```
+    /// let client = confab_client::Client::builder("http://127.0.0.1:8080").build()?;
+    /// # Ok::<(), confab_client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::new`].
+    pub fn build(self) -> Result<Client, Error> {
+        let base_url = self.base_url.as_str();
+        let mut base =
+            Url::parse(base_url).map_err(|e| Error::InvalidUrl(format!("{base_url}: {e}")))?;
+        let supported =
+            base.scheme() == "http" || (base.scheme() == "https" && cfg!(feature = "tls"));
+        if !supported || base.cannot_be_a_base() {
+            return Err(Error::InvalidUrl(format!(
+                "{base_url}: not an http URL (https needs the `tls` feature)"
+            )));
+        }
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        #[cfg(feature = "tls")]
+        {
+            // reqwest is built without a provider of its own: install ring
+            // unless the process has one already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("confab-client/", env!("CARGO_PKG_VERSION")))
+            // A redirect would carry the bearer token to another address.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(self.connect_timeout)
+            .build()
+            .map_err(Error::transport)?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                read_timeout: self.read_timeout,
+                credential: Mutex::new(self.api_key.map_or(Credential::None, Credential::ApiKey)),
+                refreshing: futures_util::lock::Mutex::new(()),
+            }),
+        })
+    }
 }
 
 /// What the client presents. Never printed.
@@ -134,7 +271,8 @@ impl Call {
 
 impl Client {
     /// A client of the server at `base_url` (`http://127.0.0.1:8080`),
-    /// signed in as nobody yet.
+    /// signed in as nobody yet, with the default timeouts
+    /// ([`ClientBuilder`] sets others).
     ///
     /// ```
     /// let client = confab_client::Client::new("http://127.0.0.1:8080")?;
@@ -147,39 +285,27 @@ impl Client {
     /// only with the `tls` feature); [`Error::Connection`] when the HTTP
     /// client can't be built.
     pub fn new(base_url: &str) -> Result<Self, Error> {
-        let mut base =
-            Url::parse(base_url).map_err(|e| Error::InvalidUrl(format!("{base_url}: {e}")))?;
-        let supported =
-            base.scheme() == "http" || (base.scheme() == "https" && cfg!(feature = "tls"));
-        if !supported || base.cannot_be_a_base() {
-            return Err(Error::InvalidUrl(format!(
-                "{base_url}: not an http URL (https needs the `tls` feature)"
-            )));
+        Self::builder(base_url).build()
+    }
+
+    /// A builder of a client of the server at `base_url`, to set its
+    /// timeouts.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let client = confab_client::Client::builder("http://127.0.0.1:8080")
+    ///     .connect_timeout(Duration::from_secs(3))
+    ///     .read_timeout(Duration::from_secs(20))
+    ///     .build()?;
+    /// # Ok::<(), confab_client::Error>(())
+    /// ```
+    pub fn builder(base_url: &str) -> ClientBuilder {
+        ClientBuilder {
+            base_url: base_url.to_owned(),
+            connect_timeout: ClientBuilder::CONNECT_TIMEOUT,
+            read_timeout: ClientBuilder::READ_TIMEOUT,
+            api_key: None,
         }
-        if !base.path().ends_with('/') {
-            let path = format!("{}/", base.path());
-            base.set_path(&path);
-        }
-        #[cfg(feature = "tls")]
-        {
-            // reqwest is built without a provider of its own: install ring
-            // unless the process has one already.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("confab-client/", env!("CARGO_PKG_VERSION")))
-            // A redirect would carry the bearer token to another address.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::transport(&e))?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                http,
-                base,
-                credential: Mutex::new(Credential::None),
-                refreshing: futures_util::lock::Mutex::new(()),
-            }),
-        })
     }
 
     /// A client that presents the API key `key` (`cfk_…`) as its bearer
@@ -193,9 +319,7 @@ impl Client {
     /// # Errors
     /// As [`Client::new`].
     pub fn with_api_key(base_url: &str, key: &str) -> Result<Self, Error> {
-        let client = Self::new(base_url)?;
-        client.set_credential(Credential::ApiKey(key.to_owned()));
-        Ok(client)
+        Self::builder(base_url).api_key(key).build()
     }
 
     /// The server's base URL.
@@ -220,6 +344,11 @@ impl Client {
     #[must_use]
     pub fn is_signed_in(&self) -> bool {
         !matches!(self.credential(), Credential::None)
+    }
+
+    /// See [`ClientBuilder::read_timeout`].
+    pub(crate) fn read_timeout(&self) -> Duration {
+        self.inner.read_timeout
     }
 
     fn credential(&self) -> Credential {
@@ -266,7 +395,7 @@ impl Client {
         if let Some(body) = &call.body {
             request = request.json(body);
         }
-        request.send().await.map_err(|e| Error::transport(&e))
+        request.send().await.map_err(Error::transport)
     }
 
     /// Sends `call` without credentials; a status that is not a success
@@ -313,6 +442,6 @@ async fn success(response: reqwest::Response) -> Result<reqwest::Response, Error
 pub(crate) async fn json<T: serde::de::DeserializeOwned>(
     response: reqwest::Response,
 ) -> Result<T, Error> {
-    let bytes = response.bytes().await.map_err(|e| Error::transport(&e))?;
+    let bytes = response.bytes().await.map_err(Error::transport)?;
     serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(e.to_string()))
 }

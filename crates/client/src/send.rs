@@ -10,17 +10,44 @@ use serde_json::{Map, Value, json};
 use crate::stream::AnswerStream;
 use crate::{Call, Client, Error, Sent, json};
 
-/// How many times a send is sent again, with its key, after its
-/// connection failed.
+/// How many times in all a send is sent (the first attempt, then its
+/// retries with its key).
 const SEND_ATTEMPTS: u32 = 4;
 
-/// The wait before attempt `n` (from 1) of something that failed on the
-/// way: none for the first retry, then 100 ms doubling.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    match attempt {
+/// The wait before retry `n` (from 1) of something that failed on the way:
+/// none for the first retry, then 100 ms doubling (at most 6.4 s).
+pub(crate) fn backoff(retry: u32) -> Duration {
+    match retry {
         0 | 1 => Duration::ZERO,
         n => Duration::from_millis(100u64 << (n - 2).min(6)),
     }
+}
+
+/// The wait before a retry that met the key's first request still running
+/// (409 without `Retry-After`): long enough for it to store its message.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest `Retry-After` a retry waits for; a longer one is the
+/// caller's to decide on (the error is returned).
+pub(crate) const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether a request that failed with `e` is worth sending again, and after
+/// how long (`retry` counts the retries so far, from 1 for the first).
+/// `repeat` says that an earlier attempt of the same request may have
+/// reached the server: its key may be held (409 `CONFLICT`, the first
+/// still running) and its readers counted (429 with `Retry-After`, a cap
+/// of readers), which a first attempt's 409 and 429 never mean.
+pub(crate) fn retry_wait(e: &Error, retry: u32, repeat: bool) -> Option<Duration> {
+    if e.is_connection() {
+        return Some(backoff(retry));
+    }
+    let api = e.api()?;
+    let wait = match api.status {
+        409 if repeat => api.retry_after.unwrap_or(IN_FLIGHT_WAIT),
+        429 | 503 if repeat => api.retry_after?,
+        _ => return None,
+    };
+    (wait <= MAX_RETRY_WAIT).then_some(wait)
 }
 
 /// What a send asks for.
@@ -44,12 +71,21 @@ pub enum Action {
 /// A message to send, built for one of the three actions. Each `Send` has
 /// an idempotency key of its own, which every retry of it reuses.
 ///
+/// A clone keeps the key: sending a clone (or the same `Send` twice) is a
+/// retry of the first send, which the server answers with the first's
+/// answer (replayed; nothing new is stored and the model is not asked
+/// again). To send the same text again as a new message, build a new
+/// `Send`, or give the clone a key of its own with [`Send::new_key`].
+///
 /// ```
 /// use confab_client::Send;
 /// let send = Send::new_conversation("Explain Redis caching")
 ///     .system_prompt("Answer in one paragraph.")
 ///     .temperature(0.2);
 /// assert!(send.conversation().is_none());
+/// // A clone is the same send: the same key.
+/// assert_eq!(send.clone().key(), send.key());
+/// assert_ne!(send.clone().new_key().key(), send.key());
 /// ```
 #[derive(Debug, Clone)]
 pub struct Send {
@@ -194,6 +230,20 @@ impl Send {
         self
     }
 
+    /// The same send under a new random `Idempotency-Key`: a new message
+    /// when sent, not a retry of this one.
+    ///
+    /// ```
+    /// let send = confab_client::Send::new_conversation("Hi");
+    /// let again = send.clone().new_key();
+    /// assert_ne!(again.key(), send.key());
+    /// ```
+    #[must_use]
+    pub fn new_key(mut self) -> Self {
+        self.key = uuid::Uuid::new_v4().to_string();
+        self
+    }
+
     /// The conversation sent into (`None`: a new one).
     ///
     /// ```
@@ -279,11 +329,21 @@ impl Send {
     }
 }
 
+/// The error of a response that did not come within `limit`.
+pub(crate) fn silent(limit: Duration) -> Error {
+    Error::Connection(format!(
+        "no response within {} s (read timeout)",
+        limit.as_secs_f32()
+    ))
+}
+
 impl Client {
     /// Sends a message and streams its answer. The stream resumes by itself
     /// when its connection drops; a send whose request failed on the way is
     /// sent again with its idempotency key (the server then answers the
-    /// first one's stream, and stores nothing twice).
+    /// first one's stream, and stores nothing twice). A retry that meets
+    /// the first attempt still running (409) or a cap of readers (429) waits
+    /// and tries again, a few times.
     ///
     /// ```no_run
     /// use futures_util::StreamExt;
@@ -303,7 +363,7 @@ impl Client {
     /// `retry_after`, 503; [`Error::Connection`] when every attempt failed.
     pub async fn send(&self, send: &Send) -> Result<AnswerStream, Error> {
         let call = send.call(self, "text/event-stream")?;
-        let response = self.with_retries(&call).await?;
+        let response = self.with_retries(&call, Some(self.read_timeout())).await?;
         Ok(AnswerStream::new(
             self.clone(),
             call,
@@ -326,19 +386,37 @@ impl Client {
     /// `UPSTREAM_TIMEOUT` when the model failed.
     pub async fn send_json(&self, send: &Send) -> Result<Sent, Error> {
         let call = send.call(self, "application/json")?;
-        json(self.with_retries(&call).await?).await
+        json(self.with_retries(&call, None).await?).await
     }
 
-    /// Sends `call`, again (up to [`SEND_ATTEMPTS`] in all) while its
-    /// connection fails.
-    async fn with_retries(&self, call: &Call) -> Result<reqwest::Response, Error> {
+    /// Sends `call`, again (up to [`SEND_ATTEMPTS`] in all) while it fails
+    /// in a way a retry may cure ([`retry_wait`]); each attempt's response
+    /// head waits at most `timeout`, when given.
+    async fn with_retries(
+        &self,
+        call: &Call,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, Error> {
+        // The attempt whose result comes next, from 1.
         let mut attempt = 1;
         loop {
-            match self.authorized(call).await {
-                Err(e) if e.is_connection() && attempt < SEND_ATTEMPTS => {
-                    attempt += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
+            let result = match timeout {
+                Some(limit) => tokio::time::timeout(limit, self.authorized(call))
+                    .await
+                    .unwrap_or_else(|_| Err(silent(limit))),
+                None => self.authorized(call).await,
+            };
+            match result {
+                // Only a retry's 409 and 429 are retried: the first
+                // attempt's are the caller's (a conversation still
+                // generating, a rate limit).
+                Err(e) if attempt < SEND_ATTEMPTS => match retry_wait(&e, attempt, attempt > 1) {
+                    Some(wait) => {
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                    None => return Err(e),
+                },
                 other => return other,
             }
         }

@@ -1,7 +1,17 @@
 //! A Server-Sent Events parser that follows the HTML specification's
 //! rules: lines end at CRLF, LF or CR; `:` starts a comment; one space
 //! after the colon is dropped; an event is dispatched at a blank line when
-//! it has data.
+//! it has data. A line, or an event's data, longer than [`MAX_LINE`] bytes
+//! is a protocol error: a server that never ends its line can't make the
+//! client hold it all.
+
+use crate::Error;
+
+/// The longest line, and the longest data of one event, in bytes: 4 MiB.
+/// Confab's events are one line each, the longest an `add` delta of a
+/// continued answer or a question of 100,000 characters (at most 4 bytes
+/// each, escaped).
+pub(crate) const MAX_LINE: usize = 4 << 20;
 
 /// One event as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +36,10 @@ pub(crate) struct Parser {
 }
 
 impl Parser {
-    /// Takes more bytes; returns the events they complete.
-    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Vec<RawEvent> {
+    /// Takes more bytes; returns the events they complete, and the error
+    /// that stopped the parsing, when one did (the events before it are
+    /// whole; nothing after it is read).
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> (Vec<RawEvent>, Option<Error>) {
         let mut out = Vec::new();
         for &byte in bytes {
             if self.after_cr {
@@ -44,10 +56,18 @@ impl Parser {
                         out.push(event);
                     }
                 }
-                _ => self.buffer.push(byte),
+                _ => {
+                    if self.buffer.len() >= MAX_LINE {
+                        return (out, Some(too_long()));
+                    }
+                    self.buffer.push(byte);
+                }
+            }
+            if self.data.as_ref().is_some_and(|data| data.len() > MAX_LINE) {
+                return (out, Some(too_long()));
             }
         }
-        out
+        (out, None)
     }
 
     fn line(&mut self, line: &str) -> Option<RawEvent> {
@@ -83,13 +103,59 @@ impl Parser {
     }
 }
 
+fn too_long() -> Error {
+    Error::Protocol(format!(
+        "an event stream line or event longer than {MAX_LINE} bytes"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn all(chunks: &[&[u8]]) -> Vec<RawEvent> {
         let mut parser = Parser::default();
-        chunks.iter().flat_map(|c| parser.feed(c)).collect()
+        chunks
+            .iter()
+            .flat_map(|c| {
+                let (events, error) = parser.feed(c);
+                assert!(error.is_none(), "{error:?}");
+                events
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_line_past_the_bound_is_an_error_after_the_events_before_it() {
+        let mut parser = Parser::default();
+        let (events, error) = parser.feed(b"data: 1\n\ndata: ");
+        assert_eq!(events.len(), 1);
+        assert!(error.is_none());
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut fed = 0;
+        let error = loop {
+            let (events, error) = parser.feed(&chunk);
+            assert!(events.is_empty());
+            fed += chunk.len();
+            if let Some(error) = error {
+                break error;
+            }
+            assert!(fed <= MAX_LINE, "no error after {fed} bytes");
+        };
+        assert!(matches!(error, Error::Protocol(_)), "{error}");
+        // Many short data lines of one event are bounded the same way.
+        let mut parser = Parser::default();
+        let line = format!("data: {}\n", "y".repeat(1000));
+        let mut error = None;
+        for _ in 0..=(MAX_LINE / 1000 + 1) {
+            let (events, e) = parser.feed(line.as_bytes());
+            assert!(events.is_empty());
+            if e.is_some() {
+                error = e;
+                break;
+            }
+        }
+        assert!(error.is_some(), "the event's data was not bounded");
     }
 
     #[test]

@@ -5,13 +5,14 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use confab_domain::{ConversationId, DeltaApplier, ErrorCode, EventName, MessageStatus};
 use futures_util::{FutureExt, Stream, StreamExt};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::send::backoff;
+use crate::send::{backoff, retry_wait, silent};
 use crate::sse::{Parser, RawEvent};
 use crate::{Call, Client, Error, Message};
 
@@ -78,9 +79,22 @@ type Body = Pin<Box<dyn Stream<Item = Result<Vec<u8>, reqwest::Error>> + Send>>;
 type Connecting = Pin<Box<dyn Future<Output = Result<reqwest::Response, Error>> + Send>>;
 
 enum State {
-    Reading(Body),
+    /// Reading a response's events; `silence` fires when nothing (no
+    /// event, no keep-alive comment) came for the client's read timeout.
+    Reading {
+        body: Body,
+        silence: Pin<Box<tokio::time::Sleep>>,
+    },
     Connecting(Connecting),
     Ended,
+}
+
+/// What a received event asks of the stream.
+enum Flow {
+    /// Read on.
+    Continue,
+    /// The server interrupted the stream: resume it from the last event id.
+    Resume,
 }
 
 /// A streamed answer: a [`Stream`] of [`Event`]s, ending after
@@ -106,10 +120,16 @@ pub struct AnswerStream {
     applier: DeltaApplier,
     title: Option<String>,
     parser: Parser,
-    pending: VecDeque<Event>,
+    /// What the next polls give, in order: events, then possibly the
+    /// error that ended the stream.
+    pending: VecDeque<Result<Event, Error>>,
     state: State,
-    /// Failed attempts since the last event received.
+    /// Failed attempts since the last new event received.
     failures: u32,
+    /// The answer's end (`Ended` or `Complete`) was received: a resumption
+    /// that fails now only lost the stream's last events, and ends it
+    /// without an error.
+    finished: bool,
 }
 
 impl std::fmt::Debug for AnswerStream {
@@ -121,12 +141,16 @@ impl std::fmt::Debug for AnswerStream {
     }
 }
 
-fn body_of(response: reqwest::Response) -> Body {
-    Box::pin(
-        response
-            .bytes_stream()
-            .map(|chunk| chunk.map(|b| b.to_vec())),
-    )
+/// The state that reads `response`'s events, timed out after `silence`.
+fn reading(response: reqwest::Response, silence: Duration) -> State {
+    State::Reading {
+        body: Box::pin(
+            response
+                .bytes_stream()
+                .map(|chunk| chunk.map(|b| b.to_vec())),
+        ),
+        silence: Box::pin(tokio::time::sleep(silence)),
+    }
 }
 
 impl AnswerStream {
@@ -137,7 +161,6 @@ impl AnswerStream {
         response: reqwest::Response,
     ) -> Self {
         Self {
-            client,
             send,
             conversation,
             resume_token: None,
@@ -146,8 +169,10 @@ impl AnswerStream {
             title: None,
             parser: Parser::default(),
             pending: VecDeque::new(),
-            state: State::Reading(body_of(response)),
+            state: reading(response, client.read_timeout()),
+            client,
             failures: 0,
+            finished: false,
         }
     }
 
@@ -253,43 +278,58 @@ impl AnswerStream {
         Ok(call)
     }
 
-    /// Starts a resumption, or ends the stream with `why` when too many
-    /// attempts failed.
-    fn reconnect(&mut self, why: String) -> Option<Error> {
+    /// Starts a resumption after `wait` (by default a backoff), or ends the
+    /// stream when too many attempts failed: with [`Error::StreamLost`]
+    /// saying `why`, or without an error once the answer's end arrived.
+    fn reconnect(&mut self, why: String, wait: Option<Duration>) {
         self.failures += 1;
         if self.failures > RESUME_ATTEMPTS {
-            self.state = State::Ended;
-            return Some(Error::StreamLost(why));
+            self.give_up(Error::StreamLost(why));
+            return;
         }
         let call = match self.resume_call() {
             Ok(call) => call,
             Err(e) => {
-                self.state = State::Ended;
-                return Some(e);
+                self.give_up(e);
+                return;
             }
         };
         let client = self.client.clone();
-        let wait = backoff(self.failures);
+        let wait = wait.unwrap_or_else(|| backoff(self.failures));
+        let limit = client.read_timeout();
         self.state = State::Connecting(Box::pin(async move {
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
-            client.authorized(&call).await
+            tokio::time::timeout(limit, client.authorized(&call))
+                .await
+                .unwrap_or_else(|_| Err(silent(limit)))
         }));
         self.parser = Parser::default();
-        None
+    }
+
+    /// Ends the stream after a resumption that can't succeed: with `error`,
+    /// unless the answer's end had arrived (then only the stream's last
+    /// events, the title or `[DONE]`, were lost).
+    fn give_up(&mut self, error: Error) {
+        self.state = State::Ended;
+        if !self.finished {
+            self.pending.push_back(Err(error));
+        }
     }
 
     /// Turns one received event into typed events (queued).
-    fn receive(&mut self, raw: RawEvent) -> Result<(), Error> {
-        if raw.id.is_some() {
+    fn receive(&mut self, raw: RawEvent) -> Result<Flow, Error> {
+        if raw.id.is_some() && raw.id != self.last_event_id {
+            // Progress: a break after it gets its attempts anew. (An
+            // interruption repeats the last id, and is no progress.)
+            self.failures = 0;
             self.last_event_id.clone_from(&raw.id);
         }
-        self.failures = 0;
         if raw.event.is_none() && raw.data == "[DONE]" {
-            self.pending.push_back(Event::Done);
+            self.pending.push_back(Ok(Event::Done));
             self.state = State::Ended;
-            return Ok(());
+            return Ok(Flow::Continue);
         }
         let data: Value = serde_json::from_str(&raw.data)
             .map_err(|e| Error::Protocol(format!("event data: {e}")))?;
@@ -300,8 +340,28 @@ impl AnswerStream {
             Some(EventName::Delta) => self.delta(&data)?,
             None => self.typed(data),
         };
-        self.pending.push_back(event);
-        Ok(())
+        if let Event::Failed {
+            code: Some(ErrorCode::Unavailable),
+            ..
+        } = &event
+        {
+            // Before the answer's final delta, `UNAVAILABLE` is the server
+            // saying it could not deliver the stream to its end (the
+            // answer may well go on): resume from the last event id, and
+            // drop the `[DONE]` that follows. After it (a shutdown ending
+            // the answer), it is the answer's failure.
+            let running = self
+                .message_state()
+                .is_none_or(|(_, status)| status == MessageStatus::InProgress);
+            if running {
+                return Ok(Flow::Resume);
+            }
+        }
+        if matches!(event, Event::Ended(_) | Event::Complete) {
+            self.finished = true;
+        }
+        self.pending.push_back(Ok(event));
+        Ok(Flow::Continue)
     }
 
     fn delta(&mut self, frame: &Value) -> Result<Event, Error> {
@@ -392,56 +452,83 @@ fn text_of(document: &Value) -> String {
         .collect()
 }
 
+impl AnswerStream {
+    /// Reads on: queues what `bytes` complete, or starts a resumption when
+    /// the server interrupted the stream. A protocol error is queued after
+    /// the events before it, and ends the stream.
+    fn take(&mut self, bytes: &[u8]) {
+        let (events, failure) = self.parser.feed(bytes);
+        for raw in events {
+            match self.receive(raw) {
+                Ok(Flow::Continue) if matches!(self.state, State::Ended) => return,
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Resume) => {
+                    self.reconnect("the server interrupted the stream".to_owned(), None);
+                    return;
+                }
+                Err(e) => {
+                    self.state = State::Ended;
+                    self.pending.push_back(Err(e));
+                    return;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            self.state = State::Ended;
+            self.pending.push_back(Err(e));
+        }
+    }
+}
+
 impl Stream for AnswerStream {
     type Item = Result<Event, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if let Some(event) = this.pending.pop_front() {
-                return Poll::Ready(Some(Ok(event)));
+            if let Some(item) = this.pending.pop_front() {
+                return Poll::Ready(Some(item));
             }
             match &mut this.state {
                 State::Ended => return Poll::Ready(None),
-                State::Reading(body) => match body.poll_next_unpin(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Some(Ok(bytes))) => {
-                        for raw in this.parser.feed(&bytes) {
-                            if matches!(this.state, State::Ended) {
-                                break;
-                            }
-                            if let Err(e) = this.receive(raw) {
-                                this.state = State::Ended;
-                                return Poll::Ready(Some(Err(e)));
-                            }
+                State::Reading { body, silence } => match body.poll_next_unpin(cx) {
+                    Poll::Pending => {
+                        if silence.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
                         }
+                        let limit = this.client.read_timeout();
+                        let why = format!(
+                            "nothing received for {} s (read timeout)",
+                            limit.as_secs_f32()
+                        );
+                        this.reconnect(why, None);
+                    }
+                    Poll::Ready(Some(Ok(bytes))) => {
+                        let limit = this.client.read_timeout();
+                        silence.as_mut().reset(tokio::time::Instant::now() + limit);
+                        this.take(&bytes);
                     }
                     Poll::Ready(Some(Err(e))) => {
-                        if let Some(e) = this.reconnect(Error::transport(&e).to_string()) {
-                            return Poll::Ready(Some(Err(e)));
-                        }
+                        this.reconnect(Error::transport(e).to_string(), None);
                     }
                     Poll::Ready(None) => {
-                        let why = "the stream ended before [DONE]".to_owned();
-                        if let Some(e) = this.reconnect(why) {
-                            return Poll::Ready(Some(Err(e)));
-                        }
+                        this.reconnect("the stream ended before [DONE]".to_owned(), None);
                     }
                 },
                 State::Connecting(connecting) => match connecting.poll_unpin(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(response)) => {
-                        this.state = State::Reading(body_of(response));
-                        this.pending.push_back(Event::Reconnected);
-                    }
-                    Poll::Ready(Err(e)) if e.is_connection() => {
-                        if let Some(e) = this.reconnect(e.to_string()) {
-                            return Poll::Ready(Some(Err(e)));
-                        }
+                        this.state = reading(response, this.client.read_timeout());
+                        this.pending.push_back(Ok(Event::Reconnected));
                     }
                     Poll::Ready(Err(e)) => {
-                        this.state = State::Ended;
-                        return Poll::Ready(Some(Err(e)));
+                        // A resumption is always a repeat: its 409 (the
+                        // send's key still held) and 429 (a cap of
+                        // readers) pass.
+                        match retry_wait(&e, this.failures + 1, true) {
+                            Some(wait) => this.reconnect(e.to_string(), Some(wait)),
+                            None => this.give_up(e),
+                        }
                     }
                 },
             }
