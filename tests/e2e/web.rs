@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use confab_e2e::browser::Browser;
 use confab_e2e::chat::{PASSWORD, held_after, spawn_chat};
-use confab_e2e::fake_llm::{FakeLlm, Script};
+use confab_e2e::fake_llm::{FakeLlm, Script, Step};
 use confab_e2e::proxy::CuttingProxy;
 use confab_e2e::{TestApp, spawn_app_with};
 use confab_sql::Backend;
@@ -124,11 +124,19 @@ async fn a_cookie_refresh_sent_from_another_site_is_refused() {
         }
         req.send()
     };
+    // The same host on another port is the same site, another origin.
+    let port: u16 = app.address.rsplit(':').next().unwrap().parse().unwrap();
+    let sibling = format!("http://127.0.0.1:{}", port.wrapping_add(1));
     for attack in [
         vec![("origin", "https://evil.example".to_owned())],
         vec![("origin", "null".to_owned())],
+        vec![("origin", sibling.clone())],
         vec![("sec-fetch-site", "cross-site".to_owned())],
         vec![("sec-fetch-site", "same-site".to_owned())],
+        vec![
+            ("origin", sibling.clone()),
+            ("sec-fetch-site", "same-site".to_owned()),
+        ],
     ] {
         let res = refresh(cookie.clone(), attack.clone()).await.unwrap();
         let err = confab_e2e::error_body(res, 403, "FORBIDDEN").await;
@@ -144,6 +152,12 @@ async fn a_cookie_refresh_sent_from_another_site_is_refused() {
             ("origin", own.clone()),
             ("sec-fetch-site", "same-origin".to_owned()),
         ],
+        // Behind a proxy that rewrites Host, the browser's own word counts.
+        vec![
+            ("origin", "https://chat.example.com".to_owned()),
+            ("sec-fetch-site", "same-origin".to_owned()),
+        ],
+        vec![("origin", own.clone())],
         vec![],
     ] {
         let res = refresh(cookie.clone(), headers).await.unwrap();
@@ -206,20 +220,39 @@ async fn answer_with_status(browser: &Browser, status: &str) -> Value {
         .await
 }
 
-/// The words of a paced answer: long enough to be caught half-written.
+/// The words of an answer: `word1 word2 …`.
 fn words(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("word{i} ")).collect()
 }
+
+/// An answer of `n` words that stops after each of `holds` words (counted
+/// from 1) until [`FakeLlm::release`]: the test decides when it goes on, so
+/// a page is seen half-written however slow the machine.
+fn held_words(n: usize, holds: &[usize]) -> Script {
+    let mut steps = Vec::new();
+    for (i, word) in words(n).into_iter().enumerate() {
+        steps.push(Step::Text(word));
+        if holds.contains(&(i + 1)) {
+            steps.push(Step::Hold);
+        }
+    }
+    steps.push(Step::Finish("stop"));
+    steps.push(Step::Done);
+    Script::Stream(steps)
+}
+
+/// A held answer sends nothing while it waits: the model's idle timeout
+/// must outlast the test's wait.
+const PATIENT_MODEL: (&str, &str) = ("CONFAB__LLM__IDLE_TIMEOUT_MS", "60000");
 
 #[tokio::test]
 async fn a_person_signs_in_sends_watches_the_answer_grow_renames_and_deletes() {
     let _one = ONE_BROWSER.lock().await;
     let llm = FakeLlm::start();
     llm.set_title(Some("Words in a row".to_owned()));
-    let pieces = words(30);
-    let whole: String = pieces.concat();
-    llm.push(Script::paced(&pieces, Duration::from_millis(120)));
-    let app = spawn_chat(Backend::Sqlite, &llm, &[]);
+    let whole: String = words(30).concat();
+    llm.push(held_words(30, &[5, 10]));
+    let app = spawn_chat(Backend::Sqlite, &llm, &[PATIENT_MODEL]);
     registered(&app, "walker").await;
     let browser = Browser::start(1280, 860).await;
     sign_in(&browser, &app.url("/"), "walker").await;
@@ -245,18 +278,21 @@ async fn a_person_signs_in_sends_watches_the_answer_grow_renames_and_deletes() {
         "Stop shows while the answer runs"
     );
     // The text grows while the answer is still being written.
+    llm.release();
     let grown = browser
         .wait_for(
             "the answer growing",
             &format!(
                 "const a = (() => {{ {LAST_ANSWER} }})(); \
-                 return a && a.status === 'in_progress' && a.text.length > arguments[0] ? a : null"
+                 return a && a.status === 'in_progress' && a.text.includes('word10') ? a : null"
             ),
-            &[first["text"].as_str().unwrap().len().into()],
+            &[],
         )
         .await;
+    assert!(grown["text"].as_str().unwrap().len() > first["text"].as_str().unwrap().len());
     assert!(grown["text"].as_str().unwrap().starts_with("word1 word2"));
     browser.screenshot("streaming").await;
+    llm.release();
     let done = answer_with_status(&browser, "finished_successfully").await;
     assert_eq!(done["text"].as_str().unwrap().trim(), whole.trim());
     assert_eq!(done["count"], 1);
@@ -370,7 +406,7 @@ async fn stop_keeps_the_words_so_far_and_a_reload_mid_answer_completes_it_once()
     let _one = ONE_BROWSER.lock().await;
     let llm = FakeLlm::start();
     llm.push(held_after("The first words"));
-    let app = spawn_chat(Backend::Sqlite, &llm, &[]);
+    let app = spawn_chat(Backend::Sqlite, &llm, &[PATIENT_MODEL]);
     registered(&app, "stopper").await;
     let browser = Browser::start(1280, 860).await;
     sign_in(&browser, &app.url("/"), "stopper").await;
@@ -410,9 +446,8 @@ async fn stop_keeps_the_words_so_far_and_a_reload_mid_answer_completes_it_once()
     // Reload while the next answer is being written: the page signs in
     // again from its cookie, resumes the answer's stream from its start
     // and shows the whole answer once.
-    let pieces = words(40);
-    let whole: String = pieces.concat();
-    llm.push(Script::paced(&pieces, Duration::from_millis(100)));
+    let whole: String = words(40).concat();
+    llm.push(held_words(40, &[3]));
     browser.type_into("#prompt", "Now count\n").await;
     browser
         .wait_for(
@@ -432,16 +467,19 @@ async fn stop_keeps_the_words_so_far_and_a_reload_mid_answer_completes_it_once()
             &[],
         )
         .await;
-    let mid = browser
+    // Still running, and followed again: Stop is back.
+    browser
         .wait_for(
-            "the resumed answer",
+            "the resumed answer, still running",
             &format!(
-                "const a = (() => {{ {LAST_ANSWER} }})(); return a && a.count === 2 ? a : null"
+                "const a = (() => {{ {LAST_ANSWER} }})(); \
+                 return a && a.count === 2 && a.status === 'in_progress' \
+                   && a.text.includes('word3') && !document.getElementById('stop').hidden"
             ),
             &[],
         )
         .await;
-    assert_eq!(mid["count"], 2, "{mid}");
+    llm.release();
     let done = answer_with_status(&browser, "finished_successfully").await;
     assert_eq!(
         done["text"].as_str().unwrap().trim(),
@@ -597,7 +635,8 @@ async fn on_a_phone_the_list_is_a_drawer_and_the_dark_theme_is_kept() {
     let theme = browser
         .run("return document.documentElement.dataset.theme", &[])
         .await;
-    assert!(theme == "dark" || theme == "light", "{theme}");
+    // Headless Chromium prefers light: the switch makes it dark.
+    assert_eq!(theme, "dark");
     browser.screenshot("phone-list").await;
     browser.click("#close-sidebar").await;
     browser
@@ -773,10 +812,9 @@ async fn regenerate_edit_and_the_branch_switcher_show_every_version() {
 async fn a_dropped_connection_resumes_where_it_broke_off() {
     let _one = ONE_BROWSER.lock().await;
     let llm = FakeLlm::start();
-    let pieces = words(40);
-    let whole: String = pieces.concat();
-    llm.push(Script::paced(&pieces, Duration::from_millis(100)));
-    let app = spawn_chat(Backend::Sqlite, &llm, &[]);
+    let whole: String = words(40).concat();
+    llm.push(held_words(40, &[5]));
+    let app = spawn_chat(Backend::Sqlite, &llm, &[PATIENT_MODEL]);
     registered(&app, "flaky").await;
     // The browser reaches the server through a proxy that can cut it off.
     let proxy = CuttingProxy::start(&app.address).await;
@@ -794,6 +832,8 @@ async fn a_dropped_connection_resumes_where_it_broke_off() {
         )
         .await;
     proxy.cut();
+    // The page follows the answer again (GET …/stream with the last event's
+    // id) while the model is still held; then the model goes on.
     browser
         .wait_for(
             "the reconnecting notice",
@@ -802,6 +842,7 @@ async fn a_dropped_connection_resumes_where_it_broke_off() {
             &[],
         )
         .await;
+    llm.release();
     let done = answer_with_status(&browser, "finished_successfully").await;
     assert_eq!(
         done["text"].as_str().unwrap().trim(),
@@ -809,6 +850,14 @@ async fn a_dropped_connection_resumes_where_it_broke_off() {
         "no word twice, none missing"
     );
     assert_eq!(done["count"], 1);
+    let resumes = browser
+        .run(
+            "return performance.getEntriesByType('resource') \
+               .filter((e) => e.name.endsWith('/stream')).length",
+            &[],
+        )
+        .await;
+    assert!(resumes.as_u64().unwrap() >= 1, "a GET …/stream was made");
     assert_eq!(
         browser
             .run("return document.getElementById('notice').hidden", &[])

@@ -21,11 +21,47 @@ pub const PAGE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// One headless Chromium, with its ChromeDriver.
 pub struct Browser {
-    driver: Child,
+    _processes: Processes,
     http: reqwest::Client,
     base: String,
     session: String,
+}
+
+/// The driver and the browser's profile, ended together however a test
+/// ends (a panic in [`Browser::start`] included): the driver, and every
+/// Chromium process of this profile (found by its directory on their
+/// command lines; only positive process ids are signalled).
+struct Processes {
+    driver: Child,
     profile: tempfile::TempDir,
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        let profile = self.profile.path().display().to_string();
+        let own = std::process::id();
+        let pids: Vec<String> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| *pid > 1 && *pid != own)
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(&profile))
+            })
+            .map(|pid| pid.to_string())
+            .collect();
+        if !pids.is_empty() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .args(&pids)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 /// The binary `name` of the `chromium`/`chromium-driver` packages.
@@ -58,6 +94,10 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver starts");
+        let processes = Processes {
+            driver,
+            profile: tempfile::tempdir().expect("a profile directory"),
+        };
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         let started = Instant::now();
@@ -75,7 +115,6 @@ impl Browser {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let profile = tempfile::tempdir().expect("a profile directory");
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
@@ -88,7 +127,7 @@ impl Browser {
                     "--no-first-run",
                     "--disable-extensions",
                     format!("--window-size={width},{height}"),
-                    format!("--user-data-dir={}", profile.path().display()),
+                    format!("--user-data-dir={}", processes.profile.path().display()),
                 ],
             },
         }}});
@@ -106,11 +145,10 @@ impl Browser {
             .unwrap_or_else(|| panic!("no browser session: {res}"))
             .to_owned();
         Browser {
-            driver,
+            _processes: processes,
             http,
             base,
             session,
-            profile,
         }
     }
 
@@ -248,43 +286,12 @@ impl Browser {
         path
     }
 
-    /// Ends the session and the driver.
+    /// Ends the session, then the driver (when the browser is dropped).
     pub async fn close(self) {
         let _ = self
             .http
             .delete(format!("{}/session/{}", self.base, self.session))
             .send()
             .await;
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // A failed test still ends its browser: the driver, and every
-        // Chromium process of this profile (found by its directory on
-        // their command lines; only positive process ids are signalled).
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-        let profile = self.profile.path().display().to_string();
-        let own = std::process::id();
-        let pids: Vec<String> = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| *pid > 1 && *pid != own)
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(&profile))
-            })
-            .map(|pid| pid.to_string())
-            .collect();
-        if !pids.is_empty() {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .args(&pids)
-                .stderr(Stdio::null())
-                .status();
-        }
     }
 }

@@ -66,20 +66,33 @@ async function reach(path, init) {
 }
 
 /**
- * A new access token from the refresh cookie; `false` when the session is
- * over. Concurrent callers share one request: the cookie works once.
+ * A new access token from the refresh cookie: `true`, or `false` when the
+ * session is over (the server refused the cookie). Anything else (no
+ * connection, a 429 or a 5xx) throws an `ApiError` and ends nothing.
+ * Concurrent callers share one request: the cookie works once.
  */
 export function refresh() {
   if (!refreshing) {
     refreshing = (async () => {
       try {
-        const res = await reach('/api/v1/auth/refresh', { method: 'POST' });
-        if (!res.ok) {
-          accessToken = null;
-          return false;
+        for (let attempt = 0; ; attempt += 1) {
+          const res = await reach('/api/v1/auth/refresh', { method: 'POST' });
+          if (res.ok) {
+            accessToken = (await res.json()).access_token;
+            return true;
+          }
+          if (res.status === 401 && attempt === 0) {
+            // Another tab may have just used the cookie and been given the
+            // next one: try once more with whatever the browser holds now.
+            await new Promise((resolve) => setTimeout(resolve, 300));
+            continue;
+          }
+          if (res.status === 401 || res.status === 403) {
+            accessToken = null;
+            return false;
+          }
+          throw await errorOf(res);
         }
-        accessToken = (await res.json()).access_token;
-        return true;
       } finally {
         refreshing = null;
       }

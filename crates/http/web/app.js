@@ -184,7 +184,11 @@ function chosenModel() {
 
 let searchTimer = null;
 
+let listSeq = 0;
+let openSeq = 0;
+
 async function loadList({ more = false } = {}) {
+  const seq = ++listSeq;
   const q = $('search').value.trim();
   const archived = $('show-archived').checked;
   const offset = more ? state.list.offset : 0;
@@ -193,6 +197,8 @@ async function loadList({ more = false } = {}) {
   if (archived) params.set('archived', 'true');
   try {
     const page = await (await api(`/api/v1/conversations?${params}`)).json();
+    // A later search or reload has been asked for: this answer is stale.
+    if (seq !== listSeq) return;
     const ul = $('conversations');
     if (!more) ul.replaceChildren();
     for (const item of page.items) ul.append(listItem(item));
@@ -278,8 +284,12 @@ function startRename(li, item) {
     await loadList();
   };
   input.addEventListener('keydown', (e) => {
+    if (e.isComposing) return;
     if (e.key === 'Enter') finish(true);
-    if (e.key === 'Escape') finish(false);
+    if (e.key === 'Escape') {
+      e.preventDefault();
+      finish(false);
+    }
   });
   input.addEventListener('blur', () => finish(true));
 }
@@ -296,27 +306,24 @@ async function setArchived(id, archived) {
 function confirmDelete(item) {
   const dialog = $('confirm');
   $('confirm-text').textContent = `Delete "${item.title}"? This cannot be undone.`;
-  const ok = $('confirm-ok');
-  const cancel = $('confirm-cancel');
-  const close = () => {
-    ok.removeEventListener('click', yes);
-    cancel.removeEventListener('click', close);
-    dialog.close();
-  };
-  const yes = async () => {
-    close();
-    try {
-      await api(`/api/v1/conversations/${item.id}`, { method: 'DELETE' });
-      if (item.id === state.conversationId) newChat();
-      await loadList();
-    } catch (e) {
-      explain(e);
-    }
-  };
-  ok.addEventListener('click', yes);
-  cancel.addEventListener('click', close);
+  dialog.returnValue = '';
+  // However the dialog closes (a button, Esc), this choice ends with it.
+  dialog.addEventListener(
+    'close',
+    async () => {
+      if (dialog.returnValue !== 'ok') return;
+      try {
+        await api(`/api/v1/conversations/${item.id}`, { method: 'DELETE' });
+        if (item.id === state.conversationId) newChat();
+        await loadList();
+      } catch (e) {
+        explain(e);
+      }
+    },
+    { once: true },
+  );
   dialog.showModal();
-  cancel.focus();
+  $('confirm-cancel').focus();
 }
 
 // ---------- the thread ----------
@@ -338,8 +345,11 @@ function newChat() {
 /** Opens a conversation: its newest messages, then its answer if one runs. */
 async function openConversation(id) {
   if (state.running && state.running.conversationId !== id) stopLocally();
+  const seq = ++openSeq;
   try {
     const page = await (await api(`/api/v1/conversations/${id}?limit=100`)).json();
+    // Another conversation has been opened since: this one is not shown.
+    if (seq !== openSeq) return;
     state.conversationId = id;
     state.messages = page.messages;
     state.siblings = page.siblings ?? {};
@@ -349,11 +359,12 @@ async function openConversation(id) {
     renderThread();
     markOpen();
     clearNotice();
-    const pending = readPending();
+    const token = readPending(id);
     const last = page.messages[page.messages.length - 1];
-    if (pending?.conversationId === id && !state.running) {
-      // A reload mid-answer: replay the whole stream into the message.
-      await resume(pending.token, null);
+    if (token && !state.running) {
+      // Back to an answer this tab started (after a reload, or from
+      // another conversation): replay its whole stream into the message.
+      await resume(token, null);
     } else if (last?.status === 'in_progress' && !state.running) {
       notice('An answer is still being written in another window. Reopen the conversation to see it.', {
         kind: 'info',
@@ -536,7 +547,11 @@ function startEdit(article, message) {
   body.replaceChildren(area);
   article.querySelector('.foot').replaceChildren(save, cancel);
   area.addEventListener('keydown', (e) => {
-    if (e.key === 'Escape') renderThread();
+    if (e.isComposing) return;
+    if (e.key === 'Escape') {
+      e.preventDefault();
+      renderThread();
+    }
     if (e.key === 'Enter' && !e.shiftKey) {
       e.preventDefault();
       save.click();
@@ -581,25 +596,18 @@ async function send(text, { parent = undefined, action = 'next' } = {}) {
     token: null,
     lastEventId: null,
     idempotencyKey: newId(),
+    request: { path, body },
+    resends: 0,
     ended: false,
   };
   state.running = running;
   setBusy(true);
   if (text !== null && action === 'next') showQuestion(text, parent);
+  if (action === 'variant') showOnlyUpTo(parent);
   try {
-    const res = await api(path, {
-      method: 'POST',
-      body,
-      headers: { accept: 'text/event-stream', 'idempotency-key': running.idempotencyKey },
-      signal: controller.signal,
-    });
-    await follow(res, running);
+    await post(running);
   } catch (e) {
     if (e.name === 'AbortError') return;
-    if (e instanceof ApiError && e.status === 0 && running.token) {
-      await reconnect(running);
-      return;
-    }
     if (state.running === running) finish(running);
     // The thread as stored (without the question that was not sent), then
     // what went wrong.
@@ -616,6 +624,47 @@ async function send(text, { parent = undefined, action = 'next' } = {}) {
       growPrompt();
     }
     explain(e);
+  }
+}
+
+/**
+ * Sends the running answer's request (again, after a connection lost before
+ * its resume token came: the same `Idempotency-Key` makes the server replay
+ * that send's stream from its first event, never store a second message),
+ * and follows its stream.
+ */
+async function post(running) {
+  for (;;) {
+    try {
+      const res = await api(running.request.path, {
+        method: 'POST',
+        body: running.request.body,
+        headers: { accept: 'text/event-stream', 'idempotency-key': running.idempotencyKey },
+        signal: running.controller.signal,
+      });
+      // A replay starts from the first event: build the answer afresh.
+      running.applier = new DeltaApplier();
+      await follow(res, running);
+      return;
+    } catch (e) {
+      // Lost before any answer, or the first attempt still running (409):
+      // the same request again, a few times, a little later each time.
+      const again =
+        e instanceof ApiError && (e.status === 0 || (e.status === 409 && running.resends > 0));
+      if (!again || running.resends >= 5 || state.running !== running) throw e;
+      running.resends += 1;
+      notice('The connection was lost. Reconnecting…', { kind: 'info' });
+      await sleep(500 * 2 ** (running.resends - 1));
+    }
+  }
+}
+
+/** Shows the thread down to `question` only (a regeneration's new answer goes under it). */
+function showOnlyUpTo(question) {
+  const at = state.messages.findIndex((m) => m.id === question);
+  if (at >= 0) {
+    state.messages = state.messages.slice(0, at + 1);
+    renderThread();
   }
 }
 
@@ -646,7 +695,14 @@ async function follow(res, running) {
   }
   if (state.running !== running) return;
   if (!running.token) {
-    // Broken before the answer could be named: what was stored is shown.
+    // Broken before the answer could be named: the send again, with its key.
+    if (running.request && running.resends < 5) {
+      running.resends += 1;
+      notice('The connection was lost. Reconnecting…', { kind: 'info' });
+      await sleep(500 * 2 ** (running.resends - 1));
+      if (state.running === running) await post(running);
+      return;
+    }
     finish(running);
     notice('The connection was lost before the answer started. Check the conversation list.');
     await loadList();
@@ -662,6 +718,10 @@ async function follow(res, running) {
 /** One event of the running answer's stream. */
 function onEvent(e, running) {
   if (state.running !== running) return;
+  if (running.reconnecting) {
+    running.reconnecting = false;
+    clearNotice();
+  }
   if (e.id) running.lastEventId = e.id;
   if (e.data === '[DONE]') {
     running.ended = true;
@@ -693,7 +753,7 @@ function onEvent(e, running) {
         state.conversationId = data.conversation_id;
         history.replaceState(null, '', `#c/${data.conversation_id}`);
       }
-      writePending({ conversationId: data.conversation_id, token: data.token });
+      writePending(data.conversation_id, data.token);
       break;
     case 'input_message':
       showStoredQuestion(data.input_message);
@@ -703,10 +763,12 @@ function onEvent(e, running) {
       loadList();
       break;
     case 'error':
-      if (data.error?.code === 'UNAVAILABLE' && !running.ended) {
+      if (data.error?.code === 'UNAVAILABLE' && running.applier.document?.message?.status === 'in_progress') {
+        // The stream broke off on the server's side; the answer goes on.
         running.interrupted = true;
       } else {
-        notice(data.error?.message ?? 'The answer failed.');
+        running.failure = data.error?.message ?? 'The answer failed.';
+        notice(running.failure);
       }
       break;
     default:
@@ -726,6 +788,8 @@ function showAnswer(running) {
   if (running.frame) return;
   running.frame = requestAnimationFrame(() => {
     running.frame = null;
+    // Only the answer being followed, in the conversation on screen.
+    if (state.running !== running || state.conversationId !== running.conversationId) return;
     const message = running.applier.document?.message;
     if (!message) return;
     const at = state.messages.findIndex((m) => m.id === message.id);
@@ -753,13 +817,15 @@ async function reconnect(running) {
     try {
       const res = await openStream(running.conversationId, running.token, running.lastEventId, running.controller.signal);
       running.interrupted = false;
-      clearNotice();
+      // The notice goes with the first event that comes again.
+      running.reconnecting = true;
       await follow(res, running);
       return;
     } catch (e) {
       if (e.name === 'AbortError') return;
-      if (e instanceof ApiError && e.status === 404) {
-        // The stream is no longer kept: the stored answer is the truth.
+      if (e instanceof ApiError && [403, 404, 422].includes(e.status)) {
+        // The stream is no longer kept (or its token has expired): the
+        // stored answer is the truth.
         finish(running);
         await openConversation(running.conversationId);
         return;
@@ -815,22 +881,26 @@ async function done(running) {
   finish(running);
   const id = running.conversationId;
   if (state.conversationId === id) await openConversation(id);
+  if (running.failure) notice(running.failure);
   await loadList();
 }
 
-function finish(running) {
+function finish(running, { keepPending = false } = {}) {
   if (state.running !== running) return;
   state.running = null;
-  clearPending();
+  if (!keepPending && running.conversationId) clearPending(running.conversationId);
   setBusy(false);
 }
 
-/** Forgets the running answer here (it goes on on the server). */
+/**
+ * Stops following the running answer here (it goes on on the server); its
+ * resume token is kept, so reopening its conversation follows it again.
+ */
 function stopLocally() {
   const running = state.running;
   if (!running) return;
   running.controller.abort();
-  finish(running);
+  finish(running, { keepPending: true });
 }
 
 /** Stops the running answer: the server saves it as it is. */
@@ -854,20 +924,30 @@ function setBusy(busy) {
   document.body.classList.toggle('busy', busy);
 }
 
-function readPending() {
+/** The resume tokens of answers this tab started and has not seen end. */
+function pendingTokens() {
   try {
-    return JSON.parse(sessionStorage.getItem(PENDING) ?? 'null');
+    const all = JSON.parse(sessionStorage.getItem(PENDING) ?? '{}');
+    return all && typeof all === 'object' && !Array.isArray(all) ? all : {};
   } catch {
-    return null;
+    return {};
   }
 }
 
-function writePending(value) {
-  sessionStorage.setItem(PENDING, JSON.stringify(value));
+function readPending(conversationId) {
+  return pendingTokens()[conversationId] ?? null;
 }
 
-function clearPending() {
-  sessionStorage.removeItem(PENDING);
+function writePending(conversationId, token) {
+  const all = pendingTokens();
+  all[conversationId] = token;
+  sessionStorage.setItem(PENDING, JSON.stringify(all));
+}
+
+function clearPending(conversationId) {
+  const all = pendingTokens();
+  delete all[conversationId];
+  sessionStorage.setItem(PENDING, JSON.stringify(all));
 }
 
 function sleep(ms) {
@@ -876,8 +956,22 @@ function sleep(ms) {
 
 // ---------- layout, theme, keyboard ----------
 
+const NARROW = matchMedia('(max-width: 720px)');
+
+/** On a phone the closed drawer is out of reach of Tab too. */
+function syncDrawer() {
+  $('sidebar').inert = NARROW.matches && !document.body.classList.contains('sidebar-open');
+}
+
+function openSidebar() {
+  document.body.classList.add('sidebar-open');
+  syncDrawer();
+  $('search').focus();
+}
+
 function closeSidebarOnPhone() {
   document.body.classList.remove('sidebar-open');
+  syncDrawer();
 }
 
 function applyTheme(theme) {
@@ -923,11 +1017,15 @@ function wire() {
     } catch {
       // Signed out here whatever the server said.
     }
-    clearPending();
+    sessionStorage.removeItem(PENDING);
     showAuth();
   });
   $('theme').addEventListener('click', toggleTheme);
-  $('open-sidebar').addEventListener('click', () => document.body.classList.add('sidebar-open'));
+  $('confirm-ok').addEventListener('click', () => $('confirm').close('ok'));
+  $('confirm-cancel').addEventListener('click', () => $('confirm').close('cancel'));
+  $('open-sidebar').addEventListener('click', openSidebar);
+  NARROW.addEventListener('change', syncDrawer);
+  syncDrawer();
   $('close-sidebar').addEventListener('click', closeSidebarOnPhone);
   $('composer').addEventListener('submit', (e) => {
     e.preventDefault();
@@ -946,7 +1044,9 @@ function wire() {
   $('prompt').addEventListener('input', growPrompt);
   $('stop').addEventListener('click', stop);
   document.addEventListener('keydown', (e) => {
-    if (e.key === 'Escape' && state.running && !$('confirm').open) stop();
+    const inField =
+      e.target instanceof HTMLInputElement || (e.target instanceof HTMLTextAreaElement && e.target.id !== 'prompt');
+    if (e.key === 'Escape' && state.running && !$('confirm').open && !e.defaultPrevented && !inField) stop();
     if (e.key.toLowerCase() === 'o' && e.ctrlKey && e.shiftKey) {
       e.preventDefault();
       newChat();
@@ -962,8 +1062,22 @@ function wire() {
 
 async function start() {
   wire();
-  if (await auth.refresh()) await enter();
-  else showAuth();
+  try {
+    if (await auth.refresh()) {
+      await enter();
+      return;
+    }
+    showAuth();
+  } catch (e) {
+    // No answer, or the server is busy: say so on the sign-in form.
+    showAuth();
+    const error = $('auth-error');
+    error.textContent =
+      e instanceof ApiError && e.status !== 0
+        ? `The server can't sign you in right now (${e.message}). Reload to try again.`
+        : 'The server can\'t be reached. Reload the page to try again.';
+    error.hidden = false;
+  }
 }
 
 start();

@@ -31,12 +31,23 @@ export async function readEvents(res, onEvent) {
     else if (field === 'event') event = value;
     else if (field === 'id') id = value;
   };
+  // A line may end in CR LF split across two chunks: a CR that ended the
+  // last chunk makes a LF that starts the next one part of that ending.
+  let afterCr = false;
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
     buffer += value;
+    if (afterCr && buffer.startsWith('\n')) buffer = buffer.slice(1);
+    afterCr = false;
     let end;
     while ((end = buffer.search(/\r\n|\r|\n/)) >= 0) {
+      if (buffer[end] === '\r' && end === buffer.length - 1) {
+        afterCr = true;
+        line(buffer.slice(0, end));
+        buffer = '';
+        break;
+      }
       const sep = buffer[end] === '\r' && buffer[end + 1] === '\n' ? 2 : 1;
       line(buffer.slice(0, end));
       buffer = buffer.slice(end + sep);

@@ -245,7 +245,7 @@ pub(crate) async fn login(
     responses(
         (status = 200, description = "A new pair; the old refresh token is used up.", body = TokenBody),
         (status = 401, description = "Missing, invalid, expired, revoked or reused refresh token.", body = ErrorBody),
-        (status = 403, description = "A refresh by cookie that a browser sent from another site's page (`Origin` neither this origin nor an allowed one, or `Sec-Fetch-Site: cross-site` / `same-site`).", body = ErrorBody),
+        (status = 403, description = "A refresh by cookie that a browser sent from another site's page (`Sec-Fetch-Site` other than `same-origin` or `none`; without it, an `Origin` that is not this host; an allowed CORS origin passes).", body = ErrorBody),
         (status = 400, description = "A malformed body.", body = ErrorBody),
         (status = 429, description = "Rate limited; see `Retry-After` and the `RateLimit` headers.", body = ErrorBody),
         (status = 413, description = "The body is too large.", body = ErrorBody),
@@ -301,25 +301,46 @@ pub(crate) async fn logout(
 }
 
 /// Whether a browser sent this request from a page of another site (not
-/// this origin and not one of `cors.allowed_origins`), by its `Origin`
-/// or, failing that, its `Sec-Fetch-Site`. The refresh cookie is
-/// `SameSite=Strict` already: this refuses a cookie refresh from a
-/// sibling subdomain (same site, other origin) and from browsers that
-/// ignore `SameSite`. Clients without a browser send neither header.
+/// this origin and not one of `cors.allowed_origins`). The refresh cookie
+/// is `SameSite=Strict` already: this also refuses a cookie refresh from a
+/// sibling subdomain (the same site, another origin) and from browsers
+/// that ignore `SameSite`.
+///
+/// A browser's own `Sec-Fetch-Site` decides when it sends one (a page
+/// can't set it): `same-origin` and `none` pass, anything else is refused.
+/// Without it (older browsers), an `Origin` must name this host and port,
+/// default ports aside: a proxy in front must pass the `Host` the browser
+/// used. Clients without a browser send neither header.
 fn sent_from_another_site(req: &HttpRequest, cors: &crate::CorsPolicy) -> bool {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    if let Some(origin) = header("origin") {
-        if cors.allows(origin) {
-            return false;
-        }
-        // This origin: the page's own host and port, whatever scheme a
-        // proxy in front of it terminates.
-        let own = header("host").or_else(|| req.uri().authority().map(|a| a.as_str()));
-        let authority = origin.split_once("://").map(|(_, rest)| rest);
-        let same = matches!((authority, own), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b));
-        return !same;
+    let origin = header("origin");
+    if origin.is_some_and(|o| cors.allows(o)) {
+        return false;
     }
-    matches!(header("sec-fetch-site"), Some("cross-site" | "same-site"))
+    if let Some(site) = header("sec-fetch-site") {
+        return !matches!(site, "same-origin" | "none");
+    }
+    let Some(origin) = origin else {
+        return false;
+    };
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        // `null` (an opaque origin) and anything else unreadable.
+        return true;
+    };
+    let own = header("host").or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let Some(own) = own else {
+        return true;
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "https" => ":443",
+        _ => ":80",
+    };
+    let bare = |a: &str| {
+        a.strip_suffix(default_port)
+            .unwrap_or(a)
+            .to_ascii_lowercase()
+    };
+    bare(authority) != bare(own)
 }
 
 /// One cookie's value, without the cookie jar machinery.
