@@ -1,20 +1,25 @@
 //! `confab chat`: a terminal client of a Confab server, built on
 //! `confab-client`. It signs in (or registers first), then each line typed
 //! is a message whose answer streams in; a line starting with `/` is a
-//! command. Ctrl-C stops a running answer; at the prompt it quits, as the
-//! end of input does.
+//! command. Ctrl-C stops a running answer (a second one stops waiting for
+//! it), cancels a request under way (`/list`, `/open`) and returns to the
+//! prompt; at the prompt, while the password is asked and while signing in
+//! it quits, as the end of input does. Whatever the server sends is written
+//! without its control characters.
 
 mod terminal;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use confab_client::{Client, ConversationSummary, Error, Event, ListQuery, Send};
 use confab_domain::{ConversationId, ErrorCode, MessageRole, MessageStatus};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use terminal::Screen;
+use terminal::{Input, Screen};
 
 /// What `confab chat` takes.
 #[derive(clap::Args, Clone)]
@@ -62,9 +67,36 @@ pub(crate) fn run(args: ChatArgs) -> ExitCode {
     match runtime.block_on(chat(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("confab chat: {e}");
+            // Server text may be in it (an error's message).
+            eprintln!("confab chat: {}", terminal::printable(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `future`'s output, or `None` when Ctrl-C came first (the future is
+/// dropped: its request cancelled).
+async fn or_interrupt<F: Future>(interrupts: &mut Signal, future: F) -> Option<F::Output> {
+    tokio::select! {
+        output = future => Some(output),
+        _ = interrupts.recv() => None,
+    }
+}
+
+/// Forgets the Ctrl-Cs that came before now (say, pressed while a request
+/// ended): only one pressed at the prompt quits.
+fn discard_interrupts(interrupts: &mut Signal) {
+    while let Some(Some(())) = interrupts.recv().now_or_never() {}
+}
+
+/// A stop under way.
+type Stopping = Pin<Box<dyn Future<Output = Result<(), Error>> + std::marker::Send>>;
+
+/// `stopping`'s result once it is done; never, when there is none.
+async fn stopped(stopping: &mut Option<Stopping>) -> Result<(), Error> {
+    match stopping {
+        Some(stop) => stop.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -78,21 +110,25 @@ struct Session {
 }
 
 async fn chat(args: ChatArgs) -> Result<(), String> {
-    let password = terminal::password()?;
-    let client = Client::new(&args.url).map_err(|e| e.to_string())?;
-    // Before anything can take long: from here on Ctrl-C is ours.
-    let interrupts =
+    // Before anything: from here on Ctrl-C is ours (the password prompt
+    // included, so the terminal's echo is always turned back on).
+    let mut interrupts =
         signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch for Ctrl-C: {e}"))?;
+    let password = terminal::password(&mut interrupts).await?;
+    let client = Client::new(&args.url).map_err(|e| e.to_string())?;
     if args.register {
         let email = args.email.as_deref().unwrap_or_default();
-        client
-            .register(&args.username, email, &password)
-            .await
-            .map_err(|e| format!("cannot register {}: {}", args.username, describe(&e)))?;
-    }
-    client
-        .login(&args.username, &password)
+        or_interrupt(
+            &mut interrupts,
+            client.register(&args.username, email, &password),
+        )
         .await
+        .ok_or("interrupted")?
+        .map_err(|e| format!("cannot register {}: {}", args.username, describe(&e)))?;
+    }
+    or_interrupt(&mut interrupts, client.login(&args.username, &password))
+        .await
+        .ok_or("interrupted")?
         .map_err(|e| match e.code() {
             Some(ErrorCode::InvalidCredentials) => "wrong username or password".to_owned(),
             _ => format!("cannot sign in: {}", describe(&e)),
@@ -116,17 +152,29 @@ async fn chat(args: ChatArgs) -> Result<(), String> {
 impl Session {
     async fn run(
         &mut self,
-        mut lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+        mut lines: tokio::sync::mpsc::UnboundedReceiver<Input>,
     ) -> Result<(), String> {
         loop {
+            discard_interrupts(&mut self.interrupts);
             self.screen.prompt();
-            let line = tokio::select! {
-                line = lines.recv() => line,
+            let input = tokio::select! {
+                input = lines.recv() => input,
                 _ = self.interrupts.recv() => None,
             };
-            let Some(line) = line else {
-                self.screen.line("Bye.");
-                return Ok(());
+            let line = match input {
+                Some(Input::Line(line)) => line,
+                Some(Input::NotUtf8) => {
+                    self.screen
+                        .line("That line is not UTF-8 text: it was not sent.");
+                    continue;
+                }
+                Some(Input::Failed(e)) => {
+                    return Err(format!("cannot read standard input: {e}"));
+                }
+                None => {
+                    self.screen.line("Bye.");
+                    return Ok(());
+                }
             };
             let line = line.trim();
             let result = match line.split_once(' ').unwrap_or((line, "")) {
@@ -182,7 +230,13 @@ impl Session {
             limit: Some(LIST_LIMIT),
             ..ListQuery::default()
         };
-        self.listed = self.client.conversations(&query).await?.items;
+        let Some(page) =
+            or_interrupt(&mut self.interrupts, self.client.conversations(&query)).await
+        else {
+            self.screen.line("[cancelled]");
+            return Ok(());
+        };
+        self.listed = page?.items;
         if self.listed.is_empty() {
             self.screen.line("No conversations yet.");
         }
@@ -205,7 +259,14 @@ impl Session {
                 .line("Open which? /list numbers the conversations: /open 1 opens the first.");
             return Ok(());
         };
-        let conversation = self.client.conversation(summary.id).await?;
+        let id = summary.id;
+        let Some(conversation) =
+            or_interrupt(&mut self.interrupts, self.client.conversation(id)).await
+        else {
+            self.screen.line("[cancelled]");
+            return Ok(());
+        };
+        let conversation = conversation?;
         self.current = Some(conversation.conversation_id);
         self.screen
             .line(&format!("Opened \"{}\".", conversation.title));
@@ -219,12 +280,22 @@ impl Session {
         Ok(())
     }
 
-    /// Sends, and shows the answer as it streams. Ctrl-C stops it.
+    /// Sends, and shows the answer as it streams. Ctrl-C stops it (the
+    /// stop runs while the answer is read to its end); a second Ctrl-C
+    /// stops waiting and returns to the prompt. Ctrl-C before the answer
+    /// starts cancels the send's request.
     async fn answer(&mut self, send: Send) -> Result<(), Error> {
-        let mut answer = self.client.send(&send).await?;
+        let Some(answer) = or_interrupt(&mut self.interrupts, self.client.send(&send)).await else {
+            self.screen.line(
+                "[cancelled: the message may have reached the server; /list shows what it stored]",
+            );
+            return Ok(());
+        };
+        let mut answer = answer?;
         let mut spinner = tokio::time::interval(Duration::from_millis(100));
         let mut first_text = false;
         let mut stop_asked = false;
+        let mut stopping: Option<Stopping> = None;
         let mut ended = None;
         loop {
             tokio::select! {
@@ -237,8 +308,8 @@ impl Session {
                     Some(Ok(event)) => match event {
                         Event::Started(id) => {
                             self.current = Some(id);
-                            if stop_asked {
-                                self.stop(id).await?;
+                            if stop_asked && stopping.is_none() {
+                                stopping = Some(self.stop(id));
                             }
                         }
                         Event::Text(text) => {
@@ -252,10 +323,20 @@ impl Session {
                         _ => {}
                     },
                 },
+                stop = stopped(&mut stopping) => {
+                    // Done: the answer's end follows on the stream.
+                    stopping = None;
+                    stop?;
+                }
                 _ = self.interrupts.recv() => {
+                    if stop_asked {
+                        self.current = answer.conversation_id().or(self.current);
+                        self.screen.line("\n[no longer waiting for the answer to stop]");
+                        return Ok(());
+                    }
                     stop_asked = true;
                     if let Some(id) = answer.conversation_id() {
-                        self.stop(id).await?;
+                        stopping = Some(self.stop(id));
                     }
                 }
                 _ = spinner.tick(), if self.screen.interactive() && !first_text => {
@@ -274,11 +355,14 @@ impl Session {
     }
 
     /// Stops the answer running in `id`; one that has just ended is fine.
-    async fn stop(&self, id: ConversationId) -> Result<(), Error> {
-        match self.client.stop(id).await {
-            Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(()),
-            other => other,
-        }
+    fn stop(&self, id: ConversationId) -> Stopping {
+        let client = self.client.clone();
+        Box::pin(async move {
+            match client.stop(id).await {
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(()),
+                other => other,
+            }
+        })
     }
 }
 

@@ -1,9 +1,12 @@
 //! The terminal side of `confab chat`: the password (never echoed, never
-//! printed), the lines typed, the spinner, and what is written.
+//! printed), the lines typed, the spinner, and what is written (never a
+//! control character the server sent).
 
+use std::borrow::Cow;
 use std::io::{BufRead, IsTerminal, Write};
 
-use tokio::sync::mpsc;
+use tokio::signal::unix::Signal;
+use tokio::sync::{mpsc, oneshot};
 
 /// The environment variable a password may come from.
 const PASSWORD_VAR: &str = "CONFAB_PASSWORD";
@@ -12,25 +15,29 @@ const PASSWORD_VAR: &str = "CONFAB_PASSWORD";
 const SPINNER: [char; 4] = ['|', '/', '-', '\\'];
 
 /// The password: `CONFAB_PASSWORD`, else read from the terminal without
-/// echo, else (stdin is not a terminal) the first line of stdin.
-pub(crate) fn password() -> Result<String, String> {
+/// echo, else (stdin is not a terminal) the first line of stdin. Ctrl-C
+/// (`interrupts`, installed before) while it is asked ends the chat with
+/// the terminal's echo back on.
+pub(crate) async fn password(interrupts: &mut Signal) -> Result<String, String> {
     if let Ok(password) = std::env::var(PASSWORD_VAR) {
         return Ok(password);
     }
     let stdin = std::io::stdin();
-    let mut line = String::new();
-    if stdin.is_terminal() {
+    let line = if stdin.is_terminal() {
         let mut err = std::io::stderr();
         let _ = write!(err, "Password: ");
         let _ = err.flush();
-        read_silently(&stdin, &mut line)?;
+        let echo_off = EchoOff::new(&stdin)?;
+        let read = first_line(interrupts).await;
+        // Back on before anything else is said, whatever happened.
+        let restored = echo_off.restore();
         let _ = writeln!(err);
+        let line = read?;
+        restored?;
+        line
     } else {
-        stdin
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
-    }
+        first_line(interrupts).await?
+    };
     let password = line.trim_end_matches(['\r', '\n']).to_owned();
     if password.is_empty() {
         return Err(format!(
@@ -40,35 +47,123 @@ pub(crate) fn password() -> Result<String, String> {
     Ok(password)
 }
 
-/// Reads one line from the terminal with its echo off, restoring the
-/// terminal's settings afterwards.
-fn read_silently(stdin: &std::io::Stdin, line: &mut String) -> Result<(), String> {
-    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
-    let original = tcgetattr(stdin).map_err(|e| format!("cannot read the terminal's mode: {e}"))?;
-    let mut silent = original.clone();
-    silent.local_modes.remove(LocalModes::ECHO);
-    tcsetattr(stdin, OptionalActions::Now, &silent)
-        .map_err(|e| format!("cannot turn the terminal's echo off: {e}"))?;
-    let read = stdin.lock().read_line(line);
-    let restored = tcsetattr(stdin, OptionalActions::Now, &original);
-    read.map_err(|e| format!("cannot read the password: {e}"))?;
-    restored.map_err(|e| format!("cannot restore the terminal's echo: {e}"))
+/// The first line of stdin, read on a thread of its own (a blocked read
+/// can't be cancelled); Ctrl-C meanwhile gives up on it.
+async fn first_line(interrupts: &mut Signal) -> Result<String, String> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let read = std::io::stdin().lock().read_line(&mut line).map(|_| line);
+        let _ = tx.send(read);
+    });
+    tokio::select! {
+        read = rx => match read {
+            Ok(Ok(line)) => Ok(line),
+            Ok(Err(e)) => Err(format!("cannot read the password: {e}")),
+            Err(_) => Err("cannot read the password".to_owned()),
+        },
+        _ = interrupts.recv() => Err("interrupted".to_owned()),
+    }
+}
+
+/// The terminal's echo, off while this lives: its settings are restored
+/// when it is dropped (an error, an interrupt, a panic's unwinding), or by
+/// [`EchoOff::restore`].
+struct EchoOff {
+    original: Option<rustix::termios::Termios>,
+}
+
+impl EchoOff {
+    fn new(stdin: &std::io::Stdin) -> Result<Self, String> {
+        use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+        let original =
+            tcgetattr(stdin).map_err(|e| format!("cannot read the terminal's mode: {e}"))?;
+        let mut silent = original.clone();
+        silent.local_modes.remove(LocalModes::ECHO);
+        tcsetattr(stdin, OptionalActions::Now, &silent)
+            .map_err(|e| format!("cannot turn the terminal's echo off: {e}"))?;
+        Ok(Self {
+            original: Some(original),
+        })
+    }
+
+    /// Restores the terminal's settings now.
+    fn restore(mut self) -> Result<(), String> {
+        self.put_back()
+    }
+
+    fn put_back(&mut self) -> Result<(), String> {
+        use rustix::termios::{OptionalActions, tcsetattr};
+        match self.original.take() {
+            Some(original) => tcsetattr(std::io::stdin(), OptionalActions::Now, &original)
+                .map_err(|e| format!("cannot restore the terminal's echo: {e}")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        let _ = self.put_back();
+    }
+}
+
+/// One line of input, as [`lines`] gives it.
+pub(crate) enum Input {
+    /// A line, without its line ending.
+    Line(String),
+    /// A line that is not UTF-8 (skipped).
+    NotUtf8,
+    /// Reading failed: no more input.
+    Failed(String),
 }
 
 /// The lines of stdin, read on a thread of their own (a read blocked on
 /// the terminal must not hold the runtime up when the program ends); the
 /// channel closes at the end of input.
-pub(crate) fn lines() -> mpsc::UnboundedReceiver<String> {
+pub(crate) fn lines() -> mpsc::UnboundedReceiver<Input> {
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
+        let mut stdin = std::io::stdin().lock();
+        let mut bytes = Vec::new();
+        loop {
+            bytes.clear();
+            let input = match stdin.read_until(b'\n', &mut bytes) {
+                Ok(0) => return,
+                Ok(_) => {
+                    if bytes.last() == Some(&b'\n') {
+                        bytes.pop();
+                        if bytes.last() == Some(&b'\r') {
+                            bytes.pop();
+                        }
+                    }
+                    match String::from_utf8(std::mem::take(&mut bytes)) {
+                        Ok(line) => Input::Line(line),
+                        Err(_) => Input::NotUtf8,
+                    }
+                }
+                Err(e) => Input::Failed(e.to_string()),
+            };
+            let last = matches!(input, Input::Failed(_));
+            if tx.send(input).is_err() || last {
                 return;
             }
         }
     });
     rx
+}
+
+/// `text` without control characters (C0, DEL and C1) but line feeds and
+/// tabs: what the server sends (answers, titles, messages) can't move the
+/// cursor, clear the screen, set the window's title or anything else a
+/// terminal does on an escape sequence.
+pub(crate) fn printable(text: &str) -> Cow<'_, str> {
+    let keep = |c: char| !c.is_control() || c == '\n' || c == '\t';
+    if text.chars().all(keep) {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(text.chars().filter(|&c| keep(c)).collect())
+    }
 }
 
 /// What the chat writes: answers and notes to stdout, the spinner and the
@@ -93,11 +188,12 @@ impl Screen {
         self.interactive
     }
 
-    /// Writes `text` as it is (a piece of an answer), at once.
+    /// Writes `text` (a piece of an answer), at once, without its control
+    /// characters ([`printable`]).
     pub(crate) fn write(&mut self, text: &str) {
         self.clear_spinner();
         let mut out = std::io::stdout().lock();
-        let _ = out.write_all(text.as_bytes());
+        let _ = out.write_all(printable(text).as_bytes());
         let _ = out.flush();
     }
 
@@ -128,5 +224,22 @@ impl Screen {
             let _ = write!(out, "\r  \r");
             let _ = out.flush();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_dropped_but_line_feeds_and_tabs() {
+        assert_eq!(
+            printable("a\x1b]0;pwned\x07b\x1b[2Jc\r\n\td\u{9b}31me\u{7f}"),
+            "a]0;pwnedb[2Jc\n\td31me"
+        );
+        assert!(matches!(
+            printable("plain, é\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }
