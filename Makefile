@@ -63,9 +63,14 @@ check-architecture:
 
 ## Package confab-domain and confab-client as a registry would take them
 ## (other Rust services import both) and build the packaged client against
-## the packaged domain: they stay publishable. In target/package/.
+## the packaged domain: they stay publishable. In target/package/. Then
+## check the client alone with its `tls` feature (https), which the
+## packaged build (default features) does not compile. Needs the registry
+## index, so the network: `cargo package` resolves the packaged crates'
+## dependencies afresh from crates.io. A few seconds with a warm target/.
 package:
 	$(CARGO) package -p confab-domain -p confab-client --allow-dirty
+	$(CARGO) check -p confab-client --features tls
 
 ## System packages a fresh machine lacks (libpq-dev, pkg-config).
 deps:
