@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test load lint fmt migrate openapi bench deps model services python-tools release check-architecture package clean browser
+.PHONY: run test load lint fmt migrate openapi bench deps model services python-tools release check-architecture package clean browser proxy
 
 ## Serve on the embedded defaults: SQLite in ./data, in-process adapters,
 ## the built-in model (fetched into ./models on first use).
@@ -13,7 +13,7 @@ run: deps model
 ## Everything: architecture rules, unit, store suites (SQLite + PostgreSQL),
 ## app, CLI and end-to-end tests (schemathesis against the served OpenAPI
 ## document among them), OpenAPI validation, and the client's packaging.
-test: deps model services python-tools browser check-architecture package
+test: deps model services python-tools browser proxy check-architecture package
 	$(CARGO) test --workspace
 	./scripts/validate-openapi.sh
 
@@ -85,6 +85,10 @@ model:
 ## chat page's end-to-end tests drive headless.
 browser:
 	@./scripts/install-browser.sh
+
+## nginx (Debian's nginx-light), the load balancer of the cluster tests.
+proxy:
+	@./scripts/install-proxy.sh
 
 ## schemathesis and openapi-spec-validator, pinned in
 ## tests/contract/requirements.txt, in target/venv.

@@ -29,6 +29,7 @@ macro_rules! on_both_backends {
 
 mod api_keys;
 mod auth;
+mod balancer;
 mod chat_cli;
 mod client;
 mod cluster;

@@ -11,6 +11,7 @@ pub mod browser;
 pub mod chat;
 pub use confab_testkit::fake_llm;
 pub mod load;
+pub mod nginx;
 pub mod proxy;
 pub mod scripted;
 
