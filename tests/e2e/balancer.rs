@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use confab_e2e::chat::{SseReader, conversation_of, is_append, message_body, replay};
-use confab_e2e::fake_llm::{FakeLlm, Script, Step};
+use confab_e2e::chat::{SseReader, conversation_of, held_between, is_append, message_body, replay};
+use confab_e2e::fake_llm::FakeLlm;
 use confab_e2e::nginx::Nginx;
 use confab_e2e::{TestApp, redis_url, spawn_process};
 use confab_sql::testing::TestDatabase;
@@ -79,17 +79,6 @@ async fn sign_up(client: &reqwest::Client, lb: &Nginx, name: &str) -> String {
     body["access_token"].as_str().unwrap().to_owned()
 }
 
-/// "partial", then nothing until released, then the rest.
-fn held_answer() -> Script {
-    Script::Stream(vec![
-        Step::Text("partial".into()),
-        Step::Hold,
-        Step::Text(" answer".into()),
-        Step::Finish("stop"),
-        Step::Done,
-    ])
-}
-
 #[tokio::test]
 async fn an_answer_streams_through_nginx_unbuffered_and_resumes_on_any_instance_once() {
     let llm = FakeLlm::start();
@@ -99,7 +88,7 @@ async fn an_answer_streams_through_nginx_unbuffered_and_resumes_on_any_instance_
 
     // The first text reaches the client through nginx while the model is
     // still held: nothing waits in nginx's buffers.
-    llm.push(held_answer());
+    llm.push(held_between("partial", " answer"));
     let res = client
         .post(b.nginx.url("/api/v1/conversations"))
         .bearer_auth(&token)

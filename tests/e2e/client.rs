@@ -10,8 +10,8 @@ use std::time::Duration;
 use confab_client::{Client, Error, Event, ListQuery, OwnAllowance, Send};
 use confab_domain::{ConversationId, ErrorCode, MessageRole, MessageStatus, Role};
 use confab_e2e::TestApp;
-use confab_e2e::chat::{PASSWORD, spawn_chat, spawn_chat_with_redis};
-use confab_e2e::fake_llm::{FakeLlm, Script, Step};
+use confab_e2e::chat::{PASSWORD, held_between, spawn_chat, spawn_chat_with_redis};
+use confab_e2e::fake_llm::{FakeLlm, Script};
 use confab_e2e::proxy::CuttingProxy;
 use confab_sql::Backend;
 use futures_util::StreamExt;
@@ -42,18 +42,6 @@ async fn signed_in(address: &str, name: &str) -> Client {
     assert_eq!(user.role, Role::User);
     client.login(name, PASSWORD).await.unwrap();
     client
-}
-
-/// An answer of "partial", then nothing until the fake is released, then
-/// " answer".
-fn held() -> Script {
-    Script::Stream(vec![
-        Step::Text("partial".into()),
-        Step::Hold,
-        Step::Text(" answer".into()),
-        Step::Finish("stop"),
-        Step::Done,
-    ])
 }
 
 /// Every event until `stop` says so (included), failing on an error.
@@ -160,7 +148,7 @@ async fn cut_mid_answer(
     then: Option<&TestApp>,
 ) {
     let client = signed_in(&proxy.address, "ada").await;
-    llm.push(held());
+    llm.push(held_between("partial", " answer"));
     let mut answer = client.send(&Send::new_conversation("Hi")).await.unwrap();
     let mut events = read_until(&mut answer, |e| matches!(e, Event::Text(_))).await;
     assert_eq!(text_of(&events), "partial");
@@ -239,7 +227,7 @@ async fn a_running_answer_is_stopped(backend: Backend) {
     let llm = FakeLlm::start();
     let app = spawn_chat(backend, &llm, &[("CONFAB__LLM__IDLE_TIMEOUT_MS", "20000")]);
     let client = signed_in(&app.address, "ada").await;
-    llm.push(held());
+    llm.push(held_between("partial", " answer"));
     let mut answer = client.send(&Send::new_conversation("Hi")).await.unwrap();
     read_until(&mut answer, |e| matches!(e, Event::Text(_))).await;
     let id = answer.conversation_id().unwrap();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confab_domain::ConversationId;
-use confab_e2e::chat::{SseReader, conversation_of, is_append, message_body, replay};
-use confab_e2e::fake_llm::{FakeLlm, Script, Step};
+use confab_e2e::chat::{SseReader, conversation_of, held_between, is_append, message_body, replay};
+use confab_e2e::fake_llm::{FakeLlm, Script};
 use confab_e2e::{TestApp, error_body, redis_url, spawn_process};
 use confab_sql::testing::TestDatabase;
 use reqwest::Method;
@@ -46,17 +46,6 @@ async fn cluster_on(url: &str, llm: &FakeLlm, extra: &[(&str, &str)]) -> Cluster
     Cluster { a, b }
 }
 
-/// A held answer: "partial", then nothing until released.
-fn held_answer() -> Script {
-    Script::Stream(vec![
-        Step::Text("partial".into()),
-        Step::Hold,
-        Step::Text(" answer".into()),
-        Step::Finish("stop"),
-        Step::Done,
-    ])
-}
-
 #[tokio::test]
 async fn two_processes_behave_as_one_service() {
     let llm = FakeLlm::start();
@@ -64,7 +53,7 @@ async fn two_processes_behave_as_one_service() {
     let token = c.a.user("ada").await;
 
     // A stream started on A resumes on B from Last-Event-ID.
-    llm.push(held_answer());
+    llm.push(held_between("partial", " answer"));
     let res =
         c.a.send_message("/api/v1/conversations", &token, &message_body("hi"))
             .await;
@@ -100,7 +89,7 @@ async fn two_processes_behave_as_one_service() {
     );
 
     // A stop sent to B stops the generation running on A.
-    llm.push(held_answer());
+    llm.push(held_between("partial", " answer"));
     let res =
         c.a.send_message("/api/v1/conversations", &token, &message_body("again"))
             .await;
@@ -135,7 +124,7 @@ async fn two_processes_behave_as_one_service() {
     // An idempotent message send to A, retried on B: one message, one call
     // to the model; B re-attaches to A's answer.
     let calls = llm.requests().len();
-    llm.push(held_answer());
+    llm.push(held_between("partial", " answer"));
     let body = message_body("once");
     let keyed = |app: &TestApp| {
         app.client
@@ -201,7 +190,7 @@ async fn an_instance_killed_mid_answer_leaves_it_failed_with_its_text_after_the_
     )
     .await;
     let token = c.a.user("ada").await;
-    llm.push(held_answer());
+    llm.push(held_between("partial", " answer"));
     let res =
         c.a.send_message("/api/v1/conversations", &token, &message_body("hi"))
             .await;

@@ -206,18 +206,35 @@ const LAST_ANSWER: &str = "const all = document.querySelectorAll('#thread articl
      return a ? {id: a.dataset.id, text: a.querySelector('.body').innerText, \
                  status: a.dataset.status, count: all.length} : null";
 
-/// Waits for the last answer to reach `status`, and answers it.
-async fn answer_with_status(browser: &Browser, status: &str) -> Value {
+/// Waits until the last answer (`a`, as [`LAST_ANSWER`] gives it) meets
+/// `condition`, a JavaScript expression, and answers it.
+async fn answer_when(browser: &Browser, what: &str, condition: &str) -> Value {
+    answer_when_with(browser, what, condition, Value::Null).await
+}
+
+/// As [`answer_when`], with `value` as the condition's `arguments[0]`.
+async fn answer_when_with(browser: &Browser, what: &str, condition: &str, value: Value) -> Value {
     browser
         .wait_for(
-            &format!("an answer {status}"),
+            what,
             &format!(
                 "const a = (() => {{ {LAST_ANSWER} }})(); \
-                 return a && a.status === arguments[0] ? a : null"
+                 return a && ({condition}) ? a : null"
             ),
-            &[json!(status)],
+            &[value],
         )
         .await
+}
+
+/// Waits for the last answer to reach `status`, and answers it.
+async fn answer_with_status(browser: &Browser, status: &str) -> Value {
+    answer_when_with(
+        browser,
+        &format!("an answer {status}"),
+        "a.status === arguments[0]",
+        json!(status),
+    )
+    .await
 }
 
 /// The words of an answer: `word1 word2 …`.
@@ -260,16 +277,12 @@ async fn a_person_signs_in_sends_watches_the_answer_grow_renames_and_deletes() {
 
     // Enter sends.
     browser.type_into("#prompt", "Count for me\n").await;
-    let first = browser
-        .wait_for(
-            "the first words of the answer",
-            &format!(
-                "const a = (() => {{ {LAST_ANSWER} }})(); \
-                 return a && a.status === 'in_progress' && a.text.includes('word1') ? a : null"
-            ),
-            &[],
-        )
-        .await;
+    let first = answer_when(
+        &browser,
+        "the first words of the answer",
+        "a.status === 'in_progress' && a.text.includes('word1')",
+    )
+    .await;
     assert!(
         browser
             .run("return !document.getElementById('stop').hidden", &[])
@@ -279,16 +292,12 @@ async fn a_person_signs_in_sends_watches_the_answer_grow_renames_and_deletes() {
     );
     // The text grows while the answer is still being written.
     llm.release();
-    let grown = browser
-        .wait_for(
-            "the answer growing",
-            &format!(
-                "const a = (() => {{ {LAST_ANSWER} }})(); \
-                 return a && a.status === 'in_progress' && a.text.includes('word10') ? a : null"
-            ),
-            &[],
-        )
-        .await;
+    let grown = answer_when(
+        &browser,
+        "the answer growing",
+        "a.status === 'in_progress' && a.text.includes('word10')",
+    )
+    .await;
     assert!(grown["text"].as_str().unwrap().len() > first["text"].as_str().unwrap().len());
     assert!(grown["text"].as_str().unwrap().starts_with("word1 word2"));
     browser.screenshot("streaming").await;
@@ -413,16 +422,12 @@ async fn stop_keeps_the_words_so_far_and_a_reload_mid_answer_completes_it_once()
 
     browser.type_into("#prompt", "Tell me a long story").await;
     browser.click("#send").await;
-    browser
-        .wait_for(
-            "the held answer's first words",
-            &format!(
-                "const a = (() => {{ {LAST_ANSWER} }})(); \
-                 return a && a.text.includes('The first words')"
-            ),
-            &[],
-        )
-        .await;
+    answer_when(
+        &browser,
+        "the held answer's first words",
+        "a.text.includes('The first words')",
+    )
+    .await;
     browser.click("#stop").await;
     let stopped = answer_with_status(&browser, "finished_partial_completion").await;
     assert_eq!(stopped["text"].as_str().unwrap().trim(), "The first words");
@@ -449,16 +454,12 @@ async fn stop_keeps_the_words_so_far_and_a_reload_mid_answer_completes_it_once()
     let whole: String = words(40).concat();
     llm.push(held_words(40, &[3]));
     browser.type_into("#prompt", "Now count\n").await;
-    browser
-        .wait_for(
-            "the second answer under way",
-            &format!(
-                "const a = (() => {{ {LAST_ANSWER} }})(); \
-                 return a && a.count === 2 && a.status === 'in_progress' && a.text.includes('word3')"
-            ),
-            &[],
-        )
-        .await;
+    answer_when(
+        &browser,
+        "the second answer under way",
+        "a.count === 2 && a.status === 'in_progress' && a.text.includes('word3')",
+    )
+    .await;
     browser.reload().await;
     browser
         .wait_for(
@@ -468,17 +469,7 @@ async fn stop_keeps_the_words_so_far_and_a_reload_mid_answer_completes_it_once()
         )
         .await;
     // Still running, and followed again: Stop is back.
-    browser
-        .wait_for(
-            "the resumed answer, still running",
-            &format!(
-                "const a = (() => {{ {LAST_ANSWER} }})(); \
-                 return a && a.count === 2 && a.status === 'in_progress' \
-                   && a.text.includes('word3') && !document.getElementById('stop').hidden"
-            ),
-            &[],
-        )
-        .await;
+    answer_when(&browser, "the resumed answer, still running", "a.count === 2 && a.status === 'in_progress' && a.text.includes('word3') && !document.getElementById('stop').hidden").await;
     llm.release();
     let done = answer_with_status(&browser, "finished_successfully").await;
     assert_eq!(
@@ -821,16 +812,12 @@ async fn a_dropped_connection_resumes_where_it_broke_off() {
     let browser = Browser::start(1280, 860).await;
     sign_in(&browser, &proxy.url("/"), "flaky").await;
     browser.type_into("#prompt", "Count slowly\n").await;
-    browser
-        .wait_for(
-            "the answer under way",
-            &format!(
-                "const a = (() => {{ {LAST_ANSWER} }})(); \
-                 return a && a.status === 'in_progress' && a.text.includes('word5')"
-            ),
-            &[],
-        )
-        .await;
+    answer_when(
+        &browser,
+        "the answer under way",
+        "a.status === 'in_progress' && a.text.includes('word5')",
+    )
+    .await;
     proxy.cut();
     // The page follows the answer again (GET …/stream with the last event's
     // id) while the model is still held; then the model goes on.

@@ -281,11 +281,18 @@ pub fn cut_at_length(text: &str) -> crate::fake_llm::Script {
 /// before anything more.
 #[must_use]
 pub fn held_after(first: &str) -> crate::fake_llm::Script {
+    held_between(first, " never sent")
+}
+
+/// An answer that sends `first`, waits for
+/// [`crate::fake_llm::FakeLlm::release`], then sends `rest` and ends.
+#[must_use]
+pub fn held_between(first: &str, rest: &str) -> crate::fake_llm::Script {
     use crate::fake_llm::{Script, Step};
     Script::Stream(vec![
         Step::Text(first.to_owned()),
         Step::Hold,
-        Step::Text(" never sent".to_owned()),
+        Step::Text(rest.to_owned()),
         Step::Finish("stop"),
         Step::Done,
     ])
