@@ -86,7 +86,8 @@ model:
 browser:
 	@./scripts/install-browser.sh
 
-## nginx (Debian's nginx-light), the load balancer of the cluster tests.
+## nginx (Debian's nginx-light) and HAProxy, the load balancers of the
+## cluster tests.
 proxy:
 	@./scripts/install-proxy.sh
 

@@ -769,12 +769,21 @@ async fn shutdown_saves_the_partial_answer_and_ends_the_stream(backend: Backend)
         Step::Text("half an answer".into()),
         Step::Stall,
     ]));
-    let mut app = spawn_chat(backend, &llm, &[("CONFAB__LLM__IDLE_TIMEOUT_MS", "60000")]);
+    let mut app = spawn_chat(
+        backend,
+        &llm,
+        &[
+            ("CONFAB__LLM__IDLE_TIMEOUT_MS", "60000"),
+            ("CONFAB__SERVER__SHUTDOWN_TIMEOUT_SECS", "1"),
+        ],
+    );
     let token = app.user("ada").await;
     let mut reader = start(&app, &token, "long question").await;
     let seen = reader.until(is_append).await;
     let id = conversation_of(&seen);
-    // SIGTERM: the running answer is saved and its stream ended first.
+    // Shutdown: the running answer gets server.shutdown_timeout_secs to
+    // complete; the model stays silent, so it is then saved and its
+    // stream ended.
     app.stop();
     let rest = reader.rest().await;
     assert_eq!(rest.last().unwrap().data, "[DONE]");

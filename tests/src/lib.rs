@@ -10,6 +10,7 @@
 pub mod browser;
 pub mod chat;
 pub use confab_testkit::fake_llm;
+pub mod haproxy;
 pub mod load;
 pub mod nginx;
 pub mod proxy;
@@ -216,9 +217,12 @@ fn test_vars(db: &TestDatabase, extra: &[(&str, &str)]) -> HashMap<String, Strin
         // No model unless a test wires one (a fake upstream, or the built-in
         // model by name): most tests don't chat.
         ("CONFAB_LLM_PROVIDER".to_owned(), "none".to_owned()),
+        // A running answer left behind by a test delays its server's stop
+        // by this much before it is stopped (docs/operations.md,
+        // "Shutdown"); tests of the shutdown set their own.
         (
             "CONFAB__SERVER__SHUTDOWN_TIMEOUT_SECS".to_owned(),
-            "5".to_owned(),
+            "1".to_owned(),
         ),
         (
             "CONFAB__CORS__ALLOWED_ORIGINS".to_owned(),
@@ -279,9 +283,12 @@ fn spawn_on(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> TestApp {
             }
             let _ = ports_tx.send(Ok((app.port(), app.metrics_port().unwrap_or(0))));
             let _ = app
-                .run_until(async {
-                    let _ = stop_rx.await;
-                })
+                .run_until(
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                    std::future::pending(),
+                )
                 .await;
         });
     });
@@ -487,16 +494,7 @@ pub async fn spawn_process(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> Tes
     let settings = Settings::load(&vars).expect("test settings");
     // This process's HTTP clients need the TLS backend installed first.
     confab_server::install_tls_provider();
-    let process = std::process::Command::new(confab_binary())
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(&vars)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start confab serve");
-    let app = TestApp {
+    let mut app = TestApp {
         address: format!("http://{listen}"),
         metrics_address: format!("http://{metrics_listen}"),
         client: reqwest::Client::builder()
@@ -505,7 +503,7 @@ pub async fn spawn_process(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> Tes
             .expect("HTTP client"),
         stop: None,
         thread: None,
-        process: Some(process),
+        process: None,
         db,
         settings,
         vars: extra
@@ -513,22 +511,96 @@ pub async fn spawn_process(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> Tes
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if let Ok(res) = app.client.get(app.url("/healthz")).send().await
-            && res.status() == 200
-        {
-            return app;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "confab serve on {listen} did not start"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    app.start_process(&vars).await;
+    app
 }
 
 impl TestApp {
+    /// Starts `confab serve` with `vars` (its whole environment) and waits
+    /// until it answers `/healthz` at [`TestApp::address`].
+    async fn start_process(&mut self, vars: &HashMap<String, String>) {
+        let process = std::process::Command::new(confab_binary())
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(vars)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start confab serve");
+        self.process = Some(process);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(res) = self.client.get(self.url("/healthz")).send().await
+                && res.status() == 200
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "confab serve on {} did not start",
+                self.address
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts again, on the same addresses and with the same
+    /// configuration, an instance started with [`spawn_process`] that has
+    /// since stopped (a deploy's restart).
+    ///
+    /// # Panics
+    /// When it is still running, was not started as a process, or can't
+    /// start.
+    pub async fn restart(&mut self) {
+        assert!(self.process.is_none(), "the instance is still running");
+        let listen = self.address.trim_start_matches("http://").to_owned();
+        let metrics_listen = self
+            .metrics_address
+            .trim_start_matches("http://")
+            .to_owned();
+        let mut given: Vec<(&str, &str)> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        given.push(("CONFAB_LISTEN", &listen));
+        given.push(("CONFAB_METRICS_LISTEN", &metrics_listen));
+        given.push(("CONFAB__LOG__FILTER", "warn"));
+        let vars = test_vars(&self.db, &given);
+        self.start_process(&vars).await;
+    }
+
+    /// Sends SIGTERM to the instance's process and returns at once (it
+    /// drains and shuts down meanwhile); [`TestApp::exited`] waits for it.
+    ///
+    /// # Panics
+    /// When it was not started as a process or is gone.
+    pub fn terminate(&self) {
+        let pid = self.pid().expect("an instance running as a process");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success(), "SIGTERM was not delivered");
+    }
+
+    /// Waits for the instance's process to exit (after
+    /// [`TestApp::terminate`]) and returns how it exited.
+    ///
+    /// # Panics
+    /// When it was not started as a process.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        let mut process = self
+            .process
+            .take()
+            .expect("an instance running as a process");
+        tokio::task::spawn_blocking(move || process.wait())
+            .await
+            .expect("the waiting task")
+            .expect("the process's exit status")
+    }
+
     /// The process id of the `confab serve` process, for an instance started
     /// with [`spawn_process`] (`None` for one running in this process, or
     /// once stopped).

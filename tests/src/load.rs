@@ -59,8 +59,15 @@ pub fn full_answer() -> String {
 /// `[DONE]`.
 #[must_use]
 pub fn answer() -> Script {
+    answer_paced(SPACING)
+}
+
+/// The answer's script with its deltas `spacing` apart: the same text as
+/// [`answer`], taking longer.
+#[must_use]
+pub fn answer_paced(spacing: Duration) -> Script {
     let pieces: Vec<String> = (0..DELTAS).map(piece).collect();
-    Script::paced(&pieces, SPACING)
+    Script::paced(&pieces, spacing)
 }
 
 /// A fake model that answers every request with [`answer`].
@@ -379,7 +386,7 @@ async fn burst_to(
             let mut start = start.clone();
             tokio::spawn(async move {
                 let _ = start.wait_for(|go| *go).await;
-                send(request, deadline).await
+                send_and_read(request, deadline).await
             })
         })
         .collect();
@@ -394,8 +401,12 @@ async fn burst_to(
     }
 }
 
-/// Sends `request` and reads its answer until it ends or `deadline`.
-async fn send(request: reqwest::RequestBuilder, deadline: tokio::time::Instant) -> Sent {
+/// Sends `request` (a send) and reads its answer until it ends or
+/// `deadline`.
+pub async fn send_and_read(
+    request: reqwest::RequestBuilder,
+    deadline: tokio::time::Instant,
+) -> Sent {
     let sent_at = Instant::now();
     let mut sent = Sent {
         status: None,

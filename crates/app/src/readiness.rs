@@ -1,5 +1,6 @@
 //! Readiness: can this instance serve requests now?
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use confab_ports::HealthCheck;
@@ -39,10 +40,15 @@ type Running = Shared<BoxFuture<'static, ReadinessReport>>;
 /// Callers that ask while a check runs share it: however many probes
 /// arrive at once, one check (one database connection, one Redis round
 /// trip) is in flight.
+///
+/// Once [`Readiness::drain`] is called (the instance is shutting down), the
+/// instance is not ready whatever its dependencies say, so that a load
+/// balancer's health check takes it out of rotation while it still serves.
 #[derive(Clone)]
 pub struct Readiness {
     checks: Arc<[Arc<dyn HealthCheck>]>,
     running: Arc<Mutex<Option<Running>>>,
+    draining: Arc<AtomicBool>,
 }
 
 impl Readiness {
@@ -52,7 +58,19 @@ impl Readiness {
         Self {
             checks: checks.into(),
             running: Arc::new(Mutex::new(None)),
+            draining: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Marks the instance as shutting down: from now on it is never ready.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Readiness::drain`] was called.
+    #[must_use]
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Asks each dependency once (or joins the check in flight); one that
@@ -127,6 +145,15 @@ mod tests {
             self.release.notified().await;
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_draining_instance_says_so_and_every_clone_sees_it() {
+        let readiness = Readiness::new(Vec::new());
+        let probe = readiness.clone();
+        assert!(!probe.draining());
+        readiness.drain();
+        assert!(probe.draining());
     }
 
     #[tokio::test]

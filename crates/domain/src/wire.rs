@@ -238,6 +238,18 @@ pub mod events {
         )
     }
 
+    /// The whole text so far, replacing what the reader has: the text an
+    /// answer was closed with when its generation was lost.
+    ///
+    /// # Errors
+    /// [`DomainError::Internal`] if it can't be encoded.
+    pub fn replace_text(text: &str) -> Result<WireEvent, DomainError> {
+        json(
+            DELTA,
+            &value!({"v": [{"p": TEXT_PATH, "o": "replace", "v": text}]}),
+        )
+    }
+
     /// The end of the message: its final status, when it was last updated
     /// (`at`, the time stored with the final text), whether it ended its
     /// turn, and `is_complete`.

@@ -133,7 +133,8 @@ fn build(
         rendered: rendered::RenderedBodies::default(),
     });
     // Each middleware holds the state itself: none can find it missing.
-    let (idempotency, rate_limit, cors, deprecated, security, telemetry, compress) = (
+    let (idempotency, rate_limit, cors, deprecated, security, draining, telemetry, compress) = (
+        state.clone(),
         state.clone(),
         state.clone(),
         state.clone(),
@@ -169,6 +170,9 @@ fn build(
         }))
         .wrap(from_fn(move |req, next| {
             middleware::security_headers(security.clone(), req, next)
+        }))
+        .wrap(from_fn(move |req, next| {
+            middleware::close_while_draining(draining.clone(), req, next)
         }))
         .wrap(from_fn(move |req, next| {
             middleware::telemetry(telemetry.clone(), req, next)

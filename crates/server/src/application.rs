@@ -53,6 +53,9 @@ pub struct Application {
     accounts: Accounts,
     orphan_sweep: Duration,
     loading: Option<Arc<LoadingModel>>,
+    readiness: Readiness,
+    drain: Duration,
+    answer_timeout: Duration,
     shutdown_grace: Duration,
     port: u16,
     metrics_port: Option<u16>,
@@ -83,8 +86,14 @@ impl Application {
         let metrics = Metrics::new().map_err(|e| StartupError::Setup(format!("metrics: {e}")))?;
         let accounts = wired.accounts.clone();
         let state = http_state(settings, wired, &chat, metrics.clone())?;
+        let readiness = state.readiness.clone();
         let port = listener.local_addr()?.port();
-        let server = api_server(&settings.server, state, listener)?;
+        // In-flight requests may outlast the running answers' timeout by
+        // the time the answers then get to save themselves.
+        let in_flight = settings.server.shutdown_timeout
+            + settings.generation.shutdown_grace
+            + Duration::from_secs(1);
+        let server = api_server(&settings.server, in_flight, state, listener)?;
         let (metrics, metrics_port) = match metrics_listener {
             Some(listener) => {
                 let port = listener.local_addr()?.port();
@@ -97,6 +106,9 @@ impl Application {
             accounts,
             orphan_sweep: settings.generation.orphan_sweep,
             loading: chat.loading,
+            readiness,
+            drain: settings.server.drain,
+            answer_timeout: settings.server.shutdown_timeout,
             shutdown_grace: settings.generation.shutdown_grace,
             port,
             metrics_port,
@@ -132,14 +144,28 @@ impl Application {
         }
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting connections
-    /// and lets in-flight requests finish (up to the configured timeout).
-    /// A built-in model that fails to load stops it the same way, with
-    /// that error.
+    /// Serves until `shutdown` resolves, then shuts down gracefully:
+    ///
+    /// 1. `/readyz` answers 503 from then on; for `server.drain_secs` every
+    ///    other request is still accepted and served, so that a balancer
+    ///    takes the instance out of rotation first;
+    /// 2. the listener closes; running answers get up to
+    ///    `server.shutdown_timeout_secs` to complete, and in-flight requests
+    ///    to finish;
+    /// 3. answers still running then are stopped (each saves its text and
+    ///    ends its stream, within `generation.shutdown_grace_secs`).
+    ///
+    /// `hurry` resolving (a second signal) skips what is left of the drain
+    /// and of the wait for answers. A built-in model that fails to load
+    /// stops the service the same way, with that error.
     ///
     /// # Errors
     /// When a server fails, or the built-in model can't be loaded.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()>,
+        hurry: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let ready = self.model_ready();
         // Stopped with this function, however it returns.
         let sweeper = AbortOnDrop(tokio::spawn(sweep_orphans(
@@ -175,21 +201,47 @@ impl Application {
                 )));
             }
         }
-        drop(sweeper);
         drop(session_sweeper);
-        // Running answers save their text and end their streams first, so
-        // the streams that follow them finish and the drain is quick.
-        tracing::info!("shutting down: ending running generations");
-        self.conversations.shutdown(self.shutdown_grace).await;
-        tracing::info!("shutting down: draining in-flight requests");
+        tokio::pin!(hurry);
+        self.readiness.drain();
+        let mut hurried = false;
+        if failure.is_none() && !self.drain.is_zero() {
+            tracing::info!(
+                drain_secs = self.drain.as_secs(),
+                "shutting down: /readyz answers 503 while load balancers drain this instance"
+            );
+            // The server must keep being polled while it drains.
+            tokio::select! {
+                result = &mut server => return result,
+                () = tokio::time::sleep(self.drain) => {}
+                () = &mut hurry => hurried = true,
+            }
+        }
+        tracing::info!(
+            "shutting down: no longer accepting connections; draining in-flight requests and running answers"
+        );
+        let answers = async {
+            if failure.is_none() && !hurried {
+                let complete = tokio::time::timeout(self.answer_timeout, self.conversations.idle());
+                tokio::select! {
+                    done = complete => if done.is_err() {
+                        tracing::warn!("answers still running after server.shutdown_timeout_secs: stopping them");
+                    },
+                    () = &mut hurry => tracing::info!("second signal: stopping running answers now"),
+                }
+            }
+            // Each saves its text and ends its stream, so the requests
+            // following them end too.
+            self.conversations.shutdown(self.shutdown_grace).await;
+        };
+        let (result, (), ()) = tokio::join!(server, api.stop(true), answers);
+        drop(sweeper);
         if let Some((handle, task)) = metrics {
             handle.stop(true).await;
             if let Ok(Err(e)) = task.await {
                 tracing::warn!(error = %e, "metrics server stopped with an error");
             }
         }
-        // The server must keep being polled while it drains.
-        let (result, ()) = tokio::join!(server, api.stop(true));
         tracing::info!("stopped");
         match failure {
             Some(e) => Err(e),
@@ -246,23 +298,34 @@ async fn sweep_sessions(accounts: Accounts) {
     }
 }
 
-/// Registers the SIGTERM and SIGINT handlers now, and returns a future
-/// that resolves on the first of them. Registering before the server
-/// starts means a signal that arrives during start-up is not lost (the
-/// default action would kill the process without a drain).
-///
-/// # Errors
-/// When a handler can't be registered.
-pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
+/// SIGTERM and SIGINT, registered before the server starts so that a
+/// signal arriving during start-up is not lost (the default action would
+/// kill the process without a drain).
+pub struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Registers the handlers now.
+    ///
+    /// # Errors
+    /// When a handler can't be registered.
+    pub fn register() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    pub async fn next(&mut self) {
         tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM received"),
-            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = self.terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = self.interrupt.recv() => tracing::info!("SIGINT received"),
         }
-    })
+    }
 }
 
 fn bind(addr: &str) -> Result<TcpListener, StartupError> {
@@ -278,7 +341,7 @@ fn bind(addr: &str) -> Result<TcpListener, StartupError> {
 /// # Errors
 /// [`StartupError`] when start-up fails or a server fails while running.
 pub async fn serve(settings: Settings) -> Result<(), StartupError> {
-    let shutdown = shutdown_signal()?;
+    let mut signals = ShutdownSignals::register()?;
     let listener = bind(&settings.server.listen)?;
     let metrics_listener = if settings.metrics.enabled {
         Some(bind(&settings.metrics.listen)?)
@@ -314,7 +377,24 @@ pub async fn serve(settings: Settings) -> Result<(), StartupError> {
             }
         }
     });
-    app.run_until(shutdown).await?;
+    // The first signal starts the graceful shutdown, a second hurries it.
+    let (first_tx, first) = tokio::sync::oneshot::channel::<()>();
+    let (second_tx, second) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        signals.next().await;
+        let _ = first_tx.send(());
+        signals.next().await;
+        let _ = second_tx.send(());
+    });
+    app.run_until(
+        async move {
+            let _ = first.await;
+        },
+        async move {
+            let _ = second.await;
+        },
+    )
+    .await?;
     Ok(())
 }
 
@@ -441,6 +521,7 @@ fn http_state(
 /// The public API's server on `listener`, not yet polled.
 fn api_server(
     s: &ServerSettings,
+    in_flight: Duration,
     state: HttpState,
     listener: TcpListener,
 ) -> Result<Server, StartupError> {
@@ -457,7 +538,7 @@ fn api_server(
         })
         .workers(if s.workers == 0 { cores() } else { s.workers })
         .disable_signals()
-        .shutdown_timeout(s.shutdown_timeout.as_secs())
+        .shutdown_timeout(in_flight.as_secs())
         .client_request_timeout(s.request_head_timeout)
         .client_disconnect_timeout(s.disconnect_timeout)
         .keep_alive(s.keep_alive)

@@ -10,7 +10,7 @@ pub mod telemetry;
 mod threads;
 mod wiring;
 
-pub use application::{Application, StartupError, create_admin, migrate, serve, shutdown_signal};
+pub use application::{Application, ShutdownSignals, StartupError, create_admin, migrate, serve};
 pub use settings::{ConfigError, LlmProvider, LogFormat, RunEnvironment, Settings};
 
 /// Installs the TLS crypto provider every HTTPS client in this binary uses

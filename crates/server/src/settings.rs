@@ -178,9 +178,15 @@ pub struct ServerSettings {
     pub listen: String,
     /// Worker threads (0 = cores).
     pub workers: usize,
-    /// Graceful-shutdown budget.
+    /// After the drain, how long running answers get to complete (and
+    /// in-flight requests to finish) before the answers are stopped.
     #[serde(rename = "shutdown_timeout_secs", deserialize_with = "units::secs")]
     pub shutdown_timeout: Duration,
+    /// After SIGTERM/SIGINT, how long `/readyz` answers 503 while
+    /// everything else is still served and accepted, so that a balancer
+    /// takes the instance out of rotation before it stops listening.
+    #[serde(rename = "drain_secs", deserialize_with = "units::secs")]
+    pub drain: Duration,
     /// Time to receive a request head.
     #[serde(rename = "request_head_timeout_ms", deserialize_with = "units::millis")]
     pub request_head_timeout: Duration,

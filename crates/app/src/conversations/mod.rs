@@ -377,24 +377,8 @@ impl Conversations {
         let ports = &self.inner.ports;
         let mut closed = 0;
         for (conversation, message) in ports.messages.in_progress(PER_SWEEP).await? {
-            match ports.log.current(conversation).await {
-                Ok(head) if head.open && head.message == message => continue,
-                Ok(_) | Err(DomainError::NotFound) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "stream log unavailable; orphan sweep deferred");
-                    continue;
-                }
-            }
-            if ports
-                .messages
-                .fail_if_in_progress(conversation, &message, self.inner.now())
-                .await?
-            {
+            if self.inner.close_orphan(conversation, &message).await? {
                 closed += 1;
-                // Histories cached while it ran show it in progress.
-                if let Err(e) = ports.cache.bump(&history_key(conversation)).await {
-                    tracing::error!(error = %e, "could not invalidate a cache entry");
-                }
             }
         }
         if closed > 0 {
@@ -406,21 +390,27 @@ impl Conversations {
         Ok(closed)
     }
 
+    /// Resolves once no generation runs on this instance (at once when
+    /// none does). Sends are still taken meanwhile: a caller that waits
+    /// for the running answers to complete bounds this wait itself.
+    pub async fn idle(&self) {
+        let running = &self.inner.running;
+        loop {
+            let idle = running.idle.notified();
+            if running.total.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
     /// Stops every running generation (each saves its text and ends its
-    /// stream) and waits for them, at most `grace`.
+    /// stream) and waits for them, at most `grace`. Sends are refused from
+    /// now on.
     pub async fn shutdown(&self, grace: Duration) {
         let running = &self.inner.running;
         running.shutdown.send_replace(true);
-        let wait = async {
-            loop {
-                let idle = running.idle.notified();
-                if running.total.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                idle.await;
-            }
-        };
-        if tokio::time::timeout(grace, wait).await.is_err() {
+        if tokio::time::timeout(grace, self.idle()).await.is_err() {
             tracing::warn!(
                 left = running.total.load(Ordering::Acquire),
                 "generations still running at the end of the shutdown grace period"
@@ -1053,6 +1043,41 @@ impl Inner {
             }
             None => Ok(()),
         }
+    }
+
+    /// Closes the answer `message` as `failed` with the text it had saved
+    /// when no generation holds its conversation's log any more (an
+    /// instance that died mid-answer) and it is still `in_progress`.
+    /// Returns whether it did; not when the log can't tell (it says so in
+    /// a warning: the next sweep tries again).
+    ///
+    /// # Errors
+    /// Only on storage failure.
+    async fn close_orphan(
+        &self,
+        conversation: ConversationId,
+        message: &MessageId,
+    ) -> Result<bool, AppError> {
+        let ports = &self.ports;
+        match ports.log.current(conversation).await {
+            Ok(head) if head.open && &head.message == message => return Ok(false),
+            Ok(_) | Err(DomainError::NotFound) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "stream log unavailable; closing an orphaned answer deferred");
+                return Ok(false);
+            }
+        }
+        let closed = ports
+            .messages
+            .fail_if_in_progress(conversation, message, self.now())
+            .await?;
+        if closed {
+            // Histories cached while it ran show it in progress.
+            if let Err(e) = ports.cache.bump(&history_key(conversation)).await {
+                tracing::error!(error = %e, "could not invalidate a cache entry");
+            }
+        }
+        Ok(closed)
     }
 
     /// The time to store, from the clock port.

@@ -3,10 +3,14 @@
 use std::collections::VecDeque;
 
 use async_trait::async_trait;
-use confab_domain::{ConversationId, DomainError, ErrorCode, Field, MessageId, events};
+use std::sync::Arc;
+
+use confab_domain::{
+    ConversationId, DomainError, ErrorCode, Field, MessageId, MessageStatus, WireEvent, events,
+};
 use confab_ports::{AccessClaims, EventFeed, LoggedEvent, ReadFrom};
 
-use super::{Conversations, ReaderSlot};
+use super::{Conversations, Inner, ReaderSlot};
 use crate::AppError;
 
 impl Conversations {
@@ -29,7 +33,7 @@ impl Conversations {
             .log
             .read(conversation, ReadFrom::Start)
             .await?;
-        Ok(Box::new(Guarded::new(feed, conversation, None, slot)))
+        Ok(Box::new(Guarded::new(feed, conversation, None, slot, None)))
     }
 
     /// Resumes the stream of the conversation's generation for its owner:
@@ -128,11 +132,16 @@ impl Conversations {
         if !holds_claimed().await? {
             return Err(AppError::NotFound);
         }
+        let orphan = Orphan {
+            inner: Arc::clone(&self.inner),
+            message: wanted.clone(),
+        };
         Ok(Box::new(Guarded::new(
             feed,
             conversation,
             last_event_id,
             slot,
+            Some(orphan),
         )))
     }
 
@@ -175,11 +184,72 @@ const INTERRUPTED: (ErrorCode, &str) = (
     "The stream was interrupted. Resume it from the last event id.",
 );
 
+/// The code and message of the `error` event that ends a resumed stream
+/// whose generation died (its instance was killed).
+const GENERATION_LOST: (ErrorCode, &str) = (
+    ErrorCode::Unavailable,
+    "The instance running this answer stopped; the answer is closed with the text it had saved.",
+);
+
+/// The answer a resumed stream follows, to close it if its generation is
+/// found dead (the orphan sweep's work, done at once for this reader).
+struct Orphan {
+    inner: Arc<Inner>,
+    message: MessageId,
+}
+
+impl Orphan {
+    /// The events that end a resumed stream whose generation is gone: the
+    /// answer as stored once closed. `None` when it can't be closed or
+    /// read now, or is still held after all (the stream then ends as
+    /// interrupted; the sweep closes the answer later).
+    async fn closed(&self, conversation: ConversationId) -> Option<Vec<WireEvent>> {
+        let closing = async {
+            self.inner.close_orphan(conversation, &self.message).await?;
+            let Some(stored) = self
+                .inner
+                .ports
+                .messages
+                .find(conversation, &self.message)
+                .await?
+            else {
+                return Ok(None);
+            };
+            if stored.status == MessageStatus::InProgress {
+                return Ok(None);
+            }
+            let text = stored.content.parts().concat();
+            let end = if stored.status == MessageStatus::FinishedSuccessfully {
+                events::stream_complete(conversation)?
+            } else {
+                let (code, message) = GENERATION_LOST;
+                events::error(code, message, conversation)?
+            };
+            Ok::<_, AppError>(Some(vec![
+                events::replace_text(&text)?,
+                events::finish(stored.status, stored.updated_at)?,
+                end,
+                events::done(),
+            ]))
+        };
+        match closing.await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!(%conversation, error = %e, "could not close an answer whose generation is gone");
+                None
+            }
+        }
+    }
+}
+
 /// A reader that never ends silently: when the log fails under it, or ends
 /// after giving events but before the stream's `[DONE]`, it ends with an
 /// `error` event (code `UNAVAILABLE`) and `[DONE]`, both under the id of
 /// the last event it delivered, so that a client resuming from the last id
-/// it saw loses nothing.
+/// it saw loses nothing. When the log says the generation is gone (no
+/// instance holds it any more), a resumed stream closes the answer as the
+/// orphan sweep would and ends with it as stored instead: its saved text
+/// (a `replace`), its final status, an `error` event and `[DONE]`.
 struct Guarded {
     feed: Box<dyn EventFeed>,
     conversation: ConversationId,
@@ -195,6 +265,8 @@ struct Guarded {
     ended: bool,
     /// Its place among the counted readers, held while it lives.
     _slot: ReaderSlot,
+    /// The answer it resumes, when it resumes one.
+    orphan: Option<Orphan>,
 }
 
 impl Guarded {
@@ -203,6 +275,7 @@ impl Guarded {
         conversation: ConversationId,
         after: Option<String>,
         slot: ReaderSlot,
+        orphan: Option<Orphan>,
     ) -> Self {
         Self {
             feed,
@@ -213,6 +286,7 @@ impl Guarded {
             ending: VecDeque::new(),
             ended: false,
             _slot: slot,
+            orphan,
         }
     }
 
@@ -220,14 +294,18 @@ impl Guarded {
     fn interrupted(&self) -> Result<VecDeque<LoggedEvent>, DomainError> {
         let (code, message) = INTERRUPTED;
         let error = events::error(code, message, self.conversation)?;
-        let done = events::done();
-        Ok([error, done]
+        Ok(self.numbered(vec![error, events::done()]))
+    }
+
+    /// `events`, each under the id of the last event delivered.
+    fn numbered(&self, events: Vec<WireEvent>) -> VecDeque<LoggedEvent> {
+        events
             .into_iter()
             .map(|event| LoggedEvent {
                 id: self.last_id.clone(),
                 event,
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -260,6 +338,14 @@ impl EventFeed for Guarded {
         let Some(error) = failure else {
             return Ok(None);
         };
+        if matches!(error, DomainError::NotFound)
+            && let Some(orphan) = &self.orphan
+            && let Some(closed) = orphan.closed(self.conversation).await
+        {
+            tracing::warn!(conversation = %self.conversation, "a resumed answer's generation is gone; ending its stream with the answer as saved");
+            self.ending = self.numbered(closed);
+            return Ok(self.ending.pop_front());
+        }
         tracing::warn!(conversation = %self.conversation, %error, "a stream could not be read to its end; ending it with an error event");
         self.ending = self.interrupted()?;
         Ok(self.ending.pop_front())

@@ -45,18 +45,24 @@ pub(crate) async fn healthz() -> HttpResponse {
     })
 }
 
-/// Readiness: every dependency (the database) answers now.
+/// Readiness: the instance is not shutting down and every dependency (the
+/// database) answers now.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "operations",
     responses(
         (status = 200, description = "Every dependency answers.", body = ReadinessBody),
-        (status = 503, description = "A dependency is down; the message names it.", body = ErrorBody),
+        (status = 503, description = "The instance is shutting down (`not ready: shutting down`), or a dependency is down and the message names it.", body = ErrorBody),
     ),
 )]
 pub(crate) async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
     let readiness = &state.readiness;
+    // A balancer that sees this takes the instance out of rotation while
+    // it still serves what it is sent (docs/operations.md, "Shutdown").
+    if readiness.draining() {
+        return Err(ApiError::unavailable("not ready: shutting down", 5));
+    }
     // A hung dependency must not hang the probe that reports it.
     let Ok(report) = actix_web::rt::time::timeout(READINESS_TIMEOUT, readiness.check()).await
     else {
