@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test load lint fmt migrate openapi bench deps model services python-tools release check-architecture package clean browser proxy
+.PHONY: run test load lint fmt migrate openapi bench deps model services python-tools release check-architecture package clean browser proxy test-pgbouncer
 
 ## Serve on the embedded defaults: SQLite in ./data, in-process adapters,
 ## the built-in model (fetched into ./models on first use).
@@ -12,10 +12,20 @@ run: deps model
 
 ## Everything: architecture rules, unit, store suites (SQLite + PostgreSQL),
 ## app, CLI and end-to-end tests (schemathesis against the served OpenAPI
-## document among them), OpenAPI validation, and the client's packaging.
+## document among them), then the PostgreSQL store and end-to-end tests a
+## second time through PgBouncer in transaction mode, OpenAPI validation,
+## and the client's packaging.
 test: deps model services python-tools browser proxy check-architecture package
 	$(CARGO) test --workspace
-	./scripts/validate-openapi.sh
+	$(MAKE) test-pgbouncer
+	CONFAB_BIN=target/debug/confab ./scripts/validate-openapi.sh
+
+## The PostgreSQL tests (store suite, end-to-end, cluster, balancers,
+## rolling restarts) through PgBouncer (scripts/pgbouncer.sh starts it).
+test-pgbouncer: services
+	./scripts/pgbouncer.sh
+	CONFAB_TEST_PGBOUNCER_URL=postgres://postgres@127.0.0.1:6432 \
+		$(CARGO) test --workspace -- postgres cluster:: balancer:: rolling::
 
 ## The concurrent-send load tests alone (tests/e2e/load.rs: in process, and
 ## two `confab serve` processes on PostgreSQL or SQLite and Redis), with

@@ -239,6 +239,17 @@ fn test_vars(db: &TestDatabase, extra: &[(&str, &str)]) -> HashMap<String, Strin
             "100000".to_owned(),
         ),
     ]);
+    if db.pooled() {
+        // Behind PgBouncer in transaction mode, as docs/operations.md says.
+        vars.insert(
+            "DATABASE_MIGRATION_URL".to_owned(),
+            db.direct_url().to_owned(),
+        );
+        vars.insert(
+            "CONFAB__DATABASE__PREPARED_STATEMENTS".to_owned(),
+            "false".to_owned(),
+        );
+    }
     for (k, v) in extra {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }

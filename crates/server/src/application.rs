@@ -426,7 +426,11 @@ fn banner(listen: &str, page: bool) -> String {
 pub async fn migrate(settings: Settings) -> Result<usize, StartupError> {
     let target = settings.database_target()?;
     let redacted = target.redacted();
-    let store = SqlStore::open(target, PoolOptions::default()).await?;
+    let options = PoolOptions {
+        max_size: 1,
+        ..settings.pool_options()?
+    };
+    let store = SqlStore::open(target, options).await?;
     let applied = store.migrate().await?;
     tracing::info!(database = %redacted, applied, "migrations up to date");
     Ok(applied)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use confab_jwt::MIN_SECRET_BYTES;
 use confab_password::MIN_ITERATIONS;
-use confab_sql::DatabaseTarget;
+use confab_sql::{Backend, DatabaseTarget, PoolOptions};
 use config::{Config, Environment, File, FileFormat};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -102,6 +102,7 @@ const SHORT_NAMES: &[(&str, &str)] = &[
     ("CONFAB_LISTEN", "server.listen"),
     ("CONFAB_METRICS_LISTEN", "metrics.listen"),
     ("DATABASE_URL", "database.url"),
+    ("DATABASE_MIGRATION_URL", "database.migration_url"),
     ("REDIS_URL", "redis.url"),
     ("CONFAB_JWT_SECRET", "auth.jwt_secret"),
     ("CONFAB_LLM_PROVIDER", "llm.provider"),
@@ -235,6 +236,12 @@ pub struct DatabaseSettings {
     pub sqlite_busy_timeout: Duration,
     /// Migrate when `serve` starts.
     pub migrate_on_start: bool,
+    /// Where migrations run when not on `url` (a direct connection to
+    /// PostgreSQL behind a pooler); empty: `url`. Secret like `url`.
+    pub migration_url: SecretString,
+    /// Keep statements prepared on PostgreSQL connections (off behind a
+    /// pooler in transaction mode).
+    pub prepared_statements: bool,
 }
 
 /// `[redis]`.
@@ -493,6 +500,41 @@ impl Settings {
         DatabaseTarget::parse(self.database.url.expose_secret()).map_err(|e| invalid(e.to_string()))
     }
 
+    /// How the store's connections are set up: the pool, the statement
+    /// handling and where migrations run.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for an unusable migration URL.
+    pub fn pool_options(&self) -> Result<PoolOptions, ConfigError> {
+        let db = &self.database;
+        let migration = db.migration_url.expose_secret().trim();
+        let migration_target = if migration.is_empty() {
+            None
+        } else {
+            let target = DatabaseTarget::parse(migration).map_err(|e| {
+                invalid(format!(
+                    "database.migration_url (DATABASE_MIGRATION_URL): {e}"
+                ))
+            })?;
+            if target.backend() != Backend::Postgres
+                || self.database_target()?.backend() != Backend::Postgres
+            {
+                return Err(invalid(
+                    "database.migration_url (DATABASE_MIGRATION_URL) is for PostgreSQL: \
+                     both it and database.url must be postgres:// URLs",
+                ));
+            }
+            Some(target)
+        };
+        Ok(PoolOptions {
+            max_size: db.max_connections.get(),
+            acquire_timeout: db.acquire_timeout,
+            sqlite_busy_timeout: db.sqlite_busy_timeout,
+            prepared_statements: db.prepared_statements,
+            migration_target,
+        })
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         parse_addr("server.listen (CONFAB_LISTEN)", &self.server.listen)?;
         if self.metrics.enabled {
@@ -502,6 +544,7 @@ impl Settings {
             )?;
         }
         self.database_target()?;
+        self.pool_options()?;
         let s = &self.server;
         if s.workers > 1024 {
             return Err(invalid("server.workers must be at most 1024"));
@@ -714,6 +757,24 @@ mod tests {
             ),
             (&[("CONFAB_LISTEN", "not-an-addr")][..], "CONFAB_LISTEN"),
             (
+                &[("DATABASE_MIGRATION_URL", "postgres://u@h/db")][..],
+                "both it and database.url must be postgres:// URLs",
+            ),
+            (
+                &[
+                    ("DATABASE_URL", "postgres://u@pooler/db"),
+                    ("DATABASE_MIGRATION_URL", "sqlite://data/x.db"),
+                ][..],
+                "both it and database.url must be postgres:// URLs",
+            ),
+            (
+                &[
+                    ("DATABASE_URL", "postgres://u@pooler/db"),
+                    ("DATABASE_MIGRATION_URL", "mysql://x"),
+                ][..],
+                "DATABASE_MIGRATION_URL",
+            ),
+            (
                 &[("CONFAB_LLM_PROVIDER", "magic")][..],
                 "CONFAB_LLM_PROVIDER",
             ),
@@ -879,10 +940,33 @@ mod tests {
             ),
             ("CONFAB_LLM_API_KEY", "sk-live-SECRET"),
             ("DATABASE_URL", "postgres://u:pw-SECRET@h/db"),
+            (
+                "DATABASE_MIGRATION_URL",
+                "postgres://u:direct-SECRET@h:5432/db",
+            ),
         ])
         .unwrap();
         let text = format!("{s:?}");
         assert!(!text.contains("SECRET"), "{text}");
+    }
+
+    #[test]
+    fn behind_a_pooler_statements_are_unprepared_and_migrations_go_direct() {
+        let s = load(&[
+            ("DATABASE_URL", "postgres://u@pooler:6432/db"),
+            ("DATABASE_MIGRATION_URL", "postgres://u@server:5432/db"),
+            ("CONFAB__DATABASE__PREPARED_STATEMENTS", "false"),
+        ])
+        .unwrap();
+        let options = s.pool_options().unwrap();
+        assert!(!options.prepared_statements);
+        assert_eq!(
+            options.migration_target,
+            Some(DatabaseTarget::parse("postgres://u@server:5432/db").unwrap())
+        );
+        let plain = load(&[]).unwrap().pool_options().unwrap();
+        assert!(plain.prepared_statements, "prepared by default");
+        assert_eq!(plain.migration_target, None, "migrations on database.url");
     }
 
     #[test]

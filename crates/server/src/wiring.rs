@@ -23,7 +23,7 @@ use confab_redis::{
     RedisAdmission, RedisBlocklist, RedisCache, RedisErasure, RedisFailures, RedisIdempotency,
     RedisLimiter, RedisPool, RedisSettings, RedisStreamLog, RedisStreamLogOptions,
 };
-use confab_sql::{PoolOptions, SqlStore};
+use confab_sql::SqlStore;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::application::StartupError;
@@ -90,11 +90,7 @@ pub(crate) async fn open_store(settings: &Settings) -> Result<SqlStore, StartupE
     let target = settings.database_target()?;
     let redacted = target.redacted();
     let db = &settings.database;
-    let options = PoolOptions {
-        max_size: db.max_connections.get(),
-        acquire_timeout: db.acquire_timeout,
-        sqlite_busy_timeout: db.sqlite_busy_timeout,
-    };
+    let options = settings.pool_options()?;
     let store = SqlStore::open(target, options).await?;
     tracing::info!(database = %redacted, backend = ?store.backend(), "database opened");
     if db.migrate_on_start {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use diesel::backend::Backend;
-use diesel::connection::SimpleConnection;
+use diesel::connection::{CacheSize, SimpleConnection};
 use diesel::pg::PgConnection;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::serialize::ToSql;
@@ -31,6 +31,17 @@ pub struct PoolOptions {
     pub acquire_timeout: Duration,
     /// How long SQLite waits on a locked database before giving up.
     pub sqlite_busy_timeout: Duration,
+    /// PostgreSQL: keep each statement prepared on its connection once
+    /// (named, server-side), or send every one unprepared with its
+    /// parameters (one round trip, nothing left on the server). Off behind
+    /// a pooler in transaction mode (PgBouncer), where a connection's next
+    /// statement may run on another server session.
+    pub prepared_statements: bool,
+    /// PostgreSQL: where migrations run, when not on `target` itself: a
+    /// direct connection to the server, for their session-level advisory
+    /// lock (a transaction-mode pooler would run the unlock on another
+    /// session).
+    pub migration_target: Option<DatabaseTarget>,
 }
 
 impl Default for PoolOptions {
@@ -39,6 +50,8 @@ impl Default for PoolOptions {
             max_size: 10,
             acquire_timeout: Duration::from_secs(5),
             sqlite_busy_timeout: Duration::from_secs(5),
+            prepared_statements: true,
+            migration_target: None,
         }
     }
 }
@@ -50,6 +63,7 @@ impl Default for PoolOptions {
 pub(crate) struct Manager {
     target: DatabaseTarget,
     busy_timeout: Duration,
+    prepared_statements: bool,
 }
 
 /// Why a connection could not be opened or checked.
@@ -66,13 +80,21 @@ impl Manager {
         Self {
             target,
             busy_timeout: options.sqlite_busy_timeout,
+            prepared_statements: options.prepared_statements,
         }
     }
 
     pub(crate) fn open(&self) -> Result<AnyConnection, ConnectError> {
         match &self.target {
             DatabaseTarget::Postgres(url) => {
-                Ok(AnyConnection::Postgres(PgConnection::establish(url)?))
+                let mut conn = PgConnection::establish(url)?;
+                if !self.prepared_statements {
+                    // Each statement becomes one `PQsendQueryParams`: parse,
+                    // bind and execute in one message batch, nothing named
+                    // left on the server session.
+                    conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+                }
+                Ok(AnyConnection::Postgres(conn))
             }
             DatabaseTarget::Sqlite(path) => {
                 let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
@@ -219,7 +241,7 @@ mod tests {
     async fn a_kept_statement_is_prepared_once_per_text_and_a_built_update_every_time() {
         let db = TestDatabase::postgres();
         let _migrated = db.store().await;
-        let mut conn = PgConnection::establish(db.url()).unwrap();
+        let mut conn = PgConnection::establish(db.direct_url()).unwrap();
         for at in 0..3 {
             diesel::update(conversations::table.filter(conversations::id.eq("none")))
                 .set(conversations::updated_at.eq(at))
@@ -248,6 +270,41 @@ mod tests {
         .execute(&mut conn)
         .unwrap();
         assert_eq!(kept_updates(&mut conn), 2, "another text, its own entry");
+    }
+
+    /// Behind a transaction-mode pooler a connection's next statement may
+    /// run on another server session: with `prepared_statements` off,
+    /// none is left prepared on any, and results stay right.
+    #[tokio::test]
+    async fn without_prepared_statements_nothing_is_kept_on_the_server() {
+        let db = TestDatabase::postgres();
+        let _migrated = db.store().await;
+        let target = DatabaseTarget::parse(db.direct_url()).unwrap();
+        let options = PoolOptions {
+            prepared_statements: false,
+            ..PoolOptions::default()
+        };
+        let AnyConnection::Postgres(mut conn) = Manager::new(target, &options).open().unwrap()
+        else {
+            panic!("a PostgreSQL connection");
+        };
+        for at in 0..3 {
+            let touch = SqlText::new(
+                &["UPDATE conversations SET updated_at = ", " WHERE id = ", ""],
+                vec![Bind::BigInt(at), Bind::Text("none")],
+            );
+            assert_eq!(touch.execute(&mut conn).unwrap(), 0);
+            let found: i64 = conversations::table
+                .filter(conversations::id.eq("none"))
+                .count()
+                .get_result(&mut conn)
+                .unwrap();
+            assert_eq!(found, 0);
+        }
+        let kept: Count = diesel::sql_query("SELECT count(*) AS n FROM pg_prepared_statements")
+            .get_result(&mut conn)
+            .unwrap();
+        assert_eq!(kept.n, 0, "no statement left prepared");
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //! PostgreSQL is required, never skipped: when it can't be reached the test
 //! fails with a message that says how to start it. Its admin URL comes from
 //! `CONFAB_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
+//!
+//! With `CONFAB_TEST_PGBOUNCER_URL` set (`postgres://postgres@127.0.0.1:6432`,
+//! a PgBouncer in transaction mode in front of that server, started by
+//! `scripts/pgbouncer.sh`), each PostgreSQL test database is reached through
+//! it: [`TestDatabase::url`] names the pooler, and stores opened on it send
+//! statements unprepared and migrate over [`TestDatabase::direct_url`].
 
 #![allow(clippy::panic, clippy::expect_used)] // test support: failing loudly is the point
 
@@ -31,6 +37,8 @@ const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// A throw-away database for one test.
 pub struct TestDatabase {
     url: String,
+    /// The database on the server itself (the same as `url` unless pooled).
+    direct: String,
     kind: Kind,
 }
 
@@ -61,6 +69,7 @@ impl TestDatabase {
         let dir = tempfile::tempdir().expect("temporary directory for a SQLite test database");
         let url = format!("sqlite://{}/confab.db", dir.path().display());
         Self {
+            direct: url.clone(),
             url,
             kind: Kind::Sqlite { _dir: dir },
         }
@@ -93,17 +102,53 @@ impl TestDatabase {
             .execute(&mut admin)
             .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
         }
-        let url = with_database(&admin_url, &name);
+        let direct = with_database(&admin_url, &name);
+        let url =
+            pooler_url().map_or_else(|| direct.clone(), |pooler| with_database(&pooler, &name));
         Self {
             url,
+            direct,
             kind: Kind::Postgres { admin_url, name },
         }
     }
 
-    /// The database URL, for `DATABASE_URL` or [`DatabaseTarget::parse`].
+    /// The database URL, for `DATABASE_URL` or [`DatabaseTarget::parse`]:
+    /// through the pooler when [`TestDatabase::pooled`].
     #[must_use]
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The database on the server itself, never through a pooler: for
+    /// migrations (`DATABASE_MIGRATION_URL`) and a test's own connection.
+    #[must_use]
+    pub fn direct_url(&self) -> &str {
+        &self.direct
+    }
+
+    /// Whether [`TestDatabase::url`] goes through PgBouncer.
+    #[must_use]
+    pub fn pooled(&self) -> bool {
+        self.url != self.direct
+    }
+
+    /// How a store on this database is opened: as a deployment behind the
+    /// pooler would be when [`TestDatabase::pooled`].
+    ///
+    /// # Panics
+    /// When the direct URL does not parse.
+    #[must_use]
+    pub fn pool_options(&self) -> PoolOptions {
+        if !self.pooled() {
+            return PoolOptions::default();
+        }
+        PoolOptions {
+            prepared_statements: false,
+            migration_target: Some(
+                DatabaseTarget::parse(&self.direct).expect("direct test database URL"),
+            ),
+            ..PoolOptions::default()
+        }
     }
 
     /// Opens a migrated [`SqlStore`] on this database.
@@ -112,7 +157,7 @@ impl TestDatabase {
     /// When it can't be opened or migrated.
     pub async fn store(&self) -> SqlStore {
         let target = DatabaseTarget::parse(&self.url).expect("test database URL");
-        let store = SqlStore::open(target, PoolOptions::default())
+        let store = SqlStore::open(target, self.pool_options())
             .await
             .expect("open test store");
         store.migrate().await.expect("migrate test store");
@@ -210,7 +255,7 @@ impl TestDatabase {
     }
 
     fn connect(&self) -> AnyConnection {
-        let target = DatabaseTarget::parse(&self.url).expect("test database URL");
+        let target = DatabaseTarget::parse(&self.direct).expect("test database URL");
         crate::connection::Manager::new(target, &PoolOptions::default())
             .probe()
             .expect("a connection to the test database")
@@ -285,6 +330,14 @@ impl Drop for TestDatabase {
 
 fn admin_url() -> String {
     std::env::var("CONFAB_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
+}
+
+/// PgBouncer in front of the admin URL's server, when the run goes through
+/// it (`CONFAB_TEST_PGBOUNCER_URL`).
+fn pooler_url() -> Option<String> {
+    std::env::var("CONFAB_TEST_PGBOUNCER_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty())
 }
 
 fn connect_admin(url: &str) -> PgConnection {

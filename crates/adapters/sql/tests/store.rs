@@ -1051,7 +1051,7 @@ async fn a_history_page_reads_the_branch_over_the_primary_key() {
 
     let db = TestDatabase::postgres();
     let _store = db.store().await;
-    let mut conn = PgConnection::establish(db.url()).unwrap();
+    let mut conn = PgConnection::establish(db.direct_url()).unwrap();
     for statement in [
         "INSERT INTO users VALUES ('u1', 'pager', 'pager@example.com', 'x', 'user', FALSE, 0, 0)",
         "INSERT INTO conversations (id, user_id, title, created_at, updated_at) \
@@ -1214,6 +1214,41 @@ async fn migrations_are_idempotent_and_health_is_ok(backend: Backend) {
     f.store.check().await.unwrap();
 }
 
+/// Instances starting together migrate once: the advisory lock makes the
+/// others wait, then find nothing to do. Run through PgBouncer (`make
+/// test-pgbouncer`), the stores are opened as docs/operations.md says a
+/// pooled deployment must be: statements unprepared, migrations (and their
+/// session lock) on the direct URL.
+#[tokio::test]
+async fn postgres_instances_starting_together_migrate_once() {
+    let db = TestDatabase::postgres();
+    let reverted = db.before_migration("20261204000006").len();
+    assert!(reverted > 0);
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        let target = DatabaseTarget::parse(db.url()).unwrap();
+        stores.push(SqlStore::open(target, db.pool_options()).await.unwrap());
+    }
+    let (a, b, c, d) = tokio::join!(
+        stores[0].migrate(),
+        stores[1].migrate(),
+        stores[2].migrate(),
+        stores[3].migrate()
+    );
+    let applied: Vec<usize> = [a, b, c, d]
+        .into_iter()
+        .map(|r| r.expect("every instance's migration run succeeds"))
+        .collect();
+    assert_eq!(
+        applied.iter().sum::<usize>(),
+        reverted,
+        "each migration applied once in all: {applied:?}"
+    );
+    // And the lock was let go: a later run takes it and finds nothing.
+    assert_eq!(stores[0].migrate().await.unwrap(), 0);
+    stores[3].check().await.unwrap();
+}
+
 /// Every update and read of one conversation by its owner looks it up by
 /// primary key, even on a fresh database that was never analyzed: until
 /// its first ANALYZE, PostgreSQL guessed a partial list index on
@@ -1226,7 +1261,7 @@ async fn owner_checked_lookups_by_id_use_the_primary_key_before_any_analyze() {
 
     let db = TestDatabase::postgres();
     let _store = db.store().await;
-    let mut conn = PgConnection::establish(db.url()).unwrap();
+    let mut conn = PgConnection::establish(db.direct_url()).unwrap();
     diesel::sql_query(
         "INSERT INTO users VALUES ('u1', 'planner', 'planner@example.com', 'x', 'user', FALSE, 0, 0)",
     )

@@ -30,7 +30,8 @@ const MAX_POSTGRES_WRITERS: usize = 4;
 #[derive(Clone)]
 pub struct SqlStore {
     db: Executor,
-    manager: Arc<Manager>,
+    /// Where migrations run: the store's database, or a direct connection.
+    migrations: Arc<Manager>,
     backend: Backend,
     usage: Arc<usage::Pending>,
 }
@@ -59,7 +60,19 @@ impl SqlStore {
             std::fs::create_dir_all(dir)?;
         }
         let backend = target.backend();
+        if let Some(direct) = &options.migration_target
+            && direct.backend() != backend
+        {
+            return Err(SqlError::Url(
+                "the migration URL must name a database of the same kind as the database URL"
+                    .into(),
+            ));
+        }
         let manager = Arc::new(Manager::new(target, options));
+        let migrations = match &options.migration_target {
+            Some(direct) => Arc::new(Manager::new(direct.clone(), options)),
+            None => Arc::clone(&manager),
+        };
         // Fail now with the driver's reason, not later with a time-out.
         drop(manager.probe()?);
         let max = usize::try_from(options.max_size).unwrap_or(usize::MAX);
@@ -81,20 +94,21 @@ impl SqlStore {
         .map_err(SqlError::Threads)?;
         Ok(Self {
             db,
-            manager,
+            migrations,
             backend,
             usage: Arc::default(),
         })
     }
 
     /// Applies pending migrations (under an advisory lock on PostgreSQL)
-    /// on a connection of their own, and returns how many ran.
+    /// on a connection of their own — to the migration target when one is
+    /// set — and returns how many ran.
     ///
     /// # Errors
     /// [`SqlError::Migration`] or [`SqlError::Connect`] when they can't
     /// run.
     pub async fn migrate(&self) -> Result<usize, SqlError> {
-        let manager = Arc::clone(&self.manager);
+        let manager = Arc::clone(&self.migrations);
         tokio::task::spawn_blocking(move || run_pending(&mut manager.probe()?))
             .await
             .map_err(|e| SqlError::Migration(format!("migration task failed: {e}")))?
