@@ -157,6 +157,24 @@ async fn user(lb_url: String, token: String, name: String, stop: Arc<AtomicBool>
     tally
 }
 
+/// Waits until `app`, sent SIGTERM, has handled it: its `/readyz` is 503.
+/// Returns that response.
+pub(crate) async fn not_ready(app: &TestApp) -> reqwest::Response {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+        if res.status() == 503 {
+            return res;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} still ready after SIGTERM",
+            app.address
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until `app` answers `/readyz` 200 itself, then for HAProxy's
 /// two good checks that put it back in rotation.
 async fn back_in_rotation(app: &TestApp) {
@@ -219,9 +237,9 @@ async fn rolling_restarts_under_load_fail_no_request_and_lose_no_message() {
         let mut seen = straddling.until(is_append).await;
 
         app.terminate();
-        // Draining: not ready, still alive and serving.
-        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
-        assert_eq!(ready.status(), 503, "draining instance {i} is not ready");
+        // Draining (once the signal is handled): not ready, still alive
+        // and serving.
+        let ready = not_ready(app).await;
         let body: Value = ready.json().await.unwrap();
         assert_eq!(body["error"]["message"], "not ready: shutting down");
         let alive = app.client.get(app.url("/healthz")).send().await.unwrap();
