@@ -49,6 +49,7 @@ pub enum StartupError {
 /// A built service: the API server and, when enabled, the metrics server,
 /// bound and ready to run.
 pub struct Application {
+    store: Arc<SqlStore>,
     conversations: Conversations,
     accounts: Accounts,
     orphan_sweep: Duration,
@@ -77,6 +78,7 @@ impl Application {
         metrics_listener: Option<TcpListener>,
     ) -> Result<Self, StartupError> {
         let wired = wire(settings).await?;
+        let store = Arc::clone(&wired.store);
         let chat = conversations(settings, &wired).await?;
         let conversations = chat.conversations.clone();
         conversations
@@ -102,6 +104,7 @@ impl Application {
             None => (None, None),
         };
         Ok(Self {
+            store,
             conversations,
             accounts,
             orphan_sweep: settings.generation.orphan_sweep,
@@ -241,6 +244,15 @@ impl Application {
             if let Ok(Err(e)) = task.await {
                 tracing::warn!(error = %e, "metrics server stopped with an error");
             }
+        }
+        // The database threads close their connections before the process
+        // exits (an exit racing them crashed in libpq's clean-up).
+        let store = Arc::clone(&self.store);
+        if tokio::task::spawn_blocking(move || store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the database store did not close cleanly");
         }
         tracing::info!("stopped");
         match failure {

@@ -142,18 +142,41 @@ struct Queues {
     writes: Queue<Box<dyn Write>>,
 }
 
-/// Closes the queues when the last handle goes.
-struct Closer(Arc<Queues>);
+/// Closes the queues when the last handle goes, and waits for the threads
+/// to end: a process that exits while they still close their connections
+/// (libpq tearing down beside the exit's own clean-up) crashed.
+struct Closer {
+    queues: Arc<Queues>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
 
 impl Drop for Closer {
     fn drop(&mut self) {
-        self.0.reads.close();
-        self.0.writes.close();
+        self.close();
+    }
+}
+
+impl Closer {
+    /// Closes the queues and waits for the threads (once; later calls
+    /// find none to wait for).
+    fn close(&self) {
+        self.queues.reads.close();
+        self.queues.writes.close();
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        let me = std::thread::current().id();
+        for thread in threads {
+            // A job that dropped the last handle runs on one of them.
+            if thread.thread().id() != me {
+                let _ = thread.join();
+            }
+        }
     }
 }
 
 /// A handle on the store's threads; cheap to clone. The threads end (and
-/// close their connections) when the last handle is dropped.
+/// close their connections) when the last handle is dropped, which waits
+/// for them (each finishes the job it is running first).
 #[derive(Clone)]
 pub(crate) struct Executor {
     closer: Arc<Closer>,
@@ -191,25 +214,45 @@ impl Executor {
         // Made first: when a thread can't be started, dropping it stops
         // the ones that were.
         let executor = Self {
-            closer: Arc::new(Closer(Arc::clone(&queues))),
+            closer: Arc::new(Closer {
+                queues: Arc::clone(&queues),
+                threads: Mutex::new(Vec::new()),
+            }),
         };
+        let mut threads = Vec::new();
         for n in 0..sizes.readers.max(1) {
             let (queues, manager) = (Arc::clone(&queues), Arc::clone(&manager));
-            std::thread::Builder::new()
-                .name(format!("confab-db-read-{n}"))
-                .spawn(move || read_loop(&queues, &manager, sizes.acquire_timeout))?;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("confab-db-read-{n}"))
+                    .spawn(move || read_loop(&queues, &manager, sizes.acquire_timeout))?,
+            );
         }
         for n in 0..sizes.writers.max(1) {
             let (queues, manager) = (Arc::clone(&queues), Arc::clone(&manager));
-            std::thread::Builder::new()
-                .name(format!("confab-db-write-{n}"))
-                .spawn(move || write_loop(&queues, &manager, sizes.acquire_timeout))?;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("confab-db-write-{n}"))
+                    .spawn(move || write_loop(&queues, &manager, sizes.acquire_timeout))?,
+            );
         }
+        *executor
+            .closer
+            .threads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = threads;
         Ok(executor)
     }
 
     fn queues(&self) -> &Queues {
-        &self.closer.0
+        &self.closer.queues
+    }
+
+    /// Closes the store now, whatever handles remain: queued and later
+    /// jobs are answered `Unavailable`, and this waits until every thread
+    /// has finished its job and closed its connection. Blocking.
+    pub(crate) fn close(&self) {
+        self.closer.close();
     }
 
     /// Runs `work` on a reader's connection, inside the caller's tracing
@@ -655,8 +698,29 @@ mod tests {
     async fn dropping_the_last_handle_closes_the_queues() {
         let dir = tempfile::tempdir().unwrap();
         let db = executor(&dir);
-        let queues = Arc::clone(&db.closer.0);
+        let queues = Arc::clone(&db.closer.queues);
         drop(db);
         assert!(queues.writes.state().closed && queues.reads.state().closed);
+        // The drop waited for the threads: none holds the queues now.
+        assert_eq!(Arc::strong_count(&queues), 1);
+    }
+
+    #[tokio::test]
+    async fn closing_waits_for_the_threads_and_refuses_later_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = executor(&dir);
+        let other = db.clone();
+        assert_eq!(db.read(|_| Ok(1)).await.unwrap(), 1);
+        let queues = Arc::clone(&db.closer.queues);
+        tokio::task::spawn_blocking(move || db.close())
+            .await
+            .unwrap();
+        // Every thread has ended (each held the queues) though a handle
+        // remains, and that handle's work is refused.
+        assert_eq!(Arc::strong_count(&queues), 2);
+        assert!(matches!(
+            other.read(|_| Ok(1)).await,
+            Err(DomainError::Unavailable(_))
+        ));
     }
 }

@@ -114,6 +114,13 @@ impl SqlStore {
             .map_err(|e| SqlError::Migration(format!("migration task failed: {e}")))?
     }
 
+    /// Closes the store: every later call fails `Unavailable`, and this
+    /// waits (blocking) until its threads have closed their connections.
+    /// For the end of a process, which must not exit while they still do.
+    pub fn close(&self) {
+        self.db.close();
+    }
+
     /// Which backend this store runs on.
     #[must_use]
     pub const fn backend(&self) -> Backend {
