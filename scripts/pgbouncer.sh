@@ -10,15 +10,25 @@
 # describes, minus TLS and real authentication.
 set -euo pipefail
 port="${CONFAB_PGBOUNCER_PORT:-6432}"
-dir="${CONFAB_PGBOUNCER_DIR:-/tmp/confab-pgbouncer-$port}"
 
 up() { psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atqc 'SELECT 1' >/dev/null 2>&1; }
+# The pool mode of the PgBouncer on the port (its admin console).
+mode() {
+    psql -h 127.0.0.1 -p "$port" -U postgres -d pgbouncer -Atc 'SHOW CONFIG' 2>/dev/null |
+        awk -F'|' '$1 == "pool_mode" { print $2 }'
+}
 
 "$(dirname "$0")/apt-install.sh" pgbouncer
 if up; then
-    echo "pgbouncer: up on 127.0.0.1:$port"
-    exit 0
+    if [ "$(mode)" = "transaction" ]; then
+        echo "pgbouncer: up on 127.0.0.1:$port (transaction pooling)"
+        exit 0
+    fi
+    echo "pgbouncer: 127.0.0.1:$port answers, but not as a PgBouncer in transaction" \
+        "pooling mode whose admin console postgres may use; stop it or set CONFAB_PGBOUNCER_PORT" >&2
+    exit 1
 fi
+dir="$(mktemp -d /tmp/confab-pgbouncer.XXXXXX)"
 
 # PgBouncer refuses to run as root: as root it runs as postgres.
 run_as=()

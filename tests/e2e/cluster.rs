@@ -243,6 +243,85 @@ async fn an_instance_killed_mid_answer_leaves_it_failed_with_its_text_after_the_
     );
 }
 
+/// A resume that arrives after the dead instance's lease ran out (its
+/// log is gone from Redis, the sweep has not run) still gets the answer
+/// closed with its saved text, never a 404 that leaves it in progress.
+#[tokio::test]
+async fn a_resume_after_a_killed_instances_lease_ran_out_ends_the_answer_as_saved() {
+    let llm = FakeLlm::start();
+    let mut c = cluster(
+        &llm,
+        &[
+            ("CONFAB__REDIS__STREAM_LEASE_MS", "1500"),
+            ("CONFAB__GENERATION__ORPHAN_SWEEP_SECS", "3600"),
+        ],
+    )
+    .await;
+    let token = c.a.user("ada").await;
+    llm.push(held_between("partial", " answer"));
+    let res =
+        c.a.send_message("/api/v1/conversations", &token, &message_body("hi"))
+            .await;
+    let mut reader = SseReader::new(res);
+    let first = reader.until(is_append).await;
+    let id = conversation_of(&first);
+    let resume_token = first[1].json()["token"].as_str().unwrap().to_owned();
+    let last_id = first.last().unwrap().id.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.b.conversation(&token, &id).await["messages"][1]["content"]["parts"][0] != "partial" {
+        assert!(Instant::now() < deadline, "A never saved the partial text");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.a.kill();
+    drop(reader);
+    // The lease runs out: the answer's log leaves Redis.
+    let meta = format!("{id}}}:meta");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c
+        .b
+        .redis_keys_containing(std::slice::from_ref(&meta))
+        .await
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the dead instance's log stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        c.b.conversation(&token, &id).await["messages"][1]["status"],
+        "in_progress",
+        "no sweep has closed it"
+    );
+    let path = format!("/api/v1/conversations/{id}/stream");
+    let res =
+        c.b.resume_stream(&path, &token, &resume_token, Some(&last_id))
+            .await;
+    assert_eq!(res.status(), 200);
+    let rest = SseReader::new(res).rest().await;
+    assert_eq!(rest.last().unwrap().data, "[DONE]");
+    let error = rest[rest.len() - 2].json();
+    assert_eq!(error["error"]["code"], "UNAVAILABLE");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("closed with the text it had saved"),
+        "{error}"
+    );
+    let mut whole = first.clone();
+    whole.extend(rest);
+    let rebuilt = replay(&whole);
+    assert_eq!(rebuilt["message"]["content"]["parts"][0], "partial");
+    assert_eq!(rebuilt["message"]["status"], "failed");
+    let answer = c.b.conversation(&token, &id).await["messages"][1].clone();
+    assert_eq!(answer["status"], "failed", "{answer}");
+    assert_eq!(answer["content"]["parts"][0], "partial");
+    // Closed now: a further resume finds no stream.
+    let again =
+        c.b.resume_stream(&path, &token, &resume_token, Some(&last_id))
+            .await;
+    assert_eq!(again.status(), 404);
+}
+
 #[tokio::test]
 async fn redis_stopped_and_restarted_mid_test_follows_the_policy_on_both() {
     let mut redis = crate::redis::PrivateRedis::start();

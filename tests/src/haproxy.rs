@@ -50,7 +50,7 @@ pub fn config(listen: &str, upstreams: &[String]) -> String {
          \x20   balance roundrobin\n\
          \x20   option httpchk GET /readyz\n\
          \x20   http-check expect status 200\n\
-         \x20   timeout check 2s\n\
+         \x20   timeout check 500ms\n\
          \x20   default-server check inter 250ms fall 2 rise 2\n\
          {servers}"
     )

@@ -542,6 +542,15 @@ impl TestApp {
         self.process = Some(process);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
+            let exited = self
+                .process
+                .as_mut()
+                .and_then(|p| p.try_wait().ok().flatten());
+            assert!(
+                exited.is_none(),
+                "confab serve on {} exited at start-up: {exited:?}",
+                self.address
+            );
             if let Ok(res) = self.client.get(self.url("/healthz")).send().await
                 && res.status() == 200
             {
@@ -606,8 +615,10 @@ impl TestApp {
             .process
             .take()
             .expect("an instance running as a process");
-        tokio::task::spawn_blocking(move || process.wait())
+        let waiting = tokio::task::spawn_blocking(move || process.wait());
+        tokio::time::timeout(std::time::Duration::from_secs(120), waiting)
             .await
+            .expect("the process exits within 2 minutes")
             .expect("the waiting task")
             .expect("the process's exit status")
     }

@@ -208,6 +208,7 @@ impl Application {
         tokio::pin!(hurry);
         self.readiness.drain();
         let mut hurried = false;
+        let mut ended_early = None;
         if failure.is_none() && !self.drain.is_zero() {
             tracing::info!(
                 drain_secs = self.drain.as_secs(),
@@ -215,29 +216,47 @@ impl Application {
             );
             // The server must keep being polled while it drains.
             tokio::select! {
-                result = &mut server => return result,
+                result = &mut server => ended_early = Some(result),
                 () = tokio::time::sleep(self.drain) => {}
                 () = &mut hurry => hurried = true,
             }
         }
-        tracing::info!(
-            "shutting down: no longer accepting connections; draining in-flight requests and running answers"
-        );
-        let answers = async {
-            if failure.is_none() && !hurried {
-                let complete = tokio::time::timeout(self.answer_timeout, self.conversations.idle());
-                tokio::select! {
-                    done = complete => if done.is_err() {
-                        tracing::warn!("answers still running after server.shutdown_timeout_secs: stopping them");
-                    },
-                    () = &mut hurry => tracing::info!("second signal: stopping running answers now"),
-                }
-            }
-            // Each saves its text and ends its stream, so the requests
-            // following them end too.
+        let result = if let Some(result) = ended_early {
+            // The server failed while draining: its answers are still saved.
             self.conversations.shutdown(self.shutdown_grace).await;
+            result
+        } else {
+            tracing::info!(
+                "shutting down: no longer accepting connections; draining in-flight requests and running answers"
+            );
+            let (http_done_tx, http_done) = tokio::sync::oneshot::channel::<()>();
+            let stop = async {
+                api.stop(true).await;
+                let _ = http_done_tx.send(());
+            };
+            let answers = async {
+                if failure.is_none() && !hurried {
+                    // Requests in flight finish (a send not yet running
+                    // its answer among them) and running answers complete,
+                    // up to the timeout; only then is anything stopped.
+                    let settled = async {
+                        let _ = http_done.await;
+                        self.conversations.idle().await;
+                    };
+                    tokio::select! {
+                        done = tokio::time::timeout(self.answer_timeout, settled) => if done.is_err() {
+                            tracing::warn!("answers still running after server.shutdown_timeout_secs: stopping them");
+                        },
+                        () = &mut hurry => tracing::info!("second signal: stopping running answers now"),
+                    }
+                }
+                // Each saves its text and ends its stream, so the requests
+                // following them end too.
+                self.conversations.shutdown(self.shutdown_grace).await;
+            };
+            let (result, (), ()) = tokio::join!(&mut server, stop, answers);
+            result
         };
-        let (result, (), ()) = tokio::join!(server, api.stop(true), answers);
         drop(sweeper);
         if let Some((handle, task)) = metrics {
             handle.stop(true).await;
@@ -436,11 +455,18 @@ fn banner(listen: &str, page: bool) -> String {
 /// # Errors
 /// [`StartupError`] when the database can't be opened or migrated.
 pub async fn migrate(settings: Settings) -> Result<usize, StartupError> {
-    let target = settings.database_target()?;
+    let options = settings.pool_options()?;
+    // Straight to the migration URL when there is one: the pooler in
+    // front of `database.url` is not needed, nor asked.
+    let target = match &options.migration_target {
+        Some(direct) => direct.clone(),
+        None => settings.database_target()?,
+    };
     let redacted = target.redacted();
     let options = PoolOptions {
         max_size: 1,
-        ..settings.pool_options()?
+        migration_target: None,
+        ..options
     };
     let store = SqlStore::open(target, options).await?;
     let applied = store.migrate().await?;

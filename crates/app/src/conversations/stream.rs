@@ -1,14 +1,14 @@
 //! Reading a generation's stream: following it, resuming it, stopping it.
 
 use std::collections::VecDeque;
-
-use async_trait::async_trait;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use confab_domain::{
     ConversationId, DomainError, ErrorCode, Field, MessageId, MessageStatus, WireEvent, events,
 };
 use confab_ports::{AccessClaims, EventFeed, LoggedEvent, ReadFrom};
+use futures_util::future::BoxFuture;
 
 use super::{Conversations, Inner, ReaderSlot};
 use crate::AppError;
@@ -116,13 +116,33 @@ impl Conversations {
             .inner
             .reader_slot(caller.user_id, conversation, false)?;
         let holds_claimed = || async {
-            let head = ports.log.current(conversation).await?;
-            Ok::<bool, DomainError>(&head.message == wanted)
+            match ports.log.current(conversation).await {
+                Ok(head) => Ok(&head.message == wanted),
+                Err(DomainError::NotFound) => Ok(false),
+                Err(e) => Err(e),
+            }
+        };
+        let orphan = Orphan {
+            inner: Arc::clone(&self.inner),
+            message: wanted.clone(),
         };
         // The stream of that generation may have been replaced by a later
         // one. Logs are only ever replaced by newer ones, so the claimed log
         // current before and after the read is the log that was read.
         if !holds_claimed().await? {
+            // No log holds it: gone with its retention, or its generation
+            // died (its instance was killed) and the lease ran out. The
+            // latter is still in progress: end it now, as saved.
+            let stored = ports.messages.find(conversation, wanted).await?;
+            if stored.is_some_and(|m| m.status == MessageStatus::InProgress) {
+                return Ok(Box::new(Guarded::new(
+                    Box::new(Gone),
+                    conversation,
+                    last_event_id,
+                    slot,
+                    Some(orphan),
+                )));
+            }
             return Err(AppError::NotFound);
         }
         let from = last_event_id
@@ -132,10 +152,6 @@ impl Conversations {
         if !holds_claimed().await? {
             return Err(AppError::NotFound);
         }
-        let orphan = Orphan {
-            inner: Arc::clone(&self.inner),
-            message: wanted.clone(),
-        };
         Ok(Box::new(Guarded::new(
             feed,
             conversation,
@@ -191,8 +207,19 @@ const GENERATION_LOST: (ErrorCode, &str) = (
     "The instance running this answer stopped; the answer is closed with the text it had saved.",
 );
 
+/// The log of a generation that is gone: its first read says so.
+struct Gone;
+
+#[async_trait]
+impl EventFeed for Gone {
+    async fn next(&mut self) -> Result<Option<LoggedEvent>, DomainError> {
+        Err(DomainError::NotFound)
+    }
+}
+
 /// The answer a resumed stream follows, to close it if its generation is
 /// found dead (the orphan sweep's work, done at once for this reader).
+#[derive(Clone)]
 struct Orphan {
     inner: Arc<Inner>,
     message: MessageId,
@@ -203,7 +230,7 @@ impl Orphan {
     /// answer as stored once closed. `None` when it can't be closed or
     /// read now, or is still held after all (the stream then ends as
     /// interrupted; the sweep closes the answer later).
-    async fn closed(&self, conversation: ConversationId) -> Option<Vec<WireEvent>> {
+    async fn closed(self, conversation: ConversationId) -> Option<Vec<WireEvent>> {
         let closing = async {
             self.inner.close_orphan(conversation, &self.message).await?;
             let Some(stored) = self
@@ -267,6 +294,10 @@ struct Guarded {
     _slot: ReaderSlot,
     /// The answer it resumes, when it resumes one.
     orphan: Option<Orphan>,
+    /// Closing that answer, once its generation was found gone: kept
+    /// here, so that a `next` dropped meanwhile (the keep-alive timer of
+    /// the SSE body) resumes it instead of losing it.
+    closing: Option<BoxFuture<'static, Option<Vec<WireEvent>>>>,
 }
 
 impl Guarded {
@@ -287,6 +318,7 @@ impl Guarded {
             ended: false,
             _slot: slot,
             orphan,
+            closing: None,
         }
     }
 
@@ -315,6 +347,18 @@ impl EventFeed for Guarded {
         if let Some(event) = self.ending.pop_front() {
             return Ok(Some(event));
         }
+        if let Some(closing) = self.closing.as_mut() {
+            let closed = closing.await;
+            self.closing = None;
+            self.ending = match closed {
+                Some(events) => {
+                    tracing::warn!(conversation = %self.conversation, "a resumed answer's generation is gone; ending its stream with the answer as saved");
+                    self.numbered(events)
+                }
+                None => self.interrupted()?,
+            };
+            return Ok(self.ending.pop_front());
+        }
         if self.ended {
             return Ok(None);
         }
@@ -339,12 +383,10 @@ impl EventFeed for Guarded {
             return Ok(None);
         };
         if matches!(error, DomainError::NotFound)
-            && let Some(orphan) = &self.orphan
-            && let Some(closed) = orphan.closed(self.conversation).await
+            && let Some(orphan) = self.orphan.clone()
         {
-            tracing::warn!(conversation = %self.conversation, "a resumed answer's generation is gone; ending its stream with the answer as saved");
-            self.ending = self.numbered(closed);
-            return Ok(self.ending.pop_front());
+            self.closing = Some(Box::pin(orphan.closed(self.conversation)));
+            return self.next().await;
         }
         tracing::warn!(conversation = %self.conversation, %error, "a stream could not be read to its end; ending it with an error event");
         self.ending = self.interrupted()?;
