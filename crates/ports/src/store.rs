@@ -215,12 +215,15 @@ pub trait MessageStore: Send + Sync + 'static {
         assistant: &Message,
     ) -> Result<Conversation, DomainError>;
 
-    /// Replaces a message's content and status (a generation's progress or
-    /// end) and refreshes the conversation's preview. Works in a deleted
-    /// conversation too, so an answer cut by a delete is still closed.
+    /// Replaces the content and status of a message still `in_progress` (a
+    /// generation's progress or end) and refreshes the conversation's
+    /// preview. Works in a deleted conversation too, so an answer cut by a
+    /// delete is still closed. A message closed meanwhile by someone else
+    /// (the orphan sweep, a reader that found its generation gone) keeps
+    /// what it was closed with.
     ///
     /// # Errors
-    /// [`DomainError::NotFound`] when there is no such message.
+    /// [`DomainError::NotFound`] when there is no such message in progress.
     async fn update_content(
         &self,
         conversation: ConversationId,

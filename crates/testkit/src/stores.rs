@@ -634,7 +634,11 @@ impl MessageStore for MemoryStore {
         let message = state
             .messages
             .iter_mut()
-            .find(|m| m.conversation_id == conversation && &m.id == id)
+            .find(|m| {
+                m.conversation_id == conversation
+                    && &m.id == id
+                    && m.status == MessageStatus::InProgress
+            })
             .ok_or(DomainError::NotFound)?;
         message.content = content.clone();
         message.status = status;

@@ -1168,6 +1168,18 @@ async fn updating_content_refreshes_the_preview(backend: Backend) {
         .await
         .unwrap_err();
     assert!(matches!(err, DomainError::NotFound));
+    // A closed answer stays as it was closed: a late flush of a generation
+    // that was declared gone does not reopen or rewrite it.
+    let late = Content::text(vec!["a late flush".into()]).unwrap();
+    let err = f
+        .store
+        .update_content(id, &answer.id, &late, MessageStatus::InProgress, now())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DomainError::NotFound));
+    let kept = all_messages(&f.store, id).await;
+    assert_eq!(kept[0].status, MessageStatus::FinishedSuccessfully);
+    assert_eq!(kept[0].content, done);
 }
 
 async fn concurrent_inserts_get_distinct_positions(backend: Backend) {

@@ -417,7 +417,9 @@ impl Generation {
                     self.inner.invalidate(self.owner, self.conversation).await;
                     return true;
                 }
-                // The conversation was deleted meanwhile: nothing to save.
+                // No such answer in progress: its conversation was deleted,
+                // or it was closed meanwhile (the orphan sweep, a reader
+                // that found this generation gone), which stands.
                 Err(DomainError::NotFound) => return false,
                 Err(e) => {
                     tracing::warn!(conversation = %self.conversation, attempt, error = %e, "could not save a generation");

@@ -262,7 +262,7 @@ impl MessageStore for SqlStore {
                         ", updated_at = ",
                         " WHERE conversation_id = ",
                         " AND id = ",
-                        "",
+                        " AND status = 'in_progress'",
                     ],
                     vec![
                         Bind::Text(&json),
@@ -274,6 +274,7 @@ impl MessageStore for SqlStore {
                 )
                 .execute(c))?;
                 if changed == 0 {
+                    // No such message, or it was closed meanwhile.
                     return Err(diesel::result::Error::NotFound);
                 }
                 // A conversation deleted while its answer was generating
