@@ -4,13 +4,12 @@
 //! instance and completes once, and the client address reaches the
 //! limiter only through the trusted-proxy rules.
 
-use std::sync::Arc;
-
-use confab_e2e::chat::{SseReader, conversation_of, held_between, is_append, message_body, replay};
+use confab_e2e::chat::{
+    SseReader, conversation_of, held_between, is_append, message_body, replay, sign_up,
+};
 use confab_e2e::fake_llm::FakeLlm;
 use confab_e2e::nginx::Nginx;
-use confab_e2e::{TestApp, redis_url, spawn_process};
-use confab_sql::testing::TestDatabase;
+use confab_e2e::{TestApp, three_behind_a_balancer};
 use serde_json::{Value, json};
 
 /// Three instances of one service, and nginx in front of them.
@@ -20,30 +19,7 @@ struct Balanced {
 }
 
 async fn balanced(llm: &FakeLlm, extra: &[(&str, &str)]) -> Balanced {
-    let db = Arc::new(TestDatabase::postgres());
-    let prefix = format!("confab-balanced:{}:", uuid::Uuid::new_v4());
-    let base = llm.base_url();
-    let url = redis_url();
-    let mut vars = vec![
-        ("REDIS_URL", url.as_str()),
-        ("CONFAB__REDIS__KEY_PREFIX", prefix.as_str()),
-        ("CONFAB_LLM_PROVIDER", "openai"),
-        ("CONFAB_LLM_BASE_URL", base.as_str()),
-        ("CONFAB_LLM_MODEL", "fake-model"),
-        ("CONFAB__LLM__TITLE_GENERATION", "false"),
-        ("CONFAB__LLM__IDLE_TIMEOUT_MS", "30000"),
-        ("CONFAB__GENERATION__FLUSH_INTERVAL_MS", "50"),
-        ("CONFAB__GENERATION__PER_MINUTE", "100000"),
-        // nginx connects from 127.0.0.1; clients come from other loopback
-        // addresses, so only nginx is a trusted proxy.
-        ("CONFAB__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
-    ];
-    vars.extend_from_slice(extra);
-    // The first migrates; the others find the schema in place.
-    let mut instances = vec![spawn_process(Arc::clone(&db), &vars).await];
-    for _ in 0..2 {
-        instances.push(spawn_process(Arc::clone(&db), &vars).await);
-    }
+    let instances = three_behind_a_balancer("confab-balanced", &llm.base_url(), extra).await;
     let addresses: Vec<String> = instances.iter().map(|i| i.address.clone()).collect();
     let nginx = Nginx::start(&addresses).await;
     Balanced { instances, nginx }
@@ -59,32 +35,12 @@ fn client_from(from: [u8; 4]) -> reqwest::Client {
         .expect("a client")
 }
 
-async fn sign_up(client: &reqwest::Client, lb: &Nginx, name: &str) -> String {
-    let password = confab_e2e::chat::PASSWORD;
-    let res = client
-        .post(lb.url("/api/v1/auth/register"))
-        .json(&json!({"username": name, "email": format!("{name}@example.com"), "password": password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let res = client
-        .post(lb.url("/api/v1/auth/login"))
-        .json(&json!({"username": name, "password": password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let body: Value = res.json().await.unwrap();
-    body["access_token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn an_answer_streams_through_nginx_unbuffered_and_resumes_on_any_instance_once() {
     let llm = FakeLlm::start();
     let b = balanced(&llm, &[]).await;
     let client = client_from([127, 0, 0, 2]);
-    let token = sign_up(&client, &b.nginx, "balanced").await;
+    let token = sign_up(&client, &b.nginx.address, "balanced").await;
 
     // The first text reaches the client through nginx while the model is
     // still held: nothing waits in nginx's buffers.

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confab_domain::ConversationId;
-use confab_e2e::chat::{SseReader, conversation_of, held_between, is_append, message_body, replay};
+use confab_e2e::chat::{
+    SseReader, assert_closed_as_saved, conversation_of, held_between, is_append, message_body,
+    replay,
+};
 use confab_e2e::fake_llm::{FakeLlm, Script};
 use confab_e2e::{TestApp, error_body, redis_url, spawn_process};
 use confab_sql::testing::TestDatabase;
@@ -297,21 +300,7 @@ async fn a_resume_after_a_killed_instances_lease_ran_out_ends_the_answer_as_save
             .await;
     assert_eq!(res.status(), 200);
     let rest = SseReader::new(res).rest().await;
-    assert_eq!(rest.last().unwrap().data, "[DONE]");
-    let error = rest[rest.len() - 2].json();
-    assert_eq!(error["error"]["code"], "UNAVAILABLE");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("closed with the text it had saved"),
-        "{error}"
-    );
-    let mut whole = first.clone();
-    whole.extend(rest);
-    let rebuilt = replay(&whole);
-    assert_eq!(rebuilt["message"]["content"]["parts"][0], "partial");
-    assert_eq!(rebuilt["message"]["status"], "failed");
+    assert_closed_as_saved(&first, &rest, "partial");
     let answer = c.b.conversation(&token, &id).await["messages"][1].clone();
     assert_eq!(answer["status"], "failed", "{answer}");
     assert_eq!(answer["content"]["parts"][0], "partial");

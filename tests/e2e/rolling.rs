@@ -14,14 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use confab_e2e::chat::{
-    PASSWORD, SseReader, conversation_of, held_between, is_append, message_body, replay,
+    SseReader, assert_closed_as_saved, conversation_of, held_between, is_append, message_body,
+    sign_up,
 };
 use confab_e2e::fake_llm::FakeLlm;
 use confab_e2e::haproxy::HaProxy;
 use confab_e2e::load::{BURST_LIMITS, DELTAS, answer_paced, full_answer, send_and_read};
-use confab_e2e::{TestApp, redis_url, spawn_process};
-use confab_sql::testing::TestDatabase;
-use serde_json::{Value, json};
+use confab_e2e::{TestApp, three_behind_a_balancer};
+use serde_json::Value;
 use tokio::time::Instant;
 
 /// How long an instance answers 503 on `/readyz` before it stops
@@ -39,19 +39,7 @@ struct Balanced {
 }
 
 async fn balanced(llm: &FakeLlm, extra: &[(&str, &str)]) -> Balanced {
-    let db = Arc::new(TestDatabase::postgres());
-    let prefix = format!("confab-rolling:{}:", uuid::Uuid::new_v4());
-    let base = llm.base_url();
-    let url = redis_url();
     let mut vars = vec![
-        ("REDIS_URL", url.as_str()),
-        ("CONFAB__REDIS__KEY_PREFIX", prefix.as_str()),
-        ("CONFAB_LLM_PROVIDER", "openai"),
-        ("CONFAB_LLM_BASE_URL", base.as_str()),
-        ("CONFAB_LLM_MODEL", "fake-model"),
-        ("CONFAB__LLM__IDLE_TIMEOUT_MS", "30000"),
-        ("CONFAB__GENERATION__FLUSH_INTERVAL_MS", "50"),
-        ("CONFAB__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
         ("CONFAB__SERVER__DRAIN_SECS", DRAIN),
         ("CONFAB__SERVER__SHUTDOWN_TIMEOUT_SECS", "20"),
         // Every user logs in from this one address.
@@ -59,32 +47,10 @@ async fn balanced(llm: &FakeLlm, extra: &[(&str, &str)]) -> Balanced {
     ];
     vars.extend(BURST_LIMITS);
     vars.extend_from_slice(extra);
-    let mut instances = vec![spawn_process(Arc::clone(&db), &vars).await];
-    for _ in 0..2 {
-        instances.push(spawn_process(Arc::clone(&db), &vars).await);
-    }
+    let instances = three_behind_a_balancer("confab-rolling", &llm.base_url(), &vars).await;
     let addresses: Vec<String> = instances.iter().map(|i| i.address.clone()).collect();
     let lb = HaProxy::start(&addresses).await;
     Balanced { instances, lb }
-}
-
-async fn sign_up(client: &reqwest::Client, lb: &HaProxy, name: &str) -> String {
-    let res = client
-        .post(lb.url("/api/v1/auth/register"))
-        .json(&json!({"username": name, "email": format!("{name}@example.com"), "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201, "register {name}");
-    let res = client
-        .post(lb.url("/api/v1/auth/login"))
-        .json(&json!({"username": name, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "log in {name}");
-    let body: Value = res.json().await.unwrap();
-    body["access_token"].as_str().unwrap().to_owned()
 }
 
 /// What one user of the load did.
@@ -204,7 +170,7 @@ async fn rolling_restarts_under_load_fail_no_request_and_lose_no_message() {
     let mut users = Vec::new();
     for k in 0..8 {
         let name = format!("roller{k}");
-        users.push((sign_up(&signup, &b.lb, &name).await, name));
+        users.push((sign_up(&signup, &b.lb.address, &name).await, name));
     }
     let stop = Arc::new(AtomicBool::new(false));
     let load: Vec<_> = users
@@ -328,7 +294,7 @@ async fn an_instance_killed_mid_answer_is_resumed_through_the_balancer_to_its_sa
     )
     .await;
     let client = reqwest::Client::new();
-    let token = sign_up(&client, &b.lb, "killed").await;
+    let token = sign_up(&client, &b.lb.address, "killed").await;
     // The answer runs on instance 0 (sent to it directly).
     llm.push(held_between("partial", " answer"));
     let doomed = &b.instances[0];
@@ -376,23 +342,8 @@ async fn an_instance_killed_mid_answer_is_resumed_through_the_balancer_to_its_sa
         "nothing before the Last-Event-ID again: {rest:?}"
     );
     // Once the dead instance's lease ran out, the stream ends with the
-    // answer as the instance had saved it, closed: its text, `failed`,
-    // an error event that says so, `[DONE]`.
-    assert_eq!(rest.last().unwrap().data, "[DONE]");
-    let error = rest[rest.len() - 2].json();
-    assert_eq!(error["error"]["code"], "UNAVAILABLE");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("closed with the text it had saved"),
-        "{error}"
-    );
-    let mut whole = first.clone();
-    whole.extend(rest);
-    let rebuilt = replay(&whole);
-    assert_eq!(rebuilt["message"]["content"]["parts"][0], "partial");
-    assert_eq!(rebuilt["message"]["status"], "failed");
+    // answer as the instance had saved it, closed.
+    assert_closed_as_saved(&first, &rest, "partial");
     // The conversation says the same at once, on every instance.
     let page = client
         .get(b.lb.url(&format!("/api/v1/conversations/{id}")))

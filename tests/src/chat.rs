@@ -436,3 +436,54 @@ impl TestApp {
         res.json().await.expect("conversation JSON")
     }
 }
+
+/// Registers `name` through the service at `base` (`http://host:port`, a
+/// balancer's address included) and logs in; returns the access token.
+///
+/// # Panics
+/// When either is refused.
+pub async fn sign_up(client: &reqwest::Client, base: &str, name: &str) -> String {
+    let res = client
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&json!({"username": name, "email": format!("{name}@example.com"), "password": PASSWORD}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(res.status(), 201, "register {name}");
+    let res = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": name, "password": PASSWORD}))
+        .send()
+        .await
+        .expect("log in");
+    assert_eq!(res.status(), 200, "log in {name}");
+    let body: Value = res.json().await.expect("the login body");
+    body["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_owned()
+}
+
+/// Asserts that `rest`, the events of a resume after `first` (the events
+/// the client had), ends a stream whose generating instance died: the
+/// answer closed with the text it had saved (`saved`), `failed`, an
+/// `UNAVAILABLE` error event that says so, then `[DONE]`.
+///
+/// # Panics
+/// When it does not.
+pub fn assert_closed_as_saved(first: &[SseEvent], rest: &[SseEvent], saved: &str) {
+    assert_eq!(rest.last().map(|e| e.data.as_str()), Some("[DONE]"));
+    let error = rest[rest.len() - 2].json();
+    assert_eq!(error["error"]["code"], "UNAVAILABLE");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("closed with the text it had saved"),
+        "{error}"
+    );
+    let whole: Vec<SseEvent> = first.iter().chain(rest).cloned().collect();
+    let rebuilt = replay(&whole);
+    assert_eq!(rebuilt["message"]["content"]["parts"][0], saved);
+    assert_eq!(rebuilt["message"]["status"], "failed");
+}

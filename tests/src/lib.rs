@@ -526,6 +526,43 @@ pub async fn spawn_process(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> Tes
     app
 }
 
+/// Three `confab serve` processes of one service, on one fresh PostgreSQL
+/// database and the test Redis under a key prefix of their own starting
+/// `prefix`, answering with the fake model at `llm_base_url`, trusting
+/// 127.0.0.1 as their balancer (clients come from other loopback
+/// addresses); `extra` on top. The first migrates, the others find the
+/// schema in place.
+///
+/// # Panics
+/// When one can't start.
+pub async fn three_behind_a_balancer(
+    prefix: &str,
+    llm_base_url: &str,
+    extra: &[(&str, &str)],
+) -> Vec<TestApp> {
+    let db = Arc::new(TestDatabase::postgres());
+    let prefix = format!("{prefix}:{}:", uuid::Uuid::new_v4());
+    let url = redis_url();
+    let mut vars = vec![
+        ("REDIS_URL", url.as_str()),
+        ("CONFAB__REDIS__KEY_PREFIX", prefix.as_str()),
+        ("CONFAB_LLM_PROVIDER", "openai"),
+        ("CONFAB_LLM_BASE_URL", llm_base_url),
+        ("CONFAB_LLM_MODEL", "fake-model"),
+        ("CONFAB__LLM__TITLE_GENERATION", "false"),
+        ("CONFAB__LLM__IDLE_TIMEOUT_MS", "30000"),
+        ("CONFAB__GENERATION__FLUSH_INTERVAL_MS", "50"),
+        ("CONFAB__GENERATION__PER_MINUTE", "100000"),
+        ("CONFAB__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
+    ];
+    vars.extend_from_slice(extra);
+    let mut instances = Vec::with_capacity(3);
+    for _ in 0..3 {
+        instances.push(spawn_process(Arc::clone(&db), &vars).await);
+    }
+    instances
+}
+
 impl TestApp {
     /// Starts `confab serve` with `vars` (its whole environment) and waits
     /// until it answers `/healthz` at [`TestApp::address`].
