@@ -75,7 +75,10 @@ async fn a_key_works_within_its_scopes_and_dies_everywhere_when_revoked(backend:
     assert!(key.starts_with(created["prefix"].as_str().unwrap()));
 
     // Listed on the other instance, never with its text.
-    let secret = key.rsplit('_').next().unwrap().to_owned();
+    // `cfk_<id>_<secret>`; the secret's base64url alphabet has `_` in it.
+    let (_, secret) = key["cfk_".len()..].split_once('_').unwrap();
+    let secret = secret.to_owned();
+    assert_eq!(secret.len(), 43);
     let (text, items) = list_keys(&b, &token).await;
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["id"], json!(id));
