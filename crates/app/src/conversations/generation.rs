@@ -106,6 +106,12 @@ impl Outcome {
                 ErrorCode::Unavailable,
                 "The server shut down while answering.",
             )),
+            // The log or the database unreachable: a service outage, as
+            // every request that needs them answers it.
+            Self::Broken(DomainError::Unavailable(_)) => Some((
+                ErrorCode::Unavailable,
+                "The answer could not be completed: a service it needs is unavailable.",
+            )),
             Self::Broken(_) => Some((
                 ErrorCode::InternalError,
                 "The answer could not be completed.",
@@ -526,5 +532,19 @@ impl Generation {
             tracing::debug!(conversation = %self.conversation, "title call failed; using the heuristic");
         }
         heuristic_title(&self.first_text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_broken_by_an_outage_ends_unavailable_and_by_a_bug_internal() {
+        let outage = Outcome::Broken(DomainError::unavailable("redis: the log is down"));
+        assert_eq!(outage.end(), AnswerEnd::Failed(ErrorCode::Unavailable));
+        assert_eq!(outage.status(), MessageStatus::Failed);
+        let bug = Outcome::Broken(DomainError::internal("a bad reply"));
+        assert_eq!(bug.end(), AnswerEnd::Failed(ErrorCode::InternalError));
     }
 }
