@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test load lint fmt migrate openapi bench deps model services python-tools release check-architecture package clean browser proxy test-pgbouncer
+.PHONY: run test load lint fmt migrate openapi bench deps model services python-tools release check-architecture package clean browser proxy test-pgbouncer test-redis-cluster
 
 ## Serve on the embedded defaults: SQLite in ./data, in-process adapters,
 ## the built-in model (fetched into ./models on first use).
@@ -13,11 +13,13 @@ run: deps model
 ## Everything: architecture rules, unit, store suites (SQLite + PostgreSQL),
 ## app, CLI and end-to-end tests (schemathesis against the served OpenAPI
 ## document among them), then the PostgreSQL store and end-to-end tests a
-## second time through PgBouncer in transaction mode, OpenAPI validation,
-## and the client's packaging.
+## second time through PgBouncer in transaction mode, the Redis tests a
+## second time on a Redis Cluster, OpenAPI validation, and the client's
+## packaging.
 test: deps model services python-tools browser proxy check-architecture package
 	$(CARGO) test --workspace
 	$(MAKE) test-pgbouncer
+	$(MAKE) test-redis-cluster
 	CONFAB_BIN=target/debug/confab ./scripts/validate-openapi.sh
 
 ## The PostgreSQL tests (store suite, end-to-end, cluster, balancers,
@@ -26,6 +28,17 @@ test-pgbouncer: services
 	./scripts/pgbouncer.sh
 	CONFAB_TEST_PGBOUNCER_URL=postgres://postgres@127.0.0.1:6432 \
 		$(CARGO) test --workspace -- postgres cluster:: balancer:: rolling::
+
+## The Redis adapter suites (contracts included) and the end-to-end tests
+## of several instances on Redis, again on a Redis Cluster of three
+## primaries with a replica each (scripts/redis-cluster.sh starts it on
+## 127.0.0.1:7100-7105).
+test-redis-cluster: services
+	./scripts/redis-cluster.sh
+	CONFAB_TEST_REDIS_CLUSTER=redis://127.0.0.1:7100 $(CARGO) test -p confab-redis
+	CONFAB_TEST_REDIS_CLUSTER=redis://127.0.0.1:7100 $(CARGO) test -p confab-e2e --test e2e -- \
+		redis:: cluster:: balancer:: rolling:: deletion:: idempotency:: load::cluster_ \
+		load::postgres::a_hundred_sends_at_once_with_redis
 
 ## The concurrent-send load tests alone (tests/e2e/load.rs: in process, and
 ## two `confab serve` processes on PostgreSQL or SQLite and Redis), with

@@ -247,13 +247,7 @@ const LONG: usize = 150;
 
 /// The id of the user of `token`.
 async fn owner_of(app: &TestApp, token: &str) -> UserId {
-    let me: serde_json::Value = app
-        .get_auth("/api/v1/users/me", token)
-        .await
-        .json()
-        .await
-        .unwrap();
-    me["id"].as_str().unwrap().parse().unwrap()
+    app.user_id(token).await.parse().unwrap()
 }
 
 /// `n` conversations of the caller of `token`, each with [`LONG`] user

@@ -50,6 +50,7 @@ mod local_model;
 mod operations;
 mod recovery;
 mod redis;
+mod redis_failover;
 mod redis_outage;
 mod register;
 mod rolling;

@@ -475,6 +475,7 @@ async fn a_stop_sent_to_one_instance_stops_the_generation_on_the_other(backend: 
 fn log_of_another_instance(app: &TestApp, lease: Duration) -> RedisStreamLog {
     let pool = RedisPool::new(&RedisSettings {
         url: SecretString::from(redis_url()),
+        cluster: confab_e2e::redis_cluster(),
         connections: 2,
         connect_timeout: Duration::from_millis(500),
         command_timeout: Duration::from_secs(5),

@@ -373,6 +373,20 @@ impl TestApp {
         req.send().await.expect("resume request")
     }
 
+    /// The id of the user of `token`, from `/api/v1/users/me`.
+    ///
+    /// # Panics
+    /// When the request fails.
+    pub async fn user_id(&self, token: &str) -> String {
+        let me: Value = self
+            .get_auth("/api/v1/users/me", token)
+            .await
+            .json()
+            .await
+            .expect("the caller's account");
+        me["id"].as_str().expect("an id").to_owned()
+    }
+
     /// Starts a conversation with `text` and reads its whole stream.
     /// Returns the conversation id and the events.
     ///

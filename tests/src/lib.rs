@@ -14,6 +14,7 @@ pub mod haproxy;
 pub mod load;
 pub mod nginx;
 pub mod proxy;
+pub mod redis_cluster;
 pub mod scripted;
 
 use std::collections::HashMap;
@@ -116,10 +117,21 @@ pub fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
     spawn_on(Arc::new(db), extra)
 }
 
-/// The Redis the tests use: `REDIS_URL`, else the local one.
+/// The Redis the tests use: a node of the Redis Cluster
+/// `CONFAB_TEST_REDIS_CLUSTER` names (`make test-redis-cluster`), else
+/// `REDIS_URL`, else the local one. A server given this URL as its
+/// `REDIS_URL` is told it is a cluster's ([`redis_cluster`]).
 #[must_use]
 pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    std::env::var("CONFAB_TEST_REDIS_CLUSTER")
+        .or_else(|_| std::env::var("REDIS_URL"))
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Whether the tests' Redis ([`redis_url`]) is a cluster.
+#[must_use]
+pub fn redis_cluster() -> bool {
+    std::env::var_os("CONFAB_TEST_REDIS_CLUSTER").is_some()
 }
 
 /// Starts a server on `backend` sharing its state through the test Redis,
@@ -178,33 +190,61 @@ impl TestApp {
         let Some(prefix) = self.redis_key_prefix() else {
             return Vec::new();
         };
-        let client = redis::Client::open(redis_url()).expect("the Redis URL");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("a Redis connection");
-        let mut cursor: u64 = 0;
         let mut found = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{prefix}*"))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
+        for url in redis_scan_urls().await {
+            let client = redis::Client::open(url).expect("the Redis URL");
+            let mut conn = client
+                .get_multiplexed_async_connection()
                 .await
-                .expect("SCAN");
-            found.extend(
-                keys.into_iter()
-                    .filter(|key| needles.iter().any(|n| key.contains(n.as_str()))),
-            );
-            if next == 0 {
-                return found;
+                .expect("a Redis connection");
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{prefix}*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("SCAN");
+                found.extend(
+                    keys.into_iter()
+                        .filter(|key| needles.iter().any(|n| key.contains(n.as_str()))),
+                );
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            cursor = next;
         }
+        found
     }
+}
+
+/// The Redis servers whose keys together are the tests' Redis: it alone,
+/// or a cluster's primaries.
+async fn redis_scan_urls() -> Vec<String> {
+    if !redis_cluster() {
+        return vec![redis_url()];
+    }
+    let client = redis::Client::open(redis_url()).expect("the Redis URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a Redis connection");
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut conn)
+        .await
+        .expect("CLUSTER NODES");
+    nodes
+        .lines()
+        .filter(|line| line.contains("master") && !line.contains("fail"))
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .filter_map(|address| address.split('@').next())
+        .map(|address| format!("redis://{address}"))
+        .collect()
 }
 
 /// The test configuration on `db`, plus `extra`.
@@ -252,6 +292,10 @@ fn test_vars(db: &TestDatabase, extra: &[(&str, &str)]) -> HashMap<String, Strin
     }
     for (k, v) in extra {
         vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    if redis_cluster() && vars.get("REDIS_URL") == Some(&redis_url()) {
+        vars.entry("REDIS_CLUSTER".to_owned())
+            .or_insert_with(|| "true".to_owned());
     }
     vars
 }

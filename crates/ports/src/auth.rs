@@ -347,21 +347,29 @@ pub struct Standing {
 /// account until it changes.
 #[async_trait]
 pub trait TokenBlocklist: Send + Sync + 'static {
-    /// Refuses the token `jti` until `until` (its expiry), and not after
-    /// it; an `until` already past refuses nothing.
+    /// Refuses the token `jti` of `user` until `until` (its expiry), and
+    /// not after it; an `until` already past refuses nothing. (The user
+    /// places the entry beside the user's other state: one Redis Cluster
+    /// slot.)
     ///
     /// # Errors
     /// When the blocklist is unreachable.
-    async fn block_token(&self, jti: TokenId, until: OffsetDateTime) -> Result<(), DomainError>;
+    async fn block_token(
+        &self,
+        user: UserId,
+        jti: TokenId,
+        until: OffsetDateTime,
+    ) -> Result<(), DomainError>;
 
-    /// Refuses every access token of the login session `family` until
-    /// `until` (when the last of them has expired anyway), and not after
-    /// it; an `until` already past refuses nothing.
+    /// Refuses every access token of `user`'s login session `family`
+    /// until `until` (when the last of them has expired anyway), and not
+    /// after it; an `until` already past refuses nothing.
     ///
     /// # Errors
     /// When the blocklist is unreachable.
     async fn block_family(
         &self,
+        user: UserId,
         family: FamilyId,
         until: OffsetDateTime,
     ) -> Result<(), DomainError>;

@@ -82,9 +82,9 @@ impl ErasureTargets {
 /// deleted. The database's rows go with
 /// [`UserStore::delete`](crate::UserStore::delete).
 ///
-/// What stays is what names no user: the blocklist's entries for the
-/// deleted account's login sessions (random ids, refusing those sessions'
-/// access tokens until they expire).
+/// What stays is the blocklist's entries for the deleted account's login
+/// sessions and keys, refusing their tokens until those expire (random
+/// ids; on a Redis Cluster, under the user's id as hash tag).
 #[async_trait]
 pub trait Erasure: Send + Sync + 'static {
     /// Forgets every entry whose key [names](ErasureTargets::names) the

@@ -104,6 +104,7 @@ const SHORT_NAMES: &[(&str, &str)] = &[
     ("DATABASE_URL", "database.url"),
     ("DATABASE_MIGRATION_URL", "database.migration_url"),
     ("REDIS_URL", "redis.url"),
+    ("REDIS_CLUSTER", "redis.cluster"),
     ("CONFAB_JWT_SECRET", "auth.jwt_secret"),
     ("CONFAB_LLM_PROVIDER", "llm.provider"),
     ("CONFAB_LLM_BASE_URL", "llm.base_url"),
@@ -248,8 +249,11 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    /// The URL; empty for in-process adapters.
+    /// The URL; empty for in-process adapters. With `cluster`, the URLs of
+    /// one or more of the cluster's nodes, comma-separated.
     pub url: SecretString,
+    /// The URL names nodes of a Redis Cluster.
+    pub cluster: bool,
     /// Multiplexed connections every command shares (each carries any
     /// number of commands at once).
     pub connections: NonZeroUsize,
@@ -580,10 +584,7 @@ impl Settings {
                 "metrics.listen must differ from server.listen: /metrics is never served on the public address",
             ));
         }
-        let redis = self.redis.url.expose_secret();
-        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
-            return Err(invalid("REDIS_URL must start with redis:// or rediss://"));
-        }
+        self.validate_redis()?;
         if self.auth.leeway > Duration::from_secs(60) {
             return Err(invalid("auth.leeway_secs must be at most 60"));
         }
@@ -631,6 +632,47 @@ impl Settings {
             .join(",")
             .parse()
             .map_err(|e| invalid(format!("server.trusted_proxies: {e}")))
+    }
+
+    /// `redis.url` names Redis (or the nodes of a cluster) by `redis://`
+    /// or `rediss://` URLs; a cluster's key prefix holds no braces (they
+    /// would make it every key's hash tag, all in one slot).
+    fn validate_redis(&self) -> Result<(), ConfigError> {
+        let r = &self.redis;
+        let url = r.url.expose_secret();
+        if url.is_empty() {
+            return Ok(());
+        }
+        let urls: Vec<&str> = if r.cluster {
+            url.split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .collect()
+        } else {
+            vec![url]
+        };
+        if urls.is_empty()
+            || !urls
+                .iter()
+                .all(|u| u.starts_with("redis://") || u.starts_with("rediss://"))
+        {
+            return Err(invalid(if r.cluster {
+                "REDIS_URL must list the cluster's nodes as redis:// or rediss:// URLs, comma-separated"
+            } else {
+                "REDIS_URL must start with redis:// or rediss://"
+            }));
+        }
+        if !r.cluster && url.contains(',') {
+            return Err(invalid(
+                "REDIS_URL names one Redis: a comma-separated list of a cluster's nodes needs REDIS_CLUSTER=true",
+            ));
+        }
+        if r.cluster && r.key_prefix.contains(['{', '}']) {
+            return Err(invalid(
+                "redis.key_prefix must not hold { or } on a cluster (REDIS_CLUSTER)",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {
@@ -842,6 +884,44 @@ mod tests {
             ),
         ]);
         assert!(with.is_ok());
+    }
+
+    #[test]
+    fn a_cluster_is_named_by_its_nodes_and_its_prefix_has_no_hash_tag() {
+        let secret = (
+            "CONFAB_JWT_SECRET",
+            "e2e-test-secret-0123456789abcdef-0123456789",
+        );
+        let nodes = "redis://10.0.0.1:6379, redis://10.0.0.2:6379";
+        let ok = load(&[secret, ("REDIS_URL", nodes), ("REDIS_CLUSTER", "true")]).unwrap();
+        assert!(ok.redis.cluster);
+        for (vars, expected) in [
+            (&[("REDIS_URL", nodes)][..], "needs REDIS_CLUSTER=true"),
+            (
+                &[
+                    ("REDIS_URL", "redis://a:1,http://b:2"),
+                    ("REDIS_CLUSTER", "true"),
+                ][..],
+                "comma-separated",
+            ),
+            (
+                &[("REDIS_URL", " , "), ("REDIS_CLUSTER", "true")][..],
+                "comma-separated",
+            ),
+            (
+                &[
+                    ("REDIS_URL", nodes),
+                    ("REDIS_CLUSTER", "true"),
+                    ("CONFAB__REDIS__KEY_PREFIX", "{confab}:"),
+                ][..],
+                "must not hold { or }",
+            ),
+        ] {
+            let mut all = vec![secret];
+            all.extend_from_slice(vars);
+            let err = load(&all).unwrap_err().to_string();
+            assert!(err.contains(expected), "{vars:?}: {err}");
+        }
     }
 
     #[test]

@@ -71,6 +71,7 @@ fn redis_pools(settings: &Settings) -> Result<Option<RedisPools>, StartupError> 
     }
     let shared = RedisPool::new(&RedisSettings {
         url: r.url.clone(),
+        cluster: r.cluster,
         connections: r.connections.get(),
         connect_timeout: r.connect_timeout,
         command_timeout: r.command_timeout,

@@ -151,11 +151,21 @@ impl ResumeTokenCodec for Inert {
 
 #[async_trait]
 impl TokenBlocklist for Inert {
-    async fn block_token(&self, _: TokenId, _: OffsetDateTime) -> Result<(), DomainError> {
+    async fn block_token(
+        &self,
+        _: UserId,
+        _: TokenId,
+        _: OffsetDateTime,
+    ) -> Result<(), DomainError> {
         Ok(())
     }
 
-    async fn block_family(&self, _: FamilyId, _: OffsetDateTime) -> Result<(), DomainError> {
+    async fn block_family(
+        &self,
+        _: UserId,
+        _: FamilyId,
+        _: OffsetDateTime,
+    ) -> Result<(), DomainError> {
         Ok(())
     }
 

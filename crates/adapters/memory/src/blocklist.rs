@@ -67,13 +67,19 @@ impl InMemoryBlocklist {
 
 #[async_trait]
 impl TokenBlocklist for InMemoryBlocklist {
-    async fn block_token(&self, jti: TokenId, until: OffsetDateTime) -> Result<(), DomainError> {
+    async fn block_token(
+        &self,
+        _: UserId,
+        jti: TokenId,
+        until: OffsetDateTime,
+    ) -> Result<(), DomainError> {
         block(&self.tokens, jti, until);
         Ok(())
     }
 
     async fn block_family(
         &self,
+        _: UserId,
         family: FamilyId,
         until: OffsetDateTime,
     ) -> Result<(), DomainError> {
@@ -119,17 +125,29 @@ mod tests {
     async fn expired_entries_are_pruned() {
         let list = InMemoryBlocklist::new();
         let now = OffsetDateTime::now_utc();
-        list.block_token(TokenId::generate(), now + Duration::from_millis(20))
-            .await
-            .unwrap();
-        list.block_token(TokenId::generate(), now - Duration::from_secs(1))
-            .await
-            .unwrap();
+        list.block_token(
+            UserId::generate(),
+            TokenId::generate(),
+            now + Duration::from_millis(20),
+        )
+        .await
+        .unwrap();
+        list.block_token(
+            UserId::generate(),
+            TokenId::generate(),
+            now - Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         assert_eq!(list.len(), 1, "a past expiry is not stored");
         tokio::time::sleep(Duration::from_millis(40)).await;
-        list.block_token(TokenId::generate(), now + Duration::from_secs(60))
-            .await
-            .unwrap();
+        list.block_token(
+            UserId::generate(),
+            TokenId::generate(),
+            now + Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
         assert_eq!(list.len(), 1, "the first, expired entry was dropped");
     }
 }

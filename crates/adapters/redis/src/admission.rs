@@ -3,7 +3,9 @@
 //! before its route instead of two. The keys are the blocklist's and the
 //! limiter's own (`bl:jti:…`, `bl:fam:…`, `uv:…`, `rl:v1:…`), so this and
 //! [`RedisBlocklist`](crate::RedisBlocklist) / [`RedisLimiter`](crate::RedisLimiter)
-//! see one state.
+//! see one state. On a Redis Cluster they all carry the user's hash tag,
+//! so they share a slot (the cache version too: it is the user's
+//! conversation list's), as a script's keys must.
 
 use async_trait::async_trait;
 use confab_domain::DomainError;
@@ -71,8 +73,8 @@ impl Admission for RedisAdmission {
         let period = period_micros(policy)?;
         let mut invocation = self.script.prepare_invoke();
         invocation
-            .key(token_key(&self.pool, claims.jti))
-            .key(family_key(&self.pool, claims.family))
+            .key(token_key(&self.pool, claims.user_id, claims.jti))
+            .key(family_key(&self.pool, claims.user_id, claims.family))
             .key(user_key(&self.pool, claims.user_id))
             .key(bucket_key(&self.pool, policy, key));
         if let Some(cache_key) = cache_key {

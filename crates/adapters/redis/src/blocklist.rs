@@ -6,6 +6,12 @@
 //! moved by a script to `max(version + 1, now)` in µs of Redis's clock, so
 //! a flushed or evicted counter never gives a version out again; a request
 //! reads it and the blocking keys in one round trip (a pipeline).
+//!
+//! On a Redis Cluster the three carry the user's hash tag
+//! (`bl:jti:{<user>}:{jti}`, `bl:fam:{<user>}:{family}`, `uv:{<user>}`), so
+//! they and the user's rate buckets share a slot, and one pipeline or
+//! script reads them all (see `admission.rs`); on a single Redis the names
+//! are as above, as they were before clusters were supported.
 
 use async_trait::async_trait;
 use confab_domain::{DomainError, FamilyId, OffsetDateTime, TokenId, UserId};
@@ -27,19 +33,28 @@ redis.call('SET', KEYS[1], string.format('%d', next))
 return next
 ";
 
-/// The key that blocks the token `jti`.
-pub(crate) fn token_key(pool: &RedisPool, jti: TokenId) -> String {
-    pool.key(&format!("bl:jti:{jti}"))
+/// The key that blocks `user`'s token `jti`.
+pub(crate) fn token_key(pool: &RedisPool, user: UserId, jti: TokenId) -> String {
+    blocking_key(pool, "jti", user, jti)
 }
 
-/// The key that blocks every token of the login session `family`.
-pub(crate) fn family_key(pool: &RedisPool, family: FamilyId) -> String {
-    pool.key(&format!("bl:fam:{family}"))
+/// The key that blocks every token of `user`'s login session `family`.
+pub(crate) fn family_key(pool: &RedisPool, user: UserId, family: FamilyId) -> String {
+    blocking_key(pool, "fam", user, family)
+}
+
+/// `bl:{kind}:{id}`, or on a cluster `bl:{kind}:{<user>}:{id}`.
+fn blocking_key(pool: &RedisPool, kind: &str, user: UserId, id: impl std::fmt::Display) -> String {
+    if pool.is_cluster() {
+        pool.key(&format!("bl:{kind}:{}:{id}", pool.tag(&user)))
+    } else {
+        pool.key(&format!("bl:{kind}:{id}"))
+    }
 }
 
 /// The key of `user`'s account-state version.
 pub(crate) fn user_key(pool: &RedisPool, user: UserId) -> String {
-    pool.key(&format!("uv:{user}"))
+    pool.key(&format!("uv:{}", pool.tag(&user)))
 }
 
 /// Blocked token ids and login sessions in Redis.
@@ -53,14 +68,6 @@ impl RedisBlocklist {
     #[must_use]
     pub fn new(pool: RedisPool) -> Self {
         Self { pool }
-    }
-
-    fn token_key(&self, jti: TokenId) -> String {
-        token_key(&self.pool, jti)
-    }
-
-    fn family_key(&self, family: FamilyId) -> String {
-        family_key(&self.pool, family)
     }
 
     fn user_key(&self, user: UserId) -> String {
@@ -92,16 +99,23 @@ impl RedisBlocklist {
 
 #[async_trait]
 impl TokenBlocklist for RedisBlocklist {
-    async fn block_token(&self, jti: TokenId, until: OffsetDateTime) -> Result<(), DomainError> {
-        self.block(self.token_key(jti), until).await
+    async fn block_token(
+        &self,
+        user: UserId,
+        jti: TokenId,
+        until: OffsetDateTime,
+    ) -> Result<(), DomainError> {
+        self.block(token_key(&self.pool, user, jti), until).await
     }
 
     async fn block_family(
         &self,
+        user: UserId,
         family: FamilyId,
         until: OffsetDateTime,
     ) -> Result<(), DomainError> {
-        self.block(self.family_key(family), until).await
+        self.block(family_key(&self.pool, user, family), until)
+            .await
     }
 
     async fn standing(&self, claims: &AccessClaims) -> Result<Standing, DomainError> {
@@ -110,8 +124,8 @@ impl TokenBlocklist for RedisBlocklist {
         // exist, and the user's version.
         let (found, version): (u64, Option<u64>) = redis::pipe()
             .cmd("EXISTS")
-            .arg(self.token_key(claims.jti))
-            .arg(self.family_key(claims.family))
+            .arg(token_key(&self.pool, claims.user_id, claims.jti))
+            .arg(family_key(&self.pool, claims.user_id, claims.family))
             .cmd("GET")
             .arg(self.user_key(claims.user_id))
             .query_async(&mut conn)

@@ -27,7 +27,8 @@
 //!   (`TIME`) in µs.
 //! - `bump`: `max(counter + 1, now)` if present, else `now + 1`, as the
 //!   in-process cache does; any number of keys in one call (a write bumps
-//!   the owner's list and the conversation's history in one round trip).
+//!   the owner's list and the conversation's history in one round trip;
+//!   on a Redis Cluster, one call per key, sent at once).
 //!
 //! A counter therefore never runs ahead of Redis's clock by more than the
 //! bumps made within one microsecond (none in practice: each is a round
@@ -138,19 +139,21 @@ impl Bumps {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Bumps `keys` (version keys) in one script; the last new version.
+    /// Bumps `keys` (version keys) in one script (on a cluster, one per
+    /// key, all at once: a script's keys must share a slot, and these are
+    /// different owners'); the last new version.
     async fn run(&self, keys: &[String]) -> Result<u64, DomainError> {
         let started = self.failures.load(Ordering::Acquire);
-        let mut invocation = self.script.prepare_invoke();
-        for key in keys {
-            invocation.key(key);
-        }
-        invocation.arg(millis(VERSION_TTL));
-        let mut conn = self.pool.connection()?;
-        let bumped = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&e));
+        let bumped = if self.pool.is_cluster() && keys.len() > 1 {
+            let each = keys
+                .iter()
+                .map(|key| self.invoke(std::slice::from_ref(key)));
+            futures_util::future::try_join_all(each)
+                .await
+                .map(|versions| versions.last().copied().unwrap_or(0))
+        } else {
+            self.invoke(keys).await
+        };
         if bumped.is_ok() {
             let mut pending = self.pending();
             for key in keys {
@@ -160,6 +163,20 @@ impl Bumps {
             }
         }
         bumped
+    }
+
+    /// The bump script over `keys`.
+    async fn invoke(&self, keys: &[String]) -> Result<u64, DomainError> {
+        let mut invocation = self.script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        invocation.arg(millis(VERSION_TTL));
+        let mut conn = self.pool.connection()?;
+        invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))
     }
 
     /// Bumps `keys`; on failure keeps them for the retry task.
@@ -227,7 +244,7 @@ impl RedisCache {
 
 /// The version counter of the cache key `key` on `pool`.
 pub(crate) fn version_key(pool: &RedisPool, key: &str) -> String {
-    pool.key(&format!("ver:{key}"))
+    pool.key(&format!("ver:{}", pool.user_scoped(key)))
 }
 
 /// `duration` in whole milliseconds, rounded up.

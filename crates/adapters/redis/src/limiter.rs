@@ -140,7 +140,7 @@ pub(crate) fn period_micros(policy: &RatePolicy) -> Result<u64, DomainError> {
 
 /// The key of `key`'s bucket under `policy`.
 pub(crate) fn bucket_key(pool: &RedisPool, policy: &RatePolicy, key: &str) -> String {
-    pool.key(&format!("rl:v1:{}:{}", policy.name, key))
+    pool.key(&format!("rl:v1:{}:{}", policy.name, pool.user_scoped(key)))
 }
 
 /// The decision of a `gcra` result, for `policy`.

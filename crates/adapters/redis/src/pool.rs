@@ -20,6 +20,24 @@
 //! Blocking reads (`XREAD BLOCK`) and pub/sub never share these sockets:
 //! they get dedicated connections from [`RedisPool::dedicated`] and
 //! [`RedisPool::pubsub`].
+//!
+//! # Redis Cluster
+//!
+//! With [`RedisSettings::cluster`], the URL names one or more nodes of a
+//! Redis Cluster (comma-separated) and each connection is a cluster
+//! connection (redis-rs's [`ClusterConnection`]): one multiplexed socket
+//! per node, each command sent to the primary that serves its key's slot,
+//! the slot map refreshed when a node answers `MOVED` or is gone. A command
+//! whose node fails (a primary killed, before its replica takes over) is
+//! tried again [`CLUSTER_RETRIES`] times, waiting 100 ms and then longer up
+//! to a second, so a failover of a couple of seconds is ridden out; a
+//! longer one fails the command as a Redis outage does.
+//!
+//! Keys that one script or pipeline touches together must be in one slot
+//! there: [`RedisPool::tag`] and [`RedisPool::user_scoped`] give them a
+//! common hash tag on a cluster (and leave names as they were on a single
+//! Redis). There are no blocking reads on a cluster: the stream log's hub
+//! polls instead (see `stream_log/hub.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,16 +52,29 @@ use confab_ports::HealthCheck;
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSub,
 };
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::io::tcp::TcpSettings;
-use redis::{AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture,
+    RedisResult, Value,
+};
 use secrecy::{ExposeSecret, SecretString};
+
+/// How often a cluster command whose node failed is tried again (see the
+/// module docs).
+const CLUSTER_RETRIES: u32 = 7;
 
 /// Where Redis is and how the connections behave.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://…`. Secret:
-    /// it may hold a password.
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…`; with
+    /// [`cluster`](Self::cluster), one or more nodes of the cluster,
+    /// comma-separated. Secret: it may hold a password.
     pub url: SecretString,
+    /// The URL names nodes of a Redis Cluster.
+    pub cluster: bool,
     /// Multiplexed connections the commands share (at least one). Each
     /// carries any number of commands at once; more than one only spreads
     /// the reading of replies over more tasks.
@@ -66,6 +97,13 @@ pub enum RedisError {
     Config(String),
 }
 
+/// A command connection to a single Redis or to a cluster.
+#[derive(Clone)]
+enum Link {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
 /// One command connection: cheap to clone, shared by every clone.
 ///
 /// Its commands are polled in the context of the runtime the pool was made
@@ -76,13 +114,40 @@ pub enum RedisError {
 /// with its HTTP connections and ended with the worker's runtime.
 #[derive(Clone)]
 pub(crate) struct Conn {
-    manager: ConnectionManager,
+    link: Link,
     runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Conn {
+    /// Runs `cmd` on the cluster node `node`, or on any one node for
+    /// `None` (on a single Redis: on it).
+    pub(crate) async fn on_node(&mut self, node: Option<&Node>, cmd: Cmd) -> RedisResult<Value> {
+        match &mut self.link {
+            Link::Cluster(cluster) => {
+                let routing =
+                    RoutingInfo::SingleNode(node.map_or(SingleNodeRoutingInfo::Random, |node| {
+                        SingleNodeRoutingInfo::ByAddress {
+                            host: node.host.clone(),
+                            port: node.port,
+                        }
+                    }));
+                InContext {
+                    runtime: self.runtime.clone(),
+                    inner: Box::pin(cluster.route_command(cmd, routing)),
+                }
+                .await
+            }
+            Link::Single(_) => cmd.query_async(self).await,
+        }
+    }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let reply = self.manager.req_packed_command(cmd);
+        let reply = match &mut self.link {
+            Link::Single(manager) => manager.req_packed_command(cmd),
+            Link::Cluster(cluster) => cluster.req_packed_command(cmd),
+        };
         Box::pin(InContext {
             runtime: self.runtime.clone(),
             inner: reply,
@@ -95,7 +160,10 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let replies = self.manager.req_packed_commands(pipeline, offset, count);
+        let replies = match &mut self.link {
+            Link::Single(manager) => manager.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(cluster) => cluster.req_packed_commands(pipeline, offset, count),
+        };
         Box::pin(InContext {
             runtime: self.runtime.clone(),
             inner: replies,
@@ -103,7 +171,10 @@ impl ConnectionLike for Conn {
     }
 
     fn get_db(&self) -> i64 {
-        self.manager.get_db()
+        match &self.link {
+            Link::Single(manager) => manager.get_db(),
+            Link::Cluster(cluster) => cluster.get_db(),
+        }
     }
 }
 
@@ -123,8 +194,27 @@ impl<F: Future + Unpin> Future for InContext<F> {
     }
 }
 
+/// A node of a cluster, by address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Node {
+    host: String,
+    port: u16,
+}
+
+/// What connections are made from (one per pool: its size is no concern).
+#[allow(clippy::large_enum_variant)]
+enum Backend {
+    Single(Client),
+    Cluster {
+        client: ClusterClient,
+        /// The nodes the URL names (for pub/sub when the cluster can't
+        /// say which nodes it has).
+        seeds: Vec<ConnectionInfo>,
+    },
+}
+
 struct Shared {
-    client: Client,
+    backend: Backend,
     /// The runtime the pool was made on (the server's main one), where the
     /// adapters' background tasks run rather than on whichever request's
     /// worker first needed them.
@@ -132,7 +222,7 @@ struct Shared {
     settings: RedisSettings,
     /// Made on first use (they need the runtime), never replaced: each
     /// reconnects by itself.
-    managers: OnceLock<Vec<ConnectionManager>>,
+    links: OnceLock<Vec<Link>>,
     next: AtomicUsize,
 }
 
@@ -163,24 +253,95 @@ impl RedisPool {
     pub fn new(settings: &RedisSettings) -> Result<Self, RedisError> {
         // The error would name the URL's parts: say only what went wrong.
         let unusable = |_| RedisError::Config("the URL is not a usable redis:// URL".to_owned());
-        let info = settings
-            .url
-            .expose_secret()
-            .into_connection_info()
-            .map_err(unusable)?
-            .set_tcp_settings(tcp_settings(settings.command_timeout));
-        let client = Client::open(info).map_err(unusable)?;
+        let tcp = tcp_settings(settings.command_timeout);
+        let backend = if settings.cluster {
+            if settings.key_prefix.contains(['{', '}']) {
+                return Err(RedisError::Config(
+                    "on a cluster the key prefix must not hold { or }: they would be every key's hash tag"
+                        .to_owned(),
+                ));
+            }
+            let seeds = settings
+                .url
+                .expose_secret()
+                .split(',')
+                .map(str::trim)
+                .filter(|url| !url.is_empty())
+                .map(|url| {
+                    url.into_connection_info()
+                        .map(|info| info.set_tcp_settings(tcp.clone()))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unusable)?;
+            if seeds.is_empty() {
+                return Err(RedisError::Config(
+                    "a cluster needs at least one node's URL".to_owned(),
+                ));
+            }
+            let client = ClusterClientBuilder::new(seeds.clone())
+                .tcp_settings(tcp)
+                .connection_timeout(settings.connect_timeout)
+                .response_timeout(settings.command_timeout)
+                .retries(CLUSTER_RETRIES)
+                .min_retry_wait(100)
+                .max_retry_wait(1_000)
+                .build()
+                .map_err(unusable)?;
+            Backend::Cluster { client, seeds }
+        } else {
+            let info = settings
+                .url
+                .expose_secret()
+                .into_connection_info()
+                .map_err(unusable)?
+                .set_tcp_settings(tcp);
+            Backend::Single(Client::open(info).map_err(unusable)?)
+        };
         let mut settings = settings.clone();
         settings.connections = settings.connections.max(1);
         Ok(Self {
             shared: Arc::new(Shared {
-                client,
+                backend,
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 settings,
-                managers: OnceLock::new(),
+                links: OnceLock::new(),
                 next: AtomicUsize::new(0),
             }),
         })
+    }
+
+    /// Whether the connections go to a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.shared.backend, Backend::Cluster { .. })
+    }
+
+    /// `id` as the hash tag of keys that must share its slot: `{id}` on a
+    /// cluster, `id` itself on a single Redis (whose key names stay as
+    /// they were before clusters were supported).
+    pub(crate) fn tag(&self, id: &impl std::fmt::Display) -> String {
+        if self.is_cluster() {
+            format!("{{{id}}}")
+        } else {
+            id.to_string()
+        }
+    }
+
+    /// `key` with the user id it starts with (`user:<id>…`) made its hash
+    /// tag on a cluster (`user:{<id>}…`), so that a user's rate buckets and
+    /// cache versions share the slot of the user's other keys (see
+    /// [`tag`](Self::tag)); `key` itself on a single Redis, or when it
+    /// names no user first.
+    pub(crate) fn user_scoped<'a>(&self, key: &'a str) -> std::borrow::Cow<'a, str> {
+        if let Some(rest) = key.strip_prefix("user:")
+            && self.is_cluster()
+            && !key.contains(['{', '}'])
+        {
+            let (id, after) = rest.split_at(rest.find(':').unwrap_or(rest.len()));
+            if !id.is_empty() {
+                return format!("user:{{{id}}}{after}").into();
+            }
+        }
+        key.into()
     }
 
     /// `prefix` + `key`.
@@ -211,8 +372,8 @@ impl RedisPool {
     /// [`DomainError::Internal`] if none could be set up (only settings
     /// this crate never uses make that fail).
     pub(crate) fn connection(&self) -> Result<Conn, DomainError> {
-        let managers = self.shared.managers.get_or_init(|| {
-            // The managers start a task each: on the pool's runtime too.
+        let links = self.shared.links.get_or_init(|| {
+            // The connections start tasks: on the pool's runtime too.
             let _entered = self
                 .shared
                 .runtime
@@ -220,25 +381,69 @@ impl RedisPool {
                 .map(tokio::runtime::Handle::enter);
             let s = &self.shared.settings;
             (0..s.connections)
-                .filter_map(|_| {
-                    let config = ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(s.connect_timeout))
-                        .set_response_timeout(Some(s.command_timeout))
-                        // Down is down: a failed connect fails the command
-                        // at once; the next command tries again.
-                        .set_number_of_retries(0);
-                    ConnectionManager::new_lazy_with_config(self.shared.client.clone(), config).ok()
+                .filter_map(|_| match &self.shared.backend {
+                    Backend::Single(client) => {
+                        let config = ConnectionManagerConfig::new()
+                            .set_connection_timeout(Some(s.connect_timeout))
+                            .set_response_timeout(Some(s.command_timeout))
+                            // Down is down: a failed connect fails the
+                            // command at once; the next command tries again.
+                            .set_number_of_retries(0);
+                        ConnectionManager::new_lazy_with_config(client.clone(), config)
+                            .ok()
+                            .map(Link::Single)
+                    }
+                    Backend::Cluster { client, .. } => {
+                        // Connected in the background; a command fails
+                        // while no node answers, and the next tries again.
+                        let config = ClusterConfig::new()
+                            .set_connection_timeout(s.connect_timeout)
+                            .set_response_timeout(s.command_timeout);
+                        Some(Link::Cluster(
+                            client.get_pending_async_connection_with_config(config),
+                        ))
+                    }
                 })
                 .collect()
         });
         let turn = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        managers
-            .get(turn % managers.len().max(1))
-            .map(|manager| Conn {
-                manager: manager.clone(),
+        links
+            .get(turn % links.len().max(1))
+            .map(|link| Conn {
+                link: link.clone(),
                 runtime: self.shared.runtime.clone(),
             })
             .ok_or_else(|| DomainError::internal("redis: no connection could be set up"))
+    }
+
+    /// The cluster's primaries that serve slots, as the cluster sees them
+    /// now; `None` on a single Redis.
+    ///
+    /// # Errors
+    /// [`DomainError::Unavailable`] when the cluster can't be asked.
+    pub(crate) async fn primaries(&self) -> Result<Option<Vec<Node>>, DomainError> {
+        if !self.is_cluster() {
+            return Ok(None);
+        }
+        let nodes = self.cluster_nodes().await?;
+        Ok(Some(
+            nodes
+                .into_iter()
+                .filter(|n| n.primary && n.serving)
+                .map(|n| n.node)
+                .collect(),
+        ))
+    }
+
+    /// `CLUSTER NODES`, read from any node.
+    async fn cluster_nodes(&self) -> Result<Vec<ClusterNode>, DomainError> {
+        let mut conn = self.connection()?;
+        let text: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(parse_cluster_nodes(&text))
     }
 
     /// A connection of its own, for commands that block it (`XREAD
@@ -247,26 +452,99 @@ impl RedisPool {
         &self,
         reply_timeout: Duration,
     ) -> Result<MultiplexedConnection, DomainError> {
+        let Backend::Single(client) = &self.shared.backend else {
+            return Err(DomainError::internal(
+                "redis: no blocking connections on a cluster",
+            ));
+        };
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.shared.settings.connect_timeout))
             .set_response_timeout(Some(reply_timeout));
-        self.shared
-            .client
+        client
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| unavailable(&e))
     }
 
-    /// A pub/sub connection.
+    /// A pub/sub connection. On a cluster, to any node that answers (a
+    /// message published on one node reaches the subscribers of every
+    /// node): the nodes the cluster lists, live ones first, then the ones
+    /// the URL names.
     pub(crate) async fn pubsub(&self) -> Result<PubSub, DomainError> {
-        tokio::time::timeout(
-            self.shared.settings.connect_timeout,
-            self.shared.client.get_async_pubsub(),
-        )
-        .await
-        .map_err(|_| DomainError::unavailable("redis: pub/sub connection timed out"))?
-        .map_err(|e| unavailable(&e))
+        let timeout = self.shared.settings.connect_timeout;
+        let connect = |client: Client| async move {
+            tokio::time::timeout(timeout, client.get_async_pubsub())
+                .await
+                .map_err(|_| DomainError::unavailable("redis: pub/sub connection timed out"))?
+                .map_err(|e| unavailable(&e))
+        };
+        match &self.shared.backend {
+            Backend::Single(client) => connect(client.clone()).await,
+            Backend::Cluster { seeds, .. } => {
+                let mut candidates: Vec<ConnectionInfo> = Vec::new();
+                if let Ok(mut nodes) = self.cluster_nodes().await {
+                    nodes.sort_by_key(|n| !n.serving);
+                    for node in nodes {
+                        if let Some(seed) = seeds.first() {
+                            candidates.push(seed.clone().set_addr(redis::ConnectionAddr::Tcp(
+                                node.node.host.clone(),
+                                node.node.port,
+                            )));
+                        }
+                    }
+                }
+                candidates.extend(seeds.iter().cloned());
+                let mut failure = DomainError::unavailable("redis: no cluster node to listen on");
+                for info in candidates {
+                    match Client::open(info) {
+                        Ok(client) => match connect(client).await {
+                            Ok(pubsub) => return Ok(pubsub),
+                            Err(e) => failure = e,
+                        },
+                        Err(e) => failure = unavailable(&e),
+                    }
+                }
+                Err(failure)
+            }
+        }
     }
+}
+
+/// A line of `CLUSTER NODES`.
+#[derive(Debug, PartialEq, Eq)]
+struct ClusterNode {
+    node: Node,
+    primary: bool,
+    /// A primary with slots, or a replica, neither marked failed.
+    serving: bool,
+}
+
+/// The nodes `CLUSTER NODES` lists (`<id> <ip:port@cport[,hostname]>
+/// <flags> <primary> <ping> <pong> <epoch> <link> [slot …]`), without
+/// those it has no address for.
+fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let address = fields.get(1)?.split(['@', ',']).next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            let flags: Vec<&str> = fields.get(2)?.split(',').collect();
+            let primary = flags.contains(&"master");
+            let failed = flags
+                .iter()
+                .any(|f| matches!(*f, "fail" | "noaddr" | "handshake"));
+            let has_slots = fields.len() > 8;
+            Some(ClusterNode {
+                node: Node {
+                    host: host.to_owned(),
+                    port: port.parse().ok()?,
+                },
+                primary,
+                serving: !failed && (has_slots || !primary),
+            })
+        })
+        .filter(|n| !n.node.host.is_empty())
+        .collect()
 }
 
 /// The sockets' settings: no Nagle delay (commands are small and pipelined:
@@ -298,9 +576,13 @@ impl HealthCheck for RedisPool {
 
     async fn check(&self) -> Result<(), DomainError> {
         let mut conn = self.connection()?;
-        let pong: String = redis::cmd("PING")
-            .query_async(&mut conn)
+        // On a cluster, one node (any) must answer: a primary failing over
+        // fails the commands for its slots by the failure policy; it does
+        // not take every instance out of its balancer at once.
+        let pong = conn
+            .on_node(None, redis::cmd("PING"))
             .await
+            .and_then(|reply| redis::from_redis_value::<String>(reply).map_err(Into::into))
             .map_err(|e| unavailable(&e))?;
         if pong == "PONG" {
             Ok(())
@@ -309,5 +591,86 @@ impl HealthCheck for RedisPool {
                 "redis answered PING with {pong:?}"
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(cluster: bool, prefix: &str) -> Result<RedisPool, RedisError> {
+        RedisPool::new(&RedisSettings {
+            url: SecretString::from("redis://127.0.0.1:1,redis://127.0.0.1:2".to_owned()),
+            cluster,
+            connections: 1,
+            connect_timeout: Duration::from_millis(100),
+            command_timeout: Duration::from_millis(100),
+            key_prefix: prefix.to_owned(),
+        })
+    }
+
+    #[test]
+    fn a_users_keys_share_a_hash_tag_on_a_cluster_only() {
+        let cluster = pool(true, "confab:").unwrap();
+        let id = "0b7e3c4e-0000-4000-8000-000000000001";
+        assert_eq!(cluster.tag(&id), format!("{{{id}}}"));
+        assert_eq!(
+            cluster.user_scoped(&format!("user:{id}:key:k1")),
+            format!("user:{{{id}}}:key:k1")
+        );
+        assert_eq!(
+            cluster.user_scoped(&format!("user:{id}")),
+            format!("user:{{{id}}}")
+        );
+        // Keys of no user, or already tagged, stay as they are.
+        for key in ["ip:10.0.0.1", "user:", "user:{x}:y", "conv:c:history"] {
+            assert_eq!(cluster.user_scoped(key), key);
+        }
+        // A single Redis keeps the names it always had.
+        let single = RedisPool::new(&RedisSettings {
+            url: SecretString::from("redis://127.0.0.1:1".to_owned()),
+            cluster: false,
+            connections: 1,
+            connect_timeout: Duration::from_millis(100),
+            command_timeout: Duration::from_millis(100),
+            key_prefix: "confab:".to_owned(),
+        })
+        .unwrap();
+        assert_eq!(single.tag(&id), id);
+        assert_eq!(
+            single.user_scoped(&format!("user:{id}")),
+            format!("user:{id}")
+        );
+    }
+
+    #[test]
+    fn a_clusters_prefix_holds_no_braces() {
+        assert!(pool(true, "{confab}:").is_err());
+        assert!(pool(true, " , ").is_ok(), "a prefix of no brace");
+    }
+
+    #[test]
+    fn cluster_nodes_are_read_with_their_roles() {
+        let text = "\
+a1 127.0.0.1:7100@17100 myself,master - 0 0 1 connected 0-5460
+a2 127.0.0.1:7101@17101,host-b master - 0 0 2 connected 5461-10922
+a3 127.0.0.1:7102@17102 master,fail - 0 0 3 connected 10923-16383
+a4 127.0.0.1:7103@17103 slave a1 0 0 1 connected
+a5 :0@0 master,noaddr - 0 0 4 disconnected
+";
+        let nodes = parse_cluster_nodes(text);
+        let ports: Vec<(u16, bool, bool)> = nodes
+            .iter()
+            .map(|n| (n.node.port, n.primary, n.serving))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (7100, true, true),
+                (7101, true, true),
+                (7102, true, false),
+                (7103, false, true)
+            ]
+        );
     }
 }

@@ -18,14 +18,22 @@ async fn keys_expire_with_the_tokens() {
     let (pool, prefix) = support::pool_with_prefix().await;
     let list = RedisBlocklist::new(pool);
     let family = claims(UserId::generate(), OffsetDateTime::now_utc());
-    list.block_family(family.family, family.expires_at)
+    list.block_family(family.user_id, family.family, family.expires_at)
         .await
         .unwrap();
     // The family's key lives as long as its tokens, no longer (give or
     // take the millisecond it is rounded up to, and Redis's cached clock).
     let mut conn = support::raw_connection().await;
     let pttl: i64 = redis::cmd("PTTL")
-        .arg(format!("{prefix}bl:fam:{}", family.family))
+        .arg(if support::cluster() {
+            format!(
+                "{prefix}bl:fam:{}:{}",
+                support::tag(&family.user_id),
+                family.family
+            )
+        } else {
+            format!("{prefix}bl:fam:{}", family.family)
+        })
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -38,8 +46,8 @@ async fn an_expiry_in_the_past_stores_no_key() {
     let list = RedisBlocklist::new(pool);
     let past = OffsetDateTime::now_utc() - Duration::from_secs(1);
     let c = claims(UserId::generate(), past - Duration::from_secs(900));
-    list.block_token(c.jti, past).await.unwrap();
-    list.block_family(c.family, past).await.unwrap();
+    list.block_token(c.user_id, c.jti, past).await.unwrap();
+    list.block_family(c.user_id, c.family, past).await.unwrap();
     let mut conn = support::raw_connection().await;
     let stored: u64 = redis::cmd("EXISTS")
         .arg(format!("{prefix}bl:jti:{}", c.jti))
@@ -59,10 +67,10 @@ async fn two_instances_on_one_redis_see_each_others_blocks() {
     let user = UserId::generate();
     let logged_out = claims(user, now);
     let revoked = claims(user, now);
-    a.block_token(logged_out.jti, logged_out.expires_at)
+    a.block_token(logged_out.user_id, logged_out.jti, logged_out.expires_at)
         .await
         .unwrap();
-    b.block_family(revoked.family, revoked.expires_at)
+    b.block_family(revoked.user_id, revoked.family, revoked.expires_at)
         .await
         .unwrap();
     assert!(b.is_blocked(&logged_out).await.unwrap());
@@ -83,7 +91,7 @@ async fn a_redis_that_is_down_is_unavailable() {
     );
     let block = tokio::time::timeout(
         Duration::from_secs(5),
-        list.block_token(c.jti, c.expires_at),
+        list.block_token(c.user_id, c.jti, c.expires_at),
     )
     .await
     .expect("no hang");

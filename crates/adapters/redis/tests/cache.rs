@@ -158,7 +158,7 @@ async fn a_corrupt_entry_is_a_miss() {
 }
 
 /// Stores `bytes` at `key` as they are.
-async fn set_raw(raw: &mut redis::aio::MultiplexedConnection, key: &str, bytes: Vec<u8>) {
+async fn set_raw(raw: &mut support::Raw, key: &str, bytes: Vec<u8>) {
     let () = redis::cmd("SET")
         .arg(key)
         .arg(bytes)

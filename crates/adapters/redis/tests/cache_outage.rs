@@ -17,6 +17,7 @@ fn cache_on(url: &str, prefix: &str) -> RedisCache {
     RedisCache::new(
         RedisPool::new(&RedisSettings {
             url: SecretString::from(url.to_owned()),
+            cluster: false,
             connections: 1,
             connect_timeout: Duration::from_millis(300),
             command_timeout: Duration::from_secs(2),

@@ -22,6 +22,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 fn pool_at_prefix(prefix: &str) -> RedisPool {
     RedisPool::new(&RedisSettings {
         url: SecretString::from(support::url()),
+        cluster: support::cluster(),
         connections: 2,
         command_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_millis(500),
@@ -285,7 +286,7 @@ async fn what_a_key_costs_in_redis() {
     let mut conn = support::raw_connection().await;
     let owner = uuid::Uuid::new_v4().to_string();
     let print = "f".repeat(64);
-    let usage = async |conn: &mut redis::aio::MultiplexedConnection, key: String| -> i64 {
+    let usage = async |conn: &mut support::Raw, key: String| -> i64 {
         redis::cmd("MEMORY")
             .arg("USAGE")
             .arg(key)

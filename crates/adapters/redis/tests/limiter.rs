@@ -87,7 +87,7 @@ async fn the_script_is_loaded_once_and_reloaded_after_a_flush() {
     assert_eq!(limiter.check(&p, "k").await.unwrap().remaining, 2);
 }
 
-async fn script_exists(conn: &mut redis::aio::MultiplexedConnection, hash: &str) -> bool {
+async fn script_exists(conn: &mut support::Raw, hash: &str) -> bool {
     let exists: Vec<bool> = redis::cmd("SCRIPT")
         .arg("EXISTS")
         .arg(hash)

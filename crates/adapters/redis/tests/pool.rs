@@ -32,6 +32,7 @@ fn a_connection_first_used_by_a_worker_lives_on_the_pools_runtime() {
     let pool = main.block_on(async {
         RedisPool::new(&RedisSettings {
             url: SecretString::from(support::url()),
+            cluster: support::cluster(),
             connections: 1,
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_secs(5),

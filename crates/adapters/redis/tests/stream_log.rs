@@ -43,6 +43,7 @@ fn fresh_prefix() -> String {
 fn pool(prefix: &str) -> RedisPool {
     RedisPool::new(&RedisSettings {
         url: SecretString::from(support::url()),
+        cluster: support::cluster(),
         connections: 2,
         connect_timeout: Duration::from_millis(500),
         command_timeout: Duration::from_secs(5),
@@ -69,12 +70,8 @@ async fn two_instances(options: RedisStreamLogOptions) -> (RedisStreamLog, Redis
     )
 }
 
-async fn raw_connection() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(support::url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
+async fn raw_connection() -> support::Raw {
+    support::raw_connection().await
 }
 
 fn event(data: &str) -> WireEvent {

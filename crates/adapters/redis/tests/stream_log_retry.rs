@@ -19,6 +19,7 @@ fn log_on(url: &str, command_timeout: Duration) -> RedisStreamLog {
     RedisStreamLog::new(
         RedisPool::new(&RedisSettings {
             url: SecretString::from(url.to_owned()),
+            cluster: false,
             connections: 1,
             connect_timeout: Duration::from_millis(300),
             command_timeout,

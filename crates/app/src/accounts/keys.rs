@@ -277,7 +277,7 @@ impl Accounts {
         let until = block_until();
         self.ports
             .blocklist
-            .block_token(TokenId::from_uuid(*id.as_uuid()), until)
+            .block_token(caller.user_id, TokenId::from_uuid(*id.as_uuid()), until)
             .await?;
         self.keys.forget(id);
         if !self.ports.api_keys.delete_key(caller.user_id, id).await? {
@@ -302,7 +302,7 @@ impl Accounts {
             self.keys.forget(key.id);
             self.ports
                 .blocklist
-                .block_token(TokenId::from_uuid(*key.id.as_uuid()), until)
+                .block_token(user, TokenId::from_uuid(*key.id.as_uuid()), until)
                 .await?;
         }
         Ok(())

@@ -596,7 +596,7 @@ impl Accounts {
                 self.ports.refresh_tokens.revoke_family(family, now).await?;
                 self.ports
                     .blocklist
-                    .block_family(family, now + self.ports.tokens.access_ttl())
+                    .block_family(user_id, family, now + self.ports.tokens.access_ttl())
                     .await?;
                 tracing::warn!(
                     security_event = "refresh_token_reuse",
@@ -740,11 +740,15 @@ impl Accounts {
             .await?;
         self.ports
             .blocklist
-            .block_token(caller.jti, caller.expires_at)
+            .block_token(caller.user_id, caller.jti, caller.expires_at)
             .await?;
         self.ports
             .blocklist
-            .block_family(caller.family, now + self.ports.tokens.access_ttl())
+            .block_family(
+                caller.user_id,
+                caller.family,
+                now + self.ports.tokens.access_ttl(),
+            )
             .await?;
         tracing::info!(user_id = %caller.user_id, "logged out");
         Ok(())
@@ -770,7 +774,10 @@ impl Accounts {
         // they all expire before this.
         let until = OffsetDateTime::now_utc() + self.ports.tokens.access_ttl();
         for family in &families {
-            self.ports.blocklist.block_family(*family, until).await?;
+            self.ports
+                .blocklist
+                .block_family(user, *family, until)
+                .await?;
         }
         Ok(families.len())
     }
@@ -1054,7 +1061,7 @@ impl Accounts {
         }
         self.ports
             .blocklist
-            .block_family(id, now + self.ports.tokens.access_ttl())
+            .block_family(caller.user_id, id, now + self.ports.tokens.access_ttl())
             .await?;
         tracing::info!(user_id = %caller.user_id, session = %id, "session ended by its owner");
         Ok(())
@@ -1076,7 +1083,7 @@ impl Accounts {
         if !keep_current {
             self.ports
                 .blocklist
-                .block_token(caller.jti, caller.expires_at)
+                .block_token(caller.user_id, caller.jti, caller.expires_at)
                 .await?;
         }
         tracing::info!(user_id = %caller.user_id, ended, keep_current, "logged out everywhere");

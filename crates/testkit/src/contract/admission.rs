@@ -52,12 +52,12 @@ pub async fn a_refused_token_is_charged_nothing(
     // however often, and never charged.
     let logged_out = claims(user, now);
     blocklist
-        .block_token(logged_out.jti, logged_out.expires_at)
+        .block_token(logged_out.user_id, logged_out.jti, logged_out.expires_at)
         .await
         .expect("block token");
     let revoked = claims(user, now);
     blocklist
-        .block_family(revoked.family, revoked.expires_at)
+        .block_family(revoked.user_id, revoked.family, revoked.expires_at)
         .await
         .expect("block family");
     for _ in 0..10 {

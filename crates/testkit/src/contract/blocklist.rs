@@ -36,7 +36,7 @@ pub async fn a_blocked_token_is_refused_and_no_other(list: &dyn TokenBlocklist) 
     let user = UserId::generate();
     let token = claims(user, now);
     assert!(!blocked(list, &token).await, "nothing blocked yet");
-    list.block_token(token.jti, token.expires_at)
+    list.block_token(token.user_id, token.jti, token.expires_at)
         .await
         .expect("block_token");
     assert!(blocked(list, &token).await);
@@ -57,7 +57,7 @@ pub async fn a_blocked_family_refuses_every_token_of_it(list: &dyn TokenBlocklis
     let now = OffsetDateTime::now_utc();
     let user = UserId::generate();
     let token = claims(user, now);
-    list.block_family(token.family, token.expires_at)
+    list.block_family(token.user_id, token.family, token.expires_at)
         .await
         .expect("block_family");
     let sibling = AccessClaims {
@@ -77,10 +77,10 @@ pub async fn a_blocked_family_refuses_every_token_of_it(list: &dyn TokenBlocklis
 pub async fn an_expiry_in_the_past_blocks_nothing(list: &dyn TokenBlocklist) {
     let past = OffsetDateTime::now_utc() - Duration::from_secs(1);
     let token = claims(UserId::generate(), past - Duration::from_secs(900));
-    list.block_token(token.jti, past)
+    list.block_token(token.user_id, token.jti, past)
         .await
         .expect("block_token");
-    list.block_family(token.family, past)
+    list.block_family(token.user_id, token.family, past)
         .await
         .expect("block_family");
     assert!(!blocked(list, &token).await);
@@ -94,13 +94,13 @@ pub async fn entries_lapse_when_their_tokens_expire(list: &dyn TokenBlocklist) {
     let token = claims(UserId::generate(), now);
     let family = claims(UserId::generate(), now);
     let lasting = claims(UserId::generate(), now);
-    list.block_token(token.jti, until)
+    list.block_token(token.user_id, token.jti, until)
         .await
         .expect("block_token");
-    list.block_family(family.family, until)
+    list.block_family(family.user_id, family.family, until)
         .await
         .expect("block_family");
-    list.block_family(lasting.family, lasting.expires_at)
+    list.block_family(lasting.user_id, lasting.family, lasting.expires_at)
         .await
         .expect("block_family");
     assert!(blocked(list, &token).await);
@@ -150,7 +150,7 @@ pub async fn a_changed_user_has_a_new_version_and_no_other(list: &dyn TokenBlock
         "the version is the user's, not the token's"
     );
     assert_eq!(standing(list, &bystander).await.user_version, 0);
-    list.block_token(token.jti, token.expires_at)
+    list.block_token(token.user_id, token.jti, token.expires_at)
         .await
         .expect("block_token");
     let blocked = standing(list, &token).await;

@@ -304,6 +304,7 @@ pub(super) fn measure(runtime: &tokio::runtime::Runtime) -> SharedState {
     runtime.block_on(async {
         let pool = RedisPool::new(&RedisSettings {
             url: SecretString::from(url),
+            cluster: false,
             connections: POOL_SIZE,
             connect_timeout: CONNECT_TIMEOUT,
             command_timeout: COMMAND_TIMEOUT,

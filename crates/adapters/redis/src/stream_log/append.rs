@@ -20,8 +20,13 @@ use super::ids::{entry_id, event_id};
 use super::{Inner, Opened, RedisStreamLog, unexpected};
 use crate::pool::unavailable;
 
-/// Attempts of one append before it fails.
+/// Attempts of one append before it fails (350 ms of pauses in all).
 const APPEND_ATTEMPTS: u32 = 4;
+
+/// Attempts on a Redis Cluster: the pauses (3.15 s in all) outlast a
+/// primary's failover, which fails a command in flight on the dead
+/// primary at once, and others until its replica has taken over.
+const CLUSTER_APPEND_ATTEMPTS: u32 = 7;
 
 /// The pause before the second attempt; doubled before each next one.
 const APPEND_BACKOFF: Duration = Duration::from_millis(50);
@@ -83,11 +88,16 @@ impl Inner {
     ) -> Result<(String, Vec<String>), DomainError> {
         let mut pause = APPEND_BACKOFF;
         let mut attempt = 1;
+        let attempts = if self.pool.is_cluster() {
+            CLUSTER_APPEND_ATTEMPTS
+        } else {
+            APPEND_ATTEMPTS
+        };
         let reply: Vec<String> = loop {
             let mut conn = self.pool.connection()?;
             match invocation.invoke_async(&mut conn).await {
                 Ok(reply) => break reply,
-                Err(e) if attempt < APPEND_ATTEMPTS && transient(&e) => {
+                Err(e) if attempt < attempts && transient(&e) => {
                     tracing::debug!(%conversation, attempt, error = %unavailable(&e), "append to the stream log failed; retrying");
                     tokio::time::sleep(pause).await;
                     pause *= 2;
@@ -251,5 +261,17 @@ impl RedisStreamLog {
 /// Whether a failed command may succeed if tried again: its reply was lost
 /// or late, or the connection failed.
 fn transient(e: &redis::RedisError) -> bool {
-    e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_timeout()
+        || e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        // A cluster failing over: `CLUSTERDOWN`, `TRYAGAIN`, `MASTERDOWN`,
+        // a write on a primary just demoted, a node not connected yet.
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(ServerErrorKind::MasterDown | ServerErrorKind::ReadOnly)
+        )
 }

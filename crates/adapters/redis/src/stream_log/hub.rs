@@ -18,6 +18,17 @@
 //! A newly followed stream joins the blocked read when that read returns:
 //! at the latest after [`BLOCK`], so a new reader's first wake-up can be
 //! that late (its own read has already delivered what was there).
+//!
+//! # On a Redis Cluster
+//!
+//! One `XREAD` can't span slots, and every conversation's stream has a
+//! slot of its own; a blocked read per stream would hold a connection per
+//! stream. So on a cluster the hub polls instead: every [`POLL`], one
+//! non-blocking `XREAD` per followed stream, all sent at once on the shared
+//! connections (each to its stream's primary). A follower on another
+//! instance than the answer's therefore sees new events up to [`POLL`]
+//! later than on a single Redis; readers on the answer's own instance read
+//! its local copy, as everywhere.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -35,6 +46,10 @@ const BLOCK: Duration = Duration::from_millis(200);
 
 /// Entries asked for per stream and read.
 const COUNT: usize = 64;
+
+/// How long the hub waits between two polls that found nothing new, on a
+/// cluster (see the module docs).
+const POLL: Duration = Duration::from_millis(50);
 
 /// How long the hub waits after a failed read before the next.
 const RETRY: Duration = Duration::from_millis(250);
@@ -210,6 +225,9 @@ async fn read(
     conn: &mut Option<MultiplexedConnection>,
     followed: &[(String, String)],
 ) -> Result<Vec<Read>, DomainError> {
+    if pool.is_cluster() {
+        return poll(pool, followed).await;
+    }
     let conn = match conn {
         Some(conn) => conn,
         None => conn.insert(
@@ -230,4 +248,32 @@ async fn read(
         cmd.arg(cursor);
     }
     cmd.query_async(conn).await.map_err(|e| unavailable(&e))
+}
+
+/// One non-blocking read of each of `followed` (stream, cursor), all at
+/// once on the shared connections, and a pause of [`POLL`] when none grew
+/// (a cluster's hub: see the module docs).
+async fn poll(pool: &RedisPool, followed: &[(String, String)]) -> Result<Vec<Read>, DomainError> {
+    let reads = followed.iter().map(|(stream, cursor)| async move {
+        let mut conn = pool.connection()?;
+        let read: Vec<Read> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(COUNT)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(cursor)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok::<_, DomainError>(read)
+    });
+    let grown: Vec<Read> = futures_util::future::try_join_all(reads)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    if grown.is_empty() {
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(grown)
 }

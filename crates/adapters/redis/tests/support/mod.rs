@@ -1,5 +1,8 @@
 //! The real Redis the adapter tests run against: `REDIS_URL`, else the
-//! local one. A Redis that can't be reached fails the test (never a skip).
+//! local one; or, when `CONFAB_TEST_REDIS_CLUSTER` names a node of one, a
+//! Redis Cluster (`make test-redis-cluster` starts one with
+//! scripts/redis-cluster.sh and runs them again on it). A Redis that can't
+//! be reached fails the test (never a skip).
 //! Each test writes under a prefix of its own, so tests run in parallel
 //! and runs never see each other's keys.
 
@@ -17,9 +20,25 @@ use confab_ports::HealthCheck;
 use confab_redis::{RedisPool, RedisSettings};
 use secrecy::SecretString;
 
-/// The Redis URL under test.
+/// The Redis URL under test (a node's, on a cluster).
 pub fn url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    std::env::var("CONFAB_TEST_REDIS_CLUSTER")
+        .or_else(|_| std::env::var("REDIS_URL"))
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Whether the Redis under test is a cluster.
+pub fn cluster() -> bool {
+    std::env::var_os("CONFAB_TEST_REDIS_CLUSTER").is_some()
+}
+
+/// `id` as the adapters tag it in key names: `{id}` on a cluster.
+pub fn tag(id: &impl std::fmt::Display) -> String {
+    if cluster() {
+        format!("{{{id}}}")
+    } else {
+        id.to_string()
+    }
 }
 
 /// A pool on the test Redis whose keys start with a fresh prefix;
@@ -46,6 +65,7 @@ pub fn unchecked_pool(url: &str) -> RedisPool {
 fn unchecked_pool_with_prefix(url: &str, prefix: &str) -> RedisPool {
     RedisPool::new(&RedisSettings {
         url: SecretString::from(url.to_owned()),
+        cluster: cluster() && url == self::url(),
         connections: 2,
         command_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_millis(500),
@@ -66,13 +86,60 @@ pub async fn pool_with_prefix() -> (RedisPool, String) {
 }
 
 /// A connection to the test Redis outside the adapter, to read or tamper
-/// with its keys.
-pub async fn raw_connection() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url())
-        .expect("the Redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("a raw connection")
+/// with its keys (a cluster connection on a cluster).
+pub async fn raw_connection() -> Raw {
+    if cluster() {
+        Raw::Cluster(
+            redis::cluster::ClusterClient::new(vec![url()])
+                .expect("the cluster's URL")
+                .get_async_connection()
+                .await
+                .expect("a raw cluster connection"),
+        )
+    } else {
+        Raw::Single(
+            redis::Client::open(url())
+                .expect("the Redis URL")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("a raw connection"),
+        )
+    }
+}
+
+/// A raw connection to a single Redis or a cluster.
+#[derive(Clone)]
+pub enum Raw {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Raw {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
 }
 
 /// A `redis-server` of the test's own on a free port, that keeps every
