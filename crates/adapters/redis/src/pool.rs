@@ -29,9 +29,10 @@
 //! per node, each command sent to the primary that serves its key's slot,
 //! the slot map refreshed when a node answers `MOVED` or is gone. A command
 //! whose node fails (a primary killed, before its replica takes over) is
-//! tried again [`CLUSTER_RETRIES`] times, waiting 100 ms and then longer up
-//! to a second, so a failover of a couple of seconds is ridden out; a
-//! longer one fails the command as a Redis outage does.
+//! tried again up to [`CLUSTER_RETRIES`] times, 100 ms apart and then a
+//! few hundred (redis-rs's jittered backoff: about a second in all); one
+//! that still fails fails as in a Redis outage. (The stream log's appends
+//! retry for longer themselves: see `stream_log/append.rs`.)
 //!
 //! Keys that one script or pipeline touches together must be in one slot
 //! there: [`RedisPool::tag`] and [`RedisPool::user_scoped`] give them a
