@@ -32,11 +32,12 @@ test-pgbouncer: services
 ## The Redis adapter suites (contracts included) and the end-to-end tests
 ## of several instances on Redis, again on a Redis Cluster of three
 ## primaries with a replica each (scripts/redis-cluster.sh starts it on
-## 127.0.0.1:7100-7105).
+## 127.0.0.1:7100-7105). Both reuse the binaries `cargo test --workspace`
+## built (`cargo test -p` would rebuild dependencies with other features).
 test-redis-cluster: services
 	./scripts/redis-cluster.sh
-	CONFAB_TEST_REDIS_CLUSTER=redis://127.0.0.1:7100 $(CARGO) test -p confab-redis
-	CONFAB_TEST_REDIS_CLUSTER=redis://127.0.0.1:7100 $(CARGO) test -p confab-e2e --test e2e -- \
+	CONFAB_TEST_REDIS_CLUSTER=redis://127.0.0.1:7100 ./scripts/test-package.sh confab-redis
+	CONFAB_TEST_REDIS_CLUSTER=redis://127.0.0.1:7100 $(CARGO) test --workspace -- \
 		redis:: cluster:: balancer:: rolling:: deletion:: idempotency:: load::cluster_ \
 		load::postgres::a_hundred_sends_at_once_with_redis
 
