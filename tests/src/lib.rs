@@ -238,12 +238,10 @@ async fn redis_scan_urls() -> Vec<String> {
         .query_async(&mut conn)
         .await
         .expect("CLUSTER NODES");
-    nodes
-        .lines()
-        .filter(|line| line.contains("master") && !line.contains("fail"))
-        .filter_map(|line| line.split_whitespace().nth(1))
-        .filter_map(|address| address.split('@').next())
-        .map(|address| format!("redis://{address}"))
+    redis_cluster::primaries(&nodes)
+        .into_iter()
+        .filter(|p| !p.failed)
+        .map(|p| format!("redis://{}", p.address))
         .collect()
 }
 

@@ -8,6 +8,46 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// A primary with slots, as a line of `CLUSTER NODES` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Primary {
+    /// `host:port`.
+    pub address: String,
+    /// Its port.
+    pub port: u16,
+    /// Marked failed (`fail` or `fail?`) by the node asked.
+    pub failed: bool,
+    /// The slot ranges it serves, inclusive.
+    pub slots: Vec<(u16, u16)>,
+}
+
+/// The primaries with slots that `CLUSTER NODES`' reply `nodes` lists.
+#[must_use]
+pub fn primaries(nodes: &str) -> Vec<Primary> {
+    nodes
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| fields.len() > 8 && fields[2].contains("master"))
+        .filter_map(|fields| {
+            let address = fields[1].split(['@', ',']).next()?.to_owned();
+            let port = address.rsplit_once(':')?.1.parse().ok()?;
+            let slots = fields[8..]
+                .iter()
+                .filter_map(|range| {
+                    let (from, to) = range.split_once('-').unwrap_or((range, range));
+                    Some((from.parse().ok()?, to.parse().ok()?))
+                })
+                .collect();
+            Some(Primary {
+                address,
+                port,
+                failed: fields[2].contains("fail"),
+                slots,
+            })
+        })
+        .collect()
+}
+
 /// A cluster on `127.0.0.1:{first}` and the five ports after it.
 #[derive(Debug, Clone)]
 pub struct RedisCluster {
@@ -78,29 +118,15 @@ impl RedisCluster {
             .trim()
             .parse()
             .expect("a slot");
-        let nodes = Self::cli(self.first, &["cluster", "nodes"]);
-        nodes
-            .lines()
-            .map(|line| line.split_whitespace().collect::<Vec<_>>())
-            .filter(|fields| {
-                fields.len() > 8 && fields[2].contains("master") && !fields[2].contains("fail")
+        primaries(&Self::cli(self.first, &["cluster", "nodes"]))
+            .into_iter()
+            .find(|p| {
+                !p.failed
+                    && p.slots
+                        .iter()
+                        .any(|(from, to)| (*from..=*to).contains(&slot))
             })
-            .find(|fields| {
-                fields[8..].iter().any(|range| {
-                    let (from, to) = range.split_once('-').unwrap_or((range, range));
-                    matches!((from.parse::<u16>(), to.parse::<u16>()),
-                        (Ok(from), Ok(to)) if (from..=to).contains(&slot))
-                })
-            })
-            .and_then(|fields| {
-                fields[1]
-                    .split('@')
-                    .next()?
-                    .rsplit_once(':')?
-                    .1
-                    .parse()
-                    .ok()
-            })
+            .map(|p| p.port)
             .unwrap_or_else(|| panic!("no primary serves {key}'s slot {slot}"))
     }
 
@@ -162,18 +188,9 @@ impl RedisCluster {
                         .any(|l| l == "cluster_state:ok")
                 });
             let served = live.iter().all(|port| {
-                Self::cli(*port, &["cluster", "nodes"])
-                    .lines()
-                    .map(|line| line.split_whitespace().collect::<Vec<_>>())
-                    .filter(|fields| fields.len() > 8 && fields[2].contains("master"))
-                    .all(|fields| {
-                        let port = fields[1]
-                            .split('@')
-                            .next()
-                            .and_then(|a| a.rsplit_once(':'))
-                            .and_then(|(_, p)| p.parse::<u16>().ok());
-                        !fields[2].contains("fail") && port.is_some_and(|p| live.contains(&p))
-                    })
+                primaries(&Self::cli(*port, &["cluster", "nodes"]))
+                    .iter()
+                    .all(|p| !p.failed && live.contains(&p.port))
             });
             if states_ok && served {
                 return;
