@@ -22,12 +22,20 @@ test: deps model services python-tools browser proxy check-architecture package
 	$(MAKE) test-redis-cluster
 	CONFAB_BIN=target/debug/confab ./scripts/validate-openapi.sh
 
-## The PostgreSQL tests (store suite, end-to-end, cluster, balancers,
-## rolling restarts) through PgBouncer (scripts/pgbouncer.sh starts it).
+## PostgreSQL through PgBouncer in transaction mode (scripts/pgbouncer.sh
+## starts it): the store suite, which runs every statement the store has,
+## and the end-to-end tests of what a pooler can break beyond a statement:
+## several instances (cluster, balancers, rolling restarts), a crash's
+## recovery, and concurrent sends. The other PostgreSQL end-to-end tests
+## run the same statements as the store suite and are not repeated here.
 test-pgbouncer: services
 	./scripts/pgbouncer.sh
 	CONFAB_TEST_PGBOUNCER_URL=postgres://postgres@127.0.0.1:6432 \
-		$(CARGO) test --workspace -- postgres cluster:: balancer:: rolling::
+		./scripts/test-package.sh confab-sql postgres
+	CONFAB_TEST_PGBOUNCER_URL=postgres://postgres@127.0.0.1:6432 \
+		$(CARGO) test --workspace -- cluster:: balancer:: rolling:: recovery::postgres \
+		load::postgres::a_hundred_sends_at_once_all_complete \
+		load::postgres::a_hundred_regenerations_and_continues_at_once_all_complete
 
 ## The Redis adapter suites (contracts included) and the end-to-end tests
 ## of several instances on Redis, again on a Redis Cluster of three
