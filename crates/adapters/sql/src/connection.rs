@@ -208,6 +208,14 @@ impl QueryId for SqlText<'_> {
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
+/// A kept statement that returns rows is read into a type that names its
+/// columns (`QueryableByName`), as `diesel::sql_query` is; unlike
+/// `sql_query`, which diesel never caches (its text may be anything), it
+/// is prepared once per connection.
+impl diesel::query_builder::Query for SqlText<'_> {
+    type SqlType = sql_types::Untyped;
+}
+
 impl<Conn> RunQueryDsl<Conn> for SqlText<'_> {}
 
 #[cfg(test)]

@@ -676,7 +676,7 @@ async fn sessions_of_the_previous_release_come_over_with_their_times(backend: Ba
     let db = TestDatabase::new(backend);
     assert_eq!(
         db.before_migration("20261204000007"),
-        ["20261205000009", "20261205000008", "20261204000007"]
+        migrations_down_to(backend, "20261204000007")
     );
     let owner = UserId::generate();
     let (used, bare, revoked) = (
@@ -724,6 +724,36 @@ async fn sessions_of_the_previous_release_come_over_with_their_times(backend: Ba
     );
 }
 
+/// The migrations of `backend` from the newest down to `version`, newest
+/// first: what reverting to the release before `version` undoes.
+fn migrations_down_to(backend: Backend, version: &str) -> Vec<&'static str> {
+    let all: &[&'static str] = match backend {
+        Backend::Sqlite => &[
+            "20261205000009",
+            "20261205000008",
+            "20261204000007",
+            "20261204000006",
+            "20261204000005",
+            "20261204000004",
+        ],
+        Backend::Postgres => &[
+            "20261205000010",
+            "20261205000009",
+            "20261205000008",
+            "20261204000007",
+            "20261204000006",
+            "20261204000005",
+            "20261204000004",
+        ],
+    };
+    let newer = all.iter().take_while(|v| **v != version).count();
+    assert!(
+        newer < all.len(),
+        "{version} is no migration of {backend:?}"
+    );
+    all[..=newer].to_vec()
+}
+
 fn micros_now() -> i64 {
     i64::try_from(now().unix_timestamp_nanos() / 1_000).unwrap()
 }
@@ -732,12 +762,7 @@ async fn a_database_of_the_previous_release_is_searchable(backend: Backend) {
     let db = TestDatabase::new(backend);
     assert_eq!(
         db.before_migration("20261204000006"),
-        [
-            "20261205000009",
-            "20261205000008",
-            "20261204000007",
-            "20261204000006"
-        ]
+        migrations_down_to(backend, "20261204000006")
     );
     let owner = UserId::generate();
     let id = ConversationId::generate();
@@ -2144,14 +2169,7 @@ async fn a_database_of_the_previous_release_comes_over_as_one_branch(backend: Ba
     let db = TestDatabase::new(backend);
     assert_eq!(
         db.before_migration("20261204000004"),
-        [
-            "20261205000009",
-            "20261205000008",
-            "20261204000007",
-            "20261204000006",
-            "20261204000005",
-            "20261204000004"
-        ]
+        migrations_down_to(backend, "20261204000004")
     );
     let owner = UserId::generate();
     let (long, empty) = (ConversationId::generate(), ConversationId::generate());

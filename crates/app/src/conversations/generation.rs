@@ -449,9 +449,20 @@ impl Generation {
         // one group commit when they meet) and before the stream ends: a
         // client that reads its usage after the answer's end finds it
         // counted, and so does its next send's allowance check.
-        let (saved, ()) = tokio::join!(
+        // A new conversation's title that the model is not asked for is
+        // known now: it is stored with them too, rather than in a write (a
+        // transaction) of its own after the answer's end.
+        let ask_model = matches!(outcome, Outcome::Finished(_)) && self.model_titles();
+        let known_title = (self.created && !ask_model).then(|| heuristic_title(&self.first_text));
+        let (saved, (), stored_title) = tokio::join!(
             self.save(&text, outcome.status(), at),
-            self.record_usage(generated)
+            self.record_usage(generated),
+            async {
+                match &known_title {
+                    Some(title) => Some(self.store_title(title).await),
+                    None => None,
+                }
+            }
         );
         if !saved && outcome.status() != MessageStatus::Failed {
             // The stream must not claim what the database doesn't hold.
@@ -461,30 +472,17 @@ impl Generation {
         self.emit_logged(vec![events::finish(status, at)]).await;
         let mut closing = Vec::with_capacity(3);
         if self.created {
-            let title = self.title(matches!(outcome, Outcome::Finished(_))).await;
-            // Only an untitled conversation is titled: a rename made while
-            // the answer was generating wins.
-            match self
-                .inner
-                .ports
-                .conversations
-                .set_generated_title(
-                    self.owner,
-                    self.conversation,
-                    &confab_domain::Title::placeholder(),
-                    &title,
-                    self.inner.now(),
-                )
-                .await
-            {
-                Ok(true) => {
-                    self.inner.invalidate(self.owner, self.conversation).await;
-                    closing.push(events::title(title.as_str(), self.conversation));
+            let (title, titled) = match (known_title, stored_title) {
+                (Some(title), Some(titled)) => (title, titled),
+                _ => {
+                    let title = self.title().await;
+                    let titled = self.store_title(&title).await;
+                    (title, titled)
                 }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(conversation = %self.conversation, error = %e, "could not store the title");
-                }
+            };
+            if titled {
+                self.inner.invalidate(self.owner, self.conversation).await;
+                closing.push(events::title(title.as_str(), self.conversation));
             }
         }
         closing.push(match outcome.error() {
@@ -508,12 +506,43 @@ impl Generation {
         );
     }
 
-    /// A title for a new conversation: the model's, when enabled, the
-    /// answer finished and the call answers in time; else one made from the
-    /// first message.
-    async fn title(&self, ask_model: bool) -> confab_domain::Title {
+    /// Whether a new conversation's title is asked of the model (when its
+    /// answer finished): title generation is on and the server is not
+    /// shutting down.
+    fn model_titles(&self) -> bool {
+        self.inner.rules.title_generation && !*self.shutdown.borrow()
+    }
+
+    /// Stores `title` as the new conversation's, if it is still untitled (a
+    /// rename made while the answer was generating wins); whether it did.
+    /// A failure is logged: the conversation keeps its placeholder.
+    async fn store_title(&self, title: &confab_domain::Title) -> bool {
+        match self
+            .inner
+            .ports
+            .conversations
+            .set_generated_title(
+                self.owner,
+                self.conversation,
+                &confab_domain::Title::placeholder(),
+                title,
+                self.inner.now(),
+            )
+            .await
+        {
+            Ok(titled) => titled,
+            Err(e) => {
+                tracing::warn!(conversation = %self.conversation, error = %e, "could not store the title");
+                false
+            }
+        }
+    }
+
+    /// A title for a new conversation whose answer finished: the model's,
+    /// when it answers in time; else one made from the first message.
+    async fn title(&self) -> confab_domain::Title {
         let rules = &self.inner.rules;
-        if rules.title_generation && ask_model && !*self.shutdown.borrow() {
+        if self.model_titles() {
             let request = title_request(&self.model, &self.first_text);
             let asked = async {
                 let mut stream = self.chat_model.complete(request).await.ok()?;

@@ -143,6 +143,25 @@ const BRANCH_SQLITE: &str = "WITH RECURSIVE branch (id, parent_id, depth) AS ( \
     JOIN messages ON messages.conversation_id = ?1 AND messages.id = branch.id \
     WHERE branch.depth >= ?3 ORDER BY branch.depth";
 
+/// An answer's text and status, if it is still in progress: binds content,
+/// status, time, conversation, id, `in_progress`.
+///
+/// The status it must have is a bind, not the literal `'in_progress'`: with
+/// the literal, the plan a connection keeps for the statement may serve it
+/// with the partial index of the answers in progress (whose predicate the
+/// literal matches), which a new database's small, unanalyzed table makes
+/// look as cheap as the primary key; kept, that plan read the row of every
+/// running answer for each save.
+pub(crate) const UPDATE_CONTENT: &[&str] = &[
+    "UPDATE messages SET content = ",
+    ", status = ",
+    ", updated_at = ",
+    " WHERE conversation_id = ",
+    " AND id = ",
+    " AND status = ",
+    "",
+];
+
 #[async_trait]
 impl MessageStore for SqlStore {
     async fn insert(&self, message: &Message) -> Result<(), DomainError> {
@@ -256,20 +275,14 @@ impl MessageStore for SqlStore {
         self.db
             .write(move |conn| {
                 let changed = on_backend!(conn, |c| SqlText::new(
-                    &[
-                        "UPDATE messages SET content = ",
-                        ", status = ",
-                        ", updated_at = ",
-                        " WHERE conversation_id = ",
-                        " AND id = ",
-                        " AND status = 'in_progress'",
-                    ],
+                    UPDATE_CONTENT,
                     vec![
                         Bind::Text(&json),
                         Bind::Text(status.as_str()),
                         Bind::BigInt(at),
                         Bind::Text(&conversation),
                         Bind::Text(&id),
+                        Bind::Text(MessageStatus::InProgress.as_str()),
                     ],
                 )
                 .execute(c))?;

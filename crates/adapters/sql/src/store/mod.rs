@@ -3,6 +3,8 @@
 mod api_keys;
 mod conversations;
 pub(crate) mod messages;
+#[cfg(test)]
+mod plans;
 mod refresh_tokens;
 mod search;
 mod usage;

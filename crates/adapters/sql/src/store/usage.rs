@@ -19,7 +19,7 @@ use time::macros::format_description;
 use tokio::sync::oneshot;
 
 use super::SqlStore;
-use crate::connection::on_backend;
+use crate::connection::{Bind, SqlText, on_backend};
 use crate::schema::{usage_daily, user_allowances};
 
 /// A day as stored: `YYYY-MM-DD`, which sorts as the days do.
@@ -78,15 +78,20 @@ const EVERYONE: &str = "SELECT day, model, CAST(SUM(answers) AS BIGINT) AS answe
     CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens \
     FROM usage_daily WHERE day >= $1 AND day <= $2 GROUP BY day, model ORDER BY day, model";
 
-/// A user's allowance and use: `$1` user, `$2` today, `$3` its month's
-/// first day.
-const STANDING: &str = "SELECT \
-    (SELECT daily_tokens FROM user_allowances WHERE user_id = $1) AS daily_tokens, \
-    (SELECT monthly_tokens FROM user_allowances WHERE user_id = $1) AS monthly_tokens, \
-    CAST(COALESCE(SUM(CASE WHEN day = $2 THEN prompt_tokens + completion_tokens ELSE 0 END), 0) \
-        AS BIGINT) AS today, \
-    CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT) AS month \
-    FROM usage_daily WHERE user_id = $1 AND day <= $2 AND day >= $3";
+/// A user's allowance and the tokens they used today and this month, as
+/// the pieces of a kept statement (it is read before every send): binds
+/// user, user, today, user, today, the month's first day.
+const STANDING: &[&str] = &[
+    "SELECT (SELECT daily_tokens FROM user_allowances WHERE user_id = ",
+    ") AS daily_tokens, (SELECT monthly_tokens FROM user_allowances WHERE user_id = ",
+    ") AS monthly_tokens, CAST(COALESCE(SUM(CASE WHEN day = ",
+    " THEN prompt_tokens + completion_tokens ELSE 0 END), 0) AS BIGINT) AS today, \
+     CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT) AS month \
+     FROM usage_daily WHERE user_id = ",
+    " AND day <= ",
+    " AND day >= ",
+    "",
+];
 
 #[derive(QueryableByName)]
 struct StandingRow {
@@ -229,11 +234,18 @@ impl UsageStore for SqlStore {
         let row: StandingRow = self
             .db
             .read(move |conn| {
-                on_backend!(conn, |c| diesel::sql_query(STANDING)
-                    .bind::<Text, _>(&user)
-                    .bind::<Text, _>(&day)
-                    .bind::<Text, _>(&first)
-                    .get_result(c))
+                on_backend!(conn, |c| SqlText::new(
+                    STANDING,
+                    vec![
+                        Bind::Text(&user),
+                        Bind::Text(&user),
+                        Bind::Text(&day),
+                        Bind::Text(&user),
+                        Bind::Text(&day),
+                        Bind::Text(&first),
+                    ],
+                )
+                .get_result(c))
             })
             .await?;
         Ok(UsageStanding {

@@ -1,0 +1,113 @@
+//! The plans PostgreSQL keeps for the hot kept statements.
+//!
+//! A connection keeps a statement prepared; from its sixth run PostgreSQL
+//! may use one generic plan for it (made without the bind values) for as
+//! long as the connection lives, or until an ANALYZE of its tables. On a
+//! new database that plan is made while the tables are small and were
+//! never analyzed, when several indexes cost the same: these tests make
+//! the generic plans there, then fill the tables, and check that each
+//! statement still finds its row by the primary key (or at least not by an
+//! index that grows with the owner or with every running answer).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
+
+use super::conversations::SET_GENERATED_TITLE;
+use super::messages::UPDATE_CONTENT;
+use crate::testing::TestDatabase;
+
+/// `pieces` as PostgreSQL text, the binds numbered `$1`…
+fn numbered(pieces: &[&str]) -> String {
+    let mut text = String::new();
+    for (n, piece) in pieces.iter().enumerate() {
+        if n > 0 {
+            text.push_str(&format!("${n}"));
+        }
+        text.push_str(piece);
+    }
+    text
+}
+
+/// The generic plan of `pieces` run with `values` (SQL literals), a line
+/// each: prepared while the tables hold a few rows, explained after `grow`
+/// has filled them.
+fn generic_plan(conn: &mut PgConnection, pieces: &[&str], values: &str, grow: &str) -> String {
+    #[derive(QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+
+    conn.batch_execute("SET plan_cache_mode = force_generic_plan")
+        .unwrap();
+    conn.batch_execute(&format!("PREPARE kept AS {}", numbered(pieces)))
+        .unwrap();
+    conn.batch_execute(&format!("EXPLAIN EXECUTE kept({values})"))
+        .unwrap();
+    conn.batch_execute(grow).unwrap();
+    let lines: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN EXECUTE kept({values})"))
+        .load(conn)
+        .unwrap();
+    conn.batch_execute("DEALLOCATE kept").unwrap();
+    lines
+        .into_iter()
+        .map(|l| l.line)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A fresh database with one user, three conversations and an answer in
+/// progress in each.
+async fn fresh() -> (TestDatabase, PgConnection) {
+    let db = TestDatabase::postgres();
+    let _store = db.store().await;
+    let mut conn = PgConnection::establish(db.direct_url()).unwrap();
+    conn.batch_execute(
+        "INSERT INTO users VALUES ('u1', 'planner', 'planner@example.com', 'x', 'user', FALSE, 0, 0);
+         INSERT INTO conversations (id, user_id, title, created_at, updated_at)
+             SELECT 'c' || g, 'u1', 'New chat', g, g FROM generate_series(1, 3) g;
+         INSERT INTO messages (conversation_id, id, position, role, content, status,
+             created_at, updated_at)
+             SELECT 'c' || g, 'm' || g, 1, 'assistant', '{}', 'in_progress', g, g
+             FROM generate_series(1, 3) g;",
+    )
+    .unwrap();
+    (db, conn)
+}
+
+#[tokio::test]
+async fn a_kept_title_update_finds_the_conversation_by_its_primary_key() {
+    let (_db, mut conn) = fresh().await;
+    let plan = generic_plan(
+        &mut conn,
+        SET_GENERATED_TITLE,
+        "'T', 1, 'c2000', 'New chat', 'u1'",
+        "INSERT INTO conversations (id, user_id, title, created_at, updated_at)
+             SELECT 'c' || g, 'u1', 'New chat', g, g FROM generate_series(4, 3000) g",
+    );
+    assert!(plan.contains("conversations_pkey"), "{plan}");
+}
+
+#[tokio::test]
+async fn a_kept_answer_save_never_reads_every_running_answer() {
+    let (_db, mut conn) = fresh().await;
+    let plan = generic_plan(
+        &mut conn,
+        UPDATE_CONTENT,
+        "'{}', 'finished_successfully', 1, 'c2', 'm2', 'in_progress'",
+        "INSERT INTO conversations (id, user_id, title, created_at, updated_at)
+             SELECT 'c' || g, 'u1', 'New chat', g, g FROM generate_series(4, 3000) g;
+         INSERT INTO messages (conversation_id, id, position, role, content, status,
+             created_at, updated_at)
+             SELECT 'c' || g, 'm' || g, 1, 'assistant', '{}', 'in_progress', g, g
+             FROM generate_series(4, 3000) g",
+    );
+    assert!(!plan.contains("messages_in_progress_idx"), "{plan}");
+    assert!(
+        plan.lines()
+            .any(|l| l.contains("Index Cond: (") && l.contains("conversation_id = $4")),
+        "{plan}"
+    );
+}
