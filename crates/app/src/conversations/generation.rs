@@ -408,9 +408,19 @@ impl Generation {
         Ok(capped)
     }
 
-    /// Saves the text so far, as updated `at`; a failure is logged (the
-    /// next save, or the final one, carries the text).
+    /// Saves the text so far, as updated `at`, and invalidates the cached
+    /// reads that show it; a failure is logged (the next save, or the
+    /// final one, carries the text).
     async fn save(&self, text: &str, status: MessageStatus, at: OffsetDateTime) -> bool {
+        let saved = self.store_text(text, status, at).await;
+        if saved {
+            self.inner.invalidate(self.owner, self.conversation).await;
+        }
+        saved
+    }
+
+    /// [`Self::save`] without the invalidation, which the caller makes.
+    async fn store_text(&self, text: &str, status: MessageStatus, at: OffsetDateTime) -> bool {
         let content =
             Content::text(vec![text.to_owned()]).unwrap_or_else(|_| Content::empty_text());
         let messages = &self.inner.ports.messages;
@@ -419,10 +429,7 @@ impl Generation {
                 .update_content(self.conversation, &self.message.id, &content, status, at)
                 .await
             {
-                Ok(()) => {
-                    self.inner.invalidate(self.owner, self.conversation).await;
-                    return true;
-                }
+                Ok(()) => return true,
                 // No such answer in progress: its conversation was deleted,
                 // or it was closed meanwhile (the orphan sweep, a reader
                 // that found this generation gone), which stands.
@@ -455,7 +462,7 @@ impl Generation {
         let ask_model = matches!(outcome, Outcome::Finished(_)) && self.model_titles();
         let known_title = (self.created && !ask_model).then(|| heuristic_title(&self.first_text));
         let (saved, (), stored_title) = tokio::join!(
-            self.save(&text, outcome.status(), at),
+            self.store_text(&text, outcome.status(), at),
             self.record_usage(generated),
             async {
                 match &known_title {
@@ -464,6 +471,12 @@ impl Generation {
                 }
             }
         );
+        // One invalidation for the text and the title, before the final
+        // delta: a client that reads the conversation once it has the
+        // final delta finds both.
+        if saved || stored_title == Some(true) {
+            self.inner.invalidate(self.owner, self.conversation).await;
+        }
         if !saved && outcome.status() != MessageStatus::Failed {
             // The stream must not claim what the database doesn't hold.
             outcome = Outcome::Broken(DomainError::unavailable("the answer could not be saved"));
@@ -477,11 +490,13 @@ impl Generation {
                 _ => {
                     let title = self.title().await;
                     let titled = self.store_title(&title).await;
+                    if titled {
+                        self.inner.invalidate(self.owner, self.conversation).await;
+                    }
                     (title, titled)
                 }
             };
             if titled {
-                self.inner.invalidate(self.owner, self.conversation).await;
                 closing.push(events::title(title.as_str(), self.conversation));
             }
         }
