@@ -194,14 +194,31 @@ impl PrivateRedis {
             .spawn()
             .expect("redis-server (the Redis the machine runs) is needed for this test");
         self.child = Some(child);
+        // Listening is not enough: Redis accepts connections while it
+        // still loads its append-only file, and answers `LOADING` until it
+        // has (a test's first command after a restart then failed now and
+        // then). Ready is a `PONG`.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while !self.answers_ping() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "redis-server did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether it answers `PING` with `PONG` now.
+    fn answers_ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut socket) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = socket.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut reply = [0_u8; 7];
+        socket.write_all(b"PING\r\n").is_ok()
+            && socket.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
     }
 
     /// Kills it (SIGKILL).
