@@ -957,6 +957,41 @@ async fn the_orphan_sweep_closes_answers_no_generation_holds() {
         .unwrap();
 }
 
+/// A new conversation's list entry, cached while its answer runs, shows
+/// the answer's text and the title made from the first message once the
+/// answer has ended (both stored together, one invalidation after them).
+#[tokio::test]
+async fn a_cached_list_shows_a_new_conversations_answer_and_title_once_it_ends() {
+    let h = harness();
+    let sue = caller();
+    h.model.answer(Reply::hanging(&["on its way"]));
+    let started = h
+        .conversations
+        .send(&sue, say("How do I bake bread?"))
+        .await
+        .unwrap();
+    let id = started.conversation.id;
+    let during = h
+        .conversations
+        .list(&sue, &ConversationQuery::default(), &NothingKept, None)
+        .await
+        .unwrap();
+    let item = &fetched(during).value.items[0];
+    assert_eq!(item.title, Title::placeholder());
+    assert_eq!(item.last_message.as_deref(), Some("How do I bake bread?"));
+
+    h.conversations.stop(&sue, id).await.unwrap();
+    assert_eq!(ended(&started).await, AnswerEnd::Stopped);
+    let after = h
+        .conversations
+        .list(&sue, &ConversationQuery::default(), &NothingKept, None)
+        .await
+        .unwrap();
+    let item = &fetched(after).value.items[0];
+    assert_eq!(item.title.as_str(), "How do I bake bread?");
+    assert_eq!(item.last_message.as_deref(), Some("on its way"));
+}
+
 #[tokio::test]
 async fn reads_after_a_send_are_never_stale() {
     let h = harness();

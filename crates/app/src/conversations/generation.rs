@@ -460,21 +460,22 @@ impl Generation {
         // known now: it is stored with them too, rather than in a write (a
         // transaction) of its own after the answer's end.
         let ask_model = matches!(outcome, Outcome::Finished(_)) && self.model_titles();
-        let known_title = (self.created && !ask_model).then(|| heuristic_title(&self.first_text));
-        let (saved, (), stored_title) = tokio::join!(
+        let (saved, (), early_title) = tokio::join!(
             self.store_text(&text, outcome.status(), at),
             self.record_usage(generated),
             async {
-                match &known_title {
-                    Some(title) => Some(self.store_title(title).await),
-                    None => None,
+                if !self.created || ask_model {
+                    return None;
                 }
+                let title = heuristic_title(&self.first_text);
+                let titled = self.store_title(&title).await;
+                Some((title, titled))
             }
         );
         // One invalidation for the text and the title, before the final
         // delta: a client that reads the conversation once it has the
         // final delta finds both.
-        if saved || stored_title == Some(true) {
+        if saved || early_title.as_ref().is_some_and(|(_, titled)| *titled) {
             self.inner.invalidate(self.owner, self.conversation).await;
         }
         if !saved && outcome.status() != MessageStatus::Failed {
@@ -485,9 +486,9 @@ impl Generation {
         self.emit_logged(vec![events::finish(status, at)]).await;
         let mut closing = Vec::with_capacity(3);
         if self.created {
-            let (title, titled) = match (known_title, stored_title) {
-                (Some(title), Some(titled)) => (title, titled),
-                _ => {
+            let (title, titled) = match early_title {
+                Some(stored) => stored,
+                None => {
                     let title = self.title().await;
                     let titled = self.store_title(&title).await;
                     if titled {

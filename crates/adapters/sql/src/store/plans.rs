@@ -6,8 +6,9 @@
 //! new database that plan is made while the tables are small and were
 //! never analyzed, when several indexes cost the same: these tests make
 //! the generic plans there, then fill the tables, and check that each
-//! statement still finds its row by the primary key (or at least not by an
-//! index that grows with the owner or with every running answer).
+//! statement still finds its rows by the primary key (or at least not by
+//! an index that grows with the owner, with every running answer or with
+//! every user's usage).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,6 +17,7 @@ use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
 
 use super::conversations::SET_GENERATED_TITLE;
 use super::messages::UPDATE_CONTENT;
+use super::usage::STANDING;
 use crate::testing::TestDatabase;
 
 /// `pieces` as PostgreSQL text, the binds numbered `$1`…
@@ -58,22 +60,38 @@ fn generic_plan(conn: &mut PgConnection, pieces: &[&str], values: &str, grow: &s
         .join("\n")
 }
 
-/// A fresh database with one user, three conversations and an answer in
-/// progress in each.
+/// Conversations `c{from}`…`c{to}` of the user `u1`, each with an answer
+/// `m{n}` in progress, and as many other users with a day of usage each,
+/// as SQL.
+fn rows(from: u32, to: u32) -> String {
+    format!(
+        "INSERT INTO conversations (id, user_id, title, created_at, updated_at)
+             SELECT 'c' || g, 'u1', 'New chat', g, g FROM generate_series({from}, {to}) g;
+         INSERT INTO messages (conversation_id, id, position, role, content, status,
+             created_at, updated_at)
+             SELECT 'c' || g, 'm' || g, 1, 'assistant', '{{}}', 'in_progress', g, g
+             FROM generate_series({from}, {to}) g;
+         INSERT INTO users (id, username, email, password_hash, role, disabled,
+             created_at, updated_at)
+             SELECT 'u' || g, 'user' || g, 'user' || g || '@example.com', 'x', 'user',
+             FALSE, 0, 0 FROM generate_series({from} + 1, {to} + 1) g;
+         INSERT INTO usage_daily SELECT 'u' || g, '2026-12-05', 'm', 1, 0, 1, 1
+             FROM generate_series({from} + 1, {to} + 1) g;"
+    )
+}
+
+/// A fresh database with the user `u1` and three of everything [`rows`]
+/// makes.
 async fn fresh() -> (TestDatabase, PgConnection) {
     let db = TestDatabase::postgres();
     let _store = db.store().await;
     let mut conn = PgConnection::establish(db.direct_url()).unwrap();
     conn.batch_execute(
         "INSERT INTO users VALUES ('u1', 'planner', 'planner@example.com', 'x', 'user', FALSE, 0, 0);
-         INSERT INTO conversations (id, user_id, title, created_at, updated_at)
-             SELECT 'c' || g, 'u1', 'New chat', g, g FROM generate_series(1, 3) g;
-         INSERT INTO messages (conversation_id, id, position, role, content, status,
-             created_at, updated_at)
-             SELECT 'c' || g, 'm' || g, 1, 'assistant', '{}', 'in_progress', g, g
-             FROM generate_series(1, 3) g;",
+         INSERT INTO usage_daily VALUES ('u1', '2026-12-05', 'm', 1, 0, 1, 1)",
     )
     .unwrap();
+    conn.batch_execute(&rows(1, 3)).unwrap();
     (db, conn)
 }
 
@@ -84,8 +102,7 @@ async fn a_kept_title_update_finds_the_conversation_by_its_primary_key() {
         &mut conn,
         SET_GENERATED_TITLE,
         "'T', 1, 'c2000', 'New chat', 'u1'",
-        "INSERT INTO conversations (id, user_id, title, created_at, updated_at)
-             SELECT 'c' || g, 'u1', 'New chat', g, g FROM generate_series(4, 3000) g",
+        &rows(4, 3000),
     );
     assert!(plan.contains("conversations_pkey"), "{plan}");
 }
@@ -97,12 +114,7 @@ async fn a_kept_answer_save_never_reads_every_running_answer() {
         &mut conn,
         UPDATE_CONTENT,
         "'{}', 'finished_successfully', 1, 'c2', 'm2', 'in_progress'",
-        "INSERT INTO conversations (id, user_id, title, created_at, updated_at)
-             SELECT 'c' || g, 'u1', 'New chat', g, g FROM generate_series(4, 3000) g;
-         INSERT INTO messages (conversation_id, id, position, role, content, status,
-             created_at, updated_at)
-             SELECT 'c' || g, 'm' || g, 1, 'assistant', '{}', 'in_progress', g, g
-             FROM generate_series(4, 3000) g",
+        &rows(4, 3000),
     );
     assert!(!plan.contains("messages_in_progress_idx"), "{plan}");
     assert!(
@@ -110,4 +122,19 @@ async fn a_kept_answer_save_never_reads_every_running_answer() {
             .any(|l| l.contains("Index Cond: (") && l.contains("conversation_id = $4")),
         "{plan}"
     );
+}
+
+/// The allowance read before every send sums one user's days: by the
+/// primary key (user, day), never over the index of every user's days.
+#[tokio::test]
+async fn a_kept_allowance_read_sums_one_users_days_by_the_primary_key() {
+    let (_db, mut conn) = fresh().await;
+    let plan = generic_plan(
+        &mut conn,
+        STANDING,
+        "'u1', 'u1', '2026-12-05', 'u1', '2026-12-05', '2026-12-01'",
+        &rows(4, 3000),
+    );
+    assert!(plan.contains("usage_daily_pkey"), "{plan}");
+    assert!(!plan.contains("usage_daily_day_idx"), "{plan}");
 }

@@ -81,7 +81,7 @@ const EVERYONE: &str = "SELECT day, model, CAST(SUM(answers) AS BIGINT) AS answe
 /// A user's allowance and the tokens they used today and this month, as
 /// the pieces of a kept statement (it is read before every send): binds
 /// user, user, today, user, today, the month's first day.
-const STANDING: &[&str] = &[
+pub(crate) const STANDING: &[&str] = &[
     "SELECT (SELECT daily_tokens FROM user_allowances WHERE user_id = ",
     ") AS daily_tokens, (SELECT monthly_tokens FROM user_allowances WHERE user_id = ",
     ") AS monthly_tokens, CAST(COALESCE(SUM(CASE WHEN day = ",
