@@ -21,7 +21,7 @@ pub(crate) mod usage;
 pub(crate) mod users;
 
 use actix_web::body::{BoxBody, MessageBody as Body};
-use actix_web::dev::{ResourceDef, ServiceRequest, ServiceResponse};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{ResponseError, Route, web};
@@ -78,8 +78,60 @@ pub(crate) enum RouteClass {
 /// and the endpoints that claim their idempotency keys themselves.
 pub(crate) struct RouteClasses {
     prefixes: Vec<(&'static str, RouteClass)>,
-    keyed_by_handler: Vec<(Method, ResourceDef)>,
-    served: Vec<(Method, ResourceDef, KeyUse)>,
+    keyed_by_handler: Vec<(Method, PathPattern)>,
+    served: Vec<(Method, PathPattern, KeyUse)>,
+}
+
+/// An endpoint's path as the router matches it, without a regular
+/// expression: each `/`-separated segment is either the same text or, for
+/// a parameter (`{id}`), any non-empty text (actix's default parameter,
+/// `[^/]+`). The middlewares ask these of every request, so they must not
+/// cost what actix's `ResourceDef` costs (a regex search per parameterised
+/// path).
+#[derive(Debug, Clone)]
+pub(crate) struct PathPattern {
+    /// The segments, `None` where a parameter is.
+    segments: Vec<Option<&'static str>>,
+}
+
+impl PathPattern {
+    /// The pattern of an endpoint's path.
+    pub(crate) fn new(path: &'static str) -> Self {
+        Self {
+            segments: path
+                .split('/')
+                .map(|s| (!is_parameter(s)).then_some(s))
+                .collect(),
+        }
+    }
+
+    /// Whether it has a parameter.
+    pub(crate) fn is_static(&self) -> bool {
+        self.segments.iter().all(Option::is_some)
+    }
+
+    /// Whether `path` (as routed: percent-decoded) is this endpoint's.
+    pub(crate) fn is_match(&self, path: &str) -> bool {
+        let mut parts = path.split('/');
+        for segment in &self.segments {
+            let Some(part) = parts.next() else {
+                return false;
+            };
+            let fits = match segment {
+                Some(text) => *text == part,
+                None => !part.is_empty(),
+            };
+            if !fits {
+                return false;
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+/// Whether a path segment is a parameter (`{name}`).
+fn is_parameter(segment: &str) -> bool {
+    segment.starts_with('{') && segment.ends_with('}')
 }
 
 impl RouteClasses {
@@ -95,11 +147,11 @@ impl RouteClasses {
         let keyed_by_handler = endpoints
             .iter()
             .filter(|e| e.keys_itself)
-            .map(|e| (e.method.clone(), ResourceDef::new(e.path)))
+            .map(|e| (e.method.clone(), PathPattern::new(e.path)))
             .collect();
         let served = endpoints
             .iter()
-            .map(|e| (e.method.clone(), ResourceDef::new(e.path), e.keys))
+            .map(|e| (e.method.clone(), PathPattern::new(e.path), e.keys))
             .collect();
         Self {
             prefixes,
@@ -730,17 +782,31 @@ async fn acceptable(
         .map(ServiceResponse::map_into_boxed_body)
 }
 
-/// Registers `endpoints`: one resource per path, each wrapped in the panic
-/// catcher and the `Accept` check, each `GET` answering `HEAD` too, each
-/// answering other methods with 405 and the `Allow` header.
-pub(crate) fn configure(cfg: &mut web::ServiceConfig, endpoints: &'static [Endpoint]) {
+/// The paths of `endpoints` in the order the router tries them: the
+/// paths without a parameter first, then the others, each in table order.
+/// A request's route is the first that matches, and actix matches a path
+/// with a parameter by a regex search (a static one by comparing the
+/// text): this way a request for a static path runs none. The table keeps
+/// a static path that a parameterised one would also match before it
+/// (`/conversations/export` before `/conversations/{id}`), so static
+/// first changes no request's route (`routing_order_routes_every_path_as_the_table_does`).
+pub(crate) fn routing_order(endpoints: &[Endpoint]) -> Vec<&'static str> {
     let mut paths: Vec<&'static str> = Vec::new();
     for e in endpoints {
         if !paths.contains(&e.path) {
             paths.push(e.path);
         }
     }
-    for path in paths {
+    paths.sort_by_key(|path| !PathPattern::new(path).is_static());
+    paths
+}
+
+/// Registers `endpoints`: one resource per path (in [`routing_order`]),
+/// each wrapped in the panic catcher and the `Accept` check, each `GET`
+/// answering `HEAD` too, each answering other methods with 405 and the
+/// `Allow` header.
+pub(crate) fn configure(cfg: &mut web::ServiceConfig, endpoints: &'static [Endpoint]) {
+    for path in routing_order(endpoints) {
         let here: Vec<&Endpoint> = endpoints.iter().filter(|e| e.path == path).collect();
         let allow = here
             .iter()
@@ -788,6 +854,71 @@ mod tests {
     /// `path` with an id where it takes one.
     fn concrete(path: &str) -> String {
         path.replace("{id}", "0193b8a1-c2d3-7e5f-8a9b-0c1d2e3f4a5b")
+    }
+
+    /// Paths to try every pattern on: each endpoint's, with an id, and
+    /// near misses.
+    fn probes() -> Vec<String> {
+        let mut probes: Vec<String> = ENDPOINTS.iter().map(|e| concrete(e.path)).collect();
+        for e in ENDPOINTS {
+            let path = concrete(e.path);
+            probes.push(format!("{path}/"));
+            probes.push(format!("{path}/x"));
+            probes.push(format!("/{path}"));
+            probes.push(path.replace("0193b8a1-c2d3-7e5f-8a9b-0c1d2e3f4a5b", ""));
+            probes.push(path.replace("0193b8a1-c2d3-7e5f-8a9b-0c1d2e3f4a5b", "a%2Fb c"));
+            probes.push(e.path.to_owned());
+        }
+        probes.extend(["", "/", "//", "/nope", "/api/v1/conversations/export"].map(String::from));
+        probes
+    }
+
+    #[test]
+    fn a_path_pattern_matches_what_actix_matches() {
+        for e in ENDPOINTS {
+            let ours = PathPattern::new(e.path);
+            let actix = actix_web::dev::ResourceDef::new(e.path);
+            assert_eq!(ours.is_static(), !e.path.contains('{'), "{}", e.path);
+            for probe in probes() {
+                assert_eq!(
+                    ours.is_match(&probe),
+                    actix.is_match(&probe),
+                    "{} on {probe:?}",
+                    e.path
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn routing_order_routes_every_path_as_the_table_does() {
+        let mut table: Vec<&str> = Vec::new();
+        for e in ENDPOINTS {
+            if !table.contains(&e.path) {
+                table.push(e.path);
+            }
+        }
+        let order = routing_order(ENDPOINTS);
+        assert_eq!(order.len(), table.len());
+        let first = |paths: &[&'static str], probe: &str| {
+            paths
+                .iter()
+                .find(|path| actix_web::dev::ResourceDef::new(**path).is_match(probe))
+                .copied()
+        };
+        for probe in probes() {
+            assert_eq!(first(&order, &probe), first(&table, &probe), "{probe:?}");
+        }
+        // The point of the order: the list is reached before any pattern.
+        let list = order
+            .iter()
+            .position(|p| *p == "/api/v1/conversations")
+            .unwrap();
+        assert!(
+            order[..list]
+                .iter()
+                .all(|p| PathPattern::new(p).is_static())
+        );
     }
 
     #[test]
