@@ -1,11 +1,14 @@
 //! The connections every Redis adapter shares, and their health check.
 //!
 //! Commands go over a few **multiplexed** connections (redis-rs's
-//! [`ConnectionManager`]), handed out in turn: a command never waits for a
-//! connection of its own, it is written to a shared socket behind the
-//! others in flight and its reply is matched in order. A thousand commands
-//! at once are a thousand pipelined requests on a few sockets, not a
-//! thousand sockets or a queue for 32 of them.
+//! [`ConnectionManager`]): a command never waits for a connection of its
+//! own, it is written to a socket behind the others in flight and its
+//! reply is matched in order. A thousand commands at once are a thousand
+//! pipelined requests on a few sockets, not a thousand sockets or a queue
+//! for 32 of them. On a single Redis each request worker has one of its
+//! own, which it polls itself, so a request's commands never cross
+//! threads; the background tasks share the others, handed out in turn
+//! ([`RedisPool::connection`]).
 //!
 //! Two failures are told apart:
 //!
@@ -40,10 +43,11 @@
 //! Redis). There are no blocking reads on a cluster: the stream log's hub
 //! polls instead (see `stream_log/hub.rs`).
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -62,6 +66,7 @@ use redis::{
     RedisResult, Value,
 };
 use secrecy::{ExposeSecret, SecretString};
+use tokio::runtime::RuntimeFlavor;
 
 /// How often a cluster command whose node failed is tried again (see the
 /// module docs).
@@ -193,6 +198,23 @@ impl<F: Future + Unpin> Future for InContext<F> {
         let _entered = this.runtime.as_ref().map(tokio::runtime::Handle::enter);
         Pin::new(&mut this.inner).poll(cx)
     }
+}
+
+/// How a single Redis's command connections behave.
+fn manager_config(s: &RedisSettings) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(s.connect_timeout))
+        .set_response_timeout(Some(s.command_timeout))
+        // Down is down: a failed connect fails the command at once; the
+        // next command tries again.
+        .set_number_of_retries(0)
+}
+
+thread_local! {
+    /// The calling thread's own connections, by pool (see
+    /// [`RedisPool::connection`]).
+    static WORKER_LINKS: RefCell<Vec<(Weak<Shared>, ConnectionManager)>> =
+        const { RefCell::new(Vec::new()) };
 }
 
 /// A node of a cluster, by address.
@@ -367,12 +389,12 @@ impl RedisPool {
         &self.shared.settings
     }
 
-    /// A command connection, the next in turn.
+    /// A shared command connection, the next in turn.
     ///
     /// # Errors
     /// [`DomainError::Internal`] if none could be set up (only settings
     /// this crate never uses make that fail).
-    pub(crate) fn connection(&self) -> Result<Conn, DomainError> {
+    pub(crate) fn shared_connection(&self) -> Result<Conn, DomainError> {
         let links = self.shared.links.get_or_init(|| {
             // The connections start tasks: on the pool's runtime too.
             let _entered = self
@@ -384,13 +406,7 @@ impl RedisPool {
             (0..s.connections)
                 .filter_map(|_| match &self.shared.backend {
                     Backend::Single(client) => {
-                        let config = ConnectionManagerConfig::new()
-                            .set_connection_timeout(Some(s.connect_timeout))
-                            .set_response_timeout(Some(s.command_timeout))
-                            // Down is down: a failed connect fails the
-                            // command at once; the next command tries again.
-                            .set_number_of_retries(0);
-                        ConnectionManager::new_lazy_with_config(client.clone(), config)
+                        ConnectionManager::new_lazy_with_config(client.clone(), manager_config(s))
                             .ok()
                             .map(Link::Single)
                     }
@@ -415,6 +431,60 @@ impl RedisPool {
                 runtime: self.shared.runtime.clone(),
             })
             .ok_or_else(|| DomainError::internal("redis: no connection could be set up"))
+    }
+
+    /// A command connection for a command made now, on this thread.
+    ///
+    /// On a request worker (a single-threaded runtime) with a single
+    /// Redis: the worker's own connection (one per worker and pool, made
+    /// on first use on the worker's runtime), whose socket the worker
+    /// polls itself, beside its HTTP connections. A shared connection's
+    /// replies are read by a task on the pool's runtime, which then wakes
+    /// the worker: two threads and a wake-up per command, about as much
+    /// as a cached read costs beside the command itself. A worker's
+    /// connection ends with the worker, as the requests and tasks that
+    /// use it do. Elsewhere (the pool's multi-threaded runtime, where the
+    /// background tasks run, and on a cluster) a shared connection
+    /// ([`shared_connection`](Self::shared_connection)).
+    ///
+    /// # Errors
+    /// As [`shared_connection`](Self::shared_connection), and
+    /// [`DomainError::Unavailable`] if a worker's connection can't be set
+    /// up.
+    pub(crate) fn connection(&self) -> Result<Conn, DomainError> {
+        let on_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread);
+        let Backend::Single(client) = &self.shared.backend else {
+            return self.shared_connection();
+        };
+        if !on_worker {
+            return self.shared_connection();
+        }
+        WORKER_LINKS.with(|links| {
+            let mut links = links.borrow_mut();
+            // The connections of pools that are gone go with them.
+            links.retain(|(pool, _)| pool.strong_count() > 0);
+            let mine = links
+                .iter()
+                .find(|(pool, _)| std::ptr::eq(pool.as_ptr(), Arc::as_ptr(&self.shared)))
+                .map(|(_, manager)| manager.clone());
+            let manager = match mine {
+                Some(manager) => manager,
+                None => {
+                    let manager = ConnectionManager::new_lazy_with_config(
+                        client.clone(),
+                        manager_config(&self.shared.settings),
+                    )
+                    .map_err(|e| unavailable(&e))?;
+                    links.push((Arc::downgrade(&self.shared), manager.clone()));
+                    manager
+                }
+            };
+            Ok(Conn {
+                link: Link::Single(manager),
+                runtime: None,
+            })
+        })
     }
 
     /// The cluster's primaries that serve slots, as the cluster sees them
@@ -576,7 +646,8 @@ impl HealthCheck for RedisPool {
     }
 
     async fn check(&self) -> Result<(), DomainError> {
-        let mut conn = self.connection()?;
+        // The connections the background tasks use, wherever it is asked.
+        let mut conn = self.shared_connection()?;
         // On a cluster, one node (any) must answer: a primary failing over
         // fails the commands for its slots by the failure policy; it does
         // not take every instance out of its balancer at once.
@@ -672,6 +743,70 @@ a5 :0@0 master,noaddr - 0 0 4 disconnected
                 (7102, true, false),
                 (7103, false, true)
             ]
+        );
+    }
+
+    /// `CLIENT ID` of the connection `conn` sends its commands over.
+    async fn client_id(mut conn: Conn) -> i64 {
+        redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .expect("the local Redis (REDIS_URL) answers")
+    }
+
+    /// A request worker (a single-threaded runtime) sends its commands
+    /// over a connection of its own, the same one each time; two workers
+    /// have two; elsewhere the shared connection is used, and it outlives
+    /// the workers.
+    #[test]
+    fn each_worker_has_a_connection_of_its_own() {
+        let main = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let pool = main.block_on(async {
+            RedisPool::new(&RedisSettings {
+                url: SecretString::from(url),
+                cluster: false,
+                connections: 1,
+                connect_timeout: Duration::from_secs(1),
+                command_timeout: Duration::from_secs(5),
+                key_prefix: "confab-test:".to_owned(),
+            })
+            .unwrap()
+        });
+        let shared = main.block_on(client_id(pool.shared_connection().unwrap()));
+        assert_eq!(
+            main.block_on(async { client_id(pool.connection().unwrap()).await }),
+            shared,
+            "off a worker, the shared connection"
+        );
+        let workers: Vec<i64> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                std::thread::spawn(move || {
+                    let worker = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    let id = || async { client_id(pool.connection().unwrap()).await };
+                    let (first, again) = (worker.block_on(id()), worker.block_on(id()));
+                    assert_eq!(first, again, "a worker keeps its connection");
+                    first
+                })
+                .join()
+                .unwrap()
+            })
+            .collect();
+        assert_ne!(workers[0], workers[1]);
+        assert!(!workers.contains(&shared));
+        // The workers and their runtimes are gone; the shared one serves.
+        assert_eq!(
+            main.block_on(client_id(pool.shared_connection().unwrap())),
+            shared
         );
     }
 }
