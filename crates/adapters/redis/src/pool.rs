@@ -462,8 +462,6 @@ impl RedisPool {
         }
         WORKER_LINKS.with(|links| {
             let mut links = links.borrow_mut();
-            // The connections of pools that are gone go with them.
-            links.retain(|(pool, _)| pool.strong_count() > 0);
             let mine = links
                 .iter()
                 .find(|(pool, _)| std::ptr::eq(pool.as_ptr(), Arc::as_ptr(&self.shared)))
@@ -476,6 +474,8 @@ impl RedisPool {
                         manager_config(&self.shared.settings),
                     )
                     .map_err(|e| unavailable(&e))?;
+                    // The connections of pools that are gone go with them.
+                    links.retain(|(pool, _)| pool.strong_count() > 0);
                     links.push((Arc::downgrade(&self.shared), manager.clone()));
                     manager
                 }

@@ -105,7 +105,7 @@ impl PathPattern {
         }
     }
 
-    /// Whether it has a parameter.
+    /// Whether it has no parameter (actix matches it by comparing text).
     pub(crate) fn is_static(&self) -> bool {
         self.segments.iter().all(Option::is_some)
     }
