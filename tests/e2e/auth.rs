@@ -18,6 +18,7 @@ on_both_backends!(
     unknown_user_and_wrong_password_look_the_same,
     forged_and_broken_access_tokens_are_401_never_500,
     expired_token_is_told_apart_with_a_challenge,
+    an_access_token_used_before_still_expires,
     refresh_token_is_not_an_access_token_and_the_reverse,
     refresh_rotates_from_body_and_from_cookie,
     refresh_token_reuse_revokes_family,
@@ -421,6 +422,38 @@ async fn expired_token_is_told_apart_with_a_challenge(backend: Backend) {
         "{challenge}"
     );
     error_body(res, 401, "TOKEN_EXPIRED").await;
+}
+
+/// A worker keeps an access token it verified (its exact text), and checks
+/// only its times again: a token accepted before is still refused once it
+/// has expired, on every worker that accepted it.
+async fn an_access_token_used_before_still_expires(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        &[
+            ("CONFAB__AUTH__ACCESS_TTL_SECS", "2"),
+            ("CONFAB__AUTH__LEEWAY_SECS", "0"),
+        ],
+    );
+    let tokens = user_with_tokens(&app, "evi").await;
+    let access = token(&tokens, "access_token");
+    // Several requests, so that more than one worker has seen it.
+    for _ in 0..6 {
+        assert_eq!(
+            app.get_auth("/api/v1/users/me", &access).await.status(),
+            200
+        );
+    }
+    // `exp` is whole seconds: three seconds on, it is past.
+    tokio::time::sleep(std::time::Duration::from_millis(3_100)).await;
+    for _ in 0..6 {
+        error_body(
+            app.get_auth("/api/v1/users/me", &access).await,
+            401,
+            "TOKEN_EXPIRED",
+        )
+        .await;
+    }
 }
 
 async fn refresh_token_is_not_an_access_token_and_the_reverse(backend: Backend) {

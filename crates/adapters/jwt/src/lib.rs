@@ -11,7 +11,10 @@
 //! `typ` `resume`, with `cid` (the conversation) and `mid` (the message)
 //! in place of `sid` and `role`.
 
-use std::time::Duration;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use confab_domain::{DomainError, FamilyId, OffsetDateTime, Role, TokenId, UserId};
 use confab_ports::{AccessClaims, IssuedToken, RefreshClaims, TokenCodec, TokenRejection};
@@ -69,8 +72,44 @@ struct Claims {
     role: Option<String>,
 }
 
+/// The most access tokens a thread keeps verified, per codec: past it the
+/// thread forgets them all and verifies again (a few hundred bytes each).
+const VERIFIED_PER_THREAD: usize = 4_096;
+
+/// The most codecs a thread keeps verified tokens for (a server has one;
+/// a test process makes many, one after another).
+const CODECS_PER_THREAD: usize = 4;
+
+/// An access token this thread verified, with the times that decide
+/// whether it still is valid.
+struct Verified {
+    claims: AccessClaims,
+    not_before: i64,
+    expires: i64,
+}
+
+/// One codec's verified tokens, by their text.
+type VerifiedTokens = HashMap<Box<str>, Verified>;
+
+thread_local! {
+    /// Access tokens verified on this thread, by codec id and token text.
+    static VERIFIED: RefCell<Vec<(u64, VerifiedTokens)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Ids of codecs, so that one codec's verified tokens are never another's.
+static NEXT_CODEC: AtomicU64 = AtomicU64::new(0);
+
 /// Signs and verifies Confab's tokens with one HMAC secret.
+///
+/// Access tokens, verified on every authenticated request, are verified
+/// once per thread: the exact text of a token that passed (signature,
+/// algorithm, issuer, audience, kind, claims) is kept with its claims, and
+/// a later request with the same text is checked against its `exp` and
+/// `nbf` only (the rest cannot have changed: the text is what was signed).
+/// What a token's standing is (logged out, its user disabled) is never
+/// kept here: that is the blocklist's, asked on every request.
 pub struct JwtCodec {
+    id: u64,
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -96,6 +135,7 @@ impl JwtCodec {
         validation.set_audience(&[&settings.audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         Ok(Self {
+            id: NEXT_CODEC.fetch_add(1, Ordering::Relaxed),
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
@@ -148,6 +188,44 @@ impl JwtCodec {
             })
     }
 
+    /// The claims of `token` if this thread verified it with this codec and
+    /// it is still within its times (`exp` and `nbf` with the leeway, as
+    /// the full check has them).
+    fn verified(&self, token: &str) -> Option<AccessClaims> {
+        let now =
+            i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()?;
+        let leeway = i64::try_from(self.settings.leeway.as_secs()).ok()?;
+        VERIFIED.with(|verified| {
+            let verified = verified.borrow();
+            let (_, tokens) = verified.iter().find(|(codec, _)| *codec == self.id)?;
+            let hit = tokens.get(token)?;
+            (hit.expires >= now - leeway && hit.not_before <= now + leeway)
+                .then(|| hit.claims.clone())
+        })
+    }
+
+    /// Keeps `token`, just verified, for this thread's next requests.
+    fn remember(&self, token: &str, verified: Verified) {
+        VERIFIED.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            let at = match kept.iter().position(|(codec, _)| *codec == self.id) {
+                Some(at) => at,
+                None => {
+                    if kept.len() >= CODECS_PER_THREAD {
+                        kept.remove(0);
+                    }
+                    kept.push((self.id, HashMap::new()));
+                    kept.len() - 1
+                }
+            };
+            let tokens = &mut kept[at].1;
+            if tokens.len() >= VERIFIED_PER_THREAD {
+                tokens.clear();
+            }
+            tokens.insert(token.into(), verified);
+        });
+    }
+
     /// Decodes and validates `token`, and checks it is of kind `typ`.
     fn verify(&self, token: &str, typ: &str) -> Result<Parsed, TokenRejection> {
         let c: Claims = self.decode(token)?;
@@ -163,6 +241,8 @@ impl JwtCodec {
             family: FamilyId::from_uuid(uuid(&c.sid)?),
             issued_at: time(c.iat)?,
             expires_at: time(c.exp)?,
+            not_before: c.nbf,
+            expires: c.exp,
             role: c
                 .role
                 .as_deref()
@@ -179,6 +259,8 @@ struct Parsed {
     family: FamilyId,
     issued_at: OffsetDateTime,
     expires_at: OffsetDateTime,
+    not_before: i64,
+    expires: i64,
     role: Option<Role>,
 }
 
@@ -210,8 +292,11 @@ impl TokenCodec for JwtCodec {
     }
 
     fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenRejection> {
+        if let Some(claims) = self.verified(token) {
+            return Ok(claims);
+        }
         let p = self.verify(token, ACCESS)?;
-        Ok(AccessClaims {
+        let claims = AccessClaims {
             user_id: p.user_id,
             role: p.role.ok_or(TokenRejection::Invalid)?,
             jti: p.jti,
@@ -219,7 +304,16 @@ impl TokenCodec for JwtCodec {
             issued_at: p.issued_at,
             expires_at: p.expires_at,
             api_key: None,
-        })
+        };
+        self.remember(
+            token,
+            Verified {
+                claims: claims.clone(),
+                not_before: p.not_before,
+                expires: p.expires,
+            },
+        );
+        Ok(claims)
     }
 
     fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, TokenRejection> {

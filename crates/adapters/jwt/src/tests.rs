@@ -190,3 +190,84 @@ fn short_secrets_are_refused() {
         Err(JwtError::ShortSecret)
     ));
 }
+
+#[test]
+fn a_token_kept_verified_is_another_codecs_to_verify_again() {
+    let mine = codec();
+    let access = mine
+        .issue_access(UserId::generate(), Role::User, FamilyId::generate(), now())
+        .unwrap();
+    let first = mine.verify_access(&access.token).unwrap();
+    // Kept on this thread: the same claims again.
+    assert_eq!(mine.verify_access(&access.token).unwrap(), first);
+    // Another secret on the same thread: the kept token is not its own.
+    let other = JwtCodec::new(b"another-secret-0123456789abcdefgh", settings()).unwrap();
+    assert_eq!(
+        other.verify_access(&access.token),
+        Err(TokenRejection::Invalid)
+    );
+    // Nor is a kept token another kind to the codec that kept it.
+    assert_eq!(
+        mine.verify_refresh(&access.token).map(|r| r.jti),
+        Err(TokenRejection::Invalid)
+    );
+    // One character changed is another text: verified in full, refused.
+    let mut forged = access.token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(mine.verify_access(&forged), Err(TokenRejection::Invalid));
+}
+
+#[test]
+fn a_token_kept_verified_still_expires() {
+    let short = JwtCodec::new(
+        SECRET,
+        JwtSettings {
+            access_ttl: Duration::from_secs(1),
+            leeway: Duration::ZERO,
+            ..settings()
+        },
+    )
+    .unwrap();
+    let access = short
+        .issue_access(UserId::generate(), Role::User, FamilyId::generate(), now())
+        .unwrap();
+    assert!(short.verify_access(&access.token).is_ok());
+    assert!(short.verify_access(&access.token).is_ok(), "kept");
+    // Past its exp (whole seconds, so up to two seconds on).
+    std::thread::sleep(Duration::from_millis(2_100));
+    assert_eq!(
+        short.verify_access(&access.token),
+        Err(TokenRejection::Expired)
+    );
+}
+
+#[test]
+fn a_thread_keeps_a_bounded_number_of_tokens_and_codecs() {
+    let c = codec();
+    let tokens: Vec<String> = (0..VERIFIED_PER_THREAD + 10)
+        .map(|_| {
+            c.issue_access(UserId::generate(), Role::User, FamilyId::generate(), now())
+                .unwrap()
+                .token
+        })
+        .collect();
+    for token in &tokens {
+        c.verify_access(token).unwrap();
+    }
+    for _ in 0..CODECS_PER_THREAD + 2 {
+        let other = codec();
+        let token = other
+            .issue_access(UserId::generate(), Role::User, FamilyId::generate(), now())
+            .unwrap()
+            .token;
+        other.verify_access(&token).unwrap();
+    }
+    VERIFIED.with(|kept| {
+        let kept = kept.borrow();
+        assert!(kept.len() <= CODECS_PER_THREAD);
+        assert!(kept.iter().all(|(_, t)| t.len() <= VERIFIED_PER_THREAD));
+    });
+    // Forgotten or kept, every token still verifies.
+    assert!(tokens.iter().all(|t| c.verify_access(t).is_ok()));
+}
