@@ -32,15 +32,15 @@ use confab_ports::{RateDecision, RateLimiter, RatePolicy};
 
 use crate::pool::{RedisPool, unavailable};
 
-/// The GCRA step as a Lua function `gcra(key, period, quota, margin_ms)`,
-/// for every script that charges a bucket (this one, and the admission's).
-macro_rules! gcra {
+/// The GCRA step as a Lua function `gcra_at(key, tat, now, period, quota,
+/// margin_ms)`: the charge of the bucket `key`, whose stored TAT (`nil`
+/// when it has none) its caller read, at `now` (µs of Redis's clock), for
+/// the scripts that read those themselves (the admission's, which reads
+/// the clock once for many charges).
+macro_rules! gcra_at {
     () => {
-        r"local function gcra(key, period, quota, margin_ms)
+        r"local function gcra_at(key, tat, now, period, quota, margin_ms)
   local capacity = period * quota
-  local time = redis.call('TIME')
-  local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-  local tat = tonumber(redis.call('GET', key))
   if tat == nil or tat < now then
     tat = now
   end
@@ -56,7 +56,23 @@ end
 "
     };
 }
-pub(crate) use gcra;
+pub(crate) use gcra_at;
+
+/// The GCRA step as a Lua function `gcra(key, period, quota, margin_ms)`,
+/// reading the bucket and Redis's clock itself.
+macro_rules! gcra {
+    () => {
+        concat!(
+            gcra_at!(),
+            r"local function gcra(key, period, quota, margin_ms)
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+  return gcra_at(key, tonumber(redis.call('GET', key)), now, period, quota, margin_ms)
+end
+"
+        )
+    };
+}
 
 /// The GCRA step, atomically on Redis's clock.
 ///

@@ -452,12 +452,10 @@ impl RedisPool {
     /// [`DomainError::Unavailable`] if a worker's connection can't be set
     /// up.
     pub(crate) fn connection(&self) -> Result<Conn, DomainError> {
-        let on_worker = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread);
         let Backend::Single(client) = &self.shared.backend else {
             return self.shared_connection();
         };
-        if !on_worker {
+        if !self.on_worker() {
             return self.shared_connection();
         }
         WORKER_LINKS.with(|links| {
@@ -485,6 +483,15 @@ impl RedisPool {
                 runtime: None,
             })
         })
+    }
+
+    /// Whether a command made now, on this thread, goes over a worker's own
+    /// connection ([`connection`](Self::connection)): on a single Redis,
+    /// from a current-thread runtime (a request worker).
+    pub(crate) fn on_worker(&self) -> bool {
+        matches!(self.shared.backend, Backend::Single(_))
+            && tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread)
     }
 
     /// The cluster's primaries that serve slots, as the cluster sees them

@@ -114,6 +114,19 @@ async fn admission_shares_the_blocklist_and_the_limiter() {
     .await;
 }
 
+/// The same off a request worker (a multi-threaded runtime), where each
+/// admission is a script call of its own rather than one of a group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_off_a_worker_shares_the_blocklist_and_the_limiter() {
+    let pool = support::pool().await;
+    confab_testkit::contract::admission::a_refused_token_is_charged_nothing(
+        &confab_redis::RedisAdmission::new(pool.clone()),
+        &RedisBlocklist::new(pool.clone()),
+        &confab_redis::RedisLimiter::new(pool),
+    )
+    .await;
+}
+
 /// Admission reads the cache's version counter in its script: the list
 /// route then makes no round trip of its own for it.
 #[tokio::test]
