@@ -7,12 +7,13 @@
 //! so they share a slot (the cache version too: it is the user's
 //! conversation list's), as a script's keys must.
 //!
-//! **Grouped on a worker.** Redis spends most of a small script's time on
-//! running a script at all (about 12 µs of 15 here, its five commands the
-//! rest), so the script admits any number of requests at once: on a
-//! request worker with a single Redis, the admissions its requests ask for
-//! while one group is on its way to Redis wait, and go together as the
-//! next group (group commit: one request alone goes at once, as before).
+//! **Grouped on a worker.** The script admits any number of requests at
+//! once: on a request worker with a single Redis, the admissions its
+//! requests ask for while one group is on its way to Redis wait, and go
+//! together as the next group (group commit: one request alone goes at
+//! once, as before). A group shares one command, one reading of the clock
+//! and one reply; each admission's own `redis.call`s, most of a script's
+//! cost in Redis, remain (ADR 0005, seventh pass).
 //! Each admission in a group is its own, in order, on one reading of
 //! Redis's clock. Elsewhere (a cluster, whose keys of different users lie
 //! in different slots; the main runtime) each admission is a group of one.
