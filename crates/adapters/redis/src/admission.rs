@@ -149,6 +149,17 @@ thread_local! {
         const { RefCell::new(Vec::new()) };
 }
 
+/// The failure of a group's call, as each of its admissions reports it:
+/// of the same kind, with the same cause.
+fn for_each(e: &DomainError) -> DomainError {
+    match e {
+        DomainError::Internal(cause) => DomainError::internal(cause.to_string()),
+        other => DomainError::unavailable(
+            std::error::Error::source(other).map_or_else(|| other.to_string(), ToString::to_string),
+        ),
+    }
+}
+
 /// A worker's group maker: sends what has gathered as one group, waits
 /// for its answer, and again, until the worker or the adapter is gone.
 async fn gather(inner: Weak<Inner>, mut waiting: mpsc::UnboundedReceiver<Pending>) {
@@ -161,6 +172,11 @@ async fn gather(inner: Weak<Inner>, mut waiting: mpsc::UnboundedReceiver<Pending
         adapter
             .groups
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A request that went away before its group left is not charged.
+        group.retain(|p| !p.reply.is_closed());
+        if group.is_empty() {
+            continue;
+        }
         let result = adapter.run(group.iter().map(|p| &p.request)).await;
         drop(adapter);
         match result {
@@ -173,11 +189,8 @@ async fn gather(inner: Weak<Inner>, mut waiting: mpsc::UnboundedReceiver<Pending
                 }
             }
             Err(e) => {
-                let reason = e.to_string();
                 for pending in group.drain(..) {
-                    let _ = pending
-                        .reply
-                        .send(Err(DomainError::unavailable(reason.clone())));
+                    let _ = pending.reply.send(Err(for_each(&e)));
                 }
             }
         }
@@ -413,6 +426,45 @@ mod tests {
             .expect("admitted");
         assert!(!next.decision.allowed);
         assert_eq!(admission.inner.groups.load(Ordering::Relaxed), 3);
+    }
+
+    /// A group whose call fails fails each of its admissions, as
+    /// unavailable with Redis's reason: none waits on.
+    #[tokio::test]
+    async fn a_failed_group_fails_each_of_its_admissions_with_the_cause() {
+        let admission = RedisAdmission::new(
+            RedisPool::new(&RedisSettings {
+                url: SecretString::from("redis://127.0.0.1:1".to_owned()),
+                cluster: false,
+                connections: 1,
+                connect_timeout: Duration::from_millis(200),
+                command_timeout: Duration::from_millis(200),
+                key_prefix: "confab-test:".to_owned(),
+            })
+            .unwrap(),
+        );
+        let user = UserId::generate();
+        let policy = RatePolicy {
+            name: "down".to_owned(),
+            quota: 3,
+            window: Duration::from_secs(60),
+        };
+        let bucket = format!("user:{user}");
+        let good: Vec<AccessClaims> = (0..3).map(|_| claims(user, FamilyId::generate())).collect();
+        let answers = join_all(
+            good.iter()
+                .map(|c| admission.admit(c, &policy, &bucket, None)),
+        )
+        .await;
+        assert_eq!(answers.len(), 3);
+        for answer in answers {
+            match answer {
+                Err(DomainError::Unavailable(cause)) => {
+                    assert!(cause.to_string().starts_with("redis:"), "{cause}");
+                }
+                other => panic!("expected unavailable, got {other:?}"),
+            }
+        }
     }
 
     /// Off a worker (a multi-threaded runtime), each admission is a group
