@@ -327,19 +327,6 @@ mod tests {
     use super::*;
     use crate::{RedisBlocklist, RedisCache, RedisSettings};
 
-    fn pool() -> RedisPool {
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        RedisPool::new(&RedisSettings {
-            url: SecretString::from(url),
-            cluster: false,
-            connections: 1,
-            connect_timeout: Duration::from_secs(1),
-            command_timeout: Duration::from_secs(5),
-            key_prefix: "confab-test:".to_owned(),
-        })
-        .unwrap()
-    }
-
     fn claims(user: UserId, family: FamilyId) -> AccessClaims {
         let now = OffsetDateTime::now_utc();
         AccessClaims {
@@ -359,7 +346,7 @@ mod tests {
     /// and charged nothing; the cache version read where asked.
     #[tokio::test]
     async fn admissions_asked_at_once_on_a_worker_go_in_groups_each_its_own() {
-        let pool = pool();
+        let pool = crate::pool::local_pool();
         let admission = RedisAdmission::new(pool.clone());
         let blocklist = RedisBlocklist::new(pool.clone());
         let cache = RedisCache::new(pool.clone());
@@ -471,7 +458,7 @@ mod tests {
     /// of one, sent at once: no group maker is involved.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn off_a_worker_each_admission_goes_alone() {
-        let admission = RedisAdmission::new(pool());
+        let admission = RedisAdmission::new(crate::pool::local_pool());
         let user = UserId::generate();
         let policy = RatePolicy {
             name: format!("alone-{}", UserId::generate()),

@@ -673,6 +673,22 @@ impl HealthCheck for RedisPool {
     }
 }
 
+/// A pool on the local Redis (`REDIS_URL`, else the default port), for
+/// the unit tests of this crate; made on the current runtime.
+#[cfg(test)]
+pub(crate) fn local_pool() -> RedisPool {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    RedisPool::new(&RedisSettings {
+        url: SecretString::from(url),
+        cluster: false,
+        connections: 1,
+        connect_timeout: Duration::from_secs(1),
+        command_timeout: Duration::from_secs(5),
+        key_prefix: "confab-test:".to_owned(),
+    })
+    .expect("a pool on the local Redis")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -773,18 +789,7 @@ a5 :0@0 master,noaddr - 0 0 4 disconnected
             .enable_all()
             .build()
             .unwrap();
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let pool = main.block_on(async {
-            RedisPool::new(&RedisSettings {
-                url: SecretString::from(url),
-                cluster: false,
-                connections: 1,
-                connect_timeout: Duration::from_secs(1),
-                command_timeout: Duration::from_secs(5),
-                key_prefix: "confab-test:".to_owned(),
-            })
-            .unwrap()
-        });
+        let pool = main.block_on(async { local_pool() });
         let shared = main.block_on(client_id(pool.shared_connection().unwrap()));
         assert_eq!(
             main.block_on(async { client_id(pool.connection().unwrap()).await }),
