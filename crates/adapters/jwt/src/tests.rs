@@ -199,6 +199,17 @@ fn a_token_kept_verified_is_another_codecs_to_verify_again() {
         .unwrap();
     let first = mine.verify_access(&access.token).unwrap();
     // Kept on this thread: the same claims again.
+    let kept = VERIFIED.with(|kept| {
+        kept.borrow()
+            .iter()
+            .find(|(codec, _)| *codec == mine.id)
+            .and_then(|(_, tokens)| tokens.get(access.token.as_str()).map(|v| v.claims.clone()))
+    });
+    assert_eq!(
+        kept.as_ref(),
+        Some(&first),
+        "kept after a full verification"
+    );
     assert_eq!(mine.verify_access(&access.token).unwrap(), first);
     // Another secret on the same thread: the kept token is not its own.
     let other = JwtCodec::new(b"another-secret-0123456789abcdefgh", settings()).unwrap();
