@@ -149,17 +149,6 @@ thread_local! {
         const { RefCell::new(Vec::new()) };
 }
 
-/// The failure of a group's call, as each of its admissions reports it:
-/// of the same kind, with the same cause.
-fn for_each(e: &DomainError) -> DomainError {
-    match e {
-        DomainError::Internal(cause) => DomainError::internal(cause.to_string()),
-        other => DomainError::unavailable(
-            std::error::Error::source(other).map_or_else(|| other.to_string(), ToString::to_string),
-        ),
-    }
-}
-
 /// A worker's group maker: sends what has gathered as one group, waits
 /// for its answer, and again, until the worker or the adapter is gone.
 async fn gather(inner: Weak<Inner>, mut waiting: mpsc::UnboundedReceiver<Pending>) {
@@ -190,7 +179,7 @@ async fn gather(inner: Weak<Inner>, mut waiting: mpsc::UnboundedReceiver<Pending
             }
             Err(e) => {
                 for pending in group.drain(..) {
-                    let _ = pending.reply.send(Err(for_each(&e)));
+                    let _ = pending.reply.send(Err(crate::pool::for_each(&e)));
                 }
             }
         }

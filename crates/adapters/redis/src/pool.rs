@@ -642,6 +642,18 @@ fn tcp_settings(command_timeout: Duration) -> TcpSettings {
 
 /// A Redis failure as the ports report it: unavailable, with the reason
 /// (never a URL or a value).
+/// The failure of a call made for several callers (a group of admissions,
+/// of logs' appends), as each of them reports it: of the same kind, with
+/// the same cause.
+pub(crate) fn for_each(e: &DomainError) -> DomainError {
+    match e {
+        DomainError::Internal(cause) => DomainError::internal(cause.to_string()),
+        other => DomainError::unavailable(
+            std::error::Error::source(other).map_or_else(|| other.to_string(), ToString::to_string),
+        ),
+    }
+}
+
 pub(crate) fn unavailable(e: &redis::RedisError) -> DomainError {
     DomainError::unavailable(format!("redis: {:?}: {}", e.kind(), e.category()))
 }

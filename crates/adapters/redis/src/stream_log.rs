@@ -88,9 +88,10 @@
 //!
 //! On a generation this instance runs, [`append_all`](StreamLog::append_all)
 //! numbers the batch, adds it to the local copy (its readers have it at
-//! once: they never wait for Redis) and queues it; one task per generation
-//! hands everything queued to Redis in one script call (one round trip),
-//! in order (see `append.rs`). An append that fails for a reason that may
+//! once: they never wait for Redis) and queues it; a sender hands
+//! everything queued to Redis, in order: on a single Redis one script call
+//! (one round trip) carries the batches of up to 64 generations, on a
+//! cluster one generation's (see `append.rs`). An append that fails for a reason that may
 //! pass (a reply timed out, the connection dropped) is tried again, up to
 //! four times; the script takes a batch whose numbers it already holds as
 //! landed, so a retried batch is not appended twice. An append that
@@ -167,6 +168,8 @@ struct Inner {
     /// The generation this instance opened of each conversation, until it
     /// closes it (or opens the next).
     opened: Mutex<HashMap<ConversationId, Opened>>,
+    /// The generations waiting to hand their queued events to Redis.
+    sends: Mutex<append::Sends>,
     /// Wakes the readers of generations run elsewhere.
     hub: Hub,
     /// Hears stop requests.
@@ -274,6 +277,7 @@ impl RedisStreamLog {
                 scripts: Scripts::new(),
                 options,
                 opened: Mutex::new(HashMap::new()),
+                sends: Mutex::new(append::Sends::default()),
                 listener: Listener::default(),
                 gone: watch::Sender::new(()),
             }),

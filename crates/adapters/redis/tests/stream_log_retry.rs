@@ -1,8 +1,10 @@
 //! Appends that meet a slow or vanished Redis: a batch whose reply was lost
 //! is retried without being appended twice, and after an append that
-//! failed for good the next ones still land in order. On a private
-//! `redis-server` (blocked with `DEBUG SLEEP`, or killed and restarted with
-//! its data), never the shared one.
+//! failed for good the next ones still land in order. And appends of many
+//! generations handed over together: few calls, each generation's batch
+//! judged on its own. On a private `redis-server` (blocked with `DEBUG
+//! SLEEP`, killed and restarted with its data, or counted with `INFO
+//! commandstats`), never the shared one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -226,4 +228,136 @@ async fn local_readers_have_an_event_before_redis_does() {
         .unwrap();
     log.close(conv).await.unwrap();
     assert_eq!(stored(&url, conv).await, ["a", "b"]);
+}
+
+/// `EVALSHA` calls Redis ran since its counters were last reset.
+async fn script_calls(raw: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(raw)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+/// Waits until Redis holds `expected` for `conv`.
+async fn until_held(url: &str, conv: ConversationId, expected: &[String]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while held(url, conv).await != expected {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Redis never held {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_appends_of_many_generations_go_to_redis_in_a_few_calls() {
+    let redis = support::PrivateRedis::start();
+    let url = redis.url();
+    let log = log_on(&url, Duration::from_secs(5));
+    let mut raw = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // The scripts loaded, so that no call below is a NOSCRIPT retry.
+    let _loaded = opened_with_a(&url).await;
+    let mut conversations = Vec::new();
+    let mut signals = Vec::new();
+    for _ in 0..100 {
+        let conv = ConversationId::generate();
+        signals.push(
+            log.open(conv, &MessageId::parse("m1").unwrap())
+                .await
+                .unwrap(),
+        );
+        conversations.push(conv);
+    }
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    // Queued together, with no await in between: two senders take them,
+    // 64 generations in one call and the other 36 in another.
+    for (n, conv) in conversations.iter().enumerate() {
+        let data = [format!("{n}-a"), format!("{n}-b")];
+        log.append_all(*conv, events(&[&data[0], &data[1]]))
+            .await
+            .unwrap();
+    }
+    for (n, conv) in conversations.iter().enumerate() {
+        until_held(&url, *conv, &[format!("{n}-a"), format!("{n}-b")]).await;
+    }
+    assert_eq!(script_calls(&mut raw).await, 2);
+    // Each generation goes on in order after its group.
+    for (n, conv) in conversations.iter().enumerate() {
+        log.append_all(*conv, events(&[&format!("{n}-c")]))
+            .await
+            .unwrap();
+        log.close(*conv).await.unwrap();
+    }
+    for (n, conv) in conversations.iter().enumerate() {
+        assert_eq!(
+            stored(&url, *conv).await,
+            [format!("{n}-a"), format!("{n}-b"), format!("{n}-c")]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_generation_that_fails_in_a_group_fails_alone() {
+    let redis = support::PrivateRedis::start();
+    let url = redis.url();
+    let (log, lost, _lost_stop, mut lost_local) = opened_with_a(&url).await;
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let conv = ConversationId::generate();
+        let stop = log
+            .open(conv, &MessageId::parse("m1").unwrap())
+            .await
+            .unwrap();
+        kept.push((conv, stop));
+    }
+    // Another instance took over the lost conversation's log (its lease
+    // ran out): this instance's generation is no longer the open one.
+    let mut raw = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("HSET")
+        .arg(format!("t:log:{{{lost}}}:meta"))
+        .arg("gen")
+        .arg("1")
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    // Queued together: one call carries the three batches.
+    log.append_all(kept[0].0, events(&["x"])).await.unwrap();
+    log.append_all(lost, events(&["b"])).await.unwrap();
+    log.append_all(kept[1].0, events(&["y"])).await.unwrap();
+    assert_eq!(lost_local.next().await.unwrap().unwrap().event.data, "b");
+    // The lost one's local reader ends with an error; its next append
+    // hears why. The others landed.
+    assert!(lost_local.next().await.is_err());
+    assert_eq!(script_calls(&mut raw).await, 1);
+    assert!(matches!(
+        log.append_all(lost, events(&["c"])).await,
+        Err(DomainError::NotFound)
+    ));
+    for ((conv, _), data) in kept.iter().zip(["x", "y"]) {
+        until_held(&url, *conv, &[data.to_owned()]).await;
+        log.close(*conv).await.unwrap();
+        assert_eq!(stored(&url, *conv).await, [data]);
+    }
 }

@@ -1,8 +1,13 @@
 //! Appends. A generation this instance runs numbers its events itself:
 //! a batch is given its ids, added to the local copy (its readers have it
-//! at once) and queued; one task at a time hands what is queued to Redis
-//! in one script call, in order, retried when its reply may have been
-//! lost (see the module docs of `stream_log`). An append that failed for
+//! at once) and queued. Senders hand what is queued to Redis: on a single
+//! Redis at most two, each taking up to 64 generations with events queued
+//! and handing all their batches over in one call of the many-logs script
+//! (group commit, as the store's writer does); on a cluster one call per
+//! generation, whose keys lie in its own slot. A generation is in one call
+//! at a time, so its batches land in order; a call is retried when its
+//! reply may have been lost (see the module docs of `stream_log`), and
+//! each generation's batch is judged on its own. An append that failed for
 //! good is reported by the next `append_all` (and logged by `close`),
 //! and the local copy ends with an error; the numbers that batch had are
 //! never given again, so a client that saw one of its events resumes
@@ -10,7 +15,8 @@
 //! Redis. Appends to a generation another instance runs wait for Redis
 //! too, which numbers them after the stream's last entry.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use confab_domain::{ConversationId, DomainError, EventName, WireEvent};
@@ -18,7 +24,7 @@ use confab_ports::LoggedEvent;
 
 use super::ids::{entry_id, event_id};
 use super::{Inner, Opened, RedisStreamLog, unexpected};
-use crate::pool::unavailable;
+use crate::pool::{for_each, unavailable};
 
 /// Attempts of one append before it fails (350 ms of pauses in all).
 const APPEND_ATTEMPTS: u32 = 4;
@@ -30,6 +36,21 @@ const CLUSTER_APPEND_ATTEMPTS: u32 = 7;
 
 /// The pause before the second attempt; doubled before each next one.
 const APPEND_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The most generations one call hands over on a single Redis.
+const MAX_GROUP: usize = 64;
+
+/// The most senders at once on a single Redis: while one waits for its
+/// reply, another may carry what was queued meanwhile.
+const MAX_SENDERS: usize = 2;
+
+/// The generations whose queued events wait for a sender, and how many
+/// senders run.
+#[derive(Debug, Default)]
+pub(super) struct Sends {
+    waiting: VecDeque<(ConversationId, String)>,
+    senders: usize,
+}
 
 impl Inner {
     /// Appends `events` to `generation` of `conversation` (any open one
@@ -86,26 +107,7 @@ impl Inner {
         invocation: &redis::ScriptInvocation<'_>,
         count: usize,
     ) -> Result<(String, Vec<String>), DomainError> {
-        let mut pause = APPEND_BACKOFF;
-        let mut attempt = 1;
-        let attempts = if self.pool.is_cluster() {
-            CLUSTER_APPEND_ATTEMPTS
-        } else {
-            APPEND_ATTEMPTS
-        };
-        let reply: Vec<String> = loop {
-            let mut conn = self.pool.connection()?;
-            match invocation.invoke_async(&mut conn).await {
-                Ok(reply) => break reply,
-                Err(e) if attempt < attempts && transient(&e) => {
-                    tracing::debug!(%conversation, attempt, error = %unavailable(&e), "append to the stream log failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                    attempt += 1;
-                }
-                Err(e) => return Err(unavailable(&e)),
-            }
-        };
+        let reply = self.invoke_retried(invocation, &conversation).await?;
         let mut reply = reply.into_iter();
         match (reply.next().as_deref(), reply.next()) {
             (Some("ok"), Some(generation)) => {
@@ -125,57 +127,187 @@ impl Inner {
         }
     }
 
-    /// Hands what `generation` of `conversation` has queued to Redis (the
-    /// events of its local copy numbered from `sent` on), a batch at a
-    /// time, until nothing is left (or the generation is no longer this
-    /// instance's). The one sender of that generation.
-    async fn send_pending(self: Arc<Self>, conversation: ConversationId, generation: String) {
+    fn sends(&self) -> MutexGuard<'_, Sends> {
+        self.sends.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Generations one call of the many-logs script carries: many on a
+    /// single Redis; one on a cluster, whose logs lie in different slots.
+    fn group_size(&self) -> usize {
+        if self.pool.is_cluster() { 1 } else { MAX_GROUP }
+    }
+
+    /// Senders at once: on a single Redis a few, each carrying many
+    /// generations a call; on a cluster one per generation waiting, as
+    /// each call carries one.
+    fn most_senders(&self) -> usize {
+        if self.pool.is_cluster() {
+            usize::MAX
+        } else {
+            MAX_SENDERS
+        }
+    }
+
+    /// Queues `generation` of `conversation` for a sender (it has events
+    /// queued and none is handing them over), starting one if fewer than
+    /// the most run.
+    fn wait_for_sender(self: &Arc<Self>, conversation: ConversationId, generation: String) {
+        let mut sends = self.sends();
+        sends.waiting.push_back((conversation, generation));
+        if sends.senders < self.most_senders() {
+            sends.senders += 1;
+            drop(sends);
+            self.pool.spawn(Arc::clone(self).send_waiting());
+        }
+    }
+
+    /// A sender: hands the waiting generations' queued events to Redis, a
+    /// group at a time, until none waits.
+    async fn send_waiting(self: Arc<Self>) {
         loop {
-            let (invocation, count) = {
-                let mut opened = self.opened();
+            let group: Vec<(ConversationId, String)> = {
+                let mut sends = self.sends();
+                if sends.waiting.is_empty() {
+                    sends.senders -= 1;
+                    return;
+                }
+                let n = sends.waiting.len().min(self.group_size());
+                sends.waiting.drain(..n).collect()
+            };
+            self.send_group(group).await;
+        }
+    }
+
+    /// Hands what each generation of `group` has queued (the events of its
+    /// local copy numbered from `sent` on) to Redis in one script call;
+    /// one that queued more meanwhile waits for a sender again. The one
+    /// sender of each of those generations while it runs.
+    async fn send_group(self: &Arc<Self>, group: Vec<(ConversationId, String)>) {
+        let mut batches = Vec::with_capacity(group.len());
+        let invocation = {
+            let mut opened = self.opened();
+            let mut invocation = self.scripts.append_many.prepare_invoke();
+            invocation.arg(self.options.max_events_per_log);
+            for (conversation, generation) in group {
                 let Some(mine) = opened
                     .get_mut(&conversation)
                     .filter(|mine| mine.generation == generation)
                 else {
-                    return;
+                    continue;
                 };
                 let (first, next) = (mine.sent, mine.next);
                 if first == next {
                     mine.sending.send_replace(false);
-                    return;
+                    continue;
                 }
                 mine.sent = next;
                 let count = usize::try_from(next - first).unwrap_or(usize::MAX);
+                invocation
+                    .key(self.meta_key(conversation))
+                    .arg(self.stream_prefix(conversation))
+                    .arg(&generation)
+                    .arg(first)
+                    .arg(count);
                 // The copy holds event `n` at `n - 1`: it has every event
                 // this instance numbered while it sends (a copy that ended
                 // takes no more, and nothing is queued after that).
-                let invocation = mine.local.with_events(|events| {
+                mine.local.with_events(|events| {
                     let from = usize::try_from(first - 1).unwrap_or(usize::MAX);
-                    let batch = events.iter().skip(from).take(count).map(|e| &e.event);
-                    self.append_script(conversation, &generation, Some((first, false)), batch)
+                    for logged in events.iter().skip(from).take(count) {
+                        invocation
+                            .arg(logged.event.name.map_or("", EventName::as_str))
+                            .arg(&logged.event.data);
+                    }
                 });
-                (invocation, count)
-            };
-            let sent = self.run_append(conversation, &invocation, count).await;
-            if let Err(e) = sent {
-                let mut opened = self.opened();
-                if let Some(mine) = opened
+                batches.push((conversation, generation));
+            }
+            invocation
+        };
+        if batches.is_empty() {
+            return;
+        }
+        let logs = format!("{} logs", batches.len());
+        let replies = self.invoke_retried(&invocation, &logs).await;
+        let mut again = Vec::new();
+        {
+            let mut opened = self.opened();
+            for (n, (conversation, generation)) in batches.into_iter().enumerate() {
+                let Some(mine) = opened
                     .get_mut(&conversation)
                     .filter(|mine| mine.generation == generation)
-                {
-                    // Redis will never hold these: local readers end (their
-                    // client resumes from Redis, after an event it saw
-                    // here), the app hears of it at its next append, and
-                    // their numbers stay given.
-                    mine.local.fail();
-                    mine.sent = mine.next;
-                    mine.skipped = true;
-                    mine.failure = Some(e);
-                    mine.sending.send_replace(false);
+                else {
+                    continue;
+                };
+                match batch_outcome(&replies, n) {
+                    Ok(()) if mine.sent == mine.next => {
+                        mine.sending.send_replace(false);
+                    }
+                    Ok(()) => again.push((conversation, generation)),
+                    Err(e) => {
+                        // Redis will never hold these: local readers end
+                        // (their client resumes from Redis, after an event
+                        // it saw here), the app hears of it at its next
+                        // append, and their numbers stay given.
+                        mine.local.fail();
+                        mine.sent = mine.next;
+                        mine.skipped = true;
+                        mine.failure = Some(e);
+                        mine.sending.send_replace(false);
+                    }
                 }
-                return;
             }
         }
+        if !again.is_empty() {
+            // This sender goes on with them (it is running, so no other
+            // is started for them).
+            self.sends().waiting.extend(again);
+        }
+    }
+
+    /// Runs `invocation`, an append script's call, tried again (after a
+    /// pause doubled each time) while it fails for a reason that may pass
+    /// (see [`transient`]), up to the attempts of the pool's kind; its
+    /// reply. `log` names what it appends to, for the log line of a retry.
+    async fn invoke_retried(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        log: &(dyn std::fmt::Display + Sync),
+    ) -> Result<Vec<String>, DomainError> {
+        let mut pause = APPEND_BACKOFF;
+        let mut attempt = 1;
+        let attempts = if self.pool.is_cluster() {
+            CLUSTER_APPEND_ATTEMPTS
+        } else {
+            APPEND_ATTEMPTS
+        };
+        loop {
+            let mut conn = self.pool.connection()?;
+            match invocation.invoke_async(&mut conn).await {
+                Ok(reply) => return Ok(reply),
+                Err(e) if attempt < attempts && transient(&e) => {
+                    tracing::debug!(%log, attempt, error = %unavailable(&e), "append to the stream log failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(unavailable(&e)),
+            }
+        }
+    }
+}
+
+/// The outcome of the `n`th log's batch of a call of the many-logs script
+/// (`replies`: the call's statuses, or its failure).
+fn batch_outcome(replies: &Result<Vec<String>, DomainError>, n: usize) -> Result<(), DomainError> {
+    let statuses = replies.as_ref().map_err(for_each)?;
+    match statuses.get(n).map(String::as_str) {
+        Some("ok") => Ok(()),
+        Some("none") => Err(DomainError::NotFound),
+        Some("full") => Err(DomainError::unavailable("the stream log is full")),
+        Some("gap") => Err(DomainError::internal(
+            "redis: the stream log does not hold what this instance appended",
+        )),
+        _ => Err(unexpected("append")),
     }
 }
 
@@ -251,8 +383,7 @@ impl RedisStreamLog {
         mine.local.extend(logged);
         if !mine.sending.send_replace(true) {
             self.inner
-                .pool
-                .spawn(Arc::clone(&self.inner).send_pending(conversation, mine.generation.clone()));
+                .wait_for_sender(conversation, mine.generation.clone());
         }
         Ok(ids)
     }

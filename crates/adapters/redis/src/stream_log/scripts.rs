@@ -134,6 +134,69 @@ return reply
 ",
 );
 
+/// Appends what this instance queued for several generations it runs, each
+/// as [`APPEND`] does with given numbers (one call for many logs: see
+/// `append.rs`). `KEYS[i]`: the meta hash of the `i`th log. `ARGV[1]`: the
+/// most events a log holds; then for each log in turn its stream keys'
+/// prefix, its generation, the number of the batch's first event, the
+/// batch's event count, and each event's name (or empty) and data.
+///
+/// Each batch is judged on its own, as [`APPEND`] judges one: a batch
+/// whose numbers the stream already ends with is taken as landed (a
+/// retried call whose reply was lost), so a retried call appends nothing
+/// twice. The keys of one call must share a node (a cluster sends one
+/// log per call).
+///
+/// Returns one status per log, in order: `ok` (appended, or already
+/// there), `none` (no generation open, or not the caller's), `gap` (the
+/// batch does not follow the stream's last entry) or `full`.
+const APPEND_MANY: &str = concat!(
+    "-- confab stream log append many v1\n",
+    "if redis.replicate_commands then redis.replicate_commands() end\n",
+    last_event!(),
+    r"local most = tonumber(ARGV[1])
+local reply = {}
+local at = 2
+for k = 1, #KEYS do
+  local prefix, generation = ARGV[at], ARGV[at + 1]
+  local first, count = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  local events = at + 4
+  at = events + 2 * count
+  local status = 'ok'
+  local log = redis.call('HMGET', KEYS[k], 'gen', 'open')
+  if log[2] ~= '1' or log[1] ~= generation then
+    status = 'none'
+  else
+    local stream = prefix .. generation
+    local last = last_event(stream)
+    if last == nil then
+      status = 'gap'
+    elseif first <= last then
+      if first + count - 1 ~= last then
+        status = 'gap'
+      end
+    elseif first ~= last + 1 then
+      status = 'gap'
+    elseif first + count - 1 > most then
+      status = 'full'
+    else
+      for i = 0, count - 1 do
+        redis.call('XADD', stream, string.format('0-%d', first + i), 'e', ARGV[events + 2 * i], 'd', ARGV[events + 2 * i + 1])
+      end
+      if last == 0 then
+        local ttl = redis.call('PTTL', KEYS[k])
+        if ttl > 0 then
+          redis.call('PEXPIRE', stream, ttl)
+        end
+      end
+    end
+  end
+  reply[k] = status
+end
+return reply
+",
+);
+
 /// Closes the open generation: marks it closed, adds the end entry (which
 /// wakes blocked readers; its id is Redis's, `{ms}-0`, after every event's
 /// `0-{n}`, and its value the number of the last event) and keeps both
@@ -274,6 +337,7 @@ return 0
 pub(super) struct Scripts {
     pub(super) open: redis::Script,
     pub(super) append: redis::Script,
+    pub(super) append_many: redis::Script,
     pub(super) close: redis::Script,
     pub(super) request_stop: redis::Script,
     pub(super) renew: redis::Script,
@@ -286,6 +350,7 @@ impl Scripts {
         Self {
             open: redis::Script::new(OPEN),
             append: redis::Script::new(APPEND),
+            append_many: redis::Script::new(APPEND_MANY),
             close: redis::Script::new(CLOSE),
             request_stop: redis::Script::new(REQUEST_STOP),
             renew: redis::Script::new(RENEW),
