@@ -7,7 +7,12 @@
 //! if one of them fails, it is rolled back and run again with each write in
 //! a savepoint of its own (so a write's work may run more than once; it
 //! must do only database work). Failures are rare, and the savepoints'
-//! two statements per write are a round trip each on PostgreSQL.
+//! two statements per write are a round trip each on PostgreSQL. On
+//! PostgreSQL a group's new conversations with their first exchange
+//! ([`Executor::insert_exchange`]) are inserted together, one statement per
+//! table for all of them, ahead of the group's other writes (queued at
+//! once, they waited for none of each other); if that fails, the group runs
+//! again as above, each write inserting its own rows in its savepoint.
 //!
 //! Against tokio's blocking pool and a connection pool, this means no
 //! thread started per query, no check-out (r2d2 ran `SELECT 1` on every
@@ -28,9 +33,15 @@ use tokio::sync::oneshot;
 
 use crate::connection::{AnyConnection, Manager};
 use crate::error::domain;
+use crate::rows::NewExchange;
 
 /// The most writes one transaction commits.
 const MAX_GROUP: usize = 256;
+
+/// Groups whose exchanges were inserted together (only this module's
+/// tests make such groups).
+#[cfg(test)]
+static TOGETHER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The pause before a thread tries to connect again after a failure (the
 /// jobs meanwhile are answered `Unavailable`).
@@ -53,6 +64,14 @@ trait Write: Send {
     /// when none is open) when `savepoint`, else straight in the open
     /// transaction. It may run again after a run in a group that failed.
     fn run(&mut self, conn: &mut AnyConnection, savepoint: bool) -> Ran;
+    /// The new exchange this write inserts, when that is all it does: a
+    /// group on PostgreSQL inserts it with the others'.
+    fn exchange(&self) -> Option<&NewExchange> {
+        None
+    }
+    /// Its [`exchange`](Self::exchange) was inserted with the group's
+    /// others: its result is as if it had run.
+    fn inserted(&mut self) {}
     /// Sends the result: the work's, or `failure` when the transaction
     /// it ran in did not commit (or it never ran).
     fn answer(self: Box<Self>, failure: Option<DomainError>);
@@ -296,6 +315,74 @@ impl Executor {
     }
 }
 
+impl Executor {
+    /// Inserts a new conversation and its first exchange as a write (see
+    /// [`write`](Self::write)); on PostgreSQL, together with the group's
+    /// other such inserts.
+    pub(crate) async fn insert_exchange(&self, rows: NewExchange) -> Result<(), DomainError> {
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(ExchangeJob {
+            rows,
+            result: None,
+            reply: tx,
+            span: tracing::Span::current(),
+        });
+        self.queues().writes.push(job).map_err(|_| closed())?;
+        rx.await.map_err(|_| dropped())?
+    }
+}
+
+/// The result a write's caller gets: its own failure, else its group's,
+/// else what its work returned.
+fn outcome<T>(
+    result: Option<Result<T, DomainError>>,
+    failure: Option<DomainError>,
+) -> Result<T, DomainError> {
+    match (result, failure) {
+        // Its own failure says more than the group's.
+        (Some(Err(e)), _) => Err(e),
+        (_, Some(failure)) => Err(failure),
+        (Some(Ok(value)), None) => Ok(value),
+        (None, None) => Err(dropped()),
+    }
+}
+
+/// A new exchange's insert, its result and reply.
+struct ExchangeJob {
+    rows: NewExchange,
+    result: Option<Result<(), DomainError>>,
+    reply: oneshot::Sender<Result<(), DomainError>>,
+    span: tracing::Span,
+}
+
+impl Write for ExchangeJob {
+    fn run(&mut self, conn: &mut AnyConnection, savepoint: bool) -> Ran {
+        let _entered = self.span.enter();
+        let rows = &self.rows;
+        let result = if savepoint {
+            conn.transaction(|conn| rows.insert(conn))
+        } else {
+            rows.insert(conn)
+        }
+        .map_err(domain);
+        let ran = if result.is_ok() { Ran::Ok } else { Ran::Failed };
+        self.result = Some(result);
+        ran
+    }
+
+    fn exchange(&self) -> Option<&NewExchange> {
+        Some(&self.rows)
+    }
+
+    fn inserted(&mut self) {
+        self.result = Some(Ok(()));
+    }
+
+    fn answer(self: Box<Self>, failure: Option<DomainError>) {
+        let _ = self.reply.send(outcome(self.result, failure));
+    }
+}
+
 /// A write's work, result and reply.
 struct WriteJob<T, F> {
     work: F,
@@ -326,15 +413,7 @@ where
     }
 
     fn answer(self: Box<Self>, failure: Option<DomainError>) {
-        let this = *self;
-        let result = match (this.result, failure) {
-            // Its own failure says more than the group's.
-            (Some(Err(e)), _) => Err(e),
-            (_, Some(failure)) => Err(failure),
-            (Some(Ok(value)), None) => Ok(value),
-            (None, None) => Err(dropped()),
-        };
-        let _ = this.reply.send(result);
+        let _ = self.reply.send(outcome(self.result, failure));
     }
 }
 
@@ -480,9 +559,22 @@ fn commit_group(held: &mut Held<'_>, mut group: Vec<Box<dyn Write>>) -> Ran {
         return ran;
     }
     let mut any_failed = false;
+    let together = matches!(conn, AnyConnection::Postgres(_))
+        && group.iter().filter(|job| job.exchange().is_some()).count() > 1;
     let straight = conn.transaction(|conn| {
+        if together && let AnyConnection::Postgres(pg) = &mut *conn {
+            let exchanges: Vec<&NewExchange> = group.iter().filter_map(|j| j.exchange()).collect();
+            #[cfg(test)]
+            TOGETHER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if NewExchange::insert_all(pg, &exchanges).is_err() {
+                any_failed = true;
+                return Err(diesel::result::Error::RollbackTransaction);
+            }
+        }
         for job in &mut group {
-            if job.run(conn, false) == Ran::Failed {
+            if together && job.exchange().is_some() {
+                job.inserted();
+            } else if job.run(conn, false) == Ran::Failed {
                 any_failed = true;
                 return Err(diesel::result::Error::RollbackTransaction);
             }
@@ -603,6 +695,36 @@ mod tests {
     /// and frees it; each write's result, and the depths its work ran at,
     /// in order.
     async fn group_of(db: &Executor, ids: &[i32]) -> Vec<(Result<usize, DomainError>, Vec<u32>)> {
+        let mut depths = Vec::new();
+        let writes = ids.iter().map(|&id| {
+            let writer = db.clone();
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            depths.push(Arc::clone(&seen));
+            async move {
+                writer
+                    .write(move |conn| {
+                        seen.lock().unwrap().push(depth(conn));
+                        insert(conn, id)
+                    })
+                    .await
+            }
+        });
+        let results = queued_as_one_group(db, writes.collect()).await;
+        results
+            .into_iter()
+            .zip(depths)
+            .map(|(result, depths)| (result, depths.lock().unwrap().clone()))
+            .collect()
+    }
+
+    /// Queues `writes` as one group behind a write that holds the writer,
+    /// checks that none is answered before the writer is freed, and frees
+    /// it; each write's result, in order.
+    async fn queued_as_one_group<T, W>(db: &Executor, writes: Vec<W>) -> Vec<T>
+    where
+        T: Send + 'static,
+        W: std::future::Future<Output = T> + Send + 'static,
+    {
         let (hold, held) = mpsc::channel::<()>();
         let (busy, writer_busy) = tokio::sync::oneshot::channel();
         let first = tokio::spawn({
@@ -621,37 +743,124 @@ mod tests {
         });
         writer_busy.await.unwrap();
         let mut group = Vec::new();
-        for (queued, &id) in (1..).zip(ids) {
-            let writer = db.clone();
-            let depths = Arc::new(Mutex::new(Vec::new()));
-            let seen = Arc::clone(&depths);
-            group.push((
-                tokio::spawn(async move {
-                    writer
-                        .write(move |conn| {
-                            seen.lock().unwrap().push(depth(conn));
-                            insert(conn, id)
-                        })
-                        .await
-                }),
-                depths,
-            ));
+        for (queued, write) in (1..).zip(writes) {
+            group.push(tokio::spawn(write));
             // Queued in the order given: the next is spawned only then.
             while db.queues().writes.state().jobs.len() < queued {
                 tokio::task::yield_now().await;
             }
         }
         // Nothing of the group is answered before it has run.
-        assert!(group.iter().all(|(task, _)| !task.is_finished()));
+        assert!(group.iter().all(|task| !task.is_finished()));
         hold.send(()).unwrap();
         first.await.unwrap().unwrap();
         let mut results = Vec::new();
-        for (task, depths) in group {
-            let result = task.await.unwrap();
-            let depths = depths.lock().unwrap().clone();
-            results.push((result, depths));
+        for task in group {
+            results.push(task.await.unwrap());
         }
         results
+    }
+
+    /// A new exchange's rows: conversation `id` of the user `u`.
+    fn exchange_rows(id: &str) -> NewExchange {
+        let message = |n: i64, role: &str, status: &str| crate::rows::MessageRow {
+            conversation_id: id.to_owned(),
+            id: format!("m{n}"),
+            position: n,
+            parent_id: (n == 2).then(|| "m1".to_owned()),
+            role: role.to_owned(),
+            content: r#"{"content_type":"text","parts":["hello"]}"#.to_owned(),
+            status: status.to_owned(),
+            model_slug: None,
+            metadata: "{}".to_owned(),
+            created_at: 1,
+            updated_at: 1,
+        };
+        NewExchange {
+            conversation: crate::rows::ConversationRow {
+                id: id.to_owned(),
+                user_id: "u".to_owned(),
+                title: "New chat".to_owned(),
+                last_message: Some("hello".to_owned()),
+                is_archived: false,
+                deleted_at: None,
+                created_at: 1,
+                updated_at: 1,
+                current_node: Some("m2".to_owned()),
+                system_prompt: None,
+                model: None,
+            },
+            messages: [
+                message(1, "user", "finished_successfully"),
+                message(2, "assistant", "in_progress"),
+            ],
+        }
+    }
+
+    /// On PostgreSQL a group's new exchanges are inserted together (one
+    /// statement per table); when that fails (one conversation's id is
+    /// taken), the group runs again write by write and only that one
+    /// fails. Every other exchange is stored whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_groups_new_exchanges_go_in_together_on_postgres_and_fail_alone() {
+        use std::sync::atomic::Ordering;
+        let database = crate::testing::TestDatabase::postgres();
+        database.execute(
+            "INSERT INTO users VALUES ('u', 'u', 'u@example.com', 'x', 'user', FALSE, 0, 0)",
+        );
+        let target = DatabaseTarget::parse(database.url()).unwrap();
+        let db = Executor::start(
+            Arc::new(Manager::new(target, &PoolOptions::default())),
+            Sizes {
+                readers: 1,
+                writers: 1,
+                acquire_timeout: Duration::from_secs(5),
+            },
+        )
+        .unwrap();
+        let insert_all = |ids: &[&str]| {
+            ids.iter()
+                .map(|id| {
+                    let (db, rows) = (db.clone(), exchange_rows(id));
+                    async move { db.insert_exchange(rows).await }
+                })
+                .collect::<Vec<_>>()
+        };
+        let before = TOGETHER.load(Ordering::Relaxed);
+        let results = queued_as_one_group(&db, insert_all(&["a", "b", "c"])).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(TOGETHER.load(Ordering::Relaxed), before + 1);
+        let results = queued_as_one_group(&db, insert_all(&["d", "b", "e"])).await;
+        assert_eq!(TOGETHER.load(Ordering::Relaxed), before + 2);
+        assert!(results[0].is_ok(), "{results:?}");
+        assert!(
+            matches!(results[1], Err(DomainError::Duplicate { .. })),
+            "{results:?}"
+        );
+        assert!(results[2].is_ok(), "{results:?}");
+        let stored: Vec<(String, i64)> = db
+            .read(|conn| {
+                #[derive(diesel::QueryableByName)]
+                struct Row {
+                    #[diesel(sql_type = diesel::sql_types::Text)]
+                    id: String,
+                    #[diesel(sql_type = diesel::sql_types::BigInt)]
+                    messages: i64,
+                }
+                let rows: Vec<Row> = diesel::sql_query(
+                    "SELECT c.id, (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS messages \
+                     FROM conversations c ORDER BY c.id",
+                )
+                .load(conn)?;
+                Ok(rows.into_iter().map(|r| (r.id, r.messages)).collect())
+            })
+            .await
+            .unwrap();
+        let expected: Vec<(String, i64)> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|id| ((*id).to_owned(), 2))
+            .collect();
+        assert_eq!(stored, expected);
     }
 
     /// A group whose writes all succeed runs them straight in its

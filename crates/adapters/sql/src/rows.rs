@@ -234,6 +234,54 @@ impl MessageRow {
     }
 }
 
+/// A new conversation and its first exchange (the question, then the
+/// answer): three rows known whole, inserted with no reads. A group of
+/// writes on PostgreSQL inserts all of its exchanges at once
+/// ([`insert_all`](Self::insert_all)); alone, or on SQLite, a write inserts
+/// its own ([`insert`](Self::insert)).
+pub(crate) struct NewExchange {
+    pub(crate) conversation: ConversationRow,
+    pub(crate) messages: [MessageRow; 2],
+}
+
+impl NewExchange {
+    /// Inserts the three rows, one statement each (each prepared once per
+    /// connection and kept).
+    pub(crate) fn insert(&self, conn: &mut crate::connection::AnyConnection) -> QueryResult<()> {
+        use crate::connection::on_backend;
+        on_backend!(conn, |c| diesel::insert_into(conversations::table)
+            .values(&self.conversation)
+            .execute(c))?;
+        for message in &self.messages {
+            on_backend!(conn, |c| diesel::insert_into(messages::table)
+                .values(message)
+                .execute(c))?;
+        }
+        Ok(())
+    }
+
+    /// Inserts every row of `exchanges` in two statements, the
+    /// conversations', then the messages': two round trips for a group
+    /// instead of three per exchange. Their SQL depends on the number of
+    /// rows, so PostgreSQL parses and plans them each time, which a group
+    /// of two already repays.
+    pub(crate) fn insert_all(
+        conn: &mut diesel::PgConnection,
+        exchanges: &[&Self],
+    ) -> QueryResult<()> {
+        let conversations: Vec<&ConversationRow> =
+            exchanges.iter().map(|e| &e.conversation).collect();
+        diesel::insert_into(conversations::table)
+            .values(conversations)
+            .execute(conn)?;
+        let messages: Vec<&MessageRow> = exchanges.iter().flat_map(|e| &e.messages).collect();
+        diesel::insert_into(messages::table)
+            .values(messages)
+            .execute(conn)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use diesel::prelude::*;
 
 use super::SqlStore;
 use crate::connection::{AnyConnection, Bind, SqlText, on_backend};
-use crate::rows::{ConversationRow, MessageRow, micros, preview};
+use crate::rows::{ConversationRow, MessageRow, NewExchange, micros, preview};
 use crate::schema::{conversations, messages};
 
 /// [`touch_conversation`], and its current branch now ends at `node`.
@@ -241,23 +241,14 @@ impl MessageStore for SqlStore {
             current_node: Some(second.id.clone()),
             ..ConversationRow::new(&conversation, second.updated_at)
         };
-        // The rows are known whole: three inserts, no reads.
+        let stored = row.clone();
         self.db
-            .write(move |conn| {
-                on_backend!(conn, |c| diesel::insert_into(conversations::table)
-                    .values(&row)
-                    .execute(c))?;
-                // One row at a time: a prepared single-row insert is
-                // cached, a multi-row one is not.
-                for message in [&first, &second] {
-                    on_backend!(conn, |c| diesel::insert_into(messages::table)
-                        .values(message)
-                        .execute(c))?;
-                }
-                Ok(row.clone())
+            .insert_exchange(NewExchange {
+                conversation: row,
+                messages: [first, second],
             })
-            .await?
-            .into_conversation()
+            .await?;
+        stored.into_conversation()
     }
 
     async fn update_content(
