@@ -24,6 +24,11 @@ use std::time::{Duration, Instant};
 use confab_e2e::spawn_app_with;
 use confab_sql::Backend;
 
+/// The `confab` binary's allocator (`crates/server/src/main.rs`), so that
+/// the servers this process starts allocate as the shipped one does.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod density;
 mod goals;
 mod list;
@@ -491,6 +496,10 @@ fn main() {
     let _ = writeln!(
         md,
         "  over loopback: the figures are a floor, not the server's ceiling"
+    );
+    let _ = writeln!(
+        md,
+        "- the servers started in this process allocate with jemalloc, as the `confab` binary does"
     );
     let _ = writeln!(
         md,
