@@ -44,6 +44,23 @@ const MAX_GROUP: usize = 64;
 /// reply, another may carry what was queued meanwhile.
 const MAX_SENDERS: usize = 2;
 
+/// A running sender, as [`Sends::senders`] counts it: a sender that ends
+/// any other way than by finding nothing left (its task dropped with the
+/// runtime, a panic) is no longer counted, so later generations still find
+/// a sender.
+struct Running {
+    inner: Arc<Inner>,
+    counted: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.counted {
+            self.inner.sends().senders -= 1;
+        }
+    }
+}
+
 /// The generations whose queued events wait for a sender, and how many
 /// senders run.
 #[derive(Debug, Default)]
@@ -164,11 +181,18 @@ impl Inner {
     /// A sender: hands the waiting generations' queued events to Redis, a
     /// group at a time, until none waits.
     async fn send_waiting(self: Arc<Self>) {
+        let mut running = Running {
+            inner: Arc::clone(&self),
+            counted: true,
+        };
         loop {
             let group: Vec<(ConversationId, String)> = {
                 let mut sends = self.sends();
                 if sends.waiting.is_empty() {
+                    // Under the lock: a generation queued from now on
+                    // finds one sender fewer and starts another.
                     sends.senders -= 1;
+                    running.counted = false;
                     return;
                 }
                 let n = sends.waiting.len().min(self.group_size());
