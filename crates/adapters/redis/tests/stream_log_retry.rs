@@ -361,3 +361,60 @@ async fn a_generation_that_fails_in_a_group_fails_alone() {
         assert_eq!(stored(&url, *conv).await, [data]);
     }
 }
+
+#[tokio::test]
+async fn events_appended_while_their_log_closes_fail_alone_in_their_group() {
+    let redis = support::PrivateRedis::start();
+    let url = redis.url();
+    let (log, closing, _stop, _local) = opened_with_a(&url).await;
+    let (busy, other) = (ConversationId::generate(), ConversationId::generate());
+    let mut signals = Vec::new();
+    for conv in [busy, other] {
+        signals.push(
+            log.open(conv, &MessageId::parse("m1").unwrap())
+                .await
+                .unwrap(),
+        );
+    }
+    let mut raw = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(60_000)
+        .arg("WRITE")
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    // Both senders take a call that waits for Redis.
+    log.append_all(closing, events(&["b"])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    log.append_all(busy, events(&["q"])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The close ends the local copy and waits for the sender; an event
+    // appended meanwhile is numbered but not in the copy.
+    let closer = tokio::spawn({
+        let log = log.clone();
+        async move { log.close(closing).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    log.append_all(closing, events(&["late"])).await.unwrap();
+    // Waits for a sender, and goes in the same call as the closing log's
+    // next batch.
+    log.append_all(other, events(&["x", "y"])).await.unwrap();
+    redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    closer.await.unwrap().unwrap();
+    assert_eq!(stored(&url, closing).await, ["a", "b"]);
+    until_held(&url, other, &["x".to_owned(), "y".to_owned()]).await;
+    log.append_all(other, events(&["z"])).await.unwrap();
+    log.close(other).await.unwrap();
+    assert_eq!(stored(&url, other).await, ["x", "y", "z"]);
+    log.close(busy).await.unwrap();
+    assert_eq!(stored(&url, busy).await, ["q"]);
+}

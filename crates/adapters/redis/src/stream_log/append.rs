@@ -44,10 +44,10 @@ const MAX_GROUP: usize = 64;
 /// reply, another may carry what was queued meanwhile.
 const MAX_SENDERS: usize = 2;
 
-/// A running sender, as [`Sends::senders`] counts it: a sender that ends
-/// any other way than by finding nothing left (its task dropped with the
-/// runtime, a panic) is no longer counted, so later generations still find
-/// a sender.
+/// A sender as [`Sends::senders`] counts it, from its spawn: one that ends
+/// any other way than by finding nothing left (its task dropped, before it
+/// ran or with its runtime; a panic) is no longer counted, so later
+/// generations still find a sender.
 struct Running {
     inner: Arc<Inner>,
     counted: bool,
@@ -174,17 +174,19 @@ impl Inner {
         if sends.senders < self.most_senders() {
             sends.senders += 1;
             drop(sends);
-            self.pool.spawn(Arc::clone(self).send_waiting());
+            // Counted from here: a task dropped before it first runs (its
+            // runtime shutting down) is not counted once dropped.
+            let running = Running {
+                inner: Arc::clone(self),
+                counted: true,
+            };
+            self.pool.spawn(Arc::clone(self).send_waiting(running));
         }
     }
 
     /// A sender: hands the waiting generations' queued events to Redis, a
     /// group at a time, until none waits.
-    async fn send_waiting(self: Arc<Self>) {
-        let mut running = Running {
-            inner: Arc::clone(&self),
-            counted: true,
-        };
+    async fn send_waiting(self: Arc<Self>, mut running: Running) {
         loop {
             let group: Vec<(ConversationId, String)> = {
                 let mut sends = self.sends();
@@ -226,23 +228,37 @@ impl Inner {
                 }
                 mine.sent = next;
                 let count = usize::try_from(next - first).unwrap_or(usize::MAX);
-                invocation
-                    .key(self.meta_key(conversation))
-                    .arg(self.stream_prefix(conversation))
-                    .arg(&generation)
-                    .arg(first)
-                    .arg(count);
-                // The copy holds event `n` at `n - 1`: it has every event
-                // this instance numbered while it sends (a copy that ended
-                // takes no more, and nothing is queued after that).
-                mine.local.with_events(|events| {
+                // The copy holds event `n` at `n - 1`. It has every event
+                // this instance numbered, but for events queued after a
+                // `close` began, which the ended copy did not take: such a
+                // batch fails alone, never handing the script fewer events
+                // than it says (which would misplace the next log's).
+                let whole = mine.local.with_events(|events| {
                     let from = usize::try_from(first - 1).unwrap_or(usize::MAX);
-                    for logged in events.iter().skip(from).take(count) {
+                    let batch: Vec<_> = events.iter().skip(from).take(count).collect();
+                    if batch.len() != count {
+                        return false;
+                    }
+                    invocation
+                        .key(self.meta_key(conversation))
+                        .arg(self.stream_prefix(conversation))
+                        .arg(&generation)
+                        .arg(first)
+                        .arg(count);
+                    for logged in batch {
                         invocation
                             .arg(logged.event.name.map_or("", EventName::as_str))
                             .arg(&logged.event.data);
                     }
+                    true
                 });
+                if !whole {
+                    fail(
+                        mine,
+                        DomainError::internal("events were appended to a closing stream log"),
+                    );
+                    continue;
+                }
                 batches.push((conversation, generation));
             }
             invocation
@@ -267,17 +283,7 @@ impl Inner {
                         mine.sending.send_replace(false);
                     }
                     Ok(()) => again.push((conversation, generation)),
-                    Err(e) => {
-                        // Redis will never hold these: local readers end
-                        // (their client resumes from Redis, after an event
-                        // it saw here), the app hears of it at its next
-                        // append, and their numbers stay given.
-                        mine.local.fail();
-                        mine.sent = mine.next;
-                        mine.skipped = true;
-                        mine.failure = Some(e);
-                        mine.sending.send_replace(false);
-                    }
+                    Err(e) => fail(mine, e),
                 }
             }
         }
@@ -318,6 +324,18 @@ impl Inner {
             }
         }
     }
+}
+
+/// Ends the sending of `mine`, whose queued events Redis will never hold:
+/// local readers end (their client resumes from Redis, after an event it
+/// saw here), the app hears of `e` at its next append, and the numbers
+/// stay given.
+fn fail(mine: &mut Opened, e: DomainError) {
+    mine.local.fail();
+    mine.sent = mine.next;
+    mine.skipped = true;
+    mine.failure = Some(e);
+    mine.sending.send_replace(false);
 }
 
 /// The outcome of the `n`th log's batch of a call of the many-logs script
