@@ -65,11 +65,7 @@ async fn stored(url: &str, conv: ConversationId) -> Vec<String> {
 /// The data of every event Redis holds of the conversation's current
 /// generation, read directly.
 async fn held(url: &str, conv: ConversationId) -> Vec<String> {
-    let mut raw = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw(url).await;
     let generation: String = redis::cmd("HGET")
         .arg(format!("t:log:{{{conv}}}:meta"))
         .arg("gen")
@@ -134,11 +130,7 @@ async fn a_batch_whose_reply_was_lost_is_retried_without_a_duplicate() {
     log.append_all(conv, events(&["a"])).await.unwrap();
     // Redis stops answering for 0.4 s: the batch's first attempts time out
     // while they wait in its queue, then all of them run.
-    let mut raw = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw(&url).await;
     let sleeping = tokio::spawn(async move {
         redis::cmd("DEBUG")
             .arg("SLEEP")
@@ -201,18 +193,8 @@ async fn local_readers_have_an_event_before_redis_does() {
     let (log, conv, _stop, mut local) = opened_with_a(&url).await;
     // Redis takes no writes until told: the append is queued, and the
     // local reader has it meanwhile.
-    let mut raw = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(60_000)
-        .arg("WRITE")
-        .query_async::<()>(&mut raw)
-        .await
-        .unwrap();
+    let mut raw = raw(&url).await;
+    admin(&mut raw, &["CLIENT", "PAUSE", "60000", "WRITE"]).await;
     log.append_all(conv, events(&["b"])).await.unwrap();
     let shown = tokio::time::timeout(Duration::from_secs(5), local.next())
         .await
@@ -221,13 +203,27 @@ async fn local_readers_have_an_event_before_redis_does() {
         .unwrap();
     assert_eq!(shown.event.data, "b");
     assert_eq!(held(&url, conv).await, ["a"], "Redis has not stored it yet");
-    redis::cmd("CLIENT")
-        .arg("UNPAUSE")
-        .query_async::<()>(&mut raw)
-        .await
-        .unwrap();
+    admin(&mut raw, &["CLIENT", "UNPAUSE"]).await;
     log.close(conv).await.unwrap();
     assert_eq!(stored(&url, conv).await, ["a", "b"]);
+}
+
+/// A plain connection to the private Redis, for what the test does to it.
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Runs `command` (a `CLIENT PAUSE`, a `CONFIG RESETSTAT`…) on `raw`.
+async fn admin(raw: &mut redis::aio::MultiplexedConnection, command: &[&str]) {
+    redis::cmd(command[0])
+        .arg(&command[1..])
+        .query_async::<()>(raw)
+        .await
+        .unwrap();
 }
 
 /// `EVALSHA` calls Redis ran since its counters were last reset.
@@ -259,11 +255,7 @@ async fn the_appends_of_many_generations_go_to_redis_in_a_few_calls() {
     let redis = support::PrivateRedis::start();
     let url = redis.url();
     let log = log_on(&url, Duration::from_secs(5));
-    let mut raw = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw(&url).await;
     // The scripts loaded, so that no call below is a NOSCRIPT retry.
     let _loaded = opened_with_a(&url).await;
     let mut conversations = Vec::new();
@@ -277,11 +269,7 @@ async fn the_appends_of_many_generations_go_to_redis_in_a_few_calls() {
         );
         conversations.push(conv);
     }
-    redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async::<()>(&mut raw)
-        .await
-        .unwrap();
+    admin(&mut raw, &["CONFIG", "RESETSTAT"]).await;
     // Queued together, with no await in between: two senders take them,
     // 64 generations in one call and the other 36 in another.
     for (n, conv) in conversations.iter().enumerate() {
@@ -325,11 +313,7 @@ async fn a_generation_that_fails_in_a_group_fails_alone() {
     }
     // Another instance took over the lost conversation's log (its lease
     // ran out): this instance's generation is no longer the open one.
-    let mut raw = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw(&url).await;
     redis::cmd("HSET")
         .arg(format!("t:log:{{{lost}}}:meta"))
         .arg("gen")
@@ -337,11 +321,7 @@ async fn a_generation_that_fails_in_a_group_fails_alone() {
         .query_async::<()>(&mut raw)
         .await
         .unwrap();
-    redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async::<()>(&mut raw)
-        .await
-        .unwrap();
+    admin(&mut raw, &["CONFIG", "RESETSTAT"]).await;
     // Queued together: one call carries the three batches.
     log.append_all(kept[0].0, events(&["x"])).await.unwrap();
     log.append_all(lost, events(&["b"])).await.unwrap();
@@ -376,18 +356,8 @@ async fn events_appended_while_their_log_closes_fail_alone_in_their_group() {
                 .unwrap(),
         );
     }
-    let mut raw = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(60_000)
-        .arg("WRITE")
-        .query_async::<()>(&mut raw)
-        .await
-        .unwrap();
+    let mut raw = raw(&url).await;
+    admin(&mut raw, &["CLIENT", "PAUSE", "60000", "WRITE"]).await;
     // Both senders take a call that waits for Redis.
     log.append_all(closing, events(&["b"])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -404,11 +374,7 @@ async fn events_appended_while_their_log_closes_fail_alone_in_their_group() {
     // Waits for a sender, and goes in the same call as the closing log's
     // next batch.
     log.append_all(other, events(&["x", "y"])).await.unwrap();
-    redis::cmd("CLIENT")
-        .arg("UNPAUSE")
-        .query_async::<()>(&mut raw)
-        .await
-        .unwrap();
+    admin(&mut raw, &["CLIENT", "UNPAUSE"]).await;
     closer.await.unwrap().unwrap();
     assert_eq!(stored(&url, closing).await, ["a", "b"]);
     until_held(&url, other, &["x".to_owned(), "y".to_owned()]).await;

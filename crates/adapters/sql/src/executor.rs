@@ -303,31 +303,40 @@ impl Executor {
         T: Send + 'static,
         F: FnMut(&mut AnyConnection) -> Result<T, diesel::result::Error> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job = Box::new(WriteJob {
-            work,
-            result: None,
-            reply: tx,
-            span: tracing::Span::current(),
-        });
-        self.queues().writes.push(job).map_err(|_| closed())?;
-        rx.await.map_err(|_| dropped())?
+        self.queue_write(|reply| {
+            Box::new(WriteJob {
+                work,
+                result: None,
+                reply,
+                span: tracing::Span::current(),
+            })
+        })
+        .await
     }
-}
 
-impl Executor {
     /// Inserts a new conversation and its first exchange as a write (see
     /// [`write`](Self::write)); on PostgreSQL, together with the group's
     /// other such inserts.
     pub(crate) async fn insert_exchange(&self, rows: NewExchange) -> Result<(), DomainError> {
+        self.queue_write(|reply| {
+            Box::new(ExchangeJob {
+                rows,
+                result: None,
+                reply,
+                span: tracing::Span::current(),
+            })
+        })
+        .await
+    }
+
+    /// Queues the write `job` makes with its reply's sender, and waits for
+    /// its answer.
+    async fn queue_write<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, DomainError>>) -> Box<dyn Write>,
+    ) -> Result<T, DomainError> {
         let (tx, rx) = oneshot::channel();
-        let job = Box::new(ExchangeJob {
-            rows,
-            result: None,
-            reply: tx,
-            span: tracing::Span::current(),
-        });
-        self.queues().writes.push(job).map_err(|_| closed())?;
+        self.queues().writes.push(job(tx)).map_err(|_| closed())?;
         rx.await.map_err(|_| dropped())?
     }
 }
