@@ -23,6 +23,7 @@ on_both_backends!(
     malformed_chunk_fails_the_answer,
     stalled_upstream_times_out,
     upstream_closing_without_done_fails_the_answer,
+    upstream_breaking_its_chunked_framing_fails_the_answer,
     json_mode_maps_an_upstream_failure_to_502,
     concurrent_generation_cap_is_429,
     a_busy_conversation_refuses_another_message,
@@ -529,6 +530,31 @@ async fn stalled_upstream_times_out(backend: Backend) {
 async fn upstream_closing_without_done_fails_the_answer(backend: Backend) {
     let script = Script::Stream(vec![Step::Text("cut".into()), Step::Close]);
     fails_with(backend, script, "UPSTREAM_ERROR", "cut", &[]).await;
+}
+
+/// A model server that breaks HTTP's chunked framing after a delta (a
+/// chunk size that is no number, a chunk longer than its size): the
+/// answer fails with what came before, and none of the upstream's bytes
+/// after the break reach the client.
+async fn upstream_breaking_its_chunked_framing_fails_the_answer(backend: Backend) {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                Transfer-Encoding: chunked\r\n\r\n";
+    let event = format!(
+        "data: {}\n\n",
+        json!({"choices": [{"delta": {"content": "cut"}}]})
+    );
+    let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+    for broken in [
+        "zz\r\ndata: UPSTREAM-SECRET\r\n".to_owned(),
+        format!("2\r\n{event}\r\n"),
+    ] {
+        let script = Script::Raw(vec![
+            Step::Raw(head.to_owned()),
+            Step::Raw(chunk.clone()),
+            Step::Raw(broken),
+        ]);
+        fails_with(backend, script, "UPSTREAM_ERROR", "cut", &[]).await;
+    }
 }
 
 async fn json_mode_maps_an_upstream_failure_to_502(backend: Backend) {

@@ -1,19 +1,18 @@
 //! The adapter: the request, the response's status, and failures to reach
 //! the server.
 
-use std::error::Error as _;
 use std::fmt;
 use std::io::ErrorKind;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use confab_ports::{ChatModel, CompletionRequest, CompletionStream, LlmError};
-use reqwest::header::ACCEPT;
-use reqwest::{Client, Response, StatusCode, Url};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Serialize;
 use tokio::time::{Instant, timeout_at};
+use url::Url;
 
+use crate::http::{Connector, Response, SendError};
 use crate::settings::{self, LlmSetupError, OpenAiSettings};
 use crate::stream::{Deadlines, OpenAiStream};
 
@@ -23,7 +22,7 @@ const MAX_ERROR_BODY_BYTES: usize = 4096;
 /// A chat model served by an OpenAI-compatible `/chat/completions`
 /// endpoint, streamed.
 pub struct OpenAiCompatible {
-    client: Client,
+    connector: Connector,
     endpoint: Url,
     api_key: Option<SecretString>,
     first_token_timeout: Duration,
@@ -46,26 +45,16 @@ impl fmt::Debug for OpenAiCompatible {
 impl OpenAiCompatible {
     /// Checks the settings and builds the HTTP client.
     ///
-    /// With the `tls` feature this installs rustls' *ring* crypto provider
-    /// as the process default (see `install_tls_provider`).
-    ///
     /// # Errors
     /// [`LlmSetupError`] when `base_url` isn't an http(s) URL (https only
     /// with the `tls` feature), a timeout is zero, or the client can't be
-    /// built.
+    /// built (rustls' configuration, for https).
     pub fn new(settings: OpenAiSettings) -> Result<Self, LlmSetupError> {
         let endpoint = settings::check(&settings)?;
-        #[cfg(feature = "tls")]
-        crate::install_tls_provider();
-        let client = Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            // A redirect is an error status here: no credentials follow it.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("confab/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| LlmSetupError::Client(e.without_url().to_string()))?;
+        let connector =
+            Connector::new(&endpoint, settings.connect_timeout).map_err(LlmSetupError::Client)?;
         Ok(Self {
-            client,
+            connector,
             endpoint,
             api_key: settings.api_key,
             first_token_timeout: settings.first_token_timeout,
@@ -84,36 +73,31 @@ impl OpenAiCompatible {
     }
 
     /// What a failure to get a response means.
-    fn send_error(&self, error: reqwest::Error) -> LlmError {
+    fn send_error(&self, error: &SendError) -> LlmError {
         let target = self.target();
-        let error = error.without_url();
         tracing::warn!(
             target_addr = %target,
-            error = %chain(&error),
+            error = %error,
             "the model's server could not be reached"
         );
-        if error.is_timeout() {
-            // The client's only own timeout is the connect timeout.
-            return LlmError::Timeout("connect");
-        }
-        if error.is_dns() {
-            return LlmError::Unavailable(format!("could not resolve {target}"));
-        }
-        let mut io_kind = None;
-        let mut source = error.source();
-        while let Some(cause) = source {
-            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-                io_kind = Some(io.kind());
+        let reason = match error {
+            SendError::ConnectTimeout => return LlmError::Timeout("connect"),
+            SendError::Resolve => "could not resolve",
+            SendError::Protocol(what) => {
+                return LlmError::Protocol(format!("{what} (from {target})"));
             }
-            source = cause.source();
-        }
-        let reason = match io_kind {
-            Some(ErrorKind::ConnectionRefused) => "connection refused by",
-            Some(ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted) => {
-                "connection reset by"
-            }
-            _ if error.is_connect() => "could not connect to",
-            _ => "no response from",
+            _ => match error.io_kind() {
+                Some(ErrorKind::ConnectionRefused) => "connection refused by",
+                Some(
+                    ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe,
+                ) => "connection reset by",
+                _ if matches!(error, SendError::Connect(_)) => "could not connect to",
+                #[cfg(feature = "tls")]
+                _ if matches!(error, SendError::Handshake(_)) => "could not connect to",
+                _ => "no response from",
+            },
         };
         LlmError::Unavailable(format!("{reason} {target}"))
     }
@@ -148,26 +132,19 @@ impl ChatModel for OpenAiCompatible {
                 include_usage: true,
             },
         };
-        let mut builder = self
-            .client
-            .post(self.endpoint.clone())
-            .header(ACCEPT, "text/event-stream")
-            .json(&body);
-        if let Some(key) = &self.api_key {
-            builder = builder.bearer_auth(key.expose_secret());
-        }
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| LlmError::Protocol(format!("the request could not be encoded: {e}")))?;
         let (deadline, what) = deadlines.before_first_token();
-        let response = match timeout_at(deadline, builder.send()).await {
+        let sent = self.connector.post(&body, self.api_key.as_ref());
+        let response = match timeout_at(deadline, sent).await {
             Err(_) => return Err(LlmError::Timeout(what)),
-            Ok(Err(e)) => return Err(self.send_error(e)),
+            Ok(Err(e)) => return Err(self.send_error(&e)),
             Ok(Ok(response)) => response,
         };
         let status = response.status();
-        if !status.is_success() {
+        if !(200..300).contains(&status) {
             log_error_body(status, response, &deadlines).await;
-            return Err(LlmError::Upstream {
-                status: status.as_u16(),
-            });
+            return Err(LlmError::Upstream { status });
         }
         Ok(Box::new(OpenAiStream::new(
             response,
@@ -202,14 +179,14 @@ struct StreamOptions {
 
 /// Reads at most [`MAX_ERROR_BODY_BYTES`] of an error response and logs
 /// them; the body goes nowhere else.
-async fn log_error_body(status: StatusCode, mut response: Response, deadlines: &Deadlines) {
+async fn log_error_body(status: u16, mut response: Response, deadlines: &Deadlines) {
     let mut body = Vec::new();
     let (deadline, _) = deadlines.between_tokens();
     let read = async {
         while body.len() < MAX_ERROR_BODY_BYTES {
-            match response.chunk().await {
-                Ok(Some(bytes)) => body.extend_from_slice(&bytes),
-                Ok(None) | Err(_) => break,
+            match response.read(|bytes| body.extend_from_slice(bytes)).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => break,
             }
         }
     };
@@ -217,7 +194,7 @@ async fn log_error_body(status: StatusCode, mut response: Response, deadlines: &
     let _ = timeout_at(deadline, read).await;
     body.truncate(MAX_ERROR_BODY_BYTES);
     tracing::warn!(
-        status = status.as_u16(),
+        status,
         body = %printable(&body),
         "the model's server answered with an error"
     );
@@ -235,18 +212,6 @@ pub(crate) fn printable(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-/// An error and its causes, `: `-separated.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

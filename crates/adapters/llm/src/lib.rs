@@ -33,12 +33,15 @@
 //! wrong without quoting the upstream; the API key is never logged or
 //! printed, nor are credentials in the base URL.
 //!
-//! Plain `http` works out of the box. `https` needs the `tls` feature,
-//! which turns on reqwest's rustls backend with the *ring* crypto
-//! provider; see `install_tls_provider` (with that feature) for what it
-//! means for every other reqwest client in the same binary.
+//! The client is the crate's own lean HTTP/1.1 client (`http`): one
+//! connection per completion, read by the task that reads the stream, with
+//! a small buffer (see ADR 0005, tenth pass, for why not reqwest). Plain
+//! `http` works out of the box. `https` needs the `tls` feature: rustls with
+//! the *ring* provider and the platform's certificate verifier. Credentials
+//! in the base URL are sent as `Basic` authorization when no API key is set.
 
 mod client;
+mod http;
 #[cfg(feature = "local")]
 mod local;
 mod settings;
@@ -51,14 +54,13 @@ pub use local::{LoadingModel, LocalError, LocalModel, LocalSettings, default_thr
 pub use settings::{LlmSetupError, OpenAiSettings};
 
 /// Installs rustls' *ring* crypto provider as the process default, unless
-/// one is installed already (then that one stays). [`OpenAiCompatible::new`]
-/// calls it.
+/// one is installed already (then that one stays).
 ///
-/// With the `tls` feature, reqwest is built with `rustls-no-provider`, and
-/// Cargo unifies that feature for every crate in the build: **any**
-/// `reqwest::Client` built in the same binary before a provider is
-/// installed panics. A binary or test harness that builds its own reqwest
-/// clients should call this first.
+/// [`OpenAiCompatible`] names its provider itself and needs no default. A
+/// binary that also builds reqwest clients with `rustls-no-provider` (as
+/// the server does, for `confab chat`) needs one installed before the
+/// first: Cargo unifies that feature for every crate in the build, and a
+/// `reqwest::Client` built without a default provider panics.
 #[cfg(feature = "tls")]
 pub fn install_tls_provider() {
     // An error means a provider is installed already; reqwest uses it.

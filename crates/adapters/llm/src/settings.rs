@@ -3,8 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use reqwest::Url;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
 
 /// Where and how to reach an OpenAI-compatible server.
 #[derive(Clone)]
@@ -51,6 +51,10 @@ pub enum LlmSetupError {
     /// A timeout is zero: the field is named.
     #[error("the model's {0} must be more than zero")]
     ZeroTimeout(&'static str),
+    /// The API key holds a character an HTTP header can't carry (only
+    /// visible ASCII and spaces can).
+    #[error("the model's API key has a character a header can't carry")]
+    ApiKey,
     /// The HTTP client could not be built.
     #[error("the model's HTTP client could not be built: {0}")]
     Client(String),
@@ -68,6 +72,14 @@ pub(crate) fn check(settings: &OpenAiSettings) -> Result<Url, LlmSetupError> {
         if value.is_zero() {
             return Err(LlmSetupError::ZeroTimeout(name));
         }
+    }
+    // The key goes into a header as it is: a line break would end it.
+    if settings.api_key.as_ref().is_some_and(|key| {
+        !key.expose_secret()
+            .bytes()
+            .all(|b| b == b' ' || b.is_ascii_graphic())
+    }) {
+        return Err(LlmSetupError::ApiKey);
     }
     let base = Url::parse(settings.base_url.trim())
         .map_err(|_| LlmSetupError::BaseUrl("it is not an absolute URL"))?;
@@ -150,6 +162,18 @@ mod tests {
             check(&s).unwrap_err(),
             LlmSetupError::ZeroTimeout("idle_timeout")
         );
+    }
+
+    #[test]
+    fn a_key_that_would_break_its_header_is_refused() {
+        for key in ["sk-1\r\nX-Injected: 1", "sk-\u{7f}", "sk-é", "sk\t1"] {
+            let mut s = settings("http://host/v1");
+            s.api_key = Some(SecretString::from(key));
+            assert_eq!(check(&s).unwrap_err(), LlmSetupError::ApiKey, "{key:?}");
+        }
+        let mut s = settings("http://host/v1");
+        s.api_key = Some(SecretString::from("sk-proj-AZ_az09-+/= ok"));
+        assert!(check(&s).is_ok());
     }
 
     #[test]

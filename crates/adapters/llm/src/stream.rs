@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use confab_ports::{CompletionStream, FinishReason, LlmError, LlmEvent, Usage};
-use reqwest::Response;
 use tokio::time::{Instant, timeout_at};
 
 use crate::client::printable;
+use crate::http::Response;
 use crate::sse::{self, Finish, Item, LineSplitter, MAX_LINE_BYTES};
 
 /// The most of an upstream error object or unknown finish reason logged.
@@ -141,24 +141,22 @@ impl OpenAiStream {
             self.lines.end();
             return Ok(());
         };
-        match timeout_at(deadline, response.chunk()).await {
+        let lines = &mut self.lines;
+        match timeout_at(deadline, response.read(|bytes| lines.push(bytes))).await {
             Err(_) => Err(LlmError::Timeout(what)),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e.without_url(), "the model's stream broke off");
+                tracing::warn!(error = %e, "the model's stream broke off");
                 Err(LlmError::Protocol(
                     "the connection broke during the stream".to_owned(),
                 ))
             }
-            Ok(Ok(None)) => {
+            Ok(Ok(false)) => {
                 self.eof = true;
                 self.lines.end();
                 self.response = None;
                 Ok(())
             }
-            Ok(Ok(Some(bytes))) => {
-                self.lines.push(&bytes);
-                Ok(())
-            }
+            Ok(Ok(true)) => Ok(()),
         }
     }
 

@@ -383,3 +383,123 @@ async fn a_connect_that_hangs_times_out_as_connect() {
     assert_eq!(error, LlmError::Timeout("connect"));
     drop((held, listener));
 }
+
+/// `body` as an HTTP/1.1 chunked body, one chunk per part, ended.
+fn chunked(parts: &[&str]) -> String {
+    let mut out = String::new();
+    for part in parts {
+        out.push_str(&format!("{:x}\r\n{part}\r\n", part.len()));
+    }
+    out.push_str("0\r\n\r\n");
+    out
+}
+
+/// `raw` written `every` bytes at a time, a millisecond apart, so the
+/// client reads it in pieces split anywhere (inside a chunk-size line, a
+/// chunk, an event).
+fn in_pieces(raw: &str, every: usize) -> Vec<Step> {
+    let bytes = raw.as_bytes();
+    bytes
+        .chunks(every)
+        .flat_map(|piece| {
+            [
+                Step::Send(String::from_utf8(piece.to_vec()).unwrap()),
+                Step::Wait(ms(1)),
+            ]
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_chunked_stream_is_read_whatever_its_pieces() {
+    let body = chunked(&[
+        &text("one "),
+        &format!("{}{}", text("two "), &text("three")),
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":3}}\n\n",
+        DONE,
+    ]);
+    let raw = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+    );
+    // ASCII only, so any split is a valid string.
+    assert!(raw.is_ascii());
+    for every in [1, 5, 64, raw.len()] {
+        let server = serve(in_pieces(&raw, every)).await;
+        // Hundreds of pieces a millisecond or more apart: no deadline here.
+        let mut s = settings(&server.base_url);
+        s.first_token_timeout = ms(10_000);
+        s.total_timeout = ms(20_000);
+        let llm = model(s);
+        let mut stream = llm.complete(request(100)).await.unwrap();
+        let (events, error) = drain(stream.as_mut()).await;
+        assert_eq!(error, None, "pieces of {every}");
+        assert_eq!(
+            texts(&events),
+            ["one ", "two ", "three"],
+            "pieces of {every}"
+        );
+        assert_eq!(
+            events.last(),
+            Some(&LlmEvent::Finished {
+                reason: FinishReason::Stop,
+                usage: Some(Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 3
+                }),
+            })
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_length_framed_stream_and_a_chunked_one_cut_short() {
+    let body = format!("{}{DONE}", text("whole"));
+    let server = serve(vec![send(&format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ))])
+    .await;
+    let llm = model(settings(&server.base_url));
+    let mut stream = llm.complete(request(100)).await.unwrap();
+    let (events, error) = drain(stream.as_mut()).await;
+    assert_eq!(error, None);
+    assert_eq!(texts(&events), ["whole"]);
+
+    // The connection closes inside a chunk: the stream broke, whatever
+    // the events before said.
+    let cut = format!("{:x}\r\n{}", 200, text("partial"));
+    let server = serve(vec![send(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ), send(&cut)])
+    .await;
+    let llm = model(settings(&server.base_url));
+    let mut stream = llm.complete(request(100)).await.unwrap();
+    let (events, error) = drain(stream.as_mut()).await;
+    assert_eq!(texts(&events), ["partial"]);
+    assert!(
+        matches!(&error, Some(LlmError::Protocol(m)) if m.contains("broke")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn credentials_in_the_base_url_go_as_basic_authorization() {
+    let mut server = serve(vec![send(OK_HEAD), send(&text("x")), send(DONE)]).await;
+    let with_credentials = server
+        .base_url
+        .replacen("http://", "http://user:p%40ss@", 1);
+    let llm = model(settings(&with_credentials));
+    let mut stream = llm.complete(request(10)).await.unwrap();
+    assert_eq!(drain(stream.as_mut()).await.1, None);
+    let captured = server.request().await;
+    // base64("user:p@ss")
+    assert_eq!(captured.header("authorization"), Some("Basic dXNlcjpwQHNz"));
+
+    // An API key wins over them.
+    let mut s = settings(&with_credentials);
+    s.api_key = Some(SecretString::from("sk-key"));
+    let mut stream = model(s).complete(request(10)).await.unwrap();
+    assert_eq!(drain(stream.as_mut()).await.1, None);
+    let captured = server.request().await;
+    assert_eq!(captured.header("authorization"), Some("Bearer sk-key"));
+}
