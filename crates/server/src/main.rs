@@ -103,9 +103,13 @@ fn main() -> ExitCode {
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            telemetry::flush();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             tracing::error!(error = %e, "confab stopped with an error");
+            telemetry::flush();
             eprintln!("confab: {e}");
             ExitCode::FAILURE
         }
