@@ -102,6 +102,8 @@ fn main() -> ExitCode {
             Command::Openapi { .. } | Command::Chat(_) => Ok(()),
         }
     });
+    // Tasks log as the runtime stops them: their lines are written too.
+    drop(runtime);
     match result {
         Ok(()) => {
             telemetry::flush();

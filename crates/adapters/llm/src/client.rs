@@ -51,6 +51,7 @@ impl OpenAiCompatible {
     /// built (rustls' configuration, for https).
     pub fn new(settings: OpenAiSettings) -> Result<Self, LlmSetupError> {
         let endpoint = settings::check(&settings)?;
+        warn_of_proxy_variables();
         let connector =
             Connector::new(&endpoint, settings.connect_timeout).map_err(LlmSetupError::Client)?;
         Ok(Self {
@@ -151,6 +152,29 @@ impl ChatModel for OpenAiCompatible {
             request.max_tokens,
             deadlines,
         )))
+    }
+}
+
+/// Says, once per adapter built, that a proxy set in the environment is
+/// not used: requests go straight to the model's server. (reqwest, the
+/// client before, read these variables.)
+fn warn_of_proxy_variables() {
+    let set: Vec<&str> = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .into_iter()
+    .filter(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+    .collect();
+    if !set.is_empty() {
+        tracing::warn!(
+            variables = %set.join(", "),
+            "a proxy is set in the environment; the model's client does not use proxies and connects directly"
+        );
     }
 }
 

@@ -17,8 +17,9 @@
 //! with `httparse` (interim `1xx` answers skipped); a body framed by
 //! `Transfer-Encoding: chunked`, `Content-Length` or the connection's
 //! close. With the `tls` feature, `https` goes through rustls (*ring*),
-//! the platform's verifier and ALPN `http/1.1`. No proxy, no redirect (a
-//! `3xx` is an error status to the caller), no compression.
+//! the platform's verifier and ALPN `http/1.1`. No proxy (`HTTP_PROXY`
+//! and the like are not read; the adapter warns when one is set), no
+//! redirect (a `3xx` is an error status to the caller), no compression.
 
 use std::io;
 use std::net::SocketAddr;
@@ -225,24 +226,28 @@ impl Connector {
     }
 
     /// Resolves the host and connects to the first address that accepts,
-    /// then shakes hands for `https`.
+    /// then shakes hands for `https`. Each address has its share of the
+    /// connect timeout, so one that drops packets (a broken IPv6 route)
+    /// leaves time for the next.
     async fn connect(&self) -> Result<Conn, SendError> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
             .map_err(|_| SendError::Resolve)?
             .collect();
-        let mut last = io::ErrorKind::AddrNotAvailable;
+        let share = self.connect_timeout / u32::try_from(addrs.len().max(1)).unwrap_or(u32::MAX);
+        let mut last = Err(SendError::Connect(io::ErrorKind::AddrNotAvailable));
         for addr in addrs {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
+            match timeout(share, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
                     // Small writes (the request) go at once.
                     let _ = stream.set_nodelay(true);
                     return self.secure(stream).await;
                 }
-                Err(e) => last = e.kind(),
+                Ok(Err(e)) => last = Err(SendError::Connect(e.kind())),
+                Err(_) => last = Err(SendError::ConnectTimeout),
             }
         }
-        Err(SendError::Connect(last))
+        last
     }
 
     /// The connection as the scheme wants it.

@@ -1,8 +1,8 @@
 //! Log lines gathered in memory and written by a thread of their own.
 //!
 //! Written straight to stderr, every log line is a `write` system call on
-//! the request's worker: with one access line per request that cost a
-//! third of `/healthz`'s throughput (docs/adr/0005, eleventh pass). Here a
+//! the request's worker, one per request for the access line alone
+//! (docs/adr/0005, eleventh pass, for what it cost). Here a
 //! line is copied into a shared buffer under a lock, and a writer thread,
 //! woken when the buffer stops being empty, waits [`GATHER`] for the lines
 //! of the same burst and writes them all in one call. A line reaches
