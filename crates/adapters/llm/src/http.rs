@@ -267,7 +267,6 @@ impl Connector {
 
     /// The connection as the scheme wants it.
     #[cfg(not(feature = "tls"))]
-    #[allow(clippy::unused_async)] // the same shape as with `tls`
     async fn secure(&self, stream: TcpStream) -> Result<Conn, SendError> {
         Ok(Conn::Plain(stream))
     }
