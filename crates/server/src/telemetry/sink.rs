@@ -226,6 +226,25 @@ mod tests {
     }
 
     #[test]
+    fn past_the_bound_the_logging_thread_writes_what_waits_in_order() {
+        // No writer thread: only the bound can write.
+        let target = Captured::default();
+        let shared = Shared {
+            pending: Mutex::new(Vec::new()),
+            not_empty: Condvar::new(),
+            target: Mutex::new(Box::new(target.clone())),
+        };
+        let first = format!("{}\n", "a".repeat(MAX_PENDING_BYTES / 2 - 1));
+        let second = format!("{}\n", "b".repeat(MAX_PENDING_BYTES / 2 - 1));
+        shared.push(first.as_bytes());
+        shared.push(second.as_bytes());
+        assert!(target.text().is_empty(), "written before the bound");
+        shared.push(b"third\n");
+        assert_eq!(target.text(), format!("{first}{second}third\n"));
+        assert!(lock(&shared.pending).is_empty());
+    }
+
+    #[test]
     fn a_line_reaches_the_target_without_a_flush() {
         let target = Captured::default();
         let sink = LogSink::start(Box::new(target.clone())).unwrap();
