@@ -44,6 +44,7 @@ mod export;
 mod fake_llm;
 mod headers;
 mod history;
+mod http1;
 mod idempotency;
 mod load;
 mod local_model;

@@ -118,10 +118,11 @@ impl WireEvent {
 }
 
 fn json<T: Serialize>(name: Option<EventName>, value: &T) -> Result<WireEvent, DomainError> {
-    Ok(WireEvent {
-        name,
-        data: serde_json::to_string(value).map_err(DomainError::internal)?,
-    })
+    let mut data = serde_json::to_string(value).map_err(DomainError::internal)?;
+    // An event lives as long as its stream's log: it keeps only its bytes,
+    // not the up to twice as many the encoder grew its buffer to.
+    data.shrink_to_fit();
+    Ok(WireEvent { name, data })
 }
 
 /// Builders for every event of the stream, in the order they are sent.

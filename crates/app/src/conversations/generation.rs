@@ -268,7 +268,12 @@ impl Generation {
     ) -> Outcome {
         let rules = &self.inner.rules;
         let opened = match opened {
-            Some(opened) => opened,
+            Some(opened) => {
+                // Done with: its box (the request's state) goes now, not
+                // at the answer's end.
+                drop(opening);
+                opened
+            }
             None => tokio::select! {
                 biased;
                 () = stop.stopped() => return Outcome::Stopped,
