@@ -479,6 +479,17 @@ fn main() {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
+    // Figures of a tree that differs from its commit say so (this file,
+    // which the run rewrites, aside).
+    let changed = std::process::Command::new("git")
+        .args(["status", "--porcelain", "--", ".", ":!docs/benchmarks.md"])
+        .output()
+        .is_ok_and(|o| !o.stdout.is_empty());
+    let commit = if changed {
+        format!("commit `{commit}` with uncommitted changes")
+    } else {
+        format!("commit `{commit}`")
+    };
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
@@ -487,7 +498,7 @@ fn main() {
     );
     let _ = writeln!(
         md,
-        "- commit `{commit}`, {cores} cores, release build, SQLite, {cores} workers"
+        "- {commit}, {cores} cores, release build, SQLite, {cores} workers"
     );
     let _ = writeln!(
         md,
