@@ -7,12 +7,14 @@
 //! if one of them fails, it is rolled back and run again with each write in
 //! a savepoint of its own (so a write's work may run more than once; it
 //! must do only database work). Failures are rare, and the savepoints'
-//! two statements per write are a round trip each on PostgreSQL. On
-//! PostgreSQL a group's new conversations with their first exchange
+//! two statements per write are a round trip each on PostgreSQL. A group's
+//! new conversations with their first exchange
 //! ([`Executor::insert_exchange`]) are inserted together, one statement per
 //! table for all of them, ahead of the group's other writes (queued at
-//! once, they waited for none of each other); if that fails, the group runs
-//! again as above, each write inserting its own rows in its savepoint.
+//! once, they waited for none of each other): on PostgreSQL two round trips
+//! instead of three per exchange, on SQLite one flush of the search index
+//! instead of one per question. If that fails, the group runs again as
+//! above, each write inserting its own rows in its savepoint.
 //!
 //! Against tokio's blocking pool and a connection pool, this means no
 //! thread started per query, no check-out (r2d2 ran `SELECT 1` on every
@@ -315,8 +317,8 @@ impl Executor {
     }
 
     /// Inserts a new conversation and its first exchange as a write (see
-    /// [`write`](Self::write)); on PostgreSQL, together with the group's
-    /// other such inserts.
+    /// [`write`](Self::write)), together with the group's other such
+    /// inserts.
     pub(crate) async fn insert_exchange(&self, rows: NewExchange) -> Result<(), DomainError> {
         self.queue_write(|reply| {
             Box::new(ExchangeJob {
@@ -568,14 +570,13 @@ fn commit_group(held: &mut Held<'_>, mut group: Vec<Box<dyn Write>>) -> Ran {
         return ran;
     }
     let mut any_failed = false;
-    let together = matches!(conn, AnyConnection::Postgres(_))
-        && group.iter().filter(|job| job.exchange().is_some()).count() > 1;
+    let together = group.iter().filter(|job| job.exchange().is_some()).count() > 1;
     let straight = conn.transaction(|conn| {
-        if together && let AnyConnection::Postgres(pg) = &mut *conn {
+        if together {
             let exchanges: Vec<&NewExchange> = group.iter().filter_map(|j| j.exchange()).collect();
             #[cfg(test)]
             TOGETHER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if NewExchange::insert_all(pg, &exchanges).is_err() {
+            if NewExchange::insert_all(conn, &exchanges).is_err() {
                 any_failed = true;
                 return Err(diesel::result::Error::RollbackTransaction);
             }
@@ -806,14 +807,21 @@ mod tests {
         }
     }
 
-    /// On PostgreSQL a group's new exchanges are inserted together (one
+    /// On both backends a group's new exchanges are inserted together (one
     /// statement per table); when that fails (one conversation's id is
     /// taken), the group runs again write by write and only that one
-    /// fails. Every other exchange is stored whole.
+    /// fails. Every other exchange is stored whole. (One test for both:
+    /// the count of such groups is the process's.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_groups_new_exchanges_go_in_together_on_postgres_and_fail_alone() {
+    async fn a_groups_new_exchanges_go_in_together_and_fail_alone() {
+        new_exchanges_go_in_together(crate::testing::TestDatabase::sqlite()).await;
+        new_exchanges_go_in_together(crate::testing::TestDatabase::postgres()).await;
+    }
+
+    async fn new_exchanges_go_in_together(database: crate::testing::TestDatabase) {
         use std::sync::atomic::Ordering;
-        let database = crate::testing::TestDatabase::postgres();
+        // Migrated (a SQLite file is migrated by the first store on it).
+        drop(database.store().await);
         database.execute(
             "INSERT INTO users VALUES ('u', 'u', 'u@example.com', 'x', 'user', FALSE, 0, 0)",
         );

@@ -261,23 +261,27 @@ impl NewExchange {
     }
 
     /// Inserts every row of `exchanges` in two statements, the
-    /// conversations', then the messages': two round trips for a group
-    /// instead of three per exchange. Their SQL depends on the number of
-    /// rows, so PostgreSQL parses and plans them each time, which a group
-    /// of two already repays.
+    /// conversations', then the messages'. On PostgreSQL, two round trips
+    /// for a group instead of three per exchange; their SQL depends on the
+    /// number of rows, so PostgreSQL parses and plans them each time, which
+    /// a group of two already repays. On SQLite (which compiles them each
+    /// time too), FTS5 writes its pending terms out at every statement that
+    /// changes the search index (each question's row does, by trigger): one
+    /// flush for the group instead of one per question.
     pub(crate) fn insert_all(
-        conn: &mut diesel::PgConnection,
+        conn: &mut crate::connection::AnyConnection,
         exchanges: &[&Self],
     ) -> QueryResult<()> {
+        use crate::connection::on_backend;
         let conversations: Vec<&ConversationRow> =
             exchanges.iter().map(|e| &e.conversation).collect();
-        diesel::insert_into(conversations::table)
+        on_backend!(conn, |c| diesel::insert_into(conversations::table)
             .values(conversations)
-            .execute(conn)?;
+            .execute(c))?;
         let messages: Vec<&MessageRow> = exchanges.iter().flat_map(|e| &e.messages).collect();
-        diesel::insert_into(messages::table)
+        on_backend!(conn, |c| diesel::insert_into(messages::table)
             .values(messages)
-            .execute(conn)?;
+            .execute(c))?;
         Ok(())
     }
 }

@@ -335,7 +335,7 @@ fn only(flag: &str, cores: usize) -> bool {
 ///
 /// Smaller sizes for a quick run, from the environment: `CONFAB_BENCH_SETUPS`
 /// (the in-process set-ups: `sqlite,postgres,redis`),
-/// `CONFAB_BENCH_SEND_LEVELS`, `CONFAB_BENCH_LIST_REQUESTS`,
+/// `CONFAB_BENCH_SEND_LEVELS`, `CONFAB_BENCH_RELAY_LEVELS`, `CONFAB_BENCH_LIST_REQUESTS`,
 /// `CONFAB_BENCH_THROUGHPUT_SENDS`, `CONFAB_BENCH_THROUGHPUT_LEVELS`,
 /// `CONFAB_BENCH_DENSITY`, `CONFAB_BENCH_SEARCH_REQUESTS`,
 /// `CONFAB_BENCH_SOAK_STREAMS` and

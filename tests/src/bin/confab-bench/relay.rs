@@ -29,6 +29,24 @@ const SPACING: Duration = Duration::from_millis(20);
 /// Concurrent streams per round, and measured rounds at that concurrency
 /// (one stream at a time is repeated, so its percentiles have samples).
 const LEVELS: [(usize, usize); 3] = [(1, 20), (100, 1), (1000, 1)];
+
+/// The levels to run: [`LEVELS`], or for a profile or a quick run those
+/// `CONFAB_BENCH_RELAY_LEVELS` names (comma-separated `concurrency` or
+/// `concurrencyxrounds`, `100x30`: thirty measured rounds of 100).
+fn levels() -> Vec<(usize, usize)> {
+    let parse = |item: &str| -> Option<(usize, usize)> {
+        let mut parts = item.trim().splitn(2, 'x');
+        let concurrency = parts.next()?.parse().ok()?;
+        let rounds = parts.next().map_or(Some(1), |r| r.parse().ok())?;
+        Some((concurrency, rounds))
+    };
+    std::env::var("CONFAB_BENCH_RELAY_LEVELS")
+        .ok()
+        .map(|v| v.split(',').filter_map(parse).collect::<Vec<_>>())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| LEVELS.to_vec())
+}
+
 /// The longest a round runs; streams still open count as `timeout`.
 const ROUND_CAP: Duration = Duration::from_secs(60);
 /// What every stream asks.
@@ -286,7 +304,7 @@ pub(super) fn measure(
     let direct = Target::Direct(format!("{base_url}/chat/completions"));
     let mut levels: Vec<Level> = runtime.block_on(async {
         let mut levels = Vec::new();
-        for (concurrency, measured) in LEVELS {
+        for (concurrency, measured) in self::levels() {
             let _ = rounds(&client, &direct, (concurrency, 1), ROUND_CAP).await;
             let figures = rounds(&client, &direct, (concurrency, measured), ROUND_CAP).await;
             print_row("", &figures);
@@ -301,7 +319,7 @@ pub(super) fn measure(
                 url: app.url("/api/v1/conversations"),
                 token: app.user("relay").await,
             };
-            for (level, (concurrency, measured)) in levels.iter_mut().zip(LEVELS) {
+            for (level, (concurrency, measured)) in levels.iter_mut().zip(self::levels()) {
                 let _ = rounds(&client, &confab, (concurrency, 1), ROUND_CAP).await;
                 let figures = rounds(&client, &confab, (concurrency, measured), ROUND_CAP).await;
                 print_row(setup.name(), &figures);
