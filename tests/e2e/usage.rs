@@ -14,6 +14,8 @@ on_both_backends!(
     each_answer_counts_and_a_user_reads_their_own_per_day_and_model,
     an_admin_reads_any_users_usage_and_everyones,
     a_send_past_the_allowance_is_refused_on_every_instance_before_the_model,
+    an_allowance_given_after_sends_applies_at_the_next_send_on_every_instance,
+    an_allowance_given_after_sends_applies_at_the_next_send_in_process,
 );
 
 async fn usage(app: &confab_e2e::TestApp, token: &str, query: &str) -> Value {
@@ -243,21 +245,7 @@ async fn a_send_past_the_allowance_is_refused_on_every_instance_before_the_model
     a.chat(&other, "hello").await;
 
     // An admin gives the user their own allowance; only an admin can.
-    a.create_admin("ingrid", PASSWORD).await;
-    let admin = a.login("ingrid", PASSWORD).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let me: Value = a
-        .get_auth("/api/v1/users/me", &token)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let path = format!(
-        "/api/v1/admin/users/{}/allowance",
-        me["id"].as_str().unwrap()
-    );
+    let (admin, path) = admin_and_allowance_path(&a, &token).await;
     let raise = json!({"daily_tokens": 1000, "monthly_tokens": null});
     let res = a.call(Method::PUT, &path, &other, Some(&raise)).await;
     error_body(res, 403, "FORBIDDEN").await;
@@ -306,4 +294,89 @@ async fn a_send_past_the_allowance_is_refused_on_every_instance_before_the_model
         .send_message("/api/v1/conversations", &token, &message_body("more"))
         .await;
     error_body(res, 429, "QUOTA_EXCEEDED").await;
+}
+
+/// An admin's token and the path of `token`'s user's allowance, on `app`.
+async fn admin_and_allowance_path(app: &confab_e2e::TestApp, token: &str) -> (String, String) {
+    app.create_admin("ingrid", PASSWORD).await;
+    let admin = app.login("ingrid", PASSWORD).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me: Value = app
+        .get_auth("/api/v1/users/me", token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let path = format!(
+        "/api/v1/admin/users/{}/allowance",
+        me["id"].as_str().unwrap()
+    );
+    (admin, path)
+}
+
+/// Sends on each of `apps` are refused (429) without asking the model.
+async fn refused_on(apps: &[&confab_e2e::TestApp], llm: &FakeLlm, token: &str) {
+    let asked = llm.requests().len();
+    for app in apps {
+        let res = app
+            .send_message("/api/v1/conversations", token, &message_body("more"))
+            .await;
+        error_body(res, 429, "QUOTA_EXCEEDED").await;
+    }
+    assert_eq!(
+        llm.requests().len(),
+        asked,
+        "no model call for a refused send"
+    );
+}
+
+/// No default allowance: a user's sends need no read of their usage once
+/// an instance knows they have no allowance of their own. An allowance an
+/// admin gives them on one instance then applies at their next send on
+/// every instance, not after that memory expires.
+async fn an_allowance_given_after_sends_applies_at_the_next_send_on_every_instance(
+    backend: Backend,
+) {
+    let llm = FakeLlm::start();
+    let a = spawn_chat_with_redis(backend, &llm, &[]);
+    let b = a.sibling(&[]);
+    let token = a.user("quinn").await;
+    // Each instance reads, then remembers, that no allowance applies.
+    for app in [&a, &b, &a, &b] {
+        app.chat(&token, "hello").await;
+    }
+    let (admin, path) = admin_and_allowance_path(&a, &token).await;
+    let tight = json!({"daily_tokens": 1, "monthly_tokens": null});
+    let res = a.call(Method::PUT, &path, &admin, Some(&tight)).await;
+    assert_eq!(res.status(), 200);
+    refused_on(&[&b, &a], &llm, &token).await;
+    // Lifted again (0: no limit for them): both send again at once.
+    let exempt = json!({"daily_tokens": 0, "monthly_tokens": null});
+    let res = b.call(Method::PUT, &path, &admin, Some(&exempt)).await;
+    assert_eq!(res.status(), 200);
+    for app in [&a, &b] {
+        let (_, events) = app.chat(&token, "again").await;
+        assert!(
+            events
+                .iter()
+                .any(|e| e.data.contains("message_stream_complete")),
+            "{events:?}"
+        );
+    }
+}
+
+/// As above, on one instance with its state in process.
+async fn an_allowance_given_after_sends_applies_at_the_next_send_in_process(backend: Backend) {
+    let llm = FakeLlm::start();
+    let app = spawn_chat(backend, &llm, &[]);
+    let token = app.user("quinn").await;
+    app.chat(&token, "hello").await;
+    app.chat(&token, "hello").await;
+    let (admin, path) = admin_and_allowance_path(&app, &token).await;
+    let tight = json!({"daily_tokens": 1, "monthly_tokens": null});
+    let res = app.call(Method::PUT, &path, &admin, Some(&tight)).await;
+    assert_eq!(res.status(), 200);
+    refused_on(&[&app], &llm, &token).await;
 }

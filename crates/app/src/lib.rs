@@ -7,6 +7,7 @@
 mod accounts;
 mod conversations;
 mod error;
+mod known;
 mod limits;
 mod readiness;
 

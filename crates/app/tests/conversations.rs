@@ -97,6 +97,7 @@ fn harness_on(
         limiter: Arc::new(GovernorLimiter::new()),
         clock: clock.clone(),
         usage: store.clone(),
+        blocklist: Arc::new(confab_memory::InMemoryBlocklist::new()),
     };
     Harness {
         conversations: Conversations::new(ports, rules),

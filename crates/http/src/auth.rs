@@ -29,6 +29,8 @@ pub(crate) struct Authenticated {
     pub(crate) claims: AccessClaims,
     /// The version of the caller's cached lists, when admission read it.
     pub(crate) list_version: Option<ListVersion>,
+    /// The caller's account-state version, when admission read it.
+    pub(crate) user_version: Option<u64>,
 }
 
 /// The version of the caller's cached lists that this request's admission
@@ -37,6 +39,14 @@ pub(crate) fn list_version(req: &HttpRequest) -> Option<ListVersion> {
     req.extensions()
         .get::<Authenticated>()
         .and_then(|admitted| admitted.list_version)
+}
+
+/// The caller's account-state version that this request's admission read,
+/// if it did.
+pub(crate) fn account_version(req: &HttpRequest) -> Option<u64> {
+    req.extensions()
+        .get::<Authenticated>()
+        .and_then(|admitted| admitted.user_version)
 }
 
 async fn authenticate(req: HttpRequest) -> Result<AccessClaims, ApiError> {

@@ -216,6 +216,7 @@ mod tests {
                 limiter: Arc::new(Inert),
                 clock: Arc::new(ManualClock::default()),
                 usage: store.clone(),
+                blocklist: Arc::new(Inert),
             },
             ConversationRules {
                 default_model: ModelSlug::parse("m").unwrap(),

@@ -51,6 +51,8 @@ pub(crate) struct Wired {
     pub(crate) log: Arc<dyn StreamLog>,
     /// The read cache.
     pub(crate) cache: Arc<dyn Cache>,
+    /// The token blocklist, which keeps the account-state versions.
+    pub(crate) blocklist: Arc<dyn TokenBlocklist>,
 }
 
 /// The connections to the Redis `REDIS_URL` names: every command shares
@@ -291,7 +293,7 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
             hasher: Arc::new(hasher),
             tokens: codec.clone(),
             refresh_tokens: store.clone(),
-            blocklist,
+            blocklist: blocklist.clone(),
             admission,
             limiter: limiter.clone(),
             failures,
@@ -325,5 +327,6 @@ pub(crate) async fn wire(settings: &Settings) -> Result<Wired, StartupError> {
         idempotency,
         log,
         cache,
+        blocklist,
     })
 }

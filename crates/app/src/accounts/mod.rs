@@ -1,7 +1,6 @@
 //! Accounts: registration, login, token rotation, logout, administration.
 
 mod keys;
-mod known;
 
 use std::sync::Arc;
 
@@ -19,6 +18,7 @@ use confab_ports::{
 pub use keys::{CreatedKey, NewApiKey};
 
 use crate::conversations::list_key;
+use crate::known::{self, KnownUsers};
 use crate::{AppError, AuthFailure, Conversations, ListVersion};
 
 /// A request's token, admitted by [`Accounts::admit`].
@@ -33,6 +33,9 @@ pub struct AdmittedRequest<'p> {
     /// The version of the caller's cached lists, when admission read it:
     /// for [`Conversations::list`](crate::Conversations::list).
     pub list_version: Option<ListVersion>,
+    /// The caller's account-state version admission read: for
+    /// [`SendMessage::account_version`](crate::SendMessage::account_version).
+    pub user_version: u64,
 }
 
 /// What a person submits to open an account, as received.
@@ -189,7 +192,7 @@ pub struct AccountPorts {
 pub struct Accounts {
     ports: AccountPorts,
     limits: AccountRules,
-    known: Arc<known::KnownUsers>,
+    known: Arc<KnownUsers<bool>>,
     keys: Arc<keys::KnownKeys>,
 }
 
@@ -695,6 +698,7 @@ impl Accounts {
                 .await?;
         }
         Ok(AdmittedRequest {
+            user_version: admitted.user_version,
             list_version: admitted
                 .cache_version
                 .map(|version| ListVersion::new(claims.user_id, version)),
@@ -713,7 +717,7 @@ impl Accounts {
         user_version: u64,
     ) -> Result<(), AppError> {
         let user = claims.user_id;
-        let disabled = match self.known.disabled(user, user_version) {
+        let disabled = match self.known.get(user, user_version) {
             Some(disabled) => disabled,
             None => match self.ports.users.get(user).await {
                 Ok(account) => {

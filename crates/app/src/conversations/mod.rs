@@ -24,7 +24,7 @@ use confab_domain::{
 use confab_ports::{
     AccessClaims, Cache, CachedValue, ChatModel, Clock, ConversationQuery, ConversationStore,
     MessageStore, ModelStatus, RateLimiter, RatePolicy, ReadFrom, ResumeTokenCodec, StreamLog,
-    UsageStore, entry_key,
+    TokenBlocklist, UsageStore, entry_key,
 };
 use tokio::sync::{Notify, watch};
 
@@ -80,6 +80,7 @@ pub enum Read<T, K> {
 
 pub use send::{SendAction, SendMessage, Started};
 
+use crate::known::KnownUsers;
 use crate::{AppError, ReaderScope};
 
 /// Everything the conversation use cases need from outside.
@@ -103,6 +104,9 @@ pub struct ConversationPorts {
     pub clock: Arc<dyn Clock>,
     /// Where every answer's token usage is recorded.
     pub usage: Arc<dyn UsageStore>,
+    /// Account-state versions: a changed allowance bumps its user's, so
+    /// every instance reads it again at the user's next send.
+    pub blocklist: Arc<dyn TokenBlocklist>,
 }
 
 /// A user's token allowance and what they used of it
@@ -179,6 +183,9 @@ struct Inner {
     rules: ConversationRules,
     running: Running,
     readers: Mutex<Readers>,
+    /// Each user's own allowance, by the account-state version it was
+    /// read at.
+    allowances: KnownUsers<Allowance>,
 }
 
 /// The streams this process serves, counted per user and per answer (a
@@ -355,6 +362,7 @@ impl Conversations {
                     shutdown,
                 },
                 readers: Mutex::new(Readers::default()),
+                allowances: KnownUsers::default(),
             }),
         }
     }
@@ -755,11 +763,14 @@ impl Conversations {
     }
 
     /// Sets a user's own token allowance (admins only); `None` fields
-    /// leave the configured default to apply.
+    /// leave the configured default to apply. It is stored, then the
+    /// user's account-state version moves, so every instance reads it again
+    /// at the user's next send.
     ///
     /// # Errors
     /// [`AppError::Forbidden`] for a non-admin; [`AppError::NotFound`] for
-    /// an unknown user.
+    /// an unknown user; [`AppError::Unavailable`] when the version can't be
+    /// moved (the allowance is stored: setting it again moves it).
     pub async fn set_allowance(
         &self,
         caller: &AccessClaims,
@@ -769,7 +780,11 @@ impl Conversations {
         if caller.role != Role::Admin {
             return Err(AppError::Forbidden);
         }
-        self.inner.ports.usage.set_allowance(user, own).await?;
+        let ports = &self.inner.ports;
+        ports.usage.set_allowance(user, own).await?;
+        // Every instance's next send of theirs reads it again.
+        self.inner.allowances.forget(user);
+        ports.blocklist.user_changed(user).await?;
         tracing::info!(admin = %caller.user_id, user_id = %user, daily = ?own.daily, monthly = ?own.monthly, "token allowance set");
         self.inner.allowance(user).await
     }
@@ -1033,9 +1048,27 @@ impl Inner {
     }
 
     /// Refuses a send of `user`'s once their allowance is used up (an
-    /// answer that crossed it finished; this one is not begun).
-    pub(super) async fn check_allowance(&self, user: UserId) -> Result<(), AppError> {
+    /// answer that crossed it finished; this one is not begun). With the
+    /// account-state `version` the send was admitted at, a user whose own
+    /// allowance this instance read at that version, and to whom no
+    /// allowance applies, costs no read; otherwise what they used is read
+    /// (with their own allowance, remembered at `version`).
+    pub(super) async fn check_allowance(
+        &self,
+        user: UserId,
+        version: Option<u64>,
+    ) -> Result<(), AppError> {
+        let unlimited = |own| Allowance::or(own, self.rules.allowance) == Allowance::default();
+        if version
+            .and_then(|v| self.allowances.get(user, v))
+            .is_some_and(unlimited)
+        {
+            return Ok(());
+        }
         let view = self.allowance(user).await?;
+        if let Some(version) = version {
+            self.allowances.remember(user, version, view.own);
+        }
         match view.effective.exhausted(view.used, view.at) {
             Some(exhausted) => {
                 tracing::info!(user_id = %user, period = exhausted.period.as_str(), "send refused: token allowance used up");

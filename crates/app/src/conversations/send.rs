@@ -60,6 +60,12 @@ pub struct SendMessage {
     pub temperature: Option<f64>,
     /// A `user_id` the client put in the body: must be the caller's.
     pub user_id: Option<String>,
+    /// The caller's account-state version, as this request's admission
+    /// read it: the send then uses the caller's own token allowance as
+    /// this instance read it at that version (any change of it bumps the
+    /// version), and reads what the caller used only when an allowance
+    /// applies. `None`: read both.
+    pub account_version: Option<u64>,
 }
 
 /// A generation that has started.
@@ -378,7 +384,7 @@ impl Conversations {
                     None => Ok::<_, AppError>(None),
                 }
             },
-            inner.check_allowance(owner),
+            inner.check_allowance(owner, input.account_version),
         )?;
         let slot = inner.take_slot(owner)?;
         let decision = inner

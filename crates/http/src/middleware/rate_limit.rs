@@ -107,6 +107,7 @@ pub(crate) async fn rate_limit(
             req.extensions_mut().insert(Authenticated {
                 claims: admitted.claims,
                 list_version: admitted.list_version,
+                user_version: Some(admitted.user_version),
             });
             (admitted.policy, admitted.decision)
         }

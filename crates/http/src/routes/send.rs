@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use super::conversations::conversation_id;
 use super::schema::MessageView;
 use crate::ApiError;
-use crate::auth::AuthUser;
+use crate::auth::{AuthUser, account_version};
 use crate::error::ErrorBody;
 use crate::extract::{BodyLimits, parse, read_json_body};
 use crate::middleware::{Keyed, claim, requested_key};
@@ -251,6 +251,7 @@ fn input(
         model: body.model,
         temperature: body.metadata.and_then(|m| m.temperature),
         user_id: body.user_id,
+        account_version: None,
     })
 }
 
@@ -464,6 +465,7 @@ async fn start(
     let path_id = target.path_id.map(conversation_id).transpose()?;
     let mut input = input(body, path_id, target.must_be_new)?;
     input.system_prompt = system_prompt;
+    input.account_version = account_version(req);
     let mode = mode(req)?;
     let started = state.conversations.send(caller, input).await?;
     Ok((mode, started))

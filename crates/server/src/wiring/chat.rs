@@ -141,6 +141,7 @@ pub(crate) async fn conversations(
             limiter: wired.limiter.clone(),
             clock: Arc::new(SystemClock),
             usage: wired.store.clone(),
+            blocklist: wired.blocklist.clone(),
         },
         ConversationRules {
             default_model,
