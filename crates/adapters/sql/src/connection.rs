@@ -75,7 +75,18 @@ pub(crate) enum ConnectError {
     Query(#[from] diesel::result::Error),
 }
 
+/// The WAL pages past which SQLite's committing connection checkpoints
+/// itself (its default is 1,000): 8,192 pages of 4 KiB, 32 MiB. The writer
+/// asks a reader for a checkpoint every second it commits, so this is
+/// reached only when those can't keep up.
+const WAL_AUTOCHECKPOINT: u32 = 8192;
+
 impl Manager {
+    /// Whether the target is SQLite.
+    pub(crate) const fn is_sqlite(&self) -> bool {
+        matches!(self.target, DatabaseTarget::Sqlite(_))
+    }
+
     pub(crate) fn new(target: DatabaseTarget, options: &PoolOptions) -> Self {
         Self {
             target,
@@ -99,10 +110,14 @@ impl Manager {
             DatabaseTarget::Sqlite(path) => {
                 let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
                 // WAL lets readers run beside the writer; the busy timeout
-                // makes a writer wait for the lock instead of failing.
+                // makes a writer wait for the lock instead of failing. The
+                // WAL is checkpointed by a reader, asked by the writer
+                // (`executor.rs`); the committing connection does it itself
+                // only past `WAL_AUTOCHECKPOINT` pages, a back-stop.
                 conn.batch_execute(&format!(
                     "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; \
-                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                     PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT};",
                     self.busy_timeout.as_millis()
                 ))?;
                 Ok(AnyConnection::Sqlite(conn))

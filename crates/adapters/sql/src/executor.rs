@@ -40,6 +40,14 @@ use crate::rows::NewExchange;
 /// The most writes one transaction commits.
 const MAX_GROUP: usize = 256;
 
+/// On SQLite, how often a writer that has committed asks a reader to
+/// checkpoint the WAL (copy its pages into the database file).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Checkpoints asked of a reader (only this module's tests count them).
+#[cfg(test)]
+static CHECKPOINTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Groups whose exchanges were inserted together (only this module's
 /// tests make such groups).
 #[cfg(test)]
@@ -525,8 +533,46 @@ fn read_loop(queues: &Queues, manager: &Manager, acquire_timeout: Duration) {
     }
 }
 
+/// Asks a reader to checkpoint the WAL of SQLite, passively (it copies
+/// what no reader still needs, and never waits for the writer): the writer
+/// then never stops a group's commit for a checkpoint and its two `fsync`s
+/// (SQLite's own at 1,000 pages, left as a back-stop at
+/// [`crate::connection`]'s larger bound). At most one is queued at a time.
+fn ask_checkpoint(queues: &Queues, queued: &Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    if queued.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let taken = Arc::clone(queued);
+    let job: Read = Box::new(move |conn| {
+        taken.store(false, Ordering::Release);
+        let Ok(AnyConnection::Sqlite(conn)) = conn else {
+            return Ran::Ok;
+        };
+        #[cfg(test)]
+        CHECKPOINTS.fetch_add(1, Ordering::Relaxed);
+        // A checkpoint that could not finish is finished by a later one.
+        match diesel::connection::SimpleConnection::batch_execute(
+            conn,
+            "PRAGMA wal_checkpoint(PASSIVE)",
+        ) {
+            Ok(()) => Ran::Ok,
+            Err(e) => {
+                tracing::warn!(error = %e, "a WAL checkpoint failed");
+                Ran::Failed
+            }
+        }
+    });
+    if queues.reads.push(job).is_err() {
+        queued.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
 fn write_loop(queues: &Queues, manager: &Manager, acquire_timeout: Duration) {
     let mut held = Held::new(manager);
+    let sqlite = manager.is_sqlite();
+    let checkpoint_queued = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut last_checkpoint = Instant::now();
     while let Some(jobs) = queues.writes.take(MAX_GROUP) {
         let mut group = Vec::with_capacity(jobs.len());
         for Queued { job, at } in jobs {
@@ -546,6 +592,10 @@ fn write_loop(queues: &Queues, manager: &Manager, acquire_timeout: Duration) {
             // The group's replies were dropped with it: its callers hear
             // that the work ended without an answer.
             Err(_) => held.forget(),
+        }
+        if sqlite && last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            last_checkpoint = Instant::now();
+            ask_checkpoint(queues, &checkpoint_queued);
         }
     }
 }
@@ -688,6 +738,51 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(stored, [1, 2, 3]);
+    }
+
+    /// On SQLite the WAL is checkpointed by a reader the writer asks, once
+    /// a second while it commits: a commit past that second brings the
+    /// pages the WAL held into the database file, far below the pages at
+    /// which the writer would checkpoint itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_checkpoints_the_wal_the_writer_asks_it_to() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let db = executor(&dir);
+        let file = dir.path().join("group.db");
+        db.write(|conn| {
+            conn.batch_execute(
+                "CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB); \
+                 INSERT INTO t (body) VALUES (zeroblob(400000));",
+            )?;
+            Ok(0)
+        })
+        .await
+        .unwrap();
+        let size = || std::fs::metadata(&file).map_or(0, |m| m.len());
+        assert!(size() < 100_000, "the rows are in the WAL: {}", size());
+        let auto: i64 = db
+            .read(|conn| {
+                #[derive(diesel::QueryableByName)]
+                struct Row {
+                    #[diesel(sql_type = diesel::sql_types::BigInt)]
+                    wal_autocheckpoint: i64,
+                }
+                let row: Row = diesel::sql_query("PRAGMA wal_autocheckpoint").get_result(conn)?;
+                Ok(row.wal_autocheckpoint)
+            })
+            .await
+            .unwrap();
+        assert_eq!(auto, 8192);
+        let asked = CHECKPOINTS.load(Ordering::Relaxed);
+        tokio::time::sleep(CHECKPOINT_EVERY + Duration::from_millis(100)).await;
+        db.write(|conn| insert(conn, 2)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while size() < 400_000 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(size() >= 400_000, "checkpointed: {}", size());
+        assert!(CHECKPOINTS.load(Ordering::Relaxed) > asked);
     }
 
     /// The depth of transactions `conn` is in (1: the group's, 2: a
