@@ -30,7 +30,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use secrecy::{ExposeSecret, SecretString};
-#[cfg(feature = "tls")]
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -312,16 +311,18 @@ impl Conn {
     /// [`READ_BYTES`] first; 0 at the end. A plain connection makes the
     /// room only once the socket is readable, so a stream waiting for its
     /// model holds no buffer. Cancel-safe.
+    ///
+    /// The read itself is tokio's `AsyncRead`, which takes a read that
+    /// filled less than the room as the socket drained and waits for the
+    /// next readiness: one system call per piece the model sends, where
+    /// `try_read` would make a second that finds nothing.
     async fn read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
         match self {
-            Self::Plain(stream) => loop {
+            Self::Plain(stream) => {
                 stream.readable().await?;
                 buf.reserve(READ_BYTES);
-                match stream.try_read_buf(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    read => return read,
-                }
-            },
+                stream.read_buf(buf).await
+            }
             #[cfg(feature = "tls")]
             Self::Tls(stream) => {
                 buf.reserve(READ_BYTES);
