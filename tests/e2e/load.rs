@@ -64,14 +64,28 @@ on_both_backends!(
     a_hundred_sends_while_another_account_is_deleted_with_redis_all_complete,
     a_hundred_sends_with_an_api_key_all_complete,
     a_hundred_sends_with_an_api_key_with_redis_all_complete,
+    a_hundred_sends_with_no_allowance_all_complete,
+    a_hundred_sends_with_no_allowance_with_redis_all_complete,
 );
 
 /// One server in process, with or without Redis, wired to a paced model
 /// with a burst's limits lifted; and its user's token.
 async fn burst_app(backend: Backend, redis: bool) -> (FakeLlm, TestApp, String) {
+    burst_app_where(backend, redis, |_| true).await
+}
+
+/// As [`burst_app`], with only the burst's variables `keep` keeps.
+async fn burst_app_where(
+    backend: Backend,
+    redis: bool,
+    keep: impl Fn(&str) -> bool,
+) -> (FakeLlm, TestApp, String) {
     let llm = paced_llm();
     let base = llm.base_url();
-    let vars = burst_vars(&base);
+    let vars: Vec<_> = burst_vars(&base)
+        .into_iter()
+        .filter(|(name, _)| keep(name))
+        .collect();
     let app = if redis {
         spawn_app_with_redis(backend, &vars)
     } else {
@@ -149,6 +163,30 @@ async fn a_hundred_sends_with_an_api_key_all_complete(backend: Backend) {
 
 async fn a_hundred_sends_with_an_api_key_with_redis_all_complete(backend: Backend) {
     with_an_api_key(backend, true).await;
+}
+
+/// 100 sends at once with no allowance in force: after the first read,
+/// each send's allowance check is answered from what the instance
+/// remembers at the user's account version, with no read of their usage;
+/// every answer still counts.
+async fn without_an_allowance(backend: Backend, redis: bool) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (_llm, app, token) =
+        burst_app_where(backend, redis, |name| !name.starts_with("CONFAB__QUOTA__")).await;
+    let sends = burst(&[&app], &token, 100, CAP_100).await;
+    let what = format!("100 sends, no allowance, {backend:?}, Redis: {redis}");
+    sends
+        .assert_all_complete(&what, &app.db.store().await)
+        .await;
+    assert_usage_counts(&app, &token, 100).await;
+}
+
+async fn a_hundred_sends_with_no_allowance_all_complete(backend: Backend) {
+    without_an_allowance(backend, false).await;
+}
+
+async fn a_hundred_sends_with_no_allowance_with_redis_all_complete(backend: Backend) {
+    without_an_allowance(backend, true).await;
 }
 
 async fn a_hundred_sends_at_once_all_complete(backend: Backend) {

@@ -26,6 +26,7 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -538,8 +539,7 @@ fn read_loop(queues: &Queues, manager: &Manager, acquire_timeout: Duration) {
 /// then never stops a group's commit for a checkpoint and its two `fsync`s
 /// (SQLite's own at 1,000 pages, left as a back-stop at
 /// [`crate::connection`]'s larger bound). At most one is queued at a time.
-fn ask_checkpoint(queues: &Queues, queued: &Arc<std::sync::atomic::AtomicBool>) {
-    use std::sync::atomic::Ordering;
+fn ask_checkpoint(queues: &Queues, queued: &Arc<AtomicBool>) {
     if queued.swap(true, Ordering::AcqRel) {
         return;
     }
@@ -564,14 +564,14 @@ fn ask_checkpoint(queues: &Queues, queued: &Arc<std::sync::atomic::AtomicBool>) 
         }
     });
     if queues.reads.push(job).is_err() {
-        queued.store(false, std::sync::atomic::Ordering::Release);
+        queued.store(false, Ordering::Release);
     }
 }
 
 fn write_loop(queues: &Queues, manager: &Manager, acquire_timeout: Duration) {
     let mut held = Held::new(manager);
     let sqlite = manager.is_sqlite();
-    let checkpoint_queued = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checkpoint_queued = Arc::new(AtomicBool::new(false));
     let mut last_checkpoint = Instant::now();
     while let Some(jobs) = queues.writes.take(MAX_GROUP) {
         let mut group = Vec::with_capacity(jobs.len());
@@ -625,7 +625,7 @@ fn commit_group(held: &mut Held<'_>, mut group: Vec<Box<dyn Write>>) -> Ran {
         if together {
             let exchanges: Vec<&NewExchange> = group.iter().filter_map(|j| j.exchange()).collect();
             #[cfg(test)]
-            TOGETHER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            TOGETHER.fetch_add(1, Ordering::Relaxed);
             if NewExchange::insert_all(conn, &exchanges).is_err() {
                 any_failed = true;
                 return Err(diesel::result::Error::RollbackTransaction);
