@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use confab_domain::{MessageId, MessageStatus};
-use confab_e2e::chat::{SseReader, conversation_of, is_append, message_body, replay, spawn_chat};
+use confab_e2e::chat::{
+    SseReader, conversation_of, is_append, message_body, replay, spawn_chat, spawn_chat_with_redis,
+};
 use confab_e2e::fake_llm::{FakeLlm, Script, Step};
 use confab_e2e::{TestApp, error_body, redis_url, spawn_app_with, spawn_app_with_redis};
 use confab_ports::StreamLog;
@@ -25,6 +27,7 @@ on_both_backends!(
     a_rename_on_one_instance_is_seen_at_once_on_the_other,
     a_stream_started_on_one_instance_resumes_on_the_other,
     a_stop_sent_to_one_instance_stops_the_generation_on_the_other,
+    a_send_over_the_shared_generation_limit_is_refused_and_leaves_the_last_stream,
 );
 
 async fn me(app: &TestApp, token: &str) -> u16 {
@@ -437,6 +440,71 @@ async fn a_stream_started_on_one_instance_resumes_on_the_other(backend: Backend)
     );
     let c = b.conversation(&token, &id).await;
     assert_eq!(rebuilt["message"], c["messages"][1]);
+}
+
+/// The generation limit is shared by the instances, and is taken while a
+/// send opens its log: a refused new conversation is not stored, and a
+/// refused send in an existing one leaves the stream of the answer before
+/// it readable from either instance.
+async fn a_send_over_the_shared_generation_limit_is_refused_and_leaves_the_last_stream(
+    backend: Backend,
+) {
+    let llm = FakeLlm::start();
+    let a = spawn_chat_with_redis(backend, &llm, &[("CONFAB__GENERATION__PER_MINUTE", "1")]);
+    let b = a.sibling(&[]);
+    let token = a.user("ada").await;
+    let res = a
+        .send_message("/api/v1/conversations", &token, &message_body("count"))
+        .await;
+    assert_eq!(res.status(), 200);
+    let first = SseReader::new(res).rest().await;
+    assert_eq!(first.last().unwrap().data, "[DONE]");
+    let id = conversation_of(&first);
+    let resume_token = first[1].json()["token"].as_str().unwrap().to_owned();
+    // The one generation of the minute is spent, on every instance.
+    for app in [&a, &b] {
+        let res = app
+            .send_message("/api/v1/conversations", &token, &message_body("again"))
+            .await;
+        error_body(res, 429, "RATE_LIMITED").await;
+        let res = app
+            .send_message(
+                &format!("/api/v1/conversations/{id}/messages"),
+                &token,
+                &message_body("more"),
+            )
+            .await;
+        error_body(res, 429, "RATE_LIMITED").await;
+    }
+    let list: serde_json::Value = b
+        .get_auth("/api/v1/conversations", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 1, "{list}");
+    // The answer before the refusals still streams, whole, from either.
+    for app in [&a, &b] {
+        let res = app
+            .resume_stream(
+                &format!("/api/v1/conversations/{id}/stream"),
+                &token,
+                &resume_token,
+                None,
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        let again = SseReader::new(res).rest().await;
+        assert_eq!(replay(&again), replay(&first));
+        assert_eq!(again.last().unwrap().data, "[DONE]");
+    }
+    assert_eq!(
+        b.conversation(&token, &id).await["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 async fn a_stop_sent_to_one_instance_stops_the_generation_on_the_other(backend: Backend) {

@@ -691,6 +691,15 @@ async fn generations_per_minute_are_limited() {
         }
         other => panic!("expected a rate limit, got {other:?}"),
     }
+    // The refused new conversation was not stored, and its model never
+    // asked.
+    let page = h
+        .conversations
+        .list(&kim, &ConversationQuery::default(), &NothingKept, None)
+        .await
+        .unwrap();
+    assert_eq!(fetched(page).value.total, 2);
+    assert_eq!(h.model.answer_requests().len(), 2);
     // Refused in an existing conversation, a send leaves its last answer's
     // stream in place: a client can still re-attach to it.
     let id = last.conversation.id;

@@ -387,17 +387,6 @@ impl Conversations {
             inner.check_allowance(owner, input.account_version),
         )?;
         let slot = inner.take_slot(owner)?;
-        let decision = inner
-            .ports
-            .limiter
-            .check(&inner.rules.generation_policy, &owner.to_string())
-            .await?;
-        if !decision.allowed {
-            return Err(AppError::RateLimited {
-                policy: inner.rules.generation_policy.clone(),
-                decision,
-            });
-        }
         // A new conversation keeps the model it was started with.
         let settings = match &existing {
             Some(c) => c.settings.clone(),
@@ -491,9 +480,10 @@ impl Conversations {
         }
     }
 
-    /// Opens the stream log, starts the generation (the model is asked at
-    /// once), stores the turn, announces it and lets the generation go on;
-    /// on any failure, stops the generation and undoes what it did.
+    /// Takes the generation's rate limit while it reads the turn and opens
+    /// the stream log, starts the generation (the model is asked at once),
+    /// stores the turn, announces it and lets the generation go on; on any
+    /// failure, stops the generation and undoes what it did.
     async fn begin(&self, request: Request, slot: Slot) -> Result<Started, AppError> {
         let inner = &self.inner;
         let owner = request.owner;
@@ -502,25 +492,72 @@ impl Conversations {
             .existing
             .as_ref()
             .map_or_else(ConversationId::generate, |c| c.id);
-        // Checked before the log is opened, so a retried message does not
-        // replace the stream of the answer it already has.
-        let turn = inner
-            .turn(
-                conversation_id,
-                request.existing.as_ref(),
-                request.plan,
-                &request.engine.model,
-            )
-            .await?;
-        let stop = inner
-            .ports
-            .log
-            .open(conversation_id, &turn.answer.id)
-            .await
-            .map_err(|e| match e {
-                DomainError::Duplicate { .. } => AppError::Busy,
-                other => other.into(),
-            })?;
+        let open = |answer: MessageId| async move {
+            inner
+                .ports
+                .log
+                .open(conversation_id, &answer)
+                .await
+                .map_err(|e| match e {
+                    DomainError::Duplicate { .. } => AppError::Busy,
+                    other => other.into(),
+                })
+        };
+        // The generation's limit is taken while the turn is read (and, for
+        // a new conversation, its log opened: over Redis, the two round
+        // trips go out together). Its refusal comes first, as if it had
+        // been taken alone before anything else. The log of an existing
+        // conversation is opened only once the limit allowed the send:
+        // opening it replaces the stream of the answer before, which must
+        // stay readable when the send is refused.
+        let limited = owner.to_string();
+        let (decision, ready) = tokio::join!(
+            inner
+                .ports
+                .limiter
+                .check(&inner.rules.generation_policy, &limited),
+            async {
+                // Checked before the log is opened, so a retried message
+                // does not replace the stream of the answer it already has.
+                let turn = inner
+                    .turn(
+                        conversation_id,
+                        request.existing.as_ref(),
+                        request.plan,
+                        &request.engine.model,
+                    )
+                    .await?;
+                let stop = if created {
+                    Some(open(turn.answer.id.clone()).await?)
+                } else {
+                    None
+                };
+                Ok::<_, AppError>((turn, stop))
+            },
+        );
+        let refused = match decision {
+            Ok(decision) if decision.allowed => None,
+            Ok(decision) => Some(AppError::RateLimited {
+                policy: inner.rules.generation_policy.clone(),
+                decision,
+            }),
+            Err(e) => Some(e.into()),
+        };
+        let (turn, stop) = match (refused, ready) {
+            (None, ready) => ready?,
+            (Some(refusal), Ok((_, Some(_)))) => {
+                // A new conversation's log, which no one else can know of.
+                if let Err(e) = inner.ports.log.close(conversation_id).await {
+                    tracing::error!(error = %e, "could not close the log of a refused send");
+                }
+                return Err(refusal);
+            }
+            (Some(refusal), _) => return Err(refusal),
+        };
+        let stop = match stop {
+            Some(stop) => stop,
+            None => open(turn.answer.id.clone()).await?,
+        };
         // The prompt: the branch down to the question, and for a continue
         // the answer so far (the model goes on from its end).
         let mut branch = turn.history.clone();
