@@ -317,6 +317,7 @@ fn spawn_on(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> TestApp {
     let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
+            .thread_name("confab-rt")
             .enable_all()
             .build()
             .expect("server runtime");

@@ -29,6 +29,7 @@ use confab_sql::Backend;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+mod cpu;
 mod density;
 mod goals;
 mod list;
@@ -213,6 +214,7 @@ fn thousands(n: usize) -> String {
 /// A multi-threaded runtime for the measurements.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bench-load")
         .enable_all()
         .build()
         .expect("runtime")

@@ -17,7 +17,7 @@ use confab_e2e::fake_llm::{self, FakeLlm, Script, Step};
 use confab_e2e::{spawn_app_with, spawn_app_with_redis};
 use confab_sql::Backend;
 
-use super::percentile;
+use super::{cpu, percentile};
 use probe::{Outcome, Target, stream};
 
 mod probe;
@@ -83,11 +83,19 @@ pub(super) struct Figures {
     first_delta: Quantiles,
     /// Upstream write to arrival, the other deltas.
     later_deltas: Quantiles,
+    /// Microseconds on a CPU per stream, by component, over the rounds.
+    cpu: BTreeMap<&'static str, f64>,
 }
 
 impl Figures {
     /// Counts `outcomes` and takes the percentiles of the complete ones.
-    fn of(path: &'static str, concurrency: usize, outcomes: Vec<Outcome>, seconds: f64) -> Self {
+    fn of(
+        path: &'static str,
+        concurrency: usize,
+        outcomes: Vec<Outcome>,
+        seconds: f64,
+        cpu: BTreeMap<&'static str, f64>,
+    ) -> Self {
         let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
         let streams = outcomes.len();
         let mut counts = BTreeMap::<String, usize>::new();
@@ -126,6 +134,7 @@ impl Figures {
             delta: quantiles(delta),
             first_delta: quantiles(first_delta),
             later_deltas: quantiles(later_deltas),
+            cpu,
         }
     }
 
@@ -164,6 +173,7 @@ async fn rounds(
     cap: Duration,
 ) -> Figures {
     let direct = matches!(target, Target::Direct(_));
+    let before = cpu::snapshot();
     let started = Instant::now();
     let mut outcomes = Vec::with_capacity(concurrency * rounds);
     for _ in 0..rounds {
@@ -176,7 +186,8 @@ async fn rounds(
         }
     }
     let seconds = started.elapsed().as_secs_f64() / rounds.max(1) as f64;
-    Figures::of(target.name(), concurrency, outcomes, seconds)
+    let cpu = cpu::per_unit(&before, &cpu::snapshot(), outcomes.len());
+    Figures::of(target.name(), concurrency, outcomes, seconds, cpu)
 }
 
 /// Prints one row as it is measured, with the per-delta latency of the
@@ -457,6 +468,7 @@ spreads its streams out. Open-file limit (`ulimit -n`) of the run: {limit}.
             );
         }
     }
+    write_cpu(md, levels);
     // Only said when this run shows it.
     if levels
         .iter()
@@ -483,6 +495,59 @@ spreads its streams out. Open-file limit (`ulimit -n`) of the run: {limit}.
             "\nNot every stream completed: {}. The percentiles cover the complete streams only.",
             failed.join("; ")
         );
+    }
+}
+
+/// Appends the relay's CPU time per stream, by component, to `md`.
+fn write_cpu(md: &mut String, levels: &[Level]) {
+    let _ = write!(
+        md,
+        "
+### CPU time per stream
+
+Where the machine's time went, per stream of {DELTAS} deltas, in µs on a
+CPU: each component's run time over the measured rounds (the kernel's
+per-thread counters, `/proc/<pid>/task/<tid>/schedstat`; kernel time spent on
+a thread's behalf, its system calls and their network stack, counts as
+that thread's), divided by the streams. **Confab workers**: the server's
+request workers (HTTP, the send, the model's stream read, the SSE write);
+**Confab runtime**: the server's tokio runtime (the Redis client's tasks,
+timers, the blocking pool); **Confab database threads**: its store's reader
+and writer threads (diesel, SQLite itself); **PostgreSQL**, **Redis**: the
+local servers' processes, whole (whoever else used them meanwhile: nothing
+else in this run); **upstream**: the fake model's thread; **load
+generator**: this binary's client runtime; **other**: the rest of this
+process (allocator threads, the harness). Other processes on the machine are
+not counted.
+
+| concurrency | path | {} | all |
+|---:|---|{}---:|
+",
+        cpu::COMPONENTS.join(" | "),
+        "---:|".repeat(cpu::COMPONENTS.len()),
+    );
+    let row = |md: &mut String, concurrency: usize, path: &str, f: &Figures| {
+        let cells: Vec<String> = cpu::COMPONENTS
+            .iter()
+            .map(|c| format!("{:.0}", f.cpu.get(c).copied().unwrap_or(0.0)))
+            .collect();
+        let all: f64 = f.cpu.values().sum();
+        let _ = writeln!(
+            md,
+            "| {concurrency} | {path} | {} | {all:.0} |",
+            cells.join(" | ")
+        );
+    };
+    for (direct, confabs) in levels {
+        row(md, direct.concurrency, "direct", direct);
+        for (setup, confab) in confabs {
+            row(
+                md,
+                direct.concurrency,
+                &format!("Confab, {}", setup.name()),
+                confab,
+            );
+        }
     }
 }
 
