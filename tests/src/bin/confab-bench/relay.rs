@@ -514,11 +514,14 @@ request workers (HTTP, the send, the model's stream read, the SSE write);
 **Confab runtime**: the server's tokio runtime (the Redis client's tasks,
 timers, the blocking pool); **Confab database threads**: its store's reader
 and writer threads (diesel, SQLite itself); **PostgreSQL**, **Redis**: the
-local servers' processes, whole (whoever else used them meanwhile: nothing
-else in this run); **upstream**: the fake model's thread; **load
-generator**: this binary's client runtime; **other**: the rest of this
-process (allocator threads, the harness). Other processes on the machine are
-not counted.
+local servers' processes, whole, counted only for the set-ups that use them
+(they include the servers' own timers: Redis's runs ten times a second
+whatever its load, which at one stream at a time is most of its column);
+**upstream**: the fake model's thread; **load generator**: this binary's
+client runtime; **other**: the rest of this process (allocator threads, the
+harness). Other processes on the machine are not counted. At one stream at
+a time every delta wakes each thread for itself, so a stream costs several
+times what it does when a hundred share the wake-ups.
 
 | concurrency | path | {} | all |
 |---:|---|{}---:|
@@ -526,12 +529,26 @@ not counted.
         cpu::COMPONENTS.join(" | "),
         "---:|".repeat(cpu::COMPONENTS.len()),
     );
-    let row = |md: &mut String, concurrency: usize, path: &str, f: &Figures| {
+    // The servers a path uses: the direct path and SQLite neither.
+    let uses = |setup: Option<SetUp>, component: &str| match component {
+        "PostgreSQL" => matches!(setup, Some(SetUp::Postgres | SetUp::PostgresRedis)),
+        "Redis" => matches!(setup, Some(SetUp::PostgresRedis)),
+        _ => true,
+    };
+    let row = |md: &mut String, concurrency: usize, setup: Option<SetUp>, f: &Figures| {
+        let mut all = 0.0;
         let cells: Vec<String> = cpu::COMPONENTS
             .iter()
-            .map(|c| format!("{:.0}", f.cpu.get(c).copied().unwrap_or(0.0)))
+            .map(|&c| {
+                if !uses(setup, c) {
+                    return "—".to_owned();
+                }
+                let us = f.cpu.get(c).copied().unwrap_or(0.0);
+                all += us;
+                format!("{us:.0}")
+            })
             .collect();
-        let all: f64 = f.cpu.values().sum();
+        let path = setup.map_or_else(|| "direct".to_owned(), |s| format!("Confab, {}", s.name()));
         let _ = writeln!(
             md,
             "| {concurrency} | {path} | {} | {all:.0} |",
@@ -539,14 +556,9 @@ not counted.
         );
     };
     for (direct, confabs) in levels {
-        row(md, direct.concurrency, "direct", direct);
+        row(md, direct.concurrency, None, direct);
         for (setup, confab) in confabs {
-            row(
-                md,
-                direct.concurrency,
-                &format!("Confab, {}", setup.name()),
-                confab,
-            );
+            row(md, direct.concurrency, Some(*setup), confab);
         }
     }
 }
