@@ -66,26 +66,32 @@ on_both_backends!(
     a_hundred_sends_with_an_api_key_with_redis_all_complete,
     a_hundred_sends_with_no_allowance_all_complete,
     a_hundred_sends_with_no_allowance_with_redis_all_complete,
+    a_hundred_sends_over_the_generation_limit_are_answered_or_refused_whole,
+    a_hundred_sends_over_the_generation_limit_with_redis_are_answered_or_refused_whole,
+    a_hundred_sends_over_the_generation_limit_on_two_instances_are_answered_or_refused_whole,
 );
 
 /// One server in process, with or without Redis, wired to a paced model
 /// with a burst's limits lifted; and its user's token.
 async fn burst_app(backend: Backend, redis: bool) -> (FakeLlm, TestApp, String) {
-    burst_app_where(backend, redis, |_| true).await
+    burst_app_where(backend, redis, |_| true, &[]).await
 }
 
-/// As [`burst_app`], with only the burst's variables `keep` keeps.
+/// As [`burst_app`], with only the burst's variables `keep` keeps, and
+/// `extra` after them.
 async fn burst_app_where(
     backend: Backend,
     redis: bool,
     keep: impl Fn(&str) -> bool,
+    extra: &[(&str, &str)],
 ) -> (FakeLlm, TestApp, String) {
     let llm = paced_llm();
     let base = llm.base_url();
-    let vars: Vec<_> = burst_vars(&base)
+    let mut vars: Vec<_> = burst_vars(&base)
         .into_iter()
         .filter(|(name, _)| keep(name))
         .collect();
+    vars.extend_from_slice(extra);
     let app = if redis {
         spawn_app_with_redis(backend, &vars)
     } else {
@@ -171,8 +177,13 @@ async fn a_hundred_sends_with_an_api_key_with_redis_all_complete(backend: Backen
 /// every answer still counts.
 async fn without_an_allowance(backend: Backend, redis: bool) {
     let _one = ONE_AT_A_TIME.lock().await;
-    let (_llm, app, token) =
-        burst_app_where(backend, redis, |name| !name.starts_with("CONFAB__QUOTA__")).await;
+    let (_llm, app, token) = burst_app_where(
+        backend,
+        redis,
+        |name| !name.starts_with("CONFAB__QUOTA__"),
+        &[],
+    )
+    .await;
     let sends = burst(&[&app], &token, 100, CAP_100).await;
     let what = format!("100 sends, no allowance, {backend:?}, Redis: {redis}");
     sends
@@ -187,6 +198,66 @@ async fn a_hundred_sends_with_no_allowance_all_complete(backend: Backend) {
 
 async fn a_hundred_sends_with_no_allowance_with_redis_all_complete(backend: Backend) {
     without_an_allowance(backend, true).await;
+}
+
+/// 100 sends at once past a generation limit of 50 a minute (shared by
+/// two instances over Redis when `instances` is 2): the limit is taken
+/// while each send reads and opens its log, so every send is either a
+/// complete answer or a 429 `RATE_LIMITED` that stored nothing; at least
+/// the bucket's 50 are answered (one more per 1.2 s the burst lasts).
+async fn over_the_generation_limit(backend: Backend, redis: bool, instances: usize) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (_llm, a, token) = burst_app_where(
+        backend,
+        redis,
+        |name| name != "CONFAB__GENERATION__PER_MINUTE",
+        &[("CONFAB__GENERATION__PER_MINUTE", "50")],
+    )
+    .await;
+    let b = (instances == 2).then(|| a.sibling(&[]));
+    let apps: Vec<&TestApp> = std::iter::once(&a).chain(b.as_ref()).collect();
+    let sends = burst(&apps, &token, 100, CAP_100).await;
+    let what = format!(
+        "100 sends over a limit of 50, {instances} instance(s), {backend:?}, Redis: {redis}: {}",
+        sends.summary()
+    );
+    eprintln!("{what}");
+    let refused = sends
+        .sends
+        .iter()
+        .filter(|s| s.status == Some(429))
+        .inspect(|s| {
+            let code = s.code.as_deref().unwrap_or_default();
+            assert!(code.starts_with("RATE_LIMITED"), "{what}: {code}");
+        })
+        .count();
+    let answered = sends.complete();
+    assert_eq!(answered + refused, 100, "{what}");
+    assert!(answered >= 50 && refused > 0, "{what}");
+    let list: serde_json::Value = a
+        .get_auth("/api/v1/conversations", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], answered, "{what}: {list}");
+    assert_usage_counts(&a, &token, u64::try_from(answered).unwrap()).await;
+}
+
+async fn a_hundred_sends_over_the_generation_limit_are_answered_or_refused_whole(backend: Backend) {
+    over_the_generation_limit(backend, false, 1).await;
+}
+
+async fn a_hundred_sends_over_the_generation_limit_with_redis_are_answered_or_refused_whole(
+    backend: Backend,
+) {
+    over_the_generation_limit(backend, true, 1).await;
+}
+
+async fn a_hundred_sends_over_the_generation_limit_on_two_instances_are_answered_or_refused_whole(
+    backend: Backend,
+) {
+    over_the_generation_limit(backend, true, 2).await;
 }
 
 async fn a_hundred_sends_at_once_all_complete(backend: Backend) {

@@ -67,7 +67,7 @@ fn run_time(dir: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// The sum of the run times of every thread of the process at `dir`.
+/// The name and run time of every thread of the process at `dir`.
 fn threads_of(dir: &std::path::Path) -> impl Iterator<Item = (Option<String>, u64)> {
     std::fs::read_dir(dir.join("task"))
         .into_iter()
