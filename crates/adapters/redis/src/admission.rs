@@ -11,9 +11,9 @@
 //! once: on a request worker with a single Redis, the admissions its
 //! requests ask for while one group is on its way to Redis wait, and go
 //! together as the next group (group commit: one request alone goes at
-//! once, as before). A group shares one command, one reading of the clock
-//! and one reply; each admission's own `redis.call`s, most of a script's
-//! cost in Redis, remain (ADR 0005, seventh pass).
+//! once, as before). A group shares one command, one reading of the clock,
+//! one read of all its keys and one reply, and writes each bucket it
+//! charged once (ADR 0005, seventh and fifteenth passes).
 //! Each admission in a group is its own, in order, on one reading of
 //! Redis's clock. Elsewhere (a cluster, whose keys of different users lie
 //! in different slots; the main runtime) each admission is a group of one.
@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::blocklist::{family_key, token_key, user_key};
 use crate::cache::version_key as cache_version_key;
-use crate::limiter::{TTL_MARGIN_MS, bucket_key, decision, gcra_at, period_micros};
+use crate::limiter::{TTL_MARGIN_MS, bucket_key, decision, gcra_next, gcra_ttl, period_micros};
 use crate::pool::{RedisPool, unavailable};
 
 /// Admits a group of requests. `KEYS`: five per admission: the token's and
@@ -45,33 +45,58 @@ use crate::pool::{RedisPool, unavailable};
 /// the cache version −1 when not asked or absent (it is never created
 /// here: [`RedisCache`](crate::RedisCache)'s version script creates
 /// counters, on Redis's clock).
+///
+/// Every key of the group is read with one `MGET` (a `redis.call` costs
+/// Redis more than the command it runs: ADR 0005, fifteenth pass); every
+/// key here is a string (the blocking keys are `SET … PXAT`), so a
+/// blocking key's value, not nil, is a block, as `EXISTS` would say. The
+/// admissions are still taken in order, each on the buckets as the ones
+/// before it left them: a bucket charged earlier in the group is read
+/// from the script's own copy, and each bucket charged is written once,
+/// at the end, with its last TAT.
 const SCRIPT: &str = concat!(
-    "-- confab admission v3\n",
+    "-- confab admission v4\n",
     "if redis.replicate_commands then redis.replicate_commands() end\n",
-    gcra_at!(),
+    gcra_next!(),
+    gcra_ttl!(),
     r"local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local margin = tonumber(ARGV[1])
+local read = redis.call('MGET', unpack(KEYS))
+local charged, order = {}, {}
 local out = {}
 for i = 0, #KEYS / 5 - 1 do
   local k = i * 5
   local a = 1 + i * 3
-  local read = redis.call('MGET', KEYS[k + 3], KEYS[k + 4], KEYS[k + 5])
-  local version = read[1] or '0'
+  local version = read[k + 3] or '0'
   local o = i * 7
-  if redis.call('EXISTS', KEYS[k + 1], KEYS[k + 2]) > 0 then
+  if read[k + 1] or read[k + 2] then
     out[o + 1], out[o + 2], out[o + 3], out[o + 4] = 1, version, 0, 0
     out[o + 5], out[o + 6], out[o + 7] = 0, 0, -1
   else
-    local tat = read[2] and tonumber(read[2]) or nil
-    local d = gcra_at(KEYS[k + 4], tat, now, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), margin)
+    local bucket = KEYS[k + 4]
+    local tat = charged[bucket]
+    if tat == nil and read[k + 4] then
+      tat = tonumber(read[k + 4])
+    end
+    local new_tat, d = gcra_next(tat, now, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]))
+    if new_tat then
+      if charged[bucket] == nil then
+        order[#order + 1] = bucket
+      end
+      charged[bucket] = new_tat
+    end
     local cached = -1
-    if ARGV[a + 3] == '1' and read[3] then
-      cached = tonumber(read[3]) or -1
+    if ARGV[a + 3] == '1' and read[k + 5] then
+      cached = tonumber(read[k + 5]) or -1
     end
     out[o + 1], out[o + 2], out[o + 3], out[o + 4] = 0, version, d[1], d[2]
     out[o + 5], out[o + 6], out[o + 7] = d[3], d[4], cached
   end
+end
+for _, bucket in ipairs(order) do
+  local tat = charged[bucket]
+  redis.call('SET', bucket, string.format('%d', tat), 'PX', gcra_ttl(tat, now, margin))
 end
 return out
 ",

@@ -32,14 +32,16 @@ use confab_ports::{RateDecision, RateLimiter, RatePolicy};
 
 use crate::pool::{RedisPool, unavailable};
 
-/// The GCRA step as a Lua function `gcra_at(key, tat, now, period, quota,
-/// margin_ms)`: the charge of the bucket `key`, whose stored TAT (`nil`
-/// when it has none) its caller read, at `now` (µs of Redis's clock), for
-/// the scripts that read those themselves (the admission's, which reads
-/// the clock once for many charges).
-macro_rules! gcra_at {
+/// The GCRA step's arithmetic as a Lua function `gcra_next(tat, now,
+/// period, quota)`: the charge of a bucket whose stored TAT is `tat`
+/// (`nil` when it has none) at `now` (µs of Redis's clock). Returns the
+/// TAT to store (`nil` when refused: nothing is stored) and the decision
+/// `{allowed (1/0), remaining, reset_after µs, retry_after µs}`. It writes
+/// nothing, for the admission's script, which reads many buckets at once
+/// and writes each once.
+macro_rules! gcra_next {
     () => {
-        r"local function gcra_at(key, tat, now, period, quota, margin_ms)
+        r"local function gcra_next(tat, now, period, quota)
   local capacity = period * quota
   if tat == nil or tat < now then
     tat = now
@@ -47,27 +49,43 @@ macro_rules! gcra_at {
   local new_tat = tat + period
   local ahead = new_tat - now
   if ahead > capacity then
-    return {0, 0, tat - now, ahead - capacity}
+    return nil, {0, 0, tat - now, ahead - capacity}
   end
-  local ttl_ms = math.ceil(ahead / 1000) + margin_ms
-  redis.call('SET', key, string.format('%d', new_tat), 'PX', string.format('%d', ttl_ms))
-  return {1, math.floor((capacity - ahead) / period), ahead, 0}
+  return new_tat, {1, math.floor((capacity - ahead) / period), ahead, 0}
 end
 "
     };
 }
-pub(crate) use gcra_at;
+pub(crate) use gcra_next;
+
+/// A Lua function `gcra_ttl(new_tat, now, margin_ms)`: the TTL (ms, as
+/// text) of a bucket whose TAT is `new_tat`: it outlives the moment the
+/// bucket is full again by the margin.
+macro_rules! gcra_ttl {
+    () => {
+        r"local function gcra_ttl(new_tat, now, margin_ms)
+  return string.format('%d', math.ceil((new_tat - now) / 1000) + margin_ms)
+end
+"
+    };
+}
+pub(crate) use gcra_ttl;
 
 /// The GCRA step as a Lua function `gcra(key, period, quota, margin_ms)`,
-/// reading the bucket and Redis's clock itself.
+/// reading the bucket and Redis's clock itself and storing the new TAT.
 macro_rules! gcra {
     () => {
         concat!(
-            gcra_at!(),
+            gcra_next!(),
+            gcra_ttl!(),
             r"local function gcra(key, period, quota, margin_ms)
   local time = redis.call('TIME')
   local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-  return gcra_at(key, tonumber(redis.call('GET', key)), now, period, quota, margin_ms)
+  local new_tat, decision = gcra_next(tonumber(redis.call('GET', key)), now, period, quota)
+  if new_tat then
+    redis.call('SET', key, string.format('%d', new_tat), 'PX', gcra_ttl(new_tat, now, margin_ms))
+  end
+  return decision
 end
 "
         )
