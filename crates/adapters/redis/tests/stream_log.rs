@@ -692,6 +692,89 @@ async fn an_id_from_an_older_generation_is_invalid() {
     }
 }
 
+/// The meta hash's `tail` field of `conv`'s log, if any.
+async fn tail(prefix: &str, conv: ConversationId) -> Option<String> {
+    let mut raw = raw_connection().await;
+    redis::cmd("HGET")
+        .arg(format!("{prefix}log:{{{conv}}}:meta"))
+        .arg("tail")
+        .query_async(&mut raw)
+        .await
+        .unwrap()
+}
+
+/// Reads `conv`'s log from its start on `reader` until `n` events came.
+async fn first_events(
+    reader: &RedisStreamLog,
+    conv: ConversationId,
+    n: usize,
+) -> Vec<(String, String)> {
+    let mut feed = reader.read(conv, ReadFrom::Start).await.unwrap();
+    let mut seen = Vec::with_capacity(n);
+    for _ in 0..n {
+        seen.push(drain_one(&mut feed).await);
+    }
+    seen
+}
+
+/// The appends keep the number of a generation's last event in its meta
+/// hash (`tail`, with the generation), and take it from there rather than
+/// from the stream; a generation whose hash lacks it (as one an instance
+/// with older scripts appended to would) is appended to after its
+/// stream's last entry, as before.
+#[tokio::test]
+async fn the_last_number_is_kept_beside_the_log_and_read_from_the_stream_without_it() {
+    let prefix = fresh_prefix();
+    let (a, b) = (
+        instance(&prefix, options()).await,
+        instance(&prefix, options()).await,
+    );
+    let conv = ConversationId::generate();
+    let _stop = a.open(conv, &message("m1")).await.unwrap();
+    let mut appended = append_each(&a, conv, 1..=3).await;
+    // On B, from Redis: the three have landed.
+    assert_eq!(first_events(&b, conv, 3).await, appended);
+    let generation = split_id(&appended[0].0).0;
+    assert_eq!(tail(&prefix, conv).await, Some(format!("{generation}:3")));
+    let mut raw = raw_connection().await;
+    let _: i64 = redis::cmd("HDEL")
+        .arg(format!("{prefix}log:{{{conv}}}:meta"))
+        .arg("tail")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    appended.extend(append_each(&a, conv, 4..=5).await);
+    a.close(conv).await.unwrap();
+    let mut feed = b.read(conv, ReadFrom::Start).await.unwrap();
+    assert_eq!(drain(&mut feed).await, appended);
+    let numbers: Vec<&str> = appended.iter().map(|(id, _)| split_id(id).1).collect();
+    assert_eq!(numbers, ["0-1", "0-2", "0-3", "0-4", "0-5"]);
+}
+
+/// A `tail` left in the meta hash by an earlier generation is not taken
+/// for the next one's: its events are numbered from 1 and land.
+#[tokio::test]
+async fn the_last_number_of_an_earlier_generation_is_not_the_next_ones() {
+    let prefix = fresh_prefix();
+    let (a, b) = (
+        instance(&prefix, options()).await,
+        instance(&prefix, options()).await,
+    );
+    let conv = ConversationId::generate();
+    let _stop = a.open(conv, &message("m1")).await.unwrap();
+    let first = append_each(&a, conv, 1..=5).await;
+    assert_eq!(first_events(&b, conv, 5).await, first);
+    a.close(conv).await.unwrap();
+    let _stop = a.open(conv, &message("m2")).await.unwrap();
+    let second = append_each(&a, conv, 1..=2).await;
+    assert!(split_id(&second[0].0).0 > split_id(&first[0].0).0);
+    a.close(conv).await.unwrap();
+    let mut feed = b.read(conv, ReadFrom::Start).await.unwrap();
+    assert_eq!(drain(&mut feed).await, second);
+    let numbers: Vec<&str> = second.iter().map(|(id, _)| split_id(id).1).collect();
+    assert_eq!(numbers, ["0-1", "0-2"]);
+}
+
 // Followers on another instance.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

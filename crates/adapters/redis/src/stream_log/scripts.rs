@@ -8,8 +8,19 @@
 //! `{conversation}`, so they live on one node of a cluster.
 //!
 //! Meta fields: `gen` (the generation, decimal), `msg` (the message id),
-//! `open` (`1` or `0`), `stop` (`1` or `0`). Stream entries: `e <event name
-//! or empty> d <data>` for an event, `end 1` for the end of the log.
+//! `open` (`1` or `0`), `stop` (`1` or `0`), and `tail`
+//! (`{generation}:{number}`: the number of the last event the append
+//! scripts added to that generation's stream). Stream entries: `e <event
+//! name or empty> d <data>` for an event, `end 1` for the end of the log.
+//!
+//! The append scripts read the last event's number from `tail` when it
+//! names the open generation, and from the stream's last entry otherwise
+//! (a generation none of them has appended to yet, or one opened and
+//! appended to by an instance whose scripts predate `tail`: only the
+//! instance running a generation appends to it, so a generation's appends
+//! all come from one version of the scripts). Reading the stream's last
+//! entry back costs Redis three times what the hash field does (ADR 0005,
+//! fifteenth pass).
 //!
 //! Numbers are stored with `%d`: Lua's `tostring` would print a
 //! millisecond time in exponent form.
@@ -63,6 +74,25 @@ end
     };
 }
 
+/// A Lua function `known_last(tail, generation, stream)`: the number of
+/// the last event of `generation`'s `stream`, from the meta hash's `tail`
+/// field when it names that generation, else as `last_event` reads it
+/// (`nil` when the stream's last entry is no numbered event).
+macro_rules! known_last {
+    () => {
+        r"local function known_last(tail, generation, stream)
+  if tail then
+    local at, n = string.match(tail, '^(%d+):(%d+)$')
+    if at == generation then
+      return tonumber(n)
+    end
+  end
+  return (last_event(stream))
+end
+"
+    };
+}
+
 /// Appends events to the open generation's stream, in order, as entries
 /// `0-{n}`: the events of a generation are numbered from 1.
 /// `KEYS[1]`: the meta hash. `ARGV[1]`: the stream keys' prefix.
@@ -81,23 +111,24 @@ end
 ///
 /// The stream takes the hash's TTL (the lease) when this batch creates it
 /// (its first entry creates it without one); after that, the renewals keep
-/// both keys' TTLs.
+/// both keys' TTLs. The batch's last number goes to the hash's `tail`.
 ///
 /// Returns `{'none'}` when no generation is open (or not the caller's),
 /// `{'gap'}` when the batch does not follow the stream's last entry,
 /// `{'full'}` when the batch would pass the most events, else `{'ok',
 /// generation, entry id…}`.
 const APPEND: &str = concat!(
-    "-- confab stream log append v4\n",
+    "-- confab stream log append v5\n",
     "if redis.replicate_commands then redis.replicate_commands() end\n",
     last_event!(),
-    r"local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
+    known_last!(),
+    r"local log = redis.call('HMGET', KEYS[1], 'gen', 'open', 'tail')
 if log[2] ~= '1' or (ARGV[3] ~= '' and ARGV[3] ~= log[1]) then
   return {'none'}
 end
 local stream = ARGV[1] .. log[1]
 local count = (#ARGV - 5) / 2
-local last = last_event(stream)
+local last = known_last(log[3], log[1], stream)
 if last == nil then
   return {'gap'}
 end
@@ -124,6 +155,9 @@ end
 for i = 0, count - 1 do
   redis.call('XADD', stream, reply[i + 3], 'e', ARGV[6 + 2 * i], 'd', ARGV[7 + 2 * i])
 end
+if count > 0 then
+  redis.call('HSET', KEYS[1], 'tail', log[1] .. ':' .. string.format('%d', first + count - 1))
+end
 if last == 0 and count > 0 then
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 0 then
@@ -144,16 +178,17 @@ return reply
 /// Each batch is judged on its own, as [`APPEND`] judges one: a batch
 /// whose numbers the stream already ends with is taken as landed (a
 /// retried call whose reply was lost), so a retried call appends nothing
-/// twice. The keys of one call must share a node (a cluster sends one
-/// log per call).
+/// twice. Each batch's last number goes to its hash's `tail`. The keys of
+/// one call must share a node (a cluster sends one log per call).
 ///
 /// Returns one status per log, in order: `ok` (appended, or already
 /// there), `none` (no generation open, or not the caller's), `gap` (the
 /// batch does not follow the stream's last entry) or `full`.
 const APPEND_MANY: &str = concat!(
-    "-- confab stream log append many v1\n",
+    "-- confab stream log append many v2\n",
     "if redis.replicate_commands then redis.replicate_commands() end\n",
     last_event!(),
+    known_last!(),
     r"local most = tonumber(ARGV[1])
 local reply = {}
 local at = 2
@@ -163,12 +198,12 @@ for k = 1, #KEYS do
   local events = at + 4
   at = events + 2 * count
   local status = 'ok'
-  local log = redis.call('HMGET', KEYS[k], 'gen', 'open')
+  local log = redis.call('HMGET', KEYS[k], 'gen', 'open', 'tail')
   if log[2] ~= '1' or log[1] ~= generation then
     status = 'none'
   else
     local stream = prefix .. generation
-    local last = last_event(stream)
+    local last = known_last(log[3], generation, stream)
     if last == nil then
       status = 'gap'
     elseif first <= last then
@@ -182,6 +217,9 @@ for k = 1, #KEYS do
     else
       for i = 0, count - 1 do
         redis.call('XADD', stream, string.format('0-%d', first + i), 'e', ARGV[events + 2 * i], 'd', ARGV[events + 2 * i + 1])
+      end
+      if count > 0 then
+        redis.call('HSET', KEYS[k], 'tail', generation .. ':' .. string.format('%d', first + count - 1))
       end
       if last == 0 then
         local ttl = redis.call('PTTL', KEYS[k])
