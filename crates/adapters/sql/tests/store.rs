@@ -571,6 +571,21 @@ async fn search_finds_words_of_titles_and_finished_messages_best_first(backend: 
             .len(),
         1
     );
+    // Content of several parts: the words of each are found.
+    let mut parts = message(db, "q3", user_role, "");
+    parts.content = Content::text(vec![
+        "first part: affogato".into(),
+        "second: cannoli".into(),
+    ])
+    .unwrap();
+    MessageStore::insert(&f.store, &under(parts, &a2))
+        .await
+        .unwrap();
+    for word in ["affogato", "cannoli", "affogato cannoli"] {
+        let hits = found(&f.store, sam.id, search(word)).await;
+        assert_eq!(hits.len(), 1, "{word}: {hits:?}");
+        assert_eq!(hits[0].1.as_deref(), Some("q3"), "{word}");
+    }
 }
 
 /// Quotes, wildcards, operators and markup a user types are characters: no
@@ -728,7 +743,8 @@ async fn sessions_of_the_previous_release_come_over_with_their_times(backend: Ba
 /// first: what reverting to the release before `version` undoes.
 fn migrations_down_to(backend: Backend, version: &str) -> Vec<&'static str> {
     // Newest first; PostgreSQL's own migrations marked.
-    const ALL: [(&str, bool); 7] = [
+    const ALL: [(&str, bool); 8] = [
+        ("20261206000011", true),
         ("20261205000010", true),
         ("20261205000009", false),
         ("20261205000008", false),
