@@ -16,9 +16,11 @@
 //! The append scripts read the last event's number from `tail` when it
 //! names the open generation, and from the stream's last entry otherwise
 //! (a generation none of them has appended to yet, or one opened and
-//! appended to by an instance whose scripts predate `tail`: only the
-//! instance running a generation appends to it, so a generation's appends
-//! all come from one version of the scripts). Reading the stream's last
+//! appended to by an instance whose scripts predate `tail`: Confab appends
+//! to a generation only from the instance running it, so a generation's
+//! appends all come from one version of the scripts; an older instance's
+//! append to a newer one's generation would leave `tail` behind, and the
+//! running instance's next batch would fail as a gap, never land twice). Reading the stream's last
 //! entry back costs Redis three times what the hash field does (ADR 0005,
 //! fifteenth pass).
 //!
