@@ -20,8 +20,9 @@
 //! to a generation only from the instance running it, so a generation's
 //! appends all come from one version of the scripts; an older instance's
 //! append to a newer one's generation would leave `tail` behind, and the
-//! running instance's next batch would fail as a gap, never land twice). Reading the stream's last
-//! entry back costs Redis three times what the hash field does (ADR 0005,
+//! running instance's next batch would fail as a gap, never land twice).
+//! Reading the stream's last entry back, converted into Lua, costs Redis
+//! about twice what writing and reading the hash field does (ADR 0005,
 //! fifteenth pass).
 //!
 //! Numbers are stored with `%d`: Lua's `tostring` would print a
