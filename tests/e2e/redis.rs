@@ -24,6 +24,7 @@ on_both_backends!(
     a_logout_on_one_instance_is_refused_by_the_other,
     a_disable_on_one_instance_locks_out_on_the_other_at_once,
     the_rate_limit_bucket_is_shared_by_the_instances,
+    a_hundred_requests_at_once_are_charged_one_by_one_to_the_shared_bucket,
     a_rename_on_one_instance_is_seen_at_once_on_the_other,
     a_stream_started_on_one_instance_resumes_on_the_other,
     a_stop_sent_to_one_instance_stops_the_generation_on_the_other,
@@ -120,6 +121,32 @@ async fn the_rate_limit_bucket_is_shared_by_the_instances(backend: Backend) {
         assert!(res.headers().contains_key("retry-after"));
         error_body(res, 429, "RATE_LIMITED").await;
     }
+}
+
+/// 100 requests of one user at once, half on each instance, against a
+/// bucket of 60 a minute: each worker's admissions go to Redis in groups,
+/// and each in a group is charged on the bucket as the ones before it
+/// left it, so no more are let through than the bucket holds plus what it
+/// refilled (one a second) while the burst lasted; every other one is a
+/// 429.
+async fn a_hundred_requests_at_once_are_charged_one_by_one_to_the_shared_bucket(backend: Backend) {
+    let a = spawn_app_with_redis(backend, &[("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "60")]);
+    let b = a.sibling(&[]);
+    let token = a.user("ada").await;
+    let began = Instant::now();
+    let statuses = futures_util::future::join_all((0..100).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        me(app, &token)
+    }))
+    .await;
+    let refill = began.elapsed().as_secs() + 1;
+    let allowed = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(allowed + refused, 100, "{statuses:?}");
+    assert!(
+        allowed >= 60 && u64::try_from(allowed).unwrap() <= 60 + refill,
+        "{allowed} allowed in {refill} s"
+    );
 }
 
 async fn a_rename_on_one_instance_is_seen_at_once_on_the_other(backend: Backend) {
