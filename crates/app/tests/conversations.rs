@@ -23,7 +23,7 @@ use confab_domain::{
 use confab_memory::{GovernorLimiter, MemoryCache, MemoryStreamLog, StreamLogOptions};
 use confab_ports::{
     AccessClaims, Clock, ConversationQuery, ConversationStore, EventFeed, FinishReason, LlmError,
-    LoggedEvent, MessageStore, RatePolicy,
+    LoggedEvent, MessageStore, RatePolicy, TitleIfUntitled,
 };
 use confab_testkit::model::{DEFAULT_ANSWER, is_title_request};
 use confab_testkit::{ManualClock, MemoryStore, Reply, ScriptedModel};
@@ -1274,6 +1274,20 @@ impl MessageStore for HeldStore {
     ) -> Result<(), DomainError> {
         self.store
             .update_content(conversation, id, content, status, at)
+            .await
+    }
+
+    async fn update_content_titled(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+        content: &Content,
+        status: MessageStatus,
+        at: OffsetDateTime,
+        title: TitleIfUntitled<'_>,
+    ) -> Result<bool, DomainError> {
+        self.store
+            .update_content_titled(conversation, id, content, status, at, title)
             .await
     }
 

@@ -39,6 +39,6 @@ pub use llm::{
     ModelProvider, ModelState, ModelStatus, PromptRole, PromptTurn, Usage,
 };
 pub use password::{PasswordHasher, Verification};
-pub use store::{ConversationQuery, ConversationStore, MessageStore, UserStore};
+pub use store::{ConversationQuery, ConversationStore, MessageStore, TitleIfUntitled, UserStore};
 pub use stream::{EventFeed, LogHead, LoggedEvent, ReadFrom, StopSignal, StreamLog};
 pub use usage::{UsageStanding, UsageStore};

@@ -7,6 +7,19 @@ use confab_domain::{
     OffsetDateTime, Page, PageRequest, PasswordHash, SearchQuery, Title, User, UserId,
 };
 
+/// A title to give a conversation if it still has `untitled` and is
+/// `owner`'s (a rename made meanwhile wins): see
+/// [`MessageStore::update_content_titled`].
+#[derive(Debug, Clone, Copy)]
+pub struct TitleIfUntitled<'a> {
+    /// The conversation's owner.
+    pub owner: UserId,
+    /// The title it has until it is given one (the placeholder).
+    pub untitled: &'a Title,
+    /// The title to give it.
+    pub title: &'a Title,
+}
+
 /// Users and their credentials.
 #[async_trait]
 pub trait UserStore: Send + Sync + 'static {
@@ -232,6 +245,28 @@ pub trait MessageStore: Send + Sync + 'static {
         status: MessageStatus,
         at: OffsetDateTime,
     ) -> Result<(), DomainError>;
+
+    /// [`MessageStore::update_content`] that also gives the conversation a
+    /// generated title, as [`ConversationStore::set_generated_title`] does
+    /// (only while it still has `title.untitled` and is `title.owner`'s),
+    /// in the same change of the conversation's row as the preview's
+    /// refresh: a new conversation's first answer ends with one write of
+    /// its row, not two. Whether the conversation has `title.title` now
+    /// (`false` when it is deleted or was renamed meanwhile to another
+    /// title).
+    ///
+    /// # Errors
+    /// As [`MessageStore::update_content`]; nothing is stored on error (the
+    /// title neither).
+    async fn update_content_titled(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+        content: &Content,
+        status: MessageStatus,
+        at: OffsetDateTime,
+        title: TitleIfUntitled<'_>,
+    ) -> Result<bool, DomainError>;
 
     /// Reopens an answer that stopped early so the model can go on with it
     /// (a `continue`): if `id` is an assistant message of the conversation

@@ -21,7 +21,8 @@ use confab_domain::{
 };
 use confab_ports::{
     ConversationQuery, ConversationStore, HealthCheck, MessageStore, NewRefreshToken, Redemption,
-    RefreshTokenStore, SessionOrigin, SessionRecord, UsageStanding, UsageStore, UserStore,
+    RefreshTokenStore, SessionOrigin, SessionRecord, TitleIfUntitled, UsageStanding, UsageStore,
+    UserStore,
 };
 
 /// Characters of a message kept as a conversation's list preview (as the
@@ -646,6 +647,28 @@ impl MessageStore for MemoryStore {
         // A deleted conversation has no list to refresh.
         state.touch(conversation, content, at);
         Ok(())
+    }
+
+    async fn update_content_titled(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+        content: &Content,
+        status: MessageStatus,
+        at: OffsetDateTime,
+        title: TitleIfUntitled<'_>,
+    ) -> Result<bool, DomainError> {
+        self.update_content(conversation, id, content, status, at)
+            .await?;
+        let mut state = self.state();
+        let Ok(stored) = state.owned_mut(title.owner, conversation) else {
+            return Ok(false);
+        };
+        let c = &mut stored.conversation;
+        if &c.title == title.untitled {
+            c.title = title.title.clone();
+        }
+        Ok(&c.title == title.title)
     }
 
     async fn in_order(

@@ -15,7 +15,7 @@ use confab_domain::{FamilyId, TokenId};
 use confab_ports::{ApiKeyStore, KeyCreation, StoredKey};
 use confab_ports::{
     ConversationQuery, ConversationStore, HealthCheck, MessageStore, NewRefreshToken, Redemption,
-    RefreshTokenStore, SessionOrigin, UserStore,
+    RefreshTokenStore, SessionOrigin, TitleIfUntitled, UserStore,
 };
 use confab_sql::testing::TestDatabase;
 use confab_sql::{Backend, DatabaseTarget, PoolOptions, SqlError, SqlStore};
@@ -77,6 +77,7 @@ on_both_backends!(
     no_token_joins_a_revoked_family,
     orphaned_generations_are_closed_as_failed_with_their_text,
     generated_title_never_overwrites_a_rename,
+    an_answers_final_save_titles_its_conversation_unless_renamed,
     an_answer_in_a_deleted_conversation_can_still_be_closed,
     an_exchange_is_stored_whole_or_not_at_all,
     a_new_conversation_and_its_exchange_are_stored_together,
@@ -1969,6 +1970,102 @@ async fn generated_title_never_overwrites_a_rename(backend: Backend) {
     let titles = |id| ConversationStore::get(&f.store, pat.id, id);
     assert_eq!(titles(untitled).await.unwrap().title.as_str(), "Generated");
     assert_eq!(titles(renamed).await.unwrap().title.as_str(), "Mine");
+}
+
+async fn an_answers_final_save_titles_its_conversation_unless_renamed(backend: Backend) {
+    let f = fixture(backend).await;
+    let pat = user(&f.store, "pat").await;
+    let eve = user(&f.store, "eve").await;
+    let placeholder = Title::placeholder();
+    let generated = Title::parse("Generated").unwrap();
+    let (store, placeholder, generated) = (&f.store, &placeholder, &generated);
+    // A conversation of `pat` titled `title`, with an answer in progress.
+    let with_answer = |title: String| async move {
+        let id = conversation(store, pat.id, &title, now()).await;
+        let mut answer = message(id, "a1", MessageRole::Assistant, "");
+        answer.status = MessageStatus::InProgress;
+        MessageStore::insert(store, &answer).await.unwrap();
+        (id, answer.id)
+    };
+    let save = |id, answer: MessageId, owner, text: &'static str| async move {
+        let content = Content::text(vec![text.to_owned()]).unwrap();
+        let title = TitleIfUntitled {
+            owner,
+            untitled: placeholder,
+            title: generated,
+        };
+        store
+            .update_content_titled(
+                id,
+                &answer,
+                &content,
+                MessageStatus::FinishedSuccessfully,
+                now(),
+                title,
+            )
+            .await
+    };
+    let title_of = |id| async move {
+        ConversationStore::get(store, pat.id, id)
+            .await
+            .unwrap()
+            .title
+    };
+    let closed = |id| async move {
+        let listed = all_messages(store, id).await;
+        (listed[0].status, listed[0].content.parts().to_vec())
+    };
+    let done = (
+        MessageStatus::FinishedSuccessfully,
+        vec!["answer".to_owned()],
+    );
+
+    // Untitled: the answer is saved and the title given, in one write.
+    let (untitled, answer) = with_answer(placeholder.as_str().to_owned()).await;
+    assert!(
+        save(untitled, answer.clone(), pat.id, "answer")
+            .await
+            .unwrap()
+    );
+    assert_eq!(&title_of(untitled).await, generated);
+    assert_eq!(closed(untitled).await, done);
+    let listed = ConversationStore::list(store, pat.id, &query())
+        .await
+        .unwrap();
+    let summary = listed.items.iter().find(|c| c.id == untitled).unwrap();
+    assert_eq!(summary.last_message.as_deref(), Some("answer"));
+    // Saved once: a second save finds no answer in progress and changes
+    // nothing.
+    assert!(matches!(
+        save(untitled, answer, pat.id, "again").await,
+        Err(DomainError::NotFound)
+    ));
+    assert_eq!(closed(untitled).await, done);
+
+    // Renamed meanwhile: the rename stands, the answer is saved.
+    let (renamed, answer) = with_answer("Mine".to_owned()).await;
+    assert!(!save(renamed, answer, pat.id, "answer").await.unwrap());
+    assert_eq!(title_of(renamed).await.as_str(), "Mine");
+    assert_eq!(closed(renamed).await, done);
+
+    // Someone else's: no title, the answer is saved.
+    let (other, answer) = with_answer(placeholder.as_str().to_owned()).await;
+    assert!(!save(other, answer, eve.id, "answer").await.unwrap());
+    assert_eq!(&title_of(other).await, placeholder);
+    assert_eq!(closed(other).await, done);
+
+    // No text yet (no preview to refresh): titled all the same.
+    let (empty, answer) = with_answer(placeholder.as_str().to_owned()).await;
+    assert!(save(empty, answer, pat.id, "").await.unwrap());
+    assert_eq!(&title_of(empty).await, generated);
+
+    // Deleted meanwhile: the answer is closed, nothing is titled.
+    let (deleted, answer) = with_answer(placeholder.as_str().to_owned()).await;
+    ConversationStore::soft_delete(store, pat.id, deleted, now())
+        .await
+        .unwrap();
+    assert!(!save(deleted, answer, pat.id, "answer").await.unwrap());
+    assert_eq!(closed(deleted).await, done);
 }
 
 async fn an_answer_in_a_deleted_conversation_can_still_be_closed(backend: Backend) {

@@ -14,7 +14,7 @@ use confab_domain::{
 };
 use confab_ports::{
     ChatModel, CompletionRequest, CompletionStream, FinishReason, LlmError, LlmEvent, StopSignal,
-    Usage,
+    TitleIfUntitled, Usage,
 };
 use futures_util::FutureExt;
 use tokio::sync::{oneshot, watch};
@@ -417,38 +417,68 @@ impl Generation {
     /// reads that show it; a failure is logged (the next save, or the
     /// final one, carries the text).
     async fn save(&self, text: &str, status: MessageStatus, at: OffsetDateTime) -> bool {
-        let saved = self.store_text(text, status, at).await;
+        let (saved, _) = self.store_text(text, status, at, None).await;
         if saved {
             self.inner.invalidate(self.owner, self.conversation).await;
         }
         saved
     }
 
-    /// [`Self::save`] without the invalidation, which the caller makes.
-    async fn store_text(&self, text: &str, status: MessageStatus, at: OffsetDateTime) -> bool {
+    /// [`Self::save`] without the invalidation, which the caller makes,
+    /// and with `title` given to the new conversation in the same write
+    /// (see [`Self::store_title`]); whether the text was saved, and
+    /// whether the conversation has the title.
+    async fn store_text(
+        &self,
+        text: &str,
+        status: MessageStatus,
+        at: OffsetDateTime,
+        title: Option<&confab_domain::Title>,
+    ) -> (bool, bool) {
         let content =
             Content::text(vec![text.to_owned()]).unwrap_or_else(|_| Content::empty_text());
         let messages = &self.inner.ports.messages;
+        let placeholder = confab_domain::Title::placeholder();
         for attempt in 0..SAVE_ATTEMPTS {
-            match messages
-                .update_content(self.conversation, &self.message.id, &content, status, at)
-                .await
-            {
-                Ok(()) => return true,
+            let stored = match title {
+                None => messages
+                    .update_content(self.conversation, &self.message.id, &content, status, at)
+                    .await
+                    .map(|()| false),
+                Some(title) => {
+                    let title = TitleIfUntitled {
+                        owner: self.owner,
+                        untitled: &placeholder,
+                        title,
+                    };
+                    messages
+                        .update_content_titled(
+                            self.conversation,
+                            &self.message.id,
+                            &content,
+                            status,
+                            at,
+                            title,
+                        )
+                        .await
+                }
+            };
+            match stored {
+                Ok(titled) => return (true, titled),
                 // No such answer in progress: its conversation was deleted,
                 // or it was closed meanwhile (the orphan sweep, a reader
                 // that found this generation gone), which stands.
-                Err(DomainError::NotFound) => return false,
+                Err(DomainError::NotFound) => return (false, false),
                 Err(e) => {
                     tracing::warn!(conversation = %self.conversation, attempt, error = %e, "could not save a generation");
                     if status == MessageStatus::InProgress {
-                        return false;
+                        return (false, false);
                     }
                     tokio::time::sleep(SAVE_BACKOFF * (attempt + 1)).await;
                 }
             }
         }
-        false
+        (false, false)
     }
 
     async fn finish(&self, outcome: Outcome, text: String, generated: usize, began: Instant) {
@@ -462,21 +492,25 @@ impl Generation {
         // client that reads its usage after the answer's end finds it
         // counted, and so does its next send's allowance check.
         // A new conversation's title that the model is not asked for is
-        // known now: it is stored with them too, rather than in a write (a
-        // transaction) of its own after the answer's end.
+        // known now: it is stored with the final text, in the same change
+        // of the conversation's row as the preview, rather than in a write
+        // (a transaction) of its own after the answer's end.
         let ask_model = matches!(outcome, Outcome::Finished(_)) && self.model_titles();
-        let (saved, (), early_title) = tokio::join!(
-            self.store_text(&text, outcome.status(), at),
+        let early_title = (self.created && !ask_model).then(|| heuristic_title(&self.first_text));
+        let ((saved, titled), ()) = tokio::join!(
+            self.store_text(&text, outcome.status(), at, early_title.as_ref()),
             self.record_usage(generated),
-            async {
-                if !self.created || ask_model {
-                    return None;
-                }
-                let title = heuristic_title(&self.first_text);
+        );
+        let early_title = match early_title {
+            // The answer was closed by someone else meanwhile, or could not
+            // be saved: the conversation is titled all the same.
+            Some(title) if !saved => {
                 let titled = self.store_title(&title).await;
                 Some((title, titled))
             }
-        );
+            Some(title) => Some((title, titled)),
+            None => None,
+        };
         // One invalidation for the text and the title, before the final
         // delta: a client that reads the conversation once it has the
         // final delta finds both.

@@ -5,7 +5,7 @@ use confab_domain::{
     Content, Conversation, ConversationId, DomainError, Message, MessageId, MessagePage,
     MessageStatus, NewConversation, OffsetDateTime,
 };
-use confab_ports::MessageStore;
+use confab_ports::{MessageStore, TitleIfUntitled};
 use diesel::prelude::*;
 
 use super::SqlStore;
@@ -91,6 +91,100 @@ fn touch_conversation(
     } else {
         Ok(())
     }
+}
+
+/// Replaces the content and status of the answer `id` if it is still in
+/// progress; `NotFound` when it is not (no such answer, or closed
+/// meanwhile).
+fn save_content(
+    conn: &mut AnyConnection,
+    conversation: &str,
+    id: &str,
+    json: &str,
+    status: MessageStatus,
+    at: i64,
+) -> Result<(), diesel::result::Error> {
+    let changed = on_backend!(conn, |c| SqlText::new(
+        UPDATE_CONTENT,
+        vec![
+            Bind::Text(json),
+            Bind::Text(status.as_str()),
+            Bind::BigInt(at),
+            Bind::Text(conversation),
+            Bind::Text(id),
+            Bind::Text(MessageStatus::InProgress.as_str()),
+        ],
+    )
+    .execute(c))?;
+    if changed == 0 {
+        Err(diesel::result::Error::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
+/// A conversation's title as an update left it.
+#[derive(QueryableByName)]
+struct TitleRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    title: String,
+}
+
+/// [`touch_conversation`] that, in the same change of the row, gives the
+/// conversation `title` when it still has `untitled` and is `owner`'s
+/// (`[untitled, owner, title]`); its title after it, or `None` when it is
+/// deleted. The owner is compared in the `CASE`, not the `WHERE`: the row
+/// is found by its primary key alone.
+fn touch_and_title(
+    conn: &mut AnyConnection,
+    conversation: &str,
+    preview: Option<&str>,
+    at: i64,
+    [untitled, owner, title]: [&str; 3],
+) -> Result<Option<String>, diesel::result::Error> {
+    let row: Option<TitleRow> = match preview {
+        Some(text) => on_backend!(conn, |c| SqlText::new(
+            &[
+                "UPDATE conversations SET updated_at = ",
+                ", last_message = ",
+                ", title = CASE WHEN title = ",
+                " AND user_id = ",
+                " THEN ",
+                " ELSE title END WHERE id = ",
+                " AND deleted_at IS NULL RETURNING title",
+            ],
+            vec![
+                Bind::BigInt(at),
+                Bind::Text(text),
+                Bind::Text(untitled),
+                Bind::Text(owner),
+                Bind::Text(title),
+                Bind::Text(conversation),
+            ],
+        )
+        .get_result(c)
+        .optional())?,
+        None => on_backend!(conn, |c| SqlText::new(
+            &[
+                "UPDATE conversations SET updated_at = ",
+                ", title = CASE WHEN title = ",
+                " AND user_id = ",
+                " THEN ",
+                " ELSE title END WHERE id = ",
+                " AND deleted_at IS NULL RETURNING title",
+            ],
+            vec![
+                Bind::BigInt(at),
+                Bind::Text(untitled),
+                Bind::Text(owner),
+                Bind::Text(title),
+                Bind::Text(conversation),
+            ],
+        )
+        .get_result(c)
+        .optional())?,
+    };
+    Ok(row.map(|row| row.title))
 }
 
 /// The branch that ends at `end`, read upwards through `parent_id` over the
@@ -265,28 +359,48 @@ impl MessageStore for SqlStore {
         let at = micros(at);
         self.db
             .write(move |conn| {
-                let changed = on_backend!(conn, |c| SqlText::new(
-                    UPDATE_CONTENT,
-                    vec![
-                        Bind::Text(&json),
-                        Bind::Text(status.as_str()),
-                        Bind::BigInt(at),
-                        Bind::Text(&conversation),
-                        Bind::Text(&id),
-                        Bind::Text(MessageStatus::InProgress.as_str()),
-                    ],
-                )
-                .execute(c))?;
-                if changed == 0 {
-                    // No such message, or it was closed meanwhile.
-                    return Err(diesel::result::Error::NotFound);
-                }
+                save_content(conn, &conversation, &id, &json, status, at)?;
                 // A conversation deleted while its answer was generating
                 // still gets the answer closed; there is no list to touch.
                 match touch_conversation(conn, &conversation, text.as_deref(), at) {
                     Err(diesel::result::Error::NotFound) => Ok(()),
                     other => other,
                 }
+            })
+            .await
+    }
+
+    async fn update_content_titled(
+        &self,
+        conversation: ConversationId,
+        id: &MessageId,
+        content: &Content,
+        status: MessageStatus,
+        at: OffsetDateTime,
+        title: TitleIfUntitled<'_>,
+    ) -> Result<bool, DomainError> {
+        let (conversation, id) = (conversation.to_string(), id.as_str().to_owned());
+        let json = serde_json::to_string(content).map_err(DomainError::internal)?;
+        let text = preview(content);
+        let at = micros(at);
+        let owner = title.owner.to_string();
+        let (untitled, title) = (
+            title.untitled.as_str().to_owned(),
+            title.title.as_str().to_owned(),
+        );
+        self.db
+            .write(move |conn| {
+                save_content(conn, &conversation, &id, &json, status, at)?;
+                let now = touch_and_title(
+                    conn,
+                    &conversation,
+                    text.as_deref(),
+                    at,
+                    [&untitled, &owner, &title],
+                )?;
+                // A deleted conversation has neither list nor title to
+                // change (the answer is closed all the same).
+                Ok(now.is_some_and(|now| now == title))
             })
             .await
     }
