@@ -4,8 +4,9 @@
 //! asserts completeness, never timings: every send a 200 whose stream
 //! carries the whole text and ends `message_stream_complete`, `[DONE]`
 //! with no `error`, and every answer saved `finished_successfully` with
-//! that text. Each burst has a deadline that fails it (a stream still open
-//! then counts as timed out), and the failure message counts what broke.
+//! that text, its conversation titled and listed with it. Each burst has
+//! a deadline that fails it (a stream still open then counts as timed
+//! out), and the failure message counts what broke.
 //!
 //! In process: 100 sends to one server, on SQLite and PostgreSQL, with
 //! and without Redis, each starting a conversation or each continuing one

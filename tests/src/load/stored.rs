@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use confab_domain::{
-    ConversationId, DomainError, ListOrder, MessageRole, MessageStatus, PageRequest,
+    ConversationSummary, DomainError, ListOrder, MessageRole, MessageStatus, PageRequest, Title,
 };
 use confab_ports::{ConversationQuery, ConversationStore, MessageStore, UserStore};
 use confab_sql::SqlStore;
@@ -13,7 +13,9 @@ use super::{Burst, full_answer, tally};
 impl Burst {
     /// Checks the database: one conversation per send, and in each the
     /// newest assistant message of its current branch
-    /// `finished_successfully` with the whole text.
+    /// `finished_successfully` with the whole text; the conversation titled
+    /// (a burst's new conversations get theirs with the answer's final
+    /// save) and listed with the answer's text as its preview.
     /// Every conversation is looked at, those of streams that never named
     /// theirs too (the database holds this burst's user alone). Returns
     /// how many are saved whole and `"100/100 saved whole; …"`.
@@ -24,7 +26,20 @@ impl Burst {
             Err(e) => return (0, format!("the store failed: {e}")),
         };
         let mut problems = Vec::new();
-        for &conversation in &conversations {
+        for summary in &conversations {
+            let conversation = summary.id;
+            if summary.title == Title::placeholder() {
+                problems.push("left untitled".to_owned());
+                continue;
+            }
+            if !summary
+                .last_message
+                .as_deref()
+                .is_some_and(|preview| !preview.is_empty() && full_answer().starts_with(preview))
+            {
+                problems.push("listed with another preview".to_owned());
+                continue;
+            }
             let messages = match MessageStore::page(store, conversation, None, usize::MAX)
                 .await
                 .map(|p| p.messages)
@@ -63,7 +78,7 @@ impl Burst {
 }
 
 /// Every conversation of the store's only user, by creation.
-async fn all_conversations(store: &SqlStore) -> Result<Vec<ConversationId>, DomainError> {
+async fn all_conversations(store: &SqlStore) -> Result<Vec<ConversationSummary>, DomainError> {
     let users = UserStore::list(store, PageRequest::new(0, 2)?).await?;
     let [user] = users.items.as_slice() else {
         return Err(DomainError::internal("a burst's database holds one user"));
@@ -81,6 +96,6 @@ async fn all_conversations(store: &SqlStore) -> Result<Vec<ConversationId>, Doma
         if page.items.is_empty() {
             return Ok(ids);
         }
-        ids.extend(page.items.iter().map(|c| c.id));
+        ids.extend(page.items);
     }
 }
