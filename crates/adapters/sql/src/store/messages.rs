@@ -142,8 +142,8 @@ fn touch_and_title(
     at: i64,
     [untitled, owner, title]: [&str; 3],
 ) -> Result<Option<String>, diesel::result::Error> {
-    let row: Option<TitleRow> = match preview {
-        Some(text) => on_backend!(conn, |c| SqlText::new(
+    let (set, mut binds): (&'static [&'static str], _) = match preview {
+        Some(text) => (
             &[
                 "UPDATE conversations SET updated_at = ",
                 ", last_message = ",
@@ -153,18 +153,9 @@ fn touch_and_title(
                 " ELSE title END WHERE id = ",
                 " AND deleted_at IS NULL RETURNING title",
             ],
-            vec![
-                Bind::BigInt(at),
-                Bind::Text(text),
-                Bind::Text(untitled),
-                Bind::Text(owner),
-                Bind::Text(title),
-                Bind::Text(conversation),
-            ],
-        )
-        .get_result(c)
-        .optional())?,
-        None => on_backend!(conn, |c| SqlText::new(
+            vec![Bind::BigInt(at), Bind::Text(text)],
+        ),
+        None => (
             &[
                 "UPDATE conversations SET updated_at = ",
                 ", title = CASE WHEN title = ",
@@ -173,17 +164,17 @@ fn touch_and_title(
                 " ELSE title END WHERE id = ",
                 " AND deleted_at IS NULL RETURNING title",
             ],
-            vec![
-                Bind::BigInt(at),
-                Bind::Text(untitled),
-                Bind::Text(owner),
-                Bind::Text(title),
-                Bind::Text(conversation),
-            ],
-        )
-        .get_result(c)
-        .optional())?,
+            vec![Bind::BigInt(at)],
+        ),
     };
+    binds.extend([
+        Bind::Text(untitled),
+        Bind::Text(owner),
+        Bind::Text(title),
+        Bind::Text(conversation),
+    ]);
+    let row: Option<TitleRow> =
+        on_backend!(conn, |c| SqlText::new(set, binds).get_result(c).optional())?;
     Ok(row.map(|row| row.title))
 }
 
