@@ -899,6 +899,38 @@ async fn a_rename_during_the_answer_wins_over_the_generated_title() {
     assert_eq!(conversation.title.as_str(), "My name");
 }
 
+/// A new conversation whose answer was closed by someone else while it
+/// ran (the final save finds no answer in progress, so the title cannot
+/// ride on it) is titled all the same, and the close stands.
+#[tokio::test]
+async fn a_new_conversation_whose_answer_was_closed_meanwhile_is_still_titled() {
+    let h = harness();
+    let uma = caller();
+    h.model.answer(Reply::hanging(&["half"]));
+    let started = h
+        .conversations
+        .send(&uma, say("Why is the sky blue?"))
+        .await
+        .unwrap();
+    let id = started.conversation.id;
+    let answer = messages(&h, id).await[1].id.clone();
+    assert!(
+        h.store
+            .fail_if_in_progress(id, &answer, h.clock.now())
+            .await
+            .unwrap()
+    );
+    h.conversations.stop(&uma, id).await.unwrap();
+    ended(&started).await;
+    let (conversation, _) = h
+        .conversations
+        .get(&uma, id, &HistoryRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(conversation.title.as_str(), "Why is the sky blue?");
+    assert_eq!(messages(&h, id).await[1].status, MessageStatus::Failed);
+}
+
 #[tokio::test]
 async fn the_orphan_sweep_closes_answers_no_generation_holds() {
     let h = harness();
