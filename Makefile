@@ -2,6 +2,7 @@
 # everything. See README.md and docs/operations.md.
 
 CARGO ?= cargo
+TEST_THREADS := $(or $(RUST_TEST_THREADS),4)
 
 .PHONY: run test load lint fmt migrate openapi bench deps model services python-tools release check-architecture package clean browser proxy test-pgbouncer test-redis-cluster
 
@@ -16,8 +17,12 @@ run: deps model
 ## second time through PgBouncer in transaction mode, the Redis tests a
 ## second time on a Redis Cluster, OpenAPI validation, and the client's
 ## packaging.
+## Each test binary runs four tests at a time (two cores): most of the
+## end-to-end tests wait on sockets and processes, not the cores (the load
+## tests take a lock and run one at a time). Set `RUST_TEST_THREADS` to
+## change it.
 test: deps model services python-tools browser proxy check-architecture package
-	$(CARGO) test --workspace
+	RUST_TEST_THREADS=$(TEST_THREADS) $(CARGO) test --workspace
 	$(MAKE) test-pgbouncer
 	$(MAKE) test-redis-cluster
 	CONFAB_BIN=target/debug/confab ./scripts/validate-openapi.sh
@@ -32,7 +37,7 @@ test-pgbouncer: services
 	./scripts/pgbouncer.sh
 	CONFAB_TEST_PGBOUNCER_URL=postgres://postgres@127.0.0.1:6432 \
 		./scripts/test-package.sh confab-sql postgres
-	CONFAB_TEST_PGBOUNCER_URL=postgres://postgres@127.0.0.1:6432 \
+	CONFAB_TEST_PGBOUNCER_URL=postgres://postgres@127.0.0.1:6432 RUST_TEST_THREADS=$(TEST_THREADS) \
 		$(CARGO) test --workspace -- cluster:: balancer:: rolling:: recovery::postgres \
 		load::postgres::a_hundred_sends_at_once_all_complete \
 		load::postgres::a_hundred_regenerations_and_continues_at_once_all_complete
@@ -45,7 +50,7 @@ test-pgbouncer: services
 test-redis-cluster: services
 	./scripts/redis-cluster.sh
 	CONFAB_TEST_REDIS_CLUSTER=redis://127.0.0.1:7100 ./scripts/test-package.sh confab-redis
-	CONFAB_TEST_REDIS_CLUSTER=redis://127.0.0.1:7100 $(CARGO) test --workspace -- \
+	CONFAB_TEST_REDIS_CLUSTER=redis://127.0.0.1:7100 RUST_TEST_THREADS=$(TEST_THREADS) $(CARGO) test --workspace -- \
 		redis:: cluster:: balancer:: rolling:: deletion:: idempotency:: load::cluster_ \
 		load::postgres::a_hundred_sends_at_once_with_redis
 
@@ -56,10 +61,11 @@ load: deps services
 	$(CARGO) build --bin confab
 	$(CARGO) test -p confab-e2e --test e2e load:: -- --nocapture
 
-## Formatting and clippy with warnings as errors.
+## Formatting and clippy with warnings as errors, the client's `tls`
+## feature (https) included: no other build compiles it.
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features confab-client/tls -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
@@ -95,14 +101,12 @@ check-architecture:
 
 ## Package confab-domain and confab-client as a registry would take them
 ## (other Rust services import both) and build the packaged client against
-## the packaged domain: they stay publishable. In target/package/. Then
-## check the client alone with its `tls` feature (https), which the
-## packaged build (default features) does not compile. Needs the registry
-## index, so the network: `cargo package` resolves the packaged crates'
+## the packaged domain: they stay publishable. In target/package/. (The
+## client's `tls` feature, which the packaged build's default features
+## leave out, is compiled by `make lint`.) Needs the registry index, so the network: `cargo package` resolves the packaged crates'
 ## dependencies afresh from crates.io. A few seconds with a warm target/.
 package:
 	$(CARGO) package -p confab-domain -p confab-client --allow-dirty
-	$(CARGO) check -p confab-client --features tls
 
 ## System packages a fresh machine lacks (libpq-dev, pkg-config).
 deps:
