@@ -481,10 +481,18 @@ fn main() {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    // Figures of a tree that differs from its commit say so (this file,
-    // which the run rewrites, aside).
+    // Figures of a tree whose tracked files differ from its commit say so
+    // (this file, which the run rewrites, aside). An untracked file is not
+    // built unless a tracked one changed to name it.
     let changed = std::process::Command::new("git")
-        .args(["status", "--porcelain", "--", ".", ":!docs/benchmarks.md"])
+        .args([
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!docs/benchmarks.md",
+        ])
         .output()
         .is_ok_and(|o| !o.stdout.is_empty());
     let commit = if changed {
