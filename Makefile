@@ -103,8 +103,9 @@ check-architecture:
 ## (other Rust services import both) and build the packaged client against
 ## the packaged domain: they stay publishable. In target/package/. (The
 ## client's `tls` feature, which the packaged build's default features
-## leave out, is compiled by `make lint`.) Needs the registry index, so the network: `cargo package` resolves the packaged crates'
-## dependencies afresh from crates.io. A few seconds with a warm target/.
+## leave out, is compiled by `make lint`.) Needs the registry index, so
+## the network: `cargo package` resolves the packaged crates' dependencies
+## afresh from crates.io. A few seconds with a warm target/.
 package:
 	$(CARGO) package -p confab-domain -p confab-client --allow-dirty
 
