@@ -368,6 +368,8 @@ async fn one_release_per_held_stream_releases_them_all() {
     assert_eq!(content_of(&two), "ab");
 }
 
+/// With `Connection: close` asked for, the answer's body ends with the
+/// connection.
 #[tokio::test]
 async fn the_wire_format_is_plain_http_1_1() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -386,7 +388,8 @@ async fn the_wire_format_is_plain_http_1_1() {
     let (head, tail) = body.split_at(10);
     let request = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: fake\r\nAuthorization: Bearer k\r\n\
-         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{head}\r\n{:x};ext=1\r\n{tail}\r\n0\r\n\r\n",
+         Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {:x}\r\n{head}\r\n{:x};ext=1\r\n{tail}\r\n0\r\n\r\n",
         head.len(),
         tail.len(),
     );
@@ -415,4 +418,72 @@ async fn the_wire_format_is_plain_http_1_1() {
         fake.headers_of_last()
             .contains(&("authorization".to_owned(), "Bearer k".to_owned()))
     );
+}
+
+/// Without `Connection: close`, a stream's body is chunked, its end
+/// written with `[DONE]`, and the next request is answered on the same
+/// connection; a client that then goes is no disconnect.
+#[tokio::test]
+async fn a_connection_is_kept_for_the_next_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let fake = FakeLlm::start();
+    let address = fake
+        .base_url()
+        .strip_prefix("http://")
+        .unwrap()
+        .strip_suffix("/v1")
+        .unwrap()
+        .to_owned();
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    for content in ["one", "two"] {
+        let body =
+            json!({"model": "m", "messages": [{"role": "user", "content": content}]}).to_string();
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: fake\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(PATIENCE, async {
+            while !answer.ends_with(b"\r\n0\r\n\r\n") {
+                let mut more = [0_u8; 4096];
+                let n = socket.read(&mut more).await.unwrap();
+                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+                answer.extend_from_slice(&more[..n]);
+            }
+        })
+        .await
+        .unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        let (head, chunked) = answer.split_once("\r\n\r\n").unwrap();
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("\r\ntransfer-encoding: chunked"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+        // The chunks' data, in order: the same events as ever.
+        let mut text = String::new();
+        let mut rest = chunked;
+        loop {
+            let (size, after) = rest.split_once("\r\n").unwrap();
+            let size = usize::from_str_radix(size, 16).unwrap();
+            if size == 0 {
+                assert_eq!(after, "\r\n");
+                break;
+            }
+            text.push_str(&after[..size]);
+            rest = after[size..].strip_prefix("\r\n").unwrap();
+        }
+        assert_eq!(content_of(&text), "Hello there!");
+        assert!(text.ends_with("data: [DONE]\n\n"));
+        // The body's end came with the last event, in one chunk.
+        assert!(
+            chunked.ends_with("data: [DONE]\n\n\r\n0\r\n\r\n"),
+            "{chunked}"
+        );
+    }
+    assert_eq!(fake.requests().len(), 2);
+    assert_eq!(fake.connections(), 1);
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fake.disconnects(), 0);
 }

@@ -36,6 +36,7 @@ on_both_backends!(
     a_rename_during_the_first_answer_is_kept,
     stream_readers_are_capped_per_answer_and_per_user,
     every_event_of_real_streams_matches_the_documents_schemas,
+    answers_read_to_their_end_leave_their_connection_for_the_next,
 );
 
 /// Waits (polling with a deadline) until the conversation's last message
@@ -443,6 +444,35 @@ async fn stop_ends_the_answer_as_partial_and_drops_the_upstream(backend: Backend
         )
         .await;
     error_body(res, 404, "NOT_FOUND").await;
+}
+
+/// The model's server keeps its connections (as the fake does): an answer
+/// read to its end leaves its connection to the next answer on the same
+/// worker, so six answers one after the other take at most one connection
+/// per worker, not six.
+async fn answers_read_to_their_end_leave_their_connection_for_the_next(backend: Backend) {
+    let llm = FakeLlm::start();
+    let app = spawn_chat(
+        backend,
+        &llm,
+        &[
+            ("CONFAB__LLM__TITLE_GENERATION", "false"),
+            ("CONFAB__SERVER__WORKERS", "2"),
+        ],
+    );
+    let token = app.user("ada").await;
+    for i in 0..6 {
+        let mut reader = start(&app, &token, &format!("question {i}")).await;
+        let rest = reader.rest().await;
+        assert_eq!(rest.last().unwrap().data, "[DONE]");
+    }
+    assert_eq!(llm.requests().len(), 6);
+    assert!(
+        (1..=2).contains(&llm.connections()),
+        "{} connections for 6 answers",
+        llm.connections()
+    );
+    assert_eq!(llm.disconnects(), 0);
 }
 
 /// Runs one answer against a failing upstream: it ends `failed` with the

@@ -17,12 +17,18 @@
 //! conversation" (in any case) is a *title* request: it leaves the queue
 //! alone and is answered with the title set by [`FakeLlm::set_title`].
 //!
-//! Every answer carries `Connection: close`; a stream is `200` with
-//! `Content-Type: text/event-stream` and no `Content-Length`, each event
-//! flushed as it is written, and the connection closed when the script ends.
-//! The listen backlog is [`BACKLOG`], so that a thousand requests at once
-//! are queued rather than dropped (and retried by the client a second
-//! later).
+//! A stream is `200` with `Content-Type: text/event-stream`, each event
+//! flushed as it is written. As most servers do, the fake keeps the
+//! connection open for the client's next request (HTTP/1.1 keep-alive):
+//! the stream's body is chunked (each step's bytes one chunk, the last
+//! chunk written with the last step) and the next request is read once
+//! it ends. A request that says `Connection: close`, a script with a
+//! [`Step::Close`], a [`Script::Status`] and a [`Script::Raw`] are
+//! answered as before keep-alive: `Connection: close`, a stream's body
+//! ended by the close. Requests are not pipelined: the next is read after
+//! the answer. The listen backlog is [`BACKLOG`], so that a thousand
+//! requests at once are queued rather than dropped (and retried by the
+//! client a second later).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -34,7 +40,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::ReadHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, oneshot, watch};
 
@@ -185,6 +192,8 @@ struct Shared {
     permits: Semaphore,
     /// How many streams are waiting at [`Step::Hold`] right now.
     holding: AtomicUsize,
+    /// How many connections have been accepted.
+    connections: AtomicUsize,
 }
 
 /// A running fake chat-completions server. Dropping it stops the server
@@ -229,6 +238,7 @@ impl FakeLlm {
             }),
             permits: Semaphore::new(0),
             holding: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
         });
         let (stop_tx, stop_rx) = oneshot::channel();
         let served = shared.clone();
@@ -303,6 +313,13 @@ impl FakeLlm {
     #[must_use]
     pub fn headers_of_last(&self) -> Vec<(String, String)> {
         self.shared.state.borrow().last_headers.clone()
+    }
+
+    /// How many connections the fake has accepted (a client that keeps
+    /// its connections makes fewer than it makes requests).
+    #[must_use]
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// How many streams a client has dropped before their script finished.
@@ -416,45 +433,76 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Re
     }
 }
 
-/// Answers the one request of a connection.
+/// Answers the requests of a connection, one after the other, until one
+/// is answered with the connection's close or the client goes.
 async fn handle(mut socket: TcpStream, shared: Arc<Shared>) {
+    shared.connections.fetch_add(1, Ordering::SeqCst);
     let _ = socket.set_nodelay(true);
-    let request = match read_request(&mut socket).await {
+    while let Framing::Chunked = answer(&mut socket, &shared).await {}
+}
+
+/// How a stream's body is framed, and so whether the connection stays.
+#[derive(Clone, Copy)]
+enum Framing {
+    /// Chunked: the connection stays open for the next request.
+    Chunked,
+    /// Ended by the connection's close.
+    Close,
+}
+
+/// Reads one request and answers it; [`Framing::Chunked`] when the
+/// connection stays open for the next.
+async fn answer(socket: &mut TcpStream, shared: &Shared) -> Framing {
+    let request = match read_request(socket).await {
         Ok(request) => request,
-        Err(ReadError::Gone) => return,
+        Err(ReadError::Gone) => return Framing::Close,
         Err(ReadError::Bad(status, message)) => {
-            let _ = write_status(&mut socket, status, &error_body(message)).await;
-            return;
+            let _ = write_status(socket, status, &error_body(message)).await;
+            return Framing::Close;
         }
     };
     let path = request.target.split('?').next().unwrap_or_default();
     if request.method != "POST" || path != "/v1/chat/completions" {
-        let _ = write_status(&mut socket, 404, &error_body("no such route")).await;
-        return;
+        let _ = write_status(socket, 404, &error_body("no such route")).await;
+        return Framing::Close;
     }
     let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
-        let _ = write_status(&mut socket, 400, &error_body("the body is not JSON")).await;
-        return;
+        let _ = write_status(socket, 400, &error_body("the body is not JSON")).await;
+        return Framing::Close;
     };
     let model = body
         .get("model")
         .and_then(Value::as_str)
         .unwrap_or("fake-model")
         .to_owned();
+    let keep_alive = request.keeps_alive();
     match shared.take_script(request.headers, body) {
         (Script::Status(status, body), _) => {
-            let _ = write_status(&mut socket, status, &body).await;
+            let _ = write_status(socket, status, &body).await;
+            Framing::Close
         }
         (Script::Stream(steps), number) => {
-            stream(socket, &shared, steps, &Chunks::new(number, model), true).await;
+            let framing = if keep_alive && !steps.contains(&Step::Close) {
+                Framing::Chunked
+            } else {
+                Framing::Close
+            };
+            let chunks = Chunks::new(number, model);
+            match stream(socket, shared, steps, &chunks, Some(framing)).await {
+                Outcome::Continue => framing,
+                Outcome::Gone | Outcome::Close => Framing::Close,
+            }
         }
         (Script::Raw(steps), number) => {
-            stream(socket, &shared, steps, &Chunks::new(number, model), false).await;
+            let chunks = Chunks::new(number, model);
+            let _ = stream(socket, shared, steps, &chunks, None).await;
+            Framing::Close
         }
     }
 }
 
 /// What happened to a stream at one step.
+#[derive(Clone, Copy)]
 enum Outcome {
     Continue,
     /// The client went away.
@@ -463,40 +511,109 @@ enum Outcome {
     Close,
 }
 
-/// Writes `steps` as an event stream (after a `200` head when `head`),
-/// watching for the client to go away.
+/// Writes `steps` as an event stream, after a `200` head framed as
+/// `head` says (none for a raw script), watching for the client to go
+/// away. [`Outcome::Continue`] when the script ran to its end (a
+/// chunked body then ended, the connection left open; any other closed).
 async fn stream(
-    mut socket: TcpStream,
+    socket: &mut TcpStream,
     shared: &Shared,
     steps: Vec<Step>,
     chunks: &Chunks,
-    head: bool,
-) {
+    head: Option<Framing>,
+) -> Outcome {
     let started = tokio::time::Instant::now();
     let (mut reader, mut writer) = socket.split();
-    let ok = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
-              Cache-Control: no-cache\r\nConnection: close\r\n\r\n";
-    if head && let Outcome::Gone = send(&mut writer, ok.as_bytes()).await {
+    let head_bytes: &[u8] = match head {
+        None => b"",
+        Some(Framing::Close) => {
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+              Cache-Control: no-cache\r\nConnection: close\r\n\r\n"
+        }
+        Some(Framing::Chunked) => {
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+              Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+        }
+    };
+    if !head_bytes.is_empty()
+        && let Outcome::Gone = send(&mut writer, head_bytes).await
+    {
         shared.disconnected();
-        return;
+        return Outcome::Gone;
     }
+    let mut body = Body {
+        chunked: matches!(head, Some(Framing::Chunked)),
+        last: false,
+        ended: false,
+        out: Vec::new(),
+    };
+    let count = steps.len();
     let mut gone = pin!(client_gone(&mut reader));
-    for step in steps {
+    for (i, step) in steps.into_iter().enumerate() {
+        body.last = i + 1 == count;
         let outcome = tokio::select! {
             biased;
             () = &mut gone => Outcome::Gone,
-            outcome = run_step(&mut writer, shared, chunks, step, started) => outcome,
+            outcome = run_step(&mut writer, shared, chunks, step, started, &mut body) => outcome,
         };
         match outcome {
             Outcome::Continue => {}
             Outcome::Gone => {
                 shared.disconnected();
-                return;
+                return Outcome::Gone;
             }
-            Outcome::Close => return,
+            Outcome::Close => return Outcome::Close,
         }
     }
+    if body.chunked {
+        // The body's end, unless the last step wrote it with its own bytes.
+        if !body.ended {
+            body.last = true;
+            if let Outcome::Gone = body.send(&mut writer, b"").await {
+                return Outcome::Gone;
+            }
+        }
+        return Outcome::Continue;
+    }
     let _ = writer.shutdown().await;
+    Outcome::Continue
+}
+
+/// How a stream's bytes are written: as they are, or as chunks.
+struct Body {
+    chunked: bool,
+    /// The step being written is the script's last: its chunk carries the
+    /// body's end.
+    last: bool,
+    /// The body's end has been written.
+    ended: bool,
+    /// What the last write sent (its bytes are built here).
+    out: Vec<u8>,
+}
+
+impl Body {
+    /// Writes `bytes` (a chunk of them, and the body's end after the last
+    /// step) and flushes.
+    async fn send<W: AsyncWrite + Unpin>(&mut self, writer: &mut W, bytes: &[u8]) -> Outcome {
+        if !self.chunked {
+            return send(writer, bytes).await;
+        }
+        self.out.clear();
+        if !bytes.is_empty() {
+            self.out
+                .extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
+            self.out.extend_from_slice(bytes);
+            self.out.extend_from_slice(b"\r\n");
+        }
+        if self.last {
+            self.out.extend_from_slice(b"0\r\n\r\n");
+            self.ended = true;
+        }
+        if self.out.is_empty() {
+            return Outcome::Continue;
+        }
+        send(writer, &self.out).await
+    }
 }
 
 async fn run_step<W: AsyncWrite + Unpin>(
@@ -505,12 +622,13 @@ async fn run_step<W: AsyncWrite + Unpin>(
     chunks: &Chunks,
     step: Step,
     started: tokio::time::Instant,
+    body: &mut Body,
 ) -> Outcome {
     match step {
-        Step::Text(text) => send(writer, chunks.content(&text).as_bytes()).await,
+        Step::Text(text) => body.send(writer, chunks.content(&text).as_bytes()).await,
         Step::Stamp => {
             let text = format!("{} ", stamp(Instant::now()));
-            send(writer, chunks.content(&text).as_bytes()).await
+            body.send(writer, chunks.content(&text).as_bytes()).await
         }
         Step::Delay(delay) => {
             tokio::time::sleep(delay).await;
@@ -524,12 +642,13 @@ async fn run_step<W: AsyncWrite + Unpin>(
             shared.hold().await;
             Outcome::Continue
         }
-        Step::Finish(reason) => send(writer, chunks.finish(reason).as_bytes()).await,
+        Step::Finish(reason) => body.send(writer, chunks.finish(reason).as_bytes()).await,
         Step::Usage(prompt, completion) => {
-            send(writer, chunks.usage(prompt, completion).as_bytes()).await
+            body.send(writer, chunks.usage(prompt, completion).as_bytes())
+                .await
         }
-        Step::Done => send(writer, b"data: [DONE]\n\n").await,
-        Step::Raw(raw) => send(writer, raw.as_bytes()).await,
+        Step::Done => body.send(writer, b"data: [DONE]\n\n").await,
+        Step::Raw(raw) => body.send(writer, raw.as_bytes()).await,
         Step::Close => Outcome::Close,
         Step::Stall => std::future::pending().await,
     }
@@ -546,14 +665,15 @@ async fn send<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Outcome {
     }
 }
 
-/// Resolves when the client closes (or resets) its side of the connection.
-async fn client_gone<R: AsyncRead + Unpin>(reader: &mut R) {
-    let mut buf = [0_u8; 1024];
-    loop {
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
+/// Resolves when the client closes (or resets) its side of the
+/// connection. It reads nothing: bytes from the client (its next request,
+/// sent before this answer's end was seen here) stay for the next read,
+/// and show the client is still there.
+async fn client_gone(reader: &mut ReadHalf<'_>) {
+    let mut byte = [0_u8; 1];
+    match reader.peek(&mut byte).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 
@@ -666,6 +786,22 @@ struct Request {
     /// Names in lower case, in the order sent.
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// `HTTP/1.1`, not `1.0`.
+    http11: bool,
+}
+
+impl Request {
+    /// Whether the client lets the connection stay open after the answer:
+    /// `HTTP/1.1` without `Connection: close`.
+    fn keeps_alive(&self) -> bool {
+        self.http11
+            && !self.headers.iter().any(|(name, value)| {
+                name == "connection"
+                    && value
+                        .split(',')
+                        .any(|token| token.trim().eq_ignore_ascii_case("close"))
+            })
+    }
 }
 
 enum ReadError {
@@ -742,6 +878,7 @@ async fn read_request(socket: &mut TcpStream) -> Result<Request, ReadError> {
         target: target.to_owned(),
         headers,
         body,
+        http11: version == "HTTP/1.1",
     })
 }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::time::{Instant, timeout_at};
 use url::Url;
 
-use crate::http::{Connector, Response, SendError};
+use crate::http::{Connector, PoolLimits, Response, SendError};
 use crate::settings::{self, LlmSetupError, OpenAiSettings};
 use crate::stream::{Deadlines, OpenAiStream};
 
@@ -52,8 +52,12 @@ impl OpenAiCompatible {
     pub fn new(settings: OpenAiSettings) -> Result<Self, LlmSetupError> {
         let endpoint = settings::check(&settings)?;
         warn_of_proxy_variables();
-        let connector =
-            Connector::new(&endpoint, settings.connect_timeout).map_err(LlmSetupError::Client)?;
+        let limits = PoolLimits {
+            max_idle: settings.pool_max_idle,
+            idle_timeout: settings.pool_idle_timeout,
+        };
+        let connector = Connector::new(&endpoint, settings.connect_timeout, limits)
+            .map_err(LlmSetupError::Client)?;
         Ok(Self {
             connector,
             endpoint,

@@ -1,4 +1,4 @@
-//! A lean HTTP/1.1 client for one streamed `POST` per connection.
+//! A lean HTTP/1.1 client for streamed `POST`s, its connections kept.
 //!
 //! The adapter needs one thing from HTTP: send a JSON body and read the
 //! answer's body as it arrives, for as long as the model writes. A general
@@ -11,19 +11,25 @@
 //! held is decoded: a stream waiting for its model's next words holds no
 //! read buffer at all.
 //!
-//! What it speaks: a request head written in one write with
-//! `Connection: close` (no connection is reused: a stream is read until
-//! its `[DONE]` and then dropped, which hangs up); a response head parsed
-//! with `httparse` (interim `1xx` answers skipped); a body framed by
-//! `Transfer-Encoding: chunked`, `Content-Length` or the connection's
-//! close. With the `tls` feature, `https` goes through rustls (*ring*),
+//! What it speaks: a request head written in one write with its body; a
+//! response head parsed with `httparse` (interim `1xx` answers skipped); a
+//! body framed by `Transfer-Encoding: chunked`, `Content-Length` or the
+//! connection's close. A connection whose response body was read to its
+//! exact end, and which the server did not close (`HTTP/1.1`, no
+//! `Connection: close`, a framed body), goes back to a [`pool::Pool`] for
+//! the next request: connecting costs each completion a TCP handshake and
+//! its close, and over `https` a TLS handshake too. A stream dropped
+//! before its end (a stop, the token cap, a failure) closes its
+//! connection, which cancels the generation upstream, as before. A kept
+//! connection that the server closed while it was idle is skipped when
+//! taken; one it closes as the request goes out (nothing came back) is
+//! replaced by a new connection, once, and the request sent again. With the `tls` feature, `https` goes through rustls (*ring*),
 //! the platform's verifier and ALPN `http/1.1`. No proxy (`HTTP_PROXY`
 //! and the like are not read; the adapter warns when one is set), no
 //! redirect (a `3xx` is an error status to the caller), no compression.
 
 use std::io;
 use std::net::SocketAddr;
-#[cfg(feature = "tls")]
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +42,11 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use url::{Host, Url};
 
+use pool::Pool;
+pub(crate) use pool::PoolLimits;
+
+mod pool;
+
 /// The most bytes of a response head (status line and headers).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// The most headers in a response head.
@@ -46,6 +57,12 @@ const MAX_CHUNK_LINE_BYTES: usize = 4096;
 /// it only while a chunk line or a head is longer, and is let go whenever
 /// all it holds is decoded.
 const READ_BYTES: usize = 2048;
+/// The most body bytes read after a stream's `[DONE]` before its
+/// connection is kept: more, and it is closed instead.
+const MAX_TRAILING_BYTES: usize = 4096;
+/// How long the rest of a body may take to come after a stream's
+/// `[DONE]` for its connection to be kept.
+const TRAILING_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a request got no response head.
 #[derive(Debug)]
@@ -129,6 +146,8 @@ pub(crate) struct Connector {
     /// `Basic …` from credentials in the URL, sent when no API key is.
     basic: Option<SecretString>,
     connect_timeout: Duration,
+    /// The connections kept between requests.
+    pool: Arc<Pool>,
     /// rustls' connector for `https`; `None` for `http`.
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsConnector>,
@@ -136,12 +155,16 @@ pub(crate) struct Connector {
 
 impl Connector {
     /// A connector for `endpoint` (an http(s) URL with a host, already
-    /// checked).
+    /// checked), keeping idle connections within `limits`.
     ///
     /// # Errors
     /// The reason, when `https` is asked for and rustls' configuration
     /// (the platform's verifier) can't be built.
-    pub(crate) fn new(endpoint: &Url, connect_timeout: Duration) -> Result<Self, String> {
+    pub(crate) fn new(
+        endpoint: &Url,
+        connect_timeout: Duration,
+        limits: PoolLimits,
+    ) -> Result<Self, String> {
         let host = match endpoint.host() {
             Some(Host::Domain(name)) => name.to_owned(),
             Some(Host::Ipv4(ip)) => ip.to_string(),
@@ -176,12 +199,14 @@ impl Connector {
             path: endpoint.path().to_owned(),
             basic,
             connect_timeout,
+            pool: Pool::new(limits),
         })
     }
 
     /// Sends `POST` with `body` (JSON), asking for an event stream, with
     /// `Authorization: Bearer {api_key}` when a key is given, and reads the
-    /// response head.
+    /// response head: on a kept connection when there is one, else on a
+    /// new one.
     ///
     /// # Errors
     /// [`SendError`]: why no head came.
@@ -190,9 +215,6 @@ impl Connector {
         body: &[u8],
         api_key: Option<&SecretString>,
     ) -> Result<Response, SendError> {
-        let mut conn = timeout(self.connect_timeout, self.connect())
-            .await
-            .map_err(|_| SendError::ConnectTimeout)??;
         let mut request = Vec::with_capacity(256 + body.len());
         request.extend_from_slice(b"POST ");
         request.extend_from_slice(self.path.as_bytes());
@@ -203,10 +225,13 @@ impl Connector {
                 "\r\nUser-Agent: confab/",
                 env!("CARGO_PKG_VERSION"),
                 "\r\nAccept: text/event-stream\r\nContent-Type: application/json\r\n",
-                "Connection: close\r\nContent-Length: "
             )
             .as_bytes(),
         );
+        if !self.pool.keeps() {
+            request.extend_from_slice(b"Connection: close\r\n");
+        }
+        request.extend_from_slice(b"Content-Length: ");
         request.extend_from_slice(body.len().to_string().as_bytes());
         if let Some(key) = api_key {
             request.extend_from_slice(b"\r\nAuthorization: Bearer ");
@@ -217,11 +242,38 @@ impl Connector {
         }
         request.extend_from_slice(b"\r\n\r\n");
         request.extend_from_slice(body);
-        let written = conn.write_all(&request).await;
+        let sent = self.send(&request).await;
         // The request held the key: it goes now, not when the answer ends.
         drop(request);
-        written.map_err(SendError::Io)?;
-        Response::read_head(conn).await
+        sent
+    }
+
+    /// Writes `request` and reads the response head: on a kept connection,
+    /// and again on a new one when the kept one turns out closed (nothing
+    /// came back, so the server read nothing of it); else on a new one.
+    async fn send(&self, request: &[u8]) -> Result<Response, SendError> {
+        if let Some(conn) = self.pool.take() {
+            match self.exchange(conn, request).await {
+                Ok(response) => return Ok(response),
+                Err(Exchange::Silent(_)) => {}
+                Err(Exchange::Failed(e)) => return Err(e),
+            }
+        }
+        let conn = timeout(self.connect_timeout, self.connect())
+            .await
+            .map_err(|_| SendError::ConnectTimeout)??;
+        match self.exchange(conn, request).await {
+            Ok(response) => Ok(response),
+            Err(Exchange::Silent(e) | Exchange::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Writes `request` on `conn` and reads the response head.
+    async fn exchange(&self, mut conn: Conn, request: &[u8]) -> Result<Response, Exchange> {
+        conn.write_all(request)
+            .await
+            .map_err(|e| Exchange::Silent(SendError::Io(e)))?;
+        Response::read_head(conn, &self.pool).await
     }
 
     /// Resolves the host and connects to the first address that accepts,
@@ -288,6 +340,17 @@ fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
+/// Why a request got no response head on a connection.
+#[derive(Debug)]
+enum Exchange {
+    /// Nothing at all came back (the write failed, or the connection
+    /// closed before a byte): on a kept connection, the server had closed
+    /// it.
+    Silent(SendError),
+    /// Anything else.
+    Failed(SendError),
+}
+
 /// An open connection, plain or TLS.
 enum Conn {
     Plain(TcpStream),
@@ -296,6 +359,20 @@ enum Conn {
 }
 
 impl Conn {
+    /// Whether an idle connection can carry a request: the server has
+    /// neither closed it nor written anything since its last response (a
+    /// readiness the runtime has not seen yet passes; the request then
+    /// finds the connection closed and goes again on a new one).
+    fn is_open_and_quiet(&self) -> bool {
+        let socket = match self {
+            Self::Plain(stream) => stream,
+            #[cfg(feature = "tls")]
+            Self::Tls(stream) => stream.get_ref().0,
+        };
+        let mut byte = [0_u8; 1];
+        matches!(socket.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
     async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
             Self::Plain(stream) => stream.write_all(bytes).await,
@@ -359,7 +436,8 @@ enum Chunk {
 }
 
 /// A response whose head has been read: its status, then its body read
-/// piece by piece. Dropping it closes the connection.
+/// piece by piece. Dropping it closes the connection;
+/// [`Response::release`] keeps it when the body has ended.
 pub(crate) struct Response {
     status: u16,
     conn: Conn,
@@ -367,6 +445,9 @@ pub(crate) struct Response {
     buf: Vec<u8>,
     pos: usize,
     framing: Framing,
+    /// Where the connection goes once the body has ended, when the server
+    /// keeps it open.
+    keep: Option<Arc<Pool>>,
 }
 
 impl std::fmt::Debug for Response {
@@ -379,33 +460,119 @@ impl std::fmt::Debug for Response {
 }
 
 impl Response {
-    /// Reads a response head from `conn`, past any interim (`1xx`) ones.
-    async fn read_head(mut conn: Conn) -> Result<Self, SendError> {
+    /// Reads a response head from `conn`, past any interim (`1xx`) ones;
+    /// the connection goes back to `pool` after the body when the server
+    /// keeps it open.
+    async fn read_head(mut conn: Conn, pool: &Arc<Pool>) -> Result<Self, Exchange> {
         let mut buf = Vec::new();
+        let mut silent = true;
         loop {
-            let parsed = parse_head(&buf)?;
-            if let Some((len, status, framing)) = parsed {
-                if (100..200).contains(&status) {
-                    if status == 101 {
-                        return Err(SendError::Protocol("the server switched protocols"));
+            let parsed = parse_head(&buf).map_err(Exchange::Failed)?;
+            if let Some(head) = parsed {
+                if (100..200).contains(&head.status) {
+                    if head.status == 101 {
+                        return Err(Exchange::Failed(SendError::Protocol(
+                            "the server switched protocols",
+                        )));
                     }
-                    buf.drain(..len);
+                    buf.drain(..head.len);
                     continue;
                 }
                 return Ok(Self {
-                    status,
+                    status: head.status,
                     conn,
                     buf,
-                    pos: len,
-                    framing,
+                    pos: head.len,
+                    framing: head.framing,
+                    keep: (head.keeps_open && pool.keeps()).then(|| pool.clone()),
                 });
             }
             if buf.len() >= MAX_HEAD_BYTES {
-                return Err(SendError::Protocol("the response head is too long"));
+                return Err(Exchange::Failed(SendError::Protocol(
+                    "the response head is too long",
+                )));
             }
-            if conn.read_buf(&mut buf).await.map_err(SendError::Io)? == 0 {
-                return Err(SendError::NoResponse);
+            let read = conn.read_buf(&mut buf).await;
+            let failed = match read {
+                Ok(0) => SendError::NoResponse,
+                Ok(_) => {
+                    silent = false;
+                    continue;
+                }
+                Err(e) => SendError::Io(e),
+            };
+            return Err(if silent {
+                Exchange::Silent(failed)
+            } else {
+                Exchange::Failed(failed)
+            });
+        }
+    }
+
+    /// Done with a body whose stream has ended (`[DONE]`): the connection
+    /// goes back to the pool once the rest of the body (its last chunk,
+    /// at most [`MAX_TRAILING_BYTES`] more) has come, right away when it
+    /// is here already, else from a task that waits [`TRAILING_WAIT`] for
+    /// it. Closed instead when the server does not keep it, the body
+    /// breaks or runs on, or anything follows it.
+    pub(crate) fn release(mut self) {
+        let Some(pool) = self.keep.take() else {
+            return;
+        };
+        let mut trailing = 0;
+        match self.ended_cleanly(&mut trailing) {
+            Some(true) => pool.put(self.conn),
+            Some(false) => {}
+            None => {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                runtime.spawn(async move {
+                    let rest = async {
+                        loop {
+                            if let Some(clean) = self.ended_cleanly(&mut trailing) {
+                                return clean;
+                            }
+                            self.compact();
+                            match self.conn.read_buf(&mut self.buf).await {
+                                Ok(0) | Err(_) => return false,
+                                Ok(_) => {}
+                            }
+                        }
+                    };
+                    if matches!(timeout(TRAILING_WAIT, rest).await, Ok(true)) {
+                        pool.put(self.conn);
+                    }
+                });
             }
+        }
+    }
+
+    /// Decodes what has been read past the stream's end, counting its
+    /// body bytes into `trailing`: `Some(true)` when the body ended with
+    /// nothing after it, `Some(false)` when the connection can't be kept,
+    /// `None` while more must be read.
+    fn ended_cleanly(&mut self, trailing: &mut usize) -> Option<bool> {
+        let decoded = self.decode(&mut |bytes: &[u8]| *trailing += bytes.len());
+        if decoded.is_err() || *trailing > MAX_TRAILING_BYTES {
+            return Some(false);
+        }
+        match self.framing {
+            Framing::Done => Some(self.pos == self.buf.len()),
+            Framing::Close => Some(false),
+            Framing::Length(_) | Framing::Chunked(_) => None,
+        }
+    }
+
+    /// Lets go of the decoded bytes before a read: all of the buffer when
+    /// all of it is decoded.
+    fn compact(&mut self) {
+        if self.pos == self.buf.len() {
+            self.buf = Vec::new();
+            self.pos = 0;
+        } else if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
         }
     }
 
@@ -427,17 +594,16 @@ impl Response {
                 return Ok(true);
             }
             if self.framing == Framing::Done {
+                // Bytes after the body: the connection can't be kept.
+                if self.pos != self.buf.len() {
+                    self.keep = None;
+                }
                 self.buf = Vec::new();
+                self.pos = 0;
                 return Ok(false);
             }
-            if self.pos == self.buf.len() {
-                // All decoded: the buffer goes while the model thinks.
-                self.buf = Vec::new();
-                self.pos = 0;
-            } else if self.pos > 0 {
-                self.buf.drain(..self.pos);
-                self.pos = 0;
-            }
+            // All decoded: the buffer goes while the model thinks.
+            self.compact();
             if self
                 .conn
                 .read_buf(&mut self.buf)
@@ -555,9 +721,19 @@ fn chunk_size(line: &[u8]) -> Result<u64, BodyError> {
     Ok(size)
 }
 
-/// The head's length, status and body framing once `buf` holds a whole
-/// head; `None` until it does.
-fn parse_head(buf: &[u8]) -> Result<Option<(usize, u16, Framing)>, SendError> {
+/// A response head, parsed.
+struct Head {
+    /// Its length in bytes.
+    len: usize,
+    status: u16,
+    framing: Framing,
+    /// The server keeps the connection open after the body: `HTTP/1.1`, no
+    /// `Connection: close`, and a body that ends by its framing.
+    keeps_open: bool,
+}
+
+/// The head once `buf` holds a whole one; `None` until it does.
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, SendError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     let len = match response.parse(buf) {
@@ -573,8 +749,14 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, u16, Framing)>, SendError> {
         .ok_or(SendError::Protocol("the response has no status"))?;
     let mut chunked = None;
     let mut length: Option<u64> = None;
+    let mut close = response.version != Some(1);
     for header in response.headers.iter() {
-        if header.name.eq_ignore_ascii_case("transfer-encoding") {
+        if header.name.eq_ignore_ascii_case("connection") {
+            close |= header
+                .value
+                .split(|b| *b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             // The last coding decides: chunked, or read to the close.
             let last = header
                 .value
@@ -606,7 +788,12 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, u16, Framing)>, SendError> {
             (None, Some(length)) => Framing::Length(length),
         }
     };
-    Ok(Some((len, status, framing)))
+    Ok(Some(Head {
+        len,
+        status,
+        framing,
+        keeps_open: !close && framing != Framing::Close,
+    }))
 }
 
 #[cfg(test)]

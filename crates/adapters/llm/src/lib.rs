@@ -33,9 +33,11 @@
 //! wrong without quoting the upstream; the API key is never logged or
 //! printed, nor are credentials in the base URL.
 //!
-//! The client is the crate's own lean HTTP/1.1 client (`http`): one
-//! connection per completion, read by the task that reads the stream, with
-//! a small buffer (see ADR 0005, tenth pass, for why not reqwest). Plain
+//! The client is the crate's own lean HTTP/1.1 client (`http`): a
+//! completion's connection is read by the task that reads the stream, with
+//! a small buffer (see ADR 0005, tenth pass, for why not reqwest), and
+//! once its body has ended it is kept for the next completion when the
+//! server keeps it open ([`OpenAiSettings::pool_max_idle`]). Plain
 //! `http` works out of the box. `https` needs the `tls` feature: rustls with
 //! the *ring* provider and the platform's certificate verifier. Credentials
 //! in the base URL are sent as `Basic` authorization when no API key is set.

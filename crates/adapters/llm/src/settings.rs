@@ -24,6 +24,11 @@ pub struct OpenAiSettings {
     pub idle_timeout: Duration,
     /// The most time for the whole completion.
     pub total_timeout: Duration,
+    /// The most idle connections kept open for the next completions (0:
+    /// each completion opens its own and closes it).
+    pub pool_max_idle: usize,
+    /// The longest an idle connection is kept.
+    pub pool_idle_timeout: Duration,
 }
 
 impl fmt::Debug for OpenAiSettings {
@@ -37,6 +42,8 @@ impl fmt::Debug for OpenAiSettings {
             .field("first_token_timeout", &self.first_token_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("total_timeout", &self.total_timeout)
+            .field("pool_max_idle", &self.pool_max_idle)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
             .finish()
     }
 }
@@ -68,6 +75,7 @@ pub(crate) fn check(settings: &OpenAiSettings) -> Result<Url, LlmSetupError> {
         ("first_token_timeout", settings.first_token_timeout),
         ("idle_timeout", settings.idle_timeout),
         ("total_timeout", settings.total_timeout),
+        ("pool_idle_timeout", settings.pool_idle_timeout),
     ] {
         if value.is_zero() {
             return Err(LlmSetupError::ZeroTimeout(name));
@@ -126,6 +134,8 @@ mod tests {
             first_token_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             total_timeout: Duration::from_secs(1),
+            pool_max_idle: 8,
+            pool_idle_timeout: Duration::from_secs(1),
         }
     }
 

@@ -67,8 +67,9 @@ enum State {
 }
 
 /// A streamed completion from an OpenAI-compatible server. Dropping it
-/// drops the response, which closes the connection and so cancels the
-/// upstream request.
+/// before its end drops the response, which closes the connection and so
+/// cancels the upstream request; at its `[DONE]` the connection is
+/// released for the next request (kept when the server keeps it open).
 #[derive(Debug)]
 pub(crate) struct OpenAiStream {
     /// The body being read; `None` once done with it.
@@ -210,9 +211,11 @@ impl OpenAiStream {
         Ok(Some(LlmEvent::Text(text)))
     }
 
-    /// The last event; the response is dropped.
+    /// The last event; the response is released.
     fn finished(&mut self, reason: FinishReason) -> LlmEvent {
-        self.response = None;
+        if let Some(response) = self.response.take() {
+            response.release();
+        }
         self.state = State::Done;
         LlmEvent::Finished {
             reason,

@@ -30,6 +30,8 @@ fn settings(base_url: &str) -> OpenAiSettings {
         first_token_timeout: ms(300),
         idle_timeout: ms(150),
         total_timeout: ms(2000),
+        pool_max_idle: 16,
+        pool_idle_timeout: ms(2000),
     }
 }
 
@@ -502,4 +504,48 @@ async fn credentials_in_the_base_url_go_as_basic_authorization() {
     assert_eq!(drain(stream.as_mut()).await.1, None);
     let captured = server.request().await;
     assert_eq!(captured.header("authorization"), Some("Bearer sk-key"));
+}
+
+/// A completion read to its `[DONE]` leaves its connection for the next
+/// one (the fake keeps connections, as most servers do); one dropped
+/// before its end closes its connection, which the server sees, and the
+/// next completion connects anew.
+#[tokio::test]
+async fn completions_read_to_their_end_share_a_connection() {
+    use confab_testkit::fake_llm::{FakeLlm, Script, Step as FakeStep};
+
+    let fake = FakeLlm::start();
+    let llm = model(settings(&fake.base_url()));
+    for _ in 0..3 {
+        let mut stream = llm.complete(request(100)).await.unwrap();
+        let (events, error) = drain(stream.as_mut()).await;
+        assert_eq!(error, None);
+        assert_eq!(texts(&events), ["Hello", " there", "!"]);
+    }
+    assert_eq!(fake.connections(), 1);
+    assert!(
+        !fake
+            .headers_of_last()
+            .iter()
+            .any(|(name, _)| name == "connection"),
+        "{:?}",
+        fake.headers_of_last()
+    );
+
+    fake.push(Script::Stream(vec![
+        FakeStep::Text("a".to_owned()),
+        FakeStep::Hold,
+        FakeStep::Done,
+    ]));
+    let mut stream = llm.complete(request(100)).await.unwrap();
+    assert_eq!(
+        stream.next().await,
+        Ok(Some(LlmEvent::Text("a".to_owned())))
+    );
+    drop(stream);
+    assert!(fake.wait_for_disconnect(Duration::from_secs(5)).await);
+    let mut stream = llm.complete(request(100)).await.unwrap();
+    assert_eq!(drain(stream.as_mut()).await.1, None);
+    assert_eq!(fake.connections(), 2);
+    assert_eq!(fake.requests().len(), 5);
 }

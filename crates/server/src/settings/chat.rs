@@ -57,6 +57,12 @@ pub struct LlmSettings {
     /// Seconds one answer may take in all.
     #[serde(rename = "total_timeout_secs", deserialize_with = "units::secs")]
     pub total_timeout: Duration,
+    /// Most idle connections to the model's server kept for the next
+    /// answers (0: a connection per answer).
+    pub pool_max_idle: usize,
+    /// Milliseconds an idle connection is kept.
+    #[serde(rename = "pool_idle_timeout_ms", deserialize_with = "units::millis")]
+    pub pool_idle_timeout: Duration,
     /// Most tokens in one answer.
     pub max_tokens: NonZeroU32,
     /// The system prompt before every conversation (empty: none).
@@ -245,6 +251,7 @@ impl super::Settings {
             ("llm.first_token_timeout_ms", llm.first_token_timeout),
             ("llm.idle_timeout_ms", llm.idle_timeout),
             ("llm.total_timeout_secs", llm.total_timeout),
+            ("llm.pool_idle_timeout_ms", llm.pool_idle_timeout),
             ("llm.title_timeout_ms", llm.title_timeout),
             ("generation.flush_interval_ms", g.flush_interval),
             ("generation.keep_alive_secs", g.keep_alive),

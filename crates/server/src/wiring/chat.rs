@@ -48,6 +48,8 @@ async fn chat_model(settings: &Settings) -> Result<Option<ChatModelWiring>, Star
                 first_token_timeout: llm.first_token_timeout,
                 idle_timeout: llm.idle_timeout,
                 total_timeout: llm.total_timeout,
+                pool_max_idle: llm.pool_max_idle,
+                pool_idle_timeout: llm.pool_idle_timeout,
             })
             .map_err(|e| StartupError::Setup(format!("llm: {e}")))?;
             Ok(Some(ChatModelWiring {

@@ -379,7 +379,8 @@ pub(super) fn write_markdown(md: &mut String, levels: &[Level], cores: usize) {
 What Confab adds to a streamed answer over calling the model's server directly.
 The upstream is the harness's fake model (`FakeLlm` in
 `crates/testkit/src/fake_llm.rs`: one thread in this process, a listen backlog
-of {backlog}); it streams every answer as {DELTAS} text deltas {spacing} ms apart
+of {backlog}, connections kept open between answers, as most servers keep them, and
+used again by both paths' clients); it streams every answer as {DELTAS} text deltas {spacing} ms apart
 (paced from the request's arrival, so a late write doesn't delay the next),
 then `finish_reason: stop` and `[DONE]`; each delta's text is the instant it
 was written. At each

@@ -284,7 +284,7 @@ How many whole sends a server completes per second when the model answers at
 once, and whether that grows with the clients sending or queues (on the
 database pool, on the workers, anywhere). The model is the harness's `FakeLlm`
 answering every request with {deltas} text deltas, `finish_reason: stop` and `[DONE]`,
-no pause (one thread in the bench process, a new connection per request, as
+no pause (one thread in the bench process, connections kept between answers, as
 in the relay section). On each set-up in turn (SQLite, in-process adapters; PostgreSQL,
 in-process adapters; PostgreSQL with Redis), a release Confab server starts in
 this process ({cores} workers, title generation off, the user's generation and rate
