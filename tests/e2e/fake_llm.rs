@@ -368,13 +368,8 @@ async fn one_release_per_held_stream_releases_them_all() {
     assert_eq!(content_of(&two), "ab");
 }
 
-/// With `Connection: close` asked for, the answer's body ends with the
-/// connection.
-#[tokio::test]
-async fn the_wire_format_is_plain_http_1_1() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let fake = FakeLlm::start();
+/// A raw connection to the fake.
+async fn connect(fake: &FakeLlm) -> tokio::net::TcpStream {
     let address = fake
         .base_url()
         .strip_prefix("http://")
@@ -382,7 +377,17 @@ async fn the_wire_format_is_plain_http_1_1() {
         .strip_suffix("/v1")
         .unwrap()
         .to_owned();
-    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    tokio::net::TcpStream::connect(address).await.unwrap()
+}
+
+/// With `Connection: close` asked for, the answer's body ends with the
+/// connection.
+#[tokio::test]
+async fn the_wire_format_is_plain_http_1_1() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let fake = FakeLlm::start();
+    let mut socket = connect(&fake).await;
     // A chunked body is read as well as one with a Content-Length.
     let body = r#"{"model":"m","messages":[{"role":"user","content":"chunked"}]}"#;
     let (head, tail) = body.split_at(10);
@@ -428,14 +433,7 @@ async fn a_connection_is_kept_for_the_next_request() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let fake = FakeLlm::start();
-    let address = fake
-        .base_url()
-        .strip_prefix("http://")
-        .unwrap()
-        .strip_suffix("/v1")
-        .unwrap()
-        .to_owned();
-    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut socket = connect(&fake).await;
     for content in ["one", "two"] {
         let body =
             json!({"model": "m", "messages": [{"role": "user", "content": content}]}).to_string();

@@ -23,7 +23,8 @@
 //! connection, which cancels the generation upstream, as before. A kept
 //! connection that the server closed while it was idle is skipped when
 //! taken; one it closes as the request goes out (nothing came back) is
-//! replaced by a new connection, once, and the request sent again. With the `tls` feature, `https` goes through rustls (*ring*),
+//! replaced by a new connection, once, and the request sent again. With
+//! the `tls` feature, `https` goes through rustls (*ring*),
 //! the platform's verifier and ALPN `http/1.1`. No proxy (`HTTP_PROXY`
 //! and the like are not read; the adapter warns when one is set), no
 //! redirect (a `3xx` is an error status to the caller), no compression.

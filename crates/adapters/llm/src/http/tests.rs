@@ -327,6 +327,17 @@ impl Server {
         self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Waits (10 s at most) until `done` holds of the server.
+    async fn wait_until(&self, done: impl Fn(&Self) -> bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !done(self) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+    }
+
     fn closed_by_server(&self) -> usize {
         self.closed_by_server
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -425,13 +436,7 @@ async fn a_kept_connection_closed_while_idle_does_not_fail_the_next_request() {
     let server = Server::start(vec![vec![Answer::KeptThenClosed]]).await;
     let connector = server.connector(KEEP);
     complete(&connector).await;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while server.closed_by_server() < 1 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap();
+    server.wait_until(|s| s.closed_by_server() >= 1).await;
     // Time for the runtime to see the close.
     tokio::time::sleep(Duration::from_millis(50)).await;
     complete(&connector).await;
@@ -457,13 +462,7 @@ async fn a_stream_left_before_its_end_closes_its_connection() {
     drop(response);
     complete(&connector).await;
     assert_eq!(server.accepted(), 2);
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while server.closed_by_client() < 1 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap();
+    server.wait_until(|s| s.closed_by_client() >= 1).await;
 }
 
 #[tokio::test]
@@ -487,13 +486,7 @@ async fn an_idle_connection_is_closed_after_its_timeout() {
     });
     complete(&connector).await;
     // The reaper closes it: the server sees the client's close.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while server.closed_by_client() < 1 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap();
+    server.wait_until(|s| s.closed_by_client() >= 1).await;
     complete(&connector).await;
     assert_eq!((server.requests(), server.accepted()), (2, 2));
 }
@@ -515,13 +508,7 @@ async fn the_pool_keeps_at_most_its_bound() {
         response.release();
     }
     assert_eq!(server.accepted(), 4);
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while server.closed_by_client() < 2 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap();
+    server.wait_until(|s| s.closed_by_client() >= 2).await;
     for _ in 0..2 {
         complete(&connector).await;
     }
