@@ -68,6 +68,15 @@ impl Pool {
         })
     }
 
+    /// How many connections are kept now.
+    #[cfg(test)]
+    pub(crate) fn idle_count(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .count
+    }
+
     /// Whether connections are kept at all.
     pub(crate) const fn keeps(&self) -> bool {
         self.limits.max_idle > 0

@@ -415,7 +415,15 @@ async fn a_body_whose_end_comes_later_is_waited_for_and_its_connection_kept() {
         assert!(response.read(|b| seen.extend_from_slice(b)).await.unwrap());
     }
     response.release();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kept once the body's end has come (no sleep: under load it may
+    // take a while).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while connector.pool.idle_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
     complete(&connector).await;
     assert_eq!((server.requests(), server.accepted()), (2, 1));
 }
