@@ -522,3 +522,23 @@ async fn the_pool_keeps_at_most_its_bound() {
     }
     assert_eq!(server.accepted(), 4);
 }
+
+/// The check a kept connection passes before it carries a request: open
+/// and silent passes; closed by the server, or with bytes from it, fails.
+#[tokio::test]
+async fn an_idle_connection_is_checked_for_a_close_and_for_stray_bytes() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let quiet = Conn::Plain(TcpStream::connect(addr).await.unwrap());
+    let (_quiet_server, _) = listener.accept().await.unwrap();
+    let closed = Conn::Plain(TcpStream::connect(addr).await.unwrap());
+    drop(listener.accept().await.unwrap());
+    let chatty = Conn::Plain(TcpStream::connect(addr).await.unwrap());
+    let (mut chatty_server, _) = listener.accept().await.unwrap();
+    chatty_server.write_all(b"\r\n").await.unwrap();
+    // Time for the runtime to see the close and the bytes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(quiet.is_open_and_quiet());
+    assert!(!closed.is_open_and_quiet());
+    assert!(!chatty.is_open_and_quiet());
+}
