@@ -114,9 +114,15 @@ impl Manager {
                 // WAL is checkpointed by a reader, asked by the writer
                 // (`executor.rs`); the committing connection does it itself
                 // only past `WAL_AUTOCHECKPOINT` pages, a back-stop.
+                // Temporary storage in memory: a statement that changes
+                // many rows (a group's exchanges, with their search index)
+                // keeps its statement journal there instead of spilling it
+                // past 64 KiB into a temporary file made, written and
+                // deleted for that one statement.
                 conn.batch_execute(&format!(
                     "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; \
                      PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                     PRAGMA temp_store = MEMORY; \
                      PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT};",
                     self.busy_timeout.as_millis()
                 ))?;
@@ -328,6 +334,32 @@ mod tests {
             .get_result(&mut conn)
             .unwrap();
         assert_eq!(kept.n, 0, "no statement left prepared");
+    }
+
+    #[derive(QueryableByName)]
+    struct TempStore {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        temp_store: i32,
+    }
+
+    /// A SQLite connection keeps its temporary storage (a large
+    /// statement's journal, a sort's spill) in memory: no file is made,
+    /// written and deleted for one statement, and none is needed where
+    /// the temporary directory is not writable.
+    #[test]
+    fn a_sqlite_connection_keeps_its_temporary_storage_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = DatabaseTarget::Sqlite(dir.path().join("temp.db"));
+        let AnyConnection::Sqlite(mut conn) = Manager::new(target, &PoolOptions::default())
+            .open()
+            .unwrap()
+        else {
+            panic!("a SQLite connection");
+        };
+        let mode: TempStore = diesel::sql_query("PRAGMA temp_store")
+            .get_result(&mut conn)
+            .unwrap();
+        assert_eq!(mode.temp_store, 2, "2 is MEMORY");
     }
 
     #[test]
