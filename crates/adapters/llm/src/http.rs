@@ -48,6 +48,19 @@ pub(crate) use pool::PoolLimits;
 
 mod pool;
 
+/// TCP keep-alive on every connection to the model: after 10 s with
+/// nothing on it, a probe every 5 s, and the connection is dead after 3
+/// unanswered. A server or a middlebox (a NAT, a load balancer) that lost
+/// a kept connection without a `FIN` or `RST` is thereby found within
+/// 25 s of idleness, before the pool's 30 s default would hand it to a
+/// request that then waited for `first_token_timeout`; a reset found by a
+/// probe is seen at once. The same probes find a server gone silent in
+/// the middle of an answer.
+const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(Duration::from_secs(10))
+    .with_interval(Duration::from_secs(5))
+    .with_retries(3);
+
 /// The most bytes of a response head (status line and headers).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// The most headers in a response head.
@@ -293,6 +306,7 @@ impl Connector {
                 Ok(Ok(stream)) => {
                     // Small writes (the request) go at once.
                     let _ = stream.set_nodelay(true);
+                    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&KEEPALIVE);
                     return self.secure(stream).await;
                 }
                 Ok(Err(e)) => last = Err(SendError::Connect(e.kind())),

@@ -542,3 +542,20 @@ async fn an_idle_connection_is_checked_for_a_close_and_for_stray_bytes() {
     assert!(!closed.is_open_and_quiet());
     assert!(!chatty.is_open_and_quiet());
 }
+
+/// A connection to the model probes its peer when idle, soon enough for
+/// one lost without a close to be found before the pool's idle timeout.
+#[tokio::test]
+async fn connections_to_the_model_probe_an_idle_peer() {
+    let server = Server::start(vec![]).await;
+    let connector = server.connector(KEEP);
+    let Ok(Conn::Plain(stream)) = connector.connect().await else {
+        panic!("no plain connection");
+    };
+    let socket = socket2::SockRef::from(&stream);
+    assert!(socket.keepalive().unwrap());
+    let probed_for = socket.tcp_keepalive_time().unwrap()
+        + socket.tcp_keepalive_interval().unwrap() * socket.tcp_keepalive_retries().unwrap();
+    assert_eq!(probed_for, Duration::from_secs(25));
+    assert!(probed_for < KEEP.idle_timeout);
+}
