@@ -9,7 +9,8 @@
 //! out), and the failure message counts what broke.
 //!
 //! In process: 100 sends to one server, on SQLite and PostgreSQL, with
-//! and without Redis, each starting a conversation or each continuing one
+//! and without Redis (then 100 more, on the connections to the model the
+//! first 100 left kept), each starting a conversation or each continuing one
 //! of 150 messages (its prompt read a page at a time), and beside another
 //! account deleted while twenty answers of its own stream. As processes (`confab serve`, like `cluster.rs`),
 //! two instances on one database, Redis and key prefix: 100 and 1,000
@@ -102,16 +103,27 @@ async fn burst_app_where(
     (llm, app, token)
 }
 
-/// 100 sends at once to one server, in process, with or without Redis.
+/// 100 sends at once to one server, in process, with or without Redis;
+/// then 100 more, which take the connections to the model the first
+/// burst's answers left kept (the fake keeps them, as most servers do).
 async fn in_process(backend: Backend, redis: bool) {
     let _one = ONE_AT_A_TIME.lock().await;
-    let (_llm, app, token) = burst_app(backend, redis).await;
-    let sends = burst(&[&app], &token, 100, CAP_100).await;
-    let what = format!("100 sends, in process, {backend:?}, Redis: {redis}");
+    let (llm, app, token) = burst_app(backend, redis).await;
+    let mut sends = burst(&[&app], &token, 100, CAP_100).await;
+    let second = burst(&[&app], &token, 100, CAP_100).await;
+    sends.sends.extend(second.sends);
+    sends.wall += second.wall;
+    let what = format!("100 sends twice, in process, {backend:?}, Redis: {redis}");
     sends
         .assert_all_complete(&what, &app.db.store().await)
         .await;
-    assert_usage_counts(&app, &token, 100).await;
+    assert_usage_counts(&app, &token, 200).await;
+    assert!(
+        llm.connections() < 200,
+        "the second burst reused none of the first one's connections ({} for 200 answers)",
+        llm.connections()
+    );
+    assert_eq!(llm.disconnects(), 0);
 }
 
 /// That the usage of `token`'s user counts `answers` answers, each
