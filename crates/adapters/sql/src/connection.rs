@@ -362,6 +362,40 @@ mod tests {
         assert_eq!(mode.temp_store, 2, "2 is MEMORY");
     }
 
+    #[derive(QueryableByName)]
+    struct CompileOption {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        compile_options: String,
+    }
+
+    /// The bundled SQLite is built as the workspace's `.cargo/config.toml`
+    /// asks (`LIBSQLITE3_FLAGS`): without memory statistics, whose global
+    /// mutex every allocation takes, and in multi-thread mode, where a
+    /// connection takes no mutex of its own (diesel's connections are used
+    /// by one thread at a time).
+    #[test]
+    fn the_bundled_sqlite_takes_no_mutex_for_statistics_or_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = DatabaseTarget::Sqlite(dir.path().join("options.db"));
+        let AnyConnection::Sqlite(mut conn) = Manager::new(target, &PoolOptions::default())
+            .open()
+            .unwrap()
+        else {
+            panic!("a SQLite connection");
+        };
+        let options: Vec<String> = diesel::sql_query("PRAGMA compile_options")
+            .load::<CompileOption>(&mut conn)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.compile_options)
+            .collect();
+        assert!(options.iter().any(|o| o == "THREADSAFE=2"), "{options:?}");
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+    }
+
     #[test]
     fn a_kept_statement_renders_its_binds_in_place_on_both_backends() {
         let statement = SqlText::new(
