@@ -336,6 +336,19 @@ mod tests {
         assert_eq!(kept.n, 0, "no statement left prepared");
     }
 
+    /// A store connection to a new SQLite file in `dir`, opened as the
+    /// store opens its own.
+    fn sqlite_connection(dir: &tempfile::TempDir) -> SqliteConnection {
+        let target = DatabaseTarget::Sqlite(dir.path().join("store.db"));
+        match Manager::new(target, &PoolOptions::default())
+            .open()
+            .unwrap()
+        {
+            AnyConnection::Sqlite(conn) => conn,
+            AnyConnection::Postgres(_) => panic!("a SQLite connection"),
+        }
+    }
+
     #[derive(QueryableByName)]
     struct TempStore {
         #[diesel(sql_type = diesel::sql_types::Integer)]
@@ -349,13 +362,7 @@ mod tests {
     #[test]
     fn a_sqlite_connection_keeps_its_temporary_storage_in_memory() {
         let dir = tempfile::tempdir().unwrap();
-        let target = DatabaseTarget::Sqlite(dir.path().join("temp.db"));
-        let AnyConnection::Sqlite(mut conn) = Manager::new(target, &PoolOptions::default())
-            .open()
-            .unwrap()
-        else {
-            panic!("a SQLite connection");
-        };
+        let mut conn = sqlite_connection(&dir);
         let mode: TempStore = diesel::sql_query("PRAGMA temp_store")
             .get_result(&mut conn)
             .unwrap();
@@ -376,13 +383,7 @@ mod tests {
     #[test]
     fn the_bundled_sqlite_takes_no_mutex_for_statistics_or_connections() {
         let dir = tempfile::tempdir().unwrap();
-        let target = DatabaseTarget::Sqlite(dir.path().join("options.db"));
-        let AnyConnection::Sqlite(mut conn) = Manager::new(target, &PoolOptions::default())
-            .open()
-            .unwrap()
-        else {
-            panic!("a SQLite connection");
-        };
+        let mut conn = sqlite_connection(&dir);
         let options: Vec<String> = diesel::sql_query("PRAGMA compile_options")
             .load::<CompileOption>(&mut conn)
             .unwrap()
