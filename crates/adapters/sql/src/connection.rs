@@ -181,8 +181,28 @@ pub(crate) struct SqlText<'a> {
 pub(crate) enum Bind<'a> {
     /// `TEXT`.
     Text(&'a str),
+    /// `TEXT` or `NULL`.
+    MaybeText(Option<&'a str>),
     /// `BIGINT`.
     BigInt(i64),
+}
+
+impl Bind<'_> {
+    /// Adds this value to `pass` as a bind parameter.
+    fn push<'b, DB>(&'b self, pass: &mut AstPass<'_, 'b, DB>) -> QueryResult<()>
+    where
+        DB: Backend + HasSqlType<sql_types::Text> + HasSqlType<sql_types::BigInt>,
+        str: ToSql<sql_types::Text, DB>,
+        i64: ToSql<sql_types::BigInt, DB>,
+    {
+        match self {
+            Bind::Text(text) => pass.push_bind_param::<sql_types::Text, str>(text),
+            Bind::MaybeText(text) => {
+                pass.push_bind_param::<sql_types::Nullable<sql_types::Text>, Option<&str>>(text)
+            }
+            Bind::BigInt(n) => pass.push_bind_param::<sql_types::BigInt, i64>(n),
+        }
+    }
 }
 
 impl<'a> SqlText<'a> {
@@ -203,19 +223,12 @@ where
         let mut binds = self.binds.iter();
         for (n, piece) in self.pieces.iter().enumerate() {
             if n > 0 {
-                match binds.next() {
-                    Some(Bind::Text(text)) => {
-                        pass.push_bind_param::<sql_types::Text, str>(text)?;
-                    }
-                    Some(Bind::BigInt(n)) => {
-                        pass.push_bind_param::<sql_types::BigInt, i64>(n)?;
-                    }
-                    None => {
-                        return Err(diesel::result::Error::QueryBuilderError(
-                            "a kept statement has fewer binds than places".into(),
-                        ));
-                    }
-                }
+                let Some(bind) = binds.next() else {
+                    return Err(diesel::result::Error::QueryBuilderError(
+                        "a kept statement has fewer binds than places".into(),
+                    ));
+                };
+                bind.push(&mut pass)?;
             }
             pass.push_sql(piece);
         }
@@ -238,6 +251,64 @@ impl diesel::query_builder::Query for SqlText<'_> {
 }
 
 impl<Conn> RunQueryDsl<Conn> for SqlText<'_> {}
+
+/// A statement around a `VALUES` list of any length: `head`, each row's
+/// binds as `(…, …)` separated by commas, then `tail`. Its text changes
+/// with the number of rows, so it is never kept prepared (the statement
+/// cache would keep one entry per length).
+#[derive(Debug)]
+pub(crate) struct SqlRows<'a> {
+    head: &'static str,
+    rows: Vec<Vec<Bind<'a>>>,
+    tail: &'static str,
+}
+
+impl<'a> SqlRows<'a> {
+    /// The statement `head (row 1), (row 2), … tail`.
+    pub(crate) const fn new(
+        head: &'static str,
+        rows: Vec<Vec<Bind<'a>>>,
+        tail: &'static str,
+    ) -> Self {
+        Self { head, rows, tail }
+    }
+}
+
+impl<DB> QueryFragment<DB> for SqlRows<'_>
+where
+    DB: Backend + HasSqlType<sql_types::Text> + HasSqlType<sql_types::BigInt>,
+    str: ToSql<sql_types::Text, DB>,
+    i64: ToSql<sql_types::BigInt, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut pass: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        pass.unsafe_to_cache_prepared();
+        pass.push_sql(self.head);
+        for (n, row) in self.rows.iter().enumerate() {
+            pass.push_sql(if n == 0 { "(" } else { ", (" });
+            for (m, bind) in row.iter().enumerate() {
+                if m > 0 {
+                    pass.push_sql(", ");
+                }
+                bind.push(&mut pass)?;
+            }
+            pass.push_sql(")");
+        }
+        pass.push_sql(self.tail);
+        Ok(())
+    }
+}
+
+impl QueryId for SqlRows<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+/// Read into a type that names its columns, as [`SqlText`] is.
+impl diesel::query_builder::Query for SqlRows<'_> {
+    type SqlType = sql_types::Untyped;
+}
+
+impl<Conn> RunQueryDsl<Conn> for SqlRows<'_> {}
 
 #[cfg(test)]
 mod tests {

@@ -13,8 +13,10 @@
 //! table for all of them, ahead of the group's other writes (queued at
 //! once, they waited for none of each other): on PostgreSQL two round trips
 //! instead of three per exchange, on SQLite one flush of the search index
-//! instead of one per question. If that fails, the group runs again as
-//! above, each write inserting its own rows in its savepoint.
+//! instead of one per question. The group's answer saves
+//! ([`Executor::save_answer`]) go in together next, two statements for
+//! all of them (see `answer.rs`). If either fails, the group runs again as
+//! above, each write doing its own work in its savepoint.
 //!
 //! Against tokio's blocking pool and a connection pool, this means no
 //! thread started per query, no check-out (r2d2 ran `SELECT 1` on every
@@ -34,6 +36,7 @@ use confab_domain::DomainError;
 use diesel::{Connection, RunQueryDsl};
 use tokio::sync::oneshot;
 
+use crate::answer::{AnswerSave, Saved};
 use crate::connection::{AnyConnection, Manager};
 use crate::error::domain;
 use crate::rows::NewExchange;
@@ -53,6 +56,11 @@ static CHECKPOINTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUs
 /// tests make such groups).
 #[cfg(test)]
 static TOGETHER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Groups whose answers were saved together (only this module's tests make
+/// such groups).
+#[cfg(test)]
+static SAVED_TOGETHER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The pause before a thread tries to connect again after a failure (the
 /// jobs meanwhile are answered `Unavailable`).
@@ -83,6 +91,14 @@ trait Write: Send {
     /// Its [`exchange`](Self::exchange) was inserted with the group's
     /// others: its result is as if it had run.
     fn inserted(&mut self) {}
+    /// The answer this write saves, when that is all it does: a group
+    /// saves it with the others'.
+    fn answer_save(&self) -> Option<&AnswerSave> {
+        None
+    }
+    /// Its [`answer_save`](Self::answer_save) ran with the group's others
+    /// and did this.
+    fn saved(&mut self, _saved: Saved) {}
     /// Sends the result: the work's, or `failure` when the transaction
     /// it ran in did not commit (or it never ran).
     fn answer(self: Box<Self>, failure: Option<DomainError>);
@@ -340,6 +356,20 @@ impl Executor {
         .await
     }
 
+    /// Saves an answer as a write (see [`write`](Self::write)), together
+    /// with the group's other saves.
+    pub(crate) async fn save_answer(&self, save: AnswerSave) -> Result<Saved, DomainError> {
+        self.queue_write(|reply| {
+            Box::new(SaveJob {
+                save,
+                result: None,
+                reply,
+                span: tracing::Span::current(),
+            })
+        })
+        .await
+    }
+
     /// Queues the write `job` makes with its reply's sender, and waits for
     /// its answer.
     async fn queue_write<T>(
@@ -396,6 +426,42 @@ impl Write for ExchangeJob {
 
     fn inserted(&mut self) {
         self.result = Some(Ok(()));
+    }
+
+    fn answer(self: Box<Self>, failure: Option<DomainError>) {
+        let _ = self.reply.send(outcome(self.result, failure));
+    }
+}
+
+/// An answer's save, its result and reply.
+struct SaveJob {
+    save: AnswerSave,
+    result: Option<Result<Saved, DomainError>>,
+    reply: oneshot::Sender<Result<Saved, DomainError>>,
+    span: tracing::Span,
+}
+
+impl Write for SaveJob {
+    fn run(&mut self, conn: &mut AnyConnection, savepoint: bool) -> Ran {
+        let _entered = self.span.enter();
+        let save = &self.save;
+        let result = if savepoint {
+            conn.transaction(|conn| save.save(conn))
+        } else {
+            save.save(conn)
+        }
+        .map_err(domain);
+        let ran = if result.is_ok() { Ran::Ok } else { Ran::Failed };
+        self.result = Some(result);
+        ran
+    }
+
+    fn answer_save(&self) -> Option<&AnswerSave> {
+        Some(&self.save)
+    }
+
+    fn saved(&mut self, saved: Saved) {
+        self.result = Some(Ok(saved));
     }
 
     fn answer(self: Box<Self>, failure: Option<DomainError>) {
@@ -621,6 +687,8 @@ fn commit_group(held: &mut Held<'_>, mut group: Vec<Box<dyn Write>>) -> Ran {
     }
     let mut any_failed = false;
     let together = group.iter().filter(|job| job.exchange().is_some()).count() > 1;
+    let saves = saves_together(&group);
+    let mut done = vec![false; group.len()];
     let straight = conn.transaction(|conn| {
         if together {
             let exchanges: Vec<&NewExchange> = group.iter().filter_map(|j| j.exchange()).collect();
@@ -631,10 +699,26 @@ fn commit_group(held: &mut Held<'_>, mut group: Vec<Box<dyn Write>>) -> Ran {
                 return Err(diesel::result::Error::RollbackTransaction);
             }
         }
-        for job in &mut group {
+        if saves.len() > 1 {
+            let answers: Vec<&AnswerSave> = saves
+                .iter()
+                .filter_map(|&n| group[n].answer_save())
+                .collect();
+            #[cfg(test)]
+            SAVED_TOGETHER.fetch_add(1, Ordering::Relaxed);
+            let Ok(saved) = AnswerSave::save_all(conn, &answers) else {
+                any_failed = true;
+                return Err(diesel::result::Error::RollbackTransaction);
+            };
+            for (&n, saved) in saves.iter().zip(saved) {
+                group[n].saved(saved);
+                done[n] = true;
+            }
+        }
+        for (job, &done) in group.iter_mut().zip(&done) {
             if together && job.exchange().is_some() {
                 job.inserted();
-            } else if job.run(conn, false) == Ran::Failed {
+            } else if !done && job.run(conn, false) == Ran::Failed {
                 any_failed = true;
                 return Err(diesel::result::Error::RollbackTransaction);
             }
@@ -674,6 +758,21 @@ fn commit_group(held: &mut Held<'_>, mut group: Vec<Box<dyn Write>>) -> Ran {
         job.answer(failure.as_ref().map(again));
     }
     ran
+}
+
+/// The positions in `group` of the answer saves it can save together: the
+/// first save of each conversation (a grouped update changes a row once,
+/// so a second save of one conversation runs on its own, after them).
+fn saves_together(group: &[Box<dyn Write>]) -> Vec<usize> {
+    let mut seen = std::collections::HashSet::new();
+    group
+        .iter()
+        .enumerate()
+        .filter_map(|(n, job)| {
+            let save = job.answer_save()?;
+            seen.insert(save.conversation.as_str()).then_some(n)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -913,15 +1012,16 @@ mod tests {
         new_exchanges_go_in_together(crate::testing::TestDatabase::postgres()).await;
     }
 
-    async fn new_exchanges_go_in_together(database: crate::testing::TestDatabase) {
-        use std::sync::atomic::Ordering;
+    /// An executor (one reader, one writer) on `database`, migrated, with
+    /// the user `u`.
+    async fn executor_with_user(database: &crate::testing::TestDatabase) -> Executor {
         // Migrated (a SQLite file is migrated by the first store on it).
         drop(database.store().await);
         database.execute(
             "INSERT INTO users VALUES ('u', 'u', 'u@example.com', 'x', 'user', FALSE, 0, 0)",
         );
         let target = DatabaseTarget::parse(database.url()).unwrap();
-        let db = Executor::start(
+        Executor::start(
             Arc::new(Manager::new(target, &PoolOptions::default())),
             Sizes {
                 readers: 1,
@@ -929,7 +1029,12 @@ mod tests {
                 acquire_timeout: Duration::from_secs(5),
             },
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    async fn new_exchanges_go_in_together(database: crate::testing::TestDatabase) {
+        use std::sync::atomic::Ordering;
+        let db = executor_with_user(&database).await;
         let insert_all = |ids: &[&str]| {
             ids.iter()
                 .map(|id| {
@@ -973,6 +1078,151 @@ mod tests {
             .map(|id| ((*id).to_owned(), 2))
             .collect();
         assert_eq!(stored, expected);
+    }
+
+    /// The saves of answers `ids` queued at once (`grouped`) or one after
+    /// another: the conversation `id` (of user `u`) has its answer `m2` in
+    /// progress, except `done`, whose answer has ended, and `deleted`,
+    /// which is deleted. Conversation `b`'s save gives a title, and `c`'s
+    /// gives one for another owner; `a` is saved twice.
+    async fn answer_saves(db: &Executor, grouped: bool) -> Vec<Result<Saved, DomainError>> {
+        let save = |conversation: &str, text: &str, title: Option<(&str, &str)>| AnswerSave {
+            conversation: conversation.to_owned(),
+            id: "m2".to_owned(),
+            json: format!(r#"{{"content_type":"text","parts":["{text}"]}}"#),
+            status: confab_domain::MessageStatus::FinishedSuccessfully,
+            at: 7,
+            preview: (!text.is_empty()).then(|| text.to_owned()),
+            title: title.map(|(owner, title)| crate::answer::NewTitle {
+                untitled: "New chat".to_owned(),
+                owner: owner.to_owned(),
+                title: title.to_owned(),
+            }),
+        };
+        let saves = vec![
+            save("a", "first words", None),
+            save("b", "", Some(("u", "Titled"))),
+            save("c", "other words", Some(("someone else", "Not this"))),
+            save("deleted", "late words", None),
+            save("done", "too late", None),
+            save("a", "again", None),
+        ];
+        if grouped {
+            let writes = saves
+                .into_iter()
+                .map(|save| {
+                    let db = db.clone();
+                    async move { db.save_answer(save).await }
+                })
+                .collect();
+            return queued_as_one_group(db, writes).await;
+        }
+        let mut results = Vec::new();
+        for save in saves {
+            results.push(db.save_answer(save).await);
+        }
+        results
+    }
+
+    /// On both backends, the answer saves a group holds are saved together
+    /// (two statements), each with the outcome it has alone: saved, with
+    /// its conversation's title when it gave one; saved without touching a
+    /// deleted conversation; nothing for an answer no longer in progress
+    /// (which fails nothing else). A second save of one conversation runs
+    /// after them, on its own. The rows end the same either way. (One test
+    /// for both: the count of such groups is the process's.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_groups_answer_saves_go_in_together_as_each_would_alone() {
+        answer_saves_go_in_together(crate::testing::TestDatabase::sqlite()).await;
+        answer_saves_go_in_together(crate::testing::TestDatabase::postgres()).await;
+    }
+
+    async fn answer_saves_go_in_together(database: crate::testing::TestDatabase) {
+        use std::sync::atomic::Ordering;
+        let db = executor_with_user(&database).await;
+        let mut outcomes = Vec::new();
+        let mut rows = Vec::new();
+        for grouped in [false, true] {
+            db.write(|conn| conn.batch_execute("DELETE FROM messages; DELETE FROM conversations"))
+                .await
+                .unwrap();
+            for id in ["a", "b", "c", "deleted", "done"] {
+                db.insert_exchange(exchange_rows(id)).await.unwrap();
+            }
+            db.write(|conn| {
+                conn.batch_execute(
+                    "UPDATE conversations SET deleted_at = 5 WHERE id = 'deleted'; \
+                     UPDATE messages SET status = 'failed' WHERE conversation_id = 'done'",
+                )
+            })
+            .await
+            .unwrap();
+            let before = SAVED_TOGETHER.load(Ordering::Relaxed);
+            outcomes.push(answer_saves(&db, grouped).await);
+            assert_eq!(
+                SAVED_TOGETHER.load(Ordering::Relaxed),
+                before + usize::from(grouped)
+            );
+            rows.push(stored_answers(&db).await);
+        }
+        let alone = &outcomes[0];
+        assert!(
+            matches!(
+                alone.as_slice(),
+                [
+                    Ok(Some(None)),
+                    Ok(Some(Some(b))),
+                    Ok(Some(Some(c))),
+                    Ok(Some(None)),
+                    Ok(None),
+                    Ok(None),
+                ] if b == "Titled" && c == "New chat"
+            ),
+            "{alone:?}"
+        );
+        assert_eq!(format!("{:?}", outcomes[1]), format!("{alone:?}"));
+        assert_eq!(rows[0], rows[1]);
+        let text = |words: &str| format!(r#"{{"content_type":"text","parts":["{words}"]}}"#);
+        let expected = [
+            format!(
+                "a finished_successfully {} | 7 first words New chat",
+                text("first words")
+            ),
+            format!("b finished_successfully {} | 7 hello Titled", text("")),
+            format!(
+                "c finished_successfully {} | 7 other words New chat",
+                text("other words")
+            ),
+            format!(
+                "deleted finished_successfully {} | 1 hello New chat",
+                text("late words")
+            ),
+            format!("done failed {} | 1 hello New chat", text("hello")),
+        ];
+        assert_eq!(rows[1], expected);
+    }
+
+    /// Each conversation's answer (status and text) and row (updated at,
+    /// preview, title), a line each.
+    async fn stored_answers(db: &Executor) -> Vec<String> {
+        db.read(|conn| {
+            #[derive(diesel::QueryableByName)]
+            struct Row {
+                #[diesel(sql_type = diesel::sql_types::Text)]
+                line: String,
+            }
+            let rows: Vec<Row> = diesel::sql_query(
+                "SELECT c.id || ' ' || m.status || ' ' || m.content || ' | ' \
+                 || CAST(c.updated_at AS TEXT) || ' ' || COALESCE(c.last_message, '-') \
+                 || ' ' || c.title AS line \
+                 FROM conversations c JOIN messages m ON m.conversation_id = c.id AND m.id = 'm2' \
+                 ORDER BY c.id",
+            )
+            .load(conn)?;
+            Ok(rows.into_iter().map(|r| r.line).collect())
+        })
+        .await
+        .unwrap()
     }
 
     /// A group whose writes all succeed runs them straight in its

@@ -7,6 +7,7 @@
 //! the store's own threads (`executor`: readers, and one writer that
 //! commits concurrent writes together), inside the caller's tracing span.
 
+mod answer;
 mod connection;
 mod error;
 mod executor;

@@ -9,6 +9,7 @@ use confab_ports::{MessageStore, TitleIfUntitled};
 use diesel::prelude::*;
 
 use super::SqlStore;
+use crate::answer::{AnswerSave, NewTitle};
 use crate::connection::{AnyConnection, Bind, SqlText, on_backend};
 use crate::rows::{ConversationRow, MessageRow, NewExchange, micros, preview};
 use crate::schema::{conversations, messages};
@@ -54,128 +55,6 @@ fn touch_and_move(
     } else {
         Ok(())
     }
-}
-
-/// Marks the conversation as changed at `at` (and its preview, when the
-/// message has text). Taking this row lock first also serialises inserts
-/// into one conversation, so positions are assigned without a race.
-fn touch_conversation(
-    conn: &mut AnyConnection,
-    conversation: &str,
-    preview: Option<&str>,
-    at: i64,
-) -> Result<(), diesel::result::Error> {
-    let changed = match preview {
-        Some(text) => on_backend!(conn, |c| SqlText::new(
-            &[
-                "UPDATE conversations SET updated_at = ",
-                ", last_message = ",
-                " WHERE id = ",
-                " AND deleted_at IS NULL",
-            ],
-            vec![Bind::BigInt(at), Bind::Text(text), Bind::Text(conversation)],
-        )
-        .execute(c))?,
-        None => on_backend!(conn, |c| SqlText::new(
-            &[
-                "UPDATE conversations SET updated_at = ",
-                " WHERE id = ",
-                " AND deleted_at IS NULL",
-            ],
-            vec![Bind::BigInt(at), Bind::Text(conversation)],
-        )
-        .execute(c))?,
-    };
-    if changed == 0 {
-        Err(diesel::result::Error::NotFound)
-    } else {
-        Ok(())
-    }
-}
-
-/// Replaces the content and status of the answer `id` if it is still in
-/// progress; `NotFound` when it is not (no such answer, or closed
-/// meanwhile).
-fn save_content(
-    conn: &mut AnyConnection,
-    conversation: &str,
-    id: &str,
-    json: &str,
-    status: MessageStatus,
-    at: i64,
-) -> Result<(), diesel::result::Error> {
-    let changed = on_backend!(conn, |c| SqlText::new(
-        UPDATE_CONTENT,
-        vec![
-            Bind::Text(json),
-            Bind::Text(status.as_str()),
-            Bind::BigInt(at),
-            Bind::Text(conversation),
-            Bind::Text(id),
-            Bind::Text(MessageStatus::InProgress.as_str()),
-        ],
-    )
-    .execute(c))?;
-    if changed == 0 {
-        Err(diesel::result::Error::NotFound)
-    } else {
-        Ok(())
-    }
-}
-
-/// A conversation's title as an update left it.
-#[derive(QueryableByName)]
-struct TitleRow {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    title: String,
-}
-
-/// [`touch_conversation`] that, in the same change of the row, gives the
-/// conversation `title` when it still has `untitled` and is `owner`'s
-/// (`[untitled, owner, title]`); its title after it, or `None` when it is
-/// deleted. The owner is compared in the `CASE`, not the `WHERE`: the row
-/// is found by its primary key alone.
-fn touch_and_title(
-    conn: &mut AnyConnection,
-    conversation: &str,
-    preview: Option<&str>,
-    at: i64,
-    [untitled, owner, title]: [&str; 3],
-) -> Result<Option<String>, diesel::result::Error> {
-    let (set, mut binds): (&'static [&'static str], _) = match preview {
-        Some(text) => (
-            &[
-                "UPDATE conversations SET updated_at = ",
-                ", last_message = ",
-                ", title = CASE WHEN title = ",
-                " AND user_id = ",
-                " THEN ",
-                " ELSE title END WHERE id = ",
-                " AND deleted_at IS NULL RETURNING title",
-            ],
-            vec![Bind::BigInt(at), Bind::Text(text)],
-        ),
-        None => (
-            &[
-                "UPDATE conversations SET updated_at = ",
-                ", title = CASE WHEN title = ",
-                " AND user_id = ",
-                " THEN ",
-                " ELSE title END WHERE id = ",
-                " AND deleted_at IS NULL RETURNING title",
-            ],
-            vec![Bind::BigInt(at)],
-        ),
-    };
-    binds.extend([
-        Bind::Text(untitled),
-        Bind::Text(owner),
-        Bind::Text(title),
-        Bind::Text(conversation),
-    ]);
-    let row: Option<TitleRow> =
-        on_backend!(conn, |c| SqlText::new(set, binds).get_result(c).optional())?;
-    Ok(row.map(|row| row.title))
 }
 
 /// The branch that ends at `end`, read upwards through `parent_id` over the
@@ -228,24 +107,25 @@ const BRANCH_SQLITE: &str = "WITH RECURSIVE branch (id, parent_id, depth) AS ( \
     JOIN messages ON messages.conversation_id = ?1 AND messages.id = branch.id \
     WHERE branch.depth >= ?3 ORDER BY branch.depth";
 
-/// An answer's text and status, if it is still in progress: binds content,
-/// status, time, conversation, id, `in_progress`.
-///
-/// The status it must have is a bind, not the literal `'in_progress'`: with
-/// the literal, the plan a connection keeps for the statement may serve it
-/// with the partial index of the answers in progress (whose predicate the
-/// literal matches), which a new database's small, unanalyzed table makes
-/// look as cheap as the primary key; kept, that plan read the row of every
-/// running answer for each save.
-pub(crate) const UPDATE_CONTENT: &[&str] = &[
-    "UPDATE messages SET content = ",
-    ", status = ",
-    ", updated_at = ",
-    " WHERE conversation_id = ",
-    " AND id = ",
-    " AND status = ",
-    "",
-];
+/// The save of an answer's `content` as the store writes it.
+fn answer_save(
+    conversation: ConversationId,
+    id: &MessageId,
+    content: &Content,
+    status: MessageStatus,
+    at: OffsetDateTime,
+    title: Option<NewTitle>,
+) -> Result<AnswerSave, DomainError> {
+    Ok(AnswerSave {
+        conversation: conversation.to_string(),
+        id: id.as_str().to_owned(),
+        json: serde_json::to_string(content).map_err(DomainError::internal)?,
+        status,
+        at: micros(at),
+        preview: preview(content),
+        title,
+    })
+}
 
 #[async_trait]
 impl MessageStore for SqlStore {
@@ -344,21 +224,11 @@ impl MessageStore for SqlStore {
         status: MessageStatus,
         at: OffsetDateTime,
     ) -> Result<(), DomainError> {
-        let (conversation, id) = (conversation.to_string(), id.as_str().to_owned());
-        let json = serde_json::to_string(content).map_err(DomainError::internal)?;
-        let text = preview(content);
-        let at = micros(at);
-        self.db
-            .write(move |conn| {
-                save_content(conn, &conversation, &id, &json, status, at)?;
-                // A conversation deleted while its answer was generating
-                // still gets the answer closed; there is no list to touch.
-                match touch_conversation(conn, &conversation, text.as_deref(), at) {
-                    Err(diesel::result::Error::NotFound) => Ok(()),
-                    other => other,
-                }
-            })
-            .await
+        let save = answer_save(conversation, id, content, status, at, None)?;
+        match self.db.save_answer(save).await? {
+            Some(_) => Ok(()),
+            None => Err(DomainError::NotFound),
+        }
     }
 
     async fn update_content_titled(
@@ -370,30 +240,19 @@ impl MessageStore for SqlStore {
         at: OffsetDateTime,
         title: TitleIfUntitled<'_>,
     ) -> Result<bool, DomainError> {
-        let (conversation, id) = (conversation.to_string(), id.as_str().to_owned());
-        let json = serde_json::to_string(content).map_err(DomainError::internal)?;
-        let text = preview(content);
-        let at = micros(at);
-        let owner = title.owner.to_string();
-        let (untitled, title) = (
-            title.untitled.as_str().to_owned(),
-            title.title.as_str().to_owned(),
-        );
-        self.db
-            .write(move |conn| {
-                save_content(conn, &conversation, &id, &json, status, at)?;
-                let now = touch_and_title(
-                    conn,
-                    &conversation,
-                    text.as_deref(),
-                    at,
-                    [&untitled, &owner, &title],
-                )?;
-                // A deleted conversation has neither list nor title to
-                // change (the answer is closed all the same).
-                Ok(now.is_some_and(|now| now == title))
-            })
-            .await
+        let wanted = title.title.as_str().to_owned();
+        let title = NewTitle {
+            untitled: title.untitled.as_str().to_owned(),
+            owner: title.owner.to_string(),
+            title: wanted.clone(),
+        };
+        let save = answer_save(conversation, id, content, status, at, Some(title))?;
+        match self.db.save_answer(save).await? {
+            // A deleted conversation has neither list nor title to change
+            // (the answer is closed all the same).
+            Some(now) => Ok(now.is_some_and(|now| now == wanted)),
+            None => Err(DomainError::NotFound),
+        }
     }
 
     async fn reopen(

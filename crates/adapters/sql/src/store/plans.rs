@@ -16,8 +16,8 @@ use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
 
 use super::conversations::SET_GENERATED_TITLE;
-use super::messages::UPDATE_CONTENT;
 use super::usage::STANDING;
+use crate::answer::{TOUCH_CONVERSATIONS, UPDATE_CONTENT, UPDATE_CONTENTS};
 use crate::testing::TestDatabase;
 
 /// `pieces` as PostgreSQL text, the binds numbered `$1`…
@@ -137,4 +137,59 @@ async fn a_kept_allowance_read_sums_one_users_days_by_the_primary_key() {
     );
     assert!(plan.contains("usage_daily_pkey"), "{plan}");
     assert!(!plan.contains("usage_daily_day_idx"), "{plan}");
+}
+
+/// The plan of `sql` (not kept: planned with its values), a line each.
+fn plan_of(conn: &mut PgConnection, sql: &str) -> String {
+    #[derive(QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+    let lines: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN {sql}"))
+        .load(conn)
+        .unwrap();
+    lines
+        .into_iter()
+        .map(|l| l.line)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A group's answer saves (never kept: their text changes with the
+/// group's size, so each is planned with its values and the tables'
+/// statistics) find each answer through its conversation's key and each
+/// conversation by its primary key, never by the index of every running
+/// answer nor by reading the table. Checked on analyzed tables (autovacuum
+/// analyzes a table once a tenth of it changed): on a large table never
+/// analyzed, PostgreSQL may read the conversations whole for a group.
+#[tokio::test]
+async fn a_groups_answer_saves_find_each_row_by_its_key() {
+    let (_db, mut conn) = fresh().await;
+    conn.batch_execute(&rows(4, 30_000)).unwrap();
+    conn.batch_execute("ANALYZE").unwrap();
+    let answers = (1..=50)
+        .map(|n| {
+            format!("('c{n}', 'm{n}', '{{}}', 'finished_successfully', 1::bigint, 'in_progress')")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let touches = (1..=50)
+        .map(|n| format!("('c{n}', 1::bigint, 'words', 'New chat', 'u1', 'Title')"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let [head, tail] = UPDATE_CONTENTS;
+    let plan = plan_of(&mut conn, &format!("{head}{answers}{tail}"));
+    assert!(
+        plan.lines()
+            .any(|l| l.contains("Index Cond: (")
+                && l.contains("conversation_id = \"*VALUES*\".column1")),
+        "{plan}"
+    );
+    assert!(!plan.contains("messages_in_progress_idx"), "{plan}");
+    assert!(!plan.contains("Seq Scan on messages"), "{plan}");
+    let [head, tail] = TOUCH_CONVERSATIONS;
+    let plan = plan_of(&mut conn, &format!("{head}{touches}{tail}"));
+    assert!(plan.contains("conversations_pkey"), "{plan}");
+    assert!(!plan.contains("Seq Scan on conversations"), "{plan}");
 }

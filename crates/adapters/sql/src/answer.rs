@@ -1,0 +1,289 @@
+//! An answer's text saved: alone, two statements (the message, then its
+//! conversation's row); with the other saves a group of writes holds, two
+//! statements for all of them.
+//!
+//! Saving an answer updates its message, whose search trigger computes the
+//! answer's words on PostgreSQL and adds them to the search index on both
+//! backends, and touches the conversation's row. Alone that is two
+//! statements a save: on PostgreSQL two round trips, and on SQLite one
+//! flush of FTS5's pending terms per answer (FTS5 writes them out at every
+//! statement savepoint, and both statements open one). When the answers
+//! of a burst end together, their saves meet in one group of writes
+//! (see `executor.rs`), which saves them together instead.
+
+use diesel::prelude::*;
+
+use confab_domain::MessageStatus;
+
+use crate::connection::{AnyConnection, Bind, SqlRows, SqlText, on_backend};
+
+/// An answer's text and status, if it is still in progress: binds content,
+/// status, time, conversation, id, `in_progress`.
+///
+/// The status it must have is a bind, not the literal `'in_progress'`: with
+/// the literal, the plan a connection keeps for the statement may serve it
+/// with the partial index of the answers in progress (whose predicate the
+/// literal matches), which a new database's small, unanalyzed table makes
+/// look as cheap as the primary key; kept, that plan read the row of every
+/// running answer for each save.
+pub(crate) const UPDATE_CONTENT: &[&str] = &[
+    "UPDATE messages SET content = ",
+    ", status = ",
+    ", updated_at = ",
+    " WHERE conversation_id = ",
+    " AND id = ",
+    " AND status = ",
+    "",
+];
+
+/// The grouped [`UPDATE_CONTENT`]: each row of the `VALUES` list is
+/// (conversation, message, content, status, updated at, the in-progress
+/// status). The status to match is a bind, as in [`UPDATE_CONTENT`], so
+/// neither planner can take the index of running answers for this join.
+pub(crate) const UPDATE_CONTENTS: [&str; 2] = [
+    "UPDATE messages SET content = v.column3, status = v.column4, updated_at = v.column5 \
+     FROM (VALUES ",
+    ") AS v WHERE messages.conversation_id = v.column1 AND messages.id = v.column2 \
+     AND messages.status = v.column6 RETURNING messages.conversation_id",
+];
+
+/// The grouped conversation touch: each row is (conversation, updated at,
+/// preview or `NULL`, the untitled placeholder or `NULL`, the owner or
+/// `NULL`, the title or `NULL`). A `NULL` placeholder never equals a title,
+/// so a row without one keeps its title.
+pub(crate) const TOUCH_CONVERSATIONS: [&str; 2] = [
+    "UPDATE conversations SET updated_at = v.column2, \
+     last_message = COALESCE(v.column3, conversations.last_message), \
+     title = CASE WHEN conversations.title = v.column4 AND conversations.user_id = v.column5 \
+     THEN v.column6 ELSE conversations.title END \
+     FROM (VALUES ",
+    ") AS v WHERE conversations.id = v.column1 AND conversations.deleted_at IS NULL \
+     RETURNING conversations.id, conversations.title",
+];
+
+/// A conversation a grouped save's message update found.
+#[derive(QueryableByName)]
+struct SavedRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    conversation_id: String,
+}
+
+/// A conversation's title as an update left it.
+#[derive(QueryableByName)]
+struct TitleRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    title: String,
+}
+
+/// A conversation a grouped touch found, and its title after it.
+#[derive(QueryableByName)]
+struct TouchedRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    title: String,
+}
+
+/// A title to give the conversation in the same change of its row, if it
+/// still has the untitled placeholder and is the owner's.
+pub(crate) struct NewTitle {
+    /// The placeholder a conversation without a title has.
+    pub(crate) untitled: String,
+    /// The conversation's owner.
+    pub(crate) owner: String,
+    /// The title.
+    pub(crate) title: String,
+}
+
+/// One answer's save: its content and status, if it is still in progress,
+/// and its conversation marked as changed (with its preview, and its
+/// title when one is given).
+pub(crate) struct AnswerSave {
+    /// The conversation.
+    pub(crate) conversation: String,
+    /// The answer's message id.
+    pub(crate) id: String,
+    /// The content, as stored (JSON).
+    pub(crate) json: String,
+    /// The status it has after the save.
+    pub(crate) status: MessageStatus,
+    /// When (Unix microseconds).
+    pub(crate) at: i64,
+    /// The conversation list's preview, `None` while the answer is empty.
+    pub(crate) preview: Option<String>,
+    /// A title for a conversation that has none yet.
+    pub(crate) title: Option<NewTitle>,
+}
+
+/// What a save did: `None` when there was no such answer in progress (no
+/// such answer, or closed meanwhile), else, for a save given a title, the
+/// conversation's title after it (`None` when the conversation is deleted,
+/// and for a save given none).
+pub(crate) type Saved = Option<Option<String>>;
+
+impl AnswerSave {
+    /// Saves this answer alone: two kept statements.
+    pub(crate) fn save(&self, conn: &mut AnyConnection) -> QueryResult<Saved> {
+        if self.save_content(conn)? == 0 {
+            return Ok(None);
+        }
+        let Some(title) = &self.title else {
+            // A conversation deleted while its answer was generating still
+            // gets the answer closed; there is no list to touch.
+            self.touch(conn)?;
+            return Ok(Some(None));
+        };
+        self.touch_and_title(conn, title).map(Some)
+    }
+
+    /// Saves every answer of `saves` in two statements (their
+    /// conversations must differ: one row of a grouped update is changed
+    /// once, whichever `VALUES` row matched it), and says what each did, in
+    /// order.
+    pub(crate) fn save_all(conn: &mut AnyConnection, saves: &[&Self]) -> QueryResult<Vec<Saved>> {
+        let in_progress = MessageStatus::InProgress.as_str();
+        let rows = saves
+            .iter()
+            .map(|s| {
+                vec![
+                    Bind::Text(&s.conversation),
+                    Bind::Text(&s.id),
+                    Bind::Text(&s.json),
+                    Bind::Text(s.status.as_str()),
+                    Bind::BigInt(s.at),
+                    Bind::Text(in_progress),
+                ]
+            })
+            .collect();
+        let [head, tail] = UPDATE_CONTENTS;
+        let found: Vec<SavedRow> = on_backend!(conn, |c| SqlRows::new(head, rows, tail).load(c))?;
+        let found: std::collections::HashSet<String> =
+            found.into_iter().map(|row| row.conversation_id).collect();
+        let rows: Vec<Vec<Bind<'_>>> = saves
+            .iter()
+            .filter(|s| found.contains(&s.conversation))
+            .map(|s| {
+                let title = s.title.as_ref();
+                vec![
+                    Bind::Text(&s.conversation),
+                    Bind::BigInt(s.at),
+                    Bind::MaybeText(s.preview.as_deref()),
+                    Bind::MaybeText(title.map(|t| t.untitled.as_str())),
+                    Bind::MaybeText(title.map(|t| t.owner.as_str())),
+                    Bind::MaybeText(title.map(|t| t.title.as_str())),
+                ]
+            })
+            .collect();
+        let touched: Vec<TouchedRow> = if rows.is_empty() {
+            Vec::new()
+        } else {
+            let [head, tail] = TOUCH_CONVERSATIONS;
+            on_backend!(conn, |c| SqlRows::new(head, rows, tail).load(c))?
+        };
+        let mut titles: std::collections::HashMap<String, String> =
+            touched.into_iter().map(|row| (row.id, row.title)).collect();
+        Ok(saves
+            .iter()
+            .map(|s| {
+                found.contains(&s.conversation).then(|| {
+                    s.title
+                        .as_ref()
+                        .and_then(|_| titles.remove(&s.conversation))
+                })
+            })
+            .collect())
+    }
+
+    /// Replaces the answer's content and status if it is still in
+    /// progress; how many rows changed (0 or 1).
+    fn save_content(&self, conn: &mut AnyConnection) -> QueryResult<usize> {
+        on_backend!(conn, |c| SqlText::new(
+            UPDATE_CONTENT,
+            vec![
+                Bind::Text(&self.json),
+                Bind::Text(self.status.as_str()),
+                Bind::BigInt(self.at),
+                Bind::Text(&self.conversation),
+                Bind::Text(&self.id),
+                Bind::Text(MessageStatus::InProgress.as_str()),
+            ],
+        )
+        .execute(c))
+    }
+
+    /// Marks the conversation as changed (and its preview, when the answer
+    /// has text); nothing when it is deleted.
+    fn touch(&self, conn: &mut AnyConnection) -> QueryResult<usize> {
+        match self.preview.as_deref() {
+            Some(text) => on_backend!(conn, |c| SqlText::new(
+                &[
+                    "UPDATE conversations SET updated_at = ",
+                    ", last_message = ",
+                    " WHERE id = ",
+                    " AND deleted_at IS NULL",
+                ],
+                vec![
+                    Bind::BigInt(self.at),
+                    Bind::Text(text),
+                    Bind::Text(&self.conversation),
+                ],
+            )
+            .execute(c)),
+            None => on_backend!(conn, |c| SqlText::new(
+                &[
+                    "UPDATE conversations SET updated_at = ",
+                    " WHERE id = ",
+                    " AND deleted_at IS NULL",
+                ],
+                vec![Bind::BigInt(self.at), Bind::Text(&self.conversation)],
+            )
+            .execute(c)),
+        }
+    }
+
+    /// [`touch`](Self::touch) that, in the same change of the row, gives
+    /// the conversation `title` when it still has the placeholder and is
+    /// the owner's; its title after it, or `None` when it is deleted. The
+    /// owner is compared in the `CASE`, not the `WHERE`: the row is found
+    /// by its primary key alone.
+    fn touch_and_title(
+        &self,
+        conn: &mut AnyConnection,
+        title: &NewTitle,
+    ) -> QueryResult<Option<String>> {
+        let (set, mut binds): (&'static [&'static str], _) = match self.preview.as_deref() {
+            Some(text) => (
+                &[
+                    "UPDATE conversations SET updated_at = ",
+                    ", last_message = ",
+                    ", title = CASE WHEN title = ",
+                    " AND user_id = ",
+                    " THEN ",
+                    " ELSE title END WHERE id = ",
+                    " AND deleted_at IS NULL RETURNING title",
+                ],
+                vec![Bind::BigInt(self.at), Bind::Text(text)],
+            ),
+            None => (
+                &[
+                    "UPDATE conversations SET updated_at = ",
+                    ", title = CASE WHEN title = ",
+                    " AND user_id = ",
+                    " THEN ",
+                    " ELSE title END WHERE id = ",
+                    " AND deleted_at IS NULL RETURNING title",
+                ],
+                vec![Bind::BigInt(self.at)],
+            ),
+        };
+        binds.extend([
+            Bind::Text(&title.untitled),
+            Bind::Text(&title.owner),
+            Bind::Text(&title.title),
+            Bind::Text(&self.conversation),
+        ]);
+        let row: Option<TitleRow> =
+            on_backend!(conn, |c| SqlText::new(set, binds).get_result(c).optional())?;
+        Ok(row.map(|row| row.title))
+    }
+}
