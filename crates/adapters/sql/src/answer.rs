@@ -36,29 +36,76 @@ pub(crate) const UPDATE_CONTENT: &[&str] = &[
     "",
 ];
 
-/// The grouped [`UPDATE_CONTENT`]: each row of the `VALUES` list is
-/// (conversation, message, content, status, updated at, the in-progress
-/// status). The status to match is a bind, as in [`UPDATE_CONTENT`], so
-/// neither planner can take the index of running answers for this join.
-pub(crate) const UPDATE_CONTENTS: [&str; 2] = [
-    "UPDATE messages SET content = v.column3, status = v.column4, updated_at = v.column5 \
-     FROM (VALUES ",
-    ") AS v WHERE messages.conversation_id = v.column1 AND messages.id = v.column2 \
-     AND messages.status = v.column6 RETURNING messages.conversation_id",
+/// The grouped [`UPDATE_CONTENT`] up to its `VALUES` list, and its
+/// conditions (see [`UPDATE_CONTENTS_SQLITE`]).
+macro_rules! update_contents {
+    (head) => {
+        "UPDATE messages SET content = v.column3, status = v.column4, \
+         updated_at = v.column5 FROM (VALUES "
+    };
+    (join) => {
+        "messages.conversation_id = v.column1 AND messages.id = v.column2 \
+         AND messages.status = v.column6 RETURNING messages.conversation_id"
+    };
+}
+
+/// The grouped [`UPDATE_CONTENT`] on SQLite: each row of the `VALUES` list
+/// is (conversation, message, content, status, updated at, the
+/// in-progress status). The status to match is a bind, as in
+/// [`UPDATE_CONTENT`], so the index of running answers cannot serve the
+/// join. SQLite joins the list row by row on the primary key.
+pub(crate) const UPDATE_CONTENTS_SQLITE: &[&str] = &[
+    update_contents!(head),
+    concat!(") AS v WHERE ", update_contents!(join)),
 ];
 
-/// The grouped conversation touch: each row is (conversation, updated at,
-/// preview or `NULL`, the untitled placeholder or `NULL`, the owner or
-/// `NULL`, the title or `NULL`). A `NULL` placeholder never equals a title,
-/// so a row without one keeps its title.
-pub(crate) const TOUCH_CONVERSATIONS: [&str; 2] = [
-    "UPDATE conversations SET updated_at = v.column2, \
-     last_message = COALESCE(v.column3, conversations.last_message), \
-     title = CASE WHEN conversations.title = v.column4 AND conversations.user_id = v.column5 \
-     THEN v.column6 ELSE conversations.title END \
-     FROM (VALUES ",
-    ") AS v WHERE conversations.id = v.column1 AND conversations.deleted_at IS NULL \
-     RETURNING conversations.id, conversations.title",
+/// [`UPDATE_CONTENTS_SQLITE`] on PostgreSQL, with the answers' keys again
+/// in a row-value `IN` list. A join with a `VALUES` list is planned with
+/// what PostgreSQL knows of the table: a table never analyzed (a new
+/// database where autovacuum is off) of up to tens of thousands of rows it
+/// reads whole and hashes, for every group. Each key of the `IN` list it
+/// estimates at one row of the primary key, and looks up there.
+pub(crate) const UPDATE_CONTENTS_POSTGRES: &[&str] = &[
+    update_contents!(head),
+    ") AS v WHERE (messages.conversation_id, messages.id) IN (",
+    concat!(") AND ", update_contents!(join)),
+];
+
+/// The grouped conversation touch up to its `VALUES` list, and its
+/// conditions (see [`TOUCH_CONVERSATIONS_SQLITE`]).
+macro_rules! touch_conversations {
+    (head) => {
+        "UPDATE conversations SET updated_at = v.column2, \
+         last_message = COALESCE(v.column3, conversations.last_message), \
+         title = CASE WHEN conversations.title = v.column4 \
+         AND conversations.user_id = v.column5 THEN v.column6 ELSE conversations.title END \
+         FROM (VALUES "
+    };
+    (join) => {
+        "conversations.id = v.column1 AND conversations.deleted_at IS NULL \
+         RETURNING conversations.id, conversations.title"
+    };
+}
+
+/// The grouped conversation touch on SQLite: each row is (conversation,
+/// updated at, preview or `NULL`, the untitled placeholder or `NULL`, the
+/// owner or `NULL`, the title or `NULL`). A `NULL` placeholder never
+/// equals a title, so a row without one keeps its title.
+pub(crate) const TOUCH_CONVERSATIONS_SQLITE: &[&str] = &[
+    touch_conversations!(head),
+    concat!(") AS v WHERE ", touch_conversations!(join)),
+];
+
+/// [`TOUCH_CONVERSATIONS_SQLITE`] on PostgreSQL, with the conversations
+/// again in a row-value `IN` list (see [`UPDATE_CONTENTS_POSTGRES`]), each
+/// named twice: PostgreSQL expands a list of rows into one condition per
+/// row, each a look-up of the primary key, where a one-column `IN` list
+/// becomes one array condition, which on a table never analyzed it
+/// estimated as costlier than reading 20,000 rows.
+pub(crate) const TOUCH_CONVERSATIONS_POSTGRES: &[&str] = &[
+    touch_conversations!(head),
+    ") AS v WHERE (conversations.id, conversations.id) IN (",
+    concat!(") AND ", touch_conversations!(join)),
 ];
 
 /// A conversation a grouped save's message update found.
@@ -155,13 +202,24 @@ impl AnswerSave {
                 ]
             })
             .collect();
-        let [head, tail] = UPDATE_CONTENTS;
-        let found: Vec<SavedRow> = on_backend!(conn, |c| SqlRows::new(head, rows, tail).load(c))?;
+        let keys = saves
+            .iter()
+            .map(|s| vec![Bind::Text(&s.conversation), Bind::Text(&s.id)])
+            .collect();
+        let found: Vec<SavedRow> = match conn {
+            AnyConnection::Postgres(c) => {
+                SqlRows::new(UPDATE_CONTENTS_POSTGRES, vec![rows, keys]).load(c)
+            }
+            AnyConnection::Sqlite(c) => SqlRows::new(UPDATE_CONTENTS_SQLITE, vec![rows]).load(c),
+        }?;
         let found: std::collections::HashSet<String> =
             found.into_iter().map(|row| row.conversation_id).collect();
-        let rows: Vec<Vec<Bind<'_>>> = saves
+        let to_touch: Vec<&&Self> = saves
             .iter()
             .filter(|s| found.contains(&s.conversation))
+            .collect();
+        let rows: Vec<Vec<Bind<'_>>> = to_touch
+            .iter()
             .map(|s| {
                 let title = s.title.as_ref();
                 vec![
@@ -174,12 +232,19 @@ impl AnswerSave {
                 ]
             })
             .collect();
-        let touched: Vec<TouchedRow> = if rows.is_empty() {
-            Vec::new()
-        } else {
-            let [head, tail] = TOUCH_CONVERSATIONS;
-            on_backend!(conn, |c| SqlRows::new(head, rows, tail).load(c))?
-        };
+        let keys = to_touch
+            .iter()
+            .map(|s| vec![Bind::Text(&s.conversation), Bind::Text(&s.conversation)])
+            .collect();
+        let touched: Vec<TouchedRow> = match conn {
+            _ if rows.is_empty() => Ok(Vec::new()),
+            AnyConnection::Postgres(c) => {
+                SqlRows::new(TOUCH_CONVERSATIONS_POSTGRES, vec![rows, keys]).load(c)
+            }
+            AnyConnection::Sqlite(c) => {
+                SqlRows::new(TOUCH_CONVERSATIONS_SQLITE, vec![rows]).load(c)
+            }
+        }?;
         let mut titles: std::collections::HashMap<String, String> =
             touched.into_iter().map(|row| (row.id, row.title)).collect();
         Ok(saves
@@ -285,5 +350,65 @@ impl AnswerSave {
         let row: Option<TitleRow> =
             on_backend!(conn, |c| SqlText::new(set, binds).get_result(c).optional())?;
         Ok(row.map(|row| row.title))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::testing::TestDatabase;
+
+    /// The steps of SQLite's plan for `sql`, a line each.
+    fn sqlite_plan(conn: &mut diesel::SqliteConnection, sql: &str) -> String {
+        #[derive(QueryableByName)]
+        struct Step {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            detail: String,
+        }
+        let steps: Vec<Step> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
+            .load(conn)
+            .unwrap();
+        steps
+            .into_iter()
+            .map(|s| s.detail)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// On SQLite, a group's saves look each answer and each conversation
+    /// up by its primary key, one `VALUES` row at a time.
+    #[tokio::test]
+    async fn sqlite_saves_a_groups_answers_by_their_primary_keys() {
+        let db = TestDatabase::sqlite();
+        drop(db.store().await);
+        let mut conn = diesel::SqliteConnection::establish(db.url()).unwrap();
+        let rows = |row: &str| {
+            (1..=50)
+                .map(|n| row.replace('#', &n.to_string()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let [head, tail] = UPDATE_CONTENTS_SQLITE else {
+            unreachable!()
+        };
+        let answers = rows("('c#', 'm#', '{}', 'finished_successfully', 1, 'in_progress')");
+        let plan = sqlite_plan(&mut conn, &format!("{head}{answers}{tail}"));
+        assert!(
+            plan.contains("SEARCH messages USING INDEX sqlite_autoindex_messages_1 (conversation_id=? AND id=?)"),
+            "{plan}"
+        );
+        let [head, tail] = TOUCH_CONVERSATIONS_SQLITE else {
+            unreachable!()
+        };
+        let touches = rows("('c#', 1, 'words', NULL, NULL, NULL)");
+        let plan = sqlite_plan(&mut conn, &format!("{head}{touches}{tail}"));
+        assert!(
+            plan.contains(
+                "SEARCH conversations USING INDEX sqlite_autoindex_conversations_1 (id=?)"
+            ),
+            "{plan}"
+        );
     }
 }

@@ -252,25 +252,22 @@ impl diesel::query_builder::Query for SqlText<'_> {
 
 impl<Conn> RunQueryDsl<Conn> for SqlText<'_> {}
 
-/// A statement around a `VALUES` list of any length: `head`, each row's
-/// binds as `(…, …)` separated by commas, then `tail`. Its text changes
-/// with the number of rows, so it is never kept prepared (the statement
-/// cache would keep one entry per length).
+/// A statement around lists of rows of any length: `pieces[0]`, the rows
+/// of `lists[0]` as `(…, …), (…, …)`, `pieces[1]`, and so on. Its text
+/// changes with the number of rows, so it is never kept prepared (the
+/// statement cache would keep one entry per length).
 #[derive(Debug)]
 pub(crate) struct SqlRows<'a> {
-    head: &'static str,
-    rows: Vec<Vec<Bind<'a>>>,
-    tail: &'static str,
+    /// The text around the lists: one more piece than lists.
+    pieces: &'static [&'static str],
+    lists: Vec<Vec<Vec<Bind<'a>>>>,
 }
 
 impl<'a> SqlRows<'a> {
-    /// The statement `head (row 1), (row 2), … tail`.
-    pub(crate) const fn new(
-        head: &'static str,
-        rows: Vec<Vec<Bind<'a>>>,
-        tail: &'static str,
-    ) -> Self {
-        Self { head, rows, tail }
+    /// The statement `pieces[0] (row), (row)… pieces[1] …`.
+    pub(crate) fn new(pieces: &'static [&'static str], lists: Vec<Vec<Vec<Bind<'a>>>>) -> Self {
+        debug_assert_eq!(pieces.len(), lists.len() + 1);
+        Self { pieces, lists }
     }
 }
 
@@ -282,18 +279,27 @@ where
 {
     fn walk_ast<'b>(&'b self, mut pass: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         pass.unsafe_to_cache_prepared();
-        pass.push_sql(self.head);
-        for (n, row) in self.rows.iter().enumerate() {
-            pass.push_sql(if n == 0 { "(" } else { ", (" });
-            for (m, bind) in row.iter().enumerate() {
-                if m > 0 {
-                    pass.push_sql(", ");
+        let mut lists = self.lists.iter();
+        for (n, piece) in self.pieces.iter().enumerate() {
+            if n > 0 {
+                let Some(rows) = lists.next() else {
+                    return Err(diesel::result::Error::QueryBuilderError(
+                        "a statement has fewer lists than places".into(),
+                    ));
+                };
+                for (r, row) in rows.iter().enumerate() {
+                    pass.push_sql(if r == 0 { "(" } else { ", (" });
+                    for (b, bind) in row.iter().enumerate() {
+                        if b > 0 {
+                            pass.push_sql(", ");
+                        }
+                        bind.push(&mut pass)?;
+                    }
+                    pass.push_sql(")");
                 }
-                bind.push(&mut pass)?;
             }
-            pass.push_sql(")");
+            pass.push_sql(piece);
         }
-        pass.push_sql(self.tail);
         Ok(())
     }
 }
