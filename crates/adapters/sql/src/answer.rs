@@ -38,14 +38,18 @@ pub(crate) const UPDATE_CONTENT: &[&str] = &[
 
 /// The grouped [`UPDATE_CONTENT`] up to its `VALUES` list, and its
 /// conditions (see [`UPDATE_CONTENTS_SQLITE`]).
+///
+/// `RETURNING` names the target's columns unqualified: SQLite takes a
+/// table-qualified name there only since 3.46 (the bundled one is newer;
+/// a build on an older system SQLite would fail every group otherwise).
 macro_rules! update_contents {
     (head) => {
         "UPDATE messages SET content = v.column3, status = v.column4, \
          updated_at = v.column5 FROM (VALUES "
     };
     (join) => {
-        "messages.conversation_id = v.column1 AND messages.id = v.column2 \
-         AND messages.status = v.column6 RETURNING messages.conversation_id"
+        "v.column1 = messages.conversation_id AND v.column2 = messages.id \
+         AND v.column6 = messages.status RETURNING conversation_id"
     };
 }
 
@@ -83,7 +87,7 @@ macro_rules! touch_conversations {
     };
     (join) => {
         "conversations.id = v.column1 AND conversations.deleted_at IS NULL \
-         RETURNING conversations.id, conversations.title"
+         RETURNING id, title"
     };
 }
 

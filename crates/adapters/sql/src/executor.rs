@@ -14,8 +14,9 @@
 //! once, they waited for none of each other): on PostgreSQL two round trips
 //! instead of three per exchange, on SQLite one flush of the search index
 //! instead of one per question. The group's answer saves
-//! ([`Executor::save_answer`]) go in together next, two statements for
-//! all of them (see `answer.rs`). If either fails, the group runs again as
+//! ([`Executor::save_answer`]) go in together too, ahead of its other
+//! writes (after its exchanges when those go in together), two statements
+//! for all of them (see `answer.rs`). If either fails, the group runs again as
 //! above, each write doing its own work in its savepoint.
 //!
 //! Against tokio's blocking pool and a connection pool, this means no
@@ -706,9 +707,15 @@ fn commit_group(held: &mut Held<'_>, mut group: Vec<Box<dyn Write>>) -> Ran {
                 .collect();
             #[cfg(test)]
             SAVED_TOGETHER.fetch_add(1, Ordering::Relaxed);
-            let Ok(saved) = AnswerSave::save_all(conn, &answers) else {
-                any_failed = true;
-                return Err(diesel::result::Error::RollbackTransaction);
+            let saved = match AnswerSave::save_all(conn, &answers) {
+                Ok(saved) => saved,
+                Err(e) => {
+                    // Each save runs again alone: a failure that repeats
+                    // would slow every group without a word otherwise.
+                    tracing::warn!(error = %e, saves = answers.len(), "a group's answer saves failed together; saving them one by one");
+                    any_failed = true;
+                    return Err(diesel::result::Error::RollbackTransaction);
+                }
             };
             for (&n, saved) in saves.iter().zip(saved) {
                 group[n].saved(saved);
