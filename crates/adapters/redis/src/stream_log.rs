@@ -87,11 +87,24 @@
 //! # Appends
 //!
 //! On a generation this instance runs, [`append_all`](StreamLog::append_all)
-//! numbers the batch, adds it to the local copy (its readers have it at
-//! once: they never wait for Redis) and queues it; a sender hands
+//! numbers the batch and adds it to the local copy (its readers have it at
+//! once: they never wait for Redis). Redis gets a generation's events only
+//! once they are wanted elsewhere: until then they wait in the local copy,
+//! which holds them all anyway, and an answer followed only by its own
+//! instance's readers costs Redis no write per delta. They are wanted
+//! when a reader on an instance that does not run the generation locates
+//! it (the locate script sets the hash's `want` flag and publishes on the
+//! want channel, which the instance running it hears, or reads at its next
+//! renewal: see `signal.rs`), and when the generation closes: `close`
+//! hands every event not yet in Redis over before the end entry, so a
+//! closed log is whole in Redis for the retention, for a resume on any
+//! instance. From then on each batch is queued as it comes; a sender hands
 //! everything queued to Redis, in order: on a single Redis one script call
 //! (one round trip) carries the batches of up to 64 generations, on a
-//! cluster one generation's (see `append.rs`). An append that fails for a reason that may
+//! cluster one generation's (see `append.rs`). If the instance dies first,
+//! Redis never has the events it kept: a reader elsewhere waits, as for
+//! any event shown before Redis had it, until the lease runs out (and the
+//! app closes the answer as the database saved it). An append that fails for a reason that may
 //! pass (a reply timed out, the connection dropped) is tried again, up to
 //! four times; the script takes a batch whose numbers it already holds as
 //! landed, so a retried batch is not appended twice. An append that
@@ -200,6 +213,9 @@ struct Opened {
     sent: u64,
     /// Whether a task is handing events to Redis; `close` waits for it.
     sending: watch::Sender<bool>,
+    /// Whether its events go to Redis as they come: once a reader on
+    /// another instance wants them, or once it closes (see the module docs).
+    shared: bool,
     /// An append that failed for good, not yet reported to the app.
     failure: Option<DomainError>,
 }
@@ -215,6 +231,7 @@ impl Opened {
             skipped: false,
             sent: 1,
             sending: watch::Sender::new(false),
+            shared: false,
             failure: None,
         }
     }
@@ -244,6 +261,31 @@ impl Inner {
             && opened.generation == generation
         {
             opened.stop.send_replace(true);
+        }
+    }
+
+    /// A reader elsewhere wants the events of `generation` of
+    /// `conversation`: if this instance runs it, its events go to Redis
+    /// from now on, those kept so far first.
+    fn share(self: &Arc<Self>, conversation: ConversationId, generation: &str) {
+        let mut opened = self.opened();
+        if let Some(mine) = opened
+            .get_mut(&conversation)
+            .filter(|mine| mine.generation == generation)
+        {
+            self.share_opened(conversation, mine);
+        }
+    }
+
+    /// Sends `mine`'s events to Redis from now on, starting a sender for
+    /// those it kept unless one is at work.
+    fn share_opened(self: &Arc<Self>, conversation: ConversationId, mine: &mut Opened) {
+        if mine.shared {
+            return;
+        }
+        mine.shared = true;
+        if mine.sent < mine.next && !mine.sending.send_replace(true) {
+            self.wait_for_sender(conversation, mine.generation.clone());
         }
     }
 
@@ -365,8 +407,10 @@ impl StreamLog for RedisStreamLog {
         // Local readers end after what they have: everything this instance
         // numbered. Its events still queued for Redis go first: the end
         // entry must follow them.
-        let sending = inner.opened().get(&conversation).map(|opened| {
+        let sending = inner.opened().get_mut(&conversation).map(|opened| {
             opened.local.close();
+            // Whole in Redis for the retention: what it kept goes first.
+            inner.share_opened(conversation, opened);
             opened.sending.subscribe()
         });
         if let Some(mut sending) = sending {
@@ -479,6 +523,8 @@ impl StreamLog for RedisStreamLog {
             .arg(after_generation)
             .arg(after_entry)
             .arg(inner.options.max_events_per_log)
+            .arg(signal::want_channel(inner))
+            .arg(conversation.to_string())
             .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable(&e))?;

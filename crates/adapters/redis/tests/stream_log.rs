@@ -195,6 +195,114 @@ async fn made_up_ids_and_the_end_entrys_are_refused() {
 
 // Across instances.
 
+/// Whether Redis holds `key`.
+async fn exists(key: &str) -> bool {
+    let mut raw = raw_connection().await;
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<i64>(&mut raw)
+        .await
+        .unwrap()
+        == 1
+}
+
+/// Options whose renewals come too late for any test: what reaches the
+/// instance running a generation in time came by pub/sub.
+fn slow_renewals() -> RedisStreamLogOptions {
+    RedisStreamLogOptions {
+        lease: Duration::from_secs(300),
+        poll_interval: Duration::from_secs(100),
+        ..options()
+    }
+}
+
+#[tokio::test]
+async fn a_generation_no_other_instance_reads_reaches_redis_only_when_it_closes() {
+    let prefix = fresh_prefix();
+    let (a, b) = (
+        instance(&prefix, options()).await,
+        instance(&prefix, options()).await,
+    );
+    let (kept, followed) = (ConversationId::generate(), ConversationId::generate());
+    let _kept_stop = a.open(kept, &message("m1")).await.unwrap();
+    let appended = append_each(&a, kept, 1..=20).await;
+    let mut local = a.read(kept, ReadFrom::Start).await.unwrap();
+    for expected in &appended {
+        assert_eq!(&drain_one(&mut local).await, expected);
+    }
+    // Another generation, followed from B: once its event is in Redis, so
+    // would be any batch of `kept` queued before it.
+    let _followed_stop = a.open(followed, &message("m1")).await.unwrap();
+    let mut follower = b.read(followed, ReadFrom::Start).await.unwrap();
+    let shown = append_each(&a, followed, 1..=1).await;
+    assert_eq!(drain_one(&mut follower).await, shown[0]);
+    let stream = format!("{prefix}log:{{{kept}}}:{}", split_id(&appended[0].0).0);
+    assert!(!exists(&stream).await, "no event of it went to Redis");
+    // Closed, it is whole in Redis for the retention: a resume anywhere.
+    a.close(kept).await.unwrap();
+    let mut resumed = b
+        .read(kept, ReadFrom::After(appended[9].0.clone()))
+        .await
+        .unwrap();
+    assert_eq!(drain(&mut resumed).await, appended[10..]);
+    a.close(followed).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reader_on_another_instance_gets_what_was_kept_then_the_rest_live() {
+    let prefix = fresh_prefix();
+    let (a, b) = (
+        instance(&prefix, slow_renewals()).await,
+        instance(&prefix, slow_renewals()).await,
+    );
+    let conv = ConversationId::generate();
+    let _stop = a.open(conv, &message("m1")).await.unwrap();
+    let mut appended = append_each(&a, conv, 1..=3).await;
+    // Its locate publishes the want, which A hears at once.
+    let mut feed = b.read(conv, ReadFrom::Start).await.unwrap();
+    for expected in &appended {
+        assert_eq!(&drain_one(&mut feed).await, expected);
+    }
+    for i in 4..=6 {
+        appended.extend(append_each(&a, conv, i..=i).await);
+        assert_eq!(drain_one(&mut feed).await, appended[i - 1]);
+    }
+    a.close(conv).await.unwrap();
+    assert_eq!(timeout(PATIENCE, feed.next()).await.unwrap().unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_want_whose_message_was_missed_is_seen_at_the_next_renewal() {
+    let prefix = fresh_prefix();
+    let (a, b) = two_instances_on(&prefix).await;
+    let conv = ConversationId::generate();
+    let _stop = a.open(conv, &message("m1")).await.unwrap();
+    let appended = append_each(&a, conv, 1..=3).await;
+    // The flag set as a locate sets it, but never published: B's locate
+    // finds it set and publishes nothing either.
+    let mut raw = raw_connection().await;
+    redis::cmd("HSET")
+        .arg(format!("{prefix}log:{{{conv}}}:meta"))
+        .arg("want")
+        .arg("1")
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    let mut feed = b.read(conv, ReadFrom::Start).await.unwrap();
+    for expected in &appended {
+        assert_eq!(&drain_one(&mut feed).await, expected);
+    }
+    a.close(conv).await.unwrap();
+}
+
+/// Two instances on `prefix` with the tests' options (renewals every 20 ms).
+async fn two_instances_on(prefix: &str) -> (RedisStreamLog, RedisStreamLog) {
+    (
+        instance(prefix, options()).await,
+        instance(prefix, options()).await,
+    )
+}
+
 #[tokio::test]
 async fn events_appended_on_one_instance_are_read_live_on_another() {
     let (a, b) = two_instances(options()).await;
@@ -647,6 +755,12 @@ async fn the_keys_carry_the_lease_then_the_retention() {
             .await
             .unwrap()
     };
+    // Its events wait on this instance until a reader elsewhere wants them.
+    let ttl = pttl(meta.as_str()).await;
+    assert!(ttl > 4_000 && ttl <= 5_000, "{meta}: {ttl}");
+    let other = instance(&prefix, options()).await;
+    let mut feed = other.read(conv, ReadFrom::Start).await.unwrap();
+    assert_eq!(drain_one(&mut feed).await, (id, "e1".to_owned()));
     for key in [&meta, &stream] {
         let ttl = pttl(key.as_str()).await;
         assert!(ttl > 4_000 && ttl <= 5_000, "{key}: {ttl}");

@@ -18,6 +18,11 @@ use confab_redis::{RedisPool, RedisSettings, RedisStreamLog, RedisStreamLogOptio
 use secrecy::SecretString;
 
 fn log_on(url: &str, command_timeout: Duration) -> RedisStreamLog {
+    log_holding(url, command_timeout, 100)
+}
+
+/// A log on `url` whose logs hold at most `most` events.
+fn log_holding(url: &str, command_timeout: Duration, most: usize) -> RedisStreamLog {
     RedisStreamLog::new(
         RedisPool::new(&RedisSettings {
             url: SecretString::from(url.to_owned()),
@@ -30,7 +35,7 @@ fn log_on(url: &str, command_timeout: Duration) -> RedisStreamLog {
         .unwrap(),
         RedisStreamLogOptions {
             retention: Duration::from_secs(60),
-            max_events_per_log: 100,
+            max_events_per_log: most,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(10),
         },
@@ -85,9 +90,25 @@ async fn held(url: &str, conv: ConversationId) -> Vec<String> {
         .collect()
 }
 
-/// A log on `url` with a generation open on a new conversation, its
-/// signal, and a local reader that has read the event `a`, which Redis
-/// holds.
+/// Makes the generation open on `conv` wanted by a reader on another
+/// instance, as a resume there does: the instance running it hands its
+/// events to Redis from then on (once it hears of it).
+async fn wanted(url: &str, conv: ConversationId) {
+    let other = log_on(url, Duration::from_secs(5));
+    drop(other.read(conv, ReadFrom::Start).await.unwrap());
+}
+
+/// Makes `conv`'s generation wanted elsewhere and waits until `log` hands
+/// its events to Redis: its first event, `0`, is there.
+async fn shared(log: &RedisStreamLog, url: &str, conv: ConversationId) {
+    wanted(url, conv).await;
+    log.append_all(conv, events(&["0"])).await.unwrap();
+    until_held(url, conv, &["0".to_owned()]).await;
+}
+
+/// A log on `url` with a generation open on a new conversation and wanted
+/// by a reader on another instance, its signal, and a local reader that
+/// has read the event `a`, which Redis holds.
 async fn opened_with_a(
     url: &str,
 ) -> (
@@ -103,6 +124,7 @@ async fn opened_with_a(
         .await
         .unwrap();
     let mut local = log.read(conv, ReadFrom::Start).await.unwrap();
+    wanted(url, conv).await;
     log.append_all(conv, events(&["a"])).await.unwrap();
     assert_eq!(local.next().await.unwrap().unwrap().event.data, "a");
     // Appends reach Redis behind the local readers.
@@ -127,6 +149,7 @@ async fn a_batch_whose_reply_was_lost_is_retried_without_a_duplicate() {
         .open(conv, &MessageId::parse("m1").unwrap())
         .await
         .unwrap();
+    shared(&log, &url, conv).await;
     log.append_all(conv, events(&["a"])).await.unwrap();
     // Redis stops answering for 0.4 s: the batch's first attempts time out
     // while they wait in its queue, then all of them run.
@@ -143,7 +166,7 @@ async fn a_batch_whose_reply_was_lost_is_retried_without_a_duplicate() {
     sleeping.await.unwrap().unwrap();
     log.append_all(conv, events(&["d"])).await.unwrap();
     log.close(conv).await.unwrap();
-    assert_eq!(stored(&url, conv).await, ["a", "b", "c", "d"]);
+    assert_eq!(stored(&url, conv).await, ["0", "a", "b", "c", "d"]);
 }
 
 #[tokio::test]
@@ -269,6 +292,9 @@ async fn the_appends_of_many_generations_go_to_redis_in_a_few_calls() {
         );
         conversations.push(conv);
     }
+    for conv in &conversations {
+        shared(&log, &url, *conv).await;
+    }
     admin(&mut raw, &["CONFIG", "RESETSTAT"]).await;
     // Queued together, with no await in between: two senders take them,
     // 64 generations in one call and the other 36 in another.
@@ -279,7 +305,12 @@ async fn the_appends_of_many_generations_go_to_redis_in_a_few_calls() {
             .unwrap();
     }
     for (n, conv) in conversations.iter().enumerate() {
-        until_held(&url, *conv, &[format!("{n}-a"), format!("{n}-b")]).await;
+        until_held(
+            &url,
+            *conv,
+            &["0".to_owned(), format!("{n}-a"), format!("{n}-b")],
+        )
+        .await;
     }
     assert_eq!(script_calls(&mut raw).await, 2);
     // Each generation goes on in order after its group.
@@ -292,7 +323,12 @@ async fn the_appends_of_many_generations_go_to_redis_in_a_few_calls() {
     for (n, conv) in conversations.iter().enumerate() {
         assert_eq!(
             stored(&url, *conv).await,
-            [format!("{n}-a"), format!("{n}-b"), format!("{n}-c")]
+            [
+                "0".to_owned(),
+                format!("{n}-a"),
+                format!("{n}-b"),
+                format!("{n}-c")
+            ]
         );
     }
 }
@@ -309,6 +345,7 @@ async fn a_generation_that_fails_in_a_group_fails_alone() {
             .open(conv, &MessageId::parse("m1").unwrap())
             .await
             .unwrap();
+        shared(&log, &url, conv).await;
         kept.push((conv, stop));
     }
     // Another instance took over the lost conversation's log (its lease
@@ -336,9 +373,9 @@ async fn a_generation_that_fails_in_a_group_fails_alone() {
         Err(DomainError::NotFound)
     ));
     for ((conv, _), data) in kept.iter().zip(["x", "y"]) {
-        until_held(&url, *conv, &[data.to_owned()]).await;
+        until_held(&url, *conv, &["0".to_owned(), data.to_owned()]).await;
         log.close(*conv).await.unwrap();
-        assert_eq!(stored(&url, *conv).await, [data]);
+        assert_eq!(stored(&url, *conv).await, ["0", data]);
     }
 }
 
@@ -355,6 +392,7 @@ async fn events_appended_while_their_log_closes_fail_alone_in_their_group() {
                 .await
                 .unwrap(),
         );
+        shared(&log, &url, conv).await;
     }
     let mut raw = raw(&url).await;
     admin(&mut raw, &["CLIENT", "PAUSE", "60000", "WRITE"]).await;
@@ -377,10 +415,43 @@ async fn events_appended_while_their_log_closes_fail_alone_in_their_group() {
     admin(&mut raw, &["CLIENT", "UNPAUSE"]).await;
     closer.await.unwrap().unwrap();
     assert_eq!(stored(&url, closing).await, ["a", "b"]);
-    until_held(&url, other, &["x".to_owned(), "y".to_owned()]).await;
+    until_held(
+        &url,
+        other,
+        &["0".to_owned(), "x".to_owned(), "y".to_owned()],
+    )
+    .await;
     log.append_all(other, events(&["z"])).await.unwrap();
     log.close(other).await.unwrap();
-    assert_eq!(stored(&url, other).await, ["x", "y", "z"]);
+    assert_eq!(stored(&url, other).await, ["0", "x", "y", "z"]);
     log.close(busy).await.unwrap();
-    assert_eq!(stored(&url, busy).await, ["q"]);
+    assert_eq!(stored(&url, busy).await, ["0", "q"]);
+}
+
+#[tokio::test]
+async fn a_long_answer_kept_to_its_end_goes_to_redis_in_calls_of_bounded_size() {
+    let redis = support::PrivateRedis::start();
+    let url = redis.url();
+    let log = log_holding(&url, Duration::from_secs(5), 5_000);
+    let mut raw = raw(&url).await;
+    // The scripts loaded, the close's too, so that no call below is a
+    // NOSCRIPT retry.
+    let (loaded, loaded_conv, _, _) = opened_with_a(&url).await;
+    loaded.close(loaded_conv).await.unwrap();
+    let conv = ConversationId::generate();
+    let _stop = log
+        .open(conv, &MessageId::parse("m1").unwrap())
+        .await
+        .unwrap();
+    let data: Vec<String> = (0..3_000).map(|n| n.to_string()).collect();
+    for chunk in data.chunks(100) {
+        let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        log.append_all(conv, events(&names)).await.unwrap();
+    }
+    admin(&mut raw, &["CONFIG", "RESETSTAT"]).await;
+    // Nothing went to Redis while it ran; its close hands the 3,000 events
+    // over in three calls (1,024, 1,024 and 952), then adds the end entry.
+    log.close(conv).await.unwrap();
+    assert_eq!(script_calls(&mut raw).await, 4);
+    assert_eq!(stored(&url, conv).await, data);
 }

@@ -1,6 +1,8 @@
 //! Appends. A generation this instance runs numbers its events itself:
 //! a batch is given its ids, added to the local copy (its readers have it
-//! at once) and queued. Senders hand what is queued to Redis: on a single
+//! at once) and, once the generation is shared (wanted by a reader on
+//! another instance, or closing: see the module docs of `stream_log`),
+//! queued; sharing queues what the local copy kept until then. Senders hand what is queued to Redis: on a single
 //! Redis at most two, each taking up to 64 generations with events queued
 //! and handing all their batches over in one call of the many-logs script
 //! (group commit, as the store's writer does); on a cluster one call per
@@ -39,6 +41,11 @@ const APPEND_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The most generations one call hands over on a single Redis.
 const MAX_GROUP: usize = 64;
+
+/// The most events one call hands over: a call runs in Redis at once, so
+/// a long answer's events, kept until its end, go in a few calls of a few
+/// milliseconds each instead of one that holds every other client back.
+const MAX_CALL_EVENTS: u64 = 1024;
 
 /// The most senders at once on a single Redis: while one waits for its
 /// reply, another may carry what was queued meanwhile.
@@ -168,7 +175,11 @@ impl Inner {
     /// Queues `generation` of `conversation` for a sender (it has events
     /// queued and none is handing them over), starting one if fewer than
     /// the most run.
-    fn wait_for_sender(self: &Arc<Self>, conversation: ConversationId, generation: String) {
+    pub(super) fn wait_for_sender(
+        self: &Arc<Self>,
+        conversation: ConversationId,
+        generation: String,
+    ) {
         let mut sends = self.sends();
         sends.waiting.push_back((conversation, generation));
         if sends.senders < self.most_senders() {
@@ -205,11 +216,14 @@ impl Inner {
     }
 
     /// Hands what each generation of `group` has queued (the events of its
-    /// local copy numbered from `sent` on) to Redis in one script call;
-    /// one that queued more meanwhile waits for a sender again. The one
+    /// local copy numbered from `sent` on) to Redis in one script call, at
+    /// most [`MAX_CALL_EVENTS`] in all; one that queued more meanwhile, or
+    /// that the call had no room for, waits for a sender again. The one
     /// sender of each of those generations while it runs.
     async fn send_group(self: &Arc<Self>, group: Vec<(ConversationId, String)>) {
         let mut batches = Vec::with_capacity(group.len());
+        let mut again = Vec::new();
+        let mut room = MAX_CALL_EVENTS;
         let invocation = {
             let mut opened = self.opened();
             let mut invocation = self.scripts.append_many.prepare_invoke();
@@ -226,8 +240,14 @@ impl Inner {
                     mine.sending.send_replace(false);
                     continue;
                 }
-                mine.sent = next;
-                let count = usize::try_from(next - first).unwrap_or(usize::MAX);
+                if room == 0 {
+                    again.push((conversation, generation));
+                    continue;
+                }
+                let taken = (next - first).min(room);
+                room -= taken;
+                mine.sent = first + taken;
+                let count = usize::try_from(taken).unwrap_or(usize::MAX);
                 // The copy holds event `n` at `n - 1`. It has every event
                 // this instance numbered, but for events queued after a
                 // `close` began, which the ended copy did not take: such a
@@ -264,11 +284,11 @@ impl Inner {
             invocation
         };
         if batches.is_empty() {
+            self.sends().waiting.extend(again);
             return;
         }
         let logs = format!("{} logs", batches.len());
         let replies = self.invoke_retried(&invocation, &logs).await;
-        let mut again = Vec::new();
         {
             let mut opened = self.opened();
             for (n, (conversation, generation)) in batches.into_iter().enumerate() {
@@ -400,8 +420,9 @@ impl RedisStreamLog {
     }
 
     /// Numbers `events` after the last number given, shows them to the
-    /// local readers and queues them for Redis (starting the sender when
-    /// none runs).
+    /// local readers and, once the generation is shared, queues them for
+    /// Redis (starting the sender when none runs); until then they wait in
+    /// the local copy (see the module docs of `stream_log`).
     fn queue(
         &self,
         conversation: ConversationId,
@@ -423,7 +444,7 @@ impl RedisStreamLog {
         }
         mine.next = next + count;
         mine.local.extend(logged);
-        if !mine.sending.send_replace(true) {
+        if mine.shared && !mine.sending.send_replace(true) {
             self.inner
                 .wait_for_sender(conversation, mine.generation.clone());
         }

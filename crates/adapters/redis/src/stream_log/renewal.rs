@@ -1,8 +1,8 @@
 //! The renewal of one generation's lease by the instance running it: a task
 //! started by `open` that renews the lease at a fixed pace until `close`,
 //! whatever the app does meanwhile (awaiting the stop signal or not). Each
-//! renewal also reads the stop flag: a stop whose publish this instance
-//! missed is seen at the next renewal.
+//! renewal also reads the stop and want flags: a stop or a want whose
+//! publish this instance missed is seen at the next renewal.
 //!
 //! The task ends when:
 //!
@@ -55,8 +55,9 @@ struct Target {
 }
 
 impl Target {
-    /// Renews the lease: 1, or 2 when a stop was asked; 0 when the
-    /// generation is no longer the open one.
+    /// Renews the lease: 1, plus 1 when a stop was asked and 2 when a
+    /// reader elsewhere wants its events; 0 when the generation is no
+    /// longer the open one.
     async fn renew(&self, inner: &Inner) -> Result<i64, DomainError> {
         let mut conn = inner.pool.connection()?;
         inner
@@ -124,13 +125,18 @@ async fn renew(
             return;
         };
         let renewed = target.renew(&strong).await;
-        if matches!(renewed, Ok(2)) {
-            strong.deliver_stop(target.conversation, &target.generation);
+        if let Ok(flags @ 1..) = renewed {
+            if (flags - 1) & 1 == 1 {
+                strong.deliver_stop(target.conversation, &target.generation);
+            }
+            if (flags - 1) & 2 == 2 {
+                strong.share(target.conversation, &target.generation);
+            }
         }
         // Never held between renewals, so the state can go meanwhile.
         drop(strong);
         match renewed {
-            Ok(1 | 2) => {
+            Ok(1..) => {
                 if failing {
                     tracing::info!(
                         conversation = %target.conversation,

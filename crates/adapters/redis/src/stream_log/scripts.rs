@@ -8,7 +8,9 @@
 //! `{conversation}`, so they live on one node of a cluster.
 //!
 //! Meta fields: `gen` (the generation, decimal), `msg` (the message id),
-//! `open` (`1` or `0`), `stop` (`1` or `0`), and `tail`
+//! `open` (`1` or `0`), `stop` (`1` or `0`), `want` (`1` once a reader on
+//! an instance that does not run the generation asked for its events, else
+//! `0` or absent), and `tail`
 //! (`{generation}:{number}`: the number of the last event the append
 //! scripts added to that generation's stream). Stream entries: `e <event
 //! name or empty> d <data>` for an event, `end 1` for the end of the log.
@@ -37,7 +39,7 @@
 ///
 /// Returns `{'open'}` while a generation is open (an expired lease has
 /// already removed the hash), else `{'ok', generation}`.
-const OPEN: &str = r"-- confab stream log open v1
+const OPEN: &str = r"-- confab stream log open v2
 if redis.replicate_commands then redis.replicate_commands() end
 if redis.call('HGET', KEYS[1], 'open') == '1' then
   return {'open'}
@@ -51,7 +53,7 @@ else
   generation = generation + 1
 end
 generation = string.format('%d', generation)
-redis.call('HSET', KEYS[1], 'gen', generation, 'msg', ARGV[1], 'open', '1', 'stop', '0')
+redis.call('HSET', KEYS[1], 'gen', generation, 'msg', ARGV[1], 'open', '1', 'stop', '0', 'want', '0')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {'ok', generation}
 ";
@@ -283,25 +285,31 @@ return 1
 ";
 
 /// Renews a generation's lease while it is the open one, and says whether
-/// a stop was asked of it (the fallback for a stop whose publish the
-/// instance missed). `KEYS[1]`: the meta hash. `KEYS[2]`: the generation's
-/// stream (which may not exist yet: the first `append` gives it the hash's
-/// TTL). `ARGV[1]`: the generation. `ARGV[2]`: the lease (ms).
+/// a stop was asked of it and whether a reader elsewhere wants its events
+/// (the fallbacks for a stop or a want whose publish the instance missed).
+/// `KEYS[1]`: the meta hash. `KEYS[2]`: the generation's stream (which may
+/// not exist yet: the first `append` gives it the hash's TTL). `ARGV[1]`:
+/// the generation. `ARGV[2]`: the lease (ms).
 ///
-/// Returns 1 when the lease was renewed, 2 when it was and a stop was
-/// asked, 0 when the generation is not the open one (closed, replaced, or
-/// its lease ran out): there is nothing of it left to renew.
-const RENEW: &str = r"-- confab stream log renew v2
-local log = redis.call('HMGET', KEYS[1], 'gen', 'open', 'stop')
+/// Returns 0 when the generation is not the open one (closed, replaced, or
+/// its lease ran out): there is nothing of it left to renew. Otherwise the
+/// lease was renewed, and the reply is 1, plus 1 when a stop was asked,
+/// plus 2 when its events are wanted.
+const RENEW: &str = r"-- confab stream log renew v3
+local log = redis.call('HMGET', KEYS[1], 'gen', 'open', 'stop', 'want')
 if log[1] ~= ARGV[1] or log[2] ~= '1' then
   return 0
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
+local reply = 1
 if log[3] == '1' then
-  return 2
+  reply = reply + 1
 end
-return 1
+if log[4] == '1' then
+  reply = reply + 2
+end
+return reply
 ";
 
 /// Where a reader starts. `KEYS[1]`: the meta hash. `ARGV[1]`: the stream
@@ -318,12 +326,19 @@ return 1
 /// is an event shown before its append failed for good, and what follows
 /// it is what came after that failure.
 ///
+/// A reader located in an open generation wants its events, which the
+/// instance running it keeps to itself until asked (see `stream_log.rs`):
+/// the first such reader sets the hash's `want` and publishes
+/// `{conversation} {generation}` on the want channel. `ARGV[5]`: that
+/// channel. `ARGV[6]`: the conversation id.
+///
 /// Returns `{'none'}` when there is no log, `{'invalid'}` when the id is
 /// not one of the current generation's events, else `{'ok', generation}`.
 const LOCATE: &str = concat!(
-    "-- confab stream log locate v2\n",
+    "-- confab stream log locate v3\n",
+    "if redis.replicate_commands then redis.replicate_commands() end\n",
     last_event!(),
-    r"local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
+    r"local log = redis.call('HMGET', KEYS[1], 'gen', 'open', 'want')
 local generation = log[1]
 if not generation then
   return {'none'}
@@ -349,6 +364,10 @@ if ARGV[2] ~= '' then
       return {'invalid'}
     end
   end
+end
+if log[2] == '1' and log[3] ~= '1' then
+  redis.call('HSET', KEYS[1], 'want', '1')
+  redis.call('PUBLISH', ARGV[5], ARGV[6] .. ' ' .. generation)
 end
 return {'ok', generation}
 ",

@@ -1,13 +1,18 @@
-//! Stops, delivered without polling: a stop request sets the generation's
-//! stop flag and publishes `{conversation} {generation}` on the log's stop
-//! channel in the same script; every instance listens on that channel with
-//! one pub/sub connection (one task per [`RedisStreamLog`](super::RedisStreamLog)),
-//! and the instance running that generation resolves its [`StopSignal`].
+//! Stops and wants, delivered without polling: a stop request sets the
+//! generation's stop flag and publishes `{conversation} {generation}` on the
+//! log's stop channel in the same script; a reader on an instance that does
+//! not run the generation sets its `want` flag and publishes the same on
+//! the want channel (see `stream_log.rs`, "Appends"). Every instance
+//! listens on both channels with one pub/sub connection (one task per
+//! [`RedisStreamLog`](super::RedisStreamLog)), and the instance running
+//! that generation resolves its [`StopSignal`], or starts handing its
+//! events to Redis.
 //!
 //! A publish is lost when the listener is not connected at that moment
-//! (Redis restarted, the connection dropped): the lease renewal, which reads
-//! the stop flag on every renewal, catches such a stop one renewal interval
-//! later at most (see `renewal.rs`).
+//! (Redis restarted, the connection dropped), and a want is lost when it
+//! comes before the instance has noted the generation it just opened: the
+//! lease renewal, which reads both flags on every renewal, catches such a
+//! stop or want one renewal interval later at most (see `renewal.rs`).
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -81,29 +86,35 @@ pub(super) fn channel(inner: &Inner) -> String {
     inner.pool.key("log:stop")
 }
 
+/// The channel wants are published on.
+pub(super) fn want_channel(inner: &Inner) -> String {
+    inner.pool.key("log:want")
+}
+
 /// A stop message's conversation and generation.
 pub(super) fn parse(message: &str) -> Option<(ConversationId, &str)> {
     let (conversation, generation) = message.split_once(' ')?;
     Some((conversation.parse().ok()?, generation))
 }
 
-/// The listener task: subscribes, hands each stop to the generation it
-/// names, and connects again after a failure, until the log is dropped.
+/// The listener task: subscribes, hands each stop or want to the
+/// generation it names, and connects again after a failure, until the log
+/// is dropped.
 async fn listen(inner: Weak<Inner>, subscribed: watch::Sender<bool>) {
     let mut failing = false;
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let channel = channel(&strong);
+        let (channel, wants) = (channel(&strong), want_channel(&strong));
         let mut gone = strong.gone.subscribe();
         let connected = strong.pool.pubsub().await;
         drop(strong);
         match connected {
-            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+            Ok(mut pubsub) => match pubsub.subscribe(&[&channel, &wants]).await {
                 Ok(()) => {
                     if failing {
-                        tracing::info!("listening for stops again");
+                        tracing::info!("listening for stops and wants again");
                     }
                     failing = false;
                     subscribed.send_replace(true);
@@ -118,7 +129,11 @@ async fn listen(inner: Weak<Inner>, subscribed: watch::Sender<bool>) {
                                 if let Ok(text) = message.get_payload::<String>()
                                     && let Some((conversation, generation)) = parse(&text)
                                 {
-                                    strong.deliver_stop(conversation, generation);
+                                    if message.get_channel_name() == wants {
+                                        strong.share(conversation, generation);
+                                    } else {
+                                        strong.deliver_stop(conversation, generation);
+                                    }
                                 }
                             }
                         }
@@ -127,14 +142,14 @@ async fn listen(inner: Weak<Inner>, subscribed: watch::Sender<bool>) {
                 }
                 Err(error) => {
                     if !failing {
-                        tracing::warn!(%error, "cannot listen for stops; retrying");
+                        tracing::warn!(%error, "cannot listen for stops and wants; retrying");
                     }
                     failing = true;
                 }
             },
             Err(error) => {
                 if !failing {
-                    tracing::warn!(%error, "cannot listen for stops; retrying");
+                    tracing::warn!(%error, "cannot listen for stops and wants; retrying");
                 }
                 failing = true;
             }
