@@ -9,8 +9,10 @@
 //! the prefix holds braces itself):
 //!
 //! - `log:{conversation}:meta`, a hash: the latest generation's number
-//!   (`gen`), its message id (`msg`), whether it is open (`open`) and
-//!   whether a stop was asked of it (`stop`).
+//!   (`gen`), its message id (`msg`), whether it is open (`open`), whether
+//!   a stop was asked of it (`stop`), whether a reader on another instance
+//!   wants its events (`want`) and the number of the last event Redis
+//!   holds (`tail`): see `scripts.rs`.
 //! - `log:{conversation}:{generation}`, a Redis Stream: that generation's
 //!   events, then, once closed, an end entry readers never deliver.
 //!
@@ -167,8 +169,8 @@ pub struct RedisStreamLogOptions {
     /// intervals at least, and longer than a Redis hiccup.
     pub lease: Duration,
     /// How often the instance running a generation renews its lease (but
-    /// at least three times per lease), and so the longest a stop whose
-    /// publish it missed waits to be seen.
+    /// at least three times per lease), and so the longest a stop or a
+    /// want whose publish it missed waits to be seen.
     pub poll_interval: Duration,
 }
 
@@ -185,7 +187,7 @@ struct Inner {
     sends: Mutex<append::Sends>,
     /// Wakes the readers of generations run elsewhere.
     hub: Hub,
-    /// Hears stop requests.
+    /// Hears stop requests and wants.
     listener: Listener,
     /// Dropped with the log: ends its tasks.
     gone: watch::Sender<()>,

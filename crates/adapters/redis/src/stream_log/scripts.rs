@@ -329,8 +329,9 @@ return reply
 /// A reader located in an open generation wants its events, which the
 /// instance running it keeps to itself until asked (see `stream_log.rs`):
 /// the first such reader sets the hash's `want` and publishes
-/// `{conversation} {generation}` on the want channel. `ARGV[5]`: that
-/// channel. `ARGV[6]`: the conversation id.
+/// `{conversation} {generation}` on the want channel (a publish refused,
+/// by an ACL without the channel, leaves the flag for the instance's next
+/// renewal). `ARGV[5]`: that channel. `ARGV[6]`: the conversation id.
 ///
 /// Returns `{'none'}` when there is no log, `{'invalid'}` when the id is
 /// not one of the current generation's events, else `{'ok', generation}`.
@@ -367,7 +368,7 @@ if ARGV[2] ~= '' then
 end
 if log[2] == '1' and log[3] ~= '1' then
   redis.call('HSET', KEYS[1], 'want', '1')
-  redis.call('PUBLISH', ARGV[5], ARGV[6] .. ' ' .. generation)
+  redis.pcall('PUBLISH', ARGV[5], ARGV[6] .. ' ' .. generation)
 end
 return {'ok', generation}
 ",

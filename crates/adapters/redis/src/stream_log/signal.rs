@@ -102,6 +102,8 @@ pub(super) fn parse(message: &str) -> Option<(ConversationId, &str)> {
 /// is dropped.
 async fn listen(inner: Weak<Inner>, subscribed: watch::Sender<bool>) {
     let mut failing = false;
+    // Wants refused (a Redis ACL without the channel): said once.
+    let mut wants_refused = false;
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -111,12 +113,23 @@ async fn listen(inner: Weak<Inner>, subscribed: watch::Sender<bool>) {
         let connected = strong.pool.pubsub().await;
         drop(strong);
         match connected {
-            Ok(mut pubsub) => match pubsub.subscribe(&[&channel, &wants]).await {
+            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
                 Ok(()) => {
                     if failing {
-                        tracing::info!("listening for stops and wants again");
+                        tracing::info!("listening for stops again");
                     }
                     failing = false;
+                    // On its own: a want channel refused leaves stops heard
+                    // (wants are then read at each renewal).
+                    if let Err(error) = pubsub.subscribe(&wants).await
+                        && !std::mem::replace(&mut wants_refused, true)
+                    {
+                        tracing::warn!(
+                            %error,
+                            "cannot listen for wants: readers on other instances wait for \
+                             the next lease renewal of the answer they follow"
+                        );
+                    }
                     subscribed.send_replace(true);
                     let mut messages = pubsub.on_message();
                     loop {
@@ -142,14 +155,14 @@ async fn listen(inner: Weak<Inner>, subscribed: watch::Sender<bool>) {
                 }
                 Err(error) => {
                     if !failing {
-                        tracing::warn!(%error, "cannot listen for stops and wants; retrying");
+                        tracing::warn!(%error, "cannot listen for stops; retrying");
                     }
                     failing = true;
                 }
             },
             Err(error) => {
                 if !failing {
-                    tracing::warn!(%error, "cannot listen for stops and wants; retrying");
+                    tracing::warn!(%error, "cannot listen for stops; retrying");
                 }
                 failing = true;
             }
