@@ -140,7 +140,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use confab_domain::{ConversationId, DomainError, Field, MessageId, WireEvent};
+use confab_domain::{ConversationId, DomainError, EventName, Field, MessageId, WireEvent};
 use confab_ports::{EventFeed, LogHead, ReadFrom, StopSignal, StreamLog};
 use tokio::sync::watch;
 
@@ -329,6 +329,31 @@ impl RedisStreamLog {
     }
 }
 
+/// The events `opened` kept and never handed to Redis, from the number of
+/// the first, for its close to carry: none when it was shared (its events
+/// go through the senders), when nothing is kept, or when more are kept
+/// than one call may carry (they go through the senders, in calls of
+/// [`append::MAX_CALL_EVENTS`]). Taken, they count as handed over.
+fn take_kept(opened: &mut Opened) -> Option<(u64, Vec<WireEvent>)> {
+    let (first, next) = (opened.sent, opened.next);
+    if opened.shared || first == next || next - first > append::MAX_CALL_EVENTS {
+        return None;
+    }
+    // The copy holds event `n` at `n - 1`; events numbered after the close
+    // began are not in it, and are never handed over.
+    let from = usize::try_from(first - 1).unwrap_or(usize::MAX);
+    let events = opened.local.with_events(|events| {
+        events
+            .iter()
+            .skip(from)
+            .map(|logged| logged.event.clone())
+            .collect()
+    });
+    opened.shared = true;
+    opened.sent = next;
+    Some((first, events))
+}
+
 /// `duration` in whole milliseconds, rounded up, at most [`MAX_TTL`].
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.min(MAX_TTL).as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
@@ -407,12 +432,17 @@ impl StreamLog for RedisStreamLog {
     async fn close(&self, conversation: ConversationId) -> Result<(), DomainError> {
         let inner = &self.inner;
         // Local readers end after what they have: everything this instance
-        // numbered. Its events still queued for Redis go first: the end
-        // entry must follow them.
+        // numbered. Whole in Redis for the retention: what it kept and
+        // never handed over goes in the close's own call, before the end
+        // entry (or, past one call's worth, through the senders first, as
+        // do the events still queued of a shared generation).
+        let mut kept = None;
         let sending = inner.opened().get_mut(&conversation).map(|opened| {
             opened.local.close();
-            // Whole in Redis for the retention: what it kept goes first.
-            inner.share_opened(conversation, opened);
+            kept = take_kept(opened);
+            if kept.is_none() {
+                inner.share_opened(conversation, opened);
+            }
             opened.sending.subscribe()
         });
         if let Some(mut sending) = sending {
@@ -436,18 +466,33 @@ impl StreamLog for RedisStreamLog {
             let mut conn = inner.pool.connection()?;
             // Closing what is not open (never opened, closed, expired) does
             // nothing: closing is idempotent.
-            inner
-                .scripts
-                .close
-                .key(inner.meta_key(conversation))
+            let mut invocation = inner.scripts.close.key(inner.meta_key(conversation));
+            invocation
                 .arg(inner.stream_prefix(conversation))
                 .arg(millis(inner.options.retention))
-                .arg(&generation)
+                .arg(&generation);
+            match &kept {
+                Some((first, events)) => {
+                    invocation.arg(first);
+                    for event in events {
+                        invocation
+                            .arg(event.name.map_or("", EventName::as_str))
+                            .arg(&event.data);
+                    }
+                }
+                None => {
+                    invocation.arg("");
+                }
+            }
+            invocation
                 .invoke_async::<i64>(&mut conn)
                 .await
                 .map_err(|e| unavailable(&e))
         }
         .await;
+        if matches!(closed, Ok(2)) {
+            tracing::warn!(%conversation, "events of the answer could not be added to the shared stream log: they do not follow what it holds");
+        }
         let mut opened = inner.opened();
         // Unless this instance opened a newer one meanwhile.
         if opened

@@ -249,6 +249,23 @@ async fn a_generation_no_other_instance_reads_reaches_redis_only_when_it_closes(
 }
 
 #[tokio::test]
+async fn kept_events_that_no_longer_follow_the_stream_are_left_out_at_the_close() {
+    let (a, b) = two_instances(options()).await;
+    let conv = ConversationId::generate();
+    let _stop = a.open(conv, &message("m1")).await.unwrap();
+    let kept = a.append(conv, event("kept")).await.unwrap();
+    // An instance that did not open the log appends to it: Redis numbers
+    // it after what the stream holds, so it takes the number A gave.
+    let from_b = b.append(conv, event("from b")).await.unwrap();
+    assert_eq!(kept, from_b);
+    // A's close finds its kept event no longer follows the stream: the log
+    // closes after what it holds, whole and without a duplicate id.
+    a.close(conv).await.unwrap();
+    let mut feed = b.read(conv, ReadFrom::Start).await.unwrap();
+    assert_eq!(drain(&mut feed).await, [(from_b, "from b".to_owned())]);
+}
+
+#[tokio::test]
 async fn a_reader_on_another_instance_gets_what_was_kept_then_the_rest_live() {
     let prefix = fresh_prefix();
     let (a, b) = (

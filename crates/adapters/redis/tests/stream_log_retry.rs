@@ -430,8 +430,11 @@ async fn events_appended_while_their_log_closes_fail_alone_in_their_group() {
     assert_eq!(stored(&url, busy).await, ["0", "q"]);
 }
 
-#[tokio::test]
-async fn a_long_answer_kept_to_its_end_goes_to_redis_in_calls_of_bounded_size() {
+/// Script calls a log's close of a generation no other instance read
+/// makes when its answer is `count` events (appended four at a time),
+/// after checking that none of them went to Redis before it; and that
+/// Redis then holds them all, in order.
+async fn calls_of_a_close_after(count: usize) -> u64 {
     let redis = support::PrivateRedis::start();
     let url = redis.url();
     let log = log_holding(&url, Duration::from_secs(5), 5_000);
@@ -445,16 +448,28 @@ async fn a_long_answer_kept_to_its_end_goes_to_redis_in_calls_of_bounded_size() 
         .open(conv, &MessageId::parse("m1").unwrap())
         .await
         .unwrap();
-    let data: Vec<String> = (0..3_000).map(|n| n.to_string()).collect();
-    for chunk in data.chunks(100) {
+    let data: Vec<String> = (0..count).map(|n| n.to_string()).collect();
+    for chunk in data.chunks(4) {
         let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
         log.append_all(conv, events(&names)).await.unwrap();
     }
     assert!(held(&url, conv).await.is_empty(), "nothing went to Redis");
     admin(&mut raw, &["CONFIG", "RESETSTAT"]).await;
+    log.close(conv).await.unwrap();
+    let calls = script_calls(&mut raw).await;
+    assert_eq!(stored(&url, conv).await, data);
+    calls
+}
+
+#[tokio::test]
+async fn a_long_answer_kept_to_its_end_goes_to_redis_in_calls_of_bounded_size() {
     // Its close hands the 3,000 events over in three calls (1,024, 1,024
     // and 952), then adds the end entry.
-    log.close(conv).await.unwrap();
-    assert_eq!(script_calls(&mut raw).await, 4);
-    assert_eq!(stored(&url, conv).await, data);
+    assert_eq!(calls_of_a_close_after(3_000).await, 4);
+}
+
+#[tokio::test]
+async fn an_answer_kept_to_its_end_closes_in_one_call() {
+    // The close's own call carries the events, then the end entry.
+    assert_eq!(calls_of_a_close_after(24).await, 1);
 }

@@ -45,7 +45,7 @@ const MAX_GROUP: usize = 64;
 /// The most events one call hands over: a call runs in Redis at once, so
 /// a long answer's events, kept until its end, go in a few calls of a few
 /// milliseconds each instead of one that holds every other client back.
-const MAX_CALL_EVENTS: u64 = 1024;
+pub(super) const MAX_CALL_EVENTS: u64 = 1024;
 
 /// The most senders at once on a single Redis: while one waits for its
 /// reply, another may carry what was queued meanwhile.

@@ -240,31 +240,52 @@ return reply
 ",
 );
 
-/// Closes the open generation: marks it closed, adds the end entry (which
-/// wakes blocked readers; its id is Redis's, `{ms}-0`, after every event's
+/// Closes the open generation: adds the events the caller kept and never
+/// handed over, if any, marks it closed, adds the end entry (which wakes
+/// blocked readers; its id is Redis's, `{ms}-0`, after every event's
 /// `0-{n}`, and its value the number of the last event) and keeps both
 /// keys for the retention.
 /// `KEYS[1]`: the meta hash. `ARGV[1]`: the stream keys' prefix.
 /// `ARGV[2]`: the retention (ms). `ARGV[3]`: the generation the caller
-/// opened, or empty for any.
+/// opened, or empty for any. `ARGV[4]`: the number of the first kept
+/// event, or empty when none are given. `ARGV[5]`, `ARGV[6]`, …: each kept
+/// event's name (or empty) and data.
 ///
-/// Returns 1 when a generation was closed, 0 when none was open (or not
-/// the caller's).
+/// Kept events are added only when they follow the stream's last entry
+/// (as an append's would be judged); otherwise they are left out and the
+/// log closes after what it holds.
+///
+/// Returns 1 when a generation was closed, 2 when it was but its kept
+/// events were left out, 0 when none was open (or not the caller's).
 const CLOSE: &str = concat!(
-    "-- confab stream log close v2\n",
+    "-- confab stream log close v3\n",
     "if redis.replicate_commands then redis.replicate_commands() end\n",
     last_event!(),
-    r"local log = redis.call('HMGET', KEYS[1], 'gen', 'open')
+    known_last!(),
+    r"local log = redis.call('HMGET', KEYS[1], 'gen', 'open', 'tail')
 if log[2] ~= '1' or (ARGV[3] ~= '' and ARGV[3] ~= log[1]) then
   return 0
 end
 local stream = ARGV[1] .. log[1]
+local reply = 1
+local last = known_last(log[3], log[1], stream)
+local count = (#ARGV - 4) / 2
+if count > 0 then
+  local first = tonumber(ARGV[4])
+  if last ~= nil and first == last + 1 then
+    for i = 0, count - 1 do
+      redis.call('XADD', stream, string.format('0-%d', first + i), 'e', ARGV[5 + 2 * i], 'd', ARGV[6 + 2 * i])
+    end
+    last = first + count - 1
+  else
+    reply = 2
+  end
+end
 redis.call('HSET', KEYS[1], 'open', '0')
-local last = last_event(stream) or 0
-redis.call('XADD', stream, '*', 'end', string.format('%d', last))
+redis.call('XADD', stream, '*', 'end', string.format('%d', last or 0))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', stream, ARGV[2])
-return 1
+return reply
 ",
 );
 
