@@ -13,12 +13,19 @@
 //! together as the next group (group commit: one request alone goes at
 //! once, as before). A group shares one command, one reading of the clock,
 //! one read of all its keys and one reply, and writes each bucket it
-//! charged once (ADR 0005, seventh and fifteenth passes).
-//! Each admission in a group is its own, in order, on one reading of
-//! Redis's clock. Elsewhere (a cluster, whose keys of different users lie
-//! in different slots; the main runtime) each admission is a group of one.
+//! charged once (ADR 0005, seventh and fifteenth passes). Admissions of a
+//! group that ask exactly the same (one token's concurrent requests, the
+//! common shape of a script or an app behind one API key) go as one entry
+//! with a count: their keys are sent and read once, and the script charges
+//! the entry's bucket once per admission, in turn (ADR 0005, twenty-second
+//! pass). Each admission in a group is its own, on one reading of Redis's
+//! clock: the entries in the order their first admission came, an entry's
+//! admissions one after another. Elsewhere (a cluster, whose keys of
+//! different users lie in different slots; the main runtime) each
+//! admission is a group of one.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
@@ -31,20 +38,21 @@ use crate::cache::version_key as cache_version_key;
 use crate::limiter::{TTL_MARGIN_MS, bucket_key, decision, gcra_next, gcra_ttl, period_micros};
 use crate::pool::{RedisPool, unavailable};
 
-/// Admits a group of requests. `KEYS`: five per admission: the token's and
-/// its session's blocking keys, the user's version, the caller's bucket
-/// and the cache version counter to read (any key, say the bucket again,
-/// when none is asked). `ARGV`: the TTL margin (ms) of the buckets, then
-/// three per admission: its bucket's period (µs) and quota, as the
-/// limiter's script takes them, and whether the cache version is asked
-/// (`1`) or not (`0`).
+/// Admits a group of requests, given as entries: admissions that ask the
+/// same thing. `KEYS`: five per entry: the token's and its session's
+/// blocking keys, the user's version, the caller's bucket and the cache
+/// version counter to read (any key, say the bucket again, when none is
+/// asked). `ARGV`: the TTL margin (ms) of the buckets, then four per entry:
+/// its bucket's period (µs) and quota, as the limiter's script takes them,
+/// whether the cache version is asked (`1`) or not (`0`), and how many
+/// admissions the entry holds.
 ///
-/// Returns seven numbers per admission, in order: `1, version` and five
-/// zeros for a refused token, charging nothing; `0, version, allowed,
-/// remaining, reset_after µs, retry_after µs, cache version` otherwise,
-/// the cache version −1 when not asked or absent (it is never created
-/// here: [`RedisCache`](crate::RedisCache)'s version script creates
-/// counters, on Redis's clock).
+/// Returns seven numbers per admission, entry by entry and within an
+/// entry in turn: `1, version` and five zeros for a refused token, charging
+/// nothing; `0, version, allowed, remaining, reset_after µs, retry_after
+/// µs, cache version` otherwise, the cache version −1 when not asked or
+/// absent (it is never created here: [`RedisCache`](crate::RedisCache)'s
+/// version script creates counters, on Redis's clock).
 ///
 /// Every key of the group is read with one `MGET` (a `redis.call` costs
 /// Redis more than the command it runs: ADR 0005, fifteenth pass); every
@@ -55,7 +63,7 @@ use crate::pool::{RedisPool, unavailable};
 /// from the script's own copy, and each bucket charged is written once,
 /// at the end, with its last TAT.
 const SCRIPT: &str = concat!(
-    "-- confab admission v4\n",
+    "-- confab admission v5\n",
     "if redis.replicate_commands then redis.replicate_commands() end\n",
     gcra_next!(),
     gcra_ttl!(),
@@ -65,33 +73,42 @@ local margin = tonumber(ARGV[1])
 local read = redis.call('MGET', unpack(KEYS))
 local charged, order = {}, {}
 local out = {}
+local o = 0
 for i = 0, #KEYS / 5 - 1 do
   local k = i * 5
-  local a = 1 + i * 3
+  local a = 1 + i * 4
   local version = read[k + 3] or '0'
-  local o = i * 7
+  local count = tonumber(ARGV[a + 4])
   if read[k + 1] or read[k + 2] then
-    out[o + 1], out[o + 2], out[o + 3], out[o + 4] = 1, version, 0, 0
-    out[o + 5], out[o + 6], out[o + 7] = 0, 0, -1
+    for _ = 1, count do
+      out[o + 1], out[o + 2], out[o + 3], out[o + 4] = 1, version, 0, 0
+      out[o + 5], out[o + 6], out[o + 7] = 0, 0, -1
+      o = o + 7
+    end
   else
     local bucket = KEYS[k + 4]
-    local tat = charged[bucket]
-    if tat == nil and read[k + 4] then
-      tat = tonumber(read[k + 4])
-    end
-    local new_tat, d = gcra_next(tat, now, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]))
-    if new_tat then
-      if charged[bucket] == nil then
-        order[#order + 1] = bucket
-      end
-      charged[bucket] = new_tat
-    end
+    local period, quota = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
     local cached = -1
     if ARGV[a + 3] == '1' and read[k + 5] then
       cached = tonumber(read[k + 5]) or -1
     end
-    out[o + 1], out[o + 2], out[o + 3], out[o + 4] = 0, version, d[1], d[2]
-    out[o + 5], out[o + 6], out[o + 7] = d[3], d[4], cached
+    local tat = charged[bucket]
+    if tat == nil and read[k + 4] then
+      tat = tonumber(read[k + 4])
+    end
+    for _ = 1, count do
+      local new_tat, d = gcra_next(tat, now, period, quota)
+      if new_tat then
+        if charged[bucket] == nil then
+          order[#order + 1] = bucket
+        end
+        charged[bucket] = new_tat
+        tat = new_tat
+      end
+      out[o + 1], out[o + 2], out[o + 3], out[o + 4] = 0, version, d[1], d[2]
+      out[o + 5], out[o + 6], out[o + 7] = d[3], d[4], cached
+      o = o + 7
+    end
   end
 end
 for _, bucket in ipairs(order) do
@@ -110,7 +127,9 @@ const REPLY_LEN: usize = 7;
 /// Redis.
 const MAX_GROUP: usize = 64;
 
-/// What an admission asks the script.
+/// What an admission asks the script: two that are equal go as one
+/// entry of a group.
+#[derive(PartialEq, Eq, Hash)]
 struct Request {
     /// Token, session, user version, bucket, cache version counter.
     keys: [String; 5],
@@ -131,39 +150,71 @@ struct Inner {
     /// How many groups this adapter's makers sent.
     #[cfg(test)]
     groups: std::sync::atomic::AtomicUsize,
+    /// How many entries the script calls carried, in all.
+    #[cfg(test)]
+    entries: std::sync::atomic::AtomicUsize,
 }
 
 impl Inner {
     /// Runs the script once for `requests` (at least one), on this
-    /// thread's connection: `REPLY_LEN` numbers each, in order.
-    async fn run<'r>(
-        &self,
-        requests: impl ExactSizeIterator<Item = &'r Request>,
-    ) -> Result<Vec<i64>, DomainError> {
-        let expected = requests.len() * REPLY_LEN;
+    /// thread's connection: `REPLY_LEN` numbers for each, in order.
+    /// Equal requests go as one entry (see [`SCRIPT`]).
+    async fn run(&self, requests: &[&Request]) -> Result<Vec<[i64; REPLY_LEN]>, DomainError> {
+        // Each distinct request with its count, in order of first sight,
+        // and the entry of each request.
+        let mut entries: Vec<(&Request, usize)> = Vec::with_capacity(requests.len());
+        let mut entry_of = Vec::with_capacity(requests.len());
+        let mut seen: HashMap<&Request, usize> = HashMap::with_capacity(requests.len());
+        for &request in requests {
+            let at = *seen.entry(request).or_insert_with(|| {
+                entries.push((request, 0));
+                entries.len() - 1
+            });
+            entries[at].1 += 1;
+            entry_of.push(at);
+        }
+        #[cfg(test)]
+        self.entries
+            .fetch_add(entries.len(), std::sync::atomic::Ordering::Relaxed);
         let mut invocation = self.script.prepare_invoke();
         invocation.arg(TTL_MARGIN_MS);
-        for request in requests {
+        for (request, count) in &entries {
             for key in &request.keys {
                 invocation.key(key);
             }
             invocation
                 .arg(request.period)
                 .arg(request.quota)
-                .arg(u8::from(request.cache_asked));
+                .arg(u8::from(request.cache_asked))
+                .arg(*count);
         }
         let mut conn = self.pool.connection()?;
         let reply: Vec<i64> = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable(&e))?;
-        if reply.len() == expected {
-            Ok(reply)
-        } else {
-            Err(DomainError::internal(
-                "the admission script answered an unexpected shape",
-            ))
+        let shape = || DomainError::internal("the admission script answered an unexpected shape");
+        if reply.len() != requests.len() * REPLY_LEN {
+            return Err(shape());
         }
+        // Where each entry's next answer starts in the reply.
+        let mut next = Vec::with_capacity(entries.len());
+        let mut start = 0;
+        for (_, count) in &entries {
+            next.push(start);
+            start += count * REPLY_LEN;
+        }
+        entry_of
+            .into_iter()
+            .map(|at| {
+                let from = next[at];
+                next[at] += REPLY_LEN;
+                reply
+                    .get(from..from + REPLY_LEN)
+                    .and_then(|numbers| <[i64; REPLY_LEN]>::try_from(numbers).ok())
+                    .ok_or_else(shape)
+            })
+            .collect()
     }
 }
 
@@ -191,15 +242,15 @@ async fn gather(inner: Weak<Inner>, mut waiting: mpsc::UnboundedReceiver<Pending
         if group.is_empty() {
             continue;
         }
-        let result = adapter.run(group.iter().map(|p| &p.request)).await;
+        let requests: Vec<&Request> = group.iter().map(|p| &p.request).collect();
+        let result = adapter.run(&requests).await;
+        drop(requests);
         drop(adapter);
         match result {
-            Ok(reply) => {
-                for (pending, numbers) in group.drain(..).zip(reply.chunks_exact(REPLY_LEN)) {
-                    if let Ok(numbers) = <[i64; REPLY_LEN]>::try_from(numbers) {
-                        // A request that went away meanwhile takes nothing.
-                        let _ = pending.reply.send(Ok(numbers));
-                    }
+            Ok(replies) => {
+                for (pending, numbers) in group.drain(..).zip(replies) {
+                    // A request that went away meanwhile takes nothing.
+                    let _ = pending.reply.send(Ok(numbers));
                 }
             }
             Err(e) => {
@@ -234,6 +285,8 @@ impl RedisAdmission {
                 script: redis::Script::new(SCRIPT),
                 #[cfg(test)]
                 groups: std::sync::atomic::AtomicUsize::new(0),
+                #[cfg(test)]
+                entries: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -301,8 +354,8 @@ impl Admission for RedisAdmission {
         let reply = if pool.on_worker() {
             self.grouped(request).await?
         } else {
-            let numbers = self.inner.run(std::iter::once(&request)).await?;
-            <[i64; REPLY_LEN]>::try_from(numbers.as_slice()).map_err(|_| {
+            let mut replies = self.inner.run(&[&request]).await?;
+            replies.pop().ok_or_else(|| {
                 DomainError::internal("the admission script answered an unexpected shape")
             })?
         };
@@ -354,14 +407,35 @@ mod tests {
         }
     }
 
-    /// Admissions a worker asks for at once go to Redis together (at most
-    /// `MAX_GROUP` a call), and each is its own: every good token charged
-    /// once, in turn, until the bucket is empty; every blocked one refused
-    /// and charged nothing; the cache version read where asked.
-    #[tokio::test]
-    async fn admissions_asked_at_once_on_a_worker_go_in_groups_each_its_own() {
+    /// An admission on the local Redis, a user whose conversation list
+    /// has a cache version, a session of that user's that is blocked, and
+    /// a fresh policy of `quota` an hour with the user's bucket.
+    struct Setting {
+        admission: RedisAdmission,
+        user: UserId,
+        lists: String,
+        version: u64,
+        revoked: FamilyId,
+        policy: RatePolicy,
+        bucket: String,
+    }
+
+    impl Setting {
+        /// Nothing was charged for the refused: the bucket is exactly
+        /// empty, and the next admission is refused.
+        async fn assert_empty(&self, c: &AccessClaims) {
+            let next = self
+                .admission
+                .admit(c, &self.policy, &self.bucket, None)
+                .await
+                .unwrap()
+                .expect("admitted");
+            assert!(!next.decision.allowed);
+        }
+    }
+
+    async fn setting(quota: u32) -> Setting {
         let pool = crate::pool::local_pool();
-        let admission = RedisAdmission::new(pool.clone());
         let blocklist = RedisBlocklist::new(pool.clone());
         let cache = RedisCache::new(pool.clone());
         let user = UserId::generate();
@@ -376,29 +450,43 @@ mod tests {
             )
             .await
             .unwrap();
-        let policy = RatePolicy {
-            name: format!("grouped-{}", UserId::generate()),
-            quota: 80,
-            window: Duration::from_secs(3600),
-        };
-        let bucket = format!("user:{user}");
+        Setting {
+            admission: RedisAdmission::new(pool),
+            user,
+            lists,
+            version,
+            revoked,
+            policy: RatePolicy {
+                name: format!("grouped-{}", UserId::generate()),
+                quota,
+                window: Duration::from_secs(3600),
+            },
+            bucket: format!("user:{user}"),
+        }
+    }
+
+    /// Admissions a worker asks for at once go to Redis together (at most
+    /// `MAX_GROUP` a call), and each is its own: every good token charged
+    /// once, in turn, until the bucket is empty; every blocked one refused
+    /// and charged nothing; the cache version read where asked.
+    #[tokio::test]
+    async fn admissions_asked_at_once_on_a_worker_go_in_groups_each_its_own() {
+        let t = setting(80).await;
         let good: Vec<AccessClaims> = (0..100)
-            .map(|_| claims(user, FamilyId::generate()))
+            .map(|_| claims(t.user, FamilyId::generate()))
             .collect();
-        let blocked: Vec<AccessClaims> = (0..5).map(|_| claims(user, revoked)).collect();
+        let blocked: Vec<AccessClaims> = (0..5).map(|_| claims(t.user, t.revoked)).collect();
         let asks = good.iter().chain(&blocked).enumerate().map(|(i, c)| {
-            let cache_key = (i % 2 == 0).then_some(lists.as_str());
-            let (admission, policy, bucket) = (&admission, &policy, &bucket);
+            let cache_key = (i % 2 == 0).then_some(t.lists.as_str());
+            let t = &t;
             async move {
-                (
-                    i,
-                    admission.admit(c, policy, bucket, cache_key).await.unwrap(),
-                )
+                let admitted = t.admission.admit(c, &t.policy, &t.bucket, cache_key);
+                (i, admitted.await.unwrap())
             }
         });
         let answers = join_all(asks).await;
         // 105 asked before the group maker first ran: 64, then 41.
-        assert_eq!(admission.inner.groups.load(Ordering::Relaxed), 2);
+        assert_eq!(t.admission.inner.groups.load(Ordering::Relaxed), 2);
         let mut remaining = Vec::new();
         for (i, answer) in answers {
             if i >= good.len() {
@@ -408,7 +496,7 @@ mod tests {
             let admitted = answer.expect("a good token is admitted");
             assert_eq!(
                 admitted.cache_version,
-                (i % 2 == 0).then_some(version),
+                (i % 2 == 0).then_some(t.version),
                 "cache version of {i}"
             );
             if admitted.decision.allowed {
@@ -419,14 +507,79 @@ mod tests {
         }
         remaining.sort_unstable();
         assert_eq!(remaining, (0..80).collect::<Vec<u32>>());
-        // Nothing was charged for the refused: the bucket is exactly empty.
-        let next = admission
-            .admit(&good[0], &policy, &bucket, None)
-            .await
-            .unwrap()
-            .expect("admitted");
-        assert!(!next.decision.allowed);
-        assert_eq!(admission.inner.groups.load(Ordering::Relaxed), 3);
+        t.assert_empty(&good[0]).await;
+        assert_eq!(t.admission.inner.groups.load(Ordering::Relaxed), 3);
+    }
+
+    /// Admissions of a group that ask the same (one token's requests at
+    /// once) go as one entry, and each is still its own: the bucket is
+    /// charged once per admission, in turn, the cache version read for
+    /// each, and an entry of a blocked token refuses all of its admissions.
+    #[tokio::test]
+    async fn equal_admissions_in_a_group_go_as_one_entry_each_charged() {
+        let t = setting(30).await;
+        let one = claims(t.user, FamilyId::generate());
+        let other = claims(t.user, FamilyId::generate());
+        let blocked = claims(t.user, t.revoked);
+        // 40 of one token, 10 of another (same bucket), 5 blocked: mixed.
+        let asked: Vec<&AccessClaims> = (0..55)
+            .map(|i| match i % 11 {
+                0 => &blocked,
+                1 | 2 => &other,
+                _ => &one,
+            })
+            .collect();
+        assert_eq!(asked.iter().filter(|c| c.jti == one.jti).count(), 40);
+        let answers = join_all(asked.iter().map(|c| {
+            let t = &t;
+            async move {
+                t.admission
+                    .admit(c, &t.policy, &t.bucket, Some(&t.lists))
+                    .await
+                    .unwrap()
+            }
+        }))
+        .await;
+        assert_eq!(t.admission.inner.groups.load(Ordering::Relaxed), 1);
+        assert_eq!(t.admission.inner.entries.load(Ordering::Relaxed), 3);
+        // The entries in the order of their first admission (the blocked
+        // token, the other, the one), each entry's admissions in turn, in
+        // the order they were asked.
+        let mut seen: Vec<(u128, Option<u32>)> = Vec::new();
+        for (c, answer) in asked.iter().zip(answers) {
+            if c.jti == blocked.jti {
+                assert!(answer.is_none(), "a blocked token was admitted");
+                continue;
+            }
+            let admitted = answer.expect("a good token is admitted");
+            assert_eq!(admitted.cache_version, Some(t.version));
+            if !admitted.decision.allowed {
+                assert!(admitted.decision.retry_after > Duration::ZERO);
+            }
+            let token = c.jti.as_uuid().as_u128();
+            seen.push((
+                token,
+                admitted
+                    .decision
+                    .allowed
+                    .then_some(admitted.decision.remaining),
+            ));
+        }
+        let of = |token: &AccessClaims| -> Vec<Option<u32>> {
+            let token = token.jti.as_uuid().as_u128();
+            seen.iter()
+                .filter(|(t, _)| *t == token)
+                .map(|(_, r)| *r)
+                .collect()
+        };
+        assert_eq!(of(&other), (20..30).rev().map(Some).collect::<Vec<_>>());
+        let expected: Vec<Option<u32>> = (0..20)
+            .rev()
+            .map(Some)
+            .chain(std::iter::repeat_n(None, 20))
+            .collect();
+        assert_eq!(of(&one), expected);
+        t.assert_empty(&one).await;
     }
 
     /// A group whose call fails fails each of its admissions, as
