@@ -531,13 +531,13 @@ pub fn confab_binary() -> std::path::PathBuf {
 /// # Panics
 /// When it can't start.
 pub async fn spawn_process(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> TestApp {
-    let free_port = || {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port")
-    };
-    let (port, metrics_port) = (free_port(), free_port());
+    // Both held at once while their ports are read: a port let go and
+    // asked for again can come back, and the two addresses must differ.
+    let bind = || TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let (api, metrics) = (bind(), bind());
+    let port_of = |l: &TcpListener| l.local_addr().expect("a bound address").port();
+    let (port, metrics_port) = (port_of(&api), port_of(&metrics));
+    drop((api, metrics));
     let listen = format!("127.0.0.1:{port}");
     let metrics_listen = format!("127.0.0.1:{metrics_port}");
     let mut given: Vec<(&str, &str)> = extra.to_vec();
