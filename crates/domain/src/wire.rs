@@ -233,10 +233,33 @@ pub mod events {
     /// # Errors
     /// [`DomainError::Internal`] if it can't be encoded.
     pub fn append_text(text: &str) -> Result<WireEvent, DomainError> {
-        json(
-            DELTA,
-            &value!({"v": [{"p": TEXT_PATH, "o": "append", "v": text}]}),
-        )
+        /// One operation of a patch, written straight from the text: no
+        /// JSON tree is built for every delta of every stream.
+        #[derive(Serialize)]
+        struct Op<'a> {
+            p: &'static str,
+            o: &'static str,
+            v: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Patch<'a> {
+            v: [Op<'a>; 1],
+        }
+        /// The bytes of the frame around the text.
+        const FRAME: usize = r#"{"v":[{"p":"","o":"append","v":""}]}"#.len() + TEXT_PATH.len();
+        let patch = Patch {
+            v: [Op {
+                p: TEXT_PATH,
+                o: "append",
+                v: text,
+            }],
+        };
+        // Sized for the text unescaped: most deltas need no other allocation.
+        let mut data = Vec::with_capacity(FRAME + text.len());
+        serde_json::to_writer(&mut data, &patch).map_err(DomainError::internal)?;
+        let mut data = String::from_utf8(data).map_err(DomainError::internal)?;
+        data.shrink_to_fit();
+        Ok(WireEvent { name: DELTA, data })
     }
 
     /// The whole text so far, replacing what the reader has: the text an
@@ -436,5 +459,28 @@ mod tests {
         );
         let t = events::title("Line\nbreak", c).unwrap();
         assert!(!t.data.contains('\n'));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::{EventName, TEXT_PATH, events};
+
+    proptest! {
+        /// A text delta is the patch `{"v":[{"p":…,"o":"append","v":text}]}`,
+        /// byte for byte as a JSON tree of it prints, whatever the text
+        /// (quotes, control characters, any Unicode).
+        #[test]
+        fn a_text_delta_is_the_append_patch_byte_for_byte(
+            text in prop_oneof![any::<String>(), "[\"\\\\\n\r\t\u{0}\u{1f}é✓𝄞 a-z]{0,40}"],
+        ) {
+            let event = events::append_text(&text).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let tree = serde_json::json!({"v": [{"p": TEXT_PATH, "o": "append", "v": text}]});
+            prop_assert_eq!(event.name, Some(EventName::Delta));
+            prop_assert_eq!(&event.data, &serde_json::to_string(&tree).map_err(|e| TestCaseError::fail(e.to_string()))?);
+            prop_assert_eq!(event.data.capacity(), event.data.len());
+        }
     }
 }

@@ -32,43 +32,111 @@ impl Default for SseSettings {
 
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
-/// One event in the SSE wire format.
+/// One event in the SSE wire format, in a buffer of exactly its size (a
+/// `Bytes` made from a vector with room to spare allocates again).
 pub(crate) fn encode(event: &LoggedEvent) -> Bytes {
-    let mut out = String::with_capacity(event.event.data.len() + 32);
-    out.push_str("id: ");
-    out.push_str(&event.id);
-    out.push('\n');
-    if let Some(name) = event.event.name {
-        out.push_str("event: ");
-        out.push_str(name.as_str());
-        out.push('\n');
-    }
+    const ID: &[u8] = b"id: ";
+    const EVENT: &[u8] = b"event: ";
+    const DATA: &[u8] = b"data: ";
+    let text = &event.event.data;
+    let data = text.as_bytes();
+    let name = event.event.name.map(|n| n.as_str().as_bytes());
     // CR, LF and CRLF all end a line in SSE: each piece is its own
-    // `data:` line, so no byte of the data can end the event early.
-    let data = event.event.data.replace("\r\n", "\n").replace('\r', "\n");
-    for line in data.split('\n') {
-        out.push_str("data: ");
-        out.push_str(line);
-        out.push('\n');
+    // `data:` line, so no byte of the data can end the event early. The
+    // data of almost every event is one line of JSON: two `memchr` scans
+    // tell, and its size is then known without splitting it.
+    let one_line = !text.contains('\n') && !text.contains('\r');
+    let lines = data_lines(data);
+    let mut size = ID.len() + event.id.len() + 1;
+    if let Some(name) = name {
+        size += EVENT.len() + name.len() + 1;
     }
-    out.push('\n');
+    size += if one_line {
+        DATA.len() + data.len() + 1
+    } else {
+        lines
+            .clone()
+            .map(|line| DATA.len() + line.len() + 1)
+            .sum::<usize>()
+    } + 1;
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(ID);
+    out.extend_from_slice(event.id.as_bytes());
+    out.push(b'\n');
+    if let Some(name) = name {
+        out.extend_from_slice(EVENT);
+        out.extend_from_slice(name);
+        out.push(b'\n');
+    }
+    if one_line {
+        out.extend_from_slice(DATA);
+        out.extend_from_slice(data);
+        out.push(b'\n');
+    } else {
+        for line in lines {
+            out.extend_from_slice(DATA);
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+    }
+    out.push(b'\n');
     Bytes::from(out)
+}
+
+/// The lines of `data`, each ended by CR, LF or CRLF (one break), as SSE
+/// reads them: `a\r\nb\rc\n` is `a`, `b`, `c` and an empty last line.
+fn data_lines(data: &[u8]) -> impl Iterator<Item = &[u8]> + Clone {
+    let mut rest = Some(data);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match text.iter().position(|&b| b == b'\n' || b == b'\r') {
+            None => {
+                rest = None;
+                Some(text)
+            }
+            Some(end) => {
+                let (line, tail) = text.split_at(end);
+                rest = Some(
+                    tail.strip_prefix(b"\r\n")
+                        .unwrap_or_else(|| tail.get(1..).unwrap_or_default()),
+                );
+                Some(line)
+            }
+        }
+    })
 }
 
 /// The events of `feed` as SSE bytes, with a keep-alive comment after
 /// every `keep_alive` of silence; ends when the feed does. Dropping the
 /// body (the client went away) drops the reader and nothing else.
+///
+/// One timer serves the whole stream: each event moves its deadline later,
+/// which costs no lock (a timer made and dropped for every event would
+/// take the runtime's timer lock twice).
 fn body(
     feed: Box<dyn EventFeed>,
     keep_alive: Duration,
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>> + 'static {
-    futures_util::stream::unfold(Some(feed), move |state| async move {
-        let mut feed = state?;
-        match tokio::time::timeout(keep_alive, feed.next()).await {
-            Err(_) => Some((Ok(Bytes::from_static(KEEP_ALIVE)), Some(feed))),
-            Ok(Ok(Some(event))) => Some((Ok(encode(&event)), Some(feed))),
-            Ok(Ok(None)) => None,
-            Ok(Err(e)) => {
+    let silence = Box::pin(tokio::time::sleep(keep_alive));
+    futures_util::stream::unfold(Some((feed, silence)), move |state| async move {
+        let (mut feed, mut silence) = state?;
+        let next = tokio::select! {
+            biased;
+            next = feed.next() => next,
+            () = &mut silence => {
+                silence.as_mut().reset(tokio::time::Instant::now() + keep_alive);
+                return Some((Ok(Bytes::from_static(KEEP_ALIVE)), Some((feed, silence))));
+            }
+        };
+        match next {
+            Ok(Some(event)) => {
+                silence
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + keep_alive);
+                Some((Ok(encode(&event)), Some((feed, silence))))
+            }
+            Ok(None) => None,
+            Err(e) => {
                 tracing::warn!(error = %e, "stream log read failed; ending the stream");
                 None
             }
@@ -228,6 +296,27 @@ mod properties {
             let document = applier.into_document();
             prop_assert_eq!(&document["message"]["content"]["parts"][0], &json!(pieces.concat()));
             prop_assert_eq!(&document["message"]["status"], "finished_successfully");
+        }
+
+        /// The encoder writes what replacing CRLF and CR by LF and
+        /// prefixing each line with `data: ` writes, for any data.
+        #[test]
+        fn encoding_matches_the_line_by_line_reference(
+            data in prop_oneof![any::<String>(), "[a\r\n]{0,12}"],
+            named in any::<bool>(),
+            id in "[0-9]{1,4}",
+        ) {
+            let name = named.then_some(confab_domain::EventName::Delta);
+            let mut expected = format!("id: {id}\n");
+            if let Some(name) = name {
+                expected.push_str(&format!("event: {}\n", name.as_str()));
+            }
+            for line in data.replace("\r\n", "\n").replace('\r', "\n").split('\n') {
+                expected.push_str(&format!("data: {line}\n"));
+            }
+            expected.push('\n');
+            let bytes = encode(&LoggedEvent { id, event: WireEvent { name, data } });
+            prop_assert_eq!(&bytes[..], expected.as_bytes());
         }
 
         #[test]

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use confab_ports::{CompletionStream, FinishReason, LlmError, LlmEvent, Usage};
-use tokio::time::{Instant, timeout_at};
+use std::pin::Pin;
+
+use tokio::time::{Instant, Sleep};
 
 use crate::client::printable;
 use crate::http::Response;
@@ -85,6 +87,11 @@ pub(crate) struct OpenAiStream {
     texts: u32,
     max_tokens: u32,
     deadlines: Deadlines,
+    /// The timer of the read under way, made at the first read and moved
+    /// for each one after it: moving a deadline later costs no lock, where
+    /// a timer made and dropped for every read takes the runtime's timer
+    /// lock twice.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl OpenAiStream {
@@ -100,6 +107,7 @@ impl OpenAiStream {
             texts: 0,
             max_tokens,
             deadlines,
+            timer: None,
         }
     }
 
@@ -142,9 +150,23 @@ impl OpenAiStream {
             self.lines.end();
             return Ok(());
         };
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
         let lines = &mut self.lines;
-        match timeout_at(deadline, response.read(|bytes| lines.push(bytes))).await {
-            Err(_) => Err(LlmError::Timeout(what)),
+        let read = tokio::select! {
+            biased;
+            read = response.read(|bytes| lines.push(bytes)) => Ok(read),
+            () = timer.as_mut() => Err(()),
+        };
+        match read {
+            Err(()) => Err(LlmError::Timeout(what)),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "the model's stream broke off");
                 Err(LlmError::Protocol(

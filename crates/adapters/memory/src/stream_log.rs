@@ -161,6 +161,49 @@ impl MemoryStreamLog {
     }
 }
 
+impl MemoryStreamLog {
+    /// Appends `events` to the conversation's open log under one lock,
+    /// waking its readers once (none when nothing went in); the id of the
+    /// last one appended. Refused as unavailable at the first event that
+    /// does not fit (those before it stay).
+    fn push(
+        &self,
+        conversation: ConversationId,
+        events: impl IntoIterator<Item = WireEvent>,
+    ) -> Result<Option<String>, DomainError> {
+        let logs = self.lock();
+        let log = logs
+            .by_conversation
+            .get(&conversation)
+            .filter(|log| log.closed_at.is_none())
+            .ok_or(DomainError::NotFound)?;
+        let max = self.options.max_events_per_log;
+        let mut full = false;
+        let mut last = None;
+        // `send_if_modified` so a refused append wakes nobody.
+        log.events.send_if_modified(|list| {
+            let before = list.list.len();
+            for event in events {
+                if list.list.len() >= max {
+                    full = true;
+                    break;
+                }
+                let number = list.list.len() + 1;
+                list.list.push(Arc::new(LoggedEvent {
+                    id: number.to_string(),
+                    event,
+                }));
+                last = Some(number);
+            }
+            list.list.len() != before
+        });
+        if full {
+            return Err(DomainError::unavailable("the stream log is full"));
+        }
+        Ok(last.map(|number| number.to_string()))
+    }
+}
+
 /// Parses a `Last-Event-ID` into how many events the reader has seen:
 /// only the ids this log gave (`1` to `len`, written canonically) pass.
 fn position_after(id: &str, len: usize) -> Result<usize, DomainError> {
@@ -222,28 +265,18 @@ impl StreamLog for MemoryStreamLog {
         conversation: ConversationId,
         event: WireEvent,
     ) -> Result<String, DomainError> {
-        let logs = self.lock();
-        let log = logs
-            .by_conversation
-            .get(&conversation)
-            .filter(|log| log.closed_at.is_none())
-            .ok_or(DomainError::NotFound)?;
-        let max = self.options.max_events_per_log;
-        let mut id = Err(DomainError::unavailable("the stream log is full"));
-        // `send_if_modified` so a refused append wakes nobody.
-        log.events.send_if_modified(|events| {
-            if events.list.len() >= max {
-                return false;
-            }
-            let next = (events.list.len() + 1).to_string();
-            events.list.push(Arc::new(LoggedEvent {
-                id: next.clone(),
-                event,
-            }));
-            id = Ok(next);
-            true
-        });
-        id
+        self.push(conversation, std::iter::once(event))?
+            .ok_or_else(|| DomainError::internal("an append of one event gave no id"))
+    }
+
+    /// All of `events` under one lock, waking the readers once: a batch of
+    /// pieces that piled up is one wake-up, not one per event.
+    async fn append_all(
+        &self,
+        conversation: ConversationId,
+        events: Vec<WireEvent>,
+    ) -> Result<(), DomainError> {
+        self.push(conversation, events).map(drop)
     }
 
     async fn close(&self, conversation: ConversationId) -> Result<(), DomainError> {

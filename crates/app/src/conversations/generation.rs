@@ -267,6 +267,13 @@ impl Generation {
         opening: Opening<'_>,
     ) -> Outcome {
         let rules = &self.inner.rules;
+        // The stop, the shutdown and the flush's timer are each waited for
+        // by one future for the whole answer, not one made (and a timer
+        // taken and given back) for every piece the model sends.
+        let mut stopped = stop.stopped();
+        let mut shutdown = self.shutdown.clone();
+        let shutting = shutting_down(&mut shutdown);
+        tokio::pin!(shutting);
         let opened = match opened {
             Some(opened) => {
                 // Done with: its box (the request's state) goes now, not
@@ -276,8 +283,8 @@ impl Generation {
             }
             None => tokio::select! {
                 biased;
-                () = stop.stopped() => return Outcome::Stopped,
-                () = shutting_down(&mut self.shutdown) => return Outcome::Interrupted,
+                () = &mut stopped => return Outcome::Stopped,
+                () = &mut shutting => return Outcome::Interrupted,
                 opened = opening => opened,
             },
         };
@@ -290,6 +297,9 @@ impl Generation {
         };
         let flush_every = rules.flush_interval;
         let mut last_flush = Instant::now();
+        let flush_at = |last: Instant| tokio::time::Instant::from_std(last + flush_every);
+        let flush = tokio::time::sleep_until(flush_at(last_flush));
+        tokio::pin!(flush);
         let start = text.len();
         let mut flushed = start;
         let mut chars = text.chars().count();
@@ -297,15 +307,15 @@ impl Generation {
             // Text not yet saved is saved when its time comes even if the
             // model goes quiet: a crash then loses at most one interval.
             let unsaved = text.len() != flushed;
-            let flush_at = tokio::time::Instant::from_std(last_flush + flush_every);
             let next = tokio::select! {
                 biased;
-                () = stop.stopped() => return Outcome::Stopped,
-                () = shutting_down(&mut self.shutdown) => return Outcome::Interrupted,
-                () = tokio::time::sleep_until(flush_at), if unsaved => {
+                () = &mut stopped => return Outcome::Stopped,
+                () = &mut shutting => return Outcome::Interrupted,
+                () = &mut flush, if unsaved => {
                     self.save(text, MessageStatus::InProgress, self.inner.now()).await;
                     flushed = text.len();
                     last_flush = Instant::now();
+                    flush.as_mut().reset(flush_at(last_flush));
                     continue;
                 }
                 // Cancel-safe (the port's promise): the flush branch above
@@ -329,6 +339,7 @@ impl Generation {
                     .await;
                 flushed = text.len();
                 last_flush = Instant::now();
+                flush.as_mut().reset(flush_at(last_flush));
             }
         }
     }

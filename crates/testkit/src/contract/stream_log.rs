@@ -409,8 +409,10 @@ where
     .await;
 }
 
-/// A log holding its most events refuses more as unavailable; closing it
-/// still ends it for its readers, after what it holds.
+/// A log holding its most events refuses more as unavailable, one event
+/// or a batch; a batch that does not fit is refused, whatever part of it
+/// went in; closing the log still ends it for its readers, after what it
+/// holds.
 pub async fn a_full_log_refuses_more<L, F>(make: impl FnOnce(Limits) -> F)
 where
     L: StreamLog,
@@ -426,9 +428,22 @@ where
     let appended = append_each(&log, conv, 1..=2).await;
     let full = log.append(conv, event("e3")).await;
     assert!(matches!(full, Err(DomainError::Unavailable(_))), "{full:?}");
+    let batch = log.append_all(conv, vec![event("e3"), event("e4")]).await;
+    assert!(
+        matches!(batch, Err(DomainError::Unavailable(_))),
+        "{batch:?}"
+    );
     log.close(conv).await.expect("close");
     assert_eq!(
         drain(&mut read(&log, conv, ReadFrom::Start).await).await,
         appended
     );
+    let conv = ConversationId::generate();
+    let _stop = log.open(conv, &message("m1")).await.expect("open");
+    let first = append_each(&log, conv, 1..=1).await;
+    let over = log.append_all(conv, vec![event("e2"), event("e3")]).await;
+    assert!(matches!(over, Err(DomainError::Unavailable(_))), "{over:?}");
+    log.close(conv).await.expect("close");
+    let held = drain(&mut read(&log, conv, ReadFrom::Start).await).await;
+    assert!(held.len() <= 2 && held.first() == first.first(), "{held:?}");
 }
