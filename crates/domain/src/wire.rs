@@ -245,21 +245,16 @@ pub mod events {
         struct Patch<'a> {
             v: [Op<'a>; 1],
         }
-        /// The bytes of the frame around the text.
-        const FRAME: usize = r#"{"v":[{"p":"","o":"append","v":""}]}"#.len() + TEXT_PATH.len();
-        let patch = Patch {
-            v: [Op {
-                p: TEXT_PATH,
-                o: "append",
-                v: text,
-            }],
-        };
-        // Sized for the text unescaped: most deltas need no other allocation.
-        let mut data = Vec::with_capacity(FRAME + text.len());
-        serde_json::to_writer(&mut data, &patch).map_err(DomainError::internal)?;
-        let mut data = String::from_utf8(data).map_err(DomainError::internal)?;
-        data.shrink_to_fit();
-        Ok(WireEvent { name: DELTA, data })
+        json(
+            DELTA,
+            &Patch {
+                v: [Op {
+                    p: TEXT_PATH,
+                    o: "append",
+                    v: text,
+                }],
+            },
+        )
     }
 
     /// The whole text so far, replacing what the reader has: the text an

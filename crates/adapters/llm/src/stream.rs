@@ -1,12 +1,11 @@
 //! A completion being streamed: the response body read under deadlines,
 //! parsed into [`LlmEvent`]s.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use confab_ports::{CompletionStream, FinishReason, LlmError, LlmEvent, Usage};
-use std::pin::Pin;
-
 use tokio::time::{Instant, Sleep};
 
 use crate::client::printable;

@@ -159,9 +159,7 @@ impl MemoryStreamLog {
         logs.prune(self.options.retention, Instant::now());
         logs
     }
-}
 
-impl MemoryStreamLog {
     /// Appends `events` to the conversation's open log under one lock,
     /// waking its readers once (none when nothing went in); the id of the
     /// last one appended. Refused as unavailable at the first event that
