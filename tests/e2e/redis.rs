@@ -29,6 +29,7 @@ on_both_backends!(
     a_stream_started_on_one_instance_resumes_on_the_other,
     a_stop_sent_to_one_instance_stops_the_generation_on_the_other,
     a_send_over_the_shared_generation_limit_is_refused_and_leaves_the_last_stream,
+    the_next_send_after_done_is_never_busy_on_either_instance,
 );
 
 async fn me(app: &TestApp, token: &str) -> u16 {
@@ -467,6 +468,86 @@ async fn a_stream_started_on_one_instance_resumes_on_the_other(backend: Backend)
     );
     let c = b.conversation(&token, &id).await;
     assert_eq!(rebuilt["message"], c["messages"][1]);
+}
+
+/// A client that has an answer's `[DONE]` may send its next message at
+/// once, to either instance: the answer's generation is closed in Redis
+/// before `[DONE]` reaches any reader. The close has work to wait for
+/// before its own call: in even rounds the answer, read only where it
+/// runs, kept more events than one call carries, which go to Redis through
+/// the senders first; in odd rounds the other instance follows it, so its
+/// events go to Redis as they come. A close that let its readers have
+/// `[DONE]` before that left the next send's log open, to refuse it (409).
+async fn the_next_send_after_done_is_never_busy_on_either_instance(backend: Backend) {
+    const ROUNDS: usize = 12;
+    let llm = FakeLlm::start();
+    let (a, b) = chat_pair(backend, &llm);
+    let token = a.user("ada").await;
+    let mut id: Option<String> = None;
+    // Each round's send goes to the instance whose reader has just had
+    // the answer before's `[DONE]`.
+    let mut next_on = &a;
+    for round in 0..ROUNDS {
+        let followed = round % 2 == 1;
+        let mut steps = vec![Step::Text("one".into()), Step::Hold];
+        let pieces = if followed { 20 } else { 1500 };
+        steps.extend((0..pieces).map(|_| Step::Text(" x".into())));
+        steps.extend([Step::Finish("stop"), Step::Done]);
+        llm.push(Script::Stream(steps));
+        let (runner, other) = if std::ptr::eq(next_on, &a) {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
+        let path = id.as_ref().map_or_else(
+            || "/api/v1/conversations".to_owned(),
+            |id| format!("/api/v1/conversations/{id}/messages"),
+        );
+        let res = runner
+            .send_message(&path, &token, &message_body(&format!("round {round}")))
+            .await;
+        assert_eq!(
+            res.status(),
+            200,
+            "round {round}: the send right after [DONE] was refused: {}",
+            res.text().await.unwrap_or_default()
+        );
+        let mut own = SseReader::new(res);
+        let head = own.until(is_append).await;
+        let conversation = conversation_of(&head);
+        id.get_or_insert(conversation.clone());
+        let is_done = |e: &confab_e2e::chat::SseEvent| e.data == "[DONE]";
+        if followed {
+            // The other instance follows the answer: once it has the
+            // first delta, Redis has it, so the runner shares the rest.
+            let resume_token = head[1].json()["token"].as_str().unwrap().to_owned();
+            let res = other
+                .resume_stream(
+                    &format!("/api/v1/conversations/{conversation}/stream"),
+                    &token,
+                    &resume_token,
+                    None,
+                )
+                .await;
+            assert_eq!(res.status(), 200, "round {round}");
+            let mut follower = SseReader::new(res);
+            follower.until(is_append).await;
+            llm.release();
+            follower.until(is_done).await;
+            next_on = other;
+        } else {
+            llm.release();
+            own.until(is_done).await;
+            next_on = runner;
+        }
+        // The next round's send goes out now, before the readers' end.
+    }
+    let c = a.conversation(&token, id.as_ref().unwrap()).await;
+    assert_eq!(
+        c["messages"].as_array().unwrap().len(),
+        2 * ROUNDS,
+        "every round stored its question and its answer: {c}"
+    );
 }
 
 /// The generation limit is shared by the instances, and is taken while a

@@ -105,6 +105,22 @@ pub trait StreamLog: Send + Sync + 'static {
     /// [`DomainError::Unavailable`] when the backend fails.
     async fn close(&self, conversation: ConversationId) -> Result<(), DomainError>;
 
+    /// Appends `events`, the generation's last (its closing events, ending
+    /// with `[DONE]`), and closes the log, so that no reader anywhere has
+    /// them before the log is closed: a client that has read `[DONE]` can
+    /// [`open`](StreamLog::open) the conversation's next generation at
+    /// once, on any instance, without finding this one still open. The log
+    /// is closed even when the append fails.
+    ///
+    /// # Errors
+    /// As [`append_all`](StreamLog::append_all) and
+    /// [`close`](StreamLog::close): the append's error first.
+    async fn finish(
+        &self,
+        conversation: ConversationId,
+        events: Vec<WireEvent>,
+    ) -> Result<(), DomainError>;
+
     /// The message whose generation the conversation's log holds, and
     /// whether it is still open.
     ///

@@ -252,6 +252,10 @@ impl StreamLog for Inert {
         Ok(())
     }
 
+    async fn finish(&self, _: ConversationId, _: Vec<WireEvent>) -> Result<(), DomainError> {
+        Err(DomainError::NotFound)
+    }
+
     async fn current(&self, _: ConversationId) -> Result<LogHead, DomainError> {
         Err(DomainError::NotFound)
     }

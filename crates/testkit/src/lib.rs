@@ -226,6 +226,7 @@ macro_rules! stream_log_contract {
                 a_resumed_reader_gets_exactly_the_rest_then_live_events,
                 many_concurrent_readers_each_see_everything,
                 close_ends_waiting_readers,
+                finish_closes_the_log_before_a_reader_has_its_last_events,
             ],
             factory: [
                 closed_logs_expire_after_the_retention,

@@ -161,18 +161,21 @@ impl MemoryStreamLog {
     }
 
     /// Appends `events` to the conversation's open log under one lock,
-    /// waking its readers once (none when nothing went in); the id of the
-    /// last one appended. Refused as unavailable at the first event that
-    /// does not fit (those before it stay).
+    /// waking its readers once (none when nothing changed), and with
+    /// `close` closes it in the same step: its readers get the events and
+    /// the end together. The id of the last event appended. Refused as
+    /// unavailable at the first event that does not fit (those before it
+    /// stay, and the log is still closed when asked).
     fn push(
         &self,
         conversation: ConversationId,
         events: impl IntoIterator<Item = WireEvent>,
+        close: bool,
     ) -> Result<Option<String>, DomainError> {
-        let logs = self.lock();
+        let mut logs = self.lock();
         let log = logs
             .by_conversation
-            .get(&conversation)
+            .get_mut(&conversation)
             .filter(|log| log.closed_at.is_none())
             .ok_or(DomainError::NotFound)?;
         let max = self.options.max_events_per_log;
@@ -193,8 +196,14 @@ impl MemoryStreamLog {
                 }));
                 last = Some(number);
             }
-            list.list.len() != before
+            list.closed |= close;
+            list.list.len() != before || close
         });
+        if close {
+            log.closed_at = Some(Instant::now());
+            let generation = log.generation;
+            logs.push_closed(conversation, generation);
+        }
         if full {
             return Err(DomainError::unavailable("the stream log is full"));
         }
@@ -263,7 +272,7 @@ impl StreamLog for MemoryStreamLog {
         conversation: ConversationId,
         event: WireEvent,
     ) -> Result<String, DomainError> {
-        self.push(conversation, std::iter::once(event))?
+        self.push(conversation, std::iter::once(event), false)?
             .ok_or_else(|| DomainError::internal("an append of one event gave no id"))
     }
 
@@ -274,24 +283,25 @@ impl StreamLog for MemoryStreamLog {
         conversation: ConversationId,
         events: Vec<WireEvent>,
     ) -> Result<(), DomainError> {
-        self.push(conversation, events).map(drop)
+        self.push(conversation, events, false).map(drop)
     }
 
     async fn close(&self, conversation: ConversationId) -> Result<(), DomainError> {
-        let mut logs = self.lock();
-        let Some(log) = logs.by_conversation.get_mut(&conversation) else {
-            // Nothing to close (never opened, or already expired): closing
-            // is idempotent.
-            return Ok(());
-        };
-        if log.closed_at.is_some() {
-            return Ok(());
+        match self.push(conversation, std::iter::empty(), true) {
+            // Nothing open to close (never opened, closed, or expired):
+            // closing is idempotent.
+            Err(DomainError::NotFound) => Ok(()),
+            closed => closed.map(drop),
         }
-        log.closed_at = Some(Instant::now());
-        log.events.send_modify(|events| events.closed = true);
-        let generation = log.generation;
-        logs.push_closed(conversation, generation);
-        Ok(())
+    }
+
+    /// The events and the end under one lock, one wake-up.
+    async fn finish(
+        &self,
+        conversation: ConversationId,
+        events: Vec<WireEvent>,
+    ) -> Result<(), DomainError> {
+        self.push(conversation, events, true).map(drop)
     }
 
     async fn current(&self, conversation: ConversationId) -> Result<LogHead, DomainError> {

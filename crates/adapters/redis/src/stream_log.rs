@@ -81,7 +81,12 @@
 //!
 //! `close` marks the generation closed, adds the end entry (which wakes
 //! blocked readers) and leaves both keys to expire after the
-//! [`retention`](RedisStreamLogOptions::retention). A generation replaced by
+//! [`retention`](RedisStreamLogOptions::retention). `finish` does the same
+//! with the generation's last events (`[DONE]`) added in the close's own
+//! call, once every event before them is in Redis; the local readers get
+//! them, with the end, when that call has returned. So no reader anywhere
+//! has `[DONE]` while the generation is still open in Redis, and a client
+//! may send its next message the moment it has it, to any instance. A generation replaced by
 //! a newer `open` keeps its stream until then, so its readers finish with
 //! its events, as in the in-process log; only the newest generation can be
 //! resumed.
@@ -141,7 +146,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use confab_domain::{ConversationId, DomainError, EventName, Field, MessageId, WireEvent};
-use confab_ports::{EventFeed, LogHead, ReadFrom, StopSignal, StreamLog};
+use confab_ports::{EventFeed, LogHead, LoggedEvent, ReadFrom, StopSignal, StreamLog};
 use tokio::sync::watch;
 
 use self::feed::RedisFeed;
@@ -327,6 +332,206 @@ impl RedisStreamLog {
             }),
         }
     }
+
+    /// Closes the conversation's log, with `last` its generation's final
+    /// events (see [`StreamLog::finish`]). On a generation this instance
+    /// runs, they are numbered once everything before them is in Redis,
+    /// go to Redis in the close's own call (which adds them, marks the
+    /// generation closed and adds the end entry at once), and reach the
+    /// local readers with the end once that call returned: no reader, here
+    /// or elsewhere, has them while the generation is still open.
+    async fn end(
+        &self,
+        conversation: ConversationId,
+        last: Vec<WireEvent>,
+    ) -> Result<(), DomainError> {
+        let inner = &self.inner;
+        // The local copy takes no more appends. Whole in Redis for the
+        // retention: what it kept and never handed over goes in the close's
+        // own call, before the end entry (or, past one call's worth,
+        // through the senders first, as do the events still queued of a
+        // shared generation).
+        let mut kept = None;
+        let sending = inner.opened().get_mut(&conversation).map(|opened| {
+            opened.local.seal();
+            kept = take_kept(opened);
+            if kept.is_none() {
+                inner.share_opened(conversation, opened);
+            }
+            (opened.sending.subscribe(), opened.generation.clone())
+        });
+        let Some((mut sending, generation)) = sending else {
+            // A generation run elsewhere, or none: Redis numbers the
+            // events, then the close acts on whichever generation is open.
+            let appended = self.append_events(conversation, last).await.map(drop);
+            return appended.and(self.close_call(conversation, "", None).await);
+        };
+        // An error: the entry was replaced, its sender is done.
+        let _ = sending.wait_for(|busy| !*busy).await;
+        // This instance is done with its generation: it stops renewing the
+        // lease, even should the close below fail (its lease then runs
+        // out, instead of the generation staying open for good).
+        let mut last = Ending::new(last);
+        let local = match inner
+            .opened()
+            .get_mut(&conversation)
+            .filter(|opened| opened.generation == generation)
+        {
+            Some(opened) => {
+                opened.renewal = None;
+                if let Some(failure) = opened.failure.take() {
+                    tracing::warn!(%conversation, error = %failure, "events of the answer could not be added to the shared stream log");
+                }
+                last.number(opened, inner.options.max_events_per_log);
+                if !opened.skipped {
+                    last.carry(&mut kept, opened.next);
+                }
+                Some(Arc::clone(&opened.local))
+            }
+            None => None,
+        };
+        let appended = last.append_alone(inner, conversation, &generation).await;
+        let closed = self.close_call(conversation, &generation, kept).await;
+        if let Some(local) = local {
+            local.close_with(last.logged);
+        }
+        let mut opened = inner.opened();
+        // Unless this instance opened a newer one meanwhile.
+        if opened
+            .get(&conversation)
+            .is_some_and(|opened| opened.generation == generation)
+        {
+            opened.remove(&conversation);
+        }
+        last.refused.map_or(Ok(()), Err).and(appended).and(closed)
+    }
+
+    /// The close script's call on `generation` of `conversation` (any open
+    /// one when empty), adding `kept` (the number of the first, and the
+    /// events) before the end entry.
+    async fn close_call(
+        &self,
+        conversation: ConversationId,
+        generation: &str,
+        kept: Option<(u64, Vec<WireEvent>)>,
+    ) -> Result<(), DomainError> {
+        let inner = &self.inner;
+        let mut conn = inner.pool.connection()?;
+        // Closing what is not open (never opened, closed, expired) does
+        // nothing: closing is idempotent.
+        let mut invocation = inner.scripts.close.key(inner.meta_key(conversation));
+        invocation
+            .arg(inner.stream_prefix(conversation))
+            .arg(millis(inner.options.retention))
+            .arg(generation);
+        match &kept {
+            Some((first, events)) => {
+                invocation.arg(first);
+                for event in events {
+                    invocation
+                        .arg(event.name.map_or("", EventName::as_str))
+                        .arg(&event.data);
+                }
+            }
+            None => {
+                invocation.arg("");
+            }
+        }
+        let closed = invocation
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if closed == 2 {
+            tracing::warn!(%conversation, "events of the answer could not be added to the shared stream log: they do not follow what it holds");
+        }
+        Ok(())
+    }
+}
+
+/// A generation's final events on their way through its close.
+struct Ending {
+    /// Not numbered yet.
+    events: Vec<WireEvent>,
+    /// Numbered, for the local readers.
+    logged: Vec<LoggedEvent>,
+    /// Numbered after numbers Redis may lack (an append failed for good):
+    /// they go in an append of their own, which takes the gap, before the
+    /// close; the number of the first.
+    alone: Option<u64>,
+    /// Why they were refused (the log would hold too many).
+    refused: Option<DomainError>,
+}
+
+impl Ending {
+    fn new(events: Vec<WireEvent>) -> Self {
+        Self {
+            events,
+            logged: Vec::new(),
+            alone: None,
+            refused: None,
+        }
+    }
+
+    /// Numbers the events after `opened`'s last, as handed over (they go
+    /// with the close), unless the log would then hold more than `most`.
+    fn number(&mut self, opened: &mut Opened, most: usize) {
+        if self.events.is_empty() {
+            return;
+        }
+        let count = u64::try_from(self.events.len()).unwrap_or(u64::MAX);
+        let most = u64::try_from(most).unwrap_or(u64::MAX);
+        let first = opened.next;
+        if (first - 1).saturating_add(count) > most {
+            self.events.clear();
+            self.refused = Some(DomainError::unavailable("the stream log is full"));
+            return;
+        }
+        self.logged = (first..)
+            .zip(&self.events)
+            .map(|(n, event)| LoggedEvent {
+                id: ids::event_id(&opened.generation, &ids::entry_id(n)),
+                event: event.clone(),
+            })
+            .collect();
+        opened.next = first + count;
+        opened.sent = opened.next;
+        if opened.skipped {
+            self.alone = Some(first);
+        }
+    }
+
+    /// Adds the numbered events to what the close's call carries, after
+    /// what it kept (`next`: the number after the last event given).
+    fn carry(&mut self, kept: &mut Option<(u64, Vec<WireEvent>)>, next: u64) {
+        if self.events.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.events);
+        match kept {
+            Some((_, carried)) => carried.extend(events),
+            None => {
+                let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
+                *kept = Some((next - count, events));
+            }
+        }
+    }
+
+    /// Appends the events numbered after a gap in a call of their own.
+    async fn append_alone(
+        &mut self,
+        inner: &Inner,
+        conversation: ConversationId,
+        generation: &str,
+    ) -> Result<(), DomainError> {
+        let Some(first) = self.alone else {
+            return Ok(());
+        };
+        let events = std::mem::take(&mut self.events);
+        inner
+            .append_batch(conversation, generation, Some((first, true)), &events)
+            .await
+            .map(drop)
+    }
 }
 
 /// The events `opened` kept and never handed to Redis, from the number of
@@ -430,78 +635,15 @@ impl StreamLog for RedisStreamLog {
     }
 
     async fn close(&self, conversation: ConversationId) -> Result<(), DomainError> {
-        let inner = &self.inner;
-        // Local readers end after what they have: everything this instance
-        // numbered. Whole in Redis for the retention: what it kept and
-        // never handed over goes in the close's own call, before the end
-        // entry (or, past one call's worth, through the senders first, as
-        // do the events still queued of a shared generation).
-        let mut kept = None;
-        let sending = inner.opened().get_mut(&conversation).map(|opened| {
-            opened.local.close();
-            kept = take_kept(opened);
-            if kept.is_none() {
-                inner.share_opened(conversation, opened);
-            }
-            opened.sending.subscribe()
-        });
-        if let Some(mut sending) = sending {
-            // An error: the entry was replaced, its sender is done.
-            let _ = sending.wait_for(|busy| !*busy).await;
-        }
-        // This instance is done with its generation: it stops renewing the
-        // lease, even should the close below fail (its lease then runs
-        // out, instead of the generation staying open for good).
-        let generation = match inner.opened().get_mut(&conversation) {
-            Some(opened) => {
-                opened.renewal = None;
-                if let Some(failure) = opened.failure.take() {
-                    tracing::warn!(%conversation, error = %failure, "events of the answer could not be added to the shared stream log");
-                }
-                opened.generation.clone()
-            }
-            None => String::new(),
-        };
-        let closed = async {
-            let mut conn = inner.pool.connection()?;
-            // Closing what is not open (never opened, closed, expired) does
-            // nothing: closing is idempotent.
-            let mut invocation = inner.scripts.close.key(inner.meta_key(conversation));
-            invocation
-                .arg(inner.stream_prefix(conversation))
-                .arg(millis(inner.options.retention))
-                .arg(&generation);
-            match &kept {
-                Some((first, events)) => {
-                    invocation.arg(first);
-                    for event in events {
-                        invocation
-                            .arg(event.name.map_or("", EventName::as_str))
-                            .arg(&event.data);
-                    }
-                }
-                None => {
-                    invocation.arg("");
-                }
-            }
-            invocation
-                .invoke_async::<i64>(&mut conn)
-                .await
-                .map_err(|e| unavailable(&e))
-        }
-        .await;
-        if matches!(closed, Ok(2)) {
-            tracing::warn!(%conversation, "events of the answer could not be added to the shared stream log: they do not follow what it holds");
-        }
-        let mut opened = inner.opened();
-        // Unless this instance opened a newer one meanwhile.
-        if opened
-            .get(&conversation)
-            .is_some_and(|opened| opened.generation == generation)
-        {
-            opened.remove(&conversation);
-        }
-        closed.map(drop)
+        self.end(conversation, Vec::new()).await
+    }
+
+    async fn finish(
+        &self,
+        conversation: ConversationId,
+        events: Vec<WireEvent>,
+    ) -> Result<(), DomainError> {
+        self.end(conversation, events).await
     }
 
     async fn current(&self, conversation: ConversationId) -> Result<LogHead, DomainError> {

@@ -233,6 +233,59 @@ async fn local_readers_have_an_event_before_redis_does() {
     assert_eq!(stored(&url, conv).await, ["a", "b"]);
 }
 
+/// `finish`: while Redis has not closed the generation, no reader has its
+/// last events, neither the local one nor one on another instance; they
+/// come with the end once the close landed, and the conversation is
+/// closed for any instance by then.
+#[tokio::test]
+async fn the_last_events_reach_no_reader_before_the_generation_is_closed() {
+    let redis = support::PrivateRedis::start();
+    let url = redis.url();
+    let (log, conv, _stop, mut local) = opened_with_a(&url).await;
+    let other = log_on(&url, Duration::from_secs(5));
+    let mut elsewhere = other.read(conv, ReadFrom::Start).await.unwrap();
+    let patience = Duration::from_secs(5);
+    let data = |event: Option<confab_ports::LoggedEvent>| event.map(|e| e.event.data);
+    let next = async |feed: &mut Box<dyn EventFeed>| {
+        data(
+            tokio::time::timeout(patience, feed.next())
+                .await
+                .expect("the feed stalled")
+                .unwrap(),
+        )
+    };
+    assert_eq!(next(&mut elsewhere).await.as_deref(), Some("a"));
+    let mut raw = raw(&url).await;
+    admin(&mut raw, &["CLIENT", "PAUSE", "60000", "WRITE"]).await;
+    let finishing = {
+        let log = log.clone();
+        tokio::spawn(async move { log.finish(conv, events(&["b", "done"])).await })
+    };
+    for (feed, which) in [(&mut local, "local"), (&mut elsewhere, "other instance's")] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), feed.next())
+                .await
+                .is_err(),
+            "the {which} reader had a last event while the generation was open"
+        );
+    }
+    assert!(other.current(conv).await.unwrap().open);
+    admin(&mut raw, &["CLIENT", "UNPAUSE"]).await;
+    assert_eq!(next(&mut local).await.as_deref(), Some("b"));
+    assert_eq!(next(&mut local).await.as_deref(), Some("done"));
+    assert!(!other.current(conv).await.unwrap().open);
+    assert_eq!(next(&mut local).await, None);
+    assert_eq!(next(&mut elsewhere).await.as_deref(), Some("b"));
+    assert_eq!(next(&mut elsewhere).await.as_deref(), Some("done"));
+    assert_eq!(next(&mut elsewhere).await, None);
+    finishing.await.unwrap().unwrap();
+    assert_eq!(stored(&url, conv).await, ["a", "b", "done"]);
+    other
+        .open(conv, &MessageId::parse("m2").unwrap())
+        .await
+        .unwrap();
+}
+
 /// A plain connection to the private Redis, for what the test does to it.
 async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)

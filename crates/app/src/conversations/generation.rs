@@ -243,6 +243,13 @@ impl Generation {
     /// Appends events at the end of a generation in one step; a failure
     /// is logged (and the log is still closed).
     async fn emit_logged(&self, events: Vec<Result<WireEvent, DomainError>>) {
+        if let Err(e) = self.emit_all(self.built(events)).await {
+            tracing::error!(conversation = %self.conversation, error = %e, "could not append to the stream log");
+        }
+    }
+
+    /// The events that could be built; the others are logged.
+    fn built(&self, events: Vec<Result<WireEvent, DomainError>>) -> Vec<WireEvent> {
         let mut ready = Vec::with_capacity(events.len());
         for event in events {
             match event {
@@ -252,9 +259,7 @@ impl Generation {
                 }
             }
         }
-        if let Err(e) = self.emit_all(ready).await {
-            tracing::error!(conversation = %self.conversation, error = %e, "could not append to the stream log");
-        }
+        ready
     }
 
     /// Streams the answer from `opened` (the model's answer, when it came
@@ -556,9 +561,18 @@ impl Generation {
             None => events::stream_complete(self.conversation),
         });
         closing.push(Ok(events::done()));
-        self.emit_logged(closing).await;
-        if let Err(e) = self.inner.ports.log.close(self.conversation).await {
-            tracing::error!(conversation = %self.conversation, error = %e, "could not close the stream log");
+        // The closing events and the close in one step: no reader has
+        // `[DONE]` while the log is open, so a client may send its next
+        // message the moment it has it, to any instance.
+        let closing = self.built(closing);
+        if let Err(e) = self
+            .inner
+            .ports
+            .log
+            .finish(self.conversation, closing)
+            .await
+        {
+            tracing::error!(conversation = %self.conversation, error = %e, "could not end the stream log");
         }
         // Nobody may be waiting: then there is no one to tell.
         let _ = self.ended.send(Some(outcome.end()));

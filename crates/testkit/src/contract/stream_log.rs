@@ -256,6 +256,49 @@ pub async fn close_ends_waiting_readers(log: &Adapter) {
     );
 }
 
+/// `finish` appends a generation's last events and closes its log in one
+/// step: a reader has them, then the end, and by the time it has them the
+/// log is closed, so the conversation's next generation opens at once
+/// (what a client that has `[DONE]` does with its next message).
+pub async fn finish_closes_the_log_before_a_reader_has_its_last_events(log: &Adapter) {
+    let conv = ConversationId::generate();
+    let _stop = log.open(conv, &message("m1")).await.expect("open");
+    let appended = append_each(&**log, conv, 1..=2).await;
+    let mut feed = read(&**log, conv, ReadFrom::Start).await;
+    let opener = Arc::clone(log);
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        loop {
+            let e = timeout(PATIENCE, feed.next())
+                .await
+                .expect("the feed stalled")
+                .expect("next")
+                .expect("the last event before the end");
+            let last = e.event.data == "done";
+            seen.push((e.id, e.event.data));
+            if last {
+                let next = opener.open(conv, &message("m2")).await.map(drop);
+                return (seen, next);
+            }
+        }
+    });
+    tokio::task::yield_now().await;
+    log.finish(conv, vec![event("closing"), event("done")])
+        .await
+        .expect("finish");
+    let (seen, next) = reader.await.expect("the reader ran");
+    assert!(
+        next.is_ok(),
+        "the log was still open when its last event was read: {next:?}"
+    );
+    assert_eq!(seen[..2], appended[..]);
+    let data: Vec<&str> = seen[2..].iter().map(|(_, data)| data.as_str()).collect();
+    assert_eq!(data, ["closing", "done"]);
+    let ids: HashSet<&String> = seen.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), seen.len(), "ids are distinct: {seen:?}");
+    assert_eq!(log.current(conv).await.expect("current"), head("m2", true));
+}
+
 /// Closing a closed log does nothing: it stays closed, with its events.
 pub async fn close_is_idempotent(log: &dyn StreamLog) {
     let conv = ConversationId::generate();
@@ -412,7 +455,7 @@ where
 /// A log holding its most events refuses more as unavailable, one event
 /// or a batch; a batch that does not fit is refused, whatever part of it
 /// went in; closing the log still ends it for its readers, after what it
-/// holds.
+/// holds; and so does `finish`, whose last events do not fit.
 pub async fn a_full_log_refuses_more<L, F>(make: impl FnOnce(Limits) -> F)
 where
     L: StreamLog,
@@ -446,4 +489,15 @@ where
     log.close(conv).await.expect("close");
     let held = drain(&mut read(&log, conv, ReadFrom::Start).await).await;
     assert!(held.len() <= 2 && held.first() == first.first(), "{held:?}");
+    // Last events that do not fit are refused, and the log still closes.
+    let conv = ConversationId::generate();
+    let _stop = log.open(conv, &message("m1")).await.expect("open");
+    let appended = append_each(&log, conv, 1..=2).await;
+    let last = log.finish(conv, vec![event("done")]).await;
+    assert!(matches!(last, Err(DomainError::Unavailable(_))), "{last:?}");
+    assert_eq!(log.current(conv).await.expect("current"), head("m1", false));
+    assert_eq!(
+        drain(&mut read(&log, conv, ReadFrom::Start).await).await,
+        appended
+    );
 }

@@ -82,7 +82,7 @@ impl Inner {
     /// stream's last entry when `None`; `skipped`: numbers before it may
     /// be missing), retried as the module docs say; their generation and
     /// entry ids.
-    async fn append_batch(
+    pub(super) async fn append_batch(
         &self,
         conversation: ConversationId,
         generation: &str,
@@ -250,7 +250,7 @@ impl Inner {
                 let count = usize::try_from(taken).unwrap_or(usize::MAX);
                 // The copy holds event `n` at `n - 1`. It has every event
                 // this instance numbered, but for events queued after a
-                // `close` began, which the ended copy did not take: such a
+                // `close` began, which the sealed copy did not take: such a
                 // batch fails alone, never handing the script fewer events
                 // than it says (which would misplace the next log's).
                 let whole = mine.local.with_events(|events| {

@@ -29,6 +29,9 @@ enum End {
 pub(super) struct Copy {
     events: Vec<LoggedEvent>,
     end: Option<End>,
+    /// A close began: appends are refused, and the readers wait for the
+    /// generation's last events and its end.
+    sealed: bool,
 }
 
 /// The writing side, held by the instance's record of the generation.
@@ -45,14 +48,24 @@ impl LocalLog {
     }
 
     /// Adds appended events; none once the copy ended (after a failed
-    /// append Redis lacks events, so the copy must not look whole).
+    /// append Redis lacks events, so the copy must not look whole) or was
+    /// sealed.
     pub(super) fn extend(&self, events: impl IntoIterator<Item = LoggedEvent>) {
         self.tx.send_if_modified(|copy| {
-            if copy.end.is_some() {
+            if copy.end.is_some() || copy.sealed {
                 return false;
             }
             copy.events.extend(events);
             true
+        });
+    }
+
+    /// Refuses appends from now on; readers go on waiting, for
+    /// [`close_with`](Self::close_with).
+    pub(super) fn seal(&self) {
+        self.tx.send_if_modified(|copy| {
+            copy.sealed = true;
+            false
         });
     }
 
@@ -66,21 +79,23 @@ impl LocalLog {
         self.tx.borrow().end == Some(End::Failed)
     }
 
-    /// Readers end after what they have.
-    pub(super) fn close(&self) {
-        self.end(End::Closed);
+    /// Readers end after what they have and `last`, which they get with
+    /// the end, in one wake-up (sealed or not; nothing once ended).
+    pub(super) fn close_with(&self, last: Vec<LoggedEvent>) {
+        self.end(End::Closed, last);
     }
 
     /// Readers end with an error after what they have.
     pub(super) fn fail(&self) {
-        self.end(End::Failed);
+        self.end(End::Failed, Vec::new());
     }
 
-    fn end(&self, end: End) {
+    fn end(&self, end: End, last: Vec<LoggedEvent>) {
         self.tx.send_if_modified(|copy| {
             if copy.end.is_some() {
                 return false;
             }
+            copy.events.extend(last);
             copy.end = Some(end);
             true
         });
@@ -175,7 +190,7 @@ mod tests {
             got
         });
         log.extend([event("3")]);
-        log.close();
+        log.close_with(Vec::new());
         assert_eq!(waiting.await.unwrap(), ["2", "3"]);
     }
 
@@ -183,7 +198,7 @@ mod tests {
     async fn a_reader_resumes_after_an_id_and_refuses_an_unknown_one() {
         let log = LocalLog::new();
         log.extend([event("1"), event("2"), event("3")]);
-        log.close();
+        log.close_with(Vec::new());
         let mut feed = log.reader(Some("2")).unwrap();
         assert_eq!(feed.next().await.unwrap(), Some(event("3")));
         assert_eq!(feed.next().await.unwrap(), None);
@@ -197,12 +212,35 @@ mod tests {
         let mut feed = log.reader(None).unwrap();
         log.fail();
         // Closing after a failure changes nothing.
-        log.close();
+        log.close_with(vec![event("2")]);
         assert_eq!(feed.next().await.unwrap(), Some(event("1")));
         assert!(matches!(
             feed.next().await,
             Err(DomainError::Unavailable(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_sealed_copy_takes_no_append_and_gives_its_last_events_with_the_end() {
+        let log = LocalLog::new();
+        log.extend([event("1")]);
+        let mut feed = log.reader(None).unwrap();
+        assert_eq!(feed.next().await.unwrap(), Some(event("1")));
+        log.seal();
+        log.extend([event("x")]);
+        // Sealed, not ended: the reader waits.
+        let waiting = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(e) = feed.next().await.unwrap() {
+                got.push(e.id);
+            }
+            got
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        log.close_with(vec![event("2"), event("3")]);
+        assert_eq!(waiting.await.unwrap(), ["2", "3"]);
+        assert!(!log.failed());
     }
 
     #[tokio::test]
