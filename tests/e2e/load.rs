@@ -30,7 +30,8 @@ use confab_domain::{
 use confab_e2e::chat::PASSWORD;
 use confab_e2e::fake_llm::FakeLlm;
 use confab_e2e::load::{
-    Burst, End, burst, burst_into, burst_of, burst_under, burst_vars, full_answer, paced_llm,
+    Burst, End, burst, burst_into, burst_of, burst_resumed, burst_under, burst_vars, full_answer,
+    paced_llm,
 };
 use confab_e2e::{
     TestApp, all_messages, append, finished_message, redis_url, spawn_app_with,
@@ -838,6 +839,36 @@ async fn on_two_instances(db: TestDatabase, n: usize, spread: bool, cap: Duratio
     sends.assert_all_complete(&what, &a.db.store().await).await;
     // Each instance recorded its own answers' usage in the one database.
     assert_usage_counts(&b, &token, u64::try_from(n).unwrap()).await;
+}
+
+/// 100 sends at once to instance A of two on `db` and Redis, each
+/// stream cut after its third delta and resumed on B with its resume token
+/// and last event id, as clients behind a load balancer whose connections
+/// dropped: every answer reaches its client whole through B, without a
+/// gap or a duplicate event, and is saved whole.
+async fn resumed_on_the_other_instance(db: TestDatabase) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let llm = paced_llm();
+    let (a, b) = two_instances(db, &llm).await;
+    let token = a.user("ada").await;
+    let sends = burst_resumed(&a, &b, &token, 100, 3, CAP_100).await;
+    for sent in &sends.sends {
+        let ids: Vec<&str> = sent.events.iter().filter_map(|e| e.id.as_deref()).collect();
+        let distinct: std::collections::HashSet<&str> = ids.iter().copied().collect();
+        assert_eq!(distinct.len(), ids.len(), "a duplicate event id: {ids:?}");
+    }
+    let what = "100 sends to A, each resumed on B after its third delta";
+    sends.assert_all_complete(what, &a.db.store().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_hundred_sends_resumed_on_the_other_instance_all_complete() {
+    resumed_on_the_other_instance(TestDatabase::postgres()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_hundred_sends_resumed_on_the_other_instance_on_one_sqlite_file_all_complete() {
+    resumed_on_the_other_instance(TestDatabase::sqlite()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

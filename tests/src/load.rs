@@ -33,8 +33,9 @@ pub const SPACING: Duration = Duration::from_millis(20);
 /// call per send. A million per minute, not more: the Redis limiter counts
 /// in whole microseconds and refuses a policy whose period (window /
 /// quota) is under one, as an internal error on every request.
-pub const BURST_LIMITS: [(&str, &str); 7] = [
+pub const BURST_LIMITS: [(&str, &str); 8] = [
     ("CONFAB__GENERATION__MAX_CONCURRENT_PER_USER", "100000"),
+    ("CONFAB__GENERATION__MAX_READERS_PER_USER", "100000"),
     ("CONFAB__GENERATION__PER_MINUTE", "1000000"),
     ("CONFAB__RATE_LIMIT__USER_PER_MINUTE", "1000000"),
     ("CONFAB__RATE_LIMIT__API_KEY_PER_MINUTE", "1000000"),
@@ -420,30 +421,163 @@ pub async fn send_and_read(
             Ok(res) => res,
             Err(e) => return End::Broken(e.to_string()),
         };
-        let status = res.status().as_u16();
-        sent.status = Some(status);
-        if status != 200 {
-            return match res.json::<Value>().await {
-                Ok(body) => {
-                    let error = &body["error"];
-                    sent.code = error["code"].as_str().map(|code| {
-                        let message = error["message"].as_str().unwrap_or_default();
-                        format!("{code} ({message})")
-                    });
-                    End::Ended
-                }
-                Err(e) => End::Broken(e.to_string()),
-            };
-        }
-        let mut reader = SseReader::new(res);
+        let Some(mut reader) = sent.stream(res).await else {
+            return End::Ended;
+        };
         loop {
             match reader.try_next().await {
+                Ok(Some(event)) => sent.take(event, sent_at),
+                Ok(None) => return End::Ended,
+                Err(e) => return End::Broken(e.to_string()),
+            }
+        }
+    };
+    if let Ok(end) = tokio::time::timeout_at(deadline, read).await {
+        sent.end = end;
+    }
+    sent
+}
+
+impl Sent {
+    /// Records `res`'s status: its events to read when it is a 200,
+    /// else its error code (`None`).
+    async fn stream(&mut self, res: reqwest::Response) -> Option<SseReader> {
+        let status = res.status().as_u16();
+        self.status = Some(status);
+        if status == 200 {
+            return Some(SseReader::new(res));
+        }
+        if let Ok(body) = res.json::<Value>().await {
+            let error = &body["error"];
+            self.code = error["code"].as_str().map(|code| {
+                let message = error["message"].as_str().unwrap_or_default();
+                format!("{code} ({message})")
+            });
+        }
+        None
+    }
+
+    /// Adds an event read, timing the first text delta from `sent_at`.
+    fn take(&mut self, event: SseEvent, sent_at: Instant) {
+        if self.first_delta.is_none() && crate::chat::is_append(&event) {
+            self.first_delta = Some(sent_at.elapsed());
+        }
+        self.events.push(event);
+    }
+}
+
+/// `n` sends at once to `from`, each read to its `after`-th text delta;
+/// then, as a client whose connection dropped does, each resumes its
+/// stream on `to` (its resume token, the id of the last event it had)
+/// and reads it to its end or until `cap` has passed since the start.
+/// Each [`Sent`] holds the events of both reads, and the status of the
+/// resume once it was made.
+///
+/// # Panics
+/// When a task panics.
+pub async fn burst_resumed(
+    from: &TestApp,
+    to: &TestApp,
+    token: &str,
+    n: usize,
+    after: usize,
+    cap: Duration,
+) -> Burst {
+    let (go, start) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + cap;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let request = from
+                .client
+                .post(from.url("/api/v1/conversations"))
+                .bearer_auth(token)
+                .header("accept", "text/event-stream")
+                .json(&message_body(&format!("question {i}")));
+            let (client, base, token) = (to.client.clone(), to.url(""), token.to_owned());
+            let mut start = start.clone();
+            tokio::spawn(async move {
+                let _ = start.wait_for(|go| *go).await;
+                let resume = |conversation: ConversationId, resume_token: &str, last: &str| {
+                    client
+                        .get(format!("{base}/api/v1/conversations/{conversation}/stream"))
+                        .bearer_auth(&token)
+                        .header("x-resume-token", resume_token)
+                        .header("last-event-id", last)
+                };
+                send_then_resume(request, resume, after, deadline).await
+            })
+        })
+        .collect();
+    let _ = go.send(true);
+    let mut sends = Vec::with_capacity(n);
+    for task in tasks {
+        sends.push(task.await.expect("a send task"));
+    }
+    Burst {
+        sends,
+        wall: started.elapsed(),
+    }
+}
+
+/// Sends `request`, reads its stream to its `after`-th text delta, drops
+/// it, and reads the rest from the request `resume` makes (for the
+/// conversation, the resume token and the last event id), until it ends
+/// or `deadline`.
+async fn send_then_resume(
+    request: reqwest::RequestBuilder,
+    resume: impl FnOnce(ConversationId, &str, &str) -> reqwest::RequestBuilder,
+    after: usize,
+    deadline: tokio::time::Instant,
+) -> Sent {
+    let sent_at = Instant::now();
+    let mut sent = Sent {
+        status: None,
+        code: None,
+        events: Vec::new(),
+        end: End::TimedOut,
+        first_delta: None,
+    };
+    let read = async {
+        let res = match request.send().await {
+            Ok(res) => res,
+            Err(e) => return End::Broken(e.to_string()),
+        };
+        let Some(mut reader) = sent.stream(res).await else {
+            return End::Ended;
+        };
+        let mut deltas = 0;
+        while deltas < after {
+            match reader.try_next().await {
                 Ok(Some(event)) => {
-                    if sent.first_delta.is_none() && crate::chat::is_append(&event) {
-                        sent.first_delta = Some(sent_at.elapsed());
-                    }
-                    sent.events.push(event);
+                    deltas += usize::from(crate::chat::is_append(&event));
+                    sent.take(event, sent_at);
                 }
+                Ok(None) => return End::Ended,
+                Err(e) => return End::Broken(e.to_string()),
+            }
+        }
+        drop(reader);
+        let resume_token = sent
+            .events
+            .iter()
+            .find_map(|e| e.json()["token"].as_str().map(str::to_owned));
+        let last = sent.events.last().and_then(|e| e.id.clone());
+        let (Some(conversation), Some(resume_token), Some(last)) =
+            (sent.conversation(), resume_token, last)
+        else {
+            return End::Broken("no conversation, resume token or event id to resume".into());
+        };
+        let res = match resume(conversation, &resume_token, &last).send().await {
+            Ok(res) => res,
+            Err(e) => return End::Broken(e.to_string()),
+        };
+        let Some(mut reader) = sent.stream(res).await else {
+            return End::Ended;
+        };
+        loop {
+            match reader.try_next().await {
+                Ok(Some(event)) => sent.take(event, sent_at),
                 Ok(None) => return End::Ended,
                 Err(e) => return End::Broken(e.to_string()),
             }
