@@ -53,13 +53,15 @@ impl Write for Capture {
 }
 
 /// Installs (once) a subscriber that records every log line of the
-/// process at `info` and above, as the server would emit them.
+/// process at `info` and above, as the server would emit them (its JSON
+/// lines).
 fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let sink = Capture(buffer.clone());
         let _ = tracing_subscriber::fmt()
-            .json()
+            .fmt_fields(confab_server::telemetry::JsonSpanFields)
+            .event_format(confab_server::telemetry::JsonLines)
             .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
             .with_writer(move || sink.clone())
             .try_init();

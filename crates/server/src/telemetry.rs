@@ -12,8 +12,10 @@ use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::settings::{LogFormat, LogSettings};
 
+mod json;
 mod sink;
 
+pub use json::{JsonLines, JsonSpanFields};
 pub use sink::{LineWriter, LogSink};
 
 /// The process's sink, once logging is set up: flushed at exit and after a
@@ -55,10 +57,8 @@ pub fn init(settings: &LogSettings) -> Result<(), TelemetryError> {
         registry
             .with(
                 fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
+                    .fmt_fields(JsonSpanFields)
+                    .event_format(JsonLines)
                     .with_writer(sink.clone()),
             )
             .try_init()?;
