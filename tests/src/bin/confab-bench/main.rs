@@ -524,6 +524,10 @@ fn main() {
     );
     let _ = writeln!(
         md,
+        "- they log at `info` as the `confab` binary does (its JSON lines), into memory, not stderr"
+    );
+    let _ = writeln!(
+        md,
         "- every scenario is bounded (request count, 60 s cap), after a short warm-up"
     );
     let _ = writeln!(
