@@ -114,7 +114,9 @@
 //! app closes the answer as the database saved it). An append that fails for a reason that may
 //! pass (a reply timed out, the connection dropped) is tried again, up to
 //! four times; the script takes a batch whose numbers it already holds as
-//! landed, so a retried batch is not appended twice. An append that
+//! landed, so a retried batch is not appended twice. The close (which
+//! carries the answer's last events) is tried again the same way: a close
+//! whose reply was lost finds the generation closed, and does nothing. An append that
 //! failed for good ends the local readers with an error and is returned
 //! by the generation's next `append_all` (or logged by `close`, which
 //! waits for the queue before it adds the end entry). Appends to a
@@ -408,7 +410,8 @@ impl RedisStreamLog {
 
     /// The close script's call on `generation` of `conversation` (any open
     /// one when empty), adding `kept` (the number of the first, and the
-    /// events) before the end entry.
+    /// events) before the end entry; retried as an append is (a close whose
+    /// reply was lost finds the generation closed, and does nothing).
     async fn close_call(
         &self,
         conversation: ConversationId,
@@ -416,7 +419,6 @@ impl RedisStreamLog {
         kept: Option<(u64, Vec<WireEvent>)>,
     ) -> Result<(), DomainError> {
         let inner = &self.inner;
-        let mut conn = inner.pool.connection()?;
         // Closing what is not open (never opened, closed, expired) does
         // nothing: closing is idempotent.
         let mut invocation = inner.scripts.close.key(inner.meta_key(conversation));
@@ -437,10 +439,7 @@ impl RedisStreamLog {
                 invocation.arg("");
             }
         }
-        let closed = invocation
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let closed: i64 = inner.invoke_retried(&invocation, &conversation).await?;
         if closed == 2 {
             tracing::warn!(%conversation, "events of the answer could not be added to the shared stream log: they do not follow what it holds");
         }

@@ -171,6 +171,38 @@ async fn a_batch_whose_reply_was_lost_is_retried_without_a_duplicate() {
     assert_eq!(stored(&url, conv).await, ["0", "a", "b", "c", "d"]);
 }
 
+/// The close carries the answer's last events; a close whose reply was
+/// lost is tried again, finds the generation closed, and the answer is
+/// whole in Redis, `[DONE]` included.
+#[tokio::test]
+async fn a_close_whose_reply_was_lost_is_retried() {
+    let redis = support::PrivateRedis::start();
+    let url = redis.url();
+    let log = log_on(&url, Duration::from_millis(150));
+    let conv = ConversationId::generate();
+    let _stop = log
+        .open(conv, &MessageId::parse("m1").unwrap())
+        .await
+        .unwrap();
+    log.append_all(conv, events(&["a"])).await.unwrap();
+    // Redis stops answering for 0.4 s: the close's first attempts time
+    // out while they wait in its queue, then all of them run.
+    let mut raw = raw(&url).await;
+    let sleeping = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("0.4")
+            .query_async::<()>(&mut raw)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    log.finish(conv, events(&["b", "done"])).await.unwrap();
+    sleeping.await.unwrap().unwrap();
+    assert_eq!(stored(&url, conv).await, ["a", "b", "done"]);
+    let other = log_on(&url, Duration::from_secs(5));
+    assert!(!other.current(conv).await.unwrap().open);
+}
+
 #[tokio::test]
 async fn after_an_append_that_failed_for_good_the_next_ones_land_in_order() {
     let mut redis = support::PrivateRedis::start();

@@ -131,7 +131,7 @@ impl Inner {
         invocation: &redis::ScriptInvocation<'_>,
         count: usize,
     ) -> Result<(String, Vec<String>), DomainError> {
-        let reply = self.invoke_retried(invocation, &conversation).await?;
+        let reply: Vec<String> = self.invoke_retried(invocation, &conversation).await?;
         let mut reply = reply.into_iter();
         match (reply.next().as_deref(), reply.next()) {
             (Some("ok"), Some(generation)) => {
@@ -288,7 +288,8 @@ impl Inner {
             return;
         }
         let logs = format!("{} logs", batches.len());
-        let replies = self.invoke_retried(&invocation, &logs).await;
+        let replies: Result<Vec<String>, DomainError> =
+            self.invoke_retried(&invocation, &logs).await;
         {
             let mut opened = self.opened();
             for (n, (conversation, generation)) in batches.into_iter().enumerate() {
@@ -314,15 +315,16 @@ impl Inner {
         }
     }
 
-    /// Runs `invocation`, an append script's call, tried again (after a
-    /// pause doubled each time) while it fails for a reason that may pass
-    /// (see [`transient`]), up to the attempts of the pool's kind; its
-    /// reply. `log` names what it appends to, for the log line of a retry.
-    async fn invoke_retried(
+    /// Runs `invocation`, an append or close script's call (each safe to
+    /// run twice), tried again (after a pause doubled each time) while it
+    /// fails for a reason that may pass (see [`transient`]), up to the
+    /// attempts of the pool's kind; its reply. `log` names what it writes
+    /// to, for the log line of a retry.
+    pub(super) async fn invoke_retried<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
         log: &(dyn std::fmt::Display + Sync),
-    ) -> Result<Vec<String>, DomainError> {
+    ) -> Result<T, DomainError> {
         let mut pause = APPEND_BACKOFF;
         let mut attempt = 1;
         let attempts = if self.pool.is_cluster() {
