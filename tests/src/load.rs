@@ -371,23 +371,40 @@ async fn burst_to(
     request: impl Fn(usize) -> (String, serde_json::Value),
 ) -> Burst {
     assert!(!apps.is_empty(), "a burst needs a server");
+    at_once(n, cap, |i, deadline| {
+        let app = apps[i % apps.len()];
+        let (path, body) = request(i);
+        let request = app
+            .client
+            .post(app.url(&path))
+            .bearer_auth(token)
+            .header("accept", "text/event-stream")
+            .json(&body);
+        send_and_read(request, deadline)
+    })
+    .await
+}
+
+/// Runs the `n` clients `client(i, deadline)` makes at once (each starts
+/// when all are ready), `deadline` being `cap` after the start.
+async fn at_once<F>(
+    n: usize,
+    cap: Duration,
+    client: impl Fn(usize, tokio::time::Instant) -> F,
+) -> Burst
+where
+    F: std::future::Future<Output = Sent> + Send + 'static,
+{
     let (go, start) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + cap;
     let tasks: Vec<_> = (0..n)
         .map(|i| {
-            let app = apps[i % apps.len()];
-            let (path, body) = request(i);
-            let request = app
-                .client
-                .post(app.url(&path))
-                .bearer_auth(token)
-                .header("accept", "text/event-stream")
-                .json(&body);
+            let client = client(i, deadline);
             let mut start = start.clone();
             tokio::spawn(async move {
                 let _ = start.wait_for(|go| *go).await;
-                send_and_read(request, deadline).await
+                client.await
             })
         })
         .collect();
@@ -409,43 +426,47 @@ pub async fn send_and_read(
     deadline: tokio::time::Instant,
 ) -> Sent {
     let sent_at = Instant::now();
-    let mut sent = Sent {
-        status: None,
-        code: None,
-        events: Vec::new(),
-        end: End::TimedOut,
-        first_delta: None,
-    };
+    let mut sent = Sent::pending();
     let read = async {
-        let res = match request.send().await {
-            Ok(res) => res,
-            Err(e) => return End::Broken(e.to_string()),
-        };
-        let Some(mut reader) = sent.stream(res).await else {
-            return End::Ended;
-        };
-        loop {
-            match reader.try_next().await {
-                Ok(Some(event)) => sent.take(event, sent_at),
-                Ok(None) => return End::Ended,
-                Err(e) => return End::Broken(e.to_string()),
-            }
-        }
+        let mut reader = sent.open(request).await?;
+        sent.read(&mut reader, sent_at, usize::MAX).await
     };
-    if let Ok(end) = tokio::time::timeout_at(deadline, read).await {
-        sent.end = end;
-    }
+    sent.end = ended(tokio::time::timeout_at(deadline, read).await);
     sent
 }
 
+/// How a read that had until a deadline ended.
+fn ended(read: Result<Result<(), End>, tokio::time::error::Elapsed>) -> End {
+    match read {
+        Ok(Ok(())) => End::Ended,
+        Ok(Err(end)) => end,
+        Err(_) => End::TimedOut,
+    }
+}
+
 impl Sent {
-    /// Records `res`'s status: its events to read when it is a 200,
-    /// else its error code (`None`).
-    async fn stream(&mut self, res: reqwest::Response) -> Option<SseReader> {
+    /// A send not made yet.
+    fn pending() -> Self {
+        Self {
+            status: None,
+            code: None,
+            events: Vec::new(),
+            end: End::TimedOut,
+            first_delta: None,
+        }
+    }
+
+    /// Sends `request` and records its status: its events to read when it
+    /// is a 200; else its error code, and how it ended.
+    async fn open(&mut self, request: reqwest::RequestBuilder) -> Result<SseReader, End> {
+        let res = request
+            .send()
+            .await
+            .map_err(|e| End::Broken(e.to_string()))?;
         let status = res.status().as_u16();
         self.status = Some(status);
         if status == 200 {
-            return Some(SseReader::new(res));
+            return Ok(SseReader::new(res));
         }
         if let Ok(body) = res.json::<Value>().await {
             let error = &body["error"];
@@ -454,15 +475,32 @@ impl Sent {
                 format!("{code} ({message})")
             });
         }
-        None
+        Err(End::Ended)
     }
 
-    /// Adds an event read, timing the first text delta from `sent_at`.
-    fn take(&mut self, event: SseEvent, sent_at: Instant) {
-        if self.first_delta.is_none() && crate::chat::is_append(&event) {
-            self.first_delta = Some(sent_at.elapsed());
+    /// Reads `reader`'s events until `deltas` text deltas were read (then
+    /// `Ok`) or it ends, timing the first text delta from `sent_at`.
+    async fn read(
+        &mut self,
+        reader: &mut SseReader,
+        sent_at: Instant,
+        deltas: usize,
+    ) -> Result<(), End> {
+        let mut seen = 0;
+        while seen < deltas {
+            match reader.try_next().await {
+                Ok(Some(event)) => {
+                    if crate::chat::is_append(&event) {
+                        seen += 1;
+                        self.first_delta.get_or_insert_with(|| sent_at.elapsed());
+                    }
+                    self.events.push(event);
+                }
+                Ok(None) => return Err(End::Ended),
+                Err(e) => return Err(End::Broken(e.to_string())),
+            }
         }
-        self.events.push(event);
+        Ok(())
     }
 }
 
@@ -483,41 +521,24 @@ pub async fn burst_resumed(
     after: usize,
     cap: Duration,
 ) -> Burst {
-    let (go, start) = tokio::sync::watch::channel(false);
-    let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + cap;
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let request = from
-                .client
-                .post(from.url("/api/v1/conversations"))
-                .bearer_auth(token)
-                .header("accept", "text/event-stream")
-                .json(&message_body(&format!("question {i}")));
-            let (client, base, token) = (to.client.clone(), to.url(""), token.to_owned());
-            let mut start = start.clone();
-            tokio::spawn(async move {
-                let _ = start.wait_for(|go| *go).await;
-                let resume = |conversation: ConversationId, resume_token: &str, last: &str| {
-                    client
-                        .get(format!("{base}/api/v1/conversations/{conversation}/stream"))
-                        .bearer_auth(&token)
-                        .header("x-resume-token", resume_token)
-                        .header("last-event-id", last)
-                };
-                send_then_resume(request, resume, after, deadline).await
-            })
-        })
-        .collect();
-    let _ = go.send(true);
-    let mut sends = Vec::with_capacity(n);
-    for task in tasks {
-        sends.push(task.await.expect("a send task"));
-    }
-    Burst {
-        sends,
-        wall: started.elapsed(),
-    }
+    at_once(n, cap, |i, deadline| {
+        let request = from
+            .client
+            .post(from.url("/api/v1/conversations"))
+            .bearer_auth(token)
+            .header("accept", "text/event-stream")
+            .json(&message_body(&format!("question {i}")));
+        let (client, base, token) = (to.client.clone(), to.url(""), token.to_owned());
+        let resume = move |conversation: ConversationId, resume_token: &str, last: &str| {
+            client
+                .get(format!("{base}/api/v1/conversations/{conversation}/stream"))
+                .bearer_auth(&token)
+                .header("x-resume-token", resume_token)
+                .header("last-event-id", last)
+        };
+        send_then_resume(request, resume, after, deadline)
+    })
+    .await
 }
 
 /// Sends `request`, reads its stream to its `after`-th text delta, drops
@@ -531,32 +552,10 @@ async fn send_then_resume(
     deadline: tokio::time::Instant,
 ) -> Sent {
     let sent_at = Instant::now();
-    let mut sent = Sent {
-        status: None,
-        code: None,
-        events: Vec::new(),
-        end: End::TimedOut,
-        first_delta: None,
-    };
+    let mut sent = Sent::pending();
     let read = async {
-        let res = match request.send().await {
-            Ok(res) => res,
-            Err(e) => return End::Broken(e.to_string()),
-        };
-        let Some(mut reader) = sent.stream(res).await else {
-            return End::Ended;
-        };
-        let mut deltas = 0;
-        while deltas < after {
-            match reader.try_next().await {
-                Ok(Some(event)) => {
-                    deltas += usize::from(crate::chat::is_append(&event));
-                    sent.take(event, sent_at);
-                }
-                Ok(None) => return End::Ended,
-                Err(e) => return End::Broken(e.to_string()),
-            }
-        }
+        let mut reader = sent.open(request).await?;
+        sent.read(&mut reader, sent_at, after).await?;
         drop(reader);
         let resume_token = sent
             .events
@@ -566,25 +565,15 @@ async fn send_then_resume(
         let (Some(conversation), Some(resume_token), Some(last)) =
             (sent.conversation(), resume_token, last)
         else {
-            return End::Broken("no conversation, resume token or event id to resume".into());
+            return Err(End::Broken(
+                "no conversation, resume token or event id to resume".into(),
+            ));
         };
-        let res = match resume(conversation, &resume_token, &last).send().await {
-            Ok(res) => res,
-            Err(e) => return End::Broken(e.to_string()),
-        };
-        let Some(mut reader) = sent.stream(res).await else {
-            return End::Ended;
-        };
-        loop {
-            match reader.try_next().await {
-                Ok(Some(event)) => sent.take(event, sent_at),
-                Ok(None) => return End::Ended,
-                Err(e) => return End::Broken(e.to_string()),
-            }
-        }
+        let mut reader = sent
+            .open(resume(conversation, &resume_token, &last))
+            .await?;
+        sent.read(&mut reader, sent_at, usize::MAX).await
     };
-    if let Ok(end) = tokio::time::timeout_at(deadline, read).await {
-        sent.end = end;
-    }
+    sent.end = ended(tokio::time::timeout_at(deadline, read).await);
     sent
 }

@@ -155,17 +155,10 @@ async fn a_batch_whose_reply_was_lost_is_retried_without_a_duplicate() {
     log.append_all(conv, events(&["a"])).await.unwrap();
     // Redis stops answering for 0.4 s: the batch's first attempts time out
     // while they wait in its queue, then all of them run.
-    let mut raw = raw(&url).await;
-    let sleeping = tokio::spawn(async move {
-        redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg("0.4")
-            .query_async::<()>(&mut raw)
-            .await
-    });
+    let sleeping = stalled(&url, "0.4").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     log.append_all(conv, events(&["b", "c"])).await.unwrap();
-    sleeping.await.unwrap().unwrap();
+    sleeping.await.unwrap();
     log.append_all(conv, events(&["d"])).await.unwrap();
     log.close(conv).await.unwrap();
     assert_eq!(stored(&url, conv).await, ["0", "a", "b", "c", "d"]);
@@ -187,17 +180,10 @@ async fn a_close_whose_reply_was_lost_is_retried() {
     log.append_all(conv, events(&["a"])).await.unwrap();
     // Redis stops answering for 0.4 s: the close's first attempts time
     // out while they wait in its queue, then all of them run.
-    let mut raw = raw(&url).await;
-    let sleeping = tokio::spawn(async move {
-        redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg("0.4")
-            .query_async::<()>(&mut raw)
-            .await
-    });
+    let sleeping = stalled(&url, "0.4").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     log.finish(conv, events(&["b", "done"])).await.unwrap();
-    sleeping.await.unwrap().unwrap();
+    sleeping.await.unwrap();
     assert_eq!(stored(&url, conv).await, ["a", "b", "done"]);
     let other = log_on(&url, Duration::from_secs(5));
     assert!(!other.current(conv).await.unwrap().open);
@@ -316,6 +302,15 @@ async fn the_last_events_reach_no_reader_before_the_generation_is_closed() {
         .open(conv, &MessageId::parse("m2").unwrap())
         .await
         .unwrap();
+}
+
+/// Stops the private Redis from answering for `seconds` (`DEBUG SLEEP`);
+/// the task ends when it answers again.
+async fn stalled(url: &str, seconds: &'static str) -> tokio::task::JoinHandle<()> {
+    let mut raw = raw(url).await;
+    tokio::spawn(async move {
+        admin(&mut raw, &["DEBUG", "SLEEP", seconds]).await;
+    })
 }
 
 /// A plain connection to the private Redis, for what the test does to it.
