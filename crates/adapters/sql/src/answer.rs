@@ -112,6 +112,44 @@ pub(crate) const TOUCH_CONVERSATIONS_POSTGRES: &[&str] = &[
     concat!(") AND ", touch_conversations!(join)),
 ];
 
+/// An answer's save alone in one statement on PostgreSQL: [`UPDATE_CONTENT`]
+/// and the conversation's touch (with its title, when one is given) as one
+/// statement, atomic by itself and one round trip, where alone they were
+/// `BEGIN`, two updates and `COMMIT`. Binds: content, status, time,
+/// conversation, id, `in_progress` (as [`UPDATE_CONTENT`]); then the time,
+/// the preview or `NULL`, the untitled placeholder or `NULL`, the owner or
+/// `NULL`, the title or `NULL`, and the conversation again. The
+/// conversation is touched only when the answer was (`EXISTS`), and
+/// found by its primary key; a `NULL` placeholder never equals a title,
+/// so a save without one keeps the title. Answers how many answers it
+/// changed (0 or 1) and the conversation's title after it (`NULL` when it
+/// was not touched: deleted, or the answer not in progress).
+pub(crate) const SAVE_POSTGRES: &[&str] = &[
+    "WITH m AS (UPDATE messages SET content = ",
+    ", status = ",
+    ", updated_at = ",
+    " WHERE conversation_id = ",
+    " AND id = ",
+    " AND status = ",
+    " RETURNING 1), t AS (UPDATE conversations SET updated_at = ",
+    ", last_message = COALESCE(",
+    ", last_message), title = CASE WHEN title = ",
+    " AND user_id = ",
+    " THEN ",
+    " ELSE title END WHERE id = ",
+    " AND deleted_at IS NULL AND EXISTS (SELECT 1 FROM m) RETURNING title) \
+     SELECT (SELECT count(*) FROM m) AS found, (SELECT title FROM t) AS title",
+];
+
+/// What [`SAVE_POSTGRES`] answers.
+#[derive(QueryableByName)]
+struct SavedAlone {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    found: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    title: Option<String>,
+}
+
 /// A conversation a grouped save's message update found.
 #[derive(QueryableByName)]
 struct SavedRow {
@@ -173,8 +211,24 @@ pub(crate) struct AnswerSave {
 pub(crate) type Saved = Option<Option<String>>;
 
 impl AnswerSave {
-    /// Saves this answer alone: two kept statements.
+    /// Saves this answer alone: on PostgreSQL one kept statement, which
+    /// needs no transaction around it ([`is_one_statement`](Self::is_one_statement));
+    /// on SQLite two.
     pub(crate) fn save(&self, conn: &mut AnyConnection) -> QueryResult<Saved> {
+        if let AnyConnection::Postgres(c) = conn {
+            let title = self.title.as_ref();
+            let mut binds = self.content_binds();
+            binds.extend([
+                Bind::BigInt(self.at),
+                Bind::MaybeText(self.preview.as_deref()),
+                Bind::MaybeText(title.map(|t| t.untitled.as_str())),
+                Bind::MaybeText(title.map(|t| t.owner.as_str())),
+                Bind::MaybeText(title.map(|t| t.title.as_str())),
+                Bind::Text(&self.conversation),
+            ]);
+            let saved: SavedAlone = SqlText::new(SAVE_POSTGRES, binds).get_result(c)?;
+            return Ok((saved.found > 0).then(|| title.and(saved.title)));
+        }
         if self.save_content(conn)? == 0 {
             return Ok(None);
         }
@@ -185,6 +239,12 @@ impl AnswerSave {
             return Ok(Some(None));
         };
         self.touch_and_title(conn, title).map(Some)
+    }
+
+    /// Whether [`save`](Self::save) is one statement on `conn`
+    /// (PostgreSQL), so atomic alone.
+    pub(crate) fn is_one_statement(conn: &AnyConnection) -> bool {
+        matches!(conn, AnyConnection::Postgres(_))
     }
 
     /// Saves every answer of `saves` in two statements (their
@@ -266,18 +326,20 @@ impl AnswerSave {
     /// Replaces the answer's content and status if it is still in
     /// progress; how many rows changed (0 or 1).
     fn save_content(&self, conn: &mut AnyConnection) -> QueryResult<usize> {
-        on_backend!(conn, |c| SqlText::new(
-            UPDATE_CONTENT,
-            vec![
-                Bind::Text(&self.json),
-                Bind::Text(self.status.as_str()),
-                Bind::BigInt(self.at),
-                Bind::Text(&self.conversation),
-                Bind::Text(&self.id),
-                Bind::Text(MessageStatus::InProgress.as_str()),
-            ],
-        )
-        .execute(c))
+        on_backend!(conn, |c| SqlText::new(UPDATE_CONTENT, self.content_binds())
+            .execute(c))
+    }
+
+    /// [`UPDATE_CONTENT`]'s binds, which [`SAVE_POSTGRES`] begins with.
+    fn content_binds(&self) -> Vec<Bind<'_>> {
+        vec![
+            Bind::Text(&self.json),
+            Bind::Text(self.status.as_str()),
+            Bind::BigInt(self.at),
+            Bind::Text(&self.conversation),
+            Bind::Text(&self.id),
+            Bind::Text(MessageStatus::InProgress.as_str()),
+        ]
     }
 
     /// Marks the conversation as changed (and its preview, when the answer

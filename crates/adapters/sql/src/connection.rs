@@ -185,15 +185,23 @@ pub(crate) enum Bind<'a> {
     MaybeText(Option<&'a str>),
     /// `BIGINT`.
     BigInt(i64),
+    /// `BIGINT` or `NULL`.
+    MaybeBigInt(Option<i64>),
+    /// `BOOLEAN`.
+    Bool(bool),
 }
 
 impl Bind<'_> {
     /// Adds this value to `pass` as a bind parameter.
     fn push<'b, DB>(&'b self, pass: &mut AstPass<'_, 'b, DB>) -> QueryResult<()>
     where
-        DB: Backend + HasSqlType<sql_types::Text> + HasSqlType<sql_types::BigInt>,
+        DB: Backend
+            + HasSqlType<sql_types::Text>
+            + HasSqlType<sql_types::BigInt>
+            + HasSqlType<sql_types::Bool>,
         str: ToSql<sql_types::Text, DB>,
         i64: ToSql<sql_types::BigInt, DB>,
+        bool: ToSql<sql_types::Bool, DB>,
     {
         match self {
             Bind::Text(text) => pass.push_bind_param::<sql_types::Text, str>(text),
@@ -201,6 +209,10 @@ impl Bind<'_> {
                 pass.push_bind_param::<sql_types::Nullable<sql_types::Text>, Option<&str>>(text)
             }
             Bind::BigInt(n) => pass.push_bind_param::<sql_types::BigInt, i64>(n),
+            Bind::MaybeBigInt(n) => {
+                pass.push_bind_param::<sql_types::Nullable<sql_types::BigInt>, Option<i64>>(n)
+            }
+            Bind::Bool(b) => pass.push_bind_param::<sql_types::Bool, bool>(b),
         }
     }
 }
@@ -215,9 +227,13 @@ impl<'a> SqlText<'a> {
 
 impl<DB> QueryFragment<DB> for SqlText<'_>
 where
-    DB: Backend + HasSqlType<sql_types::Text> + HasSqlType<sql_types::BigInt>,
+    DB: Backend
+        + HasSqlType<sql_types::Text>
+        + HasSqlType<sql_types::BigInt>
+        + HasSqlType<sql_types::Bool>,
     str: ToSql<sql_types::Text, DB>,
     i64: ToSql<sql_types::BigInt, DB>,
+    bool: ToSql<sql_types::Bool, DB>,
 {
     fn walk_ast<'b>(&'b self, mut pass: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         let mut binds = self.binds.iter();
@@ -254,31 +270,50 @@ impl<Conn> RunQueryDsl<Conn> for SqlText<'_> {}
 
 /// A statement around lists of rows of any length: `pieces[0]`, the rows
 /// of `lists[0]` as `(…, …), (…, …)`, `pieces[1]`, and so on. Its text
-/// changes with the number of rows, so it is never kept prepared (the
-/// statement cache would keep one entry per length).
+/// changes with the number of rows, so it is not kept prepared (the
+/// statement cache would keep one entry per length), unless the caller
+/// says the lists' lengths are always the same ([`kept`](Self::kept)).
 #[derive(Debug)]
 pub(crate) struct SqlRows<'a> {
     /// The text around the lists: one more piece than lists.
     pieces: &'static [&'static str],
     lists: Vec<Vec<Vec<Bind<'a>>>>,
+    /// Kept prepared, as a [`SqlText`] is.
+    kept: bool,
 }
 
 impl<'a> SqlRows<'a> {
     /// The statement `pieces[0] (row), (row)… pieces[1] …`.
     pub(crate) fn new(pieces: &'static [&'static str], lists: Vec<Vec<Vec<Bind<'a>>>>) -> Self {
         debug_assert_eq!(pieces.len(), lists.len() + 1);
-        Self { pieces, lists }
+        Self {
+            pieces,
+            lists,
+            kept: false,
+        }
+    }
+
+    /// This statement kept prepared: only for a use whose lists always
+    /// have the same lengths (one text), or the cache grows with them.
+    pub(crate) fn kept(self) -> Self {
+        Self { kept: true, ..self }
     }
 }
 
 impl<DB> QueryFragment<DB> for SqlRows<'_>
 where
-    DB: Backend + HasSqlType<sql_types::Text> + HasSqlType<sql_types::BigInt>,
+    DB: Backend
+        + HasSqlType<sql_types::Text>
+        + HasSqlType<sql_types::BigInt>
+        + HasSqlType<sql_types::Bool>,
     str: ToSql<sql_types::Text, DB>,
     i64: ToSql<sql_types::BigInt, DB>,
+    bool: ToSql<sql_types::Bool, DB>,
 {
     fn walk_ast<'b>(&'b self, mut pass: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        pass.unsafe_to_cache_prepared();
+        if !self.kept {
+            pass.unsafe_to_cache_prepared();
+        }
         let mut lists = self.lists.iter();
         for (n, piece) in self.pieces.iter().enumerate() {
             if n > 0 {

@@ -9,11 +9,13 @@
 //! must do only database work). Failures are rare, and the savepoints'
 //! two statements per write are a round trip each on PostgreSQL. A group's
 //! new conversations with their first exchange
-//! ([`Executor::insert_exchange`]) are inserted together, one statement per
-//! table for all of them, ahead of the group's other writes (queued at
-//! once, they waited for none of each other): on PostgreSQL two round trips
-//! instead of three per exchange, on SQLite one flush of the search index
-//! instead of one per question. The group's answer saves
+//! ([`Executor::insert_exchange`]) are inserted together, ahead of the
+//! group's other writes (queued at once, they waited for none of each
+//! other): on PostgreSQL in one statement (a group of nothing else, and a
+//! lone exchange, in that statement alone, with no `BEGIN` and `COMMIT`:
+//! one round trip where there were four or five), on SQLite in one
+//! statement per table, one flush of the search index instead of one per
+//! question. The group's answer saves
 //! ([`Executor::save_answer`]) go in together too, ahead of its other
 //! writes (after its exchanges when those go in together), two statements
 //! for all of them (see `answer.rs`). If either fails, the group runs again as
@@ -58,6 +60,11 @@ static CHECKPOINTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUs
 #[cfg(test)]
 static TOGETHER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Groups of new exchanges inserted in one statement with no transaction
+/// around it (only this module's tests make such groups).
+#[cfg(test)]
+static ALONE_STATEMENT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Groups whose answers were saved together (only this module's tests make
 /// such groups).
 #[cfg(test)]
@@ -84,6 +91,12 @@ trait Write: Send {
     /// when none is open) when `savepoint`, else straight in the open
     /// transaction. It may run again after a run in a group that failed.
     fn run(&mut self, conn: &mut AnyConnection, savepoint: bool) -> Ran;
+    /// Runs the work alone, no transaction open: in one of its own, unless
+    /// the work is one statement on `conn` (atomic by itself, one round
+    /// trip fewer at each end).
+    fn run_alone(&mut self, conn: &mut AnyConnection) -> Ran {
+        self.run(conn, true)
+    }
     /// The new exchange this write inserts, when that is all it does: a
     /// group on PostgreSQL inserts it with the others'.
     fn exchange(&self) -> Option<&NewExchange> {
@@ -421,6 +434,11 @@ impl Write for ExchangeJob {
         ran
     }
 
+    fn run_alone(&mut self, conn: &mut AnyConnection) -> Ran {
+        let savepoint = !NewExchange::is_one_statement(conn);
+        self.run(conn, savepoint)
+    }
+
     fn exchange(&self) -> Option<&NewExchange> {
         Some(&self.rows)
     }
@@ -455,6 +473,11 @@ impl Write for SaveJob {
         let ran = if result.is_ok() { Ran::Ok } else { Ran::Failed };
         self.result = Some(result);
         ran
+    }
+
+    fn run_alone(&mut self, conn: &mut AnyConnection) -> Ran {
+        let savepoint = !AnswerSave::is_one_statement(conn);
+        self.run(conn, savepoint)
     }
 
     fn answer_save(&self) -> Option<&AnswerSave> {
@@ -680,7 +703,7 @@ fn commit_group(held: &mut Held<'_>, mut group: Vec<Box<dyn Write>>) -> Ran {
         }
     };
     if group.len() == 1 {
-        let ran = group[0].run(conn, true);
+        let ran = group[0].run_alone(conn);
         for job in group {
             job.answer(None);
         }
@@ -690,7 +713,30 @@ fn commit_group(held: &mut Held<'_>, mut group: Vec<Box<dyn Write>>) -> Ran {
     let together = group.iter().filter(|job| job.exchange().is_some()).count() > 1;
     let saves = saves_together(&group);
     let mut done = vec![false; group.len()];
-    let straight = conn.transaction(|conn| {
+    let straight = if together
+        && NewExchange::is_one_statement(conn)
+        && group.iter().all(|job| job.exchange().is_some())
+    {
+        // Nothing but new exchanges, in one statement: it commits alone,
+        // with no `BEGIN` and `COMMIT` around it.
+        let exchanges: Vec<&NewExchange> = group.iter().filter_map(|j| j.exchange()).collect();
+        #[cfg(test)]
+        {
+            TOGETHER.fetch_add(1, Ordering::Relaxed);
+            ALONE_STATEMENT.fetch_add(1, Ordering::Relaxed);
+        }
+        let inserted = NewExchange::insert_all(conn, &exchanges);
+        drop(exchanges);
+        if inserted.is_ok() {
+            for job in &mut group {
+                job.inserted();
+            }
+        } else {
+            any_failed = true;
+        }
+        inserted
+    } else {
+        conn.transaction(|conn| {
         if together {
             let exchanges: Vec<&NewExchange> = group.iter().filter_map(|j| j.exchange()).collect();
             #[cfg(test)]
@@ -731,7 +777,8 @@ fn commit_group(held: &mut Held<'_>, mut group: Vec<Box<dyn Write>>) -> Ran {
             }
         }
         Ok(())
-    });
+        })
+    };
     if straight.is_ok() {
         for job in group {
             job.answer(None);
@@ -1051,11 +1098,19 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let before = TOGETHER.load(Ordering::Relaxed);
+        let alone_before = ALONE_STATEMENT.load(Ordering::Relaxed);
         let results = queued_as_one_group(&db, insert_all(&["a", "b", "c"])).await;
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         assert_eq!(TOGETHER.load(Ordering::Relaxed), before + 1);
         let results = queued_as_one_group(&db, insert_all(&["d", "b", "e"])).await;
         assert_eq!(TOGETHER.load(Ordering::Relaxed), before + 2);
+        // On PostgreSQL a group of nothing but new exchanges is one
+        // statement with no transaction around it.
+        let postgres = database.url().starts_with("postgres");
+        assert_eq!(
+            ALONE_STATEMENT.load(Ordering::Relaxed),
+            alone_before + if postgres { 2 } else { 0 }
+        );
         assert!(results[0].is_ok(), "{results:?}");
         assert!(
             matches!(results[1], Err(DomainError::Duplicate { .. })),
@@ -1085,6 +1140,174 @@ mod tests {
             .map(|id| ((*id).to_owned(), 2))
             .collect();
         assert_eq!(stored, expected);
+    }
+
+    /// What a PostgreSQL connection sent: each statement's text, and
+    /// `BEGIN` for each transaction opened.
+    fn recorded(conn: &mut diesel::PgConnection) -> Arc<Mutex<Vec<String>>> {
+        use diesel::connection::{Instrumentation, InstrumentationEvent};
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&sent);
+        let record = move |event: InstrumentationEvent<'_>| {
+            let line = match event {
+                InstrumentationEvent::StartQuery { query, .. } => query.to_string(),
+                InstrumentationEvent::BeginTransaction { .. } => "BEGIN".to_owned(),
+                _ => return,
+            };
+            log.lock().unwrap().push(line);
+        };
+        let record: Box<dyn Instrumentation> = Box::new(record);
+        Connection::set_instrumentation(conn, record);
+        sent
+    }
+
+    /// A migrated PostgreSQL database with the user `u`, and a store
+    /// connection to it.
+    async fn postgres_with_user() -> (crate::testing::TestDatabase, AnyConnection) {
+        let database = crate::testing::TestDatabase::postgres();
+        drop(database.store().await);
+        database.execute(
+            "INSERT INTO users VALUES ('u', 'u', 'u@example.com', 'x', 'user', FALSE, 0, 0)",
+        );
+        let target = DatabaseTarget::parse(database.url()).unwrap();
+        let conn = Manager::new(target, &PoolOptions::default())
+            .open()
+            .unwrap();
+        (database, conn)
+    }
+
+    /// On PostgreSQL a lone new exchange is one statement, sent with no
+    /// transaction around it, and all or nothing: one whose second
+    /// message fails leaves neither its conversation nor its first
+    /// message behind.
+    #[tokio::test]
+    async fn a_lone_exchange_on_postgres_is_one_statement_and_all_or_nothing() {
+        let (database, mut conn) = postgres_with_user().await;
+        let AnyConnection::Postgres(pg) = &mut conn else {
+            panic!("a PostgreSQL connection");
+        };
+        let sent = recorded(pg);
+        let job = |rows: NewExchange| {
+            let (reply, answer) = oneshot::channel();
+            let job = ExchangeJob {
+                rows,
+                result: None,
+                reply,
+                span: tracing::Span::none(),
+            };
+            (job, answer)
+        };
+        let (mut whole, answer) = job(exchange_rows("whole-one"));
+        assert_eq!(whole.run_alone(&mut conn), Ran::Ok);
+        Box::new(whole).answer(None);
+        assert!(answer.await.unwrap().is_ok());
+        let statements = std::mem::take(&mut *sent.lock().unwrap());
+        assert_eq!(statements.len(), 1, "{statements:?}");
+        assert!(
+            statements[0].starts_with("WITH c AS (INSERT INTO conversations"),
+            "{statements:?}"
+        );
+        let mut broken = exchange_rows("broken-one");
+        broken.messages[1].position = 1;
+        let (mut broken, answer) = job(broken);
+        assert_eq!(broken.run_alone(&mut conn), Ran::Failed);
+        Box::new(broken).answer(None);
+        assert!(answer.await.unwrap().is_err());
+        let statements = std::mem::take(&mut *sent.lock().unwrap());
+        assert_eq!(statements.len(), 1, "no BEGIN, no ROLLBACK: {statements:?}");
+        let rows = database.rows_containing(&["broken-one".to_owned()]);
+        assert!(rows.is_empty(), "nothing of the failed exchange: {rows:?}");
+        let mut rows = database.rows_containing(&["whole-one".to_owned()]);
+        rows.sort();
+        assert_eq!(
+            rows,
+            [("conversations".to_owned(), 1), ("messages".to_owned(), 2)]
+        );
+    }
+
+    /// On PostgreSQL a lone answer save is one statement, sent with no
+    /// transaction around it: the answer, the conversation's preview and
+    /// its title change together, and a save of an answer no longer in
+    /// progress changes nothing.
+    #[tokio::test]
+    async fn a_lone_answer_save_on_postgres_is_one_statement() {
+        let (_database, mut conn) = postgres_with_user().await;
+        exchange_rows("saved-one").insert(&mut conn).unwrap();
+        let AnyConnection::Postgres(pg) = &mut conn else {
+            panic!("a PostgreSQL connection");
+        };
+        let sent = recorded(pg);
+        let save = |status: confab_domain::MessageStatus| {
+            let (reply, answer) = oneshot::channel();
+            let job = SaveJob {
+                save: AnswerSave {
+                    conversation: "saved-one".to_owned(),
+                    id: "m2".to_owned(),
+                    json: r#"{"content_type":"text","parts":["Done."]}"#.to_owned(),
+                    status,
+                    at: 9,
+                    preview: Some("Done.".to_owned()),
+                    title: Some(crate::answer::NewTitle {
+                        untitled: "New chat".to_owned(),
+                        owner: "u".to_owned(),
+                        title: "A title".to_owned(),
+                    }),
+                },
+                result: None,
+                reply,
+                span: tracing::Span::none(),
+            };
+            (job, answer)
+        };
+        let (mut job, answer) = save(confab_domain::MessageStatus::FinishedSuccessfully);
+        assert_eq!(job.run_alone(&mut conn), Ran::Ok);
+        Box::new(job).answer(None);
+        assert_eq!(
+            answer.await.unwrap().unwrap(),
+            Some(Some("A title".to_owned()))
+        );
+        let statements = std::mem::take(&mut *sent.lock().unwrap());
+        assert_eq!(statements.len(), 1, "{statements:?}");
+        assert!(
+            statements[0].starts_with("WITH m AS (UPDATE messages"),
+            "{statements:?}"
+        );
+        #[derive(diesel::QueryableByName, Debug, PartialEq)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            status: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            title: String,
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            last_message: Option<String>,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            updated_at: i64,
+        }
+        let read = |conn: &mut AnyConnection| -> Row {
+            let AnyConnection::Postgres(pg) = conn else {
+                panic!("a PostgreSQL connection");
+            };
+            diesel::sql_query(
+                "SELECT m.status, c.title, c.last_message, c.updated_at FROM messages m \
+                 JOIN conversations c ON c.id = m.conversation_id \
+                 WHERE m.conversation_id = 'saved-one' AND m.id = 'm2'",
+            )
+            .get_result(pg)
+            .unwrap()
+        };
+        let stored = Row {
+            status: "finished_successfully".to_owned(),
+            title: "A title".to_owned(),
+            last_message: Some("Done.".to_owned()),
+            updated_at: 9,
+        };
+        assert_eq!(read(&mut conn), stored);
+        // Ended: a second save finds no answer in progress.
+        let (mut job, answer) = save(confab_domain::MessageStatus::Failed);
+        assert_eq!(job.run_alone(&mut conn), Ran::Ok);
+        Box::new(job).answer(None);
+        assert_eq!(answer.await.unwrap().unwrap(), None);
+        assert_eq!(read(&mut conn), stored);
     }
 
     /// The saves of answers `ids` queued at once (`grouped`) or one after

@@ -8,6 +8,7 @@ use confab_domain::{
 };
 use diesel::prelude::*;
 
+use crate::connection::Bind;
 use crate::schema::{conversations, messages, users};
 
 /// Unix microseconds: both backends store timestamps as BIGINT.
@@ -234,21 +235,113 @@ impl MessageRow {
     }
 }
 
+/// The columns [`ConversationRow::binds`] gives, in its order.
+macro_rules! conversation_columns {
+    () => {
+        "id, user_id, title, last_message, is_archived, deleted_at, created_at, \
+         updated_at, current_node, system_prompt, model"
+    };
+}
+
+/// The columns [`MessageRow::binds`] gives, in its order.
+macro_rules! message_columns {
+    () => {
+        "conversation_id, id, position, parent_id, role, content, status, model_slug, \
+         metadata, created_at, updated_at"
+    };
+}
+
+/// New conversations and their first exchanges in one statement on
+/// PostgreSQL: the conversations' rows, then their messages' rows. One
+/// statement is atomic without a transaction around it, and one round
+/// trip: a lone exchange is one statement, not `BEGIN`, three inserts and
+/// `COMMIT`. The messages are inserted only once every conversation is
+/// (the count reads the whole insert first), so a conversation id that is
+/// taken fails as the conversation's, as it did inserted first on its
+/// own; the messages' foreign key is checked at the end of the statement.
+const INSERT_EXCHANGES_POSTGRES: &[&str] = &[
+    concat!(
+        "WITH c AS (INSERT INTO conversations (",
+        conversation_columns!(),
+        ") VALUES "
+    ),
+    concat!(
+        " RETURNING 1) INSERT INTO messages (",
+        message_columns!(),
+        ") SELECT * FROM (VALUES "
+    ),
+    ") AS v WHERE (SELECT count(*) FROM c) > 0",
+];
+
+impl ConversationRow {
+    /// The row's values, in the order of `conversation_columns!`.
+    fn binds(&self) -> Vec<Bind<'_>> {
+        vec![
+            Bind::Text(&self.id),
+            Bind::Text(&self.user_id),
+            Bind::Text(&self.title),
+            Bind::MaybeText(self.last_message.as_deref()),
+            Bind::Bool(self.is_archived),
+            Bind::MaybeBigInt(self.deleted_at),
+            Bind::BigInt(self.created_at),
+            Bind::BigInt(self.updated_at),
+            Bind::MaybeText(self.current_node.as_deref()),
+            Bind::MaybeText(self.system_prompt.as_deref()),
+            Bind::MaybeText(self.model.as_deref()),
+        ]
+    }
+}
+
+impl MessageRow {
+    /// The row's values, in the order of `message_columns!`.
+    fn binds(&self) -> Vec<Bind<'_>> {
+        vec![
+            Bind::Text(&self.conversation_id),
+            Bind::Text(&self.id),
+            Bind::BigInt(self.position),
+            Bind::MaybeText(self.parent_id.as_deref()),
+            Bind::Text(&self.role),
+            Bind::Text(&self.content),
+            Bind::Text(&self.status),
+            Bind::MaybeText(self.model_slug.as_deref()),
+            Bind::Text(&self.metadata),
+            Bind::BigInt(self.created_at),
+            Bind::BigInt(self.updated_at),
+        ]
+    }
+}
+
 /// A new conversation and its first exchange (the question, then the
-/// answer): three rows known whole, inserted with no reads. A group of
-/// writes on PostgreSQL inserts all of its exchanges at once
-/// ([`insert_all`](Self::insert_all)); alone, or on SQLite, a write inserts
-/// its own ([`insert`](Self::insert)).
+/// answer): three rows known whole, inserted with no reads. On PostgreSQL
+/// they go in one statement ([`INSERT_EXCHANGES_POSTGRES`]), a group's
+/// exchanges all in one; on SQLite, a write inserts its own three rows
+/// ([`insert`](Self::insert)) and a group its conversations' and its
+/// messages' in one statement each ([`insert_all`](Self::insert_all)).
 pub(crate) struct NewExchange {
     pub(crate) conversation: ConversationRow,
     pub(crate) messages: [MessageRow; 2],
 }
 
 impl NewExchange {
-    /// Inserts the three rows, one statement each (each prepared once per
-    /// connection and kept).
+    /// Inserts the three rows: on PostgreSQL in one statement, which needs
+    /// no transaction around it ([`is_one_statement`](Self::is_one_statement));
+    /// on SQLite one statement each. Each text is prepared once per
+    /// connection and kept.
     pub(crate) fn insert(&self, conn: &mut crate::connection::AnyConnection) -> QueryResult<()> {
-        use crate::connection::on_backend;
+        use crate::connection::{AnyConnection, SqlRows, on_backend};
+        if let AnyConnection::Postgres(c) = conn {
+            // One conversation and two messages: always the same text.
+            return SqlRows::new(
+                INSERT_EXCHANGES_POSTGRES,
+                vec![
+                    vec![self.conversation.binds()],
+                    self.messages.iter().map(MessageRow::binds).collect(),
+                ],
+            )
+            .kept()
+            .execute(c)
+            .map(drop);
+        }
         on_backend!(conn, |c| diesel::insert_into(conversations::table)
             .values(&self.conversation)
             .execute(c))?;
@@ -260,19 +353,38 @@ impl NewExchange {
         Ok(())
     }
 
-    /// Inserts every row of `exchanges` in two statements, the
-    /// conversations', then the messages'. On PostgreSQL, two round trips
-    /// for a group instead of three per exchange; their SQL depends on the
-    /// number of rows, so PostgreSQL parses and plans them each time, which
-    /// a group of two already repays. On SQLite (which compiles them each
-    /// time too), FTS5 writes its pending terms out at every statement that
-    /// changes the search index (each question's row does, by trigger): one
-    /// flush for the group instead of one per question.
+    /// Whether [`insert`](Self::insert) and [`insert_all`](Self::insert_all)
+    /// are one statement on `conn` (PostgreSQL), so atomic alone.
+    pub(crate) fn is_one_statement(conn: &crate::connection::AnyConnection) -> bool {
+        matches!(conn, crate::connection::AnyConnection::Postgres(_))
+    }
+
+    /// Inserts every row of `exchanges`: on PostgreSQL in one statement, on
+    /// SQLite in two, the conversations', then the messages'. Their SQL
+    /// depends on the number of rows, so it is parsed and planned (SQLite:
+    /// compiled) each time, which a group of two already repays. On
+    /// SQLite, FTS5 writes its pending terms out at every statement that
+    /// changes the search index (each question's row does, by trigger):
+    /// one flush for the group instead of one per question.
     pub(crate) fn insert_all(
         conn: &mut crate::connection::AnyConnection,
         exchanges: &[&Self],
     ) -> QueryResult<()> {
-        use crate::connection::on_backend;
+        use crate::connection::{AnyConnection, SqlRows, on_backend};
+        if let AnyConnection::Postgres(c) = conn {
+            return SqlRows::new(
+                INSERT_EXCHANGES_POSTGRES,
+                vec![
+                    exchanges.iter().map(|e| e.conversation.binds()).collect(),
+                    exchanges
+                        .iter()
+                        .flat_map(|e| e.messages.iter().map(MessageRow::binds))
+                        .collect(),
+                ],
+            )
+            .execute(c)
+            .map(drop);
+        }
         let conversations: Vec<&ConversationRow> =
             exchanges.iter().map(|e| &e.conversation).collect();
         on_backend!(conn, |c| diesel::insert_into(conversations::table)

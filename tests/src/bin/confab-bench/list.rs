@@ -334,7 +334,10 @@ mod tests {
         assert!(!row.list_all_ok());
         let mut md = String::new();
         write_markdown(&mut md, &[row], 2);
-        assert!(md.contains("| PostgreSQL + Redis | 2 | run | 600 |"), "{md}");
+        assert!(
+            md.contains("| PostgreSQL + Redis | 2 | run | 600 |"),
+            "{md}"
+        );
         assert!(md.contains("**60 %**"), "the median round in bold: {md}");
         assert!(md.contains("Not every list read was a 200"), "{md}");
     }

@@ -17,7 +17,9 @@ use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
 
 use super::conversations::SET_GENERATED_TITLE;
 use super::usage::STANDING;
-use crate::answer::{TOUCH_CONVERSATIONS_POSTGRES, UPDATE_CONTENT, UPDATE_CONTENTS_POSTGRES};
+use crate::answer::{
+    SAVE_POSTGRES, TOUCH_CONVERSATIONS_POSTGRES, UPDATE_CONTENT, UPDATE_CONTENTS_POSTGRES,
+};
 use crate::testing::TestDatabase;
 
 /// `pieces` as PostgreSQL text, the binds numbered `$1`…
@@ -80,6 +82,17 @@ fn rows(from: u32, to: u32) -> String {
     )
 }
 
+/// Fails unless `plan` finds the answer (`$4`, `$5`) by the messages'
+/// primary key, never by the index of the running answers.
+fn assert_finds_the_answer_by_its_key(plan: &str) {
+    assert!(!plan.contains("messages_in_progress_idx"), "{plan}");
+    assert!(
+        plan.lines()
+            .any(|l| l.contains("Index Cond: (") && l.contains("conversation_id = $4")),
+        "{plan}"
+    );
+}
+
 /// A fresh database with the user `u1` and three of everything [`rows`]
 /// makes.
 async fn fresh() -> (TestDatabase, PgConnection) {
@@ -116,12 +129,24 @@ async fn a_kept_answer_save_never_reads_every_running_answer() {
         "'{}', 'finished_successfully', 1, 'c2', 'm2', 'in_progress'",
         &rows(4, 3000),
     );
-    assert!(!plan.contains("messages_in_progress_idx"), "{plan}");
-    assert!(
-        plan.lines()
-            .any(|l| l.contains("Index Cond: (") && l.contains("conversation_id = $4")),
-        "{plan}"
+    assert_finds_the_answer_by_its_key(&plan);
+}
+
+/// A lone answer save (the answer and its conversation in one statement)
+/// finds both rows by their primary keys, never by the index of the running
+/// answers.
+#[tokio::test]
+async fn a_kept_lone_save_finds_the_answer_and_the_conversation_by_their_keys() {
+    let (_db, mut conn) = fresh().await;
+    let plan = generic_plan(
+        &mut conn,
+        SAVE_POSTGRES,
+        "'{}', 'finished_successfully', 1, 'c2', 'm2', 'in_progress', 1, 'x', \
+         'New chat', 'u1', 'T', 'c2'",
+        &rows(4, 3000),
     );
+    assert_finds_the_answer_by_its_key(&plan);
+    assert!(plan.contains("conversations_pkey"), "{plan}");
 }
 
 /// The allowance read before every send sums one user's days: by the
