@@ -21,6 +21,21 @@ fn log_on(url: &str, command_timeout: Duration) -> RedisStreamLog {
     log_holding(url, command_timeout, 100)
 }
 
+/// A log on `url` (see [`log_on`]) with a new conversation's generation
+/// open, and its stop signal.
+async fn opened(
+    url: &str,
+    command_timeout: Duration,
+) -> (RedisStreamLog, ConversationId, Box<dyn StopSignal>) {
+    let log = log_on(url, command_timeout);
+    let conv = ConversationId::generate();
+    let stop = log
+        .open(conv, &MessageId::parse("m1").unwrap())
+        .await
+        .unwrap();
+    (log, conv, stop)
+}
+
 /// A log on `url` whose logs hold at most `most` events.
 fn log_holding(url: &str, command_timeout: Duration, most: usize) -> RedisStreamLog {
     RedisStreamLog::new(
@@ -119,12 +134,7 @@ async fn opened_with_a(
     Box<dyn StopSignal>,
     Box<dyn EventFeed>,
 ) {
-    let log = log_on(url, Duration::from_secs(2));
-    let conv = ConversationId::generate();
-    let stop = log
-        .open(conv, &MessageId::parse("m1").unwrap())
-        .await
-        .unwrap();
+    let (log, conv, stop) = opened(url, Duration::from_secs(2)).await;
     let mut local = log.read(conv, ReadFrom::Start).await.unwrap();
     wanted(url, conv).await;
     log.append_all(conv, events(&["a"])).await.unwrap();
@@ -145,12 +155,7 @@ async fn opened_with_a(
 async fn a_batch_whose_reply_was_lost_is_retried_without_a_duplicate() {
     let redis = support::PrivateRedis::start();
     let url = redis.url();
-    let log = log_on(&url, Duration::from_millis(150));
-    let conv = ConversationId::generate();
-    let _stop = log
-        .open(conv, &MessageId::parse("m1").unwrap())
-        .await
-        .unwrap();
+    let (log, conv, _stop) = opened(&url, Duration::from_millis(150)).await;
     shared(&log, &url, conv).await;
     log.append_all(conv, events(&["a"])).await.unwrap();
     // Redis stops answering for 0.4 s: the batch's first attempts time out
@@ -171,12 +176,7 @@ async fn a_batch_whose_reply_was_lost_is_retried_without_a_duplicate() {
 async fn a_close_whose_reply_was_lost_is_retried() {
     let redis = support::PrivateRedis::start();
     let url = redis.url();
-    let log = log_on(&url, Duration::from_millis(150));
-    let conv = ConversationId::generate();
-    let _stop = log
-        .open(conv, &MessageId::parse("m1").unwrap())
-        .await
-        .unwrap();
+    let (log, conv, _stop) = opened(&url, Duration::from_millis(150)).await;
     log.append_all(conv, events(&["a"])).await.unwrap();
     // Redis stops answering for 0.4 s: the close's first attempts time
     // out while they wait in its queue, then all of them run.

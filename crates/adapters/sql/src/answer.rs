@@ -212,8 +212,7 @@ pub(crate) type Saved = Option<Option<String>>;
 
 impl AnswerSave {
     /// Saves this answer alone: on PostgreSQL one kept statement, which
-    /// needs no transaction around it ([`is_one_statement`](Self::is_one_statement));
-    /// on SQLite two.
+    /// needs no transaction around it; on SQLite two.
     pub(crate) fn save(&self, conn: &mut AnyConnection) -> QueryResult<Saved> {
         if let AnyConnection::Postgres(c) = conn {
             let title = self.title.as_ref();
@@ -239,12 +238,6 @@ impl AnswerSave {
             return Ok(Some(None));
         };
         self.touch_and_title(conn, title).map(Some)
-    }
-
-    /// Whether [`save`](Self::save) is one statement on `conn`
-    /// (PostgreSQL), so atomic alone.
-    pub(crate) fn is_one_statement(conn: &AnyConnection) -> bool {
-        matches!(conn, AnyConnection::Postgres(_))
     }
 
     /// Saves every answer of `saves` in two statements (their

@@ -21,6 +21,15 @@ pub(crate) enum AnyConnection {
     Sqlite(SqliteConnection),
 }
 
+impl AnyConnection {
+    /// Whether this is a PostgreSQL connection, where a new exchange's
+    /// inserts and an answer's save are one statement each (`rows.rs`,
+    /// `answer.rs`), atomic without a transaction around them.
+    pub(crate) const fn is_postgres(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+}
+
 /// Connection tuning, from configuration.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {

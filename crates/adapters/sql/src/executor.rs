@@ -91,11 +91,16 @@ trait Write: Send {
     /// when none is open) when `savepoint`, else straight in the open
     /// transaction. It may run again after a run in a group that failed.
     fn run(&mut self, conn: &mut AnyConnection, savepoint: bool) -> Ran;
+    /// Whether the work is one statement on `conn`: atomic by itself, so
+    /// alone it needs no transaction (one round trip fewer at each end).
+    fn one_statement(&self, _conn: &AnyConnection) -> bool {
+        false
+    }
     /// Runs the work alone, no transaction open: in one of its own, unless
-    /// the work is one statement on `conn` (atomic by itself, one round
-    /// trip fewer at each end).
+    /// it is [`one_statement`](Self::one_statement).
     fn run_alone(&mut self, conn: &mut AnyConnection) -> Ran {
-        self.run(conn, true)
+        let savepoint = !self.one_statement(conn);
+        self.run(conn, savepoint)
     }
     /// The new exchange this write inserts, when that is all it does: a
     /// group on PostgreSQL inserts it with the others'.
@@ -434,9 +439,9 @@ impl Write for ExchangeJob {
         ran
     }
 
-    fn run_alone(&mut self, conn: &mut AnyConnection) -> Ran {
-        let savepoint = !NewExchange::is_one_statement(conn);
-        self.run(conn, savepoint)
+    /// On PostgreSQL, as are a group's exchanges inserted together.
+    fn one_statement(&self, conn: &AnyConnection) -> bool {
+        conn.is_postgres()
     }
 
     fn exchange(&self) -> Option<&NewExchange> {
@@ -475,9 +480,8 @@ impl Write for SaveJob {
         ran
     }
 
-    fn run_alone(&mut self, conn: &mut AnyConnection) -> Ran {
-        let savepoint = !AnswerSave::is_one_statement(conn);
-        self.run(conn, savepoint)
+    fn one_statement(&self, conn: &AnyConnection) -> bool {
+        conn.is_postgres()
     }
 
     fn answer_save(&self) -> Option<&AnswerSave> {
@@ -690,7 +694,8 @@ fn write_loop(queues: &Queues, manager: &Manager, acquire_timeout: Duration) {
     }
 }
 
-/// Runs `group` in one transaction (a lone write in its own) and answers
+/// Runs `group` in one transaction (a lone write in its own, a lone write
+/// or a group of new exchanges that is one statement in none) and answers
 /// each write.
 fn commit_group(held: &mut Held<'_>, mut group: Vec<Box<dyn Write>>) -> Ran {
     let conn = match held.get() {
@@ -714,8 +719,9 @@ fn commit_group(held: &mut Held<'_>, mut group: Vec<Box<dyn Write>>) -> Ran {
     let saves = saves_together(&group);
     let mut done = vec![false; group.len()];
     let straight = if together
-        && NewExchange::is_one_statement(conn)
-        && group.iter().all(|job| job.exchange().is_some())
+        && group
+            .iter()
+            .all(|job| job.exchange().is_some() && job.one_statement(conn))
     {
         // Nothing but new exchanges, in one statement: it commits alone,
         // with no `BEGIN` and `COMMIT` around it.

@@ -324,8 +324,7 @@ pub(crate) struct NewExchange {
 
 impl NewExchange {
     /// Inserts the three rows: on PostgreSQL in one statement, which needs
-    /// no transaction around it ([`is_one_statement`](Self::is_one_statement));
-    /// on SQLite one statement each. Each text is prepared once per
+    /// no transaction around it; on SQLite one statement each. Each text is prepared once per
     /// connection and kept.
     pub(crate) fn insert(&self, conn: &mut crate::connection::AnyConnection) -> QueryResult<()> {
         use crate::connection::{AnyConnection, SqlRows, on_backend};
@@ -351,12 +350,6 @@ impl NewExchange {
                 .execute(c))?;
         }
         Ok(())
-    }
-
-    /// Whether [`insert`](Self::insert) and [`insert_all`](Self::insert_all)
-    /// are one statement on `conn` (PostgreSQL), so atomic alone.
-    pub(crate) fn is_one_statement(conn: &crate::connection::AnyConnection) -> bool {
-        matches!(conn, crate::connection::AnyConnection::Postgres(_))
     }
 
     /// Inserts every row of `exchanges`: on PostgreSQL in one statement, on
