@@ -403,7 +403,9 @@ async fn keys_are_validated_bounded_and_never_shown_twice(backend: Backend) {
         error_body(res, 401, "AUTH_REQUIRED").await;
     }
     let (n, err) = refused.expect("made-up keys are refused 429 past the look-up budget");
-    assert!((1..=20).contains(&n), "the 429 came after {n} look-ups");
+    // Nine made-up keys fit the budget (ten, less the real key's look-up);
+    // a refill only adds to it.
+    assert!((9..=20).contains(&n), "the 429 came after {n} look-ups");
     assert!(err["message"].is_string());
     let res = as_key(&a, Method::GET, "/api/v1/models", &made_up(99), None).await;
     error_body(res, 429, "RATE_LIMITED").await;
